@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+# tools/bootstrap.sh installs Debian packages and the pinned venv (kept outside the clone,
+# keyed by a hash of requirements.txt) when missing, and prints the venv path.
+VENV := $(shell tools/bootstrap.sh)
+ifeq ($(VENV),)
+$(error tools/bootstrap.sh failed; see the messages above)
+endif
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: build demo test cc-test bench clean
+
+build:  ## compile the pybind11 tokenizer and the TF op library in place
+	$(PY) setup.py -q build_ext --inplace -j 2
+
+cc-test: build  ## C++ unit tests of the tokenizer core
+	$(PY) tools/run_cc_tests.py
+
+demo: build  ## the embedded end-to-end demo
+	$(PY) -m dpsr_tf.cli demo
+
+test: build cc-test  ## every test (pytest fails when no test ran)
+	$(PY) -m pytest -q tests
+
+bench: build  ## benchmarks (results go in docs/benchmarks.md)
+	$(PY) bench/tokenizer_bench.py
+
+clean:
+	rm -rf build dpsr_tf/*.so

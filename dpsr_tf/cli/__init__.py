@@ -1,0 +1,1 @@
+"""The `dpsr` command line: one entry point, one module per subcommand."""

@@ -1,0 +1,3 @@
+from dpsr_tf.cli.main import run
+
+run()

@@ -1,0 +1,39 @@
+"""`dpsr <subcommand> [--flags]`: dispatches to dpsr_tf/cli/<subcommand>.py.
+
+Each subcommand module defines its own absl flags and a `main(argv)`; only the chosen module
+is imported, so flags of different subcommands never clash and start-up stays fast.
+"""
+import importlib
+import sys
+
+from absl import app
+
+# subcommand -> (module, one-line help). Later issues add prepare/train/index/export/serve/...
+SUBCOMMANDS = {
+    "tokenize": ("dpsr_tf.cli.tokenize", "show the features and ids of texts"),
+    "vocab": ("dpsr_tf.cli.vocab", "build a vocabulary file from text files"),
+    "demo": ("dpsr_tf.cli.demo", "run the embedded end-to-end demo"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: dpsr <subcommand> [--flags]   (dpsr <subcommand> --helpfull for flags)", ""]
+    lines += [f"  {name:<12} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def run(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(_usage())
+        sys.exit(0 if len(argv) >= 2 else 2)
+    name = argv[1]
+    if name not in SUBCOMMANDS:
+        print(f"dpsr: unknown subcommand '{name}'\n\n{_usage()}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    app.run(module.main, argv=[f"dpsr {name}"] + argv[2:])
+
+
+if __name__ == "__main__":
+    run()

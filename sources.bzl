@@ -1,0 +1,31 @@
+# The C++ sources of every native target, in one place. Read by Bazel (BUILD files `load` it)
+# and by setup.py (parsed as plain Python literals), so the two builds compile exactly the same
+# files and cannot drift. Keep this file to simple list assignments.
+
+# The tokenizer core: standard C++ only, no TensorFlow or pybind11 headers.
+TOKENIZER_CORE_SRCS = [
+    "tokenizer_cc/core/tokenizer.cc",
+    "tokenizer_cc/core/utf8.cc",
+]
+TOKENIZER_CORE_HDRS = [
+    "tokenizer_cc/core/hash.h",
+    "tokenizer_cc/core/tokenizer.h",
+    "tokenizer_cc/core/utf8.h",
+]
+
+# The pybind11 module dpsr_tf._tokenizer (adapter only).
+TOKENIZER_PYBIND_SRCS = [
+    "tokenizer_cc/python/tokenizer_pybind.cc",
+]
+
+# The TensorFlow op library dpsr_tf/_dpsr_ops.so: op definitions and kernels (adapters only).
+OP_LIBRARY_SRCS = [
+    "tokenizer_cc/ops/tokenize_ops.cc",
+    "tokenizer_cc/kernels/tokenize_kernels.cc",
+]
+OP_LIBRARY_HDRS = []
+
+# C++ unit tests of the core (plain executables; exit status 0 means pass).
+TOKENIZER_CORE_TESTS = [
+    "tokenizer_cc/core/tokenizer_test.cc",
+]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine and prints the path of the
+# Python virtual environment to use. Idempotent and quiet when nothing is missing.
+#
+#   1. Debian packages from tools/apt-packages.txt (libfaiss-dev, libopenblas-dev), if absent.
+#   2. A virtual environment keyed by a hash of requirements.txt, kept OUTSIDE the clone
+#      (default ~/.cache/dpsr-tf/venv-<hash>; override with DPSR_VENV_ROOT) so repeated clones
+#      and CI runs do not reinstall TensorFlow. A half-built venv is never reused: the marker
+#      file is written only after pip succeeded.
+#
+# Messages go to stderr; the only stdout line is the venv path.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+
+log() { echo "[bootstrap] $*" >&2; }
+
+missing=()
+while read -r pkg; do
+  [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done < "$here/apt-packages.txt"
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -ne 0 ]] && sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+python="${PYTHON:-python3}"
+pyver="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [[ "$pyver" != "3.11" ]]; then
+  log "warning: the stack is pinned for Python 3.11; found $pyver"
+fi
+hash="$(cat "$root/requirements.txt" | sha256sum | cut -c1-16)"
+venv_root="${DPSR_VENV_ROOT:-$HOME/.cache/dpsr-tf}"
+venv="$venv_root/venv-py$pyver-$hash"
+if [[ ! -f "$venv/.dpsr-complete" ]]; then
+  log "creating virtual environment $venv (TensorFlow and friends; several minutes the first time)"
+  rm -rf "$venv"
+  mkdir -p "$venv_root"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
+  "$venv/bin/python" -m pip install -q --progress-bar off -r "$root/requirements.txt" >&2
+  touch "$venv/.dpsr-complete"
+fi
+echo "$venv"
