@@ -36,10 +36,13 @@ fi
 hash="$(cat "$root/requirements.txt" | sha256sum | cut -c1-16)"
 venv_root="${DPSR_VENV_ROOT:-$HOME/.cache/dpsr-tf}"
 venv="$venv_root/venv-py$pyver-$hash"
+mkdir -p "$venv_root"
+# Several builds (parallel make, CI beside a developer) may bootstrap at once: one creates.
+exec 9>"$venv_root/.lock-$hash"
+flock 9
 if [[ ! -f "$venv/.dpsr-complete" ]]; then
   log "creating virtual environment $venv (TensorFlow and friends; several minutes the first time)"
   rm -rf "$venv"
-  mkdir -p "$venv_root"
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
   "$venv/bin/python" -m pip install -q --progress-bar off -r "$root/requirements.txt" >&2
