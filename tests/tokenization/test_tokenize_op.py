@@ -1,0 +1,136 @@
+"""The Dpsr>Tokenize TF op: same ids as the pybind11 path, real shape function, clear errors."""
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, build_vocabulary, tokenize_op
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Code point ranges the random strings draw from: every character class of the tokenizer.
+_RANGES = [(0x20, 0x7E), (0x00, 0x1F), (0xA0, 0x24F), (0x300, 0x36F), (0x370, 0x52F),
+           (0x3000, 0x30FF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xFF00, 0xFFEF),
+           (0x1F300, 0x1FAFF), (0x20000, 0x2A6DF), (0xE000, 0xF8FF)]
+
+
+def random_texts(n, seed):
+    """n random texts: mostly valid Unicode of every class, some raw random bytes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        length = int(rng.integers(0, 40))
+        if rng.random() < 0.15:
+            out.append(rng.integers(0, 256, size=length, dtype=np.uint8).tobytes())
+            continue
+        chars = []
+        for _ in range(length):
+            lo, hi = _RANGES[rng.integers(len(_RANGES))]
+            chars.append(chr(int(rng.integers(lo, hi + 1))))
+        out.append("".join(chars).encode("utf-8"))
+    return out
+
+
+@pytest.mark.parametrize("config", [
+    TokenizerConfig(),
+    TokenizerConfig(num_buckets=97, letter_trigrams=False, max_tokens=7),
+    TokenizerConfig(word_unigrams=False, cjk_bigrams=False, max_word_chars=3,
+                    max_input_bytes=20),
+], ids=["default", "small", "odd"])
+def test_op_equals_pybind_on_random_unicode(config):
+    texts = random_texts(3000, seed=1234)
+    ids, splits = Tokenizer(config).tokenize(texts)
+    ragged = tokenize_op.tokenize(tf.constant(texts), config)
+    np.testing.assert_array_equal(ragged.values.numpy(), ids)
+    np.testing.assert_array_equal(ragged.row_splits.numpy(), splits)
+    assert ids.size > 10_000  # the strings really produce features
+
+
+def test_op_vocabulary_mode_equals_pybind(tmp_path):
+    corpus = ["red apple", "red apple pie", "green apple", "苹果手机", "苹果"] * 3
+    config = build_vocabulary(corpus, TokenizerConfig(), str(tmp_path / "v.txt"), min_count=2)
+    texts = ["red apple tart", "苹果", "unknown words only", ""]
+    ids, splits = Tokenizer(config).tokenize(texts)
+    ragged = tokenize_op.tokenize(tf.constant(texts), config)
+    np.testing.assert_array_equal(ragged.values.numpy(), ids)
+    np.testing.assert_array_equal(ragged.row_splits.numpy(), splits)
+
+
+def test_shape_function():
+    def fn(x):
+        return tokenize_op.tokenize(x)
+
+    fixed = tf.function(fn).get_concrete_function(tf.TensorSpec([5], tf.string))
+    assert fixed.structured_outputs.row_splits.shape.as_list() == [6]
+    assert fixed.structured_outputs.values.shape.as_list() == [None]
+    unknown = tf.function(fn).get_concrete_function(tf.TensorSpec([None], tf.string))
+    assert unknown.structured_outputs.row_splits.shape.as_list() == [None]
+    with pytest.raises(ValueError, match="must be rank 1"):
+        tf.function(fn).get_concrete_function(tf.TensorSpec([2, 3], tf.string))
+    with pytest.raises(ValueError, match="must be rank 0"):
+        tf.function(lambda x: tokenize_op.tokenize(x, vocab_file=tf.constant(["a"]))
+                    ).get_concrete_function(tf.TensorSpec([2], tf.string))
+
+
+def test_missing_vocab_file_is_invalid_argument_naming_file():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="/no/such/vocab.txt"):
+        tokenize_op.tokenize(tf.constant(["a"]), TokenizerConfig(vocab_file="/no/such/vocab.txt"))
+
+
+@pytest.mark.parametrize("field,value", [("num_buckets", 0), ("max_tokens", 0)])
+def test_bad_attr_is_invalid_argument(field, value):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=field if field != "max_tokens"
+                       else "limits must be in"):
+        tokenize_op.tokenize(tf.constant(["a"]), TokenizerConfig(**{field: value}))
+
+
+def test_concurrent_calls_agree():
+    texts = random_texts(500, seed=7)
+    fn = tf.function(lambda x: tokenize_op.tokenize(x).values)
+    want = fn(tf.constant(texts)).numpy()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: fn(tf.constant(texts)).numpy(), range(32)))
+    for got in results:
+        np.testing.assert_array_equal(got, want)
+
+
+def test_saved_model_with_vocab_asset_moves_and_reloads_in_fresh_process(tmp_path):
+    corpus = ["red apple", "red apple pie", "green apple"] * 2
+    config = build_vocabulary(corpus, TokenizerConfig(), str(tmp_path / "v.txt"), min_count=2)
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.vocab = tf.saved_model.Asset(config.vocab_file)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            r = tokenize_op.tokenize(texts, config, vocab_file=self.vocab.asset_path)
+            return {"ids": r.values, "row_splits": r.row_splits}
+
+    tf.saved_model.save(Model(), str(tmp_path / "a" / "model"))
+    os.remove(config.vocab_file)  # the SavedModel must carry its own copy
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    texts = ["red apple tart", "green"]
+    want = Tokenizer(TokenizerConfig(vocab_file=str(tmp_path / "b" / "model" / "assets" /
+                                                    "v.txt"))).tokenize(texts)
+    script = textwrap.dedent(f"""
+        import json, tensorflow as tf
+        from dpsr_tf import op_library
+        op_library.load()
+        m = tf.saved_model.load({str(tmp_path / "b" / "model")!r})
+        out = m({texts!r})
+        print(json.dumps([out["ids"].numpy().tolist(), out["row_splits"].numpy().tolist()]))
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, check=True)
+    got_ids, got_splits = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got_ids == want[0].tolist() and got_splits == want[1].tolist()
