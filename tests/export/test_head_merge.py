@@ -1,0 +1,50 @@
+"""merge_heads against a plain-Python reference: sort all hits, keep each item's best, top k."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from export.head_merge import merge_heads
+
+
+def reference(scores, labels, k):
+    out = []
+    for row_s, row_l in zip(scores, labels):
+        best = {}
+        for head in range(row_s.shape[0]):
+            for s, l in zip(row_s[head], row_l[head]):
+                if l < 0:
+                    continue
+                if l not in best or s > best[l][0]:
+                    best[l] = (s, head)
+        ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
+        ranked += [(-1, (-np.inf, -1))] * (k - len(ranked))
+        out.append(ranked)
+    return out
+
+
+@pytest.mark.parametrize("batch,m,n,k,num_items", [
+    (1, 1, 5, 5, 100), (4, 3, 10, 10, 20), (3, 2, 8, 16, 12), (5, 4, 6, 7, 1000), (0, 2, 3, 3, 9)])
+def test_merge_heads_matches_reference(batch, m, n, k, num_items):
+    rng = np.random.default_rng(batch * 100 + m * 10 + n)
+    # Distinct scores per row so the order is unambiguous; labels may repeat across heads.
+    scores = rng.permutation(batch * m * n).reshape(batch, m, n).astype(np.float32) / 7.0
+    labels = rng.integers(0, num_items, size=(batch, m, n)).astype(np.int64)
+    labels[rng.random(labels.shape) < 0.15] = -1  # padding
+    got_s, got_l, got_h = (t.numpy() for t in merge_heads(
+        tf.constant(scores), tf.constant(labels), tf.constant(k)))
+    want = reference(scores, labels, k)
+    assert got_l.shape == (batch, k)
+    for row in range(batch):
+        assert got_l[row].tolist() == [l for l, _ in want[row]]
+        np.testing.assert_array_equal(got_s[row], [s for _, (s, _) in want[row]])
+        assert got_h[row].tolist() == [h for _, (_, h) in want[row]]
+
+
+def test_item_found_by_two_heads_keeps_best_score_and_its_head():
+    # Hand-worked: item 7 is found by head 0 (0.5) and head 1 (0.9) -> kept once, 0.9, head 1.
+    scores = tf.constant([[[0.5, 0.4], [0.9, 0.1]]])
+    labels = tf.constant([[[7, 3], [7, 5]]], tf.int64)
+    s, l, h = merge_heads(scores, labels, tf.constant(3))
+    assert l.numpy().tolist() == [[7, 3, 5]]
+    np.testing.assert_allclose(s.numpy(), [[0.9, 0.4, 0.1]])
+    assert h.numpy().tolist() == [[1, 0, 1]]
