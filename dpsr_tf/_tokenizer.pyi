@@ -1,4 +1,4 @@
-# Type stub of the pybind11 module dpsr_tf._tokenizer (built from tokenizer_pybind.cc).
+# Type stub of the pybind11 module dpsr_tf._tokenizer (tokenizer_cc/python/tokenizer_pybind.cc).
 from typing import Sequence, Tuple, Union
 
 import numpy as np
