@@ -27,6 +27,19 @@ def _sources():
     return out
 
 
+def _runtime_requirements():
+    """The pinned runtime stack: requirements.txt up to its test/benchmark section."""
+    reqs = []
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("pytest") or line.startswith("# Baselines"):
+                break
+            if line and not line.startswith("#"):
+                reqs.append(line)
+    return reqs
+
+
 SRC = _sources()
 COMMON_FLAGS = ["-O2", "-fvisibility=hidden", "-Wall", "-Wno-sign-compare"]
 
@@ -47,6 +60,10 @@ class BuildExt(build_ext):
                 ext.extra_link_args += tf.sysconfig.get_link_flags()
                 lib_dir = next(f[2:] for f in tf.sysconfig.get_link_flags() if f.startswith("-L"))
                 ext.extra_link_args.append("-Wl,-rpath," + lib_dir)
+                # FAISS from Debian's static libfaiss.a; --exclude-libs keeps its symbols
+                # private, so they never interpose on the faiss-cpu wheel's in one process.
+                ext.extra_link_args += ["-Wl,--exclude-libs,ALL", "-l:libfaiss.a", "-lopenblas",
+                                        "-fopenmp"]
         super().build_extensions()
 
 
@@ -68,6 +85,7 @@ setup(
     description="DPSR (Deep Personalized and Semantic Retrieval) on TensorFlow",
     packages=find_packages(include=["dpsr_tf*", "export*", "serving*"]),
     python_requires=">=3.11,<3.12",
+    install_requires=_runtime_requirements(),
     ext_modules=[
         _ext(
             "dpsr_tf._tokenizer",

@@ -33,7 +33,8 @@ pyver="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 if [[ "$pyver" != "3.11" ]]; then
   log "warning: the stack is pinned for Python 3.11; found $pyver"
 fi
-hash="$(cat "$root/requirements.txt" | sha256sum | cut -c1-16)"
+# Key on the requirement lines only, so editing a comment does not rebuild TensorFlow.
+hash="$(grep -v -e "^[[:space:]]*#" -e "^[[:space:]]*$" "$root/requirements.txt" | sha256sum | cut -c1-16)"
 venv_root="${DPSR_VENV_ROOT:-$HOME/.cache/dpsr-tf}"
 venv="$venv_root/venv-py$pyver-$hash"
 mkdir -p "$venv_root"
