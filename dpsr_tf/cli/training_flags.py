@@ -1,0 +1,131 @@
+"""Flags of a training job (ModelConfig + TrainConfig), defined once, shared by `dpsr train` and
+`dpsr launch-local` (which hands them to every task through a flagfile).
+
+Every ModelConfig / TrainConfig field is a flag of the same name; --flagfile=FILE reads flags
+from a file (one --name=value per line).
+"""
+import dataclasses
+import typing
+
+from absl import flags
+
+from dpsr_tf.model.config import COMBINERS, LOSSES, PARTITIONERS, PERSONALIZATION, ModelConfig
+from dpsr_tf.training.config import TrainConfig
+
+_MODEL_HELP = {
+    "num_heads": "m, query heads (1 = vanilla two-tower).",
+    "embedding_dim": "d, output embedding size of both towers (paper: 64).",
+    "token_embedding_dim": "Width of the n-gram token table shared by both towers.",
+    "feature_embedding_dim": "Width of each categorical item/user feature table.",
+    "history_embedding_dim": "Width of the recent-item table (DPSR-h).",
+    "item_hidden_units": "Hidden ReLU layer widths of the item tower, comma-separated.",
+    "query_projection_dim": "Per-head width of the query projection.",
+    "query_hidden_units": "Hidden ReLU layer widths of each query head, comma-separated.",
+    "combiner": f"Embedding-bag combiner: {', '.join(COMBINERS)}.",
+    "personalization": f"{', '.join(PERSONALIZATION)} (DPSR / DPSR-p / DPSR-h).",
+    "beta": "Temperature of the attention over heads (0 = max over heads).",
+    "loss": f"{', '.join(LOSSES)}.",
+    "margin": "delta, hinge margin (paper: 0.1).",
+    "num_negatives": "Negatives per positive in the hinge loss.",
+    "alpha": "Share of random negatives in the hinge negatives (rest: batch negatives).",
+    "human_negative_weight": "Weight of hinge terms against human-labelled negatives.",
+    "softmax_temperature": "Sampled softmax: logits = score / temperature.",
+    "softmax_logq_correction": "Sampled softmax: subtract log(expected count) of each item.",
+    "softmax_random_negatives": "Sampled softmax: shared random negatives added to the batch.",
+    "frequency_decay": "Rate of the streaming item-frequency estimate (logQ).",
+    "optimizer": "adagrad (paper), adam or sgd.",
+    "learning_rate": "Learning rate (paper: 0.01).",
+    "adagrad_initial_accumulator": "AdaGrad initial accumulator value.",
+    "embedding_partitions": "Shards of the token/history tables (0 = one per parameter server).",
+    "partitioner": f"{', '.join(PARTITIONERS)} variable partitioner.",
+    "min_slice_size_bytes": "min_max partitioner: smallest shard in bytes.",
+    "aggregate_on_ps": "Combine embedding bags on the parameter server holding each shard.",
+}
+
+_TRAIN_HELP = {
+    "layout_dir": "Training layout written by `dpsr prepare` (required).",
+    "model_dir": "Checkpoints, TensorBoard events and dpsr_config.json (required).",
+    "batch_size": "Examples per step per replica (paper: 64).",
+    "train_steps": "Train until the global step reaches this.",
+    "shuffle_buffer": "Shuffle buffer of the training input, in interactions.",
+    "seed": "Graph and input seed (each replica adds its index).",
+    "eval_split": "Layout split evaluated during training.",
+    "eval_batch_size": "Examples per evaluation batch.",
+    "eval_random_negatives": "Random items per eval batch for Top-k (paper: 1024).",
+    "eval_steps": "Batches per evaluation (0 = the whole eval split).",
+    "throttle_secs": "At least this many seconds between evaluations.",
+    "save_checkpoints_steps": "Checkpoint every this many global steps.",
+    "keep_checkpoint_max": "Checkpoints kept.",
+    "save_summary_steps": "TensorBoard summaries every this many steps.",
+    "log_step_count_steps": "Progress line every this many steps.",
+    "intra_op_threads": "Session intra-op threads (0 = TensorFlow decides).",
+    "inter_op_threads": "Session inter-op threads (0 = TensorFlow decides).",
+    "worker_delay_secs": "Delay before a non-chief worker starts (TF default staggers by 5 s).",
+}
+
+_CHOICES = {"combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,
+            "partitioner": PARTITIONERS, "optimizer": ("adagrad", "adam", "sgd")}
+
+
+def _define(cls, helps, skip_default=()):
+    hints = typing.get_type_hints(cls)
+    holders = {}
+    for field in dataclasses.fields(cls):
+        name, kind = field.name, hints[field.name]
+        default = None if field.name in skip_default or field.default is dataclasses.MISSING \
+            else field.default
+        text = helps[name]
+        if name in _CHOICES:
+            holders[name] = flags.DEFINE_enum(name, default, _CHOICES[name], text)
+        elif kind is bool:
+            holders[name] = flags.DEFINE_bool(name, default, text)
+        elif kind is int or kind == typing.Optional[int]:
+            holders[name] = flags.DEFINE_integer(name, 0 if default is None and name ==
+                                                 "eval_steps" else default, text)
+        elif kind is float:
+            holders[name] = flags.DEFINE_float(name, default, text)
+        elif kind is str:
+            holders[name] = flags.DEFINE_string(name, default, text)
+        else:  # Tuple[int, ...]
+            holders[name] = flags.DEFINE_list(name, [str(u) for u in default], text)
+    return holders
+
+
+_MODEL_FLAGS = _define(ModelConfig, _MODEL_HELP)
+_TRAIN_FLAGS = _define(TrainConfig, _TRAIN_HELP)
+
+
+def _value(holder, name):
+    value = holder.value
+    if isinstance(value, list):
+        try:
+            return tuple(int(v) for v in value)
+        except ValueError:
+            raise flags.ValidationError(f"--{name}={','.join(value)}: expected comma-separated "
+                                        "integers, e.g. 256,128") from None
+    return value
+
+
+def model_config_from_flags() -> ModelConfig:
+    """ModelConfig from the flags (ValueError names the bad field)."""
+    return ModelConfig(**{name: _value(h, name) for name, h in _MODEL_FLAGS.items()})
+
+
+def train_config_from_flags() -> TrainConfig:
+    """TrainConfig from the flags; --layout_dir and --model_dir are required."""
+    for name in ("layout_dir", "model_dir"):
+        if not _TRAIN_FLAGS[name].value:
+            raise flags.ValidationError(f"--{name} is required: {_TRAIN_HELP[name]}")
+    values = {name: _value(h, name) for name, h in _TRAIN_FLAGS.items()}
+    values["eval_steps"] = values["eval_steps"] or None
+    return TrainConfig(**values)
+
+
+def serialize() -> str:
+    """The training flags as flagfile text (one --name=value per line), for child tasks."""
+    lines = []
+    for holder in list(_MODEL_FLAGS.values()) + list(_TRAIN_FLAGS.values()):
+        flag = flags.FLAGS[holder.name]
+        if flag.value is not None:
+            lines.append(flag.serialize())
+    return "\n".join(lines) + "\n"

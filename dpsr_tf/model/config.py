@@ -1,0 +1,167 @@
+"""ModelConfig: every setting that shapes the DPSR graph, its loss and its optimizer.
+
+The resolved config is written into the model directory by `dpsr train` (dpsr_config.json) and read
+back by `load_model_config`, so that export, indexing and evaluation rebuild the same variables.
+"""
+import dataclasses
+import json
+from typing import Tuple
+
+PERSONALIZATION = ("none", "profile", "history")
+LOSSES = ("hinge", "sampled_softmax")
+COMBINERS = ("mean", "sum", "sqrtn")
+PARTITIONERS = ("fixed", "min_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The DPSR model (paper §4) and its training objective.
+
+    Towers
+      num_heads: m, the number of query heads (1 = the vanilla two-tower model).
+      embedding_dim: d, the size of the L2-normalized output embeddings of both towers.
+      token_embedding_dim: width of the n-gram token table shared by both towers.
+      feature_embedding_dim: width of each categorical item / user feature table.
+      history_embedding_dim: width of the item-row table that embeds the user's recent items
+        (DPSR-h only).
+      item_hidden_units: hidden ReLU layers of the item tower (the last layer is linear, width d).
+      query_projection_dim: width of each head's slice of the query projection (the projection
+        outputs num_heads * query_projection_dim).
+      query_hidden_units: hidden ReLU layers of each head's MLP (the last layer is linear, width d).
+      combiner: how an embedding bag combines its rows: "mean", "sum" or "sqrtn".
+      personalization: "none" (DPSR), "profile" (DPSR-p: + user profile features) or
+        "history" (DPSR-h: profile + the user's recent item history).
+
+    Score and loss
+      beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
+      loss: "hinge" (the paper's attention hinge loss, §4.4) or "sampled_softmax" (in-batch
+        softmax with logQ correction, TFRS / YouTube style).
+      margin: delta, the hinge margin.
+      num_negatives: negatives per positive for the hinge loss.
+      alpha: share of the num_negatives drawn from the random negatives shared by the batch; the
+        rest are batch negatives (§4.4.3). round(alpha * num_negatives) random ones.
+      human_negative_weight: weight of the hinge terms against human-labelled negatives (§4.5).
+      softmax_temperature: logits = score / softmax_temperature (sampled softmax).
+      softmax_logq_correction: subtract log(expected count in a batch) from each logit.
+      softmax_random_negatives: also use this many shared random negatives in the softmax.
+      frequency_decay: learning rate of the streaming item-frequency estimate (logQ).
+
+    Optimizer and variables
+      optimizer: "adagrad" (paper), "adam" or "sgd"; learning_rate; adagrad_initial_accumulator.
+      embedding_partitions: shards of the token (and history) tables; 0 = one per parameter
+        server (resolved by `dpsr train` and written resolved into the model directory).
+      partitioner: "fixed" (fixed_size_partitioner) or "min_max" (min_max_variable_partitioner
+        with at most embedding_partitions shards of >= min_slice_size_bytes).
+      aggregate_on_ps: combine each embedding bag per partition on the device that holds it
+        (§5.1.3): one partial sum per (example, partition) crosses the network.
+    """
+
+    num_heads: int = 1
+    embedding_dim: int = 64
+    token_embedding_dim: int = 64
+    feature_embedding_dim: int = 16
+    history_embedding_dim: int = 32
+    item_hidden_units: Tuple[int, ...] = (256,)
+    query_projection_dim: int = 128
+    query_hidden_units: Tuple[int, ...] = (256,)
+    combiner: str = "mean"
+    personalization: str = "none"
+    beta: float = 0.1
+    loss: str = "hinge"
+    margin: float = 0.1
+    num_negatives: int = 64
+    alpha: float = 0.5
+    human_negative_weight: float = 1.0
+    softmax_temperature: float = 0.05
+    softmax_logq_correction: bool = True
+    softmax_random_negatives: int = 0
+    frequency_decay: float = 0.01
+    optimizer: str = "adagrad"
+    learning_rate: float = 0.01
+    adagrad_initial_accumulator: float = 0.1
+    embedding_partitions: int = 0
+    partitioner: str = "fixed"
+    min_slice_size_bytes: int = 64 << 20
+    aggregate_on_ps: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
+        object.__setattr__(self, "query_hidden_units",
+                           tuple(int(u) for u in self.query_hidden_units))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field, its value and the allowed range."""
+        def need(ok, field, what):
+            if not ok:
+                raise ValueError(f"ModelConfig.{field}={getattr(self, field)!r}: {what}")
+
+        for field in ("num_heads", "embedding_dim", "token_embedding_dim",
+                      "feature_embedding_dim", "history_embedding_dim", "query_projection_dim"):
+            need(getattr(self, field) >= 1, field, "must be >= 1")
+        for field in ("item_hidden_units", "query_hidden_units"):
+            need(all(u >= 1 for u in getattr(self, field)), field, "every width must be >= 1")
+        need(self.combiner in COMBINERS, "combiner", f"choose one of {COMBINERS}")
+        need(self.personalization in PERSONALIZATION, "personalization",
+             f"choose one of {PERSONALIZATION}")
+        need(self.beta >= 0, "beta", "must be >= 0 (0 = max over heads)")
+        need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
+        need(self.margin >= 0, "margin", "must be >= 0")
+        need(self.num_negatives >= 1, "num_negatives", "must be >= 1")
+        need(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        need(self.human_negative_weight >= 0, "human_negative_weight", "must be >= 0")
+        need(self.softmax_temperature > 0, "softmax_temperature", "must be > 0")
+        need(self.softmax_random_negatives >= 0, "softmax_random_negatives", "must be >= 0")
+        need(0 < self.frequency_decay <= 1, "frequency_decay", "must be in (0, 1]")
+        need(self.optimizer in ("adagrad", "adam", "sgd"), "optimizer",
+             "choose adagrad, adam or sgd")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(self.adagrad_initial_accumulator > 0, "adagrad_initial_accumulator", "must be > 0")
+        need(self.embedding_partitions >= 0, "embedding_partitions",
+             "must be >= 0 (0 = one per parameter server)")
+        need(self.partitioner in PARTITIONERS, "partitioner", f"choose one of {PARTITIONERS}")
+        need(self.min_slice_size_bytes >= 1, "min_slice_size_bytes", "must be >= 1")
+
+    @property
+    def num_random_hinge_negatives(self) -> int:
+        """Random negatives per positive in the hinge loss: round(alpha * num_negatives)."""
+        return int(round(self.alpha * self.num_negatives))
+
+    @property
+    def num_batch_hinge_negatives(self) -> int:
+        """Batch negatives per positive in the hinge loss: num_negatives - the random ones."""
+        return self.num_negatives - self.num_random_hinge_negatives
+
+    @property
+    def random_negatives_needed(self) -> int:
+        """How many shared random negatives the training input must provide per batch."""
+        if self.loss == "hinge":
+            return self.num_random_hinge_negatives
+        return self.softmax_random_negatives
+
+    def resolved(self, num_ps: int) -> "ModelConfig":
+        """The config with embedding_partitions = max(1, num_ps) when it was 0 (auto)."""
+        if self.embedding_partitions:
+            return self
+        return dataclasses.replace(self, embedding_partitions=max(1, int(num_ps)))
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["item_hidden_units"] = list(self.item_hidden_units)
+        data["query_hidden_units"] = list(self.query_hidden_units)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,144 @@
+"""Embeds items and queries with a trained checkpoint, in a fresh graph (no Estimator).
+
+This is the pattern export and indexing use: build the towers in a new tf.compat.v1.Graph (same
+variable names as the Estimator's), restore them with a tf.compat.v1.train.Saver, run them on
+numpy inputs in batches.
+"""
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from dpsr_tf.model import model_dir as model_dir_lib
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.towers import item_tower, query_tower
+
+
+def _ragged_placeholder(name: str):
+    values = tf.compat.v1.placeholder(tf.int64, [None], name=f"{name}_values")
+    splits = tf.compat.v1.placeholder(tf.int64, [None], name=f"{name}_splits")
+    return values, splits, tf.RaggedTensor.from_row_splits(values, splits, validate=True)
+
+
+def _slice_ragged(values: np.ndarray, splits: np.ndarray, lo: int, hi: int):
+    start, end = int(splits[lo]), int(splits[hi])
+    return values[start:end].astype(np.int64), (splits[lo:hi + 1] - start).astype(np.int64)
+
+
+class CheckpointEmbedder:
+    """Query and item towers of a model directory, restored from a checkpoint.
+
+    Args:
+      model_dir: written by `dpsr train` (dpsr_config.json + checkpoints).
+      checkpoint: a checkpoint prefix; default the newest in model_dir.
+      model_config, layout_spec: override what model_dir's config says (tests).
+      aggregate_on_ps: None keeps the config; the plain and PS-aggregated bags give the same
+        numbers, and on one machine the choice does not matter.
+    """
+
+    def __init__(self, model_dir: str, checkpoint: Optional[str] = None,
+                 model_config: Optional[ModelConfig] = None, layout_spec=None):
+        if model_config is None or layout_spec is None:
+            cfg, spec = model_dir_lib.load_model_config(model_dir)
+            model_config = model_config or cfg
+            layout_spec = layout_spec or spec
+        self.model_config = model_config
+        self.layout_spec = layout_spec
+        self.checkpoint = model_dir_lib.latest_checkpoint(model_dir, checkpoint)
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self._item_in = {}
+            values, splits, tokens = _ragged_placeholder("item_tokens")
+            self._item_in["tokens"] = (values, splits)
+            item_features = {"item_tokens": tokens}
+            for name in layout_spec.item_features:
+                ph = tf.compat.v1.placeholder(tf.int64, [None], name=f"item_{name}")
+                self._item_in[name] = ph
+                item_features[f"item_{name}"] = ph
+            self.item_embedding = item_tower(item_features, model_config, layout_spec,
+                                             tf.estimator.ModeKeys.PREDICT)
+            self._query_in = {}
+            values, splits, tokens = _ragged_placeholder("query_tokens")
+            self._query_in["tokens"] = (values, splits)
+            query_features = {"query_tokens": tokens}
+            if model_config.personalization in ("profile", "history"):
+                for name in layout_spec.user_features:
+                    ph = tf.compat.v1.placeholder(tf.int64, [None], name=f"user_{name}")
+                    self._query_in[name] = ph
+                    query_features[f"user_{name}"] = ph
+            if model_config.personalization == "history":
+                values, splits, hist = _ragged_placeholder("user_history")
+                self._query_in["history"] = (values, splits)
+                query_features["user_history"] = hist
+            self.query_embedding = query_tower(query_features, model_config, layout_spec,
+                                               tf.estimator.ModeKeys.PREDICT)
+            saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), sharded=True)
+            self.session = tf.compat.v1.Session(graph=self.graph)
+            saver.restore(self.session, self.checkpoint)
+
+    def close(self):
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def embed_items(self, token_ids: np.ndarray, token_splits: np.ndarray,
+                    features: Dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+        """Item embeddings.
+
+        Args:
+          token_ids: [T] int ids; token_splits: [N + 1] int64 (item i = ids[splits[i]:...]).
+          features: item feature name -> [N] int ids (every name of layout_spec.item_features).
+
+        Returns:
+          [N, d] float32, L2-normalized rows.
+        """
+        n = len(token_splits) - 1
+        out = np.zeros([n, self.model_config.embedding_dim], np.float32)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            values, splits = _slice_ragged(token_ids, token_splits, lo, hi)
+            feed = {self._item_in["tokens"][0]: values, self._item_in["tokens"][1]: splits}
+            for name in self.layout_spec.item_features:
+                feed[self._item_in[name]] = np.asarray(features[name][lo:hi], np.int64)
+            out[lo:hi] = self.session.run(self.item_embedding, feed)
+        return out
+
+    def embed_queries(self, token_ids: np.ndarray, token_splits: np.ndarray,
+                      user_features: Optional[Dict[str, np.ndarray]] = None,
+                      history: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+                      batch_size: int = 4096) -> np.ndarray:
+        """Query head embeddings.
+
+        Args:
+          token_ids: [T] int ids; token_splits: [Q + 1] int64.
+          user_features: name -> [Q] int ids (personalized models; 0 = unknown user).
+          history: (item rows [H] int, splits [Q + 1] int64) for DPSR-h.
+
+        Returns:
+          [Q, m, d] float32.
+        """
+        cfg = self.model_config
+        q = len(token_splits) - 1
+        out = np.zeros([q, cfg.num_heads, cfg.embedding_dim], np.float32)
+        for lo in range(0, q, batch_size):
+            hi = min(q, lo + batch_size)
+            values, splits = _slice_ragged(token_ids, token_splits, lo, hi)
+            feed = {self._query_in["tokens"][0]: values, self._query_in["tokens"][1]: splits}
+            if cfg.personalization in ("profile", "history"):
+                for name in self.layout_spec.user_features:
+                    ids = (user_features or {}).get(name)
+                    feed[self._query_in[name]] = (np.zeros(hi - lo, np.int64) if ids is None
+                                                  else np.asarray(ids[lo:hi], np.int64))
+            if cfg.personalization == "history":
+                if history is None:
+                    h_values, h_splits = np.zeros([0], np.int64), np.zeros(hi - lo + 1, np.int64)
+                else:
+                    h_values, h_splits = _slice_ragged(history[0], history[1], lo, hi)
+                feed[self._query_in["history"][0]] = h_values
+                feed[self._query_in["history"][1]] = h_splits
+            out[lo:hi] = self.session.run(self.query_embedding, feed)
+        return out

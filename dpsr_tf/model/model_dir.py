@@ -1,0 +1,91 @@
+"""The resolved config in a model directory (dpsr_config.json) and reading it back.
+
+`dpsr train` writes, on the chief, {"model": ModelConfig, "layout": LayoutSpec, "train":
+TrainConfig, "cluster": ...} with every default filled in and embedding_partitions resolved, so
+that export, indexing and evaluation rebuild the exact variables of the checkpoints
+(`load_model_config`). The LayoutSpec travels inside the file, so a model directory copied to
+another machine still loads without its layout directory.
+"""
+import dataclasses
+import json
+import os
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from dpsr_tf.model.config import ModelConfig
+
+CONFIG_FILE = "dpsr_config.json"
+
+
+def layout_spec_to_dict(layout_spec) -> dict:
+    return dataclasses.asdict(layout_spec)
+
+
+def layout_spec_from_dict(data: dict):
+    """Rebuilds a dpsr_tf.data.layout.LayoutSpec from its asdict() form."""
+    from dpsr_tf.data.layout import LayoutSpec  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.tokenization import TokenizerConfig  # pylint: disable=import-outside-toplevel
+    data = dict(data)
+    data["tokenizer_config"] = TokenizerConfig(**data["tokenizer_config"])
+    known = {f.name for f in dataclasses.fields(LayoutSpec)}
+    return LayoutSpec(**{k: v for k, v in data.items() if k in known})
+
+
+def write_resolved_config(model_dir: str, model_config: ModelConfig, layout_spec,
+                          extra: Optional[dict] = None) -> str:
+    """Writes <model_dir>/dpsr_config.json (atomically) and returns its path.
+
+    Raises:
+      ValueError: model_dir already holds a config with a different ModelConfig or layout
+        shape (its checkpoints would not restore into the new graph); the message lists the
+        differing fields.
+    """
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, CONFIG_FILE)
+    data = {"model": model_config.to_dict(), "layout": layout_spec_to_dict(layout_spec)}
+    data.update(extra or {})
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            old = json.load(f)
+        diff = sorted(k for k in set(old.get("model", {})) | set(data["model"])
+                      if old.get("model", {}).get(k) != data["model"].get(k))
+        for key in ("token_id_space", "num_items", "item_features", "user_features"):
+            if old.get("layout", {}).get(key) != data["layout"].get(key):
+                diff.append(f"layout.{key}")
+        if diff:
+            raise ValueError(
+                f"{path} was written for another model (fields differ: {diff}); its checkpoints "
+                f"would not restore. Use a new --model_dir or the same settings.")
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+    return path
+
+
+def read_config_file(model_dir: str) -> dict:
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a model directory written "
+                                "by `dpsr train`")
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def load_model_config(model_dir: str) -> Tuple[ModelConfig, object]:
+    """(ModelConfig, LayoutSpec) of a model directory written by `dpsr train`."""
+    data = read_config_file(model_dir)
+    return ModelConfig.from_dict(data["model"]), layout_spec_from_dict(data["layout"])
+
+
+def latest_checkpoint(model_dir: str, checkpoint: Optional[str] = None) -> str:
+    """`checkpoint` if given, else the newest checkpoint prefix in model_dir.
+
+    Raises:
+      FileNotFoundError: no checkpoint (train first).
+    """
+    path = checkpoint or tf.train.latest_checkpoint(model_dir)
+    if not path:
+        raise FileNotFoundError(f"no checkpoint in {model_dir}; run `dpsr train` first")
+    return path

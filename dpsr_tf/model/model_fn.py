@@ -1,0 +1,142 @@
+"""The Estimator model_fn of DPSR: towers -> soft dot product -> loss -> optimizer, metrics.
+
+Features follow the input contract of dpsr_tf.data.pipeline (docs/data_format.md, "Input
+pipeline"): query side ("query", "query_tokens", "user_*", "user_history"), the example's item
+("item_row", "item_tokens", "item_<name>", "label") and the R random negatives shared by the
+batch ("neg_item_row", "neg_item_tokens", "neg_item_<name>").
+
+params (dict passed to tf.estimator.Estimator):
+  "model_config": ModelConfig, "layout_spec": LayoutSpec; optional "batch_size" (logQ prior,
+  progress), "seed" (op seed of the batch-negative draw), "log_every_steps" and "task" (a
+  progress line in the log every so many local steps).
+"""
+import math
+from typing import Mapping
+
+import tensorflow as tf
+
+from dpsr_tf.model import losses, scoring
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.towers import item_tower, query_tower
+
+TOP_K = (1, 10)
+
+
+def _item_features(features: Mapping, prefix: str, layout_spec) -> dict:
+    """The item-tower features of the items under `prefix` ("item_" or "neg_item_")."""
+    out = {"item_tokens": features[prefix + "tokens"]}
+    for name in layout_spec.item_features:
+        out[f"item_{name}"] = features[f"{prefix}{name}"]
+    return out
+
+
+def _concat_items(a: dict, b: dict) -> dict:
+    return {key: tf.concat([a[key], b[key]], axis=0) for key in a}
+
+
+def make_optimizer(cfg: ModelConfig):
+    if cfg.optimizer == "adagrad":
+        return tf.compat.v1.train.AdagradOptimizer(
+            cfg.learning_rate, initial_accumulator_value=cfg.adagrad_initial_accumulator)
+    if cfg.optimizer == "adam":
+        return tf.compat.v1.train.AdamOptimizer(cfg.learning_rate)
+    return tf.compat.v1.train.GradientDescentOptimizer(cfg.learning_rate)
+
+
+def _predict_spec(features, cfg, layout_spec, mode):
+    predictions = {}
+    if "query_tokens" in features:
+        predictions["query_embedding"] = query_tower(features, cfg, layout_spec, mode)
+    if "item_tokens" in features:
+        predictions["item_embedding"] = item_tower(features, cfg, layout_spec, mode)
+    for key in ("item_row", "item_id", "query"):
+        if key in features:
+            predictions[key] = features[key]
+    if not predictions:
+        raise KeyError(f"PREDICT needs 'query_tokens' or 'item_tokens'; got {sorted(features)}")
+    return tf.estimator.EstimatorSpec(mode, predictions=predictions)
+
+
+def dpsr_model_fn(features, labels, mode, params):
+    """tf.estimator model_fn (see the module docstring for features and params)."""
+    del labels  # the contract carries "label" inside features
+    cfg: ModelConfig = params["model_config"]
+    layout_spec = params["layout_spec"]
+    seed = params.get("seed")
+    if mode == tf.estimator.ModeKeys.PREDICT:
+        return _predict_spec(features, cfg, layout_spec, mode)
+
+    query = query_tower(features, cfg, layout_spec, mode)                 # [B, m, d]
+    pos_items = _item_features(features, "item_", layout_spec)
+    neg_items = _item_features(features, "neg_item_", layout_spec)
+    all_items = item_tower(_concat_items(pos_items, neg_items), cfg, layout_spec, mode)
+    b = tf.shape(query)[0]
+    batch_items, random_items = all_items[:b], all_items[b:]               # [B, d], [R, d]
+    batch_scores = scoring.soft_dot_product(query, batch_items, cfg.beta)  # [B, B]
+    random_scores = scoring.soft_dot_product(query, random_items, cfg.beta)  # [B, R]
+    item_rows = tf.cast(features["item_row"], tf.int64)
+    random_rows = tf.cast(features["neg_item_row"], tf.int64)
+    label = tf.cast(features["label"], tf.float32)
+    queries = features.get("query")
+
+    update_ops = []
+    if cfg.loss == "hinge":
+        loss, stats = losses.hinge_loss(
+            batch_scores, random_scores, item_rows, random_rows, label, queries,
+            margin=cfg.margin, num_random=cfg.num_random_hinge_negatives,
+            num_batch=cfg.num_batch_hinge_negatives,
+            human_negative_weight=cfg.human_negative_weight, seed=seed)
+    else:
+        batch_log_q = random_log_q = None
+        num_items = max(1, int(layout_spec.num_items))
+        if cfg.softmax_logq_correction:
+            step = tf.compat.v1.train.get_or_create_global_step() + 1
+            batch_log_q, update = losses.streaming_log_q(
+                item_rows, num_items, step, decay=cfg.frequency_decay,
+                initial_interval=num_items / float(params.get("batch_size", 64)))
+            if mode == tf.estimator.ModeKeys.TRAIN:
+                update_ops.append(update)
+            if cfg.softmax_random_negatives:
+                random_log_q = math.log(cfg.softmax_random_negatives / num_items)
+        use_random = cfg.softmax_random_negatives > 0
+        loss = losses.sampled_softmax_loss(
+            batch_scores, random_scores[:, :cfg.softmax_random_negatives] if use_random else None,
+            item_rows, random_rows[:cfg.softmax_random_negatives] if use_random else None,
+            label, queries, temperature=cfg.softmax_temperature, batch_log_q=batch_log_q,
+            random_log_q=random_log_q)
+        stats = {}
+
+    # Paper's Top-k: rank of the positive among the shared random negatives (1,024 in eval).
+    positive = tf.linalg.diag_part(batch_scores)
+    beaten = tf.reduce_sum(tf.cast(
+        (random_scores > positive[:, None]) & ~tf.equal(item_rows[:, None], random_rows[None, :]),
+        tf.float32), axis=1)
+    is_pos = tf.cast(label > 0.5, tf.float32)
+    hits = {k: tf.cast(beaten < k, tf.float32) for k in TOP_K}
+
+    if mode == tf.estimator.ModeKeys.EVAL:
+        metrics = {f"top{k}": tf.compat.v1.metrics.mean(hits[k], weights=is_pos) for k in TOP_K}
+        # AUC on the labelled pairs of the split (meaningful when it holds human negatives).
+        metrics["auc_labeled"] = tf.compat.v1.metrics.auc(
+            label, tf.clip_by_value((positive + 1.0) / 2.0, 0.0, 1.0), num_thresholds=2000,
+            summation_method="careful_interpolation")
+        return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metrics)
+
+    # TRAIN
+    denominator = tf.maximum(tf.reduce_sum(is_pos), 1.0)
+    for k in TOP_K:
+        tf.compat.v1.summary.scalar(f"train/top{k}_among_random",
+                                    tf.reduce_sum(hits[k] * is_pos) / denominator)
+    for name, value in stats.items():
+        tf.compat.v1.summary.scalar(f"train/{name}", value)
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    train_op = make_optimizer(cfg).minimize(loss, global_step=global_step,
+                                            colocate_gradients_with_ops=True)
+    if update_ops:
+        train_op = tf.group(train_op, *update_ops)
+    hooks = []
+    if params.get("log_every_steps"):
+        from dpsr_tf.training.progress import ProgressHook  # pylint: disable=import-outside-toplevel
+        hooks.append(ProgressHook(loss, int(params.get("batch_size", 0)),
+                                  int(params["log_every_steps"]), str(params.get("task", ""))))
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, training_hooks=hooks)

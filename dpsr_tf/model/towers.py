@@ -1,0 +1,146 @@
+"""The two towers of DPSR as plain functions over a features dict.
+
+Both run in any tf.compat.v1 graph: the Estimator's model_fn, or a fresh graph in which a
+tf.compat.v1.train.Saver restores an Estimator checkpoint (export, indexing, evaluation). Every
+variable lives under the fixed scope "dpsr" and is created with AUTO_REUSE, so calling a tower
+twice (positives and random negatives, or query and item side) shares its weights.
+
+Checkpoint names (partitioned tables are saved under their full name):
+  dpsr/embeddings/tokens                  [token_id_space, token_embedding_dim]   both towers
+  dpsr/embeddings/item_<name>             [vocab, feature_embedding_dim]          item tower
+  dpsr/embeddings/user_<name>             [vocab, feature_embedding_dim]          DPSR-p / -h
+  dpsr/embeddings/history_items           [num_items, history_embedding_dim]      DPSR-h
+  dpsr/item_tower/layer_<i>/{kernel,bias}                                         item MLP
+  dpsr/query_tower/projection/{kernel,bias}    [in, num_heads * query_projection_dim]
+  dpsr/query_tower/head_<h>/layer_<i>/{kernel,bias}                               head MLPs
+"""
+from typing import Mapping, Sequence
+
+import tensorflow as tf
+
+from dpsr_tf.model import embedding
+from dpsr_tf.model.config import ModelConfig
+
+SCOPE = "dpsr"
+
+
+def _dense(x: tf.Tensor, units: int, name: str, activation=None) -> tf.Tensor:
+    """x [B, n] -> [B, units]; variables <scope>/<name>/kernel and /bias."""
+    with tf.compat.v1.variable_scope(name):
+        kernel = tf.compat.v1.get_variable(
+            "kernel", shape=[int(x.shape[-1]), units], dtype=tf.float32,
+            initializer=tf.compat.v1.glorot_uniform_initializer())
+        bias = tf.compat.v1.get_variable("bias", shape=[units], dtype=tf.float32,
+                                         initializer=tf.compat.v1.zeros_initializer())
+        y = tf.matmul(x, kernel) + bias
+        return activation(y) if activation is not None else y
+
+
+def _mlp(x: tf.Tensor, hidden_units: Sequence[int], output_dim: int) -> tf.Tensor:
+    """ReLU hidden layers, then a linear layer of width output_dim."""
+    for i, units in enumerate(hidden_units):
+        x = _dense(x, units, f"layer_{i}", activation=tf.nn.relu)
+    return _dense(x, output_dim, f"layer_{len(hidden_units)}")
+
+
+def _token_table(cfg: ModelConfig, layout_spec):
+    return embedding.embedding_table(
+        "tokens", int(layout_spec.token_id_space), cfg.token_embedding_dim,
+        partitions=max(1, cfg.embedding_partitions), partitioner=cfg.partitioner,
+        min_slice_size_bytes=cfg.min_slice_size_bytes)
+
+
+def _require(features: Mapping, key: str, tower: str):
+    if key not in features:
+        raise KeyError(f"{tower}: feature {key!r} is missing; got {sorted(features)}")
+    return features[key]
+
+
+def _categorical(features, prefix: str, vocabs: Mapping[str, int], cfg: ModelConfig,
+                 tower: str):
+    out = []
+    for name in sorted(vocabs):
+        key = f"{prefix}_{name}"
+        ids = _require(features, key, tower)
+        table = embedding.embedding_table(key, int(vocabs[name]), cfg.feature_embedding_dim)
+        out.append(embedding.categorical_lookup(table, ids, key))
+    return out
+
+
+def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
+               mode=None) -> tf.Tensor:
+    """Item embeddings.
+
+    Args:
+      features: "item_tokens" tf.RaggedTensor int64 [B, (Li)] (title n-gram ids) and one
+        "item_<name>" int64 [B] per name in layout_spec.item_features (0 = unknown).
+      model_config: ModelConfig.
+      layout_spec: LayoutSpec (token_id_space, item_features).
+      mode: a tf.estimator.ModeKeys value (unused: the towers have no dropout / batch norm).
+
+    Returns:
+      [B, d] float32, rows L2-normalized (d = model_config.embedding_dim).
+    """
+    del mode
+    cfg = model_config
+    with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
+        with tf.compat.v1.variable_scope("embeddings"):
+            inputs = [embedding.embedding_bag(
+                _token_table(cfg, layout_spec), _require(features, "item_tokens", "item_tower"),
+                combiner=cfg.combiner, aggregate_on_ps=cfg.aggregate_on_ps,
+                name="item_tokens_bag")]
+            inputs += _categorical(features, "item", dict(layout_spec.item_features), cfg,
+                                   "item_tower")
+        x = tf.concat(inputs, axis=1) if len(inputs) > 1 else inputs[0]
+        with tf.compat.v1.variable_scope("item_tower"):
+            out = _mlp(x, cfg.item_hidden_units, cfg.embedding_dim)
+        return tf.math.l2_normalize(out, axis=-1, name="item_embedding")
+
+
+def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
+                mode=None) -> tf.Tensor:
+    """Multi-head query embeddings.
+
+    Args:
+      features: "query_tokens" tf.RaggedTensor int64 [B, (Lq)]; with personalization "profile"
+        or "history" also one "user_<name>" int64 [B] per name in layout_spec.user_features
+        (0 = unknown user); with "history" also "user_history" tf.RaggedTensor int64 [B, (H)] of
+        item rows (rows may be empty).
+      model_config: ModelConfig.
+      layout_spec: LayoutSpec (token_id_space, user_features, num_items).
+      mode: a tf.estimator.ModeKeys value (unused).
+
+    Returns:
+      [B, m, d] float32: m = model_config.num_heads embeddings per query, each L2-normalized.
+    """
+    del mode
+    cfg = model_config
+    with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
+        with tf.compat.v1.variable_scope("embeddings"):
+            inputs = [embedding.embedding_bag(
+                _token_table(cfg, layout_spec),
+                _require(features, "query_tokens", "query_tower"),
+                combiner=cfg.combiner, aggregate_on_ps=cfg.aggregate_on_ps,
+                name="query_tokens_bag")]
+            if cfg.personalization in ("profile", "history"):
+                inputs += _categorical(features, "user", dict(layout_spec.user_features), cfg,
+                                       "query_tower")
+            if cfg.personalization == "history":
+                table = embedding.embedding_table(
+                    "history_items", max(1, int(layout_spec.num_items)),
+                    cfg.history_embedding_dim, partitions=max(1, cfg.embedding_partitions),
+                    partitioner=cfg.partitioner, min_slice_size_bytes=cfg.min_slice_size_bytes)
+                inputs.append(embedding.embedding_bag(
+                    table, _require(features, "user_history", "query_tower"), combiner="mean",
+                    aggregate_on_ps=cfg.aggregate_on_ps, name="user_history_bag"))
+        x = tf.concat(inputs, axis=1) if len(inputs) > 1 else inputs[0]
+        m, p = cfg.num_heads, cfg.query_projection_dim
+        with tf.compat.v1.variable_scope("query_tower"):
+            projected = tf.reshape(_dense(x, m * p, "projection"), [-1, m, p])
+            heads = []
+            for h in range(m):
+                with tf.compat.v1.variable_scope(f"head_{h}"):
+                    heads.append(_mlp(projected[:, h, :], cfg.query_hidden_units,
+                                      cfg.embedding_dim))
+            out = tf.stack(heads, axis=1)
+        return tf.math.l2_normalize(out, axis=-1, name="query_embedding")

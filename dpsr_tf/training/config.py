@@ -1,0 +1,80 @@
+"""TrainConfig: where the data and the model live, and how long and how often to train/evaluate."""
+import dataclasses
+import json
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one `dpsr train` job (the same on every task of a cluster).
+
+    Attributes:
+      layout_dir: output of `dpsr prepare`.
+      model_dir: checkpoints, TensorBoard events, dpsr_config.json.
+      batch_size: examples per step per replica (paper: 64).
+      train_steps: stop when the global step reaches this.
+      shuffle_buffer: interactions in the shuffle buffer of the training input.
+      seed: graph-level seed and input seed (each replica adds its index).
+      eval_split: layout split evaluated during training.
+      eval_batch_size: examples per evaluation batch.
+      eval_random_negatives: random items per eval batch for the paper's Top-k (1,024).
+      eval_steps: batches per evaluation; None = the whole eval split.
+      throttle_secs: at least this long between two evaluations.
+      save_checkpoints_steps: checkpoint every this many global steps.
+      keep_checkpoint_max: checkpoints kept.
+      save_summary_steps: TensorBoard summaries every this many steps.
+      log_step_count_steps: progress line (loss, steps/s, examples/s) every this many steps.
+      intra_op_threads, inter_op_threads: session thread pools (0 = TensorFlow decides).
+      worker_delay_secs: delay before a non-chief worker starts (TensorFlow's default staggers
+        workers by 5 s each; 0 starts them at once).
+    """
+
+    layout_dir: str
+    model_dir: str
+    batch_size: int = 64
+    train_steps: int = 10000
+    shuffle_buffer: int = 10000
+    seed: int = 0
+    eval_split: str = "eval"
+    eval_batch_size: int = 256
+    eval_random_negatives: int = 1024
+    eval_steps: Optional[int] = None
+    throttle_secs: int = 60
+    save_checkpoints_steps: int = 1000
+    keep_checkpoint_max: int = 5
+    save_summary_steps: int = 100
+    log_step_count_steps: int = 100
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    worker_delay_secs: int = 0
+
+    def __post_init__(self):
+        def need(ok, field, what):
+            if not ok:
+                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {what}")
+        need(bool(self.layout_dir), "layout_dir", "is required (the output of dpsr prepare)")
+        need(bool(self.model_dir), "model_dir", "is required")
+        for field in ("batch_size", "train_steps", "eval_batch_size", "save_checkpoints_steps",
+                      "keep_checkpoint_max", "save_summary_steps", "log_step_count_steps",
+                      "shuffle_buffer"):
+            need(getattr(self, field) >= 1, field, "must be >= 1")
+        need(self.eval_random_negatives >= 0, "eval_random_negatives", "must be >= 0")
+        need(self.eval_steps is None or self.eval_steps >= 1, "eval_steps",
+             "must be >= 1 or None (whole split)")
+        for field in ("throttle_secs", "intra_op_threads", "inter_op_threads",
+                      "worker_delay_secs"):
+            need(getattr(self, field) >= 0, field, "must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,86 @@
+"""train_and_evaluate for DPSR: one function that every task of a cluster (or one process) runs.
+
+The task's role comes from TF_CONFIG (chief / worker / ps / evaluator); without it the job
+trains and evaluates in this process. The chief writes the resolved config into model_dir.
+"""
+import socket
+import time
+from typing import Callable, Optional
+
+import tensorflow as tf
+from absl import logging
+
+from dpsr_tf.model import model_dir as model_dir_lib
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.model_fn import dpsr_model_fn
+from dpsr_tf.training import tf_config
+from dpsr_tf.training.config import TrainConfig
+from dpsr_tf.training.run_config import make_run_config
+
+
+def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
+                   cluster: Optional[tf_config.ClusterInfo] = None) -> tf.estimator.Estimator:
+    """The DPSR Estimator of this task (model_config must already be resolved)."""
+    cluster = cluster or tf_config.from_env()
+    params = {"model_config": model_config, "layout_spec": layout_spec,
+              "batch_size": train.batch_size, "seed": train.seed,
+              "log_every_steps": train.log_step_count_steps,
+              "task": f"{cluster.task_type}:{cluster.task_index}" if cluster.distributed else ""}
+    return tf.estimator.Estimator(dpsr_model_fn, config=make_run_config(train, cluster),
+                                  params=params)
+
+
+def default_input_fns(model_config: ModelConfig, train: TrainConfig,
+                      cluster: tf_config.ClusterInfo):
+    """(train_input_fn, eval_input_fn) from dpsr_tf.data.pipeline over train.layout_dir."""
+    from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
+    train_fn = pipeline.make_train_input_fn(
+        train.layout_dir, batch_size=train.batch_size,
+        num_random_negatives=max(1, model_config.random_negatives_needed),
+        shuffle_buffer=train.shuffle_buffer, seed=train.seed + 1000 * cluster.replica_index,
+        num_epochs=None, split="train")
+    eval_fn = pipeline.make_eval_input_fn(
+        train.layout_dir, batch_size=train.eval_batch_size,
+        num_random_negatives=max(1, train.eval_random_negatives,
+                                 model_config.random_negatives_needed),
+        split=train.eval_split)
+    return train_fn, eval_fn
+
+
+def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_spec=None,
+                       train_input_fn: Optional[Callable] = None,
+                       eval_input_fn: Optional[Callable] = None):
+    """Runs this task's part of tf.estimator.train_and_evaluate.
+
+    Args:
+      model_config: ModelConfig (embedding_partitions 0 is resolved here from the cluster).
+      train: TrainConfig.
+      layout_spec: default: dpsr_tf.data.layout.load_layout_spec(train.layout_dir).
+      train_input_fn, eval_input_fn: default: dpsr_tf.data.pipeline over train.layout_dir.
+
+    Returns:
+      what tf.estimator.train_and_evaluate returns (eval metrics, export results) on the chief
+      or a local run; None on other tasks.
+    """
+    cluster = tf_config.from_env()
+    if layout_spec is None:
+        from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
+        layout_spec = load_layout_spec(train.layout_dir)
+    cfg = model_config.resolved(cluster.num_ps)
+    if cluster.task_type in ("chief",):
+        path = model_dir_lib.write_resolved_config(
+            train.model_dir, cfg, layout_spec,
+            extra={"train": train.to_dict(), "cluster": cluster.cluster,
+                   "written_by": {"host": socket.gethostname(), "time": time.time()}})
+        logging.info("resolved config written to %s", path)
+    if train_input_fn is None or eval_input_fn is None:
+        default_train, default_eval = default_input_fns(cfg, train, cluster)
+        train_input_fn = train_input_fn or default_train
+        eval_input_fn = eval_input_fn or default_eval
+    estimator = make_estimator(cfg, train, layout_spec, cluster)
+    logging.info("task %s:%d of cluster %s; model: %s", cluster.task_type, cluster.task_index,
+                 cluster.cluster or "(local)", cfg.to_dict())
+    train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train.train_steps)
+    eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=train.eval_steps,
+                                      start_delay_secs=0, throttle_secs=train.throttle_secs)
+    return tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
