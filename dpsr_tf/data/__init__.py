@@ -1,0 +1,28 @@
+"""Training data: the three-file input format, `dpsr prepare`, the layout and its input fns.
+
+Modules (one job each):
+  schema     columns, labels, rejection reasons and reports of the three input files
+  readers    TSV/CSV readers that report bad rows with file:line instead of raising
+  split      the deterministic train/eval split (query hash, the dashboard rule; or time)
+  prepare    validate the files, tokenize item titles and queries once, write the layout
+  layout     LayoutSpec + numpy readers of the layout (item table, id map, eval sets)
+  pipeline   tf.data input fns for the Estimator (in-graph joins from tables loaded once)
+  synthetic  the seeded synthetic catalog (demo default) with its ground truth
+  converters real datasets (Home Depot, Best Buy, MovieLens 100K, JDsearch) -> three files
+
+pipeline imports TensorFlow; import it explicitly (`from dpsr_tf.data import pipeline`).
+"""
+from dpsr_tf.data.layout import (EvalSet, FeatureTable, LayoutSpec, load_eval_set,
+                                 load_item_id_map, load_item_ids, load_item_table,
+                                 load_labeled_pairs, load_layout_spec, load_queries,
+                                 load_user_table, read_records)
+from dpsr_tf.data.prepare import PrepareConfig, PrepareError, prepare
+from dpsr_tf.data.schema import SchemaError
+from dpsr_tf.data.split import SplitConfig, is_eval_query
+
+__all__ = [
+    "EvalSet", "FeatureTable", "LayoutSpec", "PrepareConfig", "PrepareError", "SchemaError",
+    "SplitConfig", "is_eval_query", "load_eval_set", "load_item_id_map", "load_item_ids",
+    "load_item_table", "load_labeled_pairs", "load_layout_spec", "load_queries",
+    "load_user_table", "prepare", "read_records",
+]

@@ -1,0 +1,415 @@
+"""The training layout written by `dpsr prepare`, and its numpy readers.
+
+Directory (docs/data_format.md, "Training layout"):
+
+  layout.json                 LayoutSpec (this module) + counts and the resolved prepare config
+  prepare_report.txt          the validation report (counts, rejected rows by reason, examples)
+  vocab.txt                   tokenizer vocabulary (vocabulary mode only)
+  items/ids.txt               row -> external item_id (one per line)
+  items/titles.txt            row -> title as read (tabs/newlines replaced by spaces)
+  items/token_ids.npy         int32 [total item tokens]   title token ids, tokenized once
+  items/token_splits.npy      int64 [num_items + 1]       row i = token_ids[splits[i]:splits[i+1]]
+  items/features.npy          int32 [num_items, len(item_features)]   categorical ids, 0 = unknown
+  items/vocab/<name>.txt      the values of a categorical column; line k holds id k + 1
+  users/ids.txt, users/features.npy, users/vocab/<name>.txt     the same for users
+  users/history_items.npy     int32 [total]          item rows of each user's positives, in time
+  users/history_splits.npy    int64 [num_users + 1]  order (the source of "user_history")
+  queries/texts.txt           row -> query text
+  queries/token_ids.npy       int32, queries/token_splits.npy int64 [num_queries + 1]
+  interactions/<split>-SSSSS-of-NNNNN.rec   fixed-length interaction records (RECORD_DTYPE)
+
+All arrays are little-endian .npy files, read by numpy here and in-graph by
+dpsr_tf.data.pipeline (tf.io.read_file + decode_raw), so the tables are loaded once per input
+pipeline and never embedded in a GraphDef.
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dpsr_tf.tokenization import TokenizerConfig
+
+FORMAT_VERSION = 1
+LAYOUT_JSON = "layout.json"
+REPORT_TXT = "prepare_report.txt"
+VOCAB_TXT = "vocab.txt"
+
+ITEM_IDS = "items/ids.txt"
+ITEM_TITLES = "items/titles.txt"
+ITEM_TOKEN_IDS = "items/token_ids.npy"
+ITEM_TOKEN_SPLITS = "items/token_splits.npy"
+ITEM_FEATURES = "items/features.npy"
+ITEM_VOCAB_DIR = "items/vocab"
+USER_IDS = "users/ids.txt"
+USER_FEATURES = "users/features.npy"
+USER_VOCAB_DIR = "users/vocab"
+USER_HISTORY_ITEMS = "users/history_items.npy"
+USER_HISTORY_SPLITS = "users/history_splits.npy"
+QUERY_TEXTS = "queries/texts.txt"
+QUERY_TOKEN_IDS = "queries/token_ids.npy"
+QUERY_TOKEN_SPLITS = "queries/token_splits.npy"
+INTERACTIONS_DIR = "interactions"
+
+# One interaction = 24 bytes. history_end: the user's history is
+# history_items[history_splits[user_row] : history_splits[user_row] + history_end], the user's
+# positives strictly before this interaction (the pipeline keeps the last history_length).
+RECORD_DTYPE = np.dtype([
+    ("query_row", "<i4"),
+    ("item_row", "<i4"),
+    ("user_row", "<i4"),       # -1: no user
+    ("history_end", "<i4"),    # 0 when no user
+    ("label_kind", "<i4"),     # schema.LabelKind: 0 click, 1 human positive, 2 human negative
+    ("gain", "<f4"),           # graded gain (nDCG); 1 for positives, 0 for negatives by default
+])
+RECORD_MAGIC = b"DPSRREC1"
+RECORD_HEADER_BYTES = 32       # magic, uint32 record bytes, uint32 0, uint64 count, 8 x 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutSpec:
+    """Metadata of a training layout (layout.json), loaded by `load_layout_spec`.
+
+    Attributes:
+      layout_dir: absolute path of the layout directory.
+      tokenizer_config: the config used to tokenize items AND queries (vocab_file absolute).
+      token_id_space: embedding table size for token ids (Tokenizer.id_space).
+      num_items, num_users, num_queries: table sizes.
+      item_features: categorical item column -> vocabulary size (ids 0..size-1; 0 = unknown).
+      user_features: categorical user column -> vocabulary size (0 = unknown / no user).
+      history_length: at most this many recent items in "user_history" (0 = none).
+      counts: rows read/kept/rejected per file and reason, split sizes, label counts.
+      split: how train/eval were split (method, modulus or cutoff).
+      eval_min_gain: default threshold of `load_eval_set` (relevant iff positive and
+        gain >= eval_min_gain).
+      record_files: split name -> record file paths relative to layout_dir.
+      num_records: split name -> number of interaction records.
+      format_version: FORMAT_VERSION of the writer.
+    """
+
+    layout_dir: str
+    tokenizer_config: TokenizerConfig
+    token_id_space: int
+    num_items: int
+    num_users: int
+    num_queries: int
+    item_features: Dict[str, int]
+    user_features: Dict[str, int]
+    history_length: int
+    counts: dict
+    split: dict
+    eval_min_gain: float
+    record_files: Dict[str, List[str]]
+    num_records: Dict[str, int]
+    format_version: int = FORMAT_VERSION
+
+    def path(self, relative: str) -> str:
+        """Absolute path of a layout file."""
+        return os.path.join(self.layout_dir, relative)
+
+    @property
+    def splits(self) -> Tuple[str, ...]:
+        return tuple(self.record_files)
+
+
+def load_layout_spec(layout_dir: str) -> LayoutSpec:
+    """Reads <layout_dir>/layout.json.
+
+    Raises:
+      FileNotFoundError: not a layout directory (run `dpsr prepare` first).
+      ValueError: a layout written by an incompatible version.
+    """
+    layout_dir = os.path.abspath(layout_dir)
+    path = os.path.join(layout_dir, LAYOUT_JSON)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {layout_dir} is not a training layout; write one with "
+            f"`dpsr prepare --items=... --interactions=... --output={layout_dir}`")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: layout format_version {version}, this code reads "
+                         f"{FORMAT_VERSION}; re-run `dpsr prepare`")
+    tok = dict(data["tokenizer_config"])
+    if tok.get("vocab_file"):
+        tok["vocab_file"] = os.path.join(layout_dir, tok["vocab_file"])
+    return LayoutSpec(
+        layout_dir=layout_dir,
+        tokenizer_config=TokenizerConfig(**tok),
+        token_id_space=int(data["token_id_space"]),
+        num_items=int(data["num_items"]),
+        num_users=int(data["num_users"]),
+        num_queries=int(data["num_queries"]),
+        item_features=dict(data["item_features"]),
+        user_features=dict(data["user_features"]),
+        history_length=int(data["history_length"]),
+        counts=data["counts"],
+        split=data["split"],
+        eval_min_gain=float(data["eval_min_gain"]),
+        record_files={k: list(v) for k, v in data["record_files"].items()},
+        num_records={k: int(v) for k, v in data["num_records"].items()},
+        format_version=version,
+    )
+
+
+def _spec(layout) -> LayoutSpec:
+    return layout if isinstance(layout, LayoutSpec) else load_layout_spec(layout)
+
+
+def read_lines(path: str) -> List[str]:
+    """The lines of a layout text table (UTF-8, '\\n'-terminated)."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        text = f.read()
+    return text.split("\n")[:-1] if text else []
+
+
+def write_lines(path: str, lines: Sequence[str]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line)
+            f.write("\n")
+
+
+def npy_data_offset(path: str) -> Tuple[int, np.dtype, Tuple[int, ...]]:
+    """(header bytes, dtype, shape) of a .npy file: where its raw data starts."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # pylint: disable=protected-access
+        if fortran:
+            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
+        return f.tell(), dtype, shape
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy readers (evaluation, indexing, tests).
+
+def load_item_ids(layout) -> List[str]:
+    """[num_items] external item ids; index = item row."""
+    return read_lines(_spec(layout).path(ITEM_IDS))
+
+
+def load_item_id_map(layout) -> Dict[str, int]:
+    """external item id -> item row."""
+    return {item_id: row for row, item_id in enumerate(load_item_ids(layout))}
+
+
+@dataclasses.dataclass
+class FeatureTable:
+    """Rows of items or users as numpy arrays.
+
+    Attributes:
+      ids: [N] external ids.
+      features: [N, F] int32 categorical ids (0 = unknown), columns in `feature_names` order.
+      feature_names: the categorical columns.
+      vocabularies: column -> list of values, index = id (index 0 is "" = unknown).
+      token_ids, token_splits: items only: [T] int32 and [N + 1] int64 title token ids.
+      titles: items only: [N] titles.
+    """
+
+    ids: List[str]
+    features: np.ndarray
+    feature_names: List[str]
+    vocabularies: Dict[str, List[str]]
+    token_ids: Optional[np.ndarray] = None
+    token_splits: Optional[np.ndarray] = None
+    titles: Optional[List[str]] = None
+
+    def tokens(self, row: int) -> np.ndarray:
+        """[n] int64 token ids of one row."""
+        return self.token_ids[self.token_splits[row]:self.token_splits[row + 1]].astype(np.int64)
+
+    def feature(self, name: str) -> np.ndarray:
+        """[N] int64 ids of one categorical column."""
+        return self.features[:, self.feature_names.index(name)].astype(np.int64)
+
+
+def _vocabularies(spec: LayoutSpec, vocab_dir: str, names) -> Dict[str, List[str]]:
+    return {name: [""] + read_lines(spec.path(f"{vocab_dir}/{name}.txt")) for name in names}
+
+
+def load_item_table(layout, mmap: bool = False) -> FeatureTable:
+    """The item table as numpy (titles, token ids, categorical features, vocabularies)."""
+    spec = _spec(layout)
+    mode = "r" if mmap else None
+    return FeatureTable(
+        ids=load_item_ids(spec),
+        features=np.load(spec.path(ITEM_FEATURES), mmap_mode=mode),
+        feature_names=list(spec.item_features),
+        vocabularies=_vocabularies(spec, ITEM_VOCAB_DIR, spec.item_features),
+        token_ids=np.load(spec.path(ITEM_TOKEN_IDS), mmap_mode=mode),
+        token_splits=np.load(spec.path(ITEM_TOKEN_SPLITS)),
+        titles=read_lines(spec.path(ITEM_TITLES)),
+    )
+
+
+def load_user_table(layout) -> FeatureTable:
+    """The user table as numpy (ids, categorical profile features, vocabularies)."""
+    spec = _spec(layout)
+    return FeatureTable(
+        ids=read_lines(spec.path(USER_IDS)),
+        features=np.load(spec.path(USER_FEATURES)),
+        feature_names=list(spec.user_features),
+        vocabularies=_vocabularies(spec, USER_VOCAB_DIR, spec.user_features),
+    )
+
+
+def load_user_histories(layout) -> Tuple[np.ndarray, np.ndarray]:
+    """(history_items [T] int32, history_splits [num_users + 1] int64)."""
+    spec = _spec(layout)
+    return np.load(spec.path(USER_HISTORY_ITEMS)), np.load(spec.path(USER_HISTORY_SPLITS))
+
+
+def load_queries(layout) -> List[str]:
+    """[num_queries] query texts; index = query row."""
+    return read_lines(_spec(layout).path(QUERY_TEXTS))
+
+
+def load_query_tokens(layout) -> Tuple[np.ndarray, np.ndarray]:
+    """(token_ids [T] int32, token_splits [num_queries + 1] int64)."""
+    spec = _spec(layout)
+    return np.load(spec.path(QUERY_TOKEN_IDS)), np.load(spec.path(QUERY_TOKEN_SPLITS))
+
+
+def record_header(num_records: int) -> bytes:
+    return (RECORD_MAGIC + np.uint32(RECORD_DTYPE.itemsize).tobytes() + bytes(4)
+            + np.uint64(num_records).tobytes() + bytes(8))
+
+
+def read_record_file(path: str) -> np.ndarray:
+    """[n] RECORD_DTYPE records of one interaction file (checks magic and size)."""
+    with open(path, "rb") as f:
+        header = f.read(RECORD_HEADER_BYTES)
+    if len(header) != RECORD_HEADER_BYTES or header[:8] != RECORD_MAGIC:
+        raise ValueError(f"{path}: not a DPSR interaction record file (bad magic)")
+    size = int(np.frombuffer(header[8:12], "<u4")[0])
+    count = int(np.frombuffer(header[16:24], "<u8")[0])
+    if size != RECORD_DTYPE.itemsize:
+        raise ValueError(f"{path}: record size {size}, expected {RECORD_DTYPE.itemsize}")
+    records = np.fromfile(path, dtype=RECORD_DTYPE, offset=RECORD_HEADER_BYTES)
+    if len(records) != count:
+        raise ValueError(f"{path}: header says {count} records, file holds {len(records)} "
+                         f"(truncated?)")
+    return records
+
+
+def read_records(layout, split: str) -> np.ndarray:
+    """[num_records] RECORD_DTYPE: every interaction record of a split, in file order."""
+    spec = _spec(layout)
+    if split not in spec.record_files:
+        raise ValueError(f"unknown split {split!r}; this layout has {list(spec.record_files)}")
+    parts = [read_record_file(spec.path(p)) for p in spec.record_files[split]]
+    return np.concatenate(parts) if parts else np.zeros([0], RECORD_DTYPE)
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """Full-corpus retrieval requests of a split with their relevant items and graded gains.
+
+    A request is a (query, user) pair (user_row -1 for anonymous interactions); its relevant
+    items are the items of its positive interactions (click or human positive) with
+    gain >= min_gain, each with the largest such gain. Requests without a relevant item are
+    left out (the dashboard protocol).
+
+    Attributes:
+      queries: [Q] query texts.
+      query_rows: [Q] int64 query rows (index into load_queries / query tokens).
+      user_rows: [Q] int64 user rows, -1 = no user.
+      history_ends: [Q] int64 history_end of the request's first interaction (for user_history).
+      relevant_splits: [Q + 1] int64; request i's relevant items are
+        relevant_rows[relevant_splits[i]:relevant_splits[i + 1]] (sorted by item row).
+      relevant_rows: [R] int64 item rows.
+      relevant_gains: [R] float32 graded gains (nDCG).
+      min_gain: the threshold used.
+    """
+
+    queries: List[str]
+    query_rows: np.ndarray
+    user_rows: np.ndarray
+    history_ends: np.ndarray
+    relevant_splits: np.ndarray
+    relevant_rows: np.ndarray
+    relevant_gains: np.ndarray
+    min_gain: float
+
+    def __len__(self) -> int:
+        return len(self.query_rows)
+
+    def relevant(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(item rows [n] int64, gains [n] float32) of request i."""
+        lo, hi = self.relevant_splits[i], self.relevant_splits[i + 1]
+        return self.relevant_rows[lo:hi], self.relevant_gains[lo:hi]
+
+
+_GAIN_EPS = 1e-4   # gains are float32 in the records; "1.67" must pass ">= 1.67"
+
+
+def load_eval_set(layout, split: str = "eval", min_gain: Optional[float] = None) -> EvalSet:
+    """Requests of a split with relevant items and gains, for Recall/nDCG/MRR over the corpus.
+
+    Args:
+      layout: a LayoutSpec or a layout directory.
+      split: "eval" (or "train").
+      min_gain: relevant iff positive and gain >= min_gain; None = spec.eval_min_gain.
+        Home Depot dashboard protocol: relevance >= 2.67 <=> gain >= 1.67.
+
+    Returns:
+      EvalSet, requests ordered by first appearance in the split.
+    """
+    spec = _spec(layout)
+    min_gain = spec.eval_min_gain if min_gain is None else float(min_gain)
+    rec = read_records(spec, split)
+    positive = rec["label_kind"] != 2
+    keep = positive & (rec["gain"] >= np.float32(min_gain - _GAIN_EPS))
+    # Requests = distinct (query_row, user_row), in order of first appearance in the split.
+    key = rec["query_row"].astype(np.int64) * (spec.num_users + 1) + (rec["user_row"] + 1)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")            # request ids by first appearance
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    request = rank[inverse]                             # [n] request of each record
+    # Relevant (request, item) pairs with their max gain.
+    r, items, gains = request[keep], rec["item_row"][keep].astype(np.int64), rec["gain"][keep]
+    pair = r * spec.num_items + items
+    sort = np.lexsort((-gains, pair))
+    pair, gains = pair[sort], gains[sort]
+    first_of_pair = np.ones(len(pair), bool)
+    first_of_pair[1:] = pair[1:] != pair[:-1]
+    pair, gains = pair[first_of_pair], gains[first_of_pair]
+    pair_request, pair_item = pair // spec.num_items, pair % spec.num_items
+    counts = np.bincount(pair_request, minlength=len(order))
+    has_relevant = counts > 0
+    q_first = first[order][has_relevant]
+    splits = np.zeros(int(has_relevant.sum()) + 1, np.int64)
+    np.cumsum(counts[has_relevant], out=splits[1:])
+    queries = load_queries(spec)
+    query_rows = rec["query_row"][q_first].astype(np.int64)
+    return EvalSet(
+        queries=[queries[q] for q in query_rows],
+        query_rows=query_rows,
+        user_rows=rec["user_row"][q_first].astype(np.int64),
+        history_ends=rec["history_end"][q_first].astype(np.int64),
+        relevant_splits=splits,
+        relevant_rows=pair_item.astype(np.int64),
+        relevant_gains=gains.astype(np.float32),
+        min_gain=min_gain,
+    )
+
+
+def load_labeled_pairs(layout, split: str = "eval") -> Dict[str, np.ndarray]:
+    """Every labelled (query, user, item) of a split, e.g. for AUC on labelled pairs.
+
+    Returns:
+      dict of [n] arrays: query_row int64, user_row int64, item_row int64, label float32
+      (1 = click / human positive, 0 = human negative), gain float32.
+    """
+    rec = read_records(_spec(layout), split)
+    return {
+        "query_row": rec["query_row"].astype(np.int64),
+        "user_row": rec["user_row"].astype(np.int64),
+        "item_row": rec["item_row"].astype(np.int64),
+        "label": (rec["label_kind"] != 2).astype(np.float32),
+        "gain": rec["gain"].astype(np.float32),
+    }

@@ -1,0 +1,335 @@
+"""tf.data input functions for the Estimator: interaction records joined in-graph with tables.
+
+How the tables are "loaded once" (docs/data_format.md, "Input pipeline"): the item, user and
+query tables stay in the layout's .npy/.txt files. Each input pipeline reads them with
+tf.io.read_file + tf.io.decode_raw inside a one-element dataset that is cached in memory and
+repeated; that dataset is zipped with the batches of interaction records, so every batch's join
+(tf.gather on the cached tensors) sees the same table tensors, read from disk once per input
+pipeline (once per `Estimator.train/evaluate` call, per worker process). Nothing large is
+embedded in the GraphDef (its 2 GB limit would break at ~1M items), and there is no
+per-example Python: records are 24-byte fixed-length rows decoded per batch with decode_raw.
+
+Per batch (B = batch size, R = num_random_negatives), `features` holds:
+  query side   "query" string [B], "query_row" int64 [B], "query_tokens" ragged int64 [B, (Lq)],
+               "user_row" int64 [B] (-1 = no user), "user_<name>" int64 [B] (0 = unknown),
+               "user_history" ragged int64 [B, (H)] (item rows of earlier positives, newest last)
+  labelled item "item_row" int64 [B], "item_tokens" ragged int64 [B, (Li)],
+               "item_<name>" int64 [B], "label" float32 [B] (1 positive, 0 human negative),
+               "gain" float32 [B]
+  negatives    "neg_item_row" int64 [R], "neg_item_tokens" ragged int64 [R, (Li)],
+               "neg_item_<name>" int64 [R]: uniform over the item table, drawn once per batch
+               and shared by all its examples (DPSR §4.4.1).
+Batch negatives are the other examples' positives (the model masks equal item rows); human
+negatives are ordinary examples with label 0 next to their query (§4.5).
+"""
+import random
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from dpsr_tf.data import layout as layout_lib
+
+_NP_TO_TF = {np.dtype("<i4"): tf.int32, np.dtype("<i8"): tf.int64, np.dtype("<f4"): tf.float32}
+_NUM_FIELDS = len(layout_lib.RECORD_DTYPE.names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables, read in-graph.
+
+def _read_npy(path: str) -> tf.Tensor:
+    """In-graph read of a little-endian .npy file (int32/int64/float32, C order)."""
+    offset, dtype, shape = layout_lib.npy_data_offset(path)
+    if dtype not in _NP_TO_TF:
+        raise ValueError(f"{path}: unsupported dtype {dtype}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = tf.io.read_file(path)
+    data = tf.strings.substr(raw, tf.constant(offset, tf.int64), tf.constant(nbytes, tf.int64))
+    flat = tf.io.decode_raw(data, _NP_TO_TF[dtype], little_endian=True)
+    return tf.reshape(flat, shape)
+
+
+def _read_lines(path: str) -> tf.Tensor:
+    """[n] tf.string: the lines of a layout text table."""
+    lines = tf.strings.split(tf.io.read_file(path), "\n")
+    return lines[:-1]
+
+
+def _ragged(values: tf.Tensor, splits: tf.Tensor) -> tf.RaggedTensor:
+    return tf.RaggedTensor.from_row_splits(values, splits, validate=False)
+
+
+def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Dict]:
+    """A dataset map function that reads the tables named in `parts` from the layout."""
+    p = spec.path
+
+    def load(_):
+        t = {}
+        if "items" in parts:
+            t["item_token_ids"] = _read_npy(p(layout_lib.ITEM_TOKEN_IDS))
+            t["item_token_splits"] = _read_npy(p(layout_lib.ITEM_TOKEN_SPLITS))
+            t["item_features"] = _read_npy(p(layout_lib.ITEM_FEATURES))
+        if "item_ids" in parts:
+            t["item_ids"] = _read_lines(p(layout_lib.ITEM_IDS))
+        if "queries" in parts:
+            t["query_texts"] = _read_lines(p(layout_lib.QUERY_TEXTS))
+            t["query_token_ids"] = _read_npy(p(layout_lib.QUERY_TOKEN_IDS))
+            t["query_token_splits"] = _read_npy(p(layout_lib.QUERY_TOKEN_SPLITS))
+        if "users" in parts:
+            feats = _read_npy(p(layout_lib.USER_FEATURES))
+            # One extra all-zero row, gathered for "no user" (works with 0 users too).
+            t["user_features"] = tf.concat(
+                [feats, tf.zeros([1, len(spec.user_features)], tf.int32)], axis=0)
+            t["history_items"] = _read_npy(p(layout_lib.USER_HISTORY_ITEMS))
+            t["history_splits"] = _read_npy(p(layout_lib.USER_HISTORY_SPLITS))
+        return t
+
+    return load
+
+
+def _tables_dataset(spec: layout_lib.LayoutSpec, parts) -> tf.data.Dataset:
+    """An endless dataset repeating the same table tensors, read from disk once (cache)."""
+    return (tf.data.Dataset.from_tensors(np.int64(0))
+            .map(_load_tables(spec, parts))
+            .cache()
+            .repeat())
+
+
+# ---------------------------------------------------------------------------------------------
+# Joins (all per batch, in-graph).
+
+def _gather_tokens(t: Dict, prefix: str, rows: tf.Tensor) -> tf.RaggedTensor:
+    table = _ragged(t[f"{prefix}_token_ids"], t[f"{prefix}_token_splits"])
+    gathered = tf.gather(table, rows)
+    return gathered.with_flat_values(tf.cast(gathered.flat_values, tf.int64))
+
+
+def _item_features(spec: layout_lib.LayoutSpec, t: Dict, rows: tf.Tensor, prefix: str) -> Dict:
+    out = {f"{prefix}_row": rows, f"{prefix}_tokens": _gather_tokens(t, "item", rows)}
+    cats = tf.cast(tf.gather(t["item_features"], rows), tf.int64)
+    for j, name in enumerate(spec.item_features):
+        out[f"{prefix}_{name}"] = cats[:, j]
+    return out
+
+
+def _user_features(spec: layout_lib.LayoutSpec, t: Dict, user_row: tf.Tensor,
+                   history_end: tf.Tensor) -> Dict:
+    has_user = user_row >= 0
+    index = tf.where(has_user, user_row, tf.cast(spec.num_users, tf.int64))
+    cats = tf.cast(tf.gather(t["user_features"], index), tf.int64)
+    out = {"user_row": user_row}
+    for j, name in enumerate(spec.user_features):
+        out[f"user_{name}"] = cats[:, j]
+    splits = t["history_splits"]
+    base = tf.gather(splits, tf.minimum(tf.maximum(user_row, 0), tf.shape(splits, tf.int64)[0] - 1))
+    end = base + history_end
+    start = tf.maximum(base, end - spec.history_length)
+    start = tf.where(has_user, start, end)
+    positions = tf.ragged.range(start, end)
+    history = tf.gather(t["history_items"], positions)
+    out["user_history"] = history.with_flat_values(tf.cast(history.flat_values, tf.int64))
+    return out
+
+
+def _query_features(t: Dict, query_row: tf.Tensor) -> Dict:
+    return {"query": tf.gather(t["query_texts"], query_row),
+            "query_row": query_row,
+            "query_tokens": _gather_tokens(t, "query", query_row)}
+
+
+def _join_fn(spec: layout_lib.LayoutSpec, num_random_negatives: int, seed: int,
+             static_batch: int = -1):
+    num_items = spec.num_items
+
+    def join(raw: tf.Tensor, t: Dict, batch_index: tf.Tensor) -> Dict:
+        rec = tf.io.decode_raw(raw, tf.int32, little_endian=True)
+        rec = tf.reshape(rec, [static_batch, _NUM_FIELDS])
+        query_row = tf.cast(rec[:, 0], tf.int64)
+        item_row = tf.cast(rec[:, 1], tf.int64)
+        user_row = tf.cast(rec[:, 2], tf.int64)
+        history_end = tf.cast(rec[:, 3], tf.int64)
+        label_kind = rec[:, 4]
+        features = _query_features(t, query_row)
+        features.update(_user_features(spec, t, user_row, history_end))
+        features.update(_item_features(spec, t, item_row, "item"))
+        features["label"] = tf.cast(tf.not_equal(label_kind, 2), tf.float32)
+        features["gain"] = tf.bitcast(rec[:, 5], tf.float32)
+        neg = tf.random.stateless_uniform(
+            [num_random_negatives], seed=tf.stack([tf.constant(seed, tf.int64), batch_index]),
+            minval=0, maxval=num_items, dtype=tf.int64)
+        features.update(_item_features(spec, t, neg, "neg_item"))
+        return features
+
+    return join
+
+
+# ---------------------------------------------------------------------------------------------
+# Input functions.
+
+def _check_record_files(spec: layout_lib.LayoutSpec, split: str):
+    if split not in spec.record_files:
+        raise ValueError(f"unknown split {split!r}; the layout {spec.layout_dir} has "
+                         f"{list(spec.record_files)}")
+    files = [spec.path(p) for p in spec.record_files[split]]
+    for path in files:
+        with open(path, "rb") as f:
+            header = f.read(layout_lib.RECORD_HEADER_BYTES)
+        if header[:8] != layout_lib.RECORD_MAGIC:
+            raise ValueError(f"{path}: not a DPSR interaction record file; re-run dpsr prepare")
+    return files
+
+
+def _records(files, batch_size: int, drop_remainder: bool, shuffle_buffer: int,
+             seed: Optional[int], num_epochs: Optional[int], num_shards: int,
+             shard_index: int) -> tf.data.Dataset:
+    ds = tf.data.FixedLengthRecordDataset(files, layout_lib.RECORD_DTYPE.itemsize,
+                                          header_bytes=layout_lib.RECORD_HEADER_BYTES,
+                                          buffer_size=1 << 20)
+    if num_shards > 1:
+        ds = ds.shard(num_shards, shard_index)
+    if shuffle_buffer > 0:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.repeat(num_epochs)
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, seed, num_epochs,
+              drop_remainder, num_shards=1, shard_index=0) -> tf.data.Dataset:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_random_negatives < 0:
+        raise ValueError(f"num_random_negatives must be >= 0, got {num_random_negatives}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+    files = _check_record_files(spec, split)
+    records = _records(files, batch_size, drop_remainder, shuffle_buffer, seed, num_epochs,
+                       num_shards, shard_index)
+    tables = _tables_dataset(spec, ("items", "queries", "users"))
+    ds = tf.data.Dataset.zip((records, tables, tf.data.Dataset.counter()))
+    neg_seed = (seed if seed is not None else 0) * 1000003 + shard_index
+    static_batch = batch_size if drop_remainder else -1
+    ds = ds.map(_join_fn(spec, num_random_negatives, neg_seed, static_batch),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
+                        num_random_negatives: int = 64, shuffle_buffer: int = 65536,
+                        seed: Optional[int] = None, num_epochs: Optional[int] = None,
+                        split: str = "train", num_shards: int = 1, shard_index: int = 0
+                        ) -> Callable:
+    """Training input_fn for tf.estimator: shuffled, repeated, full batches.
+
+    Args:
+      layout_dir: a directory written by `dpsr prepare`.
+      batch_size: B; batches are full (drop_remainder) so shapes are static [B].
+      num_random_negatives: R items drawn uniformly per batch (0 = none).
+      shuffle_buffer: records in the shuffle buffer (0 = the prepared order, which is already
+        a seeded global permutation of the train split).
+      seed: shuffle and negative-sampling seed; None = a fresh random seed per input_fn.
+      num_epochs: passes over the split; None = forever.
+      split: which record split to read.
+      num_shards, shard_index: read every num_shards-th record starting at shard_index (one
+        shard per worker in a cluster); also decorrelates the negatives of workers.
+
+    Returns:
+      input_fn(params=None) -> tf.data.Dataset of feature dicts (labels None; the "label"
+      feature carries 1 for positives, 0 for human negatives). See the module docstring.
+    """
+    spec = layout_lib.load_layout_spec(layout_dir)
+    if seed is None:
+        seed = random.SystemRandom().randrange(1 << 31)
+
+    def input_fn(params=None):
+        del params
+        return _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, seed,
+                         num_epochs, drop_remainder=True, num_shards=num_shards,
+                         shard_index=shard_index)
+
+    return input_fn
+
+
+def make_eval_input_fn(layout_dir: str, *, batch_size: int = 256,
+                       num_random_negatives: int = 64, split: str = "eval",
+                       seed: int = 0) -> Callable:
+    """Evaluation input_fn: one pass over a split in file order, no shuffle.
+
+    The last batch may be smaller than batch_size (batch dimension None). The random negatives
+    are seeded, so two evaluations see the same negatives.
+    """
+    spec = layout_lib.load_layout_spec(layout_dir)
+
+    def input_fn(params=None):
+        del params
+        return _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer=0,
+                         seed=seed, num_epochs=1, drop_remainder=False)
+
+    return input_fn
+
+
+def make_item_input_fn(layout_dir: str, *, batch_size: int = 1024) -> Callable:
+    """Every item once, in row order (indexing and full-corpus evaluation).
+
+    Per batch: "item_row" int64 [b], "item_id" string [b], "item_tokens" ragged int64
+    [b, (Li)], "item_<name>" int64 [b]; the last batch may be smaller.
+    """
+    spec = layout_lib.load_layout_spec(layout_dir)
+
+    def input_fn(params=None):
+        del params
+        rows = tf.data.Dataset.range(spec.num_items).batch(batch_size)
+        tables = _tables_dataset(spec, ("items", "item_ids"))
+
+        def join(r, t):
+            out = _item_features(spec, t, r, "item")
+            out["item_id"] = tf.gather(t["item_ids"], r)
+            return out
+
+        return (tf.data.Dataset.zip((rows, tables))
+                .map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .prefetch(tf.data.AUTOTUNE))
+
+    return input_fn
+
+
+def make_request_input_fn(layout_dir: str, eval_set: layout_lib.EvalSet, *,
+                          batch_size: int = 256) -> Callable:
+    """Query-side features of each EvalSet request, in order (full-corpus retrieval eval).
+
+    Per batch: "request_index" int64 [b] (index into eval_set), "query", "query_row",
+    "query_tokens", "user_row", "user_<name>", "user_history" as in the training batches.
+    """
+    spec = layout_lib.load_layout_spec(layout_dir)
+    arrays = (np.arange(len(eval_set), dtype=np.int64), eval_set.query_rows.astype(np.int64),
+              eval_set.user_rows.astype(np.int64), eval_set.history_ends.astype(np.int64))
+
+    def input_fn(params=None):
+        del params
+        rows = tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)
+        tables = _tables_dataset(spec, ("queries", "users"))
+
+        def join(r, t):
+            index, query_row, user_row, history_end = r
+            out = _query_features(t, query_row)
+            out.update(_user_features(spec, t, user_row, history_end))
+            out["request_index"] = index
+            return out
+
+        return (tf.data.Dataset.zip((rows, tables))
+                .map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .prefetch(tf.data.AUTOTUNE))
+
+    return input_fn
+
+
+def feature_keys(layout_dir: str) -> Dict[str, list]:
+    """The feature keys the input functions emit for a layout, by input function."""
+    spec = layout_lib.load_layout_spec(layout_dir)
+    item = ["item_row", "item_tokens"] + [f"item_{n}" for n in spec.item_features]
+    user = ["user_row"] + [f"user_{n}" for n in spec.user_features] + ["user_history"]
+    query = ["query", "query_row", "query_tokens"]
+    neg = ["neg_item_row", "neg_item_tokens"] + [f"neg_item_{n}" for n in spec.item_features]
+    return {"train": query + user + item + ["label", "gain"] + neg,
+            "item": item + ["item_id"],
+            "request": ["request_index"] + query + user}
+

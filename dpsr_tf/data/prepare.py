@@ -1,0 +1,611 @@
+"""`dpsr prepare`: validate the three input files and write the training layout.
+
+Every row is either kept or rejected with one reason (schema.Reason) and counted; the report
+shows a few file:line examples per reason. A missing file, a malformed header or a missing
+required column stops with SchemaError; so does a file whose rejected fraction exceeds
+`max_reject_fraction` (probably the wrong file or delimiter) or an empty result.
+
+Item titles and queries are tokenized once here, through the pybind11 side of the C++
+tokenizer, with the same TokenizerConfig; the layout (dpsr_tf/data/layout.py) stores tables
+once and interactions as 24-byte records that refer to them by row.
+"""
+import array
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data import schema
+from dpsr_tf.data import split as split_lib
+from dpsr_tf.data.readers import Progress, TableReader
+from dpsr_tf.data.schema import Reason
+from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, build_vocabulary
+
+_TOKENIZE_BATCH = 8192
+
+
+class PrepareError(schema.SchemaError):
+    """prepare cannot produce a usable layout (too many rejected rows, nothing left, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareConfig:
+    """Inputs and settings of `prepare` (the flags of `dpsr prepare`).
+
+    Attributes:
+      items, interactions: paths of the items and interactions files (.tsv/.csv[.gz]).
+      output: the layout directory to write (replaced if it holds a previous layout).
+      users: path of the users file, or None (user ids of the interactions then define the
+        users, without profile features).
+      tokenizer: tokenizer settings for item titles and queries.
+      build_vocab: build a vocabulary (vocabulary mode) from titles + train queries.
+      vocab_min_count: keep features seen at least this often (build_vocab).
+      split: the train/eval split.
+      history_length: keep at most this many recent items per example in "user_history".
+      eval_min_gain: default relevance threshold of layout.load_eval_set.
+      max_reject_fraction: stop when a file rejects more than this fraction of its rows.
+      max_examples: examples per rejection reason in the report.
+      records_per_shard: interaction records per file.
+      seed: seed of the train records' order on disk (a global shuffle once).
+      progress_every_s: progress lines on stderr at most this often.
+    """
+
+    items: str
+    interactions: str
+    output: str
+    users: Optional[str] = None
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    build_vocab: bool = False
+    vocab_min_count: int = 2
+    split: split_lib.SplitConfig = split_lib.SplitConfig()
+    history_length: int = 16
+    eval_min_gain: float = 0.0
+    max_reject_fraction: float = 0.5
+    max_examples: int = 5
+    records_per_shard: int = 1 << 22
+    seed: int = 0
+    progress_every_s: float = 5.0
+
+    def __post_init__(self):
+        if self.history_length < 0:
+            raise ValueError(f"history_length must be >= 0, got {self.history_length}")
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise ValueError(f"max_reject_fraction must be in [0, 1], got "
+                             f"{self.max_reject_fraction}")
+        if self.records_per_shard < 1:
+            raise ValueError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and validating.
+
+@dataclasses.dataclass
+class _Table:
+    """Kept rows of the items or users file."""
+
+    ids: List[str]
+    index: Dict[str, int]
+    feature_names: List[str]
+    values: List[List[str]]          # per feature column, per row
+    titles: Optional[List[str]] = None
+    rejected: Dict[str, str] = dataclasses.field(default_factory=dict)  # id -> why
+
+
+def _read_table(path: str, file_schema: schema.FileSchema, report: schema.FileReport,
+                progress_every_s: float) -> _Table:
+    reader = TableReader(path, file_schema, progress_every_s)
+    is_items = file_schema is schema.ITEMS
+    id_col = reader.column(schema.ITEM_ID if is_items else schema.USER_ID)
+    title_col = reader.column(schema.TITLE) if is_items else -1
+    feat_cols = [reader.column(n) for n in reader.feature_columns]
+    duplicate = Reason.DUPLICATE_ITEM if is_items else Reason.DUPLICATE_USER
+    id_name = "item_id" if is_items else "user_id"
+    table = _Table([], {}, list(reader.feature_columns), [[] for _ in feat_cols],
+                   [] if is_items else None)
+    lines = []
+    clean = schema.clean_text
+    for rec in reader:
+        report.rows_read += 1
+        if rec.error is not None:
+            report.reject(rec.error, rec.line, rec.message)
+            if rec.fields and len(rec.fields) > id_col and rec.fields[id_col]:
+                table.rejected.setdefault(rec.fields[id_col], f"{path}:{rec.line} ({rec.error.value})")
+            continue
+        fields = rec.fields
+        row_id = fields[id_col]
+        if not schema.is_valid_id(row_id):
+            report.reject(Reason.EMPTY_ID, rec.line,
+                          f"{id_name} {row_id!r}: ids must be non-empty, without surrounding "
+                          f"spaces or control characters")
+            continue
+        if row_id in table.index:
+            report.reject(duplicate, rec.line,
+                          f"{id_name} {row_id!r} is already defined at "
+                          f"{path}:{lines[table.index[row_id]]}; the first definition is kept")
+            continue
+        if is_items:
+            title = clean(fields[title_col]).strip()
+            if not title:
+                report.reject(Reason.EMPTY_TITLE, rec.line, f"item_id {row_id!r} has an empty "
+                              f"title; every item needs text to be retrieved by")
+                table.rejected.setdefault(row_id, f"{path}:{rec.line} (empty title)")
+                continue
+            table.titles.append(title)
+        table.index[row_id] = len(table.ids)
+        table.ids.append(row_id)
+        lines.append(rec.line)
+        for values, col in zip(table.values, feat_cols):
+            values.append(clean(fields[col]).strip())
+        report.rows_kept += 1
+    return table
+
+
+@dataclasses.dataclass
+class _Interactions:
+    queries: List[str]
+    query_rows: np.ndarray     # [n] int32
+    item_rows: np.ndarray      # [n] int32
+    user_rows: np.ndarray      # [n] int32, -1 = none
+    label_kinds: np.ndarray    # [n] int8
+    gains: np.ndarray          # [n] float32
+    timestamps: Optional[np.ndarray]   # [n] float64 or None (no timestamp column)
+
+
+def _read_interactions(path: str, items: _Table, users: Optional[_Table],
+                       report: schema.FileReport, progress_every_s: float
+                       ) -> Tuple[_Interactions, Optional[_Table]]:
+    reader = TableReader(path, schema.INTERACTIONS, progress_every_s)
+    q_col, i_col, l_col = (reader.column(c) for c in (schema.QUERY, schema.ITEM_ID, schema.LABEL))
+    u_col, t_col, g_col = (reader.column(c) for c in (schema.USER_ID, schema.TIMESTAMP,
+                                                       schema.GAIN))
+    known = set(schema.INTERACTIONS.required) | set(schema.INTERACTIONS.optional)
+    ignored = [c for c in reader.header if c not in known]
+    if ignored:
+        report.notes.append(f"columns {ignored} are not part of the format and were ignored")
+    if reader.column(schema.SESSION) >= 0:
+        report.notes.append("the session column was validated as text and is not used by the "
+                            "layout today (history is per user)")
+    auto_users = users is None and u_col >= 0
+    if auto_users:
+        users = _Table([], {}, [], [])
+        report.notes.append("no users file: the user_id values of this file define the users "
+                            "(no profile features)")
+    user_index = users.index if users is not None else {}
+    item_index = items.index
+    query_index: Dict[str, int] = {}
+    queries: List[str] = []
+    q_rows, i_rows, u_rows = array.array("i"), array.array("i"), array.array("i")
+    kinds, gains, times = array.array("b"), array.array("f"), array.array("d")
+    labels = schema.LABEL_VALUES
+    clean = schema.clean_text
+    default_gain = {k: schema.default_gain(k) for k in schema.LabelKind}
+    for rec in reader:
+        report.rows_read += 1
+        if rec.error is not None:
+            report.reject(rec.error, rec.line, rec.message)
+            continue
+        fields = rec.fields
+        query = clean(fields[q_col])
+        if not query.strip():
+            report.reject(Reason.EMPTY_QUERY, rec.line, "the query is empty")
+            continue
+        item_id = fields[i_col]
+        item_row = item_index.get(item_id)
+        if item_row is None:
+            why = items.rejected.get(item_id)
+            report.reject(Reason.UNKNOWN_ITEM, rec.line,
+                          f"item_id {item_id!r} is not in the items file"
+                          + (f" (its row was rejected: {why})" if why else ""))
+            continue
+        cell = fields[l_col]
+        kind = labels.get(cell)
+        if kind is None:
+            kind = schema.parse_label(cell)
+            if kind is None:
+                report.reject(Reason.BAD_LABEL, rec.line,
+                              f"label {cell!r}; use one of click, positive, negative")
+                continue
+        user_row = -1
+        if u_col >= 0:
+            user_id = fields[u_col]
+            if user_id:
+                user_row = user_index.get(user_id, -1)
+                if user_row < 0:
+                    if auto_users and schema.is_valid_id(user_id):
+                        user_row = len(users.ids)
+                        user_index[user_id] = user_row
+                        users.ids.append(user_id)
+                    else:
+                        why = users.rejected.get(user_id) if users is not None else None
+                        report.reject(Reason.UNKNOWN_USER, rec.line,
+                                      f"user_id {user_id!r} is not in the users file"
+                                      + (f" (its row was rejected: {why})" if why else "")
+                                      + ("; leave the cell empty for anonymous interactions"
+                                         if not why else ""))
+                        continue
+        if t_col >= 0:
+            ts = schema.parse_timestamp(fields[t_col])
+            if ts is None:
+                report.reject(Reason.BAD_TIMESTAMP, rec.line,
+                              f"timestamp {fields[t_col]!r}; use seconds since 1970 or "
+                              f"ISO 8601 (2011-08-11 04:00:17)")
+                continue
+        gain = default_gain[kind]
+        if g_col >= 0 and fields[g_col]:
+            gain = schema.parse_gain(fields[g_col])
+            if gain is None:
+                report.reject(Reason.BAD_GAIN, rec.line,
+                              f"gain {fields[g_col]!r}; use a number >= 0 (or leave it empty)")
+                continue
+        q_row = query_index.get(query)
+        if q_row is None:
+            q_row = query_index[query] = len(queries)
+            queries.append(query)
+        q_rows.append(q_row)
+        i_rows.append(item_row)
+        u_rows.append(user_row)
+        kinds.append(kind)
+        gains.append(gain)
+        if t_col >= 0:
+            times.append(ts)
+        report.rows_kept += 1
+
+    def np_of(arr, dtype):
+        return np.frombuffer(arr, dtype=dtype).copy() if len(arr) else np.zeros([0], dtype)
+
+    result = _Interactions(
+        queries=queries,
+        query_rows=np_of(q_rows, np.int32),
+        item_rows=np_of(i_rows, np.int32),
+        user_rows=np_of(u_rows, np.int32),
+        label_kinds=np_of(kinds, np.int8),
+        gains=np_of(gains, np.float32),
+        timestamps=np_of(times, np.float64) if t_col >= 0 else None,
+    )
+    return result, users
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived tables.
+
+def encode_categorical(values: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
+    """Categorical ids of a column: values by descending count, then value; "" -> 0.
+
+    Returns:
+      ids: [N] int32 in 0..len(vocab); vocab: the values of ids 1, 2, ... in order.
+    """
+    counts = collections.Counter(values)
+    counts.pop("", None)
+    vocab = sorted(counts, key=lambda v: (-counts[v], v))
+    mapping = {v: i + 1 for i, v in enumerate(vocab)}
+    mapping[""] = 0
+    return np.fromiter((mapping[v] for v in values), np.int32, count=len(values)), vocab
+
+
+def _feature_matrix(table: _Table) -> Tuple[np.ndarray, Dict[str, List[str]]]:
+    n = len(table.ids)
+    matrix = np.zeros([n, len(table.feature_names)], np.int32)
+    vocabs = {}
+    for j, (name, values) in enumerate(zip(table.feature_names, table.values)):
+        matrix[:, j], vocabs[name] = encode_categorical(values)
+    return matrix, vocabs
+
+
+def tokenize_texts(tokenizer: Tokenizer, texts: Sequence[str], label: str = "texts",
+                   progress_every_s: float = 5.0, threads: int = 2
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Tokenizes texts in batches on `threads` threads (the tokenizer releases the GIL).
+
+    Returns:
+      token_ids: [T] int32; token_splits: [len(texts) + 1] int64.
+    """
+    if tokenizer.id_space > np.iinfo(np.int32).max:
+        raise ValueError(f"token id space {tokenizer.id_space} does not fit int32")
+    batches = [texts[i:i + _TOKENIZE_BATCH] for i in range(0, len(texts), _TOKENIZE_BATCH)]
+    progress = Progress(f"tokenizing {label}", progress_every_s)
+    ids_parts, lengths = [], [np.zeros([1], np.int64)]
+    done = 0
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        for ids, splits in pool.map(tokenizer.tokenize, batches):
+            ids_parts.append(ids.astype(np.int32))
+            lengths.append(np.diff(splits))
+            done += len(splits) - 1
+            progress.update(done)
+    token_ids = np.concatenate(ids_parts) if ids_parts else np.zeros([0], np.int32)
+    return token_ids, np.cumsum(np.concatenate(lengths)).astype(np.int64)
+
+
+def user_histories(user_rows: np.ndarray, item_rows: np.ndarray, label_kinds: np.ndarray,
+                   order_key: np.ndarray, num_users: int
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user positive-item sequences and each interaction's position in its user's sequence.
+
+    Args:
+      user_rows: [n] int, -1 = no user.
+      item_rows: [n] int.
+      label_kinds: [n] int (schema.LabelKind); click and human positive enter the history.
+      order_key: [n] float64 time of each interaction (or its file position).
+      num_users: user table size.
+
+    Returns:
+      history_items: [P] int32 item rows of each user's positives ordered by (time, file line).
+      history_splits: [num_users + 1] int64; user u's sequence is
+        history_items[history_splits[u]:history_splits[u + 1]].
+      history_end: [n] int32: the number of positives of the same user strictly earlier in
+        time (ties do not count), i.e. the interaction's history is the sequence's prefix of
+        that length; 0 without a user.
+    """
+    n = len(user_rows)
+    history_end = np.zeros([n], np.int32)
+    idx = np.nonzero(user_rows >= 0)[0]
+    order = idx[np.lexsort((idx, order_key[idx], user_rows[idx]))]
+    users = user_rows[order].astype(np.int64)
+    positive = label_kinds[order] != schema.LabelKind.NEGATIVE
+    history_items = item_rows[order][positive].astype(np.int32)
+    counts = np.bincount(users[positive], minlength=num_users) if num_users else np.zeros([0])
+    history_splits = np.zeros([num_users + 1], np.int64)
+    np.cumsum(counts, out=history_splits[1:])
+    if len(order):
+        before = np.cumsum(positive) - positive          # positives earlier in sorted order
+        times = order_key[order]
+        new_group = np.ones(len(order), bool)           # first of each (user, time) tie group
+        new_group[1:] = (users[1:] != users[:-1]) | (times[1:] != times[:-1])
+        group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
+        history_end[order] = (before[group_start] - history_splits[users]).astype(np.int32)
+    return history_items, history_splits, history_end
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+def _save(path: str, array_: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path, np.ascontiguousarray(array_))
+
+
+def _write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int) -> List[str]:
+    shards = max(1, -(-len(records) // per_shard))
+    paths = []
+    for s in range(shards):
+        rel = f"{layout_lib.INTERACTIONS_DIR}/{split}-{s:05d}-of-{shards:05d}.rec"
+        part = records[s * per_shard:(s + 1) * per_shard]
+        os.makedirs(os.path.join(out_dir, layout_lib.INTERACTIONS_DIR), exist_ok=True)
+        with open(os.path.join(out_dir, rel), "wb") as f:
+            f.write(layout_lib.record_header(len(part)))
+            f.write(part.tobytes())
+        paths.append(rel)
+    return paths
+
+
+def _check_output(path: str) -> None:
+    if os.path.exists(path) and not (
+            os.path.isdir(path) and (not os.listdir(path)
+                                     or os.path.isfile(os.path.join(path, layout_lib.LAYOUT_JSON)))):
+        raise PrepareError(f"--output {path} exists and is not a training layout; refusing to "
+                           f"replace it (choose a new directory)")
+
+
+def _check_fractions(reports: Sequence[schema.FileReport], max_fraction: float) -> None:
+    for rep in reports:
+        if rep.rows_read and rep.rows_rejected / rep.rows_read > max_fraction:
+            raise PrepareError(
+                f"{rep.path}: {rep.rows_rejected:,} of {rep.rows_read:,} rows rejected "
+                f"({100.0 * rep.rows_rejected / rep.rows_read:.1f}% > "
+                f"--max_reject_fraction={max_fraction}); see the reasons above. Wrong file, "
+                f"column or delimiter?")
+
+
+def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout_lib.LayoutSpec:
+    """Validates the three files and writes the training layout to config.output.
+
+    Returns:
+      The LayoutSpec of the written layout.
+
+    Raises:
+      SchemaError: a file is missing or its header is malformed / lacks a required column.
+      PrepareError: too many rejected rows, no items or interactions left, bad output dir.
+    """
+    start = time.monotonic()
+    output = os.path.abspath(config.output)
+    _check_output(output)
+    reports = []
+    item_report = schema.FileReport(config.items, "items", config.max_examples)
+    reports.append(item_report)
+    items = _read_table(config.items, schema.ITEMS, item_report, config.progress_every_s)
+    users = None
+    user_report = None
+    if config.users:
+        user_report = schema.FileReport(config.users, "users", config.max_examples)
+        reports.append(user_report)
+        users = _read_table(config.users, schema.USERS, user_report, config.progress_every_s)
+    inter_report = schema.FileReport(config.interactions, "interactions", config.max_examples)
+    reports.append(inter_report)
+    if config.split.method == split_lib.TIME:
+        header_probe = TableReader(config.interactions, schema.INTERACTIONS)
+        has_time = header_probe.column(schema.TIMESTAMP) >= 0
+        header_probe.close()
+        if not has_time:
+            raise schema.SchemaError(
+                f"{config.interactions}:1: --split=time needs a timestamp column in the "
+                f"interactions file; use --split=query_hash")
+    inter, users = _read_interactions(config.interactions, items, users, inter_report,
+                                      config.progress_every_s)
+    for rep in reports:
+        log(rep.format())
+    if not items.ids:
+        raise PrepareError(f"{config.items}: no valid item rows")
+    if len(inter.query_rows) == 0:
+        raise PrepareError(f"{config.interactions}: no valid interaction rows")
+    _check_fractions(reports, config.max_reject_fraction)
+    num_users = len(users.ids) if users is not None else 0
+
+    # Split.
+    n = len(inter.query_rows)
+    split_info = {"method": config.split.method}
+    if config.split.method == split_lib.QUERY_HASH:
+        eval_query = split_lib.eval_queries_mask(inter.queries, config.split.modulus)
+        is_eval = eval_query[inter.query_rows]
+        split_info["modulus"] = config.split.modulus
+        split_info["rule"] = (f"eval iff int(md5(query.encode('utf-8')).hexdigest(), 16) % "
+                              f"{config.split.modulus} == 0")
+    else:
+        cutoff = config.split.time_cutoff
+        if cutoff is None:
+            cutoff = split_lib.time_cutoff(inter.timestamps, config.split.eval_fraction)
+        is_eval = inter.timestamps >= cutoff
+        split_info["time_cutoff"] = cutoff
+        split_info["rule"] = f"eval iff timestamp >= {cutoff}"
+
+    # History.
+    order_key = (inter.timestamps if inter.timestamps is not None
+                 else np.arange(n, dtype=np.float64))
+    history_items, history_splits, history_end = user_histories(
+        inter.user_rows, inter.item_rows, inter.label_kinds, order_key, num_users)
+
+    tmp = output + f".tmp-{os.getpid()}"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        _write_layout(config, tmp, items, users, inter, is_eval, split_info,
+                             history_items, history_splits, history_end, reports, log)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    os.rename(tmp, output)
+    log(f"wrote {output} in {time.monotonic() - start:.1f} s")
+    return layout_lib.load_layout_spec(output)
+
+
+def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
+                  history_items, history_splits, history_end, reports, log):
+    # Tokenizer (vocabulary mode: the vocabulary file lives in the layout).
+    tok_config = config.tokenizer
+    if config.build_vocab:
+        train_queries = sorted(set(inter.query_rows[~is_eval].tolist()))
+        texts = items.titles + [inter.queries[q] for q in train_queries]
+        tok_config = build_vocabulary(texts, dataclasses.replace(tok_config, vocab_file=None),
+                                      os.path.join(tmp, layout_lib.VOCAB_TXT),
+                                      min_count=config.vocab_min_count)
+        log(f"built a vocabulary of {len(open(tok_config.vocab_file, encoding='utf-8').readlines()) - 1:,} "
+            f"features (min count {config.vocab_min_count})")
+    elif tok_config.vocab_file:
+        shutil.copyfile(tok_config.vocab_file, os.path.join(tmp, layout_lib.VOCAB_TXT))
+        tok_config = dataclasses.replace(tok_config,
+                                         vocab_file=os.path.join(tmp, layout_lib.VOCAB_TXT))
+    tokenizer = Tokenizer(tok_config)
+
+    def path(rel):
+        return os.path.join(tmp, rel)
+
+    # Items.
+    layout_lib.write_lines(path(layout_lib.ITEM_IDS), items.ids)
+    layout_lib.write_lines(path(layout_lib.ITEM_TITLES), items.titles)
+    ids, splits = tokenize_texts(tokenizer, items.titles, "item titles", config.progress_every_s)
+    _save(path(layout_lib.ITEM_TOKEN_IDS), ids)
+    _save(path(layout_lib.ITEM_TOKEN_SPLITS), splits)
+    item_matrix, item_vocabs = _feature_matrix(items)
+    _save(path(layout_lib.ITEM_FEATURES), item_matrix)
+    for name, vocab in item_vocabs.items():
+        layout_lib.write_lines(path(f"{layout_lib.ITEM_VOCAB_DIR}/{name}.txt"), vocab)
+    item_token_count = len(ids)
+
+    # Users.
+    user_ids = users.ids if users is not None else []
+    layout_lib.write_lines(path(layout_lib.USER_IDS), user_ids)
+    if users is not None and users.feature_names:
+        user_matrix, user_vocabs = _feature_matrix(users)
+    else:
+        user_matrix, user_vocabs = np.zeros([len(user_ids), 0], np.int32), {}
+    _save(path(layout_lib.USER_FEATURES), user_matrix)
+    for name, vocab in user_vocabs.items():
+        layout_lib.write_lines(path(f"{layout_lib.USER_VOCAB_DIR}/{name}.txt"), vocab)
+    os.makedirs(path(layout_lib.USER_VOCAB_DIR), exist_ok=True)
+    _save(path(layout_lib.USER_HISTORY_ITEMS), history_items)
+    _save(path(layout_lib.USER_HISTORY_SPLITS), history_splits)
+
+    # Queries.
+    layout_lib.write_lines(path(layout_lib.QUERY_TEXTS), inter.queries)
+    q_ids, q_splits = tokenize_texts(tokenizer, inter.queries, "queries",
+                                     config.progress_every_s)
+    _save(path(layout_lib.QUERY_TOKEN_IDS), q_ids)
+    _save(path(layout_lib.QUERY_TOKEN_SPLITS), q_splits)
+
+    # Interaction records: train in a seeded random order (a global shuffle once), eval in file
+    # order.
+    n = len(inter.query_rows)
+    records = np.empty([n], layout_lib.RECORD_DTYPE)
+    records["query_row"] = inter.query_rows
+    records["item_row"] = inter.item_rows
+    records["user_row"] = inter.user_rows
+    records["history_end"] = history_end
+    records["label_kind"] = inter.label_kinds
+    records["gain"] = inter.gains
+    train_idx = np.nonzero(~is_eval)[0]
+    train_idx = train_idx[np.random.default_rng(config.seed).permutation(len(train_idx))]
+    eval_idx = np.nonzero(is_eval)[0]
+    record_files, num_records = {}, {}
+    for split, idx in (("train", train_idx), ("eval", eval_idx)):
+        record_files[split] = _write_records(tmp, split, records[idx], config.records_per_shard)
+        num_records[split] = int(len(idx))
+
+    labels = np.bincount(inter.label_kinds, minlength=3)
+    counts = {rep.kind: rep.to_dict() for rep in reports}
+    counts["labels"] = {schema.LABEL_NAMES[k]: int(labels[k]) for k in schema.LabelKind}
+    counts["splits"] = {
+        split: {"interactions": int(len(idx)),
+                "queries": int(len(np.unique(inter.query_rows[idx])))}
+        for split, idx in (("train", train_idx), ("eval", eval_idx))}
+    counts["items"]["tokens"] = int(item_token_count)
+    counts["interactions_with_user"] = int((inter.user_rows >= 0).sum())
+    counts["users_with_history"] = int((np.diff(history_splits) > 0).sum())
+    tok_json = dataclasses.asdict(tok_config)
+    if tok_json.get("vocab_file"):
+        tok_json["vocab_file"] = layout_lib.VOCAB_TXT
+    prepare_config = dataclasses.asdict(config)
+    prepare_config["tokenizer"] = tok_json
+    meta = {
+        "format_version": layout_lib.FORMAT_VERSION,
+        "tokenizer_config": tok_json,
+        "token_id_space": int(tokenizer.id_space),
+        "num_items": len(items.ids),
+        "num_users": len(user_ids),
+        "num_queries": len(inter.queries),
+        "item_features": {name: len(item_vocabs[name]) + 1 for name in items.feature_names},
+        "user_features": {name: len(user_vocabs[name]) + 1 for name in user_vocabs},
+        "history_length": config.history_length,
+        "counts": counts,
+        "split": split_info,
+        "eval_min_gain": config.eval_min_gain,
+        "record_files": record_files,
+        "num_records": num_records,
+        "prepare_config": prepare_config,
+    }
+    with open(path(layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    summary = [
+        f"items: {len(items.ids):,} ({item_token_count:,} title tokens); "
+        f"item features {meta['item_features']}",
+        f"users: {len(user_ids):,}; user features {meta['user_features']}; "
+        f"{counts['users_with_history']:,} with a history",
+        f"queries: {len(inter.queries):,} distinct",
+        f"labels: {counts['labels']}",
+        f"split ({split_info['rule']}): train {num_records['train']:,} interactions / "
+        f"{counts['splits']['train']['queries']:,} queries; eval {num_records['eval']:,} / "
+        f"{counts['splits']['eval']['queries']:,}",
+    ]
+    for line in summary:
+        log(line)
+    with open(path(layout_lib.REPORT_TXT), "w", encoding="utf-8") as f:
+        f.write("\n".join([rep.format() for rep in reports] + summary) + "\n")
+    return meta
