@@ -13,6 +13,9 @@ SUBCOMMANDS = {
     "tokenize": ("dpsr_tf.cli.tokenize", "show the features and ids of texts"),
     "vocab": ("dpsr_tf.cli.vocab", "build a vocabulary file from text files"),
     "demo": ("dpsr_tf.cli.demo", "run the embedded end-to-end demo"),
+    "train": ("dpsr_tf.cli.train", "train a DPSR model (tf.estimator; TF_CONFIG for clusters)"),
+    "launch-local": ("dpsr_tf.cli.launch_local", "run a training cluster on loopback"),
+    "evaluate": ("dpsr_tf.cli.evaluate", "Top-k, AUC and full-corpus Recall/nDCG/MRR of a model"),
 }
 
 

@@ -35,12 +35,38 @@ def session_config(train: TrainConfig, cluster: ClusterInfo) -> tf.compat.v1.Con
         graph_options=tf.compat.v1.GraphOptions(rewrite_options=rewrite))
 
 
+class GreedyByteSizeStrategy:
+    """ps_strategy for replica_device_setter: each variable goes to the least-loaded ps task.
+
+    Load = bytes of the variables already placed there (from the op's shape and dtype attrs),
+    so the shards of a big partitioned table land on different parameter servers.
+    """
+
+    def __init__(self, num_tasks: int):
+        self._loads = [0] * num_tasks
+
+    @staticmethod
+    def _bytes(op) -> int:
+        try:
+            shape = tf.TensorShape(op.get_attr("shape"))
+            dtype = tf.as_dtype(op.get_attr("dtype"))
+        except ValueError:
+            return 1
+        if not shape.is_fully_defined():
+            return 1
+        return max(1, shape.num_elements() * dtype.size)
+
+    def __call__(self, op) -> int:
+        task = min(range(len(self._loads)), key=lambda i: (self._loads[i], i))
+        self._loads[task] += self._bytes(op)
+        return task
+
+
 def device_fn(cluster: ClusterInfo):
     """The replica device setter of a training task, or None on one machine."""
     if cluster.num_ps == 0 or cluster.task_type not in ("chief", "worker"):
         return None
-    strategy = tf.compat.v1.train.GreedyLoadBalancingStrategy(
-        cluster.num_ps, tf.compat.v1.train.byte_size_load_fn)
+    strategy = GreedyByteSizeStrategy(cluster.num_ps)
     return tf.compat.v1.train.replica_device_setter(
         ps_tasks=cluster.num_ps,
         worker_device=f"/job:{cluster.task_type}/task:{cluster.task_index}",

@@ -1,0 +1,52 @@
+"""dpsr evaluate: Top-k, AUC and full-corpus Recall/nDCG/MRR of a model (and BM25) on a split.
+
+`dpsr evaluate --model_dir=M [--layout_dir=L] [--split=eval] [--bm25] [--output=metrics.json]`
+follows the dashboard protocol (docs/training.md, "Evaluation"); --bm25 also scores BM25 (bm25s
+over the item titles) on the same split; --model_dir may be omitted with --bm25.
+"""
+import json
+
+from absl import flags
+
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation.metrics import summarize
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model directory written by dpsr train.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: newest).")
+_LAYOUT_DIR = flags.DEFINE_string("layout_dir", None,
+                                  "Layout to evaluate on (default: the model's training layout).")
+_SPLIT = flags.DEFINE_string("split", "eval", "Layout split.")
+_MIN_GAIN = flags.DEFINE_float("min_gain", None,
+                               "Relevant iff gain >= this (default: the layout's eval_min_gain).")
+_NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Random items per clicked pair (Top-k).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random items.")
+_BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on the same split.")
+_OUTPUT = flags.DEFINE_string("output", None, "Write the metrics as JSON here.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"dpsr evaluate: unexpected arguments {argv[1:]}")
+    if not _MODEL_DIR.value and not (_BM25.value and _LAYOUT_DIR.value):
+        raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 with --layout_dir)")
+    cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
+                                  num_random=_NUM_RANDOM.value, seed=_SEED.value)
+    results = {}
+    layout_dir = _LAYOUT_DIR.value
+    try:
+        if _MODEL_DIR.value:
+            results["dpsr"] = evaluate_lib.evaluate_model(_MODEL_DIR.value, layout_dir, cfg,
+                                                          _CHECKPOINT.value)
+            if layout_dir is None:
+                from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
+                layout_dir = load_model_config(_MODEL_DIR.value)[1].layout_dir
+        if _BM25.value:
+            results["bm25"] = evaluate_lib.evaluate_bm25(layout_dir, cfg)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"dpsr evaluate: {e}") from None
+    for name, values in results.items():
+        print(f"{name:5s} {summarize(values)}  (requests={values['requests']}, "
+              f"labeled_pairs={values['labeled_pairs']})")
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+            json.dump({"split": cfg.split, "layout_dir": layout_dir, **results}, f, indent=2)
