@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: build demo test cc-test bench clean
+.PHONY: build demo test cc-test bench clean bazel
 
 build:  ## compile the pybind11 tokenizer and the TF op library in place
 	$(PY) setup.py -q build_ext --inplace -j 2
@@ -25,6 +25,9 @@ demo: build  ## the embedded end-to-end demo
 
 test: build cc-test  ## every test (pytest fails when no test ran)
 	$(PY) -m pytest -q tests
+
+bazel:  ## Bazel build of the C++ targets and their tests (docs/bazel.md); stops the server after
+	tools/bazel/bazel.sh test //...; status=$$?; tools/bazel/bazel.sh shutdown; exit $$status
 
 bench: build  ## benchmarks (results go in docs/benchmarks.md)
 	$(PY) bench/tokenizer_bench.py
