@@ -1,0 +1,179 @@
+"""dpsr serve: the TF-Serving-API model server for DPSR SavedModels (serving/, docs/serving.md).
+
+Flags carry tensorflow_model_server's names and meanings, so its command lines and config files
+work unchanged:
+
+  dpsr serve --port=8500 --rest_api_port=8501 --model_name=dpsr --model_base_path=/models/dpsr
+  dpsr serve --model_config_file=models.config --model_config_file_poll_wait_seconds=60 \
+      --enable_batching --batching_parameters_file=batching.config \
+      --monitoring_config_file=monitoring.config
+
+DPSR additions are marked [dpsr]: --host (binds to loopback unless told otherwise), --port_file,
+--allow_reload_config_request, --model_base_path_root, --request_timeout_ms and the request
+limits.
+"""
+import logging
+import os
+import sys
+
+from absl import flags
+
+# tensorflow_model_server flags (same names, types and defaults).
+_PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API.")
+_REST_API_PORT = flags.DEFINE_integer(
+    "rest_api_port", 0, "Port to listen on for HTTP/REST API. If set to zero HTTP/REST API will "
+    "not be exported. [dpsr] -1 picks a free port (see --port_file).")
+_REST_API_TIMEOUT = flags.DEFINE_integer("rest_api_timeout_in_ms", 30000,
+                                         "Timeout for HTTP/REST API calls.")
+_MODEL_NAME = flags.DEFINE_string("model_name", "default",
+                                  "name of model (ignored if --model_config_file flag is set)")
+_MODEL_BASE_PATH = flags.DEFINE_string(
+    "model_base_path", "", "path to export (ignored if --model_config_file flag is set, "
+    "otherwise required)")
+_MODEL_CONFIG_FILE = flags.DEFINE_string(
+    "model_config_file", "", "If non-empty, read an ascii ModelServerConfig protobuf from the "
+    "supplied file name, and serve the models in that file.")
+_MODEL_CONFIG_POLL = flags.DEFINE_float(
+    "model_config_file_poll_wait_seconds", 0, "Interval in seconds between each poll of the "
+    "filesystem for model_config_file. If unset or set to zero, poll will be done exactly once "
+    "and not periodically.")
+_FS_POLL = flags.DEFINE_float(
+    "file_system_poll_wait_seconds", 1, "Interval in seconds between each poll of the "
+    "filesystem for new model version. If set to zero poll will be exactly done once.")
+_ENABLE_BATCHING = flags.DEFINE_bool("enable_batching", False, "enable batching")
+_BATCHING_FILE = flags.DEFINE_string(
+    "batching_parameters_file", "", "If non-empty, read an ascii BatchingParameters protobuf "
+    "from the supplied file name and use the contained values instead of the defaults.")
+_MONITORING_FILE = flags.DEFINE_string(
+    "monitoring_config_file", "", "If non-empty, read an ascii MonitoringConfig protobuf from "
+    "the supplied file name")
+_SSL_FILE = flags.DEFINE_string("ssl_config_file", "", "If non-empty, read an ascii SSLConfig "
+                                "protobuf from the supplied file name and set up a secure gRPC "
+                                "channel")
+_ENABLE_WARMUP = flags.DEFINE_bool("enable_model_warmup", True,
+                                   "Enables model warmup, which triggers lazy initializations "
+                                   "(such as TF optimizations) at load time, to reduce first "
+                                   "request latency.")
+_WARMUP_ITERATIONS = flags.DEFINE_integer("num_request_iterations_for_warmup", 1,
+                                          "Number of times a request is iterated during warmup "
+                                          "replay.")
+_TAGS = flags.DEFINE_string("saved_model_tags", "serve",
+                            "Comma-separated set of tags corresponding to the meta graph def "
+                            "to load from SavedModel.")
+_INTRA_OP = flags.DEFINE_integer("tensorflow_intra_op_parallelism", 0,
+                                 "Number of threads to use to parallelize the execution of an "
+                                 "individual op. 0: auto-configured.")
+_INTER_OP = flags.DEFINE_integer("tensorflow_inter_op_parallelism", 0,
+                                 "Controls the number of operators that can be executed "
+                                 "simultaneously. 0: auto-configured.")
+_LOAD_RETRIES = flags.DEFINE_integer("max_num_load_retries", 5,
+                                     "maximum number of times it retries loading a model after "
+                                     "the first failure, before giving up.")
+_RETRY_INTERVAL = flags.DEFINE_integer("load_retry_interval_micros", 60 * 1000 * 1000,
+                                       "The interval, in microseconds, between each servable "
+                                       "load retry.")
+_LABELS_UNAVAILABLE = flags.DEFINE_bool(
+    "allow_version_labels_for_unavailable_models", False, "If true, allows assigning unused "
+    "version labels to models that are not available yet.")
+
+# [dpsr] additions.
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "[dpsr] Address to bind gRPC and REST to; "
+                            "0.0.0.0 to listen on every interface.")
+_PORT_FILE = flags.DEFINE_string("port_file", "", "[dpsr] Write {grpc_port, rest_api_port, pid} "
+                                 "as JSON here once serving (use with --port=0).")
+_ALLOW_RELOAD = flags.DEFINE_bool("allow_reload_config_request", True,
+                                  "[dpsr] Accept ModelService.HandleReloadConfigRequest.")
+_BASE_PATH_ROOT = flags.DEFINE_string("model_base_path_root", "",
+                                      "[dpsr] If set, every model base_path must lie under it.")
+_REQUEST_TIMEOUT = flags.DEFINE_integer("request_timeout_ms", 30000,
+                                        "[dpsr] Server-side deadline of each request (the "
+                                        "client's deadline applies when shorter); 0: none.")
+_MAX_ROWS = flags.DEFINE_integer("max_request_rows", 256, "[dpsr] Most queries per request.")
+_MAX_STRING = flags.DEFINE_integer("max_string_input_bytes", 4096,
+                                   "[dpsr] Longest string element of a request, in bytes.")
+_MAX_K = flags.DEFINE_integer("max_k", 10000, "[dpsr] Largest k a request may ask for.")
+_RUN_THREADS = flags.DEFINE_integer("num_run_threads", 8,
+                                    "[dpsr] Threads for requests that are not batched.")
+
+
+def _fail(message: str):
+    print(f"dpsr serve: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def options_from_flags():
+    """(ServerOptions, ModelServerConfig) from the flags; exits with a message on bad input."""
+    # pylint: disable=g-import-not-at-top
+    from serving import config as config_lib
+    from serving.errors import ServingError
+    from serving.manager import ManagerOptions
+    from serving.model_server import ServerOptions
+    from serving.predict import RequestLimits
+    from serving.servable import SessionOptions
+    from serving.server_core import CoreOptions
+
+    try:
+        if _MODEL_CONFIG_FILE.value:
+            server_config = config_lib.read_text_proto(
+                _MODEL_CONFIG_FILE.value, config_lib.ModelServerConfig, "--model_config_file")
+        elif _MODEL_BASE_PATH.value:
+            server_config = config_lib.single_model_config(
+                _MODEL_NAME.value, os.path.abspath(_MODEL_BASE_PATH.value))
+        else:
+            _fail("give --model_base_path (with --model_name) or --model_config_file")
+        config_lib.validate_model_server_config(server_config, _BASE_PATH_ROOT.value)
+        batching = None
+        if _ENABLE_BATCHING.value:
+            batching = config_lib.read_batching_options(_BATCHING_FILE.value)
+        elif _BATCHING_FILE.value:
+            _fail("--batching_parameters_file needs --enable_batching")
+        monitoring = config_lib.read_monitoring_options(_MONITORING_FILE.value)
+        ssl = config_lib.read_ssl_options(_SSL_FILE.value)
+    except ServingError as e:
+        _fail(e.message)
+    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K):
+        if flag.value < 1:
+            _fail(f"--{flag.name} is {flag.value}; it must be >= 1")
+    core = CoreOptions(
+        session=SessionOptions(
+            saved_model_tags=tuple(t.strip() for t in _TAGS.value.split(",") if t.strip()),
+            intra_op_parallelism=_INTRA_OP.value, inter_op_parallelism=_INTER_OP.value),
+        manager=ManagerOptions(
+            file_system_poll_wait_seconds=_FS_POLL.value,
+            max_num_load_retries=_LOAD_RETRIES.value,
+            load_retry_interval_micros=_RETRY_INTERVAL.value,
+            allow_version_labels_for_unavailable_models=_LABELS_UNAVAILABLE.value,
+            base_path_root=_BASE_PATH_ROOT.value),
+        batching=batching,
+        limits=RequestLimits(max_rows=_MAX_ROWS.value, max_string_bytes=_MAX_STRING.value,
+                             max_k=_MAX_K.value),
+        enable_model_warmup=_ENABLE_WARMUP.value,
+        num_request_iterations_for_warmup=_WARMUP_ITERATIONS.value,
+        request_timeout_seconds=_REQUEST_TIMEOUT.value / 1000.0,
+        num_run_threads=_RUN_THREADS.value)
+    options = ServerOptions(
+        host=_HOST.value, port=_PORT.value, rest_api_port=_REST_API_PORT.value,
+        rest_api_timeout_seconds=_REST_API_TIMEOUT.value / 1000.0,
+        model_config_file=_MODEL_CONFIG_FILE.value,
+        model_config_file_poll_wait_seconds=_MODEL_CONFIG_POLL.value,
+        monitoring=monitoring, ssl=ssl,
+        allow_reload_config_request=_ALLOW_RELOAD.value,
+        port_file=_PORT_FILE.value, core=core)
+    return options, server_config
+
+
+def main(argv):
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    logging.getLogger().setLevel(logging.INFO)
+    options, server_config = options_from_flags()
+    from serving.model_server import run_model_server  # pylint: disable=g-import-not-at-top
+    try:
+        run_model_server(options, server_config)
+    except Exception as e:  # pylint: disable=broad-except
+        from serving.errors import ServingError  # pylint: disable=g-import-not-at-top
+        if isinstance(e, ServingError):
+            _fail(f"cannot start: {e}")
+        if isinstance(e, OSError):
+            _fail(f"cannot start: {e}")
+        raise

@@ -1,0 +1,104 @@
+"""gRPC services of the model server (grpc.aio): PredictionService, ModelService, health.
+
+Each handler calls ServerCore and turns a ServingError into the same gRPC status code with a
+truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
+in a thread so the event loop keeps serving Predict.
+"""
+import asyncio
+import logging
+
+import grpc
+from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc,
+                                     prediction_service_pb2_grpc)
+
+from serving.errors import ServingError, truncate
+
+_LOG = logging.getLogger("serving.grpc")
+
+
+def client_timeout(context):
+    """Seconds left of the client's deadline, or None when it set none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e8:
+        return None
+    return max(0.0, remaining)
+
+
+async def abort(context, error: ServingError):
+    await context.abort(error.code, truncate(error.message))
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService over a ServerCore."""
+
+    def __init__(self, core):
+        self._core = core
+
+    async def Predict(self, request, context):
+        future = self._core.predict(request, client_timeout(context), "GRPC")
+        try:
+            return await asyncio.wrap_future(future)
+        except ServingError as e:
+            await abort(context, e)
+
+    async def _blocking(self, context, fn, *args):
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except ServingError as e:
+            await abort(context, e)
+
+    async def GetModelMetadata(self, request, context):
+        return await self._blocking(context, self._core.get_model_metadata, request)
+
+    async def Classify(self, request, context):
+        return await self._blocking(context, self._core.classify, request,
+                                    client_timeout(context))
+
+    async def Regress(self, request, context):
+        return await self._blocking(context, self._core.regress, request,
+                                    client_timeout(context))
+
+    async def MultiInference(self, request, context):
+        return await self._blocking(context, self._core.multi_inference, request,
+                                    client_timeout(context))
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest.
+
+    Args:
+      core: ServerCore.
+      allow_reload: False refuses HandleReloadConfigRequest with PERMISSION_DENIED.
+      on_reload: optional callback(config) after a successful reload.
+    """
+
+    def __init__(self, core, allow_reload: bool = True, on_reload=None):
+        self._core = core
+        self._allow_reload = allow_reload
+        self._on_reload = on_reload
+
+    async def GetModelStatus(self, request, context):
+        try:
+            return self._core.get_model_status(request)
+        except ServingError as e:
+            await abort(context, e)
+
+    async def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        error = None
+        if not self._allow_reload:
+            error = ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                                 "this server refuses HandleReloadConfigRequest "
+                                 "(--allow_reload_config_request=false)")
+        else:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._core.reload_config, request.config)
+                if self._on_reload is not None:
+                    self._on_reload(request.config)
+            except ServingError as e:
+                error = e
+        if error is not None:
+            _LOG.error("HandleReloadConfigRequest failed: %s", error)
+            await abort(context, error)
+        return response
