@@ -11,12 +11,13 @@ Modules (one job each):
   converters real datasets (Home Depot, Best Buy, MovieLens 100K, JDsearch) -> three files
 
 pipeline imports TensorFlow; import it explicitly (`from dpsr_tf.data import pipeline`).
+Write a layout with `from dpsr_tf.data import prepare; prepare.prepare(PrepareConfig(...))`.
 """
 from dpsr_tf.data.layout import (EvalSet, FeatureTable, LayoutSpec, load_eval_set,
                                  load_item_id_map, load_item_ids, load_item_table,
                                  load_labeled_pairs, load_layout_spec, load_queries,
                                  load_user_table, read_records)
-from dpsr_tf.data.prepare import PrepareConfig, PrepareError, prepare
+from dpsr_tf.data.prepare import PrepareConfig, PrepareError
 from dpsr_tf.data.schema import SchemaError
 from dpsr_tf.data.split import SplitConfig, is_eval_query
 
@@ -24,5 +25,5 @@ __all__ = [
     "EvalSet", "FeatureTable", "LayoutSpec", "PrepareConfig", "PrepareError", "SchemaError",
     "SplitConfig", "is_eval_query", "load_eval_set", "load_item_id_map", "load_item_ids",
     "load_item_table", "load_labeled_pairs", "load_layout_spec", "load_queries",
-    "load_user_table", "prepare", "read_records",
+    "load_user_table", "read_records",
 ]

@@ -123,7 +123,7 @@ class TableReader:
             header = next(self._csv)
         except StopIteration:
             raise schema.SchemaError(
-                f"{path}: empty file; the first line must be a header naming the columns, "
+                f"{path}:1: empty file; the first line must be a header naming the columns, "
                 f"e.g. {', '.join(file_schema.required)}") from None
         except (csv.Error, gzip.BadGzipFile, OSError) as e:
             raise schema.SchemaError(f"{path}:1: cannot read the header: {e}") from None

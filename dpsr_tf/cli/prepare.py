@@ -1,0 +1,75 @@
+"""dpsr prepare: validate items/users/interactions files and write the training layout.
+
+  dpsr prepare --items=items.tsv [--users=users.tsv] --interactions=interactions.tsv \
+      --output=layout_dir [--split=query_hash|time] [--history_length=16] [tokenizer flags]
+
+Prints counts and rejected rows by reason with file:line examples; exits 1 with a clear message
+on a missing file, a malformed header, a missing required column or too many rejected rows.
+"""
+import sys
+
+from absl import flags
+
+from dpsr_tf.cli import tokenizer_flags
+from dpsr_tf.data import prepare as prepare_lib
+from dpsr_tf.data import schema
+from dpsr_tf.data import split as split_lib
+
+_ITEMS = flags.DEFINE_string("items", None, "Items file (.tsv/.csv[.gz]): item_id, title, ...")
+_USERS = flags.DEFINE_string("users", None, "Users file (optional): user_id, profile columns.")
+_INTERACTIONS = flags.DEFINE_string("interactions", None,
+                                    "Interactions file: query, item_id, label, [user_id, ...].")
+_OUTPUT = flags.DEFINE_string("output", None, "Layout directory to write.")
+_SPLIT = flags.DEFINE_enum("split", split_lib.QUERY_HASH, list(split_lib.METHODS),
+                           "query_hash: eval iff md5(query) % split_modulus == 0 (the dashboard "
+                           "protocol); time: the latest interactions are eval.")
+_MODULUS = flags.DEFINE_integer("split_modulus", 10, "query_hash: one query in N is eval.")
+_SPLIT_TIME = flags.DEFINE_string("split_time", None,
+                                  "time: eval iff timestamp >= this (seconds or ISO 8601); "
+                                  "default: the latest --eval_fraction of interactions.")
+_EVAL_FRACTION = flags.DEFINE_float("eval_fraction", 0.1, "time: fraction for eval.")
+_HISTORY = flags.DEFINE_integer("history_length", 16,
+                                "Recent positive items per example in user_history (0 = none).")
+_EVAL_MIN_GAIN = flags.DEFINE_float("eval_min_gain", 0.0,
+                                    "Relevant for evaluation iff positive and gain >= this "
+                                    "(Home Depot: 1.67, i.e. relevance >= 2.67).")
+_BUILD_VOCAB = flags.DEFINE_bool("build_vocab", False,
+                                 "Vocabulary mode: build a vocabulary from titles + train "
+                                 "queries (kept in the layout).")
+_VOCAB_MIN_COUNT = flags.DEFINE_integer("vocab_min_count", 2, "--build_vocab: minimum count.")
+_MAX_REJECT = flags.DEFINE_float("max_reject_fraction", 0.5,
+                                 "Fail when a file rejects more than this fraction of its rows.")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 5, "Examples per rejection reason.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train records' order on disk.")
+_PER_SHARD = flags.DEFINE_integer("records_per_shard", 1 << 22, "Interaction records per file.")
+
+flags.mark_flags_as_required(["items", "interactions", "output"])
+
+
+def config_from_flags() -> prepare_lib.PrepareConfig:
+    cutoff = None
+    if _SPLIT_TIME.value is not None:
+        cutoff = schema.parse_timestamp(_SPLIT_TIME.value)
+        if cutoff is None:
+            raise flags.ValidationError(f"--split_time={_SPLIT_TIME.value!r}: use seconds since "
+                                        f"1970 or ISO 8601")
+    return prepare_lib.PrepareConfig(
+        items=_ITEMS.value, users=_USERS.value, interactions=_INTERACTIONS.value,
+        output=_OUTPUT.value, tokenizer=tokenizer_flags.config_from_flags(),
+        build_vocab=_BUILD_VOCAB.value, vocab_min_count=_VOCAB_MIN_COUNT.value,
+        split=split_lib.SplitConfig(method=_SPLIT.value, modulus=_MODULUS.value,
+                                    time_cutoff=cutoff, eval_fraction=_EVAL_FRACTION.value),
+        history_length=_HISTORY.value, eval_min_gain=_EVAL_MIN_GAIN.value,
+        max_reject_fraction=_MAX_REJECT.value, max_examples=_MAX_EXAMPLES.value,
+        records_per_shard=_PER_SHARD.value, seed=_SEED.value)
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"dpsr prepare: unexpected arguments {argv[1:]}; every input is a --flag")
+    try:
+        config = config_from_flags()
+        prepare_lib.prepare(config)
+    except (schema.SchemaError, ValueError, OSError) as e:
+        print(f"dpsr prepare: error: {e}", file=sys.stderr)
+        sys.exit(1)
