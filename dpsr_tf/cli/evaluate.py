@@ -29,6 +29,8 @@ def main(argv):
         raise SystemExit(f"dpsr evaluate: unexpected arguments {argv[1:]}")
     if not _MODEL_DIR.value and not (_BM25.value and _LAYOUT_DIR.value):
         raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 with --layout_dir)")
+    from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
+    quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
                                   num_random=_NUM_RANDOM.value, seed=_SEED.value)
     results = {}

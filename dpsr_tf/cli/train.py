@@ -10,13 +10,13 @@ from absl import logging
 
 from dpsr_tf.cli import training_flags
 from dpsr_tf.training import driver
+from dpsr_tf.training.progress import quiet_tf_logging
 
 
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"dpsr train: unexpected arguments {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
-    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)
+    quiet_tf_logging()
     try:
         model_config = training_flags.model_config_from_flags()
         train_config = training_flags.train_config_from_flags()

@@ -55,7 +55,8 @@ def retrieval_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
     """Full-corpus metrics of ranked results against graded relevance.
 
     Args:
-      retrieved: [Q, K] int64 item rows, best first (K >= every k asked).
+      retrieved: [Q, K] int64 item rows, best first; K >= every k asked, or K = the corpus
+        size (then a k beyond it counts the whole corpus).
       relevant_splits: [Q + 1] int64; request i's relevant items are
         relevant_rows[relevant_splits[i]:relevant_splits[i + 1]].
       relevant_rows: [R] int64; relevant_gains: [R] float32 (> 0).
@@ -68,10 +69,7 @@ def retrieval_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
     q = retrieved.shape[0]
     if q == 0:
         raise ValueError("no requests to evaluate (no query with a relevant item)")
-    need = max(list(recall_ks) + [ndcg_k, mrr_k])
-    if retrieved.shape[1] < need:
-        raise ValueError(f"retrieved has {retrieved.shape[1]} results per request; the "
-                         f"metrics need {need}")
+    need = min(max(list(recall_ks) + [ndcg_k, mrr_k]), retrieved.shape[1])
     recalls = {k: np.zeros(q) for k in recall_ks}
     ndcg = np.zeros(q)
     mrr = np.zeros(q)
@@ -87,7 +85,7 @@ def retrieval_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
         for k in recall_ks:
             recalls[k][i] = hits[:k].sum() / len(rows)
         ideal = np.sort(gains)[::-1][:ndcg_k]
-        ndcg[i] = (hit_gains[:ndcg_k] * discounts[:ndcg_k]).sum() / (
+        ndcg[i] = (hit_gains[:ndcg_k] * discounts[:len(hit_gains[:ndcg_k])]).sum() / (
             ideal * discounts[:len(ideal)]).sum()
         first = np.flatnonzero(hits[:mrr_k])
         mrr[i] = 1.0 / (first[0] + 1) if len(first) else 0.0

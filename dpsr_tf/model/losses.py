@@ -239,7 +239,8 @@ def streaming_log_q(item_rows: tf.Tensor, num_items: int, step: tf.Tensor, *, de
     elapsed = tf.cast(step - prev_last, tf.float32)
     new_interval = tf.where(prev_last > 0, (1.0 - decay) * prev_interval + decay * elapsed,
                             prev_interval)
-    with tf.control_dependencies([log_q]):
+    # Both reads happen before either write (graph mode does not order them otherwise).
+    with tf.control_dependencies([log_q, new_interval]):
         update = tf.group(
             tf.compat.v1.scatter_update(interval, rows, new_interval),
             tf.compat.v1.scatter_update(last, rows, tf.fill(tf.shape(rows), step)))

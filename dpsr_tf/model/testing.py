@@ -1,9 +1,12 @@
-"""Tiny fake layouts and feature batches with the input contract's structure, for tests.
+"""Tiny fake layouts, feature batches and datasets with the input contract's structure, for tests.
 
-`FakeLayoutSpec` has the LayoutSpec fields the model reads; `fake_batch` builds one features dict
-as dpsr_tf.data.pipeline yields it (numpy in, tf tensors out), from a seeded RNG.
+`FakeLayoutSpec` has the LayoutSpec fields the model reads; `FakeCatalog.batch` builds one
+features dict as dpsr_tf.data.pipeline yields it, from a seeded RNG; `write_tiny_dataset` writes
+the three input files of a small learnable catalog and `prepare_tiny_layout` runs the real
+`dpsr prepare` on them.
 """
 import dataclasses
+import os
 from typing import Dict, Optional
 
 import numpy as np
@@ -107,3 +110,61 @@ def _signature(layout: FakeLayoutSpec) -> dict:
         for name in layout.item_features:
             sig[prefix + name] = vec
     return sig
+
+
+def write_tiny_dataset(out_dir: str, *, num_items: int = 200, num_users: int = 30,
+                       num_queries: int = 600, clicks_per_query: int = 3, num_words: int = 300,
+                       seed: int = 0) -> Dict[str, str]:
+    """Writes items.tsv, users.tsv, interactions.tsv of a seeded, learnable catalog.
+
+    Item r's title is "<category> <brand> w.. w.. w.." (3 random words); a query takes 2 words
+    of one item's title (so its items are found by meaning and by words), is clicked on that
+    item by random users, and gets one human negative (a random other item).
+
+    Returns:
+      {"items": path, "users": path, "interactions": path}.
+    """
+    rng = np.random.RandomState(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    cats = [f"cat{c}" for c in range(8)]
+    brands = [f"brand{b}" for b in range(12)]
+    item_cat = rng.randint(0, len(cats), size=num_items)
+    item_brand = rng.randint(0, len(brands), size=num_items)
+    words = [[f"w{w}" for w in rng.choice(num_words, size=3, replace=False)]
+             for _ in range(num_items)]
+    paths = {k: os.path.join(out_dir, f"{k}.tsv") for k in ("items", "users", "interactions")}
+    with open(paths["items"], "w", encoding="utf-8") as f:
+        f.write("item_id\ttitle\tbrand\tcategory\n")
+        for r in range(num_items):
+            title = " ".join([cats[item_cat[r]], brands[item_brand[r]]] + words[r])
+            f.write(f"item{r}\t{title}\t{brands[item_brand[r]]}\t{cats[item_cat[r]]}\n")
+    with open(paths["users"], "w", encoding="utf-8") as f:
+        f.write("user_id\tgender\n")
+        for u in range(num_users):
+            f.write(f"user{u}\t{'mf'[u % 2]}\n")
+    with open(paths["interactions"], "w", encoding="utf-8") as f:
+        f.write("query\titem_id\tlabel\tuser_id\ttimestamp\n")
+        t = 0
+        for _ in range(num_queries):
+            r = rng.randint(num_items)
+            text = " ".join(rng.choice(words[r] + [cats[item_cat[r]]], size=2, replace=False))
+            for _ in range(clicks_per_query):
+                t += 1
+                f.write(f"{text}\titem{r}\tclick\tuser{rng.randint(num_users)}\t{t}\n")
+            neg = (r + 1 + rng.randint(num_items - 1)) % num_items
+            t += 1
+            f.write(f"{text}\titem{neg}\tnegative\tuser{rng.randint(num_users)}\t{t}\n")
+    return paths
+
+
+def prepare_tiny_layout(work_dir: str, *, num_buckets: int = 4096, seed: int = 0,
+                        **dataset_kwargs):
+    """write_tiny_dataset + the real `prepare` into <work_dir>/layout; returns the LayoutSpec."""
+    from dpsr_tf.data.prepare import PrepareConfig, prepare  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.tokenization import TokenizerConfig  # pylint: disable=import-outside-toplevel
+    paths = write_tiny_dataset(os.path.join(work_dir, "tsv"), seed=seed, **dataset_kwargs)
+    return prepare(PrepareConfig(
+        items=paths["items"], users=paths["users"], interactions=paths["interactions"],
+        output=os.path.join(work_dir, "layout"),
+        tokenizer=TokenizerConfig(num_buckets=num_buckets, num_oov_buckets=1),
+        history_length=4, seed=seed), log=lambda _: None)

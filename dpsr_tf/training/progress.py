@@ -38,3 +38,13 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
         logging.info("%sstep %d: loss %.5f (%.2f local steps/s, %.1f examples/s)", self._task,
                      step, loss, self._every / elapsed, self._every * self._batch_size / elapsed)
         self._start = now
+
+
+def quiet_tf_logging() -> None:
+    """INFO lines through absl only (TF's own handler would print each twice) and no deprecation
+    warnings of the tf.compat.v1 / Estimator APIs that this product is built on."""
+    from tensorflow.python.util import deprecation  # pylint: disable=import-outside-toplevel
+    deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
+    logging.set_verbosity(logging.INFO)
+    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)
+    tf.get_logger().handlers = []

@@ -1,0 +1,60 @@
+"""ModelConfig validation and round trips; the resolved config in a model directory."""
+import dataclasses
+import json
+
+import pytest
+
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.model_dir import CONFIG_FILE, load_model_config, write_resolved_config
+
+
+def test_paper_defaults():
+    cfg = ModelConfig()
+    assert (cfg.optimizer, cfg.learning_rate, cfg.embedding_dim, cfg.margin) == (
+        "adagrad", 0.01, 64, 0.1)
+
+
+@pytest.mark.parametrize("alpha, num_negatives, n_rand, n_batch", [
+    (0.0, 64, 0, 64), (0.5, 64, 32, 32), (1.0, 64, 64, 0), (0.3, 10, 3, 7), (0.25, 2, 0, 2)])
+def test_alpha_split(alpha, num_negatives, n_rand, n_batch):
+    cfg = ModelConfig(alpha=alpha, num_negatives=num_negatives)
+    assert (cfg.num_random_hinge_negatives, cfg.num_batch_hinge_negatives) == (n_rand, n_batch)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_heads", 0), ("alpha", 1.5), ("beta", -1.0), ("loss", "bpr"), ("combiner", "max"),
+    ("personalization", "full"), ("item_hidden_units", (64, 0)), ("optimizer", "lamb"),
+    ("partitioner", "round_robin"), ("softmax_temperature", 0.0)])
+def test_bad_values_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"ModelConfig.{field}="):
+        ModelConfig(**{field: value})
+
+
+def test_json_round_trip_and_unknown_fields():
+    cfg = ModelConfig(num_heads=3, item_hidden_units=(128, 64), personalization="history")
+    assert ModelConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({"num_heads": 2, "heads": 3})
+
+
+def test_resolved_partitions():
+    assert ModelConfig().resolved(num_ps=3).embedding_partitions == 3
+    assert ModelConfig().resolved(num_ps=0).embedding_partitions == 1
+    assert ModelConfig(embedding_partitions=5).resolved(num_ps=3).embedding_partitions == 5
+
+
+def test_model_dir_config_round_trip_and_mismatch(tiny_layout, tmp_path):
+    cfg = ModelConfig(num_heads=2)
+    write_resolved_config(str(tmp_path), cfg, tiny_layout, extra={"train": {"steps": 1}})
+    loaded, spec = load_model_config(str(tmp_path))
+    assert loaded == cfg
+    assert dataclasses.asdict(spec) == dataclasses.asdict(tiny_layout)
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["train"] == {"steps": 1}
+    write_resolved_config(str(tmp_path), cfg, tiny_layout)          # same model: fine
+    with pytest.raises(ValueError, match=r"fields differ: \['num_heads'\]"):
+        write_resolved_config(str(tmp_path), ModelConfig(num_heads=4), tiny_layout)
+
+
+def test_missing_model_dir_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        load_model_config(str(tmp_path))
