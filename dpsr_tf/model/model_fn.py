@@ -106,10 +106,11 @@ def dpsr_model_fn(features, labels, mode, params):
             random_log_q=random_log_q)
         stats = {}
 
-    # Paper's Top-k: rank of the positive among the shared random negatives (1,024 in eval).
+    # Paper's Top-k: rank of the positive among the shared random negatives (1,024 in eval);
+    # a tie counts against the positive, a random negative that is the positive item not at all.
     positive = tf.linalg.diag_part(batch_scores)
     beaten = tf.reduce_sum(tf.cast(
-        (random_scores > positive[:, None]) & ~tf.equal(item_rows[:, None], random_rows[None, :]),
+        (random_scores >= positive[:, None]) & ~tf.equal(item_rows[:, None], random_rows[None, :]),
         tf.float32), axis=1)
     is_pos = tf.cast(label > 0.5, tf.float32)
     hits = {k: tf.cast(beaten < k, tf.float32) for k in TOP_K}
