@@ -28,24 +28,57 @@ async def abort(context, error: ServingError):
     await context.abort(error.code, truncate(error.message))
 
 
+class InFlight:
+    """Counts running handlers so shutdown can wait for exactly those (grpc.aio's
+    `stop(grace)` may wait out the whole grace period while idle clients stay connected)."""
+
+    def __init__(self):
+        self.count = 0
+        self._idle = None
+
+    def __enter__(self):
+        self.count += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def stop_server(self, server, grace_seconds: float) -> None:
+        """Refuses new RPCs, waits up to `grace_seconds` for running ones, then stops."""
+        stopping = asyncio.ensure_future(server.stop(grace_seconds))
+        self._idle = asyncio.Event()
+        if self.count:
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_seconds)
+            except asyncio.TimeoutError:
+                pass
+        await server.stop(None)
+        await stopping
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a ServerCore."""
 
-    def __init__(self, core):
+    def __init__(self, core, in_flight: InFlight):
         self._core = core
+        self._in_flight = in_flight
 
     async def Predict(self, request, context):
-        future = self._core.predict(request, client_timeout(context), "GRPC")
-        try:
-            return await asyncio.wrap_future(future)
-        except ServingError as e:
-            await abort(context, e)
+        with self._in_flight:
+            future = self._core.predict(request, client_timeout(context), "GRPC")
+            try:
+                return await asyncio.wrap_future(future)
+            except ServingError as e:
+                await abort(context, e)
 
     async def _blocking(self, context, fn, *args):
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        except ServingError as e:
-            await abort(context, e)
+        with self._in_flight:
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+            except ServingError as e:
+                await abort(context, e)
 
     async def GetModelMetadata(self, request, context):
         return await self._blocking(context, self._core.get_model_metadata, request)

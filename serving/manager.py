@@ -70,6 +70,7 @@ class _Version:
 
     def status_proto(self):
         status = get_model_status_pb2.ModelVersionStatus(version=self.version, state=self.state)
+        status.status.SetInParent()  # error_code OK is shown explicitly, as TF Serving does
         if self.error is not None:
             status.status.error_code = self.error.code.value[0]
             status.status.error_message = self.error.message

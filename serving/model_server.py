@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving import config as config_lib
-from serving.grpc_services import ModelServicer, PredictionServicer
+from serving.grpc_services import InFlight, ModelServicer, PredictionServicer
 from serving.rest import RestGateway
 from serving.server_core import CoreOptions, ServerCore
 
@@ -120,6 +120,7 @@ class ModelServer:
         self._rest = None
         self._health = None
         self._poller = None
+        self._in_flight = InFlight()
         self.grpc_port = None
         self.rest_api_port = None
 
@@ -141,7 +142,7 @@ class ModelServer:
                                              self.core, text)
             on_reload = self._poller.note_applied
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.core), self._grpc)
+            PredictionServicer(self.core, self._in_flight), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.core, opts.allow_reload_config_request, on_reload), self._grpc)
         self._health = health.aio.HealthServicer()
@@ -188,7 +189,7 @@ class ModelServer:
         if self._rest is not None:
             self._rest.stop()
         if self._grpc is not None:
-            await self._grpc.stop(grace_seconds)
+            await self._in_flight.stop_server(self._grpc, grace_seconds)
         await asyncio.get_running_loop().run_in_executor(None, self.core.stop)
 
 

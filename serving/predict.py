@@ -163,11 +163,15 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits) -> Pre
             name = next(a for a in batched if feeds[a].shape[0] == 0)
             raise _bad(f"input '{name}' has no rows (shape {list(feeds[name].shape)}); send at "
                        "least one")
+        if len(row_counts) > 1:
+            sizes = ", ".join(f"'{a}' {feeds[a].shape[0]}" for a in batched)
+            raise _bad(f"batch-major inputs have different numbers of rows ({sizes}); send one "
+                       "row of each per query")
         if max(row_counts) > limits.max_rows:
             raise _bad(f"request has {max(row_counts)} rows; the limit is {limits.max_rows} "
                        "(--max_request_rows); split it into smaller requests")
     fetches = check_output_filter(signature, request.output_filter)
-    if len(row_counts) == 1 and signature.batchable:
+    if row_counts and signature.batchable:
         rows = row_counts.pop()
     key = (signature.name, fetches, tuple(sorted(batched)), tuple(fixed_key))
     return PreparedPredict(signature, feeds, fetches, rows, tuple(batched), key)

@@ -78,6 +78,7 @@ class ServerProcess:
         self.grpc_port = None
         self.rest_api_port = None
         self.proc = None
+        self.config_file = None
 
     @property
     def address(self) -> str:
@@ -87,7 +88,8 @@ class ServerProcess:
     def rest_url(self) -> str:
         return f"http://{self.host}:{self.rest_api_port}"
 
-    def start(self, timeout: float = 180.0) -> "ServerProcess":
+    def launch(self) -> "ServerProcess":
+        """Starts the process without waiting (see wait_ready)."""
         env = dict(os.environ)
         env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"]
                                      if env.get("PYTHONPATH") else "")
@@ -96,12 +98,19 @@ class ServerProcess:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, cwd=_ROOT, preexec_fn=_die_with_parent)
         _STARTED.append(self)
+        return self
+
+    def wait_ready(self, timeout: float = 180.0) -> "ServerProcess":
+        """Waits for the port file and a SERVING health check; stops the process on failure."""
         try:
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def start(self, timeout: float = 180.0) -> "ServerProcess":
+        return self.launch().wait_ready(timeout)
 
     def _wait_ready(self, timeout: float):
         deadline = time.monotonic() + timeout
@@ -158,11 +167,11 @@ class ServerProcess:
         self.stop()
 
 
-def start_model_server(model_base_path: Optional[str] = None, model_name: str = "default",
-                       model_config_file: Optional[str] = None, flags: Sequence[str] = (),
-                       rest: bool = False, name: str = "model_server",
-                       log_dir: Optional[str] = None, timeout: float = 180.0) -> ServerProcess:
-    """Starts `dpsr serve` on free ports and waits until it serves.
+def model_server_process(model_base_path: Optional[str] = None, model_name: str = "default",
+                         model_config_file: Optional[str] = None, flags: Sequence[str] = (),
+                         rest: bool = False, name: str = "model_server",
+                         log_dir: Optional[str] = None) -> ServerProcess:
+    """A `dpsr serve` process on free ports, not started yet (`.start()` or `start_all`).
 
     Args:
       model_base_path, model_name: one model (as --model_base_path/--model_name), or
@@ -177,15 +186,35 @@ def start_model_server(model_base_path: Optional[str] = None, model_name: str = 
         args += [f"--model_base_path={model_base_path}", f"--model_name={model_name}"]
     if rest:
         args.append("--rest_api_port=-1")
-    return ServerProcess("serve", args + list(flags), name, log_dir).start(timeout)
+    return ServerProcess("serve", args + list(flags), name, log_dir)
 
 
-def start_proxy(routes: Optional[Dict[str, Tuple[Tuple[str, ...], ...]]] = None,
-                config_file: Optional[str] = None, flags: Sequence[str] = (),
-                name: str = "proxy", log_dir: Optional[str] = None, timeout: float = 120.0,
-                **model_fields) -> ServerProcess:
-    """Starts `dpsr proxy` over `routes` (model -> shards -> replica addresses) or a config
-    file; extra keyword arguments go into every model of the generated config."""
+def start_model_server(*args, timeout: float = 180.0, **kwargs) -> ServerProcess:
+    """Starts `dpsr serve` (arguments of model_server_process) and waits until it serves."""
+    return model_server_process(*args, **kwargs).start(timeout)
+
+
+def start_all(processes: Sequence[ServerProcess], timeout: float = 180.0):
+    """Launches every process at once, then waits for each (faster than one by one)."""
+    try:
+        for p in processes:
+            p.launch()
+        for p in processes:
+            p.wait_ready(timeout)
+    except BaseException:
+        for p in processes:
+            p.stop()
+        raise
+    return list(processes)
+
+
+def proxy_process(routes: Optional[Dict[str, Tuple[Tuple[str, ...], ...]]] = None,
+                  config_file: Optional[str] = None, flags: Sequence[str] = (),
+                  name: str = "proxy", log_dir: Optional[str] = None,
+                  **model_fields) -> ServerProcess:
+    """A `dpsr proxy` process over `routes` (model -> shards -> replica addresses) or a config
+    file, not started yet; extra keyword arguments go into every model of the generated
+    config (e.g. deadline_ms=500, partial_policy="FAIL"). `.config_file` is its config."""
     if config_file is None:
         fd, config_file = tempfile.mkstemp(prefix="proxy-", suffix=".config", dir=log_dir)
         with os.fdopen(fd, "w") as f:
@@ -193,7 +222,12 @@ def start_proxy(routes: Optional[Dict[str, Tuple[Tuple[str, ...], ...]]] = None,
     args = ["--port=0", f"--proxy_config_file={config_file}"] + list(flags)
     process = ServerProcess("proxy", args, name, log_dir)
     process.config_file = config_file
-    return process.start(timeout)
+    return process
+
+
+def start_proxy(*args, timeout: float = 120.0, **kwargs) -> ServerProcess:
+    """Starts `dpsr proxy` (arguments of proxy_process) and waits until it serves."""
+    return proxy_process(*args, **kwargs).start(timeout)
 
 
 def stop_all() -> None:

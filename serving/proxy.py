@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 from serving import config as config_lib
 from serving import merge, proxy_config, tensors
 from serving.errors import ServingError, truncate
-from serving.grpc_services import client_timeout
+from serving.grpc_services import InFlight, client_timeout
 from serving.metrics import UNKNOWN, ProxyMetrics
 from serving.model_server import _address, write_port_file
 
@@ -158,6 +158,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, router: Router, metrics: ProxyMetrics):
         self.router = router
         self.metrics = metrics
+        self.in_flight = InFlight()
 
     # ------------------------------------------------------------------ backend calls
 
@@ -217,7 +218,8 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         label = model_name if model_name in self.router.routes else UNKNOWN
         code = grpc.StatusCode.OK
         try:
-            return await coro
+            with self.in_flight:
+                return await coro
         except ServingError as e:
             code = e.code
             await context.abort(e.code, truncate(e.message))
@@ -490,7 +492,7 @@ class ProxyServer:
         if self._http is not None:
             self._http.stop()
         if self._server is not None:
-            await self._server.stop(grace_seconds)
+            await self.servicer.in_flight.stop_server(self._server, grace_seconds)
         for replica in self._pool.values():
             await replica.channel.close()
 

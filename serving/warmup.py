@@ -37,7 +37,7 @@ def read_warmup_records(version_dir: str) -> List["prediction_log_pb2.Prediction
         return []
     records = []
     try:
-        for i, raw in enumerate(tf.compat.v1.io.tf_record_iterator(path)):
+        for i, raw in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
             if i >= MAX_WARMUP_RECORDS:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"{path}: more than {MAX_WARMUP_RECORDS} warm-up records")

@@ -1,0 +1,122 @@
+"""The batch scheduler with a recording run function: batches form under concurrency, every
+request gets exactly its rows back, deadlines and queue bounds are enforced, padding works."""
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from serving.batching import BatchScheduler
+from serving.config import BatchingOptions
+from serving.errors import ServingError
+
+
+class _Recorder:
+    """run_fn that doubles `x`, records batch sizes, and can be slowed down."""
+
+    def __init__(self, delay=0.0):
+        self.batches = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, feeds, timeout):
+        del timeout
+        time.sleep(self.delay)
+        with self.lock:
+            self.batches.append(feeds["x"].shape[0])
+        return {"y": feeds["x"] * 2 + feeds["bias"]}
+
+
+def _submit(scheduler, run, x, bias=0, deadline=None, key="k"):
+    feeds = {"x": np.asarray(x, np.float32), "bias": np.float32(bias)}
+    return scheduler.submit((key, bias), feeds, feeds["x"].shape[0], ("x",), run, deadline)
+
+
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_concurrent_requests_share_batches_and_get_their_rows(num_threads):
+    run = _Recorder(delay=0.02)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=16, num_batch_threads=num_threads))
+    try:
+        rng = np.random.default_rng(0)
+        inputs = [rng.standard_normal((int(rng.integers(1, 4)),)) for _ in range(40)]
+        futures = [_submit(scheduler, run, x) for x in inputs]
+        for x, f in zip(inputs, futures):
+            np.testing.assert_allclose(f.result(timeout=10)["y"], np.float32(x) * 2)
+        assert max(run.batches) > 1 and max(run.batches) <= 16
+        assert sum(run.batches) == sum(len(x) for x in inputs)
+    finally:
+        scheduler.close()
+
+
+def test_different_keys_never_share_a_batch():
+    run = _Recorder(delay=0.01)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=64, num_batch_threads=1))
+    try:
+        futures = [(_submit(scheduler, run, [1.0], bias=b % 2), b % 2) for b in range(20)]
+        for f, bias in futures:
+            assert f.result(timeout=10)["y"].tolist() == [2.0 + bias]
+    finally:
+        scheduler.close()
+
+
+def test_expired_deadline_is_deadline_exceeded_and_not_run():
+    run = _Recorder(delay=0.2)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, num_batch_threads=1))
+    try:
+        blocker = _submit(scheduler, run, [1.0])
+        late = _submit(scheduler, run, [2.0], deadline=time.monotonic() + 0.05)
+        blocker.result(timeout=10)
+        with pytest.raises(ServingError) as e:
+            late.result(timeout=10)
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert run.batches == [1]
+    finally:
+        scheduler.close()
+
+
+def test_full_queue_is_unavailable_and_oversized_task_invalid():
+    run = _Recorder(delay=0.3)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=1,
+                                               num_batch_threads=1))
+    try:
+        first = _submit(scheduler, run, [1.0, 1.0])  # running
+        time.sleep(0.05)
+        _submit(scheduler, run, [1.0, 1.0])  # fills the queue
+        with pytest.raises(ServingError) as e:
+            _submit(scheduler, run, [1.0])
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(ServingError) as e:
+            _submit(scheduler, run, [1.0, 2.0, 3.0])
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        first.result(timeout=10)
+    finally:
+        scheduler.close()
+
+
+def test_batches_are_padded_to_allowed_sizes():
+    run = _Recorder(delay=0.05)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, allowed_batch_sizes=(4, 8),
+                                               num_batch_threads=1))
+    try:
+        futures = [_submit(scheduler, run, [float(i)]) for i in range(6)]
+        assert [f.result(timeout=10)["y"].tolist() for f in futures] == [
+            [2.0 * i] for i in range(6)]
+        assert all(b in (4, 8) for b in run.batches)
+    finally:
+        scheduler.close()
+
+
+def test_run_error_reaches_every_task_of_the_batch():
+    def failing(feeds, timeout):
+        del feeds, timeout
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "bad k")
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, num_batch_threads=1))
+    try:
+        futures = [_submit(scheduler, failing, [1.0]) for _ in range(3)]
+        for f in futures:
+            with pytest.raises(ServingError, match="bad k"):
+                f.result(timeout=10)
+    finally:
+        scheduler.close()
