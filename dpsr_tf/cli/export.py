@@ -1,0 +1,42 @@
+"""dpsr export: model + index -> versioned SavedModel servable(s) (export/saved_model_export.py).
+
+One servable per index shard: <export_base>/<version>/ for a one-shard index, else
+<export_base>_shard<i>/<version>/ (the proxy merges the shards' answers).
+"""
+import json
+
+from absl import flags
+
+from export.saved_model_export import export_all_shards
+from export.servable_graph import ServableConfig
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
+_INDEX_DIR = flags.DEFINE_string("index_dir", None, "Index build directory (dpsr index).")
+_BASE = flags.DEFINE_string("export_base", None,
+                            "Servable base path, e.g. /models/dpsr (versions go inside).")
+_VERSION = flags.DEFINE_integer("version", None,
+                                "Version number; default one more than the newest.")
+_LAYOUT = flags.DEFINE_string("layout_dir", None,
+                              "Training layout; default the one the model was trained on.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest.")
+_K = flags.DEFINE_integer("default_k", 100, "Results per query when a request has no k.")
+_MAX_K = flags.DEFINE_integer("max_k", 1000, "Largest k a request may ask for.")
+_MAX_QUERY = flags.DEFINE_integer("max_query_bytes", 4096, "Longer queries are rejected.")
+_NPROBE = flags.DEFINE_integer("nprobe", 0, "IVF nprobe per search; 0 = the index's.")
+_EF = flags.DEFINE_integer("ef_search", 0, "HNSW efSearch per search; 0 = the index's.")
+flags.mark_flags_as_required(["model_dir", "index_dir", "export_base"])
+
+
+def main(argv):
+    del argv
+    servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
+                              max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
+                              ef_search=_EF.value)
+    try:
+        servable.validate()
+        paths = export_all_shards(_MODEL_DIR.value, _INDEX_DIR.value, _BASE.value,
+                                  version=_VERSION.value, servable=servable,
+                                  checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        raise SystemExit(f"dpsr export: {e}") from None
+    print(json.dumps({"servables": paths}))

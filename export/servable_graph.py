@@ -1,0 +1,186 @@
+"""The serving graph of a DPSR servable: query text in, item ids out, in one TF1 graph.
+
+    query (string [B])  --Dpsr>Tokenize-->  query tower (m heads)  --Dpsr>FaissSearch per head-->
+    merge_heads (dedupe, best score, head)  --id map-->  item_ids [B, K], scores [B, K], heads [B, K]
+
+Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
+ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
+the servable directory can be copied anywhere. export/saved_model_export.py builds, restores and
+saves this graph; this module only wires it.
+"""
+import dataclasses
+from typing import Dict, Mapping, Optional
+
+import tensorflow as tf
+
+from dpsr_tf.model.towers import item_tower, query_tower
+from dpsr_tf.tokenization import tokenize_op
+from export import faiss_ops
+from export.head_merge import merge_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class ServableConfig:
+    """Request limits and search settings baked into a servable.
+
+    Attributes:
+      default_k: results per query when the request has no `k`.
+      max_k: the largest `k` a request may ask for (each head searches k items).
+      max_query_bytes: longer queries are rejected (INVALID_ARGUMENT); empty ones too.
+      nprobe: IVF lists probed per search (0 = the value stored in the index).
+      ef_search: HNSW efSearch per search (0 = the value stored in the index).
+    """
+
+    default_k: int = 100
+    max_k: int = 1000
+    max_query_bytes: int = 4096
+    nprobe: int = 0
+    ef_search: int = 0
+
+    def validate(self):
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValueError(f"need 1 <= default_k <= max_k, got default_k={self.default_k}, "
+                             f"max_k={self.max_k}")
+        if self.max_query_bytes < 1:
+            raise ValueError(f"max_query_bytes must be >= 1, got {self.max_query_bytes}")
+        if self.nprobe < 0 or self.ef_search < 0:
+            raise ValueError(f"nprobe and ef_search must be >= 0, got {self.nprobe}, "
+                             f"{self.ef_search}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AssetPaths:
+    """Files the graph reads (staged copies with unique base names)."""
+
+    index: str                      # the FAISS index of this servable's shard
+    shard_ids: str                  # id map of the shard: line i = item id of FAISS label i
+    all_item_ids: str               # the layout's item ids: line r = item id of row r (history)
+    tokenizer_vocab: Optional[str]  # vocabulary-mode tokenizer, else None
+    user_vocabs: Mapping[str, str]  # user feature -> its values file (line i -> id i + 1)
+    item_vocabs: Mapping[str, str]  # item feature -> its values file (line i -> id i + 1)
+
+
+def _asset(path: str) -> tf.Tensor:
+    t = tf.constant(path, name="asset_path")
+    tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, t)
+    return t
+
+
+def _value_to_id_table(path: str, name: str):
+    """string -> int64 id (line number + 1), 0 for values not in the file (unknown)."""
+    init = tf.lookup.TextFileInitializer(
+        _asset(path), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+        tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+    return tf.lookup.StaticHashTable(init, default_value=-1, name=name)
+
+
+def _ids(table, values: tf.Tensor) -> tf.Tensor:
+    return table.lookup(values) + 1
+
+
+def _check(condition, *message):
+    return tf.debugging.Assert(condition, list(message), summarize=8)
+
+
+class ServableGraph:
+    """Builds the inputs, outputs and signatures of a servable in the current TF1 graph.
+
+    Attributes after construction: `signatures`, a dict signature name ->
+    (inputs dict, outputs dict) of tensors.
+    """
+
+    def __init__(self, model_config, layout_spec, assets: AssetPaths,
+                 servable: ServableConfig = ServableConfig()):
+        servable.validate()
+        self._cfg = model_config
+        self._spec = layout_spec
+        self._assets = assets
+        self._servable = servable
+        self._tok_config = dataclasses.replace(layout_spec.tokenizer_config, vocab_file=None)
+        self._vocab = _asset(assets.tokenizer_vocab) if assets.tokenizer_vocab else None
+        self.signatures = {}
+        query_inputs, query_features = self._query_inputs()
+        with tf.name_scope("query_tower"):
+            embeddings = query_tower(query_features, model_config, layout_spec,
+                                     tf.estimator.ModeKeys.PREDICT)        # [B, m, d]
+        self.signatures["serving_default"] = self._search(query_inputs, embeddings)
+        self.signatures["query_embedding"] = (
+            {k: v for k, v in query_inputs.items() if k != "k"}, {"embedding": embeddings})
+        self.signatures["item_embedding"] = self._item_embedding()
+
+    def _tokenize(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        return tokenize_op.tokenize(texts, self._tok_config, vocab_file=self._vocab)
+
+    def _query_inputs(self):
+        s = self._servable
+        query = tf.compat.v1.placeholder(tf.string, [None], name="query")
+        k = tf.compat.v1.placeholder_with_default(tf.constant(s.default_k, tf.int32), [],
+                                                  name="k")
+        lengths = tf.strings.length(query)
+        checks = [
+            _check(tf.reduce_all(lengths > 0), "query must not be empty; got byte lengths",
+                   lengths),
+            _check(tf.reduce_all(lengths <= s.max_query_bytes),
+                   f"query must be at most {s.max_query_bytes} bytes; got byte lengths",
+                   lengths),
+            _check(tf.logical_and(k >= 1, k <= s.max_k),
+                   f"k must be in [1, {s.max_k}]; got", k),
+        ]
+        inputs = {"query": query, "k": k}
+        with tf.control_dependencies(checks):
+            features = {"query_tokens": self._tokenize(tf.identity(query))}
+        if self._cfg.personalization in ("profile", "history"):
+            for name in sorted(self._spec.user_features):
+                # Optional: an absent user feature is "unknown" (id 0), like a logged-out user.
+                value = tf.compat.v1.placeholder_with_default(
+                    tf.fill(tf.shape(query), ""), [None], name=f"user_{name}")
+                table = _value_to_id_table(self._assets.user_vocabs[name], f"user_{name}_ids")
+                inputs[f"user_{name}"] = value
+                features[f"user_{name}"] = _ids(table, value)
+        if self._cfg.personalization == "history":
+            history = tf.compat.v1.placeholder_with_default(
+                tf.fill(tf.stack([tf.shape(query)[0], 0]), ""), [None, None],
+                name="user_history")
+            table = _value_to_id_table(self._assets.all_item_ids, "history_item_rows")
+            rows = table.lookup(history)  # item row, -1 for padding "" and unknown ids
+            features["user_history"] = tf.ragged.boolean_mask(rows, rows >= 0)
+            inputs["user_history"] = history
+        return inputs, features
+
+    def _search(self, inputs: Dict[str, tf.Tensor], embeddings: tf.Tensor):
+        s = self._servable
+        k = inputs["k"]
+        index = faiss_ops.FaissIndex(self._assets.index, shared_name=None, name="item_index")
+        scores, labels = [], []
+        with tf.name_scope("search"):
+            for h in range(self._cfg.num_heads):
+                sc, lb = faiss_ops.search(index, embeddings[:, h, :], k, nprobe=s.nprobe,
+                                          ef_search=s.ef_search, name=f"head_{h}")
+                scores.append(sc)
+                labels.append(lb)
+            top_scores, top_labels, top_heads = merge_heads(
+                tf.stack(scores, axis=1), tf.stack(labels, axis=1), k)
+        id_init = tf.lookup.TextFileInitializer(
+            _asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
+        id_table = tf.lookup.StaticHashTable(id_init, default_value="", name="item_ids_of_labels")
+        outputs = {
+            "item_ids": tf.identity(id_table.lookup(top_labels), name="item_ids"),
+            "scores": tf.identity(top_scores, name="scores"),
+            "heads": tf.identity(top_heads, name="heads"),
+        }
+        return inputs, outputs
+
+    def _item_embedding(self):
+        title = tf.compat.v1.placeholder(tf.string, [None], name="item_title")
+        inputs = {"item_title": title}
+        features = {"item_tokens": self._tokenize(title)}
+        for name in sorted(self._spec.item_features):
+            value = tf.compat.v1.placeholder_with_default(
+                tf.fill(tf.shape(title), ""), [None], name=f"item_{name}")
+            table = _value_to_id_table(self._assets.item_vocabs[name], f"item_{name}_ids")
+            inputs[f"item_{name}"] = value
+            features[f"item_{name}"] = _ids(table, value)
+        with tf.name_scope("item_tower"):
+            embedding = item_tower(features, self._cfg, self._spec, tf.estimator.ModeKeys.PREDICT)
+        return inputs, {"embedding": embedding}

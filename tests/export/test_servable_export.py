@@ -1,0 +1,255 @@
+"""`dpsr index` + `dpsr export` end to end: the servable answers query text with the item ids
+that numpy brute force finds over its own item embeddings, after a move and in a fresh process."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.testing import prepare_tiny_layout
+from dpsr_tf.training import driver
+from dpsr_tf.training.config import TrainConfig
+from export import catalog_index
+from export.index_builder import IndexBuildConfig
+from export.saved_model_export import export_servable
+from export.servable_graph import ServableConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
+
+
+@pytest.fixture(scope="module")
+def servable(tmp_path_factory):
+    """A DPSR-h model (2 heads, user profile + history), a Flat index, one exported version."""
+    work = tmp_path_factory.mktemp("export")
+    spec = prepare_tiny_layout(str(work))
+    model_config = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
+                               feature_embedding_dim=4, history_embedding_dim=4,
+                               item_hidden_units=(32,), query_hidden_units=(32,),
+                               query_projection_dim=16, num_negatives=8, learning_rate=0.1,
+                               personalization="history")
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(work / "model"),
+                        batch_size=32, train_steps=60, save_checkpoints_steps=60,
+                        eval_random_negatives=20, seed=0)
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(model_config, train)
+    index_dir = str(work / "index")
+    catalog_index.index_catalog(train.model_dir, index_dir, IndexBuildConfig(factory="Flat"))
+    path = export_servable(train.model_dir, index_dir, str(work / "a" / "dpsr"),
+                           servable=ServableConfig(default_k=5, max_k=50))
+    # The servable must not need anything outside its own directory.
+    moved = str(work / "b")
+    shutil.move(str(work / "a"), moved)
+    return {"spec": spec, "work": work, "model_dir": train.model_dir, "index_dir": index_dir,
+            "version_dir": os.path.join(moved, "dpsr", os.path.basename(path))}
+
+
+def run_fresh(script: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+LOAD_TF1 = """
+    import json, numpy as np, tensorflow as tf
+    from dpsr_tf import op_library
+    op_library.load()
+    sess = tf.compat.v1.Session(graph=tf.Graph())
+    with sess.graph.as_default():
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], {path!r})
+    def call(signature, feeds, outputs):
+        sig = meta.signature_def[signature]
+        fetch = {{k: sig.outputs[k].name for k in outputs}}
+        return sess.run(fetch, {{sig.inputs[k].name: v for k, v in feeds.items()}})
+"""
+
+
+def test_servable_equals_brute_force_after_move_in_fresh_process(servable):
+    spec = servable["spec"]
+    items = layout_lib.load_item_table(spec)
+    feeds = {"item_title": items.titles}
+    feeds.update({f"item_{n}": [items.vocabularies[n][i] for i in items.feature(n)]
+                  for n in spec.item_features})
+    script = LOAD_TF1.format(path=servable["version_dir"]) + f"""
+    items = call("item_embedding", {feeds!r}, ["embedding"])["embedding"]
+    q = call("query_embedding", {{"query": {QUERIES!r}}}, ["embedding"])["embedding"]
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}},
+               ["item_ids", "scores", "heads"])
+    print(json.dumps({{"items": items.tolist(), "q": q.tolist(),
+                      "ids": out["item_ids"].astype(str).tolist(),
+                      "scores": out["scores"].tolist(), "heads": out["heads"].tolist()}}))
+    """
+    got = run_fresh(script)
+    item_emb = np.array(got["items"], np.float32)            # [N, d]
+    q = np.array(got["q"], np.float32)                       # [Q, m, d]
+    # The servable's item tower equals the embeddings the index was built from.
+    built, built_ids = catalog_index.load_catalog_embeddings(servable["index_dir"])
+    np.testing.assert_allclose(item_emb, built, atol=1e-5)
+    assert list(built_ids) == items.ids
+    # Brute force: an item's score is its best head's inner product; top 7 by that score.
+    per_head = np.einsum("qmd,nd->qmn", q, item_emb)         # [Q, m, N]
+    best = per_head.max(axis=1)
+    best_head = per_head.argmax(axis=1)
+    for row in range(len(QUERIES)):
+        order = np.argsort(-best[row], kind="stable")[:7]
+        np.testing.assert_allclose(got["scores"][row], best[row][order], atol=1e-5)
+        want_ids = [items.ids[i] for i in order]
+        # Equal ids, except where two items tie within float error.
+        for j, (g, w) in enumerate(zip(got["ids"][row], want_ids)):
+            if g != w:
+                assert abs(best[row][items.ids.index(g)] - best[row][order[j]]) < 1e-5
+        assert got["heads"][row] == [int(best_head[row][items.ids.index(g)])
+                                     for g in got["ids"][row]]
+
+
+def test_tf2_loader(servable):
+    # TF2's loader wraps TF1 signatures without their defaults: every input must be given.
+    script = f"""
+    import json, tensorflow as tf
+    from dpsr_tf import op_library
+    op_library.load()
+    m = tf.saved_model.load({servable["version_dir"]!r})
+    out = m.signatures["serving_default"](
+        query=tf.constant({QUERIES[:2]!r}), k=tf.constant(3),
+        user_gender=tf.constant(["f", "m"]),
+        user_history=tf.constant([["item3", "item7"], ["item9", ""]]))
+    print(json.dumps({{k: v.numpy().astype(str).tolist() for k, v in out.items()}}))
+    """
+    got = run_fresh(script)
+    assert len(got["item_ids"]) == 2 and len(got["item_ids"][0]) == 3
+    assert all(i.startswith("item") for row in got["item_ids"] for i in row)
+
+
+def test_optional_inputs_default_to_unknown_user(servable):
+    # TF1 loader (as a model server runs it): k and the user inputs are optional; leaving the
+    # user out equals sending an unknown user with an empty history.
+    script = LOAD_TF1.format(path=servable["version_dir"]) + f"""
+    a = call("serving_default", {{"query": {QUERIES!r}}}, ["item_ids", "scores"])
+    b = call("serving_default", {{"query": {QUERIES!r}, "k": 5,
+                                  "user_gender": ["not-a-gender"] * 4,
+                                  "user_history": [[""]] * 4}}, ["item_ids", "scores"])
+    c = call("serving_default", {{"query": {QUERIES!r}, "user_gender": ["f"] * 4,
+                                  "user_history": [["item3", "item7"]] * 4}}, ["scores"])
+    print(json.dumps({{"a": a["item_ids"].astype(str).tolist(),
+                      "b": b["item_ids"].astype(str).tolist(),
+                      "sa": a["scores"].tolist(), "sb": b["scores"].tolist(),
+                      "sc": c["scores"].tolist()}}))
+    """
+    got = run_fresh(script)
+    assert len(got["a"][0]) == 5 and got["a"] == got["b"]
+    np.testing.assert_allclose(got["sa"], got["sb"], atol=1e-6)
+    assert not np.allclose(got["sa"], got["sc"], atol=1e-6)  # the user changes the query
+
+
+BAD_REQUESTS = [
+    ({"query": ["drill"], "k": 0}, r"k must be in \[1, 50\]"),
+    ({"query": ["drill"], "k": 51}, r"k must be in \[1, 50\]"),
+    ({"query": ["drill", ""]}, "query must not be empty"),
+    ({"query": ["x" * 5000]}, "query must be at most 4096 bytes"),
+]
+
+
+def test_bad_requests_are_invalid_argument_and_the_session_keeps_serving(servable):
+    # One fresh process for all cases (a process start costs seconds); each case is asserted.
+    cases = [feeds for feeds, _ in BAD_REQUESTS]
+    script = LOAD_TF1.format(path=servable["version_dir"]) + f"""
+    errors = []
+    for feeds in {cases!r}:
+        try:
+            call("serving_default", feeds, ["item_ids"])
+            errors.append(None)
+        except tf.errors.InvalidArgumentError as e:
+            errors.append(e.message)
+    out = call("serving_default", {{"query": ["still serving"]}}, ["item_ids"])
+    print(json.dumps({{"errors": errors, "after": len(out["item_ids"][0])}}))
+    """
+    got = run_fresh(script)
+    for (feeds, pattern), error in zip(BAD_REQUESTS, got["errors"]):
+        assert error and re.search(pattern, error), (feeds, error)
+    assert got["after"] == 5
+
+
+def test_truncated_index_asset_is_a_clear_error(servable, tmp_path):
+    broken = str(tmp_path / "broken")
+    shutil.copytree(servable["version_dir"], broken)
+    index = os.path.join(broken, "assets", "index.faiss")
+    with open(index, "r+b") as f:
+        f.truncate(os.path.getsize(index) // 2)
+    script = f"""
+    import json, tensorflow as tf
+    from dpsr_tf import op_library
+    op_library.load()
+    try:
+        with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+            tf.compat.v1.saved_model.loader.load(sess, ["serve"], {broken!r})
+        print(json.dumps({{"error": None}}))
+    except tf.errors.OpError as e:
+        print(json.dumps({{"error": type(e).__name__ + ": " + e.message}}))
+    """
+    got = run_fresh(script)
+    assert got["error"].startswith("InvalidArgumentError"), got
+    assert "index.faiss" in got["error"], got
+
+
+def test_warmup_and_servable_info(servable):
+    from serving.warmup import read_warmup_records
+    records = read_warmup_records(servable["version_dir"])
+    assert records and all(r.predict_log.request.inputs["query"].string_val for r in records)
+    with open(os.path.join(servable["version_dir"], "assets.extra", "dpsr_servable.json")) as f:
+        info = json.load(f)
+    assert info["index_factory"] == "Flat" and info["num_items"] == servable["spec"].num_items
+    assert info["model"]["num_heads"] == 2
+
+
+def test_existing_version_is_not_overwritten(servable):
+    base = os.path.dirname(servable["version_dir"])
+    version = int(os.path.basename(servable["version_dir"]))
+    with pytest.raises(FileExistsError, match="exists"):
+        export_servable(servable["model_dir"], servable["index_dir"], base, version=version)
+
+
+def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def dpsr(*args):
+        proc = subprocess.run([sys.executable, "-m", "dpsr_tf.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    index_dir = str(tmp_path / "index2")
+    built = dpsr("index", f"--model_dir={servable['model_dir']}", f"--output_dir={index_dir}",
+                 "--index_factory=Flat", "--num_shards=2")
+    assert built["num_items"] == servable["spec"].num_items and built["num_shards"] == 2
+    out = dpsr("export", f"--model_dir={servable['model_dir']}", f"--index_dir={index_dir}",
+               f"--export_base={tmp_path}/models/dpsr", "--default_k=6")
+    assert out["servables"] == [f"{tmp_path}/models/dpsr_shard0/1",
+                                f"{tmp_path}/models/dpsr_shard1/1"]
+    script = f"""
+    import json, tensorflow as tf
+    from dpsr_tf import op_library
+    op_library.load()
+    res = []
+    for path in {out["servables"] + [servable["version_dir"]]!r}:
+        with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+            sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path
+                                                       ).signature_def["serving_default"]
+            o = sess.run({{k: sig.outputs[k].name for k in ("item_ids", "scores")}},
+                         {{sig.inputs["query"].name: {QUERIES!r}, sig.inputs["k"].name: 6}})
+            res.append([o["item_ids"].astype(str).tolist(), o["scores"].tolist()])
+    print(json.dumps(res))
+    """
+    (ids0, s0), (ids1, s1), (ids_all, s_all) = run_fresh(script)
+    assert not set(ids0[0]) & set(ids1[0])  # the shards hold disjoint items
+    for row in range(len(QUERIES)):
+        merged = sorted(zip(s0[row] + s1[row], ids0[row] + ids1[row]), reverse=True)[:6]
+        np.testing.assert_allclose([s for s, _ in merged], s_all[row], atol=1e-5)
