@@ -264,3 +264,26 @@ def test_bad_arguments_are_value_errors(tiny_layout):
         pipeline.make_train_input_fn(tiny_layout, batch_size=0)()
     with pytest.raises(FileNotFoundError, match="is not a training layout"):
         pipeline.make_train_input_fn(os.path.dirname(tiny_layout))
+
+
+def test_layout_without_users(tmp_path):
+    from dpsr_tf.data import prepare as prepare_lib  # pylint: disable=import-outside-toplevel
+    (tmp_path / "items.tsv").write_text("item_id\ttitle\nA\tred apple\nB\tblue phone\n",
+                                       encoding="utf-8")
+    (tmp_path / "inter.tsv").write_text(
+        "query\titem_id\tlabel\n" + "".join(f"q{i}\t{'AB'[i % 2]}\tclick\n" for i in range(40)),
+        encoding="utf-8")
+    prepare_lib.prepare(prepare_lib.PrepareConfig(
+        items=str(tmp_path / "items.tsv"), interactions=str(tmp_path / "inter.tsv"),
+        output=str(tmp_path / "layout")), log=lambda *_: None)
+    layout_dir = str(tmp_path / "layout")
+    batch = next(iter(pipeline.make_train_input_fn(layout_dir, batch_size=4,
+                                                   num_random_negatives=3, seed=0)()))
+    assert not any(k.startswith("user_") and k not in ("user_row", "user_history")
+                   for k in batch)
+    assert batch["user_row"].numpy().tolist() == [-1] * 4
+    assert batch["user_history"].to_list() == [[]] * 4
+    ev = layout_lib.load_eval_set(layout_dir)
+    assert len(ev) == 4                       # q10, q14, q33 and q38 hash to bucket 0
+    req = next(iter(pipeline.make_request_input_fn(layout_dir, ev)()))
+    assert req["user_history"].to_list() == [[]] * len(ev)
