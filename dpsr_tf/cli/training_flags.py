@@ -61,6 +61,7 @@ _TRAIN_HELP = {
     "intra_op_threads": "Session intra-op threads (0 = TensorFlow decides).",
     "inter_op_threads": "Session inter-op threads (0 = TensorFlow decides).",
     "worker_delay_secs": "Delay before a non-chief worker starts (TF default staggers by 5 s).",
+    "ready_poll_secs": "Seconds between a worker's checks that the chief initialized the model.",
 }
 
 _CHOICES = {"combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,

@@ -27,6 +27,8 @@ class TrainConfig:
       intra_op_threads, inter_op_threads: session thread pools (0 = TensorFlow decides).
       worker_delay_secs: delay before a non-chief worker starts (TensorFlow's default staggers
         workers by 5 s each; 0 starts them at once).
+      ready_poll_secs: how often a worker checks whether the chief has initialized the model
+        (TensorFlow's default is 30 s, which idles every worker for 30 s at start-up).
     """
 
     layout_dir: str
@@ -47,6 +49,7 @@ class TrainConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     worker_delay_secs: int = 0
+    ready_poll_secs: float = 1.0
 
     def __post_init__(self):
         def need(ok, field, what):
@@ -61,6 +64,7 @@ class TrainConfig:
         need(self.eval_random_negatives >= 0, "eval_random_negatives", "must be >= 0")
         need(self.eval_steps is None or self.eval_steps >= 1, "eval_steps",
              "must be >= 1 or None (whole split)")
+        need(self.ready_poll_secs > 0, "ready_poll_secs", "must be > 0")
         for field in ("throttle_secs", "intra_op_threads", "inter_op_threads",
                       "worker_delay_secs"):
             need(getattr(self, field) >= 0, field, "must be >= 0")

@@ -18,6 +18,25 @@ from dpsr_tf.training.config import TrainConfig
 from dpsr_tf.training.run_config import make_run_config
 
 
+def _poll_for_ready_every(secs: float) -> None:
+    """Makes tf.compat.v1.train.SessionManager poll every `secs` (default 30 s) while a worker
+    waits for the chief to initialize (or restore) the model on the parameter servers.
+
+    Estimator builds its SessionManagers internally and offers no setting for this, so the
+    default of the constructor's keyword is replaced, once per process.
+    """
+    from tensorflow.python.training import session_manager  # pylint: disable=import-outside-toplevel
+    init = session_manager.SessionManager.__init__
+    original = getattr(init, "_dpsr_original", init)
+
+    def patched(self, *args, **kwargs):
+        kwargs.setdefault("recovery_wait_secs", secs)
+        original(self, *args, **kwargs)
+
+    patched._dpsr_original = original  # pylint: disable=protected-access
+    session_manager.SessionManager.__init__ = patched
+
+
 def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
                    cluster: Optional[tf_config.ClusterInfo] = None) -> tf.estimator.Estimator:
     """The DPSR Estimator of this task (model_config must already be resolved)."""
@@ -38,7 +57,10 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         train.layout_dir, batch_size=train.batch_size,
         num_random_negatives=max(1, model_config.random_negatives_needed),
         shuffle_buffer=train.shuffle_buffer, seed=train.seed + 1000 * cluster.replica_index,
-        num_epochs=None, split="train")
+        num_epochs=None, split="train",
+        # Each training replica reads its own shard of the records.
+        num_shards=max(1, cluster.num_workers) if cluster.distributed else 1,
+        shard_index=cluster.replica_index if cluster.task_type in ("chief", "worker") else 0)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,
         num_random_negatives=max(1, train.eval_random_negatives,
@@ -63,6 +85,7 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
       or a local run; None on other tasks.
     """
     cluster = tf_config.from_env()
+    _poll_for_ready_every(train.ready_poll_secs)
     if layout_spec is None:
         from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
         layout_spec = load_layout_spec(train.layout_dir)

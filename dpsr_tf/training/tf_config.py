@@ -42,8 +42,9 @@ class ClusterInfo:
 
     @property
     def replica_index(self) -> int:
-        """0 for the chief, 1 + i for worker i (seeds each replica's input differently)."""
-        return 0 if self.task_type == "chief" else self.task_index + 1
+        """0 for the chief, 1 + i for worker i, 0 for ps / evaluator (seeds and input shards of
+        the training replicas)."""
+        return self.task_index + 1 if self.task_type == "worker" else 0
 
     @property
     def distributed(self) -> bool:

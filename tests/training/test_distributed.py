@@ -1,0 +1,119 @@
+"""Real multi-process parameter-server training on loopback (TF_CONFIG chief/worker/ps/...).
+
+1 chief + 1 worker + 1 ps (+ evaluator) trains and its loss falls; killing a worker, and
+separately the chief, with SIGKILL mid-run and restarting it resumes from the last checkpoint:
+the global step continues and the job reaches its last step.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import tensorflow as tf
+
+from dpsr_tf.training.launcher import LocalCluster
+
+LOSS_LINE = re.compile(r"\] step (\d+): loss ([0-9.]+)")
+
+
+def _losses(log_text):
+    return [(int(s), float(l)) for s, l in LOSS_LINE.findall(log_text)]
+
+
+def _ckpt_step(model_dir):
+    path = tf.train.latest_checkpoint(model_dir)
+    return int(path.rsplit("-", 1)[1]) if path else -1
+
+
+def _wait_for_checkpoint(model_dir, min_step, procs, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        step = _ckpt_step(model_dir)
+        if step >= min_step:
+            return step
+        for task, proc in procs.items():
+            if proc.poll() is not None and task[0] != "ps":
+                raise AssertionError(f"{task} exited early with {proc.returncode}")
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint >= {min_step} after {timeout}s")
+
+
+def _flagfile(path, model_flags, layout_dir, model_dir, steps, ckpt_steps):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(model_flags + [
+            f"--layout_dir={layout_dir}", f"--model_dir={model_dir}", f"--train_steps={steps}",
+            f"--save_checkpoints_steps={ckpt_steps}", "--eval_steps=2"]) + "\n")
+    return path
+
+
+def _read(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def test_launch_local_trains_and_loss_falls(tiny_layout, tmp_path, task_env, tiny_model_flags,
+                                           dpsr_command):
+    model_dir = str(tmp_path / "model")
+    proc = subprocess.run(
+        dpsr_command("launch-local", "--workers=1", "--ps=1", "--evaluator",
+                     f"--layout_dir={tiny_layout.layout_dir}", f"--model_dir={model_dir}",
+                     "--train_steps=800", "--save_checkpoints_steps=400", "--eval_steps=2",
+                     "--timeout_secs=200", *tiny_model_flags),
+        env=task_env, capture_output=True, text=True, timeout=230, check=False)
+    launch = os.path.join(model_dir, "launch")
+    logs = {name: _read(os.path.join(launch, f"{name}.log"))
+            for name in ("chief-0", "worker-0", "ps-0", "evaluator-0")}
+    assert proc.returncode == 0, proc.stderr[-2000:] + logs["chief-0"][-3000:]
+    # Every task got its own TF_CONFIG; the chief wrote the resolved config.
+    tf_configs = json.loads(_read(os.path.join(launch, "tf_config.json")))
+    assert tf_configs["worker-0"]["task"] == {"type": "worker", "index": 0}
+    assert set(tf_configs["ps-0"]["cluster"]) == {"chief", "worker", "ps"}
+    resolved = json.loads(_read(os.path.join(model_dir, "dpsr_config.json")))
+    assert resolved["model"]["embedding_partitions"] == 1       # one per ps
+    assert resolved["cluster"]["ps"] == tf_configs["ps-0"]["cluster"]["ps"]
+    # Both replicas trained against the shared parameters, and the loss fell.
+    chief, worker = _losses(logs["chief-0"]), _losses(logs["worker-0"])
+    assert chief and worker, logs["worker-0"][-3000:]
+    losses = [l for _, l in sorted(chief + worker)]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.6 * first, losses
+    # Global steps interleave: each replica's steps advance by more than its own 50.
+    assert max(s for s, _ in chief) >= 600 and _ckpt_step(model_dir) >= 800
+    # The evaluator evaluated checkpoints (TensorBoard events in model_dir/eval).
+    assert "Saving dict for global step" in logs["evaluator-0"]
+    assert tf.io.gfile.glob(os.path.join(model_dir, "eval", "events.out.tfevents*"))
+
+
+@pytest.mark.parametrize("victim", [("worker", 0), ("chief", 0)])
+def test_kill_and_restart_resumes_from_last_checkpoint(tiny_layout, tmp_path, task_env,
+                                                       tiny_model_flags, dpsr_command, victim):
+    model_dir = str(tmp_path / "model")
+    os.makedirs(model_dir)
+    flagfile = _flagfile(str(tmp_path / "train.flags"), tiny_model_flags,
+                         tiny_layout.layout_dir, model_dir,
+                         steps=2400, ckpt_steps=200)
+    cluster = LocalCluster(dpsr_command("train", f"--flagfile={flagfile}"), num_workers=1,
+                           num_ps=1, evaluator=False, log_dir=str(tmp_path / "logs"),
+                           env=task_env)
+    with cluster:
+        cluster.start()
+        _wait_for_checkpoint(model_dir, 400, cluster.procs)
+        assert cluster.kill_task(victim, signal.SIGKILL) == -signal.SIGKILL
+        killed_at = _ckpt_step(model_dir)        # the last checkpoint before the kill
+        assert killed_at < 2400, "training finished before the kill; raise train_steps"
+        cluster.start_task(victim)
+        codes = cluster.wait(timeout=200)
+    assert codes["chief-0"] == 0 and codes["worker-0"] == 0, codes
+    assert _ckpt_step(model_dir) >= 2400                    # the job reached its last step
+    log = _read(cluster.log_path(victim))
+    restarted = log.split(f"=== start {victim[0]}-0")[-1]
+    steps_after = [s for s, _ in _losses(restarted)]
+    assert steps_after, restarted[-3000:]
+    # The restarted task continued from the shared global step, not from 0.
+    assert min(steps_after) > killed_at
+    if victim[0] == "chief":
+        restored = re.findall(r"Restoring parameters from .*model\.ckpt-(\d+)", restarted)
+        assert restored and int(restored[0]) >= killed_at, restarted[-3000:]
