@@ -13,6 +13,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,13 @@ def _die_with_parent():  # runs in the child before exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now (prefer port 0 + --port_file where the address can wait)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def wait_for_health(address: str, timeout: float, service: str = "",
@@ -170,7 +178,7 @@ class ServerProcess:
 def model_server_process(model_base_path: Optional[str] = None, model_name: str = "default",
                          model_config_file: Optional[str] = None, flags: Sequence[str] = (),
                          rest: bool = False, name: str = "model_server",
-                         log_dir: Optional[str] = None) -> ServerProcess:
+                         log_dir: Optional[str] = None, port: int = 0) -> ServerProcess:
     """A `dpsr serve` process on free ports, not started yet (`.start()` or `start_all`).
 
     Args:
@@ -178,15 +186,18 @@ def model_server_process(model_base_path: Optional[str] = None, model_name: str 
       model_config_file: a ModelServerConfig file.
       flags: extra `dpsr serve` flags ("--enable_batching", ...).
       rest: also open the REST port.
+      port: gRPC port (0: any free port, reported through --port_file).
     """
-    args = ["--port=0"]
+    args = [f"--port={port}"]
     if model_config_file:
         args.append(f"--model_config_file={model_config_file}")
     else:
         args += [f"--model_base_path={model_base_path}", f"--model_name={model_name}"]
     if rest:
         args.append("--rest_api_port=-1")
-    return ServerProcess("serve", args + list(flags), name, log_dir)
+    server = ServerProcess("serve", args + list(flags), name, log_dir)
+    server.grpc_port = port or None  # a fixed port is known (and `.address` usable) at once
+    return server
 
 
 def start_model_server(*args, timeout: float = 180.0, **kwargs) -> ServerProcess:

@@ -1,0 +1,225 @@
+"""`dpsr proxy` end to end with real processes: query text -> item ids through the proxy over
+2 shard servers equals the unsharded servable (and the numpy reference); replicas fail over;
+a shard that is stopped (SIGSTOP: slow) or killed mid-run gives partial answers in time, or
+UNAVAILABLE under partial_policy FAIL; the proxy's config is reloaded while it runs."""
+import concurrent.futures
+import os
+import signal
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+from serving import process, proxy_config
+from serving import toy_servable as ts
+from serving.servable import SavedModelServable, SessionOptions
+from serving.testing import outputs, predict_request, rpc_error
+
+SHARD_DEADLINE_MS = 400
+
+
+@pytest.fixture(scope="module")
+def unsharded(toy_model_dir):
+    """The unsharded servable, loaded in the test process (the reference of the merge)."""
+    servable = SavedModelServable("dpsr", 1, os.path.join(toy_model_dir, "1"), SessionOptions())
+    servable.load()
+    yield servable
+    servable.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(shard_dirs, tmp_path_factory):
+    """Shard 0 on two replicas (s0a, s0b), shard 1 on s1, and the proxy, started at once."""
+    logs = str(tmp_path_factory.mktemp("proxy"))
+    servers = {name: process.model_server_process(
+        shard_dirs[shard], "dpsr", name=name, log_dir=logs, port=process.free_port(),
+        flags=["--enable_batching"]) for name, shard in (("s0a", 0), ("s0b", 0), ("s1", 1))}
+    address = {name: p.address for name, p in servers.items()}  # fixed ports: known now
+    routes = {"dpsr": ((address["s0a"], address["s0b"]), (address["s1"],))}
+    text = proxy_config.proxy_config_text(routes, deadline_ms=3000,
+                                          shard_deadline_ms=SHARD_DEADLINE_MS)
+    text += proxy_config.proxy_config_text(
+        {"strict": routes["dpsr"]}, backend_model_name="dpsr", deadline_ms=3000,
+        shard_deadline_ms=SHARD_DEADLINE_MS, partial_policy="FAIL")
+    text += proxy_config.proxy_config_text({"shard1": ((address["s1"],),)},
+                                           backend_model_name="dpsr")
+    config_file = os.path.join(logs, "proxy.config")
+    with open(config_file, "w") as f:
+        f.write(text)
+    proxy = process.proxy_process(config_file=config_file, log_dir=logs,
+                                  flags=["--config_file_poll_wait_seconds=0.3",
+                                         "--rest_api_port=-1"])
+    process.start_all(list(servers.values()) + [proxy])
+    yield dict(servers, proxy=proxy, stub=process.prediction_stub(proxy.address),
+               config_file=config_file)
+    for p in list(servers.values()) + [proxy]:
+        p.stop()
+
+
+@pytest.mark.parametrize("k, batch", [(1, 1), (10, 2), (100, 3), (200, 1)])
+def test_proxy_over_two_shards_equals_unsharded(cluster, unsharded, catalog, spec, queries, k,
+                                                 batch):
+    query_list = queries[:batch]
+    merged, call = cluster["stub"].Predict.with_call(predict_request("dpsr", query_list, k=k),
+                                                     timeout=30)
+    got, want = outputs(merged), _unsharded_answer(unsharded, query_list, k)
+    np.testing.assert_array_equal(got["item_ids"], want["item_ids"])
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(got["heads"], want["heads"])
+    assert not got["partial"] and dict(call.trailing_metadata())["dpsr-partial"] == "false"
+    assert merged.model_spec.name == "dpsr" and merged.model_spec.version.value == 1
+    ids, emb = catalog
+    ref_ids, _, _ = ts.reference_search(query_list, ids, emb, spec, k)
+    np.testing.assert_array_equal(got["item_ids"], ref_ids)
+
+
+def test_default_k_user_features_and_output_filter(cluster, unsharded, queries, spec):
+    request = predict_request("dpsr", queries[:2], user_ids=[5, 9])
+    request.output_filter.append("item_ids")
+    got = outputs(cluster["stub"].Predict(request, timeout=30))
+    want = _unsharded_answer(unsharded, queries[:2], spec.default_k, user_ids=[5, 9])
+    assert set(got) == {"item_ids", "partial"}
+    np.testing.assert_array_equal(got["item_ids"], want["item_ids"])
+
+
+def test_unsharded_route_and_errors_pass_through(cluster):
+    stub = cluster["stub"]
+    routed = stub.Predict(predict_request("shard1", ["apple"], k=4), timeout=30)
+    assert routed.model_spec.name == "shard1" and "partial" not in routed.outputs
+    for request, code in [(predict_request("nope", ["x"]), grpc.StatusCode.NOT_FOUND),
+                          (predict_request("dpsr", ["x"], k=0), grpc.StatusCode.INVALID_ARGUMENT),
+                          (predict_request("dpsr", [""]), grpc.StatusCode.INVALID_ARGUMENT),
+                          (predict_request("shard1", ["x"], version=9),
+                           grpc.StatusCode.NOT_FOUND)]:
+        assert rpc_error(stub.Predict, request, timeout=30).code() == code
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = "dpsr"
+    response = stub.GetModelMetadata(metadata, timeout=30)
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sig_map)
+    assert response.model_spec.name == "dpsr"
+    assert set(sig_map.signature_def["serving_default"].outputs) == {
+        "item_ids", "scores", "heads", "partial"}
+
+
+def _unsharded_answer(servable, query_list, k, user_ids=None):
+    feeds = {"query": np.array([q.encode() for q in query_list], dtype=object),
+             "k": np.array(k, np.int32),
+             "user_id": np.array(user_ids if user_ids else [], np.int64)}
+    return servable.run(servable.signature(""), feeds, ("item_ids", "scores", "heads"))
+
+
+class _Load:
+    """Threads sending Predict through the proxy; records latency, partial flags and errors."""
+
+    def __init__(self, stub, model="dpsr", threads=3):
+        self.stub, self.model = stub, model
+        self.results, self.errors = [], []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, args=(i,)) for i in range(threads)]
+
+    def _loop(self, i):
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            start = time.monotonic()
+            try:
+                response = self.stub.Predict(predict_request(self.model, [f"drill {i} {n}"], k=20),
+                                             timeout=10)
+                self.results.append((bool(outputs(response)["partial"]),
+                                     time.monotonic() - start))
+            except grpc.RpcError as e:
+                self.errors.append((e.code(), e.details()))
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+
+
+def _wait(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_replica_killed_mid_run_fails_over_without_errors(cluster):
+    with _Load(cluster["stub"]) as load:
+        _wait(lambda: len(load.results) > 20)
+        cluster["s0a"].kill()
+        seen = len(load.results)
+        _wait(lambda: len(load.results) > seen + 40)
+    assert load.errors == []
+    assert not any(partial for partial, _ in load.results)  # s0b holds shard 0
+
+
+def test_slow_shard_gives_partial_answers_in_time_never_a_hang(cluster):
+    s1 = cluster["s1"]
+    os.kill(s1.proc.pid, signal.SIGSTOP)  # alive but silent: the slowest possible shard
+    try:
+        start = time.monotonic()
+        response, call = cluster["stub"].Predict.with_call(
+            predict_request("dpsr", ["apple"], k=10), timeout=10)
+        elapsed = time.monotonic() - start
+        assert bool(outputs(response)["partial"])
+        assert dict(call.trailing_metadata())["dpsr-missing-shards"] == "1"
+        assert elapsed < SHARD_DEADLINE_MS / 1000 + 1.0
+        error = rpc_error(cluster["stub"].Predict, predict_request("strict", ["apple"]),
+                          timeout=10)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and "FAIL" in error.details()
+        # A client deadline shorter than the shard deadline still gets an answer.
+        response = cluster["stub"].Predict(predict_request("dpsr", ["apple"]), timeout=0.3)
+        assert bool(outputs(response)["partial"])
+    finally:
+        os.kill(s1.proc.pid, signal.SIGCONT)
+    _wait(lambda: not bool(outputs(cluster["stub"].Predict(
+        predict_request("dpsr", ["apple"]), timeout=10))["partial"]))
+
+
+def test_shard_killed_mid_run_keeps_answering_with_partial_flag(cluster, catalog, spec):
+    with _Load(cluster["stub"]) as load:
+        _wait(lambda: len(load.results) > 20)
+        cluster["s1"].kill()
+        seen = len(load.results)
+        _wait(lambda: len(load.results) > seen + 40)
+    assert load.errors == []
+    after = load.results[seen:]
+    assert sum(partial for partial, _ in after) >= 35
+    assert max(latency for _, latency in after) < 3.0
+    # The partial answer is the exact top-k of the shard that is left (shard 0: even items).
+    ids, emb = catalog
+    got = outputs(cluster["stub"].Predict(predict_request("dpsr", ["apple"], k=10), timeout=10))
+    want, _, _ = ts.reference_search(["apple"], ids[0::2], emb[0::2], spec, 10)
+    np.testing.assert_array_equal(got["item_ids"], want)
+    error = rpc_error(cluster["stub"].Predict, predict_request("strict", ["apple"]), timeout=10)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_proxy_config_is_reloaded(cluster):
+    with open(cluster["config_file"], "a") as f:
+        f.write(proxy_config.proxy_config_text({"alias": ((cluster["s0b"].address,),)},
+                                               backend_model_name="dpsr"))
+
+    def alias_serves():
+        try:
+            return cluster["stub"].Predict(predict_request("alias", ["apple"], k=3), timeout=10)
+        except grpc.RpcError:
+            return None
+
+    _wait(alias_serves)
+    assert alias_serves().model_spec.name == "alias"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # metrics endpoint answers
+        import requests  # pylint: disable=g-import-not-at-top
+        text = pool.submit(requests.get, f"http://127.0.0.1:{cluster['proxy'].rest_api_port}"
+                           "/monitoring/prometheus/metrics", timeout=10).result().text
+    assert "dpsr_proxy_partial_response_count_total" in text
+    assert 'dpsr_proxy_backend_request_count_total{model_name="dpsr",replica=' in text
