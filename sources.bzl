@@ -22,8 +22,14 @@ TOKENIZER_PYBIND_SRCS = [
 OP_LIBRARY_SRCS = [
     "tokenizer_cc/ops/tokenize_ops.cc",
     "tokenizer_cc/kernels/tokenize_kernels.cc",
+    # The FAISS searcher core (standard C++ + FAISS, no TensorFlow) and its ops and kernels.
+    "export/cc/faiss_index.cc",
+    "export/cc/ops/faiss_ops.cc",
+    "export/cc/kernels/faiss_kernels.cc",
 ]
-OP_LIBRARY_HDRS = []
+OP_LIBRARY_HDRS = [
+    "export/cc/faiss_index.h",
+]
 
 # C++ unit tests of the core (plain executables; exit status 0 means pass).
 TOKENIZER_CORE_TESTS = [
