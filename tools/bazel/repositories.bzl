@@ -115,15 +115,23 @@ alias(
 )
 
 # The pybind11 module is built by setup.py or the pip-mode workspace, not next to
-# tensorflow_model_server: these targets are incompatible here, so `//...` skips them.
+# tensorflow_model_server: these targets require a constraint no platform has, so
+# `bazel build @dpsr_tf//...` skips them (and whatever depends on them).
+constraint_setting(name = "pip_tensorflow")
+
+constraint_value(
+    name = "pip_tensorflow_present",
+    constraint_setting = ":pip_tensorflow",
+)
+
 cc_library(
     name = "python_headers",
-    target_compatible_with = ["@platforms//:incompatible"],
+    target_compatible_with = [":pip_tensorflow_present"],
 )
 
 cc_library(
     name = "pybind11",
-    target_compatible_with = ["@platforms//:incompatible"],
+    target_compatible_with = [":pip_tensorflow_present"],
 )
 """
 
@@ -210,19 +218,28 @@ def _compiler(ctx):
 
 def _dpsr_faiss_impl(ctx):
     cc = _compiler(ctx)
-    ctx.file("probe.cc", "#include <faiss/Index.h>\n")
-    deps = ctx.execute([cc, "-x", "c++", "-M", "probe.cc"], quiet = True)
-    if deps.return_code != 0:
-        _fail("FAISS headers not found (%s); install Debian's libfaiss-dev " % deps.stderr.strip() +
-              "(tools/bootstrap.sh does, from tools/apt-packages.txt)")
-    headers = [w for w in deps.stdout.replace("\\\n", " ").replace("\n", " ").split(" ") if w.endswith("/faiss/Index.h")]
-    if not headers:
-        _fail("cannot read the path of faiss/Index.h from: " + deps.stdout)
-    header = headers[0]
-    include_dir = header[:-len("/faiss/Index.h")]
-    library = _run(ctx, [cc, "-print-file-name=libfaiss.a"], "locating libfaiss.a").strip()
-    if not library.startswith("/"):
-        _fail("libfaiss.a not found by %s -print-file-name; install Debian's libfaiss-dev" % cc)
+    include_dir = ctx.attr.include_dir
+    if not include_dir:
+        ctx.file("probe.cc", "#include <faiss/Index.h>\n")
+        deps = ctx.execute([cc, "-x", "c++", "-M", "probe.cc"], quiet = True)
+        if deps.return_code != 0:
+            _fail("FAISS headers not found (%s); install Debian's libfaiss-dev " % deps.stderr.strip() +
+                  "(tools/bootstrap.sh does, from tools/apt-packages.txt) or pass faiss_include_dir")
+        words = deps.stdout.replace("\\\n", " ").replace("\n", " ").split(" ")
+        headers = [w for w in words if w.endswith("/faiss/Index.h")]
+        if not headers:
+            _fail("cannot read the path of faiss/Index.h from: " + deps.stdout)
+        include_dir = headers[0][:-len("/faiss/Index.h")]
+    library = ctx.attr.library
+    if not library:
+        library = _run(ctx, [cc, "-print-file-name=libfaiss.a"], "locating libfaiss.a").strip()
+        if not library.startswith("/"):
+            _fail("libfaiss.a not found by %s -print-file-name; install Debian's libfaiss-dev " % cc +
+                  "or pass faiss_library")
+    if not ctx.path(include_dir + "/faiss/Index.h").exists:
+        _fail("no faiss/Index.h under %s" % include_dir)
+    if not ctx.path(library).exists:
+        _fail("no FAISS library at %s" % library)
     ctx.symlink(include_dir + "/faiss", "include/faiss")
     ctx.symlink(library, "libfaiss.a")
     ctx.file("WORKSPACE", "workspace(name = \"%s\")\n" % ctx.name)
@@ -235,6 +252,12 @@ def _dpsr_faiss_impl(ctx):
 dpsr_faiss_repository = repository_rule(
     implementation = _dpsr_faiss_impl,
     attrs = {
+        "include_dir": attr.string(
+            doc = "Directory holding faiss/Index.h; empty: ask the C++ compiler.",
+        ),
+        "library": attr.string(
+            doc = "Path of the static libfaiss.a; empty: ask the C++ compiler.",
+        ),
         "linkopts": attr.string_list(
             default = ["-lopenblas", "-fopenmp"],
             doc = "What libfaiss.a needs at link time (BLAS/LAPACK and OpenMP).",
@@ -245,12 +268,19 @@ dpsr_faiss_repository = repository_rule(
     configure = True,
 )
 
-def dpsr_tf_dependencies(tensorflow = None):
+def dpsr_tf_dependencies(tensorflow = None, faiss_include_dir = None, faiss_library = None):
     """Declares @dpsr_tensorflow and @dpsr_faiss (call from a WORKSPACE).
 
     Args:
       tensorflow: None for the pip TensorFlow (this project's own workspace), or the name of a
         TensorFlow source repository, e.g. "@org_tensorflow" inside TensorFlow Serving.
+      faiss_include_dir: directory holding faiss/Index.h, when FAISS 1.7.3 is not where the
+        C++ compiler looks (Debian's libfaiss-dev is).
+      faiss_library: path of a static libfaiss.a, likewise.
     """
     dpsr_tensorflow_repository(name = "dpsr_tensorflow", tensorflow = tensorflow or "")
-    dpsr_faiss_repository(name = "dpsr_faiss")
+    dpsr_faiss_repository(
+        name = "dpsr_faiss",
+        include_dir = faiss_include_dir or "",
+        library = faiss_library or "",
+    )
