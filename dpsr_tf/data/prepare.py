@@ -10,7 +10,6 @@ tokenizer, with the same TokenizerConfig; the layout (dpsr_tf/data/layout.py) st
 once and interactions as 24-byte records that refer to them by row.
 """
 import array
-import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -86,6 +85,33 @@ class PrepareConfig:
 # ---------------------------------------------------------------------------------------------
 # Reading and validating.
 
+class _Categorical:
+    """A categorical column read row by row: values interned to provisional ids (memory stays
+    at 4 bytes per row however many rows repeat a value)."""
+
+    def __init__(self):
+        self.codes = array.array("i")
+        self.ids: Dict[str, int] = {"": 0}
+        self.values: List[str] = [""]
+
+    def append(self, value: str) -> None:
+        code = self.ids.get(value)
+        if code is None:
+            code = self.ids[value] = len(self.values)
+            self.values.append(value)
+        self.codes.append(code)
+
+    def encode(self) -> Tuple[np.ndarray, List[str]]:
+        """(ids [N] int32, vocab): ids by descending count, then value; "" -> 0."""
+        codes = np.frombuffer(self.codes, np.int32) if len(self.codes) else np.zeros(0, np.int32)
+        counts = np.bincount(codes, minlength=len(self.values))
+        order = sorted(range(1, len(self.values)), key=lambda c: (-counts[c], self.values[c]))
+        order = [c for c in order if counts[c] > 0]
+        remap = np.zeros(len(self.values), np.int32)
+        remap[order] = np.arange(1, len(order) + 1, dtype=np.int32)
+        return remap[codes], [self.values[c] for c in order]
+
+
 @dataclasses.dataclass
 class _Table:
     """Kept rows of the items or users file."""
@@ -93,7 +119,7 @@ class _Table:
     ids: List[str]
     index: Dict[str, int]
     feature_names: List[str]
-    values: List[List[str]]          # per feature column, per row
+    values: List["_Categorical"]     # per feature column
     titles: Optional[List[str]] = None
     rejected: Dict[str, str] = dataclasses.field(default_factory=dict)  # id -> why
 
@@ -107,7 +133,7 @@ def _read_table(path: str, file_schema: schema.FileSchema, report: schema.FileRe
     feat_cols = [reader.column(n) for n in reader.feature_columns]
     duplicate = Reason.DUPLICATE_ITEM if is_items else Reason.DUPLICATE_USER
     id_name = "item_id" if is_items else "user_id"
-    table = _Table([], {}, list(reader.feature_columns), [[] for _ in feat_cols],
+    table = _Table([], {}, list(reader.feature_columns), [_Categorical() for _ in feat_cols],
                    [] if is_items else None)
     lines = []
     clean = schema.clean_text
@@ -275,26 +301,12 @@ def _read_interactions(path: str, items: _Table, users: Optional[_Table],
 # ---------------------------------------------------------------------------------------------
 # Derived tables.
 
-def encode_categorical(values: Sequence[str]) -> Tuple[np.ndarray, List[str]]:
-    """Categorical ids of a column: values by descending count, then value; "" -> 0.
-
-    Returns:
-      ids: [N] int32 in 0..len(vocab); vocab: the values of ids 1, 2, ... in order.
-    """
-    counts = collections.Counter(values)
-    counts.pop("", None)
-    vocab = sorted(counts, key=lambda v: (-counts[v], v))
-    mapping = {v: i + 1 for i, v in enumerate(vocab)}
-    mapping[""] = 0
-    return np.fromiter((mapping[v] for v in values), np.int32, count=len(values)), vocab
-
-
 def _feature_matrix(table: _Table) -> Tuple[np.ndarray, Dict[str, List[str]]]:
     n = len(table.ids)
     matrix = np.zeros([n, len(table.feature_names)], np.int32)
     vocabs = {}
-    for j, (name, values) in enumerate(zip(table.feature_names, table.values)):
-        matrix[:, j], vocabs[name] = encode_categorical(values)
+    for j, (name, column) in enumerate(zip(table.feature_names, table.values)):
+        matrix[:, j], vocabs[name] = column.encode()
     return matrix, vocabs
 
 

@@ -59,6 +59,15 @@ def test_good_files_keep_every_row(tmp_path):
     assert sum(spec.num_records.values()) == 4
 
 
+def test_categorical_ids_by_count_then_value(tmp_path):
+    items = ITEMS + "D\tSamsung tv\tsamsung\nE\tLG tv\tlg\n"
+    spec, _ = _prepare(tmp_path, items=items)
+    table = layout_lib.load_item_table(spec)
+    # samsung x2 -> 1; apple, lg x1 -> 2, 3 (by value); the empty brand of B -> 0.
+    assert table.vocabularies["brand"] == ["", "samsung", "apple", "lg"]
+    assert table.feature("brand").tolist() == [2, 0, 1, 1, 3]
+
+
 # One bad interaction row per case, appended after the 4 good rows (so it is line 6).
 @pytest.mark.parametrize("row,reason,needle", [
     (b"\tu1\tA\tclick\t1\t\n", Reason.EMPTY_QUERY, "empty"),
