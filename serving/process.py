@@ -75,8 +75,9 @@ class ServerProcess:
     """A `dpsr serve` or `dpsr proxy` child process."""
 
     def __init__(self, subcommand: str, flags: Sequence[str], name: str,
-                 log_dir: Optional[str] = None, host: str = "127.0.0.1"):
+                 log_dir: Optional[str] = None, host: str = "127.0.0.1", credentials=None):
         self.name = name
+        self.credentials = credentials  # grpc.ChannelCredentials when the port speaks TLS
         self.host = host
         self._workdir = tempfile.mkdtemp(prefix=f"dpsr-{name}-", dir=log_dir)
         self.log_path = os.path.join(self._workdir, "log.txt")
@@ -135,7 +136,8 @@ class ServerProcess:
         self.grpc_port = ports["grpc_port"]
         self.rest_api_port = ports.get("rest_api_port") or None
         wait_for_health(self.address, max(1.0, deadline - time.monotonic()),
-                        is_alive=lambda: self.proc.poll() is None)
+                        is_alive=lambda: self.proc.poll() is None,
+                        credentials=self.credentials)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -178,7 +180,8 @@ class ServerProcess:
 def model_server_process(model_base_path: Optional[str] = None, model_name: str = "default",
                          model_config_file: Optional[str] = None, flags: Sequence[str] = (),
                          rest: bool = False, name: str = "model_server",
-                         log_dir: Optional[str] = None, port: int = 0) -> ServerProcess:
+                         log_dir: Optional[str] = None, port: int = 0,
+                         credentials=None) -> ServerProcess:
     """A `dpsr serve` process on free ports, not started yet (`.start()` or `start_all`).
 
     Args:
@@ -187,6 +190,7 @@ def model_server_process(model_base_path: Optional[str] = None, model_name: str 
       flags: extra `dpsr serve` flags ("--enable_batching", ...).
       rest: also open the REST port.
       port: gRPC port (0: any free port, reported through --port_file).
+      credentials: grpc.ChannelCredentials to reach a TLS port (--ssl_config_file).
     """
     args = [f"--port={port}"]
     if model_config_file:
@@ -195,7 +199,7 @@ def model_server_process(model_base_path: Optional[str] = None, model_name: str 
         args += [f"--model_base_path={model_base_path}", f"--model_name={model_name}"]
     if rest:
         args.append("--rest_api_port=-1")
-    server = ServerProcess("serve", args + list(flags), name, log_dir)
+    server = ServerProcess("serve", args + list(flags), name, log_dir, credentials=credentials)
     server.grpc_port = port or None  # a fixed port is known (and `.address` usable) at once
     return server
 
