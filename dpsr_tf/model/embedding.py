@@ -142,6 +142,10 @@ def _aggregate_per_partition(parts, flat_ids, segments, num_rows):
         part_segments = tf.dynamic_partition(segments, assignment, num_parts)
     partials = []
     for part, local_ids, segs in zip(parts, part_ids, part_segments):
+        # What the partition's device receives: int32 local ids and example indices.
+        if int(part.shape[0]) < 2 ** 31:
+            local_ids = tf.cast(local_ids, tf.int32)
+        segs = tf.cast(segs, tf.int32)
         with tf.compat.v1.colocate_with(part):
             rows = tf.gather(part, local_ids)
             partials.append(tf.math.unsorted_segment_sum(rows, segs, num_rows))
