@@ -237,6 +237,9 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
             if config.ef_search:
                 node.hnsw.efSearch = config.ef_search
 
+        # Every shard starts from a copy of the trained index (serialize/deserialize: FAISS
+        # 1.7.3's clone_index does not know every type, e.g. IVF-PQ fast scan).
+        trained = faiss.serialize_index(template)
         assignment = index_layout.shard_assignments(ids, config.num_shards)
         shards = []
         description = _describe(template)
@@ -246,7 +249,7 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
             if len(rows) == 0:
                 logging.warning("shard %d of %d is empty (%d items): consider fewer shards",
                                 shard, config.num_shards, n)
-            index = faiss.clone_index(template)
+            index = faiss.deserialize_index(trained)
             t0 = time.monotonic()
             for begin in range(0, len(rows), config.add_batch_size):
                 batch = rows[begin:begin + config.add_batch_size]
