@@ -78,18 +78,20 @@ def merge_topk(shard_outputs: Sequence[Dict[str, np.ndarray]], k: Optional[int],
     rows_idx = []
     for b in range(batch):
         ids = pooled[id_output][b]
-        scores = pooled[score_output][b].astype(np.float64)
-        valid = np.flatnonzero(ids != b"")
-        order = valid[np.argsort(-scores[valid], kind="stable")]
-        ordered_ids = ids[order].tolist()
-        if len(set(ordered_ids)) != len(ordered_ids):  # keep each id's best entry
-            seen, keep = set(), []
-            for pos, item in zip(order.tolist(), ordered_ids):
-                if item not in seen:
-                    seen.add(item)
-                    keep.append(pos)
-            order = np.asarray(keep, dtype=np.int64)
-        rows_idx.append(order[:width])
+        order = np.argsort(-pooled[score_output][b].astype(np.float64), kind="stable")
+        top = ids[order[:width]].tolist()
+        unique = set(top)
+        if len(unique) == len(top) and b"" not in unique:  # the usual case: disjoint shards
+            rows_idx.append(order[:width])
+            continue
+        seen, keep = {b""}, []  # drop padding, keep each id's best entry
+        for pos, item in zip(order.tolist(), ids[order].tolist()):
+            if item not in seen:
+                seen.add(item)
+                keep.append(pos)
+                if len(keep) == width:
+                    break
+        rows_idx.append(np.asarray(keep, dtype=np.int64))
     out_width = min(width, max((len(r) for r in rows_idx), default=0))
     merged = {}
     for alias in aligned:

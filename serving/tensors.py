@@ -10,6 +10,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 import grpc
 
+from serving import wire
 from serving.errors import ServingError
 
 TensorProto = tensor_pb2.TensorProto
@@ -84,6 +85,10 @@ def to_ndarray(proto: TensorProto, name: str = "tensor") -> np.ndarray:
         elif count:
             raise _bad(f"{name}: shape {list(shape)} needs {count} strings, got {len(values)}")
         return out.reshape(shape)
+    if not proto.tensor_content:
+        fast = wire.decode_numeric(proto)
+        if fast is not None:
+            return fast
     if proto.tensor_content:
         itemsize = np.dtype(np_dtype).itemsize
         if len(proto.tensor_content) != count * itemsize:
@@ -113,6 +118,10 @@ def from_ndarray(array: np.ndarray, out: TensorProto = None) -> TensorProto:
     """
     array = np.asarray(array)
     proto = TensorProto() if out is None else out
+    encoded = wire.encode_numeric(array)
+    if encoded is not None:  # same message, built from the wire format (much faster)
+        proto.MergeFromString(encoded)
+        return proto
     proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=s)
                                   for s in array.shape)
     if array.dtype == object or array.dtype.kind in ("S", "U"):

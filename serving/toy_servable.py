@@ -183,11 +183,10 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec):
                 cand = tf.RaggedTensor.from_uniform_row_length(
                     ranges, tf.shape(probe, out_type=tf.int64)[1])
                 cand = cand.merge_dims(1, 2)  # [B, (n)] item positions
-                rows = cand.value_rowids()
-                s = tf.reduce_sum(tf.gather(self.items, cand.flat_values)
-                                  * tf.gather(q, rows), axis=-1)
-                dense_s = cand.with_flat_values(s).to_tensor(default_value=-np.inf)
-                dense_i = cand.to_tensor(default_value=-1)
+                dense_i = cand.to_tensor(default_value=-1)  # [B, n]
+                emb = tf.gather(self.items, tf.maximum(dense_i, 0))  # [B, n, dim]
+                s = tf.linalg.matvec(emb, q)  # [B, n]
+                dense_s = tf.where(dense_i >= 0, s, tf.fill(tf.shape(s), -np.inf))
                 width = tf.shape(dense_s)[1]
                 top, pos = tf.math.top_k(dense_s, tf.minimum(kk, width))
                 idx_h.append(tf.gather(dense_i, pos, batch_dims=1))
