@@ -1,13 +1,13 @@
 """tf.data input functions for the Estimator: interaction records joined in-graph with tables.
 
 How the tables are "loaded once" (docs/data_format.md, "Input pipeline"): the item, user and
-query tables stay in the layout's .npy/.txt files. Each input pipeline reads them with
-tf.io.read_file + tf.io.decode_raw inside a one-element dataset that is cached in memory and
-repeated; that dataset is zipped with the batches of interaction records, so every batch's join
-(tf.gather on the cached tensors) sees the same table tensors, read from disk once per input
-pipeline (once per `Estimator.train/evaluate` call, per worker process). Nothing large is
-embedded in the GraphDef (its 2 GB limit would break at ~1M items), and there is no
-per-example Python: records are 24-byte fixed-length rows decoded per batch with decode_raw.
+query tables stay in the layout's .npy/.txt files. The input_fn reads them with tf.io.read_file +
+tf.io.decode_raw where it runs: eagerly, right then; inside tf.estimator (graph mode), as ops of
+the input_fn graph that the dataset's map function captures as inputs of the dataset op, so they
+run once, when the Estimator initializes its iterator. Every batch's join (tf.gather on those
+tensors) then sees the same tensors by reference. Nothing large is embedded in the GraphDef (its
+2 GB limit would break at ~1M items), and there is no per-example Python: records are 24-byte
+fixed-length rows decoded per batch with decode_raw.
 
 Per batch (B = batch size, R = num_random_negatives), `features` holds:
   query side   "query" string [B], "query_row" int64 [B], "query_tokens" ragged int64 [B, (Lq)],
@@ -60,7 +60,7 @@ def _ragged(values: tf.Tensor, splits: tf.Tensor) -> tf.RaggedTensor:
 
 
 def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Dict]:
-    """A dataset map function that reads the tables named in `parts` from the layout."""
+    """A function that reads the tables named in `parts` from the layout."""
     p = spec.path
 
     def load(_):
@@ -87,12 +87,15 @@ def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Di
     return load
 
 
-def _tables_dataset(spec: layout_lib.LayoutSpec, parts) -> tf.data.Dataset:
-    """An endless dataset repeating the same table tensors, read from disk once (cache)."""
-    return (tf.data.Dataset.from_tensors(np.int64(0))
-            .map(_load_tables(spec, parts))
-            .cache()
-            .repeat())
+def _tables(spec: layout_lib.LayoutSpec, parts) -> Dict:
+    """The tables named in `parts` as tensors, read where the input_fn runs.
+
+    Eagerly, the files are read here, once. Inside tf.estimator (graph mode) these are the
+    read ops of the input_fn's graph; the dataset functions capture them as inputs of the
+    dataset op, so they run once when the Estimator initializes its iterator. Either way the
+    join functions get the same tensors for every batch, by reference.
+    """
+    return _load_tables(spec, parts)(None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +144,7 @@ def _join_fn(spec: layout_lib.LayoutSpec, num_random_negatives: int, seed: int,
              static_batch: int = -1):
     num_items = spec.num_items
 
-    def join(raw: tf.Tensor, t: Dict, batch_index: tf.Tensor) -> Dict:
+    def join(raw: tf.Tensor, batch_index: tf.Tensor, t: Dict) -> Dict:
         rec = tf.io.decode_raw(raw, tf.int32, little_endian=True)
         rec = tf.reshape(rec, [static_batch, _NUM_FIELDS])
         query_row = tf.cast(rec[:, 0], tf.int64)
@@ -204,11 +207,12 @@ def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, see
     files = _check_record_files(spec, split)
     records = _records(files, batch_size, drop_remainder, shuffle_buffer, seed, num_epochs,
                        num_shards, shard_index)
-    tables = _tables_dataset(spec, ("items", "queries", "users"))
-    ds = tf.data.Dataset.zip((records, tables, tf.data.Dataset.counter()))
+    tables = _tables(spec, ("items", "queries", "users"))
+    ds = tf.data.Dataset.zip((records, tf.data.Dataset.counter()))
     neg_seed = (seed if seed is not None else 0) * 1000003 + shard_index
     static_batch = batch_size if drop_remainder else -1
-    ds = ds.map(_join_fn(spec, num_random_negatives, neg_seed, static_batch),
+    join = _join_fn(spec, num_random_negatives, neg_seed, static_batch)
+    ds = ds.map(lambda raw, index: join(raw, index, tables),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -278,15 +282,14 @@ def make_item_input_fn(layout_dir: str, *, batch_size: int = 1024) -> Callable:
     def input_fn(params=None):
         del params
         rows = tf.data.Dataset.range(spec.num_items).batch(batch_size)
-        tables = _tables_dataset(spec, ("items", "item_ids"))
+        t = _tables(spec, ("items", "item_ids"))
 
-        def join(r, t):
+        def join(r):
             out = _item_features(spec, t, r, "item")
             out["item_id"] = tf.gather(t["item_ids"], r)
             return out
 
-        return (tf.data.Dataset.zip((rows, tables))
-                .map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return (rows.map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .prefetch(tf.data.AUTOTUNE))
 
     return input_fn
@@ -306,17 +309,15 @@ def make_request_input_fn(layout_dir: str, eval_set: layout_lib.EvalSet, *,
     def input_fn(params=None):
         del params
         rows = tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)
-        tables = _tables_dataset(spec, ("queries", "users"))
+        t = _tables(spec, ("queries", "users"))
 
-        def join(r, t):
-            index, query_row, user_row, history_end = r
+        def join(index, query_row, user_row, history_end):
             out = _query_features(t, query_row)
             out.update(_user_features(spec, t, user_row, history_end))
             out["request_index"] = index
             return out
 
-        return (tf.data.Dataset.zip((rows, tables))
-                .map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return (rows.map(join, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .prefetch(tf.data.AUTOTUNE))
 
     return input_fn

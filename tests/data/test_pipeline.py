@@ -239,6 +239,14 @@ def test_ragged_features_survive_estimator_train_and_evaluate(tiny_layout, tmp_p
             vectors = tf.nn.embedding_lookup(emb, ragged.flat_values)
             return tf.math.unsorted_segment_sum(vectors, ragged.value_rowids(), ragged.nrows())
 
+        # The tables are not embedded in the GraphDef (2 GB limit at ~1M items): no constant
+        # is anywhere near the item token table's size.
+        table_bytes = os.path.getsize(os.path.join(tiny_layout, layout_lib.ITEM_TOKEN_IDS))
+        graph = tf.compat.v1.get_default_graph().as_graph_def()
+        biggest = max(len(n.attr["value"].tensor.SerializeToString()) for n in graph.node
+                      if n.op == "Const")
+        seen["biggest_const"] = biggest
+        assert biggest < table_bytes / 10, (biggest, table_bytes)
         q, i, n = (bag(features[k]) for k in ("query_tokens", "item_tokens", "neg_item_tokens"))
         loss = (tf.reduce_mean(tf.reduce_sum(q * i, 1) * features["label"])
                 + tf.reduce_mean(tf.matmul(q, n, transpose_b=True))
@@ -251,7 +259,8 @@ def test_ragged_features_survive_estimator_train_and_evaluate(tiny_layout, tmp_p
     est.train(pipeline.make_train_input_fn(tiny_layout, batch_size=16, num_random_negatives=8,
                                            seed=0), steps=3)
     assert est.get_variable_value("global_step") == 3
-    assert all(t is tf.RaggedTensor for t in seen.values()), seen
+    assert all(seen[k] is tf.RaggedTensor for k in ("query_tokens", "item_tokens",
+                                                    "neg_item_tokens", "user_history")), seen
     metrics = est.evaluate(pipeline.make_eval_input_fn(tiny_layout, batch_size=64,
                                                        num_random_negatives=8))
     assert np.isfinite(metrics["loss"])
