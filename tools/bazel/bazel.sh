@@ -27,14 +27,17 @@ mkdir -p "$cache"
 startup=(--output_user_root="$cache/root" --max_idle_secs="${DPSR_BAZEL_IDLE_SECS:-300}")
 command="$1"
 shift
+venv_opt=()
 case "$command" in
-  build|test|run|cquery|aquery|fetch|sync|info|coverage)
-    venv="$(tools/bootstrap.sh)"
-    # Bazel counts the host's CPUs, not the container's share: use what nproc grants.
-    exec bazel "${startup[@]}" "$command" --repo_env=DPSR_PYTHON="$venv/bin/python" \
-      --disk_cache="$cache/disk" --local_cpu_resources="$(nproc)" "$@"
-    ;;
-  *)
-    exec bazel "${startup[@]}" "$command" "$@"
+  build|test|run|coverage|cquery|aquery|info|sync|fetch|query)
+    venv_opt=(--repo_env=DPSR_PYTHON="$(tools/bootstrap.sh)/bin/python")
     ;;
 esac
+build_opts=()
+case "$command" in
+  build|test|run|coverage|cquery|aquery|info)
+    # Bazel counts the host's CPUs, not the container's share: use what nproc grants.
+    build_opts=(--disk_cache="$cache/disk" --local_cpu_resources="$(nproc)")
+    ;;
+esac
+exec bazel "${startup[@]}" "$command" "${venv_opt[@]}" "${build_opts[@]}" "$@"
