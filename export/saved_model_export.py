@@ -64,14 +64,18 @@ def _stage_assets(spec, cfg, index_file: str, ids_file: str, staging: str) -> As
     )
 
 
-def _signature_defs(signatures):
+def _signature_defs(signatures, defaults):
     build = tf.compat.v1.saved_model.utils.build_tensor_info
     out = {}
     for name, (inputs, outputs) in signatures.items():
-        out[name] = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+        sig = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
             inputs={k: build(v) for k, v in inputs.items()},
             outputs={k: build(v) for k, v in outputs.items()},
             method_name=tf.compat.v1.saved_model.signature_constants.PREDICT_METHOD_NAME)
+        # Optional inputs, as TF Serving reads them: a request may leave these out.
+        for alias, value in defaults.get(name, {}).items():
+            sig.defaults[alias].CopyFrom(tf.make_tensor_proto(value))
+        out[name] = sig
     return out
 
 
@@ -143,7 +147,8 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                 builder = tf.compat.v1.saved_model.Builder(tmp)
                 builder.add_meta_graph_and_variables(
                     sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
-                    signature_def_map=_signature_defs(servable_graph.signatures),
+                    signature_def_map=_signature_defs(servable_graph.signatures,
+                                                      servable_graph.defaults),
                     assets_collection=tf.compat.v1.get_collection(
                         tf.compat.v1.GraphKeys.ASSET_FILEPATHS),
                     main_op=tf.compat.v1.tables_initializer(),

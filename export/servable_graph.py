@@ -11,6 +11,7 @@ saves this graph; this module only wires it.
 import dataclasses
 from typing import Dict, Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.model.towers import item_tower, query_tower
@@ -85,8 +86,12 @@ def _check(condition, *message):
 class ServableGraph:
     """Builds the inputs, outputs and signatures of a servable in the current TF1 graph.
 
-    Attributes after construction: `signatures`, a dict signature name ->
-    (inputs dict, outputs dict) of tensors.
+    Attributes after construction: `signatures`, a dict signature name -> (inputs dict,
+    outputs dict) of tensors, and `defaults`, signature name -> input alias -> the numpy value
+    a server feeds when a request leaves that input out (TF Serving's SignatureDef.defaults).
+
+    Signatures: serving_default {query, k?}; personalized {query, k?, user_<f>.., user_history}
+    (personalized models only); query_embedding; item_embedding.
     """
 
     def __init__(self, model_config, layout_spec, assets: AssetPaths,
@@ -99,11 +104,23 @@ class ServableGraph:
         self._tok_config = dataclasses.replace(layout_spec.tokenizer_config, vocab_file=None)
         self._vocab = _asset(assets.tokenizer_vocab) if assets.tokenizer_vocab else None
         self.signatures = {}
+        self.defaults = {}   # signature -> input alias -> numpy default (SignatureDef.defaults)
         query_inputs, query_features = self._query_inputs()
         with tf.name_scope("query_tower"):
             embeddings = query_tower(query_features, model_config, layout_spec,
                                      tf.estimator.ModeKeys.PREDICT)        # [B, m, d]
-        self.signatures["serving_default"] = self._search(query_inputs, embeddings)
+        outputs = self._search(query_inputs["k"], embeddings)
+        k_default = {"k": np.array(servable.default_k, np.int32)}
+        # serving_default: query (+ optional k). A user-less request is an unknown user, the
+        # same graph with the user inputs at their defaults.
+        anonymous = {k: v for k, v in query_inputs.items() if k in ("query", "k")}
+        self.signatures["serving_default"] = (anonymous, outputs)
+        self.defaults["serving_default"] = k_default
+        if len(query_inputs) > len(anonymous):
+            # personalized: every user input is required, so batching servers can stack
+            # requests along dim 0; send "" for an unknown value.
+            self.signatures["personalized"] = (query_inputs, outputs)
+            self.defaults["personalized"] = k_default
         self.signatures["query_embedding"] = (
             {k: v for k, v in query_inputs.items() if k != "k"}, {"embedding": embeddings})
         self.signatures["item_embedding"] = self._item_embedding()
@@ -147,9 +164,8 @@ class ServableGraph:
             inputs["user_history"] = history
         return inputs, features
 
-    def _search(self, inputs: Dict[str, tf.Tensor], embeddings: tf.Tensor):
+    def _search(self, k: tf.Tensor, embeddings: tf.Tensor) -> Dict[str, tf.Tensor]:
         s = self._servable
-        k = inputs["k"]
         index = faiss_ops.FaissIndex(self._assets.index, shared_name=None, name="item_index")
         scores, labels = [], []
         with tf.name_scope("search"):
@@ -164,12 +180,11 @@ class ServableGraph:
             _asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
             tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
         id_table = tf.lookup.StaticHashTable(id_init, default_value="", name="item_ids_of_labels")
-        outputs = {
+        return {
             "item_ids": tf.identity(id_table.lookup(top_labels), name="item_ids"),
             "scores": tf.identity(top_scores, name="scores"),
             "heads": tf.identity(top_heads, name="heads"),
         }
-        return inputs, outputs
 
     def _item_embedding(self):
         title = tf.compat.v1.placeholder(tf.string, [None], name="item_title")

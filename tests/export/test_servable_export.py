@@ -118,7 +118,7 @@ def test_tf2_loader(servable):
     from dpsr_tf import op_library
     op_library.load()
     m = tf.saved_model.load({servable["version_dir"]!r})
-    out = m.signatures["serving_default"](
+    out = m.signatures["personalized"](
         query=tf.constant({QUERIES[:2]!r}), k=tf.constant(3),
         user_gender=tf.constant(["f", "m"]),
         user_history=tf.constant([["item3", "item7"], ["item9", ""]]))
@@ -129,15 +129,31 @@ def test_tf2_loader(servable):
     assert all(i.startswith("item") for row in got["item_ids"] for i in row)
 
 
-def test_optional_inputs_default_to_unknown_user(servable):
-    # TF1 loader (as a model server runs it): k and the user inputs are optional; leaving the
-    # user out equals sending an unknown user with an empty history.
+def test_signatures_and_defaults(servable):
+    from tensorflow.core.protobuf import saved_model_pb2
+    sm = saved_model_pb2.SavedModel()
+    with open(os.path.join(servable["version_dir"], "saved_model.pb"), "rb") as f:
+        sm.ParseFromString(f.read())
+    sigs = sm.meta_graphs[0].signature_def
+    assert set(sigs["serving_default"].inputs) == {"query", "k"}
+    assert set(sigs["personalized"].inputs) == {
+        "query", "k", "user_history", *[f"user_{n}" for n in servable["spec"].user_features]}
+    for name in ("serving_default", "personalized"):
+        assert set(sigs[name].defaults) == {"k"}  # TF Serving lets a request leave k out
+        assert sigs[name].defaults["k"].int_val == [5]
+        assert set(sigs[name].outputs) == {"item_ids", "scores", "heads"}
+
+
+def test_anonymous_request_equals_unknown_user(servable):
+    # serving_default (query only) runs the personalized graph with an unknown user and an
+    # empty history; `personalized` with unknown values gives the same answer.
+    assert list(servable["spec"].user_features) == ["gender"]  # the tiny catalog's profile
     script = LOAD_TF1.format(path=servable["version_dir"]) + f"""
     a = call("serving_default", {{"query": {QUERIES!r}}}, ["item_ids", "scores"])
-    b = call("serving_default", {{"query": {QUERIES!r}, "k": 5,
+    b = call("personalized", {{"query": {QUERIES!r}, "k": 5,
                                   "user_gender": ["not-a-gender"] * 4,
                                   "user_history": [[""]] * 4}}, ["item_ids", "scores"])
-    c = call("serving_default", {{"query": {QUERIES!r}, "user_gender": ["f"] * 4,
+    c = call("personalized", {{"query": {QUERIES!r}, "user_gender": ["f"] * 4,
                                   "user_history": [["item3", "item7"]] * 4}}, ["scores"])
     print(json.dumps({{"a": a["item_ids"].astype(str).tolist(),
                       "b": b["item_ids"].astype(str).tolist(),
