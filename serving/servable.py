@@ -103,10 +103,17 @@ class SavedModelServable:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"failed to load SavedModel {self.path}: "
                                f"{type(e).__name__}: {e}") from e
-        graph.finalize()
         self._session = session
         self.meta_graph_def = meta_graph_def
         self.signatures = signatures_of(meta_graph_def)
+        try:
+            for signature in self.signatures.values():
+                self._callable(signature)
+        except Exception as e:  # a signature whose tensors do not exist in the graph
+            self.close()
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"SavedModel {self.path}: cannot prepare its signatures: {e}") from e
+        graph.finalize()
         self.load_seconds = time.monotonic() - start
 
     def signature(self, name: str) -> Signature:
@@ -121,19 +128,19 @@ class SavedModelServable:
                 f"{self.version}: {', '.join(sorted(self.signatures)) or '(none)'}")
         return sig
 
-    def _callable(self, signature: Signature, feed_aliases: Tuple[str, ...],
-                  fetch_aliases: Tuple[str, ...]):
-        key = (signature.name, feed_aliases, fetch_aliases)
-        fn = self._callables.get(key)
+    def _callable(self, signature: Signature):
+        """One session callable per signature: every input fed, every output fetched (built
+        at load, so the first request does not pay for graph pruning and optimization)."""
+        fn = self._callables.get(signature.name)
         if fn is None:
             with self._lock:
-                fn = self._callables.get(key)
+                fn = self._callables.get(signature.name)
                 if fn is None:
                     fn = self._session.make_callable(
-                        [signature.outputs[a].tensor_name for a in fetch_aliases],
-                        [signature.inputs[a].tensor_name for a in feed_aliases],
+                        [o.tensor_name for o in signature.outputs.values()],
+                        [i.tensor_name for i in signature.inputs.values()],
                         accept_options=True)
-                    self._callables[key] = fn
+                    self._callables[signature.name] = fn
         return fn
 
     def run(self, signature: Signature, feeds: Dict[str, np.ndarray],
@@ -157,18 +164,22 @@ class SavedModelServable:
         if self._session is None:
             raise ServingError(grpc.StatusCode.UNAVAILABLE,
                                f"{self.name} version {self.version} is unloaded")
-        feed_aliases = tuple(feeds)
-        fetches = tuple(fetches)
-        fn = self._callable(signature, feed_aliases, fetches)
+        fn = self._callable(signature)
+        try:
+            args = [feeds[alias] for alias in signature.inputs]
+        except KeyError as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {e} of signature '{signature.name}' has no value") from e
         try:
             if timeout_s is not None:
                 options = tf.compat.v1.RunOptions(timeout_in_ms=max(1, int(timeout_s * 1000)))
-                values = fn(*feeds.values(), options=options)
+                values = fn(*args, options=options)
             else:
-                values = fn(*feeds.values())
+                values = fn(*args)
         except tf.errors.OpError as e:
             raise errors.from_tf_error(e) from e
-        return dict(zip(fetches, values))
+        everything = dict(zip(signature.outputs, values))
+        return {alias: everything[alias] for alias in fetches}
 
     def close(self) -> None:
         """Releases the session (and the memory of the graph's resources)."""

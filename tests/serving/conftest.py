@@ -56,6 +56,7 @@ def shard_dirs(tmp_path_factory, catalog):
     dirs = []
     for s in range(2):
         path = os.path.join(base, f"shard{s}")
-        ts.write_toy_servable(os.path.join(path, "1"), ids[s::2], emb[s::2], SPEC)
+        ts.write_toy_servable(os.path.join(path, "1"), ids[s::2], emb[s::2], SPEC,
+                              warmup_queries=["warm up query"])
         dirs.append(path)
     return dirs
