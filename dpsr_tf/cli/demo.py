@@ -126,10 +126,10 @@ def main(argv):
             "recall@10", "recall@100", "ndcg@10", "mrr@10")))
     _done(t)
 
-    t = _stage(6, "dpsr index: item tower -> 2 FAISS shards (IVF64,PQ16x4fs)")
+    t = _stage(6, "dpsr index: item tower -> 2 FAISS shards (IVF64,Flat)")
     index_dir = os.path.join(work, "index")
     manifest = catalog_index.index_catalog(
-        train.model_dir, index_dir, IndexBuildConfig(factory="IVF64,PQ16x4fs", num_shards=2,
+        train.model_dir, index_dir, IndexBuildConfig(factory="IVF64,Flat", num_shards=2,
                                                      nprobe=16))
     print(f"   {index_dir}: {manifest.num_items} items in {manifest.num_shards} shards "
           f"({', '.join(str(s.num_items) for s in manifest.shards)}), "
