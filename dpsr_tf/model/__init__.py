@@ -1,0 +1,21 @@
+"""The DPSR model: config, embedding bags, towers, soft dot product, losses, Estimator model_fn.
+
+Modules (one job each):
+  config      ModelConfig
+  embedding   partitioned tables, the embedding bag and its aggregation on parameter servers
+  towers      query_tower [B, m, d] and item_tower [B, d] (fixed variable names under "dpsr/")
+  scoring     the soft dot product over heads (§4.3)
+  losses      hinge with mixed / human negatives, sampled softmax with logQ correction
+  model_fn    the tf.estimator model_fn
+  model_dir   the resolved config of a model directory (load_model_config)
+  embedder    towers restored from a checkpoint in a fresh graph, over NumPy inputs
+  testing     tiny fake layouts, batches and datasets for tests
+"""
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.model_dir import load_model_config
+from dpsr_tf.model.model_fn import dpsr_model_fn
+from dpsr_tf.model.scoring import paired_soft_dot_product, soft_dot_product
+from dpsr_tf.model.towers import item_tower, query_tower
+
+__all__ = ["ModelConfig", "dpsr_model_fn", "item_tower", "load_model_config",
+           "paired_soft_dot_product", "query_tower", "soft_dot_product"]
