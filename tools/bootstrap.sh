@@ -2,7 +2,8 @@
 # Installs everything the project needs on a fresh Debian machine and prints the path of the
 # Python virtual environment to use. Idempotent and quiet when nothing is missing.
 #
-#   1. Debian packages from tools/apt-packages.txt (libfaiss-dev, libopenblas-dev), if absent.
+#   1. Debian packages from tools/apt-packages.txt (libfaiss-dev, libopenblas-dev,
+#      bazel-bootstrap), if absent.
 #   2. A virtual environment keyed by a hash of requirements.txt, kept OUTSIDE the clone
 #      (default ~/.cache/dpsr-tf/venv-<hash>; override with DPSR_VENV_ROOT) so repeated clones
 #      and CI runs do not reinstall TensorFlow. A half-built venv is never reused: the marker
