@@ -3,6 +3,7 @@
 
 #include <cxxabi.h>
 #include <errno.h>
+#include <omp.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -454,6 +455,19 @@ void FaissIndex::Search(int64_t n, int64_t dim, const float* queries,
                                        std::to_string(i % dim) + where());
     }
   }
+  // Small batches search on the calling thread: FAISS parallelizes over queries, so a team
+  // of OpenMP threads would idle (and spin) for them. omp_set_num_threads sets this thread's
+  // value only; TF's own threads run concurrent requests anyway.
+  const int threads_before = omp_get_max_threads();
+  const bool serial = n < kParallelBatch;
+  if (serial) omp_set_num_threads(1);
+  struct RestoreThreads {
+    int value;
+    bool active;
+    ~RestoreThreads() {
+      if (active) omp_set_num_threads(value);
+    }
+  } restore{threads_before, serial};
   try {
     impl_->SearchNode(impl_->index.get(), n, queries, params, scores, labels);
   } catch (const FaissIndexError&) {

@@ -53,6 +53,9 @@ class FaissIndex {
  public:
   static constexpr int64_t kMaxK = 10000;
   static constexpr int64_t kMaxKnob = int64_t{1} << 20;  // upper bound of nprobe and ef_search
+  // Batches smaller than this run on the calling thread; larger ones use FAISS's OpenMP
+  // threads (OMP_NUM_THREADS, default all cores).
+  static constexpr int64_t kParallelBatch = 16;
 
   // Loads the index file at `path`, or returns the copy this process already loaded from the
   // same file (same device, inode, size and modification time, same options): a model loaded
