@@ -108,6 +108,8 @@ class Route:
         self.spec = spec
         self.shards: List[List[Replica]] = [[replicas[a] for a in shard] for shard in spec.shards]
         self._turn = [0] * len(self.shards)
+        self.mergeable: Dict[str, tuple] = {}  # signature -> (mergeable, time learned)
+        self.refreshing = set()
 
     def pick(self, shard: int, tried) -> Optional[Replica]:
         """Least outstanding live replica not tried yet; a down one only if all are down."""
@@ -248,12 +250,18 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = await self._call_shard(route, 0, "Predict", backend, start + budget)
             response.model_spec.name = spec.name
             return response
+        shard_budget = min(spec.shard_deadline_s or 0.8 * spec.deadline_s, 0.8 * budget)
+        if not await self._is_mergeable(route, request.model_spec.signature_name,
+                                        start + shard_budget):
+            # e.g. query_embedding: every shard computes the same answer; ask one.
+            response = await self._first_shard("Predict", route, backend, start + budget)
+            response.model_spec.name = spec.name
+            return response
         wanted = list(request.output_filter)
         if wanted:
             for alias in (spec.id_output, spec.score_output):
                 if alias not in wanted:
                     backend.output_filter.append(alias)
-        shard_budget = min(spec.shard_deadline_s or 0.8 * spec.deadline_s, 0.8 * budget)
         shard_deadline = start + shard_budget
         results = await asyncio.gather(
             *(self._call_shard(route, s, "Predict", backend, shard_deadline)
@@ -305,23 +313,57 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await self._run("metadata", request.model_spec.name, context,
                                self._metadata(request, context))
 
+    async def _first_shard(self, method, route: Route, request, deadline):
+        """The answer of the first shard that gives one (for calls every shard answers alike)."""
+        error = None
+        for s in range(len(route.shards)):
+            try:
+                return await self._call_shard(route, s, method, request, deadline)
+            except ServingError as e:
+                if e.code in _CLIENT_ERRORS:
+                    raise
+                error = e
+        raise error
+
+    async def _is_mergeable(self, route: Route, signature_name: str, deadline) -> bool:
+        """Whether a signature answers with the merge outputs, learned from GetModelMetadata
+        (cached; refreshed in the background after a minute). True when it cannot be learned,
+        so that errors surface from Predict itself."""
+        key = signature_name or "serving_default"
+        cached = route.mergeable.get(key)
+        if cached is not None:
+            if time.monotonic() - cached[1] > 60 and key not in route.refreshing:
+                route.refreshing.add(key)
+                asyncio.ensure_future(self._learn_mergeable(
+                    route, key, time.monotonic() + route.spec.deadline_s))
+            return cached[0]
+        return await self._learn_mergeable(route, key, deadline)
+
+    async def _learn_mergeable(self, route: Route, key: str, deadline) -> bool:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = route.spec.backend_model_name
+        try:
+            response = await self._first_shard("GetModelMetadata", route, request, deadline)
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            response.metadata["signature_def"].Unpack(sig_map)
+        except ServingError:
+            return True
+        finally:
+            route.refreshing.discard(key)
+        if key not in sig_map.signature_def:
+            return True
+        outputs = sig_map.signature_def[key].outputs
+        mergeable = route.spec.id_output in outputs and route.spec.score_output in outputs
+        route.mergeable[key] = (mergeable, time.monotonic())
+        return mergeable
+
     async def _metadata(self, request, context):
         route = self._route(request.model_spec)
         backend = get_model_metadata_pb2.GetModelMetadataRequest()
         backend.CopyFrom(request)
         backend.model_spec.name = route.spec.backend_model_name
         deadline = time.monotonic() + self._budget(route, context)
-        error = None
-        for s in range(len(route.shards)):
-            try:
-                response = await self._call_shard(route, s, "GetModelMetadata", backend, deadline)
-                break
-            except ServingError as e:
-                if e.code in _CLIENT_ERRORS:
-                    raise
-                error = e
-        else:
-            raise error
+        response = await self._first_shard("GetModelMetadata", route, backend, deadline)
         response.model_spec.name = route.spec.name
         if route.spec.sharded and "signature_def" in response.metadata:
             sig_map = get_model_metadata_pb2.SignatureDefMap()

@@ -12,6 +12,8 @@ tested against it:
     item_ids string  [B, K]       K = min(k, items held)
     scores   float32 [B, K]       descending per row
     heads    int32   [B, K]       the query head that found the item
+  query_embedding:
+    query -> embeddings float32 [B, num_heads, dim]   (the same on every shard)
 
 Query tower: mean of hashed token embeddings (+ a user embedding), then one projection per head,
 L2-normalised. Search: exact (brute force) or, with `nlist` > 0, an IVF-flat search written in
@@ -223,6 +225,10 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec):
             return {"item_ids": item_ids, "scores": top,
                     "heads": tf.where(valid, head, -1)}
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="query")])
+        def query_embedding(self, query):
+            return {"embeddings": self._query(query, tf.zeros([0], tf.int64))}
+
     return ToyDpsr()
 
 
@@ -255,7 +261,8 @@ def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: n
     try:
         module = _build_module(np.asarray(item_ids, dtype=object),
                                np.asarray(item_embeddings, dtype=np.float32), spec)
-        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve,
+                                                     "query_embedding": module.query_embedding})
         if warmup_queries:
             requests = []
             for q in warmup_queries:

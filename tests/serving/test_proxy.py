@@ -112,6 +112,16 @@ def _unsharded_answer(servable, query_list, k, user_ids=None):
     return servable.run(servable.signature(""), feeds, ("item_ids", "scores", "heads"))
 
 
+def test_signature_without_merge_outputs_is_answered_by_one_shard(cluster, unsharded, queries):
+    request = predict_request("dpsr", queries[:2], signature="query_embedding")
+    response = cluster["stub"].Predict(request, timeout=30)
+    want = unsharded.run(unsharded.signature("query_embedding"),
+                         {"query": np.array([q.encode() for q in queries[:2]], dtype=object)},
+                         ("embeddings",))["embeddings"]
+    assert set(response.outputs) == {"embeddings"}
+    np.testing.assert_allclose(outputs(response)["embeddings"], want, rtol=1e-5)
+
+
 class _Load:
     """Threads sending Predict through the proxy; records latency, partial flags and errors."""
 
