@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -55,12 +54,18 @@ def _log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _rss():
+def _status(field):
+    """A /proc/self/status memory field in bytes (VmRSS: now, VmHWM: peak since exec; unlike
+    getrusage's ru_maxrss, VmHWM does not inherit the parent's peak across fork + exec)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _rss():
+    return _status("VmRSS")
 
 
 # ------------------------------------------------------------------------------- data
@@ -107,8 +112,8 @@ def _exact(args, items_path, queries, tag):
     t0 = time.monotonic()
     best_s = np.full((len(queries), 0), -np.inf, np.float32)
     best_i = np.zeros((len(queries), 0), np.int64)
-    for lo in range(0, len(items), 1 << 19):
-        chunk = np.asarray(items[lo:lo + (1 << 19)])
+    for lo in range(0, len(items), 1 << 17):  # bounded memory: [Q, 131072] at a time
+        chunk = np.asarray(items[lo:lo + (1 << 17)])
         s = queries @ chunk.T
         top = np.argpartition(-s, min(args.k, s.shape[1] - 1), axis=1)[:, :args.k]
         cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], 1)
@@ -142,7 +147,7 @@ def _build_one(args):
         "name": args.build_one, "factory": factory, "build_seconds": seconds,
         "train_size": manifest.train_size, "index_bytes": manifest.shards[0].index_bytes,
         "rss_before_build": before,
-        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss": _status("VmHWM"),
         "index_file": manifest.shard_paths(out_dir, 0)[0]}))
 
 

@@ -88,6 +88,19 @@ class IndexBuildConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process: VmHWM (Linux; peak since exec) or ru_maxrss
+    (which on Linux also counts a parent's peak before fork + exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _metric(name: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if name == "inner_product" else faiss.METRIC_L2
 
@@ -291,7 +304,7 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
         train_size=int(train_size),
         seed=config.seed,
         build_seconds=round(time.monotonic() - start, 3),
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_rss_bytes=_peak_rss_bytes(),
         faiss_version=faiss.__version__,
         description=description)
     index_layout.write_manifest(output_dir, manifest)

@@ -160,8 +160,8 @@ class IndexManifest:
       train_size: vectors the index was trained on (0 when it needs no training).
       seed: seed of the training sample.
       build_seconds: wall time of the whole build.
-      peak_rss_bytes: peak resident memory of the building process (getrusage ru_maxrss,
-        the whole process since it started).
+      peak_rss_bytes: peak resident memory of the building process (VmHWM: the whole
+        process since it started, including the embeddings it holds).
       faiss_version: FAISS version of the builder.
       description: FAISS structure of shard 0, e.g. "IndexIVFPQFastScan".
     """
