@@ -1,22 +1,24 @@
 """Input-pipeline throughput: examples/s of dpsr_tf.data.pipeline on a prepared layout.
 
   PYTHONPATH=. python bench/data_pipeline_bench.py --layout=LAYOUT_DIR [--batch_size=256]
-      [--negatives=64] [--batches=300] [--estimator_steps=0]
+      [--negatives=64] [--batches=200] [--rounds=3] [--dpsr_train_steps=0]
 
-Reports the time to the first batch (tables read from disk), then steady-state batches/s and
-examples/s over --batches batches (median of 3 passes), iterating the dataset in eager mode and
-touching every feature. Side by side: the same join done by a Python generator per example
-(tf.data.Dataset.from_generator), the per-example-Python design this pipeline avoids, and the
-pipeline's first design (tables as a cached one-element dataset zipped with the batches).
-With --estimator_steps > 0 also the examples/s of tf.estimator training a trivial model_fn
-(mean of embeddings) from this input_fn: an upper bound of any real model's training speed.
-With --dpsr_train_steps > 0 also the examples/s that `dpsr train` (the DPSR model, default
-ModelConfig) logs on this layout with the same batch size (median of its progress lines after
-the first).
+Two numbers per variant: examples per wall-clock second and examples per CPU-second of this
+process (all its threads). On a shared, loaded machine wall-clock rates swing with the load;
+CPU-seconds measure what the pipeline costs and compare stably. Variants, measured in
+alternating rounds (median of --rounds):
+  pipeline   dpsr_tf.data.pipeline.make_train_input_fn (shuffled, all features touched)
+  zipped     the pipeline's first design: the tables as a cached one-element dataset zipped
+             with the record batches (same join function)
+  generator  the same join by a Python generator per example (tf.data.Dataset.from_generator;
+             no negatives, no history): the per-example-Python design the pipeline avoids
+With --dpsr_train_steps=N, `dpsr train` (the DPSR model, default ModelConfig, same batch size) is
+run twice, for N/5 and N steps, and the difference gives its training examples/s (wall and CPU)
+without start-up, graph building and evaluation.
 """
 import argparse
 import os
-import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -39,23 +41,25 @@ def _touch(batch):
             v.numpy()
 
 
-def pipeline_rate(layout_dir, batch_size, negatives, batches):
+def _rates(it, batches, batch_size):
+    """(examples per wall second, examples per CPU second) over `batches` batches."""
+    wall, cpu = time.monotonic(), time.process_time()
+    for _ in range(batches):
+        _touch(next(it))
+    n = batches * batch_size
+    return n / (time.monotonic() - wall), n / (time.process_time() - cpu)
+
+
+def pipeline_iter(layout_dir, batch_size, negatives):
     fn = pipeline.make_train_input_fn(layout_dir, batch_size=batch_size,
                                       num_random_negatives=negatives, seed=0)
     start = time.monotonic()
     it = iter(fn())
     _touch(next(it))
-    first = time.monotonic() - start
-    rates = []
-    for _ in range(3):
-        start = time.monotonic()
-        for _ in range(batches):
-            _touch(next(it))
-        rates.append(batches * batch_size / (time.monotonic() - start))
-    return first, statistics.median(rates)
+    return it, time.monotonic() - start
 
 
-def zipped_tables_rate(layout_dir, batch_size, negatives, batches):
+def zipped_iter(layout_dir, batch_size, negatives):
     """The first design: tables as a cached one-element dataset zipped with the batches."""
     spec = L.load_layout_spec(layout_dir)
     files = [spec.path(p) for p in spec.record_files["train"]]
@@ -69,13 +73,10 @@ def zipped_tables_rate(layout_dir, batch_size, negatives, batches):
           .prefetch(tf.data.AUTOTUNE))
     it = iter(ds)
     _touch(next(it))
-    start = time.monotonic()
-    for _ in range(batches):
-        _touch(next(it))
-    return batches * batch_size / (time.monotonic() - start)
+    return it
 
 
-def python_generator_rate(layout_dir, batch_size, batches):
+def generator_iter(layout_dir, batch_size):
     """The same features joined per example in Python (what the pipeline avoids)."""
     spec = L.load_layout_spec(layout_dir)
     items = L.load_item_table(spec)
@@ -99,64 +100,40 @@ def python_generator_rate(layout_dir, batch_size, batches):
     sig.update({f"item_{n}": tf.TensorSpec([], tf.int64) for n in spec.item_features})
     sig.update({f"user_{n}": tf.TensorSpec([], tf.int64) for n in spec.user_features})
     ds = tf.data.Dataset.from_generator(gen, output_signature=sig).repeat()
-    ds = ds.ragged_batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    it = iter(ds)
+    it = iter(ds.ragged_batch(batch_size).prefetch(tf.data.AUTOTUNE))
     _touch(next(it))
-    start = time.monotonic()
-    for _ in range(batches):
-        _touch(next(it))
-    return batches * batch_size / (time.monotonic() - start)
+    return it
 
 
-def estimator_rate(layout_dir, batch_size, negatives, steps):
-    spec = L.load_layout_spec(layout_dir)
-
-    def model_fn(features, labels, mode, params):
-        del labels, params
-        emb = tf.compat.v1.get_variable("emb", [spec.token_id_space, 16])
-
-        def bag(r):
-            v = tf.nn.embedding_lookup(emb, r.flat_values)
-            return tf.math.unsorted_segment_mean(v, r.value_rowids(), r.nrows())
-
-        q = bag(features["query_tokens"])
-        i = bag(features["item_tokens"])
-        n = bag(features["neg_item_tokens"])
-        loss = tf.reduce_mean(tf.nn.relu(0.1 + tf.matmul(q, n, transpose_b=True)
-                                         - tf.reduce_sum(q * i, 1, keepdims=True)))
-        train_op = tf.compat.v1.train.AdagradOptimizer(0.1).minimize(
-            loss, tf.compat.v1.train.get_global_step())
-        return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
-
-    fn = pipeline.make_train_input_fn(layout_dir, batch_size=batch_size,
-                                      num_random_negatives=negatives, seed=0)
-    est = tf.estimator.Estimator(model_fn, model_dir=tempfile.mkdtemp(),
-                                 config=tf.estimator.RunConfig(log_step_count_steps=10**9,
-                                                               save_summary_steps=10**9))
-    est.train(fn, steps=20)                     # graph building, table load, warm-up
-    start = time.monotonic()
-    est.train(fn, steps=steps)
-    return steps * batch_size / (time.monotonic() - start)
-
-
-def dpsr_train_rate(layout_dir, batch_size, steps):
+def _dpsr_train(layout_dir, batch_size, steps):
+    """(wall seconds, child CPU seconds) of one `dpsr train` run."""
     model_dir = tempfile.mkdtemp()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2")
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.monotonic()
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "dpsr_tf.cli", "train", f"--layout_dir={layout_dir}",
              f"--model_dir={model_dir}", f"--train_steps={steps}", f"--batch_size={batch_size}",
-             f"--log_step_count_steps={max(10, steps // 8)}", "--eval_steps=1",
-             f"--save_checkpoints_steps={steps * 10}"],
+             "--log_step_count_steps=1000000", "--eval_steps=1",
+             f"--save_checkpoints_steps={steps * 10}", "--throttle_secs=100000"],
             cwd=root, env=env, capture_output=True, text=True, timeout=3600)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
-    rates = [float(x) for x in re.findall(r"([0-9.]+) examples/s", proc.stderr + proc.stdout)]
-    if proc.returncode != 0 or len(rates) < 2:
-        print(f"dpsr train failed (rc {proc.returncode}): {proc.stderr[-500:]}")
-        return None
-    return statistics.median(rates[1:])
+    wall = time.monotonic() - wall
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dpsr train failed: {proc.stderr[-800:]}")
+    return wall, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+
+
+def dpsr_train_rates(layout_dir, batch_size, steps):
+    short = max(20, steps // 5)
+    w1, c1 = _dpsr_train(layout_dir, batch_size, short)
+    w2, c2 = _dpsr_train(layout_dir, batch_size, steps)
+    n = (steps - short) * batch_size
+    return n / max(w2 - w1, 1e-9), n / max(c2 - c1, 1e-9)
 
 
 def main():
@@ -164,39 +141,38 @@ def main():
     parser.add_argument("--layout", required=True)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--negatives", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=300)
-    parser.add_argument("--python_batches", type=int, default=50)
-    parser.add_argument("--zip_batches", type=int, default=50,
-                        help="batches of the first (zipped tables) design; 0 = skip")
-    parser.add_argument("--estimator_steps", type=int, default=0)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--generator_batches", type=int, default=20)
     parser.add_argument("--dpsr_train_steps", type=int, default=0)
     args = parser.parse_args()
     spec = L.load_layout_spec(args.layout)
     print(f"layout: {spec.num_items:,} items, {spec.num_users:,} users, "
           f"{spec.num_records['train']:,} train interactions; batch {args.batch_size}, "
           f"{args.negatives} random negatives")
-    first, rate = pipeline_rate(args.layout, args.batch_size, args.negatives, args.batches)
-    print(f"first batch (tables read): {first:.2f} s")
-    print(f"dpsr_tf.data.pipeline: {rate:,.0f} examples/s")
-    if args.zip_batches:
-        zipped = zipped_tables_rate(args.layout, args.batch_size, args.negatives,
-                                    args.zip_batches)
-        print(f"first design, tables zipped in as a cached dataset: {zipped:,.0f} examples/s "
-              f"({rate / zipped:.1f}x slower than the pipeline)")
-    if args.python_batches:
-        py = python_generator_rate(args.layout, args.batch_size, args.python_batches)
-        print(f"per-example Python generator (no negatives, no history): {py:,.0f} "
-              f"examples/s ({rate / py:.1f}x slower than the pipeline)")
-    if args.estimator_steps:
-        est = estimator_rate(args.layout, args.batch_size, args.negatives,
-                             args.estimator_steps)
-        print(f"Estimator.train, trivial bag-of-embeddings model_fn: {est:,.0f} examples/s "
-              f"(pipeline {rate / est:.1f}x faster)")
+    it, first = pipeline_iter(args.layout, args.batch_size, args.negatives)
+    print(f"pipeline: input_fn() to first batch (tables read) {first:.2f} s")
+    zipped = zipped_iter(args.layout, args.batch_size, args.negatives)
+    results = {"pipeline": [], "zipped": []}
+    for _ in range(args.rounds):
+        results["pipeline"].append(_rates(it, args.batches, args.batch_size))
+        results["zipped"].append(_rates(zipped, max(1, args.batches // 4), args.batch_size))
+    if args.generator_batches:
+        gen = generator_iter(args.layout, args.batch_size)
+        results["generator"] = [_rates(gen, args.generator_batches, args.batch_size)]
+    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+           for k, v in results.items()}
     if args.dpsr_train_steps:
-        dpsr = dpsr_train_rate(args.layout, args.batch_size, args.dpsr_train_steps)
-        if dpsr:
-            print(f"dpsr train (DPSR model, default config): {dpsr:,.0f} examples/s "
-                  f"(pipeline {rate / dpsr:.1f}x faster)")
+        try:
+            med["dpsr train"] = dpsr_train_rates(args.layout, args.batch_size,
+                                                 args.dpsr_train_steps)
+        except RuntimeError as e:
+            print(e)
+    base_wall, base_cpu = med["pipeline"]
+    print("| variant | examples/s (wall) | examples per CPU-second | pipeline / variant (CPU) |")
+    print("|---|---:|---:|---:|")
+    for name, (wall, cpu) in med.items():
+        print(f"| {name} | {wall:,.0f} | {cpu:,.0f} | {base_cpu / cpu:.1f}x |")
     return 0
 
 
