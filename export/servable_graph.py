@@ -75,8 +75,19 @@ def _value_to_id_table(path: str, name: str):
     return tf.lookup.StaticHashTable(init, default_value=-1, name=name)
 
 
-def _ids(table, values: tf.Tensor) -> tf.Tensor:
-    return table.lookup(values) + 1
+def _categorical_input(name: str, like: tf.Tensor, vocab_path: str):
+    """An optional string input [B] beside `like` [B] and its int64 ids (0 = unknown/absent).
+
+    Returns:
+      (the placeholder, its ids after a check that it has one value per row of `like`).
+    """
+    value = tf.compat.v1.placeholder_with_default(tf.fill(tf.shape(like), ""), [None], name=name)
+    table = _value_to_id_table(vocab_path, f"{name}_ids")
+    check = _check(tf.equal(tf.size(value), tf.size(like)),
+                   f"{name} must have one value per {like.op.name}; got sizes",
+                   tf.size(value), tf.size(like))
+    with tf.control_dependencies([check]):
+        return value, table.lookup(value) + 1
 
 
 def _check(condition, *message):
@@ -148,12 +159,10 @@ class ServableGraph:
             features = {"query_tokens": self._tokenize(tf.identity(query))}
         if self._cfg.personalization in ("profile", "history"):
             for name in sorted(self._spec.user_features):
-                # Optional: an absent user feature is "unknown" (id 0), like a logged-out user.
-                value = tf.compat.v1.placeholder_with_default(
-                    tf.fill(tf.shape(query), ""), [None], name=f"user_{name}")
-                table = _value_to_id_table(self._assets.user_vocabs[name], f"user_{name}_ids")
-                inputs[f"user_{name}"] = value
-                features[f"user_{name}"] = _ids(table, value)
+                # Absent: "unknown" (id 0), like a logged-out user.
+                key = f"user_{name}"
+                inputs[key], features[key] = _categorical_input(
+                    key, query, self._assets.user_vocabs[name])
         if self._cfg.personalization == "history":
             history = tf.compat.v1.placeholder_with_default(
                 tf.fill(tf.stack([tf.shape(query)[0], 0]), ""), [None, None],
@@ -191,11 +200,9 @@ class ServableGraph:
         inputs = {"item_title": title}
         features = {"item_tokens": self._tokenize(title)}
         for name in sorted(self._spec.item_features):
-            value = tf.compat.v1.placeholder_with_default(
-                tf.fill(tf.shape(title), ""), [None], name=f"item_{name}")
-            table = _value_to_id_table(self._assets.item_vocabs[name], f"item_{name}_ids")
-            inputs[f"item_{name}"] = value
-            features[f"item_{name}"] = _ids(table, value)
+            key = f"item_{name}"
+            inputs[key], features[key] = _categorical_input(
+                key, title, self._assets.item_vocabs[name])
         with tf.name_scope("item_tower"):
             embedding = item_tower(features, self._cfg, self._spec, tf.estimator.ModeKeys.PREDICT)
         return inputs, {"embedding": embedding}

@@ -171,6 +171,8 @@ BAD_REQUESTS = [
     ({"query": ["drill"], "k": 51}, r"k must be in \[1, 50\]"),
     ({"query": ["drill", ""]}, "query must not be empty"),
     ({"query": ["x" * 5000]}, "query must be at most 4096 bytes"),
+    ({"query": ["a", "b"], "user_gender": ["f"], "user_history": [[""], [""]]},
+     "user_gender must have one value per query; got sizes"),
 ]
 
 
@@ -180,8 +182,9 @@ def test_bad_requests_are_invalid_argument_and_the_session_keeps_serving(servabl
     script = LOAD_TF1.format(path=servable["version_dir"]) + f"""
     errors = []
     for feeds in {cases!r}:
+        signature = "personalized" if "user_gender" in feeds else "serving_default"
         try:
-            call("serving_default", feeds, ["item_ids"])
+            call(signature, feeds, ["item_ids"])
             errors.append(None)
         except tf.errors.InvalidArgumentError as e:
             errors.append(e.message)
