@@ -150,6 +150,7 @@ class VersionManager:
         self._reconcile_lock = threading.RLock()  # one reconcile pass at a time
         self._stop = threading.Event()
         self._thread = None
+        self._names = frozenset()
 
     # ------------------------------------------------------------------ config
 
@@ -184,6 +185,7 @@ class VersionManager:
                             for record in existing.versions.values():
                                 record.attempts = 0
                         existing.config = copy
+                self._refresh_names()
             self._reconcile_all()
             self._apply_labels(wanted)
 
@@ -434,10 +436,12 @@ class VersionManager:
                                    f"Could not find any versions of model {name}")
             return [model.versions[v].status_proto() for v in sorted(model.versions)]
 
-    def model_names(self) -> Tuple[str, ...]:
-        """Names of the configured (not removed) models."""
-        with self._lock:
-            return tuple(n for n, m in self._models.items() if not m.removed)
+    def model_names(self) -> frozenset:
+        """Names of the configured (not removed) models (a snapshot, cheap to read)."""
+        return self._names
+
+    def _refresh_names(self) -> None:
+        self._names = frozenset(n for n, m in self._models.items() if not m.removed)
 
     def available_versions(self, name: str) -> Tuple[int, ...]:
         with self._lock:

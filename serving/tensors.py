@@ -35,6 +35,10 @@ _FIELD_BY_DTYPE = {
 }
 
 
+# Below this many values the plain protobuf path is cheaper than the wire codec's numpy setup.
+_FAST_MIN_VALUES = 32
+
+
 def dtype_name(dtype: int) -> str:
     """"DT_FLOAT" for types_pb2.DT_FLOAT."""
     try:
@@ -85,7 +89,7 @@ def to_ndarray(proto: TensorProto, name: str = "tensor") -> np.ndarray:
         elif count:
             raise _bad(f"{name}: shape {list(shape)} needs {count} strings, got {len(values)}")
         return out.reshape(shape)
-    if not proto.tensor_content:
+    if not proto.tensor_content and count > _FAST_MIN_VALUES:
         fast = wire.decode_numeric(proto)
         if fast is not None:
             return fast
@@ -118,7 +122,7 @@ def from_ndarray(array: np.ndarray, out: TensorProto = None) -> TensorProto:
     """
     array = np.asarray(array)
     proto = TensorProto() if out is None else out
-    encoded = wire.encode_numeric(array)
+    encoded = wire.encode_numeric(array) if array.size > _FAST_MIN_VALUES else None
     if encoded is not None:  # same message, built from the wire format (much faster)
         proto.MergeFromString(encoded)
         return proto

@@ -46,8 +46,10 @@ class ToyServableSpec:
       token_buckets: hashing-mode id space of the tokenizer (rows of the token table).
       user_buckets: rows of the user table (user_id is taken modulo this).
       seed: seed of the query tower weights.
-      nlist: IVF lists (0: exact search).
-      nprobe: lists probed per head (IVF).
+      nlist: IVF lists of the TF-ops IVF search (0: exact search).
+      nprobe: lists probed per head (IVF, TF ops or FAISS).
+      faiss_factory: if set, search a FAISS index of this index_factory string through the
+        project's Dpsr>FaissSearch op (export/faiss_ops.py), as the real servable does.
     """
 
     dim: int = 16
@@ -59,6 +61,7 @@ class ToyServableSpec:
     seed: int = 0
     nlist: int = 0
     nprobe: int = 8
+    faiss_factory: str = ""
 
     @property
     def tokenizer_config(self) -> TokenizerConfig:
@@ -101,10 +104,10 @@ def _ivf_layout(emb: np.ndarray, nlist: int, seed: int):
     centroids = sample[rng.choice(sample.shape[0], size=nlist, replace=False)].copy()
     for _ in range(8):  # spherical k-means on the sample
         assign = np.argmax(sample @ centroids.T, axis=1)
-        for c in range(nlist):
-            members = sample[assign == c]
-            if len(members):
-                centroids[c] = members.sum(0)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assign, sample)
+        filled = np.bincount(assign, minlength=nlist) > 0
+        centroids[filled] = sums[filled]
         centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
     assign = np.empty(n, dtype=np.int64)
     for start in range(0, n, 65536):
@@ -114,12 +117,32 @@ def _ivf_layout(emb: np.ndarray, nlist: int, seed: int):
     return centroids.astype(np.float32), order, offsets.astype(np.int64)
 
 
-def _build_module(item_ids, item_emb, spec: ToyServableSpec):
+def _faiss_index_file(item_emb: np.ndarray, factory: str, nprobe: int, path: str, seed: int):
+    """Trains and fills a FAISS inner-product index over the items; writes it to `path`."""
+    import faiss  # pylint: disable=g-import-not-at-top
+
+    index = faiss.index_factory(item_emb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    train = item_emb[rng.choice(item_emb.shape[0], size=min(item_emb.shape[0], 100_000),
+                                replace=False)]
+    index.train(np.ascontiguousarray(train))
+    index.add(np.ascontiguousarray(item_emb))
+    if nprobe:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
+    faiss.write_index(index, path)
+    return path
+
+
+def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = ""):
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
     from dpsr_tf.tokenization import tokenize_op
 
     tokens, users, heads = tower_weights(spec)
+    faiss_path = None
+    if spec.faiss_factory:
+        faiss_path = _faiss_index_file(item_emb, spec.faiss_factory, spec.nprobe,
+                                       os.path.join(scratch_dir, "items.faiss"), spec.seed)
     if spec.nlist:
         centroids, order, offsets = _ivf_layout(item_emb, spec.nlist, spec.seed + 7)
         item_emb, item_ids = item_emb[order], item_ids[order]
@@ -150,12 +173,16 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec):
             self.tokens = tf.Variable(tokens, trainable=False, name="token_table")
             self.users = tf.Variable(users, trainable=False, name="user_table")
             self.heads = tf.Variable(heads, trainable=False, name="head_projections")
-            self.items = tf.Variable(item_emb, trainable=False, name="item_embeddings")
+            if not faiss_path:  # a FAISS index holds the items itself
+                self.items = tf.Variable(item_emb, trainable=False, name="item_embeddings")
             self.ids = tf.Variable(item_ids.astype(object), trainable=False, name="item_ids",
                                    dtype=tf.string)
             if spec.nlist:
                 self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
                 self.offsets = tf.Variable(offsets, trainable=False, name="list_offsets")
+            if faiss_path:
+                from export import faiss_ops  # pylint: disable=g-import-not-at-top
+                self.index = faiss_ops.FaissIndex(faiss_path)
 
         def _query(self, query, user_id):
             ids = tokenize_op.tokenize(query, config)
@@ -172,6 +199,15 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec):
             scores = tf.einsum("bhd,nd->bhn", qh, self.items)  # [B, H, N]
             top, idx = tf.math.top_k(scores, kk)  # [B, H, kk]
             return idx, top
+
+        def _search_faiss(self, qh, kk):
+            from export import faiss_ops  # pylint: disable=g-import-not-at-top
+            idx_h, top_h = [], []
+            for h in range(spec.num_heads):
+                top, labels = faiss_ops.search(self.index, qh[:, h, :], kk, nprobe=spec.nprobe)
+                idx_h.append(labels)
+                top_h.append(top)
+            return idx_h, top_h
 
         def _search_ivf(self, qh, kk):
             idx_h, top_h = [], []
@@ -208,8 +244,9 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec):
             qh = self._query(query, user_id)
             batch = tf.shape(query)[0]
             kk = tf.minimum(k, n_items)
-            if spec.nlist:
-                idx_h, top_h = self._search_ivf(qh, kk)
+            if spec.nlist or spec.faiss_factory:
+                search = self._search_faiss if spec.faiss_factory else self._search_ivf
+                idx_h, top_h = search(qh, kk)
                 idx = tf.concat(idx_h, axis=1)
                 top = tf.concat(top_h, axis=1)
                 head = tf.concat([tf.fill(tf.shape(t), h) for h, t in enumerate(idx_h)], axis=1)
@@ -258,9 +295,10 @@ def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: n
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    scratch = tempfile.mkdtemp(prefix=".scratch-", dir=parent)
     try:
         module = _build_module(np.asarray(item_ids, dtype=object),
-                               np.asarray(item_embeddings, dtype=np.float32), spec)
+                               np.asarray(item_embeddings, dtype=np.float32), spec, scratch)
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve,
                                                      "query_embedding": module.query_embedding})
         if warmup_queries:
@@ -275,6 +313,8 @@ def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: n
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return export_dir
 
 

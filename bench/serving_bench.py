@@ -1,0 +1,210 @@
+"""Serving latency and throughput: query text -> top 1,000 items at 1M items, over gRPC.
+
+    PYTHONPATH=. python bench/serving_bench.py                  # build (cached) + measure
+    PYTHONPATH=. python bench/serving_bench.py --rates=250,500 --modes=direct
+
+Servable: the DPSR serving signature (serving/toy_servable.py) over N clustered 64-d unit
+items: in-graph tokenization (Dpsr>Tokenize), a 2-head query tower, a FAISS index searched per
+head with the project's Dpsr>FaissSearch op (--factory, default IVF1024,PQ32, --nprobe 16),
+per-head top-K merged and deduplicated in-graph. `--servable_dir` measures another servable
+instead (a real `dpsr export`, or a small one to isolate the serving overhead; modes direct and
+proxy1).
+
+Modes (every server a real `dpsr serve` / `dpsr proxy` process; the load generator
+bench/serving_loadgen.py runs in its own process, open loop, Poisson arrivals):
+  direct  client -> model server (N items)
+  proxy1  client -> proxy -> model server (N items): the proxy's routing cost
+  proxy2  client -> proxy -> 2 shard servers (N/2 items each), merged to one top-K
+
+Reports p50/p90/p99 latency, achieved QPS, errors, and the CPU cores each process used, and
+writes them as JSON next to the servables. On a shared machine compare rows of one run.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from serving import process  # noqa: E402
+from serving import toy_servable as ts  # noqa: E402
+
+BATCHING = """max_batch_size {{ value: {max_batch} }}
+batch_timeout_micros {{ value: {timeout_us} }}
+max_enqueued_batches {{ value: 1000 }}
+num_batch_threads {{ value: {threads} }}
+"""
+
+
+def build_servables(args):
+    """base/<name>/1 for the full catalog and its two shards; cached by configuration."""
+    key = f"n{args.num_items}_d{args.dim}_{args.factory.replace(',', '_')}_p{args.nprobe}"
+    base = os.path.join(args.work_dir, key)
+    spec = ts.ToyServableSpec(dim=args.dim, num_heads=2, default_k=100, max_k=1000,
+                              token_buckets=1 << 16, faiss_factory=args.factory,
+                              nprobe=args.nprobe)
+    wanted = {"full": None, "shard0": 0, "shard1": 1}
+    missing = [n for n in wanted if not os.path.exists(os.path.join(base, n, "1"))]
+    if missing:
+        start = time.time()
+        ids, emb = ts.make_items(args.num_items, args.dim, seed=1, num_clusters=2000)
+        for name in missing:
+            shard = wanted[name]
+            sel = slice(None) if shard is None else slice(shard, None, 2)
+            ts.write_toy_servable(os.path.join(base, name, "1"), ids[sel], emb[sel], spec,
+                                  warmup_queries=["warm up", "apple phone", "cordless drill"])
+            print(f"built {name} ({len(ids[sel])} items) in {time.time() - start:.0f} s",
+                  flush=True)
+    return base, spec
+
+
+def servable_cost(path, k, batches=(1, 8, 32)):
+    """Per-query session-run time of the servable in this process (no serving around it)."""
+    # pylint: disable=g-import-not-at-top
+    from bench.serving_loadgen import make_queries
+    from serving.servable import SavedModelServable, SessionOptions
+
+    servable = SavedModelServable("bench", 1, path, SessionOptions())
+    servable.load()
+    sig = servable.signature("")
+    out = {}
+    queries = make_queries(512, seed=7)
+    for b in batches:
+        feeds = {a: s.default for a, s in sig.inputs.items()}
+        feeds["query"] = np.array([q.encode() for q in queries[:b]], dtype=object)
+        feeds["k"] = np.array(k, np.int32)
+        for _ in range(3):
+            servable.run(sig, feeds, ("item_ids",))
+        n = max(5, 64 // b)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(n):
+            feeds["query"] = np.array([q.encode() for q in queries[i * b % 400:][:b]],
+                                      dtype=object)
+            servable.run(sig, feeds, ("item_ids", "scores", "heads"))
+        out[b] = {"wall_ms_per_query": (time.perf_counter() - wall) / n / b * 1000,
+                  "cpu_ms_per_query": (time.process_time() - cpu) / n / b * 1000}
+    servable.close()
+    return out
+
+
+def _cpu(procs):
+    return {name: sum(psutil.Process(p.proc.pid).cpu_times()[:2]) for name, p in procs.items()}
+
+
+def run_load(address, rate, args, procs):
+    before, wall = _cpu(procs), time.time()
+    cmd = [sys.executable, os.path.join(ROOT, "bench", "serving_loadgen.py"),
+           f"--address={address}", f"--rate={rate}", f"--duration={args.duration}",
+           f"--warmup={args.warmup}", f"--k={args.k}"]
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    elapsed = time.time() - wall
+    after = _cpu(procs)
+    lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"load generator failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+    result = json.loads(lines[-1])
+    result["cores"] = {n: (after[n] - before[n]) / elapsed for n in procs}
+    result["cores"]["loadgen"] = result["client_cpu_s"] / (args.duration + args.warmup)
+    return result
+
+
+def start_mode(mode, base, args, logs):
+    flags = ["--enable_batching", f"--batching_parameters_file={args.batching_file}",
+             f"--tensorflow_intra_op_parallelism={args.intra_op}",
+             f"--tensorflow_inter_op_parallelism={args.inter_op}", "--max_k=1000"]
+    model_dir = args.servable_dir or os.path.join(base, "full")
+    if mode in ("direct", "proxy1"):
+        servers = {"server": process.model_server_process(model_dir, "dpsr", flags=flags,
+                                                          name="server", log_dir=logs)}
+    else:
+        servers = {f"shard{s}": process.model_server_process(
+            os.path.join(base, f"shard{s}"), "dpsr", flags=flags, name=f"shard{s}",
+            log_dir=logs, port=process.free_port()) for s in range(2)}
+    if mode == "direct":
+        process.start_all(list(servers.values()))
+        return servers, servers["server"].address
+    if mode == "proxy1":
+        process.start_all(list(servers.values()))
+        routes = {"dpsr": ((servers["server"].address,),)}
+    else:
+        routes = {"dpsr": tuple((p.address,) for p in servers.values())}
+    proxy = process.proxy_process(routes, log_dir=logs, deadline_ms=2000)
+    procs = dict(servers, proxy=proxy)
+    process.start_all([p for p in procs.values() if p.proc is None])
+    return procs, proxy.address
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_items", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--factory", default="IVF1024,PQ32")
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--rates", default="100,250,500,750")
+    parser.add_argument("--modes", default="direct,proxy1,proxy2")
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--max_batch", type=int, default=32)
+    parser.add_argument("--batch_timeout_us", type=int, default=0)
+    parser.add_argument("--batch_threads", type=int, default=2)
+    parser.add_argument("--intra_op", type=int, default=1)
+    parser.add_argument("--inter_op", type=int, default=2)
+    parser.add_argument("--servable_dir", default="",
+                        help="a real export: base/<model> holding numbered versions")
+    parser.add_argument("--work_dir", default=os.path.join(ROOT, "out", "bench", "serving"))
+    parser.add_argument("--build_only", action="store_true", help="build the servables, stop")
+    args = parser.parse_args()
+    os.makedirs(args.work_dir, exist_ok=True)
+    base, _ = build_servables(args) if not args.servable_dir else (None, None)
+    if args.build_only:
+        return
+    args.batching_file = os.path.join(args.work_dir, "batching.config")
+    with open(args.batching_file, "w") as f:
+        f.write(BATCHING.format(max_batch=args.max_batch, timeout_us=args.batch_timeout_us,
+                                threads=args.batch_threads))
+    model_path = os.path.join(args.servable_dir or os.path.join(base, "full"), "1")
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(),
+              "cores": os.cpu_count(), "load_avg_before": os.getloadavg(), "args": vars(args),
+              "servable_cost": servable_cost(model_path, args.k), "runs": []}
+    print("servable alone (session run):", json.dumps(report["servable_cost"]), flush=True)
+    logs = os.path.join(args.work_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    rates = [float(r) for r in args.rates.split(",")]
+    print("| mode | offered QPS | achieved QPS | p50 ms | p90 ms | p99 ms | errors | "
+          "CPU cores used (per process) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for mode in args.modes.split(","):
+        if mode == "proxy2" and args.servable_dir:
+            continue
+        procs, address = start_mode(mode, base, args, logs)
+        try:
+            for rate in rates:
+                r = run_load(address, rate, args, procs)
+                r["mode"] = mode
+                report["runs"].append(r)
+                cores = ", ".join(f"{n} {c:.2f}" for n, c in r["cores"].items())
+                print(f"| {mode} | {rate:.0f} | {r['achieved_qps']:.0f} | {r['p50_ms']:.1f} | "
+                      f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
+                      f"{sum(r['errors'].values())} | {cores} |", flush=True)
+        finally:
+            for p in procs.values():
+                p.stop()
+    report["load_avg_after"] = os.getloadavg()
+    out = os.path.join(args.work_dir, "results.json")
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"load average before/after: {report['load_avg_before']} / "
+          f"{report['load_avg_after']}; results in {out}")
+
+
+if __name__ == "__main__":
+    main()
