@@ -31,9 +31,8 @@ class CheckpointEmbedder:
     Args:
       model_dir: written by `dpsr train` (dpsr_config.json + checkpoints).
       checkpoint: a checkpoint prefix; default the newest in model_dir.
-      model_config, layout_spec: override what model_dir's config says (tests).
-      aggregate_on_ps: None keeps the config; the plain and PS-aggregated bags give the same
-        numbers, and on one machine the choice does not matter.
+      model_config, layout_spec: override what model_dir's config says (e.g. the layout at
+        its path on this machine).
     """
 
     def __init__(self, model_dir: str, checkpoint: Optional[str] = None,

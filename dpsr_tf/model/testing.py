@@ -81,36 +81,6 @@ class FakeCatalog:
         features.update(self.items(rng.randint(0, layout.num_items, size=num_random), "neg_item_"))
         return features
 
-    def input_fn(self, batch_size: int, num_random: int, seed: int = 0):
-        """An Estimator input_fn: an endless stream of seeded fake batches (tf.data generator)."""
-        catalog = self
-        signature = _signature(self.layout)
-
-        def fn(params=None):
-            del params
-
-            def gen():
-                rng = np.random.RandomState(seed)
-                while True:
-                    yield catalog.batch(batch_size, num_random, rng)
-            return tf.data.Dataset.from_generator(gen, output_signature=signature)
-        return fn
-
-
-def _signature(layout: FakeLayoutSpec) -> dict:
-    ragged = tf.RaggedTensorSpec([None, None], tf.int64, ragged_rank=1, row_splits_dtype=tf.int64)
-    vec = tf.TensorSpec([None], tf.int64)
-    sig = {"query": tf.TensorSpec([None], tf.string), "query_tokens": ragged, "user_row": vec,
-           "user_history": ragged, "label": tf.TensorSpec([None], tf.float32)}
-    for name in layout.user_features:
-        sig["user_" + name] = vec
-    for prefix in ("item_", "neg_item_"):
-        sig[prefix + "row"] = vec
-        sig[prefix + "tokens"] = ragged
-        for name in layout.item_features:
-            sig[prefix + name] = vec
-    return sig
-
 
 def write_tiny_dataset(out_dir: str, *, num_items: int = 200, num_users: int = 30,
                        num_queries: int = 600, clicks_per_query: int = 3, num_words: int = 300,
