@@ -148,14 +148,17 @@ class ModelServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         address = _address(opts.host, opts.port)
-        if opts.ssl is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(opts.ssl.server_key, opts.ssl.server_cert)],
-                root_certificates=opts.ssl.custom_ca,
-                require_client_auth=opts.ssl.client_verify)
-            self.grpc_port = self._grpc.add_secure_port(address, credentials)
-        else:
-            self.grpc_port = self._grpc.add_insecure_port(address)
+        try:
+            if opts.ssl is not None:
+                credentials = grpc.ssl_server_credentials(
+                    [(opts.ssl.server_key, opts.ssl.server_cert)],
+                    root_certificates=opts.ssl.custom_ca,
+                    require_client_auth=opts.ssl.client_verify)
+                self.grpc_port = self._grpc.add_secure_port(address, credentials)
+            else:
+                self.grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError as e:  # grpc reports a failed bind this way
+            raise OSError(f"cannot bind gRPC to {address} (in use?): {e}") from e
         if not self.grpc_port:
             raise OSError(f"cannot bind gRPC to {address}")
         await self._grpc.start()
