@@ -94,6 +94,29 @@ def servable_cost(path, k, batches=(1, 8, 32)):
     return out
 
 
+def cores_available(seconds: float = 1.0) -> float:
+    """CPU cores this process group gets right now: two busy threads, CPU time over wall time.
+
+    On a shared machine the kernel's autogroup scheduler gives each busy session an equal
+    share, so another user's job halves what the benchmark gets; the report says so.
+    """
+    import threading  # pylint: disable=g-import-not-at-top
+    a = np.random.default_rng(0).random((400, 400)).astype(np.float32)
+    stop = time.perf_counter() + seconds
+
+    def spin():
+        while time.perf_counter() < stop:
+            a @ a
+
+    threads = [threading.Thread(target=spin) for _ in range(os.cpu_count() or 2)]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
 def _cpu(procs):
     return {name: sum(psutil.Process(p.proc.pid).cpu_times()[:2]) for name, p in procs.items()}
 
@@ -172,37 +195,44 @@ def main():
         f.write(BATCHING.format(max_batch=args.max_batch, timeout_us=args.batch_timeout_us,
                                 threads=args.batch_threads))
     model_path = os.path.join(args.servable_dir or os.path.join(base, "full"), "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(),
-              "cores": os.cpu_count(), "load_avg_before": os.getloadavg(), "args": vars(args),
+              "cores": os.cpu_count(), "cores_available_before": cores_available(),
+              "load_avg_before": os.getloadavg(), "args": vars(args),
               "servable_cost": servable_cost(model_path, args.k), "runs": []}
     print("servable alone (session run):", json.dumps(report["servable_cost"]), flush=True)
     logs = os.path.join(args.work_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     rates = [float(r) for r in args.rates.split(",")]
     print("| mode | offered QPS | achieved QPS | p50 ms | p90 ms | p99 ms | errors | "
-          "CPU cores used (per process) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+          "CPU cores used (per process) | cores free before |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for mode in args.modes.split(","):
         if mode == "proxy2" and args.servable_dir:
             continue
         procs, address = start_mode(mode, base, args, logs)
         try:
             for rate in rates:
+                available = cores_available(0.5)
                 r = run_load(address, rate, args, procs)
                 r["mode"] = mode
+                r["cores_available_before"] = available
                 report["runs"].append(r)
                 cores = ", ".join(f"{n} {c:.2f}" for n, c in r["cores"].items())
                 print(f"| {mode} | {rate:.0f} | {r['achieved_qps']:.0f} | {r['p50_ms']:.1f} | "
                       f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
-                      f"{sum(r['errors'].values())} | {cores} |", flush=True)
+                      f"{sum(r['errors'].values())} | {cores} | {available:.1f} |", flush=True)
         finally:
             for p in procs.values():
                 p.stop()
     report["load_avg_after"] = os.getloadavg()
+    report["cores_available_after"] = cores_available()
     out = os.path.join(args.work_dir, "results.json")
     with open(out, "w") as f:
         json.dump(report, f, indent=1)
-    print(f"load average before/after: {report['load_avg_before']} / "
+    print(f"cores available to the benchmark before/after: "
+          f"{report['cores_available_before']:.2f} / {report['cores_available_after']:.2f}; "
+          f"load average before/after: {report['load_avg_before']} / "
           f"{report['load_avg_after']}; results in {out}")
 
 
