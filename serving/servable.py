@@ -129,17 +129,19 @@ class SavedModelServable:
         return sig
 
     def _callable(self, signature: Signature):
-        """One session callable per signature: every input fed, every output fetched (built
-        at load, so the first request does not pay for graph pruning and optimization)."""
+        """One compiled session callable per signature (every input fed, every output
+        fetched), built at load: a call is TF_SessionRunCallable, with no per-call feed-dict
+        or fetch processing and no graph pruning or optimization on the first request."""
         fn = self._callables.get(signature.name)
         if fn is None:
+            from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
             with self._lock:
                 fn = self._callables.get(signature.name)
                 if fn is None:
-                    fn = self._session.make_callable(
-                        [o.tensor_name for o in signature.outputs.values()],
-                        [i.tensor_name for i in signature.inputs.values()],
-                        accept_options=True)
+                    options = config_pb2.CallableOptions()
+                    options.feed.extend(i.tensor_name for i in signature.inputs.values())
+                    options.fetch.extend(o.tensor_name for o in signature.outputs.values())
+                    fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
                     self._callables[signature.name] = fn
         return fn
 
@@ -151,7 +153,8 @@ class SavedModelServable:
           signature: one of self.signatures.
           feeds: alias -> value for every input.
           fetches: output aliases to return.
-          timeout_s: Session::Run timeout (None: no timeout).
+          timeout_s: seconds left of the request's deadline (None: none); the run does not
+            start when none is left (a started run of one batch is not interrupted).
 
         Returns:
           alias -> np.ndarray.
@@ -170,12 +173,11 @@ class SavedModelServable:
         except KeyError as e:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {e} of signature '{signature.name}' has no value") from e
+        if timeout_s is not None and timeout_s <= 0:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "deadline exceeded before the session run")
         try:
-            if timeout_s is not None:
-                options = tf.compat.v1.RunOptions(timeout_in_ms=max(1, int(timeout_s * 1000)))
-                values = fn(*args, options=options)
-            else:
-                values = fn(*args)
+            values = fn(*args)
         except tf.errors.OpError as e:
             raise errors.from_tf_error(e) from e
         everything = dict(zip(signature.outputs, values))
