@@ -36,6 +36,8 @@ sys.path.insert(0, ROOT)
 from serving import process  # noqa: E402
 from serving import toy_servable as ts  # noqa: E402
 
+GRAPH_VERSION = "g2"  # bump when serving/toy_servable.py's graph changes
+
 BATCHING = """max_batch_size {{ value: {max_batch} }}
 batch_timeout_micros {{ value: {timeout_us} }}
 max_enqueued_batches {{ value: 1000 }}
@@ -44,22 +46,26 @@ num_batch_threads {{ value: {threads} }}
 
 
 def build_servables(args):
-    """base/<name>/1 for the full catalog and its two shards; cached by configuration."""
-    key = f"n{args.num_items}_d{args.dim}_{args.factory.replace(',', '_')}_p{args.nprobe}"
-    base = os.path.join(args.work_dir, key)
+    """base/<name>/1 for the full catalog and its two shards. The FAISS indexes (the slow
+    part) are cached by catalog and factory; the SavedModels by the whole configuration."""
+    key = f"n{args.num_items}_d{args.dim}_{args.factory.replace(',', '_')}"
+    cache = os.path.join(args.work_dir, "faiss_cache", key)
+    base = os.path.join(args.work_dir, f"{key}_p{args.nprobe}_{GRAPH_VERSION}")
     spec = ts.ToyServableSpec(dim=args.dim, num_heads=2, default_k=100, max_k=1000,
                               token_buckets=1 << 16, faiss_factory=args.factory,
                               nprobe=args.nprobe)
     wanted = {"full": None, "shard0": 0, "shard1": 1}
     missing = [n for n in wanted if not os.path.exists(os.path.join(base, n, "1"))]
     if missing:
+        os.makedirs(cache, exist_ok=True)
         start = time.time()
         ids, emb = ts.make_items(args.num_items, args.dim, seed=1, num_clusters=2000)
         for name in missing:
             shard = wanted[name]
             sel = slice(None) if shard is None else slice(shard, None, 2)
             ts.write_toy_servable(os.path.join(base, name, "1"), ids[sel], emb[sel], spec,
-                                  warmup_queries=["warm up", "apple phone", "cordless drill"])
+                                  warmup_queries=["warm up", "apple phone", "cordless drill"],
+                                  faiss_cache=os.path.join(cache, f"{name}.faiss"))
             print(f"built {name} ({len(ids[sel])} items) in {time.time() - start:.0f} s",
                   flush=True)
     return base, spec

@@ -133,7 +133,8 @@ def _faiss_index_file(item_emb: np.ndarray, factory: str, nprobe: int, path: str
     return path
 
 
-def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = ""):
+def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = "",
+                  faiss_cache: Optional[str] = None):
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
     from dpsr_tf.tokenization import tokenize_op
@@ -141,8 +142,13 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
     tokens, users, heads = tower_weights(spec)
     faiss_path = None
     if spec.faiss_factory:
-        faiss_path = _faiss_index_file(item_emb, spec.faiss_factory, spec.nprobe,
-                                       os.path.join(scratch_dir, "items.faiss"), spec.seed)
+        if faiss_cache and os.path.exists(faiss_cache):
+            faiss_path = faiss_cache
+        else:
+            faiss_path = _faiss_index_file(item_emb, spec.faiss_factory, spec.nprobe,
+                                           os.path.join(scratch_dir, "items.faiss"), spec.seed)
+            if faiss_cache:
+                shutil.copyfile(faiss_path, faiss_cache)
     if spec.nlist:
         centroids, order, offsets = _ivf_layout(item_emb, spec.nlist, spec.seed + 7)
         item_emb, item_ids = item_emb[order], item_ids[order]
@@ -150,7 +156,12 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
     config = spec.tokenizer_config
 
     def merge_heads(idx, scores, head, k):
-        """Top-k of [B, M] candidates after removing duplicate ids (best score wins)."""
+        """Top-k of [B, M] candidates after removing duplicate ids (best score wins).
+
+        Two sorts (by score, then by id to find each id's first, i.e. best, entry) and linear
+        work: the kept entries are already in score order, so the first k of each row are
+        the answer.
+        """
         order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
         idx = tf.gather(idx, order, batch_dims=1)
         scores = tf.gather(scores, order, batch_dims=1)
@@ -159,11 +170,20 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
         sorted_ids = tf.gather(idx, by_id, batch_dims=1)
         first = tf.concat([tf.ones_like(sorted_ids[:, :1], tf.bool),
                            sorted_ids[:, 1:] != sorted_ids[:, :-1]], axis=1)
-        keep = tf.gather(first, tf.argsort(by_id, axis=1), batch_dims=1)
-        masked = tf.where(keep & (idx >= 0), scores, tf.fill(tf.shape(scores), -np.inf))
-        top_scores, pos = tf.math.top_k(masked, tf.minimum(k, tf.shape(masked)[1]))
-        return (tf.gather(idx, pos, batch_dims=1), top_scores,
-                tf.gather(head, pos, batch_dims=1))
+        shape = tf.shape(idx, out_type=tf.int64)
+        flat = tf.cast(by_id, tf.int64) + tf.range(shape[0])[:, None] * shape[1]
+        keep = tf.reshape(tf.scatter_nd(tf.reshape(flat, [-1, 1]), tf.reshape(first, [-1]),
+                                        [shape[0] * shape[1]]), tf.shape(idx))
+        keep = keep & (idx >= 0)
+        width = tf.cast(tf.minimum(k, tf.shape(idx)[1]), tf.int64)
+        out_shape = tf.stack([shape[0], width])
+
+        def first_k(values, pad):
+            kept = tf.ragged.boolean_mask(values, keep)[:, :width]
+            return kept.to_tensor(default_value=pad, shape=out_shape)
+
+        return (first_k(idx, tf.constant(-1, idx.dtype)), first_k(scores, -np.inf),
+                first_k(head, tf.constant(-1, head.dtype)))
 
     class ToyDpsr(tf.Module):
         """Query tower + search; see the module docstring."""
@@ -271,7 +291,8 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
 
 def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: np.ndarray,
                        spec: ToyServableSpec = ToyServableSpec(),
-                       warmup_queries: Optional[Sequence[str]] = None) -> str:
+                       warmup_queries: Optional[Sequence[str]] = None,
+                       faiss_cache: Optional[str] = None) -> str:
     """Writes a SavedModel version directory atomically (temp dir + rename).
 
     Args:
@@ -280,6 +301,8 @@ def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: n
       item_embeddings: [N, dim] float32.
       spec: ToyServableSpec.
       warmup_queries: if given, written as assets.extra/tf_serving_warmup_requests.
+      faiss_cache: with spec.faiss_factory, reuse the index file at this path if it exists,
+        else build it and keep a copy there (the caller keys it by items and factory).
 
     Returns:
       export_dir.
@@ -298,7 +321,8 @@ def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: n
     scratch = tempfile.mkdtemp(prefix=".scratch-", dir=parent)
     try:
         module = _build_module(np.asarray(item_ids, dtype=object),
-                               np.asarray(item_embeddings, dtype=np.float32), spec, scratch)
+                               np.asarray(item_embeddings, dtype=np.float32), spec, scratch,
+                               faiss_cache)
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve,
                                                      "query_embedding": module.query_embedding})
         if warmup_queries:
