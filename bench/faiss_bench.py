@@ -230,14 +230,16 @@ def _measure_search(args, built, queries, exact, wheel_only=False):
             ef = tf.constant(value if knob == "ef_search" else 0)
             op_fn = lambda q: op_search(q, nprobe, ef)[1].numpy()  # noqa: E731
             op_fn(queries[:2])
-            # Interleave op and wheel in blocks so that machine noise hits both alike.
+            # Alternate op and wheel query by query, so that machine noise hits both alike.
             op_ms, wheel_ms = [], []
-            for lo in range(0, latency_n, 25):
-                block = queries[lo % len(queries):][:25]
-                op_ms.append(_timings(op_fn, block, len(block)))
-                wheel_ms.append(_timings(wheel_fn, block, len(block)))
-            row["op_single"] = _summary(np.concatenate(op_ms))
-            row["wheel_single"] = _summary(np.concatenate(wheel_ms))
+            for i in range(latency_n):
+                q = queries[i % len(queries)][None]
+                op_ms.append(_timings(op_fn, q, 1))
+                wheel_ms.append(_timings(wheel_fn, q, 1))
+            op_ms, wheel_ms = np.concatenate(op_ms), np.concatenate(wheel_ms)
+            row["op_single"] = _summary(op_ms)
+            row["wheel_single"] = _summary(wheel_ms)
+            row["op_minus_wheel_median_ms"] = float(np.median(op_ms - wheel_ms))
             b = queries[:args.batch]
             row["op_batch_ms"] = float(np.median(
                 [_timings(lambda _: op_fn(b), b, 1)[0] for _ in range(3)]))
