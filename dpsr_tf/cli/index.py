@@ -11,8 +11,10 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Index build directory to writ
 _LAYOUT = flags.DEFINE_string("layout_dir", None,
                               "Training layout; default the one the model was trained on.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest.")
-_FACTORY = flags.DEFINE_string("index_factory", "IVF1024,PQ32x4fs",
-                               "FAISS index_factory string: Flat, IVF1024,PQ32x4fs, HNSW32, ...")
+_FACTORY = flags.DEFINE_string("index_factory", "IVF4096,PQ32",
+                               "FAISS index_factory string: Flat, IVF4096,PQ32, HNSW32, ... "
+                               "(avoid fast-scan ...x4fs: Debian's libfaiss has no AVX2, see "
+                               "docs/benchmarks.md)")
 _SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the catalog into this many shards.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", 0,
                                    "Vectors to train the index on; 0 = automatic.")

@@ -4,7 +4,12 @@ Each subcommand module defines its own absl flags and a `main(argv)`; only the c
 is imported, so flags of different subcommands never clash and start-up stays fast.
 """
 import importlib
+import os
 import sys
+
+# FAISS and TF use OpenMP; its default spin-waiting threads made index builds over 8x slower on
+# busy cores (docs/benchmarks.md). Read when libgomp loads, so set before any subcommand import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from absl import app
 
