@@ -63,6 +63,25 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def bind_grpc(server, host: str, port: int, ssl) -> int:
+    """Binds a grpc.aio server to host:port (TLS when `ssl` is an SSL config) and returns the
+    bound port; a failed bind is an OSError naming the address. Shared by server and proxy."""
+    address = _address(host, port)
+    try:
+        if ssl is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(ssl.server_key, ssl.server_cert)], root_certificates=ssl.custom_ca,
+                require_client_auth=ssl.client_verify)
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc reports a failed bind this way
+        raise OSError(f"cannot bind gRPC to {address} (in use?): {e}") from e
+    if not bound:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return bound
+
+
 def write_port_file(path: str, **ports) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -147,20 +166,7 @@ class ModelServer:
             ModelServicer(self.core, opts.allow_reload_config_request, on_reload), self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        address = _address(opts.host, opts.port)
-        try:
-            if opts.ssl is not None:
-                credentials = grpc.ssl_server_credentials(
-                    [(opts.ssl.server_key, opts.ssl.server_cert)],
-                    root_certificates=opts.ssl.custom_ca,
-                    require_client_auth=opts.ssl.client_verify)
-                self.grpc_port = self._grpc.add_secure_port(address, credentials)
-            else:
-                self.grpc_port = self._grpc.add_insecure_port(address)
-        except RuntimeError as e:  # grpc reports a failed bind this way
-            raise OSError(f"cannot bind gRPC to {address} (in use?): {e}") from e
-        if not self.grpc_port:
-            raise OSError(f"cannot bind gRPC to {address}")
+        self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
         await self._grpc.start()
         if opts.rest_api_port:
             metrics_path = (opts.monitoring.prometheus_path

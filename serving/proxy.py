@@ -35,7 +35,7 @@ from serving import merge, proxy_config, tensors
 from serving.errors import ServingError, truncate
 from serving.grpc_services import InFlight, client_timeout
 from serving.metrics import UNKNOWN, ProxyMetrics
-from serving.model_server import _address, write_port_file
+from serving.model_server import _address, bind_grpc, write_port_file
 
 _LOG = logging.getLogger("serving.proxy")
 PARTIAL_OUTPUT = "partial"
@@ -504,18 +504,7 @@ class ProxyServer:
                                                                             self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        address = _address(opts.host, opts.port)
-        try:
-            if opts.ssl is not None:
-                creds = grpc.ssl_server_credentials(
-                    [(opts.ssl.server_key, opts.ssl.server_cert)],
-                    root_certificates=opts.ssl.custom_ca,
-                    require_client_auth=opts.ssl.client_verify)
-                self.grpc_port = self._server.add_secure_port(address, creds)
-            else:
-                self.grpc_port = self._server.add_insecure_port(address)
-        except RuntimeError as e:  # grpc reports a failed bind this way
-            raise OSError(f"cannot bind gRPC to {address} (in use?): {e}") from e
+        self.grpc_port = bind_grpc(self._server, opts.host, opts.port, opts.ssl)
         await self._server.start()
         if opts.rest_api_port and opts.monitoring.prometheus_enabled:
             self._http = _MetricsHttp(opts.host, max(0, opts.rest_api_port),
