@@ -9,7 +9,8 @@ import typing
 
 from absl import flags
 
-from dpsr_tf.model.config import COMBINERS, LOSSES, PARTITIONERS, PERSONALIZATION, ModelConfig
+from dpsr_tf.model.config import (COMBINERS, LOSSES, PARTITIONERS, PERSONALIZATION,
+                                  TEXT_ENCODERS, ModelConfig)
 from dpsr_tf.training.config import TrainConfig
 
 _MODEL_HELP = {
@@ -23,11 +24,15 @@ _MODEL_HELP = {
     "query_hidden_units": "Hidden ReLU layer widths of each query head, comma-separated.",
     "combiner": f"Embedding-bag combiner: {', '.join(COMBINERS)}.",
     "personalization": f"{', '.join(PERSONALIZATION)} (DPSR / DPSR-p / DPSR-h).",
+    "text_encoder": "separate (paper towers over one token table) or shared (one text encoder "
+                    "for query and title; features join through residual adapters).",
+    "adapter_hidden_units": "text_encoder=shared: hidden widths of the residual adapters.",
+    "max_human_negatives": "Human negatives of the example's query joined per example (§4.5).",
     "beta": "Temperature of the attention over heads (0 = max over heads).",
     "loss": f"{', '.join(LOSSES)}.",
     "margin": "delta, hinge margin (paper: 0.1).",
-    "num_negatives": "Negatives per positive in the hinge loss.",
-    "alpha": "Share of random negatives in the hinge negatives (rest: batch negatives).",
+    "num_negatives": "Hinge loss: random negatives drawn per batch, shared by its examples.",
+    "alpha": "Weight of random vs batch negatives: (1-alpha)*batch term + alpha*random term.",
     "human_negative_weight": "Weight of hinge terms against human-labelled negatives.",
     "softmax_temperature": "Sampled softmax: logits = score / temperature.",
     "softmax_logq_correction": "Sampled softmax: subtract log(expected count) of each item.",
@@ -62,10 +67,15 @@ _TRAIN_HELP = {
     "inter_op_threads": "Session inter-op threads (0 = TensorFlow decides).",
     "worker_delay_secs": "Delay before a non-chief worker starts (TF default staggers by 5 s).",
     "ready_poll_secs": "Seconds between a worker's checks that the chief initialized the model.",
+    "pseudo_query_ratio": "Share of training examples that are catalog pseudo-queries at step 0 "
+                          "(0 = logged interactions only).",
+    "pseudo_query_final_ratio": "Share of pseudo-queries reached at --pseudo_query_decay_steps "
+                                "(< 0 = --pseudo_query_ratio throughout).",
+    "pseudo_query_decay_steps": "Local steps of the linear pseudo-query share schedule.",
 }
 
 _CHOICES = {"combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,
-            "partitioner": PARTITIONERS, "optimizer": ("adagrad", "adam", "sgd")}
+            "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS, "optimizer": ("adagrad", "adam", "sgd")}
 
 
 def _define(cls, helps, skip_default=()):

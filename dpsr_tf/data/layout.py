@@ -15,8 +15,14 @@ Directory (docs/data_format.md, "Training layout"):
   users/history_items.npy     int32 [total]          item rows of each user's positives, in time
   users/history_splits.npy    int64 [num_users + 1]  order (the source of "user_history")
   queries/texts.txt           row -> query text
+  queries/texts.txt           rows after the logged queries hold the pseudo-queries
   queries/token_ids.npy       int32, queries/token_splits.npy int64 [num_queries + 1]
-  interactions/<split>-SSSSS-of-NNNNN.rec   fixed-length interaction records (RECORD_DTYPE)
+  queries/human_negative_items.npy   int32 [P]   human negatives of each TRAIN query (§4.5),
+  queries/human_negative_splits.npy  int64 [num_queries + 1]   a ragged table by query row
+  interactions/<split>-SSSSS-of-NNNNN.rec   fixed-length interaction records (RECORD_DTYPE);
+                              splits "train" (positives only: the train human negatives are in
+                              the per-query table), "eval" (everything), "pseudo" (catalog
+                              pseudo-queries, one record per pseudo-query and its item)
 
 All arrays are little-endian .npy files, read by numpy here and in-graph by
 dpsr_tf.data.pipeline (tf.io.read_file + decode_raw), so the tables are loaded once per input
@@ -50,6 +56,8 @@ USER_HISTORY_SPLITS = "users/history_splits.npy"
 QUERY_TEXTS = "queries/texts.txt"
 QUERY_TOKEN_IDS = "queries/token_ids.npy"
 QUERY_TOKEN_SPLITS = "queries/token_splits.npy"
+QUERY_HUMAN_NEGATIVE_ITEMS = "queries/human_negative_items.npy"
+QUERY_HUMAN_NEGATIVE_SPLITS = "queries/human_negative_splits.npy"
 INTERACTIONS_DIR = "interactions"
 
 # One interaction = 24 bytes. history_end: the user's history is

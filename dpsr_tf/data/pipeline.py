@@ -22,6 +22,8 @@ Per batch (B = batch size, R = num_random_negatives), `features` holds:
 Batch negatives are the other examples' positives (the model masks equal item rows); human
 negatives are ordinary examples with label 0 next to their query (§4.5).
 """
+import dataclasses
+import os
 import random
 from typing import Callable, Dict, Optional
 
@@ -71,6 +73,14 @@ def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Di
             t["query_texts"] = _read_lines(p(layout_lib.QUERY_TEXTS))
             t["query_token_ids"] = _read_npy(p(layout_lib.QUERY_TOKEN_IDS))
             t["query_token_splits"] = _read_npy(p(layout_lib.QUERY_TOKEN_SPLITS))
+        if "human_negatives" in parts:
+            if os.path.exists(p(layout_lib.QUERY_HUMAN_NEGATIVE_SPLITS)):
+                t["human_negative_items"] = _read_npy(p(layout_lib.QUERY_HUMAN_NEGATIVE_ITEMS))
+                t["human_negative_splits"] = _read_npy(
+                    p(layout_lib.QUERY_HUMAN_NEGATIVE_SPLITS))
+            else:  # a layout written before the table existed: no negatives by query
+                t["human_negative_items"] = tf.zeros([0], tf.int32)
+                t["human_negative_splits"] = tf.zeros([spec.num_queries + 1], tf.int64)
         if "users" in parts:
             feats = _read_npy(p(layout_lib.USER_FEATURES))
             # One extra all-zero row, gathered for "no user" (works with 0 users too).
@@ -154,8 +164,30 @@ def _query_features(t: Dict, query_row: tf.Tensor) -> Dict:
             "query_tokens": _gather_tokens(t, "query", query_row)}
 
 
+def _human_negatives(spec: layout_lib.LayoutSpec, t: Dict, query_row: tf.Tensor,
+                     cap: int, seed: tf.Tensor) -> Dict:
+    """The human negatives of each example's query (§4.5), at most `cap` per example.
+
+    A query with more than `cap` negatives contributes a window of `cap` of them at a random
+    offset (a different window each batch).
+    """
+    splits = t["human_negative_splits"]
+    start = tf.gather(splits, query_row)
+    count = tf.gather(splits, query_row + 1) - start
+    room = tf.maximum(count - cap, 0)
+    offset = tf.cast(tf.floor(tf.random.stateless_uniform(tf.shape(room), seed=seed) *
+                              tf.cast(room + 1, tf.float32)), tf.int64)
+    start += tf.minimum(offset, room)
+    positions = tf.ragged.range(start, start + tf.minimum(count, cap))
+    rows = tf.cast(tf.gather(t["human_negative_items"], positions.flat_values), tf.int64)
+    out = {"human_negative_rows": tf.RaggedTensor.from_row_splits(
+        rows, positions.row_splits, validate=False)}
+    out.update(_item_features(spec, t, rows, "human_negative_item"))
+    return out
+
+
 def _join_fn(spec: layout_lib.LayoutSpec, num_random_negatives: int, seed: int,
-             static_batch: int = -1):
+             static_batch: int = -1, human_negatives: int = 0):
     num_items = spec.num_items
 
     def join(raw: tf.Tensor, batch_index: tf.Tensor, t: Dict) -> Dict:
@@ -175,6 +207,10 @@ def _join_fn(spec: layout_lib.LayoutSpec, num_random_negatives: int, seed: int,
             [num_random_negatives], seed=tf.stack([tf.constant(seed, tf.int64), batch_index]),
             minval=0, maxval=num_items, dtype=tf.int64)
         features.update(_item_features(spec, t, neg, "neg_item"))
+        if human_negatives > 0:
+            features.update(_human_negatives(
+                spec, t, query_row, human_negatives,
+                tf.stack([tf.constant(seed + 1, tf.int64), batch_index])))
         return features
 
     return join
@@ -196,9 +232,10 @@ def _check_record_files(spec: layout_lib.LayoutSpec, split: str):
     return files
 
 
-def _records(files, batch_size: int, drop_remainder: bool, shuffle_buffer: int,
-             seed: Optional[int], num_epochs: Optional[int], num_shards: int,
-             shard_index: int) -> tf.data.Dataset:
+def _record_stream(files, shuffle_buffer: int, seed: Optional[int],
+                   num_epochs: Optional[int], num_shards: int,
+                   shard_index: int) -> tf.data.Dataset:
+    """Raw 24-byte records of `files`: sharded, shuffled, repeated, not batched."""
     ds = tf.data.FixedLengthRecordDataset(files, layout_lib.RECORD_DTYPE.itemsize,
                                           header_bytes=layout_lib.RECORD_HEADER_BYTES,
                                           buffer_size=1 << 20)
@@ -206,26 +243,92 @@ def _records(files, batch_size: int, drop_remainder: bool, shuffle_buffer: int,
         ds = ds.shard(num_shards, shard_index)
     if shuffle_buffer > 0:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat(num_epochs)
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.repeat(num_epochs)
+
+
+@dataclasses.dataclass(frozen=True)
+class PseudoQueryMix:
+    """Share of catalog pseudo-queries among the training examples, by local step.
+
+    The share goes linearly from `ratio` at step 0 to `final_ratio` at `decay_steps` and stays
+    there (decay_steps = 0: `ratio` throughout). Each example is drawn from the pseudo-query
+    stream with that probability (seeded), otherwise from the logged interactions.
+    """
+
+    ratio: float = 0.0
+    final_ratio: Optional[float] = None
+    decay_steps: int = 0
+
+    def __post_init__(self):
+        for name in ("ratio", "final_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"pseudo-query {name} must be in [0, 1], got {value}")
+        if self.decay_steps < 0:
+            raise ValueError(f"pseudo-query decay_steps must be >= 0, got {self.decay_steps}")
+
+    def at_step(self, step):
+        """The share at a (float tensor or number) local step."""
+        final = self.ratio if self.final_ratio is None else self.final_ratio
+        if self.decay_steps == 0 or final == self.ratio:
+            return self.ratio
+        frac = tf.minimum(tf.cast(step, tf.float32) / float(self.decay_steps), 1.0)
+        return self.ratio + (final - self.ratio) * frac
+
+    @property
+    def active(self) -> bool:
+        return self.ratio > 0 or (self.final_ratio or 0) > 0
+
+
+def _mixed_stream(spec, mix: PseudoQueryMix, batch_size: int, shuffle_buffer: int,
+                  seed: int, num_shards: int, shard_index: int) -> tf.data.Dataset:
+    """Train records, with pseudo-query records mixed in by `mix` (see PseudoQueryMix)."""
+    real = _record_stream(_check_record_files(spec, "train"), shuffle_buffer, seed, None,
+                          num_shards, shard_index) if spec.num_records.get("train") else None
+    if "pseudo" not in spec.record_files:
+        raise ValueError(f"--pseudo_query_ratio={mix.ratio} but the layout {spec.layout_dir} "
+                         f"has no pseudo-queries; re-run dpsr prepare with "
+                         f"--pseudo_queries_per_item=8 (or train with --pseudo_query_ratio=0)")
+    pseudo = _record_stream(_check_record_files(spec, "pseudo"), shuffle_buffer, seed + 7,
+                            None, num_shards, shard_index)
+    if real is None:
+        return pseudo
+    mix_seed = tf.constant(seed + 11, tf.int64)
+
+    def choose(index):
+        share = mix.at_step(index // batch_size)
+        draw = tf.random.stateless_uniform([], seed=tf.stack([mix_seed, index]))
+        return tf.cast(draw < share, tf.int64)
+
+    choices = tf.data.Dataset.counter().map(choose)
+    return tf.data.Dataset.choose_from_datasets([real, pseudo], choices)
 
 
 def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, seed, num_epochs,
-              drop_remainder, num_shards=1, shard_index=0) -> tf.data.Dataset:
+              drop_remainder, num_shards=1, shard_index=0,
+              pseudo_mix: Optional[PseudoQueryMix] = None,
+              human_negatives: int = 0) -> tf.data.Dataset:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_random_negatives < 0:
         raise ValueError(f"num_random_negatives must be >= 0, got {num_random_negatives}")
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-    files = _check_record_files(spec, split)
-    records = _records(files, batch_size, drop_remainder, shuffle_buffer, seed, num_epochs,
-                       num_shards, shard_index)
-    tables = _tables(spec, ("items", "queries", "users"))
+    if human_negatives < 0:
+        raise ValueError(f"human_negatives must be >= 0, got {human_negatives}")
+    if pseudo_mix is not None:  # training: logged interactions + pseudo-queries, forever
+        records = _mixed_stream(spec, pseudo_mix, batch_size, shuffle_buffer,
+                                seed if seed is not None else 0, num_shards, shard_index)
+    else:
+        records = _record_stream(_check_record_files(spec, split), shuffle_buffer, seed,
+                                 num_epochs, num_shards, shard_index)
+    records = records.batch(batch_size, drop_remainder=drop_remainder)
+    parts = ("items", "queries", "users") + (("human_negatives",) if human_negatives else ())
+    tables = _tables(spec, parts)
     ds = tf.data.Dataset.zip((records, tf.data.Dataset.counter()))
     neg_seed = (seed if seed is not None else 0) * 1000003 + shard_index
     static_batch = batch_size if drop_remainder else -1
-    join = _join_fn(spec, num_random_negatives, neg_seed, static_batch)
+    join = _join_fn(spec, num_random_negatives, neg_seed, static_batch, human_negatives)
     ds = ds.map(lambda raw, index: join(raw, index, tables),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -234,8 +337,9 @@ def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, see
 def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
                         num_random_negatives: int = 64, shuffle_buffer: int = 65536,
                         seed: Optional[int] = None, num_epochs: Optional[int] = None,
-                        split: str = "train", num_shards: int = 1, shard_index: int = 0
-                        ) -> Callable:
+                        split: str = "train", num_shards: int = 1, shard_index: int = 0,
+                        pseudo_mix: Optional[PseudoQueryMix] = None,
+                        human_negatives: int = 0) -> Callable:
     """Training input_fn for tf.estimator: shuffled, repeated, full batches.
 
     Args:
@@ -249,6 +353,12 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
       split: which record split to read.
       num_shards, shard_index: read every num_shards-th record starting at shard_index (one
         shard per worker in a cluster); also decorrelates the negatives of workers.
+      pseudo_mix: with split "train", mix the layout's catalog pseudo-queries into the
+        logged interactions (PseudoQueryMix; None or ratio 0 = logged interactions only).
+        The mixed stream repeats forever (num_epochs is then ignored).
+      human_negatives: at most this many human negatives of each example's query per example
+        ("human_negative_rows" ragged [B, (h)] + "human_negative_item_*" features of the flat
+        rows); 0 = none.
 
     Returns:
       input_fn(params=None) -> tf.data.Dataset of feature dicts (labels None; the "label"
@@ -260,9 +370,15 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
 
     def input_fn(params=None):
         del params
+        mix = pseudo_mix if split == "train" and pseudo_mix is not None and \
+            pseudo_mix.active else None
+        if mix is None and split == "train" and not spec.num_records.get("train"):
+            raise ValueError(f"the layout {spec.layout_dir} has no train interactions; train "
+                             f"on the catalog's pseudo-queries (--pseudo_query_ratio=1)")
         return _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, seed,
                          num_epochs, drop_remainder=True, num_shards=num_shards,
-                         shard_index=shard_index)
+                         shard_index=shard_index, pseudo_mix=mix,
+                         human_negatives=human_negatives)
 
     return input_fn
 

@@ -9,6 +9,7 @@ from typing import Tuple
 
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "sampled_softmax")
+TEXT_ENCODERS = ("separate", "shared")
 COMBINERS = ("mean", "sum", "sqrtn")
 PARTITIONERS = ("fixed", "min_max")
 
@@ -31,16 +32,28 @@ class ModelConfig:
       combiner: how an embedding bag combines its rows: "mean", "sum" or "sqrtn".
       personalization: "none" (DPSR), "profile" (DPSR-p: + user profile features) or
         "history" (DPSR-h: profile + the user's recent item history).
+      text_encoder: "separate" (the paper: the token table is shared, then the item MLP and
+        the query projection + head MLPs are separate) or "shared" (query text and item title
+        go through the same token bag and the same MLP, item_hidden_units -> d; item
+        categorical features and user features join after it, through residual adapters
+        whose last layer starts at zero, so both sides start in one space).
+      adapter_hidden_units: hidden ReLU layers of the residual adapters ("shared" only).
 
     Score and loss
       beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
       loss: "hinge" (the paper's attention hinge loss, §4.4) or "sampled_softmax" (in-batch
         softmax with logQ correction, TFRS / YouTube style).
       margin: delta, the hinge margin.
-      num_negatives: negatives per positive for the hinge loss.
-      alpha: share of the num_negatives drawn from the random negatives shared by the batch; the
-        rest are batch negatives (§4.4.3). round(alpha * num_negatives) random ones.
-      human_negative_weight: weight of the hinge terms against human-labelled negatives (§4.5).
+      num_negatives: hinge loss: random negatives drawn per batch and shared by its examples.
+      alpha: weight of the random negatives against the batch negatives (§4.4.3): each
+        positive's negative term is (1 - alpha) * mean over ALL its batch negatives + alpha *
+        mean over ALL the random negatives (hinge), or (1 - alpha) * the cross-entropy against
+        the batch + alpha * the cross-entropy against the random negatives (sampled softmax
+        with softmax_random_negatives > 0). No subsampling.
+      human_negative_weight: weight of the terms against the human negatives of the example's
+        query (§4.5): hinge terms, or extra softmax candidates with logit + log(weight).
+      max_human_negatives: at most this many human negatives of the example's query are
+        joined to each training example from the layout's per-query table (0 = none).
       softmax_temperature: logits = score / softmax_temperature (sampled softmax).
       softmax_logq_correction: subtract log(expected count in a batch) from each logit.
       softmax_random_negatives: also use this many shared random negatives in the softmax.
@@ -66,12 +79,15 @@ class ModelConfig:
     query_hidden_units: Tuple[int, ...] = (256,)
     combiner: str = "mean"
     personalization: str = "none"
+    text_encoder: str = "separate"
+    adapter_hidden_units: Tuple[int, ...] = (128,)
     beta: float = 0.1
     loss: str = "hinge"
     margin: float = 0.1
     num_negatives: int = 64
     alpha: float = 0.5
     human_negative_weight: float = 1.0
+    max_human_negatives: int = 8
     softmax_temperature: float = 0.05
     softmax_logq_correction: bool = True
     softmax_random_negatives: int = 0
@@ -86,8 +102,8 @@ class ModelConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
-        object.__setattr__(self, "query_hidden_units",
-                           tuple(int(u) for u in self.query_hidden_units))
+        for field in ("query_hidden_units", "adapter_hidden_units"):
+            object.__setattr__(self, field, tuple(int(u) for u in getattr(self, field)))
         self.validate()
 
     def validate(self) -> None:
@@ -99,11 +115,14 @@ class ModelConfig:
         for field in ("num_heads", "embedding_dim", "token_embedding_dim",
                       "feature_embedding_dim", "history_embedding_dim", "query_projection_dim"):
             need(getattr(self, field) >= 1, field, "must be >= 1")
-        for field in ("item_hidden_units", "query_hidden_units"):
+        for field in ("item_hidden_units", "query_hidden_units", "adapter_hidden_units"):
             need(all(u >= 1 for u in getattr(self, field)), field, "every width must be >= 1")
         need(self.combiner in COMBINERS, "combiner", f"choose one of {COMBINERS}")
         need(self.personalization in PERSONALIZATION, "personalization",
              f"choose one of {PERSONALIZATION}")
+        need(self.text_encoder in TEXT_ENCODERS, "text_encoder",
+             f"choose one of {TEXT_ENCODERS}")
+        need(self.max_human_negatives >= 0, "max_human_negatives", "must be >= 0")
         need(self.beta >= 0, "beta", "must be >= 0 (0 = max over heads)")
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
         need(self.margin >= 0, "margin", "must be >= 0")
@@ -123,20 +142,12 @@ class ModelConfig:
         need(self.min_slice_size_bytes >= 1, "min_slice_size_bytes", "must be >= 1")
 
     @property
-    def num_random_hinge_negatives(self) -> int:
-        """Random negatives per positive in the hinge loss: round(alpha * num_negatives)."""
-        return int(round(self.alpha * self.num_negatives))
-
-    @property
-    def num_batch_hinge_negatives(self) -> int:
-        """Batch negatives per positive in the hinge loss: num_negatives - the random ones."""
-        return self.num_negatives - self.num_random_hinge_negatives
-
-    @property
     def random_negatives_needed(self) -> int:
         """How many shared random negatives the training input must provide per batch."""
+        if self.alpha == 0:
+            return 0
         if self.loss == "hinge":
-            return self.num_random_hinge_negatives
+            return self.num_negatives
         return self.softmax_random_negatives
 
     def resolved(self, num_ps: int) -> "ModelConfig":
@@ -149,6 +160,7 @@ class ModelConfig:
         data = dataclasses.asdict(self)
         data["item_hidden_units"] = list(self.item_hidden_units)
         data["query_hidden_units"] = list(self.query_hidden_units)
+        data["adapter_hidden_units"] = list(self.adapter_hidden_units)
         return data
 
     def to_json(self) -> str:

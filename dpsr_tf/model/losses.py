@@ -5,13 +5,16 @@ Notation (per batch): B examples; example i has query q_i, item g_i and label y_
 human positive, 0 = human negative). S[i, j] = score(q_i, g_j) (soft dot product, [B, B]);
 R[i, r] = score(q_i, n_r) for the R random negatives shared by the batch ([B, R]).
 
-Hinge loss (paper §4.4-4.5), averaged over the positives of the batch:
-  L = 1/P * sum_{i: y_i = 1} [ sum_{n in N_i} max(0, delta - S[i, i] + s(q_i, n))
-                               + w_h * sum_{k in H_i} max(0, delta - S[i, i] + S[i, k]) ]
-  N_i: round(alpha * num_negatives) random negatives (the first ones of the shared set) and
-       num_negatives - that many batch negatives, drawn without replacement among the other
-       positives j of the batch with g_j != g_i and q_j != q_i (§4.4.3);
-  H_i: the human negatives of the batch labelled for the same query text as example i (§4.5).
+Hinge loss (paper §4.4-4.5), averaged over the positives of the batch, with h(s) =
+max(0, delta - S[i, i] + s):
+  L_i = (1 - alpha) * mean_{j in V_i} h(S[i, j]) + alpha * mean_{r in R_i} h(R[i, r])
+        + w_h * mean_{k in H_i} h(s(q_i, k))
+  V_i: ALL the batch negatives of example i: the other positives j of the batch with
+       g_j != g_i and q_j != q_i; R_i: ALL the shared random negatives other than g_i
+       (§4.4.3: the two sets are weighted by 1 - alpha and alpha, not subsampled);
+  H_i: the human negatives of q_i (§4.5): those joined from the layout's per-query table,
+       plus any label-0 example of the batch with the same query text (eval splits).
+  An empty set contributes 0.
 """
 from typing import Optional, Tuple
 
@@ -63,57 +66,10 @@ def batch_negative_candidates(item_rows: tf.Tensor, labels: tf.Tensor,
     return positive_cols & ~same_item & ~same_query(queries, b)
 
 
-def sample_without_replacement(valid: tf.Tensor, num: int,
-                               seed: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
-    """Draws up to `num` distinct valid columns per row, uniformly.
-
-    Args:
-      valid: [B, C] bool.
-      num: columns wanted per row (k = min(num, C) are returned).
-      seed: op seed.
-
-    Returns:
-      (indices [B, k] int32, mask [B, k] float32): mask is 0 where a row had fewer than k valid
-      columns (those slots hold arbitrary invalid columns).
-    """
-    cols = tf.shape(valid)[1]
-    k = tf.minimum(num, cols)
-    keys = tf.where(valid, tf.random.uniform(tf.shape(valid), 0.0, 1.0, seed=seed),
-                    -tf.ones(tf.shape(valid)))
-    _, idx = tf.math.top_k(keys, k=k, sorted=False)
-    mask = tf.cast(tf.gather(valid, idx, batch_dims=1), tf.float32)
-    return idx, mask
-
-
-def mixed_negatives(batch_scores: tf.Tensor, batch_valid: tf.Tensor, random_scores: tf.Tensor,
-                    random_valid: tf.Tensor, num_random: int, num_batch: int,
-                    seed: Optional[int] = None) -> Tuple[tf.Tensor, tf.Tensor]:
-    """The mixed negative set of §4.4.3.
-
-    Args:
-      batch_scores: [B, B] float32 S[i, j].
-      batch_valid: [B, B] bool, from batch_negative_candidates.
-      random_scores: [B, R] float32 scores against the shared random negatives.
-      random_valid: [B, R] bool (False where a random negative is the example's own positive).
-      num_random: random negatives per example (the first num_random of the R shared ones).
-      num_batch: batch negatives per example, sampled without replacement.
-      seed: op seed of the batch-negative draw.
-
-    Returns:
-      (scores [B, num_random + k], mask [B, num_random + k] float32) with k = min(num_batch, B).
-    """
-    parts, masks = [], []
-    if num_random > 0:
-        parts.append(random_scores[:, :num_random])
-        masks.append(tf.cast(random_valid[:, :num_random], tf.float32))
-    if num_batch > 0:
-        idx, mask = sample_without_replacement(batch_valid, num_batch, seed=seed)
-        parts.append(tf.gather(batch_scores, idx, batch_dims=1))
-        masks.append(mask)
-    if not parts:
-        b = tf.shape(batch_scores)[0]
-        return tf.zeros([b, 0]), tf.zeros([b, 0])
-    return tf.concat(parts, axis=1), tf.concat(masks, axis=1)
+def _masked_mean(values: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """[B]: sum_k mask * values / max(1, sum_k mask) over the last axis."""
+    mask = tf.cast(mask, values.dtype)
+    return tf.reduce_sum(mask * values, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
 
 def human_negative_mask(labels: tf.Tensor, queries: Optional[tf.Tensor]) -> tf.Tensor:
@@ -124,54 +80,103 @@ def human_negative_mask(labels: tf.Tensor, queries: Optional[tf.Tensor]) -> tf.T
     return tf.cast(pos[:, None] & neg[None, :] & same_query(queries, b), tf.float32)
 
 
+def human_negatives(batch_scores: tf.Tensor, labels: tf.Tensor, queries: Optional[tf.Tensor],
+                    table_scores: Optional[tf.Tensor] = None,
+                    table_mask: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, tf.Tensor]:
+    """The human negatives of each example: in-batch same-query label-0 examples + the table's.
+
+    Args:
+      batch_scores: [B, B] float32 S[i, j].
+      labels: [B] float32.
+      queries: [B] tf.string or None.
+      table_scores: [B, H] float32 scores of the query's joined human negatives, or None.
+      table_mask: [B, H] float32, 1 where a joined negative exists.
+
+    Returns:
+      (scores [B, B + H], mask [B, B + H] float32), mask 0 for non-positive examples.
+    """
+    scores, mask = batch_scores, human_negative_mask(labels, queries)
+    if table_scores is not None:
+        is_pos = tf.cast(labels > 0.5, tf.float32)
+        scores = tf.concat([scores, table_scores], axis=1)
+        mask = tf.concat([mask, tf.cast(table_mask, tf.float32) * is_pos[:, None]], axis=1)
+    return scores, mask
+
+
 def hinge_loss(batch_scores: tf.Tensor, random_scores: tf.Tensor, item_rows: tf.Tensor,
                random_rows: tf.Tensor, labels: tf.Tensor, queries: Optional[tf.Tensor], *,
-               margin: float, num_random: int, num_batch: int, human_negative_weight: float,
-               seed: Optional[int] = None) -> Tuple[tf.Tensor, dict]:
+               margin: float, alpha: float, human_negative_weight: float,
+               human_scores: Optional[tf.Tensor] = None,
+               human_mask: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, dict]:
     """The DPSR hinge loss (see the module docstring).
 
     Args:
       batch_scores: [B, B] float32 S[i, j] = score(q_i, g_j).
-      random_scores: [B, R] float32.
+      random_scores: [B, R] float32 (R may be 0).
       item_rows: [B] int64; random_rows: [R] int64.
       labels: [B] float32.
-      queries: [B] tf.string or None (then no same-query masking and no human negatives).
-      margin, num_random, num_batch, human_negative_weight: see ModelConfig.
-      seed: op seed of the batch-negative draw.
+      queries: [B] tf.string or None (then no same-query masking and no in-batch human
+        negatives).
+      margin, alpha, human_negative_weight: see ModelConfig.
+      human_scores, human_mask: [B, H] scores of the joined human negatives of each example's
+        query and their mask (or None).
 
     Returns:
-      (scalar loss, dict of scalar diagnostics: active negatives, human pairs, positives).
+      (scalar loss, dict of scalar diagnostics: batch and random negatives per positive, human
+      pairs used, positives).
     """
     positive = tf.linalg.diag_part(batch_scores)
     is_pos = tf.cast(labels > 0.5, tf.float32)
-    batch_valid = batch_negative_candidates(item_rows, labels, queries)
-    random_valid = ~tf.equal(item_rows[:, None], random_rows[None, :])
-    neg_scores, neg_mask = mixed_negatives(batch_scores, batch_valid, random_scores,
-                                           random_valid, num_random, num_batch, seed=seed)
-    neg_mask = neg_mask * is_pos[:, None]
-    per_example = hinge_terms(positive, neg_scores, neg_mask, margin)
-    human = human_negative_mask(labels, queries)
+    batch_valid = tf.cast(batch_negative_candidates(item_rows, labels, queries), tf.float32)
+    random_valid = tf.cast(~tf.equal(item_rows[:, None], random_rows[None, :]), tf.float32)
+    per_example = tf.zeros_like(positive)
+    if alpha < 1:
+        per_example += (1.0 - alpha) * _masked_mean(
+            tf.nn.relu(margin - positive[:, None] + batch_scores), batch_valid)
+    if alpha > 0:
+        per_example += alpha * _masked_mean(
+            tf.nn.relu(margin - positive[:, None] + random_scores), random_valid)
+    h_scores, h_mask = human_negatives(batch_scores, labels, queries, human_scores, human_mask)
     if human_negative_weight > 0:
-        per_example += human_negative_weight * hinge_terms(positive, batch_scores, human, margin)
+        per_example += human_negative_weight * _masked_mean(
+            tf.nn.relu(margin - positive[:, None] + h_scores), h_mask)
     num_pos = tf.reduce_sum(is_pos)
-    loss = tf.reduce_sum(per_example * is_pos) / tf.maximum(num_pos, 1.0)
-    stats = {"negatives_per_positive": tf.reduce_sum(neg_mask) / tf.maximum(num_pos, 1.0),
-             "human_negative_pairs": tf.reduce_sum(human),
+    denominator = tf.maximum(num_pos, 1.0)
+    loss = tf.reduce_sum(per_example * is_pos) / denominator
+    stats = {"batch_negatives_per_positive":
+             tf.reduce_sum(batch_valid * is_pos[:, None]) / denominator,
+             "random_negatives_per_positive":
+             tf.reduce_sum(random_valid * is_pos[:, None]) / denominator,
+             "human_negative_pairs": tf.reduce_sum(h_mask),
              "positives": num_pos}
     return loss, stats
+
+
+def _cross_entropy_first(logits: tf.Tensor) -> tf.Tensor:
+    """[B]: softmax cross-entropy of each row with target column 0."""
+    return tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]
 
 
 def sampled_softmax_loss(batch_scores: tf.Tensor, random_scores: Optional[tf.Tensor],
                          item_rows: tf.Tensor, random_rows: Optional[tf.Tensor],
                          labels: tf.Tensor, queries: Optional[tf.Tensor], *,
-                         temperature: float, batch_log_q: Optional[tf.Tensor] = None,
-                         random_log_q: Optional[float] = None) -> tf.Tensor:
+                         temperature: float, alpha: float = 0.0,
+                         batch_log_q: Optional[tf.Tensor] = None,
+                         random_log_q: Optional[float] = None,
+                         human_scores: Optional[tf.Tensor] = None,
+                         human_mask: Optional[tf.Tensor] = None,
+                         human_negative_weight: float = 1.0) -> Tuple[tf.Tensor, dict]:
     """In-batch softmax with logQ correction (Yi et al. 2019; TFRS Retrieval task).
 
-    logits[i, j] = S[i, j] / temperature - log Q_j over the batch's positive items j (and the
-    shared random negatives r, with log Q_r = random_log_q). Candidates that are accidental hits
-    (same item row or same query as example i, other than j = i) and the items of human negatives
-    are masked out. Cross-entropy with target j = i, averaged over the positives.
+    Batch term: logits[i, j] = S[i, j] / temperature - log Q_j over the batch's positive items
+    j; candidates that are accidental hits (same item row or same query as example i, other
+    than j = i) and the items of label-0 examples are masked out; the human negatives of q_i
+    join as extra candidates with logit s / temperature + log(human_negative_weight).
+    Cross-entropy with target j = i.
+    Random term (random_scores given): the positive against the shared random negatives
+    (log Q_r = random_log_q), the example's own item masked.
+    Loss = (1 - alpha) * batch term + alpha * random term (batch term alone without random
+    negatives), averaged over the positives.
 
     Args:
       batch_scores: [B, B] float32.
@@ -180,11 +185,14 @@ def sampled_softmax_loss(batch_scores: tf.Tensor, random_scores: Optional[tf.Ten
       labels: [B] float32.
       queries: [B] tf.string or None.
       temperature: > 0.
+      alpha: weight of the random term.
       batch_log_q: [B] float32 log of the expected count of item j in a batch, or None.
       random_log_q: log(R / num_items) for uniform random negatives, or None.
+      human_scores, human_mask: [B, H] scores of the joined human negatives and their mask.
+      human_negative_weight: > 0 to use them.
 
     Returns:
-      scalar float32 loss.
+      (scalar float32 loss, dict of scalar diagnostics).
     """
     b = tf.shape(batch_scores)[0]
     eye = tf.eye(b, dtype=tf.bool)
@@ -194,17 +202,31 @@ def sampled_softmax_loss(batch_scores: tf.Tensor, random_scores: Optional[tf.Ten
     hit = (tf.equal(item_rows[:, None], item_rows[None, :]) | same_query(queries, b)) & ~eye
     col_ok = tf.broadcast_to(labels[None, :] > 0.5, [b, b]) & ~hit
     logits = tf.where(col_ok | eye, logits, tf.fill([b, b], NEG_INF))
-    if random_scores is not None:
+    positive = tf.linalg.diag_part(logits)
+    # Target first: [positive, every column (the positive's own column masked), human].
+    parts = [positive[:, None], tf.where(eye, tf.fill([b, b], NEG_INF), logits)]
+    is_pos = tf.cast(labels > 0.5, tf.float32)
+    stats = {}
+    if human_scores is not None and human_negative_weight > 0:
+        h_logits = human_scores / temperature + tf.math.log(float(human_negative_weight))
+        h_mask = tf.cast(human_mask, tf.float32) * is_pos[:, None]
+        parts.append(tf.where(h_mask > 0, h_logits, tf.fill(tf.shape(h_logits), NEG_INF)))
+        stats["human_negative_pairs"] = tf.reduce_sum(h_mask)
+    xent = _cross_entropy_first(tf.concat(parts, axis=1))
+    if random_scores is not None and alpha > 0:
         rand_logits = random_scores / temperature
         if random_log_q is not None:
             rand_logits -= random_log_q
         rand_hit = tf.equal(item_rows[:, None], random_rows[None, :])
         rand_logits = tf.where(rand_hit, tf.fill(tf.shape(rand_logits), NEG_INF), rand_logits)
-        logits = tf.concat([logits, rand_logits], axis=1)
-    targets = tf.range(b)
-    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    is_pos = tf.cast(labels > 0.5, tf.float32)
-    return tf.reduce_sum(xent * is_pos) / tf.maximum(tf.reduce_sum(is_pos), 1.0)
+        own = tf.linalg.diag_part(batch_scores) / temperature
+        if random_log_q is not None:
+            own -= random_log_q
+        rand_xent = _cross_entropy_first(tf.concat([own[:, None], rand_logits], axis=1))
+        xent = (1.0 - alpha) * xent + alpha * rand_xent
+    loss = tf.reduce_sum(xent * is_pos) / tf.maximum(tf.reduce_sum(is_pos), 1.0)
+    stats["positives"] = tf.reduce_sum(is_pos)
+    return loss, stats
 
 
 def streaming_log_q(item_rows: tf.Tensor, num_items: int, step: tf.Tensor, *, decay: float,

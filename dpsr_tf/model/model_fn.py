@@ -7,8 +7,10 @@ batch ("neg_item_row", "neg_item_tokens", "neg_item_<name>").
 
 params (dict passed to tf.estimator.Estimator):
   "model_config": ModelConfig, "layout_spec": LayoutSpec; optional "batch_size" (logQ prior,
-  progress), "seed" (op seed of the batch-negative draw), "log_every_steps" and "task" (a
-  progress line in the log every so many local steps).
+  progress), "log_every_steps" and "task" (a progress line in the log every so many local
+  steps). Optional training features "human_negative_rows" (ragged [B, (h)]) and
+  "human_negative_item_*" (the item features of its flat rows) add each query's human
+  negatives to the loss (§4.5).
 """
 import math
 from typing import Mapping
@@ -32,6 +34,24 @@ def _item_features(features: Mapping, prefix: str, layout_spec) -> dict:
 
 def _concat_items(a: dict, b: dict) -> dict:
     return {key: tf.concat([a[key], b[key]], axis=0) for key in a}
+
+
+def _human_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig, layout_spec,
+                           mode):
+    """Scores of each example's query against its joined human negatives (§4.5).
+
+    Returns:
+      (scores [B, H] float32, mask [B, H] float32) with H the most negatives of any example.
+    """
+    rows = features["human_negative_rows"]                                  # ragged [B, (h)]
+    items = item_tower(_item_features(features, "human_negative_item_", layout_spec), cfg,
+                       layout_spec, mode)                                   # [N, d]
+    heads = tf.gather(query, rows.value_rowids())                           # [N, m, d]
+    flat = scoring.paired_soft_dot_product(heads, items, cfg.beta)          # [N]
+    ragged = rows.with_flat_values(flat)
+    scores = ragged.to_tensor(default_value=0.0)
+    mask = tf.cast(tf.ones_like(ragged).to_tensor(default_value=0), tf.float32)
+    return scores, mask
 
 
 def make_optimizer(cfg: ModelConfig):
@@ -62,7 +82,6 @@ def dpsr_model_fn(features, labels, mode, params):
     del labels  # the contract carries "label" inside features
     cfg: ModelConfig = params["model_config"]
     layout_spec = params["layout_spec"]
-    seed = params.get("seed")
     if mode == tf.estimator.ModeKeys.PREDICT:
         return _predict_spec(features, cfg, layout_spec, mode)
 
@@ -74,6 +93,9 @@ def dpsr_model_fn(features, labels, mode, params):
     batch_items, random_items = all_items[:b], all_items[b:]               # [B, d], [R, d]
     batch_scores = scoring.soft_dot_product(query, batch_items, cfg.beta)  # [B, B]
     random_scores = scoring.soft_dot_product(query, random_items, cfg.beta)  # [B, R]
+    human_scores = human_mask = None
+    if "human_negative_rows" in features:
+        human_scores, human_mask = _human_negative_scores(features, query, cfg, layout_spec, mode)
     item_rows = tf.cast(features["item_row"], tf.int64)
     random_rows = tf.cast(features["neg_item_row"], tf.int64)
     label = tf.cast(features["label"], tf.float32)
@@ -83,9 +105,9 @@ def dpsr_model_fn(features, labels, mode, params):
     if cfg.loss == "hinge":
         loss, stats = losses.hinge_loss(
             batch_scores, random_scores, item_rows, random_rows, label, queries,
-            margin=cfg.margin, num_random=cfg.num_random_hinge_negatives,
-            num_batch=cfg.num_batch_hinge_negatives,
-            human_negative_weight=cfg.human_negative_weight, seed=seed)
+            margin=cfg.margin, alpha=cfg.alpha if cfg.num_negatives else 0.0,
+            human_negative_weight=cfg.human_negative_weight, human_scores=human_scores,
+            human_mask=human_mask)
     else:
         batch_log_q = random_log_q = None
         num_items = max(1, int(layout_spec.num_items))
@@ -99,12 +121,12 @@ def dpsr_model_fn(features, labels, mode, params):
             if cfg.softmax_random_negatives:
                 random_log_q = math.log(cfg.softmax_random_negatives / num_items)
         use_random = cfg.softmax_random_negatives > 0
-        loss = losses.sampled_softmax_loss(
+        loss, stats = losses.sampled_softmax_loss(
             batch_scores, random_scores[:, :cfg.softmax_random_negatives] if use_random else None,
             item_rows, random_rows[:cfg.softmax_random_negatives] if use_random else None,
-            label, queries, temperature=cfg.softmax_temperature, batch_log_q=batch_log_q,
-            random_log_q=random_log_q)
-        stats = {}
+            label, queries, temperature=cfg.softmax_temperature, alpha=cfg.alpha,
+            batch_log_q=batch_log_q, random_log_q=random_log_q, human_scores=human_scores,
+            human_mask=human_mask, human_negative_weight=cfg.human_negative_weight)
 
     # Paper's Top-k: rank of the positive among the shared random negatives (1,024 in eval);
     # a tie counts against the positive, a random negative that is the positive item not at all.

@@ -13,6 +13,10 @@ Checkpoint names (partitioned tables are saved under their full name):
   dpsr/item_tower/layer_<i>/{kernel,bias}                                         item MLP
   dpsr/query_tower/projection/{kernel,bias}    [in, num_heads * query_projection_dim]
   dpsr/query_tower/head_<h>/layer_<i>/{kernel,bias}                               head MLPs
+With text_encoder = "shared" the item MLP and the query projection/heads are replaced by:
+  dpsr/text_encoder/layer_<i>/{kernel,bias}          one MLP for query text and item title
+  dpsr/item_adapter/layer_<i>/{kernel,bias}          residual adapter (item categorical features)
+  dpsr/query_tower/head_<h>/layer_<i>/{kernel,bias}  residual adapter of head h (+ user features)
 """
 from typing import Mapping, Sequence
 
@@ -24,23 +28,43 @@ from dpsr_tf.model.config import ModelConfig
 SCOPE = "dpsr"
 
 
-def _dense(x: tf.Tensor, units: int, name: str, activation=None) -> tf.Tensor:
+def _dense(x: tf.Tensor, units: int, name: str, activation=None,
+           zero_init: bool = False) -> tf.Tensor:
     """x [B, n] -> [B, units]; variables <scope>/<name>/kernel and /bias."""
     with tf.compat.v1.variable_scope(name):
         kernel = tf.compat.v1.get_variable(
             "kernel", shape=[int(x.shape[-1]), units], dtype=tf.float32,
-            initializer=tf.compat.v1.glorot_uniform_initializer())
+            initializer=tf.compat.v1.zeros_initializer() if zero_init
+            else tf.compat.v1.glorot_uniform_initializer())
         bias = tf.compat.v1.get_variable("bias", shape=[units], dtype=tf.float32,
                                          initializer=tf.compat.v1.zeros_initializer())
         y = tf.matmul(x, kernel) + bias
         return activation(y) if activation is not None else y
 
 
-def _mlp(x: tf.Tensor, hidden_units: Sequence[int], output_dim: int) -> tf.Tensor:
-    """ReLU hidden layers, then a linear layer of width output_dim."""
+def _mlp(x: tf.Tensor, hidden_units: Sequence[int], output_dim: int,
+         zero_last: bool = False) -> tf.Tensor:
+    """ReLU hidden layers, then a linear layer of width output_dim (zero-initialized when
+    zero_last: a residual adapter that starts as the identity)."""
     for i, units in enumerate(hidden_units):
         x = _dense(x, units, f"layer_{i}", activation=tf.nn.relu)
-    return _dense(x, output_dim, f"layer_{len(hidden_units)}")
+    return _dense(x, output_dim, f"layer_{len(hidden_units)}", zero_init=zero_last)
+
+
+def _text_encoder(tokens, cfg: ModelConfig, layout_spec, bag_name: str) -> tf.Tensor:
+    """The shared text encoder: token bag -> MLP (item_hidden_units -> d), [B, d]."""
+    with tf.compat.v1.variable_scope("embeddings"):
+        bag = embedding.embedding_bag(_token_table(cfg, layout_spec), tokens,
+                                      combiner=cfg.combiner, aggregate_on_ps=cfg.aggregate_on_ps,
+                                      name=bag_name)
+    with tf.compat.v1.variable_scope("text_encoder", reuse=tf.compat.v1.AUTO_REUSE):
+        return _mlp(bag, cfg.item_hidden_units, cfg.embedding_dim)
+
+
+def _residual(text: tf.Tensor, extra: Sequence[tf.Tensor], cfg: ModelConfig) -> tf.Tensor:
+    """text + adapter([text, extra...]) with the adapter's last layer starting at zero."""
+    x = tf.concat([text] + list(extra), axis=1)
+    return text + _mlp(x, cfg.adapter_hidden_units, cfg.embedding_dim, zero_last=True)
 
 
 def _token_table(cfg: ModelConfig, layout_spec):
@@ -83,6 +107,8 @@ def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
     """
     del mode
     cfg = model_config
+    if cfg.text_encoder == "shared":
+        return _shared_item_tower(features, cfg, layout_spec)
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
         with tf.compat.v1.variable_scope("embeddings"):
             inputs = [embedding.embedding_bag(
@@ -115,6 +141,8 @@ def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
     """
     del mode
     cfg = model_config
+    if cfg.text_encoder == "shared":
+        return _shared_query_tower(features, cfg, layout_spec)
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
         with tf.compat.v1.variable_scope("embeddings"):
             inputs = [embedding.embedding_bag(
@@ -122,17 +150,7 @@ def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
                 _require(features, "query_tokens", "query_tower"),
                 combiner=cfg.combiner, aggregate_on_ps=cfg.aggregate_on_ps,
                 name="query_tokens_bag")]
-            if cfg.personalization in ("profile", "history"):
-                inputs += _categorical(features, "user", dict(layout_spec.user_features), cfg,
-                                       "query_tower")
-            if cfg.personalization == "history":
-                table = embedding.embedding_table(
-                    "history_items", max(1, int(layout_spec.num_items)),
-                    cfg.history_embedding_dim, partitions=max(1, cfg.embedding_partitions),
-                    partitioner=cfg.partitioner, min_slice_size_bytes=cfg.min_slice_size_bytes)
-                inputs.append(embedding.embedding_bag(
-                    table, _require(features, "user_history", "query_tower"), combiner="mean",
-                    aggregate_on_ps=cfg.aggregate_on_ps, name="user_history_bag"))
+            inputs += _user_inputs(features, cfg, layout_spec)
         x = tf.concat(inputs, axis=1) if len(inputs) > 1 else inputs[0]
         m, p = cfg.num_heads, cfg.query_projection_dim
         with tf.compat.v1.variable_scope("query_tower"):
@@ -143,4 +161,52 @@ def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
                     heads.append(_mlp(projected[:, h, :], cfg.query_hidden_units,
                                       cfg.embedding_dim))
             out = tf.stack(heads, axis=1)
+        return tf.math.l2_normalize(out, axis=-1, name="query_embedding")
+
+
+def _user_inputs(features: Mapping, cfg: ModelConfig, layout_spec) -> list:
+    """User profile embeddings (DPSR-p/-h) and the history bag (DPSR-h), each [B, width]."""
+    inputs = []
+    if cfg.personalization in ("profile", "history"):
+        inputs += _categorical(features, "user", dict(layout_spec.user_features), cfg,
+                               "query_tower")
+    if cfg.personalization == "history":
+        table = embedding.embedding_table(
+            "history_items", max(1, int(layout_spec.num_items)),
+            cfg.history_embedding_dim, partitions=max(1, cfg.embedding_partitions),
+            partitioner=cfg.partitioner, min_slice_size_bytes=cfg.min_slice_size_bytes)
+        inputs.append(embedding.embedding_bag(
+            table, _require(features, "user_history", "query_tower"), combiner="mean",
+            aggregate_on_ps=cfg.aggregate_on_ps, name="user_history_bag"))
+    return inputs
+
+
+def _shared_item_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
+    with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
+        text = _text_encoder(_require(features, "item_tokens", "item_tower"), cfg, layout_spec,
+                             "item_tokens_bag")
+        with tf.compat.v1.variable_scope("embeddings"):
+            cats = _categorical(features, "item", dict(layout_spec.item_features), cfg,
+                                "item_tower")
+        out = text
+        if cats:
+            with tf.compat.v1.variable_scope("item_adapter"):
+                out = _residual(text, cats, cfg)
+        return tf.math.l2_normalize(out, axis=-1, name="item_embedding")
+
+
+def _shared_query_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
+    with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
+        text = _text_encoder(_require(features, "query_tokens", "query_tower"), cfg,
+                             layout_spec, "query_tokens_bag")
+        with tf.compat.v1.variable_scope("embeddings"):
+            users = _user_inputs(features, cfg, layout_spec)
+        heads = []
+        with tf.compat.v1.variable_scope("query_tower"):
+            for h in range(cfg.num_heads):
+                with tf.compat.v1.variable_scope(f"head_{h}"):
+                    # One head without user features is the shared encoder itself.
+                    heads.append(_residual(text, users, cfg)
+                                 if users or cfg.num_heads > 1 else text)
+        out = tf.stack(heads, axis=1)
         return tf.math.l2_normalize(out, axis=-1, name="query_embedding")

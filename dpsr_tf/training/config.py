@@ -29,6 +29,12 @@ class TrainConfig:
         workers by 5 s each; 0 starts them at once).
       ready_poll_secs: how often a worker checks whether the chief has initialized the model
         (TensorFlow's default is 30 s, which idles every worker for 30 s at start-up).
+      pseudo_query_ratio: share of training examples drawn from the layout's catalog
+        pseudo-queries (dpsr_tf/data/pseudo_queries.py) at step 0; 0 = logged interactions
+        only. A layout without train interactions trains on pseudo-queries alone.
+      pseudo_query_final_ratio: the share reached at pseudo_query_decay_steps (linear
+        schedule, then constant); < 0 = pseudo_query_ratio throughout.
+      pseudo_query_decay_steps: length of the linear schedule in local steps.
     """
 
     layout_dir: str
@@ -50,6 +56,9 @@ class TrainConfig:
     inter_op_threads: int = 0
     worker_delay_secs: int = 0
     ready_poll_secs: float = 1.0
+    pseudo_query_ratio: float = 0.5
+    pseudo_query_final_ratio: float = -1.0
+    pseudo_query_decay_steps: int = 0
 
     def __post_init__(self):
         def need(ok, field, what):
@@ -65,9 +74,19 @@ class TrainConfig:
         need(self.eval_steps is None or self.eval_steps >= 1, "eval_steps",
              "must be >= 1 or None (whole split)")
         need(self.ready_poll_secs > 0, "ready_poll_secs", "must be > 0")
+        need(0.0 <= self.pseudo_query_ratio <= 1.0, "pseudo_query_ratio", "must be in [0, 1]")
+        need(self.pseudo_query_final_ratio <= 1.0, "pseudo_query_final_ratio",
+             "must be <= 1 (< 0 = keep pseudo_query_ratio)")
+        need(self.pseudo_query_decay_steps >= 0, "pseudo_query_decay_steps", "must be >= 0")
         for field in ("throttle_secs", "intra_op_threads", "inter_op_threads",
                       "worker_delay_secs"):
             need(getattr(self, field) >= 0, field, "must be >= 0")
+
+    def pseudo_query_mix(self):
+        """The dpsr_tf.data.pipeline.PseudoQueryMix of these settings."""
+        from dpsr_tf.data.pipeline import PseudoQueryMix  # pylint: disable=import-outside-toplevel
+        final = None if self.pseudo_query_final_ratio < 0 else self.pseudo_query_final_ratio
+        return PseudoQueryMix(self.pseudo_query_ratio, final, self.pseudo_query_decay_steps)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -60,7 +60,9 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         num_epochs=None, split="train",
         # Each training replica reads its own shard of the records.
         num_shards=max(1, cluster.num_workers) if cluster.distributed else 1,
-        shard_index=cluster.replica_index if cluster.task_type in ("chief", "worker") else 0)
+        shard_index=cluster.replica_index if cluster.task_type in ("chief", "worker") else 0,
+        pseudo_mix=train.pseudo_query_mix(),
+        human_negatives=model_config.max_human_negatives)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,
         num_random_negatives=max(1, train.eval_random_negatives,

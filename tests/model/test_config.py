@@ -14,17 +14,23 @@ def test_paper_defaults():
         "adagrad", 0.01, 64, 0.1)
 
 
-@pytest.mark.parametrize("alpha, num_negatives, n_rand, n_batch", [
-    (0.0, 64, 0, 64), (0.5, 64, 32, 32), (1.0, 64, 64, 0), (0.3, 10, 3, 7), (0.25, 2, 0, 2)])
-def test_alpha_split(alpha, num_negatives, n_rand, n_batch):
-    cfg = ModelConfig(alpha=alpha, num_negatives=num_negatives)
-    assert (cfg.num_random_hinge_negatives, cfg.num_batch_hinge_negatives) == (n_rand, n_batch)
+@pytest.mark.parametrize("loss, alpha, num_negatives, softmax_random, needed", [
+    ("hinge", 0.0, 64, 0, 0), ("hinge", 0.5, 64, 0, 64), ("hinge", 1.0, 10, 5, 10),
+    ("sampled_softmax", 0.5, 64, 0, 0), ("sampled_softmax", 0.5, 64, 32, 32),
+    ("sampled_softmax", 0.0, 64, 32, 0)])
+def test_random_negatives_needed(loss, alpha, num_negatives, softmax_random, needed):
+    # alpha weights ALL random negatives against ALL batch negatives (no subsampling), so the
+    # input draws the loss's whole random set, or none when alpha = 0.
+    cfg = ModelConfig(loss=loss, alpha=alpha, num_negatives=num_negatives,
+                      softmax_random_negatives=softmax_random)
+    assert cfg.random_negatives_needed == needed
 
 
 @pytest.mark.parametrize("field, value", [
     ("num_heads", 0), ("alpha", 1.5), ("beta", -1.0), ("loss", "bpr"), ("combiner", "max"),
     ("personalization", "full"), ("item_hidden_units", (64, 0)), ("optimizer", "lamb"),
-    ("partitioner", "round_robin"), ("softmax_temperature", 0.0)])
+    ("partitioner", "round_robin"), ("softmax_temperature", 0.0), ("text_encoder", "tied"),
+    ("max_human_negatives", -1), ("adapter_hidden_units", (0,))])
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"ModelConfig.{field}="):
         ModelConfig(**{field: value})

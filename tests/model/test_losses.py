@@ -1,4 +1,5 @@
-"""Hinge loss with mixed and human negatives, the alpha mix counts, sampled softmax + logQ."""
+"""Hinge loss with alpha-weighted batch/random negatives and human negatives (in-batch and
+joined per query), sampled softmax + logQ, against hand-worked values and NumPy references."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,38 +23,93 @@ def test_hinge_terms_hand_worked():
     np.testing.assert_allclose(got.numpy(), [0.05, 0.2], atol=1e-6)
 
 
-def _hinge(labels, queries, human_weight=1.0, num_random=1, num_batch=2):
+def _hinge(labels, queries, human_weight=1.0, alpha=0.5, human_scores=None, human_mask=None):
+    extra = {}
+    if human_scores is not None:
+        extra = {"human_scores": tf.constant(human_scores, tf.float32),
+                 "human_mask": tf.constant(human_mask, tf.float32)}
     loss, stats = losses.hinge_loss(
         tf.constant(S), tf.constant(RAND), tf.constant(ROWS), tf.constant(RAND_ROWS),
-        tf.constant(labels, tf.float32), tf.constant(queries), margin=0.1,
-        num_random=num_random, num_batch=num_batch, human_negative_weight=human_weight, seed=1)
+        tf.constant(labels, tf.float32), tf.constant(queries), margin=0.1, alpha=alpha,
+        human_negative_weight=human_weight, **extra)
     return float(loss.numpy()), {k: float(v.numpy()) for k, v in stats.items()}
 
 
-def test_hinge_loss_mixed_negatives_hand_worked():
-    # Every other example is a valid batch negative (2 of them = num_batch, so the draw takes
-    # both) plus the one random negative:
-    # row 0: pos .9: rand .5 -> 0; batch .2 -> 0, .85 -> .1 - .9 + .85 = .05      => .05
-    # row 1: pos .7: rand .75 -> .1 - .7 + .75 = .15; batch .1, .3 -> 0           => .15
-    # row 2: pos .8: rand .1 -> 0; batch .4 -> 0, .65 -> -.05 -> 0                => 0
-    # loss = (.05 + .15 + 0) / 3
-    loss, stats = _hinge([1, 1, 1], ["a", "b", "c"])
-    assert loss == pytest.approx(0.2 / 3, abs=1e-6)
-    assert stats["negatives_per_positive"] == pytest.approx(3.0)
+@pytest.mark.parametrize("alpha, expected", [(0.5, 0.0875 / 3), (0.0, 0.025 / 3),
+                                             (1.0, 0.15 / 3)])
+def test_hinge_loss_alpha_weights_hand_worked(alpha, expected):
+    # Every other example is a batch negative, the one random negative is shared:
+    # row 0: pos .9: batch .2 -> 0, .85 -> .1 - .9 + .85 = .05 (mean .025); rand .5 -> 0
+    # row 1: pos .7: batch .1 -> 0, .3 -> 0 (mean 0); rand .75 -> .1 - .7 + .75 = .15
+    # row 2: pos .8: batch .4 -> 0, .65 -> 0 (mean 0); rand .1 -> 0
+    # per example (1 - a) * batch mean + a * random mean; loss = sum / 3.
+    # a = .5: (.0125 + .075 + 0) / 3; a = 0: .025 / 3; a = 1: .15 / 3.
+    loss, stats = _hinge([1, 1, 1], ["a", "b", "c"], alpha=alpha)
+    assert loss == pytest.approx(expected, abs=1e-6)
+    assert stats["batch_negatives_per_positive"] == pytest.approx(2.0)
+    assert stats["random_negatives_per_positive"] == pytest.approx(1.0)
     assert stats["human_negative_pairs"] == 0
 
 
-@pytest.mark.parametrize("weight, expected", [(1.0, 0.1), (2.0, 0.125), (0.0, 0.075)])
-def test_hinge_loss_human_negative_hand_worked(weight, expected):
+@pytest.mark.parametrize("weight, expected", [(1.0, 0.0625), (2.0, 0.0875), (0.0, 0.0375)])
+def test_hinge_loss_in_batch_human_negative_hand_worked(weight, expected):
     # Example 2 is a human negative of query "a" (example 0's query). It is no batch negative
-    # of anyone, and no positive. row 0: rand .5 -> 0; batch: only col 1 (.2) -> 0;
-    # human: .1 - .9 + S[0, 2] = .85 -> .05 * weight. row 1: rand .75 -> .15; batch col 0 (.1)
-    # -> 0. loss = (.05 * weight + .15) / 2 positives.
+    # of anyone, and no positive. alpha .5.
+    # row 0: batch: only col 1 (.2) -> 0; rand .5 -> 0; human: .1 - .9 + S[0, 2] = .85 -> .05
+    # row 1: batch col 0 (.1) -> 0; rand .75 -> .15, times .5 = .075.
+    # loss = (.05 * weight + .075) / 2 positives.
     loss, stats = _hinge([1, 1, 0], ["a", "b", "a"], human_weight=weight)
     assert loss == pytest.approx(expected, abs=1e-6)
     assert stats["human_negative_pairs"] == 1
     assert stats["positives"] == 2
-    assert stats["negatives_per_positive"] == pytest.approx(2.0)   # 1 random + 1 batch each
+    assert stats["batch_negatives_per_positive"] == pytest.approx(1.0)
+
+
+def test_hinge_loss_joined_human_negatives_hand_worked():
+    # Joined from the per-query table: row 0 has two (.88 and .5), row 1 none, row 2 one (.95).
+    # row 0: human mean (max(0, .1 - .9 + .88) = .08, 0) = .04; row 2: .1 - .8 + .95 = .25.
+    # With alpha .5 the rest is as in the alpha test: (.0125 + .075 + 0) / 3.
+    loss, stats = _hinge([1, 1, 1], ["a", "b", "c"], human_weight=2.0,
+                         human_scores=[[0.88, 0.5], [0.0, 0.0], [0.95, 0.0]],
+                         human_mask=[[1, 1], [0, 0], [1, 0]])
+    assert loss == pytest.approx((0.0875 + 2.0 * (0.04 + 0.25)) / 3, abs=1e-6)
+    assert stats["human_negative_pairs"] == 3
+
+
+def _hinge_reference(s, rand, rows, rand_rows, labels, queries, alpha, margin):
+    total, n = 0.0, 0
+    for i in range(len(rows)):
+        if labels[i] < 0.5:
+            continue
+        batch = [max(0.0, margin - s[i, i] + s[i, j]) for j in range(len(rows))
+                 if labels[j] > 0.5 and rows[j] != rows[i] and queries[j] != queries[i]]
+        rnd = [max(0.0, margin - s[i, i] + rand[i, r]) for r in range(len(rand_rows))
+               if rand_rows[r] != rows[i]]
+        total += (1 - alpha) * (np.mean(batch) if batch else 0.0) + alpha * (
+            np.mean(rnd) if rnd else 0.0)
+        n += 1
+    return total / max(n, 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("batch", [6, 16])
+def test_hinge_alpha_uses_every_negative(alpha, batch):
+    rng = np.random.RandomState(batch)
+    rows = rng.permutation(100)[:batch].astype(np.int64)
+    rows[1] = rows[0]                               # a duplicate item: not a negative of 0/1
+    rand_rows = rng.permutation(100)[:8].astype(np.int64)
+    rand_rows[0] = rows[2]                          # a random negative that is 2's own item
+    s = rng.uniform(-1, 1, size=(batch, batch)).astype(np.float32)
+    rand = rng.uniform(-1, 1, size=(batch, 8)).astype(np.float32)
+    labels = np.ones(batch, np.float32)
+    labels[3] = 0
+    queries = [f"q{i % (batch - 2)}" for i in range(batch)]   # two shared queries
+    loss, _ = losses.hinge_loss(tf.constant(s), tf.constant(rand), tf.constant(rows),
+                                tf.constant(rand_rows), tf.constant(labels),
+                                tf.constant(queries), margin=0.3, alpha=alpha,
+                                human_negative_weight=0.0)
+    want = _hinge_reference(s, rand, rows, rand_rows, labels, queries, alpha, 0.3)
+    assert float(loss.numpy()) == pytest.approx(want, rel=1e-5, abs=1e-7)
 
 
 def test_same_query_positive_is_never_a_negative():
@@ -65,75 +121,35 @@ def test_same_query_positive_is_never_a_negative():
                                           [False, True, False]])
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.75, 1.0])
-@pytest.mark.parametrize("batch", [6, 16])
-def test_alpha_mix_draws_the_right_counts(alpha, batch):
-    num_negatives, num_random_shared = 8, 8
-    n_rand = int(round(alpha * num_negatives))
-    n_batch = num_negatives - n_rand
-    rng = np.random.RandomState(batch)
-    rows = rng.permutation(100)[:batch].astype(np.int64)
-    rows[1] = rows[0]                               # a duplicate item: not a negative of 0/1
-    scores = tf.constant(rng.normal(size=(batch, batch)).astype(np.float32))
-    rand_scores = tf.constant(rng.normal(size=(batch, num_random_shared)).astype(np.float32))
-    labels = tf.ones([batch])
-    queries = tf.constant([f"q{i}" for i in range(batch)])
-    valid = losses.batch_negative_candidates(tf.constant(rows), labels, queries)
-    rand_valid = tf.ones([batch, num_random_shared], tf.bool)
-    neg, mask = losses.mixed_negatives(scores, valid, rand_scores, rand_valid, n_rand, n_batch,
-                                       seed=3)
-    mask = mask.numpy()
-    k = min(n_batch, batch)
-    assert neg.shape == (batch, n_rand + k)
-    # The random part: exactly the first n_rand shared negatives, for every example.
-    np.testing.assert_array_equal(neg.numpy()[:, :n_rand], rand_scores.numpy()[:, :n_rand])
-    np.testing.assert_array_equal(mask[:, :n_rand], 1.0)
-    # The batch part: min(n_batch, valid candidates) distinct valid columns per example.
-    valid_np = valid.numpy()
-    for i in range(batch):
-        expected = min(n_batch, int(valid_np[i].sum()))
-        assert mask[i, n_rand:].sum() == expected
-    if n_batch:
-        idx, m = losses.sample_without_replacement(valid, n_batch, seed=3)
-        idx, m = idx.numpy(), m.numpy()
-        for i in range(batch):
-            chosen = idx[i][m[i] > 0]
-            assert len(set(chosen)) == len(chosen)
-            assert valid_np[i, chosen].all()
-            assert rows[i] not in rows[chosen]
+def _xent(values, target):
+    values = np.asarray(values, np.float64)
+    return np.log(np.exp(values - values.max()).sum()) + values.max() - target
 
 
-def test_batch_negative_draw_is_uniform():
-    # 4 valid candidates, 2 drawn per row: each candidate is drawn half the time.
-    valid = tf.constant(np.array([[False, True, True, True, True]] * 4000))
-    idx, mask = losses.sample_without_replacement(valid, 2, seed=7)
-    counts = np.bincount(idx.numpy()[mask.numpy() > 0].ravel(), minlength=5)
-    assert counts[0] == 0
-    np.testing.assert_allclose(counts[1:] / 4000.0, 0.5, atol=0.03)
-
-
-def _softmax_reference(s, rand, rows, rand_rows, labels, queries, temperature, log_q, rand_lq):
-    """NumPy reference: masked in-batch softmax with logQ, mean over positives."""
+def _softmax_reference(s, rand, rows, rand_rows, labels, queries, temperature, log_q, alpha,
+                       human=(), human_weight=1.0):
+    """NumPy reference: (1 - alpha) * masked in-batch softmax with logQ and the joined human
+    negatives + alpha * softmax against the random negatives, mean over positives."""
     b = len(rows)
     total, n = 0.0, 0
     for i in range(b):
         if labels[i] < 0.5:
             continue
-        logits = []
-        for j in range(b):
-            if j == i or (labels[j] > 0.5 and rows[j] != rows[i] and queries[j] != queries[i]):
-                logits.append((j, s[i, j] / temperature - log_q[j]))
-        for r in range(len(rand_rows)):
-            if rand_rows[r] != rows[i]:
-                logits.append((b + r, rand[i, r] / temperature - rand_lq))
-        values = np.array([v for _, v in logits])
-        target = [v for j, v in logits if j == i][0]
-        total += np.log(np.exp(values - values.max()).sum()) + values.max() - target
+        target = s[i, i] / temperature - log_q[i]
+        batch = [target] + [s[i, j] / temperature - log_q[j] for j in range(b)
+                            if j != i and labels[j] > 0.5 and rows[j] != rows[i]
+                            and queries[j] != queries[i]]
+        batch += [h / temperature + np.log(human_weight) for h in (human[i] if human else [])]
+        rnd = [s[i, i] / temperature] + [rand[i, r] / temperature for r in range(len(rand_rows))
+                                         if rand_rows[r] != rows[i]]
+        total += (1 - alpha) * _xent(batch, target) + alpha * _xent(rnd, s[i, i] / temperature)
         n += 1
     return total / n
 
 
-def test_sampled_softmax_matches_reference():
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("human_weight", [1.0, 2.0])
+def test_sampled_softmax_matches_reference(alpha, human_weight):
     rng = np.random.RandomState(0)
     b, r = 6, 3
     s = rng.uniform(-1, 1, size=(b, b)).astype(np.float32)
@@ -143,13 +159,23 @@ def test_sampled_softmax_matches_reference():
     labels = np.array([1, 1, 1, 1, 0, 1], np.float32)        # 4: a human negative
     queries = ["a", "b", "c", "d", "e", "b"]                 # 1 and 5: the same query
     log_q = rng.uniform(-3, 0, size=b).astype(np.float32)
-    rand_lq = np.log(3 / 100.0)
-    got = losses.sampled_softmax_loss(
+    human = [[0.3, 0.9], [], [0.1], [], [0.5], []]            # joined per-query negatives
+    h_scores = np.zeros([b, 2], np.float32)
+    h_mask = np.zeros([b, 2], np.float32)
+    for i, values in enumerate(human):
+        h_scores[i, :len(values)] = values
+        h_mask[i, :len(values)] = 1
+    got, stats = losses.sampled_softmax_loss(
         tf.constant(s), tf.constant(rand), tf.constant(rows), tf.constant(rand_rows),
-        tf.constant(labels), tf.constant(queries), temperature=0.2,
-        batch_log_q=tf.constant(log_q), random_log_q=rand_lq)
-    want = _softmax_reference(s, rand, rows, rand_rows, labels, queries, 0.2, log_q, rand_lq)
+        tf.constant(labels), tf.constant(queries), temperature=0.2, alpha=alpha,
+        batch_log_q=tf.constant(log_q), random_log_q=np.log(3 / 100.0),
+        human_scores=tf.constant(h_scores), human_mask=tf.constant(h_mask),
+        human_negative_weight=human_weight)
+    human_of_positives = [v if labels[i] > 0.5 else [] for i, v in enumerate(human)]
+    want = _softmax_reference(s, rand, rows, rand_rows, labels, queries, 0.2, log_q, alpha,
+                              human_of_positives, human_weight)
     assert float(got.numpy()) == pytest.approx(want, rel=1e-5)
+    assert float(stats["human_negative_pairs"].numpy()) == 3   # example 4 is no positive
 
 
 def test_streaming_log_q_hand_worked():
