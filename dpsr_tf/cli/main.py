@@ -24,6 +24,8 @@ SUBCOMMANDS = {
     "train": ("dpsr_tf.cli.train", "train a DPSR model (tf.estimator; TF_CONFIG for clusters)"),
     "launch-local": ("dpsr_tf.cli.launch_local", "run a training cluster on loopback"),
     "evaluate": ("dpsr_tf.cli.evaluate", "Top-k, AUC and full-corpus Recall/nDCG/MRR of a model"),
+    "crossval": ("dpsr_tf.cli.crossval", "N-fold query-hash cross-validation: prepare, train, "
+                 "evaluate each fold"),
     "index": ("dpsr_tf.cli.index", "item tower over the catalog -> FAISS index shards"),
     "export": ("dpsr_tf.cli.export", "model + index -> versioned SavedModel servable(s)"),
     "serve": ("dpsr_tf.cli.serve", "TF-Serving-API model server for DPSR SavedModels"),

@@ -2,6 +2,11 @@
 
   dpsr prepare --items=items.tsv [--users=users.tsv] --interactions=interactions.tsv \
       --output=layout_dir [--split=query_hash|time] [--history_length=16] [tokenizer flags]
+      [--split_fold=F --split_modulus=N] [--max_train_queries=N --seed=S]
+
+--split_fold=F holds out the queries whose md5 % N == F (cross-validation fold F of N without
+rewriting data; `dpsr crossval` runs every fold). --max_train_queries=N keeps N seeded training
+queries with all their interactions (a small log cut from a large one); eval is untouched.
 
 Prints counts and rejected rows by reason with file:line examples; exits 1 with a clear message
 on a missing file, a malformed header, a missing required column or too many rejected rows.
@@ -21,9 +26,13 @@ _INTERACTIONS = flags.DEFINE_string("interactions", None,
                                     "Interactions file: query, item_id, label, [user_id, ...].")
 _OUTPUT = flags.DEFINE_string("output", None, "Layout directory to write.")
 _SPLIT = flags.DEFINE_enum("split", split_lib.QUERY_HASH, list(split_lib.METHODS),
-                           "query_hash: eval iff md5(query) % split_modulus == 0 (the dashboard "
-                           "protocol); time: the latest interactions are eval.")
+                           "query_hash: eval iff md5(query) % split_modulus == split_fold (the "
+                           "dashboard protocol); time: the latest interactions are eval.")
 _MODULUS = flags.DEFINE_integer("split_modulus", 10, "query_hash: one query in N is eval.")
+_FOLD = flags.DEFINE_integer("split_fold", 0,
+                             "query_hash: eval iff md5(query) % split_modulus == this, in "
+                             "[0, split_modulus) (0 = the dashboard protocol; cross-validation "
+                             "runs 0..N-1).")
 _SPLIT_TIME = flags.DEFINE_string("split_time", None,
                                   "time: eval iff timestamp >= this (seconds or ISO 8601); "
                                   "default: the latest --eval_fraction of interactions.")
@@ -40,7 +49,11 @@ _VOCAB_MIN_COUNT = flags.DEFINE_integer("vocab_min_count", 2, "--build_vocab: mi
 _MAX_REJECT = flags.DEFINE_float("max_reject_fraction", 0.5,
                                  "Fail when a file rejects more than this fraction of its rows.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 5, "Examples per rejection reason.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train records' order on disk.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train records' order on disk and of "
+                             "the --max_train_queries choice.")
+_MAX_TRAIN_QUERIES = flags.DEFINE_integer(
+    "max_train_queries", 0, "Keep only this many distinct train queries (seeded by --seed) with "
+    "all their interactions; the others' are dropped; eval is untouched. 0 = keep all.")
 _PER_SHARD = flags.DEFINE_integer("records_per_shard", 1 << 22, "Interaction records per file.")
 
 flags.mark_flags_as_required(["items", "interactions", "output"])
@@ -53,15 +66,27 @@ def config_from_flags() -> prepare_lib.PrepareConfig:
         if cutoff is None:
             raise flags.ValidationError(f"--split_time={_SPLIT_TIME.value!r}: use seconds since "
                                         f"1970 or ISO 8601")
+    if not 0 <= _FOLD.value < max(_MODULUS.value, 1):
+        raise flags.ValidationError(
+            f"--split_fold={_FOLD.value}: must be in [0, --split_modulus={_MODULUS.value}); "
+            f"fold F holds out the queries whose md5 % {_MODULUS.value} == F")
+    if _FOLD.value and _SPLIT.value != split_lib.QUERY_HASH:
+        raise flags.ValidationError(f"--split_fold={_FOLD.value} needs --split=query_hash "
+                                    f"(folds are md5 residues), got --split={_SPLIT.value}")
+    if _MAX_TRAIN_QUERIES.value < 0:
+        raise flags.ValidationError(f"--max_train_queries={_MAX_TRAIN_QUERIES.value}: must be "
+                                    f">= 0 (0 keeps every training query)")
     return prepare_lib.PrepareConfig(
         items=_ITEMS.value, users=_USERS.value, interactions=_INTERACTIONS.value,
         output=_OUTPUT.value, tokenizer=tokenizer_flags.config_from_flags(),
         build_vocab=_BUILD_VOCAB.value, vocab_min_count=_VOCAB_MIN_COUNT.value,
         split=split_lib.SplitConfig(method=_SPLIT.value, modulus=_MODULUS.value,
-                                    time_cutoff=cutoff, eval_fraction=_EVAL_FRACTION.value),
+                                    time_cutoff=cutoff, eval_fraction=_EVAL_FRACTION.value,
+                                    fold=_FOLD.value),
         history_length=_HISTORY.value, eval_min_gain=_EVAL_MIN_GAIN.value,
         max_reject_fraction=_MAX_REJECT.value, max_examples=_MAX_EXAMPLES.value,
-        records_per_shard=_PER_SHARD.value, seed=_SEED.value)
+        records_per_shard=_PER_SHARD.value, seed=_SEED.value,
+        max_train_queries=_MAX_TRAIN_QUERIES.value)
 
 
 def main(argv):
@@ -70,6 +95,6 @@ def main(argv):
     try:
         config = config_from_flags()
         prepare_lib.prepare(config)
-    except (schema.SchemaError, ValueError, OSError) as e:
+    except (schema.SchemaError, ValueError, OSError, flags.Error) as e:
         print(f"dpsr prepare: error: {e}", file=sys.stderr)
         sys.exit(1)

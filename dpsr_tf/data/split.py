@@ -3,6 +3,8 @@
 The query-hash rule is the project's Home Depot protocol, so numbers compare with the
 dashboard: a query q is EVAL (test) iff int(md5(q.encode('utf-8')).hexdigest(), 16) % 10 == 0.
 All interactions of a query land in the same split, so eval queries are unseen in training.
+Cross-validation uses the other residues: fold F of N holds out the queries whose hash % N == F,
+so the N folds partition the queries without rewriting any data (fold 0 = the dashboard rule).
 """
 import dataclasses
 import hashlib
@@ -20,18 +22,21 @@ class SplitConfig:
     """How `dpsr prepare` splits interactions.
 
     Attributes:
-      method: "query_hash" (eval iff md5(query) % modulus == 0) or "time" (eval iff the
+      method: "query_hash" (eval iff md5(query) % modulus == fold) or "time" (eval iff the
         interaction's timestamp >= cutoff).
       modulus: query_hash: one query in `modulus` goes to eval (10 = the dashboard protocol).
       time_cutoff: time: seconds since the epoch; None = take the `eval_fraction` latest
         interactions.
       eval_fraction: time: fraction of interactions (the latest) for eval when no cutoff.
+      fold: query_hash: the residue held out, in [0, modulus) (0 = the dashboard protocol;
+        cross-validation runs fold 0..modulus-1).
     """
 
     method: str = QUERY_HASH
     modulus: int = 10
     time_cutoff: Optional[float] = None
     eval_fraction: float = 0.1
+    fold: int = 0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -40,6 +45,18 @@ class SplitConfig:
             raise ValueError(f"split modulus must be >= 2, got {self.modulus}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+        if not 0 <= self.fold < self.modulus:
+            raise ValueError(f"split fold must be in [0, {self.modulus}) (--split_fold=F with "
+                             f"--split_modulus={self.modulus} holds out the queries whose "
+                             f"md5 % {self.modulus} == F), got {self.fold}")
+        if self.fold and self.method != QUERY_HASH:
+            raise ValueError(f"split fold {self.fold} needs method {QUERY_HASH!r} (folds are "
+                             f"md5 residues), got method {self.method!r}")
+
+    def rule(self) -> str:
+        """query_hash: the eval rule as text (recorded in layout.json and the report)."""
+        return (f"eval iff int(md5(query.encode('utf-8')).hexdigest(), 16) % {self.modulus} "
+                f"== {self.fold}")
 
 
 def query_hash(query: str) -> int:
@@ -47,15 +64,43 @@ def query_hash(query: str) -> int:
     return int(hashlib.md5(query.encode("utf-8")).hexdigest(), 16)
 
 
-def is_eval_query(query: str, modulus: int = 10) -> bool:
-    """The dashboard rule: True iff the query belongs to the eval (test) split."""
-    return query_hash(query) % modulus == 0
+def is_eval_query(query: str, modulus: int = 10, fold: int = 0) -> bool:
+    """The dashboard rule (fold 0): True iff the query belongs to the eval (test) split."""
+    return query_hash(query) % modulus == fold
 
 
-def eval_queries_mask(queries: Sequence[str], modulus: int = 10) -> np.ndarray:
+def eval_queries_mask(queries: Sequence[str], modulus: int = 10, fold: int = 0) -> np.ndarray:
     """[num_queries] bool: is_eval_query of each query."""
-    return np.fromiter((query_hash(q) % modulus == 0 for q in queries), dtype=bool,
+    return np.fromiter((query_hash(q) % modulus == fold for q in queries), dtype=bool,
                        count=len(queries))
+
+
+def sample_train_queries(query_texts: Sequence[str], train_query_rows: np.ndarray,
+                         max_queries: int, seed: int) -> np.ndarray:
+    """The seeded choice of `max_queries` training queries (a small log cut from a large one).
+
+    The candidates are ordered by their text, then permuted by `seed`, and the first
+    `max_queries` are kept: the choice depends only on the set of queries and the seed (not on
+    the file order), and for one seed a smaller log is a subset of a larger one.
+
+    Args:
+      query_texts: the distinct query strings (indexed by query row).
+      train_query_rows: [n] int, the query rows of the train split (repeats allowed).
+      max_queries: how many to keep; 0, or at least the number of candidates, keeps all.
+      seed: seed of the choice.
+
+    Returns:
+      [k] int64 sorted query rows kept, k = min(max_queries, candidates) (all when 0).
+    """
+    if max_queries < 0:
+        raise ValueError(f"max_train_queries must be >= 0 (0 = keep every training query), "
+                         f"got {max_queries}")
+    rows = np.unique(np.asarray(train_query_rows, np.int64))
+    if max_queries == 0 or max_queries >= len(rows):
+        return rows
+    rows = np.array(sorted(rows.tolist(), key=lambda r: query_texts[r]), np.int64)
+    order = np.random.default_rng(seed).permutation(len(rows))
+    return np.sort(rows[order[:max_queries]])
 
 
 def time_cutoff(timestamps: np.ndarray, eval_fraction: float) -> float:

@@ -1,0 +1,100 @@
+"""dpsr crossval: N-fold cross-validation over query-hash folds (prepare, train, evaluate each).
+
+  dpsr crossval --items=items.tsv [--users=users.tsv] --interactions=interactions.tsv \
+      --output=DIR --folds=5 [--max_train_queries=150] [--bm25] [tokenizer flags] \
+      [--flagfile=train.flags] [any dpsr train flag, e.g. --train_steps=3000 --loss=softmax]
+
+Fold F holds out the queries whose md5 % N == F (`dpsr prepare --split_fold=F
+--split_modulus=N`); every fold trains the same model from the same flags. Writes
+DIR/fold_F/{layout,model,metrics.json}, DIR/summary.json (mean and std per metric per system)
+and prints a table. Rerunning the same command resumes: finished folds are reused.
+"""
+import os
+import sys
+
+from absl import flags
+
+from dpsr_tf.cli import tokenizer_flags
+from dpsr_tf.cli import training_flags
+from dpsr_tf.data import prepare as prepare_lib
+from dpsr_tf.data import schema
+from dpsr_tf.evaluation import crossval as crossval_lib
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.training.progress import quiet_tf_logging
+
+_ITEMS = flags.DEFINE_string("items", None, "Items file (.tsv/.csv[.gz]): item_id, title, ...")
+_USERS = flags.DEFINE_string("users", None, "Users file (optional): user_id, profile columns.")
+_INTERACTIONS = flags.DEFINE_string("interactions", None,
+                                    "Interactions file: query, item_id, label, [user_id, ...].")
+_OUTPUT = flags.DEFINE_string("output", None,
+                              "Directory of the run: fold_F/{layout,model,metrics.json}, "
+                              "summary.json.")
+_FOLDS = flags.DEFINE_integer("folds", 5, "N: fold F evaluates on the queries whose "
+                              "md5(query) % N == F.")
+_MAX_TRAIN_QUERIES = flags.DEFINE_integer(
+    "max_train_queries", 0, "Keep only this many distinct train queries per fold (seeded by "
+    "--prepare_seed), to measure small-log behaviour. 0 = keep all.")
+_PREPARE_SEED = flags.DEFINE_integer("prepare_seed", 0, "Seed of prepare: the train records' "
+                                     "order and the --max_train_queries choice.")
+_BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on every fold.")
+_HISTORY = flags.DEFINE_integer("history_length", 16,
+                                "Recent positive items per example in user_history (0 = none).")
+_EVAL_MIN_GAIN = flags.DEFINE_float("eval_min_gain", 0.0,
+                                    "Relevant for evaluation iff positive and gain >= this.")
+_BUILD_VOCAB = flags.DEFINE_bool("build_vocab", False, "Vocabulary mode: build each fold's "
+                                 "vocabulary from titles + its train queries.")
+_VOCAB_MIN_COUNT = flags.DEFINE_integer("vocab_min_count", 2, "--build_vocab: minimum count.")
+_MAX_REJECT = flags.DEFINE_float("max_reject_fraction", 0.5,
+                                 "Fail when a file rejects more than this fraction of its rows.")
+_NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Evaluation: random items per clicked "
+                                   "pair (Top-k).")
+_EVAL_SEED = flags.DEFINE_integer("eval_seed", 0, "Evaluation: seed of the random items.")
+_MIN_GAIN = flags.DEFINE_float("min_gain", None, "Evaluation: relevant iff gain >= this "
+                               "(default: --eval_min_gain).")
+
+flags.mark_flags_as_required(["items", "interactions", "output"])
+
+
+def config_from_flags():
+    """The CrossvalConfig of the flags (flags.ValidationError / ValueError name the bad flag)."""
+    if _FOLDS.value < 2:
+        raise flags.ValidationError(f"--folds={_FOLDS.value}: must be >= 2 (fold F of N holds "
+                                    f"out the queries whose md5 % N == F; 5 is usual)")
+    if _MAX_TRAIN_QUERIES.value < 0:
+        raise flags.ValidationError(f"--max_train_queries={_MAX_TRAIN_QUERIES.value}: must be "
+                                    f">= 0 (0 keeps every training query)")
+    # Each fold has its own layout and model directory under --output; a train flagfile's
+    # --layout_dir / --model_dir do not apply.
+    for name in ("layout_dir", "model_dir"):
+        if flags.FLAGS[name].present:
+            print(f"dpsr crossval: ignoring --{name}={flags.FLAGS[name].value}: fold F uses "
+                  f"{_OUTPUT.value}/fold_F/{'layout' if name == 'layout_dir' else 'model'}",
+                  file=sys.stderr)
+        flags.FLAGS[name].value = os.path.join(_OUTPUT.value, "fold_0", name)  # set per fold
+    prepare = prepare_lib.PrepareConfig(
+        items=_ITEMS.value, users=_USERS.value, interactions=_INTERACTIONS.value,
+        output=_OUTPUT.value, tokenizer=tokenizer_flags.config_from_flags(),
+        build_vocab=_BUILD_VOCAB.value, vocab_min_count=_VOCAB_MIN_COUNT.value,
+        history_length=_HISTORY.value, eval_min_gain=_EVAL_MIN_GAIN.value,
+        max_reject_fraction=_MAX_REJECT.value, seed=_PREPARE_SEED.value,
+        max_train_queries=_MAX_TRAIN_QUERIES.value)
+    return crossval_lib.CrossvalConfig(
+        output=_OUTPUT.value, folds=_FOLDS.value, prepare=prepare,
+        model=training_flags.model_config_from_flags(),
+        train=training_flags.train_config_from_flags(),
+        evaluation=evaluate_lib.EvalConfig(min_gain=_MIN_GAIN.value,
+                                           num_random=_NUM_RANDOM.value, seed=_EVAL_SEED.value),
+        bm25=_BM25.value)
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"dpsr crossval: unexpected arguments {argv[1:]}; every input is a --flag "
+                 f"(train flags too, or --flagfile=FILE)")
+    quiet_tf_logging()
+    try:
+        config = config_from_flags()
+        crossval_lib.run(config)
+    except (schema.SchemaError, ValueError, OSError, flags.Error) as e:
+        print(f"dpsr crossval: error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,262 @@
+"""Cross-validation over query-hash folds, without rewriting the data (`dpsr crossval`).
+
+Fold F of N holds out the queries whose int(md5(query)) % N == F (split.SplitConfig.fold), so
+the N folds partition the distinct queries and each fold's eval queries are unseen in its
+training. For every fold the driver runs, in this process:
+
+  prepare   -> <output>/fold_F/layout     (the template PrepareConfig with fold F of N)
+  train     -> <output>/fold_F/model      (driver.train_and_evaluate, the same configs each fold)
+  evaluate  -> <output>/fold_F/metrics.json (evaluate_model, and evaluate_bm25 with bm25=True)
+
+then writes <output>/summary.json: per system and metric the fold values, their mean and their
+sample standard deviation (ddof=1). <output>/crossval_config.json records the configs; a run
+into the same directory with the same configs reuses the folds that have a metrics.json (an
+interrupted run resumes) and redoes the others from scratch.
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from typing import Callable, Dict, List
+
+import numpy as np
+
+from dpsr_tf.data import prepare as prepare_lib
+from dpsr_tf.data import split as split_lib
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.training.config import TrainConfig
+
+CONFIG_JSON = "crossval_config.json"
+SUMMARY_JSON = "summary.json"
+METRICS_JSON = "metrics.json"
+TABLE_METRICS = ("recall@10", "recall@100", "recall@1000", "ndcg@10", "mrr@10", "top@1",
+                 "top@10", "auc")
+# Result entries that describe the run rather than measure the model (not averaged).
+_NOT_METRICS = ("seconds", "checkpoint")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossvalConfig:
+    """Settings of one cross-validation.
+
+    Attributes:
+      output: directory of the run (fold_F/{layout,model,metrics.json}, summary.json).
+      folds: N >= 2; fold F evaluates on the queries with md5 % N == F.
+      prepare: template of every fold's prepare: its `output` and the split's modulus / fold
+        are set per fold (the split method must be query_hash); everything else
+        (max_train_queries, seed, tokenizer, ...) applies to every fold.
+      model: the model of every fold.
+      train: template of every fold's training: layout_dir and model_dir are set per fold.
+      evaluation: how each fold is evaluated (split "eval": the fold's held-out queries).
+      bm25: also evaluate BM25 on each fold.
+    """
+
+    output: str
+    prepare: prepare_lib.PrepareConfig
+    model: ModelConfig
+    train: TrainConfig
+    folds: int = 5
+    evaluation: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig()
+    bm25: bool = False
+
+    def __post_init__(self):
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2 (fold F of N holds out md5(query) % N == F), "
+                             f"got {self.folds}")
+        if self.prepare.split.method != split_lib.QUERY_HASH:
+            raise ValueError(f"cross-validation folds are query-hash residues; the prepare "
+                             f"split method must be {split_lib.QUERY_HASH!r}, got "
+                             f"{self.prepare.split.method!r}")
+        if self.evaluation.split != "eval":
+            raise ValueError(f"cross-validation evaluates each fold's held-out queries (split "
+                             f"'eval'), got evaluation split {self.evaluation.split!r}")
+
+    def fold_dir(self, fold: int) -> str:
+        return os.path.join(self.output, f"fold_{fold}")
+
+    def fold_prepare(self, fold: int) -> prepare_lib.PrepareConfig:
+        """The PrepareConfig of fold `fold` (writes <output>/fold_F/layout)."""
+        split = dataclasses.replace(self.prepare.split, modulus=self.folds, fold=fold)
+        return dataclasses.replace(self.prepare, split=split,
+                                   output=os.path.join(self.fold_dir(fold), "layout"))
+
+    def fold_train(self, fold: int) -> TrainConfig:
+        """The TrainConfig of fold `fold` (its layout, <output>/fold_F/model)."""
+        return dataclasses.replace(self.train,
+                                   layout_dir=os.path.join(self.fold_dir(fold), "layout"),
+                                   model_dir=os.path.join(self.fold_dir(fold), "model"))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (the per-fold paths are left out: they follow from `output`)."""
+        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        data["prepare"].pop("output")
+        data["prepare"]["split"].pop("fold")
+        data["train"].pop("layout_dir")
+        data["train"].pop("model_dir")
+        data["output"] = os.path.abspath(self.output)
+        return data
+
+
+def summarize_folds(fold_metrics: List[Dict[str, dict]]) -> Dict[str, Dict[str, dict]]:
+    """Mean and standard deviation over folds of every numeric metric of every system.
+
+    Args:
+      fold_metrics: per fold, {system: {metric: value}} (e.g. {"dpsr": {...}, "bm25": {...}}).
+
+    Returns:
+      {system: {metric: {"mean", "std", "min", "max", "values"}}} over the metrics present with
+      a numeric value in every fold; std is the sample standard deviation (ddof=1; 0.0 for one
+      fold).
+    """
+    out = {}
+    systems = [s for s in fold_metrics[0] if all(s in f for f in fold_metrics)] \
+        if fold_metrics else []
+    for system in systems:
+        names = [k for k, v in fold_metrics[0][system].items() if k not in _NOT_METRICS
+                 and _is_number(v) and all(_is_number(f[system].get(k)) for f in fold_metrics)]
+        out[system] = {}
+        for name in names:
+            values = np.array([float(f[system][name]) for f in fold_metrics], np.float64)
+            out[system][name] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "min": float(values.min()), "max": float(values.max()),
+                "values": values.tolist()}
+    return out
+
+
+def format_table(summary: Dict[str, Dict[str, dict]],
+                 metrics: tuple = TABLE_METRICS) -> str:
+    """The summary as a text table: one row per system, `mean ± std` per metric."""
+    shown = [m for m in metrics if any(m in s for s in summary.values())]
+    width = 17
+    lines = ["system  " + "".join(f"{m:>{width}}" for m in shown)]
+    for system, values in summary.items():
+        cells = "".join(f"{values[m]['mean']:>{width - 9}.4f} ± {values[m]['std']:.4f}"
+                        if m in values else f"{'-':>{width}}" for m in shown)
+        lines.append(f"{system:<8}{cells}")
+    return "\n".join(lines)
+
+
+def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
+    """Runs every fold (prepare, train, evaluate) and writes the per-fold and summary JSON.
+
+    Returns:
+      The summary dict written to <output>/summary.json: "folds", "rule", per-fold
+      "fold_metrics" paths, "systems" (summarize_folds) and "seconds".
+
+    Raises:
+      ValueError: TF_CONFIG is set (folds train in this process, not on a cluster), or
+        <output> holds something else (another run's configs, or not a cross-validation).
+      SchemaError / PrepareError: from prepare (bad input files).
+    """
+    if os.environ.get("TF_CONFIG"):
+        raise ValueError("TF_CONFIG is set, but dpsr crossval trains every fold in this "
+                         "process; unset TF_CONFIG (cluster training: run dpsr prepare "
+                         "--split_fold=F and dpsr train per fold)")
+    start = time.monotonic()
+    output = os.path.abspath(config.output)
+    _claim_output(output, config.to_dict())
+    fold_metrics = []
+    for fold in range(config.folds):
+        fold_metrics.append(_run_fold(config, fold, log))
+    systems = summarize_folds([{k: v for k, v in m.items() if k in ("dpsr", "bm25")}
+                               for m in fold_metrics])
+    summary = {
+        "folds": config.folds,
+        "rule": f"fold F: eval iff int(md5(query.encode('utf-8')).hexdigest(), 16) % "
+                f"{config.folds} == F",
+        "max_train_queries": config.prepare.max_train_queries,
+        "fold_metrics": [os.path.join(f"fold_{f}", METRICS_JSON) for f in range(config.folds)],
+        "std": "sample standard deviation over folds (ddof=1)",
+        "systems": systems,
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    _write_json(os.path.join(output, SUMMARY_JSON), summary)
+    log(f"crossval: {config.folds} folds in {summary['seconds']:.0f} s; mean ± std over folds "
+        f"(ddof=1):\n{format_table(systems)}\nwrote {os.path.join(output, SUMMARY_JSON)}")
+    return summary
+
+
+def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> dict:
+    tag = f"crossval fold {fold + 1}/{config.folds} (md5 % {config.folds} == {fold})"
+    fold_dir = config.fold_dir(fold)
+    metrics_path = os.path.join(fold_dir, METRICS_JSON)
+    if os.path.isfile(metrics_path):
+        with open(metrics_path, encoding="utf-8") as f:
+            metrics = json.load(f)
+        log(f"{tag}: done earlier, reusing {metrics_path}")
+        return metrics
+    os.makedirs(fold_dir, exist_ok=True)
+
+    t = time.monotonic()
+    prepare_config = config.fold_prepare(fold)
+    with open(os.path.join(fold_dir, "prepare.log"), "w", encoding="utf-8") as prepare_log:
+        spec = prepare_lib.prepare(prepare_config,
+                                   log=lambda line: prepare_log.write(line + "\n"))
+    splits = spec.counts["splits"]
+    log(f"{tag}: prepared {prepare_config.output} in {time.monotonic() - t:.1f} s: train "
+        f"{splits['train']['interactions']:,} interactions / {splits['train']['queries']:,} "
+        f"queries, eval {splits['eval']['interactions']:,} / {splits['eval']['queries']:,}")
+
+    t = time.monotonic()
+    train_config = config.fold_train(fold)
+    if os.path.exists(train_config.model_dir):    # an interrupted run: train from scratch
+        shutil.rmtree(train_config.model_dir)
+    from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
+    log(f"{tag}: training {train_config.train_steps:,} steps into {train_config.model_dir}")
+    driver.train_and_evaluate(config.model, train_config)
+    log(f"{tag}: trained in {time.monotonic() - t:.1f} s")
+
+    quiet = lambda _: None  # noqa: E731
+    metrics = {"fold": fold, "folds": config.folds, "rule": spec.split["rule"],
+               "layout_dir": prepare_config.output, "model_dir": train_config.model_dir,
+               "splits": splits, "split": spec.split}
+    metrics["dpsr"] = evaluate_lib.evaluate_model(train_config.model_dir,
+                                                  prepare_config.output, config.evaluation,
+                                                  log=quiet)
+    if config.bm25:
+        metrics["bm25"] = evaluate_lib.evaluate_bm25(prepare_config.output, config.evaluation,
+                                                     log=quiet)
+    for system in ("dpsr", "bm25"):
+        if system in metrics:
+            log(f"{tag}: {system:5s} " + "  ".join(
+                f"{k}={metrics[system][k]:.4f}" for k in TABLE_METRICS if k in metrics[system]))
+    _write_json(metrics_path, metrics)
+    return metrics
+
+
+def _claim_output(output: str, config_dict: dict) -> None:
+    """Creates <output> with crossval_config.json, or checks that it holds this very run."""
+    path = os.path.join(output, CONFIG_JSON)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+        if previous != config_dict:
+            changed = sorted(k for k in set(previous) | set(config_dict)
+                             if previous.get(k) != config_dict.get(k))
+            raise ValueError(f"--output={output} holds a cross-validation with other settings "
+                             f"(differences in {changed}, see {path}); choose a new --output, "
+                             f"or delete it to start over")
+        return
+    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)):
+        raise ValueError(f"--output={output} exists and is not a dpsr crossval directory (no "
+                         f"{CONFIG_JSON}); choose a new directory")
+    os.makedirs(output, exist_ok=True)
+    _write_json(path, config_dict)
+
+
+def _write_json(path: str, data: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, bool) and math.isfinite(float(value)))

@@ -1,0 +1,148 @@
+"""`dpsr crossval` on a tiny seeded catalog: 2 query-hash folds prepared, trained (20 steps) and
+evaluated (DPSR and BM25); the summary's mean/std equal numpy over the per-fold metrics; a rerun
+resumes; other settings into the same directory are refused."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data import prepare as prepare_lib
+from dpsr_tf.data import split as split_lib
+from dpsr_tf.evaluation import crossval as crossval_lib
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.testing import write_tiny_dataset
+from dpsr_tf.tokenization import TokenizerConfig
+from dpsr_tf.training.config import TrainConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
+                    item_hidden_units=(32,), query_hidden_units=(32,), query_projection_dim=16,
+                    num_negatives=8, learning_rate=0.1)
+
+
+def _config(paths, output, **kwargs):
+    prepare = prepare_lib.PrepareConfig(
+        items=paths["items"], users=paths["users"], interactions=paths["interactions"],
+        output=output, tokenizer=TokenizerConfig(num_buckets=1024, num_oov_buckets=1),
+        history_length=2, max_train_queries=kwargs.pop("max_train_queries", 0))
+    train = TrainConfig(layout_dir=output, model_dir=output, batch_size=16, train_steps=20,
+                        save_checkpoints_steps=20, eval_random_negatives=20, eval_steps=2,
+                        log_step_count_steps=20, throttle_secs=0, seed=0)
+    settings = dict(folds=2, evaluation=evaluate_lib.EvalConfig(num_random=20), bm25=True)
+    settings.update(kwargs)
+    return crossval_lib.CrossvalConfig(output=output, prepare=prepare, model=MODEL, train=train,
+                                       **settings)
+
+
+@pytest.fixture(scope="module")
+def tiny_paths(tmp_path_factory):
+    return write_tiny_dataset(str(tmp_path_factory.mktemp("cv_tsv")), num_items=60,
+                              num_users=8, num_queries=80, num_words=60, seed=1)
+
+
+@pytest.fixture(scope="module")
+def two_folds(tiny_paths, tmp_path_factory):
+    os.environ.pop("TF_CONFIG", None)
+    config = _config(tiny_paths, str(tmp_path_factory.mktemp("cv") / "run"),
+                     max_train_queries=30)
+    lines = []
+    summary = crossval_lib.run(config, log=lines.append)
+    return config, summary, lines
+
+
+def test_each_fold_holds_out_its_md5_residue(two_folds):
+    config, _, _ = two_folds
+    held_out = []
+    for fold in range(2):
+        spec = layout_lib.load_layout_spec(os.path.join(config.output, f"fold_{fold}", "layout"))
+        queries = layout_lib.load_queries(spec)
+        eval_q = {queries[r] for r in layout_lib.read_records(spec, "eval")["query_row"]}
+        train_q = {queries[r] for r in layout_lib.read_records(spec, "train")["query_row"]}
+        assert all(split_lib.query_hash(q) % 2 == fold for q in eval_q)
+        assert all(split_lib.query_hash(q) % 2 != fold for q in train_q)
+        assert len(train_q) <= 30 and spec.split["max_train_queries"]["train_queries_kept"] == 30
+        held_out.append(eval_q)
+    assert not held_out[0] & held_out[1]
+
+
+def test_summary_is_mean_and_std_of_the_fold_metrics(two_folds):
+    config, summary, lines = two_folds
+    with open(os.path.join(config.output, crossval_lib.SUMMARY_JSON), encoding="utf-8") as f:
+        assert json.load(f) == json.loads(json.dumps(summary))
+    folds = []
+    for fold in range(2):
+        with open(os.path.join(config.output, f"fold_{fold}", "metrics.json"),
+                  encoding="utf-8") as f:
+            folds.append(json.load(f))
+        assert folds[-1]["fold"] == fold and folds[-1]["split"]["fold"] == fold
+    assert set(summary["systems"]) == {"dpsr", "bm25"}
+    for system in ("dpsr", "bm25"):
+        got = summary["systems"][system]
+        assert set(crossval_lib.TABLE_METRICS) - {"auc"} <= set(got)
+        for name, stats in got.items():
+            values = np.array([f[system][name] for f in folds], np.float64)
+            np.testing.assert_allclose(stats["mean"], values.mean(), rtol=1e-12)
+            np.testing.assert_allclose(stats["std"], values.std(ddof=1), rtol=1e-12, atol=1e-15)
+            assert stats["values"] == values.tolist()
+    assert "seconds" not in summary["systems"]["dpsr"]
+    text = "\n".join(lines)
+    assert "crossval fold 1/2 (md5 % 2 == 0): prepared" in text
+    assert "crossval fold 2/2 (md5 % 2 == 1): bm25" in text
+    assert "recall@100" in lines[-1] and "±" in lines[-1]
+
+
+def test_rerun_reuses_the_folds_and_other_settings_are_refused(two_folds, tiny_paths):
+    config, summary, _ = two_folds
+    lines = []
+    again = crossval_lib.run(config, log=lines.append)
+    assert again["systems"] == summary["systems"]
+    assert sum("done earlier, reusing" in line for line in lines) == 2
+    changed = _config(tiny_paths, config.output, max_train_queries=31)
+    with pytest.raises(ValueError, match=r"other settings \(differences in \['prepare'\]"):
+        crossval_lib.run(changed, log=lambda _: None)
+
+
+def test_summarize_folds_by_hand():
+    folds = [{"dpsr": {"recall@100": 0.2, "requests": 10, "checkpoint": "a", "auc": 0.5},
+              "bm25": {"recall@100": 0.6}},
+             {"dpsr": {"recall@100": 0.4, "requests": 12, "checkpoint": "b",
+                       "auc": float("nan")},
+              "bm25": {"recall@100": 0.8}}]
+    got = crossval_lib.summarize_folds(folds)
+    # mean (0.2 + 0.4) / 2 = 0.3; sample std sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.141421...
+    assert got["dpsr"]["recall@100"]["mean"] == pytest.approx(0.3)
+    assert got["dpsr"]["recall@100"]["std"] == pytest.approx(0.1414213562)
+    assert got["dpsr"]["requests"]["mean"] == 11.0
+    assert "checkpoint" not in got["dpsr"] and "auc" not in got["dpsr"]   # text; NaN in a fold
+    assert got["bm25"]["recall@100"]["values"] == [0.6, 0.8]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"folds": 1}, "folds must be >= 2"),
+    ({"evaluation": evaluate_lib.EvalConfig(split="train")}, "split 'eval'"),
+])
+def test_bad_config_is_an_error(tiny_paths, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tiny_paths, str(tmp_path / "run"), **kwargs)
+
+
+def test_output_that_is_not_a_crossval_is_refused(tiny_paths, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not a dpsr crossval directory"):
+        crossval_lib.run(_config(tiny_paths, str(tmp_path / "run")), log=lambda _: None)
+
+
+def test_cli_rejects_one_fold(tiny_paths, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpsr_tf.cli", "crossval", f"--items={tiny_paths['items']}",
+         f"--interactions={tiny_paths['interactions']}", f"--output={tmp_path / 'run'}",
+         "--folds=1"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "dpsr crossval: error: --folds=1: must be >= 2" in proc.stderr
