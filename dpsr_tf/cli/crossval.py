@@ -14,7 +14,7 @@ import sys
 
 from absl import flags
 
-from dpsr_tf.cli import tokenizer_flags
+from dpsr_tf.cli import pseudo_query_flags, tokenizer_flags
 from dpsr_tf.cli import training_flags
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
@@ -74,6 +74,7 @@ def config_from_flags():
     prepare = prepare_lib.PrepareConfig(
         items=_ITEMS.value, users=_USERS.value, interactions=_INTERACTIONS.value,
         output=_OUTPUT.value, tokenizer=tokenizer_flags.config_from_flags(),
+        pseudo_queries=pseudo_query_flags.config_from_flags(),
         build_vocab=_BUILD_VOCAB.value, vocab_min_count=_VOCAB_MIN_COUNT.value,
         history_length=_HISTORY.value, eval_min_gain=_EVAL_MIN_GAIN.value,
         max_reject_fraction=_MAX_REJECT.value, seed=_PREPARE_SEED.value,

@@ -15,7 +15,7 @@ import sys
 
 from absl import flags
 
-from dpsr_tf.cli import tokenizer_flags
+from dpsr_tf.cli import pseudo_query_flags, tokenizer_flags
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
@@ -79,6 +79,7 @@ def config_from_flags() -> prepare_lib.PrepareConfig:
     return prepare_lib.PrepareConfig(
         items=_ITEMS.value, users=_USERS.value, interactions=_INTERACTIONS.value,
         output=_OUTPUT.value, tokenizer=tokenizer_flags.config_from_flags(),
+        pseudo_queries=pseudo_query_flags.config_from_flags(),
         build_vocab=_BUILD_VOCAB.value, vocab_min_count=_VOCAB_MIN_COUNT.value,
         split=split_lib.SplitConfig(method=_SPLIT.value, modulus=_MODULUS.value,
                                     time_cutoff=cutoff, eval_fraction=_EVAL_FRACTION.value,

@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data import pseudo_queries as pseudo_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.data.readers import Progress, TableReader
@@ -54,6 +55,8 @@ class PrepareConfig:
       records_per_shard: interaction records per file.
       seed: seed of the train records' order on disk (a global shuffle once).
       progress_every_s: progress lines on stderr at most this often.
+      pseudo_queries: how many pseudo-queries to make per item from its title and attributes
+        (dpsr_tf/data/pseudo_queries.py); they form the "pseudo" record split, training only.
     """
 
     items: str
@@ -71,6 +74,11 @@ class PrepareConfig:
     records_per_shard: int = 1 << 22
     seed: int = 0
     progress_every_s: float = 5.0
+    pseudo_queries: pseudo_lib.PseudoQueryConfig = pseudo_lib.PseudoQueryConfig()
+    # Keep only this many distinct train queries (seeded by `seed`, split.sample_train_queries)
+    # with all their interactions; the others' interactions are dropped; eval is untouched.
+    # 0 = keep all. Measures small-log behaviour (issue 10).
+    max_train_queries: int = 0
 
     def __post_init__(self):
         if self.history_length < 0:
@@ -80,6 +88,9 @@ class PrepareConfig:
                              f"{self.max_reject_fraction}")
         if self.records_per_shard < 1:
             raise ValueError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+        if self.max_train_queries < 0:
+            raise ValueError(f"max_train_queries must be >= 0 (0 = keep every training "
+                             f"query), got {self.max_train_queries}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +385,31 @@ def user_histories(user_rows: np.ndarray, item_rows: np.ndarray, label_kinds: np
     return history_items, history_splits, history_end
 
 
+def human_negative_table(query_rows: np.ndarray, item_rows: np.ndarray,
+                         num_queries: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The human negatives of each query as a ragged table (distinct items, ascending).
+
+    Args:
+      query_rows, item_rows: [n] int, the (query, item) pairs labelled negative.
+      num_queries: query table size.
+
+    Returns:
+      items [P] int32 and splits [num_queries + 1] int64: query q's negatives are
+      items[splits[q]:splits[q + 1]].
+    """
+    pairs = np.unique(np.stack([np.asarray(query_rows, np.int64),
+                                np.asarray(item_rows, np.int64)], axis=1).reshape(-1, 2), axis=0)
+    splits = np.zeros([num_queries + 1], np.int64)
+    np.cumsum(np.bincount(pairs[:, 0], minlength=num_queries), out=splits[1:])
+    return pairs[:, 1].astype(np.int32), splits
+
+
+def _item_attributes(items: "_Table") -> List[List[str]]:
+    """[num_items] lists of the categorical values of each item (for pseudo-queries)."""
+    columns = [(col.values, col.codes) for col in items.values]
+    return [[values[codes[i]] for values, codes in columns] for i in range(len(items.ids))]
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing.
 
@@ -462,11 +498,12 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
     n = len(inter.query_rows)
     split_info = {"method": config.split.method}
     if config.split.method == split_lib.QUERY_HASH:
-        eval_query = split_lib.eval_queries_mask(inter.queries, config.split.modulus)
+        eval_query = split_lib.eval_queries_mask(inter.queries, config.split.modulus,
+                                                 config.split.fold)
         is_eval = eval_query[inter.query_rows]
         split_info["modulus"] = config.split.modulus
-        split_info["rule"] = (f"eval iff int(md5(query.encode('utf-8')).hexdigest(), 16) % "
-                              f"{config.split.modulus} == 0")
+        split_info["fold"] = config.split.fold
+        split_info["rule"] = config.split.rule()
     else:
         cutoff = config.split.time_cutoff
         if cutoff is None:
@@ -474,6 +511,31 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
         is_eval = inter.timestamps >= cutoff
         split_info["time_cutoff"] = cutoff
         split_info["rule"] = f"eval iff timestamp >= {cutoff}"
+    if config.max_train_queries:
+        # A small log cut from this one: the other train queries' interactions never happened
+        # (they leave the records, the vocabulary and the user histories); eval is untouched.
+        train_rows = inter.query_rows[~is_eval]
+        kept = split_lib.sample_train_queries(inter.queries, train_rows,
+                                              config.max_train_queries, config.seed)
+        keep = is_eval | np.isin(inter.query_rows, kept)
+        split_info["max_train_queries"] = {
+            "requested": config.max_train_queries, "seed": config.seed,
+            "train_queries_before": int(len(np.unique(train_rows))),
+            "train_queries_kept": int(len(kept)),
+            "train_interactions_dropped": int((~keep).sum())}
+        note = (f"--max_train_queries={config.max_train_queries} (seed {config.seed}): kept "
+                f"{len(kept):,} of {split_info['max_train_queries']['train_queries_before']:,} "
+                f"train queries; dropped the {int((~keep).sum()):,} train interactions of the "
+                f"others; eval untouched")
+        inter_report.notes.append(note)
+        log(note)
+        inter = dataclasses.replace(
+            inter, query_rows=inter.query_rows[keep], item_rows=inter.item_rows[keep],
+            user_rows=inter.user_rows[keep], label_kinds=inter.label_kinds[keep],
+            gains=inter.gains[keep],
+            timestamps=None if inter.timestamps is None else inter.timestamps[keep])
+        is_eval = is_eval[keep]
+        n = len(inter.query_rows)
 
     # History.
     order_key = (inter.timestamps if inter.timestamps is not None
@@ -545,9 +607,15 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     _save(path(layout_lib.USER_HISTORY_ITEMS), history_items)
     _save(path(layout_lib.USER_HISTORY_SPLITS), history_splits)
 
-    # Queries.
-    layout_lib.write_lines(path(layout_lib.QUERY_TEXTS), inter.queries)
-    q_ids, q_splits = tokenize_texts(tokenizer, inter.queries, "queries",
+    # Queries: the logged ones, then the pseudo-queries made from the catalog (rows after them).
+    pseudo_texts, pseudo_items = pseudo_lib.generate(items.titles, _item_attributes(items),
+                                                     config.pseudo_queries)
+    if len(pseudo_texts):
+        log(f"pseudo-queries: {len(pseudo_texts):,} from the catalog "
+            f"({config.pseudo_queries.per_item} per item), e.g. {pseudo_texts[:3]}")
+    all_queries = inter.queries + pseudo_texts
+    layout_lib.write_lines(path(layout_lib.QUERY_TEXTS), all_queries)
+    q_ids, q_splits = tokenize_texts(tokenizer, all_queries, "queries",
                                      config.progress_every_s)
     _save(path(layout_lib.QUERY_TOKEN_IDS), q_ids)
     _save(path(layout_lib.QUERY_TOKEN_SPLITS), q_splits)
@@ -562,13 +630,30 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     records["history_end"] = history_end
     records["label_kind"] = inter.label_kinds
     records["gain"] = inter.gains
-    train_idx = np.nonzero(~is_eval)[0]
+    # Human negatives of train queries go to a per-query table (joined to every example of
+    # their query, §4.5), not into the train stream where they would take batch slots.
+    train_negative = ~is_eval & (inter.label_kinds == schema.LabelKind.NEGATIVE)
+    neg_items, neg_splits = human_negative_table(
+        inter.query_rows[train_negative], inter.item_rows[train_negative], len(all_queries))
+    _save(path(layout_lib.QUERY_HUMAN_NEGATIVE_ITEMS), neg_items)
+    _save(path(layout_lib.QUERY_HUMAN_NEGATIVE_SPLITS), neg_splits)
+    train_idx = np.nonzero(~is_eval & ~train_negative)[0]
     train_idx = train_idx[np.random.default_rng(config.seed).permutation(len(train_idx))]
     eval_idx = np.nonzero(is_eval)[0]
+    pseudo = np.zeros([len(pseudo_texts)], layout_lib.RECORD_DTYPE)
+    pseudo["query_row"] = np.arange(len(inter.queries), len(all_queries), dtype=np.int32)
+    pseudo["item_row"] = pseudo_items
+    pseudo["user_row"] = -1
+    pseudo["label_kind"] = schema.LabelKind.CLICK
+    pseudo["gain"] = 1.0
+    pseudo = pseudo[np.random.default_rng(config.seed + 1).permutation(len(pseudo))]
     record_files, num_records = {}, {}
-    for split, idx in (("train", train_idx), ("eval", eval_idx)):
-        record_files[split] = _write_records(tmp, split, records[idx], config.records_per_shard)
-        num_records[split] = int(len(idx))
+    for split, part in (("train", records[train_idx]), ("eval", records[eval_idx]),
+                        ("pseudo", pseudo)):
+        if split == "pseudo" and not len(part):
+            continue
+        record_files[split] = _write_records(tmp, split, part, config.records_per_shard)
+        num_records[split] = int(len(part))
 
     labels = np.bincount(inter.label_kinds, minlength=3)
     counts = {rep.kind: rep.to_dict() for rep in reports}
@@ -578,6 +663,9 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
                 "queries": int(len(np.unique(inter.query_rows[idx])))}
         for split, idx in (("train", train_idx), ("eval", eval_idx))}
     counts["items"]["tokens"] = int(item_token_count)
+    counts["pseudo_queries"] = len(pseudo_texts)
+    counts["train_human_negatives"] = {"pairs": int(train_negative.sum()),
+                                       "queries": int((np.diff(neg_splits) > 0).sum())}
     counts["interactions_with_user"] = int((inter.user_rows >= 0).sum())
     counts["users_with_history"] = int((np.diff(history_splits) > 0).sum())
     tok_json = dataclasses.asdict(tok_config)
@@ -591,7 +679,8 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
         "token_id_space": int(tokenizer.id_space),
         "num_items": len(items.ids),
         "num_users": len(user_ids),
-        "num_queries": len(inter.queries),
+        "num_queries": len(all_queries),
+        "num_logged_queries": len(inter.queries),
         "item_features": {name: len(item_vocabs[name]) + 1 for name in items.feature_names},
         "user_features": {name: len(user_vocabs[name]) + 1 for name in user_vocabs},
         "history_length": config.history_length,
@@ -610,7 +699,9 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
         f"item features {meta['item_features']}",
         f"users: {len(user_ids):,}; user features {meta['user_features']}; "
         f"{counts['users_with_history']:,} with a history",
-        f"queries: {len(inter.queries):,} distinct",
+        f"queries: {len(inter.queries):,} distinct (+ {len(pseudo_texts):,} pseudo-queries)",
+        f"human negatives of train queries: {counts['train_human_negatives']['pairs']:,} pairs "
+        f"over {counts['train_human_negatives']['queries']:,} queries (a per-query table)",
         f"labels: {counts['labels']}",
         f"split ({split_info['rule']}): train {num_records['train']:,} interactions / "
         f"{counts['splits']['train']['queries']:,} queries; eval {num_records['eval']:,} / "

@@ -296,3 +296,37 @@ def test_layout_without_users(tmp_path):
     assert len(ev) == 4                       # q10, q14, q33 and q38 hash to bucket 0
     req = next(iter(pipeline.make_request_input_fn(layout_dir, ev)()))
     assert req["user_history"].to_list() == [[]] * len(ev)
+
+
+def test_human_negatives_are_joined_per_query(tiny_layout):
+    spec = layout_lib.load_layout_spec(tiny_layout)
+    ref = _Reference(spec)
+    items = np.load(spec.path(layout_lib.QUERY_HUMAN_NEGATIVE_ITEMS))
+    splits = np.load(spec.path(layout_lib.QUERY_HUMAN_NEGATIVE_SPLITS))
+    # The table holds exactly the train split's (query, item) negatives of the raw records...
+    assert spec.counts["train_human_negatives"]["pairs"] > 0
+    # ...and the train stream no longer spends batch slots on them.
+    assert (layout_lib.read_records(spec, "train")["label_kind"] != 2).all()
+    cap = 2
+    fn = pipeline.make_train_input_fn(tiny_layout, batch_size=64, num_random_negatives=1,
+                                      seed=4, human_negatives=cap,
+                                      pseudo_mix=pipeline.PseudoQueryMix(0.0))
+    seen_capped = seen_some = 0
+    for step, batch in enumerate(fn()):
+        if step == 30:
+            break
+        rows = batch["human_negative_rows"].to_list()
+        flat = batch["human_negative_item_row"].numpy().tolist()
+        assert sum(rows, []) == flat
+        tokens = batch["human_negative_item_tokens"].to_list()
+        for k, row in enumerate(flat):
+            assert tokens[k] == ref.items.tokens(row).tolist()
+        for q, got in zip(batch["query_row"].numpy(), rows):
+            table = items[splits[q]:splits[q + 1]].tolist()
+            assert len(got) == min(cap, len(table))
+            if got:      # a window of the query's own negatives
+                start = table.index(got[0])
+                assert table[start:start + len(got)] == got
+                seen_some += 1
+                seen_capped += len(table) > cap
+    assert seen_some > 0

@@ -12,6 +12,7 @@ import pytest
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
+from dpsr_tf.data import pseudo_queries as pseudo_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.data.schema import Reason
@@ -38,6 +39,8 @@ def _write(path, text, binary=False):
 
 def _prepare(tmp_path, items=ITEMS, users=USERS, inter=INTER_HEADER + GOOD_ROWS, **kwargs):
     kwargs.setdefault("max_reject_fraction", 1.0)
+    # Pseudo-queries have their own tests; here the query table holds the logged queries only.
+    kwargs.setdefault("pseudo_queries", pseudo_lib.PseudoQueryConfig(per_item=0))
     cfg = prepare_lib.PrepareConfig(
         items=_write(tmp_path / "items.tsv", items),
         users=_write(tmp_path / "users.tsv", users) if users is not None else None,
@@ -56,7 +59,8 @@ def test_good_files_keep_every_row(tmp_path):
     assert spec.num_items == 3 and spec.num_users == 2 and spec.num_queries == 2
     assert spec.item_features == {"brand": 3}     # apple, samsung + unknown
     assert spec.user_features == {"gender": 3}
-    assert sum(spec.num_records.values()) == 4
+    # The train human negative moves to the per-query table; the other 3 are records.
+    assert sum(spec.num_records.values()) + spec.counts["train_human_negatives"]["pairs"] == 4
 
 
 def test_categorical_ids_by_count_then_value(tmp_path):
@@ -151,7 +155,8 @@ def test_csv_quoting_and_gzip(tmp_path):
         f.write(inter + 'bad,"unterminated,B,click\n')
     spec = prepare_lib.prepare(prepare_lib.PrepareConfig(
         items=str(tmp_path / "items.csv"), interactions=str(tmp_path / "inter.csv.gz"),
-        output=str(tmp_path / "layout"), max_reject_fraction=1.0), log=lambda *_: None)
+        output=str(tmp_path / "layout"), max_reject_fraction=1.0,
+        pseudo_queries=pseudo_lib.PseudoQueryConfig(per_item=0)), log=lambda *_: None)
     assert layout_lib.load_item_table(spec).titles == ["Apple iPhone 15, 256GB",
                                                        'Fresh "apples"']
     assert sorted(layout_lib.load_queries(spec)) == ["apple, phone", "apples"]
@@ -230,7 +235,10 @@ def test_history_hand_worked(tmp_path):
     rec = np.concatenate([layout_lib.read_records(spec, s) for s in spec.splits])
     queries = layout_lib.load_queries(spec)
     end = {queries[r["query_row"]]: int(r["history_end"]) for r in rec}
-    assert end == {"q1": 0, "q2": 1, "q3": 1, "q4": 3, "q5": 3, "q6": 0, "q7": 0}
+    want = {"q1": 0, "q2": 1, "q3": 1, "q4": 3, "q5": 3, "q6": 0, "q7": 0}
+    if not split_lib.is_eval_query("q4"):   # a train negative lives in the per-query table
+        del want["q4"]
+    assert end == want
 
 
 def test_eval_set_hand_worked(tmp_path):

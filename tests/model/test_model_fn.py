@@ -103,3 +103,83 @@ def test_fresh_graph_restore_reproduces_estimator_embeddings(tiny_layout, tmp_pa
     assert {"dpsr/embeddings/tokens", "dpsr/item_tower/layer_0/kernel",
             "dpsr/query_tower/projection/kernel", "dpsr/query_tower/head_0/layer_1/bias",
             "global_step"} <= names
+
+
+SHARED = dict(SMALL, text_encoder="shared", adapter_hidden_units=(8,))
+
+
+@pytest.mark.parametrize("loss, heads, personalization", [
+    ("hinge", 1, "none"), ("sampled_softmax", 2, "history")])
+def test_shared_encoder_gradients(loss, heads, personalization):
+    layout = FakeLayoutSpec()
+    cfg = ModelConfig(num_heads=heads, personalization=personalization, loss=loss,
+                      softmax_random_negatives=4, **SHARED)
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(0)
+        features = FakeCatalog(layout).batch(12, 6, np.random.RandomState(0),
+                                             labels=[1] * 10 + [0] * 2)
+        spec = dpsr_model_fn(features, None, tf.estimator.ModeKeys.TRAIN,
+                             {"model_config": cfg, "layout_spec": layout})
+        variables = tf.compat.v1.trainable_variables()
+        grads = tf.gradients(spec.loss, variables)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            # The adapters' last layers start at zero, so the layers and features before them
+            # get gradients from the second step on.
+            sess.run(spec.train_op)
+            values = sess.run([tf.convert_to_tensor(g) for g in grads])
+    norms = {v.name.split(":")[0]: float(np.abs(g).sum()) for v, g in zip(variables, values)}
+    expected = ["dpsr/embeddings/tokens", "dpsr/text_encoder/layer_0/kernel",
+                "dpsr/text_encoder/layer_1/kernel", "dpsr/item_adapter/layer_1/kernel",
+                "dpsr/embeddings/item_brand"]
+    if heads > 1 or personalization != "none":
+        expected += [f"dpsr/query_tower/head_{h}/layer_1/kernel" for h in range(heads)]
+    for name in expected:
+        assert norms.get(name, 0.0) > 0, f"no gradient reaches {name}: {sorted(norms)}"
+    # No separate item MLP or query projection exists in the shared design.
+    assert not any("item_tower" in n or "projection" in n for n in norms)
+
+
+def test_shared_encoder_starts_as_one_function_of_the_text():
+    # Query text and item title go through the same encoder; the adapters' last layers start
+    # at zero, so before training an item and a query with the same tokens get the same
+    # embedding (whatever the item's categorical features or the user's profile).
+    from dpsr_tf.model.towers import item_tower, query_tower  # pylint: disable=import-outside-toplevel
+    layout = FakeLayoutSpec()
+    cfg = ModelConfig(num_heads=2, personalization="profile", **SHARED)
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(0)
+        tokens = tf.ragged.constant([[1, 5, 9], [2, 2], [7]], dtype=tf.int64)
+        items = item_tower({"item_tokens": tokens, "item_brand": tf.constant([1, 2, 0], tf.int64),
+                            "item_category": tf.constant([3, 0, 1], tf.int64)}, cfg, layout)
+        queries = query_tower({"query_tokens": tokens,
+                               "user_gender": tf.constant([1, 2, 0], tf.int64)}, cfg, layout)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            items, queries = sess.run([items, queries])
+    for h in range(2):
+        np.testing.assert_allclose(queries[:, h], items, atol=1e-6)
+    assert np.abs(items[0] - items[1]).max() > 1e-3     # different texts differ
+
+
+def test_joined_human_negatives_enter_the_loss():
+    # The same batch with and without each query's joined human negatives: the loss changes and
+    # the pairs counter equals the number of joined negatives of positive examples.
+    layout = FakeLayoutSpec()
+    cfg = ModelConfig(loss="hinge", human_negative_weight=5.0, margin=2.0, **SMALL)
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(0)
+        catalog = FakeCatalog(layout)
+        features = catalog.batch(8, 6, np.random.RandomState(0), labels=[1] * 8)
+        rows = [[3, 4], [], [5], [], [], [6, 7, 8], [], []]
+        with_neg = dict(features)
+        with_neg["human_negative_rows"] = tf.ragged.constant(rows, dtype=tf.int64)
+        with_neg.update(catalog.items(sum(rows, []), prefix="human_negative_item_"))
+        params = {"model_config": cfg, "layout_spec": layout}
+        plain = dpsr_model_fn(features, None, tf.estimator.ModeKeys.EVAL, params).loss
+        joined = dpsr_model_fn(with_neg, None, tf.estimator.ModeKeys.EVAL, params).loss
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            plain, joined = sess.run([plain, joined])
+    # margin 2 makes every hinge term active: each joined negative adds a positive term.
+    assert joined > plain
