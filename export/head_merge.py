@@ -3,7 +3,12 @@
 Each of the m query heads retrieves its own top k from the index; the servable returns one
 list: all m*k candidates sorted by their inner product, an item found by several heads kept
 once with its best score and the head that gave it.
+
+merge_heads is the in-graph version; merge_heads_np is its NumPy twin for offline evaluation
+(`dpsr evaluate --served`), equal to it on ids, scores, heads and tie order
+(tests/export/test_head_merge.py).
 """
+import numpy as np
 import tensorflow as tf
 
 
@@ -57,3 +62,48 @@ def merge_heads(scores: tf.Tensor, labels: tf.Tensor, k: tf.Tensor):
     top_labels = tf.where(top_keep, top_labels, tf.constant(-1, tf.int64))
     top_heads = tf.where(top_keep, top_heads, tf.constant(-1, tf.int32))
     return top_scores, top_labels, top_heads
+
+
+def merge_heads_np(scores: np.ndarray, labels: np.ndarray, k: int):
+    """NumPy twin of merge_heads: the same outputs, ties broken the same way (lower position in
+    the head-major [m * n] row first, as TF's stable argsort and top_k do).
+
+    Args:
+      scores: [B, m, n] float32 inner products of each head's hits (padding: any value).
+      labels: [B, m, n] int64 index labels; -1 marks padding.
+      k: results per query, 1 <= k <= m * n.
+
+    Returns:
+      scores [B, k] float32, labels [B, k] int64, heads [B, k] int32, padded as merge_heads.
+
+    Raises:
+      ValueError: shapes that differ or are not rank 3, or k out of range.
+    """
+    scores = np.asarray(scores, np.float32)
+    labels = np.asarray(labels, np.int64)
+    if scores.ndim != 3 or scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must both be [batch, heads, n], got shapes "
+                         f"{scores.shape} and {labels.shape}")
+    batch, m, n = scores.shape
+    if not 1 <= k <= m * n:
+        raise ValueError(f"k must be in [1, heads * n] = [1, {m * n}], got {k}")
+    flat_s = np.where(labels >= 0, scores, -np.inf).reshape(batch, m * n)
+    flat_l = labels.reshape(batch, m * n)
+    flat_h = np.broadcast_to(np.arange(m, dtype=np.int32)[None, :, None],
+                             (batch, m, n)).reshape(batch, m * n)
+    order = np.argsort(-flat_s, axis=1, kind="stable")
+    s = np.take_along_axis(flat_s, order, axis=1)
+    l = np.take_along_axis(flat_l, order, axis=1)
+    h = np.take_along_axis(flat_h, order, axis=1)
+    # First occurrence of each (row, label) in best-first order.
+    stride = max(int(l.max(initial=-1)), 0) + 2
+    pair = (np.arange(batch, dtype=np.int64)[:, None] * stride + l + 1).reshape(-1)
+    keep = np.zeros(pair.shape, bool)
+    keep[np.unique(pair, return_index=True)[1]] = True
+    keep = keep.reshape(l.shape) & (l >= 0)
+    s = np.where(keep, s, -np.inf).astype(np.float32)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    top_keep = np.take_along_axis(keep, top, axis=1)
+    return (np.take_along_axis(s, top, axis=1),
+            np.where(top_keep, np.take_along_axis(l, top, axis=1), -1).astype(np.int64),
+            np.where(top_keep, np.take_along_axis(h, top, axis=1), -1).astype(np.int32))

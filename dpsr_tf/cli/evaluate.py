@@ -3,12 +3,15 @@
 `dpsr evaluate --model_dir=M [--layout_dir=L] [--split=eval] [--bm25] [--output=metrics.json]`
 follows the dashboard protocol (docs/training.md, "Evaluation"); --bm25 also scores BM25 (bm25s
 over the item titles) on the same split; --model_dir may be omitted with --bm25.
+`--served --index_dir=I [--nprobe=N]` also ranks as the servable does, through the FAISS index
+`dpsr index` built (dpsr_tf/evaluation/served.py), and reports the recall lost to each step.
 """
 import json
 
 from absl import flags
 
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation.metrics import summarize
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model directory written by dpsr train.")
@@ -22,6 +25,14 @@ _NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Random items per clicked
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random items.")
 _BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on the same split.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the metrics as JSON here.")
+_SERVED = flags.DEFINE_bool(
+    "served", False, "Also rank as served: each head searched through the FAISS index of "
+    "--index_dir, hits merged by max over heads, shards merged; reports the recall lost to the "
+    "max over heads and to the index.")
+_INDEX_DIR = flags.DEFINE_string("index_dir", None,
+                                 "Index build directory written by `dpsr index` (--served).")
+_NPROBE = flags.DEFINE_integer("nprobe", None,
+                               "IVF lists to probe with --served (default: the index's own).")
 
 
 def main(argv):
@@ -29,6 +40,12 @@ def main(argv):
         raise SystemExit(f"dpsr evaluate: unexpected arguments {argv[1:]}")
     if not _MODEL_DIR.value and not (_BM25.value and _LAYOUT_DIR.value):
         raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 with --layout_dir)")
+    if _SERVED.value and not (_MODEL_DIR.value and _INDEX_DIR.value):
+        raise SystemExit("dpsr evaluate: --served needs --model_dir and --index_dir (the "
+                         "directory `dpsr index --model_dir=M --output_dir=I` wrote)")
+    if not _SERVED.value and (_INDEX_DIR.value or _NPROBE.value is not None):
+        raise SystemExit("dpsr evaluate: --index_dir and --nprobe are read only with --served; "
+                         "add --served")
     from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
@@ -36,19 +53,25 @@ def main(argv):
     results = {}
     layout_dir = _LAYOUT_DIR.value
     try:
-        if _MODEL_DIR.value:
+        if _SERVED.value:
+            results["dpsr"] = served_lib.evaluate_served_model(
+                _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,
+                _NPROBE.value)
+        elif _MODEL_DIR.value:
             results["dpsr"] = evaluate_lib.evaluate_model(_MODEL_DIR.value, layout_dir, cfg,
                                                           _CHECKPOINT.value)
-            if layout_dir is None:
-                from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
-                layout_dir = load_model_config(_MODEL_DIR.value)[1].layout_dir
+        if _MODEL_DIR.value and layout_dir is None:
+            from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
+            layout_dir = load_model_config(_MODEL_DIR.value)[1].layout_dir
         if _BM25.value:
             results["bm25"] = evaluate_lib.evaluate_bm25(layout_dir, cfg)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr evaluate: {e}") from None
     for name, values in results.items():
         print(f"{name:5s} {summarize(values)}  (requests={values['requests']}, "
               f"labeled_pairs={values['labeled_pairs']})")
+        if "served_factory" in values:
+            print(served_lib.summarize_served(values, cfg.recall_ks))
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w", encoding="utf-8") as f:
             json.dump({"split": cfg.split, "layout_dir": layout_dir, **results}, f, indent=2)

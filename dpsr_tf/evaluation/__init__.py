@@ -1,4 +1,6 @@
 """Evaluation by the dashboard protocol: full-corpus Recall/nDCG/MRR, Top-k, AUC, BM25.
 
-Modules: metrics (NumPy metrics), evaluate (model and BM25 scorers, `dpsr evaluate`'s logic).
+Modules: metrics (NumPy metrics), evaluate (model and BM25 scorers, `dpsr evaluate`'s logic),
+served (the served ranking through the FAISS index, `dpsr evaluate --served`),
+crossval (N-fold query-hash cross-validation, `dpsr crossval`).
 """

@@ -5,7 +5,8 @@ Reports, for the requests of the split (distinct (query, user) with >= 1 relevan
   the paper's Top-1/Top-10 of each clicked pair among it and 1,024 random items (seeded);
   AUC on the split's labelled pairs (positives vs human negatives).
 A DPSR model scores with its own soft dot product over heads (exact brute force in NumPy); BM25
-is `bm25s` over the item titles of the layout.
+is `bm25s` over the item titles of the layout. The ranking users get (max over heads through
+the FAISS index) is served.py's (`dpsr evaluate --served`).
 """
 import dataclasses
 import time
@@ -15,7 +16,7 @@ import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
-from dpsr_tf.model.scoring import soft_dot_product_np
+from dpsr_tf.model.scoring import soft_dot_from_dots_np, soft_dot_product_np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +116,7 @@ class EmbeddingScorer:
     def score_pairs(self, pair_idx: np.ndarray, items: np.ndarray) -> np.ndarray:
         heads = self.pair_query_emb[self.pair_request[pair_idx]]           # [b, m, d]
         dots = np.einsum("bmd,bcd->bcm", heads, self.item_emb[items])       # [b, c, m]
-        if dots.shape[-1] == 1 or self.beta == 0:
-            return dots.max(axis=-1)
-        z = dots / self.beta
-        w = np.exp(z - z.max(axis=-1, keepdims=True))
-        w /= w.sum(axis=-1, keepdims=True)
-        return (w * dots).sum(axis=-1)
+        return soft_dot_from_dots_np(dots, self.beta)
 
 
 class BM25Scorer:
@@ -196,10 +192,14 @@ def evaluate_scorer(scorer, spec, eval_set, pairs, cfg: EvalConfig,
     return out
 
 
-def evaluate_model(model_dir: str, layout_dir: Optional[str] = None,
-                   cfg: EvalConfig = EvalConfig(), checkpoint: Optional[str] = None,
-                   log: Callable[[str], None] = print) -> Dict[str, float]:
-    """Metrics of a trained model directory on a layout split (default: its training layout)."""
+def load_model_scorer(model_dir: str, layout_dir: Optional[str] = None,
+                      cfg: EvalConfig = EvalConfig(), checkpoint: Optional[str] = None,
+                      log: Callable[[str], None] = print):
+    """Embeds a split's requests and the whole catalog with a trained model directory.
+
+    Returns:
+      (EmbeddingScorer, LayoutSpec, EvalSet, labelled pairs, checkpoint path).
+    """
     from dpsr_tf.model.embedder import CheckpointEmbedder  # pylint: disable=import-outside-toplevel
     from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
     model_config, saved_spec = load_model_config(model_dir)
@@ -212,8 +212,17 @@ def evaluate_model(model_dir: str, layout_dir: Optional[str] = None,
     with CheckpointEmbedder(model_dir, checkpoint, model_config, spec) as embedder:
         log(f"evaluating {embedder.checkpoint} on {spec.layout_dir} split {cfg.split}")
         scorer = EmbeddingScorer(embedder, spec, eval_set, pairs)
-        out = evaluate_scorer(scorer, spec, eval_set, pairs, cfg, log)
-        out["checkpoint"] = embedder.checkpoint
+        return scorer, spec, eval_set, pairs, embedder.checkpoint
+
+
+def evaluate_model(model_dir: str, layout_dir: Optional[str] = None,
+                   cfg: EvalConfig = EvalConfig(), checkpoint: Optional[str] = None,
+                   log: Callable[[str], None] = print) -> Dict[str, float]:
+    """Metrics of a trained model directory on a layout split (default: its training layout)."""
+    scorer, spec, eval_set, pairs, checkpoint = load_model_scorer(model_dir, layout_dir, cfg,
+                                                                  checkpoint, log)
+    out = evaluate_scorer(scorer, spec, eval_set, pairs, cfg, log)
+    out["checkpoint"] = checkpoint
     return out
 
 

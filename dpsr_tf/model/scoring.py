@@ -60,19 +60,38 @@ def paired_soft_dot_product(query_heads: tf.Tensor, items: tf.Tensor, beta: floa
     return _soft_dot(dots, beta)
 
 
-def soft_dot_product_np(query_heads: np.ndarray, items: np.ndarray, beta: float) -> np.ndarray:
-    """NumPy twin of soft_dot_product for evaluation: [Q, m, d] x [N, d] -> [Q, N] float32.
+def soft_dot_from_dots_np(dots: np.ndarray, beta: float) -> np.ndarray:
+    """NumPy twin of the soft dot product over precomputed head-item dot products.
 
-    Also returns the same ranking as serving when beta = 0 (max over heads).
+    The one NumPy implementation: soft_dot_product_np and evaluation's pair scores call it.
+
+    Args:
+      dots: [..., m] float32 dot products e_i.g of the m heads with one item.
+      beta: attention temperature >= 0; 0 (or m = 1) gives the max over heads, which is the
+        rule serving ranks by (each head searched, hits merged by best score).
+
+    Returns:
+      [...] float32 scores.
     """
-    dots = np.einsum("qmd,nd->qnm", query_heads.astype(np.float32, copy=False),
-                     items.astype(np.float32, copy=False))
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    dots = np.asarray(dots, np.float32)
     if dots.shape[-1] == 1:
         return dots[..., 0]
     if beta == 0:
         return dots.max(axis=-1)
-    z = dots / beta
+    z = dots / np.float32(beta)
     z -= z.max(axis=-1, keepdims=True)
     w = np.exp(z)
     w /= w.sum(axis=-1, keepdims=True)
     return (w * dots).sum(axis=-1)
+
+
+def soft_dot_product_np(query_heads: np.ndarray, items: np.ndarray, beta: float) -> np.ndarray:
+    """NumPy twin of soft_dot_product for evaluation: [Q, m, d] x [N, d] -> [Q, N] float32.
+
+    beta = 0 gives the max over heads, the ranking serving uses.
+    """
+    dots = np.einsum("qmd,nd->qnm", query_heads.astype(np.float32, copy=False),
+                     items.astype(np.float32, copy=False))
+    return soft_dot_from_dots_np(dots, beta)

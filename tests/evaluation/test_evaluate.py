@@ -1,17 +1,22 @@
 """End to end on a tiny seeded catalog: a short seeded training run retrieves far above random;
-BM25 through bm25s on the same split; `dpsr evaluate` writes the metrics."""
+BM25 through bm25s on the same split; `dpsr evaluate` writes the metrics; `dpsr evaluate
+--served` ranks through the index `dpsr index` built."""
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.testing import prepare_tiny_layout
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
+from export import catalog_index
+from export.index_builder import IndexBuildConfig, build_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -72,3 +77,50 @@ def test_cli_without_model_or_layout_is_an_error():
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0
     assert "give --model_dir" in proc.stderr
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "evaluate", *args], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_cli_served_through_the_index_dpsr_index_built(trained, tmp_path):
+    spec, model_dir = trained
+    index_dir = str(tmp_path / "index")
+    catalog_index.index_catalog(model_dir, index_dir,
+                                IndexBuildConfig(factory="Flat", num_shards=2, num_threads=1))
+    out = tmp_path / "metrics.json"
+    proc = _cli(f"--model_dir={model_dir}", "--served", f"--index_dir={index_dir}",
+                "--num_random=50", f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(out.read_text())["dpsr"]
+    for k in (10, 100, 1000):
+        # A Flat index searches exhaustively: served = exact max over heads.
+        assert got[f"served_recall@{k}"] == got[f"max_recall@{k}"], got
+        assert got[f"served_overlap@{k}"] == 1.0 and got[f"recall_lost_to_index@{k}"] == 0.0
+        assert got[f"recall_lost_to_max@{k}"] == pytest.approx(
+            got[f"recall@{k}"] - got[f"max_recall@{k}"])
+    assert got["served_ndcg@10"] == got["max_ndcg@10"]
+    assert got["served_num_shards"] == 2 and got["served_factory"] == "Flat"
+    assert got["max_recall@10"] > 5 * 10 / spec.num_items, got       # far above random
+    assert "dpsr  recall@10=" in proc.stdout
+    assert "served (Flat, 2 shard(s), nprobe=n/a): recall@10=" in proc.stdout
+    assert "recall lost: to_max@10=" in proc.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "dimension"])
+def test_cli_served_with_a_wrong_index_names_it_and_the_fix(trained, tmp_path, case):
+    spec, model_dir = trained
+    index_dir = str(tmp_path / "index")
+    if case == "dimension":   # an index of another model: 8-dimensional vectors
+        vectors = np.random.default_rng(0).standard_normal((spec.num_items, 8)).astype(
+            np.float32)
+        build_index(vectors, layout_lib.load_item_ids(spec), index_dir,
+                    IndexBuildConfig(factory="Flat", num_threads=1))
+    proc = _cli(f"--model_dir={model_dir}", "--served", f"--index_dir={index_dir}")
+    assert proc.returncode != 0
+    assert index_dir in proc.stderr
+    assert f"dpsr index --model_dir={model_dir} --output_dir={index_dir}" in proc.stderr
+    assert ("does not exist" if case == "missing" else
+            "holds 8-dimensional vectors but the model's embeddings have 32") in proc.stderr

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export.head_merge import merge_heads
+from export.head_merge import merge_heads, merge_heads_np
 
 
 def reference(scores, labels, k):
@@ -48,3 +48,31 @@ def test_item_found_by_two_heads_keeps_best_score_and_its_head():
     assert l.numpy().tolist() == [[7, 3, 5]]
     np.testing.assert_allclose(s.numpy(), [[0.9, 0.4, 0.1]])
     assert h.numpy().tolist() == [[1, 0, 1]]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("batch,m,n,k,num_items", [
+    (1, 1, 5, 5, 100), (4, 3, 10, 10, 20), (3, 2, 8, 16, 12), (5, 4, 6, 7, 1000), (0, 2, 3, 3, 9),
+    (6, 8, 4, 32, 5)])
+def test_numpy_twin_equals_merge_heads(batch, m, n, k, num_items, ties):
+    rng = np.random.default_rng(batch * 1000 + m * 100 + n + ties)
+    if ties:  # few distinct values: tie order must match too
+        scores = (rng.integers(0, 4, size=(batch, m, n)) / 4.0).astype(np.float32)
+    else:
+        scores = rng.standard_normal((batch, m, n)).astype(np.float32)
+    labels = rng.integers(0, num_items, size=(batch, m, n)).astype(np.int64)
+    labels[rng.random(labels.shape) < 0.15] = -1
+    want = [t.numpy() for t in merge_heads(tf.constant(scores), tf.constant(labels),
+                                           tf.constant(k))]
+    got = merge_heads_np(scores, labels, k)
+    for w, g, dtype in zip(want, got, (np.float32, np.int64, np.int32)):
+        assert g.dtype == dtype and g.shape == (batch, k)
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("shape_s,shape_l,k,match", [
+    ((2, 3, 4), (2, 3, 5), 4, "shapes"), ((2, 12), (2, 12), 4, "shapes"),
+    ((2, 3, 4), (2, 3, 4), 13, r"\[1, 12\], got 13"), ((2, 3, 4), (2, 3, 4), 0, "got 0")])
+def test_numpy_twin_bad_input_is_value_error(shape_s, shape_l, k, match):
+    with pytest.raises(ValueError, match=match):
+        merge_heads_np(np.zeros(shape_s, np.float32), np.zeros(shape_l, np.int64), k)

@@ -62,3 +62,24 @@ def test_large_beta_is_mean_over_heads():
     mean = np.einsum("bmd,nd->bnm", heads, items).mean(axis=-1)
     got = scoring.soft_dot_product(tf.constant(heads), tf.constant(items), 1e6).numpy()
     np.testing.assert_allclose(got, mean, atol=1e-4)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.05, 1.0])
+@pytest.mark.parametrize("num_heads", [1, 4])
+def test_numpy_soft_dot_from_dots_equals_tf(beta, num_heads):
+    # The one NumPy implementation (evaluation's pair scores and soft_dot_product_np) against
+    # the TF one training uses, on [b, c, m] dots.
+    rng = np.random.RandomState(7 + num_heads)
+    heads = rng.normal(size=(6, num_heads, 8)).astype(np.float32)
+    items = rng.normal(size=(6, 5, 8)).astype(np.float32)
+    dots = np.einsum("bmd,bcd->bcm", heads, items)
+    want = np.stack([scoring.paired_soft_dot_product(
+        tf.constant(heads), tf.constant(items[:, c]), beta).numpy() for c in range(5)], axis=1)
+    np.testing.assert_allclose(scoring.soft_dot_from_dots_np(dots, beta), want, atol=1e-5)
+    np.testing.assert_allclose(scoring.soft_dot_product_np(heads, items[0], beta)[0],
+                               want[0], atol=1e-5)
+
+
+def test_numpy_soft_dot_rejects_negative_beta():
+    with pytest.raises(ValueError, match="beta must be >= 0, got -0.1"):
+        scoring.soft_dot_from_dots_np(np.zeros([2, 3], np.float32), -0.1)
