@@ -10,7 +10,7 @@ from typing import Tuple
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "sampled_softmax")
 TEXT_ENCODERS = ("separate", "shared")
-COMBINERS = ("mean", "sum", "sqrtn")
+COMBINERS = ("mean", "sum", "sqrtn", "weighted")
 PARTITIONERS = ("fixed", "min_max")
 
 
@@ -29,7 +29,10 @@ class ModelConfig:
       query_projection_dim: width of each head's slice of the query projection (the projection
         outputs num_heads * query_projection_dim).
       query_hidden_units: hidden ReLU layers of each head's MLP (the last layer is linear, width d).
-      combiner: how an embedding bag combines its rows: "mean", "sum" or "sqrtn".
+      combiner: how the token bags combine their rows: "mean", "sum", "sqrtn" or "weighted" (a
+        learned weight per token, softplus of one extra table column: a weighted mean, so
+        "bracket" can count more than "in"; the token table gets token_embedding_dim + 1
+        columns).
       personalization: "none" (DPSR), "profile" (DPSR-p: + user profile features) or
         "history" (DPSR-h: profile + the user's recent item history).
       text_encoder: "separate" (the paper: the token table is shared, then the item MLP and

@@ -72,7 +72,16 @@ def _part_offsets(parts: Sequence[tf.Variable]) -> List[int]:
     return offsets
 
 
+def _weigh_rows(rows: tf.Tensor) -> tf.Tensor:
+    """[L, D + 1] rows whose last column is a weight logit -> [L, D + 1] = [w * e, w] with
+    w = softplus(logit): summed per example, they give a learned weighted mean."""
+    weight = tf.nn.softplus(rows[:, -1:])
+    return tf.concat([rows[:, :-1] * weight, weight], axis=1)
+
+
 def _combine(sums: tf.Tensor, lengths: tf.Tensor, combiner: str) -> tf.Tensor:
+    if combiner == "weighted":   # sums of [w * e, w]: divide by the total weight
+        return sums[:, :-1] / tf.maximum(sums[:, -1:], 1e-6)
     lengths = tf.cast(lengths, sums.dtype)[:, None]
     if combiner == "sum":
         return sums
@@ -80,7 +89,7 @@ def _combine(sums: tf.Tensor, lengths: tf.Tensor, combiner: str) -> tf.Tensor:
         return sums / tf.maximum(lengths, 1.0)
     if combiner == "sqrtn":
         return sums / tf.sqrt(tf.maximum(lengths, 1.0))
-    raise ValueError(f"combiner={combiner!r}: choose 'mean', 'sum' or 'sqrtn'")
+    raise ValueError(f"combiner={combiner!r}: choose 'mean', 'sum', 'sqrtn' or 'weighted'")
 
 
 def as_ragged(ids, name: str = "ids") -> tf.RaggedTensor:
@@ -103,7 +112,9 @@ def embedding_bag(table: Table, ids, *, combiner: str = "mean",
     Args:
       table: [V, D] float32 variable or partitioned variable (see `embedding_table`).
       ids: tf.RaggedTensor (or tf.SparseTensor) int64 [B, (L)], every id in [0, V).
-      combiner: "mean" (an empty row gives zeros), "sum" or "sqrtn".
+      combiner: "mean" (an empty row gives zeros), "sum", "sqrtn" or "weighted" (the table
+        has D + 1 columns, the last a per-token weight logit: the bag is
+        sum_t softplus(l_t) e_t / sum_t softplus(l_t), a learned IDF-like pooling; [B, D]).
       aggregate_on_ps: per partition, gather + segment-sum colocated with the partition
         (paper §5.1.3); same numbers as the plain path up to float summation order.
       name: name scope.
@@ -120,13 +131,16 @@ def embedding_bag(table: Table, ids, *, combiner: str = "mean",
         if not aggregate_on_ps:
             rows = tf.compat.v1.nn.embedding_lookup(
                 parts if len(parts) > 1 else parts[0], flat_ids, partition_strategy="div")
+            if combiner == "weighted":
+                rows = _weigh_rows(rows)
             sums = tf.math.unsorted_segment_sum(rows, segments, num_rows)
         else:
-            sums = _aggregate_per_partition(parts, flat_ids, segments, num_rows)
+            sums = _aggregate_per_partition(parts, flat_ids, segments, num_rows,
+                                            weighted=combiner == "weighted")
         return _combine(sums, ids.row_lengths(), combiner)
 
 
-def _aggregate_per_partition(parts, flat_ids, segments, num_rows):
+def _aggregate_per_partition(parts, flat_ids, segments, num_rows, weighted=False):
     """Sum over partitions of (gather + unsorted_segment_sum on the partition's device)."""
     offsets = _part_offsets(parts)
     num_parts = len(parts)
@@ -148,6 +162,8 @@ def _aggregate_per_partition(parts, flat_ids, segments, num_rows):
         segs = tf.cast(segs, tf.int32)
         with tf.compat.v1.colocate_with(part):
             rows = tf.gather(part, local_ids)
+            if weighted:
+                rows = _weigh_rows(rows)
             partials.append(tf.math.unsorted_segment_sum(rows, segs, num_rows))
     return partials[0] if num_parts == 1 else tf.add_n(partials)
 

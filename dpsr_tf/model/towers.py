@@ -68,8 +68,11 @@ def _residual(text: tf.Tensor, extra: Sequence[tf.Tensor], cfg: ModelConfig) -> 
 
 
 def _token_table(cfg: ModelConfig, layout_spec):
+    # "weighted" keeps each token's weight logit in one extra column of the same table, so the
+    # weights are partitioned and aggregated on the parameter servers with the embeddings.
+    width = cfg.token_embedding_dim + (1 if cfg.combiner == "weighted" else 0)
     return embedding.embedding_table(
-        "tokens", int(layout_spec.token_id_space), cfg.token_embedding_dim,
+        "tokens", int(layout_spec.token_id_space), width,
         partitions=max(1, cfg.embedding_partitions), partitioner=cfg.partitioner,
         min_slice_size_bytes=cfg.min_slice_size_bytes)
 

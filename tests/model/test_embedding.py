@@ -11,6 +11,13 @@ ROWS = [[3, 7, 7, 22], [], [0], [11, 12, 13, 14, 15, 16, 2], [22]]
 
 
 def _reference(table, rows, combiner):
+    if combiner == "weighted":   # last column: weight logit; softplus-weighted mean of the rest
+        out = np.zeros((len(rows), table.shape[1] - 1), np.float64)
+        for i, ids in enumerate(rows):
+            if ids:
+                w = np.log1p(np.exp(table[ids, -1].astype(np.float64)))
+                out[i] = (w[:, None] * table[ids, :-1]).sum(axis=0) / w.sum()
+        return out
     out = np.zeros((len(rows), table.shape[1]), np.float64)
     for i, ids in enumerate(rows):
         if ids:
@@ -27,7 +34,8 @@ def _bag(partitions, partitioner, aggregate, combiner, table_value):
         parts = embedding.table_parts(table)
         ids = tf.ragged.constant(ROWS, dtype=tf.int64)
         bag = embedding.embedding_bag(table, ids, combiner=combiner, aggregate_on_ps=aggregate)
-        weights = tf.constant(np.arange(len(ROWS) * DIM, dtype=np.float32).reshape(-1, DIM))
+        width = DIM - (combiner == "weighted")
+        weights = tf.constant(np.arange(len(ROWS) * width, dtype=np.float32).reshape(-1, width))
         grads = tf.gradients(tf.reduce_sum(bag * weights), parts)
         dense = [tf.convert_to_tensor(g) for g in grads]
         with tf.compat.v1.Session() as sess:
@@ -40,7 +48,7 @@ def _bag(partitions, partitioner, aggregate, combiner, table_value):
     return out, np.concatenate(g), len(parts)
 
 
-@pytest.mark.parametrize("combiner", ["mean", "sum", "sqrtn"])
+@pytest.mark.parametrize("combiner", ["mean", "sum", "sqrtn", "weighted"])
 @pytest.mark.parametrize("partitions, partitioner", [(1, "fixed"), (3, "fixed"), (4, "fixed"),
                                                       (5, "min_max")])
 def test_ps_aggregation_equals_plain_lookup(combiner, partitions, partitioner):
@@ -94,3 +102,18 @@ def test_dense_ids_are_rejected_with_a_clear_error():
         table = embedding.embedding_table("t", VOCAB, DIM)
         with pytest.raises(TypeError, match="RaggedTensor or tf.SparseTensor"):
             embedding.embedding_bag(table, tf.constant([[1, 2]], tf.int64), name="query_tokens")
+
+
+def test_weighted_bag_hand_worked():
+    # Two rows [e = (1, 0), logit 0] and [e = (0, 2), logit log(e^3 - 1)]: weights softplus =
+    # log 2 and 3; bag = (log 2 * (1, 0) + 3 * (0, 2)) / (log 2 + 3).
+    table = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, np.log(np.exp(3.0) - 1.0)]], np.float32)
+    with tf.Graph().as_default():
+        t = tf.compat.v1.get_variable("t", initializer=table)
+        bag = embedding.embedding_bag(t, tf.ragged.constant([[0, 1], []], dtype=tf.int64),
+                                      combiner="weighted")
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            got = sess.run(bag)
+    l2 = np.log(2.0)
+    np.testing.assert_allclose(got, [[l2 / (l2 + 3), 6 / (l2 + 3)], [0, 0]], rtol=1e-5)
