@@ -12,6 +12,7 @@ The index is trained once, on a seeded sample of the whole catalog, and every sh
 from a copy of that trained index, so all shards share one coarse quantizer and codebook.
 """
 import dataclasses
+import math
 import os
 import resource
 import shutil
@@ -37,6 +38,30 @@ def _require_faiss():
     return faiss
 
 
+AUTO = "auto"
+AUTO_FLAT_BELOW = 20000
+
+
+def auto_factory(num_items: int, dim: int) -> str:
+    """The factory string "auto" stands for, for a shard of num_items vectors of size dim.
+
+    Below AUTO_FLAT_BELOW items an exact "Flat" index (a brute-force scan of 20k x 64 floats
+    costs well under a millisecond). Above it IVF-PQ with nlist = the power of two nearest
+    4 * sqrt(num_items) (FAISS's rule of thumb; 1M items -> 4096, 55k -> 1024), so that the
+    stored nprobe of 64 scans a few percent of the shard (a fixed IVF4096 on 55k items holds ~13
+    items per list and nprobe 64 cannot even return 1,000 candidates), and dim / 2 sub-quantizers
+    of 8 bits (PQ32 for d = 64).
+    """
+    if num_items < AUTO_FLAT_BELOW:
+        return "Flat"
+    nlist = 2 ** int(round(math.log2(4.0 * math.sqrt(num_items))))
+    nlist = min(max(nlist, 64), 65536)
+    m = dim // 2 if dim % 2 == 0 else dim
+    while m > 64 or dim % m:
+        m -= 1
+    return f"IVF{nlist},PQ{m}"
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexBuildConfig:
     """How to build an item index.
@@ -44,7 +69,7 @@ class IndexBuildConfig:
     Attributes:
       factory: FAISS index_factory string: "Flat" (exact), "IVF1024,PQ32" (IVF-PQ),
         "IVF1024,PQ32x4fs" (IVF-PQ fast scan, 4-bit codes), "HNSW32", "OPQ32,IVF4096,PQ32"...
-        (docs/indexing.md).
+        (docs/indexing.md), or "auto" (`auto_factory`: sized by the shard's item count).
       metric: "inner_product" (DPSR scores) or "l2".
       num_shards: S; item i goes to shard index_layout.shard_of(id_i, S).
       train_size: vectors sampled (seeded, without replacement) to train the index; 0 = auto:
@@ -212,6 +237,11 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
     config.validate()
     embeddings, ids = _check_inputs(embeddings, item_ids)
     n, d = embeddings.shape
+    if config.factory.strip().lower() == AUTO:
+        config = dataclasses.replace(
+            config, factory=auto_factory(-(-n // max(1, config.num_shards)), d))
+        logging.info("index factory auto -> %s (%d items, %d shard(s), d = %d)", config.factory,
+                     n, config.num_shards, d)
     try:
         template = faiss.index_factory(d, config.factory, _metric(config.metric))
     except RuntimeError as e:

@@ -11,8 +11,10 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Index build directory to writ
 _LAYOUT = flags.DEFINE_string("layout_dir", None,
                               "Training layout; default the one the model was trained on.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest.")
-_FACTORY = flags.DEFINE_string("index_factory", "IVF4096,PQ32",
-                               "FAISS index_factory string: Flat, IVF4096,PQ32, HNSW32, ... "
+_FACTORY = flags.DEFINE_string("index_factory", "auto",
+                               "FAISS index_factory string: Flat, IVF4096,PQ32, HNSW32, ..., or "
+                               "auto: Flat below 20k items per shard, else IVF<nlist ~ 4 "
+                               "sqrt(n)>,PQ<d/2> (1M items: IVF4096,PQ32) "
                                "(avoid fast-scan ...x4fs: Debian's libfaiss has no AVX2, see "
                                "docs/benchmarks.md)")
 _SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the catalog into this many shards.")
