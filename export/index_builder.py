@@ -39,14 +39,17 @@ def _require_faiss():
 
 
 AUTO = "auto"
-AUTO_FLAT_BELOW = 20000
+AUTO_FLAT_BELOW = 100_000
 
 
 def auto_factory(num_items: int, dim: int) -> str:
     """The factory string "auto" stands for, for a shard of num_items vectors of size dim.
 
-    Below AUTO_FLAT_BELOW items an exact "Flat" index (a brute-force scan of 20k x 64 floats
-    costs well under a millisecond). Above it IVF-PQ with nlist = the power of two nearest
+    Below AUTO_FLAT_BELOW items an exact "Flat" index: measured on Home Depot's 54,667 item
+    embeddings (2 cores, top 1,000), Flat costs 0.82 ms per query against 0.36 ms for
+    IVF1024,PQ32 at nprobe 64, which returns only 77% of the exact top 1,000 (IVF256,Flat at
+    nprobe 64: 92%, 0.53 ms); at this size exactness is worth the half millisecond.
+    Above it IVF-PQ with nlist = the power of two nearest
     4 * sqrt(num_items) (FAISS's rule of thumb; 1M items -> 4096, 55k -> 1024), so that the
     stored nprobe of 64 scans a few percent of the shard (a fixed IVF4096 on 55k items holds ~13
     items per list and nprobe 64 cannot even return 1,000 candidates), and dim / 2 sub-quantizers

@@ -13,7 +13,7 @@ _LAYOUT = flags.DEFINE_string("layout_dir", None,
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest.")
 _FACTORY = flags.DEFINE_string("index_factory", "auto",
                                "FAISS index_factory string: Flat, IVF4096,PQ32, HNSW32, ..., or "
-                               "auto: Flat below 20k items per shard, else IVF<nlist ~ 4 "
+                               "auto: Flat below 100k items per shard, else IVF<nlist ~ 4 "
                                "sqrt(n)>,PQ<d/2> (1M items: IVF4096,PQ32) "
                                "(avoid fast-scan ...x4fs: Debian's libfaiss has no AVX2, see "
                                "docs/benchmarks.md)")

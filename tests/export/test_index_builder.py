@@ -242,12 +242,12 @@ def test_manifest_and_id_map_validation(tmp_path, ref):
 
 
 @pytest.mark.parametrize("num_items, dim, want", [
-    (1200, 32, "Flat"), (19999, 64, "Flat"), (54667, 64, "IVF1024,PQ32"),
+    (1200, 32, "Flat"), (54667, 64, "Flat"), (99999, 64, "Flat"), (100_000, 64, "IVF1024,PQ32"),
     (1_000_000, 64, "IVF4096,PQ32"), (15_000_000, 64, "IVF16384,PQ32"),
     (100_000, 128, "IVF1024,PQ64"), (100_000, 50, "IVF1024,PQ25"), (50_000, 7, "IVF1024,PQ7"),
     (10 ** 12, 64, "IVF65536,PQ32")])
 def test_auto_factory(num_items, dim, want):
-    # nlist: the power of two nearest 4 sqrt(n) (4 sqrt(54667) = 935 -> 1024; 4 sqrt(1M) = 4000
+    # nlist: the power of two nearest 4 sqrt(n) (4 sqrt(100k) = 1265 -> 1024; 4 sqrt(1M) = 4000
     # -> 4096; 4 sqrt(15M) = 15492 -> 16384), clamped to [64, 65536]; PQ: d / 2 sub-quantizers
     # (a divisor of d, at most 64).
     assert index_builder.auto_factory(num_items, dim) == want
