@@ -68,7 +68,10 @@ _TRAIN_HELP = {
     "worker_delay_secs": "Delay before a non-chief worker starts (TF default staggers by 5 s).",
     "ready_poll_secs": "Seconds between a worker's checks that the chief initialized the model.",
     "pseudo_query_ratio": "Share of training examples that are catalog pseudo-queries at step 0 "
-                          "(0 = logged interactions only).",
+                          "(0 = logged interactions only; < 0 = auto from the log size, "
+                          "--max_log_epochs).",
+    "max_log_epochs": "Auto pseudo-query ratio: pass over the logged interactions about this "
+                      "many times in the run.",
     "pseudo_query_final_ratio": "Share of pseudo-queries reached at --pseudo_query_decay_steps "
                                 "(< 0 = --pseudo_query_ratio throughout).",
     "pseudo_query_decay_steps": "Local steps of the linear pseudo-query share schedule.",

@@ -53,6 +53,10 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
                       cluster: tf_config.ClusterInfo):
     """(train_input_fn, eval_input_fn) from dpsr_tf.data.pipeline over train.layout_dir."""
     from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
+    mix = train.pseudo_query_mix(load_layout_spec(train.layout_dir).num_records.get("train", 0))
+    logging.info("pseudo-queries: %.3f of the training examples at step 0%s", mix.ratio,
+                 " (auto)" if train.pseudo_query_ratio < 0 else "")
     train_fn = pipeline.make_train_input_fn(
         train.layout_dir, batch_size=train.batch_size,
         num_random_negatives=max(1, model_config.random_negatives_needed),
@@ -61,7 +65,7 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         # Each training replica reads its own shard of the records.
         num_shards=max(1, cluster.num_workers) if cluster.distributed else 1,
         shard_index=cluster.replica_index if cluster.task_type in ("chief", "worker") else 0,
-        pseudo_mix=train.pseudo_query_mix(),
+        pseudo_mix=mix,
         human_negatives=model_config.max_human_negatives)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,

@@ -244,7 +244,7 @@ def test_manifest_and_id_map_validation(tmp_path, ref):
 @pytest.mark.parametrize("num_items, dim, want", [
     (1200, 32, "Flat"), (54667, 64, "Flat"), (99999, 64, "Flat"), (100_000, 64, "IVF1024,PQ32"),
     (1_000_000, 64, "IVF4096,PQ32"), (15_000_000, 64, "IVF16384,PQ32"),
-    (100_000, 128, "IVF1024,PQ64"), (100_000, 50, "IVF1024,PQ25"), (50_000, 7, "IVF1024,PQ7"),
+    (100_000, 128, "IVF1024,PQ64"), (100_000, 50, "IVF1024,PQ25"), (500_000, 7, "IVF2048,PQ7"),
     (10 ** 12, 64, "IVF65536,PQ32")])
 def test_auto_factory(num_items, dim, want):
     # nlist: the power of two nearest 4 sqrt(n) (4 sqrt(100k) = 1265 -> 1024; 4 sqrt(1M) = 4000
