@@ -39,7 +39,7 @@ _MODEL_HELP = {
     "softmax_random_negatives": "Sampled softmax: shared random negatives added to the batch.",
     "frequency_decay": "Rate of the streaming item-frequency estimate (logQ).",
     "optimizer": "adagrad (paper), adam or sgd.",
-    "learning_rate": "Learning rate (paper: 0.01).",
+    "learning_rate": "Learning rate (paper: 0.01; default 0.1 with the softmax loss).",
     "adagrad_initial_accumulator": "AdaGrad initial accumulator value.",
     "embedding_partitions": "Shards of the token/history tables (0 = one per parameter server).",
     "partitioner": f"{', '.join(PARTITIONERS)} variable partitioner.",
@@ -50,7 +50,7 @@ _MODEL_HELP = {
 _TRAIN_HELP = {
     "layout_dir": "Training layout written by `dpsr prepare` (required).",
     "model_dir": "Checkpoints, TensorBoard events and dpsr_config.json (required).",
-    "batch_size": "Examples per step per replica (paper: 64).",
+    "batch_size": "Examples per step per replica (paper: 64; default 256, docs/results.md).",
     "train_steps": "Train until the global step reaches this.",
     "shuffle_buffer": "Shuffle buffer of the training input, in interactions.",
     "seed": "Graph and input seed (each replica adds its index).",

@@ -11,7 +11,8 @@ class TrainConfig:
     Attributes:
       layout_dir: output of `dpsr prepare`.
       model_dir: checkpoints, TensorBoard events, dpsr_config.json.
-      batch_size: examples per step per replica (paper: 64).
+      batch_size: examples per step per replica (paper: 64; 256 measured better with the
+        in-batch softmax, docs/results.md).
       train_steps: stop when the global step reaches this.
       shuffle_buffer: interactions in the shuffle buffer of the training input.
       seed: graph-level seed and input seed (each replica adds its index).
@@ -42,7 +43,7 @@ class TrainConfig:
 
     layout_dir: str
     model_dir: str
-    batch_size: int = 64
+    batch_size: int = 256
     train_steps: int = 10000
     shuffle_buffer: int = 10000
     seed: int = 0

@@ -8,10 +8,12 @@ from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_dir import CONFIG_FILE, load_model_config, write_resolved_config
 
 
-def test_paper_defaults():
+def test_defaults():
+    # Measured defaults (docs/results.md); the paper's hinge setup stays one flag set away.
     cfg = ModelConfig()
-    assert (cfg.optimizer, cfg.learning_rate, cfg.embedding_dim, cfg.margin) == (
-        "adagrad", 0.01, 64, 0.1)
+    assert (cfg.optimizer, cfg.learning_rate, cfg.embedding_dim, cfg.loss, cfg.text_encoder,
+            cfg.softmax_temperature, cfg.margin) == (
+        "adagrad", 0.1, 64, "sampled_softmax", "shared", 0.05, 0.1)
 
 
 @pytest.mark.parametrize("loss, alpha, num_negatives, softmax_random, needed", [

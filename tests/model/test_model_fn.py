@@ -17,7 +17,7 @@ from dpsr_tf.model.testing import FakeCatalog, FakeLayoutSpec
 
 SMALL = dict(embedding_dim=8, token_embedding_dim=8, feature_embedding_dim=4,
              history_embedding_dim=4, item_hidden_units=(16,), query_hidden_units=(16,),
-             query_projection_dim=8, num_negatives=6)
+             query_projection_dim=8, num_negatives=6, text_encoder="separate")
 
 
 @pytest.mark.parametrize("loss, heads, personalization, aggregate", [
@@ -60,14 +60,14 @@ def test_gradients_reach_both_towers(loss, heads, personalization, aggregate):
     assert set(norms) >= set(expected)
 
 
-@pytest.mark.parametrize("personalization, heads, partitions", [("none", 1, 1),
-                                                                ("history", 2, 3)])
+@pytest.mark.parametrize("personalization, heads, partitions, encoder", [
+    ("none", 1, 1, "separate"), ("history", 2, 3, "separate"), ("history", 2, 2, "shared")])
 def test_fresh_graph_restore_reproduces_estimator_embeddings(tiny_layout, tmp_path,
                                                              personalization, heads,
-                                                             partitions):
+                                                             partitions, encoder):
     spec = tiny_layout
     cfg = ModelConfig(num_heads=heads, personalization=personalization,
-                      embedding_partitions=partitions, **SMALL)
+                      embedding_partitions=partitions, **dict(SMALL, text_encoder=encoder))
     model_dir = str(tmp_path / "model")
     write_resolved_config(model_dir, cfg, spec)
     estimator = tf.estimator.Estimator(
@@ -100,9 +100,15 @@ def test_fresh_graph_restore_reproduces_estimator_embeddings(tiny_layout, tmp_pa
     np.testing.assert_allclose(np.linalg.norm(queries, axis=-1), 1.0, rtol=1e-5)
     # The checkpoint holds the names the towers document.
     names = {n for n, _ in tf.train.list_variables(model_dir)}
-    assert {"dpsr/embeddings/tokens", "dpsr/item_tower/layer_0/kernel",
-            "dpsr/query_tower/projection/kernel", "dpsr/query_tower/head_0/layer_1/bias",
-            "global_step"} <= names
+    if encoder == "separate":
+        assert {"dpsr/embeddings/tokens", "dpsr/item_tower/layer_0/kernel",
+                "dpsr/query_tower/projection/kernel", "dpsr/query_tower/head_0/layer_1/bias",
+                "global_step"} <= names
+    else:
+        assert {"dpsr/embeddings/tokens", "dpsr/text_encoder/layer_0/kernel",
+                "dpsr/item_adapter/layer_1/kernel", "dpsr/query_tower/head_1/layer_1/bias",
+                "global_step"} <= names
+        assert not any("item_tower" in n or "projection" in n for n in names)
 
 
 SHARED = dict(SMALL, text_encoder="shared", adapter_hidden_units=(8,))
