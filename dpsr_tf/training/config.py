@@ -44,7 +44,7 @@ class TrainConfig:
     layout_dir: str
     model_dir: str
     batch_size: int = 256
-    train_steps: int = 10000
+    train_steps: int = 16000
     shuffle_buffer: int = 10000
     seed: int = 0
     eval_split: str = "eval"
