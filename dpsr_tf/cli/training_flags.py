@@ -33,7 +33,8 @@ _MODEL_HELP = {
     "margin": "delta, hinge margin (paper: 0.1).",
     "num_negatives": "Hinge loss: random negatives drawn per batch, shared by its examples.",
     "alpha": "Weight of random vs batch negatives: (1-alpha)*batch term + alpha*random term.",
-    "human_negative_weight": "Weight of hinge terms against human-labelled negatives.",
+    "human_negative_weight": "Weight of the human negatives of the example's query (hinge "
+                             "terms, or softmax candidates with logit + log(weight)).",
     "softmax_temperature": "Sampled softmax: logits = score / temperature.",
     "softmax_logq_correction": "Sampled softmax: subtract log(expected count) of each item.",
     "softmax_random_negatives": "Sampled softmax: shared random negatives added to the batch.",

@@ -19,8 +19,12 @@ Per batch (B = batch size, R = num_random_negatives), `features` holds:
   negatives    "neg_item_row" int64 [R], "neg_item_tokens" ragged int64 [R, (Li)],
                "neg_item_<name>" int64 [R]: uniform over the item table, drawn once per batch
                and shared by all its examples (DPSR §4.4.1).
-Batch negatives are the other examples' positives (the model masks equal item rows); human
-negatives are ordinary examples with label 0 next to their query (§4.5).
+  human negatives (make_train_input_fn(human_negatives=K > 0)) "human_negative_rows" ragged
+               int64 [B, (h <= K)] from the layout's per-query table, and
+               "human_negative_item_row" / "_tokens" / "_<name>" of its flat rows (§4.5).
+Batch negatives are the other examples' positives (the model masks equal item rows). In eval
+splits human negatives are ordinary examples with label 0 next to their query. Training mixes
+the layout's catalog pseudo-queries ("pseudo" split) into the train records by PseudoQueryMix.
 """
 import dataclasses
 import os
@@ -168,20 +172,23 @@ def _human_negatives(spec: layout_lib.LayoutSpec, t: Dict, query_row: tf.Tensor,
                      cap: int, seed: tf.Tensor) -> Dict:
     """The human negatives of each example's query (§4.5), at most `cap` per example.
 
-    A query with more than `cap` negatives contributes a window of `cap` of them at a random
-    offset (a different window each batch).
+    A query with count > cap negatives contributes `cap` of them, cyclically consecutive from a
+    uniform random offset (a different draw each batch): each of its negatives is joined with
+    probability cap / count.
     """
     splits = t["human_negative_splits"]
     start = tf.gather(splits, query_row)
     count = tf.gather(splits, query_row + 1) - start
-    room = tf.maximum(count - cap, 0)
-    offset = tf.cast(tf.floor(tf.random.stateless_uniform(tf.shape(room), seed=seed) *
-                              tf.cast(room + 1, tf.float32)), tf.int64)
-    start += tf.minimum(offset, room)
-    positions = tf.ragged.range(start, start + tf.minimum(count, cap))
-    rows = tf.cast(tf.gather(t["human_negative_items"], positions.flat_values), tf.int64)
+    offset = tf.cast(tf.floor(tf.random.stateless_uniform(tf.shape(count), seed=seed) *
+                              tf.cast(count, tf.float32)), tf.int64)
+    offset = tf.minimum(offset, tf.maximum(count - 1, 0))
+    slots = tf.ragged.range(tf.minimum(count, cap))                      # [B, (h)] 0..h-1
+    row = slots.value_rowids()
+    positions = tf.gather(start, row) + tf.math.floormod(
+        slots.flat_values + tf.gather(offset, row), tf.maximum(tf.gather(count, row), 1))
+    rows = tf.cast(tf.gather(t["human_negative_items"], positions), tf.int64)
     out = {"human_negative_rows": tf.RaggedTensor.from_row_splits(
-        rows, positions.row_splits, validate=False)}
+        rows, slots.row_splits, validate=False)}
     out.update(_item_features(spec, t, rows, "human_negative_item"))
     return out
 
@@ -460,7 +467,10 @@ def feature_keys(layout_dir: str) -> Dict[str, list]:
     user = ["user_row"] + [f"user_{n}" for n in spec.user_features] + ["user_history"]
     query = ["query", "query_row", "query_tokens"]
     neg = ["neg_item_row", "neg_item_tokens"] + [f"neg_item_{n}" for n in spec.item_features]
+    human = ["human_negative_rows", "human_negative_item_row", "human_negative_item_tokens"] + [
+        f"human_negative_item_{n}" for n in spec.item_features]
     return {"train": query + user + item + ["label", "gain"] + neg,
+            "train_with_human_negatives": query + user + item + ["label", "gain"] + neg + human,
             "item": item + ["item_id"],
             "request": ["request_index"] + query + user}
 

@@ -72,7 +72,7 @@ def split_words(text: str) -> List[str]:
     words = []
     for piece in text.split():
         piece = piece.strip(_STRIP)
-        if not piece:
+        if not any(ch.isalnum() for ch in piece):   # "-", "&", "/": no word to search by
             continue
         pos = 0
         for run in _CJK_RUN.finditer(piece):

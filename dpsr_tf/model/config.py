@@ -14,6 +14,11 @@ COMBINERS = ("mean", "sum", "sqrtn", "weighted")
 PARTITIONERS = ("fixed", "min_max")
 
 
+# The value a field had in effect before it existed (configs written by older versions lack it).
+SAVED_BEFORE_FIELD = {"text_encoder": "separate", "adapter_hidden_units": (128,),
+                      "max_human_negatives": 0}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The DPSR model (paper §4) and its training objective.
@@ -182,6 +187,14 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+    @classmethod
+    def from_saved_dict(cls, data: dict) -> "ModelConfig":
+        """A config read from a model directory: fields that did not exist when it was written
+        take the values that rebuild the graph it was trained with (SAVED_BEFORE_FIELD), not
+        today's defaults, so an older checkpoint still restores."""
+        return cls.from_dict({**{k: v for k, v in SAVED_BEFORE_FIELD.items() if k not in data},
+                              **data})
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":

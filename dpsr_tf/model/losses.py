@@ -23,23 +23,6 @@ import tensorflow as tf
 NEG_INF = -1e9
 
 
-def hinge_terms(positive: tf.Tensor, negatives: tf.Tensor, mask: tf.Tensor,
-                margin: float) -> tf.Tensor:
-    """Per-example sum of masked hinge terms.
-
-    Args:
-      positive: [B] float32 score of each example's positive.
-      negatives: [B, K] float32 scores of its negatives.
-      mask: [B, K] float32 (or bool), 1 where the negative counts.
-      margin: delta.
-
-    Returns:
-      [B] float32: sum_k mask[b, k] * max(0, margin - positive[b] + negatives[b, k]).
-    """
-    mask = tf.cast(mask, negatives.dtype)
-    return tf.reduce_sum(mask * tf.nn.relu(margin - positive[:, None] + negatives), axis=1)
-
-
 def same_query(queries: Optional[tf.Tensor], batch_size: tf.Tensor) -> tf.Tensor:
     """[B, B] bool: queries[i] == queries[j] (all False when queries is None)."""
     if queries is None:

@@ -48,8 +48,10 @@ def write_resolved_config(model_dir: str, model_config: ModelConfig, layout_spec
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             old = json.load(f)
-        diff = sorted(k for k in set(old.get("model", {})) | set(data["model"])
-                      if old.get("model", {}).get(k) != data["model"].get(k))
+        old_model = ModelConfig.from_saved_dict(old.get("model", {})).to_dict() \
+            if old.get("model") else {}
+        diff = sorted(k for k in set(old_model) | set(data["model"])
+                      if old_model.get(k) != data["model"].get(k))
         for key in ("token_id_space", "num_items", "item_features", "user_features"):
             if old.get("layout", {}).get(key) != data["layout"].get(key):
                 diff.append(f"layout.{key}")
@@ -76,7 +78,7 @@ def read_config_file(model_dir: str) -> dict:
 def load_model_config(model_dir: str) -> Tuple[ModelConfig, object]:
     """(ModelConfig, LayoutSpec) of a model directory written by `dpsr train`."""
     data = read_config_file(model_dir)
-    return ModelConfig.from_dict(data["model"]), layout_spec_from_dict(data["layout"])
+    return ModelConfig.from_saved_dict(data["model"]), layout_spec_from_dict(data["layout"])
 
 
 def latest_checkpoint(model_dir: str, checkpoint: Optional[str] = None) -> str:

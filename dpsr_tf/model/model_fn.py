@@ -48,9 +48,11 @@ def _human_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig
                        layout_spec, mode)                                   # [N, d]
     heads = tf.gather(query, rows.value_rowids())                           # [N, m, d]
     flat = scoring.paired_soft_dot_product(heads, items, cfg.beta)          # [N]
-    ragged = rows.with_flat_values(flat)
-    scores = ragged.to_tensor(default_value=0.0)
-    mask = tf.cast(tf.ones_like(ragged).to_tensor(default_value=0), tf.float32)
+    scores = rows.with_flat_values(flat).to_tensor(default_value=0.0)
+    # A negative that is the example's own positive item (conflicting labels) does not count.
+    own = tf.gather(tf.cast(features["item_row"], tf.int64), rows.value_rowids())
+    valid = tf.cast(tf.not_equal(rows.flat_values, own), tf.float32)
+    mask = rows.with_flat_values(valid).to_tensor(default_value=0.0)
     return scores, mask
 
 

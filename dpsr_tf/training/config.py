@@ -104,13 +104,15 @@ class TrainConfig:
         share = 1.0 - self.max_log_epochs * num_train_records / examples
         return float(min(0.99, max(0.5, share)))
 
-    def pseudo_query_mix(self, num_train_records: int = 0):
+    def pseudo_query_mix(self, num_train_records: int = 0, has_pseudo_queries: bool = True):
         """The dpsr_tf.data.pipeline.PseudoQueryMix of these settings (the auto ratio needs the
-        layout's number of train records)."""
+        layout's number of train records; it is 0 for a layout without pseudo-queries, which
+        an explicit ratio > 0 makes an error in the pipeline)."""
         from dpsr_tf.data.pipeline import PseudoQueryMix  # pylint: disable=import-outside-toplevel
         ratio = self.pseudo_query_ratio
         if ratio < 0:
-            ratio = self.auto_pseudo_query_ratio(num_train_records)
+            ratio = (self.auto_pseudo_query_ratio(num_train_records) if has_pseudo_queries
+                     else 0.0)
         final = None if self.pseudo_query_final_ratio < 0 else self.pseudo_query_final_ratio
         return PseudoQueryMix(ratio, final, self.pseudo_query_decay_steps)
 

@@ -54,9 +54,12 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
     """(train_input_fn, eval_input_fn) from dpsr_tf.data.pipeline over train.layout_dir."""
     from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
-    mix = train.pseudo_query_mix(load_layout_spec(train.layout_dir).num_records.get("train", 0))
+    spec = load_layout_spec(train.layout_dir)
+    mix = train.pseudo_query_mix(spec.num_records.get("train", 0), "pseudo" in spec.record_files)
     logging.info("pseudo-queries: %.3f of the training examples at step 0%s", mix.ratio,
-                 " (auto)" if train.pseudo_query_ratio < 0 else "")
+                 (" (auto)" if "pseudo" in spec.record_files else
+                  " (auto; the layout has none: dpsr prepare --pseudo_queries_per_item=8 makes "
+                  "them)") if train.pseudo_query_ratio < 0 else "")
     train_fn = pipeline.make_train_input_fn(
         train.layout_dir, batch_size=train.batch_size,
         num_random_negatives=max(1, model_config.random_negatives_needed),
@@ -66,7 +69,9 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         num_shards=max(1, cluster.num_workers) if cluster.distributed else 1,
         shard_index=cluster.replica_index if cluster.task_type in ("chief", "worker") else 0,
         pseudo_mix=mix,
-        human_negatives=model_config.max_human_negatives)
+        # Joined human negatives cost an item-tower pass: only when the loss uses them.
+        human_negatives=model_config.max_human_negatives
+        if model_config.human_negative_weight > 0 else 0)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,
         num_random_negatives=max(1, train.eval_random_negatives,

@@ -298,23 +298,31 @@ def test_layout_without_users(tmp_path):
     assert req["user_history"].to_list() == [[]] * len(ev)
 
 
-def test_human_negatives_are_joined_per_query(tiny_layout):
+def test_human_negatives_are_joined_per_query(tiny_catalog, tiny_layout):
     spec = layout_lib.load_layout_spec(tiny_layout)
     ref = _Reference(spec)
     items = np.load(spec.path(layout_lib.QUERY_HUMAN_NEGATIVE_ITEMS))
     splits = np.load(spec.path(layout_lib.QUERY_HUMAN_NEGATIVE_SPLITS))
-    # The table holds exactly the train split's (query, item) negatives of the raw records...
-    assert spec.counts["train_human_negatives"]["pairs"] > 0
+    # The table holds exactly the train split's distinct (query, item) negatives of the raw
+    # interactions (recomputed from the input files by query text and item id)...
+    queries = ref.queries
+    ids = layout_lib.load_item_ids(spec)
+    table = {(queries[q], ids[i]) for q in range(len(splits) - 1)
+             for i in items[splits[q]:splits[q + 1]]}
+    raw = {(r["query"], r["item_id"]) for r in _raw_rows(tiny_catalog.interactions_path)
+           if r["label"] == "negative" and not split_lib.is_eval_query(r["query"])}
+    assert table == raw and len(raw) == spec.counts["train_human_negatives"]["pairs"] > 0
     # ...and the train stream no longer spends batch slots on them.
     assert (layout_lib.read_records(spec, "train")["label_kind"] != 2).all()
-    cap = 2
+    cap = 1
     fn = pipeline.make_train_input_fn(tiny_layout, batch_size=64, num_random_negatives=1,
                                       seed=4, human_negatives=cap,
                                       pseudo_mix=pipeline.PseudoQueryMix(0.0))
-    seen_capped = seen_some = 0
+    picked = {}          # query row -> how often each of its negatives was joined
     for step, batch in enumerate(fn()):
-        if step == 30:
+        if step == 60:
             break
+        assert set(batch) == set(pipeline.feature_keys(tiny_layout)["train_with_human_negatives"])
         rows = batch["human_negative_rows"].to_list()
         flat = batch["human_negative_item_row"].numpy().tolist()
         assert sum(rows, []) == flat
@@ -322,11 +330,13 @@ def test_human_negatives_are_joined_per_query(tiny_layout):
         for k, row in enumerate(flat):
             assert tokens[k] == ref.items.tokens(row).tolist()
         for q, got in zip(batch["query_row"].numpy(), rows):
-            table = items[splits[q]:splits[q + 1]].tolist()
-            assert len(got) == min(cap, len(table))
-            if got:      # a window of the query's own negatives
-                start = table.index(got[0])
-                assert table[start:start + len(got)] == got
-                seen_some += 1
-                seen_capped += len(table) > cap
-    assert seen_some > 0
+            negatives = items[splits[q]:splits[q + 1]].tolist()
+            assert len(got) == min(cap, len(negatives))
+            assert set(got) <= set(negatives)
+            for row in got:
+                picked.setdefault(int(q), []).append(negatives.index(row))
+    # A query with several negatives gets each of them (uniform offset, not a biased window).
+    many = [q for q in picked if splits[q + 1] - splits[q] > 1 and len(picked[q]) >= 20]
+    assert many
+    for q in many:
+        assert len(set(picked[q])) == splits[q + 1] - splits[q], (q, picked[q])

@@ -18,6 +18,7 @@ from dpsr_tf.tokenization import Tokenizer
     ("Apple苹果iPhone 15", ["Apple", "苹果", "iPhone", "15"]),
     ("  ", []),
     ("“quoted” [x]", ["quoted", "x"]),
+    ("Item - B & C", ["Item", "B", "C"]),
 ])
 def test_split_words_golden(title, words):
     assert pq.split_words(title) == words
@@ -137,6 +138,8 @@ def test_mix_is_seeded(tiny_layout):
     mix = pipeline.PseudoQueryMix(0.5)
     np.testing.assert_array_equal(_pseudo_share(tiny_layout, mix, 5, seed=9),
                                   _pseudo_share(tiny_layout, mix, 5, seed=9))
+    assert not np.array_equal(_pseudo_share(tiny_layout, mix, 5, seed=9),
+                              _pseudo_share(tiny_layout, mix, 5, seed=10))
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])

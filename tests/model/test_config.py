@@ -66,3 +66,24 @@ def test_model_dir_config_round_trip_and_mismatch(tiny_layout, tmp_path):
 def test_missing_model_dir_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         load_model_config(str(tmp_path))
+
+
+def test_config_written_before_a_field_existed_keeps_its_graph(tiny_layout, tmp_path):
+    # A model directory from before text_encoder / max_human_negatives existed was trained with
+    # separate towers and no joined negatives: it loads as such (not as today's defaults), and
+    # resuming it with those settings is no "different model".
+    old = ModelConfig(text_encoder="separate", max_human_negatives=0, loss="hinge")
+    write_resolved_config(str(tmp_path), old, tiny_layout)
+    path = tmp_path / CONFIG_FILE
+    data = json.loads(path.read_text())
+    for key in ("text_encoder", "adapter_hidden_units", "max_human_negatives"):
+        del data["model"][key]
+    path.write_text(json.dumps(data))
+    loaded, _ = load_model_config(str(tmp_path))
+    assert loaded == old
+    write_resolved_config(str(tmp_path), old, tiny_layout)
+    with pytest.raises(ValueError, match=r"fields differ: \['max_human_negatives', "
+                                         r"'text_encoder'\]"):
+        write_resolved_config(str(tmp_path), dataclasses.replace(old, text_encoder="shared",
+                                                                 max_human_negatives=8),
+                              tiny_layout)

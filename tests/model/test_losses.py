@@ -15,14 +15,6 @@ ROWS = np.array([0, 1, 2], np.int64)
 RAND_ROWS = np.array([5], np.int64)
 
 
-def test_hinge_terms_hand_worked():
-    # row 0: max(0, .1 - .5 + .45) + max(0, .1 - .5 + .1) = .05 + 0
-    # row 1: max(0, .1 - .2 + .3) = .2; its second negative is masked out.
-    got = losses.hinge_terms(tf.constant([0.5, 0.2]), tf.constant([[0.45, 0.1], [0.3, -0.5]]),
-                             tf.constant([[1.0, 1.0], [1.0, 0.0]]), 0.1)
-    np.testing.assert_allclose(got.numpy(), [0.05, 0.2], atol=1e-6)
-
-
 def _hinge(labels, queries, human_weight=1.0, alpha=0.5, human_scores=None, human_mask=None):
     extra = {}
     if human_scores is not None:

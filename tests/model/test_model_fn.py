@@ -169,8 +169,8 @@ def test_shared_encoder_starts_as_one_function_of_the_text():
 
 
 def test_joined_human_negatives_enter_the_loss():
-    # The same batch with and without each query's joined human negatives: the loss changes and
-    # the pairs counter equals the number of joined negatives of positive examples.
+    # The same batch with and without each query's joined human negatives (the exact terms are
+    # checked against hand-worked values in test_losses.py): each adds an active hinge term.
     layout = FakeLayoutSpec()
     cfg = ModelConfig(loss="hinge", human_negative_weight=5.0, margin=2.0, **SMALL)
     with tf.Graph().as_default():

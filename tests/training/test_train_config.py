@@ -35,3 +35,10 @@ def test_explicit_ratio_and_schedule_win_over_auto():
 def test_bad_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}="):
         _config(**{field: value})
+
+
+def test_auto_ratio_without_pseudo_queries_is_zero():
+    # A layout prepared with --pseudo_queries_per_item=0 trains on its log alone under auto.
+    assert _config().pseudo_query_mix(500, has_pseudo_queries=False).ratio == 0.0
+    assert not _config().pseudo_query_mix(500, has_pseudo_queries=False).active
+    assert _config(pseudo_query_ratio=0.4).pseudo_query_mix(500, False).ratio == 0.4
