@@ -664,6 +664,12 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
         for split, idx in (("train", train_idx), ("eval", eval_idx))}
     counts["items"]["tokens"] = int(item_token_count)
     counts["pseudo_queries"] = len(pseudo_texts)
+    # Not a leak (a pseudo-query is built from the catalog alone), but worth knowing when an
+    # eval query is called "unseen": how many eval queries some title span spells exactly.
+    pseudo_lower = {t.lower() for t in pseudo_texts}
+    eval_texts = {inter.queries[q] for q in np.unique(inter.query_rows[eval_idx]).tolist()}
+    counts["eval_queries_equal_to_a_pseudo_query"] = sum(
+        1 for t in eval_texts if t.lower() in pseudo_lower)
     counts["train_human_negatives"] = {"pairs": int(train_negative.sum()),
                                        "queries": int((np.diff(neg_splits) > 0).sum())}
     counts["interactions_with_user"] = int((inter.user_rows >= 0).sum())

@@ -96,6 +96,10 @@ def test_prepare_writes_the_pseudo_split(tiny_layout):
         assert sorted(per_item[row]) == sorted(pq.item_pseudo_queries(items.titles[row], attrs,
                                                                       row, cfg))
     assert (pseudo["label_kind"] == 0).all() and (pseudo["user_row"] == -1).all()
+    lower = {queries[r].lower() for r in pseudo["query_row"]}
+    eval_texts = {queries[r] for r in layout_lib.read_records(spec, "eval")["query_row"]}
+    assert spec.counts["eval_queries_equal_to_a_pseudo_query"] == sum(
+        t.lower() in lower for t in eval_texts)
     eval_rows = set(layout_lib.read_records(spec, "eval")["query_row"].tolist())
     assert not eval_rows & set(pseudo["query_row"].tolist())
     ids, splits = layout_lib.load_query_tokens(spec)
