@@ -70,8 +70,8 @@ class ModelConfig:
     Defaults (docs/results.md, "Queries nobody has typed yet"): chosen by a sweep on Home Depot
     and the synthetic catalog, measured on unseen queries: the shared text encoder, the in-batch
     softmax (T = 0.05) and AdaGrad 0.1 (with batch 256 and catalog pseudo-queries in
-    TrainConfig). The paper's setup is --text_encoder=separate --loss=hinge
-    --learning_rate=0.01 --batch_size=64 --pseudo_query_ratio=0.
+    TrainConfig). --text_encoder=separate --loss=hinge --learning_rate=0.01 --batch_size=64
+    --pseudo_query_ratio=0 approximates the paper's setup.
 
     Optimizer and variables
       optimizer: "adagrad" (paper), "adam" or "sgd"; learning_rate; adagrad_initial_accumulator.
