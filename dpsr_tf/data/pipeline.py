@@ -295,7 +295,7 @@ def _mixed_stream(spec, mix: PseudoQueryMix, batch_size: int, shuffle_buffer: in
     if "pseudo" not in spec.record_files:
         raise ValueError(f"--pseudo_query_ratio={mix.ratio} but the layout {spec.layout_dir} "
                          f"has no pseudo-queries; re-run dpsr prepare with "
-                         f"--pseudo_queries_per_item=8 (or train with --pseudo_query_ratio=0)")
+                         f"--pseudo_queries_per_item=16 (or train with --pseudo_query_ratio=0)")
     pseudo = _record_stream(_check_record_files(spec, "pseudo"), shuffle_buffer, seed + 7,
                             None, num_shards, shard_index)
     if real is None:

@@ -58,7 +58,7 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
     mix = train.pseudo_query_mix(spec.num_records.get("train", 0), "pseudo" in spec.record_files)
     logging.info("pseudo-queries: %.3f of the training examples at step 0%s", mix.ratio,
                  (" (auto)" if "pseudo" in spec.record_files else
-                  " (auto; the layout has none: dpsr prepare --pseudo_queries_per_item=8 makes "
+                  " (auto; the layout has none: dpsr prepare --pseudo_queries_per_item=16 makes "
                   "them)") if train.pseudo_query_ratio < 0 else "")
     train_fn = pipeline.make_train_input_fn(
         train.layout_dir, batch_size=train.batch_size,

@@ -76,7 +76,7 @@ def test_bestbuy(datasets_dir, tmp_path):
     assert spec.num_items == len(named) and spec.num_users == len({c["user"] for c in clicks})
     assert spec.num_users == 38_024
     assert spec.num_records["train"] + spec.num_records["eval"] == len(kept)
-    assert spec.num_records["pseudo"] == 8 * spec.num_items == spec.counts["pseudo_queries"]
+    assert spec.num_records["pseudo"] == 16 * spec.num_items == spec.counts["pseudo_queries"]
     # Time split: every eval click is later than every train click.
     assert spec.num_records["eval"] >= 0.1 * len(kept)
     assert spec.counts["users_with_history"] == len({c["user"] for c in kept})

@@ -84,7 +84,7 @@ def test_prepare_writes_the_pseudo_split(tiny_layout):
     pseudo = layout_lib.read_records(spec, "pseudo")
     logged = spec.counts["splits"]["train"]["queries"] + spec.counts["splits"]["eval"]["queries"]
     assert spec.counts["pseudo_queries"] == len(pseudo) == len(queries) - logged
-    assert len(pseudo) == 8 * spec.num_items       # every synthetic title has words
+    assert len(pseudo) == 16 * spec.num_items      # every synthetic title has words
     # Same texts as the generator, tokenized like every other query, never in eval.
     cfg = pq.PseudoQueryConfig()
     per_item = {}
@@ -167,3 +167,13 @@ def test_layout_without_pseudo_queries_is_a_clear_error(tiny_catalog, tmp_path):
     ok = pipeline.make_train_input_fn(out, batch_size=8, seed=1,
                                       pseudo_mix=pipeline.PseudoQueryMix(0.0))
     assert next(iter(ok()))["query_row"].shape == (8,)
+
+
+def test_max_total_caps_the_pool_of_a_large_catalog():
+    titles = [f"red widget number {i}" for i in range(50)]
+    texts, rows = pq.generate(titles, None, pq.PseudoQueryConfig(per_item=16, max_total=120))
+    assert np.bincount(rows).tolist() == [2] * 50            # 120 // 50 = 2 per item
+    texts, rows = pq.generate(titles, None, pq.PseudoQueryConfig(per_item=16, max_total=10))
+    assert np.bincount(rows).tolist() == [1] * 50            # never fewer than one
+    with pytest.raises(ValueError, match="max_total"):
+        pq.PseudoQueryConfig(max_total=0)
