@@ -5,6 +5,7 @@ truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classif
 in a thread so the event loop keeps serving Predict.
 """
 import asyncio
+import concurrent.futures
 import logging
 
 import grpc
@@ -12,8 +13,13 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 
 from serving.errors import ServingError, truncate
+from serving.predict import declared_elements
 
 _LOG = logging.getLogger("serving.grpc")
+# Requests up to this size are validated and converted on the event loop (tens of
+# microseconds); larger ones in a thread, so that no request can stall the loop.
+_INLINE_MAX_ELEMENTS = 4096
+_INLINE_MAX_BYTES = 64 << 10
 
 
 def client_timeout(context):
@@ -64,10 +70,18 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core, in_flight: InFlight):
         self._core = core
         self._in_flight = in_flight
+        self._decode_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="decode")
 
     async def Predict(self, request, context):
         with self._in_flight:
-            future = self._core.predict(request, client_timeout(context), "GRPC")
+            timeout = client_timeout(context)
+            if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
+                    and request.ByteSize() <= _INLINE_MAX_BYTES):
+                future = self._core.predict(request, timeout, "GRPC")
+            else:  # validation and conversion of a large request: off the loop
+                future = await asyncio.get_running_loop().run_in_executor(
+                    self._decode_pool, self._core.predict, request, timeout, "GRPC")
             try:
                 return await asyncio.wrap_future(future)
             except ServingError as e:

@@ -6,6 +6,7 @@ DPSR-specific checks (a blank or oversized query, k out of range, too many rows)
 INVALID_ARGUMENT.
 """
 import dataclasses
+import math
 from typing import Dict, Optional, Tuple
 
 import grpc
@@ -28,6 +29,8 @@ class RequestLimits:
       query_input: the input holding raw query text; each element must be non-blank.
       k_input: the scalar input holding the number of results.
       max_k: largest k accepted (the servable may enforce a smaller bound itself).
+      max_elements: most values any one input may declare (its shape's product), checked from
+        the declared shape before anything is converted.
     """
 
     max_rows: int = 256
@@ -35,6 +38,7 @@ class RequestLimits:
     query_input: str = "query"
     k_input: str = "k"
     max_k: int = 10000
+    max_elements: int = 1 << 20
 
 
 @dataclasses.dataclass
@@ -62,13 +66,47 @@ def _bad(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _check_shape(alias: str, spec, value: np.ndarray) -> None:
+def _check_shape(alias: str, spec, shape: Tuple[int, ...]) -> None:
     if spec.shape is None:
         return
-    if value.ndim != len(spec.shape) or any(
-            want >= 0 and want != got for want, got in zip(spec.shape, value.shape)):
-        raise _bad(f"input '{alias}' has shape {list(value.shape)} but the signature expects "
+    if len(shape) != len(spec.shape) or any(
+            want >= 0 and want != got for want, got in zip(spec.shape, shape)):
+        raise _bad(f"input '{alias}' has shape {list(shape)} but the signature expects "
                    f"{spec.describe()} (? = any size)")
+
+
+def _rows_error(rows: int, limits: RequestLimits) -> ServingError:
+    return _bad(f"request has {rows} rows; the limit is {limits.max_rows} "
+                "(--max_request_rows); split it into smaller requests")
+
+
+def check_declared(alias: str, spec, proto, limits: RequestLimits) -> int:
+    """Checks an input's declared shape against the signature and the limits before any value
+    is converted (so a 70-byte request declaring [10^8] strings costs nothing); returns the
+    number of values it declares.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): unknown rank, negative dims, a shape the signature does
+        not accept, more rows than --max_request_rows or more values than --max_input_elements
+        (also when the product of the dims overflows int64).
+    """
+    name = f"input '{alias}'"
+    shape = tensors.declared_shape(proto, name)
+    _check_shape(alias, spec, shape)
+    if spec.batch_major and shape[0] > limits.max_rows:
+        raise _rows_error(shape[0], limits)
+    return tensors.check_num_elements(
+        shape, limits.max_elements, name,
+        " (--max_input_elements); send fewer values or split the request")
+
+
+def declared_elements(request) -> int:
+    """Sum of the values every input of a request declares (exact; no conversion)."""
+    total = 0
+    for proto in request.inputs.values():
+        total += math.prod(d.size for d in proto.tensor_shape.dim) if proto.tensor_shape.dim \
+            else 1
+    return total
 
 
 def _check_strings(alias: str, value: np.ndarray, limits: RequestLimits) -> None:
@@ -145,8 +183,8 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits) -> Pre
         if proto.dtype != spec.dtype:
             raise _bad(f"input '{alias}' has dtype {tensors.dtype_name(proto.dtype)} but the "
                        f"signature '{signature.name}' expects {spec.describe()}")
-        value = tensors.to_ndarray(proto, f"input '{alias}'")
-        _check_shape(alias, spec, value)
+        check_declared(alias, spec, proto, limits)
+        value = tensors.to_ndarray(proto, f"input '{alias}'", limits.max_elements)
         if spec.dtype == types_pb2.DT_STRING:
             _check_strings(alias, value, limits)
         if alias == limits.k_input and spec.dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):
@@ -168,8 +206,7 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits) -> Pre
             raise _bad(f"batch-major inputs have different numbers of rows ({sizes}); send one "
                        "row of each per query")
         if max(row_counts) > limits.max_rows:
-            raise _bad(f"request has {max(row_counts)} rows; the limit is {limits.max_rows} "
-                       "(--max_request_rows); split it into smaller requests")
+            raise _rows_error(max(row_counts), limits)
     fetches = check_output_filter(signature, request.output_filter)
     if row_counts and signature.batchable:
         rows = row_counts.pop()

@@ -222,11 +222,11 @@ class ServerCore:
             except Exception as e:  # pylint: disable=broad-except
                 error = _as_serving_error(e)
                 self._record("predict", entrypoint, name, servable.version, error.code, start)
-                outer.set_exception(error)
+                _settle(outer, exception=error)
             else:
                 self._record("predict", entrypoint, name, servable.version,
                              grpc.StatusCode.OK, start)
-                outer.set_result(response)
+                _settle(outer, result=response)
             finally:
                 handle.release()
 
@@ -315,6 +315,18 @@ class ServerCore:
                         inference.run_regress(servable, sig, examples, timeout))
             return response
         return self._with_servable(tasks[0].model_spec, fn, client_timeout)
+
+
+def _settle(future: concurrent.futures.Future, result=None, exception=None) -> None:
+    """Completes `future` unless the caller gave up on it (a client that disconnected cancels
+    the future its handler awaited; that is not an error of the server)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
 
 
 def _fill_spec(spec: "model_pb2.ModelSpec", servable, signature_name: str) -> None:

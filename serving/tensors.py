@@ -5,6 +5,9 @@ default (Tensor::AsProtoField), so clients that read `outputs["scores"].float_va
 clients that call `tf.make_ndarray` both work. Requests may use either the value fields or
 `tensor_content`.
 """
+import math
+from typing import Tuple
+
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
@@ -37,6 +40,10 @@ _FIELD_BY_DTYPE = {
 
 # Below this many values the plain protobuf path is cheaper than the wire codec's numpy setup.
 _FAST_MIN_VALUES = 32
+# No tensor may declare more values than this, whatever the caller's own limit: the product of
+# the declared dims is computed exactly (Python ints), so shapes whose product overflows int64
+# are refused here instead of reaching numpy.
+MAX_ELEMENTS = 1 << 31
 
 
 def dtype_name(dtype: int) -> str:
@@ -56,29 +63,59 @@ def _bad(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def to_ndarray(proto: TensorProto, name: str = "tensor") -> np.ndarray:
-    """Converts a request TensorProto to numpy.
-
-    Args:
-      proto: the TensorProto.
-      name: what it is, for messages ("input 'query'").
-
-    Returns:
-      np.ndarray of the proto's shape; dtype object (of bytes) for DT_STRING.
+def declared_shape(proto: TensorProto, name: str = "tensor") -> Tuple[int, ...]:
+    """The shape a TensorProto declares, checked without converting any value.
 
     Raises:
-      ServingError(INVALID_ARGUMENT): unsupported dtype, bad shape, or a value count that does
-        not fit the shape.
+      ServingError(INVALID_ARGUMENT): unknown rank or a negative dimension.
     """
-    np_dtype = _NUMPY_BY_DTYPE.get(proto.dtype)
-    if np_dtype is None:
-        raise _bad(f"{name}: dtype {dtype_name(proto.dtype)} is not supported")
     if proto.tensor_shape.unknown_rank:
         raise _bad(f"{name}: tensor_shape has unknown_rank; send a concrete shape")
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     if any(s < 0 for s in shape):
         raise _bad(f"{name}: shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape)) if shape else 1
+    return shape
+
+
+def check_num_elements(shape: Tuple[int, ...], limit: int, name: str = "tensor",
+                       hint: str = "") -> int:
+    """The exact number of values `shape` declares; INVALID_ARGUMENT above `limit`.
+
+    A dimension above the limit is refused even when another dimension is 0, so that nothing
+    downstream ever allocates from it.
+    """
+    count = math.prod(shape)
+    if count > limit or any(d > limit for d in shape):
+        raise _bad(f"{name}: shape {list(shape)} declares {count:,} values; the limit is "
+                   f"{limit:,}{hint}")
+    return count
+
+
+def to_ndarray(proto: TensorProto, name: str = "tensor",
+               max_elements: int = MAX_ELEMENTS) -> np.ndarray:
+    """Converts a request TensorProto to numpy.
+
+    The declared shape is checked against `max_elements` before any value is converted, so a
+    small message that declares a huge shape (one string "broadcast" to 10^8 elements) is refused
+    without allocating.
+
+    Args:
+      proto: the TensorProto.
+      name: what it is, for messages ("input 'query'").
+      max_elements: most values the tensor may declare (capped at MAX_ELEMENTS).
+
+    Returns:
+      np.ndarray of the proto's shape; dtype object (of bytes) for DT_STRING.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): unsupported dtype, bad shape, too many declared values, or
+        a value count that does not fit the shape.
+    """
+    np_dtype = _NUMPY_BY_DTYPE.get(proto.dtype)
+    if np_dtype is None:
+        raise _bad(f"{name}: dtype {dtype_name(proto.dtype)} is not supported")
+    shape = declared_shape(proto, name)
+    count = check_num_elements(shape, min(max_elements, MAX_ELEMENTS), name)
     if proto.dtype == types_pb2.DT_STRING:
         values = list(proto.string_val)
         out = np.empty(count, dtype=object)

@@ -9,6 +9,7 @@ parses it in C. The messages are the same as the slow path's (same fields, same 
   encode_numeric(array) -> bytes of a TensorProto (dtype, tensor_shape, packed value field)
   decode_numeric(tensor_proto) -> np.ndarray, or None when the fast path does not apply
 """
+import math
 from typing import Optional
 
 import numpy as np
@@ -165,7 +166,7 @@ def decode_numeric(proto) -> Optional[np.ndarray]:
         return None
     field, wire_dtype, kind = entry
     shape = tuple(d.size for d in proto.tensor_shape.dim)
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # exact (callers check the declared shape first)
     chunks = [value for number, wire, value in _fields(proto.SerializeToString())
               if number == field]
     if not chunks:

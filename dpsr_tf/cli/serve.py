@@ -92,6 +92,9 @@ _MAX_ROWS = flags.DEFINE_integer("max_request_rows", 256, "[dpsr] Most queries p
 _MAX_STRING = flags.DEFINE_integer("max_string_input_bytes", 4096,
                                    "[dpsr] Longest string element of a request, in bytes.")
 _MAX_K = flags.DEFINE_integer("max_k", 10000, "[dpsr] Largest k a request may ask for.")
+_MAX_ELEMENTS = flags.DEFINE_integer(
+    "max_input_elements", 1 << 20, "[dpsr] Most values one input tensor may declare (the "
+    "product of its shape), checked before anything is converted.")
 _RUN_THREADS = flags.DEFINE_integer("num_run_threads", 8,
                                     "[dpsr] Threads for requests that are not batched.")
 
@@ -131,7 +134,7 @@ def options_from_flags():
         ssl = config_lib.read_ssl_options(_SSL_FILE.value)
     except ServingError as e:
         _fail(e.message)
-    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K):
+    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K, _MAX_ELEMENTS):
         if flag.value < 1:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 1")
     core = CoreOptions(
@@ -146,7 +149,7 @@ def options_from_flags():
             base_path_root=_BASE_PATH_ROOT.value),
         batching=batching,
         limits=RequestLimits(max_rows=_MAX_ROWS.value, max_string_bytes=_MAX_STRING.value,
-                             max_k=_MAX_K.value),
+                             max_k=_MAX_K.value, max_elements=_MAX_ELEMENTS.value),
         enable_model_warmup=_ENABLE_WARMUP.value,
         num_request_iterations_for_warmup=_WARMUP_ITERATIONS.value,
         request_timeout_seconds=_REQUEST_TIMEOUT.value / 1000.0,
