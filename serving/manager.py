@@ -84,6 +84,8 @@ class _Model:
         self.labels: Dict[str, int] = {}
         self.removed = False
         self.warned_missing = False
+        self.ignored_names: set = set()  # odd directory names already logged
+        self.poll_error = ""                # last error of a scan, logged once
 
 
 def _fingerprint(path: str):
@@ -98,19 +100,55 @@ def _fingerprint(path: str):
     return tuple(parts)
 
 
-def _scan(base_path: str) -> Dict[int, str]:
-    """version -> directory for each numeric directory under base_path (others are ignored,
-    so a version written under a temporary name and renamed appears atomically)."""
+_INT64_MAX = (1 << 63) - 1
+
+
+def version_number(name: str) -> Optional[int]:
+    """The version a directory name stands for: ASCII digits only, fitting int64 (as TF
+    Serving's version ids); None for anything else ("²" and "１" pass str.isdigit() but are
+    not versions; 99999999999999999999 does not fit)."""
+    if not name.isascii() or not name.isdigit():
+        return None
+    value = int(name)
+    return value if value <= _INT64_MAX else None
+
+
+def _scan(base_path: str, root: str = "", ignored: Optional[set] = None) -> Dict[int, str]:
+    """version -> directory for each version directory under base_path.
+
+    Names that are not versions are ignored (so a version written under a temporary name and
+    renamed appears atomically). Names that look like versions but are not (non-ASCII digits,
+    beyond int64) and, when `root` is set, directories that resolve outside it (a symlink) are
+    ignored too and logged once each: the name is added to `ignored`.
+    """
     try:
         names = os.listdir(base_path)
     except OSError:
         return {}
     found = {}
+    real_root = os.path.realpath(root) if root else ""
     for name in names:
-        if name.isdigit():
-            path = os.path.join(base_path, name)
-            if os.path.isdir(path):
-                found[int(name)] = path
+        version = version_number(name)
+        path = os.path.join(base_path, name)
+        why = None
+        if version is None:
+            if name.isdigit():
+                why = ("is not a version number: a version directory is named with ASCII "
+                       f"digits 0-9 and is at most {_INT64_MAX}")
+        elif not os.path.isdir(path):
+            continue
+        elif real_root:
+            real = os.path.realpath(path)
+            if os.path.commonpath([real_root, real]) != real_root:
+                why = (f"resolves to {real}, outside --model_base_path_root {root}; move it "
+                       "under the root")
+        if why is not None:
+            if ignored is not None and name not in ignored:
+                ignored.add(name)
+                _LOG.warning("ignoring %r under base path %s: it %s", name, base_path, why)
+            continue
+        if version is not None:
+            found[version] = path
     return found
 
 
@@ -248,8 +286,17 @@ class VersionManager:
     def _reconcile_all(self) -> None:
         with self._lock:
             names = list(self._models)
-        for name in names:
-            self._reconcile(name)
+        for name in names:  # one model's trouble never stops the others
+            try:
+                self._reconcile(name)
+            except Exception as e:  # pylint: disable=broad-except
+                with self._lock:
+                    model = self._models.get(name)
+                    first = model is not None and model.poll_error != repr(e)
+                    if model is not None:
+                        model.poll_error = repr(e)
+                if first:  # once per distinct error, not every poll
+                    _LOG.exception("version manager: scanning model %s failed", name)
 
     def _reconcile(self, name: str) -> None:
         with self._lock:
@@ -262,7 +309,7 @@ class VersionManager:
                 if record.servable is not None:
                     self._unload(name, record)
             return
-        on_disk = _scan(base_path)
+        on_disk = _scan(base_path, self._options.base_path_root, model.ignored_names)
         if not on_disk and not model.warned_missing:
             _LOG.warning("No versions of servable %s found under base path %s", name, base_path)
             model.warned_missing = True
