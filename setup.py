@@ -52,7 +52,7 @@ class BuildExt(build_ext):
         import tensorflow as tf
 
         for ext in self.extensions:
-            if ext.name == "dpsr_tf._tokenizer":
+            if ext.name in ("dpsr_tf._tokenizer", "dpsr_tf._lexical"):
                 ext.include_dirs.append(pybind11.get_include())
                 ext.extra_compile_args += ["-std=c++17"]
             elif ext.name == "dpsr_tf._dpsr_ops":
@@ -91,6 +91,11 @@ setup(
             "dpsr_tf._tokenizer",
             SRC["TOKENIZER_CORE_SRCS"] + SRC["TOKENIZER_PYBIND_SRCS"],
             SRC["TOKENIZER_CORE_HDRS"],
+        ),
+        _ext(
+            "dpsr_tf._lexical",
+            SRC["LEXICAL_CORE_SRCS"] + SRC["LEXICAL_PYBIND_SRCS"],
+            SRC["LEXICAL_CORE_HDRS"],
         ),
         _ext(
             "dpsr_tf._dpsr_ops",

@@ -18,6 +18,19 @@ TOKENIZER_PYBIND_SRCS = [
     "tokenizer_cc/python/tokenizer_pybind.cc",
 ]
 
+# The lexical (BM25) index core: standard C++ and POSIX only.
+LEXICAL_CORE_SRCS = [
+    "export/cc/lexical_index.cc",
+]
+LEXICAL_CORE_HDRS = [
+    "export/cc/lexical_index.h",
+]
+
+# The pybind11 module dpsr_tf._lexical (adapter only).
+LEXICAL_PYBIND_SRCS = [
+    "export/cc/python/lexical_pybind.cc",
+]
+
 # The TensorFlow op library dpsr_tf/_dpsr_ops.so: op definitions and kernels (adapters only).
 OP_LIBRARY_SRCS = [
     "tokenizer_cc/ops/tokenize_ops.cc",
@@ -26,12 +39,21 @@ OP_LIBRARY_SRCS = [
     "export/cc/faiss_index.cc",
     "export/cc/ops/faiss_ops.cc",
     "export/cc/kernels/faiss_kernels.cc",
+    # The lexical index core and its ops and kernels.
+    "export/cc/lexical_index.cc",
+    "export/cc/ops/lexical_ops.cc",
+    "export/cc/kernels/lexical_kernels.cc",
 ]
 OP_LIBRARY_HDRS = [
     "export/cc/faiss_index.h",
+    "export/cc/kernels/index_resource.h",
+    "export/cc/lexical_index.h",
 ]
 
 # C++ unit tests of the core (plain executables; exit status 0 means pass).
 TOKENIZER_CORE_TESTS = [
     "tokenizer_cc/core/tokenizer_test.cc",
+]
+LEXICAL_CORE_TESTS = [
+    "export/cc/lexical_index_test.cc",
 ]

@@ -1,4 +1,5 @@
-"""Builds and runs the C++ unit tests listed in sources.bzl (TOKENIZER_CORE_TESTS).
+"""Builds and runs the C++ unit tests listed in sources.bzl (TOKENIZER_CORE_TESTS and
+LEXICAL_CORE_TESTS), each with the sources of its core.
 
 Each test is compiled with the core sources under AddressSanitizer and UBSan, so an
 out-of-bounds read on hostile input fails the test instead of passing by luck.
@@ -27,10 +28,12 @@ def main() -> int:
     flags = ["-std=c++17", "-O1", "-g", "-Wall", "-Werror", "-fsanitize=address,undefined",
              "-fno-sanitize-recover=all", "-I", ROOT]
     failed = []
-    for test in src["TOKENIZER_CORE_TESTS"]:
+    suites = [(test, "TOKENIZER") for test in src["TOKENIZER_CORE_TESTS"]]
+    suites += [(test, "LEXICAL") for test in src["LEXICAL_CORE_TESTS"]]
+    for test, core in suites:
         exe = os.path.join(OUT, os.path.splitext(os.path.basename(test))[0])
-        inputs = [os.path.join(ROOT, p) for p in [test] + src["TOKENIZER_CORE_SRCS"]]
-        deps = inputs + [os.path.join(ROOT, h) for h in src["TOKENIZER_CORE_HDRS"]]
+        inputs = [os.path.join(ROOT, p) for p in [test] + src[f"{core}_CORE_SRCS"]]
+        deps = inputs + [os.path.join(ROOT, h) for h in src[f"{core}_CORE_HDRS"]]
         stale = (not os.path.exists(exe) or
                  max(os.path.getmtime(p) for p in deps) > os.path.getmtime(exe))
         if stale:

@@ -4,10 +4,9 @@
 #include <string>
 
 #include "export/cc/faiss_index.h"
+#include "export/cc/kernels/index_resource.h"
 #include "tensorflow/core/framework/op_kernel.h"
-#include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/mutex.h"
 
 namespace dpsr {
 namespace {
@@ -15,7 +14,6 @@ namespace {
 using ::tensorflow::OpKernel;
 using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
-using ::tensorflow::ResourceHandle;
 using ::tensorflow::Status;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
@@ -39,98 +37,9 @@ Status ToStatus(const FaissIndexError& e) {
   return ::tensorflow::errors::Internal(e.what());
 }
 
-// The index of one resource name: set by Dpsr>FaissIndexLoad, read by searches. Holds a
-// shared pointer, so a search keeps its index alive even if a reload swaps in another.
-class FaissIndexResource : public ::tensorflow::ResourceBase {
- public:
-  std::string DebugString() const override {
-    ::tensorflow::tf_shared_lock lock(mu_);
-    return index_ == nullptr ? "FaissIndex(uninitialized)"
-                             : "FaissIndex(" + index_->path() + ", " + index_->description() + ")";
-  }
-
-  Status Load(const std::string& path, bool mmap) {
-    {
-      ::tensorflow::mutex_lock lock(mu_);
-      if (index_ != nullptr && index_->path() == path && index_->mmap() == mmap) {
-        ++holders_;
-        return ::tensorflow::OkStatus();
-      }
-    }
-    std::shared_ptr<const FaissIndex> loaded;
-    try {  // outside the lock: searches go on while a new file loads
-      search::LoadOptions options;
-      options.mmap = mmap;
-      loaded = FaissIndex::Load(path, options);
-    } catch (const FaissIndexError& e) {
-      return ToStatus(e);
-    }
-    ::tensorflow::mutex_lock lock(mu_);
-    index_ = std::move(loaded);
-    ++holders_;
-    return ::tensorflow::OkStatus();
-  }
-
-  // Drops one holder; true when none is left.
-  bool Release() {
-    ::tensorflow::mutex_lock lock(mu_);
-    if (holders_ > 0) --holders_;
-    if (holders_ == 0) index_.reset();
-    return holders_ == 0;
-  }
-
-  Status Get(std::shared_ptr<const FaissIndex>* index) const {
-    ::tensorflow::tf_shared_lock lock(mu_);
-    if (index_ == nullptr) {
-      return ::tensorflow::errors::FailedPrecondition(
-          "FAISS index resource is not initialized: run its initializer first "
-          "(tf.compat.v1.tables_initializer() in a TF1 graph)");
-    }
-    *index = index_;
-    return ::tensorflow::OkStatus();
-  }
-
- private:
-  mutable ::tensorflow::mutex mu_;
-  std::shared_ptr<const FaissIndex> index_ TF_GUARDED_BY(mu_);
-  int64_t holders_ TF_GUARDED_BY(mu_) = 0;
-};
-
-Status LookupIndex(OpKernelContext* ctx, std::shared_ptr<const FaissIndex>* index) {
-  ::tensorflow::core::RefCountPtr<FaissIndexResource> resource;
-  Status s = ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 0), &resource);
-  if (!s.ok()) {
-    if (::tensorflow::errors::IsNotFound(s)) {
-      return ::tensorflow::errors::FailedPrecondition(
-          "FAISS index resource is not initialized (or was released): run its initializer "
-          "first (tf.compat.v1.tables_initializer() in a TF1 graph); ",
-          s.message());
-    }
-    return s;
-  }
-  return resource->Get(index);
-}
-
-class FaissIndexHandleOp : public OpKernel {
- public:
-  explicit FaissIndexHandleOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("container", &container_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("shared_name", &name_));
-    if (name_.empty()) name_ = name();
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const std::string container =
-        container_.empty() ? ctx->resource_manager()->default_container() : container_;
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<ResourceHandle>()() =
-        ::tensorflow::MakeResourceHandle<FaissIndexResource>(ctx, container, name_);
-  }
-
- private:
-  std::string container_;
-  std::string name_;
+struct FaissKind {
+  using Index = FaissIndex;
+  static constexpr const char* kName = "FAISS index";
 };
 
 class FaissIndexLoadOp : public OpKernel {
@@ -140,37 +49,25 @@ class FaissIndexLoadOp : public OpKernel {
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& path = ctx->input(1);
-    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(path.shape()),
-                InvalidArgument("Dpsr>FaissIndexLoad: path must be a scalar, got shape ",
-                                path.shape().DebugString()));
-    ::tensorflow::core::RefCountPtr<FaissIndexResource> resource;
-    OP_REQUIRES_OK(ctx, ::tensorflow::LookupOrCreateResource<FaissIndexResource>(
-                            ctx, ::tensorflow::HandleFromInput(ctx, 0), &resource,
-                            [](FaissIndexResource** r) {
-                              *r = new FaissIndexResource();
+    std::string path;
+    OP_REQUIRES_OK(ctx, ScalarPath(ctx, "Dpsr>FaissIndexLoad", &path));
+    const bool mmap = mmap_;
+    OP_REQUIRES_OK(ctx, LoadIndex<FaissKind>(
+                            ctx, path + (mmap ? "\n(mmap)" : ""),
+                            [&path, mmap](std::shared_ptr<const FaissIndex>* index) {
+                              try {
+                                search::LoadOptions options;
+                                options.mmap = mmap;
+                                *index = FaissIndex::Load(path, options);
+                              } catch (const FaissIndexError& e) {
+                                return ToStatus(e);
+                              }
                               return ::tensorflow::OkStatus();
                             }));
-    OP_REQUIRES_OK(ctx, resource->Load(std::string(path.scalar<tstring>()()), mmap_));
   }
 
  private:
   bool mmap_ = false;
-};
-
-class FaissIndexReleaseOp : public OpKernel {
- public:
-  explicit FaissIndexReleaseOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-
-  void Compute(OpKernelContext* ctx) override {
-    const ResourceHandle& handle = ::tensorflow::HandleFromInput(ctx, 0);
-    ::tensorflow::core::RefCountPtr<FaissIndexResource> resource;
-    if (!::tensorflow::LookupResource(ctx, handle, &resource).ok()) return;  // already gone
-    if (resource->Release()) {
-      Status s = ::tensorflow::DeleteResource<FaissIndexResource>(ctx, handle);
-      if (!s.ok() && !::tensorflow::errors::IsNotFound(s)) ctx->SetStatus(s);
-    }
-  }
 };
 
 class FaissSearchOp : public OpKernel {
@@ -197,7 +94,7 @@ class FaissSearchOp : public OpKernel {
                 InvalidArgument("Dpsr>FaissSearch: k must be in [1, ", FaissIndex::kMaxK,
                                 "], got ", k));
     std::shared_ptr<const FaissIndex> index;
-    OP_REQUIRES_OK(ctx, LookupIndex(ctx, &index));
+    OP_REQUIRES_OK(ctx, LookupIndex<FaissKind>(ctx, &index));
 
     const int64_t batch = queries.dim_size(0);
     Tensor* scores = nullptr;
@@ -223,7 +120,7 @@ class FaissIndexInfoOp : public OpKernel {
 
   void Compute(OpKernelContext* ctx) override {
     std::shared_ptr<const FaissIndex> index;
-    OP_REQUIRES_OK(ctx, LookupIndex(ctx, &index));
+    OP_REQUIRES_OK(ctx, LookupIndex<FaissKind>(ctx, &index));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     out->scalar<int64_t>()() = index->size();
@@ -239,9 +136,9 @@ class FaissIndexInfoOp : public OpKernel {
 #define DPSR_CPU_KERNEL(name, op) \
   REGISTER_KERNEL_BUILDER(Name(name).Device(::tensorflow::DEVICE_CPU), op)
 
-DPSR_CPU_KERNEL("Dpsr>FaissIndexHandle", FaissIndexHandleOp);
+DPSR_CPU_KERNEL("Dpsr>FaissIndexHandle", IndexHandleOp<FaissKind>);
 DPSR_CPU_KERNEL("Dpsr>FaissIndexLoad", FaissIndexLoadOp);
-DPSR_CPU_KERNEL("Dpsr>FaissIndexRelease", FaissIndexReleaseOp);
+DPSR_CPU_KERNEL("Dpsr>FaissIndexRelease", IndexReleaseOp<FaissKind>);
 DPSR_CPU_KERNEL("Dpsr>FaissSearch", FaissSearchOp);
 DPSR_CPU_KERNEL("Dpsr>FaissIndexInfo", FaissIndexInfoOp);
 
