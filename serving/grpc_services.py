@@ -35,31 +35,50 @@ async def abort(context, error: ServingError):
 
 
 class InFlight:
-    """Counts running handlers so shutdown can wait for exactly those (grpc.aio's
-    `stop(grace)` may wait out the whole grace period while idle clients stay connected)."""
+    """Counts calls from the moment a handler starts until gRPC has sent their status, so that
+    shutdown waits for exactly those (grpc.aio's `stop(grace)` may wait out the whole grace
+    period while idle clients stay connected).
+
+    A call counts until its done-callback, not until its handler returns: the response is
+    serialized and sent after the handler returns, and stopping the server in between cancels
+    the call although its answer was ready (issue 13, finding 5).
+    """
 
     def __init__(self):
         self.count = 0
         self._idle = None
 
-    def __enter__(self):
+    def track(self, context) -> None:
+        """Counts the call of `context` until it is done (call at the top of a handler)."""
         self.count += 1
-        return self
+        context.add_done_callback(self._done)
 
-    def __exit__(self, *exc):
+    def _done(self, _context) -> None:
         self.count -= 1
         if self.count == 0 and self._idle is not None:
             self._idle.set()
 
     async def stop_server(self, server, grace_seconds: float) -> None:
         """Refuses new RPCs, waits up to `grace_seconds` for running ones, then stops."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
         stopping = asyncio.ensure_future(server.stop(grace_seconds))
         self._idle = asyncio.Event()
         if self.count:
             try:
                 await asyncio.wait_for(self._idle.wait(), grace_seconds)
             except asyncio.TimeoutError:
-                pass
+                _LOG.warning("stopping with %d calls still running after %.1f s", self.count,
+                             grace_seconds)
+        # Calls received just before the stop but not yet handed to a handler: a moment to
+        # start (they are then counted and waited for, within the grace period).
+        await asyncio.sleep(0.05)
+        while self.count and loop.time() < deadline:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                break
         await server.stop(None)
         await stopping
 
@@ -74,25 +93,25 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             max_workers=2, thread_name_prefix="decode")
 
     async def Predict(self, request, context):
-        with self._in_flight:
-            timeout = client_timeout(context)
-            if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
-                    and request.ByteSize() <= _INLINE_MAX_BYTES):
-                future = self._core.predict(request, timeout, "GRPC")
-            else:  # validation and conversion of a large request: off the loop
-                future = await asyncio.get_running_loop().run_in_executor(
-                    self._decode_pool, self._core.predict, request, timeout, "GRPC")
-            try:
-                return await asyncio.wrap_future(future)
-            except ServingError as e:
-                await abort(context, e)
+        self._in_flight.track(context)
+        timeout = client_timeout(context)
+        if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
+                and request.ByteSize() <= _INLINE_MAX_BYTES):
+            future = self._core.predict(request, timeout, "GRPC")
+        else:  # validation and conversion of a large request: off the loop
+            future = await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool, self._core.predict, request, timeout, "GRPC")
+        try:
+            return await asyncio.wrap_future(future)
+        except ServingError as e:
+            await abort(context, e)
 
     async def _blocking(self, context, fn, *args):
-        with self._in_flight:
-            try:
-                return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-            except ServingError as e:
-                await abort(context, e)
+        self._in_flight.track(context)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except ServingError as e:
+            await abort(context, e)
 
     async def GetModelMetadata(self, request, context):
         return await self._blocking(context, self._core.get_model_metadata, request)

@@ -90,6 +90,9 @@ class Replica:
         self.outstanding = 0
         self.failures = 0
         self.down_until = 0.0
+        # backend model name -> until when this replica is known to have no servable version
+        # of it (it answered NOT_FOUND for the latest version): others are preferred meanwhile.
+        self.missing_until: Dict[str, float] = {}
 
     def mark_failed(self, base_backoff: float) -> None:
         self.failures += 1
@@ -99,6 +102,13 @@ class Replica:
     def mark_ok(self) -> None:
         self.failures = 0
         self.down_until = 0.0
+
+    def mark_missing(self, model: str, backoff: float) -> None:
+        self.missing_until[model] = time.monotonic() + backoff
+
+    def ready_at(self, model: str) -> float:
+        """When this replica is worth trying for `model` (<= now: at once)."""
+        return max(self.down_until, self.missing_until.get(model, 0.0))
 
 
 class Route:
@@ -112,14 +122,16 @@ class Route:
         self.refreshing = set()
 
     def pick(self, shard: int, tried) -> Optional[Replica]:
-        """Least outstanding live replica not tried yet; a down one only if all are down."""
+        """Least outstanding live replica not tried yet; a down one (or one without a version
+        of the model) only if all are."""
         now = time.monotonic()
+        model = self.spec.backend_model_name
         candidates = [r for r in self.shards[shard] if r not in tried]
         if not candidates:
             return None
-        live = [r for r in candidates if r.down_until <= now]
+        live = [r for r in candidates if r.ready_at(model) <= now]
         if not live:
-            return min(candidates, key=lambda r: r.down_until)
+            return min(candidates, key=lambda r: r.ready_at(model))
         self._turn[shard] += 1
         n = len(live)
         rotated = [live[(self._turn[shard] + i) % n] for i in range(n)]
@@ -141,6 +153,12 @@ class Router:
     def addresses(self):
         return {a for spec in self.settings.routes.values() for shard in spec.shards
                 for a in shard}
+
+
+def _asks_latest(request) -> bool:
+    """Whether a backend request asks for the latest version (no version or label)."""
+    spec = request.tasks[0].model_spec if hasattr(request, "tasks") else request.model_spec
+    return spec.WhichOneof("version_choice") is None
 
 
 def _not_found(model_spec) -> ServingError:
@@ -188,6 +206,15 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 code = e.code()
                 self.metrics.backend_count.labels(name, str(shard), replica.address,
                                                   code.name).inc()
+                if code == grpc.StatusCode.NOT_FOUND and len(tried) < len(route.shards[shard]):
+                    # A replica that is up but has no servable version (missing base path,
+                    # only a broken version, a version not rolled out there yet): the others
+                    # may have it. NOT_FOUND is returned only when every replica says so.
+                    if _asks_latest(request):
+                        replica.mark_missing(route.spec.backend_model_name,
+                                             self.router.settings.backoff_s)
+                    last_error = ServingError(code, e.details() or code.name)
+                    continue
                 if code in _CLIENT_ERRORS:
                     raise ServingError(code, e.details() or code.name) from e
                 error = ServingError(code, f"shard {shard} of {name} ({replica.address}): "
@@ -219,9 +246,9 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         start = time.monotonic()
         label = model_name if model_name in self.router.routes else UNKNOWN
         code = grpc.StatusCode.OK
+        self.in_flight.track(context)
         try:
-            with self.in_flight:
-                return await coro
+            return await coro
         except ServingError as e:
             code = e.code
             await context.abort(e.code, truncate(e.message))
