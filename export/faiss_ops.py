@@ -30,6 +30,7 @@ import uuid
 import tensorflow as tf
 
 from dpsr_tf import op_library
+from export import index_resource
 
 # Largest k the search op accepts (export/cc/faiss_index.h kMaxK).
 MAX_K = 10000
@@ -43,7 +44,7 @@ def _ops():
     return op_library.load()
 
 
-class FaissIndex(tf.saved_model.experimental.TrackableResource):
+class FaissIndex(index_resource.IndexResource):
     """A FAISS index file loaded once into a TensorFlow resource.
 
     The file is read when the index is built (eagerly), when the initializer runs (TF1
@@ -67,54 +68,22 @@ class FaissIndex(tf.saved_model.experimental.TrackableResource):
     """
 
     def __init__(self, path, *, mmap=False, shared_name=None, name="faiss_index"):
-        super().__init__(device="CPU")
-        asset = path if isinstance(path, tf.saved_model.Asset) else tf.saved_model.Asset(path)
-        self._asset = self._track_trackable(asset, "_asset")
         self._mmap = bool(mmap)
-        self._name = name
-        self._shared_name = shared_name or f"dpsr_faiss_index_{uuid.uuid4().hex}"
-        with tf.init_scope():
-            self._resource_handle = self._create_resource()
-        graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
-        if graph is not None and graph._get_control_flow_context() is not None:  # pylint: disable=protected-access
-            with tf.init_scope():
-                self._init_op = self._initialize()
-        else:
-            self._init_op = self._initialize()
-
-    @property
-    def asset(self) -> tf.saved_model.Asset:
-        """The index file as a SavedModel asset."""
-        return self._asset
+        super().__init__(path, shared_name=shared_name or f"dpsr_faiss_index_{uuid.uuid4().hex}",
+                         name=name)
 
     @property
     def mmap(self) -> bool:
         return self._mmap
 
-    @property
-    def initializer(self):
-        """The load op (TF1 graphs; also in the TABLE_INITIALIZERS collection)."""
-        return self._init_op
+    def _handle_op(self, shared_name, name):
+        return _ops().dpsr_faiss_index_handle(shared_name=shared_name, name=name)
 
-    def _create_resource(self):
-        return _ops().dpsr_faiss_index_handle(shared_name=self._shared_name, name=self._name)
+    def _load_op(self, handle, path, name):
+        return _ops().dpsr_faiss_index_load(handle, path, mmap=self._mmap, name=name)
 
-    def _initialize(self):
-        path = tf.convert_to_tensor(self._asset.asset_path, tf.string)
-        init_op = _ops().dpsr_faiss_index_load(self.resource_handle, path, mmap=self._mmap,
-                                                name=f"{self._name}_load")
-        if not tf.executing_eagerly():
-            tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS, init_op)
-            graph = tf.compat.v1.get_default_graph()
-            if not graph.building_function and path.op.type == "Const":
-                tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, path)
-        return init_op
-
-    def _destroy_resource(self):
-        # Eagerly, or in the SavedModel's destroyer function: drop this holder. Nothing in a
-        # TF1 graph (its session frees its resources when it closes).
-        if tf.executing_eagerly() or tf.compat.v1.get_default_graph().building_function:
-            _ops().dpsr_faiss_index_release(self.resource_handle)
+    def _release_op(self, handle):
+        return _ops().dpsr_faiss_index_release(handle)
 
     def search(self, queries, k, nprobe=0, ef_search=0, name=None):
         """Same as search(self, ...)."""
@@ -125,20 +94,8 @@ class FaissIndex(tf.saved_model.experimental.TrackableResource):
         return index_info(self)
 
 
-def _handle(index):
-    handle = getattr(index, "resource_handle", index)
-    if not tf.is_tensor(handle):
-        raise TypeError(
-            f"index must be a FaissIndex (or a restored one, or its resource handle), got "
-            f"{type(index).__name__}")
-    return handle
-
-
-def _check_int(name, value, low, high):
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not low <= value <= high:
-            raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
-    return tf.convert_to_tensor(value, tf.int32, name=name)
+_handle = index_resource.handle_of
+_check_int = index_resource.check_int
 
 
 def search(index, queries, k, nprobe=0, ef_search=0, name=None):

@@ -25,6 +25,8 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from export.lexical_manifest import LexicalManifest, check_lexical_files
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dpsr-faiss-index"
 FORMAT_VERSION = 1
@@ -164,6 +166,7 @@ class IndexManifest:
         process since it started, including the embeddings it holds).
       faiss_version: FAISS version of the builder.
       description: FAISS structure of shard 0, e.g. "IndexIVFPQFastScan".
+      lexical: the BM25 index beside the FAISS shards (export/lexical_manifest.py), or None.
     """
     factory: str
     metric: str
@@ -181,9 +184,11 @@ class IndexManifest:
     peak_rss_bytes: int = 0
     faiss_version: str = ""
     description: str = ""
+    lexical: Optional[LexicalManifest] = None
 
     def to_json(self) -> str:
         body = dataclasses.asdict(self)
+        body["lexical"] = self.lexical.to_dict() if self.lexical is not None else None
         body = {"format": FORMAT, "format_version": FORMAT_VERSION, **body}
         return json.dumps(body, indent=2, sort_keys=False) + "\n"
 
@@ -206,6 +211,8 @@ class IndexManifest:
             raise ValueError(f"{source}: unknown manifest fields {unknown}")
         try:
             body["shards"] = tuple(ShardInfo(**s) for s in body.get("shards", ()))
+            if body.get("lexical") is not None:
+                body["lexical"] = LexicalManifest.from_dict(body["lexical"], source)
             manifest = cls(**body)
         except TypeError as e:
             raise ValueError(f"{source}: bad manifest ({e})") from None
@@ -213,6 +220,11 @@ class IndexManifest:
         return manifest
 
     def _validate(self, source: str) -> None:
+        if self.lexical is not None and (
+                [s.shard for s in self.lexical.shards] != list(range(self.num_shards))
+                or self.lexical.num_docs != self.num_items):
+            raise ValueError(f"{source}: the lexical section must list shards "
+                             f"0..{self.num_shards - 1} over num_items {self.num_items} items")
         if self.metric not in METRICS:
             raise ValueError(f"{source}: field 'metric' is {self.metric!r}, expected one of "
                              f"{METRICS}")
@@ -264,6 +276,8 @@ def read_manifest(directory: str, check_files: bool = True) -> IndexManifest:
             if size != info.index_bytes:
                 raise ValueError(f"{path}: shard {info.shard} index {index_file} has {size} "
                                  f"bytes, the manifest says {info.index_bytes}")
+        if manifest.lexical is not None:
+            check_lexical_files(directory, manifest.lexical, path)
     return manifest
 
 

@@ -1,0 +1,104 @@
+"""`dpsr evaluate --hybrid`: dense (DPSR), lexical (BM25) and their fusion, as served.
+
+Four rankings of the same requests, scored by the same metrics:
+
+  dpsr      the model's exact soft dot product (evaluate.evaluate_scorer), plus the served
+            dense ranking through the FAISS shards (served.served_metrics: served_*);
+  lexical   BM25 through the build directory's lexical shards, scored by the same C++ core as
+            the servable's Dpsr>LexicalSearch (export/lexical_index.py), with AUC and Top-k
+            from its full score vectors;
+  hybrid    the served dense top K and the lexical top K of each request fused by the
+            servable's rule (export/fusion.py, fuse_np = the graph's fuse), K = the largest
+            recall cut-off.
+
+    out = evaluate_hybrid("/models/m", "/indexes/m")
+    out["hybrid"]["recall@1000"], out["lexical"]["ndcg@10"], out["dpsr"]["served_recall@100"]
+
+Fusing the global lists is what one unsharded servable returns; the proxy's merge of sharded
+hybrid servables re-fuses the shards' answers by their dense and lexical scores
+(serving/merge.py), which equals it whenever every item of the global lists survives its
+shard's own top k.
+"""
+import time
+from typing import Callable, Dict, Optional
+
+import numpy as np
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import served as served_lib
+from export.fusion import FusionConfig, fuse_np
+from export.lexical_index import LexicalSearcher
+
+
+class LexicalScorer:
+    """evaluate.evaluate_scorer's interface over a LexicalSearcher (full BM25 score vectors)."""
+
+    def __init__(self, searcher: LexicalSearcher, request_texts, pair_texts):
+        self.searcher = searcher
+        self.request_texts = list(request_texts)
+        self.pair_texts = list(pair_texts)
+
+    def score_requests(self, idx: np.ndarray) -> np.ndarray:
+        return self.searcher.score_all([self.request_texts[i] for i in idx])
+
+    def score_pairs(self, pair_idx: np.ndarray, items: np.ndarray) -> np.ndarray:
+        scores = self.searcher.score_all([self.pair_texts[p] for p in pair_idx])
+        return np.take_along_axis(scores, np.asarray(items).reshape(len(pair_idx), -1), 1)
+
+
+def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
+                    cfg: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig(),
+                    checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
+                    fusion: FusionConfig = FusionConfig(),
+                    log: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
+    """{"dpsr": exact + served dense metrics, "lexical": BM25 metrics, "hybrid": fused
+    retrieval metrics} on one split (module docstring).
+
+    Raises:
+      FileNotFoundError, ValueError: a missing or mismatched index, an index without a
+        lexical section, or a bad fusion configuration.
+    """
+    fusion.validate()
+    from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
+    model_config, saved_spec = load_model_config(model_dir)
+    spec = layout_lib.load_layout_spec(layout_dir or saved_spec.layout_dir)
+    manifest = served_lib.read_index_manifest(index_dir, model_config.embedding_dim,
+                                              spec.num_items, model_dir)
+    if manifest.lexical is None:
+        raise ValueError(f"index {index_dir} has no lexical index; add one with `dpsr index "
+                         f"--lexical_only --output_dir={index_dir} --layout_dir=LAYOUT`")
+    scorer, spec, eval_set, pairs, checkpoint = evaluate_lib.load_model_scorer(
+        model_dir, layout_dir, cfg, checkpoint, log)
+    item_ids = layout_lib.load_item_ids(spec)
+    served_lib.check_index_embeddings(index_dir, scorer.item_emb, item_ids, model_dir)
+    index = served_lib.open_served_index(index_dir, item_ids, model_config.embedding_dim,
+                                         nprobe, model_dir)
+    dense = evaluate_lib.evaluate_scorer(scorer, spec, eval_set, pairs, cfg, log)
+    dense["checkpoint"] = checkpoint
+    dense.update(served_lib.served_metrics(scorer, eval_set, index, cfg, dense, log))
+
+    searcher = LexicalSearcher(index_dir, item_ids)
+    queries = layout_lib.load_queries(spec)
+    lexical_scorer = LexicalScorer(searcher, eval_set.queries,
+                                   [queries[q] for q in pairs["query_row"]])
+    log(f"evaluating the lexical index of {index_dir}")
+    lexical = evaluate_lib.evaluate_scorer(lexical_scorer, spec, eval_set, pairs, cfg, log)
+
+    start = time.time()
+    k = min(max(cfg.recall_ks + (10,)), spec.num_items)
+    dense_scores, dense_rows = served_lib.search_served(index, scorer.request_emb, k,
+                                                        cfg.batch_size)
+    lex_scores, lex_rows = searcher.search(eval_set.queries, fusion.lexical_k or k,
+                                           fusion.lexical_min_score)
+    _, fused_rows, source = fuse_np(dense_scores, dense_rows, lex_scores, lex_rows, k, fusion)
+    relevant = (eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains)
+    hybrid = metrics_lib.retrieval_metrics(fused_rows, *relevant, recall_ks=cfg.recall_ks)
+    for cut in (10, k):
+        head = source[:, :cut]
+        for code, name in ((1, "dense"), (2, "lexical"), (3, "both")):
+            hybrid[f"share_{name}@{cut}"] = float((head == code).mean())
+    hybrid.update({"fusion": fusion.to_json(), "seconds": round(time.time() - start, 1)})
+    log(f"  hybrid fusion ({fusion.rule}) of {len(eval_set)} requests: {hybrid['seconds']}s")
+    return {"dpsr": dense, "lexical": lexical, "hybrid": hybrid}
