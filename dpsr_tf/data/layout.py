@@ -31,6 +31,7 @@ pipeline and never embedded in a GraphDef.
 import dataclasses
 import json
 import os
+import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -94,6 +95,8 @@ class LayoutSpec:
       record_files: split name -> record file paths relative to layout_dir.
       num_records: split name -> number of interaction records.
       format_version: FORMAT_VERSION of the writer.
+      record_checks: record file path -> {"records", "bytes", "crc32"} written by prepare
+        (empty for layouts written before it); `verify_record_files` checks them.
     """
 
     layout_dir: str
@@ -111,6 +114,7 @@ class LayoutSpec:
     record_files: Dict[str, List[str]]
     num_records: Dict[str, int]
     format_version: int = FORMAT_VERSION
+    record_checks: Dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def path(self, relative: str) -> str:
         """Absolute path of a layout file."""
@@ -159,6 +163,7 @@ def load_layout_spec(layout_dir: str) -> LayoutSpec:
         record_files={k: list(v) for k, v in data["record_files"].items()},
         num_records={k: int(v) for k, v in data["num_records"].items()},
         format_version=version,
+        record_checks=dict(data.get("record_checks", {})),
     )
 
 
@@ -301,6 +306,62 @@ def read_record_file(path: str) -> np.ndarray:
         raise ValueError(f"{path}: header says {count} records, file holds {len(records)} "
                          f"(truncated?)")
     return records
+
+
+def record_file_check(path: str) -> dict:
+    """{"records", "bytes", "crc32"} of a record file as it is on disk (what prepare writes into
+    layout.json and `verify_record_files` compares)."""
+    crc = 0
+    size = 0
+    with open(path, "rb") as f:
+        header = f.read(RECORD_HEADER_BYTES)
+        crc = zlib.crc32(header, crc)
+        size += len(header)
+        while True:
+            chunk = f.read(1 << 22)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+    count = int(np.frombuffer(header[16:24], "<u8")[0]) if len(header) >= 24 else -1
+    return {"records": count, "bytes": size, "crc32": f"{crc:08x}"}
+
+
+def verify_record_files(layout, splits: Optional[Sequence[str]] = None) -> None:
+    """Checks that the interaction record files are whole before training reads them.
+
+    tf.data reads fixed-length records and stops at the end of a file, so a file cut at a record
+    boundary (a copy interrupted, a full disk) would train silently on what is left. Each file
+    must hold exactly the records its header counts, and, for layouts that list them, match the
+    counts, sizes and CRC-32 prepare wrote into layout.json; each split must add up to
+    num_records.
+
+    Raises:
+      ValueError naming the file, what was expected and what was found, and the fix.
+    """
+    spec = _spec(layout)
+    fix = "re-run `dpsr prepare` (or copy the layout again)"
+    for split in splits if splits is not None else spec.record_files:
+        total = 0
+        for rel in spec.record_files.get(split, []):
+            path = spec.path(rel)
+            if not os.path.isfile(path):
+                raise ValueError(f"{path}: record file of split {split!r} is missing; {fix}")
+            got = record_file_check(path)
+            holds = (got["bytes"] - RECORD_HEADER_BYTES) / RECORD_DTYPE.itemsize
+            if got["records"] < 0 or holds != got["records"]:
+                raise ValueError(
+                    f"{path}: the header counts {got['records']:,} records but the file holds "
+                    f"{holds:,.2f} ({got['bytes']:,} bytes): it was cut or damaged; {fix}")
+            want = spec.record_checks.get(rel)
+            if want is not None and want != got:
+                raise ValueError(f"{path}: layout.json expects {want}, the file has {got}: it "
+                                 f"was changed or damaged after prepare; {fix}")
+            total += got["records"]
+        if split in spec.num_records and total != spec.num_records[split]:
+            raise ValueError(
+                f"{spec.layout_dir}: split {split!r} has {total:,} records in its files, "
+                f"layout.json says {spec.num_records[split]:,}; {fix}")
 
 
 def read_records(layout, split: str) -> np.ndarray:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+import zlib
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -418,16 +419,23 @@ def _save(path: str, array_: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array_))
 
 
-def _write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int) -> List[str]:
+def _write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int,
+                   checks: Optional[Dict[str, dict]] = None) -> List[str]:
+    """Writes a split's record files; `checks` receives each file's records, bytes and CRC-32
+    (layout.json "record_checks", verified before training)."""
     shards = max(1, -(-len(records) // per_shard))
     paths = []
     for s in range(shards):
         rel = f"{layout_lib.INTERACTIONS_DIR}/{split}-{s:05d}-of-{shards:05d}.rec"
         part = records[s * per_shard:(s + 1) * per_shard]
         os.makedirs(os.path.join(out_dir, layout_lib.INTERACTIONS_DIR), exist_ok=True)
+        header, body = layout_lib.record_header(len(part)), part.tobytes()
         with open(os.path.join(out_dir, rel), "wb") as f:
-            f.write(layout_lib.record_header(len(part)))
-            f.write(part.tobytes())
+            f.write(header)
+            f.write(body)
+        if checks is not None:
+            checks[rel] = {"records": int(len(part)), "bytes": len(header) + len(body),
+                           "crc32": f"{zlib.crc32(body, zlib.crc32(header)):08x}"}
         paths.append(rel)
     return paths
 
@@ -647,12 +655,13 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     pseudo["label_kind"] = schema.LabelKind.CLICK
     pseudo["gain"] = 1.0
     pseudo = pseudo[np.random.default_rng(config.seed + 1).permutation(len(pseudo))]
-    record_files, num_records = {}, {}
+    record_files, num_records, record_checks = {}, {}, {}
     for split, part in (("train", records[train_idx]), ("eval", records[eval_idx]),
                         ("pseudo", pseudo)):
         if split == "pseudo" and not len(part):
             continue
-        record_files[split] = _write_records(tmp, split, part, config.records_per_shard)
+        record_files[split] = _write_records(tmp, split, part, config.records_per_shard,
+                                             record_checks)
         num_records[split] = int(len(part))
 
     labels = np.bincount(inter.label_kinds, minlength=3)
@@ -695,6 +704,7 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
         "eval_min_gain": config.eval_min_gain,
         "record_files": record_files,
         "num_records": num_records,
+        "record_checks": record_checks,
         "prepare_config": prepare_config,
     }
     with open(path(layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:

@@ -1,9 +1,13 @@
 """Readers of the three input files: TSV or CSV with a header, optionally gzip-compressed.
 
-A reader yields (line_number, fields) per record and never raises on a bad row: bad UTF-8 and
-malformed quoting are reported through `Record.error` so the caller can reject the row with its
-file:line. Only a file that cannot be read at all (missing, empty, malformed header) raises
-SchemaError.
+A reader yields (line_number, fields) per record and never raises on a bad row: bad UTF-8,
+malformed quoting and lines over MAX_LINE_BYTES are reported through `Record.error` so the
+caller can reject the row with its file:line. A file that cannot be read at all (missing, empty,
+malformed header) or is damaged (a truncated or corrupt .gz, a line over MAX_SKIP_BYTES) raises
+SchemaError naming the file and the last line read.
+
+Memory is bounded whatever the input: lines are read with a length limit, so a 1 GiB line (a
+1 MB .gz can hold one) is skipped in chunks, never held whole.
 """
 import csv
 import dataclasses
@@ -12,6 +16,7 @@ import io
 import os
 import sys
 import time
+import zlib
 from typing import Iterator, List, Optional, Sequence
 
 from dpsr_tf.data import schema
@@ -21,6 +26,12 @@ _FIELD_LIMIT = 1 << 20
 csv.field_size_limit(_FIELD_LIMIT)
 # A CSV record spanning more lines than this is treated as an unterminated quote.
 _MAX_RECORD_LINES = 64
+# A line longer than this is rejected (LINE_TOO_LONG) without being held in memory: it is read
+# in chunks up to its end and dropped.
+MAX_LINE_BYTES = 8 << 20
+# A line longer than this stops the file: it is not a table (e.g. a decompression bomb).
+MAX_SKIP_BYTES = 256 << 20
+_CHUNK = 1 << 20
 
 
 def delimiter_for(path: str) -> str:
@@ -45,18 +56,58 @@ class Record:
 
 
 class _Lines:
-    """Decoded lines of a binary stream; remembers which physical lines had bad UTF-8."""
+    """Decoded lines of a binary stream; remembers which physical lines had bad UTF-8 and which
+    were too long (those are yielded as a bare newline)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, path: str = ""):
         self._stream = stream
+        self._path = path
+        self._max_line = MAX_LINE_BYTES
+        self._max_skip = MAX_SKIP_BYTES
         self.line = 0
         self.bad = {}              # line -> (byte offset, byte value)
+        self.too_long = {}         # line -> its length in bytes
         self.bytes_read = 0
 
+    def _read(self, limit: int) -> bytes:
+        try:
+            return self._stream.readline(limit)
+        except EOFError as e:      # gzip: the stream ends before its end-of-stream marker
+            raise schema.SchemaError(
+                f"{self._path}: the file ends in the middle of its compressed data after line "
+                f"{self.line} (a truncated .gz: {e}); copy or download it again") from None
+        except (gzip.BadGzipFile, zlib.error, OSError) as e:
+            raise schema.SchemaError(
+                f"{self._path}: corrupt compressed data after line {self.line} ({e}); the file "
+                f"is damaged: copy or download it again (gzip -t {os.path.basename(self._path)} "
+                f"checks it)") from None
+
+    def _skip_rest(self, length: int) -> int:
+        """Reads the rest of an over-long line in chunks; returns the line's total length."""
+        while True:
+            chunk = self._read(_CHUNK)
+            length += len(chunk)
+            self.bytes_read += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                return length
+            if length > self._max_skip:
+                raise schema.SchemaError(
+                    f"{self._path}:{self.line}: the line is longer than "
+                    f"{self._max_skip:,} bytes; this is not a TSV/CSV table (a compressed "
+                    f"bomb, or a file without line breaks?)")
+
     def __iter__(self):
-        for raw in self._stream:
+        limit = self._max_line + 1
+        while True:
+            raw = self._read(limit)
+            if not raw:
+                return
             self.line += 1
             self.bytes_read += len(raw)
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                self.too_long[self.line] = self._skip_rest(len(raw))
+                yield "\n"
+                continue
             if self.line == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             try:
@@ -114,7 +165,7 @@ class TableReader:
         self.schema = file_schema
         self.delimiter = delimiter_for(path)
         self._stream = _open_binary(path)
-        self._lines = _Lines(self._stream)
+        self._lines = _Lines(self._stream, path)
         if self.delimiter == "\t":
             self._csv = csv.reader(self._lines, delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
@@ -127,6 +178,10 @@ class TableReader:
                 f"e.g. {', '.join(file_schema.required)}") from None
         except (csv.Error, gzip.BadGzipFile, OSError) as e:
             raise schema.SchemaError(f"{path}:1: cannot read the header: {e}") from None
+        if 1 in self._lines.too_long:
+            raise schema.SchemaError(f"{path}:1: the header line is {self._lines.too_long[1]:,} "
+                                     f"bytes long; the first line must be a header naming the "
+                                     f"columns")
         if 1 in self._lines.bad:
             raise schema.SchemaError(f"{path}:1: the header is not valid UTF-8; save the file "
                                      f"as UTF-8 (the converters do that for you)")
@@ -159,14 +214,24 @@ class TableReader:
                     start = prev_end + 1
                     prev_end = lines.line
                     rows += 1
-                    yield Record(start, [], schema.Reason.BAD_QUOTING,
-                                 f"{e} (lines {start}-{prev_end})")
+                    if self.delimiter == "\t":  # no quoting in TSV: a cell over the limit
+                        yield Record(start, [], schema.Reason.LINE_TOO_LONG,
+                                     f"a cell is over {_FIELD_LIMIT >> 20} MiB ({e})")
+                    else:
+                        yield Record(start, [], schema.Reason.BAD_QUOTING,
+                                     f"{e} (lines {start}-{prev_end})")
                     continue
                 start, end = prev_end + 1, lines.line
                 prev_end = end
                 rows += 1
                 if rows % 65536 == 0:
                     self._progress.update(rows, lines.bytes_read)
+                if lines.too_long and any(n in lines.too_long for n in range(start, end + 1)):
+                    line = next(n for n in range(start, end + 1) if n in lines.too_long)
+                    yield Record(line, [], schema.Reason.LINE_TOO_LONG,
+                                 f"the line is {lines.too_long[line]:,} bytes; the limit is "
+                                 f"{MAX_LINE_BYTES >> 20} MiB (a missing line break?)")
+                    continue
                 if bad and any(n in bad for n in range(start, end + 1)):
                     line = next(n for n in range(start, end + 1) if n in bad)
                     offset, byte = bad[line]

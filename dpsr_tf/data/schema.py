@@ -140,6 +140,7 @@ class Reason(enum.Enum):
     BAD_UTF8 = "bad UTF-8"
     FIELD_COUNT = "wrong number of fields"
     BAD_QUOTING = "malformed quoting"
+    LINE_TOO_LONG = "line too long"
     BLANK_LINE = "blank line"
     EMPTY_ID = "empty or malformed id"
     EMPTY_TITLE = "empty title"

@@ -97,9 +97,11 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
     """
     cluster = tf_config.from_env()
     _poll_for_ready_every(train.ready_poll_secs)
+    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     if layout_spec is None:
-        from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
-        layout_spec = load_layout_spec(train.layout_dir)
+        layout_spec = layout_lib.load_layout_spec(train.layout_dir)
+    # A record file cut at a record boundary would otherwise train silently on what is left.
+    layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps)
     if cluster.task_type in ("chief",):
         path = model_dir_lib.write_resolved_config(
