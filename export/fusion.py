@@ -147,18 +147,20 @@ def fuse_np(dense_scores: np.ndarray, dense_ids: np.ndarray, lexical_scores: np.
 
 
 def fuse(dense_scores, dense_labels, lexical_scores, lexical_labels, k,
-         cfg: FusionConfig = FusionConfig()):
+         cfg: FusionConfig = FusionConfig(), dense_heads=None):
     """TensorFlow ops of fuse_np for int64 labels (-1 pads), inside the servable graph.
 
     Args:
       dense_scores, dense_labels: [B, Kd] float32 / int64, best first.
       lexical_scores, lexical_labels: [B, Kl] float32 / int64, best first.
-      k: int32 scalar tensor (or int), k <= Kd + Kl.
+      k: int32 scalar tensor (or int); the output has min(k, Kd + Kl) columns.
+      dense_heads: optional [B, Kd] int32 head of each dense entry.
 
     Returns:
-      fused scores [B, k] float32 (-inf pads), labels [B, k] int64 (-1 pads), source [B, k]
-      int32, and positions [B, k] int32 into the concatenated (dense, lexical) inputs (for
-      gathering per-entry outputs such as the dense head).
+      dict of [B, k] tensors: scores (float32 fused, -inf pads), labels (int64, -1 pads),
+      source (int32: 1 dense, 2 lexical, 3 both, 0 pads), dense_scores and lexical_scores
+      (float32, each list's own score of the item, -inf where it lacks it), heads (int32 dense
+      head, -1 for lexical-only results and padding; only with dense_heads).
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -204,7 +206,63 @@ def fuse(dense_scores, dense_labels, lexical_scores, lexical_labels, k,
     k = tf.minimum(tf.cast(k, tf.int32), width)
     top, pos = tf.math.top_k(ranked, k=k, sorted=True)  # ties: lower position first
     found = tf.math.is_finite(top)
-    out_labels = tf.where(found, tf.gather(labels, pos, batch_dims=1), tf.constant(-1, tf.int64))
-    out_source = tf.where(found, tf.gather(tf.reshape(tf.gather(source, segment), [batch, width]),
-                                           pos, batch_dims=1), 0)
-    return top, out_labels, out_source, pos
+
+    def per_item(values, part, pad):
+        """Each output's value from the entry of one list (segment max), pad where absent."""
+        flat = tf.reshape(tf.where(part, values, pad), [-1])
+        # segment_max starts from the dtype's lowest value, not -inf: track presence apart.
+        best = tf.math.unsorted_segment_max(flat, segment, num)
+        has = tf.math.unsorted_segment_max(tf.reshape(tf.cast(part, tf.int32), [-1]), segment,
+                                           num) > 0
+        best = tf.where(has, best, tf.fill(tf.shape(best), tf.cast(pad, best.dtype)))
+        out = tf.gather(tf.reshape(tf.gather(best, segment), [batch, width]), pos, batch_dims=1)
+        return tf.where(found, out, pad)
+
+    in_dense = tf.concat([dv, tf.zeros_like(lv)], axis=1)
+    in_lexical = tf.concat([tf.zeros_like(dv), lv], axis=1)
+    all_scores = tf.concat([dense_scores, lexical_scores], axis=1)
+    out = {
+        "scores": top,
+        "labels": tf.where(found, tf.gather(labels, pos, batch_dims=1),
+                           tf.constant(-1, tf.int64)),
+        "source": tf.where(found, tf.gather(tf.reshape(tf.gather(source, segment),
+                                                   [batch, width]), pos, batch_dims=1), 0),
+        "dense_scores": per_item(all_scores, in_dense, neg_inf),
+        "lexical_scores": per_item(all_scores, in_lexical, neg_inf),
+    }
+    if dense_heads is not None:
+        heads = tf.concat([tf.cast(dense_heads, tf.int32),
+                           tf.fill(tf.shape(lexical_labels), -1)], axis=1)
+        out["heads"] = per_item(heads, in_dense, -1)
+    return out
+
+
+def refuse_np(dense_scores: np.ndarray, lexical_scores: np.ndarray,
+              cfg: FusionConfig) -> np.ndarray:
+    """Fused scores of pooled entries from several shards (the proxy's merge).
+
+    Each entry carries its dense and lexical scores (-inf where that list lacks it); the lists
+    are re-ranked over the pool (by score, stable in pool order) and fused by the rule, so a
+    sharded catalog fuses its global lists, not each shard's.
+
+    Args:
+      dense_scores, lexical_scores: [B, P] float32 per pooled entry (ids unique per row).
+
+    Returns:
+      [B, P] float32 fused scores (-inf for entries in neither list).
+    """
+    out = np.zeros(dense_scores.shape, np.float32)
+    present = np.zeros(dense_scores.shape, bool)
+    for scores, weight in ((dense_scores, cfg.dense_weight), (lexical_scores, cfg.lexical_weight)):
+        scores = np.asarray(scores, np.float32)
+        valid = np.isfinite(scores)
+        order = np.argsort(np.where(valid, -scores.astype(np.float64), np.inf), axis=1,
+                           kind="stable")
+        ranked_scores = np.take_along_axis(scores, order, 1)
+        ranked_valid = np.take_along_axis(valid, order, 1)
+        contrib = _contributions_np(ranked_scores, ranked_valid, weight, cfg)
+        back = np.zeros_like(contrib)
+        np.put_along_axis(back, order, contrib, 1)  # back to pool order
+        out += back
+        present |= valid
+    return np.where(present, out, np.float32(-np.inf)).astype(np.float32)

@@ -3,7 +3,8 @@
     export_servable(model_dir, index_dir, "/models/dpsr")   # -> /models/dpsr/<version>/
 
 The servable (export/servable_graph.py) tokenizes the query, runs the query tower, searches the
-index with every head, merges and maps labels to item ids, all in one graph. The index, id maps
+index with every head, merges and maps labels to item ids, all in one graph; when the index
+build has a lexical index (and ServableConfig.hybrid), it also searches it and fuses both lists. The index, id maps
 and vocabularies are SavedModel assets; the directory appears atomically (written under a
 temporary name, then renamed), so a model server polling the base path never sees half a version.
 """
@@ -47,10 +48,13 @@ def _stage(src: str, staging: str, name: str) -> str:
     return dst
 
 
-def _stage_assets(spec, cfg, index_file: str, ids_file: str, staging: str) -> AssetPaths:
+def _stage_assets(spec, cfg, index_file: str, ids_file: str, staging: str,
+                  lexical_file: Optional[str] = None, lexical_config=None) -> AssetPaths:
     tok = spec.tokenizer_config
     personalized = cfg.personalization in ("profile", "history")
     return AssetPaths(
+        lexical_index=(_stage(lexical_file, staging, "lexical.idx") if lexical_file else None),
+        lexical_config=lexical_config if lexical_file else None,
         index=_stage(index_file, staging, "index.faiss"),
         shard_ids=_stage(ids_file, staging, "shard_item_ids.txt"),
         all_item_ids=_stage(spec.path(layout_lib.ITEM_IDS), staging, "all_item_ids.txt"),
@@ -138,7 +142,10 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
     os.makedirs(staging)
     start = time.monotonic()
     try:
-        assets = _stage_assets(spec, cfg, index_file, ids_file, staging)
+        lexical = manifest.lexical if servable.hybrid else None
+        lexical_file = (os.path.join(index_dir, lexical.shards[shard].file) if lexical else None)
+        assets = _stage_assets(spec, cfg, index_file, ids_file, staging, lexical_file,
+                               lexical.config if lexical else None)
         with tf.Graph().as_default() as graph:
             servable_graph = ServableGraph(cfg, spec, assets, servable)
             saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), sharded=True)
@@ -161,6 +168,7 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
             "index_dir": os.path.abspath(index_dir), "shard": shard,
             "num_shards": manifest.num_shards, "index_factory": manifest.factory,
             "num_items": manifest.shards[shard].num_items,
+            "hybrid": lexical is not None,
             "model": cfg.to_dict(), "servable": dataclasses.asdict(servable),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

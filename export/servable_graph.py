@@ -3,6 +3,13 @@
     query (string [B])  --Dpsr>Tokenize-->  query tower (m heads)  --Dpsr>FaissSearch per head-->
     merge_heads (dedupe, best score, head)  --id map-->  item_ids [B, K], scores [B, K], heads [B, K]
 
+A hybrid servable (the index build has a lexical section and ServableConfig.hybrid) also
+tokenizes the query with the lexical index's tokenizer configuration, searches the shard's BM25
+index (Dpsr>LexicalSearch, same labels as FAISS) and fuses both lists by label
+(export/fusion.py); it adds source [B, K] ("dense", "lexical", "both"), dense_scores and
+lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule (a JSON scalar) so
+that the proxy can re-fuse the answers of several shards.
+
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
 ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
 the servable directory can be copied anywhere. export/saved_model_export.py builds, restores and
@@ -16,8 +23,9 @@ import tensorflow as tf
 
 from dpsr_tf.model.towers import item_tower, query_tower
 from dpsr_tf.tokenization import tokenize_op
-from export import faiss_ops
+from export import faiss_ops, fusion, lexical_ops
 from export.head_merge import merge_heads
+from export.lexical_manifest import LexicalConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +38,8 @@ class ServableConfig:
       max_query_bytes: longer queries are rejected (INVALID_ARGUMENT); empty ones too.
       nprobe: IVF lists probed per search (0 = the value stored in the index).
       ef_search: HNSW efSearch per search (0 = the value stored in the index).
+      hybrid: fuse the lexical index with the dense one when the index build has one.
+      fusion: how a hybrid servable fuses the two lists.
     """
 
     default_k: int = 100
@@ -37,6 +47,8 @@ class ServableConfig:
     max_query_bytes: int = 4096
     nprobe: int = 0
     ef_search: int = 0
+    hybrid: bool = True
+    fusion: fusion.FusionConfig = fusion.FusionConfig()
 
     def validate(self):
         if not 1 <= self.default_k <= self.max_k:
@@ -47,6 +59,10 @@ class ServableConfig:
         if self.nprobe < 0 or self.ef_search < 0:
             raise ValueError(f"nprobe and ef_search must be >= 0, got {self.nprobe}, "
                              f"{self.ef_search}")
+        self.fusion.validate()
+        if self.fusion.lexical_k > lexical_ops.MAX_K:
+            raise ValueError(f"lexical_k must be <= {lexical_ops.MAX_K}, got "
+                             f"{self.fusion.lexical_k}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +75,8 @@ class AssetPaths:
     tokenizer_vocab: Optional[str]  # vocabulary-mode tokenizer, else None
     user_vocabs: Mapping[str, str]  # user feature -> its values file (line i -> id i + 1)
     item_vocabs: Mapping[str, str]  # item feature -> its values file (line i -> id i + 1)
+    lexical_index: Optional[str] = None           # the shard's lexical.idx (hybrid servables)
+    lexical_config: Optional[LexicalConfig] = None  # its tokenizer features and BM25 settings
 
 
 def _asset(path: str) -> tf.Tensor:
@@ -120,7 +138,7 @@ class ServableGraph:
         with tf.name_scope("query_tower"):
             embeddings = query_tower(query_features, model_config, layout_spec,
                                      tf.estimator.ModeKeys.PREDICT)        # [B, m, d]
-        outputs = self._search(query_inputs["k"], embeddings)
+        outputs = self._search(query_inputs["query"], query_inputs["k"], embeddings)
         k_default = {"k": np.array(servable.default_k, np.int32)}
         # serving_default: query (+ optional k). A user-less request is an unknown user, the
         # same graph with the user inputs at their defaults.
@@ -173,7 +191,8 @@ class ServableGraph:
             inputs["user_history"] = history
         return inputs, features
 
-    def _search(self, k: tf.Tensor, embeddings: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def _search(self, query: tf.Tensor, k: tf.Tensor,
+                embeddings: tf.Tensor) -> Dict[str, tf.Tensor]:
         s = self._servable
         index = faiss_ops.FaissIndex(self._assets.index, shared_name=None, name="item_index")
         scores, labels = [], []
@@ -185,15 +204,38 @@ class ServableGraph:
                 labels.append(lb)
             top_scores, top_labels, top_heads = merge_heads(
                 tf.stack(scores, axis=1), tf.stack(labels, axis=1), k)
+        outputs = {"scores": top_scores, "heads": top_heads}
+        if self._assets.lexical_index is not None:
+            outputs, top_labels = self._fuse_lexical(query, k, top_scores, top_labels, top_heads)
         id_init = tf.lookup.TextFileInitializer(
             _asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
             tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
         id_table = tf.lookup.StaticHashTable(id_init, default_value="", name="item_ids_of_labels")
-        return {
-            "item_ids": tf.identity(id_table.lookup(top_labels), name="item_ids"),
-            "scores": tf.identity(top_scores, name="scores"),
-            "heads": tf.identity(top_heads, name="heads"),
-        }
+        outputs["item_ids"] = id_table.lookup(top_labels)
+        return {alias: tf.identity(t, name=alias) for alias, t in outputs.items()}
+
+    def _fuse_lexical(self, query, k, dense_scores, dense_labels, dense_heads):
+        """BM25 search of the shard and fusion with the dense list (module docstring)."""
+        rule = self._servable.fusion
+        with tf.name_scope("lexical"):
+            index = lexical_ops.LexicalIndex(self._assets.lexical_index, name="lexical_index")
+            tokens = tokenize_op.tokenize(query, self._assets.lexical_config.tokenizer_config())
+            lexical_k = k if rule.lexical_k == 0 else tf.constant(rule.lexical_k, tf.int32)
+            lex_scores, lex_labels = lexical_ops.search(index, tokens, lexical_k,
+                                                        rule.lexical_min_score)
+        with tf.name_scope("fusion"):
+            fused = fusion.fuse(dense_scores, dense_labels, lex_scores, lex_labels, k, rule,
+                                dense_heads=dense_heads)
+            names = tf.constant(["", "dense", "lexical", "both"])
+            outputs = {
+                "scores": fused["scores"],
+                "heads": fused["heads"],
+                "source": tf.gather(names, fused["source"]),
+                "dense_scores": fused["dense_scores"],
+                "lexical_scores": fused["lexical_scores"],
+                "fusion_rule": tf.constant(rule.to_json()),
+            }
+        return outputs, fused["labels"]
 
     def _item_embedding(self):
         title = tf.compat.v1.placeholder(tf.string, [None], name="item_title")

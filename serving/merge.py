@@ -5,12 +5,17 @@ Each shard answers the same Predict request over its subset of items with row-al
 padding (empty ids), keeps each id once with its best score, and returns the K best by score,
 descending. K is the request's k, or the largest K_s when the request has none. Rows with fewer
 than K entries are padded: "" ids, -inf scores, -1 for integer outputs.
+
+Hybrid servables (export/servable_graph.py) also answer dense_scores, lexical_scores and a
+fusion_rule: their entries are re-fused over the pool (export/fusion.py refuse_np), so the
+merged list ranks by the global dense and lexical lists, not by each shard's own ranks.
 """
 from typing import Dict, List, Optional, Sequence
 
 import grpc
 import numpy as np
 
+from export.fusion import FusionConfig, refuse_np
 from serving import tensors
 from serving.errors import ServingError
 
@@ -74,6 +79,7 @@ def merge_topk(shard_outputs: Sequence[Dict[str, np.ndarray]], k: Optional[int],
                                    f"shard answer {i}: output '{alias}' is missing or not "
                                    f"aligned with '{id_output}'")
     pooled = {a: np.concatenate([o[a] for o in shard_outputs], axis=1) for a in aligned}
+    _refuse_hybrid(first, pooled, score_output)
     width = k if k is not None else max(o[id_output].shape[1] for o in shard_outputs)
     rows_idx = []
     for b in range(batch):
@@ -104,6 +110,21 @@ def merge_topk(shard_outputs: Sequence[Dict[str, np.ndarray]], k: Optional[int],
         if alias not in merged:
             merged[alias] = value
     return merged
+
+
+def _refuse_hybrid(first: Dict[str, np.ndarray], pooled: Dict[str, np.ndarray],
+                   score_output: str) -> None:
+    """Replaces the pooled fused scores of hybrid answers by the fusion of the pooled lists."""
+    if not {"fusion_rule", "dense_scores", "lexical_scores"} <= set(first) or not {
+            "dense_scores", "lexical_scores"} <= set(pooled):
+        return
+    try:
+        rule = first["fusion_rule"].reshape(-1)[0]
+        cfg = FusionConfig.from_json(rule.decode("utf-8") if isinstance(rule, bytes) else rule)
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise ServingError(grpc.StatusCode.INTERNAL,
+                           f"shard answers carry an unreadable fusion_rule: {e}") from None
+    pooled[score_output] = refuse_np(pooled["dense_scores"], pooled["lexical_scores"], cfg)
 
 
 def response_outputs(response) -> Dict[str, np.ndarray]:

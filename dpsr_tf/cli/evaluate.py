@@ -5,11 +5,15 @@ follows the dashboard protocol (docs/training.md, "Evaluation"); --bm25 also sco
 over the item titles) on the same split; --model_dir may be omitted with --bm25.
 `--served --index_dir=I [--nprobe=N]` also ranks as the servable does, through the FAISS index
 `dpsr index` built (dpsr_tf/evaluation/served.py), and reports the recall lost to each step.
+`--hybrid --index_dir=I` does what --served does and also scores the build's lexical (BM25)
+index and the fusion of both lists as a hybrid servable returns it (--fusion, ...;
+dpsr_tf/evaluation/hybrid.py).
 """
 import json
 
 from absl import flags
 
+from dpsr_tf.cli import fusion_flags
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation.metrics import summarize
@@ -29,8 +33,12 @@ _SERVED = flags.DEFINE_bool(
     "served", False, "Also rank as served: each head searched through the FAISS index of "
     "--index_dir, hits merged by max over heads, shards merged; reports the recall lost to the "
     "max over heads and to the index.")
+_HYBRID = flags.DEFINE_bool(
+    "hybrid", False, "Everything --served reports, plus BM25 through the build's lexical index "
+    "and the fused hybrid ranking (the fusion flags choose the rule).")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None,
-                                 "Index build directory written by `dpsr index` (--served).")
+                                 "Index build directory written by `dpsr index` (--served, "
+                                 "--hybrid).")
 _NPROBE = flags.DEFINE_integer("nprobe", None,
                                "IVF lists to probe with --served (default: the index's own).")
 
@@ -40,12 +48,13 @@ def main(argv):
         raise SystemExit(f"dpsr evaluate: unexpected arguments {argv[1:]}")
     if not _MODEL_DIR.value and not (_BM25.value and _LAYOUT_DIR.value):
         raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 with --layout_dir)")
-    if _SERVED.value and not (_MODEL_DIR.value and _INDEX_DIR.value):
-        raise SystemExit("dpsr evaluate: --served needs --model_dir and --index_dir (the "
-                         "directory `dpsr index --model_dir=M --output_dir=I` wrote)")
-    if not _SERVED.value and (_INDEX_DIR.value or _NPROBE.value is not None):
-        raise SystemExit("dpsr evaluate: --index_dir and --nprobe are read only with --served; "
-                         "add --served")
+    served = _SERVED.value or _HYBRID.value
+    if served and not (_MODEL_DIR.value and _INDEX_DIR.value):
+        raise SystemExit("dpsr evaluate: --served and --hybrid need --model_dir and --index_dir "
+                         "(the directory `dpsr index --model_dir=M --output_dir=I` wrote)")
+    if not served and (_INDEX_DIR.value or _NPROBE.value is not None):
+        raise SystemExit("dpsr evaluate: --index_dir and --nprobe are read only with --served "
+                         "or --hybrid; add one")
     from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
@@ -53,7 +62,12 @@ def main(argv):
     results = {}
     layout_dir = _LAYOUT_DIR.value
     try:
-        if _SERVED.value:
+        if _HYBRID.value:
+            from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
+            results.update(hybrid_lib.evaluate_hybrid(
+                _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,
+                _NPROBE.value, fusion_flags.fusion_config()))
+        elif _SERVED.value:
             results["dpsr"] = served_lib.evaluate_served_model(
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,
                 _NPROBE.value)
@@ -68,8 +82,9 @@ def main(argv):
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr evaluate: {e}") from None
     for name, values in results.items():
-        print(f"{name:5s} {summarize(values)}  (requests={values['requests']}, "
-              f"labeled_pairs={values['labeled_pairs']})")
+        print(f"{name:7s} {summarize(values)}  (requests={values['requests']}"
+              + (f", labeled_pairs={values['labeled_pairs']})" if "labeled_pairs" in values
+                 else ")"))
         if "served_factory" in values:
             print(served_lib.summarize_served(values, cfg.recall_ks))
     if _OUTPUT.value:

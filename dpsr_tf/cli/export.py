@@ -1,12 +1,15 @@
 """dpsr export: model + index -> versioned SavedModel servable(s) (export/saved_model_export.py).
 
 One servable per index shard: <export_base>/<version>/ for a one-shard index, else
-<export_base>_shard<i>/<version>/ (the proxy merges the shards' answers).
+<export_base>_shard<i>/<version>/ (the proxy merges the shards' answers). When the index build
+has a lexical index, each servable is hybrid: dense and BM25 results fused (--fusion, ...;
+--nohybrid for dense only).
 """
 import json
 
 from absl import flags
 
+from dpsr_tf.cli import fusion_flags
 from export.saved_model_export import export_all_shards
 from export.servable_graph import ServableConfig
 
@@ -24,15 +27,19 @@ _MAX_K = flags.DEFINE_integer("max_k", 1000, "Largest k a request may ask for.")
 _MAX_QUERY = flags.DEFINE_integer("max_query_bytes", 4096, "Longer queries are rejected.")
 _NPROBE = flags.DEFINE_integer("nprobe", 0, "IVF nprobe per search; 0 = the index's.")
 _EF = flags.DEFINE_integer("ef_search", 0, "HNSW efSearch per search; 0 = the index's.")
+_HYBRID = flags.DEFINE_bool("hybrid", True,
+                            "Fuse the build's lexical (BM25) index with the dense one (when it "
+                            "has one; see --fusion and the other fusion flags).")
 flags.mark_flags_as_required(["model_dir", "index_dir", "export_base"])
 
 
 def main(argv):
     del argv
-    servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
-                              max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
-                              ef_search=_EF.value)
     try:
+        servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
+                                  max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
+                                  ef_search=_EF.value, hybrid=_HYBRID.value,
+                                  fusion=fusion_flags.fusion_config())
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, _INDEX_DIR.value, _BASE.value,
                                   version=_VERSION.value, servable=servable,

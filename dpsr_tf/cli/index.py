@@ -1,10 +1,16 @@
-"""dpsr index: item tower over the catalog -> FAISS index shards (export/catalog_index.py)."""
+"""dpsr index: item tower over the catalog -> FAISS index shards (export/catalog_index.py), and
+the lexical (BM25) index of the titles beside them (export/lexical_index.py).
+
+    dpsr index --model_dir=M --output_dir=I                    # FAISS + lexical shards
+    dpsr index --lexical_only --output_dir=I --layout_dir=L    # (re)build only the lexical side
+"""
 import json
 
 from absl import flags, logging
 
 from export import catalog_index
 from export.index_builder import IndexBuildConfig
+from export.lexical_manifest import DEFAULT_FEATURES, FEATURE_KINDS, LexicalConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Index build directory to write.")
@@ -25,11 +31,40 @@ _EF = flags.DEFINE_integer("ef_search", 128, "Default efSearch stored in HNSW in
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the training sample.")
 _BATCH = flags.DEFINE_integer("batch_size", 4096, "Items per item-tower batch.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing build.")
-flags.mark_flags_as_required(["model_dir", "output_dir"])
+_LEXICAL = flags.DEFINE_bool("lexical", True,
+                             "Also build the lexical (BM25) index of the item titles, for "
+                             "hybrid servables and `dpsr evaluate --hybrid`.")
+_LEXICAL_ONLY = flags.DEFINE_bool("lexical_only", False,
+                                  "Only (re)build the lexical index of an existing build "
+                                  "directory (needs --layout_dir, not --model_dir).")
+_LEXICAL_FEATURES = flags.DEFINE_list("lexical_features", list(DEFAULT_FEATURES),
+                                      f"Tokenizer feature kinds indexed, of {FEATURE_KINDS}.")
+_K1 = flags.DEFINE_float("bm25_k1", LexicalConfig.k1, "BM25 k1 (term-frequency saturation).")
+_B = flags.DEFINE_float("bm25_b", LexicalConfig.b, "BM25 b (document-length normalization).")
+flags.mark_flags_as_required(["output_dir"])
+
+
+def _lexical_only(lexical: LexicalConfig):
+    if _MODEL_DIR.value or not _LAYOUT.value:
+        raise SystemExit("dpsr index: --lexical_only needs --layout_dir and no --model_dir")
+    try:
+        manifest = catalog_index.add_lexical_index(_OUTPUT.value, _LAYOUT.value, lexical)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dpsr index: {e}") from None
+    print(json.dumps({"output_dir": _OUTPUT.value, "lexical": manifest.lexical.to_dict()}))
 
 
 def main(argv):
     del argv
+    lexical = LexicalConfig(features=tuple(_LEXICAL_FEATURES.value), k1=_K1.value, b=_B.value)
+    try:
+        lexical.validate()
+    except ValueError as e:
+        raise SystemExit(f"dpsr index: {e}") from None
+    if _LEXICAL_ONLY.value:
+        return _lexical_only(lexical)
+    if not _MODEL_DIR.value:
+        raise SystemExit("dpsr index: --model_dir is required (or --lexical_only)")
     config = IndexBuildConfig(factory=_FACTORY.value, num_shards=_SHARDS.value,
                               train_size=_TRAIN_SIZE.value, seed=_SEED.value,
                               nprobe=_NPROBE.value, ef_search=_EF.value)
@@ -37,7 +72,8 @@ def main(argv):
         config.validate()
         manifest = catalog_index.index_catalog(
             _MODEL_DIR.value, _OUTPUT.value, config, layout_dir=_LAYOUT.value,
-            checkpoint=_CHECKPOINT.value, batch_size=_BATCH.value, overwrite=_OVERWRITE.value)
+            checkpoint=_CHECKPOINT.value, batch_size=_BATCH.value, overwrite=_OVERWRITE.value,
+            lexical=lexical if _LEXICAL.value else None)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"dpsr index: {e}") from None
     logging.info("index in %s: %d items, %d shard(s), %s, built in %.1fs", _OUTPUT.value,
@@ -45,4 +81,5 @@ def main(argv):
                  manifest.build_seconds)
     print(json.dumps({"output_dir": _OUTPUT.value, "num_items": manifest.num_items,
                       "num_shards": manifest.num_shards, "factory": manifest.factory,
-                      "build_seconds": round(manifest.build_seconds, 2)}))
+                      "build_seconds": round(manifest.build_seconds, 2),
+                      "lexical": manifest.lexical is not None}))

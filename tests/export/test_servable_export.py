@@ -43,7 +43,7 @@ def servable(tmp_path_factory):
     index_dir = str(work / "index")
     catalog_index.index_catalog(train.model_dir, index_dir, IndexBuildConfig(factory="Flat"))
     path = export_servable(train.model_dir, index_dir, str(work / "a" / "dpsr"),
-                           servable=ServableConfig(default_k=5, max_k=50))
+                           servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
     # The servable must not need anything outside its own directory.
     moved = str(work / "b")
     shutil.move(str(work / "a"), moved)
@@ -250,7 +250,7 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
                  "--index_factory=Flat", "--num_shards=2")
     assert built["num_items"] == servable["spec"].num_items and built["num_shards"] == 2
     out = dpsr("export", f"--model_dir={servable['model_dir']}", f"--index_dir={index_dir}",
-               f"--export_base={tmp_path}/models/dpsr", "--default_k=6")
+               f"--export_base={tmp_path}/models/dpsr", "--default_k=6", "--nohybrid")
     assert out["servables"] == [f"{tmp_path}/models/dpsr_shard0/1",
                                 f"{tmp_path}/models/dpsr_shard1/1"]
     script = f"""
