@@ -22,6 +22,70 @@ _INLINE_MAX_ELEMENTS = 4096
 _INLINE_MAX_BYTES = 64 << 10
 
 
+class _Malformed:
+    """Stands for a request whose bytes did not parse (answered INVALID_ARGUMENT)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _safe_deserializer(deserialize):
+    def parse(data):
+        try:
+            return deserialize(data)
+        except Exception as e:  # pylint: disable=broad-except  (DecodeError, RuntimeWarning)
+            return _Malformed(f"{type(e).__name__}: {e}")
+    return parse
+
+
+def _guarded(behavior, method: str):
+    async def handle(request, context):
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
+                f"the {method} request is not a valid protobuf message ({request.error}); "
+                "send a serialized request of the tensorflow_serving API"))
+        return await behavior(request, context)
+    return handle
+
+
+class _SafeDecoding(grpc.GenericRpcHandler):
+    """Wraps a generated service's handlers so that request bytes that do not parse are
+    answered INVALID_ARGUMENT (as TF Serving does), not UNKNOWN "Unexpected DecodeError"."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._cache = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._cache:
+            handler = self._inner.service(handler_call_details)
+            if handler is not None and handler.unary_unary is not None:
+                handler = handler._replace(
+                    request_deserializer=_safe_deserializer(handler.request_deserializer),
+                    unary_unary=_guarded(handler.unary_unary, method.rsplit("/", 1)[-1]))
+            self._cache[method] = handler
+        return self._cache[method]
+
+
+class _Capture:
+    def __init__(self):
+        self.handlers = []
+
+    def add_generic_rpc_handlers(self, handlers):
+        self.handlers.extend(handlers)
+
+
+def add_servicer(add_to_server, servicer, server) -> None:
+    """`add_XServicer_to_server(servicer, server)` of a generated module, with requests that do
+    not parse answered INVALID_ARGUMENT."""
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    server.add_generic_rpc_handlers(tuple(_SafeDecoding(h) for h in capture.handlers))
+
+
 def client_timeout(context):
     """Seconds left of the client's deadline, or None when it set none."""
     remaining = context.time_remaining()

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving import config as config_lib
-from serving.grpc_services import InFlight, ModelServicer, PredictionServicer
+from serving.grpc_services import InFlight, ModelServicer, PredictionServicer, add_servicer
 from serving.rest import RestGateway
 from serving.server_core import CoreOptions, ServerCore
 
@@ -34,6 +34,9 @@ class ServerOptions:
       port: gRPC port (0: any free port; see port_file).
       rest_api_port: REST port (0: no REST API, as in TF Serving; -1: any free port).
       rest_api_timeout_seconds: REST predict timeout.
+      rest_api_max_body_bytes: largest REST request body (larger: HTTP 413, body not read).
+      rest_api_connection_timeout_seconds: a REST connection whose reads or writes stall this
+        long (half-sent request, idle keep-alive) is closed; 0: never.
       model_config_file: ModelServerConfig file, re-read every
         model_config_file_poll_wait_seconds when > 0.
       monitoring: Prometheus settings (served on the REST port).
@@ -49,6 +52,8 @@ class ServerOptions:
     port: int = 8500
     rest_api_port: int = 0
     rest_api_timeout_seconds: float = 30.0
+    rest_api_max_body_bytes: int = 16 << 20
+    rest_api_connection_timeout_seconds: float = 30.0
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
     monitoring: config_lib.MonitoringOptions = config_lib.MonitoringOptions()
@@ -160,10 +165,11 @@ class ModelServer:
                                              opts.model_config_file_poll_wait_seconds,
                                              self.core, text)
             on_reload = self._poller.note_applied
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.core, self._in_flight), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.core, opts.allow_reload_config_request, on_reload), self._grpc)
+        add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+                     PredictionServicer(self.core, self._in_flight), self._grpc)
+        add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+                     ModelServicer(self.core, opts.allow_reload_config_request, on_reload),
+                     self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
@@ -172,7 +178,9 @@ class ModelServer:
             metrics_path = (opts.monitoring.prometheus_path
                             if opts.monitoring.prometheus_enabled else None)
             self._rest = RestGateway(self.core, opts.host, max(0, opts.rest_api_port),
-                                     opts.rest_api_timeout_seconds, metrics_path)
+                                     opts.rest_api_timeout_seconds, metrics_path,
+                                     opts.rest_api_max_body_bytes,
+                                     opts.rest_api_connection_timeout_seconds)
             self.rest_api_port = self._rest.port
             self._rest.start()
         elif opts.monitoring.prometheus_enabled:
@@ -195,10 +203,14 @@ class ModelServer:
             await self._health.enter_graceful_shutdown()
         if self._poller is not None:
             self._poller.stop()
-        if self._rest is not None:
-            self._rest.stop()
+        rest_stopped = None
+        if self._rest is not None:  # REST drains in a thread while gRPC drains on the loop
+            rest_stopped = asyncio.get_running_loop().run_in_executor(
+                None, self._rest.stop, grace_seconds)
         if self._grpc is not None:
             await self._in_flight.stop_server(self._grpc, grace_seconds)
+        if rest_stopped is not None:
+            await rest_stopped
         await asyncio.get_running_loop().run_in_executor(None, self.core.stop)
 
 

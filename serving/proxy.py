@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 from serving import config as config_lib
 from serving import merge, proxy_config, tensors
 from serving.errors import ServingError, truncate
-from serving.grpc_services import InFlight, client_timeout
+from serving.grpc_services import InFlight, add_servicer, client_timeout
 from serving.metrics import UNKNOWN, ProxyMetrics
 from serving.model_server import _address, bind_grpc, write_port_file
 
@@ -527,8 +527,8 @@ class ProxyServer:
         opts = self.options
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                                 ("grpc.max_send_message_length", -1)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer,
-                                                                            self._server)
+        add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+                     self.servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self.grpc_port = bind_grpc(self._server, opts.host, opts.port, opts.ssl)

@@ -39,10 +39,19 @@ def _bad(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+_INT64_MAX = (1 << 63) - 1
+# Deepest JSON nesting of a tensor value (numpy allows 32 dimensions).
+_MAX_DEPTH = 32
+
+
 def _model_spec(match) -> "model_pb2.ModelSpec":
     spec = model_pb2.ModelSpec(name=match.group("name"))
     if match.group("version") is not None:
-        spec.version.value = int(match.group("version"))
+        version = int(match.group("version"))
+        if not 0 <= version <= _INT64_MAX:
+            raise _bad(f"version {match.group('version')} is not a version number (0 to "
+                       f"{_INT64_MAX})")
+        spec.version.value = version
     elif match.group("label") is not None:
         spec.version_label = match.group("label")
     return spec
@@ -61,13 +70,16 @@ def _leaf_to_bytes(value, where):
     raise _bad(f"{where}: expected a string or {{\"b64\": \"...\"}}, got {json.dumps(value)[:80]}")
 
 
-def _shape_of(value, where):
-    """Shape of a nested JSON list; INVALID_ARGUMENT when ragged."""
+def _shape_of(value, where, depth=0):
+    """Shape of a nested JSON list; INVALID_ARGUMENT when ragged or nested too deeply."""
     if not isinstance(value, list):
         return ()
+    if depth >= _MAX_DEPTH:
+        raise _bad(f"{where}: lists nested more than {_MAX_DEPTH} deep; a tensor has at most "
+                   f"{_MAX_DEPTH} dimensions")
     if not value:
         return (0,)
-    inner = [_shape_of(v, where) for v in value]
+    inner = [_shape_of(v, where, depth + 1) for v in value]
     if any(s != inner[0] for s in inner):
         raise _bad(f"{where}: nested lists of different lengths (ragged); every row of a tensor "
                    "needs the same shape")
@@ -86,20 +98,39 @@ def json_to_tensor(value, spec, where: str):
         np_dtype = tensors.numpy_dtype(spec.dtype)
         if np_dtype is None:
             raise _bad(f"{where}: dtype {tensors.dtype_name(spec.dtype)} is not supported over REST")
-        try:
-            array = np.array(value, dtype=np.float64 if np_dtype != np.bool_ else np.bool_)
-        except (TypeError, ValueError) as e:
-            raise _bad(f"{where}: expected numbers for {tensors.dtype_name(spec.dtype)}, got "
-                       f"{json.dumps(value)[:80]}") from e
-        if array.dtype == object:
-            raise _bad(f"{where}: expected numbers for {tensors.dtype_name(spec.dtype)}")
-        if np.issubdtype(np_dtype, np.integer) and np.any(array != np.round(array)):
-            raise _bad(f"{where}: {tensors.dtype_name(spec.dtype)} needs integers, got "
-                       f"{json.dumps(value)[:80]}")
-        array = array.astype(np_dtype)
+        name = tensors.dtype_name(spec.dtype)
+        leaves = np.array(value, dtype=object).ravel() if shape else [value]
+        if np_dtype == np.bool_:
+            if not all(isinstance(v, bool) for v in leaves):
+                raise _bad(f"{where}: {name} needs true or false, got {_show(value)}")
+        elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in leaves):
+            # JSON true is not the number 1, nor "5" the number 5.
+            raise _bad(f"{where}: expected numbers for {name}, got {_show(value)}")
+        if np.issubdtype(np_dtype, np.integer):
+            info = np.iinfo(np_dtype)
+            for v in leaves:
+                if isinstance(v, float) and (not np.isfinite(v) or v != np.floor(v)):
+                    raise _bad(f"{where}: {name} needs integers, got {_show(v)}")
+                if not info.min <= v <= info.max:
+                    raise _bad(f"{where}: {_show(v)} is out of the range of {name} "
+                               f"[{info.min}, {info.max}]")
+            array = np.array([int(v) for v in leaves], dtype=np_dtype).reshape(shape)
+        else:
+            try:
+                array = np.array(value, dtype=np_dtype)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise _bad(f"{where}: expected numbers for {name}, got {_show(value)}") from e
     proto = tensors.from_ndarray(array)
     proto.dtype = spec.dtype
     return proto
+
+
+def _show(value) -> str:
+    """A JSON value for a message, cut to 80 characters."""
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:80]
 
 
 def build_predict_request(body: dict, signature, model_spec) -> "predict_pb2.PredictRequest":
@@ -191,14 +222,21 @@ class RestGateway:
     """
 
     def __init__(self, core, host: str, port: int, timeout_seconds: float,
-                 metrics_path: Optional[str] = None):
+                 metrics_path: Optional[str] = None, max_body_bytes: int = 16 << 20,
+                 connection_timeout_seconds: float = 30.0):
         gateway = self
         self._core = core
         self._timeout = timeout_seconds
         self._metrics_path = metrics_path
+        self._max_body = max_body_bytes
+        self._active = 0
+        self._idle = threading.Condition()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Every read and write of a connection must progress within this many seconds, so
+            # a half-sent request or an idle keep-alive connection does not hold its thread.
+            timeout = connection_timeout_seconds or None
 
             def log_message(self, fmt, *args):  # quiet access log
                 _LOG.debug("%s %s", self.address_string(), fmt % args)
@@ -218,9 +256,13 @@ class RestGateway:
     def start(self):
         self._thread.start()
 
-    def stop(self):
+    def stop(self, grace_seconds: float = 10.0):
+        """Stops accepting connections, then waits up to `grace_seconds` for requests that are
+        running to be answered."""
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, grace_seconds)
 
     # ------------------------------------------------------------------ handling
 
@@ -236,11 +278,40 @@ class RestGateway:
         self._send(handler, status, json.dumps(obj).encode("utf-8"))
 
     def _dispatch(self, handler, method):
+        with self._idle:
+            self._active += 1
+        try:
+            self._handle(handler, method)
+        finally:
+            with self._idle:
+                self._active -= 1
+                if not self._active:
+                    self._idle.notify_all()
+
+    def _handle(self, handler, method):
         path = handler.path.split("?", 1)[0]
         body = b""
-        length = int(handler.headers.get("Content-Length") or 0)
+        length = handler.headers.get("Content-Length") or "0"
+        if not length.isascii() or not length.isdigit():
+            handler.close_connection = True
+            self._send_json(handler, 400, {"error": f"Content-Length {length[:40]!r} is not a "
+                                                    "number of bytes"})
+            return
+        length = int(length)
+        if length > self._max_body:
+            handler.close_connection = True  # the body is not read
+            self._send_json(handler, 413, {"error": f"the request body is {length:,} bytes; "
+                                                    f"the limit is {self._max_body:,} "
+                                                    "(--rest_api_max_body_bytes)"})
+            return
         if length:
-            body = handler.rfile.read(length)
+            try:
+                body = handler.rfile.read(length)
+            except OSError:  # a timeout or reset mid-body: drop the connection
+                body = b""
+            if len(body) != length:  # the client went away or stalled mid-body
+                handler.close_connection = True
+                return
         try:
             if self._metrics_path and path == self._metrics_path and method == "GET":
                 self._send(handler, 200, self._core.metrics.exposition(),
@@ -291,7 +362,11 @@ class RestGateway:
             payload = json.loads(body.decode("utf-8") or "null")
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise _bad(f"the request body is not valid JSON: {e}") from e
+        except RecursionError as e:
+            raise _bad("the request body nests JSON too deeply") from e
         signature_name = payload.get("signature_name", "") if isinstance(payload, dict) else ""
+        if not isinstance(signature_name, str):
+            raise _bad(f"\"signature_name\" must be a string, got {_show(signature_name)}")
         handle = self._core.manager.acquire(spec)
         try:  # pin the version so the request runs on the signature it was built for
             servable = handle.servable

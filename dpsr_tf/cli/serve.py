@@ -92,6 +92,12 @@ _MAX_ROWS = flags.DEFINE_integer("max_request_rows", 256, "[dpsr] Most queries p
 _MAX_STRING = flags.DEFINE_integer("max_string_input_bytes", 4096,
                                    "[dpsr] Longest string element of a request, in bytes.")
 _MAX_K = flags.DEFINE_integer("max_k", 10000, "[dpsr] Largest k a request may ask for.")
+_REST_MAX_BODY = flags.DEFINE_integer(
+    "rest_api_max_body_bytes", 16 << 20, "[dpsr] Largest REST request body; a larger one is "
+    "answered HTTP 413 without being read.")
+_REST_CONN_TIMEOUT = flags.DEFINE_integer(
+    "rest_api_connection_timeout_in_ms", 30000, "[dpsr] A REST connection whose reads or writes "
+    "stall this long (a half-sent request, an idle keep-alive connection) is closed; 0: never.")
 _MAX_ELEMENTS = flags.DEFINE_integer(
     "max_input_elements", 1 << 20, "[dpsr] Most values one input tensor may declare (the "
     "product of its shape), checked before anything is converted.")
@@ -134,7 +140,7 @@ def options_from_flags():
         ssl = config_lib.read_ssl_options(_SSL_FILE.value)
     except ServingError as e:
         _fail(e.message)
-    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K, _MAX_ELEMENTS):
+    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K, _MAX_ELEMENTS, _REST_MAX_BODY):
         if flag.value < 1:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 1")
     core = CoreOptions(
@@ -157,6 +163,8 @@ def options_from_flags():
     options = ServerOptions(
         host=_HOST.value, port=_PORT.value, rest_api_port=_REST_API_PORT.value,
         rest_api_timeout_seconds=_REST_API_TIMEOUT.value / 1000.0,
+        rest_api_max_body_bytes=_REST_MAX_BODY.value,
+        rest_api_connection_timeout_seconds=_REST_CONN_TIMEOUT.value / 1000.0,
         model_config_file=_MODEL_CONFIG_FILE.value,
         model_config_file_poll_wait_seconds=_MODEL_CONFIG_POLL.value,
         monitoring=monitoring, ssl=ssl,

@@ -158,8 +158,9 @@ def _bad_requests():
     unknown_signature = predict_request("dpsr", ["apple phone"], signature="no_such_sig")
     bad_filter = _mutate(good)
     bad_filter.output_filter.append("embeddings")
-    short_content = tf.make_tensor_proto(np.array([1, 2], np.int32))
-    short_content.tensor_content = short_content.tensor_content[:3]
+    short_content = tf.make_tensor_proto(np.array(5, np.int32))  # k: a scalar of 3 bytes
+    short_content.ClearField("int_val")
+    short_content.tensor_content = b"\x05\x00\x00"
     return [
         ("unknown model", unknown_model, grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
         ("unknown version", unknown_version, grpc.StatusCode.NOT_FOUND, "Specific(dpsr, 42)"),
