@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from dpsr_tf.model.towers import item_tower, query_tower
 from dpsr_tf.tokenization import tokenize_op
-from export import faiss_ops, fusion, lexical_ops
+from export import faiss_ops, lexical_ops
+from export import fusion as fusion_lib
 from export.head_merge import merge_heads
 from export.lexical_manifest import LexicalConfig
 
@@ -48,7 +49,7 @@ class ServableConfig:
     nprobe: int = 0
     ef_search: int = 0
     hybrid: bool = True
-    fusion: fusion.FusionConfig = fusion.FusionConfig()
+    fusion: fusion_lib.FusionConfig = fusion_lib.FusionConfig()
 
     def validate(self):
         if not 1 <= self.default_k <= self.max_k:
@@ -224,7 +225,7 @@ class ServableGraph:
             lex_scores, lex_labels = lexical_ops.search(index, tokens, lexical_k,
                                                         rule.lexical_min_score)
         with tf.name_scope("fusion"):
-            fused = fusion.fuse(dense_scores, dense_labels, lex_scores, lex_labels, k, rule,
+            fused = fusion_lib.fuse(dense_scores, dense_labels, lex_scores, lex_labels, k, rule,
                                 dense_heads=dense_heads)
             names = tf.constant(["", "dense", "lexical", "both"])
             outputs = {

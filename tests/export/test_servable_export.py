@@ -272,3 +272,46 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
     for row in range(len(QUERIES)):
         merged = sorted(zip(s0[row] + s1[row], ids0[row] + ids1[row]), reverse=True)[:6]
         np.testing.assert_allclose([s for s, _ in merged], s_all[row], atol=1e-5)
+
+
+def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
+    """The hybrid servable's answer equals fuse_np over the dense servable's list and the
+    lexical index's list (LexicalSearcher, the same C++ core), with sources and list scores."""
+    from export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
+    from export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    path = export_servable(servable["model_dir"], servable["index_dir"],
+                           str(tmp_path / "hybrid"),
+                           servable=ServableConfig(default_k=5, max_k=50))
+    script = LOAD_TF1.format(path=path) + f"""
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}},
+               ["item_ids", "scores", "heads", "source", "dense_scores", "lexical_scores",
+                "fusion_rule"])
+    out["fusion_rule"] = np.array([out["fusion_rule"]], object)
+    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
+                      for k, v in out.items()}}))
+    """
+    got = run_fresh(script)
+    dense = run_fresh(LOAD_TF1.format(path=servable["version_dir"]) + f"""
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}}, ["item_ids", "scores"])
+    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
+                      "scores": out["scores"].tolist()}}))
+    """)
+    ids = layout_lib.load_item_table(servable["spec"]).ids
+    lex_scores, lex_rows = LexicalSearcher(servable["index_dir"], ids).search(QUERIES, 7)
+    assert (lex_rows[:3] >= 0).any(), "the queries should match some titles"
+    lex_ids = np.array([[ids[r] if r >= 0 else "" for r in row] for row in lex_rows], object)
+    want_s, want_ids, want_src = fuse_np(np.array(dense["scores"], np.float32),
+                                         np.array(dense["ids"], object), lex_scores, lex_ids, 7)
+    assert got["item_ids"] == want_ids.tolist()
+    np.testing.assert_allclose(got["scores"], want_s, rtol=1e-6)
+    assert got["source"] == [[SOURCE_NAMES[s] for s in row] for row in want_src]
+    dense_of = [dict(zip(i, s)) for i, s in zip(dense["ids"], dense["scores"])]
+    lex_of = [dict(zip(i, s)) for i, s in zip(lex_ids.tolist(), lex_scores.tolist())]
+    for row, row_ids in enumerate(got["item_ids"]):
+        for j, item in enumerate(row_ids):
+            np.testing.assert_allclose(got["dense_scores"][row][j],
+                                       dense_of[row].get(item, -np.inf), rtol=1e-6)
+            np.testing.assert_allclose(got["lexical_scores"][row][j],
+                                       lex_of[row].get(item, -np.inf), rtol=1e-6)
+            assert (got["heads"][row][j] == -1) == (got["source"][row][j] == "lexical")
+    assert json.loads(got["fusion_rule"][0])["rule"] == "rrf"
