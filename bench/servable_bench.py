@@ -7,6 +7,9 @@ IVF4096,PQ32, nprobe 64), single queries:
   - FAISS op        Dpsr>FaissSearch on the same embeddings in a TF session
   - servable        the exported SavedModel's serving_default: Dpsr>Tokenize, query tower,
                     one Dpsr>FaissSearch per head, merge/dedupe, id map; query string in
+  - hybrid          the same model exported as a hybrid servable: also Dpsr>Tokenize with the
+                    lexical configuration, Dpsr>LexicalSearch (top k BM25 over 1M synthetic
+                    Zipf-worded titles of the same item ids) and RRF fusion in-graph
 The model is a briefly trained DPSR model on the synthetic catalog (its weights do not change
 the cost); the index holds 1M synthetic vectors, not that model's items, since only the cost of
 searching them matters here. Ratios are the result; absolute numbers depend on the machine.
@@ -14,9 +17,11 @@ searching them matters here. Ratios are the result; absolute numbers depend on t
     python bench/servable_bench.py [--num_items 1000000] [--heads 1,2] [--queries 300]
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 
@@ -36,6 +41,17 @@ def _clustered(n, d, clusters, seed):
     x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d)).astype(
         np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _zipf_titles(n, seed, vocabulary=50_000):
+    """n titles of 6-14 words drawn Zipf-like from a synthetic vocabulary (w0 most common)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, vocabulary + 1) ** 0.9
+    p /= p.sum()
+    lengths = rng.integers(6, 15, n)
+    words = rng.choice(vocabulary, size=int(lengths.sum()), p=p)
+    ends = np.cumsum(lengths)
+    return [" ".join(f"w{w}" for w in words[e - l:e]) for e, l in zip(ends, lengths)]
 
 
 def _train_model(work, heads, steps):
@@ -88,7 +104,7 @@ def main():
     logging.set_verbosity(logging.ERROR)
 
     from dpsr_tf import op_library
-    from export import faiss_ops, index_builder, index_layout
+    from export import faiss_ops, index_builder, index_layout, lexical_index
     from export.saved_model_export import export_servable
     from export.servable_graph import ServableConfig
 
@@ -102,37 +118,53 @@ def main():
             factory=args.factory, nprobe=args.nprobe), overwrite=True)
         del emb
     manifest = index_layout.read_manifest(index_dir)
+    if manifest.lexical is None:
+        _log(f"building the lexical index of {args.num_items} synthetic titles")
+        ids = [f"I{i:07d}" for i in range(args.num_items)]
+        lexical = lexical_index.build_lexical_shards(
+            index_dir, manifest, ids, _zipf_titles(args.num_items, seed=1), log=_log)
+        manifest = dataclasses.replace(manifest, lexical=lexical)
+        index_layout.write_manifest(index_dir, manifest)
     index_file, _ = manifest.shard_paths(index_dir, 0)
     wheel_index = faiss.read_index(index_file)
     faiss.ParameterSpace().set_index_parameter(wheel_index, "nprobe", args.nprobe)
     faiss.omp_set_num_threads(1)  # single queries: the op's core also searches on one thread
 
-    queries = [f"query {i} " + w for i, w in enumerate(
-        ["apple phone", "running shoes", "小米 手机", "wireless mouse", "red dress"] *
-        (args.queries // 5 + 1))][:args.queries]
+    # Real words for the model's tokenizer plus two catalog words (one common, one rarer) so
+    # the lexical side does the work of a matching query.
+    rng = np.random.default_rng(2)
+    queries = [f"query {i} {w} w{rng.integers(0, 200)} w{rng.integers(200, 20000)}"
+               for i, w in enumerate(["apple phone", "running shoes", "小米 手机",
+                                      "wireless mouse", "red dress"] *
+                                     (args.queries // 5 + 1))][:args.queries]
     rows = []
     op_library.load()
     for heads in [int(h) for h in args.heads.split(",")]:
         _log(f"training a {heads}-head model ({args.train_steps} steps) and exporting")
         model_dir = _train_model(args.work_dir, heads, args.train_steps)
-        base = os.path.join(args.work_dir, f"servable_h{heads}")
-        version_dir = export_servable(model_dir, index_dir, base, servable=ServableConfig(
-            default_k=args.k, max_k=max(args.k, 1000), nprobe=args.nprobe))
-        with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], version_dir)
-            sig = meta.signature_def["serving_default"]
-            q_in = sig.inputs["query"].name
-            fetch = [sig.outputs[k].name for k in ("item_ids", "scores", "heads")]
-            emb_sig = meta.signature_def["query_embedding"]
-            q_emb = sess.run(emb_sig.outputs["embedding"].name,
-                             {emb_sig.inputs["query"].name: queries})       # [Q, m, 64]
-            for q in queries[:20]:
-                sess.run(fetch, {q_in: [q]})                                 # warm-up
-            servable_ms = []
-            for q in queries:
-                t = time.perf_counter()
-                sess.run(fetch, {q_in: [q]})
-                servable_ms.append((time.perf_counter() - t) * 1e3)
+        timings = {}
+        for hybrid in (False, True):
+            base = os.path.join(args.work_dir, f"servable_h{heads}{'_hybrid' if hybrid else ''}")
+            shutil.rmtree(base, ignore_errors=True)
+            version_dir = export_servable(model_dir, index_dir, base, servable=ServableConfig(
+                default_k=args.k, max_k=max(args.k, 1000), nprobe=args.nprobe, hybrid=hybrid))
+            with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+                meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], version_dir)
+                sig = meta.signature_def["serving_default"]
+                q_in = sig.inputs["query"].name
+                fetch = [sig.outputs[k].name for k in ("item_ids", "scores", "heads")]
+                emb_sig = meta.signature_def["query_embedding"]
+                q_emb = sess.run(emb_sig.outputs["embedding"].name,
+                                 {emb_sig.inputs["query"].name: queries})   # [Q, m, 64]
+                for q in queries[:20]:
+                    sess.run(fetch, {q_in: [q]})                             # warm-up
+                ms = []
+                for q in queries:
+                    t = time.perf_counter()
+                    sess.run(fetch, {q_in: [q]})
+                    ms.append((time.perf_counter() - t) * 1e3)
+                timings[hybrid] = ms
+        servable_ms, hybrid_ms = timings[False], timings[True]
         bare_ms = []
         for row in q_emb:
             t = time.perf_counter()
@@ -151,18 +183,20 @@ def main():
                     sess.run(out, {ph: row[h:h + 1]})
                 op_ms.append((time.perf_counter() - t) * 1e3)
         rows.append({"heads": heads, "bare": _percentiles(bare_ms), "op": _percentiles(op_ms),
-                     "servable": _percentiles(servable_ms)})
+                     "servable": _percentiles(servable_ms), "hybrid": _percentiles(hybrid_ms)})
 
     print(f"# servable latency, single queries, top {args.k} of {args.num_items:,} items, "
           f"{args.factory} nprobe {args.nprobe}; {platform.node()} {os.cpu_count()} cores, "
           f"{time.strftime('%Y-%m-%d')}")
     print("| heads | bare FAISS p50 / p99 ms | Dpsr>FaissSearch op p50 / p99 ms | "
-          "servable (text in) p50 / p99 ms | servable / bare (p50) |")
-    print("|---:|---:|---:|---:|---:|")
+          "servable (text in) p50 / p99 ms | hybrid servable p50 / p99 ms | servable / bare "
+          "(p50) | hybrid / servable (p50) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        b, o, s = r["bare"], r["op"], r["servable"]
+        b, o, s, h = r["bare"], r["op"], r["servable"], r["hybrid"]
         print(f"| {r['heads']} | {b['p50']:.2f} / {b['p99']:.2f} | {o['p50']:.2f} / "
-              f"{o['p99']:.2f} | {s['p50']:.2f} / {s['p99']:.2f} | {s['p50'] / b['p50']:.2f}x |")
+              f"{o['p99']:.2f} | {s['p50']:.2f} / {s['p99']:.2f} | {h['p50']:.2f} / "
+              f"{h['p99']:.2f} | {s['p50'] / b['p50']:.2f}x | {h['p50'] / s['p50']:.2f}x |")
     print(json.dumps(rows), file=sys.stderr)
 
 

@@ -28,6 +28,7 @@ class QueryResult:
       heads: [K] int32.
       partial: True when a shard did not answer.
       latency_ms: client-side latency of the call.
+      sources: [K] "dense", "lexical" or "both" (hybrid servables), else empty.
     """
 
     query: str
@@ -36,6 +37,7 @@ class QueryResult:
     heads: np.ndarray
     partial: bool
     latency_ms: float
+    sources: List[str] = dataclasses.field(default_factory=list)
 
 
 def query_model(stub, model_name: str, queries: Sequence[str], k: int,
@@ -57,8 +59,10 @@ def query_model(stub, model_name: str, queries: Sequence[str], k: int,
         outputs = {a: tensors.to_ndarray(t) for a, t in response.outputs.items()}
         ids = [i.decode("utf-8", "replace") for i in outputs["item_ids"][0]]
         partial = bool(outputs["partial"]) if "partial" in outputs else False
+        sources = ([s.decode("utf-8") for s in outputs["source"][0]] if "source" in outputs
+                   else [])
         results.append(QueryResult(query, ids, outputs["scores"][0], outputs["heads"][0],
-                                   partial, latency))
+                                   partial, latency, sources))
     return results
 
 
@@ -109,7 +113,9 @@ def run_serving_demo(model_dirs: Union[str, Sequence[str]], queries: Sequence[st
             for rank, (item, score, head) in enumerate(
                     zip(r.item_ids[:show], r.scores[:show], r.heads[:show]), start=1):
                 text = f"  {item_text.get(item, '')}" if item_text else ""
-                out(f"  {rank:2d}. {item:<16} score {score:7.4f}  head {head}{text}")
+                source = f"  {r.sources[rank - 1]:<7}" if r.sources else ""
+                found = f"head {head}" if head >= 0 else "head -"
+                out(f"  {rank:2d}. {item:<16} score {score:7.4f}{source}  {found}{text}")
         return results
     finally:
         if proxy is not None:

@@ -5,11 +5,13 @@
     3. prepare      validate the three files, tokenize titles once, write the training layout
     4. train        a short tf.estimator run of a 2-head, personalized DPSR model
     5. evaluate     full-corpus Recall/nDCG/MRR on the eval split, beside BM25
-    6. index        item tower over the catalog -> 2 FAISS index shards (IVF, fast-scan PQ)
-    7. export       one SavedModel per shard (tokenizer + query tower + FAISS search)
+    6. index        item tower over the catalog -> 2 FAISS index shards (IVF) and the BM25
+                    index of the titles beside them; dense, BM25 and hybrid as served
+    7. export       one hybrid SavedModel per shard (tokenizer + query tower + FAISS search +
+                    BM25 search, fused by reciprocal rank)
     8. serve        two model servers and the proxy as real processes; queries sent with the
-                    TF Serving gRPC client; each query's top items with the head that found
-                    them; everything shut down
+                    TF Serving gRPC client; each query's top items with their source (dense,
+                    lexical, both) and the head that found them; everything shut down
 
 Everything goes under --work_dir (default build/demo), replaced on each run.
 """
@@ -67,6 +69,7 @@ def main(argv):
     from dpsr_tf.data import synthetic
     from dpsr_tf.data.prepare import PrepareConfig, prepare
     from dpsr_tf.evaluation import evaluate as evaluate_lib
+    from dpsr_tf.evaluation import hybrid as hybrid_lib
     from dpsr_tf.model.config import ModelConfig
     from dpsr_tf.training import driver
     from dpsr_tf.training.config import TrainConfig
@@ -126,17 +129,28 @@ def main(argv):
             "recall@10", "recall@100", "ndcg@10", "mrr@10")))
     _done(t)
 
-    t = _stage(6, "dpsr index: item tower -> 2 FAISS shards (IVF64,Flat)")
+    t = _stage(6, "dpsr index: item tower -> 2 FAISS shards (IVF64,Flat) + BM25 shards")
     index_dir = os.path.join(work, "index")
     manifest = catalog_index.index_catalog(
         train.model_dir, index_dir, IndexBuildConfig(factory="IVF64,Flat", num_shards=2,
                                                      nprobe=16))
     print(f"   {index_dir}: {manifest.num_items} items in {manifest.num_shards} shards "
           f"({', '.join(str(s.num_items) for s in manifest.shards)}), "
-          f"built in {manifest.build_seconds:.1f}s")
+          f"built in {manifest.build_seconds:.1f}s; BM25 over "
+          f"{sum(s.num_terms for s in manifest.lexical.shards)} shard terms, built in "
+          f"{manifest.lexical.build_seconds:.1f}s")
+    hybrid = hybrid_lib.evaluate_hybrid(train.model_dir, index_dir, cfg=eval_cfg, log=quiet)
+    print("   as served (eval split): dense through the IVF shards, BM25 through the lexical "
+          "shards, and their RRF fusion")
+    print(f"   {'':8} " + " ".join(f"{m:>11}" for m in ("recall@10", "recall@100", "ndcg@10",
+                                                          "mrr@10")))
+    for name, got, prefix in (("dense", hybrid["dpsr"], "served_"),
+                              ("BM25", hybrid["lexical"], ""), ("hybrid", hybrid["hybrid"], "")):
+        print(f"   {name:8} " + " ".join(f"{got[prefix + m]:>11.3f}" for m in (
+            "recall@10", "recall@100", "ndcg@10", "mrr@10")))
     _done(t)
 
-    t = _stage(7, "dpsr export: one SavedModel per shard")
+    t = _stage(7, "dpsr export: one hybrid SavedModel per shard")
     servables = export_all_shards(train.model_dir, index_dir, os.path.join(work, "models",
                                                                            "dpsr"))
     for path in servables:
