@@ -1,0 +1,174 @@
+"""Hostile-input suite (issue 13): every class of bad request from the adversarial probe, over
+gRPC (to `dpsr serve` and through `dpsr proxy`) and REST, against real processes. For each
+case: the expected status; and while the classes are sent, a normal request keeps answering
+correctly with bounded latency, and the servers' memory stays bounded.
+
+The table lives in serving/testing.py (hostile_grpc_cases, hostile_rest_cases) so that
+bench/hostile_bench.py measures the same classes for longer."""
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from serving import process
+from serving import testing as st
+from serving.testing import predict_request
+
+GRPC_CASES = st.hostile_grpc_cases()
+REST_CASES = st.hostile_rest_cases()
+CONNECTION_TIMEOUT_S = 1.0
+# Normal traffic while hostile requests are sent: the issue's target is p99 < 50 ms; the
+# assertion leaves room for a loaded 2-core test machine (measured: see docs/serving.md).
+P99_BOUND_S = 0.25
+RSS_GROWTH_BOUND = 150 << 20  # before the fixes: +760 MB from one 68-byte request
+
+
+@pytest.fixture(scope="module")
+def stack(toy_model_dir, tmp_path_factory):
+    logs = str(tmp_path_factory.mktemp("hostile"))
+    server = process.model_server_process(
+        toy_model_dir, "dpsr", rest=True, log_dir=logs, port=process.free_port(),
+        flags=["--enable_batching", "--max_k=300",
+               f"--rest_api_connection_timeout_in_ms={int(CONNECTION_TIMEOUT_S * 1000)}"])
+    proxy = process.proxy_process({"dpsr": ((server.address,),)}, log_dir=logs,
+                                  deadline_ms=5000)
+    process.start_all([server, proxy])
+    channels = {"serve": grpc.insecure_channel(server.address),
+                "proxy": grpc.insecure_channel(proxy.address)}
+    stub = process.prediction_stub(proxy.address)
+    for _ in range(20):  # warm: every later growth of memory is the hostile requests'
+        stub.Predict(predict_request("dpsr", ["cordless drill"], k=10), timeout=10)
+    ready = dict(server=server, proxy=proxy, channels=channels)
+    ready["rss_at_start"] = _rss(ready)
+    yield ready
+    for channel in channels.values():
+        channel.close()
+    for p in (server, proxy):
+        assert p.stop() == 0, p.log_tail()
+
+
+@pytest.mark.parametrize("target", ["serve", "proxy"])
+@pytest.mark.parametrize("case", GRPC_CASES, ids=[c[0] for c in GRPC_CASES])
+def test_grpc_case_gets_its_status(stack, target, case):
+    name, payload, code = case
+    got = st.call_raw(stack["channels"][target], payload)
+    assert got == code, f"{name} via {target}: {got}"
+
+
+@pytest.mark.parametrize("case", REST_CASES, ids=[c[0] for c in REST_CASES])
+def test_rest_case_gets_its_status(stack, case):
+    name, method, path, headers, body, status = case
+    got, reply = st.send_http("127.0.0.1", stack["server"].rest_api_port, method, path,
+                              headers, body)
+    assert got == status, f"{name}: {got} {reply[:300]!r}"
+    if status != 404 or path.startswith("/v1/"):
+        assert b'"error"' in reply, reply[:300]
+
+
+def test_half_sent_request_is_dropped_after_the_connection_timeout(stack):
+    """A client that sends headers and part of a body, then nothing, holds a thread no longer
+    than --rest_api_connection_timeout_in_ms (before: forever)."""
+    sock = socket.create_connection(("127.0.0.1", stack["server"].rest_api_port), timeout=10)
+    try:
+        sock.sendall(b"POST /v1/models/dpsr:predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"instances\": [")
+        start = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server
+        waited = time.monotonic() - start
+    finally:
+        sock.close()
+    assert CONNECTION_TIMEOUT_S * 0.8 < waited < CONNECTION_TIMEOUT_S + 3.0, waited
+
+
+def test_client_disconnects_leave_no_traceback(stack):
+    stub = process.prediction_stub(stack["server"].address)
+    request = predict_request("dpsr", ["apple iphone"] * 16, k=300)
+    for _ in range(30):  # deadlines that expire while the request runs
+        try:
+            stub.Predict(request, timeout=0.002)
+        except grpc.RpcError as e:
+            assert e.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.OK)
+    stub.Predict(request, timeout=10)  # still serving
+    time.sleep(0.3)
+    log = stack["server"].log_tail(2000)
+    assert "InvalidStateError" not in log and "Traceback" not in log, log[-3000:]
+
+
+class _Normal:
+    """A closed loop of normal requests (direct and through the proxy), latency of each."""
+
+    def __init__(self, stack):
+        self.latencies = []
+        self.failures = []
+        self._stop = threading.Event()
+        self._stubs = [process.prediction_stub(stack["server"].address),
+                       process.prediction_stub(stack["proxy"].address)]
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        request = predict_request("dpsr", ["cordless drill"], k=10)
+        i = 0
+        while not self._stop.is_set():
+            stub = self._stubs[i % 2]
+            i += 1
+            start = time.perf_counter()
+            try:
+                response = stub.Predict(request, timeout=5)
+                if len(response.outputs["item_ids"].string_val) != 10:
+                    self.failures.append("short answer")
+            except grpc.RpcError as e:
+                self.failures.append(e.code().name)
+            self.latencies.append(time.perf_counter() - start)
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _rss(stack):
+    return {name: st.rss_bytes(stack[name].proc.pid) for name in ("server", "proxy")}
+
+
+def test_normal_requests_keep_bounded_latency_and_memory_under_every_class(stack):
+    """Each hostile class is sent repeatedly for a moment while normal requests run (the
+    memory bound covers every test of this module: growth since the servers started)."""
+    before = stack["rss_at_start"]
+    rest_port = stack["server"].rest_api_port
+    per_class = {}
+    classes = [(f"grpc {n} via {t}", lambda p=p, t=t: st.call_raw(stack["channels"][t], p))
+               for n, p, _ in GRPC_CASES for t in ("serve", "proxy")]
+    classes += [(f"rest {c[0]}", lambda c=c: st.send_http("127.0.0.1", rest_port, *c[1:5]))
+                for c in REST_CASES]
+    with _Normal(stack) as normal:
+        time.sleep(0.2)
+        for name, send in classes:
+            start_index = len(normal.latencies)
+            deadline = time.monotonic() + 0.15
+            sent = 0
+            while time.monotonic() < deadline or sent < 2:
+                send()
+                sent += 1
+            per_class[name] = normal.latencies[start_index:]
+    after = _rss(stack)
+    assert normal.failures == [], normal.failures[:10]
+    lat = np.array(normal.latencies)
+    assert len(lat) > 200
+    p99 = float(np.percentile(lat, 99))
+    worst = max(per_class, key=lambda n: max(per_class[n], default=0))
+    assert p99 < P99_BOUND_S, (p99, worst, max(per_class[worst]))
+    assert lat.max() < 2.0, (worst, max(per_class[worst]))  # no stall (before: 13 s)
+    for name in before:
+        growth = after[name] - before[name]
+        assert growth < RSS_GROWTH_BOUND, f"{name} RSS grew {growth / 2**20:.0f} MiB"
+    print(f"\nnormal requests: n={len(lat)} p50={np.percentile(lat, 50) * 1e3:.1f} ms "
+          f"p99={p99 * 1e3:.1f} ms max={lat.max() * 1e3:.1f} ms (worst class: {worst}); "
+          f"RSS growth server {(after['server'] - before['server']) / 2**20:.0f} MiB, proxy "
+          f"{(after['proxy'] - before['proxy']) / 2**20:.0f} MiB")
