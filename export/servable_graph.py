@@ -7,7 +7,7 @@ A hybrid servable (the index build has a lexical section and ServableConfig.hybr
 tokenizes the query with the lexical index's tokenizer configuration, searches the shard's BM25
 index (Dpsr>LexicalSearch, same labels as FAISS) and fuses both lists by label
 (export/fusion.py); it adds source [B, K] ("dense", "lexical", "both"), dense_scores and
-lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule (a JSON scalar) so
+lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule [B] (the rule as JSON) so
 that the proxy can re-fuse the answers of several shards.
 
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
@@ -234,7 +234,8 @@ class ServableGraph:
                 "source": tf.gather(names, fused["source"]),
                 "dense_scores": fused["dense_scores"],
                 "lexical_scores": fused["lexical_scores"],
-                "fusion_rule": tf.constant(rule.to_json()),
+                # One copy per row, so the signature stays batch-major (server-side batching).
+                "fusion_rule": tf.fill(tf.shape(query)[:1], rule.to_json()),
             }
         return outputs, fused["labels"]
 

@@ -116,7 +116,7 @@ def _refuse_hybrid(first: Dict[str, np.ndarray], pooled: Dict[str, np.ndarray],
                    score_output: str) -> None:
     """Replaces the pooled fused scores of hybrid answers by the fusion of the pooled lists."""
     if not {"fusion_rule", "dense_scores", "lexical_scores"} <= set(first) or not {
-            "dense_scores", "lexical_scores"} <= set(pooled):
+            "dense_scores", "lexical_scores"} <= set(pooled) or first["fusion_rule"].size == 0:
         return
     try:
         rule = first["fusion_rule"].reshape(-1)[0]

@@ -282,3 +282,27 @@ def test_fusion_config_is_validated():
             fusion.FusionConfig(**bad).validate()
     cfg = fusion.FusionConfig(rule="blend", rrf_k=10)
     assert fusion.FusionConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_proxy_merge_of_hybrid_shard_answers_refuses_them():
+    """serving.merge.merge_topk on two hybrid shard answers ranks by the re-fused pool."""
+    from serving import merge  # pylint: disable=import-outside-toplevel
+    cfg = fusion.FusionConfig()
+    rule = np.array([cfg.to_json().encode()], object)
+    # Shard A holds a, b; shard B holds c. Dense: a 0.9 > c 0.8 > b 0.1; lexical: c 9 > b 5.
+    shard_a = {"item_ids": np.array([[b"a", b"b"]], object),
+               "scores": np.array([[1 / 61, 1 / 61]], np.float32),   # shard-local ranks
+               "dense_scores": np.array([[0.9, 0.1]], np.float32),
+               "lexical_scores": np.array([[-np.inf, 5.0]], np.float32),
+               "source": np.array([[b"dense", b"both"]], object), "fusion_rule": rule}
+    shard_b = {"item_ids": np.array([[b"c", b""]], object),
+               "scores": np.array([[2 / 61, -np.inf]], np.float32),
+               "dense_scores": np.array([[0.8, -np.inf]], np.float32),
+               "lexical_scores": np.array([[9.0, -np.inf]], np.float32),
+               "source": np.array([[b"both", b""]], object), "fusion_rule": rule}
+    merged = merge.merge_topk([shard_a, shard_b], k=3)
+    # Global dense ranks a1 c2 b3, lexical c1 b2: c = 1/62 + 1/61, b = 1/63 + 1/62, a = 1/61.
+    assert merged["item_ids"][0].tolist() == [b"c", b"b", b"a"]
+    np.testing.assert_allclose(merged["scores"][0], [1 / 62 + 1 / 61, 1 / 63 + 1 / 62, 1 / 61],
+                               rtol=1e-6)
+    assert merged["source"][0].tolist() == [b"both", b"both", b"dense"]

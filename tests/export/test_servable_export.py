@@ -286,7 +286,6 @@ def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
     out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}},
                ["item_ids", "scores", "heads", "source", "dense_scores", "lexical_scores",
                 "fusion_rule"])
-    out["fusion_rule"] = np.array([out["fusion_rule"]], object)
     print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
                       for k, v in out.items()}}))
     """
