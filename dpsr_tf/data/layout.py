@@ -171,6 +171,30 @@ def _spec(layout) -> LayoutSpec:
     return layout if isinstance(layout, LayoutSpec) else load_layout_spec(layout)
 
 
+def feature_columns(layout, kind: str) -> List[str]:
+    """Column order of <kind>s/features.npy ("item" or "user"): the order in which the layout's
+    own layout.json lists the features.
+
+    A LayoutSpec rebuilt from a model directory's dpsr_config.json (written with sorted keys)
+    may list the features in another order; the columns follow the files, so the order is read
+    from the layout on disk whenever it is there.
+
+    Raises:
+      ValueError: the layout on disk has other features than the spec (another layout).
+    """
+    spec = _spec(layout)
+    names = list(getattr(spec, f"{kind}_features"))
+    try:
+        with open(os.path.join(spec.layout_dir, LAYOUT_JSON), encoding="utf-8") as f:
+            on_disk = list(json.load(f)[f"{kind}_features"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return names
+    if sorted(on_disk) != sorted(names):
+        raise ValueError(f"{spec.layout_dir}: the layout has {kind} features {on_disk}, the "
+                         f"model was trained with {names}: another layout")
+    return on_disk
+
+
 def read_lines(path: str) -> List[str]:
     """The lines of a layout text table (UTF-8, '\\n'-terminated)."""
     with open(path, encoding="utf-8", newline="\n") as f:
@@ -250,7 +274,7 @@ def load_item_table(layout, mmap: bool = False) -> FeatureTable:
     return FeatureTable(
         ids=load_item_ids(spec),
         features=np.load(spec.path(ITEM_FEATURES), mmap_mode=mode),
-        feature_names=list(spec.item_features),
+        feature_names=feature_columns(spec, "item"),
         vocabularies=_vocabularies(spec, ITEM_VOCAB_DIR, spec.item_features),
         token_ids=np.load(spec.path(ITEM_TOKEN_IDS), mmap_mode=mode),
         token_splits=np.load(spec.path(ITEM_TOKEN_SPLITS)),
@@ -264,7 +288,7 @@ def load_user_table(layout) -> FeatureTable:
     return FeatureTable(
         ids=read_lines(spec.path(USER_IDS)),
         features=np.load(spec.path(USER_FEATURES)),
-        feature_names=list(spec.user_features),
+        feature_names=feature_columns(spec, "user"),
         vocabularies=_vocabularies(spec, USER_VOCAB_DIR, spec.user_features),
     )
 

@@ -137,7 +137,7 @@ def _gather_tokens(t: Dict, prefix: str, rows: tf.Tensor) -> tf.RaggedTensor:
 def _item_features(spec: layout_lib.LayoutSpec, t: Dict, rows: tf.Tensor, prefix: str) -> Dict:
     out = {f"{prefix}_row": rows, f"{prefix}_tokens": _gather_tokens(t, "item", rows)}
     cats = tf.cast(tf.gather(t["item_features"], rows), tf.int64)
-    for j, name in enumerate(spec.item_features):
+    for j, name in enumerate(layout_lib.feature_columns(spec, "item")):
         out[f"{prefix}_{name}"] = cats[:, j]
     return out
 
@@ -148,7 +148,7 @@ def _user_features(spec: layout_lib.LayoutSpec, t: Dict, user_row: tf.Tensor,
     index = tf.where(has_user, user_row, tf.cast(spec.num_users, tf.int64))
     cats = tf.cast(tf.gather(t["user_features"], index), tf.int64)
     out = {"user_row": user_row}
-    for j, name in enumerate(spec.user_features):
+    for j, name in enumerate(layout_lib.feature_columns(spec, "user")):
         out[f"user_{name}"] = cats[:, j]
     splits = t["history_splits"]
     base = tf.gather(splits, tf.minimum(tf.maximum(user_row, 0), tf.shape(splits, tf.int64)[0] - 1))

@@ -64,9 +64,8 @@ def request_inputs(spec, query_rows: np.ndarray, user_rows: np.ndarray,
     if spec.user_features or spec.history_length:
         table = layout_lib.load_user_table(spec)
         has_user = user_rows >= 0
-        for j, name in enumerate(spec.user_features):
-            col = table.features[:, j].astype(np.int64) if len(table.features) else np.zeros(
-                [0], np.int64)
+        for name in spec.user_features:
+            col = table.feature(name) if len(table.features) else np.zeros([0], np.int64)
             user_feats[name] = np.where(has_user, col[np.maximum(user_rows, 0)]
                                         if len(col) else 0, 0).astype(np.int64)
         items, hsplits = layout_lib.load_user_histories(spec)
