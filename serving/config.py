@@ -263,6 +263,38 @@ def read_ssl_options(path: Optional[str]) -> Optional[SslOptions]:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"--ssl_config_file {path}: client_verify needs custom_ca (the PEM of "
                            "the CA that signs client certificates)")
+    _check_pem(path, cfg.server_key, cfg.server_cert, cfg.custom_ca)
     return SslOptions(server_key=cfg.server_key.encode(), server_cert=cfg.server_cert.encode(),
                       custom_ca=cfg.custom_ca.encode() if cfg.custom_ca else None,
                       client_verify=cfg.client_verify)
+
+
+def _check_pem(path: str, key: str, cert: str, custom_ca: str) -> None:
+    """Loads the key, certificate and CA with Python's ssl module so that a bad one is reported
+    as such (gRPC only says the port could not be added). The PEM goes through a private
+    temporary directory that is removed at once."""
+    import ssl  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory(prefix="dpsr-pem-") as tmp:
+        os.chmod(tmp, 0o700)
+        cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        for file, text in ((cert_file, cert), (key_file, key)):
+            with open(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600), "w",
+                      encoding="utf-8") as f:
+                f.write(text)
+        try:
+            context.load_cert_chain(cert_file, key_file)
+        except (ssl.SSLError, ValueError) as e:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"--ssl_config_file {path}: server_cert and server_key are not a PEM "
+                f"certificate and its matching private key ({e}); put the PEM text itself in "
+                "the strings, newlines escaped as \\n") from None
+    if custom_ca:
+        try:
+            context.load_verify_locations(cadata=custom_ca)
+        except (ssl.SSLError, ValueError) as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"--ssl_config_file {path}: custom_ca is not a PEM certificate "
+                               f"({e})") from None

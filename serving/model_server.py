@@ -81,7 +81,9 @@ def bind_grpc(server, host: str, port: int, ssl) -> int:
         else:
             bound = server.add_insecure_port(address)
     except RuntimeError as e:  # grpc reports a failed bind this way
-        raise OSError(f"cannot bind gRPC to {address} (in use?): {e}") from e
+        what = ("in use, or the TLS certificate or key was refused?" if ssl is not None
+                else "in use?")
+        raise OSError(f"cannot bind gRPC to {address} ({what}): {e}") from e
     if not bound:
         raise OSError(f"cannot bind gRPC to {address}")
     return bound

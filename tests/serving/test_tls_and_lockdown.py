@@ -59,3 +59,39 @@ def test_base_path_outside_the_root_does_not_start(toy_model_dir, tmp_path):
                                           flags=[f"--model_base_path_root={tmp_path}"])
     with pytest.raises(RuntimeError, match="outside the allowed root"):
         server.start(timeout=120)
+
+
+def _pem_pair(work, name):
+    key, cert = work / f"{name}.key", work / f"{name}.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    return key.read_text(), cert.read_text()
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("garbage certificate", "server_cert and server_key are not a PEM certificate"),
+    ("key of another certificate", "KEY_VALUES_MISMATCH"),
+    ("garbage custom_ca", "custom_ca is not a PEM certificate"),
+])
+def test_bad_certificate_is_reported_as_such(tmp_path, case, needle):
+    """Before: a bad certificate made `dpsr serve` say "cannot bind (in use?)"."""
+    from serving import config as config_lib  # pylint: disable=import-outside-toplevel
+    from serving.errors import ServingError  # pylint: disable=import-outside-toplevel
+    key, cert = _pem_pair(tmp_path, "a")
+    other_key, _ = _pem_pair(tmp_path, "b")
+    ca = ""
+    if case == "garbage certificate":
+        cert = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n"
+    elif case == "key of another certificate":
+        key = other_key
+    else:
+        ca = "-----BEGIN CERTIFICATE-----\nbm9wZQ==\n-----END CERTIFICATE-----\n"
+    escape = lambda pem: pem.replace("\n", "\\n")  # noqa: E731
+    path = tmp_path / "ssl.config"
+    path.write_text(f'server_key: "{escape(key)}"\nserver_cert: "{escape(cert)}"\n'
+                    f'custom_ca: "{escape(ca)}"\n')
+    with pytest.raises(ServingError) as info:
+        config_lib.read_ssl_options(str(path))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in info.value.message and str(path) in info.value.message
