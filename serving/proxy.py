@@ -35,7 +35,7 @@ from serving import merge, proxy_config, tensors
 from serving.errors import ServingError, truncate
 from serving.grpc_services import InFlight, add_servicer, client_timeout
 from serving.metrics import UNKNOWN, ProxyMetrics
-from serving.model_server import _address, bind_grpc, write_port_file
+from serving.model_server import _address, bind_grpc, freeze_heap, write_port_file
 
 _LOG = logging.getLogger("serving.proxy")
 PARTIAL_OUTPUT = "partial"
@@ -539,6 +539,7 @@ class ProxyServer:
             self.rest_api_port = self._http.port
         if opts.proxy_config_file and opts.config_file_poll_wait_seconds > 0:
             self._poll_task = asyncio.ensure_future(self._poll_config())
+        freeze_heap()
         for service in ("", "tensorflow.serving.PredictionService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         _LOG.info("Running DPSR proxy at %s", _address(opts.host, self.grpc_port))
