@@ -135,6 +135,27 @@ def hinge_loss(batch_scores: tf.Tensor, random_scores: tf.Tensor, item_rows: tf.
     return loss, stats
 
 
+def head_win_shares(query_heads: tf.Tensor, items: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Share of the batch's positives won by each query head (a head-collapse diagnostic).
+
+    Head h wins positive i when e_i^h . g_i is the largest of its m head scores (the first
+    head on a tie), i.e. the head the servable's max-over-heads rule credits with the item.
+
+    Args:
+      query_heads: [B, m, d] float32 query heads e_i^h.
+      items: [B, d] float32 the examples' own items g_i.
+      labels: [B] float32, 1 = positive (label-0 examples are left out).
+
+    Returns:
+      [m] float32 shares summing to 1 (all 0 when the batch has no positive).
+    """
+    dots = tf.einsum("bmd,bd->bm", query_heads, items)                      # [B, m]
+    winner = tf.one_hot(tf.argmax(dots, axis=1), tf.shape(query_heads)[1])  # [B, m]
+    is_pos = tf.cast(labels > 0.5, tf.float32)
+    wins = tf.reduce_sum(winner * is_pos[:, None], axis=0)
+    return wins / tf.maximum(tf.reduce_sum(is_pos), 1.0)
+
+
 def _cross_entropy_first(logits: tf.Tensor) -> tf.Tensor:
     """[B]: softmax cross-entropy of each row with target column 0."""
     return tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]

@@ -154,6 +154,11 @@ def dpsr_model_fn(features, labels, mode, params):
                                     tf.reduce_sum(hits[k] * is_pos) / denominator)
     for name, value in stats.items():
         tf.compat.v1.summary.scalar(f"train/{name}", value)
+    if cfg.num_heads > 1:
+        # Head collapse shows here while training: one head winning ~every positive.
+        shares = losses.head_win_shares(query, batch_items, label)
+        for h in range(cfg.num_heads):
+            tf.compat.v1.summary.scalar(f"train/head_{h}_share_of_positives", shares[h])
     global_step = tf.compat.v1.train.get_or_create_global_step()
     train_op = make_optimizer(cfg).minimize(loss, global_step=global_step,
                                             colocate_gradients_with_ops=True)
