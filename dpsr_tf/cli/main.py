@@ -30,6 +30,8 @@ SUBCOMMANDS = {
     "export": ("dpsr_tf.cli.export", "model + index -> versioned SavedModel servable(s)"),
     "serve": ("dpsr_tf.cli.serve", "TF-Serving-API model server for DPSR SavedModels"),
     "proxy": ("dpsr_tf.cli.proxy", "PredictionService proxy: routes models, merges shard top-K"),
+    "report": ("dpsr_tf.cli.report", "static HTML report: quality vs BM25, curves, heads, "
+               "t-SNE map, alpha sweep, index numbers"),
 }
 
 

@@ -1,0 +1,60 @@
+"""dpsr report: a static HTML page of trained models, beside BM25 (docs/report.md).
+
+`dpsr report --model_dir=M [--compare=M2,M3] [--index_dir=I] --output=report/
+ [--alpha_sweep=0,0.25,0.5,0.75,1 --sweep_steps=300]` evaluates every model and BM25 on the
+main model's split (and the hybrid through I when it holds a lexical index), reads the
+training curves, measures per-head usage, draws a t-SNE map of the item embeddings and, when
+asked, trains one small model per alpha; writes OUTPUT/index.html, OUTPUT/evaluation.json and
+OUTPUT/figures/*.png.
+"""
+import os
+import sys
+
+from absl import flags
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Main model directory (dpsr train).")
+_COMPARE = flags.DEFINE_list("compare", [], "Other model directories shown beside it.")
+_INDEX_DIR = flags.DEFINE_string("index_dir", None,
+                                 "`dpsr index` build directory of the main model (index "
+                                 "numbers; hybrid row if it holds a lexical index).")
+_OUTPUT = flags.DEFINE_string("output", None, "Report directory (created).")
+_SPLIT = flags.DEFINE_string("split", "eval", "Layout split evaluated.")
+_NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Random items per clicked pair (Top-k).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of random items, map sample and t-SNE.")
+_MAP_ITEMS = flags.DEFINE_integer("map_items", 1500, "Items on the t-SNE map.")
+_MAP_QUERIES = flags.DEFINE_integer("map_queries", 3, "Queries marked on the map.")
+_QUERIES = flags.DEFINE_list("queries", [], "Eval query texts to mark on the map (default: "
+                             "those whose heads disagree most).")
+_ALPHA_SWEEP = flags.DEFINE_list("alpha_sweep", [], "alpha values of the Figure 7 sweep, e.g. "
+                                 "0,0.25,0.5,0.75,1 (trains one small model each).")
+_SWEEP_STEPS = flags.DEFINE_integer("sweep_steps", 300, "Training steps per sweep model.")
+_KEEP = flags.DEFINE_bool("keep_sweep_checkpoints", False, "Keep the sweep models' checkpoints.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"dpsr report: unexpected arguments {argv[1:]}")
+    if not _MODEL_DIR.value or not _OUTPUT.value:
+        raise SystemExit("dpsr report: give --model_dir=MODEL and --output=REPORT_DIR")
+    try:
+        alphas = tuple(float(a) for a in _ALPHA_SWEEP.value)
+    except ValueError:
+        raise SystemExit(f"dpsr report: --alpha_sweep takes numbers in [0, 1], got "
+                         f"{_ALPHA_SWEEP.value}") from None
+    from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.report.commands import shell_join  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
+    quiet_tf_logging()
+    cfg = ReportConfig(
+        model_dirs=tuple([_MODEL_DIR.value] + list(_COMPARE.value)), output=_OUTPUT.value,
+        index_dir=_INDEX_DIR.value, split=_SPLIT.value, num_random=_NUM_RANDOM.value,
+        seed=_SEED.value, map_items=_MAP_ITEMS.value, map_queries=_MAP_QUERIES.value,
+        wanted_queries=tuple(_QUERIES.value), alpha_sweep=alphas,
+        sweep_steps=_SWEEP_STEPS.value, keep_sweep_checkpoints=_KEEP.value,
+        command=shell_join(["dpsr", "report"] + sys.argv[2:]) if len(sys.argv) > 1 and
+        sys.argv[1] == "report" else shell_join(["dpsr", "report"] + sys.argv[1:]))
+    try:
+        path = build_report(cfg)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise SystemExit(f"dpsr report: {e}") from None
+    print(os.path.abspath(path))

@@ -1,0 +1,11 @@
+"""`dpsr report`: a static HTML page of a model's evaluation, curves, heads, embedding map,
+alpha sweep and index numbers (docs/report.md).
+
+Modules, one job each: config (ReportConfig), events (TensorBoard scalars), heads (per-head
+usage), projection (t-SNE), sweep (the alpha sweep), commands (command lines), gather (every
+number, once), figures (matplotlib PNGs), page (the HTML), build (all of it into a directory).
+"""
+from dpsr_tf.report.build import build_report
+from dpsr_tf.report.config import ReportConfig
+
+__all__ = ["ReportConfig", "build_report"]

@@ -1,0 +1,159 @@
+"""The report's figures as PNG files (matplotlib, Agg backend: no display needed).
+
+Each function takes the gathered data (gather.py) and a path, draws one figure and returns
+the path, or None when there is nothing to draw.
+"""
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+HEAD_MARKERS = ["X", "*", "P", "D", "^", "s", "v", "<", ">", "p"]
+HEAD_COLORS = ["black", "red", "blue", "darkgreen", "darkorange", "purple", "brown", "teal",
+               "magenta", "olive"]
+
+
+def _plt():
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    return plt
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def training_curves(models: List[Dict], path: str) -> Optional[str]:
+    """Train and eval loss, eval Top-1/Top-10/AUC and the heads' share of positives by step."""
+    if not any(m["curves"]["train"] or m["curves"]["eval"] for m in models):
+        return None
+    plt = _plt()
+    has_heads = any(tag.startswith("train/head_") for m in models for tag in m["curves"]["train"])
+    ncols = 3 if has_heads else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8))
+    for n, m in enumerate(models):
+        color = f"C{n}"
+        train, ev = m["curves"]["train"], m["curves"]["eval"]
+        for tag, curves, style, label in (("loss", train, "-", "train loss"),
+                                          ("loss", ev, "o--", "eval loss")):
+            if tag in curves:
+                steps, values = zip(*curves[tag])
+                axes[0].plot(steps, values, style, color=color, label=f"{m['name']}: {label}",
+                             markersize=4)
+        for tag, style in (("top10", "o-"), ("top1", "s:"), ("auc_labeled", "^--")):
+            if tag in ev:
+                steps, values = zip(*ev[tag])
+                axes[1].plot(steps, values, style, color=color, label=f"{m['name']}: {tag}",
+                             markersize=5)
+        if has_heads:
+            for tag in sorted(t for t in train if t.startswith("train/head_")):
+                steps, values = zip(*train[tag])
+                h = int(tag.split("_")[1])
+                axes[2].plot(steps, values, color=HEAD_COLORS[h % len(HEAD_COLORS)],
+                             linestyle=["-", "--", ":", "-."][n % 4],
+                             label=f"{m['name']}: head {h}")
+    axes[0].set_title("loss")
+    axes[1].set_title("evaluation during training")
+    axes[1].set_ylim(-0.02, 1.02)
+    if has_heads:
+        axes[2].set_title("share of batch positives won by each head")
+        axes[2].set_ylim(-0.02, 1.02)
+    for ax in axes:
+        ax.set_xlabel("global step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def head_usage(models: List[Dict], path: str) -> Optional[str]:
+    """Grouped bars: each head's share of the top-10 and top-100 results and of clicked items."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        usage = m["head_usage"]
+        groups = [key for key in ("results@10", "results@100", "clicked") if key in usage]
+        nh = usage["num_heads"]
+        width = 0.8 / nh
+        x = np.arange(len(groups))
+        for h in range(nh):
+            values = [usage[g][h] for g in groups]
+            ax.bar(x + (h - (nh - 1) / 2) * width, values, width,
+                   color=HEAD_COLORS[h % len(HEAD_COLORS)], alpha=0.75, label=f"head {h}")
+        ax.set_xticks(x, ["top-10 results", "top-100 results", "clicked items"][:len(groups)]
+                      if groups == ["results@10", "results@100", "clicked"] else groups)
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{m['name']}: share won by each head", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def embedding_map(map_data: Dict, path: str) -> Optional[str]:
+    """t-SNE map colored by category; one panel per marked query with each head's items."""
+    if not map_data or not map_data["rows"]:
+        return None
+    plt = _plt()
+    xy = np.asarray(map_data["xy"])
+    labels = np.asarray(map_data["labels"])
+    names, counts = np.unique(labels, return_counts=True)
+    top = [n for n, _ in sorted(zip(names, counts), key=lambda t: (-t[1], t[0]))[:12]]
+    color_of = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(top)}
+    other = (0.75, 0.75, 0.75, 1.0)
+    point_colors = [color_of.get(l, other) for l in labels]
+    panels = map_data["marked"] or [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.0), squeeze=False)
+    index_of = {row: i for i, row in enumerate(map_data["rows"])}
+    for p, (ax, query) in enumerate(zip(axes[0], panels)):
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, c=point_colors, alpha=0.55, linewidths=0)
+        if query is not None:
+            for h, rows in enumerate(query["heads"]):
+                pts = xy[[index_of[r] for r in rows]]
+                ax.scatter(pts[:, 0], pts[:, 1], s=70, marker=HEAD_MARKERS[h % 10],
+                           c=HEAD_COLORS[h % 10], edgecolors="white", linewidths=0.6,
+                           label=f"head {h} top-{map_data['top_k']}")
+            ax.set_title(f"q{p + 1}: {query['query']!r}", fontsize=10)
+            ax.legend(fontsize=8, loc="lower right")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if p == 0:
+            handles = [plt.Line2D([], [], marker="o", linestyle="", color=color_of[n],
+                                  label=n) for n in top]
+            if len(names) > len(top):
+                handles.append(plt.Line2D([], [], marker="o", linestyle="", color=other,
+                                          label="other"))
+            ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=6.5,
+                      loc="upper left", title=map_data["feature"] or None, title_fontsize=7)
+    return _save(fig, path)
+
+
+def alpha_sweep(sweep: Optional[Dict], path: str) -> Optional[str]:
+    """Figure 7: alpha against mean log-popularity of the retrieved items (and Recall@100)."""
+    if not sweep or not sweep["runs"]:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    alphas = [r["alpha"] for r in sweep["runs"]]
+    for k, style in zip(sweep["ks"], ("o-", "s--")):
+        ax.plot(alphas, [r[f"mean_log_popularity@{k}"] for r in sweep["runs"]], style,
+                label=f"mean log(1 + clicks), top-{k}")
+    ax.axhline(sweep["catalog_mean_log_popularity"], color="gray", linestyle=":",
+               label="catalog mean")
+    ax.set_xlabel("alpha (weight of random negatives)")
+    ax.set_ylabel("popularity of retrieved items")
+    ax.grid(alpha=0.3)
+    k = max(sweep["ks"])
+    twin = ax.twinx()
+    twin.plot(alphas, [r.get(f"recall@{k}", np.nan) for r in sweep["runs"]], "^:",
+              color="C3", label=f"Recall@{k}")
+    twin.set_ylabel(f"Recall@{k}", color="C3")
+    lines = ax.get_legend_handles_labels()
+    extra = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + extra[0], lines[1] + extra[1], fontsize=7)
+    ax.set_title(f"alpha sweep ({sweep['steps']} steps per model)", fontsize=10)
+    return _save(fig, path)
