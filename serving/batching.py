@@ -5,6 +5,13 @@ scalar input values such as k), a pool of batch threads, `batch_timeout_micros` 
 wait for a fuller batch, `max_enqueued_batches` as the queue bound (UNAVAILABLE beyond it), and
 padding to `allowed_batch_sizes`. A request whose deadline passes in the queue is answered
 DEADLINE_EXCEEDED without running.
+
+Inputs whose trailing dimensions differ between requests (e.g. two personalized requests with
+histories of different widths) are padded to the widest along every dimension but the first
+when `pad_variable_length_inputs` is set (TF Serving's padding: zeros, "" for strings, the
+outputs keep the padded width); otherwise the caller keys requests by their trailing shapes so
+they never share a batch. Whatever goes wrong inside a batch (assembling it, running it,
+splitting it) fails that batch's requests only; the batch thread keeps serving.
 """
 import collections
 import concurrent.futures
@@ -12,11 +19,15 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
+import logging
+
 import grpc
 import numpy as np
 
 from serving.config import BatchingOptions
 from serving.errors import ServingError
+
+_LOG = logging.getLogger("serving.batching")
 
 RunFn = Callable[[Dict[str, np.ndarray], Optional[float]], Dict[str, np.ndarray]]
 
@@ -144,7 +155,20 @@ class BatchScheduler:
             key, batch = self._take()
             if batch is None:
                 return
-            self._run(key, batch)
+            try:
+                self._run(key, batch)
+            except Exception as e:  # pylint: disable=broad-except
+                # Never reached by a known path (_run answers its tasks itself); a thread that
+                # died here would leave every later request of the key waiting forever.
+                _LOG.exception("batch failed outside its run")
+                error = e if isinstance(e, ServingError) else ServingError(
+                    grpc.StatusCode.INTERNAL, f"batch failed: {type(e).__name__}: {e}")
+                for task in batch:
+                    if not task.future.done():
+                        try:
+                            task.future.set_exception(error)
+                        except concurrent.futures.InvalidStateError:
+                            pass
 
     def _run(self, key, batch):
         now = time.monotonic()
@@ -167,21 +191,12 @@ class BatchScheduler:
             if size >= rows:
                 padded = size
                 break
-        feeds = {}
-        for alias, value in first.feeds.items():
-            if alias in first.batched:
-                parts = [t.feeds[alias] for t in live] if len(live) > 1 else [value]
-                if padded > rows:
-                    last = parts[-1][-1:]
-                    parts.append(np.repeat(last, padded - rows, axis=0))
-                feeds[alias] = np.concatenate(parts) if len(parts) > 1 else parts[0]
-            else:
-                feeds[alias] = value
         deadlines = [t.deadline for t in live if t.deadline is not None]
         timeout = (max(deadlines) - now) if len(deadlines) == len(live) else None
-        if self._on_batch is not None:
-            self._on_batch(key, rows, padded)
         try:
+            feeds = self._assemble(live, rows, padded)
+            if self._on_batch is not None:
+                self._on_batch(key, rows, padded)
             outputs = first.run_fn(feeds, timeout)
             for alias, value in outputs.items():
                 if value.ndim == 0 or value.shape[0] != padded:
@@ -189,12 +204,64 @@ class BatchScheduler:
                         grpc.StatusCode.INTERNAL,
                         f"servable output '{alias}' has shape {list(value.shape)} for a batch "
                         f"of {padded} rows; batch-major outputs must have {padded} rows")
-        except Exception as e:  # every task of the batch gets the error
+        except Exception as e:  # every task of this batch (and only those) gets the error
             for task in live:
-                task.future.set_exception(e)
+                _fail(task, e)
             return
         offset = 0
         for task in live:
             end = offset + task.rows
             task.future.set_result({a: v[offset:end] for a, v in outputs.items()})
             offset = end
+
+    def _assemble(self, live, rows: int, padded: int) -> Dict[str, np.ndarray]:
+        """The batch's feeds: batched inputs concatenated along dim 0 (trailing dims padded to
+        the widest when pad_variable_length_inputs), padded with copies of the last row up to
+        `padded` rows; the others from the first task (equal across the key)."""
+        first = live[0]
+        feeds = {}
+        for alias, value in first.feeds.items():
+            if alias not in first.batched:
+                feeds[alias] = value
+                continue
+            parts = [t.feeds[alias] for t in live]
+            shapes = {p.shape[1:] for p in parts}
+            if len(shapes) > 1:
+                if not self._options.pad_variable_length_inputs or len(
+                        {len(s) for s in shapes}) > 1:
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"input '{alias}' has different shapes in one batch "
+                        f"({sorted(list(s) for s in shapes)}); set pad_variable_length_inputs "
+                        "in the batching parameters to pad them")
+                parts = pad_to_common_shape(parts)
+            if padded > rows:
+                parts.append(np.repeat(parts[-1][-1:], padded - rows, axis=0))
+            feeds[alias] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return feeds
+
+
+def pad_value(dtype: np.dtype):
+    """What pads a tensor of `dtype`: b"" for strings, else zero (as TF Serving)."""
+    return b"" if dtype == object else np.zeros((), dtype)
+
+
+def pad_to_common_shape(parts):
+    """Pads arrays of equal rank (dim 0 aside) to the largest size of each trailing dim."""
+    target = tuple(max(p.shape[d] for p in parts) for d in range(1, parts[0].ndim))
+    out = []
+    for p in parts:
+        if p.shape[1:] == target:
+            out.append(p)
+            continue
+        grown = np.full((p.shape[0],) + target, pad_value(p.dtype), dtype=p.dtype)
+        grown[(slice(None),) + tuple(slice(0, n) for n in p.shape[1:])] = p
+        out.append(grown)
+    return out
+
+
+def _fail(task: _Task, error: Exception) -> None:
+    try:
+        task.future.set_exception(error)
+    except concurrent.futures.InvalidStateError:
+        pass

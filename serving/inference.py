@@ -1,13 +1,15 @@
 """Classify, Regress and MultiInference over tf.Example inputs (TF Serving's Input protos).
 
-They run only on signatures whose method_name says so (tensorflow/serving/classify or
-/regress), which feed the serialized examples into the signature input "inputs". A DPSR
-retrieval servable only has a Predict signature: for it these calls return UNIMPLEMENTED and
-say to use Predict.
+They run on signatures with one string input that takes serialized examples (TF Serving's
+classifier.cc / regressor.cc); the method name (tensorflow/serving/classify or /regress) is
+checked only with --enable_signature_method_name_check, off by default as in TF Serving. A DPSR
+retrieval servable's signatures take a raw query (and k): for them these calls return
+INVALID_ARGUMENT and say to use Predict.
 """
 import grpc
 import numpy as np
 from tensorflow.core.example import example_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
 
 from serving.errors import ServingError
@@ -52,28 +54,46 @@ def serialized_examples(input_proto, max_rows: int) -> np.ndarray:
     return array
 
 
-def _require_method(signature: Signature, method: str, api: str) -> None:
-    if signature.method_name != method:
+def _require_method(signature: Signature, method: str, api: str,
+                    method_name_check: bool) -> str:
+    """Checks the signature can take serialized tf.Examples; returns its input alias.
+
+    As TF Serving's classifier.cc / regressor.cc: the method name is checked only with
+    --enable_signature_method_name_check (TF2 SavedModels say `predict` on every signature);
+    the signature must have exactly one DT_STRING input, whatever its name.
+    """
+    if method_name_check and signature.method_name != method:
         raise ServingError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"{api} needs a signature with method_name {method}; signature '{signature.name}' "
-            f"has method_name {signature.method_name}. Use Predict for this signature.")
-    if list(signature.inputs) != [CLASSIFY_INPUTS]:
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Expected {api.lower()} signature method_name to be {method}. Was: "
+            f"{signature.method_name} (signature '{signature.name}'; "
+            "--enable_signature_method_name_check is on)")
+    if len(signature.inputs) != 1:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{api} signature '{signature.name}' must have the single input "
-                           f"'{CLASSIFY_INPUTS}' (serialized tf.Example); it has "
-                           f"{sorted(signature.inputs)}")
+                           f"Expected one input Tensor. {api} needs a signature with a single "
+                           f"serialized tf.Example input; '{signature.name}' has "
+                           f"{sorted(signature.inputs)}. Use Predict for this signature.")
+    alias, spec = next(iter(signature.inputs.items()))
+    if spec.dtype != types_pb2.DT_STRING:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{api} signature '{signature.name}' input '{alias}' is not a "
+                           "string tensor of serialized tf.Examples. Use Predict.")
+    return alias
 
 
-def run_classify(servable, signature: Signature, examples: np.ndarray, timeout_s):
+def run_classify(servable, signature: Signature, examples: np.ndarray, timeout_s,
+                 method_name_check: bool = False):
     """ClassificationResult for serialized examples on a classify signature."""
-    _require_method(signature, CLASSIFY_METHOD, "Classify")
+    alias = _require_method(signature, CLASSIFY_METHOD, "Classify", method_name_check)
     fetches = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
     if not fetches:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"classify signature '{signature.name}' has neither 'classes' nor "
                            "'scores' outputs")
-    out = servable.run(signature, {CLASSIFY_INPUTS: examples}, fetches, timeout_s)
+    if not fetches:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "Expected classification signature outputs 'classes' or 'scores'")
+    out = servable.run(signature, {alias: examples}, fetches, timeout_s)
     classes = out.get(CLASSIFY_CLASSES)
     scores = out.get(CLASSIFY_SCORES)
     n = examples.shape[0]
@@ -95,13 +115,14 @@ def run_classify(servable, signature: Signature, examples: np.ndarray, timeout_s
     return result
 
 
-def run_regress(servable, signature: Signature, examples: np.ndarray, timeout_s):
+def run_regress(servable, signature: Signature, examples: np.ndarray, timeout_s,
+                method_name_check: bool = False):
     """RegressionResult for serialized examples on a regress signature."""
-    _require_method(signature, REGRESS_METHOD, "Regress")
+    alias = _require_method(signature, REGRESS_METHOD, "Regress", method_name_check)
     if REGRESS_OUTPUTS not in signature.outputs:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"regress signature '{signature.name}' has no 'outputs' output")
-    values = servable.run(signature, {REGRESS_INPUTS: examples}, [REGRESS_OUTPUTS],
+    values = servable.run(signature, {alias: examples}, [REGRESS_OUTPUTS],
                           timeout_s)[REGRESS_OUTPUTS]
     n = examples.shape[0]
     if values.shape not in ((n,), (n, 1)):

@@ -1,8 +1,10 @@
 """Predict requests: validation against the signature and the server's limits, feeds, response.
 
-Error codes follow TF Serving (predict_util.cc): a missing or extra input, a wrong dtype or shape,
-an unknown output alias -> INVALID_ARGUMENT, with a message that names the input and the fix. The
-DPSR-specific checks (a blank or oversized query, k out of range, too many rows) are also
+Error codes follow TF Serving (predict_util.cc): a missing or extra input, a wrong dtype, an
+unknown output alias -> INVALID_ARGUMENT, with a message that names the input and the fix.
+Shapes are not checked against the signature, as in TF Serving (the graph itself refuses what
+it cannot run: a placeholder fed the wrong rank, the DPSR servable's own assertions). The
+server's limits (a blank or oversized query, k out of range, too many rows or values) are also
 INVALID_ARGUMENT.
 """
 import dataclasses
@@ -66,34 +68,24 @@ def _bad(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _check_shape(alias: str, spec, shape: Tuple[int, ...]) -> None:
-    if spec.shape is None:
-        return
-    if len(shape) != len(spec.shape) or any(
-            want >= 0 and want != got for want, got in zip(spec.shape, shape)):
-        raise _bad(f"input '{alias}' has shape {list(shape)} but the signature expects "
-                   f"{spec.describe()} (? = any size)")
-
-
 def _rows_error(rows: int, limits: RequestLimits) -> ServingError:
     return _bad(f"request has {rows} rows; the limit is {limits.max_rows} "
                 "(--max_request_rows); split it into smaller requests")
 
 
 def check_declared(alias: str, spec, proto, limits: RequestLimits) -> int:
-    """Checks an input's declared shape against the signature and the limits before any value
-    is converted (so a 70-byte request declaring [10^8] strings costs nothing); returns the
-    number of values it declares.
+    """Checks an input's declared shape against the limits before any value is converted (so
+    a 70-byte request declaring [10^8] strings costs nothing); returns the number of values it
+    declares. The shape is not checked against the signature (TF Serving does not).
 
     Raises:
-      ServingError(INVALID_ARGUMENT): unknown rank, negative dims, a shape the signature does
-        not accept, more rows than --max_request_rows or more values than --max_input_elements
-        (also when the product of the dims overflows int64).
+      ServingError(INVALID_ARGUMENT): unknown rank, negative dims, more rows than
+        --max_request_rows or more values than --max_input_elements (also when the product of
+        the dims overflows int64).
     """
     name = f"input '{alias}'"
     shape = tensors.declared_shape(proto, name)
-    _check_shape(alias, spec, shape)
-    if spec.batch_major and shape[0] > limits.max_rows:
+    if spec.batch_major and shape and shape[0] > limits.max_rows:
         raise _rows_error(shape[0], limits)
     return tensors.check_num_elements(
         shape, limits.max_elements, name,
@@ -142,13 +134,16 @@ def check_output_filter(signature: Signature, output_filter) -> Tuple[str, ...]:
     return tuple(seen)
 
 
-def prepare_predict(signature: Signature, request, limits: RequestLimits) -> PreparedPredict:
+def prepare_predict(signature: Signature, request, limits: RequestLimits,
+                    method_name_check: bool = False) -> PreparedPredict:
     """Validates a PredictRequest against `signature` and converts its inputs.
 
     Args:
       signature: the resolved signature.
       request: tensorflow_serving.apis.predict_pb2.PredictRequest.
       limits: server limits.
+      method_name_check: refuse signatures whose method is not predict, classify or regress
+        (--enable_signature_method_name_check; TF Serving's default is off).
 
     Returns:
       PreparedPredict.
@@ -156,7 +151,8 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits) -> Pre
     Raises:
       ServingError(INVALID_ARGUMENT) naming the input and what to send instead.
     """
-    if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+    if method_name_check and signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD,
+                                                           REGRESS_METHOD):
         raise ServingError(grpc.StatusCode.INTERNAL,
                            f"Expected prediction signature method_name to be one of "
                            f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. Was: "
@@ -174,6 +170,7 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits) -> Pre
     feeds = {}
     batched, fixed_key, rows = [], [], None
     row_counts = set()
+    joinable = True
     for alias, spec in signature.inputs.items():
         if alias not in sent:
             feeds[alias] = spec.default
@@ -190,7 +187,9 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits) -> Pre
         if alias == limits.k_input and spec.dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):
             _check_k(alias, value, limits)
         feeds[alias] = value
-        if spec.batch_major:
+        if spec.batch_major and value.ndim == 0:
+            joinable = False  # a scalar where rows were declared: run alone, let the graph judge
+        if spec.batch_major and value.ndim > 0:
             batched.append(alias)
             row_counts.add(value.shape[0])
         else:
@@ -208,7 +207,7 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits) -> Pre
         if max(row_counts) > limits.max_rows:
             raise _rows_error(max(row_counts), limits)
     fetches = check_output_filter(signature, request.output_filter)
-    if row_counts and signature.batchable:
+    if row_counts and signature.batchable and joinable:
         rows = row_counts.pop()
     key = (signature.name, fetches, tuple(sorted(batched)), tuple(fixed_key))
     return PreparedPredict(signature, feeds, fetches, rows, tuple(batched), key)

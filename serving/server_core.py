@@ -41,6 +41,9 @@ class CoreOptions:
       num_request_iterations_for_warmup: replays per warm-up record.
       request_timeout_seconds: server-side deadline of every request (0: client's only).
       num_run_threads: threads for requests that do not go through the batcher.
+      enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
+        another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
+        signatures say `predict`, classify and regress too).
     """
 
     session: SessionOptions = SessionOptions()
@@ -51,6 +54,7 @@ class CoreOptions:
     num_request_iterations_for_warmup: int = 1
     request_timeout_seconds: float = 30.0
     num_run_threads: int = 8
+    enable_signature_method_name_check: bool = False
 
 
 class ServerCore:
@@ -108,7 +112,9 @@ class ServerCore:
                     if kind == "predict_log":
                         request = log.predict_log.request
                         sig = servable.signature(request.model_spec.signature_name)
-                        prepared = prepare_predict(sig, request, self.options.limits)
+                        prepared = prepare_predict(
+                            sig, request, self.options.limits,
+                            self.options.enable_signature_method_name_check)
                         servable.run(sig, prepared.feeds, prepared.fetches)
                     elif kind in ("classify_log", "regress_log"):
                         req = getattr(log, kind).request
@@ -117,7 +123,8 @@ class ServerCore:
                                                                  self.options.limits.max_rows)
                         run = (inference.run_classify if kind == "classify_log"
                                else inference.run_regress)
-                        run(servable, sig, examples, None)
+                        run(servable, sig, examples, None,
+                            self.options.enable_signature_method_name_check)
                     else:
                         raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                            f"unsupported warm-up log type {kind}")
@@ -198,10 +205,15 @@ class ServerCore:
         try:
             deadline = self._deadline(client_timeout)
             sig = servable.signature(request.model_spec.signature_name)
-            prepared = prepare_predict(sig, request, self.options.limits)
+            prepared = prepare_predict(sig, request, self.options.limits,
+                                       self.options.enable_signature_method_name_check)
             run = self._timed_run(servable, sig, prepared.fetches)
             if self._scheduler is not None and prepared.rows is not None:
                 key = (id(servable), servable.name, servable.version) + prepared.batch_key
+                # Inputs of other trailing shapes join only when the scheduler pads them.
+                key += tuple(
+                    prepared.feeds[a].ndim if self.options.batching.pad_variable_length_inputs
+                    else prepared.feeds[a].shape[1:] for a in prepared.batched)
                 inner = self._scheduler.submit(key, prepared.feeds, prepared.rows,
                                                prepared.batched, run, deadline)
             else:
@@ -282,7 +294,8 @@ class ServerCore:
             sig = servable.signature(request.model_spec.signature_name)
             examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
             response = classification_pb2.ClassificationResponse()
-            response.result.CopyFrom(inference.run_classify(servable, sig, examples, timeout))
+            response.result.CopyFrom(inference.run_classify(servable, sig, examples, timeout,
+                                       self.options.enable_signature_method_name_check))
             _fill_spec(response.model_spec, servable, sig.name)
             return response
         return self._with_servable(request.model_spec, fn, client_timeout)
@@ -292,7 +305,8 @@ class ServerCore:
             sig = servable.signature(request.model_spec.signature_name)
             examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
             response = regression_pb2.RegressionResponse()
-            response.result.CopyFrom(inference.run_regress(servable, sig, examples, timeout))
+            response.result.CopyFrom(inference.run_regress(servable, sig, examples, timeout,
+                                      self.options.enable_signature_method_name_check))
             _fill_spec(response.model_spec, servable, sig.name)
             return response
         return self._with_servable(request.model_spec, fn, client_timeout)
@@ -309,10 +323,12 @@ class ServerCore:
                 _fill_spec(result.model_spec, servable, sig.name)
                 if task.method_name == inference.CLASSIFY_METHOD:
                     result.classification_result.CopyFrom(
-                        inference.run_classify(servable, sig, examples, timeout))
+                        inference.run_classify(servable, sig, examples, timeout,
+                                       self.options.enable_signature_method_name_check))
                 else:
                     result.regression_result.CopyFrom(
-                        inference.run_regress(servable, sig, examples, timeout))
+                        inference.run_regress(servable, sig, examples, timeout,
+                                      self.options.enable_signature_method_name_check))
             return response
         return self._with_servable(tasks[0].model_spec, fn, client_timeout)
 

@@ -170,10 +170,11 @@ def _bad_requests():
          grpc.StatusCode.INVALID_ARGUMENT, "DT_INT64"),
         ("k dtype", _mutate(good, k=_t(5.0, np.float32)),
          grpc.StatusCode.INVALID_ARGUMENT, "input 'k' has dtype DT_FLOAT"),
+        # Shapes are the graph's to judge, as in TF Serving (predict_util checks none).
         ("query rank", _mutate(good, query=_t([[b"a"]], object)),
-         grpc.StatusCode.INVALID_ARGUMENT, "shape [1, 1]"),
+         grpc.StatusCode.INVALID_ARGUMENT, "texts must be a vector [batch], got shape [1,1]"),
         ("k rank", _mutate(good, k=_t([5], np.int32)),
-         grpc.StatusCode.INVALID_ARGUMENT, "input 'k' has shape [1]"),
+         grpc.StatusCode.INVALID_ARGUMENT, "should be a scalar: [1]"),
         ("missing query", _mutate(good, query=None),
          grpc.StatusCode.INVALID_ARGUMENT, "Missing but required: {query}"),
         ("extra input", _mutate(good, embedding=_t([1.0], np.float32)),
@@ -276,14 +277,15 @@ def test_classify_regress_multi_inference(stub):
         task.model_spec.name, task.model_spec.signature_name = "tabular", sig
     results = stub.MultiInference(multi, timeout=30).results
     assert results[1].regression_result.regressions[0].value == pytest.approx(1.0)
-    # The DPSR servable only has a Predict signature.
+    # The DPSR servable's signature takes a query and k, not serialized examples (the method
+    # name is not checked by default, as in TF Serving).
     request = classification_pb2.ClassificationRequest(input=_examples([1.0]))
     request.model_spec.name = "dpsr"
     error = rpc_error(stub.Classify, request, timeout=30)
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED and "Use Predict" in error.details()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "Use Predict" in error.details()
     request = regression_pb2.RegressionRequest(input=_examples([1.0]))
     request.model_spec.name = "dpsr"
-    assert rpc_error(stub.Regress, request).code() == grpc.StatusCode.UNIMPLEMENTED
+    assert rpc_error(stub.Regress, request).code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_rest_api(server, catalog, spec):
