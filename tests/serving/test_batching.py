@@ -120,3 +120,91 @@ def test_run_error_reaches_every_task_of_the_batch():
                 f.result(timeout=10)
     finally:
         scheduler.close()
+
+
+# ----------------------------------------------------------------------------- issue 12 bugs
+
+def _width_run(batches):
+    """run_fn over "h" [rows, width] strings: each row's count of non-empty values (so padding
+    with "" does not change an answer), recording each batch's shape."""
+    def run(feeds, timeout):
+        del timeout
+        batches.append(feeds["h"].shape)
+        h = feeds["h"]
+        return {"n": np.array([[sum(1 for v in row if v)] for row in h], np.int32)}
+    return run
+
+
+def _submit_h(scheduler, run, rows):
+    h = np.array(rows, dtype=object)
+    return scheduler.submit("key", {"h": h}, h.shape[0], ("h",), run, None)
+
+
+def _hold(scheduler):
+    """Occupies the only batch thread until the returned event is set, so the next submits
+    queue up and form one batch."""
+    release = threading.Event()
+    scheduler.submit("hold", {"x": np.zeros(1)}, 1, ("x",),
+                     lambda feeds, t: (release.wait(10), {"y": feeds["x"]})[1], None)
+    time.sleep(0.1)
+    return release
+
+
+def test_inputs_of_different_widths_are_padded_with_pad_variable_length_inputs():
+    # Before issue 12's fix np.concatenate raised outside the run's try: the batch thread died
+    # and these futures (and every later request) never completed.
+    batches = []
+    run = _width_run(batches)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, num_batch_threads=1,
+                                               pad_variable_length_inputs=True))
+    try:
+        release = _hold(scheduler)
+        a = _submit_h(scheduler, run, [[b"i1", b"i2", b"i3"]])
+        b = _submit_h(scheduler, run, [[b"i4"], [b"i5"]])
+        release.set()
+        assert a.result(timeout=10)["n"].tolist() == [[3]]
+        assert b.result(timeout=10)["n"].tolist() == [[1], [1]]
+        assert batches == [(3, 3)]  # one run, the narrow rows padded with "" to width 3
+    finally:
+        scheduler.close()
+
+
+def test_a_batch_that_cannot_be_assembled_fails_only_its_requests():
+    batches = []
+    run = _width_run(batches)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, num_batch_threads=1))
+    try:
+        release = _hold(scheduler)
+        a = _submit_h(scheduler, run, [[b"i1", b"i2", b"i3"]])
+        b = _submit_h(scheduler, run, [[b"i4"]])
+        release.set()
+        for f in (a, b):
+            with pytest.raises(ServingError) as e:
+                f.result(timeout=10)
+            assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "pad_variable_length_inputs" in e.value.message
+        # The batch thread lives on: the next request is answered.
+        assert _submit_h(scheduler, run, [[b"i9", b""]]).result(timeout=10)["n"].tolist() == [[1]]
+    finally:
+        scheduler.close()
+
+
+def test_a_failing_run_fails_its_batch_and_not_the_next():
+    calls = []
+
+    def run(feeds, timeout):
+        del timeout
+        calls.append(feeds["x"].shape[0])
+        if len(calls) == 1:
+            raise RuntimeError("boom in the session run")
+        return {"y": feeds["x"] * 2}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, num_batch_threads=1))
+    try:
+        first = scheduler.submit("k", {"x": np.ones(2)}, 2, ("x",), run, None)
+        with pytest.raises(RuntimeError, match="boom"):
+            first.result(timeout=10)
+        second = scheduler.submit("k", {"x": np.ones(1)}, 1, ("x",), run, None)
+        assert second.result(timeout=10)["y"].tolist() == [2.0]
+    finally:
+        scheduler.close()
