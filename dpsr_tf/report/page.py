@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 
 METRIC_COLUMNS = [("recall@10", "Recall@10"), ("recall@100", "Recall@100"),
                   ("recall@1000", "Recall@1000"), ("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"),
-                  ("top1", "Top-1"), ("top10", "Top-10"), ("auc", "AUC")]
+                  ("top@1", "Top-1"), ("top@10", "Top-10"), ("auc", "AUC")]
 
 CSS = """
 body { font-family: sans-serif; max-width: 1200px; margin: 1em auto; padding: 0 1em;
@@ -85,6 +85,14 @@ def _quality(data: Dict, cells: _Cells) -> str:
             fusion = json.loads(fusion)
         rows.append(_metric_row(cells, f"hybrid ({fusion.get('rule', 'fused')})",
                                 ["hybrid", "hybrid"]))
+    if data.get("hybrid"):
+        shares = "".join(f"<th>{name}</th>" + cells.num(["hybrid", "hybrid", f"share_{name}@10"])
+                         for name in ("dense", "lexical", "both"))
+        rows_after = (f"<p class='note'>Where the hybrid's top-10 comes from (share of results "
+                      f"found by the dense index only, BM25 only, both):</p><table "
+                      f"id='sources-table'><tr>{shares}</tr></table>")
+    else:
+        rows_after = ""
     requests = data["bm25"].get("requests")
     return (f"<h2 id='quality'>1. Retrieval quality</h2>"
             f"<p>Split <code>{_esc(data['split'])}</code> of <code>{_esc(data['layout_dir'])}"
@@ -92,7 +100,7 @@ def _quality(data: Dict, cells: _Cells) -> str:
             f"(full-corpus Recall/nDCG/MRR; Top-k among {_esc(data['eval_config']['num_random'])}"
             f" random items; AUC over the labelled pairs).</p>"
             f"<table id='quality-table'><tr><th>system</th>{head}<th>note</th></tr>"
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table>" + rows_after)
 
 
 def _curves(data: Dict, cells: _Cells, figure: Optional[str]) -> str:
