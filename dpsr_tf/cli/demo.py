@@ -12,6 +12,8 @@
     8. serve        two model servers and the proxy as real processes; queries sent with the
                     TF Serving gRPC client; each query's top items with their source (dense,
                     lexical, both) and the head that found them; everything shut down
+    9. report       `dpsr report` of this run (docs/report.md): the page with the evaluation
+                    table, training curves, per-head usage and the t-SNE map (no alpha sweep)
 
 Everything goes under --work_dir (default build/demo), replaced on each run.
 """
@@ -165,4 +167,20 @@ def main(argv):
     run_serving_demo([os.path.dirname(p) for p in servables], DEMO_QUERIES, model_name="dpsr",
                      k=10, show=5, item_text=titles, log_dir=log_dir)
     _done(t)
+
+    t = _stage(9, "dpsr report: the page of this run")
+    from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=g-import-not-at-top
+    report_dir = os.path.join(work, "report")
+    report_cfg = ReportConfig(
+        model_dirs=(train.model_dir,), output=report_dir, index_dir=index_dir,
+        num_random=eval_cfg.num_random, seed=eval_cfg.seed, map_items=1000,
+        command=f"dpsr report --model_dir={train.model_dir} --index_dir={index_dir} "
+                f"--output={report_dir} --map_items=1000")
+    # Stages 5 and 6 evaluated with the report's settings: their numbers are reused.
+    page = build_report(report_cfg, log=quiet, evaluations={
+        "models": [dpsr], "bm25": bm25, "hybrid": hybrid,
+        "source": "`make demo` (its stages 5 and 6, the same split, seed and settings)"})
+    print(f"   {page}")
+    _done(t)
     print(f"\ndemo finished in {time.monotonic() - begin:.0f}s; everything is in {work}")
+    print(f"report of this run: {page}")

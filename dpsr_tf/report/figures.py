@@ -127,9 +127,13 @@ def embedding_map(map_data: Dict, path: str) -> Optional[str]:
             if len(names) > len(top):
                 handles.append(plt.Line2D([], [], marker="o", linestyle="", color=other,
                                           label="other"))
-            ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=6.5,
-                      loc="upper left", title=map_data["feature"] or None, title_fontsize=7)
-    return _save(fig, path)
+            fig.legend(handles=handles, fontsize=7, loc="lower center",
+                       ncol=min(len(handles), 13), title=map_data["feature"] or None,
+                       title_fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def alpha_sweep(sweep: Optional[Dict], path: str) -> Optional[str]:

@@ -93,12 +93,17 @@ def pick_polysemous(request_heads: np.ndarray, item_emb: np.ndarray, queries: Se
         return [first[w] for w in wanted]
     m = request_heads.shape[1]
     scores = np.zeros(len(queries))
+    k = min(k, item_emb.shape[0])
     if m > 1:
-        for i in range(len(queries)):
-            tops = [set(t) for t in per_head_top_items(request_heads, item_emb, i, k)]
-            overlaps = [len(tops[a] & tops[b]) / len(tops[a] | tops[b])
-                        for a in range(m) for b in range(a + 1, m)]
-            scores[i] = 1.0 - float(np.mean(overlaps))
+        for lo in range(0, len(queries), 256):
+            dots = np.einsum("bmd,nd->bmn", request_heads[lo:lo + 256], item_emb)  # [b, m, N]
+            tops = np.argpartition(-dots, k - 1, axis=2)[..., :k] if k < dots.shape[2] else \
+                np.broadcast_to(np.arange(dots.shape[2]), dots.shape)
+            for j, request_tops in enumerate(tops):
+                sets = [set(t.tolist()) for t in request_tops]
+                overlaps = [len(sets[a] & sets[b]) / len(sets[a] | sets[b])
+                            for a in range(m) for b in range(a + 1, m)]
+                scores[lo + j] = 1.0 - float(np.mean(overlaps))
     order = np.argsort(-scores, kind="stable")
     chosen, seen = [], set()
     for i in order:
