@@ -183,12 +183,26 @@ class ServableGraph:
                 inputs[key], features[key] = _categorical_input(
                     key, query, self._assets.user_vocabs[name])
         if self._cfg.personalization == "history":
+            # user_history [B, W] item ids, oldest first, "" pads a row. Training saw at most
+            # the last history_length items of a user (dpsr_tf/data/pipeline.py), so the
+            # servable keeps the last history_length known items of each row; W is capped so
+            # a request cannot make the lookup arbitrarily large.
+            max_width = max(1024, self._spec.history_length)  # items a row may send
             history = tf.compat.v1.placeholder_with_default(
                 tf.fill(tf.stack([tf.shape(query)[0], 0]), ""), [None, None],
                 name="user_history")
+            width_check = _check(tf.shape(history)[1] <= max_width,
+                                 f"user_history must have at most {max_width} items per row "
+                                 "(the model uses the last "
+                                 f"{self._spec.history_length}); got width", tf.shape(history)[1])
+            with tf.control_dependencies([width_check]):
+                checked = tf.identity(history)
             table = _value_to_id_table(self._assets.all_item_ids, "history_item_rows")
-            rows = table.lookup(history)  # item row, -1 for padding "" and unknown ids
-            features["user_history"] = tf.ragged.boolean_mask(rows, rows >= 0)
+            rows = table.lookup(checked)  # item row, -1 for padding "" and unknown ids
+            known = tf.ragged.boolean_mask(rows, rows >= 0)
+            if self._spec.history_length > 0:
+                known = known[:, -self._spec.history_length:]
+            features["user_history"] = known
             inputs["user_history"] = history
         return inputs, features
 

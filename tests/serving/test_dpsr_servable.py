@@ -1,0 +1,149 @@
+"""The servers on the real exported DPSR servable, not the toy one (issue 12).
+
+A tiny DPSR-h model (2 heads, user profile + history) is trained, indexed in two shards
+(Flat), and exported shard by shard; a `dpsr serve` process serves each shard directory as
+"dpsr", and a `dpsr proxy` merges them. Checked with the real PredictionServiceStub:
+
+* end to end: the proxy's answer equals numpy brute force over the servable's own item
+  embeddings (its `item_embedding` signature) and query embeddings (`query_embedding`);
+* user_history: the servable keeps the last `history_length` (4) known items of a row, as
+  training did, and refuses rows wider than its cap (regression tests of issue 12's finding).
+"""
+import os
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import predict_pb2
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.testing import prepare_tiny_layout
+from dpsr_tf.training import driver
+from dpsr_tf.training.config import TrainConfig
+from export import catalog_index
+from export.index_builder import IndexBuildConfig
+from export.saved_model_export import export_servable
+from export.servable_graph import ServableConfig
+from serving import process, tensors
+from serving.testing import outputs, rpc_error
+
+QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
+K = 7
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    work = tmp_path_factory.mktemp("dpsr_servable")
+    spec = prepare_tiny_layout(str(work))
+    model_config = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
+                               feature_embedding_dim=4, history_embedding_dim=4,
+                               item_hidden_units=(32,), query_hidden_units=(32,),
+                               query_projection_dim=16, num_negatives=8, learning_rate=0.1,
+                               personalization="history")
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(work / "model"),
+                        batch_size=32, train_steps=30, save_checkpoints_steps=30,
+                        eval_random_negatives=20, seed=0)
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(model_config, train)
+    index_dir = str(work / "index")
+    catalog_index.index_catalog(train.model_dir, index_dir,
+                                IndexBuildConfig(factory="Flat", num_shards=2))
+    bases = []
+    for shard in range(2):
+        base = str(work / "models" / f"shard{shard}")
+        export_servable(train.model_dir, index_dir, base, shard=shard,
+                        servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
+        bases.append(base)
+    return {"spec": spec, "bases": bases, "work": work}
+
+
+@pytest.fixture(scope="module")
+def servers(exported):
+    """One `dpsr serve` per shard directory (both serve it as "dpsr"), the proxy over them."""
+    shards = process.start_all([
+        process.model_server_process(base, "dpsr", name=f"dpsr_shard{i}")
+        for i, base in enumerate(exported["bases"])])
+    proxy = process.start_proxy({"dpsr": tuple((s.address,) for s in shards)},
+                                deadline_ms=30000, shard_deadline_ms=20000)
+    yield {"shards": shards, "proxy": proxy}
+    proxy.stop()
+    for s in shards:
+        s.stop()
+
+
+def _request(model, signature, **inputs):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature
+    for alias, value in inputs.items():
+        array = np.array(value, dtype=object if isinstance(np.ravel(value)[0], str) else None)
+        if array.dtype == object:
+            array = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
+        tensors.from_ndarray(array.astype(np.int32) if alias == "k" else array,
+                             request.inputs[alias])
+    return request
+
+
+def _item_embeddings(stub, model, spec):
+    items = layout_lib.load_item_table(spec)
+    feeds = {"item_title": items.titles}
+    feeds.update({f"item_{n}": [items.vocabularies[n][i] for i in items.feature(n)]
+                  for n in spec.item_features})
+    out = outputs(stub.Predict(_request(model, "item_embedding", **feeds), timeout=60))
+    return items.ids, out["embedding"]
+
+
+def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported, servers):
+    spec = exported["spec"]
+    shard_stub = process.prediction_stub(servers["shards"][0].address)
+    ids, item_emb = _item_embeddings(shard_stub, "dpsr", spec)         # [N, d], every item
+    # serving_default is an unknown user with no history (the user inputs at "").
+    anonymous = {"user_gender": [""] * len(QUERIES), "user_history": [[""]] * len(QUERIES)}
+    q = outputs(shard_stub.Predict(_request("dpsr", "query_embedding", query=QUERIES,
+                                            **anonymous), timeout=60))["embedding"]  # [Q, m, d]
+    # Brute force: an item's score is its best head's inner product; top K by that score.
+    per_head = np.einsum("qmd,nd->qmn", q, item_emb)
+    best, best_head = per_head.max(axis=1), per_head.argmax(axis=1)
+    proxy_stub = process.prediction_stub(servers["proxy"].address)
+    out = outputs(proxy_stub.Predict(_request("dpsr", "serving_default", query=QUERIES, k=K),
+                                     timeout=60))
+    assert out["partial"].tolist() is False  # both shards answered
+    for row in range(len(QUERIES)):
+        order = np.argsort(-best[row], kind="stable")[:K]
+        np.testing.assert_allclose(out["scores"][row], best[row][order], atol=1e-5)
+        for j, item in enumerate(out["item_ids"][row]):
+            n = ids.index(item.decode())
+            if n != order[j]:  # equal ids, except where two items tie within float error
+                assert abs(best[row, n] - best[row, order[j]]) < 1e-5
+            assert out["heads"][row][j] == best_head[row, n]
+
+
+def _personalized(history, gender="f"):
+    rows = len(QUERIES)
+    return _request("dpsr", "personalized", query=QUERIES, k=K,
+                    user_gender=[gender] * rows, user_history=[history] * rows)
+
+
+def test_user_history_keeps_the_last_history_length_items(exported, servers):
+    # Regression (issue 12): the servable used the whole history a client sent, while
+    # training used only the last history_length (4) items of a user.
+    assert exported["spec"].history_length == 4
+    stub = process.prediction_stub(servers["shards"][0].address)
+    long = ["item1", "item2", "item3", "item4", "item5", "item6"]
+    scores = lambda h: outputs(stub.Predict(_personalized(h), timeout=60))["scores"]  # noqa
+    full = scores(long)
+    np.testing.assert_allclose(full, scores(long[-4:]), atol=1e-6)
+    # Padding and unknown ids are not items: the last 4 *known* items count.
+    np.testing.assert_allclose(full, scores(["item1", "item2", "item3", "", "item4", "item5",
+                                             "not-an-item", "item6", ""]), atol=1e-6)
+    assert not np.allclose(full, scores(long[:4]), atol=1e-4)  # the oldest items are dropped
+
+
+def test_user_history_width_is_capped(servers):
+    stub = process.prediction_stub(servers["shards"][0].address)
+    error = rpc_error(stub.Predict, _personalized(["item1"] + [""] * 1024), timeout=60)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "user_history must have at most 1024 items per row" in error.details()
+    out = outputs(stub.Predict(_personalized(["item1"] + [""] * 1023), timeout=60))
+    assert out["item_ids"].shape == (len(QUERIES), K)
