@@ -31,6 +31,12 @@ _SWEEP_STEPS = flags.DEFINE_integer("sweep_steps", 300, "Training steps per swee
 _KEEP = flags.DEFINE_bool("keep_sweep_checkpoints", False, "Keep the sweep models' checkpoints.")
 
 
+def _flags_given():
+    """The flags this process was started with (`dpsr report FLAGS` or `... cli report FLAGS`)."""
+    args = sys.argv[1:]
+    return args[1:] if args and args[0] == "report" else args
+
+
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"dpsr report: unexpected arguments {argv[1:]}")
@@ -51,8 +57,7 @@ def main(argv):
         seed=_SEED.value, map_items=_MAP_ITEMS.value, map_queries=_MAP_QUERIES.value,
         wanted_queries=tuple(_QUERIES.value), alpha_sweep=alphas,
         sweep_steps=_SWEEP_STEPS.value, keep_sweep_checkpoints=_KEEP.value,
-        command=shell_join(["dpsr", "report"] + sys.argv[2:]) if len(sys.argv) > 1 and
-        sys.argv[1] == "report" else shell_join(["dpsr", "report"] + sys.argv[1:]))
+        command=shell_join(["dpsr", "report"] + _flags_given()))
     try:
         path = build_report(cfg)
     except (FileNotFoundError, ValueError, ImportError) as e:

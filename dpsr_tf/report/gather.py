@@ -7,6 +7,7 @@ The metrics are those of `dpsr evaluate` (evaluate.evaluate_scorer on the same s
 builds; BM25 = evaluate_bm25; the hybrid = evaluate_hybrid); the page shows them from here
 and evaluation.json keeps them, with the command that prints the same numbers.
 """
+import json
 import os
 import time
 from typing import Callable, Dict, List, Optional
@@ -39,7 +40,6 @@ def _index_numbers(index_dir: str, scorer, spec, batch_size: int,
     d = scorer.item_emb.shape[1]
     manifest = served_lib.read_index_manifest(index_dir, d, spec.num_items)
     with open(os.path.join(index_dir, "manifest.json"), encoding="utf-8") as f:
-        import json  # pylint: disable=import-outside-toplevel
         raw = json.load(f)
     index = served_lib.open_served_index(index_dir, layout_lib.load_item_ids(spec), d)
     heads_emb = scorer.request_emb[:SEARCH_TIMING_REQUESTS]

@@ -6,7 +6,7 @@ evaluation.json it shows, so a reader (and the tests) can trace each one to its 
 import html
 import json
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 METRIC_COLUMNS = [("recall@10", "Recall@10"), ("recall@100", "Recall@100"),
                   ("recall@1000", "Recall@1000"), ("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"),
