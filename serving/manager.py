@@ -199,7 +199,7 @@ class VersionManager:
         Raises:
           ServingError: INVALID_ARGUMENT/PERMISSION_DENIED for a bad config (nothing changes);
             FAILED_PRECONDITION when a label points to a version that is not available (the
-            models are applied; that model keeps its previous labels).
+            models are applied; every model keeps its previous labels).
         """
         config_lib.validate_model_server_config(server_config, self._options.base_path_root)
         wanted = {m.name: m for m in server_config.model_config_list.config}
@@ -228,23 +228,34 @@ class VersionManager:
             self._apply_labels(wanted)
 
     def _apply_labels(self, wanted) -> None:
-        problems = []
+        """Applies every model's version_labels, or none (TF Serving's
+        UpdateModelVersionLabelMap): a label must point to an AVAILABLE version, except a
+        label not assigned before, which may point to any version with
+        --allow_version_labels_for_unavailable_models. Moving an existing label onto a version
+        that is not available is refused either way, so a label never stops serving."""
+        problems, new_labels = [], {}
         with self._lock:
             for name, model_config in wanted.items():
                 model = self._models[name]
                 labels = dict(model_config.version_labels)
-                bad = [(label, v) for label, v in labels.items()
-                       if not self._is_available(model, v)]
-                if bad and not self._options.allow_version_labels_for_unavailable_models:
-                    for label, v in bad:
-                        problems.append(
-                            f"Request to assign label '{label}' to version {v} of model {name}, "
-                            "which is not currently available for inference "
-                            "(--allow_version_labels_for_unavailable_models to allow it)")
-                    continue
-                model.labels = labels
-        if problems:
-            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+                for label, v in sorted(labels.items()):
+                    if self._is_available(model, v):
+                        continue
+                    is_new = label not in model.labels
+                    if self._options.allow_version_labels_for_unavailable_models and is_new:
+                        continue
+                    problems.append(
+                        f"Request to assign label to version {v} of model {name}, which is not "
+                        f"currently available for inference (label '{label}'"
+                        + ("; --allow_version_labels_for_unavailable_models allows only labels "
+                           "not assigned before" if not is_new else
+                           "; --allow_version_labels_for_unavailable_models allows it for a new "
+                           "label") + ")")
+                new_labels[name] = labels
+            if problems:
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, "; ".join(problems))
+            for name, labels in new_labels.items():
+                self._models[name].labels = labels
 
     @staticmethod
     def _is_available(model: _Model, version: int) -> bool:

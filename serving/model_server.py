@@ -47,6 +47,8 @@ class ServerOptions:
       port_file: when set, JSON {"grpc_port", "rest_api_port", "pid"} is written here once
         serving (atomic rename), so launchers can use port 0.
       core: CoreOptions.
+      grpc_socket_path: also serve gRPC on this UNIX socket (--grpc_socket_path).
+      grpc_channel_arguments: (key, value) gRPC server arguments (--grpc_channel_arguments).
     """
 
     host: str = "127.0.0.1"
@@ -63,6 +65,8 @@ class ServerOptions:
     max_receive_message_bytes: int = 64 << 20
     port_file: str = ""
     core: CoreOptions = CoreOptions()
+    grpc_socket_path: str = ""
+    grpc_channel_arguments: tuple = ()
 
 
 def _address(host: str, port: int) -> str:
@@ -168,7 +172,7 @@ class ModelServer:
             ("grpc.max_receive_message_length", opts.max_receive_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
-        ])
+        ] + list(opts.grpc_channel_arguments))
         on_reload = None
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             with open(opts.model_config_file, encoding="utf-8") as f:
@@ -185,6 +189,9 @@ class ModelServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
+        if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
+            if not self._grpc.add_insecure_port(f"unix:{opts.grpc_socket_path}"):
+                raise OSError(f"cannot bind gRPC to unix:{opts.grpc_socket_path}")
         await self._grpc.start()
         if opts.rest_api_port:
             metrics_path = (opts.monitoring.prometheus_path
@@ -210,6 +217,8 @@ class ModelServer:
                          "unless a trusted network or TLS with client_verify guards the port "
                          "(docs/serving.md, Security)", _address(opts.host, self.grpc_port))
         _LOG.info("Running gRPC ModelServer at %s ...", _address(opts.host, self.grpc_port))
+        if opts.grpc_socket_path:
+            _LOG.info("Running gRPC ModelServer at UNIX socket %s ...", opts.grpc_socket_path)
         if self._rest is not None:
             _LOG.info("Exporting HTTP/REST API at:%s ...",
                       _address(opts.host, self.rest_api_port))

@@ -4,6 +4,8 @@
   GET  /v1/models/<name>[/versions/<v> | /labels/<l>]/metadata   signature defs
   POST /v1/models/<name>[/versions/<v> | /labels/<l>]:predict    {"instances": [...]} (row) or
                                                                  {"inputs": {...}} (columnar)
+  POST /v1/models/<name>[...]:classify | :regress                 {"examples": [...],
+                                                                  "context": {...}?}
   GET  <monitoring path>                                         Prometheus metrics (if enabled)
 
 Strings are UTF-8 JSON strings or {"b64": "..."}; errors are {"error": "..."} with the HTTP
@@ -22,8 +24,9 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
-                                     predict_pb2)
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, model_pb2, predict_pb2,
+                                     regression_pb2)
 
 from serving import tensors
 from serving.errors import ServingError, http_status, truncate
@@ -31,8 +34,8 @@ from serving.errors import ServingError, http_status, truncate
 _LOG = logging.getLogger("serving.rest")
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?::(?P<verb>[a-zA-Z]+)|/(?P<metadata>metadata))?/?$")
+    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?::(?P<verb>classify|regress|predict)|/(?P<metadata>metadata))?/?$")
 
 
 def _bad(message: str) -> ServingError:
@@ -49,8 +52,8 @@ def _model_spec(match) -> "model_pb2.ModelSpec":
     if match.group("version") is not None:
         version = int(match.group("version"))
         if not 0 <= version <= _INT64_MAX:
-            raise _bad(f"version {match.group('version')} is not a version number (0 to "
-                       f"{_INT64_MAX})")
+            raise _bad(f"Failed to convert version: {match.group('version')} (versions are 0 "
+                       f"to {_INT64_MAX})")
         spec.version.value = version
     elif match.group("label") is not None:
         spec.version_label = match.group("label")
@@ -209,6 +212,61 @@ def predict_response_json(response, row_format: bool) -> dict:
     return {"predictions": [{a: columns[a][i] for a in columns} for i in range(n)]}
 
 
+# ----------------------------------------------------------------------------- classify/regress
+
+def _parse_body(body: bytes):
+    if not body.strip():
+        raise _bad("JSON Parse error: The document is empty")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _bad(f"JSON Parse error: Invalid value: {e}") from e
+    except RecursionError as e:
+        raise _bad("JSON Parse error: the request body nests JSON too deeply") from e
+
+
+def _feature(value, where, feature) -> None:
+    """A JSON feature value (number, string, {"b64"}, or a list of one kind) into a tf Feature:
+    integers -> int64_list, other numbers -> float_list, strings -> bytes_list (TF Serving's
+    REST classify/regress format)."""
+    values = value if isinstance(value, list) else [value]
+    if all(isinstance(v, bool) for v in values) and values:
+        raise _bad(f"{where}: true/false is not a feature value; send numbers or strings")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        for v in values:
+            if not -(1 << 63) <= v <= _INT64_MAX:
+                raise _bad(f"{where}: {v} is out of the int64 range")
+        feature.int64_list.value.extend(values)
+    elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        feature.float_list.value.extend(float(v) for v in values)
+    elif all(isinstance(v, (str, dict)) for v in values):
+        feature.bytes_list.value.extend(_leaf_to_bytes(v, where) for v in values)
+    else:
+        raise _bad(f"{where}: a feature is a number, a string or a list of one kind; got "
+                   f"{_show(value)}")
+
+
+def _example(obj, where, example) -> None:
+    if not isinstance(obj, dict):
+        raise _bad(f"{where}: an example is a JSON object of features, got {_show(obj)}")
+    for name, value in obj.items():
+        _feature(value, f"{where} feature '{name}'", example.features.feature[name])
+
+
+def fill_examples(payload: dict, input_proto) -> None:
+    """TF Serving's REST {"examples": [...], "context": {...}?} into an Input proto."""
+    examples = payload.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise _bad("\"examples\" must be a non-empty list of JSON objects")
+    if "context" in payload:
+        target = input_proto.example_list_with_context
+        _example(payload["context"], "context", target.context)
+    else:
+        target = input_proto.example_list
+    for i, obj in enumerate(examples):
+        _example(obj, f"examples[{i}]", target.examples.add())
+
+
 # ----------------------------------------------------------------------------- server
 
 class RestGateway:
@@ -318,9 +376,13 @@ class RestGateway:
                            "text/plain; version=0.0.4; charset=utf-8")
                 return
             match = _PATH.match(path)
+            if match is None and not path.lower().startswith("/v1/"):
+                # TF Serving's HTTP server hands only /v1/... to the API handler.
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {path[:200]}")
             if match is None:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Malformed request: {method} {path}")
+                if method == "GET" and path.rstrip("/") == "/v1/models":
+                    raise _bad("Missing model name in request.")
+                raise _bad(f"Malformed request: {method} {path[:200]}")
             result = self._route(method, match, body)
             self._send_json(handler, 200, result)
         except ServingError as e:
@@ -344,26 +406,41 @@ class RestGateway:
             sig_map = get_model_metadata_pb2.SignatureDefMap()
             response.metadata["signature_def"].Unpack(sig_map)
             return {
+                # As TF Serving prints it: every field, default values included.
                 "model_spec": json_format.MessageToDict(response.model_spec,
-                                                        preserving_proto_field_name=True),
+                                                        preserving_proto_field_name=True,
+                                                        including_default_value_fields=True),
                 "metadata": {"signature_def": json_format.MessageToDict(
-                    sig_map, preserving_proto_field_name=True)},
+                    sig_map, preserving_proto_field_name=True,
+                    including_default_value_fields=True)},
             }
         if method == "POST" and verb == "predict":
             return self._predict(spec, body)
         if method == "POST" and verb in ("classify", "regress"):
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                               f":{verb} is served over gRPC only; use the gRPC {verb.title()}")
-        raise ServingError(grpc.StatusCode.NOT_FOUND,
-                           f"Malformed request: {method} {match.group(0)}")
+            return self._classify_regress(verb, spec, body)
+        raise _bad(f"Malformed request: {method} {match.group(0)[:200]}")
+
+    def _classify_regress(self, verb, spec, body):
+        payload = _parse_body(body)
+        if not isinstance(payload, dict):
+            raise _bad("the request body must be a JSON object with \"examples\"")
+        signature_name = payload.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise _bad(f"\"signature_name\" must be a string, got {_show(signature_name)}")
+        request = (classification_pb2.ClassificationRequest() if verb == "classify"
+                   else regression_pb2.RegressionRequest())
+        request.model_spec.CopyFrom(spec)
+        request.model_spec.signature_name = signature_name
+        fill_examples(payload, request.input)
+        call = self._core.classify if verb == "classify" else self._core.regress
+        response = call(request, self._timeout)
+        if verb == "classify":
+            return {"results": [[[c.label, c.score] for c in row.classes]
+                                for row in response.result.classifications]}
+        return {"results": [r.value for r in response.result.regressions]}
 
     def _predict(self, spec, body):
-        try:
-            payload = json.loads(body.decode("utf-8") or "null")
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise _bad(f"the request body is not valid JSON: {e}") from e
-        except RecursionError as e:
-            raise _bad("the request body nests JSON too deeply") from e
+        payload = _parse_body(body)
         signature_name = payload.get("signature_name", "") if isinstance(payload, dict) else ""
         if not isinstance(signature_name, str):
             raise _bad(f"\"signature_name\" must be a string, got {_show(signature_name)}")

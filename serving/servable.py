@@ -31,12 +31,15 @@ class SessionOptions:
       intra_op_parallelism: threads inside one op (0: TF's choice).
       inter_op_parallelism: ops run in parallel (0: TF's choice).
       load_op_library: load dpsr_tf's op library before importing graphs.
+      session_config: a serialized tf ConfigProto (--tensorflow_session_config_file) that the
+        parallelism settings above override when they are not 0; None: TF's defaults.
     """
 
     saved_model_tags: Tuple[str, ...] = ("serve",)
     intra_op_parallelism: int = 0
     inter_op_parallelism: int = 0
     load_op_library: bool = True
+    session_config: Optional[bytes] = None
 
 
 def load_op_library_once() -> None:
@@ -85,10 +88,13 @@ class SavedModelServable:
                    for f in ("saved_model.pb", "saved_model.pbtxt")):
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"no saved_model.pb in {self.path}; export a SavedModel there")
-        config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=self._options.intra_op_parallelism,
-            inter_op_parallelism_threads=self._options.inter_op_parallelism,
-            allow_soft_placement=True)
+        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        if self._options.session_config is not None:
+            config.MergeFromString(self._options.session_config)
+        if self._options.intra_op_parallelism:
+            config.intra_op_parallelism_threads = self._options.intra_op_parallelism
+        if self._options.inter_op_parallelism:
+            config.inter_op_parallelism_threads = self._options.inter_op_parallelism
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=config)
         try:

@@ -196,6 +196,7 @@ class ServerCore:
         outer = concurrent.futures.Future()
         name = request.model_spec.name
         try:
+            _require_model_spec(request)
             handle = self.manager.acquire(request.model_spec)
         except ServingError as e:
             self._record("predict", entrypoint, name, None, e.code, start)
@@ -249,6 +250,7 @@ class ServerCore:
 
     def get_model_metadata(self, request):
         """GetModelMetadataResponse with the SignatureDefMap (metadata_field "signature_def")."""
+        _require_model_spec(request)
         fields = list(request.metadata_field)
         if not fields:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -274,6 +276,7 @@ class ServerCore:
             handle.release()
 
     def get_model_status(self, request):
+        _require_model_spec(request)
         response = get_model_status_pb2.GetModelStatusResponse()
         response.model_version_status.extend(self.manager.model_status(request.model_spec))
         return response
@@ -281,6 +284,8 @@ class ServerCore:
     # ------------------------------------------------------------------ Classify / Regress
 
     def _with_servable(self, model_spec, fn, client_timeout):
+        if not model_spec.ByteSize() and not model_spec.name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
         handle = self.manager.acquire(model_spec)
         try:
             deadline = self._deadline(client_timeout)
@@ -331,6 +336,12 @@ class ServerCore:
                                       self.options.enable_signature_method_name_check))
             return response
         return self._with_servable(tasks[0].model_spec, fn, client_timeout)
+
+
+def _require_model_spec(request) -> None:
+    """TF Serving answers a request without a model_spec INVALID_ARGUMENT."""
+    if not request.HasField("model_spec"):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
 
 
 def _settle(future: concurrent.futures.Future, result=None, exception=None) -> None:

@@ -76,6 +76,115 @@ _LABELS_UNAVAILABLE = flags.DEFINE_bool(
     "allow_version_labels_for_unavailable_models", False, "If true, allows assigning unused "
     "version labels to models that are not available yet.")
 
+# The rest of tensorflow_model_server's flags (main.cc), so its command lines start unchanged.
+_GRPC_SOCKET_PATH = flags.DEFINE_string(
+    "grpc_socket_path", "", "If non-empty, listen to a UNIX socket for gRPC API on the given "
+    "path. Can be either relative or absolute path.")
+_REST_API_NUM_THREADS = flags.DEFINE_integer(
+    "rest_api_num_threads", 0, "Number of threads for HTTP/REST API processing. If not set, "
+    "will be auto set based on number of CPUs. [dpsr] The REST server uses one thread per "
+    "connection; this is accepted and not used.")
+_REST_CORS = flags.DEFINE_bool("rest_api_enable_cors_support", False,
+                               "Enable CORS headers in response")
+_PER_MODEL_BATCHING = flags.DEFINE_bool(
+    "enable_per_model_batching_parameters", False, "Enables model specific batching params "
+    "like batch sizes, timeouts, batching feature flags to be read from "
+    "`batching_params.pbtxt` file present in SavedModel dir of the model.")
+_NUM_LOAD_THREADS = flags.DEFINE_integer(
+    "num_load_threads", 0, "The number of threads in the thread-pool used to load servables. "
+    "If set as 0, we don't use a thread-pool, and servable loads are performed serially in the "
+    "manager's main work loop. [dpsr] Loads are serial here.")
+_NUM_UNLOAD_THREADS = flags.DEFINE_integer(
+    "num_unload_threads", 0, "The number of threads in the thread-pool used to unload "
+    "servables. If set as 0, we don't use a thread-pool, and servable unloads are performed "
+    "serially in the manager's main work loop. [dpsr] Unloads are serial here.")
+_FLUSH_FS_CACHES = flags.DEFINE_bool(
+    "flush_filesystem_caches", True, "If true (the default), filesystem caches will be flushed "
+    "after the initial load of all servables, and after each subsequent individual servable "
+    "reload (if the number of load threads is 1). [dpsr] Nothing to flush here; accepted.")
+_SESSION_PARALLELISM = flags.DEFINE_integer(
+    "tensorflow_session_parallelism", 0, "Number of threads to use for running a Tensorflow "
+    "session. Auto-configured by default. Note that this option is ignored if "
+    "--platform_config_file is non-empty. (Deprecated: sets intra and inter op parallelism "
+    "when those are 0.)")
+_SESSION_CONFIG_FILE = flags.DEFINE_string(
+    "tensorflow_session_config_file", "", "If non-empty, read an ascii TensorFlow Session "
+    "ConfigProto protobuf from the supplied file name. Note, parts of the session config "
+    "(threads, parallelism etc.) can be overridden if needed, via corresponding command-line "
+    "flags.")
+_USE_ALTS = flags.DEFINE_bool("use_alts_credentials", False,
+                              "Use Google ALTS credentials")
+_PLATFORM_CONFIG_FILE = flags.DEFINE_string(
+    "platform_config_file", "", "If non-empty, read an ascii PlatformConfigMap protobuf from "
+    "the supplied file name, and use that platform config instead of the Tensorflow platform.")
+_GPU_MEMORY_FRACTION = flags.DEFINE_float(
+    "per_process_gpu_memory_fraction", 0, "Fraction that each process occupies of the GPU "
+    "memory space the value is between 0.0 and 1.0 (with 0.0 as the default) If 1.0, the "
+    "server will allocate all the memory when the server starts, If 0.0, Tensorflow will "
+    "automatically select a value.")
+_GRPC_CHANNEL_ARGS = flags.DEFINE_string(
+    "grpc_channel_arguments", "", "A comma separated list of arguments to be passed to the "
+    "grpc server. (e.g. grpc.max_connection_age_ms=2000)")
+_GRPC_MAX_THREADS = flags.DEFINE_integer(
+    "grpc_max_threads", 0, "Max grpc server threads to handle grpc messages. [dpsr] gRPC runs "
+    "on an event loop here; this caps the threads that run requests (--num_run_threads). "
+    "0: not set.")
+_VERSION = flags.DEFINE_bool("version", False, "Display version")
+_MONITOR_REMOVE_FIELDS = flags.DEFINE_bool(
+    "remove_unused_fields_from_bundle_metagraph", True, "Removes unused fields from "
+    "MetaGraphDef proto message to save memory. [dpsr] Accepted; the MetaGraphDef is kept for "
+    "GetModelMetadata.")
+_PREFER_TFLITE = flags.DEFINE_bool("prefer_tflite_model", False,
+                                   "EXPERIMENTAL; CAN BE REMOVED ANYTIME! Prefer TensorFlow "
+                                   "Lite model from `model.tflite` file in SavedModel "
+                                   "directory, instead of the TensorFlow model from "
+                                   "`saved_model.pb` file.")
+_TFLITE_POOLS = flags.DEFINE_integer("num_tflite_pools", 1,
+                                     "EXPERIMENTAL; CAN BE REMOVED ANYTIME! Number of TFLite "
+                                     "interpreters in an interpreter pool of TfLiteSession.")
+_TFLITE_INTERPRETERS = flags.DEFINE_integer(
+    "num_tflite_interpreters_per_pool", 1, "EXPERIMENTAL; CAN BE REMOVED ANYTIME! Number of "
+    "TFLite interpreters in an interpreter pool of TfLiteSession.")
+_METHOD_NAME_CHECK = flags.DEFINE_bool(
+    "enable_signature_method_name_check", False, "Enable method_name check for SignatureDef. "
+    "Disable this if serving native TF2 regression/classification models.")
+_XLA_CPU = flags.DEFINE_bool("xla_cpu_compilation_enabled", False,
+                             "EXPERIMENTAL; CAN BE REMOVED ANYTIME! Enable XLA:CPU JIT "
+                             "(default is disabled). With XLA:CPU JIT disabled, models "
+                             "utilizing this feature will return bad Status on first "
+                             "compilation request.")
+_ENABLE_PROFILER = flags.DEFINE_bool("enable_profiler", True, "Enable profiler service.")
+_THREAD_POOL_FACTORY = flags.DEFINE_string(
+    "thread_pool_factory_config_file", "", "If non-empty, read an ascii ThreadPoolConfig "
+    "protobuf from the supplied file name.")
+_MIXED_PRECISION = flags.DEFINE_string("mixed_precision", "",
+                                       "specify mixed_precision mode")
+_SKIP_TPU = flags.DEFINE_bool("skip_initialize_tpu", False,
+                              "Whether to skip auto initializing TPU.")
+_HEALTHCHECK = flags.DEFINE_bool("enable_grpc_healthcheck_service", False,
+                                 "Enable the standard gRPC healthcheck service. [dpsr] Always "
+                                 "on: launchers and the proxy use it.")
+_TENSOR_CONTENT = flags.DEFINE_bool(
+    "enable_serialization_as_tensor_content", False, "Enable serialization of predict response "
+    "as tensor content. [dpsr] Outputs are always in the typed value fields; accepted.")
+
+# Flags that cannot apply in this server, with why; a non-default value gets one line at start.
+_CANNOT_APPLY = (
+    (_GPU_MEMORY_FRACTION, "GPU flag; this server runs TensorFlow on the CPU"),
+    (_XLA_CPU, "XLA JIT is not enabled by this server"),
+    (_PREFER_TFLITE, "TFLite models are not served (SavedModels only)"),
+    (_TFLITE_POOLS, "TFLite models are not served (SavedModels only)"),
+    (_TFLITE_INTERPRETERS, "TFLite models are not served (SavedModels only)"),
+    (_SKIP_TPU, "no TPU here"),
+    (_MIXED_PRECISION, "mixed precision is a GPU/TPU setting; not applied on the CPU"),
+    (_USE_ALTS, "ALTS needs Google Cloud's handshaker service; use --ssl_config_file"),
+    (_PLATFORM_CONFIG_FILE, "only the tensorflow platform is served; use the session flags"),
+    (_THREAD_POOL_FACTORY, "custom thread pool factories are not supported"),
+    (_PER_MODEL_BATCHING, "per-model batching_params.pbtxt is not read; "
+                          "--batching_parameters_file applies to every model"),
+    (_ENABLE_PROFILER, "the profiler service is not served on the gRPC port"),
+)
+
 # [dpsr] additions.
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "[dpsr] Address to bind gRPC and REST to; "
                             "0.0.0.0 to listen on every interface.")
@@ -108,6 +217,29 @@ _RUN_THREADS = flags.DEFINE_integer("num_run_threads", 8,
 def _fail(message: str):
     print(f"dpsr serve: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def parse_channel_arguments(text: str):
+    """--grpc_channel_arguments "a=1,b=x" -> (("a", 1), ("b", "x")); ints stay ints."""
+    args = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--grpc_channel_arguments: {item!r} is not key=value")
+        value = value.strip()
+        try:
+            args.append((key.strip(), int(value)))
+        except ValueError:
+            args.append((key.strip(), value))
+    return tuple(args)
+
+
+def _notices():
+    """One line per tensorflow_model_server flag given that cannot apply here."""
+    for flag, why in _CANNOT_APPLY:
+        if flags.FLAGS[flag.name].present:
+            logging.warning("--%s=%s is accepted but not applied: %s", flag.name, flag.value,
+                            why)
 
 
 def options_from_flags():
@@ -143,10 +275,28 @@ def options_from_flags():
     for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K, _MAX_ELEMENTS, _REST_MAX_BODY):
         if flag.value < 1:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 1")
+    session_config = None
+    if _SESSION_CONFIG_FILE.value:
+        from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
+        try:
+            session_config = config_lib.read_text_proto(
+                _SESSION_CONFIG_FILE.value, config_pb2.ConfigProto,
+                "--tensorflow_session_config_file").SerializeToString()
+        except ServingError as e:
+            _fail(e.message)
+    intra, inter = _INTRA_OP.value, _INTER_OP.value
+    if _SESSION_PARALLELISM.value > 0:  # TF Serving's deprecated flag sets both
+        intra, inter = intra or _SESSION_PARALLELISM.value, inter or _SESSION_PARALLELISM.value
+    run_threads = _RUN_THREADS.value
+    if _GRPC_MAX_THREADS.value > 0:
+        run_threads = min(run_threads, _GRPC_MAX_THREADS.value)
+    channel_args = parse_channel_arguments(_GRPC_CHANNEL_ARGS.value)
+    _notices()
     core = CoreOptions(
         session=SessionOptions(
             saved_model_tags=tuple(t.strip() for t in _TAGS.value.split(",") if t.strip()),
-            intra_op_parallelism=_INTRA_OP.value, inter_op_parallelism=_INTER_OP.value),
+            intra_op_parallelism=intra, inter_op_parallelism=inter,
+            session_config=session_config),
         manager=ManagerOptions(
             file_system_poll_wait_seconds=_FS_POLL.value,
             max_num_load_retries=_LOAD_RETRIES.value,
@@ -159,7 +309,8 @@ def options_from_flags():
         enable_model_warmup=_ENABLE_WARMUP.value,
         num_request_iterations_for_warmup=_WARMUP_ITERATIONS.value,
         request_timeout_seconds=_REQUEST_TIMEOUT.value / 1000.0,
-        num_run_threads=_RUN_THREADS.value)
+        num_run_threads=run_threads,
+        enable_signature_method_name_check=_METHOD_NAME_CHECK.value)
     options = ServerOptions(
         host=_HOST.value, port=_PORT.value, rest_api_port=_REST_API_PORT.value,
         rest_api_timeout_seconds=_REST_API_TIMEOUT.value / 1000.0,
@@ -169,7 +320,8 @@ def options_from_flags():
         model_config_file_poll_wait_seconds=_MODEL_CONFIG_POLL.value,
         monitoring=monitoring, ssl=ssl,
         allow_reload_config_request=_ALLOW_RELOAD.value,
-        port_file=_PORT_FILE.value, core=core)
+        port_file=_PORT_FILE.value, core=core,
+        grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args)
     return options, server_config
 
 
@@ -177,6 +329,11 @@ def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag")
     logging.getLogger().setLevel(logging.INFO)
+    if _VERSION.value:
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        print(f"TensorFlow ModelServer: dpsr serve (TF Serving API 2.15)\n"
+              f"TensorFlow Library: {tf.__version__}")
+        return
     options, server_config = options_from_flags()
     from serving.model_server import run_model_server  # pylint: disable=g-import-not-at-top
     try:
