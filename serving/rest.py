@@ -108,7 +108,9 @@ def json_to_tensor(value, spec, where: str):
                 raise _bad(f"{where}: {name} needs true or false, got {_show(value)}")
         elif not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in leaves):
             # JSON true is not the number 1, nor "5" the number 5.
-            raise _bad(f"{where}: expected numbers for {name}, got {_show(value)}")
+            raise _bad(f"{where}: value is not of expected type: "
+                       f"{name.lower().removeprefix('dt_')} (expected numbers for {name}, got "
+                       f"{_show(value)})")
         if np.issubdtype(np_dtype, np.integer):
             info = np.iinfo(np_dtype)
             for v in leaves:

@@ -1,0 +1,109 @@
+"""TF Serving's test models, made by code (never copied): the same graphs as its testdata.
+
+* `half_plus_two_tf1(path, b)`: TF1 graph of tensorflow/cc/saved_model/testdata/half_plus_two
+  (y = a*x + b with a = 0.5, b = 2; y2 = a*x + 3... as below). Signatures:
+    serving_default   predict   {x [?,1] float} -> {y}
+    regress_x_to_y    regress   {inputs: serialized tf.Example} -> {outputs: y}
+    regress_x_to_y2   regress   {inputs} -> {outputs: y2 = a*x + c}
+    regress_x2_to_y3  regress   {inputs} -> {outputs: y3 = a*x2 + c}
+    classify_x_to_y   classify  {inputs} -> {scores: y}
+    classify_x2_to_y3 classify  {inputs} -> {scores: y3}
+    odd_method        "not/a/method" {x} -> {y}   (for the method-name check)
+  with c = 3; `b=3` gives half_plus_three (y = 0.5x + 3).
+* `half_plus_two_tf2(path)`: the same function saved by tf.saved_model.save from a tf.Module;
+  every signature's method is `tensorflow/serving/predict`, as TF2 writes them.
+* `bad_model(path)`: a version whose variables are missing (its load fails).
+"""
+import os
+import shutil
+
+import tensorflow as tf
+
+
+def _features(serialized):
+    parsed = tf.io.parse_example(serialized, {
+        "x": tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+        "x2": tf.io.FixedLenFeature([1], tf.float32, default_value=[0.0])})
+    return parsed["x"], parsed["x2"]
+
+
+def half_plus_two_tf1(path: str, b: float = 2.0) -> str:
+    """Writes the TF1 half_plus_two (b=2) or half_plus_three (b=3) SavedModel at `path`."""
+    v1 = tf.compat.v1
+    sig = v1.saved_model.signature_def_utils
+    info = v1.saved_model.utils.build_tensor_info
+    with tf.Graph().as_default() as graph:
+        serialized = v1.placeholder(tf.string, [None], name="tf_example")
+        x_parsed, x2_parsed = _features(serialized)
+        x = tf.identity(x_parsed, name="x")
+        x2 = tf.identity(x2_parsed, name="x2")
+        a = v1.Variable(0.5, name="a")
+        b_var = v1.Variable(b, name="b")
+        c = v1.Variable(3.0, name="c")
+        y = tf.add(tf.multiply(a, x), b_var, name="y")
+        y2 = tf.add(tf.multiply(a, x), c, name="y2")
+        y3 = tf.add(tf.multiply(a, x2), c, name="y3")
+
+        def regress(out):
+            return sig.build_signature_def({"inputs": info(serialized)}, {"outputs": info(out)},
+                                           "tensorflow/serving/regress")
+
+        def classify(out):
+            return sig.build_signature_def({"inputs": info(serialized)}, {"scores": info(out)},
+                                           "tensorflow/serving/classify")
+
+        signatures = {
+            "serving_default": sig.build_signature_def({"x": info(x)}, {"y": info(y)},
+                                                       "tensorflow/serving/predict"),
+            "regress_x_to_y": regress(y),
+            "regress_x_to_y2": regress(y2),
+            "regress_x2_to_y3": regress(y3),
+            "classify_x_to_y": classify(y),
+            "classify_x2_to_y3": classify(y3),
+            "odd_method": sig.build_signature_def({"x": info(x)}, {"y": info(y)},
+                                                  "not/a/method"),
+        }
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(path)
+            builder.add_meta_graph_and_variables(session, ["serve"],
+                                                 signature_def_map=signatures)
+            builder.save()
+    return path
+
+
+class _HalfPlusTwo(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = tf.Variable(0.5)
+        self.b = tf.Variable(2.0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def predict(self, x):
+        return {"y": self.a * x + self.b}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def regress(self, inputs):
+        x, _ = _features(inputs)
+        return {"outputs": self.a * x + self.b}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    def classify(self, inputs):
+        x, _ = _features(inputs)
+        return {"scores": self.a * x + self.b}
+
+
+def half_plus_two_tf2(path: str) -> str:
+    """Writes the TF2 half_plus_two (tf.saved_model.save) at `path`."""
+    module = _HalfPlusTwo()
+    tf.saved_model.save(module, path, signatures={
+        "serving_default": module.predict, "regress_x_to_y": module.regress,
+        "classify_x_to_y": module.classify})
+    return path
+
+
+def bad_model(path: str) -> str:
+    """A SavedModel whose variables are gone: loading it fails."""
+    half_plus_two_tf1(path)
+    shutil.rmtree(os.path.join(path, "variables"))
+    return path
