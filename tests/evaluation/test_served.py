@@ -244,8 +244,11 @@ def _cli(*args):
 
 
 def test_cli_served_flags_are_checked():
-    proc = _cli("--model_dir=/m", "--served")
-    assert proc.returncode != 0
-    assert "--served needs --model_dir and --index_dir" in proc.stderr
+    for flag in ("--served", "--hybrid"):
+        proc = _cli("--model_dir=/m", flag)
+        assert proc.returncode != 0
+        assert "--served and --hybrid need --model_dir and --index_dir" in proc.stderr
     proc = _cli("--model_dir=/m", "--index_dir=/i")
-    assert proc.returncode != 0 and "add --served" in proc.stderr
+    assert proc.returncode != 0 and "only with --served or --hybrid" in proc.stderr
+    proc = _cli("--model_dir=/m", "--index_dir=/i", "--hybrid", "--fusion=rrf", "--rrf_k=0")
+    assert proc.returncode != 0 and "rrf_k must be > 0" in proc.stderr
