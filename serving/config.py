@@ -53,7 +53,7 @@ def parse_text_proto(text: str, message_class, where: str):
         detail = str(e).split(" : ", 1)[-1]
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{where}{pos}: {detail} (expected a text-format "
+            f"Invalid protobuf file: {where}{pos}: {detail} (expected a text-format "
             f"{message_class.DESCRIPTOR.full_name})") from e
 
 
@@ -109,9 +109,11 @@ def validate_model_server_config(config, base_path_root: str = "") -> None:
                 raise bad(f"{where}: model_version_policy.specific has a negative version "
                           f"{list(policy.specific.versions)}")
         for label, version in model.version_labels.items():
-            if not label or not all(c.isalnum() or c in "-_" for c in label):
-                raise bad(f"{where}: version label '{label}' must be non-empty letters, digits, "
-                          "'-' or '_'")
+            # TF Serving takes any label (its tests use "nice try"); a "/" could not be named
+            # in a REST path, and control characters would garble logs.
+            if not label or "/" in label or not label.isprintable():
+                raise bad(f"{where}: version label {label!r} must be non-empty printable text "
+                          "without '/'")
             if version < 0:
                 raise bad(f"{where}: version label '{label}' points to negative version "
                           f"{version}")

@@ -54,6 +54,9 @@ def serialized_examples(input_proto, max_rows: int) -> np.ndarray:
     return array
 
 
+_NOUN = {"Classify": "classification", "Regress": "regression"}
+
+
 def _require_method(signature: Signature, method: str, api: str,
                     method_name_check: bool) -> str:
     """Checks the signature can take serialized tf.Examples; returns its input alias.
@@ -65,7 +68,7 @@ def _require_method(signature: Signature, method: str, api: str,
     if method_name_check and signature.method_name != method:
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"Expected {api.lower()} signature method_name to be {method}. Was: "
+            f"Expected {_NOUN[api]} signature method_name to be {method}. Was: "
             f"{signature.method_name} (signature '{signature.name}'; "
             "--enable_signature_method_name_check is on)")
     if len(signature.inputs) != 1:
