@@ -60,6 +60,8 @@ class ProxyOptions:
       monitoring: where metrics are served.
       ssl: TLS for the client-facing port, or None.
       port_file: JSON {"grpc_port", "rest_api_port", "pid"} written once serving.
+      backend_tls: TLS to the model servers (their CA, optionally a client certificate for
+        servers with client_verify), or None for plaintext.
     """
 
     host: str = "127.0.0.1"
@@ -71,21 +73,56 @@ class ProxyOptions:
         prometheus_enabled=True)
     ssl: Optional[config_lib.SslOptions] = None
     port_file: str = ""
+    backend_tls: Optional["BackendTls"] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendTls:
+    """How the proxy speaks TLS to its model servers.
+
+    Attributes:
+      root_certificates: PEM of the CA that signed the servers' certificates (None: the
+        system's roots).
+      private_key, certificate_chain: PEM of the proxy's client key and certificate, for
+        servers whose SSLConfig has client_verify (mutual TLS); both or neither.
+      target_name: the name the servers' certificates carry, when it is not the host of the
+        replica address (grpc.ssl_target_name_override); "" uses the address.
+    """
+
+    root_certificates: Optional[bytes] = None
+    private_key: Optional[bytes] = None
+    certificate_chain: Optional[bytes] = None
+    target_name: str = ""
+
+    def __post_init__(self):
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("a backend client certificate needs its key and the key its "
+                             "certificate (give both or neither)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key,
+                                            self.certificate_chain)
 
 
 class Replica:
     """A model server address and its channel, shared by every route that uses it."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, tls: Optional[BackendTls] = None):
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=[
+        options = [
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
-        ])
+        ]
+        if tls is None:
+            self.channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            if tls.target_name:
+                options.append(("grpc.ssl_target_name_override", tls.target_name))
+            self.channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.outstanding = 0
         self.failures = 0
@@ -141,13 +178,14 @@ class Route:
 class Router:
     """Routes for every configured model; replaced as a whole on config reload."""
 
-    def __init__(self, settings: proxy_config.ProxySettings, pool: Dict[str, Replica]):
+    def __init__(self, settings: proxy_config.ProxySettings, pool: Dict[str, Replica],
+                 backend_tls: Optional[BackendTls] = None):
         self.settings = settings
         for spec in settings.routes.values():
             for shard in spec.shards:
                 for address in shard:
                     if address not in pool:
-                        pool[address] = Replica(address)
+                        pool[address] = Replica(address, backend_tls)
         self.routes = {name: Route(spec, pool) for name, spec in settings.routes.items()}
 
     def addresses(self):
@@ -487,7 +525,8 @@ class ProxyServer:
         self.options = options
         self.metrics = ProxyMetrics()
         self._pool: Dict[str, Replica] = {}
-        self.servicer = ProxyServicer(Router(settings, self._pool), self.metrics)
+        self.servicer = ProxyServicer(Router(settings, self._pool, options.backend_tls),
+                                      self.metrics)
         self._server = None
         self._health = None
         self._http = None
@@ -497,7 +536,7 @@ class ProxyServer:
 
     def apply(self, settings: proxy_config.ProxySettings) -> None:
         """Swaps in new routes; channels of servers no longer used are closed later."""
-        router = Router(settings, self._pool)
+        router = Router(settings, self._pool, self.options.backend_tls)
         old = set(self._pool) - router.addresses()
         self.servicer.router = router
         for address in old:

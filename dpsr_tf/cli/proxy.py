@@ -23,6 +23,21 @@ _REST_API_PORT = flags.DEFINE_integer("rest_api_port", 0, "HTTP port for Prometh
 _MONITORING = flags.DEFINE_string("monitoring_config_file", "", "MonitoringConfig text proto "
                                   "(metrics path; enabled by default on --rest_api_port).")
 _SSL = flags.DEFINE_string("ssl_config_file", "", "SSLConfig text proto for the client port.")
+_BACKEND_CA = flags.DEFINE_string(
+    "backend_ca_file", "", "PEM file of the CA that signed the model servers' certificates: "
+    "the proxy speaks TLS to every backend (the servers' --ssl_config_file). Empty: plaintext "
+    "unless --backend_tls.")
+_BACKEND_TLS = flags.DEFINE_bool("backend_tls", False, "Speak TLS to the model servers, "
+                                 "verifying them against the system's CAs (or "
+                                 "--backend_ca_file).")
+_BACKEND_CERT = flags.DEFINE_string(
+    "backend_client_cert_file", "", "PEM certificate the proxy presents to model servers "
+    "whose SSLConfig has client_verify (mutual TLS); needs --backend_client_key_file.")
+_BACKEND_KEY = flags.DEFINE_string("backend_client_key_file", "",
+                                   "PEM private key of --backend_client_cert_file.")
+_BACKEND_TARGET = flags.DEFINE_string(
+    "backend_ssl_target_name", "", "Name the model servers' certificates carry, when it is not "
+    "the host of their replica address (e.g. replicas by IP, certificates by DNS name).")
 _PORT_FILE = flags.DEFINE_string("port_file", "", "Write {grpc_port, rest_api_port, pid} as "
                                  "JSON here once serving.")
 
@@ -30,6 +45,31 @@ _PORT_FILE = flags.DEFINE_string("port_file", "", "Write {grpc_port, rest_api_po
 def _fail(message: str):
     print(f"dpsr proxy: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def _read_pem(flag) -> bytes:
+    try:
+        with open(flag.value, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        _fail(f"--{flag.name}: cannot read {flag.value}: {e.strerror}")
+    if b"-----BEGIN" not in data:
+        _fail(f"--{flag.name}: {flag.value} is not a PEM file")
+    return data
+
+
+def _backend_tls(proxy):
+    """BackendTls from the --backend_* flags, or None (plaintext)."""
+    given = [f for f in (_BACKEND_CA, _BACKEND_CERT, _BACKEND_KEY, _BACKEND_TARGET) if f.value]
+    if not given and not _BACKEND_TLS.value:
+        return None
+    if bool(_BACKEND_CERT.value) != bool(_BACKEND_KEY.value):
+        _fail("--backend_client_cert_file and --backend_client_key_file go together")
+    return proxy.BackendTls(
+        root_certificates=_read_pem(_BACKEND_CA) if _BACKEND_CA.value else None,
+        private_key=_read_pem(_BACKEND_KEY) if _BACKEND_KEY.value else None,
+        certificate_chain=_read_pem(_BACKEND_CERT) if _BACKEND_CERT.value else None,
+        target_name=_BACKEND_TARGET.value)
 
 
 def main(argv):
@@ -51,11 +91,12 @@ def main(argv):
         ssl = config_lib.read_ssl_options(_SSL.value)
     except ServingError as e:
         _fail(e.message)
+    backend_tls = _backend_tls(proxy)
     options = proxy.ProxyOptions(host=_HOST.value, port=_PORT.value,
                                  proxy_config_file=_CONFIG.value,
                                  config_file_poll_wait_seconds=_POLL.value,
                                  rest_api_port=_REST_API_PORT.value, monitoring=monitoring,
-                                 ssl=ssl, port_file=_PORT_FILE.value)
+                                 ssl=ssl, port_file=_PORT_FILE.value, backend_tls=backend_tls)
     try:
         proxy.run_proxy(options, settings)
     except OSError as e:
