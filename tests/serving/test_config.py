@@ -56,7 +56,7 @@ def test_parse_error_names_file_line_and_column(tmp_path):
     ('model_config_list { config { name: "a" base_path: "/m" '
      'model_version_policy { specific { } } } }', "lists no versions"),
     ('model_config_list { config { name: "a" base_path: "/m" '
-     'version_labels { key: "bad label" value: 1 } } }', "version label"),
+     'version_labels { key: "a/b" value: 1 } } }', "version label"),  # "/": not in a REST path
 ])
 def test_invalid_model_configs_are_rejected(text, fragment):
     cfg = config_lib.parse_text_proto(text, config_lib.ModelServerConfig, "test")
