@@ -6,10 +6,16 @@ A tiny DPSR-h model (2 heads, user profile + history) is trained, indexed in two
 
 * end to end: the proxy's answer equals numpy brute force over the servable's own item
   embeddings (its `item_embedding` signature) and query embeddings (`query_embedding`);
+* hot swap: a new version of a shard exported under load replaces the old one with no failed
+  request;
 * user_history: the servable keeps the last `history_length` (4) known items of a row, as
   training did, and refuses rows wider than its cap (regression tests of issue 12's finding).
 """
+import collections
 import os
+import shutil
+import threading
+import time
 
 import grpc
 import numpy as np
@@ -55,7 +61,8 @@ def exported(tmp_path_factory):
         export_servable(train.model_dir, index_dir, base, shard=shard,
                         servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
         bases.append(base)
-    return {"spec": spec, "bases": bases, "work": work}
+    return {"spec": spec, "bases": bases, "work": work, "model_dir": train.model_dir,
+            "index_dir": index_dir}
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +154,49 @@ def test_user_history_width_is_capped(servers):
     assert "user_history must have at most 1024 items per row" in error.details()
     out = outputs(stub.Predict(_personalized(["item1"] + [""] * 1023), timeout=60))
     assert out["item_ids"].shape == (len(QUERIES), K)
+
+
+def test_hot_swap_under_load(exported, servers):
+    """A new version exported into a serving shard's base path (as `dpsr export` does) takes
+    over while two clients send requests; the old version's directory is then deleted. No
+    request fails, and both versions answered the same (same model, same index)."""
+    base = exported["bases"][0]
+    (old_version,) = [int(v) for v in os.listdir(base) if v.isdigit()]
+    stub = process.prediction_stub(servers["shards"][0].address)
+    request = _request("dpsr", "serving_default", query=QUERIES[:2], k=K)
+    answers, errors = collections.defaultdict(list), []
+    stop = threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                response = stub.Predict(request, timeout=30)
+                answers[response.model_spec.version.value].append(
+                    outputs(response)["item_ids"].tolist())
+            except grpc.RpcError as e:
+                errors.append((e.code(), e.details()))
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        new_path = export_servable(exported["model_dir"], exported["index_dir"], base, shard=0,
+                                   servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
+        new_version = int(os.path.basename(new_path))
+        deadline = time.monotonic() + 180
+        while not answers[new_version] and time.monotonic() < deadline and not errors:
+            time.sleep(0.2)
+        assert answers[new_version], "the new version never served"
+        shutil.rmtree(os.path.join(base, str(old_version)))
+        time.sleep(2.0)  # the old version unloads while requests keep coming
+        count = len(answers[new_version])
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    assert not errors, errors[:3]
+    assert new_version > old_version and answers[old_version]
+    assert len(answers[new_version]) > count  # still serving after the old one went away
+    assert {str(a) for v in (old_version, new_version) for a in answers[v]} == \
+        {str(answers[old_version][0])}
