@@ -75,18 +75,19 @@ def _sources_bzl():
 
 
 def test_every_cc_test_ran_and_passed(bazel_build):
-    # The core's unit tests and //tests/bazel:dpsr_ops_static_link_test.
-    expected = len(_sources_bzl()["TOKENIZER_CORE_TESTS"]) + 1
+    # The cores' unit tests and //tests/bazel:dpsr_ops_static_link_test.
+    src = _sources_bzl()
+    expected = len(src["TOKENIZER_CORE_TESTS"]) + len(src["LEXICAL_CORE_TESTS"]) + 1
     summary = re.search(r"out of (\d+) tests?: (\d+) tests? pass", bazel_build[1])
     assert summary, _tail(bazel_build[1])
     assert (int(summary.group(1)), int(summary.group(2))) == (expected, expected)
 
 
 def test_libraries_are_built(bazel_bin):
-    for name in ("_dpsr_ops.so", "_tokenizer.so"):
+    for name in ("_dpsr_ops.so", "_tokenizer.so", "_lexical.so"):
         assert os.path.isfile(os.path.join(bazel_bin, name)), f"{name} not in {bazel_bin}"
     # An alwayslink library is archived as .lo (.pic.lo in some Bazel versions).
-    for pattern in ("libdpsr_ops*.lo", "libtokenizer_core*.a"):
+    for pattern in ("libdpsr_ops*.lo", "libtokenizer_core*.a", "liblexical_core*.a"):
         assert glob.glob(os.path.join(bazel_bin, pattern)), f"no {pattern} in {bazel_bin}"
 
 
@@ -102,9 +103,10 @@ def test_bazel_compiles_the_files_setup_py_compiles(bazel_bin):
 
     dist = run_setup(os.path.join(ROOT, "setup.py"), stop_after="init")
     setup_srcs = {ext.name.rsplit(".", 1)[-1]: sorted(ext.sources) for ext in dist.ext_modules}
-    assert set(setup_srcs) == {"_dpsr_ops", "_tokenizer"}, setup_srcs
+    assert set(setup_srcs) == {"_dpsr_ops", "_tokenizer", "_lexical"}, setup_srcs
     assert _bazel_srcs("//:dpsr_ops") == setup_srcs["_dpsr_ops"]
     assert _bazel_srcs("//:_tokenizer.so") == setup_srcs["_tokenizer"]
+    assert _bazel_srcs("//:_lexical.so") == setup_srcs["_lexical"]
 
 
 def _samples(seed=20240607):
