@@ -3,7 +3,9 @@
 Rules (docs/export.md, "Hybrid recall"):
 
   rrf    reciprocal rank fusion: fused(item) = sum over the lists holding it of
-         weight_list / (rrf_k + rank_in_list), rank 1-based. Scores of the two systems are on
+         weight_list / (rrf_k + rank_in_list), rank 1-based; tied scores share a rank (1 + the
+         number of strictly better results in that list), so the fusion does not depend on
+         how ties happen to be ordered, and the proxy's re-fusion of shards equals it. Scores of the two systems are on
          different scales; ranks are not. The default: rrf_k = 5, dense weight 1, lexical
          weight 0.5, so DPSR leads and BM25 complements it (a lexical-only first hit enters
          at about dense rank 7; an item in both lists rises). Chosen on two catalogs where
@@ -81,14 +83,21 @@ class FusionConfig:
         return out
 
 
+def tie_ranks_np(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """[B, K] float32 competition ranks of lists sorted best first: 1 + the number of valid
+    entries scoring strictly higher, so tied entries share a rank whatever their order."""
+    key = np.where(valid, -scores.astype(np.float64), np.inf)
+    ranks = np.stack([np.searchsorted(row, row, side="left") for row in key]) if len(key) else (
+        np.zeros(key.shape, np.int64))
+    return (ranks + 1).astype(np.float32)
+
+
 def _contributions_np(scores: np.ndarray, valid: np.ndarray, weight: float,
                       cfg: FusionConfig) -> np.ndarray:
     """[B, K] float32 fused-score contribution of each entry of one list (0 where invalid)."""
     weight = np.float32(weight)
     if cfg.rule == "rrf":
-        ranks = np.arange(1, scores.shape[1] + 1, dtype=np.float32)[None, :]
-        out = weight / (np.float32(cfg.rrf_k) + ranks)
-        out = np.broadcast_to(out, scores.shape).astype(np.float32)
+        out = weight / (np.float32(cfg.rrf_k) + tie_ranks_np(scores, valid))
     else:
         s = np.where(valid, scores, np.nan).astype(np.float32)
         with np.errstate(all="ignore"):
@@ -172,9 +181,10 @@ def fuse(dense_scores, dense_labels, lexical_scores, lexical_labels, k,
     def contributions(scores, labels, weight):
         valid = labels >= 0
         if cfg.rule == "rrf":
-            ranks = tf.cast(tf.range(1, tf.shape(scores)[1] + 1), tf.float32)[tf.newaxis, :]
+            # Competition ranks (tie_ranks_np): lists are sorted best first, padding last.
+            key = tf.where(valid, -scores, tf.fill(tf.shape(scores), np.inf))
+            ranks = tf.cast(tf.searchsorted(key, key, side="left") + 1, tf.float32)
             out = tf.constant(weight, tf.float32) / (tf.constant(cfg.rrf_k, tf.float32) + ranks)
-            out = tf.broadcast_to(out, tf.shape(scores))
         else:
             big = tf.constant(np.finfo(np.float32).max, tf.float32)
             lo = tf.reduce_min(tf.where(valid, scores, big), axis=1, keepdims=True)

@@ -182,8 +182,9 @@ def test_damaged_files_are_clear_errors(built, tmp_path):
 def reference_fuse(dense, lexical, k, cfg):
     """dense/lexical: lists of (id, score) best first. The rule written out directly."""
     def contributions(entries, weight):
-        if cfg.rule == "rrf":
-            return {i: weight / (cfg.rrf_k + r) for r, (i, _) in enumerate(entries, 1)}
+        if cfg.rule == "rrf":  # a tie shares the rank: 1 + the number of strictly better
+            return {i: weight / (cfg.rrf_k + 1 + sum(t > s for _, t in entries))
+                    for i, s in entries}
         if not entries:
             return {}
         lo, hi = min(s for _, s in entries), max(s for _, s in entries)
@@ -206,9 +207,9 @@ def random_lists(seed, batch=6, kd=12, kl=9, universe=30):
     for b in range(batch):
         nd, nl = rng.integers(0, kd + 1), rng.integers(0, kl + 1)
         dl[b, :nd] = rng.choice(universe, nd, replace=False)
-        ds[b, :nd] = np.sort(rng.random(nd).astype(np.float32))[::-1]
+        ds[b, :nd] = np.sort(np.round(rng.random(nd), 1).astype(np.float32))[::-1]  # ties
         ll[b, :nl] = rng.choice(universe, nl, replace=False)
-        ls[b, :nl] = np.sort((rng.random(nl) * 20).astype(np.float32))[::-1]
+        ls[b, :nl] = np.sort(np.round(rng.random(nl) * 5).astype(np.float32))[::-1]
     return ds, dl, ls, ll
 
 

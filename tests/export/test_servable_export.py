@@ -290,7 +290,10 @@ def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
                       for k, v in out.items()}}))
     """
     got = run_fresh(script)
-    dense = run_fresh(LOAD_TF1.format(path=servable["version_dir"]) + f"""
+    dense_path = export_servable(servable["model_dir"], servable["index_dir"],
+                                 str(tmp_path / "dense"),
+                                 servable=ServableConfig(max_k=1000, hybrid=False))
+    dense = run_fresh(LOAD_TF1.format(path=dense_path) + f"""
     out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}}, ["item_ids", "scores"])
     print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
                       "scores": out["scores"].tolist()}}))
@@ -314,3 +317,48 @@ def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
                                        lex_of[row].get(item, -np.inf), rtol=1e-6)
             assert (got["heads"][row][j] == -1) == (got["source"][row][j] == "lexical")
     assert json.loads(got["fusion_rule"][0])["rule"] == "rrf"
+
+
+def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servable, tmp_path):
+    """Two hybrid shards behind `dpsr proxy` (real processes, TF Serving client): every result's
+    score is the fusion of the item's global dense rank (the unsharded dense servable) and its
+    global lexical rank (LexicalSearcher over both shards), by the default rule."""
+    from export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
+    from export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from export.saved_model_export import export_all_shards  # pylint: disable=import-outside-toplevel
+    from serving.demo import run_serving_demo  # pylint: disable=import-outside-toplevel
+    ids = layout_lib.load_item_table(servable["spec"]).ids
+    k = len(ids)  # every item: each shard returns its whole lists, so the pool is complete
+    assert k <= 1000
+    index_dir = str(tmp_path / "index2")
+    catalog_index.index_catalog(servable["model_dir"], index_dir,
+                                IndexBuildConfig(factory="Flat", num_shards=2))
+    paths = export_all_shards(servable["model_dir"], index_dir, str(tmp_path / "m" / "dpsr"),
+                              servable=ServableConfig(default_k=5, max_k=1000))
+    queries = QUERIES[:3]
+    os.makedirs(tmp_path / "logs")
+    results = run_serving_demo([os.path.dirname(p) for p in paths], queries, k=k, show=0,
+                               out=lambda _: None, log_dir=str(tmp_path / "logs"))
+    dense_path = export_servable(servable["model_dir"], servable["index_dir"],
+                                 str(tmp_path / "dense"),
+                                 servable=ServableConfig(max_k=1000, hybrid=False))
+    dense = run_fresh(LOAD_TF1.format(path=dense_path) + f"""
+    out = call("serving_default", {{"query": {queries!r}, "k": {k}}}, ["item_ids", "scores"])
+    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
+                      "scores": out["scores"].tolist()}}))
+    """)
+    lex_scores, lex_rows = LexicalSearcher(index_dir, ids).search(queries, k)
+    lex_ids = np.array([[ids[r] if r >= 0 else "" for r in row] for row in lex_rows], object)
+    want_s, want_ids, want_src = fuse_np(np.array(dense["scores"], np.float32),
+                                         np.array(dense["ids"], object), lex_scores, lex_ids, k)
+    for row, result in enumerate(results):
+        assert not result.partial
+        want = {i: (s, SOURCE_NAMES[src]) for i, s, src in
+                zip(want_ids[row], want_s[row], want_src[row]) if i}
+        got = [(i, s, src) for i, s, src in zip(result.item_ids, result.scores, result.sources)
+               if i]
+        assert {i for i, _, _ in got} == set(want)
+        for item, score, source in got:
+            np.testing.assert_allclose(score, want[item][0], rtol=1e-5)
+            assert source == want[item][1]
+        assert all(a >= b for a, b in zip(result.scores, result.scores[1:]))
