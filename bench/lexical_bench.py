@@ -29,12 +29,6 @@ def _log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _percentiles(ms):
-    ms = np.asarray(ms)
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
-            "mean": float(ms.mean())}
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_items", type=int, default=1_000_000)
@@ -43,7 +37,7 @@ def main():
     args = parser.parse_args()
 
     import bm25s
-    from servable_bench import _zipf_titles  # pylint: disable=import-error
+    from servable_bench import _percentiles, _zipf_titles  # pylint: disable=import-error
 
     from dpsr_tf.tokenization.tokenizer import Tokenizer
     from export.lexical_index import _native  # pylint: disable=protected-access
