@@ -198,6 +198,28 @@ def test_predict_tf2_saved_model(stub):
     _verify_predict(stub, "tf2", 3.0, 1)
 
 
+def test_tf2_saved_model_multiple_signatures(stub):
+    """[server_test] test_tf_saved_model_save_multiple_signatures: every signature of a TF2
+    SavedModel is listed (all with method `predict`, as TF2 writes them) and each runs."""
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "tf2"
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    stub.GetModelMetadata(request, RPC_TIMEOUT).metadata["signature_def"].Unpack(sig_map)
+    assert set(sig_map.signature_def) == {"serving_default", "regress_x_to_y", "classify_x_to_y"}
+    assert {s.method_name for s in sig_map.signature_def.values()} == \
+        {"tensorflow/serving/predict"}
+    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+    example = example_pb2.Example()
+    example.features.feature["x"].float_list.value.append(4.0)
+    for sig, field in (("regress_x_to_y", "outputs"), ("classify_x_to_y", "scores")):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name, request.model_spec.signature_name = "tf2", sig
+        request.inputs["inputs"].dtype = types_pb2.DT_STRING
+        request.inputs["inputs"].string_val.append(example.SerializeToString())
+        request.inputs["inputs"].tensor_shape.dim.add().size = 1
+        assert list(stub.Predict(request, RPC_TIMEOUT).outputs[field].float_val) == [4.0]
+
+
 def test_predict_half_plus_three_from_config(stub):
     """[server_test] testPredictWithConfigFile (_TestPredict over good_model_config: both
     models)."""
