@@ -178,8 +178,11 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits,
             continue
         proto = request.inputs[alias]
         if proto.dtype != spec.dtype:
+            short = lambda d: tensors.dtype_name(d).lower().removeprefix("dt_")  # noqa: E731
             raise _bad(f"input '{alias}' has dtype {tensors.dtype_name(proto.dtype)} but the "
-                       f"signature '{signature.name}' expects {spec.describe()}")
+                       f"signature '{signature.name}' expects {spec.describe()} (Expects arg "
+                       f"'{alias}' to be {short(spec.dtype)} but {short(proto.dtype)} is "
+                       "provided)")
         check_declared(alias, spec, proto, limits)
         value = tensors.to_ndarray(proto, f"input '{alias}'", limits.max_elements)
         if spec.dtype == types_pb2.DT_STRING:

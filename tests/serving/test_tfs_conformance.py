@@ -41,9 +41,10 @@ def server(tmp_path_factory):
     tfs_testdata.half_plus_two_tf1(str(base / "two" / "123"))
     tfs_testdata.half_plus_two_tf1(str(base / "two" / "124"), b=3.0)
     tfs_testdata.bad_model(str(base / "bad" / "123"))
+    tfs_testdata.counter_model(str(base / "counter" / "123"))
     models = [("default", "half_plus_two", ""), ("half_plus_three", "half_plus_three", ""),
               ("tf2", "tf2_half_plus_two", ""), ("two", "two", "model_version_policy { all {} }"),
-              ("bad", "bad", "")]
+              ("bad", "bad", ""), ("counter", "counter", "")]
     config = base / "models.config"
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{n}" base_path: "{base / d}" model_platform: "tensorflow" {p} }}\n'
@@ -414,14 +415,15 @@ def test_rest_get_status(server, path):
         "status": {"error_code": "OK", "error_message": ""}}]}
 
 
-def test_rest_classify_with_context(server):
-    """[rest] Classify/Regress with a "context" (example_list_with_context): context features
-    join every example."""
+def test_rest_regress_with_context(server):
+    """[issue 12] REST regress with a "context" (TF Serving's example_list_with_context
+    format): context features join every example that lacks them."""
     reply = requests.post(server.rest_url + "/v1/models/default:regress", timeout=RPC_TIMEOUT,
-                          data=json.dumps({"signature_name": "regress_x2_to_y3",
-                                           "context": {"x2": 4.0},
-                                           "examples": [{"x": 1.0}, {"x": 2.0}]}))
-    assert reply.json() == {"results": [5.0, 5.0]}  # 0.5 * 4 + 3
+                          data=json.dumps({"signature_name": "regress_x_to_y2",
+                                           "context": {"x": 4.0},
+                                           "examples": [{}, {"x": 2.0}]}))
+    # An example's own feature wins over the context's: 0.5 * 4 + 3, 0.5 * 2 + 3.
+    assert reply.json() == {"results": [5.0, 4.0]}
 
 
 # ============================================================================ [status]
@@ -461,8 +463,8 @@ def test_status_all_versions(model_stub):
         assert s.status.error_code == 0 and s.status.error_message == ""
 
 
-def test_status_specific_version(model_stub):
-    """[status] SpecificVersionSuccess."""
+def test_status_single_version(model_stub):
+    """[status] SingleVersionSuccess."""
     for version in (123, 124):
         result = _status(model_stub, "two", version)
         assert [s.version for s in result.model_version_status] == [version]
@@ -485,24 +487,25 @@ def test_status_of_a_bad_model(model_stub, stub):
 
 # ============================================================================ [predict_util]
 
-def test_predict_missing_model_spec(stub):
-    """[predict_util] MissingOrEmptyModelSpec: INVALID_ARGUMENT."""
+def test_predict_missing_or_empty_model_spec(stub):
+    """[predict_util] MissingOrEmptyModelSpec: no model_spec, then one without a name:
+    INVALID_ARGUMENT. (Its third step, a wrong name, is INVALID_ARGUMENT in that old test and
+    NOT_FOUND in http_rest_api_handler_test's PredictModelNameVersionErrors and current TF
+    Serving; NOT_FOUND here, test_predict_invalid_model_or_version.)"""
     request = predict_pb2.PredictRequest()
-    request.inputs["x"].CopyFrom(_predict_request().inputs["x"])
-    error = rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def test_predict_empty_model_name(stub):
-    """[predict_util] EmptyModelName (model_spec present, name ""): INVALID_ARGUMENT."""
-    request = _predict_request(model="")
+    assert rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT).code() == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    request.model_spec.ClearField("name")
+    request.model_spec.signature_name = ""
+    request.model_spec.SetInParent()
     assert rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT).code() == \
         grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("model, version", [("foo", None), ("default", 999)])
 def test_predict_invalid_model_or_version(stub, model, version):
-    """[predict_util] InvalidModelName / InvalidModelVersion: NOT_FOUND."""
+    """[rest] PredictModelNameVersionErrors over gRPC: an unknown model or version is
+    NOT_FOUND."""
     request = _predict_request(model=model)
     if version is not None:
         request.model_spec.version.value = version
@@ -510,59 +513,123 @@ def test_predict_invalid_model_or_version(stub, model, version):
         grpc.StatusCode.NOT_FOUND
 
 
-def test_predict_input_size_and_alias_mismatch(stub):
-    """[predict_util] InputTensorNotFound / InputSizeMismatch: an extra or missing alias is
-    INVALID_ARGUMENT; a missing one too."""
-    request = _predict_request()
-    request.inputs["x2"].CopyFrom(request.inputs["x"])
+def _versioned(**inputs):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.model_spec.version.value = 123
+    for alias, proto in inputs.items():
+        request.inputs[alias].CopyFrom(proto)
+    return request
+
+
+def _scalar(value, dtype=types_pb2.DT_FLOAT, shape=None):
+    from tensorflow.core.framework import tensor_pb2  # pylint: disable=g-import-not-at-top
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    if dtype == types_pb2.DT_STRING:
+        proto.string_val.append(value)
+    else:
+        proto.float_val.append(value)
+    for d in shape or []:
+        proto.tensor_shape.dim.add().size = d
+    return proto
+
+
+def test_predict_empty_input_list(stub):
+    """[predict_util] EmptyInputList: INVALID_ARGUMENT."""
+    assert rpc_error(stub.Predict, _versioned(), timeout=RPC_TIMEOUT).code() == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_predict_input_tensors_dont_match_model_spec_inputs(stub):
+    """[predict_util] InputTensorsDontMatchModelSpecInputs."""
+    request = _versioned(unknown_key1=_scalar(b"any_value", types_pb2.DT_STRING, [1]),
+                         unknown_key2=_scalar(1.0, shape=[1]))
     error = rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "input size does not match signature" in error.details()
-    request = _predict_request()
-    del request.inputs["x"]
-    assert rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT).code() == \
-        grpc.StatusCode.INVALID_ARGUMENT
+    assert "Sent extra: {unknown_key1,unknown_key2}" in error.details()
+    assert "Missing but required: {x}" in error.details()
 
 
-def test_predict_dtype_is_checked(stub):
-    """[predict_util] input dtype mismatch: INVALID_ARGUMENT."""
-    request = _predict_request()
-    request.inputs["x"].Clear()
-    request.inputs["x"].dtype = types_pb2.DT_STRING
-    request.inputs["x"].string_val.append(b"2.0")
-    request.inputs["x"].tensor_shape.dim.add().size = 1
-    assert rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT).code() == \
-        grpc.StatusCode.INVALID_ARGUMENT
+def test_predict_output_filters_dont_match_model_spec_outputs(stub):
+    """[predict_util] OutputFiltersDontMatchModelSpecOutputs."""
+    request = _versioned(x=_scalar(2.0))
+    request.output_filter.append("output_filter")
+    error = rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "output tensor alias not found in signature: output_filter" in error.details()
+    del request.output_filter[:]
+    request.output_filter.append("y")
+    assert list(stub.Predict(request, RPC_TIMEOUT).outputs) == ["y"]
+    request.output_filter.append("y")
+    error = rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "duplicate output tensor alias: y" in error.details()
+
+
+def test_predict_input_tensors_have_wrong_type(stub):
+    """[predict_util] InputTensorsHaveWrongType."""
+    request = _versioned(x=_scalar(b"any_value", types_pb2.DT_STRING, [1]))
+    request.output_filter.append("y")
+    error = rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "to be float but string is provided" in error.details()
+
+
+def test_predict_prediction_success(stub):
+    """[predict_util] PredictionSuccess: a scalar x (no shape, though the signature says
+    [?,1]: shapes are not checked) gives the scalar y = 3 and the full model_spec."""
+    response = stub.Predict(_versioned(x=_scalar(2.0)), RPC_TIMEOUT)
+    assert list(response.outputs) == ["y"]
+    assert response.outputs["y"].dtype == types_pb2.DT_FLOAT
+    assert list(response.outputs["y"].float_val) == [3.0]
+    assert not response.outputs["y"].tensor_shape.dim
+    assert response.model_spec.name == "default"
+    assert response.model_spec.version.value == 123
+    assert response.model_spec.signature_name == "serving_default"
 
 
 def test_predict_shape_is_not_checked(stub):
-    """[predict_util] PredictionSuccess with a shape the signature does not state: the
-    signature says x [?,1]; [2,2] and a scalar run (predict_util checks no shapes)."""
+    """[issue 12] a shape the signature does not state ([2,2] for x [?,1]) runs, as in TF
+    Serving, whose predict_util checks no shapes."""
     result = stub.Predict(_predict_request(x=(1.0, 2.0, 3.0, 4.0), shape=[2, 2]), RPC_TIMEOUT)
     assert list(result.outputs["y"].float_val) == [2.5, 3.0, 3.5, 4.0]
     assert [d.size for d in result.outputs["y"].tensor_shape.dim] == [2, 2]
-    result = stub.Predict(_predict_request(x=(6.0,), shape=[]), RPC_TIMEOUT)
-    assert list(result.outputs["y"].float_val) == [5.0]
 
 
-@pytest.mark.parametrize("sig, field, want", [("regress_x2_to_y3", "outputs", 4.0),
-                                              ("classify_x2_to_y3", "scores", 4.0)])
-def test_predict_with_named_regression_and_classification_signatures(stub, sig, field, want):
+@pytest.mark.parametrize("sig, field", [("regress_x2_to_y3", "outputs"),
+                                        ("classify_x2_to_y3", "scores")])
+def test_predict_with_named_regression_and_classification_signatures(stub, sig, field):
     """[predict_util] PredictionWithNamedRegressionSignature /
-    PredictionWithNamedClassificationSignature: Predict runs any signature; x2 = 2 ->
-    0.5 * 2 + 3."""
-    from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
-    example = example_pb2.Example()
-    example.features.feature["x2"].float_list.value.append(2.0)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "default"
+    PredictionWithNamedClassificationSignature: Predict runs regress and classify signatures;
+    inputs = x2 = 2 -> 0.5 * 2 + 3."""
+    request = _versioned(inputs=_scalar(2.0))
     request.model_spec.signature_name = sig
-    request.inputs["inputs"].dtype = types_pb2.DT_STRING
-    request.inputs["inputs"].string_val.append(example.SerializeToString())
-    request.inputs["inputs"].tensor_shape.dim.add().size = 1
-    result = stub.Predict(request, RPC_TIMEOUT)
-    assert np.ravel(result.outputs[field].float_val).tolist() == [want]
-    assert result.model_spec.signature_name == sig
+    response = stub.Predict(request, RPC_TIMEOUT)
+    assert list(response.outputs) == [field]
+    assert list(response.outputs[field].float_val) == [4.0]
+    assert response.model_spec.signature_name == sig
+
+
+def test_predict_with_customized_signatures(stub):
+    """[predict_util] PredictionWithCustomizedSignatures: the stateful counter model;
+    signatures with only outputs, or one input: get, incr, reset, incr (with output_filter),
+    incr_by(3) -> 0, 1, 0, 1, 4."""
+    def call(signature, output_filter=(), delta=None):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "counter"
+        request.model_spec.signature_name = signature
+        request.output_filter.extend(output_filter)
+        if delta is not None:
+            request.inputs["delta"].CopyFrom(_scalar(delta))
+        response = stub.Predict(request, RPC_TIMEOUT)
+        assert response.model_spec.signature_name == signature
+        assert not response.outputs["output"].tensor_shape.dim
+        return list(response.outputs["output"].float_val)
+    assert call("get_counter") == [0.0]
+    assert call("incr_counter") == [1.0]
+    assert call("reset_counter") == [0.0]
+    assert call("incr_counter", output_filter=["output"]) == [1.0]
+    assert call("incr_counter_by", delta=3.0) == [4.0]
 
 
 def test_predict_signature_method_name_not_checked_by_default(stub):
@@ -570,13 +637,3 @@ def test_predict_signature_method_name_not_checked_by_default(stub):
     signature with an unknown method name runs."""
     result = stub.Predict(_predict_request(signature="odd_method"), RPC_TIMEOUT)
     assert list(result.outputs["y"].float_val) == [3.0]
-
-
-def test_predict_output_filter(stub):
-    """[predict_util] PredictionWithOutputFilter / InvalidOutputFilter / duplicate alias."""
-    assert list(stub.Predict(_predict_request(), RPC_TIMEOUT).outputs) == ["y"]
-    for bad in (["z"], ["y", "y"]):
-        request = _predict_request(specify_output=False)
-        request.output_filter.extend(bad)
-        assert rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT).code() == \
-            grpc.StatusCode.INVALID_ARGUMENT

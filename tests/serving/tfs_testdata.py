@@ -5,13 +5,15 @@
     serving_default   predict   {x [?,1] float} -> {y}
     regress_x_to_y    regress   {inputs: serialized tf.Example} -> {outputs: y}
     regress_x_to_y2   regress   {inputs} -> {outputs: y2 = a*x + c}
-    regress_x2_to_y3  regress   {inputs} -> {outputs: y3 = a*x2 + c}
+    regress_x2_to_y3  regress   {inputs: x2 float} -> {outputs: y3 = a*x2 + c}
     classify_x_to_y   classify  {inputs} -> {scores: y}
-    classify_x2_to_y3 classify  {inputs} -> {scores: y3}
+    classify_x2_to_y3 classify  {inputs: x2 float} -> {scores: y3}
     odd_method        "not/a/method" {x} -> {y}   (for the method-name check)
   with c = 3; `b=3` gives half_plus_three (y = 0.5x + 3).
 * `half_plus_two_tf2(path)`: the same function saved by tf.saved_model.save from a tf.Module;
   every signature's method is `tensorflow/serving/predict`, as TF2 writes them.
+* `counter_model(path)`: TF Serving's saved_model_counter: a float variable and the
+  signatures get_counter, incr_counter, reset_counter (no inputs) and incr_counter_by {delta}.
 * `bad_model(path)`: a version whose variables are missing (its load fails).
 """
 import os
@@ -57,9 +59,11 @@ def half_plus_two_tf1(path: str, b: float = 2.0) -> str:
                                                        "tensorflow/serving/predict"),
             "regress_x_to_y": regress(y),
             "regress_x_to_y2": regress(y2),
-            "regress_x2_to_y3": regress(y3),
+            "regress_x2_to_y3": sig.build_signature_def(
+                {"inputs": info(x2)}, {"outputs": info(y3)}, "tensorflow/serving/regress"),
             "classify_x_to_y": classify(y),
-            "classify_x2_to_y3": classify(y3),
+            "classify_x2_to_y3": sig.build_signature_def(
+                {"inputs": info(x2)}, {"scores": info(y3)}, "tensorflow/serving/classify"),
             "odd_method": sig.build_signature_def({"x": info(x)}, {"y": info(y)},
                                                   "not/a/method"),
         }
@@ -106,4 +110,33 @@ def bad_model(path: str) -> str:
     """A SavedModel whose variables are gone: loading it fails."""
     half_plus_two_tf1(path)
     shutil.rmtree(os.path.join(path, "variables"))
+    return path
+
+
+def counter_model(path: str) -> str:
+    """Writes the stateful counter SavedModel (signatures with only outputs, or one input)."""
+    v1 = tf.compat.v1
+    sig = v1.saved_model.signature_def_utils
+    info = v1.saved_model.utils.build_tensor_info
+    with tf.Graph().as_default() as graph:
+        counter = v1.Variable(0.0, name="counter", use_resource=False)
+        delta = v1.placeholder(tf.float32, [], name="delta")
+        get = tf.identity(counter, name="get")
+        incr = v1.assign_add(counter, 1.0, name="incr")
+        incr_by = v1.assign_add(counter, delta, name="incr_by")
+        reset = v1.assign(counter, 0.0, name="reset")
+        predict = "tensorflow/serving/predict"
+        signatures = {
+            "get_counter": sig.build_signature_def({}, {"output": info(get)}, predict),
+            "incr_counter": sig.build_signature_def({}, {"output": info(incr)}, predict),
+            "reset_counter": sig.build_signature_def({}, {"output": info(reset)}, predict),
+            "incr_counter_by": sig.build_signature_def({"delta": info(delta)},
+                                                       {"output": info(incr_by)}, predict),
+        }
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            builder = v1.saved_model.Builder(path)
+            builder.add_meta_graph_and_variables(session, ["serve"],
+                                                 signature_def_map=signatures)
+            builder.save()
     return path
