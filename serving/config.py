@@ -53,8 +53,8 @@ def parse_text_proto(text: str, message_class, where: str):
         detail = str(e).split(" : ", 1)[-1]
         raise ServingError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"Invalid protobuf file: {where}{pos}: {detail} (expected a text-format "
-            f"{message_class.DESCRIPTOR.full_name})") from e
+            f"Error parsing text-format {message_class.DESCRIPTOR.full_name}: {where}{pos}: "
+            f"{detail} (Invalid protobuf file)") from e
 
 
 # ----------------------------------------------------------------------------- models

@@ -14,6 +14,8 @@ docs/serving.md with the reason.
 """
 import json
 import os
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -35,6 +37,11 @@ RPC_TIMEOUT = 30.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     base = tmp_path_factory.mktemp("tfs")
+    # The distribution-strategy model needs a process whose TF runtime is fresh.
+    distrat = subprocess.Popen(
+        [sys.executable, tfs_testdata.__file__, "distrat", str(base / "distrat" / "123")],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
     tfs_testdata.half_plus_two_tf1(str(base / "half_plus_two" / "123"))
     tfs_testdata.half_plus_two_tf1(str(base / "half_plus_three" / "123"), b=3.0)
     tfs_testdata.half_plus_two_tf2(str(base / "tf2_half_plus_two" / "1"))
@@ -42,9 +49,15 @@ def server(tmp_path_factory):
     tfs_testdata.half_plus_two_tf1(str(base / "two" / "124"), b=3.0)
     tfs_testdata.bad_model(str(base / "bad" / "123"))
     tfs_testdata.counter_model(str(base / "counter" / "123"))
+    tfs_testdata.tf_saved_model_save(str(base / "tf_save" / "123"))
+    tfs_testdata.tf_saved_model_save_multiple_signatures(str(base / "tf_save_multi" / "123"))
+    tfs_testdata.keras_sequential(str(base / "keras" / "123"))
+    assert distrat.wait(timeout=300) == 0, distrat.stderr.read().decode()[-3000:]
     models = [("default", "half_plus_two", ""), ("half_plus_three", "half_plus_three", ""),
               ("tf2", "tf2_half_plus_two", ""), ("two", "two", "model_version_policy { all {} }"),
-              ("bad", "bad", ""), ("counter", "counter", "")]
+              ("bad", "bad", ""), ("counter", "counter", ""), ("tf_save", "tf_save", ""),
+              ("tf_save_multi", "tf_save_multi", ""), ("keras", "keras", ""),
+              ("distrat", "distrat", "")]
     config = base / "models.config"
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{n}" base_path: "{base / d}" model_platform: "tensorflow" {p} }}\n'
@@ -171,13 +184,14 @@ def test_regress(stub, model):
     assert result.model_spec.signature_name == "regress_x_to_y"
 
 
-def test_multi_inference(stub):
-    """[server_test] testMultiInference."""
+@pytest.mark.parametrize("model, version", [("default", 123), ("tf2", 1)])
+def test_multi_inference(stub, model, version):
+    """[server_test] testMultiInference, testMultiInferenceTf2."""
     request = inference_pb2.MultiInferenceRequest()
     for sig, method in (("regress_x_to_y", "tensorflow/serving/regress"),
                         ("classify_x_to_y", "tensorflow/serving/classify")):
         task = request.tasks.add(method_name=method)
-        task.model_spec.name = "default"
+        task.model_spec.name = model
         task.model_spec.signature_name = sig
     _example_input(request.input, x=2.0)
     result = stub.MultiInference(request, RPC_TIMEOUT)
@@ -185,7 +199,7 @@ def test_multi_inference(stub):
     assert result.results[0].regression_result.regressions[0].value == 3.0
     assert result.results[1].classification_result.classifications[0].classes[0].score == 3.0
     for r in result.results:
-        assert r.model_spec.name == "default" and r.model_spec.version.value == 123
+        assert r.model_spec.name == model and r.model_spec.version.value == version
 
 
 @pytest.mark.parametrize("specify_output", [True, False])
@@ -195,13 +209,39 @@ def test_predict_saved_model(stub, specify_output):
 
 
 def test_predict_tf2_saved_model(stub):
-    """[server_test] test_tf_saved_model_save: a tf.saved_model.save'd half_plus_two."""
+    """[server_test] the TF2 half_plus_two (tf.saved_model.save of a tf.Module)."""
     _verify_predict(stub, "tf2", 3.0, 1)
 
 
-def test_tf2_saved_model_multiple_signatures(stub):
-    """[server_test] test_tf_saved_model_save_multiple_signatures: every signature of a TF2
-    SavedModel is listed (all with method `predict`, as TF2 writes them) and each runs."""
+def test_tf_saved_model_save(stub):
+    """[server_test] test_tf_saved_model_save: y = 3 * 2 * x, x = 2 -> 12."""
+    _verify_predict(stub, "tf_save", 12.0, 123, specify_output=False)
+
+
+def test_tf_saved_model_save_multiple_signatures(stub):
+    """[server_test] test_tf_saved_model_save_multiple_signatures."""
+    result = stub.Predict(_predict_request("tf_save_multi", signature="custom_signature_key"),
+                          RPC_TIMEOUT)
+    assert list(result.outputs["y"].float_val) == [2.0]
+    assert result.model_spec.signature_name == "custom_signature_key"
+    _verify_predict(stub, "tf_save_multi", 1.0, 123)
+
+
+@pytest.mark.parametrize("model", ["keras", "distrat"])
+def test_sequential_keras_saved_model_save(stub, model):
+    """[server_test] test_sequential_keras_saved_model_save and
+    test_distrat_sequential_keras_saved_model_save (built under a MirroredStrategy over two
+    virtual CPUs): x [[2]] (batch_input) -> y 2."""
+    result = stub.Predict(_predict_request(model, specify_output=False, shape=[1, 1]),
+                          RPC_TIMEOUT)
+    (output,) = result.outputs.values()
+    assert list(output.float_val) == [2.0]
+    assert result.model_spec.version.value == 123
+
+
+def test_tf2_half_plus_two_signatures(stub):
+    """[server_test] the TF2 half_plus_two's signatures are all listed (method `predict`, as
+    TF2 writes them) and each runs through Predict."""
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = "tf2"
     sig_map = get_model_metadata_pb2.SignatureDefMap()
@@ -270,9 +310,9 @@ def test_regress_rest(server):
 
 
 def test_predict_rest(server):
-    """[server_test] testPredictREST (the documented call on half_plus_three too)."""
-    for model, want in (("default", [3.0]), ("half_plus_three", [3.5, 4.0, 5.5])):
-        x = [2.0] if model == "default" else [1.0, 2.0, 5.0]
+    """[server_test] testPredictREST (and the documented call on half_plus_three)."""
+    for model, want in (("default", [3.0, 3.5, 4.0]), ("half_plus_three", [3.5, 4.0, 5.5])):
+        x = [2.0, 3.0, 4.0] if model == "default" else [1.0, 2.0, 5.0]
         reply = requests.post(server.rest_url + f"/v1/models/{model}:predict",
                               timeout=RPC_TIMEOUT, data=json.dumps({"instances": x}))
         assert reply.status_code == 200, reply.text
@@ -282,9 +322,9 @@ def test_predict_rest(server):
 def test_predict_columnar_rest(server):
     """[server_test] testPredictColumnarREST."""
     reply = requests.post(server.rest_url + "/v1/models/default:predict", timeout=RPC_TIMEOUT,
-                          data=json.dumps({"inputs": [2.0]}))
+                          data=json.dumps({"inputs": [2.0, 3.0, 4.0]}))
     assert reply.status_code == 200, reply.text
-    assert reply.json() == {"outputs": [3.0]}
+    assert reply.json() == {"outputs": [3.0, 3.5, 4.0]}
 
 
 def test_get_status_rest(server):

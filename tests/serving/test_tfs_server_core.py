@@ -240,7 +240,7 @@ def test_bad_model_config(env):
     does not parse, saying why."""
     code, output = env["bad"]
     assert code != 0
-    assert "Invalid protobuf file" in output
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in output
 
 
 def test_accepted_flags_and_notices(env):

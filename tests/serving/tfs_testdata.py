@@ -140,3 +140,55 @@ def counter_model(path: str) -> str:
                                                  signature_def_map=signatures)
             builder.save()
     return path
+
+
+def tf_saved_model_save(path: str) -> str:
+    """tensorflow_model_server_test's test_tf_saved_model_save: y = v1 * v2 * x with v1 = 3,
+    v2 = 2, x of any shape (TensorSpec(None))."""
+    root = tf.train.Checkpoint()
+    root.v1 = tf.Variable(3.0)
+    root.v2 = tf.Variable(2.0)
+    root.f = tf.function(lambda x: {"y": root.v1 * root.v2 * x})
+    tf.saved_model.save(root, path, root.f.get_concrete_function(tf.TensorSpec(None, tf.float32)))
+    return path
+
+
+def tf_saved_model_save_multiple_signatures(path: str) -> str:
+    """test_tf_saved_model_save_multiple_signatures: serving_default -> y = 1,
+    custom_signature_key -> y = 2."""
+    root = tf.train.Checkpoint()
+    root.f = tf.function(lambda x: {"y": 1.0}, input_signature=[tf.TensorSpec(None, tf.float32)])
+    root.g = tf.function(lambda x: {"y": 2.0}, input_signature=[tf.TensorSpec(None, tf.float32)])
+    tf.saved_model.save(root, path, signatures={"serving_default": root.f,
+                                                "custom_signature_key": root.g})
+    return path
+
+
+def keras_sequential(path: str, distributed: bool = False) -> str:
+    """test_sequential_keras_saved_model_save (input x [?,1], y = x) and, with `distributed`,
+    test_distrat_sequential_keras_saved_model_save (built under a MirroredStrategy over two
+    virtual CPUs: Dense(1) with weights 1, bias 0, then y = x). `distributed` must run in a
+    process whose TensorFlow runtime is not initialized yet (virtual CPUs)."""
+    def build():
+        model = tf.keras.models.Sequential()
+        model.add(tf.keras.layers.Input(dtype="float32", shape=(1,), name="x"))
+        if distributed:
+            model.add(tf.keras.layers.Dense(1, kernel_initializer="ones",
+                                            bias_initializer="zeros"))
+        model.add(tf.keras.layers.Lambda(lambda x: x, name="y"))
+        return model
+    if distributed:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        with tf.distribute.MirroredStrategy(devices=("/cpu:0", "/cpu:1")).scope():
+            model = build()
+    else:
+        model = build()
+    tf.saved_model.save(model, path)
+    return path
+
+
+if __name__ == "__main__":  # python tfs_testdata.py distrat PATH (a fresh process)
+    import sys
+    keras_sequential(sys.argv[2], distributed=sys.argv[1] == "distrat")
