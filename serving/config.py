@@ -97,6 +97,11 @@ def validate_model_server_config(config, base_path_root: str = "") -> None:
         if model.model_platform not in ("", "tensorflow"):
             raise bad(f"{where}: model_platform '{model.model_platform}' is not supported; "
                       "this server serves 'tensorflow' SavedModels")
+        if not os.path.isabs(model.base_path) and "://" not in model.base_path:
+            # As TF Serving (server_core_test RelativePathFails): a config file's meaning must
+            # not depend on the server's working directory.
+            raise bad(f"{where}: Expected model {model.name} to have an absolute path or URI; "
+                      f"got base_path '{model.base_path}'")
         check_base_path(model.base_path, base_path_root, where)
         policy = model.model_version_policy
         if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:

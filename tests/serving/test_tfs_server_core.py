@@ -179,9 +179,9 @@ def test_assign_existing_label_to_unavailable_version(env):
     assert _predict(b, "two", label="A") == (123, [3.0])
 
 
-def test_reload_config_waits_for_load(env):
-    """[server_core] ReloadConfigWaitsForLoad: once the reload returns, the new model
-    serves."""
+def test_reload_config_waits_till_models_available(env):
+    """[server_core] ReloadConfigWaitsTillModelsAvailable: once the reload returns, the new
+    model serves."""
     _reload(env["a"], [("two", env["two"], {}), ("hp3", env["hp3"], {})])
     assert _predict(env["a"], "hp3") == (1, [4.0])
 
@@ -208,6 +208,33 @@ def test_reload_config_handles_loading_a_previously_unloaded_model(env):
     states = {s.version: s.state for s in
               model_stub.GetModelStatus(request, RPC_TIMEOUT).model_version_status}
     assert states[1] == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+
+
+def _refused(server, config):
+    _, model_stub = _stubs(server)
+    request = model_management_pb2.ReloadConfigRequest(config=config)
+    return rpc_error(model_stub.HandleReloadConfigRequest, request, timeout=RPC_TIMEOUT)
+
+
+def test_refused_configs_change_nothing(env):
+    """[server_core] DuplicateModelNameInConfig, UnknownModelPlatform, RelativePathFails,
+    IllegalReconfigurationToCustomConfig: each config is refused (INVALID_ARGUMENT) and the
+    server keeps serving what it served."""
+    a = env["a"]
+    duplicate = _config([("two", env["two"], {}), ("two", env["hp3"], {})])
+    unknown_platform = _config([("two", env["two"], {})])
+    unknown_platform.model_config_list.config[0].model_platform = "not_a_known_platform"
+    relative = _config([("two", os.path.relpath(env["two"]), {})])
+    custom = model_server_config_pb2.ModelServerConfig()
+    custom.custom_model_config.SetInParent()
+    for config, fragment in ((duplicate, "appears twice"),
+                             (unknown_platform, "not_a_known_platform"),
+                             (relative, "absolute path or URI"),
+                             (custom, "custom_model_config")):
+        error = _refused(a, config)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert fragment in error.details()
+    assert _predict(a, "two", version=123) == (123, [3.0])
 
 
 # ============================================================================ [predict_util]
