@@ -261,11 +261,12 @@ def test_tf2_half_plus_two_signatures(stub):
         assert list(stub.Predict(request, RPC_TIMEOUT).outputs[field].float_val) == [4.0]
 
 
-def test_predict_half_plus_three_from_config(stub):
-    """[server_test] testPredictWithConfigFile (_TestPredict over good_model_config: both
-    models)."""
-    _verify_predict(stub, "default", 3.0, 123)
-    _verify_predict(stub, "half_plus_three", 4.0, 123)
+def test_good_model_config(stub):
+    """[server_test] testGoodModelConfig: a config file with half_plus_two and
+    half_plus_three, each with and without output_filter."""
+    for specify_output in (True, False):
+        _verify_predict(stub, "default", 3.0, 123, specify_output)
+        _verify_predict(stub, "half_plus_three", 4.0, 123, specify_output)
 
 
 def test_predict_batching(stub):
