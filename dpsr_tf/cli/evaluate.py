@@ -82,7 +82,7 @@ def main(argv):
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr evaluate: {e}") from None
     for name, values in results.items():
-        print(f"{name:7s} {summarize(values)}  (requests={values['requests']}"
+        print(f"{name:5s} {summarize(values)}  (requests={values['requests']}"
               + (f", labeled_pairs={values['labeled_pairs']})" if "labeled_pairs" in values
                  else ")"))
         if "served_factory" in values:
