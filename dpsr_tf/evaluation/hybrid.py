@@ -77,7 +77,11 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
                                          nprobe, model_dir)
     dense = evaluate_lib.evaluate_scorer(scorer, spec, eval_set, pairs, cfg, log)
     dense["checkpoint"] = checkpoint
-    dense.update(served_lib.served_metrics(scorer, eval_set, index, cfg, dense, log))
+    k = min(max(cfg.recall_ks + (10,)), spec.num_items)
+    dense_scores, dense_rows = served_lib.search_served(index, scorer.request_emb, k,
+                                                        cfg.batch_size)
+    dense.update(served_lib.served_metrics(scorer, eval_set, index, cfg, dense, log,
+                                           served=(dense_scores, dense_rows)))
 
     searcher = LexicalSearcher(index_dir, item_ids)
     queries = layout_lib.load_queries(spec)
@@ -87,9 +91,6 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
     lexical = evaluate_lib.evaluate_scorer(lexical_scorer, spec, eval_set, pairs, cfg, log)
 
     start = time.time()
-    k = min(max(cfg.recall_ks + (10,)), spec.num_items)
-    dense_scores, dense_rows = served_lib.search_served(index, scorer.request_emb, k,
-                                                        cfg.batch_size)
     lex_scores, lex_rows = searcher.search(eval_set.queries, fusion.lexical_k or k,
                                            fusion.lexical_min_score)
     _, fused_rows, source = fuse_np(dense_scores, dense_rows, lex_scores, lex_rows, k, fusion)

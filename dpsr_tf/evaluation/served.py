@@ -283,7 +283,8 @@ def search_served(index: ServedIndex, query_heads: np.ndarray, k: int,
 
 def served_metrics(scorer, eval_set, index: ServedIndex, cfg: evaluate_lib.EvalConfig,
                    soft_metrics: Dict[str, float],
-                   log: Callable[[str], None] = print) -> Dict[str, float]:
+                   log: Callable[[str], None] = print,
+                   served: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict[str, float]:
     """Retrieval metrics of the max and served rankings and the recall lost to each.
 
     Args:
@@ -292,6 +293,8 @@ def served_metrics(scorer, eval_set, index: ServedIndex, cfg: evaluate_lib.EvalC
       index: the open ServedIndex.
       cfg: the evaluation's EvalConfig (recall_ks, batch_size).
       soft_metrics: evaluate.evaluate_scorer's result for the soft dot product.
+      served: search_served's (scores, rows) of these requests at k = the largest recall
+        cut-off (capped at the corpus), when the caller already searched; None = search here.
 
     Returns:
       {max_<metric>, served_<metric>, served_overlap@K, recall_lost_to_max@K,
@@ -305,7 +308,9 @@ def served_metrics(scorer, eval_set, index: ServedIndex, cfg: evaluate_lib.EvalC
     exact = metrics_lib.retrieve(
         lambda idx: soft_dot_product_np(heads[idx], scorer.item_emb, 0.0), len(eval_set), k,
         cfg.batch_size)
-    _, served = search_served(index, heads, k, cfg.batch_size)
+    if served is None:
+        served = search_served(index, heads, k, cfg.batch_size)
+    served = served[1]
     log(f"  served search of {len(eval_set)} requests x {heads.shape[1]} heads through "
         f"{index.directory} ({index.manifest.factory}, {index.manifest.num_shards} shard(s), "
         f"nprobe={index.nprobe or 'n/a'}): {time.time() - start:.1f}s")
