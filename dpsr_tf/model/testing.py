@@ -138,3 +138,22 @@ def prepare_tiny_layout(work_dir: str, *, num_buckets: int = 4096, seed: int = 0
         output=os.path.join(work_dir, "layout"),
         tokenizer=TokenizerConfig(num_buckets=num_buckets, num_oov_buckets=1),
         history_length=4, seed=seed), log=lambda _: None)
+
+
+def train_tiny_history_model(spec, model_dir: str, train_steps: int):
+    """A tiny DPSR-h model (2 heads, user profile + history) trained on a prepare_tiny_layout
+    layout with the real driver; returns its ModelConfig. For export and serving tests."""
+    from dpsr_tf.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
+    model_config = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
+                               feature_embedding_dim=4, history_embedding_dim=4,
+                               item_hidden_units=(32,), query_hidden_units=(32,),
+                               query_projection_dim=16, num_negatives=8, learning_rate=0.1,
+                               personalization="history")
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=model_dir, batch_size=32,
+                        train_steps=train_steps, save_checkpoints_steps=train_steps,
+                        eval_random_negatives=20, seed=0)
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(model_config, train)
+    return model_config

@@ -12,10 +12,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.model.config import ModelConfig
-from dpsr_tf.model.testing import prepare_tiny_layout
-from dpsr_tf.training import driver
-from dpsr_tf.training.config import TrainConfig
+from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
 from export import catalog_index
 from export.index_builder import IndexBuildConfig
 from export.saved_model_export import export_servable
@@ -30,24 +27,16 @@ def servable(tmp_path_factory):
     """A DPSR-h model (2 heads, user profile + history), a Flat index, one exported version."""
     work = tmp_path_factory.mktemp("export")
     spec = prepare_tiny_layout(str(work))
-    model_config = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
-                               feature_embedding_dim=4, history_embedding_dim=4,
-                               item_hidden_units=(32,), query_hidden_units=(32,),
-                               query_projection_dim=16, num_negatives=8, learning_rate=0.1,
-                               personalization="history")
-    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(work / "model"),
-                        batch_size=32, train_steps=60, save_checkpoints_steps=60,
-                        eval_random_negatives=20, seed=0)
-    os.environ.pop("TF_CONFIG", None)
-    driver.train_and_evaluate(model_config, train)
+    model_dir = str(work / "model")
+    train_tiny_history_model(spec, model_dir, train_steps=60)
     index_dir = str(work / "index")
-    catalog_index.index_catalog(train.model_dir, index_dir, IndexBuildConfig(factory="Flat"))
-    path = export_servable(train.model_dir, index_dir, str(work / "a" / "dpsr"),
+    catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
+    path = export_servable(model_dir, index_dir, str(work / "a" / "dpsr"),
                            servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
     # The servable must not need anything outside its own directory.
     moved = str(work / "b")
     shutil.move(str(work / "a"), moved)
-    return {"spec": spec, "work": work, "model_dir": train.model_dir, "index_dir": index_dir,
+    return {"spec": spec, "work": work, "model_dir": model_dir, "index_dir": index_dir,
             "version_dir": os.path.join(moved, "dpsr", os.path.basename(path))}
 
 
