@@ -107,24 +107,37 @@ class InFlight:
     A call counts until its done-callback, not until its handler returns: the response is
     serialized and sent after the handler returns, and stopping the server in between cancels
     the call although its answer was ready (issue 13, finding 5).
+
+    Shutdown drains by refusal, not by `server.stop(grace)` at once: gRPC core cancels every
+    call it has received but not yet handed to a handler the moment its shutdown starts, and on
+    a loaded machine a few such calls are always queued (CI saw 2 of 72 calls in flight at
+    SIGTERM CANCELLED). So the server keeps running while it drains; handlers that start after
+    the drain began answer UNAVAILABLE (retriable, and the proxy fails over on it), and the
+    server stops only once the running calls are answered and the queue had time to empty.
     """
 
-    # After the stop, no new call for this long (and none running) means every call that gRPC
-    # had accepted before the stop has been handed to a handler and answered. Calls accepted
-    # just before the stop reach their handler late on a loaded machine (seen: > 50 ms at a
-    # load average of 12 on 2 cores); stopping before would cancel them.
-    QUIET_SECONDS = 0.5
+    # After the running calls are answered, keep refusing for this long before stopping, so
+    # that calls gRPC queued before the stop reach a handler and get UNAVAILABLE rather than
+    # CANCELLED (refusals are cheap: a backlog empties in milliseconds; this bounds loop lag).
+    REFUSE_SECONDS = 1.0
+    # ...but stop sooner when no call at all has arrived for this long.
+    QUIET_SECONDS = 0.25
 
     def __init__(self):
         self.count = 0
+        self.draining = False
         self._idle = None
         self._last_start = 0.0
 
-    def track(self, context) -> None:
-        """Counts the call of `context` until it is done (call at the top of a handler)."""
-        self.count += 1
+    def track(self, context) -> bool:
+        """Counts the call of `context` until it is done (call at the top of a handler).
+        False once the server drains: the caller answers `DRAINING` and does no work."""
         self._last_start = time.monotonic()
+        if self.draining:
+            return False
+        self.count += 1
         context.add_done_callback(self._done)
+        return True
 
     def _done(self, _context) -> None:
         self.count -= 1
@@ -135,7 +148,7 @@ class InFlight:
         """Refuses new RPCs, waits up to `grace_seconds` for running ones, then stops."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_seconds
-        stopping = asyncio.ensure_future(server.stop(grace_seconds))
+        self.draining = True
         self._idle = asyncio.Event()
         if self.count:
             try:
@@ -143,24 +156,17 @@ class InFlight:
             except asyncio.TimeoutError:
                 _LOG.warning("stopping with %d calls still running after %.1f s", self.count,
                              grace_seconds)
-        # Calls accepted just before the stop but not yet handed to a handler: wait until no
-        # call has started for QUIET_SECONDS and none runs (within the grace period).
-        while loop.time() < deadline:
-            if self.count:
-                self._idle.clear()
-                try:
-                    await asyncio.wait_for(self._idle.wait(),
-                                           max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    break
-                continue
+        refuse_until = min(deadline, loop.time() + self.REFUSE_SECONDS)
+        while loop.time() < refuse_until:
             quiet_for = time.monotonic() - self._last_start
             if quiet_for >= self.QUIET_SECONDS:
                 break
-            await asyncio.sleep(min(self.QUIET_SECONDS - quiet_for,
-                                    max(0.0, deadline - loop.time())))
+            await asyncio.sleep(min(self.QUIET_SECONDS - quiet_for, refuse_until - loop.time()))
         await server.stop(None)
-        await stopping
+
+
+DRAINING = ServingError(grpc.StatusCode.UNAVAILABLE,
+                        "the server is shutting down; send the call to another replica")
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -173,7 +179,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             max_workers=2, thread_name_prefix="decode")
 
     async def Predict(self, request, context):
-        self._in_flight.track(context)
+        if not self._in_flight.track(context):
+            return await abort(context, DRAINING)
         timeout = client_timeout(context)
         if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
                 and request.ByteSize() <= _INLINE_MAX_BYTES):
@@ -187,7 +194,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             await abort(context, e)
 
     async def _blocking(self, context, fn, *args):
-        self._in_flight.track(context)
+        if not self._in_flight.track(context):
+            return await abort(context, DRAINING)
         try:
             return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
         except ServingError as e:

@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 from serving import config as config_lib
 from serving import merge, proxy_config, tensors
 from serving.errors import ServingError, truncate
-from serving.grpc_services import InFlight, add_servicer, client_timeout
+from serving.grpc_services import DRAINING, InFlight, add_servicer, client_timeout
 from serving.metrics import UNKNOWN, ProxyMetrics
 from serving.model_server import _address, bind_grpc, freeze_heap, write_port_file
 
@@ -284,7 +284,11 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         start = time.monotonic()
         label = model_name if model_name in self.router.routes else UNKNOWN
         code = grpc.StatusCode.OK
-        self.in_flight.track(context)
+        if not self.in_flight.track(context):
+            coro.close()  # never started: the proxy is draining
+            code = DRAINING.code
+            self.metrics.request_count.labels(label, api, code.name).inc()
+            await context.abort(code, DRAINING.message)
         try:
             return await coro
         except ServingError as e:

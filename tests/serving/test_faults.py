@@ -178,9 +178,11 @@ def test_sigterm_under_load_drains_then_restart_recovers(faults):
         assert s1.proc.wait(timeout=30) == 0, s1.log_tail()
         at_exit = via_proxy.codes["OK"]
         _wait(lambda: via_proxy.partial >= 10 and via_proxy.codes["OK"] > at_exit + 10)
-    # Calls in flight at SIGTERM were answered (before: 1-2 CANCELLED in most runs); later
-    # ones were refused. A call that reaches the server in the instant its listener closes may
-    # be torn down by gRPC itself (CANCELLED) under heavy machine load: it was never accepted.
+    # Calls in flight at SIGTERM were answered or, if still queued in gRPC, refused (before:
+    # 1-2 CANCELLED in most runs, and in a loaded CI run 2 of 72 even after the handler-level
+    # count: gRPC cancels queued calls when its shutdown starts, so the server now refuses
+    # them itself first). A call that reaches the server in the instant its listener closes,
+    # a second or more after SIGTERM, may still be torn down by gRPC (CANCELLED).
     in_flight = collections.Counter(code for start, code in load.calls if start < sigterm_at)
     later = collections.Counter(code for start, code in load.calls if start >= sigterm_at)
     # (A call sent just before SIGTERM may still reach the server after it: refused, not lost.)

@@ -133,23 +133,29 @@ def test_new_version_swaps_in_under_load_without_failures(env, spec):
 
 def test_broken_version_shows_in_status_and_never_replaces_the_healthy_one(env):
     base = os.path.join(env["root"], "dpsr")
+    # The healthy version is whatever the module's earlier tests left (2 after the swap test,
+    # 1 when this test runs alone); the broken one comes next.
+    healthy = max(int(name) for name in os.listdir(base) if name.isdigit())
+    broken_version = healthy + 1
     tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
-    shutil.copytree(os.path.join(base, "2"), os.path.join(tmp, "3"))
-    with open(os.path.join(tmp, "3", "saved_model.pb"), "wb") as f:
+    shutil.copytree(os.path.join(base, str(healthy)), os.path.join(tmp, str(broken_version)))
+    with open(os.path.join(tmp, str(broken_version), "saved_model.pb"), "wb") as f:
         f.write(b"this is not a SavedModel protobuf")
     with _Hammer(env["predict"], threads=2) as hammer:
-        os.rename(os.path.join(tmp, "3"), os.path.join(base, "3"))
-        broken = _wait_for(lambda: _status(env, "dpsr").get(3) if 3 in _status(env, "dpsr") and
-                           _status(env, "dpsr")[3].state == State.END else None,
-                           what="v3 load failure")
+        os.rename(os.path.join(tmp, str(broken_version)), os.path.join(base, str(broken_version)))
+
+        def failed():
+            status = _status(env, "dpsr").get(broken_version)
+            return status if status is not None and status.state == State.END else None
+        broken = _wait_for(failed, what="broken version load failure")
         seen = len(hammer.ok)
         _wait_for(lambda: len(hammer.ok) > seen + 20, what="traffic after the failure")
     shutil.rmtree(tmp)
     assert broken.status.error_code != 0 and "SavedModel" in broken.status.error_message
-    assert hammer.errors == [] and {v for v, _ in hammer.ok} == {2}
-    assert _status(env, "dpsr")[2].state == State.AVAILABLE
-    assert _status(env, "dpsr", version=3)[3].state == State.END
-    shutil.rmtree(os.path.join(base, "3"))
+    assert hammer.errors == [] and {v for v, _ in hammer.ok} == {healthy}
+    assert _status(env, "dpsr")[healthy].state == State.AVAILABLE
+    assert _status(env, "dpsr", version=broken_version)[broken_version].state == State.END
+    shutil.rmtree(os.path.join(base, str(broken_version)))
 
 
 def _reload(env, text):
