@@ -30,6 +30,11 @@ SUBCOMMANDS = {
     "export": ("dpsr_tf.cli.export", "model + index -> versioned SavedModel servable(s)"),
     "serve": ("dpsr_tf.cli.serve", "TF-Serving-API model server for DPSR SavedModels"),
     "proxy": ("dpsr_tf.cli.proxy", "PredictionService proxy: routes models, merges shard top-K"),
+    "prepare-sessions": ("dpsr_tf.cli.prepare_sessions", "impressions + layout -> train/eval "
+                         "sessions for the DPR ranker"),
+    "train-ranker": ("dpsr_tf.cli.train_ranker", "train DPR, the pairwise Siamese re-ranker"),
+    "evaluate-ranker": ("dpsr_tf.cli.evaluate_ranker", "session AUC, NDCG@5/@10 of DPR vs "
+                        "XGBoost on the eval sessions"),
     "report": ("dpsr_tf.cli.report", "static HTML report: quality vs BM25, curves, heads, "
                "t-SNE map, alpha sweep, index numbers"),
 }

@@ -1,0 +1,63 @@
+"""dpsr evaluate-ranker: session AUC and NDCG@5/@10 (per-session averages) of the DPR ranker
+on the eval sessions, beside the DPSR score alone and XGBoost baselines trained in the same run
+on the same numeric features and split (docs/ranking.md)."""
+import json
+
+import numpy as np
+from absl import flags, logging
+
+from dpsr_tf.cli import ranker_flags as rf
+from dpsr_tf.ranking import features as features_lib
+from dpsr_tf.ranking import metrics
+from dpsr_tf.ranking import train as train_lib
+
+_BASELINES = flags.DEFINE_list("baselines", ["xgboost_pairwise", "lambdamart"],
+                               "Tree baselines to train and score: xgboost_pairwise "
+                               "(rank:pairwise), lambdamart (rank:ndcg); empty for none.")
+_ROUNDS = flags.DEFINE_integer("xgboost_rounds", 300, "Boosting rounds of each baseline.")
+_OUTPUT = flags.DEFINE_string("output_json", None, "Also write the table as JSON here.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Ranker checkpoint; default the newest.")
+flags.mark_flags_as_required(["sessions_dir", "model_dir"])
+
+_OBJECTIVES = {"xgboost_pairwise": "rank:pairwise", "lambdamart": "rank:ndcg"}
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        config = train_lib.load_config(rf.MODEL_DIR.value)
+        data = train_lib.prepare_ranker_data(
+            rf.SESSIONS.value, rf.DPSR_MODEL.value or config.dpsr_model_dir,
+            rf.DPSR_INDEX.value or config.dpsr_index_dir, rf.MODEL_DIR.value,
+            layout_dir=rf.LAYOUT.value)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dpsr evaluate-ranker: {e}") from None
+    ev = data.eval_sessions
+    rows = {}
+    dpsr_col = features_lib.FEATURE_NAMES.index("dpsr_score")
+    bm25_col = features_lib.FEATURE_NAMES.index("bm25")
+    rows["bm25 (feature alone)"] = metrics.session_metrics(
+        data.eval_features[:, bm25_col], ev.labels, ev.splits)
+    rows["dpsr score (feature alone)"] = metrics.session_metrics(
+        data.eval_features[:, dpsr_col], ev.labels, ev.splits)
+    from dpsr_tf.ranking import baselines  # pylint: disable=import-outside-toplevel
+    for name in [b for b in _BASELINES.value if b]:
+        if name not in _OBJECTIVES:
+            raise SystemExit(f"dpsr evaluate-ranker: unknown baseline {name!r}; choose from "
+                             f"{sorted(_OBJECTIVES)}")
+        booster = baselines.train_xgboost(data.train_features, data.train_sessions.labels,
+                                          data.train_sessions.splits, _OBJECTIVES[name],
+                                          rounds=_ROUNDS.value, seed=config.seed)
+        rows[name] = metrics.session_metrics(baselines.predict(booster, data.eval_features),
+                                             ev.labels, ev.splits)
+    scores = train_lib.predict_scores(rf.MODEL_DIR.value, data, ev, data.eval_features,
+                                      checkpoint=_CHECKPOINT.value)
+    rows["dpr (siamese)"] = metrics.session_metrics(scores, ev.labels, ev.splits)
+    print(f"{'model':<28} {'session_auc':>11} {'ndcg@5':>7} {'ndcg@10':>7} {'sessions':>8}")
+    for name, m in rows.items():
+        print(f"{name:<28} {m['session_auc']:>11.4f} {m['ndcg@5']:>7.4f} {m['ndcg@10']:>7.4f} "
+              f"{m['sessions']:>8}")
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=2)

@@ -1,0 +1,42 @@
+"""dpsr train-ranker: DPR, the pairwise Siamese re-ranker, trained on the TRAIN sessions
+(dpsr_tf/ranking/; docs/ranking.md). TF_CONFIG clusters work as for `dpsr train`."""
+import dataclasses
+
+from absl import flags, logging
+
+from dpsr_tf.cli import ranker_flags as rf
+from dpsr_tf.ranking import model as model_lib
+from dpsr_tf.ranking import train as train_lib
+
+_STEPS = flags.DEFINE_integer("train_steps", 4000, "Training steps.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Pairs per step.")
+_LR = flags.DEFINE_float("learning_rate", 0.05, "Learning rate.")
+_OPT = flags.DEFINE_enum("optimizer", "adagrad", ["adagrad", "adam"], "Optimizer.")
+_HIDDEN = flags.DEFINE_list("hidden_units", ["128", "64", "32"], "The tower's ReLU layers.")
+_EMB = flags.DEFINE_integer("token_embedding_dim", 32, "Token embedding width.")
+_COMBINER = flags.DEFINE_enum("combiner", "sum", ["sum", "mean", "sqrtn"], "Token pooling.")
+_BUCKETS = flags.DEFINE_integer("num_buckets", 1 << 18, "Token hash buckets (table rows).")
+_PAIRS = flags.DEFINE_integer("max_pairs_per_session", 32, "Pairs a session contributes.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of pairs, shuffling and initialization.")
+flags.mark_flags_as_required(["sessions_dir", "dpsr_model_dir", "dpsr_index_dir", "model_dir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    base = model_lib.RankerConfig()
+    config = model_lib.RankerConfig(
+        tokenizer=dataclasses.replace(base.tokenizer, num_buckets=_BUCKETS.value),
+        token_embedding_dim=_EMB.value, combiner=_COMBINER.value,
+        hidden_units=tuple(int(x) for x in _HIDDEN.value), learning_rate=_LR.value,
+        optimizer=_OPT.value, batch_size=_BATCH.value,
+        max_pairs_per_session=_PAIRS.value, seed=_SEED.value,
+        dpsr_model_dir=rf.DPSR_MODEL.value, dpsr_index_dir=rf.DPSR_INDEX.value)
+    try:
+        config.validate()
+        data = train_lib.prepare_ranker_data(rf.SESSIONS.value, rf.DPSR_MODEL.value,
+                                             rf.DPSR_INDEX.value, rf.MODEL_DIR.value,
+                                             layout_dir=rf.LAYOUT.value)
+        train_lib.train_ranker(data, rf.MODEL_DIR.value, config, _STEPS.value)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dpsr train-ranker: {e}") from None

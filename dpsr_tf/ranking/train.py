@@ -1,0 +1,204 @@
+"""Training and scoring of the DPR ranker: features of the sessions, pairs, the Estimator.
+
+    data = prepare_ranker_data(sessions_dir, dpsr_model_dir, dpsr_index_dir, model_dir)
+    config = train_ranker(data, model_dir, RankerConfig(...), train_steps=4000)
+    scores = predict_scores(model_dir, data.eval_sessions, data.eval_features)
+
+A ranker model directory holds ranker_config.json (RankerConfig, with the train moments of the
+numeric features), feature_tables.npz/.json (FeatureTables: what the servable's feature graph
+reads), features/{train,eval}.npz (the extracted numeric features, a cache keyed by the inputs)
+and the Estimator's checkpoints.
+"""
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.model import model_dir as model_dir_lib
+from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.ranking import features as features_lib
+from dpsr_tf.ranking import model as model_lib
+from dpsr_tf.ranking import sessions as sessions_lib
+from dpsr_tf.tokenization.tokenizer import Tokenizer
+from export import catalog_index, index_layout
+from export.lexical_manifest import LexicalConfig
+
+FEATURES_DIR = "features"
+
+
+@dataclasses.dataclass
+class RankerData:
+    """Sessions of both splits with their numeric features ([C, F] float32) and the tables."""
+
+    layout_spec: object
+    titles: list
+    tables: features_lib.FeatureTables
+    train_sessions: sessions_lib.SessionTable
+    eval_sessions: sessions_lib.SessionTable
+    train_features: np.ndarray
+    eval_features: np.ndarray
+    num_heads: int
+
+
+def catalog_embeddings_by_row(index_dir: str, item_ids) -> np.ndarray:
+    """[N, d] DPSR item embeddings of an index build, in layout row order."""
+    emb, ids = catalog_index.load_catalog_embeddings(index_dir)
+    row_of = {item_id: i for i, item_id in enumerate(ids)}
+    missing = [i for i in item_ids if i not in row_of]
+    if missing:
+        raise ValueError(f"{index_dir}: {len(missing)} catalog items have no embedding (e.g. "
+                         f"{missing[:3]}); build the index from the same layout")
+    return np.asarray(emb, np.float32)[np.array([row_of[i] for i in item_ids], np.int64)]
+
+
+def query_heads(dpsr_model_dir: str, spec, queries) -> np.ndarray:
+    """[S, m, d] DPSR query head embeddings of anonymous queries."""
+    cfg, _ = model_dir_lib.load_model_config(dpsr_model_dir)
+    tokenizer = Tokenizer(spec.tokenizer_config)
+    values, splits = tokenizer.tokenize(list(queries))
+    with CheckpointEmbedder(dpsr_model_dir, model_config=cfg, layout_spec=spec) as embedder:
+        return embedder.embed_queries(values, splits)
+
+
+def _lexical_config(index_dir: str) -> LexicalConfig:
+    manifest = index_layout.read_manifest(index_dir, check_files=False)
+    return manifest.lexical.config if manifest.lexical is not None else LexicalConfig()
+
+
+def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: str,
+                        model_dir: str, layout_dir: Optional[str] = None,
+                        log=print) -> RankerData:
+    """Feature tables (saved in model_dir) and the numeric features of both splits (cached in
+    model_dir/features/)."""
+    info = sessions_lib.read_sessions_info(sessions_dir)
+    spec = layout_lib.load_layout_spec(layout_dir or info["layout_dir"])
+    train = sessions_lib.load_sessions(sessions_dir, "train")
+    evals = sessions_lib.load_sessions(sessions_dir, "eval")
+    titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
+    item_ids = layout_lib.load_item_ids(spec)
+    cfg, _ = model_dir_lib.load_model_config(dpsr_model_dir)
+    key = {"sessions_dir": os.path.abspath(sessions_dir),
+           "dpsr_checkpoint": model_dir_lib.latest_checkpoint(dpsr_model_dir),
+           "dpsr_index_dir": os.path.abspath(dpsr_index_dir),
+           "layout_dir": spec.layout_dir, "features": list(features_lib.FEATURE_NAMES)}
+    cache = os.path.join(model_dir, FEATURES_DIR)
+    key_path = os.path.join(cache, "key.json")
+    if os.path.isfile(key_path) and json.load(open(key_path, encoding="utf-8")) == key:
+        log(f"features: reusing {cache}")
+        tables = features_lib.FeatureTables.load(model_dir)
+        with np.load(os.path.join(cache, "train.npz")) as z_train, \
+                np.load(os.path.join(cache, "eval.npz")) as z_eval:
+            return RankerData(spec, titles, tables, train, evals, z_train["features"],
+                              z_eval["features"], cfg.num_heads)
+    log(f"features: {len(train):,} train and {len(evals):,} eval sessions")
+    item_emb = catalog_embeddings_by_row(dpsr_index_dir, item_ids)
+    tables = features_lib.build_feature_tables(titles, train.item_rows, train.labels, item_emb,
+                                               _lexical_config(dpsr_index_dir))
+    tables.save(model_dir)
+    out = {}
+    extractor = features_lib.FeatureExtractor(tables, cfg.num_heads)
+    try:
+        for name, table, own in (("train", train, True), ("eval", evals, False)):
+            heads = query_heads(dpsr_model_dir, spec, table.queries)
+            log(f"features of {name}: {table.num_candidates:,} candidates")
+            out[name] = extractor.run(table, heads, leave_own_out=own, log=log)
+    finally:
+        extractor.close()
+    os.makedirs(cache, exist_ok=True)
+    for name, feats in out.items():
+        np.savez(os.path.join(cache, f"{name}.npz"), features=feats)
+    with open(key_path, "w", encoding="utf-8") as f:
+        json.dump(key, f, indent=2)
+    return RankerData(spec, titles, tables, train, evals, out["train"], out["eval"],
+                      cfg.num_heads)
+
+
+def _pair_arrays(data: RankerData, table, feats, config: model_lib.RankerConfig, seed: int):
+    pairs = sessions_lib.build_pairs(table, config.max_pairs_per_session, seed)
+    rows = table.item_rows
+    titles = np.array(data.titles, dtype=object)
+    return ({"query": np.array(table.queries, dtype=object)[pairs.session].astype(bytes),
+             "title_a": titles[rows[pairs.a]].astype(bytes),
+             "title_b": titles[rows[pairs.b]].astype(bytes),
+             "numeric_a": feats[pairs.a], "numeric_b": feats[pairs.b]},
+            pairs.label)
+
+
+def _input_fn(arrays, labels, batch_size, seed, training):
+    def fn():
+        ds = tf.data.Dataset.from_tensor_slices((arrays, labels))
+        if training:
+            ds = ds.shuffle(min(len(labels), 1 << 18), seed=seed,
+                            reshuffle_each_iteration=True).repeat()
+        return ds.batch(batch_size).prefetch(2)
+    return fn
+
+
+def write_config(model_dir: str, config: model_lib.RankerConfig) -> None:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, model_lib.CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(config.to_json())
+
+
+def load_config(model_dir: str) -> model_lib.RankerConfig:
+    path = os.path.join(model_dir, model_lib.CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a ranker model directory; "
+                                f"train one with `dpsr train-ranker`")
+    with open(path, encoding="utf-8") as f:
+        return model_lib.RankerConfig.from_json(f.read())
+
+
+def make_estimator(model_dir: str, config: model_lib.RankerConfig,
+                   save_checkpoints_steps: int = 1000) -> tf.estimator.Estimator:
+    run = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=config.seed,
+                                 save_checkpoints_steps=save_checkpoints_steps,
+                                 log_step_count_steps=200, keep_checkpoint_max=2)
+    return tf.estimator.Estimator(model_lib.model_fn, config=run, params={"config": config})
+
+
+def train_ranker(data: RankerData, model_dir: str, config: model_lib.RankerConfig,
+                 train_steps: int, log=print) -> model_lib.RankerConfig:
+    """Trains the ranker on the TRAIN sessions' pairs (TF_CONFIG clusters as for DPSR) and
+    returns the config with the feature moments it was trained with."""
+    feats = data.train_features
+    std = feats.std(axis=0)
+    config = dataclasses.replace(
+        config, feature_mean=tuple(float(x) for x in feats.mean(axis=0)),
+        feature_std=tuple(float(x) if x > 1e-6 else 1.0 for x in std))
+    config.validate()
+    write_config(model_dir, config)
+    arrays, labels = _pair_arrays(data, data.train_sessions, feats, config, config.seed)
+    eval_arrays, eval_labels = _pair_arrays(data, data.eval_sessions, data.eval_features,
+                                            config, config.seed)
+    log(f"train-ranker: {len(labels):,} train pairs, {len(eval_labels):,} eval pairs, "
+        f"{train_steps} steps of {config.batch_size}")
+    estimator = make_estimator(model_dir, config)
+    tf.estimator.train_and_evaluate(
+        estimator,
+        tf.estimator.TrainSpec(_input_fn(arrays, labels, config.batch_size, config.seed, True),
+                               max_steps=train_steps),
+        tf.estimator.EvalSpec(_input_fn(eval_arrays, eval_labels, 1024, config.seed, False),
+                              steps=None, throttle_secs=60, start_delay_secs=0))
+    return config
+
+
+def predict_scores(model_dir: str, data: RankerData, table, feats,
+                   checkpoint: Optional[str] = None) -> np.ndarray:
+    """[C] float32 tower scores of every candidate (Estimator.predict)."""
+    config = load_config(model_dir)
+    titles = np.array(data.titles, dtype=object)
+    queries = np.array(table.queries, dtype=object)[table.session_of_candidate()]
+    arrays = {"query": queries.astype(bytes), "title": titles[table.item_rows].astype(bytes),
+              "numeric": feats.astype(np.float32)}
+    est = make_estimator(model_dir, config)
+    fn = lambda: tf.data.Dataset.from_tensor_slices(arrays).batch(1024)
+    out = np.fromiter((p["score"] for p in est.predict(fn, checkpoint_path=checkpoint,
+                                                         yield_single_examples=True)),
+                      np.float32, count=len(queries))
+    return out
