@@ -46,6 +46,13 @@ _MODEL_HELP = {
     "partitioner": f"{', '.join(PARTITIONERS)} variable partitioner.",
     "min_slice_size_bytes": "min_max partitioner: smallest shard in bytes.",
     "aggregate_on_ps": "Combine embedding bags on the parameter server holding each shard.",
+    "joint_pq": "Train the IVF-PQ index inside the model (docs/training.md, 'Joint PQ'); "
+                "`dpsr index --from_model_pq` writes it.",
+    "pq_nlist": "--joint_pq: coarse (IVF) centroids.",
+    "pq_m": "--joint_pq: PQ sub-spaces, 8-bit codes (bytes per item; divides embedding_dim).",
+    "pq_distortion_weight": "--joint_pq: weight of the quantization distortion in the loss.",
+    "pq_warm_start_vectors": "--joint_pq: item embeddings of the first batches the quantizer "
+                             "is initialized from (FAISS k-means + PQ).",
 }
 
 _TRAIN_HELP = {
@@ -76,6 +83,9 @@ _TRAIN_HELP = {
     "pseudo_query_final_ratio": "Share of pseudo-queries reached at --pseudo_query_decay_steps "
                                 "(< 0 = --pseudo_query_ratio throughout).",
     "pseudo_query_decay_steps": "Local steps of the linear pseudo-query share schedule.",
+    "warm_start_from": "Initialize the towers from this checkpoint (or model directory) "
+                       "before step 0, e.g. to fine-tune a trained model with --joint_pq; "
+                       "variables it lacks (joint_pq/...) start fresh.",
 }
 
 _CHOICES = {"combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,

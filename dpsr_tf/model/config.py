@@ -81,6 +81,16 @@ class ModelConfig:
         with at most embedding_partitions shards of >= min_slice_size_bytes).
       aggregate_on_ps: combine each embedding bag per partition on the device that holds it
         (§5.1.3): one partial sum per (example, partition) crosses the network.
+
+    Joint index training (dpsr_tf/model/joint_pq.py; off by default)
+      joint_pq: quantize the item embeddings the loss sees with a learned IVF-PQ (rotation,
+        coarse centroids, PQ codebooks) that `dpsr index --from_model_pq` writes as the
+        servable's FAISS index.
+      pq_nlist: coarse (IVF) centroids; pq_m: PQ sub-spaces (8-bit codes, m bytes per item;
+        must divide embedding_dim).
+      pq_distortion_weight: weight of mean ||R g - z_hat||^2 in the loss.
+      pq_warm_start_vectors: item embeddings of the first batches the quantizer is
+        initialized from (FAISS k-means + ProductQuantizer).
     """
 
     num_heads: int = 1
@@ -113,6 +123,11 @@ class ModelConfig:
     partitioner: str = "fixed"
     min_slice_size_bytes: int = 64 << 20
     aggregate_on_ps: bool = True
+    joint_pq: bool = False
+    pq_nlist: int = 256
+    pq_m: int = 16
+    pq_distortion_weight: float = 1.0
+    pq_warm_start_vectors: int = 16384
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
@@ -154,6 +169,12 @@ class ModelConfig:
              "must be >= 0 (0 = one per parameter server)")
         need(self.partitioner in PARTITIONERS, "partitioner", f"choose one of {PARTITIONERS}")
         need(self.min_slice_size_bytes >= 1, "min_slice_size_bytes", "must be >= 1")
+        need(self.pq_nlist >= 1, "pq_nlist", "must be >= 1")
+        need(self.pq_m >= 1 and self.embedding_dim % self.pq_m == 0, "pq_m",
+             f"must divide embedding_dim={self.embedding_dim} (e.g. 8, 16, 32)")
+        need(self.pq_distortion_weight >= 0, "pq_distortion_weight", "must be >= 0")
+        need(self.pq_warm_start_vectors >= max(self.pq_nlist, 256), "pq_warm_start_vectors",
+             f"must be >= max(pq_nlist={self.pq_nlist}, 256) (k-means and 256 PQ codewords)")
 
     @property
     def random_negatives_needed(self) -> int:

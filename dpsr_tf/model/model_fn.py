@@ -17,7 +17,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from dpsr_tf.model import losses, scoring
+from dpsr_tf.model import joint_pq, losses, scoring
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.towers import item_tower, query_tower
 
@@ -46,6 +46,9 @@ def _human_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig
     rows = features["human_negative_rows"]                                  # ragged [B, (h)]
     items = item_tower(_item_features(features, "human_negative_item_", layout_spec), cfg,
                        layout_spec, mode)                                   # [N, d]
+    if cfg.joint_pq:
+        items = joint_pq.quantize(items, joint_pq.pq_variables(
+            cfg.embedding_dim, cfg.pq_nlist, cfg.pq_m))["quantized"]
     heads = tf.gather(query, rows.value_rowids())                           # [N, m, d]
     flat = scoring.paired_soft_dot_product(heads, items, cfg.beta)          # [N]
     scores = rows.with_flat_values(flat).to_tensor(default_value=0.0)
@@ -91,6 +94,12 @@ def dpsr_model_fn(features, labels, mode, params):
     pos_items = _item_features(features, "item_", layout_spec)
     neg_items = _item_features(features, "neg_item_", layout_spec)
     all_items = item_tower(_concat_items(pos_items, neg_items), cfg, layout_spec, mode)
+    pq_loss = pq_hook = None
+    if cfg.joint_pq:
+        # The loss scores the items as the exported IVF-PQ index will (straight-through).
+        all_items, pq_loss, pq_hook = joint_pq.apply_to_items(
+            all_items, cfg, mode, seed=int(params.get("seed", 0)),
+            is_chief=bool(params.get("is_chief", True)))
     b = tf.shape(query)[0]
     batch_items, random_items = all_items[:b], all_items[b:]               # [B, d], [R, d]
     batch_scores = scoring.soft_dot_product(query, batch_items, cfg.beta)  # [B, B]
@@ -130,6 +139,10 @@ def dpsr_model_fn(features, labels, mode, params):
             batch_log_q=batch_log_q, random_log_q=random_log_q, human_scores=human_scores,
             human_mask=human_mask, human_negative_weight=cfg.human_negative_weight)
 
+    if pq_loss is not None:
+        stats = {**stats, "pq_weighted_distortion": pq_loss}
+        loss = loss + pq_loss
+
     # Paper's Top-k: rank of the positive among the shared random negatives (1,024 in eval);
     # a tie counts against the positive, a random negative that is the positive item not at all.
     positive = tf.linalg.diag_part(batch_scores)
@@ -164,7 +177,7 @@ def dpsr_model_fn(features, labels, mode, params):
                                             colocate_gradients_with_ops=True)
     if update_ops:
         train_op = tf.group(train_op, *update_ops)
-    hooks = []
+    hooks = [pq_hook] if pq_hook is not None else []
     if params.get("log_every_steps"):
         from dpsr_tf.training.progress import ProgressHook  # pylint: disable=import-outside-toplevel
         hooks.append(ProgressHook(loss, int(params.get("batch_size", 0)),

@@ -39,6 +39,9 @@ class TrainConfig:
       pseudo_query_final_ratio: the share reached at pseudo_query_decay_steps (linear
         schedule, then constant); < 0 = pseudo_query_ratio throughout.
       pseudo_query_decay_steps: length of the linear schedule in local steps.
+      warm_start_from: a checkpoint prefix or model directory whose trainable variables
+        initialize the model before step 0 (tf.estimator.WarmStartSettings; the joint PQ
+        variables are not taken from it); "" = none. Ignored once model_dir has a checkpoint.
     """
 
     layout_dir: str
@@ -64,6 +67,7 @@ class TrainConfig:
     max_log_epochs: float = 30.0
     pseudo_query_final_ratio: float = -1.0
     pseudo_query_decay_steps: int = 0
+    warm_start_from: str = ""
 
     def __post_init__(self):
         def need(ok, field, what):

@@ -44,9 +44,16 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
     params = {"model_config": model_config, "layout_spec": layout_spec,
               "batch_size": train.batch_size, "seed": train.seed,
               "log_every_steps": train.log_step_count_steps,
-              "task": f"{cluster.task_type}:{cluster.task_index}" if cluster.distributed else ""}
+              "task": f"{cluster.task_type}:{cluster.task_index}" if cluster.distributed else "",
+              "is_chief": cluster.is_chief}
+    warm_start = None
+    if train.warm_start_from:
+        # Trainable variables only, and not the joint PQ quantizer (a model trained without
+        # --joint_pq has none; its warm start is JointPQWarmStartHook's job).
+        warm_start = tf.estimator.WarmStartSettings(train.warm_start_from,
+                                                    vars_to_warm_start="^(?!joint_pq/).*")
     return tf.estimator.Estimator(dpsr_model_fn, config=make_run_config(train, cluster),
-                                  params=params)
+                                  params=params, warm_start_from=warm_start)
 
 
 def default_input_fns(model_config: ModelConfig, train: TrainConfig,
