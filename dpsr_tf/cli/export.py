@@ -10,11 +10,15 @@ import json
 from absl import flags
 
 from dpsr_tf.cli import fusion_flags
+from export import joint_pq_index
 from export.saved_model_export import export_all_shards
 from export.servable_graph import ServableConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
-_INDEX_DIR = flags.DEFINE_string("index_dir", None, "Index build directory (dpsr index).")
+_INDEX_DIR = flags.DEFINE_string("index_dir", None,
+                                  "Index build directory (dpsr index). A --joint_pq model needs "
+                                  "none: its learned index is written to "
+                                  "<model_dir>/joint_pq_index-<step> and exported.")
 _BASE = flags.DEFINE_string("export_base", None,
                             "Servable base path, e.g. /models/dpsr (versions go inside).")
 _VERSION = flags.DEFINE_integer("version", None,
@@ -30,7 +34,7 @@ _EF = flags.DEFINE_integer("ef_search", 0, "HNSW efSearch per search; 0 = the in
 _HYBRID = flags.DEFINE_bool("hybrid", True,
                             "Fuse the build's lexical (BM25) index with the dense one (when it "
                             "has one; see --fusion and the other fusion flags).")
-flags.mark_flags_as_required(["model_dir", "index_dir", "export_base"])
+flags.mark_flags_as_required(["model_dir", "export_base"])
 
 
 def main(argv):
@@ -41,7 +45,9 @@ def main(argv):
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
                                   fusion=fusion_flags.fusion_config())
         servable.validate()
-        paths = export_all_shards(_MODEL_DIR.value, _INDEX_DIR.value, _BASE.value,
+        index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(
+            _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
+        paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,
                                   checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

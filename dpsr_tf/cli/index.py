@@ -3,12 +3,13 @@ the lexical (BM25) index of the titles beside them (export/lexical_index.py).
 
     dpsr index --model_dir=M --output_dir=I                    # FAISS + lexical shards
     dpsr index --lexical_only --output_dir=I --layout_dir=L    # (re)build only the lexical side
+    dpsr index --from_model_pq --model_dir=M --output_dir=I    # a --joint_pq model's learned index
 """
 import json
 
 from absl import flags, logging
 
-from export import catalog_index
+from export import catalog_index, joint_pq_index
 from export.index_builder import IndexBuildConfig
 from export.lexical_manifest import DEFAULT_FEATURES, FEATURE_KINDS, LexicalConfig
 
@@ -41,6 +42,10 @@ _LEXICAL_FEATURES = flags.DEFINE_list("lexical_features", list(DEFAULT_FEATURES)
                                       f"Tokenizer feature kinds indexed, of {FEATURE_KINDS}.")
 _K1 = flags.DEFINE_float("bm25_k1", LexicalConfig.k1, "BM25 k1 (term-frequency saturation).")
 _B = flags.DEFINE_float("bm25_b", LexicalConfig.b, "BM25 b (document-length normalization).")
+_FROM_PQ = flags.DEFINE_bool("from_model_pq", False,
+                             "Write the index a --joint_pq model learned (rotation, coarse "
+                             "centroids, PQ codebooks, the model's codes; no FAISS training; "
+                             "--index_factory and --train_size are not used).")
 flags.mark_flags_as_required(["output_dir"])
 
 
@@ -65,6 +70,19 @@ def main(argv):
         return _lexical_only(lexical)
     if not _MODEL_DIR.value:
         raise SystemExit("dpsr index: --model_dir is required (or --lexical_only)")
+    if _FROM_PQ.value:
+        try:
+            manifest = joint_pq_index.build_joint_pq_index(
+                _MODEL_DIR.value, _OUTPUT.value, layout_dir=_LAYOUT.value,
+                checkpoint=_CHECKPOINT.value, num_shards=_SHARDS.value, nprobe=_NPROBE.value,
+                batch_size=_BATCH.value, overwrite=_OVERWRITE.value,
+                lexical=lexical if _LEXICAL.value else None)
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            raise SystemExit(f"dpsr index: {e}") from None
+        print(json.dumps({"output_dir": _OUTPUT.value, "num_items": manifest.num_items,
+                          "num_shards": manifest.num_shards, "factory": manifest.factory,
+                          "nprobe": manifest.nprobe, "lexical": manifest.lexical is not None}))
+        return None
     config = IndexBuildConfig(factory=_FACTORY.value, num_shards=_SHARDS.value,
                               train_size=_TRAIN_SIZE.value, seed=_SEED.value,
                               nprobe=_NPROBE.value, ef_search=_EF.value)
