@@ -95,7 +95,8 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                     version: Optional[int] = None, servable: ServableConfig = ServableConfig(),
                     checkpoint: Optional[str] = None,
                     warmup_queries: Optional[Sequence[str]] = None,
-                    layout_dir: Optional[str] = None) -> str:
+                    layout_dir: Optional[str] = None, ranker_dir: Optional[str] = None,
+                    rerank_n: int = 100) -> str:
     """Writes <export_base>/<version>/ and returns its path.
 
     Args:
@@ -110,6 +111,8 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
         training queries of the layout).
       layout_dir: the training layout (vocabularies, item ids); default the one the model was
         trained on.
+      ranker_dir: a `dpsr train-ranker` model: adds the `rerank` and `retrieve_rerank`
+        signatures (export/rerank_stage.py), which re-rank the top `rerank_n` items.
 
     Raises:
       ValueError: index and model disagree (dimension, metric), bad shard or version.
@@ -148,9 +151,17 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                                lexical.config if lexical else None)
         with tf.Graph().as_default() as graph:
             servable_graph = ServableGraph(cfg, spec, assets, servable)
-            saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), sharded=True)
+            stage = None
+            if ranker_dir:
+                from export.rerank_stage import RerankStage  # pylint: disable=import-outside-toplevel
+                stage = RerankStage(servable_graph, ranker_dir, cfg, spec, assets, rerank_n)
+            saver = tf.compat.v1.train.Saver(
+                [v for v in tf.compat.v1.global_variables() if stage is None or not stage.owns(v)],
+                sharded=True)
             with tf.compat.v1.Session(graph=graph) as sess:
                 saver.restore(sess, ckpt)
+                if stage is not None:
+                    stage.restore(sess)
                 builder = tf.compat.v1.saved_model.Builder(tmp)
                 builder.add_meta_graph_and_variables(
                     sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
@@ -169,6 +180,8 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
             "num_shards": manifest.num_shards, "index_factory": manifest.factory,
             "num_items": manifest.shards[shard].num_items,
             "hybrid": lexical is not None,
+            "ranker_dir": os.path.abspath(ranker_dir) if ranker_dir else None,
+            "rerank_n": rerank_n if ranker_dir else None,
             "model": cfg.to_dict(), "servable": dataclasses.asdict(servable),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }

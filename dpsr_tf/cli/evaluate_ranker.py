@@ -35,6 +35,7 @@ def main(argv):
         raise SystemExit(f"dpsr evaluate-ranker: {e}") from None
     ev = data.eval_sessions
     rows = {}
+    per = {}
     dpsr_col = features_lib.FEATURE_NAMES.index("dpsr_score")
     bm25_col = features_lib.FEATURE_NAMES.index("bm25")
     rows["bm25 (feature alone)"] = metrics.session_metrics(
@@ -49,13 +50,22 @@ def main(argv):
         booster = baselines.train_xgboost(data.train_features, data.train_sessions.labels,
                                           data.train_sessions.splits, _OBJECTIVES[name],
                                           rounds=_ROUNDS.value, seed=config.seed)
-        rows[name] = metrics.session_metrics(baselines.predict(booster, data.eval_features),
-                                             ev.labels, ev.splits)
+        pred = baselines.predict(booster, data.eval_features)
+        rows[name] = metrics.session_metrics(pred, ev.labels, ev.splits)
+        per[name] = metrics.per_session(pred, ev.labels, ev.splits)
     scores = train_lib.predict_scores(rf.MODEL_DIR.value, data, ev, data.eval_features,
                                       checkpoint=_CHECKPOINT.value)
     rows["dpr (siamese)"] = metrics.session_metrics(scores, ev.labels, ev.splits)
+    dpr = metrics.per_session(scores, ev.labels, ev.splits)
+    for name, other in per.items():
+        diff = metrics.paired_difference(dpr, other)
+        rows[f"dpr - {name}"] = {f"{k}_diff": v for k, v in diff.items()}
     print(f"{'model':<28} {'session_auc':>11} {'ndcg@5':>7} {'ndcg@10':>7} {'sessions':>8}")
     for name, m in rows.items():
+        if name.startswith("dpr - "):
+            print(f"{name:<28} " + "  ".join(f"{k[:-5]} {v[0]:+.4f} +- {v[1]:.4f} (se)"
+                                            for k, v in m.items()))
+            continue
         print(f"{name:<28} {m['session_auc']:>11.4f} {m['ndcg@5']:>7.4f} {m['ndcg@10']:>7.4f} "
               f"{m['sessions']:>8}")
     if _OUTPUT.value:

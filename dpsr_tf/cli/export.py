@@ -34,6 +34,11 @@ _EF = flags.DEFINE_integer("ef_search", 0, "HNSW efSearch per search; 0 = the in
 _HYBRID = flags.DEFINE_bool("hybrid", True,
                             "Fuse the build's lexical (BM25) index with the dense one (when it "
                             "has one; see --fusion and the other fusion flags).")
+_RANKER = flags.DEFINE_string("ranker_dir", None,
+                              "A DPR ranker (dpsr train-ranker): adds the rerank and "
+                              "retrieve_rerank signatures (docs/ranking.md).")
+_RERANK_N = flags.DEFINE_integer("rerank_n", 100, "retrieve_rerank re-ranks this many of the "
+                                 "top retrieved items.")
 flags.mark_flags_as_required(["model_dir", "export_base"])
 
 
@@ -49,7 +54,8 @@ def main(argv):
             _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,
-                                  checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
+                                  checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value,
+                                  ranker_dir=_RANKER.value, rerank_n=_RERANK_N.value)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"dpsr export: {e}") from None
     print(json.dumps({"servables": paths}))

@@ -227,12 +227,18 @@ def feature_graph(tables: TableVariables, query: tf.Tensor, item_rows: tf.Tensor
     bm25, overlap, d_len = (tf.reshape(x, shape) for x in (bm25, overlap, d_len))
     q_len_bn = tf.tile(q_len[:, None], [1, n])
     # DPSR: score of each candidate and its rank over the whole catalog.
-    all_scores = tf.reduce_max(tf.einsum("bmd,nd->bnm", query_heads, tables.item_embeddings),
-                               axis=2)                                      # [B, items]
+    num_heads = int(query_heads.shape[1])
+    all_scores = None
+    for h in range(num_heads):                                              # [B, items]
+        s = tf.matmul(query_heads[:, h, :], tables.item_embeddings, transpose_b=True)
+        all_scores = s if all_scores is None else tf.maximum(all_scores, s)
     cand = tf.gather(all_scores, rows, batch_dims=1)                        # [B, N]
-    ascending = tf.sort(all_scores, axis=1)
-    above = tf.cast(tf.shape(all_scores)[1], tf.int32) - tf.searchsorted(
-        ascending, cand, side="right", out_type=tf.int32)
+    # rank - 1 = items scored strictly higher; one query row at a time bounds the memory to
+    # [N, items] (a full sort of the catalog per query is ~30x slower on CPU).
+    above = tf.map_fn(
+        lambda x: tf.reduce_sum(tf.cast(tf.greater(x[0][None, :], x[1][:, None]), tf.int32),
+                                axis=1),
+        (all_scores, cand), fn_output_signature=tf.int32)
     log_rank = tf.math.log(tf.cast(above + 1, tf.float32))
     out = tf.stack([log_impressions, mean_label, q_len_bn, d_len, overlap, bm25, cand, log_rank],
                    axis=2)

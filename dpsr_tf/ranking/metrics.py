@@ -55,6 +55,35 @@ def ndcg_one(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(dcg / idcg) if idcg > 0 else float("nan")
 
 
+def per_session(scores: np.ndarray, labels: np.ndarray, splits: np.ndarray,
+                ks: Sequence[int] = (5, 10)) -> Dict[str, np.ndarray]:
+    """{"session_auc", "ndcg@k"...}: [S'] float64 values of the sessions that have a pair with
+    different labels (the sessions `session_metrics` averages), in session order."""
+    scores, labels = np.asarray(scores), np.asarray(labels)
+    out = {"session_auc": []}
+    out.update({f"ndcg@{k}": [] for k in ks})
+    for s in range(len(splits) - 1):
+        lo, hi = int(splits[s]), int(splits[s + 1])
+        auc = session_auc_one(scores[lo:hi], labels[lo:hi])
+        if np.isnan(auc):
+            continue
+        out["session_auc"].append(auc)
+        for k in ks:
+            out[f"ndcg@{k}"].append(ndcg_one(scores[lo:hi], labels[lo:hi], k))
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def paired_difference(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> Dict[str, tuple]:
+    """metric -> (mean of a - b over sessions, its standard error) for two `per_session`
+    results on the same sessions."""
+    out = {}
+    for key in a:
+        d = a[key] - b[key]
+        out[key] = (float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1
+                    else float("nan"))
+    return out
+
+
 def session_metrics(scores: np.ndarray, labels: np.ndarray, splits: np.ndarray,
                     ks: Sequence[int] = (5, 10)) -> Dict[str, float]:
     """Session AUC and NDCG@k averaged over sessions.

@@ -118,13 +118,18 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
                       cfg.num_heads)
 
 
+def utf8(texts) -> np.ndarray:
+    """[n] object array of UTF-8 bytes (what tf.string tensors are fed with)."""
+    return np.array([t.encode("utf-8") for t in texts], dtype=object)
+
+
 def _pair_arrays(data: RankerData, table, feats, config: model_lib.RankerConfig, seed: int):
     pairs = sessions_lib.build_pairs(table, config.max_pairs_per_session, seed)
     rows = table.item_rows
-    titles = np.array(data.titles, dtype=object)
-    return ({"query": np.array(table.queries, dtype=object)[pairs.session].astype(bytes),
-             "title_a": titles[rows[pairs.a]].astype(bytes),
-             "title_b": titles[rows[pairs.b]].astype(bytes),
+    titles = utf8(data.titles)
+    return ({"query": utf8(table.queries)[pairs.session],
+             "title_a": titles[rows[pairs.a]],
+             "title_b": titles[rows[pairs.b]],
              "numeric_a": feats[pairs.a], "numeric_b": feats[pairs.b]},
             pairs.label)
 
@@ -192,9 +197,8 @@ def predict_scores(model_dir: str, data: RankerData, table, feats,
                    checkpoint: Optional[str] = None) -> np.ndarray:
     """[C] float32 tower scores of every candidate (Estimator.predict)."""
     config = load_config(model_dir)
-    titles = np.array(data.titles, dtype=object)
-    queries = np.array(table.queries, dtype=object)[table.session_of_candidate()]
-    arrays = {"query": queries.astype(bytes), "title": titles[table.item_rows].astype(bytes),
+    queries = utf8(table.queries)[table.session_of_candidate()]
+    arrays = {"query": queries, "title": utf8(data.titles)[table.item_rows],
               "numeric": feats.astype(np.float32)}
     est = make_estimator(model_dir, config)
     fn = lambda: tf.data.Dataset.from_tensor_slices(arrays).batch(1024)

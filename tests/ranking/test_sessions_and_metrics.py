@@ -117,3 +117,18 @@ def test_session_table_save_load(tmp_path):
     assert back.queries == table.queries
     np.testing.assert_array_equal(back.splits, table.splits)
     np.testing.assert_array_equal(back.labels, table.labels)
+
+
+def test_per_session_values_average_to_session_metrics_and_paired_difference():
+    rng = np.random.default_rng(1)
+    splits = np.array([0, 3, 3 + 4, 7 + 2, 9 + 5])
+    labels = rng.integers(0, 3, size=14).astype(np.float32)
+    a, b = rng.normal(size=14), rng.normal(size=14)
+    pa, pb = metrics.per_session(a, labels, splits), metrics.per_session(b, labels, splits)
+    avg = metrics.session_metrics(a, labels, splits)
+    assert pa["session_auc"].mean() == pytest.approx(avg["session_auc"])
+    assert pa["ndcg@5"].mean() == pytest.approx(avg["ndcg@5"])
+    diff = metrics.paired_difference(pa, pb)
+    d = pa["session_auc"] - pb["session_auc"]
+    assert diff["session_auc"][0] == pytest.approx(d.mean())
+    assert diff["session_auc"][1] == pytest.approx(np.std(d, ddof=1) / np.sqrt(len(d)))

@@ -1,0 +1,155 @@
+"""DPR end to end on a tiny catalog: sessions -> features -> train-ranker -> export with the
+re-ranking stage; the SavedModel, loaded in a fresh process after a move, scores candidates
+exactly as the Estimator does, and a real model server answers a retrieve_rerank request."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
+from dpsr_tf.ranking import model as ranker_model
+from dpsr_tf.ranking import sessions as sessions_lib
+from dpsr_tf.ranking import train as ranker_train
+from export import catalog_index
+from export.index_builder import IndexBuildConfig
+from export.saved_model_export import export_servable
+from export.servable_graph import ServableConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _write_impressions(items_tsv: str, path: str, num_sessions: int = 160, seed: int = 0):
+    """Session i: a query of 2 words of item r's title; candidates r (label 2), an item of the
+    same category (label 1) and 3 random items (label 0), shown in a random order."""
+    rng = np.random.default_rng(seed)
+    rows = [line.rstrip("\n").split("\t") for line in open(items_tsv, encoding="utf-8")][1:]
+    ids = [r[0] for r in rows]
+    words = [r[1].split() for r in rows]
+    cats = np.array([r[3] for r in rows])
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("session_id\tquery\titem_id\tlabel\tposition\n")
+        for s in range(num_sessions):
+            r = int(rng.integers(len(ids)))
+            query = " ".join(rng.choice(words[r][2:], size=2, replace=False))
+            same = [i for i in np.flatnonzero(cats == cats[r]) if i != r]
+            cands = [(r, 2), (int(rng.choice(same)), 1)]
+            cands += [(int(i), 0) for i in rng.choice(len(ids), size=3, replace=False)
+                      if i != r and i != cands[1][0]]
+            for pos, k in enumerate(rng.permutation(len(cands))):
+                f.write(f"s{s}\t{query}\t{ids[cands[k][0]]}\t{cands[k][1]}\t{pos}\n")
+
+
+@pytest.fixture(scope="module")
+def ranker(tmp_path_factory):
+    work = tmp_path_factory.mktemp("dpr")
+    spec = prepare_tiny_layout(str(work))
+    model_dir = str(work / "dpsr")
+    train_tiny_history_model(spec, model_dir, train_steps=40)
+    index_dir = str(work / "index")
+    catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
+    _write_impressions(str(work / "tsv" / "items.tsv"), str(work / "impressions.tsv"))
+    sessions_dir = str(work / "sessions")
+    sessions_lib.prepare_sessions(spec.layout_dir, str(work / "impressions.tsv"), sessions_dir,
+                                  log=lambda *_: None)
+    ranker_dir = str(work / "ranker")
+    data = ranker_train.prepare_ranker_data(sessions_dir, model_dir, index_dir, ranker_dir,
+                                            log=lambda *_: None)
+    config = ranker_model.RankerConfig(token_embedding_dim=8, hidden_units=(16, 8, 4),
+                                       batch_size=32, learning_rate=0.1)
+    ranker_train.train_ranker(data, ranker_dir, config, train_steps=30, log=lambda *_: None)
+    scores = ranker_train.predict_scores(ranker_dir, data, data.eval_sessions, data.eval_features)
+    path = export_servable(model_dir, index_dir, str(work / "a" / "dpsr"),
+                           servable=ServableConfig(default_k=10, max_k=50, hybrid=False),
+                           ranker_dir=ranker_dir, rerank_n=6)
+    moved = str(work / "b")
+    shutil.move(str(work / "a"), moved)
+    return {"data": data, "scores": scores, "spec": spec,
+            "base": os.path.join(moved, "dpsr"),
+            "version_dir": os.path.join(moved, "dpsr", os.path.basename(path))}
+
+
+def _run_fresh(script: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _padded_ids(data, table):
+    ids = [line for line in open(os.path.join(data.layout_spec.layout_dir, "items", "ids.txt"),
+                                 encoding="utf-8").read().split("\n")[:-1]]
+    width = int(np.diff(table.splits).max())
+    out = [[""] * (width + 1) for _ in range(len(table))]     # one extra "" column: padding
+    for s in range(len(table)):
+        for j, row in enumerate(table.candidates(s)[0]):
+            out[s][j] = ids[row]
+    return out
+
+
+def test_rerank_signature_in_a_fresh_process_equals_the_estimator(ranker):
+    data, table = ranker["data"], ranker["data"].eval_sessions
+    assert len(table) >= 5
+    ids = _padded_ids(data, table)
+    got = _run_fresh(f"""
+        import json, numpy as np, tensorflow as tf
+        from dpsr_tf import op_library
+        op_library.load()
+        sess = tf.compat.v1.Session(graph=tf.Graph())
+        with sess.graph.as_default():
+            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], {ranker['version_dir']!r})
+        sig = meta.signature_def["rerank"]
+        out = sess.run({{k: sig.outputs[k].name for k in sig.outputs}},
+                       {{sig.inputs["query"].name: {table.queries!r},
+                         sig.inputs["item_ids"].name: {ids!r}}})
+        print(json.dumps({{k: np.where(np.isfinite(v), v, -1e30).tolist()
+                          if v.dtype != object else [[x.decode() for x in r] for r in v]
+                          for k, v in out.items()}}))
+    """)
+    scores = np.array(got["scores"], np.float32)
+    dpsr = np.array(got["dpsr_scores"], np.float32)
+    col = data.eval_features[:, list(ranker_train.features_lib.FEATURE_NAMES).index("dpsr_score")]
+    for s in range(len(table)):
+        lo, hi = table.splits[s], table.splits[s + 1]
+        n = hi - lo
+        np.testing.assert_allclose(scores[s, :n], ranker["scores"][lo:hi], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(dpsr[s, :n], col[lo:hi], rtol=1e-4, atol=1e-5)
+        assert (scores[s, n:] == -1e30).all()                      # padding scores -inf
+        # ranked_item_ids: the candidates by descending ranker score.
+        order = np.argsort(-ranker["scores"][lo:hi], kind="stable")
+        assert got["ranked_item_ids"][s][:n] == [ids[s][j] for j in order]
+
+
+def test_model_server_answers_a_retrieve_rerank_request(ranker):
+    from serving import process
+    from serving.testing import outputs, predict_request
+    query = ranker["data"].eval_sessions.queries[0]
+    with process.start_model_server(model_base_path=ranker["base"], model_name="dpsr") as server:
+        stub = process.prediction_stub(server.address)
+        plain = outputs(stub.Predict(predict_request("dpsr", [query], k=10), timeout=60))
+        got = outputs(stub.Predict(predict_request("dpsr", [query], k=10,
+                                                   signature="retrieve_rerank"), timeout=60))
+        # The same items through `rerank` score the same.
+        from tensorflow_serving.apis import predict_pb2
+        from serving import tensors
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "dpsr"
+        req.model_spec.signature_name = "rerank"
+        tensors.from_ndarray(np.array([query.encode()], dtype=object), req.inputs["query"])
+        tensors.from_ndarray(got["item_ids"].astype(object), req.inputs["item_ids"])
+        direct = outputs(stub.Predict(req, timeout=60))
+    # Re-ranked top 6 (rerank_n) of the 10 retrieved: the same items as the retrieval's first 6,
+    # ordered by the ranker's score, with their retrieval positions and scores.
+    assert got["item_ids"].shape == (1, 6)
+    assert sorted(got["item_ids"][0].tolist()) == sorted(plain["item_ids"][0, :6].tolist())
+    assert np.all(np.diff(got["scores"][0]) <= 0)
+    ranks = got["retrieval_ranks"][0]
+    assert sorted(ranks.tolist()) == list(range(1, 7))
+    np.testing.assert_array_equal(got["item_ids"][0], plain["item_ids"][0, ranks - 1])
+    np.testing.assert_allclose(got["retrieval_scores"][0], plain["scores"][0, ranks - 1])
+    np.testing.assert_allclose(direct["scores"][0], got["scores"][0], rtol=1e-5, atol=1e-5)
