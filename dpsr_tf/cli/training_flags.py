@@ -29,6 +29,8 @@ _MODEL_HELP = {
     "adapter_hidden_units": "text_encoder=shared: hidden widths of the residual adapters.",
     "max_human_negatives": "Human negatives of the example's query joined per example (§4.5).",
     "beta": "Temperature of the attention over heads (0 = max over heads).",
+    "head_balance_weight": "Weight of the head-balance term that keeps every query head in "
+                           "use (num_heads > 1; 0 = off).",
     "loss": f"{', '.join(LOSSES)}.",
     "margin": "delta, hinge margin (paper: 0.1).",
     "num_negatives": "Hinge loss: random negatives drawn per batch, shared by its examples.",

@@ -16,7 +16,7 @@ PARTITIONERS = ("fixed", "min_max")
 
 # The value a field had in effect before it existed (configs written by older versions lack it).
 SAVED_BEFORE_FIELD = {"text_encoder": "separate", "adapter_hidden_units": (128,),
-                      "max_human_negatives": 0}
+                      "max_human_negatives": 0, "head_balance_weight": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,11 @@ class ModelConfig:
 
     Score and loss
       beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
+      head_balance_weight: weight of the head-balance term (m > 1 only; 0 = off): m * sum_h
+        f_h * P_h over the batch's positives, f_h the share of positives head h wins (constant)
+        and P_h its mean attention weight (differentiable), as in Switch Transformer's load
+        balancing. Without it one head wins every positive and the others go dead (seen on
+        the demo catalog with and without personalization; docs/results.md).
       loss: "hinge" (the paper's attention hinge loss, §4.4) or "sampled_softmax" (in-batch
         softmax with logQ correction, TFRS / YouTube style).
       margin: delta, the hinge margin.
@@ -106,6 +111,7 @@ class ModelConfig:
     text_encoder: str = "shared"
     adapter_hidden_units: Tuple[int, ...] = (128,)
     beta: float = 0.1
+    head_balance_weight: float = 0.1
     loss: str = "sampled_softmax"
     margin: float = 0.1
     num_negatives: int = 64
@@ -153,6 +159,7 @@ class ModelConfig:
              f"choose one of {TEXT_ENCODERS}")
         need(self.max_human_negatives >= 0, "max_human_negatives", "must be >= 0")
         need(self.beta >= 0, "beta", "must be >= 0 (0 = max over heads)")
+        need(self.head_balance_weight >= 0, "head_balance_weight", "must be >= 0 (0 = off)")
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
         need(self.margin >= 0, "margin", "must be >= 0")
         need(self.num_negatives >= 1, "num_negatives", "must be >= 1")

@@ -156,6 +156,41 @@ def head_win_shares(query_heads: tf.Tensor, items: tf.Tensor, labels: tf.Tensor)
     return wins / tf.maximum(tf.reduce_sum(is_pos), 1.0)
 
 
+# Temperature of the balance term's attention when the model's beta is 0 (the max over heads
+# has no gradient to spread): the default beta.
+BALANCE_BETA_WHEN_MAX = 0.1
+
+
+def head_balance_loss(query_heads: tf.Tensor, items: tf.Tensor, labels: tf.Tensor,
+                      beta: float) -> tf.Tensor:
+    """Keeps every query head in use: m * sum_h f_h * P_h over the batch's positives.
+
+    f_h is the share of positives head h wins (`head_win_shares`, held constant) and P_h the
+    mean attention weight head h gets on them (softmax of the head scores / beta). The term is
+    1 when usage is uniform and m when one head wins everything; its gradient lowers the
+    attention on the heads that win most, i.e. raises the others' scores on those positives,
+    so a head that lost every positive still learns (Switch Transformer's load balancing,
+    applied to the heads of the soft dot product). Without it one head wins every positive
+    and the rest go dead: the attention gives a losing head almost no gradient.
+
+    Args:
+      query_heads: [B, m, d] float32.
+      items: [B, d] float32 the examples' own items.
+      labels: [B] float32, 1 = positive.
+      beta: the model's attention temperature (0 -> BALANCE_BETA_WHEN_MAX).
+
+    Returns:
+      scalar float32 (0 when the batch has no positive).
+    """
+    dots = tf.einsum("bmd,bd->bm", query_heads, items)                      # [B, m]
+    attention = tf.nn.softmax(dots / (beta if beta > 0 else BALANCE_BETA_WHEN_MAX), axis=1)
+    is_pos = tf.cast(labels > 0.5, tf.float32)
+    usage = tf.reduce_sum(attention * is_pos[:, None], axis=0) / tf.maximum(
+        tf.reduce_sum(is_pos), 1.0)                                         # [m]
+    shares = tf.stop_gradient(head_win_shares(query_heads, items, labels))
+    return tf.cast(tf.shape(query_heads)[1], tf.float32) * tf.reduce_sum(shares * usage)
+
+
 def _cross_entropy_first(logits: tf.Tensor) -> tf.Tensor:
     """[B]: softmax cross-entropy of each row with target column 0."""
     return tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]

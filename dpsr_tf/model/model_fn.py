@@ -172,6 +172,10 @@ def dpsr_model_fn(features, labels, mode, params):
         shares = losses.head_win_shares(query, batch_items, label)
         for h in range(cfg.num_heads):
             tf.compat.v1.summary.scalar(f"train/head_{h}_share_of_positives", shares[h])
+        if cfg.head_balance_weight > 0:
+            balance = losses.head_balance_loss(query, batch_items, label, cfg.beta)
+            tf.compat.v1.summary.scalar("train/head_balance", balance)
+            loss = loss + cfg.head_balance_weight * balance
     global_step = tf.compat.v1.train.get_or_create_global_step()
     train_op = make_optimizer(cfg).minimize(loss, global_step=global_step,
                                             colocate_gradients_with_ops=True)
