@@ -55,6 +55,8 @@ _MODEL_HELP = {
     "pq_distortion_weight": "--joint_pq: weight of the quantization distortion in the loss.",
     "pq_warm_start_vectors": "--joint_pq: item embeddings of the first batches the quantizer "
                              "is initialized from (FAISS k-means + PQ).",
+    "pq_codebook_retrieval_gradient": "--joint_pq: the ranking loss also trains the codewords "
+                                      "and centroids (default: the distortion term alone).",
 }
 
 _TRAIN_HELP = {

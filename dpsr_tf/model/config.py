@@ -95,7 +95,9 @@ class ModelConfig:
         must divide embedding_dim).
       pq_distortion_weight: weight of mean ||R g - z_hat||^2 in the loss.
       pq_warm_start_vectors: item embeddings of the first batches the quantizer is
-        initialized from (FAISS k-means + ProductQuantizer).
+        initialized from (a FAISS IndexIVFPQ, inner product, trained on them).
+      pq_codebook_retrieval_gradient: also train the codewords and centroids with the ranking
+        loss's gradient (default: from the distortion term alone).
     """
 
     num_heads: int = 1
@@ -134,6 +136,7 @@ class ModelConfig:
     pq_m: int = 16
     pq_distortion_weight: float = 1.0
     pq_warm_start_vectors: int = 16384
+    pq_codebook_retrieval_gradient: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))

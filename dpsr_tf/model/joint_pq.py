@@ -4,23 +4,29 @@ With `--joint_pq` the item tower's output g [N, d] goes through the quantizer th
 FAISS index applies (FAISS IndexPreTransform(LinearTransform(R), IndexIVFPQ), by_residual):
 
     z     = R g                                   rotation, R orthogonal ([d, d])
-    a     = argmin_l ||z - c_l||^2                coarse (IVF) list, c: [nlist, d]
+    a     = argmax_l <z, c_l>                     coarse (IVF) list, c: [nlist, d] (FAISS's
+                                                  IndexFlatIP quantizer: how an inner-product
+                                                  IVF assigns items and probes lists)
     r     = z - c_a                               residual after the coarse centroid
     k_j   = argmin_k ||r_j - C_j[k]||^2           PQ code of sub-space j (m sub-spaces of
                                                   d / m dims, 256 codewords each: 8 bits)
     z_hat = c_a + concat_j C_j[k_j]               the reconstruction FAISS scores against
-    g_q   = R^T (z_hat + z - stop_gradient(z))    what the loss scores queries against
+    g_q   = R^T (z + stop_gradient(z_hat - z))    what the loss scores queries against
 
 so the loss sees the quantized items (forward value R^T z_hat) while the gradient reaches the
-item tower as if the layer were the identity (straight-through: R^T R = I) and reaches the
-codewords and coarse centroids through z_hat. The query side needs no layer of its own: R is
-orthogonal, so <q, R^T z_hat> = <R q, z_hat>, which is what FAISS computes after rotating the
-query with the same LinearTransform. A distortion term
+item tower as if the layer were the identity (straight-through: R^T R = I). The query side needs
+no layer of its own: R is orthogonal, so <q, R^T z_hat> = <R q, z_hat>, which is what FAISS
+computes after rotating the query with the same LinearTransform. A distortion term
 
     pq_distortion_weight * mean_i ||z_i - z_hat_i||^2
 
 pulls the codebooks and centroids toward the embeddings (k-means in SGD form) and the
-embeddings toward their codewords.
+embeddings toward their codewords. By default the codewords and centroids learn from it alone;
+--pq_codebook_retrieval_gradient also lets the ranking loss reach them through z_hat
+(g_q = R^T (z_hat + z - stop_gradient(z))). Measured on Home Depot (docs/results.md, "Joint
+PQ"), that variant raised the distortion from 0.17 to 0.31 in 2,000 steps and lost served
+recall: with the softmax temperature of 0.05 the ranking gradient outweighs the distortion's
+and moves codewords away from the items they encode.
 
 Orthogonality: Cayley parameterization, R = (I + A)^{-1} (I - A) with A = W - W^T skew-symmetric
 and W a free [d, d] variable initialized to 0 (so R = I at the start). R is orthogonal at every
@@ -31,15 +37,15 @@ with jumps the optimizer did not make), and the d x d solve is cheap for d = 64.
 the rotations without eigenvalue -1, which includes every rotation near the identity it starts
 from.
 
-Coarse assignment is by L2 distance (the assignment that minimizes the distortion); the
-exporter writes each item into the list the model chose (IndexIVF.add_core with precomputed
-lists), and FAISS's own PQ encoding of the residuals equals the model's codes (tests check it).
-At search time FAISS with METRIC_INNER_PRODUCT probes the nprobe lists of largest <R q, c_l> and
-scores <R q, c_l> + sum_j <(R q)_j, C_j[k_j]> (adc_search_np is its NumPy twin).
+The model's lists and codes are exactly FAISS IndexIVFPQ's by_residual encoding (inner
+product quantizer, L2 PQ of the residual); the exporter writes them into the inverted lists and
+checks that FAISS's own encoding of the residuals with the copied codebooks agrees. At search
+time FAISS probes the nprobe lists of largest <R q, c_l> and scores
+<R q, c_l> + sum_j <(R q)_j, C_j[k_j]> (adc_search_np is its NumPy twin).
 
 Warm start: before the first step, JointPQWarmStartHook runs the item tower on the first
-training batches (pq_warm_start_vectors item embeddings), trains FAISS k-means (nlist centroids)
-and a FAISS ProductQuantizer on the residuals, loads them into the variables and sets
+training batches (pq_warm_start_vectors item embeddings), trains a FAISS IndexIVFPQ (inner
+product) on them, loads its coarse centroids and PQ codebooks into the variables and sets
 joint_pq/initialized, which the checkpoint keeps (a restarted job does not redo it).
 
 Variables (checkpoint names):
@@ -97,12 +103,16 @@ def _nearest(x: tf.Tensor, centers: tf.Tensor) -> tf.Tensor:
     return tf.argmin(dist, axis=-1, output_type=tf.int32)
 
 
-def quantize(items: tf.Tensor, variables: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+def quantize(items: tf.Tensor, variables: Dict[str, tf.Tensor],
+             codebook_retrieval_gradient: bool = False) -> Dict[str, tf.Tensor]:
     """Quantizes item embeddings as the exported index does (module docstring).
 
     Args:
       items: [N, d] float32 item tower output.
       variables: pq_variables(...).
+      codebook_retrieval_gradient: let the loss's gradient through the quantized items reach
+        the codewords and centroids too; False (default): they learn from the distortion term
+        alone (k-means in SGD form), the towers and R from both.
 
     Returns:
       {"quantized": [N, d] float32 R^T z_hat with the straight-through gradient,
@@ -115,7 +125,9 @@ def quantize(items: tf.Tensor, variables: Dict[str, tf.Tensor]) -> Dict[str, tf.
     rotation = cayley_rotation(variables["cayley_w"])
     z = tf.matmul(items, rotation, transpose_b=True)                       # [N, d] = g R^T
     centroids = variables["coarse_centroids"]
-    lists = _nearest(tf.stop_gradient(z), tf.stop_gradient(centroids))     # [N]
+    # FAISS's IVF with METRIC_INNER_PRODUCT assigns (and probes) by the largest <z, c_l>.
+    lists = tf.argmax(tf.matmul(tf.stop_gradient(z), tf.stop_gradient(centroids),
+                                transpose_b=True), axis=-1, output_type=tf.int32)  # [N]
     coarse = tf.gather(centroids, lists)                                   # [N, d]
     residual = tf.reshape(tf.stop_gradient(z - coarse), [-1, m, dsub])      # [N, m, dsub]
     codes_mn = _nearest(tf.transpose(residual, [1, 0, 2]),
@@ -125,7 +137,10 @@ def quantize(items: tf.Tensor, variables: Dict[str, tf.Tensor]) -> Dict[str, tf.
     codes = tf.transpose(codes_mn)                                         # [N, m]
     z_hat = coarse + tf.reshape(words, [-1, m * dsub])
     distortion = tf.reduce_mean(tf.reduce_sum(tf.square(z - z_hat), axis=1))
-    straight = z_hat + z - tf.stop_gradient(z)
+    if codebook_retrieval_gradient:
+        straight = z_hat + z - tf.stop_gradient(z)
+    else:
+        straight = z + tf.stop_gradient(z_hat - z)
     quantized = tf.matmul(straight, rotation)                              # R^T, row form
     return {"quantized": quantized, "distortion": distortion, "lists": lists, "codes": codes,
             "rotation": rotation}
@@ -210,7 +225,8 @@ def cayley_rotation_np(w: np.ndarray) -> np.ndarray:
 
 def warm_start_np(vectors: np.ndarray, nlist: int, m: int,
                   seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """FAISS k-means (nlist centroids) and a FAISS ProductQuantizer (m x 256) on the residuals.
+    """The coarse centroids and PQ codebooks of a FAISS IndexIVFPQ (inner product, 8 bits)
+    trained on the vectors: k-means with inner-product assignment, then PQ on the residuals.
 
     Args:
       vectors: [n, d] float32 item embeddings (R = I at the warm start), n >= max(nlist, 256).
@@ -226,15 +242,16 @@ def warm_start_np(vectors: np.ndarray, nlist: int, m: int,
                          f"max(pq_nlist={nlist}, {KSUB}): raise --pq_warm_start_vectors")
     if d % m:
         raise ValueError(f"pq_m={m} must divide the embedding dimension {d}")
-    kmeans = faiss.Kmeans(d, nlist, niter=20, seed=seed, verbose=False)
-    kmeans.train(vectors)
-    centroids = kmeans.centroids.astype(np.float32)
-    lists = nearest_np(vectors, centroids)
-    residual = np.ascontiguousarray(vectors - centroids[lists])
-    pq = faiss.ProductQuantizer(d, m, NBITS)
-    pq.cp.seed = seed
-    pq.train(residual)
-    codebooks = faiss.vector_to_array(pq.centroids).reshape(m, KSUB, d // m).astype(np.float32)
+    coarse = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFPQ(coarse, d, nlist, m, NBITS, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    index.pq.cp.seed = seed
+    index.do_polysemous_training = False
+    index.train(vectors)
+    centroids = faiss.rev_swig_ptr(faiss.downcast_index(index.quantizer).get_xb(),
+                                   nlist * d).reshape(nlist, d).astype(np.float32)
+    codebooks = faiss.vector_to_array(index.pq.centroids).reshape(m, KSUB, d // m).astype(
+        np.float32)
     return centroids, codebooks
 
 
@@ -263,7 +280,7 @@ def encode_np(items: np.ndarray, rotation: np.ndarray, centroids: np.ndarray,
     codes = np.empty([n, m], np.uint8)
     for lo in range(0, n, chunk):
         z = np.asarray(items[lo:lo + chunk], np.float64) @ np.asarray(rotation, np.float64).T
-        a = nearest_np(z, centroids)
+        a = np.argmax(z @ np.asarray(centroids, np.float64).T, axis=1)
         r = z - centroids[a]
         lists[lo:lo + chunk] = a
         for j in range(m):
@@ -344,7 +361,7 @@ def apply_to_items(items: tf.Tensor, cfg, mode, seed: int = 0,
     """model_fn's use of the layer: (quantized items [N, d], weighted distortion [], warm-start
     hook or None). cfg is the ModelConfig (joint_pq, pq_nlist, pq_m, ...)."""
     variables = pq_variables(cfg.embedding_dim, cfg.pq_nlist, cfg.pq_m)
-    out = quantize(items, variables)
+    out = quantize(items, variables, cfg.pq_codebook_retrieval_gradient)
     hook = None
     if mode == tf.estimator.ModeKeys.TRAIN:
         hook = JointPQWarmStartHook(tf.stop_gradient(items), variables,

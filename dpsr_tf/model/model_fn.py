@@ -48,7 +48,8 @@ def _human_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig
                        layout_spec, mode)                                   # [N, d]
     if cfg.joint_pq:
         items = joint_pq.quantize(items, joint_pq.pq_variables(
-            cfg.embedding_dim, cfg.pq_nlist, cfg.pq_m))["quantized"]
+            cfg.embedding_dim, cfg.pq_nlist, cfg.pq_m),
+            cfg.pq_codebook_retrieval_gradient)["quantized"]
     heads = tf.gather(query, rows.value_rowids())                           # [N, m, d]
     flat = scoring.paired_soft_dot_product(heads, items, cfg.beta)          # [N]
     scores = rows.with_flat_values(flat).to_tensor(default_value=0.0)

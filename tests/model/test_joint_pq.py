@@ -32,16 +32,16 @@ def _random_quantizer(rng, d=8, nlist=5, m=4, w_scale=0.3):
     return w, centroids, codebooks
 
 
-def _run_layer(items, w, centroids, codebooks, upstream=None):
+def _run_layer(items, w, centroids, codebooks, upstream=None, codebook_gradient=False):
     graph = tf.Graph()
     with graph.as_default():
         x = tf.constant(items)
         variables = joint_pq.pq_variables(w.shape[0], centroids.shape[0], codebooks.shape[0])
-        out = joint_pq.quantize(x, variables)
+        out = joint_pq.quantize(x, variables, codebook_gradient)
         v = tf.constant(upstream if upstream is not None else np.ones_like(items))
-        grads = [tf.convert_to_tensor(g) for g in tf.gradients(
-            tf.reduce_sum(out["quantized"] * v),
-            [x, variables["codebooks"], variables["coarse_centroids"]])]
+        wrt = [x, variables["codebooks"], variables["coarse_centroids"]]
+        grads = [tf.zeros_like(t) if g is None else tf.convert_to_tensor(g)  # None: no path
+                 for t, g in zip(wrt, tf.gradients(tf.reduce_sum(out["quantized"] * v), wrt))]
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
             for name, value in (("cayley_w", w), ("coarse_centroids", centroids),
@@ -51,13 +51,14 @@ def _run_layer(items, w, centroids, codebooks, upstream=None):
                              "grad_centroids": grads[2]})
 
 
-@pytest.mark.parametrize("d,nlist,m", [(8, 5, 4), (16, 3, 8), (12, 1, 3)])
-def test_layer_matches_numpy_twin(d, nlist, m):
+@pytest.mark.parametrize("d,nlist,m,codebook_gradient", [
+    (8, 5, 4, False), (8, 5, 4, True), (16, 3, 8, True), (12, 1, 3, False)])
+def test_layer_matches_numpy_twin(d, nlist, m, codebook_gradient):
     rng = np.random.default_rng(d * 100 + m)
     w, centroids, codebooks = _random_quantizer(rng, d, nlist, m)
     items = rng.normal(size=[40, d]).astype(np.float32)
     upstream = rng.normal(size=items.shape).astype(np.float32)
-    got = _run_layer(items, w, centroids, codebooks, upstream)
+    got = _run_layer(items, w, centroids, codebooks, upstream, codebook_gradient)
 
     rotation = joint_pq.cayley_rotation_np(w)
     np.testing.assert_allclose(got["rotation"], rotation, atol=1e-5)
@@ -73,6 +74,10 @@ def test_layer_matches_numpy_twin(d, nlist, m):
                                rtol=1e-4)
     # Backward: straight through (R^T R = I), so d/dx sum(quantized * v) = v.
     np.testing.assert_allclose(got["grad_x"], upstream, atol=1e-4)
+    if not codebook_gradient:  # codewords and centroids learn from the distortion alone
+        np.testing.assert_array_equal(got["grad_codebooks"], 0.0)
+        np.testing.assert_array_equal(got["grad_centroids"], 0.0)
+        return
     # Codewords: sub-vector j of (R v_i) accumulates on C_j[code_ij]; centroids get R v_i.
     rv = upstream.astype(np.float64) @ rotation.T
     dsub = d // m
@@ -88,7 +93,7 @@ def test_layer_matches_numpy_twin(d, nlist, m):
 
 def test_identity_rotation_at_zero_and_hand_worked_codes():
     # d = 2, m = 2 (one dim per sub-space), centroids (0,0) and (10,0); the item (9, 1) goes to
-    # list 1, residual (-1, 1): codeword 3 of sub-space 0 holds -1.0, codeword 7 of sub-space 1
+    # list 1 (inner products 0 and 90), residual (-1, 1): codeword 3 of sub-space 0 holds -1.0, codeword 7 of sub-space 1
     # holds 1.0 (the others 5.0), so codes (3, 7) and z_hat = (10 - 1, 0 + 1) = (9, 1).
     codebooks = np.full([2, joint_pq.KSUB, 1], 5.0, np.float32)
     codebooks[0, 3, 0] = -1.0
@@ -103,17 +108,16 @@ def test_identity_rotation_at_zero_and_hand_worked_codes():
     assert got["distortion"] == pytest.approx(0.0)
 
 
-def test_warm_start_reaches_faiss_ivfpq_distortion():
-    """Warm start = FAISS k-means + PQ on residuals: the model's encoding of the training
-    vectors has the reconstruction error of a FAISS IndexIVFPQ (L2) trained the same way."""
+def test_warm_start_is_faiss_ivfpq_and_encodes_as_faiss():
+    """Warm start = a FAISS IndexIVFPQ (inner product) trained on the vectors; the model's
+    encoding (encode_np) of them reconstructs what that index, adding them itself, stores."""
     import faiss  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(0)
     x = rng.normal(size=[3000, 16]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
     centroids, codebooks = joint_pq.warm_start_np(x, nlist=8, m=4, seed=1)
     assert centroids.shape == (8, 16) and codebooks.shape == (4, 256, 4)
-    ours = joint_pq.distortion_np(x, np.eye(16), centroids, codebooks)
-    quantizer = faiss.IndexFlatL2(16)
-    index = faiss.IndexIVFPQ(quantizer, 16, 8, 4, 8)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(16), 16, 8, 4, 8, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = 1
     index.pq.cp.seed = 1
     index.do_polysemous_training = False
@@ -121,10 +125,12 @@ def test_warm_start_reaches_faiss_ivfpq_distortion():
     index.add(x)
     index.make_direct_map()
     recon = np.stack([index.reconstruct(int(i)) for i in range(len(x))])
-    theirs = float(((x - recon) ** 2).sum(1).mean())
-    total = float(((x - x.mean(0)) ** 2).sum(1).mean())
-    assert ours < 0.5 * total                      # it quantizes
-    assert ours == pytest.approx(theirs, rel=0.1)  # as well as FAISS's own IVF-PQ
+    lists, codes = joint_pq.encode_np(x, np.eye(16), centroids, codebooks)
+    ours = joint_pq.reconstruct_np(lists, codes, centroids, codebooks)
+    np.testing.assert_allclose(ours, recon, atol=1e-5)
+    distortion = joint_pq.distortion_np(x, np.eye(16), centroids, codebooks)
+    assert distortion == pytest.approx(float(((x - recon) ** 2).sum(1).mean()), rel=1e-4)
+    assert distortion < 0.5  # it quantizes (unit vectors: 1.0 without a quantizer)
 
 
 def test_warm_start_needs_enough_vectors():
