@@ -32,6 +32,8 @@ SUBCOMMANDS = {
     "proxy": ("dpsr_tf.cli.proxy", "PredictionService proxy: routes models, merges shard top-K"),
     "prepare-sessions": ("dpsr_tf.cli.prepare_sessions", "impressions + layout -> train/eval "
                          "sessions for the DPR ranker"),
+    "generate-sessions": ("dpsr_tf.cli.generate_sessions", "simulated sessions over a "
+                          "synthetic catalog -> impressions file"),
     "train-ranker": ("dpsr_tf.cli.train_ranker", "train DPR, the pairwise Siamese re-ranker"),
     "evaluate-ranker": ("dpsr_tf.cli.evaluate_ranker", "session AUC, NDCG@5/@10 of DPR vs "
                         "XGBoost on the eval sessions"),
