@@ -113,7 +113,7 @@ class ModelConfig:
     text_encoder: str = "shared"
     adapter_hidden_units: Tuple[int, ...] = (128,)
     beta: float = 0.1
-    head_balance_weight: float = 0.1
+    head_balance_weight: float = 0.3
     loss: str = "sampled_softmax"
     margin: float = 0.1
     num_negatives: int = 64
