@@ -180,8 +180,10 @@ class ModelConfig:
         need(self.partitioner in PARTITIONERS, "partitioner", f"choose one of {PARTITIONERS}")
         need(self.min_slice_size_bytes >= 1, "min_slice_size_bytes", "must be >= 1")
         need(self.pq_nlist >= 1, "pq_nlist", "must be >= 1")
-        need(self.pq_m >= 1 and self.embedding_dim % self.pq_m == 0, "pq_m",
-             f"must divide embedding_dim={self.embedding_dim} (e.g. 8, 16, 32)")
+        need(self.pq_m >= 1, "pq_m", "must be >= 1")
+        # Only a joint PQ model splits its embeddings into pq_m sub-spaces.
+        need(not self.joint_pq or self.embedding_dim % self.pq_m == 0, "pq_m",
+             f"must divide embedding_dim={self.embedding_dim} (e.g. 8, 16, 32) with --joint_pq")
         need(self.pq_distortion_weight >= 0, "pq_distortion_weight", "must be >= 0")
         need(self.pq_warm_start_vectors >= max(self.pq_nlist, 256), "pq_warm_start_vectors",
              f"must be >= max(pq_nlist={self.pq_nlist}, 256) (k-means and 256 PQ codewords)")
