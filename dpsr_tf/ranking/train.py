@@ -135,12 +135,30 @@ def _pair_arrays(data: RankerData, table, feats, config: model_lib.RankerConfig,
 
 
 def _input_fn(arrays, labels, batch_size, seed, training):
+    """Batches from numpy through a generator: the arrays never become graph constants (a
+    from_tensor_slices dataset would embed every title of every pair in the GraphDef, which
+    the Estimator writes out as text and into each checkpoint's meta graph)."""
+    n = len(labels)
+    keys = sorted(arrays)
+    signature = ({k: tf.TensorSpec([None] + list(arrays[k].shape[1:]),
+                                   tf.string if arrays[k].dtype == object else tf.float32)
+                  for k in keys}, tf.TensorSpec([None], tf.float32))
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(n) if training else np.arange(n)
+            for lo in range(0, n, batch_size):
+                idx = order[lo:lo + batch_size]
+                if training and len(idx) < batch_size:
+                    break
+                yield ({k: arrays[k][idx] for k in keys}, labels[idx].astype(np.float32))
+            if not training:
+                return
+
     def fn():
-        ds = tf.data.Dataset.from_tensor_slices((arrays, labels))
-        if training:
-            ds = ds.shuffle(min(len(labels), 1 << 18), seed=seed,
-                            reshuffle_each_iteration=True).repeat()
-        return ds.batch(batch_size).prefetch(2)
+        ds = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        return ds.prefetch(2)
     return fn
 
 
@@ -201,7 +219,15 @@ def predict_scores(model_dir: str, data: RankerData, table, feats,
     arrays = {"query": queries, "title": utf8(data.titles)[table.item_rows],
               "numeric": feats.astype(np.float32)}
     est = make_estimator(model_dir, config)
-    fn = lambda: tf.data.Dataset.from_tensor_slices(arrays).batch(1024)
+    keys = sorted(arrays)
+    sig = {k: tf.TensorSpec([None] + list(arrays[k].shape[1:]),
+                            tf.string if arrays[k].dtype == object else tf.float32) for k in keys}
+
+    def batches():
+        for lo in range(0, len(queries), 1024):
+            yield {k: arrays[k][lo:lo + 1024] for k in keys}
+
+    fn = lambda: tf.data.Dataset.from_generator(batches, output_signature=sig)
     out = np.fromiter((p["score"] for p in est.predict(fn, checkpoint_path=checkpoint,
                                                          yield_single_examples=True)),
                       np.float32, count=len(queries))
