@@ -18,10 +18,13 @@ item tower as if the layer were the identity (straight-through: R^T R = I). The 
 no layer of its own: R is orthogonal, so <q, R^T z_hat> = <R q, z_hat>, which is what FAISS
 computes after rotating the query with the same LinearTransform. A distortion term
 
-    pq_distortion_weight * mean_i ||z_i - z_hat_i||^2
+    pq_distortion_weight * (mean_i ||z_i - z_hat_i||^2 [centroids held]
+                            + mean_i ||stop_gradient(z_i) - c_{a_i}||^2)
 
-pulls the codebooks and centroids toward the embeddings (k-means in SGD form) and the
-embeddings toward their codewords. By default the codewords and centroids learn from it alone;
+pulls the codewords toward the residuals they encode and the embeddings toward their
+reconstruction (first part), and keeps each coarse centroid at the mean of its list's embeddings
+(second part: online k-means, so the centroids stay good routers for the nprobe lists a query
+visits). By default the codewords and centroids learn from these terms alone;
 --pq_codebook_retrieval_gradient also lets the ranking loss reach them through z_hat
 (g_q = R^T (z_hat + z - stop_gradient(z))). Measured on Home Depot (docs/results.md, "Joint
 PQ"), that variant raised the distortion from 0.17 to 0.31 in 2,000 steps and lost served
@@ -117,6 +120,8 @@ def quantize(items: tf.Tensor, variables: Dict[str, tf.Tensor],
     Returns:
       {"quantized": [N, d] float32 R^T z_hat with the straight-through gradient,
        "distortion": [] float32 mean_i ||R g_i - z_hat_i||^2,
+       "loss_term": [] float32 the distortion term of the loss: mean_i ||R g_i - z_hat_i||^2
+         with the centroids held + mean_i ||R g_i - c_{a_i}||^2 for the centroids alone,
        "lists": [N] int32 coarse lists, "codes": [N, m] int32 PQ codes,
        "rotation": [d, d] float32 R}.
     """
@@ -135,15 +140,22 @@ def quantize(items: tf.Tensor, variables: Dict[str, tf.Tensor],
     words = tf.gather(codebooks, codes_mn, axis=1, batch_dims=1)           # [m, N, dsub]
     words = tf.transpose(words, [1, 0, 2])                                 # [N, m, dsub]
     codes = tf.transpose(codes_mn)                                         # [N, m]
-    z_hat = coarse + tf.reshape(words, [-1, m * dsub])
+    words = tf.reshape(words, [-1, m * dsub])
+    z_hat = coarse + words
     distortion = tf.reduce_mean(tf.reduce_sum(tf.square(z - z_hat), axis=1))
+    # The loss's term: the reconstruction error trains the codewords (and pulls z toward z_hat);
+    # the coarse centroids follow k-means of the embeddings of their lists instead, so that they
+    # keep routing queries to the right lists (trained on the full residual error they drifted
+    # into worse routers: Home Depot, nprobe 16 of 256, docs/results.md "Joint PQ").
+    recon = tf.reduce_mean(tf.reduce_sum(tf.square(z - tf.stop_gradient(coarse) - words), 1))
+    coarse_kmeans = tf.reduce_mean(tf.reduce_sum(tf.square(tf.stop_gradient(z) - coarse), 1))
     if codebook_retrieval_gradient:
         straight = z_hat + z - tf.stop_gradient(z)
     else:
         straight = z + tf.stop_gradient(z_hat - z)
     quantized = tf.matmul(straight, rotation)                              # R^T, row form
     return {"quantized": quantized, "distortion": distortion, "lists": lists, "codes": codes,
-            "rotation": rotation}
+            "rotation": rotation, "loss_term": recon + coarse_kmeans}
 
 
 class JointPQWarmStartHook(tf.compat.v1.train.SessionRunHook):
@@ -367,4 +379,4 @@ def apply_to_items(items: tf.Tensor, cfg, mode, seed: int = 0,
         hook = JointPQWarmStartHook(tf.stop_gradient(items), variables,
                                     cfg.pq_warm_start_vectors, is_chief=is_chief, seed=seed)
         tf.compat.v1.summary.scalar("train/pq_distortion", out["distortion"])
-    return out["quantized"], cfg.pq_distortion_weight * out["distortion"], hook
+    return out["quantized"], cfg.pq_distortion_weight * out["loss_term"], hook
