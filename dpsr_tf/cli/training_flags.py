@@ -63,7 +63,8 @@ _TRAIN_HELP = {
     "layout_dir": "Training layout written by `dpsr prepare` (required).",
     "model_dir": "Checkpoints, TensorBoard events and dpsr_config.json (required).",
     "batch_size": "Examples per step per replica (paper: 64; default 256, docs/results.md).",
-    "train_steps": "Train until the global step reaches this.",
+    "train_steps": "Train until the global step reaches this (0 = auto: about 300 examples "
+                   "per catalog item, at least 16,000 steps; docs/training.md).",
     "shuffle_buffer": "Shuffle buffer of the training input, in interactions.",
     "seed": "Graph and input seed (each replica adds its index).",
     "eval_split": "Layout split evaluated during training.",

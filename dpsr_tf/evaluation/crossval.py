@@ -207,6 +207,7 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
     if os.path.exists(train_config.model_dir):    # an interrupted run: train from scratch
         shutil.rmtree(train_config.model_dir)
     from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
+    train_config = train_config.resolved(spec.num_items)
     log(f"{tag}: training {train_config.train_steps:,} steps into {train_config.model_dir}")
     driver.train_and_evaluate(config.model, train_config)
     log(f"{tag}: trained in {time.monotonic() - t:.1f} s")

@@ -14,7 +14,7 @@ from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
 from dpsr_tf.training import tf_config
-from dpsr_tf.training.config import TrainConfig
+from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
 
 
@@ -107,6 +107,12 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     if layout_spec is None:
         layout_spec = layout_lib.load_layout_spec(train.layout_dir)
+    if not train.train_steps:
+        train = train.resolved(layout_spec.num_items)
+        logging.info(
+            "train_steps auto: %d (about %d examples per item over %d items, batch %d; "
+            "set --train_steps to override)", train.train_steps, AUTO_EXAMPLES_PER_ITEM,
+            layout_spec.num_items, train.batch_size)
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps)

@@ -42,3 +42,26 @@ def test_auto_ratio_without_pseudo_queries_is_zero():
     assert _config().pseudo_query_mix(500, has_pseudo_queries=False).ratio == 0.0
     assert not _config().pseudo_query_mix(500, has_pseudo_queries=False).active
     assert _config(pseudo_query_ratio=0.4).pseudo_query_mix(500, False).ratio == 0.4
+
+
+@pytest.mark.parametrize("num_items, batch, want", [
+    # round(300 * N / B / 1000) * 1000, at least 16,000.
+    (54_667, 256, 64_000),     # Home Depot: 64,063 -> 64,000 (the measured best budget)
+    (10_000, 256, 16_000),     # the synthetic catalog: 11,719 -> 16,000 floor
+    (1_000_000, 256, 1_172_000),
+    (54_667, 64, 256_000),     # 256,251 -> 256,000: a smaller batch takes more steps
+    (5, 256, 16_000),
+])
+def test_auto_train_steps(num_items, batch, want):
+    cfg = _config(batch_size=batch)
+    assert cfg.train_steps == 0                      # auto is the default
+    assert cfg.auto_train_steps(num_items) == want
+    assert cfg.resolved(num_items).train_steps == want
+    assert _config(batch_size=batch, train_steps=123).resolved(num_items).train_steps == 123
+
+
+def test_auto_pseudo_query_ratio_needs_resolved_steps():
+    with pytest.raises(ValueError, match="resolved"):
+        _config().auto_pseudo_query_ratio(100)
+    with pytest.raises(ValueError, match="train_steps"):
+        _config(train_steps=-1)
