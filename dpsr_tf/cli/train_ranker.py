@@ -18,6 +18,10 @@ _COMBINER = flags.DEFINE_enum("combiner", "sum", ["sum", "mean", "sqrtn"], "Toke
 _BUCKETS = flags.DEFINE_integer("num_buckets", 1 << 18, "Token hash buckets (table rows).")
 _PAIRS = flags.DEFINE_integer("max_pairs_per_session", 32, "Pairs a session contributes.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of pairs, shuffling and initialization.")
+_RETRIEVED = flags.DEFINE_integer(
+    "retrieved_negatives", 0, "TRAIN sessions gain this many unshown items of the DPSR top "
+    "100 of their query, labelled below every shown label (what re-ranking the retrieval "
+    "list needs; docs/ranking.md).")
 flags.mark_flags_as_required(["sessions_dir", "dpsr_model_dir", "dpsr_index_dir", "model_dir"])
 
 
@@ -31,12 +35,14 @@ def main(argv):
         hidden_units=tuple(int(x) for x in _HIDDEN.value), learning_rate=_LR.value,
         optimizer=_OPT.value, batch_size=_BATCH.value,
         max_pairs_per_session=_PAIRS.value, seed=_SEED.value,
-        dpsr_model_dir=rf.DPSR_MODEL.value, dpsr_index_dir=rf.DPSR_INDEX.value)
+        dpsr_model_dir=rf.DPSR_MODEL.value, dpsr_index_dir=rf.DPSR_INDEX.value,
+        retrieved_negatives=_RETRIEVED.value)
     try:
         config.validate()
         data = train_lib.prepare_ranker_data(rf.SESSIONS.value, rf.DPSR_MODEL.value,
                                              rf.DPSR_INDEX.value, rf.MODEL_DIR.value,
-                                             layout_dir=rf.LAYOUT.value)
+                                             layout_dir=rf.LAYOUT.value,
+                                             retrieved_negatives=_RETRIEVED.value)
         train_lib.train_ranker(data, rf.MODEL_DIR.value, config, _STEPS.value)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"dpsr train-ranker: {e}") from None

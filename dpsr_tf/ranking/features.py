@@ -279,8 +279,10 @@ class FeatureExtractor:
           table: SessionTable.
           query_heads: [S, m, d] float32 DPSR query embeddings of each session's query.
           leave_own_out: TRAIN sessions: take each candidate's own impression out of the item
-            statistics.
+            statistics; a [C] bool array does it for the candidates marked True only (those
+            the statistics counted).
         """
+        own_mask = np.broadcast_to(np.asarray(leave_own_out, bool), [table.num_candidates])
         out = np.zeros([table.num_candidates, NUM_FEATURES], np.float32)
         lengths = np.diff(table.splits)
         for lo in range(0, len(table), batch_sessions):
@@ -292,9 +294,9 @@ class FeatureExtractor:
             for i, s in enumerate(range(lo, hi)):
                 items, labels = table.candidates(s)
                 rows[i, :len(items)] = items
-                if leave_own_out:
-                    own_n[i, :len(items)] = 1.0
-                    own_l[i, :len(items)] = labels
+                mask = own_mask[table.splits[s]:table.splits[s + 1]]
+                own_n[i, :len(items)] = mask
+                own_l[i, :len(items)] = np.where(mask, labels, 0.0)
             feats = self.session.run(self.features, {
                 self.query: [q.encode("utf-8") for q in table.queries[lo:hi]],
                 self.rows: rows, self.heads: query_heads[lo:hi], self.own_n: own_n,

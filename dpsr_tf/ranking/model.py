@@ -54,6 +54,8 @@ class RankerConfig:
       max_pairs_per_session: cap of pairs a session contributes (sessions.build_pairs).
       seed: pairs, shuffling and initialization.
       dpsr_model_dir, dpsr_index_dir: the retrieval model whose score and rank are features.
+      retrieved_negatives: unshown retrieved items added to each TRAIN session
+        (train.prepare_ranker_data).
     """
 
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=default_tokenizer)
@@ -69,6 +71,7 @@ class RankerConfig:
     seed: int = 0
     dpsr_model_dir: str = ""
     dpsr_index_dir: str = ""
+    retrieved_negatives: int = 0
 
     def validate(self):
         if self.combiner not in ("sum", "mean", "sqrtn"):

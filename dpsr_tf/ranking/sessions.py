@@ -343,3 +343,36 @@ def read_sessions_info(sessions_dir: str) -> dict:
                             f"write one with `dpsr prepare-sessions`")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def add_retrieved_negatives(table: SessionTable, retrieved: np.ndarray, per_session: int,
+                            label: float, seed: int = 0) -> SessionTable:
+    """Each session gains up to `per_session` items that retrieval returned for its query but
+    the session did not show, with `label` (below every shown label), appended after the shown
+    candidates.
+
+    Judged or logged sessions only hold items a user (or rater) saw; a re-ranker serves the
+    top N of retrieval, most of which nobody judged. Without such items in training it never
+    learns to push them down (docs/ranking.md).
+
+    Args:
+      table: the sessions.
+      retrieved: [S, K] int64 item rows retrieved for each session's query (-1 = none).
+      per_session: items added per session (a seeded uniform draw among the unshown).
+      label: their label.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(len(table)):
+        items, labels = table.candidates(s)
+        shown = set(items.tolist())
+        pool = [r for r in retrieved[s].tolist() if r >= 0 and r not in shown]
+        add = (rng.choice(pool, min(per_session, len(pool)), replace=False).tolist()
+               if pool and per_session > 0 else [])
+        pos = table.positions[table.splits[s]:table.splits[s + 1]]
+        out.append({"session_id": table.session_ids[s], "query": table.queries[s],
+                    "user_row": int(table.user_rows[s]),
+                    "timestamp": float(table.timestamps[s]),
+                    "items": list(items) + add, "labels": list(labels) + [label] * len(add),
+                    "positions": list(pos) + list(range(len(pos), len(pos) + len(add)))})
+    return SessionTable.from_lists(out)

@@ -72,9 +72,15 @@ def _lexical_config(index_dir: str) -> LexicalConfig:
 
 def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: str,
                         model_dir: str, layout_dir: Optional[str] = None,
+                        retrieved_negatives: int = 0, retrieval_depth: int = 100,
                         log=print) -> RankerData:
     """Feature tables (saved in model_dir) and the numeric features of both splits (cached in
-    model_dir/features/)."""
+    model_dir/features/).
+
+    retrieved_negatives: TRAIN sessions gain this many unshown items of the DPSR top
+    `retrieval_depth` of their query, labelled below every shown label
+    (sessions.add_retrieved_negatives); eval sessions are left as they are. Item statistics
+    count the shown candidates only."""
     info = sessions_lib.read_sessions_info(sessions_dir)
     spec = layout_lib.load_layout_spec(layout_dir or info["layout_dir"])
     train = sessions_lib.load_sessions(sessions_dir, "train")
@@ -85,12 +91,15 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
     key = {"sessions_dir": os.path.abspath(sessions_dir),
            "dpsr_checkpoint": model_dir_lib.latest_checkpoint(dpsr_model_dir),
            "dpsr_index_dir": os.path.abspath(dpsr_index_dir),
-           "layout_dir": spec.layout_dir, "features": list(features_lib.FEATURE_NAMES)}
+           "layout_dir": spec.layout_dir, "features": list(features_lib.FEATURE_NAMES),
+           "retrieved_negatives": retrieved_negatives, "retrieval_depth": retrieval_depth}
     cache = os.path.join(model_dir, FEATURES_DIR)
     key_path = os.path.join(cache, "key.json")
     if os.path.isfile(key_path) and json.load(open(key_path, encoding="utf-8")) == key:
         log(f"features: reusing {cache}")
         tables = features_lib.FeatureTables.load(model_dir)
+        train = _augment(train, tables, dpsr_model_dir, spec, retrieved_negatives,
+                         retrieval_depth, log)
         with np.load(os.path.join(cache, "train.npz")) as z_train, \
                 np.load(os.path.join(cache, "eval.npz")) as z_eval:
             return RankerData(spec, titles, tables, train, evals, z_train["features"],
@@ -100,10 +109,13 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
     tables = features_lib.build_feature_tables(titles, train.item_rows, train.labels, item_emb,
                                                _lexical_config(dpsr_index_dir))
     tables.save(model_dir)
+    train = _augment(train, tables, dpsr_model_dir, spec, retrieved_negatives, retrieval_depth,
+                     log)
     out = {}
     extractor = features_lib.FeatureExtractor(tables, cfg.num_heads)
     try:
-        for name, table, own in (("train", train, True), ("eval", evals, False)):
+        counted = _counted_mask(train, retrieved_negatives)
+        for name, table, own in (("train", train, counted), ("eval", evals, False)):
             heads = query_heads(dpsr_model_dir, spec, table.queries)
             log(f"features of {name}: {table.num_candidates:,} candidates")
             out[name] = extractor.run(table, heads, leave_own_out=own, log=log)
@@ -121,6 +133,32 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
 def utf8(texts) -> np.ndarray:
     """[n] object array of UTF-8 bytes (what tf.string tensors are fed with)."""
     return np.array([t.encode("utf-8") for t in texts], dtype=object)
+
+
+def _counted_mask(train, per_session) -> np.ndarray:
+    """[C] bool: the candidates the item statistics counted (shown ones, not the added
+    retrieved negatives, which carry the minimum label of the augmented table)."""
+    if per_session <= 0:
+        return np.ones(train.num_candidates, bool)
+    return train.labels > train.labels.min()
+
+
+def _augment(train, tables, dpsr_model_dir, spec, per_session, depth, log):
+    if per_session <= 0:
+        return train
+    heads = query_heads(dpsr_model_dir, spec, train.queries)              # [S, m, d]
+    emb = tables.item_embeddings
+    retrieved = np.zeros([len(train), depth], np.int64)
+    for lo in range(0, len(train), 512):
+        scores = np.einsum("smd,nd->snm", heads[lo:lo + 512], emb).max(axis=2)
+        top = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]
+        retrieved[lo:lo + 512] = np.take_along_axis(
+            top, np.argsort(-np.take_along_axis(scores, top, 1), axis=1), 1)
+    label = float(train.labels.min()) - 1.0 if len(train.labels) else -1.0
+    out = sessions_lib.add_retrieved_negatives(train, retrieved, per_session, label)
+    log(f"train sessions: +{out.num_candidates - train.num_candidates:,} unshown items of the "
+        f"DPSR top {depth} as label {label:g}")
+    return out
 
 
 def _pair_arrays(data: RankerData, table, feats, config: model_lib.RankerConfig, seed: int):

@@ -132,3 +132,16 @@ def test_per_session_values_average_to_session_metrics_and_paired_difference():
     d = pa["session_auc"] - pb["session_auc"]
     assert diff["session_auc"][0] == pytest.approx(d.mean())
     assert diff["session_auc"][1] == pytest.approx(np.std(d, ddof=1) / np.sqrt(len(d)))
+
+
+def test_retrieved_negatives_are_unshown_items_below_every_label():
+    table = _hand_session_table()
+    # Retrieval lists per session (-1 pads); shown items must not be added again.
+    retrieved = np.array([[10, 99, 98, 11, 97], [20, 21, -1, -1, -1], [96, 30, 95, 94, -1]])
+    out = sessions.add_retrieved_negatives(table, retrieved, per_session=2, label=-1.0, seed=0)
+    items0, labels0 = out.candidates(0)
+    assert list(items0[:4]) == [10, 11, 12, 13] and list(labels0[:4]) == [2, 0, 1, 0]
+    assert set(items0[4:]) <= {99, 98, 97} and len(items0) == 6 and list(labels0[4:]) == [-1, -1]
+    assert list(out.candidates(1)[0]) == [20, 21]                     # nothing unshown
+    items2, labels2 = out.candidates(2)
+    assert set(items2[2:]) <= {96, 95, 94} and len(items2) == 4 and labels2.min() == -1
