@@ -5,13 +5,16 @@
 
 One real `dpsr serve` (the toy DPSR servable, batching, REST) and a `dpsr proxy` in front of it.
 A normal request ("cordless drill", k=10) is sent at --rate per second (open loop, alternating
-direct and through the proxy) while one thread sends the hostile requests of one class back to
-back (serving/testing.py: hostile_grpc_cases, hostile_rest_cases); the same with no hostile
+direct and through the proxy) by a load process of its own (so that the attacker's client-side
+work, e.g. serializing a 64 MiB message under the GIL, does not delay the measuring client:
+a real attacker does not share the victim client's interpreter) while a thread of this process
+sends the hostile requests of one class back to back (serving/testing.py: hostile_grpc_cases, hostile_rest_cases); the same with no hostile
 traffic is the baseline. Prints p50/p99/max of the normal requests per class, their errors, the
 status the hostile requests got, and the RSS of both processes at the end. The issue's target:
 p99 < 50 ms under every class. Compare rows of one run (the machine may be shared).
 """
 import argparse
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -53,6 +56,25 @@ def _normal_load(stubs, rate, stop, out):
         next_at += interval
 
 
+def _load_process(conn, addresses, rate):
+    """Runs in its own process: on each "start" sends normal requests until "stop", then
+    sends back the (latency seconds, error) of each."""
+    stubs = [process.prediction_stub(a) for a in addresses]
+    request = st.predict_request("dpsr", ["cordless drill"], k=10)
+    for stub in stubs:  # channels connected before the first measured request
+        stub.Predict(request, timeout=30)
+    conn.send("ready")
+    while conn.recv() == "start":
+        out, stop = [], threading.Event()
+        load = threading.Thread(target=_normal_load, args=(stubs, rate, stop, out))
+        load.start()
+        conn.recv()
+        stop.set()
+        load.join()
+        time.sleep(0.3)  # the last normal requests finish
+        conn.send(list(out))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per class")
@@ -71,7 +93,13 @@ def main():
     process.start_all([server, proxy])
     channels = {"serve": grpc.insecure_channel(server.address),
                 "proxy": grpc.insecure_channel(proxy.address)}
-    stubs = [process.prediction_stub(server.address), process.prediction_stub(proxy.address)]
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    loader = multiprocessing.get_context("spawn").Process(
+        target=_load_process, args=(theirs, [server.address, proxy.address], args.rate),
+        daemon=True)
+    loader.start()
+    if not ours.poll(120) or ours.recv() != "ready":
+        raise RuntimeError("the load process did not start in 120 s")
     classes = [("(none: baseline)", None)]
     for name, payload, _ in st.hostile_grpc_cases():
         for target in ("serve", "proxy"):
@@ -85,9 +113,7 @@ def main():
           f"hostile statuses")
     try:
         for name, send in classes:
-            out, stop = [], threading.Event()
-            load = threading.Thread(target=_normal_load, args=(stubs, args.rate, stop, out))
-            load.start()
+            ours.send("start")
             deadline = time.monotonic() + args.seconds
             statuses = {}
             while time.monotonic() < deadline:
@@ -96,9 +122,8 @@ def main():
                     continue
                 status = send()
                 statuses[status] = statuses.get(status, 0) + 1
-            stop.set()
-            load.join()
-            time.sleep(0.3)  # the last normal requests finish
+            ours.send("stop")
+            out = ours.recv()
             lat = np.array([t for t, _ in out]) * 1e3
             errors = sum(e is not None for _, e in out)
             print(f"{name[:58]:58s} {len(lat):5d} {np.percentile(lat, 50):7.1f} "
@@ -107,6 +132,8 @@ def main():
         print(f"RSS at the end: server {st.rss_bytes(server.proc.pid) / 2**20:.0f} MiB, "
               f"proxy {st.rss_bytes(proxy.proc.pid) / 2**20:.0f} MiB")
     finally:
+        ours.send("exit")
+        loader.join(timeout=10)
         for p in (proxy, server):
             p.stop()
 
