@@ -93,7 +93,9 @@ class ModelConfig:
         servable's FAISS index.
       pq_nlist: coarse (IVF) centroids; pq_m: PQ sub-spaces (8-bit codes, m bytes per item;
         must divide embedding_dim).
-      pq_distortion_weight: weight of mean ||R g - z_hat||^2 in the loss.
+      pq_distortion_weight: weight of the quantizer's terms in the loss (reconstruction error
+        mean ||R g - z_hat||^2 + the coarse centroids' k-means error); 4 beat 1 and 0.1 on Home
+        Depot and the synthetic catalog (docs/results.md, "Joint PQ").
       pq_warm_start_vectors: item embeddings of the first batches the quantizer is
         initialized from (a FAISS IndexIVFPQ, inner product, trained on them).
       pq_codebook_retrieval_gradient: also train the codewords and centroids with the ranking
@@ -134,7 +136,7 @@ class ModelConfig:
     joint_pq: bool = False
     pq_nlist: int = 256
     pq_m: int = 16
-    pq_distortion_weight: float = 1.0
+    pq_distortion_weight: float = 4.0
     pq_warm_start_vectors: int = 16384
     pq_codebook_retrieval_gradient: bool = False
 
