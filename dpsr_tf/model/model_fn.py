@@ -175,7 +175,7 @@ def dpsr_model_fn(features, labels, mode, params):
             tf.compat.v1.summary.scalar(f"train/head_{h}_share_of_positives", shares[h])
         if cfg.head_balance_weight > 0:
             balance = losses.head_balance_loss(query, batch_items, label, cfg.beta)
-            tf.compat.v1.summary.scalar("train/head_balance", balance)
+            tf.compat.v1.summary.scalar("train/balance_of_heads", balance)
             loss = loss + cfg.head_balance_weight * balance
     global_step = tf.compat.v1.train.get_or_create_global_step()
     train_op = make_optimizer(cfg).minimize(loss, global_step=global_step,

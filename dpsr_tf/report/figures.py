@@ -4,10 +4,13 @@ Each function takes the gathered data (gather.py) and a path, draws one figure a
 the path, or None when there is nothing to draw.
 """
 import os
+import re
 from typing import Dict, List, Optional
 
 import numpy as np
 
+# The per-head share scalars of model_fn (train/head_<h>_share_of_positives).
+HEAD_SHARE_TAG = re.compile(r"train/head_(\d+)_share_of_positives")
 HEAD_MARKERS = ["X", "*", "P", "D", "^", "s", "v", "<", ">", "p"]
 HEAD_COLORS = ["black", "red", "blue", "darkgreen", "darkorange", "purple", "brown", "teal",
                "magenta", "olive"]
@@ -33,7 +36,7 @@ def training_curves(models: List[Dict], path: str) -> Optional[str]:
     if not any(m["curves"]["train"] or m["curves"]["eval"] for m in models):
         return None
     plt = _plt()
-    has_heads = any(tag.startswith("train/head_") for m in models for tag in m["curves"]["train"])
+    has_heads = any(HEAD_SHARE_TAG.fullmatch(tag) for m in models for tag in m["curves"]["train"])
     ncols = 3 if has_heads else 2
     fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8))
     for n, m in enumerate(models):
@@ -51,9 +54,9 @@ def training_curves(models: List[Dict], path: str) -> Optional[str]:
                 axes[1].plot(steps, values, style, color=color, label=f"{m['name']}: {tag}",
                              markersize=5)
         if has_heads:
-            for tag in sorted(t for t in train if t.startswith("train/head_")):
+            for tag in sorted(t for t in train if HEAD_SHARE_TAG.fullmatch(t)):
                 steps, values = zip(*train[tag])
-                h = int(tag.split("_")[1])
+                h = int(HEAD_SHARE_TAG.fullmatch(tag).group(1))
                 axes[2].plot(steps, values, color=HEAD_COLORS[h % len(HEAD_COLORS)],
                              linestyle=["-", "--", ":", "-."][n % 4],
                              label=f"{m['name']}: head {h}")
