@@ -10,6 +10,7 @@ Modules (one job each):
   model_dir   the resolved config of a model directory (load_model_config)
   embedder    towers restored from a checkpoint in a fresh graph, over NumPy inputs
   testing     tiny fake layouts, batches and datasets for tests
+  joint_pq    the IVF-PQ index as a layer (--joint_pq): rotation, centroids, codebooks, NumPy twin
 """
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_dir import load_model_config
