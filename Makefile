@@ -33,4 +33,4 @@ bench: build  ## benchmarks (results go in docs/benchmarks.md)
 	$(PY) bench/tokenizer_bench.py
 
 clean:
-	rm -rf build dpsr_tf/*.so
+	rm -rf build dpsr_tf/*.so dpsr_tf/_dpsr_ops.faiss.json

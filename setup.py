@@ -5,10 +5,16 @@
 The C++ source lists come from sources.bzl, the same file Bazel reads. Compiler and linker
 flags for the op library come from tf.sysconfig, never hard-coded (TensorFlow's ABI and C++
 standard are whatever the installed wheel was built with). FAISS is linked statically from
-Debian's libfaiss-dev (tools/apt-packages.txt).
+a build for this CPU (tools/build_faiss.py: Debian's source package of the wheel's FAISS version
+at FAISS_OPT_LEVEL=avx2, or generic on a CPU without AVX2), cached outside the clone; setup.py
+runs that script, so `make build` needs no manual step. DPSR_FAISS_PREFIX=<dir> (holding
+include/faiss and buildinfo.json) uses another build instead.
 """
 import ast
+import json
 import os
+import subprocess
+import sys
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
@@ -40,6 +46,26 @@ def _runtime_requirements():
     return reqs
 
 
+def _faiss_build():
+    """(prefix, buildinfo) of the FAISS build the op library links (tools/build_faiss.py)."""
+    prefix = os.environ.get("DPSR_FAISS_PREFIX")
+    if not prefix:
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "build_faiss.py")],
+                              stdout=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit("error: tools/build_faiss.py failed (its messages are above); the "
+                             "op library needs FAISS built from Debian's source package")
+        prefix = proc.stdout.strip().splitlines()[-1]
+    info_path = os.path.join(prefix, "buildinfo.json")
+    try:
+        with open(info_path) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: DPSR_FAISS_PREFIX={prefix}: cannot read {info_path} ({e}); "
+                         "point it at a directory made by tools/build_faiss.py") from None
+    return prefix, info
+
+
 SRC = _sources()
 COMMON_FLAGS = ["-O2", "-fvisibility=hidden", "-Wall", "-Wno-sign-compare"]
 
@@ -60,11 +86,32 @@ class BuildExt(build_ext):
                 ext.extra_link_args += tf.sysconfig.get_link_flags()
                 lib_dir = next(f[2:] for f in tf.sysconfig.get_link_flags() if f.startswith("-L"))
                 ext.extra_link_args.append("-Wl,-rpath," + lib_dir)
-                # FAISS from Debian's static libfaiss.a; --exclude-libs keeps its symbols
-                # private, so they never interpose on the faiss-cpu wheel's in one process.
-                ext.extra_link_args += ["-Wl,--exclude-libs,ALL", "-l:libfaiss.a", "-lopenblas",
+                # FAISS built for this CPU (tools/build_faiss.py), static; its headers come
+                # before /usr/include. The op is compiled with the instruction-set flags of
+                # FAISS's own avx2 target (faiss/CMakeLists.txt), so inline FAISS code in the
+                # headers takes the same paths as the library. --exclude-libs keeps FAISS's
+                # symbols private, so they never interpose on the faiss-cpu wheel's.
+                prefix, info = _faiss_build()
+                library = os.path.join(prefix, info["library"])
+                ext.include_dirs.insert(0, os.path.join(prefix, "include"))
+                ext.extra_compile_args += list(info.get("compile_flags", []))
+                ext.depends.append(library)
+                ext.extra_link_args += ["-Wl,--exclude-libs,ALL", library, "-lopenblas",
                                         "-fopenmp"]
+                self._faiss_info = info
         super().build_extensions()
+        info = getattr(self, "_faiss_info", None)
+        if info is not None:
+            # Read by dpsr_tf/op_library.py before loading the library: refuses an avx2 build
+            # on a CPU without AVX2 with a clear error instead of an illegal instruction.
+            # Beside the built library and beside the in-place copy (setuptools builds in
+            # build/ and copies only the .so into the source tree for --inplace).
+            built = os.path.dirname(self.get_ext_fullpath("dpsr_tf._dpsr_ops"))
+            for folder in {built, os.path.join(ROOT, "dpsr_tf")}:
+                with open(os.path.join(folder, "_dpsr_ops.faiss.json"), "w") as f:
+                    json.dump({k: info[k] for k in ("faiss_version", "debian_source_version",
+                                                    "opt_level", "compile_flags")}, f, indent=1)
+                    f.write("\n")
 
 
 def _ext(name, sources, depends, libraries=()):

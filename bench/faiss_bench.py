@@ -1,24 +1,29 @@
-"""FAISS indexing and search: build time, peak memory, latency, recall@k, TF op vs bare faiss.
+"""FAISS indexing and search: build time, peak memory, latency, CPU, recall@k, TF op vs wheel.
 
 Synthetic catalog: N clustered unit-norm d-dim item embeddings (seeded; C Gaussian centres,
 items and queries = centre + noise, L2-normalized), queries drawn the same way. For each index
 type:
   build   export.index_builder.build_index in a child process (wall seconds, peak RSS of the
-          child, RSS before the build = the embeddings and ids it holds)
+          child, RSS before the build = the embeddings and ids it holds). `name@kF` variants of a
+          refine index are the same file with the IndexRefine k_factor set to F.
   search  in ONE process, side by side on the same index file and the same queries:
-            op     Dpsr>FaissSearch in a tf.function (export/faiss_ops.py; FAISS 1.7.3 from
-                   Debian's libfaiss.a, generic x86-64 SIMD)
-            wheel  faiss-cpu 1.7.3 index.search (the wheel picks its AVX2 build here)
-          single query: median / p99 over --latency_queries queries, one at a time
+            op      Dpsr>FaissSearch in a tf.function (export/faiss_ops.py; the FAISS the op
+                    library links: tools/build_faiss.py, FAISS 1.7.3 from Debian's source
+                    package at FAISS_OPT_LEVEL=avx2 on an AVX2 machine); small batches run on
+                    the calling thread
+            wheel1  faiss-cpu 1.7.3 index.search with omp_set_num_threads(1)
+            wheel   the same with the wheel's default threads
+          single query: median / p99 and CPU ms per query (process_time) over
+          --latency_queries queries, interleaved in blocks of 20
           batched: --batch queries per call, ms per call and per query
-          recall@k of the op against exact search (numpy, chunked over the memmap)
+          recall@k of op and wheel against exact search (numpy, chunked over the memmap)
   overhead  the op on a 1-vector index (k=1): the fixed cost TF adds per call
 A second child measures the wheel's generic (non-AVX2) build (FAISS_DISABLE_CPU_FEATURES=AVX2)
-on the same files, the SIMD level of the op's FAISS, to split the op/wheel gap into TF overhead
-and SIMD.
+on the same files: what a generic FAISS in the op would cost.
 
-    nice -n 10 python bench/faiss_bench.py --num_items 1000000 --work_dir /tmp/faiss_bench \\
-        --indexes flat,ivfpq,ivfpq_fs32,ivfpq_fs64,hnsw --json bench/results/faiss_1m.json
+    nice -n 10 python bench/faiss_bench.py --num_items 1000000 --clusters 1000 --noise 0.5 \
+        --work_dir /tmp/faiss_bench --indexes ivfpq,ivfpq_fs32,fs32_rsq8,fs32_rsq8@k2 \
+        --json bench/results/faiss_1m.json
 
 Prints Markdown tables (docs/benchmarks.md, section "FAISS indexing and search").
 """
@@ -47,7 +52,25 @@ INDEXES = {
     "ivfpq_fs32": ("IVF4096,PQ32x4fs", "nprobe", [16, 64, 128]),
     "ivfpq_fs64": ("IVF4096,PQ64x4fs", "nprobe", [16, 64, 128]),
     "hnsw": ("HNSW32", "ef_search", [1000, 2000]),
+    # Fast scan + refine (issue 14): 4-bit fast-scan candidates re-ranked with 8-bit codes
+    # (SQ8: 64 B per item at d = 64; PQ32: 32 B). `name@kF` is the same index file with the
+    # IndexRefine k_factor set to F (k * F candidates re-ranked); plain name = k_factor 4.
+    "fs32_rsq8": ("IVF4096,PQ32x4fs,Refine(SQ8)", "nprobe", [32, 64, 128]),
+    "fs32_rpq": ("IVF4096,PQ32x4fs,Refine(PQ32)", "nprobe", [32, 64, 128]),
+    "fs64_rsq8": ("IVF4096,PQ64x4fs,Refine(SQ8)", "nprobe", [32, 64, 128]),
 }
+DEFAULT_K_FACTOR = 4.0
+
+
+def _base_name(name):
+    return name.split("@")[0]
+
+
+def _k_factor(name):
+    """The IndexRefine k_factor of an index name (`fs32_rsq8@k2` -> 2.0), None if no refine."""
+    if "Refine" not in INDEXES[_base_name(name)][0]:
+        return None
+    return float(name.split("@k")[1]) if "@k" in name else DEFAULT_K_FACTOR
 
 
 def _log(msg):
@@ -152,10 +175,83 @@ def _build_one(args):
 
 
 def _factory(name, nlist):
-    return INDEXES[name][0].replace("IVF4096", f"IVF{nlist}")
+    return INDEXES[_base_name(name)][0].replace("IVF4096", f"IVF{nlist}")
+
+
+def _with_k_factor(built, name):
+    """A copy of a refine index file with another k_factor (the file stores it)."""
+    import faiss  # pylint: disable=g-import-not-at-top
+    path = built["index_file"].replace(".faiss", "") + f".k{_k_factor(name):g}.faiss"
+    if not os.path.exists(path):
+        index = faiss.read_index(built["index_file"])
+        faiss.downcast_index(index).k_factor = _k_factor(name)
+        faiss.write_index(index, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return dict(built, name=name, index_file=path)
 
 
 def _build(args, name, items_path, tag):
+    if _k_factor(name) is not None:
+        base = _base_name(name)
+        fs_name = _refined_from(base)
+        if fs_name and args.derive_refine:
+            built = _derive_refine(args, base, _build_base(args, fs_name, items_path, tag),
+                                   items_path, tag)
+        else:
+            built = _build_base(args, base, items_path, tag)
+        return _with_k_factor(built, name)
+    return _build_base(args, name, items_path, tag)
+
+
+def _refined_from(name):
+    """The INDEXES entry whose factory is this refine index's base, or None."""
+    base_factory = INDEXES[name][0].rsplit(",", 1)[0]
+    return next((n for n, v in INDEXES.items() if v[0] == base_factory), None)
+
+
+def _derive_refine(args, name, base_built, items_path, tag):
+    """A refine index from an already built base index: the refine codes (SQ8 / PQ) trained on
+    the builder's training sample size (seeded) and added for every item, wrapped with the
+    base in an IndexRefine, as index_factory + build_index would make it (only the base is not
+    trained again). Build seconds = the base's + the refine codes'."""
+    import faiss  # pylint: disable=g-import-not-at-top
+    marker = os.path.join(args.work_dir, f"built_{tag}_{name}_{args.nlist}.json")
+    if os.path.exists(marker) and not args.rebuild:
+        with open(marker) as f:
+            return json.load(f)
+    factory = _factory(name, args.nlist)
+    refine_factory = factory.rsplit(",", 1)[1]
+    refine_factory = refine_factory[len("Refine("):-1] if refine_factory != "RFlat" else "Flat"
+    _log(f"deriving {name} ({factory}) from {base_built['name']}: training + adding "
+         f"{refine_factory} codes")
+    t0 = time.monotonic()
+    items = np.load(items_path, mmap_mode="r")
+    base = faiss.read_index(base_built["index_file"])
+    refine = faiss.index_factory(args.dim, refine_factory, faiss.METRIC_INNER_PRODUCT)
+    if isinstance(faiss.downcast_index(refine), faiss.IndexPQ):
+        faiss.downcast_index(refine).do_polysemous_training = False
+    if not refine.is_trained:
+        n_train = min(len(items), max(65536, 64 * args.nlist))
+        sample = np.sort(np.random.default_rng(args.seed).choice(len(items), n_train, False))
+        refine.train(np.ascontiguousarray(items[sample]))
+    for lo in range(0, len(items), 65536):
+        refine.add(np.ascontiguousarray(items[lo:lo + 65536]))
+    index = faiss.IndexRefine(base, refine)
+    index.k_factor = DEFAULT_K_FACTOR
+    out_dir = os.path.join(args.work_dir, f"index_{tag}_{name}_{args.nlist}")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "index.faiss")
+    faiss.write_index(index, path)
+    result = dict(base_built, name=name, factory=factory, index_file=path,
+                  build_seconds=base_built["build_seconds"] + time.monotonic() - t0,
+                  index_bytes=os.path.getsize(path), derived_from=base_built["name"])
+    with open(marker, "w") as f:
+        json.dump(result, f)
+    _log(f"derived {name} in {time.monotonic() - t0:.1f} s")
+    return result
+
+
+def _build_base(args, name, items_path, tag):
     marker = os.path.join(args.work_dir, f"built_{tag}_{name}_{args.nlist}.json")
     if os.path.exists(marker) and not args.rebuild:
         with open(marker) as f:
@@ -195,18 +291,29 @@ def _summary(ms):
 def _set_knob(index, knob, value):
     import faiss  # pylint: disable=g-import-not-at-top
     if knob == "nprobe":
-        faiss.extract_index_ivf(index).nprobe = value
+        from export import index_builder  # pylint: disable=g-import-not-at-top
+        index_builder.extract_ivf(index).nprobe = value
     elif knob == "ef_search":
         faiss.downcast_index(index).hnsw.efSearch = value
 
 
 def _measure_search(args, built, queries, exact, wheel_only=False):
-    """Op and wheel side by side on one index file: per knob value, latency and recall."""
+    """Op and wheel side by side on one index file: per knob value, latency, CPU and recall.
+
+    Single queries, interleaved in blocks of 20 so machine noise hits every side alike:
+      op      Dpsr>FaissSearch in a tf.function; the op searches small batches on the calling
+              thread (one-threaded, as a servable runs it)
+      wheel1  the faiss-cpu wheel with omp_set_num_threads(1) (one-threaded)
+      wheel   the wheel with its default threads (what a Python service would get)
+    Per side: wall-clock median / p99 and CPU seconds of the whole process per query
+    (time.process_time over the side's calls: all threads, TF dispatch included for the op).
+    """
     import faiss  # pylint: disable=g-import-not-at-top
     name = built["name"]
-    _, knob, values = INDEXES[name]
+    _, knob, values = INDEXES[_base_name(name)]
     k = args.k
     wheel = faiss.read_index(built["index_file"])
+    default_threads = faiss.omp_get_max_threads()
     rows = []
     if not wheel_only:
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -218,49 +325,112 @@ def _measure_search(args, built, queries, exact, wheel_only=False):
         def op_search(q, nprobe, ef):
             return faiss_ops.search(index, q, k, nprobe=nprobe, ef_search=ef)
 
-    latency_n = args.latency_queries if name != "flat" else max(50, args.latency_queries // 4)
+    latency_n = args.latency_queries if name != "flat" else max(40, args.latency_queries // 4)
     for value in values:
-        row = {"name": name, "factory": built["factory"], "knob": knob, "value": value}
+        row = {"name": name, "factory": built["factory"], "knob": knob, "value": value,
+               "k_factor": _k_factor(name)}
         if knob:
             _set_knob(wheel, knob, value)
-        wheel_fn = lambda q: wheel.search(q, k)  # noqa: E731
-        wheel_fn(queries[:2])
+
+        def wheel_fn(q):
+            return wheel.search(q, k)[1]
+
+        def wheel1_fn(q):
+            faiss.omp_set_num_threads(1)
+            try:
+                return wheel.search(q, k)[1]
+            finally:
+                faiss.omp_set_num_threads(default_threads)
+
+        sides = {"wheel": wheel_fn, "wheel1": wheel1_fn}
         if not wheel_only:
             nprobe = tf.constant(value if knob == "nprobe" else 0)
             ef = tf.constant(value if knob == "ef_search" else 0)
-            op_fn = lambda q: op_search(q, nprobe, ef)[1].numpy()  # noqa: E731
-            op_fn(queries[:2])
-            # Alternate op and wheel query by query, so that machine noise hits both alike.
-            op_ms, wheel_ms = [], []
-            for i in range(latency_n):
-                q = queries[i % len(queries)][None]
-                op_ms.append(_timings(op_fn, q, 1))
-                wheel_ms.append(_timings(wheel_fn, q, 1))
-            op_ms, wheel_ms = np.concatenate(op_ms), np.concatenate(wheel_ms)
-            row["op_single"] = _summary(op_ms)
-            row["wheel_single"] = _summary(wheel_ms)
-            row["op_minus_wheel_median_ms"] = float(np.median(op_ms - wheel_ms))
-            b = queries[:args.batch]
-            row["op_batch_ms"] = float(np.median(
-                [_timings(lambda _: op_fn(b), b, 1)[0] for _ in range(3)]))
-            row["wheel_batch_ms"] = float(np.median(
-                [_timings(lambda _: wheel_fn(b), b, 1)[0] for _ in range(3)]))
-            found = np.concatenate([op_fn(queries[lo:lo + 256])
+            sides["op"] = lambda q: op_search(q, nprobe, ef)[1].numpy()  # noqa: E731
+        for fn in sides.values():
+            fn(queries[:1])
+        wall = {side: [] for side in sides}
+        cpu = dict.fromkeys(sides, 0.0)
+        for lo in range(0, latency_n, 20):
+            block = [queries[i % len(queries)][None] for i in range(lo, min(lo + 20, latency_n))]
+            for side, fn in sides.items():
+                c0 = time.process_time()
+                wall[side].append(_timings(fn, np.concatenate(block), len(block)))
+                cpu[side] += time.process_time() - c0
+        for side in sides:
+            ms = np.concatenate(wall[side])
+            row[f"{side}_single"] = _summary(ms)
+            row[f"{side}_cpu_ms"] = cpu[side] * 1e3 / len(ms)
+        b = queries[:args.batch]
+        for side in ("op", "wheel") if not wheel_only else ("wheel",):
+            row[f"{side}_batch_ms"] = float(np.median(
+                [_timings(lambda _, fn=sides[side]: fn(b), b, 1)[0] for _ in range(3)]))
+        if not wheel_only:
+            found = np.concatenate([sides["op"](queries[lo:lo + 256])
                                     for lo in range(0, len(queries), 256)])
-            row["op_recall"] = float(np.mean(
-                [len(set(f) & set(e)) / k for f, e in zip(found, exact)]))
-            wfound = wheel.search(queries, k)[1]
-            row["wheel_recall"] = float(np.mean(
-                [len(set(f) & set(e)) / k for f, e in zip(wfound, exact)]))
-        else:
-            row["wheel_single"] = _summary(np.concatenate(
-                [_timings(wheel_fn, queries, latency_n)]))
-            b = queries[:args.batch]
-            row["wheel_batch_ms"] = float(np.median(
-                [_timings(lambda _: wheel_fn(b), b, 1)[0] for _ in range(3)]))
+            row["op_recall"] = _recall(found, exact)
+        row["wheel_recall"] = _recall(wheel.search(queries, k)[1], exact)
         rows.append(row)
         _log(json.dumps(row))
     return rows
+
+
+def _multi_head(args, built, queries, heads=2, requests=400):
+    """A 2-head request as the servable runs it (TF1 Session): one Dpsr>FaissSearch per head
+    against one call on all heads' queries ([B * H, d]), same index, interleaved in blocks."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from export import faiss_ops  # pylint: disable=g-import-not-at-top
+    k = args.k
+    with tf.Graph().as_default():
+        index = faiss_ops.FaissIndex(built["index_file"])
+        emb = tf.compat.v1.placeholder(tf.float32, [None, heads, args.dim])
+        per_head = [faiss_ops.search(index, emb[:, h, :], k, name=f"head_{h}")
+                    for h in range(heads)]
+        sep_scores = tf.stack([sc for sc, _ in per_head], axis=1)
+        sep_labels = tf.stack([lb for _, lb in per_head], axis=1)
+        flat = tf.reshape(emb, [-1, args.dim])
+        sc, lb = faiss_ops.search(index, flat, k, name="all_heads")
+        one_scores = tf.reshape(sc, [-1, heads, k])
+        one_labels = tf.reshape(lb, [-1, heads, k])
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1,
+                                          inter_op_parallelism_threads=2)
+        with tf.compat.v1.Session(config=config) as sess:
+            sess.run(tf.compat.v1.tables_initializer())
+            reqs = [np.stack([queries[(2 * i) % len(queries)],
+                              queries[(2 * i + 1) % len(queries)]])[None]
+                    for i in range(requests)]
+            a = sess.run([sep_scores, sep_labels], {emb: reqs[0]})
+            b = sess.run([one_scores, one_labels], {emb: reqs[0]})
+            same = bool(np.array_equal(a[1], b[1]))
+            wall = {"separate": [], "one_call": []}
+            cpu = {"separate": 0.0, "one_call": 0.0}
+            fetch = {"separate": sep_labels, "one_call": one_labels}
+            for lo in range(0, requests, 20):
+                for side in wall:
+                    c0 = time.process_time()
+                    for r in reqs[lo:lo + 20]:
+                        t0 = time.perf_counter()
+                        sess.run(fetch[side], {emb: r})
+                        wall[side].append((time.perf_counter() - t0) * 1e3)
+                    cpu[side] += time.process_time() - c0
+    out = {"index": built["name"], "heads": heads, "identical_labels": same}
+    for side in wall:
+        out[side] = _summary(np.array(wall[side]))
+        out[side]["cpu_ms"] = cpu[side] * 1e3 / requests
+    _log(json.dumps(out))
+    return out
+
+
+def _op_faiss():
+    """The FAISS the op library links (setup.py's _dpsr_ops.faiss.json)."""
+    from dpsr_tf import op_library  # pylint: disable=g-import-not-at-top
+    info = op_library.faiss_build_info()
+    return (f"{info['debian_source_version']} {info['opt_level']}" if info else
+            "unknown (library built without tools/build_faiss.py)")
+
+
+def _recall(found, exact):
+    return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found, exact)]))
 
 
 def _op_overhead(args):
@@ -338,7 +508,7 @@ def _wheel_generic_child(args):
 def _report(result):
     n = result["num_items"]
     lines = [f"\n### {n:,} items, d={result['dim']}, k={result['k']} "
-             f"({result['machine']}, {result['date']})\n",
+             f"({result['machine']}, {result['date']}; op FAISS: {result.get('op_faiss')})\n",
              "| index | factory | build s | peak RSS GiB (before build) | index MiB |",
              "|---|---|---:|---:|---:|"]
     for b in result["builds"]:
@@ -346,21 +516,30 @@ def _report(result):
                      f"{b['peak_rss'] / 2**30:.2f} ({b['rss_before_build'] / 2**30:.2f}) | "
                      f"{b['index_bytes'] / 2**20:.0f} |")
     generic = {(r["name"], r["value"]): r for r in result.get("wheel_generic", [])}
-    lines += ["", "| index | knob | recall@k op (wheel) | single query ms: op / wheel AVX2 / "
-              "wheel generic (median, p99 op) | op/wheel | batch of "
+    lines += ["", "| index | knob | recall@k op (wheel) | one-threaded single query, median ms: "
+              "op / wheel (op/wheel) | CPU ms per query: op / wheel 1 thread / wheel default "
+              "threads | wheel default threads ms (generic build) | batch of "
               f"{result['batch']}: op / wheel ms per query |",
-              "|---|---|---:|---:|---:|---:|"]
+              "|---|---|---:|---:|---:|---:|---:|"]
     for r in result["search"]:
         g = generic.get((r["name"], r["value"]))
-        g_ms = f"{g['wheel_single']['median_ms']:.2f}" if g else "-"
+        g_ms = f" ({g['wheel1_single']['median_ms']:.2f})" if g else ""
         knob = f"{r['knob']}={r['value']}" if r["knob"] else "-"
+        op, w1 = r["op_single"]["median_ms"], r["wheel1_single"]["median_ms"]
         lines.append(
             f"| {r['name']} | {knob} | {r['op_recall']:.3f} ({r['wheel_recall']:.3f}) | "
-            f"{r['op_single']['median_ms']:.2f} / {r['wheel_single']['median_ms']:.2f} / {g_ms}"
-            f" (p99 {r['op_single']['p99_ms']:.2f}) | "
-            f"{r['op_single']['median_ms'] / r['wheel_single']['median_ms']:.2f}x | "
+            f"{op:.2f} / {w1:.2f} ({op / w1:.2f}x) | "
+            f"{r['op_cpu_ms']:.2f} / {r['wheel1_cpu_ms']:.2f} / {r['wheel_cpu_ms']:.2f} | "
+            f"{r['wheel_single']['median_ms']:.2f}{g_ms} | "
             f"{r['op_batch_ms'] / result['batch']:.3f} / "
             f"{r['wheel_batch_ms'] / result['batch']:.3f} |")
+    if "multi_head" in result:
+        m = result["multi_head"]
+        lines += ["", f"2-head request ({m['index']}, TF1 Session as served, "
+                  f"labels identical: {m['identical_labels']}): one call per head "
+                  f"{m['separate']['median_ms']:.3f} ms median / {m['separate']['cpu_ms']:.3f} ms "
+                  f"CPU; one call for both heads {m['one_call']['median_ms']:.3f} ms / "
+                  f"{m['one_call']['cpu_ms']:.3f} ms CPU."]
     if "overhead" in result:
         o = result["overhead"]
         lines += ["", f"Fixed cost per call (1-vector index, k=1): op in a tf.function "
@@ -391,6 +570,13 @@ def main():
     p.add_argument("--json", default="")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--skip_generic", action="store_true")
+    p.add_argument("--multi_head", default="",
+                   help="index name: also time a 2-head request as 2 calls vs 1 call")
+    p.add_argument("--derive_refine", type=int, default=1,
+                   help="1: build a refine index by adding refine codes to its already built "
+                        "base index (e.g. fs32_rsq8 from ivfpq_fs32); 0: build_index from scratch")
+    p.add_argument("--build_only", action="store_true",
+                   help="make data, exact answers and index files; measure nothing")
     # internal (child processes)
     p.add_argument("--build_one", default="")
     p.add_argument("--items_path", default="")
@@ -411,15 +597,21 @@ def main():
     exact_path = os.path.join(args.work_dir, f"exact_{tag}_{len(queries)}_{args.k}.npy")
     names = [n for n in args.indexes.split(",") if n]
     builds = [_build(args, name, items_path, tag) for name in names]
+    if args.build_only:
+        return 0
     result = {"num_items": args.num_items, "dim": args.dim, "k": args.k, "batch": args.batch,
               "clusters": args.clusters, "noise": args.noise,
               "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-              "date": time.strftime("%Y-%m-%d"), "builds": builds, "search": []}
+              "date": time.strftime("%Y-%m-%d"), "builds": builds, "search": [],
+              "op_faiss": _op_faiss(), "load_average_start": os.getloadavg()}
     for built in builds:
         result["search"].extend(_measure_search(args, built, queries, exact))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(result, f, indent=1)
+    if args.multi_head:
+        result["multi_head"] = _multi_head(
+            args, next(b for b in builds if b["name"] == args.multi_head), queries)
     result["overhead"] = _op_overhead(args)
     if not args.skip_generic:
         result["wheel_generic"] = _wheel_generic(args, builds, queries_path, exact_path)
@@ -427,6 +619,7 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    result["load_average_end"] = os.getloadavg()
     _report(result)
     return 0
 

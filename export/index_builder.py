@@ -87,6 +87,10 @@ class IndexBuildConfig:
       ef_construction: HNSW efConstruction; 0 leaves FAISS's default (40).
       normalize: L2-normalize the embeddings before indexing (inner product = cosine).
       num_threads: OpenMP threads for training and adding; 0 = FAISS's default (all cores).
+      refine_k_factor: for refine factories ("...,Refine(SQ8)", "...,RFlat"): the stored
+        IndexRefine k_factor, i.e. k * refine_k_factor candidates of the base index are
+        re-ranked with the refine codes (FAISS's own default, 1, re-ranks only the k it
+        returns). Ignored for other indexes.
     """
     factory: str = "IVF1024,PQ32x4fs"
     metric: str = "inner_product"
@@ -99,6 +103,7 @@ class IndexBuildConfig:
     ef_construction: int = 0
     normalize: bool = False
     num_threads: int = 0
+    refine_k_factor: float = 4.0
 
     def validate(self) -> None:
         """Raises ValueError naming the bad field, its value and what is allowed."""
@@ -114,6 +119,9 @@ class IndexBuildConfig:
         for name in ("train_size", "nprobe", "ef_search", "ef_construction", "num_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 1.0 <= self.refine_k_factor <= 64.0:
+            raise ValueError(f"refine_k_factor must be in [1, 64] (candidates re-ranked per "
+                             f"result), got {self.refine_k_factor}")
 
 
 def _peak_rss_bytes() -> int:
@@ -133,6 +141,16 @@ def _metric(name: str) -> int:
     return faiss.METRIC_INNER_PRODUCT if name == "inner_product" else faiss.METRIC_L2
 
 
+def extract_ivf(index):
+    """The IndexIVF inside `index`, or None: like faiss.try_extract_index_ivf (which unwraps
+    IndexPreTransform and IndexIDMap) but also through IndexRefine's base index, which FAISS
+    1.7.3's does not (a refine index would otherwise keep nprobe 1)."""
+    node = faiss.downcast_index(index)
+    if isinstance(node, faiss.IndexRefine):
+        node = faiss.downcast_index(node.base_index)
+    return faiss.try_extract_index_ivf(node)
+
+
 def _hnsw_nodes(index):
     """The HNSW indexes inside `index` (the index itself, or an IVF coarse quantizer)."""
     out = []
@@ -141,7 +159,7 @@ def _hnsw_nodes(index):
         node = faiss.downcast_index(node.index)
     if isinstance(node, faiss.IndexHNSW):
         out.append(node)
-    ivf = faiss.try_extract_index_ivf(index)
+    ivf = extract_ivf(index)
     if ivf is not None:
         quantizer = faiss.downcast_index(ivf.quantizer)
         if isinstance(quantizer, faiss.IndexHNSW):
@@ -155,6 +173,10 @@ def _disable_polysemous_training(index) -> None:
     node = faiss.downcast_index(index)
     while isinstance(node, faiss.IndexPreTransform):
         node = faiss.downcast_index(node.index)
+    if isinstance(node, faiss.IndexRefine):  # base and refine codes ("...,Refine(PQ32)")
+        _disable_polysemous_training(node.base_index)
+        _disable_polysemous_training(node.refine_index)
+        return
     if isinstance(node, (faiss.IndexPQ, faiss.IndexIVFPQ)):
         node.do_polysemous_training = False
 
@@ -260,7 +282,7 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
     if config.num_threads:
         faiss.omp_set_num_threads(config.num_threads)
     try:
-        ivf = faiss.try_extract_index_ivf(template)
+        ivf = extract_ivf(template)
         _disable_polysemous_training(template)
         for node in _hnsw_nodes(template):
             if config.ef_construction:
@@ -276,7 +298,10 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
             t0 = time.monotonic()
             template.train(_rows(embeddings, sample, config.normalize))
             logging.info("trained in %.1f s", time.monotonic() - t0)
-        ivf = faiss.try_extract_index_ivf(template)
+        ivf = extract_ivf(template)
+        refine = faiss.downcast_index(template)
+        if isinstance(refine, faiss.IndexRefine):
+            refine.k_factor = config.refine_k_factor
         if ivf is not None and config.nprobe:
             ivf.nprobe = min(config.nprobe, ivf.nlist)
         for node in _hnsw_nodes(template):

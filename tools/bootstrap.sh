@@ -3,7 +3,8 @@
 # Python virtual environment to use. Idempotent and quiet when nothing is missing.
 #
 #   1. Debian packages from tools/apt-packages.txt (libfaiss-dev, libopenblas-dev,
-#      bazel-bootstrap), if absent.
+#      bazel-bootstrap, and cmake + dpkg-dev for tools/build_faiss.py, which setup.py runs to
+#      build FAISS for this CPU from Debian's source package), if absent.
 #   2. A virtual environment keyed by a hash of requirements.txt, kept OUTSIDE the clone
 #      (default ~/.cache/dpsr-tf/venv-<hash>; override with DPSR_VENV_ROOT) so repeated clones
 #      and CI runs do not reinstall TensorFlow. A half-built venv is never reused: the marker

@@ -29,6 +29,9 @@ _TRAIN_SIZE = flags.DEFINE_integer("train_size", 0,
                                    "Vectors to train the index on; 0 = automatic.")
 _NPROBE = flags.DEFINE_integer("nprobe", 64, "Default nprobe stored in IVF indexes.")
 _EF = flags.DEFINE_integer("ef_search", 128, "Default efSearch stored in HNSW indexes.")
+_K_FACTOR = flags.DEFINE_float("refine_k_factor", IndexBuildConfig.refine_k_factor,
+                               "Refine factories (...,Refine(SQ8)): k * this many candidates "
+                               "of the base index are re-ranked with the refine codes.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the training sample.")
 _BATCH = flags.DEFINE_integer("batch_size", 4096, "Items per item-tower batch.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing build.")
@@ -85,7 +88,8 @@ def main(argv):
         return None
     config = IndexBuildConfig(factory=_FACTORY.value, num_shards=_SHARDS.value,
                               train_size=_TRAIN_SIZE.value, seed=_SEED.value,
-                              nprobe=_NPROBE.value, ef_search=_EF.value)
+                              nprobe=_NPROBE.value, ef_search=_EF.value,
+                              refine_k_factor=_K_FACTOR.value)
     try:
         config.validate()
         manifest = catalog_index.index_catalog(

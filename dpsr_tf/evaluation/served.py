@@ -31,7 +31,7 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.model.scoring import soft_dot_product_np
-from export import index_layout
+from export import index_builder, index_layout
 from export.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
 from export.head_merge import merge_heads_np
 
@@ -154,7 +154,7 @@ def open_served_index(index_dir: str, item_ids: Sequence[str], dimension: int,
         indexes.append(index)
         rows.append(shard_rows)
     effective = 0
-    ivfs = [faiss.try_extract_index_ivf(index) for index in indexes]
+    ivfs = [index_builder.extract_ivf(index) for index in indexes]
     if nprobe is not None:
         if nprobe < 1:
             raise ValueError(f"nprobe must be >= 1 (or unset for the index's own), got {nprobe}")

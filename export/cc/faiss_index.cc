@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <string>
@@ -30,6 +31,7 @@
 #include <faiss/IndexIVFPQFastScan.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
+#include <faiss/impl/DistanceComputer.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/io.h>
 #include <faiss/index_io.h>
@@ -322,12 +324,52 @@ struct FaissIndex::Impl {
       hnsw->search(n, x, p.k, distances, labels);
       return;
     }
-    if (knobs && dynamic_cast<const faiss::IndexRefine*>(node) != nullptr) {
-      Fail(Code::kFailedPrecondition,
-           "per-call nprobe/ef_search is not supported for IndexRefine in FAISS 1.7.3 (index '" +
-               path + "'); pass 0 to use the index's own settings");
+    if (const auto* rf = dynamic_cast<const faiss::IndexRefine*>(node)) {
+      if (!knobs) {
+        rf->search(n, x, p.k, distances, labels);
+      } else {
+        SearchRefine(rf, n, x, p, distances, labels);
+      }
+      return;
     }
     node->search(n, x, p.k, distances, labels);  // no per-call knob for this type
+  }
+
+  // IndexRefine with per-call knobs. FAISS 1.7.3's IndexRefine::search takes no
+  // SearchParameters, so this does what it does with the base searched through SearchNode:
+  // k * k_factor candidates from the base index, their distances recomputed with the refine
+  // index's codes, the best k kept (ties by smaller label).
+  void SearchRefine(const faiss::IndexRefine* rf, int64_t n, const float* x,
+                    const SearchParams& p, float* distances, int64_t* labels) const {
+    const int64_t k_base =
+        std::max<int64_t>(p.k, static_cast<int64_t>(static_cast<double>(p.k) * rf->k_factor));
+    std::vector<float> base_d(static_cast<size_t>(n * k_base));
+    std::vector<int64_t> base_l(static_cast<size_t>(n * k_base));
+    SearchParams base_p = p;
+    base_p.k = k_base;
+    SearchNode(rf->base_index, n, x, base_p, base_d.data(), base_l.data());
+    const bool higher_better = rf->metric_type == faiss::METRIC_INNER_PRODUCT;
+    std::unique_ptr<faiss::DistanceComputer> dc(rf->refine_index->get_distance_computer());
+    std::vector<int64_t> order;
+    for (int64_t i = 0; i < n; ++i) {
+      float* bd = base_d.data() + i * k_base;
+      const int64_t* bl = base_l.data() + i * k_base;
+      dc->set_query(x + i * rf->d);
+      int64_t m = 0;
+      for (; m < k_base && bl[m] >= 0; ++m) bd[m] = (*dc)(bl[m]);
+      order.resize(static_cast<size_t>(m));
+      for (int64_t j = 0; j < m; ++j) order[j] = j;
+      const int64_t keep = std::min(m, p.k);
+      std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                        [&](int64_t a, int64_t b) {
+                          if (bd[a] != bd[b]) return higher_better ? bd[a] > bd[b] : bd[a] < bd[b];
+                          return bl[a] < bl[b];
+                        });
+      for (int64_t j = 0; j < p.k; ++j) {
+        distances[i * p.k + j] = j < keep ? bd[order[j]] : 0.0f;
+        labels[i * p.k + j] = j < keep ? bl[order[j]] : -1;
+      }
+    }
   }
 };
 

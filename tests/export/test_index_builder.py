@@ -101,6 +101,13 @@ def test_shards_round_trip_and_merged_search_is_exact(tmp_path, ref, num_shards)
     ("HNSW8", lambda m, idx: m.ef_search == 40 and m.train_size == 0 and
      faiss.downcast_index(idx).hnsw.efSearch == 40),
     ("OPQ8,IVF8,Flat", lambda m, idx: m.description.startswith("IndexPreTransform(IndexIVF")),
+    # Refine: the stored nprobe reaches the IVF inside IndexRefine (FAISS 1.7.3's
+    # try_extract_index_ivf does not look there), k_factor is config.refine_k_factor (4), and
+    # neither the base nor the 8-bit PQ refine codes get polysemous training.
+    ("IVF16,PQ8x4fs,Refine(PQ8)", lambda m, idx: m.nprobe == 5 and m.train_size == 1200 and
+     index_builder.extract_ivf(idx).nprobe == 5 and faiss.downcast_index(idx).k_factor == 4.0
+     and not faiss.downcast_index(faiss.downcast_index(idx).refine_index)
+     .do_polysemous_training),
 ])
 def test_factories(tmp_path, ref, factory, check):
     items = ref.clustered_unit_vectors(1200, 32, seed=33)
@@ -193,6 +200,7 @@ def test_bad_inputs(tmp_path, ref, mutate, message):
     (dict(metric="cosine"), "metric must be one of"),
     (dict(num_shards=0), "num_shards must be >= 1, got 0"),
     (dict(nprobe=-1), "nprobe must be >= 0, got -1"),
+    (dict(refine_k_factor=0.5), r"refine_k_factor must be in \[1, 64\].*got 0.5"),
 ])
 def test_bad_configs(tmp_path, ref, config, message):
     config = index_builder.IndexBuildConfig(**{"factory": "Flat", **config})
