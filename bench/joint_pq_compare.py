@@ -35,7 +35,8 @@ def main():
     parser.add_argument("--output", default=None, help="write every metric as JSON here")
     args = parser.parse_args()
     from dpsr_tf.evaluation import index_compare  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from dpsr_tf.training.progress import quiet_tf_logging
     quiet_tf_logging()
     results = {}
     for spec in args.run:

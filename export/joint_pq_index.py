@@ -136,7 +136,8 @@ def build_from_embeddings(embeddings: np.ndarray, item_ids, quantizer: Dict[str,
     """
     faiss = index_builder._require_faiss()  # pylint: disable=protected-access
     start = started or time.monotonic()
-    embeddings, ids = index_builder._check_inputs(embeddings, item_ids)  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    embeddings, ids = index_builder._check_inputs(embeddings, item_ids)
     n, d = embeddings.shape
     if quantizer["rotation"].shape != (d, d):
         raise ValueError(f"the quantizer rotates {quantizer['rotation'].shape[0]}-dimensional "

@@ -162,9 +162,9 @@ class JointPQWarmStartHook(tf.compat.v1.train.SessionRunHook):
     """Initializes the quantizer from the first batches' item embeddings (module docstring).
 
     The chief embeds batches (session.run of the raw item tower output, which draws from the
-    training input) until it holds num_vectors vectors, trains FAISS k-means and a
-    ProductQuantizer on them, loads the results and sets joint_pq/initialized. Other workers
-    wait until the flag is set. A checkpoint whose flag is set (a restarted job) is kept.
+    training input) until it holds num_vectors vectors, trains a FAISS IndexIVFPQ (inner
+    product) on them, loads its centroids and codebooks and sets joint_pq/initialized. Other
+    workers wait until the flag is set. A checkpoint whose flag is set (a restarted job) is kept.
     """
 
     def __init__(self, items: tf.Tensor, variables: Dict[str, tf.Variable], num_vectors: int,

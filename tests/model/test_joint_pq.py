@@ -93,8 +93,9 @@ def test_layer_matches_numpy_twin(d, nlist, m, codebook_gradient):
 
 def test_identity_rotation_at_zero_and_hand_worked_codes():
     # d = 2, m = 2 (one dim per sub-space), centroids (0,0) and (10,0); the item (9, 1) goes to
-    # list 1 (inner products 0 and 90), residual (-1, 1): codeword 3 of sub-space 0 holds -1.0, codeword 7 of sub-space 1
-    # holds 1.0 (the others 5.0), so codes (3, 7) and z_hat = (10 - 1, 0 + 1) = (9, 1).
+    # list 1 (inner products 0 and 90), residual (-1, 1): codeword 3 of sub-space 0 holds -1.0,
+    # codeword 7 of sub-space 1 holds 1.0 (the others 5.0), so codes (3, 7) and
+    # z_hat = (10 - 1, 0 + 1) = (9, 1).
     codebooks = np.full([2, joint_pq.KSUB, 1], 5.0, np.float32)
     codebooks[0, 3, 0] = -1.0
     codebooks[1, 7, 0] = 1.0
