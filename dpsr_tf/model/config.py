@@ -95,7 +95,7 @@ class ModelConfig:
         must divide embedding_dim).
       pq_distortion_weight: weight of the quantizer's terms in the loss (reconstruction error
         mean ||R g - z_hat||^2 + the coarse centroids' k-means error); 4 beat 1 and 0.1 on Home
-        Depot and the synthetic catalog (docs/results.md, "Joint PQ").
+        Depot, and 1 on the synthetic catalog, one seed each (docs/results.md, "Joint PQ").
       pq_warm_start_vectors: item embeddings of the first batches the quantizer is
         initialized from (a FAISS IndexIVFPQ, inner product, trained on them).
       pq_codebook_retrieval_gradient: also train the codewords and centroids with the ranking
