@@ -90,7 +90,9 @@ class IndexBuildConfig:
       refine_k_factor: for refine factories ("...,Refine(SQ8)", "...,RFlat"): the stored
         IndexRefine k_factor, i.e. k * refine_k_factor candidates of the base index are
         re-ranked with the refine codes (FAISS's own default, 1, re-ranks only the k it
-        returns). Ignored for other indexes.
+        returns). Ignored for other indexes. Default 8: at 1M items, k = 1,000,
+        IVF4096,PQ32x4fs,Refine(SQ8) reached recall@1000 0.961 at nprobe 128 with 8 and
+        at most 0.886 with 4 (docs/benchmarks.md, issue 14).
     """
     factory: str = "IVF1024,PQ32x4fs"
     metric: str = "inner_product"
@@ -103,7 +105,7 @@ class IndexBuildConfig:
     ef_construction: int = 0
     normalize: bool = False
     num_threads: int = 0
-    refine_k_factor: float = 4.0
+    refine_k_factor: float = 8.0
 
     def validate(self) -> None:
         """Raises ValueError naming the bad field, its value and what is allowed."""

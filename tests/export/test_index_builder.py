@@ -102,10 +102,10 @@ def test_shards_round_trip_and_merged_search_is_exact(tmp_path, ref, num_shards)
      faiss.downcast_index(idx).hnsw.efSearch == 40),
     ("OPQ8,IVF8,Flat", lambda m, idx: m.description.startswith("IndexPreTransform(IndexIVF")),
     # Refine: the stored nprobe reaches the IVF inside IndexRefine (FAISS 1.7.3's
-    # try_extract_index_ivf does not look there), k_factor is config.refine_k_factor (4), and
+    # try_extract_index_ivf does not look there), k_factor is config.refine_k_factor (8), and
     # neither the base nor the 8-bit PQ refine codes get polysemous training.
     ("IVF16,PQ8x4fs,Refine(PQ8)", lambda m, idx: m.nprobe == 5 and m.train_size == 1200 and
-     index_builder.extract_ivf(idx).nprobe == 5 and faiss.downcast_index(idx).k_factor == 4.0
+     index_builder.extract_ivf(idx).nprobe == 5 and faiss.downcast_index(idx).k_factor == 8.0
      and not faiss.downcast_index(faiss.downcast_index(idx).refine_index)
      .do_polysemous_training),
 ])
