@@ -263,3 +263,39 @@ def test_pinned_version_and_opt_level_override(tmp_path, monkeypatch):
     # Keys differ by level (and flags), so the two builds never share a cache directory.
     assert bf.cache_key("1.7.3-2", "avx2") != bf.cache_key("1.7.3-2", "generic")
     assert bf.cache_key("1.7.3-2", "avx2").startswith("faiss-1.7.3-2-avx2-")
+
+
+def test_interrupted_build_is_never_reused(tmp_path, monkeypatch, capsys):
+    """A build that dies half way leaves no cache directory (only a .faiss-build-* leftover,
+    removed by the next run), and the next run builds again; a complete one is reused."""
+    bf = _build_script()
+    monkeypatch.setenv("DPSR_CACHE_ROOT", str(tmp_path))
+    monkeypatch.setenv("DPSR_FAISS_OPT_LEVEL", "generic")
+    monkeypatch.setattr(bf, "ensure_deb_src", lambda: None)
+    monkeypatch.setattr(bf, "debian_version", lambda upstream: upstream + "-2")
+    calls = []
+
+    def dying_build(prefix, debver, opt_level, upstream):
+        calls.append(prefix)
+        work = tmp_path / ".faiss-build-dead"
+        (work / "out" / "lib").mkdir(parents=True)
+        raise bf.BuildError("compiler killed")
+
+    monkeypatch.setattr(bf, "build", dying_build)
+    with pytest.raises(bf.BuildError, match="compiler killed"):
+        bf.main(["build_faiss.py"])
+    prefix = calls[0]
+    assert not os.path.exists(prefix) and (tmp_path / ".faiss-build-dead").exists()
+    with pytest.raises(bf.BuildError, match="no complete FAISS"):
+        bf.main(["build_faiss.py", "--print-only"])
+
+    def good_build(prefix, debver, opt_level, upstream):
+        assert not (tmp_path / ".faiss-build-dead").exists()  # the leftover went first
+        calls.append(prefix)
+        os.makedirs(prefix)
+        open(os.path.join(prefix, bf.MARKER), "w").close()
+
+    monkeypatch.setattr(bf, "build", good_build)
+    assert bf.main(["build_faiss.py"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == prefix
+    assert bf.main(["build_faiss.py", "--print-only"]) == 0 and len(calls) == 2
