@@ -130,7 +130,7 @@ setup(
     name="dpsr-tf",
     version="0.1.0",
     description="DPSR (Deep Personalized and Semantic Retrieval) on TensorFlow",
-    packages=find_packages(include=["dpsr_tf*", "export*", "serving*"]),
+    packages=find_packages(include=["dpsr_tf*"]),
     python_requires=">=3.11,<3.12",
     install_requires=_runtime_requirements(),
     ext_modules=[

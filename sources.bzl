@@ -20,15 +20,15 @@ TOKENIZER_PYBIND_SRCS = [
 
 # The lexical (BM25) index core: standard C++ and POSIX only.
 LEXICAL_CORE_SRCS = [
-    "export/cc/lexical_index.cc",
+    "dpsr_tf/export/cc/lexical_index.cc",
 ]
 LEXICAL_CORE_HDRS = [
-    "export/cc/lexical_index.h",
+    "dpsr_tf/export/cc/lexical_index.h",
 ]
 
 # The pybind11 module dpsr_tf._lexical (adapter only).
 LEXICAL_PYBIND_SRCS = [
-    "export/cc/python/lexical_pybind.cc",
+    "dpsr_tf/export/cc/python/lexical_pybind.cc",
 ]
 
 # The TensorFlow op library dpsr_tf/_dpsr_ops.so: op definitions and kernels (adapters only).
@@ -36,18 +36,18 @@ OP_LIBRARY_SRCS = [
     "tokenizer_cc/ops/tokenize_ops.cc",
     "tokenizer_cc/kernels/tokenize_kernels.cc",
     # The FAISS searcher core (standard C++ + FAISS, no TensorFlow) and its ops and kernels.
-    "export/cc/faiss_index.cc",
-    "export/cc/ops/faiss_ops.cc",
-    "export/cc/kernels/faiss_kernels.cc",
+    "dpsr_tf/export/cc/faiss_index.cc",
+    "dpsr_tf/export/cc/ops/faiss_ops.cc",
+    "dpsr_tf/export/cc/kernels/faiss_kernels.cc",
     # The lexical index core and its ops and kernels.
-    "export/cc/lexical_index.cc",
-    "export/cc/ops/lexical_ops.cc",
-    "export/cc/kernels/lexical_kernels.cc",
+    "dpsr_tf/export/cc/lexical_index.cc",
+    "dpsr_tf/export/cc/ops/lexical_ops.cc",
+    "dpsr_tf/export/cc/kernels/lexical_kernels.cc",
 ]
 OP_LIBRARY_HDRS = [
-    "export/cc/faiss_index.h",
-    "export/cc/kernels/index_resource.h",
-    "export/cc/lexical_index.h",
+    "dpsr_tf/export/cc/faiss_index.h",
+    "dpsr_tf/export/cc/kernels/index_resource.h",
+    "dpsr_tf/export/cc/lexical_index.h",
 ]
 
 # C++ unit tests of the core (plain executables; exit status 0 means pass).
@@ -55,5 +55,5 @@ TOKENIZER_CORE_TESTS = [
     "tokenizer_cc/core/tokenizer_test.cc",
 ]
 LEXICAL_CORE_TESTS = [
-    "export/cc/lexical_index_test.cc",
+    "dpsr_tf/export/cc/lexical_index_test.cc",
 ]

@@ -9,7 +9,7 @@ interleaved blocks of 20 queries. CPU per query = process_time over each side's 
 import json, os, sys, time
 import numpy as np, faiss, tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from export import faiss_ops
+from dpsr_tf.export import faiss_ops
 fb = sys.argv[1]; q = np.load(f"{fb}/queries_1000000_64_1000_0.5_0_1000.npy")
 files = {n: json.load(open(f"{fb}/built_1000000_64_1000_0.5_0_{n}_4096.json"))["index_file"] for n in ["ivfpq", "ivfpq_fs32"]}
 files["fs32_rsq8@k8"] = files["ivfpq_fs32"].replace("ivfpq_fs32", "fs32_rsq8").replace("index.faiss", "index.k8.faiss")

@@ -8,7 +8,7 @@ A normal request ("cordless drill", k=10) is sent at --rate per second (open loo
 direct and through the proxy) by a load process of its own (so that the attacker's client-side
 work, e.g. serializing a 64 MiB message under the GIL, does not delay the measuring client:
 a real attacker does not share the victim client's interpreter) while a thread of this process
-sends the hostile requests of one class back to back (serving/testing.py: hostile_grpc_cases, hostile_rest_cases); the same with no hostile
+sends the hostile requests of one class back to back (tests/support/serving_testing.py: hostile_grpc_cases, hostile_rest_cases); the same with no hostile
 traffic is the baseline. Prints p50/p99/max of the normal requests per class, their errors, the
 status the hostile requests got, and the RSS of both processes at the end. The issue's target:
 p99 < 50 ms under every class. Compare rows of one run (the machine may be shared).
@@ -25,9 +25,9 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from serving import process  # noqa: E402
-from serving import testing as st  # noqa: E402
-from serving import toy_servable as ts  # noqa: E402
+from dpsr_tf.serving import process  # noqa: E402
+from tests.support import serving_testing as st  # noqa: E402
+from tests.support import toy_servable as ts  # noqa: E402
 
 
 def _normal_load(stubs, rate, stop, out):

@@ -104,9 +104,9 @@ def main():
     logging.set_verbosity(logging.ERROR)
 
     from dpsr_tf import op_library
-    from export import faiss_ops, index_builder, index_layout, lexical_index
-    from export.saved_model_export import export_servable
-    from export.servable_graph import ServableConfig
+    from dpsr_tf.export import faiss_ops, index_builder, index_layout, lexical_index
+    from dpsr_tf.export.saved_model_export import export_servable
+    from dpsr_tf.export.servable_graph import ServableConfig
 
     os.makedirs(args.work_dir, exist_ok=True)
     index_dir = os.path.join(args.work_dir, f"index_{args.num_items}_{args.factory}")

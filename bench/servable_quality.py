@@ -36,8 +36,8 @@ def main():
     from dpsr_tf.evaluation import evaluate as evaluate_lib
     from dpsr_tf.evaluation import metrics as metrics_lib
     from dpsr_tf.model.model_dir import load_model_config
-    from export.saved_model_export import export_servable
-    from export.servable_graph import ServableConfig
+    from dpsr_tf.export.saved_model_export import export_servable
+    from dpsr_tf.export.servable_graph import ServableConfig
 
     shutil.rmtree(args.export_base, ignore_errors=True)
     path = export_servable(args.model_dir, args.index_dir, args.export_base,

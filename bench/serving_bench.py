@@ -3,7 +3,7 @@
     PYTHONPATH=. python bench/serving_bench.py                  # build (cached) + measure
     PYTHONPATH=. python bench/serving_bench.py --rates=250,500 --modes=direct
 
-Servable: the DPSR serving signature (serving/toy_servable.py) over N clustered 64-d unit
+Servable: the DPSR serving signature (tests/support/toy_servable.py) over N clustered 64-d unit
 items: in-graph tokenization (Dpsr>Tokenize), a 2-head query tower, a FAISS index searched per
 head with the project's Dpsr>FaissSearch op (--factory, default IVF1024,PQ32, --nprobe 16),
 per-head top-K merged and deduplicated in-graph. `--servable_dir` measures another servable
@@ -33,10 +33,10 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from serving import process  # noqa: E402
-from serving import toy_servable as ts  # noqa: E402
+from dpsr_tf.serving import process  # noqa: E402
+from tests.support import toy_servable as ts  # noqa: E402
 
-GRAPH_VERSION = "g2"  # bump when serving/toy_servable.py's graph changes
+GRAPH_VERSION = "g2"  # bump when tests/support/toy_servable.py's graph changes
 
 BATCHING = """max_batch_size {{ value: {max_batch} }}
 batch_timeout_micros {{ value: {timeout_us} }}
@@ -75,7 +75,7 @@ def servable_cost(path, k, batches=(1, 8, 32)):
     """Per-query session-run time of the servable in this process (no serving around it)."""
     # pylint: disable=g-import-not-at-top
     from bench.serving_loadgen import make_queries
-    from serving.servable import SavedModelServable, SessionOptions
+    from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
 
     servable = SavedModelServable("bench", 1, path, SessionOptions())
     servable.load()

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving.testing import predict_request
+from tests.support.serving_testing import predict_request
 
 WORDS = ("apple iphone samsung galaxy huawei xiaomi phone case charger cable usb-c wireless "
          "bluetooth headphones earbuds laptop notebook keyboard mouse monitor 27 inch 4k "

@@ -75,10 +75,10 @@ def main(argv):
     from dpsr_tf.model.config import ModelConfig
     from dpsr_tf.training import driver
     from dpsr_tf.training.config import TrainConfig
-    from export import catalog_index
-    from export.index_builder import IndexBuildConfig
-    from export.saved_model_export import export_all_shards
-    from serving.demo import run_serving_demo
+    from dpsr_tf.export import catalog_index
+    from dpsr_tf.export.index_builder import IndexBuildConfig
+    from dpsr_tf.export.saved_model_export import export_all_shards
+    from dpsr_tf.serving.demo import run_serving_demo
 
     begin = time.monotonic()
     work = os.path.abspath(_WORK.value)

@@ -1,4 +1,4 @@
-"""dpsr export: model + index -> versioned SavedModel servable(s) (export/saved_model_export.py).
+"""dpsr export: model + index -> versioned SavedModel servable(s) (dpsr_tf/export/saved_model_export.py).
 
 One servable per index shard: <export_base>/<version>/ for a one-shard index, else
 <export_base>_shard<i>/<version>/ (the proxy merges the shards' answers). When the index build
@@ -10,9 +10,9 @@ import json
 from absl import flags
 
 from dpsr_tf.cli import fusion_flags
-from export import joint_pq_index
-from export.saved_model_export import export_all_shards
-from export.servable_graph import ServableConfig
+from dpsr_tf.export import joint_pq_index
+from dpsr_tf.export.saved_model_export import export_all_shards
+from dpsr_tf.export.servable_graph import ServableConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None,

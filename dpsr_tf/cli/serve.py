@@ -1,4 +1,4 @@
-"""dpsr serve: the TF-Serving-API model server for DPSR SavedModels (serving/, docs/serving.md).
+"""dpsr serve: the TF-Serving-API model server for DPSR SavedModels (dpsr_tf/serving/, docs/serving.md).
 
 Flags carry tensorflow_model_server's names and meanings, so its command lines and config files
 work unchanged:
@@ -245,13 +245,13 @@ def _notices():
 def options_from_flags():
     """(ServerOptions, ModelServerConfig) from the flags; exits with a message on bad input."""
     # pylint: disable=g-import-not-at-top
-    from serving import config as config_lib
-    from serving.errors import ServingError
-    from serving.manager import ManagerOptions
-    from serving.model_server import ServerOptions
-    from serving.predict import RequestLimits
-    from serving.servable import SessionOptions
-    from serving.server_core import CoreOptions
+    from dpsr_tf.serving import config as config_lib
+    from dpsr_tf.serving.errors import ServingError
+    from dpsr_tf.serving.manager import ManagerOptions
+    from dpsr_tf.serving.model_server import ServerOptions
+    from dpsr_tf.serving.predict import RequestLimits
+    from dpsr_tf.serving.servable import SessionOptions
+    from dpsr_tf.serving.server_core import CoreOptions
 
     try:
         if _MODEL_CONFIG_FILE.value:
@@ -335,11 +335,11 @@ def main(argv):
               f"TensorFlow Library: {tf.__version__}")
         return
     options, server_config = options_from_flags()
-    from serving.model_server import run_model_server  # pylint: disable=g-import-not-at-top
+    from dpsr_tf.serving.model_server import run_model_server  # pylint: disable=g-import-not-at-top
     try:
         run_model_server(options, server_config)
     except Exception as e:  # pylint: disable=broad-except
-        from serving.errors import ServingError  # pylint: disable=g-import-not-at-top
+        from dpsr_tf.serving.errors import ServingError  # pylint: disable=g-import-not-at-top
         if isinstance(e, ServingError):
             _fail(f"cannot start: {e}")
         if isinstance(e, OSError):

@@ -15,8 +15,8 @@ from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.testing import prepare_tiny_layout
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
-from export import catalog_index
-from export.index_builder import IndexBuildConfig, build_index
+from dpsr_tf.export import catalog_index
+from dpsr_tf.export.index_builder import IndexBuildConfig, build_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -12,8 +12,8 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import served
 from dpsr_tf.model.scoring import soft_dot_product_np
-from export import catalog_index
-from export.index_builder import IndexBuildConfig, build_index
+from dpsr_tf.export import catalog_index
+from dpsr_tf.export.index_builder import IndexBuildConfig, build_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_ITEMS, DIM, HEADS, NUM_REQUESTS = 300, 16, 3, 40

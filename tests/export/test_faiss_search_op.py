@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from export import faiss_ops
+from dpsr_tf.export import faiss_ops
 
 
 def _search(index, queries, k, **kw):

@@ -13,10 +13,10 @@ import pytest
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
-from export import catalog_index
-from export.index_builder import IndexBuildConfig
-from export.saved_model_export import export_servable
-from export.servable_graph import ServableConfig
+from dpsr_tf.export import catalog_index
+from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.export.saved_model_export import export_servable
+from dpsr_tf.export.servable_graph import ServableConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
@@ -209,7 +209,7 @@ def test_truncated_index_asset_is_a_clear_error(servable, tmp_path):
 
 
 def test_warmup_and_servable_info(servable):
-    from serving.warmup import read_warmup_records
+    from dpsr_tf.serving.warmup import read_warmup_records
     records = read_warmup_records(servable["version_dir"])
     assert records and all(r.predict_log.request.inputs["query"].string_val for r in records)
     with open(os.path.join(servable["version_dir"], "assets.extra", "dpsr_servable.json")) as f:
@@ -266,8 +266,8 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
 def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
     """The hybrid servable's answer equals fuse_np over the dense servable's list and the
     lexical index's list (LexicalSearcher, the same C++ core), with sources and list scores."""
-    from export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
-    from export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
     path = export_servable(servable["model_dir"], servable["index_dir"],
                            str(tmp_path / "hybrid"),
                            servable=ServableConfig(default_k=5, max_k=50))
@@ -312,10 +312,10 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
     """Two hybrid shards behind `dpsr proxy` (real processes, TF Serving client): every result's
     score is the fusion of the item's global dense rank (the unsharded dense servable) and its
     global lexical rank (LexicalSearcher over both shards), by the default rule."""
-    from export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
-    from export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
-    from export.saved_model_export import export_all_shards  # pylint: disable=import-outside-toplevel
-    from serving.demo import run_serving_demo  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.export.saved_model_export import export_all_shards  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.serving.demo import run_serving_demo  # pylint: disable=import-outside-toplevel
     ids = layout_lib.load_item_table(servable["spec"]).ids
     k = len(ids)  # every item: each shard returns its whole lists, so the pool is complete
     assert k <= 1000

@@ -15,10 +15,10 @@ from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.ranking import model as ranker_model
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.ranking import train as ranker_train
-from export import catalog_index
-from export.index_builder import IndexBuildConfig
-from export.saved_model_export import export_servable
-from export.servable_graph import ServableConfig
+from dpsr_tf.export import catalog_index
+from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.export.saved_model_export import export_servable
+from dpsr_tf.export.servable_graph import ServableConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -126,8 +126,8 @@ def test_rerank_signature_in_a_fresh_process_equals_the_estimator(ranker):
 
 
 def test_model_server_answers_a_retrieve_rerank_request(ranker):
-    from serving import process
-    from serving.testing import outputs, predict_request
+    from dpsr_tf.serving import process
+    from tests.support.serving_testing import outputs, predict_request
     query = ranker["data"].eval_sessions.queries[0]
     with process.start_model_server(model_base_path=ranker["base"], model_name="dpsr") as server:
         stub = process.prediction_stub(server.address)
@@ -136,7 +136,7 @@ def test_model_server_answers_a_retrieve_rerank_request(ranker):
                                                    signature="retrieve_rerank"), timeout=60))
         # The same items through `rerank` score the same.
         from tensorflow_serving.apis import predict_pb2
-        from serving import tensors
+        from dpsr_tf.serving import tensors
         req = predict_pb2.PredictRequest()
         req.model_spec.name = "dpsr"
         req.model_spec.signature_name = "rerank"

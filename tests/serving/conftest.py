@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from serving import process
-from serving import toy_servable as ts
+from dpsr_tf.serving import process
+from tests.support import toy_servable as ts
 
 SPEC = ts.ToyServableSpec(dim=16, num_heads=2, default_k=10, max_k=300, seed=0)
 NUM_ITEMS = 240

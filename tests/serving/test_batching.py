@@ -7,9 +7,9 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.batching import BatchScheduler
-from serving.config import BatchingOptions
-from serving.errors import ServingError
+from dpsr_tf.serving.batching import BatchScheduler
+from dpsr_tf.serving.config import BatchingOptions
+from dpsr_tf.serving.errors import ServingError
 
 
 class _Recorder:

@@ -3,9 +3,9 @@ import grpc
 import pytest
 from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs_pb2
 
-from serving import config as config_lib
-from serving import proxy_config
-from serving.errors import ServingError
+from dpsr_tf.serving import config as config_lib
+from dpsr_tf.serving import proxy_config
+from dpsr_tf.serving.errors import ServingError
 
 MODELS_CONFIG = """
 model_config_list {

@@ -2,8 +2,8 @@
 real client, top items printed with their head, every process gone afterwards."""
 import numpy as np
 
-from serving import demo, process
-from serving import toy_servable as ts
+from dpsr_tf.serving import demo, process
+from tests.support import toy_servable as ts
 
 
 def test_demo_driver_prints_top_items_and_cleans_up(shard_dirs, catalog, spec, tmp_path):

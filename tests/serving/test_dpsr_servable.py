@@ -24,12 +24,12 @@ from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
-from export import catalog_index
-from export.index_builder import IndexBuildConfig
-from export.saved_model_export import export_servable
-from export.servable_graph import ServableConfig
-from serving import process, tensors
-from serving.testing import outputs, rpc_error
+from dpsr_tf.export import catalog_index
+from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.export.saved_model_export import export_servable
+from dpsr_tf.export.servable_graph import ServableConfig
+from dpsr_tf.serving import process, tensors
+from tests.support.serving_testing import outputs, rpc_error
 
 QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
 K = 7

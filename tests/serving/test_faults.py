@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from serving import process, proxy_config
-from serving import toy_servable as ts
-from serving.testing import outputs, predict_request
+from dpsr_tf.serving import process, proxy_config
+from tests.support import toy_servable as ts
+from tests.support.serving_testing import outputs, predict_request
 
 ODD_AT_START = ("99999999999999999999", "²")
 ODD_LATER = ("18446744073709551616", "３", "٤")

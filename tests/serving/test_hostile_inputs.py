@@ -3,7 +3,7 @@ gRPC (to `dpsr serve` and through `dpsr proxy`) and REST, against real processes
 case: the expected status; and while the classes are sent, a normal request keeps answering
 correctly with bounded latency, and the servers' memory stays bounded.
 
-The table lives in serving/testing.py (hostile_grpc_cases, hostile_rest_cases) so that
+The table lives in tests/support/serving_testing.py (hostile_grpc_cases, hostile_rest_cases) so that
 bench/hostile_bench.py measures the same classes for longer."""
 import socket
 import threading
@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import process
-from serving import testing as st
-from serving.testing import predict_request
+from dpsr_tf.serving import process
+from tests.support import serving_testing as st
+from tests.support.serving_testing import predict_request
 
 GRPC_CASES = st.hostile_grpc_cases()
 REST_CASES = st.hostile_rest_cases()

@@ -15,9 +15,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, inference_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from serving import process, tensors
-from serving import toy_servable as ts
-from serving.testing import outputs, predict_request, rpc_error
+from dpsr_tf.serving import process, tensors
+from tests.support import toy_servable as ts
+from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 SERVER_MAX_K = 500
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from serving import process, proxy_config
-from serving import toy_servable as ts
-from serving.servable import SavedModelServable, SessionOptions
-from serving.testing import outputs, predict_request, rpc_error
+from dpsr_tf.serving import process, proxy_config
+from tests.support import toy_servable as ts
+from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
+from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 SHARD_DEADLINE_MS = 1000  # generous: the test machine is shared
 

@@ -9,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import process
-from serving.testing import outputs, predict_request, rpc_error
+from dpsr_tf.serving import process
+from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 

@@ -13,10 +13,10 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from serving import tensors
-from serving.errors import ServingError
-from serving.predict import RequestLimits, declared_elements, prepare_predict
-from serving.signatures import Signature
+from dpsr_tf.serving import tensors
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.predict import RequestLimits, declared_elements, prepare_predict
+from dpsr_tf.serving.signatures import Signature
 
 LIMITS = RequestLimits(max_rows=256, max_string_bytes=4096, max_k=1000, max_elements=1 << 20)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving import merge, tensors
-from serving.errors import ServingError
+from dpsr_tf.serving import merge, tensors
+from dpsr_tf.serving.errors import ServingError
 
 
 @pytest.mark.parametrize("array", [

@@ -7,8 +7,8 @@ import grpc
 import pytest
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-from serving import process
-from serving.testing import outputs, predict_request, rpc_error
+from dpsr_tf.serving import process
+from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -76,8 +76,8 @@ def _pem_pair(work, name):
 ])
 def test_bad_certificate_is_reported_as_such(tmp_path, case, needle):
     """Before: a bad certificate made `dpsr serve` say "cannot bind (in use?)"."""
-    from serving import config as config_lib  # pylint: disable=import-outside-toplevel
-    from serving.errors import ServingError  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.serving import config as config_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.serving.errors import ServingError  # pylint: disable=import-outside-toplevel
     key, cert = _pem_pair(tmp_path, "a")
     other_key, _ = _pem_pair(tmp_path, "b")
     ca = ""

@@ -13,9 +13,9 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import process
-from serving import toy_servable as ts
-from serving.testing import outputs, predict_request, rpc_error
+from dpsr_tf.serving import process
+from tests.support import toy_servable as ts
+from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 State = get_model_status_pb2.ModelVersionStatus.State
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving import wire
+from dpsr_tf.serving import wire
 
 _CASES = [
     (np.float32, types_pb2.DT_FLOAT, "float_val", [0.5, -1.25, 3e38, 0.0]),

@@ -1,0 +1,101 @@
+"""`dpsr index`: run the item tower over the whole catalog, then build the FAISS index and,
+beside it, the lexical (BM25) index of the item titles.
+
+    embeddings, ids = embed_catalog(model_dir)              # [N, d] float32, N item ids
+    manifest = index_catalog(model_dir, "/data/index", IndexBuildConfig("IVF1024,PQ32x4fs"))
+    manifest = add_lexical_index("/data/index", layout_dir)  # lexical only, on an existing build
+
+The embeddings are kept beside the index (item_embeddings.npy, row i = line i of
+item_ids.txt) for evaluation and for rebuilding with another factory string without the model.
+"""
+import dataclasses
+import os
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+from absl import logging
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.model import model_dir as model_dir_lib
+from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.export import index_builder, index_layout, lexical_index
+from dpsr_tf.export.lexical_manifest import LexicalConfig
+
+EMBEDDINGS_FILE = "item_embeddings.npy"
+EMBEDDING_IDS_FILE = "item_embedding_ids.txt"
+
+
+def embed_catalog(model_dir: str, *, layout_dir: Optional[str] = None,
+                  checkpoint: Optional[str] = None, batch_size: int = 4096,
+                  progress_every_s: float = 10.0) -> Tuple[np.ndarray, list]:
+    """Item embeddings of every item of the model's layout.
+
+    Returns:
+      embeddings [num_items, d] float32 (L2-normalized rows) and the [num_items] item ids.
+    """
+    cfg, spec = model_dir_lib.load_model_config(model_dir)
+    if layout_dir:
+        spec = dataclasses.replace(spec, layout_dir=os.path.abspath(layout_dir))
+    table = layout_lib.load_item_table(spec, mmap=True)
+    n = len(table.ids)
+    features = {name: table.feature(name) for name in spec.item_features}
+    out = np.zeros([n, cfg.embedding_dim], np.float32)
+    start = last = time.monotonic()
+    with CheckpointEmbedder(model_dir, checkpoint, model_config=cfg, layout_spec=spec) as emb:
+        chunk = max(batch_size, 65536)
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            splits = table.token_splits[lo:hi + 1]
+            ids = np.asarray(table.token_ids[splits[0]:splits[-1]])
+            out[lo:hi] = emb.embed_items(ids, splits - splits[0],
+                                         {k: v[lo:hi] for k, v in features.items()},
+                                         batch_size=batch_size)
+            now = time.monotonic()
+            if now - last >= progress_every_s or hi == n:
+                rate = hi / max(now - start, 1e-9)
+                logging.info("embedded %d/%d items (%.0f items/s)", hi, n, rate)
+                last = now
+    return out, list(table.ids)
+
+
+def index_catalog(model_dir: str, output_dir: str,
+                  config: index_builder.IndexBuildConfig = index_builder.IndexBuildConfig(),
+                  *, layout_dir: Optional[str] = None, checkpoint: Optional[str] = None,
+                  batch_size: int = 4096, overwrite: bool = False,
+                  lexical: Optional[LexicalConfig] = LexicalConfig()) -> index_layout.IndexManifest:
+    """Embeds the catalog with the item tower and builds the index shards in output_dir, and
+    the lexical index of the titles beside them unless `lexical` is None."""
+    embeddings, ids = embed_catalog(model_dir, layout_dir=layout_dir, checkpoint=checkpoint,
+                                    batch_size=batch_size)
+    manifest = index_builder.build_index(embeddings, ids, output_dir, config,
+                                         overwrite=overwrite)
+    np.save(os.path.join(output_dir, EMBEDDINGS_FILE), embeddings)
+    index_layout.write_id_map(os.path.join(output_dir, EMBEDDING_IDS_FILE), ids)
+    if lexical is not None:
+        _, spec = model_dir_lib.load_model_config(model_dir)
+        manifest = add_lexical_index(output_dir, layout_dir or spec.layout_dir, lexical)
+    return manifest
+
+
+def add_lexical_index(output_dir: str, layout_dir: str,
+                      config: LexicalConfig = LexicalConfig()) -> index_layout.IndexManifest:
+    """Builds (or rebuilds) the lexical index of a layout's titles in an existing index build
+    directory, over its shards' id maps, and records it in the manifest."""
+    manifest = index_layout.read_manifest(output_dir)
+    spec = layout_lib.load_layout_spec(layout_dir)
+    ids = layout_lib.read_lines(spec.path(layout_lib.ITEM_IDS))
+    titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
+    lexical = lexical_index.build_lexical_shards(output_dir, manifest, ids, titles, config,
+                                                 log=lambda m: logging.info("%s", m))
+    manifest = dataclasses.replace(manifest, lexical=lexical)
+    index_layout.write_manifest(output_dir, manifest)
+    return manifest
+
+
+def load_catalog_embeddings(index_dir: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(embeddings [N, d] float32, item ids [N]) saved by index_catalog."""
+    emb = np.load(os.path.join(index_dir, EMBEDDINGS_FILE), mmap_mode="r")
+    ids = index_layout.read_id_map(os.path.join(index_dir, EMBEDDING_IDS_FILE),
+                                   expected_count=emb.shape[0])
+    return emb, ids

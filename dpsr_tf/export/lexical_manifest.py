@@ -1,0 +1,119 @@
+"""The `lexical` section of an index build's manifest.json, and how a lexical index is built.
+
+No FAISS, TensorFlow or native module: the proxy, the CLI and dpsr_tf/export/index_layout.py read it.
+dpsr_tf/export/lexical_index.py builds and searches the files it describes.
+"""
+import dataclasses
+import os
+from typing import Tuple
+
+import numpy as np
+
+from dpsr_tf.tokenization.config import TokenizerConfig
+
+LEXICAL_FILE = "lexical.idx"
+# Feature kinds an index may use (TokenizerConfig fields).
+FEATURE_KINDS = ("word_unigrams", "word_bigrams", "letter_trigrams", "cjk_unigrams",
+                 "cjk_bigrams")
+DEFAULT_FEATURES = ("word_unigrams", "cjk_unigrams", "cjk_bigrams")
+# Hash space of lexical feature ids: 2^62 buckets, so distinct words practically never collide
+# (the model's tokenizer uses a small space because each id owns an embedding row).
+HASH_BUCKETS = 1 << 62
+
+
+@dataclasses.dataclass(frozen=True)
+class LexicalConfig:
+    """How a lexical index is built.
+
+    Attributes:
+      features: tokenizer feature kinds indexed (FEATURE_KINDS).
+      k1: BM25 term-frequency saturation (bm25s' default 1.5).
+      b: BM25 length normalization in [0, 1] (default 0.75).
+      max_tokens: features kept per title (the tokenizer's bound).
+    """
+    features: Tuple[str, ...] = DEFAULT_FEATURES
+    k1: float = 1.5
+    b: float = 0.75
+    max_tokens: int = 256
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.features) - set(FEATURE_KINDS))
+        if unknown or not self.features:
+            raise ValueError(f"lexical features must be a non-empty subset of {FEATURE_KINDS}, "
+                             f"got {list(self.features)}")
+        if not (np.isfinite(self.k1) and self.k1 >= 0):
+            raise ValueError(f"BM25 k1 must be finite and >= 0, got {self.k1}")
+        if not 0 <= self.b <= 1:
+            raise ValueError(f"BM25 b must be in [0, 1], got {self.b}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    def tokenizer_config(self) -> TokenizerConfig:
+        """The tokenizer configuration of documents and queries."""
+        kinds = {kind: kind in self.features for kind in FEATURE_KINDS}
+        return TokenizerConfig(num_buckets=HASH_BUCKETS, max_tokens=self.max_tokens, **kinds)
+
+
+@dataclasses.dataclass(frozen=True)
+class LexicalShardInfo:
+    shard: int
+    file: str          # relative to the build directory
+    file_bytes: int
+    num_terms: int
+    num_postings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LexicalManifest:
+    """The `lexical` section of manifest.json (docs/indexing.md)."""
+    features: Tuple[str, ...]
+    k1: float
+    b: float
+    max_tokens: int
+    text: str                     # what was indexed: "title"
+    num_docs: int
+    avg_doc_length: float
+    shards: Tuple[LexicalShardInfo, ...]
+    build_seconds: float = 0.0
+
+    @property
+    def config(self) -> LexicalConfig:
+        return LexicalConfig(features=tuple(self.features), k1=self.k1, b=self.b,
+                             max_tokens=self.max_tokens)
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["features"] = list(self.features)
+        return out
+
+    @classmethod
+    def from_dict(cls, body, source: str) -> "LexicalManifest":
+        if not isinstance(body, dict):
+            raise ValueError(f"{source}: field 'lexical' must be an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown fields in 'lexical': {unknown}")
+        try:
+            body = dict(body)
+            body["features"] = tuple(body.get("features", ()))
+            body["shards"] = tuple(LexicalShardInfo(**s) for s in body.get("shards", ()))
+            out = cls(**body)
+            out.config.validate()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: bad 'lexical' section ({e})") from None
+        return out
+
+
+def check_lexical_files(directory: str, lexical: LexicalManifest, source: str) -> None:
+    """Every shard file exists with its recorded size (cheap; no file is read)."""
+    for info in lexical.shards:
+        path = os.path.join(directory, info.file)
+        if not os.path.isfile(path):
+            raise ValueError(f"{source}: lexical shard {info.shard} file {path} is missing")
+        size = os.path.getsize(path)
+        if size != info.file_bytes:
+            raise ValueError(f"{source}: lexical shard {info.shard} file {path} has {size} bytes, "
+                             f"the manifest says {info.file_bytes}")
+
+

@@ -1,0 +1,163 @@
+"""The re-ranking stage of a servable: DPR (dpsr_tf/ranking) after DPSR retrieval, in the same
+graph and the same session.run.
+
+Signatures it adds to a ServableGraph (dpsr_tf/export/servable_graph.py):
+
+  rerank           {query [B] string, item_ids [B, N] string ("" pads)}
+                   -> scores [B, N] (ranker logits, input order; -inf for "" and unknown ids),
+                      dpsr_scores [B, N], ranked_item_ids [B, N], ranked_scores [B, N]
+                      (sorted by the ranker, best first)
+  retrieve_rerank  {query [B] string, k? scalar int32}  (the serving_default inputs)
+                   -> retrieval as serving_default, then its top N = min(k, rerank_n) items
+                      re-ranked: item_ids [B, N], scores [B, N] (ranker), retrieval_scores
+                      [B, N] (serving_default's score of each item), dpsr_scores [B, N],
+                      retrieval_ranks [B, N] int32 (1-based position in the retrieval list)
+
+The ranker's numeric features come from dpsr_tf.ranking.features.feature_graph over tables
+stored as variables (dpr_tables/*, with the item titles), the DPSR query heads from the
+servable's own query tower: the features are computed by the same code as in training.
+Personalized DPSR models are scored as an unknown user here (the ranker has no user inputs).
+"""
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.model.towers import query_tower
+from dpsr_tf.ranking import features as features_lib
+from dpsr_tf.ranking import model as ranker_model
+from dpsr_tf.ranking import train as ranker_train
+from dpsr_tf.export import servable_graph as servable_lib
+
+SCOPES = ("dpr/",)
+
+
+class RerankStage:
+    """Builds the rerank signatures into `graph` (a ServableGraph, already built in the current
+    tf graph). After restoring the DPSR variables, call `restore(session)`.
+
+    Args:
+      graph: the ServableGraph.
+      ranker_dir: a `dpsr train-ranker` model directory.
+      model_config, layout_spec: the DPSR model's.
+      assets: the servable's AssetPaths (all_item_ids maps item ids to layout rows).
+      rerank_n: retrieve_rerank re-ranks the first min(k, rerank_n) retrieved items.
+      checkpoint: the ranker checkpoint; default the newest.
+    """
+
+    def __init__(self, graph: servable_lib.ServableGraph, ranker_dir: str, model_config,
+                 layout_spec, assets: servable_lib.AssetPaths, rerank_n: int = 100,
+                 checkpoint: Optional[str] = None):
+        if rerank_n < 1:
+            raise ValueError(f"rerank_n must be >= 1, got {rerank_n}")
+        self.config = ranker_train.load_config(ranker_dir)
+        self.checkpoint = checkpoint or tf.train.latest_checkpoint(ranker_dir)
+        if not self.checkpoint:
+            raise ValueError(f"{ranker_dir}: no ranker checkpoint; train it with "
+                             f"`dpsr train-ranker --model_dir={ranker_dir}`")
+        tables = features_lib.FeatureTables.load(ranker_dir)
+        if tables.num_items != layout_spec.num_items:
+            raise ValueError(f"{ranker_dir}: the ranker's tables cover {tables.num_items} items, "
+                             f"the servable's layout {layout_spec.num_items}: train the ranker "
+                             f"on sessions of the same layout")
+        if tables.item_embeddings.shape[1] != model_config.embedding_dim:
+            raise ValueError(f"{ranker_dir}: ranker features use {tables.item_embeddings.shape[1]}"
+                             f"-d DPSR embeddings, the model has {model_config.embedding_dim}")
+        self._cfg, self._spec, self.rerank_n = model_config, layout_spec, int(rerank_n)
+        titles = ranker_train.utf8(layout_lib.read_lines(
+            layout_spec.path(layout_lib.ITEM_TITLES)))
+        with tf.name_scope("rerank"):
+            self.tables = features_lib.TableVariables(tables)
+            with tf.compat.v1.variable_scope("dpr_tables"):
+                self._titles_value = tf.compat.v1.placeholder(tf.string, titles.shape,
+                                                              name="item_titles_value")
+                self._titles = tf.compat.v1.Variable(
+                    self._titles_value, trainable=False, name="item_titles",
+                    collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES])
+            self._titles_np = titles
+            self._rows_table = servable_lib._value_to_id_table(  # pylint: disable=protected-access
+                assets.all_item_ids, "rerank_item_rows")
+            self._add_rerank(graph)
+            self._add_retrieve_rerank(graph)
+        dpr_vars = [v for v in tf.compat.v1.global_variables() if v.op.name.startswith("dpr/")]
+        self._saver = tf.compat.v1.train.Saver({v.op.name: v for v in dpr_vars})
+        self._table_names = {v.op.name for v in self.tables.variables + [self._titles]}
+        self._table_init = tf.compat.v1.variables_initializer(
+            self.tables.variables + [self._titles])
+
+    def owns(self, variable) -> bool:
+        """True for the variables this stage restores or fills (not in the DPSR checkpoint)."""
+        return variable.op.name.startswith(SCOPES) or variable.op.name in self._table_names
+
+    def restore(self, session) -> None:
+        self._saver.restore(session, self.checkpoint)
+        feed = dict(self.tables._feed)  # pylint: disable=protected-access
+        feed[self._titles_value] = self._titles_np
+        session.run(self._table_init, feed)
+
+    def _heads(self, graph, query):
+        features = {"query_tokens": graph._tokenize(query)}  # pylint: disable=protected-access
+        if self._cfg.personalization in ("profile", "history"):
+            for name in self._spec.user_features:
+                features[f"user_{name}"] = tf.zeros_like(tf.strings.length(query), tf.int64)
+        if self._cfg.personalization == "history":
+            features["user_history"] = tf.RaggedTensor.from_row_lengths(
+                tf.zeros([0], tf.int64), tf.zeros_like(tf.strings.length(query), tf.int64))
+        with tf.name_scope("query_tower"):
+            return query_tower(features, self._cfg, self._spec, tf.estimator.ModeKeys.PREDICT)
+
+    def score(self, query, item_ids, heads):
+        """(ranker scores [B, N] with -inf at unknown/padding, dpsr scores [B, N], rows)."""
+        rows = self._rows_table.lookup(item_ids)                             # [B, N], -1
+        numeric = features_lib.feature_graph(self.tables, query, rows, heads)
+        b, n = tf.shape(rows)[0], tf.shape(rows)[1]
+        flat_query = tf.repeat(query, n)
+        flat_titles = tf.gather(self._titles, tf.maximum(tf.reshape(rows, [-1]), 0))
+        logits = ranker_model.tower(flat_query, flat_titles,
+                                    tf.reshape(numeric, [-1, features_lib.NUM_FEATURES]),
+                                    self.config)
+        logits = tf.reshape(logits, tf.stack([b, n]))
+        valid = rows >= 0
+        scores = tf.where(valid, logits, tf.fill(tf.shape(logits), -np.inf))
+        dpsr = numeric[:, :, features_lib.FEATURE_NAMES.index("dpsr_score")]
+        dpsr = tf.where(valid, dpsr, tf.fill(tf.shape(dpsr), -np.inf))
+        return scores, dpsr, rows
+
+    @staticmethod
+    def _sorted(scores, *others):
+        order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+        return [tf.gather(x, order, batch_dims=1) for x in (scores,) + others]
+
+    def _add_rerank(self, graph):
+        query = tf.compat.v1.placeholder(tf.string, [None], name="rerank_query")
+        item_ids = tf.compat.v1.placeholder(tf.string, [None, None], name="rerank_item_ids")
+        check = servable_lib._check(  # pylint: disable=protected-access
+            tf.equal(tf.shape(query)[0], tf.shape(item_ids)[0]),
+            "rerank: item_ids must have one row per query; got rows and queries",
+            tf.shape(item_ids)[0], tf.shape(query)[0])
+        with tf.control_dependencies([check]):
+            q = tf.identity(query)
+        scores, dpsr, _ = self.score(q, item_ids, self._heads(graph, q))
+        ranked_scores, ranked_ids = self._sorted(scores, item_ids)
+        outputs = {"scores": scores, "dpsr_scores": dpsr, "ranked_item_ids": ranked_ids,
+                   "ranked_scores": ranked_scores}
+        graph.signatures["rerank"] = (
+            {"query": query, "item_ids": item_ids},
+            {k: tf.identity(v, name=f"rerank_{k}") for k, v in outputs.items()})
+
+    def _add_retrieve_rerank(self, graph):
+        inputs, outputs = graph.signatures["serving_default"]
+        heads = graph.signatures["query_embedding"][1]["embedding"]
+        n = tf.minimum(tf.shape(outputs["item_ids"])[1], self.rerank_n)
+        top_ids = outputs["item_ids"][:, :n]
+        top_scores = outputs["scores"][:, :n]
+        scores, dpsr, _ = self.score(inputs["query"], top_ids, heads)
+        ranks = tf.tile(tf.range(1, n + 1)[None, :], [tf.shape(top_ids)[0], 1])
+        s, ids, retrieval, dp, rk = self._sorted(scores, top_ids, top_scores, dpsr, ranks)
+        out = {"item_ids": ids, "scores": s, "retrieval_scores": retrieval, "dpsr_scores": dp,
+               "retrieval_ranks": rk}
+        graph.signatures["retrieve_rerank"] = (
+            dict(inputs), {k: tf.identity(v, name=f"retrieve_rerank_{k}") for k, v in out.items()})
+        graph.defaults["retrieve_rerank"] = dict(graph.defaults.get("serving_default", {}))

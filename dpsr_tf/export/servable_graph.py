@@ -1,0 +1,266 @@
+"""The serving graph of a DPSR servable: query text in, item ids out, in one TF1 graph.
+
+    query (string [B])  --Dpsr>Tokenize-->  query tower (m heads)  --Dpsr>FaissSearch per head-->
+    merge_heads (dedupe, best score, head)  --id map-->  item_ids [B, K], scores [B, K], heads [B, K]
+
+A hybrid servable (the index build has a lexical section and ServableConfig.hybrid) also
+tokenizes the query with the lexical index's tokenizer configuration, searches the shard's BM25
+index (Dpsr>LexicalSearch, same labels as FAISS) and fuses both lists by label
+(dpsr_tf/export/fusion.py); it adds source [B, K] ("dense", "lexical", "both"), dense_scores and
+lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule [B] (the rule as JSON) so
+that the proxy can re-fuse the answers of several shards.
+
+Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
+ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
+the servable directory can be copied anywhere. dpsr_tf/export/saved_model_export.py builds, restores and
+saves this graph; this module only wires it.
+"""
+import dataclasses
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from dpsr_tf.model.towers import item_tower, query_tower
+from dpsr_tf.tokenization import tokenize_op
+from dpsr_tf.export import faiss_ops, lexical_ops
+from dpsr_tf.export import fusion as fusion_lib
+from dpsr_tf.export.head_merge import merge_heads
+from dpsr_tf.export.lexical_manifest import LexicalConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ServableConfig:
+    """Request limits and search settings baked into a servable.
+
+    Attributes:
+      default_k: results per query when the request has no `k`.
+      max_k: the largest `k` a request may ask for (each head searches k items).
+      max_query_bytes: longer queries are rejected (INVALID_ARGUMENT); empty ones too.
+      nprobe: IVF lists probed per search (0 = the value stored in the index).
+      ef_search: HNSW efSearch per search (0 = the value stored in the index).
+      hybrid: fuse the lexical index with the dense one when the index build has one.
+      fusion: how a hybrid servable fuses the two lists.
+    """
+
+    default_k: int = 100
+    max_k: int = 1000
+    max_query_bytes: int = 4096
+    nprobe: int = 0
+    ef_search: int = 0
+    hybrid: bool = True
+    fusion: fusion_lib.FusionConfig = fusion_lib.FusionConfig()
+
+    def validate(self):
+        if not 1 <= self.default_k <= self.max_k:
+            raise ValueError(f"need 1 <= default_k <= max_k, got default_k={self.default_k}, "
+                             f"max_k={self.max_k}")
+        if self.max_query_bytes < 1:
+            raise ValueError(f"max_query_bytes must be >= 1, got {self.max_query_bytes}")
+        if self.nprobe < 0 or self.ef_search < 0:
+            raise ValueError(f"nprobe and ef_search must be >= 0, got {self.nprobe}, "
+                             f"{self.ef_search}")
+        self.fusion.validate()
+        if self.fusion.lexical_k > lexical_ops.MAX_K:
+            raise ValueError(f"lexical_k must be <= {lexical_ops.MAX_K}, got "
+                             f"{self.fusion.lexical_k}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AssetPaths:
+    """Files the graph reads (staged copies with unique base names)."""
+
+    index: str                      # the FAISS index of this servable's shard
+    shard_ids: str                  # id map of the shard: line i = item id of FAISS label i
+    all_item_ids: str               # the layout's item ids: line r = item id of row r (history)
+    tokenizer_vocab: Optional[str]  # vocabulary-mode tokenizer, else None
+    user_vocabs: Mapping[str, str]  # user feature -> its values file (line i -> id i + 1)
+    item_vocabs: Mapping[str, str]  # item feature -> its values file (line i -> id i + 1)
+    lexical_index: Optional[str] = None           # the shard's lexical.idx (hybrid servables)
+    lexical_config: Optional[LexicalConfig] = None  # its tokenizer features and BM25 settings
+
+
+def _asset(path: str) -> tf.Tensor:
+    t = tf.constant(path, name="asset_path")
+    tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, t)
+    return t
+
+
+def _value_to_id_table(path: str, name: str):
+    """string -> int64 id (line number + 1), 0 for values not in the file (unknown)."""
+    init = tf.lookup.TextFileInitializer(
+        _asset(path), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+        tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
+    return tf.lookup.StaticHashTable(init, default_value=-1, name=name)
+
+
+def _categorical_input(name: str, like: tf.Tensor, vocab_path: str):
+    """An optional string input [B] beside `like` [B] and its int64 ids (0 = unknown/absent).
+
+    Returns:
+      (the placeholder, its ids after a check that it has one value per row of `like`).
+    """
+    value = tf.compat.v1.placeholder_with_default(tf.fill(tf.shape(like), ""), [None], name=name)
+    table = _value_to_id_table(vocab_path, f"{name}_ids")
+    check = _check(tf.equal(tf.size(value), tf.size(like)),
+                   f"{name} must have one value per {like.op.name}; got sizes",
+                   tf.size(value), tf.size(like))
+    with tf.control_dependencies([check]):
+        return value, table.lookup(value) + 1
+
+
+def _check(condition, *message):
+    return tf.debugging.Assert(condition, list(message), summarize=8)
+
+
+class ServableGraph:
+    """Builds the inputs, outputs and signatures of a servable in the current TF1 graph.
+
+    Attributes after construction: `signatures`, a dict signature name -> (inputs dict,
+    outputs dict) of tensors, and `defaults`, signature name -> input alias -> the numpy value
+    a server feeds when a request leaves that input out (TF Serving's SignatureDef.defaults).
+
+    Signatures: serving_default {query, k?}; personalized {query, k?, user_<f>.., user_history}
+    (personalized models only); query_embedding; item_embedding.
+    """
+
+    def __init__(self, model_config, layout_spec, assets: AssetPaths,
+                 servable: ServableConfig = ServableConfig()):
+        servable.validate()
+        self._cfg = model_config
+        self._spec = layout_spec
+        self._assets = assets
+        self._servable = servable
+        self._tok_config = dataclasses.replace(layout_spec.tokenizer_config, vocab_file=None)
+        self._vocab = _asset(assets.tokenizer_vocab) if assets.tokenizer_vocab else None
+        self.signatures = {}
+        self.defaults = {}   # signature -> input alias -> numpy default (SignatureDef.defaults)
+        query_inputs, query_features = self._query_inputs()
+        with tf.name_scope("query_tower"):
+            embeddings = query_tower(query_features, model_config, layout_spec,
+                                     tf.estimator.ModeKeys.PREDICT)        # [B, m, d]
+        outputs = self._search(query_inputs["query"], query_inputs["k"], embeddings)
+        k_default = {"k": np.array(servable.default_k, np.int32)}
+        # serving_default: query (+ optional k). A user-less request is an unknown user, the
+        # same graph with the user inputs at their defaults.
+        anonymous = {k: v for k, v in query_inputs.items() if k in ("query", "k")}
+        self.signatures["serving_default"] = (anonymous, outputs)
+        self.defaults["serving_default"] = k_default
+        if len(query_inputs) > len(anonymous):
+            # personalized: every user input is required, so batching servers can stack
+            # requests along dim 0; send "" for an unknown value.
+            self.signatures["personalized"] = (query_inputs, outputs)
+            self.defaults["personalized"] = k_default
+        self.signatures["query_embedding"] = (
+            {k: v for k, v in query_inputs.items() if k != "k"}, {"embedding": embeddings})
+        self.signatures["item_embedding"] = self._item_embedding()
+
+    def _tokenize(self, texts: tf.Tensor) -> tf.RaggedTensor:
+        return tokenize_op.tokenize(texts, self._tok_config, vocab_file=self._vocab)
+
+    def _query_inputs(self):
+        s = self._servable
+        query = tf.compat.v1.placeholder(tf.string, [None], name="query")
+        k = tf.compat.v1.placeholder_with_default(tf.constant(s.default_k, tf.int32), [],
+                                                  name="k")
+        lengths = tf.strings.length(query)
+        checks = [
+            _check(tf.reduce_all(lengths > 0), "query must not be empty; got byte lengths",
+                   lengths),
+            _check(tf.reduce_all(lengths <= s.max_query_bytes),
+                   f"query must be at most {s.max_query_bytes} bytes; got byte lengths",
+                   lengths),
+            _check(tf.logical_and(k >= 1, k <= s.max_k),
+                   f"k must be in [1, {s.max_k}]; got", k),
+        ]
+        inputs = {"query": query, "k": k}
+        with tf.control_dependencies(checks):
+            features = {"query_tokens": self._tokenize(tf.identity(query))}
+        if self._cfg.personalization in ("profile", "history"):
+            for name in sorted(self._spec.user_features):
+                # Absent: "unknown" (id 0), like a logged-out user.
+                key = f"user_{name}"
+                inputs[key], features[key] = _categorical_input(
+                    key, query, self._assets.user_vocabs[name])
+        if self._cfg.personalization == "history":
+            # user_history [B, W] item ids, oldest first, "" pads a row. Training saw at most
+            # the last history_length items of a user (dpsr_tf/data/pipeline.py), so the
+            # servable keeps the last history_length known items of each row; W is capped so
+            # a request cannot make the lookup arbitrarily large.
+            max_width = max(1024, self._spec.history_length)  # items a row may send
+            history = tf.compat.v1.placeholder_with_default(
+                tf.fill(tf.stack([tf.shape(query)[0], 0]), ""), [None, None],
+                name="user_history")
+            width_check = _check(tf.shape(history)[1] <= max_width,
+                                 f"user_history must have at most {max_width} items per row "
+                                 "(the model uses the last "
+                                 f"{self._spec.history_length}); got width", tf.shape(history)[1])
+            with tf.control_dependencies([width_check]):
+                checked = tf.identity(history)
+            table = _value_to_id_table(self._assets.all_item_ids, "history_item_rows")
+            rows = table.lookup(checked)  # item row, -1 for padding "" and unknown ids
+            known = tf.ragged.boolean_mask(rows, rows >= 0)
+            if self._spec.history_length > 0:
+                known = known[:, -self._spec.history_length:]
+            features["user_history"] = known
+            inputs["user_history"] = history
+        return inputs, features
+
+    def _search(self, query: tf.Tensor, k: tf.Tensor,
+                embeddings: tf.Tensor) -> Dict[str, tf.Tensor]:
+        s = self._servable
+        index = faiss_ops.FaissIndex(self._assets.index, shared_name=None, name="item_index")
+        scores, labels = [], []
+        with tf.name_scope("search"):
+            for h in range(self._cfg.num_heads):
+                sc, lb = faiss_ops.search(index, embeddings[:, h, :], k, nprobe=s.nprobe,
+                                          ef_search=s.ef_search, name=f"head_{h}")
+                scores.append(sc)
+                labels.append(lb)
+            top_scores, top_labels, top_heads = merge_heads(
+                tf.stack(scores, axis=1), tf.stack(labels, axis=1), k)
+        outputs = {"scores": top_scores, "heads": top_heads}
+        if self._assets.lexical_index is not None:
+            outputs, top_labels = self._fuse_lexical(query, k, top_scores, top_labels, top_heads)
+        id_init = tf.lookup.TextFileInitializer(
+            _asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
+        id_table = tf.lookup.StaticHashTable(id_init, default_value="", name="item_ids_of_labels")
+        outputs["item_ids"] = id_table.lookup(top_labels)
+        return {alias: tf.identity(t, name=alias) for alias, t in outputs.items()}
+
+    def _fuse_lexical(self, query, k, dense_scores, dense_labels, dense_heads):
+        """BM25 search of the shard and fusion with the dense list (module docstring)."""
+        rule = self._servable.fusion
+        with tf.name_scope("lexical"):
+            index = lexical_ops.LexicalIndex(self._assets.lexical_index, name="lexical_index")
+            tokens = tokenize_op.tokenize(query, self._assets.lexical_config.tokenizer_config())
+            lexical_k = k if rule.lexical_k == 0 else tf.constant(rule.lexical_k, tf.int32)
+            lex_scores, lex_labels = lexical_ops.search(index, tokens, lexical_k,
+                                                        rule.lexical_min_score)
+        with tf.name_scope("fusion"):
+            fused = fusion_lib.fuse(dense_scores, dense_labels, lex_scores, lex_labels, k, rule,
+                                dense_heads=dense_heads)
+            names = tf.constant(["", "dense", "lexical", "both"])
+            outputs = {
+                "scores": fused["scores"],
+                "heads": fused["heads"],
+                "source": tf.gather(names, fused["source"]),
+                "dense_scores": fused["dense_scores"],
+                "lexical_scores": fused["lexical_scores"],
+                # One copy per row, so the signature stays batch-major (server-side batching).
+                "fusion_rule": tf.fill(tf.shape(query)[:1], rule.to_json()),
+            }
+        return outputs, fused["labels"]
+
+    def _item_embedding(self):
+        title = tf.compat.v1.placeholder(tf.string, [None], name="item_title")
+        inputs = {"item_title": title}
+        features = {"item_tokens": self._tokenize(title)}
+        for name in sorted(self._spec.item_features):
+            key = f"item_{name}"
+            inputs[key], features[key] = _categorical_input(
+                key, title, self._assets.item_vocabs[name])
+        with tf.name_scope("item_tower"):
+            embedding = item_tower(features, self._cfg, self._spec, tf.estimator.ModeKeys.PREDICT)
+        return inputs, {"embedding": embedding}

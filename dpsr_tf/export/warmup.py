@@ -1,0 +1,43 @@
+"""TF Serving warm-up records: assets.extra/tf_serving_warmup_requests.
+
+A model server replays these Predict requests after loading a version and before it takes
+traffic, so the first real query does not pay for lazy initialisation (index pages, kernels).
+The format is TF Serving's: a TFRecord file of tensorflow.serving.PredictionLog protos
+(read back by dpsr_tf/serving/warmup.py).
+"""
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def write_warmup_requests(export_dir: str, requests: Sequence[Mapping[str, np.ndarray]],
+                          signature_name: str = "serving_default") -> str:
+    """Writes one PredictionLog per request into <export_dir>/assets.extra/.
+
+    Args:
+      export_dir: the SavedModel version directory.
+      requests: each a dict input name -> numpy array (e.g. {"query": np.array([b"drill"])}).
+      signature_name: the signature the requests call.
+
+    Returns:
+      The path of the written file.
+    """
+    extra = os.path.join(export_dir, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    path = os.path.join(extra, WARMUP_FILE)
+    with tf.io.TFRecordWriter(path) as writer:
+        for inputs in requests:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(signature_name=signature_name))
+            for name, value in inputs.items():
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+

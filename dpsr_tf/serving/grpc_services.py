@@ -1,0 +1,258 @@
+"""gRPC services of the model server (grpc.aio): PredictionService, ModelService, health.
+
+Each handler calls ServerCore and turns a ServingError into the same gRPC status code with a
+truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
+in a thread so the event loop keeps serving Predict.
+"""
+import asyncio
+import concurrent.futures
+import logging
+import time
+
+import grpc
+from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc,
+                                     prediction_service_pb2_grpc)
+
+from dpsr_tf.serving.errors import ServingError, truncate
+from dpsr_tf.serving.predict import declared_elements
+
+_LOG = logging.getLogger("serving.grpc")
+# Requests up to this size are validated and converted on the event loop (tens of
+# microseconds); larger ones in a thread, so that no request can stall the loop.
+_INLINE_MAX_ELEMENTS = 4096
+_INLINE_MAX_BYTES = 64 << 10
+
+
+class _Malformed:
+    """Stands for a request whose bytes did not parse (answered INVALID_ARGUMENT)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str):
+        self.error = error
+
+
+def _safe_deserializer(deserialize):
+    def parse(data):
+        try:
+            return deserialize(data)
+        except Exception as e:  # pylint: disable=broad-except  (DecodeError, RuntimeWarning)
+            return _Malformed(f"{type(e).__name__}: {e}")
+    return parse
+
+
+def _guarded(behavior, method: str):
+    async def handle(request, context):
+        if isinstance(request, _Malformed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
+                f"the {method} request is not a valid protobuf message ({request.error}); "
+                "send a serialized request of the tensorflow_serving API"))
+        return await behavior(request, context)
+    return handle
+
+
+class _SafeDecoding(grpc.GenericRpcHandler):
+    """Wraps a generated service's handlers so that request bytes that do not parse are
+    answered INVALID_ARGUMENT (as TF Serving does), not UNKNOWN "Unexpected DecodeError"."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._cache = {}
+
+    def service(self, handler_call_details):
+        method = handler_call_details.method
+        if method not in self._cache:
+            handler = self._inner.service(handler_call_details)
+            if handler is not None and handler.unary_unary is not None:
+                handler = handler._replace(
+                    request_deserializer=_safe_deserializer(handler.request_deserializer),
+                    unary_unary=_guarded(handler.unary_unary, method.rsplit("/", 1)[-1]))
+            self._cache[method] = handler
+        return self._cache[method]
+
+
+class _Capture:
+    def __init__(self):
+        self.handlers = []
+
+    def add_generic_rpc_handlers(self, handlers):
+        self.handlers.extend(handlers)
+
+
+def add_servicer(add_to_server, servicer, server) -> None:
+    """`add_XServicer_to_server(servicer, server)` of a generated module, with requests that do
+    not parse answered INVALID_ARGUMENT."""
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    server.add_generic_rpc_handlers(tuple(_SafeDecoding(h) for h in capture.handlers))
+
+
+def client_timeout(context):
+    """Seconds left of the client's deadline, or None when it set none."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e8:
+        return None
+    return max(0.0, remaining)
+
+
+async def abort(context, error: ServingError):
+    await context.abort(error.code, truncate(error.message))
+
+
+class InFlight:
+    """Counts calls from the moment a handler starts until gRPC has sent their status, so that
+    shutdown waits for exactly those (grpc.aio's `stop(grace)` may wait out the whole grace
+    period while idle clients stay connected).
+
+    A call counts until its done-callback, not until its handler returns: the response is
+    serialized and sent after the handler returns, and stopping the server in between cancels
+    the call although its answer was ready (issue 13, finding 5).
+
+    Shutdown drains by refusal, not by `server.stop(grace)` at once: gRPC core cancels every
+    call it has received but not yet handed to a handler the moment its shutdown starts, and on
+    a loaded machine a few such calls are always queued (CI saw 2 of 72 calls in flight at
+    SIGTERM CANCELLED). So the server keeps running while it drains; handlers that start after
+    the drain began answer UNAVAILABLE (retriable, and the proxy fails over on it), and the
+    server stops only once the running calls are answered and the queue had time to empty.
+    """
+
+    # After the running calls are answered, keep refusing for this long before stopping, so
+    # that calls gRPC queued before the stop reach a handler and get UNAVAILABLE rather than
+    # CANCELLED (refusals are cheap: a backlog empties in milliseconds; this bounds loop lag).
+    REFUSE_SECONDS = 1.0
+    # ...but stop sooner when no call at all has arrived for this long.
+    QUIET_SECONDS = 0.25
+
+    def __init__(self):
+        self.count = 0
+        self.draining = False
+        self._idle = None
+        self._last_start = 0.0
+
+    def track(self, context) -> bool:
+        """Counts the call of `context` until it is done (call at the top of a handler).
+        False once the server drains: the caller answers `DRAINING` and does no work."""
+        self._last_start = time.monotonic()
+        if self.draining:
+            return False
+        self.count += 1
+        context.add_done_callback(self._done)
+        return True
+
+    def _done(self, _context) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def stop_server(self, server, grace_seconds: float) -> None:
+        """Refuses new RPCs, waits up to `grace_seconds` for running ones, then stops."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        self.draining = True
+        self._idle = asyncio.Event()
+        if self.count:
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_seconds)
+            except asyncio.TimeoutError:
+                _LOG.warning("stopping with %d calls still running after %.1f s", self.count,
+                             grace_seconds)
+        refuse_until = min(deadline, loop.time() + self.REFUSE_SECONDS)
+        while loop.time() < refuse_until:
+            quiet_for = time.monotonic() - self._last_start
+            if quiet_for >= self.QUIET_SECONDS:
+                break
+            await asyncio.sleep(min(self.QUIET_SECONDS - quiet_for, refuse_until - loop.time()))
+        await server.stop(None)
+
+
+DRAINING = ServingError(grpc.StatusCode.UNAVAILABLE,
+                        "the server is shutting down; send the call to another replica")
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService over a ServerCore."""
+
+    def __init__(self, core, in_flight: InFlight):
+        self._core = core
+        self._in_flight = in_flight
+        self._decode_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="decode")
+
+    async def Predict(self, request, context):
+        if not self._in_flight.track(context):
+            return await abort(context, DRAINING)
+        timeout = client_timeout(context)
+        if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
+                and request.ByteSize() <= _INLINE_MAX_BYTES):
+            future = self._core.predict(request, timeout, "GRPC")
+        else:  # validation and conversion of a large request: off the loop
+            future = await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool, self._core.predict, request, timeout, "GRPC")
+        try:
+            return await asyncio.wrap_future(future)
+        except ServingError as e:
+            await abort(context, e)
+
+    async def _blocking(self, context, fn, *args):
+        if not self._in_flight.track(context):
+            return await abort(context, DRAINING)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except ServingError as e:
+            await abort(context, e)
+
+    async def GetModelMetadata(self, request, context):
+        return await self._blocking(context, self._core.get_model_metadata, request)
+
+    async def Classify(self, request, context):
+        return await self._blocking(context, self._core.classify, request,
+                                    client_timeout(context))
+
+    async def Regress(self, request, context):
+        return await self._blocking(context, self._core.regress, request,
+                                    client_timeout(context))
+
+    async def MultiInference(self, request, context):
+        return await self._blocking(context, self._core.multi_inference, request,
+                                    client_timeout(context))
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest.
+
+    Args:
+      core: ServerCore.
+      allow_reload: False refuses HandleReloadConfigRequest with PERMISSION_DENIED.
+      on_reload: optional callback(config) after a successful reload.
+    """
+
+    def __init__(self, core, allow_reload: bool = True, on_reload=None):
+        self._core = core
+        self._allow_reload = allow_reload
+        self._on_reload = on_reload
+
+    async def GetModelStatus(self, request, context):
+        try:
+            return self._core.get_model_status(request)
+        except ServingError as e:
+            await abort(context, e)
+
+    async def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        error = None
+        if not self._allow_reload:
+            error = ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                                 "this server refuses HandleReloadConfigRequest "
+                                 "(--allow_reload_config_request=false)")
+        else:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._core.reload_config, request.config)
+                if self._on_reload is not None:
+                    self._on_reload(request.config)
+            except ServingError as e:
+                error = e
+        if error is not None:
+            _LOG.error("HandleReloadConfigRequest failed: %s", error)
+            await abort(context, error)
+        return response

@@ -1,0 +1,133 @@
+"""Merging the answers of index shards into one global top-K (the proxy's reduce step).
+
+Each shard answers the same Predict request over its subset of items with row-aligned outputs
+[B, K_s] (item_ids, scores, heads, ...). Per row the merge pools every shard's entries, drops
+padding (empty ids), keeps each id once with its best score, and returns the K best by score,
+descending. K is the request's k, or the largest K_s when the request has none. Rows with fewer
+than K entries are padded: "" ids, -inf scores, -1 for integer outputs.
+
+Hybrid servables (dpsr_tf/export/servable_graph.py) also answer dense_scores, lexical_scores and a
+fusion_rule: their entries are re-fused over the pool (dpsr_tf/export/fusion.py refuse_np), so the
+merged list ranks by the global dense and lexical lists, not by each shard's own ranks.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import grpc
+import numpy as np
+
+from dpsr_tf.export.fusion import FusionConfig, refuse_np
+from dpsr_tf.serving import tensors
+from dpsr_tf.serving.errors import ServingError
+
+
+def _pad_value(dtype):
+    if dtype == object:
+        return b""
+    if np.issubdtype(dtype, np.floating):
+        return -np.inf
+    if dtype == np.bool_:
+        return False
+    return -1
+
+
+def merge_topk(shard_outputs: Sequence[Dict[str, np.ndarray]], k: Optional[int],
+               id_output: str = "item_ids", score_output: str = "scores") -> Dict[str, np.ndarray]:
+    """Global top-k of shard answers.
+
+    Args:
+      shard_outputs: per shard, alias -> array; `id_output` (object [B, K_s] bytes) and
+        `score_output` (float [B, K_s]) are required; other [B, K_s] outputs follow the same
+        permutation; outputs of any other shape are taken from the first shard.
+      k: results per row, or None for the largest K_s.
+      id_output, score_output: aliases of the merge key and the score.
+
+    Returns:
+      alias -> array with row-aligned outputs of shape [B, K].
+
+    Raises:
+      ServingError(INTERNAL) when shards disagree on outputs or batch size.
+    """
+    if not shard_outputs:
+        raise ServingError(grpc.StatusCode.INTERNAL, "no shard answers to merge")
+    first = shard_outputs[0]
+    for alias in (id_output, score_output):
+        if alias not in first:
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               f"shard answers lack the merge output '{alias}'; outputs: "
+                               f"{sorted(first)} (set id_output/score_output in the proxy "
+                               "config)")
+    ids0 = first[id_output]
+    if ids0.ndim != 2:
+        raise ServingError(grpc.StatusCode.INTERNAL,
+                           f"merge output '{id_output}' must be [batch, k], got "
+                           f"{list(ids0.shape)}")
+    batch = ids0.shape[0]
+    aligned: List[str] = []
+    for alias, value in first.items():
+        if value.ndim >= 2 and value.shape[:2] == ids0.shape:
+            aligned.append(alias)
+    for i, out in enumerate(shard_outputs):
+        ids = out.get(id_output)
+        if ids is None or ids.ndim != 2 or ids.shape[0] != batch:
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               f"shard answer {i} has '{id_output}' of shape "
+                               f"{None if ids is None else list(ids.shape)}; expected "
+                               f"[{batch}, k]")
+        for alias in aligned:
+            if alias not in out or out[alias].shape[:2] != ids.shape:
+                raise ServingError(grpc.StatusCode.INTERNAL,
+                                   f"shard answer {i}: output '{alias}' is missing or not "
+                                   f"aligned with '{id_output}'")
+    pooled = {a: np.concatenate([o[a] for o in shard_outputs], axis=1) for a in aligned}
+    _refuse_hybrid(first, pooled, score_output)
+    width = k if k is not None else max(o[id_output].shape[1] for o in shard_outputs)
+    rows_idx = []
+    for b in range(batch):
+        ids = pooled[id_output][b]
+        order = np.argsort(-pooled[score_output][b].astype(np.float64), kind="stable")
+        top = ids[order[:width]].tolist()
+        unique = set(top)
+        if len(unique) == len(top) and b"" not in unique:  # the usual case: disjoint shards
+            rows_idx.append(order[:width])
+            continue
+        seen, keep = {b""}, []  # drop padding, keep each id's best entry
+        for pos, item in zip(order.tolist(), ids[order].tolist()):
+            if item not in seen:
+                seen.add(item)
+                keep.append(pos)
+                if len(keep) == width:
+                    break
+        rows_idx.append(np.asarray(keep, dtype=np.int64))
+    out_width = min(width, max((len(r) for r in rows_idx), default=0))
+    merged = {}
+    for alias in aligned:
+        src = pooled[alias]
+        dst = np.full((batch, out_width) + src.shape[2:], _pad_value(src.dtype), dtype=src.dtype)
+        for b, idx in enumerate(rows_idx):
+            dst[b, :len(idx)] = src[b, idx]
+        merged[alias] = dst
+    for alias, value in first.items():
+        if alias not in merged:
+            merged[alias] = value
+    return merged
+
+
+def _refuse_hybrid(first: Dict[str, np.ndarray], pooled: Dict[str, np.ndarray],
+                   score_output: str) -> None:
+    """Replaces the pooled fused scores of hybrid answers by the fusion of the pooled lists."""
+    if not {"fusion_rule", "dense_scores", "lexical_scores"} <= set(first) or not {
+            "dense_scores", "lexical_scores"} <= set(pooled) or first["fusion_rule"].size == 0:
+        return
+    try:
+        rule = first["fusion_rule"].reshape(-1)[0]
+        cfg = FusionConfig.from_json(rule.decode("utf-8") if isinstance(rule, bytes) else rule)
+    except (ValueError, TypeError, IndexError, UnicodeDecodeError) as e:
+        raise ServingError(grpc.StatusCode.INTERNAL,
+                           f"shard answers carry an unreadable fusion_rule: {e}") from None
+    pooled[score_output] = refuse_np(pooled["dense_scores"], pooled["lexical_scores"], cfg)
+
+
+def response_outputs(response) -> Dict[str, np.ndarray]:
+    """alias -> np.ndarray of a PredictResponse."""
+    return {alias: tensors.to_ndarray(t, f"output '{alias}'")
+            for alias, t in response.outputs.items()}

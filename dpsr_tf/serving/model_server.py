@@ -1,0 +1,259 @@
+"""The model server process: gRPC (PredictionService, ModelService, health) + REST + polling.
+
+`run_model_server(options)` blocks until SIGTERM/SIGINT, then stops taking requests (health
+NOT_SERVING), lets in-flight requests finish, and unloads every version.
+"""
+import asyncio
+import dataclasses
+import gc
+import json
+import logging
+import os
+import signal
+import threading
+from typing import Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from dpsr_tf.serving import config as config_lib
+from dpsr_tf.serving.grpc_services import InFlight, ModelServicer, PredictionServicer, add_servicer
+from dpsr_tf.serving.rest import RestGateway
+from dpsr_tf.serving.server_core import CoreOptions, ServerCore
+
+_LOG = logging.getLogger("serving.model_server")
+SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """The model server's settings (resolved from `dpsr serve` flags).
+
+    Attributes:
+      host: address to bind, gRPC and REST (loopback unless told otherwise).
+      port: gRPC port (0: any free port; see port_file).
+      rest_api_port: REST port (0: no REST API, as in TF Serving; -1: any free port).
+      rest_api_timeout_seconds: REST predict timeout.
+      rest_api_max_body_bytes: largest REST request body (larger: HTTP 413, body not read).
+      rest_api_connection_timeout_seconds: a REST connection whose reads or writes stall this
+        long (half-sent request, idle keep-alive) is closed; 0: never.
+      model_config_file: ModelServerConfig file, re-read every
+        model_config_file_poll_wait_seconds when > 0.
+      monitoring: Prometheus settings (served on the REST port).
+      ssl: TLS for gRPC, or None.
+      allow_reload_config_request: False refuses HandleReloadConfigRequest.
+      max_receive_message_bytes: largest accepted request message.
+      port_file: when set, JSON {"grpc_port", "rest_api_port", "pid"} is written here once
+        serving (atomic rename), so launchers can use port 0.
+      core: CoreOptions.
+      grpc_socket_path: also serve gRPC on this UNIX socket (--grpc_socket_path).
+      grpc_channel_arguments: (key, value) gRPC server arguments (--grpc_channel_arguments).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8500
+    rest_api_port: int = 0
+    rest_api_timeout_seconds: float = 30.0
+    rest_api_max_body_bytes: int = 16 << 20
+    rest_api_connection_timeout_seconds: float = 30.0
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
+    monitoring: config_lib.MonitoringOptions = config_lib.MonitoringOptions()
+    ssl: Optional[config_lib.SslOptions] = None
+    allow_reload_config_request: bool = True
+    max_receive_message_bytes: int = 64 << 20
+    port_file: str = ""
+    core: CoreOptions = CoreOptions()
+    grpc_socket_path: str = ""
+    grpc_channel_arguments: tuple = ()
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_grpc(server, host: str, port: int, ssl) -> int:
+    """Binds a grpc.aio server to host:port (TLS when `ssl` is an SSL config) and returns the
+    bound port; a failed bind is an OSError naming the address. Shared by server and proxy."""
+    address = _address(host, port)
+    try:
+        if ssl is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(ssl.server_key, ssl.server_cert)], root_certificates=ssl.custom_ca,
+                require_client_auth=ssl.client_verify)
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc reports a failed bind this way
+        what = ("in use, or the TLS certificate or key was refused?" if ssl is not None
+                else "in use?")
+        raise OSError(f"cannot bind gRPC to {address} ({what}): {e}") from e
+    if not bound:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return bound
+
+
+def freeze_heap() -> None:
+    """Moves every object alive after start-up (TensorFlow's modules, the loaded graphs: about
+    a million) out of the garbage collector's view. Without it a full collection, which the
+    garbage of many requests triggers every few seconds, walks them all and stalls every
+    request for about 0.1 s."""
+    gc.collect()
+    gc.freeze()
+
+
+def write_port_file(path: str, **ports) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(dict(ports, pid=os.getpid()), f)
+    os.replace(tmp, path)
+
+
+class _ConfigFilePoller:
+    """Re-reads --model_config_file and applies it when its text changes."""
+
+    def __init__(self, path, interval, core, initial_text):
+        self._path, self._interval, self._core = path, interval, core
+        self._text = initial_text
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="config_poller", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def note_applied(self, config):
+        del config  # a reload request wins until the file changes again
+
+    def _loop(self):
+        while not self._stop.wait(self._interval):
+            try:
+                with open(self._path, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as e:
+                _LOG.error("cannot read --model_config_file %s: %s", self._path, e)
+                continue
+            if text == self._text:
+                continue
+            self._text = text
+            try:
+                cfg = config_lib.parse_text_proto(text, config_lib.ModelServerConfig,
+                                                  f"--model_config_file {self._path}")
+                self._core.reload_config(cfg)
+                _LOG.info("applied the changed --model_config_file %s", self._path)
+            except Exception as e:  # pylint: disable=broad-except
+                _LOG.error("could not apply the changed --model_config_file: %s", e)
+
+
+class ModelServer:
+    """A running model server (use `run_model_server` for the process entry point)."""
+
+    def __init__(self, options: ServerOptions, server_config):
+        self.options = options
+        self._server_config = server_config
+        self.core = ServerCore(options.core)
+        self._grpc = None
+        self._rest = None
+        self._health = None
+        self._poller = None
+        self._in_flight = InFlight()
+        self.grpc_port = None
+        self.rest_api_port = None
+
+    async def start(self) -> None:
+        opts = self.options
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.core.start, self._server_config)
+        self._grpc = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", opts.max_receive_message_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ] + list(opts.grpc_channel_arguments))
+        on_reload = None
+        if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
+            with open(opts.model_config_file, encoding="utf-8") as f:
+                text = f.read()
+            self._poller = _ConfigFilePoller(opts.model_config_file,
+                                             opts.model_config_file_poll_wait_seconds,
+                                             self.core, text)
+            on_reload = self._poller.note_applied
+        add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+                     PredictionServicer(self.core, self._in_flight), self._grpc)
+        add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
+                     ModelServicer(self.core, opts.allow_reload_config_request, on_reload),
+                     self._grpc)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
+        if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
+            if not self._grpc.add_insecure_port(f"unix:{opts.grpc_socket_path}"):
+                raise OSError(f"cannot bind gRPC to unix:{opts.grpc_socket_path}")
+        await self._grpc.start()
+        if opts.rest_api_port:
+            metrics_path = (opts.monitoring.prometheus_path
+                            if opts.monitoring.prometheus_enabled else None)
+            self._rest = RestGateway(self.core, opts.host, max(0, opts.rest_api_port),
+                                     opts.rest_api_timeout_seconds, metrics_path,
+                                     opts.rest_api_max_body_bytes,
+                                     opts.rest_api_connection_timeout_seconds)
+            self.rest_api_port = self._rest.port
+            self._rest.start()
+        elif opts.monitoring.prometheus_enabled:
+            _LOG.warning("monitoring_config_file enables Prometheus, but metrics are served on "
+                         "the REST port and --rest_api_port is 0")
+        if self._poller is not None:
+            self._poller.start()
+        freeze_heap()
+        for service in ("",) + SERVICE_NAMES:
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if opts.allow_reload_config_request and opts.host not in ("127.0.0.1", "::1",
+                                                                  "localhost"):
+            _LOG.warning("HandleReloadConfigRequest is accepted from anyone who can reach %s "
+                         "(it can unload every model); pass --allow_reload_config_request=false "
+                         "unless a trusted network or TLS with client_verify guards the port "
+                         "(docs/serving.md, Security)", _address(opts.host, self.grpc_port))
+        _LOG.info("Running gRPC ModelServer at %s ...", _address(opts.host, self.grpc_port))
+        if opts.grpc_socket_path:
+            _LOG.info("Running gRPC ModelServer at UNIX socket %s ...", opts.grpc_socket_path)
+        if self._rest is not None:
+            _LOG.info("Exporting HTTP/REST API at:%s ...",
+                      _address(opts.host, self.rest_api_port))
+        if opts.port_file:
+            write_port_file(opts.port_file, grpc_port=self.grpc_port,
+                            rest_api_port=self.rest_api_port or 0)
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._poller is not None:
+            self._poller.stop()
+        rest_stopped = None
+        if self._rest is not None:  # REST drains in a thread while gRPC drains on the loop
+            rest_stopped = asyncio.get_running_loop().run_in_executor(
+                None, self._rest.stop, grace_seconds)
+        if self._grpc is not None:
+            await self._in_flight.stop_server(self._grpc, grace_seconds)
+        if rest_stopped is not None:
+            await rest_stopped
+        await asyncio.get_running_loop().run_in_executor(None, self.core.stop)
+
+
+async def _serve(options: ServerOptions, server_config) -> None:
+    server = ModelServer(options, server_config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    _LOG.info("shutting down")
+    await server.stop()
+
+
+def run_model_server(options: ServerOptions, server_config) -> None:
+    """Serves until SIGTERM/SIGINT. `server_config` is the initial ModelServerConfig."""
+    asyncio.run(_serve(options, server_config))

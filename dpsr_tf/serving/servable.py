@@ -1,0 +1,197 @@
+"""One loaded SavedModel version: a TF session over its graph, run through cached callables.
+
+Loading mirrors TF Serving's SavedModelBundle: the MetaGraphDef tagged `serve` is imported into
+its own graph and session (tf.compat.v1 loader: variables restored, assets and init ops run),
+and requests run with Session::Run on the signature's tensors. The project's op library is
+loaded first, so graphs that use Dpsr> ops (the tokenizer, FAISS search) import.
+"""
+import dataclasses
+import logging
+import os
+import threading
+import time
+from typing import Dict, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+from dpsr_tf.serving import errors
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.signatures import Signature, signatures_of
+
+_LOG = logging.getLogger("serving.servable")
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionOptions:
+    """How sessions are created (tensorflow_model_server's session flags).
+
+    Attributes:
+      saved_model_tags: tags of the MetaGraphDef to load.
+      intra_op_parallelism: threads inside one op (0: TF's choice).
+      inter_op_parallelism: ops run in parallel (0: TF's choice).
+      load_op_library: load dpsr_tf's op library before importing graphs.
+      session_config: a serialized tf ConfigProto (--tensorflow_session_config_file) that the
+        parallelism settings above override when they are not 0; None: TF's defaults.
+    """
+
+    saved_model_tags: Tuple[str, ...] = ("serve",)
+    intra_op_parallelism: int = 0
+    inter_op_parallelism: int = 0
+    load_op_library: bool = True
+    session_config: Optional[bytes] = None
+
+
+def load_op_library_once() -> None:
+    """Loads the DPSR op library; a clear error when it is not built."""
+    from dpsr_tf import op_library  # pylint: disable=g-import-not-at-top
+    try:
+        op_library.load()
+    except ImportError as e:
+        raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, str(e)) from e
+
+
+class SavedModelServable:
+    """A loaded version of a model.
+
+    Thread-safe: `run` may be called from many threads; `close` waits for none (the version
+    manager drains references first).
+    """
+
+    def __init__(self, name: str, version: int, path: str, options: SessionOptions):
+        self.name = name
+        self.version = version
+        self.path = path
+        self._options = options
+        self._session = None
+        self._callables = {}
+        self._lock = threading.Lock()
+        self.signatures: Dict[str, Signature] = {}
+        self.meta_graph_def = None
+        self.load_seconds = 0.0
+
+    def load(self) -> None:
+        """Imports the graph, restores variables, runs init ops.
+
+        Raises:
+          ServingError: NOT_FOUND when no SavedModel is there, DATA_LOSS/INVALID_ARGUMENT for a
+            corrupt one, or the TF error's code.
+        """
+        # pylint: disable=g-import-not-at-top
+        import tensorflow as tf
+        from tensorflow.python.saved_model import loader_impl
+
+        start = time.monotonic()
+        if self._options.load_op_library:
+            load_op_library_once()
+        if not any(os.path.exists(os.path.join(self.path, f))
+                   for f in ("saved_model.pb", "saved_model.pbtxt")):
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"no saved_model.pb in {self.path}; export a SavedModel there")
+        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        if self._options.session_config is not None:
+            config.MergeFromString(self._options.session_config)
+        if self._options.intra_op_parallelism:
+            config.intra_op_parallelism_threads = self._options.intra_op_parallelism
+        if self._options.inter_op_parallelism:
+            config.inter_op_parallelism_threads = self._options.inter_op_parallelism
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default():
+                meta_graph_def = loader_impl.SavedModelLoader(self.path).load(
+                    session, list(self._options.saved_model_tags))
+        except tf.errors.OpError as e:
+            session.close()
+            raise errors.from_tf_error(e) from e
+        except Exception as e:  # corrupt protos, missing tags, unknown ops: all load failures
+            session.close()
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"failed to load SavedModel {self.path}: "
+                               f"{type(e).__name__}: {e}") from e
+        self._session = session
+        self.meta_graph_def = meta_graph_def
+        self.signatures = signatures_of(meta_graph_def)
+        try:
+            for signature in self.signatures.values():
+                self._callable(signature)
+        except Exception as e:  # a signature whose tensors do not exist in the graph
+            self.close()
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"SavedModel {self.path}: cannot prepare its signatures: {e}") from e
+        graph.finalize()
+        self.load_seconds = time.monotonic() - start
+
+    def signature(self, name: str) -> Signature:
+        """The named signature ("" means serving_default); NOT_FOUND when absent."""
+        from dpsr_tf.serving.signatures import DEFAULT_SIGNATURE  # pylint: disable=g-import-not-at-top
+        key = name or DEFAULT_SIGNATURE
+        sig = self.signatures.get(key)
+        if sig is None:
+            raise ServingError(
+                grpc.StatusCode.NOT_FOUND,
+                f"Serving signature key \"{key}\" not found. Signatures of {self.name} version "
+                f"{self.version}: {', '.join(sorted(self.signatures)) or '(none)'}")
+        return sig
+
+    def _callable(self, signature: Signature):
+        """One compiled session callable per signature (every input fed, every output
+        fetched), built at load: a call is TF_SessionRunCallable, with no per-call feed-dict
+        or fetch processing and no graph pruning or optimization on the first request."""
+        fn = self._callables.get(signature.name)
+        if fn is None:
+            from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
+            with self._lock:
+                fn = self._callables.get(signature.name)
+                if fn is None:
+                    options = config_pb2.CallableOptions()
+                    options.feed.extend(i.tensor_name for i in signature.inputs.values())
+                    options.fetch.extend(o.tensor_name for o in signature.outputs.values())
+                    fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
+                    self._callables[signature.name] = fn
+        return fn
+
+    def run(self, signature: Signature, feeds: Dict[str, np.ndarray],
+            fetches: Sequence[str], timeout_s: Optional[float] = None) -> Dict[str, np.ndarray]:
+        """Runs the signature once.
+
+        Args:
+          signature: one of self.signatures.
+          feeds: alias -> value for every input.
+          fetches: output aliases to return.
+          timeout_s: seconds left of the request's deadline (None: none); the run does not
+            start when none is left (a started run of one batch is not interrupted).
+
+        Returns:
+          alias -> np.ndarray.
+
+        Raises:
+          ServingError with the TF error's code (an assertion in the graph -> INVALID_ARGUMENT).
+        """
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+        if self._session is None:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                               f"{self.name} version {self.version} is unloaded")
+        fn = self._callable(signature)
+        try:
+            args = [feeds[alias] for alias in signature.inputs]
+        except KeyError as e:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {e} of signature '{signature.name}' has no value") from e
+        if timeout_s is not None and timeout_s <= 0:
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "deadline exceeded before the session run")
+        try:
+            values = fn(*args)
+        except tf.errors.OpError as e:
+            raise errors.from_tf_error(e) from e
+        everything = dict(zip(signature.outputs, values))
+        return {alias: everything[alias] for alias in fetches}
+
+    def close(self) -> None:
+        """Releases the session (and the memory of the graph's resources)."""
+        session, self._session = self._session, None
+        self._callables = {}
+        if session is not None:
+            session.close()

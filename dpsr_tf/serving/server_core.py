@@ -1,0 +1,371 @@
+"""ServerCore: the model server without its transports (gRPC and REST both call it).
+
+It owns the version manager (loading, swapping), the batch scheduler, the thread pool for
+unbatched runs, and the metrics, and implements each API call once:
+predict (a Future, so gRPC/asyncio and REST/threads can both wait on it), get_model_metadata,
+get_model_status, reload_config, classify, regress, multi_inference.
+"""
+import concurrent.futures
+import dataclasses
+import logging
+import time
+from typing import Optional
+
+import grpc
+from google.protobuf import any_pb2
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, model_pb2, regression_pb2)
+
+from dpsr_tf.serving import inference, warmup
+from dpsr_tf.serving.config import BatchingOptions
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.manager import ManagerOptions, VersionManager
+from dpsr_tf.serving.batching import BatchScheduler
+from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
+from dpsr_tf.serving.predict import RequestLimits, build_response, prepare_predict
+from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
+
+_LOG = logging.getLogger("serving.core")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoreOptions:
+    """Everything the core needs (the `dpsr serve` flags resolve into this).
+
+    Attributes:
+      session: how sessions are created.
+      manager: version manager settings.
+      batching: server-side batching, or None to run each request on its own.
+      limits: request validation limits.
+      enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before serving.
+      num_request_iterations_for_warmup: replays per warm-up record.
+      request_timeout_seconds: server-side deadline of every request (0: client's only).
+      num_run_threads: threads for requests that do not go through the batcher.
+      enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
+        another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
+        signatures say `predict`, classify and regress too).
+    """
+
+    session: SessionOptions = SessionOptions()
+    manager: ManagerOptions = ManagerOptions()
+    batching: Optional[BatchingOptions] = None
+    limits: RequestLimits = RequestLimits()
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    request_timeout_seconds: float = 30.0
+    num_run_threads: int = 8
+    enable_signature_method_name_check: bool = False
+
+
+class ServerCore:
+    """The serving logic shared by the gRPC services and the REST gateway."""
+
+    def __init__(self, options: CoreOptions, metrics: Optional[ServerMetrics] = None):
+        self.options = options
+        self.metrics = metrics or ServerMetrics()
+        self.manager = VersionManager(options.manager, self._load, self._on_version_change)
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=options.num_run_threads, thread_name_prefix="run")
+        self._scheduler = None
+        if options.batching is not None:
+            self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self, server_config) -> None:
+        """Loads the initial models (blocking) and starts polling the file system."""
+        self.manager.set_config(server_config)
+        self.manager.start_polling()
+
+    def stop(self) -> None:
+        """Finishes queued work, unloads every version."""
+        if self._scheduler is not None:
+            self._scheduler.close()
+        self._executor.shutdown(wait=True)
+        self.manager.stop()
+
+    def reload_config(self, server_config) -> None:
+        """HandleReloadConfigRequest / --model_config_file polling (blocks until loaded)."""
+        self.manager.set_config(server_config)
+
+    # ------------------------------------------------------------------ loading
+
+    def _load(self, name: str, version: int, path: str) -> SavedModelServable:
+        servable = SavedModelServable(name, version, path, self.options.session)
+        try:
+            servable.load()
+            if self.options.enable_model_warmup:
+                self._warm_up(servable)
+        except Exception:
+            servable.close()
+            self.metrics.load_count.labels(name, "error").inc()
+            raise
+        self.metrics.load_count.labels(name, "ok").inc()
+        return servable
+
+    def _warm_up(self, servable: SavedModelServable) -> None:
+        records = warmup.read_warmup_records(servable.path)
+        for i, log in enumerate(records):
+            kind = log.WhichOneof("log_type")
+            for _ in range(max(1, self.options.num_request_iterations_for_warmup)):
+                try:
+                    if kind == "predict_log":
+                        request = log.predict_log.request
+                        sig = servable.signature(request.model_spec.signature_name)
+                        prepared = prepare_predict(
+                            sig, request, self.options.limits,
+                            self.options.enable_signature_method_name_check)
+                        servable.run(sig, prepared.feeds, prepared.fetches)
+                    elif kind in ("classify_log", "regress_log"):
+                        req = getattr(log, kind).request
+                        sig = servable.signature(req.model_spec.signature_name)
+                        examples = inference.serialized_examples(req.input,
+                                                                 self.options.limits.max_rows)
+                        run = (inference.run_classify if kind == "classify_log"
+                               else inference.run_regress)
+                        run(servable, sig, examples, None,
+                            self.options.enable_signature_method_name_check)
+                    else:
+                        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                                           f"unsupported warm-up log type {kind}")
+                except ServingError as e:
+                    raise ServingError(e.code, f"warm-up record {i} of "
+                                       f"{warmup.warmup_path(servable.path)} failed: "
+                                       f"{e.message}") from e
+        if records:
+            _LOG.info("Finished reading warmup data for model at %s. Number of warmup records "
+                      "read: %d.", servable.path, len(records))
+
+    def _on_version_change(self, name, version, available):
+        if available is None:
+            return
+        self.metrics.available.labels(name, str(version)).set(1 if available else 0)
+
+    def _on_batch(self, key, rows, padded):
+        del padded
+        servable_id, model, version = key[0], key[1], key[2]
+        del servable_id
+        self.metrics.batch_size.labels(model, str(version)).observe(rows)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _deadline(self, client_timeout: Optional[float]) -> Optional[float]:
+        now = time.monotonic()
+        limits = []
+        if client_timeout is not None:
+            limits.append(now + client_timeout)
+        if self.options.request_timeout_seconds > 0:
+            limits.append(now + self.options.request_timeout_seconds)
+        return min(limits) if limits else None
+
+    def _label(self, name: str) -> str:
+        return name if name in self.manager.model_names() else UNKNOWN
+
+    def _record(self, api, entrypoint, name, version, code, start):
+        model = self._label(name)
+        v = str(version) if version is not None else ""
+        self.metrics.request_count.labels(model, v, api, entrypoint, code.name).inc()
+        self.metrics.request_latency.labels(model, v, api, entrypoint).observe(
+            time.monotonic() - start)
+
+    def _timed_run(self, servable, signature, fetches):
+        def run(feeds, timeout_s):
+            start = time.monotonic()
+            try:
+                return servable.run(signature, feeds, fetches, timeout_s)
+            finally:
+                self.metrics.runtime_latency.labels(servable.name, str(servable.version)).observe(
+                    time.monotonic() - start)
+        return run
+
+    # ------------------------------------------------------------------ Predict
+
+    def predict(self, request, client_timeout: Optional[float] = None,
+                entrypoint: str = "GRPC") -> concurrent.futures.Future:
+        """Runs a PredictRequest.
+
+        Args:
+          request: predict_pb2.PredictRequest.
+          client_timeout: seconds left of the client's deadline (None: none).
+          entrypoint: "GRPC" or "REST" (metrics label).
+
+        Returns:
+          Future of predict_pb2.PredictResponse; it fails with ServingError.
+        """
+        start = time.monotonic()
+        outer = concurrent.futures.Future()
+        name = request.model_spec.name
+        try:
+            _require_model_spec(request)
+            handle = self.manager.acquire(request.model_spec)
+        except ServingError as e:
+            self._record("predict", entrypoint, name, None, e.code, start)
+            outer.set_exception(e)
+            return outer
+        servable = handle.servable
+        try:
+            deadline = self._deadline(client_timeout)
+            sig = servable.signature(request.model_spec.signature_name)
+            prepared = prepare_predict(sig, request, self.options.limits,
+                                       self.options.enable_signature_method_name_check)
+            run = self._timed_run(servable, sig, prepared.fetches)
+            if self._scheduler is not None and prepared.rows is not None:
+                key = (id(servable), servable.name, servable.version) + prepared.batch_key
+                # Inputs of other trailing shapes join only when the scheduler pads them.
+                key += tuple(
+                    prepared.feeds[a].ndim if self.options.batching.pad_variable_length_inputs
+                    else prepared.feeds[a].shape[1:] for a in prepared.batched)
+                inner = self._scheduler.submit(key, prepared.feeds, prepared.rows,
+                                               prepared.batched, run, deadline)
+            else:
+                timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+                inner = self._executor.submit(run, prepared.feeds, timeout)
+        except Exception as e:  # pylint: disable=broad-except
+            handle.release()
+            error = _as_serving_error(e)
+            self._record("predict", entrypoint, name, servable.version, error.code, start)
+            outer.set_exception(error)
+            return outer
+
+        def done(fut):
+            try:
+                outputs = fut.result()
+                response = build_response(servable.name, servable.version, sig.name, outputs,
+                                          prepared.fetches)
+            except Exception as e:  # pylint: disable=broad-except
+                error = _as_serving_error(e)
+                self._record("predict", entrypoint, name, servable.version, error.code, start)
+                _settle(outer, exception=error)
+            else:
+                self._record("predict", entrypoint, name, servable.version,
+                             grpc.StatusCode.OK, start)
+                _settle(outer, result=response)
+            finally:
+                handle.release()
+
+        inner.add_done_callback(done)
+        return outer
+
+    # ------------------------------------------------------------------ metadata and status
+
+    def get_model_metadata(self, request):
+        """GetModelMetadataResponse with the SignatureDefMap (metadata_field "signature_def")."""
+        _require_model_spec(request)
+        fields = list(request.metadata_field)
+        if not fields:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in fields:
+            if field != "signature_def":
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Metadata field {field} is not supported")
+        handle = self.manager.acquire(request.model_spec)
+        try:
+            servable = handle.servable
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            for key, sig in servable.signatures.items():
+                sig_map.signature_def[key].CopyFrom(sig.proto)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            packed = any_pb2.Any()
+            packed.Pack(sig_map)
+            response.metadata["signature_def"].CopyFrom(packed)
+            return response
+        finally:
+            handle.release()
+
+    def get_model_status(self, request):
+        _require_model_spec(request)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        response.model_version_status.extend(self.manager.model_status(request.model_spec))
+        return response
+
+    # ------------------------------------------------------------------ Classify / Regress
+
+    def _with_servable(self, model_spec, fn, client_timeout):
+        if not model_spec.ByteSize() and not model_spec.name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        handle = self.manager.acquire(model_spec)
+        try:
+            deadline = self._deadline(client_timeout)
+            timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+            return fn(handle.servable, timeout)
+        finally:
+            handle.release()
+
+    def classify(self, request, client_timeout=None):
+        def fn(servable, timeout):
+            sig = servable.signature(request.model_spec.signature_name)
+            examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
+            response = classification_pb2.ClassificationResponse()
+            response.result.CopyFrom(inference.run_classify(servable, sig, examples, timeout,
+                                       self.options.enable_signature_method_name_check))
+            _fill_spec(response.model_spec, servable, sig.name)
+            return response
+        return self._with_servable(request.model_spec, fn, client_timeout)
+
+    def regress(self, request, client_timeout=None):
+        def fn(servable, timeout):
+            sig = servable.signature(request.model_spec.signature_name)
+            examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
+            response = regression_pb2.RegressionResponse()
+            response.result.CopyFrom(inference.run_regress(servable, sig, examples, timeout,
+                                      self.options.enable_signature_method_name_check))
+            _fill_spec(response.model_spec, servable, sig.name)
+            return response
+        return self._with_servable(request.model_spec, fn, client_timeout)
+
+    def multi_inference(self, request, client_timeout=None):
+        tasks = inference.multi_inference_tasks(request)
+
+        def fn(servable, timeout):
+            examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
+            response = inference.new_multi_inference_response()
+            for task in tasks:
+                sig = servable.signature(task.model_spec.signature_name)
+                result = response.results.add()
+                _fill_spec(result.model_spec, servable, sig.name)
+                if task.method_name == inference.CLASSIFY_METHOD:
+                    result.classification_result.CopyFrom(
+                        inference.run_classify(servable, sig, examples, timeout,
+                                       self.options.enable_signature_method_name_check))
+                else:
+                    result.regression_result.CopyFrom(
+                        inference.run_regress(servable, sig, examples, timeout,
+                                      self.options.enable_signature_method_name_check))
+            return response
+        return self._with_servable(tasks[0].model_spec, fn, client_timeout)
+
+
+def _require_model_spec(request) -> None:
+    """TF Serving answers a request without a model_spec INVALID_ARGUMENT."""
+    if not request.HasField("model_spec"):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+
+
+def _settle(future: concurrent.futures.Future, result=None, exception=None) -> None:
+    """Completes `future` unless the caller gave up on it (a client that disconnected cancels
+    the future its handler awaited; that is not an error of the server)."""
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass
+
+
+def _fill_spec(spec: "model_pb2.ModelSpec", servable, signature_name: str) -> None:
+    spec.name = servable.name
+    spec.version.value = servable.version
+    spec.signature_name = signature_name
+
+
+def _as_serving_error(error: Exception) -> ServingError:
+    if isinstance(error, ServingError):
+        return error
+    if isinstance(error, concurrent.futures.CancelledError):
+        return ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
+    _LOG.exception("internal error", exc_info=error)
+    return ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")

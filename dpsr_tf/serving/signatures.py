@@ -1,0 +1,76 @@
+"""Signature: what a SignatureDef accepts and returns, precomputed once per loaded version."""
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+from dpsr_tf.serving import tensors
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+DEFAULT_SIGNATURE = "serving_default"
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output of a signature.
+
+    Attributes:
+      alias: the key clients use (inputs["query"]).
+      tensor_name: the graph tensor ("serving_default_query:0").
+      dtype: TF DataType enum.
+      shape: tuple with -1 for unknown dims; None for unknown rank.
+      default: numpy value used when the request leaves this input out (SignatureDef.defaults),
+        or None when the input is required.
+    """
+
+    alias: str
+    tensor_name: str
+    dtype: int
+    shape: Optional[Tuple[int, ...]]
+    default: Optional[np.ndarray] = None
+
+    @property
+    def batch_major(self) -> bool:
+        """True when dim 0 is the (unknown) batch dimension."""
+        return bool(self.shape) and self.shape[0] == -1
+
+    def describe(self) -> str:
+        shape = "?" if self.shape is None else "[" + ",".join(
+            "?" if d < 0 else str(d) for d in self.shape) + "]"
+        return f"{tensors.dtype_name(self.dtype)} {shape}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A SignatureDef in a form the request path can use without protobuf lookups."""
+
+    name: str
+    method_name: str
+    inputs: Dict[str, TensorSpec]
+    outputs: Dict[str, TensorSpec]
+    proto: object  # the SignatureDef, for GetModelMetadata
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests can be concatenated along dim 0: every output is batch-major."""
+        return bool(self.outputs) and all(o.batch_major for o in self.outputs.values())
+
+    @classmethod
+    def from_proto(cls, name: str, signature_def) -> "Signature":
+        defaults = {alias: tensors.to_ndarray(t, f"default of input '{alias}'")
+                    for alias, t in signature_def.defaults.items()}
+        inputs = {alias: TensorSpec(alias, info.name, info.dtype, tensors.shape_of(info),
+                                    defaults.get(alias))
+                  for alias, info in signature_def.inputs.items()}
+        outputs = {alias: TensorSpec(alias, info.name, info.dtype, tensors.shape_of(info))
+                   for alias, info in signature_def.outputs.items()}
+        return cls(name, signature_def.method_name, inputs, outputs, signature_def)
+
+
+def signatures_of(meta_graph_def) -> Dict[str, Signature]:
+    """All serving signatures of a MetaGraphDef (the TF2 init-op pseudo-signature is skipped)."""
+    return {name: Signature.from_proto(name, sig)
+            for name, sig in meta_graph_def.signature_def.items() if name != INIT_OP_SIGNATURE}
