@@ -238,6 +238,23 @@ def _prepare_dir(output_dir: str, overwrite: bool) -> None:
             shutil.rmtree(os.path.join(output_dir, name))
 
 
+def write_shard(output_dir: str, shard: int, index, shard_ids: Sequence[str]
+                ) -> index_layout.ShardInfo:
+    """Writes one shard's FAISS index and id map under output_dir (the layout of
+    index_layout) and returns its manifest entry."""
+    faiss = _require_faiss()
+    shard_dir = os.path.join(output_dir, index_layout.shard_dir_name(shard))
+    os.makedirs(shard_dir, exist_ok=True)
+    index_file = os.path.join(shard_dir, index_layout.INDEX_FILE)
+    ids_file = os.path.join(shard_dir, index_layout.IDS_FILE)
+    faiss.write_index(index, index_file)
+    index_layout.write_id_map(ids_file, shard_ids)
+    return index_layout.ShardInfo(
+        shard=shard, index_file=os.path.relpath(index_file, output_dir),
+        ids_file=os.path.relpath(ids_file, output_dir), num_items=len(shard_ids),
+        index_bytes=os.path.getsize(index_file))
+
+
 def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str,
                 config: IndexBuildConfig = IndexBuildConfig(),
                 overwrite: bool = False) -> index_layout.IndexManifest:
@@ -333,18 +350,7 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
                 logging.info("shard %d/%d: added %d/%d vectors (%.0f vectors/s)", shard + 1,
                              config.num_shards, done, len(rows),
                              done / max(time.monotonic() - t0, 1e-9))
-            shard_dir = os.path.join(output_dir, index_layout.shard_dir_name(shard))
-            os.makedirs(shard_dir, exist_ok=True)
-            index_file = os.path.join(shard_dir, index_layout.INDEX_FILE)
-            ids_file = os.path.join(shard_dir, index_layout.IDS_FILE)
-            faiss.write_index(index, index_file)
-            index_layout.write_id_map(ids_file, (ids[i] for i in rows))
-            shards.append(index_layout.ShardInfo(
-                shard=shard,
-                index_file=os.path.relpath(index_file, output_dir),
-                ids_file=os.path.relpath(ids_file, output_dir),
-                num_items=int(len(rows)),
-                index_bytes=os.path.getsize(index_file)))
+            shards.append(write_shard(output_dir, shard, index, [ids[i] for i in rows]))
             del index
     finally:
         faiss.omp_set_num_threads(previous_threads)

@@ -155,16 +155,8 @@ def build_from_embeddings(embeddings: np.ndarray, item_ids, quantizer: Dict[str,
         rows = np.arange(n) if num_shards == 1 else np.flatnonzero(assignment == shard)
         index = faiss.deserialize_index(template)
         disagreements.append(fill_index(index, rotated[rows], lists[rows], codes[rows]))
-        shard_dir = os.path.join(output_dir, index_layout.shard_dir_name(shard))
-        os.makedirs(shard_dir, exist_ok=True)
-        index_file = os.path.join(shard_dir, index_layout.INDEX_FILE)
-        ids_file = os.path.join(shard_dir, index_layout.IDS_FILE)
-        faiss.write_index(index, index_file)
-        index_layout.write_id_map(ids_file, (ids[i] for i in rows))
-        shards.append(index_layout.ShardInfo(
-            shard=shard, index_file=os.path.relpath(index_file, output_dir),
-            ids_file=os.path.relpath(ids_file, output_dir), num_items=int(len(rows)),
-            index_bytes=os.path.getsize(index_file)))
+        shards.append(index_builder.write_shard(output_dir, shard, index,
+                                                [ids[i] for i in rows]))
         logging.info("joint PQ shard %d/%d: %d items written with the model's codes", shard + 1,
                      num_shards, len(rows))
     worst = max(disagreements) if disagreements else 0.0
