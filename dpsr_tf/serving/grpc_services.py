@@ -7,6 +7,7 @@ in a thread so the event loop keeps serving Predict.
 import asyncio
 import concurrent.futures
 import logging
+import signal
 import time
 
 import grpc
@@ -163,6 +164,21 @@ class InFlight:
                 break
             await asyncio.sleep(min(self.QUIET_SECONDS - quiet_for, refuse_until - loop.time()))
         await server.stop(None)
+
+
+async def serve_until_signal(make_server, log: logging.Logger) -> None:
+    """Makes the server on the running loop (`make_server()`: a ModelServer or ProxyServer),
+    starts it, waits for SIGTERM/SIGINT, then stops it (its stop() drains:
+    InFlight.stop_server)."""
+    server = make_server()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
 
 
 DRAINING = ServingError(grpc.StatusCode.UNAVAILABLE,

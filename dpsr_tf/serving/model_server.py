@@ -9,7 +9,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import threading
 from typing import Optional
 
@@ -18,7 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving.grpc_services import InFlight, ModelServicer, PredictionServicer, add_servicer
+from dpsr_tf.serving.grpc_services import (InFlight, ModelServicer, PredictionServicer,
+                                            add_servicer, serve_until_signal)
 from dpsr_tf.serving.rest import RestGateway
 from dpsr_tf.serving.server_core import CoreOptions, ServerCore
 
@@ -242,18 +242,6 @@ class ModelServer:
         await asyncio.get_running_loop().run_in_executor(None, self.core.stop)
 
 
-async def _serve(options: ServerOptions, server_config) -> None:
-    server = ModelServer(options, server_config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    await stop.wait()
-    _LOG.info("shutting down")
-    await server.stop()
-
-
 def run_model_server(options: ServerOptions, server_config) -> None:
     """Serves until SIGTERM/SIGINT. `server_config` is the initial ModelServerConfig."""
-    asyncio.run(_serve(options, server_config))
+    asyncio.run(serve_until_signal(lambda: ModelServer(options, server_config), _LOG))

@@ -18,7 +18,6 @@ import asyncio
 import dataclasses
 import http.server
 import logging
-import signal
 import threading
 import time
 from typing import Dict, List, Optional
@@ -33,7 +32,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import merge, proxy_config, tensors
 from dpsr_tf.serving.errors import ServingError, truncate
-from dpsr_tf.serving.grpc_services import DRAINING, InFlight, add_servicer, client_timeout
+from dpsr_tf.serving.grpc_services import (DRAINING, InFlight, add_servicer, client_timeout,
+                                            serve_until_signal)
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.model_server import _address, bind_grpc, freeze_heap, write_port_file
 
@@ -603,18 +603,6 @@ class ProxyServer:
             await replica.channel.close()
 
 
-async def _serve(options: ProxyOptions, settings) -> None:
-    server = ProxyServer(options, settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    await stop.wait()
-    _LOG.info("shutting down")
-    await server.stop()
-
-
 def run_proxy(options: ProxyOptions, settings: proxy_config.ProxySettings) -> None:
     """Serves until SIGTERM/SIGINT."""
-    asyncio.run(_serve(options, settings))
+    asyncio.run(serve_until_signal(lambda: ProxyServer(options, settings), _LOG))
