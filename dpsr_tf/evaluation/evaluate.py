@@ -9,6 +9,7 @@ is `bm25s` over the item titles of the layout. The ranking users get (max over h
 the FAISS index) is served.py's (`dpsr evaluate --served`).
 """
 import dataclasses
+import logging
 import time
 from typing import Callable, Dict, Optional, Tuple
 
@@ -123,6 +124,8 @@ class BM25Scorer:
 
     def __init__(self, spec, eval_set, pairs):
         import bm25s  # pylint: disable=import-outside-toplevel
+        # bm25s logs its index build at DEBUG through a logger that absl leaves at NOTSET.
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
         self._bm25s = bm25s
         titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
         self.num_items = len(titles)

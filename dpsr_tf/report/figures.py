@@ -16,10 +16,44 @@ HEAD_COLORS = ["black", "red", "blue", "darkgreen", "darkorange", "purple", "bro
                "magenta", "olive"]
 
 
+# Fonts with CJK glyphs, tried in order (Debian packages; tools/apt-packages.txt installs the
+# first). Catalog titles and queries may be Chinese; DejaVu Sans alone draws them as boxes.
+CJK_FONT_FILES = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",      # fonts-wqy-microhei
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",        # fonts-wqy-zenhei
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",  # fonts-noto-cjk
+)
+_FONTS_SET = []
+
+
+def _use_cjk_fallback(matplotlib) -> Optional[str]:
+    """Adds the first CJK font found as a per-glyph fallback behind DejaVu Sans (matplotlib
+    >= 3.6 falls back along font.family); returns its name, None when there is none. The
+    font is added by file, so a font installed after matplotlib built its cache is found."""
+    from matplotlib import font_manager  # pylint: disable=import-outside-toplevel
+    for path in CJK_FONT_FILES:
+        if os.path.exists(path):
+            font_manager.fontManager.addfont(path)
+            name = font_manager.FontProperties(fname=path).get_name()
+            matplotlib.rcParams["font.family"] = ["DejaVu Sans", name]
+            return name
+    return None
+
+
 def _plt():
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    if not _FONTS_SET:
+        _FONTS_SET.append(_use_cjk_fallback(matplotlib))
+        if _FONTS_SET[0] is None:
+            import logging  # pylint: disable=import-outside-toplevel
+            import warnings  # pylint: disable=import-outside-toplevel
+            logging.getLogger("dpsr_tf.report").warning(
+                "no CJK font found (%s): Chinese or Japanese labels in the figures are drawn "
+                "as boxes; apt-get install fonts-wqy-microhei", ", ".join(CJK_FONT_FILES))
+            # One line above instead of a warning per missing glyph.
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from current font")
     return plt
 
 
