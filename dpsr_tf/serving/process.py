@@ -25,7 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dpsr_tf.serving import proxy_config
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The folder that holds the dpsr_tf package (the checkout, or site-packages): children import
+# dpsr_tf from it whatever their working directory and PYTHONPATH.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _STARTED: List["ServerProcess"] = []
 _PR_SET_PDEATHSIG = 1
 
@@ -100,12 +102,12 @@ class ServerProcess:
     def launch(self) -> "ServerProcess":
         """Starts the process without waiting (see wait_ready)."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"]
+        env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"]
                                      if env.get("PYTHONPATH") else "")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=_ROOT, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=_PACKAGE_PARENT, preexec_fn=_die_with_parent)
         _STARTED.append(self)
         return self
 
