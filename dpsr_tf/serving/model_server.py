@@ -73,6 +73,18 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def server_arguments(opts: ServerOptions) -> list:
+    """The gRPC server's arguments: the defaults, each replaced by a --grpc_channel_arguments
+    value of the same key (gRPC keeps the first of two equal keys, so the user's would be
+    ignored). SO_REUSEPORT is off unless asked for: a second server on a taken port fails at
+    bind instead of silently sharing it; `grpc.so_reuseport=1` lets several processes share
+    one port on purpose (docs/serving.md, "Several processes on one port")."""
+    args = {"grpc.max_receive_message_length": opts.max_receive_message_bytes,
+            "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
+    args.update(opts.grpc_channel_arguments)
+    return list(args.items())
+
+
 def bind_grpc(server, host: str, port: int, ssl) -> int:
     """Binds a grpc.aio server to host:port (TLS when `ssl` is an SSL config) and returns the
     bound port; a failed bind is an OSError naming the address. Shared by server and proxy."""
@@ -168,11 +180,7 @@ class ModelServer:
         opts = self.options
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.core.start, self._server_config)
-        self._grpc = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", opts.max_receive_message_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ] + list(opts.grpc_channel_arguments))
+        self._grpc = grpc.aio.server(options=server_arguments(opts))
         on_reload = None
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             with open(opts.model_config_file, encoding="utf-8") as f:
