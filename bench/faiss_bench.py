@@ -311,6 +311,8 @@ def _measure_search(args, built, queries, exact, wheel_only=False):
     import faiss  # pylint: disable=g-import-not-at-top
     name = built["name"]
     _, knob, values = INDEXES[_base_name(name)]
+    if args.knob_values and knob is not None:
+        values = [int(v) for v in args.knob_values.split(",")]
     k = args.k
     wheel = faiss.read_index(built["index_file"])
     default_threads = faiss.omp_get_max_threads()
@@ -566,6 +568,9 @@ def main():
     p.add_argument("--train_size", type=int, default=0, help="0 = the builder's default")
     p.add_argument("--indexes", default="flat,ivfpq,ivfpq_fs32,ivfpq_fs64,hnsw")
     p.add_argument("--nlist", type=int, default=4096, help="IVF lists of the IVF factories")
+    p.add_argument("--knob_values", default="",
+                   help="comma-separated nprobe / ef_search values for every index (default: "
+                        "each index's own list in INDEXES)")
     p.add_argument("--work_dir", default="/tmp/faiss_bench")
     p.add_argument("--json", default="")
     p.add_argument("--rebuild", action="store_true")

@@ -16,13 +16,19 @@ bench/serving_loadgen.py runs in its own process, open loop, Poisson arrivals):
   proxy1  client -> proxy -> model server (N items): the proxy's routing cost
   proxy2  client -> proxy -> 2 shard servers (N/2 items each), merged to one top-K
 
-Reports p50/p90/p99 latency, achieved QPS, errors, and the CPU cores each process used, and
-writes them as JSON next to the servables. On a shared machine compare rows of one run.
+  --server_processes=N (direct): N `dpsr serve` processes sharing the port (SO_REUSEPORT);
+  the kernel balances connections, so give the load generator several (--channels).
+
+Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process used and, per
+server process, the cores of its main thread (the asyncio loop: gRPC and request handling in
+Python) and of its other threads, and writes them as JSON next to the servables. On a shared
+machine compare rows of one run.
 """
 import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -127,21 +133,50 @@ def _cpu(procs):
     return {name: sum(psutil.Process(p.proc.pid).cpu_times()[:2]) for name, p in procs.items()}
 
 
+def _thread_cpu(pid):
+    """{thread group: CPU seconds} of one process from /proc: "main" is the thread that runs
+    the asyncio loop (gRPC handling, request decoding, response encoding: Python, under the
+    GIL); the others are grouped by their kernel name (TF's and gRPC's pools name theirs;
+    Python's own threads all read "python")."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="utf-8") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        group = "main" if int(tid) == pid else re.sub(r"[-_:]?\d+$", "", name) or name
+        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _threads(procs):
+    return {name: _thread_cpu(p.proc.pid) for name, p in procs.items()}
+
+
 def run_load(address, rate, args, procs):
-    before, wall = _cpu(procs), time.time()
+    before, threads_before, wall = _cpu(procs), _threads(procs), time.time()
     cmd = [sys.executable, os.path.join(ROOT, "bench", "serving_loadgen.py"),
            f"--address={address}", f"--rate={rate}", f"--duration={args.duration}",
-           f"--warmup={args.warmup}", f"--k={args.k}"]
+           f"--warmup={args.warmup}", f"--k={args.k}", f"--channels={args.channels}"]
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     elapsed = time.time() - wall
-    after = _cpu(procs)
+    after, threads_after = _cpu(procs), _threads(procs)
     lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
     if done.returncode or not lines:
         raise RuntimeError(f"load generator failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     result = json.loads(lines[-1])
     result["cores"] = {n: (after[n] - before[n]) / elapsed for n in procs}
     result["cores"]["loadgen"] = result["client_cpu_s"] / (args.duration + args.warmup)
+    result["thread_cores"] = {
+        n: {g: round((c - threads_before[n].get(g, 0.0)) / elapsed, 3)
+            for g, c in sorted(threads_after[n].items(), key=lambda kv: -kv[1])
+            if c - threads_before[n].get(g, 0.0) > 0.005 * elapsed}
+        for n in procs}
     return result
 
 
@@ -150,6 +185,14 @@ def start_mode(mode, base, args, logs):
              f"--tensorflow_intra_op_parallelism={args.intra_op}",
              f"--tensorflow_inter_op_parallelism={args.inter_op}", "--max_k=1000"]
     model_dir = args.servable_dir or os.path.join(base, "full")
+    if mode == "direct" and args.server_processes > 1:
+        # Several processes on one port (SO_REUSEPORT): the kernel spreads connections.
+        port = process.free_port()
+        servers = {f"server{i}": process.model_server_process(
+            model_dir, "dpsr", flags=flags + ["--grpc_channel_arguments=grpc.so_reuseport=1"],
+            name=f"server{i}", log_dir=logs, port=port) for i in range(args.server_processes)}
+        process.start_all(list(servers.values()))
+        return servers, servers["server0"].address
     if mode in ("direct", "proxy1"):
         servers = {"server": process.model_server_process(model_dir, "dpsr", flags=flags,
                                                           name="server", log_dir=logs)}
@@ -191,6 +234,11 @@ def main():
                         help="a real export: base/<model> holding numbered versions")
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "out", "bench", "serving"))
     parser.add_argument("--build_only", action="store_true", help="build the servables, stop")
+    parser.add_argument("--server_processes", type=int, default=1,
+                        help="direct mode: this many `dpsr serve` processes sharing the port "
+                             "(grpc.so_reuseport=1); give --channels >= 4x as many")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="the load generator's gRPC connections, used round-robin")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     base, _ = build_servables(args) if not args.servable_dir else (None, None)
@@ -228,6 +276,9 @@ def main():
                 print(f"| {mode} | {rate:.0f} | {r['achieved_qps']:.0f} | {r['p50_ms']:.1f} | "
                       f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
                       f"{sum(r['errors'].values())} | {cores} | {available:.1f} |", flush=True)
+                for n, groups in r["thread_cores"].items():
+                    print(f"    {n} threads (cores): " + ", ".join(
+                        f"{g} {c:.2f}" for g, c in groups.items()), flush=True)
         finally:
             for p in procs.values():
                 p.stop()

@@ -35,16 +35,20 @@ def make_queries(n: int, seed: int = 0):
 
 
 async def _run(args):
-    channel = grpc.aio.insecure_channel(args.address, options=[
-        ("grpc.max_receive_message_length", -1)])
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    # One TCP connection per channel (a local subchannel pool keeps gRPC from sharing one):
+    # a server with several processes on one port (SO_REUSEPORT) balances connections, not
+    # requests, so a client fleet is modelled by several connections used in turn.
+    channels = [grpc.aio.insecure_channel(args.address, options=[
+        ("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(args.channels)]
+    stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c) for c in channels]
     requests = [predict_request(args.model, [q], k=args.k) for q in make_queries(2000, args.seed)]
     rng = np.random.default_rng(args.seed)
     loop = asyncio.get_running_loop()
     latencies, errors = [], collections.Counter()
     tasks = set()
 
-    async def one(request, scheduled, record):
+    async def one(request, scheduled, record, stub):
         try:
             await stub.Predict(request, timeout=args.timeout)
             if record:
@@ -53,8 +57,8 @@ async def _run(args):
             if record:
                 errors[e.code().name] += 1
 
-    for request in requests[:20]:  # connect and warm up, one at a time
-        await one(request, loop.time(), False)
+    for n, request in enumerate(requests[:max(20, 2 * len(stubs))]):  # connect and warm up
+        await one(request, loop.time(), False, stubs[n % len(stubs)])
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     start = loop.time()
     warm_end = start + args.warmup
@@ -70,7 +74,8 @@ async def _run(args):
         if delay > 0:
             await asyncio.sleep(delay)
         record = t >= warm_end
-        task = asyncio.ensure_future(one(requests[i % len(requests)], t, record))
+        task = asyncio.ensure_future(one(requests[i % len(requests)], t, record,
+                                         stubs[i % len(stubs)]))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         sent += record
@@ -78,7 +83,8 @@ async def _run(args):
     if tasks:
         await asyncio.wait(tasks, timeout=args.timeout + 5)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    await channel.close()
+    for channel in channels:
+        await channel.close()
     lat = np.array(latencies) * 1000
     ok = len(lat)
     pct = (lambda q: float(np.percentile(lat, q))) if ok else (lambda q: float("nan"))
@@ -101,6 +107,8 @@ def main():
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels", type=int, default=1,
+                        help="gRPC channels (TCP connections), used round-robin")
     args = parser.parse_args()
     start = time.time()
     result = asyncio.run(_run(args))

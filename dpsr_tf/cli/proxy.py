@@ -40,6 +40,10 @@ _BACKEND_TARGET = flags.DEFINE_string(
     "the host of their replica address (e.g. replicas by IP, certificates by DNS name).")
 _PORT_FILE = flags.DEFINE_string("port_file", "", "Write {grpc_port, rest_api_port, pid} as "
                                  "JSON here once serving.")
+_BACKEND_CONNECTIONS = flags.DEFINE_integer(
+    "backend_connections", 1, "TCP connections to each model server address, used in turn. "
+    "Model servers of several processes on one port (SO_REUSEPORT) spread connections, not "
+    "calls: give about 4 per process (docs/serving.md, \"Several processes on one port\").")
 
 
 def _fail(message: str):
@@ -92,11 +96,14 @@ def main(argv):
     except ServingError as e:
         _fail(e.message)
     backend_tls = _backend_tls(proxy)
+    if _BACKEND_CONNECTIONS.value < 1:
+        _fail(f"--backend_connections is {_BACKEND_CONNECTIONS.value}; it must be >= 1")
     options = proxy.ProxyOptions(host=_HOST.value, port=_PORT.value,
                                  proxy_config_file=_CONFIG.value,
                                  config_file_poll_wait_seconds=_POLL.value,
                                  rest_api_port=_REST_API_PORT.value, monitoring=monitoring,
-                                 ssl=ssl, port_file=_PORT_FILE.value, backend_tls=backend_tls)
+                                 ssl=ssl, port_file=_PORT_FILE.value, backend_tls=backend_tls,
+                                 backend_connections=_BACKEND_CONNECTIONS.value)
     try:
         proxy.run_proxy(options, settings)
     except OSError as e:

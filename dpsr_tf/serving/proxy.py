@@ -62,6 +62,9 @@ class ProxyOptions:
       port_file: JSON {"grpc_port", "rest_api_port", "pid"} written once serving.
       backend_tls: TLS to the model servers (their CA, optionally a client certificate for
         servers with client_verify), or None for plaintext.
+      backend_connections: TCP connections the proxy keeps to each model server address, used
+        in turn. A server of several processes sharing one port (SO_REUSEPORT) gets each
+        connection to one process, so give it several per process.
     """
 
     host: str = "127.0.0.1"
@@ -74,6 +77,7 @@ class ProxyOptions:
     ssl: Optional[config_lib.SslOptions] = None
     port_file: str = ""
     backend_tls: Optional["BackendTls"] = None
+    backend_connections: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,9 +109,10 @@ class BackendTls:
 
 
 class Replica:
-    """A model server address and its channel, shared by every route that uses it."""
+    """A model server address and its channels (one TCP connection each, used in turn),
+    shared by every route that uses it."""
 
-    def __init__(self, address: str, tls: Optional[BackendTls] = None):
+    def __init__(self, address: str, tls: Optional[BackendTls] = None, connections: int = 1):
         self.address = address
         options = [
             ("grpc.max_receive_message_length", -1),
@@ -117,19 +122,33 @@ class Replica:
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
         ]
-        if tls is None:
-            self.channel = grpc.aio.insecure_channel(address, options=options)
-        else:
-            if tls.target_name:
-                options.append(("grpc.ssl_target_name_override", tls.target_name))
-            self.channel = grpc.aio.secure_channel(address, tls.credentials(), options=options)
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        if connections > 1:  # else gRPC shares one connection between equal channels
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        if tls is not None and tls.target_name:
+            options.append(("grpc.ssl_target_name_override", tls.target_name))
+        self.channels = [
+            grpc.aio.insecure_channel(address, options=options) if tls is None else
+            grpc.aio.secure_channel(address, tls.credentials(), options=options)
+            for _ in range(max(1, connections))]
+        self._stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c)
+                       for c in self.channels]
+        self._calls = 0
         self.outstanding = 0
         self.failures = 0
         self.down_until = 0.0
         # backend model name -> until when this replica is known to have no servable version
         # of it (it answered NOT_FOUND for the latest version): others are preferred meanwhile.
         self.missing_until: Dict[str, float] = {}
+
+    @property
+    def stub(self):
+        """The stub of the next connection (round robin)."""
+        self._calls += 1
+        return self._stubs[self._calls % len(self._stubs)]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
 
     def mark_failed(self, base_backoff: float) -> None:
         self.failures += 1
@@ -179,13 +198,13 @@ class Router:
     """Routes for every configured model; replaced as a whole on config reload."""
 
     def __init__(self, settings: proxy_config.ProxySettings, pool: Dict[str, Replica],
-                 backend_tls: Optional[BackendTls] = None):
+                 backend_tls: Optional[BackendTls] = None, backend_connections: int = 1):
         self.settings = settings
         for spec in settings.routes.values():
             for shard in spec.shards:
                 for address in shard:
                     if address not in pool:
-                        pool[address] = Replica(address, backend_tls)
+                        pool[address] = Replica(address, backend_tls, backend_connections)
         self.routes = {name: Route(spec, pool) for name, spec in settings.routes.items()}
 
     def addresses(self):
@@ -529,7 +548,8 @@ class ProxyServer:
         self.options = options
         self.metrics = ProxyMetrics()
         self._pool: Dict[str, Replica] = {}
-        self.servicer = ProxyServicer(Router(settings, self._pool, options.backend_tls),
+        self.servicer = ProxyServicer(Router(settings, self._pool, options.backend_tls,
+                                             options.backend_connections),
                                       self.metrics)
         self._server = None
         self._health = None
@@ -540,13 +560,14 @@ class ProxyServer:
 
     def apply(self, settings: proxy_config.ProxySettings) -> None:
         """Swaps in new routes; channels of servers no longer used are closed later."""
-        router = Router(settings, self._pool, self.options.backend_tls)
+        router = Router(settings, self._pool, self.options.backend_tls,
+                        self.options.backend_connections)
         old = set(self._pool) - router.addresses()
         self.servicer.router = router
         for address in old:
             replica = self._pool.pop(address)
             asyncio.get_running_loop().call_later(
-                30, lambda r=replica: asyncio.ensure_future(r.channel.close()))
+                30, lambda r=replica: asyncio.ensure_future(r.close()))
         _LOG.info("proxy config applied: %s", ", ".join(
             f"{n} ({len(s.shards)} shard(s))" for n, s in settings.routes.items()))
 
@@ -600,7 +621,7 @@ class ProxyServer:
         if self._server is not None:
             await self.servicer.in_flight.stop_server(self._server, grace_seconds)
         for replica in self._pool.values():
-            await replica.channel.close()
+            await replica.close()
 
 
 def run_proxy(options: ProxyOptions, settings: proxy_config.ProxySettings) -> None:

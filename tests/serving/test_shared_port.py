@@ -60,3 +60,31 @@ def test_a_taken_port_is_refused_without_reuseport(toy_model_dir, tmp_path):
         assert first.alive()
     finally:
         first.stop()
+
+
+def test_proxy_with_several_connections_in_front_of_a_shared_port(toy_model_dir, tmp_path,
+                                                                     queries):
+    port = process.free_port()
+    servers = [process.model_server_process(toy_model_dir, "dpsr", flags=[REUSE], port=port,
+                                            name=f"backend{i}", log_dir=str(tmp_path))
+               for i in range(2)]
+    process.start_all(servers)
+    try:
+        direct = [_ask(servers[0].address, q) for q in queries]
+        with process.start_proxy({"dpsr": ((servers[0].address,),)}, log_dir=str(tmp_path),
+                                 flags=["--backend_connections=4"]) as proxy:
+            for _ in range(2):
+                for q, want in zip(queries, direct):
+                    got = _ask(proxy.address, q)
+                    assert got["item_ids"].tolist() == want["item_ids"].tolist()
+                    assert got["scores"].tolist() == want["scores"].tolist()
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_proxy_refuses_zero_backend_connections(tmp_path):
+    proxy = process.proxy_process({"dpsr": (("127.0.0.1:1",),)}, log_dir=str(tmp_path),
+                                  flags=["--backend_connections=0"])
+    with pytest.raises(RuntimeError, match="--backend_connections is 0; it must be >= 1"):
+        proxy.start(timeout=60)
