@@ -16,8 +16,9 @@ bench/serving_loadgen.py runs in its own process, open loop, Poisson arrivals):
   proxy1  client -> proxy -> model server (N items): the proxy's routing cost
   proxy2  client -> proxy -> 2 shard servers (N/2 items each), merged to one top-K
 
-  --server_processes=N (direct): N `dpsr serve` processes sharing the port (SO_REUSEPORT);
-  the kernel balances connections, so give the load generator several (--channels).
+  --server_processes=N (direct, proxy1): N `dpsr serve` processes sharing the port
+  (SO_REUSEPORT); the kernel balances connections, so the load generator opens --channels and
+  the proxy 4 per process (--backend_connections).
 
 Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process used and, per
 server process, the cores of its main thread (the asyncio loop: gRPC and request handling in
@@ -185,15 +186,19 @@ def start_mode(mode, base, args, logs):
              f"--tensorflow_intra_op_parallelism={args.intra_op}",
              f"--tensorflow_inter_op_parallelism={args.inter_op}", "--max_k=1000"]
     model_dir = args.servable_dir or os.path.join(base, "full")
-    if mode == "direct" and args.server_processes > 1:
+    proxy_flags, routes = [], None
+    if mode in ("direct", "proxy1") and args.server_processes > 1:
         # Several processes on one port (SO_REUSEPORT): the kernel spreads connections.
         port = process.free_port()
         servers = {f"server{i}": process.model_server_process(
             model_dir, "dpsr", flags=flags + ["--grpc_channel_arguments=grpc.so_reuseport=1"],
             name=f"server{i}", log_dir=logs, port=port) for i in range(args.server_processes)}
         process.start_all(list(servers.values()))
-        return servers, servers["server0"].address
-    if mode in ("direct", "proxy1"):
+        if mode == "direct":
+            return servers, servers["server0"].address
+        routes = {"dpsr": ((servers["server0"].address,),)}
+        proxy_flags = [f"--backend_connections={4 * args.server_processes}"]
+    elif mode in ("direct", "proxy1"):
         servers = {"server": process.model_server_process(model_dir, "dpsr", flags=flags,
                                                           name="server", log_dir=logs)}
     else:
@@ -203,12 +208,12 @@ def start_mode(mode, base, args, logs):
     if mode == "direct":
         process.start_all(list(servers.values()))
         return servers, servers["server"].address
-    if mode == "proxy1":
+    if routes is None and mode == "proxy1":
         process.start_all(list(servers.values()))
         routes = {"dpsr": ((servers["server"].address,),)}
-    else:
+    elif routes is None:
         routes = {"dpsr": tuple((p.address,) for p in servers.values())}
-    proxy = process.proxy_process(routes, log_dir=logs, deadline_ms=2000)
+    proxy = process.proxy_process(routes, log_dir=logs, flags=proxy_flags, deadline_ms=2000)
     procs = dict(servers, proxy=proxy)
     process.start_all([p for p in procs.values() if p.proc is None])
     return procs, proxy.address
@@ -235,7 +240,7 @@ def main():
     parser.add_argument("--work_dir", default=os.path.join(ROOT, "out", "bench", "serving"))
     parser.add_argument("--build_only", action="store_true", help="build the servables, stop")
     parser.add_argument("--server_processes", type=int, default=1,
-                        help="direct mode: this many `dpsr serve` processes sharing the port "
+                        help="direct and proxy1: this many `dpsr serve` processes sharing the port "
                              "(grpc.so_reuseport=1); give --channels >= 4x as many")
     parser.add_argument("--channels", type=int, default=1,
                         help="the load generator's gRPC connections, used round-robin")
