@@ -58,6 +58,8 @@ INDEXES = {
     "fs32_rsq8": ("IVF4096,PQ32x4fs,Refine(SQ8)", "nprobe", [32, 64, 128]),
     "fs32_rpq": ("IVF4096,PQ32x4fs,Refine(PQ32)", "nprobe", [32, 64, 128]),
     "fs64_rsq8": ("IVF4096,PQ64x4fs,Refine(SQ8)", "nprobe", [32, 64, 128]),
+    # 8-bit IVF-PQ candidates re-ranked with SQ8 codes (derived from an `ivfpq` build).
+    "pq32_rsq8": ("IVF4096,PQ32,Refine(SQ8)", "nprobe", [32, 64, 128]),
 }
 DEFAULT_K_FACTOR = 4.0
 
