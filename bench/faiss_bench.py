@@ -58,6 +58,8 @@ INDEXES = {
     "fs32_rsq8": ("IVF4096,PQ32x4fs,Refine(SQ8)", "nprobe", [32, 64, 128]),
     "fs32_rpq": ("IVF4096,PQ32x4fs,Refine(PQ32)", "nprobe", [32, 64, 128]),
     "fs64_rsq8": ("IVF4096,PQ64x4fs,Refine(SQ8)", "nprobe", [32, 64, 128]),
+    # IVF with 8-bit scalar codes (64 B per item at d = 64): no PQ error, SIMD distances.
+    "ivfsq8": ("IVF4096,SQ8", "nprobe", [32, 64, 128]),
     # 8-bit IVF-PQ candidates re-ranked with SQ8 codes (derived from an `ivfpq` build).
     "pq32_rsq8": ("IVF4096,PQ32,Refine(SQ8)", "nprobe", [32, 64, 128]),
 }

@@ -19,12 +19,11 @@ _LAYOUT = flags.DEFINE_string("layout_dir", None,
                               "Training layout; default the one the model was trained on.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest.")
 _FACTORY = flags.DEFINE_string("index_factory", "auto",
-                               "FAISS index_factory string: Flat, IVF4096,PQ32, HNSW32, ..., or "
-                               "auto: Flat below 100k items per shard, else IVF<nlist ~ 4 "
-                               "sqrt(n)>,PQ<d/2> (1M items: IVF4096,PQ32) "
-                               "(fast-scan ...x4fs, with or without ,Refine(SQ8), is cheaper "
-                               "per probe but returned less of the exact top 1,000 per ms of "
-                               "CPU at 1M items: docs/benchmarks.md, issue 14)")
+                               "FAISS index_factory string: Flat, IVF4096,SQ8, IVF4096,PQ32, "
+                               "HNSW32, ..., or auto: Flat below 100k items per shard, else "
+                               "IVF<nlist ~ 4 sqrt(n)>,SQ8 (1M items: IVF4096,SQ8; it returned "
+                               "more of the exact top 1,000 per ms of CPU than 8-bit PQ and "
+                               "fast-scan at 1M items: docs/benchmarks.md, issue 14)")
 _SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the catalog into this many shards.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", 0,
                                    "Vectors to train the index on; 0 = automatic.")

@@ -250,15 +250,30 @@ def test_manifest_and_id_map_validation(tmp_path, ref):
 
 
 @pytest.mark.parametrize("num_items, dim, want", [
-    (1200, 32, "Flat"), (54667, 64, "Flat"), (99999, 64, "Flat"), (100_000, 64, "IVF1024,PQ32"),
-    (1_000_000, 64, "IVF4096,PQ32"), (15_000_000, 64, "IVF16384,PQ32"),
-    (100_000, 128, "IVF1024,PQ64"), (100_000, 50, "IVF1024,PQ25"), (500_000, 7, "IVF2048,PQ7"),
-    (10 ** 12, 64, "IVF65536,PQ32")])
+    (1200, 32, "Flat"), (54667, 64, "Flat"), (99999, 64, "Flat"), (100_000, 64, "IVF1024,SQ8"),
+    (1_000_000, 64, "IVF4096,SQ8"), (15_000_000, 64, "IVF16384,SQ8"),
+    (100_000, 128, "IVF1024,SQ8"), (500_000, 7, "IVF2048,SQ8"), (10 ** 12, 64, "IVF65536,SQ8")])
 def test_auto_factory(num_items, dim, want):
     # nlist: the power of two nearest 4 sqrt(n) (4 sqrt(100k) = 1265 -> 1024; 4 sqrt(1M) = 4000
-    # -> 4096; 4 sqrt(15M) = 15492 -> 16384), clamped to [64, 65536]; PQ: d / 2 sub-quantizers
-    # (a divisor of d, at most 64).
+    # -> 4096; 4 sqrt(15M) = 15492 -> 16384), clamped to [64, 65536]; 8-bit scalar codes.
     assert index_builder.auto_factory(num_items, dim) == want
+
+
+def test_auto_above_the_flat_threshold_is_ivf_sq8(tmp_path, ref):
+    """Above the Flat threshold "auto" gives an IVF-SQ8 index whose search with every list
+    probed equals exact search up to 8-bit rounding (top 10 of clustered vectors)."""
+    n = index_builder.AUTO_FLAT_BELOW
+    items = ref.clustered_unit_vectors(n, 16, seed=7)
+    manifest = index_builder.build_index(
+        items, _ids(n), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
+    assert manifest.factory == "IVF1024,SQ8"
+    index, _ = index_builder.load_shard(str(tmp_path), 0)
+    faiss.extract_index_ivf(index).nprobe = 1024
+    queries = ref.clustered_unit_vectors(20, 16, seed=8)
+    _, got = index.search(queries, 10)
+    exact = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :10]
+    overlap = np.mean([len(set(g) & set(e)) / 10 for g, e in zip(got, exact)])
+    assert overlap >= 0.95, overlap
 
 
 def test_auto_factory_is_resolved_per_shard_and_recorded(tmp_path, ref):
