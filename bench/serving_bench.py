@@ -137,9 +137,12 @@ def _cpu(procs):
 def _thread_cpu(pid):
     """{thread group: CPU seconds} of one process from /proc: "main" is the thread that runs
     the asyncio loop (gRPC handling, request decoding, response encoding: Python, under the
-    GIL); the others are grouped by their kernel name (TF's and gRPC's pools name theirs;
-    Python's own threads all read "python")."""
+    GIL); "other" the threads that kept the process's own name (Python's threads and
+    TensorFlow's Eigen pools, which run the servable outside the GIL); threads that name
+    themselves (gRPC's event engine, ...) are grouped by their name."""
     tick = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
+        own_name = f.read().strip()
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -149,7 +152,12 @@ def _thread_cpu(pid):
             continue  # the thread ended
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        group = "main" if int(tid) == pid else re.sub(r"[-_:]?\d+$", "", name) or name
+        if int(tid) == pid:
+            group = "main"
+        elif name == own_name:
+            group = "other"
+        else:
+            group = re.sub(r"[-_:]?\d+$", "", name) or name
         out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return out
 
