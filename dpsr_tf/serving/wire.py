@@ -108,41 +108,30 @@ def encode_numeric(array: np.ndarray) -> Optional[bytes]:
     return out
 
 
+def _read_varint(data: bytes, pos: int):
+    """(value, position after it) of the base-128 varint at data[pos]."""
+    value = 0
+    shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
 def _fields(data: bytes):
     """(field number, wire type, value) of a message's top-level fields."""
     pos, n = 0, len(data)
     while pos < n:
-        key = 0
-        shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            key |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
+        key, pos = _read_varint(data, pos)
         field, wire = key >> 3, key & 7
         if wire == 0:
-            value = 0
-            shift = 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
+            value, pos = _read_varint(data, pos)
             yield field, wire, value
         elif wire == 2:
-            length = 0
-            shift = 0
-            while True:
-                byte = data[pos]
-                pos += 1
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if byte < 0x80:
-                    break
+            length, pos = _read_varint(data, pos)
             yield field, wire, data[pos:pos + length]
             pos += length
         elif wire == 5:
