@@ -95,6 +95,8 @@ class BuildExt(build_ext):
                 library = os.path.join(prefix, info["library"])
                 ext.include_dirs.insert(0, os.path.join(prefix, "include"))
                 ext.extra_compile_args += list(info.get("compile_flags", []))
+                # The IVF-SQ8 scan (ivf_sq8_scan.cc) searches a batch's queries in parallel.
+                ext.extra_compile_args.append("-fopenmp")
                 ext.depends.append(library)
                 ext.extra_link_args += ["-Wl,--exclude-libs,ALL", library, "-lopenblas",
                                         "-fopenmp"]

@@ -37,6 +37,7 @@ OP_LIBRARY_SRCS = [
     "tokenizer_cc/kernels/tokenize_kernels.cc",
     # The FAISS searcher core (standard C++ + FAISS, no TensorFlow) and its ops and kernels.
     "dpsr_tf/export/cc/faiss_index.cc",
+    "dpsr_tf/export/cc/ivf_sq8_scan.cc",
     "dpsr_tf/export/cc/ops/faiss_ops.cc",
     "dpsr_tf/export/cc/kernels/faiss_kernels.cc",
     # The lexical index core and its ops and kernels.
@@ -46,6 +47,7 @@ OP_LIBRARY_SRCS = [
 ]
 OP_LIBRARY_HDRS = [
     "dpsr_tf/export/cc/faiss_index.h",
+    "dpsr_tf/export/cc/ivf_sq8_scan.h",
     "dpsr_tf/export/cc/kernels/index_resource.h",
     "dpsr_tf/export/cc/lexical_index.h",
 ]

@@ -1,5 +1,6 @@
 // Implementation of the FAISS searcher core (see faiss_index.h).
 #include "dpsr_tf/export/cc/faiss_index.h"
+#include "dpsr_tf/export/cc/ivf_sq8_scan.h"
 
 #include <cxxabi.h>
 #include <errno.h>
@@ -31,6 +32,7 @@
 #include <faiss/IndexIVFPQFastScan.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/impl/DistanceComputer.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/io.h>
@@ -304,6 +306,13 @@ struct FaissIndex::Impl {
       } else {
         FastScanView(fs, nprobe)->search(n, x, p.k, distances, labels);
       }
+      return;
+    }
+    if (const auto* sq = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(node);
+        sq != nullptr && IvfSq8Supported(*sq)) {  // the `auto` default: our faster scan
+      SearchIvfSq8(*sq, n, x, p.k,
+                   p.nprobe > 0 ? static_cast<size_t>(p.nprobe) : sq->nprobe, distances,
+                   labels);
       return;
     }
     if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(node)) {
