@@ -86,6 +86,36 @@ void DotCodesAvx2(const uint8_t* codes, size_t count, const float* wp, size_t d,
 }
 #endif
 
+// Inner products of `count` consecutive float rows (d each) with q: the coarse quantizer's
+// centroids. Four rows at a time share each load of q.
+void DotRows(const float* rows, size_t count, const float* q, size_t d, float* out) {
+  size_t v = 0;
+#ifdef DPSR_SQ8_AVX2
+  if (d % 8 == 0) {
+    for (; v + 4 <= count; v += 4) {
+      const float* r = rows + v * d;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (size_t i = 0; i < d; i += 8) {
+        const __m256 qi = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + i), qi, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + d + i), qi, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 2 * d + i), qi, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 3 * d + i), qi, a3);
+      }
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      _mm_storeu_ps(out + v,
+                    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    }
+  }
+#endif
+  for (; v < count; ++v) {
+    const float* r = rows + v * d;
+    float acc = 0.f;
+    for (size_t i = 0; i < d; ++i) acc += r[i] * q[i];
+    out[v] = acc;
+  }
+}
+
 // True when DotCodes takes the AVX2 path, which wants its weights permuted.
 bool Avx2Path(size_t d) {
 #ifdef DPSR_SQ8_AVX2
@@ -226,11 +256,37 @@ void PrefetchList(const faiss::InvertedLists* invlists, int64_t list, size_t d) 
 // Codes are scored this many at a time (a stack buffer of scores).
 constexpr size_t kBlock = 256;
 
+// The nprobe lists to scan for query q, best first, with the coarse quantizer's scores. With
+// inner products the centroids are scored here (DotRows, best kept by TopK), which costs a
+// fraction of FAISS's one-query flat search; an L2 quantizer is asked itself.
+void CoarseLists(const faiss::IndexIVFScalarQuantizer& index, const float* q, size_t nprobe,
+                 float* scores, int64_t* lists) {
+  const auto& flat = static_cast<const faiss::IndexFlat&>(*index.quantizer);
+  if (flat.metric_type != faiss::METRIC_INNER_PRODUCT) {
+    flat.search(1, q, static_cast<int64_t>(nprobe), scores, lists);
+    return;
+  }
+  const size_t d = index.d;
+  const float* centroids = flat.get_xb();
+  TopK top(static_cast<int64_t>(nprobe));
+  float block_scores[kBlock];
+  for (size_t start = 0; start < index.nlist; start += kBlock) {
+    const size_t count = std::min(kBlock, index.nlist - start);
+    DotRows(centroids + start * d, count, q, d, block_scores);
+    for (size_t c = 0; c < count; ++c) {
+      if (block_scores[c] > top.threshold()) top.Push(block_scores[c], start + c);
+    }
+  }
+  top.Write(scores, lists);
+}
+
 void SearchOne(const faiss::IndexIVFScalarQuantizer& index, const float* q, int64_t k,
-               size_t nprobe, const float* coarse_scores, const int64_t* lists, float* distances,
-               int64_t* labels) {
+               size_t nprobe, float* distances, int64_t* labels) {
   const size_t d = index.d;
   const QueryWeights qw = WeightsFor(index.sq, q);
+  std::vector<float> coarse_scores(nprobe);
+  std::vector<int64_t> lists(nprobe);
+  CoarseLists(index, q, nprobe, coarse_scores.data(), lists.data());
   const faiss::InvertedLists* invlists = index.invlists;
   TopK top(k);
   float block_scores[kBlock];
@@ -280,17 +336,13 @@ bool IvfSq8Supported(const faiss::IndexIVFScalarQuantizer& index) {
 void SearchIvfSq8(const faiss::IndexIVFScalarQuantizer& index, int64_t n, const float* x,
                   int64_t k, size_t nprobe, float* distances, int64_t* labels) {
   nprobe = std::max<size_t>(1, std::min<size_t>(nprobe, index.nlist));
-  std::unique_ptr<float[]> coarse_scores(new float[n * nprobe]);
-  std::unique_ptr<int64_t[]> lists(new int64_t[n * nprobe]);
-  index.quantizer->search(n, x, nprobe, coarse_scores.get(), lists.get());
   const int64_t d = index.d;
   // An exception must not leave an OpenMP region: the first one is kept and rethrown here.
   std::exception_ptr error;
 #pragma omp parallel for if (n > 1) schedule(dynamic)
   for (int64_t i = 0; i < n; ++i) {
     try {
-      SearchOne(index, x + i * d, k, nprobe, coarse_scores.get() + i * nprobe,
-                lists.get() + i * nprobe, distances + i * k, labels + i * k);
+      SearchOne(index, x + i * d, k, nprobe, distances + i * k, labels + i * k);
     } catch (...) {
 #pragma omp critical(dpsr_sq8_error)
       if (!error) error = std::current_exception();
