@@ -19,9 +19,9 @@ _LAYOUT = flags.DEFINE_string("layout_dir", None,
                               "Training layout; default the one the model was trained on.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest.")
 _FACTORY = flags.DEFINE_string("index_factory", "auto",
-                               "FAISS index_factory string: Flat, IVF4096,SQ8, IVF4096,PQ32, "
+                               "FAISS index_factory string: Flat, IVF2048,SQ8, IVF4096,PQ32, "
                                "HNSW32, ..., or auto: Flat below 100k items per shard, else "
-                               "IVF<nlist ~ 4 sqrt(n)>,SQ8 (1M items: IVF4096,SQ8; it returned "
+                               "IVF<nlist ~ 2 sqrt(n)>,SQ8 (1M items: IVF2048,SQ8; it returned "
                                "more of the exact top 1,000 per ms of CPU than 8-bit PQ and "
                                "fast-scan at 1M items: docs/benchmarks.md, issue 14)")
 _SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the catalog into this many shards.")

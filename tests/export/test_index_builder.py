@@ -250,12 +250,12 @@ def test_manifest_and_id_map_validation(tmp_path, ref):
 
 
 @pytest.mark.parametrize("num_items, dim, want", [
-    (1200, 32, "Flat"), (54667, 64, "Flat"), (99999, 64, "Flat"), (100_000, 64, "IVF1024,SQ8"),
-    (1_000_000, 64, "IVF4096,SQ8"), (15_000_000, 64, "IVF16384,SQ8"),
-    (100_000, 128, "IVF1024,SQ8"), (500_000, 7, "IVF2048,SQ8"), (10 ** 12, 64, "IVF65536,SQ8")])
+    (1200, 32, "Flat"), (54667, 64, "Flat"), (99999, 64, "Flat"), (100_000, 64, "IVF512,SQ8"),
+    (1_000_000, 64, "IVF2048,SQ8"), (15_000_000, 64, "IVF8192,SQ8"),
+    (100_000, 128, "IVF512,SQ8"), (500_000, 7, "IVF1024,SQ8"), (10 ** 12, 64, "IVF65536,SQ8")])
 def test_auto_factory(num_items, dim, want):
-    # nlist: the power of two nearest 4 sqrt(n) (4 sqrt(100k) = 1265 -> 1024; 4 sqrt(1M) = 4000
-    # -> 4096; 4 sqrt(15M) = 15492 -> 16384), clamped to [64, 65536]; 8-bit scalar codes.
+    # nlist: the power of two nearest 2 sqrt(n) (2 sqrt(100k) = 632 -> 512; 2 sqrt(1M) = 2000
+    # -> 2048; 2 sqrt(15M) = 7746 -> 8192), clamped to [64, 65536]; 8-bit scalar codes.
     assert index_builder.auto_factory(num_items, dim) == want
 
 
@@ -266,9 +266,9 @@ def test_auto_above_the_flat_threshold_is_ivf_sq8(tmp_path, ref):
     items = ref.clustered_unit_vectors(n, 16, seed=7)
     manifest = index_builder.build_index(
         items, _ids(n), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
-    assert manifest.factory == "IVF1024,SQ8"
+    assert manifest.factory == "IVF512,SQ8"
     index, _ = index_builder.load_shard(str(tmp_path), 0)
-    faiss.extract_index_ivf(index).nprobe = 1024
+    faiss.extract_index_ivf(index).nprobe = 512
     queries = ref.clustered_unit_vectors(20, 16, seed=8)
     _, got = index.search(queries, 10)
     exact = np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :10]
