@@ -48,6 +48,7 @@ OP_LIBRARY_SRCS = [
 OP_LIBRARY_HDRS = [
     "dpsr_tf/export/cc/faiss_index.h",
     "dpsr_tf/export/cc/ivf_sq8_scan.h",
+    "dpsr_tf/export/cc/top_k_buffer.h",
     "dpsr_tf/export/cc/kernels/index_resource.h",
     "dpsr_tf/export/cc/lexical_index.h",
 ]

@@ -49,6 +49,11 @@ def _reference(index, items, queries, k, nprobe):
     return scores, labels
 
 
+def _uses_own_scan(path):
+    """Whether the op searches this file with ivf_sq8_scan (its description says so)."""
+    return b"search=dpsr_sq8_scan" in faiss_ops.FaissIndex(path).info().description.numpy()
+
+
 def _search(path, queries, k, nprobe, mmap=False):
     index = faiss_ops.FaissIndex(path, mmap=mmap)
     scores, labels = faiss_ops.search(index, queries, k, nprobe=nprobe)
@@ -73,7 +78,7 @@ def _data(n, d, seed, clusters=12):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-# d = 64 and 96 take the AVX2 kernel (multiples of 32), 40 and 20 the portable one.
+# d = 64 and 96 take the op's own scan (multiples of 32); 40 and 20 are searched by FAISS.
 @pytest.mark.parametrize("d", [64, 96, 40, 20])
 @pytest.mark.parametrize("batch", [1, 37])  # 37 >= kParallelBatch: queries in parallel
 def test_matches_numpy_over_the_probed_lists(tmp_path, d, batch):
@@ -81,6 +86,7 @@ def test_matches_numpy_over_the_probed_lists(tmp_path, d, batch):
     queries = _data(batch, d, seed=d + 1)
     index = _build(items, nlist=32)
     path = _write(tmp_path, index)
+    assert _uses_own_scan(path) == (d % 32 == 0)
     for k, nprobe in [(10, 3), (300, 8), (1000, 32)]:
         scores, labels = _search(path, queries, k, nprobe)
         want_scores, want_labels = _reference(index, items, queries, k, nprobe)
@@ -96,6 +102,7 @@ def test_uniform_range_and_direct_codes(tmp_path, variant):
     else:
         index = _build(items, 16, by_residual=False)
     path = _write(tmp_path, index)
+    assert _uses_own_scan(path)
     scores, labels = _search(path, queries, 200, 5)
     want_scores, want_labels = _reference(index, items, queries, 200, 5)
     _assert_same_results(scores, labels, want_scores, want_labels)
@@ -169,6 +176,7 @@ def test_l2_sq8_is_searched_by_faiss_itself(tmp_path):
     queries = _data(8, 64, seed=20)
     index = _build(items, 16, metric=faiss.METRIC_L2)
     path = _write(tmp_path, index)
+    assert not _uses_own_scan(path)
     index.nprobe = 4
     want_scores, want_labels = index.search(queries, 50)
     scores, labels = _search(path, queries, 50, 4)

@@ -82,9 +82,11 @@ std::string Describe(const faiss::Index* index) {
     return name + "(" + Describe(refine->base_index) + ")";
   }
   if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index)) {
+    const auto* sq = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(index);
     return name + "(nlist=" + std::to_string(ivf->nlist) +
            ", nprobe=" + std::to_string(ivf->nprobe) +
-           ", quantizer=" + Describe(ivf->quantizer) + ")";
+           ", quantizer=" + Describe(ivf->quantizer) +
+           (sq != nullptr && IvfSq8Supported(*sq) ? ", search=dpsr_sq8_scan" : "") + ")";
   }
   if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(index)) {
     return name + "(efSearch=" + std::to_string(hnsw->hnsw.efSearch) + ")";
