@@ -7,6 +7,7 @@ probed items exactly in float64. The op must return the same items with the same
 import faiss
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from dpsr_tf.export import faiss_ops
 
@@ -182,3 +183,23 @@ def test_l2_sq8_is_searched_by_faiss_itself(tmp_path):
     scores, labels = _search(path, queries, 50, 4)
     np.testing.assert_array_equal(labels, want_labels)
     np.testing.assert_allclose(scores, want_scores, rtol=1e-6, atol=1e-6)
+
+
+def test_environment_switch_selects_faiss_search(tmp_path, monkeypatch):
+    items = _data(3000, 64, seed=21)
+    queries = _data(6, 64, seed=22)
+    index = _build(items, 16)
+    path = _write(tmp_path, index)
+    own_scores, own_labels = _search(path, queries, 300, 4)
+    assert _uses_own_scan(path)
+    monkeypatch.setenv("DPSR_SQ8_SCAN", "faiss")  # read at load: a new load, not the cached one
+    assert not _uses_own_scan(path)
+    scores, labels = _search(path, queries, 300, 4)
+    np.testing.assert_allclose(scores, own_scores, rtol=0, atol=1e-5)
+    assert np.mean([len(set(a) & set(b)) / 300 for a, b in zip(labels, own_labels)]) > 0.999
+    monkeypatch.setenv("DPSR_SQ8_SCAN", "dpsr")
+    assert _uses_own_scan(path)
+    monkeypatch.setenv("DPSR_SQ8_SCAN", "fast")
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="DPSR_SQ8_SCAN must be 'dpsr' \\(the default\\) or 'faiss', got 'fast'"):
+        faiss_ops.FaissIndex(path)
