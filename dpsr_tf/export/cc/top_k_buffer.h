@@ -105,6 +105,7 @@ class TopKBuffer {
       });
       keys_.resize(k_);
       threshold_ = Score(OrderedOf(keys_[k_ - 1]));
+      CompactLabels();
       return;
     }
     size_t above = 0;
@@ -120,6 +121,19 @@ class TopKBuffer {
     }
     keys_.resize(k_);
     threshold_ = Score(kth);
+    CompactLabels();
+  }
+
+  // Renumbers the kept keys' slots 0..k-1 (in their current order) so that labels_ holds only
+  // theirs: memory stays O(k) however many candidates a search pushes (a hostile nprobe over
+  // an increasing stream would otherwise keep one label per code scanned).
+  void CompactLabels() {
+    spare_labels_.resize(keys_.size());
+    for (size_t i = 0; i < keys_.size(); ++i) {
+      spare_labels_[i] = labels_[static_cast<uint32_t>(keys_[i])];
+      keys_[i] = (keys_[i] & ~uint64_t{0xFFFFFFFF}) | i;
+    }
+    labels_.swap(spare_labels_);
   }
 
   // Best score first; equal scores keep their order (push order). LSD radix sort on the
@@ -150,7 +164,8 @@ class TopKBuffer {
   float threshold_ = -std::numeric_limits<float>::infinity();
   std::vector<uint64_t> keys_;
   std::vector<uint64_t> scratch_;
-  std::vector<int64_t> labels_;  // every label pushed, by slot
+  std::vector<int64_t> labels_;  // the labels of the keys, by slot
+  std::vector<int64_t> spare_labels_;
 };
 
 }  // namespace search
