@@ -17,7 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 build:  ## compile the pybind11 tokenizer and the TF op library in place
 	$(PY) setup.py -q build_ext --inplace -j 2
 
-cc-test: build  ## C++ unit tests of the tokenizer core
+cc-test: build  ## C++ unit tests of the tokenizer, lexical index and top-k buffer cores
 	$(PY) tools/run_cc_tests.py
 
 demo: build  ## the embedded end-to-end demo

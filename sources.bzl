@@ -26,6 +26,12 @@ LEXICAL_CORE_HDRS = [
     "dpsr_tf/export/cc/lexical_index.h",
 ]
 
+# The best-k buffer of the IVF-SQ8 scan: header-only standard C++.
+TOPK_CORE_SRCS = []
+TOPK_CORE_HDRS = [
+    "dpsr_tf/export/cc/top_k_buffer.h",
+]
+
 # The pybind11 module dpsr_tf._lexical (adapter only).
 LEXICAL_PYBIND_SRCS = [
     "dpsr_tf/export/cc/python/lexical_pybind.cc",
@@ -59,4 +65,7 @@ TOKENIZER_CORE_TESTS = [
 ]
 LEXICAL_CORE_TESTS = [
     "dpsr_tf/export/cc/lexical_index_test.cc",
+]
+TOPK_CORE_TESTS = [
+    "dpsr_tf/export/cc/top_k_buffer_test.cc",
 ]
