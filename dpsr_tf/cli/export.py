@@ -31,6 +31,9 @@ _MAX_K = flags.DEFINE_integer("max_k", 1000, "Largest k a request may ask for.")
 _MAX_QUERY = flags.DEFINE_integer("max_query_bytes", 4096, "Longer queries are rejected.")
 _NPROBE = flags.DEFINE_integer("nprobe", 0, "IVF nprobe per search; 0 = the index's.")
 _EF = flags.DEFINE_integer("ef_search", 0, "HNSW efSearch per search; 0 = the index's.")
+_MMAP = flags.DEFINE_bool("mmap_index", False,
+                          "Memory-map the FAISS index's IVF lists instead of reading them: "
+                          "processes serving this version on one machine share one copy.")
 _HYBRID = flags.DEFINE_bool("hybrid", True,
                             "Fuse the build's lexical (BM25) index with the dense one (when it "
                             "has one; see --fusion and the other fusion flags).")
@@ -48,6 +51,7 @@ def main(argv):
         servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
                                   max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
+                                  mmap_index=_MMAP.value,
                                   fusion=fusion_flags.fusion_config())
         servable.validate()
         index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(

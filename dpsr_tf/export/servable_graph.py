@@ -41,6 +41,10 @@ class ServableConfig:
       ef_search: HNSW efSearch per search (0 = the value stored in the index).
       hybrid: fuse the lexical index with the dense one when the index build has one.
       fusion: how a hybrid servable fuses the two lists.
+      mmap_index: memory-map the FAISS index's IVF inverted lists read-only instead of reading
+        them into each process: several `dpsr serve` processes serving the version (one port,
+        docs/serving.md) then share one copy in the page cache. Other index types are read
+        either way (FaissIndex's mmap).
     """
 
     default_k: int = 100
@@ -50,6 +54,7 @@ class ServableConfig:
     ef_search: int = 0
     hybrid: bool = True
     fusion: fusion_lib.FusionConfig = fusion_lib.FusionConfig()
+    mmap_index: bool = False
 
     def validate(self):
         if not 1 <= self.default_k <= self.max_k:
@@ -209,7 +214,8 @@ class ServableGraph:
     def _search(self, query: tf.Tensor, k: tf.Tensor,
                 embeddings: tf.Tensor) -> Dict[str, tf.Tensor]:
         s = self._servable
-        index = faiss_ops.FaissIndex(self._assets.index, shared_name=None, name="item_index")
+        index = faiss_ops.FaissIndex(self._assets.index, mmap=s.mmap_index, shared_name=None,
+                                     name="item_index")
         scores, labels = [], []
         with tf.name_scope("search"):
             for h in range(self._cfg.num_heads):

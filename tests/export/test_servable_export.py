@@ -351,3 +351,29 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
             np.testing.assert_allclose(score, want[item][0], rtol=1e-5)
             assert source == want[item][1]
         assert all(a >= b for a, b in zip(result.scores, result.scores[1:]))
+
+
+def test_mmap_index_servable_answers_as_the_read_one(servable, tmp_path):
+    """--mmap_index: the load op maps the IVF lists (attr mmap), and the answers are equal."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    ivf_dir = str(tmp_path / "ivf_index")
+    catalog_index.index_catalog(servable["model_dir"], ivf_dir,
+                                IndexBuildConfig(factory="IVF4,SQ8", nprobe=4))
+    answers, mmap_attrs = [], []
+    for mmap in (False, True):
+        path = export_servable(servable["model_dir"], ivf_dir, str(tmp_path / f"m{int(mmap)}"),
+                               servable=ServableConfig(default_k=5, max_k=50, hybrid=False,
+                                                       mmap_index=mmap))
+        sm = saved_model_pb2.SavedModel()
+        with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+            sm.ParseFromString(f.read())
+        mmap_attrs.append([n.attr["mmap"].b for n in sm.meta_graphs[0].graph_def.node
+                           if n.op == "Dpsr>FaissIndexLoad"])
+        answers.append(run_fresh(LOAD_TF1.format(path=path) + f"""
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}}, ["item_ids", "scores"])
+    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
+                      "scores": out["scores"].tolist()}}))
+    """))
+    assert mmap_attrs == [[False], [True]]
+    assert answers[0]["ids"] == answers[1]["ids"]
+    np.testing.assert_array_equal(answers[0]["scores"], answers[1]["scores"])
