@@ -59,7 +59,11 @@ OP_LIBRARY_HDRS = [
     "dpsr_tf/export/cc/lexical_index.h",
 ]
 
-# C++ unit tests of the core (plain executables; exit status 0 means pass).
+# C++ unit tests of the core (plain executables; exit status 0 means pass), and the CHECK
+# macro they share.
+CC_TEST_SUPPORT_HDRS = [
+    "tests/cc/check.h",
+]
 TOKENIZER_CORE_TESTS = [
     "tokenizer_cc/core/tokenizer_test.cc",
 ]

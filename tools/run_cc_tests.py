@@ -34,7 +34,8 @@ def main() -> int:
     for test, core in suites:
         exe = os.path.join(OUT, os.path.splitext(os.path.basename(test))[0])
         inputs = [os.path.join(ROOT, p) for p in [test] + src[f"{core}_CORE_SRCS"]]
-        deps = inputs + [os.path.join(ROOT, h) for h in src[f"{core}_CORE_HDRS"]]
+        deps = inputs + [os.path.join(ROOT, h)
+                         for h in src[f"{core}_CORE_HDRS"] + src["CC_TEST_SUPPORT_HDRS"]]
         stale = (not os.path.exists(exe) or
                  max(os.path.getmtime(p) for p in deps) > os.path.getmtime(exe))
         if stale:

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/cc/check.h"
+
 namespace {
 
 using dpsr::lexical::Bm25Params;
@@ -20,15 +22,6 @@ using dpsr::lexical::LexicalIndexError;
 using dpsr::lexical::RaggedIds;
 using dpsr::lexical::SearchParams;
 
-int failures = 0;
-
-#define CHECK(cond)                                                   \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                     \
-    }                                                                 \
-  } while (0)
 
 bool Near(double a, double b) { return std::fabs(a - b) < 1e-5; }
 
@@ -50,7 +43,7 @@ LexicalIndexError::Code ErrorOf(Fn&& fn, std::string* message = nullptr) {
     return e.code();
   }
   std::fprintf(stderr, "expected a LexicalIndexError\n");
-  ++failures;
+  ++dpsr_test::Failures();
   return LexicalIndexError::Code::kInternal;
 }
 
@@ -198,8 +191,8 @@ void TestDamagedFiles() {
 int main() {
   TestHandWorkedScores();
   TestDamagedFiles();
-  if (failures) {
-    std::fprintf(stderr, "%d check(s) failed\n", failures);
+  if (dpsr_test::Failures()) {
+    std::fprintf(stderr, "%d check(s) failed\n", dpsr_test::Failures());
     return 1;
   }
   return 0;

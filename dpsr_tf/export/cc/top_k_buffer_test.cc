@@ -5,24 +5,15 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
-#include <map>
 #include <random>
 #include <set>
 #include <vector>
 
+#include "tests/cc/check.h"
+
 namespace {
 
 using dpsr::search::TopKBuffer;
-
-int failures = 0;
-
-#define CHECK(cond)                                                                 \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                                   \
-    }                                                                               \
-  } while (0)
 
 // Pushes the stream the way a search does (only candidates above the threshold) and checks
 // the result against sorting everything: the same scores at every rank, the same labels for
@@ -101,6 +92,7 @@ int main() {
   TestRandomStreamsWithTies();
   TestOrderedStreams();
   TestSignsAndExtremes();
+  const int failures = dpsr_test::Failures();
   if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
   return failures ? 1 : 0;
 }
