@@ -8,13 +8,19 @@ over the item titles) on the same split; --model_dir may be omitted with --bm25.
 `--hybrid --index_dir=I` does what --served does and also scores the build's lexical (BM25)
 index and the fusion of both lists as a hybrid servable returns it (--fusion, ...;
 dpsr_tf/evaluation/hybrid.py).
+`--per_query=FILE` writes every request's metrics per system as JSON lines and prints a paired
+comparison (bootstrap interval, sign-flip p-value) of every two systems evaluated together;
+`dpsr compare` does the same for files of separate runs.
 """
 import json
 
 from absl import flags
 
 from dpsr_tf.cli import fusion_flags
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import paired as paired_lib
+from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation.metrics import summarize
 
@@ -39,6 +45,10 @@ _HYBRID = flags.DEFINE_bool(
 _INDEX_DIR = flags.DEFINE_string("index_dir", None,
                                  "Index build directory written by `dpsr index` (--served, "
                                  "--hybrid).")
+_PER_QUERY = flags.DEFINE_string(
+    "per_query", None, "Write each request's metrics, one JSON line per system and request, "
+    "here; systems evaluated together are then compared request by request (paired "
+    "bootstrap and sign-flip test on recall@100, recall@1000, ndcg@10).")
 _NPROBE = flags.DEFINE_integer("nprobe", None,
                                "IVF lists to probe with --served (default: the index's own).")
 
@@ -58,7 +68,8 @@ def main(argv):
     from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
-                                  num_random=_NUM_RANDOM.value, seed=_SEED.value)
+                                  num_random=_NUM_RANDOM.value, seed=_SEED.value,
+                                  per_request=bool(_PER_QUERY.value))
     results = {}
     layout_dir = _LAYOUT_DIR.value
     try:
@@ -81,12 +92,27 @@ def main(argv):
             results["bm25"] = evaluate_lib.evaluate_bm25(layout_dir, cfg)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr evaluate: {e}") from None
+    per_system = per_query_lib.take_per_request(results)
     for name, values in results.items():
         print(f"{name:5s} {summarize(values)}  (requests={values['requests']}"
               + (f", labeled_pairs={values['labeled_pairs']})" if "labeled_pairs" in values
                  else ")"))
         if "served_factory" in values:
             print(served_lib.summarize_served(values, cfg.recall_ks))
+    comparisons = []
+    if _PER_QUERY.value:
+        eval_set = layout_lib.load_eval_set(layout_lib.load_layout_spec(layout_dir), cfg.split,
+                                            cfg.min_gain)
+        lines = per_query_lib.write_jsonl(_PER_QUERY.value, cfg.split, eval_set, per_system)
+        print(f"wrote {lines} per-query lines ({len(per_system)} systems x {len(eval_set)} "
+              f"requests) to {_PER_QUERY.value}")
+        if len(per_system) > 1:
+            comparisons = paired_lib.compare_systems(per_system, seed=cfg.seed)
+            print("paired comparison (mean difference, 95% bootstrap interval, sign-flip p):")
+            for c in comparisons:
+                print("  " + c.line())
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-            json.dump({"split": cfg.split, "layout_dir": layout_dir, **results}, f, indent=2)
+            json.dump({"split": cfg.split, "layout_dir": layout_dir, **results,
+                       **({"paired": [c.to_json() for c in comparisons]} if comparisons
+                          else {})}, f, indent=2)

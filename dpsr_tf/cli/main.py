@@ -26,6 +26,8 @@ SUBCOMMANDS = {
     "evaluate": ("dpsr_tf.cli.evaluate", "Top-k, AUC and full-corpus Recall/nDCG/MRR of a model"),
     "crossval": ("dpsr_tf.cli.crossval", "N-fold query-hash cross-validation: prepare, train, "
                  "evaluate each fold"),
+    "compare": ("dpsr_tf.cli.compare", "request-by-request paired comparison of systems from "
+                "`dpsr evaluate --per_query` files"),
     "index": ("dpsr_tf.cli.index", "item tower over the catalog -> FAISS index shards"),
     "export": ("dpsr_tf.cli.export", "model + index -> versioned SavedModel servable(s)"),
     "serve": ("dpsr_tf.cli.serve", "TF-Serving-API model server for DPSR SavedModels"),

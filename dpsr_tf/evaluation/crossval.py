@@ -9,7 +9,8 @@ training. For every fold the driver runs, in this process:
   evaluate  -> <output>/fold_F/metrics.json (evaluate_model, and evaluate_bm25 with bm25=True)
 
 then writes <output>/summary.json: per system and metric the fold values, their mean and their
-sample standard deviation (ddof=1). <output>/crossval_config.json records the configs; a run
+sample standard deviation (ddof=1), and (with BM25) a paired comparison of the systems over
+every held-out request of every fold (each query is held out by exactly one fold; paired.py). <output>/crossval_config.json records the configs; a run
 into the same directory with the same configs reuses the folds that have a metrics.json (an
 interrupted run resumes) and redoes the others from scratch.
 """
@@ -26,6 +27,8 @@ import numpy as np
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import paired as paired_lib
+from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.training.config import TrainConfig
 
@@ -34,6 +37,8 @@ SUMMARY_JSON = "summary.json"
 METRICS_JSON = "metrics.json"
 TABLE_METRICS = ("recall@10", "recall@100", "recall@1000", "ndcg@10", "mrr@10", "top@1",
                  "top@10", "auc")
+# A fold's per-request metrics in its metrics.json: {system: {metric: [values]}}.
+PER_QUERY = "per_query"
 # Result entries that describe the run rather than measure the model (not averaged).
 _NOT_METRICS = ("seconds", "checkpoint")
 
@@ -165,6 +170,7 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
         fold_metrics.append(_run_fold(config, fold, log))
     systems = summarize_folds([{k: v for k, v in m.items() if k in ("dpsr", "bm25")}
                                for m in fold_metrics])
+    paired = pooled_comparisons(fold_metrics, seed=config.evaluation.seed)
     summary = {
         "folds": config.folds,
         "rule": f"fold F: eval iff int(md5(query.encode('utf-8')).hexdigest(), 16) % "
@@ -173,12 +179,38 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
         "fold_metrics": [os.path.join(f"fold_{f}", METRICS_JSON) for f in range(config.folds)],
         "std": "sample standard deviation over folds (ddof=1)",
         "systems": systems,
+        "paired": [c.to_json() for c in paired],
         "seconds": round(time.monotonic() - start, 1),
     }
     _write_json(os.path.join(output, SUMMARY_JSON), summary)
     log(f"crossval: {config.folds} folds in {summary['seconds']:.0f} s; mean ± std over folds "
-        f"(ddof=1):\n{format_table(systems)}\nwrote {os.path.join(output, SUMMARY_JSON)}")
+        f"(ddof=1):\n{format_table(systems)}"
+        + "".join(f"\n  {c.line()}" for c in paired)
+        + f"\nwrote {os.path.join(output, SUMMARY_JSON)}")
     return summary
+
+
+def pooled_comparisons(fold_metrics: List[dict], seed: int = 0
+                       ) -> List[paired_lib.PairedResult]:
+    """Paired comparisons of the systems over the held-out requests of all folds together.
+
+    Each fold's metrics carry PER_QUERY ({system: {metric: [values]}}); the folds' requests
+    are disjoint, so concatenating them gives every held-out request once. Folds written
+    before per-query results existed have none: then nothing is compared.
+    """
+    if not fold_metrics or not all(PER_QUERY in m for m in fold_metrics):
+        return []
+    systems = [s for s in fold_metrics[0][PER_QUERY]
+               if all(s in m[PER_QUERY] for m in fold_metrics)]
+    pooled = {}
+    for system in systems:
+        metrics = set.intersection(*(set(m[PER_QUERY][system]) for m in fold_metrics))
+        pooled[system] = {name: np.concatenate([np.asarray(m[PER_QUERY][system][name])
+                                                for m in fold_metrics])
+                          for name in sorted(metrics)}
+    if len(pooled) < 2:
+        return []
+    return paired_lib.compare_systems(pooled, seed=seed)
 
 
 def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> dict:
@@ -216,12 +248,16 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
     metrics = {"fold": fold, "folds": config.folds, "rule": spec.split["rule"],
                "layout_dir": prepare_config.output, "model_dir": train_config.model_dir,
                "splits": splits, "split": spec.split}
+    evaluation = dataclasses.replace(config.evaluation, per_request=True)
     metrics["dpsr"] = evaluate_lib.evaluate_model(train_config.model_dir,
-                                                  prepare_config.output, config.evaluation,
-                                                  log=quiet)
+                                                  prepare_config.output, evaluation, log=quiet)
     if config.bm25:
-        metrics["bm25"] = evaluate_lib.evaluate_bm25(prepare_config.output, config.evaluation,
+        metrics["bm25"] = evaluate_lib.evaluate_bm25(prepare_config.output, evaluation,
                                                      log=quiet)
+    metrics[PER_QUERY] = {
+        system: {name: values.tolist() for name, values in arrays.items()}
+        for system, arrays in per_query_lib.take_per_request(
+            {k: metrics[k] for k in ("dpsr", "bm25") if k in metrics}).items()}
     for system in ("dpsr", "bm25"):
         if system in metrics:
             log(f"{tag}: {system:5s} " + "  ".join(

@@ -32,6 +32,9 @@ class EvalConfig:
       recall_ks: Recall cut-offs.
       seed: seed of the random items.
       batch_size: requests scored against the corpus at once.
+      per_request: also return each ranking's per-request metric arrays (key
+        metrics.PER_REQUEST) for paired comparisons; they are not JSON and the caller takes
+        them out (per_query.take_per_request).
     """
 
     split: str = "eval"
@@ -41,6 +44,7 @@ class EvalConfig:
     recall_ks: Tuple[int, ...] = (10, 100, 1000)
     seed: int = 0
     batch_size: int = 256
+    per_request: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +178,8 @@ def evaluate_scorer(scorer, spec, eval_set, pairs, cfg: EvalConfig,
     retrieved = metrics_lib.retrieve(scorer.score_requests, len(eval_set), k, cfg.batch_size)
     out = metrics_lib.retrieval_metrics(retrieved, eval_set.relevant_splits,
                                         eval_set.relevant_rows, eval_set.relevant_gains,
-                                        recall_ks=cfg.recall_ks)
+                                        recall_ks=cfg.recall_ks,
+                                        with_per_request=cfg.per_request)
     log(f"  full-corpus retrieval of {len(eval_set)} requests over {spec.num_items} items: "
         f"{time.time() - start:.1f}s")
     labels = pairs["label"]

@@ -95,7 +95,8 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
                                            fusion.lexical_min_score)
     _, fused_rows, source = fuse_np(dense_scores, dense_rows, lex_scores, lex_rows, k, fusion)
     relevant = (eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains)
-    hybrid = metrics_lib.retrieval_metrics(fused_rows, *relevant, recall_ks=cfg.recall_ks)
+    hybrid = metrics_lib.retrieval_metrics(fused_rows, *relevant, recall_ks=cfg.recall_ks,
+                                           with_per_request=cfg.per_request)
     for cut in (10, k):
         head = source[:, :cut]
         for code, name in ((1, "dense"), (2, "lexical"), (3, "both")):

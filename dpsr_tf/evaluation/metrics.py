@@ -13,6 +13,9 @@ from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
+# The key under which results carry per-request metric arrays ({metric: [Q] float64}).
+PER_REQUEST = "per_request"
+
 
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """[Q, N] scores -> [Q, min(k, N)] column indices by descending score (ties: lower index)."""
@@ -48,11 +51,11 @@ def retrieve(score_fn: Callable[[np.ndarray], np.ndarray], num_requests: int, k:
     return np.concatenate(out)
 
 
-def retrieval_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
-                      relevant_rows: np.ndarray, relevant_gains: np.ndarray,
-                      recall_ks: Sequence[int] = (10, 100, 1000), ndcg_k: int = 10,
-                      mrr_k: int = 10) -> Dict[str, float]:
-    """Full-corpus metrics of ranked results against graded relevance.
+def per_request_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
+                        relevant_rows: np.ndarray, relevant_gains: np.ndarray,
+                        recall_ks: Sequence[int] = (10, 100, 1000), ndcg_k: int = 10,
+                        mrr_k: int = 10) -> Dict[str, np.ndarray]:
+    """Full-corpus metrics of each request's ranked results against graded relevance.
 
     Args:
       retrieved: [Q, K] int64 item rows, best first; K >= every k asked, or K = the corpus
@@ -63,8 +66,8 @@ def retrieval_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
       recall_ks, ndcg_k, mrr_k: cut-offs.
 
     Returns:
-      {"recall@k": ..., "ndcg@10": ..., "mrr@10": ..., "requests": Q} (means over requests;
-      requests without relevant items must be left out by the caller).
+      {"recall@k": [Q] float64, "ndcg@10": [Q], "mrr@10": [Q]}, one value per request
+      (requests without relevant items must be left out by the caller).
     """
     q = retrieved.shape[0]
     if q == 0:
@@ -89,10 +92,29 @@ def retrieval_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
             ideal * discounts[:len(ideal)]).sum()
         first = np.flatnonzero(hits[:mrr_k])
         mrr[i] = 1.0 / (first[0] + 1) if len(first) else 0.0
-    out = {f"recall@{k}": float(v.mean()) for k, v in recalls.items()}
-    out[f"ndcg@{ndcg_k}"] = float(ndcg.mean())
-    out[f"mrr@{mrr_k}"] = float(mrr.mean())
-    out["requests"] = int(q)
+    out = {f"recall@{k}": v for k, v in recalls.items()}
+    out[f"ndcg@{ndcg_k}"] = ndcg
+    out[f"mrr@{mrr_k}"] = mrr
+    return out
+
+
+def retrieval_metrics(retrieved: np.ndarray, relevant_splits: np.ndarray,
+                      relevant_rows: np.ndarray, relevant_gains: np.ndarray,
+                      recall_ks: Sequence[int] = (10, 100, 1000), ndcg_k: int = 10,
+                      mrr_k: int = 10, with_per_request: bool = False) -> Dict[str, float]:
+    """Means over requests of per_request_metrics (same arguments).
+
+    Returns:
+      {"recall@k": ..., "ndcg@10": ..., "mrr@10": ..., "requests": Q}; with
+      with_per_request, also PER_REQUEST: per_request_metrics' arrays, for paired comparisons
+      of systems over the same requests (evaluation/paired.py).
+    """
+    values = per_request_metrics(retrieved, relevant_splits, relevant_rows, relevant_gains,
+                                 recall_ks, ndcg_k, mrr_k)
+    out = {name: float(v.mean()) for name, v in values.items()}
+    out["requests"] = int(retrieved.shape[0])
+    if with_per_request:
+        out[PER_REQUEST] = values
     return out
 
 

@@ -317,7 +317,8 @@ def served_metrics(scorer, eval_set, index: ServedIndex, cfg: evaluate_lib.EvalC
     equal = scorer.beta == 0 or heads.shape[1] == 1
     out: Dict[str, float] = {"max_equals_soft_dot": bool(equal)}
     for name, ranked in (("max", exact), ("served", served)):
-        values = metrics_lib.retrieval_metrics(ranked, *relevant, recall_ks=cfg.recall_ks)
+        values = metrics_lib.retrieval_metrics(ranked, *relevant, recall_ks=cfg.recall_ks,
+                                               with_per_request=cfg.per_request)
         out.update({f"{name}_{key}": v for key, v in values.items() if key != "requests"})
     for cut in cfg.recall_ks:
         top = min(cut, k)

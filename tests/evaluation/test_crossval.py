@@ -13,6 +13,7 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.evaluation import crossval as crossval_lib
+from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.testing import write_tiny_dataset
@@ -94,6 +95,25 @@ def test_summary_is_mean_and_std_of_the_fold_metrics(two_folds):
     assert "crossval fold 1/2 (md5 % 2 == 0): prepared" in text
     assert "crossval fold 2/2 (md5 % 2 == 1): bm25" in text
     assert "recall@100" in lines[-1] and "±" in lines[-1]
+
+
+def test_paired_comparison_pools_every_held_out_request(two_folds):
+    config, summary, _ = two_folds
+    pooled = {"dpsr": [], "bm25": []}
+    for fold in range(2):
+        with open(os.path.join(config.output, f"fold_{fold}", "metrics.json"),
+                  encoding="utf-8") as f:
+            metrics = json.load(f)
+        for system in pooled:
+            values = metrics[crossval_lib.PER_QUERY][system]["recall@100"]
+            assert len(values) == metrics[system]["requests"]
+            assert np.mean(values) == pytest.approx(metrics[system]["recall@100"])
+            pooled[system].extend(values)
+    got = {(c["metric"], c["a"], c["b"]): c for c in summary["paired"]}
+    first = got[("recall@100", "dpsr", "bm25")]
+    want = paired_lib.paired_test(pooled["dpsr"], pooled["bm25"], "recall@100", "dpsr", "bm25")
+    assert first == want.to_json()
+    assert first["requests"] == sum(summary["systems"]["dpsr"]["requests"]["values"])
 
 
 def test_rerun_reuses_the_folds_and_other_settings_are_refused(two_folds, tiny_paths):
