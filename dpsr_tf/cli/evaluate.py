@@ -34,6 +34,9 @@ _MIN_GAIN = flags.DEFINE_float("min_gain", None,
 _NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Random items per clicked pair (Top-k).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random items.")
 _BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on the same split.")
+_BM25_BIGRAMS = flags.DEFINE_bool(
+    "bm25_bigrams", False, "Also evaluate BM25-u&b (the paper's baseline: BM25 over words and "
+    "adjacent word pairs) on the same split, as system 'bm25_ub'.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the metrics as JSON here.")
 _SERVED = flags.DEFINE_bool(
     "served", False, "Also rank as served: each head searched through the FAISS index of "
@@ -56,8 +59,10 @@ _NPROBE = flags.DEFINE_integer("nprobe", None,
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"dpsr evaluate: unexpected arguments {argv[1:]}")
-    if not _MODEL_DIR.value and not (_BM25.value and _LAYOUT_DIR.value):
-        raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 with --layout_dir)")
+    lexical_only = _BM25.value or _BM25_BIGRAMS.value
+    if not _MODEL_DIR.value and not (lexical_only and _LAYOUT_DIR.value):
+        raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 / --bm25_bigrams "
+                         "with --layout_dir)")
     served = _SERVED.value or _HYBRID.value
     if served and not (_MODEL_DIR.value and _INDEX_DIR.value):
         raise SystemExit("dpsr evaluate: --served and --hybrid need --model_dir and --index_dir "
@@ -90,6 +95,8 @@ def main(argv):
             layout_dir = load_model_config(_MODEL_DIR.value)[1].layout_dir
         if _BM25.value:
             results["bm25"] = evaluate_lib.evaluate_bm25(layout_dir, cfg)
+        if _BM25_BIGRAMS.value:
+            results["bm25_ub"] = evaluate_lib.evaluate_bm25(layout_dir, cfg, bigrams=True)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr evaluate: {e}") from None
     per_system = per_query_lib.take_per_request(results)

@@ -11,7 +11,7 @@ the FAISS index) is served.py's (`dpsr evaluate --served`).
 import dataclasses
 import logging
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -123,30 +123,45 @@ class EmbeddingScorer:
         return soft_dot_from_dots_np(dots, self.beta)
 
 
-class BM25Scorer:
-    """BM25 (bm25s, default k1/b, English stopwords, lower-cased words) over item titles."""
+def with_bigrams(tokens: List[str]) -> List[str]:
+    """Words plus their adjacent pairs joined by '_' (the paper's BM25-u&b terms):
+    ["red", "shoe", "box"] -> ["red", "shoe", "box", "red_shoe", "shoe_box"]."""
+    return list(tokens) + [f"{a}_{b}" for a, b in zip(tokens, tokens[1:])]
 
-    def __init__(self, spec, eval_set, pairs):
+
+class BM25Scorer:
+    """BM25 (bm25s, default k1/b, English stopwords, lower-cased words) over item titles.
+
+    With bigrams, every title and query also has its adjacent word pairs as terms (after
+    stopwords are removed): the paper's BM25-u&b baseline.
+    """
+
+    def __init__(self, spec, eval_set, pairs, bigrams: bool = False):
         import bm25s  # pylint: disable=import-outside-toplevel
         # bm25s logs its index build at DEBUG through a logger that absl leaves at NOTSET.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self._bm25s = bm25s
+        self._bigrams = bigrams
         titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
         self.num_items = len(titles)
         self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize(titles, stopwords="en", show_progress=False),
-                             show_progress=False)
+        self.retriever.index([self._terms(t) for t in self._words(titles)], show_progress=False)
         queries = layout_lib.load_queries(spec)
         self.request_texts = eval_set.queries
         self.pair_texts = [queries[q] for q in pairs["query_row"]]
         self._cache: Dict[str, np.ndarray] = {}
 
+    def _words(self, texts: List[str]) -> List[List[str]]:
+        return self._bm25s.tokenize(texts, stopwords="en", return_ids=False,
+                                    show_progress=False)
+
+    def _terms(self, words: List[str]) -> List[str]:
+        return with_bigrams(words) if self._bigrams else list(words)
+
     def _scores(self, text: str) -> np.ndarray:
         if text not in self._cache:
-            tokens = self._bm25s.tokenize([text], stopwords="en", return_ids=False,
-                                          show_progress=False)[0]
             vocab = self.retriever.vocab_dict
-            tokens = [t for t in tokens if t in vocab]
+            tokens = [t for t in self._terms(self._words([text])[0]) if t in vocab]
             self._cache[text] = (self.retriever.get_scores(tokens).astype(np.float32) if tokens
                                  else np.zeros(self.num_items, np.float32))
         return self._cache[text]
@@ -234,9 +249,11 @@ def evaluate_model(model_dir: str, layout_dir: Optional[str] = None,
 
 
 def evaluate_bm25(layout_dir: str, cfg: EvalConfig = EvalConfig(),
-                  log: Callable[[str], None] = print) -> Dict[str, float]:
-    """Metrics of BM25 (bm25s over item titles) on a layout split."""
+                  log: Callable[[str], None] = print, bigrams: bool = False
+                  ) -> Dict[str, float]:
+    """Metrics of BM25 (bm25s over item titles; with bigrams, BM25-u&b) on a layout split."""
     spec = layout_lib.load_layout_spec(layout_dir)
     eval_set, pairs = load_split(spec, cfg)
-    log(f"evaluating BM25 on {spec.layout_dir} split {cfg.split}")
-    return evaluate_scorer(BM25Scorer(spec, eval_set, pairs), spec, eval_set, pairs, cfg, log)
+    log(f"evaluating BM25{'-u&b' if bigrams else ''} on {spec.layout_dir} split {cfg.split}")
+    return evaluate_scorer(BM25Scorer(spec, eval_set, pairs, bigrams), spec, eval_set, pairs,
+                           cfg, log)

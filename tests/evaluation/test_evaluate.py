@@ -74,12 +74,12 @@ def test_cli_writes_metrics_json(trained, tmp_path):
 def test_cli_per_query_file_and_paired_comparison(trained, tmp_path):
     _, model_dir = trained
     out, per = tmp_path / "metrics.json", tmp_path / "per_query.jsonl"
-    proc = _cli(f"--model_dir={model_dir}", "--bm25", "--num_random=20", f"--output={out}",
-                f"--per_query={per}")
+    proc = _cli(f"--model_dir={model_dir}", "--bm25", "--bm25_bigrams", "--num_random=20",
+                f"--output={out}", f"--per_query={per}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     rows = [json.loads(line) for line in per.read_text().splitlines()]
-    for system in ("dpsr", "bm25"):
+    for system in ("dpsr", "bm25", "bm25_ub"):
         mine = [r for r in rows if r["system"] == system]
         assert [r["request"] for r in mine] == list(range(data[system]["requests"]))
         for metric in ("recall@10", "recall@100", "ndcg@10", "mrr@10"):
@@ -89,6 +89,7 @@ def test_cli_per_query_file_and_paired_comparison(trained, tmp_path):
     first = data["paired"][0]
     assert (first["metric"], first["a"], first["b"]) == ("recall@100", "dpsr", "bm25")
     assert first["diff"] == pytest.approx((by_system["dpsr"] - by_system["bm25"]).mean())
+    assert len(data["paired"]) == 3 * 3        # 3 metrics x 3 pairs of systems
     assert "paired comparison" in proc.stdout and "per_request" not in out.read_text()
 
 
