@@ -71,6 +71,7 @@ def main(argv):
     from dpsr_tf.data import synthetic
     from dpsr_tf.data.prepare import PrepareConfig, prepare
     from dpsr_tf.evaluation import evaluate as evaluate_lib
+    from dpsr_tf.evaluation import fusion_choice
     from dpsr_tf.evaluation import hybrid as hybrid_lib
     from dpsr_tf.model.config import ModelConfig
     from dpsr_tf.training import driver
@@ -78,6 +79,7 @@ def main(argv):
     from dpsr_tf.export import catalog_index
     from dpsr_tf.export.index_builder import IndexBuildConfig
     from dpsr_tf.export.saved_model_export import export_all_shards
+    from dpsr_tf.export.servable_graph import ServableConfig
     from dpsr_tf.serving.demo import run_serving_demo
 
     begin = time.monotonic()
@@ -141,9 +143,13 @@ def main(argv):
           f"built in {manifest.build_seconds:.1f}s; BM25 over "
           f"{sum(s.num_terms for s in manifest.lexical.shards)} shard terms, built in "
           f"{manifest.lexical.build_seconds:.1f}s")
-    hybrid = hybrid_lib.evaluate_hybrid(train.model_dir, index_dir, cfg=eval_cfg, log=quiet)
+    choice = fusion_choice.choose_for_index(train.model_dir, index_dir, log=quiet)
+    hybrid = hybrid_lib.evaluate_hybrid(train.model_dir, index_dir, cfg=eval_cfg,
+                                        fusion=choice.config, log=quiet)
+    print(f"   fusion chosen on the eval split among {len(choice.candidates)} candidates: "
+          f"{fusion_choice.describe(choice.config)}")
     print("   as served (eval split): dense through the IVF shards, BM25 through the lexical "
-          "shards, and their RRF fusion")
+          "shards, and their fusion")
     print(f"   {'':8} " + " ".join(f"{m:>11}" for m in ("recall@10", "recall@100", "ndcg@10",
                                                           "mrr@10")))
     for name, got, prefix in (("dense", hybrid["dpsr"], "served_"),
@@ -153,8 +159,10 @@ def main(argv):
     _done(t)
 
     t = _stage(7, "dpsr export: one hybrid SavedModel per shard")
-    servables = export_all_shards(train.model_dir, index_dir, os.path.join(work, "models",
-                                                                           "dpsr"))
+    servables = export_all_shards(train.model_dir, index_dir,
+                                  os.path.join(work, "models", "dpsr"),
+                                  servable=ServableConfig(fusion=choice.config),
+                                  fusion_choice=choice.to_json())
     for path in servables:
         print(f"   {path}")
     _done(t)

@@ -2,15 +2,18 @@
 
 One servable per index shard: <export_base>/<version>/ for a one-shard index, else
 <export_base>_shard<i>/<version>/ (the proxy merges the shards' answers). When the index build
-has a lexical index, each servable is hybrid: dense and BM25 results fused (--fusion, ...;
---nohybrid for dense only).
+has a lexical index, each servable is hybrid: dense and BM25 results fused (--nohybrid for
+dense only). The fusion is chosen on the layout's evaluation split among a small grid that
+includes dense only and lexical only (dpsr_tf/evaluation/fusion_choice.py), unless a fusion flag
+(--fusion, --rrf_k, ...) is given or --nochoose_fusion; the choice and every candidate's score
+are written to the servable's assets.extra/dpsr_servable.json.
 """
 import json
 
 from absl import flags
 
 from dpsr_tf.cli import fusion_flags
-from dpsr_tf.export import joint_pq_index
+from dpsr_tf.export import index_layout, joint_pq_index
 from dpsr_tf.export.saved_model_export import export_all_shards
 from dpsr_tf.export.servable_graph import ServableConfig
 
@@ -42,24 +45,48 @@ _RANKER = flags.DEFINE_string("ranker_dir", None,
                               "retrieve_rerank signatures (docs/ranking.md).")
 _RERANK_N = flags.DEFINE_integer("rerank_n", 100, "retrieve_rerank re-ranks this many of the "
                                  "top retrieved items.")
+_CHOOSE_FUSION = flags.DEFINE_bool(
+    "choose_fusion", True, "Choose a hybrid servable's fusion on the layout's eval split (the "
+    "best of a grid that includes dense only and lexical only); off when any fusion flag is "
+    "given.")
 flags.mark_flags_as_required(["model_dir", "export_base"])
+FUSION_FLAGS = ("fusion", "rrf_k", "dense_weight", "lexical_weight", "lexical_k",
+                "lexical_min_score")
+
+
+def _fusion(index_dir: str):
+    """(FusionConfig, the choice's JSON or None): the flags' fusion, or one chosen on the
+    layout's eval split when the export is hybrid and no fusion flag was given."""
+    given = [name for name in FUSION_FLAGS if flags.FLAGS[name].present]
+    manifest = index_layout.read_manifest(index_dir, check_files=False)
+    if given or not (_CHOOSE_FUSION.value and _HYBRID.value and manifest.lexical is not None):
+        return fusion_flags.fusion_config(), None
+    from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
+    choice = fusion_choice.choose_for_index(_MODEL_DIR.value, index_dir, _LAYOUT.value,
+                                            _CHECKPOINT.value, _NPROBE.value or None)
+    print(choice.table())
+    print(f"fusion chosen on the eval split: {fusion_choice.describe(choice.config)} "
+          "(give a fusion flag or --nochoose_fusion to set it yourself)")
+    return choice.config, choice.to_json()
 
 
 def main(argv):
     del argv
     try:
+        fusion_flags.fusion_config()          # bad fusion flags fail before any work
+        index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(
+            _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
+        fusion, choice = _fusion(index_dir)
         servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
                                   max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
-                                  mmap_index=_MMAP.value,
-                                  fusion=fusion_flags.fusion_config())
+                                  mmap_index=_MMAP.value, fusion=fusion)
         servable.validate()
-        index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(
-            _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,
                                   checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value,
-                                  ranker_dir=_RANKER.value, rerank_n=_RERANK_N.value)
+                                  ranker_dir=_RANKER.value, rerank_n=_RERANK_N.value,
+                                  fusion_choice=choice)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"dpsr export: {e}") from None
     print(json.dumps({"servables": paths}))

@@ -19,6 +19,7 @@ hybrid servables re-fuses the shards' answers by their dense and lexical scores
 (dpsr_tf/serving/merge.py), which equals it whenever every item of the global lists survives its
 shard's own top k.
 """
+import dataclasses
 import time
 from typing import Callable, Dict, Optional
 
@@ -48,19 +49,50 @@ class LexicalScorer:
         return np.take_along_axis(scores, np.asarray(items).reshape(len(pair_idx), -1), 1)
 
 
-def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
-                    cfg: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig(),
-                    checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
-                    fusion: FusionConfig = FusionConfig(),
-                    log: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
-    """{"dpsr": exact + served dense metrics, "lexical": BM25 metrics, "hybrid": fused
-    retrieval metrics} on one split (module docstring).
+@dataclasses.dataclass
+class HybridRun:
+    """A model, its index build and a layout split, opened for hybrid evaluation.
+
+    Attributes:
+      scorer: the model's EmbeddingScorer over the split's requests and the catalog.
+      spec, eval_set, pairs, checkpoint: as evaluate.load_model_scorer returns them.
+      index: the open ServedIndex (dense shards); searcher: the build's LexicalSearcher.
+      k: the fused list's length (the largest recall cut-off, capped at the catalog).
+      dense_scores, dense_rows: [Q, k] the served dense ranking of every request.
+    """
+
+    scorer: object
+    spec: object
+    eval_set: object
+    pairs: dict
+    checkpoint: str
+    index: object
+    searcher: LexicalSearcher
+    k: int
+    dense_scores: np.ndarray
+    dense_rows: np.ndarray
+
+    def lexical_lists(self, fusion: FusionConfig):
+        """[Q, lexical_k or k] lexical (scores, rows) of every request, as the servable's."""
+        return self.searcher.search(self.eval_set.queries, fusion.lexical_k or self.k,
+                                    fusion.lexical_min_score)
+
+    @property
+    def relevant(self):
+        return (self.eval_set.relevant_splits, self.eval_set.relevant_rows,
+                self.eval_set.relevant_gains)
+
+
+def open_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
+                cfg: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig(),
+                checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
+                log: Callable[[str], None] = print) -> HybridRun:
+    """Embeds the split's requests and the catalog, opens both indexes, searches the dense one.
 
     Raises:
-      FileNotFoundError, ValueError: a missing or mismatched index, an index without a
-        lexical section, or a bad fusion configuration.
+      FileNotFoundError, ValueError: a missing or mismatched index, or an index without a
+        lexical section.
     """
-    fusion.validate()
     from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
     model_config, saved_spec = load_model_config(model_dir)
     spec = layout_lib.load_layout_spec(layout_dir or saved_spec.layout_dir)
@@ -75,29 +107,46 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
     served_lib.check_index_embeddings(index_dir, scorer.item_emb, item_ids, model_dir)
     index = served_lib.open_served_index(index_dir, item_ids, model_config.embedding_dim,
                                          nprobe, model_dir)
-    dense = evaluate_lib.evaluate_scorer(scorer, spec, eval_set, pairs, cfg, log)
-    dense["checkpoint"] = checkpoint
     k = min(max(cfg.recall_ks + (10,)), spec.num_items)
     dense_scores, dense_rows = served_lib.search_served(index, scorer.request_emb, k,
                                                         cfg.batch_size)
-    dense.update(served_lib.served_metrics(scorer, eval_set, index, cfg, dense, log,
-                                           served=(dense_scores, dense_rows)))
+    return HybridRun(scorer, spec, eval_set, pairs, checkpoint, index,
+                     LexicalSearcher(index_dir, item_ids), k, dense_scores, dense_rows)
 
-    searcher = LexicalSearcher(index_dir, item_ids)
+
+def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
+                    cfg: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig(),
+                    checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
+                    fusion: FusionConfig = FusionConfig(),
+                    log: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
+    """{"dpsr": exact + served dense metrics, "lexical": BM25 metrics, "hybrid": fused
+    retrieval metrics} on one split (module docstring).
+
+    Raises:
+      FileNotFoundError, ValueError: a missing or mismatched index, an index without a
+        lexical section, or a bad fusion configuration.
+    """
+    fusion.validate()
+    run = open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, log)
+    spec, eval_set, pairs = run.spec, run.eval_set, run.pairs
+    dense = evaluate_lib.evaluate_scorer(run.scorer, spec, eval_set, pairs, cfg, log)
+    dense["checkpoint"] = run.checkpoint
+    dense.update(served_lib.served_metrics(run.scorer, eval_set, run.index, cfg, dense, log,
+                                           served=(run.dense_scores, run.dense_rows)))
+
     queries = layout_lib.load_queries(spec)
-    lexical_scorer = LexicalScorer(searcher, eval_set.queries,
+    lexical_scorer = LexicalScorer(run.searcher, eval_set.queries,
                                    [queries[q] for q in pairs["query_row"]])
     log(f"evaluating the lexical index of {index_dir}")
     lexical = evaluate_lib.evaluate_scorer(lexical_scorer, spec, eval_set, pairs, cfg, log)
 
     start = time.time()
-    lex_scores, lex_rows = searcher.search(eval_set.queries, fusion.lexical_k or k,
-                                           fusion.lexical_min_score)
-    _, fused_rows, source = fuse_np(dense_scores, dense_rows, lex_scores, lex_rows, k, fusion)
-    relevant = (eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains)
-    hybrid = metrics_lib.retrieval_metrics(fused_rows, *relevant, recall_ks=cfg.recall_ks,
+    lex_scores, lex_rows = run.lexical_lists(fusion)
+    _, fused_rows, source = fuse_np(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
+                                    run.k, fusion)
+    hybrid = metrics_lib.retrieval_metrics(fused_rows, *run.relevant, recall_ks=cfg.recall_ks,
                                            with_per_request=cfg.per_request)
-    for cut in (10, k):
+    for cut in (10, run.k):
         head = source[:, :cut]
         for code, name in ((1, "dense"), (2, "lexical"), (3, "both")):
             hybrid[f"share_{name}@{cut}"] = float((head == code).mean())

@@ -96,7 +96,7 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                     checkpoint: Optional[str] = None,
                     warmup_queries: Optional[Sequence[str]] = None,
                     layout_dir: Optional[str] = None, ranker_dir: Optional[str] = None,
-                    rerank_n: int = 100) -> str:
+                    rerank_n: int = 100, fusion_choice: Optional[dict] = None) -> str:
     """Writes <export_base>/<version>/ and returns its path.
 
     Args:
@@ -183,6 +183,7 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
             "ranker_dir": os.path.abspath(ranker_dir) if ranker_dir else None,
             "rerank_n": rerank_n if ranker_dir else None,
             "model": cfg.to_dict(), "servable": dataclasses.asdict(servable),
+            "fusion_choice": fusion_choice,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with open(os.path.join(tmp, "assets.extra", SERVABLE_INFO), "w") as f:

@@ -263,6 +263,35 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
         np.testing.assert_allclose([s for s, _ in merged], s_all[row], atol=1e-5)
 
 
+def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, tmp_path):
+    from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.export.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+
+    def export(*args):
+        proc = subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "export",
+                               f"--model_dir={servable['model_dir']}",
+                               f"--index_dir={servable['index_dir']}", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        path = json.loads(proc.stdout.strip().splitlines()[-1])["servables"][0]
+        with open(os.path.join(path, "assets.extra", "dpsr_servable.json"),
+                  encoding="utf-8") as f:
+            return proc.stdout, json.load(f)
+
+    text, info = export(f"--export_base={tmp_path}/chosen")
+    choice = info["fusion_choice"]
+    assert len(choice["candidates"]) == len(fusion_choice.CANDIDATES)
+    best = max(choice["candidates"], key=lambda c: c["score"])
+    assert choice["fusion"] == best["fusion"] and choice["score"] == best["score"]
+    chosen = FusionConfig.from_json(choice["fusion"])
+    assert info["servable"]["fusion"] == json.loads(chosen.to_json())
+    assert "fusion chosen on the eval split: " + fusion_choice.describe(chosen) in text
+    _, given = export(f"--export_base={tmp_path}/given", "--lexical_weight=0.25")
+    assert given["fusion_choice"] is None
+    assert given["servable"]["fusion"]["lexical_weight"] == 0.25
+
+
 def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
     """The hybrid servable's answer equals fuse_np over the dense servable's list and the
     lexical index's list (LexicalSearcher, the same C++ core), with sources and list scores."""

@@ -1,0 +1,142 @@
+"""Choosing a hybrid servable's fusion on the data it is built for.
+
+One fixed fusion cannot suit every catalog: where BM25 is strong (Home Depot) it should weigh
+in, where it is weak (the synthetic catalog) it drags the dense list down. `choose_fusion`
+scores every candidate of a small grid on the layout's evaluation split, with the servable's
+own lists (the served dense top K through the FAISS shards, the lexical top K through the BM25
+shards, fused by fuse_np = the graph's fuse), and keeps the best by OBJECTIVE. The grid holds
+"dense only" (lexical weight 0) and "lexical only" (dense weight 0), so on that split the
+chosen fusion is never below the better of the two lists by the objective.
+
+The choice is made on the same split that `dpsr evaluate` reports, so the hybrid's numbers
+there are slightly optimistic (one of CANDIDATES picked on them); cross-validation
+(`dpsr crossval`) or a second layout of held-out queries measures it without that bias.
+"""
+import dataclasses
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import hybrid as hybrid_lib
+from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.export.fusion import FusionConfig, fuse_np
+
+# The metrics whose mean a candidate is chosen by (the dashboard's headline numbers).
+OBJECTIVE = ("recall@100", "recall@1000", "ndcg@10")
+# The grid, the default first: on a tie the earlier candidate is kept.
+CANDIDATES = (FusionConfig(),) + tuple(
+    FusionConfig(rrf_k=rrf_k, lexical_weight=w)
+    for rrf_k in (5.0, 20.0, 60.0) for w in (0.25, 0.5, 1.0)
+    if (rrf_k, w) != (FusionConfig().rrf_k, FusionConfig().lexical_weight)) + (
+    FusionConfig(lexical_weight=0.0),                    # dense only
+    FusionConfig(dense_weight=0.0, lexical_weight=1.0))  # lexical only
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionChoice:
+    """The chosen fusion and what every candidate scored.
+
+    Attributes:
+      config: the chosen FusionConfig.
+      objective: the metrics averaged into a candidate's score.
+      score: the chosen candidate's score.
+      requests: requests of the split it was chosen on.
+      candidates: per candidate {"fusion": JSON, "score": float, metric: value, ...}, in grid
+        order.
+    """
+
+    config: FusionConfig
+    objective: tuple
+    score: float
+    requests: int
+    candidates: List[dict]
+
+    def to_json(self) -> dict:
+        return {"fusion": self.config.to_json(), "objective": list(self.objective),
+                "score": self.score, "requests": self.requests,
+                "candidates": self.candidates}
+
+    def table(self) -> str:
+        lines = [f"{'fusion':44s} {'score':>7s} " + " ".join(f"{m:>11s}"
+                                                             for m in self.objective)]
+        for c in self.candidates:
+            mark = " <- chosen" if c["fusion"] == self.config.to_json() else ""
+            lines.append(f"{describe(FusionConfig.from_json(c['fusion'])):44s} "
+                         f"{c['score']:7.4f} " + " ".join(f"{c[m]:11.4f}"
+                                                          for m in self.objective) + mark)
+        return "\n".join(lines)
+
+
+def describe(cfg: FusionConfig) -> str:
+    """A short name: 'dense only', 'lexical only' or 'rrf k=5 dense 1 lexical 0.5'."""
+    if cfg.lexical_weight == 0:
+        return "dense only"
+    if cfg.dense_weight == 0:
+        return "lexical only"
+    knob = f"k={cfg.rrf_k:g} " if cfg.rule == "rrf" else ""
+    return f"{cfg.rule} {knob}dense {cfg.dense_weight:g} lexical {cfg.lexical_weight:g}"
+
+
+def choose_fusion(dense_scores: np.ndarray, dense_rows: np.ndarray,
+                  lexical_lists: Callable[[FusionConfig], tuple], eval_set, k: int,
+                  candidates: Sequence[FusionConfig] = CANDIDATES,
+                  objective: Sequence[str] = OBJECTIVE) -> FusionChoice:
+    """The candidate whose fused lists score best on the split (module docstring).
+
+    Args:
+      dense_scores, dense_rows: [Q, k] the served dense list of every request.
+      lexical_lists: FusionConfig -> [Q, *] (scores, rows) of the lexical list that fusion
+        uses (its lexical_k and lexical_min_score); called once per distinct setting.
+      eval_set: the split's EvalSet (Q requests with relevant items).
+      k: the fused list's length.
+      candidates: the fusions to try (validated), the preferred first.
+      objective: metrics (of metrics.retrieval_metrics, cut-offs <= k) whose mean is the score.
+
+    Raises:
+      ValueError: no candidate, or an objective metric that the evaluation does not produce.
+    """
+    if not candidates:
+        raise ValueError("choose_fusion needs at least one candidate")
+    recall_ks = sorted({int(m.split("@")[1]) for m in objective if m.startswith("recall@")})
+    lexical_cache: Dict[tuple, tuple] = {}
+    rows_out, best = [], None
+    for cfg in candidates:
+        cfg.validate()
+        key = (cfg.lexical_k, cfg.lexical_min_score)
+        if key not in lexical_cache:
+            lexical_cache[key] = lexical_lists(cfg)
+        lex_scores, lex_rows = lexical_cache[key]
+        _, fused, _ = fuse_np(dense_scores, dense_rows, lex_scores, lex_rows, k, cfg)
+        values = metrics_lib.retrieval_metrics(
+            fused, eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains,
+            recall_ks=recall_ks or (10,))
+        missing = [m for m in objective if m not in values]
+        if missing:
+            raise ValueError(f"fusion objective metrics {missing} are not among "
+                             f"{sorted(values)}")
+        score = float(np.mean([values[m] for m in objective]))
+        rows_out.append({"fusion": cfg.to_json(), "score": score,
+                         **{m: float(values[m]) for m in objective}})
+        if best is None or score > best[1]:
+            best = (cfg, score)
+    return FusionChoice(config=best[0], objective=tuple(objective), score=best[1],
+                        requests=len(eval_set), candidates=rows_out)
+
+
+def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
+                     checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
+                     split: str = "eval", log: Callable[[str], None] = print) -> FusionChoice:
+    """choose_fusion with the lists of a model's index build on a layout split (as
+    `dpsr evaluate --hybrid` makes them).
+
+    Raises:
+      FileNotFoundError, ValueError: as hybrid.open_hybrid.
+    """
+    cfg = evaluate_lib.EvalConfig(split=split, num_random=0)
+    run = hybrid_lib.open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe,
+                                 log)
+    log(f"choosing the fusion on {len(run.eval_set)} requests of split {split} "
+        f"({len(CANDIDATES)} candidates, objective mean of {', '.join(OBJECTIVE)})")
+    return choose_fusion(run.dense_scores, run.dense_rows, run.lexical_lists, run.eval_set,
+                         run.k)

@@ -1,0 +1,93 @@
+"""Choosing the hybrid fusion on the build's own split (evaluation/fusion_choice.py): the choice
+is the best candidate by the objective, never below either list alone, scored independently
+here with metrics.retrieval_metrics over the raw lists."""
+import collections
+
+import numpy as np
+import pytest
+
+from dpsr_tf.evaluation import fusion_choice
+from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.export.fusion import FusionConfig
+
+EvalSet = collections.namedtuple("EvalSet", "relevant_splits relevant_rows relevant_gains")
+K = 20
+NUM_ITEMS = 200
+
+
+def _eval_set(relevant):
+    splits = np.cumsum([0] + [len(r) for r in relevant]).astype(np.int64)
+    rows = np.concatenate([sorted(r) for r in relevant]).astype(np.int64)
+    return EvalSet(splits, rows, np.ones(len(rows), np.float32))
+
+
+def _ranked(rng, relevant, quality):
+    """[Q, K] rows where each relevant item is placed near the top with probability
+    `quality`, the rest random; scores descending."""
+    rows = []
+    for rel in relevant:
+        hits = [r for r in rel if rng.rand() < quality]
+        rest = [r for r in rng.permutation(NUM_ITEMS) if r not in hits]
+        rows.append((hits + rest)[:K])
+    rows = np.array(rows, np.int64)
+    scores = np.tile(np.linspace(1.0, 0.1, K, dtype=np.float32), (len(rows), 1))
+    return scores, rows
+
+
+def _score(rows, eval_set):
+    got = metrics_lib.retrieval_metrics(rows, eval_set.relevant_splits, eval_set.relevant_rows,
+                                        eval_set.relevant_gains, recall_ks=(10, 20))
+    return np.mean([got["recall@10"], got["recall@20"], got["ndcg@10"]])
+
+
+@pytest.mark.parametrize("dense_quality, lexical_quality", [(0.9, 0.1), (0.1, 0.9),
+                                                            (0.5, 0.5)])
+def test_choice_is_never_below_either_list(dense_quality, lexical_quality):
+    rng = np.random.RandomState(7)
+    relevant = [rng.choice(NUM_ITEMS, size=rng.randint(1, 4), replace=False)
+                for _ in range(60)]
+    eval_set = _eval_set(relevant)
+    dense = _ranked(rng, relevant, dense_quality)
+    lexical = _ranked(rng, relevant, lexical_quality)
+    objective = ("recall@10", "recall@20", "ndcg@10")
+    choice = fusion_choice.choose_fusion(*dense, lambda cfg: lexical, eval_set, K,
+                                         objective=objective)
+    best_single = max(_score(dense[1], eval_set), _score(lexical[1], eval_set))
+    assert choice.score >= best_single - 1e-12
+    assert choice.score == max(c["score"] for c in choice.candidates)
+    assert len(choice.candidates) == len(fusion_choice.CANDIDATES)
+    by_name = {fusion_choice.describe(FusionConfig.from_json(c["fusion"])): c
+               for c in choice.candidates}
+    # The single-list candidates reproduce the raw lists' scores exactly.
+    assert by_name["dense only"]["score"] == pytest.approx(_score(dense[1], eval_set))
+    assert by_name["lexical only"]["score"] == pytest.approx(_score(lexical[1], eval_set))
+    if dense_quality > 0.8:
+        assert choice.config.lexical_weight < choice.config.dense_weight
+    if lexical_quality > 0.8:
+        assert choice.config.lexical_weight >= choice.config.dense_weight
+
+
+def test_ties_keep_the_earlier_candidate_and_lexical_lists_are_fetched_once_per_setting():
+    relevant = [[1], [2]]
+    rows = np.array([[1, 2, 3], [2, 1, 3]], np.int64)
+    scores = np.array([[3.0, 2.0, 1.0]] * 2, np.float32)
+    calls = []
+
+    def lexical(cfg):
+        calls.append((cfg.lexical_k, cfg.lexical_min_score))
+        return scores, rows
+
+    candidates = (FusionConfig(), FusionConfig(rrf_k=60.0), FusionConfig(lexical_k=2))
+    choice = fusion_choice.choose_fusion(scores, rows, lexical, _eval_set(relevant), 3,
+                                         candidates, objective=("recall@1",))
+    assert choice.config == FusionConfig()             # all three tie at recall@1 = 1
+    assert calls == [(0, 0.0), (2, 0.0)]
+    assert "<- chosen" in choice.table().splitlines()[1]
+
+
+def test_an_objective_metric_it_cannot_compute_is_an_error():
+    rows = np.array([[1, 2]], np.int64)
+    scores = np.array([[1.0, 0.5]], np.float32)
+    with pytest.raises(ValueError, match="auc"):
+        fusion_choice.choose_fusion(scores, rows, lambda cfg: (scores, rows),
+                                    _eval_set([[1]]), 2, objective=("recall@1", "auc"))
