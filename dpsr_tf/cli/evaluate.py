@@ -37,6 +37,10 @@ _BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on the same
 _BM25_BIGRAMS = flags.DEFINE_bool(
     "bm25_bigrams", False, "Also evaluate BM25-u&b (the paper's baseline: BM25 over words and "
     "adjacent word pairs) on the same split, as system 'bm25_ub'.")
+_BM25_FIELDS = flags.DEFINE_string(
+    "bm25_fields", "title", "What --bm25 and --bm25_bigrams index per item: title, all (the "
+    "title and every categorical item column) or fields with integer weights, e.g. "
+    "title:2,brand (as dpsr index --lexical_fields).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the metrics as JSON here.")
 _SERVED = flags.DEFINE_bool(
     "served", False, "Also rank as served: each head searched through the FAISS index of "
@@ -94,9 +98,11 @@ def main(argv):
             from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
             layout_dir = load_model_config(_MODEL_DIR.value)[1].layout_dir
         if _BM25.value:
-            results["bm25"] = evaluate_lib.evaluate_bm25(layout_dir, cfg)
+            results["bm25"] = evaluate_lib.evaluate_bm25(layout_dir, cfg,
+                                                         fields=_BM25_FIELDS.value)
         if _BM25_BIGRAMS.value:
-            results["bm25_ub"] = evaluate_lib.evaluate_bm25(layout_dir, cfg, bigrams=True)
+            results["bm25_ub"] = evaluate_lib.evaluate_bm25(layout_dir, cfg, bigrams=True,
+                                                            fields=_BM25_FIELDS.value)
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr evaluate: {e}") from None
     per_system = per_query_lib.take_per_request(results)

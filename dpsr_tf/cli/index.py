@@ -43,6 +43,10 @@ _LEXICAL_ONLY = flags.DEFINE_bool("lexical_only", False,
                                   "directory (needs --layout_dir, not --model_dir).")
 _LEXICAL_FEATURES = flags.DEFINE_list("lexical_features", list(DEFAULT_FEATURES),
                                       f"Tokenizer feature kinds indexed, of {FEATURE_KINDS}.")
+_LEXICAL_FIELDS = flags.DEFINE_string(
+    "lexical_fields", LexicalConfig.fields, "What each item's lexical document holds: title, "
+    "all (the title and every categorical item column), or a list of fields with optional "
+    "integer weights, e.g. title:2,brand,category (docs/indexing.md).")
 _K1 = flags.DEFINE_float("bm25_k1", LexicalConfig.k1, "BM25 k1 (term-frequency saturation).")
 _B = flags.DEFINE_float("bm25_b", LexicalConfig.b, "BM25 b (document-length normalization).")
 _FROM_PQ = flags.DEFINE_bool("from_model_pq", False,
@@ -64,7 +68,8 @@ def _lexical_only(lexical: LexicalConfig):
 
 def main(argv):
     del argv
-    lexical = LexicalConfig(features=tuple(_LEXICAL_FEATURES.value), k1=_K1.value, b=_B.value)
+    lexical = LexicalConfig(features=tuple(_LEXICAL_FEATURES.value), k1=_K1.value, b=_B.value,
+                            fields=_LEXICAL_FIELDS.value)
     try:
         lexical.validate()
     except ValueError as e:

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.model.scoring import soft_dot_from_dots_np, soft_dot_product_np
@@ -130,22 +131,25 @@ def with_bigrams(tokens: List[str]) -> List[str]:
 
 
 class BM25Scorer:
-    """BM25 (bm25s, default k1/b, English stopwords, lower-cased words) over item titles.
+    """BM25 (bm25s, default k1/b, English stopwords, lower-cased words) over item documents:
+    the titles, or the fields given (data/item_text.py: "all", "title:2,brand", ...).
 
-    With bigrams, every title and query also has its adjacent word pairs as terms (after
+    With bigrams, every document and query also has its adjacent word pairs as terms (after
     stopwords are removed): the paper's BM25-u&b baseline.
     """
 
-    def __init__(self, spec, eval_set, pairs, bigrams: bool = False):
+    def __init__(self, spec, eval_set, pairs, bigrams: bool = False,
+                 fields: str = item_text.TITLE):
         import bm25s  # pylint: disable=import-outside-toplevel
         # bm25s logs its index build at DEBUG through a logger that absl leaves at NOTSET.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self._bm25s = bm25s
         self._bigrams = bigrams
-        titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
-        self.num_items = len(titles)
+        documents = item_text.item_documents(spec, item_text.parse_fields(fields))
+        self.num_items = len(documents)
         self.retriever = bm25s.BM25()
-        self.retriever.index([self._terms(t) for t in self._words(titles)], show_progress=False)
+        self.retriever.index([self._terms(t) for t in self._words(documents)],
+                             show_progress=False)
         queries = layout_lib.load_queries(spec)
         self.request_texts = eval_set.queries
         self.pair_texts = [queries[q] for q in pairs["query_row"]]
@@ -249,11 +253,13 @@ def evaluate_model(model_dir: str, layout_dir: Optional[str] = None,
 
 
 def evaluate_bm25(layout_dir: str, cfg: EvalConfig = EvalConfig(),
-                  log: Callable[[str], None] = print, bigrams: bool = False
-                  ) -> Dict[str, float]:
-    """Metrics of BM25 (bm25s over item titles; with bigrams, BM25-u&b) on a layout split."""
+                  log: Callable[[str], None] = print, bigrams: bool = False,
+                  fields: str = item_text.TITLE) -> Dict[str, float]:
+    """Metrics of BM25 (bm25s over item titles, or `fields`; with bigrams, BM25-u&b) on a
+    layout split."""
     spec = layout_lib.load_layout_spec(layout_dir)
     eval_set, pairs = load_split(spec, cfg)
-    log(f"evaluating BM25{'-u&b' if bigrams else ''} on {spec.layout_dir} split {cfg.split}")
-    return evaluate_scorer(BM25Scorer(spec, eval_set, pairs, bigrams), spec, eval_set, pairs,
-                           cfg, log)
+    log(f"evaluating BM25{'-u&b' if bigrams else ''} over {fields} on {spec.layout_dir} "
+        f"split {cfg.split}")
+    return evaluate_scorer(BM25Scorer(spec, eval_set, pairs, bigrams, fields), spec, eval_set,
+                           pairs, cfg, log)

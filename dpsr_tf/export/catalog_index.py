@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import numpy as np
 from absl import logging
 
+from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.embedder import CheckpointEmbedder
@@ -80,14 +81,17 @@ def index_catalog(model_dir: str, output_dir: str,
 
 def add_lexical_index(output_dir: str, layout_dir: str,
                       config: LexicalConfig = LexicalConfig()) -> index_layout.IndexManifest:
-    """Builds (or rebuilds) the lexical index of a layout's titles in an existing index build
+    """Builds (or rebuilds) the lexical index of a layout's items (config.fields: titles by
+    default) in an existing index build
     directory, over its shards' id maps, and records it in the manifest."""
     manifest = index_layout.read_manifest(output_dir)
     spec = layout_lib.load_layout_spec(layout_dir)
     ids = layout_lib.read_lines(spec.path(layout_lib.ITEM_IDS))
-    titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
-    lexical = lexical_index.build_lexical_shards(output_dir, manifest, ids, titles, config,
-                                                 log=lambda m: logging.info("%s", m))
+    fields = item_text.resolve_fields(item_text.parse_fields(config.fields), spec.item_features)
+    documents = item_text.item_documents(spec, fields)
+    lexical = lexical_index.build_lexical_shards(output_dir, manifest, ids, documents, config,
+                                                 log=lambda m: logging.info("%s", m),
+                                                 fields_text=item_text.fields_spec(fields))
     manifest = dataclasses.replace(manifest, lexical=lexical)
     index_layout.write_manifest(output_dir, manifest)
     return manifest

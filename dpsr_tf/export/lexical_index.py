@@ -41,29 +41,33 @@ def _native():
 
 
 def build_lexical_shards(directory: str, manifest: index_layout.IndexManifest,
-                         item_ids: Sequence[str], titles: Sequence[str],
+                         item_ids: Sequence[str], documents: Sequence[str],
                          config: LexicalConfig = LexicalConfig(),
-                         log: Callable[[str], None] = print) -> LexicalManifest:
+                         log: Callable[[str], None] = print,
+                         fields_text: str = "title") -> LexicalManifest:
     """Writes <directory>/shard_*/lexical.idx over each shard's id map.
 
     Args:
       directory: an index build directory (its FAISS shards and id maps already written).
       manifest: its manifest.
-      item_ids, titles: the catalog, row-aligned; every id of the id maps must be here.
+      item_ids, documents: the catalog, row-aligned: each item's text (its title, or the
+        fields of config.fields: item_text.item_documents); every id of the id maps must be
+        here.
       config: features and BM25 parameters.
+      fields_text: the resolved fields the documents hold (recorded in the manifest).
 
     Returns:
       the LexicalManifest to store in manifest.json (the caller writes it).
     """
     config.validate()
-    if len(item_ids) != len(titles):
-        raise ValueError(f"{len(item_ids)} item ids but {len(titles)} titles")
+    if len(item_ids) != len(documents):
+        raise ValueError(f"{len(item_ids)} item ids but {len(documents)} documents")
     start = time.time()
     native = _native()
-    values, splits = Tokenizer(config.tokenizer_config()).tokenize(list(titles))
+    values, splits = Tokenizer(config.tokenizer_config()).tokenize(list(documents))
     stats = native.CorpusStats.compute(values, splits)
-    log(f"lexical index: {stats.num_docs} titles, {stats.num_terms} distinct terms, "
-        f"{stats.avg_doc_length:.1f} features per title")
+    log(f"lexical index: {stats.num_docs} documents ({fields_text}), {stats.num_terms} "
+        f"distinct terms, {stats.avg_doc_length:.1f} features per document")
     row_of = {item_id: row for row, item_id in enumerate(item_ids)}
     shards = []
     for info in manifest.shards:
@@ -87,7 +91,7 @@ def build_lexical_shards(directory: str, manifest: index_layout.IndexManifest,
         log(f"  shard {info.shard}: {len(rows)} items, {index.num_terms} terms, "
             f"{index.num_postings} postings, {index.file_bytes / 1e6:.1f} MB")
     return LexicalManifest(features=tuple(config.features), k1=config.k1, b=config.b,
-                           max_tokens=config.max_tokens, text="title",
+                           max_tokens=config.max_tokens, text=fields_text,
                            num_docs=int(stats.num_docs), avg_doc_length=stats.avg_doc_length,
                            shards=tuple(shards), build_seconds=round(time.time() - start, 2))
 

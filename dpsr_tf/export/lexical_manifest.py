@@ -9,6 +9,7 @@ from typing import Tuple
 
 import numpy as np
 
+from dpsr_tf.data import item_text
 from dpsr_tf.tokenization.config import TokenizerConfig
 
 LEXICAL_FILE = "lexical.idx"
@@ -29,12 +30,15 @@ class LexicalConfig:
       features: tokenizer feature kinds indexed (FEATURE_KINDS).
       k1: BM25 term-frequency saturation (bm25s' default 1.5).
       b: BM25 length normalization in [0, 1] (default 0.75).
-      max_tokens: features kept per title (the tokenizer's bound).
+      max_tokens: features kept per document (the tokenizer's bound).
+      fields: what each item's document holds (dpsr_tf/data/item_text.py): "title", "all"
+        (the title and every categorical item column) or a list such as "title:2,brand".
     """
     features: Tuple[str, ...] = DEFAULT_FEATURES
     k1: float = 1.5
     b: float = 0.75
     max_tokens: int = 256
+    fields: str = item_text.TITLE
 
     def validate(self) -> None:
         unknown = sorted(set(self.features) - set(FEATURE_KINDS))
@@ -47,6 +51,7 @@ class LexicalConfig:
             raise ValueError(f"BM25 b must be in [0, 1], got {self.b}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        item_text.parse_fields(self.fields)
 
     def tokenizer_config(self) -> TokenizerConfig:
         """The tokenizer configuration of documents and queries."""
@@ -70,7 +75,7 @@ class LexicalManifest:
     k1: float
     b: float
     max_tokens: int
-    text: str                     # what was indexed: "title"
+    text: str                     # what was indexed: the resolved fields, e.g. "title,brand"
     num_docs: int
     avg_doc_length: float
     shards: Tuple[LexicalShardInfo, ...]
@@ -79,7 +84,7 @@ class LexicalManifest:
     @property
     def config(self) -> LexicalConfig:
         return LexicalConfig(features=tuple(self.features), k1=self.k1, b=self.b,
-                             max_tokens=self.max_tokens)
+                             max_tokens=self.max_tokens, fields=self.text)
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
