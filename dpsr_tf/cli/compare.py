@@ -1,6 +1,7 @@
 """dpsr compare: request-by-request comparison of systems from `dpsr evaluate --per_query` files.
 
 `dpsr compare --per_query=a.jsonl,b.jsonl [--baseline=bm25] [--metrics=recall@100,ndcg@10]`
+(LABEL=FILE renames a file's system: `--per_query=title=a.jsonl,all=b.jsonl`)
 aligns the requests every system answered (same layout and split: matched by split, query text
 and user) and prints, per metric and pair of systems, the mean difference, its paired bootstrap
 interval and the sign-flip p-value (dpsr_tf/evaluation/paired.py). `--output` writes them as
@@ -14,7 +15,8 @@ from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import per_query as per_query_lib
 
 _PER_QUERY = flags.DEFINE_list("per_query", None, "Per-query files written by `dpsr evaluate "
-                               "--per_query` (comma-separated; systems with distinct names).")
+                               "--per_query`, comma-separated; LABEL=FILE names a file's "
+                               "system LABEL (two runs of one system: title=a.jsonl,all=b.jsonl).")
 _BASELINE = flags.DEFINE_string("baseline", None, "Compare every system against this one "
                                 "(default: every pair).")
 _METRICS = flags.DEFINE_list("metrics", list(paired_lib.DEFAULT_METRICS), "Metrics to compare.")

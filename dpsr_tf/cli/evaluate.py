@@ -38,7 +38,7 @@ _BM25_BIGRAMS = flags.DEFINE_bool(
     "bm25_bigrams", False, "Also evaluate BM25-u&b (the paper's baseline: BM25 over words and "
     "adjacent word pairs) on the same split, as system 'bm25_ub'.")
 _BM25_FIELDS = flags.DEFINE_string(
-    "bm25_fields", "title", "What --bm25 and --bm25_bigrams index per item: title, all (the "
+    "bm25_fields", "all", "What --bm25 and --bm25_bigrams index per item: title, all (the "
     "title and every categorical item column) or fields with integer weights, e.g. "
     "title:2,brand (as dpsr index --lexical_fields).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the metrics as JSON here.")

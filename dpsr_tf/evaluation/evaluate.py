@@ -139,7 +139,7 @@ class BM25Scorer:
     """
 
     def __init__(self, spec, eval_set, pairs, bigrams: bool = False,
-                 fields: str = item_text.TITLE):
+                 fields: str = item_text.ALL):
         import bm25s  # pylint: disable=import-outside-toplevel
         # bm25s logs its index build at DEBUG through a logger that absl leaves at NOTSET.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -254,9 +254,9 @@ def evaluate_model(model_dir: str, layout_dir: Optional[str] = None,
 
 def evaluate_bm25(layout_dir: str, cfg: EvalConfig = EvalConfig(),
                   log: Callable[[str], None] = print, bigrams: bool = False,
-                  fields: str = item_text.TITLE) -> Dict[str, float]:
-    """Metrics of BM25 (bm25s over item titles, or `fields`; with bigrams, BM25-u&b) on a
-    layout split."""
+                  fields: str = item_text.ALL) -> Dict[str, float]:
+    """Metrics of BM25 (bm25s over the items' `fields`, by default the title and every
+    categorical column; with bigrams, BM25-u&b) on a layout split."""
     spec = layout_lib.load_layout_spec(layout_dir)
     eval_set, pairs = load_split(spec, cfg)
     log(f"evaluating BM25{'-u&b' if bigrams else ''} over {fields} on {spec.layout_dir} "

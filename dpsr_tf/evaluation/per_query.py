@@ -58,31 +58,48 @@ def write_jsonl(path: str, split: str, eval_set, per_system: Dict[str, Dict[str,
 def read_jsonl(paths: List[str]) -> Dict[str, Dict[RequestKey, Dict[str, float]]]:
     """{system: {(split, query, user_row): {metric: value}}} from per-query files.
 
+    A path may be written LABEL=PATH: its systems are then named LABEL (a file of one
+    system) or LABEL/SYSTEM, so two runs of one system (BM25 over titles and over all fields,
+    two checkpoints) can be compared.
+
     Raises:
       ValueError: a line that is not a per-query record (file and line named), or one system
         appearing twice for the same request (e.g. the same file given twice).
     """
     out: Dict[str, Dict[RequestKey, Dict[str, float]]] = {}
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    key = (str(row.pop("split")), str(row.pop("query")), int(row.pop("user_row")))
-                    system = str(row.pop("system"))
-                except (ValueError, KeyError, TypeError, AttributeError) as e:
-                    raise ValueError(f"{path}:{line_no}: not a per-query record of `dpsr "
-                                     f"evaluate --per_query` ({type(e).__name__}: {e})") from None
-                row.pop("request", None)
-                row.pop("relevant", None)
-                seen = out.setdefault(system, {})
-                if key in seen:
-                    raise ValueError(f"{path}:{line_no}: system {system!r} has request "
-                                     f"{key} twice (the same file given twice, or two runs "
-                                     "with one system name?)")
-                seen[key] = {m: float(v) for m, v in row.items()}
+    for entry in paths:
+        label, _, path = entry.rpartition("=") if "=" in entry else ("", "", entry)
+        records = _read_one(path)
+        for system, rows in records.items():
+            name = (label if len(records) == 1 else f"{label}/{system}") if label else system
+            if name in out and set(out[name]) & set(rows):
+                raise ValueError(f"{path}: system {name!r} was already read from another file "
+                                 "for the same requests (the same file given twice, or two "
+                                 "runs with one system name? label them: LABEL=PATH)")
+            out.setdefault(name, {}).update(rows)
+    return out
+
+
+def _read_one(path: str) -> Dict[str, Dict[RequestKey, Dict[str, float]]]:
+    """{system: {request key: {metric: value}}} of one per-query file."""
+    out: Dict[str, Dict[RequestKey, Dict[str, float]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = (str(row.pop("split")), str(row.pop("query")), int(row.pop("user_row")))
+                system = str(row.pop("system"))
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ValueError(f"{path}:{line_no}: not a per-query record of `dpsr "
+                                 f"evaluate --per_query` ({type(e).__name__}: {e})") from None
+            row.pop("request", None)
+            row.pop("relevant", None)
+            seen = out.setdefault(system, {})
+            if key in seen:
+                raise ValueError(f"{path}:{line_no}: system {system!r} has request {key} twice")
+            seen[key] = {m: float(v) for m, v in row.items()}
     return out
 
 

@@ -38,7 +38,7 @@ class LexicalConfig:
     k1: float = 1.5
     b: float = 0.75
     max_tokens: int = 256
-    fields: str = item_text.TITLE
+    fields: str = item_text.ALL
 
     def validate(self) -> None:
         unknown = sorted(set(self.features) - set(FEATURE_KINDS))

@@ -149,8 +149,10 @@ def test_files_round_trip_and_align_on_the_requests_in_common(tmp_path):
 
 def test_unreadable_or_doubled_files_name_the_line(tmp_path):
     a = _write(tmp_path, "a.jsonl", {"dpsr": {"recall@100": np.array([1.0, 0.0, 0.5])}})
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(ValueError, match="label them: LABEL=PATH"):
         per_query.read_jsonl([a, a])
+    labelled = per_query.read_jsonl([f"x={a}", f"y={a}"])     # two runs of one system
+    assert sorted(labelled) == ["x", "y"] and labelled["x"] == labelled["y"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"system": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not a per-query record"):
