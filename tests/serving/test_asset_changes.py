@@ -73,6 +73,17 @@ def _mapped_files(pid: int):
     return paths
 
 
+def _mapped_inodes(pid: int, prefix: str):
+    """{path: inode} of the files under `prefix` the process maps."""
+    out = {}
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith(prefix):
+                out[parts[5].strip()] = int(parts[4])
+    return out
+
+
 def _snapshots(cache: str):
     return sorted(glob.glob(os.path.join(cache, "*.snapshot")))
 
@@ -138,3 +149,25 @@ def test_unloaded_versions_release_their_snapshots(exported, server):
     srv.stop()
     assert _snapshots(cache) == []
     assert [f for f in os.listdir(cache) if f.startswith(".tmp-")] == []
+
+
+def test_servers_started_together_share_one_snapshot_per_index(exported, tmp_path, monkeypatch):
+    """Two `dpsr serve` processes loading the same version at once (one port, --mmap_index's
+    use) map the same snapshot files: one copy of each index in the page cache."""
+    base = str(tmp_path / "dpsr")
+    shutil.copytree(exported["versions"][0], os.path.join(base, "1"))
+    cache = str(tmp_path / "cache")
+    monkeypatch.setenv("DPSR_ASSET_CACHE_DIR", cache)
+    servers = process.start_all([process.model_server_process(base, "dpsr", name=f"share{i}")
+                                 for i in range(2)])
+    try:
+        answers = [_predict(process.prediction_stub(s.address)) for s in servers]
+        assert answers[0] == answers[1]
+        maps = [_mapped_inodes(s.proc.pid, cache) for s in servers]
+        assert len(_snapshots(cache)) == 2
+        assert maps[0] == maps[1] and set(maps[0]) == set(_snapshots(cache))
+        assert {os.stat(p).st_ino for p in _snapshots(cache)} == set(maps[0].values())
+    finally:
+        for s in servers:
+            s.stop()
+    assert _snapshots(cache) == []

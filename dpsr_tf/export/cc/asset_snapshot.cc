@@ -260,14 +260,28 @@ int OpenExisting(const std::string& name, size_t size, const std::string& hash,
 // and its name; -1 and *why when the directory cannot take it.
 int WriteSnapshot(int src, const std::string& path, const std::string& what, size_t size,
                   const std::string& dir, std::string* name, std::string* why) {
-  std::string temp = dir + "/" + kTempPrefix + "XXXXXX";
-  Fd fd(mkostemp(&temp[0], O_CLOEXEC));
+  std::string temp;
+  Fd fd;
+  for (int attempt = 0; attempt < 4 && fd.get() < 0; ++attempt) {
+    temp = dir + "/" + kTempPrefix + "XXXXXX";
+    fd.reset(mkostemp(&temp[0], O_CLOEXEC));
+    if (fd.get() < 0) {
+      *why = "cannot create a file in the asset cache directory '" + dir + "': " +
+             std::strerror(errno);
+      return -1;
+    }
+    flock(fd.get(), LOCK_SH);
+    // Another process's sweep may have removed the file between its creation and the lock.
+    struct stat mine, named;
+    if (fstat(fd.get(), &mine) != 0 || stat(temp.c_str(), &named) != 0 ||
+        mine.st_ino != named.st_ino || mine.st_dev != named.st_dev) {
+      fd.reset();
+    }
+  }
   if (fd.get() < 0) {
-    *why = "cannot create a file in the asset cache directory '" + dir + "': " +
-           std::strerror(errno);
+    *why = "cannot keep a temporary file in the asset cache directory '" + dir + "'";
     return -1;
   }
-  flock(fd.get(), LOCK_SH);
   bool written = true;
   int write_errno = 0;
   std::string hash;
@@ -289,6 +303,30 @@ int WriteSnapshot(int src, const std::string& path, const std::string& what, siz
     return -1;
   }
   *name = dir + "/" + hash + "-" + std::to_string(size) + kSuffix;
+  // Published with link(), which never replaces: of several processes loading the same bytes
+  // at once (servers started together on one port), the first to finish publishes its copy
+  // and the others map that one, so they share it.
+  if (link(temp.c_str(), name->c_str()) == 0) {
+    // Held through its own name (what /proc/<pid>/maps and lsof then show), not the temp's.
+    Fd named(open(name->c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    struct stat mine, linked;
+    if (named.get() >= 0 && flock(named.get(), LOCK_SH) == 0 && fstat(fd.get(), &mine) == 0 &&
+        fstat(named.get(), &linked) == 0 && mine.st_ino == linked.st_ino &&
+        mine.st_dev == linked.st_dev) {
+      unlink(temp.c_str());
+      return named.release();
+    }
+    unlink(temp.c_str());
+    return fd.release();
+  }
+  if (errno == EEXIST) {
+    const int existing = OpenExisting(*name, size, hash, what);
+    if (existing >= 0) {
+      unlink(temp.c_str());
+      return existing;
+    }
+  }
+  // Not what its name says (or no hard links here): replace it.
   if (rename(temp.c_str(), name->c_str()) != 0) {
     *why = "cannot rename a snapshot in the asset cache directory '" + dir + "': " +
            std::strerror(errno);

@@ -11,9 +11,11 @@
 // so they share one copy in the page cache (what memory-mapping an index is for). The directory
 // is $DPSR_ASSET_CACHE_DIR, default /var/tmp/dpsr-asset-cache-<uid>; it is created with mode
 // 0700 and refused when another user owns it or others may write to it. A snapshot file is
-// written under a temporary name and renamed, so a reader never sees half of one, and it is
-// deleted when the last process holding it releases it (each holder keeps a shared flock on
-// it; files left by a killed process are removed by the next load in that directory).
+// written under a temporary name and linked into place, so a reader never sees half of one
+// and processes loading the same bytes at once end up on one file; a file whose bytes do not
+// match its name is replaced. It is deleted when the last process holding it releases it
+// (each holder keeps a shared flock on it; files left by a killed process are removed by the
+// next load in that directory).
 //
 // When the directory cannot be used (not writable, full, owned by another user) a snapshot
 // falls back to private memory: it keeps working, without sharing, and fallback_reason() says
