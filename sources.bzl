@@ -18,11 +18,14 @@ TOKENIZER_PYBIND_SRCS = [
     "tokenizer_cc/python/tokenizer_pybind.cc",
 ]
 
-# The lexical (BM25) index core: standard C++ and POSIX only.
+# The lexical (BM25) index core, with the asset snapshots that both index cores map:
+# standard C++ and POSIX only.
 LEXICAL_CORE_SRCS = [
+    "dpsr_tf/export/cc/asset_snapshot.cc",
     "dpsr_tf/export/cc/lexical_index.cc",
 ]
 LEXICAL_CORE_HDRS = [
+    "dpsr_tf/export/cc/asset_snapshot.h",
     "dpsr_tf/export/cc/lexical_index.h",
 ]
 
@@ -46,12 +49,14 @@ OP_LIBRARY_SRCS = [
     "dpsr_tf/export/cc/ivf_sq8_scan.cc",
     "dpsr_tf/export/cc/ops/faiss_ops.cc",
     "dpsr_tf/export/cc/kernels/faiss_kernels.cc",
-    # The lexical index core and its ops and kernels.
+    # The lexical index core and its ops and kernels; the asset snapshots of both cores.
+    "dpsr_tf/export/cc/asset_snapshot.cc",
     "dpsr_tf/export/cc/lexical_index.cc",
     "dpsr_tf/export/cc/ops/lexical_ops.cc",
     "dpsr_tf/export/cc/kernels/lexical_kernels.cc",
 ]
 OP_LIBRARY_HDRS = [
+    "dpsr_tf/export/cc/asset_snapshot.h",
     "dpsr_tf/export/cc/faiss_index.h",
     "dpsr_tf/export/cc/ivf_sq8_scan.h",
     "dpsr_tf/export/cc/top_k_buffer.h",

@@ -169,6 +169,12 @@ def _read_table(path: str, file_schema: schema.FileSchema, report: schema.FileRe
                           f"{path}:{lines[table.index[row_id]]}; the first definition is kept")
             continue
         if is_items:
+            problem = schema.control_character_problem(schema.TITLE, fields[title_col])
+            if problem is not None:
+                report.reject(Reason.CONTROL_CHARACTER, rec.line, f"item_id {row_id!r}: {problem}")
+                table.rejected.setdefault(row_id, f"{path}:{rec.line} (control character in the "
+                                                  f"title)")
+                continue
             title = clean(fields[title_col]).strip()
             if not title:
                 report.reject(Reason.EMPTY_TITLE, rec.line, f"item_id {row_id!r} has an empty "
@@ -230,6 +236,10 @@ def _read_interactions(path: str, items: _Table, users: Optional[_Table],
             report.reject(rec.error, rec.line, rec.message)
             continue
         fields = rec.fields
+        problem = schema.control_character_problem(schema.QUERY, fields[q_col])
+        if problem is not None:
+            report.reject(Reason.CONTROL_CHARACTER, rec.line, problem)
+            continue
         query = clean(fields[q_col])
         if not query.strip():
             report.reject(Reason.EMPTY_QUERY, rec.line, "the query is empty")

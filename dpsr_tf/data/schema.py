@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import enum
 import math
+import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 
@@ -152,6 +153,7 @@ class Reason(enum.Enum):
     BAD_LABEL = "bad label"
     BAD_TIMESTAMP = "bad timestamp"
     BAD_GAIN = "bad gain"
+    CONTROL_CHARACTER = "control character in text"
 
 
 class FileReport:
@@ -244,6 +246,24 @@ def check_header(header: Sequence[str], schema: FileSchema, path: str) -> List[s
 def is_valid_id(value: str) -> bool:
     """Ids are non-empty, have no surrounding whitespace and no control characters."""
     return bool(value) and value == value.strip() and value.isprintable()
+
+
+# C0 control characters and DEL, except tab and line breaks (clean_text makes those spaces):
+# a NUL or a form feed inside a title or query would break the layout's one-per-line files and
+# the tokenizer's input, and is never meant as text.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def control_character_problem(column: str, value: str) -> Optional[str]:
+    """None when a text cell has no control character, else the rejection message: the column,
+    the value escaped (truncated), the character and its position, and what to do."""
+    found = _CONTROL_CHARACTERS.search(value)
+    if found is None:
+        return None
+    shown = ascii(value[:80]) + ("..." if len(value) > 80 else "")
+    return (f"the {column} {shown} has the control character U+{ord(found.group()):04X} at "
+            f"character {found.start() + 1}; remove control characters from the text (a binary "
+            f"or wrongly decoded export?)")
 
 
 def clean_text(value: str) -> str:

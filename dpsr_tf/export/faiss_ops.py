@@ -56,7 +56,11 @@ class FaissIndex(index_resource.IndexResource):
         writes them), as a str, a scalar tf.string tensor, or a tf.saved_model.Asset. A str or
         tensor is wrapped in an Asset so that a SavedModel carries the file.
       mmap: memory-map IVF inverted lists read-only instead of reading them into memory (other
-        index types are always read into memory; FAISS 1.7.3 maps only IVF lists).
+        index types are always read into memory; FAISS 1.7.3 maps only IVF lists). What is
+        mapped is a snapshot of the file in the asset cache directory ($DPSR_ASSET_CACHE_DIR,
+        docs/serving.md), shared by the processes of a host; the file itself is never read
+        again, so changing it in place cannot affect the loaded index. When that directory
+        cannot be used, the index is read into memory (and the log says so).
       shared_name: resource name; by default a fresh unique name, so two FaissIndex objects
         never share a resource by accident.
       name: name of the handle op.

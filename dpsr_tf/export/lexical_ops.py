@@ -31,6 +31,10 @@ def _ops():
 class LexicalIndex(index_resource.IndexResource):
     """A lexical index file (`dpsr index --lexical`) memory-mapped into a TensorFlow resource.
 
+    What is mapped is a snapshot of the file taken at load (a shared read-only copy in the
+    asset cache directory, $DPSR_ASSET_CACHE_DIR; private memory when that cannot be used), so
+    changing the file in place cannot affect the loaded index (docs/serving.md).
+
     Args:
       path: the lexical.idx file, as a str, scalar tf.string tensor or tf.saved_model.Asset.
       shared_name: resource name; default a fresh unique name.

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.towers import query_tower
 from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import model as ranker_model
@@ -92,7 +93,7 @@ class RerankStage:
         return variable.op.name.startswith(SCOPES) or variable.op.name in self._table_names
 
     def restore(self, session) -> None:
-        self._saver.restore(session, self.checkpoint)
+        model_dir_lib.restore(self._saver, session, self.checkpoint)
         feed = dict(self.tables._feed)  # pylint: disable=protected-access
         feed[self._titles_value] = self._titles_np
         session.run(self._table_init, feed)

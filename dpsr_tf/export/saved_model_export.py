@@ -159,7 +159,7 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                 [v for v in tf.compat.v1.global_variables() if stage is None or not stage.owns(v)],
                 sharded=True)
             with tf.compat.v1.Session(graph=graph) as sess:
-                saver.restore(sess, ckpt)
+                model_dir_lib.restore(saver, sess, ckpt)
                 if stage is not None:
                     stage.restore(sess)
                 builder = tf.compat.v1.saved_model.Builder(tmp)

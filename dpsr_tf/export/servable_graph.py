@@ -43,8 +43,9 @@ class ServableConfig:
       fusion: how a hybrid servable fuses the two lists.
       mmap_index: memory-map the FAISS index's IVF inverted lists read-only instead of reading
         them into each process: several `dpsr serve` processes serving the version (one port,
-        docs/serving.md) then share one copy in the page cache. Other index types are read
-        either way (FaissIndex's mmap).
+        docs/serving.md) then share one copy in the page cache. What is mapped is a snapshot
+        of the asset in the asset cache directory, never the file under the model path. Other
+        index types are read either way (FaissIndex's mmap).
     """
 
     default_k: int = 100

@@ -73,7 +73,7 @@ class CheckpointEmbedder:
                                                tf.estimator.ModeKeys.PREDICT)
             saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), sharded=True)
             self.session = tf.compat.v1.Session(graph=self.graph)
-            saver.restore(self.session, self.checkpoint)
+            model_dir_lib.restore(saver, self.session, self.checkpoint)
 
     def close(self):
         self.session.close()

@@ -64,6 +64,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from dpsr_tf.model import model_dir
+
 SCOPE = "joint_pq"
 NBITS = 8
 KSUB = 1 << NBITS
@@ -352,7 +354,16 @@ def read_quantizer(checkpoint: str) -> Dict[str, np.ndarray]:
 
     Raises:
       ValueError: the checkpoint has no joint PQ variables, or they were never initialized.
+      model_dir.CorruptCheckpointError: its files cannot be read.
     """
+    try:
+        return _read_quantizer(checkpoint)
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+        raise model_dir.CorruptCheckpointError(
+            model_dir.describe_unreadable_checkpoint(checkpoint, e)) from None
+
+
+def _read_quantizer(checkpoint: str) -> Dict[str, np.ndarray]:
     reader = tf.train.load_checkpoint(checkpoint)
     names = reader.get_variable_to_shape_map()
     missing = [n for n in VARIABLE_NAMES + ("initialized",) if f"{SCOPE}/{n}" not in names]

@@ -81,6 +81,77 @@ def load_model_config(model_dir: str) -> Tuple[ModelConfig, object]:
     return ModelConfig.from_saved_dict(data["model"]), layout_spec_from_dict(data["layout"])
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint whose files cannot be read (truncated, damaged, incomplete copy)."""
+
+
+def restore(saver, session, checkpoint: str) -> None:
+    """saver.restore(session, checkpoint), with an unreadable checkpoint reported in one line.
+
+    Raises:
+      CorruptCheckpointError: the checkpoint's files cannot be read; the message names the
+        damaged file, what is wrong and what to do.
+    """
+    try:
+        saver.restore(session, checkpoint)
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as e:
+        raise CorruptCheckpointError(describe_unreadable_checkpoint(checkpoint, e)) from None
+    except tf.errors.OpError as e:
+        if _checkpoint_reads_back(checkpoint):
+            raise  # the files are sound: a graph that does not match them, not damage
+        raise CorruptCheckpointError(describe_unreadable_checkpoint(checkpoint, e)) from None
+
+
+def _checkpoint_reads_back(checkpoint: str) -> bool:
+    try:
+        reader = tf.train.load_checkpoint(checkpoint)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception:  # pylint: disable=broad-except
+        return False
+    return True
+
+
+def _first_line(error: Exception) -> str:
+    """TF's own reason, without its graph-node and stack-trace lines."""
+    text = getattr(error, "message", None) or str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    skip = ("Graph execution error", "Detected at node", "File \"", "Node:", "[[", "Original",
+            "Restoring from checkpoint failed")
+    reasons = [line for line in lines if not line.startswith(skip)]
+    return (reasons or lines or [type(error).__name__])[0][:300]
+
+
+def describe_unreadable_checkpoint(checkpoint: str, error: Exception) -> str:
+    """One message for a checkpoint that failed to restore: which file, what, what to do."""
+    import glob  # pylint: disable=import-outside-toplevel
+    index_file = checkpoint + ".index"
+    data_files = sorted(glob.glob(glob.escape(checkpoint) + ".data-*"))
+    reason = _first_line(error)
+    culprit, variable = None, None
+    try:
+        reader = tf.train.load_checkpoint(checkpoint)
+    except Exception as e:  # pylint: disable=broad-except
+        culprit, reason = index_file, _first_line(e)
+    else:
+        for name in sorted(reader.get_variable_to_shape_map()):
+            try:
+                reader.get_tensor(name)
+            except Exception as e:  # pylint: disable=broad-except
+                variable, reason = name, _first_line(e)
+                break
+        culprit = data_files[0] if len(data_files) == 1 else (
+            "one of " + ", ".join(data_files) if data_files else checkpoint + ".data-*")
+    if "less bytes" in reason or "truncated" in reason.lower():
+        reason = f"truncated: {reason}"
+    sizes = ", ".join(f"{os.path.basename(f)} {os.path.getsize(f)} bytes"
+                      for f in [index_file] + data_files if os.path.exists(f))
+    return (f"checkpoint {checkpoint} cannot be read: {culprit} is damaged or incomplete "
+            f"({reason}{f'; reading variable {variable!r}' if variable else ''}; files: "
+            f"{sizes or 'none'}). Copy the checkpoint again from where it was written, or pass "
+            f"--checkpoint with another checkpoint prefix of the model directory")
+
+
 def latest_checkpoint(model_dir: str, checkpoint: Optional[str] = None) -> str:
     """`checkpoint` if given, else the newest checkpoint prefix in model_dir.
 

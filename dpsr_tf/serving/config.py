@@ -87,6 +87,7 @@ def validate_model_server_config(config, base_path_root: str = "") -> None:
         where = f"model_config_list.config[{i}]"
         if not model.name:
             raise bad(f"{where}: name is empty; give each model a name")
+        _check_no_control_characters(model.name, "name", where)
         if model.name in names:
             raise bad(f"{where}: model name '{model.name}' appears twice; names must be unique")
         names.add(model.name)
@@ -94,6 +95,7 @@ def validate_model_server_config(config, base_path_root: str = "") -> None:
         if not model.base_path:
             raise bad(f"{where}: base_path is empty; set it to the directory holding the "
                       "numbered version directories")
+        _check_no_control_characters(model.base_path, "base_path", where)
         if model.model_platform not in ("", "tensorflow"):
             raise bad(f"{where}: model_platform '{model.model_platform}' is not supported; "
                       "this server serves 'tensorflow' SavedModels")
@@ -122,6 +124,17 @@ def validate_model_server_config(config, base_path_root: str = "") -> None:
             if version < 0:
                 raise bad(f"{where}: version label '{label}' points to negative version "
                           f"{version}")
+
+
+def _check_no_control_characters(value: str, field: str, where: str) -> None:
+    """Refuses a NUL or other control character (C0, DEL, C1) in a name or path: the OS and
+    TensorFlow cannot take NUL in a path, and the others would garble logs and metrics."""
+    for at, char in enumerate(value):
+        if ord(char) < 0x20 or 0x7f <= ord(char) < 0xa0:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{where}: {field} {value[:200]!r} has the control character {char!r} at "
+                f"position {at}; names and paths must be printable text")
 
 
 def check_base_path(base_path: str, base_path_root: str, where: str) -> None:

@@ -2,10 +2,13 @@
 
 Error codes follow TF Serving (predict_util.cc): a missing or extra input, a wrong dtype, an
 unknown output alias -> INVALID_ARGUMENT, with a message that names the input and the fix.
-Shapes are not checked against the signature, as in TF Serving (the graph itself refuses what
-it cannot run: a placeholder fed the wrong rank, the DPSR servable's own assertions). The
-server's limits (a blank or oversized query, k out of range, too many rows or values) are also
-INVALID_ARGUMENT.
+An input whose signature tensor is a placeholder must have the declared rank and known
+dimensions (TensorFlow's feed contract), else INVALID_ARGUMENT naming the alias, the shape sent
+and the shape expected; without this check a non-scalar `k` or a wrong-rank `user_history`
+failed deep in the graph with a message naming a graph node. Inputs that are not placeholders
+(an Identity of parsed examples, as in TF Serving's half_plus_two) take any shape the graph can
+compute, as in TF Serving. The server's limits (a blank or oversized query, k out of range, too
+many rows or values) are also INVALID_ARGUMENT.
 """
 import dataclasses
 import math
@@ -119,6 +122,20 @@ def _check_k(alias: str, value: np.ndarray, limits: RequestLimits) -> None:
         raise _bad(f"input '{alias}' is {k}; it must be in [1, {limits.max_k}]")
 
 
+def _check_shape(alias: str, spec, shape: Tuple[int, ...], signature_name: str) -> None:
+    if spec.accepts_shape(shape):
+        return
+    rank = len(spec.shape)
+    if rank == 0:
+        hint = "send a scalar (a tensor with no dims)"
+    elif len(shape) != rank:
+        hint = f"send a tensor of rank {rank}"
+    else:
+        hint = "send the dimensions the signature fixes"
+    raise _bad(f"input '{alias}' has shape {list(shape)} but signature '{signature_name}' "
+               f"expects {spec.describe()}; {hint}")
+
+
 def check_output_filter(signature: Signature, output_filter) -> Tuple[str, ...]:
     """Output aliases to fetch: the filter (checked) or every output of the signature."""
     if not output_filter:
@@ -184,6 +201,8 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits,
                        f"'{alias}' to be {short(spec.dtype)} but {short(proto.dtype)} is "
                        "provided)")
         check_declared(alias, spec, proto, limits)
+        _check_shape(alias, spec, tensors.declared_shape(proto, f"input '{alias}'"),
+                     signature.name)
         value = tensors.to_ndarray(proto, f"input '{alias}'", limits.max_elements)
         if spec.dtype == types_pb2.DT_STRING:
             _check_strings(alias, value, limits)

@@ -24,6 +24,10 @@ class TensorSpec:
       shape: tuple with -1 for unknown dims; None for unknown rank.
       default: numpy value used when the request leaves this input out (SignatureDef.defaults),
         or None when the input is required.
+      fed_placeholder: the tensor is a placeholder's output, so a request's value replaces it
+        and must have the declared shape (TensorFlow's feed contract; a value of another rank
+        would fail deep in the graph). Other tensors (e.g. an Identity of parsed examples) take
+        what the graph can compute, as in TF Serving.
     """
 
     alias: str
@@ -31,6 +35,7 @@ class TensorSpec:
     dtype: int
     shape: Optional[Tuple[int, ...]]
     default: Optional[np.ndarray] = None
+    fed_placeholder: bool = False
 
     @property
     def batch_major(self) -> bool:
@@ -41,6 +46,14 @@ class TensorSpec:
         shape = "?" if self.shape is None else "[" + ",".join(
             "?" if d < 0 else str(d) for d in self.shape) + "]"
         return f"{tensors.dtype_name(self.dtype)} {shape}"
+
+    def accepts_shape(self, shape: Tuple[int, ...]) -> bool:
+        """Whether a value of `shape` may be fed: any shape unless fed_placeholder, else the
+        declared rank with every known dimension equal."""
+        if not self.fed_placeholder or self.shape is None:
+            return True
+        return len(shape) == len(self.shape) and all(
+            want < 0 or got == want for got, want in zip(shape, self.shape))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +72,13 @@ class Signature:
         return bool(self.outputs) and all(o.batch_major for o in self.outputs.values())
 
     @classmethod
-    def from_proto(cls, name: str, signature_def) -> "Signature":
+    def from_proto(cls, name: str, signature_def, placeholders=frozenset()) -> "Signature":
+        """`placeholders`: names of the graph's Placeholder and PlaceholderWithDefault nodes."""
         defaults = {alias: tensors.to_ndarray(t, f"default of input '{alias}'")
                     for alias, t in signature_def.defaults.items()}
         inputs = {alias: TensorSpec(alias, info.name, info.dtype, tensors.shape_of(info),
-                                    defaults.get(alias))
+                                    defaults.get(alias),
+                                    info.name.rsplit(":", 1)[0] in placeholders)
                   for alias, info in signature_def.inputs.items()}
         outputs = {alias: TensorSpec(alias, info.name, info.dtype, tensors.shape_of(info))
                    for alias, info in signature_def.outputs.items()}
@@ -72,5 +87,7 @@ class Signature:
 
 def signatures_of(meta_graph_def) -> Dict[str, Signature]:
     """All serving signatures of a MetaGraphDef (the TF2 init-op pseudo-signature is skipped)."""
-    return {name: Signature.from_proto(name, sig)
+    placeholders = frozenset(node.name for node in meta_graph_def.graph_def.node
+                             if node.op in ("Placeholder", "PlaceholderWithDefault"))
+    return {name: Signature.from_proto(name, sig, placeholders)
             for name, sig in meta_graph_def.signature_def.items() if name != INIT_OP_SIGNATURE}

@@ -216,3 +216,41 @@ def test_training_refuses_a_cut_layout_before_it_starts(small_layout, tmp_path):
     with pytest.raises(ValueError, match="it was cut or damaged"):
         driver.train_and_evaluate(ModelConfig(), train)
     assert not os.path.exists(tmp_path / "model" / "checkpoint")
+
+
+def test_control_characters_in_titles_and_queries_are_rejected_rows(tmp_path):
+    """A NUL (or another control character) in a title or query is a rejected row with its
+    file:line, column, escaped value and fix; items whose title is rejected are then unknown
+    items with that reason, and the counts add up. Before, the NUL went into the layout."""
+    items = tmp_path / "items.csv"  # CSV: a tab inside a title is text (made a space)
+    items.write_text("item_id,title\nA,Apple iPhone 15\nB,Fresh\x00apples 1kg\n"
+                     "C,Cordless\x0cdrill 20V\nD,Tab\tseparated\n", encoding="utf-8")
+    inter = tmp_path / "inter.tsv"
+    inter.write_text(INTER_HEADER + "apple phone\tA\tclick\napple\x00phone\tA\tclick\n"
+                     "drill\tC\tclick\nphone\x1b[0m\tA\tclick\nfresh apples\tD\tclick\n",
+                     encoding="utf-8")
+    spec = prepare_lib.prepare(_config(tmp_path, inter, items=items), log=lambda *_: None)
+    control = Reason.CONTROL_CHARACTER.value
+    item_report, inter_report = spec.counts["items"], spec.counts["interactions"]
+    assert (item_report["rows_read"], item_report["rows_kept"]) == (4, 2)
+    assert item_report["rejected"] == {control: 2}
+    assert item_report["examples"][control] == [
+        f"{items}:3: item_id 'B': the title 'Fresh\\x00apples 1kg' has the control character "
+        "U+0000 at character 6; remove control characters from the text (a binary or wrongly "
+        "decoded export?)",
+        f"{items}:4: item_id 'C': the title 'Cordless\\x0cdrill 20V' has the control character "
+        "U+000C at character 9; remove control characters from the text (a binary or wrongly "
+        "decoded export?)"]
+    assert (inter_report["rows_read"], inter_report["rows_kept"]) == (5, 2)
+    assert inter_report["rejected"] == {control: 2, Reason.UNKNOWN_ITEM.value: 1}
+    examples = inter_report["examples"]
+    assert examples[control][0].startswith(
+        f"{inter}:3: the query 'apple\\x00phone' has the control character U+0000 at character 6")
+    assert examples[control][1].startswith(f"{inter}:5: the query 'phone\\x1b[0m' has the "
+                                           "control character U+001B at character 6")
+    assert examples[Reason.UNKNOWN_ITEM.value] == [
+        f"{inter}:4: item_id 'C' is not in the items file (its row was rejected: {items}:4 "
+        "(control character in the title))"]
+    assert layout_lib.load_item_ids(spec) == ["A", "D"]
+    assert layout_lib.load_item_table(spec).titles == ["Apple iPhone 15", "Tab separated"]
+    assert sorted(layout_lib.load_queries(spec)) == ["apple phone", "fresh apples"]

@@ -330,6 +330,69 @@ def test_mmap_load_gives_the_same_results(make_index, ref, factory):
     np.testing.assert_allclose(_search(mapped, queries, 15, nprobe=8)[0], in_memory[0])
 
 
+_IN_PLACE_SCRIPT = """
+import json, os, sys
+import numpy as np
+from dpsr_tf.export import faiss_ops
+path, other, queries = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
+index = faiss_ops.FaissIndex(path, mmap=True)
+def search():
+    scores, labels = faiss_ops.search(index, queries, 15, nprobe=16)
+    return scores.numpy().tolist(), labels.numpy().tolist()
+before = search()
+answers = []
+size = os.path.getsize(path)
+with open(path, "r+b") as f:  # in place, as a careless redeploy: truncate, then cp over it
+    f.truncate(size // 2)
+    answers.append(search())
+    f.truncate(0)
+    answers.append(search())
+    f.write(open(other, "rb").read())
+answers.append(search())
+cache = os.environ["DPSR_ASSET_CACHE_DIR"]
+mapped = any(cache in line for line in open("/proc/self/maps"))
+del index  # the last holder: its snapshot file goes
+import gc; gc.collect()
+left = sorted(os.listdir(cache)) if os.path.isdir(cache) else None
+print(json.dumps({"before": before, "after": answers, "mapped": mapped, "left": left}))
+"""
+
+
+@pytest.mark.parametrize("cache", ["writable", "unusable"])
+def test_mmap_index_survives_in_place_changes_of_its_file(make_index, ref, tmp_path, cache):
+    """The op maps a snapshot, never the file: truncating it or writing another index over it
+    in place leaves the answers as they were. A fresh process (a fault there fails the test,
+    not the test run). Without a usable cache directory the index is read into memory."""
+    import json  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    items = ref.clustered_unit_vectors(1000, 16, seed=9)
+    queries = ref.clustered_unit_vectors(10, 16, seed=10)
+    path = str(tmp_path / "served.faiss")
+    with open(make_index("IVF16,Flat", items, nprobe=4), "rb") as f:
+        open(path, "wb").write(f.read())
+    other = make_index("IVF16,Flat", ref.clustered_unit_vectors(1000, 16, seed=11), nprobe=4)
+    np.save(tmp_path / "queries.npy", queries)
+    (tmp_path / "file").write_text("x")
+    cache_dir = tmp_path / ("cache" if cache == "writable" else "file/cache")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [sys.executable, "-c", _IN_PLACE_SCRIPT, path, other, str(tmp_path / "queries.npy")],
+        capture_output=True, text=True, timeout=300, cwd=root,
+        env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="1",
+                 DPSR_ASSET_CACHE_DIR=str(cache_dir)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want_scores, want_labels = ref.brute_force(items, queries, 15)
+    assert got["before"][1] == want_labels.tolist()  # nprobe = nlist: exact
+    np.testing.assert_allclose(got["before"][0], want_scores, rtol=1e-4)
+    assert got["after"] == [got["before"]] * 3
+    assert got["mapped"] == (cache == "writable")
+    assert got["left"] == ([] if cache == "writable" else None)
+    if cache == "unusable":
+        assert "is held in private memory" in proc.stderr
+
+
 # ---------------------------------------------------------------- concurrency
 
 def _hammer(run, cases, threads=8, rounds=15):

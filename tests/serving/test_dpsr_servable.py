@@ -145,6 +145,35 @@ def test_user_history_width_is_capped(servers):
     assert out["item_ids"].shape == (len(QUERIES), K)
 
 
+@pytest.mark.parametrize("signature, alias, value, sent, expected", [
+    ("serving_default", "k", [K], [1], "DT_INT32 []; send a scalar (a tensor with no dims)"),
+    ("serving_default", "k", [[K, K]], [1, 2],
+     "DT_INT32 []; send a scalar (a tensor with no dims)"),
+    ("serving_default", "query", [QUERIES], [1, 4], "DT_STRING [?]; send a tensor of rank 1"),
+    ("personalized", "user_history", ["item1"] * len(QUERIES), [4],
+     "DT_STRING [?,?]; send a tensor of rank 2"),
+    ("personalized", "user_history", [[["item1"]]] * len(QUERIES), [4, 1, 1],
+     "DT_STRING [?,?]; send a tensor of rank 2"),
+])
+def test_inputs_of_the_wrong_shape_are_named_with_both_shapes(servers, signature, alias, value,
+                                                              sent, expected):
+    """A non-scalar k, a wrong-rank query or user_history: INVALID_ARGUMENT naming the input
+    alias, the shape sent and the shape the signature declares (before: a graph node's
+    message), and the server answers the next request."""
+    stub = process.prediction_stub(servers["shards"][0].address)
+    inputs = {"query": QUERIES, "k": K}
+    if signature == "personalized":
+        inputs.update(user_gender=["f"] * len(QUERIES), user_history=[["item1"]] * len(QUERIES))
+    inputs[alias] = value
+    error = rpc_error(stub.Predict, _request("dpsr", signature, **inputs), timeout=60)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (f"input '{alias}' has shape {sent} but signature '{signature}' "
+                               f"expects {expected}"), error.details()
+    out = outputs(stub.Predict(_request("dpsr", "serving_default", query=QUERIES, k=K),
+                               timeout=60))
+    assert out["item_ids"].shape == (len(QUERIES), K)
+
+
 def test_hot_swap_under_load(exported, servers):
     """A new version exported into a serving shard's base path (as `dpsr export` does) takes
     over while two clients send requests; the old version's directory is then deleted. No

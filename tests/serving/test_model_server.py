@@ -170,11 +170,13 @@ def _bad_requests():
          grpc.StatusCode.INVALID_ARGUMENT, "DT_INT64"),
         ("k dtype", _mutate(good, k=_t(5.0, np.float32)),
          grpc.StatusCode.INVALID_ARGUMENT, "input 'k' has dtype DT_FLOAT"),
-        # Shapes are the graph's to judge, as in TF Serving (predict_util checks none).
+        # The inputs are placeholders: their declared shapes are checked before the run.
         ("query rank", _mutate(good, query=_t([[b"a"]], object)),
-         grpc.StatusCode.INVALID_ARGUMENT, "texts must be a vector [batch], got shape [1,1]"),
+         grpc.StatusCode.INVALID_ARGUMENT,
+         "input 'query' has shape [1, 1] but signature 'serving_default' expects DT_STRING [?]"),
         ("k rank", _mutate(good, k=_t([5], np.int32)),
-         grpc.StatusCode.INVALID_ARGUMENT, "should be a scalar: [1]"),
+         grpc.StatusCode.INVALID_ARGUMENT,
+         "input 'k' has shape [1] but signature 'serving_default' expects DT_INT32 []"),
         ("missing query", _mutate(good, query=None),
          grpc.StatusCode.INVALID_ARGUMENT, "Missing but required: {query}"),
         ("extra input", _mutate(good, embedding=_t([1.0], np.float32)),

@@ -1,5 +1,6 @@
 // Implementation of the FAISS searcher core (see faiss_index.h).
 #include "dpsr_tf/export/cc/faiss_index.h"
+#include "dpsr_tf/export/cc/asset_snapshot.h"
 #include "dpsr_tf/export/cc/ivf_sq8_scan.h"
 
 #include <cxxabi.h>
@@ -99,12 +100,13 @@ std::string Describe(const faiss::Index* index, bool own_sq8_scan) {
   return name;
 }
 
-// Reads the whole file as a FAISS index; every failure names the file.
-std::unique_ptr<faiss::Index> ReadIndexFile(const std::string& path, bool mmap,
-                                            int64_t file_size) {
+// Reads the whole file at `read_path` as a FAISS index; every failure names `path`, the file
+// it is a snapshot of.
+std::unique_ptr<faiss::Index> ReadIndexFile(const std::string& path, const std::string& read_path,
+                                            bool mmap, int64_t file_size) {
   const std::string where = "FAISS index file '" + path + "'";
   try {
-    faiss::FileIOReader reader(path.c_str());
+    faiss::FileIOReader reader(read_path.c_str());
     const int flags = mmap ? (faiss::IO_FLAG_MMAP | faiss::IO_FLAG_READ_ONLY) : 0;
     std::unique_ptr<faiss::Index> index(faiss::read_index(&reader, flags));
     if (index == nullptr) Fail(Code::kInvalidArgument, where + " holds no index");
@@ -176,6 +178,11 @@ std::map<CacheKey, std::shared_ptr<CacheSlot>>& Cache() {
 struct FaissIndex::Impl {
   std::string path;
   bool mmap = false;
+  // With mmap, FAISS maps this snapshot of the file (asset_snapshot.h), never the file at
+  // `path`, so changing that file in place cannot fault or change the loaded index. Declared
+  // before `index`, which maps its file, so that it outlives the mapping.
+  std::unique_ptr<assets::AssetSnapshot> snapshot;
+  std::string load_warning;
   std::string metric;
   std::string description;
   bool higher_is_better = true;
@@ -410,6 +417,11 @@ FaissIndex::~FaissIndex() = default;
 
 const std::string& FaissIndex::path() const { return impl_->path; }
 bool FaissIndex::mmap() const { return impl_->mmap; }
+const std::string& FaissIndex::snapshot_file() const {
+  static const std::string* none = new std::string;
+  return impl_->snapshot != nullptr ? impl_->snapshot->file() : *none;
+}
+const std::string& FaissIndex::load_warning() const { return impl_->load_warning; }
 int64_t FaissIndex::dimension() const { return impl_->index->d; }
 int64_t FaissIndex::size() const { return impl_->index->ntotal; }
 bool FaissIndex::higher_is_better() const { return impl_->higher_is_better; }
@@ -462,7 +474,26 @@ std::shared_ptr<const FaissIndex> FaissIndex::Load(const std::string& path,
   impl->path = path;
   impl->mmap = options.mmap;
   impl->own_sq8_scan = std::get<5>(key);
-  impl->index = ReadIndexFile(path, options.mmap, static_cast<int64_t>(st.st_size));
+  if (options.mmap) {
+    try {
+      impl->snapshot = assets::AssetSnapshot::Take(
+          path, "FAISS index file", assets::AssetSnapshot::Mode::kSharedFile,
+          /*map_file=*/false);
+    } catch (const assets::AssetSnapshotError& e) {
+      Fail(e.code() == assets::AssetSnapshotError::Code::kNotFound ? Code::kNotFound
+           : e.code() == assets::AssetSnapshotError::Code::kInternal ? Code::kInternal
+                                                                      : Code::kInvalidArgument,
+           e.what());
+    }
+    impl->load_warning = impl->snapshot->fallback_reason();
+  }
+  if (impl->snapshot != nullptr && !impl->snapshot->file().empty()) {
+    impl->index = ReadIndexFile(path, impl->snapshot->file(), /*mmap=*/true,
+                                static_cast<int64_t>(impl->snapshot->size()));
+  } else {  // read into memory: a private copy, whatever happens to the file later
+    impl->mmap = false;
+    impl->index = ReadIndexFile(path, path, /*mmap=*/false, static_cast<int64_t>(st.st_size));
+  }
   const faiss::Index& index = *impl->index;
   if (index.d <= 0 || index.ntotal < 0) {
     Fail(Code::kInvalidArgument, "FAISS index file '" + path + "' has dimension " +

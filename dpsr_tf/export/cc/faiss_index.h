@@ -35,7 +35,10 @@ class FaissIndexError : public std::runtime_error {
 struct LoadOptions {
   // Memory-map the inverted lists of IVF indexes read-only (FAISS IO_FLAG_MMAP) instead of
   // reading them into memory. Other index types (Flat, HNSW, IVF fast-scan blocks) are read
-  // into memory either way: FAISS 1.7.3 maps only array inverted lists.
+  // into memory either way: FAISS 1.7.3 maps only array inverted lists. What is mapped is a
+  // snapshot of the file in the shared asset cache (asset_snapshot.h), never the file itself;
+  // when the cache directory cannot be used the index is read into memory instead
+  // (mmap() is then false and load_warning() says why).
   bool mmap = false;
 };
 
@@ -59,7 +62,8 @@ class FaissIndex {
 
   // Loads the index file at `path`, or returns the copy this process already loaded from the
   // same file (same device, inode, size and modification time, same options): a model loaded
-  // twice, or by several sessions, shares one index in memory. Throws kNotFound when the file
+  // twice, or by several sessions, shares one index in memory. The loaded index never reads
+  // `path` again (see LoadOptions::mmap). Throws kNotFound when the file
   // does not exist and kInvalidArgument (naming the file) when it is not a readable FAISS
   // index: truncated, trailing bytes, garbage, a directory, an empty file.
   static std::shared_ptr<const FaissIndex> Load(const std::string& path,
@@ -70,7 +74,9 @@ class FaissIndex {
   FaissIndex& operator=(const FaissIndex&) = delete;
 
   const std::string& path() const;
-  bool mmap() const;
+  bool mmap() const;                         // true when a snapshot file is mapped
+  const std::string& snapshot_file() const;  // the snapshot mapped, or ""
+  const std::string& load_warning() const;   // why mmap fell back to memory, or ""
   int64_t dimension() const;
   int64_t size() const;             // number of indexed vectors (ntotal)
   bool higher_is_better() const;    // inner product: true; L2 and other distances: false

@@ -1,5 +1,6 @@
 // Implementation of the lexical (BM25) index core (see lexical_index.h).
 #include "dpsr_tf/export/cc/lexical_index.h"
+#include "dpsr_tf/export/cc/asset_snapshot.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -285,6 +286,9 @@ void WriteIndex(const std::string& path, const RaggedIds& docs, const CorpusStat
 
 struct LexicalIndex::Impl {
   std::string path;
+  // The bytes searched: a snapshot taken at load (asset_snapshot.h), never the file at `path`,
+  // so changing that file in place cannot fault or change a loaded index.
+  std::unique_ptr<assets::AssetSnapshot> snapshot;
   const uint8_t* base = nullptr;
   size_t bytes = 0;
   Header header;
@@ -296,10 +300,6 @@ struct LexicalIndex::Impl {
   int64_t num_postings = 0;
   // k1 * (1 - b + b * |d| / avgdl) of every document, computed once at load.
   std::vector<float> norm;
-
-  ~Impl() {
-    if (base != nullptr) munmap(const_cast<uint8_t*>(base), bytes);
-  }
 
   [[noreturn]] void Corrupt(const std::string& what) const {
     Fail(Code::kInvalidArgument, "lexical index " + path + " is not a valid DPSR lexical index: " +
@@ -425,39 +425,36 @@ Scratch& ThreadScratch() {
 }  // namespace
 
 std::shared_ptr<const LexicalIndex> LexicalIndex::Load(const std::string& path) {
-  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) {
     const int e = errno;
-    if (e == ENOENT) Fail(Code::kNotFound, "lexical index " + path + " does not exist");
+    if (e == ENOENT || e == ENOTDIR) {
+      Fail(Code::kNotFound, "lexical index " + path + " does not exist");
+    }
     Fail(Code::kInvalidArgument, "cannot open lexical index " + path + ": " + std::strerror(e));
   }
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    close(fd);
+  if (!S_ISREG(st.st_mode)) {
     Fail(Code::kInvalidArgument, "lexical index " + path + " is not a regular file");
   }
   const CacheKey key{st.st_dev, st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec};
   std::lock_guard<std::mutex> lock(CacheMutex());
   auto found = Cache().find(key);
   if (found != Cache().end()) {
-    if (auto alive = found->second.lock()) {
-      close(fd);
-      return alive;
-    }
+    if (auto alive = found->second.lock()) return alive;
   }
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  impl->bytes = static_cast<size_t>(st.st_size);
-  if (impl->bytes > 0) {
-    void* mapped = mmap(nullptr, impl->bytes, PROT_READ, MAP_SHARED, fd, 0);
-    if (mapped == MAP_FAILED) {
-      const int e = errno;
-      close(fd);
-      Fail(Code::kInvalidArgument, "cannot map lexical index " + path + ": " + std::strerror(e));
-    }
-    impl->base = static_cast<const uint8_t*>(mapped);
+  try {
+    impl->snapshot = assets::AssetSnapshot::Take(
+        path, "lexical index", assets::AssetSnapshot::Mode::kSharedFile, /*map_file=*/true);
+  } catch (const assets::AssetSnapshotError& e) {
+    Fail(e.code() == assets::AssetSnapshotError::Code::kNotFound ? Code::kNotFound
+         : e.code() == assets::AssetSnapshotError::Code::kInternal ? Code::kInternal
+                                                                    : Code::kInvalidArgument,
+         e.what());
   }
-  close(fd);
+  impl->base = impl->snapshot->data();
+  impl->bytes = impl->snapshot->size();
   impl->Validate();
   std::shared_ptr<const LexicalIndex> index(new LexicalIndex(std::move(impl)));
   Cache()[key] = index;
@@ -472,6 +469,10 @@ int64_t LexicalIndex::num_docs() const { return static_cast<int64_t>(impl_->head
 int64_t LexicalIndex::num_terms() const { return static_cast<int64_t>(impl_->header.num_terms); }
 int64_t LexicalIndex::num_postings() const { return impl_->num_postings; }
 int64_t LexicalIndex::file_bytes() const { return static_cast<int64_t>(impl_->bytes); }
+const std::string& LexicalIndex::snapshot_file() const { return impl_->snapshot->file(); }
+const std::string& LexicalIndex::load_warning() const {
+  return impl_->snapshot->fallback_reason();
+}
 int64_t LexicalIndex::corpus_docs() const {
   return static_cast<int64_t>(impl_->header.corpus_docs);
 }

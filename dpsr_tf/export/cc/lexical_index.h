@@ -1,6 +1,6 @@
 // The lexical (BM25) index core of DPSR-TF: an inverted index over the tokenizer's int64
-// feature ids, written once from a catalog shard, memory-mapped read-only and searched by many
-// threads.
+// feature ids, written once from a catalog shard, snapshotted and mapped read-only at load
+// (asset_snapshot.h) and searched by many threads.
 //
 // Standard C++ and POSIX only: no TensorFlow, pybind11 or FAISS headers. Every error is a
 // LexicalIndexError whose code() tells an adapter which status to report. Used by the TF ops
@@ -106,9 +106,11 @@ class LexicalIndex {
   // Largest number of feature ids one query may carry (bounds the work of a request).
   static constexpr int64_t kMaxQueryTerms = 4096;
 
-  // Memory-maps the file at `path` read-only and validates it, or returns the copy this
-  // process already loaded from the same file (same device, inode, size and modification
-  // time). Throws kNotFound when the file does not exist and kInvalidArgument naming the file
+  // Takes a snapshot of the file at `path` (asset_snapshot.h: a shared read-only copy in the
+  // asset cache directory, mapped; private memory when that directory cannot be used) and
+  // validates it, or returns the copy this process already loaded from the same file (same
+  // device, inode, size and modification time). The loaded index never reads `path` again, so
+  // changing that file in place cannot fault or change its answers. Throws kNotFound when the file does not exist and kInvalidArgument naming the file
   // when it is not a valid index (truncated, trailing bytes, bad magic or version, checksum
   // mismatch, corrupt postings, a directory, an empty file).
   static std::shared_ptr<const LexicalIndex> Load(const std::string& path);
@@ -122,6 +124,10 @@ class LexicalIndex {
   int64_t num_terms() const;
   int64_t num_postings() const;
   int64_t file_bytes() const;
+  // The snapshot file mapped, or "" when the index is held in private memory.
+  const std::string& snapshot_file() const;
+  // Why the snapshot is in private memory instead of the shared cache; "" when it is not.
+  const std::string& load_warning() const;
   int64_t corpus_docs() const;     // N of the idf (the whole catalog)
   double avg_doc_length() const;   // avgdl of the whole catalog
   Bm25Params params() const;

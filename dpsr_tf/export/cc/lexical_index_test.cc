@@ -1,6 +1,7 @@
 // Unit tests of the lexical index core against hand-worked BM25 values (exit status 0 = pass).
 #include "dpsr_tf/export/cc/lexical_index.h"
 
+#include <dirent.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -186,11 +187,65 @@ void TestDamagedFiles() {
   std::remove(path.c_str());
 }
 
+int CountSnapshots(const std::string& dir) {
+  int n = 0;
+  if (DIR* d = opendir(dir.c_str())) {
+    while (dirent* e = readdir(d)) n += e->d_name[0] != '.';
+    closedir(d);
+  }
+  return n;
+}
+
+// A loaded index searches its snapshot: truncating the file, or writing other bytes over it in
+// place, changes nothing; the snapshot file goes with the last holder. Without a usable cache
+// directory the snapshot is private memory, with a warning, and behaves the same.
+void TestInPlaceChangesAfterLoad() {
+  const RaggedIds docs = Ragged(kValues, kSplits);
+  const std::string path = TempPath("inplace.lex");
+  const std::string cache = TempPath("cache");
+  const std::string not_a_dir = TempPath("not_a_dir");
+  WriteAll(not_a_dir, "x");
+  for (const std::string& dir : {cache, not_a_dir + "/cache"}) {
+    setenv("DPSR_ASSET_CACHE_DIR", dir.c_str(), 1);
+    dpsr::lexical::WriteIndex(path, docs, CorpusStats::Compute(docs), Bm25Params());
+    const std::string bytes = ReadAll(path);
+    auto index = LexicalIndex::Load(path);
+    const bool shared = dir == cache;
+    CHECK(shared == !index->snapshot_file().empty());
+    CHECK(shared == index->load_warning().empty());
+    if (shared) CHECK(CountSnapshots(cache) == 1);
+    std::vector<int64_t> q = {2, 4};
+    SearchParams params;
+    params.k = 3;
+    std::vector<float> want_scores(3), scores(3);
+    std::vector<int64_t> want_labels(3), labels(3);
+    index->Search(Ragged(q, {0, 2}), params, want_scores.data(), want_labels.data());
+    CHECK(want_labels[0] == 2 && want_labels[1] == 0 && want_labels[2] == 1);
+    // In place (same inode): truncated, emptied, then other bytes of the same size.
+    for (const std::string& other : {bytes.substr(0, bytes.size() / 2), std::string(),
+                                     std::string(bytes.size(), '\xff')}) {
+      std::FILE* f = std::fopen(path.c_str(), "r+b");
+      CHECK(f != nullptr && ftruncate(fileno(f), 0) == 0);
+      CHECK(std::fwrite(other.data(), 1, other.size(), f) == other.size());
+      std::fclose(f);
+      index->Search(Ragged(q, {0, 2}), params, scores.data(), labels.data());
+      CHECK(labels == want_labels && scores == want_scores);
+    }
+    index = nullptr;  // the last holder: its snapshot file goes
+    CHECK(CountSnapshots(cache) == 0);
+    std::remove(path.c_str());
+  }
+  unsetenv("DPSR_ASSET_CACHE_DIR");
+  rmdir(cache.c_str());
+  std::remove(not_a_dir.c_str());
+}
+
 }  // namespace
 
 int main() {
   TestHandWorkedScores();
   TestDamagedFiles();
+  TestInPlaceChangesAfterLoad();
   if (dpsr_test::Failures()) {
     std::fprintf(stderr, "%d check(s) failed\n", dpsr_test::Failures());
     return 1;

@@ -7,6 +7,7 @@
 #include "dpsr_tf/export/cc/kernels/index_resource.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/logging.h"
 
 namespace dpsr {
 namespace {
@@ -59,6 +60,9 @@ class FaissIndexLoadOp : public OpKernel {
                                 search::LoadOptions options;
                                 options.mmap = mmap;
                                 *index = FaissIndex::Load(path, options);
+                                if (!(*index)->load_warning().empty()) {
+                                  LOG(WARNING) << (*index)->load_warning();
+                                }
                               } catch (const FaissIndexError& e) {
                                 return ToStatus(e);
                               }

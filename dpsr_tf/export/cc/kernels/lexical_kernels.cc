@@ -7,6 +7,7 @@
 #include "dpsr_tf/export/cc/lexical_index.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/logging.h"
 
 namespace dpsr {
 namespace {
@@ -50,6 +51,9 @@ class LexicalIndexLoadOp : public OpKernel {
                             ctx, path, [&path](std::shared_ptr<const LexicalIndex>* index) {
                               try {
                                 *index = LexicalIndex::Load(path);
+                                if (!(*index)->load_warning().empty()) {
+                                  LOG(WARNING) << (*index)->load_warning();
+                                }
                               } catch (const LexicalIndexError& e) {
                                 return ToStatus(e);
                               }
