@@ -3,12 +3,18 @@
 Each handler calls ServerCore and turns a ServingError into the same gRPC status code with a
 truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
 in a thread so the event loop keeps serving Predict.
+
+Errors are answered by setting the call's code and details and returning, not by
+`context.abort()`: abort raises an exception that the call's state keeps, whose traceback holds
+the handler's frame, which holds the call and the request, a reference cycle that keeps every
+refused request (a 30 MB one too) alive until a full garbage collection.
 """
 import asyncio
 import concurrent.futures
 import logging
 import signal
 import time
+from typing import Optional
 
 import grpc
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc,
@@ -16,6 +22,8 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
 
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.predict import declared_elements
+from dpsr_tf.serving.run_queue import FairRunQueue
+from dpsr_tf.serving.unsent_answers import UnsentAnswers
 
 _LOG = logging.getLogger("serving.grpc")
 # Requests up to this size are validated and converted on the event loop (tens of
@@ -45,7 +53,8 @@ def _safe_deserializer(deserialize):
 def _guarded(behavior, method: str):
     async def handle(request, context):
         if isinstance(request, _Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
+            return fail(context, ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
                 f"the {method} request is not a valid protobuf message ({request.error}); "
                 "send a serialized request of the tensorflow_serving API"))
         return await behavior(request, context)
@@ -98,6 +107,48 @@ def client_timeout(context):
 
 async def abort(context, error: ServingError):
     await context.abort(error.code, truncate(error.message))
+
+
+def fail(context, error: ServingError) -> None:
+    """Answers the call with `error`'s code and truncated message (return what this returns
+    from the handler). Unlike `abort` it raises nothing, so nothing keeps the handler's frame
+    (and the request) alive after the call."""
+    context.set_code(error.code)
+    context.set_details(truncate(error.message))
+
+
+def plain_error(error: BaseException) -> ServingError:
+    """A ServingError with `error`'s code and message, and no traceback holding frames."""
+    if isinstance(error, ServingError):
+        return ServingError(error.code, error.message)
+    if isinstance(error, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+        return ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
+    _LOG.error("internal error", exc_info=error)
+    return ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
+async def outcome(future: concurrent.futures.Future):
+    """Waits for `future` and returns (result, None) or (None, ServingError), without raising
+    its exception here (a raised exception's traceback would hold this frame, which holds the
+    future, which holds the exception: a reference cycle). Cancelling the wait cancels
+    `future`."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_):
+        loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+    future.add_done_callback(wake)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    if future.cancelled():
+        return None, ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
+    error = future.exception()
+    if error is not None:
+        return None, plain_error(error)
+    return future.result(), None
 
 
 class InFlight:
@@ -186,36 +237,64 @@ DRAINING = ServingError(grpc.StatusCode.UNAVAILABLE,
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService over a ServerCore."""
+    """tensorflow.serving.PredictionService over a ServerCore.
 
-    def __init__(self, core, in_flight: InFlight):
+    Args:
+      core: ServerCore.
+      in_flight: InFlight of the server.
+      unsent: UnsentAnswers (the budget of answers clients have not read), or None.
+    """
+
+    def __init__(self, core, in_flight: InFlight, unsent: Optional[UnsentAnswers] = None):
         self._core = core
         self._in_flight = in_flight
-        self._decode_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="decode")
+        self._unsent = unsent or UnsentAnswers(0, 0)
+        # Large requests are validated and converted here, clients in turn; one whose client
+        # gave up before its turn is dropped unread.
+        self._decode = FairRunQueue(2, core.options.max_queued_requests, thread_name="decode")
+
+    def _predict_now(self, request, context, client):
+        return self._core.predict(request, client_timeout(context), "GRPC", client)
 
     async def Predict(self, request, context):
         if not self._in_flight.track(context):
-            return await abort(context, DRAINING)
-        timeout = client_timeout(context)
+            return fail(context, DRAINING)
+        client = context.peer()
+        refusal = self._unsent.refusal(client)
+        if refusal is not None:
+            return fail(context, refusal)
         if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
                 and request.ByteSize() <= _INLINE_MAX_BYTES):
-            future = self._core.predict(request, timeout, "GRPC")
+            future = self._predict_now(request, context, client)
         else:  # validation and conversion of a large request: off the loop
-            future = await asyncio.get_running_loop().run_in_executor(
-                self._decode_pool, self._core.predict, request, timeout, "GRPC")
-        try:
-            return await asyncio.wrap_future(future)
-        except ServingError as e:
-            await abort(context, e)
+            timeout = client_timeout(context)
+            try:
+                decoding = self._decode.submit(
+                    client, self._predict_now, (request, context, client),
+                    None if timeout is None else time.monotonic() + timeout)
+            except ServingError as e:
+                return fail(context, plain_error(e))
+            future, error = await outcome(decoding)
+            if error is not None:
+                return fail(context, error)
+        # A client that cancels (or whose deadline passes) drops the run if it has not started.
+        context.add_done_callback(lambda _: future.cancel())
+        response, error = await outcome(future)
+        if error is None:
+            error = self._unsent.refusal(client)  # over budget since: drop it, do not hold it
+        if error is not None:
+            return fail(context, error)
+        self._unsent.hold(context, client, response.ByteSize())
+        return response
 
     async def _blocking(self, context, fn, *args):
         if not self._in_flight.track(context):
-            return await abort(context, DRAINING)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        except ServingError as e:
-            await abort(context, e)
+            return fail(context, DRAINING)
+        response, error = await outcome(
+            asyncio.get_running_loop().run_in_executor(None, fn, *args))
+        if error is not None:
+            return fail(context, error)
+        return response
 
     async def GetModelMetadata(self, request, context):
         return await self._blocking(context, self._core.get_model_metadata, request)
@@ -248,10 +327,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._on_reload = on_reload
 
     async def GetModelStatus(self, request, context):
+        error = None
         try:
             return self._core.get_model_status(request)
         except ServingError as e:
-            await abort(context, e)
+            error = plain_error(e)
+        return fail(context, error)
 
     async def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
@@ -267,8 +348,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 if self._on_reload is not None:
                     self._on_reload(request.config)
             except ServingError as e:
-                error = e
+                error = plain_error(e)
         if error is not None:
             _LOG.error("HandleReloadConfigRequest failed: %s", error)
-            await abort(context, error)
+            return fail(context, error)
         return response
