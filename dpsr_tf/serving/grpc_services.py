@@ -4,17 +4,21 @@ Each handler calls ServerCore and turns a ServingError into the same gRPC status
 truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
 in a thread so the event loop keeps serving Predict.
 
-Errors are answered by setting the call's code and details and returning, not by
-`context.abort()`: abort raises an exception that the call's state keeps, whose traceback holds
-the handler's frame, which holds the call and the request, a reference cycle that keeps every
-refused request (a 30 MB one too) alive until a full garbage collection.
+Errors are answered with `context.abort()`, which sends the status alone (setting a code and
+returning would also send an empty message, which a client that never opens its flow-control
+window never lets through, so the call, and what it holds, would never end). The exception
+abort raises stays in the call's state, and its traceback holds the handler's frames, which
+hold the call and the request: a reference cycle that keeps every refused request (a 30 MB one
+too) until a full garbage collection, rare in a server that froze its heap at start. So every
+handler's exception has its traceback dropped once the call is done (`_guarded`), and errors
+that cross threads or futures are re-created without one (`plain_error`).
 """
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import signal
 import time
-from typing import Optional
 
 import grpc
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc,
@@ -23,7 +27,6 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.predict import declared_elements
 from dpsr_tf.serving.run_queue import FairRunQueue
-from dpsr_tf.serving.unsent_answers import UnsentAnswers
 
 _LOG = logging.getLogger("serving.grpc")
 # Requests up to this size are validated and converted on the event loop (tens of
@@ -50,14 +53,22 @@ def _safe_deserializer(deserialize):
     return parse
 
 
+def _drop_traceback(error: BaseException, _context) -> None:
+    error.__traceback__ = None
+    error.__context__ = None
+
+
 def _guarded(behavior, method: str):
     async def handle(request, context):
-        if isinstance(request, _Malformed):
-            return fail(context, ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the {method} request is not a valid protobuf message ({request.error}); "
-                "send a serialized request of the tensorflow_serving API"))
-        return await behavior(request, context)
+        try:
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
+                    f"the {method} request is not a valid protobuf message ({request.error}); "
+                    "send a serialized request of the tensorflow_serving API"))
+            return await behavior(request, context)
+        except BaseException as e:  # AbortError, CancelledError: kept by the call's state
+            context.add_done_callback(functools.partial(_drop_traceback, e))
+            raise
     return handle
 
 
@@ -106,15 +117,8 @@ def client_timeout(context):
 
 
 async def abort(context, error: ServingError):
+    """Answers the call with `error`'s code and truncated message (raises grpc's AbortError)."""
     await context.abort(error.code, truncate(error.message))
-
-
-def fail(context, error: ServingError) -> None:
-    """Answers the call with `error`'s code and truncated message (return what this returns
-    from the handler). Unlike `abort` it raises nothing, so nothing keeps the handler's frame
-    (and the request) alive after the call."""
-    context.set_code(error.code)
-    context.set_details(truncate(error.message))
 
 
 def plain_error(error: BaseException) -> ServingError:
@@ -236,33 +240,47 @@ DRAINING = ServingError(grpc.StatusCode.UNAVAILABLE,
                         "the server is shutting down; send the call to another replica")
 
 
+class _Canceller:
+    """A call's done-callback that cancels `future` (the request's run) unless cleared."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future):
+        self.future = future
+
+    def __call__(self, _context) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a ServerCore.
 
     Args:
-      core: ServerCore.
+      core: ServerCore (its `unsent` budget counts the answers clients have not read).
       in_flight: InFlight of the server.
-      unsent: UnsentAnswers (the budget of answers clients have not read), or None.
     """
 
-    def __init__(self, core, in_flight: InFlight, unsent: Optional[UnsentAnswers] = None):
+    def __init__(self, core, in_flight: InFlight):
         self._core = core
         self._in_flight = in_flight
-        self._unsent = unsent or UnsentAnswers(0, 0)
+        self._unsent = core.unsent
         # Large requests are validated and converted here, clients in turn; one whose client
         # gave up before its turn is dropped unread.
-        self._decode = FairRunQueue(2, core.options.max_queued_requests, thread_name="decode")
+        self._decode = FairRunQueue(2, core.options.max_queued_requests,
+                                    core.options.max_queued_requests_per_client,
+                                    thread_name="decode")
 
     def _predict_now(self, request, context, client):
         return self._core.predict(request, client_timeout(context), "GRPC", client)
 
     async def Predict(self, request, context):
         if not self._in_flight.track(context):
-            return fail(context, DRAINING)
+            return await abort(context, DRAINING)
         client = context.peer()
         refusal = self._unsent.refusal(client)
         if refusal is not None:
-            return fail(context, refusal)
+            return await abort(context, refusal)
         if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
                 and request.ByteSize() <= _INLINE_MAX_BYTES):
             future = self._predict_now(request, context, client)
@@ -273,27 +291,31 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     client, self._predict_now, (request, context, client),
                     None if timeout is None else time.monotonic() + timeout)
             except ServingError as e:
-                return fail(context, plain_error(e))
+                return await abort(context, plain_error(e))
             future, error = await outcome(decoding)
+            decoding = None
             if error is not None:
-                return fail(context, error)
+                return await abort(context, error)
         # A client that cancels (or whose deadline passes) drops the run if it has not started.
-        context.add_done_callback(lambda _: future.cancel())
+        canceller = _Canceller(future)
+        context.add_done_callback(canceller)
         response, error = await outcome(future)
+        canceller.future = future = None  # a call held until its client reads keeps only this
         if error is None:
-            error = self._unsent.refusal(client)  # over budget since: drop it, do not hold it
+            error = self._unsent.refusal(client)  # over the total budget: drop, not hold
         if error is not None:
-            return fail(context, error)
+            response = None
+            return await abort(context, error)
         self._unsent.hold(context, client, response.ByteSize())
         return response
 
     async def _blocking(self, context, fn, *args):
         if not self._in_flight.track(context):
-            return fail(context, DRAINING)
+            return await abort(context, DRAINING)
         response, error = await outcome(
             asyncio.get_running_loop().run_in_executor(None, fn, *args))
         if error is not None:
-            return fail(context, error)
+            return await abort(context, error)
         return response
 
     async def GetModelMetadata(self, request, context):
@@ -332,7 +354,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             return self._core.get_model_status(request)
         except ServingError as e:
             error = plain_error(e)
-        return fail(context, error)
+        return await abort(context, error)
 
     async def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
@@ -351,5 +373,5 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 error = plain_error(e)
         if error is not None:
             _LOG.error("HandleReloadConfigRequest failed: %s", error)
-            return fail(context, error)
+            return await abort(context, error)
         return response

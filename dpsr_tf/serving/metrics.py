@@ -30,7 +30,7 @@ class ServerMetrics:
         client by about one run per thread (run_queue.py)
       dpsr_serving_requests_dropped_total{model_name, reason}: unbatched requests answered
         without running: deadline_exceeded, cancelled (the client gave up while it waited),
-        queue_full
+        queue_full (UNAVAILABLE), client_queue_full (RESOURCE_EXHAUSTED)
       dpsr_serving_queued_requests: unbatched requests waiting for a run thread
       dpsr_serving_unsent_response_bytes: bytes of answers computed and not yet sent (their
         client reads slowly or not at all)

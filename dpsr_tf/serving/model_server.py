@@ -21,13 +21,8 @@ from dpsr_tf.serving.grpc_services import (InFlight, ModelServicer, PredictionSe
                                             add_servicer, serve_until_signal)
 from dpsr_tf.serving.rest import RestGateway
 from dpsr_tf.serving.server_core import CoreOptions, ServerCore
-from dpsr_tf.serving.unsent_answers import UnsentAnswers
 
 _LOG = logging.getLogger("serving.model_server")
-# Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): gRPC
-# clients queue calls beyond it on their side, so one connection's burst waits there, not in
-# this server's memory.
-MAX_CONCURRENT_STREAMS = 128
 SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
@@ -54,9 +49,6 @@ class ServerOptions:
       core: CoreOptions.
       grpc_socket_path: also serve gRPC on this UNIX socket (--grpc_socket_path).
       grpc_channel_arguments: (key, value) gRPC server arguments (--grpc_channel_arguments).
-      max_unsent_response_bytes: answers computed and not yet read by their clients, all
-        clients together; beyond it new calls get RESOURCE_EXHAUSTED (0: no limit).
-      max_unsent_response_bytes_per_client: the same for one client (gRPC connection).
     """
 
     host: str = "127.0.0.1"
@@ -75,8 +67,6 @@ class ServerOptions:
     core: CoreOptions = CoreOptions()
     grpc_socket_path: str = ""
     grpc_channel_arguments: tuple = ()
-    max_unsent_response_bytes: int = 256 << 20
-    max_unsent_response_bytes_per_client: int = 64 << 20
 
 
 def _address(host: str, port: int) -> str:
@@ -90,8 +80,7 @@ def server_arguments(opts: ServerOptions) -> list:
     bind instead of silently sharing it; `grpc.so_reuseport=1` lets several processes share
     one port on purpose (docs/serving.md, "Several processes on one port")."""
     args = {"grpc.max_receive_message_length": opts.max_receive_message_bytes,
-            "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0,
-            "grpc.max_concurrent_streams": MAX_CONCURRENT_STREAMS}
+            "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
     args.update(opts.grpc_channel_arguments)
     return list(args.items())
 
@@ -200,10 +189,8 @@ class ModelServer:
                                              opts.model_config_file_poll_wait_seconds,
                                              self.core, text)
             on_reload = self._poller.note_applied
-        unsent = UnsentAnswers(opts.max_unsent_response_bytes_per_client,
-                               opts.max_unsent_response_bytes, self.core.metrics)
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-                     PredictionServicer(self.core, self._in_flight, unsent), self._grpc)
+                     PredictionServicer(self.core, self._in_flight), self._grpc)
         add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
                      ModelServicer(self.core, opts.allow_reload_config_request, on_reload),
                      self._grpc)

@@ -5,9 +5,14 @@ threads, so a client with thousands of queued requests delays another client's r
 about one run per thread, not by its whole backlog. A task whose deadline passed or whose
 future was cancelled while it waited (the client gave up: the gRPC handler cancels it from
 the call's done-callback) is dropped when it reaches the head of the queue, without running.
-The queue is bounded across all clients; beyond the bound `submit` raises UNAVAILABLE
-(retriable: another replica or a later retry), as the batch scheduler does when its queue is
-full.
+A gate, asked when a task reaches the head of its queue, can hold a client back or refuse
+its task: while a client holds more unsent answers than its budget (unsent_answers.py) its
+tasks wait and other clients' run, so it cannot make the server compute answers faster than
+it takes them; while all clients together are over budget, tasks are refused unstarted.
+
+The queue is bounded per client (beyond it: RESOURCE_EXHAUSTED, the client's own quota) and
+across all clients (beyond it: UNAVAILABLE, retriable on another replica, as the batch
+scheduler answers when its queue is full).
 """
 import collections
 import concurrent.futures
@@ -27,12 +32,17 @@ STARTED = "started"
 EXPIRED = "deadline_exceeded"
 CANCELLED = "cancelled"
 REFUSED = "queue_full"
+CLIENT_REFUSED = "client_queue_full"
+GATE_REFUSED = "unsent_answers"
+# What a gate returns to make a client's task wait.
+WAIT = "wait"
 
 
 class _Task:
-    __slots__ = ("fn", "args", "deadline", "label", "future", "started_before")
+    __slots__ = ("client", "fn", "args", "deadline", "label", "future", "started_before")
 
-    def __init__(self, fn, args, deadline, label, started_before):
+    def __init__(self, client, fn, args, deadline, label, started_before):
+        self.client = client
         self.fn = fn
         self.args = args
         self.deadline = deadline
@@ -47,16 +57,27 @@ class FairRunQueue:
     Args:
       num_threads: threads that run tasks.
       max_queued: most tasks waiting (not yet started), all clients together.
+      max_queued_per_client: most tasks of one client waiting.
       on_event: optional callback(event, label, runs_ahead) for metrics: event is STARTED
         (runs_ahead: how many tasks of any client started while this one waited), EXPIRED,
-        CANCELLED or REFUSED (runs_ahead None).
+        CANCELLED, REFUSED, CLIENT_REFUSED or GATE_REFUSED (runs_ahead None).
       thread_name: prefix of the threads' names.
+      gate: optional callable(client) -> None (run), WAIT (the client's tasks wait; they
+        are still dropped when cancelled or expired) or a ServingError (the task fails with
+        it, unstarted); called from the run threads. Call `wake()` when a WAIT may have
+        ended.
     """
 
-    def __init__(self, num_threads: int, max_queued: int,
-                 on_event: Optional[Callable] = None, thread_name: str = "run"):
+    # While every queued client is blocked, threads look again this often (`wake` is sooner).
+    BLOCKED_POLL_SECONDS = 0.1
+
+    def __init__(self, num_threads: int, max_queued: int, max_queued_per_client: int,
+                 on_event: Optional[Callable] = None, thread_name: str = "run",
+                 gate: Optional[Callable] = None):
         self._max_queued = max_queued
+        self._max_per_client = max_queued_per_client
         self._on_event = on_event or (lambda *_: None)
+        self._gate = gate or (lambda _client: None)
         self._queues = collections.OrderedDict()  # client -> deque of _Task
         self._queued = 0
         self._started = 0
@@ -88,6 +109,7 @@ class FairRunQueue:
           future fails with ServingError(DEADLINE_EXCEEDED) or is cancelled.
 
         Raises:
+          ServingError(RESOURCE_EXHAUSTED): the client has max_queued_per_client waiting.
           ServingError(UNAVAILABLE): the queue is full or the server is stopping.
         """
         with self._cond:
@@ -98,14 +120,25 @@ class FairRunQueue:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE,
                                    f"the run queue is full ({self._max_queued} requests waiting, "
                                    "--max_queued_requests); retry later or add replicas")
-            task = _Task(fn, args, deadline, label, self._started)
             queue = self._queues.get(client)
+            if queue is not None and len(queue) >= self._max_per_client:
+                self._on_event(CLIENT_REFUSED, label, None)
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"this client has {len(queue)} requests waiting for a run "
+                                   "thread (--max_queued_requests_per_client); wait for their "
+                                   "answers before sending more")
+            task = _Task(client, fn, args, deadline, label, self._started)
             if queue is None:
                 queue = self._queues[client] = collections.deque()
             queue.append(task)
             self._queued += 1
             self._cond.notify()
         return task.future
+
+    def wake(self) -> None:
+        """Tells the threads that a blocked client may be unblocked (any thread)."""
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Runs (or drops, when expired or cancelled) the queued tasks, then stops."""
@@ -115,13 +148,26 @@ class FairRunQueue:
         for t in self._threads:
             t.join(timeout=30)
 
+    def _eligible(self, client, task: _Task, now: float) -> bool:
+        return (self._closed or task.future.cancelled()
+                or (task.deadline is not None and now >= task.deadline)
+                or self._gate(client) is not WAIT)
+
     def _take(self) -> Optional[_Task]:
         with self._cond:
-            while not self._queued:
-                if self._closed:
-                    return None
-                self._cond.wait()
-            client, queue = next(iter(self._queues.items()))
+            while True:
+                if not self._queued:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                client = next((c for c, q in self._queues.items()
+                               if self._eligible(c, q[0], now)), None)
+                if client is not None:
+                    break
+                self._cond.wait(self.BLOCKED_POLL_SECONDS)  # every queued client is blocked
+            queue = self._queues[client]
             task = queue.popleft()
             if queue:  # this client goes to the back of the line
                 self._queues.move_to_end(client)
@@ -149,6 +195,11 @@ class FairRunQueue:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "the request's deadline passed while it waited for a run thread; it was not "
                 "run (the server is busy: send fewer concurrent requests or add replicas)"))
+            return
+        refusal = None if self._closed else self._gate(task.client)
+        if isinstance(refusal, ServingError):
+            self._on_event(GATE_REFUSED, task.label, None)
+            future.set_exception(refusal)
             return
         with self._cond:
             ahead = self._started - task.started_before

@@ -25,6 +25,7 @@ from dpsr_tf.serving.batching import BatchScheduler
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
 from dpsr_tf.serving.predict import RequestLimits, build_response, prepare_predict
 from dpsr_tf.serving.run_queue import STARTED, FairRunQueue
+from dpsr_tf.serving.unsent_answers import UnsentAnswers
 from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
 
 _LOG = logging.getLogger("serving.core")
@@ -45,6 +46,12 @@ class CoreOptions:
       num_run_threads: threads for requests that do not go through the batcher.
       max_queued_requests: most unbatched requests waiting for a run thread, all clients
         together (beyond it: UNAVAILABLE).
+      max_queued_requests_per_client: the same for one client (beyond it:
+        RESOURCE_EXHAUSTED).
+      max_unsent_response_bytes_per_client: a gRPC client holding this many bytes of answers
+        it has not read has its queued requests wait (0: no limit; unsent_answers.py).
+      max_unsent_response_bytes: while all clients hold this many, new calls and ready
+        answers are refused RESOURCE_EXHAUSTED (0: no limit).
       enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
         another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
         signatures say `predict`, classify and regress too).
@@ -59,6 +66,9 @@ class CoreOptions:
     request_timeout_seconds: float = 30.0
     num_run_threads: int = 8
     max_queued_requests: int = 1024
+    max_queued_requests_per_client: int = 256
+    max_unsent_response_bytes_per_client: int = 64 << 20
+    max_unsent_response_bytes: int = 256 << 20
     enable_signature_method_name_check: bool = False
 
 
@@ -69,8 +79,13 @@ class ServerCore:
         self.options = options
         self.metrics = metrics or ServerMetrics()
         self.manager = VersionManager(options.manager, self._load, self._on_version_change)
+        self.unsent = UnsentAnswers(options.max_unsent_response_bytes_per_client,
+                                    options.max_unsent_response_bytes, self.metrics)
         self._runs = FairRunQueue(options.num_run_threads, options.max_queued_requests,
-                                  on_event=self._on_run_event)
+                                  options.max_queued_requests_per_client,
+                                  on_event=self._on_run_event,
+                                  gate=self.unsent.gate)
+        self.unsent.on_release = self._runs.wake
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._scheduler = None
         if options.batching is not None:
