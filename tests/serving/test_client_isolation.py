@@ -371,8 +371,10 @@ def test_clients_that_never_read_get_no_more_answers_computed(server):
             reader.close()
     after = _delta(_settled(server, "dpsr"), before)
     assert after["queued"] == 0
-    # Hanging up cancels the waiting calls; a thread may take a task in between.
-    assert after["started"] <= runs["started"] + RUN_THREADS, (runs, after)
+    # Hanging up cancels the waiting calls: most are dropped unstarted (threads may take a
+    # few between the release of a reader's held answers and the cancellation of its queue).
+    assert after["started"] - runs["started"] < runs["queued"] / 2, (runs, after)
+    assert after["cancelled"] - runs["cancelled"] > runs["queued"] / 2, (runs, after)
 
 
 def test_streams_reset_right_after_they_open_leave_no_work_running(server):
