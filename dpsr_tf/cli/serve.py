@@ -212,6 +212,23 @@ _MAX_ELEMENTS = flags.DEFINE_integer(
     "product of its shape), checked before anything is converted.")
 _RUN_THREADS = flags.DEFINE_integer("num_run_threads", 8,
                                     "[dpsr] Threads for requests that are not batched.")
+_MAX_QUEUED = flags.DEFINE_integer(
+    "max_queued_requests", 1024, "[dpsr] Most unbatched requests waiting for a run thread, all "
+    "clients together; beyond it requests get UNAVAILABLE. Clients (gRPC connections) are "
+    "served in turn, and a request whose deadline passed or whose client cancelled while it "
+    "waited is dropped without running.")
+_MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
+    "max_queued_requests_per_client", 256, "[dpsr] Most unbatched requests of one client (gRPC "
+    "connection; REST counts as one client) waiting for a run thread; beyond it that client's "
+    "requests get RESOURCE_EXHAUSTED, so one client cannot fill the queue for everyone.")
+_MAX_UNSENT = flags.DEFINE_integer(
+    "max_unsent_response_bytes", 256 << 20, "[dpsr] Bytes of answers computed but not yet read "
+    "by their clients (HTTP/2 flow control), all clients together; while over it new calls get "
+    "RESOURCE_EXHAUSTED. 0: no limit.")
+_MAX_UNSENT_PER_CLIENT = flags.DEFINE_integer(
+    "max_unsent_response_bytes_per_client", 64 << 20, "[dpsr] Bytes of answers one client (gRPC "
+    "connection) has not read yet; while it holds more, its queued requests wait and other "
+    "clients' run, so a client that does not read gets no more answers computed. 0: no limit.")
 
 
 def _fail(message: str):
@@ -272,9 +289,13 @@ def options_from_flags():
         ssl = config_lib.read_ssl_options(_SSL_FILE.value)
     except ServingError as e:
         _fail(e.message)
-    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K, _MAX_ELEMENTS, _REST_MAX_BODY):
+    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K, _MAX_ELEMENTS, _REST_MAX_BODY, _MAX_QUEUED,
+                 _MAX_QUEUED_PER_CLIENT):
         if flag.value < 1:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 1")
+    for flag in (_MAX_UNSENT, _MAX_UNSENT_PER_CLIENT):
+        if flag.value < 0:
+            _fail(f"--{flag.name} is {flag.value}; it must be >= 0 (0: no limit)")
     session_config = None
     if _SESSION_CONFIG_FILE.value:
         from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
@@ -310,6 +331,10 @@ def options_from_flags():
         num_request_iterations_for_warmup=_WARMUP_ITERATIONS.value,
         request_timeout_seconds=_REQUEST_TIMEOUT.value / 1000.0,
         num_run_threads=run_threads,
+        max_queued_requests=_MAX_QUEUED.value,
+        max_queued_requests_per_client=_MAX_QUEUED_PER_CLIENT.value,
+        max_unsent_response_bytes=_MAX_UNSENT.value,
+        max_unsent_response_bytes_per_client=_MAX_UNSENT_PER_CLIENT.value,
         enable_signature_method_name_check=_METHOD_NAME_CHECK.value)
     options = ServerOptions(
         host=_HOST.value, port=_PORT.value, rest_api_port=_REST_API_PORT.value,

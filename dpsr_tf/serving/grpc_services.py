@@ -3,9 +3,19 @@
 Each handler calls ServerCore and turns a ServingError into the same gRPC status code with a
 truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
 in a thread so the event loop keeps serving Predict.
+
+Errors are answered with `context.abort()`, which sends the status alone (setting a code and
+returning would also send an empty message, which a client that never opens its flow-control
+window never lets through, so the call, and what it holds, would never end). The exception
+abort raises stays in the call's state, and its traceback holds the handler's frames, which
+hold the call and the request: a reference cycle that keeps every refused request (a 30 MB one
+too) until a full garbage collection, rare in a server that froze its heap at start. So every
+handler's exception has its traceback dropped once the call is done (`_guarded`), and errors
+that cross threads or futures are re-created without one (`plain_error`).
 """
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import signal
 import time
@@ -16,6 +26,7 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
 
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.predict import declared_elements
+from dpsr_tf.serving.run_queue import FairRunQueue
 
 _LOG = logging.getLogger("serving.grpc")
 # Requests up to this size are validated and converted on the event loop (tens of
@@ -42,13 +53,22 @@ def _safe_deserializer(deserialize):
     return parse
 
 
+def _drop_traceback(error: BaseException, _context) -> None:
+    error.__traceback__ = None
+    error.__context__ = None
+
+
 def _guarded(behavior, method: str):
     async def handle(request, context):
-        if isinstance(request, _Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
-                f"the {method} request is not a valid protobuf message ({request.error}); "
-                "send a serialized request of the tensorflow_serving API"))
-        return await behavior(request, context)
+        try:
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
+                    f"the {method} request is not a valid protobuf message ({request.error}); "
+                    "send a serialized request of the tensorflow_serving API"))
+            return await behavior(request, context)
+        except BaseException as e:  # AbortError, CancelledError: kept by the call's state
+            context.add_done_callback(functools.partial(_drop_traceback, e))
+            raise
     return handle
 
 
@@ -97,7 +117,42 @@ def client_timeout(context):
 
 
 async def abort(context, error: ServingError):
+    """Answers the call with `error`'s code and truncated message (raises grpc's AbortError)."""
     await context.abort(error.code, truncate(error.message))
+
+
+def plain_error(error: BaseException) -> ServingError:
+    """A ServingError with `error`'s code and message, and no traceback holding frames."""
+    if isinstance(error, ServingError):
+        return ServingError(error.code, error.message)
+    if isinstance(error, (asyncio.CancelledError, concurrent.futures.CancelledError)):
+        return ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
+    _LOG.error("internal error", exc_info=error)
+    return ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
+async def outcome(future: concurrent.futures.Future):
+    """Waits for `future` and returns (result, None) or (None, ServingError), without raising
+    its exception here (a raised exception's traceback would hold this frame, which holds the
+    future, which holds the exception: a reference cycle). Cancelling the wait cancels
+    `future`."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_):
+        loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+    future.add_done_callback(wake)
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        future.cancel()
+        raise
+    if future.cancelled():
+        return None, ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
+    error = future.exception()
+    if error is not None:
+        return None, plain_error(error)
+    return future.result(), None
 
 
 class InFlight:
@@ -185,37 +240,83 @@ DRAINING = ServingError(grpc.StatusCode.UNAVAILABLE,
                         "the server is shutting down; send the call to another replica")
 
 
+class _Canceller:
+    """A call's done-callback that cancels `future` (the request's run) unless cleared."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future):
+        self.future = future
+
+    def __call__(self, _context) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService over a ServerCore."""
+    """tensorflow.serving.PredictionService over a ServerCore.
+
+    Args:
+      core: ServerCore (its `unsent` budget counts the answers clients have not read).
+      in_flight: InFlight of the server.
+    """
 
     def __init__(self, core, in_flight: InFlight):
         self._core = core
         self._in_flight = in_flight
-        self._decode_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="decode")
+        self._unsent = core.unsent
+        # Large requests are validated and converted here, clients in turn; one whose client
+        # gave up before its turn is dropped unread.
+        self._decode = FairRunQueue(2, core.options.max_queued_requests,
+                                    core.options.max_queued_requests_per_client,
+                                    thread_name="decode")
+
+    def _predict_now(self, request, context, client):
+        return self._core.predict(request, client_timeout(context), "GRPC", client)
 
     async def Predict(self, request, context):
         if not self._in_flight.track(context):
             return await abort(context, DRAINING)
-        timeout = client_timeout(context)
+        client = context.peer()
+        refusal = self._unsent.refusal(client)
+        if refusal is not None:
+            return await abort(context, refusal)
         if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
                 and request.ByteSize() <= _INLINE_MAX_BYTES):
-            future = self._core.predict(request, timeout, "GRPC")
+            future = self._predict_now(request, context, client)
         else:  # validation and conversion of a large request: off the loop
-            future = await asyncio.get_running_loop().run_in_executor(
-                self._decode_pool, self._core.predict, request, timeout, "GRPC")
-        try:
-            return await asyncio.wrap_future(future)
-        except ServingError as e:
-            await abort(context, e)
+            timeout = client_timeout(context)
+            try:
+                decoding = self._decode.submit(
+                    client, self._predict_now, (request, context, client),
+                    None if timeout is None else time.monotonic() + timeout)
+            except ServingError as e:
+                return await abort(context, plain_error(e))
+            future, error = await outcome(decoding)
+            decoding = None
+            if error is not None:
+                return await abort(context, error)
+        # A client that cancels (or whose deadline passes) drops the run if it has not started.
+        canceller = _Canceller(future)
+        context.add_done_callback(canceller)
+        response, error = await outcome(future)
+        canceller.future = future = None  # a call held until its client reads keeps only this
+        if error is None:
+            error = self._unsent.refusal(client)  # over the total budget: drop, not hold
+        if error is not None:
+            response = None
+            return await abort(context, error)
+        self._unsent.hold(context, client, response.ByteSize())
+        return response
 
     async def _blocking(self, context, fn, *args):
         if not self._in_flight.track(context):
             return await abort(context, DRAINING)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        except ServingError as e:
-            await abort(context, e)
+        response, error = await outcome(
+            asyncio.get_running_loop().run_in_executor(None, fn, *args))
+        if error is not None:
+            return await abort(context, error)
+        return response
 
     async def GetModelMetadata(self, request, context):
         return await self._blocking(context, self._core.get_model_metadata, request)
@@ -248,10 +349,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._on_reload = on_reload
 
     async def GetModelStatus(self, request, context):
+        error = None
         try:
             return self._core.get_model_status(request)
         except ServingError as e:
-            await abort(context, e)
+            error = plain_error(e)
+        return await abort(context, error)
 
     async def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
@@ -267,8 +370,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 if self._on_reload is not None:
                     self._on_reload(request.config)
             except ServingError as e:
-                error = e
+                error = plain_error(e)
         if error is not None:
             _LOG.error("HandleReloadConfigRequest failed: %s", error)
-            await abort(context, error)
+            return await abort(context, error)
         return response

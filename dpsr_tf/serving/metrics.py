@@ -9,6 +9,7 @@ import prometheus_client as prom
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
                    0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+RUNS_AHEAD_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 UNKNOWN = "<unknown>"
 
 
@@ -22,6 +23,19 @@ class ServerMetrics:
       dpsr_serving_batch_size{model_name, model_version}: rows per session run
       dpsr_serving_model_load_count_total{model_name, status}
       dpsr_serving_model_version_available{model_name, model_version}: 1 while serving
+      dpsr_serving_unbatched_runs_started_total{model_name}: unbatched requests whose run
+        started
+      dpsr_serving_unbatched_runs_ahead{model_name}: per started unbatched request, the runs
+        (of any client) that started while it waited: a client's backlog delays another
+        client by about one run per thread (run_queue.py)
+      dpsr_serving_requests_dropped_total{model_name, reason}: unbatched requests answered
+        without running: deadline_exceeded, cancelled (the client gave up while it waited),
+        queue_full (UNAVAILABLE), client_queue_full (RESOURCE_EXHAUSTED)
+      dpsr_serving_queued_requests: unbatched requests waiting for a run thread
+      dpsr_serving_unsent_response_bytes: bytes of answers computed and not yet sent (their
+        client reads slowly or not at all)
+      dpsr_serving_calls_refused_total{reason}: calls answered RESOURCE_EXHAUSTED before
+        running because their client (or all clients) hold too many unsent answers
     """
 
     def __init__(self):
@@ -46,6 +60,26 @@ class ServerMetrics:
         self.available = prom.Gauge(
             "dpsr_serving_model_version_available", "1 while a version serves requests.",
             ["model_name", "model_version"], registry=self.registry)
+        self.runs_started = prom.Counter(
+            "dpsr_serving_unbatched_runs_started", "Unbatched requests whose run started.",
+            ["model_name"], registry=self.registry)
+        self.runs_ahead = prom.Histogram(
+            "dpsr_serving_unbatched_runs_ahead",
+            "Runs that started while an unbatched request waited in the queue.",
+            ["model_name"], buckets=RUNS_AHEAD_BUCKETS, registry=self.registry)
+        self.requests_dropped = prom.Counter(
+            "dpsr_serving_requests_dropped", "Unbatched requests answered without running.",
+            ["model_name", "reason"], registry=self.registry)
+        self.queued_requests = prom.Gauge(
+            "dpsr_serving_queued_requests", "Unbatched requests waiting for a run thread.",
+            registry=self.registry)
+        self.unsent_response_bytes = prom.Gauge(
+            "dpsr_serving_unsent_response_bytes", "Bytes of answers not yet sent.",
+            registry=self.registry)
+        self.calls_refused = prom.Counter(
+            "dpsr_serving_calls_refused",
+            "Calls refused because their client holds too many unsent answers.",
+            ["reason"], registry=self.registry)
 
     def exposition(self) -> bytes:
         return prom.generate_latest(self.registry)

