@@ -38,6 +38,7 @@ from dpsr_tf.serving.grpc_services import (DRAINING, InFlight, add_servicer, cli
                                             serve_until_signal)
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.model_server import _address, bind_grpc, freeze_heap, write_port_file
+from dpsr_tf.serving.peer_limits import PeerLimiter
 from dpsr_tf.serving.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
 from dpsr_tf.serving.shard_call import CLIENT_ERRORS, ShardCaller
 
@@ -47,6 +48,9 @@ PARTIAL_OUTPUT = "partial"
 # well under a millisecond inline; a 256x1000 one tens of milliseconds).
 _INLINE_MERGE_ENTRIES = 4096
 _MERGE_THREADS = 2
+# Generous for one client connection (a client at 1,000 QPS and 50 ms holds 50), small beside
+# the thousands one hostile channel can open.
+DEFAULT_MAX_CALLS_PER_PEER = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +70,8 @@ class ProxyOptions:
       backend_connections: TCP connections the proxy keeps to each model server address, used
         in turn. A server of several processes sharing one port (SO_REUSEPORT) gets each
         connection to one process, so give it several per process.
+      max_concurrent_calls_per_peer: calls one client connection may have in flight; more are
+        answered RESOURCE_EXHAUSTED (dpsr_tf/serving/peer_limits.py). 0: no limit.
     """
 
     host: str = "127.0.0.1"
@@ -79,6 +85,7 @@ class ProxyOptions:
     port_file: str = ""
     backend_tls: Optional["BackendTls"] = None
     backend_connections: int = 1
+    max_concurrent_calls_per_peer: int = DEFAULT_MAX_CALLS_PER_PEER
 
 
 def _not_found(model_spec) -> ServingError:
@@ -95,8 +102,9 @@ def _not_found(model_spec) -> ServingError:
 class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService that routes, fans out and merges."""
 
-    def __init__(self, router: Router, metrics: ProxyMetrics):
+    def __init__(self, router: Router, metrics: ProxyMetrics, max_calls_per_peer: int = 0):
         self.metrics = metrics
+        self.peers = PeerLimiter(max_calls_per_peer)
         self._caller = ShardCaller(router.settings, metrics)
         self.router = router
         self.in_flight = InFlight()
@@ -142,6 +150,13 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = DRAINING.code
             self.metrics.request_count.labels(label, api, code.name).inc()
             await context.abort(code, DRAINING.message)
+        peer = context.peer()
+        try:
+            self.peers.acquire(peer)
+        except ServingError as e:
+            coro.close()  # never started: this client has too many calls in flight
+            self.metrics.request_count.labels(label, api, e.code.name).inc()
+            await context.abort(e.code, e.message)
         try:
             return await coro
         except ServingError as e:
@@ -151,6 +166,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            self.peers.release(peer)
             self.metrics.request_count.labels(label, api, code.name).inc()
             self.metrics.request_latency.labels(label, api).observe(time.monotonic() - start)
 
@@ -389,7 +405,8 @@ class ProxyServer:
         self.options = options
         self.metrics = ProxyMetrics()
         self._pool: Dict[str, Replica] = {}
-        self.servicer = ProxyServicer(self._router(settings), self.metrics)
+        self.servicer = ProxyServicer(self._router(settings), self.metrics,
+                                      options.max_concurrent_calls_per_peer)
         self._server = None
         self._health = None
         self._http = None

@@ -4,11 +4,12 @@ could need, and large merges that run off the proxy's event loop while small cal
 import asyncio
 import concurrent.futures
 import threading
+import time
 
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from dpsr_tf.serving import merge, proxy, proxy_config, tensors
 from tests.support.serving_testing import outputs, predict_request, rpc_error
@@ -50,22 +51,25 @@ class FakeBackend:
 class InProcessProxy:
     """A ProxyServer on its own event loop thread."""
 
-    def __init__(self, config_text: str):
+    def __init__(self, config_text: str, **options):
         settings = proxy_config.parse_proxy_settings(config_text)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
         async def start():  # grpc.aio channels belong to the loop they are made on
-            server = proxy.ProxyServer(proxy.ProxyOptions(port=0), settings)
+            server = proxy.ProxyServer(proxy.ProxyOptions(port=0, **options), settings)
             await server.start()
             return server
 
         self.server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(60)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}",
-                                             options=[("grpc.max_receive_message_length", -1)])
-        from tensorflow_serving.apis import prediction_service_pb2_grpc  # noqa
+        self.channel = self.new_channel()
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def new_channel(self) -> grpc.Channel:
+        """A channel on its own TCP connection (a distinct peer for the proxy)."""
+        return grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}", options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)])
 
     def close(self):
         self.channel.close()
@@ -240,3 +244,47 @@ def test_small_calls_complete_while_a_large_merge_runs(monkeypatch):
         server.close()
         for b in heavy + [small]:
             b.stop()
+
+
+# ----------------------------------------------------------------------------- per-client cap
+
+def test_one_client_beyond_its_cap_is_refused_while_another_is_served():
+    release = threading.Event()
+    parts = _shard_answer(0, 1, 3, seed=2)
+
+    def held(request):
+        release.wait(60)
+        return _answer(*parts)
+
+    backend = FakeBackend(held)
+    server = InProcessProxy(proxy_config.proxy_config_text(
+        {"dpsr": ((backend.address,),)}, deadline_ms=60000), max_concurrent_calls_per_peer=2)
+    greedy = prediction_service_pb2_grpc.PredictionServiceStub(server.new_channel())
+    polite = prediction_service_pb2_grpc.PredictionServiceStub(server.new_channel())
+    try:
+        request = predict_request("dpsr", ["x"], k=3)
+        calls = [greedy.Predict.future(request, timeout=60) for _ in range(6)]
+        for _ in range(600):  # until 2 calls are held by the backend and 4 were refused
+            refused = [c for c in calls if c.done()]
+            if backend.calls == 2 and len(refused) == 4:
+                break
+            time.sleep(0.1)
+        assert backend.calls == 2
+        assert sorted(c.code().name for c in calls if c.done()) == ["RESOURCE_EXHAUSTED"] * 4
+        assert "max_concurrent_calls_per_peer" in [c for c in calls if c.done()][0].details()
+        other = polite.Predict.future(request, timeout=60)  # another client is not refused
+        for _ in range(600):
+            if backend.calls == 3:
+                break
+            time.sleep(0.1)
+        assert backend.calls == 3 and not other.done()
+        release.set()
+        np.testing.assert_array_equal(outputs(other.result())["item_ids"], parts[0])
+        assert sum(c.code() == grpc.StatusCode.OK for c in calls) == 2
+        # The greedy client's slots are free again once its calls have ended.
+        np.testing.assert_array_equal(outputs(greedy.Predict(request, timeout=60))["item_ids"],
+                                      parts[0])
+    finally:
+        release.set()
+        server.close()
+        backend.stop()
