@@ -17,6 +17,7 @@ values than its outputs declare. A larger answer is a broken or foreign shard; i
 """
 from typing import Dict, List, Optional, Sequence
 
+from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
 import grpc
@@ -135,10 +136,43 @@ def _refuse_hybrid(first: Dict[str, np.ndarray], pooled: Dict[str, np.ndarray],
     pooled[score_output] = refuse_np(pooled["dense_scores"], pooled["lexical_scores"], cfg)
 
 
+# Strings are converted this many at a time: each chunk is one C call that holds the GIL, so
+# chunks keep a merge thread from holding it longer than about a millisecond at once.
+_STRING_CHUNK = 8192
+
+
+def _decode(proto, name: str) -> np.ndarray:
+    """tensors.to_ndarray, in chunks for large string tensors."""
+    if proto.dtype != types_pb2.DT_STRING or len(proto.string_val) <= _STRING_CHUNK:
+        return tensors.to_ndarray(proto, name)
+    shape = tensors.declared_shape(proto, name)
+    count = tensors.check_num_elements(shape, tensors.MAX_ELEMENTS, name)
+    values = proto.string_val
+    if len(values) != count:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{name}: shape {list(shape)} needs {count} strings, got {len(values)}")
+    out = np.empty(count, dtype=object)
+    for start in range(0, count, _STRING_CHUNK):
+        out[start:start + _STRING_CHUNK] = values[start:start + _STRING_CHUNK]
+    return out.reshape(shape)
+
+
+def _encode(array: np.ndarray, out) -> None:
+    """tensors.from_ndarray into `out`, in chunks for large string arrays."""
+    if array.dtype != object or array.size <= _STRING_CHUNK:
+        tensors.from_ndarray(array, out)
+        return
+    out.dtype = types_pb2.DT_STRING
+    out.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d)
+                                for d in array.shape)
+    flat = array.ravel()
+    for start in range(0, flat.size, _STRING_CHUNK):
+        out.string_val.extend(flat[start:start + _STRING_CHUNK].tolist())
+
+
 def response_outputs(response) -> Dict[str, np.ndarray]:
     """alias -> np.ndarray of a PredictResponse."""
-    return {alias: tensors.to_ndarray(t, f"output '{alias}'")
-            for alias, t in response.outputs.items()}
+    return {alias: _decode(t, f"output '{alias}'") for alias, t in response.outputs.items()}
 
 
 _VALUE_FIELDS = ("string_val", "float_val", "double_val", "int_val", "int64_val", "bool_val",
@@ -221,5 +255,5 @@ def merge_responses(answers: Sequence["predict_pb2.PredictResponse"], k: Optiona
     response = predict_pb2.PredictResponse()
     for alias, value in merged.items():
         if not wanted or alias in wanted:
-            tensors.from_ndarray(value, response.outputs[alias])
+            _encode(value, response.outputs[alias])
     return response
