@@ -10,10 +10,8 @@ Hybrid servables (dpsr_tf/export/servable_graph.py) also answer dense_scores, le
 fusion_rule: their entries are re-fused over the pool (dpsr_tf/export/fusion.py refuse_np), so the
 merged list ranks by the global dense and lexical lists, not by each shard's own ranks.
 
-Before anything is decoded, a shard answer is checked against what the request could need
-(check_answer_size): at most the request's rows, at most its k entries per row, and no more
-values than its outputs declare. A larger answer is a broken or foreign shard; it is refused
-(INTERNAL) rather than merged, so one answer of a million rows cannot stall the proxy.
+Shard answers reach the merge only after dpsr_tf/serving/shard_answers.py found them no larger
+than the request could need.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -173,68 +171,6 @@ def _encode(array: np.ndarray, out) -> None:
 def response_outputs(response) -> Dict[str, np.ndarray]:
     """alias -> np.ndarray of a PredictResponse."""
     return {alias: _decode(t, f"output '{alias}'") for alias, t in response.outputs.items()}
-
-
-_VALUE_FIELDS = ("string_val", "float_val", "double_val", "int_val", "int64_val", "bool_val",
-                 "half_val", "uint32_val", "uint64_val")
-
-
-def _values_sent(proto) -> int:
-    """How many values a TensorProto carries (len() of its fields: nothing is decoded)."""
-    sent = max(len(getattr(proto, field)) for field in _VALUE_FIELDS)
-    if proto.tensor_content:
-        itemsize = np.dtype(tensors.numpy_dtype(proto.dtype)).itemsize
-        sent = max(sent, len(proto.tensor_content) // max(1, itemsize))
-    return sent
-
-
-def request_rows(request) -> Optional[int]:
-    """The most rows (dim 0) any input of a PredictRequest declares; None when no input has
-    a dimension."""
-    rows = [t.tensor_shape.dim[0].size for t in request.inputs.values() if t.tensor_shape.dim]
-    return max(rows) if rows else None
-
-
-def check_answer_size(response, rows: Optional[int], k: Optional[int], where: str,
-                      id_output: str = "item_ids", score_output: str = "scores") -> int:
-    """Refuses a shard answer larger than its request could need, before decoding it.
-
-    Args:
-      response: the shard's PredictResponse.
-      rows: the request's rows (request_rows), or None when unknown.
-      k: the request's k, or None when it set none.
-      where: names the shard in messages ("shard 1 of dpsr (10.0.0.3:8500)").
-      id_output, score_output: the merge aliases, whose dim 1 may not exceed k.
-
-    Returns:
-      The number of entries the merge will pool from this answer (rows * K_s).
-
-    Raises:
-      ServingError(INTERNAL): an output declares more rows than the request, more than k
-        entries per row, or carries more values than it declares.
-    """
-    work = 0
-    for alias, proto in response.outputs.items():
-        shape = [d.size for d in proto.tensor_shape.dim]
-        declared = int(np.prod(shape)) if shape else 1
-        problem = None
-        if any(d < 0 for d in shape):
-            problem = "a negative dimension"
-        elif shape and rows is not None and shape[0] > rows:
-            problem = f"{shape[0]} rows for a request of {rows}"
-        elif alias in (id_output, score_output) and len(shape) >= 2 and k is not None and \
-                shape[1] > k:
-            problem = f"{shape[1]} entries per row for a request with k={k}"
-        elif _values_sent(proto) > max(declared, 1):
-            problem = f"{_values_sent(proto):,} values where its shape declares {declared:,}"
-        if problem:
-            raise ServingError(grpc.StatusCode.INTERNAL,
-                               f"{where} answered output '{alias}' of shape {shape}: {problem}; "
-                               "refused, not merged (a shard answers at most the request's "
-                               "rows and k: check that it serves the same model)")
-        if alias == id_output:
-            work = declared
-    return work
 
 
 def merge_responses(answers: Sequence["predict_pb2.PredictResponse"], k: Optional[int],

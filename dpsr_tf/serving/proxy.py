@@ -18,6 +18,7 @@ NOT_FOUND, ...) are returned as they are.
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import http.server
 import logging
 import threading
@@ -32,7 +33,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import merge, proxy_config, tensors
+from dpsr_tf.serving import merge, proxy_config, shard_answers, tensors
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.grpc_services import (DRAINING, InFlight, add_servicer, client_timeout,
                                             serve_until_signal)
@@ -201,13 +202,14 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if alias not in wanted:
                     backend.output_filter.append(alias)
         shard_deadline = start + shard_budget
+        k = shard_answers.request_k(request, spec.k_input)
+        rows = shard_answers.request_rows(request)
         results = await asyncio.gather(
-            *(self._call_shard(route, s, "Predict", backend, shard_deadline)
-              for s in range(len(route.shards))), return_exceptions=True)
-        k = None
-        if spec.k_input in request.inputs:
-            k = int(tensors.to_ndarray(request.inputs[spec.k_input], spec.k_input).ravel()[0])
-        rows = merge.request_rows(request)
+            *(self._caller.call(route, s, "Predict", backend, shard_deadline, functools.partial(
+                shard_answers.parse_shard_answer, rows=rows, k=k,
+                where=f"shard {s} of {spec.name}", id_output=spec.id_output,
+                score_output=spec.score_output)) for s in range(len(route.shards))),
+            return_exceptions=True)
         answers, failed, work = [], [], 0
         for s, result in enumerate(results):
             if isinstance(result, ServingError):
@@ -218,8 +220,9 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 failed.append((s, ServingError(grpc.StatusCode.INTERNAL, repr(result))))
             else:
                 try:
-                    work += merge.check_answer_size(result, rows, k, f"shard {s} of {spec.name}",
-                                                    spec.id_output, spec.score_output)
+                    work += shard_answers.check_answer_size(
+                        result, rows, k, f"shard {s} of {spec.name}", spec.id_output,
+                        spec.score_output)
                 except ServingError as e:
                     failed.append((s, e))
                     continue

@@ -85,6 +85,7 @@ class Replica:
             for _ in range(max(1, connections))]
         self._stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c)
                        for c in self.channels]
+        self._raw: Dict[str, list] = {}  # method -> per channel, a call returning bytes
         self._calls = 0
         self._listener = listener
         self.outstanding = 0
@@ -102,6 +103,17 @@ class Replica:
         """The stub of the next connection (round robin)."""
         self._calls += 1
         return self._stubs[self._calls % len(self._stubs)]
+
+    def raw(self, method: str):
+        """A PredictionService `method` callable of the next connection whose answer is the
+        serialized message (bytes), for the caller to check before parsing."""
+        if method not in self._raw:
+            self._raw[method] = [channel.unary_unary(
+                f"/tensorflow.serving.PredictionService/{method}",
+                request_serializer=lambda m: m.SerializeToString(), response_deserializer=None)
+                for channel in self.channels]
+        self._calls += 1
+        return self._raw[method][self._calls % len(self.channels)]
 
     async def close(self) -> None:
         for channel in self.channels:

@@ -21,7 +21,7 @@ The rule (knobs in the ProxyConfig; dpsr_tf/serving/proxy_config.py HedgePolicy)
 import asyncio
 import dataclasses
 import time
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import grpc
 
@@ -67,11 +67,14 @@ class _Attempt:
     hedged_past: bool = False
 
 
-async def _send(replica: Replica, method: str, request, timeout: float):
+async def _send(replica: Replica, method: str, request, timeout: float, parse):
     try:
-        return await getattr(replica.stub, method)(request, timeout=timeout)
+        if parse is None:
+            return await getattr(replica.stub, method)(request, timeout=timeout)
+        data = await replica.raw(method)(request, timeout=timeout)
     finally:
         replica.outstanding -= 1
+    return parse(data)
 
 
 class ShardCaller:
@@ -81,8 +84,12 @@ class ShardCaller:
         self.settings = settings
         self.metrics = metrics
 
-    async def call(self, route: Route, shard: int, method: str, request, deadline: float):
+    async def call(self, route: Route, shard: int, method: str, request, deadline: float,
+                   parse: Optional[Callable[[bytes], object]] = None):
         """The first good answer of a replica of `shard` before `deadline` (time.monotonic()).
+
+        `parse`, when given, makes the answer from the serialized message (and may refuse it
+        with a ServingError, which fails that attempt); else the stub parses it.
 
         Raises:
           ServingError: the client error of a replica, or the last failure when no replica
@@ -99,7 +106,7 @@ class ShardCaller:
             now = time.monotonic()
             tried.add(replica)
             replica.begin_call()
-            task = asyncio.ensure_future(_send(replica, method, request, deadline - now))
+            task = asyncio.ensure_future(_send(replica, method, request, deadline - now, parse))
             delay = (hedge.delay(deadline - now, route.latency[shard].quantile(
                 proxy_config.HEDGE_LATENCY_QUANTILE)) if hedge.enabled else deadline - now)
             running[task] = _Attempt(replica, now, now + delay)
@@ -173,6 +180,11 @@ class ShardCaller:
                 request) -> ServingError:
         """Records a failed attempt on its replica; the error to report for it."""
         name = route.spec.name
+        if isinstance(error, ServingError):  # the answer came and was refused
+            replica.release_trial()
+            self.metrics.backend_count.labels(name, str(shard), replica.address,
+                                              "REFUSED").inc()
+            return error
         if not isinstance(error, grpc.aio.AioRpcError):
             replica.release_trial()
             return ServingError(grpc.StatusCode.INTERNAL,
