@@ -4,8 +4,11 @@ For each model (dpsr_tf/serving/proxy_config.py) it knows the shards and, per sh
 hold it. A Predict call is sent to one replica of every shard at once, hedged to another replica
 of a shard that is slow to answer and failed over from one that fails
 (dpsr_tf/serving/shard_call.py); replicas that keep failing or timing out leave the rotation for a
-while (outlier ejection, dpsr_tf/serving/routing.py). The shard answers are merged into one
-global top-K (dpsr_tf/serving/merge.py).
+while (outlier ejection, dpsr_tf/serving/routing.py). Each shard answer is checked against the
+request before it is parsed (dpsr_tf/serving/shard_answers.py); the answers are merged into one
+global top-K (dpsr_tf/serving/merge.py), in a worker thread when the merge is large, so that
+the event loop keeps serving other calls. One client connection may have at most
+max_concurrent_calls_per_peer calls in flight (dpsr_tf/serving/peer_limits.py).
 
 Deadlines: each request gets min(client deadline, model deadline_ms); shards must answer by
 the shard deadline (shard_deadline_ms, at most 80% of the request's budget), so a shard that is
