@@ -1,13 +1,18 @@
 """Latency of small calls through `dpsr proxy` while another client loads it (issue 24).
 
     PYTHONPATH=. python bench/proxy_isolation_bench.py --seconds=5
+    PYTHONPATH=. python bench/proxy_isolation_bench.py --classes=baseline,heavy
+    PYTHONPATH=. python bench/proxy_isolation_bench.py --classes=baseline_slow,greedy \
+        --proxy_flags=--max_concurrent_calls_per_peer=0
 
 Scripted backends (a process of their own) answer as fixed: two shards of 256 x 1000 entries
 each ("heavy", a 256-row k=1000 merge), one shard of 1M rows beside a normal one ("oversized",
 a broken shard), a one-row answer ("small") and a 20 ms answer ("slow"). A real `dpsr proxy`
 routes them. A load process sends, per class: nothing (baseline), heavy merges back to back,
 oversized answers back to back, or 2,000 concurrent "slow" calls on one channel (a greedy
-client). Meanwhile this process sends small calls at --rate per second on its own channel and
+client: each of its 2,000 callers sends again as soon as it has an answer, and 0.5 s after an
+error). Meanwhile this process sends calls at --rate per second on its own channel, to "small"
+(to "slow" for the greedy class and baseline_slow: the backend the greedy client crowds), and
 prints their p50/p99/max and errors. Compare rows of one run (the machine may be shared).
 """
 import argparse
@@ -78,7 +83,7 @@ def _load(address, kind, stop):
                         try:
                             await call(data, timeout=10)
                         except grpc.RpcError:
-                            await asyncio.sleep(0.05)  # backs off on errors
+                            await asyncio.sleep(0.5)  # backs off on errors
                 await asyncio.gather(*(one() for _ in range(2000)))
         asyncio.run(greedy())
         return
@@ -95,8 +100,8 @@ def _load(address, kind, stop):
             pass
 
 
-def _measure(stub, seconds, rate):
-    request = predict_request("small", ["x"], k=10)
+def _measure(stub, seconds, rate, model):
+    request = predict_request(model, ["x"], k=10)
     latencies, errors = [], 0
     end = time.perf_counter() + seconds
     next_at = time.perf_counter()
@@ -130,6 +135,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--proxy_flags", default="")
+    parser.add_argument("--classes",
+                        default="baseline,heavy,oversized,baseline_slow,greedy")
     args = parser.parse_args()
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -154,14 +161,15 @@ def main():
     stub.Predict(predict_request("small", ["warm"], k=10), timeout=30)
     print(f"{'class':<12}{'n':>6}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}")
     try:
-        for kind in ("baseline", "heavy", "oversized", "greedy"):
+        for kind in args.classes.split(","):
             stop = ctx.Event()
             load = None
-            if kind != "baseline":
+            if not kind.startswith("baseline"):
                 load = ctx.Process(target=_load, args=(proxy.address, kind, stop), daemon=True)
                 load.start()
                 time.sleep(2.0)  # let the load build up
-            n, p50, p99, worst, errors = _measure(stub, args.seconds, args.rate)
+            model = "slow" if kind in ("greedy", "baseline_slow") else "small"
+            n, p50, p99, worst, errors = _measure(stub, args.seconds, args.rate, model)
             stop.set()
             if load is not None:
                 load.join(30)
