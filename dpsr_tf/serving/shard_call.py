@@ -135,13 +135,16 @@ class ShardCaller:
                 if not done:
                     now = time.monotonic()
                     if now >= deadline:
-                        for attempt in running.values():
+                        silent = ", ".join(a.replica.address for a in running.values())
+                        for task, attempt in running.items():
+                            task.cancel()
                             attempt.replica.record_failure(outlier)
                             count(attempt.replica, "DEADLINE_EXCEEDED")
+                        running.clear()
                         raise last_error or ServingError(
                             grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"shard {shard} of {name} did not answer within the deadline "
-                            f"({', '.join(a.replica.address for a in running.values())})")
+                            f"({silent})")
                     replica = route.pick(shard, tried, in_rotation_only=True)
                     if replica is None:
                         newest.hedge_at = deadline  # nobody left to hedge to
