@@ -45,6 +45,11 @@ _BACKEND_CONNECTIONS = flags.DEFINE_integer(
     "Model servers of several processes on one port (SO_REUSEPORT) spread connections, not "
     "calls: give about 4 per process (docs/serving.md, \"Several processes on one port\").")
 
+_MAX_CALLS_PER_PEER = flags.DEFINE_integer(
+    "max_concurrent_calls_per_peer", 256, "Calls one client connection may have in flight "
+    "through the proxy; more are answered RESOURCE_EXHAUSTED at once, so that one client cannot "
+    "crowd out the others (0: no limit).")
+
 
 def _fail(message: str):
     print(f"dpsr proxy: {message}", file=sys.stderr)
@@ -98,12 +103,16 @@ def main(argv):
     backend_tls = _backend_tls(proxy)
     if _BACKEND_CONNECTIONS.value < 1:
         _fail(f"--backend_connections is {_BACKEND_CONNECTIONS.value}; it must be >= 1")
+    if _MAX_CALLS_PER_PEER.value < 0:
+        _fail(f"--max_concurrent_calls_per_peer is {_MAX_CALLS_PER_PEER.value}; it must be >= 0 "
+              "(0: no limit)")
     options = proxy.ProxyOptions(host=_HOST.value, port=_PORT.value,
                                  proxy_config_file=_CONFIG.value,
                                  config_file_poll_wait_seconds=_POLL.value,
                                  rest_api_port=_REST_API_PORT.value, monitoring=monitoring,
                                  ssl=ssl, port_file=_PORT_FILE.value, backend_tls=backend_tls,
-                                 backend_connections=_BACKEND_CONNECTIONS.value)
+                                 backend_connections=_BACKEND_CONNECTIONS.value,
+                                 max_concurrent_calls_per_peer=_MAX_CALLS_PER_PEER.value)
     try:
         proxy.run_proxy(options, settings)
     except OSError as e:

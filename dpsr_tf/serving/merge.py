@@ -9,8 +9,14 @@ than K entries are padded: "" ids, -inf scores, -1 for integer outputs.
 Hybrid servables (dpsr_tf/export/servable_graph.py) also answer dense_scores, lexical_scores and a
 fusion_rule: their entries are re-fused over the pool (dpsr_tf/export/fusion.py refuse_np), so the
 merged list ranks by the global dense and lexical lists, not by each shard's own ranks.
+
+Shard answers reach the merge only after dpsr_tf/serving/shard_answers.py found them no larger
+than the request could need.
 """
 from typing import Dict, List, Optional, Sequence
+
+from tensorflow.core.framework import tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2
 
 import grpc
 import numpy as np
@@ -82,9 +88,10 @@ def merge_topk(shard_outputs: Sequence[Dict[str, np.ndarray]], k: Optional[int],
     _refuse_hybrid(first, pooled, score_output)
     width = k if k is not None else max(o[id_output].shape[1] for o in shard_outputs)
     rows_idx = []
+    orders = np.argsort(-pooled[score_output].astype(np.float64), axis=1, kind="stable")
     for b in range(batch):
         ids = pooled[id_output][b]
-        order = np.argsort(-pooled[score_output][b].astype(np.float64), kind="stable")
+        order = orders[b]
         top = ids[order[:width]].tolist()
         unique = set(top)
         if len(unique) == len(top) and b"" not in unique:  # the usual case: disjoint shards
@@ -127,7 +134,62 @@ def _refuse_hybrid(first: Dict[str, np.ndarray], pooled: Dict[str, np.ndarray],
     pooled[score_output] = refuse_np(pooled["dense_scores"], pooled["lexical_scores"], cfg)
 
 
+# Strings are converted this many at a time: each chunk is one C call that holds the GIL, so
+# chunks keep a merge thread from holding it longer than about a millisecond at once.
+_STRING_CHUNK = 8192
+
+
+def _decode(proto, name: str) -> np.ndarray:
+    """tensors.to_ndarray, in chunks for large string tensors."""
+    if proto.dtype != types_pb2.DT_STRING or len(proto.string_val) <= _STRING_CHUNK:
+        return tensors.to_ndarray(proto, name)
+    shape = tensors.declared_shape(proto, name)
+    count = tensors.check_num_elements(shape, tensors.MAX_ELEMENTS, name)
+    values = proto.string_val
+    if len(values) != count:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{name}: shape {list(shape)} needs {count} strings, got {len(values)}")
+    out = np.empty(count, dtype=object)
+    for start in range(0, count, _STRING_CHUNK):
+        out[start:start + _STRING_CHUNK] = values[start:start + _STRING_CHUNK]
+    return out.reshape(shape)
+
+
+def _encode(array: np.ndarray, out) -> None:
+    """tensors.from_ndarray into `out`, in chunks for large string arrays."""
+    if array.dtype != object or array.size <= _STRING_CHUNK:
+        tensors.from_ndarray(array, out)
+        return
+    out.dtype = types_pb2.DT_STRING
+    out.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d)
+                                for d in array.shape)
+    flat = array.ravel()
+    for start in range(0, flat.size, _STRING_CHUNK):
+        out.string_val.extend(flat[start:start + _STRING_CHUNK].tolist())
+
+
 def response_outputs(response) -> Dict[str, np.ndarray]:
     """alias -> np.ndarray of a PredictResponse."""
-    return {alias: tensors.to_ndarray(t, f"output '{alias}'")
-            for alias, t in response.outputs.items()}
+    return {alias: _decode(t, f"output '{alias}'") for alias, t in response.outputs.items()}
+
+
+def merge_responses(answers: Sequence["predict_pb2.PredictResponse"], k: Optional[int],
+                    id_output: str, score_output: str,
+                    wanted: Sequence[str] = ()) -> "predict_pb2.PredictResponse":
+    """The merged PredictResponse (outputs only) of shard answers: decode, merge_topk, encode.
+
+    CPU-bound (numpy sorts release the GIL); the proxy runs large merges in a worker thread.
+
+    Raises:
+      ServingError(INTERNAL): the answers cannot be decoded or merged.
+    """
+    try:
+        outputs = [response_outputs(a) for a in answers]
+    except ServingError as e:  # a shard's bad tensor is the shard's fault, not the client's
+        raise ServingError(grpc.StatusCode.INTERNAL, f"shard answer: {e.message}") from None
+    merged = merge_topk(outputs, k, id_output, score_output)
+    response = predict_pb2.PredictResponse()
+    for alias, value in merged.items():
+        if not wanted or alias in wanted:
+            _encode(value, response.outputs[alias])
+    return response

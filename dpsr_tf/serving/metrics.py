@@ -93,6 +93,9 @@ class ProxyMetrics:
       dpsr_proxy_request_latency_seconds{model_name, api}
       dpsr_proxy_backend_request_count_total{model_name, shard, replica, status}
       dpsr_proxy_partial_response_count_total{model_name}
+      dpsr_proxy_hedged_call_count_total{model_name, shard}: second attempts sent
+      dpsr_proxy_replica_ejection_count_total{replica}
+      dpsr_proxy_replica_ejected{replica}: 1 while out of rotation
     """
 
     def __init__(self):
@@ -109,6 +112,22 @@ class ProxyMetrics:
         self.partial_count = prom.Counter(
             "dpsr_proxy_partial_response_count", "Answers merged from fewer than all shards.",
             ["model_name"], registry=self.registry)
+        self.hedge_count = prom.Counter(
+            "dpsr_proxy_hedged_call_count", "Calls also sent to another replica of the shard "
+            "because the first was slower than the hedge delay.", ["model_name", "shard"],
+            registry=self.registry)
+        self.ejection_count = prom.Counter(
+            "dpsr_proxy_replica_ejection_count", "Times a replica was taken out of rotation.",
+            ["replica"], registry=self.registry)
+        self.replica_ejected = prom.Gauge(
+            "dpsr_proxy_replica_ejected", "1 while a replica is out of rotation.", ["replica"],
+            registry=self.registry)
+
+    def replica_ejected_changed(self, replica, ejected: bool) -> None:
+        """routing.EjectionListener: counts ejections and sets the gauge."""
+        if ejected:
+            self.ejection_count.labels(replica.address).inc()
+        self.replica_ejected.labels(replica.address).set(1 if ejected else 0)
 
     def exposition(self) -> bytes:
         return prom.generate_latest(self.registry)

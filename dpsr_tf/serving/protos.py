@@ -62,7 +62,12 @@ _PROXY_MESSAGES = [
     ("ProxyConfig", [
         ("model", 1, ".dpsr.serving.ProxyModel", True),
         ("default_deadline_ms", 2, "int64", False),
-        ("replica_retry_backoff_ms", 3, "int64", False),
+        ("replica_retry_backoff_ms", 3, "int64", False),  # first ejection of a replica
+        ("outlier_consecutive_failures", 4, "int64", False),  # failures in a row that eject
+        ("outlier_max_ejection_ms", 5, "int64", False),  # cap of the doubling ejection time
+        ("hedge_budget_fraction", 6, "double", False),  # of the remaining deadline, per attempt
+        ("hedge_min_delay_ms", 7, "int64", False),  # floor of the latency-based hedge delay
+        ("disable_hedging", 8, "bool", False),  # no second attempt before the first fails
     ]),
 ]
 

@@ -1,10 +1,14 @@
 """The DPSR proxy (paper section 5.2.2): one PredictionService endpoint in front of many servers.
 
 For each model (dpsr_tf/serving/proxy_config.py) it knows the shards and, per shard, the replicas that
-hold it. A Predict call is sent to one replica of every shard at once (least outstanding
-requests first; a replica that answers UNAVAILABLE is skipped for a back-off period and the
-call fails over to the next replica of that shard), then the shard answers are merged into one
-global top-K (dpsr_tf/serving/merge.py).
+hold it. A Predict call is sent to one replica of every shard at once, hedged to another replica
+of a shard that is slow to answer and failed over from one that fails
+(dpsr_tf/serving/shard_call.py); replicas that keep failing or timing out leave the rotation for a
+while (outlier ejection, dpsr_tf/serving/routing.py). Each shard answer is checked against the
+request before it is parsed (dpsr_tf/serving/shard_answers.py); the answers are merged into one
+global top-K (dpsr_tf/serving/merge.py), in a worker thread when the merge is large, so that
+the event loop keeps serving other calls. One client connection may have at most
+max_concurrent_calls_per_peer calls in flight (dpsr_tf/serving/peer_limits.py).
 
 Deadlines: each request gets min(client deadline, model deadline_ms); shards must answer by
 the shard deadline (shard_deadline_ms, at most 80% of the request's budget), so a shard that is
@@ -15,7 +19,9 @@ fails the request with UNAVAILABLE instead. Client errors from the shards (INVAL
 NOT_FOUND, ...) are returned as they are.
 """
 import asyncio
+import concurrent.futures
 import dataclasses
+import functools
 import http.server
 import logging
 import threading
@@ -30,22 +36,25 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import merge, proxy_config, tensors
+from dpsr_tf.serving import merge, proxy_config, shard_answers, tensors
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.grpc_services import (DRAINING, InFlight, add_servicer, client_timeout,
                                             serve_until_signal)
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.model_server import _address, bind_grpc, freeze_heap, write_port_file
+from dpsr_tf.serving.peer_limits import PeerLimiter
+from dpsr_tf.serving.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
+from dpsr_tf.serving.shard_call import CLIENT_ERRORS, ShardCaller
 
 _LOG = logging.getLogger("serving.proxy")
 PARTIAL_OUTPUT = "partial"
-_CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
-                  grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-                  grpc.StatusCode.UNIMPLEMENTED}
-_FAILOVER_ERRORS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    grpc.StatusCode.ABORTED}
-_MAX_BACKOFF_S = 30.0
+# Merges pooling more shard entries than this run in a worker thread (a 10x100 merge takes
+# well under a millisecond inline; a 256x1000 one tens of milliseconds).
+_INLINE_MERGE_ENTRIES = 4096
+_MERGE_THREADS = 2
+# Generous for one client connection (a client at 1,000 QPS and 50 ms holds 50), small beside
+# the thousands one hostile channel can open.
+DEFAULT_MAX_CALLS_PER_PEER = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +74,8 @@ class ProxyOptions:
       backend_connections: TCP connections the proxy keeps to each model server address, used
         in turn. A server of several processes sharing one port (SO_REUSEPORT) gets each
         connection to one process, so give it several per process.
+      max_concurrent_calls_per_peer: calls one client connection may have in flight; more are
+        answered RESOURCE_EXHAUSTED (dpsr_tf/serving/peer_limits.py). 0: no limit.
     """
 
     host: str = "127.0.0.1"
@@ -78,144 +89,7 @@ class ProxyOptions:
     port_file: str = ""
     backend_tls: Optional["BackendTls"] = None
     backend_connections: int = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class BackendTls:
-    """How the proxy speaks TLS to its model servers.
-
-    Attributes:
-      root_certificates: PEM of the CA that signed the servers' certificates (None: the
-        system's roots).
-      private_key, certificate_chain: PEM of the proxy's client key and certificate, for
-        servers whose SSLConfig has client_verify (mutual TLS); both or neither.
-      target_name: the name the servers' certificates carry, when it is not the host of the
-        replica address (grpc.ssl_target_name_override); "" uses the address.
-    """
-
-    root_certificates: Optional[bytes] = None
-    private_key: Optional[bytes] = None
-    certificate_chain: Optional[bytes] = None
-    target_name: str = ""
-
-    def __post_init__(self):
-        if (self.private_key is None) != (self.certificate_chain is None):
-            raise ValueError("a backend client certificate needs its key and the key its "
-                             "certificate (give both or neither)")
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key,
-                                            self.certificate_chain)
-
-
-class Replica:
-    """A model server address and its channels (one TCP connection each, used in turn),
-    shared by every route that uses it."""
-
-    def __init__(self, address: str, tls: Optional[BackendTls] = None, connections: int = 1):
-        self.address = address
-        options = [
-            ("grpc.max_receive_message_length", -1),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.enable_retries", 0),
-        ]
-        if connections > 1:  # else gRPC shares one connection between equal channels
-            options.append(("grpc.use_local_subchannel_pool", 1))
-        if tls is not None and tls.target_name:
-            options.append(("grpc.ssl_target_name_override", tls.target_name))
-        self.channels = [
-            grpc.aio.insecure_channel(address, options=options) if tls is None else
-            grpc.aio.secure_channel(address, tls.credentials(), options=options)
-            for _ in range(max(1, connections))]
-        self._stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c)
-                       for c in self.channels]
-        self._calls = 0
-        self.outstanding = 0
-        self.failures = 0
-        self.down_until = 0.0
-        # backend model name -> until when this replica is known to have no servable version
-        # of it (it answered NOT_FOUND for the latest version): others are preferred meanwhile.
-        self.missing_until: Dict[str, float] = {}
-
-    @property
-    def stub(self):
-        """The stub of the next connection (round robin)."""
-        self._calls += 1
-        return self._stubs[self._calls % len(self._stubs)]
-
-    async def close(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-
-    def mark_failed(self, base_backoff: float) -> None:
-        self.failures += 1
-        backoff = min(_MAX_BACKOFF_S, base_backoff * (2 ** min(self.failures - 1, 10)))
-        self.down_until = time.monotonic() + backoff
-
-    def mark_ok(self) -> None:
-        self.failures = 0
-        self.down_until = 0.0
-
-    def mark_missing(self, model: str, backoff: float) -> None:
-        self.missing_until[model] = time.monotonic() + backoff
-
-    def ready_at(self, model: str) -> float:
-        """When this replica is worth trying for `model` (<= now: at once)."""
-        return max(self.down_until, self.missing_until.get(model, 0.0))
-
-
-class Route:
-    """A model's RouteSpec with live replicas."""
-
-    def __init__(self, spec: proxy_config.RouteSpec, replicas: Dict[str, Replica]):
-        self.spec = spec
-        self.shards: List[List[Replica]] = [[replicas[a] for a in shard] for shard in spec.shards]
-        self._turn = [0] * len(self.shards)
-        self.mergeable: Dict[str, tuple] = {}  # signature -> (mergeable, time learned)
-        self.refreshing = set()
-
-    def pick(self, shard: int, tried) -> Optional[Replica]:
-        """Least outstanding live replica not tried yet; a down one (or one without a version
-        of the model) only if all are."""
-        now = time.monotonic()
-        model = self.spec.backend_model_name
-        candidates = [r for r in self.shards[shard] if r not in tried]
-        if not candidates:
-            return None
-        live = [r for r in candidates if r.ready_at(model) <= now]
-        if not live:
-            return min(candidates, key=lambda r: r.ready_at(model))
-        self._turn[shard] += 1
-        n = len(live)
-        rotated = [live[(self._turn[shard] + i) % n] for i in range(n)]
-        return min(rotated, key=lambda r: r.outstanding)
-
-
-class Router:
-    """Routes for every configured model; replaced as a whole on config reload."""
-
-    def __init__(self, settings: proxy_config.ProxySettings, pool: Dict[str, Replica],
-                 backend_tls: Optional[BackendTls] = None, backend_connections: int = 1):
-        self.settings = settings
-        for spec in settings.routes.values():
-            for shard in spec.shards:
-                for address in shard:
-                    if address not in pool:
-                        pool[address] = Replica(address, backend_tls, backend_connections)
-        self.routes = {name: Route(spec, pool) for name, spec in settings.routes.items()}
-
-    def addresses(self):
-        return {a for spec in self.settings.routes.values() for shard in spec.shards
-                for a in shard}
-
-
-def _asks_latest(request) -> bool:
-    """Whether a backend request asks for the latest version (no version or label)."""
-    spec = request.tasks[0].model_spec if hasattr(request, "tasks") else request.model_spec
-    return spec.WhichOneof("version_choice") is None
+    max_concurrent_calls_per_peer: int = DEFAULT_MAX_CALLS_PER_PEER
 
 
 def _not_found(model_spec) -> ServingError:
@@ -232,61 +106,33 @@ def _not_found(model_spec) -> ServingError:
 class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService that routes, fans out and merges."""
 
-    def __init__(self, router: Router, metrics: ProxyMetrics):
-        self.router = router
+    def __init__(self, router: Router, metrics: ProxyMetrics, max_calls_per_peer: int = 0):
         self.metrics = metrics
+        self.peers = PeerLimiter(max_calls_per_peer)
+        self._caller = ShardCaller(router.settings, metrics)
+        self.router = router
         self.in_flight = InFlight()
+        self._merge_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=_MERGE_THREADS, thread_name_prefix="proxy-merge")
+
+    def close(self) -> None:
+        """Stops the merge threads (after the server has stopped)."""
+        self._merge_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        self._router = router
+        self._caller.settings = router.settings
 
     # ------------------------------------------------------------------ backend calls
 
     async def _call_shard(self, route: Route, shard: int, method: str, request,
                           deadline: float):
-        """Calls one replica of `shard`, failing over to the others while time is left."""
-        tried = set()
-        last_error = None
-        name = route.spec.name
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise last_error or ServingError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"shard {shard} of {name} did not answer within the deadline")
-            replica = route.pick(shard, tried)
-            if replica is None:
-                raise last_error or ServingError(grpc.StatusCode.UNAVAILABLE,
-                                                 f"shard {shard} of {name} has no replica")
-            tried.add(replica)
-            replica.outstanding += 1
-            try:
-                response = await getattr(replica.stub, method)(request, timeout=remaining)
-            except grpc.aio.AioRpcError as e:
-                code = e.code()
-                self.metrics.backend_count.labels(name, str(shard), replica.address,
-                                                  code.name).inc()
-                if code == grpc.StatusCode.NOT_FOUND and len(tried) < len(route.shards[shard]):
-                    # A replica that is up but has no servable version (missing base path,
-                    # only a broken version, a version not rolled out there yet): the others
-                    # may have it. NOT_FOUND is returned only when every replica says so.
-                    if _asks_latest(request):
-                        replica.mark_missing(route.spec.backend_model_name,
-                                             self.router.settings.backoff_s)
-                    last_error = ServingError(code, e.details() or code.name)
-                    continue
-                if code in _CLIENT_ERRORS:
-                    raise ServingError(code, e.details() or code.name) from e
-                error = ServingError(code, f"shard {shard} of {name} ({replica.address}): "
-                                     f"{e.details() or code.name}")
-                if code in _FAILOVER_ERRORS:
-                    if code == grpc.StatusCode.UNAVAILABLE:
-                        replica.mark_failed(self.router.settings.backoff_s)
-                    last_error = error
-                    continue
-                raise error from e
-            finally:
-                replica.outstanding -= 1
-            replica.mark_ok()
-            self.metrics.backend_count.labels(name, str(shard), replica.address, "OK").inc()
-            return response
+        return await self._caller.call(route, shard, method, request, deadline)
 
     def _route(self, model_spec) -> Route:
         route = self.router.routes.get(model_spec.name)
@@ -308,6 +154,13 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = DRAINING.code
             self.metrics.request_count.labels(label, api, code.name).inc()
             await context.abort(code, DRAINING.message)
+        peer = context.peer()
+        try:
+            self.peers.acquire(peer)
+        except ServingError as e:
+            coro.close()  # never started: this client has too many calls in flight
+            self.metrics.request_count.labels(label, api, e.code.name).inc()
+            await context.abort(e.code, e.message)
         try:
             return await coro
         except ServingError as e:
@@ -317,6 +170,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            self.peers.release(peer)
             self.metrics.request_count.labels(label, api, code.name).inc()
             self.metrics.request_latency.labels(label, api).observe(time.monotonic() - start)
 
@@ -351,18 +205,30 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 if alias not in wanted:
                     backend.output_filter.append(alias)
         shard_deadline = start + shard_budget
+        k = shard_answers.request_k(request, spec.k_input)
+        rows = shard_answers.request_rows(request)
         results = await asyncio.gather(
-            *(self._call_shard(route, s, "Predict", backend, shard_deadline)
-              for s in range(len(route.shards))), return_exceptions=True)
-        answers, failed = [], []
+            *(self._caller.call(route, s, "Predict", backend, shard_deadline, functools.partial(
+                shard_answers.parse_shard_answer, rows=rows, k=k,
+                where=f"shard {s} of {spec.name}", id_output=spec.id_output,
+                score_output=spec.score_output)) for s in range(len(route.shards))),
+            return_exceptions=True)
+        answers, failed, work = [], [], 0
         for s, result in enumerate(results):
             if isinstance(result, ServingError):
-                if result.code in _CLIENT_ERRORS:
+                if result.code in CLIENT_ERRORS:
                     raise result
                 failed.append((s, result))
             elif isinstance(result, BaseException):
                 failed.append((s, ServingError(grpc.StatusCode.INTERNAL, repr(result))))
             else:
+                try:
+                    work += shard_answers.check_answer_size(
+                        result, rows, k, f"shard {s} of {spec.name}", spec.id_output,
+                        spec.score_output)
+                except ServingError as e:
+                    failed.append((s, e))
+                    continue
                 answers.append(result)
         if not answers:
             codes = {e.code for _, e in failed}
@@ -374,17 +240,14 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                f"{len(failed)} of {len(results)} shards of {spec.name} failed "
                                "and partial_policy is FAIL: " +
                                "; ".join(e.message for _, e in failed))
-        k = None
-        if spec.k_input in request.inputs:
-            k = int(tensors.to_ndarray(request.inputs[spec.k_input], spec.k_input).ravel()[0])
-        merged = merge.merge_topk([merge.response_outputs(a) for a in answers], k,
-                                  spec.id_output, spec.score_output)
-        response = predict_pb2.PredictResponse()
+        merge_args = (answers, k, spec.id_output, spec.score_output, wanted)
+        if work <= _INLINE_MERGE_ENTRIES:
+            response = merge.merge_responses(*merge_args)
+        else:  # off the event loop: other requests keep flowing while this one merges
+            response = await asyncio.get_running_loop().run_in_executor(
+                self._merge_pool, merge.merge_responses, *merge_args)
         response.model_spec.CopyFrom(answers[0].model_spec)
         response.model_spec.name = spec.name
-        for alias, value in merged.items():
-            if not wanted or alias in wanted:
-                tensors.from_ndarray(value, response.outputs[alias])
         tensors.from_ndarray(np.array(bool(failed)), response.outputs[PARTIAL_OUTPUT])
         missing = ",".join(str(s) for s, _ in failed)
         context.set_trailing_metadata((("dpsr-partial", "true" if failed else "false"),
@@ -408,7 +271,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             try:
                 return await self._call_shard(route, s, method, request, deadline)
             except ServingError as e:
-                if e.code in _CLIENT_ERRORS:
+                if e.code in CLIENT_ERRORS:
                     raise
                 error = e
         raise error
@@ -548,9 +411,8 @@ class ProxyServer:
         self.options = options
         self.metrics = ProxyMetrics()
         self._pool: Dict[str, Replica] = {}
-        self.servicer = ProxyServicer(Router(settings, self._pool, options.backend_tls,
-                                             options.backend_connections),
-                                      self.metrics)
+        self.servicer = ProxyServicer(self._router(settings), self.metrics,
+                                      options.max_concurrent_calls_per_peer)
         self._server = None
         self._health = None
         self._http = None
@@ -558,10 +420,13 @@ class ProxyServer:
         self.grpc_port = None
         self.rest_api_port = None
 
+    def _router(self, settings: proxy_config.ProxySettings) -> Router:
+        return Router(settings, self._pool, self.options.backend_tls,
+                      self.options.backend_connections, self.metrics.replica_ejected_changed)
+
     def apply(self, settings: proxy_config.ProxySettings) -> None:
         """Swaps in new routes; channels of servers no longer used are closed later."""
-        router = Router(settings, self._pool, self.options.backend_tls,
-                        self.options.backend_connections)
+        router = self._router(settings)
         old = set(self._pool) - router.addresses()
         self.servicer.router = router
         for address in old:
@@ -622,6 +487,7 @@ class ProxyServer:
             await self.servicer.in_flight.stop_server(self._server, grace_seconds)
         for replica in self._pool.values():
             await replica.close()
+        self.servicer.close()
 
 
 def run_proxy(options: ProxyOptions, settings: proxy_config.ProxySettings) -> None:

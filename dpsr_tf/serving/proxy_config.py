@@ -12,6 +12,13 @@
       partial_policy: ALLOW_PARTIAL      # or FAIL: any missing shard fails the request
     }
     model { name: "dpsr_small" shard { replica: "127.0.0.1:8600" } }   # unsharded, one server
+    # replica health and hedging (defaults shown; docs/serving.md, "Slow and hung replicas")
+    replica_retry_backoff_ms: 1000       # first ejection of a replica; doubles while it fails
+    outlier_consecutive_failures: 3      # timeouts / lost hedges in a row that eject a replica
+    outlier_max_ejection_ms: 30000       # cap of the doubling ejection time
+    hedge_budget_fraction: 0.25          # an attempt gets at most this share of the time left
+    hedge_min_delay_ms: 10               # floor of the latency-based hedge delay
+    disable_hedging: false               # true: a second replica only after the first fails
 
 A model with one shard is routed (load balancing and failover over its replicas); a model with
 several shards is fanned out and merged into one global top-K (dpsr_tf/serving/merge.py).
@@ -27,6 +34,12 @@ from dpsr_tf.serving.errors import ServingError
 
 DEFAULT_DEADLINE_MS = 1000
 DEFAULT_BACKOFF_MS = 1000
+DEFAULT_OUTLIER_FAILURES = 3
+DEFAULT_MAX_EJECTION_MS = 30000
+DEFAULT_HEDGE_FRACTION = 0.25
+DEFAULT_HEDGE_MIN_DELAY_MS = 10
+HEDGE_LATENCY_QUANTILE = 0.95
+HEDGE_LATENCY_MULTIPLIER = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,9 +72,52 @@ class RouteSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutlierPolicy:
+    """When a replica leaves the rotation (rule: dpsr_tf/serving/routing.py).
+
+    Attributes:
+      consecutive_failures: timeouts or lost hedges in a row that eject a replica.
+      base_ejection_s: the first ejection's length; each further one in a row doubles it.
+      max_ejection_s: the longest ejection.
+    """
+
+    consecutive_failures: int = DEFAULT_OUTLIER_FAILURES
+    base_ejection_s: float = DEFAULT_BACKOFF_MS / 1000.0
+    max_ejection_s: float = DEFAULT_MAX_EJECTION_MS / 1000.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HedgePolicy:
+    """When the same call goes to another replica of the shard while the first is unanswered.
+
+    The hedge delay is min(budget_fraction * time left before the shard deadline,
+    max(min_delay_s, 2 * the p95 of the shard's last 128 good answers)); with fewer than 20
+    answers seen, the budget fraction alone.
+
+    Attributes:
+      enabled: False: another replica is tried only after an attempt fails.
+      budget_fraction: the share of the remaining shard deadline an attempt gets alone.
+      min_delay_s: floor of the latency-based delay.
+    """
+
+    enabled: bool = True
+    budget_fraction: float = DEFAULT_HEDGE_FRACTION
+    min_delay_s: float = DEFAULT_HEDGE_MIN_DELAY_MS / 1000.0
+
+    def delay(self, remaining_s: float, recent_p95_s) -> float:
+        """Seconds to wait for an attempt before hedging (`recent_p95_s` None: unknown)."""
+        cap = self.budget_fraction * max(0.0, remaining_s)
+        if recent_p95_s is None:
+            return cap
+        return min(cap, max(self.min_delay_s, HEDGE_LATENCY_MULTIPLIER * recent_p95_s))
+
+
+@dataclasses.dataclass(frozen=True)
 class ProxySettings:
     routes: Dict[str, RouteSpec]
     backoff_s: float
+    outlier: OutlierPolicy = OutlierPolicy()
+    hedge: HedgePolicy = HedgePolicy()
 
 
 def _check_address(address: str, where: str) -> None:
@@ -111,8 +167,26 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
             k_input=model.k_input or "k")
     if not routes:
         raise bad("no model { ... } entries")
+    if cfg.replica_retry_backoff_ms < 0 or cfg.outlier_max_ejection_ms < 0:
+        raise bad("replica_retry_backoff_ms and outlier_max_ejection_ms must be >= 0")
+    if cfg.outlier_consecutive_failures < 0:
+        raise bad(f"outlier_consecutive_failures is {cfg.outlier_consecutive_failures}; it "
+                  "must be >= 1 (0: the default, 3)")
+    if not 0 <= cfg.hedge_budget_fraction < 1 or cfg.hedge_min_delay_ms < 0:
+        raise bad(f"hedge_budget_fraction is {cfg.hedge_budget_fraction} and "
+                  f"hedge_min_delay_ms {cfg.hedge_min_delay_ms}; they must be in (0, 1) and "
+                  ">= 0 (0: the defaults, 0.25 and 10)")
     backoff = (cfg.replica_retry_backoff_ms or DEFAULT_BACKOFF_MS) / 1000.0
-    return ProxySettings(routes=routes, backoff_s=backoff)
+    outlier = OutlierPolicy(
+        consecutive_failures=cfg.outlier_consecutive_failures or DEFAULT_OUTLIER_FAILURES,
+        base_ejection_s=backoff,
+        max_ejection_s=max(backoff, (cfg.outlier_max_ejection_ms or DEFAULT_MAX_EJECTION_MS)
+                           / 1000.0))
+    hedge = HedgePolicy(
+        enabled=not cfg.disable_hedging,
+        budget_fraction=cfg.hedge_budget_fraction or DEFAULT_HEDGE_FRACTION,
+        min_delay_s=(cfg.hedge_min_delay_ms or DEFAULT_HEDGE_MIN_DELAY_MS) / 1000.0)
+    return ProxySettings(routes=routes, backoff_s=backoff, outlier=outlier, hedge=hedge)
 
 
 def read_proxy_settings(path: str) -> ProxySettings:

@@ -139,6 +139,14 @@ def test_proxy_config_round_trip():
     assert dpsr.shards == (("h1:1", "h2:2"), ("h3:3",)) and dpsr.sharded
     assert (dpsr.deadline_s, dpsr.shard_deadline_s, dpsr.allow_partial) == (0.3, 0.2, False)
     assert not settings.routes["one"].sharded  # keyword fields apply to every model
+    assert settings.outlier == proxy_config.OutlierPolicy(3, 1.0, 30.0)  # the defaults
+    assert settings.hedge == proxy_config.HedgePolicy(True, 0.25, 0.01)
+    tuned = proxy_config.parse_proxy_settings(
+        text + "replica_retry_backoff_ms: 200 outlier_consecutive_failures: 5 "
+        "outlier_max_ejection_ms: 4000 hedge_budget_fraction: 0.5 hedge_min_delay_ms: 3 "
+        "disable_hedging: true")
+    assert tuned.outlier == proxy_config.OutlierPolicy(5, 0.2, 4.0)
+    assert tuned.hedge == proxy_config.HedgePolicy(False, 0.5, 0.003)
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -151,6 +159,12 @@ def test_proxy_config_round_trip():
      "appears twice"),
     ("", "no model"),
     ('model { name: "a" shard { replica: "h:1" } partial_policy: SOMETIMES }', "SOMETIMES"),
+    ('model { name: "a" shard { replica: "h:1" } } hedge_budget_fraction: 1.5',
+     "hedge_budget_fraction is 1.5"),
+    ('model { name: "a" shard { replica: "h:1" } } outlier_consecutive_failures: -2',
+     "outlier_consecutive_failures is -2"),
+    ('model { name: "a" shard { replica: "h:1" } } outlier_max_ejection_ms: -1',
+     "outlier_max_ejection_ms must be >= 0"),
 ])
 def test_bad_proxy_configs(text, fragment):
     with pytest.raises(ServingError) as e:

@@ -1,0 +1,242 @@
+"""The proxy's replicas and their health: which replica of a shard gets a call.
+
+Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy_config.py):
+
+* A replica is *ejected* (taken out of rotation) after `outlier_consecutive_failures`
+  consecutive failures, where a failure is a call that timed out, a call that was still
+  unanswered when a hedge to another replica answered first (it was slower than the hedge
+  delay), or a DEADLINE_EXCEEDED answer. UNAVAILABLE (down, restarting, refusing connections)
+  ejects at once. Any good answer resets the count.
+* The k-th ejection in a row lasts min(`outlier_max_ejection_ms`,
+  `replica_retry_backoff_ms` * 2^(k-1)).
+* When it ends, the replica gets one *trial* call (other calls keep avoiding it meanwhile):
+  a good answer returns it to rotation and resets k; a failure ejects it again, for longer.
+* An ejected replica is still used when every replica of its shard is ejected (the one whose
+  ejection ends first), so a single-replica shard is never switched off by the proxy.
+"""
+import collections
+import dataclasses
+import time
+from typing import Callable, Dict, List, Optional
+
+import grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from dpsr_tf.serving import proxy_config
+
+_MIN_LATENCY_SAMPLES = 20  # below this the hedge delay is the budget fraction alone
+_LATENCY_WINDOW = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendTls:
+    """How the proxy speaks TLS to its model servers.
+
+    Attributes:
+      root_certificates: PEM of the CA that signed the servers' certificates (None: the
+        system's roots).
+      private_key, certificate_chain: PEM of the proxy's client key and certificate, for
+        servers whose SSLConfig has client_verify (mutual TLS); both or neither.
+      target_name: the name the servers' certificates carry, when it is not the host of the
+        replica address (grpc.ssl_target_name_override); "" uses the address.
+    """
+
+    root_certificates: Optional[bytes] = None
+    private_key: Optional[bytes] = None
+    certificate_chain: Optional[bytes] = None
+    target_name: str = ""
+
+    def __post_init__(self):
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("a backend client certificate needs its key and the key its "
+                             "certificate (give both or neither)")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key,
+                                            self.certificate_chain)
+
+
+# Called with (replica, True) at each ejection and (replica, False) when it rejoins.
+EjectionListener = Callable[["Replica", bool], None]
+
+
+class Replica:
+    """A model server address, its channels (one TCP connection each, used in turn) and its
+    health, shared by every route that uses it."""
+
+    def __init__(self, address: str, tls: Optional[BackendTls] = None, connections: int = 1,
+                 listener: Optional[EjectionListener] = None):
+        self.address = address
+        options = [
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.enable_retries", 0),
+        ]
+        if connections > 1:  # else gRPC shares one connection between equal channels
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        if tls is not None and tls.target_name:
+            options.append(("grpc.ssl_target_name_override", tls.target_name))
+        self.channels = [
+            grpc.aio.insecure_channel(address, options=options) if tls is None else
+            grpc.aio.secure_channel(address, tls.credentials(), options=options)
+            for _ in range(max(1, connections))]
+        self._stubs = [prediction_service_pb2_grpc.PredictionServiceStub(c)
+                       for c in self.channels]
+        self._raw: Dict[str, list] = {}  # method -> per channel, a call returning bytes
+        self._calls = 0
+        self._listener = listener
+        self.outstanding = 0
+        self.consecutive_failures = 0
+        self.ejections = 0  # ejections since the last good answer
+        self.ejected = False
+        self.ejected_until = 0.0
+        self.trial_in_flight = False
+        # backend model name -> until when this replica is known to have no servable version
+        # of it (it answered NOT_FOUND for the latest version): others are preferred meanwhile.
+        self.missing_until: Dict[str, float] = {}
+
+    @property
+    def stub(self):
+        """The stub of the next connection (round robin)."""
+        self._calls += 1
+        return self._stubs[self._calls % len(self._stubs)]
+
+    def raw(self, method: str):
+        """A PredictionService `method` callable of the next connection whose answer is the
+        serialized message (bytes), for the caller to check before parsing."""
+        if method not in self._raw:
+            self._raw[method] = [channel.unary_unary(
+                f"/tensorflow.serving.PredictionService/{method}",
+                request_serializer=lambda m: m.SerializeToString(), response_deserializer=None)
+                for channel in self.channels]
+        self._calls += 1
+        return self._raw[method][self._calls % len(self.channels)]
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+    # ------------------------------------------------------------------ health
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+        self.trial_in_flight = False
+        if self.ejected:
+            self.ejected = False
+            self.ejected_until = 0.0
+            if self._listener is not None:
+                self._listener(self, False)
+        self.ejections = 0
+
+    def record_failure(self, policy: proxy_config.OutlierPolicy, immediate: bool = False) -> None:
+        """A timeout, a lost hedge or (immediate) UNAVAILABLE; ejects by the module's rule."""
+        was_trial = self.trial_in_flight
+        self.trial_in_flight = False
+        self.consecutive_failures += 1
+        if immediate or was_trial or self.consecutive_failures >= policy.consecutive_failures:
+            self._eject(policy)
+
+    def release_trial(self) -> None:
+        """A trial call ended without a verdict (cancelled by its client): allow another."""
+        self.trial_in_flight = False
+
+    def _eject(self, policy: proxy_config.OutlierPolicy) -> None:
+        self.ejections += 1
+        period = min(policy.max_ejection_s,
+                     policy.base_ejection_s * 2 ** min(self.ejections - 1, 20))
+        self.ejected_until = time.monotonic() + period
+        self.consecutive_failures = 0
+        self.ejected = True
+        if self._listener is not None:
+            self._listener(self, True)
+
+    def mark_missing(self, model: str, backoff: float) -> None:
+        self.missing_until[model] = time.monotonic() + backoff
+
+    def ready_at(self, model: str) -> float:
+        """When this replica is worth trying for `model` (<= now: at once)."""
+        return max(self.ejected_until if self.ejected else 0.0,
+                   self.missing_until.get(model, 0.0))
+
+    def in_rotation(self, model: str, now: float) -> bool:
+        """Whether a call may go here now: not ejected (or its trial is due and not taken),
+        and not known to lack the model."""
+        if self.ejected and (self.trial_in_flight or now < self.ejected_until):
+            return False
+        return self.missing_until.get(model, 0.0) <= now
+
+    def begin_call(self) -> None:
+        """Marks a call sent; the first one after an ejection is the trial."""
+        self.outstanding += 1
+        if self.ejected:
+            self.trial_in_flight = True
+
+
+class LatencyWindow:
+    """The latencies of a shard's recent good answers (seconds)."""
+
+    def __init__(self, size: int = _LATENCY_WINDOW):
+        self._samples = collections.deque(maxlen=size)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+
+    def quantile(self, q: float) -> Optional[float]:
+        """The q-quantile, or None while there are too few samples to trust it."""
+        if len(self._samples) < _MIN_LATENCY_SAMPLES:
+            return None
+        ordered = sorted(self._samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Route:
+    """A model's RouteSpec with live replicas."""
+
+    def __init__(self, spec: proxy_config.RouteSpec, replicas: Dict[str, Replica]):
+        self.spec = spec
+        self.shards: List[List[Replica]] = [[replicas[a] for a in shard] for shard in spec.shards]
+        self.latency = [LatencyWindow() for _ in self.shards]
+        self._turn = [0] * len(self.shards)
+        self.mergeable: Dict[str, tuple] = {}  # signature -> (mergeable, time learned)
+        self.refreshing = set()
+
+    def pick(self, shard: int, tried, in_rotation_only: bool = False) -> Optional[Replica]:
+        """Least outstanding replica in rotation not tried yet; when none is in rotation, the
+        one ready first (unless `in_rotation_only`, as for a hedge); None when all were tried."""
+        now = time.monotonic()
+        model = self.spec.backend_model_name
+        candidates = [r for r in self.shards[shard] if r not in tried]
+        if not candidates:
+            return None
+        live = [r for r in candidates if r.in_rotation(model, now)]
+        if not live:
+            if in_rotation_only:
+                return None
+            return min(candidates, key=lambda r: r.ready_at(model))
+        self._turn[shard] += 1
+        n = len(live)
+        rotated = [live[(self._turn[shard] + i) % n] for i in range(n)]
+        return min(rotated, key=lambda r: r.outstanding)
+
+
+class Router:
+    """Routes for every configured model; replaced as a whole on config reload."""
+
+    def __init__(self, settings: proxy_config.ProxySettings, pool: Dict[str, Replica],
+                 backend_tls: Optional[BackendTls] = None, backend_connections: int = 1,
+                 listener: Optional[EjectionListener] = None):
+        self.settings = settings
+        for spec in settings.routes.values():
+            for shard in spec.shards:
+                for address in shard:
+                    if address not in pool:
+                        pool[address] = Replica(address, backend_tls, backend_connections,
+                                                listener)
+        self.routes = {name: Route(spec, pool) for name, spec in settings.routes.items()}
+
+    def addresses(self):
+        return {a for spec in self.settings.routes.values() for shard in spec.shards
+                for a in shard}

@@ -1,0 +1,290 @@
+"""The proxy against scripted backends (real gRPC servers in this process, each answering as a
+test says): the version-label failover rule, refusal of shard answers larger than the request
+could need, and large merges that run off the proxy's event loop while small calls go on."""
+import asyncio
+import concurrent.futures
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from dpsr_tf.serving import merge, proxy, proxy_config, tensors
+from tests.support.serving_testing import outputs, predict_request, rpc_error
+
+_SERVICE = "tensorflow.serving.PredictionService"
+LABEL_ERROR = "Unrecognized servable version label: canary"
+
+
+class FakeBackend:
+    """A gRPC PredictionService whose Predict answers `self.answer(request)`: a PredictResponse,
+    or a (grpc.StatusCode, message) error. Counts the calls it got."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(8), options=[
+            ("grpc.max_send_message_length", -1)])
+        handler = grpc.unary_unary_rpc_method_handler(
+            self._predict, request_deserializer=predict_pb2.PredictRequest.FromString,
+            response_serializer=predict_pb2.PredictResponse.SerializeToString)
+        self._server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(_SERVICE, {"Predict": handler})])
+        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+        self._server.start()
+
+    def _predict(self, request, context):
+        with self._lock:
+            self.calls += 1
+        result = self.answer(request)
+        if isinstance(result, tuple):
+            context.abort(*result)
+        return result
+
+    def stop(self):
+        self._server.stop(0)
+
+
+class InProcessProxy:
+    """A ProxyServer on its own event loop thread."""
+
+    def __init__(self, config_text: str, **options):
+        settings = proxy_config.parse_proxy_settings(config_text)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def start():  # grpc.aio channels belong to the loop they are made on
+            server = proxy.ProxyServer(proxy.ProxyOptions(port=0, **options), settings)
+            await server.start()
+            return server
+
+        self.server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(60)
+        self.channel = self.new_channel()
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def new_channel(self) -> grpc.Channel:
+        """A channel on its own TCP connection (a distinct peer for the proxy)."""
+        return grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}", options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)])
+
+    def close(self):
+        self.channel.close()
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _answer(ids, scores) -> predict_pb2.PredictResponse:
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = "dpsr"
+    response.model_spec.version.value = 1
+    tensors.from_ndarray(np.asarray(ids, dtype=object), response.outputs["item_ids"])
+    tensors.from_ndarray(np.asarray(scores, dtype=np.float32), response.outputs["scores"])
+    return response
+
+
+def _shard_answer(shard: int, rows: int, k: int, seed: int):
+    """[rows, k] ids b"s<shard>-<row>-<j>" with seeded scores sorted descending."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([[f"s{shard}-{r}-{j}".encode() for j in range(k)] for r in range(rows)],
+                   dtype=object)
+    scores = -np.sort(-rng.random((rows, k), dtype=np.float32), axis=1)
+    return ids, scores
+
+
+def _reference_topk(parts, k):
+    """Top-k per row over the union of (ids, scores) parts, by numpy (no shared ids)."""
+    ids = np.concatenate([p[0] for p in parts], axis=1)
+    scores = np.concatenate([p[1] for p in parts], axis=1)
+    order = np.argsort(-scores.astype(np.float64), axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, axis=1)
+
+
+# ----------------------------------------------------------------------------- version labels
+
+@pytest.mark.parametrize("code, message", [
+    (grpc.StatusCode.INVALID_ARGUMENT, LABEL_ERROR),  # TF Serving's answer
+    (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Labeled(dpsr, canary)"),
+])
+def test_unknown_label_on_one_replica_is_tried_on_the_other(code, message):
+    good_ids, good_scores = _shard_answer(0, 1, 5, seed=3)
+    lacking = FakeBackend(lambda request: (code, message))
+    having = FakeBackend(lambda request: _answer(good_ids, good_scores))
+    server = InProcessProxy(proxy_config.proxy_config_text(
+        {"dpsr": ((lacking.address, having.address),)}, deadline_ms=20000))
+    try:
+        for _ in range(12):
+            got = outputs(server.stub.Predict(predict_request("dpsr", ["x"], k=5, label="canary"),
+                                              timeout=30))
+            np.testing.assert_array_equal(got["item_ids"], good_ids)
+        assert lacking.calls >= 1 and having.calls == 12
+        # Without a label in the request, that INVALID_ARGUMENT is the client's error.
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            having.answer = lambda request: (code, message)
+            lacking.calls = having.calls = 0
+            error = rpc_error(server.stub.Predict, predict_request("dpsr", ["x"], k=5, version=1),
+                              timeout=30)
+            assert error.code() == code and lacking.calls + having.calls == 1
+    finally:
+        server.close()
+        lacking.stop()
+        having.stop()
+
+
+def test_label_unknown_on_every_replica_reaches_the_client_once_each_was_asked():
+    backends = [FakeBackend(lambda request: (grpc.StatusCode.INVALID_ARGUMENT, LABEL_ERROR))
+                for _ in range(3)]
+    server = InProcessProxy(proxy_config.proxy_config_text(
+        {"dpsr": (tuple(b.address for b in backends),)}, deadline_ms=20000))
+    try:
+        error = rpc_error(server.stub.Predict,
+                          predict_request("dpsr", ["x"], k=5, label="canary"), timeout=30)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details().startswith("Unrecognized servable version label: ")
+        assert [b.calls for b in backends] == [1, 1, 1]
+    finally:
+        server.close()
+        for b in backends:
+            b.stop()
+
+
+# ----------------------------------------------------------------------------- oversized answers
+
+@pytest.mark.parametrize("too_big", ["rows", "k", "values"])
+def test_shard_answer_larger_than_the_request_is_refused(too_big):
+    rows, k = 2, 5
+    good_parts = _shard_answer(0, rows, k, seed=5)
+    if too_big == "rows":
+        bad_parts = _shard_answer(1, 100_000, k, seed=6)
+        bad = _answer(*bad_parts)
+    elif too_big == "k":
+        bad = _answer(*_shard_answer(1, rows, k + 3, seed=6))
+    else:  # declares [rows, k] but carries 200,000 ids
+        bad = _answer(*_shard_answer(1, rows, k, seed=6))
+        bad.outputs["item_ids"].string_val.extend([b"x"] * 200_000)
+    good_backend = FakeBackend(lambda request: _answer(*good_parts))
+    bad_backend = FakeBackend(lambda request: bad)
+    shards = ((good_backend.address,), (bad_backend.address,))
+    text = proxy_config.proxy_config_text({"dpsr": shards}, deadline_ms=20000)
+    text += proxy_config.proxy_config_text({"strict": shards}, backend_model_name="dpsr",
+                                           deadline_ms=20000, partial_policy="FAIL")
+    server = InProcessProxy(text)
+    try:
+        request = predict_request("dpsr", ["a", "b"], k=k)
+        response, call = server.stub.Predict.with_call(request, timeout=30)
+        got = outputs(response)
+        assert bool(got["partial"]) and dict(call.trailing_metadata())[
+            "dpsr-missing-shards"] == "1"
+        np.testing.assert_array_equal(got["item_ids"], good_parts[0])
+        error = rpc_error(server.stub.Predict, predict_request("strict", ["a", "b"], k=k),
+                          timeout=30)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "refused, not merged" in error.details() and "shard 1" in error.details()
+    finally:
+        server.close()
+        good_backend.stop()
+        bad_backend.stop()
+
+
+# ----------------------------------------------------------------------------- merges off the loop
+
+def test_small_calls_complete_while_a_large_merge_runs(monkeypatch):
+    """The heavy request's merge waits (in its thread) until three small calls through the same
+    proxy have completed: that can happen only if the merge is off the event loop."""
+    rows, k = 256, 1000
+    parts = [_shard_answer(s, rows, k, seed=10 + s) for s in range(2)]
+    heavy = [FakeBackend(lambda request, p=p: _answer(*p)) for p in parts]
+    small_parts = _shard_answer(0, 1, 3, seed=1)
+    small = FakeBackend(lambda request: _answer(*small_parts))
+    text = proxy_config.proxy_config_text(
+        {"heavy": ((heavy[0].address,), (heavy[1].address,))}, backend_model_name="dpsr",
+        deadline_ms=120000, shard_deadline_ms=100000)
+    text += proxy_config.proxy_config_text({"small": ((small.address,),)},
+                                           backend_model_name="dpsr", deadline_ms=30000)
+    merging, smalls_done = threading.Event(), threading.Event()
+    order = []
+    real_merge = merge.merge_topk
+
+    def gated_merge(*args, **kwargs):
+        merging.set()
+        smalls_done.wait(20)  # bounded, so that a merge on the loop fails the test, not hangs
+        order.append("heavy merged")
+        return real_merge(*args, **kwargs)
+
+    monkeypatch.setattr(merge, "merge_topk", gated_merge)
+    server = InProcessProxy(text)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            heavy_call = pool.submit(server.stub.Predict,
+                                     predict_request("heavy", [f"q{r}" for r in range(rows)],
+                                                     k=k), timeout=120)
+            assert merging.wait(60)
+            codes = []
+            for _ in range(3):
+                try:
+                    got = outputs(server.stub.Predict(predict_request("small", ["x"], k=3),
+                                                      timeout=5))
+                    np.testing.assert_array_equal(got["item_ids"], small_parts[0])
+                    codes.append("OK")
+                    order.append("small")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+            smalls_done.set()
+            got = outputs(heavy_call.result())
+        assert codes == ["OK"] * 3
+        assert order == ["small"] * 3 + ["heavy merged"]
+        np.testing.assert_array_equal(got["item_ids"], _reference_topk(parts, k))
+        assert not bool(got["partial"])
+    finally:
+        smalls_done.set()
+        server.close()
+        for b in heavy + [small]:
+            b.stop()
+
+
+# ----------------------------------------------------------------------------- per-client cap
+
+def test_one_client_beyond_its_cap_is_refused_while_another_is_served():
+    release = threading.Event()
+    parts = _shard_answer(0, 1, 3, seed=2)
+
+    def held(request):
+        release.wait(60)
+        return _answer(*parts)
+
+    backend = FakeBackend(held)
+    server = InProcessProxy(proxy_config.proxy_config_text(
+        {"dpsr": ((backend.address,),)}, deadline_ms=60000), max_concurrent_calls_per_peer=2)
+    greedy = prediction_service_pb2_grpc.PredictionServiceStub(server.new_channel())
+    polite = prediction_service_pb2_grpc.PredictionServiceStub(server.new_channel())
+    try:
+        request = predict_request("dpsr", ["x"], k=3)
+        calls = [greedy.Predict.future(request, timeout=60) for _ in range(6)]
+        for _ in range(600):  # until 2 calls are held by the backend and 4 were refused
+            refused = [c for c in calls if c.done()]
+            if backend.calls == 2 and len(refused) == 4:
+                break
+            time.sleep(0.1)
+        assert backend.calls == 2
+        assert sorted(c.code().name for c in calls if c.done()) == ["RESOURCE_EXHAUSTED"] * 4
+        assert "max_concurrent_calls_per_peer" in [c for c in calls if c.done()][0].details()
+        other = polite.Predict.future(request, timeout=60)  # another client is not refused
+        for _ in range(600):
+            if backend.calls == 3:
+                break
+            time.sleep(0.1)
+        assert backend.calls == 3 and not other.done()
+        release.set()
+        np.testing.assert_array_equal(outputs(other.result())["item_ids"], parts[0])
+        assert sum(c.code() == grpc.StatusCode.OK for c in calls) == 2
+        # The greedy client's slots are free again once its calls have ended.
+        np.testing.assert_array_equal(outputs(greedy.Predict(request, timeout=60))["item_ids"],
+                                      parts[0])
+    finally:
+        release.set()
+        server.close()
+        backend.stop()

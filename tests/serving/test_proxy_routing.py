@@ -1,0 +1,79 @@
+"""The proxy's replica health rule (outlier ejection, dpsr_tf/serving/routing.py) and hedge
+delay (proxy_config.HedgePolicy), step by step against the documented rule."""
+import asyncio
+
+import pytest
+
+from dpsr_tf.serving import proxy_config, routing
+
+POLICY = proxy_config.OutlierPolicy(consecutive_failures=3, base_ejection_s=1.0,
+                                    max_ejection_s=5.0)
+
+
+def _replicas(n=2):
+    """Replicas (their channels are never used here) made on a loop, as the proxy does."""
+    events = []
+
+    async def make():
+        return [routing.Replica(f"127.0.0.1:{9000 + i}",
+                                listener=lambda r, ejected: events.append((r.address, ejected)))
+                for i in range(n)]
+
+    return asyncio.run(make()), events
+
+
+def test_consecutive_failures_eject_and_the_ejection_doubles_up_to_the_cap(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(routing.time, "monotonic", lambda: now[0])
+    (replica, _), events = _replicas()
+    replica.record_failure(POLICY)
+    replica.record_success()  # a good answer resets the count
+    replica.record_failure(POLICY)
+    replica.record_failure(POLICY)
+    assert not replica.ejected and replica.in_rotation("m", now[0])
+    replica.record_failure(POLICY)  # the third in a row
+    assert replica.ejected and replica.ejected_until == 101.0
+    assert not replica.in_rotation("m", now[0])
+    lengths = []
+    for _ in range(4):  # each failed trial ejects again, twice as long, at most 5 s
+        now[0] = replica.ejected_until
+        assert replica.in_rotation("m", now[0])  # the trial is due
+        replica.begin_call()
+        assert not replica.in_rotation("m", now[0])  # one trial at a time
+        replica.record_failure(POLICY)
+        lengths.append(replica.ejected_until - now[0])
+    assert lengths == [2.0, 4.0, 5.0, 5.0]
+    now[0] = replica.ejected_until
+    replica.begin_call()
+    replica.record_success()  # the trial answers: back in rotation, the doubling forgotten
+    assert not replica.ejected and replica.in_rotation("m", now[0])
+    replica.record_failure(POLICY, immediate=True)  # UNAVAILABLE ejects at once, 1 s again
+    assert replica.ejected_until - now[0] == 1.0
+    assert events == [("127.0.0.1:9000", True)] * 5 + [("127.0.0.1:9000", False),
+                                                        ("127.0.0.1:9000", True)]
+
+
+def test_pick_avoids_ejected_replicas_unless_all_are(monkeypatch):
+    monkeypatch.setattr(routing.time, "monotonic", lambda: 50.0)
+    (a, b), _ = _replicas()
+    spec = proxy_config.parse_proxy_settings(proxy_config.proxy_config_text(
+        {"m": ((a.address, b.address),)})).routes["m"]
+    route = routing.Route(spec, {a.address: a, b.address: b})
+    a.record_failure(POLICY, immediate=True)
+    assert {route.pick(0, set()) for _ in range(6)} == {b}
+    assert route.pick(0, {b}, in_rotation_only=True) is None  # never hedge to an ejected one
+    assert route.pick(0, {b}) is a  # but fail over to it when nothing else is left
+    b.record_failure(POLICY, immediate=True)
+    b.ejected_until = a.ejected_until + 1
+    assert route.pick(0, set()) is a  # all ejected: the one whose ejection ends first
+
+
+@pytest.mark.parametrize("remaining, p95, want", [
+    (8.0, None, 2.0),      # no history yet: the budget fraction of the time left
+    (8.0, 0.004, 0.01),    # 2 x p95 = 8 ms, below the 10 ms floor
+    (8.0, 0.030, 0.06),    # 2 x p95
+    (0.1, 0.030, 0.025),   # capped by the fraction of little time left
+])
+def test_hedge_delay(remaining, p95, want):
+    policy = proxy_config.HedgePolicy(enabled=True, budget_fraction=0.25, min_delay_s=0.01)
+    assert policy.delay(remaining, p95) == pytest.approx(want)
