@@ -164,7 +164,8 @@ def _bad_requests():
     return [
         ("unknown model", unknown_model, grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
         ("unknown version", unknown_version, grpc.StatusCode.NOT_FOUND, "Specific(dpsr, 42)"),
-        ("unknown label", unknown_label, grpc.StatusCode.NOT_FOUND, "canary"),
+        ("unknown label", unknown_label, grpc.StatusCode.INVALID_ARGUMENT,
+         "Unrecognized servable version label: canary"),
         ("unknown signature", unknown_signature, grpc.StatusCode.NOT_FOUND, "no_such_sig"),
         ("query dtype", _mutate(good, query=_t([1], np.int64)),
          grpc.StatusCode.INVALID_ARGUMENT, "DT_INT64"),

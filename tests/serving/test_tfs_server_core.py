@@ -145,7 +145,8 @@ def test_model_spec_multiple_versions_available(env):
     assert _predict(a, "two", label="A") == (123, [3.0])
     assert _predict(a, "two", label="B") == (124, [4.0])
     error = rpc_error(_predict, a, "two", label="nonexistent label")
-    assert "Unrecognized servable version label" in error.details()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Unrecognized servable version label: nonexistent label"
 
 
 def test_assign_label_to_unavailable_version(env):
