@@ -314,7 +314,8 @@ def test_rest_api(server, catalog, spec):
     assert "serving_default" in metadata["metadata"]["signature_def"]["signature_def"]
     for method, path, body, code in [
             ("post", "/v1/models/nope:predict", {"instances": ["x"]}, 404),
-            ("post", "/v1/models/dpsr/labels/none:predict", {"instances": ["x"]}, 404),
+            # An unknown label: INVALID_ARGUMENT, as TF Serving.
+            ("post", "/v1/models/dpsr/labels/none:predict", {"instances": ["x"]}, 400),
             ("post", "/v1/models/dpsr:predict", {"inputs": {"query": ["x"], "k": 0}}, 400),
             ("post", "/v1/models/dpsr:predict", {"inputs": {"query": [""]}}, 400),
             ("post", "/v1/models/dpsr:predict", {"instances": [], "inputs": {}}, 400),
