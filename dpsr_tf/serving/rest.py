@@ -249,7 +249,8 @@ def _parse_body(body: bytes):
     if not body.strip():
         raise _bad("JSON Parse error: The document is empty")
     try:
-        document = json.loads(body)
+        # Strict UTF-8 (json.loads(bytes) would also take UTF-16/32 and encoded surrogates).
+        document = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(f"JSON Parse error: Invalid value: {e}") from e
     except RecursionError as e:

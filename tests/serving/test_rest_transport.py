@@ -210,8 +210,10 @@ def test_malformed_framing_is_refused_and_closed(server, head, body, status, fra
     (PREDICT, b'{"signature_name": "\\ud800", "instances": ["drill"]}', "lone UTF-16 surrogate"),
     ("/v1/models/dpsr:classify", b'{"examples": [{"\\udbff": 1}]}', "lone UTF-16 surrogate"),
     ("/v1/models/dpsr:regress", b'{"examples": [{"x": ' + b"1" * 4400 + b"}]}", "digits"),
+    (PREDICT, b'{"instances": ["\xed\xa0\x80"]}', "Invalid value"),
+    (PREDICT, '{"instances": ["drill"]}'.encode("utf-16"), "Invalid value"),
 ], ids=["5000-digit int", "lone high surrogate", "lone low surrogate", "in signature_name",
-        "in a feature name", "4400-digit feature"])
+        "in a feature name", "4400-digit feature", "UTF-8-encoded surrogate", "UTF-16 body"])
 def test_unusable_json_values_are_400_not_500(server, path, body, fragment):
     """Python's json parses these, but a 5,000-digit integer exceeds int()'s digit limit
     (ValueError) and a lone surrogate cannot be encoded as UTF-8 later: both gave HTTP 500."""
