@@ -211,8 +211,8 @@ _REST_MAX_BODY = flags.DEFINE_integer(
     "chunked); a larger one is answered HTTP 413 and its connection closed.")
 _REST_INFLIGHT_BODY = flags.DEFINE_integer(
     "rest_api_max_inflight_body_bytes", 0, "[dpsr] Bytes of REST request bodies held at once "
-    "by all connections, from reading to answering (a parsed JSON body takes about ten times "
-    "its size). A body over 64 KiB waits for room up to --rest_api_timeout_in_ms, then gets "
+    "by all connections, from reading to answering (a parsed JSON body takes 10-25 times its "
+    "size). A body over 64 KiB waits for room up to --rest_api_timeout_in_ms, then gets "
     "HTTP 503; one body alone always fits. 0: --rest_api_max_body_bytes.")
 _REST_CONN_TIMEOUT = flags.DEFINE_integer(
     "rest_api_connection_timeout_in_ms", 30000, "[dpsr] A REST connection whose reads or writes "
@@ -285,9 +285,11 @@ def options_from_flags():
     for flag in (_MAX_STRING, _MAX_K, _MAX_ELEMENTS, _REST_MAX_BODY):
         if flag.value < 1:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 1")
-    for flag in (_MAX_ROWS, _REST_INFLIGHT_BODY):
-        if flag.value < 0:
-            _fail(f"--{flag.name} is {flag.value}; it must be >= 0 (0: no limit)")
+    if _MAX_ROWS.value < 0:
+        _fail(f"--max_request_rows is {_MAX_ROWS.value}; it must be >= 0 (0: no limit)")
+    if _REST_INFLIGHT_BODY.value < 0:
+        _fail(f"--rest_api_max_inflight_body_bytes is {_REST_INFLIGHT_BODY.value}; it must be "
+              ">= 0 (0: as large as --rest_api_max_body_bytes)")
     session_config = None
     if _SESSION_CONFIG_FILE.value:
         from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top

@@ -3,7 +3,7 @@
 A body comes with a Content-Length or in the chunked transfer coding (as TF Serving's evhttp
 server accepts both); either way it is capped at the per-request limit, counted while it is
 read, and it holds bytes of a server-wide budget from the moment it is read until its answer is
-written, because a JSON body costs about ten times its size once parsed: the budget, not the
+written, because a JSON body costs 10-25 times its size once parsed: the budget, not the
 number of connections, bounds the memory that bodies take.
 """
 import threading
