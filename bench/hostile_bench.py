@@ -87,7 +87,8 @@ def main():
     ts.write_toy_servable(os.path.join(work, "dpsr", "1"), ids, emb, spec)
     server = process.model_server_process(os.path.join(work, "dpsr"), "dpsr", rest=True,
                                           log_dir=work, port=process.free_port(),
-                                          flags=["--enable_batching", "--max_k=300"])
+                                          flags=["--enable_batching", "--max_k=300",
+                                                 "--max_request_rows=256"])
     proxy = process.proxy_process({"dpsr": ((server.address,),)}, log_dir=work,
                                   deadline_ms=5000)
     process.start_all([server, proxy])

@@ -153,6 +153,9 @@ _XLA_CPU = flags.DEFINE_bool("xla_cpu_compilation_enabled", False,
                              "(default is disabled). With XLA:CPU JIT disabled, models "
                              "utilizing this feature will return bad Status on first "
                              "compilation request.")
+_XLA_GPU = flags.DEFINE_bool("xla_gpu_compilation_enabled", False,
+                             "EXPERIMENTAL; CAN BE REMOVED ANYTIME! Enable both XLA:CPU JIT and "
+                             "XLA:GPU JIT (default is disabled).")
 _ENABLE_PROFILER = flags.DEFINE_bool("enable_profiler", True, "Enable profiler service.")
 _THREAD_POOL_FACTORY = flags.DEFINE_string(
     "thread_pool_factory_config_file", "", "If non-empty, read an ascii ThreadPoolConfig "
@@ -172,6 +175,7 @@ _TENSOR_CONTENT = flags.DEFINE_bool(
 _CANNOT_APPLY = (
     (_GPU_MEMORY_FRACTION, "GPU flag; this server runs TensorFlow on the CPU"),
     (_XLA_CPU, "XLA JIT is not enabled by this server"),
+    (_XLA_GPU, "XLA JIT is not enabled by this server, and it runs TensorFlow on the CPU"),
     (_PREFER_TFLITE, "TFLite models are not served (SavedModels only)"),
     (_TFLITE_POOLS, "TFLite models are not served (SavedModels only)"),
     (_TFLITE_INTERPRETERS, "TFLite models are not served (SavedModels only)"),
@@ -197,13 +201,19 @@ _BASE_PATH_ROOT = flags.DEFINE_string("model_base_path_root", "",
 _REQUEST_TIMEOUT = flags.DEFINE_integer("request_timeout_ms", 30000,
                                         "[dpsr] Server-side deadline of each request (the "
                                         "client's deadline applies when shorter); 0: none.")
-_MAX_ROWS = flags.DEFINE_integer("max_request_rows", 256, "[dpsr] Most queries per request.")
+_MAX_ROWS = flags.DEFINE_integer("max_request_rows", 0, "[dpsr] Most queries (rows, examples) "
+                                 "per request; 0: no limit, as in TF Serving.")
 _MAX_STRING = flags.DEFINE_integer("max_string_input_bytes", 4096,
                                    "[dpsr] Longest string element of a request, in bytes.")
 _MAX_K = flags.DEFINE_integer("max_k", 10000, "[dpsr] Largest k a request may ask for.")
 _REST_MAX_BODY = flags.DEFINE_integer(
-    "rest_api_max_body_bytes", 16 << 20, "[dpsr] Largest REST request body; a larger one is "
-    "answered HTTP 413 without being read.")
+    "rest_api_max_body_bytes", 16 << 20, "[dpsr] Largest REST request body (Content-Length or "
+    "chunked); a larger one is answered HTTP 413 and its connection closed.")
+_REST_INFLIGHT_BODY = flags.DEFINE_integer(
+    "rest_api_max_inflight_body_bytes", 0, "[dpsr] Bytes of REST request bodies held at once "
+    "by all connections, from reading to answering (a parsed JSON body takes 10-25 times its "
+    "size). A body over 64 KiB waits for room up to --rest_api_timeout_in_ms, then gets "
+    "HTTP 503; one body alone always fits. 0: --rest_api_max_body_bytes.")
 _REST_CONN_TIMEOUT = flags.DEFINE_integer(
     "rest_api_connection_timeout_in_ms", 30000, "[dpsr] A REST connection whose reads or writes "
     "stall this long (a half-sent request, an idle keep-alive connection) is closed; 0: never.")
@@ -289,13 +299,18 @@ def options_from_flags():
         ssl = config_lib.read_ssl_options(_SSL_FILE.value)
     except ServingError as e:
         _fail(e.message)
-    for flag in (_MAX_ROWS, _MAX_STRING, _MAX_K, _MAX_ELEMENTS, _REST_MAX_BODY, _MAX_QUEUED,
+    for flag in (_MAX_STRING, _MAX_K, _MAX_ELEMENTS, _REST_MAX_BODY, _MAX_QUEUED,
                  _MAX_QUEUED_PER_CLIENT):
         if flag.value < 1:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 1")
     for flag in (_MAX_UNSENT, _MAX_UNSENT_PER_CLIENT):
         if flag.value < 0:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 0 (0: no limit)")
+    if _MAX_ROWS.value < 0:
+        _fail(f"--max_request_rows is {_MAX_ROWS.value}; it must be >= 0 (0: no limit)")
+    if _REST_INFLIGHT_BODY.value < 0:
+        _fail(f"--rest_api_max_inflight_body_bytes is {_REST_INFLIGHT_BODY.value}; it must be "
+              ">= 0 (0: as large as --rest_api_max_body_bytes)")
     session_config = None
     if _SESSION_CONFIG_FILE.value:
         from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
@@ -340,6 +355,7 @@ def options_from_flags():
         host=_HOST.value, port=_PORT.value, rest_api_port=_REST_API_PORT.value,
         rest_api_timeout_seconds=_REST_API_TIMEOUT.value / 1000.0,
         rest_api_max_body_bytes=_REST_MAX_BODY.value,
+        rest_api_max_inflight_body_bytes=_REST_INFLIGHT_BODY.value,
         rest_api_connection_timeout_seconds=_REST_CONN_TIMEOUT.value / 1000.0,
         model_config_file=_MODEL_CONFIG_FILE.value,
         model_config_file_poll_wait_seconds=_MODEL_CONFIG_POLL.value,

@@ -26,8 +26,15 @@ def serialized_examples(input_proto, max_rows: int) -> np.ndarray:
     """Serialized tf.Examples of an Input proto ([N] object array of bytes).
 
     example_list_with_context: each example gets the context's features it does not have.
+    More than `max_rows` examples (0: no limit) are refused before any is serialized.
     """
     kind = input_proto.WhichOneof("kind")
+    if kind in ("example_list", "example_list_with_context"):
+        count = len(getattr(input_proto, kind).examples)
+        if max_rows and count > max_rows:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Input has {count} examples; the limit is {max_rows} "
+                               "(--max_request_rows); split it into smaller requests")
     if kind == "example_list":
         examples = list(input_proto.example_list.examples)
         out = [e.SerializeToString() for e in examples]
@@ -46,9 +53,6 @@ def serialized_examples(input_proto, max_rows: int) -> np.ndarray:
                            "input.example_list or input.example_list_with_context")
     if not out:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Input contains no examples")
-    if len(out) > max_rows:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"Input has {len(out)} examples; the limit is {max_rows}")
     array = np.empty(len(out), dtype=object)
     array[:] = out
     return array

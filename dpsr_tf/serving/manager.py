@@ -102,6 +102,15 @@ def _fingerprint(path: str):
 
 _INT64_MAX = (1 << 63) - 1
 
+# TF Serving's message for a label no version carries (server_core.cc); the proxy keys its
+# failover to other replicas on this prefix, so it must stay exactly this.
+UNKNOWN_LABEL_PREFIX = "Unrecognized servable version label: "
+
+
+def unknown_label_error(label: str) -> ServingError:
+    """INVALID_ARGUMENT for a version label the model does not have, as TF Serving says it."""
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, UNKNOWN_LABEL_PREFIX + label)
+
 
 def version_number(name: str) -> Optional[int]:
     """The version a directory name stands for: ASCII digits only, fitting int64 (as TF
@@ -420,7 +429,10 @@ class VersionManager:
         """Resolves a ModelSpec (name + version | version_label | latest) to a loaded version.
 
         Raises:
-          ServingError(NOT_FOUND) for an unknown model, version or label.
+          ServingError(NOT_FOUND) for an unknown model or version, or a label on a version
+            that is not available; INVALID_ARGUMENT "Unrecognized servable version label:
+            <label>" for an unknown label (TF Serving's code and message, which the proxy
+            recognises).
         """
         name = model_spec.name
         choice = model_spec.WhichOneof("version_choice")
@@ -438,10 +450,7 @@ class VersionManager:
             elif choice == "version_label":
                 label = model_spec.version_label
                 if label not in model.labels:
-                    known = ", ".join(sorted(model.labels)) or "none"
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Unrecognized servable version label: {label} (model "
-                                       f"{name} has labels: {known})")
+                    raise unknown_label_error(label)
                 record = model.versions.get(model.labels[label])
             else:
                 record = None
@@ -466,7 +475,8 @@ class VersionManager:
         """ModelVersionStatus protos for GetModelStatus.
 
         Raises:
-          ServingError(NOT_FOUND) for an unknown model or version.
+          ServingError(NOT_FOUND) for an unknown model or version; INVALID_ARGUMENT for an
+            unknown label (as acquire).
         """
         name = model_spec.name
         choice = model_spec.WhichOneof("version_choice")
@@ -484,9 +494,7 @@ class VersionManager:
                 return [record.status_proto()]
             if choice == "version_label":
                 if model_spec.version_label not in model.labels:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                       f"Unrecognized servable version label: "
-                                       f"{model_spec.version_label}")
+                    raise unknown_label_error(model_spec.version_label)
                 record = model.versions.get(model.labels[model_spec.version_label])
                 return [record.status_proto()] if record else []
             if not model.versions:

@@ -36,6 +36,8 @@ class ServerOptions:
       rest_api_port: REST port (0: no REST API, as in TF Serving; -1: any free port).
       rest_api_timeout_seconds: REST predict timeout.
       rest_api_max_body_bytes: largest REST request body (larger: HTTP 413, body not read).
+      rest_api_max_inflight_body_bytes: REST body bytes held at once by all connections
+        (rest.RestGateway); 0: rest_api_max_body_bytes.
       rest_api_connection_timeout_seconds: a REST connection whose reads or writes stall this
         long (half-sent request, idle keep-alive) is closed; 0: never.
       model_config_file: ModelServerConfig file, re-read every
@@ -56,6 +58,7 @@ class ServerOptions:
     rest_api_port: int = 0
     rest_api_timeout_seconds: float = 30.0
     rest_api_max_body_bytes: int = 16 << 20
+    rest_api_max_inflight_body_bytes: int = 0
     rest_api_connection_timeout_seconds: float = 30.0
     model_config_file: str = ""
     model_config_file_poll_wait_seconds: float = 0.0
@@ -207,7 +210,8 @@ class ModelServer:
             self._rest = RestGateway(self.core, opts.host, max(0, opts.rest_api_port),
                                      opts.rest_api_timeout_seconds, metrics_path,
                                      opts.rest_api_max_body_bytes,
-                                     opts.rest_api_connection_timeout_seconds)
+                                     opts.rest_api_connection_timeout_seconds,
+                                     opts.rest_api_max_inflight_body_bytes)
             self.rest_api_port = self._rest.port
             self._rest.start()
         elif opts.monitoring.prometheus_enabled:

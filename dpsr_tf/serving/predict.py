@@ -29,7 +29,7 @@ class RequestLimits:
     """What the server accepts before a request reaches the servable.
 
     Attributes:
-      max_rows: most rows (queries) in one request.
+      max_rows: most rows (queries) in one request; 0: no limit (TF Serving has none).
       max_string_bytes: longest string element of any string input, in bytes.
       query_input: the input holding raw query text; each element must be non-blank.
       k_input: the scalar input holding the number of results.
@@ -38,7 +38,7 @@ class RequestLimits:
         the declared shape before anything is converted.
     """
 
-    max_rows: int = 256
+    max_rows: int = 0
     max_string_bytes: int = 4096
     query_input: str = "query"
     k_input: str = "k"
@@ -87,8 +87,18 @@ def check_declared(alias: str, spec, proto, limits: RequestLimits) -> int:
         the dims overflows int64).
     """
     name = f"input '{alias}'"
-    shape = tensors.declared_shape(proto, name)
-    if spec.batch_major and shape and shape[0] > limits.max_rows:
+    return check_shape(name, spec, tensors.declared_shape(proto, name), limits)
+
+
+def check_shape(name: str, spec, shape, limits: RequestLimits) -> int:
+    """Checks the shape of input `name` (described as in messages, e.g. "input 'query'")
+    against the row and value limits; returns its number of values.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): more rows than --max_request_rows (when set) or more
+        values than --max_input_elements.
+    """
+    if limits.max_rows and spec.batch_major and shape and shape[0] > limits.max_rows:
         raise _rows_error(shape[0], limits)
     return tensors.check_num_elements(
         shape, limits.max_elements, name,
@@ -226,7 +236,7 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits,
             sizes = ", ".join(f"'{a}' {feeds[a].shape[0]}" for a in batched)
             raise _bad(f"batch-major inputs have different numbers of rows ({sizes}); send one "
                        "row of each per query")
-        if max(row_counts) > limits.max_rows:
+        if limits.max_rows and max(row_counts) > limits.max_rows:
             raise _rows_error(max(row_counts), limits)
     fetches = check_output_filter(signature, request.output_filter)
     if row_counts and signature.batchable and joinable:

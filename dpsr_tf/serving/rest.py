@@ -10,13 +10,18 @@
 
 Strings are UTF-8 JSON strings or {"b64": "..."}; errors are {"error": "..."} with the HTTP
 status TF Serving uses for the gRPC code. Served by the standard library's threading HTTP
-server (HTTP/1.1 keep-alive), one thread per connection.
+server (HTTP/1.1 keep-alive), one thread per connection. Bodies come with a Content-Length or
+chunked (http_body.py: size limit, server-wide budget of body bytes); each answer leaves in one
+write on a TCP_NODELAY socket, so keep-alive clients do not wait on Nagle's algorithm.
 """
 import base64
+import http
 import http.server
 import json
 import logging
 import re
+import socket
+import sys
 import threading
 from typing import Optional
 
@@ -28,14 +33,22 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, predict_pb2,
                                      regression_pb2)
 
-from dpsr_tf.serving import tensors
+from dpsr_tf.serving import http_body, tensors
 from dpsr_tf.serving.errors import ServingError, http_status, truncate
+from dpsr_tf.serving.predict import RequestLimits, check_shape
 
 _LOG = logging.getLogger("serving.rest")
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?::(?P<verb>classify|regress|predict)|/(?P<metadata>metadata))?/?$")
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:  # 499 and other unregistered codes
+        return "Error"
 
 
 def _bad(message: str) -> ServingError:
@@ -89,9 +102,12 @@ def _shape_of(value, where, depth=0):
     return (len(value),) + inner[0]
 
 
-def json_to_tensor(value, spec, where: str):
-    """A JSON value to a TensorProto of the signature input's dtype."""
+def json_to_tensor(value, spec, where: str, limits: Optional[RequestLimits] = None):
+    """A JSON value to a TensorProto of the signature input's dtype; with `limits`, its rows
+    and values are checked against them before anything is converted."""
     shape = _shape_of(value, where)
+    if limits is not None:
+        check_shape(where, spec, shape, limits)
     if spec.dtype == types_pb2.DT_STRING:
         flat = np.array(value, dtype=object).ravel() if shape else [value]
         array = np.empty(len(flat), dtype=object)
@@ -138,8 +154,10 @@ def _show(value) -> str:
         return repr(value)[:80]
 
 
-def build_predict_request(body: dict, signature, model_spec) -> "predict_pb2.PredictRequest":
-    """PredictRequest from a TF Serving REST predict body (row or columnar format)."""
+def build_predict_request(body: dict, signature, model_spec,
+                          limits: Optional[RequestLimits] = None) -> "predict_pb2.PredictRequest":
+    """PredictRequest from a TF Serving REST predict body (row or columnar format); with
+    `limits`, each input's rows and values are checked before it is converted."""
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object with \"instances\" or \"inputs\"")
     has_instances, has_inputs = "instances" in body, "inputs" in body
@@ -178,7 +196,7 @@ def build_predict_request(body: dict, signature, model_spec) -> "predict_pb2.Pre
         if spec is None:
             raise _bad(f"input '{alias}' is not in signature '{signature.name}'; inputs are "
                        f"{sorted(signature.inputs)}")
-        request.inputs[alias].CopyFrom(json_to_tensor(value, spec, f"input '{alias}'"))
+        request.inputs[alias].CopyFrom(json_to_tensor(value, spec, f"input '{alias}'", limits))
     return request
 
 
@@ -216,15 +234,63 @@ def predict_response_json(response, row_format: bool) -> dict:
 
 # ----------------------------------------------------------------------------- classify/regress
 
+# A \uD800-\uDFFF escape: the body may hold a lone surrogate (checked by walking it).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _parse_body(body: bytes):
+    """The JSON document of a request body.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): empty, not UTF-8, not JSON, nested too deeply, an integer
+        longer than Python converts (4300 digits), or a string with a lone UTF-16 surrogate
+        escape such as "\\ud800" (not Unicode text: it could not be encoded again).
+    """
     if not body.strip():
         raise _bad("JSON Parse error: The document is empty")
     try:
-        return json.loads(body.decode("utf-8"))
+        # Strict UTF-8 (json.loads(bytes) would also take UTF-16/32 and encoded surrogates).
+        document = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(f"JSON Parse error: Invalid value: {e}") from e
     except RecursionError as e:
         raise _bad("JSON Parse error: the request body nests JSON too deeply") from e
+    except ValueError as e:  # int("<5,000 digits>"): over sys.get_int_max_str_digits()
+        raise _bad(f"JSON Parse error: a number has more digits than the "
+                   f"{sys.get_int_max_str_digits()} accepted; send it as a float or a "
+                   "string") from e
+    if _SURROGATE_ESCAPE.search(body):
+        _check_unicode(document)
+    return document
+
+
+def _check_unicode(document) -> None:
+    """INVALID_ARGUMENT if any string or key of a parsed document is not encodable as UTF-8."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise _bad(f"JSON Parse error: The surrogate pair in string is invalid: "
+                           f"{_show(value)} holds a lone UTF-16 surrogate escape "
+                           f"(\\u{ord(value[e.start]):04x}); send valid Unicode text") from e
+
+
+def _signature_name(payload) -> str:
+    """The optional "signature_name" of a request object; TF Serving's message if not a
+    string (json_tensor.cc FormatSignatureError)."""
+    name = payload.get("signature_name", "") if isinstance(payload, dict) else ""
+    if not isinstance(name, str):
+        raise _bad(f"JSON Value: {_show(payload)} not formatted correctly. 'signature_name' "
+                   "key must be a string value.")
+    return name
 
 
 def _feature(value, where, feature) -> None:
@@ -255,11 +321,15 @@ def _example(obj, where, example) -> None:
         _feature(value, f"{where} feature '{name}'", example.features.feature[name])
 
 
-def fill_examples(payload: dict, input_proto) -> None:
-    """TF Serving's REST {"examples": [...], "context": {...}?} into an Input proto."""
+def fill_examples(payload: dict, input_proto, max_rows: int = 0) -> None:
+    """TF Serving's REST {"examples": [...], "context": {...}?} into an Input proto; more
+    than `max_rows` examples (0: no limit) are refused before any is built."""
     examples = payload.get("examples")
     if not isinstance(examples, list) or not examples:
         raise _bad("\"examples\" must be a non-empty list of JSON objects")
+    if max_rows and len(examples) > max_rows:
+        raise _bad(f"Input has {len(examples)} examples; the limit is {max_rows} "
+                   "(--max_request_rows); split it into smaller requests")
     if "context" in payload:
         target = input_proto.example_list_with_context
         _example(payload["context"], "context", target.context)
@@ -271,24 +341,47 @@ def fill_examples(payload: dict, input_proto) -> None:
 
 # ----------------------------------------------------------------------------- server
 
+class _HttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that went away (reset, broken pipe, stalled past the timeout) is routine:
+        one debug line. Anything else is a bug and keeps its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            _LOG.debug("REST client %s went away: %s", client_address[0], error)
+            return
+        _LOG.exception("REST connection from %s failed", client_address[0])
+
+
+_JSON = "application/json"
+
+
 class RestGateway:
     """HTTP server thread in front of a ServerCore.
 
     Args:
       core: ServerCore.
       host, port: where to listen (port 0 picks a free one; see `.port`).
-      timeout_seconds: predict timeout (--rest_api_timeout_in_ms).
+      timeout_seconds: predict timeout (--rest_api_timeout_in_ms); also how long a large body
+        may wait for the body budget.
       metrics_path: serve Prometheus text here, or None.
+      max_body_bytes: largest request body (larger: 413).
+      connection_timeout_seconds: a read or write of a connection that stalls this long ends it.
+      max_inflight_body_bytes: budget of body bytes held at once by all connections (bodies
+        over 64 KiB wait for it; see http_body.BodyBudget); 0: as large as max_body_bytes.
     """
 
     def __init__(self, core, host: str, port: int, timeout_seconds: float,
                  metrics_path: Optional[str] = None, max_body_bytes: int = 16 << 20,
-                 connection_timeout_seconds: float = 30.0):
+                 connection_timeout_seconds: float = 30.0,
+                 max_inflight_body_bytes: int = 0):
         gateway = self
         self._core = core
         self._timeout = timeout_seconds
         self._metrics_path = metrics_path
         self._max_body = max_body_bytes
+        self.body_budget = http_body.BodyBudget(max_inflight_body_bytes or max_body_bytes)
         self._active = 0
         self._idle = threading.Condition()
 
@@ -297,6 +390,11 @@ class RestGateway:
             # Every read and write of a connection must progress within this many seconds, so
             # a half-sent request or an idle keep-alive connection does not hold its thread.
             timeout = connection_timeout_seconds or None
+
+            def setup(self):
+                super().setup()
+                # Answers are written whole; do not hold their last segment for an ACK.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def log_message(self, fmt, *args):  # quiet access log
                 _LOG.debug("%s %s", self.address_string(), fmt % args)
@@ -307,8 +405,7 @@ class RestGateway:
             def do_POST(self):  # noqa: N802
                 gateway._dispatch(self, "POST")
 
-        self._httpd = http.server.ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _HttpServer((host, port), Handler)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="rest",
                                         daemon=True)
@@ -327,15 +424,17 @@ class RestGateway:
     # ------------------------------------------------------------------ handling
 
     @staticmethod
-    def _send(handler, status: int, body: bytes, content_type="application/json"):
-        handler.send_response(status)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    def _send_json(self, handler, status, obj):
-        self._send(handler, status, json.dumps(obj).encode("utf-8"))
+    def _send(handler, status: int, body: bytes, content_type=_JSON):
+        """Writes the whole answer, head and body, in one write."""
+        headers = [f"HTTP/1.1 {status} {_reason(status)}",
+                   f"Server: {handler.version_string()}",
+                   f"Date: {handler.date_time_string()}",
+                   f"Content-Type: {content_type}",
+                   f"Content-Length: {len(body)}"]
+        if handler.close_connection:
+            headers.append("Connection: close")
+        handler.log_request(status)
+        handler.wfile.write(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + body)
 
     def _dispatch(self, handler, method):
         with self._idle:
@@ -349,34 +448,32 @@ class RestGateway:
                     self._idle.notify_all()
 
     def _handle(self, handler, method):
-        path = handler.path.split("?", 1)[0]
-        body = b""
-        length = handler.headers.get("Content-Length") or "0"
-        if not length.isascii() or not length.isdigit():
-            handler.close_connection = True
-            self._send_json(handler, 400, {"error": f"Content-Length {length[:40]!r} is not a "
-                                                    "number of bytes"})
-            return
-        length = int(length)
-        if length > self._max_body:
-            handler.close_connection = True  # the body is not read
-            self._send_json(handler, 413, {"error": f"the request body is {length:,} bytes; "
-                                                    f"the limit is {self._max_body:,} "
-                                                    "(--rest_api_max_body_bytes)"})
-            return
-        if length:
+        reader = http_body.BodyReader(handler.rfile, self._max_body, self.body_budget,
+                                      self._timeout or None)
+        try:
             try:
-                body = handler.rfile.read(length)
-            except OSError:  # a timeout or reset mid-body: drop the connection
-                body = b""
-            if len(body) != length:  # the client went away or stalled mid-body
-                handler.close_connection = True
+                body = reader.read(handler.headers)
+            except http_body.BodyError as e:
+                handler.close_connection = True  # the rest of the body is not read
+                self._send(handler, e.status, json.dumps({"error": e.message}).encode())
                 return
+            except http_body.ClientGone as e:
+                handler.close_connection = True
+                _LOG.debug("REST client %s went away: %s", handler.address_string(), e)
+                return
+            status, payload, content_type = self._answer(handler, method, body)
+            del body
+            self._send(handler, status, payload, content_type)
+        finally:
+            reader.release()
+
+    def _answer(self, handler, method, body):
+        """(HTTP status, body bytes, content type) of a request; never raises."""
+        path = handler.path.split("?", 1)[0]
         try:
             if self._metrics_path and path == self._metrics_path and method == "GET":
-                self._send(handler, 200, self._core.metrics.exposition(),
-                           "text/plain; version=0.0.4; charset=utf-8")
-                return
+                return (200, self._core.metrics.exposition(),
+                        "text/plain; version=0.0.4; charset=utf-8")
             match = _PATH.match(path)
             if match is None and not path.lower().startswith("/v1/"):
                 # TF Serving's HTTP server hands only /v1/... to the API handler.
@@ -386,12 +483,14 @@ class RestGateway:
                     raise _bad("Missing model name in request.")
                 raise _bad(f"Malformed request: {method} {path[:200]}")
             result = self._route(method, match, body)
-            self._send_json(handler, 200, result)
+            return 200, json.dumps(result).encode("utf-8"), _JSON
         except ServingError as e:
-            self._send_json(handler, http_status(e.code), {"error": truncate(e.message)})
+            error = {"error": truncate(e.message)}
+            return http_status(e.code), json.dumps(error).encode("utf-8"), _JSON
         except Exception as e:  # pylint: disable=broad-except
             _LOG.exception("REST handler failed")
-            self._send_json(handler, 500, {"error": truncate(f"{type(e).__name__}: {e}")})
+            error = {"error": truncate(f"{type(e).__name__}: {e}")}
+            return 500, json.dumps(error).encode("utf-8"), _JSON
 
     def _route(self, method, match, body):
         spec = _model_spec(match)
@@ -426,14 +525,13 @@ class RestGateway:
         payload = _parse_body(body)
         if not isinstance(payload, dict):
             raise _bad("the request body must be a JSON object with \"examples\"")
-        signature_name = payload.get("signature_name", "")
-        if not isinstance(signature_name, str):
-            raise _bad(f"\"signature_name\" must be a string, got {_show(signature_name)}")
+        signature_name = _signature_name(payload)
         request = (classification_pb2.ClassificationRequest() if verb == "classify"
                    else regression_pb2.RegressionRequest())
         request.model_spec.CopyFrom(spec)
         request.model_spec.signature_name = signature_name
-        fill_examples(payload, request.input)
+        fill_examples(payload, request.input, self._core.options.limits.max_rows)
+        del payload  # the parsed JSON is ~10x the body; keep only the request while it runs
         call = self._core.classify if verb == "classify" else self._core.regress
         response = call(request, self._timeout)
         if verb == "classify":
@@ -443,9 +541,7 @@ class RestGateway:
 
     def _predict(self, spec, body):
         payload = _parse_body(body)
-        signature_name = payload.get("signature_name", "") if isinstance(payload, dict) else ""
-        if not isinstance(signature_name, str):
-            raise _bad(f"\"signature_name\" must be a string, got {_show(signature_name)}")
+        signature_name = _signature_name(payload)
         handle = self._core.manager.acquire(spec)
         try:  # pin the version so the request runs on the signature it was built for
             servable = handle.servable
@@ -454,11 +550,13 @@ class RestGateway:
             pinned.version.value = servable.version
         finally:
             handle.release()
-        request = build_predict_request(payload, signature, pinned)
+        request = build_predict_request(payload, signature, pinned, self._core.options.limits)
+        row_format = "instances" in payload
+        del payload  # the parsed JSON is ~10x the body; keep only the request while it runs
         future = self._core.predict(request, self._timeout, "REST")
         try:
             response = future.result(timeout=self._timeout + 5 if self._timeout else None)
         except TimeoutError as e:
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                "request timed out (--rest_api_timeout_in_ms)") from e
-        return predict_response_json(response, row_format="instances" in payload)
+        return predict_response_json(response, row_format=row_format)

@@ -32,7 +32,7 @@ def stack(toy_model_dir, tmp_path_factory):
     logs = str(tmp_path_factory.mktemp("hostile"))
     server = process.model_server_process(
         toy_model_dir, "dpsr", rest=True, log_dir=logs, port=process.free_port(),
-        flags=["--enable_batching", "--max_k=300",
+        flags=["--enable_batching", "--max_k=300", "--max_request_rows=256",
                f"--rest_api_connection_timeout_in_ms={int(CONNECTION_TIMEOUT_S * 1000)}"])
     proxy = process.proxy_process({"dpsr": ((server.address,),)}, log_dir=logs,
                                   deadline_ms=5000)

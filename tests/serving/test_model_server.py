@@ -164,7 +164,8 @@ def _bad_requests():
     return [
         ("unknown model", unknown_model, grpc.StatusCode.NOT_FOUND, "Latest(nope)"),
         ("unknown version", unknown_version, grpc.StatusCode.NOT_FOUND, "Specific(dpsr, 42)"),
-        ("unknown label", unknown_label, grpc.StatusCode.NOT_FOUND, "canary"),
+        ("unknown label", unknown_label, grpc.StatusCode.INVALID_ARGUMENT,
+         "Unrecognized servable version label: canary"),
         ("unknown signature", unknown_signature, grpc.StatusCode.NOT_FOUND, "no_such_sig"),
         ("query dtype", _mutate(good, query=_t([1], np.int64)),
          grpc.StatusCode.INVALID_ARGUMENT, "DT_INT64"),
@@ -315,7 +316,8 @@ def test_rest_api(server, catalog, spec):
     assert "serving_default" in metadata["metadata"]["signature_def"]["signature_def"]
     for method, path, body, code in [
             ("post", "/v1/models/nope:predict", {"instances": ["x"]}, 404),
-            ("post", "/v1/models/dpsr/labels/none:predict", {"instances": ["x"]}, 404),
+            # An unknown label: INVALID_ARGUMENT, as TF Serving.
+            ("post", "/v1/models/dpsr/labels/none:predict", {"instances": ["x"]}, 400),
             ("post", "/v1/models/dpsr:predict", {"inputs": {"query": ["x"], "k": 0}}, 400),
             ("post", "/v1/models/dpsr:predict", {"inputs": {"query": [""]}}, 400),
             ("post", "/v1/models/dpsr:predict", {"instances": [], "inputs": {}}, 400),

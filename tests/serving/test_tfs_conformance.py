@@ -409,6 +409,37 @@ def test_rest_predict_request_errors(server, body, fragment):
     assert fragment in reply.json()["error"]
 
 
+@pytest.mark.parametrize("verb, body", [
+    ("predict", {"signature_name": 5, "instances": [1.0]}),
+    ("predict", {"signature_name": ["serving_default"], "inputs": [1.0]}),
+    ("classify", {"signature_name": None, "examples": [{"x": 1.0}]}),
+    ("regress", {"signature_name": {"name": "regress_x_to_y"}, "examples": [{"x": 1.0}]}),
+])
+def test_rest_signature_name_not_a_string(server, verb, body):
+    """[json_tensor] FillSignature: a signature_name that is not a JSON string is
+    INVALID_ARGUMENT with FormatSignatureError's message, "JSON Value: <the request> not
+    formatted correctly. 'signature_name' key must be a string value." (predict, classify and
+    regress share it)."""
+    reply = requests.post(server.rest_url + f"/v1/models/default:{verb}", data=json.dumps(body),
+                          timeout=RPC_TIMEOUT)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error.startswith("JSON Value: {") and error.endswith(
+        " not formatted correctly. 'signature_name' key must be a string value."), error
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/v1/models/default/labels/nope:predict"),
+                                          ("GET", "/v1/models/default/labels/nope"),
+                                          ("GET", "/v1/models/default/labels/nope/metadata")])
+def test_rest_unknown_version_label(server, method, path):
+    """[server_core] an unknown version label is INVALID_ARGUMENT (HTTP 400) "Unrecognized
+    servable version label: <label>", over REST as over gRPC."""
+    reply = requests.request(method, server.rest_url + path, data='{"instances": [1.0]}',
+                             timeout=RPC_TIMEOUT)
+    assert reply.status_code == 400, reply.text
+    assert reply.json() == {"error": "Unrecognized servable version label: nope"}
+
+
 @pytest.mark.parametrize("path, body, want", [
     ("/v1/models/default:predict", {"instances": [[1.0, 2.0], [3.0, 4.0]]},
      {"predictions": [[2.5, 3.0], [3.5, 4.0]]}),

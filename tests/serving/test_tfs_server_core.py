@@ -41,6 +41,7 @@ ACCEPTED_FLAGS = [
     "--grpc_max_threads=4", "--remove_unused_fields_from_bundle_metagraph=true",
     "--enable_grpc_healthcheck_service=true", "--enable_serialization_as_tensor_content=false",
     "--per_process_gpu_memory_fraction=0.5", "--xla_cpu_compilation_enabled=false",
+    "--xla_gpu_compilation_enabled=true",
     "--prefer_tflite_model=false", "--num_tflite_pools=1", "--num_tflite_interpreters_per_pool=1",
     "--skip_initialize_tpu=true", "--use_alts_credentials=false", "--enable_profiler=true",
     "--mixed_precision=", "--enable_per_model_batching_parameters=false",
@@ -145,7 +146,8 @@ def test_model_spec_multiple_versions_available(env):
     assert _predict(a, "two", label="A") == (123, [3.0])
     assert _predict(a, "two", label="B") == (124, [4.0])
     error = rpc_error(_predict, a, "two", label="nonexistent label")
-    assert "Unrecognized servable version label" in error.details()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Unrecognized servable version label: nonexistent label"
 
 
 def test_assign_label_to_unavailable_version(env):
@@ -277,6 +279,7 @@ def test_accepted_flags_and_notices(env):
     log = env["a"].log_tail(400)
     assert "--per_process_gpu_memory_fraction=0.5 is accepted but not applied" in log
     assert "--skip_initialize_tpu=True is accepted but not applied" in log
+    assert "--xla_gpu_compilation_enabled=True is accepted but not applied" in log
     assert "--prefer_tflite_model=False is accepted but not applied" in log
 
 

@@ -173,12 +173,14 @@ def test_labels_and_rollback(env):
     assert version_of(label="stable") == 1 and version_of(label="canary") == 2
     assert version_of() == 2 and version_of(version=1) == 1
     error = rpc_error(env["predict"].Predict, predict_request("labeled", ["q"], label="beta"))
-    assert error.code() == grpc.StatusCode.NOT_FOUND and "beta" in error.details()
+    # TF Serving's code and message for an unknown label (server_core.cc).
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "Unrecognized servable version label: beta"
     # Roll back: serve version 1 only.
     _reload(env, _config(env["root"], labeled_versions=(1,), labels={"stable": 1}))
     assert version_of() == 1 and version_of(label="stable") == 1
     assert rpc_error(env["predict"].Predict, predict_request("labeled", ["q"], label="canary")
-                     ).code() == grpc.StatusCode.NOT_FOUND
+                     ).code() == grpc.StatusCode.INVALID_ARGUMENT
     assert _status(env, "labeled")[2].state == State.END
     # A label on a version that is not loaded is refused; the server keeps serving.
     error = rpc_error(_reload, env, _config(env["root"], labeled_versions=(1,),
