@@ -24,6 +24,7 @@ from dpsr_tf.serving.batching import BatchScheduler
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
 from dpsr_tf.serving.predict import RequestLimits, build_response, prepare_predict
 from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
+from dpsr_tf.serving.servable_factory import new_servable
 
 _LOG = logging.getLogger("serving.core")
 
@@ -91,7 +92,7 @@ class ServerCore:
     # ------------------------------------------------------------------ loading
 
     def _load(self, name: str, version: int, path: str) -> SavedModelServable:
-        servable = SavedModelServable(name, version, path, self.options.session)
+        servable = new_servable(name, version, path, self.options.session)
         try:
             servable.load()
             if self.options.enable_model_warmup:

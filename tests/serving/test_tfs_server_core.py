@@ -277,7 +277,8 @@ def test_accepted_flags_and_notices(env):
     log = env["a"].log_tail(400)
     assert "--per_process_gpu_memory_fraction=0.5 is accepted but not applied" in log
     assert "--skip_initialize_tpu=True is accepted but not applied" in log
-    assert "--prefer_tflite_model=False is accepted but not applied" in log
+    assert "--num_tflite_interpreters_per_pool=1 is accepted but not applied" in log
+    assert "--prefer_tflite_model=False is accepted" not in log  # applied: TFLite is served
 
 
 def test_model_config_reload_with_zero_poll_period(env):
