@@ -3,7 +3,6 @@ anything is converted. A 70-byte PredictRequest whose query declares [100000000]
 string used to be expanded to 10^8 elements (13 s on the request loop, +760 MB) before the row
 limit; a shape whose product overflows int64 gave INTERNAL. Both must be INVALID_ARGUMENT at
 once, allocating nothing of the declared size."""
-import time
 import tracemalloc
 
 import grpc
@@ -90,17 +89,17 @@ def test_declared_shape_refused_before_conversion(case):
     request = _request(**inputs)
     assert request.ByteSize() < 100  # the whole attack is a few bytes
     tracemalloc.start()
-    start = time.perf_counter()
     with pytest.raises(ServingError) as info:
         prepare_predict(_signature(**sig_kwargs), request, LIMITS)
-    elapsed = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT, info.value
     for word in words:
         assert word in info.value.message, info.value.message
-    assert elapsed < 0.05, f"{elapsed:.3f} s"   # before: 13 s for [1e8]
-    assert peak < 1 << 20, f"peak {peak} bytes"  # before: +760 MB
+    # Bounded work, measured as memory (a time bound is missed on a loaded machine): the
+    # refusal allocates nothing in proportion to the declared shape. Before: +760 MB (13 s)
+    # for [1e8].
+    assert peak < 1 << 20, f"peak {peak} bytes"
 
 
 def test_within_limits_still_broadcasts_one_string():
