@@ -10,6 +10,7 @@ import pytest
 from dpsr_tf.serving.batching import BatchScheduler
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
+from tests.support import waiting
 
 
 class _Recorder:
@@ -26,6 +27,21 @@ class _Recorder:
         with self.lock:
             self.batches.append(feeds["x"].shape[0])
         return {"y": feeds["x"] * 2 + feeds["bias"]}
+
+
+class _Gated(_Recorder):
+    """A _Recorder whose runs wait for `release` after setting `started`: a test holds the
+    batch thread exactly as long as it needs, whatever the machine's speed."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, feeds, timeout):
+        self.started.set()
+        assert self.release.wait(waiting.STALL_S), "never released"
+        return super().__call__(feeds, timeout)
 
 
 def _submit(scheduler, run, x, bias=0, deadline=None, key="k"):
@@ -61,12 +77,16 @@ def test_different_keys_never_share_a_batch():
 
 
 def test_expired_deadline_is_deadline_exceeded_and_not_run():
-    run = _Recorder(delay=0.2)
+    run = _Gated()
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, num_batch_threads=1))
     try:
         blocker = _submit(scheduler, run, [1.0])
-        late = _submit(scheduler, run, [2.0], deadline=time.monotonic() + 0.05)
-        blocker.result(timeout=10)
+        assert run.started.wait(waiting.STALL_S)  # the only batch thread is busy
+        deadline = time.monotonic() + 0.05
+        late = _submit(scheduler, run, [2.0], deadline=deadline)
+        waiting.wait_until(lambda: time.monotonic() > deadline, "the deadline", poll_s=0.01)
+        run.release.set()
+        blocker.result(timeout=waiting.STALL_S)
         with pytest.raises(ServingError) as e:
             late.result(timeout=10)
         assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -76,12 +96,12 @@ def test_expired_deadline_is_deadline_exceeded_and_not_run():
 
 
 def test_full_queue_is_unavailable_and_oversized_task_invalid():
-    run = _Recorder(delay=0.3)
+    run = _Gated()
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=1,
                                                num_batch_threads=1))
     try:
-        first = _submit(scheduler, run, [1.0, 1.0])  # running
-        time.sleep(0.05)
+        first = _submit(scheduler, run, [1.0, 1.0])
+        assert run.started.wait(waiting.STALL_S)  # running, out of the queue
         _submit(scheduler, run, [1.0, 1.0])  # fills the queue
         with pytest.raises(ServingError) as e:
             _submit(scheduler, run, [1.0])
@@ -89,7 +109,8 @@ def test_full_queue_is_unavailable_and_oversized_task_invalid():
         with pytest.raises(ServingError) as e:
             _submit(scheduler, run, [1.0, 2.0, 3.0])
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        first.result(timeout=10)
+        run.release.set()
+        first.result(timeout=waiting.STALL_S)
     finally:
         scheduler.close()
 
@@ -143,10 +164,16 @@ def _submit_h(scheduler, run, rows):
 def _hold(scheduler):
     """Occupies the only batch thread until the returned event is set, so the next submits
     queue up and form one batch."""
-    release = threading.Event()
-    scheduler.submit("hold", {"x": np.zeros(1)}, 1, ("x",),
-                     lambda feeds, t: (release.wait(10), {"y": feeds["x"]})[1], None)
-    time.sleep(0.1)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(feeds, timeout):
+        del timeout
+        started.set()
+        release.wait(waiting.STALL_S)
+        return {"y": feeds["x"]}
+
+    scheduler.submit("hold", {"x": np.zeros(1)}, 1, ("x",), hold, None)
+    assert started.wait(waiting.STALL_S)
     return release
 
 

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from dpsr_tf.serving import process
+from tests.support import waiting
 from tests.support.serving_testing import rpc_error
 from tests.serving import tfs_testdata
 
@@ -294,15 +295,13 @@ def test_model_config_reload(env):
     """[server_test] testModelConfigReload: with a poll period, an edited config file is
     applied (the model "two" now serves half_plus_three's directory)."""
     env["file_b"].write_text(_config_text([("two", env["hp3"], {})]))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def applied():
         try:
-            if _predict(env["b"], "two") == (1, [4.0]):
-                return
+            return _predict(env["b"], "two") == (1, [4.0])
         except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the edited config file was not applied within 60 s")
+            return False
+    waiting.wait_until(applied, "the edited config file to apply", poll_s=0.5)
 
 
 def test_version_flag():

@@ -11,9 +11,9 @@ from typing import Callable, Hashable, Optional, TypeVar
 T = TypeVar("T")
 
 # No progress for this long means a hang (a quiet machine needs seconds for any step here).
-STALL_S = 600.0
+STALL_S = 300.0
 # Subprocesses of the CLI under test: a guard against hangs, not a speed requirement.
-SUBPROCESS_TIMEOUT_S = 1800
+SUBPROCESS_TIMEOUT_S = 900
 
 
 def wait_until(condition: Callable[[], T], what: str,
