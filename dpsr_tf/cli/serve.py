@@ -183,7 +183,6 @@ _CANNOT_APPLY = (
     (_THREAD_POOL_FACTORY, "custom thread pool factories are not supported"),
     (_PER_MODEL_BATCHING, "per-model batching_params.pbtxt is not read; "
                           "--batching_parameters_file applies to every model"),
-    (_ENABLE_PROFILER, "the profiler service is not served on the gRPC port"),
 )
 
 # [dpsr] additions.
@@ -324,7 +323,8 @@ def options_from_flags():
         monitoring=monitoring, ssl=ssl,
         allow_reload_config_request=_ALLOW_RELOAD.value,
         port_file=_PORT_FILE.value, core=core,
-        grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args)
+        grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args,
+        enable_profiler=_ENABLE_PROFILER.value)
     return options, server_config
 
 
