@@ -58,7 +58,7 @@ def test_concurrent_requests_share_batches_and_get_their_rows(num_threads):
         inputs = [rng.standard_normal((int(rng.integers(1, 4)),)) for _ in range(40)]
         futures = [_submit(scheduler, run, x) for x in inputs]
         for x, f in zip(inputs, futures):
-            np.testing.assert_allclose(f.result(timeout=10)["y"], np.float32(x) * 2)
+            np.testing.assert_allclose(f.result(timeout=waiting.STALL_S)["y"], np.float32(x) * 2)
         assert max(run.batches) > 1 and max(run.batches) <= 16
         assert sum(run.batches) == sum(len(x) for x in inputs)
     finally:
@@ -71,7 +71,7 @@ def test_different_keys_never_share_a_batch():
     try:
         futures = [(_submit(scheduler, run, [1.0], bias=b % 2), b % 2) for b in range(20)]
         for f, bias in futures:
-            assert f.result(timeout=10)["y"].tolist() == [2.0 + bias]
+            assert f.result(timeout=waiting.STALL_S)["y"].tolist() == [2.0 + bias]
     finally:
         scheduler.close()
 
@@ -88,7 +88,7 @@ def test_expired_deadline_is_deadline_exceeded_and_not_run():
         run.release.set()
         blocker.result(timeout=waiting.STALL_S)
         with pytest.raises(ServingError) as e:
-            late.result(timeout=10)
+            late.result(timeout=waiting.STALL_S)
         assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert run.batches == [1]
     finally:
@@ -121,7 +121,7 @@ def test_batches_are_padded_to_allowed_sizes():
                                                num_batch_threads=1))
     try:
         futures = [_submit(scheduler, run, [float(i)]) for i in range(6)]
-        assert [f.result(timeout=10)["y"].tolist() for f in futures] == [
+        assert [f.result(timeout=waiting.STALL_S)["y"].tolist() for f in futures] == [
             [2.0 * i] for i in range(6)]
         assert all(b in (4, 8) for b in run.batches)
     finally:
@@ -138,7 +138,7 @@ def test_run_error_reaches_every_task_of_the_batch():
         futures = [_submit(scheduler, failing, [1.0]) for _ in range(3)]
         for f in futures:
             with pytest.raises(ServingError, match="bad k"):
-                f.result(timeout=10)
+                f.result(timeout=waiting.STALL_S)
     finally:
         scheduler.close()
 
@@ -189,8 +189,8 @@ def test_inputs_of_different_widths_are_padded_with_pad_variable_length_inputs()
         a = _submit_h(scheduler, run, [[b"i1", b"i2", b"i3"]])
         b = _submit_h(scheduler, run, [[b"i4"], [b"i5"]])
         release.set()
-        assert a.result(timeout=10)["n"].tolist() == [[3]]
-        assert b.result(timeout=10)["n"].tolist() == [[1], [1]]
+        assert a.result(timeout=waiting.STALL_S)["n"].tolist() == [[3]]
+        assert b.result(timeout=waiting.STALL_S)["n"].tolist() == [[1], [1]]
         assert batches == [(3, 3)]  # one run, the narrow rows padded with "" to width 3
     finally:
         scheduler.close()
@@ -207,11 +207,11 @@ def test_a_batch_that_cannot_be_assembled_fails_only_its_requests():
         release.set()
         for f in (a, b):
             with pytest.raises(ServingError) as e:
-                f.result(timeout=10)
+                f.result(timeout=waiting.STALL_S)
             assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert "pad_variable_length_inputs" in e.value.message
         # The batch thread lives on: the next request is answered.
-        assert _submit_h(scheduler, run, [[b"i9", b""]]).result(timeout=10)["n"].tolist() == [[1]]
+        assert _submit_h(scheduler, run, [[b"i9", b""]]).result(timeout=waiting.STALL_S)["n"].tolist() == [[1]]
     finally:
         scheduler.close()
 
@@ -230,8 +230,8 @@ def test_a_failing_run_fails_its_batch_and_not_the_next():
     try:
         first = scheduler.submit("k", {"x": np.ones(2)}, 2, ("x",), run, None)
         with pytest.raises(RuntimeError, match="boom"):
-            first.result(timeout=10)
+            first.result(timeout=waiting.STALL_S)
         second = scheduler.submit("k", {"x": np.ones(1)}, 1, ("x",), run, None)
-        assert second.result(timeout=10)["y"].tolist() == [2.0]
+        assert second.result(timeout=waiting.STALL_S)["y"].tolist() == [2.0]
     finally:
         scheduler.close()
