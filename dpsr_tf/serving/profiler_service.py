@@ -140,8 +140,9 @@ class ProfilerService:
                                 "another profile is being captured; one runs at a time")
         self._active, self._terminate_active = request.session_id, False
         loop = asyncio.get_running_loop()
-        work_dir = tempfile.mkdtemp(prefix="dpsr-profile-")
+        work_dir = None
         try:
+            work_dir = tempfile.mkdtemp(prefix="dpsr-profile-")
             session = await loop.run_in_executor(None, _start_session, work_dir, request.opts)
             try:
                 waited = 0
@@ -155,13 +156,12 @@ class ProfilerService:
             empty = await loop.run_in_executor(None, _save, xspace, out_path)
         except OSError as e:
             await context.abort(grpc.StatusCode.INTERNAL, f"cannot write the profile: {e}")
-        except Exception as e:  # pylint: disable=broad-except
-            if isinstance(e, asyncio.CancelledError):
-                raise
+        except Exception as e:  # pylint: disable=broad-except  (cancellation passes through)
             _LOG.exception("profile failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
+            if work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
             self._active = None
             self._busy.release()
         _LOG.info("Profile of %d ms written to %s%s", duration_ms, out_path,
