@@ -98,7 +98,7 @@ def env(tmp_path_factory):
                "--enable_signature_method_name_check",
                "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=0"])
     process.start_all([a, b])
-    bad_out, _ = bad_proc.communicate(timeout=180)
+    bad_out, _ = bad_proc.communicate(timeout=waiting.SUBPROCESS_TIMEOUT_S)
     yield {"a": a, "b": b, "two": two, "hp3": hp3, "other": other, "tf2": tf2,
            "file_a": file_a, "file_b": file_b, "bad": (bad_proc.returncode, bad_out.decode())}
     a.stop()

@@ -59,7 +59,7 @@ def test_base_path_outside_the_root_does_not_start(toy_model_dir, tmp_path):
     server = process.model_server_process(toy_model_dir, "dpsr", log_dir=str(tmp_path),
                                           flags=[f"--model_base_path_root={tmp_path}"])
     with pytest.raises(RuntimeError, match="outside the allowed root"):
-        server.start(timeout=120)
+        server.start()
 
 
 def _pem_pair(work, name):
