@@ -6,7 +6,8 @@ tf.lite.TFLiteConverter.from_concrete_functions (signature keys are the function
   affine_scale:    x float [?, 3], a float [?, 1] -> z = a * x [?, 3]
 A second version directory holds both a model.tflite (2x + 1) and a SavedModel of different
 math (0.5x + 2), so which one a server loads shows in its answers. Expected values come from
-numpy. Two servers: one with --prefer_tflite_model, one without.
+numpy. Two servers: one with --prefer_tflite_model (and batching, so concurrent requests share
+interpreter runs), one without.
 """
 import concurrent.futures
 import os
@@ -80,12 +81,12 @@ def _make_models(base) -> str:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
-    """{"prefer": server with --prefer_tflite_model, "plain": server without}."""
+    """{"prefer": server with --prefer_tflite_model and batching, "plain": server without}."""
     base = tmp_path_factory.mktemp("tflite")
     config = _make_models(base)
     prefer = process.model_server_process(
         model_config_file=config, rest=True, name="tflite_prefer",
-        flags=["--prefer_tflite_model", "--num_tflite_pools=2"])
+        flags=["--prefer_tflite_model", "--num_tflite_pools=2", "--enable_batching"])
     plain = process.model_server_process(model_config_file=config, rest=True, name="tflite_plain")
     process.start_all([prefer, plain])
     yield {"prefer": prefer, "plain": plain, "base": base}
