@@ -139,9 +139,11 @@ _PREFER_TFLITE = flags.DEFINE_bool("prefer_tflite_model", False,
                                    "Lite model from `model.tflite` file in SavedModel "
                                    "directory, instead of the TensorFlow model from "
                                    "`saved_model.pb` file.")
-_TFLITE_POOLS = flags.DEFINE_integer("num_tflite_pools", 1,
+_TFLITE_POOLS = flags.DEFINE_integer("num_tflite_pools", os.cpu_count() or 1,
                                      "EXPERIMENTAL; CAN BE REMOVED ANYTIME! Number of TFLite "
-                                     "interpreters in an interpreter pool of TfLiteSession.")
+                                     "interpreters in an interpreter pool of TfLiteSession. "
+                                     "[dpsr] The most TFLite interpreters of one version, each "
+                                     "running one call at a time; default: one per CPU.")
 _TFLITE_INTERPRETERS = flags.DEFINE_integer(
     "num_tflite_interpreters_per_pool", 1, "EXPERIMENTAL; CAN BE REMOVED ANYTIME! Number of "
     "TFLite interpreters in an interpreter pool of TfLiteSession.")
@@ -176,9 +178,8 @@ _CANNOT_APPLY = (
     (_GPU_MEMORY_FRACTION, "GPU flag; this server runs TensorFlow on the CPU"),
     (_XLA_CPU, "XLA JIT is not enabled by this server"),
     (_XLA_GPU, "XLA JIT is not enabled by this server, and it runs TensorFlow on the CPU"),
-    (_PREFER_TFLITE, "TFLite models are not served (SavedModels only)"),
-    (_TFLITE_POOLS, "TFLite models are not served (SavedModels only)"),
-    (_TFLITE_INTERPRETERS, "TFLite models are not served (SavedModels only)"),
+    (_TFLITE_INTERPRETERS, "each TFLite call runs on one interpreter of the version's pool "
+                           "(--num_tflite_pools); a batch is not split across interpreters"),
     (_SKIP_TPU, "no TPU here"),
     (_MIXED_PRECISION, "mixed precision is a GPU/TPU setting; not applied on the CPU"),
     (_USE_ALTS, "ALTS needs Google Cloud's handshaker service; use --ssl_config_file"),
@@ -186,7 +187,6 @@ _CANNOT_APPLY = (
     (_THREAD_POOL_FACTORY, "custom thread pool factories are not supported"),
     (_PER_MODEL_BATCHING, "per-model batching_params.pbtxt is not read; "
                           "--batching_parameters_file applies to every model"),
-    (_ENABLE_PROFILER, "the profiler service is not served on the gRPC port"),
 )
 
 # [dpsr] additions.
@@ -332,7 +332,9 @@ def options_from_flags():
         session=SessionOptions(
             saved_model_tags=tuple(t.strip() for t in _TAGS.value.split(",") if t.strip()),
             intra_op_parallelism=intra, inter_op_parallelism=inter,
-            session_config=session_config),
+            session_config=session_config,
+            prefer_tflite_model=_PREFER_TFLITE.value,
+            num_tflite_interpreters=max(1, _TFLITE_POOLS.value)),
         manager=ManagerOptions(
             file_system_poll_wait_seconds=_FS_POLL.value,
             max_num_load_retries=_LOAD_RETRIES.value,
@@ -362,7 +364,8 @@ def options_from_flags():
         monitoring=monitoring, ssl=ssl,
         allow_reload_config_request=_ALLOW_RELOAD.value,
         port_file=_PORT_FILE.value, core=core,
-        grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args)
+        grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args,
+        enable_profiler=_ENABLE_PROFILER.value)
     return options, server_config
 
 

@@ -89,9 +89,9 @@ class _Model:
 
 
 def _fingerprint(path: str):
-    """Changes when a version directory's SavedModel is rewritten."""
+    """Changes when a version directory's SavedModel (or model.tflite) is rewritten."""
     parts = []
-    for name in ("", "saved_model.pb", "saved_model.pbtxt"):
+    for name in ("", "saved_model.pb", "saved_model.pbtxt", "model.tflite"):
         try:
             st = os.stat(os.path.join(path, name) if name else path)
             parts.append((st.st_mtime_ns, st.st_size, st.st_ino))

@@ -51,6 +51,7 @@ class ServerOptions:
       core: CoreOptions.
       grpc_socket_path: also serve gRPC on this UNIX socket (--grpc_socket_path).
       grpc_channel_arguments: (key, value) gRPC server arguments (--grpc_channel_arguments).
+      enable_profiler: serve tensorflow.ProfilerService on the gRPC port (--enable_profiler).
     """
 
     host: str = "127.0.0.1"
@@ -70,6 +71,7 @@ class ServerOptions:
     core: CoreOptions = CoreOptions()
     grpc_socket_path: str = ""
     grpc_channel_arguments: tuple = ()
+    enable_profiler: bool = True
 
 
 def _address(host: str, port: int) -> str:
@@ -199,6 +201,9 @@ class ModelServer:
                      self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        if opts.enable_profiler:
+            from dpsr_tf.serving import profiler_service  # pylint: disable=g-import-not-at-top
+            self._grpc.add_generic_rpc_handlers((profiler_service.ProfilerService().handler(),))
         self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
         if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
             if not self._grpc.add_insecure_port(f"unix:{opts.grpc_socket_path}"):

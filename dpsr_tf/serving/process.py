@@ -30,6 +30,10 @@ from dpsr_tf.serving import proxy_config
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _STARTED: List["ServerProcess"] = []
 _PR_SET_PDEATHSIG = 1
+# How long a starting process may take to serve: a guard against a hung start, not a speed
+# requirement (a process that exits fails at once; several TensorFlow processes starting
+# together on a loaded machine take minutes).
+START_TIMEOUT_S = 600.0
 
 
 def _die_with_parent():  # runs in the child before exec
@@ -111,7 +115,7 @@ class ServerProcess:
         _STARTED.append(self)
         return self
 
-    def wait_ready(self, timeout: float = 180.0) -> "ServerProcess":
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> "ServerProcess":
         """Waits for the port file and a SERVING health check; stops the process on failure."""
         try:
             self._wait_ready(timeout)
@@ -120,7 +124,7 @@ class ServerProcess:
             raise
         return self
 
-    def start(self, timeout: float = 180.0) -> "ServerProcess":
+    def start(self, timeout: float = START_TIMEOUT_S) -> "ServerProcess":
         return self.launch().wait_ready(timeout)
 
     def _wait_ready(self, timeout: float):
@@ -206,12 +210,12 @@ def model_server_process(model_base_path: Optional[str] = None, model_name: str 
     return server
 
 
-def start_model_server(*args, timeout: float = 180.0, **kwargs) -> ServerProcess:
+def start_model_server(*args, timeout: float = START_TIMEOUT_S, **kwargs) -> ServerProcess:
     """Starts `dpsr serve` (arguments of model_server_process) and waits until it serves."""
     return model_server_process(*args, **kwargs).start(timeout)
 
 
-def start_all(processes: Sequence[ServerProcess], timeout: float = 180.0):
+def start_all(processes: Sequence[ServerProcess], timeout: float = START_TIMEOUT_S):
     """Launches every process at once, then waits for each (faster than one by one)."""
     try:
         for p in processes:
@@ -242,7 +246,7 @@ def proxy_process(routes: Optional[Dict[str, Tuple[Tuple[str, ...], ...]]] = Non
     return process
 
 
-def start_proxy(*args, timeout: float = 120.0, **kwargs) -> ServerProcess:
+def start_proxy(*args, timeout: float = START_TIMEOUT_S, **kwargs) -> ServerProcess:
     """Starts `dpsr proxy` (arguments of proxy_process) and waits until it serves."""
     return proxy_process(*args, **kwargs).start(timeout)
 

@@ -33,6 +33,10 @@ class SessionOptions:
       load_op_library: load dpsr_tf's op library before importing graphs.
       session_config: a serialized tf ConfigProto (--tensorflow_session_config_file) that the
         parallelism settings above override when they are not 0; None: TF's defaults.
+      prefer_tflite_model: load a version's model.tflite instead of its SavedModel when both
+        are there (servable_factory.py has the rule).
+      num_tflite_interpreters: most TFLite interpreters per version, i.e. concurrent calls
+        (--num_tflite_pools; 0: one per CPU).
     """
 
     saved_model_tags: Tuple[str, ...] = ("serve",)
@@ -40,6 +44,8 @@ class SessionOptions:
     inter_op_parallelism: int = 0
     load_op_library: bool = True
     session_config: Optional[bytes] = None
+    prefer_tflite_model: bool = False
+    num_tflite_interpreters: int = 0
 
 
 def load_op_library_once() -> None:

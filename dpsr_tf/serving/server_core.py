@@ -27,6 +27,7 @@ from dpsr_tf.serving.predict import RequestLimits, build_response, prepare_predi
 from dpsr_tf.serving.run_queue import STARTED, FairRunQueue
 from dpsr_tf.serving.unsent_answers import UnsentAnswers
 from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
+from dpsr_tf.serving.servable_factory import new_servable
 
 _LOG = logging.getLogger("serving.core")
 
@@ -112,7 +113,7 @@ class ServerCore:
     # ------------------------------------------------------------------ loading
 
     def _load(self, name: str, version: int, path: str) -> SavedModelServable:
-        servable = SavedModelServable(name, version, path, self.options.session)
+        servable = new_servable(name, version, path, self.options.session)
         try:
             servable.load()
             if self.options.enable_model_warmup:

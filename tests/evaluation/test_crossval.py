@@ -19,6 +19,7 @@ from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.testing import write_tiny_dataset
 from dpsr_tf.tokenization import TokenizerConfig
 from dpsr_tf.training.config import TrainConfig
+from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
@@ -163,6 +164,6 @@ def test_cli_rejects_one_fold(tiny_paths, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dpsr_tf.cli", "crossval", f"--items={tiny_paths['items']}",
          f"--interactions={tiny_paths['interactions']}", f"--output={tmp_path / 'run'}",
-         "--folds=1"], env=env, capture_output=True, text=True, timeout=300, check=False)
+         "--folds=1"], env=env, capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "dpsr crossval: error: --folds=1: must be >= 2" in proc.stderr

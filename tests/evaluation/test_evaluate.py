@@ -17,6 +17,7 @@ from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
 from dpsr_tf.export import catalog_index
 from dpsr_tf.export.index_builder import IndexBuildConfig, build_index
+from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -62,7 +63,7 @@ def test_cli_writes_metrics_json(trained, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "evaluate",
                            f"--model_dir={model_dir}", "--bm25", "--num_random=50",
                            f"--output={out}"], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     for name in ("dpsr", "bm25"):
@@ -96,7 +97,7 @@ def test_cli_per_query_file_and_paired_comparison(trained, tmp_path):
 def test_cli_without_model_or_layout_is_an_error():
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "evaluate"], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
     assert proc.returncode != 0
     assert "give --model_dir" in proc.stderr
 
@@ -104,7 +105,7 @@ def test_cli_without_model_or_layout_is_an_error():
 def _cli(*args):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "evaluate", *args], env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
 
 
 def test_cli_served_through_the_index_dpsr_index_built(trained, tmp_path):

@@ -14,6 +14,7 @@ from dpsr_tf.evaluation import served
 from dpsr_tf.model.scoring import soft_dot_product_np
 from dpsr_tf.export import catalog_index
 from dpsr_tf.export.index_builder import IndexBuildConfig, build_index
+from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_ITEMS, DIM, HEADS, NUM_REQUESTS = 300, 16, 3, 40
@@ -240,7 +241,7 @@ def test_merge_shards_pads_and_sorts():
 def _cli(*args):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "evaluate", *args], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
 
 
 def test_cli_served_flags_are_checked():

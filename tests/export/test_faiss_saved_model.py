@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.export import faiss_ops
+from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIM = 16
@@ -109,7 +110,7 @@ def test_saved_model_round_trip_in_a_fresh_process_after_moving(tmp_path, make_i
     np.save(out + ".queries.npy", queries)
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(moved / "tf2"), str(moved / "tf1"),
-                           out], env=env, capture_output=True, text=True, timeout=300)
+                           out], env=env, capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(out)
 

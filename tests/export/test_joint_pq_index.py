@@ -13,6 +13,7 @@ import pytest
 
 from dpsr_tf.model import joint_pq
 from dpsr_tf.export import index_builder, index_layout, joint_pq_index
+from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -167,7 +168,7 @@ def test_joint_model_serves_through_dpsr_export_without_dpsr_index(joint_model):
     """)
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1")
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -7,6 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from tests.support import waiting
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -27,7 +29,7 @@ def test_page_renders_in_headless_chromium(tiny_report, tmp_path):
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
          "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,3000",
          "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", url],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _console_errors(proc.stderr) == []
     pixels = matplotlib.image.imread(str(shot))[..., :3]               # [H, W, 3] in [0, 1]
@@ -50,7 +52,7 @@ def test_page_renders_in_headless_chromium(tiny_report, tmp_path):
                             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}",
                             "--window-size=1280,3000", "--enable-logging=stderr", "--v=0",
                             f"--screenshot={shot2}", "file://" + str(broken / "index.html")],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
     assert any("undefinedFunction" in line for line in _console_errors(proc2.stderr))
     pixels2 = matplotlib.image.imread(str(shot2))[..., :3]
     red2 = (pixels2[..., 0] > 0.8) & (pixels2[..., 1] < 0.3) & (pixels2[..., 2] < 0.3)

@@ -10,6 +10,7 @@ import pytest
 from dpsr_tf.serving.batching import BatchScheduler
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
+from tests.support import waiting
 
 
 class _Recorder:
@@ -28,6 +29,21 @@ class _Recorder:
         return {"y": feeds["x"] * 2 + feeds["bias"]}
 
 
+class _Gated(_Recorder):
+    """A _Recorder whose runs wait for `release` after setting `started`: a test holds the
+    batch thread exactly as long as it needs, whatever the machine's speed."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, feeds, timeout):
+        self.started.set()
+        assert self.release.wait(waiting.STALL_S), "never released"
+        return super().__call__(feeds, timeout)
+
+
 def _submit(scheduler, run, x, bias=0, deadline=None, key="k"):
     feeds = {"x": np.asarray(x, np.float32), "bias": np.float32(bias)}
     return scheduler.submit((key, bias), feeds, feeds["x"].shape[0], ("x",), run, deadline)
@@ -42,7 +58,7 @@ def test_concurrent_requests_share_batches_and_get_their_rows(num_threads):
         inputs = [rng.standard_normal((int(rng.integers(1, 4)),)) for _ in range(40)]
         futures = [_submit(scheduler, run, x) for x in inputs]
         for x, f in zip(inputs, futures):
-            np.testing.assert_allclose(f.result(timeout=10)["y"], np.float32(x) * 2)
+            np.testing.assert_allclose(f.result(timeout=waiting.STALL_S)["y"], np.float32(x) * 2)
         assert max(run.batches) > 1 and max(run.batches) <= 16
         assert sum(run.batches) == sum(len(x) for x in inputs)
     finally:
@@ -55,20 +71,24 @@ def test_different_keys_never_share_a_batch():
     try:
         futures = [(_submit(scheduler, run, [1.0], bias=b % 2), b % 2) for b in range(20)]
         for f, bias in futures:
-            assert f.result(timeout=10)["y"].tolist() == [2.0 + bias]
+            assert f.result(timeout=waiting.STALL_S)["y"].tolist() == [2.0 + bias]
     finally:
         scheduler.close()
 
 
 def test_expired_deadline_is_deadline_exceeded_and_not_run():
-    run = _Recorder(delay=0.2)
+    run = _Gated()
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, num_batch_threads=1))
     try:
         blocker = _submit(scheduler, run, [1.0])
-        late = _submit(scheduler, run, [2.0], deadline=time.monotonic() + 0.05)
-        blocker.result(timeout=10)
+        assert run.started.wait(waiting.STALL_S)  # the only batch thread is busy
+        deadline = time.monotonic() + 0.05
+        late = _submit(scheduler, run, [2.0], deadline=deadline)
+        waiting.wait_until(lambda: time.monotonic() > deadline, "the deadline", poll_s=0.01)
+        run.release.set()
+        blocker.result(timeout=waiting.STALL_S)
         with pytest.raises(ServingError) as e:
-            late.result(timeout=10)
+            late.result(timeout=waiting.STALL_S)
         assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
         assert run.batches == [1]
     finally:
@@ -76,12 +96,12 @@ def test_expired_deadline_is_deadline_exceeded_and_not_run():
 
 
 def test_full_queue_is_unavailable_and_oversized_task_invalid():
-    run = _Recorder(delay=0.3)
+    run = _Gated()
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=1,
                                                num_batch_threads=1))
     try:
-        first = _submit(scheduler, run, [1.0, 1.0])  # running
-        time.sleep(0.05)
+        first = _submit(scheduler, run, [1.0, 1.0])
+        assert run.started.wait(waiting.STALL_S)  # running, out of the queue
         _submit(scheduler, run, [1.0, 1.0])  # fills the queue
         with pytest.raises(ServingError) as e:
             _submit(scheduler, run, [1.0])
@@ -89,7 +109,8 @@ def test_full_queue_is_unavailable_and_oversized_task_invalid():
         with pytest.raises(ServingError) as e:
             _submit(scheduler, run, [1.0, 2.0, 3.0])
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        first.result(timeout=10)
+        run.release.set()
+        first.result(timeout=waiting.STALL_S)
     finally:
         scheduler.close()
 
@@ -100,7 +121,7 @@ def test_batches_are_padded_to_allowed_sizes():
                                                num_batch_threads=1))
     try:
         futures = [_submit(scheduler, run, [float(i)]) for i in range(6)]
-        assert [f.result(timeout=10)["y"].tolist() for f in futures] == [
+        assert [f.result(timeout=waiting.STALL_S)["y"].tolist() for f in futures] == [
             [2.0 * i] for i in range(6)]
         assert all(b in (4, 8) for b in run.batches)
     finally:
@@ -117,7 +138,7 @@ def test_run_error_reaches_every_task_of_the_batch():
         futures = [_submit(scheduler, failing, [1.0]) for _ in range(3)]
         for f in futures:
             with pytest.raises(ServingError, match="bad k"):
-                f.result(timeout=10)
+                f.result(timeout=waiting.STALL_S)
     finally:
         scheduler.close()
 
@@ -143,10 +164,16 @@ def _submit_h(scheduler, run, rows):
 def _hold(scheduler):
     """Occupies the only batch thread until the returned event is set, so the next submits
     queue up and form one batch."""
-    release = threading.Event()
-    scheduler.submit("hold", {"x": np.zeros(1)}, 1, ("x",),
-                     lambda feeds, t: (release.wait(10), {"y": feeds["x"]})[1], None)
-    time.sleep(0.1)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(feeds, timeout):
+        del timeout
+        started.set()
+        release.wait(waiting.STALL_S)
+        return {"y": feeds["x"]}
+
+    scheduler.submit("hold", {"x": np.zeros(1)}, 1, ("x",), hold, None)
+    assert started.wait(waiting.STALL_S)
     return release
 
 
@@ -162,8 +189,8 @@ def test_inputs_of_different_widths_are_padded_with_pad_variable_length_inputs()
         a = _submit_h(scheduler, run, [[b"i1", b"i2", b"i3"]])
         b = _submit_h(scheduler, run, [[b"i4"], [b"i5"]])
         release.set()
-        assert a.result(timeout=10)["n"].tolist() == [[3]]
-        assert b.result(timeout=10)["n"].tolist() == [[1], [1]]
+        assert a.result(timeout=waiting.STALL_S)["n"].tolist() == [[3]]
+        assert b.result(timeout=waiting.STALL_S)["n"].tolist() == [[1], [1]]
         assert batches == [(3, 3)]  # one run, the narrow rows padded with "" to width 3
     finally:
         scheduler.close()
@@ -180,11 +207,11 @@ def test_a_batch_that_cannot_be_assembled_fails_only_its_requests():
         release.set()
         for f in (a, b):
             with pytest.raises(ServingError) as e:
-                f.result(timeout=10)
+                f.result(timeout=waiting.STALL_S)
             assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert "pad_variable_length_inputs" in e.value.message
         # The batch thread lives on: the next request is answered.
-        assert _submit_h(scheduler, run, [[b"i9", b""]]).result(timeout=10)["n"].tolist() == [[1]]
+        assert _submit_h(scheduler, run, [[b"i9", b""]]).result(timeout=waiting.STALL_S)["n"].tolist() == [[1]]
     finally:
         scheduler.close()
 
@@ -203,8 +230,8 @@ def test_a_failing_run_fails_its_batch_and_not_the_next():
     try:
         first = scheduler.submit("k", {"x": np.ones(2)}, 2, ("x",), run, None)
         with pytest.raises(RuntimeError, match="boom"):
-            first.result(timeout=10)
+            first.result(timeout=waiting.STALL_S)
         second = scheduler.submit("k", {"x": np.ones(1)}, 1, ("x",), run, None)
-        assert second.result(timeout=10)["y"].tolist() == [2.0]
+        assert second.result(timeout=waiting.STALL_S)["y"].tolist() == [2.0]
     finally:
         scheduler.close()

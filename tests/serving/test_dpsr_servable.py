@@ -15,12 +15,11 @@ import collections
 import os
 import shutil
 import threading
-import time
 
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
@@ -29,6 +28,7 @@ from dpsr_tf.export.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 from dpsr_tf.serving import process, tensors
+from tests.support import waiting
 from tests.support.serving_testing import outputs, rpc_error
 
 QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
@@ -174,6 +174,19 @@ def test_inputs_of_the_wrong_shape_are_named_with_both_shapes(servers, signature
     assert out["item_ids"].shape == (len(QUERIES), K)
 
 
+def _state(address, version):
+    """The version's state on the server at `address`, None when it is not listed."""
+    channel = grpc.insecure_channel(address)
+    try:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "dpsr"
+        statuses = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            request, timeout=60).model_version_status
+        return next((s.state for s in statuses if s.version == version), None)
+    finally:
+        channel.close()
+
+
 def test_hot_swap_under_load(exported, servers):
     """A new version exported into a serving shard's base path (as `dpsr export` does) takes
     over while two clients send requests; the old version's directory is then deleted. No
@@ -201,14 +214,17 @@ def test_hot_swap_under_load(exported, servers):
         new_path = export_servable(exported["model_dir"], exported["index_dir"], base, shard=0,
                                    servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
         new_version = int(os.path.basename(new_path))
-        deadline = time.monotonic() + 180
-        while not answers[new_version] and time.monotonic() < deadline and not errors:
-            time.sleep(0.2)
+        waiting.wait_until(lambda: answers[new_version] or errors, "the new version serving",
+                           poll_s=0.2)
         assert answers[new_version], "the new version never served"
         shutil.rmtree(os.path.join(base, str(old_version)))
-        time.sleep(2.0)  # the old version unloads while requests keep coming
+        # The old version unloads while requests keep coming; then more answers arrive.
+        waiting.wait_until(lambda: _state(servers["shards"][0].address, old_version) in
+                           (None, get_model_status_pb2.ModelVersionStatus.END),
+                           "the old version's unload", poll_s=0.2)
         count = len(answers[new_version])
-        time.sleep(1.0)
+        waiting.wait_until(lambda: len(answers[new_version]) > count + 5 or errors,
+                           "answers after the unload", poll_s=0.1)
     finally:
         stop.set()
         for t in threads:

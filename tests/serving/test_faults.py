@@ -22,10 +22,12 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from dpsr_tf.serving import process, proxy_config
 from tests.support import toy_servable as ts
+from tests.support import waiting
 from tests.support.serving_testing import outputs, predict_request
 
 ODD_AT_START = ("99999999999999999999", "²")
 ODD_LATER = ("18446744073709551616", "３", "٤")
+ODD_MARKER = "٥"  # made once ODD_LATER's warnings are logged: proves a later scan
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +111,21 @@ def test_odd_version_directories_never_replace_the_healthy_version(faults):
     direct = process.prediction_stub(good.address)
     for name in ODD_LATER:
         (base / name).mkdir()
-    time.sleep(1.0)  # five polls
+    # Polls happened, not a time passed: once the later names are logged, one more odd
+    # directory is made and awaited, so at least one whole scan ran after the first warnings
+    # (a warning repeated on every scan would show as a second line).
+    waiting.wait_until(lambda: all(f"ignoring {n!r}" in good.log_tail(400) for n in ODD_LATER),
+                       "the warnings for the later odd directories", poll_s=0.05)
+    (base / ODD_MARKER).mkdir()
+    waiting.wait_until(lambda: f"ignoring {ODD_MARKER!r}" in good.log_tail(400),
+                       "a scan after those warnings", poll_s=0.05)
     for _ in range(5):
         response = direct.Predict(predict_request("dpsr", ["apple"], k=3), timeout=10)
         assert response.model_spec.version.value == 1
     available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert _status(good.address) == {1: available}
     log = good.log_tail(400)
-    for name in ODD_AT_START + ODD_LATER + ("7",):
+    for name in ODD_AT_START + ODD_LATER + (ODD_MARKER, "7"):
         assert log.count(f"ignoring {name!r}") == 1, (name, log)
     assert "outside --model_base_path_root" in log
     assert "Traceback" not in log
@@ -159,11 +168,8 @@ class _Load:
             t.join(timeout=30)
 
 
-def _wait(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+def _wait(condition, what="condition"):
+    waiting.wait_until(condition, what, poll_s=0.02)
 
 
 def test_sigterm_under_load_drains_then_restart_recovers(faults):
@@ -175,7 +181,7 @@ def test_sigterm_under_load_drains_then_restart_recovers(faults):
         _wait(lambda: load.codes["OK"] >= 60)
         sigterm_at = time.monotonic()
         s1.proc.send_signal(signal.SIGTERM)
-        assert s1.proc.wait(timeout=30) == 0, s1.log_tail()
+        assert s1.proc.wait(timeout=waiting.STALL_S) == 0, s1.log_tail()
         at_exit = via_proxy.codes["OK"]
         _wait(lambda: via_proxy.partial >= 10 and via_proxy.codes["OK"] > at_exit + 10)
     # Calls in flight at SIGTERM were answered or, if still queued in gRPC, refused (before:
@@ -192,9 +198,9 @@ def test_sigterm_under_load_drains_then_restart_recovers(faults):
     assert load.codes["OK"] >= 60
     assert set(via_proxy.codes) == {"OK"}, via_proxy.codes
     # Restarted on the same port: complete answers again.
-    s1.launch().wait_ready(120)
+    s1.launch().wait_ready(waiting.STALL_S)
 
     def complete():
         response = stub.Predict(predict_request("sharded", ["drill"], k=20), timeout=10)
         return not response.outputs["partial"].bool_val[0]
-    _wait(complete, 60)
+    _wait(complete, "complete answers after the restart")

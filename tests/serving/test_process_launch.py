@@ -13,6 +13,6 @@ def test_child_imports_dpsr_tf_with_a_relative_pythonpath(monkeypatch, tmp_path)
     monkeypatch.setenv("PYTHONPATH", ".")
     child = process.ServerProcess("serve", ["--version"], "version", log_dir=str(tmp_path))
     child.launch()
-    assert child.proc.wait(timeout=120) == 0, child.log_tail()
+    assert child.proc.wait(timeout=process.START_TIMEOUT_S) == 0, child.log_tail()
     assert "TensorFlow ModelServer: dpsr serve" in child.log_tail()
     assert os.path.isfile(os.path.join(process._PACKAGE_PARENT, "dpsr_tf", "__init__.py"))  # pylint: disable=protected-access

@@ -87,4 +87,4 @@ def test_proxy_refuses_zero_backend_connections(tmp_path):
     proxy = process.proxy_process({"dpsr": (("127.0.0.1:1",),)}, log_dir=str(tmp_path),
                                   flags=["--backend_connections=0"])
     with pytest.raises(RuntimeError, match="--backend_connections is 0; it must be >= 1"):
-        proxy.start(timeout=60)
+        proxy.start()

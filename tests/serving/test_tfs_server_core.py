@@ -23,6 +23,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from dpsr_tf.serving import process
+from tests.support import waiting
 from tests.support.serving_testing import rpc_error
 from tests.serving import tfs_testdata
 
@@ -98,7 +99,7 @@ def env(tmp_path_factory):
                "--enable_signature_method_name_check",
                "--model_config_file_poll_wait_seconds=1", "--file_system_poll_wait_seconds=0"])
     process.start_all([a, b])
-    bad_out, _ = bad_proc.communicate(timeout=180)
+    bad_out, _ = bad_proc.communicate(timeout=waiting.SUBPROCESS_TIMEOUT_S)
     yield {"a": a, "b": b, "two": two, "hp3": hp3, "other": other, "tf2": tf2,
            "file_a": file_a, "file_b": file_b, "bad": (bad_proc.returncode, bad_out.decode())}
     a.stop()
@@ -280,7 +281,8 @@ def test_accepted_flags_and_notices(env):
     assert "--per_process_gpu_memory_fraction=0.5 is accepted but not applied" in log
     assert "--skip_initialize_tpu=True is accepted but not applied" in log
     assert "--xla_gpu_compilation_enabled=True is accepted but not applied" in log
-    assert "--prefer_tflite_model=False is accepted but not applied" in log
+    assert "--num_tflite_interpreters_per_pool=1 is accepted but not applied" in log
+    assert "--prefer_tflite_model=False is accepted" not in log  # applied: TFLite is served
 
 
 def test_model_config_reload_with_zero_poll_period(env):
@@ -296,15 +298,13 @@ def test_model_config_reload(env):
     """[server_test] testModelConfigReload: with a poll period, an edited config file is
     applied (the model "two" now serves half_plus_three's directory)."""
     env["file_b"].write_text(_config_text([("two", env["hp3"], {})]))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def applied():
         try:
-            if _predict(env["b"], "two") == (1, [4.0]):
-                return
+            return _predict(env["b"], "two") == (1, [4.0])
         except grpc.RpcError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("the edited config file was not applied within 60 s")
+            return False
+    waiting.wait_until(applied, "the edited config file to apply", poll_s=0.5)
 
 
 def test_version_flag():

@@ -40,7 +40,8 @@ def test_tls_clients_are_served_and_plaintext_is_refused(tls_server):
     response = secure.Predict(predict_request("dpsr", ["apple phone"], k=3), timeout=30)
     assert outputs(response)["item_ids"].shape == (1, 3)
     plain = process.prediction_stub(server.address)
-    error = rpc_error(plain.Predict, predict_request("dpsr", ["apple phone"]), timeout=5)
+    # The handshake fails at once; the deadline only guards a hang (a loaded machine is slow).
+    error = rpc_error(plain.Predict, predict_request("dpsr", ["apple phone"]), timeout=60)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -58,7 +59,7 @@ def test_base_path_outside_the_root_does_not_start(toy_model_dir, tmp_path):
     server = process.model_server_process(toy_model_dir, "dpsr", log_dir=str(tmp_path),
                                           flags=[f"--model_base_path_root={tmp_path}"])
     with pytest.raises(RuntimeError, match="outside the allowed root"):
-        server.start(timeout=120)
+        server.start()
 
 
 def _pem_pair(work, name):

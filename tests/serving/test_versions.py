@@ -5,7 +5,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 
 import grpc
 import pytest
@@ -15,6 +14,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from dpsr_tf.serving import process
 from tests.support import toy_servable as ts
+from tests.support import waiting
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -39,14 +39,8 @@ model_config_list {{
 }}"""
 
 
-def _wait_for(condition, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def _wait_for(condition, what="condition"):
+    return waiting.wait_until(condition, what)
 
 
 @pytest.fixture(scope="module")

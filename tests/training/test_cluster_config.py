@@ -8,6 +8,7 @@ import tensorflow as tf
 from dpsr_tf.training import run_config, tf_config
 from dpsr_tf.training.config import TrainConfig
 from dpsr_tf.training.launcher import LocalCluster
+from tests.support import waiting
 
 CLUSTER = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"], "ps": ["h3:1", "h4:1"]}
 
@@ -81,7 +82,7 @@ def test_partitions_spread_over_parameter_servers():
 
 def test_train_without_layout_dir_is_a_clear_error(task_env, dpsr_command):
     proc = subprocess.run(dpsr_command("train", "--model_dir=/tmp/x"), env=task_env,
-                          capture_output=True, text=True, timeout=120, check=False)
+                          capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
     assert proc.returncode != 0
     assert "--layout_dir is required" in proc.stderr
 
@@ -89,6 +90,6 @@ def test_train_without_layout_dir_is_a_clear_error(task_env, dpsr_command):
 def test_train_with_bad_model_flag_is_a_clear_error(task_env, dpsr_command, tmp_path):
     proc = subprocess.run(dpsr_command("train", "--layout_dir=/x", f"--model_dir={tmp_path}",
                                        "--alpha=2"), env=task_env, capture_output=True,
-                          text=True, timeout=120, check=False)
+                          text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
     assert proc.returncode != 0
     assert "ModelConfig.alpha=2.0" in proc.stderr

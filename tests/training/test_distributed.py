@@ -9,12 +9,12 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 import tensorflow as tf
 
 from dpsr_tf.training.launcher import LocalCluster
+from tests.support import waiting
 
 LOSS_LINE = re.compile(r"\] step (\d+): loss ([0-9.]+)")
 
@@ -28,17 +28,47 @@ def _ckpt_step(model_dir):
     return int(path.rsplit("-", 1)[1]) if path else -1
 
 
-def _wait_for_checkpoint(model_dir, min_step, procs, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        step = _ckpt_step(model_dir)
-        if step >= min_step:
-            return step
+def _progress(model_dir, log_paths):
+    """What moves while a job works: its checkpoint step, the steps its tasks logged, and the
+    size of their logs (start-up: imports, cluster connection)."""
+    sizes, steps = [], []
+    for path in log_paths:
+        try:
+            sizes.append(os.path.getsize(path))
+            steps.append(max((s for s, _ in _losses(_read(path))), default=-1))
+        except OSError:
+            sizes.append(-1)
+    return _ckpt_step(model_dir), tuple(steps), tuple(sizes)
+
+
+def _no_task_failed(procs):
+    def check():
         for task, proc in procs.items():
             if proc.poll() is not None and task[0] != "ps":
                 raise AssertionError(f"{task} exited early with {proc.returncode}")
-        time.sleep(0.2)
-    raise AssertionError(f"no checkpoint >= {min_step} after {timeout}s")
+    return check
+
+
+def _wait_for_checkpoint(model_dir, min_step, cluster):
+    """The checkpoint step once it reaches min_step; fails when a training task fails or the
+    job stops making progress (not after a fixed time: a loaded machine is slow, not stuck)."""
+    logs = [cluster.log_path(t) for t in cluster.procs if t[0] != "ps"]
+    return waiting.wait_until(
+        lambda: (lambda step: step if step >= min_step else None)(_ckpt_step(model_dir)),
+        f"a checkpoint at step >= {min_step}", progress=lambda: _progress(model_dir, logs),
+        check=_no_task_failed(cluster.procs), poll_s=0.2)
+
+
+def _wait_for_exit(model_dir, cluster):
+    """Waits while the training tasks work until each has exited (then stops the ps tasks)
+    and returns {task name: exit code}."""
+    logs = [cluster.log_path(t) for t in cluster.procs if t[0] != "ps"]
+    finite = [p for t, p in cluster.procs.items() if t[0] != "ps"]
+    waiting.wait_until(
+        lambda: all(p.poll() is not None for p in finite)
+        or any(p.poll() not in (None, 0) for p in finite),
+        "the training tasks' exit", progress=lambda: _progress(model_dir, logs), poll_s=0.5)
+    return cluster.wait(timeout=0)
 
 
 def _flagfile(path, model_flags, layout_dir, model_dir, steps, ckpt_steps):
@@ -57,16 +87,29 @@ def _read(path):
 def test_launch_local_trains_and_loss_falls(tiny_layout, tmp_path, task_env, tiny_model_flags,
                                            dpsr_command):
     model_dir = str(tmp_path / "model")
-    proc = subprocess.run(
-        dpsr_command("launch-local", "--workers=1", "--ps=1", "--evaluator",
-                     f"--layout_dir={tiny_layout.layout_dir}", f"--model_dir={model_dir}",
-                     "--train_steps=800", "--save_checkpoints_steps=400", "--eval_steps=2",
-                     "--timeout_secs=200", *tiny_model_flags),
-        env=task_env, capture_output=True, text=True, timeout=230, check=False)
     launch = os.path.join(model_dir, "launch")
+    # No --timeout_secs: the job is awaited while it makes progress (a loaded machine is slow).
+    with open(tmp_path / "launch.err", "w+", encoding="utf-8") as err:
+        proc = subprocess.Popen(
+            dpsr_command("launch-local", "--workers=1", "--ps=1", "--evaluator",
+                         f"--layout_dir={tiny_layout.layout_dir}", f"--model_dir={model_dir}",
+                         "--train_steps=800", "--save_checkpoints_steps=400", "--eval_steps=2",
+                         *tiny_model_flags),
+            env=task_env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        log_paths = [os.path.join(launch, f"{name}.log")
+                     for name in ("chief-0", "worker-0", "evaluator-0")]
+        try:
+            waiting.wait_until(lambda: proc.poll() is not None, "launch-local's exit",
+                               progress=lambda: _progress(model_dir, log_paths), poll_s=0.5)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
     logs = {name: _read(os.path.join(launch, f"{name}.log"))
             for name in ("chief-0", "worker-0", "ps-0", "evaluator-0")}
-    assert proc.returncode == 0, proc.stderr[-2000:] + logs["chief-0"][-3000:]
+    assert proc.returncode == 0, stderr[-2000:] + logs["chief-0"][-3000:]
     # Every task got its own TF_CONFIG; the chief wrote the resolved config.
     tf_configs = json.loads(_read(os.path.join(launch, "tf_config.json")))
     assert tf_configs["worker-0"]["task"] == {"type": "worker", "index": 0}
@@ -100,12 +143,12 @@ def test_kill_and_restart_resumes_from_last_checkpoint(tiny_layout, tmp_path, ta
                            env=task_env)
     with cluster:
         cluster.start()
-        _wait_for_checkpoint(model_dir, 400, cluster.procs)
+        _wait_for_checkpoint(model_dir, 400, cluster)
         assert cluster.kill_task(victim, signal.SIGKILL) == -signal.SIGKILL
         killed_at = _ckpt_step(model_dir)        # the last checkpoint before the kill
         assert killed_at < 2400, "training finished before the kill; raise train_steps"
         cluster.start_task(victim)
-        codes = cluster.wait(timeout=200)
+        codes = _wait_for_exit(model_dir, cluster)
     assert codes["chief-0"] == 0 and codes["worker-0"] == 0, codes
     assert _ckpt_step(model_dir) >= 2400                    # the job reached its last step
     log = _read(cluster.log_path(victim))
