@@ -25,7 +25,8 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import pseudo_queries as pseudo_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
-from dpsr_tf.data.readers import Progress, TableReader
+from dpsr_tf.data import rows as rows_lib
+from dpsr_tf.data.readers import Progress, ShardedReader
 from dpsr_tf.data.schema import Reason
 from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, build_vocabulary
 
@@ -138,49 +139,32 @@ class _Table:
 
 def _read_table(path: str, file_schema: schema.FileSchema, report: schema.FileReport,
                 progress_every_s: float) -> _Table:
-    reader = TableReader(path, file_schema, progress_every_s)
+    reader = ShardedReader(path, file_schema, progress_every_s)
     is_items = file_schema is schema.ITEMS
-    id_col = reader.column(schema.ITEM_ID if is_items else schema.USER_ID)
-    title_col = reader.column(schema.TITLE) if is_items else -1
-    feat_cols = [reader.column(n) for n in reader.feature_columns]
-    duplicate = Reason.DUPLICATE_ITEM if is_items else Reason.DUPLICATE_USER
-    id_name = "item_id" if is_items else "user_id"
-    table = _Table([], {}, list(reader.feature_columns), [_Categorical() for _ in feat_cols],
+    cols = rows_lib.table_columns(reader, is_items)
+    table = _Table([], {}, list(reader.feature_columns), [_Categorical() for _ in cols.feature_cols],
                    [] if is_items else None)
-    lines = []
-    clean = schema.clean_text
-    for rec in reader:
+    kept_at = []                   # row -> (path, line) of its definition
+    for _, file_path, rec in reader:
         report.rows_read += 1
-        if rec.error is not None:
-            report.reject(rec.error, rec.line, rec.message)
-            if rec.fields and len(rec.fields) > id_col and rec.fields[id_col]:
-                table.rejected.setdefault(rec.fields[id_col], f"{path}:{rec.line} ({rec.error.value})")
-            continue
-        fields = rec.fields
-        row_id = fields[id_col]
-        if not schema.is_valid_id(row_id):
-            report.reject(Reason.EMPTY_ID, rec.line,
-                          f"{id_name} {row_id!r}: ids must be non-empty, without surrounding "
-                          f"spaces or control characters")
-            continue
-        if row_id in table.index:
-            report.reject(duplicate, rec.line,
-                          f"{id_name} {row_id!r} is already defined at "
-                          f"{path}:{lines[table.index[row_id]]}; the first definition is kept")
+        rejection, why, cand = rows_lib.classify_table_row(rec, file_path, cols)
+        if rejection is None:
+            row = table.index.get(cand.row_id)
+            rejection, why_text = rows_lib.resolve_candidate(
+                cand, None if row is None else kept_at[row], is_items)
+            why = (cand.row_id, why_text) if why_text else None
+        if why is not None:
+            table.rejected.setdefault(*why)
+        if rejection is not None:
+            rows_lib.record_rejection(report, rejection)
             continue
         if is_items:
-            title = clean(fields[title_col]).strip()
-            if not title:
-                report.reject(Reason.EMPTY_TITLE, rec.line, f"item_id {row_id!r} has an empty "
-                              f"title; every item needs text to be retrieved by")
-                table.rejected.setdefault(row_id, f"{path}:{rec.line} (empty title)")
-                continue
-            table.titles.append(title)
-        table.index[row_id] = len(table.ids)
-        table.ids.append(row_id)
-        lines.append(rec.line)
-        for values, col in zip(table.values, feat_cols):
-            values.append(clean(fields[col]).strip())
+            table.titles.append(cand.title)
+        table.index[cand.row_id] = len(table.ids)
+        table.ids.append(cand.row_id)
+        kept_at.append((file_path, cand.line))
+        for values, value in zip(table.values, cand.values):
+            values.append(value)
         report.rows_kept += 1
     return table
 
@@ -199,100 +183,50 @@ class _Interactions:
 def _read_interactions(path: str, items: _Table, users: Optional[_Table],
                        report: schema.FileReport, progress_every_s: float
                        ) -> Tuple[_Interactions, Optional[_Table]]:
-    reader = TableReader(path, schema.INTERACTIONS, progress_every_s)
-    q_col, i_col, l_col = (reader.column(c) for c in (schema.QUERY, schema.ITEM_ID, schema.LABEL))
-    u_col, t_col, g_col = (reader.column(c) for c in (schema.USER_ID, schema.TIMESTAMP,
-                                                       schema.GAIN))
-    known = set(schema.INTERACTIONS.required) | set(schema.INTERACTIONS.optional)
-    ignored = [c for c in reader.header if c not in known]
-    if ignored:
-        report.notes.append(f"columns {ignored} are not part of the format and were ignored")
-    if reader.column(schema.SESSION) >= 0:
-        report.notes.append("the session column was validated as text and is not used by the "
-                            "layout today (history is per user)")
-    auto_users = users is None and u_col >= 0
+    reader = ShardedReader(path, schema.INTERACTIONS, progress_every_s)
+    cols = rows_lib.interaction_columns(reader)
+    auto_users = users is None and cols.user >= 0
+    report.notes.extend(rows_lib.interaction_notes(reader, auto_users))
     if auto_users:
         users = _Table([], {}, [], [])
-        report.notes.append("no users file: the user_id values of this file define the users "
-                            "(no profile features)")
     user_index = users.index if users is not None else {}
+    user_rejected = users.rejected if users is not None else {}
     item_index = items.index
     query_index: Dict[str, int] = {}
     queries: List[str] = []
     q_rows, i_rows, u_rows = array.array("i"), array.array("i"), array.array("i")
     kinds, gains, times = array.array("b"), array.array("f"), array.array("d")
-    labels = schema.LABEL_VALUES
-    clean = schema.clean_text
-    default_gain = {k: schema.default_gain(k) for k in schema.LabelKind}
-    for rec in reader:
+    has_time = cols.timestamp >= 0
+    for _, file_path, rec in reader:
         report.rows_read += 1
-        if rec.error is not None:
-            report.reject(rec.error, rec.line, rec.message)
+        parsed = rows_lib.parse_interaction(rec, file_path, cols)
+        if isinstance(parsed, rows_lib.Rejection):
+            rows_lib.record_rejection(report, parsed)
             continue
-        fields = rec.fields
-        query = clean(fields[q_col])
-        if not query.strip():
-            report.reject(Reason.EMPTY_QUERY, rec.line, "the query is empty")
+        item_row = item_index.get(parsed.item_id, -1)
+        user_row = user_index.get(parsed.user_id, -1) if parsed.user_id else -1
+        if (auto_users and user_row < 0 and parsed.user_id
+                and rows_lib.reaches_user_check(parsed, item_row >= 0)
+                and schema.is_valid_id(parsed.user_id)):
+            user_row = user_index[parsed.user_id] = len(users.ids)
+            users.ids.append(parsed.user_id)
+        rejection = rows_lib.interaction_rejection(
+            parsed, item_row >= 0, items.rejected.get(parsed.item_id),
+            user_row >= 0, user_rejected.get(parsed.user_id))
+        if rejection is not None:
+            rows_lib.record_rejection(report, rejection)
             continue
-        item_id = fields[i_col]
-        item_row = item_index.get(item_id)
-        if item_row is None:
-            why = items.rejected.get(item_id)
-            report.reject(Reason.UNKNOWN_ITEM, rec.line,
-                          f"item_id {item_id!r} is not in the items file"
-                          + (f" (its row was rejected: {why})" if why else ""))
-            continue
-        cell = fields[l_col]
-        kind = labels.get(cell)
-        if kind is None:
-            kind = schema.parse_label(cell)
-            if kind is None:
-                report.reject(Reason.BAD_LABEL, rec.line,
-                              f"label {cell!r}; use one of click, positive, negative")
-                continue
-        user_row = -1
-        if u_col >= 0:
-            user_id = fields[u_col]
-            if user_id:
-                user_row = user_index.get(user_id, -1)
-                if user_row < 0:
-                    if auto_users and schema.is_valid_id(user_id):
-                        user_row = len(users.ids)
-                        user_index[user_id] = user_row
-                        users.ids.append(user_id)
-                    else:
-                        why = users.rejected.get(user_id) if users is not None else None
-                        report.reject(Reason.UNKNOWN_USER, rec.line,
-                                      f"user_id {user_id!r} is not in the users file"
-                                      + (f" (its row was rejected: {why})" if why else "")
-                                      + ("; leave the cell empty for anonymous interactions"
-                                         if not why else ""))
-                        continue
-        if t_col >= 0:
-            ts = schema.parse_timestamp(fields[t_col])
-            if ts is None:
-                report.reject(Reason.BAD_TIMESTAMP, rec.line,
-                              f"timestamp {fields[t_col]!r}; use seconds since 1970 or "
-                              f"ISO 8601 (2011-08-11 04:00:17)")
-                continue
-        gain = default_gain[kind]
-        if g_col >= 0 and fields[g_col]:
-            gain = schema.parse_gain(fields[g_col])
-            if gain is None:
-                report.reject(Reason.BAD_GAIN, rec.line,
-                              f"gain {fields[g_col]!r}; use a number >= 0 (or leave it empty)")
-                continue
-        q_row = query_index.get(query)
+        q_row = query_index.get(parsed.query)
         if q_row is None:
-            q_row = query_index[query] = len(queries)
-            queries.append(query)
+            q_row = query_index[parsed.query] = len(queries)
+            queries.append(parsed.query)
         q_rows.append(q_row)
         i_rows.append(item_row)
         u_rows.append(user_row)
-        kinds.append(kind)
-        gains.append(gain)
-        if t_col >= 0:
-            times.append(ts)
+        kinds.append(parsed.kind)
+        gains.append(parsed.gain)
+        if has_time:
+            times.append(parsed.timestamp)
         report.rows_kept += 1
 
     def np_of(arr, dtype):
@@ -305,7 +239,7 @@ def _read_interactions(path: str, items: _Table, users: Optional[_Table],
         user_rows=np_of(u_rows, np.int32),
         label_kinds=np_of(kinds, np.int8),
         gains=np_of(gains, np.float32),
-        timestamps=np_of(times, np.float64) if t_col >= 0 else None,
+        timestamps=np_of(times, np.float64) if has_time else None,
     )
     return result, users
 
@@ -484,7 +418,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
     inter_report = schema.FileReport(config.interactions, "interactions", config.max_examples)
     reports.append(inter_report)
     if config.split.method == split_lib.TIME:
-        header_probe = TableReader(config.interactions, schema.INTERACTIONS)
+        header_probe = ShardedReader(config.interactions, schema.INTERACTIONS)
         has_time = header_probe.column(schema.TIMESTAMP) >= 0
         header_probe.close()
         if not has_time:
