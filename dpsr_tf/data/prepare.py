@@ -353,7 +353,7 @@ def _save(path: str, array_: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array_))
 
 
-def _write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int,
+def write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int,
                    checks: Optional[Dict[str, dict]] = None) -> List[str]:
     """Writes a split's record files; `checks` receives each file's records, bytes and CRC-32
     (layout.json "record_checks", verified before training)."""
@@ -374,7 +374,7 @@ def _write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int
     return paths
 
 
-def _check_output(path: str) -> None:
+def check_output(path: str) -> None:
     if os.path.exists(path) and not (
             os.path.isdir(path) and (not os.listdir(path)
                                      or os.path.isfile(os.path.join(path, layout_lib.LAYOUT_JSON)))):
@@ -382,7 +382,7 @@ def _check_output(path: str) -> None:
                            f"replace it (choose a new directory)")
 
 
-def _check_fractions(reports: Sequence[schema.FileReport], max_fraction: float) -> None:
+def check_fractions(reports: Sequence[schema.FileReport], max_fraction: float) -> None:
     for rep in reports:
         if rep.rows_read and rep.rows_rejected / rep.rows_read > max_fraction:
             raise PrepareError(
@@ -404,7 +404,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
     """
     start = time.monotonic()
     output = os.path.abspath(config.output)
-    _check_output(output)
+    check_output(output)
     reports = []
     item_report = schema.FileReport(config.items, "items", config.max_examples)
     reports.append(item_report)
@@ -433,7 +433,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
         raise PrepareError(f"{config.items}: no valid item rows")
     if len(inter.query_rows) == 0:
         raise PrepareError(f"{config.interactions}: no valid interaction rows")
-    _check_fractions(reports, config.max_reject_fraction)
+    check_fractions(reports, config.max_reject_fraction)
     num_users = len(users.ids) if users is not None else 0
 
     # Split.
@@ -594,29 +594,60 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
                         ("pseudo", pseudo)):
         if split == "pseudo" and not len(part):
             continue
-        record_files[split] = _write_records(tmp, split, part, config.records_per_shard,
+        record_files[split] = write_records(tmp, split, part, config.records_per_shard,
                                              record_checks)
         num_records[split] = int(len(part))
 
     labels = np.bincount(inter.label_kinds, minlength=3)
-    counts = {rep.kind: rep.to_dict() for rep in reports}
-    counts["labels"] = {schema.LABEL_NAMES[k]: int(labels[k]) for k in schema.LabelKind}
-    counts["splits"] = {
-        split: {"interactions": int(len(idx)),
-                "queries": int(len(np.unique(inter.query_rows[idx])))}
-        for split, idx in (("train", train_idx), ("eval", eval_idx))}
-    counts["items"]["tokens"] = int(item_token_count)
-    counts["pseudo_queries"] = len(pseudo_texts)
     # Not a leak (a pseudo-query is built from the catalog alone), but worth knowing when an
     # eval query is called "unseen": how many eval queries some title span spells exactly.
     pseudo_lower = {t.lower() for t in pseudo_texts}
     eval_texts = {inter.queries[q] for q in np.unique(inter.query_rows[eval_idx]).tolist()}
-    counts["eval_queries_equal_to_a_pseudo_query"] = sum(
-        1 for t in eval_texts if t.lower() in pseudo_lower)
-    counts["train_human_negatives"] = {"pairs": int(train_negative.sum()),
-                                       "queries": int((np.diff(neg_splits) > 0).sum())}
-    counts["interactions_with_user"] = int((inter.user_rows >= 0).sum())
-    counts["users_with_history"] = int((np.diff(history_splits) > 0).sum())
+    counts = {
+        "labels": {schema.LABEL_NAMES[k]: int(labels[k]) for k in schema.LabelKind},
+        "splits": {
+            split: {"interactions": int(len(idx)),
+                    "queries": int(len(np.unique(inter.query_rows[idx])))}
+            for split, idx in (("train", train_idx), ("eval", eval_idx))},
+        "item_tokens": int(item_token_count),
+        "pseudo_queries": len(pseudo_texts),
+        "eval_queries_equal_to_a_pseudo_query": sum(
+            1 for t in eval_texts if t.lower() in pseudo_lower),
+        "train_human_negatives": {"pairs": int(train_negative.sum()),
+                                  "queries": int((np.diff(neg_splits) > 0).sum())},
+        "interactions_with_user": int((inter.user_rows >= 0).sum()),
+        "users_with_history": int((np.diff(history_splits) > 0).sum()),
+    }
+    sizes = {"num_items": len(items.ids), "num_users": len(user_ids),
+             "num_queries": len(all_queries), "num_logged_queries": len(inter.queries)}
+    item_features = {name: len(item_vocabs[name]) + 1 for name in items.feature_names}
+    user_features = {name: len(user_vocabs[name]) + 1 for name in user_vocabs}
+    return write_metadata(config, tmp, tok_config, tokenizer.id_space, reports, sizes,
+                          item_features, user_features, counts, split_info, record_files,
+                          num_records, record_checks, log)
+
+
+def write_metadata(config: PrepareConfig, out_dir: str, tok_config: TokenizerConfig,
+                   token_id_space: int, reports: Sequence[schema.FileReport], sizes: dict,
+                   item_features: Dict[str, int], user_features: Dict[str, int],
+                   counts: dict, split_info: dict, record_files: Dict[str, List[str]],
+                   num_records: Dict[str, int], record_checks: Dict[str, dict],
+                   log: Callable[[str], None]) -> dict:
+    """Writes layout.json and prepare_report.txt (both prepare paths); logs the summary.
+
+    Args:
+      sizes: num_items, num_users, num_queries (logged + pseudo), num_logged_queries.
+      counts: labels, splits, item_tokens, pseudo_queries, eval_queries_equal_to_a_pseudo_query,
+        train_human_negatives, interactions_with_user, users_with_history.
+
+    Returns:
+      The layout.json contents.
+    """
+    extra = dict(counts)
+    item_token_count = extra.pop("item_tokens")
+    counts = {rep.kind: rep.to_dict() for rep in reports}
+    counts.update(extra)
+    counts["items"]["tokens"] = int(item_token_count)
     tok_json = dataclasses.asdict(tok_config)
     if tok_json.get("vocab_file"):
         tok_json["vocab_file"] = layout_lib.VOCAB_TXT
@@ -625,13 +656,13 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     meta = {
         "format_version": layout_lib.FORMAT_VERSION,
         "tokenizer_config": tok_json,
-        "token_id_space": int(tokenizer.id_space),
-        "num_items": len(items.ids),
-        "num_users": len(user_ids),
-        "num_queries": len(all_queries),
-        "num_logged_queries": len(inter.queries),
-        "item_features": {name: len(item_vocabs[name]) + 1 for name in items.feature_names},
-        "user_features": {name: len(user_vocabs[name]) + 1 for name in user_vocabs},
+        "token_id_space": int(token_id_space),
+        "num_items": sizes["num_items"],
+        "num_users": sizes["num_users"],
+        "num_queries": sizes["num_queries"],
+        "num_logged_queries": sizes["num_logged_queries"],
+        "item_features": item_features,
+        "user_features": user_features,
         "history_length": config.history_length,
         "counts": counts,
         "split": split_info,
@@ -641,15 +672,16 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
         "record_checks": record_checks,
         "prepare_config": prepare_config,
     }
-    with open(path(layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, ensure_ascii=False)
         f.write("\n")
+    pseudo_count = counts["pseudo_queries"]
     summary = [
-        f"items: {len(items.ids):,} ({item_token_count:,} title tokens); "
+        f"items: {sizes['num_items']:,} ({item_token_count:,} title tokens); "
         f"item features {meta['item_features']}",
-        f"users: {len(user_ids):,}; user features {meta['user_features']}; "
+        f"users: {sizes['num_users']:,}; user features {meta['user_features']}; "
         f"{counts['users_with_history']:,} with a history",
-        f"queries: {len(inter.queries):,} distinct (+ {len(pseudo_texts):,} pseudo-queries)",
+        f"queries: {sizes['num_logged_queries']:,} distinct (+ {pseudo_count:,} pseudo-queries)",
         f"human negatives of train queries: {counts['train_human_negatives']['pairs']:,} pairs "
         f"over {counts['train_human_negatives']['queries']:,} queries (a per-query table)",
         f"labels: {counts['labels']}",
@@ -659,6 +691,6 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     ]
     for line in summary:
         log(line)
-    with open(path(layout_lib.REPORT_TXT), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, layout_lib.REPORT_TXT), "w", encoding="utf-8") as f:
         f.write("\n".join([rep.format() for rep in reports] + summary) + "\n")
     return meta
