@@ -483,12 +483,14 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
         log(f"beam: running the prepare pipeline on {runner} "
             f"({' '.join(beam_args) or 'default options'})")
         pipeline_start = time.monotonic()
-        with beam.Pipeline(options=options) as p:
-            _build(p, config, tok_config, rule, item_reader.files, item_cols,
-                   user_reader.files if user_reader else None, user_cols,
-                   inter_reader.files, inter_cols, auto_users, has_time, tmp, parts)
-        log(f"beam: pipeline done in {time.monotonic() - pipeline_start:.1f} s; joining the "
-            f"table blocks")
+        p = beam.Pipeline(options=options)
+        _build(p, config, tok_config, rule, item_reader.files, item_cols,
+               user_reader.files if user_reader else None, user_cols,
+               inter_reader.files, inter_cols, auto_users, has_time, tmp, parts)
+        result = p.run()
+        result.wait_until_finish()
+        log(f"beam: pipeline done in {time.monotonic() - pipeline_start:.1f} s "
+            f"({_rows_read(result)}); joining the table blocks")
         _assemble(config, tmp, parts, tok_config, rule, item_cols, user_cols, inter_notes,
                   auto_users, log)
         shutil.rmtree(parts)
@@ -500,6 +502,19 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
     os.rename(tmp, output)
     log(f"wrote {output} in {time.monotonic() - start:.1f} s")
     return layout_lib.load_layout_spec(output)
+
+
+def _rows_read(result) -> str:
+    """'rows read: items N, ...' from the readers' counters (where the runner reports them)."""
+    try:
+        counters = result.metrics().query(
+            beam.metrics.MetricsFilter().with_namespace("dpsr_prepare"))["counters"]
+    except Exception:  # pylint: disable=broad-except  # a runner without metrics
+        return "no metrics from this runner"
+    read = {c.key.metric.name: c.committed for c in counters}
+    return "rows read: " + ", ".join(
+        f"{kind} {read.get(f'{kind}_rows_read', 0):,}" for kind in ("items", "users",
+                                                                    "interactions"))
 
 
 def _build(p, config, tok_config, rule, item_files, item_cols, user_files, user_cols,
