@@ -1,6 +1,5 @@
 """The Beam prepare (DirectRunner, 2 worker processes) writes the single-process layout: the same
 examples through the input pipeline, the same tables, the same report; no row dropped."""
-import dataclasses
 import gzip
 import os
 import subprocess
@@ -12,7 +11,6 @@ import pytest
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import synthetic
-from dpsr_tf.data.beam import prepare_beam
 from dpsr_tf.data.schema import Reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,17 +65,29 @@ def inputs(tmp_path_factory):
     return cat.items_path, cat.users_path, str(out / "inter-*.tsv*"), len(rows) + 1
 
 
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "prepare", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
 @pytest.fixture(scope="module")
 def layouts(inputs, tmp_path_factory):
+    """(single-process layout, Beam layout): the Beam one written by the CLI."""
     items, users, interactions, _ = inputs
     out = tmp_path_factory.mktemp("beam_layouts")
     config = prepare_lib.PrepareConfig(items=items, users=users, interactions=interactions,
                                        output=str(out / "single"), history_length=3,
                                        records_per_shard=500, max_reject_fraction=0.5)
     single = prepare_lib.prepare(config, log=lambda *_: None)
-    beam = prepare_beam(dataclasses.replace(config, output=str(out / "beam")), "DirectRunner",
-                        MULTI_PROCESS, log=lambda *_: None)
-    return single, beam
+    beam = _cli(f"--items={items}", f"--users={users}", f"--interactions={interactions}",
+                f"--output={out / 'beam'}", "--history_length=3", "--records_per_shard=500",
+                "--max_reject_fraction=0.5", "--runner=DirectRunner",
+                *[f"--beam_option={o}" for o in MULTI_PROCESS])
+    assert beam.returncode == 0, beam.stderr[-3000:]
+    assert "beam: pipeline done" in beam.stdout
+    assert f"rows read: items {SMALL.num_items + len(BAD_ITEMS)}," in beam.stdout
+    return single, layout_lib.load_layout_spec(str(out / "beam"))
 
 
 def _examples(spec, split):
@@ -148,21 +158,11 @@ def test_same_report_and_every_row_accounted_for(inputs, layouts):
     assert any(e.startswith(os.path.dirname(inputs[2]) + "/inter-0000") for e in examples)
 
 
-def test_cli_runner_flag(inputs, tmp_path):
+def test_cli_refuses_what_beam_cannot_do(inputs, tmp_path):
     items, users, interactions, _ = inputs
-    args = [sys.executable, "-m", "dpsr_tf.cli", "prepare", f"--items={items}",
-            f"--users={users}", f"--interactions={interactions}", "--pseudo_queries_per_item=0"]
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    bad = subprocess.run(args + [f"--output={tmp_path / 'a'}", "--beam_option=--x=1"],
-                         capture_output=True, text=True, env=env, cwd=ROOT)
+    args = [f"--items={items}", f"--users={users}", f"--interactions={interactions}"]
+    bad = _cli(*args, f"--output={tmp_path / 'a'}", "--beam_option=--direct_num_workers=2")
     assert bad.returncode == 1 and "needs a Beam --runner" in bad.stderr
-    vocab = subprocess.run(args + [f"--output={tmp_path / 'b'}", "--runner=DirectRunner",
-                                   "--build_vocab"],
-                           capture_output=True, text=True, env=env, cwd=ROOT)
+    vocab = _cli(*args, f"--output={tmp_path / 'b'}", "--runner=DirectRunner", "--build_vocab")
     assert vocab.returncode == 1 and "--build_vocab is not supported" in vocab.stderr
-    ok = subprocess.run(args + [f"--output={tmp_path / 'c'}", "--runner=DirectRunner"],
-                        capture_output=True, text=True, env=env, cwd=ROOT)
-    assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "beam: pipeline done" in ok.stdout
-    spec = layout_lib.load_layout_spec(str(tmp_path / "c"))
-    assert spec.counts["interactions"]["rows_read"] == inputs[3]
+    assert not os.path.exists(tmp_path / "b")
