@@ -31,6 +31,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -54,9 +55,9 @@ from dpsr_tf.tokenization import Tokenizer
 
 RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
 
-# Bucket sizes of AssignRows: positions are file << 32 | line, so 2**20 lines per bucket;
+# Bucket sizes of AssignRows: positions are file << 32 | line, so 2**16 lines per bucket;
 # pseudo-queries are item_row << 16 | j, so 256 items per bucket; hashes are 52 bits.
-_POSITION_SHIFT = 20
+_POSITION_SHIFT = 16
 _PSEUDO_SHIFT = 24
 _HASH_SHIFT = 40
 _PSEUDO_J_BITS = 16
@@ -354,32 +355,12 @@ def _negatives(element):
 # ---------------------------------------------------------------------------------------------
 # Writing.
 
-def _write_records(out_dir: str, split: str, per_shard: int):
-    def write(element, total):
-        shard, rows = element
-        shards = max(1, -(-total // per_shard))
-        rows = sorted(rows, key=lambda r: r[0])
-        rel = f"{layout_lib.INTERACTIONS_DIR}/{split}-{shard:05d}-of-{shards:05d}.rec"
-        body = b"".join(r[1] for r in rows)
-        path = os.path.join(out_dir, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(layout_lib.record_header(len(rows)))
-            f.write(body)
-        return rel
-    return write
-
-
-def _records_to_shards(records, label: str, out_dir: str, split: str, per_shard: int):
-    """(sort key, record bytes) -> record files, shard s = rows [s * per_shard, ...)."""
-    ranked = records | f"{label}Rank" >> ranks.AssignRows(
+def _records_to_blocks(records, split: str, parts: str):
+    """(sort key, record bytes) -> blocks of records in row order (row = rank of the key); the
+    launcher cuts them into --records_per_shard files (_write_record_files)."""
+    ranked = records | f"{split}RecordRank" >> ranks.AssignRows(
         _HASH_SHIFT if split != "eval" else _POSITION_SHIFT)
-    total = records | f"{label}Total" >> beam.combiners.Count.Globally()
-    return (ranked
-            | f"{label}Shard" >> beam.Map(lambda rv: (rv[0] // per_shard, rv))
-            | f"{label}GroupShard" >> beam.GroupByKey()
-            | f"{label}Write" >> beam.Map(_write_records(out_dir, split, per_shard),
-                                          total=beam.pvalue.AsSingleton(total)))
+    return _to_blocks(ranked, f"records_{split}", parts)
 
 
 def _to_blocks(pcoll, table: str, parts_dir: str):
@@ -669,21 +650,18 @@ def _build(p, config, tok_config, rule, item_files, item_cols, user_files, user_
     counts.append(negatives | "NegQueries" >> beam.Map(lambda _: ("negative_queries", 1)))
 
     seed = config.seed
-    shards = []
     for split in ("train", "eval"):
         key = ((lambda r: (r[1], r[4])) if split == "eval"
                else (lambda r, s=seed: (_seeded_hash(s, r[1]), r[4])))
         part = (records
                 | f"{split}Filter" >> beam.Filter(lambda r, s=split: r[0] == s)
                 | f"{split}Key" >> beam.Map(key))
-        shards.append(_records_to_shards(part, f"{split}Records", out_dir, split,
-                                         config.records_per_shard))
+        _records_to_blocks(part, split, parts)
     pseudo_records = pseudo | "PseudoRecord" >> beam.Map(
         lambda prt, n, s=seed + 1: (_seeded_hash(s, prt[0]),
                                     _record(n + prt[0], prt[1][1], -1, 0, LabelKind.CLICK, 1.0)),
         n=beam.pvalue.AsSingleton(num_logged))
-    shards.append(_records_to_shards(pseudo_records, "pseudoRecords", out_dir, "pseudo",
-                                     config.records_per_shard))
+    _records_to_blocks(pseudo_records, "pseudo", parts)
 
     # Reports and counts.
     _single(item_events | "ItemReport" >> beam.CombineGlobally(
@@ -694,6 +672,38 @@ def _build(p, config, tok_config, rule, item_files, item_cols, user_files, user_
             | "SumCounts" >> beam.CombinePerKey(sum)
             | "CountsDict" >> beam.combiners.ToDict(), "counts", parts)
     _single(num_items, "num_items", parts)
+
+
+def _write_record_files(parts: str, out_dir: str, split: str, total: int, per_shard: int,
+                        checks: Dict[str, dict]) -> List[str]:
+    """Streams a split's record blocks into files of per_shard records (the single process's
+    shard sizes and names); `checks` gets each file's records, bytes and CRC-32."""
+    shards = max(1, -(-total // per_shard))
+    rels = []
+    rows = blocks.iter_rows(parts, f"records_{split}")
+    expected = 0
+    for shard in range(shards):
+        count = min(per_shard, total - shard * per_shard)
+        rel = f"{layout_lib.INTERACTIONS_DIR}/{split}-{shard:05d}-of-{shards:05d}.rec"
+        path = os.path.join(out_dir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        header = layout_lib.record_header(count)
+        crc, size = zlib.crc32(header), len(header)
+        with open(path, "wb") as f:
+            f.write(header)
+            for _ in range(count):
+                row, body = next(rows)
+                if row != expected:
+                    raise RuntimeError(f"{split} records: row {expected} missing (found {row})")
+                expected += 1
+                f.write(body)
+                crc = zlib.crc32(body, crc)
+                size += len(body)
+        checks[rel] = {"records": count, "bytes": size, "crc32": f"{crc:08x}"}
+        rels.append(rel)
+    if next(rows, None) is not None:
+        raise RuntimeError(f"{split} records: more than the {total} counted")
+    return rels
 
 
 def _assemble(config, tmp, parts, tok_config, rule, item_cols, user_cols, inter_notes,
@@ -759,22 +769,13 @@ def _assemble(config, tmp, parts, tok_config, rule, item_cols, user_cols, inter_
                         path(layout_lib.QUERY_HUMAN_NEGATIVE_SPLITS), num_queries, False)
 
     record_files, num_records, record_checks = {}, {}, {}
-    for split in ("train", "eval", "pseudo"):
-        names = sorted(n for n in os.listdir(path(layout_lib.INTERACTIONS_DIR))
-                       if n.startswith(f"{split}-")) \
-            if os.path.isdir(path(layout_lib.INTERACTIONS_DIR)) else []
-        if split == "pseudo" and not names:
+    split_sizes = {"train": int(counts.get("split_train", 0)),
+                   "eval": int(counts.get("split_eval", 0)), "pseudo": int(num_pseudo)}
+    for split, total in split_sizes.items():
+        if split == "pseudo" and not total:
             continue
-        if not names:              # an empty split still gets one (empty) file
-            prepare_lib.write_records(tmp, split, np.zeros([0], layout_lib.RECORD_DTYPE),
-                                      config.records_per_shard, record_checks)
-            names = [f"{split}-00000-of-00001.rec"]
-        rels = [f"{layout_lib.INTERACTIONS_DIR}/{n}" for n in names]
-        total = 0
-        for rel in rels:
-            record_checks[rel] = layout_lib.record_file_check(path(rel))
-            total += record_checks[rel]["records"]
-        record_files[split] = rels
+        record_files[split] = _write_record_files(parts, tmp, split, total,
+                                                  config.records_per_shard, record_checks)
         num_records[split] = total
 
     split_info = {"method": config.split.method}
