@@ -1,5 +1,6 @@
 """The Beam prepare (DirectRunner, 2 worker processes) writes the single-process layout: the same
 examples through the input pipeline, the same tables, the same report; no row dropped."""
+import dataclasses
 import gzip
 import os
 import subprocess
@@ -166,3 +167,40 @@ def test_cli_refuses_what_beam_cannot_do(inputs, tmp_path):
     vocab = _cli(*args, f"--output={tmp_path / 'b'}", "--runner=DirectRunner", "--build_vocab")
     assert vocab.returncode == 1 and "--build_vocab is not supported" in vocab.stderr
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_users_from_interactions_and_time_split(tmp_path):
+    """No users file: a user's row follows the first row that reaches the user check (even if a
+    later check rejects it), in both paths; --split=time with a cutoff; no pseudo-queries."""
+    from dpsr_tf.data import pseudo_queries as pseudo_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data.beam import prepare_beam  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import split as split_lib  # pylint: disable=import-outside-toplevel
+    (tmp_path / "items.tsv").write_text("item_id\ttitle\tbrand\nA\tApple iPhone\tapple\n"
+                                        "B\tFresh apples\t\nC\tGalaxy S24\tsamsung\n")
+    (tmp_path / "inter.tsv").write_text(
+        "query\tuser_id\titem_id\tlabel\ttimestamp\n"
+        "apple\tu9\tZ\tclick\t1\n"             # unknown item: does not define u9
+        "apple\tu3\tA\tclick\tnever\n"         # bad timestamp, but u3 is defined here (row 0)
+        "apple\tu1\tA\tclick\t10\n"
+        "phone\tu9\tC\tclick\t20\n"            # u9 defined here (row 2)
+        "apple\tu1\tB\tpositive\t30\n"
+        "phone\tu3\tC\tnegative\t40\n"
+        "phone\t\tA\tclick\t50\n"
+        "galaxy\tu1\tC\tclick\t60\n")
+    config = prepare_lib.PrepareConfig(
+        items=str(tmp_path / "items.tsv"), interactions=str(tmp_path / "inter.tsv"),
+        output=str(tmp_path / "single"), max_reject_fraction=1.0,
+        pseudo_queries=pseudo_lib.PseudoQueryConfig(per_item=0),
+        split=split_lib.SplitConfig(method=split_lib.TIME, time_cutoff=45.0))
+    single = prepare_lib.prepare(config, log=lambda *_: None)
+    beam = prepare_beam(dataclasses.replace(config, output=str(tmp_path / "beam")),
+                        "DirectRunner", log=lambda *_: None)
+    assert layout_lib.load_user_table(single).ids == ["u3", "u1", "u9"]
+    assert layout_lib.load_user_table(beam).ids == ["u3", "u1", "u9"]
+    assert beam.counts == single.counts and beam.num_records == single.num_records
+    for split in ("train", "eval"):
+        a, b = layout_lib.read_records(single, split), layout_lib.read_records(beam, split)
+        assert sorted(a.tolist()) == sorted(b.tolist())
+    for load in (layout_lib.load_user_histories, layout_lib.load_query_tokens):
+        for x, y in zip(load(single), load(beam)):
+            np.testing.assert_array_equal(x, y)
