@@ -27,7 +27,6 @@ from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.data import rows as rows_lib
 from dpsr_tf.data.readers import Progress, ShardedReader
-from dpsr_tf.data.schema import Reason
 from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, build_vocabulary
 
 _TOKENIZE_BATCH = 8192

@@ -9,7 +9,7 @@ A row's position is (file index, line); "earlier" is always position order, whic
 order of the single-process reader.
 """
 import dataclasses
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 from dpsr_tf.data import schema
 from dpsr_tf.data.readers import Record
@@ -24,11 +24,6 @@ class Rejection:
     path: str
     line: int
     message: str
-
-
-def position_key(file_index: int, line: int) -> float:
-    """A float that orders rows as (file index, line) do, exactly (file_index < 2**21)."""
-    return float(file_index * (1 << 32) + line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +234,3 @@ def interaction_rejection(p: ParsedInteraction, item_known: bool, item_why: Opti
 def record_rejection(report: schema.FileReport, rej: Rejection) -> None:
     """Counts a rejection in a report; its example names the file the row came from."""
     report.reject(rej.reason, rej.line, rej.message, path=rej.path)
-
-
-def first_examples(examples: Sequence[Tuple[float, str]], n: int) -> list:
-    """The n examples of the earliest rows, in row order ((position, text) pairs)."""
-    return [text for _, text in sorted(examples)[:n]]

@@ -19,7 +19,8 @@ Stages (each a keyed step, so no worker holds more than one key's rows or one bl
   queries   rows by first appearance; split per query; tokens
   users     per user: the positives in time order and each interaction's history_end
   queries   per train query: its human negatives
-  write     record shards and table blocks under the output; the launcher joins the blocks
+  write     blocks of 65,536 table rows or records under the output (parts/); the launcher
+            streams them into the layout's files (record files of --records_per_shard)
 
 Not supported here (they need a global view the single process has for free): --build_vocab
 (use the vocabulary of a first single-process run, or --vocab_file), --max_train_queries, and
@@ -29,7 +30,6 @@ import dataclasses
 import hashlib
 import os
 import shutil
-import sys
 import time
 import zlib
 from typing import Callable, Dict, List, Optional, Sequence
@@ -467,7 +467,7 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
         p = beam.Pipeline(options=options)
         _build(p, config, tok_config, rule, item_reader.files, item_cols,
                user_reader.files if user_reader else None, user_cols,
-               inter_reader.files, inter_cols, auto_users, has_time, tmp, parts)
+               inter_reader.files, inter_cols, auto_users, has_time, parts)
         result = p.run()
         result.wait_until_finish()
         log(f"beam: pipeline done in {time.monotonic() - pipeline_start:.1f} s "
@@ -499,7 +499,7 @@ def _rows_read(result) -> str:
 
 
 def _build(p, config, tok_config, rule, item_files, item_cols, user_files, user_cols,
-           inter_files, inter_cols, auto_users, has_time, out_dir, parts):
+           inter_files, inter_cols, auto_users, has_time, parts):
     every = config.progress_every_s
     counts = []
 

@@ -33,7 +33,7 @@ class AssignRows(beam.PTransform):
         most a few million elements (it is sorted in one worker).
     """
 
-    def __init__(self, shift: int, label_prefix: str = ""):
+    def __init__(self, shift: int):
         super().__init__()
         self._shift = shift
 
