@@ -4,6 +4,11 @@
       --output=layout_dir [--split=query_hash|time] [--history_length=16] [tokenizer flags]
       [--split_fold=F --split_modulus=N] [--max_train_queries=N --seed=S]
 
+--runner=DirectRunner (or DataflowRunner, FlinkRunner, SparkRunner, PortableRunner) writes the
+same layout with the Apache Beam pipeline of dpsr_tf/data/beam; Beam's own options go through
+--beam_option, repeated (--beam_option=--direct_num_workers=2
+--beam_option=--direct_running_mode=multi_processing). The default, InProcess, is one process.
+
 --split_fold=F holds out the queries whose md5 % N == F (cross-validation fold F of N without
 rewriting data; `dpsr crossval` runs every fold). --max_train_queries=N keeps N seeded training
 queries with all their interactions (a small log cut from a large one); eval is untouched.
@@ -55,6 +60,15 @@ _MAX_TRAIN_QUERIES = flags.DEFINE_integer(
     "max_train_queries", 0, "Keep only this many distinct train queries (seeded by --seed) with "
     "all their interactions; the others' are dropped; eval is untouched. 0 = keep all.")
 _PER_SHARD = flags.DEFINE_integer("records_per_shard", 1 << 22, "Interaction records per file.")
+IN_PROCESS = "InProcess"
+_RUNNER = flags.DEFINE_enum(
+    "runner", IN_PROCESS, [IN_PROCESS, "DirectRunner", "DataflowRunner", "FlinkRunner",
+                           "SparkRunner", "PortableRunner"],
+    "InProcess: one Python process. A Beam runner: the Apache Beam pipeline of "
+    "dpsr_tf/data/beam (same layout; docs/data_format.md, 'Preparing on Apache Beam').")
+_BEAM_OPTIONS = flags.DEFINE_multi_string(
+    "beam_option", [], "A Beam pipeline option for a Beam --runner, repeated, e.g. "
+    "--beam_option=--direct_num_workers=2 --beam_option=--direct_running_mode=multi_processing")
 
 flags.mark_flags_as_required(["items", "interactions", "output"])
 
@@ -95,7 +109,19 @@ def main(argv):
         sys.exit(f"dpsr prepare: unexpected arguments {argv[1:]}; every input is a --flag")
     try:
         config = config_from_flags()
-        prepare_lib.prepare(config)
+        if _RUNNER.value == IN_PROCESS:
+            if _BEAM_OPTIONS.value:
+                raise flags.ValidationError(f"--beam_option {_BEAM_OPTIONS.value} needs a Beam "
+                                            f"--runner (DirectRunner, DataflowRunner, ...)")
+            prepare_lib.prepare(config)
+        else:
+            try:
+                from dpsr_tf.data import beam as beam_lib  # pylint: disable=import-outside-toplevel
+            except ImportError as e:
+                raise flags.ValidationError(
+                    f"--runner={_RUNNER.value} needs Apache Beam ({e}); pip install -r "
+                    f"requirements.txt") from None
+            beam_lib.prepare_beam(config, _RUNNER.value, _BEAM_OPTIONS.value)
     except (schema.SchemaError, ValueError, OSError, flags.Error) as e:
         print(f"dpsr prepare: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -4,7 +4,9 @@ Modules (one job each):
   schema     columns, labels, rejection reasons and reports of the three input files
   readers    TSV/CSV readers that report bad rows with file:line instead of raising
   split      the deterministic train/eval split (query hash, the dashboard rule; or time)
+  rows       per-row and per-id validation (the checks both prepare paths call)
   prepare    validate the files, tokenize item titles and queries once, write the layout
+  beam/      the same prepare as an Apache Beam pipeline (`dpsr prepare --runner=...`)
   layout     LayoutSpec + numpy readers of the layout (item table, id map, eval sets)
   pipeline   tf.data input fns for the Estimator (in-graph joins from tables loaded once)
   synthetic  the seeded synthetic catalog (demo default) with its ground truth

@@ -25,8 +25,8 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import pseudo_queries as pseudo_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
-from dpsr_tf.data.readers import Progress, TableReader
-from dpsr_tf.data.schema import Reason
+from dpsr_tf.data import rows as rows_lib
+from dpsr_tf.data.readers import Progress, ShardedReader
 from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, build_vocabulary
 
 _TOKENIZE_BATCH = 8192
@@ -138,55 +138,32 @@ class _Table:
 
 def _read_table(path: str, file_schema: schema.FileSchema, report: schema.FileReport,
                 progress_every_s: float) -> _Table:
-    reader = TableReader(path, file_schema, progress_every_s)
+    reader = ShardedReader(path, file_schema, progress_every_s)
     is_items = file_schema is schema.ITEMS
-    id_col = reader.column(schema.ITEM_ID if is_items else schema.USER_ID)
-    title_col = reader.column(schema.TITLE) if is_items else -1
-    feat_cols = [reader.column(n) for n in reader.feature_columns]
-    duplicate = Reason.DUPLICATE_ITEM if is_items else Reason.DUPLICATE_USER
-    id_name = "item_id" if is_items else "user_id"
-    table = _Table([], {}, list(reader.feature_columns), [_Categorical() for _ in feat_cols],
+    cols = rows_lib.table_columns(reader, is_items)
+    table = _Table([], {}, list(reader.feature_columns), [_Categorical() for _ in cols.feature_cols],
                    [] if is_items else None)
-    lines = []
-    clean = schema.clean_text
-    for rec in reader:
+    kept_at = []                   # row -> (path, line) of its definition
+    for _, file_path, rec in reader:
         report.rows_read += 1
-        if rec.error is not None:
-            report.reject(rec.error, rec.line, rec.message)
-            if rec.fields and len(rec.fields) > id_col and rec.fields[id_col]:
-                table.rejected.setdefault(rec.fields[id_col], f"{path}:{rec.line} ({rec.error.value})")
-            continue
-        fields = rec.fields
-        row_id = fields[id_col]
-        if not schema.is_valid_id(row_id):
-            report.reject(Reason.EMPTY_ID, rec.line,
-                          f"{id_name} {row_id!r}: ids must be non-empty, without surrounding "
-                          f"spaces or control characters")
-            continue
-        if row_id in table.index:
-            report.reject(duplicate, rec.line,
-                          f"{id_name} {row_id!r} is already defined at "
-                          f"{path}:{lines[table.index[row_id]]}; the first definition is kept")
+        rejection, why, cand = rows_lib.classify_table_row(rec, file_path, cols)
+        if rejection is None:
+            row = table.index.get(cand.row_id)
+            rejection, why_text = rows_lib.resolve_candidate(
+                cand, None if row is None else kept_at[row], is_items)
+            why = (cand.row_id, why_text) if why_text else None
+        if why is not None:
+            table.rejected.setdefault(*why)
+        if rejection is not None:
+            rows_lib.record_rejection(report, rejection)
             continue
         if is_items:
-            problem = schema.control_character_problem(schema.TITLE, fields[title_col])
-            if problem is not None:
-                report.reject(Reason.CONTROL_CHARACTER, rec.line, f"item_id {row_id!r}: {problem}")
-                table.rejected.setdefault(row_id, f"{path}:{rec.line} (control character in the "
-                                                  f"title)")
-                continue
-            title = clean(fields[title_col]).strip()
-            if not title:
-                report.reject(Reason.EMPTY_TITLE, rec.line, f"item_id {row_id!r} has an empty "
-                              f"title; every item needs text to be retrieved by")
-                table.rejected.setdefault(row_id, f"{path}:{rec.line} (empty title)")
-                continue
-            table.titles.append(title)
-        table.index[row_id] = len(table.ids)
-        table.ids.append(row_id)
-        lines.append(rec.line)
-        for values, col in zip(table.values, feat_cols):
-            values.append(clean(fields[col]).strip())
+            table.titles.append(cand.title)
+        table.index[cand.row_id] = len(table.ids)
+        table.ids.append(cand.row_id)
+        kept_at.append((file_path, cand.line))
+        for values, value in zip(table.values, cand.values):
+            values.append(value)
         report.rows_kept += 1
     return table
 
@@ -205,104 +182,50 @@ class _Interactions:
 def _read_interactions(path: str, items: _Table, users: Optional[_Table],
                        report: schema.FileReport, progress_every_s: float
                        ) -> Tuple[_Interactions, Optional[_Table]]:
-    reader = TableReader(path, schema.INTERACTIONS, progress_every_s)
-    q_col, i_col, l_col = (reader.column(c) for c in (schema.QUERY, schema.ITEM_ID, schema.LABEL))
-    u_col, t_col, g_col = (reader.column(c) for c in (schema.USER_ID, schema.TIMESTAMP,
-                                                       schema.GAIN))
-    known = set(schema.INTERACTIONS.required) | set(schema.INTERACTIONS.optional)
-    ignored = [c for c in reader.header if c not in known]
-    if ignored:
-        report.notes.append(f"columns {ignored} are not part of the format and were ignored")
-    if reader.column(schema.SESSION) >= 0:
-        report.notes.append("the session column was validated as text and is not used by the "
-                            "layout today (history is per user)")
-    auto_users = users is None and u_col >= 0
+    reader = ShardedReader(path, schema.INTERACTIONS, progress_every_s)
+    cols = rows_lib.interaction_columns(reader)
+    auto_users = users is None and cols.user >= 0
+    report.notes.extend(rows_lib.interaction_notes(reader, auto_users))
     if auto_users:
         users = _Table([], {}, [], [])
-        report.notes.append("no users file: the user_id values of this file define the users "
-                            "(no profile features)")
     user_index = users.index if users is not None else {}
+    user_rejected = users.rejected if users is not None else {}
     item_index = items.index
     query_index: Dict[str, int] = {}
     queries: List[str] = []
     q_rows, i_rows, u_rows = array.array("i"), array.array("i"), array.array("i")
     kinds, gains, times = array.array("b"), array.array("f"), array.array("d")
-    labels = schema.LABEL_VALUES
-    clean = schema.clean_text
-    default_gain = {k: schema.default_gain(k) for k in schema.LabelKind}
-    for rec in reader:
+    has_time = cols.timestamp >= 0
+    for _, file_path, rec in reader:
         report.rows_read += 1
-        if rec.error is not None:
-            report.reject(rec.error, rec.line, rec.message)
+        parsed = rows_lib.parse_interaction(rec, file_path, cols)
+        if isinstance(parsed, rows_lib.Rejection):
+            rows_lib.record_rejection(report, parsed)
             continue
-        fields = rec.fields
-        problem = schema.control_character_problem(schema.QUERY, fields[q_col])
-        if problem is not None:
-            report.reject(Reason.CONTROL_CHARACTER, rec.line, problem)
+        item_row = item_index.get(parsed.item_id, -1)
+        user_row = user_index.get(parsed.user_id, -1) if parsed.user_id else -1
+        if (auto_users and user_row < 0 and parsed.user_id
+                and rows_lib.reaches_user_check(parsed, item_row >= 0)
+                and schema.is_valid_id(parsed.user_id)):
+            user_row = user_index[parsed.user_id] = len(users.ids)
+            users.ids.append(parsed.user_id)
+        rejection = rows_lib.interaction_rejection(
+            parsed, item_row >= 0, items.rejected.get(parsed.item_id),
+            user_row >= 0, user_rejected.get(parsed.user_id))
+        if rejection is not None:
+            rows_lib.record_rejection(report, rejection)
             continue
-        query = clean(fields[q_col])
-        if not query.strip():
-            report.reject(Reason.EMPTY_QUERY, rec.line, "the query is empty")
-            continue
-        item_id = fields[i_col]
-        item_row = item_index.get(item_id)
-        if item_row is None:
-            why = items.rejected.get(item_id)
-            report.reject(Reason.UNKNOWN_ITEM, rec.line,
-                          f"item_id {item_id!r} is not in the items file"
-                          + (f" (its row was rejected: {why})" if why else ""))
-            continue
-        cell = fields[l_col]
-        kind = labels.get(cell)
-        if kind is None:
-            kind = schema.parse_label(cell)
-            if kind is None:
-                report.reject(Reason.BAD_LABEL, rec.line,
-                              f"label {cell!r}; use one of click, positive, negative")
-                continue
-        user_row = -1
-        if u_col >= 0:
-            user_id = fields[u_col]
-            if user_id:
-                user_row = user_index.get(user_id, -1)
-                if user_row < 0:
-                    if auto_users and schema.is_valid_id(user_id):
-                        user_row = len(users.ids)
-                        user_index[user_id] = user_row
-                        users.ids.append(user_id)
-                    else:
-                        why = users.rejected.get(user_id) if users is not None else None
-                        report.reject(Reason.UNKNOWN_USER, rec.line,
-                                      f"user_id {user_id!r} is not in the users file"
-                                      + (f" (its row was rejected: {why})" if why else "")
-                                      + ("; leave the cell empty for anonymous interactions"
-                                         if not why else ""))
-                        continue
-        if t_col >= 0:
-            ts = schema.parse_timestamp(fields[t_col])
-            if ts is None:
-                report.reject(Reason.BAD_TIMESTAMP, rec.line,
-                              f"timestamp {fields[t_col]!r}; use seconds since 1970 or "
-                              f"ISO 8601 (2011-08-11 04:00:17)")
-                continue
-        gain = default_gain[kind]
-        if g_col >= 0 and fields[g_col]:
-            gain = schema.parse_gain(fields[g_col])
-            if gain is None:
-                report.reject(Reason.BAD_GAIN, rec.line,
-                              f"gain {fields[g_col]!r}; use a number >= 0 (or leave it empty)")
-                continue
-        q_row = query_index.get(query)
+        q_row = query_index.get(parsed.query)
         if q_row is None:
-            q_row = query_index[query] = len(queries)
-            queries.append(query)
+            q_row = query_index[parsed.query] = len(queries)
+            queries.append(parsed.query)
         q_rows.append(q_row)
         i_rows.append(item_row)
         u_rows.append(user_row)
-        kinds.append(kind)
-        gains.append(gain)
-        if t_col >= 0:
-            times.append(ts)
+        kinds.append(parsed.kind)
+        gains.append(parsed.gain)
+        if has_time:
+            times.append(parsed.timestamp)
         report.rows_kept += 1
 
     def np_of(arr, dtype):
@@ -315,7 +238,7 @@ def _read_interactions(path: str, items: _Table, users: Optional[_Table],
         user_rows=np_of(u_rows, np.int32),
         label_kinds=np_of(kinds, np.int8),
         gains=np_of(gains, np.float32),
-        timestamps=np_of(times, np.float64) if t_col >= 0 else None,
+        timestamps=np_of(times, np.float64) if has_time else None,
     )
     return result, users
 
@@ -429,7 +352,7 @@ def _save(path: str, array_: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array_))
 
 
-def _write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int,
+def write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int,
                    checks: Optional[Dict[str, dict]] = None) -> List[str]:
     """Writes a split's record files; `checks` receives each file's records, bytes and CRC-32
     (layout.json "record_checks", verified before training)."""
@@ -450,7 +373,7 @@ def _write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int
     return paths
 
 
-def _check_output(path: str) -> None:
+def check_output(path: str) -> None:
     if os.path.exists(path) and not (
             os.path.isdir(path) and (not os.listdir(path)
                                      or os.path.isfile(os.path.join(path, layout_lib.LAYOUT_JSON)))):
@@ -458,7 +381,7 @@ def _check_output(path: str) -> None:
                            f"replace it (choose a new directory)")
 
 
-def _check_fractions(reports: Sequence[schema.FileReport], max_fraction: float) -> None:
+def check_fractions(reports: Sequence[schema.FileReport], max_fraction: float) -> None:
     for rep in reports:
         if rep.rows_read and rep.rows_rejected / rep.rows_read > max_fraction:
             raise PrepareError(
@@ -480,7 +403,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
     """
     start = time.monotonic()
     output = os.path.abspath(config.output)
-    _check_output(output)
+    check_output(output)
     reports = []
     item_report = schema.FileReport(config.items, "items", config.max_examples)
     reports.append(item_report)
@@ -494,7 +417,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
     inter_report = schema.FileReport(config.interactions, "interactions", config.max_examples)
     reports.append(inter_report)
     if config.split.method == split_lib.TIME:
-        header_probe = TableReader(config.interactions, schema.INTERACTIONS)
+        header_probe = ShardedReader(config.interactions, schema.INTERACTIONS)
         has_time = header_probe.column(schema.TIMESTAMP) >= 0
         header_probe.close()
         if not has_time:
@@ -509,7 +432,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
         raise PrepareError(f"{config.items}: no valid item rows")
     if len(inter.query_rows) == 0:
         raise PrepareError(f"{config.interactions}: no valid interaction rows")
-    _check_fractions(reports, config.max_reject_fraction)
+    check_fractions(reports, config.max_reject_fraction)
     num_users = len(users.ids) if users is not None else 0
 
     # Split.
@@ -670,29 +593,60 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
                         ("pseudo", pseudo)):
         if split == "pseudo" and not len(part):
             continue
-        record_files[split] = _write_records(tmp, split, part, config.records_per_shard,
+        record_files[split] = write_records(tmp, split, part, config.records_per_shard,
                                              record_checks)
         num_records[split] = int(len(part))
 
     labels = np.bincount(inter.label_kinds, minlength=3)
-    counts = {rep.kind: rep.to_dict() for rep in reports}
-    counts["labels"] = {schema.LABEL_NAMES[k]: int(labels[k]) for k in schema.LabelKind}
-    counts["splits"] = {
-        split: {"interactions": int(len(idx)),
-                "queries": int(len(np.unique(inter.query_rows[idx])))}
-        for split, idx in (("train", train_idx), ("eval", eval_idx))}
-    counts["items"]["tokens"] = int(item_token_count)
-    counts["pseudo_queries"] = len(pseudo_texts)
     # Not a leak (a pseudo-query is built from the catalog alone), but worth knowing when an
     # eval query is called "unseen": how many eval queries some title span spells exactly.
     pseudo_lower = {t.lower() for t in pseudo_texts}
     eval_texts = {inter.queries[q] for q in np.unique(inter.query_rows[eval_idx]).tolist()}
-    counts["eval_queries_equal_to_a_pseudo_query"] = sum(
-        1 for t in eval_texts if t.lower() in pseudo_lower)
-    counts["train_human_negatives"] = {"pairs": int(train_negative.sum()),
-                                       "queries": int((np.diff(neg_splits) > 0).sum())}
-    counts["interactions_with_user"] = int((inter.user_rows >= 0).sum())
-    counts["users_with_history"] = int((np.diff(history_splits) > 0).sum())
+    counts = {
+        "labels": {schema.LABEL_NAMES[k]: int(labels[k]) for k in schema.LabelKind},
+        "splits": {
+            split: {"interactions": int(len(idx)),
+                    "queries": int(len(np.unique(inter.query_rows[idx])))}
+            for split, idx in (("train", train_idx), ("eval", eval_idx))},
+        "item_tokens": int(item_token_count),
+        "pseudo_queries": len(pseudo_texts),
+        "eval_queries_equal_to_a_pseudo_query": sum(
+            1 for t in eval_texts if t.lower() in pseudo_lower),
+        "train_human_negatives": {"pairs": int(train_negative.sum()),
+                                  "queries": int((np.diff(neg_splits) > 0).sum())},
+        "interactions_with_user": int((inter.user_rows >= 0).sum()),
+        "users_with_history": int((np.diff(history_splits) > 0).sum()),
+    }
+    sizes = {"num_items": len(items.ids), "num_users": len(user_ids),
+             "num_queries": len(all_queries), "num_logged_queries": len(inter.queries)}
+    item_features = {name: len(item_vocabs[name]) + 1 for name in items.feature_names}
+    user_features = {name: len(user_vocabs[name]) + 1 for name in user_vocabs}
+    return write_metadata(config, tmp, tok_config, tokenizer.id_space, reports, sizes,
+                          item_features, user_features, counts, split_info, record_files,
+                          num_records, record_checks, log)
+
+
+def write_metadata(config: PrepareConfig, out_dir: str, tok_config: TokenizerConfig,
+                   token_id_space: int, reports: Sequence[schema.FileReport], sizes: dict,
+                   item_features: Dict[str, int], user_features: Dict[str, int],
+                   counts: dict, split_info: dict, record_files: Dict[str, List[str]],
+                   num_records: Dict[str, int], record_checks: Dict[str, dict],
+                   log: Callable[[str], None]) -> dict:
+    """Writes layout.json and prepare_report.txt (both prepare paths); logs the summary.
+
+    Args:
+      sizes: num_items, num_users, num_queries (logged + pseudo), num_logged_queries.
+      counts: labels, splits, item_tokens, pseudo_queries, eval_queries_equal_to_a_pseudo_query,
+        train_human_negatives, interactions_with_user, users_with_history.
+
+    Returns:
+      The layout.json contents.
+    """
+    extra = dict(counts)
+    item_token_count = extra.pop("item_tokens")
+    counts = {rep.kind: rep.to_dict() for rep in reports}
+    counts.update(extra)
+    counts["items"]["tokens"] = int(item_token_count)
     tok_json = dataclasses.asdict(tok_config)
     if tok_json.get("vocab_file"):
         tok_json["vocab_file"] = layout_lib.VOCAB_TXT
@@ -701,13 +655,13 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     meta = {
         "format_version": layout_lib.FORMAT_VERSION,
         "tokenizer_config": tok_json,
-        "token_id_space": int(tokenizer.id_space),
-        "num_items": len(items.ids),
-        "num_users": len(user_ids),
-        "num_queries": len(all_queries),
-        "num_logged_queries": len(inter.queries),
-        "item_features": {name: len(item_vocabs[name]) + 1 for name in items.feature_names},
-        "user_features": {name: len(user_vocabs[name]) + 1 for name in user_vocabs},
+        "token_id_space": int(token_id_space),
+        "num_items": sizes["num_items"],
+        "num_users": sizes["num_users"],
+        "num_queries": sizes["num_queries"],
+        "num_logged_queries": sizes["num_logged_queries"],
+        "item_features": item_features,
+        "user_features": user_features,
         "history_length": config.history_length,
         "counts": counts,
         "split": split_info,
@@ -717,15 +671,16 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
         "record_checks": record_checks,
         "prepare_config": prepare_config,
     }
-    with open(path(layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2, ensure_ascii=False)
         f.write("\n")
+    pseudo_count = counts["pseudo_queries"]
     summary = [
-        f"items: {len(items.ids):,} ({item_token_count:,} title tokens); "
+        f"items: {sizes['num_items']:,} ({item_token_count:,} title tokens); "
         f"item features {meta['item_features']}",
-        f"users: {len(user_ids):,}; user features {meta['user_features']}; "
+        f"users: {sizes['num_users']:,}; user features {meta['user_features']}; "
         f"{counts['users_with_history']:,} with a history",
-        f"queries: {len(inter.queries):,} distinct (+ {len(pseudo_texts):,} pseudo-queries)",
+        f"queries: {sizes['num_logged_queries']:,} distinct (+ {pseudo_count:,} pseudo-queries)",
         f"human negatives of train queries: {counts['train_human_negatives']['pairs']:,} pairs "
         f"over {counts['train_human_negatives']['queries']:,} queries (a per-query table)",
         f"labels: {counts['labels']}",
@@ -735,6 +690,6 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     ]
     for line in summary:
         log(line)
-    with open(path(layout_lib.REPORT_TXT), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, layout_lib.REPORT_TXT), "w", encoding="utf-8") as f:
         f.write("\n".join([rep.format() for rep in reports] + summary) + "\n")
     return meta

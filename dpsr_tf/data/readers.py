@@ -11,6 +11,7 @@ Memory is bounded whatever the input: lines are read with a length limit, so a 1
 """
 import csv
 import dataclasses
+import glob
 import gzip
 import io
 import os
@@ -254,6 +255,69 @@ class TableReader:
                 yield Record(start, fields)
         finally:
             self.close()
+
+
+def input_files(pattern: str, kind: str) -> List[str]:
+    """The files of an input: the path itself, or the sorted matches of a glob
+    (`interactions-*.tsv.gz`). Their order is the row order (file index, line).
+
+    Raises:
+      SchemaError: nothing matches.
+    """
+    if os.path.isfile(pattern) or not glob.has_magic(pattern):
+        return [pattern]
+    files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+    if not files:
+        raise schema.SchemaError(f"{pattern}: no file matches (the {kind} file pattern)")
+    return files
+
+
+class ShardedReader:
+    """The records of an input that may be several files with one header (a glob).
+
+    `header`, `feature_columns` and `column` are those of the first file; every other file must
+    have the same header. Iterating yields (file index, path, Record).
+
+    Raises:
+      SchemaError: as TableReader, or a file whose header differs from the first's.
+    """
+
+    def __init__(self, pattern: str, file_schema: schema.FileSchema,
+                 progress_every_s: float = 5.0):
+        self.files = input_files(pattern, file_schema.kind)
+        self.schema = file_schema
+        self._progress_every_s = progress_every_s
+        first = TableReader(self.files[0], file_schema, progress_every_s)
+        self._first = first
+        self.header = first.header
+        self.feature_columns = first.feature_columns
+
+    def column(self, name: str) -> int:
+        """Index of a column, or -1 when absent."""
+        return self.header.index(name) if name in self.header else -1
+
+    def close(self) -> None:
+        if self._first is not None:
+            self._first.close()
+
+    def open(self, index: int) -> TableReader:
+        """The reader of file `index`, its header checked against the first file's."""
+        if index == 0 and self._first is not None:
+            reader, self._first = self._first, None
+            return reader
+        reader = TableReader(self.files[index], self.schema, self._progress_every_s)
+        if reader.header != self.header:
+            reader.close()
+            raise schema.SchemaError(
+                f"{self.files[index]}:1: header {reader.header!r} differs from the first "
+                f"file's {self.header!r} ({self.files[0]}); the files of one input share a "
+                f"header")
+        return reader
+
+    def __iter__(self):
+        for index, path in enumerate(self.files):
+            for rec in self.open(index):
+                yield index, path, rec
 
 
 def _field_hint(delimiter: str, fields: Sequence[str], width: int) -> str:

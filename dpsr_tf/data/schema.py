@@ -172,11 +172,12 @@ class FileReport:
         self.examples: Dict[Reason, List[str]] = collections.defaultdict(list)
         self.notes: List[str] = []
 
-    def reject(self, reason: Reason, line: int, message: str) -> None:
+    def reject(self, reason: Reason, line: int, message: str, path: str = "") -> None:
+        """Counts a rejected row; `path` names its file when the input is several (a glob)."""
         self.rejected[reason] += 1
         examples = self.examples[reason]
         if len(examples) < self.max_examples:
-            examples.append(f"{self.path}:{line}: {message}")
+            examples.append(f"{path or self.path}:{line}: {message}")
 
     @property
     def rows_rejected(self) -> int:

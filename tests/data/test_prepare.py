@@ -1,6 +1,7 @@
 """dpsr prepare: every class of bad row is reported (count + file:line), headers are checked,
 nothing is dropped silently, histories / eval sets match hand-worked values, output is
 deterministic."""
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -332,3 +333,29 @@ def test_vocabulary_mode_lives_in_the_layout(tmp_path):
     table = layout_lib.load_item_table(spec)
     np.testing.assert_array_equal(table.tokens(0), tok.tokenize_one(table.titles[0]))
     assert spec.token_id_space == tok.id_space < 1 << 20   # vocabulary + OOV buckets
+
+
+def test_interaction_shards_by_glob(tmp_path):
+    """A glob reads its files in name order as one file; headers must agree; examples name the
+    shard."""
+    rows = GOOD_ROWS.splitlines(keepends=True)
+    _write(tmp_path / "inter-0.tsv", INTER_HEADER + "".join(rows[:2]) + "x\tu1\tZ\tclick\t5\t\n")
+    with gzip.open(tmp_path / "inter-1.tsv.gz", "wt", encoding="utf-8") as f:
+        f.write(INTER_HEADER + "".join(rows[2:]))
+    cfg = prepare_lib.PrepareConfig(
+        items=_write(tmp_path / "items.tsv", ITEMS), users=_write(tmp_path / "users.tsv", USERS),
+        interactions=str(tmp_path / "inter-*"), output=str(tmp_path / "sharded"),
+        pseudo_queries=pseudo_lib.PseudoQueryConfig(per_item=0))
+    lines = []
+    sharded = prepare_lib.prepare(cfg, log=lines.append)
+    inter = sharded.counts["interactions"]
+    assert (inter["rows_read"], inter["rows_kept"]) == (5, 4)
+    assert inter["examples"]["unknown item"] == [
+        f"{tmp_path}/inter-0.tsv:4: item_id 'Z' is not in the items file"]
+    assert layout_lib.load_queries(sharded) == ["apple", "galaxy phone"]
+    _write(tmp_path / "inter-2.tsv", "query\titem_id\tlabel\n")
+    with pytest.raises(schema.SchemaError, match="differs from the first file's"):
+        prepare_lib.prepare(dataclasses.replace(cfg, output=str(tmp_path / "other")))
+    with pytest.raises(schema.SchemaError, match="no file matches"):
+        prepare_lib.prepare(dataclasses.replace(cfg, interactions=str(tmp_path / "none-*"),
+                                                output=str(tmp_path / "other")))
