@@ -31,6 +31,7 @@ pipeline and never embedded in a GraphDef.
 import dataclasses
 import json
 import os
+import shutil
 import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -506,3 +507,11 @@ def load_labeled_pairs(layout, split: str = "eval") -> Dict[str, np.ndarray]:
         "label": (rec["label_kind"] != 2).astype(np.float32),
         "gain": rec["gain"].astype(np.float32),
     }
+
+
+def publish(tmp: str, output: str) -> None:
+    """Moves a finished layout from its temporary directory to `output`, replacing an older
+    layout there (writers build in `tmp` so a failed run never leaves half a layout)."""
+    if os.path.exists(output):
+        shutil.rmtree(output)
+    os.rename(tmp, output)

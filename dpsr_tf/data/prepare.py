@@ -494,9 +494,7 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if os.path.exists(output):
-        shutil.rmtree(output)
-    os.rename(tmp, output)
+    layout_lib.publish(tmp, output)
     log(f"wrote {output} in {time.monotonic() - start:.1f} s")
     return layout_lib.load_layout_spec(output)
 

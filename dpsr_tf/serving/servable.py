@@ -17,7 +17,7 @@ import numpy as np
 
 from dpsr_tf.serving import errors
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.signatures import Signature, signatures_of
+from dpsr_tf.serving.signatures import Signature, find_signature, signatures_of
 
 _LOG = logging.getLogger("serving.servable")
 
@@ -130,15 +130,7 @@ class SavedModelServable:
 
     def signature(self, name: str) -> Signature:
         """The named signature ("" means serving_default); NOT_FOUND when absent."""
-        from dpsr_tf.serving.signatures import DEFAULT_SIGNATURE  # pylint: disable=g-import-not-at-top
-        key = name or DEFAULT_SIGNATURE
-        sig = self.signatures.get(key)
-        if sig is None:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND,
-                f"Serving signature key \"{key}\" not found. Signatures of {self.name} version "
-                f"{self.version}: {', '.join(sorted(self.signatures)) or '(none)'}")
-        return sig
+        return find_signature(self.signatures, name, self.name, self.version)
 
     def _callable(self, signature: Signature):
         """One compiled session callable per signature (every input fed, every output

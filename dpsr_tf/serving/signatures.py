@@ -2,9 +2,11 @@
 import dataclasses
 from typing import Dict, Optional, Tuple
 
+import grpc
 import numpy as np
 
 from dpsr_tf.serving import tensors
+from dpsr_tf.serving.errors import ServingError
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -91,3 +93,20 @@ def signatures_of(meta_graph_def) -> Dict[str, Signature]:
                              if node.op in ("Placeholder", "PlaceholderWithDefault"))
     return {name: Signature.from_proto(name, sig, placeholders)
             for name, sig in meta_graph_def.signature_def.items() if name != INIT_OP_SIGNATURE}
+
+
+def find_signature(signatures: Dict[str, Signature], name: str, model: str,
+                   version: int) -> Signature:
+    """The named signature of a servable ("" means serving_default).
+
+    Raises:
+      ServingError(NOT_FOUND): TF Serving's message, with the signatures the servable has.
+    """
+    key = name or DEFAULT_SIGNATURE
+    sig = signatures.get(key)
+    if sig is None:
+        raise ServingError(
+            grpc.StatusCode.NOT_FOUND,
+            f"Serving signature key \"{key}\" not found. Signatures of {model} version "
+            f"{version}: {', '.join(sorted(signatures)) or '(none)'}")
+    return sig

@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.signatures import PREDICT_METHOD, Signature
+from dpsr_tf.serving.signatures import PREDICT_METHOD, Signature, find_signature
 
 _LOG = logging.getLogger("serving.tflite")
 
@@ -136,15 +136,7 @@ class TfLiteServable:
 
     def signature(self, name: str) -> Signature:
         """The named signature ("" means serving_default); NOT_FOUND when absent."""
-        from dpsr_tf.serving.signatures import DEFAULT_SIGNATURE  # pylint: disable=g-import-not-at-top
-        key = name or DEFAULT_SIGNATURE
-        sig = self.signatures.get(key)
-        if sig is None:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND,
-                f"Serving signature key \"{key}\" not found. Signatures of {self.name} version "
-                f"{self.version}: {', '.join(sorted(self.signatures)) or '(none)'}")
-        return sig
+        return find_signature(self.signatures, name, self.name, self.version)
 
     def _borrow(self, timeout_s: Optional[float]) -> _Interpreter:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
