@@ -56,6 +56,9 @@ def server(toy_model_dir, tmp_path_factory, spec):
     srv = process.start_model_server(
         model_config_file=str(work / "models.config"), rest=True, log_dir=str(work), flags=[
             f"--monitoring_config_file={work / 'monitoring.config'}", "--max_k=300",
+            # The 30 MB request of 10,000 rows is refused by a configured row limit (TF
+            # Serving, and this server by default, have none).
+            "--max_request_rows=256",
             f"--max_unsent_response_bytes_per_client={UNSENT_PER_CLIENT}",
             f"--max_unsent_response_bytes={UNSENT_TOTAL}"])
     stub = process.prediction_stub(srv.address)
