@@ -222,13 +222,18 @@ def _parse(element, cols: rows_lib.InteractionColumns):
         yield beam.pvalue.TaggedOutput("parsed", (parsed.item_id, (pos, parsed)))
 
 
+def _table_row(groups):
+    """(row, why) of a joined id's table side: its kept row (-1 if none) and, when its
+    definition was rejected, why (None otherwise)."""
+    rows = list(groups["row"])
+    whys = list(groups["why"])
+    return (rows[0] if rows else -1), (whys[0] if whys else None)
+
+
 def _join_items(element):
     """item_id group -> (pos, parsed, item_row, item_why) per interaction."""
     _, groups = element
-    rows = list(groups["row"])
-    whys = list(groups["why"])
-    item_row = rows[0] if rows else -1
-    why = whys[0] if whys else None
+    item_row, why = _table_row(groups)
     for pos, parsed in groups["parsed"]:
         yield pos, parsed, item_row, why
 
@@ -240,10 +245,7 @@ def _user_key(element):
 def _join_users(element):
     """user_id group -> (pos, parsed, item_row, item_why, user_row, user_why)."""
     _, groups = element
-    rows = list(groups["row"])
-    whys = list(groups["why"])
-    user_row = rows[0] if rows else -1
-    why = whys[0] if whys else None
+    user_row, why = _table_row(groups)
     for pos, parsed, item_row, item_why in groups["parsed"]:
         yield pos, parsed, item_row, item_why, user_row, why
 
