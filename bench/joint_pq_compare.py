@@ -36,7 +36,7 @@ def main():
     args = parser.parse_args()
     from dpsr_tf.evaluation import index_compare  # pylint: disable=import-outside-toplevel
     # pylint: disable-next=import-outside-toplevel
-    from dpsr_tf.training.progress import quiet_tf_logging
+    from dpsr_tf.model.progress import quiet_tf_logging
     quiet_tf_logging()
     results = {}
     for spec in args.run:

@@ -22,7 +22,7 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
+from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.export import catalog_index
 from dpsr_tf.export.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
