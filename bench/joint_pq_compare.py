@@ -1,4 +1,4 @@
-"""Served quality of a jointly trained IVF-PQ index against a separately built one (issue 16).
+"""Served quality of a jointly trained IVF-PQ index against a separately built one.
 
 For each (model directory, index directory) pair given as --run NAME:MODEL_DIR:INDEX_DIR, ranks
 the layout's eval split exactly (brute force over the model's item embeddings) and through the
