@@ -6,6 +6,7 @@ nothing may import upwards, nothing imports the CLI, and there is no import cycl
 written as strings (`importlib.import_module("dpsr_tf.x")`, `python -m dpsr_tf.x`) count as edges.
 """
 import ast
+import functools
 import os
 import re
 from typing import Dict, List, Set, Tuple
@@ -51,6 +52,7 @@ ALLOWED: Dict[Tuple[str, str], str] = {
 MODULE_NAME = re.compile(r"^dpsr_tf(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+@functools.lru_cache(maxsize=None)
 def _modules() -> Dict[str, str]:
     """Module name -> file path of every .py module of the package."""
     out = {}
@@ -132,6 +134,7 @@ def _folder(module: str, modules: Dict[str, str]) -> str:
     return ".".join(parts[:2])
 
 
+@functools.lru_cache(maxsize=None)
 def _graph() -> Dict[str, Set[Tuple[str, int]]]:
     modules = _modules()
     return {m: set(_imports(m, p, modules)) for m, p in modules.items()}
@@ -171,11 +174,10 @@ def test_nothing_outside_the_cli_imports_it():
 
 
 def test_no_import_cycle_between_modules():
-    graph = {m: {i for i, _ in edges if i != m} for m, edges in _graph().items()}
     # A package's __init__ importing its own submodules is how it re-exports them; a submodule
     # importing its package's __init__ then is no cycle of jobs.
-    for module, targets in graph.items():
-        graph[module] = {t for t in targets if not t.startswith(module + ".")}
+    graph = {m: {i for i, _ in edges if i != m and not i.startswith(m + ".")}
+             for m, edges in _graph().items()}
     state: Dict[str, int] = {}
     cycles = []
 
