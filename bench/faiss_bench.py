@@ -52,7 +52,7 @@ INDEXES = {
     "ivfpq_fs32": ("IVF4096,PQ32x4fs", "nprobe", [16, 64, 128]),
     "ivfpq_fs64": ("IVF4096,PQ64x4fs", "nprobe", [16, 64, 128]),
     "hnsw": ("HNSW32", "ef_search", [1000, 2000]),
-    # Fast scan + refine (issue 14): 4-bit fast-scan candidates re-ranked with 8-bit codes
+    # Fast scan + refine: 4-bit fast-scan candidates re-ranked with 8-bit codes
     # (SQ8: 64 B per item at d = 64; PQ32: 32 B). `name@kF` is the same index file with the
     # IndexRefine k_factor set to F (k * F candidates re-ranked); plain name = k_factor 4.
     "fs32_rsq8": ("IVF4096,PQ32x4fs,Refine(SQ8)", "nprobe", [32, 64, 128]),

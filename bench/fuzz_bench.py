@@ -1,5 +1,5 @@
 """The fuzz properties of `make test` (request decoding, REST bodies, TSV/CSV readers), run for
-many more cases from a fresh seed (issue 13).
+many more cases from a fresh seed.
 
     PYTHONPATH=. python bench/fuzz_bench.py                    # 5,000 cases per property
     PYTHONPATH=. python bench/fuzz_bench.py --examples=50000 --seed=7

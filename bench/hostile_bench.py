@@ -1,4 +1,4 @@
-"""Latency of normal requests while each class of hostile request is sent (issue 13).
+"""Latency of normal requests while each class of hostile request is sent.
 
     PYTHONPATH=. python bench/hostile_bench.py                 # 2 s per class
     PYTHONPATH=. python bench/hostile_bench.py --seconds=5 --rate=200

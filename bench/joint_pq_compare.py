@@ -1,4 +1,4 @@
-"""Served quality of a jointly trained IVF-PQ index against a separately built one (issue 16).
+"""Served quality of a jointly trained IVF-PQ index against a separately built one.
 
 For each (model directory, index directory) pair given as --run NAME:MODEL_DIR:INDEX_DIR, ranks
 the layout's eval split exactly (brute force over the model's item embeddings) and through the
@@ -36,7 +36,7 @@ def main():
     args = parser.parse_args()
     from dpsr_tf.evaluation import index_compare  # pylint: disable=import-outside-toplevel
     # pylint: disable-next=import-outside-toplevel
-    from dpsr_tf.training.progress import quiet_tf_logging
+    from dpsr_tf.model.progress import quiet_tf_logging
     quiet_tf_logging()
     results = {}
     for spec in args.run:

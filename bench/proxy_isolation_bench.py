@@ -1,4 +1,4 @@
-"""Latency of small calls through `dpsr proxy` while another client loads it (issue 24).
+"""Latency of small calls through `dpsr proxy` while another client loads it.
 
     PYTHONPATH=. python bench/proxy_isolation_bench.py --seconds=5
     PYTHONPATH=. python bench/proxy_isolation_bench.py --classes=baseline,heavy

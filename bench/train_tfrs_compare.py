@@ -38,7 +38,7 @@ from dpsr_tf.model.config import ModelConfig  # noqa: E402
 from dpsr_tf.model.model_dir import write_resolved_config  # noqa: E402
 from dpsr_tf.training import driver  # noqa: E402
 from dpsr_tf.training.config import TrainConfig  # noqa: E402
-from dpsr_tf.training.progress import quiet_tf_logging  # noqa: E402
+from dpsr_tf.model.progress import quiet_tf_logging  # noqa: E402
 
 WARMUP = 200
 

@@ -30,3 +30,6 @@ class Tokenizer:
     def id_space(self) -> int: ...
     @property
     def vocab_size(self) -> int: ...
+
+def default_config() -> dict:
+    """The C++ core TokenizerConfig's defaults, by option name (no vocab_file)."""

@@ -20,7 +20,7 @@ from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
 from dpsr_tf.evaluation import crossval as crossval_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
-from dpsr_tf.training.progress import quiet_tf_logging
+from dpsr_tf.model.progress import quiet_tf_logging
 
 _ITEMS = flags.DEFINE_string("items", None, "Items file (.tsv/.csv[.gz]): item_id, title, ...")
 _USERS = flags.DEFINE_string("users", None, "Users file (optional): user_id, profile columns.")

@@ -74,7 +74,7 @@ def main(argv):
     if not served and (_INDEX_DIR.value or _NPROBE.value is not None):
         raise SystemExit("dpsr evaluate: --index_dir and --nprobe are read only with --served "
                          "or --hybrid; add one")
-    from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.model.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
                                   num_random=_NUM_RANDOM.value, seed=_SEED.value,

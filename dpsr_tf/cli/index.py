@@ -23,7 +23,7 @@ _FACTORY = flags.DEFINE_string("index_factory", "auto",
                                "HNSW32, ..., or auto: Flat below 100k items per shard, else "
                                "IVF<nlist ~ 2 sqrt(n)>,SQ8 (1M items: IVF2048,SQ8; it returned "
                                "more of the exact top 1,000 per ms of CPU than 8-bit PQ and "
-                               "fast-scan at 1M items: docs/benchmarks.md, issue 14)")
+                               "fast-scan at 1M items: docs/benchmarks.md)")
 _SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the catalog into this many shards.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", 0,
                                    "Vectors to train the index on; 0 = automatic.")

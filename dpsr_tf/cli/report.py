@@ -49,7 +49,7 @@ def main(argv):
                          f"{_ALPHA_SWEEP.value}") from None
     from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=import-outside-toplevel
     from dpsr_tf.report.commands import shell_join  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.training.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.model.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = ReportConfig(
         model_dirs=tuple([_MODEL_DIR.value] + list(_COMPARE.value)), output=_OUTPUT.value,

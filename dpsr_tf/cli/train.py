@@ -10,7 +10,7 @@ from absl import logging
 
 from dpsr_tf.cli import training_flags
 from dpsr_tf.training import driver
-from dpsr_tf.training.progress import quiet_tf_logging
+from dpsr_tf.model.progress import quiet_tf_logging
 
 
 def main(argv):

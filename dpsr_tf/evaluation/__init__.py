@@ -3,5 +3,5 @@
 Modules: metrics (NumPy metrics), evaluate (model and BM25 scorers, `dpsr evaluate`'s logic),
 served (the served ranking through the FAISS index, `dpsr evaluate --served`),
 crossval (N-fold query-hash cross-validation, `dpsr crossval`),
-index_compare (exact vs served through several indexes of one model, precision@100; issue 16).
+index_compare (exact vs served through several indexes of one model, precision@100).
 """

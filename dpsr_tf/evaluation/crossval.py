@@ -24,6 +24,7 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from dpsr_tf import config_json
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
@@ -96,7 +97,7 @@ class CrossvalConfig:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (the per-fold paths are left out: they follow from `output`)."""
-        data = json.loads(json.dumps(dataclasses.asdict(self)))
+        data = config_json.to_dict(self)
         data["prepare"].pop("output")
         data["prepare"]["split"].pop("fold")
         data["train"].pop("layout_dir")

@@ -25,10 +25,11 @@ fuse_np (NumPy: evaluation, the proxy) and fuse (TensorFlow ops: the servable gr
 the same rule in float32 with the same tie order.
 """
 import dataclasses
-import json
 from typing import Tuple
 
 import numpy as np
+
+from dpsr_tf import config_json
 
 RULES = ("rrf", "blend")
 SOURCE_NAMES = {0: "", 1: "dense", 2: "lexical", 3: "both"}
@@ -70,15 +71,11 @@ class FusionConfig:
             raise ValueError(f"lexical_min_score must be finite, got {self.lexical_min_score}")
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return config_json.to_json(self, indent=None)
 
     @classmethod
-    def from_json(cls, text: str) -> "FusionConfig":
-        body = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        if not isinstance(body, dict) or set(body) - known:
-            raise ValueError(f"not a fusion configuration: {text!r}")
-        out = cls(**body)
+    def from_json(cls, text: str, source: str = "<string>") -> "FusionConfig":
+        out = config_json.from_json(cls, text, source)
         out.validate()
         return out
 

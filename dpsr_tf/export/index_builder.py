@@ -51,7 +51,7 @@ def auto_factory(num_items: int, dim: int) -> str:
     nprobe 64: 92%, 0.53 ms); at this size exactness is worth the half millisecond.
     Above it IVF with 8-bit scalar codes (SQ8: d bytes per item) and nlist = the power of two
     nearest 2 * sqrt(num_items) (1M items -> 2048, 15M -> 8192, 100k -> 512), so that the
-    stored nprobe of 64 scans a few percent of the shard. SQ8 rather than PQ (issue 14,
+    stored nprobe of 64 scans a few percent of the shard. SQ8 rather than PQ (
     docs/benchmarks.md): at 1M items, k = 1,000, one thread, IVF4096,SQ8 returned more of the
     exact top 1,000 than IVF4096,PQ32 for less CPU at every nprobe (0.938 against 0.901 at
     nprobe 64), for twice the code bytes (64 against 32 at d = 64); and the op scans SQ8 codes
@@ -97,7 +97,7 @@ class IndexBuildConfig:
         re-ranked with the refine codes (FAISS's own default, 1, re-ranks only the k it
         returns). Ignored for other indexes. Default 8: at 1M items, k = 1,000,
         IVF4096,PQ32x4fs,Refine(SQ8) reached recall@1000 0.961 at nprobe 128 with 8 and
-        at most 0.886 with 4 (docs/benchmarks.md, issue 14).
+        at most 0.886 with 4 (docs/benchmarks.md).
     """
     factory: str = "IVF1024,PQ32x4fs"
     metric: str = "inner_product"

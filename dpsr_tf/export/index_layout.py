@@ -25,6 +25,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dpsr_tf import config_json
 from dpsr_tf.export.lexical_manifest import LexicalManifest, check_lexical_files
 
 MANIFEST_NAME = "manifest.json"
@@ -205,17 +206,9 @@ class IndexManifest:
             raise ValueError(f"{source}: format_version {body.get('format_version')!r} is not "
                              f"supported (this reader knows {FORMAT_VERSION})")
         body = {k: v for k, v in body.items() if k not in ("format", "format_version")}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown manifest fields {unknown}")
-        try:
-            body["shards"] = tuple(ShardInfo(**s) for s in body.get("shards", ()))
-            if body.get("lexical") is not None:
-                body["lexical"] = LexicalManifest.from_dict(body["lexical"], source)
-            manifest = cls(**body)
-        except TypeError as e:
-            raise ValueError(f"{source}: bad manifest ({e})") from None
+        manifest = config_json.from_dict(cls, body, source)
+        if manifest.lexical is not None:
+            manifest.lexical.check(source)
         manifest._validate(source)
         return manifest
 

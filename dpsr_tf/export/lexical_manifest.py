@@ -9,6 +9,7 @@ from typing import Tuple
 
 import numpy as np
 
+from dpsr_tf import config_json
 from dpsr_tf.data import item_text
 from dpsr_tf.tokenization.config import TokenizerConfig
 
@@ -87,27 +88,20 @@ class LexicalManifest:
                              max_tokens=self.max_tokens, fields=self.text)
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        out["features"] = list(self.features)
-        return out
+        return config_json.to_dict(self)
 
     @classmethod
     def from_dict(cls, body, source: str) -> "LexicalManifest":
-        if not isinstance(body, dict):
-            raise ValueError(f"{source}: field 'lexical' must be an object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(body) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown fields in 'lexical': {unknown}")
-        try:
-            body = dict(body)
-            body["features"] = tuple(body.get("features", ()))
-            body["shards"] = tuple(LexicalShardInfo(**s) for s in body.get("shards", ()))
-            out = cls(**body)
-            out.config.validate()
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: bad 'lexical' section ({e})") from None
+        out = config_json.from_dict(cls, body, source, path="lexical")
+        out.check(source)
         return out
+
+    def check(self, source: str) -> None:
+        """Raises ValueError (naming `source`) when the recorded build config is invalid."""
+        try:
+            self.config.validate()
+        except ValueError as e:
+            raise ValueError(f"{source}: bad 'lexical' section ({e})") from None
 
 
 def check_lexical_files(directory: str, lexical: LexicalManifest, source: str) -> None:

@@ -1,9 +1,9 @@
-"""TF Serving warm-up records: assets.extra/tf_serving_warmup_requests.
+"""TF Serving warm-up records: assets.extra/tf_serving_warmup_requests (the one writer).
 
 A model server replays these Predict requests after loading a version and before it takes
 traffic, so the first real query does not pay for lazy initialisation (index pages, kernels).
 The format is TF Serving's: a TFRecord file of tensorflow.serving.PredictionLog protos
-(read back by dpsr_tf/serving/warmup.py).
+(read back by dpsr_tf/serving/warmup.py, which takes the path from warmup_path here).
 """
 import os
 from typing import Mapping, Sequence
@@ -12,12 +12,18 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+WARMUP_DIR = "assets.extra"
 WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def warmup_path(version_dir: str) -> str:
+    """<version_dir>/assets.extra/tf_serving_warmup_requests."""
+    return os.path.join(version_dir, WARMUP_DIR, WARMUP_FILE)
 
 
 def write_warmup_requests(export_dir: str, requests: Sequence[Mapping[str, np.ndarray]],
                           signature_name: str = "serving_default") -> str:
-    """Writes one PredictionLog per request into <export_dir>/assets.extra/.
+    """Writes one PredictionLog per request into <export_dir>/assets.extra/ (replacing it).
 
     Args:
       export_dir: the SavedModel version directory.
@@ -27,9 +33,8 @@ def write_warmup_requests(export_dir: str, requests: Sequence[Mapping[str, np.nd
     Returns:
       The path of the written file.
     """
-    extra = os.path.join(export_dir, "assets.extra")
-    os.makedirs(extra, exist_ok=True)
-    path = os.path.join(extra, WARMUP_FILE)
+    path = warmup_path(export_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
         for inputs in requests:
             request = predict_pb2.PredictRequest(

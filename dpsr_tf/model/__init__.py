@@ -9,7 +9,7 @@ Modules (one job each):
   model_fn    the tf.estimator model_fn
   model_dir   the resolved config of a model directory (load_model_config)
   embedder    towers restored from a checkpoint in a fresh graph, over NumPy inputs
-  testing     tiny fake layouts, batches and datasets for tests
+  progress    the training progress log line (a hook of model_fn) and quiet TF logging
   joint_pq    the IVF-PQ index as a layer (--joint_pq): rotation, centroids, codebooks, NumPy twin
 """
 from dpsr_tf.model.config import ModelConfig

@@ -4,8 +4,9 @@ The resolved config is written into the model directory by `dpsr train` (dpsr_co
 back by `load_model_config`, so that export, indexing and evaluation rebuild the same variables.
 """
 import dataclasses
-import json
 from typing import Tuple
+
+from dpsr_tf import config_json
 
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "sampled_softmax")
@@ -206,31 +207,23 @@ class ModelConfig:
         return dataclasses.replace(self, embedding_partitions=max(1, int(num_ps)))
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["item_hidden_units"] = list(self.item_hidden_units)
-        data["query_hidden_units"] = list(self.query_hidden_units)
-        data["adapter_hidden_units"] = list(self.adapter_hidden_units)
-        return data
+        return config_json.to_dict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return config_json.to_json(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ModelConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "ModelConfig":
+        return config_json.from_dict(cls, data, source)
 
     @classmethod
-    def from_saved_dict(cls, data: dict) -> "ModelConfig":
+    def from_saved_dict(cls, data: dict, source: str = "<dict>") -> "ModelConfig":
         """A config read from a model directory: fields that did not exist when it was written
         take the values that rebuild the graph it was trained with (SAVED_BEFORE_FIELD), not
         today's defaults, so an older checkpoint still restores."""
         return cls.from_dict({**{k: v for k, v in SAVED_BEFORE_FIELD.items() if k not in data},
-                              **data})
+                              **data}, source)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelConfig":
-        return cls.from_dict(json.loads(text))
+    def from_json(cls, text: str, source: str = "<string>") -> "ModelConfig":
+        return config_json.from_json(cls, text, source)

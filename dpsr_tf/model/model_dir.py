@@ -6,30 +6,27 @@ that export, indexing and evaluation rebuild the exact variables of the checkpoi
 (`load_model_config`). The LayoutSpec travels inside the file, so a model directory copied to
 another machine still loads without its layout directory.
 """
-import dataclasses
 import json
 import os
 from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from dpsr_tf import config_json
+from dpsr_tf.data.layout import LayoutSpec
 from dpsr_tf.model.config import ModelConfig
 
 CONFIG_FILE = "dpsr_config.json"
 
 
 def layout_spec_to_dict(layout_spec) -> dict:
-    return dataclasses.asdict(layout_spec)
+    return config_json.to_dict(layout_spec)
 
 
-def layout_spec_from_dict(data: dict):
-    """Rebuilds a dpsr_tf.data.layout.LayoutSpec from its asdict() form."""
-    from dpsr_tf.data.layout import LayoutSpec  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.tokenization import TokenizerConfig  # pylint: disable=import-outside-toplevel
-    data = dict(data)
-    data["tokenizer_config"] = TokenizerConfig(**data["tokenizer_config"])
-    known = {f.name for f in dataclasses.fields(LayoutSpec)}
-    return LayoutSpec(**{k: v for k, v in data.items() if k in known})
+def layout_spec_from_dict(data: dict, source: str = "<dict>"):
+    """Rebuilds a dpsr_tf.data.layout.LayoutSpec from its to_dict() form (strict: an unknown
+    field is a ValueError naming `source`)."""
+    return config_json.from_dict(LayoutSpec, data, source, path="layout")
 
 
 def write_resolved_config(model_dir: str, model_config: ModelConfig, layout_spec,
@@ -78,7 +75,9 @@ def read_config_file(model_dir: str) -> dict:
 def load_model_config(model_dir: str) -> Tuple[ModelConfig, object]:
     """(ModelConfig, LayoutSpec) of a model directory written by `dpsr train`."""
     data = read_config_file(model_dir)
-    return ModelConfig.from_saved_dict(data["model"]), layout_spec_from_dict(data["layout"])
+    source = os.path.join(model_dir, CONFIG_FILE)
+    return (ModelConfig.from_saved_dict(data["model"], source),
+            layout_spec_from_dict(data["layout"], source))
 
 
 class CorruptCheckpointError(ValueError):

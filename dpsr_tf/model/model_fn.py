@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from dpsr_tf.model import joint_pq, losses, scoring
 from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.progress import ProgressHook
 from dpsr_tf.model.towers import item_tower, query_tower
 
 TOP_K = (1, 10)
@@ -184,7 +185,6 @@ def dpsr_model_fn(features, labels, mode, params):
         train_op = tf.group(train_op, *update_ops)
     hooks = [pq_hook] if pq_hook is not None else []
     if params.get("log_every_steps"):
-        from dpsr_tf.training.progress import ProgressHook  # pylint: disable=import-outside-toplevel
         hooks.append(ProgressHook(loss, int(params.get("batch_size", 0)),
                                   int(params["log_every_steps"]), str(params.get("task", ""))))
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, training_hooks=hooks)

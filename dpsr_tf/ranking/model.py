@@ -17,12 +17,12 @@ Checkpoint names:
   dpr/tower/layer_<i>/{kernel,bias}     i = 0..len(hidden_units) (the last is the logit)
 """
 import dataclasses
-import json
 from typing import Mapping, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from dpsr_tf import config_json
 from dpsr_tf.model import embedding
 from dpsr_tf.ranking.features import NUM_FEATURES
 from dpsr_tf.tokenization import tokenize_op
@@ -87,16 +87,11 @@ class RankerConfig:
             raise ValueError("the ranker tokenizer runs in hashing mode (no vocab_file)")
 
     def to_json(self) -> str:
-        d = dataclasses.asdict(self)
-        return json.dumps(d, indent=2, sort_keys=True)
+        return config_json.to_json(self)
 
     @classmethod
-    def from_json(cls, text: str) -> "RankerConfig":
-        d = json.loads(text)
-        d["tokenizer"] = TokenizerConfig(**d["tokenizer"])
-        for k in ("hidden_units", "feature_mean", "feature_std"):
-            d[k] = tuple(d[k])
-        return cls(**d)
+    def from_json(cls, text: str, source: str = "<string>") -> "RankerConfig":
+        return config_json.from_json(cls, text, source)
 
 
 def _dense(x, units, name, activation=None):

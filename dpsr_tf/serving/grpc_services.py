@@ -162,7 +162,7 @@ class InFlight:
 
     A call counts until its done-callback, not until its handler returns: the response is
     serialized and sent after the handler returns, and stopping the server in between cancels
-    the call although its answer was ready (issue 13, finding 5).
+    the call although its answer was ready.
 
     Shutdown drains by refusal, not by `server.stop(grace)` at once: gRPC core cancels every
     call it has received but not yet handed to a handler the moment its shutdown starts, and on

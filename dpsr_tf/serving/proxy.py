@@ -22,9 +22,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import functools
-import http.server
 import logging
-import threading
 import time
 from typing import Dict, List, Optional
 
@@ -41,6 +39,7 @@ from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.grpc_services import (DRAINING, InFlight, add_servicer, client_timeout,
                                             serve_until_signal)
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
+from dpsr_tf.serving.metrics_http import MetricsHttpServer
 from dpsr_tf.serving.model_server import _address, bind_grpc, freeze_heap, write_port_file
 from dpsr_tf.serving.peer_limits import PeerLimiter
 from dpsr_tf.serving.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
@@ -375,35 +374,6 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-class _MetricsHttp:
-    """Serves the Prometheus text on one path (the proxy has no REST API)."""
-
-    def __init__(self, host, port, path, metrics):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, fmt, *args):
-                del fmt, args
-
-            def do_GET(self):  # noqa: N802
-                if self.path.split("?", 1)[0] != path:
-                    self.send_error(404)
-                    return
-                body = metrics.exposition()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self._httpd = http.server.ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, daemon=True, name="metrics").start()
-
-    def stop(self):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
 class ProxyServer:
     """A running proxy."""
 
@@ -463,8 +433,8 @@ class ProxyServer:
         self.grpc_port = bind_grpc(self._server, opts.host, opts.port, opts.ssl)
         await self._server.start()
         if opts.rest_api_port and opts.monitoring.prometheus_enabled:
-            self._http = _MetricsHttp(opts.host, max(0, opts.rest_api_port),
-                                      opts.monitoring.prometheus_path, self.metrics)
+            self._http = MetricsHttpServer(opts.host, max(0, opts.rest_api_port),
+                                           opts.monitoring.prometheus_path, self.metrics.registry)
             self.rest_api_port = self._http.port
         if opts.proxy_config_file and opts.config_file_poll_wait_seconds > 0:
             self._poll_task = asyncio.ensure_future(self._poll_config())

@@ -7,20 +7,15 @@ requests, so the first real request does not pay for lazy initialisation. A fail
 request fails the load, as in TF Serving.
 """
 import os
-from typing import Iterable, List
+from typing import List
 
 import grpc
 from tensorflow_serving.apis import prediction_log_pb2
 
+from dpsr_tf.export.warmup import warmup_path
 from dpsr_tf.serving.errors import ServingError
 
-WARMUP_DIR = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-
-
-def warmup_path(version_dir: str) -> str:
-    return os.path.join(version_dir, WARMUP_DIR, WARMUP_FILE)
 
 
 def read_warmup_records(version_dir: str) -> List["prediction_log_pb2.PredictionLog"]:
@@ -50,25 +45,3 @@ def read_warmup_records(version_dir: str) -> List["prediction_log_pb2.Prediction
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"{path}: not a TFRecord file of PredictionLog records: {e}") from e
     return records
-
-
-def write_warmup_file(version_dir: str, requests: Iterable) -> str:
-    """Writes PredictRequests as a TF Serving warm-up file under `version_dir`.
-
-    Args:
-      version_dir: the SavedModel directory (base/<model>/<version>).
-      requests: tensorflow_serving.apis.predict_pb2.PredictRequest messages.
-
-    Returns:
-      The path written.
-    """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    path = warmup_path(version_dir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
-        for request in requests:
-            log = prediction_log_pb2.PredictionLog()
-            log.predict_log.request.CopyFrom(request)
-            writer.write(log.SerializeToString())
-    return path

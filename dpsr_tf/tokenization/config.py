@@ -1,7 +1,8 @@
 """TokenizerConfig: the settings shared by the pybind11 tokenizer and the Dpsr>Tokenize op."""
 import dataclasses
-import json
 from typing import Optional
+
+from dpsr_tf import config_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +42,8 @@ class TokenizerConfig:
         return attrs
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return config_json.to_json(self)
 
     @classmethod
-    def from_json(cls, text: str) -> "TokenizerConfig":
-        data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown tokenizer config fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+    def from_json(cls, text: str, source: str = "<string>") -> "TokenizerConfig":
+        return config_json.from_json(cls, text, source)

@@ -6,6 +6,5 @@ Modules (one job each):
   run_config   tf.estimator.RunConfig per task (session config, ps placement)
   driver       train_and_evaluate for every task of a cluster (or one process)
   launcher     LocalCluster: real multi-process clusters on loopback
-  progress     the progress log line and quiet TF logging
   traffic      bytes crossing between tasks per step (the §5.1.3 measurement)
 """

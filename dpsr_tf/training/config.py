@@ -1,7 +1,8 @@
 """TrainConfig: where the data and the model live, and how long and how often to train/evaluate."""
 import dataclasses
-import json
 from typing import Optional
+
+from dpsr_tf import config_json
 
 
 # train_steps = 0: about this many examples per catalog item, at least AUTO_MIN_STEPS steps.
@@ -148,15 +149,15 @@ class TrainConfig:
         return PseudoQueryMix(ratio, final, self.pseudo_query_decay_steps)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return config_json.to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "TrainConfig":
+        return config_json.from_dict(cls, data, source)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return config_json.to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>") -> "TrainConfig":
+        return config_json.from_json(cls, text, source)

@@ -1,4 +1,4 @@
-"""dpsr prepare on damaged files (issue 13, findings 6 and 7, and the layout integrity check):
+"""dpsr prepare on damaged files (and the layout integrity check):
 every damage is a clear error naming the file, or a rejected row with its line, with memory
 bounded whatever the input; a layout whose record file was cut is refused before training.
 

@@ -1,4 +1,4 @@
-"""Bounded fuzzing of the TSV/CSV readers (issue 13): whatever bytes a file holds (tabs,
+"""Bounded fuzzing of the TSV/CSV readers: whatever bytes a file holds (tabs,
 commas, quotes, CR/LF, BOMs, bad UTF-8, gzip streams cut anywhere), TableReader either refuses
 the file with a SchemaError or yields records in line order, each kept with exactly the
 header's width or rejected with a Reason. Never another exception.

@@ -16,7 +16,7 @@ from dpsr_tf.evaluation import crossval as crossval_lib
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.config import ModelConfig
-from dpsr_tf.model.testing import write_tiny_dataset
+from tests.support.tiny_model import write_tiny_dataset
 from dpsr_tf.tokenization import TokenizerConfig
 from dpsr_tf.training.config import TrainConfig
 from tests.support import waiting

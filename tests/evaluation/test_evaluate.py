@@ -12,7 +12,7 @@ import pytest
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.config import ModelConfig
-from dpsr_tf.model.testing import prepare_tiny_layout
+from tests.support.tiny_model import prepare_tiny_layout
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
 from dpsr_tf.export import catalog_index

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
+from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.export import catalog_index
 from dpsr_tf.export.index_builder import IndexBuildConfig
 

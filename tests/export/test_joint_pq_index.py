@@ -114,7 +114,7 @@ def test_codes_faiss_would_not_assign_are_refused(catalog, tmp_path):
 @pytest.fixture(scope="module")
 def joint_model(tmp_path_factory):
     from dpsr_tf.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.model.testing import prepare_tiny_layout  # pylint: disable=import-outside-toplevel
+    from tests.support.tiny_model import prepare_tiny_layout  # pylint: disable=import-outside-toplevel
     from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
     from dpsr_tf.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
     work = tmp_path_factory.mktemp("joint_pq_e2e")

@@ -1,7 +1,7 @@
 """A tiny prepared layout (the real `prepare` on a seeded catalog), shared by this folder."""
 import pytest
 
-from dpsr_tf.model.testing import prepare_tiny_layout
+from tests.support.tiny_model import prepare_tiny_layout
 
 
 @pytest.fixture(scope="session")

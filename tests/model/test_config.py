@@ -41,7 +41,7 @@ def test_bad_values_name_the_field(field, value):
 def test_json_round_trip_and_unknown_fields():
     cfg = ModelConfig(num_heads=3, item_hidden_units=(128, 64), personalization="history")
     assert ModelConfig.from_json(cfg.to_json()) == cfg
-    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+    with pytest.raises(ValueError, match="ModelConfig: unknown field .heads."):
         ModelConfig.from_dict({"num_heads": 2, "heads": 3})
 
 

@@ -13,7 +13,7 @@ from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.embedder import CheckpointEmbedder
 from dpsr_tf.model.model_dir import load_model_config, write_resolved_config
 from dpsr_tf.model.model_fn import dpsr_model_fn
-from dpsr_tf.model.testing import FakeCatalog, FakeLayoutSpec
+from tests.support.tiny_model import FakeCatalog, FakeLayoutSpec
 
 SMALL = dict(embedding_dim=8, token_embedding_dim=8, feature_embedding_dim=4,
              history_embedding_dim=4, item_hidden_units=(16,), query_hidden_units=(16,),

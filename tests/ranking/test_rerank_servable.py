@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
+from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.ranking import model as ranker_model
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.ranking import train as ranker_train

@@ -12,7 +12,7 @@ def tiny_report(tmp_path_factory):
     trained 60 steps on prepare_tiny_layout, a Flat index, and its report with a 2-point
     alpha sweep of 20 steps per model (checkpoints kept for the tests)."""
     from dpsr_tf.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.model.testing import prepare_tiny_layout  # pylint: disable=import-outside-toplevel
+    from tests.support.tiny_model import prepare_tiny_layout  # pylint: disable=import-outside-toplevel
     from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=import-outside-toplevel
     from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
     from dpsr_tf.training.config import TrainConfig  # pylint: disable=import-outside-toplevel

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2
 
-from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
+from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.export import catalog_index
 from dpsr_tf.export.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable

@@ -143,7 +143,7 @@ def test_run_error_reaches_every_task_of_the_batch():
         scheduler.close()
 
 
-# ----------------------------------------------------------------------------- issue 12 bugs
+# -------------------------------------------------------------------- regressions
 
 def _width_run(batches):
     """run_fn over "h" [rows, width] strings: each row's count of non-empty values (so padding
@@ -178,7 +178,7 @@ def _hold(scheduler):
 
 
 def test_inputs_of_different_widths_are_padded_with_pad_variable_length_inputs():
-    # Before issue 12's fix np.concatenate raised outside the run's try: the batch thread died
+    # Before the fix np.concatenate raised outside the run's try: the batch thread died
     # and these futures (and every later request) never completed.
     batches = []
     run = _width_run(batches)

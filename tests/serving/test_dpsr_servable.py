@@ -1,4 +1,4 @@
-"""The servers on the real exported DPSR servable, not the toy one (issue 12).
+"""The servers on the real exported DPSR servable, not the toy one.
 
 A tiny DPSR-h model (2 heads, user profile + history) is trained, indexed in two shards
 (Flat), and exported shard by shard; a `dpsr serve` process serves each shard directory as
@@ -9,7 +9,7 @@ A tiny DPSR-h model (2 heads, user profile + history) is trained, indexed in two
 * hot swap: a new version of a shard exported under load replaces the old one with no failed
   request;
 * user_history: the servable keeps the last `history_length` (4) known items of a row, as
-  training did, and refuses rows wider than its cap (regression tests of issue 12's finding).
+  training did, and refuses rows wider than its cap (regression tests).
 """
 import collections
 import os
@@ -22,7 +22,7 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.model.testing import prepare_tiny_layout, train_tiny_history_model
+from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.export import catalog_index
 from dpsr_tf.export.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
@@ -122,7 +122,7 @@ def _personalized(history, gender="f"):
 
 
 def test_user_history_keeps_the_last_history_length_items(exported, servers):
-    # Regression (issue 12): the servable used the whole history a client sent, while
+    # Regression: the servable used the whole history a client sent, while
     # training used only the last history_length (4) items of a user.
     assert exported["spec"].history_length == 4
     stub = process.prediction_stub(servers["shards"][0].address)

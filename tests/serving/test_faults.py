@@ -1,4 +1,4 @@
-"""Fault suite (issue 13): ops mistakes and failures against real `dpsr serve` / `dpsr proxy`
+"""Fault suite: ops mistakes and failures against real `dpsr serve` / `dpsr proxy`
 processes. Each must leave the service answering:
 
   * a replica that is up but has no servable version (missing base path): the proxy fails

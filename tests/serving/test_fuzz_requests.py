@@ -1,4 +1,4 @@
-"""Bounded fuzzing of request decoding (issue 13): arbitrary PredictRequests (declared shapes,
+"""Bounded fuzzing of request decoding: arbitrary PredictRequests (declared shapes,
 dtypes, values), arbitrary bytes parsed as a PredictRequest, and arbitrary JSON bodies for the
 REST gateway must either be accepted or refused with a ServingError carrying a client status,
 without allocating from what a request declares (checked as a memory peak, not a time that a

@@ -1,4 +1,4 @@
-"""Hostile-input suite (issue 13): every class of bad request from the adversarial probe, over
+"""Hostile-input suite: every class of bad request from the adversarial probe, over
 gRPC (to `dpsr serve` and through `dpsr proxy`) and REST, against real processes. For each
 case: the expected status; and while the classes are sent, normal requests keep answering
 correctly and the servers' memory stays bounded (latency under each class: bench/).
@@ -22,7 +22,7 @@ CONNECTION_TIMEOUT_S = 1.0
 # Hostile sends per class in the memory-and-liveness test (each followed by normal requests).
 HOSTILE_PER_CLASS = 3
 # Deadline of a normal request while hostile ones are sent: not a latency bound (that is
-# bench/hostile_bench.py's), it only turns a stall (issue 13: 13 s) into a failure.
+# bench/hostile_bench.py's), it only turns a stall into a failure.
 NORMAL_DEADLINE_S = 10.0
 RSS_GROWTH_BOUND = 150 << 20  # before the fixes: +760 MB from one 68-byte request
 

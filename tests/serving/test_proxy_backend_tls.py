@@ -1,4 +1,4 @@
-"""The proxy speaks TLS to its model servers (issue 13's open item): a CA made by openssl here
+"""The proxy speaks TLS to its model servers: a CA made by openssl here
 signs a server certificate and a client certificate; the model server requires client
 certificates (client_verify), the proxy presents its own and verifies the server's. A proxy
 without the backend TLS flags cannot reach that server."""

@@ -1,4 +1,4 @@
-"""Regression tests of issue 13, finding 1: a request is sized from its declared shape before
+"""Regression tests: a request is sized from its declared shape before
 anything is converted. A 70-byte PredictRequest whose query declares [100000000] with one
 string used to be expanded to 10^8 elements (13 s on the request loop, +760 MB) before the row
 limit; a shape whose product overflows int64 gave INTERNAL. Both must be INVALID_ARGUMENT at

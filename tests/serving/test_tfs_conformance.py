@@ -488,7 +488,7 @@ def test_rest_get_status(server, path):
 
 
 def test_rest_regress_with_context(server):
-    """[issue 12] REST regress with a "context" (TF Serving's example_list_with_context
+    """REST regress with a "context" (TF Serving's example_list_with_context
     format): context features join every example that lacks them."""
     reply = requests.post(server.rest_url + "/v1/models/default:regress", timeout=RPC_TIMEOUT,
                           data=json.dumps({"signature_name": "regress_x_to_y2",
@@ -661,7 +661,7 @@ def test_predict_prediction_success(stub):
 
 
 def test_predict_shape_is_not_checked(stub):
-    """[issue 12] a shape the signature does not state ([2,2] for x [?,1]) runs, as in TF
+    """A shape the signature does not state ([2,2] for x [?,1]) runs, as in TF
     Serving, whose predict_util checks no shapes."""
     result = stub.Predict(_predict_request(x=(1.0, 2.0, 3.0, 4.0), shape=[2, 2]), RPC_TIMEOUT)
     assert list(result.outputs["y"].float_val) == [2.5, 3.0, 3.5, 4.0]

@@ -1,4 +1,4 @@
-"""Regression tests of issue 13, findings 3 and 4 (and the symlink confinement): version
+"""Regression tests (and the symlink confinement): version
 directories are ASCII digits fitting int64; anything else is ignored with one log line and
 never unloads the healthy version, stops polling or the server's start.
 

@@ -41,7 +41,7 @@ def rpc_error(fn, *args, **kwargs) -> grpc.RpcError:
 
 
 # ----------------------------------------------------------------------------- hostile inputs
-# The request classes of issue 13's adversarial probe, as data: the hostile-input suite
+# The request classes of the adversarial probe, as data: the hostile-input suite
 # (tests/serving/test_hostile_inputs.py) asserts each status while normal traffic runs, and
 # bench/hostile_bench.py measures the normal traffic's latency per class for longer.
 

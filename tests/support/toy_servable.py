@@ -309,8 +309,7 @@ def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: n
     """
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
-    from dpsr_tf.serving import tensors, warmup
+    from dpsr_tf.export.warmup import write_warmup_requests
 
     if item_embeddings.shape[1] != spec.dim:
         raise ValueError(f"item_embeddings have dim {item_embeddings.shape[1]}, spec.dim is "
@@ -326,13 +325,8 @@ def write_toy_servable(export_dir: str, item_ids: np.ndarray, item_embeddings: n
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve,
                                                      "query_embedding": module.query_embedding})
         if warmup_queries:
-            requests = []
-            for q in warmup_queries:
-                r = predict_pb2.PredictRequest()
-                r.model_spec.signature_name = "serving_default"
-                tensors.from_ndarray(np.array([q.encode()], dtype=object), r.inputs["query"])
-                requests.append(r)
-            warmup.write_warmup_file(tmp, requests)
+            write_warmup_requests(tmp, [{"query": np.array([q.encode()], dtype=object)}
+                                        for q in warmup_queries])
         os.rename(tmp, export_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -122,5 +122,5 @@ def test_non_text_input_is_type_error():
 def test_config_json_round_trip(tmp_path):
     config = TokenizerConfig(num_buckets=77, letter_trigrams=False, vocab_file="v.txt")
     assert TokenizerConfig.from_json(config.to_json()) == config
-    with pytest.raises(ValueError, match="unknown tokenizer config fields"):
+    with pytest.raises(ValueError, match="unknown field .num_bucket."):
         TokenizerConfig.from_json('{"num_bucket": 3}')

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from dpsr_tf.model.testing import prepare_tiny_layout
+from tests.support.tiny_model import prepare_tiny_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -100,4 +100,20 @@ PYBIND11_MODULE(_tokenizer, m) {
       .def_property_readonly("vocab_size", [](const Tokenizer& t) {
         return t.has_vocabulary() ? t.vocabulary().size() : int64_t{0};
       });
+  // The core's own defaults, so a test can pin them to the Python config and the op attrs.
+  m.def("default_config", [] {
+    const TokenizerConfig c;
+    py::dict d;
+    d["word_unigrams"] = c.word_unigrams;
+    d["word_bigrams"] = c.word_bigrams;
+    d["letter_trigrams"] = c.letter_trigrams;
+    d["cjk_unigrams"] = c.cjk_unigrams;
+    d["cjk_bigrams"] = c.cjk_bigrams;
+    d["num_buckets"] = c.num_buckets;
+    d["num_oov_buckets"] = c.num_oov_buckets;
+    d["max_tokens"] = c.max_tokens;
+    d["max_input_bytes"] = c.max_input_bytes;
+    d["max_word_chars"] = c.max_word_chars;
+    return d;
+  });
 }

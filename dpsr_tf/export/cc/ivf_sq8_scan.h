@@ -1,7 +1,7 @@
 // A faster search for FAISS's `IVF...,SQ8` indexes with inner-product scores (the `dpsr
 // index` default), used by the searcher core (faiss_index.cc) in place of FAISS 1.7.3's own
 // IndexIVFScalarQuantizer::search. Same index file, same scores (up to float rounding), same
-// results; about a third of its CPU at k = 1,000 (docs/benchmarks.md, issue 14).
+// results; about a third of its CPU at k = 1,000 (docs/benchmarks.md).
 //
 // Why it is faster: an 8-bit code's inner product with the query is affine in the codes,
 //   <q, vmin + (c + 0.5) * vdiff / 255> = sum_i q_i (vmin_i + 0.5 vdiff_i / 255)
