@@ -9,11 +9,17 @@ import typing
 
 from absl import flags
 
-from dpsr_tf.model.config import (COMBINERS, LOSSES, PARTITIONERS, PERSONALIZATION,
+from dpsr_tf.model.config import (COMBINERS, LOSSES, MODELS, PARTITIONERS, PERSONALIZATION,
                                   TEXT_ENCODERS, ModelConfig)
 from dpsr_tf.training.config import EARLY_STOPPING_METRICS, TrainConfig
 
 _MODEL_HELP = {
+    "model": "dpsr, or dssm: the DSSM baseline (letter-trigram word hashing, tanh towers, "
+             "cosine softmax over the click + 4 random items; a layout from `dpsr prepare "
+             "--features=t --num_buckets=65536`; docs/training.md).",
+    "dssm_hidden_units": "--model=dssm: tanh layer widths before the output (paper: 300,300).",
+    "dssm_gamma": "--model=dssm: smoothing factor gamma of the softmax.",
+    "dssm_negatives": "--model=dssm: unclicked random items per clicked pair (paper: 4).",
     "num_heads": "m, query heads (1 = vanilla two-tower).",
     "embedding_dim": "d, output embedding size of both towers (paper: 64).",
     "token_embedding_dim": "Width of the n-gram token table shared by both towers.",
@@ -101,7 +107,7 @@ _TRAIN_HELP = {
                        "variables it lacks (joint_pq/...) start fresh.",
 }
 
-_CHOICES = {"combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,
+_CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,
             "partitioner": PARTITIONERS, "early_stopping_metric": EARLY_STOPPING_METRICS, "text_encoder": TEXT_ENCODERS, "optimizer": ("adagrad", "adam", "sgd")}
 
 

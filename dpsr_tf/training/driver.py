@@ -73,7 +73,7 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
                   "them)") if train.pseudo_query_ratio < 0 else "")
     train_fn = pipeline.make_train_input_fn(
         train.layout_dir, batch_size=train.batch_size,
-        num_random_negatives=max(1, model_config.random_negatives_needed),
+        num_random_negatives=max(1, model_config.random_negatives_for(train.batch_size)),
         shuffle_buffer=train.shuffle_buffer,
         seed=train.seed + 1000 * cluster.replica_index + 7919 * round_index,
         num_epochs=None, split="train",
@@ -83,11 +83,11 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         pseudo_mix=mix,
         # Joined human negatives cost an item-tower pass: only when the loss uses them.
         human_negatives=model_config.max_human_negatives
-        if model_config.human_negative_weight > 0 else 0)
+        if model_config.human_negative_weight > 0 and model_config.model != "dssm" else 0)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,
         num_random_negatives=max(1, train.eval_random_negatives,
-                                 model_config.random_negatives_needed),
+                                 model_config.random_negatives_for(train.eval_batch_size)),
         split=train.eval_split)
     return train_fn, eval_fn
 
