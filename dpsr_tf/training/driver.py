@@ -4,6 +4,7 @@ The task's role comes from TF_CONFIG (chief / worker / ps / evaluator); without 
 trains and evaluates in this process. The chief writes the resolved config into model_dir.
 """
 import dataclasses
+import os
 import socket
 import time
 from typing import Callable, Optional
@@ -17,6 +18,8 @@ from dpsr_tf.model.model_fn import dpsr_model_fn
 from dpsr_tf.training import early_stopping, tf_config
 from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
+
+TRAIN_TIME_FILE = "train_time.json"
 
 
 def _poll_for_ready_every(secs: float) -> None:
@@ -139,12 +142,15 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
     estimator = make_estimator(cfg, train, layout_spec, cluster)
     logging.info("task %s:%d of cluster %s; model: %s", cluster.task_type, cluster.task_index,
                  cluster.cluster or "(local)", cfg.to_dict())
+    start = time.monotonic()
     if train.stops_early and not cluster.distributed:
         given = train_input_fn if supplied_train_fn else None
-        return early_stopping.train_with_early_stopping(
+        result = early_stopping.train_with_early_stopping(
             estimator,
             lambda r: given or default_input_fns(cfg, train, cluster, round_index=r)[0],
             eval_input_fn, train)
+        _write_train_time(train, estimator, time.monotonic() - start)
+        return result
     if train.stops_early:
         # A cluster's evaluator task waits for the final step's checkpoint, so a chief that
         # stopped early would leave it waiting: a cluster trains to the cap.
@@ -154,7 +160,21 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
     train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train.step_budget)
     eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=train.eval_steps,
                                       start_delay_secs=0, throttle_secs=train.throttle_secs)
-    return tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    if cluster.is_chief:
+        _write_train_time(train, estimator, time.monotonic() - start)
+    return result
+
+
+def _write_train_time(train: TrainConfig, estimator, seconds: float) -> None:
+    """<model_dir>/train_time.json: wall seconds of this `dpsr train` process (the report's
+    Table 2 time column) and the step it ended at."""
+    import json  # pylint: disable=import-outside-toplevel
+    latest = estimator.latest_checkpoint()
+    with tf.io.gfile.GFile(os.path.join(train.model_dir, TRAIN_TIME_FILE), "w") as f:
+        f.write(json.dumps({"seconds": round(seconds, 1), "checkpoint": latest,
+                            "length": "early stopping" if train.stops_early else
+                            f"fixed train_steps={train.train_steps}"}, indent=2))
 
 
 def _early_stopping_settings(train: TrainConfig) -> TrainConfig:
