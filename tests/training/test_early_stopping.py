@@ -41,11 +41,11 @@ def test_tiny_run_stops_where_the_rule_says(tiny_layout, tmp_path):
     cfg = ModelConfig(embedding_dim=16, token_embedding_dim=16, feature_embedding_dim=4,
                       item_hidden_units=(32,), query_hidden_units=(32,),
                       query_projection_dim=16, learning_rate=0.1)
-    # A loose min_delta on a small catalog: Top-10 among 50 random items saturates within a
+    # A coarse min_delta on a small catalog: Top-10 among 50 random items saturates within a
     # few rounds, so the rule stops well before the 1,000-step cap.
     train = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=32,
-                        max_train_steps=1000, eval_every_steps=40, early_stopping_patience=2,
-                        early_stopping_min_delta=0.02, eval_random_negatives=50,
+                        max_train_steps=1000, eval_every_steps=40, early_stopping_patience=1,
+                        early_stopping_min_delta=0.05, eval_random_negatives=50,
                         eval_batch_size=64, log_step_count_steps=1000,
                         save_checkpoints_steps=40, keep_checkpoint_max=2, seed=0,
                         intra_op_threads=1, inter_op_threads=2, shuffle_buffer=1000)
@@ -56,7 +56,7 @@ def test_tiny_run_stops_where_the_rule_says(tiny_layout, tmp_path):
     history = record["history"]
     steps = [h["global_step"] for h in history]
     assert steps == list(range(40, 40 * len(history) + 1, 40))     # one evaluation a round
-    stop_index, best_index = _expected_stop([h["top10"] for h in history], 2, 0.02)
+    stop_index, best_index = _expected_stop([h["top10"] for h in history], 1, 0.05)
     assert stop_index is not None, f"never stopped: {[h['top10'] for h in history]}"
     assert stop_index == len(history) - 1                # stopped right at that evaluation
     stopped = record["stopped"]
