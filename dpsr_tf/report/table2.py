@@ -86,15 +86,21 @@ def gather_table(specs: Sequence[str]) -> Dict:
             row["requests"] = entry.get("requests")
             row["eval_seconds"] = entry.get("seconds")
             row["train_seconds"] = _train_seconds(entry.get("checkpoint"))
-            splits.add((result.get("layout_dir"), result.get("split")))
+            splits.add((result.get("layout_dir"), result.get("split"), entry.get("requests")))
         rows.append(row)
     notes = []
-    if len(splits) > 1:
-        notes.append("the rows were evaluated on different layouts or splits: "
-                     + "; ".join(f"{layout} / {split}" for layout, split in sorted(
-                         splits, key=str)) + ", so they do not compare")
+    if len({(split, requests) for _, split, requests in splits}) > 1:
+        notes.append("the rows were evaluated on different splits or requests ("
+                     + "; ".join(f"{layout} / {split}: {requests} requests" for
+                                 layout, split, requests in sorted(splits, key=str))
+                     + "), so they do not compare")
+    elif len(splits) > 1:
+        # DSSM reads a letter-trigram layout of the same files: same split, other tokens.
+        notes.append("layouts: " + ", ".join(sorted(str(layout) for layout, _, _ in splits))
+                     + f"; the same split and number of requests ({next(iter(splits))[2]}); "
+                     "they compare if they were prepared from the same files and split rule")
     return {"rows": rows, "notes": notes, "layouts": sorted(
-        [{"layout_dir": l, "split": s} for l, s in splits], key=str)}
+        [{"layout_dir": l, "split": s, "requests": n} for l, s, n in splits], key=str)}
 
 
 def gather_paired(per_query_files: Sequence[str], baseline: Optional[str] = None,
