@@ -140,8 +140,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
             if decision.stop:
                 reason = STOPPED_NO_IMPROVEMENT
                 break
-        if step >= train.max_train_steps:
-            break
+        if step >= train.max_train_steps and history:
+            break  # (a resumed run at the cap without a history evaluates once first)
         target = min(train.max_train_steps,
                      (step // train.eval_every_steps + 1) * train.eval_every_steps)
         t = time.monotonic()
