@@ -71,7 +71,7 @@ class TrainConfig:
     train_steps: int = 0
     max_train_steps: int = 0
     eval_every_steps: int = 1000
-    early_stopping_patience: int = 3
+    early_stopping_patience: int = 2
     early_stopping_metric: str = "top10"
     early_stopping_min_delta: float = 0.001
     shuffle_buffer: int = 10000
