@@ -107,8 +107,10 @@ _TRAIN_HELP = {
                        "variables it lacks (joint_pq/...) start fresh.",
 }
 
-_CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,
-            "partitioner": PARTITIONERS, "early_stopping_metric": EARLY_STOPPING_METRICS, "text_encoder": TEXT_ENCODERS, "optimizer": ("adagrad", "adam", "sgd")}
+_CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,
+            "loss": LOSSES, "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS,
+            "early_stopping_metric": EARLY_STOPPING_METRICS,
+            "optimizer": ("adagrad", "adam", "sgd")}
 
 
 def _define(cls, helps, skip_default=()):

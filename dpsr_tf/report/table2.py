@@ -126,7 +126,8 @@ def render(data: Dict, cells, esc) -> str:
         head = "".join(f"<th>{name}</th>" for _, name in COLUMNS)
         out += ["<h2 id='table2'>Paper Table 2: Top-1, Top-10, AUC, time</h2>",
                 "<p class='note'>Top-k: the clicked item's rank among the evaluation's random "
-                "items (`dpsr evaluate --num_random`, 1,024 by default as in the paper); AUC over the split's labelled pairs; evaluation time: "
+                "items (`dpsr evaluate --num_random`, 1,024 by default as in the paper); AUC "
+                "over the split's labelled pairs; evaluation time: "
                 "seconds `dpsr evaluate` spent scoring the split with the system; training "
                 "time: the model directory's recorded wall time. Absent rows name why.</p>",
                 f"<table id='table2'><tr><th>system</th>{head}<th>evaluation s</th>"

@@ -142,9 +142,9 @@ class TrainConfig:
         return budget
 
     def auto_train_steps(self, num_items: int) -> int:
-        """The early-stopping cap: steps that show about AUTO_EXAMPLES_PER_ITEM examples per catalog item (rounded to
-        1,000), at least AUTO_MIN_STEPS. The budget scales with the catalog because most
-        examples are pseudo-queries of its items.
+        """The early-stopping cap: steps that show about AUTO_EXAMPLES_PER_ITEM examples per
+        catalog item (rounded to 1,000), at least AUTO_MIN_STEPS. The budget scales with the
+        catalog because most examples are pseudo-queries of its items.
 
         Measured (docs/results.md, batch 256): Home Depot (54,667 items) kept gaining up to 64k
         steps (nDCG@10 0.284 at 16k, 0.294 at 32k, 0.305 at 64k), the synthetic catalog (10,000

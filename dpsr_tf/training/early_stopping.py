@@ -154,8 +154,9 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
         round_index += 1
         best = decide([h[metric] for h in history], patience, train.early_stopping_min_delta,
                       higher)
-        log(f"step {step:,}: {metric} {result[metric]:.4f} (best {history[best.best_index][metric]:.4f} "
-            f"at step {history[best.best_index]['global_step']:,}; "
+        top = history[best.best_index]
+        log(f"step {step:,}: {metric} {result[metric]:.4f} (best {top[metric]:.4f} "
+            f"at step {top['global_step']:,}; "
             f"{best.evaluations_since_best}/{patience} without a gain) - trained "
             f"{trained:.1f} s, evaluated {time.monotonic() - t:.1f} s")
         _write(train.model_dir, {"rule": rule, "history": history, "stopped": None})
