@@ -28,6 +28,15 @@ _QUERIES = flags.DEFINE_list("queries", [], "Eval query texts to mark on the map
 _ALPHA_SWEEP = flags.DEFINE_list("alpha_sweep", [], "alpha values of the Figure 7 sweep, e.g. "
                                  "0,0.25,0.5,0.75,1 (trains one small model each).")
 _SWEEP_STEPS = flags.DEFINE_integer("sweep_steps", 300, "Training steps per sweep model.")
+_TABLE2 = flags.DEFINE_list(
+    "table2", [], "The paper's Table 2 from `dpsr evaluate --output` files: ROW=FILE[#SYSTEM], "
+    "rows BM25, BM25-u&b, DSSM, DPSR, DPSR-p, DPSR-h (SYSTEM default: bm25, bm25_ub, else "
+    "dpsr); rows not given show absent.")
+_PER_QUERY = flags.DEFINE_list(
+    "per_query", [], "Paired comparison from `dpsr evaluate --per_query` files, [LABEL=]FILE.")
+_PAIRED_BASELINE = flags.DEFINE_string("paired_baseline", None,
+                                       "Compare every system against this one (default: "
+                                       "every pair).")
 _KEEP = flags.DEFINE_bool("keep_sweep_checkpoints", False, "Keep the sweep models' checkpoints.")
 
 
@@ -40,8 +49,9 @@ def _flags_given():
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"dpsr report: unexpected arguments {argv[1:]}")
-    if not _MODEL_DIR.value or not _OUTPUT.value:
-        raise SystemExit("dpsr report: give --model_dir=MODEL and --output=REPORT_DIR")
+    if not _OUTPUT.value or not (_MODEL_DIR.value or _TABLE2.value or _PER_QUERY.value):
+        raise SystemExit("dpsr report: give --output=REPORT_DIR and --model_dir=MODEL (and/or "
+                         "--table2=ROW=FILE,... / --per_query=FILE,FILE)")
     try:
         alphas = tuple(float(a) for a in _ALPHA_SWEEP.value)
     except ValueError:
@@ -52,14 +62,17 @@ def main(argv):
     from dpsr_tf.model.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = ReportConfig(
-        model_dirs=tuple([_MODEL_DIR.value] + list(_COMPARE.value)), output=_OUTPUT.value,
+        model_dirs=tuple(([_MODEL_DIR.value] if _MODEL_DIR.value else []) +
+                         list(_COMPARE.value)), output=_OUTPUT.value,
         index_dir=_INDEX_DIR.value, split=_SPLIT.value, num_random=_NUM_RANDOM.value,
         seed=_SEED.value, map_items=_MAP_ITEMS.value, map_queries=_MAP_QUERIES.value,
         wanted_queries=tuple(_QUERIES.value), alpha_sweep=alphas,
         sweep_steps=_SWEEP_STEPS.value, keep_sweep_checkpoints=_KEEP.value,
-        command=shell_join(["dpsr", "report"] + _flags_given()))
+        command=shell_join(["dpsr", "report"] + _flags_given()),
+        table2=tuple(_TABLE2.value), per_query=tuple(_PER_QUERY.value),
+        paired_baseline=_PAIRED_BASELINE.value)
     try:
         path = build_report(cfg)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr report: {e}") from None
     print(os.path.abspath(path))

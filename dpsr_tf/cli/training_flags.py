@@ -9,11 +9,17 @@ import typing
 
 from absl import flags
 
-from dpsr_tf.model.config import (COMBINERS, LOSSES, PARTITIONERS, PERSONALIZATION,
+from dpsr_tf.model.config import (COMBINERS, LOSSES, MODELS, PARTITIONERS, PERSONALIZATION,
                                   TEXT_ENCODERS, ModelConfig)
-from dpsr_tf.training.config import TrainConfig
+from dpsr_tf.training.config import EARLY_STOPPING_METRICS, TrainConfig
 
 _MODEL_HELP = {
+    "model": "dpsr, or dssm: the DSSM baseline (letter-trigram word hashing, tanh towers, "
+             "cosine softmax over the click + 4 random items; a layout from `dpsr prepare "
+             "--features=t --num_buckets=65536`; docs/training.md).",
+    "dssm_hidden_units": "--model=dssm: tanh layer widths before the output (paper: 300,300).",
+    "dssm_gamma": "--model=dssm: smoothing factor gamma of the softmax.",
+    "dssm_negatives": "--model=dssm: unclicked random items per clicked pair (paper: 4).",
     "num_heads": "m, query heads (1 = vanilla two-tower).",
     "embedding_dim": "d, output embedding size of both towers (paper: 64).",
     "token_embedding_dim": "Width of the n-gram token table shared by both towers.",
@@ -63,15 +69,23 @@ _TRAIN_HELP = {
     "layout_dir": "Training layout written by `dpsr prepare` (required).",
     "model_dir": "Checkpoints, TensorBoard events and dpsr_config.json (required).",
     "batch_size": "Examples per step per replica (paper: 64; default 256, docs/results.md).",
-    "train_steps": "Train until the global step reaches this (0 = auto: about 300 examples "
-                   "per catalog item, at least 16,000 steps; docs/training.md).",
+    "train_steps": "Train exactly this many global steps (0 = early stopping on "
+                   "--eval_split, docs/training.md 'Training length').",
+    "max_train_steps": "Early stopping: at most this many steps (0 = auto: about 300 examples "
+                       "per catalog item, at least 16,000).",
+    "eval_every_steps": "Early stopping: global steps between two evaluations.",
+    "early_stopping_patience": "Early stopping: evaluations without a gain before stopping.",
+    "early_stopping_metric": "Early stopping: eval metric watched (top10/top1/auc_labeled "
+                             "maximized, loss minimized).",
+    "early_stopping_min_delta": "Early stopping: a gain must exceed this to count.",
     "shuffle_buffer": "Shuffle buffer of the training input, in interactions.",
     "seed": "Graph and input seed (each replica adds its index).",
     "eval_split": "Layout split evaluated during training.",
     "eval_batch_size": "Examples per evaluation batch.",
     "eval_random_negatives": "Random items per eval batch for Top-k (paper: 1024).",
     "eval_steps": "Batches per evaluation (0 = the whole eval split).",
-    "throttle_secs": "At least this many seconds between evaluations.",
+    "throttle_secs": "At least this many seconds between evaluations (fixed --train_steps, "
+                     "clusters).",
     "save_checkpoints_steps": "Checkpoint every this many global steps.",
     "keep_checkpoint_max": "Checkpoints kept.",
     "save_summary_steps": "TensorBoard summaries every this many steps.",
@@ -93,8 +107,10 @@ _TRAIN_HELP = {
                        "variables it lacks (joint_pq/...) start fresh.",
 }
 
-_CHOICES = {"combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,
-            "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS, "optimizer": ("adagrad", "adam", "sgd")}
+_CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,
+            "loss": LOSSES, "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS,
+            "early_stopping_metric": EARLY_STOPPING_METRICS,
+            "optimizer": ("adagrad", "adam", "sgd")}
 
 
 def _define(cls, helps, skip_default=()):

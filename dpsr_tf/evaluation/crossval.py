@@ -241,7 +241,10 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
         shutil.rmtree(train_config.model_dir)
     from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
     train_config = train_config.resolved(spec.num_items)
-    log(f"{tag}: training {train_config.train_steps:,} steps into {train_config.model_dir}")
+    log(f"{tag}: training " + (f"{train_config.train_steps:,} steps" if train_config.train_steps
+                               else f"until validation stops improving (at most "
+                                    f"{train_config.max_train_steps:,} steps)")
+        + f" into {train_config.model_dir}")
     driver.train_and_evaluate(config.model, train_config)
     log(f"{tag}: trained in {time.monotonic() - t:.1f} s")
 

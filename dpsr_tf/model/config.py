@@ -13,16 +13,28 @@ LOSSES = ("hinge", "sampled_softmax")
 TEXT_ENCODERS = ("separate", "shared")
 COMBINERS = ("mean", "sum", "sqrtn", "weighted")
 PARTITIONERS = ("fixed", "min_max")
+MODELS = ("dpsr", "dssm")
 
 
 # The value a field had in effect before it existed (configs written by older versions lack it).
-SAVED_BEFORE_FIELD = {"text_encoder": "separate", "adapter_hidden_units": (128,),
+SAVED_BEFORE_FIELD = {"model": "dpsr", "text_encoder": "separate", "adapter_hidden_units": (128,),
                       "max_human_negatives": 0, "head_balance_weight": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The DPSR model (paper §4) and its training objective.
+    """The DPSR model (paper §4) and its training objective, or the DSSM baseline.
+
+    Model
+      model: "dpsr" (everything below) or "dssm" (dpsr_tf/model/dssm.py: letter-trigram word
+        hashing, tanh MLP towers dssm_hidden_units -> embedding_dim, cosine, softmax over the
+        clicked item and dssm_negatives random unclicked items with smoothing factor
+        dssm_gamma; reads embedding_dim, the optimizer and the variable settings, nothing of
+        the DPSR towers or losses).
+      dssm_hidden_units: DSSM tanh layers before the output layer (paper: 300, 300; output
+        128 with --embedding_dim=128).
+      dssm_gamma: DSSM smoothing factor of the softmax.
+      dssm_negatives: DSSM unclicked random items per clicked pair (paper: 4).
 
     Towers
       num_heads: m, the number of query heads (1 = the vanilla two-tower model).
@@ -103,6 +115,10 @@ class ModelConfig:
         loss's gradient (default: from the distortion term alone).
     """
 
+    model: str = "dpsr"
+    dssm_hidden_units: Tuple[int, ...] = (300, 300)
+    dssm_gamma: float = 10.0
+    dssm_negatives: int = 4
     num_heads: int = 1
     embedding_dim: int = 64
     token_embedding_dim: int = 64
@@ -143,7 +159,7 @@ class ModelConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
-        for field in ("query_hidden_units", "adapter_hidden_units"):
+        for field in ("query_hidden_units", "adapter_hidden_units", "dssm_hidden_units"):
             object.__setattr__(self, field, tuple(int(u) for u in getattr(self, field)))
         self.validate()
 
@@ -158,6 +174,16 @@ class ModelConfig:
             need(getattr(self, field) >= 1, field, "must be >= 1")
         for field in ("item_hidden_units", "query_hidden_units", "adapter_hidden_units"):
             need(all(u >= 1 for u in getattr(self, field)), field, "every width must be >= 1")
+        need(self.model in MODELS, "model", f"choose one of {MODELS}")
+        need(len(self.dssm_hidden_units) >= 1 and all(u >= 1 for u in self.dssm_hidden_units),
+             "dssm_hidden_units", "at least one width, every width >= 1")
+        need(self.dssm_gamma > 0, "dssm_gamma", "must be > 0")
+        need(self.dssm_negatives >= 1, "dssm_negatives", "must be >= 1")
+        if self.model == "dssm":
+            for field, plain in (("num_heads", 1), ("personalization", "none"),
+                                 ("joint_pq", False)):
+                need(getattr(self, field) == plain, field,
+                     f"--model=dssm is the text-only baseline: leave {field} at {plain!r}")
         need(self.combiner in COMBINERS, "combiner", f"choose one of {COMBINERS}")
         need(self.personalization in PERSONALIZATION, "personalization",
              f"choose one of {PERSONALIZATION}")
@@ -191,9 +217,18 @@ class ModelConfig:
         need(self.pq_warm_start_vectors >= max(self.pq_nlist, 256), "pq_warm_start_vectors",
              f"must be >= max(pq_nlist={self.pq_nlist}, 256) (k-means and 256 PQ codewords)")
 
+    def random_negatives_for(self, batch_size: int) -> int:
+        """How many shared random negatives the input must provide per batch of batch_size
+        (DSSM: its own dssm_negatives for each example)."""
+        if self.model == "dssm":
+            return self.dssm_negatives * int(batch_size)
+        return self.random_negatives_needed
+
     @property
     def random_negatives_needed(self) -> int:
         """How many shared random negatives the training input must provide per batch."""
+        if self.model == "dssm":
+            raise ValueError("--model=dssm: call random_negatives_for(batch_size)")
         if self.alpha == 0:
             return 0
         if self.loss == "hinge":

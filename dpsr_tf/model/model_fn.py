@@ -17,7 +17,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from dpsr_tf.model import joint_pq, losses, scoring
+from dpsr_tf.model import dssm, joint_pq, losses, scoring
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.progress import ProgressHook
 from dpsr_tf.model.towers import item_tower, query_tower
@@ -89,6 +89,8 @@ def dpsr_model_fn(features, labels, mode, params):
     del labels  # the contract carries "label" inside features
     cfg: ModelConfig = params["model_config"]
     layout_spec = params["layout_spec"]
+    if cfg.model == "dssm":
+        dssm.check_layout(layout_spec)
     if mode == tf.estimator.ModeKeys.PREDICT:
         return _predict_spec(features, cfg, layout_spec, mode)
 
@@ -107,7 +109,7 @@ def dpsr_model_fn(features, labels, mode, params):
     batch_scores = scoring.soft_dot_product(query, batch_items, cfg.beta)  # [B, B]
     random_scores = scoring.soft_dot_product(query, random_items, cfg.beta)  # [B, R]
     human_scores = human_mask = None
-    if "human_negative_rows" in features:
+    if "human_negative_rows" in features and cfg.model != "dssm":
         human_scores, human_mask = _human_negative_scores(features, query, cfg, layout_spec, mode)
     item_rows = tf.cast(features["item_row"], tf.int64)
     random_rows = tf.cast(features["neg_item_row"], tf.int64)
@@ -115,7 +117,13 @@ def dpsr_model_fn(features, labels, mode, params):
     queries = features.get("query")
 
     update_ops = []
-    if cfg.loss == "hinge":
+    if cfg.model == "dssm":
+        negatives, valid = dssm.per_example_negatives(random_scores, random_rows, item_rows,
+                                                      cfg.dssm_negatives)
+        loss = dssm.softmax_loss(tf.linalg.diag_part(batch_scores), negatives, valid,
+                                 cfg.dssm_gamma, weights=tf.cast(label > 0.5, tf.float32))
+        stats = {"dssm_softmax": loss}
+    elif cfg.loss == "hinge":
         loss, stats = losses.hinge_loss(
             batch_scores, random_scores, item_rows, random_rows, label, queries,
             margin=cfg.margin, alpha=cfg.alpha if cfg.num_negatives else 0.0,

@@ -13,6 +13,7 @@ Checkpoint names (partitioned tables are saved under their full name):
   dpsr/item_tower/layer_<i>/{kernel,bias}                                         item MLP
   dpsr/query_tower/projection/{kernel,bias}    [in, num_heads * query_projection_dim]
   dpsr/query_tower/head_<h>/layer_<i>/{kernel,bias}                               head MLPs
+With model = "dssm" the towers are dpsr_tf/model/dssm.py's (variables under dpsr/dssm_*).
 With text_encoder = "shared" the item MLP and the query projection/heads are replaced by:
   dpsr/text_encoder/layer_<i>/{kernel,bias}          one MLP for query text and item title
   dpsr/item_adapter/layer_<i>/{kernel,bias}          residual adapter (item categorical features)
@@ -22,7 +23,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from dpsr_tf.model import embedding
+from dpsr_tf.model import dssm, embedding
 from dpsr_tf.model.config import ModelConfig
 
 SCOPE = "dpsr"
@@ -110,6 +111,8 @@ def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
     """
     del mode
     cfg = model_config
+    if cfg.model == "dssm":
+        return dssm.item_tower(features, cfg, layout_spec)
     if cfg.text_encoder == "shared":
         return _shared_item_tower(features, cfg, layout_spec)
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
@@ -144,6 +147,8 @@ def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
     """
     del mode
     cfg = model_config
+    if cfg.model == "dssm":
+        return dssm.query_tower(features, cfg, layout_spec)
     if cfg.text_encoder == "shared":
         return _shared_query_tower(features, cfg, layout_spec)
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 from dpsr_tf.report import figures as figures_lib
 from dpsr_tf.report import gather as gather_lib
 from dpsr_tf.report import page
+from dpsr_tf.report import table2 as table2_lib
 from dpsr_tf.report.config import ReportConfig
 
 PAGE = "index.html"
@@ -31,7 +32,10 @@ def build_report(cfg: ReportConfig, log: Callable[[str], None] = print,
     cfg.validate()
     start = time.time()
     os.makedirs(os.path.join(cfg.output, "figures"), exist_ok=True)
+    if not cfg.model_dirs:
+        return _results_only(cfg, log, start)
     data = gather_lib.jsonable(gather_lib.gather(cfg, log, evaluations))
+    data.update(_results(cfg))
     t = time.time()
     log("drawing the figures")
     fig_dir = os.path.join(cfg.output, "figures")
@@ -50,5 +54,29 @@ def build_report(cfg: ReportConfig, log: Callable[[str], None] = print,
     path = os.path.join(cfg.output, PAGE)
     with open(path, "w", encoding="utf-8") as f:
         f.write(page.render(data, relative))
+    log(f"report written to {path} in {data['timings']['total']:.1f}s")
+    return path
+
+
+def _results(cfg: ReportConfig) -> Dict[str, object]:
+    """The Table 2 and paired-comparison data of cfg.table2 / cfg.per_query (when given)."""
+    out: Dict[str, object] = {}
+    if cfg.table2:
+        out["table2"] = table2_lib.gather_table(cfg.table2)
+    if cfg.per_query:
+        out["paired"] = table2_lib.gather_paired(cfg.per_query, cfg.paired_baseline,
+                                                 seed=cfg.seed)
+    return gather_lib.jsonable(out)
+
+
+def _results_only(cfg: ReportConfig, log: Callable[[str], None], start: float) -> str:
+    """A page of the Table 2 and paired sections alone (no model to evaluate)."""
+    data = {"command": cfg.command, **_results(cfg)}
+    data["timings"] = {"total": round(time.time() - start, 1)}
+    with open(os.path.join(cfg.output, DATA), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
+    path = os.path.join(cfg.output, PAGE)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page.render_results(data))
     log(f"report written to {path} in {data['timings']['total']:.1f}s")
     return path

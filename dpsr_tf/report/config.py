@@ -24,6 +24,13 @@ class ReportConfig:
       sweep_steps: training steps of each sweep model.
       keep_sweep_checkpoints: keep the sweep models' checkpoints.
       command: the command line that made the report (shown on the page).
+      table2: ROW=FILE[#SYSTEM] sources of the paper's Table 2 (dpsr_tf/report/table2.py):
+        `dpsr evaluate --output` files; rows not named show absent.
+      per_query: [LABEL=]FILE per-query files (`dpsr evaluate --per_query`) of the paired
+        comparison section; paired_baseline: compare every system against this one (None:
+        every pair).
+
+    With no model_dirs, the page holds only the Table 2 and paired sections.
     """
 
     model_dirs: Tuple[str, ...]
@@ -40,10 +47,14 @@ class ReportConfig:
     sweep_steps: int = 300
     keep_sweep_checkpoints: bool = False
     command: str = ""
+    table2: Tuple[str, ...] = ()
+    per_query: Tuple[str, ...] = ()
+    paired_baseline: Optional[str] = None
 
     def validate(self) -> None:
-        if not self.model_dirs:
-            raise ValueError("give at least one model directory (--model_dir)")
+        if not self.model_dirs and not (self.table2 or self.per_query):
+            raise ValueError("give a model directory (--model_dir), or evaluation results "
+                             "(--table2=ROW=FILE, --per_query=FILE,FILE)")
         if not self.output:
             raise ValueError("give the report directory (--output)")
         if self.map_items < 3:

@@ -8,6 +8,8 @@ import json
 import math
 from typing import Dict, Optional, Sequence
 
+from dpsr_tf.report import table2
+
 METRIC_COLUMNS = [("recall@10", "Recall@10"), ("recall@100", "Recall@100"),
                   ("recall@1000", "Recall@1000"), ("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"),
                   ("top@1", "Top-1"), ("top@10", "Top-10"), ("auc", "AUC")]
@@ -275,9 +277,19 @@ def render(data: Dict, figures: Dict[str, Optional[str]]) -> str:
             "<a href='#alpha'>&alpha; sweep</a> &middot; <a href='#index'>index</a> &middot; "
             "<a href='#commands'>commands</a>; all numbers: <a href='evaluation.json'>"
             "evaluation.json</a></p>",
-            _quality(data, cells), _curves(data, cells, figures.get("curves")),
+            _quality(data, cells), table2.render(data, cells, _esc),
+            _curves(data, cells, figures.get("curves")),
             _heads(data, cells, figures.get("heads")), _map(data, figures.get("map")),
             _sweep(data, cells, figures.get("alpha")), _index(data, cells), _commands(data)]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>DPSR report: {_esc(names)}</title><style>{CSS}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")
+
+
+def render_results(data: Dict) -> str:
+    """A page of the Table 2 and paired sections alone (`dpsr report` without --model_dir)."""
+    body = ["<h1>DPSR report: evaluation results</h1>", table2.render(data, _Cells(data), _esc),
+            "<h2 id='commands'>Command</h2>", f"<pre>{_esc(data['command'])}</pre>"]
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            f"<title>DPSR report: evaluation results</title><style>{CSS}</style></head><body>"
             + "\n".join(body) + "</body></html>\n")

@@ -98,7 +98,7 @@ def run_alpha_sweep(reference_model_dir: str, alphas: Sequence[float], steps: in
                                          cfg.batch_size)
         run = {"alpha": float(alpha), "model_dir": model_dir, "train_seconds": round(seconds, 1),
                "loss": model_config.loss,
-               "random_negatives": int(model_config.random_negatives_needed)}
+               "random_negatives": int(model_config.random_negatives_for(train.batch_size))}
         for k in ks:
             run[f"mean_log_popularity@{k}"] = mean_log_popularity(retrieved[:, :k], popularity)
         run.update({key: value for key, value in metrics_lib.retrieval_metrics(

@@ -5,9 +5,11 @@ from typing import Optional
 from dpsr_tf import config_json
 
 
-# train_steps = 0: about this many examples per catalog item, at least AUTO_MIN_STEPS steps.
+# train_steps = 0 (early stopping): the cap is about this many examples per catalog item, at
+# least AUTO_MIN_STEPS steps (the fixed length of the runs measured before early stopping).
 AUTO_EXAMPLES_PER_ITEM = 300
 AUTO_MIN_STEPS = 16000
+EARLY_STOPPING_METRICS = ("top10", "top1", "auc_labeled", "loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +21,21 @@ class TrainConfig:
       model_dir: checkpoints, TensorBoard events, dpsr_config.json.
       batch_size: examples per step per replica (paper: 64; 256 measured better with the
         in-batch softmax, docs/results.md).
-      train_steps: stop when the global step reaches this; 0 = auto from the catalog size
+      train_steps: train exactly this many global steps (no early stopping); 0 = the default
+        length rule, early stopping (dpsr_tf/training/early_stopping.py): evaluate on
+        eval_split every eval_every_steps, stop once early_stopping_metric has not improved
+        on its best by more than early_stopping_min_delta for early_stopping_patience
+        evaluations in a row, or at max_train_steps; the checkpoint state then names the best
+        evaluation's checkpoint.
+      max_train_steps: the early-stopping cap; 0 = auto from the catalog size
         (`auto_train_steps`, resolved by the driver before training and saved resolved).
+      eval_every_steps: early stopping: global steps between two evaluations.
+      early_stopping_patience: early stopping: evaluations without improvement before stopping.
+      early_stopping_metric: one of EARLY_STOPPING_METRICS ("loss" is minimized, the others
+        maximized; top10 = the positive ranks in the top 10 among eval_random_negatives
+        random items, the paper's Top-10).
+      early_stopping_min_delta: early stopping: an evaluation improves only when it beats the
+        best so far by more than this.
       shuffle_buffer: interactions in the shuffle buffer of the training input.
       seed: graph-level seed and input seed (each replica adds its index).
       eval_split: layout split evaluated during training.
@@ -55,6 +70,11 @@ class TrainConfig:
     model_dir: str
     batch_size: int = 256
     train_steps: int = 0
+    max_train_steps: int = 0
+    eval_every_steps: int = 1000
+    early_stopping_patience: int = 2
+    early_stopping_metric: str = "top10"
+    early_stopping_min_delta: float = 0.001
     shuffle_buffer: int = 10000
     seed: int = 0
     eval_split: str = "eval"
@@ -82,7 +102,13 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {what}")
         need(bool(self.layout_dir), "layout_dir", "is required (the output of dpsr prepare)")
         need(bool(self.model_dir), "model_dir", "is required")
-        need(self.train_steps >= 0, "train_steps", "must be >= 1, or 0 = auto")
+        need(self.train_steps >= 0, "train_steps", "must be >= 1, or 0 = early stopping")
+        need(self.max_train_steps >= 0, "max_train_steps", "must be >= 1, or 0 = auto")
+        need(self.eval_every_steps >= 1, "eval_every_steps", "must be >= 1")
+        need(self.early_stopping_patience >= 1, "early_stopping_patience", "must be >= 1")
+        need(self.early_stopping_metric in EARLY_STOPPING_METRICS, "early_stopping_metric",
+             f"choose one of {EARLY_STOPPING_METRICS}")
+        need(self.early_stopping_min_delta >= 0, "early_stopping_min_delta", "must be >= 0")
         for field in ("batch_size", "eval_batch_size", "save_checkpoints_steps",
                       "keep_checkpoint_max", "save_summary_steps", "log_step_count_steps",
                       "shuffle_buffer"):
@@ -101,23 +127,40 @@ class TrainConfig:
                       "worker_delay_secs"):
             need(getattr(self, field) >= 0, field, "must be >= 0")
 
+    @property
+    def stops_early(self) -> bool:
+        """True when the length is the early-stopping rule (train_steps = 0)."""
+        return not self.train_steps
+
+    @property
+    def step_budget(self) -> int:
+        """The most global steps this config trains: train_steps, or the early-stopping cap
+        (call resolved(num_items) first when both are 0)."""
+        budget = self.train_steps or self.max_train_steps
+        if not budget:
+            raise ValueError("TrainConfig.max_train_steps=0 (auto): call resolved(num_items) "
+                             "first")
+        return budget
+
     def auto_train_steps(self, num_items: int) -> int:
-        """Steps that show about AUTO_EXAMPLES_PER_ITEM examples per catalog item (rounded to
-        1,000), at least AUTO_MIN_STEPS. The budget scales with the catalog because most
-        examples are pseudo-queries of its items.
+        """The early-stopping cap: steps that show about AUTO_EXAMPLES_PER_ITEM examples per
+        catalog item (rounded to 1,000), at least AUTO_MIN_STEPS. The budget scales with the
+        catalog because most examples are pseudo-queries of its items.
 
         Measured (docs/results.md, batch 256): Home Depot (54,667 items) kept gaining up to 64k
         steps (nDCG@10 0.284 at 16k, 0.294 at 32k, 0.305 at 64k), the synthetic catalog (10,000
-        items) lost at 64k (Recall@10 0.264 at 16k, 0.255 at 64k). This rule gives 64k and 16k.
+        items) lost at 64k (Recall@10 0.264 at 16k, 0.255 at 64k). This rule gives 64k and 16k;
+        it was the fixed default length before early stopping.
         """
         steps = AUTO_EXAMPLES_PER_ITEM * num_items / float(self.batch_size)
         return max(AUTO_MIN_STEPS, int(round(steps / 1000.0)) * 1000)
 
     def resolved(self, num_items: int) -> "TrainConfig":
-        """This config with train_steps = 0 (auto) replaced by `auto_train_steps`."""
-        if self.train_steps:
+        """This config with max_train_steps = 0 (auto) replaced by `auto_train_steps` when it
+        stops early (train_steps = 0 stays 0: early stopping)."""
+        if self.train_steps or self.max_train_steps:
             return self
-        return dataclasses.replace(self, train_steps=self.auto_train_steps(num_items))
+        return dataclasses.replace(self, max_train_steps=self.auto_train_steps(num_items))
 
     def auto_pseudo_query_ratio(self, num_train_records: int) -> float:
         """The share of pseudo-queries that shows the R logged train interactions about
@@ -130,9 +173,7 @@ class TrainConfig:
         """
         if num_train_records <= 0:
             return 1.0
-        if not self.train_steps:
-            raise ValueError("TrainConfig.train_steps=0 (auto): call resolved(num_items) first")
-        examples = float(self.batch_size) * float(self.train_steps)
+        examples = float(self.batch_size) * float(self.step_budget)
         share = 1.0 - self.max_log_epochs * num_train_records / examples
         return float(min(0.99, max(0.5, share)))
 

@@ -3,6 +3,8 @@
 The task's role comes from TF_CONFIG (chief / worker / ps / evaluator); without it the job
 trains and evaluates in this process. The chief writes the resolved config into model_dir.
 """
+import dataclasses
+import os
 import socket
 import time
 from typing import Callable, Optional
@@ -13,9 +15,11 @@ from absl import logging
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
-from dpsr_tf.training import tf_config
+from dpsr_tf.training import early_stopping, tf_config
 from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
+
+TRAIN_TIME_FILE = "train_time.json"
 
 
 def _poll_for_ready_every(secs: float) -> None:
@@ -57,8 +61,11 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
 
 
 def default_input_fns(model_config: ModelConfig, train: TrainConfig,
-                      cluster: tf_config.ClusterInfo):
-    """(train_input_fn, eval_input_fn) from dpsr_tf.data.pipeline over train.layout_dir."""
+                      cluster: tf_config.ClusterInfo, round_index: int = 0):
+    """(train_input_fn, eval_input_fn) from dpsr_tf.data.pipeline over train.layout_dir.
+
+    round_index: the early-stopping round; each round's training input has its own seed.
+    """
     from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
     spec = load_layout_spec(train.layout_dir)
@@ -69,8 +76,9 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
                   "them)") if train.pseudo_query_ratio < 0 else "")
     train_fn = pipeline.make_train_input_fn(
         train.layout_dir, batch_size=train.batch_size,
-        num_random_negatives=max(1, model_config.random_negatives_needed),
-        shuffle_buffer=train.shuffle_buffer, seed=train.seed + 1000 * cluster.replica_index,
+        num_random_negatives=max(1, model_config.random_negatives_for(train.batch_size)),
+        shuffle_buffer=train.shuffle_buffer,
+        seed=train.seed + 1000 * cluster.replica_index + 7919 * round_index,
         num_epochs=None, split="train",
         # Each training replica reads its own shard of the records.
         num_shards=max(1, cluster.num_workers) if cluster.distributed else 1,
@@ -78,11 +86,11 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         pseudo_mix=mix,
         # Joined human negatives cost an item-tower pass: only when the loss uses them.
         human_negatives=model_config.max_human_negatives
-        if model_config.human_negative_weight > 0 else 0)
+        if model_config.human_negative_weight > 0 and model_config.model != "dssm" else 0)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,
         num_random_negatives=max(1, train.eval_random_negatives,
-                                 model_config.random_negatives_needed),
+                                 model_config.random_negatives_for(train.eval_batch_size)),
         split=train.eval_split)
     return train_fn, eval_fn
 
@@ -107,12 +115,16 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     if layout_spec is None:
         layout_spec = layout_lib.load_layout_spec(train.layout_dir)
-    if not train.train_steps:
+    if train.stops_early:
+        auto_cap = not train.max_train_steps
         train = train.resolved(layout_spec.num_items)
+        if not cluster.distributed:
+            train = _early_stopping_settings(train)
         logging.info(
-            "train_steps auto: %d (about %d examples per item over %d items, batch %d; "
-            "set --train_steps to override)", train.train_steps, AUTO_EXAMPLES_PER_ITEM,
-            layout_spec.num_items, train.batch_size)
+            "training length: early stopping on the %r split, at most %d steps%s; set "
+            "--train_steps for a fixed length", train.eval_split, train.max_train_steps,
+            f" (auto: about {AUTO_EXAMPLES_PER_ITEM} examples per item over "
+            f"{layout_spec.num_items} items, batch {train.batch_size})" if auto_cap else "")
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps)
@@ -122,6 +134,7 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
             extra={"train": train.to_dict(), "cluster": cluster.cluster,
                    "written_by": {"host": socket.gethostname(), "time": time.time()}})
         logging.info("resolved config written to %s", path)
+    supplied_train_fn = train_input_fn is not None
     if train_input_fn is None or eval_input_fn is None:
         default_train, default_eval = default_input_fns(cfg, train, cluster)
         train_input_fn = train_input_fn or default_train
@@ -129,7 +142,52 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
     estimator = make_estimator(cfg, train, layout_spec, cluster)
     logging.info("task %s:%d of cluster %s; model: %s", cluster.task_type, cluster.task_index,
                  cluster.cluster or "(local)", cfg.to_dict())
-    train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train.train_steps)
+    start = time.monotonic()
+    if train.stops_early and not cluster.distributed:
+        given = train_input_fn if supplied_train_fn else None
+        result = early_stopping.train_with_early_stopping(
+            estimator,
+            lambda r: given or default_input_fns(cfg, train, cluster, round_index=r)[0],
+            eval_input_fn, train)
+        _write_train_time(train, estimator, time.monotonic() - start)
+        return result
+    if train.stops_early:
+        # A cluster's evaluator task waits for the final step's checkpoint, so a chief that
+        # stopped early would leave it waiting: a cluster trains to the cap.
+        logging.info("early stopping runs on one machine only; this cluster trains the "
+                     "max_train_steps=%d cap (set --train_steps to choose)",
+                     train.max_train_steps)
+    train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train.step_budget)
     eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=train.eval_steps,
                                       start_delay_secs=0, throttle_secs=train.throttle_secs)
-    return tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    if cluster.is_chief:
+        _write_train_time(train, estimator, time.monotonic() - start)
+    return result
+
+
+def _write_train_time(train: TrainConfig, estimator, seconds: float) -> None:
+    """<model_dir>/train_time.json: wall seconds of this `dpsr train` process (the report's
+    Table 2 time column) and the step it ended at."""
+    import json  # pylint: disable=import-outside-toplevel
+    latest = estimator.latest_checkpoint()
+    with tf.io.gfile.GFile(os.path.join(train.model_dir, TRAIN_TIME_FILE), "w") as f:
+        f.write(json.dumps({"seconds": round(seconds, 1), "checkpoint": latest,
+                            "length": "early stopping" if train.stops_early else
+                            f"fixed train_steps={train.train_steps}"}, indent=2))
+
+
+def _early_stopping_settings(train: TrainConfig) -> TrainConfig:
+    """Keeps enough checkpoints that the best evaluation's survives `patience` more rounds;
+    refuses a pseudo-query schedule, which would restart with every round's input."""
+    if train.pseudo_query_decay_steps:
+        raise ValueError(
+            f"TrainConfig.pseudo_query_decay_steps={train.pseudo_query_decay_steps}: the "
+            "schedule counts the steps of one input pipeline, and early stopping starts one per "
+            "evaluation round; set --train_steps (a fixed length) with a schedule")
+    per_round = -(-train.eval_every_steps // train.save_checkpoints_steps) + 1
+    keep = (train.early_stopping_patience + 1) * per_round + 1
+    if train.keep_checkpoint_max < keep:
+        train = dataclasses.replace(train, keep_checkpoint_max=keep)
+    return train
+

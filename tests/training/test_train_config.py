@@ -56,8 +56,11 @@ def test_auto_train_steps(num_items, batch, want):
     cfg = _config(batch_size=batch)
     assert cfg.train_steps == 0                      # auto is the default
     assert cfg.auto_train_steps(num_items) == want
-    assert cfg.resolved(num_items).train_steps == want
+    assert cfg.resolved(num_items).max_train_steps == want      # the early-stopping cap
+    assert cfg.resolved(num_items).train_steps == 0            # still early stopping
+    assert cfg.resolved(num_items).step_budget == want
     assert _config(batch_size=batch, train_steps=123).resolved(num_items).train_steps == 123
+    assert _config(batch_size=batch, train_steps=123).resolved(num_items).step_budget == 123
 
 
 def test_auto_pseudo_query_ratio_needs_resolved_steps():

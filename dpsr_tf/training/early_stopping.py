@@ -1,0 +1,181 @@
+"""The default training length: stop when validation stops improving.
+
+The rule (TrainConfig.train_steps = 0): train in rounds of eval_every_steps global steps;
+after each round evaluate the round's checkpoint on the layout's eval split (eval_steps
+batches, or all of it) and record every metric. An evaluation improves when its
+early_stopping_metric beats the best so far by more than early_stopping_min_delta (higher is
+better; lower for "loss"). Training stops after the first evaluation that leaves
+early_stopping_patience evaluations in a row without improvement, or when the global step
+reaches max_train_steps, whichever comes first. Then the model directory's checkpoint state
+names the best evaluation's checkpoint (when it was kept), so export, indexing and
+evaluation read the best model, not the last one.
+
+The history, the rule and why training stopped are written to <model_dir>/early_stopping.json
+(EARLY_STOPPING_FILE) after every evaluation, so an interrupted run resumes with its history.
+
+Each round starts the training input afresh with its own seed (seed + round), so no round
+replays the examples of the one before.
+"""
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, List, Optional
+
+import tensorflow as tf
+from absl import logging
+
+from dpsr_tf.training.config import TrainConfig
+
+EARLY_STOPPING_FILE = "early_stopping.json"
+STOPPED_NO_IMPROVEMENT = "no_improvement"
+STOPPED_MAX_STEPS = "max_train_steps"
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What the rule says after an evaluation: stop or go on, and the best evaluation so far."""
+    stop: bool
+    best_index: int
+    evaluations_since_best: int
+
+
+def decide(values: List[float], patience: int, min_delta: float,
+           higher_is_better: bool = True) -> Decision:
+    """The rule over the metric values of the evaluations so far, in order.
+
+    The best is the first evaluation, then each later one that beats the current best by more
+    than min_delta; stop once `patience` evaluations came after the best.
+    """
+    if not values:
+        raise ValueError("decide: no evaluations yet")
+    best_index = 0
+    for i, value in enumerate(values[1:], start=1):
+        gain = value - values[best_index] if higher_is_better else values[best_index] - value
+        if gain > min_delta:
+            best_index = i
+    since = len(values) - 1 - best_index
+    return Decision(since >= patience, best_index, since)
+
+
+def _history_path(model_dir: str) -> str:
+    return os.path.join(model_dir, EARLY_STOPPING_FILE)
+
+
+def load_history(model_dir: str) -> dict:
+    """The early_stopping.json of a model directory ({} when it has none)."""
+    path = _history_path(model_dir)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path, "r") as f:
+        return json.load(f)
+
+
+def _write(model_dir: str, record: dict) -> None:
+    path = _history_path(model_dir)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True))
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def _point_checkpoint_state_at(model_dir: str, step: int) -> Optional[str]:
+    """Makes <model_dir>/checkpoint name model.ckpt-<step> when it still exists; returns it."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return None
+    paths = list(state.all_model_checkpoint_paths)
+    wanted = [p for p in paths if p.endswith(f"model.ckpt-{step}")]
+    if not wanted or not tf.io.gfile.glob(wanted[0] + ".index"):
+        return None
+    # The best stays the newest entry, so no later save removes it first.
+    others = [p for p in paths if p != wanted[0]]
+    tf.compat.v1.train.update_checkpoint_state(model_dir, wanted[0],
+                                               all_model_checkpoint_paths=others + wanted)
+    return wanted[0]
+
+
+def _as_floats(metrics: dict) -> dict:
+    return {k: (int(v) if k == "global_step" else float(v)) for k, v in metrics.items()}
+
+
+def train_with_early_stopping(estimator: tf.estimator.Estimator,
+                              train_input_fn_for_round: Callable[[int], Callable],
+                              eval_input_fn: Callable, train: TrainConfig, log=logging.info):
+    """Trains `estimator` under the early-stopping rule (module docstring).
+
+    Args:
+      estimator: the DPSR Estimator (its model_dir may hold a checkpoint to resume from).
+      train_input_fn_for_round: round index -> the training input_fn of that round.
+      eval_input_fn: the eval split's input_fn.
+      train: TrainConfig with train_steps = 0 and max_train_steps resolved.
+      log: progress lines.
+
+    Returns:
+      (the best evaluation's metrics, []), like tf.estimator.train_and_evaluate's
+      (eval result, export results).
+    """
+    if not train.stops_early or not train.max_train_steps:
+        raise ValueError("train_with_early_stopping needs train_steps=0 and max_train_steps "
+                         f"resolved, got {train.train_steps} and {train.max_train_steps}")
+    metric, patience = train.early_stopping_metric, train.early_stopping_patience
+    higher = metric != "loss"
+    rule = {"metric": metric, "higher_is_better": higher, "patience": patience,
+            "min_delta": train.early_stopping_min_delta, "eval_every_steps":
+            train.eval_every_steps, "max_train_steps": train.max_train_steps,
+            "eval_split": train.eval_split, "eval_steps": train.eval_steps}
+    step = estimator.latest_checkpoint()
+    step = int(step.rsplit("-", 1)[1]) if step else 0
+    history = [h for h in load_history(train.model_dir).get("history", []) if
+               h["global_step"] <= step]
+    log(f"early stopping: evaluate {metric} on the {train.eval_split!r} split every "
+        f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "
+        f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"
+        + (f" (resuming at step {step:,} with {len(history)} evaluations)" if step else ""))
+    reason, decision = STOPPED_MAX_STEPS, None
+    round_index = len(history)
+    while True:
+        if history:
+            decision = decide([h[metric] for h in history], patience,
+                              train.early_stopping_min_delta, higher)
+            if decision.stop:
+                reason = STOPPED_NO_IMPROVEMENT
+                break
+        if step >= train.max_train_steps and history:
+            break  # (a resumed run at the cap without a history evaluates once first)
+        target = min(train.max_train_steps,
+                     (step // train.eval_every_steps + 1) * train.eval_every_steps)
+        t = time.monotonic()
+        estimator.train(train_input_fn_for_round(round_index), max_steps=target)
+        trained = time.monotonic() - t
+        t = time.monotonic()
+        result = _as_floats(estimator.evaluate(eval_input_fn, steps=train.eval_steps))
+        step = result["global_step"]
+        history.append(result)
+        round_index += 1
+        best = decide([h[metric] for h in history], patience, train.early_stopping_min_delta,
+                      higher)
+        top = history[best.best_index]
+        log(f"step {step:,}: {metric} {result[metric]:.4f} (best {top[metric]:.4f} "
+            f"at step {top['global_step']:,}; "
+            f"{best.evaluations_since_best}/{patience} without a gain) - trained "
+            f"{trained:.1f} s, evaluated {time.monotonic() - t:.1f} s")
+        _write(train.model_dir, {"rule": rule, "history": history, "stopped": None})
+    decision = decision or decide([h[metric] for h in history], patience,
+                                  train.early_stopping_min_delta, higher)
+    best = history[decision.best_index]
+    restored = _point_checkpoint_state_at(train.model_dir, best["global_step"])
+    if reason == STOPPED_NO_IMPROVEMENT:
+        why = (f"{metric} has not improved on {best[metric]:.4f} (step "
+               f"{best['global_step']:,}) by more than {train.early_stopping_min_delta:g} in "
+               f"{decision.evaluations_since_best} evaluations (patience {patience})")
+    else:
+        why = f"reached max_train_steps={train.max_train_steps:,}"
+    where = (f"the checkpoint state names the best, step {best['global_step']:,}" if restored
+             else f"the best checkpoint (step {best['global_step']:,}) was not kept; the last "
+                  f"one (step {step:,}) stays")
+    log(f"stopped at step {step:,}: {why}; {where}")
+    _write(train.model_dir, {"rule": rule, "history": history, "stopped": {
+        "reason": reason, "step": step, "best_step": best["global_step"],
+        "best": best[metric], "checkpoint": restored or estimator.latest_checkpoint(),
+        "explanation": why}})
+    return best, []

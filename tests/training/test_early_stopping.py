@@ -1,0 +1,76 @@
+"""Early stopping, the default training length: the rule on hand-worked sequences, and a real
+tiny training run whose stop step is recomputed from its recorded validation history."""
+import os
+
+import pytest
+import tensorflow as tf
+
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.training import driver, early_stopping
+from dpsr_tf.training.config import TrainConfig
+
+
+@pytest.mark.parametrize("values, patience, delta, higher, want", [
+    # best index moves only on a gain > delta; stop once `patience` evaluations follow it
+    ([0.1, 0.2, 0.3], 2, 0.0, True, (False, 2, 0)),
+    ([0.1, 0.5, 0.4, 0.45], 2, 0.0, True, (True, 1, 2)),
+    ([0.1, 0.5, 0.505, 0.509], 2, 0.01, True, (True, 1, 2)),     # +0.005, +0.009: no gain
+    ([0.1, 0.5, 0.505, 0.52], 2, 0.01, True, (False, 3, 0)),     # 0.52 - 0.5 = 0.02 > 0.01
+    ([3.0, 2.0, 2.5, 1.0], 2, 0.0, False, (False, 3, 0)),        # loss: lower is better
+    ([3.0, 2.0, 2.5, 2.1], 2, 0.0, False, (True, 1, 2)),
+    ([0.7], 1, 0.0, True, (False, 0, 0)),
+])
+def test_decide_hand_worked(values, patience, delta, higher, want):
+    d = early_stopping.decide(values, patience, delta, higher)
+    assert (d.stop, d.best_index, d.evaluations_since_best) == want
+
+
+def _expected_stop(values, patience, delta):
+    """Independent of early_stopping.decide: walk the history as a person would."""
+    best, best_at = values[0], 0
+    for i, v in enumerate(values):
+        if i and v > best + delta:
+            best, best_at = v, i
+        if i - best_at >= patience:
+            return i, best_at
+    return None, best_at
+
+
+def test_tiny_run_stops_where_the_rule_says(tiny_layout, tmp_path):
+    model_dir = str(tmp_path / "model")
+    cfg = ModelConfig(embedding_dim=16, token_embedding_dim=16, feature_embedding_dim=4,
+                      item_hidden_units=(32,), query_hidden_units=(32,),
+                      query_projection_dim=16, learning_rate=0.1)
+    # A coarse min_delta on a small catalog: Top-10 among 50 random items saturates within a
+    # few rounds, so the rule stops well before the 1,000-step cap.
+    train = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=32,
+                        max_train_steps=1000, eval_every_steps=40, early_stopping_patience=1,
+                        early_stopping_min_delta=0.05, eval_random_negatives=50,
+                        eval_batch_size=64, log_step_count_steps=1000,
+                        save_checkpoints_steps=40, keep_checkpoint_max=2, seed=0,
+                        intra_op_threads=1, inter_op_threads=2, shuffle_buffer=1000)
+    os.environ.pop("TF_CONFIG", None)
+    best, _ = driver.train_and_evaluate(cfg, train)
+
+    record = early_stopping.load_history(model_dir)
+    history = record["history"]
+    steps = [h["global_step"] for h in history]
+    assert steps == list(range(40, 40 * len(history) + 1, 40))     # one evaluation a round
+    stop_index, best_index = _expected_stop([h["top10"] for h in history], 1, 0.05)
+    assert stop_index is not None, f"never stopped: {[h['top10'] for h in history]}"
+    assert stop_index == len(history) - 1                # stopped right at that evaluation
+    stopped = record["stopped"]
+    assert stopped["reason"] == early_stopping.STOPPED_NO_IMPROVEMENT
+    assert stopped["step"] == steps[stop_index] < 1000
+    assert stopped["best_step"] == steps[best_index]
+    assert best["global_step"] == steps[best_index]
+    # Export / index / evaluate read the checkpoint state: it names the best evaluation's.
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"model.ckpt-{steps[best_index]}")
+
+
+def test_pseudo_query_schedule_needs_a_fixed_length(tiny_layout, tmp_path):
+    train = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=str(tmp_path / "m"),
+                        max_train_steps=100, pseudo_query_ratio=0.5,
+                        pseudo_query_final_ratio=0.1, pseudo_query_decay_steps=50)
+    with pytest.raises(ValueError, match="--train_steps"):
+        driver.train_and_evaluate(ModelConfig(), train)
