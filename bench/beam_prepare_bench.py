@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 
 
 def _generate(work: str, n: int, shards: int) -> dict:
-    from dpsr_tf.data import synthetic  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.demo import synthetic_catalog as synthetic  # pylint: disable=import-outside-toplevel
     cat_dir = os.path.join(work, f"catalog-{n}")
     done = os.path.join(cat_dir, "shards.done")
     if not os.path.exists(done):

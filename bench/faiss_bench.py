@@ -3,11 +3,11 @@
 Synthetic catalog: N clustered unit-norm d-dim item embeddings (seeded; C Gaussian centres,
 items and queries = centre + noise, L2-normalized), queries drawn the same way. For each index
 type:
-  build   dpsr_tf.export.index_builder.build_index in a child process (wall seconds, peak RSS of the
+  build   dpsr_tf.indexing.index_builder.build_index in a child process (wall seconds, peak RSS of the
           child, RSS before the build = the embeddings and ids it holds). `name@kF` variants of a
           refine index are the same file with the IndexRefine k_factor set to F.
   search  in ONE process, side by side on the same index file and the same queries:
-            op      Dpsr>FaissSearch in a tf.function (dpsr_tf/export/faiss_ops.py; the FAISS the op
+            op      Dpsr>FaissSearch in a tf.function (dpsr_tf/search/faiss_ops.py; the FAISS the op
                     library links: tools/build_faiss.py, FAISS 1.7.3 from Debian's source
                     package at FAISS_OPT_LEVEL=avx2 on an AVX2 machine); small batches run on
                     the calling thread
@@ -156,8 +156,8 @@ def _exact(args, items_path, queries, tag):
 # ------------------------------------------------------------------------------- build
 
 def _build_one(args):
-    """Child process: builds one index with dpsr_tf.export.index_builder; prints a JSON line."""
-    from dpsr_tf.export import index_builder  # pylint: disable=g-import-not-at-top
+    """Child process: builds one index with dpsr_tf.indexing.index_builder; prints a JSON line."""
+    from dpsr_tf.indexing import index_builder  # pylint: disable=g-import-not-at-top
     factory = _factory(args.build_one, args.nlist)
     items = np.load(args.items_path, mmap_mode="r")
     items = np.ascontiguousarray(items)  # in memory, as a `dpsr index` run holds them
@@ -295,7 +295,7 @@ def _summary(ms):
 def _set_knob(index, knob, value):
     import faiss  # pylint: disable=g-import-not-at-top
     if knob == "nprobe":
-        from dpsr_tf.export import index_builder  # pylint: disable=g-import-not-at-top
+        from dpsr_tf.indexing import index_builder  # pylint: disable=g-import-not-at-top
         index_builder.extract_ivf(index).nprobe = value
     elif knob == "ef_search":
         faiss.downcast_index(index).hnsw.efSearch = value
@@ -323,7 +323,7 @@ def _measure_search(args, built, queries, exact, wheel_only=False):
     rows = []
     if not wheel_only:
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        from dpsr_tf.export import faiss_ops  # pylint: disable=g-import-not-at-top
+        from dpsr_tf.search import faiss_ops  # pylint: disable=g-import-not-at-top
         index = faiss_ops.FaissIndex(built["index_file"])
 
         @tf.function(input_signature=[tf.TensorSpec([None, args.dim], tf.float32),
@@ -385,7 +385,7 @@ def _multi_head(args, built, queries, heads=2, requests=400):
     """A 2-head request as the servable runs it (TF1 Session): one Dpsr>FaissSearch per head
     against one call on all heads' queries ([B * H, d]), same index, interleaved in blocks."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from dpsr_tf.export import faiss_ops  # pylint: disable=g-import-not-at-top
+    from dpsr_tf.search import faiss_ops  # pylint: disable=g-import-not-at-top
     k = args.k
     with tf.Graph().as_default():
         index = faiss_ops.FaissIndex(built["index_file"])
@@ -443,7 +443,7 @@ def _op_overhead(args):
     """Per-call cost of the op on a 1-vector index (k=1), next to the wheel's."""
     import faiss  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from dpsr_tf.export import faiss_ops  # pylint: disable=g-import-not-at-top
+    from dpsr_tf.search import faiss_ops  # pylint: disable=g-import-not-at-top
     path = os.path.join(args.work_dir, "one_vector.faiss")
     tiny = faiss.IndexFlatIP(args.dim)
     tiny.add(np.ones((1, args.dim), np.float32))

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dpsr_tf.export import faiss_ops  # noqa: E402
+from dpsr_tf.search import faiss_ops  # noqa: E402
 
 STEM = "1000000_64_1000_0.5_0"
 

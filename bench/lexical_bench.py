@@ -40,8 +40,8 @@ def main():
     from servable_bench import _percentiles, _zipf_titles  # pylint: disable=import-error
 
     from dpsr_tf.tokenization.tokenizer import Tokenizer
-    from dpsr_tf.export.lexical_index import _native  # pylint: disable=protected-access
-    from dpsr_tf.export.lexical_manifest import LexicalConfig
+    from dpsr_tf.indexing.lexical_index import _native  # pylint: disable=protected-access
+    from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 
     native = _native()
     _log(f"generating {args.num_items:,} titles")

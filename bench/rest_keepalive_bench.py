@@ -23,7 +23,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dpsr_tf.serving import process  # noqa: E402
+from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
 

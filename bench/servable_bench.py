@@ -55,7 +55,7 @@ def _zipf_titles(n, seed, vocabulary=50_000):
 
 
 def _train_model(work, heads, steps):
-    from dpsr_tf.data import synthetic
+    from dpsr_tf.demo import synthetic_catalog as synthetic
     from dpsr_tf.data.prepare import PrepareConfig, prepare
     from dpsr_tf.model.config import ModelConfig
     from dpsr_tf.training import driver
@@ -104,7 +104,8 @@ def main():
     logging.set_verbosity(logging.ERROR)
 
     from dpsr_tf import op_library
-    from dpsr_tf.export import faiss_ops, index_builder, index_layout, lexical_index
+    from dpsr_tf.search import faiss_ops
+    from dpsr_tf.indexing import index_builder, index_layout, lexical_index
     from dpsr_tf.export.saved_model_export import export_servable
     from dpsr_tf.export.servable_graph import ServableConfig
 

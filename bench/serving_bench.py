@@ -40,7 +40,7 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dpsr_tf.serving import process  # noqa: E402
+from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
 
 GRAPH_VERSION = "g2"  # bump when tests/support/toy_servable.py's graph changes

@@ -28,7 +28,7 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix="snapshot-bench-")
     cache = os.path.join(work, "cache")
     os.environ["DPSR_ASSET_CACHE_DIR"] = cache
-    from dpsr_tf.export import faiss_ops  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search import faiss_ops  # pylint: disable=import-outside-toplevel
     rng = np.random.default_rng(0)
     items = rng.standard_normal((args.n, args.dim)).astype(np.float32)
     quantizer = faiss.IndexFlatIP(args.dim)

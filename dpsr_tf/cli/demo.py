@@ -68,7 +68,7 @@ def _tokenizer_stage() -> None:
 def main(argv):
     del argv
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=g-import-not-at-top
-    from dpsr_tf.data import synthetic
+    from dpsr_tf.demo import synthetic_catalog as synthetic
     from dpsr_tf.data.prepare import PrepareConfig, prepare
     from dpsr_tf.evaluation import evaluate as evaluate_lib
     from dpsr_tf.evaluation import fusion_choice
@@ -76,11 +76,11 @@ def main(argv):
     from dpsr_tf.model.config import ModelConfig
     from dpsr_tf.training import driver
     from dpsr_tf.training.config import TrainConfig
-    from dpsr_tf.export import catalog_index
-    from dpsr_tf.export.index_builder import IndexBuildConfig
+    from dpsr_tf.indexing import catalog_index
+    from dpsr_tf.indexing.index_builder import IndexBuildConfig
     from dpsr_tf.export.saved_model_export import export_all_shards
     from dpsr_tf.export.servable_graph import ServableConfig
-    from dpsr_tf.serving.demo import run_serving_demo
+    from dpsr_tf.demo.serving_demo import run_serving_demo
 
     begin = time.monotonic()
     work = os.path.abspath(_WORK.value)

@@ -13,7 +13,7 @@ import json
 from absl import flags
 
 from dpsr_tf.cli import fusion_flags
-from dpsr_tf.export import index_layout, joint_pq_index
+from dpsr_tf.indexing import index_layout, joint_pq_index
 from dpsr_tf.export.saved_model_export import export_all_shards
 from dpsr_tf.export.servable_graph import ServableConfig
 

@@ -1,7 +1,7 @@
 """Flags of hybrid (dense + lexical) fusion, shared by `dpsr export` and `dpsr evaluate`."""
 from absl import flags
 
-from dpsr_tf.export.fusion import RULES, FusionConfig
+from dpsr_tf.search.fusion import RULES, FusionConfig
 
 _D = FusionConfig()
 FUSION = flags.DEFINE_enum("fusion", _D.rule, list(RULES),

@@ -10,7 +10,7 @@ from absl import flags
 
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
-from dpsr_tf.data import synthetic
+from dpsr_tf.demo import synthetic_catalog as synthetic
 
 _PRESETS = {
     "demo": synthetic.SyntheticConfig.demo(),

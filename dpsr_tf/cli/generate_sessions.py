@@ -1,11 +1,11 @@
 """dpsr generate-sessions: simulated sessions (shown lists, position bias, user preference)
 over a synthetic catalog -> an impressions file for `dpsr prepare-sessions`
-(dpsr_tf/ranking/synthetic_sessions.py)."""
+(dpsr_tf/demo/synthetic_sessions.py)."""
 import json
 
 from absl import flags
 
-from dpsr_tf.ranking.synthetic_sessions import SessionSimConfig, simulate_impressions
+from dpsr_tf.demo.synthetic_sessions import SessionSimConfig, simulate_impressions
 
 _INPUT = flags.DEFINE_string("synthetic_dir", None, "Output of dpsr generate-synthetic.")
 _OUTPUT = flags.DEFINE_string("output", None, "Impressions file to write (.tsv).")

@@ -1,5 +1,5 @@
-"""dpsr index: item tower over the catalog -> FAISS index shards (dpsr_tf/export/catalog_index.py), and
-the lexical (BM25) index of the titles beside them (dpsr_tf/export/lexical_index.py).
+"""dpsr index: item tower over the catalog -> FAISS index shards (dpsr_tf/indexing/catalog_index.py), and
+the lexical (BM25) index of the titles beside them (dpsr_tf/indexing/lexical_index.py).
 
     dpsr index --model_dir=M --output_dir=I                    # FAISS + lexical shards
     dpsr index --lexical_only --output_dir=I --layout_dir=L    # (re)build only the lexical side
@@ -9,9 +9,9 @@ import json
 
 from absl import flags, logging
 
-from dpsr_tf.export import catalog_index, joint_pq_index
-from dpsr_tf.export.index_builder import IndexBuildConfig
-from dpsr_tf.export.lexical_manifest import DEFAULT_FEATURES, FEATURE_KINDS, LexicalConfig
+from dpsr_tf.indexing import catalog_index, joint_pq_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.indexing.lexical_manifest import DEFAULT_FEATURES, FEATURE_KINDS, LexicalConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Index build directory to write.")

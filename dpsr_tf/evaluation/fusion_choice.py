@@ -20,7 +20,7 @@ import numpy as np
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
-from dpsr_tf.export.fusion import FusionConfig, fuse_np
+from dpsr_tf.search.fusion import FusionConfig, fuse_np
 
 # The metrics whose mean a candidate is chosen by (the dashboard's headline numbers).
 OBJECTIVE = ("recall@100", "recall@1000", "ndcg@10")

@@ -5,10 +5,10 @@ Four rankings of the same requests, scored by the same metrics:
   dpsr      the model's exact soft dot product (evaluate.evaluate_scorer), plus the served
             dense ranking through the FAISS shards (served.served_metrics: served_*);
   lexical   BM25 through the build directory's lexical shards, scored by the same C++ core as
-            the servable's Dpsr>LexicalSearch (dpsr_tf/export/lexical_index.py), with AUC and Top-k
+            the servable's Dpsr>LexicalSearch (dpsr_tf/indexing/lexical_index.py), with AUC and Top-k
             from its full score vectors;
   hybrid    the served dense top K and the lexical top K of each request fused by the
-            servable's rule (dpsr_tf/export/fusion.py, fuse_np = the graph's fuse), K = the largest
+            servable's rule (dpsr_tf/search/fusion.py, fuse_np = the graph's fuse), K = the largest
             recall cut-off.
 
     out = evaluate_hybrid("/models/m", "/indexes/m")
@@ -29,8 +29,8 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
-from dpsr_tf.export.fusion import FusionConfig, fuse_np
-from dpsr_tf.export.lexical_index import LexicalSearcher
+from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from dpsr_tf.indexing.lexical_index import LexicalSearcher
 
 
 class LexicalScorer:

@@ -8,7 +8,7 @@ Three full-corpus rankings of the same requests, scored by the same metrics:
   served    what the servable and the proxy return: each of the m query heads searched through
             the FAISS index built by `dpsr index` (every shard, the index's own nprobe unless
             one is given), each shard's hits merged by max over heads with dedupe
-            (dpsr_tf/export/head_merge.py, merge_heads_np = the servable's merge_heads), the shards
+            (dpsr_tf/search/head_merge.py, merge_heads_np = the servable's merge_heads), the shards
             merged into one global top K by score (as dpsr_tf/serving/merge.py does).
 
     out = evaluate_served_model("/models/m", "/indexes/m")     # soft-dot metrics + below
@@ -31,9 +31,9 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.model.scoring import soft_dot_product_np
-from dpsr_tf.export import index_builder, index_layout
-from dpsr_tf.export.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
-from dpsr_tf.export.head_merge import merge_heads_np
+from dpsr_tf.indexing import index_builder, index_layout
+from dpsr_tf.indexing.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
+from dpsr_tf.search.head_merge import merge_heads_np
 
 # Largest |difference| between the index's saved item embeddings and the evaluated model's.
 EMBEDDING_TOLERANCE = 1e-3
@@ -60,7 +60,7 @@ def read_index_manifest(index_dir: str, dimension: int, num_items: int,
     Cheap (no FAISS, no shard loaded): run it before embedding anything.
 
     Args:
-      index_dir: a directory written by `dpsr index` (dpsr_tf/export/index_layout.py).
+      index_dir: a directory written by `dpsr index` (dpsr_tf/indexing/index_layout.py).
       dimension: the model's embedding dimension d.
       num_items: the layout's item count.
       model_dir: named in the messages' fix.
@@ -182,7 +182,7 @@ def check_index_embeddings(index_dir: str, item_emb: np.ndarray, item_ids: Seque
 
     Returns:
       The largest absolute difference, or None when the directory has no saved embeddings
-      (an index built by dpsr_tf.export.index_builder.build_index directly).
+      (an index built by dpsr_tf.indexing.index_builder.build_index directly).
 
     Raises:
       ValueError: a difference above EMBEDDING_TOLERANCE or mismatched saved files.

@@ -21,7 +21,7 @@ from absl import logging
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import model_dir as model_dir_lib
-from dpsr_tf.export import index_layout
+from dpsr_tf.indexing import index_layout
 from dpsr_tf.export.servable_graph import AssetPaths, ServableConfig, ServableGraph
 from dpsr_tf.export.warmup import write_warmup_requests
 
@@ -101,7 +101,7 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
 
     Args:
       model_dir: trained model directory (dpsr_config.json + checkpoints).
-      index_dir: an index build directory (`dpsr index`; dpsr_tf/export/index_layout.py).
+      index_dir: an index build directory (`dpsr index`; dpsr_tf/indexing/index_layout.py).
       export_base: the servable's base path; versions are numbered folders inside it.
       shard: which index shard this servable holds.
       version: the version number; default one more than the newest in export_base.

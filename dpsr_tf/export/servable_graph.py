@@ -6,7 +6,7 @@
 A hybrid servable (the index build has a lexical section and ServableConfig.hybrid) also
 tokenizes the query with the lexical index's tokenizer configuration, searches the shard's BM25
 index (Dpsr>LexicalSearch, same labels as FAISS) and fuses both lists by label
-(dpsr_tf/export/fusion.py); it adds source [B, K] ("dense", "lexical", "both"), dense_scores and
+(dpsr_tf/search/fusion.py); it adds source [B, K] ("dense", "lexical", "both"), dense_scores and
 lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule [B] (the rule as JSON) so
 that the proxy can re-fuse the answers of several shards.
 
@@ -23,10 +23,10 @@ import tensorflow as tf
 
 from dpsr_tf.model.towers import item_tower, query_tower
 from dpsr_tf.tokenization import tokenize_op
-from dpsr_tf.export import faiss_ops, lexical_ops
-from dpsr_tf.export import fusion as fusion_lib
-from dpsr_tf.export.head_merge import merge_heads
-from dpsr_tf.export.lexical_manifest import LexicalConfig
+from dpsr_tf.search import faiss_ops, lexical_ops
+from dpsr_tf.search import fusion as fusion_lib
+from dpsr_tf.search.head_merge import merge_heads
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ Features (FEATURE_NAMES, docs/ranking.md):
   title_terms           number of lexical terms of the item title
   lexical_overlap       fraction of the query's lexical terms that occur in the title
   bm25                  BM25 of the title for the query (Lucene idf, the project's lexical index
-                        formula, dpsr_tf/export/cc/lexical_index.h; idf and avgdl over the whole catalog)
+                        formula, search_cc/core/lexical_index.h; idf and avgdl over the whole catalog)
   dpsr_score            the DPSR retrieval score (max over query heads of the dot product, the
                         rule the servable ranks by)
   dpsr_log_rank         log(rank) of the item among the whole catalog by DPSR score (1 = first)
@@ -34,7 +34,7 @@ import tensorflow as tf
 
 from dpsr_tf.tokenization import tokenize_op
 from dpsr_tf.tokenization.tokenizer import Tokenizer
-from dpsr_tf.export.lexical_manifest import LexicalConfig
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 
 FEATURE_NAMES = ("item_log_impressions", "item_mean_label", "query_terms", "title_terms",
                  "lexical_overlap", "bm25", "dpsr_score", "dpsr_log_rank")

@@ -25,8 +25,8 @@ from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import model as model_lib
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.tokenization.tokenizer import Tokenizer
-from dpsr_tf.export import catalog_index, index_layout
-from dpsr_tf.export.lexical_manifest import LexicalConfig
+from dpsr_tf.indexing import catalog_index, index_layout
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 
 FEATURES_DIR = "features"
 

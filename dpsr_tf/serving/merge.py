@@ -7,7 +7,7 @@ descending. K is the request's k, or the largest K_s when the request has none. 
 than K entries are padded: "" ids, -inf scores, -1 for integer outputs.
 
 Hybrid servables (dpsr_tf/export/servable_graph.py) also answer dense_scores, lexical_scores and a
-fusion_rule: their entries are re-fused over the pool (dpsr_tf/export/fusion.py refuse_np), so the
+fusion_rule: their entries are re-fused over the pool (dpsr_tf/search/fusion.py refuse_np), so the
 merged list ranks by the global dense and lexical lists, not by each shard's own ranks.
 
 Shard answers reach the merge only after dpsr_tf/serving/shard_answers.py found them no larger
@@ -21,7 +21,7 @@ from tensorflow_serving.apis import predict_pb2
 import grpc
 import numpy as np
 
-from dpsr_tf.export.fusion import FusionConfig, refuse_np
+from dpsr_tf.search.fusion import FusionConfig, refuse_np
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
 

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from dpsr_tf import config_json
-from dpsr_tf.export.fusion import FusionConfig
-from dpsr_tf.export.index_layout import SHARDING_RULE, IndexManifest, ShardInfo
-from dpsr_tf.export.lexical_manifest import LexicalManifest, LexicalShardInfo
+from dpsr_tf.search.fusion import FusionConfig
+from dpsr_tf.indexing.index_layout import SHARDING_RULE, IndexManifest, ShardInfo
+from dpsr_tf.indexing.lexical_manifest import LexicalManifest, LexicalShardInfo
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.ranking.model import RankerConfig
 from dpsr_tf.tokenization.config import TokenizerConfig

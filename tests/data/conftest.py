@@ -2,7 +2,7 @@
 import pytest
 
 from dpsr_tf.data import prepare as prepare_lib
-from dpsr_tf.data import synthetic
+from dpsr_tf.demo import synthetic_catalog as synthetic
 
 TINY = synthetic.SyntheticConfig(num_items=300, num_users=60, num_interactions=3000, seed=7)
 

@@ -64,9 +64,9 @@ def test_documents_follow_the_items_file(spec):
 
 
 def test_lexical_index_over_fields_finds_a_brand_the_title_lacks(spec, tmp_path):
-    from dpsr_tf.export import catalog_index, index_builder  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export.lexical_manifest import LexicalConfig  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing import catalog_index, index_builder  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing.lexical_manifest import LexicalConfig  # pylint: disable=import-outside-toplevel
     ids = open(spec.path("items/ids.txt"), encoding="utf-8").read().split()
     out = str(tmp_path / "index")
     emb = np.random.RandomState(0).rand(len(ids), 4).astype(np.float32)

@@ -11,7 +11,7 @@ import pytest
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
-from dpsr_tf.data import synthetic
+from dpsr_tf.demo import synthetic_catalog as synthetic
 from dpsr_tf.data.schema import Reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.data import synthetic
+from dpsr_tf.demo import synthetic_catalog as synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Big enough that every product type has items; small enough for a unit test (~1 s).

@@ -15,8 +15,8 @@ from dpsr_tf.model.config import ModelConfig
 from tests.support.tiny_model import prepare_tiny_layout
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
-from dpsr_tf.export import catalog_index
-from dpsr_tf.export.index_builder import IndexBuildConfig, build_index
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig, build_index
 from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

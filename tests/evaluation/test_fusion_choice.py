@@ -8,7 +8,7 @@ import pytest
 
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import metrics as metrics_lib
-from dpsr_tf.export.fusion import FusionConfig
+from dpsr_tf.search.fusion import FusionConfig
 
 EvalSet = collections.namedtuple("EvalSet", "relevant_splits relevant_rows relevant_gains")
 K = 20

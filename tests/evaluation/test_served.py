@@ -12,8 +12,8 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import served
 from dpsr_tf.model.scoring import soft_dot_product_np
-from dpsr_tf.export import catalog_index
-from dpsr_tf.export.index_builder import IndexBuildConfig, build_index
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig, build_index
 from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
-from dpsr_tf.export import catalog_index
-from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

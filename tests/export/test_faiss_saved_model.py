@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import tensorflow as tf
 
-from dpsr_tf.export import faiss_ops
+from dpsr_tf.search import faiss_ops
 from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dpsr_tf.export import faiss_ops
+from dpsr_tf.search import faiss_ops
 
 
 def _search(index, queries, k, **kw):
@@ -333,7 +333,7 @@ def test_mmap_load_gives_the_same_results(make_index, ref, factory):
 _IN_PLACE_SCRIPT = """
 import json, os, sys
 import numpy as np
-from dpsr_tf.export import faiss_ops
+from dpsr_tf.search import faiss_ops
 path, other, queries = sys.argv[1], sys.argv[2], np.load(sys.argv[3])
 index = faiss_ops.FaissIndex(path, mmap=True)
 def search():

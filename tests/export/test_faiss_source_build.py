@@ -6,7 +6,7 @@ the faiss-cpu 1.7.3 wheel read each other's index files and answer the same.
     the op library (tests/export/cc/faiss_file_writer.cc), searched by the wheel, the op and
     the program itself.
 The fast-scan + refine indexes are the ones `dpsr index` builds; their per-call nprobe path
-(dpsr_tf/export/cc/faiss_index.cc SearchRefine) is checked against the wheel with that nprobe stored.
+(search_cc/core/faiss_index.cc SearchRefine) is checked against the wheel with that nprobe stored.
 """
 import json
 import os
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from dpsr_tf import op_library
-from dpsr_tf.export import faiss_ops, index_builder
+from dpsr_tf.search import faiss_ops
+from dpsr_tf.indexing import index_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

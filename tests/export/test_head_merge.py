@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dpsr_tf.export.head_merge import merge_heads, merge_heads_np
+from dpsr_tf.search.head_merge import merge_heads, merge_heads_np
 
 
 def reference(scores, labels, k):

@@ -1,4 +1,4 @@
-"""dpsr_tf.export.index_builder and dpsr_tf.export.index_layout: shards, id maps and manifests round trip, and
+"""dpsr_tf.indexing.index_builder and dpsr_tf.indexing.index_layout: shards, id maps and manifests round trip, and
 searching every shard with the op and merging gives numpy's exact top k over the catalog."""
 import hashlib
 import json
@@ -8,9 +8,9 @@ import faiss
 import numpy as np
 import pytest
 
-from dpsr_tf.export import faiss_ops
-from dpsr_tf.export import index_builder
-from dpsr_tf.export import index_layout
+from dpsr_tf.search import faiss_ops
+from dpsr_tf.indexing import index_builder
+from dpsr_tf.indexing import index_layout
 
 
 def _ids(n):

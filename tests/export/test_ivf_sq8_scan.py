@@ -1,4 +1,4 @@
-"""The op's own IVF-SQ8 inner-product search (dpsr_tf/export/cc/ivf_sq8_scan.cc), against numpy.
+"""The op's own IVF-SQ8 inner-product search (search_cc/core/ivf_sq8_scan.cc), against numpy.
 
 The reference decodes every item with the faiss wheel (centroid + 8-bit residual, as FAISS
 stores it), probes the same lists by numpy inner products with the centroids, and ranks the
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dpsr_tf.export import faiss_ops
+from dpsr_tf.search import faiss_ops
 
 
 def _build(items, nlist, qtype=None, by_residual=True, metric=faiss.METRIC_INNER_PRODUCT):

@@ -1,4 +1,4 @@
-"""The index written from a learned quantizer (dpsr_tf/export/joint_pq_index.py): FAISS's search over it
+"""The index written from a learned quantizer (dpsr_tf/indexing/joint_pq_index.py): FAISS's search over it
 equals the NumPy implementation of the quantizer (ADC scores, top-k labels), FAISS encodes the
 residuals with the model's codes, and a tiny --joint_pq model serves end to end through
 `dpsr export` without `dpsr index`."""
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.model import joint_pq
-from dpsr_tf.export import index_builder, index_layout, joint_pq_index
+from dpsr_tf.indexing import index_builder, index_layout, joint_pq_index
 from tests.support import waiting
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,7 +175,7 @@ def test_joint_model_serves_through_dpsr_export_without_dpsr_index(joint_model):
     # NumPy: the model's quantizer over the model's item embeddings, each head searched, hits
     # merged by the best head's score.
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export import catalog_index  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing import catalog_index  # pylint: disable=import-outside-toplevel
     quantizer = joint_pq.read_quantizer(tf.train.latest_checkpoint(model_dir))
     items, ids = catalog_index.load_catalog_embeddings(index_dir)
     lists, codes = joint_pq.encode_np(np.asarray(items), quantizer["rotation"],

@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 from dpsr_tf.tokenization.tokenizer import Tokenizer
-from dpsr_tf.export import fusion, index_layout, lexical_index, lexical_ops
-from dpsr_tf.export.lexical_manifest import LexicalConfig
+from dpsr_tf.search import fusion, lexical_ops
+from dpsr_tf.indexing import index_layout, lexical_index
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 
 WORDS = [f"w{i}" for i in range(40)]
 

@@ -13,8 +13,8 @@ import pytest
 
 from dpsr_tf.data import layout as layout_lib
 from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
-from dpsr_tf.export import catalog_index
-from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 
@@ -265,7 +265,7 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
 
 def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, tmp_path):
     from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
 
     def export(*args):
@@ -295,8 +295,8 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
 def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
     """The hybrid servable's answer equals fuse_np over the dense servable's list and the
     lexical index's list (LexicalSearcher, the same C++ core), with sources and list scores."""
-    from dpsr_tf.export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
     path = export_servable(servable["model_dir"], servable["index_dir"],
                            str(tmp_path / "hybrid"),
                            servable=ServableConfig(default_k=5, max_k=50))
@@ -341,10 +341,10 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
     """Two hybrid shards behind `dpsr proxy` (real processes, TF Serving client): every result's
     score is the fusion of the item's global dense rank (the unsharded dense servable) and its
     global lexical rank (LexicalSearcher over both shards), by the default rule."""
-    from dpsr_tf.export.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
     from dpsr_tf.export.saved_model_export import export_all_shards  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.serving.demo import run_serving_demo  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.demo.serving_demo import run_serving_demo  # pylint: disable=import-outside-toplevel
     ids = layout_lib.load_item_table(servable["spec"]).ids
     k = len(ids)  # every item: each shard returns its whole lists, so the pool is complete
     assert k <= 1000

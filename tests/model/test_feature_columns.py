@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.data import synthetic
+from dpsr_tf.demo import synthetic_catalog as synthetic
 from dpsr_tf.data.prepare import PrepareConfig, prepare
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_dir import load_model_config, write_resolved_config

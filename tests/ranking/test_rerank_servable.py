@@ -15,8 +15,8 @@ from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_mod
 from dpsr_tf.ranking import model as ranker_model
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.ranking import train as ranker_train
-from dpsr_tf.export import catalog_index
-from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 
@@ -126,7 +126,7 @@ def test_rerank_signature_in_a_fresh_process_equals_the_estimator(ranker):
 
 
 def test_model_server_answers_a_retrieve_rerank_request(ranker):
-    from dpsr_tf.serving import process
+    from dpsr_tf.demo import server_processes as process
     from tests.support.serving_testing import outputs, predict_request
     query = ranker["data"].eval_sessions.queries[0]
     with process.start_model_server(model_base_path=ranker["base"], model_name="dpsr") as server:

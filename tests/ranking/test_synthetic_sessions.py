@@ -2,9 +2,9 @@
 prepare-sessions, and showing the simulated position bias and preference."""
 import numpy as np
 
-from dpsr_tf.data import synthetic
+from dpsr_tf.demo import synthetic_catalog as synthetic
 from dpsr_tf.ranking import sessions as sessions_lib
-from dpsr_tf.ranking.synthetic_sessions import SessionSimConfig, simulate_impressions
+from dpsr_tf.demo.synthetic_sessions import SessionSimConfig, simulate_impressions
 
 
 def test_simulated_sessions(tmp_path):

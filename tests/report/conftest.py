@@ -16,8 +16,8 @@ def tiny_report(tmp_path_factory):
     from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=import-outside-toplevel
     from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
     from dpsr_tf.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export import catalog_index  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.export.index_builder import IndexBuildConfig  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing import catalog_index  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing.index_builder import IndexBuildConfig  # pylint: disable=import-outside-toplevel
 
     work = tmp_path_factory.mktemp("report")
     spec = prepare_tiny_layout(str(work))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support import toy_servable as ts
 
 SPEC = ts.ToyServableSpec(dim=16, num_heads=2, default_k=10, max_k=300, seed=0)

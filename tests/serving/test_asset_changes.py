@@ -2,7 +2,7 @@
 
 A careless redeploy truncates an index asset of a loaded version, or `cp`s another valid index
 over it. The index cores never map a file under the model base path: they map a snapshot taken
-at load in the asset cache directory (dpsr_tf/export/cc/asset_snapshot.h). A real `dpsr serve`
+at load in the asset cache directory (search_cc/core/asset_snapshot.h). A real `dpsr serve`
 process serves a hybrid servable exported with --mmap_index (IVF lists and the BM25 index both
 mapped); after each change the real client gets exactly the answers from before, and the
 process lives. The snapshots are released with the version that holds them.
@@ -18,11 +18,12 @@ import pytest
 from tensorflow_serving.apis import predict_pb2
 
 from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
-from dpsr_tf.export import catalog_index
-from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
-from dpsr_tf.serving import process, tensors
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import tensors
 from tests.support.serving_testing import outputs
 
 QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "w5 w6 w7 brand2"]

@@ -16,7 +16,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
 from tests.support import toy_servable as ts
 from tests.support.serving_testing import predict_request

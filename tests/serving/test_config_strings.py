@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.serving import tfs_testdata
 from tests.support.serving_testing import rpc_error
 

@@ -2,7 +2,7 @@
 real client, top items printed with their head, every process gone afterwards."""
 import numpy as np
 
-from dpsr_tf.serving import demo, process
+from dpsr_tf.demo import serving_demo as demo, server_processes as process
 from tests.support import toy_servable as ts
 
 

@@ -23,11 +23,12 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from dpsr_tf.data import layout as layout_lib
 from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
-from dpsr_tf.export import catalog_index
-from dpsr_tf.export.index_builder import IndexBuildConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
-from dpsr_tf.serving import process, tensors
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import tensors
 from tests.support import waiting
 from tests.support.serving_testing import outputs, rpc_error
 

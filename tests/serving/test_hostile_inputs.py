@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
 from tests.support.serving_testing import predict_request
 

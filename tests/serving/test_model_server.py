@@ -15,7 +15,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, inference_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from dpsr_tf.serving import process, tensors
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import tensors
 from tests.support import toy_servable as ts
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 

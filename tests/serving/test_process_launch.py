@@ -3,7 +3,7 @@ working directory and PYTHONPATH (a relative PYTHONPATH=. used to resolve agains
 working directory, which was the package folder itself after the move to dpsr_tf/serving)."""
 import os
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from dpsr_tf.serving import process, proxy_config
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import proxy_config
 from tests.support import toy_servable as ts
 from tests.support import waiting
 from dpsr_tf.serving.servable import SavedModelServable, SessionOptions

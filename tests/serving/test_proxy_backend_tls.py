@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dpsr_tf.serving import http_body, process, rest
+from dpsr_tf.serving import http_body, rest
+from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.predict import RequestLimits
 from tests.support import serving_testing as st
 

@@ -4,7 +4,7 @@ import grpc
 import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.model_server import ServerOptions, server_arguments
 from tests.support.serving_testing import outputs, predict_request
 

@@ -20,7 +20,8 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from dpsr_tf.serving import process, tensors
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import tensors
 from dpsr_tf.serving.tflite_servable import serves_tflite
 from tests.support.serving_testing import outputs, rpc_error
 

@@ -27,7 +27,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support.serving_testing import rpc_error
 from tests.serving import tfs_testdata
 

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2,
                                      predict_pb2, prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support import waiting
 from tests.support.serving_testing import rpc_error
 from tests.serving import tfs_testdata

@@ -7,7 +7,7 @@ import grpc
 import pytest
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

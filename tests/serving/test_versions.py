@@ -12,7 +12,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from dpsr_tf.serving import process
+from dpsr_tf.demo import server_processes as process
 from tests.support import toy_servable as ts
 from tests.support import waiting
 from tests.support.serving_testing import outputs, predict_request, rpc_error

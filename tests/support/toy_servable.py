@@ -49,7 +49,7 @@ class ToyServableSpec:
       nlist: IVF lists of the TF-ops IVF search (0: exact search).
       nprobe: lists probed per head (IVF, TF ops or FAISS).
       faiss_factory: if set, search a FAISS index of this index_factory string through the
-        project's Dpsr>FaissSearch op (dpsr_tf/export/faiss_ops.py), as the real servable does.
+        project's Dpsr>FaissSearch op (dpsr_tf/search/faiss_ops.py), as the real servable does.
     """
 
     dim: int = 16
@@ -201,7 +201,7 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
                 self.centroids = tf.Variable(centroids, trainable=False, name="centroids")
                 self.offsets = tf.Variable(offsets, trainable=False, name="list_offsets")
             if faiss_path:
-                from dpsr_tf.export import faiss_ops  # pylint: disable=g-import-not-at-top
+                from dpsr_tf.search import faiss_ops  # pylint: disable=g-import-not-at-top
                 self.index = faiss_ops.FaissIndex(faiss_path)
 
         def _query(self, query, user_id):
@@ -221,7 +221,7 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
             return idx, top
 
         def _search_faiss(self, qh, kk):
-            from dpsr_tf.export import faiss_ops  # pylint: disable=g-import-not-at-top
+            from dpsr_tf.search import faiss_ops  # pylint: disable=g-import-not-at-top
             idx_h, top_h = [], []
             for h in range(spec.num_heads):
                 top, labels = faiss_ops.search(self.index, qh[:, h, :], kk, nprobe=spec.nprobe)

@@ -1,5 +1,5 @@
 // Implementation of the IVF-SQ8 inner-product search (see ivf_sq8_scan.h).
-#include "dpsr_tf/export/cc/ivf_sq8_scan.h"
+#include "search_cc/core/ivf_sq8_scan.h"
 
 #include <omp.h>
 
@@ -12,7 +12,7 @@
 #include <faiss/IndexScalarQuantizer.h>
 #include <faiss/invlists/InvertedLists.h>
 
-#include "dpsr_tf/export/cc/top_k_buffer.h"
+#include "search_cc/core/top_k_buffer.h"
 
 // The kernels are compiled for AVX2 + FMA whatever the op library's own flags (the Bazel build
 // has none) and used only on CPUs that have them (IvfSq8Supported); elsewhere FAISS searches.

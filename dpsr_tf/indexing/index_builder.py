@@ -4,9 +4,9 @@
     manifest = build_index(embeddings, item_ids, "/data/index", config)
 
 The output layout (manifest.json, shard_XXXXX/index.faiss, shard_XXXXX/ids.txt) and the
-sharding rule are defined in dpsr_tf/export/index_layout.py; docs/indexing.md explains the factory
+sharding rule are defined in dpsr_tf/indexing/index_layout.py; docs/indexing.md explains the factory
 strings. The index files are FAISS 1.7.3 files (faiss-cpu wheel), readable by the
-Dpsr>FaissSearch op (dpsr_tf/export/faiss_ops.py), which links the same FAISS version.
+Dpsr>FaissSearch op (dpsr_tf/search/faiss_ops.py), which links the same FAISS version.
 
 The index is trained once, on a seeded sample of the whole catalog, and every shard starts
 from a copy of that trained index, so all shards share one coarse quantizer and codebook.
@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 from absl import logging
 import numpy as np
 
-from dpsr_tf.export import index_layout
+from dpsr_tf.indexing import index_layout
 
 try:
     import faiss  # pylint: disable=g-import-not-at-top
@@ -33,7 +33,7 @@ except ImportError as _e:  # pragma: no cover - faiss-cpu is pinned in requireme
 
 def _require_faiss():
     if faiss is None:
-        raise ImportError("dpsr_tf.export.index_builder needs the faiss-cpu wheel (pinned 1.7.3 in "
+        raise ImportError("dpsr_tf.indexing.index_builder needs the faiss-cpu wheel (pinned 1.7.3 in "
                           "requirements.txt): run tools/bootstrap.sh") from _FAISS_IMPORT_ERROR
     return faiss
 
@@ -55,7 +55,7 @@ def auto_factory(num_items: int, dim: int) -> str:
     docs/benchmarks.md): at 1M items, k = 1,000, one thread, IVF4096,SQ8 returned more of the
     exact top 1,000 than IVF4096,PQ32 for less CPU at every nprobe (0.938 against 0.901 at
     nprobe 64), for twice the code bytes (64 against 32 at d = 64); and the op scans SQ8 codes
-    with its own kernel (cc/ivf_sq8_scan.cc) at about a third of FAISS's cost. 2 sqrt(n) rather
+    with its own kernel (search_cc/core/ivf_sq8_scan.cc) at about a third of FAISS's cost. 2 sqrt(n) rather
     than FAISS's 4 sqrt(n): with the scan that cheap, scoring the centroids is a large share of
     a query, and at k = 1,000 larger lists lose little: at 1M, IVF2048 at nprobe 40 found 0.954
     of the exact top 1,000 for 0.25 ms in the op against IVF4096's 0.957 at nprobe 80 for
@@ -269,7 +269,7 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
       embeddings: [num_items, dim] floating point item embeddings (float32 preferred; a
         np.memmap works, it is read in batches). Row i belongs to item_ids[i].
       item_ids: [num_items] unique, non-empty item id strings without line breaks.
-      output_dir: build directory (created); see dpsr_tf/export/index_layout.py for its layout.
+      output_dir: build directory (created); see dpsr_tf/indexing/index_layout.py for its layout.
       config: an IndexBuildConfig.
       overwrite: replace an existing build in output_dir.
 

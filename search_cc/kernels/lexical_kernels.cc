@@ -1,10 +1,10 @@
 // OpKernels of the lexical (BM25) index resource and search: they convert tensors and errors;
-// loading and scoring are in the core (dpsr_tf/export/cc/lexical_index.h).
+// loading and scoring are in the core (search_cc/core/lexical_index.h).
 #include <memory>
 #include <string>
 
-#include "dpsr_tf/export/cc/kernels/index_resource.h"
-#include "dpsr_tf/export/cc/lexical_index.h"
+#include "search_cc/kernels/index_resource.h"
+#include "search_cc/core/lexical_index.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/platform/logging.h"

@@ -1,5 +1,5 @@
 // Implementation of asset snapshots (see asset_snapshot.h).
-#include "dpsr_tf/export/cc/asset_snapshot.h"
+#include "search_cc/core/asset_snapshot.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -4,10 +4,10 @@
     tokens = tokenize_op.tokenize(queries, lexical_config.tokenizer_config())  # RaggedTensor
     scores, labels = search(index, tokens, k=100)            # [B, 100] float32 / int64
 
-The resource follows FaissIndex's rules (dpsr_tf/export/index_resource.py): saved with a SavedModel as
+The resource follows FaissIndex's rules (dpsr_tf/search/index_resource.py): saved with a SavedModel as
 an asset, loaded once per file and process, TF1 initializers in TABLE_INITIALIZERS. The ops
 (Dpsr>LexicalIndexHandle/Load/Release, Dpsr>LexicalSearch, Dpsr>LexicalIndexInfo) live in the
-project's op library; the C++ core is dpsr_tf/export/cc/lexical_index.h.
+project's op library; the C++ core is search_cc/core/lexical_index.h.
 """
 import collections
 import uuid
@@ -15,7 +15,7 @@ import uuid
 import tensorflow as tf
 
 from dpsr_tf import op_library
-from dpsr_tf.export import index_resource
+from dpsr_tf.search import index_resource
 
 # Largest k the search op accepts (LexicalIndex::kMaxK).
 MAX_K = 10000

@@ -20,8 +20,8 @@ from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.embedder import CheckpointEmbedder
-from dpsr_tf.export import index_builder, index_layout, lexical_index
-from dpsr_tf.export.lexical_manifest import LexicalConfig
+from dpsr_tf.indexing import index_builder, index_layout, lexical_index
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 
 EMBEDDINGS_FILE = "item_embeddings.npy"
 EMBEDDING_IDS_FILE = "item_embedding_ids.txt"

@@ -7,7 +7,7 @@ phones and laptops and a fruit, 'blackberry' / '黑莓' a phone brand and a frui
 a phone brand and millet, 'mouse' a computer mouse and a cat toy.
 
 User segments tilt category interest (CATEGORY_TILT) and brands have price tiers, so a user's
-gender and purchase power shift what they click (dpsr_tf/data/synthetic.py).
+gender and purchase power shift what they click (dpsr_tf/demo/synthetic_catalog.py).
 """
 import dataclasses
 from typing import Dict, Optional, Tuple

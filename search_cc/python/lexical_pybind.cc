@@ -1,12 +1,12 @@
 // pybind11 adapter of the lexical index core: type and error conversion only. Exposed as
-// dpsr_tf._lexical; the Python API (dpsr_tf/export/lexical_index.py) wraps it.
+// dpsr_tf._lexical; the Python API (dpsr_tf/indexing/lexical_index.py) wraps it.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <memory>
 #include <string>
 
-#include "dpsr_tf/export/cc/lexical_index.h"
+#include "search_cc/core/lexical_index.h"
 
 namespace py = pybind11;
 using dpsr::lexical::Bm25Params;
@@ -55,7 +55,7 @@ void Translate(std::exception_ptr p) {
 }  // namespace
 
 PYBIND11_MODULE(_lexical, m) {
-  m.doc() = "C++ DPSR lexical (BM25) index core (use dpsr_tf.export.lexical_index instead).";
+  m.doc() = "C++ DPSR lexical (BM25) index core (use dpsr_tf.indexing.lexical_index instead).";
   py::register_exception_translator(&Translate);
 
   py::class_<CorpusStats>(m, "CorpusStats")

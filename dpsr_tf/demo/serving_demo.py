@@ -1,6 +1,6 @@
 """The serving half of `make demo`: servers up, queries through the proxy, servers down.
 
-    from dpsr_tf.serving.demo import run_serving_demo
+    from dpsr_tf.demo.serving_demo import run_serving_demo
     run_serving_demo(["/tmp/demo/export/dpsr"], ["apple phone", "cordless drill"])
 
 One model server per model directory (one directory: an unsharded model; several: index
@@ -14,7 +14,8 @@ from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from dpsr_tf.serving import process, tensors
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import tensors
 
 
 @dataclasses.dataclass

@@ -1,5 +1,5 @@
 // Unit tests of TopKBuffer against a brute-force reference (exit status 0 = pass).
-#include "dpsr_tf/export/cc/top_k_buffer.h"
+#include "search_cc/core/top_k_buffer.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 """The `lexical` section of an index build's manifest.json, and how a lexical index is built.
 
-No FAISS, TensorFlow or native module: the proxy, the CLI and dpsr_tf/export/index_layout.py read it.
-dpsr_tf/export/lexical_index.py builds and searches the files it describes.
+No FAISS, TensorFlow or native module: the proxy, the CLI and dpsr_tf/indexing/index_layout.py read it.
+dpsr_tf/indexing/lexical_index.py builds and searches the files it describes.
 """
 import dataclasses
 import os

@@ -11,7 +11,7 @@ assigns (joint_pq.encode_np, the NumPy twin of the training layer). FAISS's own 
 same residuals with the copied codebooks is computed beside it and must agree (a code may
 differ only on a float32 tie, where both codewords are equally near).
 
-The build directory is laid out as `dpsr index` writes it (dpsr_tf/export/index_layout.py: manifest,
+The build directory is laid out as `dpsr index` writes it (dpsr_tf/indexing/index_layout.py: manifest,
 shard_XXXXX/index.faiss + ids.txt, the blake2b sharding rule, item_embeddings.npy and the
 lexical index beside them), so `dpsr export`, `dpsr evaluate --served` and the servable's
 Dpsr>FaissSearch op read it unchanged.
@@ -27,8 +27,8 @@ from absl import logging
 
 from dpsr_tf.model import joint_pq
 from dpsr_tf.model import model_dir as model_dir_lib
-from dpsr_tf.export import catalog_index, index_builder, index_layout
-from dpsr_tf.export.lexical_manifest import LexicalConfig
+from dpsr_tf.indexing import catalog_index, index_builder, index_layout
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 
 # Codes FAISS may encode differently from the model (float32 vs float64 ties) before the build
 # is refused as inconsistent.
@@ -125,7 +125,7 @@ def build_from_embeddings(embeddings: np.ndarray, item_ids, quantizer: Dict[str,
       embeddings: [N, d] float32 item tower output (unquantized).
       item_ids: [N] item ids; row i = item_ids[i].
       quantizer: joint_pq.read_quantizer's dict.
-      output_dir: build directory (dpsr_tf/export/index_layout.py).
+      output_dir: build directory (dpsr_tf/indexing/index_layout.py).
       num_shards: S, the blake2b sharding rule of index_layout.
       nprobe: default nprobe stored in each shard.
 

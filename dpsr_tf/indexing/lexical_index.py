@@ -2,7 +2,7 @@
 
 `dpsr index` (with --lexical, the default) writes, next to each FAISS shard::
 
-    <dir>/shard_00000/lexical.idx     inverted index of the shard's items (dpsr_tf/export/cc/lexical_index.h)
+    <dir>/shard_00000/lexical.idx     inverted index of the shard's items (search_cc/core/lexical_index.h)
 
 over the same id map (ids.txt): a lexical label is the same line number as a FAISS label, so
 one shard's dense and lexical hits fuse in-graph by label. manifest.json gains a `lexical`
@@ -24,7 +24,7 @@ from typing import Callable, Sequence, Tuple
 import numpy as np
 
 from dpsr_tf.tokenization.tokenizer import Tokenizer
-from dpsr_tf.export import index_layout, lexical_manifest
+from dpsr_tf.indexing import index_layout, lexical_manifest
 
 LEXICAL_FILE = lexical_manifest.LEXICAL_FILE
 LexicalConfig = lexical_manifest.LexicalConfig

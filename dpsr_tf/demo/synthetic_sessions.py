@@ -1,4 +1,4 @@
-"""Sessions simulated over a synthetic catalog (dpsr_tf/data/synthetic.py): an impressions file
+"""Sessions simulated over a synthetic catalog (dpsr_tf/demo/synthetic_catalog.py): an impressions file
 with shown lists, position bias and user preference, for the DPR re-ranker.
 
     simulate_impressions(synthetic_dir, out_path, SessionSimConfig(num_sessions=20000))

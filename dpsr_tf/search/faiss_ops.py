@@ -22,7 +22,7 @@ TABLE_INITIALIZERS collection (and a constant path to ASSET_FILEPATHS), like a l
 
 The ops (Dpsr>FaissIndexHandle, Dpsr>FaissIndexLoad, Dpsr>FaissIndexRelease, Dpsr>FaissSearch,
 Dpsr>FaissIndexInfo) live in the project's one op library (dpsr_tf/_dpsr_ops*.so); the C++ core
-is dpsr_tf/export/cc/faiss_index.h. docs/indexing.md describes them.
+is search_cc/core/faiss_index.h. docs/indexing.md describes them.
 """
 import collections
 import uuid
@@ -30,9 +30,9 @@ import uuid
 import tensorflow as tf
 
 from dpsr_tf import op_library
-from dpsr_tf.export import index_resource
+from dpsr_tf.search import index_resource
 
-# Largest k the search op accepts (dpsr_tf/export/cc/faiss_index.h kMaxK).
+# Largest k the search op accepts (search_cc/core/faiss_index.h kMaxK).
 MAX_K = 10000
 # Largest nprobe / ef_search the search op accepts (kMaxKnob).
 MAX_KNOB = 1 << 20
@@ -52,7 +52,7 @@ class FaissIndex(index_resource.IndexResource):
     created from the same file share its memory, across sessions and loaded models.
 
     Args:
-      path: path of a FAISS index file written by faiss-cpu 1.7.3 (dpsr_tf/export/index_builder.py
+      path: path of a FAISS index file written by faiss-cpu 1.7.3 (dpsr_tf/indexing/index_builder.py
         writes them), as a str, a scalar tf.string tensor, or a tf.saved_model.Asset. A str or
         tensor is wrapped in an Asset so that a SavedModel carries the file.
       mmap: memory-map IVF inverted lists read-only instead of reading them into memory (other
@@ -112,7 +112,7 @@ def search(index, queries, k, nprobe=0, ef_search=0, name=None):
       k: int32 scalar in [1, MAX_K]. A Python int gives outputs of static shape [batch, k];
         k may exceed the number of indexed items (the rest is padding).
       nprobe: int32 scalar; inverted lists an IVF index visits for this call (clamped to
-        nlist); 0 = the index's own nprobe (dpsr_tf/export/index_builder.py stores one). Ignored by
+        nlist); 0 = the index's own nprobe (dpsr_tf/indexing/index_builder.py stores one). Ignored by
         indexes without inverted lists. Per call: the shared index is never modified.
       ef_search: int32 scalar; HNSW efSearch for this call (HNSW index or HNSW coarse
         quantizer); 0 = the index's own. Ignored by other indexes. (FAISS 1.7.3 ignores
@@ -124,7 +124,7 @@ def search(index, queries, k, nprobe=0, ef_search=0, name=None):
       scores: [batch, k] float32 inner products (L2 distances for an L2 index), best first;
         padding is -inf (inner product) or +inf (L2).
       labels: [batch, k] int64 FAISS labels, i.e. line numbers of the shard's id map
-        (dpsr_tf/export/index_layout.py); -1 pads rows with fewer than k results.
+        (dpsr_tf/indexing/index_layout.py); -1 pads rows with fewer than k results.
 
     Raises:
       ValueError: k, nprobe or ef_search is a Python int out of range.

@@ -1,5 +1,5 @@
 // Unit tests of the lexical index core against hand-worked BM25 values (exit status 0 = pass).
-#include "dpsr_tf/export/cc/lexical_index.h"
+#include "search_cc/core/lexical_index.h"
 
 #include <dirent.h>
 #include <unistd.h>

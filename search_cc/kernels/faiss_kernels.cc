@@ -1,10 +1,10 @@
 // OpKernels of the FAISS index resource and search: they convert tensors and errors; loading
-// and searching are in the core (dpsr_tf/export/cc/faiss_index.h).
+// and searching are in the core (search_cc/core/faiss_index.h).
 #include <memory>
 #include <string>
 
-#include "dpsr_tf/export/cc/faiss_index.h"
-#include "dpsr_tf/export/cc/kernels/index_resource.h"
+#include "search_cc/core/faiss_index.h"
+#include "search_cc/kernels/index_resource.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/platform/logging.h"

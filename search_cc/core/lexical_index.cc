@@ -1,6 +1,6 @@
 // Implementation of the lexical (BM25) index core (see lexical_index.h).
-#include "dpsr_tf/export/cc/lexical_index.h"
-#include "dpsr_tf/export/cc/asset_snapshot.h"
+#include "search_cc/core/lexical_index.h"
+#include "search_cc/core/asset_snapshot.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 """The on-disk layout of a built item index: manifest, shards, id maps, and the sharding rule.
 
-A build directory (dpsr_tf/export/index_builder.py writes it; docs/indexing.md describes it)::
+A build directory (dpsr_tf/indexing/index_builder.py writes it; docs/indexing.md describes it)::
 
     <dir>/manifest.json                  written last: a directory without it is incomplete
     <dir>/shard_00000/index.faiss        FAISS 1.7.3 index of the shard's items
@@ -26,7 +26,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dpsr_tf import config_json
-from dpsr_tf.export.lexical_manifest import LexicalManifest, check_lexical_files
+from dpsr_tf.indexing.lexical_manifest import LexicalManifest, check_lexical_files
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dpsr-faiss-index"
@@ -167,7 +167,7 @@ class IndexManifest:
         process since it started, including the embeddings it holds).
       faiss_version: FAISS version of the builder.
       description: FAISS structure of shard 0, e.g. "IndexIVFPQFastScan".
-      lexical: the BM25 index beside the FAISS shards (dpsr_tf/export/lexical_manifest.py), or None.
+      lexical: the BM25 index beside the FAISS shards (dpsr_tf/indexing/lexical_manifest.py), or None.
     """
     factory: str
     metric: str

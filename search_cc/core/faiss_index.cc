@@ -1,7 +1,7 @@
 // Implementation of the FAISS searcher core (see faiss_index.h).
-#include "dpsr_tf/export/cc/faiss_index.h"
-#include "dpsr_tf/export/cc/asset_snapshot.h"
-#include "dpsr_tf/export/cc/ivf_sq8_scan.h"
+#include "search_cc/core/faiss_index.h"
+#include "search_cc/core/asset_snapshot.h"
+#include "search_cc/core/ivf_sq8_scan.h"
 
 #include <cxxabi.h>
 #include <errno.h>

@@ -43,7 +43,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from dpsr_tf.data import synthetic_taxonomy as tx
+from dpsr_tf.demo import synthetic_taxonomy as tx
 
 ITEMS_TSV, USERS_TSV, INTERACTIONS_TSV = "items.tsv", "users.tsv", "interactions.tsv"
 GROUND_TRUTH_JSON = "ground_truth.json"
