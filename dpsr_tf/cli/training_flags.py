@@ -10,7 +10,7 @@ import typing
 from absl import flags
 
 from dpsr_tf.model.config import (COMBINERS, LOSSES, PARTITIONERS, PERSONALIZATION,
-                                  TEXT_ENCODERS, ModelConfig)
+                                  TEXT_ENCODERS, TOWERS, ModelConfig)
 from dpsr_tf.training.config import TrainConfig
 
 _MODEL_HELP = {
@@ -57,6 +57,9 @@ _MODEL_HELP = {
                              "is initialized from (FAISS k-means + PQ).",
     "pq_codebook_retrieval_gradient": "--joint_pq: the ranking loss also trains the codewords "
                                       "and centroids (default: the distortion term alone).",
+    "tower": "dpsr, or searchgcn: the towers also aggregate their click-graph neighbourhood "
+             "(needs a layout prepared with --graph; docs/training.md, 'SearchGCN').",
+    "graph_num_nodes": "--tower=searchgcn: node embedding rows (0 = the layout's graph).",
 }
 
 _TRAIN_HELP = {
@@ -94,7 +97,7 @@ _TRAIN_HELP = {
 }
 
 _CHOICES = {"combiner": COMBINERS, "personalization": PERSONALIZATION, "loss": LOSSES,
-            "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS, "optimizer": ("adagrad", "adam", "sgd")}
+            "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS, "tower": TOWERS, "optimizer": ("adagrad", "adam", "sgd")}
 
 
 def _define(cls, helps, skip_default=()):

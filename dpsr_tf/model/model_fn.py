@@ -29,6 +29,9 @@ def _item_features(features: Mapping, prefix: str, layout_spec) -> dict:
     out = {"item_tokens": features[prefix + "tokens"]}
     for name in layout_spec.item_features:
         out[f"item_{name}"] = features[f"{prefix}{name}"]
+    for suffix in ("graph_hop1", "graph_hop1_weight", "graph_hop2", "graph_hop2_weight"):
+        if prefix + suffix in features:   # click-graph lists (layouts with a graph)
+            out["item_" + suffix] = features[prefix + suffix]
     return out
 
 
