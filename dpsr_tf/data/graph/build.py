@@ -19,7 +19,7 @@ import os
 import resource
 import shutil
 import time
-from typing import Callable
+from typing import Callable, Dict, Iterable, Tuple
 
 import numpy as np
 
@@ -71,12 +71,12 @@ def _place(adj_ids, adj_w, nodes, ids, weights):
     adj_w[nodes] = np.where(valid, weights, 0.0)
 
 
-def _item_lists(spec, items, i2q: TopNeighbours, query_node, bases, k):
+def _item_lists(features, names, i2q: TopNeighbours, query_node, bases, k):
     """Each item's attribute nodes (weight 1) then its most-clicking query nodes:
     (item row, node, weight) sorted by row."""
     src, dst, key, weight = [], [], [], []
-    for j, name in enumerate(layout_lib.feature_columns(spec, "item")):
-        values = items.features[:, j].astype(np.int64)
+    for j, name in enumerate(names):
+        values = features[:, j].astype(np.int64)
         rows = np.flatnonzero(values > 0)
         src.append(rows)
         dst.append(bases[name] + values[rows] - 1)
@@ -137,12 +137,51 @@ def build_graph(layout_dir: str, config: GraphConfig = GraphConfig(),
     config.validate()
     start = time.monotonic()
     spec = layout_lib.load_layout_spec(layout_dir)
-    nq, ni, k = spec.num_queries, spec.num_items, config.neighbors
+    names = layout_lib.feature_columns(spec, "item")
+    items = layout_lib.load_item_table(spec, mmap=True)
+    try:
+        meta, arrays = graph_tables(_train_chunks(spec, config.chunk_records), spec.num_queries,
+                                    spec.num_items, items.features,
+                                    {n: int(spec.item_features[n]) for n in names}, config, log)
+    except ValueError as e:
+        raise ValueError(f"{spec.layout_dir}: {e}") from None
+    tmp = spec.path(tables_lib.GRAPH_DIR) + f".tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    for name, value in arrays.items():
+        np.save(os.path.join(tmp, name), np.ascontiguousarray(value))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        f.write(meta.to_json())
+    final = spec.path(tables_lib.GRAPH_DIR)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    log(f"graph: wrote {final} in {time.monotonic() - start:.1f} s "
+        f"(peak RSS {meta.counts['peak_rss_mb']} MB)")
+    return meta
+
+
+def graph_tables(chunks: Iterable[Tuple[np.ndarray, np.ndarray]], nq: int, ni: int,
+                 item_features: np.ndarray, feature_sizes: Dict[str, int],
+                 config: GraphConfig = GraphConfig(), log: Callable[[str], None] = print):
+    """The graph of a stream of clicks, without files (build_graph writes it).
+
+    Args:
+      chunks: (query rows, item rows) int64 arrays, one pair per click, chunk by chunk.
+      nq, ni: numbers of query and item rows.
+      item_features: [ni, F] categorical value ids (0 = unknown), columns in feature_sizes order.
+      feature_sizes: feature name -> vocabulary size (ids 0..size-1), in column order.
+
+    Returns:
+      (GraphMeta, {file name in graph/: array}).
+    """
+    config.validate()
+    start = time.monotonic()
+    k = config.neighbors
     capacity = config.capacity_factor * k
     q2i, i2q = TopNeighbours(ni, capacity), TopNeighbours(nq, capacity)
     item_clicks = np.zeros([ni], np.float64)
     clicks = 0
-    for qr, ir in _train_chunks(spec, config.chunk_records):
+    for qr, ir in chunks:
         ones = np.ones(len(qr))
         q2i.add(qr, ir, ones)
         i2q.add(ir, qr, ones)
@@ -150,18 +189,19 @@ def build_graph(layout_dir: str, config: GraphConfig = GraphConfig(),
         clicks += len(qr)
         log(f"graph: {clicks:,} clicks counted ({time.monotonic() - start:.1f} s)")
     if clicks == 0:
-        raise ValueError(f"{spec.layout_dir}: no positive train records; the click graph needs "
-                         f"a train split with clicks or positive labels")
+        raise ValueError("no positive train records; the click graph needs a train split with "
+                         "clicks or positive labels")
 
     # Node ids (tables.py).
     query_rows = np.unique(q2i.src)
     query_node = np.zeros([nq], np.int64)
     query_node[query_rows] = np.arange(1, len(query_rows) + 1)
     item_base = 1 + len(query_rows)
+    names = list(feature_sizes)
     bases, nxt = {}, item_base + ni
-    for name in layout_lib.feature_columns(spec, "item"):
+    for name in names:
         bases[name] = nxt
-        nxt += max(0, int(spec.item_features[name]) - 1)
+        nxt += max(0, int(feature_sizes[name]) - 1)
     num_nodes = nxt
 
     # Items keep every attribute node and still up to `neighbors` queries.
@@ -173,17 +213,15 @@ def build_graph(layout_dir: str, config: GraphConfig = GraphConfig(),
     _place(adj_ids, adj_w, query_node[query_rows], np.where(ids[query_rows] >= 0,
                                                             ids[query_rows] + item_base, -1),
            w[query_rows])
-    items = layout_lib.load_item_table(spec)
-    s, d, iw = _item_lists(spec, items, i2q, query_node, bases, width)
+    s, d, iw = _item_lists(item_features, names, i2q, query_node, bases, width)
     ids, w = _rows_to_matrix(s, d, iw, ni, width)
     _place(adj_ids, adj_w, item_base + np.arange(ni), ids, w)
-    for j, name in enumerate(layout_lib.feature_columns(spec, "item")):
-        values = items.features[:, j].astype(np.int64)
+    for j, name in enumerate(names):
+        values = item_features[:, j].astype(np.int64)
         rows = np.flatnonzero(values > 0)
         s, d, aw = top_per_source(bases[name] + values[rows] - 1, item_base + rows,
                                   item_clicks[rows] + 1.0, k)
-        ids, w = _rows_to_matrix(s - bases[name], d, aw, max(0, spec.item_features[name] - 1),
-                                 width)
+        ids, w = _rows_to_matrix(s - bases[name], d, aw, max(0, feature_sizes[name] - 1), width)
         _place(adj_ids, adj_w, bases[name] + np.arange(len(ids)), ids, w)
     log(f"graph: {num_nodes:,} nodes ({len(query_rows):,} queries, {ni:,} items, "
         f"{num_nodes - item_base - ni:,} attribute values); two-hop lists")
@@ -208,22 +246,10 @@ def build_graph(layout_dir: str, config: GraphConfig = GraphConfig(),
                 "seconds": round(time.monotonic() - start, 2),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                      1)})
-    tmp = spec.path(tables_lib.GRAPH_DIR) + f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     arrays = {"query_nodes.npy": query_node.astype(np.int32),
               "query_hop1.npy": query_hop1, "query_hop1_weights.npy": query_hop1_w,
               "query_hop2.npy": query_hop2, "query_hop2_weights.npy": query_hop2_w,
               "item_hop1.npy": adj_ids[item_nodes].astype(np.int32),
               "item_hop1_weights.npy": adj_w[item_nodes],
               "item_hop2.npy": item_hop2, "item_hop2_weights.npy": item_hop2_w}
-    for name, value in arrays.items():
-        np.save(os.path.join(tmp, name), np.ascontiguousarray(value))
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        f.write(meta.to_json())
-    final = spec.path(tables_lib.GRAPH_DIR)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    log(f"graph: wrote {final} in {meta.counts['seconds']:.1f} s "
-        f"(peak RSS {meta.counts['peak_rss_mb']} MB)")
-    return meta
+    return meta, arrays
