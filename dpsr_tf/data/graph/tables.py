@@ -3,8 +3,9 @@ the embedder and the export).
 
 Node ids (one id space, int32): 0 = padding / no node; 1..Q the training queries (queries with
 at least one positive train record, in query-row order); item_base + r the item of row r;
-then, per categorical item feature f (sorted by name), attribute_bases[f] + v - 1 for value id
-v >= 1 (0 = unknown has no node). Queries seen only in evaluation have no node and no edges.
+then, per categorical item feature f (in the layout's column order), attribute_bases[f] + v - 1
+for value id v >= 1 (0 = unknown has no node). Queries seen only in evaluation have no node
+and no edges.
 
 Per ego row (query rows and item rows of the layout), padded with node 0:
   graph/query_nodes.npy          int32 [num_queries]        node of the query row (0 = none)
