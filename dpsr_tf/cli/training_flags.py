@@ -60,6 +60,8 @@ _MODEL_HELP = {
     "tower": "dpsr, or searchgcn: the towers also aggregate their click-graph neighbourhood "
              "(needs a layout prepared with --graph; docs/training.md, 'SearchGCN').",
     "graph_num_nodes": "--tower=searchgcn: node embedding rows (0 = the layout's graph).",
+    "graph_query_dropout": "--tower=searchgcn: share of training examples whose query gets no "
+                           "graph lists (trains the text-only path unseen queries take).",
 }
 
 _TRAIN_HELP = {

@@ -18,7 +18,8 @@ TOWERS = ("dpsr", "searchgcn")
 # The value a field had in effect before it existed (configs written by older versions lack it).
 SAVED_BEFORE_FIELD = {"text_encoder": "separate", "adapter_hidden_units": (128,),
                       "max_human_negatives": 0, "head_balance_weight": 0.0,
-                      "tower": "dpsr", "graph_num_nodes": 0}
+                      "tower": "dpsr", "graph_num_nodes": 0,
+                      "graph_query_dropout": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,9 @@ class ModelConfig:
         `dpsr prepare --graph`; queries without a node fall back to the text tower).
       graph_num_nodes: rows of the graph's node embedding table; 0 = the layout's graph size
         (resolved by `dpsr train` and written resolved into the model directory).
+      graph_query_dropout: while training, the share of examples whose query is given no graph
+        lists, so that the query tower also learns to stand on its text alone, as it must for
+        queries never seen in training (0 = off).
 
     Score and loss
       beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
@@ -150,6 +154,7 @@ class ModelConfig:
     pq_codebook_retrieval_gradient: bool = False
     tower: str = "dpsr"
     graph_num_nodes: int = 0
+    graph_query_dropout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
@@ -194,6 +199,7 @@ class ModelConfig:
         need(self.min_slice_size_bytes >= 1, "min_slice_size_bytes", "must be >= 1")
         need(self.tower in TOWERS, "tower", f"choose one of {TOWERS}")
         need(self.graph_num_nodes >= 0, "graph_num_nodes", "must be >= 0 (0 = the layout's)")
+        need(0.0 <= self.graph_query_dropout <= 1.0, "graph_query_dropout", "must be in [0, 1]")
         need(self.pq_nlist >= 1, "pq_nlist", "must be >= 1")
         need(self.pq_m >= 1, "pq_m", "must be >= 1")
         # Only a joint PQ model splits its embeddings into pq_m sub-spaces.

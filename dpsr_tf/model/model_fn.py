@@ -17,7 +17,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from dpsr_tf.model import joint_pq, losses, scoring
+from dpsr_tf.model import joint_pq, losses, scoring, searchgcn
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.towers import item_tower, query_tower
 
@@ -94,6 +94,8 @@ def dpsr_model_fn(features, labels, mode, params):
     if mode == tf.estimator.ModeKeys.PREDICT:
         return _predict_spec(features, cfg, layout_spec, mode)
 
+    if mode == tf.estimator.ModeKeys.TRAIN and cfg.graph_query_dropout > 0:
+        features = searchgcn.drop_query_graph(features, cfg.graph_query_dropout)
     query = query_tower(features, cfg, layout_spec, mode)                 # [B, m, d]
     pos_items = _item_features(features, "item_", layout_spec)
     neg_items = _item_features(features, "neg_item_", layout_spec)

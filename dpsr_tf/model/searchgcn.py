@@ -85,6 +85,21 @@ def neighbourhood(features: Mapping, ego: tf.Tensor, cfg: ModelConfig, side: str
     return tf.add_n(out)
 
 
+def drop_query_graph(features: Mapping, rate: float) -> dict:
+    """A copy of features in which each example's query lists are emptied with probability
+    `rate` (training only: the text-only path of unseen queries gets trained too)."""
+    if not has_graph_features(features, "query"):
+        return dict(features)
+    out = dict(features)
+    first = features["query_graph_hop1"]
+    keep = tf.random.uniform(tf.shape(first)[:1]) >= rate                   # [B]
+    for hop in HOPS:
+        for key in (f"query_graph_{hop}", f"query_graph_{hop}_weight"):
+            value = features[key]
+            out[key] = tf.where(keep[:, None], value, tf.zeros_like(value))
+    return out
+
+
 def item_embedding(features: Mapping, text: tf.Tensor, cfg: ModelConfig) -> tf.Tensor:
     """[B, d] DPSR item embedding -> L2-normalized (text + h_1 + h_2)."""
     return tf.math.l2_normalize(text + neighbourhood(features, text, cfg, "item"), axis=-1,

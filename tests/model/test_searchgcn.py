@@ -90,3 +90,23 @@ def test_searchgcn_without_a_graph_in_the_layout_says_how_to_build_one():
         dataclasses.replace(CFG, graph_num_nodes=0).with_graph(_Spec())
     with pytest.raises(ValueError, match="tower"):
         ModelConfig(tower="gcn")
+
+
+def test_query_graph_dropout_empties_whole_rows_at_the_given_rate():
+    from dpsr_tf.model.searchgcn import drop_query_graph  # pylint: disable=import-outside-toplevel
+    rng = np.random.RandomState(2)
+    with tf.Graph().as_default():
+        tf.compat.v1.set_random_seed(3)
+        features = _features(rng, 4000, graph=True)
+        dropped = drop_query_graph(features, 0.3)
+        with tf.compat.v1.Session() as sess:
+            before, after, w_after, item_before, item_after = sess.run(
+                [features["query_graph_hop1"], dropped["query_graph_hop1"],
+                 dropped["query_graph_hop2_weight"], features["item_graph_hop1"],
+                 dropped["item_graph_hop1"]])
+    emptied = (after == 0).all(axis=1) & (before != 0).any(axis=1)
+    kept = (after == before).all(axis=1)
+    assert (emptied | kept).all()                       # a row is kept or emptied, never cut
+    assert (w_after[emptied] == 0).all()                # the same rows on every query list
+    assert abs(emptied.mean() - 0.3) < 0.03             # 4000 rows: about 4 standard deviations
+    np.testing.assert_array_equal(item_before, item_after)  # the item side is untouched
