@@ -70,6 +70,16 @@ _BEAM_OPTIONS = flags.DEFINE_multi_string(
     "beam_option", [], "A Beam pipeline option for a Beam --runner, repeated, e.g. "
     "--beam_option=--direct_num_workers=2 --beam_option=--direct_running_mode=multi_processing")
 
+_GRAPH = flags.DEFINE_bool(
+    "graph", False, "Also write the click graph of the train split into the layout (graph/: "
+    "query, item and item-attribute nodes, top neighbours by clicks, two-hop lists) for "
+    "--tower=searchgcn (docs/training.md, 'SearchGCN').")
+_GRAPH_NEIGHBORS = flags.DEFINE_integer(
+    "graph_neighbors", 10, "--graph: most-clicked neighbours kept per node (items also keep "
+    "every attribute node).")
+_GRAPH_TWO_HOP = flags.DEFINE_integer("graph_two_hop", 10,
+                                      "--graph: two-hop nodes kept per query and item.")
+
 flags.mark_flags_as_required(["items", "interactions", "output"])
 
 
@@ -122,6 +132,10 @@ def main(argv):
                     f"--runner={_RUNNER.value} needs Apache Beam ({e}); pip install -r "
                     f"requirements.txt") from None
             beam_lib.prepare_beam(config, _RUNNER.value, _BEAM_OPTIONS.value)
+        if _GRAPH.value:
+            from dpsr_tf.data import graph as graph_lib  # pylint: disable=import-outside-toplevel
+            graph_lib.build_graph(config.output, graph_lib.GraphConfig(
+                neighbors=_GRAPH_NEIGHBORS.value, two_hop=_GRAPH_TWO_HOP.value))
     except (schema.SchemaError, ValueError, OSError, flags.Error) as e:
         print(f"dpsr prepare: error: {e}", file=sys.stderr)
         sys.exit(1)

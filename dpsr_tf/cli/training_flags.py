@@ -10,7 +10,7 @@ import typing
 from absl import flags
 
 from dpsr_tf.model.config import (COMBINERS, LOSSES, MODELS, PARTITIONERS, PERSONALIZATION,
-                                  TEXT_ENCODERS, ModelConfig)
+                                  TEXT_ENCODERS, TOWERS, ModelConfig)
 from dpsr_tf.training.config import EARLY_STOPPING_METRICS, TrainConfig
 
 _MODEL_HELP = {
@@ -63,6 +63,11 @@ _MODEL_HELP = {
                              "is initialized from (FAISS k-means + PQ).",
     "pq_codebook_retrieval_gradient": "--joint_pq: the ranking loss also trains the codewords "
                                       "and centroids (default: the distortion term alone).",
+    "tower": "dpsr, or searchgcn: the towers also aggregate their click-graph neighbourhood "
+             "(needs a layout prepared with --graph; docs/training.md, 'SearchGCN').",
+    "graph_num_nodes": "--tower=searchgcn: node embedding rows (0 = the layout's graph).",
+    "graph_query_dropout": "--tower=searchgcn: share of training examples whose query gets no "
+                           "graph lists (trains the text-only path unseen queries take).",
 }
 
 _TRAIN_HELP = {
@@ -109,7 +114,7 @@ _TRAIN_HELP = {
 
 _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,
             "loss": LOSSES, "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS,
-            "early_stopping_metric": EARLY_STOPPING_METRICS,
+            "tower": TOWERS, "early_stopping_metric": EARLY_STOPPING_METRICS,
             "optimizer": ("adagrad", "adam", "sgd")}
 
 

@@ -22,6 +22,10 @@ Per batch (B = batch size, R = num_random_negatives), `features` holds:
   human negatives (make_train_input_fn(human_negatives=K > 0)) "human_negative_rows" ragged
                int64 [B, (h <= K)] from the layout's per-query table, and
                "human_negative_item_row" / "_tokens" / "_<name>" of its flat rows (§4.5).
+  click graph  (layouts written with `dpsr prepare --graph`) "<x>_graph_hop1" int64 [b, K1],
+               "<x>_graph_hop1_weight" float32, "<x>_graph_hop2" [b, K2], "_hop2_weight" for
+               x = query and every item prefix (dpsr_tf/data/graph/tables.py; node 0 = none);
+               in record batches the example's own query-item edge is hidden on both sides.
 Batch negatives are the other examples' positives (the model masks equal item rows). In eval
 splits human negatives are ordinary examples with label 0 next to their query. Training mixes
 the layout's catalog pseudo-queries ("pseudo" split) into the train records by PseudoQueryMix.
@@ -35,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data.graph import tables as graph_tables
 
 _NP_TO_TF = {np.dtype("<i4"): tf.int32, np.dtype("<i8"): tf.int64, np.dtype("<f4"): tf.float32}
 _NUM_FIELDS = len(layout_lib.RECORD_DTYPE.names)
@@ -77,6 +82,17 @@ def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Di
             t["query_texts"] = _read_lines(p(layout_lib.QUERY_TEXTS))
             t["query_token_ids"] = _read_npy(p(layout_lib.QUERY_TOKEN_IDS))
             t["query_token_splits"] = _read_npy(p(layout_lib.QUERY_TOKEN_SPLITS))
+        if graph_tables.has_graph(spec):   # the click graph (dpsr prepare --graph)
+            sides = [s for s, part in (("item", "items"), ("query", "queries")) if part in parts]
+            for side in sides:
+                for hop in graph_tables.HOPS:
+                    t[f"{side}_graph_{hop}"] = _read_npy(p(graph_tables.table_path(side, hop)))
+                    t[f"{side}_graph_{hop}_weight"] = _read_npy(
+                        p(graph_tables.table_path(side, hop, weights=True)))
+            if "queries" in parts:
+                t["query_graph_node"] = _read_npy(p(graph_tables.QUERY_NODES))
+                t["graph_item_base"] = tf.constant(graph_tables.load_meta(spec).item_base,
+                                                   tf.int64)
         if "human_negatives" in parts:
             if os.path.exists(p(layout_lib.QUERY_HUMAN_NEGATIVE_SPLITS)):
                 t["human_negative_items"] = _read_npy(p(layout_lib.QUERY_HUMAN_NEGATIVE_ITEMS))
@@ -139,7 +155,36 @@ def _item_features(spec: layout_lib.LayoutSpec, t: Dict, rows: tf.Tensor, prefix
     cats = tf.cast(tf.gather(t["item_features"], rows), tf.int64)
     for j, name in enumerate(layout_lib.feature_columns(spec, "item")):
         out[f"{prefix}_{name}"] = cats[:, j]
+    out.update(_graph_features(t, "item", rows, prefix))
     return out
+
+
+def _graph_features(t: Dict, side: str, rows: tf.Tensor, prefix: str) -> Dict:
+    """"<prefix>_graph_hop1", "_hop1_weight", "_hop2", "_hop2_weight" of the rows (nothing
+    when the layout has no graph): node ids int64 [b, K] (0 = padding), weights float32."""
+    out = {}
+    for hop in graph_tables.HOPS:
+        key = f"{side}_graph_{hop}"
+        if key in t:
+            out[f"{prefix}_graph_{hop}"] = tf.cast(tf.gather(t[key], rows), tf.int64)
+            out[f"{prefix}_graph_{hop}_weight"] = tf.gather(t[key + "_weight"], rows)
+    return out
+
+
+def _hide_pair_edges(features: Dict, t: Dict) -> Dict:
+    """Drops the training pair's own edge from both sides' one-hop lists, so the model cannot
+    score a pair by the click it is being trained on (the item's node in its query's list and
+    the query's node in its item's list)."""
+    if "query_graph_hop1" not in features or "item_graph_hop1" not in features:
+        return features
+    item_node = t["graph_item_base"] + features["item_row"]
+    query_node = tf.cast(tf.gather(t["query_graph_node"], features["query_row"]), tf.int64)
+    for key, node in (("query_graph_hop1", item_node), ("item_graph_hop1", query_node)):
+        same = tf.equal(features[key], node[:, None]) & (node[:, None] > 0)
+        features[key] = tf.where(same, tf.zeros_like(features[key]), features[key])
+        features[key + "_weight"] = tf.where(same, tf.zeros_like(features[key + "_weight"]),
+                                             features[key + "_weight"])
+    return features
 
 
 def _user_features(spec: layout_lib.LayoutSpec, t: Dict, user_row: tf.Tensor,
@@ -163,9 +208,11 @@ def _user_features(spec: layout_lib.LayoutSpec, t: Dict, user_row: tf.Tensor,
 
 
 def _query_features(t: Dict, query_row: tf.Tensor) -> Dict:
-    return {"query": tf.gather(t["query_texts"], query_row),
-            "query_row": query_row,
-            "query_tokens": _gather_tokens(t, "query", query_row)}
+    out = {"query": tf.gather(t["query_texts"], query_row),
+           "query_row": query_row,
+           "query_tokens": _gather_tokens(t, "query", query_row)}
+    out.update(_graph_features(t, "query", query_row, "query"))
+    return out
 
 
 def _human_negatives(spec: layout_lib.LayoutSpec, t: Dict, query_row: tf.Tensor,
@@ -208,6 +255,7 @@ def _join_fn(spec: layout_lib.LayoutSpec, num_random_negatives: int, seed: int,
         features = _query_features(t, query_row)
         features.update(_user_features(spec, t, user_row, history_end))
         features.update(_item_features(spec, t, item_row, "item"))
+        features = _hide_pair_edges(features, t)
         features["label"] = tf.cast(tf.not_equal(label_kind, 2), tf.float32)
         features["gain"] = tf.bitcast(rec[:, 5], tf.float32)
         neg = tf.random.stateless_uniform(

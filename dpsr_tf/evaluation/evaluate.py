@@ -109,11 +109,12 @@ class EmbeddingScorer:
         self.item_emb = embedder.embed_items(items.token_ids, items.token_splits, feats)
         tok, spl, users, hist = request_inputs(spec, eval_set.query_rows, eval_set.user_rows,
                                                eval_set.history_ends)
-        self.request_emb = embedder.embed_queries(tok, spl, users, hist)
+        self.request_emb = embedder.embed_queries(tok, spl, users, hist,
+                                                  query_rows=eval_set.query_rows)
         q, u, h, self.pair_request = _unique_requests(pairs["query_row"], pairs["user_row"],
                                                       pairs["history_end"])
         tok, spl, users, hist = request_inputs(spec, q, u, h)
-        self.pair_query_emb = embedder.embed_queries(tok, spl, users, hist)
+        self.pair_query_emb = embedder.embed_queries(tok, spl, users, hist, query_rows=q)
 
     def score_requests(self, idx: np.ndarray) -> np.ndarray:
         return soft_dot_product_np(self.request_emb[idx], self.item_emb, self.beta)

@@ -22,6 +22,7 @@ from absl import logging
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.indexing import index_layout
+from dpsr_tf.export import graph_lookup
 from dpsr_tf.export.servable_graph import AssetPaths, ServableConfig, ServableGraph
 from dpsr_tf.export.warmup import write_warmup_requests
 
@@ -65,6 +66,8 @@ def _stage_assets(spec, cfg, index_file: str, ids_file: str, staging: str,
                      for n in spec.user_features} if personalized else {},
         item_vocabs={n: _stage(spec.path(f"{layout_lib.ITEM_VOCAB_DIR}/{n}.txt"), staging,
                                f"item_vocab_{n}.txt") for n in spec.item_features},
+        graph_queries=(graph_lookup.stage_graph_queries(spec, staging)
+                       if cfg.tower == "searchgcn" else None),
     )
 
 

@@ -84,6 +84,7 @@ class AssetPaths:
     item_vocabs: Mapping[str, str]  # item feature -> its values file (line i -> id i + 1)
     lexical_index: Optional[str] = None           # the shard's lexical.idx (hybrid servables)
     lexical_config: Optional[LexicalConfig] = None  # its tokenizer features and BM25 settings
+    graph_queries: Optional[str] = None           # searchgcn: in-graph query texts (graph_lookup)
 
 
 def _asset(path: str) -> tf.Tensor:
@@ -182,6 +183,10 @@ class ServableGraph:
         inputs = {"query": query, "k": k}
         with tf.control_dependencies(checks):
             features = {"query_tokens": self._tokenize(tf.identity(query))}
+        if self._cfg.tower == "searchgcn" and self._assets.graph_queries:
+            from dpsr_tf.export import graph_lookup  # pylint: disable=import-outside-toplevel
+            features.update(graph_lookup.query_graph_features(
+                query, self._spec, _asset(self._assets.graph_queries)))
         if self._cfg.personalization in ("profile", "history"):
             for name in sorted(self._spec.user_features):
                 # Absent: "unknown" (id 0), like a logged-out user.

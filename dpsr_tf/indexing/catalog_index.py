@@ -51,7 +51,7 @@ def embed_catalog(model_dir: str, *, layout_dir: Optional[str] = None,
             ids = np.asarray(table.token_ids[splits[0]:splits[-1]])
             out[lo:hi] = emb.embed_items(ids, splits - splits[0],
                                          {k: v[lo:hi] for k, v in features.items()},
-                                         batch_size=batch_size)
+                                         batch_size=batch_size, rows=np.arange(lo, hi))
             now = time.monotonic()
             if now - last >= progress_every_s or hi == n:
                 rate = hi / max(now - start, 1e-9)

@@ -4,6 +4,7 @@ Modules (one job each):
   config      ModelConfig
   embedding   partitioned tables, the embedding bag and its aggregation on parameter servers
   towers      query_tower [B, m, d] and item_tower [B, d] (fixed variable names under "dpsr/")
+  searchgcn   --tower=searchgcn: attention over click-graph neighbours added to both towers
   scoring     the soft dot product over heads (§4.3)
   losses      hinge with mixed / human negatives, sampled softmax with logQ correction
   model_fn    the tf.estimator model_fn

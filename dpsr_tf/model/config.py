@@ -14,11 +14,13 @@ TEXT_ENCODERS = ("separate", "shared")
 COMBINERS = ("mean", "sum", "sqrtn", "weighted")
 PARTITIONERS = ("fixed", "min_max")
 MODELS = ("dpsr", "dssm")
+TOWERS = ("dpsr", "searchgcn")
 
 
 # The value a field had in effect before it existed (configs written by older versions lack it).
 SAVED_BEFORE_FIELD = {"model": "dpsr", "text_encoder": "separate", "adapter_hidden_units": (128,),
-                      "max_human_negatives": 0, "head_balance_weight": 0.0}
+                      "max_human_negatives": 0, "head_balance_weight": 0.0,
+                      "tower": "dpsr", "graph_num_nodes": 0, "graph_query_dropout": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,16 @@ class ModelConfig:
         categorical features and user features join after it, through residual adapters
         whose last layer starts at zero, so both sides start in one space).
       adapter_hidden_units: hidden ReLU layers of the residual adapters ("shared" only).
+
+    Graph (dpsr_tf/model/searchgcn.py)
+      tower: "dpsr" (text and features only) or "searchgcn" (each tower adds attention-weighted
+        aggregations of its one-hop and two-hop neighbours in the layout's click graph,
+        `dpsr prepare --graph`; queries without a node fall back to the text tower).
+      graph_num_nodes: rows of the graph's node embedding table; 0 = the layout's graph size
+        (resolved by `dpsr train` and written resolved into the model directory).
+      graph_query_dropout: while training, the share of examples whose query is given no graph
+        lists, so that the query tower also learns to stand on its text alone, as it must for
+        queries never seen in training (0 = off).
 
     Score and loss
       beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
@@ -156,6 +168,9 @@ class ModelConfig:
     pq_distortion_weight: float = 4.0
     pq_warm_start_vectors: int = 16384
     pq_codebook_retrieval_gradient: bool = False
+    tower: str = "dpsr"
+    graph_num_nodes: int = 0
+    graph_query_dropout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
@@ -208,6 +223,9 @@ class ModelConfig:
              "must be >= 0 (0 = one per parameter server)")
         need(self.partitioner in PARTITIONERS, "partitioner", f"choose one of {PARTITIONERS}")
         need(self.min_slice_size_bytes >= 1, "min_slice_size_bytes", "must be >= 1")
+        need(self.tower in TOWERS, "tower", f"choose one of {TOWERS}")
+        need(self.graph_num_nodes >= 0, "graph_num_nodes", "must be >= 0 (0 = the layout's)")
+        need(0.0 <= self.graph_query_dropout <= 1.0, "graph_query_dropout", "must be in [0, 1]")
         need(self.pq_nlist >= 1, "pq_nlist", "must be >= 1")
         need(self.pq_m >= 1, "pq_m", "must be >= 1")
         # Only a joint PQ model splits its embeddings into pq_m sub-spaces.
@@ -240,6 +258,15 @@ class ModelConfig:
         if self.embedding_partitions:
             return self
         return dataclasses.replace(self, embedding_partitions=max(1, int(num_ps)))
+
+    def with_graph(self, layout_spec) -> "ModelConfig":
+        """searchgcn: graph_num_nodes from the layout's graph when it is 0 (FileNotFoundError
+        with the fix when the layout has no graph); other towers: unchanged."""
+        if self.tower != "searchgcn" or self.graph_num_nodes:
+            return self
+        from dpsr_tf.data.graph import tables  # pylint: disable=import-outside-toplevel
+        return dataclasses.replace(self,
+                                   graph_num_nodes=tables.load_meta(layout_spec).num_nodes)
 
     def to_dict(self) -> dict:
         return config_json.to_dict(self)

@@ -25,6 +25,18 @@ def _slice_ragged(values: np.ndarray, splits: np.ndarray, lo: int, hi: int):
     return values[start:end].astype(np.int64), (splits[lo:hi + 1] - start).astype(np.int64)
 
 
+def _graph_placeholders(side: str, features: dict) -> dict:
+    """Click-graph list inputs of a searchgcn tower, added to `features`; key -> placeholder."""
+    out = {}
+    for hop in ("hop1", "hop2"):
+        key = f"{side}_graph_{hop}"
+        out[key] = tf.compat.v1.placeholder(tf.int64, [None, None], name=key)
+        out[key + "_weight"] = tf.compat.v1.placeholder(tf.float32, [None, None],
+                                                        name=key + "_weight")
+    features.update(out)
+    return out
+
+
 class CheckpointEmbedder:
     """Query and item towers of a model directory, restored from a checkpoint.
 
@@ -54,6 +66,11 @@ class CheckpointEmbedder:
                 ph = tf.compat.v1.placeholder(tf.int64, [None], name=f"item_{name}")
                 self._item_in[name] = ph
                 item_features[f"item_{name}"] = ph
+            self._graph = None
+            if model_config.tower == "searchgcn":
+                from dpsr_tf.data.graph import tables  # pylint: disable=import-outside-toplevel
+                self._graph = tables.load_graph(layout_spec)
+                self._item_in["graph"] = _graph_placeholders("item", item_features)
             self.item_embedding = item_tower(item_features, model_config, layout_spec,
                                              tf.estimator.ModeKeys.PREDICT)
             self._query_in = {}
@@ -69,6 +86,8 @@ class CheckpointEmbedder:
                 values, splits, hist = _ragged_placeholder("user_history")
                 self._query_in["history"] = (values, splits)
                 query_features["user_history"] = hist
+            if self._graph is not None:
+                self._query_in["graph"] = _graph_placeholders("query", query_features)
             self.query_embedding = query_tower(query_features, model_config, layout_spec,
                                                tf.estimator.ModeKeys.PREDICT)
             saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables(), sharded=True)
@@ -85,37 +104,61 @@ class CheckpointEmbedder:
         self.close()
 
     def embed_items(self, token_ids: np.ndarray, token_splits: np.ndarray,
-                    features: Dict[str, np.ndarray], batch_size: int = 4096) -> np.ndarray:
+                    features: Dict[str, np.ndarray], batch_size: int = 4096,
+                    rows: Optional[np.ndarray] = None) -> np.ndarray:
         """Item embeddings.
 
         Args:
           token_ids: [T] int ids; token_splits: [N + 1] int64 (item i = ids[splits[i]:...]).
           features: item feature name -> [N] int ids (every name of layout_spec.item_features).
+          rows: [N] layout item rows of these items (searchgcn: their click-graph lists);
+            default 0..N-1, which must then be the whole item table.
 
         Returns:
           [N, d] float32, L2-normalized rows.
         """
         n = len(token_splits) - 1
+        if self._graph is not None and rows is None:
+            if n != self.layout_spec.num_items:
+                raise ValueError(f"embed_items of a searchgcn model: pass rows= (the layout item "
+                                 f"rows of these {n} items; the layout has "
+                                 f"{self.layout_spec.num_items})")
+            rows = np.arange(n)
         out = np.zeros([n, self.model_config.embedding_dim], np.float32)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             values, splits = _slice_ragged(token_ids, token_splits, lo, hi)
             feed = {self._item_in["tokens"][0]: values, self._item_in["tokens"][1]: splits}
+            if self._graph is not None:
+                self._feed_graph(feed, self._item_in["graph"], "item", rows[lo:hi])
             for name in self.layout_spec.item_features:
                 feed[self._item_in[name]] = np.asarray(features[name][lo:hi], np.int64)
             out[lo:hi] = self.session.run(self.item_embedding, feed)
         return out
 
+    def _feed_graph(self, feed, placeholders, side, rows, count=0):
+        """Feeds the click-graph lists of `rows` (None: `count` rows without neighbours)."""
+        if rows is None:
+            values = {k: np.zeros([count, 1], np.int64 if v.dtype == tf.int64 else np.float32)
+                      for k, v in placeholders.items()}
+        else:
+            values = self._graph.features(side, rows)
+        for key, ph in placeholders.items():
+            feed[ph] = values[key]
+
     def embed_queries(self, token_ids: np.ndarray, token_splits: np.ndarray,
                       user_features: Optional[Dict[str, np.ndarray]] = None,
                       history: Optional[Tuple[np.ndarray, np.ndarray]] = None,
-                      batch_size: int = 4096) -> np.ndarray:
+                      batch_size: int = 4096,
+                      query_rows: Optional[np.ndarray] = None) -> np.ndarray:
         """Query head embeddings.
 
         Args:
           token_ids: [T] int ids; token_splits: [Q + 1] int64.
           user_features: name -> [Q] int ids (personalized models; 0 = unknown user).
           history: (item rows [H] int, splits [Q + 1] int64) for DPSR-h.
+          query_rows: [Q] layout query rows (searchgcn: their click-graph lists); None = no
+            graph lists (the text tower alone, as for a query never seen in training).
 
         Returns:
           [Q, m, d] float32.
@@ -127,6 +170,9 @@ class CheckpointEmbedder:
             hi = min(q, lo + batch_size)
             values, splits = _slice_ragged(token_ids, token_splits, lo, hi)
             feed = {self._query_in["tokens"][0]: values, self._query_in["tokens"][1]: splits}
+            if self._graph is not None:
+                self._feed_graph(feed, self._query_in["graph"], "query",
+                                 None if query_rows is None else query_rows[lo:hi], hi - lo)
             if cfg.personalization in ("profile", "history"):
                 for name in self.layout_spec.user_features:
                     ids = (user_features or {}).get(name)

@@ -17,7 +17,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from dpsr_tf.model import dssm, joint_pq, losses, scoring
+from dpsr_tf.model import dssm, joint_pq, losses, scoring, searchgcn
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.progress import ProgressHook
 from dpsr_tf.model.towers import item_tower, query_tower
@@ -30,6 +30,9 @@ def _item_features(features: Mapping, prefix: str, layout_spec) -> dict:
     out = {"item_tokens": features[prefix + "tokens"]}
     for name in layout_spec.item_features:
         out[f"item_{name}"] = features[f"{prefix}{name}"]
+    for suffix in ("graph_hop1", "graph_hop1_weight", "graph_hop2", "graph_hop2_weight"):
+        if prefix + suffix in features:   # click-graph lists (layouts with a graph)
+            out["item_" + suffix] = features[prefix + suffix]
     return out
 
 
@@ -94,6 +97,8 @@ def dpsr_model_fn(features, labels, mode, params):
     if mode == tf.estimator.ModeKeys.PREDICT:
         return _predict_spec(features, cfg, layout_spec, mode)
 
+    if mode == tf.estimator.ModeKeys.TRAIN and cfg.graph_query_dropout > 0:
+        features = searchgcn.drop_query_graph(features, cfg.graph_query_dropout)
     query = query_tower(features, cfg, layout_spec, mode)                 # [B, m, d]
     pos_items = _item_features(features, "item_", layout_spec)
     neg_items = _item_features(features, "neg_item_", layout_spec)

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
-from dpsr_tf.model import dssm, embedding
+from dpsr_tf.model import dssm, embedding, searchgcn
 from dpsr_tf.model.config import ModelConfig
 
 SCOPE = "dpsr"
@@ -97,7 +97,8 @@ def _categorical(features, prefix: str, vocabs: Mapping[str, int], cfg: ModelCon
 
 def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
                mode=None) -> tf.Tensor:
-    """Item embeddings.
+    """Item embeddings (+ the item's click-graph neighbourhood with tower "searchgcn": then
+    also "item_graph_hop1/2" and "_weight" features, dpsr_tf/model/searchgcn.py).
 
     Args:
       features: "item_tokens" tf.RaggedTensor int64 [B, (Li)] (title n-gram ids) and one
@@ -110,7 +111,14 @@ def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
       [B, d] float32, rows L2-normalized (d = model_config.embedding_dim).
     """
     del mode
-    cfg = model_config
+    text = _text_item_tower(features, model_config, layout_spec)
+    if model_config.tower != "searchgcn":
+        return text
+    with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
+        return searchgcn.item_embedding(features, text, model_config)
+
+
+def _text_item_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
     if cfg.model == "dssm":
         return dssm.item_tower(features, cfg, layout_spec)
     if cfg.text_encoder == "shared":
@@ -131,7 +139,8 @@ def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
 
 def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
                 mode=None) -> tf.Tensor:
-    """Multi-head query embeddings.
+    """Multi-head query embeddings (+ the query's click-graph neighbourhood with tower
+    "searchgcn": "query_graph_hop1/2" and "_weight" features; none = the text tower alone).
 
     Args:
       features: "query_tokens" tf.RaggedTensor int64 [B, (Lq)]; with personalization "profile"
@@ -146,7 +155,14 @@ def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
       [B, m, d] float32: m = model_config.num_heads embeddings per query, each L2-normalized.
     """
     del mode
-    cfg = model_config
+    text = _text_query_tower(features, model_config, layout_spec)
+    if model_config.tower != "searchgcn":
+        return text
+    with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
+        return searchgcn.query_embedding(features, text, model_config)
+
+
+def _text_query_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
     if cfg.model == "dssm":
         return dssm.query_tower(features, cfg, layout_spec)
     if cfg.text_encoder == "shared":

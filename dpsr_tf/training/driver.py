@@ -127,7 +127,7 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
             f"{layout_spec.num_items} items, batch {train.batch_size})" if auto_cap else "")
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)
-    cfg = model_config.resolved(cluster.num_ps)
+    cfg = model_config.resolved(cluster.num_ps).with_graph(layout_spec)
     if cluster.task_type in ("chief",):
         path = model_dir_lib.write_resolved_config(
             train.model_dir, cfg, layout_spec,
