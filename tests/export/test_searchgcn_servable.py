@@ -18,7 +18,7 @@ from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.embedder import CheckpointEmbedder
-from dpsr_tf.model.testing import prepare_tiny_layout
+from tests.support.tiny_model import prepare_tiny_layout
 from dpsr_tf.tokenization import Tokenizer
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig

@@ -76,7 +76,7 @@ def test_dssm_refuses_a_word_layout_and_personalization():
 def test_tiny_dssm_trains_and_evaluates(tmp_path):
     from dpsr_tf.data.prepare import PrepareConfig, prepare
     from dpsr_tf.evaluation import evaluate as evaluate_lib
-    from dpsr_tf.model.testing import write_tiny_dataset
+    from tests.support.tiny_model import write_tiny_dataset
     from dpsr_tf.training import driver
     from dpsr_tf.training.config import TrainConfig
     paths = write_tiny_dataset(str(tmp_path / "tsv"))
