@@ -545,7 +545,7 @@ class RestGateway:
         handle = self._core.manager.acquire(spec)
         try:  # pin the version so the request runs on the signature it was built for
             servable = handle.servable
-            signature = servable.signature(signature_name)
+            signature = servable.signature(signature_name, "rest_predict")
             pinned = model_pb2.ModelSpec(name=spec.name)
             pinned.version.value = servable.version
         finally:
