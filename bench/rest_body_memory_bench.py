@@ -10,7 +10,7 @@ toy_servable.py) is sent, one at a time, 16 MiB bodies that are expensive to par
   strings_default     the same body, default limits: refused for its values
                       (--max_input_elements, 1M per input);
   floats_columnar     {"inputs": {"query": ["drill"], "k": 5, "extra": [0.125, ...]}}
-                      (2.1M floats in an input the signature lacks): refused.
+                      (2.8M floats in an input the signature lacks): refused.
 
 The server's RSS is sampled every 5 ms from before the body is sent until its answer; the
 result is the peak minus the RSS before, per case (max over --repeats sends), as JSON.
