@@ -24,6 +24,7 @@ import grpc
 from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc,
                                      prediction_service_pb2_grpc)
 
+from dpsr_tf.serving import gone_clients
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.predict import declared_elements
 from dpsr_tf.serving.run_queue import FairRunQueue
@@ -225,15 +226,19 @@ async def serve_until_signal(make_server, log: logging.Logger) -> None:
     """Makes the server on the running loop (`make_server()`: a ModelServer or ProxyServer),
     starts it, waits for SIGTERM/SIGINT, then stops it (its stop() drains:
     InFlight.stop_server)."""
-    server = make_server()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    await stop.wait()
-    log.info("shutting down")
-    await server.stop()
+    gone = gone_clients.install(loop)  # a client gone before its answer: one line, no traceback
+    try:
+        server = make_server()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        await stop.wait()
+        log.info("shutting down")
+        await server.stop()
+    finally:
+        gone_clients.uninstall(loop, gone)
 
 
 DRAINING = ServingError(grpc.StatusCode.UNAVAILABLE,

@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, predict_pb2,
                                      regression_pb2)
 
-from dpsr_tf.serving import http_body, tensors
+from dpsr_tf.serving import http_body, json_body, tensors
 from dpsr_tf.serving.errors import ServingError, http_status, truncate
 from dpsr_tf.serving.predict import RequestLimits, check_shape
 
@@ -95,6 +95,11 @@ def _shape_of(value, where, depth=0):
                    f"{_MAX_DEPTH} dimensions")
     if not value:
         return (0,)
+    if not isinstance(value[0], list):  # a flat list: no per-element shapes to compare
+        if any(isinstance(v, list) for v in value):
+            raise _bad(f"{where}: nested lists of different lengths (ragged); every row of a "
+                       "tensor needs the same shape")
+        return (len(value),)
     inner = [_shape_of(v, where, depth + 1) for v in value]
     if any(s != inner[0] for s in inner):
         raise _bad(f"{where}: nested lists of different lengths (ragged); every row of a tensor "
@@ -238,8 +243,9 @@ def predict_response_json(response, row_format: bool) -> dict:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _parse_body(body: bytes):
-    """The JSON document of a request body.
+def _parse_body(body: bytes, limits: Optional[RequestLimits] = None):
+    """The JSON document of a request body; with `limits`, a predict body decoded value by
+    value and refused as soon as it is over the row or value limit (json_body.py).
 
     Raises:
       ServingError(INVALID_ARGUMENT): empty, not UTF-8, not JSON, nested too deeply, an integer
@@ -250,7 +256,10 @@ def _parse_body(body: bytes):
         raise _bad("JSON Parse error: The document is empty")
     try:
         # Strict UTF-8 (json.loads(bytes) would also take UTF-16/32 and encoded surrogates).
-        document = json.loads(body.decode("utf-8"))
+        text = body.decode("utf-8")
+        document = (json.loads(text) if limits is None else json_body.parse_predict_body(
+            text, limits.max_rows, limits.max_elements))
+        del text
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _bad(f"JSON Parse error: Invalid value: {e}") from e
     except RecursionError as e:
@@ -540,12 +549,12 @@ class RestGateway:
         return {"results": [r.value for r in response.result.regressions]}
 
     def _predict(self, spec, body):
-        payload = _parse_body(body)
+        payload = _parse_body(body, self._core.options.limits)
         signature_name = _signature_name(payload)
         handle = self._core.manager.acquire(spec)
         try:  # pin the version so the request runs on the signature it was built for
             servable = handle.servable
-            signature = servable.signature(signature_name)
+            signature = servable.signature(signature_name, "rest_predict")
             pinned = model_pb2.ModelSpec(name=spec.name)
             pinned.version.value = servable.version
         finally:

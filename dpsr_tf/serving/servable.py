@@ -128,9 +128,10 @@ class SavedModelServable:
         graph.finalize()
         self.load_seconds = time.monotonic() - start
 
-    def signature(self, name: str) -> Signature:
-        """The named signature ("" means serving_default); NOT_FOUND when absent."""
-        return find_signature(self.signatures, name, self.name, self.version)
+    def signature(self, name: str, api: str = "predict") -> Signature:
+        """The named signature ("" means serving_default); when absent, TF Serving's error
+        for `api` (signatures.find_signature)."""
+        return find_signature(self.signatures, name, self.name, self.version, api)
 
     def _callable(self, signature: Signature):
         """One compiled session callable per signature (every input fed, every output

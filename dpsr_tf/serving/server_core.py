@@ -140,7 +140,8 @@ class ServerCore:
                         servable.run(sig, prepared.feeds, prepared.fetches)
                     elif kind in ("classify_log", "regress_log"):
                         req = getattr(log, kind).request
-                        sig = servable.signature(req.model_spec.signature_name)
+                        sig = servable.signature(req.model_spec.signature_name,
+                                                 kind.split("_")[0])
                         examples = inference.serialized_examples(req.input,
                                                                  self.options.limits.max_rows)
                         run = (inference.run_classify if kind == "classify_log"
@@ -345,7 +346,7 @@ class ServerCore:
 
     def classify(self, request, client_timeout=None):
         def fn(servable, timeout):
-            sig = servable.signature(request.model_spec.signature_name)
+            sig = servable.signature(request.model_spec.signature_name, "classify")
             examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
             response = classification_pb2.ClassificationResponse()
             response.result.CopyFrom(inference.run_classify(servable, sig, examples, timeout,
@@ -356,7 +357,7 @@ class ServerCore:
 
     def regress(self, request, client_timeout=None):
         def fn(servable, timeout):
-            sig = servable.signature(request.model_spec.signature_name)
+            sig = servable.signature(request.model_spec.signature_name, "regress")
             examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
             response = regression_pb2.RegressionResponse()
             response.result.CopyFrom(inference.run_regress(servable, sig, examples, timeout,
@@ -372,7 +373,7 @@ class ServerCore:
             examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
             response = inference.new_multi_inference_response()
             for task in tasks:
-                sig = servable.signature(task.model_spec.signature_name)
+                sig = servable.signature(task.model_spec.signature_name, "multi_inference")
                 result = response.results.add()
                 _fill_spec(result.model_spec, servable, sig.name)
                 if task.method_name == inference.CLASSIFY_METHOD:

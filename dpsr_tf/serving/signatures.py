@@ -95,18 +95,40 @@ def signatures_of(meta_graph_def) -> Dict[str, Signature]:
             for name, sig in meta_graph_def.signature_def.items() if name != INIT_OP_SIGNATURE}
 
 
+# TF Serving's answer for a signature name a servable does not have, per API: (code, message).
+_UNKNOWN_SIGNATURE = {
+    # predict_util.cc RunPredict (gRPC Predict).
+    "predict": (grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "{}" not found.'),
+    # http_rest_api_handler.cc GetInfoMap (REST :predict looks the signature up first).
+    "rest_predict": (grpc.StatusCode.INVALID_ARGUMENT,
+                     'Serving signature name: "{}" not found in signature def'),
+    # classifier.cc / regressor.cc Get{Classification,Regression}Signature (gRPC and REST).
+    "classify": (grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: {}"),
+    "regress": (grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: {}"),
+    # multi_inference.cc TensorFlowMultiInferenceRunner::Infer.
+    "multi_inference": (grpc.StatusCode.INVALID_ARGUMENT,
+                        "Requested signature not found in model graph: {}"),
+}
+SIGNATURE_APIS = tuple(_UNKNOWN_SIGNATURE)
+
+
 def find_signature(signatures: Dict[str, Signature], name: str, model: str,
-                   version: int) -> Signature:
+                   version: int, api: str = "predict") -> Signature:
     """The named signature of a servable ("" means serving_default).
 
+    Args:
+      api: the API asking, one of SIGNATURE_APIS; it chooses TF Serving's answer when the
+        signature is absent.
+
     Raises:
-      ServingError(NOT_FOUND): TF Serving's message, with the signatures the servable has.
+      ServingError: TF Serving's code and message for `api` (gRPC Predict: FAILED_PRECONDITION;
+        REST :predict, Classify, Regress, MultiInference: INVALID_ARGUMENT), followed by the
+        signatures the servable has.
     """
     key = name or DEFAULT_SIGNATURE
     sig = signatures.get(key)
     if sig is None:
-        raise ServingError(
-            grpc.StatusCode.NOT_FOUND,
-            f"Serving signature key \"{key}\" not found. Signatures of {model} version "
-            f"{version}: {', '.join(sorted(signatures)) or '(none)'}")
+        code, message = _UNKNOWN_SIGNATURE[api]
+        raise ServingError(code, f"{message.format(key)} (signatures of {model} version "
+                                 f"{version}: {', '.join(sorted(signatures)) or 'none'})")
     return sig

@@ -134,9 +134,10 @@ class TfLiteServable:
                   "interpreters", self.name, self.version, file_path,
                   ", ".join(sorted(self.signatures)), self._max_interpreters)
 
-    def signature(self, name: str) -> Signature:
-        """The named signature ("" means serving_default); NOT_FOUND when absent."""
-        return find_signature(self.signatures, name, self.name, self.version)
+    def signature(self, name: str, api: str = "predict") -> Signature:
+        """The named signature ("" means serving_default); when absent, TF Serving's error
+        for `api` (signatures.find_signature)."""
+        return find_signature(self.signatures, name, self.name, self.version, api)
 
     def _borrow(self, timeout_s: Optional[float]) -> _Interpreter:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

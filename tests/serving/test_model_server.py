@@ -167,7 +167,9 @@ def _bad_requests():
         ("unknown version", unknown_version, grpc.StatusCode.NOT_FOUND, "Specific(dpsr, 42)"),
         ("unknown label", unknown_label, grpc.StatusCode.INVALID_ARGUMENT,
          "Unrecognized servable version label: canary"),
-        ("unknown signature", unknown_signature, grpc.StatusCode.NOT_FOUND, "no_such_sig"),
+        # TF Serving's predict_util.cc RunPredict.
+        ("unknown signature", unknown_signature, grpc.StatusCode.FAILED_PRECONDITION,
+         'Serving signature key "no_such_sig" not found.'),
         ("query dtype", _mutate(good, query=_t([1], np.int64)),
          grpc.StatusCode.INVALID_ARGUMENT, "DT_INT64"),
         ("k dtype", _mutate(good, k=_t(5.0, np.float32)),
@@ -290,6 +292,71 @@ def test_classify_regress_multi_inference(stub):
     request = regression_pb2.RegressionRequest(input=_examples([1.0]))
     request.model_spec.name = "dpsr"
     assert rpc_error(stub.Regress, request).code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _unknown_signature_calls(stub, rest_url):
+    """(API, call(signature name) -> (code, message)) for each API that names a signature."""
+    def grpc_call(method, make):
+        def call(name):
+            error = rpc_error(method, make(name), timeout=30)
+            return error.code(), error.details()
+        return call
+
+    def predict(name):
+        return predict_request("tabular", ["x"], signature=name)
+
+    def classify(name):
+        request = classification_pb2.ClassificationRequest(input=_examples([1.0]))
+        request.model_spec.name, request.model_spec.signature_name = "tabular", name
+        return request
+
+    def regress(name):
+        request = regression_pb2.RegressionRequest(input=_examples([1.0]))
+        request.model_spec.name, request.model_spec.signature_name = "tabular", name
+        return request
+
+    def multi(name):
+        request = inference_pb2.MultiInferenceRequest(input=_examples([1.0]))
+        task = request.tasks.add(method_name="tensorflow/serving/regress")
+        task.model_spec.name, task.model_spec.signature_name = "tabular", name
+        return request
+
+    def rest(verb, body):
+        def call(name):
+            reply = requests.post(f"{rest_url}/v1/models/tabular:{verb}", timeout=30,
+                                  json=dict(body, signature_name=name))
+            return reply.status_code, reply.json()["error"]
+        return call
+
+    return [("Predict", grpc_call(stub.Predict, predict)),
+            ("Classify", grpc_call(stub.Classify, classify)),
+            ("Regress", grpc_call(stub.Regress, regress)),
+            ("MultiInference", grpc_call(stub.MultiInference, multi)),
+            ("REST predict", rest("predict", {"instances": [1.0]})),
+            ("REST classify", rest("classify", {"examples": [{"x": 1.0}]})),
+            ("REST regress", rest("regress", {"examples": [{"x": 1.0}]}))]
+
+
+def test_unknown_signature_gets_tf_servings_code_and_message_per_api(server, stub):
+    """TF Serving's answers for a signature the model lacks: gRPC Predict FAILED_PRECONDITION
+    (predict_util.cc); REST :predict INVALID_ARGUMENT from its signature lookup
+    (http_rest_api_handler.cc GetInfoMap); Classify and Regress, over gRPC or REST,
+    INVALID_ARGUMENT (classifier.cc, regressor.cc); MultiInference INVALID_ARGUMENT
+    (multi_inference.cc). Before: NOT_FOUND everywhere. The signatures the model has follow."""
+    want = {
+        "Predict": (grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found.'),
+        "Classify": (grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: nope"),
+        "Regress": (grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: nope"),
+        "MultiInference": (grpc.StatusCode.INVALID_ARGUMENT,
+                           "Requested signature not found in model graph: nope"),
+        "REST predict": (400, 'Serving signature name: "nope" not found in signature def'),
+        "REST classify": (400, "No signature was found with the name: nope"),
+        "REST regress": (400, "No signature was found with the name: nope"),
+    }
+    for api, call in _unknown_signature_calls(stub, server.rest_url):
+        code, message = call("nope")
+        assert (code, message[:len(want[api][1])]) == want[api], (api, message)
+        assert message.endswith("(signatures of tabular version 1: classify, regress)"), message
 
 
 def test_rest_api(server, catalog, spec):

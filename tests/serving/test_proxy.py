@@ -103,7 +103,11 @@ def test_unsharded_route_and_errors_pass_through(cluster):
                           (predict_request("dpsr", ["x"], k=0), grpc.StatusCode.INVALID_ARGUMENT),
                           (predict_request("dpsr", [""]), grpc.StatusCode.INVALID_ARGUMENT),
                           (predict_request("shard1", ["x"], version=9),
-                           grpc.StatusCode.NOT_FOUND)]:
+                           grpc.StatusCode.NOT_FOUND),
+                          # TF Serving's code for an unknown signature: a client error, returned
+                          # at once (before: NOT_FOUND, failed over as a missing version).
+                          (predict_request("shard1", ["x"], signature="nope"),
+                           grpc.StatusCode.FAILED_PRECONDITION)]:
         assert rpc_error(stub.Predict, request, timeout=30).code() == code
     metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     metadata.model_spec.name = "dpsr"

@@ -257,10 +257,12 @@ def test_classify_rows_are_counted_before_any_example_is_built(gateway, monkeypa
 
 def test_predict_rows_and_values_are_checked_before_conversion(server):
     """Over --max_request_rows (set here) or --max_input_elements, a REST predict is refused
-    from the JSON's shape, before its strings are converted."""
+    from the JSON's shape, before its strings are converted; "instances" while it is decoded,
+    at the first row over the limit (json_body.py)."""
     status, answer = st.send_http("127.0.0.1", server.rest_api_port, "POST", PREDICT, {},
                                   json.dumps({"instances": ["q"] * (MAX_ROWS + 1)}).encode())
-    assert status == 400 and b"request has 1001 rows; the limit is 1000" in answer, answer
+    assert status == 400 and b"more than 1000 rows" in answer, answer
+    assert b"the limit is 1000 (--max_request_rows)" in answer, answer
     status, answer = st.send_http("127.0.0.1", server.rest_api_port, "POST", PREDICT, {},
                                   json.dumps({"inputs": {"query": [["q"] * 2000] * 600}}
                                              ).encode())

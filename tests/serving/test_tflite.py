@@ -216,7 +216,8 @@ def test_bad_inputs_are_invalid_argument_and_server_keeps_serving(servers):
     assert missing.code() == grpc.StatusCode.INVALID_ARGUMENT
     unknown = rpc_error(stub.Predict, _request("tfl", signature="nope",
                                                x=np.ones((2, 3), np.float32)), RPC_TIMEOUT)
-    assert unknown.code() == grpc.StatusCode.NOT_FOUND
+    assert unknown.code() == grpc.StatusCode.FAILED_PRECONDITION  # as TF Serving's Predict
+    assert unknown.details().startswith('Serving signature key "nope" not found.')
     x = _x(2, seed=4)
     np.testing.assert_allclose(outputs(stub.Predict(_request("tfl", x=x), RPC_TIMEOUT))["y"],
                                2 * x + 1, rtol=1e-6)
