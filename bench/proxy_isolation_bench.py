@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
-from dpsr_tf.serving import proxy_config, tensors
+from dpsr_tf.serving.proxy import config as proxy_config
+from dpsr_tf.serving import tensors
 from tests.support.serving_testing import predict_request  # noqa: E402
 
 _SERVICE = "tensorflow.serving.PredictionService"

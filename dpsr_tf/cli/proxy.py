@@ -2,7 +2,7 @@
 
   dpsr proxy --port=8500 --proxy_config_file=proxy.config --rest_api_port=8501
 
-The config (docs/serving.md, dpsr_tf/serving/proxy_config.py) maps each model name to its shards and
+The config (docs/serving.md, dpsr_tf/serving/proxy/config.py) maps each model name to its shards and
 each shard to the model servers (replicas) that hold it. Sharded answers are merged into one
 global top-K; a shard that is down or slow yields an answer from the rest with the output
 "partial" set (or an error, with partial_policy FAIL).
@@ -89,7 +89,7 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     # pylint: disable=g-import-not-at-top
     from dpsr_tf.serving import config as config_lib
-    from dpsr_tf.serving import proxy, proxy_config
+    from dpsr_tf.serving.proxy import server as proxy, config as proxy_config
     from dpsr_tf.serving.errors import ServingError
 
     try:

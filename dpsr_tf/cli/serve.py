@@ -274,11 +274,11 @@ def options_from_flags():
     # pylint: disable=g-import-not-at-top
     from dpsr_tf.serving import config as config_lib
     from dpsr_tf.serving.errors import ServingError
-    from dpsr_tf.serving.manager import ManagerOptions
-    from dpsr_tf.serving.model_server import ServerOptions
-    from dpsr_tf.serving.predict import RequestLimits
-    from dpsr_tf.serving.servable import SessionOptions
-    from dpsr_tf.serving.server_core import CoreOptions
+    from dpsr_tf.serving.model_server.manager import ManagerOptions
+    from dpsr_tf.serving.model_server.server import ServerOptions
+    from dpsr_tf.serving.model_server.predict import RequestLimits
+    from dpsr_tf.serving.model_server.servable import SessionOptions
+    from dpsr_tf.serving.model_server.server_core import CoreOptions
 
     try:
         if _MODEL_CONFIG_FILE.value:
@@ -379,7 +379,7 @@ def main(argv):
               f"TensorFlow Library: {tf.__version__}")
         return
     options, server_config = options_from_flags()
-    from dpsr_tf.serving.model_server import run_model_server  # pylint: disable=g-import-not-at-top
+    from dpsr_tf.serving.model_server.server import run_model_server  # pylint: disable=g-import-not-at-top
     try:
         run_model_server(options, server_config)
     except Exception as e:  # pylint: disable=broad-except

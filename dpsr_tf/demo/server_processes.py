@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dpsr_tf.serving import proxy_config
+from dpsr_tf.serving.proxy import config as proxy_config
 
 # The folder that holds the dpsr_tf package (the checkout, or site-packages): children import
 # dpsr_tf from it whatever their working directory and PYTHONPATH.

@@ -16,7 +16,7 @@ Four rankings of the same requests, scored by the same metrics:
 
 Fusing the global lists is what one unsharded servable returns; the proxy's merge of sharded
 hybrid servables re-fuses the shards' answers by their dense and lexical scores
-(dpsr_tf/serving/merge.py), which equals it whenever every item of the global lists survives its
+(dpsr_tf/serving/proxy/merge.py), which equals it whenever every item of the global lists survives its
 shard's own top k.
 """
 import dataclasses

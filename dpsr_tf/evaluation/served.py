@@ -9,7 +9,7 @@ Three full-corpus rankings of the same requests, scored by the same metrics:
             the FAISS index built by `dpsr index` (every shard, the index's own nprobe unless
             one is given), each shard's hits merged by max over heads with dedupe
             (dpsr_tf/search/head_merge.py, merge_heads_np = the servable's merge_heads), the shards
-            merged into one global top K by score (as dpsr_tf/serving/merge.py does).
+            merged into one global top K by score (as dpsr_tf/serving/proxy/merge.py does).
 
     out = evaluate_served_model("/models/m", "/indexes/m")     # soft-dot metrics + below
     out["served_recall@100"], out["recall_lost_to_max@100"], out["recall_lost_to_index@100"]
@@ -216,7 +216,7 @@ def check_index_embeddings(index_dir: str, item_emb: np.ndarray, item_ids: Seque
 
 def merge_shards_np(scores: Sequence[np.ndarray], rows: Sequence[np.ndarray],
                     k: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Global top k of the shards' answers, as the proxy merges them (dpsr_tf/serving/merge.py).
+    """Global top k of the shards' answers, as the proxy merges them (dpsr_tf/serving/proxy/merge.py).
 
     Shards hold disjoint items (open_served_index checks it), so the merge is a sort by score:
     stable, in shard order for ties, padding (row -1) dropped.

@@ -1,10 +1,9 @@
 """DPSR serving: a TF-Serving-API model server for DPSR SavedModels and the sharding proxy.
 
-docs/serving.md describes both programs (`dpsr serve`, `dpsr proxy`), their flags and config
-files; the table at its end maps each module here to its role.
+  model_server/  `dpsr serve`: servables, batching, the gRPC services and the REST gateway
+  proxy/         `dpsr proxy`: routing to replicas, fan-out to shards, the merge of their answers
+  the modules here are shared by both: errors and their gRPC codes, tensors and the wire
+  format, config files, gRPC call plumbing, start-up, metrics, gone clients.
+docs/serving.md describes both programs, their flags and config files; its last table maps each
+module to its role. This file imports nothing, so importing one module loads only what it needs.
 """
-from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server import ServerOptions, run_model_server
-from dpsr_tf.serving.proxy import ProxyOptions, run_proxy
-
-__all__ = ["ProxyOptions", "ServerOptions", "ServingError", "run_model_server", "run_proxy"]

@@ -26,7 +26,9 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("ranking", ("dpsr_tf.ranking",)),
     ("export", ("dpsr_tf.export",)),
     ("evaluation", ("dpsr_tf.evaluation",)),
-    ("serving", ("dpsr_tf.serving",)),
+    ("serving", ("dpsr_tf.serving",)),  # what the two servers share
+    # The model server and the proxy: neither imports the other.
+    ("servers", ("dpsr_tf.serving.model_server", "dpsr_tf.serving.proxy")),
     ("report", ("dpsr_tf.report",)),
     # Demo and synthetic data: only the CLI (and tests, benchmarks) use them.
     ("scaffolding", ("dpsr_tf.demo",)),
@@ -106,7 +108,12 @@ def _imports(module: str, path: str, modules: Dict[str, str]) -> List[Tuple[str,
 
 
 def _layer_of(module: str) -> Tuple[int, str]:
-    best = (-1, -1, "")
+    return _placement(module)[:2]
+
+
+def _placement(module: str) -> Tuple[int, str, str]:
+    """(rank, layer, the listed prefix that placed it): its longest listed prefix."""
+    best = (-1, -1, "", "")
     for rank, (layer, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
             if module == prefix or module.startswith(prefix + "."):
@@ -114,16 +121,16 @@ def _layer_of(module: str) -> Tuple[int, str]:
                 if prefix == PACKAGE and module != PACKAGE and module.count(".") > 1:
                     continue  # the package root names its own top-level modules only
                 if depth > best[0]:
-                    best = (depth, rank, layer)
+                    best = (depth, rank, layer, prefix)
     assert best[0] >= 0, f"{module} is in no layer of LAYERS: add it to the table"
-    return best[1], best[2]
+    return best[1], best[2], best[3]
 
 
 def _folder(module: str, modules: Dict[str, str]) -> str:
-    """The top-level folder of `module` (dpsr_tf for the package's own top-level modules)."""
-    is_package = modules.get(module, "").endswith("__init__.py")
-    parts = module.split(".") if is_package else module.split(".")[:-1]
-    return ".".join(parts[:2])
+    """The folder of `module` for the same-layer rule: the prefix of LAYERS that placed it
+    (dpsr_tf.serving.proxy and dpsr_tf.serving.model_server are two folders of one layer)."""
+    del modules
+    return _placement(module)[2]
 
 
 @functools.lru_cache(maxsize=None)

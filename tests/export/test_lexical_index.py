@@ -287,8 +287,8 @@ def test_fusion_config_is_validated():
 
 
 def test_proxy_merge_of_hybrid_shard_answers_refuses_them():
-    """dpsr_tf.serving.merge.merge_topk on two hybrid shard answers ranks by the re-fused pool."""
-    from dpsr_tf.serving import merge  # pylint: disable=import-outside-toplevel
+    """dpsr_tf.serving.proxy.merge.merge_topk on two hybrid shard answers ranks by the re-fused pool."""
+    from dpsr_tf.serving.proxy import merge  # pylint: disable=import-outside-toplevel
     cfg = fusion.FusionConfig(rrf_k=60, lexical_weight=1.0)
     rule = np.array([cfg.to_json().encode()], object)
     # Shard A holds a, b; shard B holds c. Dense: a 0.9 > c 0.8 > b 0.1; lexical: c 9 > b 5.

@@ -4,7 +4,7 @@ import pytest
 from tensorflow_serving.config import file_system_storage_path_source_pb2 as fs_pb2
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import proxy_config
+from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.errors import ServingError
 
 MODELS_CONFIG = """

@@ -21,7 +21,7 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from dpsr_tf.demo import server_processes as process
-from dpsr_tf.serving import proxy_config
+from dpsr_tf.serving.proxy import config as proxy_config
 from tests.support import toy_servable as ts
 from tests.support import waiting
 from tests.support.serving_testing import outputs, predict_request

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.evaluation.served import merge_shards_np
-from dpsr_tf.serving.merge import merge_topk
+from dpsr_tf.serving.proxy.merge import merge_topk
 
 NUM_ITEMS, NUM_SHARDS, BATCH, SHARD_K = 60, 3, 6, 7
 

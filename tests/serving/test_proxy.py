@@ -14,10 +14,10 @@ import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from dpsr_tf.demo import server_processes as process
-from dpsr_tf.serving import proxy_config
+from dpsr_tf.serving.proxy import config as proxy_config
 from tests.support import toy_servable as ts
 from tests.support import waiting
-from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
+from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 # Deadlines far apart, so the tests see which one applied by the answer, not by a stopwatch

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from dpsr_tf.serving import merge, proxy, proxy_config, tensors
+from dpsr_tf.serving.proxy import merge, server as proxy, config as proxy_config
+from dpsr_tf.serving import tensors
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 _SERVICE = "tensorflow.serving.PredictionService"

@@ -1,10 +1,10 @@
-"""The proxy's replica health rule (outlier ejection, dpsr_tf/serving/routing.py) and hedge
+"""The proxy's replica health rule (outlier ejection, dpsr_tf/serving/proxy/routing.py) and hedge
 delay (proxy_config.HedgePolicy), step by step against the documented rule."""
 import asyncio
 
 import pytest
 
-from dpsr_tf.serving import proxy_config, routing
+from dpsr_tf.serving.proxy import config as proxy_config, routing
 
 POLICY = proxy_config.OutlierPolicy(consecutive_failures=3, base_ejection_s=1.0,
                                     max_ejection_s=5.0)

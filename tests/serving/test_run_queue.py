@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED, WAIT,
+from dpsr_tf.serving.model_server.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED, WAIT,
                                        FairRunQueue)
 
 

@@ -1,4 +1,4 @@
-"""Shard answers checked against the request before parsing (dpsr_tf/serving/shard_answers.py):
+"""Shard answers checked against the request before parsing (dpsr_tf/serving/proxy/shard_answers.py):
 shapes read from the wire equal the parsed message's, and the refusal rules."""
 import grpc
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from dpsr_tf.serving import shard_answers, tensors
+from dpsr_tf.serving.proxy import shard_answers
+from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
 from tests.support.serving_testing import predict_request
 

@@ -5,7 +5,7 @@ import pytest
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf.demo import server_processes as process
-from dpsr_tf.serving.model_server import ServerOptions, server_arguments
+from dpsr_tf.serving.model_server.server import ServerOptions, server_arguments
 from tests.support.serving_testing import outputs, predict_request
 
 REUSE = "--grpc_channel_arguments=grpc.so_reuseport=1"

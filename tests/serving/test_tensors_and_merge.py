@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dpsr_tf.serving import merge, tensors
+from dpsr_tf.serving.proxy import merge
+from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
 
 

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving.manager import ManagerOptions, VersionManager, version_number
+from dpsr_tf.serving.model_server.manager import ManagerOptions, VersionManager, version_number
 
 
 class _FakeServable:
@@ -99,7 +99,7 @@ def test_failing_scan_of_one_model_is_logged_once(tmp_path, caplog, monkeypatch)
     manager = VersionManager(ManagerOptions(file_system_poll_wait_seconds=0), _Loader())
     config = _config([("a", a), ("b", b)])
     manager.set_config(config)
-    from dpsr_tf.serving import manager as manager_module
+    from dpsr_tf.serving.model_server import manager as manager_module
     real_scan = manager_module._scan  # pylint: disable=protected-access
 
     def scan(base_path, *args):

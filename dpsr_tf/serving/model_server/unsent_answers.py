@@ -16,7 +16,7 @@ reads its answers) is served as usual.
 import grpc
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.run_queue import WAIT
+from dpsr_tf.serving.model_server.run_queue import WAIT
 
 
 class UnsentAnswers:

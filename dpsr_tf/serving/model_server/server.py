@@ -5,10 +5,7 @@ NOT_SERVING), lets in-flight requests finish, and unloads every version.
 """
 import asyncio
 import dataclasses
-import gc
-import json
 import logging
-import os
 import threading
 from typing import Optional
 
@@ -17,10 +14,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving.grpc_services import (InFlight, ModelServicer, PredictionServicer,
-                                            add_servicer, serve_until_signal)
-from dpsr_tf.serving.rest import RestGateway
-from dpsr_tf.serving.server_core import CoreOptions, ServerCore
+from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
+from dpsr_tf.serving.model_server.grpc_services import ModelServicer, PredictionServicer
+from dpsr_tf.serving.startup import bind_grpc, freeze_heap, grpc_address, write_port_file
+from dpsr_tf.serving.model_server.rest import RestGateway
+from dpsr_tf.serving.model_server.server_core import CoreOptions, ServerCore
 
 _LOG = logging.getLogger("serving.model_server")
 SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
@@ -74,10 +72,6 @@ class ServerOptions:
     enable_profiler: bool = True
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def server_arguments(opts: ServerOptions) -> list:
     """The gRPC server's arguments: the defaults, each replaced by a --grpc_channel_arguments
     value of the same key (gRPC keeps the first of two equal keys, so the user's would be
@@ -88,43 +82,6 @@ def server_arguments(opts: ServerOptions) -> list:
             "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
     args.update(opts.grpc_channel_arguments)
     return list(args.items())
-
-
-def bind_grpc(server, host: str, port: int, ssl) -> int:
-    """Binds a grpc.aio server to host:port (TLS when `ssl` is an SSL config) and returns the
-    bound port; a failed bind is an OSError naming the address. Shared by server and proxy."""
-    address = _address(host, port)
-    try:
-        if ssl is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(ssl.server_key, ssl.server_cert)], root_certificates=ssl.custom_ca,
-                require_client_auth=ssl.client_verify)
-            bound = server.add_secure_port(address, credentials)
-        else:
-            bound = server.add_insecure_port(address)
-    except RuntimeError as e:  # grpc reports a failed bind this way
-        what = ("in use, or the TLS certificate or key was refused?" if ssl is not None
-                else "in use?")
-        raise OSError(f"cannot bind gRPC to {address} ({what}): {e}") from e
-    if not bound:
-        raise OSError(f"cannot bind gRPC to {address}")
-    return bound
-
-
-def freeze_heap() -> None:
-    """Moves every object alive after start-up (TensorFlow's modules, the loaded graphs: about
-    a million) out of the garbage collector's view. Without it a full collection, which the
-    garbage of many requests triggers every few seconds, walks them all and stalls every
-    request for about 0.1 s."""
-    gc.collect()
-    gc.freeze()
-
-
-def write_port_file(path: str, **ports) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(dict(ports, pid=os.getpid()), f)
-    os.replace(tmp, path)
 
 
 class _ConfigFilePoller:
@@ -202,7 +159,7 @@ class ModelServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         if opts.enable_profiler:
-            from dpsr_tf.serving import profiler_service  # pylint: disable=g-import-not-at-top
+            from dpsr_tf.serving.model_server import profiler_service  # pylint: disable=g-import-not-at-top
             self._grpc.add_generic_rpc_handlers((profiler_service.ProfilerService().handler(),))
         self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
         if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
@@ -232,13 +189,13 @@ class ModelServer:
             _LOG.warning("HandleReloadConfigRequest is accepted from anyone who can reach %s "
                          "(it can unload every model); pass --allow_reload_config_request=false "
                          "unless a trusted network or TLS with client_verify guards the port "
-                         "(docs/serving.md, Security)", _address(opts.host, self.grpc_port))
-        _LOG.info("Running gRPC ModelServer at %s ...", _address(opts.host, self.grpc_port))
+                         "(docs/serving.md, Security)", grpc_address(opts.host, self.grpc_port))
+        _LOG.info("Running gRPC ModelServer at %s ...", grpc_address(opts.host, self.grpc_port))
         if opts.grpc_socket_path:
             _LOG.info("Running gRPC ModelServer at UNIX socket %s ...", opts.grpc_socket_path)
         if self._rest is not None:
             _LOG.info("Exporting HTTP/REST API at:%s ...",
-                      _address(opts.host, self.rest_api_port))
+                      grpc_address(opts.host, self.rest_api_port))
         if opts.port_file:
             write_port_file(opts.port_file, grpc_port=self.grpc_port,
                             rest_api_port=self.rest_api_port or 0)

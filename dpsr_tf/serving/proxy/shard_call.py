@@ -1,8 +1,8 @@
 """One proxy call to one shard: replica choice, hedging and failover.
 
-The rule (knobs in the ProxyConfig; dpsr_tf/serving/proxy_config.py HedgePolicy):
+The rule (knobs in the ProxyConfig; dpsr_tf/serving/proxy/config.py HedgePolicy):
 
-* The call goes to the least-loaded replica in rotation (dpsr_tf/serving/routing.py).
+* The call goes to the least-loaded replica in rotation (dpsr_tf/serving/proxy/routing.py).
 * Hedging: if that attempt has not answered after the hedge delay, the same call also goes to
   the next replica in rotation (never to an ejected one), and so on; the first good answer is
   returned and the other attempts are cancelled. An attempt that was hedged past and lost
@@ -25,10 +25,10 @@ from typing import Callable, Dict, Optional
 
 import grpc
 
-from dpsr_tf.serving import proxy_config
+from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.metrics import ProxyMetrics
-from dpsr_tf.serving.routing import Replica, Route
+from dpsr_tf.serving.proxy.routing import Replica, Route
 
 CLIENT_ERRORS = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,

@@ -17,17 +17,17 @@ from google.protobuf import any_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, regression_pb2)
 
-from dpsr_tf.serving import inference, warmup
+from dpsr_tf.serving.model_server import inference, warmup
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.manager import ManagerOptions, VersionManager
-from dpsr_tf.serving.batching import BatchScheduler
+from dpsr_tf.serving.model_server.manager import ManagerOptions, VersionManager
+from dpsr_tf.serving.model_server.batching import BatchScheduler
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
-from dpsr_tf.serving.predict import RequestLimits, build_response, prepare_predict
-from dpsr_tf.serving.run_queue import STARTED, FairRunQueue
-from dpsr_tf.serving.unsent_answers import UnsentAnswers
-from dpsr_tf.serving.servable import SavedModelServable, SessionOptions
-from dpsr_tf.serving.servable_factory import new_servable
+from dpsr_tf.serving.model_server.predict import RequestLimits, build_response, prepare_predict
+from dpsr_tf.serving.model_server.run_queue import STARTED, FairRunQueue
+from dpsr_tf.serving.model_server.unsent_answers import UnsentAnswers
+from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
+from dpsr_tf.serving.model_server.servable_factory import new_servable
 
 _LOG = logging.getLogger("serving.core")
 

@@ -21,7 +21,7 @@
     disable_hedging: false               # true: a second replica only after the first fails
 
 A model with one shard is routed (load balancing and failover over its replicas); a model with
-several shards is fanned out and merged into one global top-K (dpsr_tf/serving/merge.py).
+several shards is fanned out and merged into one global top-K (dpsr_tf/serving/proxy/merge.py).
 """
 import dataclasses
 from typing import Dict, Tuple
@@ -73,7 +73,7 @@ class RouteSpec:
 
 @dataclasses.dataclass(frozen=True)
 class OutlierPolicy:
-    """When a replica leaves the rotation (rule: dpsr_tf/serving/routing.py).
+    """When a replica leaves the rotation (rule: dpsr_tf/serving/proxy/routing.py).
 
     Attributes:
       consecutive_failures: timeouts or lost hedges in a row that eject a replica.

@@ -1,14 +1,14 @@
 """The DPSR proxy (paper section 5.2.2): one PredictionService endpoint in front of many servers.
 
-For each model (dpsr_tf/serving/proxy_config.py) it knows the shards and, per shard, the replicas that
+For each model (dpsr_tf/serving/proxy/config.py) it knows the shards and, per shard, the replicas that
 hold it. A Predict call is sent to one replica of every shard at once, hedged to another replica
 of a shard that is slow to answer and failed over from one that fails
-(dpsr_tf/serving/shard_call.py); replicas that keep failing or timing out leave the rotation for a
-while (outlier ejection, dpsr_tf/serving/routing.py). Each shard answer is checked against the
-request before it is parsed (dpsr_tf/serving/shard_answers.py); the answers are merged into one
-global top-K (dpsr_tf/serving/merge.py), in a worker thread when the merge is large, so that
+(dpsr_tf/serving/proxy/shard_call.py); replicas that keep failing or timing out leave the rotation for a
+while (outlier ejection, dpsr_tf/serving/proxy/routing.py). Each shard answer is checked against the
+request before it is parsed (dpsr_tf/serving/proxy/shard_answers.py); the answers are merged into one
+global top-K (dpsr_tf/serving/proxy/merge.py), in a worker thread when the merge is large, so that
 the event loop keeps serving other calls. One client connection may have at most
-max_concurrent_calls_per_peer calls in flight (dpsr_tf/serving/peer_limits.py).
+max_concurrent_calls_per_peer calls in flight (dpsr_tf/serving/proxy/peer_limits.py).
 
 Deadlines: each request gets min(client deadline, model deadline_ms); shards must answer by
 the shard deadline (shard_deadline_ms, at most 80% of the request's budget), so a shard that is
@@ -34,16 +34,17 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import merge, proxy_config, shard_answers, tensors
+from dpsr_tf.serving.proxy import merge, config as proxy_config, shard_answers
+from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError, truncate
-from dpsr_tf.serving.grpc_services import (DRAINING, InFlight, add_servicer, client_timeout,
-                                            serve_until_signal)
+from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, add_servicer, client_timeout,
+                                        serve_until_signal)
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
-from dpsr_tf.serving.model_server import _address, bind_grpc, freeze_heap, write_port_file
-from dpsr_tf.serving.peer_limits import PeerLimiter
-from dpsr_tf.serving.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
-from dpsr_tf.serving.shard_call import CLIENT_ERRORS, ShardCaller
+from dpsr_tf.serving.startup import bind_grpc, freeze_heap, grpc_address, write_port_file
+from dpsr_tf.serving.proxy.peer_limits import PeerLimiter
+from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
+from dpsr_tf.serving.proxy.shard_call import CLIENT_ERRORS, ShardCaller
 
 _LOG = logging.getLogger("serving.proxy")
 PARTIAL_OUTPUT = "partial"
@@ -74,7 +75,7 @@ class ProxyOptions:
         in turn. A server of several processes sharing one port (SO_REUSEPORT) gets each
         connection to one process, so give it several per process.
       max_concurrent_calls_per_peer: calls one client connection may have in flight; more are
-        answered RESOURCE_EXHAUSTED (dpsr_tf/serving/peer_limits.py). 0: no limit.
+        answered RESOURCE_EXHAUSTED (dpsr_tf/serving/proxy/peer_limits.py). 0: no limit.
     """
 
     host: str = "127.0.0.1"
@@ -441,7 +442,7 @@ class ProxyServer:
         freeze_heap()
         for service in ("", "tensorflow.serving.PredictionService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        _LOG.info("Running DPSR proxy at %s", _address(opts.host, self.grpc_port))
+        _LOG.info("Running DPSR proxy at %s", grpc_address(opts.host, self.grpc_port))
         if opts.port_file:
             write_port_file(opts.port_file, grpc_port=self.grpc_port,
                             rest_api_port=self.rest_api_port or 0)

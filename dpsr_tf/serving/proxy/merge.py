@@ -10,7 +10,7 @@ Hybrid servables (dpsr_tf/export/servable_graph.py) also answer dense_scores, le
 fusion_rule: their entries are re-fused over the pool (dpsr_tf/search/fusion.py refuse_np), so the
 merged list ranks by the global dense and lexical lists, not by each shard's own ranks.
 
-Shard answers reach the merge only after dpsr_tf/serving/shard_answers.py found them no larger
+Shard answers reach the merge only after dpsr_tf/serving/proxy/shard_answers.py found them no larger
 than the request could need.
 """
 from typing import Dict, List, Optional, Sequence

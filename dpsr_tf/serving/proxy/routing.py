@@ -1,6 +1,6 @@
 """The proxy's replicas and their health: which replica of a shard gets a call.
 
-Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy_config.py):
+Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy/config.py):
 
 * A replica is *ejected* (taken out of rotation) after `outlier_consecutive_failures`
   consecutive failures, where a failure is a call that timed out, a call that was still
@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 import grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from dpsr_tf.serving import proxy_config
+from dpsr_tf.serving.proxy import config as proxy_config
 
 _MIN_LATENCY_SAMPLES = 20  # below this the hedge delay is the budget fraction alone
 _LATENCY_WINDOW = 128

@@ -1,0 +1,163 @@
+"""gRPC services of the model server (grpc.aio): PredictionService and ModelService.
+
+Each handler calls ServerCore and turns a ServingError into the same gRPC status code with a
+truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
+in a thread so the event loop keeps serving Predict. The call plumbing (safe decoding, aborts
+without reference cycles, draining) is dpsr_tf/serving/grpc_calls.py, shared with the proxy.
+"""
+import asyncio
+import logging
+import time
+
+import grpc
+from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grpc,
+                                     prediction_service_pb2_grpc)
+
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, abort, client_timeout, outcome,
+                                        plain_error)
+from dpsr_tf.serving.model_server.predict import declared_elements
+from dpsr_tf.serving.model_server.run_queue import FairRunQueue
+
+_LOG = logging.getLogger("serving.grpc")
+# Requests up to this size are validated and converted on the event loop (tens of
+# microseconds); larger ones in a thread, so that no request can stall the loop.
+_INLINE_MAX_ELEMENTS = 4096
+_INLINE_MAX_BYTES = 64 << 10
+
+
+class _Canceller:
+    """A call's done-callback that cancels `future` (the request's run) unless cleared."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future):
+        self.future = future
+
+    def __call__(self, _context) -> None:
+        if self.future is not None:
+            self.future.cancel()
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService over a ServerCore.
+
+    Args:
+      core: ServerCore (its `unsent` budget counts the answers clients have not read).
+      in_flight: InFlight of the server.
+    """
+
+    def __init__(self, core, in_flight: InFlight):
+        self._core = core
+        self._in_flight = in_flight
+        self._unsent = core.unsent
+        # Large requests are validated and converted here, clients in turn; one whose client
+        # gave up before its turn is dropped unread.
+        self._decode = FairRunQueue(2, core.options.max_queued_requests,
+                                    core.options.max_queued_requests_per_client,
+                                    thread_name="decode")
+
+    def _predict_now(self, request, context, client):
+        return self._core.predict(request, client_timeout(context), "GRPC", client)
+
+    async def Predict(self, request, context):
+        if not self._in_flight.track(context):
+            return await abort(context, DRAINING)
+        client = context.peer()
+        refusal = self._unsent.refusal(client)
+        if refusal is not None:
+            return await abort(context, refusal)
+        if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
+                and request.ByteSize() <= _INLINE_MAX_BYTES):
+            future = self._predict_now(request, context, client)
+        else:  # validation and conversion of a large request: off the loop
+            timeout = client_timeout(context)
+            try:
+                decoding = self._decode.submit(
+                    client, self._predict_now, (request, context, client),
+                    None if timeout is None else time.monotonic() + timeout)
+            except ServingError as e:
+                return await abort(context, plain_error(e))
+            future, error = await outcome(decoding)
+            decoding = None
+            if error is not None:
+                return await abort(context, error)
+        # A client that cancels (or whose deadline passes) drops the run if it has not started.
+        canceller = _Canceller(future)
+        context.add_done_callback(canceller)
+        response, error = await outcome(future)
+        canceller.future = future = None  # a call held until its client reads keeps only this
+        if error is None:
+            error = self._unsent.refusal(client)  # over the total budget: drop, not hold
+        if error is not None:
+            response = None
+            return await abort(context, error)
+        self._unsent.hold(context, client, response.ByteSize())
+        return response
+
+    async def _blocking(self, context, fn, *args):
+        if not self._in_flight.track(context):
+            return await abort(context, DRAINING)
+        response, error = await outcome(
+            asyncio.get_running_loop().run_in_executor(None, fn, *args))
+        if error is not None:
+            return await abort(context, error)
+        return response
+
+    async def GetModelMetadata(self, request, context):
+        return await self._blocking(context, self._core.get_model_metadata, request)
+
+    async def Classify(self, request, context):
+        return await self._blocking(context, self._core.classify, request,
+                                    client_timeout(context))
+
+    async def Regress(self, request, context):
+        return await self._blocking(context, self._core.regress, request,
+                                    client_timeout(context))
+
+    async def MultiInference(self, request, context):
+        return await self._blocking(context, self._core.multi_inference, request,
+                                    client_timeout(context))
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService: GetModelStatus and HandleReloadConfigRequest.
+
+    Args:
+      core: ServerCore.
+      allow_reload: False refuses HandleReloadConfigRequest with PERMISSION_DENIED.
+      on_reload: optional callback(config) after a successful reload.
+    """
+
+    def __init__(self, core, allow_reload: bool = True, on_reload=None):
+        self._core = core
+        self._allow_reload = allow_reload
+        self._on_reload = on_reload
+
+    async def GetModelStatus(self, request, context):
+        error = None
+        try:
+            return self._core.get_model_status(request)
+        except ServingError as e:
+            error = plain_error(e)
+        return await abort(context, error)
+
+    async def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        error = None
+        if not self._allow_reload:
+            error = ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                                 "this server refuses HandleReloadConfigRequest "
+                                 "(--allow_reload_config_request=false)")
+        else:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self._core.reload_config, request.config)
+                if self._on_reload is not None:
+                    self._on_reload(request.config)
+            except ServingError as e:
+                error = plain_error(e)
+        if error is not None:
+            _LOG.error("HandleReloadConfigRequest failed: %s", error)
+            return await abort(context, error)
+        return response

@@ -1,0 +1,49 @@
+"""Start-up plumbing shared by the model server and the proxy: binding the gRPC port, the
+port file a supervisor reads, and freezing the start-up heap out of the garbage collector."""
+import gc
+import json
+import os
+
+import grpc
+
+
+def grpc_address(host: str, port: int) -> str:
+    """host:port, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_grpc(server, host: str, port: int, ssl) -> int:
+    """Binds a grpc.aio server to host:port (TLS when `ssl` is an SSL config) and returns the
+    bound port; a failed bind is an OSError naming the address. Shared by server and proxy."""
+    address = grpc_address(host, port)
+    try:
+        if ssl is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(ssl.server_key, ssl.server_cert)], root_certificates=ssl.custom_ca,
+                require_client_auth=ssl.client_verify)
+            bound = server.add_secure_port(address, credentials)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as e:  # grpc reports a failed bind this way
+        what = ("in use, or the TLS certificate or key was refused?" if ssl is not None
+                else "in use?")
+        raise OSError(f"cannot bind gRPC to {address} ({what}): {e}") from e
+    if not bound:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return bound
+
+
+def freeze_heap() -> None:
+    """Moves every object alive after start-up (TensorFlow's modules, the loaded graphs: about
+    a million) out of the garbage collector's view. Without it a full collection, which the
+    garbage of many requests triggers every few seconds, walks them all and stalls every
+    request for about 0.1 s."""
+    gc.collect()
+    gc.freeze()
+
+
+def write_port_file(path: str, **ports) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(dict(ports, pid=os.getpid()), f)
+    os.replace(tmp, path)
