@@ -168,7 +168,7 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
 
 def _write_train_time(train: TrainConfig, estimator, seconds: float) -> None:
     """<model_dir>/train_time.json: wall seconds of this `dpsr train` process (the report's
-    Table 2 time column) and the step it ended at."""
+    Table 2 time column) and the checkpoint it left (the best one under early stopping)."""
     import json  # pylint: disable=import-outside-toplevel
     latest = estimator.latest_checkpoint()
     with tf.io.gfile.GFile(os.path.join(train.model_dir, TRAIN_TIME_FILE), "w") as f:

@@ -1,5 +1,6 @@
 """Early stopping, the default training length: the rule on hand-worked sequences, and a real
 tiny training run whose stop step is recomputed from its recorded validation history."""
+import json
 import os
 
 import pytest
@@ -66,6 +67,8 @@ def test_tiny_run_stops_where_the_rule_says(tiny_layout, tmp_path):
     assert best["global_step"] == steps[best_index]
     # Export / index / evaluate read the checkpoint state: it names the best evaluation's.
     assert tf.train.latest_checkpoint(model_dir).endswith(f"model.ckpt-{steps[best_index]}")
+    with open(os.path.join(model_dir, driver.TRAIN_TIME_FILE), encoding="utf-8") as f:
+        assert json.load(f)["checkpoint"].endswith(f"model.ckpt-{steps[best_index]}")
 
 
 def test_pseudo_query_schedule_needs_a_fixed_length(tiny_layout, tmp_path):
