@@ -65,7 +65,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.tree))
-    from dpsr_tf.serving import process  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.demo import server_processes as process  # pylint: disable=import-outside-toplevel
     from tests.support import serving_testing as st  # pylint: disable=import-outside-toplevel
     from tests.support import toy_servable as ts  # pylint: disable=import-outside-toplevel
     assert process.__file__.startswith(os.path.abspath(args.tree)), process.__file__
