@@ -43,7 +43,8 @@ def load_rewriter(model_dir: str) -> Tuple[RewriterConfig, units_lib.UnitVocab, 
     return cfg, vocab, body
 
 
-def train_rewriter(layout_dir: str, model_dir: str, cfg: RewriterConfig, max_units: int = 4000,
+def train_rewriter(layout_dir: str, model_dir: str, cfg: RewriterConfig,
+                   max_units: int = 4000,
                    log_every: int = 100, save_every: int = 500,
                    log: Callable[[str], None] = print) -> Dict[str, float]:
     """Trains (or resumes) a rewriter on the layout's train pairs; returns the final losses on
