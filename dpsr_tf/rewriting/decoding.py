@@ -142,11 +142,15 @@ def sample(step: StepFn, num_sources: int, max_len: int, num_samples: int, seed:
 
 def _cut(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
     """[V] probabilities of the kept units (top_k, then nucleus top_p), 0 elsewhere."""
-    order = np.argsort(-logits, kind="stable")
-    finite = np.isfinite(logits[order])
-    order = order[finite]
-    if top_k:
-        order = order[:top_k]
+    if top_k and top_k < len(logits):
+        # Same set and order as a full stable sort cut at top_k, in O(V): ties at the cut
+        # keep the lower unit ids.
+        threshold = np.partition(-logits, top_k - 1)[top_k - 1]
+        candidates = np.flatnonzero(-logits <= threshold)
+        order = candidates[np.argsort(-logits[candidates], kind="stable")][:top_k]
+    else:
+        order = np.argsort(-logits, kind="stable")
+    order = order[np.isfinite(logits[order])]
     kept = logits[order]
     p = np.exp(kept - kept.max())
     p /= p.sum()
