@@ -22,6 +22,17 @@ from dpsr_tf.export.rewrite_merge import RewriteConfig, merge_np
 from dpsr_tf.rewriting import table as table_lib
 
 
+def _first_requests(eval_set, n: int):
+    """The EvalSet of the first n requests."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    end = int(eval_set.relevant_splits[n])
+    return dataclasses.replace(
+        eval_set, queries=list(eval_set.queries[:n]), query_rows=eval_set.query_rows[:n],
+        user_rows=eval_set.user_rows[:n], history_ends=eval_set.history_ends[:n],
+        relevant_splits=eval_set.relevant_splits[:n + 1],
+        relevant_rows=eval_set.relevant_rows[:end], relevant_gains=eval_set.relevant_gains[:end])
+
+
 def rewrite_texts(queries: List[str], table: Dict[str, list], max_rewrites: int) -> List[list]:
     """[Q][<= max_rewrites] the table's first rewrites of each query (by normalized key)."""
     return [[r for r, _ in table.get(table_lib.normalize_query(q), [])][:max_rewrites]
@@ -47,13 +58,19 @@ def merged_lexical_lists(searcher: LexicalSearcher, queries: List[str], rewrites
 def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
                       cfg: RewriteConfig = RewriteConfig(), split: str = "eval",
                       dense: Optional[tuple] = None, fusion: FusionConfig = FusionConfig(),
-                      k: int = 1000, recall_ks=(10, 100, 1000), num_examples: int = 8) -> dict:
+                      k: int = 1000, recall_ks=(10, 100, 1000), num_examples: int = 8,
+                      max_requests: int = 0) -> dict:
     """Metrics of "lexical", "lexical+rewrites" (and "hybrid", "hybrid+rewrites" given dense
     = ([Q, k] scores, [Q, k] rows) of the served dense list of the split's requests), plus
-    coverage, drift and examples (module docstring)."""
+    coverage, drift and examples (module docstring). max_requests > 0 keeps the split's
+    first requests only (and the first rows of dense)."""
     cfg.validate()
     spec = layout_lib.load_layout_spec(layout_dir)
     eval_set = layout_lib.load_eval_set(spec, split)
+    if max_requests and max_requests < len(eval_set.queries):
+        eval_set = _first_requests(eval_set, max_requests)
+        if dense is not None:
+            dense = (dense[0][:max_requests], dense[1][:max_requests])
     item_ids = layout_lib.load_item_ids(spec)
     titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
     searcher = LexicalSearcher(index_dir, item_ids)
