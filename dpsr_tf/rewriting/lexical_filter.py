@@ -13,7 +13,8 @@ def lexical_hit_fn(index_dir: str) -> Callable[[List[str]], np.ndarray]:
     ids = []
     for info in manifest.shards:
         _, ids_file = manifest.shard_paths(index_dir, info.shard)
-        ids += index_layout.read_id_map(ids_file, expected_count=info.num_items)
+        ids.extend(str(i) for i in index_layout.read_id_map(ids_file,
+                                                             expected_count=info.num_items))
     searcher = LexicalSearcher(index_dir, ids)
 
     def has_hits(texts):
