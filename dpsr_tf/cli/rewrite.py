@@ -30,6 +30,7 @@ _TOP_K = flags.DEFINE_integer("top_k", 20, "Sampling: the k most probable units 
 _TOP_P = flags.DEFINE_float("top_p", 0.9, "Sampling: nucleus mass.")
 _TEMP = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_NO_REPEAT = flags.DEFINE_bool("no_repeat", True, "A rewrite never repeats a unit.")
 flags.mark_flags_as_required(["rewriter_dir", "output"])
 
 
@@ -57,7 +58,8 @@ def main(argv):
     from dpsr_tf.rewriting import generate, table
     try:
         decode = generate.DecodeConfig(_STRATEGY.value, _NUM.value, _TITLE_BEAM.value,
-                                       _TOP_K.value, _TOP_P.value, _TEMP.value, _SEED.value)
+                                       _TOP_K.value, _TOP_P.value, _TEMP.value, _SEED.value,
+                                       _NO_REPEAT.value)
         decode.validate()
         queries = _queries()
         has_hits = None

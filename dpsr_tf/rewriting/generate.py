@@ -33,6 +33,8 @@ class DecodeConfig:
       num_rewrites: candidates decoded per query (beam: beam width and returned hypotheses).
       title_beam: beam width of the forward model's title search (the best title is kept).
       top_k, top_p, temperature, seed: sampling settings (decoding.sample).
+      no_repeat: a rewrite never repeats a unit (BM25 gains nothing from a repeated word, and
+        a small model otherwise loops on its most likely one).
     """
     strategy: str = "sample"
     num_rewrites: int = 8
@@ -41,6 +43,7 @@ class DecodeConfig:
     top_p: float = 0.9
     temperature: float = 1.0
     seed: int = 0
+    no_repeat: bool = True
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -85,10 +88,15 @@ class Rewriter:
             self._session = tf.compat.v1.Session(graph=self._graph)
             saver.restore(self._session, ckpt)
 
-    def _step_fn(self, direction: str, sources: np.ndarray) -> decoding.StepFn:
+    def _step_fn(self, direction: str, sources: np.ndarray,
+                 no_repeat: bool = False) -> decoding.StepFn:
         def step(rows, prefixes):
-            return self._session.run(self._next[direction], {
+            logp = self._session.run(self._next[direction], {
                 self._source: sources[rows], self._prefix: prefixes}).astype(np.float64)
+            if no_repeat:
+                # Units already in a prefix (BOS and PAD are masked by decoding anyway).
+                np.put_along_axis(logp, prefixes.astype(np.int64), -np.inf, axis=1)
+            return logp
         return step
 
     def rewrite(self, queries: Sequence[str], decode: DecodeConfig = DecodeConfig(),
@@ -107,7 +115,7 @@ class Rewriter:
             for i, hyps in enumerate(titles):
                 ids = list(hyps[0].units)[:cfg.title_len - 1] + [units_lib.EOS]
                 title_ids[i, :len(ids)] = ids
-            backward = self._step_fn("backward", title_ids)
+            backward = self._step_fn("backward", title_ids, decode.no_repeat)
             n, max_len = len(batch), cfg.query_len - 1
             if decode.strategy == "greedy":
                 found = [[h] for h in decoding.greedy(backward, n, max_len)]
@@ -135,9 +143,10 @@ class Rewriter:
 
 
 def same_units(a: str, b: str) -> bool:
-    """Whether two texts have the same unit sequence (case and punctuation aside)."""
+    """Whether two texts have the same set of units (case, punctuation, order and repeats
+    aside): BM25 ranks them alike, so such a rewrite adds nothing."""
     ka, kb = units_lib.unit_keys([a, b])
-    return ka == kb
+    return set(ka) == set(kb)
 
 
 def filter_rewrites(rows: Sequence[QueryRewrites], has_hits: Optional[Callable[[List[str]],

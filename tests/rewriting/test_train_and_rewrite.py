@@ -59,11 +59,13 @@ def test_greedy_rewrites_equal_argmax_of_the_restored_model(trained):
     src = vocab.encode(queries, cfg.query_len)
     for i, row in enumerate(got):
         # Reference: argmax decoding by hand over the same step function, title then query.
-        def argmax_decode(step, max_len):
+        def argmax_decode(step, max_len, no_repeat=False):
             prefix = [1]
             for t in range(max_len):
                 logp = step(np.array([0]), np.array([prefix], np.int32))[0]
                 logp[[0, 1, 3]] = -np.inf
+                if no_repeat:   # the default DecodeConfig.no_repeat
+                    logp[prefix] = -np.inf
                 if t == 0:
                     logp[2] = -np.inf
                 u = int(np.argmax(logp))
@@ -75,7 +77,8 @@ def test_greedy_rewrites_equal_argmax_of_the_restored_model(trained):
         assert row.title == vocab.decode(title)
         title_ids = np.zeros([1, cfg.title_len], np.int32)
         title_ids[0, :len(title) + 1] = title + [2]
-        query = argmax_decode(rewriter._step_fn("backward", title_ids), cfg.query_len - 1)
+        query = argmax_decode(rewriter._step_fn("backward", title_ids), cfg.query_len - 1,
+                              no_repeat=True)
         assert [r.text for r in row.rewrites] == [vocab.decode(query)]
 
 
