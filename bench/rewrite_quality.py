@@ -17,7 +17,7 @@ _INDEX = flags.DEFINE_string("index_dir", None, "Index build with a lexical inde
 _TABLES = flags.DEFINE_list("rewrites", None, "Rewrite tables.")
 _MODEL = flags.DEFINE_string("model_dir", None, "DPSR model of the index build (hybrid rows).")
 _MAX = flags.DEFINE_integer("max_rewrites", 3, "Rewrites searched per query.")
-_WEIGHTS = flags.DEFINE_list("rewrite_weight", ["0.8"], "Factors on rewrite BM25 scores.")
+_WEIGHTS = flags.DEFINE_list("rewrite_weight", ["0.3"], "Factors on rewrite BM25 scores.")
 _SPLIT = flags.DEFINE_string("split", "eval", "Layout split.")
 _MAX_REQ = flags.DEFINE_integer("max_requests", 0, "Only the split's first N requests (0 = all).")
 flags.mark_flags_as_required(["layout_dir", "index_dir", "rewrites"])

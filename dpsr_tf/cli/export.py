@@ -55,7 +55,7 @@ _REWRITES = flags.DEFINE_string(
     "index with each query's rewrites (docs/rewriting.md). Hybrid servables only.")
 _MAX_REWRITES = flags.DEFINE_integer("max_rewrites", 3, "Rewrites of a query searched per "
                                      "request (the table's first ones).")
-_REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.8, "Factor on a rewrite's BM25 "
+_REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.3, "Factor on a rewrite's BM25 "
                                      "scores in the merged lexical list, in (0, 1].")
 flags.mark_flags_as_required(["model_dir", "export_base"])
 FUSION_FLAGS = ("fusion", "rrf_k", "dense_weight", "lexical_weight", "lexical_k",

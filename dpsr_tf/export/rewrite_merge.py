@@ -30,7 +30,7 @@ class RewriteConfig:
         ranks under an equally scored hit of the query itself.
     """
     max_rewrites: int = 3
-    rewrite_weight: float = 0.8
+    rewrite_weight: float = 0.3
 
     def validate(self) -> None:
         if not 1 <= self.max_rewrites <= 16:
