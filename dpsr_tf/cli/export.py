@@ -15,6 +15,7 @@ from absl import flags
 from dpsr_tf.cli import fusion_flags
 from dpsr_tf.indexing import index_layout, joint_pq_index
 from dpsr_tf.export.saved_model_export import export_all_shards
+from dpsr_tf.search.rewrite_merge import RewriteConfig
 from dpsr_tf.export.servable_graph import ServableConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
@@ -49,6 +50,13 @@ _CHOOSE_FUSION = flags.DEFINE_bool(
     "choose_fusion", True, "Choose a hybrid servable's fusion on the layout's eval split (the "
     "best of a grid that includes dense only and lexical only); off when any fusion flag is "
     "given.")
+_REWRITES = flags.DEFINE_string(
+    "rewrites", None, "A rewrite table (dpsr rewrite): the servable also searches the lexical "
+    "index with each query's rewrites (docs/rewriting.md). Hybrid servables only.")
+_MAX_REWRITES = flags.DEFINE_integer("max_rewrites", 3, "Rewrites of a query searched per "
+                                     "request (the table's first ones).")
+_REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.3, "Factor on a rewrite's BM25 "
+                                     "scores in the merged lexical list, in (0, 1].")
 flags.mark_flags_as_required(["model_dir", "export_base"])
 FUSION_FLAGS = ("fusion", "rrf_k", "dense_weight", "lexical_weight", "lexical_k",
                 "lexical_min_score")
@@ -80,13 +88,15 @@ def main(argv):
         servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
                                   max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
-                                  mmap_index=_MMAP.value, fusion=fusion)
+                                  mmap_index=_MMAP.value, fusion=fusion,
+                                  rewrites=RewriteConfig(_MAX_REWRITES.value,
+                                                         _REWRITE_WEIGHT.value))
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,
                                   checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value,
                                   ranker_dir=_RANKER.value, rerank_n=_RERANK_N.value,
-                                  fusion_choice=choice)
+                                  fusion_choice=choice, rewrite_table=_REWRITES.value)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"dpsr export: {e}") from None
     print(json.dumps({"servables": paths}))

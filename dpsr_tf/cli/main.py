@@ -41,6 +41,9 @@ SUBCOMMANDS = {
                         "XGBoost on the eval sessions"),
     "report": ("dpsr_tf.cli.report", "static HTML report: quality vs BM25, curves, heads, "
                "t-SNE map, alpha sweep, index numbers"),
+    "train-rewriter": ("dpsr_tf.cli.train_rewriter", "train the cycle-consistent query "
+                       "rewriter on (query, clicked title) pairs"),
+    "rewrite": ("dpsr_tf.cli.rewrite", "a rewriter's rewrites of a query file -> rewrite table"),
 }
 
 

@@ -71,6 +71,18 @@ def _stage_assets(spec, cfg, index_file: str, ids_file: str, staging: str,
     )
 
 
+def stage_rewrite_table(path: str, staging: str):
+    """(the asset file, its number of queries): one line per query key of a rewrite table,
+    key<TAB>rewrites joined by \x1f in table order (what the servable's hash table reads)."""
+    from dpsr_tf.rewriting import table as table_lib  # pylint: disable=import-outside-toplevel
+    rows = table_lib.read_table(path)
+    asset = os.path.join(staging, "rewrite_table.txt")
+    with open(asset, "w", encoding="utf-8") as f:
+        for key, rewrites in rows.items():
+            f.write(key + "\t" + "\x1f".join(r for r, _ in rewrites) + "\n")
+    return asset, len(rows)
+
+
 def _signature_defs(signatures, defaults):
     build = tf.compat.v1.saved_model.utils.build_tensor_info
     out = {}
@@ -99,7 +111,8 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                     checkpoint: Optional[str] = None,
                     warmup_queries: Optional[Sequence[str]] = None,
                     layout_dir: Optional[str] = None, ranker_dir: Optional[str] = None,
-                    rerank_n: int = 100, fusion_choice: Optional[dict] = None) -> str:
+                    rerank_n: int = 100, fusion_choice: Optional[dict] = None,
+                    rewrite_table: Optional[str] = None) -> str:
     """Writes <export_base>/<version>/ and returns its path.
 
     Args:
@@ -152,6 +165,13 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
         lexical_file = (os.path.join(index_dir, lexical.shards[shard].file) if lexical else None)
         assets = _stage_assets(spec, cfg, index_file, ids_file, staging, lexical_file,
                                lexical.config if lexical else None)
+        rewrite_count = None
+        if rewrite_table:
+            if lexical is None:
+                raise ValueError(f"rewrites search the lexical index: {index_dir} has none (or "
+                                 "--nohybrid was given); build it with `dpsr index --lexical`")
+            asset, rewrite_count = stage_rewrite_table(rewrite_table, staging)
+            assets = dataclasses.replace(assets, rewrite_table=asset)
         with tf.Graph().as_default() as graph:
             servable_graph = ServableGraph(cfg, spec, assets, servable)
             stage = None
@@ -187,6 +207,8 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
             "rerank_n": rerank_n if ranker_dir else None,
             "model": cfg.to_dict(), "servable": dataclasses.asdict(servable),
             "fusion_choice": fusion_choice,
+            "rewrite_table": (os.path.abspath(rewrite_table) if rewrite_table else None),
+            "rewrite_queries": rewrite_count,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with open(os.path.join(tmp, "assets.extra", SERVABLE_INFO), "w") as f:

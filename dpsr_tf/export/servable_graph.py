@@ -8,7 +8,10 @@ tokenizes the query with the lexical index's tokenizer configuration, searches t
 index (Dpsr>LexicalSearch, same labels as FAISS) and fuses both lists by label
 (dpsr_tf/search/fusion.py); it adds source [B, K] ("dense", "lexical", "both"), dense_scores and
 lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule [B] (the rule as JSON) so
-that the proxy can re-fuse the answers of several shards.
+that the proxy can re-fuse the answers of several shards. With a rewrite table asset, the
+query's rewrites are searched too and merged into its lexical list
+(dpsr_tf/search/rewrite_merge.py) before the fusion; source is then "rewrite" for an item that
+only a rewrite's lexical list found.
 
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
 ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
@@ -27,6 +30,7 @@ from dpsr_tf.search import faiss_ops, lexical_ops
 from dpsr_tf.search import fusion as fusion_lib
 from dpsr_tf.search.head_merge import merge_heads
 from dpsr_tf.indexing.lexical_manifest import LexicalConfig
+from dpsr_tf.search import rewrite_merge
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ServableConfig:
     hybrid: bool = True
     fusion: fusion_lib.FusionConfig = fusion_lib.FusionConfig()
     mmap_index: bool = False
+    rewrites: rewrite_merge.RewriteConfig = rewrite_merge.RewriteConfig()
 
     def validate(self):
         if not 1 <= self.default_k <= self.max_k:
@@ -67,6 +72,7 @@ class ServableConfig:
             raise ValueError(f"nprobe and ef_search must be >= 0, got {self.nprobe}, "
                              f"{self.ef_search}")
         self.fusion.validate()
+        self.rewrites.validate()
         if self.fusion.lexical_k > lexical_ops.MAX_K:
             raise ValueError(f"lexical_k must be <= {lexical_ops.MAX_K}, got "
                              f"{self.fusion.lexical_k}")
@@ -85,6 +91,7 @@ class AssetPaths:
     lexical_index: Optional[str] = None           # the shard's lexical.idx (hybrid servables)
     lexical_config: Optional[LexicalConfig] = None  # its tokenizer features and BM25 settings
     graph_queries: Optional[str] = None           # searchgcn: in-graph query texts (graph_lookup)
+    rewrite_table: Optional[str] = None  # key<TAB>rewrites joined by \x1f (hybrid servables)
 
 
 def _asset(path: str) -> tf.Tensor:
@@ -250,20 +257,66 @@ class ServableGraph:
             lexical_k = k if rule.lexical_k == 0 else tf.constant(rule.lexical_k, tf.int32)
             lex_scores, lex_labels = lexical_ops.search(index, tokens, lexical_k,
                                                         rule.lexical_min_score)
+            rewrite_only = None
+            if self._assets.rewrite_table is not None:
+                lex_scores, lex_labels, rewrite_only = self._rewrite_lists(
+                    query, index, lexical_k, lex_scores, lex_labels)
         with tf.name_scope("fusion"):
             fused = fusion_lib.fuse(dense_scores, dense_labels, lex_scores, lex_labels, k, rule,
                                 dense_heads=dense_heads)
-            names = tf.constant(["", "dense", "lexical", "both"])
+            names = tf.constant(["", "dense", "lexical", "both", "rewrite"])
+            source = fused["source"]
+            if rewrite_only is not None:
+                # Lexical-only items (2) that only a rewrite's list held become "rewrite" (4).
+                sorted_only = tf.sort(rewrite_only, axis=1)
+                at = tf.minimum(tf.searchsorted(sorted_only, fused["labels"], side="left"),
+                                tf.shape(sorted_only)[1] - 1)
+                via = tf.logical_and(
+                    tf.equal(tf.gather(sorted_only, at, batch_dims=1), fused["labels"]),
+                    fused["labels"] >= 0)
+                source = tf.where(tf.logical_and(via, tf.equal(source, 2)), 4, source)
             outputs = {
                 "scores": fused["scores"],
                 "heads": fused["heads"],
-                "source": tf.gather(names, fused["source"]),
+                "source": tf.gather(names, source),
                 "dense_scores": fused["dense_scores"],
                 "lexical_scores": fused["lexical_scores"],
                 # One copy per row, so the signature stays batch-major (server-side batching).
                 "fusion_rule": tf.fill(tf.shape(query)[:1], rule.to_json()),
             }
         return outputs, fused["labels"]
+
+    def _rewrite_lists(self, query, index, lexical_k, lex_scores, lex_labels):
+        """The query's lexical list merged with its rewrites' lists (rewrite table asset).
+
+        Returns:
+          merged scores [B, n], labels [B, n] (-1 pads) and [B, n] int64 labels that only a
+          rewrite found (-1 elsewhere), n = the lexical list's length.
+        """
+        cfg = self._servable.rewrites
+        with tf.name_scope("rewrites"):
+            init = tf.lookup.TextFileInitializer(
+                _asset(self._assets.rewrite_table), tf.string, 0, tf.string, 1, delimiter="\t")
+            table = tf.lookup.StaticHashTable(init, default_value="", name="rewrite_table")
+            # The key of rewrite table.normalize_query, in-graph.
+            key = tf.strings.strip(tf.strings.regex_replace(
+                tf.strings.lower(query, encoding="utf-8"), "[\t\n\v\f\r ]+", " "))
+            found = table.lookup(key)                                          # [B]
+            parts = tf.strings.split(found, sep="\x1f")[:, :cfg.max_rewrites]
+            parts = tf.ragged.boolean_mask(parts, tf.strings.length(parts) > 0)
+            texts = parts.to_tensor(default_value="", shape=[None, cfg.max_rewrites])
+            batch = tf.shape(query)[0]
+            tokens = tokenize_op.tokenize(tf.reshape(texts, [-1]),
+                                          self._assets.lexical_config.tokenizer_config())
+            rw_scores, rw_labels = lexical_ops.search(
+                index, tokens, lexical_k, self._servable.fusion.lexical_min_score)
+            width = tf.shape(rw_labels)[1]
+            rw_scores = tf.reshape(rw_scores, [batch, cfg.max_rewrites, width])
+            rw_labels = tf.reshape(rw_labels, [batch, cfg.max_rewrites, width])
+            scores, labels, from_query = rewrite_merge.merge(
+                lex_scores, lex_labels, rw_scores, rw_labels, tf.shape(lex_labels)[1],
+                cfg.rewrite_weight)
+            return scores, labels, tf.where(from_query, tf.constant(-1, tf.int64), labels)
 
     def _item_embedding(self):
         title = tf.compat.v1.placeholder(tf.string, [None], name="item_title")

@@ -406,3 +406,62 @@ def test_mmap_index_servable_answers_as_the_read_one(servable, tmp_path):
     assert mmap_attrs == [[False], [True]]
     assert answers[0]["ids"] == answers[1]["ids"]
     np.testing.assert_array_equal(answers[0]["scores"], answers[1]["scores"])
+
+
+def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_path):
+    """With a rewrite table the served answer equals fuse_np over the dense list and
+    merge_np(the query's lexical list, its rewrites' lists), sources "rewrite" where only a
+    rewrite's list found a lexical-only item; queries without an entry answer as before."""
+    from dpsr_tf.search.fusion import fuse_np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
+    rewrites = {QUERIES[3]: ["w17 w203", "brand1 cat0"], QUERIES[0]: ["w99"]}
+    path_table = str(tmp_path / "rewrites.tsv")
+    # Keys are normalized: the upper-case, spaced spelling of a query finds its entry.
+    table.write_table(path_table, [("  " + q.upper() + " ", [(r, -1.0) for r in rw])
+                                   for q, rw in rewrites.items()])
+    cfg = RewriteConfig(max_rewrites=2, rewrite_weight=0.8)
+    path = export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "rw"),
+                           servable=ServableConfig(default_k=5, max_k=50, rewrites=cfg),
+                           rewrite_table=path_table)
+    got = run_fresh(LOAD_TF1.format(path=path) + f"""
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 9}},
+               ["item_ids", "scores", "source", "lexical_scores"])
+    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
+                      for k, v in out.items()}}))
+    """)
+    dense_path = export_servable(servable["model_dir"], servable["index_dir"],
+                                 str(tmp_path / "dense"),
+                                 servable=ServableConfig(max_k=1000, hybrid=False))
+    dense = run_fresh(LOAD_TF1.format(path=dense_path) + f"""
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 9}}, ["item_ids", "scores"])
+    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
+                      "scores": out["scores"].tolist()}}))
+    """)
+    ids = layout_lib.load_item_table(servable["spec"]).ids
+    searcher = LexicalSearcher(servable["index_dir"], ids)
+    q_scores, q_rows = searcher.search(QUERIES, 9)
+    rw_texts = [(rewrites.get(q, []) + ["", ""])[:2] for q in QUERIES]
+    rw_s, rw_r = searcher.search([t for row in rw_texts for t in row], 9)
+    m_s, m_r, m_q = merge_np(q_scores, q_rows, rw_s.reshape(4, 2, 9), rw_r.reshape(4, 2, 9),
+                             9, cfg.rewrite_weight)
+    assert (m_r[3] >= 0).any() and not (q_rows[3] >= 0).any(), "rewrites must add recall"
+    m_ids = np.array([[ids[r] if r >= 0 else "" for r in row] for row in m_r], object)
+    want_s, want_ids, want_src = fuse_np(np.array(dense["scores"], np.float32),
+                                         np.array(dense["ids"], object), m_s, m_ids, 9)
+    assert got["item_ids"] == want_ids.tolist()
+    np.testing.assert_allclose(got["scores"], want_s, rtol=1e-6)
+    only_rewrite = [{ids[r] for r, q in zip(rr, qq) if r >= 0 and not q}
+                    for rr, qq in zip(m_r, m_q)]
+    names = {0: "", 1: "dense", 2: "lexical", 3: "both"}
+    want_names = [[("rewrite" if s == 2 and i in only_rewrite[b] else names[s])
+                   for s, i in zip(srow, irow)]
+                  for b, (srow, irow) in enumerate(zip(want_src, want_ids.tolist()))]
+    assert got["source"] == want_names
+    assert "rewrite" in got["source"][3]
+    lex_of = [dict(zip(i, s)) for i, s in zip(m_ids.tolist(), m_s.tolist())]
+    for row, row_ids in enumerate(got["item_ids"]):
+        for j, item in enumerate(row_ids):
+            np.testing.assert_allclose(got["lexical_scores"][row][j],
+                                       lex_of[row].get(item, -np.inf), rtol=1e-6)

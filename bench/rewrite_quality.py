@@ -1,0 +1,45 @@
+"""Lexical and hybrid retrieval with and without rewrite tables, on a layout split.
+
+    python bench/rewrite_quality.py --layout_dir=L --index_dir=I --rewrites=T1.tsv,T2.tsv \
+        [--model_dir=M]   # adds the hybrid rows (the served dense list of the index build)
+
+Prints one JSON object per (table, rewrite_weight) (dpsr_tf/evaluation/rewrites.py); results
+go in docs/results.md. The dense lists are computed once for all tables.
+"""
+import json
+
+from absl import app, flags
+
+from dpsr_tf.search.rewrite_merge import RewriteConfig
+
+_LAYOUT = flags.DEFINE_string("layout_dir", None, "Layout (its eval split is measured).")
+_INDEX = flags.DEFINE_string("index_dir", None, "Index build with a lexical index.")
+_TABLES = flags.DEFINE_list("rewrites", None, "Rewrite tables.")
+_MODEL = flags.DEFINE_string("model_dir", None, "DPSR model of the index build (hybrid rows).")
+_MAX = flags.DEFINE_integer("max_rewrites", 3, "Rewrites searched per query.")
+_WEIGHTS = flags.DEFINE_list("rewrite_weight", ["0.3"], "Factors on rewrite BM25 scores.")
+_SPLIT = flags.DEFINE_string("split", "eval", "Layout split.")
+_MAX_REQ = flags.DEFINE_integer("max_requests", 0, "Only the split's first N requests (0 = all).")
+flags.mark_flags_as_required(["layout_dir", "index_dir", "rewrites"])
+
+
+def main(argv):
+    del argv
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation import rewrites as rewrites_lib
+    dense = None
+    if _MODEL.value:
+        from dpsr_tf.evaluation import hybrid
+        run = hybrid.open_hybrid(_MODEL.value, _INDEX.value, _LAYOUT.value)
+        dense = (run.dense_scores, run.dense_rows)
+    for path in _TABLES.value:
+        for weight in _WEIGHTS.value:
+            out = rewrites_lib.evaluate_rewrites(
+                _LAYOUT.value, _INDEX.value, path, RewriteConfig(_MAX.value, float(weight)),
+                _SPLIT.value, dense, max_requests=_MAX_REQ.value)
+            out.update({"table": path, "rewrite_weight": float(weight)})
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

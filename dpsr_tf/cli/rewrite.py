@@ -1,0 +1,79 @@
+"""dpsr rewrite: a trained rewriter's rewrites of a query list -> a rewrite table (TSV).
+
+    dpsr rewrite --rewriter_dir=R --queries=queries.txt --output=rewrites.tsv \
+        --index_dir=I --strategy=sample --num_rewrites=8 --max_rewrites=3 --seed=0
+
+Queries come from --queries (one per line) and/or the distinct queries of --layout_dir's
+--layout_split. With --index_dir, rewrites the build's lexical index finds nothing for are
+dropped; rewrites with the query's own units always are. Format: dpsr_tf/rewriting/table.py.
+"""
+import time
+
+from absl import flags
+
+from dpsr_tf.training.progress import quiet_tf_logging
+
+_REWRITER = flags.DEFINE_string("rewriter_dir", None, "dpsr train-rewriter --model_dir.")
+_QUERIES = flags.DEFINE_string("queries", None, "Query file, one query per line.")
+_LAYOUT = flags.DEFINE_string("layout_dir", None, "Also rewrite this layout's queries.")
+_SPLIT = flags.DEFINE_string("layout_split", "train", "Which split's queries of --layout_dir.")
+_OUTPUT = flags.DEFINE_string("output", None, "The rewrite table to write.")
+_INDEX = flags.DEFINE_string("index_dir", None, "Index build with a lexical index: drop "
+                             "rewrites without a lexical hit.")
+_STRATEGY = flags.DEFINE_enum("strategy", "sample", ["greedy", "beam", "sample"],
+                              "Decoding of the backward model.")
+_NUM = flags.DEFINE_integer("num_rewrites", 8, "Candidates decoded per query.")
+_MAX = flags.DEFINE_integer("max_rewrites", 3, "Rewrites kept per query after the filters "
+                            "(0 = all).")
+_TITLE_BEAM = flags.DEFINE_integer("title_beam", 4, "Beam width of the title search.")
+_TOP_K = flags.DEFINE_integer("top_k", 20, "Sampling: the k most probable units (0 = all).")
+_TOP_P = flags.DEFINE_float("top_p", 0.9, "Sampling: nucleus mass.")
+_TEMP = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_NO_REPEAT = flags.DEFINE_bool("no_repeat", True, "A rewrite never repeats a unit.")
+flags.mark_flags_as_required(["rewriter_dir", "output"])
+
+
+def _queries():
+    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    out = []
+    if _QUERIES.value:
+        with open(_QUERIES.value, encoding="utf-8") as f:
+            out += [line.strip() for line in f if line.strip()]
+    if _LAYOUT.value:
+        spec = layout_lib.load_layout_spec(_LAYOUT.value)
+        texts = layout_lib.load_queries(spec)
+        rows = layout_lib.read_records(spec, _SPLIT.value)["query_row"]
+        out += [texts[r] for r in dict.fromkeys(rows.tolist())]
+    if not out:
+        raise ValueError("no queries: give --queries and/or --layout_dir")
+    return list(dict.fromkeys(out))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"dpsr rewrite: unexpected arguments {argv[1:]}")
+    quiet_tf_logging()
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.rewriting import generate, table
+    try:
+        decode = generate.DecodeConfig(_STRATEGY.value, _NUM.value, _TITLE_BEAM.value,
+                                       _TOP_K.value, _TOP_P.value, _TEMP.value, _SEED.value,
+                                       _NO_REPEAT.value)
+        decode.validate()
+        queries = _queries()
+        has_hits = None
+        if _INDEX.value:
+            from dpsr_tf.rewriting.lexical_filter import lexical_hit_fn
+            has_hits = lexical_hit_fn(_INDEX.value)
+        start = time.time()
+        rows = generate.Rewriter(_REWRITER.value).rewrite(queries, decode)
+        seconds = time.time() - start
+        rows = generate.filter_rewrites(rows, has_hits, _MAX.value)
+        lines = table.write_table(_OUTPUT.value, [
+            (r.query, [(w.text, w.score) for w in r.rewrites]) for r in rows])
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dpsr rewrite: {e}") from None
+    with_any = sum(1 for r in rows if r.rewrites)
+    print(f"wrote {_OUTPUT.value}: {lines} rewrites of {with_any}/{len(rows)} queries "
+          f"(generation {seconds:.1f}s, {len(rows) / max(seconds, 1e-9):.1f} queries/s)")

@@ -1,0 +1,112 @@
+"""Quality of a rewrite table: lexical and hybrid retrieval with and without rewrites.
+
+For each request of a layout split, the lexical list with rewrites is what a servable with
+the table returns (dpsr_tf/search/rewrite_merge.py, merge_np = the graph's merge); the hybrid
+lists fuse the served dense list with either lexical list (fusion.fuse_np). Also:
+
+  coverage    share of requests whose query has at least one rewrite in the table;
+  drift       share of the searched rewrites whose own lexical top 10 holds none of the
+              request's relevant items (the rewrite left the query's topic);
+  examples    rewrites whose list brings relevant items the query's own top 100 lacked
+              (good), and drifting ones (bad).
+"""
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from dpsr_tf.indexing.lexical_index import LexicalSearcher
+from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np
+from dpsr_tf.rewriting import table as table_lib
+
+
+def _first_requests(eval_set, n: int):
+    """The EvalSet of the first n requests."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    end = int(eval_set.relevant_splits[n])
+    return dataclasses.replace(
+        eval_set, queries=list(eval_set.queries[:n]), query_rows=eval_set.query_rows[:n],
+        user_rows=eval_set.user_rows[:n], history_ends=eval_set.history_ends[:n],
+        relevant_splits=eval_set.relevant_splits[:n + 1],
+        relevant_rows=eval_set.relevant_rows[:end], relevant_gains=eval_set.relevant_gains[:end])
+
+
+def rewrite_texts(queries: List[str], table: Dict[str, list], max_rewrites: int) -> List[list]:
+    """[Q][<= max_rewrites] the table's first rewrites of each query (by normalized key)."""
+    return [[r for r, _ in table.get(table_lib.normalize_query(q), [])][:max_rewrites]
+            for q in queries]
+
+
+def merged_lexical_lists(searcher: LexicalSearcher, queries: List[str], rewrites: List[list],
+                         k: int, cfg: RewriteConfig, min_score: float = 0.0):
+    """(own scores, own rows, merged scores, merged rows, from_query, rewrite rows [Q, R, k])."""
+    own_s, own_r = searcher.search(queries, k, min_score)
+    r = cfg.max_rewrites
+    flat = [(row + [""] * r)[:r] for row in rewrites]
+    texts = [t for row in flat for t in row]
+    rw_s, rw_r = searcher.search(texts, k, min_score)
+    rw_s, rw_r = rw_s.reshape(len(queries), r, k), rw_r.reshape(len(queries), r, k)
+    empty = np.array([[t == "" for t in row] for row in flat])
+    rw_r[empty] = -1
+    rw_s[empty] = -np.inf
+    m_s, m_r, m_q = merge_np(own_s, own_r, rw_s, rw_r, k, cfg.rewrite_weight)
+    return own_s, own_r, m_s, m_r, m_q, rw_r
+
+
+def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
+                      cfg: RewriteConfig = RewriteConfig(), split: str = "eval",
+                      dense: Optional[tuple] = None, fusion: FusionConfig = FusionConfig(),
+                      k: int = 1000, recall_ks=(10, 100, 1000), num_examples: int = 8,
+                      max_requests: int = 0) -> dict:
+    """Metrics of "lexical", "lexical+rewrites" (and "hybrid", "hybrid+rewrites" given dense
+    = ([Q, k] scores, [Q, k] rows) of the served dense list of the split's requests), plus
+    coverage, drift and examples (module docstring). max_requests > 0 keeps the split's
+    first requests only (and the first rows of dense)."""
+    cfg.validate()
+    spec = layout_lib.load_layout_spec(layout_dir)
+    eval_set = layout_lib.load_eval_set(spec, split)
+    if max_requests and max_requests < len(eval_set.queries):
+        eval_set = _first_requests(eval_set, max_requests)
+        if dense is not None:
+            dense = (dense[0][:max_requests], dense[1][:max_requests])
+    item_ids = layout_lib.load_item_ids(spec)
+    titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
+    searcher = LexicalSearcher(index_dir, item_ids)
+    table = table_lib.read_table(table_path)
+    queries = list(eval_set.queries)
+    rewrites = rewrite_texts(queries, table, cfg.max_rewrites)
+    own_s, own_r, m_s, m_r, _, rw_r = merged_lexical_lists(
+        searcher, queries, rewrites, k, cfg, fusion.lexical_min_score)
+    rel = (eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains)
+    out = {"lexical": metrics_lib.retrieval_metrics(own_r, *rel, recall_ks=recall_ks),
+           "lexical+rewrites": metrics_lib.retrieval_metrics(m_r, *rel, recall_ks=recall_ks)}
+    if dense is not None:
+        for name, (ls, lr) in (("hybrid", (own_s, own_r)), ("hybrid+rewrites", (m_s, m_r))):
+            _, fused, _ = fuse_np(dense[0], dense[1], ls, lr, k, fusion)
+            out[name] = metrics_lib.retrieval_metrics(fused, *rel, recall_ks=recall_ks)
+    searched, drifted, good, bad = 0, 0, [], []
+    for i, row in enumerate(rewrites):
+        relevant = set(eval_set.relevant_rows[rel[0][i]:rel[0][i + 1]].tolist())
+        own100 = set(own_r[i, :100].tolist())
+        for j, text in enumerate(row):
+            searched += 1
+            top10 = rw_r[i, j, :10]
+            hit10 = relevant & set(top10.tolist())
+            if not hit10:
+                drifted += 1
+                if len(bad) < num_examples:
+                    bad.append({"query": queries[i], "rewrite": text,
+                                "rewrite_top1": titles[top10[0]] if top10[0] >= 0 else ""})
+            new = relevant & (set(rw_r[i, j, :100].tolist()) - own100)
+            if new and len(good) < num_examples:
+                item = sorted(new)[0]
+                good.append({"query": queries[i], "rewrite": text, "new_relevant": len(new),
+                             "example_title": titles[item]})
+    out["coverage"] = float(np.mean([bool(r) for r in rewrites])) if rewrites else 0.0
+    out["rewrites_searched"] = searched
+    out["drift_share"] = drifted / searched if searched else 0.0
+    out["good_examples"], out["bad_examples"] = good, bad
+    out["requests"] = len(queries)
+    return out

@@ -1,0 +1,128 @@
+"""Merging the lexical lists of a query and of its rewrites into one lexical list.
+
+Rule (docs/rewriting.md, "Serving"): the lexical list of a query with rewrites r_1..r_R is the
+top n of the union of the query's own BM25 list and each rewrite's BM25 list (each n long),
+where an item scores
+
+    merged(item) = max(bm25(query, item), rewrite_weight * max_j bm25(r_j, item))
+
+over the lists that hold it. Ties keep the earlier position in (the query's list, r_1's list,
+..., r_R's list). `from_query` says whether the query's own list holds the item; the servable
+reports an item that only a rewrite's list found as source "rewrite" when the dense list lacks
+it too. A query without rewrites keeps its own list unchanged.
+
+merge_np (NumPy: evaluation) and merge (TensorFlow: the servable graph) implement the same
+rule in float32 with the same tie order.
+"""
+import dataclasses
+from typing import Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class RewriteConfig:
+    """How a servable uses its rewrite table.
+
+    Attributes:
+      max_rewrites: rewrites of a query searched per request (the table's first ones).
+      rewrite_weight: factor on a rewrite's BM25 scores, in (0, 1]: below 1 a rewrite's hit
+        ranks under an equally scored hit of the query itself.
+    """
+    max_rewrites: int = 3
+    rewrite_weight: float = 0.3
+
+    def validate(self) -> None:
+        if not 1 <= self.max_rewrites <= 16:
+            raise ValueError(f"max_rewrites must be in [1, 16], got {self.max_rewrites}")
+        if not (np.isfinite(self.rewrite_weight) and 0 < self.rewrite_weight <= 1):
+            raise ValueError(f"rewrite_weight must be in (0, 1], got {self.rewrite_weight}")
+
+
+def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: np.ndarray,
+             rewrite_rows: np.ndarray, n: int,
+             weight: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The merged lexical list of each query (module docstring).
+
+    Args:
+      query_scores, query_rows: [B, K] the query's own list, best first, -1 pads rows.
+      rewrite_scores, rewrite_rows: [B, R, K] each rewrite's list (-1 pads; a query with
+        fewer rewrites pads whole lists).
+      n: the merged list's length.
+      weight: rewrite_weight.
+
+    Returns:
+      scores [B, n] float32 (-inf pads), rows [B, n] int64 (-1 pads), from_query [B, n] bool.
+    """
+    batch = query_rows.shape[0]
+    w = np.float32(weight)
+    out_s = np.full([batch, n], -np.inf, np.float32)
+    out_r = np.full([batch, n], -1, np.int64)
+    out_q = np.zeros([batch, n], bool)
+    for b in range(batch):
+        best, own, order = {}, set(), []
+        lists = [(query_scores[b], query_rows[b], np.float32(1), True)]
+        lists += [(rewrite_scores[b, j], rewrite_rows[b, j], w, False)
+                  for j in range(rewrite_rows.shape[1])]
+        for scores, rows, factor, is_query in lists:
+            for s, r in zip(scores, rows):
+                if r < 0:
+                    continue
+                value = np.float32(np.float32(s) * factor)
+                if r not in best:
+                    best[r] = value
+                    order.append(r)
+                elif value > best[r]:
+                    best[r] = value
+                if is_query:
+                    own.add(r)
+        ranked = sorted(range(len(order)), key=lambda p: (-best[order[p]], p))[:n]
+        for j, p in enumerate(ranked):
+            out_s[b, j], out_r[b, j] = best[order[p]], order[p]
+            out_q[b, j] = order[p] in own
+    return out_s, out_r, out_q
+
+
+def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight: float):
+    """TensorFlow ops of merge_np for int64 labels (-1 pads), inside the servable graph.
+
+    Args:
+      query_scores, query_labels: [B, K] float32 / int64.
+      rewrite_scores, rewrite_labels: [B, R, K] float32 / int64.
+      n: int32 scalar (or int); the output has min(n, K * (R + 1)) columns.
+
+    Returns:
+      (scores [B, n] float32 -inf pads, labels [B, n] int64 -1 pads, from_query [B, n] bool).
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    batch = tf.shape(query_labels)[0]
+    scaled = rewrite_scores * tf.constant(weight, tf.float32)
+    labels = tf.concat([query_labels, tf.reshape(rewrite_labels, [batch, -1])], axis=1)
+    scores = tf.concat([query_scores, tf.reshape(scaled, [batch, -1])], axis=1)
+    is_query = tf.concat([tf.ones_like(query_labels, tf.bool),
+                          tf.zeros_like(tf.reshape(rewrite_labels, [batch, -1]), tf.bool)],
+                         axis=1)
+    valid = labels >= 0
+    width = tf.shape(labels)[1]
+    rows = tf.cast(tf.range(batch)[:, tf.newaxis], tf.int64)
+    keys = tf.reshape(tf.where(valid, labels, -1) * tf.cast(batch, tf.int64) + rows, [-1])
+    _, segment = tf.unique(keys, out_idx=tf.int32)
+    num = tf.reduce_max(segment) + 1
+    flat_valid = tf.reshape(valid, [-1])
+    neg_inf = tf.constant(-np.inf, tf.float32)
+    flat_scores = tf.where(flat_valid, tf.reshape(scores, [-1]), neg_inf)
+    best = tf.math.unsorted_segment_max(flat_scores, segment, num)
+    own = tf.math.unsorted_segment_max(
+        tf.reshape(tf.cast(tf.logical_and(is_query, valid), tf.int32), [-1]), segment, num) > 0
+    positions = tf.range(tf.size(keys))
+    first = tf.math.unsorted_segment_min(positions, segment, num)
+    keep = tf.logical_and(tf.equal(tf.gather(first, segment), positions), flat_valid)
+    ranked = tf.reshape(tf.where(keep, tf.gather(best, segment), neg_inf), [batch, width])
+    n = tf.minimum(tf.cast(n, tf.int32), width)
+    top, pos = tf.math.top_k(ranked, k=n, sorted=True)  # ties: lower position first
+    found = tf.math.is_finite(top)
+    out_labels = tf.where(found, tf.gather(labels, pos, batch_dims=1), tf.constant(-1, tf.int64))
+    from_query = tf.gather(tf.reshape(tf.gather(own, segment), [batch, width]), pos,
+                           batch_dims=1)
+    return top, out_labels, tf.logical_and(found, from_query)
