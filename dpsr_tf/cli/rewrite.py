@@ -11,7 +11,7 @@ import time
 
 from absl import flags
 
-from dpsr_tf.training.progress import quiet_tf_logging
+from dpsr_tf.model.progress import quiet_tf_logging
 
 _REWRITER = flags.DEFINE_string("rewriter_dir", None, "dpsr train-rewriter --model_dir.")
 _QUERIES = flags.DEFINE_string("queries", None, "Query file, one query per line.")

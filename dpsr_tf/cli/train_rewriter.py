@@ -5,7 +5,7 @@ import dataclasses
 from absl import flags
 
 from dpsr_tf.rewriting.config import RewriterConfig
-from dpsr_tf.training.progress import quiet_tf_logging
+from dpsr_tf.model.progress import quiet_tf_logging
 
 _D = RewriterConfig()
 _LAYOUT = flags.DEFINE_string("layout_dir", None, "Training layout (dpsr prepare).")

@@ -17,7 +17,7 @@ from dpsr_tf.rewriting import data as data_lib
 from dpsr_tf.rewriting import model as model_lib
 from dpsr_tf.rewriting import units as units_lib
 from dpsr_tf.rewriting.config import RewriterConfig
-from dpsr_tf.training.progress import ProgressHook
+from dpsr_tf.model.progress import ProgressHook
 
 CONFIG_JSON = "rewriter_config.json"
 UNITS_TXT = "units.txt"

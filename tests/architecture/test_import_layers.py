@@ -23,6 +23,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("training", ("dpsr_tf.training",)),
     ("search", ("dpsr_tf.search",)),
     ("indexing", ("dpsr_tf.indexing",)),
+    ("rewriting", ("dpsr_tf.rewriting",)),  # query rewrites: trained offline, looked up by the servable
     ("ranking", ("dpsr_tf.ranking",)),
     ("export", ("dpsr_tf.export",)),
     ("evaluation", ("dpsr_tf.evaluation",)),
