@@ -216,3 +216,31 @@ def test_every_allowed_exception_is_still_needed():
     for importer, imported in ALLOWED:
         assert imported in {i for i, _ in graph.get(importer, ())}, \
             f"ALLOWED lists {importer} -> {imported}, which no longer exists: remove it"
+
+
+def test_every_imported_package_module_exists():
+    """`from dpsr_tf.x.y import z` and `import dpsr_tf.x.y` name modules that exist (after a
+    move, a stale path would otherwise resolve to its package and pass the layer rule)."""
+    modules = _modules()
+    roots = [os.path.join(ROOT, d) for d in (PACKAGE, "tests", "bench")]
+    missing = []
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            for name in files:
+                if not name.endswith(".py"):
+                    continue
+                path = os.path.join(folder, name)
+                with open(path, encoding="utf-8") as f:
+                    tree = ast.parse(f.read(), path)
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.ImportFrom) and node.level == 0:
+                        wanted = [node.module or ""]
+                    elif isinstance(node, ast.Import):
+                        wanted = [alias.name for alias in node.names]
+                    else:
+                        continue
+                    for module in wanted:
+                        if module.startswith(PACKAGE + ".") and module not in modules:
+                            missing.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: {module}")
+    assert not missing, "imports of modules that do not exist:\n" + "\n".join(missing)
