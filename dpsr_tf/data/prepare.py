@@ -78,7 +78,7 @@ class PrepareConfig:
     pseudo_queries: pseudo_lib.PseudoQueryConfig = pseudo_lib.PseudoQueryConfig()
     # Keep only this many distinct train queries (seeded by `seed`, split.sample_train_queries)
     # with all their interactions; the others' interactions are dropped; eval is untouched.
-    # 0 = keep all. Measures small-log behaviour (issue 10).
+    # 0 = keep all. Measures small-log behaviour.
     max_train_queries: int = 0
 
     def __post_init__(self):
