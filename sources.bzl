@@ -26,6 +26,7 @@ LEXICAL_CORE_SRCS = [
 ]
 LEXICAL_CORE_HDRS = [
     "search_cc/core/asset_snapshot.h",
+    "search_cc/core/core_error.h",
     "search_cc/core/lexical_index.h",
 ]
 
@@ -57,6 +58,8 @@ OP_LIBRARY_SRCS = [
 ]
 OP_LIBRARY_HDRS = [
     "search_cc/core/asset_snapshot.h",
+    "search_cc/core/core_error.h",
+    "search_cc/kernels/core_status.h",
     "search_cc/core/faiss_index.h",
     "search_cc/core/ivf_sq8_scan.h",
     "search_cc/core/top_k_buffer.h",

@@ -22,8 +22,8 @@
 // why so that the adapter can log it.
 //
 // Standard C++ and POSIX only. Errors are AssetSnapshotError.
-#ifndef DPSR_EXPORT_CC_ASSET_SNAPSHOT_H_
-#define DPSR_EXPORT_CC_ASSET_SNAPSHOT_H_
+#ifndef DPSR_SEARCH_CC_CORE_ASSET_SNAPSHOT_H_
+#define DPSR_SEARCH_CC_CORE_ASSET_SNAPSHOT_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -32,23 +32,13 @@
 #include <string>
 #include <vector>
 
+#include "search_cc/core/core_error.h"
+
 namespace dpsr {
 namespace assets {
 
-class AssetSnapshotError : public std::runtime_error {
- public:
-  enum class Code {
-    kNotFound,         // the file does not exist
-    kInvalidArgument,  // not a regular file, empty, or changed size while it was copied
-    kInternal,         // an I/O error reading the file
-  };
-  AssetSnapshotError(Code code, const std::string& message)
-      : std::runtime_error(message), code_(code) {}
-  Code code() const { return code_; }
-
- private:
-  Code code_;
-};
+// The snapshots' errors: the search cores' one error type (core_error.h).
+using AssetSnapshotError = ::dpsr::CoreError;
 
 // The environment variable naming the cache directory of mapped snapshots.
 constexpr char kCacheDirVariable[] = "DPSR_ASSET_CACHE_DIR";
@@ -103,4 +93,4 @@ class AssetSnapshot {
 }  // namespace assets
 }  // namespace dpsr
 
-#endif  // DPSR_EXPORT_CC_ASSET_SNAPSHOT_H_
+#endif  // DPSR_SEARCH_CC_CORE_ASSET_SNAPSHOT_H_

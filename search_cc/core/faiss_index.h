@@ -4,33 +4,21 @@
 // Standard C++ only: no TensorFlow or pybind11 headers, and no FAISS headers either (the FAISS
 // objects live behind a pointer to an implementation), so adapters stay thin. Every error is a
 // FaissIndexError whose code() tells an adapter which status to report.
-#ifndef DPSR_EXPORT_CC_FAISS_INDEX_H_
-#define DPSR_EXPORT_CC_FAISS_INDEX_H_
+#ifndef DPSR_SEARCH_CC_CORE_FAISS_INDEX_H_
+#define DPSR_SEARCH_CC_CORE_FAISS_INDEX_H_
 
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <string>
 
+#include "search_cc/core/core_error.h"
+
 namespace dpsr {
 namespace search {
 
-// The one exception type of the core.
-class FaissIndexError : public std::runtime_error {
- public:
-  enum class Code {
-    kInvalidArgument,     // bad query, bad k/nprobe/ef_search, corrupt or truncated file
-    kNotFound,            // the index file does not exist
-    kFailedPrecondition,  // e.g. a knob the index type cannot take per call
-    kInternal,            // FAISS failed on a valid request
-  };
-  FaissIndexError(Code code, const std::string& message)
-      : std::runtime_error(message), code_(code) {}
-  Code code() const { return code_; }
-
- private:
-  Code code_;
-};
+// The core's errors: the search cores' one error type (core_error.h).
+using FaissIndexError = ::dpsr::CoreError;
 
 struct LoadOptions {
   // Memory-map the inverted lists of IVF indexes read-only (FAISS IO_FLAG_MMAP) instead of
@@ -103,4 +91,4 @@ class FaissIndex {
 }  // namespace search
 }  // namespace dpsr
 
-#endif  // DPSR_EXPORT_CC_FAISS_INDEX_H_
+#endif  // DPSR_SEARCH_CC_CORE_FAISS_INDEX_H_

@@ -10,8 +10,8 @@
 // (AVX2: bytes widened to floats, fused multiply-add), where FAISS decodes each component
 // to a float first. The best k are kept with a threshold and a buffer (top_k_buffer.h)
 // instead of a binary heap updated per candidate.
-#ifndef DPSR_EXPORT_CC_IVF_SQ8_SCAN_H_
-#define DPSR_EXPORT_CC_IVF_SQ8_SCAN_H_
+#ifndef DPSR_SEARCH_CC_CORE_IVF_SQ8_SCAN_H_
+#define DPSR_SEARCH_CC_CORE_IVF_SQ8_SCAN_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -39,4 +39,4 @@ void SearchIvfSq8(const faiss::IndexIVFScalarQuantizer& index, int64_t n, const 
 }  // namespace search
 }  // namespace dpsr
 
-#endif  // DPSR_EXPORT_CC_IVF_SQ8_SCAN_H_
+#endif  // DPSR_SEARCH_CC_CORE_IVF_SQ8_SCAN_H_

@@ -28,8 +28,8 @@
 //   u64 checksum                    FNV-1a 64 of every byte before it
 // The file size follows from the header, so truncation and trailing bytes are detected before
 // anything is read; the checksum and a full decode at load catch the rest.
-#ifndef DPSR_EXPORT_CC_LEXICAL_INDEX_H_
-#define DPSR_EXPORT_CC_LEXICAL_INDEX_H_
+#ifndef DPSR_SEARCH_CC_CORE_LEXICAL_INDEX_H_
+#define DPSR_SEARCH_CC_CORE_LEXICAL_INDEX_H_
 
 #include <cstdint>
 #include <memory>
@@ -37,23 +37,13 @@
 #include <string>
 #include <vector>
 
+#include "search_cc/core/core_error.h"
+
 namespace dpsr {
 namespace lexical {
 
-class LexicalIndexError : public std::runtime_error {
- public:
-  enum class Code {
-    kInvalidArgument,  // bad query, bad k, corrupt or truncated file, bad build input
-    kNotFound,         // the index file does not exist
-    kInternal,         // an I/O failure on a valid request (disk full, ...)
-  };
-  LexicalIndexError(Code code, const std::string& message)
-      : std::runtime_error(message), code_(code) {}
-  Code code() const { return code_; }
-
- private:
-  Code code_;
-};
+// The core's errors: the search cores' one error type (core_error.h).
+using LexicalIndexError = ::dpsr::CoreError;
 
 // Documents as a ragged array of feature ids: document i is values[row_splits[i] ..
 // row_splits[i + 1]). Throws kInvalidArgument unless row_splits[0] == 0, row_splits is
@@ -153,4 +143,4 @@ class LexicalIndex {
 }  // namespace lexical
 }  // namespace dpsr
 
-#endif  // DPSR_EXPORT_CC_LEXICAL_INDEX_H_
+#endif  // DPSR_SEARCH_CC_CORE_LEXICAL_INDEX_H_

@@ -1,8 +1,8 @@
 // A buffer of the k best (score, label) pairs of a stream of candidates, for searches that
 // return large k (the IVF-SQ8 scan, ivf_sq8_scan.cc, keeps the best 1,000 of ~30,000 codes).
 // Header-only, standard C++.
-#ifndef DPSR_EXPORT_CC_TOP_K_BUFFER_H_
-#define DPSR_EXPORT_CC_TOP_K_BUFFER_H_
+#ifndef DPSR_SEARCH_CC_CORE_TOP_K_BUFFER_H_
+#define DPSR_SEARCH_CC_CORE_TOP_K_BUFFER_H_
 
 #include <algorithm>
 #include <cstddef>
@@ -171,4 +171,4 @@ class TopKBuffer {
 }  // namespace search
 }  // namespace dpsr
 
-#endif  // DPSR_EXPORT_CC_TOP_K_BUFFER_H_
+#endif  // DPSR_SEARCH_CC_CORE_TOP_K_BUFFER_H_

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "search_cc/core/faiss_index.h"
+#include "search_cc/kernels/core_status.h"
 #include "search_cc/kernels/index_resource.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
@@ -23,20 +24,6 @@ using ::tensorflow::tstring;
 using ::tensorflow::errors::InvalidArgument;
 using search::FaissIndex;
 using search::FaissIndexError;
-
-Status ToStatus(const FaissIndexError& e) {
-  switch (e.code()) {
-    case FaissIndexError::Code::kInvalidArgument:
-      return InvalidArgument(e.what());
-    case FaissIndexError::Code::kNotFound:
-      return ::tensorflow::errors::NotFound(e.what());
-    case FaissIndexError::Code::kFailedPrecondition:
-      return ::tensorflow::errors::FailedPrecondition(e.what());
-    case FaissIndexError::Code::kInternal:
-      break;
-  }
-  return ::tensorflow::errors::Internal(e.what());
-}
 
 struct FaissKind {
   using Index = FaissIndex;

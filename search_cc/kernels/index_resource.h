@@ -1,8 +1,8 @@
 // A read-only index held in a TensorFlow resource, shared by the FAISS and lexical kernels:
 // the handle op, the load bookkeeping (holders, hot swap) and the release op. Each kind only
 // supplies how to load its file and how to convert its errors.
-#ifndef DPSR_EXPORT_CC_KERNELS_INDEX_RESOURCE_H_
-#define DPSR_EXPORT_CC_KERNELS_INDEX_RESOURCE_H_
+#ifndef DPSR_SEARCH_CC_KERNELS_INDEX_RESOURCE_H_
+#define DPSR_SEARCH_CC_KERNELS_INDEX_RESOURCE_H_
 
 #include <functional>
 #include <memory>
@@ -160,4 +160,4 @@ inline ::tensorflow::Status ScalarPath(::tensorflow::OpKernelContext* ctx, const
 
 }  // namespace dpsr
 
-#endif  // DPSR_EXPORT_CC_KERNELS_INDEX_RESOURCE_H_
+#endif  // DPSR_SEARCH_CC_KERNELS_INDEX_RESOURCE_H_

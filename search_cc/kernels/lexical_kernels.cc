@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "search_cc/kernels/core_status.h"
 #include "search_cc/kernels/index_resource.h"
 #include "search_cc/core/lexical_index.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -22,18 +23,6 @@ using ::tensorflow::TensorShapeUtils;
 using ::tensorflow::errors::InvalidArgument;
 using lexical::LexicalIndex;
 using lexical::LexicalIndexError;
-
-Status ToStatus(const LexicalIndexError& e) {
-  switch (e.code()) {
-    case LexicalIndexError::Code::kInvalidArgument:
-      return InvalidArgument(e.what());
-    case LexicalIndexError::Code::kNotFound:
-      return ::tensorflow::errors::NotFound(e.what());
-    case LexicalIndexError::Code::kInternal:
-      break;
-  }
-  return ::tensorflow::errors::Internal(e.what());
-}
 
 struct LexicalKind {
   using Index = LexicalIndex;

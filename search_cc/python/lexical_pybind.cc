@@ -33,7 +33,7 @@ RaggedIds Ragged(const Int64Array& values, const Int64Array& row_splits) {
 }
 
 // LexicalIndexError -> FileNotFoundError (kNotFound), ValueError (kInvalidArgument),
-// OSError (kInternal).
+// RuntimeError (kFailedPrecondition), OSError (kInternal).
 void Translate(std::exception_ptr p) {
   try {
     if (p) std::rethrow_exception(p);
@@ -44,6 +44,9 @@ void Translate(std::exception_ptr p) {
         return;
       case LexicalIndexError::Code::kInvalidArgument:
         PyErr_SetString(PyExc_ValueError, e.what());
+        return;
+      case LexicalIndexError::Code::kFailedPrecondition:
+        PyErr_SetString(PyExc_RuntimeError, e.what());
         return;
       case LexicalIndexError::Code::kInternal:
         PyErr_SetString(PyExc_OSError, e.what());
