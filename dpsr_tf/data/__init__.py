@@ -6,6 +6,8 @@ Modules (one job each):
   split      the deterministic train/eval split (query hash, the dashboard rule; or time)
   rows       per-row and per-id validation (the checks both prepare paths call)
   prepare    validate the files, tokenize item titles and queries once, write the layout
+  derived_tables  token ids, user histories, human negatives (both prepare paths)
+  layout_writer   the layout's files, layout.json and the report (both prepare paths)
   beam/      the same prepare as an Apache Beam pipeline (`dpsr prepare --runner=...`)
   layout     LayoutSpec + numpy readers of the layout (item table, id map, eval sets)
   pipeline   tf.data input fns for the Estimator (in-graph joins from tables loaded once)

@@ -10,14 +10,11 @@ tokenizer, with the same TokenizerConfig; the layout (dpsr_tf/data/layout.py) st
 once and interactions as 24-byte records that refer to them by row.
 """
 import array
-import concurrent.futures
 import dataclasses
-import json
 import os
 import shutil
 import time
-import zlib
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,14 +23,15 @@ from dpsr_tf.data import pseudo_queries as pseudo_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.data import rows as rows_lib
-from dpsr_tf.data.readers import Progress, ShardedReader
+from dpsr_tf.data.derived_tables import human_negative_table, tokenize_texts, user_histories
+from dpsr_tf.data.layout_writer import (check_fractions, check_output, save_array as _save,
+                                        write_metadata, write_records)
+from dpsr_tf.data.readers import ShardedReader
 from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, build_vocabulary
 
-_TOKENIZE_BATCH = 8192
 
 
-class PrepareError(schema.SchemaError):
-    """prepare cannot produce a usable layout (too many rejected rows, nothing left, ...)."""
+PrepareError = schema.PrepareError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,140 +253,10 @@ def _feature_matrix(table: _Table) -> Tuple[np.ndarray, Dict[str, List[str]]]:
     return matrix, vocabs
 
 
-def tokenize_texts(tokenizer: Tokenizer, texts: Sequence[str], label: str = "texts",
-                   progress_every_s: float = 5.0, threads: int = 2
-                   ) -> Tuple[np.ndarray, np.ndarray]:
-    """Tokenizes texts in batches on `threads` threads (the tokenizer releases the GIL).
-
-    Returns:
-      token_ids: [T] int32; token_splits: [len(texts) + 1] int64.
-    """
-    if tokenizer.id_space > np.iinfo(np.int32).max:
-        raise ValueError(f"token id space {tokenizer.id_space} does not fit int32")
-    batches = [texts[i:i + _TOKENIZE_BATCH] for i in range(0, len(texts), _TOKENIZE_BATCH)]
-    progress = Progress(f"tokenizing {label}", progress_every_s)
-    ids_parts, lengths = [], [np.zeros([1], np.int64)]
-    done = 0
-    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-        for ids, splits in pool.map(tokenizer.tokenize, batches):
-            ids_parts.append(ids.astype(np.int32))
-            lengths.append(np.diff(splits))
-            done += len(splits) - 1
-            progress.update(done)
-    token_ids = np.concatenate(ids_parts) if ids_parts else np.zeros([0], np.int32)
-    return token_ids, np.cumsum(np.concatenate(lengths)).astype(np.int64)
-
-
-def user_histories(user_rows: np.ndarray, item_rows: np.ndarray, label_kinds: np.ndarray,
-                   order_key: np.ndarray, num_users: int
-                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-user positive-item sequences and each interaction's position in its user's sequence.
-
-    Args:
-      user_rows: [n] int, -1 = no user.
-      item_rows: [n] int.
-      label_kinds: [n] int (schema.LabelKind); click and human positive enter the history.
-      order_key: [n] float64 time of each interaction (or its file position).
-      num_users: user table size.
-
-    Returns:
-      history_items: [P] int32 item rows of each user's positives ordered by (time, file line).
-      history_splits: [num_users + 1] int64; user u's sequence is
-        history_items[history_splits[u]:history_splits[u + 1]].
-      history_end: [n] int32: the number of positives of the same user strictly earlier in
-        time (ties do not count), i.e. the interaction's history is the sequence's prefix of
-        that length; 0 without a user.
-    """
-    n = len(user_rows)
-    history_end = np.zeros([n], np.int32)
-    idx = np.nonzero(user_rows >= 0)[0]
-    order = idx[np.lexsort((idx, order_key[idx], user_rows[idx]))]
-    users = user_rows[order].astype(np.int64)
-    positive = label_kinds[order] != schema.LabelKind.NEGATIVE
-    history_items = item_rows[order][positive].astype(np.int32)
-    counts = np.bincount(users[positive], minlength=num_users) if num_users else np.zeros([0])
-    history_splits = np.zeros([num_users + 1], np.int64)
-    np.cumsum(counts, out=history_splits[1:])
-    if len(order):
-        before = np.cumsum(positive) - positive          # positives earlier in sorted order
-        times = order_key[order]
-        new_group = np.ones(len(order), bool)           # first of each (user, time) tie group
-        new_group[1:] = (users[1:] != users[:-1]) | (times[1:] != times[:-1])
-        group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))
-        history_end[order] = (before[group_start] - history_splits[users]).astype(np.int32)
-    return history_items, history_splits, history_end
-
-
-def human_negative_table(query_rows: np.ndarray, item_rows: np.ndarray,
-                         num_queries: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The human negatives of each query as a ragged table (distinct items, ascending).
-
-    Args:
-      query_rows, item_rows: [n] int, the (query, item) pairs labelled negative.
-      num_queries: query table size.
-
-    Returns:
-      items [P] int32 and splits [num_queries + 1] int64: query q's negatives are
-      items[splits[q]:splits[q + 1]].
-    """
-    pairs = np.unique(np.stack([np.asarray(query_rows, np.int64),
-                                np.asarray(item_rows, np.int64)], axis=1).reshape(-1, 2), axis=0)
-    splits = np.zeros([num_queries + 1], np.int64)
-    np.cumsum(np.bincount(pairs[:, 0], minlength=num_queries), out=splits[1:])
-    return pairs[:, 1].astype(np.int32), splits
-
-
 def _item_attributes(items: "_Table") -> List[List[str]]:
     """[num_items] lists of the categorical values of each item (for pseudo-queries)."""
     columns = [(col.values, col.codes) for col in items.values]
     return [[values[codes[i]] for values, codes in columns] for i in range(len(items.ids))]
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing.
-
-def _save(path: str, array_: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path, np.ascontiguousarray(array_))
-
-
-def write_records(out_dir: str, split: str, records: np.ndarray, per_shard: int,
-                   checks: Optional[Dict[str, dict]] = None) -> List[str]:
-    """Writes a split's record files; `checks` receives each file's records, bytes and CRC-32
-    (layout.json "record_checks", verified before training)."""
-    shards = max(1, -(-len(records) // per_shard))
-    paths = []
-    for s in range(shards):
-        rel = f"{layout_lib.INTERACTIONS_DIR}/{split}-{s:05d}-of-{shards:05d}.rec"
-        part = records[s * per_shard:(s + 1) * per_shard]
-        os.makedirs(os.path.join(out_dir, layout_lib.INTERACTIONS_DIR), exist_ok=True)
-        header, body = layout_lib.record_header(len(part)), part.tobytes()
-        with open(os.path.join(out_dir, rel), "wb") as f:
-            f.write(header)
-            f.write(body)
-        if checks is not None:
-            checks[rel] = {"records": int(len(part)), "bytes": len(header) + len(body),
-                           "crc32": f"{zlib.crc32(body, zlib.crc32(header)):08x}"}
-        paths.append(rel)
-    return paths
-
-
-def check_output(path: str) -> None:
-    if os.path.exists(path) and not (
-            os.path.isdir(path) and (not os.listdir(path)
-                                     or os.path.isfile(os.path.join(path, layout_lib.LAYOUT_JSON)))):
-        raise PrepareError(f"--output {path} exists and is not a training layout; refusing to "
-                           f"replace it (choose a new directory)")
-
-
-def check_fractions(reports: Sequence[schema.FileReport], max_fraction: float) -> None:
-    for rep in reports:
-        if rep.rows_read and rep.rows_rejected / rep.rows_read > max_fraction:
-            raise PrepareError(
-                f"{rep.path}: {rep.rows_rejected:,} of {rep.rows_read:,} rows rejected "
-                f"({100.0 * rep.rows_rejected / rep.rows_read:.1f}% > "
-                f"--max_reject_fraction={max_fraction}); see the reasons above. Wrong file, "
-                f"column or delimiter?")
 
 
 def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout_lib.LayoutSpec:
@@ -622,72 +490,3 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     return write_metadata(config, tmp, tok_config, tokenizer.id_space, reports, sizes,
                           item_features, user_features, counts, split_info, record_files,
                           num_records, record_checks, log)
-
-
-def write_metadata(config: PrepareConfig, out_dir: str, tok_config: TokenizerConfig,
-                   token_id_space: int, reports: Sequence[schema.FileReport], sizes: dict,
-                   item_features: Dict[str, int], user_features: Dict[str, int],
-                   counts: dict, split_info: dict, record_files: Dict[str, List[str]],
-                   num_records: Dict[str, int], record_checks: Dict[str, dict],
-                   log: Callable[[str], None]) -> dict:
-    """Writes layout.json and prepare_report.txt (both prepare paths); logs the summary.
-
-    Args:
-      sizes: num_items, num_users, num_queries (logged + pseudo), num_logged_queries.
-      counts: labels, splits, item_tokens, pseudo_queries, eval_queries_equal_to_a_pseudo_query,
-        train_human_negatives, interactions_with_user, users_with_history.
-
-    Returns:
-      The layout.json contents.
-    """
-    extra = dict(counts)
-    item_token_count = extra.pop("item_tokens")
-    counts = {rep.kind: rep.to_dict() for rep in reports}
-    counts.update(extra)
-    counts["items"]["tokens"] = int(item_token_count)
-    tok_json = dataclasses.asdict(tok_config)
-    if tok_json.get("vocab_file"):
-        tok_json["vocab_file"] = layout_lib.VOCAB_TXT
-    prepare_config = dataclasses.asdict(config)
-    prepare_config["tokenizer"] = tok_json
-    meta = {
-        "format_version": layout_lib.FORMAT_VERSION,
-        "tokenizer_config": tok_json,
-        "token_id_space": int(token_id_space),
-        "num_items": sizes["num_items"],
-        "num_users": sizes["num_users"],
-        "num_queries": sizes["num_queries"],
-        "num_logged_queries": sizes["num_logged_queries"],
-        "item_features": item_features,
-        "user_features": user_features,
-        "history_length": config.history_length,
-        "counts": counts,
-        "split": split_info,
-        "eval_min_gain": config.eval_min_gain,
-        "record_files": record_files,
-        "num_records": num_records,
-        "record_checks": record_checks,
-        "prepare_config": prepare_config,
-    }
-    with open(os.path.join(out_dir, layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    pseudo_count = counts["pseudo_queries"]
-    summary = [
-        f"items: {sizes['num_items']:,} ({item_token_count:,} title tokens); "
-        f"item features {meta['item_features']}",
-        f"users: {sizes['num_users']:,}; user features {meta['user_features']}; "
-        f"{counts['users_with_history']:,} with a history",
-        f"queries: {sizes['num_logged_queries']:,} distinct (+ {pseudo_count:,} pseudo-queries)",
-        f"human negatives of train queries: {counts['train_human_negatives']['pairs']:,} pairs "
-        f"over {counts['train_human_negatives']['queries']:,} queries (a per-query table)",
-        f"labels: {counts['labels']}",
-        f"split ({split_info['rule']}): train {num_records['train']:,} interactions / "
-        f"{counts['splits']['train']['queries']:,} queries; eval {num_records['eval']:,} / "
-        f"{counts['splits']['eval']['queries']:,}",
-    ]
-    for line in summary:
-        log(line)
-    with open(os.path.join(out_dir, layout_lib.REPORT_TXT), "w", encoding="utf-8") as f:
-        f.write("\n".join([rep.format() for rep in reports] + summary) + "\n")
-    return meta

@@ -22,6 +22,10 @@ class SchemaError(ValueError):
     """
 
 
+class PrepareError(SchemaError):
+    """prepare cannot produce a usable layout (too many rejected rows, nothing left, ...)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Columns.
 

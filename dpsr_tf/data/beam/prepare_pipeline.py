@@ -41,6 +41,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data import derived_tables, layout_writer
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import pseudo_queries as pseudo_lib
 from dpsr_tf.data import rows as rows_lib
@@ -329,7 +330,7 @@ def _per_user(element, has_time: bool):
     item_rows = np.array([it[3] for it in items], np.int32)
     kinds = np.array([it[5] for it in items], np.int8)
     order_key = np.array([it[1] if has_time else float(it[0]) for it in items], np.float64)
-    history, _, history_end = prepare_lib.user_histories(
+    history, _, history_end = derived_tables.user_histories(
         np.zeros([n], np.int32), item_rows, kinds, order_key, 1)
     if len(history):
         yield beam.pvalue.TaggedOutput("history", (user_row, history.astype(np.int32)))
@@ -349,7 +350,7 @@ def _no_user_record(it):
 
 def _negatives(element):
     q_row, item_rows = element
-    items, _ = prepare_lib.human_negative_table(
+    items, _ = derived_tables.human_negative_table(
         np.zeros([len(item_rows)], np.int64), np.asarray(list(item_rows), np.int64), 1)
     return q_row, items
 
@@ -428,7 +429,7 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
     _check_supported(config)
     start = time.monotonic()
     output = os.path.abspath(config.output)
-    prepare_lib.check_output(output)
+    layout_writer.check_output(output)
     # Headers are checked here, before any worker starts, with the single-process messages.
     item_reader = ShardedReader(config.items, schema.ITEMS)
     item_cols = rows_lib.table_columns(item_reader, True)
@@ -729,7 +730,7 @@ def _assemble(config, tmp, parts, tok_config, rule, item_cols, user_cols, inter_
     kept = sum(v for k, v in counts.items() if k.startswith("label_"))
     if not kept:
         raise prepare_lib.PrepareError(f"{config.interactions}: no valid interaction rows")
-    prepare_lib.check_fractions(reports, config.max_reject_fraction)
+    layout_writer.check_fractions(reports, config.max_reject_fraction)
     num_users = read(parts, "num_users", 0)
     num_logged = read(parts, "num_logged_queries", 0)
     num_pseudo = read(parts, "num_pseudo", 0)
@@ -808,6 +809,6 @@ def _assemble(config, tmp, parts, tok_config, rule, item_cols, user_cols, inter_
     item_features = {name: len(item_vocabs.get(j, [])) + 1
                      for j, name in enumerate(item_cols.feature_names)}
     user_features = {name: len(user_vocabs.get(j, [])) + 1 for j, name in enumerate(user_names)}
-    prepare_lib.write_metadata(config, tmp, tok_config, tokenizer.id_space, reports, sizes,
+    layout_writer.write_metadata(config, tmp, tok_config, tokenizer.id_space, reports, sizes,
                                item_features, user_features, out_counts, split_info,
                                record_files, num_records, record_checks, log)
