@@ -36,7 +36,6 @@ and interactions stream to disk in chunks); 1M items / 10M interactions take min
 """
 import collections
 import dataclasses
-import json
 import os
 import time
 from typing import Dict, List, Tuple
@@ -44,12 +43,11 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from dpsr_tf.demo import synthetic_taxonomy as tx
+from dpsr_tf.demo import synthetic_truth as truth_files
+from dpsr_tf.demo.synthetic_world import (
+    BRAND, CATEGORY, COLOR, GENDER, TIER, TYPE, ItemIndex, World)
 
 ITEMS_TSV, USERS_TSV, INTERACTIONS_TSV = "items.tsv", "users.tsv", "interactions.tsv"
-GROUND_TRUTH_JSON = "ground_truth.json"
-QUERIES_TRUTH_TSV = "ground_truth_queries.tsv"
-USERS_TRUTH_TSV = "ground_truth_users.tsv"
-INTERACTIONS_TRUTH_TSV = "ground_truth_interactions.tsv"
 _CHUNK = 1 << 16          # rows per generation chunk (fixed: part of the output definition)
 
 
@@ -114,125 +112,6 @@ class SyntheticConfig:
     def demo(cls, seed: int = 0) -> "SyntheticConfig":
         """The `make demo` default: 10k items, 2k users, 150k clicks (seconds to generate)."""
         return cls(num_items=10_000, num_users=2_000, num_interactions=150_000, seed=seed)
-
-
-# ---------------------------------------------------------------------------------------------
-# The world as arrays.
-
-class _World:
-    """Flattened taxonomy: categories, types, brands and colours as integer indices."""
-
-    def __init__(self):
-        self.categories = tx.CATEGORIES
-        self.brand_keys = list(tx.BRANDS)
-        self.brand_index = {k: i for i, k in enumerate(self.brand_keys)}
-        self.types: List[tx.ProductType] = []
-        self.type_cat: List[int] = []
-        self.cat_types: List[List[int]] = []
-        for c, cat in enumerate(self.categories):
-            self.cat_types.append([])
-            for t in cat.types:
-                self.cat_types[-1].append(len(self.types))
-                self.types.append(t)
-                self.type_cat.append(c)
-        self.type_index = {t.key: i for i, t in enumerate(self.types)}
-        self.cat_brands = [[self.brand_index[b] for b in cat.brands] for cat in self.categories]
-        self.num_cats, self.num_types = len(self.categories), len(self.types)
-        self.num_brands, self.num_colors = len(self.brand_keys), len(tx.COLORS)
-        self.cat_weight = np.array([c.weight for c in self.categories])
-        self.cat_weight /= self.cat_weight.sum()
-        self.type_cat_arr = np.array(self.type_cat)
-        self.cat_ntypes = np.array([len(t) for t in self.cat_types])
-        self.cat_type0 = np.array([t[0] for t in self.cat_types])
-        self.cat_nbrands = np.array([len(b) for b in self.cat_brands])
-        width = self.cat_nbrands.max()
-        self.cat_brand_table = np.zeros([self.num_cats, width], np.int64)
-        for c, brands in enumerate(self.cat_brands):
-            self.cat_brand_table[c, :len(brands)] = brands
-        self.cat_colored = np.array([c.colored for c in self.categories])
-        self.cat_gendered = np.array([c.gendered for c in self.categories])
-        self.type_women_only = np.array([t.gender == "women" for t in self.types])
-        self.brand_tier = np.array([tx.BRANDS[b].tier_bias for b in self.brand_keys])
-        # Brand choice weights by the user's purchase power: 3x for brands of the user's tier.
-        self.brand_cum = np.zeros([len(tx.PURCHASE_POWER), self.num_cats, width])
-        for p in range(len(tx.PURCHASE_POWER)):
-            for c, brands in enumerate(self.cat_brands):
-                w = np.array([3.0 if self.brand_tier[b] == p else 1.0 for b in brands])
-                self.brand_cum[p, c, :len(brands)] = np.cumsum(w / w.sum())
-                self.brand_cum[p, c, len(brands):] = 1.0
-        # Polysemous terms.
-        self.poly_terms = list(tx.POLYSEMY)
-        self.poly_en = [i for i, t in enumerate(self.poly_terms) if t.isascii()]
-        self.poly_zh = [i for i, t in enumerate(self.poly_terms) if not t.isascii()]
-        max_senses = max(len(s) for s in tx.POLYSEMY.values())
-        self.sense_type = np.full([len(self.poly_terms), max_senses], -1, np.int64)
-        self.sense_brand = np.full([len(self.poly_terms), max_senses], -1, np.int64)
-        for i, term in enumerate(self.poly_terms):
-            for j, sense in enumerate(tx.POLYSEMY[term]):
-                self.sense_type[i, j] = self.type_index[sense.type_key]
-                if sense.brand:
-                    self.sense_brand[i, j] = self.brand_index[sense.brand]
-        self.sense_cat = np.where(self.sense_type >= 0, self.type_cat_arr[self.sense_type], -1)
-
-    def intent(self, t: int, b: int, col: int, g: int) -> str:
-        return "|".join((self.types[t].key, self.brand_keys[b] if b >= 0 else "*",
-                         tx.COLORS[col][0] if col >= 0 else "*",
-                         tx.GENDERS[g] if g >= 0 else "*"))
-
-
-# Field bits of the item group index.
-_C, _T, _B, _COL, _TIER, _G = 1, 2, 4, 8, 16, 32
-
-
-class _ItemIndex:
-    """Items grouped by any subset of (category, type, brand, colour, tier, gender)."""
-
-    def __init__(self, world: _World, fields: Dict[int, np.ndarray]):
-        self._fields = fields
-        self._radix = {_C: world.num_cats, _T: world.num_types, _B: world.num_brands,
-                       _COL: world.num_colors + 1, _TIER: 3, _G: 3}
-        self._groups = {}
-
-    def _key(self, mask: int, values: Dict[int, np.ndarray], n: int) -> np.ndarray:
-        key = np.zeros(n, np.int64)
-        for bit in (_C, _T, _B, _COL, _TIER, _G):
-            if mask & bit:
-                key = key * self._radix[bit] + values[bit]
-        return key
-
-    def _group(self, mask: int):
-        if mask not in self._groups:
-            n = len(self._fields[_C])
-            key = self._key(mask, self._fields, n)
-            order = np.argsort(key, kind="stable")
-            self._groups[mask] = (key[order], order)
-        return self._groups[mask]
-
-    def sample(self, masks: List[np.ndarray], values: Dict[int, np.ndarray],
-               u: np.ndarray) -> np.ndarray:
-        """For each row, an item from the first non-empty group of its mask sequence.
-
-        Args:
-          masks: per step, [n] int masks (the last step should be 0 = any item).
-          values: field bit -> [n] wanted values.
-          u: [n] uniform draws in [0, 1).
-        """
-        n = len(u)
-        out = np.full(n, -1, np.int64)
-        for step in masks:
-            todo = np.nonzero(out < 0)[0]
-            if not len(todo):
-                break
-            for mask in np.unique(step[todo]):
-                rows = todo[step[todo] == mask]
-                keys, order = self._group(int(mask))
-                want = self._key(int(mask), {b: v[rows] for b, v in values.items()}, len(rows))
-                lo = np.searchsorted(keys, want, "left")
-                hi = np.searchsorted(keys, want, "right")
-                ok = hi > lo
-                pick = lo + np.floor(u[rows] * (hi - lo)).astype(np.int64)
-                out[rows[ok]] = order[np.minimum(pick[ok], len(order) - 1)]
-        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +185,7 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *stream]))
 
 
-def _write_items(cfg: SyntheticConfig, world: _World, out_dir: str, log):
+def _write_items(cfg: SyntheticConfig, world: World, out_dir: str, log):
     """Draws and writes the items; returns their fields (arrays), chunk by chunk."""
     n = cfg.num_items
     cat = np.empty(n, np.int64)
@@ -369,11 +248,12 @@ def _write_items(cfg: SyntheticConfig, world: _World, out_dir: str, log):
             f.write("\n".join(lines))
             f.write("\n")
     log(f"  items: {n:,}")
-    return {_C: cat, _T: typ, _B: brand, _COL: np.where(color < 0, world.num_colors, color),
-            _TIER: tier, _G: gender}
+    return {CATEGORY: cat, TYPE: typ, BRAND: brand,
+            COLOR: np.where(color < 0, world.num_colors, color),
+            TIER: tier, GENDER: gender}
 
 
-def _make_users(cfg: SyntheticConfig, world: _World, out_dir: str):
+def _make_users(cfg: SyntheticConfig, world: World, out_dir: str):
     n = cfg.num_users
     rng = _rng(cfg.seed, 2)
     gender = np.where(rng.random(n) < 0.5, 0, 1)                      # 0 m, 1 f
@@ -396,7 +276,8 @@ def _make_users(cfg: SyntheticConfig, world: _World, out_dir: str):
         f.write("".join(
             f"{user_id(u)}\t{tx.USER_GENDERS[gender[u]] if gender_known[u] else ''}\t"
             f"{tx.PURCHASE_POWER[power[u]]}\t{tx.AGE_BUCKETS[age[u]]}\n" for u in range(n)))
-    with open(os.path.join(out_dir, USERS_TRUTH_TSV), "w", encoding="utf-8", newline="\n") as f:
+    with open(os.path.join(out_dir, truth_files.USERS_TRUTH_TSV), "w", encoding="utf-8",
+              newline="\n") as f:
         f.write("user_id\tgender\tpurchase_power\tage_bucket\tlanguage\ttop_categories\n")
         for u in range(n):
             top = np.argsort(-affinity[u], kind="stable")[:5]
@@ -412,7 +293,7 @@ def _make_users(cfg: SyntheticConfig, world: _World, out_dir: str):
 class _QueryText:
     """Builds (and caches) the clean text of a query from its parts."""
 
-    def __init__(self, world: _World):
+    def __init__(self, world: World):
         self._world = world
         self._cache: Dict[tuple, str] = {}
 
@@ -446,10 +327,10 @@ def generate(config: SyntheticConfig, output_dir: str, log=print) -> SyntheticRe
     start_time = time.monotonic()
     cfg = config
     os.makedirs(output_dir, exist_ok=True)
-    world = _World()
+    world = World()
     log(f"generating a synthetic catalog in {output_dir} (seed {cfg.seed})")
     item_fields = _write_items(cfg, world, output_dir, log)
-    index = _ItemIndex(world, item_fields)
+    index = ItemIndex(world, item_fields)
     users = _make_users(cfg, world, output_dir)
     log(f"  users: {cfg.num_users:,}")
     texts = _QueryText(world)
@@ -458,8 +339,8 @@ def generate(config: SyntheticConfig, output_dir: str, log=print) -> SyntheticRe
     counts = collections.Counter()
     inter_f = open(os.path.join(output_dir, INTERACTIONS_TSV), "w", encoding="utf-8",
                    newline="\n")
-    truth_f = (open(os.path.join(output_dir, INTERACTIONS_TRUTH_TSV), "w", encoding="utf-8",
-                    newline="\n") if cfg.write_interaction_truth else None)
+    truth_f = (open(os.path.join(output_dir, truth_files.INTERACTIONS_TRUTH_TSV), "w",
+                    encoding="utf-8", newline="\n") if cfg.write_interaction_truth else None)
     inter_f.write("query\tuser_id\titem_id\tlabel\ttimestamp\n")
     if truth_f:
         truth_f.write("intent\tclean_query\tpolysemous_term\ttypo\tlanguage\tsource\n")
@@ -482,8 +363,8 @@ def generate(config: SyntheticConfig, output_dir: str, log=print) -> SyntheticRe
             truth_f.close()
     log(f"  interactions: {counts['rows']:,} rows ({counts['click']:,} clicks, "
         f"{counts['positive']:,} human positives, {counts['negative']:,} human negatives)")
-    _write_query_truth(output_dir, query_intents)
-    _write_ground_truth(cfg, world, output_dir, poly_counts, counts, len(query_intents))
+    truth_files.write_query_truth(output_dir, query_intents)
+    truth_files.write_ground_truth(cfg, world, output_dir, poly_counts, counts, len(query_intents))
     seconds = time.monotonic() - start_time
     log(f"  done in {seconds:.1f} s")
     result_counts = {"items": cfg.num_items, "users": cfg.num_users, **counts,
@@ -542,18 +423,19 @@ def _interaction_chunk(cfg, world, index, users, texts, start, k, query_intents,
                          np.floor(r[:, 15] * 3).astype(np.int64))
     g_pref = np.where(r[:, 16] < cfg.gender_match, g_user, np.floor(r[:, 17] * 3).astype(np.int64))
     g_pref = np.where(users["gender_known"][u], g_pref, np.floor(r[:, 17] * 3).astype(np.int64))
-    req = _T | np.where(brand_req, _B, 0) | np.where(col_req, _COL, 0) | np.where(g_req, _G, 0)
-    pref = _TIER | np.where(gendered, _G, 0)
-    masks = [req | pref, req | _TIER, req, req & ~_COL, np.full(k, _T), np.full(k, _C),
+    req = (TYPE | np.where(brand_req, BRAND, 0) | np.where(col_req, COLOR, 0)
+           | np.where(g_req, GENDER, 0))
+    pref = TIER | np.where(gendered, GENDER, 0)
+    masks = [req | pref, req | TIER, req, req & ~COLOR, np.full(k, TYPE), np.full(k, CATEGORY),
              np.zeros(k, np.int64)]
-    values = {_C: cat, _T: typ, _B: brand, _COL: color, _TIER: tier_pref,
-              _G: np.where(g_req, g_user, g_pref)}
+    values = {CATEGORY: cat, TYPE: typ, BRAND: brand, COLOR: color, TIER: tier_pref,
+              GENDER: np.where(g_req, g_user, g_pref)}
     item = index.sample(masks, values, r[:, 18])
     # Hard negatives for human-negative rows: another type of the same category.
     other = world.cat_type0[cat] + (typ - world.cat_type0[cat] + 1 + np.floor(
         r[:, 19] * np.maximum(world.cat_ntypes[cat] - 1, 1)).astype(np.int64)) % world.cat_ntypes[cat]
-    neg_item = index.sample([np.full(k, _T), np.full(k, _C), np.zeros(k, np.int64)],
-                            {_C: cat, _T: other}, r[:, 20])
+    neg_item = index.sample([np.full(k, TYPE), np.full(k, CATEGORY), np.zeros(k, np.int64)],
+                            {CATEGORY: cat, TYPE: other}, r[:, 20])
     human_pos = r[:, 21] < cfg.human_positive_fraction
     human_neg = (r[:, 22] < cfg.human_negative_fraction) & (world.cat_ntypes[cat] > 1)
     typo = (r[:, 23] < cfg.typo_fraction) & ~zh
@@ -608,81 +490,3 @@ def _interaction_chunk(cfg, world, index, users, texts, start, k, query_intents,
     counts["polysemous"] += int(poly.sum())
     counts["anonymous"] += int(anonymous.sum())
     return rows, truth
-
-
-def _write_query_truth(out_dir: str, query_intents) -> None:
-    with open(os.path.join(out_dir, QUERIES_TRUTH_TSV), "w", encoding="utf-8",
-              newline="\n") as f:
-        f.write("clean_query\tcount\tintents\n")
-        for query in sorted(query_intents):
-            intents = query_intents[query]
-            total = sum(intents.values())
-            shown = ";".join(f"{k}:{v}" for k, v in sorted(intents.items(),
-                                                             key=lambda kv: (-kv[1], kv[0])))
-            f.write(f"{query}\t{total}\t{shown}\n")
-
-
-def _write_ground_truth(cfg, world, out_dir, poly_counts, counts, num_clean) -> None:
-    polysemy = {}
-    for i, term in enumerate(world.poly_terms):
-        senses = []
-        for j, sense in enumerate(tx.POLYSEMY[term]):
-            by_segment = {}
-            for g, gname in enumerate(("m", "f", "unknown")):
-                for p, pname in enumerate(tx.PURCHASE_POWER):
-                    total = poly_counts[i, :, g, p].sum()
-                    if total:
-                        by_segment[f"{gname}/{pname}"] = round(
-                            float(poly_counts[i, j, g, p] / total), 4)
-            senses.append({"intent": world.intent(world.type_index[sense.type_key],
-                                                  world.brand_index[sense.brand]
-                                                  if sense.brand else -1, -1, -1),
-                           "category": world.categories[world.type_cat[
-                               world.type_index[sense.type_key]]].key,
-                           "clicks": int(poly_counts[i, j].sum()),
-                           "share_by_gender_and_purchase_power": by_segment})
-        polysemy[term] = senses
-    taxonomy = {
-        cat.key: {"zh": cat.zh, "brands": list(cat.brands), "gendered": cat.gendered,
-                  "types": {t.key: {"en": [t.en, *t.en_synonyms], "zh": [t.zh, *t.zh_synonyms]}
-                            for t in cat.types}}
-        for cat in world.categories}
-    truth = {
-        "config": dataclasses.asdict(cfg),
-        "counts": dict(counts, clean_queries=num_clean),
-        "intent_format": "product_type|brand|color|gender ('*' = not named by the query)",
-        "polysemy": polysemy,
-        "category_tilt_by_segment": tx.CATEGORY_TILT,
-        "preferences": {
-            "tier_match": cfg.tier_match,
-            "gender_match": cfg.gender_match,
-            "purchase_power_to_tier": dict(zip(tx.PURCHASE_POWER, tx.TIERS)),
-            "brand_choice": "brands of the user's tier weigh 3x when the query names a brand"},
-        "taxonomy": taxonomy,
-        "brands": {k: {"en": b.en, "zh": b.zh, "tier": tx.TIERS[b.tier_bias]}
-                   for k, b in tx.BRANDS.items()},
-        "files": {"queries": QUERIES_TRUTH_TSV, "users": USERS_TRUTH_TSV,
-                  "interactions": INTERACTIONS_TRUTH_TSV if cfg.write_interaction_truth
-                  else None},
-    }
-    with open(os.path.join(out_dir, GROUND_TRUTH_JSON), "w", encoding="utf-8") as f:
-        json.dump(truth, f, indent=1, ensure_ascii=False, sort_keys=False)
-        f.write("\n")
-
-
-def load_ground_truth(output_dir: str) -> dict:
-    """ground_truth.json of a generated catalog."""
-    with open(os.path.join(output_dir, GROUND_TRUTH_JSON), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def load_query_intents(output_dir: str) -> Dict[str, Dict[str, int]]:
-    """clean query -> {intent: clicks} from ground_truth_queries.tsv."""
-    out = {}
-    with open(os.path.join(output_dir, QUERIES_TRUTH_TSV), encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            query, _, intents = line.rstrip("\n").split("\t")
-            out[query] = {k: int(v) for k, v in (x.rsplit(":", 1) for x in intents.split(";"))}
-    return out
-

@@ -11,6 +11,7 @@ import pytest
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.demo import synthetic_catalog as synthetic
+from dpsr_tf.demo import synthetic_truth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Big enough that every product type has items; small enough for a unit test (~1 s).
@@ -52,7 +53,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 def test_counts_and_aligned_ground_truth(mid_catalog):
     inter = _rows(mid_catalog.interactions_path)
-    truth = _rows(os.path.join(mid_catalog.output_dir, synthetic.INTERACTIONS_TRUTH_TSV))
+    truth = _rows(os.path.join(mid_catalog.output_dir, synthetic_truth.INTERACTIONS_TRUTH_TSV))
     counts = mid_catalog.counts
     assert len(inter) == len(truth) == counts["rows"]
     assert counts["click"] == MID.num_interactions
@@ -73,7 +74,7 @@ def test_counts_and_aligned_ground_truth(mid_catalog):
 def test_clicked_items_match_their_intent(mid_catalog):
     items = {r["item_id"]: r for r in _rows(mid_catalog.items_path)}
     inter = _rows(mid_catalog.interactions_path)
-    truth = _rows(os.path.join(mid_catalog.output_dir, synthetic.INTERACTIONS_TRUTH_TSV))
+    truth = _rows(os.path.join(mid_catalog.output_dir, synthetic_truth.INTERACTIONS_TRUTH_TSV))
     type_ok = brand_ok = brand_n = neg_same_type = negs = 0
     clicks = 0
     for row, t in zip(inter, truth):
@@ -95,7 +96,7 @@ def test_clicked_items_match_their_intent(mid_catalog):
 
 def test_queries_english_chinese_typos_and_polysemy(mid_catalog):
     inter = _rows(mid_catalog.interactions_path)
-    truth = _rows(os.path.join(mid_catalog.output_dir, synthetic.INTERACTIONS_TRUTH_TSV))
+    truth = _rows(os.path.join(mid_catalog.output_dir, synthetic_truth.INTERACTIONS_TRUTH_TSV))
     zh = [t["language"] == "zh" for t in truth]
     assert 0.15 < np.mean(zh) < 0.45
     assert any(any("\u4e00" <= c <= "\u9fff" for c in r["query"]) for r in inter)
@@ -103,7 +104,7 @@ def test_queries_english_chinese_typos_and_polysemy(mid_catalog):
     assert len(typos) > 0.03 * len(inter)
     for query, clean in typos:
         assert query != clean and abs(len(query) - len(clean)) <= 1
-    intents = synthetic.load_query_intents(mid_catalog.output_dir)
+    intents = synthetic_truth.load_query_intents(mid_catalog.output_dir)
     apple = {k.split("|")[0] for k in intents["apple"]}
     assert {"smartphone", "laptop", "apple_fruit"} <= apple
     assert {"computer_mouse", "cat_toy_mouse"} <= {k.split("|")[0] for k in intents["mouse"]}
@@ -111,7 +112,7 @@ def test_queries_english_chinese_typos_and_polysemy(mid_catalog):
 
 
 def test_profiles_shift_clicks(mid_catalog):
-    truth = synthetic.load_ground_truth(mid_catalog.output_dir)
+    truth = synthetic_truth.load_ground_truth(mid_catalog.output_dir)
     # Polysemy: low purchase power users mean the fruit far more often than high power users.
     for term, fruit in (("apple", "apple_fruit|*|*|*"), ("blackberry", "blackberry_fruit|*|*|*"),
                         ("小米", "millet|*|*|*")):
