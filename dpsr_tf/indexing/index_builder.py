@@ -174,15 +174,15 @@ def _hnsw_nodes(index):
     return out
 
 
-def _disable_polysemous_training(index) -> None:
+def disable_polysemous_training(index) -> None:
     """index_factory turns on polysemous training for 8-bit PQ codes: a slow reordering of the
     codebook (minutes) that only polysemous search (Hamming filtering, unused here) needs."""
     node = faiss.downcast_index(index)
     while isinstance(node, faiss.IndexPreTransform):
         node = faiss.downcast_index(node.index)
     if isinstance(node, faiss.IndexRefine):  # base and refine codes ("...,Refine(PQ32)")
-        _disable_polysemous_training(node.base_index)
-        _disable_polysemous_training(node.refine_index)
+        disable_polysemous_training(node.base_index)
+        disable_polysemous_training(node.refine_index)
         return
     if isinstance(node, (faiss.IndexPQ, faiss.IndexIVFPQ)):
         node.do_polysemous_training = False
@@ -307,7 +307,7 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
         faiss.omp_set_num_threads(config.num_threads)
     try:
         ivf = extract_ivf(template)
-        _disable_polysemous_training(template)
+        disable_polysemous_training(template)
         for node in _hnsw_nodes(template):
             if config.ef_construction:
                 node.hnsw.efConstruction = config.ef_construction

@@ -45,6 +45,7 @@ def _data(seed, n=2000, nq=25, d=32):
 
 def _wheel_index(factory, items, nprobe, k_factor):
     index = faiss.index_factory(items.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    index_builder.disable_polysemous_training(index)  # as `dpsr index` builds (25 s -> 0.1 s)
     index.train(items)
     index.add(items)
     index_builder.extract_ivf(index).nprobe = nprobe

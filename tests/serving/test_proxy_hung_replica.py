@@ -8,13 +8,11 @@ import time
 
 import numpy as np
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.proxy import config as proxy_config
 from tests.support import toy_servable as ts
-from tests.support.serving_testing import outputs, predict_request
+from tests.support.serving_testing import metric_total, outputs, predict_request
 
 N_REQUESTS = 24
 K = 10
@@ -47,14 +45,8 @@ def cluster(shard_dirs, tmp_path_factory):
 
 
 def _metric(proxy, name, **labels) -> float:
-    text = requests.get(f"http://127.0.0.1:{proxy.rest_api_port}/monitoring/prometheus/metrics",
-                        timeout=10).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return metric_total(f"http://127.0.0.1:{proxy.rest_api_port}/monitoring/prometheus/metrics",
+                        name, **labels)
 
 
 def _query(i: int) -> str:

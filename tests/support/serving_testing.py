@@ -210,3 +210,19 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def prometheus_samples(url: str) -> list:
+    """[(sample name, labels dict, value)] of a Prometheus text page (a server's or the proxy's
+    monitoring endpoint)."""
+    import requests  # pylint: disable=import-outside-toplevel
+    from prometheus_client.parser import text_string_to_metric_families  # pylint: disable=import-outside-toplevel
+    text = requests.get(url, timeout=30).text
+    return [(s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def metric_total(url: str, name: str, **labels) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when none)."""
+    return sum(value for sample, got, value in prometheus_samples(url)
+               if sample == name and all(got.get(k) == v for k, v in labels.items()))

@@ -174,8 +174,8 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
         result.wait_until_finish()
         log(f"beam: pipeline done in {time.monotonic() - pipeline_start:.1f} s "
             f"({_rows_read(result)}); joining the table blocks")
-        layout_assembly.assemble_layout(config, tmp, parts, tok_config, rule, item_cols, user_cols, inter_notes,
-                  auto_users, log)
+        layout_assembly.assemble_layout(config, tmp, parts, tok_config, rule, item_cols,
+                                        user_cols, inter_notes, auto_users, log)
         shutil.rmtree(parts)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -251,8 +251,8 @@ def _build(p, config, tok_config, rule, item_files, item_cols, user_files, user_
 
     # Interactions: parse, join items.
     inter_read = steps.read_files(p, "Inter", inter_files, schema.INTERACTIONS, every)
-    parsed = inter_read | "InterParse" >> beam.FlatMap(steps.parse_interactions, inter_cols).with_outputs(
-        "events", "parsed")
+    parsed = inter_read | "InterParse" >> beam.FlatMap(
+        steps.parse_interactions, inter_cols).with_outputs("events", "parsed")
     with_items = ({"parsed": parsed.parsed, "row": item_rows_by_id, "why": item_whys}
                   | "JoinItems" >> beam.CoGroupByKey()
                   | "WithItem" >> beam.FlatMap(steps.join_items))
@@ -359,7 +359,8 @@ def _build(p, config, tok_config, rule, item_files, item_cols, user_files, user_
         _records_to_blocks(part, split, parts)
     pseudo_records = pseudo | "PseudoRecord" >> beam.Map(
         lambda prt, n, s=seed + 1: (steps.seeded_hash(s, prt[0]),
-                                    steps.record_bytes(n + prt[0], prt[1][1], -1, 0, LabelKind.CLICK, 1.0)),
+                                    steps.record_bytes(n + prt[0], prt[1][1], -1, 0,
+                                                       LabelKind.CLICK, 1.0)),
         n=beam.pvalue.AsSingleton(num_logged))
     _records_to_blocks(pseudo_records, "pseudo", parts)
 

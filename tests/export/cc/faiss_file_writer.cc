@@ -17,6 +17,8 @@
 
 #include <faiss/IVFlib.h>
 #include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexPQ.h>
 #include <faiss/IndexRefine.h>
 #include <faiss/index_factory.h>
 #include <faiss/index_io.h>
@@ -53,6 +55,20 @@ int main(int argc, char** argv) {
     const int64_t n = items.size() / dim, nq = queries.size() / dim;
     std::unique_ptr<faiss::Index> index(
         faiss::index_factory(dim, factory.c_str(), faiss::METRIC_INNER_PRODUCT));
+    // As `dpsr index` (index_builder.disable_polysemous_training): no polysemous codebook
+    // reordering for 8-bit PQ codes, which only Hamming-filtered search needs and costs ~25 s.
+    auto no_polysemous = [](faiss::Index* node) {
+      if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(node)) {
+        ivfpq->do_polysemous_training = false;
+      }
+      if (auto* pq = dynamic_cast<faiss::IndexPQ*>(node)) pq->do_polysemous_training = false;
+    };
+    if (auto* rf = dynamic_cast<faiss::IndexRefine*>(index.get())) {
+      no_polysemous(rf->base_index);
+      no_polysemous(rf->refine_index);
+    } else {
+      no_polysemous(index.get());
+    }
     index->train(n, items.data());
     index->add(n, items.data());
     faiss::Index* base = index.get();
