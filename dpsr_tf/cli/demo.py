@@ -7,12 +7,15 @@
     5. evaluate     full-corpus Recall/nDCG/MRR on the eval split, beside BM25
     6. index        item tower over the catalog -> 2 FAISS index shards (IVF) and the BM25
                     index of the titles beside them; dense, BM25 and hybrid as served
-    7. export       one hybrid SavedModel per shard (tokenizer + query tower + FAISS search +
-                    BM25 search, fused by reciprocal rank)
-    8. serve        two model servers and the proxy as real processes; queries sent with the
+    7. rewrite      a short run of the cycle-consistent query rewriter (docs/rewriting.md)
+                    on the layout's (query, clicked title) pairs; rewrites of the demo queries
+                    that the lexical index finds something for, written as a rewrite table
+    8. export       one hybrid SavedModel per shard (tokenizer + query tower + FAISS search +
+                    BM25 search over the query and its rewrites, fused by reciprocal rank)
+    9. serve        two model servers and the proxy as real processes; queries sent with the
                     TF Serving gRPC client; each query's top items with their source (dense,
-                    lexical, both) and the head that found them; everything shut down
-    9. report       `dpsr report` of this run (docs/report.md): the page with the evaluation
+                    lexical, both, rewrite) and the head that found them; everything shut down
+   10. report       `dpsr report` of this run (docs/report.md): the page with the evaluation
                     table, training curves, per-head usage and the t-SNE map (no alpha sweep)
 
 Everything goes under --work_dir (default build/demo), replaced on each run.
@@ -23,11 +26,14 @@ import time
 
 from absl import flags, logging
 
+REWRITER_STEPS_DEFAULT = 1000
 _WORK = flags.DEFINE_string("work_dir", "build/demo", "Where the demo writes (replaced).")
 _ITEMS = flags.DEFINE_integer("num_items", 5000, "Synthetic catalog size.")
 _USERS = flags.DEFINE_integer("num_users", 1000, "Synthetic users.")
 _CLICKS = flags.DEFINE_integer("num_interactions", 60000, "Synthetic click rows.")
 _STEPS = flags.DEFINE_integer("train_steps", 3000, "Training steps.")
+_REWRITER_STEPS = flags.DEFINE_integer("rewriter_steps", REWRITER_STEPS_DEFAULT,
+                                       "Query rewriter training steps (0: no rewrite stage).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Print every tokenizer feature.")
 
 TOKENIZER_QUERIES = ["Apple iPhone 15 Pro", "苹果手机 256G", "ovivo phone case",
@@ -63,6 +69,46 @@ def _tokenizer_stage() -> None:
         print("      " + " ".join(shown))
         if not same:
             raise SystemExit("demo failed: the pybind11 and TF op tokenizers disagree")
+
+
+def _rewrite_stage(layout_dir: str, index_dir: str, work: str, steps: int, quiet):
+    """Trains the rewriter briefly and writes the demo queries' rewrite table; its path."""
+    # pylint: disable=g-import-not-at-top
+    from dpsr_tf.rewriting import generate, table
+    from dpsr_tf.rewriting.config import RewriterConfig
+    from dpsr_tf.rewriting.lexical_filter import lexical_hit_fn
+    from dpsr_tf.rewriting.train import train_rewriter
+
+    rewriter_dir = os.path.join(work, "rewriter")
+    losses = train_rewriter(layout_dir, rewriter_dir, RewriterConfig(train_steps=steps),
+                            log_every=max(1, steps // 4), save_every=steps, log=quiet)
+    if losses:
+        print("   teacher-forced losses on the eval split's pairs: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(losses.items())))
+    decode = generate.DecodeConfig(strategy="beam", num_rewrites=8)
+    rows = generate.Rewriter(rewriter_dir).rewrite(DEMO_QUERIES, decode, log=None)
+    rows = generate.filter_rewrites(rows, lexical_hit_fn(index_dir), 3)
+    path = os.path.join(work, "rewrites.tsv")
+    table.write_table(path, [(r.query, [(w.text, w.score) for w in r.rewrites]) for r in rows])
+    for r in rows:
+        shown = " | ".join(w.text for w in r.rewrites) or "(none kept)"
+        print(f"   {r.query!r} -> {shown}")
+    print(f"   {path}: the table the servables look rewrites up in")
+    return path
+
+
+def _print_rewrite_answers(results, titles) -> None:
+    """The served items that only a rewrite found (source "rewrite"), per query."""
+    found = [(r.query, rank, item) for r in results
+             for rank, (item, source) in enumerate(zip(r.item_ids, r.sources), start=1)
+             if source == "rewrite"]
+    if not found:
+        print("   no item of the top 10 came only through a rewrite in this run")
+        return
+    print(f"   answered through a rewrite (source 'rewrite': neither the dense list nor the "
+          f"query's own BM25 list held it): {len(found)} of the top-10 items")
+    for query, rank, item in found[:8]:
+        print(f"   {query!r} #{rank}: {item}  {titles.get(item, '')}")
 
 
 def main(argv):
@@ -158,25 +204,36 @@ def main(argv):
             "recall@10", "recall@100", "ndcg@10", "mrr@10")))
     _done(t)
 
-    t = _stage(7, "dpsr export: one hybrid SavedModel per shard")
+    rewrites = None
+    if _REWRITER_STEPS.value > 0:
+        t = _stage(7, f"dpsr train-rewriter ({_REWRITER_STEPS.value} steps) + dpsr rewrite: "
+                      "rewrites of the demo queries")
+        rewrites = _rewrite_stage(spec.layout_dir, index_dir, work, _REWRITER_STEPS.value, quiet)
+        _done(t)
+
+    t = _stage(8, "dpsr export: one hybrid SavedModel per shard"
+               + (" (with the rewrite table)" if rewrites else ""))
     servables = export_all_shards(train.model_dir, index_dir,
                                   os.path.join(work, "models", "dpsr"),
                                   servable=ServableConfig(fusion=choice.config),
-                                  fusion_choice=choice.to_json())
+                                  fusion_choice=choice.to_json(), rewrite_table=rewrites)
     for path in servables:
         print(f"   {path}")
     _done(t)
 
-    t = _stage(8, "dpsr serve x2 + dpsr proxy; queries with the TF Serving gRPC client")
+    t = _stage(9, "dpsr serve x2 + dpsr proxy; queries with the TF Serving gRPC client")
     titles = dict(zip(layout_lib.load_item_ids(spec),
                       layout_lib.load_item_table(spec).titles))
     log_dir = os.path.join(work, "logs")
     os.makedirs(log_dir)
-    run_serving_demo([os.path.dirname(p) for p in servables], DEMO_QUERIES, model_name="dpsr",
-                     k=10, show=5, item_text=titles, log_dir=log_dir)
+    results = run_serving_demo([os.path.dirname(p) for p in servables], DEMO_QUERIES,
+                               model_name="dpsr", k=10, show=5, item_text=titles,
+                               log_dir=log_dir)
+    if rewrites:
+        _print_rewrite_answers(results, titles)
     _done(t)
 
-    t = _stage(9, "dpsr report: the page of this run")
+    t = _stage(10, "dpsr report: the page of this run")
     from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=g-import-not-at-top
     report_dir = os.path.join(work, "report")
     report_cfg = ReportConfig(

@@ -13,6 +13,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from absl import app
 
+from dpsr_tf import parent_death
+
 # subcommand -> (module, one-line help). Later issues add prepare/train/index/export/serve/...
 SUBCOMMANDS = {
     "tokenize": ("dpsr_tf.cli.tokenize", "show the features and ids of texts"),
@@ -54,6 +56,7 @@ def _usage() -> str:
 
 
 def run(argv=None):
+    parent_death.apply_from_env()
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(_usage())

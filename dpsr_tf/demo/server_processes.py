@@ -6,10 +6,9 @@
 
 Each process binds port 0 and reports its ports through --port_file (no port races), is
 declared ready only when its gRPC health service says SERVING, dies with its parent
-(PR_SET_PDEATHSIG), and is stopped with SIGTERM (then SIGKILL) on exit. `stop_all()` stops
+(dpsr_tf/parent_death.py), and is stopped with SIGTERM (then SIGKILL) on exit. `stop_all()` stops
 every process this module started (tests call it at session end).
 """
-import ctypes
 import json
 import os
 import signal
@@ -23,24 +22,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dpsr_tf import parent_death
 from dpsr_tf.serving.proxy import config as proxy_config
 
 # The folder that holds the dpsr_tf package (the checkout, or site-packages): children import
 # dpsr_tf from it whatever their working directory and PYTHONPATH.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _STARTED: List["ServerProcess"] = []
-_PR_SET_PDEATHSIG = 1
 # How long a starting process may take to serve: a guard against a hung start, not a speed
 # requirement (a process that exits fails at once; several TensorFlow processes starting
 # together on a loaded machine take minutes).
 START_TIMEOUT_S = 600.0
-
-
-def _die_with_parent():  # runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -110,8 +102,8 @@ class ServerProcess:
                                      if env.get("PYTHONPATH") else "")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=_PACKAGE_PARENT, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                         env=parent_death.child_env(env), cwd=_PACKAGE_PARENT)
         _STARTED.append(self)
         return self
 

@@ -16,7 +16,7 @@ PACKAGE = "dpsr_tf"
 
 # Lowest first, along the query's path; a module takes the layer of its longest listed prefix.
 LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
-    ("base", ("dpsr_tf", "dpsr_tf.op_library", "dpsr_tf.config_json")),
+    ("base", ("dpsr_tf", "dpsr_tf.op_library", "dpsr_tf.config_json", "dpsr_tf.parent_death")),
     ("tokenization", ("dpsr_tf.tokenization",)),
     ("data", ("dpsr_tf.data",)),
     ("model", ("dpsr_tf.model",)),
