@@ -23,8 +23,12 @@ cc-test: build  ## C++ unit tests of the tokenizer, lexical index and top-k buff
 demo: build  ## the embedded end-to-end demo
 	$(PY) -m dpsr_tf.cli demo
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), each file whole on one worker so its
+# module fixtures (servers, trained models) are built once; TEST_WORKERS=0 runs them in this one.
+TEST_WORKERS ?= 2
+
 test: build cc-test  ## every test (pytest fails when no test ran)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile
 
 bazel:  ## Bazel build of the C++ targets and their tests (docs/bazel.md); stops the server after
 	tools/bazel/bazel.sh test //...; status=$$?; tools/bazel/bazel.sh shutdown; exit $$status
