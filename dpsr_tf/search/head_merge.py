@@ -6,7 +6,7 @@ once with its best score and the head that gave it.
 
 merge_heads is the in-graph version; merge_heads_np is its NumPy twin for offline evaluation
 (`dpsr evaluate --served`), equal to it on ids, scores, heads and tie order
-(tests/export/test_head_merge.py).
+(tests/search/test_head_merge.py).
 """
 import numpy as np
 import tensorflow as tf

@@ -3,7 +3,7 @@ the faiss-cpu 1.7.3 wheel read each other's index files and answer the same.
 
   wheel -> op: files written by the wheel, searched by Dpsr>FaissSearch and by the wheel.
   op's FAISS -> wheel: files written by a C++ program linked against the same static FAISS as
-    the op library (tests/export/cc/faiss_file_writer.cc), searched by the wheel, the op and
+    the op library (tests/indexing/cc/faiss_file_writer.cc), searched by the wheel, the op and
     the program itself.
 The fast-scan + refine indexes are the ones `dpsr index` builds; their per-call nprobe path
 (search_cc/core/faiss_index.cc SearchRefine) is checked against the wheel with that nprobe stored.
@@ -129,7 +129,7 @@ def writer(tmp_path_factory):
         info = json.load(f)
     exe = str(tmp_path_factory.mktemp("writer") / "faiss_file_writer")
     cmd = ["c++", "-std=c++17", "-O1", *info["compile_flags"], "-I",
-           os.path.join(prefix, "include"), os.path.join(ROOT, "tests", "export", "cc",
+           os.path.join(prefix, "include"), os.path.join(ROOT, "tests", "indexing", "cc",
                                                           "faiss_file_writer.cc"),
            os.path.join(prefix, info["library"]), "-lopenblas", "-fopenmp", "-o", exe]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,4 +1,5 @@
-"""Fixtures of the export tests: tiny seeded embeddings and FAISS index files made by code."""
+"""FAISS fixtures of the search and indexing tests: tiny seeded embeddings, index files made by
+code, and numpy references. The conftest.py of tests/search and tests/indexing import them."""
 import os
 
 import numpy as np
