@@ -97,13 +97,16 @@ def _rewrite_stage(layout_dir: str, index_dir: str, work: str, steps: int, quiet
     return path
 
 
-def _print_rewrite_answers(results, titles) -> None:
+def _print_rewrite_answers(results, titles, fusion) -> None:
     """The served items that only a rewrite found (source "rewrite"), per query."""
     found = [(r.query, rank, item) for r in results
              for rank, (item, source) in enumerate(zip(r.item_ids, r.sources), start=1)
              if source == "rewrite"]
     if not found:
-        print("   no item of the top 10 came only through a rewrite in this run")
+        why = (" (the fusion chosen on this catalog's eval split weighs the lexical list 0: "
+               "dense alone scored best, so no lexical-only item, rewrite or not, can enter "
+               "the top 10)" if fusion.lexical_weight == 0 else "")
+        print(f"   no item of the top 10 came only through a rewrite in this run{why}")
         return
     print(f"   answered through a rewrite (source 'rewrite': neither the dense list nor the "
           f"query's own BM25 list held it): {len(found)} of the top-10 items")
@@ -230,7 +233,7 @@ def main(argv):
                                model_name="dpsr", k=10, show=5, item_text=titles,
                                log_dir=log_dir)
     if rewrites:
-        _print_rewrite_answers(results, titles)
+        _print_rewrite_answers(results, titles, choice.config)
     _done(t)
 
     t = _stage(10, "dpsr report: the page of this run")
