@@ -11,6 +11,7 @@ runs that script, so `make build` needs no manual step. DPSR_FAISS_PREFIX=<dir> 
 include/faiss and buildinfo.json) uses another build instead.
 """
 import ast
+import copy
 import json
 import os
 import subprocess
@@ -71,7 +72,18 @@ COMMON_FLAGS = ["-O2", "-fvisibility=hidden", "-Wall", "-Wno-sign-compare"]
 
 
 class BuildExt(build_ext):
-    """Adds toolchain flags that need imports (pybind11, TensorFlow) at build time only."""
+    """Adds toolchain flags that need imports (pybind11, TensorFlow) at build time only, and
+    compiles each extension into its own folder."""
+
+    def build_extension(self, ext):
+        # The core sources (asset_snapshot.cc, lexical_index.cc, the tokenizer) are compiled
+        # for the op library with TensorFlow's flags and for the pybind11 modules without: one
+        # shared object path let a parallel build (-j 2) link _lexical with the op library's
+        # object (undefined symbol at import, seen in a fresh clone). A copy of the command per
+        # extension, because -j builds extensions in threads.
+        command = copy.copy(self)
+        command.build_temp = os.path.join(self.build_temp, ext.name.rsplit(".", 1)[-1])
+        super(BuildExt, command).build_extension(ext)
 
     def build_extensions(self):
         import pybind11
