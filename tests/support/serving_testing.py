@@ -2,6 +2,8 @@
 tensorflow_serving protos, output decoding, and error capture."""
 import grpc
 import numpy as np
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving import tensors
@@ -215,8 +217,6 @@ def rss_bytes(pid: int) -> int:
 def prometheus_samples(url: str) -> list:
     """[(sample name, labels dict, value)] of a Prometheus text page (a server's or the proxy's
     monitoring endpoint)."""
-    import requests  # pylint: disable=import-outside-toplevel
-    from prometheus_client.parser import text_string_to_metric_families  # pylint: disable=import-outside-toplevel
     text = requests.get(url, timeout=30).text
     return [(s.name, s.labels, s.value)
             for family in text_string_to_metric_families(text) for s in family.samples]
