@@ -14,7 +14,6 @@ Memory is bounded by the node count: the records are memory-mapped and read in c
 click counts are kept in TopNeighbours summaries of `capacity` neighbours per node.
 """
 import dataclasses
-import json
 import os
 import resource
 import shutil
@@ -25,7 +24,7 @@ import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.graph import tables as tables_lib
-from dpsr_tf.data.graph.topn import TopNeighbours, aggregate, top_per_source
+from dpsr_tf.data.graph.topn import TopNeighbours, aggregate, rows_to_matrix, top_per_source
 
 _ATTRIBUTE_FIRST = 1e15   # sort key offset: an item's attribute edges outrank its clicks
 
@@ -96,17 +95,6 @@ def _item_lists(features, names, i2q: TopNeighbours, query_node, bases, k):
     return kept_src, kept_dst, weight[(-neg_position).astype(np.int64)]
 
 
-def _rows_to_matrix(src, dst, w, num_rows, k):
-    ids = np.full([num_rows, k], -1, np.int64)
-    weights = np.zeros([num_rows, k], np.float32)
-    if len(src):
-        starts = np.r_[0, np.flatnonzero(np.diff(src)) + 1]
-        rank = np.arange(len(src)) - np.repeat(starts, np.diff(np.r_[starts, len(src)]))
-        ids[src, rank] = dst
-        weights[src, rank] = w
-    return ids, weights
-
-
 def _two_hop(adj_ids, adj_w, egos, k, block=20000):
     """[len(egos), k] two-hop nodes (0 = none) and their two-step walk probabilities."""
     norm = adj_w / np.maximum(adj_w.sum(axis=1, keepdims=True), 1e-12)
@@ -121,7 +109,7 @@ def _two_hop(adj_ids, adj_w, egos, k, block=20000):
         valid = (second > 0) & (prob > 0) & (second != ego[:, None, None])
         s, d, p = aggregate(row[valid], second[valid], prob[valid], adj_ids.shape[0])
         s, d, p = top_per_source(s, d, p, k)
-        ids, w = _rows_to_matrix(s, d, p, len(ego), k)
+        ids, w = rows_to_matrix(s, d, p, len(ego), k)
         out_ids[lo:lo + len(ego)] = np.maximum(ids, 0)
         out_w[lo:lo + len(ego)] = w
     return out_ids, out_w
@@ -214,14 +202,14 @@ def graph_tables(chunks: Iterable[Tuple[np.ndarray, np.ndarray]], nq: int, ni: i
                                                             ids[query_rows] + item_base, -1),
            w[query_rows])
     s, d, iw = _item_lists(item_features, names, i2q, query_node, bases, width)
-    ids, w = _rows_to_matrix(s, d, iw, ni, width)
+    ids, w = rows_to_matrix(s, d, iw, ni, width)
     _place(adj_ids, adj_w, item_base + np.arange(ni), ids, w)
     for j, name in enumerate(names):
         values = item_features[:, j].astype(np.int64)
         rows = np.flatnonzero(values > 0)
         s, d, aw = top_per_source(bases[name] + values[rows] - 1, item_base + rows,
                                   item_clicks[rows] + 1.0, k)
-        ids, w = _rows_to_matrix(s - bases[name], d, aw, max(0, feature_sizes[name] - 1), width)
+        ids, w = rows_to_matrix(s - bases[name], d, aw, max(0, feature_sizes[name] - 1), width)
         _place(adj_ids, adj_w, bases[name] + np.arange(len(ids)), ids, w)
     log(f"graph: {num_nodes:,} nodes ({len(query_rows):,} queries, {ni:,} items, "
         f"{num_nodes - item_base - ni:,} attribute values); two-hop lists")

@@ -64,11 +64,17 @@ class TopNeighbours:
     def top(self, num_sources: int, k: int):
         """[num_sources, k] neighbour ids (-1 = none) and [num_sources, k] float32 counts."""
         s, d, c = top_per_source(self.src, self.dst, self.count, k)
-        ids = np.full([num_sources, k], -1, np.int64)
-        counts = np.zeros([num_sources, k], np.float32)
-        if len(s):
-            starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
-            rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
-            ids[s, rank] = d
-            counts[s, rank] = c
-        return ids, counts
+        return rows_to_matrix(s, d, c, num_sources, k)
+
+
+def rows_to_matrix(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, num_rows: int, k: int):
+    """Edges grouped by source, at most k per source (top_per_source's output) -> [num_rows, k]
+    int64 neighbour ids (-1 = none) and [num_rows, k] float32 weights, in the given order."""
+    ids = np.full([num_rows, k], -1, np.int64)
+    weights = np.zeros([num_rows, k], np.float32)
+    if len(src):
+        starts = np.r_[0, np.flatnonzero(np.diff(src)) + 1]
+        rank = np.arange(len(src)) - np.repeat(starts, np.diff(np.r_[starts, len(src)]))
+        ids[src, rank] = dst
+        weights[src, rank] = weight
+    return ids, weights
