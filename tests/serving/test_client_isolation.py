@@ -4,17 +4,13 @@ thread, its refused large requests leave no memory behind, and answers it never 
 bounded. Real `dpsr serve` processes, the real gRPC client, and a raw HTTP/2 client (h2) for
 what the gRPC client would never do. Every assertion is a count or a status, read from the
 server's Prometheus metrics or the client; none depends on the machine's speed."""
-import concurrent.futures
 import os
 import socket
 import struct
 import time
 
 import grpc
-import numpy as np
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
@@ -77,12 +73,8 @@ def server(toy_model_dir, tmp_path_factory, spec):
 
 def _metrics(srv) -> dict:
     """{(sample name, sorted label items): value} of the server's Prometheus page."""
-    text = requests.get(srv.rest_url + METRICS_PATH, timeout=30).text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
+    return {(name, tuple(sorted(labels.items()))): value
+            for name, labels, value in st.prometheus_samples(srv.rest_url + METRICS_PATH)}
 
 
 def _value(metrics: dict, name: str, **labels) -> float:
