@@ -12,7 +12,6 @@ processes. Each must leave the service answering:
 import collections
 import os
 import signal
-import threading
 import time
 
 import grpc
@@ -24,6 +23,7 @@ from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.proxy import config as proxy_config
 from tests.support import toy_servable as ts
 from tests.support import waiting
+from tests.support.load import PredictLoad
 from tests.support.serving_testing import outputs, predict_request
 
 ODD_AT_START = ("99999999999999999999", "²")
@@ -132,41 +132,8 @@ def test_odd_version_directories_never_replace_the_healthy_version(faults):
     assert "Traceback" not in log
 
 
-class _Load:
-    """Threads calling Predict in a loop; every status code is counted."""
-
-    def __init__(self, stub, request, threads=6):
-        self.codes = collections.Counter()
-        self.calls = []  # (monotonic start, code) of every call
-        self.partial = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(stub, request), daemon=True)
-                         for _ in range(threads)]
-
-    def _run(self, stub, request):
-        while not self._stop.is_set():
-            start = time.monotonic()
-            try:
-                response = stub.Predict(request, timeout=10)
-                code = "OK"
-                partial = "partial" in response.outputs and response.outputs["partial"].bool_val[0]
-            except grpc.RpcError as e:
-                code, partial = e.code().name, False
-            with self._lock:
-                self.codes[code] += 1
-                self.calls.append((start, code))
-                self.partial += partial
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
+def _partial(response) -> bool:
+    return "partial" in response.outputs and response.outputs["partial"].bool_val[0]
 
 
 def _wait(condition, what="condition"):
@@ -177,27 +144,28 @@ def test_sigterm_under_load_drains_then_restart_recovers(faults):
     s1, stub = faults["s1"], faults["stub"]
     direct = process.prediction_stub(s1.address)
     heavy = predict_request("dpsr", ["apple iphone", "drill", "苹果手机"] * 4, k=300)
-    with _Load(direct, heavy) as load, _Load(stub, predict_request("sharded", ["drill"], k=20),
-                                             threads=2) as via_proxy:
-        _wait(lambda: load.codes["OK"] >= 60)
+    with PredictLoad(direct, heavy, threads=6) as load, PredictLoad(
+            stub, predict_request("sharded", ["drill"], k=20), threads=2,
+            summary=_partial) as via_proxy:
+        _wait(lambda: load.count("OK") >= 60)
         sigterm_at = time.monotonic()
         s1.proc.send_signal(signal.SIGTERM)
         assert s1.proc.wait(timeout=waiting.STALL_S) == 0, s1.log_tail()
-        at_exit = via_proxy.codes["OK"]
-        _wait(lambda: via_proxy.partial >= 10 and via_proxy.codes["OK"] > at_exit + 10)
+        at_exit = via_proxy.count("OK")
+        _wait(lambda: sum(via_proxy.summaries()) >= 10 and via_proxy.count("OK") > at_exit + 10)
     # Calls in flight at SIGTERM were answered or, if still queued in gRPC, refused (before:
     # 1-2 CANCELLED in most runs, and in a loaded CI run 2 of 72 even after the handler-level
     # count: gRPC cancels queued calls when its shutdown starts, so the server now refuses
     # them itself first). A call that reaches the server in the instant its listener closes,
     # a second or more after SIGTERM, may still be torn down by gRPC (CANCELLED).
-    in_flight = collections.Counter(code for start, code in load.calls if start < sigterm_at)
-    later = collections.Counter(code for start, code in load.calls if start >= sigterm_at)
+    in_flight = collections.Counter(c.code for c in load.calls() if c.start < sigterm_at)
+    later = collections.Counter(c.code for c in load.calls() if c.start >= sigterm_at)
     # (A call sent just before SIGTERM may still reach the server after it: refused, not lost.)
     assert set(in_flight) <= {"OK", "UNAVAILABLE"} and in_flight["OK"] >= 60, (in_flight, later)
     assert set(later) <= {"OK", "UNAVAILABLE", "CANCELLED"}, later
     assert later["CANCELLED"] <= max(3, later["UNAVAILABLE"] // 100), later
-    assert load.codes["OK"] >= 60
-    assert set(via_proxy.codes) == {"OK"}, via_proxy.codes
+    assert load.count("OK") >= 60
+    assert set(via_proxy.codes()) == {"OK"}, via_proxy.codes()
     # Restarted on the same port: complete answers again.
     s1.launch().wait_ready(waiting.STALL_S)
 

@@ -6,7 +6,6 @@ correctly and the servers' memory stays bounded (latency under each class: bench
 The table lives in tests/support/serving_testing.py (hostile_grpc_cases, hostile_rest_cases) so that
 bench/hostile_bench.py measures the same classes for longer."""
 import socket
-import threading
 import time
 
 import grpc
@@ -14,6 +13,7 @@ import pytest
 
 from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
+from tests.support.load import PredictLoad, predict_once
 from tests.support.serving_testing import predict_request
 
 GRPC_CASES = st.hostile_grpc_cases()
@@ -101,43 +101,18 @@ def test_client_disconnects_leave_no_traceback(stack):
     assert "InvalidStateError" not in log and "Traceback" not in log, log[-3000:]
 
 
-class _Normal:
-    """A closed loop of normal requests (direct and through the proxy) beside the hostile ones;
-    records every answer that is not the expected one."""
+NORMAL_REQUEST = predict_request("dpsr", ["cordless drill"], k=10)
 
-    def __init__(self, stack):
-        self.answered = 0
-        self.failures = []
-        self._stop = threading.Event()
-        self._stubs = [process.prediction_stub(stack["server"].address),
-                       process.prediction_stub(stack["proxy"].address)]
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        i = 0
-        while not self._stop.is_set():
-            self.check(self._stubs[i % 2])
-            i += 1
-            time.sleep(0.002)
+def _answer_size(response) -> int:
+    return len(response.outputs["item_ids"].string_val)
 
-    def check(self, stub):
-        """One normal request: a full, correct answer (the deadline only catches a stall)."""
-        try:
-            response = stub.Predict(predict_request("dpsr", ["cordless drill"], k=10),
-                                    timeout=NORMAL_DEADLINE_S)
-            if len(response.outputs["item_ids"].string_val) != 10:
-                self.failures.append("short answer")
-        except grpc.RpcError as e:
-            self.failures.append(e.code().name)
-        self.answered += 1
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=30)
+def _normal_failures(calls) -> list:
+    """The normal calls that did not get a full, correct answer (the deadline only catches a
+    stall)."""
+    return [call.code if call.code != "OK" else "short answer" for call in calls
+            if call.code != "OK" or call.summary != 10]
 
 
 def _rss(stack):
@@ -159,21 +134,25 @@ def test_normal_requests_keep_answering_and_memory_stays_bounded_under_every_cla
                if code != grpc.StatusCode.RESOURCE_EXHAUSTED]
     classes += [(f"rest {c[0]}", lambda c=c: st.send_http("127.0.0.1", rest_port, *c[1:5]))
                 for c in REST_CASES]
-    probes = _Normal(stack)
-    with _Normal(stack) as beside:
+    stubs = [process.prediction_stub(stack["server"].address),
+             process.prediction_stub(stack["proxy"].address)]
+    probes = []
+    # A closed loop of normal requests (direct and through the proxy) beside the hostile ones.
+    with PredictLoad(stubs, NORMAL_REQUEST, threads=1, timeout_s=NORMAL_DEADLINE_S,
+                     pause_s=0.002, summary=_answer_size) as beside:
         for name, send in classes:
             for _ in range(HOSTILE_PER_CLASS):
                 send()
-                for stub in probes._stubs:  # pylint: disable=protected-access
-                    failures = len(probes.failures)
-                    probes.check(stub)
-                    assert len(probes.failures) == failures, (name, probes.failures[-1])
+                for stub in stubs:
+                    probes.append(predict_once(stub, NORMAL_REQUEST, NORMAL_DEADLINE_S,
+                                               _answer_size))
+                    assert _normal_failures(probes[-1:]) == [], (name, probes[-1])
     after = _rss(stack)
-    assert beside.failures == [], beside.failures[:10]
-    assert probes.answered == 2 * HOSTILE_PER_CLASS * len(classes)
+    assert _normal_failures(beside.calls()) == [], _normal_failures(beside.calls())[:10]
+    assert len(probes) == 2 * HOSTILE_PER_CLASS * len(classes)
     for name in before:
         growth = after[name] - before[name]
         assert growth < RSS_GROWTH_BOUND, f"{name} RSS grew {growth / 2**20:.0f} MiB"
-    print(f"\nnormal requests: {probes.answered} interleaved + {beside.answered} beside; RSS "
+    print(f"\nnormal requests: {len(probes)} interleaved + {len(beside)} beside; RSS "
           f"growth server {(after['server'] - before['server']) / 2**20:.0f} MiB, proxy "
           f"{(after['proxy'] - before['proxy']) / 2**20:.0f} MiB")

@@ -5,8 +5,6 @@ UNAVAILABLE under partial_policy FAIL; the proxy's config is reloaded while it r
 import concurrent.futures
 import os
 import signal
-import threading
-import time
 
 import grpc
 import numpy as np
@@ -17,6 +15,7 @@ from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.proxy import config as proxy_config
 from tests.support import toy_servable as ts
 from tests.support import waiting
+from tests.support.load import PredictLoad
 from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
 from tests.support.serving_testing import metric_total, outputs, predict_request, rpc_error
 
@@ -136,37 +135,11 @@ def test_signature_without_merge_outputs_is_answered_by_one_shard(cluster, unsha
     np.testing.assert_allclose(outputs(response)["embeddings"], want, rtol=1e-5)
 
 
-class _Load:
-    """Threads sending Predict through the proxy; records latency, partial flags and errors."""
-
-    def __init__(self, stub, model="dpsr", threads=3):
-        self.stub, self.model = stub, model
-        self.results, self.errors = [], []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(i,)) for i in range(threads)]
-
-    def _loop(self, i):
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            start = time.monotonic()
-            try:
-                response = self.stub.Predict(predict_request(self.model, [f"drill {i} {n}"], k=20),
-                                             timeout=10)
-                self.results.append((bool(outputs(response)["partial"]),
-                                     time.monotonic() - start))
-            except grpc.RpcError as e:
-                self.errors.append((e.code(), e.details()))
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join()
+def _drill_load(stub):
+    """Three client threads through the proxy; an OK call keeps its "partial" flag."""
+    return PredictLoad(stub, lambda thread, n: predict_request("dpsr", [f"drill {thread} {n}"],
+                                                                k=20),
+                       threads=3, summary=lambda response: bool(outputs(response)["partial"]))
 
 
 def _wait(condition, what="condition"):
@@ -174,13 +147,13 @@ def _wait(condition, what="condition"):
 
 
 def test_replica_killed_mid_run_fails_over_without_errors(cluster):
-    with _Load(cluster["stub"]) as load:
-        _wait(lambda: len(load.results) > 20)
+    with _drill_load(cluster["stub"]) as load:
+        _wait(lambda: len(load) > 20)
         cluster["s0a"].kill()
-        seen = len(load.results)
-        _wait(lambda: len(load.results) > seen + 40)
-    assert load.errors == []
-    assert not any(partial for partial, _ in load.results)  # s0b holds shard 0
+        seen = len(load)
+        _wait(lambda: len(load) > seen + 40)
+    assert load.errors() == []
+    assert not any(load.summaries())  # s0b holds shard 0
 
 
 def test_slow_shard_gives_partial_answers_in_time_never_a_hang(cluster):
@@ -215,15 +188,14 @@ def test_shard_killed_mid_run_keeps_answering_with_partial_flag(cluster, catalog
         return metric_total(metrics_url, "dpsr_proxy_backend_request_count_total", replica=s1,
                             status=status)
 
-    with _Load(cluster["stub"]) as load:
-        _wait(lambda: len(load.results) > 20)
+    with _drill_load(cluster["stub"]) as load:
+        _wait(lambda: len(load) > 20)
         waited_out = s1_calls("DEADLINE_EXCEEDED")  # an earlier test stopped s1 on purpose
         cluster["s1"].kill()
-        seen = len(load.results)
-        _wait(lambda: len(load.results) > seen + 40)
-    assert load.errors == []
-    after = load.results[seen:]
-    assert sum(partial for partial, _ in after) >= 35
+        seen = len(load)
+        _wait(lambda: len(load) > seen + 40)
+    assert load.errors() == []
+    assert sum(load.summaries(since=seen)) >= 35
     # A dead shard refuses connections: the proxy hears it at once and never waits a call out
     # to the shard deadline (counted per call by the proxy, not timed here).
     assert s1_calls("UNAVAILABLE") >= 1

@@ -4,17 +4,16 @@ version labels and rollback, and config reloads (HandleReloadConfigRequest and f
 import os
 import shutil
 import tempfile
-import threading
 
 import grpc
 import pytest
 from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc)
-from tensorflow_serving.config import model_server_config_pb2
 
 from dpsr_tf.demo import server_processes as process
 from tests.support import toy_servable as ts
 from tests.support import waiting
+from tests.support.load import PredictLoad
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -75,52 +74,34 @@ def _status(env, name, version=None):
             env["models"].GetModelStatus(request, timeout=30).model_version_status}
 
 
-class _Hammer:
-    """Client threads sending Predict("dpsr", latest) until stopped; records every outcome."""
+def _served_version(response):
+    """(version that answered, {item id prefix}): each version's items have their own prefix."""
+    return (response.model_spec.version.value,
+            {item.split(b"-")[0] for item in outputs(response)["item_ids"][0]})
 
-    def __init__(self, stub, threads=4):
-        self.stub = stub
-        self.ok, self.errors = [], []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(i,)) for i in range(threads)]
 
-    def _loop(self, i):
-        n = 0
-        while not self._stop.is_set():
-            n += 1
-            try:
-                response = self.stub.Predict(
-                    predict_request("dpsr", [f"query {i} {n}"], k=5), timeout=30)
-                version = response.model_spec.version.value
-                prefixes = {item.split(b"-")[0] for item in outputs(response)["item_ids"][0]}
-                self.ok.append((version, prefixes))
-            except grpc.RpcError as e:
-                self.errors.append(f"{e.code()}: {e.details()}")
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join()
+def _hammer(stub, threads=4):
+    """Client threads sending Predict("dpsr", latest) until the block ends."""
+    return PredictLoad(stub, lambda thread, n: predict_request("dpsr", [f"query {thread} {n}"],
+                                                                k=5),
+                       threads=threads, timeout_s=30, summary=_served_version)
 
 
 def test_new_version_swaps_in_under_load_without_failures(env, spec):
     base = os.path.join(env["root"], "dpsr")
-    with _Hammer(env["predict"]) as hammer:
-        _wait_for(lambda: len(hammer.ok) > 20, what="traffic on version 1")
+    with _hammer(env["predict"]) as hammer:
+        _wait_for(lambda: hammer.count("OK") > 20, what="traffic on version 1")
         _write_version(base, 2, spec)  # appears atomically (temp dir + rename)
-        _wait_for(lambda: any(v == 2 for v, _ in hammer.ok[-5:]), what="version 2 serving")
+        _wait_for(lambda: any(v == 2 for v, _ in hammer.summaries()[-5:]),
+                  what="version 2 serving")
         shutil.rmtree(os.path.join(base, "1"))
         _wait_for(lambda: _status(env, "dpsr")[1].state == State.END, what="v1 unloaded")
-        seen = len(hammer.ok)
-        _wait_for(lambda: len(hammer.ok) > seen + 20, what="traffic after the swap")
-    assert hammer.errors == []
-    assert {v for v, _ in hammer.ok} == {1, 2}
-    assert all(prefixes == {f"v{v}".encode()} for v, prefixes in hammer.ok)  # no mixed answers
+        seen = hammer.count("OK")
+        _wait_for(lambda: hammer.count("OK") > seen + 20, what="traffic after the swap")
+    assert hammer.errors() == []
+    answers = hammer.summaries()
+    assert {v for v, _ in answers} == {1, 2}
+    assert all(prefixes == {f"v{v}".encode()} for v, prefixes in answers)  # no mixed answers
     status = _status(env, "dpsr")
     assert status[2].state == State.AVAILABLE and status[1].status.error_code == 0
 
@@ -135,18 +116,18 @@ def test_broken_version_shows_in_status_and_never_replaces_the_healthy_one(env):
     shutil.copytree(os.path.join(base, str(healthy)), os.path.join(tmp, str(broken_version)))
     with open(os.path.join(tmp, str(broken_version), "saved_model.pb"), "wb") as f:
         f.write(b"this is not a SavedModel protobuf")
-    with _Hammer(env["predict"], threads=2) as hammer:
+    with _hammer(env["predict"], threads=2) as hammer:
         os.rename(os.path.join(tmp, str(broken_version)), os.path.join(base, str(broken_version)))
 
         def failed():
             status = _status(env, "dpsr").get(broken_version)
             return status if status is not None and status.state == State.END else None
         broken = _wait_for(failed, what="broken version load failure")
-        seen = len(hammer.ok)
-        _wait_for(lambda: len(hammer.ok) > seen + 20, what="traffic after the failure")
+        seen = hammer.count("OK")
+        _wait_for(lambda: hammer.count("OK") > seen + 20, what="traffic after the failure")
     shutil.rmtree(tmp)
     assert broken.status.error_code != 0 and "SavedModel" in broken.status.error_message
-    assert hammer.errors == [] and {v for v, _ in hammer.ok} == {healthy}
+    assert hammer.errors() == [] and {v for v, _ in hammer.summaries()} == {healthy}
     assert _status(env, "dpsr")[healthy].state == State.AVAILABLE
     assert _status(env, "dpsr", version=broken_version)[broken_version].state == State.END
     shutil.rmtree(os.path.join(base, str(broken_version)))
