@@ -15,30 +15,11 @@ from absl import logging
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
-from dpsr_tf.training import early_stopping, tf_config
+from dpsr_tf.training import early_stopping, ready_poll, tf_config
 from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
 
 TRAIN_TIME_FILE = "train_time.json"
-
-
-def _poll_for_ready_every(secs: float) -> None:
-    """Makes tf.compat.v1.train.SessionManager poll every `secs` (default 30 s) while a worker
-    waits for the chief to initialize (or restore) the model on the parameter servers.
-
-    Estimator builds its SessionManagers internally and offers no setting for this, so the
-    default of the constructor's keyword is replaced, once per process.
-    """
-    from tensorflow.python.training import session_manager  # pylint: disable=import-outside-toplevel
-    init = session_manager.SessionManager.__init__
-    original = getattr(init, "_dpsr_original", init)
-
-    def patched(self, *args, **kwargs):
-        kwargs.setdefault("recovery_wait_secs", secs)
-        original(self, *args, **kwargs)
-
-    patched._dpsr_original = original  # pylint: disable=protected-access
-    session_manager.SessionManager.__init__ = patched
 
 
 def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
@@ -111,7 +92,14 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
       or a local run; None on other tasks.
     """
     cluster = tf_config.from_env()
-    _poll_for_ready_every(train.ready_poll_secs)
+    with ready_poll.polling_every(train.ready_poll_secs):
+        return _train_and_evaluate(model_config, train, cluster, layout_spec, train_input_fn,
+                                   eval_input_fn)
+
+
+def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
+                        cluster: tf_config.ClusterInfo, layout_spec,
+                        train_input_fn: Optional[Callable], eval_input_fn: Optional[Callable]):
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     if layout_spec is None:
         layout_spec = layout_lib.load_layout_spec(train.layout_dir)
