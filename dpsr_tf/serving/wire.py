@@ -108,40 +108,60 @@ def encode_numeric(array: np.ndarray) -> Optional[bytes]:
     return out
 
 
-def _read_varint(data: bytes, pos: int):
-    """(value, position after it) of the base-128 varint at data[pos]."""
-    value = 0
-    shift = 0
+def read_varint(data: bytes, pos: int):
+    """(value, position after it) of the base-128 varint at data[pos].
+
+    Raises:
+      ValueError: the varint runs past the end of data or over 10 bytes.
+    """
+    value = shift = 0
     while True:
+        if pos >= len(data):
+            raise ValueError("truncated varint")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
-        shift += 7
         if byte < 0x80:
             return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
 
 
-def _fields(data: bytes):
-    """(field number, wire type, value) of a message's top-level fields."""
-    pos, n = 0, len(data)
-    while pos < n:
-        key, pos = _read_varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _read_varint(data, pos)
-            yield field, wire, value
-        elif wire == 2:
-            length, pos = _read_varint(data, pos)
-            yield field, wire, data[pos:pos + length]
+_FIXED_BYTES = {1: 8, 5: 4}  # wire type -> payload size of fixed64 / fixed32
+
+
+def fields(data: bytes, start: int = 0, end: Optional[int] = None,
+           limit: Optional[int] = None):
+    """(field number, wire type, value) of the top-level fields of the message in
+    data[start:end], without copying: value is the integer of a varint (wire type 0), the
+    (start, end) span in `data` of a length-delimited (2) or fixed-size (1, 5) payload.
+
+    limit: stop after this many fields (None: read to `end`).
+
+    Raises:
+      ValueError: a truncated field or an unknown wire type.
+    """
+    pos, end = start, len(data) if end is None else end
+    n = 0
+    while pos < end and (limit is None or n < limit):
+        key, pos = read_varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = read_varint(data, pos)
+            yield number, wire_type, value
+        elif wire_type == 2 or wire_type in _FIXED_BYTES:
+            if wire_type == 2:
+                length, pos = read_varint(data, pos)
+            else:
+                length = _FIXED_BYTES[wire_type]
+            if pos + length > end:
+                raise ValueError("truncated field")
+            yield number, wire_type, (pos, pos + length)
             pos += length
-        elif wire == 5:
-            yield field, wire, data[pos:pos + 4]
-            pos += 4
-        elif wire == 1:
-            yield field, wire, data[pos:pos + 8]
-            pos += 8
         else:
-            raise ValueError(f"unsupported wire type {wire}")
+            raise ValueError(f"unsupported wire type {wire_type}")
+        n += 1
 
 
 def decode_numeric(proto) -> Optional[np.ndarray]:
@@ -156,18 +176,18 @@ def decode_numeric(proto) -> Optional[np.ndarray]:
     field, wire_dtype, kind = entry
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     count = math.prod(shape)  # exact (callers check the declared shape first)
-    chunks = [value for number, wire, value in _fields(proto.SerializeToString())
-              if number == field]
+    data = proto.SerializeToString()
+    chunks = [(wire, value) for number, wire, value in fields(data) if number == field]
     if not chunks:
         return None
     if kind == "fixed":
-        values = np.frombuffer(b"".join(c if isinstance(c, bytes) else b"" for c in chunks),
-                               wire_dtype)
+        values = np.frombuffer(b"".join(data[span[0]:span[1]] for wire, span in chunks
+                                        if wire != 0), wire_dtype)
     else:
-        raw = [c for c in chunks if isinstance(c, bytes)]
-        if len(raw) != len(chunks):  # unpacked varints: leave them to the generic path
+        if any(wire != 2 for wire, _ in chunks):  # unpacked varints: the generic path's
             return None
-        values = _decode_varints(b"".join(raw)).view(np.int64).astype(wire_dtype)
+        values = _decode_varints(b"".join(data[a:b] for _, (a, b) in chunks)
+                                 ).view(np.int64).astype(wire_dtype)
     if values.size != count:
         return None
     return values.reshape(shape)

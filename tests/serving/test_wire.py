@@ -54,3 +54,40 @@ def test_fast_path_declines_what_it_does_not_handle():
     short = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, int_val=[7])
     short.tensor_shape.dim.add(size=3)  # one value fills three: TF's rule, the slow path
     assert wire.decode_numeric(short) is None
+
+
+def test_fields_reads_every_wire_type_as_hand_encoded():
+    # field 1 varint 150 (the protobuf guide's example: 08 96 01); field 2 length-delimited
+    # "hi"; field 3 fixed32; field 4 fixed64; then a nested message read through its span.
+    data = (b"\x08\x96\x01" + b"\x12\x02hi" + b"\x1d" + b"\x01\x02\x03\x04"
+            + b"\x21" + bytes(range(8)) + b"\x2a\x03\x08\x7f\x10")
+    got = list(wire.fields(data))
+    assert got == [(1, 0, 150), (2, 2, (5, 7)), (3, 5, (8, 12)), (4, 1, (13, 21)),
+                   (5, 2, (23, 26))]
+    assert data[5:7] == b"hi" and data[8:12] == b"\x01\x02\x03\x04"
+    nested = list(wire.fields(data, 23, 25))  # "08 7f": field 1 = 127
+    assert nested == [(1, 0, 127)]
+    assert list(wire.fields(data, limit=2)) == got[:2]
+
+
+def test_fields_agree_with_the_protobuf_runtime_on_a_tensor():
+    proto = _slow(np.arange(6, dtype=np.float32).reshape(2, 3), types_pb2.DT_FLOAT, "float_val")
+    data = proto.SerializeToString()
+    by_number = {number: (wire_type, value) for number, wire_type, value in wire.fields(data)}
+    assert by_number[1] == (0, types_pb2.DT_FLOAT)
+    a, b = by_number[2][1]
+    assert tensor_shape_pb2.TensorShapeProto.FromString(data[a:b]) == proto.tensor_shape
+    a, b = by_number[5][1]
+    np.testing.assert_array_equal(np.frombuffer(data[a:b], np.float32), np.arange(6))
+
+
+@pytest.mark.parametrize("data, problem", [
+    (b"\x08", "truncated varint"),            # a key with no value
+    (b"\x12\x05abc", "truncated field"),      # 5 bytes declared, 3 sent
+    (b"\x1d\x01\x02", "truncated field"),     # fixed32 cut short
+    (b"\x08" + b"\xff" * 10 + b"\x01", "varint too long"),
+    (b"\x0b", "unsupported wire type 3"),     # groups are not read
+])
+def test_fields_refuse_malformed_bytes(data, problem):
+    with pytest.raises(ValueError, match=problem):
+        list(wire.fields(data))

@@ -15,7 +15,7 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from dpsr_tf.serving import tensors
+from dpsr_tf.serving import tensors, wire
 from dpsr_tf.serving.errors import ServingError
 
 # Serializers write fields in number order: a TensorProto's shape (field 2) follows at most its
@@ -91,41 +91,6 @@ def check_answer_size(response, rows: Optional[int], k: Optional[int], where: st
     return work
 
 
-def _varint(buf: bytes, pos: int):
-    result = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: bytes, start: int, end: int, limit: Optional[int] = None):
-    """(field number, wire type, value or (start, end) of a length-delimited payload)."""
-    pos, n = start, 0
-    while pos < end and (limit is None or n < limit):
-        key, pos = _varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = _varint(buf, pos)
-            yield number, wire_type, value
-        elif wire_type == 2:
-            length, pos = _varint(buf, pos)
-            if pos + length > end:
-                raise ValueError("truncated field")
-            yield number, wire_type, (pos, pos + length)
-            pos += length
-        elif wire_type in (1, 5):
-            pos += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"wire type {wire_type}")
-        n += 1
-
-
 def declared_output_shapes(data: bytes) -> Dict[str, Optional[List[int]]]:
     """alias -> the shape each output of a serialized PredictResponse declares, read from the
     wire without parsing values (None where the shape is not among its first fields).
@@ -134,11 +99,11 @@ def declared_output_shapes(data: bytes) -> Dict[str, Optional[List[int]]]:
       ValueError: the bytes are not a well-formed message.
     """
     shapes = {}
-    for number, wire_type, span in _fields(data, 0, len(data)):
+    for number, wire_type, span in wire.fields(data, 0, len(data)):
         if number != 1 or wire_type != 2:  # outputs (map entries); model_spec is 2
             continue
         alias, shape = "", None
-        for entry_number, entry_type, entry_span in _fields(data, *span):
+        for entry_number, entry_type, entry_span in wire.fields(data, *span):
             if entry_type != 2:
                 continue
             if entry_number == 1:
@@ -150,13 +115,13 @@ def declared_output_shapes(data: bytes) -> Dict[str, Optional[List[int]]]:
 
 
 def _tensor_shape(data: bytes, span) -> Optional[List[int]]:
-    for number, wire_type, value in _fields(data, *span, limit=_SHAPE_SCAN_FIELDS):
+    for number, wire_type, value in wire.fields(data, *span, limit=_SHAPE_SCAN_FIELDS):
         if number == 2 and wire_type == 2:  # tensor_shape
             dims = []
-            for dim_number, dim_type, dim_span in _fields(data, *value):
+            for dim_number, dim_type, dim_span in wire.fields(data, *value):
                 if dim_number == 2 and dim_type == 2:  # dim { size: 1 }
                     size = 0
-                    for size_number, size_type, size_value in _fields(data, *dim_span):
+                    for size_number, size_type, size_value in wire.fields(data, *dim_span):
                         if size_number == 1 and size_type == 0:
                             size = size_value - (1 << 64) if size_value >= 1 << 63 else size_value
                     dims.append(size)
@@ -192,7 +157,7 @@ def parse_shard_answer(data: bytes, rows: Optional[int], k: Optional[int], where
     """
     try:
         shapes = declared_output_shapes(data)
-    except (ValueError, IndexError) as e:
+    except ValueError as e:
         raise ServingError(grpc.StatusCode.INTERNAL,
                            f"{where} answered a malformed PredictResponse: {e}") from None
     for alias, shape in shapes.items():
