@@ -176,8 +176,9 @@ def _map(data: Dict, cells: _Cells, figure: Optional[str],
 def _purity(data: Dict, cells: _Cells) -> str:
     first = data["models"][0].get("category_purity") or {}
     k = first.get("k", "k")
+    feature = first.get("feature") or "category"
     out = [f"<p class='note'>Category purity@{_esc(k)}: for each of a seeded uniform sample of "
-           f"items with a known <code>{_esc(first.get('feature'))}</code>, the share of its "
+           f"items with a known <code>{_esc(feature)}</code>, the share of its "
            f"{_esc(k)} nearest items of the catalog (cosine over the full item embeddings the "
            "index holds, not the 2-D map) that share its category, averaged; chance: the same "
            "share for random items (docs/report.md).</p>",
