@@ -3,7 +3,8 @@
 `dpsr report --model_dir=M [--compare=M2,M3] [--index_dir=I] --output=report/
  [--alpha_sweep=0,0.25,0.5,0.75,1 --sweep_steps=300]` evaluates every model and BM25 on the
 main model's split (and the hybrid through I when it holds a lexical index), reads the
-training curves, measures per-head usage, draws a t-SNE map of the item embeddings and, when
+training curves, measures per-head usage, draws a t-SNE map of the item embeddings (one panel
+per model over the same items, with each model's category purity) and, when
 asked, trains one small model per alpha; writes OUTPUT/index.html, OUTPUT/evaluation.json and
 OUTPUT/figures/*.png.
 """
@@ -23,6 +24,8 @@ _NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Random items per clicked
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of random items, map sample and t-SNE.")
 _MAP_ITEMS = flags.DEFINE_integer("map_items", 1500, "Items on the t-SNE map.")
 _MAP_QUERIES = flags.DEFINE_integer("map_queries", 3, "Queries marked on the map.")
+_PURITY_K = flags.DEFINE_integer("purity_k", 10, "Nearest items per item of the category "
+                                 "purity (cosine over the item embeddings).")
 _QUERIES = flags.DEFINE_list("queries", [], "Eval query texts to mark on the map (default: "
                              "those whose heads disagree most).")
 _ALPHA_SWEEP = flags.DEFINE_list("alpha_sweep", [], "alpha values of the Figure 7 sweep, e.g. "
@@ -66,6 +69,7 @@ def main(argv):
                          list(_COMPARE.value)), output=_OUTPUT.value,
         index_dir=_INDEX_DIR.value, split=_SPLIT.value, num_random=_NUM_RANDOM.value,
         seed=_SEED.value, map_items=_MAP_ITEMS.value, map_queries=_MAP_QUERIES.value,
+        purity_k=_PURITY_K.value,
         wanted_queries=tuple(_QUERIES.value), alpha_sweep=alphas,
         sweep_steps=_SWEEP_STEPS.value, keep_sweep_checkpoints=_KEEP.value,
         command=shell_join(["dpsr", "report"] + _flags_given()),

@@ -2,8 +2,9 @@
 alpha sweep and index numbers (docs/report.md).
 
 Modules, one job each: config (ReportConfig), events (TensorBoard scalars), heads (per-head
-usage), projection (t-SNE), sweep (the alpha sweep), commands (command lines), gather (every
-number, once), figures (matplotlib PNGs), page (the HTML), build (all of it into a directory).
+usage), projection (t-SNE), purity (category purity@k), maps (every model's map and purity over
+the same items), sweep (the alpha sweep), commands (command lines), gather (every number,
+once), figures (matplotlib PNGs), page (the HTML), build (all of it into a directory).
 """
 from dpsr_tf.report.build import build_report
 from dpsr_tf.report.config import ReportConfig

@@ -2,7 +2,7 @@
 
     <output>/index.html          the page (no script; figures by relative path)
     <output>/evaluation.json     every number on the page (the page's data-json pointers)
-    <output>/figures/*.png       training curves, head usage, t-SNE map, alpha sweep
+    <output>/figures/*.png       training curves, head usage, t-SNE maps, alpha sweep
     <output>/alpha_sweep/...     the sweep's small models (events + config), when run
 """
 import json
@@ -43,6 +43,8 @@ def build_report(cfg: ReportConfig, log: Callable[[str], None] = print,
                                                   os.path.join(fig_dir, "curves.png")),
             "heads": figures_lib.head_usage(data["models"], os.path.join(fig_dir, "heads.png")),
             "map": figures_lib.embedding_map(data["map"], os.path.join(fig_dir, "tsne.png")),
+            "model_maps": figures_lib.model_maps(data["map"], data["models"],
+                                                 os.path.join(fig_dir, "tsne_models.png")),
             "alpha": figures_lib.alpha_sweep(data["alpha_sweep"],
                                              os.path.join(fig_dir, "alpha_sweep.png"))}
     data["timings"]["figures"] = round(time.time() - t, 1)

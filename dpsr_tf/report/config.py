@@ -20,6 +20,8 @@ class ReportConfig:
       map_queries: queries marked on the map (auto: those whose heads disagree most).
       wanted_queries: query texts to mark instead of the automatic choice.
       map_top_k: items of each head marked per query.
+      purity_k: neighbours per item of the category purity (maps.py, purity.py), measured on
+        map_items uniformly sampled items of every model.
       alpha_sweep: alpha values of the Figure 7 sweep (empty = no sweep).
       sweep_steps: training steps of each sweep model.
       keep_sweep_checkpoints: keep the sweep models' checkpoints.
@@ -43,6 +45,7 @@ class ReportConfig:
     map_queries: int = 3
     wanted_queries: Tuple[str, ...] = ()
     map_top_k: int = 10
+    purity_k: int = 10
     alpha_sweep: Tuple[float, ...] = ()
     sweep_steps: int = 300
     keep_sweep_checkpoints: bool = False
@@ -62,6 +65,8 @@ class ReportConfig:
         if self.map_queries < 0 or self.map_top_k < 1:
             raise ValueError(f"map_queries must be >= 0 and map_top_k >= 1, got "
                              f"{self.map_queries}, {self.map_top_k}")
+        if self.purity_k < 1:
+            raise ValueError(f"purity_k must be >= 1, got {self.purity_k}")
         if any(not 0.0 <= a <= 1.0 for a in self.alpha_sweep):
             raise ValueError(f"alpha_sweep values must be in [0, 1], got {list(self.alpha_sweep)}")
         if self.alpha_sweep and self.sweep_steps < 1:

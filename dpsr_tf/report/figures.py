@@ -131,18 +131,33 @@ def head_usage(models: List[Dict], path: str) -> Optional[str]:
     return _save(fig, path)
 
 
+def _category_colors(plt, labels: np.ndarray):
+    """(point colours, legend handles): the 12 most common labels get tab20 colours (ties by
+    name), the rest grey; the same labels give the same colours in every figure."""
+    names, counts = np.unique(labels, return_counts=True)
+    top = [n for n, _ in sorted(zip(names, counts), key=lambda t: (-t[1], t[0]))[:12]]
+    color_of = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(top)}
+    other = (0.75, 0.75, 0.75, 1.0)
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=color_of[n], label=n)
+               for n in top]
+    if len(names) > len(top):
+        handles.append(plt.Line2D([], [], marker="o", linestyle="", color=other, label="other"))
+    return [color_of.get(l, other) for l in labels], handles
+
+
+def _legend_below(fig, handles, title: Optional[str]) -> None:
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=min(len(handles), 13),
+               title=title or None, title_fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+
+
 def embedding_map(map_data: Dict, path: str) -> Optional[str]:
     """t-SNE map colored by category; one panel per marked query with each head's items."""
     if not map_data or not map_data["rows"]:
         return None
     plt = _plt()
     xy = np.asarray(map_data["xy"])
-    labels = np.asarray(map_data["labels"])
-    names, counts = np.unique(labels, return_counts=True)
-    top = [n for n, _ in sorted(zip(names, counts), key=lambda t: (-t[1], t[0]))[:12]]
-    color_of = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(top)}
-    other = (0.75, 0.75, 0.75, 1.0)
-    point_colors = [color_of.get(l, other) for l in labels]
+    point_colors, handles = _category_colors(plt, np.asarray(map_data["labels"]))
     panels = map_data["marked"] or [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.0), squeeze=False)
     index_of = {row: i for i, row in enumerate(map_data["rows"])}
@@ -158,18 +173,48 @@ def embedding_map(map_data: Dict, path: str) -> Optional[str]:
             ax.legend(fontsize=8, loc="lower right")
         ax.set_xticks([])
         ax.set_yticks([])
-        if p == 0:
-            handles = [plt.Line2D([], [], marker="o", linestyle="", color=color_of[n],
-                                  label=n) for n in top]
-            if len(names) > len(top):
-                handles.append(plt.Line2D([], [], marker="o", linestyle="", color=other,
-                                          label="other"))
-            fig.legend(handles=handles, fontsize=7, loc="lower center",
-                       ncol=min(len(handles), 13), title=map_data["feature"] or None,
-                       title_fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    _legend_below(fig, handles, map_data["feature"])
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return path
+
+
+def model_maps_figure(map_data: Dict, models: List[Dict]):
+    """The matplotlib Figure of model_maps (one axes per model), or None with fewer than 2."""
+    panels = (map_data or {}).get("models") or []
+    if len(panels) < 2 or not map_data["rows"]:
+        return None
+    plt = _plt()
+    point_colors, handles = _category_colors(plt, np.asarray(map_data["labels"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 5.4), squeeze=False)
+    for ax, panel, model in zip(axes[0], panels, models):
+        xy = np.asarray(panel["xy"])
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, c=point_colors, alpha=0.6, linewidths=0)
+        purity = model.get("category_purity") or {}
+        title = panel["name"]
+        if purity.get("purity") is not None:
+            title += f"\ncategory purity@{purity['k']} = {purity['purity']:.3f}"
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _legend_below(fig, handles, map_data["feature"])
+    return fig
+
+
+def model_maps(map_data: Dict, models: List[Dict], path: str) -> Optional[str]:
+    """One t-SNE panel per model, side by side, over the same items in the same colours; the
+    panel title is the model's name and its category purity. None with fewer than 2 models.
+
+    Args:
+      map_data: gather's "map" (its "models": [{"name", "xy"}] per model, "labels", ...).
+      models: gather's "models" (their "category_purity", in the same order).
+    """
+    fig = model_maps_figure(map_data, models)
+    if fig is None:
+        return None
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
     return path
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
-from dpsr_tf.report import commands, events, heads, projection
+from dpsr_tf.report import commands, events, heads, maps
 from dpsr_tf.report.config import ReportConfig
 
 # Eval requests searched (batched) for the index's timing; the first 100 also one by one.
@@ -62,25 +62,6 @@ def _index_numbers(index_dir: str, scorer, spec, batch_size: int,
             "single_requests": len(single)}
 
 
-def _map_data(cfg: ReportConfig, scorer, eval_set, spec) -> Dict[str, object]:
-    chosen = heads.pick_polysemous(scorer.request_emb, scorer.item_emb, eval_set.queries,
-                                   cfg.map_queries, cfg.map_top_k, cfg.wanted_queries)
-    marked = []
-    for i in chosen:
-        marked.append({"request": int(i), "query": eval_set.queries[i],
-                       "heads": heads.per_head_top_items(scorer.request_emb, scorer.item_emb,
-                                                         i, cfg.map_top_k)})
-    must = [row for q in marked for rows in q["heads"] for row in rows]
-    rows = projection.sample_items(spec.num_items, cfg.map_items, must, cfg.seed)
-    xy = projection.tsne_2d(scorer.item_emb[rows], cfg.seed)
-    table = layout_lib.load_item_table(spec)
-    cats = projection.category_labels(table, rows)
-    return {"rows": rows.astype(int).tolist(), "xy": np.round(xy, 4).tolist(),
-            "feature": cats["feature"], "labels": cats["labels"], "marked": marked,
-            "top_k": cfg.map_top_k,
-            "titles": {str(r): table.titles[r] for r in sorted(set(must))}}
-
-
 def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
            evaluations: Optional[Dict[str, object]] = None) -> Dict[str, object]:
     """Evaluates every model, BM25 (and the hybrid), reads curves, index and head numbers.
@@ -112,6 +93,7 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
         "models": [], "timings": timings, "evaluations_source": evaluations.get("source")}
     names = _model_names(cfg.model_dirs)
     main_scorer = main_eval_set = None
+    item_embs = []    # (name, [N, d]) per model: the maps and purity after the loop
     for n, (model_dir, name) in enumerate(zip(cfg.model_dirs, names)):
         start = time.time()
         log(f"[{n + 1}/{len(cfg.model_dirs)}] evaluating {model_dir} on {layout_dir} "
@@ -139,6 +121,7 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
                 bm25=(n == 0))})
         if n == 0:
             main_scorer, main_eval_set = scorer, eval_set
+        item_embs.append((name, scorer.item_emb))
         timings[f"evaluate {name}"] = round(time.time() - start, 1)
 
     start = time.time()
@@ -169,9 +152,18 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
                 f"index --lexical_only --output_dir={cfg.index_dir} --layout_dir=LAYOUT`)")
 
     start = time.time()
-    log(f"t-SNE map of {min(cfg.map_items, spec.num_items)} item embeddings")
-    data["map"] = _map_data(cfg, main_scorer, main_eval_set, spec)
+    table = layout_lib.load_item_table(spec)
+    log(f"t-SNE map of {min(cfg.map_items, spec.num_items)} item embeddings"
+        + (f", one per model ({len(item_embs)})" if len(item_embs) > 1 else ""))
+    data["map"] = maps.main_map(cfg, main_scorer, main_eval_set, table)
+    data["map"]["models"] = maps.model_maps(item_embs, data["map"]["rows"], cfg.seed,
+                                            main_xy=data["map"]["xy"])
     timings["t-SNE map"] = round(time.time() - start, 1)
+    start = time.time()
+    rows = maps.purity_rows(spec.num_items, cfg.map_items, cfg.seed)
+    for model, (_, emb) in zip(data["models"], item_embs):
+        model["category_purity"] = maps.model_purity(emb, table, rows, cfg.purity_k)
+    timings["category purity"] = round(time.time() - start, 1)
 
     data["alpha_sweep"] = None
     if cfg.alpha_sweep:

@@ -148,7 +148,8 @@ def _heads(data: Dict, cells: _Cells, figure: Optional[str]) -> str:
     return "".join(out)
 
 
-def _map(data: Dict, figure: Optional[str]) -> str:
+def _map(data: Dict, cells: _Cells, figure: Optional[str],
+         models_figure: Optional[str]) -> str:
     m = data["map"]
     out = ["<h2 id='map'>4. Item embeddings (t-SNE)</h2>",
            f"<p class='note'>{len(m['rows'])} items of the main model, colored by "
@@ -164,6 +165,32 @@ def _map(data: Dict, figure: Optional[str]) -> str:
             shown = "; ".join(_esc(titles.get(str(r), r)) for r in rows[:5])
             out.append(f"<li>head {h}: {shown}{' ...' if len(rows) > 5 else ''}</li>")
         out.append("</ul>")
+    if models_figure:
+        out.append(f"<p class='note'>Every model over the same {len(m['rows'])} items (same "
+                   "t-SNE seed, same colours):</p>"
+                   f"<img src='{_esc(models_figure)}' alt='t-SNE map of each model'>")
+    out.append(_purity(data, cells))
+    return "".join(out)
+
+
+def _purity(data: Dict, cells: _Cells) -> str:
+    first = data["models"][0].get("category_purity") or {}
+    k = first.get("k", "k")
+    feature = first.get("feature") or "category"
+    out = [f"<p class='note'>Category purity@{_esc(k)}: for each of a seeded uniform sample of "
+           f"items with a known <code>{_esc(feature)}</code>, the share of its "
+           f"{_esc(k)} nearest items of the catalog (cosine over the full item embeddings the "
+           "index holds, not the 2-D map) that share its category, averaged; chance: the same "
+           "share for random items (docs/report.md).</p>",
+           "<table id='purity-table'><tr><th>model</th><th>items averaged</th>"
+           f"<th>purity@{_esc(k)}</th><th>chance</th><th>note</th></tr>"]
+    for i, model in enumerate(data["models"]):
+        purity = model.get("category_purity") or {}
+        base = ["models", i, "category_purity"]
+        out.append(f"<tr><th>{_esc(model['name'])}</th>" + cells.num(base + ["items"])
+                   + cells.num(base + ["purity"]) + cells.num(base + ["chance"])
+                   + f"<td>{_esc(purity.get('reason', ''))}</td></tr>")
+    out.append("</table>")
     return "".join(out)
 
 
@@ -279,7 +306,8 @@ def render(data: Dict, figures: Dict[str, Optional[str]]) -> str:
             "evaluation.json</a></p>",
             _quality(data, cells), table2.render(data, cells, _esc),
             _curves(data, cells, figures.get("curves")),
-            _heads(data, cells, figures.get("heads")), _map(data, figures.get("map")),
+            _heads(data, cells, figures.get("heads")),
+            _map(data, cells, figures.get("map"), figures.get("model_maps")),
             _sweep(data, cells, figures.get("alpha")), _index(data, cells), _commands(data)]
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>DPSR report: {_esc(names)}</title><style>{CSS}</style></head><body>"

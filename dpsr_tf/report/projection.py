@@ -42,13 +42,26 @@ def tsne_2d(vectors: np.ndarray, seed: int, max_iter: int = 500) -> np.ndarray:
         return tsne.fit_transform(np.asarray(vectors, np.float32)).astype(np.float64)
 
 
-def category_labels(item_table, rows: np.ndarray) -> Dict[str, object]:
-    """The category of each sampled item: the layout's "category" column, else its first item
-    feature, else none. Returns {"feature": name or None, "labels": [n] str}."""
+def category_ids(item_table) -> Dict[str, object]:
+    """The category column of the whole catalog: the layout's "category" feature, else its
+    first item feature, else none. Returns {"feature": name or None, "ids": [N] int or None,
+    "known": [N] bool or None (False where the vocabulary entry is empty), "vocab": list}."""
     names = list(item_table.feature_names)
     name = "category" if "category" in names else (names[0] if names else None)
     if name is None:
-        return {"feature": None, "labels": ["(none)"] * len(rows)}
+        return {"feature": None, "ids": None, "known": None, "vocab": []}
     vocab = item_table.vocabularies[name]
-    ids = item_table.feature(name)[rows]
-    return {"feature": name, "labels": [vocab[i] if vocab[i] else "(unknown)" for i in ids]}
+    ids = np.asarray(item_table.feature(name))
+    known = np.array([bool(v) for v in vocab])[ids]
+    return {"feature": name, "ids": ids, "known": known, "vocab": vocab}
+
+
+def category_labels(item_table, rows: np.ndarray) -> Dict[str, object]:
+    """The category of each sampled item (category_ids' column). Returns {"feature": name or
+    None, "labels": [n] str}."""
+    cats = category_ids(item_table)
+    if cats["feature"] is None:
+        return {"feature": None, "labels": ["(none)"] * len(rows)}
+    vocab = cats["vocab"]
+    return {"feature": cats["feature"],
+            "labels": [vocab[i] if vocab[i] else "(unknown)" for i in cats["ids"][rows]]}
