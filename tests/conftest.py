@@ -1,7 +1,10 @@
-"""Shared test fixtures: the real datasets in ../shared/datasets (skip cleanly when absent)."""
+"""Shared test fixtures: the real datasets in ../shared/datasets (skip cleanly when absent),
+and the tiny trained model of the export, serving and ranking tests."""
 import os
 
 import pytest
+
+from tests.support import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASETS = os.environ.get("DPSR_DATASETS", os.path.join(os.path.dirname(ROOT), "shared",
@@ -22,3 +25,10 @@ def dataset_path(*parts):
     if not os.path.exists(path):
         pytest.skip(f"dataset file not found: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_history_model(tmp_path_factory) -> tiny_model.TinyModel:
+    """The tiny DPSR-h model (2 heads, user profile + history) trained once per test process
+    on prepare_tiny_layout's catalog; read-only: copy it before changing it."""
+    return tiny_model.train_shared_tiny_model(str(tmp_path_factory.mktemp("tiny_history")))

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 
@@ -15,15 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_history_model):
     work = tmp_path_factory.mktemp("checkpoint_errors")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "model")
-    train_tiny_history_model(spec, model_dir, train_steps=20)
+    model_dir = tiny_history_model.model_dir
     index_dir = str(work / "index")
     catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"),
                                 lexical=None)
-    return {"work": work, "model_dir": model_dir, "index_dir": index_dir}
+    return {"work": work, "model_dir": model_dir, "index_dir": index_dir,
+            "checkpoint": f"model.ckpt-{tiny_history_model.train_steps}"}
 
 
 def _damaged_copy(trained, tmp_path, damage):
@@ -32,7 +30,7 @@ def _damaged_copy(trained, tmp_path, damage):
     model_dir = str(tmp_path / "model")
     shutil.copytree(trained["model_dir"], model_dir)
     suffix = ".data-00000-of-00001" if damage == "data_truncated" else ".index"
-    damaged = os.path.join(model_dir, "model.ckpt-20" + suffix)
+    damaged = os.path.join(model_dir, trained["checkpoint"] + suffix)
     os.truncate(damaged, os.path.getsize(damaged) // 2)
     return model_dir, damaged
 

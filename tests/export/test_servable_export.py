@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from dpsr_tf.data import layout as layout_lib
-from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
@@ -23,12 +22,10 @@ QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing kn
 
 
 @pytest.fixture(scope="module")
-def servable(tmp_path_factory):
+def servable(tmp_path_factory, tiny_history_model):
     """A DPSR-h model (2 heads, user profile + history), a Flat index, one exported version."""
     work = tmp_path_factory.mktemp("export")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "model")
-    train_tiny_history_model(spec, model_dir, train_steps=60)
+    spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
     index_dir = str(work / "index")
     catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
     path = export_servable(model_dir, index_dir, str(work / "a" / "dpsr"),

@@ -11,7 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.ranking import model as ranker_model
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.ranking import train as ranker_train
@@ -45,14 +44,12 @@ def _write_impressions(items_tsv: str, path: str, num_sessions: int = 160, seed:
 
 
 @pytest.fixture(scope="module")
-def ranker(tmp_path_factory):
+def ranker(tmp_path_factory, tiny_history_model):
     work = tmp_path_factory.mktemp("dpr")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "dpsr")
-    train_tiny_history_model(spec, model_dir, train_steps=40)
+    spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
     index_dir = str(work / "index")
     catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
-    _write_impressions(str(work / "tsv" / "items.tsv"), str(work / "impressions.tsv"))
+    _write_impressions(tiny_history_model.input_files["items"], str(work / "impressions.tsv"))
     sessions_dir = str(work / "sessions")
     sessions_lib.prepare_sessions(spec.layout_dir, str(work / "impressions.tsv"), sessions_dir,
                                   log=lambda *_: None)

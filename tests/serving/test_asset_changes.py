@@ -12,12 +12,10 @@ import os
 import shutil
 import time
 
-import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2
 
-from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
@@ -32,13 +30,11 @@ INDEX_FILES = ("index.faiss", "lexical.idx")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_history_model):
     """Shard 0 of a 2-shard IVF build, exported hybrid with --mmap_index as base/dpsr/1; shard 1
     is exported too, for files that are valid but different."""
     work = tmp_path_factory.mktemp("asset_changes")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "model")
-    train_tiny_history_model(spec, model_dir, train_steps=30)
+    model_dir = tiny_history_model.model_dir
     index_dir = str(work / "index")
     catalog_index.index_catalog(model_dir, index_dir,
                                 IndexBuildConfig(factory="IVF4,SQ8", nprobe=4, num_shards=2))

@@ -22,7 +22,6 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
 from dpsr_tf.data import layout as layout_lib
-from tests.support.tiny_model import prepare_tiny_layout, train_tiny_history_model
 from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
@@ -37,11 +36,9 @@ K = 7
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, tiny_history_model):
     work = tmp_path_factory.mktemp("dpsr_servable")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "model")
-    train_tiny_history_model(spec, model_dir, train_steps=30)
+    spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
     index_dir = str(work / "index")
     catalog_index.index_catalog(model_dir, index_dir,
                                 IndexBuildConfig(factory="Flat", num_shards=2))

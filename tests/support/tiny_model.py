@@ -3,7 +3,9 @@
 `FakeLayoutSpec` has the LayoutSpec fields the model reads; `FakeCatalog.batch` builds one
 features dict as dpsr_tf.data.pipeline yields it, from a seeded RNG; `write_tiny_dataset` writes
 the three input files of a small learnable catalog and `prepare_tiny_layout` runs the real
-`dpsr prepare` on them.
+`dpsr prepare` on them; `train_shared_tiny_model` trains the one tiny DPSR-h model that the
+export, serving and ranking tests share (tests/conftest.py's session fixture
+`tiny_history_model`).
 """
 import dataclasses
 import os
@@ -138,6 +140,31 @@ def prepare_tiny_layout(work_dir: str, *, num_buckets: int = 4096, seed: int = 0
         output=os.path.join(work_dir, "layout"),
         tokenizer=TokenizerConfig(num_buckets=num_buckets, num_oov_buckets=1),
         history_length=4, seed=seed), log=lambda _: None)
+
+
+# Steps of the shared tiny model: its checkpoint is model.ckpt-<this>.
+SHARED_TINY_MODEL_STEPS = 60
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyModel:
+    """A trained tiny model; tests read it and copy it before changing anything in it."""
+    spec: object  # the LayoutSpec of its layout (prepare_tiny_layout)
+    model_dir: str
+    model_config: object  # its ModelConfig
+    train_steps: int
+    input_files: Dict[str, str]  # write_tiny_dataset's {"items", "users", "interactions"}
+
+
+def train_shared_tiny_model(work_dir: str) -> TinyModel:
+    """prepare_tiny_layout + train_tiny_history_model for SHARED_TINY_MODEL_STEPS steps."""
+    spec = prepare_tiny_layout(work_dir)
+    model_dir = os.path.join(work_dir, "model")
+    config = train_tiny_history_model(spec, model_dir, SHARED_TINY_MODEL_STEPS)
+    tsv = os.path.join(work_dir, "tsv")
+    return TinyModel(spec, model_dir, config, SHARED_TINY_MODEL_STEPS,
+                     {name: os.path.join(tsv, f"{name}.tsv")
+                      for name in ("items", "users", "interactions")})
 
 
 def train_tiny_history_model(spec, model_dir: str, train_steps: int):
