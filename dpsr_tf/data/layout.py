@@ -28,12 +28,13 @@ All arrays are little-endian .npy files, read by numpy here and in-graph by
 dpsr_tf.data.pipeline (tf.io.read_file + decode_raw), so the tables are loaded once per input
 pipeline and never embedded in a GraphDef.
 """
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import zlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -509,9 +510,20 @@ def load_labeled_pairs(layout, split: str = "eval") -> Dict[str, np.ndarray]:
     }
 
 
-def publish(tmp: str, output: str) -> None:
-    """Moves a finished layout from its temporary directory to `output`, replacing an older
-    layout there (writers build in `tmp` so a failed run never leaves half a layout)."""
+@contextlib.contextmanager
+def building(output: str) -> Iterator[str]:
+    """A fresh temporary directory beside `output` for a layout writer. When the block ends,
+    the finished layout replaces any older one at `output`; when it raises, the temporary
+    directory is removed: a failed run never leaves half a layout."""
+    tmp = output + f".tmp-{os.getpid()}"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if os.path.exists(output):
         shutil.rmtree(output)
     os.rename(tmp, output)

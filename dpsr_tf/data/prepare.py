@@ -352,17 +352,9 @@ def prepare(config: PrepareConfig, log: Callable[[str], None] = print) -> layout
     history_items, history_splits, history_end = user_histories(
         inter.user_rows, inter.item_rows, inter.label_kinds, order_key, num_users)
 
-    tmp = output + f".tmp-{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    try:
+    with layout_lib.building(output) as tmp:
         _write_layout(config, tmp, items, users, inter, is_eval, split_info,
-                             history_items, history_splits, history_end, reports, log)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    layout_lib.publish(tmp, output)
+                      history_items, history_splits, history_end, reports, log)
     log(f"wrote {output} in {time.monotonic() - start:.1f} s")
     return layout_lib.load_layout_spec(output)
 

@@ -149,19 +149,15 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
     auto_users = user_reader is None and inter_cols.user >= 0
     inter_notes = rows_lib.interaction_notes(inter_reader, auto_users)
 
-    tmp = output + f".tmp-{os.getpid()}"
-    if os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    parts = os.path.join(tmp, blocks.PARTS_DIR)
-    try:
+    with layout_lib.building(output) as tmp:
+        parts = os.path.join(tmp, blocks.PARTS_DIR)
         tok_config = config.tokenizer
         if tok_config.vocab_file:
             shutil.copyfile(tok_config.vocab_file, os.path.join(tmp, layout_lib.VOCAB_TXT))
             tok_config = dataclasses.replace(
                 tok_config, vocab_file=os.path.join(tmp, layout_lib.VOCAB_TXT))
         rule = steps.SplitRule(config.split.method, config.split.modulus, config.split.fold,
-                          config.split.time_cutoff)
+                               config.split.time_cutoff)
         options = PipelineOptions(list(beam_args) + [f"--runner={runner}"])
         log(f"beam: running the prepare pipeline on {runner} "
             f"({' '.join(beam_args) or 'default options'})")
@@ -177,10 +173,6 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
         layout_assembly.assemble_layout(config, tmp, parts, tok_config, rule, item_cols,
                                         user_cols, inter_notes, auto_users, log)
         shutil.rmtree(parts)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    layout_lib.publish(tmp, output)
     log(f"wrote {output} in {time.monotonic() - start:.1f} s")
     return layout_lib.load_layout_spec(output)
 
