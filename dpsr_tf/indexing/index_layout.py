@@ -27,6 +27,7 @@ import numpy as np
 
 from dpsr_tf import config_json
 from dpsr_tf.indexing.lexical_manifest import LexicalManifest, check_lexical_files
+from dpsr_tf.indexing.manifest_files import check_listed_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dpsr-faiss-index"
@@ -262,13 +263,8 @@ def read_manifest(directory: str, check_files: bool = True) -> IndexManifest:
     if check_files:
         for info in manifest.shards:
             index_file, ids_file = manifest.shard_paths(directory, info.shard)
-            for p in (index_file, ids_file):
-                if not os.path.isfile(p):
-                    raise ValueError(f"{path}: shard {info.shard} file {p} is missing")
-            size = os.path.getsize(index_file)
-            if size != info.index_bytes:
-                raise ValueError(f"{path}: shard {info.shard} index {index_file} has {size} "
-                                 f"bytes, the manifest says {info.index_bytes}")
+            check_listed_file(index_file, info.index_bytes, path, f"shard {info.shard} index")
+            check_listed_file(ids_file, None, path, f"shard {info.shard} ids")
         if manifest.lexical is not None:
             check_lexical_files(directory, manifest.lexical, path)
     return manifest

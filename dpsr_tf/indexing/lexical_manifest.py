@@ -11,6 +11,7 @@ import numpy as np
 
 from dpsr_tf import config_json
 from dpsr_tf.data import item_text
+from dpsr_tf.indexing.manifest_files import check_listed_file
 from dpsr_tf.tokenization.config import TokenizerConfig
 
 LEXICAL_FILE = "lexical.idx"
@@ -107,12 +108,7 @@ class LexicalManifest:
 def check_lexical_files(directory: str, lexical: LexicalManifest, source: str) -> None:
     """Every shard file exists with its recorded size (cheap; no file is read)."""
     for info in lexical.shards:
-        path = os.path.join(directory, info.file)
-        if not os.path.isfile(path):
-            raise ValueError(f"{source}: lexical shard {info.shard} file {path} is missing")
-        size = os.path.getsize(path)
-        if size != info.file_bytes:
-            raise ValueError(f"{source}: lexical shard {info.shard} file {path} has {size} bytes, "
-                             f"the manifest says {info.file_bytes}")
+        check_listed_file(os.path.join(directory, info.file), info.file_bytes, source,
+                          f"lexical shard {info.shard}")
 
 

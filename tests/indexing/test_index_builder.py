@@ -241,6 +241,9 @@ def test_manifest_and_id_map_validation(tmp_path, ref):
     ids_file.write_text("a\n\nb\n")
     with pytest.raises(ValueError, match=":2: empty line"):
         index_layout.read_id_map(str(ids_file))
+    os.remove(ids_file)
+    with pytest.raises(ValueError, match=r"manifest.json: shard 0 ids file .* is missing"):
+        index_layout.read_manifest(str(tmp_path))
     (tmp_path / manifest.shards[0].index_file).write_bytes(b"short")
     with pytest.raises(ValueError, match="has 5 bytes, the manifest says"):
         index_layout.read_manifest(str(tmp_path))
