@@ -24,7 +24,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from dpsr_tf.demo import server_processes as process
 from tests.support import waiting
-from tests.support.serving_testing import rpc_error
+from tests.support.serving_testing import fill_model_spec, rpc_error
 from tests.serving import tfs_testdata
 
 RPC_TIMEOUT = 60.0
@@ -122,12 +122,7 @@ def _predict(server, name, version=None, label=None, signature=""):
     """(version that answered, y for x = 2)."""
     stub, _ = _stubs(server)
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
+    fill_model_spec(request.model_spec, name, version, label, signature)
     request.inputs["x"].dtype = types_pb2.DT_FLOAT
     request.inputs["x"].float_val.append(2.0)
     request.inputs["x"].tensor_shape.dim.add().size = 1

@@ -29,6 +29,16 @@ def _features(serialized):
     return parsed["x"], parsed["x2"]
 
 
+def _save_tf1(graph, signatures, path: str) -> None:
+    """A TF1 SavedModel (tag "serve") of `graph` with its variables initialized."""
+    v1 = tf.compat.v1
+    with v1.Session(graph=graph) as session:
+        session.run(v1.global_variables_initializer())
+        builder = v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map=signatures)
+        builder.save()
+
+
 def half_plus_two_tf1(path: str, b: float = 2.0) -> str:
     """Writes the TF1 half_plus_two (b=2) or half_plus_three (b=3) SavedModel at `path`."""
     v1 = tf.compat.v1
@@ -67,12 +77,7 @@ def half_plus_two_tf1(path: str, b: float = 2.0) -> str:
             "odd_method": sig.build_signature_def({"x": info(x)}, {"y": info(y)},
                                                   "not/a/method"),
         }
-        with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(path)
-            builder.add_meta_graph_and_variables(session, ["serve"],
-                                                 signature_def_map=signatures)
-            builder.save()
+        _save_tf1(graph, signatures, path)
     return path
 
 
@@ -133,12 +138,7 @@ def counter_model(path: str) -> str:
             "incr_counter_by": sig.build_signature_def({"delta": info(delta)},
                                                        {"output": info(incr_by)}, predict),
         }
-        with v1.Session(graph=graph) as session:
-            session.run(v1.global_variables_initializer())
-            builder = v1.saved_model.Builder(path)
-            builder.add_meta_graph_and_variables(session, ["serve"],
-                                                 signature_def_map=signatures)
-            builder.save()
+        _save_tf1(graph, signatures, path)
     return path
 
 

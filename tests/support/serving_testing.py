@@ -9,16 +9,21 @@ from tensorflow_serving.apis import predict_pb2
 from dpsr_tf.serving import tensors
 
 
+def fill_model_spec(spec, model: str, version=None, label=None, signature: str = "") -> None:
+    """Names the model, and optionally its version or version label, and the signature."""
+    spec.name = model
+    spec.signature_name = signature
+    if version is not None:
+        spec.version.value = version
+    if label is not None:
+        spec.version_label = label
+
+
 def predict_request(model: str, queries, k=None, user_ids=None, version=None, label=None,
                     signature: str = "") -> "predict_pb2.PredictRequest":
     """A DPSR PredictRequest: query [B] string, optional k int32 scalar and user_id [B] int64."""
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
+    fill_model_spec(request.model_spec, model, version, label, signature)
     tensors.from_ndarray(np.array([q.encode() if isinstance(q, str) else q for q in queries],
                                   dtype=object), request.inputs["query"])
     if k is not None:

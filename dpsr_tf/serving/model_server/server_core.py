@@ -345,23 +345,21 @@ class ServerCore:
             handle.release()
 
     def classify(self, request, client_timeout=None):
-        def fn(servable, timeout):
-            sig = servable.signature(request.model_spec.signature_name, "classify")
-            examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
-            response = classification_pb2.ClassificationResponse()
-            response.result.CopyFrom(inference.run_classify(servable, sig, examples, timeout,
-                                       self.options.enable_signature_method_name_check))
-            _fill_spec(response.model_spec, servable, sig.name)
-            return response
-        return self._with_servable(request.model_spec, fn, client_timeout)
+        return self._example_api(request, "classify", inference.run_classify,
+                                 classification_pb2.ClassificationResponse(), client_timeout)
 
     def regress(self, request, client_timeout=None):
+        return self._example_api(request, "regress", inference.run_regress,
+                                 regression_pb2.RegressionResponse(), client_timeout)
+
+    def _example_api(self, request, api: str, run, response, client_timeout):
+        """Classify or Regress: `run` (inference.run_classify/run_regress) on the request's
+        examples; its result and the answering model's spec fill `response`."""
         def fn(servable, timeout):
-            sig = servable.signature(request.model_spec.signature_name, "regress")
+            sig = servable.signature(request.model_spec.signature_name, api)
             examples = inference.serialized_examples(request.input, self.options.limits.max_rows)
-            response = regression_pb2.RegressionResponse()
-            response.result.CopyFrom(inference.run_regress(servable, sig, examples, timeout,
-                                      self.options.enable_signature_method_name_check))
+            response.result.CopyFrom(run(servable, sig, examples, timeout,
+                                         self.options.enable_signature_method_name_check))
             _fill_spec(response.model_spec, servable, sig.name)
             return response
         return self._with_servable(request.model_spec, fn, client_timeout)

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import grpc
 import numpy as np
@@ -328,12 +328,17 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.metadata["signature_def"].Pack(sig_map)
         return response
 
-    async def _forward_unsharded(self, method, request, context):
-        route = self._route(request.model_spec)
+    def _unsharded_route(self, model_spec, method: str):
+        """The route of an unsharded model: only Predict merges shard answers."""
+        route = self._route(model_spec)
         if route.spec.sharded:
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                f"{method} is not available for the sharded model "
                                f"{route.spec.name}; use Predict")
+        return route
+
+    async def _forward_unsharded(self, method, request, context):
+        route = self._unsharded_route(request.model_spec, method)
         backend = type(request)()
         backend.CopyFrom(request)
         backend.model_spec.name = route.spec.backend_model_name
@@ -359,11 +364,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await self._run("multi_inference", name, context, route_coro)
 
     async def _multi(self, request, context):
-        route = self._route(request.tasks[0].model_spec)
-        if route.spec.sharded:
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                               f"MultiInference is not available for the sharded model "
-                               f"{route.spec.name}; use Predict")
+        route = self._unsharded_route(request.tasks[0].model_spec, "MultiInference")
         backend = type(request)()
         backend.CopyFrom(request)
         for task in backend.tasks:
