@@ -38,9 +38,11 @@ def faiss_build_info() -> dict:
         return json.load(f)
 
 
-def _cpu_flags() -> set:
+def _cpu_flags(path: str = "/proc/cpuinfo") -> set:
+    """The instruction-set flags of this CPU (empty when unknown), read as
+    tools/build_faiss.py reads them to choose the FAISS build (tests/base tie the two)."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
