@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED, WAIT,
-                                       FairRunQueue)
+from dpsr_tf.serving.model_server.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED,
+                                                    WAIT, FairRunQueue, run_cost)
 
 
 class _Recorder:
@@ -50,6 +50,50 @@ def test_clients_take_turns():
     assert [o for o in order if o != "other"] == [f"flood{i}" for i in range(50)]
     ahead = [a for e, label, a in recorder.events if e == STARTED and label == "other"]
     assert ahead == [1]
+
+
+def test_a_client_of_expensive_runs_waits_while_cheap_runs_go_first():
+    """Clients share the threads by the run time they use: after one 0.2 s run (40 quanta)
+    of the heavy client, the light client's cheap runs all go before its next one."""
+    queue, _, release, _ = _blocked_queue()
+    order = []
+
+    def heavy(name):
+        time.sleep(0.2)
+        order.append(name)
+
+    futures = [queue.submit("heavy", heavy, (f"h{i}",), None, "heavy") for i in range(3)]
+    futures += [queue.submit("light", order.append, (f"l{i}",), None, "light")
+                for i in range(5)]
+    release.set()
+    for f in futures:
+        f.result(timeout=30)
+    queue.close()
+    assert order == ["h0", "l0", "l1", "l2", "l3", "l4", "h1", "h2"], order
+    assert run_cost(0.2) == 40 and run_cost(0.0) == 1 and run_cost(0.011) == 2
+
+
+def test_a_client_that_arrives_later_gets_turns_not_credit():
+    """A client that arrives while another has used many runs starts level with it: the two
+    alternate, the newcomer does not run its whole backlog first."""
+    queue, _, release, _ = _blocked_queue()
+    order, late = [], []
+
+    def early(i):
+        order.append(f"a{i}")
+        if i == 4:  # the late client arrives while the early one is running
+            late.extend(queue.submit("late", order.append, (f"b{j}",), None, "late")
+                        for j in range(5))
+
+    futures = [queue.submit("early", early, (i,), None, "early") for i in range(12)]
+    release.set()
+    for f in futures:
+        f.result(timeout=30)
+    for f in late:
+        f.result(timeout=30)
+    queue.close()
+    assert order[:5] == ["a0", "a1", "a2", "a3", "a4"]
+    assert order[5:15] == ["b0", "a5", "b1", "a6", "b2", "a7", "b3", "a8", "b4", "a9"], order
 
 
 def test_expired_and_cancelled_tasks_never_run():

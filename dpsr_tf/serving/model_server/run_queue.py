@@ -1,8 +1,14 @@
-"""The queue of unbatched session runs: clients served in turn, abandoned work never started.
+"""The queue of unbatched session runs: clients share the run threads by the time their runs
+take, abandoned work never started.
 
-One FIFO per client (a gRPC connection, or one REST key), served round robin by a fixed set of
-threads, so a client with thousands of queued requests delays another client's request by
-about one run per thread, not by its whole backlog. A task whose deadline passed or whose
+One FIFO per client (a gRPC connection, or one REST key), served by a fixed set of threads in
+the order of the run time each client has used (start-time fair queuing): the next task is the
+head of the client that has used the least, counted in quanta of COST_QUANTUM_SECONDS of run
+wall time, and a client that arrives starts level with the one served last (no credit from
+being idle). Clients whose runs cost alike take turns; a client whose runs take 50 ms waits
+while another's 2 ms runs go first, about 25 of them per run of its own, so a client with
+thousands of queued expensive requests delays another client's request by about one run per
+thread, not by its backlog and not by the cost of its requests. A task whose deadline passed or whose
 future was cancelled while it waited (the client gave up: the gRPC handler cancels it from
 the call's done-callback) is dropped when it reaches the head of the queue, without running.
 A gate, asked when a task reaches the head of its queue, can hold a client back or refuse
@@ -36,10 +42,19 @@ CLIENT_REFUSED = "client_queue_full"
 GATE_REFUSED = "unsent_answers"
 # What a gate returns to make a client's task wait.
 WAIT = "wait"
+# The unit of run time that clients are charged in (runs shorter than this cost one unit, so
+# clients of cheap runs take strict turns).
+COST_QUANTUM_SECONDS = 0.005
+
+
+def run_cost(seconds: float) -> int:
+    """The charge of a run that took `seconds`: whole quanta, at least one."""
+    return max(1, int(seconds / COST_QUANTUM_SECONDS))
 
 
 class _Task:
-    __slots__ = ("client", "fn", "args", "deadline", "label", "future", "started_before")
+    __slots__ = ("client", "fn", "args", "deadline", "label", "future", "started_before",
+                 "charged")
 
     def __init__(self, client, fn, args, deadline, label, started_before):
         self.client = client
@@ -49,6 +64,7 @@ class _Task:
         self.label = label
         self.future = concurrent.futures.Future()
         self.started_before = started_before
+        self.charged = 0  # cost units charged to the client when the task started
 
 
 class FairRunQueue:
@@ -79,6 +95,12 @@ class FairRunQueue:
         self._on_event = on_event or (lambda *_: None)
         self._gate = gate or (lambda _client: None)
         self._queues = collections.OrderedDict()  # client -> deque of _Task
+        # Clients with tasks queued or running: cost units used, the cost of their last run,
+        # tasks running. The virtual time: what the client served last had used then.
+        self._used = {}
+        self._last_cost = {}
+        self._running = collections.Counter()
+        self._virtual_time = 0
         self._queued = 0
         self._started = 0
         self._cond = threading.Condition()
@@ -128,6 +150,7 @@ class FairRunQueue:
                                    "thread (--max_queued_requests_per_client); wait for their "
                                    "answers before sending more")
             task = _Task(client, fn, args, deadline, label, self._started)
+            self._used.setdefault(client, self._virtual_time)
             if queue is None:
                 queue = self._queues[client] = collections.deque()
             queue.append(task)
@@ -162,8 +185,10 @@ class FairRunQueue:
                     self._cond.wait()
                     continue
                 now = time.monotonic()
-                client = next((c for c, q in self._queues.items()
-                               if self._eligible(c, q[0], now)), None)
+                # The least-used eligible client; among equals, the longest waiting.
+                client = min((c for c, q in self._queues.items()
+                              if self._eligible(c, q[0], now)),
+                             key=self._used.__getitem__, default=None)
                 if client is not None:
                     break
                 self._cond.wait(self.BLOCKED_POLL_SECONDS)  # every queued client is blocked
@@ -174,6 +199,10 @@ class FairRunQueue:
             else:
                 del self._queues[client]
             self._queued -= 1
+            self._virtual_time = self._used[client]
+            task.charged = self._last_cost.get(client, 1)  # corrected when the run ends
+            self._used[client] += task.charged
+            self._running[client] += 1
             return task
 
     def _loop(self) -> None:
@@ -181,8 +210,24 @@ class FairRunQueue:
             task = self._take()
             if task is None:
                 return
-            self._run(task)
+            start = time.monotonic()
+            try:
+                self._run(task)
+            finally:
+                self._settle(task.client, task.charged, run_cost(time.monotonic() - start))
             task = None  # the finished task's arguments are not kept while the thread waits
+
+    def _settle(self, client, charged: int, cost: int) -> None:
+        """Charges a finished run its measured cost; forgets a client with nothing left."""
+        with self._cond:
+            self._used[client] += cost - charged
+            self._last_cost[client] = cost
+            self._running[client] -= 1
+            if not self._running[client]:
+                del self._running[client]
+                if client not in self._queues:
+                    del self._used[client]
+                    del self._last_cost[client]
 
     def _run(self, task: _Task) -> None:
         future = task.future

@@ -8,15 +8,20 @@ sent, or the call cancelled / the connection closed). A client (one gRPC connect
 back while it holds its budget or more: its queued requests wait in the run queue
 (run_queue.py) while other clients' run, so at most its budget plus one answer per run thread
 is computed ahead of its reading. Many connections could together hold more than the server
-should: while all clients together hold the total budget, a client that holds any unsent
-answer is held back too, its new calls are refused RESOURCE_EXHAUSTED, and an answer that
-becomes ready for it is dropped rather than held. A client that holds nothing (one that
-reads its answers) is served as usual.
+should: while all clients together hold the total budget, a client that holds more than
+READING_ALLOWANCE_BYTES is held back too, its new calls are refused RESOURCE_EXHAUSTED, and an
+answer that becomes ready for it is dropped rather than held. A client that reads its answers
+holds only the few on their way (a 10-item answer is about 1 KB) and is served as usual, so
+clients that do not read cannot get the ones that do refused; the total can pass its budget by
+at most the allowance per client.
 """
 import grpc
 
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.run_queue import WAIT
+
+# Over the total budget, what a client may still hold and be served: answers on their way.
+READING_ALLOWANCE_BYTES = 64 << 10
 
 
 class UnsentAnswers:
@@ -45,12 +50,16 @@ class UnsentAnswers:
     def _over_total(self) -> bool:
         return bool(self._total_budget) and self.total >= self._total_budget
 
+    def _hoarding(self, held: int) -> bool:
+        """All clients hold the total budget and `held` is over the reading allowance."""
+        return held > READING_ALLOWANCE_BYTES and self._over_total()
+
     def held_back(self, client) -> bool:
         """True while `client`'s queued requests must wait (safe from any thread)."""
         held = self._by_client.get(client, 0)
         if self._per_client and held >= self._per_client:
             return True
-        return held > 0 and self._over_total()
+        return self._hoarding(held)
 
     def gate(self, client):
         """For the run queue (any thread): run_queue.WAIT while `client` is held back."""
@@ -58,9 +67,9 @@ class UnsentAnswers:
 
     def refusal(self, client):
         """A RESOURCE_EXHAUSTED ServingError for a new call or a ready answer of `client`
-        while all clients are over the total budget and `client` holds unsent answers, else
-        None."""
-        if self._over_total() and self._by_client.get(client, 0) > 0:
+        while all clients are over the total budget and `client` holds more than the reading
+        allowance, else None."""
+        if self._hoarding(self._by_client.get(client, 0)):
             if self._metrics is not None:
                 self._metrics.calls_refused.labels("total").inc()
             return ServingError(

@@ -1,0 +1,70 @@
+"""UnsentAnswers: the per-client budget holds back the client over it; over the total budget,
+only clients holding more than the reading allowance are held back and refused, so a client
+that reads its answers (a few bytes on their way) is never refused because others do not
+read."""
+import grpc
+
+from dpsr_tf.serving.model_server.run_queue import WAIT
+from dpsr_tf.serving.model_server.unsent_answers import READING_ALLOWANCE_BYTES, UnsentAnswers
+
+MB = 1 << 20
+
+
+class _Call:
+    """A gRPC call context whose done-callbacks the test fires (the answer was read)."""
+
+    def __init__(self):
+        self.callbacks = []
+
+    def add_done_callback(self, fn):
+        self.callbacks.append(fn)
+
+    def done(self):
+        for fn in self.callbacks:
+            fn(self)
+
+
+def test_a_client_over_its_own_budget_waits_until_its_answers_are_read():
+    released = []
+    unsent = UnsentAnswers(per_client_bytes=100, total_bytes=0,
+                           on_release=lambda: released.append(1))
+    call = _Call()
+    unsent.hold(call, "slow", 60)
+    assert unsent.gate("slow") is None
+    unsent.hold(_Call(), "slow", 40)
+    assert unsent.held("slow") == 100 and unsent.gate("slow") == WAIT
+    assert unsent.refusal("slow") is None  # no total budget: it waits, it is not refused
+    call.done()
+    assert unsent.held("slow") == 40 and unsent.gate("slow") is None and released == [1]
+
+
+def test_over_the_total_only_clients_holding_more_than_the_allowance_are_held_back():
+    unsent = UnsentAnswers(per_client_bytes=0, total_bytes=10 * MB)
+    reader_call = _Call()
+    unsent.hold(reader_call, "reader", READING_ALLOWANCE_BYTES)  # answers on their way
+    for name in ("slow_a", "slow_b", "slow_c"):
+        unsent.hold(_Call(), name, 3 * MB + MB // 2)
+    assert unsent.total >= 10 * MB
+    for name in ("slow_a", "slow_b", "slow_c"):
+        assert unsent.gate(name) == WAIT
+        error = unsent.refusal(name)
+        assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max_unsent_response_bytes" in error.message
+        assert str(3 * MB + MB // 2) in error.message
+    assert unsent.gate("reader") is None and unsent.refusal("reader") is None
+    assert unsent.gate("new") is None and unsent.refusal("new") is None  # holds nothing
+    unsent.hold(reader_call, "reader", 1)  # one byte over the allowance: held back too
+    assert unsent.gate("reader") == WAIT and unsent.refusal("reader") is not None
+    reader_call.done()  # 10.5 MiB left: still over; the slow ones stay held back
+    assert unsent.gate("slow_a") == WAIT and unsent.gate("reader") is None
+
+
+def test_under_the_total_nobody_is_held_back_by_it():
+    unsent = UnsentAnswers(per_client_bytes=0, total_bytes=10 * MB)
+    calls = [_Call() for _ in range(3)]
+    for call, name in zip(calls, ("a", "b", "c")):
+        unsent.hold(call, name, 4 * MB)
+    assert unsent.gate("a") == WAIT
+    calls[0].done()  # 8 MiB left of a 10 MiB budget
+    assert unsent.total == 8 * MB
+    assert all(unsent.gate(n) is None and unsent.refusal(n) is None for n in ("a", "b", "c"))
