@@ -9,11 +9,18 @@ direct and through the proxy) by a load process of its own (so that the attacker
 work, e.g. serializing a 64 MiB message under the GIL, does not delay the measuring client:
 a real attacker does not share the victim client's interpreter) while a thread of this process
 sends the hostile requests of one class back to back (tests/support/serving_testing.py: hostile_grpc_cases, hostile_rest_cases); the same with no hostile
-traffic is the baseline. Prints p50/p99/max of the normal requests per class, their errors, the
-status the hostile requests got, and the RSS of both processes at the end. The issue's target:
-p99 < 50 ms under every class. Compare rows of one run (the machine may be shared).
+traffic is the baseline. The classes of misbehaving clients follow (tests/serving/
+test_client_isolation.py's cases, sent by the real gRPC client or a raw HTTP/2 one): bursts of
+200 large requests ("big": 256 rows, k=300 over a 20,000-item model) whose 50 ms deadline
+passes in the queue, the same cancelled by the client at once, 2,000 concurrent calls on one
+connection, connections that open 100 streams each with a zero flow-control window and never
+read, and streams reset right after they open ("rapid reset"). Prints p50/p99/max of the
+normal requests per class, their errors, the statuses the hostile requests got, and both
+processes' RSS growth since the start after each class. The targets: p99 < 50 ms and RSS
+growth < 150 MiB under every class. Compare rows of one run (the machine may be shared).
 """
 import argparse
+import collections
 import multiprocessing
 import os
 import sys
@@ -27,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
+from tests.support.raw_http2 import RawHttp2  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
 
 
@@ -75,22 +83,135 @@ def _load_process(conn, addresses, rate):
         conn.send(list(out))
 
 
+BIG_ITEMS = 20_000
+BURST = 200
+SLOW_READERS = 8
+STREAMS_PER_READER = 100
+
+
+def _big_request(rows=256):
+    return st.predict_request("big", [f"cordless drill {i}" for i in range(rows)], k=300)
+
+
+def _statuses(futures) -> str:
+    """The status names a burst got, e.g. "DEADLINE_EXCEEDED=197,OK=3"."""
+    codes = collections.Counter()
+    for f in futures:
+        try:
+            f.result()
+            codes["OK"] += 1
+        except grpc.FutureCancelledError:
+            codes["CANCELLED"] += 1
+        except grpc.RpcError as e:
+            codes[e.code().name] += 1
+    return ",".join(f"{k}={v}" for k, v in sorted(codes.items()))
+
+
+class _Misbehaving:
+    """The misbehaving-client classes against one address; send() is one round of a class,
+    close() ends what a class left open (the slow readers' connections)."""
+
+    def __init__(self, address: str, grpc_port: int):
+        self.address, self.grpc_port = address, grpc_port
+        self.readers = []
+        self._big = _big_request().SerializeToString()
+        self._flood = _big_request(64).SerializeToString()
+        self._slow = st.predict_request("dpsr", [f"phone {i}" for i in range(64)],
+                                        k=300).SerializeToString()
+
+    def _call(self):
+        # A connection of its own (gRPC shares one between channels of equal settings).
+        channel = grpc.insecure_channel(self.address,
+                                        options=[("grpc.use_local_subchannel_pool", 1)])
+        return channel, channel.unary_unary(st.PREDICT_METHOD, request_serializer=None,
+                                            response_deserializer=None)
+
+    def expired(self) -> str:
+        channel, call = self._call()
+        futures = [call.future(self._big, timeout=0.05) for _ in range(BURST)]
+        out = _statuses(futures)
+        channel.close()
+        return out
+
+    def cancelled(self) -> str:
+        channel, call = self._call()
+        futures = [call.future(self._big, timeout=600) for _ in range(BURST)]
+        for f in futures:
+            f.cancel()
+        out = _statuses(futures)
+        channel.close()
+        return out
+
+    def flood(self) -> str:
+        channel, call = self._call()
+        futures = [call.future(self._flood, timeout=600) for _ in range(2000)]
+        out = _statuses(futures)
+        channel.close()
+        return out
+
+    def slow_reader(self) -> str:
+        if len(self.readers) >= SLOW_READERS:  # all open: they stay until the class ends
+            time.sleep(0.05)
+            return "held"
+        reader = RawHttp2(self.grpc_port)
+        self.readers.append(reader)
+        for _ in range(STREAMS_PER_READER):
+            reader.open_predict(self._slow)
+        return "opened"
+
+    def rapid_reset(self) -> str:
+        client = RawHttp2(self.grpc_port, window=1 << 20)
+        try:
+            for _ in range(STREAMS_PER_READER):
+                client.open_predict(self._big, reset=True)
+        finally:
+            client.close()
+        return "reset"
+
+    def close(self) -> None:
+        for reader in self.readers:
+            reader.close()
+        self.readers = []
+
+
+def _write_models(work: str, spec) -> str:
+    """dpsr (240 items) and big (BIG_ITEMS) toy servables and a model config file for both."""
+    ids, emb = ts.make_items(240, spec.dim, seed=1)
+    ts.write_toy_servable(os.path.join(work, "dpsr", "1"), ids, emb, spec)
+    ids, emb = ts.make_items(BIG_ITEMS, spec.dim, seed=3)
+    ts.write_toy_servable(os.path.join(work, "big", "1"), ids, emb, spec)
+    path = os.path.join(work, "models.config")
+    with open(path, "w") as f:
+        f.write("model_config_list {\n" + "".join(
+            f'  config {{ name: "{m}" base_path: "{os.path.join(work, m)}" '
+            f'model_platform: "tensorflow" }}\n' for m in ("dpsr", "big")) + "}\n")
+    return path
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per class")
     parser.add_argument("--rate", type=float, default=100.0, help="normal requests per second")
-    parser.add_argument("--classes", default="", help="substring filter on class names")
+    parser.add_argument("--classes", default="", help="substrings separated by |: only the classes whose name holds one")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                        help="serve with --enable_batching (--no-batching: the default "
+                             "unbatched path)")
+    parser.add_argument("--burst_period", type=float, default=1.0,
+                        help="seconds from one burst of a misbehaving class to the next (the "
+                             "issue's attacks: one burst); 0: bursts back to back at the "
+                             "attacker's full speed")
+    parser.add_argument("--server_flag", action="append", default=[],
+                        help="an extra `dpsr serve` flag (repeatable), e.g. --num_run_threads=2")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hostile-bench-")
     spec = ts.ToyServableSpec(dim=16, num_heads=2, default_k=10, max_k=300, seed=0)
-    ids, emb = ts.make_items(240, spec.dim, seed=1)
-    ts.write_toy_servable(os.path.join(work, "dpsr", "1"), ids, emb, spec)
-    server = process.model_server_process(os.path.join(work, "dpsr"), "dpsr", rest=True,
-                                          log_dir=work, port=process.free_port(),
-                                          flags=["--enable_batching", "--max_k=300",
-                                                 "--max_request_rows=256"])
-    proxy = process.proxy_process({"dpsr": ((server.address,),)}, log_dir=work,
-                                  deadline_ms=5000)
+    server = process.model_server_process(
+        model_config_file=_write_models(work, spec), rest=True, log_dir=work,
+        port=process.free_port(),
+        flags=["--enable_batching"] * args.batching + ["--max_k=300", "--max_request_rows=256"]
+        + args.server_flag)
+    proxy = process.proxy_process({"dpsr": ((server.address,),), "big": ((server.address,),)},
+                                  log_dir=work, deadline_ms=5000)
     process.start_all([server, proxy])
     channels = {"serve": grpc.insecure_channel(server.address),
                 "proxy": grpc.insecure_channel(proxy.address)}
@@ -109,9 +230,30 @@ def main():
     for case in st.hostile_rest_cases():
         classes.append((f"rest {case[0]}", lambda c=case: str(st.send_http(
             "127.0.0.1", server.rest_api_port, *c[1:5])[0])))
-    classes = [c for c in classes if args.classes in c[0] or c[1] is None]
-    print(f"{'class':58s} {'n':>5s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} errors  "
-          f"hostile statuses")
+    clients = {"serve": _Misbehaving(server.address, server.grpc_port),
+               "proxy": _Misbehaving(proxy.address, 0)}
+    # Bursts (paced by --burst_period): the abandoned ones, the flood, rapid resets.
+    bursts = []
+    for target in ("serve", "proxy"):
+        c = clients[target]
+        bursts += [(f"{BURST} big requests, 50 ms deadline, via {target}", c.expired),
+                   (f"{BURST} big requests cancelled at once, via {target}", c.cancelled),
+                   (f"2,000 concurrent calls on one connection, via {target}", c.flood)]
+    bursts.append((f"{STREAMS_PER_READER} streams reset at once (rapid reset), repeated",
+                   clients["serve"].rapid_reset))
+    paced = {name for name, _ in bursts}
+    classes += bursts[:-1]
+    classes.append((f"{SLOW_READERS}x{STREAMS_PER_READER} streams, zero window, never read",
+                    clients["serve"].slow_reader))
+    classes.append(bursts[-1])
+    wanted = args.classes.split("|")
+    classes = [c for c in classes if any(w in c[0] for w in wanted) or c[1] is None]
+    stub = process.prediction_stub(server.address)
+    for _ in range(5):  # the big model warm: later growth of memory is the classes'
+        stub.Predict(_big_request(), timeout=60)
+    rss_start = {p.name: st.rss_bytes(p.proc.pid) for p in (server, proxy)}
+    print(f"{'class':58s} {'n':>5s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} errors "
+          f"{'+RSS serve':>10s} {'+RSS proxy':>10s}  hostile statuses")
     try:
         for name, send in classes:
             ours.send("start")
@@ -121,15 +263,22 @@ def main():
                 if send is None:
                     time.sleep(0.05)
                     continue
+                round_start = time.monotonic()
                 status = send()
                 statuses[status] = statuses.get(status, 0) + 1
+                if args.burst_period and name in paced:  # the next burst a period later
+                    time.sleep(max(0.0, round_start + args.burst_period - time.monotonic()))
             ours.send("stop")
             out = ours.recv()
+            grown = [(st.rss_bytes(p.proc.pid) - rss_start[p.name]) / 2**20
+                     for p in (server, proxy)]
+            for c in clients.values():
+                c.close()
             lat = np.array([t for t, _ in out]) * 1e3
             errors = sum(e is not None for _, e in out)
             print(f"{name[:58]:58s} {len(lat):5d} {np.percentile(lat, 50):7.1f} "
-                  f"{np.percentile(lat, 99):7.1f} {lat.max():7.1f} {errors:6d}  "
-                  f"{statuses}", flush=True)
+                  f"{np.percentile(lat, 99):7.1f} {lat.max():7.1f} {errors:6d} "
+                  f"{grown[0]:10.0f} {grown[1]:10.0f}  {statuses}", flush=True)
         print(f"RSS at the end: server {st.rss_bytes(server.proc.pid) / 2**20:.0f} MiB, "
               f"proxy {st.rss_bytes(proxy.proc.pid) / 2**20:.0f} MiB")
     finally:

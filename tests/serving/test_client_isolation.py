@@ -5,14 +5,13 @@ bounded. Real `dpsr serve` processes, the real gRPC client, and a raw HTTP/2 cli
 what the gRPC client would never do. Every assertion is a count or a status, read from the
 server's Prometheus metrics or the client; none depends on the machine's speed."""
 import os
-import socket
-import struct
 import time
 
 import grpc
 import pytest
 
 from dpsr_tf.demo import server_processes as process
+from tests.support.raw_http2 import RawHttp2
 from tests.support import serving_testing as st
 from tests.support import toy_servable as ts
 from tests.support import waiting
@@ -299,66 +298,6 @@ def test_refused_large_requests_leave_no_memory_behind(server):
 
 # ----------------------------------------------------------------------------- slow readers
 
-def _grpc_frame(message: bytes) -> bytes:
-    return b"\x00" + struct.pack(">I", len(message)) + message
-
-
-class _RawHttp2:
-    """A gRPC client written with h2, doing what grpcio never does: a zero flow-control window
-    (answers can never be sent), streams reset right after they are opened."""
-
-    def __init__(self, port: int, window: int = 0):
-        import h2.config  # pylint: disable=g-import-not-at-top
-        import h2.connection  # pylint: disable=g-import-not-at-top
-        import h2.settings  # pylint: disable=g-import-not-at-top
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        self.conn.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
-            h2.settings.SettingCodes.ENABLE_PUSH: 0})
-        self.conn.initiate_connection()
-        self.events = []
-        self._flush()
-        self.port = port
-
-    def _flush(self):
-        data = self.conn.data_to_send()
-        if data:
-            self.sock.sendall(data)
-
-    def pump(self):
-        """Reads what the server sent (settings, pings, window updates, headers, resets) and
-        answers what the protocol requires; never acknowledges DATA, so windows stay shut."""
-        chunk = self.sock.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        self.events.extend(self.conn.receive_data(chunk))
-        self._flush()
-
-    def open_predict(self, message: bytes, reset: bool = False) -> int:
-        """Opens a Predict stream and sends `message`; resets it at once when `reset`."""
-        sid = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(sid, [
-            (":method", "POST"), (":scheme", "http"), (":path", st.PREDICT_METHOD),
-            (":authority", f"127.0.0.1:{self.port}"), ("content-type", "application/grpc"),
-            ("te", "trailers")])
-        data = _grpc_frame(message)
-        while self.conn.local_flow_control_window(sid) < len(data):
-            self._flush()
-            self.pump()
-        self.conn.send_data(sid, data, end_stream=True)
-        if reset:
-            self.conn.reset_stream(sid)
-        self._flush()
-        return sid
-
-    def open_streams(self) -> int:
-        return len(self.conn.open_outbound_streams)
-
-    def close(self):
-        self.sock.close()
-
-
 def test_clients_that_never_read_get_no_more_answers_computed(server):
     """Eight connections with a zero window each open 100 Predict streams for 0.3 MB answers
     (before: every answer computed and held, +3.2 GB from 80 requests in the issue). Each
@@ -370,7 +309,7 @@ def test_clients_that_never_read_get_no_more_answers_computed(server):
     message = request.SerializeToString()
     before, refused_before = _runs(server, "dpsr"), _refused(server)
     rss_before = st.rss_bytes(server.proc.pid)
-    readers = [_RawHttp2(server.grpc_port) for _ in range(SLOW_READERS)]
+    readers = [RawHttp2(server.grpc_port) for _ in range(SLOW_READERS)]
     try:
         for reader in readers:
             for _ in range(STREAMS_PER_READER):
@@ -404,7 +343,7 @@ def test_streams_reset_right_after_they_open_leave_no_work_running(server):
     """Rapid reset: 500 streams, each sent a large request and reset at once; the server drops
     the queued ones unstarted (counted), and keeps answering."""
     before = _runs(server, "big")
-    client = _RawHttp2(server.grpc_port, window=1 << 20)
+    client = RawHttp2(server.grpc_port, window=1 << 20)
     message = _big_request().SerializeToString()
     try:
         for _ in range(500):
