@@ -40,7 +40,7 @@ def faiss_build_info() -> dict:
 
 def _cpu_flags(path: str = "/proc/cpuinfo") -> set:
     """The instruction-set flags of this CPU (empty when unknown), read as
-    tools/build_faiss.py reads them to choose the FAISS build (tests/base tie the two)."""
+    tools/build_faiss.py reads them to choose the FAISS build (a test ties the two)."""
     try:
         with open(path) as f:
             for line in f:

@@ -201,6 +201,26 @@ def _build_script():
     return module
 
 
+def test_build_and_start_up_agree_on_the_flags_the_avx2_build_needs():
+    """tools/build_faiss.py (build time) chooses the build, op_library (run time) refuses it on
+    a CPU that lacks a flag: one list of flags, one way of reading them. The tools are not
+    part of the installed package, so this test keeps the contract instead of an import."""
+    assert op_library._AVX2_CPU_FLAGS == _build_script().AVX2_CPU_FLAGS  # pylint: disable=protected-access
+
+
+def test_build_and_start_up_read_the_same_flags_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\n"
+                       "flags\t\t: fpu sse2 avx2 fma popcnt\nbugs\t\t: spectre_v1\n")
+    want = {"fpu", "sse2", "avx2", "fma", "popcnt"}
+    assert op_library._cpu_flags(str(cpuinfo)) == want  # pylint: disable=protected-access
+    assert _build_script().cpu_flags(str(cpuinfo)) == want
+    missing = str(tmp_path / "absent")
+    assert op_library._cpu_flags(missing) == set() == _build_script().cpu_flags(missing)  # pylint: disable=protected-access
+    with pytest.raises(ImportError, match="this CPU lacks f16c"):
+        op_library.check_cpu({"opt_level": "avx2"}, want)
+
+
 DEB822 = """\
 Types: deb
 # http://snapshot.debian.org/archive/debian/20250520T000000Z
