@@ -6,7 +6,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
+from tests.support.fresh_python import run_fresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
@@ -37,14 +37,6 @@ def servable(tmp_path_factory, tiny_history_model):
             "version_dir": os.path.join(moved, "dpsr", os.path.basename(path))}
 
 
-def run_fresh(script: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 LOAD_TF1 = """
     import json, numpy as np, tensorflow as tf
     from dpsr_tf import op_library
@@ -57,6 +49,18 @@ LOAD_TF1 = """
         fetch = {{k: sig.outputs[k].name for k in outputs}}
         return sess.run(fetch, {{sig.inputs[k].name: v for k, v in feeds.items()}})
 """
+
+
+def _dense_answers(servable, base: str, queries, k: int) -> dict:
+    """{"ids", "scores"} of the same model exported dense only (max_k 1000) under `base`,
+    called in a fresh process: the reference of the hybrid tests."""
+    path = export_servable(servable["model_dir"], servable["index_dir"], base,
+                           servable=ServableConfig(max_k=1000, hybrid=False))
+    return run_fresh(LOAD_TF1.format(path=path) + f"""
+    out = call("serving_default", {{"query": {queries!r}, "k": {k}}}, ["item_ids", "scores"])
+    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
+                      "scores": out["scores"].tolist()}}))
+    """)
 
 
 def test_servable_equals_brute_force_after_move_in_fresh_process(servable):
@@ -305,14 +309,7 @@ def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
                       for k, v in out.items()}}))
     """
     got = run_fresh(script)
-    dense_path = export_servable(servable["model_dir"], servable["index_dir"],
-                                 str(tmp_path / "dense"),
-                                 servable=ServableConfig(max_k=1000, hybrid=False))
-    dense = run_fresh(LOAD_TF1.format(path=dense_path) + f"""
-    out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}}, ["item_ids", "scores"])
-    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
-                      "scores": out["scores"].tolist()}}))
-    """)
+    dense = _dense_answers(servable, str(tmp_path / "dense"), QUERIES, 7)
     ids = layout_lib.load_item_table(servable["spec"]).ids
     lex_scores, lex_rows = LexicalSearcher(servable["index_dir"], ids).search(QUERIES, 7)
     assert (lex_rows[:3] >= 0).any(), "the queries should match some titles"
@@ -354,14 +351,7 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
     os.makedirs(tmp_path / "logs")
     results = run_serving_demo([os.path.dirname(p) for p in paths], queries, k=k, show=0,
                                out=lambda _: None, log_dir=str(tmp_path / "logs"))
-    dense_path = export_servable(servable["model_dir"], servable["index_dir"],
-                                 str(tmp_path / "dense"),
-                                 servable=ServableConfig(max_k=1000, hybrid=False))
-    dense = run_fresh(LOAD_TF1.format(path=dense_path) + f"""
-    out = call("serving_default", {{"query": {queries!r}, "k": {k}}}, ["item_ids", "scores"])
-    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
-                      "scores": out["scores"].tolist()}}))
-    """)
+    dense = _dense_answers(servable, str(tmp_path / "dense"), queries, k)
     lex_scores, lex_rows = LexicalSearcher(index_dir, ids).search(queries, k)
     lex_ids = np.array([[ids[r] if r >= 0 else "" for r in row] for row in lex_rows], object)
     want_s, want_ids, want_src = fuse_np(np.array(dense["scores"], np.float32),
@@ -428,14 +418,7 @@ def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_pa
     print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
                       for k, v in out.items()}}))
     """)
-    dense_path = export_servable(servable["model_dir"], servable["index_dir"],
-                                 str(tmp_path / "dense"),
-                                 servable=ServableConfig(max_k=1000, hybrid=False))
-    dense = run_fresh(LOAD_TF1.format(path=dense_path) + f"""
-    out = call("serving_default", {{"query": {QUERIES!r}, "k": 9}}, ["item_ids", "scores"])
-    print(json.dumps({{"ids": out["item_ids"].astype(str).tolist(),
-                      "scores": out["scores"].tolist()}}))
-    """)
+    dense = _dense_answers(servable, str(tmp_path / "dense"), QUERIES, 9)
     ids = layout_lib.load_item_table(servable["spec"]).ids
     searcher = LexicalSearcher(servable["index_dir"], ids)
     q_scores, q_rows = searcher.search(QUERIES, 9)

@@ -1,12 +1,8 @@
 """DPR end to end on a tiny catalog: sessions -> features -> train-ranker -> export with the
 re-ranking stage; the SavedModel, loaded in a fresh process after a move, scores candidates
 exactly as the Estimator does, and a real model server answers a retrieve_rerank request."""
-import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -18,6 +14,7 @@ from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
+from tests.support.fresh_python import run_fresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,14 +67,6 @@ def ranker(tmp_path_factory, tiny_history_model):
             "version_dir": os.path.join(moved, "dpsr", os.path.basename(path))}
 
 
-def _run_fresh(script: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _padded_ids(data, table):
     ids = [line for line in open(os.path.join(data.layout_spec.layout_dir, "items", "ids.txt"),
                                  encoding="utf-8").read().split("\n")[:-1]]
@@ -93,7 +82,7 @@ def test_rerank_signature_in_a_fresh_process_equals_the_estimator(ranker):
     data, table = ranker["data"], ranker["data"].eval_sessions
     assert len(table) >= 5
     ids = _padded_ids(data, table)
-    got = _run_fresh(f"""
+    got = run_fresh(f"""
         import json, numpy as np, tensorflow as tf
         from dpsr_tf import op_library
         op_library.load()

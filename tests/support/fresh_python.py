@@ -1,0 +1,21 @@
+"""Running a script in a fresh Python process: a servable must load and answer without the
+test process's imports, graphs or op registrations."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from tests.support import waiting
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_fresh(script: str) -> object:
+    """Runs the dedented `script` with the repository on the path; returns the JSON value of
+    its last line of output. Fails the test, with the script's stderr, if it fails."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
+                          capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
