@@ -23,10 +23,12 @@ class _Recorder:
             self.events.append((event, label, ahead))
 
 
-def _blocked_queue(threads=1, max_queued=100, per_client=100, gate=None):
+def _blocked_queue(threads=1, max_queued=100, per_client=100, gate=None,
+                   run_clock=time.monotonic):
     """A queue whose threads are all busy until `release` is set."""
     recorder = _Recorder()
-    queue = FairRunQueue(threads, max_queued, per_client, on_event=recorder, gate=gate)
+    queue = FairRunQueue(threads, max_queued, per_client, on_event=recorder, gate=gate,
+                         run_clock=run_clock)
     release = threading.Event()
     blockers = [queue.submit("blocker", release.wait, (), None, "blocker")
                 for _ in range(threads)]
@@ -54,12 +56,14 @@ def test_clients_take_turns():
 
 def test_a_client_of_expensive_runs_waits_while_cheap_runs_go_first():
     """Clients share the threads by the run time they use: after one 0.2 s run (40 quanta)
-    of the heavy client, the light client's cheap runs all go before its next one."""
-    queue, _, release, _ = _blocked_queue()
+    of the heavy client, the light client's cheap runs all go before its next one. Runs are
+    timed by a clock the tasks advance, so the order does not depend on the machine."""
+    clock = [0.0]
+    queue, _, release, _ = _blocked_queue(run_clock=lambda: clock[0])
     order = []
 
     def heavy(name):
-        time.sleep(0.2)
+        clock[0] += 0.2
         order.append(name)
 
     futures = [queue.submit("heavy", heavy, (f"h{i}",), None, "heavy") for i in range(3)]
@@ -75,8 +79,9 @@ def test_a_client_of_expensive_runs_waits_while_cheap_runs_go_first():
 
 def test_a_client_that_arrives_later_gets_turns_not_credit():
     """A client that arrives while another has used many runs starts level with it: the two
-    alternate, the newcomer does not run its whole backlog first."""
-    queue, _, release, _ = _blocked_queue()
+    alternate, the newcomer does not run its whole backlog first (runs timed by a clock that
+    stands still: every run costs one quantum)."""
+    queue, _, release, _ = _blocked_queue(run_clock=lambda: 0.0)
     order, late = [], []
 
     def early(i):

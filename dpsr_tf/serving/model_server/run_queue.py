@@ -78,6 +78,7 @@ class FairRunQueue:
         (runs_ahead: how many tasks of any client started while this one waited), EXPIRED,
         CANCELLED, REFUSED, CLIENT_REFUSED or GATE_REFUSED (runs_ahead None).
       thread_name: prefix of the threads' names.
+      run_clock: the clock that times runs for the clients' charges (tests pass their own).
       gate: optional callable(client) -> None (run), WAIT (the client's tasks wait; they
         are still dropped when cancelled or expired) or a ServingError (the task fails with
         it, unstarted); called from the run threads. Call `wake()` when a WAIT may have
@@ -89,11 +90,13 @@ class FairRunQueue:
 
     def __init__(self, num_threads: int, max_queued: int, max_queued_per_client: int,
                  on_event: Optional[Callable] = None, thread_name: str = "run",
-                 gate: Optional[Callable] = None):
+                 gate: Optional[Callable] = None,
+                 run_clock: Callable[[], float] = time.monotonic):
         self._max_queued = max_queued
         self._max_per_client = max_queued_per_client
         self._on_event = on_event or (lambda *_: None)
         self._gate = gate or (lambda _client: None)
+        self._run_clock = run_clock
         self._queues = collections.OrderedDict()  # client -> deque of _Task
         # Clients with tasks queued or running: cost units used, the cost of their last run,
         # tasks running. The virtual time: what the client served last had used then.
@@ -210,11 +213,11 @@ class FairRunQueue:
             task = self._take()
             if task is None:
                 return
-            start = time.monotonic()
+            start = self._run_clock()
             try:
                 self._run(task)
             finally:
-                self._settle(task.client, task.charged, run_cost(time.monotonic() - start))
+                self._settle(task.client, task.charged, run_cost(self._run_clock() - start))
             task = None  # the finished task's arguments are not kept while the thread waits
 
     def _settle(self, client, charged: int, cost: int) -> None:
