@@ -45,7 +45,8 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
                       cluster: tf_config.ClusterInfo, round_index: int = 0):
     """(train_input_fn, eval_input_fn) from dpsr_tf.data.pipeline over train.layout_dir.
 
-    round_index: the early-stopping round; each round's training input has its own seed.
+    round_index: evaluations already recorded by a resumed early-stopping run; its training
+      input gets its own seed, so it does not replay the interrupted run's examples.
     """
     from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
@@ -166,16 +167,15 @@ def _write_train_time(train: TrainConfig, estimator, seconds: float) -> None:
 
 
 def _early_stopping_settings(train: TrainConfig) -> TrainConfig:
-    """Keeps enough checkpoints that the best evaluation's survives `patience` more rounds;
-    refuses a pseudo-query schedule, which would restart with every round's input."""
-    if train.pseudo_query_decay_steps:
-        raise ValueError(
-            f"TrainConfig.pseudo_query_decay_steps={train.pseudo_query_decay_steps}: the "
-            "schedule counts the steps of one input pipeline, and early stopping starts one per "
-            "evaluation round; set --train_steps (a fixed length) with a schedule")
-    per_round = -(-train.eval_every_steps // train.save_checkpoints_steps) + 1
+    """Saves a checkpoint at every evaluation boundary and keeps enough checkpoints that the
+    best evaluation's survives `patience` more evaluations."""
+    if train.eval_every_steps % train.save_checkpoints_steps:
+        logging.info("early stopping: checkpoints every %d steps (save_checkpoints_steps=%d "
+                     "does not divide eval_every_steps)", train.eval_every_steps,
+                     train.save_checkpoints_steps)
+        train = dataclasses.replace(train, save_checkpoints_steps=train.eval_every_steps)
+    per_round = train.eval_every_steps // train.save_checkpoints_steps
     keep = (train.early_stopping_patience + 1) * per_round + 1
     if train.keep_checkpoint_max < keep:
         train = dataclasses.replace(train, keep_checkpoint_max=keep)
     return train
-

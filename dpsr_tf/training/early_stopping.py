@@ -1,8 +1,8 @@
 """The default training length: stop when validation stops improving.
 
-The rule (TrainConfig.train_steps = 0): train in rounds of eval_every_steps global steps;
-after each round evaluate the round's checkpoint on the layout's eval split (eval_steps
-batches, or all of it) and record every metric. An evaluation improves when its
+The rule (TrainConfig.train_steps = 0): train in one session and, each time a checkpoint is
+saved at a multiple of eval_every_steps (or at max_train_steps), evaluate it on the layout's
+eval split (eval_steps batches, or all of it) and record every metric. An evaluation improves when its
 early_stopping_metric beats the best so far by more than early_stopping_min_delta (higher is
 better; lower for "loss"). Training stops after the first evaluation that leaves
 early_stopping_patience evaluations in a row without improvement, or when the global step
@@ -13,8 +13,10 @@ evaluation read the best model, not the last one.
 The history, the rule and why training stopped are written to <model_dir>/early_stopping.json
 (EARLY_STOPPING_FILE) after every evaluation, so an interrupted run resumes with its history.
 
-Each round starts the training input afresh with its own seed (seed + round), so no round
-replays the examples of the one before.
+Training is one Estimator.train call with one input pipeline: the evaluations run from a
+CheckpointSaverListener inside it, so no graph is rebuilt, no checkpoint restored and no
+shuffle buffer refilled between evaluations. A resumed run starts its input with its own
+seed (seed + evaluations so far), so it does not replay the interrupted run's examples.
 """
 import dataclasses
 import json
@@ -98,6 +100,50 @@ def _as_floats(metrics: dict) -> dict:
     return {k: (int(v) if k == "global_step" else float(v)) for k, v in metrics.items()}
 
 
+class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
+    """Evaluates the checkpoints saved at each eval_every_steps boundary (and at the cap) from
+    inside the one training session, records them, and asks training to stop when the rule
+    says so (after_save returning True stops Estimator.train)."""
+
+    def __init__(self, estimator, eval_input_fn, train: TrainConfig, rule: dict,
+                 history: List[dict], log):
+        self._estimator, self._eval_input_fn, self._train = estimator, eval_input_fn, train
+        self._rule, self.history, self._log = rule, history, log
+        self.decision: Optional[Decision] = None
+        self._since = time.monotonic()
+
+    def _due(self, step: int) -> bool:
+        if step <= 0 or any(h["global_step"] == step for h in self.history):
+            return False
+        return step % self._train.eval_every_steps == 0 or step >= self._train.max_train_steps
+
+    def after_save(self, session, global_step_value):
+        step = int(global_step_value)
+        if not self._due(step):
+            return False
+        trained = time.monotonic() - self._since
+        self.evaluate(self._estimator.latest_checkpoint(), trained)
+        self._since = time.monotonic()
+        return self.decision.stop
+
+    def evaluate(self, checkpoint: str, trained: float) -> None:
+        """Evaluates one checkpoint, appends it to the history and writes the history."""
+        train, metric = self._train, self._rule["metric"]
+        t = time.monotonic()
+        result = _as_floats(self._estimator.evaluate(
+            self._eval_input_fn, steps=train.eval_steps, checkpoint_path=checkpoint))
+        self.history.append(result)
+        self.decision = decide([h[metric] for h in self.history], train.early_stopping_patience,
+                               train.early_stopping_min_delta, self._rule["higher_is_better"])
+        top = self.history[self.decision.best_index]
+        self._log(f"step {result['global_step']:,}: {metric} {result[metric]:.4f} (best "
+                  f"{top[metric]:.4f} at step {top['global_step']:,}; "
+                  f"{self.decision.evaluations_since_best}/{train.early_stopping_patience} "
+                  f"without a gain) - trained {trained:.1f} s, evaluated "
+                  f"{time.monotonic() - t:.1f} s")
+        _write(train.model_dir, {"rule": self._rule, "history": self.history, "stopped": None})
+
+
 def train_with_early_stopping(estimator: tf.estimator.Estimator,
                               train_input_fn_for_round: Callable[[int], Callable],
                               eval_input_fn: Callable, train: TrainConfig, log=logging.info):
@@ -105,10 +151,11 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
 
     Args:
       estimator: the DPSR Estimator (its model_dir may hold a checkpoint to resume from).
-      train_input_fn_for_round: round index -> the training input_fn of that round.
+      train_input_fn_for_round: the number of evaluations already recorded -> the training
+        input_fn (a resumed run gets its own input seed, so it does not replay the first run).
       eval_input_fn: the eval split's input_fn.
-      train: TrainConfig with train_steps = 0 and max_train_steps resolved.
-      log: progress lines.
+      train: TrainConfig with train_steps = 0 and max_train_steps resolved; its
+        save_checkpoints_steps must divide eval_every_steps (each boundary is a checkpoint).
 
     Returns:
       (the best evaluation's metrics, []), like tf.estimator.train_and_evaluate's
@@ -117,9 +164,13 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     if not train.stops_early or not train.max_train_steps:
         raise ValueError("train_with_early_stopping needs train_steps=0 and max_train_steps "
                          f"resolved, got {train.train_steps} and {train.max_train_steps}")
+    if train.eval_every_steps % train.save_checkpoints_steps:
+        raise ValueError(
+            f"TrainConfig.save_checkpoints_steps={train.save_checkpoints_steps} must divide "
+            f"eval_every_steps={train.eval_every_steps}: early stopping evaluates the "
+            "checkpoint saved at each boundary")
     metric, patience = train.early_stopping_metric, train.early_stopping_patience
-    higher = metric != "loss"
-    rule = {"metric": metric, "higher_is_better": higher, "patience": patience,
+    rule = {"metric": metric, "higher_is_better": metric != "loss", "patience": patience,
             "min_delta": train.early_stopping_min_delta, "eval_every_steps":
             train.eval_every_steps, "max_train_steps": train.max_train_steps,
             "eval_split": train.eval_split, "eval_steps": train.eval_steps}
@@ -131,37 +182,27 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
         f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "
         f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"
         + (f" (resuming at step {step:,} with {len(history)} evaluations)" if step else ""))
-    reason, decision = STOPPED_MAX_STEPS, None
-    round_index = len(history)
-    while True:
-        if history:
-            decision = decide([h[metric] for h in history], patience,
-                              train.early_stopping_min_delta, higher)
-            if decision.stop:
-                reason = STOPPED_NO_IMPROVEMENT
-                break
-        if step >= train.max_train_steps and history:
-            break  # (a resumed run at the cap without a history evaluates once first)
-        target = min(train.max_train_steps,
-                     (step // train.eval_every_steps + 1) * train.eval_every_steps)
-        t = time.monotonic()
-        estimator.train(train_input_fn_for_round(round_index), max_steps=target)
-        trained = time.monotonic() - t
-        t = time.monotonic()
-        result = _as_floats(estimator.evaluate(eval_input_fn, steps=train.eval_steps))
-        step = result["global_step"]
-        history.append(result)
-        round_index += 1
-        best = decide([h[metric] for h in history], patience, train.early_stopping_min_delta,
-                      higher)
-        top = history[best.best_index]
-        log(f"step {step:,}: {metric} {result[metric]:.4f} (best {top[metric]:.4f} "
-            f"at step {top['global_step']:,}; "
-            f"{best.evaluations_since_best}/{patience} without a gain) - trained "
-            f"{trained:.1f} s, evaluated {time.monotonic() - t:.1f} s")
-        _write(train.model_dir, {"rule": rule, "history": history, "stopped": None})
-    decision = decision or decide([h[metric] for h in history], patience,
-                                  train.early_stopping_min_delta, higher)
+    evaluator = _EvaluateAtBoundaries(estimator, eval_input_fn, train, rule, history, log)
+    if history:
+        evaluator.decision = decide([h[metric] for h in history], patience,
+                                    train.early_stopping_min_delta, rule["higher_is_better"])
+    if evaluator.decision is None or not evaluator.decision.stop:
+        if step >= train.max_train_steps:
+            if not history:  # a resumed run at the cap without a history evaluates once
+                evaluator.evaluate(estimator.latest_checkpoint(), 0.0)
+        else:
+            # One session for the whole run: the listener evaluates each boundary's checkpoint
+            # and stops training from inside it.
+            estimator.train(train_input_fn_for_round(len(history)),
+                            max_steps=train.max_train_steps, saving_listeners=[evaluator])
+    decision = evaluator.decision or decide([h[metric] for h in history], patience,
+                                            train.early_stopping_min_delta,
+                                            rule["higher_is_better"])
+    if not history:
+        raise RuntimeError(f"early stopping: training ended at step "
+                           f"{estimator.latest_checkpoint()} with no evaluation recorded")
+    reason = STOPPED_NO_IMPROVEMENT if decision.stop else STOPPED_MAX_STEPS
+    step = history[-1]["global_step"]
     best = history[decision.best_index]
     restored = _point_checkpoint_state_at(train.model_dir, best["global_step"])
     if reason == STOPPED_NO_IMPROVEMENT:

@@ -71,9 +71,38 @@ def test_tiny_run_stops_where_the_rule_says(tiny_layout, tmp_path):
         assert json.load(f)["checkpoint"].endswith(f"model.ckpt-{steps[best_index]}")
 
 
-def test_pseudo_query_schedule_needs_a_fixed_length(tiny_layout, tmp_path):
-    train = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=str(tmp_path / "m"),
-                        max_train_steps=100, pseudo_query_ratio=0.5,
-                        pseudo_query_final_ratio=0.1, pseudo_query_decay_steps=50)
-    with pytest.raises(ValueError, match="--train_steps"):
-        driver.train_and_evaluate(ModelConfig(), train)
+def test_one_input_pipeline_and_session_for_the_whole_run(tiny_layout, tmp_path, monkeypatch):
+    """Evaluations run inside one Estimator.train: the training input_fn is called once (no
+    graph rebuilt, no checkpoint restored between rounds), so a pseudo-query schedule, which
+    counts the steps of one input pipeline, is allowed; the run reaches its cap with one
+    evaluation per boundary."""
+    made = []
+    real = driver.default_input_fns
+
+    def counting(*args, **kwargs):
+        train_fn, eval_fn = real(*args, **kwargs)
+
+        def counted_train_fn(*a, **k):
+            made.append(1)
+            return train_fn(*a, **k)
+        return counted_train_fn, eval_fn
+
+    monkeypatch.setattr(driver, "default_input_fns", counting)
+    model_dir = str(tmp_path / "m")
+    cfg = ModelConfig(embedding_dim=8, token_embedding_dim=8, feature_embedding_dim=4,
+                      item_hidden_units=(16,), query_hidden_units=(16,),
+                      query_projection_dim=8)
+    # save_checkpoints_steps=20 does not divide 30: checkpoints follow the boundaries instead.
+    train = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=16,
+                        max_train_steps=90, eval_every_steps=30, early_stopping_patience=5,
+                        eval_random_negatives=20, eval_batch_size=64, eval_steps=1,
+                        save_checkpoints_steps=20, log_step_count_steps=1000, seed=0,
+                        pseudo_query_ratio=0.5, pseudo_query_final_ratio=0.1,
+                        pseudo_query_decay_steps=50, intra_op_threads=1, inter_op_threads=2,
+                        shuffle_buffer=100)
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(cfg, train)
+    record = early_stopping.load_history(model_dir)
+    assert [h["global_step"] for h in record["history"]] == [30, 60, 90]
+    assert record["stopped"]["reason"] == early_stopping.STOPPED_MAX_STEPS
+    assert len(made) == 1
