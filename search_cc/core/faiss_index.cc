@@ -475,16 +475,9 @@ std::shared_ptr<const FaissIndex> FaissIndex::Load(const std::string& path,
   impl->mmap = options.mmap;
   impl->own_sq8_scan = std::get<5>(key);
   if (options.mmap) {
-    try {
-      impl->snapshot = assets::AssetSnapshot::Take(
-          path, "FAISS index file", assets::AssetSnapshot::Mode::kSharedFile,
-          /*map_file=*/false);
-    } catch (const assets::AssetSnapshotError& e) {
-      Fail(e.code() == assets::AssetSnapshotError::Code::kNotFound ? Code::kNotFound
-           : e.code() == assets::AssetSnapshotError::Code::kInternal ? Code::kInternal
-                                                                      : Code::kInvalidArgument,
-           e.what());
-    }
+    // An AssetSnapshotError is this core's CoreError: it propagates with its own code.
+    impl->snapshot = assets::AssetSnapshot::Take(
+        path, "FAISS index file", assets::AssetSnapshot::Mode::kSharedFile, /*map_file=*/false);
     impl->load_warning = impl->snapshot->fallback_reason();
   }
   if (impl->snapshot != nullptr && !impl->snapshot->file().empty()) {

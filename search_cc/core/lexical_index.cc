@@ -444,15 +444,9 @@ std::shared_ptr<const LexicalIndex> LexicalIndex::Load(const std::string& path) 
   }
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  try {
-    impl->snapshot = assets::AssetSnapshot::Take(
-        path, "lexical index", assets::AssetSnapshot::Mode::kSharedFile, /*map_file=*/true);
-  } catch (const assets::AssetSnapshotError& e) {
-    Fail(e.code() == assets::AssetSnapshotError::Code::kNotFound ? Code::kNotFound
-         : e.code() == assets::AssetSnapshotError::Code::kInternal ? Code::kInternal
-                                                                    : Code::kInvalidArgument,
-         e.what());
-  }
+  // An AssetSnapshotError is this core's CoreError: it propagates with its own code.
+  impl->snapshot = assets::AssetSnapshot::Take(
+      path, "lexical index", assets::AssetSnapshot::Mode::kSharedFile, /*map_file=*/true);
   impl->base = impl->snapshot->data();
   impl->bytes = impl->snapshot->size();
   impl->Validate();
