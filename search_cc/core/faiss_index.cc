@@ -45,10 +45,6 @@ namespace {
 
 using Code = FaissIndexError::Code;
 
-[[noreturn]] void Fail(Code code, const std::string& message) {
-  throw FaissIndexError(code, message);
-}
-
 // FAISS messages span lines ("Error in ... at file:line: Error: ..."); keep them on one.
 std::string OneLine(const char* what) {
   std::string s(what == nullptr ? "" : what);

@@ -32,10 +32,6 @@ constexpr int64_t kHeaderBytes = 64;
 // A document's length is stored as u32; one document with more features is refused.
 constexpr int64_t kMaxDocLength = std::numeric_limits<uint32_t>::max();
 
-[[noreturn]] void Fail(Code code, const std::string& message) {
-  throw LexicalIndexError(code, message);
-}
-
 struct Header {
   char magic[8];
   uint32_t version;
