@@ -83,16 +83,10 @@ def test_rerank_signature_in_a_fresh_process_equals_the_estimator(ranker):
     assert len(table) >= 5
     ids = _padded_ids(data, table)
     got = run_fresh(f"""
-        import json, numpy as np, tensorflow as tf
-        from dpsr_tf import op_library
-        op_library.load()
-        sess = tf.compat.v1.Session(graph=tf.Graph())
-        with sess.graph.as_default():
-            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], {ranker['version_dir']!r})
-        sig = meta.signature_def["rerank"]
-        out = sess.run({{k: sig.outputs[k].name for k in sig.outputs}},
-                       {{sig.inputs["query"].name: {table.queries!r},
-                         sig.inputs["item_ids"].name: {ids!r}}})
+        import json, numpy as np
+        from tests.support.tf1_servable import Tf1Servable
+        out = Tf1Servable({ranker['version_dir']!r}).call(
+            "rerank", {{"query": {table.queries!r}, "item_ids": {ids!r}}})
         print(json.dumps({{k: np.where(np.isfinite(v), v, -1e30).tolist()
                           if v.dtype != object else [[x.decode() for x in r] for r in v]
                           for k, v in out.items()}}))
