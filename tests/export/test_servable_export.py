@@ -22,12 +22,11 @@ QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing kn
 
 
 @pytest.fixture(scope="module")
-def servable(tmp_path_factory, tiny_history_model):
+def servable(tmp_path_factory, tiny_history_model, tiny_flat_index):
     """A DPSR-h model (2 heads, user profile + history), a Flat index, one exported version."""
     work = tmp_path_factory.mktemp("export")
     spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
-    index_dir = str(work / "index")
-    catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
+    index_dir = tiny_flat_index
     path = export_servable(model_dir, index_dir, str(work / "a" / "dpsr"),
                            servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
     # The servable must not need anything outside its own directory.
