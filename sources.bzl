@@ -64,6 +64,7 @@ OP_LIBRARY_HDRS = [
     "search_cc/core/ivf_sq8_scan.h",
     "search_cc/core/top_k_buffer.h",
     "search_cc/kernels/index_resource.h",
+    "search_cc/ops/index_resource_shapes.h",
     "search_cc/core/lexical_index.h",
 ]
 

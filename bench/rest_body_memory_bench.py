@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,27 +35,6 @@ def _bodies():
     columnar = (b'{"inputs": {"query": ["drill"], "k": 5, "extra": ['
                 + b",".join([b"0.125"] * floats) + b"]}}")
     return {"strings": tiny, "floats": columnar}
-
-
-def _peak_growth(pid, send, st):
-    """(peak RSS - RSS before, the answer of send())."""
-    before = st.rss_bytes(pid)
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], st.rss_bytes(pid))
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        answer = send()
-    finally:
-        done.set()
-        sampler.join()
-    return peak[0] - before, answer
 
 
 def main():
@@ -95,7 +73,7 @@ def main():
             growths, statuses, seconds = [], set(), []
             for i in range(args.repeats):
                 start = time.monotonic()
-                growth, (status, answer) = _peak_growth(server.proc.pid, send, st)
+                growth, (status, answer) = st.peak_rss_growth(server.proc.pid, send)
                 seconds.append(time.monotonic() - start)
                 growths.append(growth)
                 statuses.add(status)

@@ -1,5 +1,5 @@
 """Shared test fixtures: the real datasets in ../shared/datasets (skip cleanly when absent),
-and the tiny trained model of the export, serving and ranking tests."""
+and the tiny trained model of the export, serving and ranking tests (and its Flat index)."""
 import os
 
 import pytest
@@ -32,3 +32,16 @@ def tiny_history_model(tmp_path_factory) -> tiny_model.TinyModel:
     """The tiny DPSR-h model (2 heads, user profile + history) trained once per test process
     on prepare_tiny_layout's catalog; read-only: copy it before changing it."""
     return tiny_model.train_shared_tiny_model(str(tmp_path_factory.mktemp("tiny_history")))
+
+
+@pytest.fixture(scope="session")
+def tiny_flat_index(tmp_path_factory, tiny_history_model) -> str:
+    """The index build directory of tiny_history_model's catalog: one Flat shard and its
+    lexical index (dpsr index defaults), built once per test process; read-only."""
+    # Imported here: every test process loads this conftest, few need FAISS.
+    from dpsr_tf.indexing import catalog_index  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing.index_builder import IndexBuildConfig  # pylint: disable=import-outside-toplevel
+    index_dir = str(tmp_path_factory.mktemp("tiny_flat_index") / "index")
+    catalog_index.index_catalog(tiny_history_model.model_dir, index_dir,
+                                IndexBuildConfig(factory="Flat"))
+    return index_dir

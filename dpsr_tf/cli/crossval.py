@@ -14,18 +14,13 @@ import sys
 
 from absl import flags
 
-from dpsr_tf.cli import pseudo_query_flags, tokenizer_flags
-from dpsr_tf.cli import training_flags
+from dpsr_tf.cli import prepare_flags, training_flags
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
 from dpsr_tf.evaluation import crossval as crossval_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.progress import quiet_tf_logging
 
-_ITEMS = flags.DEFINE_string("items", None, "Items file (.tsv/.csv[.gz]): item_id, title, ...")
-_USERS = flags.DEFINE_string("users", None, "Users file (optional): user_id, profile columns.")
-_INTERACTIONS = flags.DEFINE_string("interactions", None,
-                                    "Interactions file: query, item_id, label, [user_id, ...].")
 _OUTPUT = flags.DEFINE_string("output", None,
                               "Directory of the run: fold_F/{layout,model,metrics.json}, "
                               "summary.json.")
@@ -37,22 +32,13 @@ _MAX_TRAIN_QUERIES = flags.DEFINE_integer(
 _PREPARE_SEED = flags.DEFINE_integer("prepare_seed", 0, "Seed of prepare: the train records' "
                                      "order and the --max_train_queries choice.")
 _BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on every fold.")
-_HISTORY = flags.DEFINE_integer("history_length", 16,
-                                "Recent positive items per example in user_history (0 = none).")
-_EVAL_MIN_GAIN = flags.DEFINE_float("eval_min_gain", 0.0,
-                                    "Relevant for evaluation iff positive and gain >= this.")
-_BUILD_VOCAB = flags.DEFINE_bool("build_vocab", False, "Vocabulary mode: build each fold's "
-                                 "vocabulary from titles + its train queries.")
-_VOCAB_MIN_COUNT = flags.DEFINE_integer("vocab_min_count", 2, "--build_vocab: minimum count.")
-_MAX_REJECT = flags.DEFINE_float("max_reject_fraction", 0.5,
-                                 "Fail when a file rejects more than this fraction of its rows.")
 _NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Evaluation: random items per clicked "
                                    "pair (Top-k).")
 _EVAL_SEED = flags.DEFINE_integer("eval_seed", 0, "Evaluation: seed of the random items.")
 _MIN_GAIN = flags.DEFINE_float("min_gain", None, "Evaluation: relevant iff gain >= this "
                                "(default: --eval_min_gain).")
 
-flags.mark_flags_as_required(["items", "interactions", "output"])
+flags.mark_flags_as_required(prepare_flags.REQUIRED + ["output"])
 
 
 def config_from_flags():
@@ -60,9 +46,6 @@ def config_from_flags():
     if _FOLDS.value < 2:
         raise flags.ValidationError(f"--folds={_FOLDS.value}: must be >= 2 (fold F of N holds "
                                     f"out the queries whose md5 % N == F; 5 is usual)")
-    if _MAX_TRAIN_QUERIES.value < 0:
-        raise flags.ValidationError(f"--max_train_queries={_MAX_TRAIN_QUERIES.value}: must be "
-                                    f">= 0 (0 keeps every training query)")
     # Each fold has its own layout and model directory under --output; a train flagfile's
     # --layout_dir / --model_dir do not apply.
     for name in ("layout_dir", "model_dir"):
@@ -72,13 +55,8 @@ def config_from_flags():
                   file=sys.stderr)
         flags.FLAGS[name].value = os.path.join(_OUTPUT.value, "fold_0", name)  # set per fold
     prepare = prepare_lib.PrepareConfig(
-        items=_ITEMS.value, users=_USERS.value, interactions=_INTERACTIONS.value,
-        output=_OUTPUT.value, tokenizer=tokenizer_flags.config_from_flags(),
-        pseudo_queries=pseudo_query_flags.config_from_flags(),
-        build_vocab=_BUILD_VOCAB.value, vocab_min_count=_VOCAB_MIN_COUNT.value,
-        history_length=_HISTORY.value, eval_min_gain=_EVAL_MIN_GAIN.value,
-        max_reject_fraction=_MAX_REJECT.value, seed=_PREPARE_SEED.value,
-        max_train_queries=_MAX_TRAIN_QUERIES.value)
+        output=_OUTPUT.value, seed=_PREPARE_SEED.value,
+        **prepare_flags.config_kwargs(_MAX_TRAIN_QUERIES.value))
     return crossval_lib.CrossvalConfig(
         output=_OUTPUT.value, folds=_FOLDS.value, prepare=prepare,
         model=training_flags.model_config_from_flags(),

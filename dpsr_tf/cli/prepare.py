@@ -20,15 +20,11 @@ import sys
 
 from absl import flags
 
-from dpsr_tf.cli import pseudo_query_flags, tokenizer_flags
+from dpsr_tf.cli import prepare_flags
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
 
-_ITEMS = flags.DEFINE_string("items", None, "Items file (.tsv/.csv[.gz]): item_id, title, ...")
-_USERS = flags.DEFINE_string("users", None, "Users file (optional): user_id, profile columns.")
-_INTERACTIONS = flags.DEFINE_string("interactions", None,
-                                    "Interactions file: query, item_id, label, [user_id, ...].")
 _OUTPUT = flags.DEFINE_string("output", None, "Layout directory to write.")
 _SPLIT = flags.DEFINE_enum("split", split_lib.QUERY_HASH, list(split_lib.METHODS),
                            "query_hash: eval iff md5(query) % split_modulus == split_fold (the "
@@ -42,17 +38,6 @@ _SPLIT_TIME = flags.DEFINE_string("split_time", None,
                                   "time: eval iff timestamp >= this (seconds or ISO 8601); "
                                   "default: the latest --eval_fraction of interactions.")
 _EVAL_FRACTION = flags.DEFINE_float("eval_fraction", 0.1, "time: fraction for eval.")
-_HISTORY = flags.DEFINE_integer("history_length", 16,
-                                "Recent positive items per example in user_history (0 = none).")
-_EVAL_MIN_GAIN = flags.DEFINE_float("eval_min_gain", 0.0,
-                                    "Relevant for evaluation iff positive and gain >= this "
-                                    "(Home Depot: 1.67, i.e. relevance >= 2.67).")
-_BUILD_VOCAB = flags.DEFINE_bool("build_vocab", False,
-                                 "Vocabulary mode: build a vocabulary from titles + train "
-                                 "queries (kept in the layout).")
-_VOCAB_MIN_COUNT = flags.DEFINE_integer("vocab_min_count", 2, "--build_vocab: minimum count.")
-_MAX_REJECT = flags.DEFINE_float("max_reject_fraction", 0.5,
-                                 "Fail when a file rejects more than this fraction of its rows.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 5, "Examples per rejection reason.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the train records' order on disk and of "
                              "the --max_train_queries choice.")
@@ -80,7 +65,7 @@ _GRAPH_NEIGHBORS = flags.DEFINE_integer(
 _GRAPH_TWO_HOP = flags.DEFINE_integer("graph_two_hop", 10,
                                       "--graph: two-hop nodes kept per query and item.")
 
-flags.mark_flags_as_required(["items", "interactions", "output"])
+flags.mark_flags_as_required(prepare_flags.REQUIRED + ["output"])
 
 
 def config_from_flags() -> prepare_lib.PrepareConfig:
@@ -97,21 +82,13 @@ def config_from_flags() -> prepare_lib.PrepareConfig:
     if _FOLD.value and _SPLIT.value != split_lib.QUERY_HASH:
         raise flags.ValidationError(f"--split_fold={_FOLD.value} needs --split=query_hash "
                                     f"(folds are md5 residues), got --split={_SPLIT.value}")
-    if _MAX_TRAIN_QUERIES.value < 0:
-        raise flags.ValidationError(f"--max_train_queries={_MAX_TRAIN_QUERIES.value}: must be "
-                                    f">= 0 (0 keeps every training query)")
     return prepare_lib.PrepareConfig(
-        items=_ITEMS.value, users=_USERS.value, interactions=_INTERACTIONS.value,
-        output=_OUTPUT.value, tokenizer=tokenizer_flags.config_from_flags(),
-        pseudo_queries=pseudo_query_flags.config_from_flags(),
-        build_vocab=_BUILD_VOCAB.value, vocab_min_count=_VOCAB_MIN_COUNT.value,
+        output=_OUTPUT.value,
         split=split_lib.SplitConfig(method=_SPLIT.value, modulus=_MODULUS.value,
                                     time_cutoff=cutoff, eval_fraction=_EVAL_FRACTION.value,
                                     fold=_FOLD.value),
-        history_length=_HISTORY.value, eval_min_gain=_EVAL_MIN_GAIN.value,
-        max_reject_fraction=_MAX_REJECT.value, max_examples=_MAX_EXAMPLES.value,
-        records_per_shard=_PER_SHARD.value, seed=_SEED.value,
-        max_train_queries=_MAX_TRAIN_QUERIES.value)
+        max_examples=_MAX_EXAMPLES.value, records_per_shard=_PER_SHARD.value, seed=_SEED.value,
+        **prepare_flags.config_kwargs(_MAX_TRAIN_QUERIES.value))
 
 
 def main(argv):

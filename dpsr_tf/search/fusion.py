@@ -181,7 +181,13 @@ def fuse(dense_scores, dense_labels, lexical_scores, lexical_labels, k,
             # Competition ranks (tie_ranks_np): lists are sorted best first, padding last.
             key = tf.where(valid, -scores, tf.fill(tf.shape(scores), np.inf))
             ranks = tf.cast(tf.searchsorted(key, key, side="left") + 1, tf.float32)
-            out = tf.constant(weight, tf.float32) / (tf.constant(cfg.rrf_k, tf.float32) + ranks)
+            denominator = tf.constant(cfg.rrf_k, tf.float32) + ranks
+            # fuse_np's float32 quotient, bit for bit: the float64 quotient of the same float32
+            # operands rounded once to float32 is the correctly rounded float32 quotient. (A
+            # float32 division in the loaded servable came out 1 ulp low, which broke the tie of
+            # the default weights' dense rank 7 and lexical rank 1 the other way.)
+            out = tf.cast(tf.constant(np.float32(weight), tf.float64)
+                          / tf.cast(denominator, tf.float64), tf.float32)
         else:
             big = tf.constant(np.finfo(np.float32).max, tf.float32)
             lo = tf.reduce_min(tf.where(valid, scores, big), axis=1, keepdims=True)

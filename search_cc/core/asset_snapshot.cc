@@ -22,10 +22,6 @@ namespace {
 
 using Code = AssetSnapshotError::Code;
 
-[[noreturn]] void Fail(Code code, const std::string& message) {
-  throw AssetSnapshotError(code, message);
-}
-
 constexpr size_t kChunk = size_t{1} << 20;
 constexpr char kSuffix[] = ".snapshot";
 constexpr char kTempPrefix[] = ".tmp-";

@@ -24,6 +24,11 @@ class CoreError : public std::runtime_error {
   Code code_;
 };
 
+// Throws CoreError(code, message): the cores' one way to fail.
+[[noreturn]] inline void Fail(CoreError::Code code, const std::string& message) {
+  throw CoreError(code, message);
+}
+
 }  // namespace dpsr
 
 #endif  // DPSR_SEARCH_CC_CORE_CORE_ERROR_H_

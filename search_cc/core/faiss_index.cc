@@ -45,10 +45,6 @@ namespace {
 
 using Code = FaissIndexError::Code;
 
-[[noreturn]] void Fail(Code code, const std::string& message) {
-  throw FaissIndexError(code, message);
-}
-
 // FAISS messages span lines ("Error in ... at file:line: Error: ..."); keep them on one.
 std::string OneLine(const char* what) {
   std::string s(what == nullptr ? "" : what);
@@ -475,16 +471,9 @@ std::shared_ptr<const FaissIndex> FaissIndex::Load(const std::string& path,
   impl->mmap = options.mmap;
   impl->own_sq8_scan = std::get<5>(key);
   if (options.mmap) {
-    try {
-      impl->snapshot = assets::AssetSnapshot::Take(
-          path, "FAISS index file", assets::AssetSnapshot::Mode::kSharedFile,
-          /*map_file=*/false);
-    } catch (const assets::AssetSnapshotError& e) {
-      Fail(e.code() == assets::AssetSnapshotError::Code::kNotFound ? Code::kNotFound
-           : e.code() == assets::AssetSnapshotError::Code::kInternal ? Code::kInternal
-                                                                      : Code::kInvalidArgument,
-           e.what());
-    }
+    // An AssetSnapshotError is this core's CoreError: it propagates with its own code.
+    impl->snapshot = assets::AssetSnapshot::Take(
+        path, "FAISS index file", assets::AssetSnapshot::Mode::kSharedFile, /*map_file=*/false);
     impl->load_warning = impl->snapshot->fallback_reason();
   }
   if (impl->snapshot != nullptr && !impl->snapshot->file().empty()) {

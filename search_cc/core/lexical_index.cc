@@ -32,10 +32,6 @@ constexpr int64_t kHeaderBytes = 64;
 // A document's length is stored as u32; one document with more features is refused.
 constexpr int64_t kMaxDocLength = std::numeric_limits<uint32_t>::max();
 
-[[noreturn]] void Fail(Code code, const std::string& message) {
-  throw LexicalIndexError(code, message);
-}
-
 struct Header {
   char magic[8];
   uint32_t version;
@@ -444,15 +440,9 @@ std::shared_ptr<const LexicalIndex> LexicalIndex::Load(const std::string& path) 
   }
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  try {
-    impl->snapshot = assets::AssetSnapshot::Take(
-        path, "lexical index", assets::AssetSnapshot::Mode::kSharedFile, /*map_file=*/true);
-  } catch (const assets::AssetSnapshotError& e) {
-    Fail(e.code() == assets::AssetSnapshotError::Code::kNotFound ? Code::kNotFound
-         : e.code() == assets::AssetSnapshotError::Code::kInternal ? Code::kInternal
-                                                                    : Code::kInvalidArgument,
-         e.what());
-  }
+  // An AssetSnapshotError is this core's CoreError: it propagates with its own code.
+  impl->snapshot = assets::AssetSnapshot::Take(
+      path, "lexical index", assets::AssetSnapshot::Mode::kSharedFile, /*map_file=*/true);
   impl->base = impl->snapshot->data();
   impl->bytes = impl->snapshot->size();
   impl->Validate();

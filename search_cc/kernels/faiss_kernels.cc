@@ -8,7 +8,6 @@
 #include "search_cc/kernels/index_resource.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/logging.h"
 
 namespace dpsr {
 namespace {
@@ -40,21 +39,12 @@ class FaissIndexLoadOp : public OpKernel {
     std::string path;
     OP_REQUIRES_OK(ctx, ScalarPath(ctx, "Dpsr>FaissIndexLoad", &path));
     const bool mmap = mmap_;
-    OP_REQUIRES_OK(ctx, LoadIndex<FaissKind>(
-                            ctx, path + (mmap ? "\n(mmap)" : ""),
-                            [&path, mmap](std::shared_ptr<const FaissIndex>* index) {
-                              try {
-                                search::LoadOptions options;
-                                options.mmap = mmap;
-                                *index = FaissIndex::Load(path, options);
-                                if (!(*index)->load_warning().empty()) {
-                                  LOG(WARNING) << (*index)->load_warning();
-                                }
-                              } catch (const FaissIndexError& e) {
-                                return ToStatus(e);
-                              }
-                              return ::tensorflow::OkStatus();
-                            }));
+    OP_REQUIRES_OK(ctx, LoadIndex<FaissKind>(ctx, path + (mmap ? "\n(mmap)" : ""),
+                                             [&path, mmap] {
+                                               search::LoadOptions options;
+                                               options.mmap = mmap;
+                                               return FaissIndex::Load(path, options);
+                                             }));
   }
 
  private:

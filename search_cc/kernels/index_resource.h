@@ -1,6 +1,6 @@
 // A read-only index held in a TensorFlow resource, shared by the FAISS and lexical kernels:
-// the handle op, the load bookkeeping (holders, hot swap) and the release op. Each kind only
-// supplies how to load its file and how to convert its errors.
+// the handle op, the load bookkeeping (holders, hot swap, the core's errors and load warning)
+// and the release op. Each kind only supplies how to open its file.
 #ifndef DPSR_SEARCH_CC_KERNELS_INDEX_RESOURCE_H_
 #define DPSR_SEARCH_CC_KERNELS_INDEX_RESOURCE_H_
 
@@ -8,9 +8,11 @@
 #include <memory>
 #include <string>
 
+#include "search_cc/kernels/core_status.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/platform/logging.h"
 #include "tensorflow/core/platform/mutex.h"
 
 namespace dpsr {
@@ -92,17 +94,28 @@ template <typename Kind>
   return resource->Get(index);
 }
 
-// Loads into the resource named by input 0, creating it if needed.
+// Loads into the resource named by input 0, creating it if needed. `open` is the core's load
+// (it returns the index or throws CoreError, reported as its Status); a core's load warning
+// (e.g. why a memory map fell back to reading) is logged.
 template <typename Kind>
-::tensorflow::Status LoadIndex(::tensorflow::OpKernelContext* ctx, const std::string& key,
-                               const typename IndexResource<Kind>::Loader& load) {
+::tensorflow::Status LoadIndex(
+    ::tensorflow::OpKernelContext* ctx, const std::string& key,
+    const std::function<std::shared_ptr<const typename Kind::Index>()>& open) {
   ::tensorflow::core::RefCountPtr<IndexResource<Kind>> resource;
   TF_RETURN_IF_ERROR(::tensorflow::LookupOrCreateResource<IndexResource<Kind>>(
       ctx, ::tensorflow::HandleFromInput(ctx, 0), &resource, [](IndexResource<Kind>** r) {
         *r = new IndexResource<Kind>();
         return ::tensorflow::OkStatus();
       }));
-  return resource->Load(key, load);
+  return resource->Load(key, [&open](std::shared_ptr<const typename Kind::Index>* index) {
+    try {
+      *index = open();
+    } catch (const CoreError& e) {
+      return ToStatus(e);
+    }
+    if (!(*index)->load_warning().empty()) LOG(WARNING) << (*index)->load_warning();
+    return ::tensorflow::OkStatus();
+  });
 }
 
 // The handle op: a scalar resource handle named by (container, shared_name).

@@ -8,7 +8,6 @@
 #include "search_cc/core/lexical_index.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/logging.h"
 
 namespace dpsr {
 namespace {
@@ -36,18 +35,9 @@ class LexicalIndexLoadOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     std::string path;
     OP_REQUIRES_OK(ctx, ScalarPath(ctx, "Dpsr>LexicalIndexLoad", &path));
-    OP_REQUIRES_OK(ctx, LoadIndex<LexicalKind>(
-                            ctx, path, [&path](std::shared_ptr<const LexicalIndex>* index) {
-                              try {
-                                *index = LexicalIndex::Load(path);
-                                if (!(*index)->load_warning().empty()) {
-                                  LOG(WARNING) << (*index)->load_warning();
-                                }
-                              } catch (const LexicalIndexError& e) {
-                                return ToStatus(e);
-                              }
-                              return ::tensorflow::OkStatus();
-                            }));
+    OP_REQUIRES_OK(ctx, LoadIndex<LexicalKind>(ctx, path, [&path] {
+                          return LexicalIndex::Load(path);
+                        }));
   }
 };
 

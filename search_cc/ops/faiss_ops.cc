@@ -1,4 +1,5 @@
 // Op definitions of the FAISS index resource and search (kernels in kernels/faiss_kernels.cc).
+#include "search_cc/ops/index_resource_shapes.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -30,12 +31,7 @@ REGISTER_OP("Dpsr>FaissIndexLoad")
     .Input("path: string")
     .Attr("mmap: bool = false")
     .SetIsStateful()
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 0, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 0, &unused));
-      return ::tensorflow::OkStatus();
-    })
+    .SetShapeFn(ScalarInputsAndOutputs)
     .Doc(R"doc(
 Loads a FAISS 1.7.3 index file into the resource (creating the resource if needed).
 
@@ -51,10 +47,7 @@ mmap: memory-map the inverted lists of IVF indexes read-only instead of reading 
 REGISTER_OP("Dpsr>FaissIndexRelease")
     .Input("handle: resource")
     .SetIsStateful()
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle unused;
-      return c->WithRank(c->input(0), 0, &unused);
-    })
+    .SetShapeFn(ScalarInputsAndOutputs)
     .Doc(R"doc(
 Drops one holder of the index resource; the last one deletes the resource and frees the
 index. A handle that names no resource is a no-op.
@@ -107,12 +100,7 @@ REGISTER_OP("Dpsr>FaissIndexInfo")
     .Output("dimension: int64")
     .Output("metric: string")
     .Output("description: string")
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 0, &unused));
-      for (int i = 0; i < 4; ++i) c->set_output(i, c->Scalar());
-      return ::tensorflow::OkStatus();
-    })
+    .SetShapeFn(ScalarInputsAndOutputs)
     .Doc(R"doc(
 Facts about a loaded FAISS index.
 

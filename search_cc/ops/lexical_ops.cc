@@ -1,5 +1,6 @@
 // Op definitions of the lexical (BM25) index resource and search (kernels in
 // kernels/lexical_kernels.cc, core in lexical_index.h).
+#include "search_cc/ops/index_resource_shapes.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -29,11 +30,7 @@ REGISTER_OP("Dpsr>LexicalIndexLoad")
     .Input("handle: resource")
     .Input("path: string")
     .SetIsStateful()
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 0, &unused));
-      return c->WithRank(c->input(1), 0, &unused);
-    })
+    .SetShapeFn(ScalarInputsAndOutputs)
     .Doc(R"doc(
 Memory-maps a lexical index file (written by `dpsr index --lexical`) into the resource.
 
@@ -48,10 +45,7 @@ path: scalar path of the index file (a SavedModel asset path).
 REGISTER_OP("Dpsr>LexicalIndexRelease")
     .Input("handle: resource")
     .SetIsStateful()
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle unused;
-      return c->WithRank(c->input(0), 0, &unused);
-    })
+    .SetShapeFn(ScalarInputsAndOutputs)
     .Doc(R"doc(
 Drops one holder of the lexical index resource; the last one deletes it and unmaps the file.
 handle: scalar resource handle.
@@ -103,12 +97,7 @@ REGISTER_OP("Dpsr>LexicalIndexInfo")
     .Output("num_terms: int64")
     .Output("num_postings: int64")
     .Output("avg_doc_length: float")
-    .SetShapeFn([](InferenceContext* c) -> Status {
-      ShapeHandle unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 0, &unused));
-      for (int i = 0; i < 4; ++i) c->set_output(i, c->Scalar());
-      return ::tensorflow::OkStatus();
-    })
+    .SetShapeFn(ScalarInputsAndOutputs)
     .Doc(R"doc(
 Facts about a loaded lexical index: documents, distinct terms, postings, and the catalog's
 average document length (features per item).

@@ -7,9 +7,7 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from dpsr_tf import op_library
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.graph import GraphConfig, build_graph, load_graph
 from dpsr_tf.indexing import catalog_index
@@ -18,6 +16,7 @@ from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.embedder import CheckpointEmbedder
+from tests.support.tf1_servable import Tf1Servable
 from tests.support.tiny_model import prepare_tiny_layout
 from dpsr_tf.tokenization import Tokenizer
 from dpsr_tf.training import driver
@@ -74,15 +73,10 @@ def test_served_top_k_equals_the_evaluation_ranking_in_and_out_of_the_graph(gcn)
     scores = np.einsum("qmd,nd->qmn", with_graph, item_emb).max(axis=1)
     expected = [ids[np.argsort(-s, kind="stable")[:K]].tolist() for s in scores]
 
-    op_library.load()
-    sess = tf.compat.v1.Session(graph=tf.Graph())
-    with sess.graph.as_default():
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], gcn["version_dir"])
-    sig = meta.signature_def["serving_default"]
-    got = sess.run(sig.outputs["item_ids"].name, {sig.inputs["query"].name: texts})
-    served_query = sess.run(meta.signature_def["query_embedding"].outputs["embedding"].name,
-                            {meta.signature_def["query_embedding"].inputs["query"].name: texts})
-    sess.close()
+    servable = Tf1Servable(gcn["version_dir"])
+    got = servable.call("serving_default", {"query": texts}, ["item_ids"])["item_ids"]
+    served_query = servable.call("query_embedding", {"query": texts}, ["embedding"])["embedding"]
+    servable.close()
     np.testing.assert_allclose(served_query, with_graph, atol=1e-5)
     for want, have in zip(expected, got.astype(str).tolist()):
         assert have == want

@@ -22,12 +22,11 @@ QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing kn
 
 
 @pytest.fixture(scope="module")
-def servable(tmp_path_factory, tiny_history_model):
+def servable(tmp_path_factory, tiny_history_model, tiny_flat_index):
     """A DPSR-h model (2 heads, user profile + history), a Flat index, one exported version."""
     work = tmp_path_factory.mktemp("export")
     spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
-    index_dir = str(work / "index")
-    catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
+    index_dir = tiny_flat_index
     path = export_servable(model_dir, index_dir, str(work / "a" / "dpsr"),
                            servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
     # The servable must not need anything outside its own directory.
@@ -39,15 +38,8 @@ def servable(tmp_path_factory, tiny_history_model):
 
 LOAD_TF1 = """
     import json, numpy as np, tensorflow as tf
-    from dpsr_tf import op_library
-    op_library.load()
-    sess = tf.compat.v1.Session(graph=tf.Graph())
-    with sess.graph.as_default():
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], {path!r})
-    def call(signature, feeds, outputs):
-        sig = meta.signature_def[signature]
-        fetch = {{k: sig.outputs[k].name for k in outputs}}
-        return sess.run(fetch, {{sig.inputs[k].name: v for k, v in feeds.items()}})
+    from tests.support.tf1_servable import Tf1Servable
+    call = Tf1Servable({path!r}).call
 """
 
 
@@ -244,17 +236,15 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
     assert out["servables"] == [f"{tmp_path}/models/dpsr_shard0/1",
                                 f"{tmp_path}/models/dpsr_shard1/1"]
     script = f"""
-    import json, tensorflow as tf
-    from dpsr_tf import op_library
-    op_library.load()
+    import json
+    from tests.support.tf1_servable import Tf1Servable
     res = []
     for path in {out["servables"] + [servable["version_dir"]]!r}:
-        with tf.compat.v1.Session(graph=tf.Graph()) as sess:
-            sig = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path
-                                                       ).signature_def["serving_default"]
-            o = sess.run({{k: sig.outputs[k].name for k in ("item_ids", "scores")}},
-                         {{sig.inputs["query"].name: {QUERIES!r}, sig.inputs["k"].name: 6}})
-            res.append([o["item_ids"].astype(str).tolist(), o["scores"].tolist()])
+        servable = Tf1Servable(path)
+        o = servable.call("serving_default", {{"query": {QUERIES!r}, "k": 6}},
+                          ["item_ids", "scores"])
+        servable.close()
+        res.append([o["item_ids"].astype(str).tolist(), o["scores"].tolist()])
     print(json.dumps(res))
     """
     (ids0, s0), (ids1, s1), (ids_all, s_all) = run_fresh(script)

@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
 from dpsr_tf.model import joint_pq
 from dpsr_tf.indexing import index_builder, index_layout, joint_pq_index
-from tests.support import waiting
+from tests.support.fresh_python import run_fresh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -150,27 +149,15 @@ def test_joint_model_serves_through_dpsr_export_without_dpsr_index(joint_model):
     assert manifest.factory == "JointPQ:LinearTransform,IVF6,PQ4"
 
     queries = ["cat3 brand5", "w17 w203", "brand1 w99 cat0"]
-    script = textwrap.dedent(f"""
-        import json, tensorflow as tf
-        from dpsr_tf import op_library
-        op_library.load()
-        sess = tf.compat.v1.Session(graph=tf.Graph())
-        with sess.graph.as_default():
-            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], {version_dir!r})
-        def call(name, feeds, outputs):
-            sig = meta.signature_def[name]
-            return sess.run({{k: sig.outputs[k].name for k in outputs}},
-                            {{sig.inputs[k].name: v for k, v in feeds.items()}})
+    got = run_fresh(f"""
+        import json
+        from tests.support.tf1_servable import Tf1Servable
+        call = Tf1Servable({version_dir!r}).call
         q = call("query_embedding", {{"query": {queries!r}}}, ["embedding"])["embedding"]
         out = call("serving_default", {{"query": {queries!r}, "k": 8}}, ["item_ids", "scores"])
         print(json.dumps({{"q": q.tolist(), "ids": out["item_ids"].astype(str).tolist(),
                           "scores": out["scores"].tolist()}}))
-    """)
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS="1")
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    """, OMP_NUM_THREADS="1")
 
     # NumPy: the model's quantizer over the model's item embeddings, each head searched, hits
     # merged by the best head's score.

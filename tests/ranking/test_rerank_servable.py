@@ -10,8 +10,6 @@ import pytest
 from dpsr_tf.ranking import model as ranker_model
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.ranking import train as ranker_train
-from dpsr_tf.indexing import catalog_index
-from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 from tests.support.fresh_python import run_fresh
@@ -41,11 +39,10 @@ def _write_impressions(items_tsv: str, path: str, num_sessions: int = 160, seed:
 
 
 @pytest.fixture(scope="module")
-def ranker(tmp_path_factory, tiny_history_model):
+def ranker(tmp_path_factory, tiny_history_model, tiny_flat_index):
     work = tmp_path_factory.mktemp("dpr")
     spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
-    index_dir = str(work / "index")
-    catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
+    index_dir = tiny_flat_index
     _write_impressions(tiny_history_model.input_files["items"], str(work / "impressions.tsv"))
     sessions_dir = str(work / "sessions")
     sessions_lib.prepare_sessions(spec.layout_dir, str(work / "impressions.tsv"), sessions_dir,
@@ -83,16 +80,10 @@ def test_rerank_signature_in_a_fresh_process_equals_the_estimator(ranker):
     assert len(table) >= 5
     ids = _padded_ids(data, table)
     got = run_fresh(f"""
-        import json, numpy as np, tensorflow as tf
-        from dpsr_tf import op_library
-        op_library.load()
-        sess = tf.compat.v1.Session(graph=tf.Graph())
-        with sess.graph.as_default():
-            meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], {ranker['version_dir']!r})
-        sig = meta.signature_def["rerank"]
-        out = sess.run({{k: sig.outputs[k].name for k in sig.outputs}},
-                       {{sig.inputs["query"].name: {table.queries!r},
-                         sig.inputs["item_ids"].name: {ids!r}}})
+        import json, numpy as np
+        from tests.support.tf1_servable import Tf1Servable
+        out = Tf1Servable({ranker['version_dir']!r}).call(
+            "rerank", {{"query": {table.queries!r}, "item_ids": {ids!r}}})
         print(json.dumps({{k: np.where(np.isfinite(v), v, -1e30).tolist()
                           if v.dtype != object else [[x.decode() for x in r] for r in v]
                           for k, v in out.items()}}))

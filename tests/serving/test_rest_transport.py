@@ -330,34 +330,22 @@ def test_concurrent_max_size_bodies_are_bounded(server):
     strings = (16 << 20) // 5 - 10  # '"ab",' is 5 bytes
     body = b'{"instances": [' + b",".join([b'"ab"'] * strings) + b"]}"
     assert (15 << 20) < len(body) <= (16 << 20)
-    pid = server.proc.pid
-    baseline = st.rss_bytes(pid)
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], st.rss_bytes(pid))
-            time.sleep(0.005)
-
     results = [None] * 4
 
     def send(i):
         results[i] = st.send_http("127.0.0.1", server.rest_api_port, "POST", PREDICT, {}, body,
                                   timeout=REST_TIMEOUT_MS / 1000 + 30)
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    senders = [threading.Thread(target=send, args=(i,)) for i in range(4)]
-    for t in senders:
-        t.start()
-    for t in senders:
-        t.join()
-    done.set()
-    sampler.join()
+    def send_all():
+        senders = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+
+    growth, _ = st.peak_rss_growth(server.proc.pid, send_all)
     for status, answer in results:
         assert status == 400 and b"--max_request_rows" in answer, answer[:300]
-    growth = peak[0] - baseline
     assert growth < RSS_GROWTH_BOUND, f"peak RSS growth {growth >> 20} MiB"
 
 

@@ -11,10 +11,11 @@ from tests.support import waiting
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_fresh(script: str) -> object:
-    """Runs the dedented `script` with the repository on the path; returns the JSON value of
-    its last line of output. Fails the test, with the script's stderr, if it fails."""
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+def run_fresh(script: str, **env_vars: str) -> object:
+    """Runs the dedented `script` with the repository on the path (and `env_vars` in its
+    environment); returns the JSON value of its last line of output. Fails the test, with the
+    script's stderr, if it fails."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", **env_vars)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env,
                           capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]

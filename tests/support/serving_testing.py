@@ -1,5 +1,9 @@
 """Helpers for tests and benchmarks of the serving stack: request builders with the real
-tensorflow_serving protos, output decoding, and error capture."""
+tensorflow_serving protos, output decoding, error capture, and a process's memory."""
+import threading
+import time
+from typing import Any, Callable
+
 import grpc
 import numpy as np
 import requests
@@ -217,6 +221,28 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def peak_rss_growth(pid: int, work: Callable[[], Any], every_s: float = 0.005) -> tuple:
+    """(peak RSS of process `pid` while work() runs minus its RSS before, work()'s result):
+    the RSS is sampled every `every_s` seconds on a thread until work() returns."""
+    before = rss_bytes(pid)
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes(pid))
+            time.sleep(every_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        sampler.join()
+    return peak[0] - before, result
 
 
 def prometheus_samples(url: str) -> list:
