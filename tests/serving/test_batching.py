@@ -235,3 +235,75 @@ def test_a_failing_run_fails_its_batch_and_not_the_next():
         assert second.result(timeout=waiting.STALL_S)["y"].tolist() == [2.0]
     finally:
         scheduler.close()
+
+
+# -------------------------------------------------------------------- fairness between clients
+
+def _submit_as(scheduler, run, client, x, key="k"):
+    feeds = {"x": np.asarray(x, np.float32), "bias": np.float32(0)}
+    return scheduler.submit((key, 0), feeds, feeds["x"].shape[0], ("x",), run, None, client)
+
+
+def _code(future):
+    try:
+        future.result(timeout=waiting.STALL_S)
+    except ServingError as e:
+        return e.code
+    return grpc.StatusCode.OK
+
+
+def test_a_client_that_fills_the_queue_pushes_out_its_own_tasks_not_another_clients():
+    # The queue holds 4 rows; "flood" fills it while the only batch thread is held. Before
+    # the fix "normal" was refused UNAVAILABLE; now the flood's newest task is pushed out.
+    run = _Gated()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=2,
+                                               num_batch_threads=1))
+    try:
+        running = _submit_as(scheduler, run, "flood", [0.0])
+        assert run.started.wait(waiting.STALL_S)  # running, out of the queue
+        flood = [_submit_as(scheduler, run, "flood", [float(i)]) for i in range(4)]
+        with pytest.raises(ServingError) as e:  # alone, it gets TF Serving's answer
+            _submit_as(scheduler, run, "flood", [9.0])
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        normal = [_submit_as(scheduler, run, "normal", [5.0]),
+                  _submit_as(scheduler, run, "normal", [6.0])]
+        with pytest.raises(ServingError) as e:  # over its share (2 of 4 rows) now
+            _submit_as(scheduler, run, "flood", [9.0])
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(ServingError) as e:  # normal is at its share too
+            _submit_as(scheduler, run, "normal", [7.0])
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        run.release.set()
+        assert [_code(f) for f in normal] == [grpc.StatusCode.OK] * 2
+        assert [_code(f) for f in flood] == [grpc.StatusCode.OK] * 2 + [
+            grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+        assert running.result(timeout=waiting.STALL_S)["y"].tolist() == [0.0]
+        assert normal[1].result()["y"].tolist() == [12.0]
+    finally:
+        scheduler.close()
+
+
+def test_batches_take_the_clients_tasks_in_turn():
+    # 6 queued tasks of "flood" and then 2 of "normal": batches of 2 rows take one of each,
+    # so normal's tasks run in the first two batches, not after the flood's backlog.
+    order = []
+    gate = _Gated()
+
+    def run(feeds, timeout):
+        gate(feeds, timeout)
+        order.append(feeds["x"].tolist())
+        return {"y": feeds["x"]}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=8,
+                                               num_batch_threads=1))
+    try:
+        first = _submit_as(scheduler, run, "other", [-1.0])
+        assert gate.started.wait(waiting.STALL_S)
+        futures = [_submit_as(scheduler, run, "flood", [float(i)]) for i in range(6)]
+        futures += [_submit_as(scheduler, run, "normal", [10.0 + i]) for i in range(2)]
+        gate.release.set()
+        for f in [first] + futures:
+            f.result(timeout=waiting.STALL_S)
+        assert order == [[-1.0], [0.0, 10.0], [1.0, 11.0], [2.0, 3.0], [4.0, 5.0]]
+    finally:
+        scheduler.close()

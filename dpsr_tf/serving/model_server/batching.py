@@ -2,8 +2,11 @@
 
 Like TF Serving's shared batch scheduler: one queue per key (servable, signature, fed inputs,
 scalar input values such as k), a pool of batch threads, `batch_timeout_micros` as the longest
-wait for a fuller batch, `max_enqueued_batches` as the queue bound (UNAVAILABLE beyond it), and
-padding to `allowed_batch_sizes`. A request whose deadline passes in the queue is answered
+wait for a fuller batch, `max_enqueued_batches` as the queue bound, and padding to
+`allowed_batch_sizes`. Unlike TF Serving's one FIFO per key, clients share a key's queue
+fairly (batch_queue.py): a client alone may fill it (then UNAVAILABLE, as TF Serving), but a
+flooding client's excess is refused or pushed out RESOURCE_EXHAUSTED rather than other
+clients' requests, and batches take the clients' tasks in turn. A request whose deadline passes in the queue is answered
 DEADLINE_EXCEEDED without running.
 
 Inputs whose trailing dimensions differ between requests (e.g. two personalized requests with
@@ -17,7 +20,7 @@ import collections
 import concurrent.futures
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Hashable, Optional
 
 import logging
 
@@ -25,6 +28,7 @@ import grpc
 import numpy as np
 
 from dpsr_tf.serving.config import BatchingOptions
+from dpsr_tf.serving.model_server.batch_queue import KeyQueue
 from dpsr_tf.serving.errors import ServingError
 
 _LOG = logging.getLogger("serving.batching")
@@ -56,8 +60,7 @@ class BatchScheduler:
     def __init__(self, options: BatchingOptions, on_batch=None):
         self._options = options
         self._on_batch = on_batch
-        self._queues = collections.OrderedDict()  # key -> deque of _Task
-        self._queued_rows = collections.Counter()
+        self._queues = collections.OrderedDict()  # key -> KeyQueue, keys in turn
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, daemon=True,
@@ -67,7 +70,7 @@ class BatchScheduler:
             t.start()
 
     def submit(self, key, feeds: Dict[str, np.ndarray], rows: int, batched, run_fn: RunFn,
-               deadline: Optional[float]) -> concurrent.futures.Future:
+               deadline: Optional[float], client: Hashable = None) -> concurrent.futures.Future:
         """Enqueues one request.
 
         Args:
@@ -77,9 +80,16 @@ class BatchScheduler:
           batched: aliases concatenated along dim 0 (the others are equal across the key).
           run_fn: run_fn(feeds, timeout_s) -> alias -> value with total rows along dim 0.
           deadline: time.monotonic() deadline, or None.
+          client: who sent it (e.g. the gRPC peer); clients share the key's queue fairly.
 
         Returns:
-          Future of alias -> np.ndarray (this request's rows).
+          Future of alias -> np.ndarray (this request's rows). A task pushed out of a full
+          queue by another client's fails with ServingError(RESOURCE_EXHAUSTED).
+
+        Raises:
+          ServingError: INVALID_ARGUMENT (more rows than max_batch_size); UNAVAILABLE (the
+            server is stopping, or the queue is full of this client's tasks alone);
+            RESOURCE_EXHAUSTED (the queue is full and this client holds more than its share).
         """
         opts = self._options
         if rows > opts.max_batch_size:
@@ -90,16 +100,15 @@ class BatchScheduler:
         with self._cond:
             if self._closed:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            if self._queued_rows[key] + rows > opts.max_enqueued_batches * opts.max_batch_size:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   "The batch scheduling queue to which this task was submitted "
-                                   "is full; retry later or add servers")
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = collections.deque()
-            queue.append(task)
-            self._queued_rows[key] += rows
+                queue = KeyQueue(opts.max_enqueued_batches * opts.max_batch_size)
+            pushed_out = []
+            queue.admit(client, task, lambda *failed: pushed_out.append(failed))
+            self._queues[key] = queue
             self._cond.notify()
+        for failed in pushed_out:  # their callbacks run outside the lock
+            _fail(*failed)
         return task.future
 
     def close(self) -> None:
@@ -119,9 +128,9 @@ class BatchScheduler:
         for key, queue in self._queues.items():
             if not queue:
                 continue
-            age = now - queue[0].enqueued
+            age = now - queue.oldest_enqueued()
             if (timeout <= 0 or self._closed or age >= timeout
-                    or self._queued_rows[key] >= self._options.max_batch_size):
+                    or queue.rows >= self._options.max_batch_size):
                 return key, 0.0
             left = timeout - age
             wait = left if wait is None else min(wait, left)
@@ -137,15 +146,9 @@ class BatchScheduler:
                     return None, None
                 self._cond.wait(wait)
             queue = self._queues[key]
-            batch, rows = [], 0
-            while queue and rows + queue[0].rows <= self._options.max_batch_size:
-                task = queue.popleft()
-                batch.append(task)
-                rows += task.rows
-            self._queued_rows[key] -= rows
+            batch = queue.take_batch(self._options.max_batch_size)
             if not queue:  # drop empty queues (keys include servable ids)
                 del self._queues[key]
-                del self._queued_rows[key]
             else:  # round robin between keys
                 self._queues.move_to_end(key)
             return key, batch

@@ -220,7 +220,8 @@ class ServerCore:
           client_timeout: seconds left of the client's deadline (None: none; <= 0: the
             request is refused DEADLINE_EXCEEDED without being validated).
           entrypoint: "GRPC" or "REST" (metrics label).
-          client: who sent it (the gRPC peer); unbatched runs serve clients in turn.
+          client: who sent it (the gRPC peer); unbatched runs serve clients in turn, and
+            clients share a batch queue fairly.
             None: the entrypoint's shared queue.
 
         Returns:
@@ -259,7 +260,8 @@ class ServerCore:
                     prepared.feeds[a].ndim if self.options.batching.pad_variable_length_inputs
                     else prepared.feeds[a].shape[1:] for a in prepared.batched)
                 inner = self._scheduler.submit(key, prepared.feeds, prepared.rows,
-                                               prepared.batched, run, deadline)
+                                               prepared.batched, run, deadline,
+                                               entrypoint if client is None else client)
             else:
                 inner = self._runs.submit(entrypoint if client is None else client,
                                           _run_until, (run, prepared.feeds, deadline), deadline,
