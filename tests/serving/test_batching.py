@@ -307,3 +307,37 @@ def test_batches_take_the_clients_tasks_in_turn():
         assert order == [[-1.0], [0.0, 10.0], [1.0, 11.0], [2.0, 3.0], [4.0, 5.0]]
     finally:
         scheduler.close()
+
+
+def test_one_key_never_holds_every_batch_thread():
+    # Two threads, and the flood's key has a backlog of batches that never end until
+    # released: one thread stays for the other key (before: both ran the flood's batches and
+    # the other key's request waited for one of them to end).
+    flood, normal = _Gated(), _Recorder()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, max_enqueued_batches=8,
+                                               num_batch_threads=2))
+    try:
+        backlog = [_submit_as(scheduler, flood, "flood", [float(i)], key="big")
+                   for i in range(4)]
+        assert flood.started.wait(waiting.STALL_S)
+        other = _submit_as(scheduler, normal, "normal", [3.0], key="small")
+        assert other.result(timeout=waiting.STALL_S)["y"].tolist() == [6.0]
+        assert sum(f.running() for f in backlog) == 1  # the flood runs on one thread only
+        flood.release.set()
+        assert [_code(f) for f in backlog] == [grpc.StatusCode.OK] * 4
+    finally:
+        scheduler.close()
+
+
+def test_max_threads_per_key_all_threads_is_tf_servings_scheduling():
+    flood = _Gated()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, max_enqueued_batches=8,
+                                               num_batch_threads=2, max_threads_per_key=2))
+    try:
+        backlog = [_submit_as(scheduler, flood, "flood", [float(i)], key="big")
+                   for i in range(4)]
+        waiting.wait_until(lambda: sum(f.running() for f in backlog) == 2, "two batches run")
+        flood.release.set()
+        assert [_code(f) for f in backlog] == [grpc.StatusCode.OK] * 4
+    finally:
+        scheduler.close()

@@ -52,6 +52,9 @@ class _Task:
 class BatchScheduler:
     """Batches tasks per key and runs them on `num_batch_threads` threads.
 
+    At most `options.max_threads_per_key` threads (0: all but one) run batches of one key at
+    once, so another key's batch finds a thread while one key has a backlog of long batches.
+
     Args:
       options: BatchingOptions.
       on_batch: optional callback(key, batch_rows, padded_rows) for metrics.
@@ -61,6 +64,9 @@ class BatchScheduler:
         self._options = options
         self._on_batch = on_batch
         self._queues = collections.OrderedDict()  # key -> KeyQueue, keys in turn
+        self._running = collections.Counter()  # key -> batches running
+        self._threads_per_key = options.max_threads_per_key or max(
+            1, options.num_batch_threads - 1)
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, daemon=True,
@@ -126,8 +132,8 @@ class BatchScheduler:
         timeout = self._options.batch_timeout_micros / 1e6
         wait = None
         for key, queue in self._queues.items():
-            if not queue:
-                continue
+            if not queue or self._running[key] >= self._threads_per_key:
+                continue  # a key at its thread cap waits for one of its batches to end
             age = now - queue.oldest_enqueued()
             if (timeout <= 0 or self._closed or age >= timeout
                     or queue.rows >= self._options.max_batch_size):
@@ -151,7 +157,15 @@ class BatchScheduler:
                 del self._queues[key]
             else:  # round robin between keys
                 self._queues.move_to_end(key)
+            self._running[key] += 1
             return key, batch
+
+    def _finished(self, key) -> None:
+        with self._cond:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+            self._cond.notify_all()  # the key may be under its thread cap again
 
     def _loop(self):
         while True:
@@ -172,6 +186,8 @@ class BatchScheduler:
                             task.future.set_exception(error)
                         except concurrent.futures.InvalidStateError:
                             pass
+            finally:
+                self._finished(key)
 
     def _run(self, key, batch):
         now = time.monotonic()
