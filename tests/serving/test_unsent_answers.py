@@ -68,3 +68,12 @@ def test_under_the_total_nobody_is_held_back_by_it():
     calls[0].done()  # 8 MiB left of a 10 MiB budget
     assert unsent.total == 8 * MB
     assert all(unsent.gate(n) is None and unsent.refusal(n) is None for n in ("a", "b", "c"))
+
+
+def test_a_client_named_by_a_proxy_is_held_back_with_its_connection():
+    # The run queue keys a forwarded client as (connection, name); the budget is the
+    # connection's, so naming sub-clients (dpsr-client metadata) does not escape it.
+    unsent = UnsentAnswers(per_client_bytes=100, total_bytes=0)
+    unsent.hold(_Call(), "conn", 100)
+    assert unsent.gate(("conn", "a")) == WAIT and unsent.gate(("conn", "b")) == WAIT
+    assert unsent.gate(("other", "a")) is None

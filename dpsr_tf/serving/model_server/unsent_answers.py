@@ -62,7 +62,11 @@ class UnsentAnswers:
         return self._hoarding(held)
 
     def gate(self, client):
-        """For the run queue (any thread): run_queue.WAIT while `client` is held back."""
+        """For the run queue (any thread): run_queue.WAIT while `client` is held back. A
+        client that a proxy forwards, (connection, name), is held back with its connection:
+        the budget is the reader's, and naming sub-clients does not escape it."""
+        if isinstance(client, tuple):
+            client = client[0]
         return WAIT if self.held_back(client) else None
 
     def refusal(self, client):
