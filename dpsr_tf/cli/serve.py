@@ -237,11 +237,11 @@ _MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
     "connection; REST counts as one client) waiting for a run thread; beyond it that client's "
     "requests get RESOURCE_EXHAUSTED, so one client cannot fill the queue for everyone.")
 _MAX_UNSENT = flags.DEFINE_integer(
-    "max_unsent_response_bytes", 256 << 20, "[dpsr] Bytes of answers computed but not yet read "
+    "max_unsent_response_bytes", 8 << 20, "[dpsr] Bytes of answers computed but not yet read "
     "by their clients (HTTP/2 flow control), all clients together; while over it new calls get "
     "RESOURCE_EXHAUSTED. 0: no limit.")
 _MAX_UNSENT_PER_CLIENT = flags.DEFINE_integer(
-    "max_unsent_response_bytes_per_client", 64 << 20, "[dpsr] Bytes of answers one client (gRPC "
+    "max_unsent_response_bytes_per_client", 4 << 20, "[dpsr] Bytes of answers one client (gRPC "
     "connection) has not read yet; while it holds more, its queued requests wait and other "
     "clients' run, so a client that does not read gets no more answers computed. 0: no limit.")
 

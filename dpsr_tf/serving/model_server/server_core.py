@@ -68,8 +68,8 @@ class CoreOptions:
     num_run_threads: int = 8
     max_queued_requests: int = 1024
     max_queued_requests_per_client: int = 256
-    max_unsent_response_bytes_per_client: int = 64 << 20
-    max_unsent_response_bytes: int = 256 << 20
+    max_unsent_response_bytes_per_client: int = 4 << 20
+    max_unsent_response_bytes: int = 8 << 20
     enable_signature_method_name_check: bool = False
 
 
