@@ -77,3 +77,20 @@ def test_a_client_named_by_a_proxy_is_held_back_with_its_connection():
     unsent.hold(_Call(), "conn", 100)
     assert unsent.gate(("conn", "a")) == WAIT and unsent.gate(("conn", "b")) == WAIT
     assert unsent.gate(("other", "a")) is None
+
+
+def test_over_the_total_a_proxys_clients_are_refused_apart():
+    # A proxy's connection carries a flood whose answers the proxy has not passed on and a
+    # normal client's few bytes: over the total budget only the flood's named client is
+    # refused; both wait while the connection is over its own budget.
+    unsent = UnsentAnswers(per_client_bytes=8 * MB, total_bytes=4 * MB)
+    flood_call = _Call()
+    unsent.hold(flood_call, ("proxy", "flood"), 5 * MB)
+    unsent.hold(_Call(), ("proxy", "normal"), 1000)
+    assert unsent.refusal(("proxy", "flood")).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert unsent.refusal(("proxy", "normal")) is None
+    assert unsent.held("proxy") == 5 * MB + 1000
+    assert unsent.gate(("proxy", "normal")) == WAIT  # its connection is over the total
+    flood_call.done()
+    assert unsent.held("proxy") == 1000 and unsent.held(("proxy", "flood")) == 0
+    assert unsent.gate(("proxy", "normal")) is None and unsent.total == 1000

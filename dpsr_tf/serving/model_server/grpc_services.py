@@ -29,7 +29,7 @@ _MAX_CLIENT_NAME = 256
 
 
 def _client(context, peer: str):
-    """Who a call is from, for the per-client queues: its connection, or (connection, the
+    """Who a call is from, for the per-client queues and budgets: its connection, or (connection, the
     client a proxy forwards it for) when the call carries CLIENT_METADATA_KEY, so that the
     clients of one proxy connection take turns like direct ones. A client gains nothing by
     naming sub-clients itself that it could not gain by opening connections: the queues'
@@ -77,11 +77,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request, context):
         if not self._in_flight.track(context):
             return await abort(context, DRAINING)
-        peer = context.peer()  # who reads the answers
-        refusal = self._unsent.refusal(peer)
+        client = _client(context, context.peer())
+        refusal = self._unsent.refusal(client)
         if refusal is not None:
             return await abort(context, refusal)
-        client = _client(context, peer)  # whose turn the work takes
         if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
                 and request.ByteSize() <= _INLINE_MAX_BYTES):
             future = self._predict_now(request, context, client)
@@ -103,11 +102,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response, error = await outcome(future)
         canceller.future = future = None  # a call held until its client reads keeps only this
         if error is None:
-            error = self._unsent.refusal(peer)  # over the total budget: drop, not hold
+            error = self._unsent.refusal(client)  # over the total budget: drop, not hold
         if error is not None:
             response = None
             return await abort(context, error)
-        self._unsent.hold(context, peer, response.ByteSize())
+        self._unsent.hold(context, client, response.ByteSize())
         return response
 
     async def _blocking(self, context, fn, *args):
