@@ -238,8 +238,9 @@ _MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
     "requests get RESOURCE_EXHAUSTED, so one client cannot fill the queue for everyone.")
 _MAX_UNSENT = flags.DEFINE_integer(
     "max_unsent_response_bytes", 8 << 20, "[dpsr] Bytes of answers computed but not yet read "
-    "by their clients (HTTP/2 flow control), all clients together; while over it new calls get "
-    "RESOURCE_EXHAUSTED. 0: no limit.")
+    "by their clients (HTTP/2 flow control), all clients together; while over it, clients "
+    "holding more than 64 KiB of them are held back and their new calls get RESOURCE_EXHAUSTED. "
+    "A held answer costs the server ~6x its serialized bytes. 0: no limit.")
 _MAX_UNSENT_PER_CLIENT = flags.DEFINE_integer(
     "max_unsent_response_bytes_per_client", 4 << 20, "[dpsr] Bytes of answers one client (gRPC "
     "connection) has not read yet; while it holds more, its queued requests wait and other "

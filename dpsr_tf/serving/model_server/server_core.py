@@ -52,7 +52,9 @@ class CoreOptions:
       max_unsent_response_bytes_per_client: a gRPC client holding this many bytes of answers
         it has not read has its queued requests wait (0: no limit; unsent_answers.py).
       max_unsent_response_bytes: while all clients hold this many, new calls and ready
-        answers are refused RESOURCE_EXHAUSTED (0: no limit).
+        answers of clients holding more than 64 KiB are refused RESOURCE_EXHAUSTED (0: no
+        limit). Both count serialized bytes; a held answer costs ~6x that in memory, hence
+        the small defaults.
       enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
         another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
         signatures say `predict`, classify and regress too).
