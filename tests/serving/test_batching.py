@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.serving.model_server.batching import BatchScheduler
+from dpsr_tf.serving.model_server.run_queue import WAIT
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
 from tests.support import waiting
@@ -339,5 +340,30 @@ def test_max_threads_per_key_all_threads_is_tf_servings_scheduling():
         waiting.wait_until(lambda: sum(f.running() for f in backlog) == 2, "two batches run")
         flood.release.set()
         assert [_code(f) for f in backlog] == [grpc.StatusCode.OK] * 4
+    finally:
+        scheduler.close()
+
+
+def test_a_held_back_client_waits_in_the_queue_while_others_run():
+    # The gate (unsent answers) holds "slow" back: its tasks stay queued, "normal"'s run;
+    # once the gate opens and the scheduler is woken, they run too. Expired ones are dropped.
+    held_back = {"slow"}
+    run = _Recorder()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=4, num_batch_threads=1),
+                               gate=lambda client: WAIT if client in held_back else None)
+    try:
+        slow = [_submit_as(scheduler, run, "slow", [float(i)]) for i in range(3)]
+        held_back.add("gone")  # held back too, but its only task's deadline has passed
+        expired = scheduler.submit(("k", 0), {"x": np.ones(1, np.float32),
+                                              "bias": np.float32(0)},
+                                   1, ("x",), run, time.monotonic(), "gone")
+        normal = _submit_as(scheduler, run, "normal", [5.0])
+        assert normal.result(timeout=waiting.STALL_S)["y"].tolist() == [10.0]
+        assert _code(expired) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert not any(f.done() for f in slow)
+        held_back.clear()
+        scheduler.wake()
+        assert [f.result(timeout=waiting.STALL_S)["y"].tolist() for f in slow] == [
+            [0.0], [2.0], [4.0]]
     finally:
         scheduler.close()

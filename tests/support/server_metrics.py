@@ -86,3 +86,20 @@ def warm_run_threads(srv, request, run_threads: int = RUN_THREADS) -> None:
 
 def delta(after: dict, before: dict) -> dict:
     return {k: after[k] - before[k] for k in after}
+
+
+def quiet(srv, model: str, polls: int = 5, poll_s: float = 0.5) -> dict:
+    """The counts once the calls of `model` answered (and refused for unsent answers) have
+    not changed for `polls` polls in a row: for work a metric does not show queued (the
+    batch queue). It waits on progress; a slow machine only takes longer."""
+    state = {"last": None, "same": 0}
+
+    def still():
+        counts = runs(srv, model)
+        counts["refused"] = refused(srv)
+        state["same"] = state["same"] + 1 if counts == state["last"] else 0
+        state["last"] = counts
+        return counts if state["same"] >= polls else None
+
+    return waiting.wait_until(still, f"the calls of {model} to settle",
+                              progress=lambda: state["last"], poll_s=poll_s)

@@ -14,7 +14,8 @@ queue identifies clients) under the same bound, in rows:
   for a full queue). So a client alone may fill the queue as before, and a flooding client
   can neither refuse nor delay by its backlog another client's requests.
 - Batch formation (round robin): a batch takes one task from each client in turn (the turn
-  order carries over from one batch to the next) until the next task does not fit. A client's request waits for about one batch, not behind another client's backlog.
+  order carries over from one batch to the next) until the next task does not fit. A client
+  that a gate holds back (one that does not read its answers) is passed over; its tasks wait. A client's request waits for about one batch, not behind another client's backlog.
 """
 import collections
 from typing import Callable, Hashable, List, Optional
@@ -22,6 +23,8 @@ from typing import Callable, Hashable, List, Optional
 import grpc
 
 from dpsr_tf.serving.errors import ServingError
+
+_NONE = object()
 
 
 class KeyQueue:
@@ -46,6 +49,10 @@ class KeyQueue:
     def oldest_enqueued(self) -> Optional[float]:
         """When the longest-waiting task was queued (None: empty)."""
         return min((q[0].enqueued for q in self._clients.values()), default=None)
+
+    def any_eligible(self, eligible: Callable) -> bool:
+        """Whether some client's oldest task passes eligible(client, task)."""
+        return any(eligible(c, q[0]) for c, q in self._clients.items())
 
     def admit(self, client: Hashable, task, on_pushed_out: Callable) -> None:
         """Queues `task` of `client`, or raises why not.
@@ -95,11 +102,23 @@ class KeyQueue:
                 "pushed out of the full batch queue by another client's request: this client "
                 "held the most of the queue; wait for answers before sending more"))
 
-    def take_batch(self, max_rows: int) -> List:
-        """Removes and returns the next batch: one task per client in turn while they fit."""
-        batch, rows = [], 0
-        while self._clients:
-            client, queue = next(iter(self._clients.items()))
+    def take_batch(self, max_rows: int, eligible: Optional[Callable] = None) -> List:
+        """Removes and returns the next batch: one task per client in turn while they fit.
+
+        Args:
+          max_rows: the most rows in the batch.
+          eligible: optional eligible(client, task) -> bool for a client's oldest task; the
+            tasks of a client that is not eligible stay queued (held back) and keep their turn.
+        """
+        batch, rows, skipped = [], 0, set()
+        while True:
+            client = next((c for c in self._clients if c not in skipped), _NONE)
+            if client is _NONE:  # (None is a client: the caller named none)
+                break
+            queue = self._clients[client]
+            if eligible is not None and not eligible(client, queue[0]):
+                skipped.add(client)
+                continue
             if rows + queue[0].rows > max_rows:
                 break
             task = queue.popleft()

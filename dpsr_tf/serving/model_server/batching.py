@@ -29,6 +29,7 @@ import numpy as np
 
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.model_server.batch_queue import KeyQueue
+from dpsr_tf.serving.model_server.run_queue import WAIT
 from dpsr_tf.serving.errors import ServingError
 
 _LOG = logging.getLogger("serving.batching")
@@ -58,11 +59,19 @@ class BatchScheduler:
     Args:
       options: BatchingOptions.
       on_batch: optional callback(key, batch_rows, padded_rows) for metrics.
+      gate: optional gate(client) -> run_queue.WAIT to hold a client's tasks back (they stay
+        queued until their deadline; `wake()` when a WAIT may have ended), as the run
+        queue's gate (unsent_answers.py: clients that do not read their answers).
     """
 
-    def __init__(self, options: BatchingOptions, on_batch=None):
+    # While every queued task's client is held back, threads look again this often (`wake`
+    # is sooner).
+    BLOCKED_POLL_SECONDS = 0.1
+
+    def __init__(self, options: BatchingOptions, on_batch=None, gate=None):
         self._options = options
         self._on_batch = on_batch
+        self._gate = gate
         self._queues = collections.OrderedDict()  # key -> KeyQueue, keys in turn
         self._running = collections.Counter()  # key -> batches running
         self._threads_per_key = options.max_threads_per_key or max(
@@ -117,6 +126,18 @@ class BatchScheduler:
             _fail(*failed)
         return task.future
 
+    def wake(self) -> None:
+        """Tells the threads that a held-back client may go on (any thread)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _eligible(self, client, task, now: float) -> bool:
+        """Whether `client`'s oldest `task` may join a batch now (expired and cancelled
+        tasks always may: the batch drops them)."""
+        return (self._gate is None or self._closed or task.future.cancelled()
+                or (task.deadline is not None and task.deadline <= now)
+                or self._gate(client) != WAIT)
+
     def close(self) -> None:
         """Stops the threads after the queued tasks have run."""
         with self._cond:
@@ -134,6 +155,11 @@ class BatchScheduler:
         for key, queue in self._queues.items():
             if not queue or self._running[key] >= self._threads_per_key:
                 continue  # a key at its thread cap waits for one of its batches to end
+            if self._gate is not None and not queue.any_eligible(
+                    lambda c, t: self._eligible(c, t, now)):
+                poll = self.BLOCKED_POLL_SECONDS  # every client of the key is held back
+                wait = poll if wait is None else min(wait, poll)
+                continue
             age = now - queue.oldest_enqueued()
             if (timeout <= 0 or self._closed or age >= timeout
                     or queue.rows >= self._options.max_batch_size):
@@ -152,7 +178,9 @@ class BatchScheduler:
                     return None, None
                 self._cond.wait(wait)
             queue = self._queues[key]
-            batch = queue.take_batch(self._options.max_batch_size)
+            now = time.monotonic()
+            batch = queue.take_batch(self._options.max_batch_size,
+                                     lambda c, t: self._eligible(c, t, now))
             if not queue:  # drop empty queues (keys include servable ids)
                 del self._queues[key]
             else:  # round robin between keys

@@ -92,7 +92,13 @@ class ServerCore:
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._scheduler = None
         if options.batching is not None:
-            self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch)
+            self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch,
+                                             gate=self.unsent.gate)
+            self.unsent.on_release = self._wake_queues
+
+    def _wake_queues(self) -> None:
+        self._runs.wake()
+        self._scheduler.wake()
 
     # ------------------------------------------------------------------ life cycle
 
