@@ -275,10 +275,11 @@ def main():
             for c in clients.values():
                 c.close()
             lat = np.array([t for t, _ in out]) * 1e3
-            errors = sum(e is not None for _, e in out)
+            errors = collections.Counter(e for _, e in out if e is not None)
             print(f"{name[:58]:58s} {len(lat):5d} {np.percentile(lat, 50):7.1f} "
-                  f"{np.percentile(lat, 99):7.1f} {lat.max():7.1f} {errors:6d} "
-                  f"{grown[0]:10.0f} {grown[1]:10.0f}  {statuses}", flush=True)
+                  f"{np.percentile(lat, 99):7.1f} {lat.max():7.1f} {sum(errors.values()):6d} "
+                  f"{grown[0]:10.0f} {grown[1]:10.0f}  {statuses}"
+                  + (f" normal errors: {dict(errors)}" if errors else ""), flush=True)
         print(f"RSS at the end: server {st.rss_bytes(server.proc.pid) / 2**20:.0f} MiB, "
               f"proxy {st.rss_bytes(proxy.proc.pid) / 2**20:.0f} MiB")
     finally:

@@ -49,6 +49,11 @@ _MAX_CALLS_PER_PEER = flags.DEFINE_integer(
     "max_concurrent_calls_per_peer", 256, "Calls one client connection may have in flight "
     "through the proxy; more are answered RESOURCE_EXHAUSTED at once, so that one client cannot "
     "crowd out the others (0: no limit).")
+_MAX_BACKEND_CALLS = flags.DEFINE_integer(
+    "max_backend_calls_in_flight", 128, "Client calls doing backend work at once; more wait "
+    "in the proxy (until their deadline), and a freed slot goes to the client connection with "
+    "the fewest calls doing backend work, so one client's flood waits behind its own calls "
+    "(0: no limit).")
 
 
 def _fail(message: str):
@@ -103,6 +108,9 @@ def main(argv):
     backend_tls = _backend_tls(proxy)
     if _BACKEND_CONNECTIONS.value < 1:
         _fail(f"--backend_connections is {_BACKEND_CONNECTIONS.value}; it must be >= 1")
+    if _MAX_BACKEND_CALLS.value < 0:
+        _fail(f"--max_backend_calls_in_flight is {_MAX_BACKEND_CALLS.value}; it must be >= 0 "
+              "(0: no limit)")
     if _MAX_CALLS_PER_PEER.value < 0:
         _fail(f"--max_concurrent_calls_per_peer is {_MAX_CALLS_PER_PEER.value}; it must be >= 0 "
               "(0: no limit)")
@@ -112,7 +120,8 @@ def main(argv):
                                  rest_api_port=_REST_API_PORT.value, monitoring=monitoring,
                                  ssl=ssl, port_file=_PORT_FILE.value, backend_tls=backend_tls,
                                  backend_connections=_BACKEND_CONNECTIONS.value,
-                                 max_concurrent_calls_per_peer=_MAX_CALLS_PER_PEER.value)
+                                 max_concurrent_calls_per_peer=_MAX_CALLS_PER_PEER.value,
+                                 max_backend_calls_in_flight=_MAX_BACKEND_CALLS.value)
     try:
         proxy.run_proxy(options, settings)
     except OSError as e:

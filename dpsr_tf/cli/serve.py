@@ -44,6 +44,11 @@ _ENABLE_BATCHING = flags.DEFINE_bool("enable_batching", False, "enable batching"
 _BATCHING_FILE = flags.DEFINE_string(
     "batching_parameters_file", "", "If non-empty, read an ascii BatchingParameters protobuf "
     "from the supplied file name and use the contained values instead of the defaults.")
+_BATCH_THREADS_PER_KEY = flags.DEFINE_integer(
+    "max_batch_threads_per_key", 0, "With --enable_batching: the most batch threads that run "
+    "batches of one batch key (model version, signature, k) at once; 0: all but one of "
+    "num_batch_threads, so one model's backlog of long batches never holds every thread "
+    "while another's requests wait. Set it to num_batch_threads for TF Serving's scheduling.")
 _MONITORING_FILE = flags.DEFINE_string(
     "monitoring_config_file", "", "If non-empty, read an ascii MonitoringConfig protobuf from "
     "the supplied file name")
@@ -232,11 +237,12 @@ _MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
     "connection; REST counts as one client) waiting for a run thread; beyond it that client's "
     "requests get RESOURCE_EXHAUSTED, so one client cannot fill the queue for everyone.")
 _MAX_UNSENT = flags.DEFINE_integer(
-    "max_unsent_response_bytes", 256 << 20, "[dpsr] Bytes of answers computed but not yet read "
-    "by their clients (HTTP/2 flow control), all clients together; while over it new calls get "
-    "RESOURCE_EXHAUSTED. 0: no limit.")
+    "max_unsent_response_bytes", 8 << 20, "[dpsr] Bytes of answers computed but not yet read "
+    "by their clients (HTTP/2 flow control), all clients together; while over it, clients "
+    "holding more than 64 KiB of them are held back and their new calls get RESOURCE_EXHAUSTED. "
+    "A held answer costs the server ~6x its serialized bytes. 0: no limit.")
 _MAX_UNSENT_PER_CLIENT = flags.DEFINE_integer(
-    "max_unsent_response_bytes_per_client", 64 << 20, "[dpsr] Bytes of answers one client (gRPC "
+    "max_unsent_response_bytes_per_client", 4 << 20, "[dpsr] Bytes of answers one client (gRPC "
     "connection) has not read yet; while it holds more, its queued requests wait and other "
     "clients' run, so a client that does not read gets no more answers computed. 0: no limit.")
 
@@ -292,7 +298,8 @@ def options_from_flags():
         config_lib.validate_model_server_config(server_config, _BASE_PATH_ROOT.value)
         batching = None
         if _ENABLE_BATCHING.value:
-            batching = config_lib.read_batching_options(_BATCHING_FILE.value)
+            batching = config_lib.read_batching_options(_BATCHING_FILE.value,
+                                                        _BATCH_THREADS_PER_KEY.value)
         elif _BATCHING_FILE.value:
             _fail("--batching_parameters_file needs --enable_batching")
         monitoring = config_lib.read_monitoring_options(_MONITORING_FILE.value)

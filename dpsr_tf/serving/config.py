@@ -186,6 +186,11 @@ class BatchingOptions:
       allowed_batch_sizes: if set, batches are padded up to the next allowed size.
       pad_variable_length_inputs: accepted for compatibility (inputs here have fixed rank).
       thread_pool_name: name of the batch threads.
+      max_threads_per_key: the most batch threads that run batches of one batch key (model
+        version, signature, scalar inputs such as k) at once; 0: all but one of
+        num_batch_threads (at least one), so one key's backlog of long batches never holds
+        every thread while another model's requests wait. num_batch_threads: TF Serving's
+        scheduling. Not a BatchingParameters field (--max_batch_threads_per_key).
     """
 
     max_batch_size: int = 1000
@@ -195,12 +200,16 @@ class BatchingOptions:
     allowed_batch_sizes: Tuple[int, ...] = ()
     pad_variable_length_inputs: bool = False
     thread_pool_name: str = "model_server_batch_threads"
+    max_threads_per_key: int = 0
 
     def __post_init__(self):
         bad = lambda msg: ServingError(grpc.StatusCode.INVALID_ARGUMENT, msg)  # noqa: E731
         for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
             if getattr(self, name) < 1:
                 raise bad(f"batching parameter {name} is {getattr(self, name)}; it must be >= 1")
+        if self.max_threads_per_key < 0:
+            raise bad(f"max_threads_per_key is {self.max_threads_per_key}; it must be >= 0 "
+                      "(0: all batch threads but one)")
         if self.batch_timeout_micros < 0:
             raise bad(f"batching parameter batch_timeout_micros is {self.batch_timeout_micros};"
                       " it must be >= 0")
@@ -227,13 +236,15 @@ def batching_options_from_proto(params) -> BatchingOptions:
     return BatchingOptions(**kwargs)
 
 
-def read_batching_options(path: Optional[str]) -> BatchingOptions:
-    """BatchingOptions from --batching_parameters_file (defaults when path is empty)."""
-    if not path:
-        return BatchingOptions()
-    params = read_text_proto(path, protos.BatchingParameters, "--batching_parameters_file")
+def read_batching_options(path: Optional[str], max_threads_per_key: int = 0) -> BatchingOptions:
+    """BatchingOptions from --batching_parameters_file (defaults when path is empty) and
+    --max_batch_threads_per_key."""
     try:
-        return batching_options_from_proto(params)
+        if not path:
+            return BatchingOptions(max_threads_per_key=max_threads_per_key)
+        params = read_text_proto(path, protos.BatchingParameters, "--batching_parameters_file")
+        return dataclasses.replace(batching_options_from_proto(params),
+                                   max_threads_per_key=max_threads_per_key)
     except ServingError as e:
         raise ServingError(e.code, f"--batching_parameters_file {path}: {e.message}") from e
 

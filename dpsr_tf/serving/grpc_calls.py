@@ -2,7 +2,7 @@
 
 Safe request decoding (a request whose bytes do not parse is answered INVALID_ARGUMENT, never
 raised inside grpc), servicer registration, the client's deadline, abort with a ServingError's
-status, in-flight call tracking for draining, and serving until SIGTERM/SIGINT.
+status, the metadata key of a forwarded client, in-flight call tracking for draining, and serving until SIGTERM/SIGINT.
 
 Errors are answered with `context.abort()`, which sends the status alone (setting a code and
 returning would also send an empty message, which a client that never opens its flow-control
@@ -25,6 +25,9 @@ from dpsr_tf.serving import gone_clients
 from dpsr_tf.serving.errors import ServingError, truncate
 
 _LOG = logging.getLogger("serving.grpc")
+# The metadata key of the client a proxy forwards a call for: the proxy sends it, a model
+# server's per-client queues use it to tell the proxy's clients apart.
+CLIENT_METADATA_KEY = "dpsr-client"
 
 
 class _Malformed:

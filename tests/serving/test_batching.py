@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.serving.model_server.batching import BatchScheduler
+from dpsr_tf.serving.model_server.run_queue import WAIT
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
 from tests.support import waiting
@@ -233,5 +234,136 @@ def test_a_failing_run_fails_its_batch_and_not_the_next():
             first.result(timeout=waiting.STALL_S)
         second = scheduler.submit("k", {"x": np.ones(1)}, 1, ("x",), run, None)
         assert second.result(timeout=waiting.STALL_S)["y"].tolist() == [2.0]
+    finally:
+        scheduler.close()
+
+
+# -------------------------------------------------------------------- fairness between clients
+
+def _submit_as(scheduler, run, client, x, key="k"):
+    feeds = {"x": np.asarray(x, np.float32), "bias": np.float32(0)}
+    return scheduler.submit((key, 0), feeds, feeds["x"].shape[0], ("x",), run, None, client)
+
+
+def _code(future):
+    try:
+        future.result(timeout=waiting.STALL_S)
+    except ServingError as e:
+        return e.code
+    return grpc.StatusCode.OK
+
+
+def test_a_client_that_fills_the_queue_pushes_out_its_own_tasks_not_another_clients():
+    # The queue holds 4 rows; "flood" fills it while the only batch thread is held. Before
+    # the fix "normal" was refused UNAVAILABLE; now the flood's newest task is pushed out.
+    run = _Gated()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=2,
+                                               num_batch_threads=1))
+    try:
+        running = _submit_as(scheduler, run, "flood", [0.0])
+        assert run.started.wait(waiting.STALL_S)  # running, out of the queue
+        flood = [_submit_as(scheduler, run, "flood", [float(i)]) for i in range(4)]
+        with pytest.raises(ServingError) as e:  # alone, it gets TF Serving's answer
+            _submit_as(scheduler, run, "flood", [9.0])
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        normal = [_submit_as(scheduler, run, "normal", [5.0]),
+                  _submit_as(scheduler, run, "normal", [6.0])]
+        with pytest.raises(ServingError) as e:  # over its share (2 of 4 rows) now
+            _submit_as(scheduler, run, "flood", [9.0])
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(ServingError) as e:  # normal is at its share too
+            _submit_as(scheduler, run, "normal", [7.0])
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        run.release.set()
+        assert [_code(f) for f in normal] == [grpc.StatusCode.OK] * 2
+        assert [_code(f) for f in flood] == [grpc.StatusCode.OK] * 2 + [
+            grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
+        assert running.result(timeout=waiting.STALL_S)["y"].tolist() == [0.0]
+        assert normal[1].result()["y"].tolist() == [12.0]
+    finally:
+        scheduler.close()
+
+
+def test_batches_take_the_clients_tasks_in_turn():
+    # 6 queued tasks of "flood" and then 2 of "normal": batches of 2 rows take one of each,
+    # so normal's tasks run in the first two batches, not after the flood's backlog.
+    order = []
+    gate = _Gated()
+
+    def run(feeds, timeout):
+        gate(feeds, timeout)
+        order.append(feeds["x"].tolist())
+        return {"y": feeds["x"]}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=8,
+                                               num_batch_threads=1))
+    try:
+        first = _submit_as(scheduler, run, "other", [-1.0])
+        assert gate.started.wait(waiting.STALL_S)
+        futures = [_submit_as(scheduler, run, "flood", [float(i)]) for i in range(6)]
+        futures += [_submit_as(scheduler, run, "normal", [10.0 + i]) for i in range(2)]
+        gate.release.set()
+        for f in [first] + futures:
+            f.result(timeout=waiting.STALL_S)
+        assert order == [[-1.0], [0.0, 10.0], [1.0, 11.0], [2.0, 3.0], [4.0, 5.0]]
+    finally:
+        scheduler.close()
+
+
+def test_one_key_never_holds_every_batch_thread():
+    # Two threads, and the flood's key has a backlog of batches that never end until
+    # released: one thread stays for the other key (before: both ran the flood's batches and
+    # the other key's request waited for one of them to end).
+    flood, normal = _Gated(), _Recorder()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, max_enqueued_batches=8,
+                                               num_batch_threads=2))
+    try:
+        backlog = [_submit_as(scheduler, flood, "flood", [float(i)], key="big")
+                   for i in range(4)]
+        assert flood.started.wait(waiting.STALL_S)
+        other = _submit_as(scheduler, normal, "normal", [3.0], key="small")
+        assert other.result(timeout=waiting.STALL_S)["y"].tolist() == [6.0]
+        assert sum(f.running() for f in backlog) == 1  # the flood runs on one thread only
+        flood.release.set()
+        assert [_code(f) for f in backlog] == [grpc.StatusCode.OK] * 4
+    finally:
+        scheduler.close()
+
+
+def test_max_threads_per_key_all_threads_is_tf_servings_scheduling():
+    flood = _Gated()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, max_enqueued_batches=8,
+                                               num_batch_threads=2, max_threads_per_key=2))
+    try:
+        backlog = [_submit_as(scheduler, flood, "flood", [float(i)], key="big")
+                   for i in range(4)]
+        waiting.wait_until(lambda: sum(f.running() for f in backlog) == 2, "two batches run")
+        flood.release.set()
+        assert [_code(f) for f in backlog] == [grpc.StatusCode.OK] * 4
+    finally:
+        scheduler.close()
+
+
+def test_a_held_back_client_waits_in_the_queue_while_others_run():
+    # The gate (unsent answers) holds "slow" back: its tasks stay queued, "normal"'s run;
+    # once the gate opens and the scheduler is woken, they run too. Expired ones are dropped.
+    held_back = {"slow"}
+    run = _Recorder()
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=4, num_batch_threads=1),
+                               gate=lambda client: WAIT if client in held_back else None)
+    try:
+        slow = [_submit_as(scheduler, run, "slow", [float(i)]) for i in range(3)]
+        held_back.add("gone")  # held back too, but its only task's deadline has passed
+        expired = scheduler.submit(("k", 0), {"x": np.ones(1, np.float32),
+                                              "bias": np.float32(0)},
+                                   1, ("x",), run, time.monotonic(), "gone")
+        normal = _submit_as(scheduler, run, "normal", [5.0])
+        assert normal.result(timeout=waiting.STALL_S)["y"].tolist() == [10.0]
+        assert _code(expired) == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert not any(f.done() for f in slow)
+        held_back.clear()
+        scheduler.wake()
+        assert [f.result(timeout=waiting.STALL_S)["y"].tolist() for f in slow] == [
+            [0.0], [2.0], [4.0]]
     finally:
         scheduler.close()

@@ -15,9 +15,13 @@ from tests.support.raw_http2 import RawHttp2
 from tests.support import serving_testing as st
 from tests.support import toy_servable as ts
 from tests.support import waiting
+from tests.support.server_metrics import (METRICS_PATH, all_placed as _all_placed,
+                                          delta as _delta, metrics as _metrics,
+                                          refused as _refused, runs as _runs,
+                                          settled as _settled, value as _value,
+                                          warm_run_threads as _warm_run_threads)
 from tests.support.serving_testing import predict_request
 
-METRICS_PATH = "/monitoring/prometheus/metrics"
 RUN_THREADS = 8  # the default --num_run_threads
 # 256 rows, k=300 on a 20,000-item exact search: tens of milliseconds of work per request on
 # any machine, so a 50 ms deadline expires for most of a burst of 200 while they wait.
@@ -68,83 +72,6 @@ def server(toy_model_dir, tmp_path_factory, spec):
                          timeout=60)
     yield srv
     assert srv.stop() == 0, srv.log_tail()
-
-
-def _metrics(srv) -> dict:
-    """{(sample name, sorted label items): value} of the server's Prometheus page."""
-    return {(name, tuple(sorted(labels.items()))): value
-            for name, labels, value in st.prometheus_samples(srv.rest_url + METRICS_PATH)}
-
-
-def _value(metrics: dict, name: str, **labels) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def _runs(srv, model: str) -> dict:
-    m = _metrics(srv)
-    dropped = {reason: _value(m, "dpsr_serving_requests_dropped_total", model_name=model,
-                              reason=reason)
-               for reason in ("deadline_exceeded", "cancelled", "queue_full")}
-    handled = sum(v for (name, labels), v in m.items()
-                  if name == "dpsr_serving_request_count_total"
-                  and ("model_name", model) in labels)
-    return dict(started=_value(m, "dpsr_serving_unbatched_runs_started_total",
-                               model_name=model),
-                queued=_value(m, "dpsr_serving_queued_requests"), handled=handled, **dropped)
-
-
-def _settled(srv, model: str, timeout: float = 300.0) -> dict:
-    """The counts once nothing waits in the queue and no request of `model` started or was
-    dropped for a few polls (this only waits: nothing asserts how long it took)."""
-    deadline = time.monotonic() + timeout
-    last, same = None, 0
-    while time.monotonic() < deadline:
-        runs = _runs(srv, model)
-        same = same + 1 if runs == last and runs["queued"] == 0 else 0
-        if same == 3:
-            break
-        last = runs
-        time.sleep(0.3)
-    return runs
-
-
-def _refused(srv) -> float:
-    """Calls answered RESOURCE_EXHAUSTED for unsent answers (at arrival, or a ready answer
-    dropped), all clients and models."""
-    return sum(v for (name, _), v in _metrics(srv).items()
-               if name == "dpsr_serving_calls_refused_total")
-
-
-def _all_placed(srv, model: str, before: dict, refused_before: float, sent: int) -> dict:
-    """The counts once each of `sent` calls of `model` is queued, answered or refused, and no
-    run is in progress (every started run answered), stable for a few polls. It waits on
-    progress (tests/support/waiting.py): a slow machine only takes longer."""
-    state = {"last": None, "same": 0}
-
-    def placed():
-        runs = _delta(_runs(srv, model), before)
-        accounted = runs["queued"] + runs["handled"] + _refused(srv) - refused_before
-        settled = accounted >= sent and runs["handled"] >= runs["started"]
-        state["same"] = state["same"] + 1 if settled and runs == state["last"] else 0
-        state["last"] = runs
-        return runs if state["same"] >= 3 else None
-
-    return waiting.wait_until(placed, f"{sent} calls of {model} placed",
-                              progress=lambda: state["last"], poll_s=0.3)
-
-
-def _warm_run_threads(srv, request) -> None:
-    """Sends `request` from 2 x RUN_THREADS concurrent calls (and reads the answers), so that
-    every run thread has computed such an answer once: its first-use memory (allocator arenas,
-    TensorFlow scratch) is then part of the baseline, not of a test's growth."""
-    stub = process.prediction_stub(srv.address)
-    futures = [stub.Predict.future(request, timeout=120) for _ in range(2 * RUN_THREADS)]
-    for f in futures:
-        f.result()
-
-
-def _delta(after: dict, before: dict) -> dict:
-    return {k: after[k] - before[k] for k in after}
 
 
 def _big_request():

@@ -68,3 +68,29 @@ def test_under_the_total_nobody_is_held_back_by_it():
     calls[0].done()  # 8 MiB left of a 10 MiB budget
     assert unsent.total == 8 * MB
     assert all(unsent.gate(n) is None and unsent.refusal(n) is None for n in ("a", "b", "c"))
+
+
+def test_a_client_named_by_a_proxy_is_held_back_with_its_connection():
+    # The run queue keys a forwarded client as (connection, name); the budget is the
+    # connection's, so naming sub-clients (dpsr-client metadata) does not escape it.
+    unsent = UnsentAnswers(per_client_bytes=100, total_bytes=0)
+    unsent.hold(_Call(), "conn", 100)
+    assert unsent.gate(("conn", "a")) == WAIT and unsent.gate(("conn", "b")) == WAIT
+    assert unsent.gate(("other", "a")) is None
+
+
+def test_over_the_total_a_proxys_clients_are_refused_apart():
+    # A proxy's connection carries a flood whose answers the proxy has not passed on and a
+    # normal client's few bytes: over the total budget only the flood's named client is
+    # refused; both wait while the connection is over its own budget.
+    unsent = UnsentAnswers(per_client_bytes=8 * MB, total_bytes=4 * MB)
+    flood_call = _Call()
+    unsent.hold(flood_call, ("proxy", "flood"), 5 * MB)
+    unsent.hold(_Call(), ("proxy", "normal"), 1000)
+    assert unsent.refusal(("proxy", "flood")).code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert unsent.refusal(("proxy", "normal")) is None
+    assert unsent.held("proxy") == 5 * MB + 1000
+    assert unsent.gate(("proxy", "normal")) == WAIT  # its connection is over the total
+    flood_call.done()
+    assert unsent.held("proxy") == 1000 and unsent.held(("proxy", "flood")) == 0
+    assert unsent.gate(("proxy", "normal")) is None and unsent.total == 1000

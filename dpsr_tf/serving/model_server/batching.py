@@ -2,8 +2,11 @@
 
 Like TF Serving's shared batch scheduler: one queue per key (servable, signature, fed inputs,
 scalar input values such as k), a pool of batch threads, `batch_timeout_micros` as the longest
-wait for a fuller batch, `max_enqueued_batches` as the queue bound (UNAVAILABLE beyond it), and
-padding to `allowed_batch_sizes`. A request whose deadline passes in the queue is answered
+wait for a fuller batch, `max_enqueued_batches` as the queue bound, and padding to
+`allowed_batch_sizes`. Unlike TF Serving's one FIFO per key, clients share a key's queue
+fairly (batch_queue.py): a client alone may fill it (then UNAVAILABLE, as TF Serving), but a
+flooding client's excess is refused or pushed out RESOURCE_EXHAUSTED rather than other
+clients' requests, and batches take the clients' tasks in turn. A request whose deadline passes in the queue is answered
 DEADLINE_EXCEEDED without running.
 
 Inputs whose trailing dimensions differ between requests (e.g. two personalized requests with
@@ -17,7 +20,7 @@ import collections
 import concurrent.futures
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Hashable, Optional
 
 import logging
 
@@ -25,6 +28,8 @@ import grpc
 import numpy as np
 
 from dpsr_tf.serving.config import BatchingOptions
+from dpsr_tf.serving.model_server.batch_queue import KeyQueue
+from dpsr_tf.serving.model_server.run_queue import WAIT
 from dpsr_tf.serving.errors import ServingError
 
 _LOG = logging.getLogger("serving.batching")
@@ -48,16 +53,29 @@ class _Task:
 class BatchScheduler:
     """Batches tasks per key and runs them on `num_batch_threads` threads.
 
+    At most `options.max_threads_per_key` threads (0: all but one) run batches of one key at
+    once, so another key's batch finds a thread while one key has a backlog of long batches.
+
     Args:
       options: BatchingOptions.
       on_batch: optional callback(key, batch_rows, padded_rows) for metrics.
+      gate: optional gate(client) -> run_queue.WAIT to hold a client's tasks back (they stay
+        queued until their deadline; `wake()` when a WAIT may have ended), as the run
+        queue's gate (unsent_answers.py: clients that do not read their answers).
     """
 
-    def __init__(self, options: BatchingOptions, on_batch=None):
+    # While every queued task's client is held back, threads look again this often (`wake`
+    # is sooner).
+    BLOCKED_POLL_SECONDS = 0.1
+
+    def __init__(self, options: BatchingOptions, on_batch=None, gate=None):
         self._options = options
         self._on_batch = on_batch
-        self._queues = collections.OrderedDict()  # key -> deque of _Task
-        self._queued_rows = collections.Counter()
+        self._gate = gate
+        self._queues = collections.OrderedDict()  # key -> KeyQueue, keys in turn
+        self._running = collections.Counter()  # key -> batches running
+        self._threads_per_key = options.max_threads_per_key or max(
+            1, options.num_batch_threads - 1)
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [threading.Thread(target=self._loop, daemon=True,
@@ -67,7 +85,7 @@ class BatchScheduler:
             t.start()
 
     def submit(self, key, feeds: Dict[str, np.ndarray], rows: int, batched, run_fn: RunFn,
-               deadline: Optional[float]) -> concurrent.futures.Future:
+               deadline: Optional[float], client: Hashable = None) -> concurrent.futures.Future:
         """Enqueues one request.
 
         Args:
@@ -77,9 +95,16 @@ class BatchScheduler:
           batched: aliases concatenated along dim 0 (the others are equal across the key).
           run_fn: run_fn(feeds, timeout_s) -> alias -> value with total rows along dim 0.
           deadline: time.monotonic() deadline, or None.
+          client: who sent it (e.g. the gRPC peer); clients share the key's queue fairly.
 
         Returns:
-          Future of alias -> np.ndarray (this request's rows).
+          Future of alias -> np.ndarray (this request's rows). A task pushed out of a full
+          queue by another client's fails with ServingError(RESOURCE_EXHAUSTED).
+
+        Raises:
+          ServingError: INVALID_ARGUMENT (more rows than max_batch_size); UNAVAILABLE (the
+            server is stopping, or the queue is full of this client's tasks alone);
+            RESOURCE_EXHAUSTED (the queue is full and this client holds more than its share).
         """
         opts = self._options
         if rows > opts.max_batch_size:
@@ -90,17 +115,28 @@ class BatchScheduler:
         with self._cond:
             if self._closed:
                 raise ServingError(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-            if self._queued_rows[key] + rows > opts.max_enqueued_batches * opts.max_batch_size:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   "The batch scheduling queue to which this task was submitted "
-                                   "is full; retry later or add servers")
             queue = self._queues.get(key)
             if queue is None:
-                queue = self._queues[key] = collections.deque()
-            queue.append(task)
-            self._queued_rows[key] += rows
+                queue = KeyQueue(opts.max_enqueued_batches * opts.max_batch_size)
+            pushed_out = []
+            queue.admit(client, task, lambda *failed: pushed_out.append(failed))
+            self._queues[key] = queue
             self._cond.notify()
+        for failed in pushed_out:  # their callbacks run outside the lock
+            _fail(*failed)
         return task.future
+
+    def wake(self) -> None:
+        """Tells the threads that a held-back client may go on (any thread)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def _eligible(self, client, task, now: float) -> bool:
+        """Whether `client`'s oldest `task` may join a batch now (expired and cancelled
+        tasks always may: the batch drops them)."""
+        return (self._gate is None or self._closed or task.future.cancelled()
+                or (task.deadline is not None and task.deadline <= now)
+                or self._gate(client) != WAIT)
 
     def close(self) -> None:
         """Stops the threads after the queued tasks have run."""
@@ -117,11 +153,16 @@ class BatchScheduler:
         timeout = self._options.batch_timeout_micros / 1e6
         wait = None
         for key, queue in self._queues.items():
-            if not queue:
+            if not queue or self._running[key] >= self._threads_per_key:
+                continue  # a key at its thread cap waits for one of its batches to end
+            if self._gate is not None and not queue.any_eligible(
+                    lambda c, t: self._eligible(c, t, now)):
+                poll = self.BLOCKED_POLL_SECONDS  # every client of the key is held back
+                wait = poll if wait is None else min(wait, poll)
                 continue
-            age = now - queue[0].enqueued
+            age = now - queue.oldest_enqueued()
             if (timeout <= 0 or self._closed or age >= timeout
-                    or self._queued_rows[key] >= self._options.max_batch_size):
+                    or queue.rows >= self._options.max_batch_size):
                 return key, 0.0
             left = timeout - age
             wait = left if wait is None else min(wait, left)
@@ -137,18 +178,22 @@ class BatchScheduler:
                     return None, None
                 self._cond.wait(wait)
             queue = self._queues[key]
-            batch, rows = [], 0
-            while queue and rows + queue[0].rows <= self._options.max_batch_size:
-                task = queue.popleft()
-                batch.append(task)
-                rows += task.rows
-            self._queued_rows[key] -= rows
+            now = time.monotonic()
+            batch = queue.take_batch(self._options.max_batch_size,
+                                     lambda c, t: self._eligible(c, t, now))
             if not queue:  # drop empty queues (keys include servable ids)
                 del self._queues[key]
-                del self._queued_rows[key]
             else:  # round robin between keys
                 self._queues.move_to_end(key)
+            self._running[key] += 1
             return key, batch
+
+    def _finished(self, key) -> None:
+        with self._cond:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+            self._cond.notify_all()  # the key may be under its thread cap again
 
     def _loop(self):
         while True:
@@ -169,6 +214,8 @@ class BatchScheduler:
                             task.future.set_exception(error)
                         except concurrent.futures.InvalidStateError:
                             pass
+            finally:
+                self._finished(key)
 
     def _run(self, key, batch):
         now = time.monotonic()

@@ -14,8 +14,8 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, abort, client_timeout, outcome,
-                                        plain_error)
+from dpsr_tf.serving.grpc_calls import (CLIENT_METADATA_KEY, DRAINING, InFlight, abort,
+                                        client_timeout, outcome, plain_error)
 from dpsr_tf.serving.model_server.predict import declared_elements
 from dpsr_tf.serving.model_server.run_queue import FairRunQueue
 
@@ -24,6 +24,20 @@ _LOG = logging.getLogger("serving.grpc")
 # microseconds); larger ones in a thread, so that no request can stall the loop.
 _INLINE_MAX_ELEMENTS = 4096
 _INLINE_MAX_BYTES = 64 << 10
+# The longest forwarded client name kept (a peer address is under 64 characters).
+_MAX_CLIENT_NAME = 256
+
+
+def _client(context, peer: str):
+    """Who a call is from, for the per-client queues and budgets: its connection, or (connection, the
+    client a proxy forwards it for) when the call carries CLIENT_METADATA_KEY, so that the
+    clients of one proxy connection take turns like direct ones. A client gains nothing by
+    naming sub-clients itself that it could not gain by opening connections: the queues'
+    totals bound them all."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA_KEY:
+            return peer, value[:_MAX_CLIENT_NAME]
+    return peer
 
 
 class _Canceller:
@@ -63,7 +77,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def Predict(self, request, context):
         if not self._in_flight.track(context):
             return await abort(context, DRAINING)
-        client = context.peer()
+        client = _client(context, context.peer())
         refusal = self._unsent.refusal(client)
         if refusal is not None:
             return await abort(context, refusal)

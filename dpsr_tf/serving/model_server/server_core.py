@@ -52,7 +52,9 @@ class CoreOptions:
       max_unsent_response_bytes_per_client: a gRPC client holding this many bytes of answers
         it has not read has its queued requests wait (0: no limit; unsent_answers.py).
       max_unsent_response_bytes: while all clients hold this many, new calls and ready
-        answers are refused RESOURCE_EXHAUSTED (0: no limit).
+        answers of clients holding more than 64 KiB are refused RESOURCE_EXHAUSTED (0: no
+        limit). Both count serialized bytes; a held answer costs ~6x that in memory, hence
+        the small defaults.
       enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
         another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
         signatures say `predict`, classify and regress too).
@@ -68,8 +70,8 @@ class CoreOptions:
     num_run_threads: int = 8
     max_queued_requests: int = 1024
     max_queued_requests_per_client: int = 256
-    max_unsent_response_bytes_per_client: int = 64 << 20
-    max_unsent_response_bytes: int = 256 << 20
+    max_unsent_response_bytes_per_client: int = 4 << 20
+    max_unsent_response_bytes: int = 8 << 20
     enable_signature_method_name_check: bool = False
 
 
@@ -90,7 +92,13 @@ class ServerCore:
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._scheduler = None
         if options.batching is not None:
-            self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch)
+            self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch,
+                                             gate=self.unsent.gate)
+            self.unsent.on_release = self._wake_queues
+
+    def _wake_queues(self) -> None:
+        self._runs.wake()
+        self._scheduler.wake()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -220,7 +228,8 @@ class ServerCore:
           client_timeout: seconds left of the client's deadline (None: none; <= 0: the
             request is refused DEADLINE_EXCEEDED without being validated).
           entrypoint: "GRPC" or "REST" (metrics label).
-          client: who sent it (the gRPC peer); unbatched runs serve clients in turn.
+          client: who sent it (the gRPC peer); unbatched runs serve clients in turn, and
+            clients share a batch queue fairly.
             None: the entrypoint's shared queue.
 
         Returns:
@@ -259,7 +268,8 @@ class ServerCore:
                     prepared.feeds[a].ndim if self.options.batching.pad_variable_length_inputs
                     else prepared.feeds[a].shape[1:] for a in prepared.batched)
                 inner = self._scheduler.submit(key, prepared.feeds, prepared.rows,
-                                               prepared.batched, run, deadline)
+                                               prepared.batched, run, deadline,
+                                               entrypoint if client is None else client)
             else:
                 inner = self._runs.submit(entrypoint if client is None else client,
                                           _run_until, (run, prepared.feeds, deadline), deadline,

@@ -14,6 +14,10 @@ answer that becomes ready for it is dropped rather than held. A client that read
 holds only the few on their way (a 10-item answer is about 1 KB) and is served as usual, so
 clients that do not read cannot get the ones that do refused; the total can pass its budget by
 at most the allowance per client.
+
+The clients of a proxy share its connection: each is counted apart for the refusals (the one
+whose answers the proxy has not passed on is refused, not its neighbours), and with the
+connection for holding back (naming sub-clients does not raise a connection's budget).
 """
 import grpc
 
@@ -62,8 +66,10 @@ class UnsentAnswers:
         return self._hoarding(held)
 
     def gate(self, client):
-        """For the run queue (any thread): run_queue.WAIT while `client` is held back."""
-        return WAIT if self.held_back(client) else None
+        """For the run queue (any thread): run_queue.WAIT while `client` is held back. A
+        client that a proxy forwards, (connection, name), is held back with its connection:
+        the budget is the reader's, and naming sub-clients does not escape it."""
+        return WAIT if self.held_back(_keys(client)[-1]) else None
 
     def refusal(self, client):
         """A RESOURCE_EXHAUSTED ServingError for a new call or a ready answer of `client`
@@ -80,19 +86,24 @@ class UnsentAnswers:
         return None
 
     def hold(self, context, client, nbytes: int) -> None:
-        """Counts `nbytes` of `client` until the call of `context` is done."""
-        self._by_client[client] = self._by_client.get(client, 0) + nbytes
+        """Counts `nbytes` of `client` until the call of `context` is done. A client that
+        a proxy forwards, (connection, name), counts for itself (refusals) and for its
+        connection (held back with it)."""
+        for key in _keys(client):
+            self._by_client[key] = self._by_client.get(key, 0) + nbytes
         self.total += nbytes
         self._gauge()
         context.add_done_callback(lambda _: self._release(client, nbytes))
 
     def _release(self, client, nbytes: int) -> None:
-        was_held_back = self.held_back(client) or self._over_total()
-        left = self._by_client[client] - nbytes
-        if left:
-            self._by_client[client] = left
-        else:
-            del self._by_client[client]
+        connection = _keys(client)[-1]
+        was_held_back = self.held_back(connection) or self._over_total()
+        for key in _keys(client):
+            left = self._by_client[key] - nbytes
+            if left:
+                self._by_client[key] = left
+            else:
+                del self._by_client[key]
         self.total -= nbytes
         self._gauge()
         if was_held_back and self.on_release is not None:
@@ -101,3 +112,9 @@ class UnsentAnswers:
     def _gauge(self) -> None:
         if self._metrics is not None:
             self._metrics.unsent_response_bytes.set(self.total)
+
+
+def _keys(client) -> tuple:
+    """The keys a client's answers count under: itself, and for a client a proxy forwards,
+    (connection, name), its connection too (the last key is always the connection)."""
+    return (client, client[0]) if isinstance(client, tuple) else (client,)

@@ -42,7 +42,7 @@ from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, add_servicer, client
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
 from dpsr_tf.serving.startup import bind_grpc, freeze_heap, grpc_address, write_port_file
-from dpsr_tf.serving.proxy.peer_limits import PeerLimiter
+from dpsr_tf.serving.proxy.peer_limits import BackendGate, PeerLimiter, current_peer
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
 from dpsr_tf.serving.proxy.shard_call import CLIENT_ERRORS, ShardCaller
 
@@ -55,6 +55,8 @@ _MERGE_THREADS = 2
 # Generous for one client connection (a client at 1,000 QPS and 50 ms holds 50), small beside
 # the thousands one hostile channel can open.
 DEFAULT_MAX_CALLS_PER_PEER = 256
+# Below a model server's per-client queue bound (--max_queued_requests_per_client, 256).
+DEFAULT_MAX_BACKEND_CALLS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,8 @@ class ProxyOptions:
         connection to one process, so give it several per process.
       max_concurrent_calls_per_peer: calls one client connection may have in flight; more are
         answered RESOURCE_EXHAUSTED (dpsr_tf/serving/proxy/peer_limits.py). 0: no limit.
+      max_backend_calls_in_flight: client calls doing backend work at once; more wait in the
+        proxy, the peer with the fewest such calls served first (peer_limits.py). 0: no limit.
     """
 
     host: str = "127.0.0.1"
@@ -90,6 +94,7 @@ class ProxyOptions:
     backend_tls: Optional["BackendTls"] = None
     backend_connections: int = 1
     max_concurrent_calls_per_peer: int = DEFAULT_MAX_CALLS_PER_PEER
+    max_backend_calls_in_flight: int = DEFAULT_MAX_BACKEND_CALLS
 
 
 def _not_found(model_spec) -> ServingError:
@@ -106,9 +111,11 @@ def _not_found(model_spec) -> ServingError:
 class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService that routes, fans out and merges."""
 
-    def __init__(self, router: Router, metrics: ProxyMetrics, max_calls_per_peer: int = 0):
+    def __init__(self, router: Router, metrics: ProxyMetrics, max_calls_per_peer: int = 0,
+                 max_backend_calls: int = 0):
         self.metrics = metrics
         self.peers = PeerLimiter(max_calls_per_peer)
+        self.backends = BackendGate(max_backend_calls)
         self._caller = ShardCaller(router.settings, metrics)
         self.router = router
         self.in_flight = InFlight()
@@ -161,7 +168,13 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             coro.close()  # never started: this client has too many calls in flight
             self.metrics.request_count.labels(label, api, e.code.name).inc()
             await context.abort(e.code, e.message)
+        gated = False
         try:
+            route = self.router.routes.get(model_name)
+            await self.backends.acquire(peer, client_timeout(context) if route is None
+                                        else self._budget(route, context))
+            gated = True
+            current_peer.set(peer)  # backend calls carry it (their tasks copy the context)
             return await coro
         except ServingError as e:
             code = e.code
@@ -170,6 +183,10 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            if not gated:
+                coro.close()  # never started: it waited for backend capacity in vain
+            else:
+                self.backends.release(peer)
             self.peers.release(peer)
             self.metrics.request_count.labels(label, api, code.name).inc()
             self.metrics.request_latency.labels(label, api).observe(time.monotonic() - start)
@@ -384,7 +401,8 @@ class ProxyServer:
         self.metrics = ProxyMetrics()
         self._pool: Dict[str, Replica] = {}
         self.servicer = ProxyServicer(self._router(settings), self.metrics,
-                                      options.max_concurrent_calls_per_peer)
+                                      options.max_concurrent_calls_per_peer,
+                                      options.max_backend_calls_in_flight)
         self._server = None
         self._health = None
         self._http = None

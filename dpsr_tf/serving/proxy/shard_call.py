@@ -28,6 +28,7 @@ import grpc
 from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.metrics import ProxyMetrics
+from dpsr_tf.serving.proxy.peer_limits import backend_metadata
 from dpsr_tf.serving.proxy.routing import Replica, Route
 
 CLIENT_ERRORS = frozenset({
@@ -68,10 +69,12 @@ class _Attempt:
 
 
 async def _send(replica: Replica, method: str, request, timeout: float, parse):
+    metadata = backend_metadata()  # the client the call is for, as the backend's client
     try:
         if parse is None:
-            return await getattr(replica.stub, method)(request, timeout=timeout)
-        data = await replica.raw(method)(request, timeout=timeout)
+            return await getattr(replica.stub, method)(request, timeout=timeout,
+                                                       metadata=metadata)
+        data = await replica.raw(method)(request, timeout=timeout, metadata=metadata)
     finally:
         replica.outstanding -= 1
     return parse(data)
