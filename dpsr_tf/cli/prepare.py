@@ -70,13 +70,13 @@ _BEAM_OPTIONS = flags.DEFINE_multi_string(
     "beam_option", [], "A Beam pipeline option for a Beam --runner, repeated, e.g. "
     "--beam_option=--direct_num_workers=2 --beam_option=--direct_running_mode=multi_processing")
 _BEAM_PARTITION_MB = flags.DEFINE_float(
-    "beam_partition_mb", 32.0, "Beam runner: input megabytes per hash partition of the "
+    "beam_partition_mb", 16.0, "Beam runner: input megabytes per hash partition of the "
     "intermediates (a worker holds about one partition's rows at a time).")
 _BEAM_PARTITIONS = flags.DEFINE_integer(
     "beam_partitions", 0, "Beam runner: a fixed number of hash partitions (0 = from "
     "--beam_partition_mb).")
 _BEAM_RANGE_LINES = flags.DEFINE_integer(
-    "beam_range_lines", 1 << 18, "Beam runner: input lines per position range (row numbering "
+    "beam_range_lines", 1 << 17, "Beam runner: input lines per position range (row numbering "
     "sorts one range at a time).")
 _BEAM_TEMP_DIR = flags.DEFINE_string(
     "beam_temp_dir", None, "Beam runner: directory of the intermediate files, any Beam "

@@ -11,9 +11,8 @@ partitioned two ways:
 """
 import dataclasses
 import hashlib
+import struct
 from typing import Dict, Optional, Tuple
-
-import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import pseudo_queries as pseudo_lib
@@ -104,9 +103,11 @@ def seeded_hash(seed: int, key: int) -> int:
     return int.from_bytes(digest, "little") >> (64 - HASH_BITS)
 
 
+_RECORD = struct.Struct("<iiiiif")       # layout.RECORD_DTYPE, field by field
+assert _RECORD.size == layout_lib.RECORD_DTYPE.itemsize
+
+
 def record_bytes(q_row, item_row, user_row, history_end, kind, gain) -> bytes:
-    """One layout record (layout.RECORD_DTYPE) as bytes."""
-    rec = np.zeros([1], layout_lib.RECORD_DTYPE)
-    rec["query_row"], rec["item_row"], rec["user_row"] = q_row, item_row, user_row
-    rec["history_end"], rec["label_kind"], rec["gain"] = history_end, kind, gain
-    return rec.tobytes()
+    """One layout record (layout.RECORD_DTYPE: query, item, user, history_end, label_kind
+    int32, gain float32) as bytes."""
+    return _RECORD.pack(q_row, item_row, user_row, history_end, kind, gain)

@@ -61,9 +61,9 @@ class BeamSettings:
         built (right for DirectRunner; a cluster needs a shared one).
     """
 
-    partition_mb: float = 32.0
+    partition_mb: float = 16.0
     partitions: int = 0
-    range_lines: int = 1 << 18
+    range_lines: int = 1 << 17
     temp_dir: Optional[str] = None
 
     def __post_init__(self):
@@ -176,6 +176,9 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
             raise RuntimeError(f"the pipeline finished without its metadata ({base})")
         log(f"beam: pipeline done in {time.monotonic() - pipeline_start:.1f} s "
             f"({_rows_read(meta)}); joining the pieces")
+        log("beam: task seconds " + ", ".join(
+            f"{name} {seconds:.1f} ({meta['c/tasks'][name]})"
+            for name, seconds in meta.get("c/task_seconds", {}).items()))
         layout_assembly.assemble_layout(config, tmp, base, meta, job, tok_config, inter_notes,
                                         log)
         FileSystems.delete([base])

@@ -13,6 +13,8 @@ Stage order: read inputs -> resolve item/user ids -> number table rows -> join i
 [number users from interactions] -> verdict -> number queries -> per query (+ pseudo-query
 records) -> per user (+ eval/pseudo text matches) -> order records.
 """
+import time
+
 import apache_beam as beam
 import numpy as np
 
@@ -101,7 +103,11 @@ class _RunTasks(beam.DoFn):
         self._ctx = _Context(self._job)
 
     def process(self, task, meta):
-        yield _run_task(self._job, self._ctx, meta, task)
+        start = time.monotonic()
+        out = _run_task(self._job, self._ctx, meta, task)
+        meta_lib.add_count(out, "c/task_seconds", task[0], time.monotonic() - start)
+        meta_lib.add_count(out, "c/tasks", task[0])
+        yield out
 
 
 # ---------------------------------------------------------------------------------------------

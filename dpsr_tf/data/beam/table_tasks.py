@@ -23,6 +23,7 @@ from dpsr_tf.data.beam import meta as meta_lib
 from dpsr_tf.data.beam.job import Job, position
 from dpsr_tf.data.readers import TableReader
 
+PSEUDO_CHUNK_ITEMS = 16384
 SCHEMAS = {"items": schema.ITEMS, "users": schema.USERS, "inter": schema.INTERACTIONS}
 
 
@@ -154,25 +155,30 @@ def rank_table(job: Job, ctx, meta: dict, kind: str, rng: str) -> dict:
 
 
 def _pseudo_queries(job: Job, ctx, cands, start: int, num_items: int, rng: str, out: dict):
-    """pseudo_queries.generate for the items of one range (their rows start at `start`)."""
+    """pseudo_queries.generate for the items of one range (their rows start at `start`), in
+    pieces of at most PSEUDO_CHUNK_ITEMS items and a quarter of a range (`<range>-<chunk>`), so
+    memory is one piece's texts (up to per_item per item)."""
     config = job.pseudo
-    texts, items = [], []
-    if config.per_item:
-        per_item = min(config.per_item, max(1, config.max_total // max(1, num_items)))
-        config = dataclasses.replace(config, per_item=per_item)
-        for local, cand in enumerate(cands):
-            queries = pseudo_lib.item_pseudo_queries(cand.title, cand.values, start + local,
-                                                     config)
-            texts.extend(queries)
-            items.extend([start + local] * len(queries))
-    meta_lib.add_count(out, "c/pseudo", rng, len(texts))
-    if not texts:
+    if not config.per_item:
         return
-    files_lib.write_piece(job.base, "pseudo_texts", rng, texts)
-    files_lib.write_piece(job.base, "pseudo_tokens", rng, ctx.tokenize(texts))
-    files_lib.write_piece(job.base, "pseudo_items", rng, np.asarray(items, np.int32))
-    lowers = files_lib.PartitionWriter(job.base, "pseudo_lower", rng)
-    for text in texts:
-        lowered = text.lower()
-        lowers.write(job.key_part(lowered), lowered)
-    meta_lib.add_counts(out, "c/pseudo_lower", lowers.close())
+    per_item = min(config.per_item, max(1, config.max_total // max(1, num_items)))
+    config = dataclasses.replace(config, per_item=per_item)
+    size = max(1, min(PSEUDO_CHUNK_ITEMS, job.range_lines // 4))
+    for chunk, first in enumerate(range(0, len(cands), size)):
+        texts, items = [], []
+        for row, cand in enumerate(cands[first:first + size], start + first):
+            queries = pseudo_lib.item_pseudo_queries(cand.title, cand.values, row, config)
+            texts.extend(queries)
+            items.extend([row] * len(queries))
+        piece = f"{rng}-{chunk:05d}"
+        meta_lib.add_count(out, "c/pseudo", piece, len(texts))
+        if not texts:
+            continue
+        files_lib.write_piece(job.base, "pseudo_texts", piece, texts)
+        files_lib.write_piece(job.base, "pseudo_tokens", piece, ctx.tokenize(texts))
+        files_lib.write_piece(job.base, "pseudo_items", piece, np.asarray(items, np.int32))
+        lowers = files_lib.PartitionWriter(job.base, "pseudo_lower", piece)
+        for text in texts:
+            lowered = text.lower()
+            lowers.write(job.key_part(lowered), lowered)
+        meta_lib.add_counts(out, "c/pseudo_lower", lowers.close())
