@@ -2,8 +2,9 @@
 
 The pipeline leaves every table as pieces (files.py) and its counts in the merged metadata;
 this streams the pieces into the files and layout.json the single-process prepare writes.
-Memory is one piece (one position range or hash partition), plus, for a ragged table, its
-row-splits array written through a memory map. Every dense table's row count is checked.
+Memory is one piece (one position range or hash partition); only the two tables whose rows
+arrive out of order (user histories, human negatives: sparse pieces) are written through
+memory maps. Every dense table's row count is checked.
 """
 import os
 import zlib
@@ -42,22 +43,27 @@ def _write_lines(base: str, tables: Iterable[str], path: str, expected: int) -> 
     _check_rows(path, rows, expected)
 
 
-def _write_matrix(base: str, table: str, path: str, num_rows: int, width: int) -> None:
-    """[num_rows, width] int32 .npy from pieces of [n, width] int32 arrays."""
+def _npy_writer(path: str, dtype, shape):
+    """A file open after the .npy header of an array of `shape`, for its C-order bytes."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.int32, shape=(num_rows, width))
-    if not width:                  # no feature columns (users from the interactions)
-        del out
-        return
+    f = open(path, "wb")
+    np.lib.format.write_array_header_1_0(f, {"descr": np.dtype(dtype).str,
+                                             "fortran_order": False, "shape": tuple(shape)})
+    return f
+
+
+def _write_matrix(base: str, table: str, path: str, num_rows: int, width: int) -> None:
+    """[num_rows, width] int32 .npy from pieces of [n, width] int32 arrays, streamed."""
     row = 0
-    for piece in files_lib.iter_pieces(base, table):
-        if row + len(piece) > num_rows:
-            _check_rows(path, row + len(piece), num_rows)
-        out[row:row + len(piece)] = piece
-        row += len(piece)
+    with _npy_writer(path, np.int32, (num_rows, width)) as f:
+        if not width:              # no feature columns (users from the interactions)
+            return
+        for piece in files_lib.iter_pieces(base, table):
+            if row + len(piece) > num_rows:
+                _check_rows(path, row + len(piece), num_rows)
+            f.write(np.ascontiguousarray(piece, np.int32).tobytes())
+            row += len(piece)
     _check_rows(path, row, num_rows)
-    out.flush()
-    del out
 
 
 def _ragged(values_path: str, splits_path: str, num_rows: int, lengths_of, values_of) -> int:
@@ -84,32 +90,30 @@ def _ragged(values_path: str, splits_path: str, num_rows: int, lengths_of, value
 
 def _dense_ragged(base: str, tables: List[str], values_path: str, splits_path: str,
                   num_rows: int) -> int:
-    """A ragged table from dense pieces of (ids [T] int32, lengths [n] int64), in order."""
+    """A ragged table from dense pieces of (ids [T] int32, lengths [n] int64), in order, both
+    arrays streamed: the splits in a first pass over the pieces, the values in a second."""
     def pieces() -> Iterator:
         for table in tables:
             yield from files_lib.iter_pieces(base, table)
 
-    os.makedirs(os.path.dirname(values_path), exist_ok=True)
-    splits = np.lib.format.open_memmap(splits_path, mode="w+", dtype=np.int64,
-                                       shape=(num_rows + 1,))
-    splits[0] = 0
-    row = 0
-    for _, lengths in pieces():
-        if row + len(lengths) > num_rows:
-            _check_rows(values_path, row + len(lengths), num_rows)
-        splits[row + 1:row + 1 + len(lengths)] = lengths
-        row += len(lengths)
+    row, total = 0, 0
+    with _npy_writer(splits_path, np.int64, (num_rows + 1,)) as f:
+        f.write(np.zeros([1], np.int64).tobytes())
+        for _, lengths in pieces():
+            if row + len(lengths) > num_rows:
+                _check_rows(values_path, row + len(lengths), num_rows)
+            ends = total + np.cumsum(np.asarray(lengths, np.int64))
+            f.write(ends.tobytes())
+            total = int(ends[-1]) if len(ends) else total
+            row += len(lengths)
     _check_rows(values_path, row, num_rows)
-    np.cumsum(splits, out=splits)
-    total = int(splits[-1])
-    values = np.lib.format.open_memmap(values_path, mode="w+", dtype=np.int32, shape=(total,))
-    start = 0
-    for ids, _ in pieces():
-        values[start:start + len(ids)] = ids
-        start += len(ids)
-    values.flush()
-    splits.flush()
-    del values, splits
+    written = 0
+    with _npy_writer(values_path, np.int32, (total,)) as f:
+        for ids, _ in pieces():
+            f.write(np.asarray(ids, np.int32).tobytes())
+            written += len(ids)
+    if written != total:
+        raise RuntimeError(f"{values_path}: {written} values, the lengths say {total}")
     return total
 
 
