@@ -167,21 +167,24 @@ def prepare_beam(config: prepare_lib.PrepareConfig, runner: str,
         log(f"beam: running the prepare pipeline on {runner} "
             f"({' '.join(beam_args) or 'default options'}), {partitions} hash partitions, "
             f"{settings.range_lines:,} lines per range, intermediates in {base}")
-        pipeline_start = time.monotonic()
-        p = beam.Pipeline(options=options)
-        stages.build(p, job)
-        p.run().wait_until_finish()
-        meta = files_lib.read_piece(base, *stages.META_PIECE)
-        if meta is None:
-            raise RuntimeError(f"the pipeline finished without its metadata ({base})")
-        log(f"beam: pipeline done in {time.monotonic() - pipeline_start:.1f} s "
-            f"({_rows_read(meta)}); joining the pieces")
-        log("beam: task seconds " + ", ".join(
-            f"{name} {seconds:.1f} ({meta['c/tasks'][name]})"
-            for name, seconds in meta.get("c/task_seconds", {}).items()))
-        layout_assembly.assemble_layout(config, tmp, base, meta, job, tok_config, inter_notes,
-                                        log)
-        FileSystems.delete([base])
+        try:
+            pipeline_start = time.monotonic()
+            p = beam.Pipeline(options=options)
+            stages.build(p, job)
+            p.run().wait_until_finish()
+            meta = files_lib.read_piece(base, *stages.META_PIECE)
+            if meta is None:
+                raise RuntimeError(f"the pipeline finished without its metadata ({base})")
+            log(f"beam: pipeline done in {time.monotonic() - pipeline_start:.1f} s "
+                f"({_rows_read(meta)}); joining the pieces")
+            log("beam: task seconds " + ", ".join(
+                f"{name} {seconds:.1f} ({meta['c/tasks'][name]})"
+                for name, seconds in meta.get("c/task_seconds", {}).items()))
+            layout_assembly.assemble_layout(config, tmp, base, meta, job, tok_config, inter_notes,
+                                            log)
+        finally:                   # a shared temp dir keeps nothing, failed or not
+            if FileSystems.exists(base):
+                FileSystems.delete([base])
     log(f"wrote {output} in {time.monotonic() - start:.1f} s")
     return layout_lib.load_layout_spec(output)
 
