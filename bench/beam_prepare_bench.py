@@ -1,7 +1,8 @@
 """Wall time and peak memory of `dpsr prepare` in one process and on Beam's DirectRunner.
 
   PYTHONPATH=. nice python bench/beam_prepare_bench.py --interactions=1000000 --workers=2 \
-      [--shards=8] [--work_dir=/tmp/beam_prepare_bench] [--skip_single]
+      [--shards=8] [--work_dir=/tmp/beam_prepare_bench] [--skip_single] [--skip_beam]
+      [--beam_flag=--beam_partition_mb=16 ...] [--keep]
 
 Generates a synthetic catalog (interactions / 10 items, interactions / 20 users, seed 0), cuts
 the interactions file into --shards files with the header (so Beam reads them in parallel; the
@@ -92,6 +93,10 @@ def main():
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--work_dir", default="/tmp/beam_prepare_bench")
     ap.add_argument("--skip_single", action="store_true")
+    ap.add_argument("--skip_beam", action="store_true")
+    ap.add_argument("--beam_flag", action="append", default=[],
+                    help="extra `dpsr prepare` flag of the Beam run, e.g. --beam_partition_mb=16")
+    ap.add_argument("--keep", action="store_true", help="keep the two layouts")
     a = ap.parse_args()
     os.makedirs(a.work_dir, exist_ok=True)
     files = _generate(a.work_dir, a.interactions, a.shards)
@@ -101,26 +106,37 @@ def main():
     runs = []
     if not a.skip_single:
         runs.append(("in process", base + [f"--output={a.work_dir}/single"]))
-    runs.append((f"DirectRunner, {a.workers} workers (multi_processing)",
-                 base + [f"--output={a.work_dir}/beam", "--runner=DirectRunner",
-                         f"--beam_option=--direct_num_workers={a.workers}",
-                         "--beam_option=--direct_running_mode=multi_processing"]))
+    if not a.skip_beam:
+        runs.append((f"DirectRunner, {a.workers} workers (multi_processing)",
+                     base + [f"--output={a.work_dir}/beam", "--runner=DirectRunner",
+                             f"--beam_option=--direct_num_workers={a.workers}",
+                             "--beam_option=--direct_running_mode=multi_processing"]
+                     + a.beam_flag))
+    for d in ("single", "beam"):
+        shutil.rmtree(os.path.join(a.work_dir, d), ignore_errors=True)
     mib = 1 << 20
     print("| run | interactions | wall | launcher peak RSS | worker peak RSS (each) | "
-          "tree peak RSS |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "tree peak RSS | load average (start / end) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for name, cmd in runs:
+        load = os.getloadavg()[0]
         r = _run(cmd, env)
+        for line in r["log"].splitlines():
+            if line.startswith("beam: "):
+                print("   ", line, flush=True)
         workers = ", ".join(f"{w / mib:,.0f}" for w in r["others"][:a.workers + 2]) or "-"
         print(f"| {name} | {a.interactions:,} | {r['wall_s']:.0f} s | "
-              f"{r['launcher'] / mib:,.0f} MiB | {workers} MiB | {r['tree'] / mib:,.0f} MiB |",
-              flush=True)
-    if not a.skip_single:
+              f"{r['launcher'] / mib:,.0f} MiB | {workers} MiB | {r['tree'] / mib:,.0f} MiB | "
+              f"{load:.1f} / {os.getloadavg()[0]:.1f} |", flush=True)
+    if not a.skip_single and not a.skip_beam:
         counts = []
         for d in ("single", "beam"):
             with open(os.path.join(a.work_dir, d, "layout.json"), encoding="utf-8") as f:
                 counts.append(json.load(f)["counts"])
         print("same counts and report:", counts[0] == counts[1])
+    if not a.keep:
+        for d in ("single", "beam"):
+            shutil.rmtree(os.path.join(a.work_dir, d), ignore_errors=True)
 
 
 if __name__ == "__main__":

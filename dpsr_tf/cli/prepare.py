@@ -54,6 +54,19 @@ _RUNNER = flags.DEFINE_enum(
 _BEAM_OPTIONS = flags.DEFINE_multi_string(
     "beam_option", [], "A Beam pipeline option for a Beam --runner, repeated, e.g. "
     "--beam_option=--direct_num_workers=2 --beam_option=--direct_running_mode=multi_processing")
+_BEAM_PARTITION_MB = flags.DEFINE_float(
+    "beam_partition_mb", 16.0, "Beam runner: input megabytes per hash partition of the "
+    "intermediates (a worker holds about one partition's rows at a time).")
+_BEAM_PARTITIONS = flags.DEFINE_integer(
+    "beam_partitions", 0, "Beam runner: a fixed number of hash partitions (0 = from "
+    "--beam_partition_mb).")
+_BEAM_RANGE_LINES = flags.DEFINE_integer(
+    "beam_range_lines", 1 << 17, "Beam runner: input lines per position range (row numbering "
+    "sorts one range at a time).")
+_BEAM_TEMP_DIR = flags.DEFINE_string(
+    "beam_temp_dir", None, "Beam runner: directory of the intermediate files, any Beam "
+    "filesystem (gs://, hdfs://, s3://) reachable from every worker; default: inside the "
+    "layout being written (fine for DirectRunner).")
 
 _GRAPH = flags.DEFINE_bool(
     "graph", False, "Also write the click graph of the train split into the layout (graph/: "
@@ -108,7 +121,11 @@ def main(argv):
                 raise flags.ValidationError(
                     f"--runner={_RUNNER.value} needs Apache Beam ({e}); pip install -r "
                     f"requirements.txt") from None
-            beam_lib.prepare_beam(config, _RUNNER.value, _BEAM_OPTIONS.value)
+            settings = beam_lib.BeamSettings(
+                partition_mb=_BEAM_PARTITION_MB.value, partitions=_BEAM_PARTITIONS.value,
+                range_lines=_BEAM_RANGE_LINES.value, temp_dir=_BEAM_TEMP_DIR.value)
+            beam_lib.prepare_beam(config, _RUNNER.value, _BEAM_OPTIONS.value,
+                                  settings=settings)
         if _GRAPH.value:
             from dpsr_tf.data import graph as graph_lib  # pylint: disable=import-outside-toplevel
             graph_lib.build_graph(config.output, graph_lib.GraphConfig(

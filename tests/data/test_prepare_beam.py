@@ -84,6 +84,8 @@ def layouts(inputs, tmp_path_factory):
     beam = _cli(f"--items={items}", f"--users={users}", f"--interactions={interactions}",
                 f"--output={out / 'beam'}", "--history_length=3", "--records_per_shard=500",
                 "--max_reject_fraction=0.5", "--runner=DirectRunner",
+                # Several hash partitions and position ranges, so rows cross partitions.
+                "--beam_partitions=3", "--beam_range_lines=97",
                 *[f"--beam_option={o}" for o in MULTI_PROCESS])
     assert beam.returncode == 0, beam.stderr[-3000:]
     assert "beam: pipeline done" in beam.stdout
@@ -193,8 +195,10 @@ def test_users_from_interactions_and_time_split(tmp_path):
         pseudo_queries=pseudo_lib.PseudoQueryConfig(per_item=0),
         split=split_lib.SplitConfig(method=split_lib.TIME, time_cutoff=45.0))
     single = prepare_lib.prepare(config, log=lambda *_: None)
+    from dpsr_tf.data.beam import BeamSettings  # pylint: disable=import-outside-toplevel
     beam = prepare_beam(dataclasses.replace(config, output=str(tmp_path / "beam")),
-                        "DirectRunner", log=lambda *_: None)
+                        "DirectRunner", log=lambda *_: None,
+                        settings=BeamSettings(partitions=2, range_lines=2))
     assert layout_lib.load_user_table(single).ids == ["u3", "u1", "u9"]
     assert layout_lib.load_user_table(beam).ids == ["u3", "u1", "u9"]
     assert beam.counts == single.counts and beam.num_records == single.num_records
