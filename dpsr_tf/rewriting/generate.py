@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import rewriter_config_pb2
 
 from dpsr_tf.rewriting import decoding
 from dpsr_tf.rewriting import model as model_lib
@@ -66,6 +67,17 @@ class QueryRewrites:
     rewrites: Tuple[Rewrite, ...]
 
 
+def _session_config() -> tf.compat.v1.ConfigProto:
+    """The decoder's session options: grappler's remapper off. With oneDNN on (TensorFlow
+    2.15's default on x86) the remapper, after constant folding of the step graph, aborts the
+    process on some CPUs (this one has AVX-512 VNNI): "libprotobuf FATAL map.h CHECK failed:
+    key not found: value", then SIGSEGV. Its fusions are only a speed-up for this small graph."""
+    rewrite = rewriter_config_pb2.RewriterConfig(
+        remapping=rewriter_config_pb2.RewriterConfig.OFF)
+    return tf.compat.v1.ConfigProto(graph_options=tf.compat.v1.GraphOptions(
+        rewrite_options=rewrite))
+
+
 class Rewriter:
     """A trained rewriter restored into its own graph and session (not thread-safe)."""
 
@@ -85,7 +97,7 @@ class Rewriter:
                 logits = model_lib.translate_logits(self._source, self._prefix, cfg, direction)
                 self._next[direction] = tf.nn.log_softmax(logits[:, -1, :])
             saver = tf.compat.v1.train.Saver()
-            self._session = tf.compat.v1.Session(graph=self._graph)
+            self._session = tf.compat.v1.Session(graph=self._graph, config=_session_config())
             saver.restore(self._session, ckpt)
 
     def _step_fn(self, direction: str, sources: np.ndarray,

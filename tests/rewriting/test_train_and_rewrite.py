@@ -103,3 +103,31 @@ def test_rewrite_cli_writes_a_readable_table(trained, tmp_path):
                           f"--output={out}"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode != 0 and "train-rewriter" in bad.stderr
+
+
+_DEFAULT_SIZE_BEAM_REWRITE = """
+import sys
+from tests.support.tiny_model import prepare_tiny_layout
+from dpsr_tf.rewriting import generate
+from dpsr_tf.rewriting.config import RewriterConfig
+from dpsr_tf.rewriting.train import train_rewriter
+work = sys.argv[1]
+spec = prepare_tiny_layout(work)
+train_rewriter(spec.layout_dir, work + "/rw", RewriterConfig(train_steps=2, batch_size=16),
+               max_units=200, log=lambda _: None)
+rows = generate.Rewriter(work + "/rw").rewrite(
+    ["w17 w203", "brand1 cat0"], generate.DecodeConfig(strategy="beam", num_rewrites=4),
+    log=None)
+print("rewritten", len(rows))
+"""
+
+
+def test_default_size_rewriter_decodes_without_aborting(tmp_path):
+    """The default architecture's step graph made grappler's remapper abort the process under
+    oneDNN on AVX-512 VNNI CPUs (libprotobuf FATAL, SIGSEGV in `make demo`): run it in a child
+    process so an abort fails this test instead of the test worker."""
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", _DEFAULT_SIZE_BEAM_REWRITE, str(tmp_path)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "rewritten 2" in done.stdout
