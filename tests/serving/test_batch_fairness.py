@@ -8,7 +8,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf.demo import server_processes as process
 from tests.support import waiting
-from tests.support.load import PredictLoad
+from tests.support.load import PredictLoad, predict_once
 from tests.support.serving_testing import predict_request
 
 FLOOD_THREADS = 24  # calls the flooding client keeps in flight
@@ -49,13 +49,8 @@ def test_a_client_that_keeps_the_batch_queue_full_does_not_refuse_another(server
                      timeout_s=60) as flood:
         waiting.wait_until(lambda: flood.count("UNAVAILABLE") >= 20,
                            "the flood alone fills the queue", progress=flood.__len__)
-        codes = []
-        for i in range(NORMAL_CALLS):
-            try:
-                normal_stub.Predict(predict_request("dpsr", [f"normal {i}"], k=10), timeout=60)
-                codes.append("OK")
-            except grpc.RpcError as e:
-                codes.append(e.code().name)
+        codes = [predict_once(normal_stub, predict_request("dpsr", [f"normal {i}"], k=10),
+                              60).code for i in range(NORMAL_CALLS)]
         flood_codes_during = flood.codes()
     assert codes == ["OK"] * NORMAL_CALLS
     # The flood alone met a full queue (TF Serving's UNAVAILABLE); beside the normal client

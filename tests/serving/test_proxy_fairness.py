@@ -13,7 +13,7 @@ from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.proxy.peer_limits import BackendGate
 from tests.support import waiting
-from tests.support.load import PredictLoad
+from tests.support.load import PredictLoad, predict_once
 from tests.support.serving_testing import predict_request
 
 SERVER_QUEUE_PER_CLIENT = 8  # the model server's --max_queued_requests_per_client
@@ -55,13 +55,9 @@ def test_a_flood_through_the_proxy_does_not_get_another_clients_calls_refused(se
                      timeout_s=60) as flood:
         waiting.wait_until(lambda: flood.count("RESOURCE_EXHAUSTED") >= 20,
                            "the flood fills its queues", progress=flood.__len__)
-        codes = []
-        for i in range(NORMAL_CALLS):
-            try:
-                normal_stub.Predict(predict_request("dpsr", [f"normal {i}"]), timeout=60)
-                codes.append("OK")
-            except grpc.RpcError as e:
-                codes.append(f"{e.code().name}: {e.details()}")
+        calls = [predict_once(normal_stub, predict_request("dpsr", [f"normal {i}"]), 60)
+                 for i in range(NORMAL_CALLS)]
+        codes = [c.code if c.code == "OK" else f"{c.code}: {c.details}" for c in calls]
         flood_codes = flood.codes()
     assert codes == ["OK"] * NORMAL_CALLS
     assert flood_codes["OK"] > 0

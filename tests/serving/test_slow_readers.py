@@ -8,6 +8,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
+from tests.support.load import predict_once
 from tests.support.raw_http2 import RawHttp2
 from tests.support.server_metrics import (METRICS_PATH, all_placed, metrics, quiet, refused,
                                           runs, value, warm_run_threads)
@@ -69,14 +70,9 @@ def test_zero_window_readers_at_the_default_budgets_leave_memory_bounded(server)
         huge = predict_request("dpsr", [f"case {i}" for i in range(1000)], k=300)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
             server.address, options=[("grpc.max_receive_message_length", 64 << 20)]))
-        codes = []
-        for i in range(10):
-            for req in (request, huge, predict_request("dpsr", [f"drill {i}"], k=10)):
-                try:
-                    stub.Predict(req, timeout=120)
-                    codes.append("OK")
-                except grpc.RpcError as e:
-                    codes.append(e.code().name + " " + e.details()[:150])
+        calls = [predict_once(stub, req, 120) for i in range(10) for req in
+                 (request, huge, predict_request("dpsr", [f"drill {i}"], k=10))]
+        codes = [c.code if c.code == "OK" else f"{c.code} {c.details[:150]}" for c in calls]
         assert codes == ["OK"] * 30
     finally:
         for reader in readers:
