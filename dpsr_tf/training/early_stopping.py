@@ -156,6 +156,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
       eval_input_fn: the eval split's input_fn.
       train: TrainConfig with train_steps = 0 and max_train_steps resolved; its
         save_checkpoints_steps must divide eval_every_steps (each boundary is a checkpoint).
+      log: progress lines.
 
     Returns:
       (the best evaluation's metrics, []), like tf.estimator.train_and_evaluate's
@@ -195,12 +196,10 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
             # and stops training from inside it.
             estimator.train(train_input_fn_for_round(len(history)),
                             max_steps=train.max_train_steps, saving_listeners=[evaluator])
-    decision = evaluator.decision or decide([h[metric] for h in history], patience,
-                                            train.early_stopping_min_delta,
-                                            rule["higher_is_better"])
     if not history:
         raise RuntimeError(f"early stopping: training ended at step "
                            f"{estimator.latest_checkpoint()} with no evaluation recorded")
+    decision = evaluator.decision  # set by every evaluation and by a resumed history
     reason = STOPPED_NO_IMPROVEMENT if decision.stop else STOPPED_MAX_STEPS
     step = history[-1]["global_step"]
     best = history[decision.best_index]
