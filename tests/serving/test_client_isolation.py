@@ -17,9 +17,8 @@ from tests.support import toy_servable as ts
 from tests.support import waiting
 from tests.support.server_metrics import (METRICS_PATH, all_placed as _all_placed,
                                           delta as _delta, metrics as _metrics,
-                                          refused as _refused, runs as _runs,
-                                          settled as _settled, value as _value,
-                                          warm_run_threads as _warm_run_threads)
+                                          open_zero_window_streams, runs as _runs,
+                                          settled as _settled, value as _value)
 from tests.support.serving_testing import predict_request
 
 RUN_THREADS = 8  # the default --num_run_threads
@@ -232,15 +231,9 @@ def test_clients_that_never_read_get_no_more_answers_computed(server):
     stays bounded, and a normal client still gets answers. When they hang up, the waiting
     requests are dropped without running."""
     request = predict_request("dpsr", [f"phone {i}" for i in range(SLOW_ANSWER_ROWS)], k=300)
-    _warm_run_threads(server, request)
-    message = request.SerializeToString()
-    before, refused_before = _runs(server, "dpsr"), _refused(server)
-    rss_before = st.rss_bytes(server.proc.pid)
-    readers = [RawHttp2(server.grpc_port) for _ in range(SLOW_READERS)]
+    readers, before, refused_before, rss_before = open_zero_window_streams(
+        server, request, SLOW_READERS, STREAMS_PER_READER)
     try:
-        for reader in readers:
-            for _ in range(STREAMS_PER_READER):
-                reader.open_predict(message)
         runs = _all_placed(server, "dpsr", before, refused_before,
                            SLOW_READERS * STREAMS_PER_READER)
         held = _value(_metrics(server), "dpsr_serving_unsent_response_bytes")

@@ -9,9 +9,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
 from tests.support.load import predict_once
-from tests.support.raw_http2 import RawHttp2
-from tests.support.server_metrics import (METRICS_PATH, all_placed, metrics, quiet, refused,
-                                          runs, value, warm_run_threads)
+from tests.support.server_metrics import (METRICS_PATH, all_placed, metrics,
+                                          open_zero_window_streams, quiet, value)
 from tests.support.serving_testing import predict_request
 
 SLOW_READERS = 8
@@ -42,15 +41,9 @@ def test_zero_window_readers_at_the_default_budgets_leave_memory_bounded(server)
     # costs ~6x its serialized bytes, and 800 calls in flight ~32 MiB). At 4 MiB / 8 MiB: about
     # 10 MB held, +60-96 MiB.
     request = predict_request("dpsr", [f"phone {i}" for i in range(SLOW_ANSWER_ROWS)], k=300)
-    warm_run_threads(server, request)
-    message = request.SerializeToString()
-    before, refused_before = runs(server, "dpsr"), refused(server)
-    rss_before = st.rss_bytes(server.proc.pid)
-    readers = [RawHttp2(server.grpc_port) for _ in range(SLOW_READERS)]
+    readers, before, refused_before, rss_before = open_zero_window_streams(
+        server, request, SLOW_READERS, STREAMS_PER_READER)
     try:
-        for reader in readers:
-            for _ in range(STREAMS_PER_READER):
-                reader.open_predict(message)
         if server.batching:  # held-back calls wait in the batch queue (no gauge shows it)
             placed = quiet(server, "dpsr")
         else:

@@ -6,6 +6,7 @@ import time
 from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
 from tests.support import waiting
+from tests.support.raw_http2 import RawHttp2
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
 RUN_THREADS = 8  # the default --num_run_threads
@@ -103,3 +104,26 @@ def quiet(srv, model: str, polls: int = 5, poll_s: float = 0.5) -> dict:
 
     return waiting.wait_until(still, f"the calls of {model} to settle",
                               progress=lambda: state["last"], poll_s=poll_s)
+
+
+def open_zero_window_streams(srv, request, connections: int, streams_per_connection: int,
+                             model: str = "dpsr"):
+    """Warms the run threads with `request`, then opens `streams_per_connection` Predict
+    streams of it on each of `connections` raw HTTP/2 connections that never read.
+
+    Returns (readers, runs before, refused before, RSS bytes before); the caller closes the
+    readers (they are closed here if opening fails)."""
+    warm_run_threads(srv, request)
+    message = request.SerializeToString()
+    before, refused_before = runs(srv, model), refused(srv)
+    rss_before = st.rss_bytes(srv.proc.pid)
+    readers = [RawHttp2(srv.grpc_port) for _ in range(connections)]
+    try:
+        for reader in readers:
+            for _ in range(streams_per_connection):
+                reader.open_predict(message)
+    except BaseException:
+        for reader in readers:
+            reader.close()
+        raise
+    return readers, before, refused_before, rss_before
