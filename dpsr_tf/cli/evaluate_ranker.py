@@ -30,7 +30,8 @@ def main(argv):
         data = train_lib.prepare_ranker_data(
             rf.SESSIONS.value, rf.DPSR_MODEL.value or config.dpsr_model_dir,
             rf.DPSR_INDEX.value or config.dpsr_index_dir, rf.MODEL_DIR.value,
-            layout_dir=rf.LAYOUT.value, retrieved_negatives=config.retrieved_negatives)
+            layout_dir=rf.LAYOUT.value, retrieved_negatives=config.retrieved_negatives,
+            retrieval_depth=config.retrieval_depth)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"dpsr evaluate-ranker: {e}") from None
     ev = data.eval_sessions

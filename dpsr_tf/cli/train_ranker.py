@@ -20,8 +20,11 @@ _PAIRS = flags.DEFINE_integer("max_pairs_per_session", 32, "Pairs a session cont
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of pairs, shuffling and initialization.")
 _RETRIEVED = flags.DEFINE_integer(
     "retrieved_negatives", 0, "TRAIN sessions gain this many unshown items of the DPSR top "
-    "100 of their query, labelled below every shown label (what re-ranking the retrieval "
-    "list needs; docs/ranking.md).")
+    "--retrieval_depth of their query, labelled below every shown label (what re-ranking the "
+    "retrieval list needs; docs/ranking.md).")
+_DEPTH = flags.DEFINE_integer(
+    "retrieval_depth", 100, "--retrieved_negatives are drawn from this many of the query's "
+    "DPSR top items: the depth the servable re-ranks (dpsr export --rerank_n).")
 flags.mark_flags_as_required(["sessions_dir", "dpsr_model_dir", "dpsr_index_dir", "model_dir"])
 
 
@@ -36,13 +39,14 @@ def main(argv):
         optimizer=_OPT.value, batch_size=_BATCH.value,
         max_pairs_per_session=_PAIRS.value, seed=_SEED.value,
         dpsr_model_dir=rf.DPSR_MODEL.value, dpsr_index_dir=rf.DPSR_INDEX.value,
-        retrieved_negatives=_RETRIEVED.value)
+        retrieved_negatives=_RETRIEVED.value, retrieval_depth=_DEPTH.value)
     try:
         config.validate()
         data = train_lib.prepare_ranker_data(rf.SESSIONS.value, rf.DPSR_MODEL.value,
                                              rf.DPSR_INDEX.value, rf.MODEL_DIR.value,
                                              layout_dir=rf.LAYOUT.value,
-                                             retrieved_negatives=_RETRIEVED.value)
+                                             retrieved_negatives=_RETRIEVED.value,
+                                             retrieval_depth=_DEPTH.value)
         train_lib.train_ranker(data, rf.MODEL_DIR.value, config, _STEPS.value)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"dpsr train-ranker: {e}") from None

@@ -56,6 +56,9 @@ class RankerConfig:
       dpsr_model_dir, dpsr_index_dir: the retrieval model whose score and rank are features.
       retrieved_negatives: unshown retrieved items added to each TRAIN session
         (train.prepare_ranker_data).
+      retrieval_depth: those items are drawn from the DPSR top `retrieval_depth` of the
+        session's query; set it to the depth the servable re-ranks (`dpsr export --rerank_n`),
+        so training sees the items serving will ask it to order.
     """
 
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=default_tokenizer)
@@ -72,8 +75,11 @@ class RankerConfig:
     dpsr_model_dir: str = ""
     dpsr_index_dir: str = ""
     retrieved_negatives: int = 0
+    retrieval_depth: int = 100
 
     def validate(self):
+        if self.retrieval_depth < 1:
+            raise ValueError(f"retrieval_depth must be >= 1, got {self.retrieval_depth}")
         if self.combiner not in ("sum", "mean", "sqrtn"):
             raise ValueError(f"combiner must be sum, mean or sqrtn, got {self.combiner!r}")
         if self.optimizer not in ("adagrad", "adam"):

@@ -130,3 +130,37 @@ def test_model_server_answers_a_retrieve_rerank_request(ranker):
     np.testing.assert_array_equal(got["item_ids"][0], plain["item_ids"][0, ranks - 1])
     np.testing.assert_allclose(got["retrieval_scores"][0], plain["scores"][0, ranks - 1])
     np.testing.assert_allclose(direct["scores"][0], got["scores"][0], rtol=1e-5, atol=1e-5)
+
+
+def test_retrieved_negatives_come_from_the_top_retrieval_depth(tmp_path, tiny_history_model,
+                                                                tiny_flat_index):
+    """`retrieval_depth` bounds where the unshown negatives come from: with depth 3 every added
+    item is one of the query's 3 best items by the DPSR score (max over heads of the dot product,
+    brute force over the catalog), and none of them was shown in its session."""
+    spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
+    _write_impressions(tiny_history_model.input_files["items"], str(tmp_path / "imp.tsv"))
+    sessions_dir = str(tmp_path / "sessions")
+    sessions_lib.prepare_sessions(spec.layout_dir, str(tmp_path / "imp.tsv"), sessions_dir,
+                                  log=lambda *_: None)
+    shown = sessions_lib.load_sessions(sessions_dir, "train")
+    data = ranker_train.prepare_ranker_data(sessions_dir, model_dir, tiny_flat_index,
+                                            str(tmp_path / "ranker"), retrieved_negatives=2,
+                                            retrieval_depth=3, log=lambda *_: None)
+    heads = ranker_train.query_heads(model_dir, spec, shown.queries)           # [S, m, d]
+    emb = ranker_train.catalog_embeddings_by_row(
+        tiny_flat_index, [line for line in open(os.path.join(
+            spec.layout_dir, "items", "ids.txt"), encoding="utf-8").read().split("\n")[:-1]])
+    table = data.train_sessions
+    assert len(table) == len(shown)
+    added_total = 0
+    for s in range(len(shown)):
+        scores = np.max(heads[s] @ emb.T, axis=0)
+        top3 = set(np.argsort(-scores, kind="stable")[:3].tolist())
+        before = set(shown.candidates(s)[0].tolist())
+        items, labels = table.candidates(s)
+        added = items[len(shown.candidates(s)[0]):].tolist()
+        assert set(labels[len(before):].tolist()) <= {float(shown.labels.min()) - 1.0}
+        assert len(added) == min(2, len(top3 - before))
+        assert set(added) <= top3 - before
+        added_total += len(added)
+    assert added_total >= len(shown)           # most sessions have 2 unshown items in a top 3
