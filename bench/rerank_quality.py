@@ -4,7 +4,9 @@ every test request of a layout (load_eval_set: the dashboard protocol) through
 
     python bench/rerank_quality.py --servable=/models/dpsr/1 --layout_dir=LAYOUT --k=100
 
-Prints JSON {signature: {recall@10, recall@100, ndcg@10, mrr@10, requests}}.
+Prints JSON {signature: {recall@10, recall@100, recall@1000 (those below --k), recall@K,
+ndcg@10, mrr@10, requests}}: with --k=1000 and a servable exported with --rerank_n=1000 the
+re-ranked list's Recall@100 says what re-ranking the whole retrieval list is worth.
 """
 import argparse
 import json
@@ -48,7 +50,9 @@ def main():
     out = {}
     for name, parts in lists.items():
         m = retrieval_metrics(np.concatenate(parts), ev.relevant_splits, ev.relevant_rows,
-                              ev.relevant_gains, recall_ks=(10, args.k))
+                              ev.relevant_gains,
+                              recall_ks=sorted({c for c in (10, 100, 1000) if c < args.k}
+                                               | {args.k}))
         out[name] = {key: round(float(v), 4) for key, v in m.items()}
     print(json.dumps(out))
 
