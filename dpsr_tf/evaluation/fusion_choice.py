@@ -28,7 +28,10 @@ OBJECTIVE = ("recall@100", "recall@1000", "ndcg@10")
 CANDIDATES = (FusionConfig(),) + tuple(
     FusionConfig(rrf_k=rrf_k, lexical_weight=w)
     for rrf_k in (5.0, 20.0, 60.0) for w in (0.25, 0.5, 1.0)
-    if (rrf_k, w) != (FusionConfig().rrf_k, FusionConfig().lexical_weight)) + (
+    if (rrf_k, w) != (FusionConfig().rrf_k, FusionConfig().lexical_weight)) + tuple(
+    # The min-max score blend: where the scores carry more than the ranks (Home Depot's
+    # chosen fusion, docs/results.md "Home Depot with today's defaults").
+    FusionConfig(rule="blend", lexical_weight=w) for w in (0.5, 1.0)) + (
     FusionConfig(lexical_weight=0.0),                    # dense only
     FusionConfig(dense_weight=0.0, lexical_weight=1.0))  # lexical only
 

@@ -55,7 +55,9 @@ def test_choice_is_never_below_either_list(dense_quality, lexical_quality):
     best_single = max(_score(dense[1], eval_set), _score(lexical[1], eval_set))
     assert choice.score >= best_single - 1e-12
     assert choice.score == max(c["score"] for c in choice.candidates)
-    assert len(choice.candidates) == len(fusion_choice.CANDIDATES)
+    assert len(choice.candidates) == len(fusion_choice.CANDIDATES) == 13
+    assert {FusionConfig.from_json(c["fusion"]).rule for c in choice.candidates} == {
+        "rrf", "blend"}
     by_name = {fusion_choice.describe(FusionConfig.from_json(c["fusion"])): c
                for c in choice.candidates}
     # The single-list candidates reproduce the raw lists' scores exactly.
