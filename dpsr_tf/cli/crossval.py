@@ -39,6 +39,9 @@ _HYBRID = flags.DEFINE_bool(
     "evaluate the served dense ranking (dpsr_served), the lexical index (lexical) and the "
     "served hybrid, whose fusion for fold F is chosen on the other folds' held-out requests. "
     "May be added to a finished run: its models are reused.")
+_PAIRED_SAMPLES = flags.DEFINE_integer(
+    "paired_samples", 10000, "Bootstrap resamples and random sign flips of each pooled paired "
+    "test (the smallest reportable p is about 1 / this); fewer is faster on many requests.")
 _NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Evaluation: random items per clicked "
                                    "pair (Top-k).")
 _EVAL_SEED = flags.DEFINE_integer("eval_seed", 0, "Evaluation: seed of the random items.")
@@ -80,7 +83,9 @@ def main(argv):
     quiet_tf_logging()
     try:
         config = config_from_flags()
-        crossval_lib.run(config)
+        if _PAIRED_SAMPLES.value < 1:
+            raise flags.ValidationError(f"--paired_samples={_PAIRED_SAMPLES.value}: must be >= 1")
+        crossval_lib.run(config, paired_samples=_PAIRED_SAMPLES.value)
     except (schema.SchemaError, ValueError, OSError, flags.Error) as e:
         print(f"dpsr crossval: error: {e}", file=sys.stderr)
         sys.exit(1)

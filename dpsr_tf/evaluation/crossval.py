@@ -156,8 +156,15 @@ def format_table(summary: Dict[str, Dict[str, dict]],
     return "\n".join(lines)
 
 
-def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
+def run(config: CrossvalConfig, log: Callable[[str], None] = print,
+        paired_samples: int = 10000) -> dict:
     """Runs every fold (prepare, train, evaluate) and writes the per-fold and summary JSON.
+
+    Args:
+      paired_samples: bootstrap resamples and random sign flips of each pooled paired test
+        (paired.paired_test's num_samples; the smallest p it can report is about 1 / this).
+        Not a recorded setting (summary.json notes it): each test over 40k pooled requests
+        took ~2 min at 10,000 on a loaded 2-core host.
 
     Returns:
       The summary dict written to <output>/summary.json: "folds", "rule", per-fold
@@ -185,7 +192,8 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
         names = ("dpsr", hybrid_lib.SERVED, hybrid_lib.LEXICAL, "bm25", hybrid_lib.HYBRID)
     systems = summarize_folds([{k: m[k] for k in names if k in m} for m in fold_metrics])
     pairs = hybrid_lib.pairs(config.bm25) if config.hybrid else None
-    paired = pooled_comparisons(fold_metrics, seed=config.evaluation.seed, pairs=pairs)
+    paired = pooled_comparisons(fold_metrics, seed=config.evaluation.seed, pairs=pairs,
+                                num_samples=paired_samples)
     summary = {
         "folds": config.folds,
         "rule": f"fold F: eval iff int(md5(query.encode('utf-8')).hexdigest(), 16) % "
@@ -195,6 +203,7 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
         "std": "sample standard deviation over folds (ddof=1)",
         "systems": systems,
         "paired": [c.to_json() for c in paired],
+        "paired_samples": paired_samples,
     }
     if hybrid is not None:
         summary["hybrid"] = hybrid
@@ -241,8 +250,8 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
 
 
 def pooled_comparisons(fold_metrics: List[dict], seed: int = 0,
-                       pairs: Optional[List[Tuple[str, str]]] = None
-                       ) -> List[paired_lib.PairedResult]:
+                       pairs: Optional[List[Tuple[str, str]]] = None,
+                       num_samples: int = 10000) -> List[paired_lib.PairedResult]:
     """Paired comparisons of the systems over the held-out requests of all folds together.
 
     Each fold's metrics carry PER_QUERY ({system: {metric: [values]}}); the folds' requests
@@ -266,9 +275,9 @@ def pooled_comparisons(fold_metrics: List[dict], seed: int = 0,
     if len(pooled) < 2:
         return []
     if pairs is None:
-        return paired_lib.compare_systems(pooled, seed=seed)
+        return paired_lib.compare_systems(pooled, seed=seed, num_samples=num_samples)
     return [paired_lib.paired_test(pooled[a][metric], pooled[b][metric], metric, a, b,
-                                   seed=seed)
+                                   num_samples=num_samples, seed=seed)
             for metric in paired_lib.DEFAULT_METRICS for a, b in pairs
             if a in pooled and b in pooled and metric in pooled[a] and metric in pooled[b]]
 

@@ -9,7 +9,7 @@ import pytest
 
 from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
 from dpsr_tf.evaluation import fusion_choice
-from dpsr_tf.search.fusion import FusionConfig
+from dpsr_tf.search.fusion import FusionConfig, fuse_np
 from tests.support.fusion_reference import metrics_by_hand, rrf_by_hand
 
 EvalSet = collections.namedtuple("EvalSet", "relevant_splits relevant_rows relevant_gains")
@@ -136,12 +136,36 @@ def test_lists_round_trip_and_candidate_cache(tmp_path):
     again = hybrid_lib.cached_candidate_metrics(str(tmp_path), fusion_choice.CANDIDATES,
                                                 RECALL_KS)
     direct = hybrid_lib.candidate_metrics(lists, fusion_choice.CANDIDATES, RECALL_KS)
-    for a, b, c in zip(first, again, direct):
+    chunked = hybrid_lib.candidate_metrics(lists, fusion_choice.CANDIDATES, RECALL_KS, chunk=5)
+    for a, b, c, d in zip(first, again, direct, chunked):
         for metric in c:
             assert np.array_equal(a[metric], c[metric]) and np.array_equal(b[metric], c[metric])
+            assert np.array_equal(d[metric], c[metric])
 
 
 def test_a_candidate_with_its_own_lexical_list_is_refused():
     lists, _, _ = _fold(np.random.RandomState(5), 4, 0.5, 0.5)
     with pytest.raises(ValueError, match="lexical_k=50"):
         hybrid_lib.candidate_metrics(lists, [FusionConfig(lexical_k=50)], RECALL_KS)
+
+
+@pytest.mark.parametrize("candidate", list(fusion_choice.CANDIDATES) + [
+    FusionConfig(rule="blend", lexical_weight=0.7)])
+def test_vectorized_fusion_equals_fuse_np(candidate):
+    rng = np.random.RandomState(17)
+    q, kd, kl = 60, 25, 20
+    # Overlapping lists from a small catalog, tied scores, -1 padding, a repeated item.
+    dense_rows = np.stack([rng.permutation(40)[:kd] for _ in range(q)]).astype(np.int64)
+    lexical_rows = np.stack([rng.permutation(40)[:kl] for _ in range(q)]).astype(np.int64)
+    dense_scores = -np.sort(-np.round(rng.rand(q, kd) * 6), axis=1).astype(np.float32)
+    lexical_scores = -np.sort(-np.round(rng.rand(q, kl) * 3), axis=1).astype(np.float32)
+    dense_rows[:5, -7:] = -1
+    dense_scores[:5, -7:] = -np.inf
+    lexical_rows[5:12, -12:] = -1
+    lexical_rows[12] = -1
+    lexical_rows[13, 3] = lexical_rows[13, 1]     # an item twice in one list
+    for k in (10, 30, kd + kl + 5):
+        got = hybrid_lib.fused_rows(dense_scores, dense_rows, lexical_scores, lexical_rows, k,
+                                    candidate)
+        want = fuse_np(dense_scores, dense_rows, lexical_scores, lexical_rows, k, candidate)[1]
+        np.testing.assert_array_equal(got, want)
