@@ -3,15 +3,23 @@ against independent references: fold F's fusion is the one fusion_choice.choose_
 the other folds' lists (never on fold F's), and the hybrid's per-request metrics equal a
 reciprocal rank fusion and recall / nDCG written out here in NumPy."""
 import collections
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
 from dpsr_tf.evaluation import fusion_choice
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from tests.support import waiting
 from tests.support.fusion_reference import metrics_by_hand, rrf_by_hand
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EvalSet = collections.namedtuple("EvalSet", "relevant_splits relevant_rows relevant_gains")
 NUM_ITEMS = 120
 K = 30
@@ -169,3 +177,24 @@ def test_vectorized_fusion_equals_fuse_np(candidate):
                                     candidate)
         want = fuse_np(dense_scores, dense_rows, lexical_scores, lexical_rows, k, candidate)[1]
         np.testing.assert_array_equal(got, want)
+
+
+def test_fold_index_is_built_with_dpsr_index_defaults():
+    # The flags' defaults, read in a fresh process (dpsr index's flags would clash here).
+    code = ("import json; from absl import flags; from dpsr_tf.cli import index; "
+            "F = flags.FLAGS; print(json.dumps({n: F[n].default for n in ('index_factory', "
+            "'num_shards', 'train_size', 'seed', 'nprobe', 'ef_search', 'refine_k_factor', "
+            "'lexical', 'lexical_features', 'lexical_fields', 'bm25_k1', 'bm25_b')}))")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=True)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    build = IndexBuildConfig(**hybrid_lib.INDEX_BUILD)
+    assert (build.factory, build.num_shards, build.train_size, build.seed, build.nprobe,
+            build.ef_search, build.refine_k_factor) == (
+        got["index_factory"], got["num_shards"], got["train_size"], got["seed"], got["nprobe"],
+        got["ef_search"], got["refine_k_factor"])
+    lexical = LexicalConfig()
+    assert got["lexical"] is True
+    assert (list(lexical.features), lexical.fields, lexical.k1, lexical.b) == (
+        got["lexical_features"], got["lexical_fields"], got["bm25_k1"], got["bm25_b"])
