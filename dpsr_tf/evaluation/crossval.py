@@ -148,11 +148,12 @@ def format_table(summary: Dict[str, Dict[str, dict]],
     """The summary as a text table: one row per system, `mean ± std` per metric."""
     shown = [m for m in metrics if any(m in s for s in summary.values())]
     width = 17
-    lines = ["system  " + "".join(f"{m:>{width}}" for m in shown)]
+    name = max([8] + [len(system) + 1 for system in summary])
+    lines = [f"{'system':<{name}}" + "".join(f"{m:>{width}}" for m in shown)]
     for system, values in summary.items():
         cells = "".join(f"{values[m]['mean']:>{width - 9}.4f} ± {values[m]['std']:.4f}"
                         if m in values else f"{'-':>{width}}" for m in shown)
-        lines.append(f"{system:<8}{cells}")
+        lines.append(f"{system:<{name}}{cells}")
     return "\n".join(lines)
 
 
