@@ -193,7 +193,11 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
         names = ("dpsr", hybrid_lib.SERVED, hybrid_lib.LEXICAL, "bm25", hybrid_lib.HYBRID)
     systems = summarize_folds([{k: m[k] for k in names if k in m} for m in fold_metrics])
     pairs = hybrid_lib.pairs(config.bm25) if config.hybrid else None
-    paired = pooled_comparisons(fold_metrics, seed=config.evaluation.seed, pairs=pairs,
+    # Without --hybrid only dpsr and bm25 are compared, even in folds a --hybrid run extended.
+    paired = pooled_comparisons([dict(m, **{PER_QUERY: {k: v for k, v in m[PER_QUERY].items()
+                                                        if k in names}})
+                                 if PER_QUERY in m else m for m in fold_metrics],
+                                seed=config.evaluation.seed, pairs=pairs,
                                 num_samples=paired_samples)
     summary = {
         "folds": config.folds,

@@ -259,3 +259,10 @@ def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid
     want_pair = paired_lib.paired_test(pooled["hybrid"], pooled["dpsr_served"], "recall@100",
                                        "hybrid", "dpsr_served")
     assert got[("recall@100", "hybrid", "dpsr_served")] == want_pair.to_json()
+
+
+def test_a_run_without_hybrid_after_it_compares_dpsr_and_bm25_only(hybrid_folds):
+    config, _, _ = hybrid_folds
+    summary = crossval_lib.run(dataclasses.replace(config, hybrid=False), log=lambda _: None)
+    assert set(summary["systems"]) == {"dpsr", "bm25"} and "hybrid" not in summary
+    assert {(c["a"], c["b"]) for c in summary["paired"]} == {("dpsr", "bm25")}
