@@ -1,13 +1,15 @@
 """dpsr crossval: N-fold cross-validation over query-hash folds (prepare, train, evaluate each).
 
   dpsr crossval --items=items.tsv [--users=users.tsv] --interactions=interactions.tsv \
-      --output=DIR --folds=5 [--max_train_queries=150] [--bm25] [tokenizer flags] \
+      --output=DIR --folds=5 [--max_train_queries=150] [--bm25] [--hybrid] [tokenizer flags] \
       [--flagfile=train.flags] [any dpsr train flag, e.g. --train_steps=3000 --loss=softmax]
 
 Fold F holds out the queries whose md5 % N == F (`dpsr prepare --split_fold=F
 --split_modulus=N`); every fold trains the same model from the same flags. Writes
 DIR/fold_F/{layout,model,metrics.json}, DIR/summary.json (mean and std per metric per system)
-and prints a table. Rerunning the same command resumes: finished folds are reused.
+and prints a table. Rerunning the same command resumes: finished folds are reused. --hybrid adds
+DIR/fold_F/{index,hybrid_lists.npz,fusion_candidates.npz,hybrid.json} and the systems
+dpsr_served, lexical and hybrid (evaluation/crossval_hybrid.py).
 """
 import os
 import sys
@@ -32,6 +34,14 @@ _MAX_TRAIN_QUERIES = flags.DEFINE_integer(
 _PREPARE_SEED = flags.DEFINE_integer("prepare_seed", 0, "Seed of prepare: the train records' "
                                      "order and the --max_train_queries choice.")
 _BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on every fold.")
+_HYBRID = flags.DEFINE_bool(
+    "hybrid", False, "Also build every fold's index as `dpsr index` does (FAISS + lexical) and "
+    "evaluate the served dense ranking (dpsr_served), the lexical index (lexical) and the "
+    "served hybrid, whose fusion for fold F is chosen on the other folds' held-out requests. "
+    "May be added to a finished run: its models are reused.")
+_PAIRED_SAMPLES = flags.DEFINE_integer(
+    "paired_samples", 10000, "Bootstrap resamples and random sign flips of each pooled paired "
+    "test (the smallest reportable p is about 1 / this); fewer is faster on many requests.")
 _NUM_RANDOM = flags.DEFINE_integer("num_random", 1024, "Evaluation: random items per clicked "
                                    "pair (Top-k).")
 _EVAL_SEED = flags.DEFINE_integer("eval_seed", 0, "Evaluation: seed of the random items.")
@@ -63,7 +73,7 @@ def config_from_flags():
         train=training_flags.train_config_from_flags(),
         evaluation=evaluate_lib.EvalConfig(min_gain=_MIN_GAIN.value,
                                            num_random=_NUM_RANDOM.value, seed=_EVAL_SEED.value),
-        bm25=_BM25.value)
+        bm25=_BM25.value, hybrid=_HYBRID.value)
 
 
 def main(argv):
@@ -73,7 +83,9 @@ def main(argv):
     quiet_tf_logging()
     try:
         config = config_from_flags()
-        crossval_lib.run(config)
+        if _PAIRED_SAMPLES.value < 1:
+            raise flags.ValidationError(f"--paired_samples={_PAIRED_SAMPLES.value}: must be >= 1")
+        crossval_lib.run(config, paired_samples=_PAIRED_SAMPLES.value)
     except (schema.SchemaError, ValueError, OSError, flags.Error) as e:
         print(f"dpsr crossval: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -20,13 +20,14 @@ import math
 import os
 import shutil
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from dpsr_tf import config_json
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
+from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import per_query as per_query_lib
@@ -36,6 +37,7 @@ from dpsr_tf.training.config import TrainConfig
 CONFIG_JSON = "crossval_config.json"
 SUMMARY_JSON = "summary.json"
 METRICS_JSON = "metrics.json"
+HYBRID_JSON = "hybrid.json"
 TABLE_METRICS = ("recall@10", "recall@100", "recall@1000", "ndcg@10", "mrr@10", "top@1",
                  "top@10", "auc")
 # A fold's per-request metrics in its metrics.json: {system: {metric: [values]}}.
@@ -58,6 +60,11 @@ class CrossvalConfig:
       train: template of every fold's training: layout_dir and model_dir are set per fold.
       evaluation: how each fold is evaluated (split "eval": the fold's held-out queries).
       bm25: also evaluate BM25 on each fold.
+      hybrid: also build each fold's index as `dpsr index` does and evaluate the served dense
+        ranking, the build's lexical (BM25) index and their fusion, with the fusion of fold F
+        chosen on the other folds' held-out requests (evaluation/crossval_hybrid.py). Not part
+        of the recorded settings (to_dict): adding it to a finished run adds the hybrid stage to
+        its folds and reuses their models.
     """
 
     output: str
@@ -67,6 +74,7 @@ class CrossvalConfig:
     folds: int = 5
     evaluation: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig()
     bm25: bool = False
+    hybrid: bool = False
 
     def __post_init__(self):
         if self.folds < 2:
@@ -102,6 +110,7 @@ class CrossvalConfig:
         data["prepare"]["split"].pop("fold")
         data["train"].pop("layout_dir")
         data["train"].pop("model_dir")
+        data.pop("hybrid")      # an evaluation stage on top of the same folds
         data["output"] = os.path.abspath(self.output)
         return data
 
@@ -139,16 +148,24 @@ def format_table(summary: Dict[str, Dict[str, dict]],
     """The summary as a text table: one row per system, `mean ± std` per metric."""
     shown = [m for m in metrics if any(m in s for s in summary.values())]
     width = 17
-    lines = ["system  " + "".join(f"{m:>{width}}" for m in shown)]
+    name = max([8] + [len(system) + 1 for system in summary])
+    lines = [f"{'system':<{name}}" + "".join(f"{m:>{width}}" for m in shown)]
     for system, values in summary.items():
         cells = "".join(f"{values[m]['mean']:>{width - 9}.4f} ± {values[m]['std']:.4f}"
                         if m in values else f"{'-':>{width}}" for m in shown)
-        lines.append(f"{system:<8}{cells}")
+        lines.append(f"{system:<{name}}{cells}")
     return "\n".join(lines)
 
 
-def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
+def run(config: CrossvalConfig, log: Callable[[str], None] = print,
+        paired_samples: int = 10000) -> dict:
     """Runs every fold (prepare, train, evaluate) and writes the per-fold and summary JSON.
+
+    Args:
+      paired_samples: bootstrap resamples and random sign flips of each pooled paired test
+        (paired.paired_test's num_samples; the smallest p it can report is about 1 / this).
+        Not a recorded setting (summary.json notes it): each test over 40k pooled requests
+        took ~2 min at 10,000 on a loaded 2-core host.
 
     Returns:
       The summary dict written to <output>/summary.json: "folds", "rule", per-fold
@@ -169,9 +186,19 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
     fold_metrics = []
     for fold in range(config.folds):
         fold_metrics.append(_run_fold(config, fold, log))
-    systems = summarize_folds([{k: v for k, v in m.items() if k in ("dpsr", "bm25")}
-                               for m in fold_metrics])
-    paired = pooled_comparisons(fold_metrics, seed=config.evaluation.seed)
+    names = ("dpsr", "bm25")
+    hybrid = None
+    if config.hybrid:
+        hybrid = _hybrid_summary(config, fold_metrics, log)
+        names = ("dpsr", hybrid_lib.SERVED, hybrid_lib.LEXICAL, "bm25", hybrid_lib.HYBRID)
+    systems = summarize_folds([{k: m[k] for k in names if k in m} for m in fold_metrics])
+    pairs = hybrid_lib.pairs(config.bm25) if config.hybrid else None
+    # Without --hybrid only dpsr and bm25 are compared, even in folds a --hybrid run extended.
+    paired = pooled_comparisons([dict(m, **{PER_QUERY: {k: v for k, v in m[PER_QUERY].items()
+                                                        if k in names}})
+                                 if PER_QUERY in m else m for m in fold_metrics],
+                                seed=config.evaluation.seed, pairs=pairs,
+                                num_samples=paired_samples)
     summary = {
         "folds": config.folds,
         "rule": f"fold F: eval iff int(md5(query.encode('utf-8')).hexdigest(), 16) % "
@@ -181,23 +208,64 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print) -> dict:
         "std": "sample standard deviation over folds (ddof=1)",
         "systems": systems,
         "paired": [c.to_json() for c in paired],
-        "seconds": round(time.monotonic() - start, 1),
+        "paired_samples": paired_samples,
     }
+    if hybrid is not None:
+        summary["hybrid"] = hybrid
+    summary["seconds"] = round(time.monotonic() - start, 1)
     _write_json(os.path.join(output, SUMMARY_JSON), summary)
+    extra = ""
+    if hybrid is not None:
+        extra = "".join(f"\n  fold {f}: fusion {c} (chosen on the other folds); on its own "
+                        f"requests it would choose {s}"
+                        for f, (c, s) in enumerate(zip(hybrid["fusion_names"],
+                                                       hybrid["self_chosen_names"])))
+        extra += (f"\n{hybrid_lib.SELF_CHOSEN} (optimistic: each fold's fusion chosen on its own "
+                  f"held-out requests):\n" + format_table(hybrid["self_chosen_systems"]))
     log(f"crossval: {config.folds} folds in {summary['seconds']:.0f} s; mean ± std over folds "
         f"(ddof=1):\n{format_table(systems)}"
-        + "".join(f"\n  {c.line()}" for c in paired)
+        + "".join(f"\n  {c.line()}" for c in paired) + extra
         + f"\nwrote {os.path.join(output, SUMMARY_JSON)}")
     return summary
 
 
-def pooled_comparisons(fold_metrics: List[dict], seed: int = 0
-                       ) -> List[paired_lib.PairedResult]:
+def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
+                    log: Callable[[str], None]) -> dict:
+    """Cross-fits the fusion (crossval_hybrid.summarize), writes fold_F/HYBRID_JSON, and adds
+    each fold's "hybrid" metrics and per-request values to its in-memory metrics."""
+    fold_dirs = [config.fold_dir(f) for f in range(config.folds)]
+    per_fold = hybrid_lib.summarize(fold_dirs, config.evaluation.recall_ks, log=log)
+    for fold, (metrics, result) in enumerate(zip(fold_metrics, per_fold)):
+        _write_json(os.path.join(fold_dirs[fold], HYBRID_JSON), result)
+        metrics[hybrid_lib.HYBRID] = result[hybrid_lib.HYBRID]
+        metrics[PER_QUERY][hybrid_lib.HYBRID] = result["per_query"][hybrid_lib.HYBRID]
+    return {
+        "fusion_rule": "fold F's fusion is the best of fusion_choice.CANDIDATES by the mean of "
+                       f"{list(per_fold[0]['objective'])} over the pooled held-out requests "
+                       "of the other folds",
+        "fold_files": [os.path.join(f"fold_{f}", HYBRID_JSON) for f in range(config.folds)],
+        "fusions": [r["fusion"] for r in per_fold],
+        "fusion_names": [r["fusion_name"] for r in per_fold],
+        "self_chosen_note": "optimistic: each fold's fusion chosen on its own held-out requests",
+        "self_chosen_names": [r["self_chosen"]["fusion_name"] for r in per_fold],
+        "self_chosen_systems": summarize_folds(
+            [{hybrid_lib.SELF_CHOSEN: r["self_chosen"][hybrid_lib.SELF_CHOSEN]}
+             for r in per_fold]),
+    }
+
+
+def pooled_comparisons(fold_metrics: List[dict], seed: int = 0,
+                       pairs: Optional[List[Tuple[str, str]]] = None,
+                       num_samples: int = 10000) -> List[paired_lib.PairedResult]:
     """Paired comparisons of the systems over the held-out requests of all folds together.
 
     Each fold's metrics carry PER_QUERY ({system: {metric: [values]}}); the folds' requests
     are disjoint, so concatenating them gives every held-out request once. Folds written
     before per-query results existed have none: then nothing is compared.
+
+    Args:
+      pairs: (a, b) systems to compare (a - b), metric by metric (paired.DEFAULT_METRICS);
+        None = every pair of the systems (paired.compare_systems).
     """
     if not fold_metrics or not all(PER_QUERY in m for m in fold_metrics):
         return []
@@ -211,7 +279,12 @@ def pooled_comparisons(fold_metrics: List[dict], seed: int = 0
                           for name in sorted(metrics)}
     if len(pooled) < 2:
         return []
-    return paired_lib.compare_systems(pooled, seed=seed)
+    if pairs is None:
+        return paired_lib.compare_systems(pooled, seed=seed, num_samples=num_samples)
+    return [paired_lib.paired_test(pooled[a][metric], pooled[b][metric], metric, a, b,
+                                   num_samples=num_samples, seed=seed)
+            for metric in paired_lib.DEFAULT_METRICS for a, b in pairs
+            if a in pooled and b in pooled and metric in pooled[a] and metric in pooled[b]]
 
 
 def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> dict:
@@ -222,6 +295,9 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
         log(f"{tag}: done earlier, reusing {metrics_path}")
+        if config.hybrid and not _has_hybrid_stage(fold_dir, metrics):
+            _hybrid_stage(config, fold, metrics, tag, log)
+            _write_json(metrics_path, metrics)
         return metrics
     os.makedirs(fold_dir, exist_ok=True)
 
@@ -267,7 +343,39 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
             log(f"{tag}: {system:5s} " + "  ".join(
                 f"{k}={metrics[system][k]:.4f}" for k in TABLE_METRICS if k in metrics[system]))
     _write_json(metrics_path, metrics)
+    if config.hybrid:
+        _hybrid_stage(config, fold, metrics, tag, log)
+        _write_json(metrics_path, metrics)
     return metrics
+
+
+def _has_hybrid_stage(fold_dir: str, metrics: dict) -> bool:
+    return (hybrid_lib.SERVED in metrics and hybrid_lib.LEXICAL in metrics
+            and os.path.isfile(os.path.join(fold_dir, hybrid_lib.LISTS_FILE)))
+
+
+def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
+                  log: Callable[[str], None]) -> None:
+    """Index, served dense and lexical evaluation and the lists of one fold (into `metrics`)."""
+    t = time.monotonic()
+    fold_dir = config.fold_dir(fold)
+    log(f"{tag}: building {os.path.join(fold_dir, hybrid_lib.INDEX_DIR)} as `dpsr index` does "
+        f"and evaluating the served dense and lexical lists")
+    results, per_request = hybrid_lib.evaluate_fold(
+        metrics["model_dir"], metrics["layout_dir"], fold_dir, config.evaluation,
+        metrics["dpsr"], log=lambda _: None)
+    for system, values in per_request.items():
+        want = metrics["dpsr"]["requests"]
+        if len(next(iter(values.values()))) != want:
+            raise ValueError(f"{tag}: {system} was evaluated on "
+                             f"{len(next(iter(values.values())))} requests, dpsr on {want}")
+    metrics.update(results)
+    metrics[PER_QUERY].update({system: {name: np.asarray(v).tolist() for name, v in arrays.items()}
+                               for system, arrays in per_request.items()})
+    for system in (hybrid_lib.SERVED, hybrid_lib.LEXICAL):
+        log(f"{tag}: {system} " + "  ".join(
+            f"{k}={metrics[system][k]:.4f}" for k in TABLE_METRICS if k in metrics[system]))
+    log(f"{tag}: hybrid stage in {time.monotonic() - t:.1f} s")
 
 
 def _claim_output(output: str, config_dict: dict) -> None:

@@ -10,7 +10,8 @@ chosen fusion is never below the better of the two lists by the objective.
 
 The choice is made on the same split that `dpsr evaluate` reports, so the hybrid's numbers
 there are slightly optimistic (one of CANDIDATES picked on them); cross-validation
-(`dpsr crossval`) or a second layout of held-out queries measures it without that bias.
+(`dpsr crossval --hybrid`, which chooses each fold's fusion on the other folds) or a second
+layout of held-out queries measures it without that bias.
 """
 import dataclasses
 from typing import Callable, Dict, List, Optional, Sequence

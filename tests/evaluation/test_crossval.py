@@ -1,6 +1,10 @@
 """`dpsr crossval` on a tiny seeded catalog: 2 query-hash folds prepared, trained (20 steps) and
 evaluated (DPSR and BM25); the summary's mean/std equal numpy over the per-fold metrics; a rerun
-resumes; other settings into the same directory are refused."""
+resumes; other settings into the same directory are refused. With --hybrid added to the same
+folds: each fold's index, served dense / lexical lists and the hybrid fused with the fusion the
+other fold chooses, checked against fusion_choice.choose_fusion and a NumPy RRF."""
+import collections
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,14 +17,19 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.evaluation import crossval as crossval_lib
+from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
+from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.search.fusion import FusionConfig
+from tests.support.fusion_reference import metrics_by_hand, rrf_by_hand, split_relevance
 from tests.support.tiny_model import write_tiny_dataset
 from dpsr_tf.tokenization import TokenizerConfig
 from dpsr_tf.training.config import TrainConfig
 from tests.support import waiting
 
+_EvalSet = collections.namedtuple("EvalSet", "relevant_splits relevant_rows relevant_gains")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
                     item_hidden_units=(32,), query_hidden_units=(32,), query_projection_dim=16,
@@ -167,3 +176,93 @@ def test_cli_rejects_one_fold(tiny_paths, tmp_path):
          "--folds=1"], env=env, capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=False)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "dpsr crossval: error: --folds=1: must be >= 2" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def hybrid_folds(two_folds):
+    """The same 2 trained folds with --hybrid added: the models are reused, each fold gets its
+    index, served dense / lexical evaluation and lists, and the fusion is cross-fitted."""
+    config, _, _ = two_folds
+    config = dataclasses.replace(config, hybrid=True)
+    lines = []
+    summary = crossval_lib.run(config, log=lines.append)
+    return config, summary, lines
+
+
+def test_hybrid_writes_the_fold_files_and_the_systems(hybrid_folds):
+    config, summary, lines = hybrid_folds
+    assert sum("done earlier, reusing" in line for line in lines) == 2   # no retraining
+    for fold in range(2):
+        fold_dir = os.path.join(config.output, f"fold_{fold}")
+        for name in ("index/manifest.json", hybrid_lib.LISTS_FILE, hybrid_lib.CANDIDATES_FILE,
+                     crossval_lib.HYBRID_JSON):
+            assert os.path.isfile(os.path.join(fold_dir, name)), name
+        with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        assert {"dpsr", "bm25", "dpsr_served", "lexical"} <= set(metrics[crossval_lib.PER_QUERY])
+    assert list(summary["systems"]) == ["dpsr", "dpsr_served", "lexical", "bm25", "hybrid"]
+    compared = {(c["metric"], c["a"], c["b"]) for c in summary["paired"]}
+    for metric in paired_lib.DEFAULT_METRICS:
+        for pair in (("hybrid", "dpsr_served"), ("hybrid", "lexical"),
+                     ("dpsr_served", "lexical"), ("hybrid", "bm25")):
+            assert (metric, *pair) in compared
+    assert len(summary["hybrid"]["fusions"]) == 2
+    assert "hybrid_self_chosen" in summary["hybrid"]["self_chosen_systems"]
+    text = "\n".join(lines)
+    assert "(chosen on the other folds)" in text and "optimistic" in text
+
+
+def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid_folds):
+    config, summary, _ = hybrid_folds
+    recall_ks = config.evaluation.recall_ks
+    lists = [hybrid_lib.FoldLists.load(os.path.join(config.output, f"fold_{f}",
+                                                    hybrid_lib.LISTS_FILE)) for f in range(2)]
+    pooled = {"hybrid": [], "dpsr_served": []}
+    for fold in range(2):
+        other = lists[1 - fold]
+        # Reference choice: the export-time chooser on the other fold's lists alone.
+        want = fusion_choice.choose_fusion(
+            other.dense_scores, other.dense_rows, lambda cfg, o=other: (o.lexical_scores,
+                                                                        o.lexical_rows),
+            _EvalSet(other.relevant_splits, other.relevant_rows, other.relevant_gains),
+            other.k)
+        with open(os.path.join(config.output, f"fold_{fold}", crossval_lib.HYBRID_JSON),
+                  encoding="utf-8") as f:
+            result = json.load(f)
+        assert FusionConfig.from_json(result["fusion"]) == want.config
+        assert summary["hybrid"]["fusions"][fold] == want.config.to_json()
+        # Reference metrics: this fold's lists fused by hand with that fusion.
+        own = lists[fold]
+        cfg = want.config
+        fused = rrf_by_hand(own.dense_scores, own.dense_rows, own.lexical_scores,
+                            own.lexical_rows, own.k, cfg.rrf_k, cfg.dense_weight,
+                            cfg.lexical_weight)
+        rel, gains = split_relevance(own.relevant_splits, own.relevant_rows,
+                                     own.relevant_gains)
+        by_hand = metrics_by_hand(fused, rel, gains, recall_ks)
+        for metric, values in by_hand.items():
+            np.testing.assert_allclose(result["per_query"]["hybrid"][metric], values,
+                                       rtol=1e-12, atol=1e-12)
+            assert summary["systems"]["hybrid"][metric]["values"][fold] == pytest.approx(
+                values.mean(), rel=1e-12)
+        with open(os.path.join(config.output, f"fold_{fold}", "metrics.json"),
+                  encoding="utf-8") as f:
+            metrics = json.load(f)
+        # The served dense per-request metrics are those of the kept dense lists.
+        served = metrics_by_hand(own.dense_rows, rel, gains, recall_ks)
+        for metric, values in served.items():
+            np.testing.assert_allclose(metrics[crossval_lib.PER_QUERY]["dpsr_served"][metric],
+                                       values, rtol=1e-12, atol=1e-12)
+        pooled["hybrid"].extend(by_hand["recall@100"].tolist())
+        pooled["dpsr_served"].extend(served["recall@100"].tolist())
+    got = {(c["metric"], c["a"], c["b"]): c for c in summary["paired"]}
+    want_pair = paired_lib.paired_test(pooled["hybrid"], pooled["dpsr_served"], "recall@100",
+                                       "hybrid", "dpsr_served")
+    assert got[("recall@100", "hybrid", "dpsr_served")] == want_pair.to_json()
+
+
+def test_a_run_without_hybrid_after_it_compares_dpsr_and_bm25_only(hybrid_folds):
+    config, _, _ = hybrid_folds
+    summary = crossval_lib.run(dataclasses.replace(config, hybrid=False), log=lambda _: None)
+    assert set(summary["systems"]) == {"dpsr", "bm25"} and "hybrid" not in summary
+    assert {(c["a"], c["b"]) for c in summary["paired"]} == {("dpsr", "bm25")}

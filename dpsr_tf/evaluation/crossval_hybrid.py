@@ -1,0 +1,358 @@
+"""The served hybrid in cross-validation (`dpsr crossval --hybrid`), with a cross-fitted fusion.
+
+Per fold, after its model is trained (evaluation/crossval.py), `evaluate_fold`:
+
+  index     builds <fold>/index as `dpsr index` does with its defaults (FAISS shards of the item
+            tower's catalog embeddings, INDEX_BUILD, and the BM25 lexical index, LexicalConfig()),
+            through catalog_index.index_catalog, the function that command calls;
+  served    opens it as `dpsr evaluate --hybrid` does (hybrid.open_hybrid) and scores the served
+            dense ranking ("dpsr_served", served.served_metrics) and the build's lexical index
+            ("lexical", hybrid.LexicalScorer) per request;
+  lists     keeps each request's served dense and lexical top K (K = the largest recall cut-off,
+            capped at the catalog: 1,000) with their scores and the split's relevance in
+            <fold>/LISTS_FILE, enough to fuse them again with any candidate.
+
+The fusion is not chosen on the fold it is scored on (what `dpsr export` does on one layout,
+and optimistic). After every fold has its lists, `candidate_metrics` fuses each fold's lists with
+every fusion_choice.CANDIDATES (fuse_np, the servable's rule) and keeps the per-request metrics
+(cached in <fold>/CANDIDATES_FILE); `cross_fit` then chooses fold F's fusion on the pooled
+held-out requests of the *other* folds by fusion_choice.OBJECTIVE (the mean over requests of
+each objective metric, averaged; the earlier candidate on a tie: fusion_choice.choose_fusion's
+rule on those requests' lists) and scores fold F with it ("hybrid"). The fusion each fold would
+choose on its own requests is reported beside it as "hybrid_self_chosen", labelled optimistic.
+"""
+import dataclasses
+import json
+import os
+import shutil
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import fusion_choice
+from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.search import fusion as fusion_lib
+from dpsr_tf.search.fusion import FusionConfig, fuse_np
+
+LISTS_FILE = "hybrid_lists.npz"
+CANDIDATES_FILE = "fusion_candidates.npz"
+INDEX_DIR = "index"
+# `dpsr index`'s flag defaults (dpsr_tf/cli/index.py: --index_factory=auto, --num_shards=1,
+# --train_size=0, --seed=0, --nprobe=64, --ef_search=128, --refine_k_factor); its lexical flags'
+# defaults are LexicalConfig()'s.
+INDEX_BUILD = dict(factory="auto", num_shards=1, train_size=0, seed=0, nprobe=64,
+                   ef_search=128)
+# The systems of the hybrid stage (besides crossval's "dpsr" and "bm25").
+SERVED, LEXICAL, HYBRID, SELF_CHOSEN = "dpsr_served", "lexical", "hybrid", "hybrid_self_chosen"
+_SERVED_METRIC_PREFIXES = ("recall@", "ndcg@", "mrr@")
+
+
+@dataclasses.dataclass
+class FoldLists:
+    """One fold's served lists: [Q, K] dense and lexical (scores, rows), best first, -1 padded,
+    and the relevance of its Q requests (EvalSet's relevant_splits / rows / gains)."""
+
+    dense_scores: np.ndarray
+    dense_rows: np.ndarray
+    lexical_scores: np.ndarray
+    lexical_rows: np.ndarray
+    relevant_splits: np.ndarray
+    relevant_rows: np.ndarray
+    relevant_gains: np.ndarray
+    k: int
+
+    def __len__(self) -> int:
+        return int(self.dense_rows.shape[0])
+
+    def save(self, path: str) -> None:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **{f.name: np.asarray(getattr(self, f.name))
+                         for f in dataclasses.fields(self)})
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "FoldLists":
+        with np.load(path) as data:
+            values = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        values["k"] = int(values["k"])
+        return cls(**values)
+
+
+def _check_candidates(candidates: Sequence[FusionConfig]) -> None:
+    # The lists are kept at the request's k with no score floor: what every candidate of the
+    # grid fuses. A candidate with its own lexical_k / lexical_min_score would need other lists.
+    for cfg in candidates:
+        cfg.validate()
+        if cfg.lexical_k or cfg.lexical_min_score != 0.0:
+            raise ValueError(f"cross-fitted fusion keeps the lexical top k with no score floor; "
+                             f"candidate {cfg.to_json()} asks for lexical_k="
+                             f"{cfg.lexical_k}, lexical_min_score={cfg.lexical_min_score}")
+
+
+def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
+                  cfg: evaluate_lib.EvalConfig, soft_metrics: dict,
+                  log: Callable[[str], None] = print) -> Tuple[dict, dict]:
+    """Builds <fold_dir>/index, evaluates the served dense and lexical rankings, keeps the lists.
+
+    Args:
+      model_dir, layout_dir: the fold's trained model and layout.
+      fold_dir: where index/ and LISTS_FILE go.
+      cfg: the fold's EvalConfig (per_request is forced on).
+      soft_metrics: the fold's "dpsr" (exact soft dot) results, for served_metrics' losses.
+
+    Returns:
+      ({"dpsr_served": {metric: value}, "served": served_metrics' full result,
+        "lexical": {metric: value}}, {"dpsr_served": {metric: [Q]}, "lexical": {...}}).
+    """
+    # Imported here: FAISS and the model load only for --hybrid.
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import layout as layout_lib
+    from dpsr_tf.evaluation import hybrid as hybrid_lib
+    from dpsr_tf.evaluation import served as served_lib
+    from dpsr_tf.indexing import catalog_index
+    from dpsr_tf.indexing.index_builder import IndexBuildConfig
+    from dpsr_tf.indexing.lexical_manifest import LexicalConfig
+
+    cfg = dataclasses.replace(cfg, per_request=True)
+    index_dir = os.path.join(fold_dir, INDEX_DIR)
+    if os.path.exists(index_dir):         # an interrupted build: start over
+        shutil.rmtree(index_dir)
+    catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(**INDEX_BUILD),
+                                layout_dir=layout_dir, lexical=LexicalConfig())
+    run = hybrid_lib.open_hybrid(model_dir, index_dir, layout_dir, cfg, log=log)
+    served = served_lib.served_metrics(run.scorer, run.eval_set, run.index, cfg, soft_metrics,
+                                       log, served=(run.dense_scores, run.dense_rows))
+    per_request = {SERVED: served.pop("served_" + metrics_lib.PER_REQUEST)}
+    served.pop("max_" + metrics_lib.PER_REQUEST, None)
+    dense = {name[len("served_"):]: value for name, value in served.items()
+             if name.startswith("served_") and name[len("served_"):].startswith(
+                 _SERVED_METRIC_PREFIXES)}
+    dense["requests"] = len(run.eval_set)
+
+    queries = layout_lib.load_queries(run.spec)
+    lexical_scorer = hybrid_lib.LexicalScorer(run.searcher, run.eval_set.queries,
+                                              [queries[q] for q in run.pairs["query_row"]])
+    lexical = evaluate_lib.evaluate_scorer(lexical_scorer, run.spec, run.eval_set, run.pairs,
+                                           cfg, log)
+    per_request[LEXICAL] = lexical.pop(metrics_lib.PER_REQUEST)
+
+    lex_scores, lex_rows = run.lexical_lists(FusionConfig())
+    FoldLists(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
+              *run.relevant, k=run.k).save(os.path.join(fold_dir, LISTS_FILE))
+    return {SERVED: dense, "served": served, LEXICAL: lexical}, per_request
+
+
+class _FusionPlan:
+    """What fusing two lists needs that does not depend on the fusion: the entries of both
+    lists grouped by item (a stable sort by item row keeps the dense entry first), each list's
+    competition ranks (fusion.tie_ranks_np) and whether a list holds an item twice."""
+
+    def __init__(self, dense_scores, dense_rows, lexical_scores, lexical_rows):
+        self.dense_scores = np.asarray(dense_scores, np.float32)
+        self.lexical_scores = np.asarray(lexical_scores, np.float32)
+        self.dense_rows = np.asarray(dense_rows, np.int64)
+        self.lexical_rows = np.asarray(lexical_rows, np.int64)
+        self.dv, self.lv = self.dense_rows >= 0, self.lexical_rows >= 0
+        self.d_ranks = fusion_lib.tie_ranks_np(self.dense_scores, self.dv)
+        self.l_ranks = fusion_lib.tie_ranks_np(self.lexical_scores, self.lv)
+        ids = np.concatenate([self.dense_rows, self.lexical_rows], axis=1)
+        valid = np.concatenate([self.dv, self.lv], axis=1)
+        self.width = ids.shape[1]
+        lexical = np.broadcast_to(np.arange(self.width) >= self.dense_rows.shape[1], ids.shape)
+        big = np.iinfo(np.int64).max
+        keyed = np.where(valid, ids, big)
+        self.order = np.argsort(keyed, axis=1, kind="stable")
+        self.sid = np.take_along_axis(keyed, self.order, axis=1)
+        sl = np.take_along_axis(lexical, self.order, axis=1)
+        live = self.sid != big
+        same_prev = np.zeros(self.sid.shape, bool)
+        same_prev[:, 1:] = live[:, 1:] & (self.sid[:, 1:] == self.sid[:, :-1])
+        twice = np.zeros(self.sid.shape, bool)       # an item twice in one list
+        twice[:, 1:] = same_prev[:, 1:] & (sl[:, 1:] == sl[:, :-1])
+        self.bad = np.flatnonzero(twice.any(axis=1))
+        self.has_partner = np.zeros(self.sid.shape, bool)
+        self.has_partner[:, :-1] = same_prev[:, 1:]
+        self.head = live & ~same_prev
+        self.first = np.where(self.head, self.order, self.width)  # first appearance
+
+    def _contributions(self, scores, ranks, valid, weight, cfg):
+        if cfg.rule != "rrf":
+            # pylint: disable-next=protected-access
+            return fusion_lib._contributions_np(scores, valid, weight, cfg)
+        # fusion._contributions_np's rrf arithmetic, with the ranks computed once.
+        out = np.float32(weight) / (np.float32(cfg.rrf_k) + ranks)
+        return np.where(valid, out, np.float32(0)).astype(np.float32)
+
+    def rows(self, k: int, cfg: FusionConfig) -> np.ndarray:
+        contrib = np.concatenate(
+            [self._contributions(self.dense_scores, self.d_ranks, self.dv, cfg.dense_weight, cfg),
+             self._contributions(self.lexical_scores, self.l_ranks, self.lv,
+                                 cfg.lexical_weight, cfg)], axis=1)
+        sc = np.take_along_axis(contrib, self.order, axis=1)
+        partner = np.zeros(sc.shape, np.float32)
+        partner[:, :-1] = sc[:, 1:]
+        # fuse_np: fused = float32(0 + dense) then float32(that + lexical); 0 + x == x exactly.
+        fused = np.where(self.has_partner, (sc + partner).astype(np.float32), sc)
+        key = np.where(self.head, -fused.astype(np.float64), np.inf)
+        rank = np.lexsort((self.first, key), axis=1)[:, :k]
+        out = np.where(np.isinf(np.take_along_axis(key, rank, axis=1)), -1,
+                       np.take_along_axis(self.sid, rank, axis=1))
+        if out.shape[1] < k:
+            out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
+        if len(self.bad):
+            out[self.bad] = fuse_np(self.dense_scores[self.bad], self.dense_rows[self.bad],
+                                    self.lexical_scores[self.bad], self.lexical_rows[self.bad],
+                                    k, cfg)[1]
+        return out
+
+
+def fused_rows(dense_scores: np.ndarray, dense_rows: np.ndarray, lexical_scores: np.ndarray,
+               lexical_rows: np.ndarray, k: int, cfg: FusionConfig) -> np.ndarray:
+    """fuse_np's fused rows ([B, k] int64, -1 pads) computed for all requests at once.
+
+    The same contributions (fusion._contributions_np's arithmetic), the same float32 sum
+    (dense + lexical) and the same order (fused score descending, then first appearance: dense
+    list, then lexical list); fuse_np's per-item Python loop took ~5-10 ms per request on a
+    loaded host, too slow for 11 candidates x 40k requests. Rows where one list holds an item
+    twice (which search_served and the lexical searcher never return) go through fuse_np.
+    """
+    return _FusionPlan(dense_scores, dense_rows, lexical_scores, lexical_rows).rows(k, cfg)
+
+
+def candidate_metrics(lists: FoldLists, candidates: Sequence[FusionConfig],
+                      recall_ks: Sequence[int], chunk: int = 2048
+                      ) -> List[Dict[str, np.ndarray]]:
+    """Per candidate, the per-request metrics of the lists fused with it (fused_rows = fuse_np's
+    rows, k = lists.k)."""
+    _check_candidates(candidates)
+    out = [{} for _ in candidates]
+    for lo in range(0, len(lists), chunk):
+        hi = min(len(lists), lo + chunk)
+        plan = _FusionPlan(lists.dense_scores[lo:hi], lists.dense_rows[lo:hi],
+                           lists.lexical_scores[lo:hi], lists.lexical_rows[lo:hi])
+        a, b = lists.relevant_splits[lo], lists.relevant_splits[hi]
+        splits = lists.relevant_splits[lo:hi + 1] - a
+        for values, cfg in zip(out, candidates):
+            got = metrics_lib.per_request_metrics(plan.rows(lists.k, cfg), splits,
+                                                  lists.relevant_rows[a:b],
+                                                  lists.relevant_gains[a:b],
+                                                  recall_ks=tuple(recall_ks))
+            for name, v in got.items():
+                values.setdefault(name, []).append(v)
+    return [{name: np.concatenate(v) for name, v in values.items()} for values in out]
+
+
+def cached_candidate_metrics(fold_dir: str, candidates: Sequence[FusionConfig],
+                             recall_ks: Sequence[int]) -> List[Dict[str, np.ndarray]]:
+    """candidate_metrics of <fold_dir>/LISTS_FILE, kept in <fold_dir>/CANDIDATES_FILE (redone
+    when the candidates or cut-offs differ from the ones it holds)."""
+    path = os.path.join(fold_dir, CANDIDATES_FILE)
+    key = json.dumps({"candidates": [c.to_json() for c in candidates],
+                      "recall_ks": list(recall_ks)})
+    if os.path.isfile(path):
+        with np.load(path) as data:
+            if str(data["key"]) == key:
+                names = json.loads(str(data["metrics"]))
+                return [{m: data[f"{i}/{m}"] for m in names} for i in range(len(candidates))]
+    values = candidate_metrics(FoldLists.load(os.path.join(fold_dir, LISTS_FILE)), candidates,
+                               recall_ks)
+    names = list(values[0])
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, key=np.array(key), metrics=np.array(json.dumps(names)),
+             **{f"{i}/{m}": v[m] for i, v in enumerate(values) for m in names})
+    os.replace(tmp, path)
+    return values
+
+
+def choose(per_request: Sequence[Dict[str, np.ndarray]],
+           objective: Sequence[str] = fusion_choice.OBJECTIVE) -> Tuple[int, List[float]]:
+    """Index of the best candidate by the objective over the given requests, and every
+    candidate's score (fusion_choice.choose_fusion's score: the mean of the objective metrics'
+    means over the requests; strictly better replaces, so ties keep the earlier candidate).
+
+    Args:
+      per_request: per candidate, {metric: [n] values} over the same n requests.
+    """
+    scores = [float(np.mean([float(np.asarray(values[m]).mean()) for m in objective]))
+              for values in per_request]
+    best = 0
+    for i, score in enumerate(scores):
+        if score > scores[best]:
+            best = i
+    return best, scores
+
+
+def cross_fit(per_fold: Sequence[Sequence[Dict[str, np.ndarray]]],
+              objective: Sequence[str] = fusion_choice.OBJECTIVE
+              ) -> List[Tuple[int, List[float]]]:
+    """Per fold F, `choose` over the pooled requests of every fold but F.
+
+    Args:
+      per_fold: per fold, candidate_metrics of its lists (the same candidates in every fold).
+    """
+    if len(per_fold) < 2:
+        raise ValueError("cross-fitting the fusion needs at least 2 folds")
+    out = []
+    for fold in range(len(per_fold)):
+        others = [f for f in range(len(per_fold)) if f != fold]
+        pooled = [{m: np.concatenate([np.asarray(per_fold[f][c][m]) for f in others])
+                   for m in objective} for c in range(len(per_fold[fold]))]
+        out.append(choose(pooled, objective))
+    return out
+
+
+def summarize(fold_dirs: Sequence[str], recall_ks: Sequence[int],
+              candidates: Sequence[FusionConfig] = fusion_choice.CANDIDATES,
+              objective: Sequence[str] = fusion_choice.OBJECTIVE,
+              log: Callable[[str], None] = print) -> List[dict]:
+    """Cross-fits the fusion over the folds' lists and scores each fold with its choice.
+
+    Returns:
+      per fold {"fusion", "fusion_name", "chosen_on": "other folds", "candidate_scores"
+      (objective on the other folds' requests), "hybrid": {metric: mean}, "per_query":
+      {"hybrid": {metric: [Q]}, "hybrid_self_chosen": {...}}, "self_chosen": {"fusion",
+      "fusion_name", "hybrid_self_chosen": {metric: mean}}}.
+    """
+    per_fold = []
+    for fold, fold_dir in enumerate(fold_dirs):
+        log(f"crossval --hybrid: fusing fold {fold}'s lists with {len(candidates)} candidate "
+            f"fusions")
+        per_fold.append(cached_candidate_metrics(fold_dir, candidates, recall_ks))
+    crossed = cross_fit(per_fold, objective)
+    out = []
+    for fold, (chosen, scores) in enumerate(crossed):
+        self_chosen, self_scores = choose(per_fold[fold], objective)
+        hybrid = per_fold[fold][chosen]
+        self_hybrid = per_fold[fold][self_chosen]
+        means = {m: float(v.mean()) for m, v in hybrid.items()}
+        means["requests"] = int(len(next(iter(hybrid.values()))))
+        out.append({
+            "fusion": candidates[chosen].to_json(),
+            "fusion_name": fusion_choice.describe(candidates[chosen]),
+            "chosen_on": f"the held-out requests of folds "
+                         f"{[f for f in range(len(fold_dirs)) if f != fold]}",
+            "objective": list(objective),
+            "candidate_scores": [{"fusion": c.to_json(), "score": s}
+                                 for c, s in zip(candidates, scores)],
+            HYBRID: means,
+            "self_chosen": {"fusion": candidates[self_chosen].to_json(),
+                            "fusion_name": fusion_choice.describe(candidates[self_chosen]),
+                            "note": "chosen on this fold's own held-out requests: optimistic",
+                            "candidate_scores": self_scores,
+                            SELF_CHOSEN: {m: float(v.mean()) for m, v in self_hybrid.items()}},
+            "per_query": {HYBRID: {m: v.tolist() for m, v in hybrid.items()},
+                          SELF_CHOSEN: {m: v.tolist() for m, v in self_hybrid.items()}},
+        })
+    return out
+
+
+def pairs(with_bm25: bool) -> List[Tuple[str, str]]:
+    """The paired comparisons of a --hybrid summary (a, b): a - b is reported."""
+    out = [(HYBRID, SERVED), (HYBRID, "dpsr"), (HYBRID, LEXICAL), (SERVED, LEXICAL),
+           ("dpsr", LEXICAL)]
+    if with_bm25:
+        out += [(HYBRID, "bm25"), (SERVED, "bm25"), ("dpsr", "bm25")]
+    return out
+
+

@@ -1,0 +1,200 @@
+"""Cross-fitted fusion of `dpsr crossval --hybrid` (evaluation/crossval_hybrid.py), checked
+against independent references: fold F's fusion is the one fusion_choice.choose_fusion picks on
+the other folds' lists (never on fold F's), and the hybrid's per-request metrics equal a
+reciprocal rank fusion and recall / nDCG written out here in NumPy."""
+import collections
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
+from dpsr_tf.evaluation import fusion_choice
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
+from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from tests.support import waiting
+from tests.support.fusion_reference import metrics_by_hand, rrf_by_hand
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EvalSet = collections.namedtuple("EvalSet", "relevant_splits relevant_rows relevant_gains")
+NUM_ITEMS = 120
+K = 30
+RECALL_KS = (10, 30)
+OBJECTIVE = ("recall@10", "recall@30", "ndcg@10")
+
+
+def _list(rng, relevant, quality):
+    """[K] rows best first: each relevant item near the top with probability `quality`."""
+    hits = [r for r in relevant if rng.rand() < quality]
+    rest = [r for r in rng.permutation(NUM_ITEMS).tolist() if r not in hits]
+    return (hits + rest)[:K]
+
+
+def _fold(rng, num_requests, dense_quality, lexical_quality):
+    relevant = [rng.choice(NUM_ITEMS, size=rng.randint(1, 4), replace=False).tolist()
+                for _ in range(num_requests)]
+    gains = [rng.choice([1.0, 2.0], size=len(r)).tolist() for r in relevant]
+    scores = np.tile(np.linspace(9.0, 1.0, K, dtype=np.float32), (num_requests, 1))
+    lists = hybrid_lib.FoldLists(
+        dense_scores=scores, dense_rows=np.array([_list(rng, r, dense_quality)
+                                                  for r in relevant], np.int64),
+        lexical_scores=scores * 3, lexical_rows=np.array([_list(rng, r, lexical_quality)
+                                                          for r in relevant], np.int64),
+        relevant_splits=np.cumsum([0] + [len(r) for r in relevant]).astype(np.int64),
+        relevant_rows=np.array([x for r in relevant for x in r], np.int64),
+        relevant_gains=np.array([g for gs in gains for g in gs], np.float32), k=K)
+    return lists, relevant, gains
+
+
+def _pooled_eval_set(folds):
+    relevant = [r for _, rel, _ in folds for r in rel]
+    gains = [g for _, _, gs in folds for g in gs]
+    return EvalSet(np.cumsum([0] + [len(r) for r in relevant]).astype(np.int64),
+                   np.array([x for r in relevant for x in r], np.int64),
+                   np.array([x for g in gains for x in g], np.float32))
+
+
+def test_rrf_by_hand_on_a_worked_example():
+    # dense [7, 3, 9], lexical [3, 5]; rrf_k 5, weights 1 and 0.5:
+    #   7: 1/6; 3: 1/7 + 0.5/6 = 19/84; 9: 1/8; 5: 0.5/7 = 1/14  ->  3, 7, 9, 5
+    fused = rrf_by_hand(np.array([[3.0, 2.0, 1.0]]), np.array([[7, 3, 9]]),
+                        np.array([[2.0, 1.0]]), np.array([[3, 5]]), 4, 5.0, 1.0, 0.5)
+    assert fused.tolist() == [[3, 7, 9, 5]]
+    lists = hybrid_lib.FoldLists(np.array([[3.0, 2.0, 1.0]], np.float32),
+                                 np.array([[7, 3, 9]]), np.array([[2.0, 1.0]], np.float32),
+                                 np.array([[3, 5]]), np.array([0, 2]), np.array([5, 9]),
+                                 np.array([1.0, 1.0], np.float32), k=4)
+    # relevant {5, 9}: fused ranks 4 and 3 -> recall@2 0, recall@4 1; ndcg@10 =
+    # (1/log2(4) + 1/log2(5)) / (1 + 1/log2(3))
+    got = hybrid_lib.candidate_metrics(lists, [FusionConfig()], (2, 4))[0]
+    assert got["recall@2"].tolist() == [0.0] and got["recall@4"].tolist() == [1.0]
+    want = (1 / np.log2(4) + 1 / np.log2(5)) / (1 + 1 / np.log2(3))
+    assert got["ndcg@10"][0] == pytest.approx(want)
+
+
+@pytest.mark.parametrize("candidate", [FusionConfig(), FusionConfig(rrf_k=60.0,
+                                                                    lexical_weight=1.0),
+                                       FusionConfig(rrf_k=20.0, lexical_weight=0.25)])
+@pytest.mark.parametrize("tied", [False, True])
+def test_fused_per_request_metrics_equal_numpy_rrf(candidate, tied):
+    lists, relevant, gains = _fold(np.random.RandomState(3), 40, 0.6, 0.6)
+    if tied:    # runs of equal lexical scores share a rank
+        lists.lexical_scores = np.round(lists.lexical_scores / 4.0) * 4.0
+    got = hybrid_lib.candidate_metrics(lists, [candidate], RECALL_KS)[0]
+    fused = rrf_by_hand(lists.dense_scores, lists.dense_rows, lists.lexical_scores,
+                        lists.lexical_rows, K, candidate.rrf_k, candidate.dense_weight,
+                        candidate.lexical_weight)
+    want = metrics_by_hand(fused, relevant, gains, RECALL_KS)
+    for metric in OBJECTIVE:
+        np.testing.assert_allclose(got[metric], want[metric], rtol=1e-12, atol=1e-12)
+
+
+def test_cross_fitted_choice_never_looks_at_the_held_out_fold():
+    rng = np.random.RandomState(11)
+    # Fold 0: lexical good, dense poor. Folds 1 and 2: dense good, lexical poor.
+    folds = [_fold(rng, 50, 0.1, 0.95), _fold(rng, 50, 0.95, 0.1), _fold(rng, 50, 0.95, 0.1)]
+    candidates = fusion_choice.CANDIDATES
+    per_fold = [hybrid_lib.candidate_metrics(lists, candidates, RECALL_KS)
+                for lists, _, _ in folds]
+    crossed = hybrid_lib.cross_fit(per_fold, OBJECTIVE)
+
+    for fold in range(3):
+        others = [folds[f] for f in range(3) if f != fold]
+        pooled = [np.concatenate([getattr(o[0], name) for o in others])
+                  for name in ("dense_scores", "dense_rows", "lexical_scores", "lexical_rows")]
+        # The reference: the export-time chooser on the other folds' lists only.
+        want = fusion_choice.choose_fusion(pooled[0], pooled[1],
+                                           lambda cfg, p=pooled: (p[2], p[3]),
+                                           _pooled_eval_set(others), K, candidates, OBJECTIVE)
+        chosen, scores = crossed[fold]
+        assert candidates[chosen] == want.config
+        np.testing.assert_allclose(scores, [c["score"] for c in want.candidates], rtol=1e-12)
+
+    # On its own requests fold 0 would pick a lexical-led fusion; cross-fitted it gets the
+    # dense-led one the other folds prefer.
+    own, _ = hybrid_lib.choose(per_fold[0], OBJECTIVE)
+    chosen0 = candidates[crossed[0][0]]
+    assert candidates[own].lexical_weight > candidates[own].dense_weight / 2
+    assert chosen0 != candidates[own]
+    assert chosen0.lexical_weight < chosen0.dense_weight
+
+    # Fold 0's own values do not move fold 0's choice (only the others' choices).
+    scrambled = [per_fold[0][::-1]] + per_fold[1:]
+    assert hybrid_lib.cross_fit(scrambled, OBJECTIVE)[0] == crossed[0]
+
+
+def test_ties_keep_the_earlier_candidate():
+    same = {"recall@10": np.array([0.5, 1.0]), "recall@30": np.ones(2), "ndcg@10": np.ones(2)}
+    assert hybrid_lib.choose([same, dict(same), dict(same)], OBJECTIVE)[0] == 0
+    better = dict(same, **{"ndcg@10": np.array([1.0, 1.0 + 1e-9])})
+    assert hybrid_lib.choose([same, better, dict(better)], OBJECTIVE)[0] == 1
+
+
+def test_lists_round_trip_and_candidate_cache(tmp_path):
+    lists, _, _ = _fold(np.random.RandomState(5), 12, 0.5, 0.5)
+    lists.save(str(tmp_path / hybrid_lib.LISTS_FILE))
+    back = hybrid_lib.FoldLists.load(str(tmp_path / hybrid_lib.LISTS_FILE))
+    assert back.k == K and np.array_equal(back.dense_rows, lists.dense_rows)
+    first = hybrid_lib.cached_candidate_metrics(str(tmp_path), fusion_choice.CANDIDATES,
+                                                RECALL_KS)
+    again = hybrid_lib.cached_candidate_metrics(str(tmp_path), fusion_choice.CANDIDATES,
+                                                RECALL_KS)
+    direct = hybrid_lib.candidate_metrics(lists, fusion_choice.CANDIDATES, RECALL_KS)
+    chunked = hybrid_lib.candidate_metrics(lists, fusion_choice.CANDIDATES, RECALL_KS, chunk=5)
+    for a, b, c, d in zip(first, again, direct, chunked):
+        for metric in c:
+            assert np.array_equal(a[metric], c[metric]) and np.array_equal(b[metric], c[metric])
+            assert np.array_equal(d[metric], c[metric])
+
+
+def test_a_candidate_with_its_own_lexical_list_is_refused():
+    lists, _, _ = _fold(np.random.RandomState(5), 4, 0.5, 0.5)
+    with pytest.raises(ValueError, match="lexical_k=50"):
+        hybrid_lib.candidate_metrics(lists, [FusionConfig(lexical_k=50)], RECALL_KS)
+
+
+@pytest.mark.parametrize("candidate", list(fusion_choice.CANDIDATES) + [
+    FusionConfig(rule="blend", lexical_weight=0.7)])
+def test_vectorized_fusion_equals_fuse_np(candidate):
+    rng = np.random.RandomState(17)
+    q, kd, kl = 60, 25, 20
+    # Overlapping lists from a small catalog, tied scores, -1 padding, a repeated item.
+    dense_rows = np.stack([rng.permutation(40)[:kd] for _ in range(q)]).astype(np.int64)
+    lexical_rows = np.stack([rng.permutation(40)[:kl] for _ in range(q)]).astype(np.int64)
+    dense_scores = -np.sort(-np.round(rng.rand(q, kd) * 6), axis=1).astype(np.float32)
+    lexical_scores = -np.sort(-np.round(rng.rand(q, kl) * 3), axis=1).astype(np.float32)
+    dense_rows[:5, -7:] = -1
+    dense_scores[:5, -7:] = -np.inf
+    lexical_rows[5:12, -12:] = -1
+    lexical_rows[12] = -1
+    lexical_rows[13, 3] = lexical_rows[13, 1]     # an item twice in one list
+    for k in (10, 30, kd + kl + 5):
+        got = hybrid_lib.fused_rows(dense_scores, dense_rows, lexical_scores, lexical_rows, k,
+                                    candidate)
+        want = fuse_np(dense_scores, dense_rows, lexical_scores, lexical_rows, k, candidate)[1]
+        np.testing.assert_array_equal(got, want)
+
+
+def test_fold_index_is_built_with_dpsr_index_defaults():
+    # The flags' defaults, read in a fresh process (dpsr index's flags would clash here).
+    code = ("import json; from absl import flags; from dpsr_tf.cli import index; "
+            "F = flags.FLAGS; print(json.dumps({n: F[n].default for n in ('index_factory', "
+            "'num_shards', 'train_size', 'seed', 'nprobe', 'ef_search', 'refine_k_factor', "
+            "'lexical', 'lexical_features', 'lexical_fields', 'bm25_k1', 'bm25_b')}))")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S, check=True)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    build = IndexBuildConfig(**hybrid_lib.INDEX_BUILD)
+    assert (build.factory, build.num_shards, build.train_size, build.seed, build.nprobe,
+            build.ef_search, build.refine_k_factor) == (
+        got["index_factory"], got["num_shards"], got["train_size"], got["seed"], got["nprobe"],
+        got["ef_search"], got["refine_k_factor"])
+    lexical = LexicalConfig()
+    assert got["lexical"] is True
+    assert (list(lexical.features), lexical.fields, lexical.k1, lexical.b) == (
+        got["lexical_features"], got["lexical_fields"], got["bm25_k1"], got["bm25_b"])
