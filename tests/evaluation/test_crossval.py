@@ -23,7 +23,7 @@ from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.search.fusion import FusionConfig
-from tests.support.fusion_reference import metrics_by_hand, rrf_by_hand, split_relevance
+from tests.support.fusion_reference import fuse_by_hand, metrics_by_hand, split_relevance
 from tests.support.tiny_model import write_tiny_dataset
 from dpsr_tf.tokenization import TokenizerConfig
 from dpsr_tf.training.config import TrainConfig
@@ -234,9 +234,8 @@ def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid
         # Reference metrics: this fold's lists fused by hand with that fusion.
         own = lists[fold]
         cfg = want.config
-        fused = rrf_by_hand(own.dense_scores, own.dense_rows, own.lexical_scores,
-                            own.lexical_rows, own.k, cfg.rrf_k, cfg.dense_weight,
-                            cfg.lexical_weight)
+        fused = fuse_by_hand(own.dense_scores, own.dense_rows, own.lexical_scores,
+                             own.lexical_rows, own.k, cfg)
         rel, gains = split_relevance(own.relevant_splits, own.relevant_rows,
                                      own.relevant_gains)
         by_hand = metrics_by_hand(fused, rel, gains, recall_ks)

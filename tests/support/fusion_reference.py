@@ -36,6 +36,49 @@ def rrf_by_hand(dense_scores, dense_rows, lexical_scores, lexical_rows, k: int, 
     return out
 
 
+def blend_by_hand(dense_scores, dense_rows, lexical_scores, lexical_rows, k: int,
+                  dense_weight: float, lexical_weight: float) -> np.ndarray:
+    """[Q, k] fused rows (-1 pads) of the min-max score blend.
+
+    Each list's valid scores are mapped to (s - min) / (max - min) over the row (all equal:
+    1), times the list's weight; an item's score is the sum over the lists holding it (its
+    first entry in each list), float32 as the servable. Ties keep the order of first
+    appearance, dense list first.
+    """
+    out = np.full((len(dense_rows), k), -1, np.int64)
+    for q in range(len(dense_rows)):
+        score, first, seen = {}, [], set()
+        for scores, rows, weight, name in ((dense_scores[q], dense_rows[q], dense_weight, "d"),
+                                           (lexical_scores[q], lexical_rows[q], lexical_weight,
+                                            "l")):
+            valid = [np.float32(s) for s, r in zip(scores, rows) if r >= 0]
+            lo, hi = (min(valid), max(valid)) if valid else (0, 0)
+            for s, item in zip(scores.tolist(), rows.tolist()):
+                if item < 0 or (name, item) in seen:
+                    continue
+                seen.add((name, item))
+                norm = (np.float32(1) if hi == lo else
+                        np.float32((np.float32(s) - lo) / np.float32(hi - lo)))
+                if item not in score:
+                    score[item] = np.float32(0)
+                    first.append(item)
+                score[item] = np.float32(score[item] + np.float32(np.float32(weight) * norm))
+        position = {item: i for i, item in enumerate(first)}
+        ranked = sorted(first, key=lambda item: (-score[item], position[item]))[:k]
+        out[q, :len(ranked)] = ranked
+    return out
+
+
+def fuse_by_hand(dense_scores, dense_rows, lexical_scores, lexical_rows, k: int,
+                 cfg) -> np.ndarray:
+    """rrf_by_hand or blend_by_hand, by cfg.rule (a FusionConfig)."""
+    if cfg.rule == "rrf":
+        return rrf_by_hand(dense_scores, dense_rows, lexical_scores, lexical_rows, k,
+                           cfg.rrf_k, cfg.dense_weight, cfg.lexical_weight)
+    return blend_by_hand(dense_scores, dense_rows, lexical_scores, lexical_rows, k,
+                         cfg.dense_weight, cfg.lexical_weight)
+
+
 def metrics_by_hand(rows: np.ndarray, relevant: Sequence[Sequence[int]],
                     gains: Sequence[Sequence[float]],
                     recall_ks: Sequence[int]) -> Dict[str, np.ndarray]:
