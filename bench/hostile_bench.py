@@ -51,8 +51,9 @@ def _normal_load(stubs, rate, stop, out):
         try:
             stub.Predict(request, timeout=5)
             error = None
-        except grpc.RpcError as e:
-            error = e.code().name
+        except grpc.RpcError as e:  # which path failed, how (e.g. the transport's refusal)
+            error = (f"{e.code().name} via {'serve' if stub is stubs[0] else 'proxy'}"
+                     + (" (RST_STREAM)" if "RST_STREAM" in (e.details() or "") else ""))
         with lock:
             out.append((time.perf_counter() - sent_at, error))
 
