@@ -18,7 +18,6 @@ def test_user_arguments_replace_the_defaults():
     assert sorted(args) == sorted([("grpc.max_receive_message_length", 1000),
                                    ("grpc.max_send_message_length", -1),
                                    ("grpc.so_reuseport", 1),
-                                   ("grpc.max_concurrent_streams", 128),
                                    ("grpc.max_connection_age_ms", 5)])
     assert dict(server_arguments(ServerOptions()))["grpc.so_reuseport"] == 0
 

@@ -73,25 +73,14 @@ class ServerOptions:
     enable_profiler: bool = True
 
 
-# Calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; gRPC's
-# default is unlimited). A client's further calls wait in the client until one ends, so the
-# server does no work for them: 2,000 calls fired on one connection arrived at once, and the
-# ~1,800 that the full batch queue refused cost the one event loop ~1 ms each, while another
-# model's normal requests waited seconds behind them (docs/benchmarks.md, 2026-11-24 round 3).
-# 128 = the proxy's --max_backend_calls_in_flight, so a proxy's connection is not throttled.
-MAX_STREAMS_PER_CONNECTION = 128
-
-
 def server_arguments(opts: ServerOptions) -> list:
     """The gRPC server's arguments: the defaults, each replaced by a --grpc_channel_arguments
     value of the same key (gRPC keeps the first of two equal keys, so the user's would be
     ignored). SO_REUSEPORT is off unless asked for: a second server on a taken port fails at
     bind instead of silently sharing it; `grpc.so_reuseport=1` lets several processes share
-    one port on purpose (docs/serving.md, "Several processes on one port"). A connection has
-    at most MAX_STREAMS_PER_CONNECTION calls open (`grpc.max_concurrent_streams` changes it)."""
+    one port on purpose (docs/serving.md, "Several processes on one port")."""
     args = {"grpc.max_receive_message_length": opts.max_receive_message_bytes,
-            "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0,
-            "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION}
+            "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
     args.update(opts.grpc_channel_arguments)
     return list(args.items())
 
