@@ -53,30 +53,13 @@ def _drop_traceback(error: BaseException, _context) -> None:
     error.__context__ = None
 
 
-def malformed_request(method: str, error: str) -> ServingError:
-    """The INVALID_ARGUMENT answer to a `method` request whose bytes do not parse (`error`:
-    the parser's "ExceptionName: message")."""
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"the {method} request is not a valid protobuf message ({error}); "
-                        "send a serialized request of the tensorflow_serving API")
-
-
-def parse_request(deserialize, data: bytes, method: str):
-    """`deserialize(data)`, or raises malformed_request(...) when the bytes do not parse (for
-    methods registered raw, which parse their own requests: see add_servicer)."""
-    try:
-        return deserialize(data)
-    except Exception as e:  # pylint: disable=broad-except  (DecodeError, RuntimeWarning)
-        error = f"{type(e).__name__}: {e}"
-    raise malformed_request(method, error)
-
-
 def _guarded(behavior, method: str):
     async def handle(request, context):
         try:
             if isinstance(request, _Malformed):
-                error = malformed_request(method, request.error)
-                await context.abort(error.code, truncate(error.message))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
+                    f"the {method} request is not a valid protobuf message ({request.error}); "
+                    "send a serialized request of the tensorflow_serving API"))
             return await behavior(request, context)
         except BaseException as e:  # AbortError, CancelledError: kept by the call's state
             context.add_done_callback(functools.partial(_drop_traceback, e))
@@ -87,12 +70,12 @@ def _guarded(behavior, method: str):
 class _SafeDecoding(grpc.GenericRpcHandler):
     """Wraps a generated service's handlers so that request bytes that do not parse are
     answered INVALID_ARGUMENT (as TF Serving does), not UNKNOWN "Unexpected DecodeError".
-    The methods named in `raw` get the request's bytes and return the answer's bytes (no
-    (de)serializer: grpc.aio would run it on the event loop)."""
+    The methods named in `raw_responses` return their answer's bytes (no serializer: grpc.aio
+    would run it on the event loop)."""
 
-    def __init__(self, inner, raw=frozenset()):
+    def __init__(self, inner, raw_responses=frozenset()):
         self._inner = inner
-        self._raw = raw
+        self._raw_responses = raw_responses
         self._cache = {}
 
     def service(self, handler_call_details):
@@ -101,13 +84,11 @@ class _SafeDecoding(grpc.GenericRpcHandler):
             handler = self._inner.service(handler_call_details)
             if handler is not None and handler.unary_unary is not None:
                 name = method.rsplit("/", 1)[-1]
-                if name in self._raw:
-                    handler = handler._replace(request_deserializer=None,
-                                               response_serializer=None)
-                else:
-                    handler = handler._replace(
-                        request_deserializer=_safe_deserializer(handler.request_deserializer))
-                handler = handler._replace(unary_unary=_guarded(handler.unary_unary, name))
+                handler = handler._replace(
+                    request_deserializer=_safe_deserializer(handler.request_deserializer),
+                    unary_unary=_guarded(handler.unary_unary, name))
+                if name in self._raw_responses:
+                    handler = handler._replace(response_serializer=None)
             self._cache[method] = handler
         return self._cache[method]
 
@@ -120,18 +101,17 @@ class _Capture:
         self.handlers.extend(handlers)
 
 
-def add_servicer(add_to_server, servicer, server, raw_methods=()) -> None:
+def add_servicer(add_to_server, servicer, server, raw_responses=()) -> None:
     """`add_XServicer_to_server(servicer, server)` of a generated module, with requests that do
     not parse answered INVALID_ARGUMENT.
 
     Args:
-      raw_methods: names of methods (e.g. "Predict") whose handler takes the request's bytes
-        and returns the answer's bytes, parsing and serializing them itself (parse_request)
-        where it chooses, e.g. off the event loop for a large message.
+      raw_responses: names of methods (e.g. "Predict") whose handler returns the answer
+        already serialized (bytes), made off the event loop.
     """
     capture = _Capture()
     add_to_server(servicer, capture)
-    raw = frozenset(raw_methods)
+    raw = frozenset(raw_responses)
     server.add_generic_rpc_handlers(tuple(_SafeDecoding(h, raw) for h in capture.handlers))
 
 

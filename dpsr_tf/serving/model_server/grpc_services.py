@@ -2,10 +2,9 @@
 
 Each handler calls ServerCore and turns a ServingError into the same gRPC status code with a
 truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
-in a thread so the event loop keeps serving Predict. Predict takes and returns bytes
-(predict_bytes.py): a large request is parsed, validated and converted in a decode thread,
-and every answer is serialized by the thread that ran it, so the loop's work per call does not
-grow with the size of its messages. The call plumbing (safe decoding, aborts
+in a thread so the event loop keeps serving Predict. Predict returns its answer as bytes,
+serialized by the batch or run thread that computed it (a 256-row k=300 answer is megabytes:
+grpc.aio's serializer would run on the loop). The call plumbing (safe decoding, aborts
 without reference cycles, draining) is dpsr_tf/serving/grpc_calls.py, shared with the proxy.
 """
 import asyncio
@@ -19,18 +18,16 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.grpc_calls import (CLIENT_METADATA_KEY, DRAINING, InFlight, abort,
                                         client_timeout, outcome, plain_error)
-from dpsr_tf.serving.model_server import predict_bytes
 from dpsr_tf.serving.model_server.predict import declared_elements
 from dpsr_tf.serving.model_server.run_queue import FairRunQueue
 
 _LOG = logging.getLogger("serving.grpc")
-# Requests up to this size are parsed, validated and converted on the event loop (tens of
-# microseconds: a few queries); larger ones in a decode thread, clients in turn, so that no
-# request, and no client's flood of 64-row requests (~1 ms each), can stall the loop.
-_INLINE_MAX_ELEMENTS = 64
-_INLINE_MAX_BYTES = 1024
-# The methods registered raw (bytes in, bytes out): see predict_bytes.py.
-RAW_METHODS = ("Predict",)
+# Requests up to this size are validated and converted on the event loop (tens of
+# microseconds); larger ones in a thread, so that no request can stall the loop.
+_INLINE_MAX_ELEMENTS = 4096
+_INLINE_MAX_BYTES = 64 << 10
+# The methods whose handlers return serialized answers (server.py registers them so).
+RAW_RESPONSE_METHODS = ("Predict",)
 # The longest forwarded client name kept (a peer address is under 64 characters).
 _MAX_CLIENT_NAME = 256
 
@@ -45,6 +42,11 @@ def _client(context, peer: str):
         if key == CLIENT_METADATA_KEY:
             return peer, value[:_MAX_CLIENT_NAME]
     return peer
+
+
+def _serialize(response) -> bytes:
+    """The answer's bytes (ServerCore.predict's `finish`: called by the thread of the run)."""
+    return response.SerializeToString()
 
 
 class _Canceller:
@@ -79,42 +81,27 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                     thread_name="decode")
 
     def _predict_now(self, request, context, client):
-        # The answer's bytes are made by the thread that completes the run.
         return self._core.predict(request, client_timeout(context), "GRPC", client,
-                                  finish=predict_bytes.serialize)
+                                  finish=_serialize)
 
-    def _parse_and_predict(self, data: bytes, context, client):
-        return self._predict_now(predict_bytes.parse(data), context, client)
-
-    async def Predict(self, data, context):
-        """`data`: the PredictRequest's bytes; returns the PredictResponse's bytes."""
+    async def Predict(self, request, context):
         if not self._in_flight.track(context):
             return await abort(context, DRAINING)
         client = _client(context, context.peer())
         refusal = self._unsent.refusal(client)
         if refusal is not None:
             return await abort(context, refusal)
-        request = None
-        if len(data) <= _INLINE_MAX_BYTES:  # a few queries: parsed here (microseconds)
-            error = None
-            try:
-                request = predict_bytes.parse(data)
-            except ServingError as e:
-                error = plain_error(e)
-            if error is not None:
-                return await abort(context, error)
-        if request is not None and declared_elements(request) <= _INLINE_MAX_ELEMENTS:
+        if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
+                and request.ByteSize() <= _INLINE_MAX_BYTES):
             future = self._predict_now(request, context, client)
-        else:  # parsing, validation and conversion of a large request: off the loop
-            fn, args = ((self._parse_and_predict, (data, context, client)) if request is None
-                        else (self._predict_now, (request, context, client)))
+        else:  # validation and conversion of a large request: off the loop
             timeout = client_timeout(context)
             try:
                 decoding = self._decode.submit(
-                    client, fn, args, None if timeout is None else time.monotonic() + timeout)
+                    client, self._predict_now, (request, context, client),
+                    None if timeout is None else time.monotonic() + timeout)
             except ServingError as e:
                 return await abort(context, plain_error(e))
-            args = None
             future, error = await outcome(decoding)
             decoding = None
             if error is not None:
