@@ -16,7 +16,9 @@ passes in the queue, the same cancelled by the client at once, 2,000 concurrent 
 connection, connections that open 100 streams each with a zero flow-control window and never
 read, and streams reset right after they open ("rapid reset"). Prints p50/p99/max of the
 normal requests per class, their errors, the statuses the hostile requests got, and both
-processes' RSS growth since the start after each class. The targets: p99 < 50 ms and RSS
+processes' RSS growth since the start after each class, and the CPU seconds the server's
+event-loop thread (its main thread) used during the class: a count of the loop's work that a
+loaded machine distorts far less than latencies. The targets: p99 < 50 ms and RSS
 growth < 150 MiB under every class. Compare rows of one run (the machine may be shared).
 """
 import argparse
@@ -49,8 +51,9 @@ def _normal_load(stubs, rate, stop, out):
         try:
             stub.Predict(request, timeout=5)
             error = None
-        except grpc.RpcError as e:
-            error = e.code().name
+        except grpc.RpcError as e:  # which path failed, how (e.g. the transport's refusal)
+            error = (f"{e.code().name} via {'serve' if stub is stubs[0] else 'proxy'}"
+                     + (" (RST_STREAM)" if "RST_STREAM" in (e.details() or "") else ""))
         with lock:
             out.append((time.perf_counter() - sent_at, error))
 
@@ -91,6 +94,13 @@ STREAMS_PER_READER = 100
 
 def _big_request(rows=256):
     return st.predict_request("big", [f"cordless drill {i}" for i in range(rows)], k=300)
+
+
+def _thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU seconds of thread `tid` of process `pid` (Linux /proc)."""
+    with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _statuses(futures) -> str:
@@ -253,10 +263,11 @@ def main():
         stub.Predict(_big_request(), timeout=60)
     rss_start = {p.name: st.rss_bytes(p.proc.pid) for p in (server, proxy)}
     print(f"{'class':58s} {'n':>5s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} errors "
-          f"{'+RSS serve':>10s} {'+RSS proxy':>10s}  hostile statuses")
+          f"{'+RSS serve':>10s} {'+RSS proxy':>10s} {'loop CPU s':>10s}  hostile statuses")
     try:
         for name, send in classes:
             ours.send("start")
+            loop_cpu = _thread_cpu_seconds(server.proc.pid, server.proc.pid)
             deadline = time.monotonic() + args.seconds
             statuses = {}
             while time.monotonic() < deadline:
@@ -270,6 +281,7 @@ def main():
                     time.sleep(max(0.0, round_start + args.burst_period - time.monotonic()))
             ours.send("stop")
             out = ours.recv()
+            loop_cpu = _thread_cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu
             grown = [(st.rss_bytes(p.proc.pid) - rss_start[p.name]) / 2**20
                      for p in (server, proxy)]
             for c in clients.values():
@@ -278,7 +290,7 @@ def main():
             errors = collections.Counter(e for _, e in out if e is not None)
             print(f"{name[:58]:58s} {len(lat):5d} {np.percentile(lat, 50):7.1f} "
                   f"{np.percentile(lat, 99):7.1f} {lat.max():7.1f} {sum(errors.values()):6d} "
-                  f"{grown[0]:10.0f} {grown[1]:10.0f}  {statuses}"
+                  f"{grown[0]:10.0f} {grown[1]:10.0f} {loop_cpu:10.2f}  {statuses}"
                   + (f" normal errors: {dict(errors)}" if errors else ""), flush=True)
         print(f"RSS at the end: server {st.rss_bytes(server.proc.pid) / 2**20:.0f} MiB, "
               f"proxy {st.rss_bytes(proxy.proc.pid) / 2**20:.0f} MiB")

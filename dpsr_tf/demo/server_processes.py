@@ -7,10 +7,14 @@
 Each process binds port 0 and reports its ports through --port_file (no port races), is
 declared ready only when its gRPC health service says SERVING, dies with its parent
 (dpsr_tf/parent_death.py), and is stopped with SIGTERM (then SIGKILL) on exit. `stop_all()` stops
-every process this module started (tests call it at session end).
+every process this module started (tests call it at session end). Each process has a work
+folder (its log, its port file, a proxy's generated config); one made in the default temp
+location is removed when the process stops cleanly (exit code 0) and kept, named in the
+errors, when it failed.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -70,16 +74,23 @@ def wait_for_health(address: str, timeout: float, service: str = "",
 
 
 class ServerProcess:
-    """A `dpsr serve` or `dpsr proxy` child process."""
+    """A `dpsr serve` or `dpsr proxy` child process.
+
+    Args:
+      log_dir: where its work folder (log.txt, ports.json) is made; None: the default temp
+        location, and the folder is removed by a stop() that finds the process exited with
+        0 (a failed process keeps it: its errors name the log).
+    """
 
     def __init__(self, subcommand: str, flags: Sequence[str], name: str,
                  log_dir: Optional[str] = None, host: str = "127.0.0.1", credentials=None):
         self.name = name
         self.credentials = credentials  # grpc.ChannelCredentials when the port speaks TLS
         self.host = host
-        self._workdir = tempfile.mkdtemp(prefix=f"dpsr-{name}-", dir=log_dir)
-        self.log_path = os.path.join(self._workdir, "log.txt")
-        self._port_file = os.path.join(self._workdir, "ports.json")
+        self.workdir = tempfile.mkdtemp(prefix=f"dpsr-{name}-", dir=log_dir)
+        self._own_workdir = log_dir is None
+        self.log_path = os.path.join(self.workdir, "log.txt")
+        self._port_file = os.path.join(self.workdir, "ports.json")
         self.args = [sys.executable, "-m", "dpsr_tf.cli", subcommand,
                      f"--host={host}", f"--port_file={self._port_file}"] + list(flags)
         self.grpc_port = None
@@ -123,11 +134,11 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while not os.path.exists(self._port_file):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                   f"{self.log_tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} (log: "
+                                   f"{self.log_path}):\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not start in {timeout:.0f} s:\n"
-                                   f"{self.log_tail()}")
+                raise TimeoutError(f"{self.name} did not start in {timeout:.0f} s (log: "
+                                   f"{self.log_path}):\n{self.log_tail()}")
             time.sleep(0.05)
         with open(self._port_file, encoding="utf-8") as f:
             ports = json.load(f)
@@ -154,7 +165,8 @@ class ServerProcess:
             self.proc.wait(timeout=30)
 
     def stop(self, timeout: float = 20.0) -> Optional[int]:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code. A clean exit (0)
+        removes the work folder when this process made it in the default temp location."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -166,6 +178,8 @@ class ServerProcess:
                 self.proc.wait(timeout=30)
         if self in _STARTED:
             _STARTED.remove(self)
+        if self.proc.returncode == 0 and self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self):
@@ -228,12 +242,12 @@ def proxy_process(routes: Optional[Dict[str, Tuple[Tuple[str, ...], ...]]] = Non
     """A `dpsr proxy` process over `routes` (model -> shards -> replica addresses) or a config
     file, not started yet; extra keyword arguments go into every model of the generated
     config (e.g. deadline_ms=500, partial_policy="FAIL"). `.config_file` is its config."""
-    if config_file is None:
-        fd, config_file = tempfile.mkstemp(prefix="proxy-", suffix=".config", dir=log_dir)
-        with os.fdopen(fd, "w") as f:
+    process = ServerProcess("proxy", [], name, log_dir)
+    if config_file is None:  # in the work folder: removed with it
+        config_file = os.path.join(process.workdir, "proxy.config")
+        with open(config_file, "w", encoding="utf-8") as f:
             f.write(proxy_config.proxy_config_text(routes, **model_fields))
-    args = ["--port=0", f"--proxy_config_file={config_file}"] + list(flags)
-    process = ServerProcess("proxy", args, name, log_dir)
+    process.args += ["--port=0", f"--proxy_config_file={config_file}"] + list(flags)
     process.config_file = config_file
     return process
 

@@ -69,10 +69,13 @@ def _guarded(behavior, method: str):
 
 class _SafeDecoding(grpc.GenericRpcHandler):
     """Wraps a generated service's handlers so that request bytes that do not parse are
-    answered INVALID_ARGUMENT (as TF Serving does), not UNKNOWN "Unexpected DecodeError"."""
+    answered INVALID_ARGUMENT (as TF Serving does), not UNKNOWN "Unexpected DecodeError".
+    The methods named in `raw_responses` return their answer's bytes (no serializer: grpc.aio
+    would run it on the event loop)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, raw_responses=frozenset()):
         self._inner = inner
+        self._raw_responses = raw_responses
         self._cache = {}
 
     def service(self, handler_call_details):
@@ -80,9 +83,12 @@ class _SafeDecoding(grpc.GenericRpcHandler):
         if method not in self._cache:
             handler = self._inner.service(handler_call_details)
             if handler is not None and handler.unary_unary is not None:
+                name = method.rsplit("/", 1)[-1]
                 handler = handler._replace(
                     request_deserializer=_safe_deserializer(handler.request_deserializer),
-                    unary_unary=_guarded(handler.unary_unary, method.rsplit("/", 1)[-1]))
+                    unary_unary=_guarded(handler.unary_unary, name))
+                if name in self._raw_responses:
+                    handler = handler._replace(response_serializer=None)
             self._cache[method] = handler
         return self._cache[method]
 
@@ -95,12 +101,18 @@ class _Capture:
         self.handlers.extend(handlers)
 
 
-def add_servicer(add_to_server, servicer, server) -> None:
+def add_servicer(add_to_server, servicer, server, raw_responses=()) -> None:
     """`add_XServicer_to_server(servicer, server)` of a generated module, with requests that do
-    not parse answered INVALID_ARGUMENT."""
+    not parse answered INVALID_ARGUMENT.
+
+    Args:
+      raw_responses: names of methods (e.g. "Predict") whose handler returns the answer
+        already serialized (bytes), made off the event loop.
+    """
     capture = _Capture()
     add_to_server(servicer, capture)
-    server.add_generic_rpc_handlers(tuple(_SafeDecoding(h) for h in capture.handlers))
+    raw = frozenset(raw_responses)
+    server.add_generic_rpc_handlers(tuple(_SafeDecoding(h, raw) for h in capture.handlers))
 
 
 def client_timeout(context):

@@ -2,7 +2,9 @@
 
 Each handler calls ServerCore and turns a ServingError into the same gRPC status code with a
 truncated message (TF Serving's ToGRPCStatus). Blocking calls (metadata, classify, reload) run
-in a thread so the event loop keeps serving Predict. The call plumbing (safe decoding, aborts
+in a thread so the event loop keeps serving Predict. Predict returns its answer as bytes,
+serialized by the batch or run thread that computed it (a 256-row k=300 answer is megabytes:
+grpc.aio's serializer would run on the loop). The call plumbing (safe decoding, aborts
 without reference cycles, draining) is dpsr_tf/serving/grpc_calls.py, shared with the proxy.
 """
 import asyncio
@@ -24,6 +26,8 @@ _LOG = logging.getLogger("serving.grpc")
 # microseconds); larger ones in a thread, so that no request can stall the loop.
 _INLINE_MAX_ELEMENTS = 4096
 _INLINE_MAX_BYTES = 64 << 10
+# The methods whose handlers return serialized answers (server.py registers them so).
+RAW_RESPONSE_METHODS = ("Predict",)
 # The longest forwarded client name kept (a peer address is under 64 characters).
 _MAX_CLIENT_NAME = 256
 
@@ -38,6 +42,11 @@ def _client(context, peer: str):
         if key == CLIENT_METADATA_KEY:
             return peer, value[:_MAX_CLIENT_NAME]
     return peer
+
+
+def _serialize(response) -> bytes:
+    """The answer's bytes (ServerCore.predict's `finish`: called by the thread of the run)."""
+    return response.SerializeToString()
 
 
 class _Canceller:
@@ -72,7 +81,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                     thread_name="decode")
 
     def _predict_now(self, request, context, client):
-        return self._core.predict(request, client_timeout(context), "GRPC", client)
+        return self._core.predict(request, client_timeout(context), "GRPC", client,
+                                  finish=_serialize)
 
     async def Predict(self, request, context):
         if not self._in_flight.track(context):
@@ -106,7 +116,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if error is not None:
             response = None
             return await abort(context, error)
-        self._unsent.hold(context, client, response.ByteSize())
+        self._unsent.hold(context, client, len(response))
         return response
 
     async def _blocking(self, context, fn, *args):

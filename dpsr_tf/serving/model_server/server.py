@@ -15,7 +15,8 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
-from dpsr_tf.serving.model_server.grpc_services import ModelServicer, PredictionServicer
+from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
+                                                        PredictionServicer)
 from dpsr_tf.serving.startup import bind_grpc, freeze_heap, grpc_address, write_port_file
 from dpsr_tf.serving.model_server.rest import RestGateway
 from dpsr_tf.serving.model_server.server_core import CoreOptions, ServerCore
@@ -152,7 +153,8 @@ class ModelServer:
                                              self.core, text)
             on_reload = self._poller.note_applied
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-                     PredictionServicer(self.core, self._in_flight), self._grpc)
+                     PredictionServicer(self.core, self._in_flight), self._grpc,
+                     RAW_RESPONSE_METHODS)
         add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
                      ModelServicer(self.core, opts.allow_reload_config_request, on_reload),
                      self._grpc)

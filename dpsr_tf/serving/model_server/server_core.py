@@ -10,7 +10,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import grpc
 from google.protobuf import any_pb2
@@ -220,7 +220,8 @@ class ServerCore:
     # ------------------------------------------------------------------ Predict
 
     def predict(self, request, client_timeout: Optional[float] = None,
-                entrypoint: str = "GRPC", client=None) -> concurrent.futures.Future:
+                entrypoint: str = "GRPC", client=None,
+                finish: Optional[Callable] = None) -> concurrent.futures.Future:
         """Runs a PredictRequest.
 
         Args:
@@ -231,9 +232,12 @@ class ServerCore:
           client: who sent it (the gRPC peer); unbatched runs serve clients in turn, and
             clients share a batch queue fairly.
             None: the entrypoint's shared queue.
+          finish: optional finish(response) -> what the future holds instead of the response,
+            called by the thread that completes the run (gRPC passes the serializer, so that
+            the event loop never serializes an answer); its errors fail the request INTERNAL.
 
         Returns:
-          Future of predict_pb2.PredictResponse; it fails with ServingError (errors carry
+          Future of predict_pb2.PredictResponse (or finish(response)); it fails with ServingError (errors carry
           no traceback, so a refused request is freed at once, not by a garbage collection).
           Cancelling it drops the request's run if that has not started.
         """
@@ -290,6 +294,8 @@ class ServerCore:
                     try:
                         response = build_response(servable.name, servable.version, sig.name,
                                                   fut.result(), prepared.fetches)
+                        if finish is not None:
+                            response = finish(response)
                     except Exception as e:  # pylint: disable=broad-except
                         error = _as_serving_error(e)
                 code = grpc.StatusCode.OK if error is None else error.code
