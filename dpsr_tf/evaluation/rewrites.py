@@ -33,6 +33,34 @@ def _first_requests(eval_set, n: int):
         relevant_rows=eval_set.relevant_rows[:end], relevant_gains=eval_set.relevant_gains[:end])
 
 
+def subset_requests(eval_set, keep: np.ndarray):
+    """The EvalSet of the requests where keep [Q] bool is True (order kept)."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    keep = np.asarray(keep, bool)
+    splits = eval_set.relevant_splits
+    counts = (splits[1:] - splits[:-1])[keep]
+    new_splits = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=new_splits[1:])
+    take = np.concatenate([np.arange(splits[i], splits[i + 1]) for i in np.flatnonzero(keep)]
+                          or [np.zeros(0, np.int64)]).astype(np.int64)
+    return dataclasses.replace(
+        eval_set, queries=[q for q, k in zip(eval_set.queries, keep) if k],
+        query_rows=eval_set.query_rows[keep], user_rows=eval_set.user_rows[keep],
+        history_ends=eval_set.history_ends[keep], relevant_splits=new_splits,
+        relevant_rows=eval_set.relevant_rows[take], relevant_gains=eval_set.relevant_gains[take])
+
+
+def holdout_eval_set(layout, percent: int):
+    """The train split's requests whose query is held out of rewriter training
+    (dpsr_tf/rewriting/data.in_holdout(query, percent)), with the eval split's relevance
+    semantics (layout.load_eval_set: positives with gain >= the layout's eval_min_gain): a
+    tuning set for rewriting that is neither the eval queries nor anything the rewriter saw."""
+    from dpsr_tf.rewriting.data import in_holdout  # pylint: disable=import-outside-toplevel
+    full = layout_lib.load_eval_set(layout, "train")
+    return subset_requests(full, np.array([in_holdout(q, percent) for q in full.queries],
+                                          bool))
+
+
 def rewrite_texts(queries: List[str], table: Dict[str, list], max_rewrites: int) -> List[list]:
     """[Q][<= max_rewrites] the table's first rewrites of each query (by normalized key)."""
     return [[r for r, _ in table.get(table_lib.normalize_query(q), [])][:max_rewrites]

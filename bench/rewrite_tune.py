@@ -1,0 +1,229 @@
+"""Chooses how rewrites are used (filter, merge rule, weights) on held-out TRAIN queries, and
+measures chosen settings on a layout split, from bench/rewrite_candidates.py dumps.
+
+    python bench/rewrite_tune.py grid --layout_dir=L --index_dir=I --candidates=holdout_s0.jsonl
+    python bench/rewrite_tune.py measure --layout_dir=L --index_dir=I \
+        --candidates=eval_s0.jsonl,eval_s1.jsonl,eval_s2.jsonl --settings='{"...": ...}' \
+        [--model_dir=M] [--per_query_dir=D]
+
+Every list is the project's lexical index (k = 1000); the merged list of a setting is computed
+by dpsr_tf/search/rewrite_merge.merge_np's rule (or the variant named by "merge"), so that a
+chosen setting is what a servable with the table returns.
+"""
+import itertools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+_MODE = ("grid", "measure")
+_LAYOUT = flags.DEFINE_string("layout_dir", None, "Layout.")
+_INDEX = flags.DEFINE_string("index_dir", None, "Index build with a lexical index.")
+_CANDS = flags.DEFINE_list("candidates", None, "Candidate dumps (bench/rewrite_candidates.py).")
+_SET = flags.DEFINE_enum("set", None, ["holdout", "eval"], "Requests (default: grid = holdout, "
+                         "measure = eval).")
+_HOLDOUT = flags.DEFINE_integer("holdout_percent", 10, "As the rewriter was trained with.")
+_SETTINGS = flags.DEFINE_string("settings", "{}", "measure: JSON of the setting.")
+_MODEL = flags.DEFINE_string("model_dir", None, "measure: DPSR model (adds hybrid rows).")
+_PER_QUERY = flags.DEFINE_string("per_query_dir", None, "measure: per-request JSONL files here.")
+_K = 1000
+
+
+def _same_units_mask(queries, cands):
+    from dpsr_tf.rewriting.generate import same_units  # pylint: disable=import-outside-toplevel
+    return [[same_units(t, q) for t, _ in row] for q, row in zip(queries, cands)]
+
+
+class Lists:
+    """The lexical lists of a request set's queries, of their candidates and titles."""
+
+    def __init__(self, searcher, eval_set, dump_path, max_cands=8):
+        dump = {}
+        with open(dump_path, encoding="utf-8") as f:
+            for line in f:
+                d = json.loads(line)
+                dump[d["query"]] = d
+        self.queries = list(eval_set.queries)
+        q = len(self.queries)
+        self.cands = [[tuple(c) for c in dump[t]["candidates"][:max_cands]] for t in self.queries]
+        self.titles = [dump[t]["title"] for t in self.queries]
+        self.own_s, self.own_r = searcher.search(self.queries, _K)
+        c = max_cands
+        flat = [(row + [("", 0.0)] * c)[:c] for row in self.cands]
+        texts = [t for row in flat for t, _ in row]
+        s, r = searcher.search([t if t else "\x00" for t in texts], _K)
+        self.cand_s, self.cand_r = s.reshape(q, c, _K), r.reshape(q, c, _K)
+        empty = np.array([[t == "" for t, _ in row] for row in flat])
+        self.cand_r[empty], self.cand_s[empty] = -1, -np.inf
+        self.same = np.array([(m + [True] * c)[:c] for m in _same_units_mask(self.queries, self.cands)])
+        self.title_s, self.title_r = searcher.search([t or "\x00" for t in self.titles], _K)
+        self.empty = empty
+
+    def shared(self, k):
+        """[Q, C] items shared by each candidate's top k and the query's top k."""
+        out = np.zeros(self.cand_r.shape[:2], np.int64)
+        for i in range(len(self.queries)):
+            own = set(self.own_r[i, :k].tolist()) - {-1}
+            for j in range(self.cand_r.shape[1]):
+                out[i, j] = len(own & set(self.cand_r[i, j, :k].tolist()))
+        return out
+
+    def select(self, max_rewrites, shared_k, min_shared):
+        """[Q, R] candidate index of each kept rewrite (-1 none): the first candidates (best
+        score first) that differ from the query, have a lexical hit and (min_shared > 0) share
+        >= min_shared items of their top shared_k with the query's."""
+        ok = ~self.same & ~self.empty & (self.cand_s[:, :, 0] > 0)
+        if min_shared > 0:
+            ok &= self.shared(shared_k) >= min_shared
+        out = np.full([len(self.queries), max_rewrites], -1, np.int64)
+        for i in range(len(self.queries)):
+            idx = np.flatnonzero(ok[i])[:max_rewrites]
+            out[i, :len(idx)] = idx
+        return out
+
+
+def merge_fast(lists, n):
+    """Vectorized merge over [(scores [Q,K], rows [Q,K], factor)], the first list the query's:
+    merged(item) = max over lists of factor * score; ties by first position. Equal to merge_np
+    (checked in main on the data)."""
+    s = np.concatenate([np.where(r >= 0, sc.astype(np.float32) * np.float32(f), -np.inf)
+                        for sc, r, f in lists], axis=1).astype(np.float32)
+    r = np.concatenate([x[1] for x in lists], axis=1)
+    q, w = r.shape
+    pos = np.broadcast_to(np.arange(w), (q, w))
+    qi = np.broadcast_to(np.arange(q)[:, None], (q, w))
+    valid = r >= 0
+    fs, fr, fp, fq = s[valid], r[valid], pos[valid], qi[valid]
+    # best value per (query, item): sort by query, item, -value
+    o = np.lexsort((-fs, fr, fq))
+    fs, fr, fq = fs[o], fr[o], fq[o]
+    first_pos = np.minimum.reduceat(fp[o], np.flatnonzero(np.r_[True, (fr[1:] != fr[:-1]) | (fq[1:] != fq[:-1])])) if len(fr) else fp
+    head = np.r_[True, (fr[1:] != fr[:-1]) | (fq[1:] != fq[:-1])] if len(fr) else np.zeros(0, bool)
+    bs, br, bq = fs[head], fr[head], fq[head]
+    o2 = np.lexsort((first_pos, -bs, bq))
+    bs, br, bq = bs[o2], br[o2], bq[o2]
+    starts = np.searchsorted(bq, np.arange(q))
+    rank = np.arange(len(bq)) - starts[bq]
+    keep = rank < n
+    out_s = np.full([q, n], -np.inf, np.float32)
+    out_r = np.full([q, n], -1, np.int64)
+    out_s[bq[keep], rank[keep]] = bs[keep]
+    out_r[bq[keep], rank[keep]] = br[keep]
+    return out_s, out_r
+
+
+def build_lists(L, sel, weight, merge, title_weight=0.0):
+    """The [(scores, rows, factor)] of a setting."""
+    def norm(sc):
+        top = sc[:, :1]
+        return np.where(np.isfinite(sc) & (top > 0), sc / np.where(top > 0, top, 1), -np.inf)
+    if merge == "max":
+        f = lambda sc: sc
+    elif merge == "norm":
+        f = norm
+    else:
+        raise ValueError(merge)
+    out = [(f(L.own_s), L.own_r, 1.0)]
+    q = np.arange(len(L.queries))
+    for j in range(sel.shape[1]):
+        idx = sel[:, j]
+        sc = L.cand_s[q, np.maximum(idx, 0)].copy()
+        rw = L.cand_r[q, np.maximum(idx, 0)].copy()
+        sc[idx < 0], rw[idx < 0] = -np.inf, -1
+        out.append((f(sc), rw, weight))
+    if title_weight > 0:
+        out.append((f(L.title_s), L.title_r, title_weight))
+    return out
+
+
+def metrics(rows, eval_set, per_request=False):
+    from dpsr_tf.evaluation import metrics as m  # pylint: disable=import-outside-toplevel
+    return m.retrieval_metrics(rows, eval_set.relevant_splits, eval_set.relevant_rows,
+                               eval_set.relevant_gains, with_per_request=per_request)
+
+
+def drift(L, sel, eval_set):
+    """Share of kept rewrites whose own top 10 holds none of the request's relevant items."""
+    n = d = 0
+    for i in range(len(L.queries)):
+        rel = set(eval_set.relevant_rows[eval_set.relevant_splits[i]:
+                                         eval_set.relevant_splits[i + 1]].tolist())
+        for j in sel[i]:
+            if j >= 0:
+                n += 1
+                d += not (rel & set(L.cand_r[i, j, :10].tolist()))
+    return (d / n if n else 0.0), n
+
+
+def _setup(split_kind):
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import layout as layout_lib
+    from dpsr_tf.evaluation import rewrites as rewrites_lib
+    from dpsr_tf.indexing.lexical_index import LexicalSearcher
+    spec = layout_lib.load_layout_spec(_LAYOUT.value)
+    if split_kind == "holdout":
+        eval_set = rewrites_lib.holdout_eval_set(spec, _HOLDOUT.value)
+    else:
+        eval_set = layout_lib.load_eval_set(spec, "eval")
+    searcher = LexicalSearcher(_INDEX.value, layout_lib.load_item_ids(spec))
+    return spec, eval_set, searcher
+
+
+def _short(m):
+    return {k: round(v, 4) for k, v in m.items() if k.startswith(("recall", "ndcg", "mrr"))}
+
+
+def grid(argv):
+    _, eval_set, searcher = _setup(_SET.value or "holdout")
+    for path in _CANDS.value:
+        t0 = time.time()
+        L = Lists(searcher, eval_set, path)
+        base = metrics(L.own_r, eval_set)
+        print(json.dumps({"table": path, "system": "lexical", **_short(base)}), flush=True)
+        # merge_fast == merge_np on this data (one setting)
+        from dpsr_tf.search.rewrite_merge import merge_np  # pylint: disable=import-outside-toplevel
+        sel = L.select(3, 10, 0)
+        lists = build_lists(L, sel, 0.3, "max")
+        fs, fr = merge_fast(lists, _K)
+        rs = np.stack([x[0] for x in lists[1:]], 1)
+        rr = np.stack([x[1] for x in lists[1:]], 1)
+        ns, nr, _ = merge_np(L.own_s, L.own_r, rs, rr, _K, 0.3)
+        assert (fr == nr).all() and np.allclose(fs, ns, equal_nan=True), "merge_fast != merge_np"
+        for (mr, sk, ms) in itertools.product((1, 3), (10, 100), (0, 1, 2, 3, 5)):
+            if ms == 0 and sk == 100:
+                continue
+            sel = L.select(mr, sk, ms)
+            dr, n = drift(L, sel, eval_set)
+            for merge, w, tw in itertools.product(("max", "norm"), (0.3, 0.5, 0.8, 1.0),
+                                                  (0.0,)):
+                _, fr = merge_fast(build_lists(L, sel, w, merge, tw), _K)
+                m = metrics(fr, eval_set)
+                print(json.dumps({"max_rewrites": mr, "shared_k": sk, "min_shared": ms,
+                                  "merge": merge, "weight": w, "title_weight": tw,
+                                  "rewrites": n, "drift": round(dr, 4),
+                                  **{k: round(v - base[k], 4) for k, v in _short(m).items()}}),
+                      flush=True)
+        # the forward model's title as an extra lexical query, alone
+        none = np.full([len(L.queries), 0], -1, np.int64)
+        for merge, tw in itertools.product(("max", "norm"), (0.1, 0.3, 0.5, 0.8, 1.0)):
+            _, fr = merge_fast(build_lists(L, none, 1.0, merge, tw), _K)
+            m = metrics(fr, eval_set)
+            print(json.dumps({"title_only": True, "merge": merge, "title_weight": tw,
+                              **{k: round(v - base[k], 4) for k, v in _short(m).items()}}),
+                  flush=True)
+        print(f"# {path}: {time.time() - t0:.0f}s", file=sys.stderr)
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] not in _MODE:
+        raise SystemExit(f"usage: rewrite_tune.py {{{'|'.join(_MODE)}}} --flags")
+    if argv[1] == "grid":
+        return grid(argv)
+    raise SystemExit("measure: not yet")
+
+
+if __name__ == "__main__":
+    app.run(main)
