@@ -85,28 +85,29 @@ class Lists:
         return out
 
 
-def merge_fast(lists, n):
+def merge_fast(lists, n, combine="max"):
     """Vectorized merge over [(scores [Q,K], rows [Q,K], factor)], the first list the query's:
-    merged(item) = max over lists of factor * score; ties by first position. Equal to merge_np
-    (checked in main on the data)."""
+    merged(item) = max (or sum) over the lists holding it of factor * score; ties by first
+    position. combine="max" equals merge_np (checked in grid on the data)."""
     s = np.concatenate([np.where(r >= 0, sc.astype(np.float32) * np.float32(f), -np.inf)
                         for sc, r, f in lists], axis=1).astype(np.float32)
     r = np.concatenate([x[1] for x in lists], axis=1)
     q, w = r.shape
     pos = np.broadcast_to(np.arange(w), (q, w))
     qi = np.broadcast_to(np.arange(q)[:, None], (q, w))
-    valid = r >= 0
+    valid = (r >= 0) & np.isfinite(s)
     fs, fr, fp, fq = s[valid], r[valid], pos[valid], qi[valid]
-    # best value per (query, item): sort by query, item, -value
     o = np.lexsort((-fs, fr, fq))
-    fs, fr, fq = fs[o], fr[o], fq[o]
-    first_pos = np.minimum.reduceat(fp[o], np.flatnonzero(np.r_[True, (fr[1:] != fr[:-1]) | (fq[1:] != fq[:-1])])) if len(fr) else fp
-    head = np.r_[True, (fr[1:] != fr[:-1]) | (fq[1:] != fq[:-1])] if len(fr) else np.zeros(0, bool)
-    bs, br, bq = fs[head], fr[head], fq[head]
+    fs, fr, fp, fq = fs[o], fr[o], fp[o], fq[o]
+    head = np.r_[True, (fr[1:] != fr[:-1]) | (fq[1:] != fq[:-1])]
+    starts = np.flatnonzero(head)
+    first_pos = np.minimum.reduceat(fp, starts)
+    bs = fs[head] if combine == "max" else np.add.reduceat(fs.astype(np.float64), starts).astype(np.float32)
+    br, bq = fr[head], fq[head]
     o2 = np.lexsort((first_pos, -bs, bq))
     bs, br, bq = bs[o2], br[o2], bq[o2]
-    starts = np.searchsorted(bq, np.arange(q))
-    rank = np.arange(len(bq)) - starts[bq]
+    qstart = np.searchsorted(bq, np.arange(q))
+    rank = np.arange(len(bq)) - qstart[bq]
     keep = rank < n
     out_s = np.full([q, n], -np.inf, np.float32)
     out_r = np.full([q, n], -1, np.int64)
@@ -115,27 +116,60 @@ def merge_fast(lists, n):
     return out_s, out_r
 
 
-def build_lists(L, sel, weight, merge, title_weight=0.0):
-    """The [(scores, rows, factor)] of a setting."""
-    def norm(sc):
+def transform(sc, kind, rrf_k=60.0):
+    """Per-list scores: raw BM25, BM25 / the list's top score, or 1 / (rrf_k + rank)."""
+    if kind == "raw":
+        return sc
+    if kind == "norm":
         top = sc[:, :1]
         return np.where(np.isfinite(sc) & (top > 0), sc / np.where(top > 0, top, 1), -np.inf)
-    if merge == "max":
-        f = lambda sc: sc
-    elif merge == "norm":
-        f = norm
-    else:
-        raise ValueError(merge)
-    out = [(f(L.own_s), L.own_r, 1.0)]
+    if kind == "rrf":
+        rank = np.arange(1, sc.shape[1] + 1, dtype=np.float32)[None, :]
+        return np.where(np.isfinite(sc), 1.0 / (rrf_k + rank), -np.inf).astype(np.float32)
+    raise ValueError(kind)
+
+
+def build_lists(L, sel, weight, kind="raw", title_weight=0.0, k=None):
+    """The [(scores, rows, factor)] of a setting (lists cut to k)."""
+    k = k or L.own_r.shape[1]
+    out = [(transform(L.own_s[:, :k], kind), L.own_r[:, :k], 1.0)]
     q = np.arange(len(L.queries))
     for j in range(sel.shape[1]):
         idx = sel[:, j]
-        sc = L.cand_s[q, np.maximum(idx, 0)].copy()
-        rw = L.cand_r[q, np.maximum(idx, 0)].copy()
+        sc = L.cand_s[q, np.maximum(idx, 0), :k].copy()
+        rw = L.cand_r[q, np.maximum(idx, 0), :k].copy()
         sc[idx < 0], rw[idx < 0] = -np.inf, -1
-        out.append((f(sc), rw, weight))
+        out.append((transform(sc, kind), rw, weight))
     if title_weight > 0:
-        out.append((f(L.title_s), L.title_r, title_weight))
+        out.append((transform(L.title_s[:, :k], kind), L.title_r[:, :k], title_weight))
+    return out
+
+
+def fast_metrics(rows, eval_set, num_items):
+    """Recall@10/100 (of rows' depth), nDCG@10, MRR@10 means, vectorized (equal to
+    metrics.retrieval_metrics, checked in grid)."""
+    sp = eval_set.relevant_splits
+    q = len(sp) - 1
+    counts = sp[1:] - sp[:-1]
+    req = np.repeat(np.arange(q), counts)
+    keys = req * num_items + eval_set.relevant_rows
+    gain_of = dict(zip(keys.tolist(), eval_set.relevant_gains.tolist()))
+    rk = np.where(rows >= 0, np.arange(q)[:, None] * num_items + rows, -1)
+    hit = np.isin(rk, keys)
+    out = {}
+    for k in (10, 100):
+        out[f"recall@{k}"] = float((hit[:, :k].sum(1) / counts).mean())
+    gains = np.zeros(rows[:, :10].shape)
+    for i, j in zip(*np.nonzero(hit[:, :10])):
+        gains[i, j] = gain_of[int(rk[i, j])]
+    disc = 1.0 / np.log2(np.arange(2, 12))
+    ideal = np.zeros(q)
+    for i in range(q):
+        g = np.sort(eval_set.relevant_gains[sp[i]:sp[i + 1]])[::-1][:10]
+        ideal[i] = (g * disc[:len(g)]).sum()
+    out["ndcg@10"] = float(((gains * disc).sum(1) / ideal).mean())
+    first = np.where(hit[:, :10].any(1), hit[:, :10].argmax(1) + 1, np.inf)
+    out["mrr@10"] = float((1.0 / first).mean())
     return out
 
 
@@ -176,44 +210,59 @@ def _short(m):
     return {k: round(v, 4) for k, v in m.items() if k.startswith(("recall", "ndcg", "mrr"))}
 
 
+GRID_FILTERS = [(0, 0)] + [(10, 1), (10, 3), (10, 5), (100, 5), (100, 20)]
+GRID_MERGES = ([("max", "raw", w) for w in (0.3, 0.5, 0.8, 1.0)]
+               + [("max", "norm", w) for w in (0.5, 0.8, 1.0)]
+               + [("sum", "raw", w) for w in (0.1, 0.3, 0.5, 1.0)]
+               + [("sum", "rrf", w) for w in (0.3, 0.5, 1.0)])
+
+
 def grid(argv):
-    _, eval_set, searcher = _setup(_SET.value or "holdout")
+    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.rewrite_merge import merge_np  # pylint: disable=import-outside-toplevel
+    spec, eval_set, searcher = _setup(_SET.value or "holdout")
+    kk = 200      # tuning depth: the merged top 100 of "max" needs each list's top 100 only
     for path in _CANDS.value:
         t0 = time.time()
         L = Lists(searcher, eval_set, path)
         base = metrics(L.own_r, eval_set)
+        fb = fast_metrics(L.own_r[:, :kk], eval_set, spec.num_items)
+        for key, v in fb.items():
+            assert abs(v - base[key]) < 1e-9, (key, v, base[key])
+        base = fb
         print(json.dumps({"table": path, "system": "lexical", **_short(base)}), flush=True)
-        # merge_fast == merge_np on this data (one setting)
-        from dpsr_tf.search.rewrite_merge import merge_np  # pylint: disable=import-outside-toplevel
         sel = L.select(3, 10, 0)
-        lists = build_lists(L, sel, 0.3, "max")
+        lists = build_lists(L, sel, 0.3, "raw")
         fs, fr = merge_fast(lists, _K)
         rs = np.stack([x[0] for x in lists[1:]], 1)
         rr = np.stack([x[1] for x in lists[1:]], 1)
         ns, nr, _ = merge_np(L.own_s, L.own_r, rs, rr, _K, 0.3)
-        assert (fr == nr).all() and np.allclose(fs, ns, equal_nan=True), "merge_fast != merge_np"
-        for (mr, sk, ms) in itertools.product((1, 3), (10, 100), (0, 1, 2, 3, 5)):
-            if ms == 0 and sk == 100:
-                continue
-            sel = L.select(mr, sk, ms)
+        assert (fr == nr).all() and np.allclose(fs, ns), "merge_fast != merge_np"
+        shared = {k: L.shared(k) for k in (10, 100)}
+        for mr, (sk, ms) in itertools.product((1, 3), GRID_FILTERS):
+            ok = ~L.same & ~L.empty & (L.cand_s[:, :, 0] > 0)
+            if ms:
+                ok &= shared[sk] >= ms
+            sel = np.full([len(L.queries), mr], -1, np.int64)
+            for i in range(len(L.queries)):
+                idx = np.flatnonzero(ok[i])[:mr]
+                sel[i, :len(idx)] = idx
             dr, n = drift(L, sel, eval_set)
-            for merge, w, tw in itertools.product(("max", "norm"), (0.3, 0.5, 0.8, 1.0),
-                                                  (0.0,)):
-                _, fr = merge_fast(build_lists(L, sel, w, merge, tw), _K)
-                m = metrics(fr, eval_set)
+            for (combine, kind, w), tw in itertools.product(GRID_MERGES, (0.0, 0.3, 1.0)):
+                _, fr = merge_fast(build_lists(L, sel, w, kind, tw, kk), 100, combine)
+                m = fast_metrics(fr, eval_set, spec.num_items)
                 print(json.dumps({"max_rewrites": mr, "shared_k": sk, "min_shared": ms,
-                                  "merge": merge, "weight": w, "title_weight": tw,
-                                  "rewrites": n, "drift": round(dr, 4),
-                                  **{k: round(v - base[k], 4) for k, v in _short(m).items()}}),
+                                  "combine": combine, "scores": kind, "weight": w,
+                                  "title_weight": tw, "rewrites": n, "drift": round(dr, 4),
+                                  **{k: round(v - base[k], 4) for k, v in m.items()}}),
                       flush=True)
-        # the forward model's title as an extra lexical query, alone
         none = np.full([len(L.queries), 0], -1, np.int64)
-        for merge, tw in itertools.product(("max", "norm"), (0.1, 0.3, 0.5, 0.8, 1.0)):
-            _, fr = merge_fast(build_lists(L, none, 1.0, merge, tw), _K)
-            m = metrics(fr, eval_set)
-            print(json.dumps({"title_only": True, "merge": merge, "title_weight": tw,
-                              **{k: round(v - base[k], 4) for k, v in _short(m).items()}}),
-                  flush=True)
+        for (combine, kind, w) in GRID_MERGES:
+            _, fr = merge_fast(build_lists(L, none, 1.0, kind, w, kk), 100, combine)
+            m = fast_metrics(fr, eval_set, spec.num_items)
+            print(json.dumps({"title_only": True, "combine": combine, "scores": kind,
+                              "title_weight": w,
+                              **{k: round(v - base[k], 4) for k, v in m.items()}}), flush=True)
         print(f"# {path}: {time.time() - t0:.0f}s", file=sys.stderr)
 
 

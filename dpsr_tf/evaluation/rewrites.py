@@ -79,7 +79,7 @@ def merged_lexical_lists(searcher: LexicalSearcher, queries: List[str], rewrites
     empty = np.array([[t == "" for t in row] for row in flat])
     rw_r[empty] = -1
     rw_s[empty] = -np.inf
-    m_s, m_r, m_q = merge_np(own_s, own_r, rw_s, rw_r, k, cfg.rewrite_weight)
+    m_s, m_r, m_q = merge_np(own_s, own_r, rw_s, rw_r, k, cfg.rewrite_weight, cfg.combine)
     return own_s, own_r, m_s, m_r, m_q, rw_r
 
 
