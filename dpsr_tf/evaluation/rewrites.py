@@ -87,11 +87,13 @@ def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
                       cfg: RewriteConfig = RewriteConfig(), split: str = "eval",
                       dense: Optional[tuple] = None, fusion: FusionConfig = FusionConfig(),
                       k: int = 1000, recall_ks=(10, 100, 1000), num_examples: int = 8,
-                      max_requests: int = 0) -> dict:
+                      max_requests: int = 0, per_request: bool = False) -> dict:
     """Metrics of "lexical", "lexical+rewrites" (and "hybrid", "hybrid+rewrites" given dense
     = ([Q, k] scores, [Q, k] rows) of the served dense list of the split's requests), plus
     coverage, drift and examples (module docstring). max_requests > 0 keeps the split's
-    first requests only (and the first rows of dense)."""
+    first requests only (and the first rows of dense). per_request: each system's entry also
+    holds metrics.PER_REQUEST arrays (for per_query.write_jsonl and paired tests), and the
+    result holds "eval_set"."""
     cfg.validate()
     spec = layout_lib.load_layout_spec(layout_dir)
     eval_set = layout_lib.load_eval_set(spec, split)
@@ -108,12 +110,17 @@ def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
     own_s, own_r, m_s, m_r, _, rw_r = merged_lexical_lists(
         searcher, queries, rewrites, k, cfg, fusion.lexical_min_score)
     rel = (eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains)
-    out = {"lexical": metrics_lib.retrieval_metrics(own_r, *rel, recall_ks=recall_ks),
-           "lexical+rewrites": metrics_lib.retrieval_metrics(m_r, *rel, recall_ks=recall_ks)}
+    out = {"lexical": metrics_lib.retrieval_metrics(own_r, *rel, recall_ks=recall_ks,
+                                                    with_per_request=per_request),
+           "lexical+rewrites": metrics_lib.retrieval_metrics(m_r, *rel, recall_ks=recall_ks,
+                                                             with_per_request=per_request)}
     if dense is not None:
         for name, (ls, lr) in (("hybrid", (own_s, own_r)), ("hybrid+rewrites", (m_s, m_r))):
             _, fused, _ = fuse_np(dense[0], dense[1], ls, lr, k, fusion)
-            out[name] = metrics_lib.retrieval_metrics(fused, *rel, recall_ks=recall_ks)
+            out[name] = metrics_lib.retrieval_metrics(fused, *rel, recall_ks=recall_ks,
+                                                      with_per_request=per_request)
+    if per_request:
+        out["eval_set"] = eval_set
     searched, drifted, good, bad = 0, 0, [], []
     for i, row in enumerate(rewrites):
         relevant = set(eval_set.relevant_rows[rel[0][i]:rel[0][i + 1]].tolist())
