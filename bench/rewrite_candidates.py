@@ -22,11 +22,6 @@ _HOLDOUT = flags.DEFINE_integer("holdout_percent", 10, "As the rewriter was trai
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _STRATEGY = flags.DEFINE_enum("strategy", "sample", ["greedy", "beam", "sample"], "Decoding.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSONL to write.")
-_TITLE_SOURCE = flags.DEFINE_enum("title_source", "forward", ["forward", "lexical"],
-                                  "forward: the forward model's best title (the paper); "
-                                  "lexical: the query's top --lexical_titles BM25 titles.")
-_LEX_TITLES = flags.DEFINE_integer("lexical_titles", 8, "Titles per query (lexical source).")
-_INDEX = flags.DEFINE_string("index_dir", None, "Index build (lexical source).")
 _CKPT = flags.DEFINE_string("checkpoint", None, "A checkpoint of --rewriter_dir (default: latest).")
 flags.mark_flags_as_required(["rewriter_dir", "layout_dir", "output"])
 
@@ -43,17 +38,9 @@ def main(argv):
     else:
         eval_set = layout_lib.load_eval_set(spec, "eval")
     queries = list(dict.fromkeys(eval_set.queries))
-    titles = None
-    if _TITLE_SOURCE.value == "lexical":
-        from dpsr_tf.indexing.lexical_index import LexicalSearcher
-        searcher = LexicalSearcher(_INDEX.value, layout_lib.load_item_ids(spec))
-        all_titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
-        _, rows = searcher.search(queries, _LEX_TITLES.value)
-        titles = [[all_titles[r] for r in row if r >= 0] for row in rows]
     start = time.time()
     rows = generate.Rewriter(_REWRITER.value, _CKPT.value).rewrite(
-        queries, generate.DecodeConfig(strategy=_STRATEGY.value, seed=_SEED.value), log=None,
-        titles=titles)
+        queries, generate.DecodeConfig(strategy=_STRATEGY.value, seed=_SEED.value), log=None)
     seconds = time.time() - start
     with open(_OUTPUT.value, "w", encoding="utf-8") as f:
         for r in rows:

@@ -215,6 +215,9 @@ def _short(m):
     return {k: round(v, 4) for k, v in m.items() if k.startswith(("recall", "ndcg", "mrr"))}
 
 
+_TITLE_WEIGHTS = flags.DEFINE_list("title_weights", ["0", "0.3", "1.0"], "grid: weights of the "
+                                   "dump's title as an extra lexical query (0 = none).")
+_SMALL = flags.DEFINE_bool("small", False, "grid: fewer filters and merges.")
 GRID_FILTERS = [(0, 0)] + [(10, 1), (10, 3), (10, 5), (100, 5), (100, 20)]
 GRID_MERGES = ([("max", "raw", w) for w in (0.3, 0.5, 0.8, 1.0)]
                + [("max", "norm", w) for w in (0.5, 0.8, 1.0)]
@@ -244,7 +247,12 @@ def grid(argv):
         ns, nr, _ = merge_np(L.own_s, L.own_r, rs, rr, _K, 0.3)
         assert (fr == nr).all() and np.allclose(fs, ns), "merge_fast != merge_np"
         shared = {k: L.shared(k) for k in (10, 100)}
-        for mr, (sk, ms) in itertools.product((1, 3), GRID_FILTERS):
+        filters, merges = GRID_FILTERS, GRID_MERGES
+        if _SMALL.value:
+            filters = [(0, 0), (10, 1), (10, 3), (100, 5)]
+            merges = [m for m in GRID_MERGES if m[1] != "norm" and m[2] != 0.5]
+        tws = [float(x) for x in _TITLE_WEIGHTS.value]
+        for mr, (sk, ms) in itertools.product((1, 3), filters):
             ok = ~L.same & ~L.empty & (L.cand_s[:, :, 0] > 0)
             if ms:
                 ok &= shared[sk] >= ms
@@ -253,7 +261,7 @@ def grid(argv):
                 idx = np.flatnonzero(ok[i])[:mr]
                 sel[i, :len(idx)] = idx
             dr, n = drift(L, sel, eval_set)
-            for (combine, kind, w), tw in itertools.product(GRID_MERGES, (0.0, 0.3, 1.0)):
+            for (combine, kind, w), tw in itertools.product(merges, tws):
                 _, fr = merge_fast(build_lists(L, sel, w, kind, tw, kk), 100, combine)
                 m = fast_metrics(fr, eval_set, spec.num_items)
                 print(json.dumps({"max_rewrites": mr, "shared_k": sk, "min_shared": ms,
@@ -262,7 +270,7 @@ def grid(argv):
                                   **{k: round(v - base[k], 4) for k, v in m.items()}}),
                       flush=True)
         none = np.full([len(L.queries), 0], -1, np.int64)
-        for (combine, kind, w) in GRID_MERGES:
+        for (combine, kind, w) in (merges if any(tws) else []):
             _, fr = merge_fast(build_lists(L, none, 1.0, kind, w, kk), 100, combine)
             m = fast_metrics(fr, eval_set, spec.num_items)
             print(json.dumps({"title_only": True, "combine": combine, "scores": kind,

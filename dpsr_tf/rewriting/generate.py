@@ -112,72 +112,46 @@ class Rewriter:
         return step
 
     def rewrite(self, queries: Sequence[str], decode: DecodeConfig = DecodeConfig(),
-                batch_size: int = 64, log: Optional[Callable[[str], None]] = print,
-                titles: Optional[Sequence[Sequence[str]]] = None) -> List[QueryRewrites]:
+                batch_size: int = 64,
+                log: Optional[Callable[[str], None]] = print) -> List[QueryRewrites]:
         """Rewrites of each query (module docstring), in input order, unfiltered except for
-        duplicates and empty texts.
-
-        titles: None (the paper's path: the forward model's most probable title) or, per
-          query, the titles to decode rewrites from (e.g. its lexical top titles: catalog
-          titles the query found, `dpsr rewrite --title_source=lexical`); every title is
-          decoded with the strategy and the candidates of a query's titles pooled (a text's
-          best score kept). QueryRewrites.title is then the query's first title ("" if none).
-        """
+        duplicates and empty texts."""
         decode.validate()
-        if titles is not None and len(titles) != len(queries):
-            raise ValueError(f"{len(titles)} title lists for {len(queries)} queries")
         cfg, out, start = self.config, [], time.time()
         for lo in range(0, len(queries), batch_size):
             batch = list(queries[lo:lo + batch_size])
-            if titles is None:
-                src = self.vocab.encode(batch, cfg.query_len)
-                found_titles = decoding.beam_search(self._step_fn("forward", src), len(batch),
-                                                    cfg.title_len - 1, decode.title_beam, 1)
-                title_ids = np.full([len(batch), cfg.title_len], units_lib.PAD, np.int32)
-                for i, hyps in enumerate(found_titles):
-                    ids = list(hyps[0].units)[:cfg.title_len - 1] + [units_lib.EOS]
-                    title_ids[i, :len(ids)] = ids
-                owner = np.arange(len(batch))
-                first_title = [self.vocab.decode(h[0].units) for h in found_titles]
+            src = self.vocab.encode(batch, cfg.query_len)
+            titles = decoding.beam_search(self._step_fn("forward", src), len(batch),
+                                          cfg.title_len - 1, decode.title_beam, 1)
+            title_ids = np.full([len(batch), cfg.title_len], units_lib.PAD, np.int32)
+            for i, hyps in enumerate(titles):
+                ids = list(hyps[0].units)[:cfg.title_len - 1] + [units_lib.EOS]
+                title_ids[i, :len(ids)] = ids
+            backward = self._step_fn("backward", title_ids, decode.no_repeat)
+            n, max_len = len(batch), cfg.query_len - 1
+            if decode.strategy == "greedy":
+                found = [[h] for h in decoding.greedy(backward, n, max_len)]
+            elif decode.strategy == "beam":
+                found = decoding.beam_search(backward, n, max_len, decode.num_rewrites,
+                                             decode.num_rewrites)
             else:
-                given = [list(t) for t in titles[lo:lo + batch_size]]
-                owner = np.array([i for i, ts in enumerate(given) for _ in ts], np.int64)
-                flat = [t for ts in given for t in ts]
-                title_ids = (self.vocab.encode(flat, cfg.title_len) if flat else
-                             np.zeros([0, cfg.title_len], np.int32))
-                first_title = [ts[0] if ts else "" for ts in given]
-            found = self._decode_rewrites(title_ids, decode, lo) if len(owner) else []
-            pooled = [[] for _ in batch]
-            for j, hyps in enumerate(found):
-                pooled[owner[j]].extend(hyps)
+                found = decoding.sample(backward, n, max_len, decode.num_rewrites,
+                                        decode.seed + lo, decode.top_k, decode.top_p,
+                                        decode.temperature)
             for i, query in enumerate(batch):
                 best = {}
-                for h in pooled[i]:
+                for h in found[i]:
                     text = self.vocab.decode(h.units)
                     if text and (text not in best or h.score > best[text]):
                         best[text] = h.score
                 ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
-                out.append(QueryRewrites(query, first_title[i],
+                out.append(QueryRewrites(query, self.vocab.decode(titles[i][0].units),
                                          tuple(Rewrite(t, float(s)) for t, s in ranked)))
             if log:
                 done = lo + len(batch)
                 log(f"rewrite: {done}/{len(queries)} queries, "
                     f"{done / max(time.time() - start, 1e-9):.1f} queries/s")
         return out
-
-    def _decode_rewrites(self, title_ids: np.ndarray, decode: DecodeConfig,
-                         seed_offset: int) -> List[List[decoding.Hypothesis]]:
-        """The backward model's hypotheses from each row of title_ids [N, title_len]."""
-        backward = self._step_fn("backward", title_ids, decode.no_repeat)
-        n, max_len = len(title_ids), self.config.query_len - 1
-        if decode.strategy == "greedy":
-            return [[h] for h in decoding.greedy(backward, n, max_len)]
-        if decode.strategy == "beam":
-            return decoding.beam_search(backward, n, max_len, decode.num_rewrites,
-                                        decode.num_rewrites)
-        return decoding.sample(backward, n, max_len, decode.num_rewrites,
-                               decode.seed + seed_offset, decode.top_k, decode.top_p,
-                               decode.temperature)
 
 
 def same_units(a: str, b: str) -> bool:
