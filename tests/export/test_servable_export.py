@@ -395,7 +395,9 @@ def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_pa
     from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np  # pylint: disable=import-outside-toplevel
     from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
-    rewrites = {QUERIES[3]: ["w17 w203", "brand1 cat0"], QUERIES[0]: ["w99"]}
+    # "brand5 cat3" finds the items of the query "cat3 brand5" (BM25 ignores order): "sum"
+    # then differs from "max".
+    rewrites = {QUERIES[3]: ["w17 w203", "brand1 cat0"], QUERIES[0]: ["w99", "brand5 cat3"]}
     path_table = str(tmp_path / "rewrites.tsv")
     # Keys are normalized: the upper-case, spaced spelling of a query finds its entry.
     table.write_table(path_table, [("  " + q.upper() + " ", [(r, -1.0) for r in rw])
