@@ -72,3 +72,37 @@ def test_filter_keeps_only_consistent_rewrites_in_order():
     assert [r.text for r in out[0].rewrites] == ["driver"]
     out = generate.filter_rewrites([row], None, 0, shared, 0)        # off
     assert [r.text for r in out[0].rewrites] == ["saw", "driver", "bit", "nail"]
+
+
+def test_lexical_shared_fn_counts_against_numpy_bm25_top_k(tmp_path):
+    """dpsr rewrite's consistency counts over a real index build equal the overlap of the
+    query's and each rewrite's top k under a numpy BM25 (tests/indexing's reference)."""
+    from tests.indexing.test_lexical_index import corpus, numpy_bm25
+    from dpsr_tf.indexing import index_builder, index_layout, lexical_index
+    from dpsr_tf.indexing.lexical_manifest import LexicalConfig
+    from dpsr_tf.rewriting.lexical_filter import lexical_shared_fn
+    from dpsr_tf.tokenization.tokenizer import Tokenizer
+    import dataclasses
+    titles = corpus(200, seed=3)
+    ids = [f"item{i}" for i in range(len(titles))]
+    directory = str(tmp_path / "index")
+    emb = np.random.default_rng(0).standard_normal([len(ids), 4]).astype(np.float32)
+    manifest = index_builder.build_index(emb, ids, directory,
+                                         index_builder.IndexBuildConfig(factory="Flat"))
+    lexical = lexical_index.build_lexical_shards(directory, manifest, ids, titles,
+                                                 log=lambda m: None)
+    index_layout.write_manifest(directory, dataclasses.replace(manifest, lexical=lexical))
+    query, rewrites = "w1 w7 w12", ["w7 w12", "w30 w31", "w1 w7 w12 w2", "w39"]
+    tok = Tokenizer(LexicalConfig().tokenizer_config())
+    values, splits = tok.tokenize(titles + [query] + rewrites)
+    streams = [values[splits[i]:splits[i + 1]].tolist() for i in range(len(splits) - 1)]
+    scores = numpy_bm25(streams[:len(titles)], streams[len(titles):])
+    for k in (5, 20):
+        def top(row):
+            order = np.lexsort((np.arange(len(row)), -row))
+            return [int(r) for r in order[:k] if row[r] > 0]
+        own = set(top(scores[0]))
+        want = [len(own & set(top(s))) for s in scores[1:]]
+        got = lexical_shared_fn(directory, k)(query, rewrites)
+        np.testing.assert_array_equal(got, want)
+    assert min(want) < max(want) and max(want) > 0      # the counts tell rewrites apart
