@@ -20,6 +20,11 @@ _MAX = flags.DEFINE_integer("max_rewrites", 3, "Rewrites searched per query.")
 _WEIGHTS = flags.DEFINE_list("rewrite_weight", ["0.3"], "Factors on rewrite BM25 scores.")
 _SPLIT = flags.DEFINE_string("split", "eval", "Layout split.")
 _MAX_REQ = flags.DEFINE_integer("max_requests", 0, "Only the split's first N requests (0 = all).")
+_DENSE_CACHE = flags.DEFINE_string("dense_cache", None, "An .npz of the dense lists: read when "
+                                   "it exists, else written (the embedding is the slow part).")
+_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", ["max", "sum"], "RewriteConfig.combine.")
+_PER_QUERY = flags.DEFINE_string("per_query_dir", None, "Write per-request JSONL files here "
+                                 "(one per table and weight; `dpsr compare` reads them).")
 flags.mark_flags_as_required(["layout_dir", "index_dir", "rewrites"])
 
 
@@ -27,17 +32,36 @@ def main(argv):
     del argv
     # pylint: disable=import-outside-toplevel
     from dpsr_tf.evaluation import rewrites as rewrites_lib
+    import os
+    import numpy as np
     dense = None
-    if _MODEL.value:
+    if _DENSE_CACHE.value and os.path.exists(_DENSE_CACHE.value):
+        with np.load(_DENSE_CACHE.value) as z:
+            dense = (z["scores"], z["rows"])
+    elif _MODEL.value:
         from dpsr_tf.evaluation import hybrid
         run = hybrid.open_hybrid(_MODEL.value, _INDEX.value, _LAYOUT.value)
         dense = (run.dense_scores, run.dense_rows)
+        if _DENSE_CACHE.value:
+            np.savez(_DENSE_CACHE.value, scores=dense[0], rows=dense[1])
+    from dpsr_tf.evaluation import per_query as per_query_lib
     for path in _TABLES.value:
         for weight in _WEIGHTS.value:
             out = rewrites_lib.evaluate_rewrites(
-                _LAYOUT.value, _INDEX.value, path, RewriteConfig(_MAX.value, float(weight)),
-                _SPLIT.value, dense, max_requests=_MAX_REQ.value)
-            out.update({"table": path, "rewrite_weight": float(weight)})
+                _LAYOUT.value, _INDEX.value, path,
+                RewriteConfig(_MAX.value, float(weight), _COMBINE.value),
+                _SPLIT.value, dense, max_requests=_MAX_REQ.value,
+                per_request=bool(_PER_QUERY.value))
+            if _PER_QUERY.value:
+                eval_set = out.pop("eval_set")
+                per_system = per_query_lib.take_per_request(out)
+                os.makedirs(_PER_QUERY.value, exist_ok=True)
+                name = (os.path.basename(path).rsplit(".", 1)[0]
+                        + f"_{_COMBINE.value}{float(weight)}.jsonl")
+                per_query_lib.write_jsonl(os.path.join(_PER_QUERY.value, name), _SPLIT.value,
+                                          eval_set, per_system)
+            out.update({"table": path, "rewrite_weight": float(weight),
+                        "rewrite_combine": _COMBINE.value})
             print(json.dumps(out, ensure_ascii=False), flush=True)
 
 

@@ -57,6 +57,9 @@ _MAX_REWRITES = flags.DEFINE_integer("max_rewrites", 3, "Rewrites of a query sea
                                      "request (the table's first ones).")
 _REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.3, "Factor on a rewrite's BM25 "
                                      "scores in the merged lexical list, in (0, 1].")
+_REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", ["max", "sum"],
+                                     "How an item's weighted BM25 scores over the query's and "
+                                     "the rewrites' lists combine (docs/rewriting.md).")
 flags.mark_flags_as_required(["model_dir", "export_base"])
 FUSION_FLAGS = ("fusion", "rrf_k", "dense_weight", "lexical_weight", "lexical_k",
                 "lexical_min_score")
@@ -90,7 +93,8 @@ def main(argv):
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
                                   mmap_index=_MMAP.value, fusion=fusion,
                                   rewrites=RewriteConfig(_MAX_REWRITES.value,
-                                                         _REWRITE_WEIGHT.value))
+                                                         _REWRITE_WEIGHT.value,
+                                                         _REWRITE_COMBINE.value))
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,

@@ -30,6 +30,11 @@ _TOP_K = flags.DEFINE_integer("top_k", 20, "Sampling: the k most probable units 
 _TOP_P = flags.DEFINE_float("top_p", 0.9, "Sampling: nucleus mass.")
 _TEMP = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_MIN_SHARED = flags.DEFINE_integer(
+    "min_shared", 0, "Query-consistency filter (needs --index_dir): keep a rewrite only when "
+    "its lexical top --shared_k shares at least this many items with the query's own top "
+    "--shared_k (0 = off).")
+_SHARED_K = flags.DEFINE_integer("shared_k", 10, "Depth of the lists compared by --min_shared.")
 _NO_REPEAT = flags.DEFINE_bool("no_repeat", True, "A rewrite never repeats a unit.")
 flags.mark_flags_as_required(["rewriter_dir", "output"])
 
@@ -62,14 +67,22 @@ def main(argv):
                                        _NO_REPEAT.value)
         decode.validate()
         queries = _queries()
-        has_hits = None
+        has_hits, shared = None, None
+        if _MIN_SHARED.value < 0 or _SHARED_K.value < 1:
+            raise ValueError(f"--min_shared must be >= 0 and --shared_k >= 1, got "
+                             f"{_MIN_SHARED.value}, {_SHARED_K.value}")
+        if _MIN_SHARED.value and not _INDEX.value:
+            raise ValueError("--min_shared needs --index_dir (the lexical index it compares "
+                             "lists of)")
         if _INDEX.value:
-            from dpsr_tf.rewriting.lexical_filter import lexical_hit_fn
+            from dpsr_tf.rewriting.lexical_filter import lexical_hit_fn, lexical_shared_fn
             has_hits = lexical_hit_fn(_INDEX.value)
+            if _MIN_SHARED.value:
+                shared = lexical_shared_fn(_INDEX.value, _SHARED_K.value)
         start = time.time()
         rows = generate.Rewriter(_REWRITER.value).rewrite(queries, decode)
         seconds = time.time() - start
-        rows = generate.filter_rewrites(rows, has_hits, _MAX.value)
+        rows = generate.filter_rewrites(rows, has_hits, _MAX.value, shared, _MIN_SHARED.value)
         lines = table.write_table(_OUTPUT.value, [
             (r.query, [(w.text, w.score) for w in r.rewrites]) for r in rows])
     except (ValueError, FileNotFoundError) as e:

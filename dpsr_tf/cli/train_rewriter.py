@@ -15,6 +15,9 @@ _MAX_UNITS = flags.DEFINE_integer("max_units", 4000, "Unit vocabulary size (word
                                   "characters), the 4 reserved ids included.")
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", 100, "Progress line every N steps.")
 _SAVE_EVERY = flags.DEFINE_integer("save_checkpoints_steps", 500, "Checkpoint every N steps.")
+_HOLDOUT = flags.DEFINE_integer("holdout_percent", 0, "Leave out the train queries whose salted "
+                                "md5 mod 100 is below this (dpsr_tf/rewriting/data.in_holdout): "
+                                "a tuning set the rewriter never sees.")
 _FIELDS = {}
 for _field in dataclasses.fields(RewriterConfig):
     if _field.name == "vocab_size":
@@ -35,6 +38,6 @@ def main(argv):
         cfg = dataclasses.replace(cfg, vocab_size=_MAX_UNITS.value)
         cfg.validate()
         train_rewriter(_LAYOUT.value, _MODEL.value, cfg, _MAX_UNITS.value, _LOG_EVERY.value,
-                       _SAVE_EVERY.value)
+                       _SAVE_EVERY.value, holdout_percent=_HOLDOUT.value)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"dpsr train-rewriter: {e}") from None

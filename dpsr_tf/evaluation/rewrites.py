@@ -33,6 +33,34 @@ def _first_requests(eval_set, n: int):
         relevant_rows=eval_set.relevant_rows[:end], relevant_gains=eval_set.relevant_gains[:end])
 
 
+def subset_requests(eval_set, keep: np.ndarray):
+    """The EvalSet of the requests where keep [Q] bool is True (order kept)."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    keep = np.asarray(keep, bool)
+    splits = eval_set.relevant_splits
+    counts = (splits[1:] - splits[:-1])[keep]
+    new_splits = np.zeros(len(counts) + 1, np.int64)
+    np.cumsum(counts, out=new_splits[1:])
+    take = np.concatenate([np.arange(splits[i], splits[i + 1]) for i in np.flatnonzero(keep)]
+                          or [np.zeros(0, np.int64)]).astype(np.int64)
+    return dataclasses.replace(
+        eval_set, queries=[q for q, k in zip(eval_set.queries, keep) if k],
+        query_rows=eval_set.query_rows[keep], user_rows=eval_set.user_rows[keep],
+        history_ends=eval_set.history_ends[keep], relevant_splits=new_splits,
+        relevant_rows=eval_set.relevant_rows[take], relevant_gains=eval_set.relevant_gains[take])
+
+
+def holdout_eval_set(layout, percent: int):
+    """The train split's requests whose query is held out of rewriter training
+    (dpsr_tf/rewriting/data.in_holdout(query, percent)), with the eval split's relevance
+    semantics (layout.load_eval_set: positives with gain >= the layout's eval_min_gain): a
+    tuning set for rewriting that is neither the eval queries nor anything the rewriter saw."""
+    from dpsr_tf.rewriting.data import in_holdout  # pylint: disable=import-outside-toplevel
+    full = layout_lib.load_eval_set(layout, "train")
+    return subset_requests(full, np.array([in_holdout(q, percent) for q in full.queries],
+                                          bool))
+
+
 def rewrite_texts(queries: List[str], table: Dict[str, list], max_rewrites: int) -> List[list]:
     """[Q][<= max_rewrites] the table's first rewrites of each query (by normalized key)."""
     return [[r for r, _ in table.get(table_lib.normalize_query(q), [])][:max_rewrites]
@@ -51,7 +79,7 @@ def merged_lexical_lists(searcher: LexicalSearcher, queries: List[str], rewrites
     empty = np.array([[t == "" for t in row] for row in flat])
     rw_r[empty] = -1
     rw_s[empty] = -np.inf
-    m_s, m_r, m_q = merge_np(own_s, own_r, rw_s, rw_r, k, cfg.rewrite_weight)
+    m_s, m_r, m_q = merge_np(own_s, own_r, rw_s, rw_r, k, cfg.rewrite_weight, cfg.combine)
     return own_s, own_r, m_s, m_r, m_q, rw_r
 
 
@@ -59,11 +87,13 @@ def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
                       cfg: RewriteConfig = RewriteConfig(), split: str = "eval",
                       dense: Optional[tuple] = None, fusion: FusionConfig = FusionConfig(),
                       k: int = 1000, recall_ks=(10, 100, 1000), num_examples: int = 8,
-                      max_requests: int = 0) -> dict:
+                      max_requests: int = 0, per_request: bool = False) -> dict:
     """Metrics of "lexical", "lexical+rewrites" (and "hybrid", "hybrid+rewrites" given dense
     = ([Q, k] scores, [Q, k] rows) of the served dense list of the split's requests), plus
     coverage, drift and examples (module docstring). max_requests > 0 keeps the split's
-    first requests only (and the first rows of dense)."""
+    first requests only (and the first rows of dense). per_request: each system's entry also
+    holds metrics.PER_REQUEST arrays (for per_query.write_jsonl and paired tests), and the
+    result holds "eval_set"."""
     cfg.validate()
     spec = layout_lib.load_layout_spec(layout_dir)
     eval_set = layout_lib.load_eval_set(spec, split)
@@ -80,12 +110,17 @@ def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
     own_s, own_r, m_s, m_r, _, rw_r = merged_lexical_lists(
         searcher, queries, rewrites, k, cfg, fusion.lexical_min_score)
     rel = (eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains)
-    out = {"lexical": metrics_lib.retrieval_metrics(own_r, *rel, recall_ks=recall_ks),
-           "lexical+rewrites": metrics_lib.retrieval_metrics(m_r, *rel, recall_ks=recall_ks)}
+    out = {"lexical": metrics_lib.retrieval_metrics(own_r, *rel, recall_ks=recall_ks,
+                                                    with_per_request=per_request),
+           "lexical+rewrites": metrics_lib.retrieval_metrics(m_r, *rel, recall_ks=recall_ks,
+                                                             with_per_request=per_request)}
     if dense is not None:
         for name, (ls, lr) in (("hybrid", (own_s, own_r)), ("hybrid+rewrites", (m_s, m_r))):
             _, fused, _ = fuse_np(dense[0], dense[1], ls, lr, k, fusion)
-            out[name] = metrics_lib.retrieval_metrics(fused, *rel, recall_ks=recall_ks)
+            out[name] = metrics_lib.retrieval_metrics(fused, *rel, recall_ks=recall_ks,
+                                                      with_per_request=per_request)
+    if per_request:
+        out["eval_set"] = eval_set
     searched, drifted, good, bad = 0, 0, [], []
     for i, row in enumerate(rewrites):
         relevant = set(eval_set.relevant_rows[rel[0][i]:rel[0][i + 1]].tolist())

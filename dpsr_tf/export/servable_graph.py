@@ -315,7 +315,7 @@ class ServableGraph:
             rw_labels = tf.reshape(rw_labels, [batch, cfg.max_rewrites, width])
             scores, labels, from_query = rewrite_merge.merge(
                 lex_scores, lex_labels, rw_scores, rw_labels, tf.shape(lex_labels)[1],
-                cfg.rewrite_weight)
+                cfg.rewrite_weight, cfg.combine)
             return scores, labels, tf.where(from_query, tf.constant(-1, tf.int64), labels)
 
     def _item_embedding(self):

@@ -5,6 +5,7 @@ of the layout's "train" split: the logged query text and the item's title. Pairs
 deduplicated; the order is the split's record order, shuffled in the input pipeline.
 """
 import dataclasses
+import hashlib
 from typing import List, Tuple
 
 import numpy as np
@@ -24,8 +25,28 @@ class Pairs:
         return len(self.queries)
 
 
-def load_pairs(layout_dir: str, split: str = "train", min_gain: float = 0.0) -> Pairs:
+HOLDOUT_SALT = "dpsr-rewriter-holdout:"
+
+
+def in_holdout(query: str, percent: int) -> bool:
+    """Whether a query is in the rewriter's held-out part of the train split: md5 of the salted,
+    normalized query (dpsr_tf/rewriting/table.normalize_query), as an integer, mod 100 is below
+    percent. The salt makes this split independent of the layout's own train/eval split
+    (md5(query) % 10), so the held-out queries are a uniform sample of the train queries. They
+    tune rewriting (filters, merge) without touching the eval split's queries."""
+    if percent <= 0:
+        return False
+    from dpsr_tf.rewriting.table import normalize_query  # pylint: disable=import-outside-toplevel
+    digest = hashlib.md5((HOLDOUT_SALT + normalize_query(query)).encode("utf-8")).hexdigest()
+    return int(digest, 16) % 100 < percent
+
+
+def load_pairs(layout_dir: str, split: str = "train", min_gain: float = 0.0,
+               holdout_percent: int = 0, holdout: bool = False) -> Pairs:
     """Distinct (query, title) positive pairs of a split whose gain is >= min_gain.
+
+    holdout_percent > 0 splits the queries by in_holdout: holdout=False keeps the pairs of the
+    other queries (what the rewriter learns from), holdout=True only those of held-out ones.
 
     Raises:
       ValueError: the split has no positive pair.
@@ -38,7 +59,8 @@ def load_pairs(layout_dir: str, split: str = "train", min_gain: float = 0.0) -> 
     seen, out_q, out_t = set(), [], []
     for q, i in zip(rec["query_row"][keep], rec["item_row"][keep]):
         key = (int(q), int(i))
-        if key not in seen and queries[q].strip() and titles[i].strip():
+        if key not in seen and queries[q].strip() and titles[i].strip() and (
+                not holdout_percent or in_holdout(queries[q], holdout_percent) == holdout):
             seen.add(key)
             out_q.append(queries[q])
             out_t.append(titles[i])

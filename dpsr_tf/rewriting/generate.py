@@ -162,16 +162,24 @@ def same_units(a: str, b: str) -> bool:
 
 
 def filter_rewrites(rows: Sequence[QueryRewrites], has_hits: Optional[Callable[[List[str]],
-                    np.ndarray]] = None, max_rewrites: int = 0) -> List[QueryRewrites]:
+                    np.ndarray]] = None, max_rewrites: int = 0,
+                    shared: Optional[Callable[[str, List[str]], np.ndarray]] = None,
+                    min_shared: int = 0) -> List[QueryRewrites]:
     """Drops rewrites with the query's own units and, given has_hits (texts -> [n] bool: the
-    lexical index finds at least one item), rewrites with no lexical hit; keeps the best
-    max_rewrites (0 = all)."""
+    lexical index finds at least one item), rewrites with no lexical hit; given shared
+    ((query, texts) -> [n] items the rewrite's lexical top k shares with the query's own,
+    lexical_filter.lexical_shared_fn) and min_shared > 0, rewrites sharing fewer than
+    min_shared (the query-consistency filter: a rewrite whose results have nothing in common
+    with the query's has left its topic); keeps the best max_rewrites (0 = all)."""
     out = []
     for row in rows:
         kept = [r for r in row.rewrites if not same_units(r.text, row.query)]
         if has_hits is not None and kept:
             hits = has_hits([r.text for r in kept])
             kept = [r for r, ok in zip(kept, hits) if ok]
+        if shared is not None and min_shared > 0 and kept:
+            counts = shared(row.query, [r.text for r in kept])
+            kept = [r for r, c in zip(kept, counts) if c >= min_shared]
         if max_rewrites:
             kept = kept[:max_rewrites]
         out.append(dataclasses.replace(row, rewrites=tuple(kept)))

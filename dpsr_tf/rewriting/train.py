@@ -46,7 +46,8 @@ def load_rewriter(model_dir: str) -> Tuple[RewriterConfig, units_lib.UnitVocab, 
 def train_rewriter(layout_dir: str, model_dir: str, cfg: RewriterConfig,
                    max_units: int = 4000,
                    log_every: int = 100, save_every: int = 500,
-                   log: Callable[[str], None] = print) -> Dict[str, float]:
+                   log: Callable[[str], None] = print,
+                   holdout_percent: int = 0) -> Dict[str, float]:
     """Trains (or resumes) a rewriter on the layout's train pairs; returns the final losses on
     the eval split's pairs (teacher-forced), or {} when the eval split has none.
 
@@ -54,9 +55,13 @@ def train_rewriter(layout_dir: str, model_dir: str, cfg: RewriterConfig,
       cfg: shape and losses; vocab_size is set from the vocabulary built here (or read back
         when model_dir already holds one, so a resumed run keeps its ids).
       max_units: vocabulary size bound, reserved ids included.
+      holdout_percent: the train queries with data.in_holdout(query, holdout_percent) are
+        left out of training (recorded in rewriter_config.json), so that rewrites of them can
+        tune the filters and the merge on data the rewriter never saw and that is not the
+        eval split.
     """
     start = time.time()
-    pairs = data_lib.load_pairs(layout_dir, "train")
+    pairs = data_lib.load_pairs(layout_dir, "train", holdout_percent=holdout_percent)
     os.makedirs(model_dir, exist_ok=True)
     units_path = os.path.join(model_dir, UNITS_TXT)
     if os.path.exists(units_path):
@@ -68,9 +73,11 @@ def train_rewriter(layout_dir: str, model_dir: str, cfg: RewriterConfig,
     cfg.validate()
     with open(os.path.join(model_dir, CONFIG_JSON), "w", encoding="utf-8") as f:
         json.dump({"config": dataclasses.asdict(cfg), "layout_dir": os.path.abspath(layout_dir),
-                   "train_pairs": len(pairs)}, f, indent=2, sort_keys=True)
+                   "train_pairs": len(pairs), "holdout_percent": int(holdout_percent)},
+                  f, indent=2, sort_keys=True)
     queries, titles = data_lib.encode_pairs(pairs, vocab, cfg.query_len, cfg.title_len)
-    log(f"rewriter: {len(pairs)} train pairs, {len(vocab)} units, "
+    log(f"rewriter: {len(pairs)} train pairs (held-out queries: {holdout_percent}%), "
+        f"{len(vocab)} units, "
         f"{cfg.num_layers} layers x d={cfg.d_model}, {cfg.train_steps} steps of "
         f"{cfg.batch_size}")
     run_config = tf.estimator.RunConfig(model_dir=model_dir, tf_random_seed=cfg.seed,

@@ -2,11 +2,13 @@
 
 Rule (docs/rewriting.md, "Serving"): the lexical list of a query with rewrites r_1..r_R is the
 top n of the union of the query's own BM25 list and each rewrite's BM25 list (each n long),
-where an item scores
+where an item scores, over the lists that hold it (a list that lacks it adds nothing),
 
-    merged(item) = max(bm25(query, item), rewrite_weight * max_j bm25(r_j, item))
+    combine "max":  merged(item) = max(bm25(query, item), rewrite_weight * max_j bm25(r_j, item))
+    combine "sum":  merged(item) = bm25(query, item) + rewrite_weight * sum_j bm25(r_j, item)
 
-over the lists that hold it. Ties keep the earlier position in (the query's list, r_1's list,
+("sum" is query expansion: an item that the query and its rewrites agree on rises; float32,
+summed in list order). Ties keep the earlier position in (the query's list, r_1's list,
 ..., r_R's list). `from_query` says whether the query's own list holds the item; the servable
 reports an item that only a rewrite's list found as source "rewrite" when the dense list lacks
 it too. A query without rewrites keeps its own list unchanged.
@@ -20,6 +22,9 @@ from typing import Tuple
 import numpy as np
 
 
+COMBINES = ("max", "sum")
+
+
 @dataclasses.dataclass(frozen=True)
 class RewriteConfig:
     """How a servable uses its rewrite table.
@@ -28,20 +33,24 @@ class RewriteConfig:
       max_rewrites: rewrites of a query searched per request (the table's first ones).
       rewrite_weight: factor on a rewrite's BM25 scores, in (0, 1]: below 1 a rewrite's hit
         ranks under an equally scored hit of the query itself.
+      combine: "max" or "sum" of an item's (weighted) scores over the lists (module docstring).
     """
     max_rewrites: int = 3
     rewrite_weight: float = 0.3
+    combine: str = "max"
 
     def validate(self) -> None:
         if not 1 <= self.max_rewrites <= 16:
             raise ValueError(f"max_rewrites must be in [1, 16], got {self.max_rewrites}")
         if not (np.isfinite(self.rewrite_weight) and 0 < self.rewrite_weight <= 1):
             raise ValueError(f"rewrite_weight must be in (0, 1], got {self.rewrite_weight}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
 
 
 def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: np.ndarray,
-             rewrite_rows: np.ndarray, n: int,
-             weight: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+             rewrite_rows: np.ndarray, n: int, weight: float,
+             combine: str = "max") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The merged lexical list of each query (module docstring).
 
     Args:
@@ -50,10 +59,13 @@ def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: n
         fewer rewrites pads whole lists).
       n: the merged list's length.
       weight: rewrite_weight.
+      combine: "max" or "sum".
 
     Returns:
       scores [B, n] float32 (-inf pads), rows [B, n] int64 (-1 pads), from_query [B, n] bool.
     """
+    if combine not in COMBINES:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
     batch = query_rows.shape[0]
     w = np.float32(weight)
     out_s = np.full([batch, n], -np.inf, np.float32)
@@ -72,6 +84,8 @@ def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: n
                 if r not in best:
                     best[r] = value
                     order.append(r)
+                elif combine == "sum":
+                    best[r] = np.float32(best[r] + value)
                 elif value > best[r]:
                     best[r] = value
                 if is_query:
@@ -83,13 +97,16 @@ def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: n
     return out_s, out_r, out_q
 
 
-def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight: float):
+def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight: float,
+          combine: str = "max"):
     """TensorFlow ops of merge_np for int64 labels (-1 pads), inside the servable graph.
 
     Args:
       query_scores, query_labels: [B, K] float32 / int64.
       rewrite_scores, rewrite_labels: [B, R, K] float32 / int64.
       n: int32 scalar (or int); the output has min(n, K * (R + 1)) columns.
+      combine: "max" or "sum" (unsorted_segment_sum adds a segment's values in input order,
+        the list order of merge_np, so float32 sums are the same).
 
     Returns:
       (scores [B, n] float32 -inf pads, labels [B, n] int64 -1 pads, from_query [B, n] bool).
@@ -112,7 +129,13 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
     flat_valid = tf.reshape(valid, [-1])
     neg_inf = tf.constant(-np.inf, tf.float32)
     flat_scores = tf.where(flat_valid, tf.reshape(scores, [-1]), neg_inf)
-    best = tf.math.unsorted_segment_max(flat_scores, segment, num)
+    if combine == "max":
+        best = tf.math.unsorted_segment_max(flat_scores, segment, num)
+    elif combine == "sum":
+        best = tf.math.unsorted_segment_sum(
+            tf.where(flat_valid, flat_scores, tf.zeros_like(flat_scores)), segment, num)
+    else:
+        raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
     own = tf.math.unsorted_segment_max(
         tf.reshape(tf.cast(tf.logical_and(is_query, valid), tf.int32), [-1]), segment, num) > 0
     positions = tf.range(tf.size(keys))

@@ -385,20 +385,24 @@ def test_mmap_index_servable_answers_as_the_read_one(servable, tmp_path):
     np.testing.assert_array_equal(answers[0]["scores"], answers[1]["scores"])
 
 
-def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_path):
+@pytest.mark.parametrize("combine", ["max", "sum"])
+def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_path, combine):
     """With a rewrite table the served answer equals fuse_np over the dense list and
-    merge_np(the query's lexical list, its rewrites' lists), sources "rewrite" where only a
-    rewrite's list found a lexical-only item; queries without an entry answer as before."""
+    merge_np(the query's lexical list, its rewrites' lists, combine), sources "rewrite" where
+    only a rewrite's list found a lexical-only item; queries without an entry answer as
+    before."""
     from dpsr_tf.search.fusion import fuse_np  # pylint: disable=import-outside-toplevel
     from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np  # pylint: disable=import-outside-toplevel
     from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
-    rewrites = {QUERIES[3]: ["w17 w203", "brand1 cat0"], QUERIES[0]: ["w99"]}
+    # "brand5 cat3" finds the items of the query "cat3 brand5" (BM25 ignores order): "sum"
+    # then differs from "max".
+    rewrites = {QUERIES[3]: ["w17 w203", "brand1 cat0"], QUERIES[0]: ["w99", "brand5 cat3"]}
     path_table = str(tmp_path / "rewrites.tsv")
     # Keys are normalized: the upper-case, spaced spelling of a query finds its entry.
     table.write_table(path_table, [("  " + q.upper() + " ", [(r, -1.0) for r in rw])
                                    for q, rw in rewrites.items()])
-    cfg = RewriteConfig(max_rewrites=2, rewrite_weight=0.8)
+    cfg = RewriteConfig(max_rewrites=2, rewrite_weight=0.8, combine=combine)
     path = export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "rw"),
                            servable=ServableConfig(default_k=5, max_k=50, rewrites=cfg),
                            rewrite_table=path_table)
@@ -415,7 +419,11 @@ def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_pa
     rw_texts = [(rewrites.get(q, []) + ["", ""])[:2] for q in QUERIES]
     rw_s, rw_r = searcher.search([t for row in rw_texts for t in row], 9)
     m_s, m_r, m_q = merge_np(q_scores, q_rows, rw_s.reshape(4, 2, 9), rw_r.reshape(4, 2, 9),
-                             9, cfg.rewrite_weight)
+                             9, cfg.rewrite_weight, combine)
+    if combine == "sum":   # the data must tell the two rules apart
+        other = merge_np(q_scores, q_rows, rw_s.reshape(4, 2, 9), rw_r.reshape(4, 2, 9), 9,
+                         cfg.rewrite_weight, "max")
+        assert not np.array_equal(other[0], m_s)
     assert (m_r[3] >= 0).any() and not (q_rows[3] >= 0).any(), "rewrites must add recall"
     m_ids = np.array([[ids[r] if r >= 0 else "" for r in row] for row in m_r], object)
     want_s, want_ids, want_src = fuse_np(np.array(dense["scores"], np.float32),

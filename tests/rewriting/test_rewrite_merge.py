@@ -18,8 +18,37 @@ def test_hand_worked_merge():
     np.testing.assert_array_equal(q, [[True, True, False]])
 
 
+def test_hand_worked_sum_merge():
+    # Same lists, combine "sum", weight .5: 7 5.0; 3 2.0 + .5 * 3.0 = 3.5; 9 .5 * 4.0 = 2.0.
+    s, r, q = merge_np(np.array([[5., 2.]], np.float32), np.array([[7, 3]]),
+                       np.array([[[4., 3.], [1., -np.inf]]], np.float32),
+                       np.array([[[9, 3], [7, -1]]]), n=4, weight=.5, combine="sum")
+    # 7: 5.0 + .5 * 1.0 (rewrite 2) = 5.5.
+    np.testing.assert_array_equal(r, [[7, 3, 9, -1]])
+    np.testing.assert_allclose(s, [[5.5, 3.5, 2.0, -np.inf]])
+    np.testing.assert_array_equal(q, [[True, True, False, False]])
+
+
+def _brute_force_sum(qs, ql, rs, rl, n, weight):
+    """Item -> float64 sum of weighted scores, order (-sum, first position), top n rows."""
+    out = []
+    for b in range(ql.shape[0]):
+        total, first, pos = {}, {}, 0
+        for scores, labels, f in [(qs[b], ql[b], 1.0)] + [(rs[b, j], rl[b, j], weight)
+                                                          for j in range(rl.shape[1])]:
+            for sc, lab in zip(scores, labels):
+                if lab >= 0:
+                    total[lab] = total.get(lab, 0.0) + float(sc) * f
+                    first.setdefault(lab, pos)
+                pos += 1
+        ranked = sorted(total, key=lambda x: (-total[x], first[x]))[:n]
+        out.append(ranked + [-1] * (n - len(ranked)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("combine", ["max", "sum"])
 @pytest.mark.parametrize("seed,weight", [(0, 1.0), (1, .8), (2, .5)])
-def test_tf_merge_equals_numpy(seed, weight):
+def test_tf_merge_equals_numpy(seed, weight, combine):
     rng = np.random.default_rng(seed)
     batch, rewrites, k = 5, 3, 6
 
@@ -38,16 +67,19 @@ def test_tf_merge_equals_numpy(seed, weight):
         ql[b][dup] = -1
     rs, rl = lists([batch, rewrites, k])
     rl[0] = -1   # a query without rewrites keeps its list
-    want = merge_np(qs, ql, rs, rl, 8, weight)
+    want = merge_np(qs, ql, rs, rl, 8, weight, combine)
     got = [t.numpy() for t in merge(tf.constant(qs), tf.constant(ql), tf.constant(rs),
-                                    tf.constant(rl), 8, weight)]
+                                    tf.constant(rl), 8, weight, combine)]
+    if combine == "sum":   # small integer scores: float32 and float64 sums rank alike here
+        np.testing.assert_array_equal(want[1], _brute_force_sum(qs, ql, rs, rl, 8, weight))
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0])
     np.testing.assert_array_equal(got[2], want[2])
 
 
 @pytest.mark.parametrize("cfg", [RewriteConfig(max_rewrites=0), RewriteConfig(rewrite_weight=0),
-                                 RewriteConfig(rewrite_weight=1.5)])
+                                 RewriteConfig(rewrite_weight=1.5),
+                                 RewriteConfig(combine="mean")])
 def test_bad_rewrite_config(cfg):
     with pytest.raises(ValueError):
         cfg.validate()
