@@ -114,10 +114,12 @@ def test_requests_whose_deadline_passes_in_the_queue_never_run(server):
     # leaves room for a machine several times faster than one run per deadline.
     assert runs["started"] <= BURST // 2, runs
     # Of the requests that reached the server (answered, with any status), some never ran
-    # (before: every one ran); gRPC cancels a call when its deadline passes, so the server
-    # counts most of those as cancelled.
+    # (before: every one ran). Where they stopped depends on the machine's load, so it is not
+    # asserted: dropped from the queue (cancelled or deadline_exceeded) on a quiet machine;
+    # on one with two other CPU-bound processes, read with their deadline already passed and
+    # refused DEADLINE_EXCEEDED at arrival (a `make test` run on 2026-11-24: 8 handled, none
+    # dropped from the queue).
     assert runs["started"] < runs["handled"], runs
-    assert runs["deadline_exceeded"] + runs["cancelled"] >= 1, runs
     _assert_normal_requests_succeed(server)
 
 
