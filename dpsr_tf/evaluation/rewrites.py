@@ -10,6 +10,7 @@ lists fuse the served dense list with either lexical list (fusion.fuse_np). Also
   examples    rewrites whose list brings relevant items the query's own top 100 lacked
               (good), and drifting ones (bad).
 """
+import dataclasses
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -24,18 +25,11 @@ from dpsr_tf.rewriting import table as table_lib
 
 def _first_requests(eval_set, n: int):
     """The EvalSet of the first n requests."""
-    import dataclasses  # pylint: disable=import-outside-toplevel
-    end = int(eval_set.relevant_splits[n])
-    return dataclasses.replace(
-        eval_set, queries=list(eval_set.queries[:n]), query_rows=eval_set.query_rows[:n],
-        user_rows=eval_set.user_rows[:n], history_ends=eval_set.history_ends[:n],
-        relevant_splits=eval_set.relevant_splits[:n + 1],
-        relevant_rows=eval_set.relevant_rows[:end], relevant_gains=eval_set.relevant_gains[:end])
+    return subset_requests(eval_set, np.arange(len(eval_set.queries)) < n)
 
 
 def subset_requests(eval_set, keep: np.ndarray):
     """The EvalSet of the requests where keep [Q] bool is True (order kept)."""
-    import dataclasses  # pylint: disable=import-outside-toplevel
     keep = np.asarray(keep, bool)
     splits = eval_set.relevant_splits
     counts = (splits[1:] - splits[:-1])[keep]
