@@ -14,7 +14,9 @@
                     BM25 search over the query and its rewrites, fused by reciprocal rank)
     9. serve        two model servers and the proxy as real processes; queries sent with the
                     TF Serving gRPC client; each query's top items with their source (dense,
-                    lexical, both, rewrite) and the head that found them; everything shut down
+                    lexical, both, rewrite) and the head that found them; the lexical list
+                    alone (the `lexical` signature) with the items only a rewrite found;
+                    everything shut down
    10. report       `dpsr report` of this run (docs/report.md): the page with the evaluation
                     table, training curves, per-head usage and the t-SNE map (no alpha sweep)
 
@@ -97,21 +99,29 @@ def _rewrite_stage(layout_dir: str, index_dir: str, work: str, steps: int, quiet
     return path
 
 
-def _print_rewrite_answers(results, titles, fusion) -> None:
-    """The served items that only a rewrite found (source "rewrite"), per query."""
-    found = [(r.query, rank, item) for r in results
+def _print_rewrite_answers(hybrid_results, lexical_results, titles, fusion) -> None:
+    """The items that only a rewrite found (source "rewrite"): in the lexical list alone (the
+    `lexical` signature) and in the served hybrid answer."""
+    found = [(r.query, rank, item) for r in lexical_results
              for rank, (item, source) in enumerate(zip(r.item_ids, r.sources), start=1)
              if source == "rewrite"]
+    print("   the lexical list alone (signature 'lexical' through the proxy: BM25 of the query "
+          "merged with its rewrites'):")
     if not found:
-        why = (" (the fusion chosen on this catalog's eval split weighs the lexical list 0: "
-               "dense alone scored best, so no lexical-only item, rewrite or not, can enter "
-               "the top 10)" if fusion.lexical_weight == 0 else "")
-        print(f"   no item of the top 10 came only through a rewrite in this run{why}")
-        return
-    print(f"   answered through a rewrite (source 'rewrite': neither the dense list nor the "
-          f"query's own BM25 list held it): {len(found)} of the top-10 items")
-    for query, rank, item in found[:8]:
-        print(f"   {query!r} #{rank}: {item}  {titles.get(item, '')}")
+        print("   no item of a lexical top 10 came only through a rewrite in this run")
+    by_query = {}
+    for query, rank, item in found:
+        by_query.setdefault(query, []).append((rank, item))
+    for query, hits in by_query.items():
+        print(f"   {query!r}: {len(hits)} of its lexical top 10 only through a rewrite (the "
+              "query's own BM25 list lacks them), e.g.")
+        for rank, item in hits[:2]:
+            print(f"      #{rank}: {item}  {titles.get(item, '')}")
+    in_hybrid = sum(s == "rewrite" for r in hybrid_results for s in r.sources)
+    why = (" (the fusion chosen on this catalog's eval split weighs the lexical list 0: dense "
+           "alone scored best, so no lexical-only item, rewrite or not, enters the hybrid)"
+           if fusion.lexical_weight == 0 else "")
+    print(f"   in the hybrid top 10s above: {in_hybrid} items only through a rewrite{why}")
 
 
 def main(argv):
@@ -129,7 +139,7 @@ def main(argv):
     from dpsr_tf.indexing.index_builder import IndexBuildConfig
     from dpsr_tf.export.saved_model_export import export_all_shards
     from dpsr_tf.export.servable_graph import ServableConfig
-    from dpsr_tf.demo.serving_demo import run_serving_demo
+    from dpsr_tf.demo.serving_demo import query_model, run_serving_demo
 
     begin = time.monotonic()
     work = os.path.abspath(_WORK.value)
@@ -229,11 +239,14 @@ def main(argv):
                       layout_lib.load_item_table(spec).titles))
     log_dir = os.path.join(work, "logs")
     os.makedirs(log_dir)
-    results = run_serving_demo([os.path.dirname(p) for p in servables], DEMO_QUERIES,
-                               model_name="dpsr", k=10, show=5, item_text=titles,
-                               log_dir=log_dir)
+    lexical = []
+    results = run_serving_demo(
+        [os.path.dirname(p) for p in servables], DEMO_QUERIES, model_name="dpsr", k=10, show=5,
+        item_text=titles, log_dir=log_dir,
+        while_up=lambda stub: lexical.extend(query_model(stub, "dpsr", DEMO_QUERIES, k=10,
+                                                         signature="lexical")))
     if rewrites:
-        _print_rewrite_answers(results, titles, choice.config)
+        _print_rewrite_answers(results, lexical, titles, choice.config)
     _done(t)
 
     t = _stage(10, "dpsr report: the page of this run")

@@ -26,10 +26,11 @@ class QueryResult:
       query: the text.
       item_ids: [K] str.
       scores: [K] float32.
-      heads: [K] int32.
+      heads: [K] int32 (-1 throughout for a signature without heads, such as `lexical`).
       partial: True when a shard did not answer.
       latency_ms: client-side latency of the call.
-      sources: [K] "dense", "lexical" or "both" (hybrid servables), else empty.
+      sources: [K] "dense", "lexical", "both" or "rewrite" (hybrid servables; "lexical" or
+        "rewrite" from the `lexical` signature), else empty.
     """
 
     query: str
@@ -42,7 +43,8 @@ class QueryResult:
 
 
 def query_model(stub, model_name: str, queries: Sequence[str], k: int,
-                timeout: float = 10.0) -> List[QueryResult]:
+                timeout: float = 10.0,
+                signature: str = "serving_default") -> List[QueryResult]:
     """Sends each query as its own PredictRequest ({query: [1] string, k: int32})."""
     from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
 
@@ -50,7 +52,7 @@ def query_model(stub, model_name: str, queries: Sequence[str], k: int,
     for query in queries:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model_name
-        request.model_spec.signature_name = "serving_default"
+        request.model_spec.signature_name = signature
         tensors.from_ndarray(np.array([query.encode("utf-8")], dtype=object),
                              request.inputs["query"])
         tensors.from_ndarray(np.array(k, dtype=np.int32), request.inputs["k"])
@@ -62,8 +64,10 @@ def query_model(stub, model_name: str, queries: Sequence[str], k: int,
         partial = bool(outputs["partial"]) if "partial" in outputs else False
         sources = ([s.decode("utf-8") for s in outputs["source"][0]] if "source" in outputs
                    else [])
-        results.append(QueryResult(query, ids, outputs["scores"][0], outputs["heads"][0],
-                                   partial, latency, sources))
+        heads = (outputs["heads"][0] if "heads" in outputs
+                 else np.full(len(ids), -1, np.int32))
+        results.append(QueryResult(query, ids, outputs["scores"][0], heads, partial, latency,
+                                   sources))
     return results
 
 
@@ -72,7 +76,8 @@ def run_serving_demo(model_dirs: Union[str, Sequence[str]], queries: Sequence[st
                      item_text: Optional[Mapping[str, str]] = None,
                      server_flags: Sequence[str] = ("--enable_batching",),
                      out: Callable[[str], None] = print,
-                     log_dir: Optional[str] = None) -> List[QueryResult]:
+                     log_dir: Optional[str] = None,
+                     while_up: Optional[Callable[[object], None]] = None) -> List[QueryResult]:
     """Serves exported model directories behind the proxy and prints top items per query.
 
     Args:
@@ -86,6 +91,8 @@ def run_serving_demo(model_dirs: Union[str, Sequence[str]], queries: Sequence[st
       server_flags: extra `dpsr serve` flags.
       out: where lines go.
       log_dir: where process logs go (default: a temp dir).
+      while_up: called with the proxy's PredictionServiceStub after the queries, before the
+        servers stop (more requests, other signatures).
 
     Returns:
       QueryResult per query.
@@ -117,6 +124,8 @@ def run_serving_demo(model_dirs: Union[str, Sequence[str]], queries: Sequence[st
                 source = f"  {r.sources[rank - 1]:<7}" if r.sources else ""
                 found = f"head {head}" if head >= 0 else "head -"
                 out(f"  {rank:2d}. {item:<16} score {score:7.4f}{source}  {found}{text}")
+        if while_up is not None:
+            while_up(stub)
         return results
     finally:
         if proxy is not None:

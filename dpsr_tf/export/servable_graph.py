@@ -11,7 +11,9 @@ lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule [B] (th
 that the proxy can re-fuse the answers of several shards. With a rewrite table asset, the
 query's rewrites are searched too and merged into its lexical list
 (dpsr_tf/search/rewrite_merge.py) before the fusion; source is then "rewrite" for an item that
-only a rewrite's lexical list found.
+only a rewrite's lexical list found. A hybrid servable also has a `lexical` signature: that
+lexical list alone (item_ids, scores, source "lexical" or "rewrite"), to see what the lexical
+side recalls whatever weight the fusion gives it.
 
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
 ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
@@ -149,6 +151,8 @@ class ServableGraph:
         self._vocab = _asset(assets.tokenizer_vocab) if assets.tokenizer_vocab else None
         self.signatures = {}
         self.defaults = {}   # signature -> input alias -> numpy default (SignatureDef.defaults)
+        self._input_checks = []  # the request checks of _query_inputs
+        self._cached = {}        # name -> graph object built once, shared by the signatures
         query_inputs, query_features = self._query_inputs()
         with tf.name_scope("query_tower"):
             embeddings = query_tower(query_features, model_config, layout_spec,
@@ -165,6 +169,10 @@ class ServableGraph:
             # requests along dim 0; send "" for an unknown value.
             self.signatures["personalized"] = (query_inputs, outputs)
             self.defaults["personalized"] = k_default
+        if self._assets.lexical_index is not None:
+            self.signatures["lexical"] = (anonymous, self._lexical_signature(
+                query_inputs["query"], query_inputs["k"]))
+            self.defaults["lexical"] = k_default
         self.signatures["query_embedding"] = (
             {k: v for k, v in query_inputs.items() if k != "k"}, {"embedding": embeddings})
         self.signatures["item_embedding"] = self._item_embedding()
@@ -188,6 +196,7 @@ class ServableGraph:
                    f"k must be in [1, {s.max_k}]; got", k),
         ]
         inputs = {"query": query, "k": k}
+        self._input_checks = checks
         with tf.control_dependencies(checks):
             features = {"query_tokens": self._tokenize(tf.identity(query))}
         if self._cfg.tower == "searchgcn" and self._assets.graph_queries:
@@ -241,26 +250,48 @@ class ServableGraph:
         outputs = {"scores": top_scores, "heads": top_heads}
         if self._assets.lexical_index is not None:
             outputs, top_labels = self._fuse_lexical(query, k, top_scores, top_labels, top_heads)
-        id_init = tf.lookup.TextFileInitializer(
-            _asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
-        id_table = tf.lookup.StaticHashTable(id_init, default_value="", name="item_ids_of_labels")
-        outputs["item_ids"] = id_table.lookup(top_labels)
+        outputs["item_ids"] = self._item_ids(top_labels)
         return {alias: tf.identity(t, name=alias) for alias, t in outputs.items()}
+
+    def _once(self, name: str, build):
+        """The graph object `name`, built by build() on first use (one table or index resource
+        however many signatures read it)."""
+        if name not in self._cached:
+            self._cached[name] = build()
+        return self._cached[name]
+
+    def _item_ids(self, labels: tf.Tensor) -> tf.Tensor:
+        """Item ids of shard labels ("" for -1)."""
+        def build():
+            init = tf.lookup.TextFileInitializer(
+                _asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
+            return tf.lookup.StaticHashTable(init, default_value="", name="item_ids_of_labels")
+        return self._once("id_table", build).lookup(labels)
+
+    def _lexical_list(self, query, lexical_k):
+        """The shard's BM25 list of each query, merged with its rewrites' lists when the
+        servable has a rewrite table.
+
+        Returns:
+          scores [B, n] float32 (-inf pads), labels [B, n] int64 (-1 pads) and, with a rewrite
+          table, [B, n] labels that only a rewrite found (-1 elsewhere), else None.
+        """
+        index = self._once("lexical_index", lambda: lexical_ops.LexicalIndex(
+            self._assets.lexical_index, name="lexical_index"))
+        tokens = tokenize_op.tokenize(query, self._assets.lexical_config.tokenizer_config())
+        scores, labels = lexical_ops.search(index, tokens, lexical_k,
+                                            self._servable.fusion.lexical_min_score)
+        if self._assets.rewrite_table is None:
+            return scores, labels, None
+        return self._rewrite_lists(query, index, lexical_k, scores, labels)
 
     def _fuse_lexical(self, query, k, dense_scores, dense_labels, dense_heads):
         """BM25 search of the shard and fusion with the dense list (module docstring)."""
         rule = self._servable.fusion
         with tf.name_scope("lexical"):
-            index = lexical_ops.LexicalIndex(self._assets.lexical_index, name="lexical_index")
-            tokens = tokenize_op.tokenize(query, self._assets.lexical_config.tokenizer_config())
             lexical_k = k if rule.lexical_k == 0 else tf.constant(rule.lexical_k, tf.int32)
-            lex_scores, lex_labels = lexical_ops.search(index, tokens, lexical_k,
-                                                        rule.lexical_min_score)
-            rewrite_only = None
-            if self._assets.rewrite_table is not None:
-                lex_scores, lex_labels, rewrite_only = self._rewrite_lists(
-                    query, index, lexical_k, lex_scores, lex_labels)
+            lex_scores, lex_labels, rewrite_only = self._lexical_list(query, lexical_k)
         with tf.name_scope("fusion"):
             fused = fusion_lib.fuse(dense_scores, dense_labels, lex_scores, lex_labels, k, rule,
                                 dense_heads=dense_heads)
@@ -286,6 +317,21 @@ class ServableGraph:
             }
         return outputs, fused["labels"]
 
+    def _lexical_signature(self, query, k) -> Dict[str, tf.Tensor]:
+        """The `lexical` signature: the k best of the lexical list the fusion reads (the query's
+        BM25 list merged with its rewrites'), without the dense list. source: "lexical" for an
+        item of the query's own list, "rewrite" for one only a rewrite found, "" pads."""
+        with tf.name_scope("lexical_signature"):
+            with tf.control_dependencies(self._input_checks):
+                query, k = tf.identity(query), tf.identity(k)
+            scores, labels, rewrite_only = self._lexical_list(query, k)
+            code = tf.where(labels >= 0, 1, 0)
+            if rewrite_only is not None:
+                code = tf.where(rewrite_only >= 0, 2, code)
+            outputs = {"item_ids": self._item_ids(labels), "scores": scores,
+                       "source": tf.gather(tf.constant(["", "lexical", "rewrite"]), code)}
+        return {alias: tf.identity(t, name=f"lexical_{alias}") for alias, t in outputs.items()}
+
     def _rewrite_lists(self, query, index, lexical_k, lex_scores, lex_labels):
         """The query's lexical list merged with its rewrites' lists (rewrite table asset).
 
@@ -295,9 +341,12 @@ class ServableGraph:
         """
         cfg = self._servable.rewrites
         with tf.name_scope("rewrites"):
-            init = tf.lookup.TextFileInitializer(
-                _asset(self._assets.rewrite_table), tf.string, 0, tf.string, 1, delimiter="\t")
-            table = tf.lookup.StaticHashTable(init, default_value="", name="rewrite_table")
+            def build():
+                init = tf.lookup.TextFileInitializer(
+                    _asset(self._assets.rewrite_table), tf.string, 0, tf.string, 1,
+                    delimiter="\t")
+                return tf.lookup.StaticHashTable(init, default_value="", name="rewrite_table")
+            table = self._once("rewrite_table", build)
             # The key of rewrite table.normalize_query, in-graph.
             key = tf.strings.strip(tf.strings.regex_replace(
                 tf.strings.lower(query, encoding="utf-8"), "[\t\n\v\f\r ]+", " "))

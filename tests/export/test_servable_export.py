@@ -295,8 +295,17 @@ def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
     out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}},
                ["item_ids", "scores", "heads", "source", "dense_scores", "lexical_scores",
                 "fusion_rule"])
-    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
-                      for k, v in out.items()}}))
+    lex = call("lexical", {{"query": {QUERIES!r}, "k": 7}}, ["item_ids", "scores", "source"])
+    errors = []
+    for feeds in ({{"query": [""]}}, {{"query": ["a"], "k": 51}}, {{"query": ["x" * 4097]}}):
+        try:
+            call("lexical", feeds, ["item_ids"])
+            errors.append(None)
+        except tf.errors.InvalidArgumentError as e:
+            errors.append(e.message)
+    out.update({{"lex_" + k: v for k, v in lex.items()}})
+    print(json.dumps({{**{{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
+                         for k, v in out.items()}}, "errors": errors}}))
     """
     got = run_fresh(script)
     dense = _dense_answers(servable, str(tmp_path / "dense"), QUERIES, 7)
@@ -319,6 +328,13 @@ def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
                                        lex_of[row].get(item, -np.inf), rtol=1e-6)
             assert (got["heads"][row][j] == -1) == (got["source"][row][j] == "lexical")
     assert json.loads(got["fusion_rule"][0])["rule"] == "rrf"
+    # The `lexical` signature: the lexical list alone, as LexicalSearcher finds it.
+    assert got["lex_item_ids"] == lex_ids.tolist()
+    np.testing.assert_allclose(got["lex_scores"], lex_scores, rtol=1e-6)
+    assert got["lex_source"] == [["lexical" if r >= 0 else "" for r in row] for row in lex_rows]
+    for error, pattern in zip(got["errors"], ["must not be empty", r"k must be in \[1, 50\]",
+                                              "at most 4096 bytes"]):
+        assert error and re.search(pattern, error), (pattern, error)
 
 
 def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servable, tmp_path):
@@ -328,7 +344,7 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
     from dpsr_tf.search.fusion import SOURCE_NAMES, fuse_np  # pylint: disable=import-outside-toplevel
     from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
     from dpsr_tf.export.saved_model_export import export_all_shards  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.demo.serving_demo import run_serving_demo  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.demo.serving_demo import query_model, run_serving_demo  # pylint: disable=import-outside-toplevel
     ids = layout_lib.load_item_table(servable["spec"]).ids
     k = len(ids)  # every item: each shard returns its whole lists, so the pool is complete
     assert k <= 1000
@@ -339,8 +355,12 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
                               servable=ServableConfig(default_k=5, max_k=1000))
     queries = QUERIES[:3]
     os.makedirs(tmp_path / "logs")
-    results = run_serving_demo([os.path.dirname(p) for p in paths], queries, k=k, show=0,
-                               out=lambda _: None, log_dir=str(tmp_path / "logs"))
+    lexical = []
+    results = run_serving_demo(
+        [os.path.dirname(p) for p in paths], queries, k=k, show=0, out=lambda _: None,
+        log_dir=str(tmp_path / "logs"),
+        while_up=lambda stub: lexical.extend(query_model(stub, "dpsr", queries, 7,
+                                                         signature="lexical")))
     dense = _dense_answers(servable, str(tmp_path / "dense"), queries, k)
     lex_scores, lex_rows = LexicalSearcher(index_dir, ids).search(queries, k)
     lex_ids = np.array([[ids[r] if r >= 0 else "" for r in row] for row in lex_rows], object)
@@ -357,6 +377,16 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
             np.testing.assert_allclose(score, want[item][0], rtol=1e-5)
             assert source == want[item][1]
         assert all(a >= b for a, b in zip(result.scores, result.scores[1:]))
+    # The `lexical` signature through the proxy: each shard's BM25 top 7 merged by score is the
+    # global top 7 (idf and avgdl are catalog-wide).
+    for row, result in enumerate(lexical):
+        want = [(ids[r], s) for r, s in zip(lex_rows[row][:7], lex_scores[row][:7]) if r >= 0]
+        got = [(i, s) for i, s in zip(result.item_ids, result.scores) if i]
+        assert not result.partial and len(got) == len(want) >= 1
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=1e-5)
+        ties = {s for _, s in want[-1:]}  # the last score may be shared beyond the cut
+        assert {i for i, s in got if s not in ties} == {i for i, s in want if s not in ties}
+        assert result.sources == ["lexical"] * len(got) + [""] * (len(result.sources) - len(got))
 
 
 def test_mmap_index_servable_answers_as_the_read_one(servable, tmp_path):
@@ -409,6 +439,8 @@ def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_pa
     got = run_fresh(LOAD_TF1.format(path=path) + f"""
     out = call("serving_default", {{"query": {QUERIES!r}, "k": 9}},
                ["item_ids", "scores", "source", "lexical_scores"])
+    lex = call("lexical", {{"query": {QUERIES!r}, "k": 9}}, ["item_ids", "scores", "source"])
+    out.update({{"lex_" + k: v for k, v in lex.items()}})
     print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
                       for k, v in out.items()}}))
     """)
@@ -443,3 +475,10 @@ def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_pa
         for j, item in enumerate(row_ids):
             np.testing.assert_allclose(got["lexical_scores"][row][j],
                                        lex_of[row].get(item, -np.inf), rtol=1e-6)
+    # The `lexical` signature: the merged lexical list alone, "rewrite" where only a rewrite's
+    # list held the item.
+    assert got["lex_item_ids"] == m_ids.tolist()
+    np.testing.assert_allclose(got["lex_scores"], m_s, rtol=1e-6)
+    assert got["lex_source"] == [["" if r < 0 else "lexical" if q else "rewrite"
+                                  for r, q in zip(rr, qq)] for rr, qq in zip(m_r, m_q)]
+    assert "rewrite" in got["lex_source"][3] and "rewrite" not in got["lex_source"][1]

@@ -28,3 +28,30 @@ def test_demo_driver_prints_top_items_and_cleans_up(shard_dirs, catalog, spec, t
     assert (f"   1. {first.item_ids[0]:<16} score {first.scores[0]:7.4f}  head "
             f"{first.heads[0]}  title of {first.item_ids[0]}") in text
     assert process._STARTED == before  # pylint: disable=protected-access
+
+
+def test_demo_lists_the_items_only_a_rewrite_found(capsys):
+    """`dpsr demo` stage 9: the rewrite-only items of the lexical lists, grouped per query, and
+    the count in the hybrid answers (0 with the reason when the fusion weighs BM25 0)."""
+    from dpsr_tf.cli.demo import _print_rewrite_answers  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
+
+    def result(query, ids, sources):
+        return demo.QueryResult(query, ids, np.zeros(len(ids), np.float32),
+                                np.full(len(ids), -1, np.int32), False, 1.0, sources)
+
+    lexical = [result("mouse", ["a", "b", "c"], ["rewrite", "lexical", "rewrite"]),
+               result("apple", ["d", ""], ["lexical", ""]),
+               result("小米", ["e"], ["rewrite"])]
+    hybrid = [result("mouse", ["x", "c"], ["dense", "rewrite"])]
+    titles = {"a": "逗猫老鼠 A", "c": "逗猫老鼠 C", "e": "小米手机"}
+    _print_rewrite_answers(hybrid, lexical, titles, FusionConfig())
+    out = capsys.readouterr().out
+    assert "'mouse': 2 of its lexical top 10 only through a rewrite" in out
+    assert "#1: a  逗猫老鼠 A" in out and "#3: c  逗猫老鼠 C" in out and "#2: b" not in out
+    assert "'小米': 1 of" in out and "#1: e  小米手机" in out and "'apple'" not in out
+    assert "in the hybrid top 10s above: 1 items only through a rewrite\n" in out
+    _print_rewrite_answers([], lexical[1:2], titles, FusionConfig(lexical_weight=0.0))
+    out = capsys.readouterr().out
+    assert "no item of a lexical top 10 came only through a rewrite" in out
+    assert "0 items only through a rewrite (the fusion chosen" in out
