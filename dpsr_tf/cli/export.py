@@ -60,6 +60,10 @@ _REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.3, "Factor on a rewrite
 _REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", ["max", "sum"],
                                      "How an item's weighted BM25 scores over the query's and "
                                      "the rewrites' lists combine (docs/rewriting.md).")
+_ONLINE_REWRITER = flags.DEFINE_string(
+    "online_rewriter", None, "A rewriter directory (dpsr train-rewriter): queries without a "
+    "rewrite table entry get its greedy rewrite, decoded in the servable's graph (a fixed cost "
+    "per request, measured in docs/benchmarks.md; off by default). Hybrid servables only.")
 flags.mark_flags_as_required(["model_dir", "export_base"])
 FUSION_FLAGS = ("fusion", "rrf_k", "dense_weight", "lexical_weight", "lexical_k",
                 "lexical_min_score")
@@ -100,7 +104,8 @@ def main(argv):
                                   version=_VERSION.value, servable=servable,
                                   checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value,
                                   ranker_dir=_RANKER.value, rerank_n=_RERANK_N.value,
-                                  fusion_choice=choice, rewrite_table=_REWRITES.value)
+                                  fusion_choice=choice, rewrite_table=_REWRITES.value,
+                                  online_rewriter=_ONLINE_REWRITER.value)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"dpsr export: {e}") from None
     print(json.dumps({"servables": paths}))

@@ -24,6 +24,7 @@ from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.indexing import index_layout
 from dpsr_tf.export import graph_lookup
 from dpsr_tf.export.servable_graph import AssetPaths, ServableConfig, ServableGraph
+from dpsr_tf.export.servable_graph import asset as asset_tensor, run_time_path
 from dpsr_tf.export.warmup import write_warmup_requests
 
 SERVABLE_INFO = "dpsr_servable.json"  # in assets.extra/: what was exported, for ops
@@ -112,7 +113,8 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                     warmup_queries: Optional[Sequence[str]] = None,
                     layout_dir: Optional[str] = None, ranker_dir: Optional[str] = None,
                     rerank_n: int = 100, fusion_choice: Optional[dict] = None,
-                    rewrite_table: Optional[str] = None) -> str:
+                    rewrite_table: Optional[str] = None,
+                    online_rewriter: Optional[str] = None) -> str:
     """Writes <export_base>/<version>/ and returns its path.
 
     Args:
@@ -172,19 +174,35 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                                  "--nohybrid was given); build it with `dpsr index --lexical`")
             asset, rewrite_count = stage_rewrite_table(rewrite_table, staging)
             assets = dataclasses.replace(assets, rewrite_table=asset)
+        if online_rewriter and lexical is None:
+            raise ValueError(f"the online rewriter's rewrites search the lexical index: "
+                             f"{index_dir} has none (or --nohybrid was given); build it with "
+                             "`dpsr index --lexical`")
         with tf.Graph().as_default() as graph:
-            servable_graph = ServableGraph(cfg, spec, assets, servable)
+            online = None
+            if online_rewriter:
+                from dpsr_tf.rewriting.online import OnlineRewriter  # pylint: disable=import-outside-toplevel
+                from dpsr_tf.rewriting.train import UNITS_TXT  # pylint: disable=import-outside-toplevel
+                units = _stage(os.path.join(online_rewriter, UNITS_TXT), staging,
+                               "rewriter_units.txt")
+                units = asset_tensor(units)
+                online = OnlineRewriter(online_rewriter, units_init_path=units,
+                                        units_path=run_time_path(units, "rewriter_units_path"))
+            servable_graph = ServableGraph(cfg, spec, assets, servable, online_rewriter=online)
             stage = None
             if ranker_dir:
                 from dpsr_tf.export.rerank_stage import RerankStage  # pylint: disable=import-outside-toplevel
                 stage = RerankStage(servable_graph, ranker_dir, cfg, spec, assets, rerank_n)
             saver = tf.compat.v1.train.Saver(
-                [v for v in tf.compat.v1.global_variables() if stage is None or not stage.owns(v)],
+                [v for v in tf.compat.v1.global_variables()
+                 if not any(part.owns(v) for part in (stage, online) if part is not None)],
                 sharded=True)
             with tf.compat.v1.Session(graph=graph) as sess:
                 model_dir_lib.restore(saver, sess, ckpt)
                 if stage is not None:
                     stage.restore(sess)
+                if online is not None:
+                    online.restore(sess)
                 builder = tf.compat.v1.saved_model.Builder(tmp)
                 builder.add_meta_graph_and_variables(
                     sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
@@ -192,7 +210,9 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                                                       servable_graph.defaults),
                     assets_collection=tf.compat.v1.get_collection(
                         tf.compat.v1.GraphKeys.ASSET_FILEPATHS),
-                    main_op=tf.compat.v1.tables_initializer(),
+                    # Local variables: asset paths read at run time (run_time_path).
+                    main_op=tf.group(tf.compat.v1.tables_initializer(),
+                                     tf.compat.v1.local_variables_initializer()),
                     strip_default_attrs=True)
                 builder.save()
         queries = list(warmup_queries) if warmup_queries else _sample_queries(spec)
@@ -209,6 +229,9 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
             "fusion_choice": fusion_choice,
             "rewrite_table": (os.path.abspath(rewrite_table) if rewrite_table else None),
             "rewrite_queries": rewrite_count,
+            "online_rewriter": ({"rewriter_dir": os.path.abspath(online_rewriter),
+                                 "checkpoint": online.checkpoint, "decoding": "greedy"}
+                                if online is not None else None),
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with open(os.path.join(tmp, "assets.extra", SERVABLE_INFO), "w") as f:

@@ -11,7 +11,9 @@ lexical_scores [B, K] (-inf where a list lacks the item) and fusion_rule [B] (th
 that the proxy can re-fuse the answers of several shards. With a rewrite table asset, the
 query's rewrites are searched too and merged into its lexical list
 (dpsr_tf/search/rewrite_merge.py) before the fusion; source is then "rewrite" for an item that
-only a rewrite's lexical list found. A hybrid servable also has a `lexical` signature: that
+only a rewrite's lexical list found. With an online rewriter
+(dpsr_tf/rewriting/online.py), a query without a table entry gets the rewriter's greedy rewrite
+decoded in-graph as its first rewrite. A hybrid servable also has a `lexical` signature: that
 lexical list alone (item_ids, scores, source "lexical" or "rewrite"), to see what the lexical
 side recalls whatever weight the fusion gives it.
 
@@ -96,16 +98,28 @@ class AssetPaths:
     rewrite_table: Optional[str] = None  # key<TAB>rewrites joined by \x1f (hybrid servables)
 
 
-def _asset(path: str) -> tf.Tensor:
+def asset(path: str) -> tf.Tensor:
+    """The path as a graph constant registered as an asset (copied into assets/, remapped on
+    load)."""
     t = tf.constant(path, name="asset_path")
     tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.ASSET_FILEPATHS, t)
     return t
 
 
+def run_time_path(asset_path: tf.Tensor, name: str) -> tf.Tensor:
+    """An asset's path for an op that opens the file when it runs (Dpsr>Tokenize's vocabulary),
+    not at initialization: loaders feed the moved assets' paths only to the SavedModel's
+    main_op, so the path lives in a local variable that main_op assigns
+    (saved_model_export: main_op runs local_variables_initializer)."""
+    path = tf.compat.v1.Variable(asset_path, trainable=False, name=name,
+                                 collections=[tf.compat.v1.GraphKeys.LOCAL_VARIABLES])
+    return tf.identity(path)
+
+
 def _value_to_id_table(path: str, name: str):
     """string -> int64 id (line number + 1), 0 for values not in the file (unknown)."""
     init = tf.lookup.TextFileInitializer(
-        _asset(path), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+        asset(path), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
         tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
     return tf.lookup.StaticHashTable(init, default_value=-1, name=name)
 
@@ -141,14 +155,21 @@ class ServableGraph:
     """
 
     def __init__(self, model_config, layout_spec, assets: AssetPaths,
-                 servable: ServableConfig = ServableConfig()):
+                 servable: ServableConfig = ServableConfig(), online_rewriter=None):
+        """online_rewriter: an OnlineRewriter (hybrid servables) for queries without a rewrite
+        table entry; its variables are restored by its own `restore`."""
         servable.validate()
+        if online_rewriter is not None and assets.lexical_index is None:
+            raise ValueError("an online rewriter searches the lexical index: the servable has "
+                             "none (build the index with `dpsr index --lexical`, keep hybrid)")
+        self._online = online_rewriter
         self._cfg = model_config
         self._spec = layout_spec
         self._assets = assets
         self._servable = servable
         self._tok_config = dataclasses.replace(layout_spec.tokenizer_config, vocab_file=None)
-        self._vocab = _asset(assets.tokenizer_vocab) if assets.tokenizer_vocab else None
+        self._vocab = (run_time_path(asset(assets.tokenizer_vocab), "tokenizer_vocab_path")
+                       if assets.tokenizer_vocab else None)
         self.signatures = {}
         self.defaults = {}   # signature -> input alias -> numpy default (SignatureDef.defaults)
         self._input_checks = []  # the request checks of _query_inputs
@@ -183,6 +204,7 @@ class ServableGraph:
     def _query_inputs(self):
         s = self._servable
         query = tf.compat.v1.placeholder(tf.string, [None], name="query")
+        self._query = query
         k = tf.compat.v1.placeholder_with_default(tf.constant(s.default_k, tf.int32), [],
                                                   name="k")
         lengths = tf.strings.length(query)
@@ -202,7 +224,7 @@ class ServableGraph:
         if self._cfg.tower == "searchgcn" and self._assets.graph_queries:
             from dpsr_tf.export import graph_lookup  # pylint: disable=import-outside-toplevel
             features.update(graph_lookup.query_graph_features(
-                query, self._spec, _asset(self._assets.graph_queries)))
+                query, self._spec, asset(self._assets.graph_queries)))
         if self._cfg.personalization in ("profile", "history"):
             for name in sorted(self._spec.user_features):
                 # Absent: "unknown" (id 0), like a logged-out user.
@@ -264,7 +286,7 @@ class ServableGraph:
         """Item ids of shard labels ("" for -1)."""
         def build():
             init = tf.lookup.TextFileInitializer(
-                _asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                asset(self._assets.shard_ids), tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
                 tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
             return tf.lookup.StaticHashTable(init, default_value="", name="item_ids_of_labels")
         return self._once("id_table", build).lookup(labels)
@@ -282,7 +304,7 @@ class ServableGraph:
         tokens = tokenize_op.tokenize(query, self._assets.lexical_config.tokenizer_config())
         scores, labels = lexical_ops.search(index, tokens, lexical_k,
                                             self._servable.fusion.lexical_min_score)
-        if self._assets.rewrite_table is None:
+        if self._assets.rewrite_table is None and self._online is None:
             return scores, labels, None
         return self._rewrite_lists(query, index, lexical_k, scores, labels)
 
@@ -333,7 +355,8 @@ class ServableGraph:
         return {alias: tf.identity(t, name=f"lexical_{alias}") for alias, t in outputs.items()}
 
     def _rewrite_lists(self, query, index, lexical_k, lex_scores, lex_labels):
-        """The query's lexical list merged with its rewrites' lists (rewrite table asset).
+        """The query's lexical list merged with its rewrites' lists (the rewrite table's and/or
+        the online rewriter's).
 
         Returns:
           merged scores [B, n], labels [B, n] (-1 pads) and [B, n] int64 labels that only a
@@ -341,20 +364,15 @@ class ServableGraph:
         """
         cfg = self._servable.rewrites
         with tf.name_scope("rewrites"):
-            def build():
-                init = tf.lookup.TextFileInitializer(
-                    _asset(self._assets.rewrite_table), tf.string, 0, tf.string, 1,
-                    delimiter="\t")
-                return tf.lookup.StaticHashTable(init, default_value="", name="rewrite_table")
-            table = self._once("rewrite_table", build)
-            # The key of rewrite table.normalize_query, in-graph.
-            key = tf.strings.strip(tf.strings.regex_replace(
-                tf.strings.lower(query, encoding="utf-8"), "[\t\n\v\f\r ]+", " "))
-            found = table.lookup(key)                                          # [B]
-            parts = tf.strings.split(found, sep="\x1f")[:, :cfg.max_rewrites]
-            parts = tf.ragged.boolean_mask(parts, tf.strings.length(parts) > 0)
-            texts = parts.to_tensor(default_value="", shape=[None, cfg.max_rewrites])
             batch = tf.shape(query)[0]
+            if self._assets.rewrite_table is not None:
+                texts, missing = self._table_rewrites(query)
+            else:
+                texts = tf.fill([batch, cfg.max_rewrites], "")
+                missing = tf.ones([batch], tf.bool)
+            if self._online is not None:
+                first = tf.where(missing, self._online_rewrites(), texts[:, 0])
+                texts = tf.concat([first[:, tf.newaxis], texts[:, 1:]], axis=1)
             tokens = tokenize_op.tokenize(tf.reshape(texts, [-1]),
                                           self._assets.lexical_config.tokenizer_config())
             rw_scores, rw_labels = lexical_ops.search(
@@ -366,6 +384,40 @@ class ServableGraph:
                 lex_scores, lex_labels, rw_scores, rw_labels, tf.shape(lex_labels)[1],
                 cfg.rewrite_weight, cfg.combine)
             return scores, labels, tf.where(from_query, tf.constant(-1, tf.int64), labels)
+
+    def _table_rewrites(self, query):
+        """[B, max_rewrites] the rewrite table's texts of each query ("" pads) and [B] whether
+        the query has no entry."""
+        def build():
+            init = tf.lookup.TextFileInitializer(
+                asset(self._assets.rewrite_table), tf.string, 0, tf.string, 1, delimiter="\t")
+            return tf.lookup.StaticHashTable(init, default_value="", name="rewrite_table")
+        table = self._once("rewrite_table", build)
+        # The key of rewrite table.normalize_query, in-graph.
+        key = tf.strings.strip(tf.strings.regex_replace(
+            tf.strings.lower(query, encoding="utf-8"), "[\t\n\v\f\r ]+", " "))
+        found = table.lookup(key)                                          # [B]
+        parts = tf.strings.split(found, sep="\x1f")[:, :self._servable.rewrites.max_rewrites]
+        parts = tf.ragged.boolean_mask(parts, tf.strings.length(parts) > 0)
+        texts = parts.to_tensor(default_value="",
+                                shape=[None, self._servable.rewrites.max_rewrites])
+        return texts, tf.equal(found, "")
+
+    def _online_rewrites(self) -> tf.Tensor:
+        """[B] the online rewriter's rewrite of each request query: decoded once per request
+        (every signature reads the one query placeholder), "" for a query that has a table
+        entry (only the others are decoded)."""
+        def build():
+            with tf.name_scope("online"):
+                if self._assets.rewrite_table is not None:
+                    _, missing = self._table_rewrites(self._query)
+                else:
+                    missing = tf.ones_like(self._query, tf.bool)
+                decoded = self._online.rewrite(tf.boolean_mask(self._query, missing))
+                at = tf.maximum(tf.cumsum(tf.cast(missing, tf.int32)) - 1, 0)
+                padded = tf.concat([decoded, [""]], axis=0)  # a gather target when none decoded
+                return tf.where(missing, tf.gather(padded, at), "")
+        return self._once("online_rewrites", build)
 
     def _item_embedding(self):
         title = tf.compat.v1.placeholder(tf.string, [None], name="item_title")

@@ -482,3 +482,59 @@ def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_pa
     assert got["lex_source"] == [["" if r < 0 else "lexical" if q else "rewrite"
                                   for r, q in zip(rr, qq)] for rr, qq in zip(m_r, m_q)]
     assert "rewrite" in got["lex_source"][3] and "rewrite" not in got["lex_source"][1]
+
+
+def test_online_rewriter_servable_decodes_rewrites_for_queries_without_a_table_entry(
+        servable, tmp_path):
+    """With --online_rewriter, a query without a table entry searches the rewriter's greedy
+    rewrite (generate.Rewriter, greedy, title beam 1) as its first rewrite; a query with an
+    entry keeps the table's rewrites. The `lexical` signature equals merge_np over those."""
+    from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.rewriting import generate, table  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.rewriting.train import train_rewriter  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np  # pylint: disable=import-outside-toplevel
+    from tests.rewriting.test_train_and_rewrite import TINY  # pylint: disable=import-outside-toplevel
+    rewriter_dir = str(tmp_path / "rewriter")
+    train_rewriter(servable["spec"].layout_dir, rewriter_dir, TINY, max_units=200,
+                   log_every=30, save_every=30, log=lambda _: None)
+    online = [r.rewrites[0].text if r.rewrites else "" for r in generate.Rewriter(
+        rewriter_dir).rewrite(QUERIES, generate.DecodeConfig("greedy", title_beam=1), log=None)]
+    assert sum(bool(t) for t in online) >= 2, online
+    listed = {QUERIES[1]: ["brand1 cat0"]}          # QUERIES[1] keeps its table entry
+    path_table = str(tmp_path / "rewrites.tsv")
+    table.write_table(path_table, [(q, [(r, -1.0) for r in rw]) for q, rw in listed.items()])
+    cfg = RewriteConfig(max_rewrites=2, rewrite_weight=0.8)
+    path = export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "on"),
+                           servable=ServableConfig(default_k=5, max_k=50, rewrites=cfg),
+                           rewrite_table=path_table, online_rewriter=rewriter_dir)
+    got = run_fresh(LOAD_TF1.format(path=path) + f"""
+    lex = call("lexical", {{"query": {QUERIES!r}, "k": 9}}, ["item_ids", "scores", "source"])
+    one = call("lexical", {{"query": {QUERIES[2:3]!r}, "k": 9}}, ["item_ids"])
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 9}}, ["item_ids"])
+    print(json.dumps({{"lex": {{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
+                              for k, v in lex.items()}},
+                      "one": one["item_ids"].astype(str).tolist(),
+                      "served": out["item_ids"].astype(str).tolist()}}))
+    """)
+    ids = layout_lib.load_item_table(servable["spec"]).ids
+    searcher = LexicalSearcher(servable["index_dir"], ids)
+    q_scores, q_rows = searcher.search(QUERIES, 9)
+    texts = [(listed[q] + [""])[:2] if q in listed else [online[i], ""]
+             for i, q in enumerate(QUERIES)]
+    rw_s, rw_r = searcher.search([t for row in texts for t in row], 9)
+    m_s, m_r, m_q = merge_np(q_scores, q_rows, rw_s.reshape(4, 2, 9), rw_r.reshape(4, 2, 9), 9,
+                             cfg.rewrite_weight, "max")
+    assert got["lex"]["item_ids"] == [[ids[r] if r >= 0 else "" for r in row] for row in m_r]
+    np.testing.assert_allclose(got["lex"]["scores"], m_s, rtol=1e-6)
+    assert got["lex"]["source"] == [["" if r < 0 else "lexical" if q else "rewrite"
+                                     for r, q in zip(rr, qq)] for rr, qq in zip(m_r, m_q)]
+    assert any("rewrite" in row for row in got["lex"]["source"]), "no online rewrite found more"
+    assert got["one"] == got["lex"]["item_ids"][2:3]   # the same alone as in a batch
+    assert len(got["served"]) == 4
+    with open(os.path.join(path, "assets.extra", "dpsr_servable.json")) as f:
+        info = json.load(f)
+    assert info["online_rewriter"]["rewriter_dir"] == rewriter_dir
+    # Only hybrid servables search rewrites.
+    with pytest.raises(ValueError, match="lexical index"):
+        export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "dense"),
+                        servable=ServableConfig(hybrid=False), online_rewriter=rewriter_dir)
