@@ -5,12 +5,42 @@ same command on every host with its own TF_CONFIG (chief, workers, ps, evaluator
 docs/training.md), or start a loopback cluster with `dpsr launch-local`. The resolved config is
 written to <model_dir>/dpsr_config.json by the chief.
 """
+import os
+import time
+
 import tensorflow as tf
 from absl import logging
 
 from dpsr_tf.cli import training_flags
-from dpsr_tf.training import driver
+from dpsr_tf.data import hard_negative_table
+from dpsr_tf.data.layout import load_layout_spec
+from dpsr_tf.indexing import hard_negatives
+from dpsr_tf.training import driver, tf_config
 from dpsr_tf.model.progress import quiet_tf_logging
+
+# A non-chief task of a cluster waits this long for the chief's mined table.
+_TABLE_WAIT_SECS = 4 * 3600
+
+
+def _mine(train) -> None:
+    """--hard_negatives_from: the chief (or the one local process) mines the table into
+    model_dir; the other tasks of a cluster wait for it."""
+    cluster = tf_config.from_env()
+    if not cluster.distributed or cluster.is_chief:
+        os.makedirs(train.model_dir, exist_ok=True)
+        hard_negatives.mine_hard_negatives(
+            train.hard_negatives_from, train.layout_dir, train.model_dir,
+            ranks=train.hard_negative_ranks, per_query=train.hard_negatives_per_query,
+            splits=train.hard_negative_split_names, seed=train.seed,
+            log=lambda m: logging.info("%s", m))
+        return
+    deadline = time.monotonic() + _TABLE_WAIT_SECS
+    while hard_negative_table.read_provenance(train.model_dir) is None:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"dpsr train: no hard-negative table from the chief in "
+                             f"{hard_negative_table.table_dir(train.model_dir)} after "
+                             f"{_TABLE_WAIT_SECS} s")
+        time.sleep(5)
 
 
 def main(argv):
@@ -20,6 +50,10 @@ def main(argv):
     try:
         model_config = training_flags.model_config_from_flags()
         train_config = training_flags.train_config_from_flags()
+        if train_config.hard_negatives_from:
+            _mine(train_config)
+            driver.check_hard_negative_table(model_config, train_config,
+                                             load_layout_spec(train_config.layout_dir))
     except ValueError as e:
         raise SystemExit(f"dpsr train: {e}") from None
     result = driver.train_and_evaluate(model_config, train_config)

@@ -41,6 +41,10 @@ _MODEL_HELP = {
     "margin": "delta, hinge margin (paper: 0.1).",
     "num_negatives": "Hinge loss: random negatives drawn per batch, shared by its examples.",
     "alpha": "Weight of random vs batch negatives: (1-alpha)*batch term + alpha*random term.",
+    "hard_negative_weight": "Weight of the mined hard negatives (--hard_negatives_from): "
+                            "hinge terms, or softmax candidates with logit + log(weight).",
+    "max_hard_negatives": "--hard_negatives_from: mined hard negatives of the example's query "
+                          "joined per example.",
     "human_negative_weight": "Weight of the human negatives of the example's query (hinge "
                              "terms, or softmax candidates with logit + log(weight)).",
     "softmax_temperature": "Sampled softmax: logits = score / temperature.",
@@ -110,6 +114,20 @@ _TRAIN_HELP = {
     "warm_start_from": "Initialize the towers from this checkpoint (or model directory) "
                        "before step 0, e.g. to fine-tune a trained model with --joint_pq; "
                        "variables it lacks (joint_pq/...) start fresh.",
+    "hard_negatives_from": "A trained model directory on this layout whose own ranking "
+                           "supplies hard negatives (FB EBR): before training, items at "
+                           "--hard_negative_ranks of each query's ranking (its positives "
+                           "removed) are mined into <model_dir>/hard_negatives/ and joined to "
+                           "the query's examples (docs/training.md, 'Hard negatives'). Off "
+                           "when empty.",
+    "hard_negative_ranks": "--hard_negatives_from: FIRST,LAST (1-based, inclusive) window of "
+                           "each query's ranking the negatives are drawn from.",
+    "hard_negatives_per_query": "--hard_negatives_from: items drawn from each query's window "
+                                "(the pool; --max_hard_negatives of them per example).",
+    "hard_negative_splits": "--hard_negatives_from: record splits whose queries are mined "
+                            "(train, pseudo, or train,pseudo).",
+    "hard_negative_warm_start": "--hard_negatives_from without --warm_start_from: start the "
+                                "towers from that model's checkpoint (false: from scratch).",
 }
 
 _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,

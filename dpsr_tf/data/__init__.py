@@ -11,6 +11,7 @@ Modules (one job each):
   beam/      the same prepare as an Apache Beam pipeline (`dpsr prepare --runner=...`)
   layout     LayoutSpec + numpy readers of the layout (item table, id map, eval sets)
   pipeline   tf.data input fns for the Estimator (in-graph joins from tables loaded once)
+  hard_negative_table  the mined per-query hard negatives in a model directory (files only)
   graph/     the click graph of a layout (`dpsr prepare --graph`): nodes, top-N and two-hop lists
   converters real datasets (Home Depot, Best Buy, MovieLens 100K, JDsearch) -> three files
 

@@ -22,6 +22,9 @@ Per batch (B = batch size, R = num_random_negatives), `features` holds:
   human negatives (make_train_input_fn(human_negatives=K > 0)) "human_negative_rows" ragged
                int64 [B, (h <= K)] from the layout's per-query table, and
                "human_negative_item_row" / "_tokens" / "_<name>" of its flat rows (§4.5).
+  hard negatives (make_train_input_fn(hard_negatives=K > 0)) "hard_negative_rows" and
+               "hard_negative_item_*" the same way, from the table mined from a trained
+               model's ranking (dpsr_tf/data/hard_negative_table.py, docs/training.md).
   click graph  (layouts written with `dpsr prepare --graph`) "<x>_graph_hop1" int64 [b, K1],
                "<x>_graph_hop1_weight" float32, "<x>_graph_hop2" [b, K2], "_hop2_weight" for
                x = query and every item prefix (dpsr_tf/data/graph/tables.py; node 0 = none);
@@ -38,6 +41,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import tensorflow as tf
 
+from dpsr_tf.data import hard_negative_table
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.graph import tables as graph_tables
 
@@ -66,8 +70,10 @@ def _read_lines(path: str) -> tf.Tensor:
     return lines[:-1]
 
 
-def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Dict]:
-    """A function that reads the tables named in `parts` from the layout."""
+def _load_tables(spec: layout_lib.LayoutSpec, parts,
+                 hard_negative_dir: str = "") -> Callable[[tf.Tensor], Dict]:
+    """A function that reads the tables named in `parts` from the layout (and the mined
+    hard-negative table of `hard_negative_dir`, a model directory, for "hard_negatives")."""
     p = spec.path
 
     def load(_):
@@ -101,6 +107,10 @@ def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Di
             else:  # a layout written before the table existed: no negatives by query
                 t["human_negative_items"] = tf.zeros([0], tf.int32)
                 t["human_negative_splits"] = tf.zeros([spec.num_queries + 1], tf.int64)
+        if "hard_negatives" in parts:
+            items_path, splits_path = hard_negative_table.table_paths(hard_negative_dir)
+            t["hard_negative_items"] = _read_npy(items_path)
+            t["hard_negative_splits"] = _read_npy(splits_path)
         if "users" in parts:
             feats = _read_npy(p(layout_lib.USER_FEATURES))
             # One extra all-zero row, gathered for "no user" (works with 0 users too).
@@ -113,7 +123,7 @@ def _load_tables(spec: layout_lib.LayoutSpec, parts) -> Callable[[tf.Tensor], Di
     return load
 
 
-def _tables(spec: layout_lib.LayoutSpec, parts) -> Dict:
+def _tables(spec: layout_lib.LayoutSpec, parts, hard_negative_dir: str = "") -> Dict:
     """The tables named in `parts` as tensors, read where the input_fn runs.
 
     Eagerly, the files are read here, once. Inside tf.estimator (graph mode) these are the
@@ -121,7 +131,7 @@ def _tables(spec: layout_lib.LayoutSpec, parts) -> Dict:
     dataset op, so they run once when the Estimator initializes its iterator. Either way the
     join functions get the same tensors for every batch, by reference.
     """
-    return _load_tables(spec, parts)(None)
+    return _load_tables(spec, parts, hard_negative_dir)(None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,15 +225,20 @@ def _query_features(t: Dict, query_row: tf.Tensor) -> Dict:
     return out
 
 
-def _human_negatives(spec: layout_lib.LayoutSpec, t: Dict, query_row: tf.Tensor,
-                     cap: int, seed: tf.Tensor) -> Dict:
-    """The human negatives of each example's query (§4.5), at most `cap` per example.
+def _per_query_negatives(spec: layout_lib.LayoutSpec, t: Dict, query_row: tf.Tensor,
+                         cap: int, seed: tf.Tensor, kind: str = "human") -> Dict:
+    """The negatives of each example's query from a per-query table, at most `cap` per example:
+    kind "human": the layout's human negatives (§4.5); "hard": the mined hard negatives.
 
     A query with count > cap negatives contributes `cap` of them, cyclically consecutive from a
     uniform random offset (a different draw each batch): each of its negatives is joined with
     probability cap / count.
+
+    Returns:
+      "<kind>_negative_rows" ragged int64 [B, (h <= cap)] and "<kind>_negative_item_*" features
+      of its flat rows.
     """
-    splits = t["human_negative_splits"]
+    splits = t[f"{kind}_negative_splits"]
     start = tf.gather(splits, query_row)
     count = tf.gather(splits, query_row + 1) - start
     offset = tf.cast(tf.floor(tf.random.stateless_uniform(tf.shape(count), seed=seed) *
@@ -233,15 +248,15 @@ def _human_negatives(spec: layout_lib.LayoutSpec, t: Dict, query_row: tf.Tensor,
     row = slots.value_rowids()
     positions = tf.gather(start, row) + tf.math.floormod(
         slots.flat_values + tf.gather(offset, row), tf.maximum(tf.gather(count, row), 1))
-    rows = tf.cast(tf.gather(t["human_negative_items"], positions), tf.int64)
-    out = {"human_negative_rows": tf.RaggedTensor.from_row_splits(
+    rows = tf.cast(tf.gather(t[f"{kind}_negative_items"], positions), tf.int64)
+    out = {f"{kind}_negative_rows": tf.RaggedTensor.from_row_splits(
         rows, slots.row_splits, validate=False)}
-    out.update(_item_features(spec, t, rows, "human_negative_item"))
+    out.update(_item_features(spec, t, rows, f"{kind}_negative_item"))
     return out
 
 
 def _join_fn(spec: layout_lib.LayoutSpec, num_random_negatives: int, seed: int,
-             static_batch: int = -1, human_negatives: int = 0):
+             static_batch: int = -1, human_negatives: int = 0, hard_negatives: int = 0):
     num_items = spec.num_items
 
     def join(raw: tf.Tensor, batch_index: tf.Tensor, t: Dict) -> Dict:
@@ -263,9 +278,13 @@ def _join_fn(spec: layout_lib.LayoutSpec, num_random_negatives: int, seed: int,
             minval=0, maxval=num_items, dtype=tf.int64)
         features.update(_item_features(spec, t, neg, "neg_item"))
         if human_negatives > 0:
-            features.update(_human_negatives(
+            features.update(_per_query_negatives(
                 spec, t, query_row, human_negatives,
                 tf.stack([tf.constant(seed + 1, tf.int64), batch_index])))
+        if hard_negatives > 0:
+            features.update(_per_query_negatives(
+                spec, t, query_row, hard_negatives,
+                tf.stack([tf.constant(seed + 2, tf.int64), batch_index]), kind="hard"))
         return features
 
     return join
@@ -362,7 +381,8 @@ def _mixed_stream(spec, mix: PseudoQueryMix, batch_size: int, shuffle_buffer: in
 def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, seed, num_epochs,
               drop_remainder, num_shards=1, shard_index=0,
               pseudo_mix: Optional[PseudoQueryMix] = None,
-              human_negatives: int = 0) -> tf.data.Dataset:
+              human_negatives: int = 0, hard_negatives: int = 0,
+              hard_negative_dir: str = "") -> tf.data.Dataset:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_random_negatives < 0:
@@ -371,6 +391,10 @@ def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, see
         raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
     if human_negatives < 0:
         raise ValueError(f"human_negatives must be >= 0, got {human_negatives}")
+    if hard_negatives < 0:
+        raise ValueError(f"hard_negatives must be >= 0, got {hard_negatives}")
+    if hard_negatives:
+        hard_negative_table.load_table(hard_negative_dir, spec.num_queries)  # fails early
     if pseudo_mix is not None:  # training: logged interactions + pseudo-queries, forever
         records = _mixed_stream(spec, pseudo_mix, batch_size, shuffle_buffer,
                                 seed if seed is not None else 0, num_shards, shard_index)
@@ -378,12 +402,14 @@ def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, see
         records = _record_stream(_check_record_files(spec, split), shuffle_buffer, seed,
                                  num_epochs, num_shards, shard_index)
     records = records.batch(batch_size, drop_remainder=drop_remainder)
-    parts = ("items", "queries", "users") + (("human_negatives",) if human_negatives else ())
-    tables = _tables(spec, parts)
+    parts = ("items", "queries", "users") + (("human_negatives",) if human_negatives else ()) \
+        + (("hard_negatives",) if hard_negatives else ())
+    tables = _tables(spec, parts, hard_negative_dir)
     ds = tf.data.Dataset.zip((records, tf.data.Dataset.counter()))
     neg_seed = (seed if seed is not None else 0) * 1000003 + shard_index
     static_batch = batch_size if drop_remainder else -1
-    join = _join_fn(spec, num_random_negatives, neg_seed, static_batch, human_negatives)
+    join = _join_fn(spec, num_random_negatives, neg_seed, static_batch, human_negatives,
+                    hard_negatives)
     ds = ds.map(lambda raw, index: join(raw, index, tables),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -394,7 +420,8 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
                         seed: Optional[int] = None, num_epochs: Optional[int] = None,
                         split: str = "train", num_shards: int = 1, shard_index: int = 0,
                         pseudo_mix: Optional[PseudoQueryMix] = None,
-                        human_negatives: int = 0) -> Callable:
+                        human_negatives: int = 0, hard_negatives: int = 0,
+                        hard_negative_dir: str = "") -> Callable:
     """Training input_fn for tf.estimator: shuffled, repeated, full batches.
 
     Args:
@@ -414,6 +441,11 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
       human_negatives: at most this many human negatives of each example's query per example
         ("human_negative_rows" ragged [B, (h)] + "human_negative_item_*" features of the flat
         rows); 0 = none.
+      hard_negatives: at most this many mined hard negatives of each example's query per
+        example, from the table in the model directory hard_negative_dir
+        (dpsr_tf/data/hard_negative_table.py): "hard_negative_rows" ragged [B, (h)] +
+        "hard_negative_item_*"; 0 = none.
+      hard_negative_dir: the model directory holding the mined table.
 
     Returns:
       input_fn(params=None) -> tf.data.Dataset of feature dicts (labels None; the "label"
@@ -433,7 +465,8 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
         return _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, seed,
                          num_epochs, drop_remainder=True, num_shards=num_shards,
                          shard_index=shard_index, pseudo_mix=mix,
-                         human_negatives=human_negatives)
+                         human_negatives=human_negatives, hard_negatives=hard_negatives,
+                         hard_negative_dir=hard_negative_dir)
 
     return input_fn
 

@@ -93,6 +93,11 @@ class ModelConfig:
         query (§4.5): hinge terms, or extra softmax candidates with logit + log(weight).
       max_human_negatives: at most this many human negatives of the example's query are
         joined to each training example from the layout's per-query table (0 = none).
+      hard_negative_weight: weight of the terms against the mined hard negatives of the
+        example's query (TrainConfig.hard_negatives_from; hinge terms, or extra softmax
+        candidates with logit + log(weight)); 0 = mined but unused.
+      max_hard_negatives: at most this many mined hard negatives of the example's query are
+        joined to each training example (only with TrainConfig.hard_negatives_from).
       softmax_temperature: logits = score / softmax_temperature (sampled softmax).
       softmax_logq_correction: subtract log(expected count in a batch) from each logit.
       softmax_random_negatives: also use this many shared random negatives in the softmax.
@@ -152,6 +157,8 @@ class ModelConfig:
     alpha: float = 0.5
     human_negative_weight: float = 1.0
     max_human_negatives: int = 8
+    hard_negative_weight: float = 1.0
+    max_hard_negatives: int = 4
     softmax_temperature: float = 0.05
     softmax_logq_correction: bool = True
     softmax_random_negatives: int = 0
@@ -206,6 +213,9 @@ class ModelConfig:
         need(self.text_encoder in TEXT_ENCODERS, "text_encoder",
              f"choose one of {TEXT_ENCODERS}")
         need(self.max_human_negatives >= 0, "max_human_negatives", "must be >= 0")
+        need(self.max_hard_negatives >= 1, "max_hard_negatives",
+             "must be >= 1 (hard negatives are off unless --hard_negatives_from is given)")
+        need(self.hard_negative_weight >= 0, "hard_negative_weight", "must be >= 0")
         need(self.beta >= 0, "beta", "must be >= 0 (0 = max over heads)")
         need(self.head_balance_weight >= 0, "head_balance_weight", "must be >= 0 (0 = off)")
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")

@@ -14,7 +14,14 @@ max(0, delta - S[i, i] + s):
        (§4.4.3: the two sets are weighted by 1 - alpha and alpha, not subsampled);
   H_i: the human negatives of q_i (§4.5): those joined from the layout's per-query table,
        plus any label-0 example of the batch with the same query text (eval splits).
+  With mined hard negatives (`dpsr train --hard_negatives_from`), a further term
+        + w_x * mean_{k in X_i} h(s(q_i, k)),
+  X_i: the hard negatives of q_i joined from the mined per-query table (items the trained
+       model ranked in a window such as 101-500 for q_i, not its positives).
   An empty set contributes 0.
+
+In the sampled softmax, human and hard negatives join the example's candidates with logit
+s / T + log(w_h) and s / T + log(w_x) (no logQ correction: they are not drawn by frequency).
 """
 from typing import Optional, Tuple
 
@@ -90,7 +97,10 @@ def hinge_loss(batch_scores: tf.Tensor, random_scores: tf.Tensor, item_rows: tf.
                random_rows: tf.Tensor, labels: tf.Tensor, queries: Optional[tf.Tensor], *,
                margin: float, alpha: float, human_negative_weight: float,
                human_scores: Optional[tf.Tensor] = None,
-               human_mask: Optional[tf.Tensor] = None) -> Tuple[tf.Tensor, dict]:
+               human_mask: Optional[tf.Tensor] = None,
+               hard_scores: Optional[tf.Tensor] = None,
+               hard_mask: Optional[tf.Tensor] = None,
+               hard_negative_weight: float = 1.0) -> Tuple[tf.Tensor, dict]:
     """The DPSR hinge loss (see the module docstring).
 
     Args:
@@ -103,10 +113,12 @@ def hinge_loss(batch_scores: tf.Tensor, random_scores: tf.Tensor, item_rows: tf.
       margin, alpha, human_negative_weight: see ModelConfig.
       human_scores, human_mask: [B, H] scores of the joined human negatives of each example's
         query and their mask (or None).
+      hard_scores, hard_mask: [B, X] scores of the joined mined hard negatives and their mask
+        (or None); hard_negative_weight: their weight w_x.
 
     Returns:
       (scalar loss, dict of scalar diagnostics: batch and random negatives per positive, human
-      pairs used, positives).
+      pairs used, hard pairs used (with hard negatives), positives).
     """
     positive = tf.linalg.diag_part(batch_scores)
     is_pos = tf.cast(labels > 0.5, tf.float32)
@@ -123,6 +135,12 @@ def hinge_loss(batch_scores: tf.Tensor, random_scores: tf.Tensor, item_rows: tf.
     if human_negative_weight > 0:
         per_example += human_negative_weight * _masked_mean(
             tf.nn.relu(margin - positive[:, None] + h_scores), h_mask)
+    x_mask = None
+    if hard_scores is not None:
+        x_mask = tf.cast(hard_mask, tf.float32) * is_pos[:, None]
+        if hard_negative_weight > 0:
+            per_example += hard_negative_weight * _masked_mean(
+                tf.nn.relu(margin - positive[:, None] + hard_scores), x_mask)
     num_pos = tf.reduce_sum(is_pos)
     denominator = tf.maximum(num_pos, 1.0)
     loss = tf.reduce_sum(per_example * is_pos) / denominator
@@ -132,6 +150,8 @@ def hinge_loss(batch_scores: tf.Tensor, random_scores: tf.Tensor, item_rows: tf.
              tf.reduce_sum(random_valid * is_pos[:, None]) / denominator,
              "human_negative_pairs": tf.reduce_sum(h_mask),
              "positives": num_pos}
+    if x_mask is not None:
+        stats["hard_negative_pairs"] = tf.reduce_sum(x_mask)
     return loss, stats
 
 
@@ -204,13 +224,17 @@ def sampled_softmax_loss(batch_scores: tf.Tensor, random_scores: Optional[tf.Ten
                          random_log_q: Optional[float] = None,
                          human_scores: Optional[tf.Tensor] = None,
                          human_mask: Optional[tf.Tensor] = None,
-                         human_negative_weight: float = 1.0) -> Tuple[tf.Tensor, dict]:
+                         human_negative_weight: float = 1.0,
+                         hard_scores: Optional[tf.Tensor] = None,
+                         hard_mask: Optional[tf.Tensor] = None,
+                         hard_negative_weight: float = 1.0) -> Tuple[tf.Tensor, dict]:
     """In-batch softmax with logQ correction (Yi et al. 2019; TFRS Retrieval task).
 
     Batch term: logits[i, j] = S[i, j] / temperature - log Q_j over the batch's positive items
     j; candidates that are accidental hits (same item row or same query as example i, other
     than j = i) and the items of label-0 examples are masked out; the human negatives of q_i
-    join as extra candidates with logit s / temperature + log(human_negative_weight).
+    join as extra candidates with logit s / temperature + log(human_negative_weight), its mined
+    hard negatives with logit s / temperature + log(hard_negative_weight).
     Cross-entropy with target j = i.
     Random term (random_scores given): the positive against the shared random negatives
     (log Q_r = random_log_q), the example's own item masked.
@@ -229,6 +253,8 @@ def sampled_softmax_loss(batch_scores: tf.Tensor, random_scores: Optional[tf.Ten
       random_log_q: log(R / num_items) for uniform random negatives, or None.
       human_scores, human_mask: [B, H] scores of the joined human negatives and their mask.
       human_negative_weight: > 0 to use them.
+      hard_scores, hard_mask: [B, X] scores of the joined mined hard negatives and their mask;
+      hard_negative_weight: > 0 to use them.
 
     Returns:
       (scalar float32 loss, dict of scalar diagnostics).
@@ -251,6 +277,12 @@ def sampled_softmax_loss(batch_scores: tf.Tensor, random_scores: Optional[tf.Ten
         h_mask = tf.cast(human_mask, tf.float32) * is_pos[:, None]
         parts.append(tf.where(h_mask > 0, h_logits, tf.fill(tf.shape(h_logits), NEG_INF)))
         stats["human_negative_pairs"] = tf.reduce_sum(h_mask)
+    if hard_scores is not None:
+        x_mask = tf.cast(hard_mask, tf.float32) * is_pos[:, None]
+        stats["hard_negative_pairs"] = tf.reduce_sum(x_mask)
+        if hard_negative_weight > 0:
+            x_logits = hard_scores / temperature + tf.math.log(float(hard_negative_weight))
+            parts.append(tf.where(x_mask > 0, x_logits, tf.fill(tf.shape(x_logits), NEG_INF)))
     xent = _cross_entropy_first(tf.concat(parts, axis=1))
     if random_scores is not None and alpha > 0:
         rand_logits = random_scores / temperature

@@ -10,7 +10,8 @@ params (dict passed to tf.estimator.Estimator):
   progress), "log_every_steps" and "task" (a progress line in the log every so many local
   steps). Optional training features "human_negative_rows" (ragged [B, (h)]) and
   "human_negative_item_*" (the item features of its flat rows) add each query's human
-  negatives to the loss (§4.5).
+  negatives to the loss (§4.5); "hard_negative_rows" and "hard_negative_item_*" its mined hard
+  negatives (`dpsr train --hard_negatives_from`), the same way.
 """
 import math
 from typing import Mapping
@@ -40,15 +41,17 @@ def _concat_items(a: dict, b: dict) -> dict:
     return {key: tf.concat([a[key], b[key]], axis=0) for key in a}
 
 
-def _human_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig, layout_spec,
-                           mode):
-    """Scores of each example's query against its joined human negatives (§4.5).
+def _joined_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig, layout_spec,
+                            mode, kind: str = "human"):
+    """Scores of each example's query against its joined per-query negatives: kind "human"
+    (the layout's human negatives, §4.5) or "hard" (the mined hard negatives); the item tower
+    embeds them.
 
     Returns:
       (scores [B, H] float32, mask [B, H] float32) with H the most negatives of any example.
     """
-    rows = features["human_negative_rows"]                                  # ragged [B, (h)]
-    items = item_tower(_item_features(features, "human_negative_item_", layout_spec), cfg,
+    rows = features[f"{kind}_negative_rows"]                                # ragged [B, (h)]
+    items = item_tower(_item_features(features, f"{kind}_negative_item_", layout_spec), cfg,
                        layout_spec, mode)                                   # [N, d]
     if cfg.joint_pq:
         items = joint_pq.quantize(items, joint_pq.pq_variables(
@@ -113,9 +116,13 @@ def dpsr_model_fn(features, labels, mode, params):
     batch_items, random_items = all_items[:b], all_items[b:]               # [B, d], [R, d]
     batch_scores = scoring.soft_dot_product(query, batch_items, cfg.beta)  # [B, B]
     random_scores = scoring.soft_dot_product(query, random_items, cfg.beta)  # [B, R]
-    human_scores = human_mask = None
+    human_scores = human_mask = hard_scores = hard_mask = None
     if "human_negative_rows" in features and cfg.model != "dssm":
-        human_scores, human_mask = _human_negative_scores(features, query, cfg, layout_spec, mode)
+        human_scores, human_mask = _joined_negative_scores(features, query, cfg, layout_spec,
+                                                           mode)
+    if "hard_negative_rows" in features and cfg.model != "dssm":
+        hard_scores, hard_mask = _joined_negative_scores(features, query, cfg, layout_spec, mode,
+                                                         kind="hard")
     item_rows = tf.cast(features["item_row"], tf.int64)
     random_rows = tf.cast(features["neg_item_row"], tf.int64)
     label = tf.cast(features["label"], tf.float32)
@@ -133,7 +140,8 @@ def dpsr_model_fn(features, labels, mode, params):
             batch_scores, random_scores, item_rows, random_rows, label, queries,
             margin=cfg.margin, alpha=cfg.alpha if cfg.num_negatives else 0.0,
             human_negative_weight=cfg.human_negative_weight, human_scores=human_scores,
-            human_mask=human_mask)
+            human_mask=human_mask, hard_scores=hard_scores, hard_mask=hard_mask,
+            hard_negative_weight=cfg.hard_negative_weight)
     else:
         batch_log_q = random_log_q = None
         num_items = max(1, int(layout_spec.num_items))
@@ -152,7 +160,9 @@ def dpsr_model_fn(features, labels, mode, params):
             item_rows, random_rows[:cfg.softmax_random_negatives] if use_random else None,
             label, queries, temperature=cfg.softmax_temperature, alpha=cfg.alpha,
             batch_log_q=batch_log_q, random_log_q=random_log_q, human_scores=human_scores,
-            human_mask=human_mask, human_negative_weight=cfg.human_negative_weight)
+            human_mask=human_mask, human_negative_weight=cfg.human_negative_weight,
+            hard_scores=hard_scores, hard_mask=hard_mask,
+            hard_negative_weight=cfg.hard_negative_weight)
 
     if pq_loss is not None:
         stats = {**stats, "pq_weighted_distortion": pq_loss}

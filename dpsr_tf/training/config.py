@@ -1,6 +1,7 @@
 """TrainConfig: where the data and the model live, and how long and how often to train/evaluate."""
 import dataclasses
-from typing import Optional
+import os
+from typing import Optional, Tuple
 
 from dpsr_tf import config_json
 
@@ -64,6 +65,19 @@ class TrainConfig:
       warm_start_from: a checkpoint prefix or model directory whose trainable variables
         initialize the model before step 0 (tf.estimator.WarmStartSettings; the joint PQ
         variables are not taken from it); "" = none. Ignored once model_dir has a checkpoint.
+      hard_negatives_from: a trained model directory (on this layout) whose own ranking
+        supplies hard negatives (Facebook EBR): before training, `dpsr train` ranks the whole
+        catalog for every query of hard_negative_splits with it, draws
+        hard_negatives_per_query items from the ranks hard_negative_ranks of each query's
+        ranking without its positives, and writes the table into model_dir
+        (dpsr_tf/indexing/hard_negatives.py); training joins up to
+        ModelConfig.max_hard_negatives of them to every example of the query. "" = off.
+      hard_negative_ranks: (first, last) 1-based inclusive rank window of the mining.
+      hard_negatives_per_query: items drawn from each query's window.
+      hard_negative_splits: comma-separated record splits whose queries are mined ("train",
+        "pseudo" or both; never "eval").
+      hard_negative_warm_start: with hard_negatives_from and no warm_start_from, initialize the
+        towers from hard_negatives_from's checkpoint (False = train from scratch).
     """
 
     layout_dir: str
@@ -95,6 +109,11 @@ class TrainConfig:
     pseudo_query_final_ratio: float = -1.0
     pseudo_query_decay_steps: int = 0
     warm_start_from: str = ""
+    hard_negatives_from: str = ""
+    hard_negative_ranks: Tuple[int, ...] = (101, 500)
+    hard_negatives_per_query: int = 16
+    hard_negative_splits: str = "train,pseudo"
+    hard_negative_warm_start: bool = True
 
     def __post_init__(self):
         def need(ok, field, what):
@@ -126,6 +145,35 @@ class TrainConfig:
         for field in ("throttle_secs", "intra_op_threads", "inter_op_threads",
                       "worker_delay_secs"):
             need(getattr(self, field) >= 0, field, "must be >= 0")
+        object.__setattr__(self, "hard_negative_ranks",
+                           tuple(int(r) for r in self.hard_negative_ranks))
+        ranks = self.hard_negative_ranks
+        need(len(ranks) == 2 and 1 <= ranks[0] <= ranks[1], "hard_negative_ranks",
+             "--hard_negative_ranks=FIRST,LAST with 1 <= FIRST <= LAST, e.g. 101,500")
+        need(self.hard_negatives_per_query >= 1, "hard_negatives_per_query", "must be >= 1")
+        splits = self.hard_negative_split_names
+        need(bool(splits) and "eval" not in splits, "hard_negative_splits",
+             "--hard_negative_splits: comma-separated train and/or pseudo (never eval: its "
+             "queries would be trained on)")
+        need(not self.hard_negatives_from or
+             os.path.abspath(self.hard_negatives_from) != os.path.abspath(self.model_dir),
+             "hard_negatives_from", "must be another model directory than --model_dir (the "
+             "trained model to mine with; the new run writes its own checkpoints)")
+
+    @property
+    def hard_negative_split_names(self) -> Tuple[str, ...]:
+        """hard_negative_splits as a tuple of split names."""
+        return tuple(s.strip() for s in self.hard_negative_splits.split(",") if s.strip())
+
+    @property
+    def effective_warm_start(self) -> str:
+        """The checkpoint or model directory the towers start from ("" = none):
+        warm_start_from, else hard_negatives_from when hard_negative_warm_start."""
+        if self.warm_start_from:
+            return self.warm_start_from
+        if self.hard_negatives_from and self.hard_negative_warm_start:
+            return self.hard_negatives_from
+        return ""
 
     @property
     def stops_early(self) -> bool:

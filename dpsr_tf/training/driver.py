@@ -32,10 +32,10 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
               "task": f"{cluster.task_type}:{cluster.task_index}" if cluster.distributed else "",
               "is_chief": cluster.is_chief}
     warm_start = None
-    if train.warm_start_from:
+    if train.effective_warm_start:
         # Trainable variables only, and not the joint PQ quantizer (a model trained without
         # --joint_pq has none; its warm start is JointPQWarmStartHook's job).
-        warm_start = tf.estimator.WarmStartSettings(train.warm_start_from,
+        warm_start = tf.estimator.WarmStartSettings(train.effective_warm_start,
                                                     vars_to_warm_start="^(?!joint_pq/).*")
     return tf.estimator.Estimator(dpsr_model_fn, config=make_run_config(train, cluster),
                                   params=params, warm_start_from=warm_start)
@@ -68,13 +68,47 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         pseudo_mix=mix,
         # Joined human negatives cost an item-tower pass: only when the loss uses them.
         human_negatives=model_config.max_human_negatives
-        if model_config.human_negative_weight > 0 and model_config.model != "dssm" else 0)
+        if model_config.human_negative_weight > 0 and model_config.model != "dssm" else 0,
+        # The mined hard negatives (checked by check_hard_negative_table before training).
+        hard_negatives=model_config.max_hard_negatives if train.hard_negatives_from else 0,
+        hard_negative_dir=train.model_dir)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,
         num_random_negatives=max(1, train.eval_random_negatives,
                                  model_config.random_negatives_for(train.eval_batch_size)),
         split=train.eval_split)
     return train_fn, eval_fn
+
+
+def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
+                              layout_spec) -> None:
+    """With --hard_negatives_from: the mined table must be in model_dir and made from that
+    model with these settings (`dpsr train` mines it first, dpsr_tf/indexing/hard_negatives.py).
+
+    Raises:
+      ValueError: dssm, no table, or a table mined with other settings.
+    """
+    from dpsr_tf.data import hard_negative_table  # pylint: disable=import-outside-toplevel
+    if not train.hard_negatives_from:
+        return
+    if model_config.model == "dssm":
+        raise ValueError(f"--hard_negatives_from={train.hard_negatives_from} with --model=dssm: "
+                         f"the DSSM baseline keeps its paper's random negatives; drop one")
+    prov = hard_negative_table.read_provenance(train.model_dir)
+    where = hard_negative_table.table_dir(train.model_dir)
+    if prov is None:
+        raise ValueError(f"--hard_negatives_from={train.hard_negatives_from}: no mined table in "
+                         f"{where}; `dpsr train` mines it before training (from code: "
+                         f"dpsr_tf.indexing.hard_negatives.mine_hard_negatives)")
+    want = {"source_model_dir": os.path.abspath(train.hard_negatives_from),
+            "ranks": list(train.hard_negative_ranks),
+            "per_query": train.hard_negatives_per_query,
+            "splits": list(train.hard_negative_split_names),
+            "num_queries": layout_spec.num_queries, "num_items": layout_spec.num_items}
+    wrong = {k: (prov.get(k), v) for k, v in want.items() if prov.get(k) != v}
+    if wrong:
+        raise ValueError(f"{where} was mined with other settings ({wrong}: table vs flags); "
+                         f"delete it (or use a new --model_dir) to mine again")
 
 
 def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_spec=None,
@@ -117,6 +151,12 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps).with_graph(layout_spec)
+    check_hard_negative_table(cfg, train, layout_spec)
+    if train.hard_negatives_from:
+        logging.info("hard negatives: up to %d per example from %s (weight %g); towers %s",
+                     cfg.max_hard_negatives, train.hard_negatives_from, cfg.hard_negative_weight,
+                     f"warm-started from {train.effective_warm_start}"
+                     if train.effective_warm_start else "trained from scratch")
     if cluster.task_type in ("chief",):
         path = model_dir_lib.write_resolved_config(
             train.model_dir, cfg, layout_spec,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dpsr_tf.data import hard_negative_table
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import pipeline
 from dpsr_tf.data import split as split_lib
@@ -340,3 +341,71 @@ def test_human_negatives_are_joined_per_query(tiny_catalog, tiny_layout):
     assert many
     for q in many:
         assert len(set(picked[q])) == splits[q + 1] - splits[q], (q, picked[q])
+
+
+def _hand_table(spec):
+    """A hard-negative table made by hand: query q holds q % 4 items (q * 7 + 3 j) % N."""
+    n = spec.num_items
+    lists = [[(q * 7 + 3 * j) % n for j in range(q % 4)] for q in range(spec.num_queries)]
+    splits = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    items = np.array(sum(lists, []), np.int32)
+    return lists, items, splits
+
+
+def test_hard_negatives_are_joined_per_query(tiny_layout, tmp_path):
+    spec = layout_lib.load_layout_spec(tiny_layout)
+    ref = _Reference(spec)
+    lists, items, splits = _hand_table(spec)
+    model_dir = str(tmp_path / "model")
+    hard_negative_table.write_table(model_dir, items, splits, {"made": "by hand"})
+    cap = 2
+
+    def stream(seed):
+        return pipeline.make_train_input_fn(
+            tiny_layout, batch_size=64, num_random_negatives=1, seed=seed, hard_negatives=cap,
+            hard_negative_dir=model_dir, pseudo_mix=pipeline.PseudoQueryMix(0.0))()
+
+    picked = {}          # query row -> the positions of its joined negatives
+    for step, batch in enumerate(stream(4)):
+        if step == 40:
+            break
+        assert "hard_negative_rows" in batch and "human_negative_rows" not in batch
+        rows = batch["hard_negative_rows"].to_list()
+        flat = batch["hard_negative_item_row"].numpy().tolist()
+        assert sum(rows, []) == flat
+        tokens = batch["hard_negative_item_tokens"].to_list()
+        for k, row in enumerate(flat):
+            assert tokens[k] == ref.items.tokens(row).tolist()
+            for j, name in enumerate(spec.item_features):
+                assert batch[f"hard_negative_item_{name}"][k] == ref.items.features[row, j]
+        for q, got in zip(batch["query_row"].numpy(), rows):
+            negatives = lists[q]
+            assert len(got) == min(cap, len(negatives))
+            assert set(got) <= set(negatives)
+            if len(got) == 2 and len(negatives) == 3:   # cyclically consecutive, no repeat
+                assert got[0] != got[1]
+            for row in got:
+                picked.setdefault(int(q), set()).add(negatives.index(row))
+    # Queries with 3 negatives and 2 slots see all 3 over the batches (a seeded random offset).
+    assert any(len(lists[q]) == 3 and picked[q] == {0, 1, 2} for q in picked)
+    # Seeded: the same seed gives the same negatives.
+    a, b = next(iter(stream(9))), next(iter(stream(9)))
+    assert a["hard_negative_rows"].to_list() == b["hard_negative_rows"].to_list()
+
+
+def test_hard_negatives_without_a_table_fail_early(tiny_layout, tmp_path):
+    with pytest.raises(ValueError, match=r"no mined hard-negative table \(train with "
+                                         r"--hard_negatives_from=MODEL_DIR"):
+        pipeline.make_train_input_fn(tiny_layout, batch_size=8, hard_negatives=2,
+                                     hard_negative_dir=str(tmp_path),
+                                     pseudo_mix=pipeline.PseudoQueryMix(0.0))()
+    spec = layout_lib.load_layout_spec(tiny_layout)
+    hard_negative_table.write_table(str(tmp_path), np.zeros([0], np.int32),
+                                    np.zeros([spec.num_queries], np.int64), {})
+    with pytest.raises(ValueError, match=r"a table of .* queries, the layout has"):
+        pipeline.make_train_input_fn(tiny_layout, batch_size=8, hard_negatives=2,
+                                     hard_negative_dir=str(tmp_path),
+                                     pseudo_mix=pipeline.PseudoQueryMix(0.0))()
+    with pytest.raises(ValueError, match=r"hard-negative splits must run from 0 to 1"):
+        hard_negative_table.write_table(str(tmp_path), np.zeros([1], np.int32),
+                                        np.zeros([3], np.int64), {})

@@ -15,11 +15,16 @@ ROWS = np.array([0, 1, 2], np.int64)
 RAND_ROWS = np.array([5], np.int64)
 
 
-def _hinge(labels, queries, human_weight=1.0, alpha=0.5, human_scores=None, human_mask=None):
+def _hinge(labels, queries, human_weight=1.0, alpha=0.5, human_scores=None, human_mask=None,
+           hard_scores=None, hard_mask=None, hard_weight=1.0):
     extra = {}
     if human_scores is not None:
         extra = {"human_scores": tf.constant(human_scores, tf.float32),
                  "human_mask": tf.constant(human_mask, tf.float32)}
+    if hard_scores is not None:
+        extra.update(hard_scores=tf.constant(hard_scores, tf.float32),
+                     hard_mask=tf.constant(hard_mask, tf.float32),
+                     hard_negative_weight=hard_weight)
     loss, stats = losses.hinge_loss(
         tf.constant(S), tf.constant(RAND), tf.constant(ROWS), tf.constant(RAND_ROWS),
         tf.constant(labels, tf.float32), tf.constant(queries), margin=0.1, alpha=alpha,
@@ -66,6 +71,32 @@ def test_hinge_loss_joined_human_negatives_hand_worked():
                          human_mask=[[1, 1], [0, 0], [1, 0]])
     assert loss == pytest.approx((0.0875 + 2.0 * (0.04 + 0.25)) / 3, abs=1e-6)
     assert stats["human_negative_pairs"] == 3
+
+
+@pytest.mark.parametrize("weight", [2.0, 1.0, 0.0])
+def test_hinge_loss_mined_hard_negatives_hand_worked(weight):
+    # Mined hard negatives joined per query: row 0 has two (.86, .3), row 1 none, row 2 two
+    # (.75, .72); no human negatives (weight 0).
+    # row 0: pos .9: max(0, .1 - .9 + .86) = .06, .3 -> 0: mean .03
+    # row 2: pos .8: .1 - .8 + .75 = .05, .1 - .8 + .72 = .02: mean .035
+    # alpha .5 batch/random part as in the alpha test: .0875 over the 3 positives.
+    # loss = (.0875 + weight * (.03 + .035)) / 3.
+    loss, stats = _hinge([1, 1, 1], ["a", "b", "c"], human_weight=0.0,
+                         hard_scores=[[0.86, 0.3], [0.0, 0.0], [0.75, 0.72]],
+                         hard_mask=[[1, 1], [0, 0], [1, 1]], hard_weight=weight)
+    assert loss == pytest.approx((0.0875 + weight * 0.065) / 3, abs=1e-6)
+    assert stats["hard_negative_pairs"] == 4
+    assert stats["human_negative_pairs"] == 0
+
+
+def test_hinge_loss_hard_negatives_of_a_non_positive_do_not_count():
+    # Example 2 is a human negative (label 0): its mined negatives are no pairs. Row 0 as in
+    # the in-batch human test (.05 from example 2, weight 1) plus hard .06 / 1 (weight 1);
+    # row 1: .075 (random). loss = (.05 + .06 + .075) / 2.
+    loss, stats = _hinge([1, 1, 0], ["a", "b", "a"], hard_scores=[[0.86], [0.0], [0.99]],
+                         hard_mask=[[1], [0], [1]])
+    assert loss == pytest.approx((0.05 + 0.06 + 0.075) / 2, abs=1e-6)
+    assert stats["hard_negative_pairs"] == 1
 
 
 def _hinge_reference(s, rand, rows, rand_rows, labels, queries, alpha, margin):
@@ -119,7 +150,7 @@ def _xent(values, target):
 
 
 def _softmax_reference(s, rand, rows, rand_rows, labels, queries, temperature, log_q, alpha,
-                       human=(), human_weight=1.0):
+                       human=(), human_weight=1.0, hard=(), hard_weight=1.0):
     """NumPy reference: (1 - alpha) * masked in-batch softmax with logQ and the joined human
     negatives + alpha * softmax against the random negatives, mean over positives."""
     b = len(rows)
@@ -132,6 +163,7 @@ def _softmax_reference(s, rand, rows, rand_rows, labels, queries, temperature, l
                             if j != i and labels[j] > 0.5 and rows[j] != rows[i]
                             and queries[j] != queries[i]]
         batch += [h / temperature + np.log(human_weight) for h in (human[i] if human else [])]
+        batch += [x / temperature + np.log(hard_weight) for x in (hard[i] if hard else [])]
         rnd = [s[i, i] / temperature] + [rand[i, r] / temperature for r in range(len(rand_rows))
                                          if rand_rows[r] != rows[i]]
         total += (1 - alpha) * _xent(batch, target) + alpha * _xent(rnd, s[i, i] / temperature)
@@ -168,6 +200,53 @@ def test_sampled_softmax_matches_reference(alpha, human_weight):
                               human_of_positives, human_weight)
     assert float(got.numpy()) == pytest.approx(want, rel=1e-5)
     assert float(stats["human_negative_pairs"].numpy()) == 3   # example 4 is no positive
+
+
+def _padded(lists, width):
+    scores = np.zeros([len(lists), width], np.float32)
+    mask = np.zeros([len(lists), width], np.float32)
+    for i, values in enumerate(lists):
+        scores[i, :len(values)] = values
+        mask[i, :len(values)] = 1
+    return scores, mask
+
+
+@pytest.mark.parametrize("hard_weight", [1.0, 0.5, 3.0])
+def test_sampled_softmax_with_hard_negatives_matches_reference(hard_weight):
+    rng = np.random.RandomState(1)
+    b = 5
+    s = rng.uniform(-1, 1, size=(b, b)).astype(np.float32)
+    rows = np.array([0, 1, 2, 3, 4], np.int64)
+    labels = np.array([1, 1, 0, 1, 1], np.float32)           # 2: a human negative
+    queries = ["a", "b", "c", "d", "e"]
+    log_q = rng.uniform(-3, 0, size=b).astype(np.float32)
+    human = [[0.2], [], [], [0.4], []]
+    hard = [[0.7, 0.1, -0.2], [0.5], [0.9], [], [0.3, 0.8]]  # row 2's: not a positive
+    h_scores, h_mask = _padded(human, 1)
+    x_scores, x_mask = _padded(hard, 3)
+    got, stats = losses.sampled_softmax_loss(
+        tf.constant(s), None, tf.constant(rows), None, tf.constant(labels),
+        tf.constant(queries), temperature=0.1, batch_log_q=tf.constant(log_q),
+        human_scores=tf.constant(h_scores), human_mask=tf.constant(h_mask),
+        hard_scores=tf.constant(x_scores), hard_mask=tf.constant(x_mask),
+        hard_negative_weight=hard_weight)
+    hard_of_positives = [v if labels[i] > 0.5 else [] for i, v in enumerate(hard)]
+    want = _softmax_reference(s, np.zeros([b, 0]), rows, [], labels, queries, 0.1, log_q, 0.0,
+                              human, 1.0, hard_of_positives, hard_weight)
+    assert float(got.numpy()) == pytest.approx(want, rel=1e-5)
+    assert float(stats["hard_negative_pairs"].numpy()) == 6
+
+
+def test_sampled_softmax_hard_negative_hand_worked():
+    # Two examples, T = 1, no logQ. Row 0: target 1.0, batch column 1 scores 0.0, one hard
+    # negative 0.5: log(e^1 + e^0 + e^.5) - 1 = log(2.71828 + 1 + 1.64872) - 1 = 0.68030.
+    # Row 1: target 0.2, column 0 scores 0.0, no hard negative: log(e^.2 + 1) - .2 = 0.59814.
+    s = np.array([[1.0, 0.0], [0.0, 0.2]], np.float32)
+    got, _ = losses.sampled_softmax_loss(
+        tf.constant(s), None, tf.constant([0, 1], tf.int64), None,
+        tf.constant([1.0, 1.0]), tf.constant(["a", "b"]), temperature=1.0,
+        hard_scores=tf.constant([[0.5], [0.0]]), hard_mask=tf.constant([[1.0], [0.0]]))
+    assert float(got.numpy()) == pytest.approx((0.68030 + 0.59814) / 2, abs=1e-4)
 
 
 def test_streaming_log_q_hand_worked():

@@ -1,0 +1,104 @@
+"""The mined hard negatives of a training run: a per-query table in the model directory.
+
+`dpsr train --hard_negatives_from=M` (dpsr_tf/indexing/hard_negatives.py mines it) writes
+
+  <model_dir>/hard_negatives/items.npy       int32 [T]  item rows, query by query
+  <model_dir>/hard_negatives/splits.npy      int64 [num_queries + 1]
+  <model_dir>/hard_negatives/provenance.json which model, checkpoint, layout, rank window,
+                                             seed and splits made it, counts and seconds
+
+query row q's hard negatives are items[splits[q]:splits[q + 1]] (empty for queries that were
+not mined). The training input (dpsr_tf/data/pipeline.py) joins up to
+ModelConfig.max_hard_negatives of them to every example of query q, the way the layout's
+human-negative table is joined. This module reads and writes the files; it imports no
+TensorFlow.
+"""
+import json
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+TABLE_DIR = "hard_negatives"
+ITEMS_FILE = "items.npy"
+SPLITS_FILE = "splits.npy"
+PROVENANCE_FILE = "provenance.json"
+
+# The provenance fields that must match for a table to be reused by a resumed run.
+KEY_FIELDS = ("source_model_dir", "checkpoint", "layout_dir", "num_items", "num_queries",
+              "ranks", "per_query", "splits", "seed")
+
+
+def table_dir(model_dir: str) -> str:
+    """<model_dir>/hard_negatives."""
+    return os.path.join(model_dir, TABLE_DIR)
+
+
+def table_paths(model_dir: str) -> Tuple[str, str]:
+    """(items.npy, splits.npy) paths of the table in model_dir."""
+    d = table_dir(model_dir)
+    return os.path.join(d, ITEMS_FILE), os.path.join(d, SPLITS_FILE)
+
+
+def read_provenance(model_dir: str) -> Optional[dict]:
+    """The table's provenance record, or None when model_dir holds no complete table."""
+    path = os.path.join(table_dir(model_dir), PROVENANCE_FILE)
+    items, splits = table_paths(model_dir)
+    if not (os.path.exists(path) and os.path.exists(items) and os.path.exists(splits)):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def same_key(a: dict, b: dict) -> bool:
+    """True when two provenance records describe the same mining (KEY_FIELDS equal)."""
+    return all(json.dumps(a.get(k)) == json.dumps(b.get(k)) for k in KEY_FIELDS)
+
+
+def write_table(model_dir: str, items: np.ndarray, splits: np.ndarray, provenance: dict) -> str:
+    """Writes the table and its provenance (the provenance last: it marks the table complete).
+
+    Args:
+      items: [T] int item rows; splits: [num_queries + 1] int64 non-decreasing from 0 to T.
+      provenance: JSON-serializable record (KEY_FIELDS and anything else worth keeping).
+
+    Returns:
+      the table directory.
+    """
+    items = np.asarray(items, np.int32)
+    splits = np.asarray(splits, np.int64)
+    if splits.ndim != 1 or len(splits) < 1 or splits[0] != 0 or splits[-1] != len(items) \
+            or np.any(np.diff(splits) < 0):
+        raise ValueError(f"hard-negative splits must run from 0 to {len(items)} without "
+                         f"decreasing, got {splits[:5]}...{splits[-3:]}")
+    d = table_dir(model_dir)
+    os.makedirs(d, exist_ok=True)
+    prov_path = os.path.join(d, PROVENANCE_FILE)
+    if os.path.exists(prov_path):
+        os.remove(prov_path)
+    items_path, splits_path = table_paths(model_dir)
+    np.save(items_path, items)
+    np.save(splits_path, splits)
+    tmp = prov_path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(provenance, f, indent=2, sort_keys=True)
+    os.replace(tmp, prov_path)
+    return d
+
+
+def load_table(model_dir: str, num_queries: Optional[int] = None) -> Tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """(items [T] int32, splits [num_queries + 1] int64) of model_dir's table.
+
+    Raises:
+      ValueError: no complete table, or one for another number of queries.
+    """
+    if read_provenance(model_dir) is None:
+        raise ValueError(f"{table_dir(model_dir)}: no mined hard-negative table (train with "
+                         f"--hard_negatives_from=MODEL_DIR to mine one)")
+    items_path, splits_path = table_paths(model_dir)
+    items, splits = np.load(items_path), np.load(splits_path)
+    if num_queries is not None and len(splits) != num_queries + 1:
+        raise ValueError(f"{splits_path}: a table of {len(splits) - 1} queries, the layout has "
+                         f"{num_queries}; delete {table_dir(model_dir)} to mine it again")
+    return items, splits
