@@ -14,6 +14,7 @@ from absl import logging
 from dpsr_tf.cli import training_flags
 from dpsr_tf.data import hard_negative_table
 from dpsr_tf.data.layout import load_layout_spec
+from dpsr_tf.evaluation import checkpoint_recall
 from dpsr_tf.indexing import hard_negatives
 from dpsr_tf.training import driver, tf_config
 from dpsr_tf.model.progress import quiet_tf_logging
@@ -56,6 +57,8 @@ def main(argv):
                                              load_layout_spec(train_config.layout_dir))
     except ValueError as e:
         raise SystemExit(f"dpsr train: {e}") from None
-    result = driver.train_and_evaluate(model_config, train_config)
+    result = driver.train_and_evaluate(
+        model_config, train_config, checkpoint_metrics=checkpoint_recall.for_training(
+            train_config, log=lambda m: logging.info("%s", m)))
     if result and result[0]:
         logging.info("final evaluation: %s", result[0])

@@ -85,7 +85,8 @@ _TRAIN_HELP = {
     "eval_every_steps": "Early stopping: global steps between two evaluations.",
     "early_stopping_patience": "Early stopping: evaluations without a gain before stopping.",
     "early_stopping_metric": "Early stopping: eval metric watched (top10/top1/auc_labeled "
-                             "maximized, loss minimized).",
+                             "maximized, loss minimized; recall@10/100/1000: full-corpus "
+                             "recall of the eval split, brute force over every item).",
     "early_stopping_min_delta": "Early stopping: a gain must exceed this to count.",
     "shuffle_buffer": "Shuffle buffer of the training input, in interactions.",
     "seed": "Graph and input seed (each replica adds its index).",

@@ -27,6 +27,7 @@ import numpy as np
 from dpsr_tf import config_json
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
+from dpsr_tf.evaluation import checkpoint_recall
 from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import paired as paired_lib
@@ -321,7 +322,8 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
                                else f"until validation stops improving (at most "
                                     f"{train_config.max_train_steps:,} steps)")
         + f" into {train_config.model_dir}")
-    driver.train_and_evaluate(config.model, train_config)
+    driver.train_and_evaluate(config.model, train_config,
+                              checkpoint_metrics=checkpoint_recall.for_training(train_config))
     log(f"{tag}: trained in {time.monotonic() - t:.1f} s")
 
     quiet = lambda _: None  # noqa: E731

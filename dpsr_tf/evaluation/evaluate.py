@@ -101,7 +101,8 @@ def _unique_requests(query_rows, user_rows, history_ends):
 class EmbeddingScorer:
     """Scores with a DPSR checkpoint: soft dot product of query heads and item embeddings."""
 
-    def __init__(self, embedder, spec, eval_set, pairs):
+    def __init__(self, embedder, spec, eval_set, pairs=None):
+        """pairs: the split's labelled pairs (for score_pairs), or None to score requests only."""
         cfg = embedder.model_config
         self.beta = cfg.beta
         items = layout_lib.load_item_table(spec)
@@ -111,6 +112,8 @@ class EmbeddingScorer:
                                                eval_set.history_ends)
         self.request_emb = embedder.embed_queries(tok, spl, users, hist,
                                                   query_rows=eval_set.query_rows)
+        if pairs is None:
+            return
         q, u, h, self.pair_request = _unique_requests(pairs["query_row"], pairs["user_row"],
                                                       pairs["history_end"])
         tok, spl, users, hist = request_inputs(spec, q, u, h)

@@ -10,7 +10,8 @@ from dpsr_tf import config_json
 # least AUTO_MIN_STEPS steps (the fixed length of the runs measured before early stopping).
 AUTO_EXAMPLES_PER_ITEM = 300
 AUTO_MIN_STEPS = 16000
-EARLY_STOPPING_METRICS = ("top10", "top1", "auc_labeled", "loss")
+EARLY_STOPPING_METRICS = ("top10", "top1", "auc_labeled", "loss", "recall@10", "recall@100",
+                          "recall@1000")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,9 @@ class TrainConfig:
       early_stopping_patience: early stopping: evaluations without improvement before stopping.
       early_stopping_metric: one of EARLY_STOPPING_METRICS ("loss" is minimized, the others
         maximized; top10 = the positive ranks in the top 10 among eval_random_negatives
-        random items, the paper's Top-10).
+        random items, the paper's Top-10; recall@K = full-corpus Recall@K of the eval split's
+        requests as `dpsr evaluate` computes it, supplied by the caller of the training
+        driver: dpsr_tf/evaluation/checkpoint_recall.py).
       early_stopping_min_delta: early stopping: an evaluation improves only when it beats the
         best so far by more than this.
       shuffle_buffer: interactions in the shuffle buffer of the training input.

@@ -113,7 +113,8 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
 
 def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_spec=None,
                        train_input_fn: Optional[Callable] = None,
-                       eval_input_fn: Optional[Callable] = None):
+                       eval_input_fn: Optional[Callable] = None,
+                       checkpoint_metrics: Optional[Callable[[str], dict]] = None):
     """Runs this task's part of tf.estimator.train_and_evaluate.
 
     Args:
@@ -121,6 +122,8 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
       train: TrainConfig.
       layout_spec: default: dpsr_tf.data.layout.load_layout_spec(train.layout_dir).
       train_input_fn, eval_input_fn: default: dpsr_tf.data.pipeline over train.layout_dir.
+      checkpoint_metrics: early stopping on one machine: checkpoint -> {name: value} added to
+        each evaluation (needed for a "recall@K" early_stopping_metric).
 
     Returns:
       what tf.estimator.train_and_evaluate returns (eval metrics, export results) on the chief
@@ -129,12 +132,13 @@ def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_
     cluster = tf_config.from_env()
     with ready_poll.polling_every(train.ready_poll_secs):
         return _train_and_evaluate(model_config, train, cluster, layout_spec, train_input_fn,
-                                   eval_input_fn)
+                                   eval_input_fn, checkpoint_metrics)
 
 
 def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
                         cluster: tf_config.ClusterInfo, layout_spec,
-                        train_input_fn: Optional[Callable], eval_input_fn: Optional[Callable]):
+                        train_input_fn: Optional[Callable], eval_input_fn: Optional[Callable],
+                        checkpoint_metrics: Optional[Callable[[str], dict]] = None):
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     if layout_spec is None:
         layout_spec = layout_lib.load_layout_spec(train.layout_dir)
@@ -177,7 +181,7 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
         result = early_stopping.train_with_early_stopping(
             estimator,
             lambda r: given or default_input_fns(cfg, train, cluster, round_index=r)[0],
-            eval_input_fn, train)
+            eval_input_fn, train, checkpoint_metrics=checkpoint_metrics)
         _write_train_time(train, estimator, time.monotonic() - start)
         return result
     if train.stops_early:

@@ -13,6 +13,11 @@ evaluation read the best model, not the last one.
 The history, the rule and why training stopped are written to <model_dir>/early_stopping.json
 (EARLY_STOPPING_FILE) after every evaluation, so an interrupted run resumes with its history.
 
+A "recall@K" metric is not one of the Estimator's eval metrics (those score each example against
+its batch and random items): the caller passes `checkpoint_metrics`, a function checkpoint ->
+{name: value} (dpsr_tf/evaluation/checkpoint_recall.py: full-corpus recall on the eval split),
+whose values join each evaluation's record.
+
 Training is one Estimator.train call with one input pipeline: the evaluations run from a
 CheckpointSaverListener inside it, so no graph is rebuilt, no checkpoint restored and no
 shuffle buffer refilled between evaluations. A resumed run starts its input with its own
@@ -106,8 +111,9 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
     says so (after_save returning True stops Estimator.train)."""
 
     def __init__(self, estimator, eval_input_fn, train: TrainConfig, rule: dict,
-                 history: List[dict], log):
+                 history: List[dict], log, checkpoint_metrics=None):
         self._estimator, self._eval_input_fn, self._train = estimator, eval_input_fn, train
+        self._checkpoint_metrics = checkpoint_metrics
         self._rule, self.history, self._log = rule, history, log
         self.decision: Optional[Decision] = None
         self._since = time.monotonic()
@@ -132,6 +138,11 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
         t = time.monotonic()
         result = _as_floats(self._estimator.evaluate(
             self._eval_input_fn, steps=train.eval_steps, checkpoint_path=checkpoint))
+        if self._checkpoint_metrics is not None:
+            result.update(_as_floats(self._checkpoint_metrics(checkpoint)))
+        if metric not in result:
+            raise ValueError(f"early stopping: the evaluation of {checkpoint} has no {metric!r} "
+                             f"(it has {sorted(result)})")
         self.history.append(result)
         self.decision = decide([h[metric] for h in self.history], train.early_stopping_patience,
                                train.early_stopping_min_delta, self._rule["higher_is_better"])
@@ -146,7 +157,8 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
 
 def train_with_early_stopping(estimator: tf.estimator.Estimator,
                               train_input_fn_for_round: Callable[[int], Callable],
-                              eval_input_fn: Callable, train: TrainConfig, log=logging.info):
+                              eval_input_fn: Callable, train: TrainConfig, log=logging.info,
+                              checkpoint_metrics: Optional[Callable[[str], dict]] = None):
     """Trains `estimator` under the early-stopping rule (module docstring).
 
     Args:
@@ -157,6 +169,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
       train: TrainConfig with train_steps = 0 and max_train_steps resolved; its
         save_checkpoints_steps must divide eval_every_steps (each boundary is a checkpoint).
       log: progress lines.
+      checkpoint_metrics: checkpoint path -> {name: value} added to each evaluation (required
+        for a metric the Estimator's evaluation lacks, such as "recall@100").
 
     Returns:
       (the best evaluation's metrics, []), like tf.estimator.train_and_evaluate's
@@ -171,6 +185,10 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
             f"eval_every_steps={train.eval_every_steps}: early stopping evaluates the "
             "checkpoint saved at each boundary")
     metric, patience = train.early_stopping_metric, train.early_stopping_patience
+    if metric.startswith("recall@") and checkpoint_metrics is None:
+        raise ValueError(f"TrainConfig.early_stopping_metric={metric!r} is a full-corpus "
+                         "metric: pass checkpoint_metrics (dpsr_tf/evaluation/"
+                         "checkpoint_recall.evaluator; `dpsr train` does)")
     rule = {"metric": metric, "higher_is_better": metric != "loss", "patience": patience,
             "min_delta": train.early_stopping_min_delta, "eval_every_steps":
             train.eval_every_steps, "max_train_steps": train.max_train_steps,
@@ -183,7 +201,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
         f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "
         f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"
         + (f" (resuming at step {step:,} with {len(history)} evaluations)" if step else ""))
-    evaluator = _EvaluateAtBoundaries(estimator, eval_input_fn, train, rule, history, log)
+    evaluator = _EvaluateAtBoundaries(estimator, eval_input_fn, train, rule, history, log,
+                                      checkpoint_metrics)
     if history:
         evaluator.decision = decide([h[metric] for h in history], patience,
                                     train.early_stopping_min_delta, rule["higher_is_better"])

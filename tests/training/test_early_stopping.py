@@ -106,3 +106,75 @@ def test_one_input_pipeline_and_session_for_the_whole_run(tiny_layout, tmp_path,
     assert [h["global_step"] for h in record["history"]] == [30, 60, 90]
     assert record["stopped"]["reason"] == early_stopping.STOPPED_MAX_STEPS
     assert len(made) == 1
+
+
+def _brute_force_recall(model_dir, checkpoint, spec, k):
+    """Recall@k written out with numpy: every item scored by max over heads of the dot
+    product, the k best by a stable descending sort, hits over each request's relevant items."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation.evaluate import request_inputs  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.model.embedder import CheckpointEmbedder  # pylint: disable=import-outside-toplevel
+    eval_set = layout_lib.load_eval_set(spec)
+    items = layout_lib.load_item_table(spec)
+    with CheckpointEmbedder(model_dir, checkpoint) as embedder:
+        item_emb = embedder.embed_items(items.token_ids, items.token_splits,
+                                        {n: items.feature(n) for n in spec.item_features})
+        tok, spl, users, hist = request_inputs(spec, eval_set.query_rows, eval_set.user_rows,
+                                               eval_set.history_ends)
+        heads = embedder.embed_queries(tok, spl, users, hist, query_rows=eval_set.query_rows)
+    scores = np.einsum("qmd,nd->qmn", heads, item_emb).max(axis=1)
+    recalls = []
+    for i in range(len(eval_set)):
+        top = np.argsort(-scores[i], kind="stable")[:k]
+        relevant = set(eval_set.relevant_rows[eval_set.relevant_splits[i]:
+                                              eval_set.relevant_splits[i + 1]].tolist())
+        recalls.append(len(relevant & set(top.tolist())) / len(relevant))
+    return float(np.mean(recalls))
+
+
+def test_full_corpus_recall_as_the_watched_metric(tiny_layout, tmp_path):
+    """--early_stopping_metric=recall@10: every evaluation records the full-corpus Recall@10 of
+    its checkpoint (equal to a numpy brute force), the rule runs on those values, and the
+    checkpoint state names the best of them."""
+    from dpsr_tf.evaluation import checkpoint_recall  # pylint: disable=import-outside-toplevel
+    model_dir = str(tmp_path / "model")
+    cfg = ModelConfig(embedding_dim=16, token_embedding_dim=16, feature_embedding_dim=4,
+                      item_hidden_units=(32,), query_hidden_units=(32,),
+                      query_projection_dim=16, num_heads=2, beta=0.0, learning_rate=0.1)
+    train = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=32,
+                        max_train_steps=160, eval_every_steps=40, early_stopping_patience=1,
+                        early_stopping_metric="recall@10", early_stopping_min_delta=0.02,
+                        eval_random_negatives=50, eval_batch_size=64, eval_steps=1,
+                        log_step_count_steps=1000, save_checkpoints_steps=40,
+                        keep_checkpoint_max=10, seed=0, intra_op_threads=1,
+                        inter_op_threads=2, shuffle_buffer=1000)
+    os.environ.pop("TF_CONFIG", None)
+    with pytest.raises(ValueError, match="recall@10.*checkpoint_metrics"):
+        driver.train_and_evaluate(cfg, train)
+    calls = []
+    recall_of = checkpoint_recall.for_training(train)
+
+    def counted(checkpoint):
+        calls.append(checkpoint)
+        return recall_of(checkpoint)
+    best, _ = driver.train_and_evaluate(cfg, train, checkpoint_metrics=counted)
+
+    history = early_stopping.load_history(model_dir)["history"]
+    steps = [h["global_step"] for h in history]
+    assert [c.rsplit("-", 1)[1] for c in calls] == [str(s) for s in steps]   # one per round
+    values = [h["recall@10"] for h in history]
+    for h in history:
+        want = _brute_force_recall(model_dir, os.path.join(model_dir,
+                                                           f"model.ckpt-{h['global_step']}"),
+                                   tiny_layout, 10)
+        assert h["recall@10"] == pytest.approx(want, abs=1e-9)
+    stop_index, best_index = _expected_stop(values, 1, 0.02)
+    if stop_index is None:
+        assert steps[-1] == 160
+    else:
+        assert stop_index == len(history) - 1
+    assert best["global_step"] == steps[best_index]
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"model.ckpt-{steps[best_index]}")
+    assert checkpoint_recall.for_training(
+        TrainConfig(layout_dir="l", model_dir="m", early_stopping_metric="top10")) is None
