@@ -178,3 +178,21 @@ def test_full_corpus_recall_as_the_watched_metric(tiny_layout, tmp_path):
     assert tf.train.latest_checkpoint(model_dir).endswith(f"model.ckpt-{steps[best_index]}")
     assert checkpoint_recall.for_training(
         TrainConfig(layout_dir="l", model_dir="m", early_stopping_metric="top10")) is None
+
+
+def test_dpsr_train_wires_the_recall_metric(tiny_layout, tmp_path, dpsr_command, task_env,
+                                            tiny_model_flags):
+    import subprocess  # pylint: disable=import-outside-toplevel
+    model_dir = str(tmp_path / "m")
+    proc = subprocess.run(dpsr_command(
+        "train", f"--layout_dir={tiny_layout.layout_dir}", f"--model_dir={model_dir}",
+        "--max_train_steps=40", "--eval_every_steps=20", "--save_checkpoints_steps=20",
+        "--early_stopping_patience=5", "--early_stopping_metric=recall@10", "--eval_steps=1",
+        "--seed=0", *tiny_model_flags), env=task_env, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = early_stopping.load_history(model_dir)
+    assert record["rule"]["metric"] == "recall@10"
+    assert [h["global_step"] for h in record["history"]] == [20, 40]
+    assert all(0.0 <= h["recall@10"] <= 1.0 for h in record["history"])
+    assert proc.stderr.count("full-corpus recall@10 ") == 2
