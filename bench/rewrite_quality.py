@@ -10,7 +10,7 @@ import json
 
 from absl import app, flags
 
-from dpsr_tf.search.rewrite_merge import RewriteConfig
+from dpsr_tf.search.rewrite_merge import COMBINES, RewriteConfig
 
 _LAYOUT = flags.DEFINE_string("layout_dir", None, "Layout (its eval split is measured).")
 _INDEX = flags.DEFINE_string("index_dir", None, "Index build with a lexical index.")
@@ -22,7 +22,7 @@ _SPLIT = flags.DEFINE_string("split", "eval", "Layout split.")
 _MAX_REQ = flags.DEFINE_integer("max_requests", 0, "Only the split's first N requests (0 = all).")
 _DENSE_CACHE = flags.DEFINE_string("dense_cache", None, "An .npz of the dense lists: read when "
                                    "it exists, else written (the embedding is the slow part).")
-_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", ["max", "sum"], "RewriteConfig.combine.")
+_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", list(COMBINES), "RewriteConfig.combine.")
 _PER_QUERY = flags.DEFINE_string("per_query_dir", None, "Write per-request JSONL files here "
                                  "(one per table and weight; `dpsr compare` reads them).")
 flags.mark_flags_as_required(["layout_dir", "index_dir", "rewrites"])

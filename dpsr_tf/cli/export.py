@@ -15,7 +15,7 @@ from absl import flags
 from dpsr_tf.cli import fusion_flags
 from dpsr_tf.indexing import index_layout, joint_pq_index
 from dpsr_tf.export.saved_model_export import export_all_shards
-from dpsr_tf.search.rewrite_merge import RewriteConfig
+from dpsr_tf.search.rewrite_merge import COMBINES, RewriteConfig
 from dpsr_tf.export.servable_graph import ServableConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
@@ -57,7 +57,7 @@ _MAX_REWRITES = flags.DEFINE_integer("max_rewrites", 3, "Rewrites of a query sea
                                      "request (the table's first ones).")
 _REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.3, "Factor on a rewrite's BM25 "
                                      "scores in the merged lexical list, in (0, 1].")
-_REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", ["max", "sum"],
+_REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", list(COMBINES),
                                      "How an item's weighted BM25 scores over the query's and "
                                      "the rewrites' lists combine (docs/rewriting.md).")
 _ONLINE_REWRITER = flags.DEFINE_string(

@@ -6,9 +6,15 @@ where an item scores, over the lists that hold it (a list that lacks it adds not
 
     combine "max":  merged(item) = max(bm25(query, item), rewrite_weight * max_j bm25(r_j, item))
     combine "sum":  merged(item) = bm25(query, item) + rewrite_weight * sum_j bm25(r_j, item)
+    combine "capped": as "max", with rewrite j's factor rewrite_weight * min(1, top_q / top_j)
+        (top_q, top_j: the best score of the query's list and of r_j's list; rewrite_weight
+        alone when the query's list is empty)
 
 ("sum" is query expansion: an item that the query and its rewrites agree on rises; float32,
-summed in list order). Ties keep the earlier position in (the query's list, r_1's list,
+summed in list order. "capped" bounds drift: a rewrite's best hit scores at most
+rewrite_weight times the query's own best, so a long rewrite with many matching terms, whose
+raw BM25 is far above the query's, cannot push the query's own hits down; a query with no
+hits of its own takes its rewrites' lists as "max" does.) Ties keep the earlier position in (the query's list, r_1's list,
 ..., r_R's list). `from_query` says whether the query's own list holds the item; the servable
 reports an item that only a rewrite's list found as source "rewrite" when the dense list lacks
 it too. A query without rewrites keeps its own list unchanged.
@@ -22,7 +28,7 @@ from typing import Tuple
 import numpy as np
 
 
-COMBINES = ("max", "sum")
+COMBINES = ("max", "sum", "capped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +39,8 @@ class RewriteConfig:
       max_rewrites: rewrites of a query searched per request (the table's first ones).
       rewrite_weight: factor on a rewrite's BM25 scores, in (0, 1]: below 1 a rewrite's hit
         ranks under an equally scored hit of the query itself.
-      combine: "max" or "sum" of an item's (weighted) scores over the lists (module docstring).
+      combine: "max", "sum" or "capped" (max with each rewrite's factor bounded relative to the
+        query's best score) of an item's weighted scores over the lists (module docstring).
     """
     max_rewrites: int = 3
     rewrite_weight: float = 0.3
@@ -48,6 +55,17 @@ class RewriteConfig:
             raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
 
 
+def _factor_np(query_scores, query_rows, scores, rows, w: np.float32, combine: str):
+    """The factor on one rewrite list's scores (float32, as `merge` computes it)."""
+    if combine != "capped":
+        return w
+    top_q = query_scores[query_rows >= 0].max(initial=-np.inf)
+    top_r = scores[rows >= 0].max(initial=-np.inf)
+    if not (np.isfinite(top_q) and np.isfinite(top_r) and top_r > 0):
+        return w
+    return np.float32(w * np.minimum(np.float32(1), np.float32(top_q) / np.float32(top_r)))
+
+
 def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: np.ndarray,
              rewrite_rows: np.ndarray, n: int, weight: float,
              combine: str = "max") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,7 +77,7 @@ def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: n
         fewer rewrites pads whole lists).
       n: the merged list's length.
       weight: rewrite_weight.
-      combine: "max" or "sum".
+      combine: "max", "sum" or "capped".
 
     Returns:
       scores [B, n] float32 (-inf pads), rows [B, n] int64 (-1 pads), from_query [B, n] bool.
@@ -74,7 +92,9 @@ def merge_np(query_scores: np.ndarray, query_rows: np.ndarray, rewrite_scores: n
     for b in range(batch):
         best, own, order = {}, set(), []
         lists = [(query_scores[b], query_rows[b], np.float32(1), True)]
-        lists += [(rewrite_scores[b, j], rewrite_rows[b, j], w, False)
+        lists += [(rewrite_scores[b, j], rewrite_rows[b, j],
+                   _factor_np(query_scores[b], query_rows[b], rewrite_scores[b, j],
+                              rewrite_rows[b, j], w, combine), False)
                   for j in range(rewrite_rows.shape[1])]
         for scores, rows, factor, is_query in lists:
             for s, r in zip(scores, rows):
@@ -105,7 +125,7 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
       query_scores, query_labels: [B, K] float32 / int64.
       rewrite_scores, rewrite_labels: [B, R, K] float32 / int64.
       n: int32 scalar (or int); the output has min(n, K * (R + 1)) columns.
-      combine: "max" or "sum" (unsorted_segment_sum adds a segment's values in input order,
+      combine: "max", "sum" or "capped" (unsorted_segment_sum adds a segment's values in input order,
         the list order of merge_np, so float32 sums are the same).
 
     Returns:
@@ -114,7 +134,18 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     batch = tf.shape(query_labels)[0]
-    scaled = rewrite_scores * tf.constant(weight, tf.float32)
+    w = tf.constant(weight, tf.float32)
+    if combine == "capped":
+        neg = tf.constant(-np.inf, tf.float32)
+        top_q = tf.reduce_max(tf.where(query_labels >= 0, query_scores, neg), axis=1)  # [B]
+        top_r = tf.reduce_max(tf.where(rewrite_labels >= 0, rewrite_scores, neg), axis=2)
+        usable = tf.logical_and(tf.math.is_finite(top_q)[:, tf.newaxis],
+                                tf.logical_and(tf.math.is_finite(top_r), top_r > 0))
+        ratio = tf.minimum(1.0, top_q[:, tf.newaxis] / tf.where(usable, top_r, 1.0))
+        factor = tf.where(usable, w * ratio, w)                                       # [B, R]
+        scaled = rewrite_scores * factor[:, :, tf.newaxis]
+    else:
+        scaled = rewrite_scores * w
     labels = tf.concat([query_labels, tf.reshape(rewrite_labels, [batch, -1])], axis=1)
     scores = tf.concat([query_scores, tf.reshape(scaled, [batch, -1])], axis=1)
     is_query = tf.concat([tf.ones_like(query_labels, tf.bool),
@@ -129,7 +160,7 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
     flat_valid = tf.reshape(valid, [-1])
     neg_inf = tf.constant(-np.inf, tf.float32)
     flat_scores = tf.where(flat_valid, tf.reshape(scores, [-1]), neg_inf)
-    if combine == "max":
+    if combine in ("max", "capped"):
         best = tf.math.unsorted_segment_max(flat_scores, segment, num)
     elif combine == "sum":
         best = tf.math.unsorted_segment_sum(

@@ -415,7 +415,7 @@ def test_mmap_index_servable_answers_as_the_read_one(servable, tmp_path):
     np.testing.assert_array_equal(answers[0]["scores"], answers[1]["scores"])
 
 
-@pytest.mark.parametrize("combine", ["max", "sum"])
+@pytest.mark.parametrize("combine", ["max", "sum", "capped"])
 def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_path, combine):
     """With a rewrite table the served answer equals fuse_np over the dense list and
     merge_np(the query's lexical list, its rewrites' lists, combine), sources "rewrite" where

@@ -29,6 +29,32 @@ def test_hand_worked_sum_merge():
     np.testing.assert_array_equal(q, [[True, True, False, False]])
 
 
+def test_hand_worked_capped_merge():
+    # query list: 7 (5.0), 3 (2.0); rewrite 1: 9 (20.0), 4 (10.0); rewrite 2: 8 (2.0); weight .5.
+    # capped: rewrite 1's factor .5 * min(1, 5 / 20) = .125 -> 9: 2.5, 4: 1.25; rewrite 2's
+    # .5 * min(1, 5 / 2) = .5 -> 8: 1.0. Order 7 5.0, 9 2.5, 3 2.0, 4 1.25, 8 1.0.
+    qs, ql = np.array([[5., 2.]], np.float32), np.array([[7, 3]])
+    rs = np.array([[[20., 10.], [2., -np.inf]]], np.float32)
+    rl = np.array([[[9, 4], [8, -1]]])
+    s, r, q = merge_np(qs, ql, rs, rl, n=5, weight=.5, combine="capped")
+    np.testing.assert_array_equal(r, [[7, 9, 3, 4, 8]])
+    np.testing.assert_allclose(s, [[5., 2.5, 2., 1.25, 1.]])
+    np.testing.assert_array_equal(q, [[True, False, True, False, False]])
+    # "max" on the same lists lets the long rewrite push the query's hits down: 9 10.0,
+    # 7 5.0 (the query's position first on a tie with 4's 5.0), 4, 3, 8.
+    _, r, _ = merge_np(qs, ql, rs, rl, n=5, weight=.5, combine="max")
+    np.testing.assert_array_equal(r, [[9, 7, 4, 3, 8]])
+    # A query without hits of its own takes its rewrites at weight .5, as "max" does.
+    s, r, q = merge_np(np.full([1, 2], -np.inf, np.float32), np.array([[-1, -1]]), rs, rl,
+                       n=3, weight=.5, combine="capped")
+    np.testing.assert_array_equal(r, [[9, 4, 8]])
+    np.testing.assert_allclose(s, [[10., 5., 1.]])
+    got = [t.numpy() for t in merge(tf.constant(qs), tf.constant(ql), tf.constant(rs),
+                                    tf.constant(rl), 5, .5, "capped")]
+    np.testing.assert_array_equal(got[1], [[7, 9, 3, 4, 8]])
+    np.testing.assert_allclose(got[0], [[5., 2.5, 2., 1.25, 1.]])
+
+
 def _brute_force_sum(qs, ql, rs, rl, n, weight):
     """Item -> float64 sum of weighted scores, order (-sum, first position), top n rows."""
     out = []
@@ -46,7 +72,7 @@ def _brute_force_sum(qs, ql, rs, rl, n, weight):
     return np.array(out)
 
 
-@pytest.mark.parametrize("combine", ["max", "sum"])
+@pytest.mark.parametrize("combine", ["max", "sum", "capped"])
 @pytest.mark.parametrize("seed,weight", [(0, 1.0), (1, .8), (2, .5)])
 def test_tf_merge_equals_numpy(seed, weight, combine):
     rng = np.random.default_rng(seed)
@@ -60,6 +86,7 @@ def test_tf_merge_equals_numpy(seed, weight, combine):
         return np.where(pad, -np.inf, scores).astype(np.float32), np.where(pad, -1, labels)
 
     qs, ql = lists([batch, k])
+    qs[1], ql[1] = -np.inf, -1   # a query without hits of its own
     for b in range(batch):   # a list holds an item once
         _, first = np.unique(ql[b], return_index=True)
         dup = np.ones(k, bool)
