@@ -168,25 +168,31 @@ def test_shared_encoder_starts_as_one_function_of_the_text():
     assert np.abs(items[0] - items[1]).max() > 1e-3     # different texts differ
 
 
-def test_joined_human_negatives_enter_the_loss():
-    # The same batch with and without each query's joined human negatives (the exact terms are
-    # checked against hand-worked values in test_losses.py): each adds an active hinge term.
+def _loss_without_and_with_joined(cfg, kind):
+    """EVAL loss of one seeded batch of 8 positives, plain and with per-example negatives of
+    `kind` ("human_negative" or "hard_negative") joined: 2, 0, 1, 0, 0, 3, 0, 0 items."""
     layout = FakeLayoutSpec()
-    cfg = ModelConfig(loss="hinge", human_negative_weight=5.0, margin=2.0, **SMALL)
     with tf.Graph().as_default():
         tf.compat.v1.set_random_seed(0)
         catalog = FakeCatalog(layout)
         features = catalog.batch(8, 6, np.random.RandomState(0), labels=[1] * 8)
         rows = [[3, 4], [], [5], [], [], [6, 7, 8], [], []]
         with_neg = dict(features)
-        with_neg["human_negative_rows"] = tf.ragged.constant(rows, dtype=tf.int64)
-        with_neg.update(catalog.items(sum(rows, []), prefix="human_negative_item_"))
+        with_neg[f"{kind}_rows"] = tf.ragged.constant(rows, dtype=tf.int64)
+        with_neg.update(catalog.items(sum(rows, []), prefix=f"{kind}_item_"))
         params = {"model_config": cfg, "layout_spec": layout}
         plain = dpsr_model_fn(features, None, tf.estimator.ModeKeys.EVAL, params).loss
         joined = dpsr_model_fn(with_neg, None, tf.estimator.ModeKeys.EVAL, params).loss
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            plain, joined = sess.run([plain, joined])
+            return sess.run([plain, joined])
+
+
+def test_joined_human_negatives_enter_the_loss():
+    # The same batch with and without each query's joined human negatives (the exact terms are
+    # checked against hand-worked values in test_losses.py): each adds an active hinge term.
+    cfg = ModelConfig(loss="hinge", human_negative_weight=5.0, margin=2.0, **SMALL)
+    plain, joined = _loss_without_and_with_joined(cfg, "human_negative")
     # margin 2 makes every hinge term active: each joined negative adds a positive term.
     assert joined > plain
 
@@ -195,25 +201,11 @@ def test_mined_hard_negatives_enter_the_loss():
     # The same batch with and without mined hard negatives joined per example (exact terms:
     # test_losses.py): the item tower embeds them and each adds an active hinge term
     # (margin 2); with hard_negative_weight 0 they are embedded but change nothing.
-    layout = FakeLayoutSpec()
     losses_by_weight = {}
     for weight in (5.0, 0.0):
         cfg = ModelConfig(loss="hinge", hard_negative_weight=weight, human_negative_weight=0.0,
                           margin=2.0, **SMALL)
-        with tf.Graph().as_default():
-            tf.compat.v1.set_random_seed(0)
-            catalog = FakeCatalog(layout)
-            features = catalog.batch(8, 6, np.random.RandomState(0), labels=[1] * 8)
-            rows = [[3, 4], [], [5], [], [], [6, 7, 8], [], []]
-            with_neg = dict(features)
-            with_neg["hard_negative_rows"] = tf.ragged.constant(rows, dtype=tf.int64)
-            with_neg.update(catalog.items(sum(rows, []), prefix="hard_negative_item_"))
-            params = {"model_config": cfg, "layout_spec": layout}
-            plain = dpsr_model_fn(features, None, tf.estimator.ModeKeys.EVAL, params).loss
-            joined = dpsr_model_fn(with_neg, None, tf.estimator.ModeKeys.EVAL, params).loss
-            with tf.compat.v1.Session() as sess:
-                sess.run(tf.compat.v1.global_variables_initializer())
-                losses_by_weight[weight] = sess.run([plain, joined])
+        losses_by_weight[weight] = _loss_without_and_with_joined(cfg, "hard_negative")
     plain, joined = losses_by_weight[5.0]
     assert joined > plain
     plain, joined = losses_by_weight[0.0]
