@@ -52,9 +52,6 @@ _MODEL_HELP = {
     "softmax_random_negatives": "Sampled softmax: shared random negatives added to the batch.",
     "frequency_decay": "Rate of the streaming item-frequency estimate (logQ).",
     "optimizer": "adagrad (paper), adam or sgd.",
-    "optimizer_restart_steps": "Every N global steps reset the optimizer's state (Adagrad's "
-                               "accumulators, Adam's moments), keeping the weights: warm "
-                               "restarts (docs/training.md); 0 = never.",
     "learning_rate": "Learning rate (paper: 0.01; default 0.1 with the softmax loss).",
     "adagrad_initial_accumulator": "AdaGrad initial accumulator value.",
     "embedding_partitions": "Shards of the token/history tables (0 = one per parameter server).",

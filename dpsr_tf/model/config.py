@@ -111,9 +111,6 @@ class ModelConfig:
 
     Optimizer and variables
       optimizer: "adagrad" (paper), "adam" or "sgd"; learning_rate; adagrad_initial_accumulator.
-      optimizer_restart_steps: every this many global steps the optimizer's slot variables
-        (Adagrad's accumulators, Adam's moments) are reset to their initial values, the
-        weights kept (dpsr_tf/model/optimizer_restarts.py); 0 = never.
       embedding_partitions: shards of the token (and history) tables; 0 = one per parameter
         server (resolved by `dpsr train` and written resolved into the model directory).
       partitioner: "fixed" (fixed_size_partitioner) or "min_max" (min_max_variable_partitioner
@@ -169,7 +166,6 @@ class ModelConfig:
     optimizer: str = "adagrad"
     learning_rate: float = 0.1
     adagrad_initial_accumulator: float = 0.1
-    optimizer_restart_steps: int = 0
     embedding_partitions: int = 0
     partitioner: str = "fixed"
     min_slice_size_bytes: int = 64 << 20
@@ -234,8 +230,6 @@ class ModelConfig:
              "choose adagrad, adam or sgd")
         need(self.learning_rate > 0, "learning_rate", "must be > 0")
         need(self.adagrad_initial_accumulator > 0, "adagrad_initial_accumulator", "must be > 0")
-        need(self.optimizer_restart_steps >= 0, "optimizer_restart_steps",
-             "must be >= 0 (0 = never)")
         need(self.embedding_partitions >= 0, "embedding_partitions",
              "must be >= 0 (0 = one per parameter server)")
         need(self.partitioner in PARTITIONERS, "partitioner", f"choose one of {PARTITIONERS}")

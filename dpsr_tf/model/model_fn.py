@@ -18,7 +18,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from dpsr_tf.model import dssm, joint_pq, losses, optimizer_restarts, scoring, searchgcn
+from dpsr_tf.model import dssm, joint_pq, losses, scoring, searchgcn
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.progress import ProgressHook
 from dpsr_tf.model.towers import item_tower, query_tower
@@ -202,15 +202,11 @@ def dpsr_model_fn(features, labels, mode, params):
             tf.compat.v1.summary.scalar("train/balance_of_heads", balance)
             loss = loss + cfg.head_balance_weight * balance
     global_step = tf.compat.v1.train.get_or_create_global_step()
-    optimizer = make_optimizer(cfg)
-    train_op = optimizer.minimize(loss, global_step=global_step,
-                                  colocate_gradients_with_ops=True)
+    train_op = make_optimizer(cfg).minimize(loss, global_step=global_step,
+                                            colocate_gradients_with_ops=True)
     if update_ops:
         train_op = tf.group(train_op, *update_ops)
     hooks = [pq_hook] if pq_hook is not None else []
-    if cfg.optimizer_restart_steps:
-        hooks.append(optimizer_restarts.restart_hook(optimizer, global_step,
-                                                     cfg.optimizer_restart_steps))
     if params.get("log_every_steps"):
         hooks.append(ProgressHook(loss, int(params.get("batch_size", 0)),
                                   int(params["log_every_steps"]), str(params.get("task", ""))))
