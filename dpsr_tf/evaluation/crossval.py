@@ -88,6 +88,11 @@ class CrossvalConfig:
         if self.evaluation.split != "eval":
             raise ValueError(f"cross-validation evaluates each fold's held-out queries (split "
                              f"'eval'), got evaluation split {self.evaluation.split!r}")
+        if self.train.hard_negatives_from:
+            raise ValueError(f"--hard_negatives_from={self.train.hard_negatives_from}: hard "
+                             f"negatives are mined from a model of the same layout, and every "
+                             f"fold has its own; dpsr crossval does not mine them (train each "
+                             f"fold with `dpsr train --hard_negatives_from` instead)")
 
     def fold_dir(self, fold: int) -> str:
         return os.path.join(self.output, f"fold_{fold}")

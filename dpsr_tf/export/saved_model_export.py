@@ -148,6 +148,14 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
     if manifest.metric != "inner_product":
         raise ValueError(f"{index_dir}: metric {manifest.metric!r}; DPSR scores are inner "
                          "products, rebuild the index with --metric=inner_product")
+    if (rewrite_table or online_rewriter) and servable.rewrites.combine == "capped" \
+            and manifest.num_shards > 1:
+        # The cap divides by the query's and each rewrite's best BM25 score, which one shard
+        # does not know: shards would scale the same item differently and the proxy's merge by
+        # score would compare unlike values.
+        raise ValueError(f"--rewrite_combine=capped needs the best scores over the whole "
+                         f"catalog; {index_dir} has {manifest.num_shards} shards: use max or "
+                         f"sum, or a one-shard index")
     index_file, ids_file = manifest.shard_paths(index_dir, shard)
     version = _next_version(export_base) if version is None else int(version)
     if version < 1:

@@ -151,7 +151,8 @@ class ServableGraph:
     a server feeds when a request leaves that input out (TF Serving's SignatureDef.defaults).
 
     Signatures: serving_default {query, k?}; personalized {query, k?, user_<f>.., user_history}
-    (personalized models only); query_embedding; item_embedding.
+    (personalized models only); lexical {query, k?} (hybrid servables only); query_embedding;
+    item_embedding.
     """
 
     def __init__(self, model_config, layout_spec, assets: AssetPaths,
@@ -340,9 +341,11 @@ class ServableGraph:
         return outputs, fused["labels"]
 
     def _lexical_signature(self, query, k) -> Dict[str, tf.Tensor]:
-        """The `lexical` signature: the k best of the lexical list the fusion reads (the query's
-        BM25 list merged with its rewrites'), without the dense list. source: "lexical" for an
-        item of the query's own list, "rewrite" for one only a rewrite found, "" pads."""
+        """The `lexical` signature: the lexical list built as the fusion builds its own (the
+        query's BM25 list merged with its rewrites' by the same rule), but with each list k deep
+        and the merged top k returned, where the fusion reads lists lexical_k deep; without the
+        dense list. source: "lexical" for an item of the query's own list, "rewrite" for one
+        only a rewrite found, "" pads."""
         with tf.name_scope("lexical_signature"):
             with tf.control_dependencies(self._input_checks):
                 query, k = tf.identity(query), tf.identity(k)

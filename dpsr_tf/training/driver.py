@@ -80,6 +80,13 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
     return train_fn, eval_fn
 
 
+def check_hard_negative_model(model_config: ModelConfig, train: TrainConfig) -> None:
+    """With --hard_negatives_from: a model that can take them (checked before any mining)."""
+    if train.hard_negatives_from and model_config.model == "dssm":
+        raise ValueError(f"--hard_negatives_from={train.hard_negatives_from} with --model=dssm: "
+                         f"the DSSM baseline keeps its paper's random negatives; drop one")
+
+
 def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
                               layout_spec) -> None:
     """With --hard_negatives_from: the mined table must be in model_dir and made from that
@@ -91,9 +98,7 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
     from dpsr_tf.data import hard_negative_table  # pylint: disable=import-outside-toplevel
     if not train.hard_negatives_from:
         return
-    if model_config.model == "dssm":
-        raise ValueError(f"--hard_negatives_from={train.hard_negatives_from} with --model=dssm: "
-                         f"the DSSM baseline keeps its paper's random negatives; drop one")
+    check_hard_negative_model(model_config, train)
     prov = hard_negative_table.read_provenance(train.model_dir)
     where = hard_negative_table.table_dir(train.model_dir)
     if prov is None:

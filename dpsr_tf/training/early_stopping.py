@@ -101,6 +101,18 @@ def _point_checkpoint_state_at(model_dir: str, step: int) -> Optional[str]:
     return wanted[0]
 
 
+def check_recorded_metric(train: TrainConfig) -> None:
+    """A resumed run watches the metric its recorded evaluations hold (ValueError otherwise)."""
+    metric = train.early_stopping_metric
+    lacking = [h["global_step"] for h in load_history(train.model_dir).get("history", [])
+               if metric not in h]
+    if lacking:
+        raise ValueError(
+            f"TrainConfig.early_stopping_metric={metric!r}: the evaluations recorded in "
+            f"{_history_path(train.model_dir)} at steps {lacking} have no {metric!r} (the run "
+            f"began with another metric); resume with that metric or use a new model_dir")
+
+
 def _as_floats(metrics: dict) -> dict:
     return {k: (int(v) if k == "global_step" else float(v)) for k, v in metrics.items()}
 
@@ -197,6 +209,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     step = int(step.rsplit("-", 1)[1]) if step else 0
     history = [h for h in load_history(train.model_dir).get("history", []) if
                h["global_step"] <= step]
+    check_recorded_metric(train)
     log(f"early stopping: evaluate {metric} on the {train.eval_split!r} split every "
         f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "
         f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"

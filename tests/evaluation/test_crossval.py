@@ -41,9 +41,10 @@ def _config(paths, output, **kwargs):
         items=paths["items"], users=paths["users"], interactions=paths["interactions"],
         output=output, tokenizer=TokenizerConfig(num_buckets=1024, num_oov_buckets=1),
         history_length=2, max_train_queries=kwargs.pop("max_train_queries", 0))
-    train = TrainConfig(layout_dir=output, model_dir=output, batch_size=16, train_steps=20,
-                        save_checkpoints_steps=20, eval_random_negatives=20, eval_steps=2,
-                        log_step_count_steps=20, throttle_secs=0, seed=0)
+    train = kwargs.pop("train", None) or TrainConfig(
+        layout_dir=output, model_dir=output, batch_size=16, train_steps=20,
+        save_checkpoints_steps=20, eval_random_negatives=20, eval_steps=2,
+        log_step_count_steps=20, throttle_secs=0, seed=0)
     settings = dict(folds=2, evaluation=evaluate_lib.EvalConfig(num_random=20), bm25=True)
     settings.update(kwargs)
     return crossval_lib.CrossvalConfig(output=output, prepare=prepare, model=MODEL, train=train,
@@ -155,6 +156,8 @@ def test_summarize_folds_by_hand():
 @pytest.mark.parametrize("kwargs,message", [
     ({"folds": 1}, "folds must be >= 2"),
     ({"evaluation": evaluate_lib.EvalConfig(split="train")}, "split 'eval'"),
+    ({"train": TrainConfig(layout_dir="l", model_dir="m", hard_negatives_from="/m0")},
+     "every fold has its own; dpsr crossval does not mine them"),
 ])
 def test_bad_config_is_an_error(tiny_paths, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

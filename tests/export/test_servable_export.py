@@ -351,6 +351,15 @@ def test_sharded_hybrid_servables_through_the_proxy_fuse_the_global_lists(servab
     index_dir = str(tmp_path / "index2")
     catalog_index.index_catalog(servable["model_dir"], index_dir,
                                 IndexBuildConfig(factory="Flat", num_shards=2))
+    # The capped rewrite merge needs catalog-wide best scores, which a shard lacks: refused.
+    from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.rewrite_merge import RewriteConfig  # pylint: disable=import-outside-toplevel
+    table.write_table(str(tmp_path / "rw.tsv"), [(QUERIES[0], [("w99", -1.0)])])
+    with pytest.raises(ValueError, match="capped needs the best scores over the whole catalog"):
+        export_all_shards(servable["model_dir"], index_dir, str(tmp_path / "capped"),
+                          servable=ServableConfig(rewrites=RewriteConfig(combine="capped")),
+                          rewrite_table=str(tmp_path / "rw.tsv"))
+    assert not os.path.exists(tmp_path / "capped")
     paths = export_all_shards(servable["model_dir"], index_dir, str(tmp_path / "m" / "dpsr"),
                               servable=ServableConfig(default_k=5, max_k=1000))
     queries = QUERIES[:3]

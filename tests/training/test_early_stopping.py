@@ -196,3 +196,13 @@ def test_dpsr_train_wires_the_recall_metric(tiny_layout, tmp_path, dpsr_command,
     assert [h["global_step"] for h in record["history"]] == [20, 40]
     assert all(0.0 <= h["recall@10"] <= 1.0 for h in record["history"])
     assert proc.stderr.count("full-corpus recall@10 ") == 2
+    # Resuming with a metric the recorded evaluations lack is an error naming it, not a crash.
+    proc = subprocess.run(dpsr_command(
+        "train", f"--layout_dir={tiny_layout.layout_dir}", f"--model_dir={model_dir}",
+        "--max_train_steps=60", "--eval_every_steps=20", "--save_checkpoints_steps=20",
+        "--early_stopping_metric=recall@100", "--eval_steps=1", "--seed=0",
+        *tiny_model_flags), env=task_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "dpsr train: TrainConfig.early_stopping_metric='recall@100': the evaluations " \
+           "recorded in" in proc.stderr and "at steps [20, 40] have no" in proc.stderr
+    assert "Traceback" not in proc.stderr
