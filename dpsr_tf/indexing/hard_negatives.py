@@ -13,6 +13,8 @@ without replacement (seeded) and written, in rank order, to the per-query table 
 dpsr_tf/data/hard_negative_table.py in `model_dir`, with a provenance record.
 
 Ties: the ranking orders by score descending, then item row ascending (a stable sort).
+Queries are embedded as the query text alone (no user features or history): a personalized
+model's table holds each query's negatives for the unknown user.
 Why a window and not the top: the very top of a model's ranking holds many items that are
 relevant but unlabelled; EBR found ranks 101-500 the best source of negatives.
 """
@@ -253,8 +255,8 @@ def mine_hard_negatives(source_model_dir: str, layout_dir: str, model_dir: str, 
     counts[query_rows] = [len(w) for w in per_row]
     table_splits = np.zeros(spec.num_queries + 1, np.int64)
     np.cumsum(counts, out=table_splits[1:])
-    order = np.argsort(query_rows, kind="stable")   # already sorted; kept for clarity
-    flat = np.concatenate([per_row[i] for i in order]) if per_row else np.zeros([0], np.int64)
+    # query_rows is sorted (positives_by_query), so per_row is already in table order.
+    flat = np.concatenate(per_row) if per_row else np.zeros([0], np.int64)
     provenance = dict(key, queries=int(len(query_rows)), negatives=int(len(flat)),
                       queries_with_a_short_window=int((counts[query_rows] < per_query).sum()),
                       seconds=round(time.monotonic() - start, 1), written=time.time(),
