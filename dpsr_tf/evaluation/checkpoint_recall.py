@@ -17,6 +17,7 @@ from typing import Callable, Dict, Sequence
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation.evaluate import EmbeddingScorer
+from dpsr_tf.training.config import FULL_CORPUS_METRICS
 
 PREFIX = "recall@"
 
@@ -25,7 +26,7 @@ def for_training(train, log: Callable[[str], None] = lambda _: None):
     """The checkpoint_metrics a TrainConfig's early stopping needs (training.driver
     .train_and_evaluate): an evaluator of its "recall@K" metric, or None for the others."""
     metric = train.early_stopping_metric
-    if not metric.startswith(PREFIX):
+    if metric not in FULL_CORPUS_METRICS:
         return None
     return evaluator(train.model_dir, train.eval_split, (int(metric[len(PREFIX):]),), log)
 

@@ -14,8 +14,8 @@ where an item scores, over the lists that hold it (a list that lacks it adds not
 summed in list order. "capped" bounds drift: a rewrite's best hit scores at most
 rewrite_weight times the query's own best, so a long rewrite with many matching terms, whose
 raw BM25 is far above the query's, cannot push the query's own hits down; a query with no
-hits of its own takes its rewrites' lists as "max" does.) Ties keep the earlier position in (the query's list, r_1's list,
-..., r_R's list). `from_query` says whether the query's own list holds the item; the servable
+hits of its own takes its rewrites' lists as "max" does.) Ties keep the earlier position in
+(the query's list, r_1's list, ..., r_R's list). `from_query` says whether the query's own list holds the item; the servable
 reports an item that only a rewrite's list found as source "rewrite" when the dense list lacks
 it too. A query without rewrites keeps its own list unchanged.
 
@@ -125,8 +125,8 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
       query_scores, query_labels: [B, K] float32 / int64.
       rewrite_scores, rewrite_labels: [B, R, K] float32 / int64.
       n: int32 scalar (or int); the output has min(n, K * (R + 1)) columns.
-      combine: "max", "sum" or "capped" (unsorted_segment_sum adds a segment's values in input order,
-        the list order of merge_np, so float32 sums are the same).
+      combine: "max", "sum" or "capped" (unsorted_segment_sum adds a segment's values in
+        input order, the list order of merge_np, so float32 sums are the same).
 
     Returns:
       (scores [B, n] float32 -inf pads, labels [B, n] int64 -1 pads, from_query [B, n] bool).
@@ -135,10 +135,10 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
 
     batch = tf.shape(query_labels)[0]
     w = tf.constant(weight, tf.float32)
+    neg_inf = tf.constant(-np.inf, tf.float32)
     if combine == "capped":
-        neg = tf.constant(-np.inf, tf.float32)
-        top_q = tf.reduce_max(tf.where(query_labels >= 0, query_scores, neg), axis=1)  # [B]
-        top_r = tf.reduce_max(tf.where(rewrite_labels >= 0, rewrite_scores, neg), axis=2)
+        top_q = tf.reduce_max(tf.where(query_labels >= 0, query_scores, neg_inf), axis=1)  # [B]
+        top_r = tf.reduce_max(tf.where(rewrite_labels >= 0, rewrite_scores, neg_inf), axis=2)
         usable = tf.logical_and(tf.math.is_finite(top_q)[:, tf.newaxis],
                                 tf.logical_and(tf.math.is_finite(top_r), top_r > 0))
         ratio = tf.minimum(1.0, top_q[:, tf.newaxis] / tf.where(usable, top_r, 1.0))
@@ -158,7 +158,6 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
     _, segment = tf.unique(keys, out_idx=tf.int32)
     num = tf.reduce_max(segment) + 1
     flat_valid = tf.reshape(valid, [-1])
-    neg_inf = tf.constant(-np.inf, tf.float32)
     flat_scores = tf.where(flat_valid, tf.reshape(scores, [-1]), neg_inf)
     if combine in ("max", "capped"):
         best = tf.math.unsorted_segment_max(flat_scores, segment, num)

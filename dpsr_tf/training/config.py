@@ -10,8 +10,10 @@ from dpsr_tf import config_json
 # least AUTO_MIN_STEPS steps (the fixed length of the runs measured before early stopping).
 AUTO_EXAMPLES_PER_ITEM = 300
 AUTO_MIN_STEPS = 16000
-EARLY_STOPPING_METRICS = ("top10", "top1", "auc_labeled", "loss", "recall@10", "recall@100",
-                          "recall@1000")
+# Full-corpus metrics: not the Estimator's own; the driver's caller supplies them
+# (dpsr_tf/evaluation/checkpoint_recall.py).
+FULL_CORPUS_METRICS = ("recall@10", "recall@100", "recall@1000")
+EARLY_STOPPING_METRICS = ("top10", "top1", "auc_labeled", "loss") + FULL_CORPUS_METRICS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Callable, List, Optional
 import tensorflow as tf
 from absl import logging
 
-from dpsr_tf.training.config import TrainConfig
+from dpsr_tf.training.config import FULL_CORPUS_METRICS, TrainConfig
 
 EARLY_STOPPING_FILE = "early_stopping.json"
 STOPPED_NO_IMPROVEMENT = "no_improvement"
@@ -101,11 +101,13 @@ def _point_checkpoint_state_at(model_dir: str, step: int) -> Optional[str]:
     return wanted[0]
 
 
-def check_recorded_metric(train: TrainConfig) -> None:
-    """A resumed run watches the metric its recorded evaluations hold (ValueError otherwise)."""
+def check_recorded_metric(train: TrainConfig, history: Optional[List[dict]] = None) -> None:
+    """A resumed run watches the metric its recorded evaluations (`history`, default: read from
+    model_dir) hold (ValueError otherwise)."""
     metric = train.early_stopping_metric
-    lacking = [h["global_step"] for h in load_history(train.model_dir).get("history", [])
-               if metric not in h]
+    if history is None:
+        history = load_history(train.model_dir).get("history", [])
+    lacking = [h["global_step"] for h in history if metric not in h]
     if lacking:
         raise ValueError(
             f"TrainConfig.early_stopping_metric={metric!r}: the evaluations recorded in "
@@ -197,7 +199,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
             f"eval_every_steps={train.eval_every_steps}: early stopping evaluates the "
             "checkpoint saved at each boundary")
     metric, patience = train.early_stopping_metric, train.early_stopping_patience
-    if metric.startswith("recall@") and checkpoint_metrics is None:
+    if metric in FULL_CORPUS_METRICS and checkpoint_metrics is None:
         raise ValueError(f"TrainConfig.early_stopping_metric={metric!r} is a full-corpus "
                          "metric: pass checkpoint_metrics (dpsr_tf/evaluation/"
                          "checkpoint_recall.evaluator; `dpsr train` does)")
@@ -209,7 +211,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     step = int(step.rsplit("-", 1)[1]) if step else 0
     history = [h for h in load_history(train.model_dir).get("history", []) if
                h["global_step"] <= step]
-    check_recorded_metric(train)
+    check_recorded_metric(train, history)
     log(f"early stopping: evaluate {metric} on the {train.eval_split!r} split every "
         f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "
         f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"
