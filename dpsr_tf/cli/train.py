@@ -6,7 +6,6 @@ docs/training.md), or start a loopback cluster with `dpsr launch-local`. The res
 written to <model_dir>/dpsr_config.json by the chief.
 """
 import os
-import time
 
 import tensorflow as tf
 from absl import logging
@@ -28,20 +27,23 @@ def _mine(train) -> None:
     model_dir; the other tasks of a cluster wait for it."""
     cluster = tf_config.from_env()
     if not cluster.distributed or cluster.is_chief:
-        os.makedirs(train.model_dir, exist_ok=True)
+        tf.io.gfile.makedirs(train.model_dir)
         hard_negatives.mine_hard_negatives(
             train.hard_negatives_from, train.layout_dir, train.model_dir,
             ranks=train.hard_negative_ranks, per_query=train.hard_negatives_per_query,
             splits=train.hard_negative_split_names, seed=train.seed,
             log=lambda m: logging.info("%s", m))
         return
-    deadline = time.monotonic() + _TABLE_WAIT_SECS
-    while hard_negative_table.read_provenance(train.model_dir) is None:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"dpsr train: no hard-negative table from the chief in "
-                             f"{hard_negative_table.table_dir(train.model_dir)} after "
-                             f"{_TABLE_WAIT_SECS} s")
-        time.sleep(5)
+    # Wait for the table of these settings: one an earlier run left in model_dir is replaced
+    # by the chief, and reading it meanwhile would train on another mining's negatives.
+    want = hard_negatives.table_key(
+        train.hard_negatives_from, load_layout_spec(train.layout_dir),
+        ranks=train.hard_negative_ranks, per_query=train.hard_negatives_per_query,
+        splits=train.hard_negative_split_names, seed=train.seed)
+    if hard_negative_table.wait_for_table(train.model_dir, want, _TABLE_WAIT_SECS) is None:
+        raise SystemExit(f"dpsr train: no hard-negative table of {want} from the chief in "
+                         f"{hard_negative_table.table_dir(train.model_dir)} after "
+                         f"{_TABLE_WAIT_SECS} s")
 
 
 def main(argv):

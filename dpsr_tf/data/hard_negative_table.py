@@ -10,12 +10,14 @@
 query row q's hard negatives are items[splits[q]:splits[q + 1]] (empty for queries that were
 not mined). The training input (dpsr_tf/data/pipeline.py) joins up to
 ModelConfig.max_hard_negatives of them to every example of query q, the way the layout's
-human-negative table is joined. This module reads and writes the files; it imports no
-TensorFlow.
+human-negative table is joined. This module reads and writes the files through tf.io.gfile,
+so model_dir may be on any filesystem TensorFlow reads (gs://, hdfs://) as its checkpoints are.
 """
+import io
 import json
 import os
-from typing import Optional, Tuple
+import time
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -23,6 +25,16 @@ TABLE_DIR = "hard_negatives"
 ITEMS_FILE = "items.npy"
 SPLITS_FILE = "splits.npy"
 PROVENANCE_FILE = "provenance.json"
+
+def _gfile():
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; a filesystem URL (gs://, hdfs://) as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
 
 # The provenance fields that must match for a table to be reused by a resumed run.
 KEY_FIELDS = ("source_model_dir", "checkpoint", "layout_dir", "num_items", "num_queries",
@@ -42,17 +54,34 @@ def table_paths(model_dir: str) -> Tuple[str, str]:
 
 def read_provenance(model_dir: str) -> Optional[dict]:
     """The table's provenance record, or None when model_dir holds no complete table."""
+    gfile = _gfile()
     path = os.path.join(table_dir(model_dir), PROVENANCE_FILE)
     items, splits = table_paths(model_dir)
-    if not (os.path.exists(path) and os.path.exists(items) and os.path.exists(splits)):
+    if not (gfile.exists(path) and gfile.exists(items) and gfile.exists(splits)):
         return None
-    with open(path, encoding="utf-8") as f:
+    with gfile.GFile(path) as f:
         return json.load(f)
 
 
 def same_key(a: dict, b: dict) -> bool:
     """True when two provenance records describe the same mining (KEY_FIELDS equal)."""
     return all(json.dumps(a.get(k)) == json.dumps(b.get(k)) for k in KEY_FIELDS)
+
+
+def wait_for_table(model_dir: str, key: dict, timeout_s: float, *, poll_s: float = 5.0,
+                   sleep: Callable[[float], None] = time.sleep,
+                   clock: Callable[[], float] = time.monotonic) -> Optional[dict]:
+    """Waits until model_dir holds a complete table whose provenance has `key` (same_key) and
+    returns that provenance; None after timeout_s. A table of another key (left by an earlier
+    run, about to be replaced) is waited past, not read."""
+    deadline = clock() + timeout_s
+    while True:
+        provenance = read_provenance(model_dir)
+        if provenance is not None and same_key(provenance, key):
+            return provenance
+        if clock() > deadline:
+            return None
+        sleep(poll_s)
 
 
 def write_table(model_dir: str, items: np.ndarray, splits: np.ndarray, provenance: dict) -> str:
@@ -71,18 +100,20 @@ def write_table(model_dir: str, items: np.ndarray, splits: np.ndarray, provenanc
             or np.any(np.diff(splits) < 0):
         raise ValueError(f"hard-negative splits must run from 0 to {len(items)} without "
                          f"decreasing, got {splits[:5]}...{splits[-3:]}")
+    gfile = _gfile()
     d = table_dir(model_dir)
-    os.makedirs(d, exist_ok=True)
+    gfile.makedirs(d)
     prov_path = os.path.join(d, PROVENANCE_FILE)
-    if os.path.exists(prov_path):
-        os.remove(prov_path)
+    if gfile.exists(prov_path):
+        gfile.remove(prov_path)
     items_path, splits_path = table_paths(model_dir)
-    np.save(items_path, items)
-    np.save(splits_path, splits)
+    for path, array in ((items_path, items), (splits_path, splits)):
+        with gfile.GFile(path, "wb") as f:
+            np.save(f, array)
     tmp = prov_path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with gfile.GFile(tmp, "w") as f:
         json.dump(provenance, f, indent=2, sort_keys=True)
-    os.replace(tmp, prov_path)
+    gfile.rename(tmp, prov_path, overwrite=True)
     return d
 
 
@@ -97,8 +128,13 @@ def load_table(model_dir: str, num_queries: Optional[int] = None) -> Tuple[np.nd
         raise ValueError(f"{table_dir(model_dir)}: no mined hard-negative table (train with "
                          f"--hard_negatives_from=MODEL_DIR to mine one)")
     items_path, splits_path = table_paths(model_dir)
-    items, splits = np.load(items_path), np.load(splits_path)
+    items, splits = (_load_npy(p) for p in (items_path, splits_path))
     if num_queries is not None and len(splits) != num_queries + 1:
         raise ValueError(f"{splits_path}: a table of {len(splits) - 1} queries, the layout has "
                          f"{num_queries}; delete {table_dir(model_dir)} to mine it again")
     return items, splits
+
+
+def _load_npy(path: str) -> np.ndarray:
+    with _gfile().GFile(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()), allow_pickle=False)

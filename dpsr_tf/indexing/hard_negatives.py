@@ -136,7 +136,7 @@ def check_source(source_model_dir: str, spec) -> Tuple[object, object]:
       ValueError: not a model directory, no checkpoint, or trained on another layout; the
         message names the flag, the value and what to do.
     """
-    if not source_model_dir or not os.path.isdir(source_model_dir):
+    if not source_model_dir or not _is_dir(source_model_dir):
         raise ValueError(f"{FLAG}={source_model_dir!r}: no such directory; pass the model "
                          f"directory of a finished `dpsr train` on this layout")
     try:
@@ -155,6 +155,11 @@ def check_source(source_model_dir: str, spec) -> Tuple[object, object]:
         raise ValueError(f"{FLAG}={source_model_dir} is a --model=dssm baseline; mine with a "
                          f"DPSR model")
     return cfg, saved
+
+
+def _is_dir(path: str) -> bool:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return tf.io.gfile.isdir(path)
 
 
 def check_ranks(ranks: Sequence[int], num_items: int) -> Tuple[int, int]:
@@ -179,6 +184,43 @@ def _query_tokens(spec, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return ids[positions].astype(np.int64), out_splits
 
 
+def mined_splits(requested: Sequence[str], spec) -> Tuple[str, ...]:
+    """The record splits a --hard_negative_splits value mines on this layout: the requested
+    ones, except that "pseudo" is skipped on a layout prepared without pseudo-queries (the
+    default asks for train and pseudo).
+
+    Raises:
+      ValueError: nothing left, a split the layout lacks, or eval.
+    """
+    names = tuple(s for s in requested if s != "pseudo" or "pseudo" in spec.record_files)
+    if not names or any(s not in spec.record_files for s in names):
+        raise ValueError(f"--hard_negative_splits={','.join(requested)}: the layout "
+                         f"{spec.layout_dir} has the splits {list(spec.record_files)}")
+    if "eval" in names:
+        raise ValueError(f"--hard_negative_splits={','.join(requested)}: mining the eval split "
+                         f"trains on its queries; use train and/or pseudo")
+    return names
+
+
+def table_key(source_model_dir: str, spec, *, ranks: Sequence[int], per_query: int,
+              splits: Sequence[str], seed: int, checkpoint: Optional[str] = None) -> dict:
+    """The provenance key (hard_negative_table.KEY_FIELDS) of a mining with these settings:
+    what a resumed run compares to reuse a table, and what a cluster's non-chief tasks wait
+    for the chief to write (a table left by an earlier run is not theirs).
+
+    Raises:
+      ValueError: bad ranks, per_query or splits (naming the flag and value).
+    """
+    first, last = check_ranks(ranks, spec.num_items)
+    if per_query < 1:
+        raise ValueError(f"--hard_negatives_per_query={per_query}: must be >= 1")
+    return {"source_model_dir": hard_negative_table.absolute(source_model_dir),
+            "checkpoint": model_dir_lib.latest_checkpoint(source_model_dir, checkpoint),
+            "layout_dir": spec.layout_dir, "num_items": spec.num_items,
+            "num_queries": spec.num_queries, "ranks": [first, last], "per_query": int(per_query),
+            "splits": list(mined_splits(splits, spec)), "seed": int(seed)}
+
+
 def mine_hard_negatives(source_model_dir: str, layout_dir: str, model_dir: str, *,
                         ranks: Sequence[int] = (101, 500), per_query: int = 16,
                         splits: Sequence[str] = ("train",), seed: int = 0,
@@ -195,7 +237,8 @@ def mine_hard_negatives(source_model_dir: str, layout_dir: str, model_dir: str, 
       model_dir: where the table goes (the new run's model directory).
       ranks: (first, last) 1-based inclusive window of the positives-removed ranking.
       per_query: items drawn from each query's window.
-      splits: record splits whose query rows are mined (e.g. ("train", "pseudo")).
+      splits: record splits whose query rows are mined (e.g. ("train", "pseudo"); pseudo is
+        skipped on a layout without it, see mined_splits).
       seed: seed of the draw.
       checkpoint: a checkpoint prefix of source_model_dir (default its latest).
       chunk: queries scored against the catalog at once.
@@ -205,21 +248,9 @@ def mine_hard_negatives(source_model_dir: str, layout_dir: str, model_dir: str, 
     """
     spec = layout_lib.load_layout_spec(layout_dir)
     cfg, _ = check_source(source_model_dir, spec)
-    first, last = check_ranks(ranks, spec.num_items)
-    if per_query < 1:
-        raise ValueError(f"--hard_negatives_per_query={per_query}: must be >= 1")
-    unknown = [s for s in splits if s not in spec.record_files]
-    if unknown or not splits:
-        raise ValueError(f"--hard_negative_splits={','.join(splits)}: the layout "
-                         f"{spec.layout_dir} has the splits {list(spec.record_files)}")
-    if "eval" in splits:
-        raise ValueError(f"--hard_negative_splits={','.join(splits)}: mining the eval split "
-                         f"trains on its queries; use train and/or pseudo")
-    ckpt = model_dir_lib.latest_checkpoint(source_model_dir, checkpoint)
-    key = {"source_model_dir": os.path.abspath(source_model_dir), "checkpoint": ckpt,
-           "layout_dir": spec.layout_dir, "num_items": spec.num_items,
-           "num_queries": spec.num_queries, "ranks": [first, last], "per_query": int(per_query),
-           "splits": list(splits), "seed": int(seed)}
+    key = table_key(source_model_dir, spec, ranks=ranks, per_query=per_query, splits=splits,
+                    seed=seed, checkpoint=checkpoint)
+    (first, last), splits, ckpt = key["ranks"], key["splits"], key["checkpoint"]
     old = hard_negative_table.read_provenance(model_dir)
     if old is not None and hard_negative_table.same_key(old, key):
         log(f"hard negatives: reusing the table in {hard_negative_table.table_dir(model_dir)} "

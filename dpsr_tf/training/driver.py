@@ -96,6 +96,7 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
       ValueError: dssm, no table, or a table mined with other settings.
     """
     from dpsr_tf.data import hard_negative_table  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing import hard_negatives  # pylint: disable=import-outside-toplevel
     if not train.hard_negatives_from:
         return
     check_hard_negative_model(model_config, train)
@@ -105,10 +106,11 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
         raise ValueError(f"--hard_negatives_from={train.hard_negatives_from}: no mined table in "
                          f"{where}; `dpsr train` mines it before training (from code: "
                          f"dpsr_tf.indexing.hard_negatives.mine_hard_negatives)")
-    want = {"source_model_dir": os.path.abspath(train.hard_negatives_from),
+    want = {"source_model_dir": hard_negative_table.absolute(train.hard_negatives_from),
             "ranks": list(train.hard_negative_ranks),
             "per_query": train.hard_negatives_per_query,
-            "splits": list(train.hard_negative_split_names),
+            "splits": list(hard_negatives.mined_splits(train.hard_negative_split_names,
+                                                       layout_spec)),
             "num_queries": layout_spec.num_queries, "num_items": layout_spec.num_items}
     wrong = {k: (prov.get(k), v) for k, v in want.items() if prov.get(k) != v}
     if wrong:
