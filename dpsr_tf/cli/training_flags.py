@@ -112,6 +112,9 @@ _TRAIN_HELP = {
     "pseudo_query_final_ratio": "Share of pseudo-queries reached at --pseudo_query_decay_steps "
                                 "(< 0 = --pseudo_query_ratio throughout).",
     "pseudo_query_decay_steps": "Local steps of the linear pseudo-query share schedule.",
+    "pseudo_query_plateau_ratio": "Early stopping: when validation stops improving with a "
+                                  "larger pseudo-query share, go on with this share until it "
+                                  "stops improving again (< 0 = off).",
     "warm_start_from": "Initialize the towers from this checkpoint (or model directory) "
                        "before step 0, e.g. to fine-tune a trained model with --joint_pq; "
                        "variables it lacks (joint_pq/...) start fresh.",

@@ -67,6 +67,11 @@ class TrainConfig:
       pseudo_query_final_ratio: the share reached at pseudo_query_decay_steps (linear
         schedule, then constant); < 0 = pseudo_query_ratio throughout.
       pseudo_query_decay_steps: length of the linear schedule in local steps.
+      pseudo_query_plateau_ratio: with early stopping, when validation stops improving while
+        pseudo-queries make more than this share of the examples, training goes on from the
+        last checkpoint with this share (constant) until validation stops improving again; the
+        best checkpoint of both phases is kept (docs/training.md). < 0 = stop at the first
+        plateau.
       warm_start_from: a checkpoint prefix or model directory whose trainable variables
         initialize the model before step 0 (tf.estimator.WarmStartSettings; the joint PQ
         variables are not taken from it); "" = none. Ignored once model_dir has a checkpoint.
@@ -113,6 +118,7 @@ class TrainConfig:
     max_log_epochs: float = 30.0
     pseudo_query_final_ratio: float = -1.0
     pseudo_query_decay_steps: int = 0
+    pseudo_query_plateau_ratio: float = -1.0
     warm_start_from: str = ""
     hard_negatives_from: str = ""
     hard_negative_ranks: Tuple[int, ...] = (101, 500)
@@ -147,6 +153,8 @@ class TrainConfig:
         need(self.pseudo_query_final_ratio <= 1.0, "pseudo_query_final_ratio",
              "must be <= 1 (< 0 = keep pseudo_query_ratio)")
         need(self.pseudo_query_decay_steps >= 0, "pseudo_query_decay_steps", "must be >= 0")
+        need(self.pseudo_query_plateau_ratio <= 1.0, "pseudo_query_plateau_ratio",
+             "must be in [0, 1] (< 0 = off)")
         for field in ("throttle_secs", "intra_op_threads", "inter_op_threads",
                       "worker_delay_secs"):
             need(getattr(self, field) >= 0, field, "must be >= 0")

@@ -87,6 +87,26 @@ def check_hard_negative_model(model_config: ModelConfig, train: TrainConfig) -> 
                          f"the DSSM baseline keeps its paper's random negatives; drop one")
 
 
+def plateau_phase_input_fn(model_config: ModelConfig, train: TrainConfig,
+                           cluster: tf_config.ClusterInfo, layout_spec
+                           ) -> Optional[Callable[[int], Callable]]:
+    """--pseudo_query_plateau_ratio: round -> the training input_fn of early stopping's second
+    phase (the pseudo-query share held at the plateau ratio), or None where the run's own share
+    never exceeds it (off, no pseudo-queries, or an auto share already at the floor)."""
+    plateau = train.pseudo_query_plateau_ratio
+    if plateau < 0 or "pseudo" not in layout_spec.record_files:
+        return None
+    mix = train.pseudo_query_mix(layout_spec.num_records.get("train", 0), True)
+    at_plateau = mix.ratio if mix.final_ratio is None or not mix.decay_steps else mix.final_ratio
+    if at_plateau <= plateau:
+        return None
+    second = dataclasses.replace(train, pseudo_query_ratio=plateau,
+                                 pseudo_query_final_ratio=-1.0, pseudo_query_decay_steps=0)
+    logging.info("early stopping: at the first plateau the pseudo-query share goes from %.3f "
+                 "to %.3f (--pseudo_query_plateau_ratio)", at_plateau, plateau)
+    return lambda r: default_input_fns(model_config, second, cluster, round_index=r)[0]
+
+
 def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
                               layout_spec) -> None:
     """With --hard_negatives_from: the mined table must be in model_dir and made from that
@@ -188,7 +208,9 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
         result = early_stopping.train_with_early_stopping(
             estimator,
             lambda r: given or default_input_fns(cfg, train, cluster, round_index=r)[0],
-            eval_input_fn, train, checkpoint_metrics=checkpoint_metrics)
+            eval_input_fn, train, checkpoint_metrics=checkpoint_metrics,
+            second_phase_input_fn_for_round=None if given else
+            plateau_phase_input_fn(cfg, train, cluster, layout_spec))
         _write_train_time(train, estimator, time.monotonic() - start)
         return result
     if train.stops_early:

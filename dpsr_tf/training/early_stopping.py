@@ -10,6 +10,11 @@ reaches max_train_steps, whichever comes first. Then the model directory's check
 names the best evaluation's checkpoint (when it was kept), so export, indexing and
 evaluation read the best model, not the last one.
 
+A second phase (TrainConfig.pseudo_query_plateau_ratio, when the driver passes its input): at
+the first stop, training goes on from the last checkpoint with the second phase's input (a
+smaller pseudo-query share) and the rule starts over on that phase's evaluations alone; the
+best checkpoint is then the best of both phases. Each recorded evaluation names its phase.
+
 The history, the rule and why training stopped are written to <model_dir>/early_stopping.json
 (EARLY_STOPPING_FILE) after every evaluation, so an interrupted run resumes with its history.
 
@@ -63,6 +68,17 @@ def decide(values: List[float], patience: int, min_delta: float,
             best_index = i
     since = len(values) - 1 - best_index
     return Decision(since >= patience, best_index, since)
+
+
+def phase_decision(history: List[dict], metric: str, patience: int, min_delta: float,
+                   higher_is_better: bool = True) -> Decision:
+    """The rule over a history whose evaluations may name a phase (1 when absent): stop when the
+    latest phase's own evaluations leave `patience` without a gain; best over all phases."""
+    phase = max(h.get("phase", 1) for h in history)
+    current = decide([h[metric] for h in history if h.get("phase", 1) == phase], patience,
+                     min_delta, higher_is_better)
+    overall = decide([h[metric] for h in history], patience, min_delta, higher_is_better)
+    return Decision(current.stop, overall.best_index, current.evaluations_since_best)
 
 
 def _history_path(model_dir: str) -> str:
@@ -130,6 +146,7 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
         self._checkpoint_metrics = checkpoint_metrics
         self._rule, self.history, self._log = rule, history, log
         self.decision: Optional[Decision] = None
+        self.phase = max((h.get("phase", 1) for h in history), default=1)
         self._since = time.monotonic()
 
     def _due(self, step: int) -> bool:
@@ -157,9 +174,9 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
         if metric not in result:
             raise ValueError(f"early stopping: the evaluation of {checkpoint} has no {metric!r} "
                              f"(it has {sorted(result)})")
+        result["phase"] = self.phase
         self.history.append(result)
-        self.decision = decide([h[metric] for h in self.history], train.early_stopping_patience,
-                               train.early_stopping_min_delta, self._rule["higher_is_better"])
+        self.redecide()
         top = self.history[self.decision.best_index]
         self._log(f"step {result['global_step']:,}: {metric} {result[metric]:.4f} (best "
                   f"{top[metric]:.4f} at step {top['global_step']:,}; "
@@ -168,11 +185,24 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
                   f"{time.monotonic() - t:.1f} s")
         _write(train.model_dir, {"rule": self._rule, "history": self.history, "stopped": None})
 
+    def redecide(self) -> None:
+        """The decision over the history recorded so far."""
+        self.decision = phase_decision(self.history, self._rule["metric"],
+                                       self._train.early_stopping_patience,
+                                       self._train.early_stopping_min_delta,
+                                       self._rule["higher_is_better"])
+
+
+def _step_of(checkpoint: Optional[str]) -> int:
+    return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
+
 
 def train_with_early_stopping(estimator: tf.estimator.Estimator,
                               train_input_fn_for_round: Callable[[int], Callable],
                               eval_input_fn: Callable, train: TrainConfig, log=logging.info,
-                              checkpoint_metrics: Optional[Callable[[str], dict]] = None):
+                              checkpoint_metrics: Optional[Callable[[str], dict]] = None,
+                              second_phase_input_fn_for_round: Optional[
+                                  Callable[[int], Callable]] = None):
     """Trains `estimator` under the early-stopping rule (module docstring).
 
     Args:
@@ -185,6 +215,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
       log: progress lines.
       checkpoint_metrics: checkpoint path -> {name: value} added to each evaluation (required
         for a metric the Estimator's evaluation lacks, such as "recall@100").
+      second_phase_input_fn_for_round: like train_input_fn_for_round, the input of a second
+        phase that starts at the first stop (None: the first stop ends training).
 
     Returns:
       (the best evaluation's metrics, []), like tf.estimator.train_and_evaluate's
@@ -207,8 +239,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
             "min_delta": train.early_stopping_min_delta, "eval_every_steps":
             train.eval_every_steps, "max_train_steps": train.max_train_steps,
             "eval_split": train.eval_split, "eval_steps": train.eval_steps}
-    step = estimator.latest_checkpoint()
-    step = int(step.rsplit("-", 1)[1]) if step else 0
+    step = _step_of(estimator.latest_checkpoint())
     history = [h for h in load_history(train.model_dir).get("history", []) if
                h["global_step"] <= step]
     check_recorded_metric(train, history)
@@ -219,17 +250,28 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     evaluator = _EvaluateAtBoundaries(estimator, eval_input_fn, train, rule, history, log,
                                       checkpoint_metrics)
     if history:
-        evaluator.decision = decide([h[metric] for h in history], patience,
-                                    train.early_stopping_min_delta, rule["higher_is_better"])
-    if evaluator.decision is None or not evaluator.decision.stop:
-        if step >= train.max_train_steps:
-            if not history:  # a resumed run at the cap without a history evaluates once
-                evaluator.evaluate(estimator.latest_checkpoint(), 0.0)
-        else:
-            # One session for the whole run: the listener evaluates each boundary's checkpoint
-            # and stops training from inside it.
-            estimator.train(train_input_fn_for_round(len(history)),
-                            max_steps=train.max_train_steps, saving_listeners=[evaluator])
+        evaluator.redecide()
+    inputs = [train_input_fn_for_round] + ([second_phase_input_fn_for_round]
+                                           if second_phase_input_fn_for_round else [])
+    while True:
+        if evaluator.decision is None or not evaluator.decision.stop:
+            if step >= train.max_train_steps:
+                if not history:  # a resumed run at the cap without a history evaluates once
+                    evaluator.evaluate(estimator.latest_checkpoint(), 0.0)
+            else:
+                # One session per phase: the listener evaluates each boundary's checkpoint and
+                # stops training from inside it.
+                estimator.train(inputs[evaluator.phase - 1](len(history)),
+                                max_steps=train.max_train_steps, saving_listeners=[evaluator])
+        step = _step_of(estimator.latest_checkpoint())
+        if not (evaluator.decision and evaluator.decision.stop and evaluator.phase < len(inputs)
+                and step < train.max_train_steps):
+            break
+        evaluator.phase += 1
+        evaluator.decision = None
+        log(f"early stopping: {metric} stopped improving at step {step:,}; phase "
+            f"{evaluator.phase} goes on from there with its own input until it stops improving "
+            f"again (the best of both phases is kept)")
     if not history:
         raise RuntimeError(f"early stopping: training ended at step "
                            f"{estimator.latest_checkpoint()} with no evaluation recorded")
@@ -241,7 +283,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     if reason == STOPPED_NO_IMPROVEMENT:
         why = (f"{metric} has not improved on {best[metric]:.4f} (step "
                f"{best['global_step']:,}) by more than {train.early_stopping_min_delta:g} in "
-               f"{decision.evaluations_since_best} evaluations (patience {patience})")
+               f"{decision.evaluations_since_best} evaluations (patience {patience})"
+               + (f" of phase {evaluator.phase}" if evaluator.phase > 1 else ""))
     else:
         why = f"reached max_train_steps={train.max_train_steps:,}"
     where = (f"the checkpoint state names the best, step {best['global_step']:,}" if restored
@@ -251,5 +294,5 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     _write(train.model_dir, {"rule": rule, "history": history, "stopped": {
         "reason": reason, "step": step, "best_step": best["global_step"],
         "best": best[metric], "checkpoint": restored or estimator.latest_checkpoint(),
-        "explanation": why}})
+        "explanation": why, "phase": evaluator.phase}})
     return best, []

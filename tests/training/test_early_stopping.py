@@ -206,3 +206,120 @@ def test_dpsr_train_wires_the_recall_metric(tiny_layout, tmp_path, dpsr_command,
     assert "dpsr train: TrainConfig.early_stopping_metric='recall@100': the evaluations " \
            "recorded in" in proc.stderr and "at steps [20, 40] have no" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# The second phase (--pseudo_query_plateau_ratio), on a scripted estimator: the rule's decisions
+# are counted, not timed, and no model is trained.
+
+
+@pytest.mark.parametrize("history, want", [
+    # phase 2's own evaluations decide the stop; the best is over both phases
+    ([(1, 0.1), (1, 0.3), (1, 0.2), (1, 0.2), (2, 0.25)], (False, 1, 0)),
+    ([(1, 0.1), (1, 0.3), (1, 0.2), (1, 0.2), (2, 0.25), (2, 0.2), (2, 0.2)], (True, 1, 2)),
+    ([(1, 0.1), (1, 0.3), (1, 0.2), (1, 0.2), (2, 0.25), (2, 0.4), (2, 0.3)], (False, 5, 1)),
+    ([(1, 0.1), (1, 0.3), (1, 0.2)], (False, 1, 1)),   # no phase field: phase 1
+])
+def test_phase_decision_hand_worked(history, want):
+    records = [{"phase": p, "top10": v} for p, v in history]
+    if len(history) == 3:
+        records = [{"top10": v} for _, v in history]
+    d = early_stopping.phase_decision(records, "top10", 2, 0.0)
+    assert (d.stop, d.best_index, d.evaluations_since_best) == want
+
+
+class _ScriptedEstimator:
+    """Trains by moving its step to each save boundary and evaluates to the next value of the
+    curve of the input it trains on ("phase1" or "phase2"), in order."""
+
+    def __init__(self, model_dir, curves, every):
+        self.model_dir, self._curves, self._every = model_dir, curves, every
+        self.step, self.inputs, self._input = 0, [], None
+
+    def latest_checkpoint(self):
+        return os.path.join(self.model_dir, f"model.ckpt-{self.step}") if self.step else None
+
+    def train(self, input_fn, max_steps, saving_listeners):
+        self.inputs.append(input_fn)
+        self._input = input_fn.split("-")[0]
+        while self.step < max_steps:
+            self.step += self._every
+            if saving_listeners[0].after_save(None, self.step):
+                return
+
+    def evaluate(self, input_fn, steps=None, checkpoint_path=None):
+        value = self._curves[self._input].pop(0)
+        return {"global_step": int(checkpoint_path.rsplit("-", 1)[1]), "top10": value}
+
+
+def _scripted_run(tmp_path, curves, second=True, max_steps=2000):
+    os.makedirs(tmp_path, exist_ok=True)
+    train = TrainConfig(layout_dir="/unused", model_dir=str(tmp_path), max_train_steps=max_steps,
+                        eval_every_steps=100, save_checkpoints_steps=100,
+                        early_stopping_patience=2)
+    est = _ScriptedEstimator(str(tmp_path), {k: list(v) for k, v in curves.items()}, 100)
+    best, _ = early_stopping.train_with_early_stopping(
+        est, lambda r: f"phase1-r{r}", None, train, log=lambda _: None,
+        second_phase_input_fn_for_round=(lambda r: f"phase2-r{r}") if second else None)
+    return est, best, early_stopping.load_history(str(tmp_path))
+
+
+def test_the_second_phase_starts_at_the_first_stop_and_keeps_the_best_of_both(tmp_path):
+    est, best, record = _scripted_run(tmp_path / "a", {
+        "phase1": [0.1, 0.3, 0.29, 0.28], "phase2": [0.25, 0.35, 0.4, 0.39, 0.38]})
+    assert est.inputs == ["phase1-r0", "phase2-r4"]  # the new phase's input seed: round 4
+    assert [(h["global_step"], h["phase"]) for h in record["history"]] == \
+        [(100, 1), (200, 1), (300, 1), (400, 1), (500, 2), (600, 2), (700, 2), (800, 2),
+         (900, 2)]
+    assert best["global_step"] == 700 and record["stopped"]["best_step"] == 700
+    assert record["stopped"]["reason"] == early_stopping.STOPPED_NO_IMPROVEMENT
+    assert record["stopped"]["phase"] == 2 and "of phase 2" in record["stopped"]["explanation"]
+
+
+def test_a_second_phase_that_never_beats_the_first_keeps_the_first_best(tmp_path):
+    _, best, record = _scripted_run(tmp_path / "b", {
+        "phase1": [0.1, 0.3, 0.29, 0.28], "phase2": [0.2, 0.21, 0.2, 0.2]})
+    assert best["global_step"] == 200
+    assert [h["phase"] for h in record["history"]] == [1] * 4 + [2] * 4
+
+
+def test_without_a_second_phase_the_first_stop_ends_training(tmp_path):
+    est, best, record = _scripted_run(tmp_path / "c", {
+        "phase1": [0.1, 0.3, 0.29, 0.28], "phase2": []}, second=False)
+    assert est.inputs == ["phase1-r0"] and best["global_step"] == 200
+    assert record["stopped"]["step"] == 400 and record["stopped"]["phase"] == 1
+
+
+def test_a_run_resumed_after_the_first_stop_goes_on_with_the_second_phase(tmp_path):
+    # Interrupted right after phase 1 stopped: the history holds phase 1 only.
+    _scripted_run(tmp_path / "d", {"phase1": [0.1, 0.3, 0.29, 0.28], "phase2": []},
+                  second=False)
+    train = TrainConfig(layout_dir="/unused", model_dir=str(tmp_path / "d"),
+                        max_train_steps=2000, eval_every_steps=100, save_checkpoints_steps=100,
+                        early_stopping_patience=2)
+    est = _ScriptedEstimator(str(tmp_path / "d"), {"phase2": [0.5, 0.4, 0.4]}, 100)
+    est.step = 400
+    best, _ = early_stopping.train_with_early_stopping(
+        est, lambda r: f"phase1-r{r}", None, train, log=lambda _: None,
+        second_phase_input_fn_for_round=lambda r: f"phase2-r{r}")
+    assert est.inputs == ["phase2-r4"] and best["global_step"] == 500
+
+
+def test_the_second_phase_only_where_the_share_is_above_the_plateau():
+    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+    spec = SimpleNamespace(record_files={"train": [], "eval": [], "pseudo": []},
+                           num_records={"train": 1000})
+    no_pseudo = SimpleNamespace(record_files={"train": [], "eval": []},
+                                num_records={"train": 1000})
+    cfg = ModelConfig()
+
+    def phase2(spec, **kw):
+        train = TrainConfig(layout_dir="/l", model_dir="/m", **kw)
+        return driver.plateau_phase_input_fn(cfg, train, None, spec)
+
+    assert phase2(spec, pseudo_query_ratio=0.9, pseudo_query_plateau_ratio=0.5) is not None
+    assert phase2(spec, pseudo_query_ratio=0.5, pseudo_query_plateau_ratio=0.5) is None
+    assert phase2(spec, pseudo_query_ratio=0.9) is None                      # off (default)
+    assert phase2(no_pseudo, pseudo_query_ratio=0.9, pseudo_query_plateau_ratio=0.5) is None
+    assert phase2(spec, pseudo_query_ratio=0.9, pseudo_query_final_ratio=0.4,
+                  pseudo_query_decay_steps=100, pseudo_query_plateau_ratio=0.5) is None
