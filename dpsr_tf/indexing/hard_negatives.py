@@ -23,6 +23,7 @@ import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from dpsr_tf.data import hard_negative_table
@@ -136,7 +137,7 @@ def check_source(source_model_dir: str, spec) -> Tuple[object, object]:
       ValueError: not a model directory, no checkpoint, or trained on another layout; the
         message names the flag, the value and what to do.
     """
-    if not source_model_dir or not _is_dir(source_model_dir):
+    if not source_model_dir or not tf.io.gfile.isdir(source_model_dir):
         raise ValueError(f"{FLAG}={source_model_dir!r}: no such directory; pass the model "
                          f"directory of a finished `dpsr train` on this layout")
     try:
@@ -155,11 +156,6 @@ def check_source(source_model_dir: str, spec) -> Tuple[object, object]:
         raise ValueError(f"{FLAG}={source_model_dir} is a --model=dssm baseline; mine with a "
                          f"DPSR model")
     return cfg, saved
-
-
-def _is_dir(path: str) -> bool:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return tf.io.gfile.isdir(path)
 
 
 def check_ranks(ranks: Sequence[int], num_items: int) -> Tuple[int, int]:
