@@ -85,6 +85,11 @@ def check_hard_negative_model(model_config: ModelConfig, train: TrainConfig) -> 
     if train.hard_negatives_from and model_config.model == "dssm":
         raise ValueError(f"--hard_negatives_from={train.hard_negatives_from} with --model=dssm: "
                          f"the DSSM baseline keeps its paper's random negatives; drop one")
+    if train.hard_negatives_from and model_config.hard_negative_weight <= 0:
+        raise ValueError(
+            f"--hard_negatives_from={train.hard_negatives_from} with --hard_negative_weight="
+            f"{model_config.hard_negative_weight:g}: the mined negatives would not reach the "
+            "loss; set a weight > 0 or drop --hard_negatives_from")
 
 
 def plateau_phase_input_fn(model_config: ModelConfig, train: TrainConfig,

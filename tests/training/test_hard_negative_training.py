@@ -84,6 +84,8 @@ def test_tiny_run_mines_then_trains_with_the_negatives(tiny_layout, source_model
     (["--hard_negative_ranks=0,10"], r"hard_negative_ranks=\(0, 10\).*1 <= FIRST <= LAST"),
     (["--hard_negative_splits=train,eval"], r"--hard_negative_splits.*never eval"),
     (["--model=dssm", "--num_heads=1"], r"with --model=dssm: the DSSM baseline keeps its paper's random"),
+    (["--hard_negative_weight=0"], r"--hard_negative_weight=0: the mined negatives would not "
+                                   r"reach the loss"),
 ])
 def test_bad_values_are_errors_naming_the_flag(tiny_layout, source_model, tmp_path,
                                                dpsr_command, task_env, tiny_model_flags,
@@ -96,6 +98,6 @@ def test_bad_values_are_errors_naming_the_flag(tiny_layout, source_model, tmp_pa
     assert "dpsr train: " in proc.stderr
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    if "--model=dssm" in flags:   # refused before any mining
+    if "--model=dssm" in flags or "--hard_negative_weight=0" in flags:  # before any mining
         assert "hard negatives: embedding" not in proc.stderr
         assert not os.path.exists(tmp_path / "hn" / "hard_negatives")
