@@ -107,14 +107,47 @@ def _point_checkpoint_state_at(model_dir: str, step: int) -> Optional[str]:
     if state is None:
         return None
     paths = list(state.all_model_checkpoint_paths)
-    wanted = [p for p in paths if p.endswith(f"model.ckpt-{step}")]
-    if not wanted or not tf.io.gfile.glob(wanted[0] + ".index"):
+    # A checkpoint kept out of the list (_keep_out_of_rotation) is found on disk.
+    wanted = [p for p in paths if p.endswith(f"model.ckpt-{step}")] or [
+        os.path.join(model_dir, f"model.ckpt-{step}")]
+    if not tf.io.gfile.glob(wanted[0] + ".index"):
         return None
     # The best stays the newest entry, so no later save removes it first.
     others = [p for p in paths if p != wanted[0]]
     tf.compat.v1.train.update_checkpoint_state(model_dir, wanted[0],
                                                all_model_checkpoint_paths=others + wanted)
     return wanted[0]
+
+
+def _keep_out_of_rotation(model_dir: str, step: int) -> None:
+    """Takes model.ckpt-<step> off the checkpoint state's list, so the next training session's
+    Saver (which deletes only the checkpoints it knows, beyond keep_checkpoint_max) leaves it:
+    the first phase's best must survive a second phase of any length."""
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None:
+        return
+    others = [p for p in state.all_model_checkpoint_paths
+              if not p.endswith(f"model.ckpt-{step}")]
+    if len(others) < len(state.all_model_checkpoint_paths):
+        tf.compat.v1.train.update_checkpoint_state(model_dir, state.model_checkpoint_path,
+                                                   all_model_checkpoint_paths=others)
+
+
+def _drop_kept_checkpoints(model_dir: str, history: List[dict], rule: dict,
+                           best_step: int) -> None:
+    """Deletes the checkpoints _keep_out_of_rotation kept at each phase switch (the best of the
+    phases before it) that did not stay the best of the run."""
+    last_phase = max(h.get("phase", 1) for h in history)
+    state = tf.train.get_checkpoint_state(model_dir)
+    listed = set(state.all_model_checkpoint_paths) if state else set()
+    for phase in range(1, last_phase):
+        before = [h for h in history if h.get("phase", 1) <= phase]
+        kept = before[decide([h[rule["metric"]] for h in before], rule["patience"],
+                             rule["min_delta"], rule["higher_is_better"]).best_index]
+        prefix = os.path.join(model_dir, f"model.ckpt-{kept['global_step']}")
+        if kept["global_step"] != best_step and prefix not in listed:
+            for path in tf.io.gfile.glob(prefix + ".*"):
+                tf.io.gfile.remove(path)
 
 
 def check_recorded_metric(train: TrainConfig, history: Optional[List[dict]] = None) -> None:
@@ -267,6 +300,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
         if not (evaluator.decision and evaluator.decision.stop and evaluator.phase < len(inputs)
                 and step < train.max_train_steps):
             break
+        _keep_out_of_rotation(train.model_dir,
+                              history[evaluator.decision.best_index]["global_step"])
         evaluator.phase += 1
         evaluator.decision = None
         log(f"early stopping: {metric} stopped improving at step {step:,}; phase "
@@ -280,6 +315,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     step = history[-1]["global_step"]
     best = history[decision.best_index]
     restored = _point_checkpoint_state_at(train.model_dir, best["global_step"])
+    _drop_kept_checkpoints(train.model_dir, history, rule, best["global_step"])
     if reason == STOPPED_NO_IMPROVEMENT:
         why = (f"{metric} has not improved on {best[metric]:.4f} (step "
                f"{best['global_step']:,}) by more than {train.early_stopping_min_delta:g} in "

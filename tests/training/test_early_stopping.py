@@ -323,3 +323,62 @@ def test_the_second_phase_only_where_the_share_is_above_the_plateau():
     assert phase2(no_pseudo, pseudo_query_ratio=0.9, pseudo_query_plateau_ratio=0.5) is None
     assert phase2(spec, pseudo_query_ratio=0.9, pseudo_query_final_ratio=0.4,
                   pseudo_query_decay_steps=100, pseudo_query_plateau_ratio=0.5) is None
+
+
+def _real_run_with_scripted_values(layout_dir, model_dir, monkeypatch, curve):
+    """driver.train_and_evaluate with real training and the real Saver (keep_checkpoint_max 4,
+    a checkpoint every 10 steps, patience 2, a second phase at the plateau), whose evaluations
+    return curve[step] as top10."""
+    real_make = driver.make_estimator
+
+    def scripted(*args, **kwargs):
+        est = real_make(*args, **kwargs)
+
+        def evaluate(input_fn, steps=None, checkpoint_path=None, **_):
+            step = int(checkpoint_path.rsplit("-", 1)[1])
+            return {"global_step": step, "top10": curve[step], "loss": 1.0}
+        est.evaluate = evaluate
+        return est
+
+    monkeypatch.setattr(driver, "make_estimator", scripted)
+    cfg = ModelConfig(embedding_dim=8, token_embedding_dim=8, feature_embedding_dim=4,
+                      item_hidden_units=(16,), query_hidden_units=(16,),
+                      query_projection_dim=8)
+    train = TrainConfig(layout_dir=layout_dir, model_dir=model_dir, batch_size=16,
+                        max_train_steps=200, eval_every_steps=10, save_checkpoints_steps=10,
+                        early_stopping_patience=2, keep_checkpoint_max=4,
+                        log_step_count_steps=1000, seed=0, pseudo_query_ratio=0.9,
+                        pseudo_query_plateau_ratio=0.5, intra_op_threads=1,
+                        inter_op_threads=2, shuffle_buffer=100)
+    os.environ.pop("TF_CONFIG", None)
+    best, _ = driver.train_and_evaluate(cfg, train)
+    return best, early_stopping.load_history(model_dir)
+
+
+def test_the_first_phases_best_checkpoint_survives_a_long_second_phase(tiny_layout, tmp_path,
+                                                                      monkeypatch):
+    """The first phase's best (step 20) is 7 checkpoints old when the second phase stops:
+    without keeping it out of the Saver's rotation it was deleted (Best Buy: "the best
+    checkpoint (step 7,000) was not kept")."""
+    model_dir = str(tmp_path / "m")
+    best, record = _real_run_with_scripted_values(
+        tiny_layout.layout_dir, model_dir, monkeypatch,
+        {10: 0.5, 20: 0.9, 30: 0.8, 40: 0.8,                   # phase 1 stops at 40
+         50: 0.1, 60: 0.2, 70: 0.3, 80: 0.3, 90: 0.3})         # phase 2 stops at 90
+    assert [(h["global_step"], h["phase"]) for h in record["history"]] == \
+        [(s, 1 if s <= 40 else 2) for s in range(10, 100, 10)]
+    assert best["global_step"] == 20 and record["stopped"]["step"] == 90
+    assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-20")
+    kept = sorted(int(p.rsplit("-", 1)[1].split(".")[0])
+                  for p in tf.io.gfile.glob(os.path.join(model_dir, "model.ckpt-*.index")))
+    assert kept == [20, 60, 70, 80, 90]   # the best, and the Saver's last 4
+
+
+def test_a_kept_best_that_a_later_phase_beats_is_deleted(tiny_layout, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "m")
+    best, _ = _real_run_with_scripted_values(
+        tiny_layout.layout_dir, model_dir, monkeypatch,
+        {10: 0.5, 20: 0.9, 30: 0.8, 40: 0.8, 50: 0.95, 60: 0.97, 70: 0.96, 80: 0.96})
+    assert best["global_step"] == 60
+    assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-60")
+    assert not tf.io.gfile.glob(os.path.join(model_dir, "model.ckpt-20.*"))
