@@ -310,6 +310,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     if not history:
         raise RuntimeError(f"early stopping: training ended at step "
                            f"{estimator.latest_checkpoint()} with no evaluation recorded")
+    if evaluator.decision is None:  # a phase that ended without an evaluation of its own
+        evaluator.redecide()
     decision = evaluator.decision  # set by every evaluation and by a resumed history
     reason = STOPPED_NO_IMPROVEMENT if decision.stop else STOPPED_MAX_STEPS
     step = history[-1]["global_step"]
