@@ -17,7 +17,7 @@ import io
 import json
 import os
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,6 +39,24 @@ def absolute(path: str) -> str:
 # The provenance fields that must match for a table to be reused by a resumed run.
 KEY_FIELDS = ("source_model_dir", "checkpoint", "layout_dir", "num_items", "num_queries",
               "ranks", "per_query", "splits", "seed")
+
+
+def mined_splits(requested: Sequence[str], spec) -> Tuple[str, ...]:
+    """The record splits a --hard_negative_splits value mines on this layout: the requested
+    ones, except that "pseudo" is skipped on a layout prepared without pseudo-queries (the
+    default asks for train and pseudo).
+
+    Raises:
+      ValueError: nothing left, a split the layout lacks, or eval.
+    """
+    names = tuple(s for s in requested if s != "pseudo" or "pseudo" in spec.record_files)
+    if not names or any(s not in spec.record_files for s in names):
+        raise ValueError(f"--hard_negative_splits={','.join(requested)}: the layout "
+                         f"{spec.layout_dir} has the splits {list(spec.record_files)}")
+    if "eval" in names:
+        raise ValueError(f"--hard_negative_splits={','.join(requested)}: mining the eval split "
+                         f"trains on its queries; use train and/or pseudo")
+    return names
 
 
 def table_dir(model_dir: str) -> str:

@@ -180,24 +180,6 @@ def _query_tokens(spec, rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return ids[positions].astype(np.int64), out_splits
 
 
-def mined_splits(requested: Sequence[str], spec) -> Tuple[str, ...]:
-    """The record splits a --hard_negative_splits value mines on this layout: the requested
-    ones, except that "pseudo" is skipped on a layout prepared without pseudo-queries (the
-    default asks for train and pseudo).
-
-    Raises:
-      ValueError: nothing left, a split the layout lacks, or eval.
-    """
-    names = tuple(s for s in requested if s != "pseudo" or "pseudo" in spec.record_files)
-    if not names or any(s not in spec.record_files for s in names):
-        raise ValueError(f"--hard_negative_splits={','.join(requested)}: the layout "
-                         f"{spec.layout_dir} has the splits {list(spec.record_files)}")
-    if "eval" in names:
-        raise ValueError(f"--hard_negative_splits={','.join(requested)}: mining the eval split "
-                         f"trains on its queries; use train and/or pseudo")
-    return names
-
-
 def table_key(source_model_dir: str, spec, *, ranks: Sequence[int], per_query: int,
               splits: Sequence[str], seed: int, checkpoint: Optional[str] = None) -> dict:
     """The provenance key (hard_negative_table.KEY_FIELDS) of a mining with these settings:
@@ -214,7 +196,7 @@ def table_key(source_model_dir: str, spec, *, ranks: Sequence[int], per_query: i
             "checkpoint": model_dir_lib.latest_checkpoint(source_model_dir, checkpoint),
             "layout_dir": spec.layout_dir, "num_items": spec.num_items,
             "num_queries": spec.num_queries, "ranks": [first, last], "per_query": int(per_query),
-            "splits": list(mined_splits(splits, spec)), "seed": int(seed)}
+            "splits": list(hard_negative_table.mined_splits(splits, spec)), "seed": int(seed)}
 
 
 def mine_hard_negatives(source_model_dir: str, layout_dir: str, model_dir: str, *,
@@ -234,7 +216,7 @@ def mine_hard_negatives(source_model_dir: str, layout_dir: str, model_dir: str, 
       ranks: (first, last) 1-based inclusive window of the positives-removed ranking.
       per_query: items drawn from each query's window.
       splits: record splits whose query rows are mined (e.g. ("train", "pseudo"); pseudo is
-        skipped on a layout without it, see mined_splits).
+        skipped on a layout without it, see hard_negative_table.mined_splits).
       seed: seed of the draw.
       checkpoint: a checkpoint prefix of source_model_dir (default its latest).
       chunk: queries scored against the catalog at once.

@@ -121,7 +121,6 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
       ValueError: dssm, no table, or a table mined with other settings.
     """
     from dpsr_tf.data import hard_negative_table  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.indexing import hard_negatives  # pylint: disable=import-outside-toplevel
     if not train.hard_negatives_from:
         return
     check_hard_negative_model(model_config, train)
@@ -134,8 +133,8 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
     want = {"source_model_dir": hard_negative_table.absolute(train.hard_negatives_from),
             "ranks": list(train.hard_negative_ranks),
             "per_query": train.hard_negatives_per_query,
-            "splits": list(hard_negatives.mined_splits(train.hard_negative_split_names,
-                                                       layout_spec)),
+            "splits": list(hard_negative_table.mined_splits(train.hard_negative_split_names,
+                                                            layout_spec)),
             "num_queries": layout_spec.num_queries, "num_items": layout_spec.num_items}
     wrong = {k: (prov.get(k), v) for k, v in want.items() if prov.get(k) != v}
     if wrong:

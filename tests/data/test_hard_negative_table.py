@@ -1,6 +1,7 @@
-"""The mined hard-negative table's files (dpsr_tf/data/hard_negative_table.py): written and read
-back through tf.io.gfile (a local directory and TensorFlow's ram:// filesystem, standing in for
-gs:// or hdfs://), and a cluster task's wait that passes over a table of another mining."""
+"""The mined hard-negative table (dpsr_tf/data/hard_negative_table.py): its files written and
+read back through tf.io.gfile (a local directory and TensorFlow's ram:// filesystem, standing in
+for gs:// or hdfs://), a cluster task's wait that passes over a table of another mining, and
+the splits a --hard_negative_splits value mines."""
 import numpy as np
 import pytest
 
@@ -56,3 +57,17 @@ def test_waiting_gives_up_at_the_deadline(tmp_path):
     assert table.wait_for_table(model_dir, KEY, timeout_s=20, poll_s=5, sleep=sleep,
                                 clock=lambda: now[0]) is None
     assert now[0] == 25.0  # polled at 0, 5, ..., 25: the first check past the deadline
+
+
+def test_pseudo_is_mined_only_where_the_layout_has_it():
+    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
+    with_pseudo = SimpleNamespace(layout_dir="/l", record_files={"train": [], "eval": [],
+                                                                 "pseudo": []})
+    without = SimpleNamespace(layout_dir="/l", record_files={"train": [], "eval": []})
+    assert table.mined_splits(("train", "pseudo"), with_pseudo) == ("train", "pseudo")
+    assert table.mined_splits(("train", "pseudo"), without) == ("train",)  # the default's case
+    with pytest.raises(ValueError, match=r"--hard_negative_splits=pseudo: the layout /l has "
+                                         r"the splits \['train', 'eval'\]"):
+        table.mined_splits(("pseudo",), without)
+    with pytest.raises(ValueError, match=r"mining the eval split"):
+        table.mined_splits(("train", "eval"), with_pseudo)

@@ -165,20 +165,6 @@ def test_mining_a_tiny_model_matches_brute_force(tiny_history_model, tmp_path):
     np.testing.assert_array_equal(splits2, splits)
 
 
-def test_pseudo_is_mined_only_where_the_layout_has_it():
-    from types import SimpleNamespace  # pylint: disable=import-outside-toplevel
-    with_pseudo = SimpleNamespace(layout_dir="/l", record_files={"train": [], "eval": [],
-                                                                 "pseudo": []})
-    without = SimpleNamespace(layout_dir="/l", record_files={"train": [], "eval": []})
-    assert hn.mined_splits(("train", "pseudo"), with_pseudo) == ("train", "pseudo")
-    assert hn.mined_splits(("train", "pseudo"), without) == ("train",)  # the default's case
-    with pytest.raises(ValueError, match=r"--hard_negative_splits=pseudo: the layout /l has "
-                                         r"the splits \['train', 'eval'\]"):
-        hn.mined_splits(("pseudo",), without)
-    with pytest.raises(ValueError, match=r"mining the eval split"):
-        hn.mined_splits(("train", "eval"), with_pseudo)
-
-
 def test_mining_errors_name_the_flag(tiny_history_model, tmp_path):
     spec = tiny_history_model.spec
     kwargs = dict(log=lambda _: None)
