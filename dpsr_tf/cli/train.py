@@ -5,7 +5,6 @@ same command on every host with its own TF_CONFIG (chief, workers, ps, evaluator
 docs/training.md), or start a loopback cluster with `dpsr launch-local`. The resolved config is
 written to <model_dir>/dpsr_config.json by the chief.
 """
-import os
 
 import tensorflow as tf
 from absl import logging

@@ -26,6 +26,7 @@ ITEMS_FILE = "items.npy"
 SPLITS_FILE = "splits.npy"
 PROVENANCE_FILE = "provenance.json"
 
+
 def _gfile():
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     return tf.io.gfile

@@ -18,7 +18,6 @@ model's table holds each query's negatives for the unknown user.
 Why a window and not the top: the very top of a model's ranking holds many items that are
 relevant but unlabelled; EBR found ranks 101-500 the best source of negatives.
 """
-import os
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 

@@ -15,9 +15,9 @@ summed in list order. "capped" bounds drift: a rewrite's best hit scores at most
 rewrite_weight times the query's own best, so a long rewrite with many matching terms, whose
 raw BM25 is far above the query's, cannot push the query's own hits down; a query with no
 hits of its own takes its rewrites' lists as "max" does.) Ties keep the earlier position in
-(the query's list, r_1's list, ..., r_R's list). `from_query` says whether the query's own list holds the item; the servable
-reports an item that only a rewrite's list found as source "rewrite" when the dense list lacks
-it too. A query without rewrites keeps its own list unchanged.
+(the query's list, r_1's list, ..., r_R's list). `from_query` says whether the query's own list
+holds the item; the servable reports an item that only a rewrite's list found as source
+"rewrite" when the dense list lacks it too. A query without rewrites keeps its own list unchanged.
 
 merge_np (NumPy: evaluation) and merge (TensorFlow: the servable graph) implement the same
 rule in float32 with the same tie order.

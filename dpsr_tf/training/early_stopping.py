@@ -70,11 +70,17 @@ def decide(values: List[float], patience: int, min_delta: float,
     return Decision(since >= patience, best_index, since)
 
 
+def _last_phase(history: List[dict]) -> int:
+    """The phase of the latest recorded evaluation (1 for none, or for a history that predates
+    phases)."""
+    return max((h.get("phase", 1) for h in history), default=1)
+
+
 def phase_decision(history: List[dict], metric: str, patience: int, min_delta: float,
                    higher_is_better: bool = True) -> Decision:
     """The rule over a history whose evaluations may name a phase (1 when absent): stop when the
     latest phase's own evaluations leave `patience` without a gain; best over all phases."""
-    phase = max(h.get("phase", 1) for h in history)
+    phase = _last_phase(history)
     current = decide([h[metric] for h in history if h.get("phase", 1) == phase], patience,
                      min_delta, higher_is_better)
     overall = decide([h[metric] for h in history], patience, min_delta, higher_is_better)
@@ -137,7 +143,7 @@ def _drop_kept_checkpoints(model_dir: str, history: List[dict], rule: dict,
                            best_step: int) -> None:
     """Deletes the checkpoints _keep_out_of_rotation kept at each phase switch (the best of the
     phases before it) that did not stay the best of the run."""
-    last_phase = max(h.get("phase", 1) for h in history)
+    last_phase = _last_phase(history)
     state = tf.train.get_checkpoint_state(model_dir)
     listed = set(state.all_model_checkpoint_paths) if state else set()
     for phase in range(1, last_phase):
@@ -179,7 +185,7 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
         self._checkpoint_metrics = checkpoint_metrics
         self._rule, self.history, self._log = rule, history, log
         self.decision: Optional[Decision] = None
-        self.phase = max((h.get("phase", 1) for h in history), default=1)
+        self.phase = _last_phase(history)
         self._since = time.monotonic()
 
     def _due(self, step: int) -> bool:
