@@ -16,7 +16,9 @@ smaller pseudo-query share) and the rule starts over on that phase's evaluations
 best checkpoint is then the best of both phases. Each recorded evaluation names its phase.
 
 The history, the rule and why training stopped are written to <model_dir>/early_stopping.json
-(EARLY_STOPPING_FILE) after every evaluation, so an interrupted run resumes with its history.
+(EARLY_STOPPING_FILE) after every evaluation, so an interrupted run resumes with its history,
+and a finished one from the step where it stopped (a second phase turned on, or a raised cap,
+goes on from there; the same settings train nothing more).
 
 A "recall@K" metric is not one of the Estimator's eval metrics (those score each example against
 its batch and random items): the caller passes `checkpoint_metrics`, a function checkpoint ->
@@ -232,6 +234,20 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
                                        self._rule["higher_is_better"])
 
 
+def _resume_where_the_run_stopped(model_dir: str, recorded: dict, log) -> None:
+    """A finished run's checkpoint state names its best checkpoint, not its last: a run resumed
+    from there would drop the evaluations after the best and train that stretch again. So the
+    state goes back to the last checkpoint (when it was kept), and the rule picks up from the
+    full history: nothing more to train for the same settings, a second phase or a raised cap
+    goes on from the step where the run stopped."""
+    stopped = recorded.get("stopped")
+    if not stopped or stopped["step"] == stopped["best_step"]:
+        return
+    if _point_checkpoint_state_at(model_dir, stopped["step"]) is None:
+        log(f"early stopping: the run stopped at step {stopped['step']:,} but that checkpoint "
+            f"is gone; resuming from the best, step {stopped['best_step']:,}")
+
+
 def _step_of(checkpoint: Optional[str]) -> int:
     return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
 
@@ -278,9 +294,10 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
             "min_delta": train.early_stopping_min_delta, "eval_every_steps":
             train.eval_every_steps, "max_train_steps": train.max_train_steps,
             "eval_split": train.eval_split, "eval_steps": train.eval_steps}
+    recorded = load_history(train.model_dir)
+    _resume_where_the_run_stopped(train.model_dir, recorded, log)
     step = _step_of(estimator.latest_checkpoint())
-    history = [h for h in load_history(train.model_dir).get("history", []) if
-               h["global_step"] <= step]
+    history = [h for h in recorded.get("history", []) if h["global_step"] <= step]
     check_recorded_metric(train, history)
     log(f"early stopping: evaluate {metric} on the {train.eval_split!r} split every "
         f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "

@@ -325,10 +325,11 @@ def test_the_second_phase_only_where_the_share_is_above_the_plateau():
                   pseudo_query_decay_steps=100, pseudo_query_plateau_ratio=0.5) is None
 
 
-def _real_run_with_scripted_values(layout_dir, model_dir, monkeypatch, curve):
+def _real_run_with_scripted_values(layout_dir, model_dir, monkeypatch, curve, plateau=0.5,
+                                   evaluated=None):
     """driver.train_and_evaluate with real training and the real Saver (keep_checkpoint_max 4,
-    a checkpoint every 10 steps, patience 2, a second phase at the plateau), whose evaluations
-    return curve[step] as top10."""
+    a checkpoint every 10 steps, patience 2, a second phase at the plateau unless `plateau` is
+    -1), whose evaluations return curve[step] as top10 (and append step to `evaluated`)."""
     real_make = driver.make_estimator
 
     def scripted(*args, **kwargs):
@@ -336,6 +337,8 @@ def _real_run_with_scripted_values(layout_dir, model_dir, monkeypatch, curve):
 
         def evaluate(input_fn, steps=None, checkpoint_path=None, **_):
             step = int(checkpoint_path.rsplit("-", 1)[1])
+            if evaluated is not None:
+                evaluated.append(step)
             return {"global_step": step, "top10": curve[step], "loss": 1.0}
         est.evaluate = evaluate
         return est
@@ -348,7 +351,7 @@ def _real_run_with_scripted_values(layout_dir, model_dir, monkeypatch, curve):
                         max_train_steps=200, eval_every_steps=10, save_checkpoints_steps=10,
                         early_stopping_patience=2, keep_checkpoint_max=4,
                         log_step_count_steps=1000, seed=0, pseudo_query_ratio=0.9,
-                        pseudo_query_plateau_ratio=0.5, intra_op_threads=1,
+                        pseudo_query_plateau_ratio=plateau, intra_op_threads=1,
                         inter_op_threads=2, shuffle_buffer=100)
     os.environ.pop("TF_CONFIG", None)
     best, _ = driver.train_and_evaluate(cfg, train)
@@ -382,3 +385,45 @@ def test_a_kept_best_that_a_later_phase_beats_is_deleted(tiny_layout, tmp_path, 
     assert best["global_step"] == 60
     assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-60")
     assert not tf.io.gfile.glob(os.path.join(model_dir, "model.ckpt-20.*"))
+
+
+def _checkpoint_steps(model_dir):
+    return sorted(int(p.rsplit("-", 1)[1].split(".")[0])
+                  for p in tf.io.gfile.glob(os.path.join(model_dir, "model.ckpt-*.index")))
+
+
+def test_a_finished_run_resumed_with_a_second_phase_starts_it_where_the_run_stopped(
+        tiny_layout, tmp_path, monkeypatch):
+    """The finished run's state names its best (20): resuming from there evaluated 30 and 40
+    again as phase 1 instead of starting phase 2 at 40."""
+    model_dir = str(tmp_path / "m")
+    curve = {10: 0.5, 20: 0.9, 30: 0.8, 40: 0.8, 50: 0.1, 60: 0.95, 70: 0.9, 80: 0.9}
+    _, first = _real_run_with_scripted_values(tiny_layout.layout_dir, model_dir, monkeypatch,
+                                              curve, plateau=-1)
+    assert first["stopped"]["step"] == 40 and first["stopped"]["best_step"] == 20
+    assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-20")
+    evaluated = []
+    best, record = _real_run_with_scripted_values(tiny_layout.layout_dir, model_dir,
+                                                  monkeypatch, curve, evaluated=evaluated)
+    assert evaluated == [50, 60, 70, 80]
+    assert [(h["global_step"], h["phase"]) for h in record["history"]] == \
+        [(10, 1), (20, 1), (30, 1), (40, 1), (50, 2), (60, 2), (70, 2), (80, 2)]
+    assert best["global_step"] == 60 and record["stopped"]["phase"] == 2
+    assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-60")
+
+
+def test_a_finished_run_resumed_with_its_own_settings_trains_nothing_more(
+        tiny_layout, tmp_path, monkeypatch):
+    model_dir = str(tmp_path / "m")
+    curve = {10: 0.5, 20: 0.9, 30: 0.8, 40: 0.8, 50: 0.99, 60: 0.99}
+    _, first = _real_run_with_scripted_values(tiny_layout.layout_dir, model_dir, monkeypatch,
+                                              curve, plateau=-1)
+    kept = _checkpoint_steps(model_dir)
+    evaluated = []
+    best, again = _real_run_with_scripted_values(tiny_layout.layout_dir, model_dir,
+                                                 monkeypatch, curve, plateau=-1,
+                                                 evaluated=evaluated)
+    assert evaluated == []
+    assert best["global_step"] == 20 and again["history"] == first["history"]
+    assert _checkpoint_steps(model_dir) == kept and max(kept) == 40   # no step 50 trained
+    assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-20")
