@@ -15,7 +15,7 @@ from absl import logging
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
-from dpsr_tf.training import early_stopping, ready_poll, tf_config
+from dpsr_tf.training import cluster_early_stopping, early_stopping, ready_poll, tf_config
 from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
 
@@ -176,8 +176,9 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
     if train.stops_early:
         auto_cap = not train.max_train_steps
         train = train.resolved(layout_spec.num_items)
-        if not cluster.distributed:
-            train = _early_stopping_settings(train)
+        # On a cluster the evaluator decides a little after each save, and the chief reacts
+        # a little after that: two more rounds of checkpoints keep the best meanwhile.
+        train = _early_stopping_settings(train, extra_rounds=2 if cluster.distributed else 0)
         logging.info(
             "training length: early stopping on the %r split, at most %d steps%s; set "
             "--train_steps for a fixed length", train.eval_split, train.max_train_steps,
@@ -218,16 +219,44 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
         _write_train_time(train, estimator, time.monotonic() - start)
         return result
     if train.stops_early:
-        # A cluster's evaluator task waits for the final step's checkpoint, so a chief that
-        # stopped early would leave it waiting: a cluster trains to the cap.
-        logging.info("early stopping runs on one machine only; this cluster trains the "
-                     "max_train_steps=%d cap (set --train_steps to choose)",
-                     train.max_train_steps)
+        return _early_stopping_on_cluster(estimator, train_input_fn, eval_input_fn, train,
+                                          cluster, checkpoint_metrics, start)
     train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train.step_budget)
     eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=train.eval_steps,
                                       start_delay_secs=0, throttle_secs=train.throttle_secs)
     result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
     if cluster.is_chief:
+        _write_train_time(train, estimator, time.monotonic() - start)
+    return result
+
+
+def _early_stopping_on_cluster(estimator, train_input_fn, eval_input_fn, train: TrainConfig,
+                               cluster: tf_config.ClusterInfo, checkpoint_metrics, start: float):
+    """This task's part of early stopping on a cluster (cluster_early_stopping): the evaluator
+    decides, the chief and the workers train until it records a stop."""
+    if cluster.task_type == "evaluator":
+        return cluster_early_stopping.evaluate_as_it_trains(
+            estimator, eval_input_fn, train, checkpoint_metrics)
+    rule = early_stopping.rule_for(train)
+    if cluster.is_chief:
+        logging.info("early stopping on a cluster: the evaluator task evaluates every %d steps "
+                     "and records when to stop; without an evaluator task this cluster trains "
+                     "the max_train_steps=%d cap", train.eval_every_steps,
+                     train.max_train_steps)
+        if train.pseudo_query_plateau_ratio >= 0:
+            logging.info("--pseudo_query_plateau_ratio: the second phase runs on one machine "
+                         "only; this cluster stops at the first plateau")
+        cluster_early_stopping.chief_started(train.model_dir,
+                                             early_stopping.load_history(train.model_dir))
+    hooks = [] if cluster.task_type == "ps" else [
+        cluster_early_stopping.StopWhenRecorded(train.model_dir, rule)]
+    train_spec = tf.estimator.TrainSpec(train_input_fn, max_steps=train.max_train_steps,
+                                        hooks=hooks)
+    # The EvalSpec is unused: no task of this cluster runs TensorFlow's evaluator loop.
+    eval_spec = tf.estimator.EvalSpec(eval_input_fn, steps=train.eval_steps)
+    result = tf.estimator.train_and_evaluate(estimator, train_spec, eval_spec)
+    if cluster.is_chief:
+        cluster_early_stopping.chief_finished(train.model_dir, rule)
         _write_train_time(train, estimator, time.monotonic() - start)
     return result
 
@@ -243,16 +272,16 @@ def _write_train_time(train: TrainConfig, estimator, seconds: float) -> None:
                             f"fixed train_steps={train.train_steps}"}, indent=2))
 
 
-def _early_stopping_settings(train: TrainConfig) -> TrainConfig:
+def _early_stopping_settings(train: TrainConfig, extra_rounds: int = 0) -> TrainConfig:
     """Saves a checkpoint at every evaluation boundary and keeps enough checkpoints that the
-    best evaluation's survives `patience` more evaluations."""
+    best evaluation's survives `patience` (+ extra_rounds) more evaluations."""
     if train.eval_every_steps % train.save_checkpoints_steps:
         logging.info("early stopping: checkpoints every %d steps (save_checkpoints_steps=%d "
                      "does not divide eval_every_steps)", train.eval_every_steps,
                      train.save_checkpoints_steps)
         train = dataclasses.replace(train, save_checkpoints_steps=train.eval_every_steps)
     per_round = train.eval_every_steps // train.save_checkpoints_steps
-    keep = (train.early_stopping_patience + 1) * per_round + 1
+    keep = (train.early_stopping_patience + 1 + extra_rounds) * per_round + 1
     if train.keep_checkpoint_max < keep:
         train = dataclasses.replace(train, keep_checkpoint_max=keep)
     return train

@@ -176,7 +176,7 @@ def _as_floats(metrics: dict) -> dict:
     return {k: (int(v) if k == "global_step" else float(v)) for k, v in metrics.items()}
 
 
-class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
+class BoundaryEvaluator(tf.estimator.CheckpointSaverListener):
     """Evaluates the checkpoints saved at each eval_every_steps boundary (and at the cap) from
     inside the one training session, records them, and asks training to stop when the rule
     says so (after_save returning True stops Estimator.train)."""
@@ -234,21 +234,69 @@ class _EvaluateAtBoundaries(tf.estimator.CheckpointSaverListener):
                                        self._rule["higher_is_better"])
 
 
-def _resume_where_the_run_stopped(model_dir: str, recorded: dict, log) -> None:
+def resume_where_the_run_stopped(model_dir: str, recorded: dict, log) -> None:
     """A finished run's checkpoint state names its best checkpoint, not its last: a run resumed
     from there would drop the evaluations after the best and train that stretch again. So the
-    state goes back to the last checkpoint (when it was kept), and the rule picks up from the
-    full history: nothing more to train for the same settings, a second phase or a raised cap
-    goes on from the step where the run stopped."""
+    state goes back to the newest kept checkpoint (where the run stopped; on a cluster the
+    chief may have saved a little past the evaluator's last evaluation), and the rule picks up
+    from the full history: nothing more to train for the same settings, a second phase or a
+    raised cap goes on from there."""
     stopped = recorded.get("stopped")
-    if not stopped or stopped["step"] == stopped["best_step"]:
+    state = tf.train.get_checkpoint_state(model_dir)
+    if not stopped or state is None or not state.all_model_checkpoint_paths:
         return
-    if _point_checkpoint_state_at(model_dir, stopped["step"]) is None:
+    newest = step_of(max(state.all_model_checkpoint_paths, key=step_of))
+    if newest < stopped["step"]:
         log(f"early stopping: the run stopped at step {stopped['step']:,} but that checkpoint "
-            f"is gone; resuming from the best, step {stopped['best_step']:,}")
+            f"is gone; resuming from step {newest:,}")
+    if newest != step_of(state.model_checkpoint_path):
+        _point_checkpoint_state_at(model_dir, newest)
 
 
-def _step_of(checkpoint: Optional[str]) -> int:
+def rule_for(train: TrainConfig) -> dict:
+    """The rule a run is judged by, as recorded in early_stopping.json."""
+    metric = train.early_stopping_metric
+    return {"metric": metric, "higher_is_better": metric != "loss",
+            "patience": train.early_stopping_patience,
+            "min_delta": train.early_stopping_min_delta, "eval_every_steps":
+            train.eval_every_steps, "max_train_steps": train.max_train_steps,
+            "eval_split": train.eval_split, "eval_steps": train.eval_steps}
+
+
+def stop_record(history: List[dict], decision: Decision, rule: dict, phase: int) -> dict:
+    """The "stopped" entry of early_stopping.json for a history the rule is done with (a stop
+    without a gain, or the cap), without its "checkpoint" (see point_state_at_best)."""
+    metric, best = rule["metric"], history[decision.best_index]
+    if decision.stop:
+        reason = STOPPED_NO_IMPROVEMENT
+        why = (f"{metric} has not improved on {best[metric]:.4f} (step "
+               f"{best['global_step']:,}) by more than {rule['min_delta']:g} in "
+               f"{decision.evaluations_since_best} evaluations (patience {rule['patience']})"
+               + (f" of phase {phase}" if phase > 1 else ""))
+    else:
+        reason, why = STOPPED_MAX_STEPS, f"reached max_train_steps={rule['max_train_steps']:,}"
+    return {"reason": reason, "step": history[-1]["global_step"],
+            "best_step": best["global_step"], "best": best[metric], "explanation": why,
+            "phase": phase}
+
+
+def point_state_at_best(model_dir: str, history: List[dict], rule: dict,
+                        best_step: int) -> Optional[str]:
+    """Makes the checkpoint state name the best checkpoint (returned; None when it was not
+    kept) and deletes the first phases' kept bests that a later phase beat. Call it once no
+    training task saves checkpoints any more."""
+    restored = _point_checkpoint_state_at(model_dir, best_step)
+    _drop_kept_checkpoints(model_dir, history, rule, best_step)
+    return restored
+
+
+def write_record(model_dir: str, rule: dict, history: List[dict],
+                 stopped: Optional[dict]) -> None:
+    """Writes early_stopping.json (atomically: other tasks read it while it changes)."""
+    _write(model_dir, {"rule": rule, "history": history, "stopped": stopped})
+
+
+def step_of(checkpoint: Optional[str]) -> int:
     return int(checkpoint.rsplit("-", 1)[1]) if checkpoint else 0
 
 
@@ -290,20 +338,17 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
         raise ValueError(f"TrainConfig.early_stopping_metric={metric!r} is a full-corpus "
                          "metric: pass checkpoint_metrics (dpsr_tf/evaluation/"
                          "checkpoint_recall.evaluator; `dpsr train` does)")
-    rule = {"metric": metric, "higher_is_better": metric != "loss", "patience": patience,
-            "min_delta": train.early_stopping_min_delta, "eval_every_steps":
-            train.eval_every_steps, "max_train_steps": train.max_train_steps,
-            "eval_split": train.eval_split, "eval_steps": train.eval_steps}
+    rule = rule_for(train)
     recorded = load_history(train.model_dir)
-    _resume_where_the_run_stopped(train.model_dir, recorded, log)
-    step = _step_of(estimator.latest_checkpoint())
+    resume_where_the_run_stopped(train.model_dir, recorded, log)
+    step = step_of(estimator.latest_checkpoint())
     history = [h for h in recorded.get("history", []) if h["global_step"] <= step]
     check_recorded_metric(train, history)
     log(f"early stopping: evaluate {metric} on the {train.eval_split!r} split every "
         f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "
         f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"
         + (f" (resuming at step {step:,} with {len(history)} evaluations)" if step else ""))
-    evaluator = _EvaluateAtBoundaries(estimator, eval_input_fn, train, rule, history, log,
+    evaluator = BoundaryEvaluator(estimator, eval_input_fn, train, rule, history, log,
                                       checkpoint_metrics)
     if history:
         evaluator.redecide()
@@ -319,7 +364,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
                 # stops training from inside it.
                 estimator.train(inputs[evaluator.phase - 1](len(history)),
                                 max_steps=train.max_train_steps, saving_listeners=[evaluator])
-        step = _step_of(estimator.latest_checkpoint())
+        step = step_of(estimator.latest_checkpoint())
         if not (evaluator.decision and evaluator.decision.stop and evaluator.phase < len(inputs)
                 and step < train.max_train_steps):
             break
@@ -335,25 +380,19 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
                            f"{estimator.latest_checkpoint()} with no evaluation recorded")
     if evaluator.decision is None:  # a phase that ended without an evaluation of its own
         evaluator.redecide()
-    decision = evaluator.decision  # set by every evaluation and by a resumed history
-    reason = STOPPED_NO_IMPROVEMENT if decision.stop else STOPPED_MAX_STEPS
-    step = history[-1]["global_step"]
-    best = history[decision.best_index]
-    restored = _point_checkpoint_state_at(train.model_dir, best["global_step"])
-    _drop_kept_checkpoints(train.model_dir, history, rule, best["global_step"])
-    if reason == STOPPED_NO_IMPROVEMENT:
-        why = (f"{metric} has not improved on {best[metric]:.4f} (step "
-               f"{best['global_step']:,}) by more than {train.early_stopping_min_delta:g} in "
-               f"{decision.evaluations_since_best} evaluations (patience {patience})"
-               + (f" of phase {evaluator.phase}" if evaluator.phase > 1 else ""))
-    else:
-        why = f"reached max_train_steps={train.max_train_steps:,}"
-    where = (f"the checkpoint state names the best, step {best['global_step']:,}" if restored
-             else f"the best checkpoint (step {best['global_step']:,}) was not kept; the last "
-                  f"one (step {step:,}) stays")
-    log(f"stopped at step {step:,}: {why}; {where}")
-    _write(train.model_dir, {"rule": rule, "history": history, "stopped": {
-        "reason": reason, "step": step, "best_step": best["global_step"],
-        "best": best[metric], "checkpoint": restored or estimator.latest_checkpoint(),
-        "explanation": why, "phase": evaluator.phase}})
+    stopped = stop_record(history, evaluator.decision, rule, evaluator.phase)
+    best = history[evaluator.decision.best_index]
+    restored = point_state_at_best(train.model_dir, history, rule, best["global_step"])
+    log(f"stopped at step {stopped['step']:,}: {stopped['explanation']}; "
+        + where_the_state_points(restored, stopped))
+    write_record(train.model_dir, rule, history,
+                 dict(stopped, checkpoint=restored or estimator.latest_checkpoint()))
     return best, []
+
+
+def where_the_state_points(restored: Optional[str], stopped: dict) -> str:
+    """The end of the log's "stopped at" line: which checkpoint export and indexing will read."""
+    if restored:
+        return f"the checkpoint state names the best, step {stopped['best_step']:,}"
+    return (f"the best checkpoint (step {stopped['best_step']:,}) was not kept; the last one "
+            f"(step {stopped['step']:,}) stays")

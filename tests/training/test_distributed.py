@@ -1,6 +1,7 @@
 """Real multi-process parameter-server training on loopback (TF_CONFIG chief/worker/ps/...).
 
-1 chief + 1 worker + 1 ps (+ evaluator) trains and its loss falls; killing a worker, and
+1 chief + 1 worker + 1 ps + evaluator trains, its loss falls and the evaluator's early stopping
+ends it; killing a worker, and
 separately the chief, with SIGKILL mid-run and restarting it resumes from the last checkpoint:
 the global step continues and the job reaches its last step.
 """
@@ -84,8 +85,14 @@ def _read(path):
         return f.read()
 
 
-def test_launch_local_trains_and_loss_falls(tiny_layout, tmp_path, task_env, tiny_model_flags,
-                                           dpsr_command):
+def test_launch_local_trains_loss_falls_and_the_evaluator_stops_it(
+        tiny_layout, tmp_path, task_env, tiny_model_flags, dpsr_command):
+    """The default length rule on a cluster: the evaluator task evaluates checkpoints as they
+    come and records the stop; the chief and the worker end their training on it; the
+    checkpoint state names the best. A min_delta no metric can beat makes the stop certain
+    after patience 1 (the first evaluation stays the best); the watched metric is full-corpus
+    recall, which the evaluator computes from each checkpoint."""
+    cap = 40_000
     model_dir = str(tmp_path / "model")
     launch = os.path.join(model_dir, "launch")
     # No --timeout_secs: the job is awaited while it makes progress (a loaded machine is slow).
@@ -93,7 +100,10 @@ def test_launch_local_trains_and_loss_falls(tiny_layout, tmp_path, task_env, tin
         proc = subprocess.Popen(
             dpsr_command("launch-local", "--workers=1", "--ps=1", "--evaluator",
                          f"--layout_dir={tiny_layout.layout_dir}", f"--model_dir={model_dir}",
-                         "--train_steps=800", "--save_checkpoints_steps=400", "--eval_steps=2",
+                         f"--max_train_steps={cap}", "--eval_every_steps=400",
+                         "--save_checkpoints_steps=400", "--eval_steps=2",
+                         "--early_stopping_patience=1", "--early_stopping_min_delta=10",
+                         "--early_stopping_metric=recall@100",
                          *tiny_model_flags),
             env=task_env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         log_paths = [os.path.join(launch, f"{name}.log")
@@ -124,10 +134,24 @@ def test_launch_local_trains_and_loss_falls(tiny_layout, tmp_path, task_env, tin
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.6 * first, losses
     # Global steps interleave: each replica's steps advance by more than its own 50.
-    assert max(s for s, _ in chief) >= 600 and _ckpt_step(model_dir) >= 800
-    # The evaluator evaluated checkpoints (TensorBoard events in model_dir/eval).
+    assert max(s for s, _ in chief) >= 600
+    # The evaluator evaluated checkpoints (TensorBoard events in model_dir/eval), one per
+    # stretch of 400 steps, and stopped at the second (patience 1).
     assert "Saving dict for global step" in logs["evaluator-0"]
     assert tf.io.gfile.glob(os.path.join(model_dir, "eval", "events.out.tfevents*"))
+    record = json.loads(_read(os.path.join(model_dir, "early_stopping.json")))
+    evaluated = [h["global_step"] for h in record["history"]]
+    assert len(evaluated) == 2 and evaluated[0] // 400 < evaluated[1] // 400, evaluated
+    assert record["stopped"]["reason"] == "no_improvement"
+    assert all(0 <= h["recall@100"] <= 1 for h in record["history"])  # the evaluator's
+    assert (record["stopped"]["step"], record["stopped"]["best_step"]) == (evaluated[1],
+                                                                          evaluated[0])
+    # The chief and the worker ended on the record, far from the cap, and the state names
+    # the best (the chief's last save came after the evaluator's stop).
+    assert "the evaluator recorded a stop" in logs["chief-0"]
+    assert "the evaluator recorded a stop" in logs["worker-0"]
+    assert max(s for s, _ in chief + worker) < cap
+    assert tf.train.latest_checkpoint(model_dir).endswith(f"model.ckpt-{evaluated[0]}")
 
 
 @pytest.mark.parametrize("victim", [("worker", 0), ("chief", 0)])
