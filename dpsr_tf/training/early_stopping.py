@@ -349,7 +349,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
         f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"
         + (f" (resuming at step {step:,} with {len(history)} evaluations)" if step else ""))
     evaluator = BoundaryEvaluator(estimator, eval_input_fn, train, rule, history, log,
-                                      checkpoint_metrics)
+                                  checkpoint_metrics)
     if history:
         evaluator.redecide()
     inputs = [train_input_fn_for_round] + ([second_phase_input_fn_for_round]
