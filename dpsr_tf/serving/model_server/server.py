@@ -17,7 +17,8 @@ from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
-from dpsr_tf.serving.startup import bind_grpc, freeze_heap, grpc_address, write_port_file
+from dpsr_tf.serving.startup import (bind_grpc, freeze_heap, grpc_address,
+                                     return_large_buffers_to_the_system, write_port_file)
 from dpsr_tf.serving.model_server.rest import RestGateway
 from dpsr_tf.serving.model_server.server_core import CoreOptions, ServerCore
 
@@ -184,6 +185,7 @@ class ModelServer:
         if self._poller is not None:
             self._poller.start()
         freeze_heap()
+        return_large_buffers_to_the_system()
         for service in ("",) + SERVICE_NAMES:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if opts.allow_reload_config_request and opts.host not in ("127.0.0.1", "::1",

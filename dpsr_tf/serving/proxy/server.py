@@ -41,7 +41,8 @@ from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, add_servicer, client
                                         serve_until_signal)
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
-from dpsr_tf.serving.startup import bind_grpc, freeze_heap, grpc_address, write_port_file
+from dpsr_tf.serving.startup import (bind_grpc, freeze_heap, grpc_address,
+                                     return_large_buffers_to_the_system, write_port_file)
 from dpsr_tf.serving.proxy.peer_limits import BackendGate, PeerLimiter, current_peer
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
 from dpsr_tf.serving.proxy.shard_call import CLIENT_ERRORS, ShardCaller
@@ -459,6 +460,7 @@ class ProxyServer:
         if opts.proxy_config_file and opts.config_file_poll_wait_seconds > 0:
             self._poll_task = asyncio.ensure_future(self._poll_config())
         freeze_heap()
+        return_large_buffers_to_the_system()
         for service in ("", "tensorflow.serving.PredictionService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         _LOG.info("Running DPSR proxy at %s", grpc_address(opts.host, self.grpc_port))
