@@ -43,9 +43,11 @@ def recorded_stop(model_dir: str, rule: dict) -> Optional[dict]:
         record = early_stopping.load_history(model_dir)
     except (json.JSONDecodeError, tf.errors.OpError):  # being replaced: read it next time
         return None
-    if record.get("rule") != rule:
-        return None
-    return record.get("stopped")
+    return _stop_in(record, rule)
+
+
+def _stop_in(record: dict, rule: dict) -> Optional[dict]:
+    return record.get("stopped") if record.get("rule") == rule else None
 
 
 class StopWhenRecorded(tf.estimator.SessionRunHook):
@@ -94,7 +96,7 @@ def chief_finished(model_dir: str, rule: dict, log=logging.info) -> Optional[str
 
 def _point_at_best_if_stopped(model_dir: str, rule: dict, log) -> Optional[str]:
     record = early_stopping.load_history(model_dir)
-    stopped = recorded_stop(model_dir, rule)
+    stopped = _stop_in(record, rule)
     if not stopped:
         return None
     restored = early_stopping.point_state_at_best(model_dir, record["history"], rule,
