@@ -8,7 +8,9 @@ layout split, so that filters and merge rules can be chosen offline (bench/rewri
 (dpsr_tf/evaluation/rewrites.holdout_eval_set); --set=eval: the layout's eval split.
 One JSON line per distinct query: {"query", "title", "candidates": [[text, score], ...]}
 (deduplicated, best first; nothing else filtered). Decoding: `dpsr rewrite`'s defaults
-(sampling, 8 candidates, top-k 20, top-p 0.9, no repeated unit) with --seed.
+(sampling, 8 candidates, top-k 20, top-p 0.9, no repeated unit) with --seed. --title_source=dense
+(with --model_dir, --index_dir, --num_titles): the forward model picks the title among the DPSR
+model's top items, as `dpsr rewrite --title_source=dense`.
 """
 import json
 import time
@@ -23,6 +25,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _STRATEGY = flags.DEFINE_enum("strategy", "sample", ["greedy", "beam", "sample"], "Decoding.")
 _OUTPUT = flags.DEFINE_string("output", None, "JSONL to write.")
 _CKPT = flags.DEFINE_string("checkpoint", None, "A checkpoint of --rewriter_dir (default: latest).")
+_TITLE_SOURCE = flags.DEFINE_enum("title_source", "generated", ["generated", "dense"],
+                                  "dpsr rewrite --title_source.")
+_MODEL = flags.DEFINE_string("model_dir", None, "--title_source=dense: the DPSR model.")
+_INDEX = flags.DEFINE_string("index_dir", None, "--title_source=dense: its index build.")
+_NUM_TITLES = flags.DEFINE_integer("num_titles", 4, "--title_source=dense: candidate titles.")
 flags.mark_flags_as_required(["rewriter_dir", "layout_dir", "output"])
 
 
@@ -38,9 +45,15 @@ def main(argv):
     else:
         eval_set = layout_lib.load_eval_set(spec, "eval")
     queries = list(dict.fromkeys(eval_set.queries))
+    titles = None
+    if _TITLE_SOURCE.value == "dense":
+        from dpsr_tf.rewriting.title_candidates import DenseTitleSource
+        titles = DenseTitleSource(_MODEL.value, _INDEX.value, _LAYOUT.value).top_titles(
+            queries, _NUM_TITLES.value)
     start = time.time()
     rows = generate.Rewriter(_REWRITER.value, _CKPT.value).rewrite(
-        queries, generate.DecodeConfig(strategy=_STRATEGY.value, seed=_SEED.value), log=None)
+        queries, generate.DecodeConfig(strategy=_STRATEGY.value, seed=_SEED.value), log=None,
+        titles=titles)
     seconds = time.time() - start
     with open(_OUTPUT.value, "w", encoding="utf-8") as f:
         for r in rows:

@@ -6,6 +6,11 @@
 Queries come from --queries (one per line) and/or the distinct queries of --layout_dir's
 --layout_split. With --index_dir, rewrites the build's lexical index finds nothing for are
 dropped; rewrites with the query's own units always are. Format: dpsr_tf/rewriting/table.py.
+
+--title_source=dense --model_dir=M --index_dir=I: the forward model picks the title among the
+DPSR model's --num_titles top catalog items instead of generating one (a small rewriter's
+generated titles are generic); --cycle_k=K then keeps only rewrites whose lexical top K holds
+that item. Measured on Home Depot in docs/results.md ("Rewrites from the DPSR model's titles").
 """
 import time
 
@@ -36,6 +41,18 @@ _MIN_SHARED = flags.DEFINE_integer(
     "--shared_k (0 = off).")
 _SHARED_K = flags.DEFINE_integer("shared_k", 10, "Depth of the lists compared by --min_shared.")
 _NO_REPEAT = flags.DEFINE_bool("no_repeat", True, "A rewrite never repeats a unit.")
+_TITLE_SOURCE = flags.DEFINE_enum(
+    "title_source", "generated", ["generated", "dense"],
+    "Where the title the rewrites are decoded from comes from: 'generated' (the forward "
+    "model's beam search, the paper's path) or 'dense' (the forward model ranks the DPSR "
+    "model's --num_titles top catalog items; needs --model_dir and --index_dir).")
+_MODEL = flags.DEFINE_string("model_dir", None, "--title_source=dense: the DPSR model whose "
+                             "top items are the candidate titles (dpsr train --model_dir).")
+_NUM_TITLES = flags.DEFINE_integer("num_titles", 4, "--title_source=dense: candidate titles "
+                                   "per query.")
+_CYCLE_K = flags.DEFINE_integer(
+    "cycle_k", 0, "--title_source=dense: keep a rewrite only when its lexical top cycle_k "
+    "holds the catalog item it was decoded from (0 = off).")
 flags.mark_flags_as_required(["rewriter_dir", "output"])
 
 
@@ -53,6 +70,33 @@ def _queries():
     if not out:
         raise ValueError("no queries: give --queries and/or --layout_dir")
     return list(dict.fromkeys(out))
+
+
+def _dense_titles(queries):
+    """(candidate titles per query or None, the cycle filter or None) of the title flags."""
+    if _TITLE_SOURCE.value == "generated":
+        for name, value in (("--model_dir", _MODEL.value), ("--cycle_k", _CYCLE_K.value)):
+            if value:
+                raise ValueError(f"{name} is for --title_source=dense (the generated title "
+                                 f"is no catalog item)")
+        return None, None
+    if not _MODEL.value or not _INDEX.value:
+        raise ValueError("--title_source=dense needs --model_dir (a DPSR model) and "
+                         "--index_dir (its `dpsr index` build: the item embeddings)")
+    if _NUM_TITLES.value < 1 or _CYCLE_K.value < 0:
+        raise ValueError(f"--num_titles must be >= 1 and --cycle_k >= 0, got "
+                         f"{_NUM_TITLES.value}, {_CYCLE_K.value}")
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn
+    from dpsr_tf.rewriting.title_candidates import DenseTitleSource
+    source = DenseTitleSource(_MODEL.value, _INDEX.value, _LAYOUT.value)
+    start = time.time()
+    titles = source.top_titles(queries, _NUM_TITLES.value)
+    print(f"rewrite: the DPSR model's top {_NUM_TITLES.value} titles of {len(queries)} queries "
+          f"in {time.time() - start:.1f}s")
+    finds = (lexical_cycle_fn(_INDEX.value, _CYCLE_K.value, source.items_of_title())
+             if _CYCLE_K.value else None)
+    return titles, finds
 
 
 def main(argv):
@@ -74,15 +118,17 @@ def main(argv):
         if _MIN_SHARED.value and not _INDEX.value:
             raise ValueError("--min_shared needs --index_dir (the lexical index it compares "
                              "lists of)")
+        titles, finds_title = _dense_titles(queries)
         if _INDEX.value:
             from dpsr_tf.rewriting.lexical_filter import lexical_hit_fn, lexical_shared_fn
             has_hits = lexical_hit_fn(_INDEX.value)
             if _MIN_SHARED.value:
                 shared = lexical_shared_fn(_INDEX.value, _SHARED_K.value)
         start = time.time()
-        rows = generate.Rewriter(_REWRITER.value).rewrite(queries, decode)
+        rows = generate.Rewriter(_REWRITER.value).rewrite(queries, decode, titles=titles)
         seconds = time.time() - start
-        rows = generate.filter_rewrites(rows, has_hits, _MAX.value, shared, _MIN_SHARED.value)
+        rows = generate.filter_rewrites(rows, has_hits, _MAX.value, shared, _MIN_SHARED.value,
+                                        finds_title)
         lines = table.write_table(_OUTPUT.value, [
             (r.query, [(w.text, w.score) for w in r.rewrites]) for r in rows])
     except (ValueError, FileNotFoundError) as e:

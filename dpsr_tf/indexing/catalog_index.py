@@ -103,3 +103,14 @@ def load_catalog_embeddings(index_dir: str) -> Tuple[np.ndarray, np.ndarray]:
     ids = index_layout.read_id_map(os.path.join(index_dir, EMBEDDING_IDS_FILE),
                                    expected_count=emb.shape[0])
     return emb, ids
+
+
+def catalog_embeddings_by_row(index_dir: str, item_ids) -> np.ndarray:
+    """[N, d] DPSR item embeddings of an index build, in layout row order."""
+    emb, ids = load_catalog_embeddings(index_dir)
+    row_of = {item_id: i for i, item_id in enumerate(ids)}
+    missing = [i for i in item_ids if i not in row_of]
+    if missing:
+        raise ValueError(f"{index_dir}: {len(missing)} catalog items have no embedding (e.g. "
+                         f"{missing[:3]}); build the index from the same layout")
+    return np.asarray(emb, np.float32)[np.array([row_of[i] for i in item_ids], np.int64)]

@@ -45,17 +45,6 @@ class RankerData:
     num_heads: int
 
 
-def catalog_embeddings_by_row(index_dir: str, item_ids) -> np.ndarray:
-    """[N, d] DPSR item embeddings of an index build, in layout row order."""
-    emb, ids = catalog_index.load_catalog_embeddings(index_dir)
-    row_of = {item_id: i for i, item_id in enumerate(ids)}
-    missing = [i for i in item_ids if i not in row_of]
-    if missing:
-        raise ValueError(f"{index_dir}: {len(missing)} catalog items have no embedding (e.g. "
-                         f"{missing[:3]}); build the index from the same layout")
-    return np.asarray(emb, np.float32)[np.array([row_of[i] for i in item_ids], np.int64)]
-
-
 def query_heads(dpsr_model_dir: str, spec, queries) -> np.ndarray:
     """[S, m, d] DPSR query head embeddings of anonymous queries."""
     cfg, _ = model_dir_lib.load_model_config(dpsr_model_dir)
@@ -105,7 +94,7 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
             return RankerData(spec, titles, tables, train, evals, z_train["features"],
                               z_eval["features"], cfg.num_heads)
     log(f"features: {len(train):,} train and {len(evals):,} eval sessions")
-    item_emb = catalog_embeddings_by_row(dpsr_index_dir, item_ids)
+    item_emb = catalog_index.catalog_embeddings_by_row(dpsr_index_dir, item_ids)
     tables = features_lib.build_feature_tables(titles, train.item_rows, train.labels, item_emb,
                                                _lexical_config(dpsr_index_dir))
     tables.save(model_dir)

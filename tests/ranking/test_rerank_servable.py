@@ -10,6 +10,7 @@ import pytest
 from dpsr_tf.ranking import model as ranker_model
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.ranking import train as ranker_train
+from dpsr_tf.indexing import catalog_index
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 from tests.support.fresh_python import run_fresh
@@ -147,7 +148,7 @@ def test_retrieved_negatives_come_from_the_top_retrieval_depth(tmp_path, tiny_hi
                                             str(tmp_path / "ranker"), retrieved_negatives=2,
                                             retrieval_depth=3, log=lambda *_: None)
     heads = ranker_train.query_heads(model_dir, spec, shown.queries)           # [S, m, d]
-    emb = ranker_train.catalog_embeddings_by_row(
+    emb = catalog_index.catalog_embeddings_by_row(
         tiny_flat_index, [line for line in open(os.path.join(
             spec.layout_dir, "items", "ids.txt"), encoding="utf-8").read().split("\n")[:-1]])
     table = data.train_sessions
