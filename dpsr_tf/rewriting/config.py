@@ -36,7 +36,7 @@ class RewriterConfig:
     dropout: float = 0.1
     learning_rate: float = 1e-3
     batch_size: int = 64
-    train_steps: int = 2000
+    train_steps: int = 3000     # Home Depot, held out: +0.006 at 500, +0.019 at 3,000, flat to 6,000
     warmup_steps: int = 200
     seed: int = 0
 
