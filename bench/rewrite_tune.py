@@ -5,7 +5,8 @@ measures chosen settings on a layout split, from bench/rewrite_candidates.py dum
     python bench/rewrite_tune.py table --index_dir=I --candidates=eval_s0.jsonl \
         --min_shared=M --shared_k=K --max_rewrites=R --output=table_s0.tsv
 
-grid: every list is the project's lexical index; the merged list of a setting follows
+grid: every list is the project's lexical index (--cycle_ks=0,100 adds the cycle filter for
+dumps of --title_source=dense); the merged list of a setting follows
 dpsr_tf/search/rewrite_merge's rule (combine "max" / "sum", checked equal to merge_np on the
 data) or a variant not in the product (per-list normalised scores, reciprocal ranks); printed
 as differences to BM25 alone on the held-out train requests (Recall@10/100 over lists cut to
@@ -66,6 +67,16 @@ class Lists:
         self.same = np.array([(m + [True] * c)[:c] for m in _same_units_mask(self.queries, self.cands)])
         self.title_s, self.title_r = searcher.search([t or "\x00" for t in self.titles], _K)
         self.empty = empty
+
+    def finds_title(self, k, rows_of_title):
+        """[Q, C] bool: the candidate's top k holds an item whose title is the dump's title
+        (the cycle filter, dpsr rewrite --cycle_k; rows_of_title: title -> item rows)."""
+        out = np.zeros(self.cand_r.shape[:2], bool)
+        for i, title in enumerate(self.titles):
+            own = rows_of_title.get(title, set())
+            for j in range(self.cand_r.shape[1]):
+                out[i, j] = bool(own & set(self.cand_r[i, j, :k].tolist()))
+        return out
 
     def shared(self, k):
         """[Q, C] items shared by each candidate's top k and the query's top k."""
@@ -218,10 +229,13 @@ def _short(m):
 _TITLE_WEIGHTS = flags.DEFINE_list("title_weights", ["0", "0.3", "1.0"], "grid: weights of the "
                                    "dump's title as an extra lexical query (0 = none).")
 _SMALL = flags.DEFINE_bool("small", False, "grid: fewer filters and merges.")
+_CYCLE_KS = flags.DEFINE_list("cycle_ks", ["0"], "grid: cycle filters to try (dpsr rewrite "
+                              "--cycle_k; 0 = off); table: the first is applied. Needs dumps "
+                              "with --title_source=dense (a generated title is no item).")
 GRID_FILTERS = [(0, 0)] + [(10, 1), (10, 3), (10, 5), (100, 5), (100, 20)]
 GRID_MERGES = ([("max", "raw", w) for w in (0.3, 0.5, 0.8, 1.0)]
                + [("max", "norm", w) for w in (0.5, 0.8, 1.0)]
-               + [("sum", "raw", w) for w in (0.1, 0.3, 0.5, 1.0)]
+               + [("sum", "raw", w) for w in (0.03, 0.05, 0.1, 0.3, 0.5, 1.0)]
                + [("sum", "rrf", w) for w in (0.3, 0.5, 1.0)])
 
 
@@ -252,10 +266,18 @@ def grid(argv):
             filters = [(0, 0), (10, 1), (10, 3), (100, 5)]
             merges = [m for m in GRID_MERGES if m[1] != "norm" and m[2] != 0.5]
         tws = [float(x) for x in _TITLE_WEIGHTS.value]
-        for mr, (sk, ms) in itertools.product((1, 3), filters):
+        cycle_ks = [int(x) for x in _CYCLE_KS.value]
+        if any(cycle_ks):
+            rows_of_title = {}
+            for r, t in enumerate(layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))):
+                rows_of_title.setdefault(t, set()).add(r)
+            finds = {k: L.finds_title(k, rows_of_title) for k in cycle_ks if k}
+        for mr, (sk, ms), ck in itertools.product((1, 3, 5), filters, cycle_ks):
             ok = ~L.same & ~L.empty & (L.cand_s[:, :, 0] > 0)
             if ms:
                 ok &= shared[sk] >= ms
+            if ck:
+                ok &= finds[ck]
             sel = np.full([len(L.queries), mr], -1, np.int64)
             for i in range(len(L.queries)):
                 idx = np.flatnonzero(ok[i])[:mr]
@@ -265,6 +287,7 @@ def grid(argv):
                 _, fr = merge_fast(build_lists(L, sel, w, kind, tw, kk), 100, combine)
                 m = fast_metrics(fr, eval_set, spec.num_items)
                 print(json.dumps({"max_rewrites": mr, "shared_k": sk, "min_shared": ms,
+                                  "cycle_k": ck,
                                   "combine": combine, "scores": kind, "weight": w,
                                   "title_weight": tw, "rewrites": n, "drift": round(dr, 4),
                                   **{k: round(v - base[k], 4) for k, v in m.items()}}),
@@ -300,8 +323,18 @@ def table(argv):
             rows.append(generate.QueryRewrites(d["query"], d["title"], tuple(
                 generate.Rewrite(t, float(sc)) for t, sc in d["candidates"])))
     shared = lexical_shared_fn(_INDEX.value, _SHARED_K.value) if _MIN_SHARED.value else None
+    finds = None
+    cycle_k = int(_CYCLE_KS.value[0])
+    if cycle_k:
+        from dpsr_tf.data import layout as layout_lib
+        from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn
+        spec = layout_lib.load_layout_spec(_LAYOUT.value)
+        from dpsr_tf.rewriting.title_candidates import items_of_title
+        finds = lexical_cycle_fn(_INDEX.value, cycle_k, items_of_title(
+            layout_lib.load_item_ids(spec),
+            layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))))
     rows = generate.filter_rewrites(rows, lexical_hit_fn(_INDEX.value), _MAX_REWRITES.value,
-                                    shared, _MIN_SHARED.value)
+                                    shared, _MIN_SHARED.value, finds)
     lines = table_lib.write_table(_OUTPUT.value, [
         (r.query, [(w.text, w.score) for w in r.rewrites]) for r in rows])
     print(f"wrote {_OUTPUT.value}: {lines} rewrites of "

@@ -41,6 +41,14 @@ def top_rows(query_heads: np.ndarray, items: np.ndarray, n: int,
     return out
 
 
+def items_of_title(item_ids: Sequence[str], titles: Sequence[str]) -> Dict[str, Set[str]]:
+    """title -> ids of the items with that title (several items may share one)."""
+    out: Dict[str, Set[str]] = {}
+    for item_id, title in zip(item_ids, titles):
+        out.setdefault(title, set()).add(str(item_id))
+    return out
+
+
 class DenseTitleSource:
     """The top catalog titles of queries by a trained DPSR model and its index build's item
     embeddings (`dpsr index` saves them beside the index)."""
@@ -76,7 +84,4 @@ class DenseTitleSource:
 
     def items_of_title(self) -> Dict[str, Set[str]]:
         """title -> ids of the catalog items with that title (lexical_filter.lexical_cycle_fn)."""
-        out: Dict[str, Set[str]] = {}
-        for item_id, title in zip(self.item_ids, self.titles):
-            out.setdefault(title, set()).add(str(item_id))
-        return out
+        return items_of_title(self.item_ids, self.titles)

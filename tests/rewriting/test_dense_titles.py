@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.tiny_model import prepare_tiny_layout
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.rewriting import generate, table
+from dpsr_tf.rewriting import generate, table, title_candidates
 from dpsr_tf.rewriting.config import RewriterConfig
 from dpsr_tf.rewriting.title_candidates import DenseTitleSource, top_rows
 from dpsr_tf.rewriting.train import train_rewriter
@@ -129,8 +129,9 @@ def test_cycle_filter_against_numpy_bm25(tmp_path):
                                                  log=lambda m: None)
     index_layout.write_manifest(directory, dataclasses.replace(manifest, lexical=lexical))
     items_of_title = {}
-    for item_id, title in zip(ids, titles):
+    for item_id, title in zip(ids, titles):      # by hand: the reference
         items_of_title.setdefault(title, set()).add(item_id)
+    assert title_candidates.items_of_title(ids, titles) == items_of_title
     title = titles[7]
     rewrites = [" ".join(title.split()[:2]), "w30 w31", title, "w1", "w39 w2"]
     tok = Tokenizer(LexicalConfig().tokenizer_config())
