@@ -502,7 +502,7 @@ def test_online_rewriter_servable_decodes_rewrites_for_queries_without_a_table_e
     from dpsr_tf.rewriting import generate, table  # pylint: disable=import-outside-toplevel
     from dpsr_tf.rewriting.train import train_rewriter  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np  # pylint: disable=import-outside-toplevel
-    from tests.rewriting.test_train_and_rewrite import TINY  # pylint: disable=import-outside-toplevel
+    from tests.support.tiny_rewriter import TINY  # pylint: disable=import-outside-toplevel
     rewriter_dir = str(tmp_path / "rewriter")
     train_rewriter(servable["spec"].layout_dir, rewriter_dir, TINY, max_units=200,
                    log_every=30, save_every=30, log=lambda _: None)

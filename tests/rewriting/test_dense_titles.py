@@ -2,7 +2,6 @@
 exact top items against brute force and the served FAISS path, the forward model's choice
 among given titles against teacher forcing by hand, the cycle filter against a numpy BM25,
 and the CLI end to end on the tiny model and its index build."""
-import dataclasses
 import os
 import subprocess
 import sys
@@ -10,16 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.support.tiny_model import prepare_tiny_layout
+from tests.support.tiny_rewriter import lexical_index_build, train_tiny_rewriter
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.rewriting import generate, table, title_candidates
-from dpsr_tf.rewriting.config import RewriterConfig
 from dpsr_tf.rewriting.title_candidates import DenseTitleSource, top_rows
-from dpsr_tf.rewriting.train import train_rewriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = RewriterConfig(num_layers=1, d_model=16, num_heads=2, ff_dim=16, query_len=6,
-                      title_len=8, batch_size=16, train_steps=30, warmup_steps=5, dropout=0.0)
 
 
 def test_top_rows_hand_worked_with_ties():
@@ -69,12 +64,7 @@ def test_dense_titles_are_the_served_flat_index_top_items(tiny_history_model, ti
 
 @pytest.fixture(scope="module")
 def rewriter_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("dense_rewriter")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "rewriter")
-    train_rewriter(spec.layout_dir, model_dir, TINY, max_units=200, log_every=10,
-                   save_every=30, log=lambda _: None)
-    return model_dir
+    return train_tiny_rewriter(str(tmp_path_factory.mktemp("dense_rewriter")))
 
 
 def _teacher_forced_score(rewriter, query, title):
@@ -115,19 +105,12 @@ def test_the_forward_model_keeps_its_most_probable_given_title(rewriter_dir):
 def test_cycle_filter_against_numpy_bm25(tmp_path):
     """A rewrite is kept when its BM25 top k holds an item with the title's text."""
     from tests.indexing.test_lexical_index import corpus, numpy_bm25
-    from dpsr_tf.indexing import index_builder, index_layout, lexical_index
     from dpsr_tf.indexing.lexical_manifest import LexicalConfig
     from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn
     from dpsr_tf.tokenization.tokenizer import Tokenizer
     titles = corpus(150, seed=5)
     ids = [f"item{i}" for i in range(len(titles))]
-    directory = str(tmp_path / "index")
-    emb = np.random.default_rng(0).standard_normal([len(ids), 4]).astype(np.float32)
-    manifest = index_builder.build_index(emb, ids, directory,
-                                         index_builder.IndexBuildConfig(factory="Flat"))
-    lexical = lexical_index.build_lexical_shards(directory, manifest, ids, titles,
-                                                 log=lambda m: None)
-    index_layout.write_manifest(directory, dataclasses.replace(manifest, lexical=lexical))
+    directory = lexical_index_build(str(tmp_path / "index"), ids, titles)
     items_of_title = {}
     for item_id, title in zip(ids, titles):      # by hand: the reference
         items_of_title.setdefault(title, set()).add(item_id)

@@ -78,20 +78,13 @@ def test_lexical_shared_fn_counts_against_numpy_bm25_top_k(tmp_path):
     """dpsr rewrite's consistency counts over a real index build equal the overlap of the
     query's and each rewrite's top k under a numpy BM25 (tests/indexing's reference)."""
     from tests.indexing.test_lexical_index import corpus, numpy_bm25
-    from dpsr_tf.indexing import index_builder, index_layout, lexical_index
     from dpsr_tf.indexing.lexical_manifest import LexicalConfig
     from dpsr_tf.rewriting.lexical_filter import lexical_shared_fn
     from dpsr_tf.tokenization.tokenizer import Tokenizer
-    import dataclasses
+    from tests.support.tiny_rewriter import lexical_index_build
     titles = corpus(200, seed=3)
     ids = [f"item{i}" for i in range(len(titles))]
-    directory = str(tmp_path / "index")
-    emb = np.random.default_rng(0).standard_normal([len(ids), 4]).astype(np.float32)
-    manifest = index_builder.build_index(emb, ids, directory,
-                                         index_builder.IndexBuildConfig(factory="Flat"))
-    lexical = lexical_index.build_lexical_shards(directory, manifest, ids, titles,
-                                                 log=lambda m: None)
-    index_layout.write_manifest(directory, dataclasses.replace(manifest, lexical=lexical))
+    directory = lexical_index_build(str(tmp_path / "index"), ids, titles)
     query, rewrites = "w1 w7 w12", ["w7 w12", "w30 w31", "w1 w7 w12 w2", "w39"]
     tok = Tokenizer(LexicalConfig().tokenizer_config())
     values, splits = tok.tokenize(titles + [query] + rewrites)

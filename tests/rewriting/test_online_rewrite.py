@@ -6,9 +6,7 @@ import pytest
 import tensorflow as tf
 
 from dpsr_tf.rewriting import generate, online, units as units_lib
-from dpsr_tf.rewriting.train import train_rewriter
-from tests.rewriting.test_train_and_rewrite import TINY
-from tests.support.tiny_model import prepare_tiny_layout
+from tests.support.tiny_rewriter import train_tiny_rewriter
 
 KEYS = list(units_lib.RESERVED) + ["w:drill", "c:手", "c:机", "w:apple", "w:18v", "c:米"]
 
@@ -58,12 +56,7 @@ def test_units_to_text_in_graph_equals_python(tmp_path):
 
 @pytest.fixture(scope="module")
 def rewriter_dir(tmp_path_factory):
-    work = tmp_path_factory.mktemp("online")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "rewriter")
-    train_rewriter(spec.layout_dir, model_dir, TINY, max_units=200, log_every=10,
-                   save_every=30, log=lambda _: None)
-    return model_dir
+    return train_tiny_rewriter(str(tmp_path_factory.mktemp("online")))
 
 
 def test_online_rewrites_equal_the_greedy_rewrite_table(rewriter_dir):

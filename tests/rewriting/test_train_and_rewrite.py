@@ -10,13 +10,11 @@ import pytest
 import tensorflow as tf
 
 from tests.support.tiny_model import prepare_tiny_layout
+from tests.support.tiny_rewriter import TINY
 from dpsr_tf.rewriting import decoding, generate, model, table
-from dpsr_tf.rewriting.config import RewriterConfig
 from dpsr_tf.rewriting.train import load_rewriter, train_rewriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = RewriterConfig(num_layers=1, d_model=16, num_heads=2, ff_dim=16, query_len=6,
-                      title_len=8, batch_size=16, train_steps=30, warmup_steps=5, dropout=0.0)
 
 
 def test_masked_cross_entropy_and_shift_against_numpy():
