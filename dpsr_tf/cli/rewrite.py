@@ -10,7 +10,8 @@ dropped; rewrites with the query's own units always are. Format: dpsr_tf/rewriti
 --title_source=dense --model_dir=M --index_dir=I: the forward model picks the title among the
 DPSR model's --num_titles top catalog items instead of generating one (a small rewriter's
 generated titles are generic); --cycle_k=K then keeps only rewrites whose lexical top K holds
-that item. Measured on Home Depot in docs/results.md ("Rewrites from the DPSR model's titles").
+that item. Measured on Home Depot in docs/results.md ("Home Depot, 2026-11-25: rewrites decoded
+from the DPSR model's titles, the cycle filter").
 """
 import time
 

@@ -29,7 +29,10 @@ def top_rows(query_heads: np.ndarray, items: np.ndarray, n: int,
     items = np.asarray(items, np.float32)
     for lo in range(0, q, batch_size):
         heads = np.asarray(query_heads[lo:lo + batch_size], np.float32)
-        scores = np.einsum("qmd,nd->qnm", heads, items).max(axis=2)
+        # One [batch, N] matrix at a time (not [batch, N, heads]): memory by catalog size.
+        scores = heads[:, 0] @ items.T
+        for h in range(1, heads.shape[1]):
+            np.maximum(scores, heads[:, h] @ items.T, out=scores)
         part = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < len(items) else \
             np.broadcast_to(np.arange(len(items)), scores.shape)
         for i, rows in enumerate(part):
