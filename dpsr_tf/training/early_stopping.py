@@ -210,6 +210,11 @@ class BoundaryEvaluator(tf.estimator.CheckpointSaverListener):
         t = time.monotonic()
         result = _as_floats(self._estimator.evaluate(
             self._eval_input_fn, steps=train.eval_steps, checkpoint_path=checkpoint))
+        # The step the checkpoint is named by, which is what finds its files again. On a
+        # cluster the variable saved in it can be ahead of the name: the chief names a save
+        # by the step it read, and workers move the step before the variables are written.
+        if checkpoint:
+            result["global_step"] = step_of(checkpoint)
         if self._checkpoint_metrics is not None:
             result.update(_as_floats(self._checkpoint_metrics(checkpoint)))
         if metric not in result:

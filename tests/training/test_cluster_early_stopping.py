@@ -86,6 +86,34 @@ def test_the_evaluator_stops_by_the_rule_and_leaves_the_state_to_a_running_chief
     assert _state_step(tmp_path) == 205
 
 
+class _AheadEstimator(_Estimator):
+    """As a cluster's checkpoints read: the global_step variable saved in model.ckpt-N is a
+    step or two past N (workers moved it between the chief's read and its save)."""
+
+    def evaluate(self, input_fn, steps=None, checkpoint_path=None):
+        return dict(super().evaluate(input_fn, steps, checkpoint_path),
+                    global_step=int(checkpoint_path.rsplit("-", 1)[1]) + 1)
+
+
+def test_the_history_names_checkpoints_by_their_files_so_the_best_is_found(tmp_path):
+    """A launch-local run evaluated model.ckpt-401 as step 402 and then could not find the
+    best's files ("the best checkpoint (step 402) was not kept"): the state kept naming the
+    last save."""
+    train = _train(tmp_path, max_train_steps=40000, eval_every_steps=400,
+                   save_checkpoints_steps=400, early_stopping_patience=1)
+    paths = _save(tmp_path, [0, 401, 801, 1201, 1454])
+    est = _AheadEstimator({401: 0.5, 801: 0.5, 1201: 0.5})
+    best, _ = ces.evaluate_as_it_trains(est, None, train, checkpoints=paths[:4],
+                                        log=lambda _: None)
+    assert est.evaluated == [401, 801] and best["global_step"] == 401
+    record = early_stopping.load_history(str(tmp_path))
+    assert [h["global_step"] for h in record["history"]] == [401, 801]
+    assert (record["stopped"]["step"], record["stopped"]["best_step"]) == (801, 401)
+    assert ces.chief_finished(str(tmp_path), early_stopping.rule_for(train),
+                              log=lambda _: None).endswith("model.ckpt-401")
+    assert _state_step(tmp_path) == 401
+
+
 def test_a_chief_done_before_the_stop_leaves_the_state_to_the_evaluator(tmp_path):
     """The chief reached the cap and found no stop recorded (the evaluator was still at an
     earlier checkpoint): the evaluator, recording the stop, sees the done mark and points."""
