@@ -268,9 +268,9 @@ def grid(argv):
         tws = [float(x) for x in _TITLE_WEIGHTS.value]
         cycle_ks = [int(x) for x in _CYCLE_KS.value]
         if any(cycle_ks):
-            rows_of_title = {}
-            for r, t in enumerate(layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))):
-                rows_of_title.setdefault(t, set()).add(r)
+            from dpsr_tf.rewriting.title_candidates import items_of_title  # pylint: disable=import-outside-toplevel
+            titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
+            rows_of_title = items_of_title(range(len(titles)), titles)
             finds = {k: L.finds_title(k, rows_of_title) for k in cycle_ks if k}
         for mr, (sk, ms), ck in itertools.product((1, 3, 5), filters, cycle_ks):
             ok = ~L.same & ~L.empty & (L.cand_s[:, :, 0] > 0)

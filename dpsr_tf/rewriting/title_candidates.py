@@ -8,7 +8,7 @@ forward model these candidates to rank (Rewriter.rewrite(titles=...)) instead of
 generate one. Ranking here is exact and the rule serving ranks by: an item's score is its
 best dot product over the query's heads (soft_dot_from_dots_np with beta 0), ties by row.
 """
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Dict, Hashable, List, Optional, Sequence, Set
 
 import numpy as np
 
@@ -44,11 +44,12 @@ def top_rows(query_heads: np.ndarray, items: np.ndarray, n: int,
     return out
 
 
-def items_of_title(item_ids: Sequence[str], titles: Sequence[str]) -> Dict[str, Set[str]]:
-    """title -> ids of the items with that title (several items may share one)."""
-    out: Dict[str, Set[str]] = {}
-    for item_id, title in zip(item_ids, titles):
-        out.setdefault(title, set()).add(str(item_id))
+def items_of_title(items: Sequence[Hashable], titles: Sequence[str]) -> Dict[str, Set]:
+    """title -> the items (ids, or rows given range(N)) with that title (several items may
+    share one)."""
+    out: Dict[str, Set] = {}
+    for item, title in zip(items, titles):
+        out.setdefault(title, set()).add(item)
     return out
 
 
