@@ -5,8 +5,9 @@ One servable per index shard: <export_base>/<version>/ for a one-shard index, el
 has a lexical index, each servable is hybrid: dense and BM25 results fused (--nohybrid for
 dense only). The fusion is chosen on the layout's evaluation split among a small grid that
 includes dense only and lexical only (dpsr_tf/evaluation/fusion_choice.py), unless a fusion flag
-(--fusion, --rrf_k, ...) is given or --nochoose_fusion; the choice and every candidate's score
-are written to the servable's assets.extra/dpsr_servable.json.
+(--fusion, --rrf_k, ...) is given or --nochoose_fusion; with --rewrites the candidates fuse the
+lexical list merged with the table's rewrites, as the servable will. The choice and every
+candidate's score are written to the servable's assets.extra/dpsr_servable.json.
 """
 import json
 
@@ -69,6 +70,10 @@ FUSION_FLAGS = ("fusion", "rrf_k", "dense_weight", "lexical_weight", "lexical_k"
                 "lexical_min_score")
 
 
+def _rewrite_config() -> RewriteConfig:
+    return RewriteConfig(_MAX_REWRITES.value, _REWRITE_WEIGHT.value, _REWRITE_COMBINE.value)
+
+
 def _fusion(index_dir: str):
     """(FusionConfig, the choice's JSON or None): the flags' fusion, or one chosen on the
     layout's eval split when the export is hybrid and no fusion flag was given."""
@@ -78,7 +83,9 @@ def _fusion(index_dir: str):
         return fusion_flags.fusion_config(), None
     from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
     choice = fusion_choice.choose_for_index(_MODEL_DIR.value, index_dir, _LAYOUT.value,
-                                            _CHECKPOINT.value, _NPROBE.value or None)
+                                            _CHECKPOINT.value, _NPROBE.value or None,
+                                            rewrite_table=_REWRITES.value,
+                                            rewrites=_rewrite_config())
     print(choice.table())
     print(f"fusion chosen on the eval split: {fusion_choice.describe(choice.config)} "
           "(give a fusion flag or --nochoose_fusion to set it yourself)")
@@ -96,9 +103,7 @@ def main(argv):
                                   max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
                                   mmap_index=_MMAP.value, fusion=fusion,
-                                  rewrites=RewriteConfig(_MAX_REWRITES.value,
-                                                         _REWRITE_WEIGHT.value,
-                                                         _REWRITE_COMBINE.value))
+                                  rewrites=_rewrite_config())
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,

@@ -21,7 +21,10 @@ import numpy as np
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import rewrites as rewrites_lib
+from dpsr_tf.rewriting import table as table_lib
 from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from dpsr_tf.search.rewrite_merge import RewriteConfig
 
 # The metrics whose mean a candidate is chosen by (the dashboard's headline numbers).
 OBJECTIVE = ("recall@100", "recall@1000", "ndcg@10")
@@ -130,17 +133,35 @@ def choose_fusion(dense_scores: np.ndarray, dense_rows: np.ndarray,
 
 def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
                      checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
-                     split: str = "eval", log: Callable[[str], None] = print) -> FusionChoice:
+                     split: str = "eval", log: Callable[[str], None] = print,
+                     rewrite_table: Optional[str] = None,
+                     rewrites: RewriteConfig = RewriteConfig()) -> FusionChoice:
     """choose_fusion with the lists of a model's index build on a layout split (as
     `dpsr evaluate --hybrid` makes them).
 
+    rewrite_table: a `dpsr rewrite` table the servable will carry (with `rewrites`, its merge
+      settings): the candidates then fuse the lexical list that servable serves, the query's
+      BM25 list merged with its rewrites' (evaluation/rewrites.py), so the choice is made for
+      the lists it will fuse. The split's queries without an entry keep their own list.
+
     Raises:
-      FileNotFoundError, ValueError: as hybrid.open_hybrid.
+      FileNotFoundError, ValueError: as hybrid.open_hybrid; a bad rewrite table or settings.
     """
+    table = None
+    if rewrite_table:
+        rewrites.validate()
+        table = table_lib.read_table(rewrite_table)   # a bad table fails before the models load
     cfg = evaluate_lib.EvalConfig(split=split, num_random=0)
     run = hybrid_lib.open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe,
                                  log)
+    lexical_lists, with_table = run.lexical_lists, ""
+    if table is not None:
+        lexical_lists = rewrites_lib.lexical_lists_with_rewrites(
+            run.searcher, run.eval_set.queries, table, rewrites, run.k)
+        covered = sum(bool(t) for t in rewrites_lib.rewrite_texts(
+            run.eval_set.queries, table, rewrites.max_rewrites))
+        with_table = (f"; lexical lists merged with the rewrites of {rewrite_table} "
+                      f"({covered} of the requests' queries have an entry)")
     log(f"choosing the fusion on {len(run.eval_set)} requests of split {split} "
-        f"({len(CANDIDATES)} candidates, objective mean of {', '.join(OBJECTIVE)})")
-    return choose_fusion(run.dense_scores, run.dense_rows, run.lexical_lists, run.eval_set,
-                         run.k)
+        f"({len(CANDIDATES)} candidates, objective mean of {', '.join(OBJECTIVE)}){with_table}")
+    return choose_fusion(run.dense_scores, run.dense_rows, lexical_lists, run.eval_set, run.k)

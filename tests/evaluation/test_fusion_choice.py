@@ -93,3 +93,65 @@ def test_an_objective_metric_it_cannot_compute_is_an_error():
     with pytest.raises(ValueError, match="auc"):
         fusion_choice.choose_fusion(scores, rows, lambda cfg: (scores, rows),
                                     _eval_set([[1]]), 2, objective=("recall@1", "auc"))
+
+
+def test_choice_for_a_servable_with_rewrites_fuses_the_merged_lexical_list(
+        tiny_history_model, tiny_flat_index, tmp_path):
+    """With a rewrite table, every candidate is scored on the lexical list the servable will
+    fuse: the query's BM25 list merged with its rewrites' (merge_np), recomputed here from the
+    searcher's raw lists; queries without an entry keep their own list."""
+    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.fusion import fuse_np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np  # pylint: disable=import-outside-toplevel
+    model_dir, spec = tiny_history_model.model_dir, tiny_history_model.spec
+    quiet = lambda *_: None
+    run = hybrid_lib.open_hybrid(model_dir, tiny_flat_index, cfg=evaluate_lib.EvalConfig(
+        split="eval", num_random=0), log=quiet)
+    eval_set, titles = run.eval_set, layout_lib.load_item_table(spec).titles
+    # Every other request's query gets one rewrite: the title of one of its relevant items
+    # (its first, so the rewrite finds it); the others have no entry.
+    rewritten = {}
+    for i, query in enumerate(eval_set.queries):
+        if i % 2 == 0 and table.normalize_query(query) not in rewritten:
+            rewritten[table.normalize_query(query)] = titles[
+                eval_set.relevant_rows[eval_set.relevant_splits[i]]]
+    path = str(tmp_path / "rewrites.tsv")
+    table.write_table(path, [(q, [(r, -1.0)]) for q, r in rewritten.items()])
+    cfg = RewriteConfig(max_rewrites=2, rewrite_weight=0.5, combine="sum")
+
+    with_table = fusion_choice.choose_for_index(model_dir, tiny_flat_index, log=quiet,
+                                                rewrite_table=path, rewrites=cfg)
+    without = fusion_choice.choose_for_index(model_dir, tiny_flat_index, log=quiet)
+
+    queries = list(eval_set.queries)
+    texts = [[rewritten.get(table.normalize_query(q), ""), ""] for q in queries]
+    rel = (eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains)
+    for got, cand in zip(with_table.candidates, fusion_choice.CANDIDATES):
+        k = cand.lexical_k or run.k
+        own_s, own_r = run.searcher.search(queries, k, cand.lexical_min_score)
+        rw_s, rw_r = run.searcher.search([t for row in texts for t in row], k,
+                                         cand.lexical_min_score)
+        rw_s, rw_r = rw_s.reshape(len(queries), 2, k), rw_r.reshape(len(queries), 2, k)
+        empty = np.array([[t == "" for t in row] for row in texts])
+        rw_s[empty], rw_r[empty] = -np.inf, -1
+        m_s, m_r, _ = merge_np(own_s, own_r, rw_s, rw_r, k, 0.5, "sum")
+        _, fused, _ = fuse_np(run.dense_scores, run.dense_rows, m_s, m_r, run.k, cand)
+        want = metrics_lib.retrieval_metrics(fused, *rel, recall_ks=(100, 1000))
+        for metric in fusion_choice.OBJECTIVE:
+            assert got[metric] == pytest.approx(want[metric], abs=1e-12), (cand, metric)
+    # The table was read: the lexical-only candidate ranks the relevant items higher (the
+    # tiny catalog's recall@100 is already 1).
+    lexical_only = [i for i, c in enumerate(fusion_choice.CANDIDATES) if c.dense_weight == 0]
+    assert len(lexical_only) == 1
+    assert (with_table.candidates[lexical_only[0]]["ndcg@10"]
+            > without.candidates[lexical_only[0]]["ndcg@10"] + 0.01)
+    assert with_table.score == max(c["score"] for c in with_table.candidates)
+    with pytest.raises(ValueError, match="rewrites.tsv:1"):
+        bad = tmp_path / "bad" / "rewrites.tsv"
+        bad.parent.mkdir()
+        bad.write_text("query without fields\n", encoding="utf-8")
+        fusion_choice.choose_for_index(model_dir, tiny_flat_index, log=quiet,
+                                       rewrite_table=str(bad), rewrites=cfg)

@@ -281,6 +281,21 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
     _, given = export(f"--export_base={tmp_path}/given", "--lexical_weight=0.25")
     assert given["fusion_choice"] is None
     assert given["servable"]["fusion"]["lexical_weight"] == 0.25
+    # With --rewrites the candidates fuse the lexical lists merged with the table's rewrites
+    # (scored exactly in tests/evaluation/test_fusion_choice.py): here each eval query's
+    # rewrite is the title of one of its relevant items, which moves the candidates' scores.
+    from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
+    eval_set = layout_lib.load_eval_set(servable["spec"], "eval")
+    titles = layout_lib.load_item_table(servable["spec"]).titles
+    path_table = str(tmp_path / "rewrites.tsv")
+    table.write_table(path_table, [
+        (q, [(titles[eval_set.relevant_rows[eval_set.relevant_splits[i]]], -1.0)])
+        for i, q in enumerate(eval_set.queries)])
+    text, rewritten = export(f"--export_base={tmp_path}/rewritten", f"--rewrites={path_table}",
+                             "--rewrite_combine=sum", "--rewrite_weight=0.5")
+    assert f"merged with the rewrites of {path_table}" in text
+    assert [c["score"] for c in rewritten["fusion_choice"]["candidates"]] != [
+        c["score"] for c in choice["candidates"]]
 
 
 def test_hybrid_servable_fuses_its_dense_and_lexical_lists(servable, tmp_path):
