@@ -2,6 +2,9 @@
 
     python bench/rewrite_quality.py --layout_dir=L --index_dir=I --rewrites=T1.tsv,T2.tsv \
         [--model_dir=M]   # adds the hybrid rows (the served dense list of the index build)
+        [--choose_fusion] # the hybrid rows fuse by what `dpsr export` would choose on the split:
+                          # "hybrid" by the choice without the table, "hybrid+rewrites" by the
+                          # choice with it (else both by the default RRF)
 
 Prints one JSON object per (table, rewrite_weight) (dpsr_tf/evaluation/rewrites.py); results
 go in docs/results.md. The dense lists are computed once for all tables.
@@ -10,6 +13,7 @@ import json
 
 from absl import app, flags
 
+from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.rewrite_merge import COMBINES, RewriteConfig
 
 _LAYOUT = flags.DEFINE_string("layout_dir", None, "Layout (its eval split is measured).")
@@ -25,7 +29,30 @@ _DENSE_CACHE = flags.DEFINE_string("dense_cache", None, "An .npz of the dense li
 _COMBINE = flags.DEFINE_enum("rewrite_combine", "max", list(COMBINES), "RewriteConfig.combine.")
 _PER_QUERY = flags.DEFINE_string("per_query_dir", None, "Write per-request JSONL files here "
                                  "(one per table and weight; `dpsr compare` reads them).")
+_CHOOSE = flags.DEFINE_bool("choose_fusion", False, "Fuse the hybrid rows by the fusion "
+                            "`dpsr export` would choose on the split, without and with the table.")
 flags.mark_flags_as_required(["layout_dir", "index_dir", "rewrites"])
+
+
+def _choices(dense, path: str, cfg):
+    """(fusion chosen without the table, with it) on the split, as `dpsr export` chooses."""
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import layout as layout_lib
+    from dpsr_tf.evaluation import fusion_choice
+    from dpsr_tf.evaluation import rewrites as rewrites_lib
+    from dpsr_tf.indexing.lexical_index import LexicalSearcher
+    from dpsr_tf.rewriting import table as table_lib
+    spec = layout_lib.load_layout_spec(_LAYOUT.value)
+    eval_set = layout_lib.load_eval_set(spec, _SPLIT.value)
+    searcher = LexicalSearcher(_INDEX.value, layout_lib.load_item_ids(spec))
+    k = dense[1].shape[1]
+    without = fusion_choice.choose_fusion(
+        *dense, lambda f: searcher.search(eval_set.queries, f.lexical_k or k,
+                                          f.lexical_min_score), eval_set, k)
+    with_table = fusion_choice.choose_fusion(
+        *dense, rewrites_lib.lexical_lists_with_rewrites(
+            searcher, eval_set.queries, table_lib.read_table(path), cfg, k), eval_set, k)
+    return without.config, with_table.config
 
 
 def main(argv):
@@ -47,11 +74,24 @@ def main(argv):
     from dpsr_tf.evaluation import per_query as per_query_lib
     for path in _TABLES.value:
         for weight in _WEIGHTS.value:
+            cfg = RewriteConfig(_MAX.value, float(weight), _COMBINE.value)
+            fusions = {}
+            if _CHOOSE.value and dense is not None:
+                if _MAX_REQ.value:
+                    raise SystemExit("--choose_fusion chooses on the whole split: drop "
+                                     "--max_requests")
+                fusions = dict(zip(("without", "with"), _choices(dense, path, cfg)))
             out = rewrites_lib.evaluate_rewrites(
-                _LAYOUT.value, _INDEX.value, path,
-                RewriteConfig(_MAX.value, float(weight), _COMBINE.value),
-                _SPLIT.value, dense, max_requests=_MAX_REQ.value,
+                _LAYOUT.value, _INDEX.value, path, cfg, _SPLIT.value, dense,
+                fusion=fusions.get("with", FusionConfig()), max_requests=_MAX_REQ.value,
                 per_request=bool(_PER_QUERY.value))
+            if fusions:
+                # The hybrid without the table fuses by its own choice.
+                out["hybrid"] = rewrites_lib.evaluate_rewrites(
+                    _LAYOUT.value, _INDEX.value, path, cfg, _SPLIT.value, dense,
+                    fusion=fusions["without"], per_request=bool(_PER_QUERY.value))["hybrid"]
+                out["fusion_without"] = fusions["without"].to_json()
+                out["fusion_with"] = fusions["with"].to_json()
             if _PER_QUERY.value:
                 eval_set = out.pop("eval_set")
                 per_system = per_query_lib.take_per_request(out)

@@ -4,7 +4,8 @@ One fixed fusion cannot suit every catalog: where BM25 is strong (Home Depot) it
 in, where it is weak (the synthetic catalog) it drags the dense list down. `choose_fusion`
 scores every candidate of a small grid on the layout's evaluation split, with the servable's
 own lists (the served dense top K through the FAISS shards, the lexical top K through the BM25
-shards, fused by fuse_np = the graph's fuse), and keeps the best by OBJECTIVE. The grid holds
+shards, fused by fuse_np = the graph's fuse, computed for all requests at once by
+search/fused_rows.py), and keeps the best by OBJECTIVE. The grid holds
 "dense only" (lexical weight 0) and "lexical only" (dense weight 0), so on that split the
 chosen fusion is never below the better of the two lists by the objective.
 
@@ -23,7 +24,8 @@ from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import rewrites as rewrites_lib
 from dpsr_tf.rewriting import table as table_lib
-from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from dpsr_tf.search.fusion import FusionConfig
+from dpsr_tf.search.fused_rows import fused_rows
 from dpsr_tf.search.rewrite_merge import RewriteConfig
 
 # The metrics whose mean a candidate is chosen by (the dashboard's headline numbers).
@@ -114,7 +116,7 @@ def choose_fusion(dense_scores: np.ndarray, dense_rows: np.ndarray,
         if key not in lexical_cache:
             lexical_cache[key] = lexical_lists(cfg)
         lex_scores, lex_rows = lexical_cache[key]
-        _, fused, _ = fuse_np(dense_scores, dense_rows, lex_scores, lex_rows, k, cfg)
+        fused = fused_rows(dense_scores, dense_rows, lex_scores, lex_rows, k, cfg)
         values = metrics_lib.retrieval_metrics(
             fused, eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains,
             recall_ks=recall_ks or (10,))

@@ -2,7 +2,8 @@
 
 For each request of a layout split, the lexical list with rewrites is what a servable with
 the table returns (dpsr_tf/search/rewrite_merge.py, merge_np = the graph's merge); the hybrid
-lists fuse the served dense list with either lexical list (fusion.fuse_np). Also:
+lists fuse the served dense list with either lexical list (fusion.fuse_np's rows, computed
+by search/fused_rows.py). Also:
 
   coverage    share of requests whose query has at least one rewrite in the table;
   drift       share of the searched rewrites whose own lexical top 10 holds none of the
@@ -17,7 +18,8 @@ import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
-from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from dpsr_tf.search.fused_rows import fused_rows
+from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.indexing.lexical_index import LexicalSearcher
 from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np
 from dpsr_tf.rewriting import table as table_lib
@@ -127,7 +129,7 @@ def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
                                                              with_per_request=per_request)}
     if dense is not None:
         for name, (ls, lr) in (("hybrid", (own_s, own_r)), ("hybrid+rewrites", (m_s, m_r))):
-            _, fused, _ = fuse_np(dense[0], dense[1], ls, lr, k, fusion)
+            fused = fused_rows(dense[0], dense[1], ls, lr, k, fusion)
             out[name] = metrics_lib.retrieval_metrics(fused, *rel, recall_ks=recall_ks,
                                                       with_per_request=per_request)
     if per_request:

@@ -15,7 +15,7 @@ from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.indexing.lexical_manifest import LexicalConfig
-from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from dpsr_tf.search.fusion import FusionConfig
 from tests.support import waiting
 from tests.support.fusion_reference import metrics_by_hand, rrf_by_hand
 
@@ -155,28 +155,6 @@ def test_a_candidate_with_its_own_lexical_list_is_refused():
     lists, _, _ = _fold(np.random.RandomState(5), 4, 0.5, 0.5)
     with pytest.raises(ValueError, match="lexical_k=50"):
         hybrid_lib.candidate_metrics(lists, [FusionConfig(lexical_k=50)], RECALL_KS)
-
-
-@pytest.mark.parametrize("candidate", list(fusion_choice.CANDIDATES) + [
-    FusionConfig(rule="blend", lexical_weight=0.7)])
-def test_vectorized_fusion_equals_fuse_np(candidate):
-    rng = np.random.RandomState(17)
-    q, kd, kl = 60, 25, 20
-    # Overlapping lists from a small catalog, tied scores, -1 padding, a repeated item.
-    dense_rows = np.stack([rng.permutation(40)[:kd] for _ in range(q)]).astype(np.int64)
-    lexical_rows = np.stack([rng.permutation(40)[:kl] for _ in range(q)]).astype(np.int64)
-    dense_scores = -np.sort(-np.round(rng.rand(q, kd) * 6), axis=1).astype(np.float32)
-    lexical_scores = -np.sort(-np.round(rng.rand(q, kl) * 3), axis=1).astype(np.float32)
-    dense_rows[:5, -7:] = -1
-    dense_scores[:5, -7:] = -np.inf
-    lexical_rows[5:12, -12:] = -1
-    lexical_rows[12] = -1
-    lexical_rows[13, 3] = lexical_rows[13, 1]     # an item twice in one list
-    for k in (10, 30, kd + kl + 5):
-        got = hybrid_lib.fused_rows(dense_scores, dense_rows, lexical_scores, lexical_rows, k,
-                                    candidate)
-        want = fuse_np(dense_scores, dense_rows, lexical_scores, lexical_rows, k, candidate)[1]
-        np.testing.assert_array_equal(got, want)
 
 
 def test_fold_index_is_built_with_dpsr_index_defaults():
