@@ -21,12 +21,14 @@ _INDEX = flags.DEFINE_string("index_dir", None, "Index build with a lexical inde
 _TABLES = flags.DEFINE_list("rewrites", None, "Rewrite tables.")
 _MODEL = flags.DEFINE_string("model_dir", None, "DPSR model of the index build (hybrid rows).")
 _MAX = flags.DEFINE_integer("max_rewrites", 3, "Rewrites searched per query.")
-_WEIGHTS = flags.DEFINE_list("rewrite_weight", ["0.3"], "Factors on rewrite BM25 scores.")
+_WEIGHTS = flags.DEFINE_list("rewrite_weight", [str(RewriteConfig().rewrite_weight)],
+                            "Factors on rewrite BM25 scores.")
 _SPLIT = flags.DEFINE_string("split", "eval", "Layout split.")
 _MAX_REQ = flags.DEFINE_integer("max_requests", 0, "Only the split's first N requests (0 = all).")
 _DENSE_CACHE = flags.DEFINE_string("dense_cache", None, "An .npz of the dense lists: read when "
                                    "it exists, else written (the embedding is the slow part).")
-_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", list(COMBINES), "RewriteConfig.combine.")
+_COMBINE = flags.DEFINE_enum("rewrite_combine", RewriteConfig().combine, list(COMBINES),
+                             "RewriteConfig.combine.")
 _PER_QUERY = flags.DEFINE_string("per_query_dir", None, "Write per-request JSONL files here "
                                  "(one per table and weight; `dpsr compare` reads them).")
 _CHOOSE = flags.DEFINE_bool("choose_fusion", False, "Fuse the hybrid rows by the fusion "

@@ -9,7 +9,8 @@
                     index of the titles beside them; dense, BM25 and hybrid as served
     7. rewrite      a short run of the cycle-consistent query rewriter (docs/rewriting.md)
                     on the layout's (query, clicked title) pairs; rewrites of the demo queries
-                    that the lexical index finds something for, written as a rewrite table
+                    decoded from the DPSR model's titles, kept when they find that title's
+                    item again (the cycle filter), written as a rewrite table
     8. export       one hybrid SavedModel per shard (tokenizer + query tower + FAISS search +
                     BM25 search over the query and its rewrites, fused by reciprocal rank)
     9. serve        two model servers and the proxy as real processes; queries sent with the
@@ -40,8 +41,9 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Print every tokenizer feature.")
 
 TOKENIZER_QUERIES = ["Apple iPhone 15 Pro", "苹果手机 256G", "ovivo phone case",
                      "Ｎｉｋｅ 跑步鞋 men", "cordless drill 20v"]
+# "blackbery" matches no title word: its lexical list comes only through its rewrites.
 DEMO_QUERIES = ["apple", "苹果", "apple phone", "fresh apple fruit", "mouse", "wireless mouse",
-                "小米", "blackbery phone", "red running shoes women"]
+                "小米", "blackbery phone", "blackbery", "red running shoes women"]
 
 
 def _stage(number: int, title: str) -> float:
@@ -73,12 +75,19 @@ def _tokenizer_stage() -> None:
             raise SystemExit("demo failed: the pybind11 and TF op tokenizers disagree")
 
 
-def _rewrite_stage(layout_dir: str, index_dir: str, work: str, steps: int, quiet):
-    """Trains the rewriter briefly and writes the demo queries' rewrite table; its path."""
+def _rewrite_stage(layout_dir: str, model_dir: str, index_dir: str, work: str, steps: int,
+                   quiet):
+    """Trains the rewriter briefly and writes the demo queries' rewrite table; its path.
+
+    Rewrites come as `dpsr rewrite --title_source=dense --num_titles=4 --cycle_k=100` makes
+    them (docs/rewriting.md, the measured best): the forward model picks one of the DPSR
+    model's top 4 titles, the backward model samples rewrites from it, and a rewrite is kept
+    when its own lexical top 100 holds that title's item."""
     # pylint: disable=g-import-not-at-top
     from dpsr_tf.rewriting import generate, table
     from dpsr_tf.rewriting.config import RewriterConfig
-    from dpsr_tf.rewriting.lexical_filter import lexical_hit_fn
+    from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn, lexical_hit_fn
+    from dpsr_tf.rewriting.title_candidates import DenseTitleSource
     from dpsr_tf.rewriting.train import train_rewriter
 
     rewriter_dir = os.path.join(work, "rewriter")
@@ -87,14 +96,18 @@ def _rewrite_stage(layout_dir: str, index_dir: str, work: str, steps: int, quiet
     if losses:
         print("   teacher-forced losses on the eval split's pairs: "
               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(losses.items())))
-    decode = generate.DecodeConfig(strategy="beam", num_rewrites=8)
-    rows = generate.Rewriter(rewriter_dir).rewrite(DEMO_QUERIES, decode, log=None)
-    rows = generate.filter_rewrites(rows, lexical_hit_fn(index_dir), 3)
+    source = DenseTitleSource(model_dir, index_dir, layout_dir)
+    titles = source.top_titles(DEMO_QUERIES, 4)
+    rows = generate.Rewriter(rewriter_dir).rewrite(DEMO_QUERIES, generate.DecodeConfig(),
+                                                   log=None, titles=titles)
+    rows = generate.filter_rewrites(
+        rows, lexical_hit_fn(index_dir), 3,
+        finds_title=lexical_cycle_fn(index_dir, 100, source.items_of_title()))
     path = os.path.join(work, "rewrites.tsv")
     table.write_table(path, [(r.query, [(w.text, w.score) for w in r.rewrites]) for r in rows])
     for r in rows:
         shown = " | ".join(w.text for w in r.rewrites) or "(none kept)"
-        print(f"   {r.query!r} -> {shown}")
+        print(f"   {r.query!r} -> (title {r.title!r}) -> {shown}")
     print(f"   {path}: the table the servables look rewrites up in")
     return path
 
@@ -221,7 +234,8 @@ def main(argv):
     if _REWRITER_STEPS.value > 0:
         t = _stage(7, f"dpsr train-rewriter ({_REWRITER_STEPS.value} steps) + dpsr rewrite: "
                       "rewrites of the demo queries")
-        rewrites = _rewrite_stage(spec.layout_dir, index_dir, work, _REWRITER_STEPS.value, quiet)
+        rewrites = _rewrite_stage(spec.layout_dir, train.model_dir, index_dir, work,
+                                  _REWRITER_STEPS.value, quiet)
         _done(t)
 
     t = _stage(8, "dpsr export: one hybrid SavedModel per shard"

@@ -56,9 +56,9 @@ _REWRITES = flags.DEFINE_string(
     "index with each query's rewrites (docs/rewriting.md). Hybrid servables only.")
 _MAX_REWRITES = flags.DEFINE_integer("max_rewrites", 3, "Rewrites of a query searched per "
                                      "request (the table's first ones).")
-_REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.3, "Factor on a rewrite's BM25 "
+_REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.05, "Factor on a rewrite's BM25 "
                                      "scores in the merged lexical list, in (0, 1].")
-_REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "max", list(COMBINES),
+_REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "sum", list(COMBINES),
                                      "How an item's weighted BM25 scores over the query's and "
                                      "the rewrites' lists combine (docs/rewriting.md).")
 _ONLINE_REWRITER = flags.DEFINE_string(

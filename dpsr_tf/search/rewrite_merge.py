@@ -43,8 +43,10 @@ class RewriteConfig:
         query's best score) of an item's weighted scores over the lists (module docstring).
     """
     max_rewrites: int = 3
-    rewrite_weight: float = 0.3
-    combine: str = "max"
+    # Chosen on Home Depot's held-out train queries (BM25 Recall@100 +0.0188 against +0.0131
+    # for max 0.3) and confirmed on the synthetic catalog (docs/results.md).
+    rewrite_weight: float = 0.05
+    combine: str = "sum"
 
     def validate(self) -> None:
         if not 1 <= self.max_rewrites <= 16:

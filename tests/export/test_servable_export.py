@@ -527,7 +527,7 @@ def test_online_rewriter_servable_decodes_rewrites_for_queries_without_a_table_e
     listed = {QUERIES[1]: ["brand1 cat0"]}          # QUERIES[1] keeps its table entry
     path_table = str(tmp_path / "rewrites.tsv")
     table.write_table(path_table, [(q, [(r, -1.0) for r in rw]) for q, rw in listed.items()])
-    cfg = RewriteConfig(max_rewrites=2, rewrite_weight=0.8)
+    cfg = RewriteConfig(max_rewrites=2, rewrite_weight=0.8, combine="max")
     path = export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "on"),
                            servable=ServableConfig(default_k=5, max_k=50, rewrites=cfg),
                            rewrite_table=path_table, online_rewriter=rewriter_dir)
@@ -547,7 +547,7 @@ def test_online_rewriter_servable_decodes_rewrites_for_queries_without_a_table_e
              for i, q in enumerate(QUERIES)]
     rw_s, rw_r = searcher.search([t for row in texts for t in row], 9)
     m_s, m_r, m_q = merge_np(q_scores, q_rows, rw_s.reshape(4, 2, 9), rw_r.reshape(4, 2, 9), 9,
-                             cfg.rewrite_weight, "max")
+                             cfg.rewrite_weight, cfg.combine)
     assert got["lex"]["item_ids"] == [[ids[r] if r >= 0 else "" for r in row] for row in m_r]
     np.testing.assert_allclose(got["lex"]["scores"], m_s, rtol=1e-6)
     assert got["lex"]["source"] == [["" if r < 0 else "lexical" if q else "rewrite"
