@@ -153,7 +153,7 @@ def candidate_metrics(lists: FoldLists, candidates: Sequence[FusionConfig],
     for lo in range(0, len(lists), chunk):
         hi = min(len(lists), lo + chunk)
         plan = FusionPlan(lists.dense_scores[lo:hi], lists.dense_rows[lo:hi],
-                           lists.lexical_scores[lo:hi], lists.lexical_rows[lo:hi])
+                          lists.lexical_scores[lo:hi], lists.lexical_rows[lo:hi])
         a, b = lists.relevant_splits[lo], lists.relevant_splits[hi]
         splits = lists.relevant_splits[lo:hi + 1] - a
         for values, cfg in zip(out, candidates):
