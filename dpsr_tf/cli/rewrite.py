@@ -7,11 +7,11 @@ Queries come from --queries (one per line) and/or the distinct queries of --layo
 --layout_split. With --index_dir, rewrites the build's lexical index finds nothing for are
 dropped; rewrites with the query's own units always are. Format: dpsr_tf/rewriting/table.py.
 
---title_source=dense --model_dir=M --index_dir=I: the forward model picks the title among the
-DPSR model's --num_titles top catalog items instead of generating one (a small rewriter's
-generated titles are generic); --cycle_k=K then keeps only rewrites whose lexical top K holds
-that item. Measured on Home Depot in docs/results.md ("Home Depot, 2026-11-25: rewrites decoded
-from the DPSR model's titles, the cycle filter").
+--model_dir=M --index_dir=I (--title_source=dense, the default when --model_dir is given): the
+forward model picks the title among the DPSR model's --num_titles top catalog items instead of
+generating one (a small rewriter's generated titles are generic), and the cycle filter keeps
+only rewrites whose lexical top --cycle_k (100) holds that item. Measured on Home Depot and the
+synthetic catalog in docs/results.md ("... rewrites decoded from the DPSR model's titles ...").
 """
 import time
 
@@ -42,18 +42,22 @@ _MIN_SHARED = flags.DEFINE_integer(
     "--shared_k (0 = off).")
 _SHARED_K = flags.DEFINE_integer("shared_k", 10, "Depth of the lists compared by --min_shared.")
 _NO_REPEAT = flags.DEFINE_bool("no_repeat", True, "A rewrite never repeats a unit.")
+# The cycle filter's depth chosen on Home Depot's held-out train queries (docs/rewriting.md).
+DENSE_CYCLE_K = 100
 _TITLE_SOURCE = flags.DEFINE_enum(
-    "title_source", "generated", ["generated", "dense"],
+    "title_source", "auto", ["auto", "generated", "dense"],
     "Where the title the rewrites are decoded from comes from: 'generated' (the forward "
     "model's beam search, the paper's path) or 'dense' (the forward model ranks the DPSR "
-    "model's --num_titles top catalog items; needs --model_dir and --index_dir).")
+    "model's --num_titles top catalog items; needs --model_dir and --index_dir; the measured "
+    "best). 'auto': dense when --model_dir is given, else generated.")
 _MODEL = flags.DEFINE_string("model_dir", None, "--title_source=dense: the DPSR model whose "
                              "top items are the candidate titles (dpsr train --model_dir).")
 _NUM_TITLES = flags.DEFINE_integer("num_titles", 4, "--title_source=dense: candidate titles "
                                    "per query.")
 _CYCLE_K = flags.DEFINE_integer(
-    "cycle_k", 0, "--title_source=dense: keep a rewrite only when its lexical top cycle_k "
-    "holds the catalog item it was decoded from (0 = off).")
+    "cycle_k", -1, "--title_source=dense: keep a rewrite only when its lexical top cycle_k "
+    f"holds the catalog item it was decoded from (0 = off; -1 = {DENSE_CYCLE_K} with dense "
+    "titles, off with generated ones).")
 flags.mark_flags_as_required(["rewriter_dir", "output"])
 
 
@@ -75,8 +79,15 @@ def _queries():
 
 def _dense_titles(queries):
     """(candidate titles per query or None, the cycle filter or None) of the title flags."""
-    if _TITLE_SOURCE.value == "generated":
-        for name, value in (("--model_dir", _MODEL.value), ("--cycle_k", _CYCLE_K.value)):
+    title_source = _TITLE_SOURCE.value
+    if title_source == "auto":
+        title_source = "dense" if _MODEL.value else "generated"
+    if _CYCLE_K.value < -1:
+        raise ValueError(f"--cycle_k must be >= 0 (or -1 for the default), got "
+                         f"{_CYCLE_K.value}")
+    if title_source == "generated":
+        for name, value in (("--model_dir", _MODEL.value),
+                            ("--cycle_k", max(_CYCLE_K.value, 0))):
             if value:
                 raise ValueError(f"{name} is for --title_source=dense (the generated title "
                                  f"is no catalog item)")
@@ -84,9 +95,9 @@ def _dense_titles(queries):
     if not _MODEL.value or not _INDEX.value:
         raise ValueError("--title_source=dense needs --model_dir (a DPSR model) and "
                          "--index_dir (its `dpsr index` build: the item embeddings)")
-    if _NUM_TITLES.value < 1 or _CYCLE_K.value < 0:
-        raise ValueError(f"--num_titles must be >= 1 and --cycle_k >= 0, got "
-                         f"{_NUM_TITLES.value}, {_CYCLE_K.value}")
+    if _NUM_TITLES.value < 1:
+        raise ValueError(f"--num_titles must be >= 1, got {_NUM_TITLES.value}")
+    cycle_k = DENSE_CYCLE_K if _CYCLE_K.value < 0 else _CYCLE_K.value
     # pylint: disable=import-outside-toplevel
     from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn
     from dpsr_tf.rewriting.title_candidates import DenseTitleSource
@@ -94,9 +105,10 @@ def _dense_titles(queries):
     start = time.time()
     titles = source.top_titles(queries, _NUM_TITLES.value)
     print(f"rewrite: the DPSR model's top {_NUM_TITLES.value} titles of {len(queries)} queries "
-          f"in {time.time() - start:.1f}s")
-    finds = (lexical_cycle_fn(_INDEX.value, _CYCLE_K.value, source.items_of_title())
-             if _CYCLE_K.value else None)
+          f"in {time.time() - start:.1f}s (--title_source={_TITLE_SOURCE.value}); cycle filter: "
+          + (f"lexical top {cycle_k}" if cycle_k else "off"))
+    finds = (lexical_cycle_fn(_INDEX.value, cycle_k, source.items_of_title())
+             if cycle_k else None)
     return titles, finds
 
 

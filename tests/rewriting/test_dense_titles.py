@@ -167,11 +167,12 @@ def test_rewrite_cli_with_dense_titles(rewriter_dir, tiny_history_model, tiny_fl
     out = str(tmp_path / "t.tsv")
     common = [f"--rewriter_dir={rewriter_dir}", f"--queries={qfile}", f"--output={out}",
               f"--index_dir={tiny_flat_index}", "--strategy=beam", "--num_rewrites=4"]
-    dense = ["--title_source=dense", f"--model_dir={tiny_history_model.model_dir}",
-             "--num_titles=3"]
-    proc = _cli(*common, *dense, "--cycle_k=50", "--max_rewrites=0")
+    # --model_dir alone selects dense titles and the default cycle filter (top 100).
+    dense = [f"--model_dir={tiny_history_model.model_dir}", "--num_titles=3"]
+    proc = _cli(*common, *dense, "--max_rewrites=0")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "top 3 titles of 10 queries" in proc.stdout
+    assert ("top 3 titles of 10 queries" in proc.stdout
+            and "(--title_source=auto); cycle filter: lexical top 100" in proc.stdout)
     got = table.read_table(out)
     # The same rows through the API: titles from the source, the forward model's pick, the
     # filters; the table holds exactly the rewrites that find their title.
@@ -179,7 +180,7 @@ def test_rewrite_cli_with_dense_titles(rewriter_dir, tiny_history_model, tiny_fl
     rows = generate.Rewriter(rewriter_dir).rewrite(
         queries, generate.DecodeConfig(strategy="beam", num_rewrites=4), log=None,
         titles=source.top_titles(queries, 3))
-    finds = lexical_cycle_fn(tiny_flat_index, 50, source.items_of_title())
+    finds = lexical_cycle_fn(tiny_flat_index, 100, source.items_of_title())
     decoded = 0
     for row in rows:
         want = [r.text for r in row.rewrites if not generate.same_units(r.text, row.query)]
@@ -192,7 +193,9 @@ def test_rewrite_cli_with_dense_titles(rewriter_dir, tiny_history_model, tiny_fl
     bad = [
         ((*common, "--title_source=dense", "--num_titles=3"), "needs --model_dir"),
         ((*common, "--cycle_k=5"), "--cycle_k is for --title_source=dense"),
-        ((*common, *dense[:2], "--num_titles=0"), "--num_titles must be >= 1"),
+        ((*common, dense[0], "--num_titles=0"), "--num_titles must be >= 1"),
+        ((*common, "--title_source=generated", dense[0]),
+         "--model_dir is for --title_source=dense"),
     ]
     for args, message in bad:
         proc = _cli(*args)
