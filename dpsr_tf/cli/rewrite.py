@@ -93,7 +93,8 @@ def _dense_titles(queries):
                                  f"is no catalog item)")
         return None, None
     if not _MODEL.value or not _INDEX.value:
-        raise ValueError("--title_source=dense needs --model_dir (a DPSR model) and "
+        why = " (auto: --model_dir is given)" if _TITLE_SOURCE.value == "auto" else ""
+        raise ValueError(f"--title_source=dense{why} needs --model_dir (a DPSR model) and "
                          "--index_dir (its `dpsr index` build: the item embeddings)")
     if _NUM_TITLES.value < 1:
         raise ValueError(f"--num_titles must be >= 1, got {_NUM_TITLES.value}")
