@@ -99,7 +99,11 @@ def test_the_forward_model_keeps_its_most_probable_given_title(rewriter_dir):
         # The rewrite is the backward model's greedy decoding of that title.
         alone = rewriter.rewrite([query], generate.DecodeConfig(strategy="greedy"), log=None,
                                  titles=[[row.title]])[0]
-        assert alone.rewrites == row.rewrites and len(row.rewrites) == 1
+        # Same text; the score agrees to float32 rounding (a batch of 1 and of 3 multiply in
+        # different blockings, so the last bits may differ).
+        assert [r.text for r in alone.rewrites] == [r.text for r in row.rewrites]
+        assert len(row.rewrites) == 1
+        assert alone.rewrites[0].score == pytest.approx(row.rewrites[0].score, rel=1e-6)
     with pytest.raises(ValueError, match="2 title lists for 3 queries"):
         rewriter.rewrite(queries, titles=candidates[:2], log=None)
 
