@@ -17,6 +17,8 @@ import time
 
 from absl import app, flags
 
+from dpsr_tf.rewriting.title_candidates import NUM_TITLES
+
 _REWRITER = flags.DEFINE_string("rewriter_dir", None, "dpsr train-rewriter --model_dir.")
 _LAYOUT = flags.DEFINE_string("layout_dir", None, "Layout.")
 _SET = flags.DEFINE_enum("set", "holdout", ["holdout", "eval"], "Which requests' queries.")
@@ -29,7 +31,8 @@ _TITLE_SOURCE = flags.DEFINE_enum("title_source", "generated", ["generated", "de
                                   "dpsr rewrite --title_source.")
 _MODEL = flags.DEFINE_string("model_dir", None, "--title_source=dense: the DPSR model.")
 _INDEX = flags.DEFINE_string("index_dir", None, "--title_source=dense: its index build.")
-_NUM_TITLES = flags.DEFINE_integer("num_titles", 4, "--title_source=dense: candidate titles.")
+_NUM_TITLES = flags.DEFINE_integer("num_titles", NUM_TITLES,
+                                   "--title_source=dense: candidate titles.")
 flags.mark_flags_as_required(["rewriter_dir", "layout_dir", "output"])
 
 

@@ -36,25 +36,36 @@ _CHOOSE = flags.DEFINE_bool("choose_fusion", False, "Fuse the hybrid rows by the
 flags.mark_flags_as_required(["layout_dir", "index_dir", "rewrites"])
 
 
-def _choices(dense, path: str, cfg):
-    """(fusion chosen without the table, with it) on the split, as `dpsr export` chooses."""
-    # pylint: disable=import-outside-toplevel
-    from dpsr_tf.data import layout as layout_lib
-    from dpsr_tf.evaluation import fusion_choice
-    from dpsr_tf.evaluation import rewrites as rewrites_lib
-    from dpsr_tf.indexing.lexical_index import LexicalSearcher
-    from dpsr_tf.rewriting import table as table_lib
-    spec = layout_lib.load_layout_spec(_LAYOUT.value)
-    eval_set = layout_lib.load_eval_set(spec, _SPLIT.value)
-    searcher = LexicalSearcher(_INDEX.value, layout_lib.load_item_ids(spec))
-    k = dense[1].shape[1]
-    without = fusion_choice.choose_fusion(
-        *dense, lambda f: searcher.search(eval_set.queries, f.lexical_k or k,
-                                          f.lexical_min_score), eval_set, k)
-    with_table = fusion_choice.choose_fusion(
-        *dense, rewrites_lib.lexical_lists_with_rewrites(
-            searcher, eval_set.queries, table_lib.read_table(path), cfg, k), eval_set, k)
-    return without.config, with_table.config
+class _Chooser:
+    """The fusions `dpsr export` would choose on the split: without a table (chosen once) and
+    with each table."""
+
+    def __init__(self, dense):
+        # pylint: disable=import-outside-toplevel
+        from dpsr_tf.data import layout as layout_lib
+        from dpsr_tf.evaluation import fusion_choice
+        from dpsr_tf.indexing.lexical_index import LexicalSearcher
+        spec = layout_lib.load_layout_spec(_LAYOUT.value)
+        self.dense, self.k = dense, dense[1].shape[1]
+        self.eval_set = layout_lib.load_eval_set(spec, _SPLIT.value)
+        self.searcher = LexicalSearcher(_INDEX.value, layout_lib.load_item_ids(spec))
+        queries = self.eval_set.queries
+        self.without = fusion_choice.choose_fusion(
+            *dense, lambda f: self.searcher.search(queries, f.lexical_k or self.k,
+                                                   f.lexical_min_score),
+            self.eval_set, self.k).config
+
+    def with_table(self, path: str, cfg):
+        # pylint: disable=import-outside-toplevel
+        from dpsr_tf.evaluation import fusion_choice
+        from dpsr_tf.evaluation import rewrites as rewrites_lib
+        from dpsr_tf.rewriting import table as table_lib
+        queries = self.eval_set.queries
+        texts = rewrites_lib.rewrite_texts(queries, table_lib.read_table(path),
+                                           cfg.max_rewrites)
+        return fusion_choice.choose_fusion(
+            *self.dense, rewrites_lib.lexical_lists_with_rewrites(
+                self.searcher, queries, texts, cfg, self.k), self.eval_set, self.k).config
 
 
 def main(argv):
@@ -74,15 +85,17 @@ def main(argv):
         if _DENSE_CACHE.value:
             np.savez(_DENSE_CACHE.value, scores=dense[0], rows=dense[1])
     from dpsr_tf.evaluation import per_query as per_query_lib
+    chooser = None
+    if _CHOOSE.value and dense is not None:
+        if _MAX_REQ.value:
+            raise SystemExit("--choose_fusion chooses on the whole split: drop --max_requests")
+        chooser = _Chooser(dense)
     for path in _TABLES.value:
         for weight in _WEIGHTS.value:
             cfg = RewriteConfig(_MAX.value, float(weight), _COMBINE.value)
             fusions = {}
-            if _CHOOSE.value and dense is not None:
-                if _MAX_REQ.value:
-                    raise SystemExit("--choose_fusion chooses on the whole split: drop "
-                                     "--max_requests")
-                fusions = dict(zip(("without", "with"), _choices(dense, path, cfg)))
+            if chooser is not None:
+                fusions = {"without": chooser.without, "with": chooser.with_table(path, cfg)}
             out = rewrites_lib.evaluate_rewrites(
                 _LAYOUT.value, _INDEX.value, path, cfg, _SPLIT.value, dense,
                 fusion=fusions.get("with", FusionConfig()), max_requests=_MAX_REQ.value,

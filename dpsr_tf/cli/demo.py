@@ -87,7 +87,7 @@ def _rewrite_stage(layout_dir: str, model_dir: str, index_dir: str, work: str, s
     from dpsr_tf.rewriting import generate, table
     from dpsr_tf.rewriting.config import RewriterConfig
     from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn, lexical_hit_fn
-    from dpsr_tf.rewriting.title_candidates import DenseTitleSource
+    from dpsr_tf.rewriting.title_candidates import CYCLE_K, NUM_TITLES, DenseTitleSource
     from dpsr_tf.rewriting.train import train_rewriter
 
     rewriter_dir = os.path.join(work, "rewriter")
@@ -97,12 +97,12 @@ def _rewrite_stage(layout_dir: str, model_dir: str, index_dir: str, work: str, s
         print("   teacher-forced losses on the eval split's pairs: "
               + ", ".join(f"{k} {v:.2f}" for k, v in sorted(losses.items())))
     source = DenseTitleSource(model_dir, index_dir, layout_dir)
-    titles = source.top_titles(DEMO_QUERIES, 4)
+    titles = source.top_titles(DEMO_QUERIES, NUM_TITLES)
     rows = generate.Rewriter(rewriter_dir).rewrite(DEMO_QUERIES, generate.DecodeConfig(),
                                                    log=None, titles=titles)
     rows = generate.filter_rewrites(
         rows, lexical_hit_fn(index_dir), 3,
-        finds_title=lexical_cycle_fn(index_dir, 100, source.items_of_title()))
+        finds_title=lexical_cycle_fn(index_dir, CYCLE_K, source.items_of_title()))
     path = os.path.join(work, "rewrites.tsv")
     table.write_table(path, [(r.query, [(w.text, w.score) for w in r.rewrites]) for r in rows])
     for r in rows:

@@ -18,6 +18,7 @@ import time
 from absl import flags
 
 from dpsr_tf.model.progress import quiet_tf_logging
+from dpsr_tf.rewriting.title_candidates import CYCLE_K, NUM_TITLES
 
 _REWRITER = flags.DEFINE_string("rewriter_dir", None, "dpsr train-rewriter --model_dir.")
 _QUERIES = flags.DEFINE_string("queries", None, "Query file, one query per line.")
@@ -42,8 +43,6 @@ _MIN_SHARED = flags.DEFINE_integer(
     "--shared_k (0 = off).")
 _SHARED_K = flags.DEFINE_integer("shared_k", 10, "Depth of the lists compared by --min_shared.")
 _NO_REPEAT = flags.DEFINE_bool("no_repeat", True, "A rewrite never repeats a unit.")
-# The cycle filter's depth chosen on Home Depot's held-out train queries (docs/rewriting.md).
-DENSE_CYCLE_K = 100
 _TITLE_SOURCE = flags.DEFINE_enum(
     "title_source", "auto", ["auto", "generated", "dense"],
     "Where the title the rewrites are decoded from comes from: 'generated' (the forward "
@@ -52,11 +51,11 @@ _TITLE_SOURCE = flags.DEFINE_enum(
     "best). 'auto': dense when --model_dir is given, else generated.")
 _MODEL = flags.DEFINE_string("model_dir", None, "--title_source=dense: the DPSR model whose "
                              "top items are the candidate titles (dpsr train --model_dir).")
-_NUM_TITLES = flags.DEFINE_integer("num_titles", 4, "--title_source=dense: candidate titles "
-                                   "per query.")
+_NUM_TITLES = flags.DEFINE_integer("num_titles", NUM_TITLES, "--title_source=dense: candidate "
+                                   "titles per query.")
 _CYCLE_K = flags.DEFINE_integer(
     "cycle_k", -1, "--title_source=dense: keep a rewrite only when its lexical top cycle_k "
-    f"holds the catalog item it was decoded from (0 = off; -1 = {DENSE_CYCLE_K} with dense "
+    f"holds the catalog item it was decoded from (0 = off; -1 = {CYCLE_K} with dense "
     "titles, off with generated ones).")
 flags.mark_flags_as_required(["rewriter_dir", "output"])
 
@@ -98,7 +97,7 @@ def _dense_titles(queries):
                          "--index_dir (its `dpsr index` build: the item embeddings)")
     if _NUM_TITLES.value < 1:
         raise ValueError(f"--num_titles must be >= 1, got {_NUM_TITLES.value}")
-    cycle_k = DENSE_CYCLE_K if _CYCLE_K.value < 0 else _CYCLE_K.value
+    cycle_k = CYCLE_K if _CYCLE_K.value < 0 else _CYCLE_K.value
     # pylint: disable=import-outside-toplevel
     from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn
     from dpsr_tf.rewriting.title_candidates import DenseTitleSource

@@ -158,10 +158,10 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
                                  log)
     lexical_lists, with_table = run.lexical_lists, ""
     if table is not None:
+        texts = rewrites_lib.rewrite_texts(run.eval_set.queries, table, rewrites.max_rewrites)
         lexical_lists = rewrites_lib.lexical_lists_with_rewrites(
-            run.searcher, run.eval_set.queries, table, rewrites, run.k)
-        covered = sum(bool(t) for t in rewrites_lib.rewrite_texts(
-            run.eval_set.queries, table, rewrites.max_rewrites))
+            run.searcher, run.eval_set.queries, texts, rewrites, run.k)
+        covered = sum(bool(t) for t in texts)
         with_table = (f"; lexical lists merged with the rewrites of {rewrite_table} "
                       f"({covered} of the requests' queries have an entry)")
     log(f"choosing the fusion on {len(run.eval_set)} requests of split {split} "

@@ -80,13 +80,13 @@ def merged_lexical_lists(searcher: LexicalSearcher, queries: List[str], rewrites
 
 
 def lexical_lists_with_rewrites(searcher: LexicalSearcher, queries: List[str],
-                                table: Dict[str, list], cfg: RewriteConfig, default_k: int):
+                                texts: List[list], cfg: RewriteConfig, default_k: int):
     """FusionConfig -> ([Q, n] scores, [Q, n] rows) of the lexical list that a servable with
-    the rewrite table fuses (the query's BM25 list merged with its rewrites', each
-    lexical_k deep, or default_k when the fusion's lexical_k is 0): HybridRun.lexical_lists
-    for a servable exported with --rewrites. Queries without an entry get their own list."""
+    a rewrite table fuses (the query's BM25 list merged with its rewrites', each lexical_k
+    deep, or default_k when the fusion's lexical_k is 0): HybridRun.lexical_lists for a
+    servable exported with --rewrites. texts: rewrite_texts(queries, table, max_rewrites);
+    queries without rewrites get their own list."""
     cfg.validate()
-    texts = rewrite_texts(list(queries), table, cfg.max_rewrites)
 
     def lists(fusion: FusionConfig):
         _, _, scores, rows, _, _ = merged_lexical_lists(

@@ -18,6 +18,11 @@ from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.embedder import CheckpointEmbedder
 from dpsr_tf.tokenization.tokenizer import Tokenizer
 
+# The measured settings of this title source (docs/rewriting.md, chosen on Home Depot's
+# held-out train queries): candidate titles per query, and the cycle filter's depth.
+NUM_TITLES = 4
+CYCLE_K = 100
+
 
 def top_rows(query_heads: np.ndarray, items: np.ndarray, n: int,
              batch_size: int = 256) -> np.ndarray:

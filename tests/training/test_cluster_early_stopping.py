@@ -92,7 +92,7 @@ class _AheadEstimator(_Estimator):
 
     def evaluate(self, input_fn, steps=None, checkpoint_path=None):
         return dict(super().evaluate(input_fn, steps, checkpoint_path),
-                    global_step=int(checkpoint_path.rsplit("-", 1)[1]) + 1)
+                    global_step=early_stopping.step_of(checkpoint_path) + 1)
 
 
 def test_the_history_names_checkpoints_by_their_files_so_the_best_is_found(tmp_path):
