@@ -18,6 +18,8 @@ import sys
 
 from absl import flags
 
+from dpsr_tf.serving import heap_trim
+
 # tensorflow_model_server flags (same names, types and defaults).
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API.")
 _REST_API_PORT = flags.DEFINE_integer(
@@ -245,6 +247,11 @@ _MAX_UNSENT_PER_CLIENT = flags.DEFINE_integer(
     "max_unsent_response_bytes_per_client", 4 << 20, "[dpsr] Bytes of answers one client (gRPC "
     "connection) has not read yet; while it holds more, its queued requests wait and other "
     "clients' run, so a client that does not read gets no more answers computed. 0: no limit.")
+_HEAP_TRIM = flags.DEFINE_float(
+    "heap_trim_interval_seconds", heap_trim.DEFAULT_INTERVAL_SECONDS, "[dpsr] How often the "
+    "server checks its resident size and, when it grew "
+    f"{heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB since the last trim, returns freed heap "
+    "pages to the system (glibc malloc_trim). 0: never.", lower_bound=0.0)
 
 
 def _fail(message: str):
@@ -372,7 +379,8 @@ def options_from_flags():
         allow_reload_config_request=_ALLOW_RELOAD.value,
         port_file=_PORT_FILE.value, core=core,
         grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args,
-        enable_profiler=_ENABLE_PROFILER.value)
+        enable_profiler=_ENABLE_PROFILER.value,
+        heap_trim_interval_seconds=_HEAP_TRIM.value)
     return options, server_config
 
 

@@ -1,13 +1,13 @@
 """Start-up plumbing shared by the model server and the proxy: binding the gRPC port, the
 port file a supervisor reads, freezing the start-up heap out of the garbage collector, and
 returning large freed buffers to the system."""
-import ctypes
-import ctypes.util
 import gc
 import json
 import os
 
 import grpc
+
+from dpsr_tf.serving.heap_trim import libc_function
 
 
 def grpc_address(host: str, port: int) -> str:
@@ -62,11 +62,8 @@ def return_large_buffers_to_the_system() -> bool:
     operator set MALLOC_MMAP_THRESHOLD_ (glibc reads it at start)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    return mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES) == 1
+    mallopt = libc_function("mallopt")
+    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES) == 1
 
 
 def write_port_file(path: str, **ports) -> None:

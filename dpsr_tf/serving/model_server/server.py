@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from dpsr_tf.serving import config as config_lib
+from dpsr_tf.serving import heap_trim
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
@@ -52,6 +53,8 @@ class ServerOptions:
       grpc_socket_path: also serve gRPC on this UNIX socket (--grpc_socket_path).
       grpc_channel_arguments: (key, value) gRPC server arguments (--grpc_channel_arguments).
       enable_profiler: serve tensorflow.ProfilerService on the gRPC port (--enable_profiler).
+      heap_trim_interval_seconds: how often heap_trim.HeapTrimmer checks the resident size
+        (--heap_trim_interval_seconds); 0: freed heap pages are never trimmed.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +75,7 @@ class ServerOptions:
     grpc_socket_path: str = ""
     grpc_channel_arguments: tuple = ()
     enable_profiler: bool = True
+    heap_trim_interval_seconds: float = heap_trim.DEFAULT_INTERVAL_SECONDS
 
 
 def server_arguments(opts: ServerOptions) -> list:
@@ -136,6 +140,7 @@ class ModelServer:
         self._rest = None
         self._health = None
         self._poller = None
+        self._heap_trimmer = None
         self._in_flight = InFlight()
         self.grpc_port = None
         self.rest_api_port = None
@@ -186,6 +191,9 @@ class ModelServer:
             self._poller.start()
         freeze_heap()
         return_large_buffers_to_the_system()
+        if opts.heap_trim_interval_seconds > 0:
+            self._heap_trimmer = heap_trim.HeapTrimmer(opts.heap_trim_interval_seconds)
+            self._heap_trimmer.start()
         for service in ("",) + SERVICE_NAMES:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if opts.allow_reload_config_request and opts.host not in ("127.0.0.1", "::1",
@@ -218,6 +226,9 @@ class ModelServer:
         if rest_stopped is not None:
             await rest_stopped
         await asyncio.get_running_loop().run_in_executor(None, self.core.stop)
+        if self._heap_trimmer is not None:
+            self._heap_trimmer.stop()
+            _LOG.info("%s", self._heap_trimmer.summary())
 
 
 def run_model_server(options: ServerOptions, server_config) -> None:
