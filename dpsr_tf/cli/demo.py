@@ -30,6 +30,9 @@ import time
 from absl import flags, logging
 
 REWRITER_STEPS_DEFAULT = 1000
+# The demo's rewriter keeps the earlier default width: stage 7 stays quick, and the demo's
+# rewrites and its synthetic-catalog measurements (docs/results.md) were made with it.
+DEMO_REWRITER_WIDTH = dict(d_model=64, ff_dim=128)
 _WORK = flags.DEFINE_string("work_dir", "build/demo", "Where the demo writes (replaced).")
 _ITEMS = flags.DEFINE_integer("num_items", 5000, "Synthetic catalog size.")
 _USERS = flags.DEFINE_integer("num_users", 1000, "Synthetic users.")
@@ -91,7 +94,8 @@ def _rewrite_stage(layout_dir: str, model_dir: str, index_dir: str, work: str, s
     from dpsr_tf.rewriting.train import train_rewriter
 
     rewriter_dir = os.path.join(work, "rewriter")
-    losses = train_rewriter(layout_dir, rewriter_dir, RewriterConfig(train_steps=steps),
+    config = RewriterConfig(train_steps=steps, **DEMO_REWRITER_WIDTH)
+    losses = train_rewriter(layout_dir, rewriter_dir, config,
                             log_every=max(1, steps // 4), save_every=steps, log=quiet)
     if losses:
         print("   teacher-forced losses on the eval split's pairs: "
