@@ -12,6 +12,13 @@ only who does what differs, because each task is its own process:
 - chief and workers: a hook reads early_stopping.json (at most once a second) and ends
   training once it holds a stop under this run's rule, so a stale record of other settings
   stops nothing.
+- the best checkpoint must outlive the chief's checkpoint rotation, which knows nothing of the
+  evaluator: an evaluator slower than the saves (a loaded machine, a large eval split) decides
+  after keep_checkpoint_max newer saves, when the chief's Saver has already deleted the best.
+  So the evaluator first keeps each checkpoint it evaluates (hard links, or copies where the
+  filesystem has none, under <model_dir>/KEPT_DIR), evaluates the kept files, and then
+  keeps only the best's; pointing the state puts the best back beside the others if the
+  rotation took it.
 - the checkpoint state must name the best checkpoint, but only once the chief has saved its
   last checkpoint (its final save would name itself). The chief, done training, writes a
   "done" mark and then points the state at the best if the stop is recorded; the evaluator,
@@ -33,6 +40,8 @@ from dpsr_tf.training import early_stopping
 from dpsr_tf.training.config import FULL_CORPUS_METRICS, TrainConfig
 
 CHIEF_DONE_FILE = "early_stopping.chief_done"
+# Where the evaluator keeps the checkpoint it evaluates and the best one so far.
+KEPT_DIR = "evaluator_kept"
 # How often the chief and the workers read the record: a stat and a small JSON read.
 POLL_SECS = 1.0
 
@@ -94,11 +103,64 @@ def chief_finished(model_dir: str, rule: dict, log=logging.info) -> Optional[str
     return _point_at_best_if_stopped(model_dir, rule, log)
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    if tf.io.gfile.exists(target):
+        return
+    if "://" not in source:
+        try:
+            os.link(source, target)
+            return
+        except FileExistsError:  # the other task put it back at the same moment
+            return
+        except OSError:  # a filesystem without hard links
+            pass
+    tf.io.gfile.copy(source, target, overwrite=True)
+
+
+def _checkpoint_files(prefix: str) -> List[str]:
+    """The files of the checkpoint `prefix` (.index, .data-*, .meta); [] once it is gone."""
+    files = tf.io.gfile.glob(prefix + ".*")
+    return files if prefix + ".index" in files else []
+
+
+def keep_checkpoint(model_dir: str, checkpoint: str) -> Optional[str]:
+    """Links (or copies) `checkpoint`'s files into <model_dir>/KEPT_DIR, out of the chief's
+    rotation; returns the kept prefix, or None when the rotation already deleted them."""
+    files = _checkpoint_files(checkpoint)
+    if not files:
+        return None
+    kept_dir = os.path.join(model_dir, KEPT_DIR)
+    tf.io.gfile.makedirs(kept_dir)
+    for path in files:
+        _link_or_copy(path, os.path.join(kept_dir, os.path.basename(path)))
+    kept = os.path.join(kept_dir, os.path.basename(checkpoint))
+    return kept if _checkpoint_files(kept) else None
+
+
+def _release_all_kept_but(model_dir: str, best_step: int) -> None:
+    """Deletes the kept checkpoints other than model.ckpt-<best_step>."""
+    keep = f"model.ckpt-{best_step}."
+    for path in tf.io.gfile.glob(os.path.join(model_dir, KEPT_DIR, "model.ckpt-*")):
+        if not os.path.basename(path).startswith(keep):
+            tf.io.gfile.remove(path)
+
+
+def _put_back_kept(model_dir: str, step: int) -> None:
+    """Puts the kept model.ckpt-<step> back in model_dir where the chief's rotation deleted
+    it (where it is still there, nothing changes)."""
+    prefix = os.path.join(model_dir, f"model.ckpt-{step}")
+    if _checkpoint_files(prefix):
+        return
+    for path in _checkpoint_files(os.path.join(model_dir, KEPT_DIR, f"model.ckpt-{step}")):
+        _link_or_copy(path, os.path.join(model_dir, os.path.basename(path)))
+
+
 def _point_at_best_if_stopped(model_dir: str, rule: dict, log) -> Optional[str]:
     record = early_stopping.load_history(model_dir)
     stopped = _stop_in(record, rule)
     if not stopped:
         return None
+    _put_back_kept(model_dir, stopped["best_step"])
     restored = early_stopping.point_state_at_best(model_dir, record["history"], rule,
                                                   stopped["best_step"])
     log(f"stopped at step {stopped['step']:,}: {stopped['explanation']}; "
@@ -150,10 +212,17 @@ def evaluate_as_it_trains(estimator, eval_input_fn: Callable, train: TrainConfig
         for checkpoint in checkpoints:
             step = early_stopping.step_of(checkpoint)
             if _due(step, history, train.eval_every_steps, train.max_train_steps):
-                scorer.evaluate(checkpoint, time.monotonic() - since)
-                since = time.monotonic()
-                if scorer.decision.stop:
-                    break
+                kept = keep_checkpoint(train.model_dir, checkpoint)
+                if kept is None:
+                    log(f"early stopping: {checkpoint} was deleted by the chief's rotation "
+                        "before it could be kept; the evaluator takes the next one")
+                else:
+                    scorer.evaluate(kept, time.monotonic() - since)
+                    since = time.monotonic()
+                    _release_all_kept_but(train.model_dir,
+                                          history[scorer.decision.best_index]["global_step"])
+                    if scorer.decision.stop:
+                        break
             if step >= train.max_train_steps:
                 break
     if not history:

@@ -114,6 +114,54 @@ def test_the_history_names_checkpoints_by_their_files_so_the_best_is_found(tmp_p
     assert _state_step(tmp_path) == 401
 
 
+def _rotate_out(model_dir, step):
+    """What the chief's Saver does to a checkpoint past keep_checkpoint_max."""
+    for path in tf.io.gfile.glob(os.path.join(str(model_dir), f"model.ckpt-{step}.*")):
+        os.remove(path)
+
+
+def _kept_files(model_dir):
+    return sorted(os.listdir(os.path.join(str(model_dir), ces.KEPT_DIR)))
+
+
+def test_the_best_survives_the_chiefs_rotation_while_the_evaluator_lags(tmp_path):
+    """A fresh-clone make test on a loaded machine: the chief saved to step 2,023 while the
+    evaluator decided on 801, and its Saver (keep 5) had deleted model.ckpt-401, the best,
+    so the state kept naming the last save. The evaluator keeps what it evaluates."""
+    train = _train(tmp_path, max_train_steps=40000, eval_every_steps=400,
+                   save_checkpoints_steps=400, early_stopping_patience=1)
+    paths = _save(tmp_path, [401, 801, 1201, 1601, 2001, 2023])
+
+    class _Lagging(_Estimator):
+        def evaluate(self, input_fn, steps=None, checkpoint_path=None):
+            if checkpoint_path.endswith("-801"):  # the chief's sixth save, meanwhile
+                _rotate_out(tmp_path, 401)
+            return super().evaluate(input_fn, steps, checkpoint_path)
+
+    est = _Lagging({401: 0.5, 801: 0.5})
+    best, _ = ces.evaluate_as_it_trains(est, None, train, checkpoints=paths[:2],
+                                        log=lambda _: None)
+    assert best["global_step"] == 401 and est.evaluated == [401, 801]
+    # The evaluator scored its own kept files, and keeps the best's alone.
+    assert _kept_files(tmp_path) == [f"model.ckpt-401{s}" for s in
+                                     (".data-00000-of-00001", ".index", ".meta")]
+    assert not os.path.exists(paths[0] + ".index")
+    assert ces.chief_finished(str(tmp_path), early_stopping.rule_for(train),
+                              log=lambda _: None) == paths[0]
+    assert _state_step(tmp_path) == 401
+    assert sorted(p for p in os.listdir(str(tmp_path)) if p.startswith("model.ckpt-401")) == (
+        [f"model.ckpt-401{s}" for s in (".data-00000-of-00001", ".index", ".meta")])
+
+
+def test_a_checkpoint_rotated_out_before_it_was_kept_is_skipped(tmp_path):
+    paths = _save(tmp_path, [100, 200, 300, 400])
+    _rotate_out(tmp_path, 200)
+    est = _Estimator({100: 0.5, 300: 0.5, 400: 0.5})
+    best, _ = ces.evaluate_as_it_trains(est, None, _train(tmp_path), checkpoints=paths,
+                                        log=lambda _: None)
+    assert est.evaluated == [100, 300, 400] and best["global_step"] == 100
+
+
 def test_a_chief_done_before_the_stop_leaves_the_state_to_the_evaluator(tmp_path):
     """The chief reached the cap and found no stop recorded (the evaluator was still at an
     earlier checkpoint): the evaluator, recording the stop, sees the done mark and points."""
