@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from dpsr_tf.serving import heap_trim
+from dpsr_tf.serving import heap_trim, startup
 
 # tensorflow_model_server flags (same names, types and defaults).
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API.")
@@ -385,6 +385,7 @@ def options_from_flags():
 
 
 def main(argv):
+    startup.prefer_eigen_kernels()  # before TensorFlow loads
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag")
     logging.getLogger().setLevel(logging.INFO)

@@ -1,6 +1,7 @@
 """Start-up plumbing shared by the model server and the proxy: binding the gRPC port, the
-port file a supervisor reads, freezing the start-up heap out of the garbage collector, and
-returning large freed buffers to the system."""
+port file a supervisor reads, freezing the start-up heap out of the garbage collector,
+returning large freed buffers to the system, and the model server's choice of TensorFlow's
+CPU kernels."""
 import gc
 import json
 import os
@@ -64,6 +65,30 @@ def return_large_buffers_to_the_system() -> bool:
         return False
     mallopt = libc_function("mallopt")
     return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES) == 1
+
+
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def prefer_eigen_kernels(environ=os.environ) -> bool:
+    """Turns TensorFlow's oneDNN CPU kernels off for this process unless `environ` already
+    sets ONEDNN_ENV (an operator's choice wins). TensorFlow reads it once, when it loads:
+    call this before anything imports it. Returns True when it set the variable.
+
+    Why off: oneDNN keeps what it allocated for each large batch shape, so the first
+    1,000-row batches grew `dpsr serve` by ~180 MiB that it never gave back, against +25-55
+    MiB with Eigen's kernels, at the same latency on the DPSR servable (docs/benchmarks.md);
+    TF Serving's standard build has no oneDNN either."""
+    if ONEDNN_ENV in environ:
+        return False
+    environ[ONEDNN_ENV] = "0"
+    return True
+
+
+def onednn_kernels_in_use() -> bool:
+    """Whether the loaded TensorFlow runs its oneDNN CPU kernels (read back from TensorFlow)."""
+    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def write_port_file(path: str, **ports) -> None:

@@ -6,6 +6,7 @@ NOT_SERVING), lets in-flight requests finish, and unloads every version.
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 from typing import Optional
 
@@ -18,7 +19,8 @@ from dpsr_tf.serving import heap_trim
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
-from dpsr_tf.serving.startup import (bind_grpc, freeze_heap, grpc_address,
+from dpsr_tf.serving.startup import (ONEDNN_ENV, bind_grpc, freeze_heap, grpc_address,
+                                     onednn_kernels_in_use,
                                      return_large_buffers_to_the_system, write_port_file)
 from dpsr_tf.serving.model_server.rest import RestGateway
 from dpsr_tf.serving.model_server.server_core import CoreOptions, ServerCore
@@ -202,6 +204,9 @@ class ModelServer:
                          "(it can unload every model); pass --allow_reload_config_request=false "
                          "unless a trusted network or TLS with client_verify guards the port "
                          "(docs/serving.md, Security)", grpc_address(opts.host, self.grpc_port))
+        _LOG.info("TensorFlow's oneDNN CPU kernels: %s (%s)",
+                  "on" if onednn_kernels_in_use() else "off",
+                  f"{ONEDNN_ENV}={os.environ.get(ONEDNN_ENV, '(unset)')}")
         _LOG.info("Running gRPC ModelServer at %s ...", grpc_address(opts.host, self.grpc_port))
         if opts.grpc_socket_path:
             _LOG.info("Running gRPC ModelServer at UNIX socket %s ...", opts.grpc_socket_path)
