@@ -142,18 +142,20 @@ async def outcome(future: concurrent.futures.Future):
     """Waits for `future` and returns (result, None) or (None, ServingError), without raising
     its exception here (a raised exception's traceback would hold this frame, which holds the
     future, which holds the exception: a reference cycle). Cancelling the wait cancels
-    `future`."""
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
+    `future`. A future already done (a request refused before any run: most of a flood's)
+    is read at once, without a trip through the loop's wake-up pipe."""
+    if not future.done():
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
 
-    def wake(_):
-        loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
-    future.add_done_callback(wake)
-    try:
-        await waiter
-    except asyncio.CancelledError:
-        future.cancel()
-        raise
+        def wake(_):
+            loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
+        future.add_done_callback(wake)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
     if future.cancelled():
         return None, ServingError(grpc.StatusCode.CANCELLED, "request cancelled")
     error = future.exception()
