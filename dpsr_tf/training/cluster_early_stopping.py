@@ -103,18 +103,22 @@ def chief_finished(model_dir: str, rule: dict, log=logging.info) -> Optional[str
     return _point_at_best_if_stopped(model_dir, rule, log)
 
 
-def _link_or_copy(source: str, target: str) -> None:
-    if tf.io.gfile.exists(target):
-        return
-    if "://" not in source:
-        try:
-            os.link(source, target)
-            return
-        except FileExistsError:  # the other task put it back at the same moment
-            return
-        except OSError:  # a filesystem without hard links
-            pass
-    tf.io.gfile.copy(source, target, overwrite=True)
+def _link_into(files: List[str], target_dir: str) -> None:
+    """Hard-links (copies where the filesystem has none) each of `files` into target_dir,
+    under the same name; a file already there is left as it is."""
+    for source in files:
+        target = os.path.join(target_dir, os.path.basename(source))
+        if tf.io.gfile.exists(target):
+            continue
+        if "://" not in source:
+            try:
+                os.link(source, target)
+                continue
+            except FileExistsError:  # the other task put it back at the same moment
+                continue
+            except OSError:  # a filesystem without hard links
+                pass
+        tf.io.gfile.copy(source, target, overwrite=True)
 
 
 def _checkpoint_files(prefix: str) -> List[str]:
@@ -131,8 +135,7 @@ def keep_checkpoint(model_dir: str, checkpoint: str) -> Optional[str]:
         return None
     kept_dir = os.path.join(model_dir, KEPT_DIR)
     tf.io.gfile.makedirs(kept_dir)
-    for path in files:
-        _link_or_copy(path, os.path.join(kept_dir, os.path.basename(path)))
+    _link_into(files, kept_dir)
     kept = os.path.join(kept_dir, os.path.basename(checkpoint))
     return kept if _checkpoint_files(kept) else None
 
@@ -151,8 +154,8 @@ def _put_back_kept(model_dir: str, step: int) -> None:
     prefix = os.path.join(model_dir, f"model.ckpt-{step}")
     if _checkpoint_files(prefix):
         return
-    for path in _checkpoint_files(os.path.join(model_dir, KEPT_DIR, f"model.ckpt-{step}")):
-        _link_or_copy(path, os.path.join(model_dir, os.path.basename(path)))
+    _link_into(_checkpoint_files(os.path.join(model_dir, KEPT_DIR, f"model.ckpt-{step}")),
+               model_dir)
 
 
 def _point_at_best_if_stopped(model_dir: str, rule: dict, log) -> Optional[str]:
