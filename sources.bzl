@@ -4,11 +4,13 @@
 
 # The tokenizer core: standard C++ only, no TensorFlow or pybind11 headers.
 TOKENIZER_CORE_SRCS = [
+    "tokenizer_cc/core/speller.cc",
     "tokenizer_cc/core/tokenizer.cc",
     "tokenizer_cc/core/utf8.cc",
 ]
 TOKENIZER_CORE_HDRS = [
     "tokenizer_cc/core/hash.h",
+    "tokenizer_cc/core/speller.h",
     "tokenizer_cc/core/tokenizer.h",
     "tokenizer_cc/core/utf8.h",
 ]
@@ -43,7 +45,9 @@ LEXICAL_PYBIND_SRCS = [
 
 # The TensorFlow op library dpsr_tf/_dpsr_ops.so: op definitions and kernels (adapters only).
 OP_LIBRARY_SRCS = [
+    "tokenizer_cc/ops/spell_ops.cc",
     "tokenizer_cc/ops/tokenize_ops.cc",
+    "tokenizer_cc/kernels/spell_kernels.cc",
     "tokenizer_cc/kernels/tokenize_kernels.cc",
     # The FAISS searcher core (standard C++ + FAISS, no TensorFlow) and its ops and kernels.
     "search_cc/core/faiss_index.cc",

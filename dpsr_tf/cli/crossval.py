@@ -39,6 +39,10 @@ _HYBRID = flags.DEFINE_bool(
     "evaluate the served dense ranking (dpsr_served), the lexical index (lexical) and the "
     "served hybrid, whose fusion for fold F is chosen on the other folds' held-out requests. "
     "May be added to a finished run: its models are reused.")
+_SPELLING = flags.DEFINE_bool(
+    "spelling", True, "--hybrid: correct the held-out queries with each fold's catalog speller "
+    "before the served dense and lexical searches, as a servable exported with --spelling does "
+    "(docs/spelling.md).")
 _PAIRED_SAMPLES = flags.DEFINE_integer(
     "paired_samples", 10000, "Bootstrap resamples and random sign flips of each pooled paired "
     "test (the smallest reportable p is about 1 / this); fewer is faster on many requests.")
@@ -73,7 +77,7 @@ def config_from_flags():
         train=training_flags.train_config_from_flags(),
         evaluation=evaluate_lib.EvalConfig(min_gain=_MIN_GAIN.value,
                                            num_random=_NUM_RANDOM.value, seed=_EVAL_SEED.value),
-        bm25=_BM25.value, hybrid=_HYBRID.value)
+        bm25=_BM25.value, hybrid=_HYBRID.value, spelling=_SPELLING.value)
 
 
 def main(argv):

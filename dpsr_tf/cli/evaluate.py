@@ -56,6 +56,10 @@ _PER_QUERY = flags.DEFINE_string(
     "per_query", None, "Write each request's metrics, one JSON line per system and request, "
     "here; systems evaluated together are then compared request by request (paired "
     "bootstrap and sign-flip test on recall@100, recall@1000, ndcg@10).")
+_SPELLING = flags.DEFINE_bool(
+    "spelling", True, "--hybrid: when the index build has a catalog speller, every system "
+    "sees the queries it corrects, as a servable exported with --spelling (the default) does; "
+    "--nospelling: the queries as typed (docs/spelling.md).")
 _NPROBE = flags.DEFINE_integer("nprobe", None,
                                "IVF lists to probe with --served (default: the index's own).")
 
@@ -86,7 +90,7 @@ def main(argv):
             from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
             results.update(hybrid_lib.evaluate_hybrid(
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,
-                _NPROBE.value, fusion_flags.fusion_config()))
+                _NPROBE.value, fusion_flags.fusion_config(), spelling=_SPELLING.value))
         elif _SERVED.value:
             results["dpsr"] = served_lib.evaluate_served_model(
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,

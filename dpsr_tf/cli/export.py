@@ -61,6 +61,11 @@ _REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.05, "Factor on a rewrit
 _REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "sum", list(COMBINES),
                                      "How an item's weighted BM25 scores over the query's and "
                                      "the rewrites' lists combine (docs/rewriting.md).")
+_SPELLING = flags.DEFINE_bool(
+    "spelling", True, "Correct each query's words that no catalog item uses with the index "
+    "build's catalog speller before the query tower and BM25 see it (docs/spelling.md); the "
+    "fusion is chosen on queries corrected the same way. Builds without a speller vocabulary "
+    "(made before it existed) export without.")
 _ONLINE_REWRITER = flags.DEFINE_string(
     "online_rewriter", None, "A rewriter directory (dpsr train-rewriter): queries without a "
     "rewrite table entry get its greedy rewrite, decoded in the servable's graph (a fixed cost "
@@ -85,7 +90,8 @@ def _fusion(index_dir: str):
     choice = fusion_choice.choose_for_index(_MODEL_DIR.value, index_dir, _LAYOUT.value,
                                             _CHECKPOINT.value, _NPROBE.value or None,
                                             rewrite_table=_REWRITES.value,
-                                            rewrites=_rewrite_config())
+                                            rewrites=_rewrite_config(),
+                                            spelling=_SPELLING.value)
     print(choice.table())
     print(f"fusion chosen on the eval split: {fusion_choice.describe(choice.config)} "
           "(give a fusion flag or --nochoose_fusion to set it yourself)")
@@ -103,7 +109,7 @@ def main(argv):
                                   max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
                                   mmap_index=_MMAP.value, fusion=fusion,
-                                  rewrites=_rewrite_config())
+                                  rewrites=_rewrite_config(), spelling=_SPELLING.value)
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,

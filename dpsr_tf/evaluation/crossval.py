@@ -66,6 +66,8 @@ class CrossvalConfig:
         chosen on the other folds' held-out requests (evaluation/crossval_hybrid.py). Not part
         of the recorded settings (to_dict): adding it to a finished run adds the hybrid stage to
         its folds and reuses their models.
+      spelling: the hybrid stage corrects the held-out queries with each fold's catalog
+        speller, as a spelling servable does (dpsr_tf/tokenization/speller.py).
     """
 
     output: str
@@ -76,6 +78,7 @@ class CrossvalConfig:
     evaluation: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig()
     bm25: bool = False
     hybrid: bool = False
+    spelling: bool = True
 
     def __post_init__(self):
         if self.folds < 2:
@@ -117,6 +120,7 @@ class CrossvalConfig:
         data["train"].pop("layout_dir")
         data["train"].pop("model_dir")
         data.pop("hybrid")      # an evaluation stage on top of the same folds
+        data.pop("spelling")
         data["output"] = os.path.abspath(self.output)
         return data
 
@@ -370,7 +374,7 @@ def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
         f"and evaluating the served dense and lexical lists")
     results, per_request = hybrid_lib.evaluate_fold(
         metrics["model_dir"], metrics["layout_dir"], fold_dir, config.evaluation,
-        metrics["dpsr"], log=lambda _: None)
+        metrics["dpsr"], log=lambda _: None, spelling=config.spelling)
     for system, values in per_request.items():
         want = metrics["dpsr"]["requests"]
         if len(next(iter(values.values()))) != want:

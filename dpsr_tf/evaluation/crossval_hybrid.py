@@ -92,8 +92,11 @@ def _check_candidates(candidates: Sequence[FusionConfig]) -> None:
 
 def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
                   cfg: evaluate_lib.EvalConfig, soft_metrics: dict,
-                  log: Callable[[str], None] = print) -> Tuple[dict, dict]:
+                  log: Callable[[str], None] = print,
+                  spelling: bool = True) -> Tuple[dict, dict]:
     """Builds <fold_dir>/index, evaluates the served dense and lexical rankings, keeps the lists.
+    With `spelling` (and the build's speller) both see the queries as the servable corrects
+    them (spelled_layout.py); the exact `dpsr` row of the fold stays on the typed queries.
 
     Args:
       model_dir, layout_dir: the fold's trained model and layout.
@@ -113,6 +116,7 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
     from dpsr_tf.indexing import catalog_index
     from dpsr_tf.indexing.index_builder import IndexBuildConfig
     from dpsr_tf.indexing.lexical_manifest import LexicalConfig
+    from dpsr_tf.evaluation.spelled_layout import spelled_layout
 
     cfg = dataclasses.replace(cfg, per_request=True)
     index_dir = os.path.join(fold_dir, INDEX_DIR)
@@ -120,26 +124,28 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
         shutil.rmtree(index_dir)
     catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(**INDEX_BUILD),
                                 layout_dir=layout_dir, lexical=LexicalConfig())
-    run = hybrid_lib.open_hybrid(model_dir, index_dir, layout_dir, cfg, log=log)
-    served = served_lib.served_metrics(run.scorer, run.eval_set, run.index, cfg, soft_metrics,
-                                       log, served=(run.dense_scores, run.dense_rows))
-    per_request = {SERVED: served.pop("served_" + metrics_lib.PER_REQUEST)}
-    served.pop("max_" + metrics_lib.PER_REQUEST, None)
-    dense = {name[len("served_"):]: value for name, value in served.items()
-             if name.startswith("served_") and name[len("served_"):].startswith(
-                 _SERVED_METRIC_PREFIXES)}
-    dense["requests"] = len(run.eval_set)
+    with spelled_layout(layout_dir, index_dir if spelling else None, log=log) as view:
+        run = hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir, cfg, log=log)
+        served = served_lib.served_metrics(run.scorer, run.eval_set, run.index, cfg,
+                                           soft_metrics, log,
+                                           served=(run.dense_scores, run.dense_rows))
+        per_request = {SERVED: served.pop("served_" + metrics_lib.PER_REQUEST)}
+        served.pop("max_" + metrics_lib.PER_REQUEST, None)
+        dense = {name[len("served_"):]: value for name, value in served.items()
+                 if name.startswith("served_") and name[len("served_"):].startswith(
+                     _SERVED_METRIC_PREFIXES)}
+        dense["requests"] = len(run.eval_set)
 
-    queries = layout_lib.load_queries(run.spec)
-    lexical_scorer = hybrid_lib.LexicalScorer(run.searcher, run.eval_set.queries,
-                                              [queries[q] for q in run.pairs["query_row"]])
-    lexical = evaluate_lib.evaluate_scorer(lexical_scorer, run.spec, run.eval_set, run.pairs,
-                                           cfg, log)
-    per_request[LEXICAL] = lexical.pop(metrics_lib.PER_REQUEST)
+        queries = layout_lib.load_queries(run.spec)
+        lexical_scorer = hybrid_lib.LexicalScorer(run.searcher, run.eval_set.queries,
+                                                  [queries[q] for q in run.pairs["query_row"]])
+        lexical = evaluate_lib.evaluate_scorer(lexical_scorer, run.spec, run.eval_set,
+                                               run.pairs, cfg, log)
+        per_request[LEXICAL] = lexical.pop(metrics_lib.PER_REQUEST)
 
-    lex_scores, lex_rows = run.lexical_lists(FusionConfig())
-    FoldLists(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
-              *run.relevant, k=run.k).save(os.path.join(fold_dir, LISTS_FILE))
+        lex_scores, lex_rows = run.lexical_lists(FusionConfig())
+        FoldLists(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
+                  *run.relevant, k=run.k).save(os.path.join(fold_dir, LISTS_FILE))
     return {SERVED: dense, "served": served, LEXICAL: lexical}, per_request
 
 

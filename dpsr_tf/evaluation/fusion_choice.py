@@ -19,10 +19,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import rewrites as rewrites_lib
+from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.rewriting import table as table_lib
 from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.fused_rows import fused_rows
@@ -137,7 +139,8 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
                      checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
                      split: str = "eval", log: Callable[[str], None] = print,
                      rewrite_table: Optional[str] = None,
-                     rewrites: RewriteConfig = RewriteConfig()) -> FusionChoice:
+                     rewrites: RewriteConfig = RewriteConfig(),
+                     spelling: bool = True) -> FusionChoice:
     """choose_fusion with the lists of a model's index build on a layout split (as
     `dpsr evaluate --hybrid` makes them).
 
@@ -145,6 +148,8 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
       settings): the candidates then fuse the lexical list that servable serves, the query's
       BM25 list merged with its rewrites' (evaluation/rewrites.py), so the choice is made for
       the lists it will fuse. The split's queries without an entry keep their own list.
+    spelling: the servable will correct queries with the build's speller: both lists are made
+      from the corrected queries (the table is still looked up by the query as typed).
 
     Raises:
       FileNotFoundError, ValueError: as hybrid.open_hybrid; a bad rewrite table or settings.
@@ -154,11 +159,14 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
         rewrites.validate()
         table = table_lib.read_table(rewrite_table)   # a bad table fails before the models load
     cfg = evaluate_lib.EvalConfig(split=split, num_random=0)
-    run = hybrid_lib.open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe,
-                                 log)
+    layout = layout_of(model_dir, layout_dir)
+    typed = layout_lib.load_eval_set(layout, split).queries if table is not None else None
+    with spelled_layout(layout, index_dir if spelling else None, log=log) as view:
+        run = hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir, cfg, checkpoint,
+                                     nprobe, log)
     lexical_lists, with_table = run.lexical_lists, ""
     if table is not None:
-        texts = rewrites_lib.rewrite_texts(run.eval_set.queries, table, rewrites.max_rewrites)
+        texts = rewrites_lib.rewrite_texts(typed, table, rewrites.max_rewrites)
         lexical_lists = rewrites_lib.lexical_lists_with_rewrites(
             run.searcher, run.eval_set.queries, texts, rewrites, run.k)
         covered = sum(bool(t) for t in texts)

@@ -29,6 +29,7 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
+from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.search.fusion import FusionConfig, fuse_np
 from dpsr_tf.indexing.lexical_index import LexicalSearcher
 
@@ -118,15 +119,28 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
                     cfg: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig(),
                     checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
                     fusion: FusionConfig = FusionConfig(),
-                    log: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
+                    log: Callable[[str], None] = print,
+                    spelling: bool = True) -> Dict[str, Dict[str, float]]:
     """{"dpsr": exact + served dense metrics, "lexical": BM25 metrics, "hybrid": fused
     retrieval metrics} on one split (module docstring).
+
+    spelling: when the index build has a speller, every system sees the queries it corrects,
+      as a spelling servable's towers do (spelled_layout.py); False: the queries as typed.
 
     Raises:
       FileNotFoundError, ValueError: a missing or mismatched index, an index without a
         lexical section, or a bad fusion configuration.
     """
     fusion.validate()
+    layout = layout_of(model_dir, layout_dir)
+    with spelled_layout(layout, index_dir if spelling else None, log=log) as view:
+        out = _evaluate_hybrid(model_dir, index_dir, view or layout_dir, cfg, checkpoint,
+                               nprobe, fusion, log)
+    out["hybrid"]["spelling"] = view is not None
+    return out
+
+
+def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, fusion, log):
     run = open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, log)
     spec, eval_set, pairs = run.spec, run.eval_set, run.pairs
     dense = evaluate_lib.evaluate_scorer(run.scorer, spec, eval_set, pairs, cfg, log)

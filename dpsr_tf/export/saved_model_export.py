@@ -175,6 +175,10 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
         lexical_file = (os.path.join(index_dir, lexical.shards[shard].file) if lexical else None)
         assets = _stage_assets(spec, cfg, index_file, ids_file, staging, lexical_file,
                                lexical.config if lexical else None)
+        if servable.spelling and manifest.lexical is not None and manifest.lexical.speller_file:
+            assets = dataclasses.replace(assets, speller_vocab=_stage(
+                os.path.join(index_dir, manifest.lexical.speller_file), staging,
+                "speller_vocab.txt"))
         rewrite_count = None
         if rewrite_table:
             if lexical is None:

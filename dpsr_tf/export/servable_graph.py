@@ -17,6 +17,11 @@ decoded in-graph as its first rewrite. A hybrid servable also has a `lexical` si
 lexical list alone (item_ids, scores, source "lexical" or "rewrite"), to see what the lexical
 side recalls whatever weight the fusion gives it.
 
+With a speller vocabulary asset (the index build's, ServableConfig.spelling), Dpsr>SpellCorrect
+corrects the words of each query that no catalog item uses before the query tower and BM25 see
+it ("ceilikng fan" -> "ceiling fan"; dpsr_tf/tokenization/speller.py); rewrite tables and
+SearchGCN's query graph still look the query up as typed.
+
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
 ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
 the servable directory can be copied anywhere. dpsr_tf/export/saved_model_export.py builds, restores and
@@ -29,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.model.towers import item_tower, query_tower
-from dpsr_tf.tokenization import tokenize_op
+from dpsr_tf.tokenization import spell_op, tokenize_op
 from dpsr_tf.search import faiss_ops, lexical_ops
 from dpsr_tf.search import fusion as fusion_lib
 from dpsr_tf.search.head_merge import merge_heads
@@ -54,6 +59,9 @@ class ServableConfig:
         docs/serving.md) then share one copy in the page cache. What is mapped is a snapshot
         of the asset in the asset cache directory, never the file under the model path. Other
         index types are read either way (FaissIndex's mmap).
+      rewrites: how a hybrid servable merges the rewrites' lexical lists.
+      spelling: correct each query with the catalog speller before the query tower and BM25
+        see it, when the index build has a speller vocabulary (dpsr_tf/tokenization/speller.py).
     """
 
     default_k: int = 100
@@ -65,6 +73,7 @@ class ServableConfig:
     fusion: fusion_lib.FusionConfig = fusion_lib.FusionConfig()
     mmap_index: bool = False
     rewrites: rewrite_merge.RewriteConfig = rewrite_merge.RewriteConfig()
+    spelling: bool = True
 
     def validate(self):
         if not 1 <= self.default_k <= self.max_k:
@@ -96,6 +105,7 @@ class AssetPaths:
     lexical_config: Optional[LexicalConfig] = None  # its tokenizer features and BM25 settings
     graph_queries: Optional[str] = None           # searchgcn: in-graph query texts (graph_lookup)
     rewrite_table: Optional[str] = None  # key<TAB>rewrites joined by \x1f (hybrid servables)
+    speller_vocab: Optional[str] = None  # the catalog speller's words (spelling servables)
 
 
 def asset(path: str) -> tf.Tensor:
@@ -171,6 +181,8 @@ class ServableGraph:
         self._tok_config = dataclasses.replace(layout_spec.tokenizer_config, vocab_file=None)
         self._vocab = (run_time_path(asset(assets.tokenizer_vocab), "tokenizer_vocab_path")
                        if assets.tokenizer_vocab else None)
+        self._speller = (run_time_path(asset(assets.speller_vocab), "speller_vocab_path")
+                         if assets.speller_vocab else None)
         self.signatures = {}
         self.defaults = {}   # signature -> input alias -> numpy default (SignatureDef.defaults)
         self._input_checks = []  # the request checks of _query_inputs
@@ -179,7 +191,7 @@ class ServableGraph:
         with tf.name_scope("query_tower"):
             embeddings = query_tower(query_features, model_config, layout_spec,
                                      tf.estimator.ModeKeys.PREDICT)        # [B, m, d]
-        outputs = self._search(query_inputs["query"], query_inputs["k"], embeddings)
+        outputs = self._search(self._searched, query_inputs["k"], embeddings)
         k_default = {"k": np.array(servable.default_k, np.int32)}
         # serving_default: query (+ optional k). A user-less request is an unknown user, the
         # same graph with the user inputs at their defaults.
@@ -193,7 +205,7 @@ class ServableGraph:
             self.defaults["personalized"] = k_default
         if self._assets.lexical_index is not None:
             self.signatures["lexical"] = (anonymous, self._lexical_signature(
-                query_inputs["query"], query_inputs["k"]))
+                self._searched, query_inputs["k"]))
             self.defaults["lexical"] = k_default
         self.signatures["query_embedding"] = (
             {k: v for k, v in query_inputs.items() if k != "k"}, {"embedding": embeddings})
@@ -221,7 +233,11 @@ class ServableGraph:
         inputs = {"query": query, "k": k}
         self._input_checks = checks
         with tf.control_dependencies(checks):
-            features = {"query_tokens": self._tokenize(tf.identity(query))}
+            searched = self._spell_corrected(tf.identity(query))
+        # What the query tower and BM25 see; rewrite tables and SearchGCN's graph look up the
+        # query as typed.
+        self._searched = searched
+        features = {"query_tokens": self._tokenize(searched)}
         if self._cfg.tower == "searchgcn" and self._assets.graph_queries:
             from dpsr_tf.export import graph_lookup  # pylint: disable=import-outside-toplevel
             features.update(graph_lookup.query_graph_features(
@@ -255,6 +271,15 @@ class ServableGraph:
             features["user_history"] = known
             inputs["user_history"] = history
         return inputs, features
+
+    def _spell_corrected(self, query: tf.Tensor) -> tf.Tensor:
+        """[B] each query with the words no catalog item uses corrected (the catalog speller),
+        or the query itself without a speller."""
+        if self._speller is None:
+            return query
+        with tf.name_scope("spelling"):
+            corrected, _ = spell_op.spell_correct(query, self._speller)
+        return corrected
 
     def _search(self, query: tf.Tensor, k: tf.Tensor,
                 embeddings: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -369,7 +394,7 @@ class ServableGraph:
         with tf.name_scope("rewrites"):
             batch = tf.shape(query)[0]
             if self._assets.rewrite_table is not None:
-                texts, missing = self._table_rewrites(query)
+                texts, missing = self._table_rewrites(self._query)
             else:
                 texts = tf.fill([batch, cfg.max_rewrites], "")
                 missing = tf.ones([batch], tf.bool)

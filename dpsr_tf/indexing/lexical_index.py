@@ -16,6 +16,9 @@ What is indexed: each item's title, tokenized by the project's C++ tokenizer wit
 trigrams optional) and a 62-bit hash space (no collisions in practice). The same C++ core scores
 in `dpsr evaluate` (LexicalSearcher, through dpsr_tf._lexical) and in the servable (the
 Dpsr>LexicalSearch op), so evaluation and serving rank identically.
+
+Once per build it also writes the catalog speller's vocabulary (<dir>/speller_vocab.txt: the
+words of the same documents and how many items use each; dpsr_tf/tokenization/speller.py).
 """
 import os
 import time
@@ -23,6 +26,7 @@ from typing import Callable, Sequence, Tuple
 
 import numpy as np
 
+from dpsr_tf.tokenization import speller as speller_lib
 from dpsr_tf.tokenization.tokenizer import Tokenizer
 from dpsr_tf.indexing import index_layout, lexical_manifest
 
@@ -90,10 +94,17 @@ def build_lexical_shards(directory: str, manifest: index_layout.IndexManifest,
                                        index.num_postings))
         log(f"  shard {info.shard}: {len(rows)} items, {index.num_terms} terms, "
             f"{index.num_postings} postings, {index.file_bytes / 1e6:.1f} MB")
+    # The speller's words are the same documents' (every shard's: a query is corrected once,
+    # before any shard sees it).
+    speller_path = os.path.join(directory, speller_lib.SPELLER_FILE)
+    num_words = speller_lib.write_vocabulary(speller_path, speller_lib.word_counts(documents))
+    log(f"  speller vocabulary: {num_words} words ({speller_lib.SPELLER_FILE})")
     return LexicalManifest(features=tuple(config.features), k1=config.k1, b=config.b,
                            max_tokens=config.max_tokens, text=fields_text,
                            num_docs=int(stats.num_docs), avg_doc_length=stats.avg_doc_length,
-                           shards=tuple(shards), build_seconds=round(time.time() - start, 2))
+                           shards=tuple(shards), build_seconds=round(time.time() - start, 2),
+                           speller_file=speller_lib.SPELLER_FILE,
+                           speller_bytes=os.path.getsize(speller_path))
 
 
 class LexicalSearcher:

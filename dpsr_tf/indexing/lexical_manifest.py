@@ -82,6 +82,10 @@ class LexicalManifest:
     avg_doc_length: float
     shards: Tuple[LexicalShardInfo, ...]
     build_seconds: float = 0.0
+    # The catalog speller's vocabulary (dpsr_tf/tokenization/speller.py), relative to the
+    # build directory: the words of the same documents. "" in builds made before it existed.
+    speller_file: str = ""
+    speller_bytes: int = 0
 
     @property
     def config(self) -> LexicalConfig:
@@ -110,5 +114,8 @@ def check_lexical_files(directory: str, lexical: LexicalManifest, source: str) -
     for info in lexical.shards:
         check_listed_file(os.path.join(directory, info.file), info.file_bytes, source,
                           f"lexical shard {info.shard}")
+    if lexical.speller_file:
+        check_listed_file(os.path.join(directory, lexical.speller_file), lexical.speller_bytes,
+                          source, "speller vocabulary")
 
 

@@ -562,3 +562,46 @@ def test_online_rewriter_servable_decodes_rewrites_for_queries_without_a_table_e
     with pytest.raises(ValueError, match="lexical index"):
         export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "dense"),
                         servable=ServableConfig(hybrid=False), online_rewriter=rewriter_dir)
+
+
+def test_spelling_servable_answers_the_corrected_query(servable, tmp_path):
+    """With the build's speller vocabulary, the servable corrects each query before the query
+    tower and BM25 see it: its answer to a misspelled query is the plain servable's answer to
+    the corrected one, in every signature; without the speller (--nospelling) it is not."""
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.indexing import index_layout  # pylint: disable=import-outside-toplevel
+    index_dir = str(tmp_path / "index")
+    shutil.copytree(servable["index_dir"], index_dir)
+    manifest = index_layout.read_manifest(index_dir)
+    vocab = os.path.join(index_dir, manifest.lexical.speller_file)
+    # The tiny catalog's words mix letters and digits (nothing to correct); add one word.
+    with open(vocab, "a", encoding="utf-8") as f:
+        f.write("xylophone\t1\n")
+    index_layout.write_manifest(index_dir, dataclasses.replace(manifest, lexical=dataclasses.replace(
+        manifest.lexical, speller_bytes=os.path.getsize(vocab))))
+    typed = ["xylophne w17 brand1", "cat3 brand5", "xylophone w17 brand1"]
+    corrected = ["xylophone w17 brand1", "cat3 brand5", "xylophone w17 brand1"]
+    outputs = ["item_ids", "scores", "dense_scores", "lexical_scores", "source"]
+    got = {}
+    for name, spelling, queries in (("spelled", True, typed), ("plain", False, corrected),
+                                    ("plain_typed", False, typed)):
+        path = export_servable(servable["model_dir"], index_dir, str(tmp_path / name),
+                               servable=ServableConfig(default_k=5, max_k=50,
+                                                       spelling=spelling))
+        assert os.path.exists(os.path.join(path, "assets", "speller_vocab.txt")) == spelling
+        got[name] = run_fresh(LOAD_TF1.format(path=path) + f"""
+    out = call("serving_default", {{"query": {queries!r}, "k": 9}}, {outputs!r})
+    lex = call("lexical", {{"query": {queries!r}, "k": 9}}, ["item_ids", "scores"])
+    out.update({{"lex_" + k: v for k, v in lex.items()}})
+    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
+                      for k, v in out.items()}}))
+    """)
+    assert got["spelled"].keys() == got["plain"].keys()
+    for key, value in got["spelled"].items():
+        if key.endswith("ids") or key == "source":
+            assert value == got["plain"][key], key
+        else:
+            np.testing.assert_allclose(value, got["plain"][key], rtol=1e-6, err_msg=key)
+    # The misspelling changes the dense scores of a servable that does not correct it.
+    assert not np.allclose(np.nan_to_num(got["plain_typed"]["dense_scores"][0], neginf=0),
+                           np.nan_to_num(got["plain"]["dense_scores"][0], neginf=0))

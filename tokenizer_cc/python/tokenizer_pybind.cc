@@ -8,9 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer_cc/core/speller.h"
 #include "tokenizer_cc/core/tokenizer.h"
 
 namespace py = pybind11;
+using dpsr::text::Speller;
+using dpsr::text::SpellerConfig;
 using dpsr::text::Tokenizer;
 using dpsr::text::TokenizerConfig;
 using dpsr::text::Vocabulary;
@@ -81,6 +84,25 @@ std::vector<std::vector<std::string>> FeaturesBatch(const Tokenizer& tok,
   return out;
 }
 
+SpellerConfig MakeSpellerConfig(int max_distance, int long_word) {
+  SpellerConfig c;
+  c.max_distance = max_distance;
+  c.long_word = long_word;
+  return c;
+}
+
+// [(corrected, changed)] of a batch of queries.
+std::vector<std::pair<std::string, bool>> CorrectBatch(const Speller& speller,
+                                                       const py::sequence& queries) {
+  const std::vector<std::string> strings = ToStrings(queries);
+  std::vector<std::pair<std::string, bool>> out(strings.size());
+  py::gil_scoped_release release;
+  for (size_t i = 0; i < strings.size(); ++i) {
+    out[i].first = speller.Correct(strings[i], &out[i].second);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_tokenizer, m) {
@@ -100,6 +122,23 @@ PYBIND11_MODULE(_tokenizer, m) {
       .def_property_readonly("vocab_size", [](const Tokenizer& t) {
         return t.has_vocabulary() ? t.vocabulary().size() : int64_t{0};
       });
+  py::class_<Speller>(m, "Speller")
+      .def(py::init([](std::vector<std::pair<std::string, int64_t>> counts, int max_distance,
+                       int long_word) {
+             return std::make_unique<Speller>(std::move(counts),
+                                              MakeSpellerConfig(max_distance, long_word));
+           }),
+           py::arg("counts"), py::arg("max_distance"), py::arg("long_word"))
+      .def_static("load", [](const std::string& path, int max_distance, int long_word) {
+             return Speller::Load(path, MakeSpellerConfig(max_distance, long_word));
+           }, py::arg("path"), py::arg("max_distance"), py::arg("long_word"))
+      .def("correct", &CorrectBatch, py::arg("queries"))
+      .def("correct_word", [](const Speller& s, const std::string& w) { return s.CorrectWord(w); },
+           py::arg("word"))
+      .def("known", [](const Speller& s, const std::string& w) { return s.Known(w); },
+           py::arg("word"))
+      .def_property_readonly("size", &Speller::size);
+  m.attr("SPELLER_HEADER") = dpsr::text::kSpellerHeader;
   // The core's own defaults, so a test can pin them to the Python config and the op attrs.
   m.def("default_config", [] {
     const TokenizerConfig c;
