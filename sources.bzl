@@ -78,6 +78,7 @@ CC_TEST_SUPPORT_HDRS = [
     "tests/cc/check.h",
 ]
 TOKENIZER_CORE_TESTS = [
+    "tokenizer_cc/core/speller_test.cc",
     "tokenizer_cc/core/tokenizer_test.cc",
 ]
 LEXICAL_CORE_TESTS = [

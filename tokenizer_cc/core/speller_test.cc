@@ -1,0 +1,112 @@
+// Unit tests of the speller core: a plain executable (exit status 0 = pass), built by
+// tools/run_cc_tests.py (make cc-test, under ASan/UBSan) and by Bazel as a cc_test.
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tokenizer_cc/core/speller.h"
+
+namespace {
+
+using dpsr::text::EditDistance;
+using dpsr::text::Speller;
+using dpsr::text::SpellerConfig;
+using dpsr::text::TokenizerError;
+
+int failures = 0;
+
+#define EXPECT(cond)                                                      \
+  do {                                                                    \
+    if (!(cond)) {                                                        \
+      std::fprintf(stderr, "%s:%d: EXPECT(%s) failed\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                         \
+    }                                                                     \
+  } while (0)
+
+Speller Catalog() {
+  return Speller({{"ceiling", 2}, {"fan", 3}, {"shelving", 2}, {"fence", 2}, {"post", 1},
+                  {"6", 2}, {"ft", 2}, {"snow", 2}, {"blower", 1}, {"valve", 1},
+                  {"timer", 5}, {"dimmer", 2}, {"switch", 3}},
+                 SpellerConfig());
+}
+
+std::string Correct(const Speller& s, const std::string& q, bool* changed = nullptr) {
+  bool any = false;
+  std::string out = s.Correct(q, &any);
+  if (changed != nullptr) *changed = any;
+  return out;
+}
+
+void TestEditDistance() {
+  EXPECT(EditDistance("ceilikng", "ceiling", 2) == 1);
+  EXPECT(EditDistance("vlave", "valve", 2) == 1);          // one adjacent swap
+  EXPECT(EditDistance("abc", "ca", 3) == 3);                // OSA, not Damerau: 3
+  EXPECT(EditDistance("kitten", "sitting", 2) == 3);        // over the limit: limit + 1
+  EXPECT(EditDistance("", "ab", 2) == 2);
+  EXPECT(EditDistance("abcdef", "ab", 2) == 3);             // length gap alone exceeds
+}
+
+void TestCorrections() {
+  const Speller s = Catalog();
+  bool changed = false;
+  EXPECT(Correct(s, "outdoor ceilikng fan", &changed) == "outdoor ceiling fan" && changed);
+  EXPECT(Correct(s, "fencde post 6ft") == "fence post 6 ft");
+  EXPECT(Correct(s, "vlave") == "valve");
+  EXPECT(Correct(s, "snowblower") == "snow blower");
+  EXPECT(Correct(s, "dimer switch") == "dimmer switch");     // "timer": first letter differs
+  EXPECT(Correct(s, "Ceiling  FAN!", &changed) == "Ceiling  FAN!" && !changed);
+  EXPECT(Correct(s, "fan 1021424", &changed) == "fan 1021424" && !changed);
+  EXPECT(Correct(s, "\xE6\x89\x8B ceilng") == "\xE6\x89\x8B ceiling");  // CJK unit kept
+  EXPECT(Correct(s, "", &changed).empty() && !changed);
+  EXPECT(s.CorrectWord("fn").empty());                      // too short
+  EXPECT(s.CorrectWord("fnec").empty());                    // 2 edits, 4 letters
+}
+
+void TestBadInput() {
+  bool threw = false;
+  try {
+    Speller({{"fan", 1}, {"fan", 2}}, SpellerConfig());
+  } catch (const TokenizerError&) {
+    threw = true;
+  }
+  EXPECT(threw);
+  threw = false;
+  try {
+    SpellerConfig c;
+    c.max_distance = 3;
+    Speller({{"fan", 1}}, c);
+  } catch (const TokenizerError&) {
+    threw = true;
+  }
+  EXPECT(threw);
+  const std::string path = "speller_test_vocab.txt";
+  {
+    std::ofstream f(path);
+    f << dpsr::text::kSpellerHeader << "\nfan\t3\nceiling\tx\n";
+  }
+  threw = false;
+  try {
+    Speller::Load(path, SpellerConfig());
+  } catch (const TokenizerError& e) {
+    threw = std::string(e.what()).find(":3:") != std::string::npos;
+  }
+  EXPECT(threw);
+  {
+    std::ofstream f(path);
+    f << dpsr::text::kSpellerHeader << "\nfan\t3\nceiling\t2\n";
+  }
+  EXPECT(Correct(*Speller::Load(path, SpellerConfig()), "ceilng fna") == "ceiling fan");
+  std::remove(path.c_str());
+}
+
+}  // namespace
+
+int main() {
+  TestEditDistance();
+  TestCorrections();
+  TestBadInput();
+  if (failures == 0) std::printf("speller_test: all passed\n");
+  return failures == 0 ? 0 : 1;
+}
