@@ -6,6 +6,7 @@ request of the layout through the SavedModel's serving_default in a TF session, 
 scores the returned item ids with the same metrics. The two must agree (docs/results.md).
 
     python bench/servable_quality.py --model_dir=M --index_dir=I [--export_base=/tmp/q] [--nohybrid]
+    python bench/servable_quality.py --model_dir=M --servable=/models/dpsr/1   # one `dpsr export` made
 """
 import argparse
 import json
@@ -22,7 +23,8 @@ sys.path.insert(0, ROOT)
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--index_dir", required=True)
+    parser.add_argument("--index_dir", help="Export from this index build (default fusion).")
+    parser.add_argument("--servable", help="Or score this exported version as it is.")
     parser.add_argument("--export_base", default="/tmp/dpsr_servable_quality")
     parser.add_argument("--nohybrid", action="store_true")
     parser.add_argument("--k", type=int, default=1000)
@@ -39,10 +41,14 @@ def main():
     from dpsr_tf.export.saved_model_export import export_servable
     from dpsr_tf.export.servable_graph import ServableConfig
 
-    shutil.rmtree(args.export_base, ignore_errors=True)
-    path = export_servable(args.model_dir, args.index_dir, args.export_base,
-                           servable=ServableConfig(default_k=100, max_k=max(1000, args.k),
-                                                   hybrid=not args.nohybrid))
+    if bool(args.index_dir) == bool(args.servable):
+        parser.error("give --index_dir (export, then score) or --servable (score it)")
+    path = args.servable
+    if not path:
+        shutil.rmtree(args.export_base, ignore_errors=True)
+        path = export_servable(args.model_dir, args.index_dir, args.export_base,
+                               servable=ServableConfig(default_k=100, max_k=max(1000, args.k),
+                                                       hybrid=not args.nohybrid))
     op_library.load()
     _, saved = load_model_config(args.model_dir)
     spec = layout_lib.load_layout_spec(saved.layout_dir)

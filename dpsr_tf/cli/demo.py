@@ -219,11 +219,14 @@ def main(argv):
           f"built in {manifest.build_seconds:.1f}s; BM25 over "
           f"{sum(s.num_terms for s in manifest.lexical.shards)} shard terms, built in "
           f"{manifest.lexical.build_seconds:.1f}s")
-    choice = fusion_choice.choose_for_index(train.model_dir, index_dir, log=quiet)
+    choice, spelling, scores = fusion_choice.choose_with_spelling(train.model_dir, index_dir,
+                                                                  log=quiet)
     hybrid = hybrid_lib.evaluate_hybrid(train.model_dir, index_dir, cfg=eval_cfg,
-                                        fusion=choice.config, log=quiet)
+                                        fusion=choice.config, log=quiet, spelling=spelling)
     print(f"   fusion chosen on the eval split among {len(choice.candidates)} candidates: "
-          f"{fusion_choice.describe(choice.config)}")
+          f"{fusion_choice.describe(choice.config)}; catalog speller "
+          f"{'on' if spelling else 'off'} (objective {scores['with']:.4f} with it, "
+          f"{scores['without']:.4f} without)")
     print("   as served (eval split): dense through the IVF shards, BM25 through the lexical "
           "shards, and their fusion")
     print(f"   {'':8} " + " ".join(f"{m:>11}" for m in ("recall@10", "recall@100", "ndcg@10",
@@ -246,8 +249,11 @@ def main(argv):
                + (" (with the rewrite table)" if rewrites else ""))
     servables = export_all_shards(train.model_dir, index_dir,
                                   os.path.join(work, "models", "dpsr"),
-                                  servable=ServableConfig(fusion=choice.config),
-                                  fusion_choice=choice.to_json(), rewrite_table=rewrites)
+                                  servable=ServableConfig(fusion=choice.config,
+                                                          spelling=spelling),
+                                  fusion_choice=dict(choice.to_json(), spelling={
+                                      "mode": "auto", "on": spelling, "scores": scores}),
+                                  rewrite_table=rewrites)
     for path in servables:
         print(f"   {path}")
     _done(t)

@@ -61,11 +61,13 @@ _REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.05, "Factor on a rewrit
 _REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "sum", list(COMBINES),
                                      "How an item's weighted BM25 scores over the query's and "
                                      "the rewrites' lists combine (docs/rewriting.md).")
-_SPELLING = flags.DEFINE_bool(
-    "spelling", True, "Correct each query's words that no catalog item uses with the index "
-    "build's catalog speller before the query tower and BM25 see it (docs/spelling.md); the "
-    "fusion is chosen on queries corrected the same way. Builds without a speller vocabulary "
-    "(made before it existed) export without.")
+_SPELLING = flags.DEFINE_enum(
+    "spelling", "auto", ["auto", "on", "off"],
+    "Correct each query's words that no catalog item uses with the index build's catalog "
+    "speller before the query tower and BM25 see it (docs/spelling.md). auto: on when it "
+    "scores higher on the layout's eval split (with the fusion chosen or given; recorded in "
+    "assets.extra/dpsr_servable.json); on / off: always / never. A build without a speller "
+    "vocabulary (made before it existed) exports without.")
 _ONLINE_REWRITER = flags.DEFINE_string(
     "online_rewriter", None, "A rewriter directory (dpsr train-rewriter): queries without a "
     "rewrite table entry get its greedy rewrite, decoded in the servable's graph (a fixed cost "
@@ -80,22 +82,40 @@ def _rewrite_config() -> RewriteConfig:
 
 
 def _fusion(index_dir: str):
-    """(FusionConfig, the choice's JSON or None): the flags' fusion, or one chosen on the
-    layout's eval split when the export is hybrid and no fusion flag was given."""
+    """(FusionConfig, spelling on, the choice's JSON or None): the flags' fusion, or one chosen
+    on the layout's eval split when the export is hybrid and no fusion flag was given; with
+    --spelling=auto, spelling on or off by the same split."""
     given = [name for name in FUSION_FLAGS if flags.FLAGS[name].present]
     manifest = index_layout.read_manifest(index_dir, check_files=False)
-    if given or not (_CHOOSE_FUSION.value and _HYBRID.value and manifest.lexical is not None):
-        return fusion_flags.fusion_config(), None
+    has_lexical = manifest.lexical is not None
+    choose = not given and _CHOOSE_FUSION.value and _HYBRID.value and has_lexical
+    auto = _SPELLING.value == "auto" and has_lexical and bool(manifest.lexical.speller_file)
+    if not (choose or auto):
+        return fusion_flags.fusion_config(), _SPELLING.value == "on", None
     from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
-    choice = fusion_choice.choose_for_index(_MODEL_DIR.value, index_dir, _LAYOUT.value,
-                                            _CHECKPOINT.value, _NPROBE.value or None,
-                                            rewrite_table=_REWRITES.value,
-                                            rewrites=_rewrite_config(),
-                                            spelling=_SPELLING.value)
+    from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
+    candidates = (fusion_choice.CANDIDATES if choose else
+                  (fusion_flags.fusion_config() if _HYBRID.value
+                   else FusionConfig(lexical_weight=0.0),))
+    kwargs = dict(rewrite_table=_REWRITES.value, rewrites=_rewrite_config(),
+                  candidates=candidates)
+    args = (_MODEL_DIR.value, index_dir, _LAYOUT.value, _CHECKPOINT.value, _NPROBE.value or None)
+    if auto:
+        choice, spelling, scores = fusion_choice.choose_with_spelling(*args, **kwargs)
+        print(f"spelling {'on' if spelling else 'off'}: objective {scores['with']:.4f} with the "
+              f"catalog speller, {scores['without']:.4f} without (--spelling=on/off to set it)")
+    else:
+        spelling = _SPELLING.value == "on"
+        choice = fusion_choice.choose_for_index(*args, spelling=spelling, **kwargs)
+        scores = {}
     print(choice.table())
+    record = dict(choice.to_json(), spelling={"mode": _SPELLING.value, "on": spelling,
+                                              "scores": scores})
+    if not choose:
+        return fusion_flags.fusion_config(), spelling, record
     print(f"fusion chosen on the eval split: {fusion_choice.describe(choice.config)} "
           "(give a fusion flag or --nochoose_fusion to set it yourself)")
-    return choice.config, choice.to_json()
+    return choice.config, spelling, record
 
 
 def main(argv):
@@ -104,12 +124,12 @@ def main(argv):
         fusion_flags.fusion_config()          # bad fusion flags fail before any work
         index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(
             _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
-        fusion, choice = _fusion(index_dir)
+        fusion, spelling, choice = _fusion(index_dir)
         servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
                                   max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
                                   mmap_index=_MMAP.value, fusion=fusion,
-                                  rewrites=_rewrite_config(), spelling=_SPELLING.value)
+                                  rewrites=_rewrite_config(), spelling=spelling)
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,

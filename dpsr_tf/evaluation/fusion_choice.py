@@ -15,7 +15,7 @@ there are slightly optimistic (one of CANDIDATES picked on them); cross-validati
 layout of held-out queries measures it without that bias.
 """
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import rewrites as rewrites_lib
+from dpsr_tf.evaluation import spelled_layout as spelled_layout_lib
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.rewriting import table as table_lib
 from dpsr_tf.search.fusion import FusionConfig
@@ -140,7 +141,8 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
                      split: str = "eval", log: Callable[[str], None] = print,
                      rewrite_table: Optional[str] = None,
                      rewrites: RewriteConfig = RewriteConfig(),
-                     spelling: bool = True) -> FusionChoice:
+                     spelling: bool = True,
+                     candidates: Sequence[FusionConfig] = CANDIDATES) -> FusionChoice:
     """choose_fusion with the lists of a model's index build on a layout split (as
     `dpsr evaluate --hybrid` makes them).
 
@@ -150,6 +152,7 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
       the lists it will fuse. The split's queries without an entry keep their own list.
     spelling: the servable will correct queries with the build's speller: both lists are made
       from the corrected queries (the table is still looked up by the query as typed).
+    candidates: the fusions to try (default the grid).
 
     Raises:
       FileNotFoundError, ValueError: as hybrid.open_hybrid; a bad rewrite table or settings.
@@ -173,5 +176,36 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
         with_table = (f"; lexical lists merged with the rewrites of {rewrite_table} "
                       f"({covered} of the requests' queries have an entry)")
     log(f"choosing the fusion on {len(run.eval_set)} requests of split {split} "
-        f"({len(CANDIDATES)} candidates, objective mean of {', '.join(OBJECTIVE)}){with_table}")
-    return choose_fusion(run.dense_scores, run.dense_rows, lexical_lists, run.eval_set, run.k)
+        f"({len(candidates)} candidates, objective mean of {', '.join(OBJECTIVE)}){with_table}")
+    return choose_fusion(run.dense_scores, run.dense_rows, lexical_lists, run.eval_set, run.k,
+                         candidates)
+
+
+def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
+                         checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
+                         log: Callable[[str], None] = print,
+                         rewrite_table: Optional[str] = None,
+                         rewrites: RewriteConfig = RewriteConfig(),
+                         candidates: Sequence[FusionConfig] = CANDIDATES
+                         ) -> Tuple[FusionChoice, bool, dict]:
+    """choose_for_index with and without the build's speller; the better (by the chosen
+    fusion's score; a tie keeps the queries as typed) decides whether the servable corrects
+    queries. A speller helps where users misspell catalog words (Home Depot) and can hurt
+    where the catalog's words are few and the users' many (docs/spelling.md).
+
+    Returns:
+      (the chosen FusionChoice, spelling on, {"with": score, "without": score} or {} for a
+       build without a speller).
+    """
+    without = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
+                               log=log, rewrite_table=rewrite_table, rewrites=rewrites,
+                               spelling=False, candidates=candidates)
+    if spelled_layout_lib.index_speller(index_dir) is None:
+        return without, False, {}
+    spelled = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
+                               log=log, rewrite_table=rewrite_table, rewrites=rewrites,
+                               spelling=True, candidates=candidates)
+    scores = {"with": spelled.score, "without": without.score}
+    if spelled.score > without.score:
+        return spelled, True, scores
+    return without, False, scores

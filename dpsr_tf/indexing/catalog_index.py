@@ -11,7 +11,7 @@ item_ids.txt) for evaluation and for rebuilding with another factory string with
 import dataclasses
 import os
 import time
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from absl import logging
@@ -91,10 +91,18 @@ def add_lexical_index(output_dir: str, layout_dir: str,
     documents = item_text.item_documents(spec, fields)
     lexical = lexical_index.build_lexical_shards(output_dir, manifest, ids, documents, config,
                                                  log=lambda m: logging.info("%s", m),
-                                                 fields_text=item_text.fields_spec(fields))
+                                                 fields_text=item_text.fields_spec(fields),
+                                                 typed_queries=_logged_train_queries(spec))
     manifest = dataclasses.replace(manifest, lexical=lexical)
     index_layout.write_manifest(output_dir, manifest)
     return manifest
+
+
+def _logged_train_queries(spec) -> List[str]:
+    """The distinct queries of the layout's train split: logged ones only (pseudo-queries have
+    a split of their own), and not the eval split's, which are what evaluation asks."""
+    texts = layout_lib.load_queries(spec)
+    return [texts[r] for r in np.unique(layout_lib.read_records(spec, "train")["query_row"])]
 
 
 def load_catalog_embeddings(index_dir: str) -> Tuple[np.ndarray, np.ndarray]:

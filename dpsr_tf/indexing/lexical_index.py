@@ -18,7 +18,8 @@ in `dpsr evaluate` (LexicalSearcher, through dpsr_tf._lexical) and in the servab
 Dpsr>LexicalSearch op), so evaluation and serving rank identically.
 
 Once per build it also writes the catalog speller's vocabulary (<dir>/speller_vocab.txt: the
-words of the same documents and how many items use each; dpsr_tf/tokenization/speller.py).
+words of the same documents and how many items use each, and the words of the layout's logged
+train queries that no item uses; dpsr_tf/tokenization/speller.py).
 """
 import os
 import time
@@ -48,7 +49,8 @@ def build_lexical_shards(directory: str, manifest: index_layout.IndexManifest,
                          item_ids: Sequence[str], documents: Sequence[str],
                          config: LexicalConfig = LexicalConfig(),
                          log: Callable[[str], None] = print,
-                         fields_text: str = "title") -> LexicalManifest:
+                         fields_text: str = "title",
+                         typed_queries: Sequence[str] = ()) -> LexicalManifest:
     """Writes <directory>/shard_*/lexical.idx over each shard's id map.
 
     Args:
@@ -59,6 +61,8 @@ def build_lexical_shards(directory: str, manifest: index_layout.IndexManifest,
         here.
       config: features and BM25 parameters.
       fields_text: the resolved fields the documents hold (recorded in the manifest).
+      typed_queries: the layout's logged train queries: their frequent words join the
+        speller's vocabulary as known words (speller.vocabulary).
 
     Returns:
       the LexicalManifest to store in manifest.json (the caller writes it).
@@ -97,8 +101,10 @@ def build_lexical_shards(directory: str, manifest: index_layout.IndexManifest,
     # The speller's words are the same documents' (every shard's: a query is corrected once,
     # before any shard sees it).
     speller_path = os.path.join(directory, speller_lib.SPELLER_FILE)
-    num_words = speller_lib.write_vocabulary(speller_path, speller_lib.word_counts(documents))
-    log(f"  speller vocabulary: {num_words} words ({speller_lib.SPELLER_FILE})")
+    counts = speller_lib.vocabulary(documents, typed_queries)
+    num_words = speller_lib.write_vocabulary(speller_path, counts)
+    log(f"  speller vocabulary: {num_words} words, {sum(c == 0 for c in counts.values())} of "
+        f"them only typed in queries ({speller_lib.SPELLER_FILE})")
     return LexicalManifest(features=tuple(config.features), k1=config.k1, b=config.b,
                            max_tokens=config.max_tokens, text=fields_text,
                            num_docs=int(stats.num_docs), avg_doc_length=stats.avg_doc_length,

@@ -5,7 +5,8 @@ nothing in the lexical index and lands the dense tower among its letter trigrams
 The speller replaces each such word by a catalog word: a digit/letter split, the closest word
 within two edits, or a split into two words (the rules are in the header). `dpsr index` writes
 the vocabulary (SPELLER_FILE, beside the lexical index: every word of the same documents, with
-the number of items using it); `dpsr export` ships it as an asset of the servable, whose
+the number of items using it, and the words users type in the layout's train queries, known but
+never proposed); `dpsr export` ships it as an asset of the servable, whose
 Dpsr>SpellCorrect op corrects each query before both the query tower and BM25 see it
 (spell_op.py); `dpsr evaluate` corrects with this module, so evaluation and serving agree.
 
@@ -47,6 +48,24 @@ def word_counts(texts: Iterable[str]) -> Dict[str, int]:
     for keys in unit_keys(list(texts)):
         counts.update({k[2:] for k in keys if k.startswith("w:")})
     return dict(counts)
+
+
+# A word typed in at least this many distinct logged queries is known to the speller even when
+# no item uses it ("wii", "cod"): the model learned it from the log, a correction would move it.
+MIN_QUERY_COUNT = 2
+
+
+def vocabulary(documents: Iterable[str], queries: Iterable[str] = (),
+               min_query_count: int = MIN_QUERY_COUNT) -> Dict[str, int]:
+    """The speller's words: every word of the documents with the number using it, plus the
+    words of at least min_query_count distinct queries that no document uses, with count 0
+    (known, never proposed)."""
+    counts = word_counts(documents)
+    typed = word_counts(dict.fromkeys(queries))
+    for word, n in typed.items():
+        if n >= min_query_count and word not in counts:
+            counts[word] = 0
+    return counts
 
 
 def write_vocabulary(path: str, counts: Dict[str, int]) -> int:

@@ -86,8 +86,8 @@ Speller::Speller(std::vector<std::pair<std::string, int64_t>> counts, const Spel
   words_.reserve(counts.size());
   counts_.reserve(counts.size());
   for (auto& [word, count] : counts) {
-    if (word.empty() || count < 1) {
-      throw TokenizerError("speller vocabulary: word '" + word + "' needs a count >= 1, got " +
+    if (word.empty() || count < 0) {
+      throw TokenizerError("speller vocabulary: word '" + word + "' needs a count >= 0, got " +
                            std::to_string(count));
     }
     if (!index_.emplace(word, static_cast<int32_t>(words_.size())).second) {
@@ -99,8 +99,9 @@ Speller::Speller(std::vector<std::pair<std::string, int64_t>> counts, const Spel
   std::unordered_set<std::string> keys;
   for (size_t w = 0; w < words_.size(); ++w) {
     const std::string& word = words_[w];
-    if (static_cast<int>(word.size()) < kMinSpellWord - 1 || !IsAscii(word) || AllDigits(word)) {
-      continue;
+    if (counts_[w] == 0 || static_cast<int>(word.size()) < kMinSpellWord - 1 || !IsAscii(word) ||
+        AllDigits(word)) {
+      continue;  // count 0: a word users type that no item uses, known but never proposed
     }
     keys.clear();
     Deletes(word, config_.max_distance, &keys);

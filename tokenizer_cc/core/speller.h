@@ -35,7 +35,9 @@
 namespace dpsr {
 namespace text {
 
-// The first line of a speller vocabulary file; then one "<word>\t<document count>" per line.
+// The first line of a speller vocabulary file; then one "<word>\t<document count>" per line. A
+// count of 0 marks a word that users type and no item uses: known (never corrected), never
+// proposed as a correction.
 inline constexpr char kSpellerHeader[] = "# dpsr speller vocabulary 1";
 // Words shorter than this are never corrected (units and abbreviations: "in", "ft").
 inline constexpr int kMinSpellWord = 3;
@@ -48,7 +50,8 @@ struct SpellerConfig {
 
 class Speller {
  public:
-  // counts: word -> number of catalog documents using it (words as the tokenizer emits them).
+  // counts: word -> number of catalog documents using it (words as the tokenizer emits them;
+  // 0: known, never proposed).
   Speller(std::vector<std::pair<std::string, int64_t>> counts, const SpellerConfig& config);
   // Reads a vocabulary file (kSpellerHeader, then word<TAB>count lines). Throws TokenizerError
   // with the file and line of a bad line, a duplicate word, or if the file cannot be read.
