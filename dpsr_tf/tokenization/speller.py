@@ -17,9 +17,13 @@ import collections
 import dataclasses
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from dpsr_tf.tokenization.tokenizer import _native
+from dpsr_tf.tokenization.config import TokenizerConfig
+from dpsr_tf.tokenization.tokenizer import Tokenizer, _native
 
 SPELLER_FILE = "speller_vocab.txt"
+# Word unigrams only: the words the C++ core corrects ("w:<word>").
+_WORDS = TokenizerConfig(word_unigrams=True, word_bigrams=False, letter_trigrams=False,
+                         cjk_unigrams=False, cjk_bigrams=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +47,9 @@ class SpellerConfig:
 def word_counts(texts: Iterable[str]) -> Dict[str, int]:
     """word -> number of texts using it, words as the tokenizer's unigram features emit them
     (lowercased; CJK characters are not words)."""
-    from dpsr_tf.rewriting.units import unit_keys  # pylint: disable=import-outside-toplevel
     counts = collections.Counter()
-    for keys in unit_keys(list(texts)):
-        counts.update({k[2:] for k in keys if k.startswith("w:")})
+    for keys in Tokenizer(_WORDS).features(list(texts)):
+        counts.update({k[2:] for k in keys})
     return dict(counts)
 
 

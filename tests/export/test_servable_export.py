@@ -278,9 +278,20 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
     chosen = FusionConfig.from_json(choice["fusion"])
     assert info["servable"]["fusion"] == json.loads(chosen.to_json())
     assert "fusion chosen on the eval split: " + fusion_choice.describe(chosen) in text
+    # --spelling=auto: the tiny catalog's words mix letters and digits, so the speller changes
+    # no query, both scores tie and the queries stay as typed.
+    assert choice["spelling"] == {"mode": "auto", "on": False,
+                                  "scores": {"with": choice["score"], "without": choice["score"]}}
+    assert info["servable"]["spelling"] is False
+    assert "spelling off: objective" in text
     _, given = export(f"--export_base={tmp_path}/given", "--lexical_weight=0.25")
-    assert given["fusion_choice"] is None
     assert given["servable"]["fusion"]["lexical_weight"] == 0.25
+    # A given fusion is kept; auto spelling is still decided on the split, with that fusion.
+    (only,) = given["fusion_choice"]["candidates"]
+    assert FusionConfig.from_json(only["fusion"]) == FusionConfig(lexical_weight=0.25)
+    _, fixed = export(f"--export_base={tmp_path}/fixed", "--lexical_weight=0.25",
+                      "--spelling=on")
+    assert fixed["fusion_choice"] is None and fixed["servable"]["spelling"] is True
     # With --rewrites the candidates fuse the lexical lists merged with the table's rewrites
     # (scored exactly in tests/evaluation/test_fusion_choice.py): here each eval query's
     # rewrite is the title of one of its relevant items, which moves the candidates' scores.
