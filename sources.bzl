@@ -70,6 +70,7 @@ OP_LIBRARY_HDRS = [
     "search_cc/kernels/index_resource.h",
     "search_cc/ops/index_resource_shapes.h",
     "search_cc/core/lexical_index.h",
+    "tokenizer_cc/kernels/loaded_by_path.h",
 ]
 
 # C++ unit tests of the core (plain executables; exit status 0 means pass), and the CHECK

@@ -1,12 +1,11 @@
 // OpKernel of Dpsr>SpellCorrect: converts tensors and errors, the correction is in the core.
-#include <map>
 #include <memory>
 #include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/mutex.h"
 #include "tokenizer_cc/core/speller.h"
+#include "tokenizer_cc/kernels/loaded_by_path.h"
 
 namespace dpsr {
 namespace {
@@ -64,23 +63,13 @@ class SpellCorrectOp : public OpKernel {
  private:
   // The speller of a vocabulary path, loaded on first use and shared by later calls.
   ::tensorflow::Status Get(const std::string& path, std::shared_ptr<const Speller>* speller) {
-    ::tensorflow::mutex_lock lock(mu_);
-    auto it = by_path_.find(path);
-    if (it == by_path_.end()) {
-      try {
-        std::shared_ptr<const Speller> made = Speller::Load(path, config_);
-        it = by_path_.emplace(path, std::move(made)).first;
-      } catch (const TokenizerError& e) {
-        return InvalidArgument("Dpsr>SpellCorrect: ", e.what());
-      }
-    }
-    *speller = it->second;
-    return ::tensorflow::OkStatus();
+    return by_path_.Get(path, "Dpsr>SpellCorrect", [this](const std::string& p) {
+      return Speller::Load(p, config_);
+    }, speller);
   }
 
   SpellerConfig config_;
-  ::tensorflow::mutex mu_;
-  std::map<std::string, std::shared_ptr<const Speller>> by_path_ TF_GUARDED_BY(mu_);
+  LoadedByPath<Speller> by_path_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("Dpsr>SpellCorrect").Device(::tensorflow::DEVICE_CPU),

@@ -1,13 +1,12 @@
 // OpKernel of Dpsr>Tokenize: converts tensors and errors, all tokenization is in the core.
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
-#include "tensorflow/core/platform/mutex.h"
 #include "tokenizer_cc/core/tokenizer.h"
+#include "tokenizer_cc/kernels/loaded_by_path.h"
 
 namespace dpsr {
 namespace {
@@ -88,24 +87,14 @@ class TokenizeOp : public OpKernel {
       *tok = hashing_;
       return ::tensorflow::OkStatus();
     }
-    ::tensorflow::mutex_lock lock(mu_);
-    auto it = by_vocab_.find(path);
-    if (it == by_vocab_.end()) {
-      try {
-        auto made = std::make_shared<const Tokenizer>(config_, text::Vocabulary::Load(path));
-        it = by_vocab_.emplace(path, std::move(made)).first;
-      } catch (const TokenizerError& e) {
-        return InvalidArgument("Dpsr>Tokenize: ", e.what());
-      }
-    }
-    *tok = it->second;
-    return ::tensorflow::OkStatus();
+    return by_vocab_.Get(path, "Dpsr>Tokenize", [this](const std::string& p) {
+      return std::make_unique<const Tokenizer>(config_, text::Vocabulary::Load(p));
+    }, tok);
   }
 
   TokenizerConfig config_;
   std::shared_ptr<const Tokenizer> hashing_;
-  ::tensorflow::mutex mu_;
-  std::map<std::string, std::shared_ptr<const Tokenizer>> by_vocab_ TF_GUARDED_BY(mu_);
+  LoadedByPath<Tokenizer> by_vocab_;
 };
 
 REGISTER_KERNEL_BUILDER(Name("Dpsr>Tokenize").Device(::tensorflow::DEVICE_CPU), TokenizeOp);

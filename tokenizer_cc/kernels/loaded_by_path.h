@@ -1,0 +1,44 @@
+// A kernel's objects loaded from a file on first use, one per path, shared by later calls
+// (the tokenizer's vocabularies, the speller's): a SavedModel asset is read once per process.
+#ifndef DPSR_TOKENIZER_CC_KERNELS_LOADED_BY_PATH_H_
+#define DPSR_TOKENIZER_CC_KERNELS_LOADED_BY_PATH_H_
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/platform/mutex.h"
+#include "tokenizer_cc/core/tokenizer.h"
+
+namespace dpsr {
+
+template <typename T>
+class LoadedByPath {
+ public:
+  // The object of `path`, made by load(path) the first time; a TokenizerError it throws
+  // becomes InvalidArgument prefixed with `op` (and the next call tries again).
+  template <typename Load>
+  ::tensorflow::Status Get(const std::string& path, const char* op, Load&& load,
+                           std::shared_ptr<const T>* out) {
+    ::tensorflow::mutex_lock lock(mu_);
+    auto it = by_path_.find(path);
+    if (it == by_path_.end()) {
+      try {
+        it = by_path_.emplace(path, std::shared_ptr<const T>(load(path))).first;
+      } catch (const text::TokenizerError& e) {
+        return ::tensorflow::errors::InvalidArgument(op, ": ", e.what());
+      }
+    }
+    *out = it->second;
+    return ::tensorflow::OkStatus();
+  }
+
+ private:
+  ::tensorflow::mutex mu_;
+  std::map<std::string, std::shared_ptr<const T>> by_path_ TF_GUARDED_BY(mu_);
+};
+
+}  // namespace dpsr
+
+#endif  // DPSR_TOKENIZER_CC_KERNELS_LOADED_BY_PATH_H_
