@@ -3,7 +3,8 @@
 On Home Depot's titles (vocabulary) and search terms (queries) from ../shared/datasets when
 present, else a seeded synthetic catalog with typos: the time and RSS of building the speller
 (symmetric-delete map), then per query the time of Speller.correct (pybind11, batch), of
-Dpsr>SpellCorrect in a tf.function, and of Dpsr>Tokenize on the same queries for scale. The
+Dpsr>SpellCorrect in a tf.function, and of Dpsr>Tokenize on the same queries for scale, and of
+a hostile batch (100-word queries of made-up long words, the most a word can cost). The
 serving cost of spelling is the op's time per query; the ratio to the tokenizer carries across
 machines.
 
@@ -100,6 +101,13 @@ def main():
     tok = Tokenizer(TokenizerConfig())
     t_correct = timed(lambda: speller.correct(queries), args.repeats)
     t_tokenize = timed(lambda: tok.tokenize(queries), args.repeats)
+    # A hostile client's queries: many long made-up words, each a miss that costs the most
+    # (every delete probed, then every split tried); the speller bounds words and length.
+    rng = random.Random(1)
+    hostile = [" ".join("".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(length))
+                        for _ in range(100)) for length in (12, 20, 30) for _ in range(100)]
+    t_hostile = timed(lambda: speller.correct(hostile), args.repeats)
+    t_hostile_tok = timed(lambda: tok.tokenize(hostile), args.repeats)
 
     import tensorflow as tf
     from dpsr_tf.tokenization import tokenize_op
@@ -130,6 +138,9 @@ def main():
                          ("Tokenizer.tokenize (pybind11)", t_tokenize, t_tokenize),
                          ("Dpsr>Tokenize (tf.function)", t_tok_op, t_tok_op)):
         print(f"| {name} | {t / n * 1e6:.1f} | {n / t:,.0f} | {t / ref:.2f}x |")
+    h = len(hostile)
+    print(f"| hostile: {h} queries of 100 made-up words (12, 20, 30 letters), Speller.correct | "
+          f"{t_hostile / h * 1e6:.1f} | {h / t_hostile:,.0f} | {t_hostile / t_hostile_tok:.2f}x |")
 
 
 if __name__ == "__main__":

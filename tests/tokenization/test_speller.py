@@ -28,7 +28,7 @@ def _osa(a, b):
 
 def _reference_word(counts, word, max_distance=2, long_word=6):
     """The header's rules by brute force: every vocabulary word is compared."""
-    if word in counts or len(word) < 3 or not word.isascii() or word.isdigit():
+    if word in counts or not 3 <= len(word) <= 24 or not word.isascii() or word.isdigit():
         return None
     if any(c.isdigit() for c in word):
         parts = ["".join(g) for _, g in itertools.groupby(word, key=str.isdigit)]

@@ -36,7 +36,10 @@ void Deletes(const std::string& word, int depth, std::unordered_set<std::string>
     std::vector<std::string> next;
     for (const std::string& w : frontier) {
       for (size_t i = 0; i < w.size(); ++i) {
-        std::string shorter = w.substr(0, i) + w.substr(i + 1);
+        if (i > 0 && w[i] == w[i - 1]) continue;  // deleting either of a double letter: one key
+        std::string shorter;
+        shorter.reserve(w.size() - 1);
+        shorter.append(w, 0, i).append(w, i + 1, std::string::npos);
         if (out->insert(shorter).second) next.push_back(std::move(shorter));
       }
     }
@@ -99,9 +102,11 @@ Speller::Speller(std::vector<std::pair<std::string, int64_t>> counts, const Spel
   std::unordered_set<std::string> keys;
   for (size_t w = 0; w < words_.size(); ++w) {
     const std::string& word = words_[w];
-    if (counts_[w] == 0 || static_cast<int>(word.size()) < kMinSpellWord - 1 || !IsAscii(word) ||
-        AllDigits(word)) {
-      continue;  // count 0: a word users type that no item uses, known but never proposed
+    if (counts_[w] == 0 || static_cast<int>(word.size()) < kMinSpellWord - 1 ||
+        static_cast<int>(word.size()) > kMaxSpellWordBytes + config_.max_distance ||
+        !IsAscii(word) || AllDigits(word)) {
+      continue;  // count 0: a word users type that no item uses, known but never proposed;
+                 // longer than a correctable word plus its edits: never within reach
     }
     keys.clear();
     Deletes(word, config_.max_distance, &keys);
@@ -153,7 +158,10 @@ int64_t Speller::CountOf(std::string_view word) const {
 
 std::string Speller::CorrectWord(std::string_view view) const {
   const std::string word(view);
-  if (static_cast<int>(word.size()) < kMinSpellWord || !IsAscii(word) || Known(word)) return "";
+  if (static_cast<int>(word.size()) < kMinSpellWord ||
+      static_cast<int>(word.size()) > kMaxSpellWordBytes || !IsAscii(word) || Known(word)) {
+    return "";
+  }
   if (AllDigits(word)) return "";
   const bool has_digit = std::any_of(word.begin(), word.end(), IsDigit);
   if (has_digit) {
@@ -218,10 +226,12 @@ std::string Speller::Correct(std::string_view query, bool* changed) const {
   bool any = false;
   std::string out;
   bool prev_cjk = false;
+  int lookups = kMaxSpellWords;  // unknown words searched; known and short ones cost a probe
   for (const std::string& key : keys) {
     const bool cjk = key.rfind("c:", 0) == 0;
     std::string unit = key.substr(key.find(':') + 1);
-    if (!cjk) {
+    if (!cjk && lookups > 0 && static_cast<int>(unit.size()) >= kMinSpellWord && !Known(unit)) {
+      --lookups;
       std::string fixed = CorrectWord(unit);
       if (!fixed.empty()) {
         unit = std::move(fixed);

@@ -41,6 +41,13 @@ namespace text {
 inline constexpr char kSpellerHeader[] = "# dpsr speller vocabulary 1";
 // Words shorter than this are never corrected (units and abbreviations: "in", "ft").
 inline constexpr int kMinSpellWord = 3;
+// Bounds on one query's work, so a hostile query (thousands of long made-up words) costs what
+// an ordinary one does: words longer than kMaxSpellWordBytes are kept as typed (a word of n
+// letters generates about n^2/2 deletes; no Home Depot correction is longer than 16 letters),
+// and only the first kMaxSpellWords unknown words of a query are searched (Home Depot's longest
+// query has 14 words; later unknown words are kept as typed).
+inline constexpr int kMaxSpellWordBytes = 24;
+inline constexpr int kMaxSpellWords = 16;
 
 struct SpellerConfig {
   int max_distance = 2;  // 1 or 2
@@ -58,9 +65,10 @@ class Speller {
   static std::unique_ptr<Speller> Load(const std::string& path, const SpellerConfig& config);
 
   // The correction of one word (possibly two words joined by a space), or "" when the word is
-  // known, too short, not ASCII, a number or model number, or has no candidate.
+  // known, too short or too long, not ASCII, a number or model number, or has no candidate.
   std::string CorrectWord(std::string_view word) const;
   // The corrected query, or the query itself when nothing changed. *changed says which.
+  // Unknown words after the first kMaxSpellWords are kept as typed.
   std::string Correct(std::string_view query, bool* changed) const;
 
   bool Known(std::string_view word) const;

@@ -64,6 +64,25 @@ void TestCorrections() {
   EXPECT(s.CorrectWord("fnec").empty());                    // 2 edits, 4 letters
 }
 
+void TestBoundedWork() {
+  // A long vocabulary word is known but out of reach: a typo of it is longer than a query
+  // word may be for correction.
+  const std::string long_word(26, 'a');
+  const std::string reachable = std::string(24, 'b') + "x";  // 25 letters: in reach of 24 + 2
+  const Speller s({{"fan", 1}, {long_word, 1}, {reachable, 1}, {"ceiling", 1}}, SpellerConfig());
+  EXPECT(s.Known(long_word));
+  EXPECT(s.CorrectWord(std::string(25, 'a')).empty());                  // 25 letters: kept
+  EXPECT(s.CorrectWord(std::string(24, 'b')) == reachable);             // 24: corrected
+  // Only the first kMaxSpellWords unknown words are searched; known words do not count.
+  std::string query, want;
+  for (int i = 0; i < dpsr::text::kMaxSpellWords + 2; ++i) {
+    query += (i ? " fan " : "fan ") + std::string("ceilng");
+    want += (i ? " fan " : "fan ") +
+            std::string(i < dpsr::text::kMaxSpellWords ? "ceiling" : "ceilng");
+  }
+  EXPECT(Correct(s, query) == want);
+}
+
 void TestBadInput() {
   bool threw = false;
   try {
@@ -106,6 +125,7 @@ void TestBadInput() {
 int main() {
   TestEditDistance();
   TestCorrections();
+  TestBoundedWork();
   TestBadInput();
   if (failures == 0) std::printf("speller_test: all passed\n");
   return failures == 0 ? 0 : 1;
