@@ -58,8 +58,9 @@ _PER_QUERY = flags.DEFINE_string(
     "bootstrap and sign-flip test on recall@100, recall@1000, ndcg@10).")
 _SPELLING = flags.DEFINE_bool(
     "spelling", True, "--hybrid: when the index build has a catalog speller, every system "
-    "sees the queries it corrects, as a servable exported with --spelling (the default) does; "
-    "--nospelling: the queries as typed (docs/spelling.md).")
+    "sees the queries it corrects, as a servable exported with --spelling=on does (export's "
+    "default, auto, turns it on when the eval split scores higher with it); --nospelling: the "
+    "queries as typed, as --spelling=off serves them (docs/spelling.md).")
 _NPROBE = flags.DEFINE_integer("nprobe", None,
                                "IVF lists to probe with --served (default: the index's own).")
 

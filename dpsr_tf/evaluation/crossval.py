@@ -39,6 +39,9 @@ CONFIG_JSON = "crossval_config.json"
 SUMMARY_JSON = "summary.json"
 METRICS_JSON = "metrics.json"
 HYBRID_JSON = "hybrid.json"
+# In a fold's metrics.json: whether its hybrid stage scored the queries spelled (rerunning with
+# the other --spelling redoes the stage rather than reusing lists of the other setting).
+HYBRID_SPELLING = "hybrid_spelling"
 TABLE_METRICS = ("recall@10", "recall@100", "recall@1000", "ndcg@10", "mrr@10", "top@1",
                  "top@10", "auc")
 # A fold's per-request metrics in its metrics.json: {system: {metric: [values]}}.
@@ -305,7 +308,11 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
         log(f"{tag}: done earlier, reusing {metrics_path}")
-        if config.hybrid and not _has_hybrid_stage(fold_dir, metrics):
+        if config.hybrid and not _has_hybrid_stage(fold_dir, metrics, config.spelling):
+            if HYBRID_SPELLING in metrics:
+                log(f"{tag}: its hybrid stage scored the queries "
+                    f"{'spelled' if metrics[HYBRID_SPELLING] else 'as typed'}; redoing it "
+                    f"{'spelled' if config.spelling else 'as typed'}")
             _hybrid_stage(config, fold, metrics, tag, log)
             _write_json(metrics_path, metrics)
         return metrics
@@ -360,8 +367,11 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
     return metrics
 
 
-def _has_hybrid_stage(fold_dir: str, metrics: dict) -> bool:
+def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool) -> bool:
+    """Whether the fold's hybrid stage is done with this spelling setting (a stage from before
+    the setting was recorded is redone)."""
     return (hybrid_lib.SERVED in metrics and hybrid_lib.LEXICAL in metrics
+            and metrics.get(HYBRID_SPELLING) == spelling
             and os.path.isfile(os.path.join(fold_dir, hybrid_lib.LISTS_FILE)))
 
 
@@ -372,9 +382,13 @@ def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
     fold_dir = config.fold_dir(fold)
     log(f"{tag}: building {os.path.join(fold_dir, hybrid_lib.INDEX_DIR)} as `dpsr index` does "
         f"and evaluating the served dense and lexical lists")
+    candidates = os.path.join(fold_dir, hybrid_lib.CANDIDATES_FILE)
+    if os.path.exists(candidates):  # fused from the lists this stage replaces
+        os.remove(candidates)
     results, per_request = hybrid_lib.evaluate_fold(
         metrics["model_dir"], metrics["layout_dir"], fold_dir, config.evaluation,
         metrics["dpsr"], log=lambda _: None, spelling=config.spelling)
+    metrics[HYBRID_SPELLING] = config.spelling
     for system, values in per_request.items():
         want = metrics["dpsr"]["requests"]
         if len(next(iter(values.values()))) != want:

@@ -268,3 +268,30 @@ def test_a_run_without_hybrid_after_it_compares_dpsr_and_bm25_only(hybrid_folds)
     summary = crossval_lib.run(dataclasses.replace(config, hybrid=False), log=lambda _: None)
     assert set(summary["systems"]) == {"dpsr", "bm25"} and "hybrid" not in summary
     assert {(c["a"], c["b"]) for c in summary["paired"]} == {("dpsr", "bm25")}
+
+
+def test_rerun_with_the_other_spelling_redoes_the_hybrid_stage(hybrid_folds):
+    # Reusing lists scored with the other setting would label spelled numbers as typed ones.
+    config, _, _ = hybrid_folds
+    typed = dataclasses.replace(config, spelling=False)
+    stale = {}
+    for fold in range(2):
+        fold_dir = os.path.join(config.output, f"fold_{fold}")
+        with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
+            assert json.load(f)[crossval_lib.HYBRID_SPELLING] is True
+        stale[fold] = os.stat(os.path.join(fold_dir, hybrid_lib.CANDIDATES_FILE)).st_mtime_ns
+    lines = []
+    crossval_lib.run(typed, log=lines.append)
+    assert sum("its hybrid stage scored the queries spelled; redoing it as typed" in line
+               for line in lines) == 2
+    for fold in range(2):
+        fold_dir = os.path.join(config.output, f"fold_{fold}")
+        with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
+            assert json.load(f)[crossval_lib.HYBRID_SPELLING] is False
+        # The fusion candidates were fused again from the new lists, not read from the cache.
+        assert os.stat(os.path.join(fold_dir, hybrid_lib.CANDIDATES_FILE)).st_mtime_ns != \
+            stale[fold]
+    lines = []
+    crossval_lib.run(typed, log=lines.append)        # the same setting again: nothing redone
+    assert not any("redoing" in line for line in lines)
+    crossval_lib.run(config, log=lambda _: None)     # back to spelled for any later test

@@ -35,7 +35,7 @@ def _reference_word(counts, word, max_distance=2, long_word=6):
         return " ".join(parts) if all(p in counts for p in parts) else None
     limit = max_distance if len(word) >= long_word else 1
     ranked = sorted((_osa(word, w) + (w[0] != word[0]), -c, w) for w, c in counts.items()
-                    if len(w) >= 2 and w.isascii() and not w.isdigit()
+                    if w.isascii() and not w.isdigit()
                     and _osa(word, w) <= limit)
     if ranked:
         return ranked[0][2]
@@ -93,6 +93,10 @@ def test_vocabulary_counts_documents():
                                                           # first letter differs
     ("fan 52in", "fan 52 in"),
     ("手机 ceilng", "手机 ceiling"),                      # CJK kept, glued together
+    ("手 机 ceilng", "手 机 ceiling"),                    # ... only where they were adjacent
+    ("삼성 냉장고, ceilng", "삼성 냉장고 ceiling"),        # Korean keeps its word boundaries
+    ("café " * 16 + "ceilng", "café " * 16 + "ceiling"),  # words never searched don't count
+                                                          # toward the 16 searched per query
 ])
 def test_corrections(speller, query, want):
     assert speller.rewrite(query) == want

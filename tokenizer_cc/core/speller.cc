@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <tuple>
 #include <unordered_set>
@@ -16,7 +17,7 @@ TokenizerConfig UnitConfig() {
   c.word_bigrams = false;
   c.letter_trigrams = false;
   c.cjk_unigrams = true;
-  c.cjk_bigrams = false;
+  c.cjk_bigrams = true;  // a "cc:" pair follows two CJK characters the query had side by side
   return c;
 }
 
@@ -29,6 +30,11 @@ bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 bool AllDigits(std::string_view s) { return std::all_of(s.begin(), s.end(), IsDigit); }
 
 // word with 0..depth characters deleted, into *out.
+// The delete map stores a key's hash, not the key: a colliding key only adds a candidate that
+// the exact edit distance then rejects, and the map is one sorted array of 16-byte entries
+// (Home Depot's 374,686 keys: ~6 MiB, where string keys with word vectors took ~45 MiB).
+uint64_t KeyHash(const std::string& key) { return std::hash<std::string>{}(key); }
+
 void Deletes(const std::string& word, int depth, std::unordered_set<std::string>* out) {
   out->insert(word);
   std::vector<std::string> frontier{word};
@@ -102,16 +108,20 @@ Speller::Speller(std::vector<std::pair<std::string, int64_t>> counts, const Spel
   std::unordered_set<std::string> keys;
   for (size_t w = 0; w < words_.size(); ++w) {
     const std::string& word = words_[w];
-    if (counts_[w] == 0 || static_cast<int>(word.size()) < kMinSpellWord - 1 ||
-        static_cast<int>(word.size()) > kMaxSpellWordBytes + config_.max_distance ||
-        !IsAscii(word) || AllDigits(word)) {
+    const int size = static_cast<int>(word.size());
+    if (counts_[w] == 0 || size < kMinSpellWord - config_.max_distance ||
+        size > kMaxSpellWordBytes + config_.max_distance || !IsAscii(word) || AllDigits(word)) {
       continue;  // count 0: a word users type that no item uses, known but never proposed;
-                 // longer than a correctable word plus its edits: never within reach
+                 // shorter or longer than a correctable word give or take its edits: unreachable
     }
     keys.clear();
     Deletes(word, config_.max_distance, &keys);
-    for (const std::string& key : keys) deletes_[key].push_back(static_cast<int32_t>(w));
+    for (const std::string& key : keys) {
+      deletes_.emplace_back(KeyHash(key), static_cast<int32_t>(w));
+    }
   }
+  std::sort(deletes_.begin(), deletes_.end());
+  deletes_.shrink_to_fit();
 }
 
 std::unique_ptr<Speller> Speller::Load(const std::string& path, const SpellerConfig& config) {
@@ -130,8 +140,9 @@ std::unique_ptr<Speller> Speller::Load(const std::string& path, const SpellerCon
     bool ok = tab != std::string::npos && tab > 0 && tab + 1 < line.size();
     if (ok) {
       for (size_t i = tab + 1; i < line.size() && ok; ++i) {
-        ok = IsDigit(line[i]) && count < std::numeric_limits<int64_t>::max() / 10;
-        count = count * 10 + (line[i] - '0');
+        const int digit = line[i] - '0';
+        ok = IsDigit(line[i]) && count <= (std::numeric_limits<int64_t>::max() - digit) / 10;
+        if (ok) count = count * 10 + digit;
       }
     }
     if (!ok) {
@@ -186,9 +197,11 @@ std::string Speller::CorrectWord(std::string_view view) const {
   bool found = false;
   std::tuple<int, int64_t, std::string_view> best;
   for (const std::string& key : keys) {
-    auto it = deletes_.find(key);
-    if (it == deletes_.end()) continue;
-    for (int32_t w : it->second) {
+    const uint64_t hash = KeyHash(key);
+    auto it = std::lower_bound(deletes_.begin(), deletes_.end(),
+                               std::make_pair(hash, std::numeric_limits<int32_t>::min()));
+    for (; it != deletes_.end() && it->first == hash; ++it) {
+      const int32_t w = it->second;
       const std::string& candidate = words_[w];
       const int d = EditDistance(word, candidate, limit);
       if (d > limit) continue;
@@ -224,13 +237,18 @@ std::string Speller::Correct(std::string_view query, bool* changed) const {
   std::vector<std::string> keys;
   units_.Features(query, &keys);
   bool any = false;
-  std::string out;
-  bool prev_cjk = false;
-  int lookups = kMaxSpellWords;  // unknown words searched; known and short ones cost a probe
+  std::vector<std::pair<std::string, bool>> units;  // (unit, glued to the one before)
+  int lookups = kMaxSpellWords;  // searched words; every other word costs one probe at most
   for (const std::string& key : keys) {
+    if (key.rfind("cc:", 0) == 0) {  // the last two CJK characters were adjacent: keep them so
+      if (!units.empty()) units.back().second = true;
+      continue;
+    }
     const bool cjk = key.rfind("c:", 0) == 0;
     std::string unit = key.substr(key.find(':') + 1);
-    if (!cjk && lookups > 0 && static_cast<int>(unit.size()) >= kMinSpellWord && !Known(unit)) {
+    const int size = static_cast<int>(unit.size());
+    if (!cjk && lookups > 0 && size >= kMinSpellWord && size <= kMaxSpellWordBytes &&
+        IsAscii(unit) && !Known(unit)) {
       --lookups;
       std::string fixed = CorrectWord(unit);
       if (!fixed.empty()) {
@@ -238,12 +256,16 @@ std::string Speller::Correct(std::string_view query, bool* changed) const {
         any = true;
       }
     }
-    if (!out.empty() && !(cjk && prev_cjk)) out += ' ';
-    out += unit;
-    prev_cjk = cjk;
+    units.emplace_back(std::move(unit), false);
   }
   if (changed != nullptr) *changed = any;
-  return any ? out : std::string(query);
+  if (!any) return std::string(query);
+  std::string out;
+  for (const auto& [unit, glued] : units) {
+    if (!out.empty() && !glued) out += ' ';
+    out += unit;
+  }
+  return out;
 }
 
 }  // namespace text

@@ -16,9 +16,11 @@
 //   3. failing both, its split into two vocabulary words of at least 3 letters each ("snowblower"
 //      -> "snow blower"), the split whose rarer part is most used (the first such on ties).
 // A query with nothing to correct comes back byte for byte; a corrected one is its units joined
-// by spaces (CJK characters glued to CJK neighbours), which tokenizes back into the same units.
+// by spaces (CJK characters glued where the query had them adjacent), which tokenizes back
+// into the same units.
 // Candidates come from a symmetric-delete map (every vocabulary word with up to max_distance
-// characters deleted), so a word costs a few hash probes, never a scan of the vocabulary.
+// characters deleted; a sorted array of their hashes), so a word costs a few binary searches,
+// never a scan of the vocabulary.
 #ifndef DPSR_TOKENIZER_CC_CORE_SPELLER_H_
 #define DPSR_TOKENIZER_CC_CORE_SPELLER_H_
 
@@ -42,10 +44,10 @@ inline constexpr char kSpellerHeader[] = "# dpsr speller vocabulary 1";
 // Words shorter than this are never corrected (units and abbreviations: "in", "ft").
 inline constexpr int kMinSpellWord = 3;
 // Bounds on one query's work, so a hostile query (thousands of long made-up words) costs what
-// an ordinary one does: words longer than kMaxSpellWordBytes are kept as typed (a word of n
+// an ordinary one does: words longer than kMaxSpellWordBytes are not corrected (a word of n
 // letters generates about n^2/2 deletes; no Home Depot correction is longer than 16 letters),
-// and only the first kMaxSpellWords unknown words of a query are searched (Home Depot's longest
-// query has 14 words; later unknown words are kept as typed).
+// and only the first kMaxSpellWords words of a query that would be searched (ASCII, in length,
+// unknown) are (Home Depot's longest query has 14 words; later ones are not corrected).
 inline constexpr int kMaxSpellWordBytes = 24;
 inline constexpr int kMaxSpellWords = 16;
 
@@ -68,7 +70,7 @@ class Speller {
   // known, too short or too long, not ASCII, a number or model number, or has no candidate.
   std::string CorrectWord(std::string_view word) const;
   // The corrected query, or the query itself when nothing changed. *changed says which.
-  // Unknown words after the first kMaxSpellWords are kept as typed.
+  // Words after the first kMaxSpellWords searched ones are not corrected.
   std::string Correct(std::string_view query, bool* changed) const;
 
   bool Known(std::string_view word) const;
@@ -83,7 +85,7 @@ class Speller {
   std::vector<std::string> words_;
   std::vector<int64_t> counts_;
   std::unordered_map<std::string, int32_t> index_;                 // word -> position
-  std::unordered_map<std::string, std::vector<int32_t>> deletes_;  // delete -> words
+  std::vector<std::pair<uint64_t, int32_t>> deletes_;  // (hash of a delete, word), sorted
   Tokenizer units_;
 };
 

@@ -81,6 +81,11 @@ void TestBoundedWork() {
             std::string(i < dpsr::text::kMaxSpellWords ? "ceiling" : "ceilng");
   }
   EXPECT(Correct(s, query) == want);
+  // With long_word 3, a 3-letter word may take two edits, down to a one-letter word.
+  SpellerConfig short_words;
+  short_words.long_word = 3;
+  const Speller letters({{"h", 5}, {"ceiling", 1}}, short_words);
+  EXPECT(letters.CorrectWord("hdh") == "h");
 }
 
 void TestBadInput() {
@@ -104,6 +109,18 @@ void TestBadInput() {
   {
     std::ofstream f(path);
     f << dpsr::text::kSpellerHeader << "\nfan\t3\nceiling\tx\n";
+  }
+  threw = false;
+  try {
+    Speller::Load(path, SpellerConfig());
+  } catch (const TokenizerError& e) {
+    threw = std::string(e.what()).find(":3:") != std::string::npos;
+  }
+  EXPECT(threw);
+  {  // a count past int64 is refused (no overflow); the largest one is read
+    std::ofstream f(path);
+    f << dpsr::text::kSpellerHeader << "\nfan\t9223372036854775807\n"
+      << "ceiling\t9223372036854775808\n";
   }
   threw = false;
   try {

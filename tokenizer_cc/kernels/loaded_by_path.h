@@ -1,10 +1,13 @@
 // A kernel's objects loaded from a file on first use, one per path, shared by later calls
-// (the tokenizer's vocabularies, the speller's): a SavedModel asset is read once per process.
+// (the tokenizer's vocabularies, the speller's): a SavedModel asset is read once per kernel,
+// that is once per loaded servable version that runs the op.
 #ifndef DPSR_TOKENIZER_CC_KERNELS_LOADED_BY_PATH_H_
 #define DPSR_TOKENIZER_CC_KERNELS_LOADED_BY_PATH_H_
 
+#include <exception>
 #include <map>
 #include <memory>
+#include <new>
 #include <string>
 
 #include "tensorflow/core/framework/op_kernel.h"
@@ -17,7 +20,8 @@ template <typename T>
 class LoadedByPath {
  public:
   // The object of `path`, made by load(path) the first time; a TokenizerError it throws
-  // becomes InvalidArgument prefixed with `op` (and the next call tries again).
+  // becomes InvalidArgument prefixed with `op`, running out of memory ResourceExhausted, any
+  // other exception Internal (and the next call tries again).
   template <typename Load>
   ::tensorflow::Status Get(const std::string& path, const char* op, Load&& load,
                            std::shared_ptr<const T>* out) {
@@ -28,6 +32,10 @@ class LoadedByPath {
         it = by_path_.emplace(path, std::shared_ptr<const T>(load(path))).first;
       } catch (const text::TokenizerError& e) {
         return ::tensorflow::errors::InvalidArgument(op, ": ", e.what());
+      } catch (const std::bad_alloc&) {  // an exception must not leave Compute: it aborts
+        return ::tensorflow::errors::ResourceExhausted(op, ": out of memory loading ", path);
+      } catch (const std::exception& e) {
+        return ::tensorflow::errors::Internal(op, ": loading ", path, ": ", e.what());
       }
     }
     *out = it->second;
