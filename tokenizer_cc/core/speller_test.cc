@@ -88,6 +88,20 @@ void TestBoundedWork() {
   EXPECT(letters.CorrectWord("hdh") == "h");
 }
 
+// Whether loading a vocabulary of these lines throws a TokenizerError naming `where`.
+bool LoadFailsAt(const std::string& path, const std::string& lines, const std::string& where) {
+  {
+    std::ofstream f(path);
+    f << dpsr::text::kSpellerHeader << "\n" << lines;
+  }
+  try {
+    Speller::Load(path, SpellerConfig());
+  } catch (const TokenizerError& e) {
+    return std::string(e.what()).find(where) != std::string::npos;
+  }
+  return false;
+}
+
 void TestBadInput() {
   bool threw = false;
   try {
@@ -106,29 +120,9 @@ void TestBadInput() {
   }
   EXPECT(threw);
   const std::string path = "speller_test_vocab.txt";
-  {
-    std::ofstream f(path);
-    f << dpsr::text::kSpellerHeader << "\nfan\t3\nceiling\tx\n";
-  }
-  threw = false;
-  try {
-    Speller::Load(path, SpellerConfig());
-  } catch (const TokenizerError& e) {
-    threw = std::string(e.what()).find(":3:") != std::string::npos;
-  }
-  EXPECT(threw);
-  {  // a count past int64 is refused (no overflow); the largest one is read
-    std::ofstream f(path);
-    f << dpsr::text::kSpellerHeader << "\nfan\t9223372036854775807\n"
-      << "ceiling\t9223372036854775808\n";
-  }
-  threw = false;
-  try {
-    Speller::Load(path, SpellerConfig());
-  } catch (const TokenizerError& e) {
-    threw = std::string(e.what()).find(":3:") != std::string::npos;
-  }
-  EXPECT(threw);
+  EXPECT(LoadFailsAt(path, "fan\t3\nceiling\tx\n", ":3:"));
+  // A count past int64 is refused without overflowing; the largest one (line 2) is read.
+  EXPECT(LoadFailsAt(path, "fan\t9223372036854775807\nceiling\t9223372036854775808\n", ":3:"));
   {
     std::ofstream f(path);
     f << dpsr::text::kSpellerHeader << "\nfan\t3\nceiling\t2\n";
