@@ -29,12 +29,12 @@ bool IsDigit(char c) { return c >= '0' && c <= '9'; }
 
 bool AllDigits(std::string_view s) { return std::all_of(s.begin(), s.end(), IsDigit); }
 
-// word with 0..depth characters deleted, into *out.
 // The delete map stores a key's hash, not the key: a colliding key only adds a candidate that
 // the exact edit distance then rejects, and the map is one sorted array of 16-byte entries
 // (Home Depot's 374,686 keys: ~6 MiB, where string keys with word vectors took ~45 MiB).
 uint64_t KeyHash(const std::string& key) { return std::hash<std::string>{}(key); }
 
+// word with 0..depth characters deleted, into *out.
 void Deletes(const std::string& word, int depth, std::unordered_set<std::string>* out) {
   out->insert(word);
   std::vector<std::string> frontier{word};
