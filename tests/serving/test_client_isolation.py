@@ -132,6 +132,10 @@ def test_cancelled_requests_never_run(server):
                                response_deserializer=None)
     payload = _big_request().SerializeToString()
     futures = [call.future(payload, timeout=600) for _ in range(BURST)]
+    # Cancel once some wait behind the run threads: cancelled at once, as few as 7 reached a
+    # quiet server, every one found a free thread, and there was nothing queued to drop.
+    waiting.wait_until(lambda: _runs(server, "big")["queued"] > 0, "a request queued",
+                       poll_s=0.005)
     for f in futures:
         f.cancel()
     codes = _codes(futures)
