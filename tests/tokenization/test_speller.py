@@ -208,3 +208,10 @@ def test_the_op_corrects_as_the_module_does(tmp_path):
     assert changed.numpy().tolist() == [True, False, True, True, False]
     with pytest.raises(tf.errors.InvalidArgumentError, match="cannot read speller vocabulary"):
         spell_correct(tf.constant(["x"]), tf.constant(str(tmp_path / "missing.txt")))
+    # Eager calls skip the shape function: the kernel itself refuses, naming the input.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Dpsr>SpellCorrect: queries "
+                       r"must be a vector \[batch\], got shape \[1,1\]"):
+        spell_correct(tf.constant([["x"]]), tf.constant(path))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Dpsr>SpellCorrect: "
+                       r"vocabulary_file must be a scalar, got shape \[1\]"):
+        spell_correct(tf.constant(["x"]), tf.constant([path]))

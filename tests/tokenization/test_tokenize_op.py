@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dpsr_tf import op_library
 from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, build_vocabulary, tokenize_op
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,6 +78,17 @@ def test_shape_function():
     with pytest.raises(ValueError, match="must be rank 0"):
         tf.function(lambda x: tokenize_op.tokenize(x, vocab_file=tf.constant(["a"]))
                     ).get_concrete_function(tf.TensorSpec([2], tf.string))
+
+
+def test_the_kernel_names_an_input_of_the_wrong_rank():
+    """Eager calls skip the shape function: the kernel itself refuses, naming the input."""
+    raw = op_library.load().dpsr_tokenize
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Dpsr>Tokenize: texts must be a vector \[batch\], got shape \[1,1\]"):
+        raw(texts=tf.constant([["a"]]), vocab_file=tf.constant(""))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Dpsr>Tokenize: vocab_file must be a scalar, got shape \[1\]"):
+        raw(texts=tf.constant(["a"]), vocab_file=tf.constant([""]))
 
 
 def test_missing_vocab_file_is_invalid_argument_naming_file():

@@ -167,12 +167,14 @@ int64_t Speller::CountOf(std::string_view word) const {
   return it == index_.end() ? 0 : counts_[it->second];
 }
 
+bool Speller::Searched(std::string_view word) const {
+  const int size = static_cast<int>(word.size());
+  return size >= kMinSpellWord && size <= kMaxSpellWordBytes && IsAscii(word) && !Known(word);
+}
+
 std::string Speller::CorrectWord(std::string_view view) const {
+  if (!Searched(view)) return "";
   const std::string word(view);
-  if (static_cast<int>(word.size()) < kMinSpellWord ||
-      static_cast<int>(word.size()) > kMaxSpellWordBytes || !IsAscii(word) || Known(word)) {
-    return "";
-  }
   if (AllDigits(word)) return "";
   const bool has_digit = std::any_of(word.begin(), word.end(), IsDigit);
   if (has_digit) {
@@ -246,9 +248,7 @@ std::string Speller::Correct(std::string_view query, bool* changed) const {
     }
     const bool cjk = key.rfind("c:", 0) == 0;
     std::string unit = key.substr(key.find(':') + 1);
-    const int size = static_cast<int>(unit.size());
-    if (!cjk && lookups > 0 && size >= kMinSpellWord && size <= kMaxSpellWordBytes &&
-        IsAscii(unit) && !Known(unit)) {
+    if (!cjk && lookups > 0 && Searched(unit)) {
       --lookups;
       std::string fixed = CorrectWord(unit);
       if (!fixed.empty()) {

@@ -78,6 +78,8 @@ class Speller {
   const SpellerConfig& config() const { return config_; }
 
  private:
+  // Whether a word is looked up (and counts toward kMaxSpellWords): in length, ASCII, unknown.
+  bool Searched(std::string_view word) const;
   std::string Split(const std::string& word) const;
   int64_t CountOf(std::string_view word) const;
 

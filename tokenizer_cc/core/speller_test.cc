@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/cc/check.h"
 #include "tokenizer_cc/core/speller.h"
 
 namespace {
@@ -14,16 +15,6 @@ using dpsr::text::EditDistance;
 using dpsr::text::Speller;
 using dpsr::text::SpellerConfig;
 using dpsr::text::TokenizerError;
-
-int failures = 0;
-
-#define EXPECT(cond)                                                      \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
-      std::fprintf(stderr, "%s:%d: EXPECT(%s) failed\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                         \
-    }                                                                     \
-  } while (0)
 
 Speller Catalog() {
   return Speller({{"ceiling", 2}, {"fan", 3}, {"shelving", 2}, {"fence", 2}, {"post", 1},
@@ -40,28 +31,28 @@ std::string Correct(const Speller& s, const std::string& q, bool* changed = null
 }
 
 void TestEditDistance() {
-  EXPECT(EditDistance("ceilikng", "ceiling", 2) == 1);
-  EXPECT(EditDistance("vlave", "valve", 2) == 1);          // one adjacent swap
-  EXPECT(EditDistance("abc", "ca", 3) == 3);                // OSA, not Damerau: 3
-  EXPECT(EditDistance("kitten", "sitting", 2) == 3);        // over the limit: limit + 1
-  EXPECT(EditDistance("", "ab", 2) == 2);
-  EXPECT(EditDistance("abcdef", "ab", 2) == 3);             // length gap alone exceeds
+  CHECK(EditDistance("ceilikng", "ceiling", 2) == 1);
+  CHECK(EditDistance("vlave", "valve", 2) == 1);          // one adjacent swap
+  CHECK(EditDistance("abc", "ca", 3) == 3);                // OSA, not Damerau: 3
+  CHECK(EditDistance("kitten", "sitting", 2) == 3);        // over the limit: limit + 1
+  CHECK(EditDistance("", "ab", 2) == 2);
+  CHECK(EditDistance("abcdef", "ab", 2) == 3);             // length gap alone exceeds
 }
 
 void TestCorrections() {
   const Speller s = Catalog();
   bool changed = false;
-  EXPECT(Correct(s, "outdoor ceilikng fan", &changed) == "outdoor ceiling fan" && changed);
-  EXPECT(Correct(s, "fencde post 6ft") == "fence post 6 ft");
-  EXPECT(Correct(s, "vlave") == "valve");
-  EXPECT(Correct(s, "snowblower") == "snow blower");
-  EXPECT(Correct(s, "dimer switch") == "dimmer switch");     // "timer": first letter differs
-  EXPECT(Correct(s, "Ceiling  FAN!", &changed) == "Ceiling  FAN!" && !changed);
-  EXPECT(Correct(s, "fan 1021424", &changed) == "fan 1021424" && !changed);
-  EXPECT(Correct(s, "\xE6\x89\x8B ceilng") == "\xE6\x89\x8B ceiling");  // CJK unit kept
-  EXPECT(Correct(s, "", &changed).empty() && !changed);
-  EXPECT(s.CorrectWord("fn").empty());                      // too short
-  EXPECT(s.CorrectWord("fnec").empty());                    // 2 edits, 4 letters
+  CHECK(Correct(s, "outdoor ceilikng fan", &changed) == "outdoor ceiling fan" && changed);
+  CHECK(Correct(s, "fencde post 6ft") == "fence post 6 ft");
+  CHECK(Correct(s, "vlave") == "valve");
+  CHECK(Correct(s, "snowblower") == "snow blower");
+  CHECK(Correct(s, "dimer switch") == "dimmer switch");     // "timer": first letter differs
+  CHECK(Correct(s, "Ceiling  FAN!", &changed) == "Ceiling  FAN!" && !changed);
+  CHECK(Correct(s, "fan 1021424", &changed) == "fan 1021424" && !changed);
+  CHECK(Correct(s, "\xE6\x89\x8B ceilng") == "\xE6\x89\x8B ceiling");  // CJK unit kept
+  CHECK(Correct(s, "", &changed).empty() && !changed);
+  CHECK(s.CorrectWord("fn").empty());                      // too short
+  CHECK(s.CorrectWord("fnec").empty());                    // 2 edits, 4 letters
 }
 
 void TestBoundedWork() {
@@ -70,9 +61,9 @@ void TestBoundedWork() {
   const std::string long_word(26, 'a');
   const std::string reachable = std::string(24, 'b') + "x";  // 25 letters: in reach of 24 + 2
   const Speller s({{"fan", 1}, {long_word, 1}, {reachable, 1}, {"ceiling", 1}}, SpellerConfig());
-  EXPECT(s.Known(long_word));
-  EXPECT(s.CorrectWord(std::string(25, 'a')).empty());                  // 25 letters: kept
-  EXPECT(s.CorrectWord(std::string(24, 'b')) == reachable);             // 24: corrected
+  CHECK(s.Known(long_word));
+  CHECK(s.CorrectWord(std::string(25, 'a')).empty());                  // 25 letters: kept
+  CHECK(s.CorrectWord(std::string(24, 'b')) == reachable);             // 24: corrected
   // Only the first kMaxSpellWords unknown words are searched; known words do not count.
   std::string query, want;
   for (int i = 0; i < dpsr::text::kMaxSpellWords + 2; ++i) {
@@ -80,12 +71,12 @@ void TestBoundedWork() {
     want += (i ? " fan " : "fan ") +
             std::string(i < dpsr::text::kMaxSpellWords ? "ceiling" : "ceilng");
   }
-  EXPECT(Correct(s, query) == want);
+  CHECK(Correct(s, query) == want);
   // With long_word 3, a 3-letter word may take two edits, down to a one-letter word.
   SpellerConfig short_words;
   short_words.long_word = 3;
   const Speller letters({{"h", 5}, {"ceiling", 1}}, short_words);
-  EXPECT(letters.CorrectWord("hdh") == "h");
+  CHECK(letters.CorrectWord("hdh") == "h");
 }
 
 // Whether loading a vocabulary of these lines throws a TokenizerError naming `where`.
@@ -109,7 +100,7 @@ void TestBadInput() {
   } catch (const TokenizerError&) {
     threw = true;
   }
-  EXPECT(threw);
+  CHECK(threw);
   threw = false;
   try {
     SpellerConfig c;
@@ -118,16 +109,16 @@ void TestBadInput() {
   } catch (const TokenizerError&) {
     threw = true;
   }
-  EXPECT(threw);
+  CHECK(threw);
   const std::string path = "speller_test_vocab.txt";
-  EXPECT(LoadFailsAt(path, "fan\t3\nceiling\tx\n", ":3:"));
+  CHECK(LoadFailsAt(path, "fan\t3\nceiling\tx\n", ":3:"));
   // A count past int64 is refused without overflowing; the largest one (line 2) is read.
-  EXPECT(LoadFailsAt(path, "fan\t9223372036854775807\nceiling\t9223372036854775808\n", ":3:"));
+  CHECK(LoadFailsAt(path, "fan\t9223372036854775807\nceiling\t9223372036854775808\n", ":3:"));
   {
     std::ofstream f(path);
     f << dpsr::text::kSpellerHeader << "\nfan\t3\nceiling\t2\n";
   }
-  EXPECT(Correct(*Speller::Load(path, SpellerConfig()), "ceilng fna") == "ceiling fan");
+  CHECK(Correct(*Speller::Load(path, SpellerConfig()), "ceilng fna") == "ceiling fan");
   std::remove(path.c_str());
 }
 
@@ -138,6 +129,11 @@ int main() {
   TestCorrections();
   TestBoundedWork();
   TestBadInput();
-  if (failures == 0) std::printf("speller_test: all passed\n");
-  return failures == 0 ? 0 : 1;
+  const int failures = dpsr_test::Failures();
+  if (failures) {
+    std::fprintf(stderr, "speller_test: %d failure(s)\n", failures);
+    return 1;
+  }
+  std::printf("speller_test: all passed\n");
+  return 0;
 }

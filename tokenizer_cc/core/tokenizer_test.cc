@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/cc/check.h"
 #include "tokenizer_cc/core/hash.h"
 #include "tokenizer_cc/core/tokenizer.h"
 #include "tokenizer_cc/core/utf8.h"
@@ -13,16 +14,6 @@ namespace {
 using dpsr::text::Tokenizer;
 using dpsr::text::TokenizerConfig;
 using dpsr::text::TokenizerError;
-
-int failures = 0;
-
-#define EXPECT(cond)                                                      \
-  do {                                                                    \
-    if (!(cond)) {                                                        \
-      std::fprintf(stderr, "%s:%d: EXPECT(%s) failed\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                         \
-    }                                                                     \
-  } while (0)
 
 std::vector<std::string> Keys(const Tokenizer& tok, const std::string& text) {
   std::vector<std::string> keys;
@@ -39,51 +30,51 @@ void TestDecode() {
   while (pos < s.size()) got.push_back(dpsr::text::DecodeUtf8(s.data(), s.size(), &pos));
   const std::vector<char32_t> want = {0xE9,   0xFFFD, 0xFFFD, 0xFFFD, 0xFFFD,
                                       0xFFFD, 0xFFFD, 0xFFFD, 0xFFFD};
-  EXPECT(got == want);
+  CHECK(got == want);
   // A lead byte at the very end never reads past the buffer.
   const std::string t = "a\xF0";
   pos = 1;
-  EXPECT(dpsr::text::DecodeUtf8(t.data(), t.size(), &pos) == 0xFFFD && pos == 2);
+  CHECK(dpsr::text::DecodeUtf8(t.data(), t.size(), &pos) == 0xFFFD && pos == 2);
 }
 
 void TestFolding() {
-  EXPECT(dpsr::text::FoldWidth(0xFF21) == 'A');   // Ａ
-  EXPECT(dpsr::text::FoldWidth(0x3000) == ' ');   // ideographic space
-  EXPECT(dpsr::text::FoldCase('Q') == 'q');
-  EXPECT(dpsr::text::FoldCase(0xC9) == 0xE9);     // É -> é
-  EXPECT(dpsr::text::FoldCase(0x41C) == 0x43C);   // М -> м
-  EXPECT(dpsr::text::FoldCase(0x100) == 0x101);   // Ā -> ā
-  EXPECT(dpsr::text::FoldCase(0x141) == 0x142);   // Ł -> ł (odd-aligned pair)
+  CHECK(dpsr::text::FoldWidth(0xFF21) == 'A');   // Ａ
+  CHECK(dpsr::text::FoldWidth(0x3000) == ' ');   // ideographic space
+  CHECK(dpsr::text::FoldCase('Q') == 'q');
+  CHECK(dpsr::text::FoldCase(0xC9) == 0xE9);     // É -> é
+  CHECK(dpsr::text::FoldCase(0x41C) == 0x43C);   // М -> м
+  CHECK(dpsr::text::FoldCase(0x100) == 0x101);   // Ā -> ā
+  CHECK(dpsr::text::FoldCase(0x141) == 0x142);   // Ł -> ł (odd-aligned pair)
 }
 
 void TestFeatures() {
   Tokenizer tok{TokenizerConfig{}};
   const std::vector<std::string> want = {
       "w:ab", "t:#ab", "t:ab#", "w:c", "ww:ab c", "t:#c#", "c:手", "c:机", "cc:手机"};
-  EXPECT(Keys(tok, "AB c 手机") == want);
+  CHECK(Keys(tok, "AB c 手机") == want);
   // Bigrams do not cross a CJK character; CJK bigrams do not cross a separator.
   const std::vector<std::string> want2 = {"w:x", "t:#x#", "c:中", "w:y", "t:#y#", "c:国"};
-  EXPECT(Keys(tok, "x中y 国") == want2);
-  EXPECT(Keys(tok, "").empty());
-  EXPECT(Keys(tok, " ,.!? \xF0\x9F\x98\x80 ").empty());  // punctuation and an emoji only
+  CHECK(Keys(tok, "x中y 国") == want2);
+  CHECK(Keys(tok, "").empty());
+  CHECK(Keys(tok, " ,.!? \xF0\x9F\x98\x80 ").empty());  // punctuation and an emoji only
 }
 
 void TestCaps() {
   TokenizerConfig c;
   c.max_tokens = 5;
   Tokenizer tok(c);
-  EXPECT(Keys(tok, "one two three four five six").size() == 5);
+  CHECK(Keys(tok, "one two three four five six").size() == 5);
   TokenizerConfig w;
   w.max_word_chars = 3;
   w.letter_trigrams = false;
   w.word_bigrams = false;
-  EXPECT(Keys(Tokenizer(w), "abcdefg") == std::vector<std::string>{"w:abc"});
+  CHECK(Keys(Tokenizer(w), "abcdefg") == std::vector<std::string>{"w:abc"});
   TokenizerConfig b;
   b.max_input_bytes = 4;  // cuts "ab手" (5 bytes) before the CJK char, at a char boundary
   b.letter_trigrams = false;
-  EXPECT(Keys(Tokenizer(b), "ab\xE6\x89\x8B") == std::vector<std::string>{"w:ab"});
+  CHECK(Keys(Tokenizer(b), "ab\xE6\x89\x8B") == std::vector<std::string>{"w:ab"});
   std::string big(1 << 20, 'a');  // a 1 MB word is bounded by max_input_bytes/max_word_chars
-  EXPECT(Keys(tok, big).size() <= 5);
+  CHECK(Keys(tok, big).size() <= 5);
 }
 
 void TestIds() {
@@ -92,9 +83,9 @@ void TestIds() {
   Tokenizer tok(c);
   std::vector<int64_t> ids;
   tok.Ids("apple", &ids);
-  EXPECT(ids.size() == 6);  // w:apple + 5 trigrams
-  EXPECT(ids[0] == static_cast<int64_t>(dpsr::text::FeatureHash("w:apple") % 1000));
-  for (int64_t id : ids) EXPECT(id >= 0 && id < 1000);
+  CHECK(ids.size() == 6);  // w:apple + 5 trigrams
+  CHECK(ids[0] == static_cast<int64_t>(dpsr::text::FeatureHash("w:apple") % 1000));
+  for (int64_t id : ids) CHECK(id >= 0 && id < 1000);
 }
 
 void TestBadConfig() {
@@ -106,14 +97,14 @@ void TestBadConfig() {
   } catch (const TokenizerError& e) {
     threw = std::string(e.what()).find("num_buckets") != std::string::npos;
   }
-  EXPECT(threw);
+  CHECK(threw);
   threw = false;
   try {
     dpsr::text::Vocabulary::Load("/nonexistent/vocab.txt");
   } catch (const TokenizerError& e) {
     threw = std::string(e.what()).find("/nonexistent/vocab.txt") != std::string::npos;
   }
-  EXPECT(threw);
+  CHECK(threw);
 }
 
 }  // namespace
@@ -125,6 +116,7 @@ int main() {
   TestCaps();
   TestIds();
   TestBadConfig();
+  const int failures = dpsr_test::Failures();
   if (failures) {
     std::fprintf(stderr, "tokenizer_test: %d failure(s)\n", failures);
     return 1;

@@ -47,6 +47,25 @@ class LoadedByPath {
   std::map<std::string, std::shared_ptr<const T>> by_path_ TF_GUARDED_BY(mu_);
 };
 
+// The inputs every op of this kind takes: a vector of texts and the scalar path of the file
+// its object is loaded from; InvalidArgument naming the op and the input otherwise.
+inline ::tensorflow::Status CheckTextsAndPath(const char* op, const ::tensorflow::Tensor& texts,
+                                              const char* texts_name,
+                                              const ::tensorflow::Tensor& path,
+                                              const char* path_name) {
+  if (texts.dims() != 1) {
+    return ::tensorflow::errors::InvalidArgument(op, ": ", texts_name,
+                                                 " must be a vector [batch], got shape ",
+                                                 texts.shape().DebugString());
+  }
+  if (path.dims() != 0) {
+    return ::tensorflow::errors::InvalidArgument(op, ": ", path_name,
+                                                 " must be a scalar, got shape ",
+                                                 path.shape().DebugString());
+  }
+  return ::tensorflow::OkStatus();
+}
+
 }  // namespace dpsr
 
 #endif  // DPSR_TOKENIZER_CC_KERNELS_LOADED_BY_PATH_H_

@@ -38,12 +38,8 @@ class SpellCorrectOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& queries = ctx->input(0);
     const Tensor& path = ctx->input(1);
-    OP_REQUIRES(ctx, queries.dims() == 1,
-                InvalidArgument("Dpsr>SpellCorrect: queries must be a vector [batch], got shape ",
-                                queries.shape().DebugString()));
-    OP_REQUIRES(ctx, path.dims() == 0,
-                InvalidArgument("Dpsr>SpellCorrect: vocabulary_file must be a scalar, got shape ",
-                                path.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckTextsAndPath("Dpsr>SpellCorrect", queries, "queries", path,
+                                          "vocabulary_file"));
     std::shared_ptr<const Speller> speller;
     OP_REQUIRES_OK(ctx, Get(std::string(path.scalar<tstring>()()), &speller));
     const auto in = queries.vec<tstring>();

@@ -53,12 +53,8 @@ class TokenizeOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& texts = ctx->input(0);
     const Tensor& vocab_file = ctx->input(1);
-    OP_REQUIRES(ctx, texts.dims() == 1,
-                InvalidArgument("Dpsr>Tokenize: texts must be a vector [batch], got shape ",
-                                texts.shape().DebugString()));
-    OP_REQUIRES(ctx, vocab_file.dims() == 0,
-                InvalidArgument("Dpsr>Tokenize: vocab_file must be a scalar, got shape ",
-                                vocab_file.shape().DebugString()));
+    OP_REQUIRES_OK(ctx, CheckTextsAndPath("Dpsr>Tokenize", texts, "texts", vocab_file,
+                                          "vocab_file"));
     std::shared_ptr<const Tokenizer> tok;
     OP_REQUIRES_OK(ctx, Get(std::string(vocab_file.scalar<tstring>()()), &tok));
 
