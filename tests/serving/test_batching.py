@@ -96,6 +96,44 @@ def test_expired_deadline_is_deadline_exceeded_and_not_run():
         scheduler.close()
 
 
+def test_a_request_that_cannot_finish_before_its_deadline_is_not_run():
+    run = _Recorder(delay=2.0)  # every run takes at least 2 s, however fast the machine
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=4, num_batch_threads=2))
+    try:
+        timing = _submit(scheduler, run, [1.0, 2.0])  # the key's fastest 2-row run: >= 2 s
+        assert timing.result(timeout=waiting.STALL_S)["y"].tolist() == [2.0, 4.0]
+        # 3 rows take no less than 2 rows did; 0.9 s left is under that: not run.
+        hopeless = _submit(scheduler, run, [1.0, 2.0, 3.0], deadline=time.monotonic() + 0.9)
+        with pytest.raises(ServingError) as e:
+            hopeless.result(timeout=waiting.STALL_S)
+        assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "not run" in e.value.message and "3 rows" in e.value.message
+        # Time enough, or a key never timed: they run (the untimed one on the second thread).
+        hopeful = _submit(scheduler, run, [3.0], deadline=time.monotonic() + waiting.STALL_S)
+        untimed = _submit(scheduler, run, [5.0], bias=1, deadline=time.monotonic() + 0.9)
+        assert hopeful.result(timeout=waiting.STALL_S)["y"].tolist() == [6.0]
+        assert untimed.result(timeout=waiting.STALL_S)["y"].tolist() == [11.0]
+        assert sorted(run.batches) == [1, 1, 2]
+    finally:
+        scheduler.close()
+
+
+def test_a_run_smaller_than_any_timed_one_has_no_bound():
+    """Only runs of no more rows bound a request's run time (a smaller batch may be faster);
+    the bound is the slowest of them, each its size class's fastest."""
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=4, num_batch_threads=1))
+    try:
+        scheduler._timed("k", 2.0, 2)  # pylint: disable=protected-access
+        scheduler._timed("k", 3.0, 2)  # pylint: disable=protected-access
+        scheduler._timed("k", 8.0, 8)  # pylint: disable=protected-access
+        least = scheduler._least_run_seconds  # pylint: disable=protected-access
+        assert least("k", 1) is None and least("other", 4) is None
+        assert least("k", 2) == 2.0 and least("k", 7) == 2.0  # the fastest 2-row run
+        assert least("k", 8) == 8.0  # the slowest of the fastest runs of no more rows
+    finally:
+        scheduler.close()
+
+
 def test_full_queue_is_unavailable_and_oversized_task_invalid():
     run = _Gated()
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=1,
