@@ -118,22 +118,6 @@ def test_a_request_that_cannot_finish_before_its_deadline_is_not_run():
         scheduler.close()
 
 
-def test_a_run_smaller_than_any_timed_one_has_no_bound():
-    """Only runs of no more rows bound a request's run time (a smaller batch may be faster);
-    the bound is the slowest of them, each its size class's fastest."""
-    scheduler = BatchScheduler(BatchingOptions(max_batch_size=4, num_batch_threads=1))
-    try:
-        scheduler._timed("k", 2.0, 2)  # pylint: disable=protected-access
-        scheduler._timed("k", 3.0, 2)  # pylint: disable=protected-access
-        scheduler._timed("k", 8.0, 8)  # pylint: disable=protected-access
-        least = scheduler._least_run_seconds  # pylint: disable=protected-access
-        assert least("k", 1) is None and least("other", 4) is None
-        assert least("k", 2) == 2.0 and least("k", 7) == 2.0  # the fastest 2-row run
-        assert least("k", 8) == 8.0  # the slowest of the fastest runs of no more rows
-    finally:
-        scheduler.close()
-
-
 def test_full_queue_is_unavailable_and_oversized_task_invalid():
     run = _Gated()
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=2, max_enqueued_batches=1,

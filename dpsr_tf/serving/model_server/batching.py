@@ -16,16 +16,8 @@ outputs keep the padded width); otherwise the caller keys requests by their trai
 they never share a batch. Whatever goes wrong inside a batch (assembling it, running it,
 splitting it) fails that batch's requests only; the batch thread keeps serving.
 
-A request that cannot finish before its deadline is not run either: per key the scheduler
-keeps the fastest run it has seen of each size (in power-of-two classes of rows), and a
-request whose time left is under the slowest of those fastest runs that had no more rows than
-it has is answered DEADLINE_EXCEEDED unrun (TF Serving runs it). A run of more rows takes no
-less time, so that bounds the request's run time from below even alone: a request dropped so
-would have been answered late unless its run were faster than every run of its size seen. A
-session run is not cancellable in the middle, so such a run only takes the cores from requests
-that can still be answered: bursts of 256-row requests with a 50 ms deadline on a model whose
-256-row runs take ~90 ms each ran one 130-340 ms batch whose answers were all late
-(docs/benchmarks.md, "What a 50 ms-deadline burst runs").
+A request that cannot finish before its deadline is not run either (run_times.py): its time
+left is under the fastest run seen of a batch of no more rows of its key.
 """
 import collections
 import concurrent.futures
@@ -41,13 +33,12 @@ import numpy as np
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.model_server.batch_queue import KeyQueue
 from dpsr_tf.serving.model_server.run_queue import WAIT
+from dpsr_tf.serving.model_server.run_times import FastestRuns, cannot_finish_message
 from dpsr_tf.serving.errors import ServingError
 
 _LOG = logging.getLogger("serving.batching")
 
 RunFn = Callable[[Dict[str, np.ndarray], Optional[float]], Dict[str, np.ndarray]]
-# Batch keys whose fastest run time is kept (the least recently run forgotten first).
-MAX_TIMED_KEYS = 1024
 
 
 class _Task:
@@ -87,8 +78,7 @@ class BatchScheduler:
         self._gate = gate
         self._queues = collections.OrderedDict()  # key -> KeyQueue, keys in turn
         self._running = collections.Counter()  # key -> batches running
-        # key -> {size class: (rows, seconds) of the fastest run seen of that class}
-        self._fastest = collections.OrderedDict()
+        self.run_times = FastestRuns()  # per batch key
         self._threads_per_key = options.max_threads_per_key or max(
             1, options.num_batch_threads - 1)
         self._cond = threading.Condition()
@@ -232,25 +222,6 @@ class BatchScheduler:
             finally:
                 self._finished(key)
 
-    def _least_run_seconds(self, key, rows: int) -> Optional[float]:
-        """A lower bound of the time a run of `rows` rows takes (None: no run seen that small)."""
-        with self._cond:
-            runs = self._fastest.get(key)
-            seconds = [s for r, s in runs.values() if r <= rows] if runs else ()
-        return max(seconds) if seconds else None
-
-    def _timed(self, key, seconds: float, rows: int) -> None:
-        """Records a run of `rows` rows that took `seconds`."""
-        size_class = max(1, rows).bit_length()
-        with self._cond:
-            runs = self._fastest.pop(key, None) or {}
-            best = runs.get(size_class)
-            if best is None or seconds < best[1]:
-                runs[size_class] = (rows, seconds)
-            self._fastest[key] = runs
-            while len(self._fastest) > MAX_TIMED_KEYS:
-                self._fastest.popitem(last=False)
-
     def _run(self, key, batch):
         now = time.monotonic()
         live = []
@@ -263,13 +234,11 @@ class BatchScheduler:
                     "deadline exceeded while waiting in the batch queue"))
                 continue
             least = (None if task.deadline is None
-                     else self._least_run_seconds(key, task.rows))
+                     else self.run_times.least_seconds(key, task.rows))
             if least is not None and task.deadline - now < least:
                 task.future.set_exception(ServingError(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"deadline exceeded: {(task.deadline - now) * 1e3:.1f} ms left, and a run "
-                    f"of {task.rows} rows has taken at least {least * 1e3:.1f} ms on this "
-                    "model; not run"))
+                    cannot_finish_message(task.deadline - now, task.rows, least)))
                 continue
             live.append(task)
         if not live:
@@ -289,7 +258,7 @@ class BatchScheduler:
                 self._on_batch(key, rows, padded)
             started = time.monotonic()
             outputs = first.run_fn(feeds, timeout)
-            self._timed(key, time.monotonic() - started, padded)
+            self.run_times.record(key, padded, time.monotonic() - started)
             for alias, value in outputs.items():
                 if value.ndim == 0 or value.shape[0] != padded:
                     raise ServingError(

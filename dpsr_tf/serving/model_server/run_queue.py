@@ -54,14 +54,15 @@ def run_cost(seconds: float) -> int:
 
 class _Task:
     __slots__ = ("client", "fn", "args", "deadline", "label", "future", "started_before",
-                 "charged")
+                 "charged", "cannot_finish")
 
-    def __init__(self, client, fn, args, deadline, label, started_before):
+    def __init__(self, client, fn, args, deadline, label, started_before, cannot_finish):
         self.client = client
         self.fn = fn
         self.args = args
         self.deadline = deadline
         self.label = label
+        self.cannot_finish = cannot_finish
         self.future = concurrent.futures.Future()
         self.started_before = started_before
         self.charged = 0  # cost units charged to the client when the task started
@@ -120,7 +121,9 @@ class FairRunQueue:
         return self._queued
 
     def submit(self, client: Hashable, fn: Callable, args: tuple, deadline: Optional[float],
-               label: str = "") -> concurrent.futures.Future:
+               label: str = "",
+               cannot_finish: Optional[Callable[[float], Optional[str]]] = None
+               ) -> concurrent.futures.Future:
         """Queues `fn(*args)` for `client`.
 
         Args:
@@ -128,6 +131,10 @@ class FairRunQueue:
           fn, args: the work; its result or exception completes the returned future.
           deadline: time.monotonic() after which the task is dropped unstarted, or None.
           label: passed to `on_event` (a model name for metrics).
+          cannot_finish: optional cannot_finish(seconds left) -> a message when the work
+            cannot finish in that time (run_times.py), else None; asked when the task would
+            start, and a task it answers is dropped unstarted (DEADLINE_EXCEEDED, counted as
+            EXPIRED).
 
         Returns:
           A Future; cancel() it to drop the task if it has not started. A dropped task's
@@ -152,7 +159,7 @@ class FairRunQueue:
                                    f"this client has {len(queue)} requests waiting for a run "
                                    "thread (--max_queued_requests_per_client); wait for their "
                                    "answers before sending more")
-            task = _Task(client, fn, args, deadline, label, self._started)
+            task = _Task(client, fn, args, deadline, label, self._started, cannot_finish)
             self._used.setdefault(client, self._virtual_time)
             if queue is None:
                 queue = self._queues[client] = collections.deque()
@@ -244,6 +251,12 @@ class FairRunQueue:
                 "the request's deadline passed while it waited for a run thread; it was not "
                 "run (the server is busy: send fewer concurrent requests or add replicas)"))
             return
+        if task.deadline is not None and task.cannot_finish is not None:
+            late = task.cannot_finish(task.deadline - time.monotonic())
+            if late is not None:
+                self._on_event(EXPIRED, task.label, None)
+                future.set_exception(ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, late))
+                return
         refusal = None if self._closed else self._gate(task.client)
         if isinstance(refusal, ServingError):
             self._on_event(GATE_REFUSED, task.label, None)

@@ -1,8 +1,9 @@
 """ServerCore: the model server without its transports (gRPC and REST both call it).
 
 It owns the version manager (loading, swapping), the batch scheduler, the queue of unbatched
-runs (clients served in turn; expired and cancelled requests never run: run_queue.py), and the
-metrics, and implements each API call once:
+runs (clients served in turn; expired and cancelled requests, and those that cannot finish in
+their time left, never run: run_queue.py, run_times.py), and the metrics, and implements each
+API call once:
 predict (a Future, so gRPC/asyncio and REST/threads can both wait on it), get_model_metadata,
 get_model_status, reload_config, classify, regress, multi_inference.
 """
@@ -25,6 +26,7 @@ from dpsr_tf.serving.model_server.batching import BatchScheduler
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
 from dpsr_tf.serving.model_server.predict import RequestLimits, build_response, prepare_predict
 from dpsr_tf.serving.model_server.run_queue import STARTED, FairRunQueue
+from dpsr_tf.serving.model_server.run_times import FastestRuns, cannot_finish_message
 from dpsr_tf.serving.model_server.unsent_answers import UnsentAnswers
 from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
 from dpsr_tf.serving.model_server.servable_factory import new_servable
@@ -90,6 +92,7 @@ class ServerCore:
                                   gate=self.unsent.gate)
         self.unsent.on_release = self._runs.wake
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
+        self._run_times = FastestRuns()  # of unbatched runs (the batcher keeps its own)
         self._scheduler = None
         if options.batching is not None:
             self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch,
@@ -217,6 +220,30 @@ class ServerCore:
                     time.monotonic() - start)
         return run
 
+    def _timed_alone(self, servable, sig, prepared, run):
+        """(run that records its time, cannot_finish for the run queue) of an unbatched
+        request: one that cannot finish in its time left is not run (run_times.py). Requests
+        whose rows are unknown (not batch-major) are run as they are."""
+        if prepared.rows is None:
+            return run, None
+        rows = prepared.rows
+        key = ((id(servable), servable.name, servable.version, sig.name) + prepared.batch_key
+               + tuple(prepared.feeds[a].shape[1:] for a in prepared.batched))
+        run_times = self._run_times
+
+        def timed(feeds, timeout_s):
+            start = time.monotonic()
+            out = run(feeds, timeout_s)
+            run_times.record(key, rows, time.monotonic() - start)
+            return out
+
+        def cannot_finish(left_seconds):
+            least = run_times.least_seconds(key, rows)
+            if least is None or left_seconds >= least:
+                return None
+            return cannot_finish_message(left_seconds, rows, least)
+        return timed, cannot_finish
+
     # ------------------------------------------------------------------ Predict
 
     def predict(self, request, client_timeout: Optional[float] = None,
@@ -275,9 +302,10 @@ class ServerCore:
                                                prepared.batched, run, deadline,
                                                entrypoint if client is None else client)
             else:
+                run, cannot_finish = self._timed_alone(servable, sig, prepared, run)
                 inner = self._runs.submit(entrypoint if client is None else client,
                                           _run_until, (run, prepared.feeds, deadline), deadline,
-                                          servable.name)
+                                          servable.name, cannot_finish)
         except Exception as e:  # pylint: disable=broad-except
             error = _as_serving_error(e)
         if error is not None:
