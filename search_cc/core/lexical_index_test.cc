@@ -246,9 +246,5 @@ int main() {
   TestHandWorkedScores();
   TestDamagedFiles();
   TestInPlaceChangesAfterLoad();
-  if (dpsr_test::Failures()) {
-    std::fprintf(stderr, "%d check(s) failed\n", dpsr_test::Failures());
-    return 1;
-  }
-  return 0;
+  return dpsr_test::Report("lexical_index_test");
 }

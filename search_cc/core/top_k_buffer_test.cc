@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <limits>
 #include <random>
 #include <set>
@@ -92,7 +91,5 @@ int main() {
   TestRandomStreamsWithTies();
   TestOrderedStreams();
   TestSignsAndExtremes();
-  const int failures = dpsr_test::Failures();
-  if (failures) std::fprintf(stderr, "%d check(s) failed\n", failures);
-  return failures ? 1 : 0;
+  return dpsr_test::Report("top_k_buffer_test");
 }

@@ -129,11 +129,5 @@ int main() {
   TestCorrections();
   TestBoundedWork();
   TestBadInput();
-  const int failures = dpsr_test::Failures();
-  if (failures) {
-    std::fprintf(stderr, "speller_test: %d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("speller_test: all passed\n");
-  return 0;
+  return dpsr_test::Report("speller_test");
 }

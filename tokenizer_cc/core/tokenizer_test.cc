@@ -1,6 +1,5 @@
 // Unit tests of the tokenizer core: a plain executable (exit status 0 = pass), built by
 // tools/run_cc_tests.py (make cc-test) and by Bazel as a cc_test. No test framework needed.
-#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -116,11 +115,5 @@ int main() {
   TestCaps();
   TestIds();
   TestBadConfig();
-  const int failures = dpsr_test::Failures();
-  if (failures) {
-    std::fprintf(stderr, "tokenizer_test: %d failure(s)\n", failures);
-    return 1;
-  }
-  std::printf("tokenizer_test: all passed\n");
-  return 0;
+  return dpsr_test::Report("tokenizer_test");
 }
