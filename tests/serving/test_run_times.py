@@ -23,6 +23,11 @@ def test_only_runs_of_no_more_rows_bound_a_request():
     assert runs.least_seconds("k", 8) == 8.0
     runs.record("k", 9, 1.0)   # class 8-15: the faster 9-row run replaces the 8-row one
     assert runs.least_seconds("k", 8) == 2.0 and runs.least_seconds("k", 9) == 2.0
+    # What the batcher and the run queue ask: late when the time left is under the bound.
+    assert runs.cannot_finish("k", 9, 2.0) is None and runs.cannot_finish("k", 1, 0.0) is None
+    assert runs.cannot_finish("k", 9, 1.5) == ("deadline exceeded: 1500.0 ms left, and a run of "
+                                               "9 rows has taken at least 2000.0 ms on this "
+                                               "model; not run")
 
 
 def test_keys_are_bounded_least_recent_first():

@@ -33,7 +33,7 @@ import numpy as np
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.model_server.batch_queue import KeyQueue
 from dpsr_tf.serving.model_server.run_queue import WAIT
-from dpsr_tf.serving.model_server.run_times import FastestRuns, cannot_finish_message
+from dpsr_tf.serving.model_server.run_times import FastestRuns
 from dpsr_tf.serving.errors import ServingError
 
 _LOG = logging.getLogger("serving.batching")
@@ -233,12 +233,10 @@ class BatchScheduler:
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     "deadline exceeded while waiting in the batch queue"))
                 continue
-            least = (None if task.deadline is None
-                     else self.run_times.least_seconds(key, task.rows))
-            if least is not None and task.deadline - now < least:
-                task.future.set_exception(ServingError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    cannot_finish_message(task.deadline - now, task.rows, least)))
+            late = (None if task.deadline is None
+                    else self.run_times.cannot_finish(key, task.rows, task.deadline - now))
+            if late is not None:
+                task.future.set_exception(ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, late))
                 continue
             live.append(task)
         if not live:

@@ -47,8 +47,11 @@ class FastestRuns:
             seconds = [s for r, s in runs.values() if r <= rows] if runs else ()
         return max(seconds) if seconds else None
 
-
-def cannot_finish_message(left_seconds: float, rows: int, least_seconds: float) -> str:
-    """The DEADLINE_EXCEEDED message of a request dropped because it cannot finish."""
-    return (f"deadline exceeded: {left_seconds * 1e3:.1f} ms left, and a run of {rows} rows has "
-            f"taken at least {least_seconds * 1e3:.1f} ms on this model; not run")
+    def cannot_finish(self, key: Hashable, rows: int, left_seconds: float) -> Optional[str]:
+        """The DEADLINE_EXCEEDED message for a request of `rows` rows of `key` with
+        `left_seconds` left when a run of its size has always taken longer, else None."""
+        least = self.least_seconds(key, rows)
+        if least is None or left_seconds >= least:
+            return None
+        return (f"deadline exceeded: {left_seconds * 1e3:.1f} ms left, and a run of {rows} rows "
+                f"has taken at least {least * 1e3:.1f} ms on this model; not run")

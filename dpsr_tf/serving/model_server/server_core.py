@@ -9,6 +9,7 @@ get_model_status, reload_config, classify, regress, multi_inference.
 """
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import time
 from typing import Callable, Optional
@@ -26,7 +27,7 @@ from dpsr_tf.serving.model_server.batching import BatchScheduler
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
 from dpsr_tf.serving.model_server.predict import RequestLimits, build_response, prepare_predict
 from dpsr_tf.serving.model_server.run_queue import STARTED, FairRunQueue
-from dpsr_tf.serving.model_server.run_times import FastestRuns, cannot_finish_message
+from dpsr_tf.serving.model_server.run_times import FastestRuns
 from dpsr_tf.serving.model_server.unsent_answers import UnsentAnswers
 from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
 from dpsr_tf.serving.model_server.servable_factory import new_servable
@@ -237,12 +238,7 @@ class ServerCore:
             run_times.record(key, rows, time.monotonic() - start)
             return out
 
-        def cannot_finish(left_seconds):
-            least = run_times.least_seconds(key, rows)
-            if least is None or left_seconds >= least:
-                return None
-            return cannot_finish_message(left_seconds, rows, least)
-        return timed, cannot_finish
+        return timed, functools.partial(run_times.cannot_finish, key, rows)
 
     # ------------------------------------------------------------------ Predict
 
