@@ -238,6 +238,12 @@ _MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
     "max_queued_requests_per_client", 256, "[dpsr] Most unbatched requests of one client (gRPC "
     "connection; REST counts as one client) waiting for a run thread; beyond it that client's "
     "requests get RESOURCE_EXHAUSTED, so one client cannot fill the queue for everyone.")
+_MAX_RUN_THREADS_PER_CLIENT = flags.DEFINE_integer(
+    "max_run_threads_per_client", 0, "[dpsr] Most run threads one client (gRPC connection; REST "
+    "counts as one) holds at once; its further unbatched requests wait while other clients' "
+    "start. A session run cannot be stopped once started, so without a bound a burst that its "
+    "client cancels a moment later still takes every idle thread. 0: half of "
+    "--num_run_threads (rounded up); --num_run_threads: no bound.")
 _MAX_UNSENT = flags.DEFINE_integer(
     "max_unsent_response_bytes", 8 << 20, "[dpsr] Bytes of answers computed but not yet read "
     "by their clients (HTTP/2 flow control), all clients together; while over it, clients "
@@ -320,6 +326,9 @@ def options_from_flags():
     for flag in (_MAX_UNSENT, _MAX_UNSENT_PER_CLIENT):
         if flag.value < 0:
             _fail(f"--{flag.name} is {flag.value}; it must be >= 0 (0: no limit)")
+    if _MAX_RUN_THREADS_PER_CLIENT.value < 0:
+        _fail(f"--max_run_threads_per_client is {_MAX_RUN_THREADS_PER_CLIENT.value}; it must be "
+              ">= 0 (0: half of --num_run_threads)")
     if _MAX_ROWS.value < 0:
         _fail(f"--max_request_rows is {_MAX_ROWS.value}; it must be >= 0 (0: no limit)")
     if _REST_INFLIGHT_BODY.value < 0:
@@ -348,7 +357,8 @@ def options_from_flags():
             intra_op_parallelism=intra, inter_op_parallelism=inter,
             session_config=session_config,
             prefer_tflite_model=_PREFER_TFLITE.value,
-            num_tflite_interpreters=max(1, _TFLITE_POOLS.value)),
+            num_tflite_interpreters=max(1, _TFLITE_POOLS.value),
+            session_runners=run_threads + (batching.num_batch_threads if batching else 0)),
         manager=ManagerOptions(
             file_system_poll_wait_seconds=_FS_POLL.value,
             max_num_load_retries=_LOAD_RETRIES.value,
@@ -364,6 +374,7 @@ def options_from_flags():
         num_run_threads=run_threads,
         max_queued_requests=_MAX_QUEUED.value,
         max_queued_requests_per_client=_MAX_QUEUED_PER_CLIENT.value,
+        max_run_threads_per_client=_MAX_RUN_THREADS_PER_CLIENT.value or (run_threads + 1) // 2,
         max_unsent_response_bytes=_MAX_UNSENT.value,
         max_unsent_response_bytes_per_client=_MAX_UNSENT_PER_CLIENT.value,
         enable_signature_method_name_check=_METHOD_NAME_CHECK.value)

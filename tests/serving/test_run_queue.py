@@ -119,6 +119,30 @@ def test_expired_and_cancelled_tasks_never_run():
     assert events == [EXPIRED, CANCELLED, STARTED]
 
 
+def test_a_burst_on_idle_threads_holds_at_most_its_bound_and_its_cancelled_rest_never_runs():
+    """Four idle threads, a bound of two per client: a burst of eight starts two; another
+    client's task starts on a third thread while those two still run; the burst's cancelled
+    tasks never start, and its kept one starts only when one of its two runs has ended."""
+    recorder = _Recorder()
+    queue = FairRunQueue(4, 100, 100, on_event=recorder, max_running_per_client=2)
+    release = threading.Event()
+    burst = [queue.submit("burst", release.wait, (), None, "burst") for _ in range(7)]
+    kept_ran = threading.Event()
+    kept = queue.submit("burst", kept_ran.set, (), None, "burst")
+    other = queue.submit("other", lambda: "answered", (), None, "other")
+    assert other.result(timeout=30) == "answered"   # while the burst's two runs block
+    started = [label for e, label, _ in recorder.events if e == STARTED]
+    assert started.count("burst") == 2, recorder.events
+    for f in burst[2:]:
+        assert f.cancel()                            # the client gave up on the rest
+    assert not kept_ran.is_set()
+    release.set()
+    kept.result(timeout=30)
+    queue.close()
+    events = [e for e, label, _ in recorder.events if label == "burst"]
+    assert events.count(STARTED) == 3 and events.count(CANCELLED) == 5, events
+
+
 @pytest.mark.parametrize("per_client,max_queued,code", [
     (3, 100, grpc.StatusCode.RESOURCE_EXHAUSTED), (100, 3, grpc.StatusCode.UNAVAILABLE)])
 def test_queue_bounds(per_client, max_queued, code):

@@ -16,6 +16,10 @@ its task: while a client holds more unsent answers than its budget (unsent_answe
 tasks wait and other clients' run, so it cannot make the server compute answers faster than
 it takes them; while all clients together are over budget, tasks are refused unstarted.
 
+A client holds at most `max_running_per_client` threads at once: a burst that finds every
+thread idle would otherwise start on all of them before its client cancels it (a started run
+cannot be stopped), and the next client's request would wait for one of those runs.
+
 The queue is bounded per client (beyond it: RESOURCE_EXHAUSTED, the client's own quota) and
 across all clients (beyond it: UNAVAILABLE, retriable on another replica, as the batch
 scheduler answers when its queue is full).
@@ -75,6 +79,10 @@ class FairRunQueue:
       num_threads: threads that run tasks.
       max_queued: most tasks waiting (not yet started), all clients together.
       max_queued_per_client: most tasks of one client waiting.
+      max_running_per_client: most tasks of one client running at once (0: no bound): a
+        client's further tasks wait while it holds that many threads, so a burst that arrives
+        on idle threads leaves threads for the next client (its runs cannot be stopped once
+        started, even when the burst is cancelled a moment later).
       on_event: optional callback(event, label, runs_ahead) for metrics: event is STARTED
         (runs_ahead: how many tasks of any client started while this one waited), EXPIRED,
         CANCELLED, REFUSED, CLIENT_REFUSED or GATE_REFUSED (runs_ahead None).
@@ -92,9 +100,11 @@ class FairRunQueue:
     def __init__(self, num_threads: int, max_queued: int, max_queued_per_client: int,
                  on_event: Optional[Callable] = None, thread_name: str = "run",
                  gate: Optional[Callable] = None,
-                 run_clock: Callable[[], float] = time.monotonic):
+                 run_clock: Callable[[], float] = time.monotonic,
+                 max_running_per_client: int = 0):
         self._max_queued = max_queued
         self._max_per_client = max_queued_per_client
+        self._max_running = max_running_per_client
         self._on_event = on_event or (lambda *_: None)
         self._gate = gate or (lambda _client: None)
         self._run_clock = run_clock
@@ -182,9 +192,12 @@ class FairRunQueue:
             t.join(timeout=30)
 
     def _eligible(self, client, task: _Task, now: float) -> bool:
-        return (self._closed or task.future.cancelled()
-                or (task.deadline is not None and now >= task.deadline)
-                or self._gate(client) is not WAIT)
+        if (self._closed or task.future.cancelled()
+                or (task.deadline is not None and now >= task.deadline)):
+            return True  # dropped (or run at close) without waiting
+        if self._max_running and self._running[client] >= self._max_running:
+            return False
+        return self._gate(client) is not WAIT
 
     def _take(self) -> Optional[_Task]:
         with self._cond:
@@ -233,6 +246,8 @@ class FairRunQueue:
             self._used[client] += cost - charged
             self._last_cost[client] = cost
             self._running[client] -= 1
+            if self._max_running and client in self._queues:
+                self._cond.notify()  # its next task may start now
             if not self._running[client]:
                 del self._running[client]
                 if client not in self._queues:

@@ -37,6 +37,8 @@ class SessionOptions:
         are there (servable_factory.py has the rule).
       num_tflite_interpreters: most TFLite interpreters per version, i.e. concurrent calls
         (--num_tflite_pools; 0: one per CPU).
+      session_runners: threads that may run sessions at once (run and batch threads); when
+        inter-op parallelism is TF's choice, the pool gets at least this many (inter_op_threads).
     """
 
     saved_model_tags: Tuple[str, ...] = ("serve",)
@@ -46,6 +48,23 @@ class SessionOptions:
     session_config: Optional[bytes] = None
     prefer_tflite_model: bool = False
     num_tflite_interpreters: int = 0
+    session_runners: int = 0
+
+
+def inter_op_threads(requested: int, session_config: int, session_runners: int,
+                     cpus: int) -> int:
+    """The inter-op pool size a session is created with (0: TF's choice).
+
+    `requested` (--tensorflow_inter_op_parallelism), else the session config file's value, else
+    TF's choice (one per core) raised to `session_runners`. Why: an op that blocks for its whole
+    run (the FAISS search) holds an inter-op thread, and all sessions share one pool; with fewer
+    threads than concurrent runs, a light request's ops queue behind heavy runs' blocking ops
+    in that pool, behind the run queue's fairness (docs/benchmarks.md, "A bound on one client's
+    run threads"). Where cores >= runners (most servers) this changes nothing.
+    """
+    if requested or session_config:
+        return requested or session_config
+    return session_runners if session_runners > cpus else 0
 
 
 def load_op_library_once() -> None:
@@ -99,8 +118,9 @@ class SavedModelServable:
             config.MergeFromString(self._options.session_config)
         if self._options.intra_op_parallelism:
             config.intra_op_parallelism_threads = self._options.intra_op_parallelism
-        if self._options.inter_op_parallelism:
-            config.inter_op_parallelism_threads = self._options.inter_op_parallelism
+        config.inter_op_parallelism_threads = inter_op_threads(
+            self._options.inter_op_parallelism, config.inter_op_parallelism_threads,
+            self._options.session_runners, os.cpu_count() or 1)
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=config)
         try:

@@ -52,6 +52,7 @@ class CoreOptions:
         together (beyond it: UNAVAILABLE).
       max_queued_requests_per_client: the same for one client (beyond it:
         RESOURCE_EXHAUSTED).
+      max_run_threads_per_client: most run threads one client holds at once (0: all).
       max_unsent_response_bytes_per_client: a gRPC client holding this many bytes of answers
         it has not read has its queued requests wait (0: no limit; unsent_answers.py).
       max_unsent_response_bytes: while all clients hold this many, new calls and ready
@@ -73,6 +74,7 @@ class CoreOptions:
     num_run_threads: int = 8
     max_queued_requests: int = 1024
     max_queued_requests_per_client: int = 256
+    max_run_threads_per_client: int = 0
     max_unsent_response_bytes_per_client: int = 4 << 20
     max_unsent_response_bytes: int = 8 << 20
     enable_signature_method_name_check: bool = False
@@ -90,7 +92,8 @@ class ServerCore:
         self._runs = FairRunQueue(options.num_run_threads, options.max_queued_requests,
                                   options.max_queued_requests_per_client,
                                   on_event=self._on_run_event,
-                                  gate=self.unsent.gate)
+                                  gate=self.unsent.gate,
+                                  max_running_per_client=options.max_run_threads_per_client)
         self.unsent.on_release = self._runs.wake
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._run_times = FastestRuns()  # of unbatched runs (the batcher keeps its own)
