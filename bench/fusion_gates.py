@@ -35,7 +35,8 @@ from dpsr_tf.evaluation import fusion_choice  # noqa: E402
 from dpsr_tf.evaluation.crossval_hybrid import LISTS_FILE, FoldLists, candidate_metrics  # noqa: E402
 from dpsr_tf.search.fusion import FusionConfig  # noqa: E402
 
-OBJECTIVE = fusion_choice.OBJECTIVE
+# What is printed; the choice is by --objective (the export's objective by default).
+REPORTED = fusion_choice.OBJECTIVE
 DENSE_ONLY = FusionConfig(lexical_weight=0.0)
 # The grid's weightings, without its two one-list candidates.
 WEIGHTINGS = [c for c in fusion_choice.CANDIDATES if c.dense_weight and c.lexical_weight]
@@ -95,12 +96,8 @@ def gated(lists: FoldLists, gate: str, t: float) -> FoldLists:
     return dataclasses.replace(lists, lexical_rows=rows)
 
 
-def _score(per_request: dict) -> float:
-    return float(np.mean([per_request[m].mean() for m in OBJECTIVE]))
-
-
 def _pool(parts) -> dict:
-    return {m: np.concatenate([p[m] for p in parts]) for m in OBJECTIVE}
+    return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
 
 
 def main():
@@ -113,7 +110,13 @@ def main():
     parser.add_argument("--quantiles", default="0.5,0.75,0.9,0.97,0.99")
     parser.add_argument("--gates", default="min,top,dense_top,gap")
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--objective", default=",".join(fusion_choice.OBJECTIVE),
+                        help="metrics whose mean chooses (the export's by default)")
     args = parser.parse_args()
+    objective = tuple(args.objective.split(","))
+
+    def score(per_request: dict) -> float:
+        return float(np.mean([per_request[m].mean() for m in objective]))
     if args.model_dir:
         write_lists(args.lists, args.model_dir, args.index_dir, args.spelling)
     if os.path.isfile(args.lists):
@@ -124,7 +127,8 @@ def main():
     if len(folds) < 2:
         sys.exit(f"{args.lists}: fewer than two fold_*/{LISTS_FILE} (run dpsr crossval "
                  "--hybrid there first)")
-    recall_ks = sorted({int(m.split("@")[1]) for m in OBJECTIVE if m.startswith("recall@")})
+    recall_ks = sorted({int(m.split("@")[1]) for m in REPORTED + objective
+                        if m.startswith("recall@")})
     quantiles = [float(q) for q in args.quantiles.split(",")]
     print(f"{len(folds)} folds, requests {[len(f) for f in folds]}", flush=True)
     dense = [candidate_metrics(f, [DENSE_ONLY], recall_ks)[0] for f in folds]
@@ -144,23 +148,24 @@ def main():
                 pairs.append((gate, t, w))
                 results.append([per_fold[i][j] for i in range(len(folds))])
             print(f"  {gate} t={t:.4g}: {len(WEIGHTINGS)} weightings fused", flush=True)
-    base = _score(_pool(dense))
+    base = score(_pool(dense))
     print(f"\ndense only (pooled): " + ", ".join(
-        f"{m} {_pool(dense)[m].mean():.4f}" for m in OBJECTIVE))
+        f"{m} {_pool(dense)[m].mean():.4f}" for m in REPORTED))
+    print(f"choosing by the mean of {', '.join(objective)}")
     print("best pairs, pooled over all folds (optimistic: chosen on the requests they score):")
-    order = sorted(range(len(pairs)), key=lambda i: -_score(_pool(results[i])))
+    order = sorted(range(len(pairs)), key=lambda i: -score(_pool(results[i])))
     for i in order[:10]:
         gate, t, w = pairs[i]
         pooled = _pool(results[i])
         print(f"  {gate:9s} t={t:<8.4g} {fusion_choice.describe(w):32s} "
-              f"{_score(pooled) - base:+.5f}  " + " ".join(
-                  f"{m} {pooled[m].mean() - _pool(dense)[m].mean():+.5f}" for m in OBJECTIVE))
+              f"{score(pooled) - base:+.5f}  " + " ".join(
+                  f"{m} {pooled[m].mean() - _pool(dense)[m].mean():+.5f}" for m in REPORTED))
     chosen = []
     for fold in range(len(folds)):
         others = [i for i in range(len(folds)) if i != fold]
-        best, best_score = None, _score(_pool([dense[i] for i in others]))
+        best, best_score = None, score(_pool([dense[i] for i in others]))
         for j, res in enumerate(results):
-            s = _score(_pool([res[i] for i in others]))
+            s = score(_pool([res[i] for i in others]))
             if s > best_score:
                 best, best_score = j, s
         name = "dense only" if best is None else (
@@ -169,7 +174,7 @@ def main():
         chosen.append(dense[fold] if best is None else results[best][fold])
     rng = np.random.default_rng(0)
     got, ref = _pool(chosen), _pool(dense)
-    for m in OBJECTIVE:
+    for m in REPORTED:
         d = got[m] - ref[m]
         boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(args.samples)]
         print(f"cross-fitted minus dense only, {m}: {got[m].mean():.4f} - {ref[m].mean():.4f} "

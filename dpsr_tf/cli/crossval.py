@@ -43,6 +43,10 @@ _SPELLING = flags.DEFINE_bool(
     "spelling", True, "--hybrid: correct the held-out queries with each fold's catalog speller "
     "before the served dense and lexical searches, as a servable exported with --spelling does "
     "(docs/spelling.md).")
+_FUSION_OBJECTIVE = flags.DEFINE_list(
+    "fusion_objective", ["recall@100", "recall@1000", "ndcg@10"], "--hybrid: the metrics whose "
+    "mean chooses each fold's fusion, as `dpsr export --fusion_objective` (recall@N with N "
+    "among the evaluation's cut-offs, ndcg@10, mrr@10).")
 _PAIRED_SAMPLES = flags.DEFINE_integer(
     "paired_samples", 10000, "Bootstrap resamples and random sign flips of each pooled paired "
     "test (the smallest reportable p is about 1 / this); fewer is faster on many requests.")
@@ -77,7 +81,8 @@ def config_from_flags():
         train=training_flags.train_config_from_flags(),
         evaluation=evaluate_lib.EvalConfig(min_gain=_MIN_GAIN.value,
                                            num_random=_NUM_RANDOM.value, seed=_EVAL_SEED.value),
-        bm25=_BM25.value, hybrid=_HYBRID.value, spelling=_SPELLING.value)
+        bm25=_BM25.value, hybrid=_HYBRID.value, spelling=_SPELLING.value,
+        fusion_objective=tuple(_FUSION_OBJECTIVE.value))
 
 
 def main(argv):

@@ -51,6 +51,11 @@ _CHOOSE_FUSION = flags.DEFINE_bool(
     "choose_fusion", True, "Choose a hybrid servable's fusion on the layout's eval split (the "
     "best of a grid that includes dense only and lexical only); off when any fusion flag is "
     "given.")
+_FUSION_OBJECTIVE = flags.DEFINE_list(
+    "fusion_objective", ["recall@100", "recall@1000", "ndcg@10"], "The metrics whose mean "
+    "chooses the fusion (and --spelling=auto) on the eval split: recall@N, ndcg@10, mrr@10. "
+    "A servable that feeds a re-ranker may be chosen for its recall alone, e.g. "
+    "recall@100,recall@1000 (docs/export.md).")
 _REWRITES = flags.DEFINE_string(
     "rewrites", None, "A rewrite table (dpsr rewrite): the servable also searches the lexical "
     "index with each query's rewrites (docs/rewriting.md). Hybrid servables only.")
@@ -98,7 +103,8 @@ def _fusion(index_dir: str):
                   (fusion_flags.fusion_config() if _HYBRID.value
                    else FusionConfig(lexical_weight=0.0),))
     kwargs = dict(rewrite_table=_REWRITES.value, rewrites=_rewrite_config(),
-                  candidates=candidates)
+                  candidates=candidates,
+                  objective=fusion_choice.parse_objective(_FUSION_OBJECTIVE.value))
     args = (_MODEL_DIR.value, index_dir, _LAYOUT.value, _CHECKPOINT.value, _NPROBE.value or None)
     if auto:
         choice, spelling, scores = fusion_choice.choose_with_spelling(*args, **kwargs)

@@ -30,6 +30,7 @@ from dpsr_tf.data import split as split_lib
 from dpsr_tf.evaluation import checkpoint_recall
 from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.model.config import ModelConfig
@@ -71,6 +72,8 @@ class CrossvalConfig:
         its folds and reuses their models.
       spelling: the hybrid stage corrects the held-out queries with each fold's catalog
         speller, as a spelling servable does (dpsr_tf/tokenization/speller.py).
+      fusion_objective: the metrics whose mean chooses each fold's fusion (as `dpsr export
+        --fusion_objective`); its Recall@N cut-offs must be among evaluation.recall_ks.
     """
 
     output: str
@@ -82,8 +85,16 @@ class CrossvalConfig:
     bm25: bool = False
     hybrid: bool = False
     spelling: bool = True
+    fusion_objective: Tuple[str, ...] = fusion_choice.OBJECTIVE
 
     def __post_init__(self):
+        object.__setattr__(self, "fusion_objective",
+                           fusion_choice.parse_objective(self.fusion_objective))
+        missing = [m for m in self.fusion_objective if m.startswith("recall@")
+                   and int(m.split("@")[1]) not in self.evaluation.recall_ks]
+        if missing:
+            raise ValueError(f"fusion objective {missing}: the evaluation measures recall at "
+                             f"{list(self.evaluation.recall_ks)} only")
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2 (fold F of N holds out md5(query) % N == F), "
                              f"got {self.folds}")
@@ -124,6 +135,7 @@ class CrossvalConfig:
         data["train"].pop("model_dir")
         data.pop("hybrid")      # an evaluation stage on top of the same folds
         data.pop("spelling")
+        data.pop("fusion_objective")  # chosen again from the folds' lists on every run
         data["output"] = os.path.abspath(self.output)
         return data
 
@@ -247,7 +259,8 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
     """Cross-fits the fusion (crossval_hybrid.summarize), writes fold_F/HYBRID_JSON, and adds
     each fold's "hybrid" metrics and per-request values to its in-memory metrics."""
     fold_dirs = [config.fold_dir(f) for f in range(config.folds)]
-    per_fold = hybrid_lib.summarize(fold_dirs, config.evaluation.recall_ks, log=log)
+    per_fold = hybrid_lib.summarize(fold_dirs, config.evaluation.recall_ks,
+                                    objective=config.fusion_objective, log=log)
     for fold, (metrics, result) in enumerate(zip(fold_metrics, per_fold)):
         _write_json(os.path.join(fold_dirs[fold], HYBRID_JSON), result)
         metrics[hybrid_lib.HYBRID] = result[hybrid_lib.HYBRID]

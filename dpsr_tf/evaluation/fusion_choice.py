@@ -15,6 +15,7 @@ there are slightly optimistic (one of CANDIDATES picked on them); cross-validati
 layout of held-out queries measures it without that bias.
 """
 import dataclasses
+import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,8 +32,31 @@ from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.fused_rows import fused_rows
 from dpsr_tf.search.rewrite_merge import RewriteConfig
 
-# The metrics whose mean a candidate is chosen by (the dashboard's headline numbers).
+# The metrics whose mean a candidate is chosen by (the dashboard's headline numbers); an export
+# or crossval may name others (`--fusion_objective`, parse_objective): a servable that feeds a
+# re-ranker is judged by what reaches the ranker, its recall.
 OBJECTIVE = ("recall@100", "recall@1000", "ndcg@10")
+# What parse_objective accepts: Recall@N for any N, and the two cut-offs every evaluation has.
+_OBJECTIVE_METRIC = re.compile(r"recall@[1-9][0-9]*|ndcg@10|mrr@10")
+
+
+def parse_objective(names: Sequence[str]) -> Tuple[str, ...]:
+    """The objective a list of metric names gives, checked before any work.
+
+    Raises:
+      ValueError: an empty list, a repeated name or one that is not recall@N, ndcg@10, mrr@10.
+    """
+    out = tuple(n.strip().lower() for n in names if n.strip())
+    if not out:
+        raise ValueError("the fusion objective names no metric; give e.g. "
+                         "recall@100,recall@1000 or recall@100,recall@1000,ndcg@10")
+    for name in out:
+        if not _OBJECTIVE_METRIC.fullmatch(name):
+            raise ValueError(f"fusion objective metric {name!r} is not one of recall@N (N >= 1), "
+                             "ndcg@10, mrr@10")
+    if len(set(out)) != len(out):
+        raise ValueError(f"fusion objective {list(out)} names a metric twice")
+    return out
 # The grid, the default first: on a tie the earlier candidate is kept.
 CANDIDATES = (FusionConfig(),) + tuple(
     FusionConfig(rrf_k=rrf_k, lexical_weight=w)
@@ -142,7 +166,8 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
                      rewrite_table: Optional[str] = None,
                      rewrites: RewriteConfig = RewriteConfig(),
                      spelling: bool = True,
-                     candidates: Sequence[FusionConfig] = CANDIDATES) -> FusionChoice:
+                     candidates: Sequence[FusionConfig] = CANDIDATES,
+                     objective: Sequence[str] = OBJECTIVE) -> FusionChoice:
     """choose_fusion with the lists of a model's index build on a layout split (as
     `dpsr evaluate --hybrid` makes them).
 
@@ -153,6 +178,7 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
     spelling: the servable will correct queries with the build's speller: both lists are made
       from the corrected queries (the table is still looked up by the query as typed).
     candidates: the fusions to try (default the grid).
+    objective: the metrics whose mean chooses (default OBJECTIVE).
 
     Raises:
       FileNotFoundError, ValueError: as hybrid.open_hybrid; a bad rewrite table or settings.
@@ -176,9 +202,9 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
         with_table = (f"; lexical lists merged with the rewrites of {rewrite_table} "
                       f"({covered} of the requests' queries have an entry)")
     log(f"choosing the fusion on {len(run.eval_set)} requests of split {split} "
-        f"({len(candidates)} candidates, objective mean of {', '.join(OBJECTIVE)}){with_table}")
+        f"({len(candidates)} candidates, objective mean of {', '.join(objective)}){with_table}")
     return choose_fusion(run.dense_scores, run.dense_rows, lexical_lists, run.eval_set, run.k,
-                         candidates)
+                         candidates, objective)
 
 
 def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
@@ -186,7 +212,8 @@ def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[st
                          log: Callable[[str], None] = print,
                          rewrite_table: Optional[str] = None,
                          rewrites: RewriteConfig = RewriteConfig(),
-                         candidates: Sequence[FusionConfig] = CANDIDATES
+                         candidates: Sequence[FusionConfig] = CANDIDATES,
+                         objective: Sequence[str] = OBJECTIVE
                          ) -> Tuple[FusionChoice, bool, dict]:
     """choose_for_index with and without the build's speller; the better (by the chosen
     fusion's score; a tie keeps the queries as typed) decides whether the servable corrects
@@ -199,12 +226,12 @@ def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[st
     """
     without = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
                                log=log, rewrite_table=rewrite_table, rewrites=rewrites,
-                               spelling=False, candidates=candidates)
+                               spelling=False, candidates=candidates, objective=objective)
     if spelled_layout_lib.index_speller(index_dir) is None:
         return without, False, {}
     spelled = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
                                log=log, rewrite_table=rewrite_table, rewrites=rewrites,
-                               spelling=True, candidates=candidates)
+                               spelling=True, candidates=candidates, objective=objective)
     scores = {"with": spelled.score, "without": without.score}
     if spelled.score > without.score:
         return spelled, True, scores

@@ -158,6 +158,8 @@ def test_summarize_folds_by_hand():
     ({"evaluation": evaluate_lib.EvalConfig(split="train")}, "split 'eval'"),
     ({"train": TrainConfig(layout_dir="l", model_dir="m", hard_negatives_from="/m0")},
      "every fold has its own; dpsr crossval does not mine them"),
+    ({"fusion_objective": ("recall@50",)}, r"measures recall at \[10, 100, 1000\] only"),
+    ({"fusion_objective": ("auc",)}, "'auc' is not one of recall@N"),
 ])
 def test_bad_config_is_an_error(tiny_paths, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

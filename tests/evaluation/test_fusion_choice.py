@@ -95,6 +95,49 @@ def test_an_objective_metric_it_cannot_compute_is_an_error():
                                     _eval_set([[1]]), 2, objective=("recall@1", "auc"))
 
 
+def test_the_objective_decides_between_recall_and_the_top_of_the_list():
+    """Hand-worked: one request, items 1 and 2 relevant, k = 3. Dense [1, 5, 6] holds item 1
+    first; lexical [2, 7, 8] holds item 2 first. Dense only: recall@3 1/2. RRF k = 5 with
+    equal weights: items 1 and 2 score 1/6 (tied: the dense list's first), 5 and 7 score 1/7:
+    fused [1, 2, 5], recall@3 1. By recall@3 the fusion wins; by mrr@10 both lists score 1
+    (a hit at rank 1) and the earlier candidate, dense only, is kept."""
+    eval_set = _eval_set([[1, 2]])
+    dense = (np.array([[3.0, 2.0, 1.0]], np.float32), np.array([[1, 5, 6]], np.int64))
+    lexical = (np.array([[9.0, 8.0, 7.0]], np.float32), np.array([[2, 7, 8]], np.int64))
+    fused = FusionConfig(lexical_weight=1.0)
+    candidates = (FusionConfig(lexical_weight=0.0), fused)
+
+    def choose(objective):
+        return fusion_choice.choose_fusion(*dense, lambda cfg: lexical, eval_set, 3,
+                                           candidates, objective=objective)
+
+    by_recall = choose(("recall@3",))
+    assert by_recall.config == fused and by_recall.score == 1.0
+    assert [c["recall@3"] for c in by_recall.candidates] == [0.5, 1.0]
+    by_mrr = choose(("mrr@10",))
+    assert by_mrr.config == FusionConfig(lexical_weight=0.0) and by_mrr.score == 1.0
+    assert by_mrr.objective == ("mrr@10",)
+
+
+@pytest.mark.parametrize("names,expected", [
+    (["recall@100", "recall@1000"], ("recall@100", "recall@1000")),
+    ([" Recall@100 ", "NDCG@10", ""], ("recall@100", "ndcg@10")),
+    (list(fusion_choice.OBJECTIVE), fusion_choice.OBJECTIVE),
+])
+def test_parse_objective(names, expected):
+    assert fusion_choice.parse_objective(names) == expected
+
+
+@pytest.mark.parametrize("names,message", [
+    ([], "names no metric"), ([""], "names no metric"),
+    (["recall@0"], "'recall@0' is not one of"), (["ndcg@5"], "'ndcg@5' is not one of"),
+    (["auc"], "'auc' is not one of"), (["recall@100", "recall@100"], "names a metric twice"),
+])
+def test_a_bad_objective_is_refused_before_any_work(names, message):
+    with pytest.raises(ValueError, match=message):
+        fusion_choice.parse_objective(names)
+
+
 def test_choice_for_a_servable_with_rewrites_fuses_the_merged_lexical_list(
         tiny_history_model, tiny_flat_index, tmp_path):
     """With a rewrite table, every candidate is scored on the lexical list the servable will

@@ -284,6 +284,14 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
                                   "scores": {"with": choice["score"], "without": choice["score"]}}
     assert info["servable"]["spelling"] is False
     assert "spelling off: objective" in text
+    # --fusion_objective: the same candidates, chosen and recorded by recall@10 alone.
+    text, by_recall = export(f"--export_base={tmp_path}/recall", "--fusion_objective=recall@10")
+    recall_choice = by_recall["fusion_choice"]
+    assert recall_choice["objective"] == ["recall@10"]
+    assert [c["recall@10"] for c in recall_choice["candidates"]] == [
+        c["score"] for c in recall_choice["candidates"]]
+    assert recall_choice["score"] == max(c["recall@10"] for c in recall_choice["candidates"])
+    assert "objective mean of recall@10" in text
     _, given = export(f"--export_base={tmp_path}/given", "--lexical_weight=0.25")
     assert given["servable"]["fusion"]["lexical_weight"] == 0.25
     # A given fusion is kept; auto spelling is still decided on the split, with that fusion.
