@@ -38,6 +38,7 @@ from dpsr_tf.search.fusion import FusionConfig  # noqa: E402
 # What is printed; the choice is by --objective (the export's objective by default).
 REPORTED = fusion_choice.OBJECTIVE
 DENSE_ONLY = FusionConfig(lexical_weight=0.0)
+GATES = ("min", "top", "dense_top", "gap")
 # The grid's weightings, without its two one-list candidates.
 WEIGHTINGS = [c for c in fusion_choice.CANDIDATES if c.dense_weight and c.lexical_weight]
 
@@ -133,7 +134,11 @@ def main():
     print(f"{len(folds)} folds, requests {[len(f) for f in folds]}", flush=True)
     dense = [candidate_metrics(f, [DENSE_ONLY], recall_ks)[0] for f in folds]
     pairs, results = [], []   # (gate, t, weighting), per fold per-request metrics
-    for gate in ["none"] + args.gates.split(","):
+    gates = [g for g in args.gates.split(",") if g]  # --gates= : the grid's weightings only
+    unknown = sorted(set(gates) - set(GATES))
+    if unknown:
+        sys.exit(f"--gates: unknown {unknown}; choose among {list(GATES)}")
+    for gate in ["none"] + gates:
         if gate == "none":
             thresholds = [0.0]
         else:
