@@ -21,6 +21,7 @@ from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
 from dpsr_tf.evaluation import crossval as crossval_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import fusion_objective
 from dpsr_tf.model.progress import quiet_tf_logging
 
 _OUTPUT = flags.DEFINE_string("output", None,
@@ -44,7 +45,7 @@ _SPELLING = flags.DEFINE_bool(
     "before the served dense and lexical searches, as a servable exported with --spelling does "
     "(docs/spelling.md).")
 _FUSION_OBJECTIVE = flags.DEFINE_list(
-    "fusion_objective", ["recall@100", "recall@1000", "ndcg@10"], "--hybrid: the metrics whose "
+    "fusion_objective", list(fusion_objective.OBJECTIVE), "--hybrid: the metrics whose "
     "mean chooses each fold's fusion, as `dpsr export --fusion_objective` (recall@N with N "
     "among the evaluation's cut-offs, ndcg@10, mrr@10).")
 _PAIRED_SAMPLES = flags.DEFINE_integer(

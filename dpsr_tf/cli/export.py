@@ -14,6 +14,7 @@ import json
 from absl import flags
 
 from dpsr_tf.cli import fusion_flags
+from dpsr_tf.evaluation import fusion_objective
 from dpsr_tf.indexing import index_layout, joint_pq_index
 from dpsr_tf.export.saved_model_export import export_all_shards
 from dpsr_tf.search.rewrite_merge import COMBINES, RewriteConfig
@@ -52,7 +53,7 @@ _CHOOSE_FUSION = flags.DEFINE_bool(
     "best of a grid that includes dense only and lexical only); off when any fusion flag is "
     "given.")
 _FUSION_OBJECTIVE = flags.DEFINE_list(
-    "fusion_objective", ["recall@100", "recall@1000", "ndcg@10"], "The metrics whose mean "
+    "fusion_objective", list(fusion_objective.OBJECTIVE), "The metrics whose mean "
     "chooses the fusion (and --spelling=auto) on the eval split: recall@N, ndcg@10, mrr@10. "
     "A servable that feeds a re-ranker may be chosen for its recall alone, e.g. "
     "recall@100,recall@1000 (docs/export.md).")

@@ -15,13 +15,13 @@ there are slightly optimistic (one of CANDIDATES picked on them); cross-validati
 layout of held-out queries measures it without that bias.
 """
 import dataclasses
-import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import fusion_objective
 from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import rewrites as rewrites_lib
@@ -32,31 +32,11 @@ from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.fused_rows import fused_rows
 from dpsr_tf.search.rewrite_merge import RewriteConfig
 
-# The metrics whose mean a candidate is chosen by (the dashboard's headline numbers); an export
-# or crossval may name others (`--fusion_objective`, parse_objective): a servable that feeds a
-# re-ranker is judged by what reaches the ranker, its recall.
-OBJECTIVE = ("recall@100", "recall@1000", "ndcg@10")
-# What parse_objective accepts: Recall@N for any N, and the two cut-offs every evaluation has.
-_OBJECTIVE_METRIC = re.compile(r"recall@[1-9][0-9]*|ndcg@10|mrr@10")
+# The objective's default and its parser live apart, light enough for flag definitions.
+OBJECTIVE = fusion_objective.OBJECTIVE
+parse_objective = fusion_objective.parse_objective
 
 
-def parse_objective(names: Sequence[str]) -> Tuple[str, ...]:
-    """The objective a list of metric names gives, checked before any work.
-
-    Raises:
-      ValueError: an empty list, a repeated name or one that is not recall@N, ndcg@10, mrr@10.
-    """
-    out = tuple(n.strip().lower() for n in names if n.strip())
-    if not out:
-        raise ValueError("the fusion objective names no metric; give e.g. "
-                         "recall@100,recall@1000 or recall@100,recall@1000,ndcg@10")
-    for name in out:
-        if not _OBJECTIVE_METRIC.fullmatch(name):
-            raise ValueError(f"fusion objective metric {name!r} is not one of recall@N (N >= 1), "
-                             "ndcg@10, mrr@10")
-    if len(set(out)) != len(out):
-        raise ValueError(f"fusion objective {list(out)} names a metric twice")
-    return out
 # The grid, the default first: on a tie the earlier candidate is kept.
 CANDIDATES = (FusionConfig(),) + tuple(
     FusionConfig(rrf_k=rrf_k, lexical_weight=w)
