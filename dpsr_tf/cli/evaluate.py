@@ -16,13 +16,14 @@ import json
 
 from absl import flags
 
-from dpsr_tf.cli import fusion_flags
+from dpsr_tf.cli import feedback_flags, fusion_flags
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation.metrics import summarize
+from dpsr_tf.search.dense_feedback import FeedbackConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model directory written by dpsr train.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: newest).")
@@ -61,6 +62,10 @@ _SPELLING = flags.DEFINE_bool(
     "sees the queries it corrects, as a servable exported with --spelling=on does (export's "
     "default, auto, turns it on when the eval split scores higher with it); --nospelling: the "
     "queries as typed, as --spelling=off serves them (docs/spelling.md).")
+_DENSE_FEEDBACK = flags.DEFINE_bool(
+    "dense_feedback", False, "--hybrid: the served dense list with dense feedback, as a "
+    "servable exported with --dense_feedback=on searches (--dense_feedback_items, "
+    "--dense_feedback_weight; docs/export.md).")
 _NPROBE = flags.DEFINE_integer("nprobe", None,
                                "IVF lists to probe with --served (default: the index's own).")
 
@@ -79,6 +84,8 @@ def main(argv):
     if not served and (_INDEX_DIR.value or _NPROBE.value is not None):
         raise SystemExit("dpsr evaluate: --index_dir and --nprobe are read only with --served "
                          "or --hybrid; add one")
+    if _DENSE_FEEDBACK.value and not _HYBRID.value:
+        raise SystemExit("dpsr evaluate: --dense_feedback is read only with --hybrid; add it")
     from dpsr_tf.model.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
@@ -91,7 +98,9 @@ def main(argv):
             from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
             results.update(hybrid_lib.evaluate_hybrid(
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,
-                _NPROBE.value, fusion_flags.fusion_config(), spelling=_SPELLING.value))
+                _NPROBE.value, fusion_flags.fusion_config(), spelling=_SPELLING.value,
+                feedback=(feedback_flags.feedback_config() if _DENSE_FEEDBACK.value
+                          else FeedbackConfig())))
         elif _SERVED.value:
             results["dpsr"] = served_lib.evaluate_served_model(
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,

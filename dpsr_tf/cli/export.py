@@ -13,7 +13,7 @@ import json
 
 from absl import flags
 
-from dpsr_tf.cli import fusion_flags
+from dpsr_tf.cli import feedback_flags, fusion_flags
 from dpsr_tf.evaluation import fusion_objective
 from dpsr_tf.indexing import index_layout, joint_pq_index
 from dpsr_tf.export.saved_model_export import export_all_shards
@@ -74,6 +74,13 @@ _SPELLING = flags.DEFINE_enum(
     "scores higher on the layout's eval split (with the fusion chosen or given; recorded in "
     "assets.extra/dpsr_servable.json); on / off: always / never. A build without a speller "
     "vocabulary (made before it existed) exports without.")
+_DENSE_FEEDBACK = flags.DEFINE_enum(
+    "dense_feedback", "auto", ["auto", "on", "off"],
+    "Move each query head toward its first few hits before the dense search (pseudo-relevance "
+    "feedback, --dense_feedback_items and --dense_feedback_weight; docs/export.md). auto: on "
+    "when it scores higher on the layout's eval split, chosen with the fusion (a build with a "
+    "lexical index and one shard; otherwise off); on / off: always / never (on needs a "
+    "one-shard index).")
 _ONLINE_REWRITER = flags.DEFINE_string(
     "online_rewriter", None, "A rewriter directory (dpsr train-rewriter): queries without a "
     "rewrite table entry get its greedy rewrite, decoded in the servable's graph (a fixed cost "
@@ -87,17 +94,40 @@ def _rewrite_config() -> RewriteConfig:
     return RewriteConfig(_MAX_REWRITES.value, _REWRITE_WEIGHT.value, _REWRITE_COMBINE.value)
 
 
+def _feedbacks(manifest):
+    """The dense feedback variants to choose among, or None when no choice is made."""
+    from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
+    mode = _DENSE_FEEDBACK.value
+    if mode == "on" and manifest.num_shards > 1:
+        raise ValueError(f"--dense_feedback=on needs a one-shard index (each shard would move "
+                         f"the query toward its own first hits); the index has "
+                         f"{manifest.num_shards} shards")
+    if mode != "auto":
+        return None
+    if manifest.num_shards > 1 or manifest.lexical is None:
+        print("dense feedback off: --dense_feedback=auto chooses on a one-shard build with a "
+              f"lexical index (this one: {manifest.num_shards} shards, "
+              f"{'a' if manifest.lexical else 'no'} lexical index)")
+        return None
+    return (FeedbackConfig(), feedback_flags.feedback_config())
+
+
 def _fusion(index_dir: str):
-    """(FusionConfig, spelling on, the choice's JSON or None): the flags' fusion, or one chosen
-    on the layout's eval split when the export is hybrid and no fusion flag was given; with
-    --spelling=auto, spelling on or off by the same split."""
+    """(FusionConfig, spelling on, FeedbackConfig, the choice's JSON or None): the flags'
+    fusion, or one chosen on the layout's eval split when the export is hybrid and no fusion
+    flag was given; with --spelling=auto, spelling on or off by the same split; with
+    --dense_feedback=auto, dense feedback on or off with the fusion."""
+    from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     given = [name for name in FUSION_FLAGS if flags.FLAGS[name].present]
     manifest = index_layout.read_manifest(index_dir, check_files=False)
     has_lexical = manifest.lexical is not None
     choose = not given and _CHOOSE_FUSION.value and _HYBRID.value and has_lexical
     auto = _SPELLING.value == "auto" and has_lexical and bool(manifest.lexical.speller_file)
-    if not (choose or auto):
-        return fusion_flags.fusion_config(), _SPELLING.value == "on", None
+    feedbacks = _feedbacks(manifest)
+    fixed_feedback = (feedback_flags.feedback_config() if _DENSE_FEEDBACK.value == "on"
+                      else FeedbackConfig())
+    if not (choose or auto or feedbacks):
+        return fusion_flags.fusion_config(), _SPELLING.value == "on", fixed_feedback, None
     from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
     candidates = (fusion_choice.CANDIDATES if choose else
@@ -105,7 +135,8 @@ def _fusion(index_dir: str):
                    else FusionConfig(lexical_weight=0.0),))
     kwargs = dict(rewrite_table=_REWRITES.value, rewrites=_rewrite_config(),
                   candidates=candidates,
-                  objective=fusion_choice.parse_objective(_FUSION_OBJECTIVE.value))
+                  objective=fusion_choice.parse_objective(_FUSION_OBJECTIVE.value),
+                  feedbacks=feedbacks or (fixed_feedback,))
     args = (_MODEL_DIR.value, index_dir, _LAYOUT.value, _CHECKPOINT.value, _NPROBE.value or None)
     if auto:
         choice, spelling, scores = fusion_choice.choose_with_spelling(*args, **kwargs)
@@ -117,26 +148,33 @@ def _fusion(index_dir: str):
         scores = {}
     print(choice.table())
     record = dict(choice.to_json(), spelling={"mode": _SPELLING.value, "on": spelling,
-                                              "scores": scores})
+                                              "scores": scores},
+                  dense_feedback_mode=_DENSE_FEEDBACK.value)
+    if feedbacks:
+        print(f"dense feedback {'on' if choice.feedback.enabled else 'off'}: chosen on the eval "
+              "split with the fusion (--dense_feedback=on/off to set it)")
     if not choose:
-        return fusion_flags.fusion_config(), spelling, record
+        return fusion_flags.fusion_config(), spelling, choice.feedback, record
     print(f"fusion chosen on the eval split: {fusion_choice.describe(choice.config)} "
           "(give a fusion flag or --nochoose_fusion to set it yourself)")
-    return choice.config, spelling, record
+    return choice.config, spelling, choice.feedback, record
 
 
 def main(argv):
     del argv
     try:
         fusion_flags.fusion_config()          # bad fusion flags fail before any work
+        if _DENSE_FEEDBACK.value != "off":
+            feedback_flags.feedback_config()
         index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(
             _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
-        fusion, spelling, choice = _fusion(index_dir)
+        fusion, spelling, feedback, choice = _fusion(index_dir)
         servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
                                   max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
                                   ef_search=_EF.value, hybrid=_HYBRID.value,
                                   mmap_index=_MMAP.value, fusion=fusion,
-                                  rewrites=_rewrite_config(), spelling=spelling)
+                                  rewrites=_rewrite_config(), spelling=spelling,
+                                  dense_feedback=feedback)
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,

@@ -28,6 +28,7 @@ from dpsr_tf.evaluation import rewrites as rewrites_lib
 from dpsr_tf.evaluation import spelled_layout as spelled_layout_lib
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.rewriting import table as table_lib
+from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.fused_rows import fused_rows
 from dpsr_tf.search.rewrite_merge import RewriteConfig
@@ -59,7 +60,10 @@ class FusionChoice:
       score: the chosen candidate's score.
       requests: requests of the split it was chosen on.
       candidates: per candidate {"fusion": JSON, "score": float, metric: value, ...}, in grid
-        order.
+        order; with dense feedback variants, each row also has "dense_feedback": JSON, the
+        variants in turn.
+      feedback: the chosen dense feedback (search/dense_feedback.py; off unless a variant with
+        feedback won).
     """
 
     config: FusionConfig
@@ -67,18 +71,26 @@ class FusionChoice:
     score: float
     requests: int
     candidates: List[dict]
+    feedback: FeedbackConfig = FeedbackConfig()
 
     def to_json(self) -> dict:
         return {"fusion": self.config.to_json(), "objective": list(self.objective),
                 "score": self.score, "requests": self.requests,
-                "candidates": self.candidates}
+                "dense_feedback": self.feedback.to_json(), "candidates": self.candidates}
+
+    def _is_chosen(self, row: dict) -> bool:
+        return row["fusion"] == self.config.to_json() and row.get(
+            "dense_feedback", FeedbackConfig().to_json()) == self.feedback.to_json()
 
     def table(self) -> str:
         lines = [f"{'fusion':44s} {'score':>7s} " + " ".join(f"{m:>11s}"
                                                              for m in self.objective)]
         for c in self.candidates:
-            mark = " <- chosen" if c["fusion"] == self.config.to_json() else ""
-            lines.append(f"{describe(FusionConfig.from_json(c['fusion'])):44s} "
+            mark = " <- chosen" if self._is_chosen(c) else ""
+            name = describe(FusionConfig.from_json(c["fusion"]))
+            if "dense_feedback" in c:
+                name += ", " + FeedbackConfig.from_json(c["dense_feedback"]).describe()
+            lines.append(f"{name:44s} "
                          f"{c['score']:7.4f} " + " ".join(f"{c[m]:11.4f}"
                                                           for m in self.objective) + mark)
         return "\n".join(lines)
@@ -147,7 +159,9 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
                      rewrites: RewriteConfig = RewriteConfig(),
                      spelling: bool = True,
                      candidates: Sequence[FusionConfig] = CANDIDATES,
-                     objective: Sequence[str] = OBJECTIVE) -> FusionChoice:
+                     objective: Sequence[str] = OBJECTIVE,
+                     feedbacks: Sequence[FeedbackConfig] = (FeedbackConfig(),)
+                     ) -> FusionChoice:
     """choose_fusion with the lists of a model's index build on a layout split (as
     `dpsr evaluate --hybrid` makes them).
 
@@ -159,10 +173,16 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
       from the corrected queries (the table is still looked up by the query as typed).
     candidates: the fusions to try (default the grid).
     objective: the metrics whose mean chooses (default OBJECTIVE).
+    feedbacks: the dense feedback variants (search/dense_feedback.py) tried, each with every
+      candidate fusion; on a tie the earlier variant is kept.
 
     Raises:
       FileNotFoundError, ValueError: as hybrid.open_hybrid; a bad rewrite table or settings.
     """
+    if not feedbacks:
+        raise ValueError("choose_for_index needs at least one dense feedback variant")
+    for feedback in feedbacks:
+        feedback.validate()
     table = None
     if rewrite_table:
         rewrites.validate()
@@ -182,9 +202,27 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
         with_table = (f"; lexical lists merged with the rewrites of {rewrite_table} "
                       f"({covered} of the requests' queries have an entry)")
     log(f"choosing the fusion on {len(run.eval_set)} requests of split {split} "
-        f"({len(candidates)} candidates, objective mean of {', '.join(objective)}){with_table}")
-    return choose_fusion(run.dense_scores, run.dense_rows, lexical_lists, run.eval_set, run.k,
-                         candidates, objective)
+        f"({len(candidates) * len(feedbacks)} candidates, objective mean of "
+        f"{', '.join(objective)}){with_table}")
+    cache: Dict[tuple, tuple] = {}
+    def cached_lexical(fusion):   # one lexical search per setting across the variants
+        key = (fusion.lexical_k, fusion.lexical_min_score)
+        if key not in cache:
+            cache[key] = lexical_lists(fusion)
+        return cache[key]
+    best, rows = None, []
+    for feedback in feedbacks:
+        dense = ((run.dense_scores, run.dense_rows) if not feedback.enabled
+                 else run.dense_lists(feedback))
+        choice = choose_fusion(*dense, cached_lexical, run.eval_set, run.k, candidates,
+                               objective)
+        if len(feedbacks) > 1 or feedback.enabled:
+            rows += [dict(c, dense_feedback=feedback.to_json()) for c in choice.candidates]
+        else:
+            rows += choice.candidates
+        if best is None or choice.score > best.score:
+            best = dataclasses.replace(choice, feedback=feedback)
+    return dataclasses.replace(best, candidates=rows)
 
 
 def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
@@ -193,7 +231,8 @@ def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[st
                          rewrite_table: Optional[str] = None,
                          rewrites: RewriteConfig = RewriteConfig(),
                          candidates: Sequence[FusionConfig] = CANDIDATES,
-                         objective: Sequence[str] = OBJECTIVE
+                         objective: Sequence[str] = OBJECTIVE,
+                         feedbacks: Sequence[FeedbackConfig] = (FeedbackConfig(),)
                          ) -> Tuple[FusionChoice, bool, dict]:
     """choose_for_index with and without the build's speller; the better (by the chosen
     fusion's score; a tie keeps the queries as typed) decides whether the servable corrects
@@ -206,12 +245,14 @@ def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[st
     """
     without = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
                                log=log, rewrite_table=rewrite_table, rewrites=rewrites,
-                               spelling=False, candidates=candidates, objective=objective)
+                               spelling=False, candidates=candidates, objective=objective,
+                               feedbacks=feedbacks)
     if spelled_layout_lib.index_speller(index_dir) is None:
         return without, False, {}
     spelled = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
                                log=log, rewrite_table=rewrite_table, rewrites=rewrites,
-                               spelling=True, candidates=candidates, objective=objective)
+                               spelling=True, candidates=candidates, objective=objective,
+                               feedbacks=feedbacks)
     scores = {"with": spelled.score, "without": without.score}
     if spelled.score > without.score:
         return spelled, True, scores

@@ -30,6 +30,7 @@ from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
+from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig, fuse_np
 from dpsr_tf.indexing.lexical_index import LexicalSearcher
 
@@ -59,7 +60,8 @@ class HybridRun:
       spec, eval_set, pairs, checkpoint: as evaluate.load_model_scorer returns them.
       index: the open ServedIndex (dense shards); searcher: the build's LexicalSearcher.
       k: the fused list's length (the largest recall cut-off, capped at the catalog).
-      dense_scores, dense_rows: [Q, k] the served dense ranking of every request.
+      dense_scores, dense_rows: [Q, k] the served dense ranking of every request (after the
+        dense feedback open_hybrid was given).
     """
 
     scorer: object
@@ -72,6 +74,11 @@ class HybridRun:
     k: int
     dense_scores: np.ndarray
     dense_rows: np.ndarray
+
+    def dense_lists(self, feedback: FeedbackConfig):
+        """[Q, k] served dense (scores, rows) of every request with this dense feedback."""
+        return served_lib.search_with_feedback(self.index, self.scorer.request_emb,
+                                               self.scorer.item_emb, self.k, feedback)
 
     def lexical_lists(self, fusion: FusionConfig):
         """[Q, lexical_k or k] lexical (scores, rows) of every request, as the servable's."""
@@ -87,8 +94,10 @@ class HybridRun:
 def open_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
                 cfg: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig(),
                 checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
-                log: Callable[[str], None] = print) -> HybridRun:
-    """Embeds the split's requests and the catalog, opens both indexes, searches the dense one.
+                log: Callable[[str], None] = print,
+                feedback: FeedbackConfig = FeedbackConfig()) -> HybridRun:
+    """Embeds the split's requests and the catalog, opens both indexes, searches the dense one
+    (with `feedback`, search/dense_feedback.py, as a feedback servable does).
 
     Raises:
       FileNotFoundError, ValueError: a missing or mismatched index, or an index without a
@@ -109,8 +118,9 @@ def open_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = None
     index = served_lib.open_served_index(index_dir, item_ids, model_config.embedding_dim,
                                          nprobe, model_dir)
     k = min(max(cfg.recall_ks + (10,)), spec.num_items)
-    dense_scores, dense_rows = served_lib.search_served(index, scorer.request_emb, k,
-                                                        cfg.batch_size)
+    feedback.validate()
+    dense_scores, dense_rows = served_lib.search_with_feedback(
+        index, scorer.request_emb, scorer.item_emb, k, feedback, cfg.batch_size)
     return HybridRun(scorer, spec, eval_set, pairs, checkpoint, index,
                      LexicalSearcher(index_dir, item_ids), k, dense_scores, dense_rows)
 
@@ -120,12 +130,14 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
                     checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
                     fusion: FusionConfig = FusionConfig(),
                     log: Callable[[str], None] = print,
-                    spelling: bool = True) -> Dict[str, Dict[str, float]]:
+                    spelling: bool = True,
+                    feedback: FeedbackConfig = FeedbackConfig()) -> Dict[str, Dict[str, float]]:
     """{"dpsr": exact + served dense metrics, "lexical": BM25 metrics, "hybrid": fused
     retrieval metrics} on one split (module docstring).
 
     spelling: when the index build has a speller, every system sees the queries it corrects,
       as a spelling servable's towers do (spelled_layout.py); False: the queries as typed.
+    feedback: the served dense list with this dense feedback (search/dense_feedback.py).
 
     Raises:
       FileNotFoundError, ValueError: a missing or mismatched index, an index without a
@@ -135,13 +147,15 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
     layout = layout_of(model_dir, layout_dir)
     with spelled_layout(layout, index_dir if spelling else None, log=log) as view:
         out = _evaluate_hybrid(model_dir, index_dir, view or layout_dir, cfg, checkpoint,
-                               nprobe, fusion, log)
+                               nprobe, fusion, log, feedback)
     out["hybrid"]["spelling"] = view is not None
+    out["hybrid"]["dense_feedback"] = feedback.to_json()
     return out
 
 
-def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, fusion, log):
-    run = open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, log)
+def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, fusion, log,
+                     feedback):
+    run = open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, log, feedback)
     spec, eval_set, pairs = run.spec, run.eval_set, run.pairs
     dense = evaluate_lib.evaluate_scorer(run.scorer, spec, eval_set, pairs, cfg, log)
     dense["checkpoint"] = run.checkpoint

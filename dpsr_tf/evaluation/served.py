@@ -33,6 +33,8 @@ from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.model.scoring import soft_dot_product_np
 from dpsr_tf.indexing import index_builder, index_layout
 from dpsr_tf.indexing.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
+from dpsr_tf.search import dense_feedback
+from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.head_merge import merge_heads_np
 
 # Largest |difference| between the index's saved item embeddings and the evaluated model's.
@@ -279,6 +281,20 @@ def search_served(index: ServedIndex, query_heads: np.ndarray, k: int,
                                        if len(label_rows) else -1, -1))
         out_s[lo:hi], out_r[lo:hi] = merge_shards_np(shard_scores, shard_rows, k)
     return out_s, out_r
+
+
+def search_with_feedback(index: ServedIndex, query_heads: np.ndarray, item_emb: np.ndarray,
+                         k: int, feedback: FeedbackConfig,
+                         batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+    """search_served after dense feedback, as a feedback servable searches: a first search of
+    feedback.items, each head moved toward their mean (search/dense_feedback.py), then the
+    search of k. item_emb: [N, d] the layout rows' item embeddings. Without feedback, the plain
+    search. The first hits are the whole index's (a feedback servable has one shard)."""
+    if not feedback.enabled:
+        return search_served(index, query_heads, k, batch_size)
+    _, first = search_served(index, query_heads, feedback.items, batch_size)
+    moved = dense_feedback.moved_heads_np(query_heads, first, item_emb, feedback)
+    return search_served(index, moved, k, batch_size)
 
 
 def served_metrics(scorer, eval_set, index: ServedIndex, cfg: evaluate_lib.EvalConfig,

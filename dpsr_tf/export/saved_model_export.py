@@ -22,6 +22,7 @@ from absl import logging
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.indexing import index_layout
+from dpsr_tf.indexing.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
 from dpsr_tf.export import graph_lookup
 from dpsr_tf.export.servable_graph import AssetPaths, ServableConfig, ServableGraph
 from dpsr_tf.export.servable_graph import asset as asset_tensor, run_time_path
@@ -99,6 +100,29 @@ def _signature_defs(signatures, defaults):
     return out
 
 
+def feedback_table(index_dir: str, ids_file: str) -> np.ndarray:
+    """[labels of the shard, d] float32: the index build's item embedding of each FAISS label of
+    the shard (the vectors the index holds), the table a dense feedback servable averages.
+
+    Raises:
+      ValueError: the build has no saved item embeddings, or they lack an item of the shard.
+    """
+    path = os.path.join(index_dir, EMBEDDINGS_FILE)
+    if not os.path.exists(path):
+        raise ValueError(f"dense feedback needs the index build's item embeddings: {path} is "
+                         "missing; rebuild the index with `dpsr index`, or export with "
+                         "--dense_feedback=off")
+    embeddings = np.load(path, mmap_mode="r")
+    row_of = {item_id: row for row, item_id in enumerate(index_layout.read_id_map(
+        os.path.join(index_dir, EMBEDDING_IDS_FILE), expected_count=embeddings.shape[0]))}
+    labels = index_layout.read_id_map(ids_file)
+    missing = [i for i in labels if i not in row_of]
+    if missing:
+        raise ValueError(f"{path} has no embedding of item {missing[0]!r} of shard {ids_file} "
+                         f"({len(missing)} missing); rebuild the index with `dpsr index`")
+    return np.asarray(embeddings[np.array([row_of[i] for i in labels], np.int64)], np.float32)
+
+
 def _sample_queries(spec, count: int = 8) -> List[str]:
     try:
         queries = layout_lib.load_queries(spec)
@@ -156,6 +180,12 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
         raise ValueError(f"--rewrite_combine=capped needs the best scores over the whole "
                          f"catalog; {index_dir} has {manifest.num_shards} shards: use max or "
                          f"sum, or a one-shard index")
+    if servable.dense_feedback.enabled and manifest.num_shards > 1:
+        # Each shard would move the query toward its own first hits: the shards' lists would
+        # answer different queries and the proxy's merge would mix them.
+        raise ValueError(f"dense feedback needs the whole catalog's first hits; {index_dir} has "
+                         f"{manifest.num_shards} shards: export with --dense_feedback=off, or "
+                         "build a one-shard index")
     index_file, ids_file = manifest.shard_paths(index_dir, shard)
     version = _next_version(export_base) if version is None else int(version)
     if version < 1:
@@ -207,10 +237,13 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                 stage = RerankStage(servable_graph, ranker_dir, cfg, spec, assets, rerank_n)
             saver = tf.compat.v1.train.Saver(
                 [v for v in tf.compat.v1.global_variables()
-                 if not any(part.owns(v) for part in (stage, online) if part is not None)],
+                 if not any(part.owns(v) for part in (stage, online, servable_graph)
+                            if part is not None)],
                 sharded=True)
             with tf.compat.v1.Session(graph=graph) as sess:
                 model_dir_lib.restore(saver, sess, ckpt)
+                if servable_graph.feedback_table is not None:
+                    servable_graph.feedback_table.load(feedback_table(index_dir, ids_file), sess)
                 if stage is not None:
                     stage.restore(sess)
                 if online is not None:

@@ -22,6 +22,10 @@ corrects the words of each query that no catalog item uses before the query towe
 it ("ceilikng fan" -> "ceiling fan"; dpsr_tf/tokenization/speller.py); rewrite tables and
 SearchGCN's query graph still look the query up as typed.
 
+With dense feedback (ServableConfig.dense_feedback, search/dense_feedback.py) the query heads
+first search their top few items, move toward those items' mean embedding (a variable of the
+shard's item embeddings by label, filled by the export) and then search for the list.
+
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
 ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
 the servable directory can be copied anywhere. dpsr_tf/export/saved_model_export.py builds, restores and
@@ -35,9 +39,11 @@ import tensorflow as tf
 
 from dpsr_tf.model.towers import item_tower, query_tower
 from dpsr_tf.tokenization import spell_op, tokenize_op
-from dpsr_tf.search import faiss_ops, lexical_ops
+from dpsr_tf.search import dense_feedback, faiss_ops, lexical_ops
+from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search import fusion as fusion_lib
 from dpsr_tf.search.head_merge import merge_heads
+from dpsr_tf.indexing import index_layout
 from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 from dpsr_tf.search import rewrite_merge
 
@@ -62,6 +68,9 @@ class ServableConfig:
       rewrites: how a hybrid servable merges the rewrites' lexical lists.
       spelling: correct each query with the catalog speller before the query tower and BM25
         see it, when the index build has a speller vocabulary (dpsr_tf/tokenization/speller.py).
+      dense_feedback: move each query head toward its first hits before the dense search
+        (search/dense_feedback.py); the graph then holds the shard's item embeddings, filled by
+        the export (ServableGraph.feedback_table).
     """
 
     default_k: int = 100
@@ -74,6 +83,7 @@ class ServableConfig:
     mmap_index: bool = False
     rewrites: rewrite_merge.RewriteConfig = rewrite_merge.RewriteConfig()
     spelling: bool = True
+    dense_feedback: FeedbackConfig = FeedbackConfig()
 
     def validate(self):
         if not 1 <= self.default_k <= self.max_k:
@@ -86,6 +96,7 @@ class ServableConfig:
                              f"{self.ef_search}")
         self.fusion.validate()
         self.rewrites.validate()
+        self.dense_feedback.validate()
         if self.fusion.lexical_k > lexical_ops.MAX_K:
             raise ValueError(f"lexical_k must be <= {lexical_ops.MAX_K}, got "
                              f"{self.fusion.lexical_k}")
@@ -185,6 +196,9 @@ class ServableGraph:
                          if assets.speller_vocab else None)
         self.signatures = {}
         self.defaults = {}   # signature -> input alias -> numpy default (SignatureDef.defaults)
+        # [labels of the shard, d] item embeddings by FAISS label, for dense feedback; not in
+        # the model's checkpoint: the export loads it (owns() keeps it out of the restore).
+        self.feedback_table = None
         self._input_checks = []  # the request checks of _query_inputs
         self._cached = {}        # name -> graph object built once, shared by the signatures
         query_inputs, query_features = self._query_inputs()
@@ -286,6 +300,8 @@ class ServableGraph:
         s = self._servable
         index = faiss_ops.FaissIndex(self._assets.index, mmap=s.mmap_index, shared_name=None,
                                      name="item_index")
+        if s.dense_feedback.enabled:
+            embeddings = self._moved_heads(index, embeddings)
         scores, labels = [], []
         with tf.name_scope("search"):
             for h in range(self._cfg.num_heads):
@@ -300,6 +316,32 @@ class ServableGraph:
             outputs, top_labels = self._fuse_lexical(query, k, top_scores, top_labels, top_heads)
         outputs["item_ids"] = self._item_ids(top_labels)
         return {alias: tf.identity(t, name=alias) for alias, t in outputs.items()}
+
+    def owns(self, variable) -> bool:
+        """Whether a global variable is the graph's own (filled by the export, not restored)."""
+        return (self.feedback_table is not None
+                and variable.op.name == self.feedback_table.op.name)
+
+    def _moved_heads(self, index, embeddings: tf.Tensor) -> tf.Tensor:
+        """[B, m, d] the query heads moved toward their first hits (search/dense_feedback.py):
+        a first search of `items` per head, merged over heads as the served list is."""
+        s = self._servable
+        labels_in_shard = len(index_layout.read_id_map(self._assets.shard_ids))
+        with tf.name_scope("dense_feedback"):
+            self.feedback_table = tf.compat.v1.Variable(
+                tf.zeros([labels_in_shard, self._cfg.embedding_dim], tf.float32),
+                trainable=False, name="feedback_item_embeddings")
+            first = tf.constant(s.dense_feedback.items, tf.int32)
+            scores, labels = [], []
+            for h in range(self._cfg.num_heads):
+                sc, lb = faiss_ops.search(index, embeddings[:, h, :], first, nprobe=s.nprobe,
+                                          ef_search=s.ef_search, name=f"first_head_{h}")
+                scores.append(sc)
+                labels.append(lb)
+            _, first_labels, _ = merge_heads(tf.stack(scores, axis=1), tf.stack(labels, axis=1),
+                                             first)
+            return dense_feedback.moved_heads(embeddings, first_labels, self.feedback_table,
+                                              s.dense_feedback)
 
     def _once(self, name: str, build):
         """The graph object `name`, built by build() on first use (one table or index resource

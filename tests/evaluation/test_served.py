@@ -92,6 +92,32 @@ def test_exhaustive_search_equals_brute_force_max_over_heads(catalog, build, fac
     np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
 
 
+@pytest.mark.parametrize("items,weight", [(3, 0.25), (10, 1.0)])
+def test_dense_feedback_search_equals_brute_force_of_the_moved_heads(catalog, build, items,
+                                                                     weight):
+    """search_with_feedback: a first exact search of `items`, each head moved by hand (a share
+    of its norm toward the unit mean of those items), then the exact top k of the moved heads."""
+    from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
+    cfg = FeedbackConfig(items=items, weight=weight)
+    index = open_index(build("Flat", 1))
+    got_scores, got_rows = served.search_with_feedback(index, catalog.heads, catalog.items, 50,
+                                                       cfg, batch_size=16)
+    _, first = brute_force_max(catalog.heads, catalog.items, items)
+    mean = catalog.items[first].astype(np.float64).mean(axis=1)              # [Q, d]
+    unit = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    heads = catalog.heads.astype(np.float64)
+    moved = heads + weight * np.linalg.norm(heads, axis=2, keepdims=True) * unit[:, None, :]
+    want_scores, want_rows = brute_force_max(moved, catalog.items, 50)
+    np.testing.assert_array_equal(got_rows, want_rows)
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-4)
+    # The move changes the lists (else this test could not fail), and no feedback is the plain
+    # search.
+    assert (got_rows != brute_force_max(catalog.heads, catalog.items, 50)[1]).any()
+    plain = served.search_with_feedback(index, catalog.heads, catalog.items, 50,
+                                        FeedbackConfig(), batch_size=16)
+    np.testing.assert_array_equal(plain[1], served.search_served(index, catalog.heads, 50)[1])
+
+
 @pytest.mark.parametrize("factory,nprobe", [("Flat", None), (f"IVF{NLIST},Flat", 2),
                                             (f"IVF{NLIST},PQ4", 4)])
 def test_two_shards_merge_to_the_unsharded_answer(catalog, build, factory, nprobe):
@@ -253,3 +279,8 @@ def test_cli_served_flags_are_checked():
     assert proc.returncode != 0 and "only with --served or --hybrid" in proc.stderr
     proc = _cli("--model_dir=/m", "--index_dir=/i", "--hybrid", "--fusion=rrf", "--rrf_k=0")
     assert proc.returncode != 0 and "rrf_k must be > 0" in proc.stderr
+    proc = _cli("--model_dir=/m", "--index_dir=/i", "--served", "--dense_feedback")
+    assert proc.returncode != 0 and "--dense_feedback is read only with --hybrid" in proc.stderr
+    proc = _cli("--model_dir=/m", "--index_dir=/i", "--hybrid", "--dense_feedback",
+                "--dense_feedback_items=0")
+    assert proc.returncode != 0 and "--dense_feedback_items must be >= 1" in proc.stderr

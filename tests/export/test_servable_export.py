@@ -270,14 +270,26 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
                   encoding="utf-8") as f:
             return proc.stdout, json.load(f)
 
+    from dpsr_tf.cli.feedback_flags import DEFAULT  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     text, info = export(f"--export_base={tmp_path}/chosen")
     choice = info["fusion_choice"]
-    assert len(choice["candidates"]) == len(fusion_choice.CANDIDATES)
-    best = max(choice["candidates"], key=lambda c: c["score"])
+    # --dense_feedback=auto (one shard, a lexical index): every fusion without and with the
+    # default feedback, in that order.
+    off, on = FeedbackConfig().to_json(), DEFAULT.to_json()
+    n = len(fusion_choice.CANDIDATES)
+    assert [c["dense_feedback"] for c in choice["candidates"]] == [off] * n + [on] * n
+    assert [c["fusion"] for c in choice["candidates"]] == [
+        c.to_json() for c in fusion_choice.CANDIDATES] * 2
+    best = max(choice["candidates"], key=lambda c: c["score"])   # the first best on a tie
     assert choice["fusion"] == best["fusion"] and choice["score"] == best["score"]
+    assert choice["dense_feedback"] == best["dense_feedback"]
     chosen = FusionConfig.from_json(choice["fusion"])
     assert info["servable"]["fusion"] == json.loads(chosen.to_json())
+    assert info["servable"]["dense_feedback"] == json.loads(best["dense_feedback"])
     assert "fusion chosen on the eval split: " + fusion_choice.describe(chosen) in text
+    assert (f"dense feedback {'on' if best['dense_feedback'] == on else 'off'}: chosen on the "
+            "eval split") in text
     # --spelling=auto: the tiny catalog's words mix letters and digits, so the speller changes
     # no query, both scores tie and the queries stay as typed.
     assert choice["spelling"] == {"mode": "auto", "on": False,
@@ -288,17 +300,23 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
     text, by_recall = export(f"--export_base={tmp_path}/recall", "--fusion_objective=recall@10")
     recall_choice = by_recall["fusion_choice"]
     assert recall_choice["objective"] == ["recall@10"]
+    _, no_feedback = export(f"--export_base={tmp_path}/nofb", "--dense_feedback=off")
+    assert "dense_feedback" not in no_feedback["fusion_choice"]["candidates"][0]
+    assert len(no_feedback["fusion_choice"]["candidates"]) == n
+    assert no_feedback["servable"]["dense_feedback"] == {"items": 0, "weight": 0.25}
     assert [c["recall@10"] for c in recall_choice["candidates"]] == [
         c["score"] for c in recall_choice["candidates"]]
     assert recall_choice["score"] == max(c["recall@10"] for c in recall_choice["candidates"])
     assert "objective mean of recall@10" in text
     _, given = export(f"--export_base={tmp_path}/given", "--lexical_weight=0.25")
     assert given["servable"]["fusion"]["lexical_weight"] == 0.25
-    # A given fusion is kept; auto spelling is still decided on the split, with that fusion.
-    (only,) = given["fusion_choice"]["candidates"]
-    assert FusionConfig.from_json(only["fusion"]) == FusionConfig(lexical_weight=0.25)
+    # A given fusion is kept; auto spelling and feedback are still decided on the split, with
+    # that fusion.
+    assert [(FusionConfig.from_json(c["fusion"]), c["dense_feedback"])
+            for c in given["fusion_choice"]["candidates"]] == [
+        (FusionConfig(lexical_weight=0.25), off), (FusionConfig(lexical_weight=0.25), on)]
     _, fixed = export(f"--export_base={tmp_path}/fixed", "--lexical_weight=0.25",
-                      "--spelling=on")
+                      "--spelling=on", "--dense_feedback=off")
     assert fixed["fusion_choice"] is None and fixed["servable"]["spelling"] is True
     # With --rewrites the candidates fuse the lexical lists merged with the table's rewrites
     # (scored exactly in tests/evaluation/test_fusion_choice.py): here each eval query's
@@ -624,3 +642,47 @@ def test_spelling_servable_answers_the_corrected_query(servable, tmp_path):
     # The misspelling changes the dense scores of a servable that does not correct it.
     assert not np.allclose(np.nan_to_num(got["plain_typed"]["dense_scores"][0], neginf=0),
                            np.nan_to_num(got["plain"]["dense_scores"][0], neginf=0))
+
+
+def test_dense_feedback_servable_searches_with_heads_moved_toward_its_first_hits(servable,
+                                                                                 tmp_path):
+    """With dense feedback the servable's list is numpy brute force over the index's item
+    embeddings with each head moved by hand toward the unit mean of its 3 exact first hits;
+    the move changes some answers; a two-shard index is refused."""
+    from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
+    cfg = FeedbackConfig(items=3, weight=0.5)
+    path = export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "fb"),
+                           servable=ServableConfig(default_k=5, max_k=50, hybrid=False,
+                                                   dense_feedback=cfg))
+    got = run_fresh(LOAD_TF1.format(path=path) + f"""
+    q = call("query_embedding", {{"query": {QUERIES!r}}}, ["embedding"])["embedding"]
+    out = call("serving_default", {{"query": {QUERIES!r}, "k": 7}}, ["item_ids", "scores"])
+    print(json.dumps({{"q": q.tolist(), "ids": out["item_ids"].astype(str).tolist(),
+                      "scores": out["scores"].tolist()}}))
+    """)
+    items, ids = catalog_index.load_catalog_embeddings(servable["index_dir"])
+    items = np.asarray(items, np.float64)
+    q = np.array(got["q"], np.float64)                                   # [Q, m, d]
+    plain = np.einsum("qmd,nd->qnm", q, items).max(-1)
+    first = np.argsort(-plain, axis=1, kind="stable")[:, :3]
+    mean = items[first].mean(axis=1)
+    unit = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    moved = q + 0.5 * np.linalg.norm(q, axis=2, keepdims=True) * unit[:, None, :]
+    best = np.einsum("qmd,nd->qnm", moved, items).max(-1)
+    changed = False
+    for row in range(len(QUERIES)):
+        order = np.argsort(-best[row], kind="stable")[:7]
+        np.testing.assert_allclose(got["scores"][row], best[row][order], atol=1e-4)
+        for j, (g, w) in enumerate(zip(got["ids"][row], [ids[i] for i in order])):
+            if g != w:   # two items tied within float error
+                assert abs(best[row][list(ids).index(g)] - best[row][order[j]]) < 1e-4
+        changed |= list(order) != list(np.argsort(-plain[row], kind="stable")[:7])
+    assert changed, "the move should change some query's top 7"
+    with open(os.path.join(path, "assets.extra", "dpsr_servable.json"), encoding="utf-8") as f:
+        assert json.load(f)["servable"]["dense_feedback"] == {"items": 3, "weight": 0.5}
+    two = str(tmp_path / "two_shards")
+    catalog_index.index_catalog(servable["model_dir"], two,
+                                IndexBuildConfig(factory="Flat", num_shards=2))
+    with pytest.raises(ValueError, match="dense feedback needs the whole catalog's first hits"):
+        export_servable(servable["model_dir"], two, str(tmp_path / "fb2"),
+                        servable=ServableConfig(hybrid=False, dense_feedback=cfg))

@@ -1,0 +1,130 @@
+"""Does dense feedback help on data nobody tuned to? Cross-fitted, as `dpsr export` would choose it.
+
+    PYTHONPATH=. python bench/dense_feedback_quality.py --crossval_dir=/tmp/cv/bb_cv
+    PYTHONPATH=. python bench/dense_feedback_quality.py --model_dir=M --index_dir=I --parts=5
+
+`dpsr export --dense_feedback=auto` tries every fusion of the grid (fusion_choice.CANDIDATES)
+without feedback and with the default feedback (cli/feedback_flags.DEFAULT) on the layout's eval
+split and keeps the best pair. This measures that rule without the bias of choosing on the
+requests it scores: per fold of a `dpsr crossval --hybrid` run (its fold_*/model, index, layout;
+queries as the speller corrects them, crossval's default), or per seeded part of one model's
+eval split, the served dense list is searched without and with each feedback setting, fused
+with every candidate, and fold F's pair is chosen on the other folds' requests (the export's
+objective). Printed: the pooled dense lists without and with each setting, the cross-fitted
+hybrid without feedback (today's `--dense_feedback=off`) and with the choice of feedback, and
+the paired differences (bootstrap 95% interval over requests, requests better / worse).
+"""
+import argparse
+import glob
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dpsr_tf.cli.feedback_flags import DEFAULT  # noqa: E402
+from dpsr_tf.evaluation import crossval_hybrid, fusion_choice  # noqa: E402
+from dpsr_tf.evaluation import evaluate as evaluate_lib  # noqa: E402
+from dpsr_tf.evaluation import hybrid as hybrid_lib  # noqa: E402
+from dpsr_tf.evaluation.crossval_hybrid import FoldLists, candidate_metrics  # noqa: E402
+from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout  # noqa: E402
+from dpsr_tf.search.dense_feedback import FeedbackConfig  # noqa: E402
+from dpsr_tf.search.fusion import FusionConfig  # noqa: E402
+
+REPORTED = ("recall@100", "recall@1000", "ndcg@10")
+RECALL_KS = (10, 100, 1000)
+
+
+def _lists(model_dir, index_dir, layout_dir, variants, spelling):
+    """Per variant, the split's FoldLists (its dense list with that feedback)."""
+    cfg = evaluate_lib.EvalConfig(split="eval", num_random=0)
+    layout = layout_dir or layout_of(model_dir, None)
+    with spelled_layout(layout, index_dir if spelling else None, log=lambda _: None) as view:
+        run = hybrid_lib.open_hybrid(model_dir, index_dir, view or layout, cfg,
+                                     log=lambda _: None)
+        lex_scores, lex_rows = run.lexical_lists(FusionConfig())
+    return [FoldLists(*run.dense_lists(v), lex_scores, lex_rows, *run.relevant, k=run.k)
+            for v in variants]
+
+
+def _pool(parts):
+    return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
+
+
+def _paired(name, got, ref, samples, rng):
+    for m in REPORTED:
+        d = got[m] - ref[m]
+        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(samples)]
+        print(f"  {name}, {m}: {got[m].mean():.4f} - {ref[m].mean():.4f} = {d.mean():+.5f} "
+              f"[{np.quantile(boots, 0.025):+.5f}, {np.quantile(boots, 0.975):+.5f}], "
+              f"better {int((d > 0).sum())}, worse {int((d < 0).sum())}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--crossval_dir", help="a `dpsr crossval --hybrid` output")
+    parser.add_argument("--model_dir", help="or one model and index: its eval split in parts")
+    parser.add_argument("--index_dir")
+    parser.add_argument("--parts", type=int, default=5)
+    parser.add_argument("--settings", default=f"{DEFAULT.items}:{DEFAULT.weight:g}",
+                        help="feedback settings items:weight,... (the first is what the "
+                        "export tries; the others are printed for comparison)")
+    parser.add_argument("--spelling", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
+    args = parser.parse_args()
+    settings = [FeedbackConfig(int(s.split(":")[0]), float(s.split(":")[1]))
+                for s in args.settings.split(",")]
+    variants = [FeedbackConfig()] + settings
+    if args.crossval_dir:
+        folds = sorted(glob.glob(os.path.join(args.crossval_dir, "fold_*")))
+        per_fold = []   # per fold, per variant FoldLists
+        for d in folds:
+            print(f"{d}: searching {len(variants)} dense variants", flush=True)
+            per_fold.append(_lists(os.path.join(d, "model"), os.path.join(d, "index"),
+                                   os.path.join(d, "layout"), variants, args.spelling))
+    else:
+        whole = _lists(args.model_dir, args.index_dir, None, variants, args.spelling)
+        from fusion_gates import split_lists  # pylint: disable=import-outside-toplevel
+        parts = [split_lists(v, args.parts) for v in whole]          # [variant][part]
+        per_fold = [[parts[v][p] for v in range(len(variants))] for p in range(args.parts)]
+    n_folds = len(per_fold)
+    print(f"{n_folds} folds, requests {[len(f[0]) for f in per_fold]}", flush=True)
+    cands = fusion_choice.CANDIDATES
+    dense_only = cands.index(FusionConfig(lexical_weight=0.0))
+    # metrics[fold][variant][candidate] = per-request metrics
+    metrics = [[candidate_metrics(lists, cands, RECALL_KS) for lists in fold]
+               for fold in per_fold]
+    rng = np.random.default_rng(0)
+    print("\npooled served dense lists:")
+    for v, variant in enumerate(variants):
+        pooled = _pool([metrics[f][v][dense_only] for f in range(n_folds)])
+        print(f"  {variant.describe():26s} " + " ".join(
+            f"{m} {pooled[m].mean():.4f}" for m in REPORTED))
+    for v in range(1, len(variants)):
+        _paired(f"dense, {variants[v].describe()} minus none",
+                _pool([metrics[f][v][dense_only] for f in range(n_folds)]),
+                _pool([metrics[f][0][dense_only] for f in range(n_folds)]), args.samples, rng)
+
+    def cross_fitted(allowed):
+        """Per fold the (variant, candidate) chosen on the others, and its metrics there."""
+        flat = [(v, c) for v in allowed for c in range(len(cands))]
+        per = [[metrics[f][v][c] for v, c in flat] for f in range(n_folds)]
+        chosen = crossval_hybrid.cross_fit(per, fusion_choice.OBJECTIVE)
+        names = [f"{variants[flat[i][0]].describe()}, "
+                 f"{fusion_choice.describe(cands[flat[i][1]])}" for i, _ in chosen]
+        return names, _pool([per[f][chosen[f][0]] for f in range(n_folds)])
+
+    off_names, off = cross_fitted([0])
+    print("\ncross-fitted hybrid, no feedback (--dense_feedback=off):")
+    print("  folds chose: " + "; ".join(off_names))
+    print("  " + " ".join(f"{m} {off[m].mean():.4f}" for m in REPORTED))
+    for v in range(1, len(variants)):
+        names, got = cross_fitted([0, v])
+        print(f"cross-fitted hybrid, feedback chosen ({variants[v].describe()} or none):")
+        print("  folds chose: " + "; ".join(names))
+        print("  " + " ".join(f"{m} {got[m].mean():.4f}" for m in REPORTED))
+        _paired("minus no feedback", got, off, args.samples, rng)
+
+
+if __name__ == "__main__":
+    main()
