@@ -205,11 +205,13 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
         f"({len(candidates) * len(feedbacks)} candidates, objective mean of "
         f"{', '.join(objective)}){with_table}")
     cache: Dict[tuple, tuple] = {}
+
     def cached_lexical(fusion):   # one lexical search per setting across the variants
         key = (fusion.lexical_k, fusion.lexical_min_score)
         if key not in cache:
             cache[key] = lexical_lists(fusion)
         return cache[key]
+
     best, rows = None, []
     for feedback in feedbacks:
         dense = ((run.dense_scores, run.dense_rows) if not feedback.enabled
