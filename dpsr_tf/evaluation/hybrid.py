@@ -161,6 +161,8 @@ def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, 
     dense["checkpoint"] = run.checkpoint
     dense.update(served_lib.served_metrics(run.scorer, eval_set, run.index, cfg, dense, log,
                                            served=(run.dense_scores, run.dense_rows)))
+    if feedback.enabled:
+        dense["served_feedback"] = feedback.describe()
 
     queries = layout_lib.load_queries(spec)
     lexical_scorer = LexicalScorer(run.searcher, eval_set.queries,

@@ -394,6 +394,9 @@ def summarize_served(metrics: Dict[str, float],
                          if prefix + key in metrics)
     note = " (= soft dot: beta=0 or one head)" if metrics.get("max_equals_soft_dot") else ""
     nprobe = metrics.get("served_nprobe") or "n/a"
+    # With dense feedback the served list answers moved query heads: it may beat the exact one.
+    feedback = f", {metrics['served_feedback']}" if metrics.get("served_feedback") else ""
+    lost_note = " (negative: the feedback list found more)" if feedback else ""
     lost = "  ".join(
         f"to_max@{k}={metrics[f'recall_lost_to_max@{k}']:+.4f} "
         f"to_index@{k}={metrics[f'recall_lost_to_index@{k}']:+.4f}"
@@ -403,6 +406,6 @@ def summarize_served(metrics: Dict[str, float],
     return "\n".join([
         f"  max over heads, exact{note}: {line('max_')}",
         f"  served ({metrics.get('served_factory')}, {metrics.get('served_num_shards')} "
-        f"shard(s), nprobe={nprobe}): {line('served_')}",
-        f"  recall lost: {lost}",
+        f"shard(s), nprobe={nprobe}{feedback}): {line('served_')}",
+        f"  recall lost{lost_note}: {lost}",
         f"  served top-K overlap with exact max: {overlap}"])
