@@ -4,7 +4,7 @@
     PYTHONPATH=. python bench/dense_feedback_quality.py --model_dir=M --index_dir=I --parts=5
 
 `dpsr export --dense_feedback=auto` tries every fusion of the grid (fusion_choice.CANDIDATES)
-without feedback and with the default feedback (cli/feedback_flags.DEFAULT) on the layout's eval
+without feedback and with the default feedback (dense_feedback.DEFAULT) on the layout's eval
 split and keeps the best pair. This measures that rule without the bias of choosing on the
 requests it scores: per fold of a `dpsr crossval --hybrid` run (its fold_*/model, index, layout;
 queries as the speller corrects them, crossval's default), or per seeded part of one model's
@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dpsr_tf.cli.feedback_flags import DEFAULT  # noqa: E402
+from dpsr_tf.search.dense_feedback import DEFAULT  # noqa: E402
 from dpsr_tf.evaluation import crossval_hybrid, fusion_choice  # noqa: E402
 from dpsr_tf.evaluation import evaluate as evaluate_lib  # noqa: E402
 from dpsr_tf.evaluation import hybrid as hybrid_lib  # noqa: E402

@@ -48,6 +48,10 @@ _FUSION_OBJECTIVE = flags.DEFINE_list(
     "fusion_objective", list(fusion_objective.OBJECTIVE), "--hybrid: the metrics whose "
     "mean chooses each fold's fusion, as `dpsr export --fusion_objective` (recall@N with N "
     "among the evaluation's cut-offs, ndcg@10, mrr@10).")
+_DENSE_FEEDBACK = flags.DEFINE_bool(
+    "dense_feedback", True, "--hybrid: each fold's choice is among the fusions without and "
+    "with dense feedback, as `dpsr export --dense_feedback=auto` chooses (docs/export.md); "
+    "--nodense_feedback: without only.")
 _PAIRED_SAMPLES = flags.DEFINE_integer(
     "paired_samples", 10000, "Bootstrap resamples and random sign flips of each pooled paired "
     "test (the smallest reportable p is about 1 / this); fewer is faster on many requests.")
@@ -83,7 +87,7 @@ def config_from_flags():
         evaluation=evaluate_lib.EvalConfig(min_gain=_MIN_GAIN.value,
                                            num_random=_NUM_RANDOM.value, seed=_EVAL_SEED.value),
         bm25=_BM25.value, hybrid=_HYBRID.value, spelling=_SPELLING.value,
-        fusion_objective=tuple(_FUSION_OBJECTIVE.value))
+        fusion_objective=tuple(_FUSION_OBJECTIVE.value), dense_feedback=_DENSE_FEEDBACK.value)
 
 
 def main(argv):

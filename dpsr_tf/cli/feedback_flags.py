@@ -5,12 +5,8 @@ Whether feedback is used is each command's own flag (`dpsr export --dense_feedba
 """
 from absl import flags
 
-from dpsr_tf.search.dense_feedback import MAX_ITEMS, FeedbackConfig
+from dpsr_tf.search.dense_feedback import DEFAULT, MAX_ITEMS, FeedbackConfig
 
-# Measured on Home Depot and Best Buy (docs/results.md "Dense feedback"): of 3 or 10 hits at
-# 0.1 or 0.25 of the head's norm, 10 at 0.25 was best or within 0.001 of the best on 6 of 7
-# splits (Home Depot seeds 0-1, Best Buy's 5 folds).
-DEFAULT = FeedbackConfig(items=10, weight=0.25)
 ITEMS = flags.DEFINE_integer(
     "dense_feedback_items", DEFAULT.items, f"Dense feedback: first hits averaged (1 to "
     f"{MAX_ITEMS}); each query head moves toward their mean before the search.")

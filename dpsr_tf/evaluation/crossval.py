@@ -74,6 +74,8 @@ class CrossvalConfig:
         speller, as a spelling servable does (dpsr_tf/tokenization/speller.py).
       fusion_objective: the metrics whose mean chooses each fold's fusion (as `dpsr export
         --fusion_objective`); its Recall@N cut-offs must be among evaluation.recall_ks.
+      dense_feedback: each fold's choice is among the fusions without and with dense feedback
+        (as `dpsr export --dense_feedback=auto`, the default); False: without only.
     """
 
     output: str
@@ -86,6 +88,7 @@ class CrossvalConfig:
     hybrid: bool = False
     spelling: bool = True
     fusion_objective: Tuple[str, ...] = fusion_choice.OBJECTIVE
+    dense_feedback: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "fusion_objective",
@@ -136,6 +139,7 @@ class CrossvalConfig:
         data.pop("hybrid")      # an evaluation stage on top of the same folds
         data.pop("spelling")
         data.pop("fusion_objective")  # chosen again from the folds' lists on every run
+        data.pop("dense_feedback")
         data["output"] = os.path.abspath(self.output)
         return data
 
@@ -260,17 +264,20 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
     each fold's "hybrid" metrics and per-request values to its in-memory metrics."""
     fold_dirs = [config.fold_dir(f) for f in range(config.folds)]
     per_fold = hybrid_lib.summarize(fold_dirs, config.evaluation.recall_ks,
-                                    objective=config.fusion_objective, log=log)
+                                    objective=config.fusion_objective, log=log,
+                                    feedback=config.dense_feedback)
     for fold, (metrics, result) in enumerate(zip(fold_metrics, per_fold)):
         _write_json(os.path.join(fold_dirs[fold], HYBRID_JSON), result)
         metrics[hybrid_lib.HYBRID] = result[hybrid_lib.HYBRID]
         metrics[PER_QUERY][hybrid_lib.HYBRID] = result["per_query"][hybrid_lib.HYBRID]
     return {
-        "fusion_rule": "fold F's fusion is the best of fusion_choice.CANDIDATES by the mean of "
-                       f"{list(per_fold[0]['objective'])} over the pooled held-out requests "
-                       "of the other folds",
+        "fusion_rule": "fold F's fusion is the best of fusion_choice.CANDIDATES"
+                       + (" without and with dense feedback" if config.dense_feedback else "")
+                       + f" by the mean of {list(per_fold[0]['objective'])} over the pooled "
+                       "held-out requests of the other folds",
         "fold_files": [os.path.join(f"fold_{f}", HYBRID_JSON) for f in range(config.folds)],
         "fusions": [r["fusion"] for r in per_fold],
+        "dense_feedback": [r["dense_feedback"] for r in per_fold],
         "fusion_names": [r["fusion_name"] for r in per_fold],
         "self_chosen_note": "optimistic: each fold's fusion chosen on its own held-out requests",
         "self_chosen_names": [r["self_chosen"]["fusion_name"] for r in per_fold],
@@ -385,7 +392,8 @@ def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool) -> bool:
     the setting was recorded is redone)."""
     return (hybrid_lib.SERVED in metrics and hybrid_lib.LEXICAL in metrics
             and metrics.get(HYBRID_SPELLING) == spelling
-            and os.path.isfile(os.path.join(fold_dir, hybrid_lib.LISTS_FILE)))
+            and all(os.path.isfile(os.path.join(fold_dir, name))
+                    for name in (hybrid_lib.LISTS_FILE, hybrid_lib.FEEDBACK_LISTS_FILE)))
 
 
 def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
@@ -395,9 +403,10 @@ def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
     fold_dir = config.fold_dir(fold)
     log(f"{tag}: building {os.path.join(fold_dir, hybrid_lib.INDEX_DIR)} as `dpsr index` does "
         f"and evaluating the served dense and lexical lists")
-    candidates = os.path.join(fold_dir, hybrid_lib.CANDIDATES_FILE)
-    if os.path.exists(candidates):  # fused from the lists this stage replaces
-        os.remove(candidates)
+    for name in (hybrid_lib.CANDIDATES_FILE, hybrid_lib.FEEDBACK_CANDIDATES_FILE):
+        candidates = os.path.join(fold_dir, name)
+        if os.path.exists(candidates):  # fused from the lists this stage replaces
+            os.remove(candidates)
     results, per_request = hybrid_lib.evaluate_fold(
         metrics["model_dir"], metrics["layout_dir"], fold_dir, config.evaluation,
         metrics["dpsr"], log=lambda _: None, spelling=config.spelling)

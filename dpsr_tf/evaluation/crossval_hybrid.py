@@ -20,6 +20,10 @@ held-out requests of the *other* folds by fusion_choice.OBJECTIVE (the mean over
 each objective metric, averaged; the earlier candidate on a tie: fusion_choice.choose_fusion's
 rule on those requests' lists) and scores fold F with it ("hybrid"). The fusion each fold would
 choose on its own requests is reported beside it as "hybrid_self_chosen", labelled optimistic.
+
+With dense feedback (`dpsr export --dense_feedback=auto`'s rule, search/dense_feedback.py) each
+fold also keeps its dense list searched with dense_feedback.DEFAULT in FEEDBACK_LISTS_FILE, and
+the choice is among every (feedback off or on, fusion) pair, off first (a tie keeps it).
 """
 import dataclasses
 import json
@@ -32,11 +36,16 @@ import numpy as np
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK
+from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.fused_rows import FusionPlan
 
 LISTS_FILE = "hybrid_lists.npz"
 CANDIDATES_FILE = "fusion_candidates.npz"
+# The same with the dense list searched with dense feedback (DEFAULT_FEEDBACK).
+FEEDBACK_LISTS_FILE = "hybrid_lists_feedback.npz"
+FEEDBACK_CANDIDATES_FILE = "fusion_candidates_feedback.npz"
 INDEX_DIR = "index"
 # `dpsr index`'s flag defaults (dpsr_tf/cli/index.py: --index_factory=auto, --num_shards=1,
 # --train_size=0, --seed=0, --nprobe=64, --ef_search=128, --refine_k_factor); its lexical flags'
@@ -100,7 +109,7 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
 
     Args:
       model_dir, layout_dir: the fold's trained model and layout.
-      fold_dir: where index/ and LISTS_FILE go.
+      fold_dir: where index/, LISTS_FILE and FEEDBACK_LISTS_FILE go.
       cfg: the fold's EvalConfig (per_request is forced on).
       soft_metrics: the fold's "dpsr" (exact soft dot) results, for served_metrics' losses.
 
@@ -146,6 +155,8 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
         lex_scores, lex_rows = run.lexical_lists(FusionConfig())
         FoldLists(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
                   *run.relevant, k=run.k).save(os.path.join(fold_dir, LISTS_FILE))
+        FoldLists(*run.dense_lists(DEFAULT_FEEDBACK), lex_scores, lex_rows,
+                  *run.relevant, k=run.k).save(os.path.join(fold_dir, FEEDBACK_LISTS_FILE))
     return {SERVED: dense, "served": served, LEXICAL: lexical}, per_request
 
 
@@ -173,10 +184,11 @@ def candidate_metrics(lists: FoldLists, candidates: Sequence[FusionConfig],
 
 
 def cached_candidate_metrics(fold_dir: str, candidates: Sequence[FusionConfig],
-                             recall_ks: Sequence[int]) -> List[Dict[str, np.ndarray]]:
-    """candidate_metrics of <fold_dir>/LISTS_FILE, kept in <fold_dir>/CANDIDATES_FILE (redone
+                             recall_ks: Sequence[int], lists_file: str = LISTS_FILE,
+                             cache_file: str = CANDIDATES_FILE) -> List[Dict[str, np.ndarray]]:
+    """candidate_metrics of <fold_dir>/lists_file, kept in <fold_dir>/cache_file (redone
     when the candidates or cut-offs differ from the ones it holds)."""
-    path = os.path.join(fold_dir, CANDIDATES_FILE)
+    path = os.path.join(fold_dir, cache_file)
     key = json.dumps({"candidates": [c.to_json() for c in candidates],
                       "recall_ks": list(recall_ks)})
     if os.path.isfile(path):
@@ -184,7 +196,7 @@ def cached_candidate_metrics(fold_dir: str, candidates: Sequence[FusionConfig],
             if str(data["key"]) == key:
                 names = json.loads(str(data["metrics"]))
                 return [{m: data[f"{i}/{m}"] for m in names} for i in range(len(candidates))]
-    values = candidate_metrics(FoldLists.load(os.path.join(fold_dir, LISTS_FILE)), candidates,
+    values = candidate_metrics(FoldLists.load(os.path.join(fold_dir, lists_file)), candidates,
                                recall_ks)
     names = list(values[0])
     tmp = path + ".tmp.npz"
@@ -234,20 +246,35 @@ def cross_fit(per_fold: Sequence[Sequence[Dict[str, np.ndarray]]],
 def summarize(fold_dirs: Sequence[str], recall_ks: Sequence[int],
               candidates: Sequence[FusionConfig] = fusion_choice.CANDIDATES,
               objective: Sequence[str] = fusion_choice.OBJECTIVE,
-              log: Callable[[str], None] = print) -> List[dict]:
+              log: Callable[[str], None] = print, feedback: bool = False) -> List[dict]:
     """Cross-fits the fusion over the folds' lists and scores each fold with its choice.
 
+    feedback: also try every candidate on the folds' dense lists searched with dense feedback
+      (FEEDBACK_LISTS_FILE), after the candidates without it.
+
     Returns:
-      per fold {"fusion", "fusion_name", "chosen_on": "other folds", "candidate_scores"
-      (objective on the other folds' requests), "hybrid": {metric: mean}, "per_query":
-      {"hybrid": {metric: [Q]}, "hybrid_self_chosen": {...}}, "self_chosen": {"fusion",
-      "fusion_name", "hybrid_self_chosen": {metric: mean}}}.
+      per fold {"fusion", "dense_feedback" (JSON), "fusion_name", "chosen_on": "other folds",
+      "candidate_scores" (objective on the other folds' requests), "hybrid": {metric: mean},
+      "per_query": {"hybrid": {metric: [Q]}, "hybrid_self_chosen": {...}}, "self_chosen":
+      {"fusion", "dense_feedback", "fusion_name", "hybrid_self_chosen": {metric: mean}}}.
     """
+    variants = [(FeedbackConfig(), LISTS_FILE, CANDIDATES_FILE)]
+    if feedback:
+        variants.append((DEFAULT_FEEDBACK, FEEDBACK_LISTS_FILE, FEEDBACK_CANDIDATES_FILE))
+    pairs_tried = [(v, c) for v, _, _ in variants for c in candidates]
     per_fold = []
     for fold, fold_dir in enumerate(fold_dirs):
-        log(f"crossval --hybrid: fusing fold {fold}'s lists with {len(candidates)} candidate "
+        log(f"crossval --hybrid: fusing fold {fold}'s lists with {len(pairs_tried)} candidate "
             f"fusions")
-        per_fold.append(cached_candidate_metrics(fold_dir, candidates, recall_ks))
+        per_fold.append([values for _, lists, cache in variants
+                         for values in cached_candidate_metrics(fold_dir, candidates, recall_ks,
+                                                                lists, cache)])
+
+    def described(i: int) -> dict:
+        v, c = pairs_tried[i]
+        name = fusion_choice.describe(c) + (f", {v.describe()}" if v.enabled else "")
+        return {"fusion": c.to_json(), "dense_feedback": v.to_json(), "fusion_name": name}
+
     crossed = cross_fit(per_fold, objective)
     out = []
     for fold, (chosen, scores) in enumerate(crossed):
@@ -257,16 +284,14 @@ def summarize(fold_dirs: Sequence[str], recall_ks: Sequence[int],
         means = {m: float(v.mean()) for m, v in hybrid.items()}
         means["requests"] = int(len(next(iter(hybrid.values()))))
         out.append({
-            "fusion": candidates[chosen].to_json(),
-            "fusion_name": fusion_choice.describe(candidates[chosen]),
+            **described(chosen),
             "chosen_on": f"the held-out requests of folds "
                          f"{[f for f in range(len(fold_dirs)) if f != fold]}",
             "objective": list(objective),
-            "candidate_scores": [{"fusion": c.to_json(), "score": s}
-                                 for c, s in zip(candidates, scores)],
+            "candidate_scores": [{"fusion": c.to_json(), "dense_feedback": v.to_json(),
+                                  "score": s} for (v, c), s in zip(pairs_tried, scores)],
             HYBRID: means,
-            "self_chosen": {"fusion": candidates[self_chosen].to_json(),
-                            "fusion_name": fusion_choice.describe(candidates[self_chosen]),
+            "self_chosen": {**described(self_chosen),
                             "note": "chosen on this fold's own held-out requests: optimistic",
                             "candidate_scores": self_scores,
                             SELF_CHOSEN: {m: float(v.mean()) for m, v in self_hybrid.items()}},

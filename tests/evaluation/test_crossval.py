@@ -22,6 +22,8 @@ from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK
+from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
 from tests.support.fusion_reference import fuse_by_hand, metrics_by_hand, split_relevance
 from tests.support.tiny_model import write_tiny_dataset
@@ -200,6 +202,7 @@ def test_hybrid_writes_the_fold_files_and_the_systems(hybrid_folds):
     for fold in range(2):
         fold_dir = os.path.join(config.output, f"fold_{fold}")
         for name in ("index/manifest.json", hybrid_lib.LISTS_FILE, hybrid_lib.CANDIDATES_FILE,
+                     hybrid_lib.FEEDBACK_LISTS_FILE, hybrid_lib.FEEDBACK_CANDIDATES_FILE,
                      crossval_lib.HYBRID_JSON):
             assert os.path.isfile(os.path.join(fold_dir, name)), name
         with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
@@ -220,24 +223,35 @@ def test_hybrid_writes_the_fold_files_and_the_systems(hybrid_folds):
 def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid_folds):
     config, summary, _ = hybrid_folds
     recall_ks = config.evaluation.recall_ks
-    lists = [hybrid_lib.FoldLists.load(os.path.join(config.output, f"fold_{f}",
-                                                    hybrid_lib.LISTS_FILE)) for f in range(2)]
+
+    def load(name):
+        return [hybrid_lib.FoldLists.load(os.path.join(config.output, f"fold_{f}", name))
+                for f in range(2)]
+    lists, fed = load(hybrid_lib.LISTS_FILE), load(hybrid_lib.FEEDBACK_LISTS_FILE)
     pooled = {"hybrid": [], "dpsr_served": []}
     for fold in range(2):
-        other = lists[1 - fold]
-        # Reference choice: the export-time chooser on the other fold's lists alone.
-        want = fusion_choice.choose_fusion(
-            other.dense_scores, other.dense_rows, lambda cfg, o=other: (o.lexical_scores,
-                                                                        o.lexical_rows),
-            _EvalSet(other.relevant_splits, other.relevant_rows, other.relevant_gains),
-            other.k)
+        # Reference choice: the export-time chooser on the other fold's lists alone, without
+        # and with dense feedback (a tie keeps none), as `dpsr export --dense_feedback=auto`.
+        choices = []
+        for variant in (lists, fed):
+            other = variant[1 - fold]
+            choices.append(fusion_choice.choose_fusion(
+                other.dense_scores, other.dense_rows, lambda cfg, o=other: (o.lexical_scores,
+                                                                            o.lexical_rows),
+                _EvalSet(other.relevant_splits, other.relevant_rows, other.relevant_gains),
+                other.k))
+        use_feedback = choices[1].score > choices[0].score
+        want = choices[use_feedback]
         with open(os.path.join(config.output, f"fold_{fold}", crossval_lib.HYBRID_JSON),
                   encoding="utf-8") as f:
             result = json.load(f)
         assert FusionConfig.from_json(result["fusion"]) == want.config
         assert summary["hybrid"]["fusions"][fold] == want.config.to_json()
-        # Reference metrics: this fold's lists fused by hand with that fusion.
-        own = lists[fold]
+        assert result["dense_feedback"] == (DEFAULT_FEEDBACK if use_feedback
+                                            else FeedbackConfig()).to_json()
+        assert len(result["candidate_scores"]) == 2 * len(fusion_choice.CANDIDATES)
+        # Reference metrics: this fold's lists (with the chosen feedback) fused by hand.
+        own = (fed if use_feedback else lists)[fold]
         cfg = want.config
         fused = fuse_by_hand(own.dense_scores, own.dense_rows, own.lexical_scores,
                              own.lexical_rows, own.k, cfg)
@@ -252,17 +266,32 @@ def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid
         with open(os.path.join(config.output, f"fold_{fold}", "metrics.json"),
                   encoding="utf-8") as f:
             metrics = json.load(f)
-        # The served dense per-request metrics are those of the kept dense lists.
-        served = metrics_by_hand(own.dense_rows, rel, gains, recall_ks)
+        # The served dense per-request metrics are those of the kept dense lists (no feedback).
+        served = metrics_by_hand(lists[fold].dense_rows, rel, gains, recall_ks)
         for metric, values in served.items():
             np.testing.assert_allclose(metrics[crossval_lib.PER_QUERY]["dpsr_served"][metric],
                                        values, rtol=1e-12, atol=1e-12)
         pooled["hybrid"].extend(by_hand["recall@100"].tolist())
         pooled["dpsr_served"].extend(served["recall@100"].tolist())
+    # The feedback lists differ from the plain ones (else the choice between them is moot).
+    assert any((f.dense_rows != p.dense_rows).any() for f, p in zip(fed, lists))
     got = {(c["metric"], c["a"], c["b"]): c for c in summary["paired"]}
     want_pair = paired_lib.paired_test(pooled["hybrid"], pooled["dpsr_served"], "recall@100",
                                        "hybrid", "dpsr_served")
     assert got[("recall@100", "hybrid", "dpsr_served")] == want_pair.to_json()
+
+
+def test_nodense_feedback_chooses_among_the_plain_lists_only(hybrid_folds):
+    config, _, _ = hybrid_folds
+    summary = crossval_lib.run(dataclasses.replace(config, dense_feedback=False),
+                               log=lambda _: None)
+    assert summary["hybrid"]["dense_feedback"] == [FeedbackConfig().to_json()] * 2
+    assert "dense feedback" not in summary["hybrid"]["fusion_rule"]
+    for fold in range(2):
+        with open(os.path.join(config.output, f"fold_{fold}", crossval_lib.HYBRID_JSON),
+                  encoding="utf-8") as f:
+            assert len(json.load(f)["candidate_scores"]) == len(fusion_choice.CANDIDATES)
+    crossval_lib.run(config, log=lambda _: None)     # back to the default for later tests
 
 
 def test_a_run_without_hybrid_after_it_compares_dpsr_and_bm25_only(hybrid_folds):

@@ -270,7 +270,7 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
                   encoding="utf-8") as f:
             return proc.stdout, json.load(f)
 
-    from dpsr_tf.cli.feedback_flags import DEFAULT  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.dense_feedback import DEFAULT  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     text, info = export(f"--export_base={tmp_path}/chosen")
     choice = info["fusion_choice"]
