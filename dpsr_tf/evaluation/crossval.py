@@ -329,10 +329,12 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
             metrics = json.load(f)
         log(f"{tag}: done earlier, reusing {metrics_path}")
         if config.hybrid and not _has_hybrid_stage(fold_dir, metrics, config.spelling):
-            if HYBRID_SPELLING in metrics:
+            if HYBRID_SPELLING in metrics and metrics[HYBRID_SPELLING] != config.spelling:
                 log(f"{tag}: its hybrid stage scored the queries "
                     f"{'spelled' if metrics[HYBRID_SPELLING] else 'as typed'}; redoing it "
                     f"{'spelled' if config.spelling else 'as typed'}")
+            elif HYBRID_SPELLING in metrics:
+                log(f"{tag}: its hybrid stage predates the dense feedback lists; redoing it")
             _hybrid_stage(config, fold, metrics, tag, log)
             _write_json(metrics_path, metrics)
         return metrics
