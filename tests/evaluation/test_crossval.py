@@ -294,6 +294,18 @@ def test_nodense_feedback_chooses_among_the_plain_lists_only(hybrid_folds):
     crossval_lib.run(config, log=lambda _: None)     # back to the default for later tests
 
 
+def test_a_fold_without_the_feedback_lists_redoes_its_hybrid_stage(hybrid_folds):
+    # A fold whose hybrid stage predates dense feedback has the plain lists only.
+    config, _, _ = hybrid_folds
+    os.remove(os.path.join(config.output, "fold_1", hybrid_lib.FEEDBACK_LISTS_FILE))
+    lines = []
+    crossval_lib.run(config, log=lines.append)
+    assert [line for line in lines if "redoing" in line] == [
+        "crossval fold 2/2 (md5 % 2 == 1): its hybrid stage predates the dense feedback lists; "
+        "redoing it"]
+    assert os.path.isfile(os.path.join(config.output, "fold_1", hybrid_lib.FEEDBACK_LISTS_FILE))
+
+
 def test_a_run_without_hybrid_after_it_compares_dpsr_and_bm25_only(hybrid_folds):
     config, _, _ = hybrid_folds
     summary = crossval_lib.run(dataclasses.replace(config, hybrid=False), log=lambda _: None)
