@@ -328,9 +328,10 @@ class ServableGraph:
         s = self._servable
         labels_in_shard = len(index_layout.read_id_map(self._assets.shard_ids))
         with tf.name_scope("dense_feedback"):
-            self.feedback_table = tf.compat.v1.Variable(
+            # One table however many searches read it (the export fills the one it names).
+            self.feedback_table = self._once("feedback_table", lambda: tf.compat.v1.Variable(
                 tf.zeros([labels_in_shard, self._cfg.embedding_dim], tf.float32),
-                trainable=False, name="feedback_item_embeddings")
+                trainable=False, name="feedback_item_embeddings"))
             first = tf.constant(s.dense_feedback.items, tf.int32)
             scores, labels = [], []
             for h in range(self._cfg.num_heads):
