@@ -19,11 +19,15 @@ def feedback_config() -> FeedbackConfig:
     """The FeedbackConfig the flags give, for when feedback is on (validated).
 
     Raises:
-      ValueError: items outside [1, MAX_ITEMS] or a weight outside (0, 10].
+      ValueError: items outside [1, MAX_ITEMS] or a weight outside (0, 10], naming the flag.
     """
-    if ITEMS.value < 1:
-        raise ValueError(f"--dense_feedback_items must be >= 1 (turn feedback off with "
-                         f"--dense_feedback=off), got {ITEMS.value}")
+    if not 1 <= ITEMS.value <= MAX_ITEMS:
+        raise ValueError(f"--dense_feedback_items must be in [1, {MAX_ITEMS}] (turn feedback "
+                         f"off with --dense_feedback=off), got {ITEMS.value}")
     cfg = FeedbackConfig(items=ITEMS.value, weight=WEIGHT.value)
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError:
+        raise ValueError(f"--dense_feedback_weight must be in (0, 10], got {WEIGHT.value}"
+                         ) from None
     return cfg

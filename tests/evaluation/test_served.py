@@ -283,4 +283,7 @@ def test_cli_served_flags_are_checked():
     assert proc.returncode != 0 and "--dense_feedback is read only with --hybrid" in proc.stderr
     proc = _cli("--model_dir=/m", "--index_dir=/i", "--hybrid", "--dense_feedback",
                 "--dense_feedback_items=0")
-    assert proc.returncode != 0 and "--dense_feedback_items must be >= 1" in proc.stderr
+    assert proc.returncode != 0 and "--dense_feedback_items must be in [1, 100]" in proc.stderr
+    proc = _cli("--model_dir=/m", "--index_dir=/i", "--hybrid", "--dense_feedback",
+                "--dense_feedback_weight=nan")
+    assert proc.returncode != 0 and "--dense_feedback_weight must be in (0, 10]" in proc.stderr
