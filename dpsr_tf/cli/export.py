@@ -10,6 +10,7 @@ lexical list merged with the table's rewrites, as the servable will. The choice 
 candidate's score are written to the servable's assets.extra/dpsr_servable.json.
 """
 import json
+import os
 
 from absl import flags
 
@@ -94,20 +95,30 @@ def _rewrite_config() -> RewriteConfig:
     return RewriteConfig(_MAX_REWRITES.value, _REWRITE_WEIGHT.value, _REWRITE_COMBINE.value)
 
 
-def _feedbacks(manifest):
-    """The dense feedback variants to choose among, or None when no choice is made."""
+def _feedbacks(manifest, index_dir: str):
+    """The dense feedback variants to choose among, or None when no choice is made.
+
+    Raises:
+      ValueError: --dense_feedback=on with a sharded index or one without saved embeddings.
+    """
+    from dpsr_tf.indexing.catalog_index import EMBEDDINGS_FILE  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     mode = _DENSE_FEEDBACK.value
+    embeddings = os.path.join(index_dir, EMBEDDINGS_FILE)
     if mode == "on" and manifest.num_shards > 1:
         raise ValueError(f"--dense_feedback=on needs a one-shard index (each shard would move "
                          f"the query toward its own first hits); the index has "
                          f"{manifest.num_shards} shards")
+    if mode == "on" and not os.path.isfile(embeddings):
+        raise ValueError(f"--dense_feedback=on needs the index build's item embeddings: "
+                         f"{embeddings} is missing; rebuild the index with `dpsr index`")
     if mode != "auto":
         return None
-    if manifest.num_shards > 1 or manifest.lexical is None:
+    if manifest.num_shards > 1 or manifest.lexical is None or not os.path.isfile(embeddings):
         print("dense feedback off: --dense_feedback=auto chooses on a one-shard build with a "
-              f"lexical index (this one: {manifest.num_shards} shards, "
-              f"{'a' if manifest.lexical else 'no'} lexical index)")
+              f"lexical index and saved item embeddings (this one: {manifest.num_shards} "
+              f"shard(s), {'a' if manifest.lexical else 'no'} lexical index, "
+              f"{'with' if os.path.isfile(embeddings) else 'without'} {EMBEDDINGS_FILE})")
         return None
     return (FeedbackConfig(), feedback_flags.feedback_config())
 
@@ -123,7 +134,7 @@ def _fusion(index_dir: str):
     has_lexical = manifest.lexical is not None
     choose = not given and _CHOOSE_FUSION.value and _HYBRID.value and has_lexical
     auto = _SPELLING.value == "auto" and has_lexical and bool(manifest.lexical.speller_file)
-    feedbacks = _feedbacks(manifest)
+    feedbacks = _feedbacks(manifest, index_dir)
     fixed_feedback = (feedback_flags.feedback_config() if _DENSE_FEEDBACK.value == "on"
                       else FeedbackConfig())
     if not (choose or auto or feedbacks):
