@@ -221,20 +221,31 @@ def test_existing_version_is_not_overwritten(servable):
 def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
 
-    def dpsr(*args):
-        proc = subprocess.run([sys.executable, "-m", "dpsr_tf.cli", *args], env=env,
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "dpsr_tf.cli", *args], env=env,
                               capture_output=True, text=True, timeout=300)
+
+    def dpsr(*args):
+        proc = run(*args)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stdout
 
     index_dir = str(tmp_path / "index2")
-    built = dpsr("index", f"--model_dir={servable['model_dir']}", f"--output_dir={index_dir}",
-                 "--index_factory=Flat", "--num_shards=2")
+    built, _ = dpsr("index", f"--model_dir={servable['model_dir']}", f"--output_dir={index_dir}",
+                    "--index_factory=Flat", "--num_shards=2")
     assert built["num_items"] == servable["spec"].num_items and built["num_shards"] == 2
-    out = dpsr("export", f"--model_dir={servable['model_dir']}", f"--index_dir={index_dir}",
-               f"--export_base={tmp_path}/models/dpsr", "--default_k=6", "--nohybrid")
+    out, text = dpsr("export", f"--model_dir={servable['model_dir']}", f"--index_dir={index_dir}",
+                     f"--export_base={tmp_path}/models/dpsr", "--default_k=6", "--nohybrid")
     assert out["servables"] == [f"{tmp_path}/models/dpsr_shard0/1",
                                 f"{tmp_path}/models/dpsr_shard1/1"]
+    # Dense feedback needs the whole catalog's first hits: auto leaves it off, on is refused
+    # before any work.
+    assert "dense feedback off: --dense_feedback=auto chooses on a one-shard build" in text
+    refused = run("export", f"--model_dir={servable['model_dir']}", f"--index_dir={index_dir}",
+                  f"--export_base={tmp_path}/models/fb", "--dense_feedback=on")
+    assert refused.returncode != 0
+    assert "--dense_feedback=on needs a one-shard index" in refused.stderr
+    assert not os.path.exists(f"{tmp_path}/models/fb_shard0")
     script = f"""
     import json
     from tests.support.tf1_servable import Tf1Servable
