@@ -242,8 +242,10 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
                 sharded=True)
             with tf.compat.v1.Session(graph=graph) as sess:
                 model_dir_lib.restore(saver, sess, ckpt)
-                if servable_graph.feedback_table is not None:
-                    servable_graph.feedback_table.load(feedback_table(index_dir, ids_file), sess)
+                table = servable_graph.feedback_table
+                if table is not None:   # its initializer fed the build's embeddings
+                    sess.run(table.initializer,
+                             {table.initial_value: feedback_table(index_dir, ids_file)})
                 if stage is not None:
                     stage.restore(sess)
                 if online is not None:
