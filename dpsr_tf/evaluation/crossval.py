@@ -328,7 +328,8 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
         log(f"{tag}: done earlier, reusing {metrics_path}")
-        if config.hybrid and not _has_hybrid_stage(fold_dir, metrics, config.spelling):
+        if config.hybrid and not _has_hybrid_stage(fold_dir, metrics, config.spelling,
+                                                   config.dense_feedback):
             if HYBRID_SPELLING in metrics and metrics[HYBRID_SPELLING] != config.spelling:
                 log(f"{tag}: its hybrid stage scored the queries "
                     f"{'spelled' if metrics[HYBRID_SPELLING] else 'as typed'}; redoing it "
@@ -389,13 +390,13 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
     return metrics
 
 
-def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool) -> bool:
+def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool, feedback: bool) -> bool:
     """Whether the fold's hybrid stage is done with this spelling setting (a stage from before
-    the setting was recorded is redone)."""
+    the setting was recorded is redone), with the dense feedback lists when they are wanted."""
+    lists = (hybrid_lib.LISTS_FILE,) + ((hybrid_lib.FEEDBACK_LISTS_FILE,) if feedback else ())
     return (hybrid_lib.SERVED in metrics and hybrid_lib.LEXICAL in metrics
             and metrics.get(HYBRID_SPELLING) == spelling
-            and all(os.path.isfile(os.path.join(fold_dir, name))
-                    for name in (hybrid_lib.LISTS_FILE, hybrid_lib.FEEDBACK_LISTS_FILE)))
+            and all(os.path.isfile(os.path.join(fold_dir, name)) for name in lists))
 
 
 def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,

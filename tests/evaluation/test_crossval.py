@@ -298,6 +298,9 @@ def test_a_fold_without_the_feedback_lists_redoes_its_hybrid_stage(hybrid_folds)
     # A fold whose hybrid stage predates dense feedback has the plain lists only.
     config, _, _ = hybrid_folds
     os.remove(os.path.join(config.output, "fold_1", hybrid_lib.FEEDBACK_LISTS_FILE))
+    lines = []   # without feedback the plain lists suffice
+    crossval_lib.run(dataclasses.replace(config, dense_feedback=False), log=lines.append)
+    assert not any("redoing" in line for line in lines)
     lines = []
     crossval_lib.run(config, log=lines.append)
     assert [line for line in lines if "redoing" in line] == [
