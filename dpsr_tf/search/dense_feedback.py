@@ -7,7 +7,7 @@ A first search finds the query's top `items` items (all heads merged); each head
 and the dense list is the search with the moved heads. Why: the tower places many queries near,
 not on, the items their clicks went to; the first hits are mostly right, and their centroid pulls
 the query into that region, so relevant items the first search ranked 100-1000 rise (Home Depot:
-served dense Recall@100 +0.007 to +0.013 over three seeds; docs/results.md "Dense feedback").
+served dense Recall@100 +0.007 to +0.012 over three seeds; docs/results.md "Dense feedback").
 The step is scaled by the head's own norm so one weight suits every model's scale. A query
 whose first search found nothing keeps its heads. The scores the second search returns are
 inner products with the moved heads (the `query_embedding` signature still returns q).
