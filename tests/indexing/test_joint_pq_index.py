@@ -169,8 +169,10 @@ def _cli(*args):
 def test_joint_model_serves_through_dpsr_export_without_dpsr_index(joint_model):
     model_dir, work = joint_model["model_dir"], joint_model["work"]
     base = str(work / "servables" / "dpsr")
+    # --dense_feedback=off: the scores below are the learned index's plain search (auto may
+    # choose feedback on the eval split, which moves the query heads).
     proc = _cli("export", f"--model_dir={model_dir}", f"--export_base={base}", "--default_k=5",
-                "--max_k=50", "--nohybrid")
+                "--max_k=50", "--nohybrid", "--dense_feedback=off")
     assert proc.returncode == 0, proc.stderr[-3000:]
     version_dir = json.loads(proc.stdout.strip().splitlines()[-1])["servables"][0]
     index_dir = os.path.join(model_dir, "joint_pq_index-30")
