@@ -106,3 +106,18 @@ def _plain(value: Any) -> Any:
 
 
 __all__ = ["from_dict", "from_json", "to_dict", "to_json"]
+
+
+class OneLineConfig:
+    """Mixin of a frozen dataclass config with a validate() that travels as one line of JSON
+    (a servable's fusion and dense feedback ride in its metadata and its answers)."""
+
+    def to_json(self) -> str:
+        return to_json(self, indent=None)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>"):
+        """The config of `text`, validated (ValueError names the source and what is wrong)."""
+        out = from_json(cls, text, source)
+        out.validate()
+        return out

@@ -27,7 +27,7 @@ MAX_ITEMS = 100  # first hits a query may average: the first search is a cost on
 
 
 @dataclasses.dataclass(frozen=True)
-class FeedbackConfig:
+class FeedbackConfig(config_json.OneLineConfig):
     """items: first hits averaged (0 = no feedback); weight: the step, a share of |q_h|."""
 
     items: int = 0
@@ -49,15 +49,6 @@ class FeedbackConfig:
     def describe(self) -> str:
         return (f"feedback {self.items} items x {self.weight:g}" if self.enabled
                 else "no feedback")
-
-    def to_json(self) -> str:
-        return config_json.to_json(self, indent=None)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "<string>") -> "FeedbackConfig":
-        out = config_json.from_json(cls, text, source)
-        out.validate()
-        return out
 
 
 # `dpsr export --dense_feedback=auto`'s setting (and `dpsr crossval --hybrid`'s): measured on

@@ -36,7 +36,7 @@ SOURCE_NAMES = {0: "", 1: "dense", 2: "lexical", 3: "both"}
 
 
 @dataclasses.dataclass(frozen=True)
-class FusionConfig:
+class FusionConfig(config_json.OneLineConfig):
     """How a hybrid servable fuses its two lists.
 
     Attributes:
@@ -69,15 +69,6 @@ class FusionConfig:
                              f"{self.lexical_k}")
         if not np.isfinite(self.lexical_min_score):
             raise ValueError(f"lexical_min_score must be finite, got {self.lexical_min_score}")
-
-    def to_json(self) -> str:
-        return config_json.to_json(self, indent=None)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "<string>") -> "FusionConfig":
-        out = config_json.from_json(cls, text, source)
-        out.validate()
-        return out
 
 
 def tie_ranks_np(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
