@@ -406,13 +406,16 @@ def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
     fold_dir = config.fold_dir(fold)
     log(f"{tag}: building {os.path.join(fold_dir, hybrid_lib.INDEX_DIR)} as `dpsr index` does "
         f"and evaluating the served dense and lexical lists")
-    for name in (hybrid_lib.CANDIDATES_FILE, hybrid_lib.FEEDBACK_CANDIDATES_FILE):
-        candidates = os.path.join(fold_dir, name)
-        if os.path.exists(candidates):  # fused from the lists this stage replaces
-            os.remove(candidates)
+    # Made from the lists this stage replaces (the feedback lists are rewritten only when wanted).
+    for name in (hybrid_lib.CANDIDATES_FILE, hybrid_lib.FEEDBACK_CANDIDATES_FILE,
+                 hybrid_lib.FEEDBACK_LISTS_FILE):
+        stale = os.path.join(fold_dir, name)
+        if os.path.exists(stale):
+            os.remove(stale)
     results, per_request = hybrid_lib.evaluate_fold(
         metrics["model_dir"], metrics["layout_dir"], fold_dir, config.evaluation,
-        metrics["dpsr"], log=lambda _: None, spelling=config.spelling)
+        metrics["dpsr"], log=lambda _: None, spelling=config.spelling,
+        feedback=config.dense_feedback)
     metrics[HYBRID_SPELLING] = config.spelling
     for system, values in per_request.items():
         want = metrics["dpsr"]["requests"]

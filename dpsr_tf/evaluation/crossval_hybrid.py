@@ -102,14 +102,14 @@ def _check_candidates(candidates: Sequence[FusionConfig]) -> None:
 def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
                   cfg: evaluate_lib.EvalConfig, soft_metrics: dict,
                   log: Callable[[str], None] = print,
-                  spelling: bool = True) -> Tuple[dict, dict]:
+                  spelling: bool = True, feedback: bool = True) -> Tuple[dict, dict]:
     """Builds <fold_dir>/index, evaluates the served dense and lexical rankings, keeps the lists.
     With `spelling` (and the build's speller) both see the queries as the servable corrects
     them (spelled_layout.py); the exact `dpsr` row of the fold stays on the typed queries.
 
     Args:
       model_dir, layout_dir: the fold's trained model and layout.
-      fold_dir: where index/, LISTS_FILE and FEEDBACK_LISTS_FILE go.
+      fold_dir: where index/, LISTS_FILE and (with `feedback`) FEEDBACK_LISTS_FILE go.
       cfg: the fold's EvalConfig (per_request is forced on).
       soft_metrics: the fold's "dpsr" (exact soft dot) results, for served_metrics' losses.
 
@@ -155,8 +155,9 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
         lex_scores, lex_rows = run.lexical_lists(FusionConfig())
         FoldLists(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
                   *run.relevant, k=run.k).save(os.path.join(fold_dir, LISTS_FILE))
-        FoldLists(*run.dense_lists(DEFAULT_FEEDBACK), lex_scores, lex_rows,
-                  *run.relevant, k=run.k).save(os.path.join(fold_dir, FEEDBACK_LISTS_FILE))
+        if feedback:   # a second dense search, only when the choice may take it
+            FoldLists(*run.dense_lists(DEFAULT_FEEDBACK), lex_scores, lex_rows,
+                      *run.relevant, k=run.k).save(os.path.join(fold_dir, FEEDBACK_LISTS_FILE))
     return {SERVED: dense, "served": served, LEXICAL: lexical}, per_request
 
 
