@@ -12,6 +12,8 @@ import sys
 
 from absl import flags
 
+from dpsr_tf.serving import stream_limits
+
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API (0: any free port).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 for every "
                             "interface.")
@@ -54,6 +56,11 @@ _MAX_BACKEND_CALLS = flags.DEFINE_integer(
     "in the proxy (until their deadline), and a freed slot goes to the client connection with "
     "the fewest calls doing backend work, so one client's flood waits behind its own calls "
     "(0: no limit).")
+
+_MAX_STREAMS = flags.DEFINE_integer(
+    "max_streams_per_connection", stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION, "Calls one client connection may have open at once "
+    "(HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client's gRPC library holds its further "
+    "calls until one ends, so a flood waits at its source (0: no limit).", lower_bound=0)
 
 
 def _fail(message: str):
@@ -121,7 +128,8 @@ def main(argv):
                                  ssl=ssl, port_file=_PORT_FILE.value, backend_tls=backend_tls,
                                  backend_connections=_BACKEND_CONNECTIONS.value,
                                  max_concurrent_calls_per_peer=_MAX_CALLS_PER_PEER.value,
-                                 max_backend_calls_in_flight=_MAX_BACKEND_CALLS.value)
+                                 max_backend_calls_in_flight=_MAX_BACKEND_CALLS.value,
+                                 max_streams_per_connection=_MAX_STREAMS.value)
     try:
         proxy.run_proxy(options, settings)
     except OSError as e:

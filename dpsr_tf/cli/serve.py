@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from dpsr_tf.serving import heap_trim, startup
+from dpsr_tf.serving import heap_trim, startup, stream_limits
 
 # tensorflow_model_server flags (same names, types and defaults).
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API.")
@@ -258,6 +258,13 @@ _HEAP_TRIM = flags.DEFINE_float(
     "server checks its resident size and, when it grew "
     f"{heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB since the last trim, returns freed heap "
     "pages to the system (glibc malloc_trim). 0: never.", lower_bound=0.0)
+_MAX_STREAMS = flags.DEFINE_integer(
+    "max_streams_per_connection", stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    "[dpsr] Calls one gRPC connection may have open at once (HTTP/2 "
+    "SETTINGS_MAX_CONCURRENT_STREAMS); a client's gRPC library holds its further calls until "
+    "one ends, so one client's flood waits at its source instead of in front of other "
+    "clients. 0: no limit. --grpc_channel_arguments=grpc.max_concurrent_streams=N overrides.",
+    lower_bound=0)
 
 
 def _fail(message: str):
@@ -391,7 +398,8 @@ def options_from_flags():
         port_file=_PORT_FILE.value, core=core,
         grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args,
         enable_profiler=_ENABLE_PROFILER.value,
-        heap_trim_interval_seconds=_HEAP_TRIM.value)
+        heap_trim_interval_seconds=_HEAP_TRIM.value,
+        max_streams_per_connection=_MAX_STREAMS.value)
     return options, server_config
 
 

@@ -14,12 +14,19 @@ REUSE = "--grpc_channel_arguments=grpc.so_reuseport=1"
 def test_user_arguments_replace_the_defaults():
     args = server_arguments(ServerOptions(
         max_receive_message_bytes=1000,
-        grpc_channel_arguments=(("grpc.so_reuseport", 1), ("grpc.max_connection_age_ms", 5))))
+        grpc_channel_arguments=(("grpc.so_reuseport", 1), ("grpc.max_connection_age_ms", 5),
+                                ("grpc.max_concurrent_streams", 9))))
     assert sorted(args) == sorted([("grpc.max_receive_message_length", 1000),
                                    ("grpc.max_send_message_length", -1),
                                    ("grpc.so_reuseport", 1),
-                                   ("grpc.max_connection_age_ms", 5)])
-    assert dict(server_arguments(ServerOptions()))["grpc.so_reuseport"] == 0
+                                   ("grpc.max_connection_age_ms", 5),
+                                   ("grpc.max_concurrent_streams", 9),
+                                   ("grpc.http.overload_protection", 0)])
+    defaults = dict(server_arguments(ServerOptions()))
+    assert defaults["grpc.so_reuseport"] == 0
+    assert defaults["grpc.max_concurrent_streams"] == 128
+    assert "grpc.max_concurrent_streams" not in dict(server_arguments(ServerOptions(
+        max_streams_per_connection=0)))
 
 
 def _ask(address, query):

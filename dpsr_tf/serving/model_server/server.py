@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import heap_trim
+from dpsr_tf.serving import heap_trim, stream_limits
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
@@ -57,6 +57,8 @@ class ServerOptions:
       enable_profiler: serve tensorflow.ProfilerService on the gRPC port (--enable_profiler).
       heap_trim_interval_seconds: how often heap_trim.HeapTrimmer checks the resident size
         (--heap_trim_interval_seconds); 0: freed heap pages are never trimmed.
+      max_streams_per_connection: calls one gRPC connection may have open at once
+        (stream_limits.py, --max_streams_per_connection); 0: no limit.
     """
 
     host: str = "127.0.0.1"
@@ -78,6 +80,7 @@ class ServerOptions:
     grpc_channel_arguments: tuple = ()
     enable_profiler: bool = True
     heap_trim_interval_seconds: float = heap_trim.DEFAULT_INTERVAL_SECONDS
+    max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 
 
 def server_arguments(opts: ServerOptions) -> list:
@@ -85,9 +88,11 @@ def server_arguments(opts: ServerOptions) -> list:
     value of the same key (gRPC keeps the first of two equal keys, so the user's would be
     ignored). SO_REUSEPORT is off unless asked for: a second server on a taken port fails at
     bind instead of silently sharing it; `grpc.so_reuseport=1` lets several processes share
-    one port on purpose (docs/serving.md, "Several processes on one port")."""
+    one port on purpose (docs/serving.md, "Several processes on one port"). Each connection
+    has at most max_streams_per_connection calls open (stream_limits.py)."""
     args = {"grpc.max_receive_message_length": opts.max_receive_message_bytes,
             "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
+    args.update(stream_limits.server_arguments(opts.max_streams_per_connection))
     args.update(opts.grpc_channel_arguments)
     return list(args.items())
 

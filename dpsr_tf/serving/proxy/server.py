@@ -35,7 +35,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving.proxy import merge, config as proxy_config, shard_answers
-from dpsr_tf.serving import tensors
+from dpsr_tf.serving import stream_limits, tensors
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, add_servicer, client_timeout,
                                         serve_until_signal)
@@ -56,8 +56,10 @@ _MERGE_THREADS = 2
 # Generous for one client connection (a client at 1,000 QPS and 50 ms holds 50), small beside
 # the thousands one hostile channel can open.
 DEFAULT_MAX_CALLS_PER_PEER = 256
-# Below a model server's per-client queue bound (--max_queued_requests_per_client, 256).
-DEFAULT_MAX_BACKEND_CALLS = 128
+# Below a model server's per-client queue bound (--max_queued_requests_per_client, 256), and
+# no more than the calls it lets one connection open, so that the proxy's fair gate, not one
+# backend connection's FIFO, picks which client's call goes next.
+DEFAULT_MAX_BACKEND_CALLS = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,8 @@ class ProxyOptions:
         answered RESOURCE_EXHAUSTED (dpsr_tf/serving/proxy/peer_limits.py). 0: no limit.
       max_backend_calls_in_flight: client calls doing backend work at once; more wait in the
         proxy, the peer with the fewest such calls served first (peer_limits.py). 0: no limit.
+      max_streams_per_connection: calls one client connection may have open at once; its
+        gRPC library holds the rest (stream_limits.py). 0: no limit.
     """
 
     host: str = "127.0.0.1"
@@ -96,6 +100,7 @@ class ProxyOptions:
     backend_connections: int = 1
     max_concurrent_calls_per_peer: int = DEFAULT_MAX_CALLS_PER_PEER
     max_backend_calls_in_flight: int = DEFAULT_MAX_BACKEND_CALLS
+    max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 
 
 def _not_found(model_spec) -> ServingError:
@@ -445,8 +450,9 @@ class ProxyServer:
 
     async def start(self):
         opts = self.options
-        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                                ("grpc.max_send_message_length", -1)])
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", -1),
+            *stream_limits.server_arguments(opts.max_streams_per_connection)])
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
                      self.servicer, self._server)
         self._health = health.aio.HealthServicer()

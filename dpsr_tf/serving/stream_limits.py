@@ -1,0 +1,41 @@
+"""How many calls one client connection may have open at once, as the gRPC servers (model
+server and proxy) advertise it: HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS.
+
+Without a limit, a client that opens thousands of calls on one connection has every one
+accepted, and the server's one event loop takes each arrival, refusal and answer in turn
+ahead of other clients' calls (docs/benchmarks.md: other clients' p99 1.1-2.3 s under one
+2,000-call flood). With a limit, the client's own gRPC transport holds its extra calls until
+one of its open calls ends: a flood waits at its source, and a well-behaved client with many
+calls in flight only queues, with no error. Clients are told apart by connection, so the
+limit is per client as far as the server can tell.
+
+gRPC's "overload protection" (`grpc.http.overload_protection`, on by default in grpcio
+1.60) counts a stream against the limit until the server has freed its call, later than the
+client sees the call end, so the client opens a stream the server refuses (RST_STREAM
+REFUSED_STREAM, UNAVAILABLE to the caller): half of 2,000 calls on one connection with a
+limit of 128. It is turned off with the limit: the server then counts open HTTP/2 streams as
+the client does, and every call is served (tests/serving/test_stream_limits.py).
+"""
+
+# Nginx's HTTP/2 default; also the proxy's default --max_backend_calls_in_flight, so the
+# proxy's fair gate, not the transport's FIFO, decides which of its clients' calls go next.
+DEFAULT_MAX_STREAMS_PER_CONNECTION = 128
+
+MAX_STREAMS_ARGUMENT = "grpc.max_concurrent_streams"
+OVERLOAD_PROTECTION_ARGUMENT = "grpc.http.overload_protection"
+
+
+def server_arguments(max_streams_per_connection: int) -> list:
+    """gRPC server arguments limiting each connection to `max_streams_per_connection` open
+    calls (0: no limit, gRPC's default).
+
+    Raises:
+      ValueError: a negative limit.
+    """
+    if max_streams_per_connection < 0:
+        raise ValueError(f"max_streams_per_connection is {max_streams_per_connection}; it "
+                         "must be >= 0 (0: no limit)")
+    if max_streams_per_connection == 0:
+        return []
+    return [(MAX_STREAMS_ARGUMENT, max_streams_per_connection),
+            (OVERLOAD_PROTECTION_ARGUMENT, 0)]

@@ -1,0 +1,129 @@
+"""One client connection has at most --max_streams_per_connection calls open on the model
+server and on the proxy (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): its gRPC library holds the
+rest, so a 1,000-call flood on one connection waits at its source, and every one of its calls
+is still answered OK (no transport refusal, no per-client queue refusal). Real `dpsr serve`
+and `dpsr proxy` processes, the real gRPC client, and a raw HTTP/2 client (h2) to read the
+settings the servers advertise. Assertions are counts and bounds, never times."""
+import collections
+
+import grpc
+import pytest
+
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import stream_limits
+from tests.support import waiting
+from tests.support.raw_http2 import RawHttp2
+from tests.support.server_metrics import METRICS_PATH, runs as _runs
+from tests.support.serving_testing import PREDICT_METHOD, predict_request
+
+LIMIT = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
+FLOOD = 1000  # well over the limit, and over the per-client bounds (256) that refused before
+
+
+def test_server_arguments():
+    assert stream_limits.server_arguments(0) == []
+    assert dict(stream_limits.server_arguments(7)) == {"grpc.max_concurrent_streams": 7,
+                                                       "grpc.http.overload_protection": 0}
+    with pytest.raises(ValueError, match="max_streams_per_connection is -1"):
+        stream_limits.server_arguments(-1)
+
+
+@pytest.fixture(scope="module")
+def servers(toy_model_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("stream_limits")
+    (work / "monitoring.config").write_text(
+        f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
+    # One run thread: the flood's calls pile up in the server's queue as fast as they arrive.
+    server = process.model_server_process(toy_model_dir, model_name="dpsr", rest=True,
+                                          log_dir=str(work),
+                                          flags=["--num_run_threads=1",
+                                                 f"--monitoring_config_file={work / 'monitoring.config'}"])
+    unlimited = process.model_server_process(toy_model_dir, model_name="dpsr",
+                                             log_dir=str(work), name="unlimited",
+                                             flags=["--max_streams_per_connection=0"])
+    process.start_all([server, unlimited])
+    proxy = process.start_proxy({"dpsr": ((server.address,),)}, log_dir=str(work),
+                                deadline_ms=120_000)
+    yield server, unlimited, proxy
+    for p in (proxy, server, unlimited):
+        assert p.stop() == 0, p.log_tail()
+
+
+def _advertised_limit(port: int):
+    """MAX_CONCURRENT_STREAMS in the server's first SETTINGS frame (None: not sent)."""
+    import h2.events  # pylint: disable=g-import-not-at-top
+    import h2.settings  # pylint: disable=g-import-not-at-top
+    client = RawHttp2(port, window=1 << 16)
+    try:
+        for _ in range(20):
+            client.pump()
+            for event in client.events:
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    changed = event.changed_settings.get(
+                        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+                    return None if changed is None else changed.new_value
+        raise AssertionError(f"no SETTINGS frame from port {port}: {client.events}")
+    finally:
+        client.close()
+
+
+def test_the_servers_advertise_the_limit(servers):
+    server, unlimited, proxy = servers
+    assert _advertised_limit(server.grpc_port) == LIMIT
+    assert _advertised_limit(proxy.grpc_port) == LIMIT
+    # --max_streams_per_connection=0: gRPC's default, which advertises no practical limit.
+    assert _advertised_limit(unlimited.grpc_port) == 2**31 - 1
+
+
+def _flood(address: str, queued=None) -> collections.Counter:
+    """FLOOD calls fired at once on one new connection; their status names. `queued`, when
+    given, is polled while the calls are out and its largest value is returned too."""
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    call = channel.unary_unary(PREDICT_METHOD, request_serializer=None,
+                               response_deserializer=None)
+    payload = predict_request("dpsr", [f"cordless drill {i}" for i in range(8)],
+                              k=10).SerializeToString()
+    call(payload, timeout=120)  # connected, and the server's SETTINGS received
+    futures = [call.future(payload, timeout=120) for _ in range(FLOOD)]
+    most_queued = 0
+    if queued is not None:
+        while not all(f.done() for f in futures):
+            most_queued = max(most_queued, queued())
+    codes = collections.Counter()
+    for f in futures:
+        try:
+            f.result()
+            codes["OK"] += 1
+        except grpc.RpcError as e:
+            codes[f"{e.code().name}: {e.details()}"] += 1
+    channel.close()
+    return codes, most_queued
+
+
+def test_a_flood_on_one_connection_waits_at_its_source_and_is_all_answered(servers):
+    # Before: all 1,000 calls reached the server at once; beyond its per-client queue (256)
+    # they were refused RESOURCE_EXHAUSTED, and with a stream limit under gRPC's default
+    # overload protection, about half were refused by the transport (UNAVAILABLE,
+    # RST_STREAM REFUSED_STREAM).
+    server, _, _ = servers
+    codes, most_queued = _flood(server.address, lambda: _runs(server, "dpsr")["queued"])
+    assert codes == {"OK": FLOOD}, codes
+    # At most LIMIT calls of the connection were in the server at any time (one running).
+    assert 0 < most_queued <= LIMIT, most_queued
+
+
+def test_a_flood_through_the_proxy_is_all_answered(servers):
+    # Before: beyond --max_concurrent_calls_per_peer (256) the proxy refused the calls
+    # RESOURCE_EXHAUSTED; now the connection never has more than LIMIT open.
+    _, _, proxy = servers
+    codes, _ = _flood(proxy.address)
+    assert codes == {"OK": FLOOD}, codes
+
+
+def test_after_the_floods_other_clients_are_served(servers):
+    server, _, proxy = servers
+    for address in (server.address, proxy.address):
+        stub = process.prediction_stub(address)
+        response = stub.Predict(predict_request("dpsr", ["cordless drill"], k=5), timeout=60)
+        assert len(response.outputs["item_ids"].string_val) == 5
+    waiting.wait_until(lambda: _runs(server, "dpsr")["queued"] == 0, "the queue drains")
