@@ -57,6 +57,11 @@ _MAX_BACKEND_CALLS = flags.DEFINE_integer(
     "the fewest calls doing backend work, so one client's flood waits behind its own calls "
     "(0: no limit).")
 
+_MAX_BACKEND_CALLS_PER_PEER = flags.DEFINE_integer(
+    "max_backend_calls_per_peer", 0, "Of the client calls doing backend work at once, the most "
+    "one client connection holds, so that another client's call finds a slot free at once "
+    "instead of waiting for a flood's next answer (0: half of --max_backend_calls_in_flight).",
+    lower_bound=0)
 _MAX_STREAMS = flags.DEFINE_integer(
     "max_streams_per_connection", stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION, "Calls one client connection may have open at once "
     "(HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client's gRPC library holds its further "
@@ -118,6 +123,10 @@ def main(argv):
     if _MAX_BACKEND_CALLS.value < 0:
         _fail(f"--max_backend_calls_in_flight is {_MAX_BACKEND_CALLS.value}; it must be >= 0 "
               "(0: no limit)")
+    if (_MAX_BACKEND_CALLS_PER_PEER.value and _MAX_BACKEND_CALLS.value
+            and _MAX_BACKEND_CALLS_PER_PEER.value > _MAX_BACKEND_CALLS.value):
+        _fail(f"--max_backend_calls_per_peer is {_MAX_BACKEND_CALLS_PER_PEER.value}; it must be "
+              f"at most --max_backend_calls_in_flight ({_MAX_BACKEND_CALLS.value})")
     if _MAX_CALLS_PER_PEER.value < 0:
         _fail(f"--max_concurrent_calls_per_peer is {_MAX_CALLS_PER_PEER.value}; it must be >= 0 "
               "(0: no limit)")
@@ -129,6 +138,7 @@ def main(argv):
                                  backend_connections=_BACKEND_CONNECTIONS.value,
                                  max_concurrent_calls_per_peer=_MAX_CALLS_PER_PEER.value,
                                  max_backend_calls_in_flight=_MAX_BACKEND_CALLS.value,
+                                 max_backend_calls_per_peer=_MAX_BACKEND_CALLS_PER_PEER.value,
                                  max_streams_per_connection=_MAX_STREAMS.value)
     try:
         proxy.run_proxy(options, settings)

@@ -6,11 +6,13 @@ proxy's event loop and the model servers' queues ahead of everyone else, and the
 servers would see its calls and everyone else's on the proxy's one connection. So:
 - PeerLimiter: beyond `max_per_peer` calls in flight, a call is answered RESOURCE_EXHAUSTED at
   once (gRPC clients treat it as "back off and retry"), before any backend work.
-- BackendGate: at most `max_in_flight` client calls do backend work at once; the others wait
-  in the proxy, one FIFO per peer, and a freed slot goes to the waiting peer with the fewest
-  calls doing backend work (ties: the peer served longest ago). A flood waits behind its own
-  calls, not in front of another client's; a call that waits past its deadline is answered
-  DEADLINE_EXCEEDED without having reached a backend.
+- BackendGate: at most `max_in_flight` client calls do backend work at once, and one peer
+  holds at most `max_per_peer` of them (default: half); the others wait in the proxy, one FIFO
+  per peer, and a freed slot goes to the waiting peer with the fewest calls doing backend work
+  (ties: the peer served longest ago). A flood waits behind its own calls, not in front of
+  another client's, and since it cannot hold every slot, another client's call finds one free
+  at once instead of waiting for the flood's next answer; a call that waits past its deadline
+  is answered DEADLINE_EXCEEDED without having reached a backend.
 - CLIENT_METADATA_KEY: the proxy sends the peer with each backend call, so a model server's
   per-client queues (its run queue, its batch queues) tell the proxy's clients apart.
 """
@@ -68,16 +70,23 @@ class PeerLimiter:
 
 
 class BackendGate:
-    """At most `max_in_flight` calls (0: no limit) do backend work at once, shared by peers.
+    """At most `max_in_flight` calls (0: no limit) do backend work at once, shared by peers,
+    at most `max_per_peer` of them one peer's (None: half of max_in_flight, rounded up).
 
     Use from the proxy's event loop only: `await acquire(peer, timeout)`, then release(peer)
     once the call's backend work is over.
     """
 
-    def __init__(self, max_in_flight: int):
+    def __init__(self, max_in_flight: int, max_per_peer: Optional[int] = None):
         if max_in_flight < 0:
             raise ValueError(f"max_in_flight is {max_in_flight}; it must be >= 0 (0: no limit)")
+        if max_per_peer is None:
+            max_per_peer = (max_in_flight + 1) // 2
+        if max_in_flight and not 1 <= max_per_peer <= max_in_flight:
+            raise ValueError(f"max_per_peer is {max_per_peer}; it must be between 1 and "
+                             f"max_in_flight ({max_in_flight})")
         self.max_in_flight = max_in_flight
+        self.max_per_peer = max_per_peer
         self._running = collections.Counter()  # peer -> calls holding a slot
         self._total = 0
         self._waiting = collections.OrderedDict()  # peer -> deque of futures, in turn order
@@ -98,7 +107,10 @@ class BackendGate:
           ServingError(DEADLINE_EXCEEDED): no slot within `timeout` seconds (None: no bound).
           asyncio.CancelledError: the call was cancelled while it waited (it holds no slot).
         """
-        if not self.max_in_flight or (self._total < self.max_in_flight and not self._waiting):
+        # Peers still waiting while a slot is free are all at their share (release() grants
+        # the others), so a call under its share takes a free slot at once.
+        if not self.max_in_flight or (self._total < self.max_in_flight
+                                      and self.running(peer) < self.max_per_peer):
             self._grant(peer)
             return
         granted = asyncio.get_running_loop().create_future()
@@ -115,7 +127,8 @@ class BackendGate:
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"the call waited {timeout:.3f} s for the proxy's backend capacity "
                     f"(--max_backend_calls_in_flight={self.max_in_flight}, shared by client "
-                    "connections; this one has the most calls in flight)") from None
+                    f"connections, at most {self.max_per_peer} per connection: "
+                    "--max_backend_calls_per_peer)") from None
             raise
 
     def release(self, peer: str) -> None:
@@ -125,9 +138,12 @@ class BackendGate:
         if self._running[peer] <= 0:
             del self._running[peer]
         while self._waiting and self._total < self.max_in_flight:
-            # The waiting peer with the fewest calls running; the OrderedDict's order (the
-            # peer served longest ago first) breaks ties.
-            nxt = min(self._waiting, key=self.running)
+            # The waiting peer under its share with the fewest calls running; the
+            # OrderedDict's order (the peer served longest ago first) breaks ties.
+            eligible = [p for p in self._waiting if self.running(p) < self.max_per_peer]
+            if not eligible:
+                break
+            nxt = min(eligible, key=self.running)
             queue = self._waiting[nxt]
             granted = queue.popleft()
             if queue:

@@ -83,6 +83,8 @@ class ProxyOptions:
         answered RESOURCE_EXHAUSTED (dpsr_tf/serving/proxy/peer_limits.py). 0: no limit.
       max_backend_calls_in_flight: client calls doing backend work at once; more wait in the
         proxy, the peer with the fewest such calls served first (peer_limits.py). 0: no limit.
+      max_backend_calls_per_peer: of those, the most one client connection holds, so that
+        another's call finds a slot free (0: half of max_backend_calls_in_flight).
       max_streams_per_connection: calls one client connection may have open at once; its
         gRPC library holds the rest (stream_limits.py). 0: no limit.
     """
@@ -100,6 +102,7 @@ class ProxyOptions:
     backend_connections: int = 1
     max_concurrent_calls_per_peer: int = DEFAULT_MAX_CALLS_PER_PEER
     max_backend_calls_in_flight: int = DEFAULT_MAX_BACKEND_CALLS
+    max_backend_calls_per_peer: int = 0
     max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 
 
@@ -118,10 +121,10 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService that routes, fans out and merges."""
 
     def __init__(self, router: Router, metrics: ProxyMetrics, max_calls_per_peer: int = 0,
-                 max_backend_calls: int = 0):
+                 max_backend_calls: int = 0, max_backend_calls_per_peer: int = 0):
         self.metrics = metrics
         self.peers = PeerLimiter(max_calls_per_peer)
-        self.backends = BackendGate(max_backend_calls)
+        self.backends = BackendGate(max_backend_calls, max_backend_calls_per_peer or None)
         self._caller = ShardCaller(router.settings, metrics)
         self.router = router
         self.in_flight = InFlight()
@@ -408,7 +411,8 @@ class ProxyServer:
         self._pool: Dict[str, Replica] = {}
         self.servicer = ProxyServicer(self._router(settings), self.metrics,
                                       options.max_concurrent_calls_per_peer,
-                                      options.max_backend_calls_in_flight)
+                                      options.max_backend_calls_in_flight,
+                                      options.max_backend_calls_per_peer)
         self._server = None
         self._health = None
         self._http = None
