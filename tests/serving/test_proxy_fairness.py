@@ -155,3 +155,11 @@ def test_backend_gate_settings_are_checked():
     for bad in (0, 6):
         with pytest.raises(ValueError, match=f"max_per_peer is {bad}"):
             BackendGate(5, max_per_peer=bad)
+
+
+def test_proxy_refuses_a_backend_share_over_the_total(tmp_path):
+    proxy = process.proxy_process({"dpsr": (("127.0.0.1:1",),)}, log_dir=str(tmp_path),
+                                  flags=["--max_backend_calls_per_peer=200"])
+    with pytest.raises(RuntimeError, match="--max_backend_calls_per_peer is 200; it must be at "
+                                           r"most --max_backend_calls_in_flight \(128\)"):
+        proxy.start()
