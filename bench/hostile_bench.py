@@ -213,6 +213,9 @@ def main():
                              "attacker's full speed")
     parser.add_argument("--server_flag", action="append", default=[],
                         help="an extra `dpsr serve` flag (repeatable), e.g. --num_run_threads=2")
+    parser.add_argument("--proxy_flag", action="append", default=[],
+                        help="an extra `dpsr proxy` flag (repeatable), e.g. "
+                             "--max_backend_calls_per_peer=32")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hostile-bench-")
     spec = ts.ToyServableSpec(dim=16, num_heads=2, default_k=10, max_k=300, seed=0)
@@ -222,7 +225,7 @@ def main():
         flags=["--enable_batching"] * args.batching + ["--max_k=300", "--max_request_rows=256"]
         + args.server_flag)
     proxy = process.proxy_process({"dpsr": ((server.address,),), "big": ((server.address,),)},
-                                  log_dir=work, deadline_ms=5000)
+                                  log_dir=work, deadline_ms=5000, flags=args.proxy_flag)
     process.start_all([server, proxy])
     channels = {"serve": grpc.insecure_channel(server.address),
                 "proxy": grpc.insecure_channel(proxy.address)}
