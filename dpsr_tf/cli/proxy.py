@@ -63,9 +63,10 @@ _MAX_BACKEND_CALLS_PER_PEER = flags.DEFINE_integer(
     "instead of waiting for a flood's next answer (0: half of --max_backend_calls_in_flight).",
     lower_bound=0)
 _MAX_STREAMS = flags.DEFINE_integer(
-    "max_streams_per_connection", stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION, "Calls one client connection may have open at once "
-    "(HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the client's gRPC library holds its further "
-    "calls until one ends, so a flood waits at its source (0: no limit).", lower_bound=0)
+    "max_streams_per_connection", stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    "Calls one client connection may have open at once (HTTP/2 "
+    "SETTINGS_MAX_CONCURRENT_STREAMS); the client's gRPC library holds its further calls until "
+    "one ends, so a flood waits at its source (0: no limit).", lower_bound=0)
 
 
 def _fail(message: str):

@@ -34,10 +34,10 @@ def servers(toy_model_dir, tmp_path_factory):
     (work / "monitoring.config").write_text(
         f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
     # One run thread: the flood's calls pile up in the server's queue as fast as they arrive.
+    monitoring = f"--monitoring_config_file={work / 'monitoring.config'}"
     server = process.model_server_process(toy_model_dir, model_name="dpsr", rest=True,
                                           log_dir=str(work),
-                                          flags=["--num_run_threads=1",
-                                                 f"--monitoring_config_file={work / 'monitoring.config'}"])
+                                          flags=["--num_run_threads=1", monitoring])
     unlimited = process.model_server_process(toy_model_dir, model_name="dpsr",
                                              log_dir=str(work), name="unlimited",
                                              flags=["--max_streams_per_connection=0"])
