@@ -76,9 +76,9 @@ def test_the_servers_advertise_the_limit(servers):
     assert _advertised_limit(unlimited.grpc_port) == 2**31 - 1
 
 
-def _flood(address: str, queued=None) -> collections.Counter:
-    """FLOOD calls fired at once on one new connection; their status names. `queued`, when
-    given, is polled while the calls are out and its largest value is returned too."""
+def _flood(address: str, queued=None) -> tuple:
+    """FLOOD calls fired at once on one new connection: (Counter of their status names, the
+    largest value of `queued()` polled while they were out, 0 when no `queued` is given)."""
     channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
     call = channel.unary_unary(PREDICT_METHOD, request_serializer=None,
                                response_deserializer=None)
