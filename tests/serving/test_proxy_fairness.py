@@ -70,20 +70,21 @@ async def _settle():
         await asyncio.sleep(0)
 
 
+async def _call(gate, order, peer, n):
+    """Call n of `peer`: takes a slot of `gate`, then notes (peer, n) in `order`."""
+    await gate.acquire(peer, None)
+    order.append((peer, n))
+
+
 def test_backend_slots_go_to_the_peer_with_the_fewest_calls_running():
     async def scenario():
         gate = BackendGate(2, max_per_peer=2)  # one peer may hold every slot here
         await gate.acquire("flood", None)
         await gate.acquire("flood", None)
         order = []
-
-        async def call(peer, n):
-            await gate.acquire(peer, None)
-            order.append((peer, n))
-
-        waiters = [asyncio.ensure_future(call("flood", n)) for n in range(5)]
+        waiters = [asyncio.ensure_future(_call(gate, order, "flood", n)) for n in range(5)]
         await _settle()
-        waiters.append(asyncio.ensure_future(call("normal", 0)))
+        waiters.append(asyncio.ensure_future(_call(gate, order, "normal", 0)))
         await _settle()
         assert gate.waiting == 6 and order == []
         gate.release("flood")  # the normal peer has none running: it goes first
@@ -118,12 +119,7 @@ def test_one_peer_holds_at_most_its_share_so_another_finds_a_slot_free():
         gate = BackendGate(4)  # share: 2
         assert gate.max_per_peer == 2
         order = []
-
-        async def call(peer, n):
-            await gate.acquire(peer, None)
-            order.append((peer, n))
-
-        flood = [asyncio.ensure_future(call("flood", n)) for n in range(5)]
+        flood = [asyncio.ensure_future(_call(gate, order, "flood", n)) for n in range(5)]
         await _settle()
         assert order == [("flood", 0), ("flood", 1)] and gate.waiting == 3
         # Two slots stay free: two calls of other peers start at once, without a release.
