@@ -263,7 +263,8 @@ _MAX_STREAMS = flags.DEFINE_integer(
     "[dpsr] Calls one gRPC connection may have open at once (HTTP/2 "
     "SETTINGS_MAX_CONCURRENT_STREAMS); a client's gRPC library holds its further calls until "
     "one ends, so one client's flood waits at its source instead of in front of other "
-    "clients. 0: no limit. --grpc_channel_arguments=grpc.max_concurrent_streams=N overrides.",
+    "clients. 0: no limit. --grpc_channel_arguments=grpc.max_concurrent_streams=N overrides "
+    "(gRPC's overload protection is turned off under either, unless named there too).",
     lower_bound=0)
 
 

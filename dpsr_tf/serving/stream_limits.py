@@ -14,7 +14,9 @@ gRPC's "overload protection" (`grpc.http.overload_protection`, on by default in 
 client sees the call end, so the client opens a stream the server refuses (RST_STREAM
 REFUSED_STREAM, UNAVAILABLE to the caller): half of 2,000 calls on one connection with a
 limit of 128. It is turned off with the limit: the server then counts open HTTP/2 streams as
-the client does, and every call is served (tests/serving/test_stream_limits.py).
+the client does, and every call is served (tests/serving/test_stream_limits.py). That holds
+however the limit is given (`--grpc_channel_arguments=grpc.max_concurrent_streams=N` too),
+unless the operator names the protection argument themselves.
 """
 
 # Nginx's HTTP/2 default; also the proxy's default --max_backend_calls_in_flight, so the
@@ -39,3 +41,13 @@ def server_arguments(max_streams_per_connection: int) -> list:
         return []
     return [(MAX_STREAMS_ARGUMENT, max_streams_per_connection),
             (OVERLOAD_PROTECTION_ARGUMENT, 0)]
+
+
+def without_refusals(arguments: dict) -> dict:
+    """`arguments` (key -> value, the server's final gRPC arguments) with overload protection
+    turned off wherever they set a stream limit and do not name the protection themselves."""
+    limit = arguments.get(MAX_STREAMS_ARGUMENT)
+    if isinstance(limit, int) and limit > 0 and OVERLOAD_PROTECTION_ARGUMENT not in arguments:
+        arguments = dict(arguments)
+        arguments[OVERLOAD_PROTECTION_ARGUMENT] = 0
+    return arguments

@@ -12,6 +12,7 @@ import pytest
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import stream_limits
+from dpsr_tf.serving.model_server.server import ServerOptions, server_arguments
 from tests.support import waiting
 from tests.support.raw_http2 import RawHttp2
 from tests.support.server_metrics import METRICS_PATH, runs as _runs
@@ -19,6 +20,7 @@ from tests.support.serving_testing import PREDICT_METHOD, predict_request
 
 LIMIT = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 FLOOD = 1000  # well over the limit, and over the per-client bounds (256) that refused before
+BY_ARGUMENT = 64  # the limit of a server that is given it as --grpc_channel_arguments
 
 
 def test_server_arguments():
@@ -27,6 +29,21 @@ def test_server_arguments():
                                                        "grpc.http.overload_protection": 0}
     with pytest.raises(ValueError, match="max_streams_per_connection is -1"):
         stream_limits.server_arguments(-1)
+
+
+def test_a_limit_from_channel_arguments_also_turns_the_refusals_off():
+    limit, protection = "grpc.max_concurrent_streams", "grpc.http.overload_protection"
+    assert stream_limits.without_refusals({limit: 64, "x": 1}) == {limit: 64, "x": 1,
+                                                                   protection: 0}
+    assert stream_limits.without_refusals({limit: 64, protection: 1}) == {limit: 64,
+                                                                          protection: 1}
+    for unlimited in ({}, {limit: 0}, {"x": 1}):
+        assert stream_limits.without_refusals(unlimited) == unlimited
+    # The model server's final arguments: --max_streams_per_connection=0 with the limit given
+    # as a channel argument, as an operator used to TF Serving's flags would.
+    args = dict(server_arguments(ServerOptions(max_streams_per_connection=0,
+                                               grpc_channel_arguments=((limit, 64),))))
+    assert args[limit] == 64 and args[protection] == 0
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +59,15 @@ def servers(toy_model_dir, tmp_path_factory):
     unlimited = process.model_server_process(toy_model_dir, model_name="dpsr",
                                              log_dir=str(work), name="unlimited",
                                              flags=["--max_streams_per_connection=0"])
-    process.start_all([server, unlimited])
+    by_argument = process.model_server_process(
+        toy_model_dir, model_name="dpsr", log_dir=str(work), name="by_argument",
+        flags=["--max_streams_per_connection=0",
+               f"--grpc_channel_arguments=grpc.max_concurrent_streams={BY_ARGUMENT}"])
+    process.start_all([server, unlimited, by_argument])
     proxy = process.start_proxy({"dpsr": ((server.address,),)}, log_dir=str(work),
                                 deadline_ms=120_000)
-    yield server, unlimited, proxy
-    for p in (proxy, server, unlimited):
+    yield server, unlimited, proxy, by_argument
+    for p in (proxy, server, unlimited, by_argument):
         assert p.stop() == 0, p.log_tail()
 
 
@@ -69,8 +90,9 @@ def _advertised_limit(port: int):
 
 
 def test_the_servers_advertise_the_limit(servers):
-    server, unlimited, proxy = servers
+    server, unlimited, proxy, by_argument = servers
     assert _advertised_limit(server.grpc_port) == LIMIT
+    assert _advertised_limit(by_argument.grpc_port) == BY_ARGUMENT
     assert _advertised_limit(proxy.grpc_port) == LIMIT
     # --max_streams_per_connection=0: gRPC's default, which advertises no practical limit.
     assert _advertised_limit(unlimited.grpc_port) == 2**31 - 1
@@ -107,7 +129,7 @@ def test_a_flood_on_one_connection_waits_at_its_source_and_is_all_answered(serve
     # they were refused RESOURCE_EXHAUSTED, and with a stream limit under gRPC's default
     # overload protection, about half were refused by the transport (UNAVAILABLE,
     # RST_STREAM REFUSED_STREAM).
-    server, _, _ = servers
+    server = servers[0]
     codes, most_queued = _flood(server.address, lambda: _runs(server, "dpsr")["queued"])
     assert codes == {"OK": FLOOD}, codes
     # At most LIMIT calls of the connection were in the server at any time (one running).
@@ -117,13 +139,20 @@ def test_a_flood_on_one_connection_waits_at_its_source_and_is_all_answered(serve
 def test_a_flood_through_the_proxy_is_all_answered(servers):
     # Before: beyond --max_concurrent_calls_per_peer (256) the proxy refused the calls
     # RESOURCE_EXHAUSTED; now the connection never has more than LIMIT open.
-    _, _, proxy = servers
+    proxy = servers[2]
     codes, _ = _flood(proxy.address)
     assert codes == {"OK": FLOOD}, codes
 
 
+def test_a_flood_is_all_answered_under_a_limit_given_as_a_channel_argument(servers):
+    # Before: the limit came without turning gRPC's overload protection off, and the
+    # transport refused about half of the flood UNAVAILABLE (REFUSED_STREAM).
+    codes, _ = _flood(servers[3].address)
+    assert codes == {"OK": FLOOD}, codes
+
+
 def test_after_the_floods_other_clients_are_served(servers):
-    server, _, proxy = servers
+    server, _, proxy, _ = servers
     for address in (server.address, proxy.address):
         stub = process.prediction_stub(address)
         response = stub.Predict(predict_request("dpsr", ["cordless drill"], k=5), timeout=60)

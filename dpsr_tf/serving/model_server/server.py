@@ -89,12 +89,13 @@ def server_arguments(opts: ServerOptions) -> list:
     ignored). SO_REUSEPORT is off unless asked for: a second server on a taken port fails at
     bind instead of silently sharing it; `grpc.so_reuseport=1` lets several processes share
     one port on purpose (docs/serving.md, "Several processes on one port"). Each connection
-    has at most max_streams_per_connection calls open (stream_limits.py)."""
+    has at most max_streams_per_connection calls open (stream_limits.py), or the limit the
+    user's arguments set, without gRPC's overload protection refusing calls under it."""
     args = {"grpc.max_receive_message_length": opts.max_receive_message_bytes,
             "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
     args.update(stream_limits.server_arguments(opts.max_streams_per_connection))
     args.update(opts.grpc_channel_arguments)
-    return list(args.items())
+    return list(stream_limits.without_refusals(args).items())
 
 
 class _ConfigFilePoller:
