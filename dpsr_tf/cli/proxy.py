@@ -13,6 +13,7 @@ import sys
 from absl import flags
 
 from dpsr_tf.serving import stream_limits
+from dpsr_tf.serving.proxy import peer_limits
 
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API (0: any free port).")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 for every "
@@ -48,11 +49,11 @@ _BACKEND_CONNECTIONS = flags.DEFINE_integer(
     "calls: give about 4 per process (docs/serving.md, \"Several processes on one port\").")
 
 _MAX_CALLS_PER_PEER = flags.DEFINE_integer(
-    "max_concurrent_calls_per_peer", 256, "Calls one client connection may have in flight "
+    "max_concurrent_calls_per_peer", peer_limits.DEFAULT_MAX_CALLS_PER_PEER, "Calls one client connection may have in flight "
     "through the proxy; more are answered RESOURCE_EXHAUSTED at once, so that one client cannot "
     "crowd out the others (0: no limit).")
 _MAX_BACKEND_CALLS = flags.DEFINE_integer(
-    "max_backend_calls_in_flight", 128, "Client calls doing backend work at once; more wait "
+    "max_backend_calls_in_flight", peer_limits.DEFAULT_MAX_BACKEND_CALLS, "Client calls doing backend work at once; more wait "
     "in the proxy (until their deadline), and a freed slot goes to the client connection with "
     "the fewest calls doing backend work, so one client's flood waits behind its own calls "
     "(0: no limit).")

@@ -23,8 +23,19 @@ from typing import Optional
 
 import grpc
 
+from dpsr_tf.serving import stream_limits
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY
+
+# The defaults of `dpsr proxy` (ProxyOptions and the CLI's flags; kept here, where the CLI can
+# read them without importing the proxy's server and its TensorFlow protos).
+# Generous for one client connection (a client at 1,000 QPS and 50 ms holds 50), small beside
+# the thousands one hostile channel can open.
+DEFAULT_MAX_CALLS_PER_PEER = 256
+# Below a model server's per-client queue bound (--max_queued_requests_per_client, 256), and
+# no more than the calls it lets one connection open, so that the proxy's fair gate, not one
+# backend connection's FIFO, picks which client's call goes next.
+DEFAULT_MAX_BACKEND_CALLS = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 # The peer whose call the current asyncio task serves (the proxy sets it per call; the
 # backend calls it starts copy it with their context).
 current_peer: contextvars.ContextVar = contextvars.ContextVar("dpsr_proxy_peer", default="")

@@ -43,7 +43,9 @@ from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
 from dpsr_tf.serving.startup import (bind_grpc, freeze_heap, grpc_address,
                                      return_large_buffers_to_the_system, write_port_file)
-from dpsr_tf.serving.proxy.peer_limits import BackendGate, PeerLimiter, current_peer
+from dpsr_tf.serving.proxy.peer_limits import (DEFAULT_MAX_BACKEND_CALLS,  # noqa: F401 (re-exported)
+                                              DEFAULT_MAX_CALLS_PER_PEER, BackendGate,
+                                              PeerLimiter, current_peer)
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
 from dpsr_tf.serving.proxy.shard_call import CLIENT_ERRORS, ShardCaller
 
@@ -53,13 +55,6 @@ PARTIAL_OUTPUT = "partial"
 # well under a millisecond inline; a 256x1000 one tens of milliseconds).
 _INLINE_MERGE_ENTRIES = 4096
 _MERGE_THREADS = 2
-# Generous for one client connection (a client at 1,000 QPS and 50 ms holds 50), small beside
-# the thousands one hostile channel can open.
-DEFAULT_MAX_CALLS_PER_PEER = 256
-# Below a model server's per-client queue bound (--max_queued_requests_per_client, 256), and
-# no more than the calls it lets one connection open, so that the proxy's fair gate, not one
-# backend connection's FIFO, picks which client's call goes next.
-DEFAULT_MAX_BACKEND_CALLS = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 
 
 @dataclasses.dataclass(frozen=True)
