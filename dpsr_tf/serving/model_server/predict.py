@@ -76,20 +76,6 @@ def _rows_error(rows: int, limits: RequestLimits) -> ServingError:
                 "(--max_request_rows); split it into smaller requests")
 
 
-def check_declared(alias: str, spec, proto, limits: RequestLimits) -> int:
-    """Checks an input's declared shape against the limits before any value is converted (so
-    a 70-byte request declaring [10^8] strings costs nothing); returns the number of values it
-    declares. The shape is not checked against the signature (TF Serving does not).
-
-    Raises:
-      ServingError(INVALID_ARGUMENT): unknown rank, negative dims, more rows than
-        --max_request_rows or more values than --max_input_elements (also when the product of
-        the dims overflows int64).
-    """
-    name = f"input '{alias}'"
-    return check_shape(name, spec, tensors.declared_shape(proto, name), limits)
-
-
 def check_shape(name: str, spec, shape, limits: RequestLimits) -> int:
     """Checks the shape of input `name` (described as in messages, e.g. "input 'query'")
     against the row and value limits; returns its number of values.
@@ -210,10 +196,13 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits,
                        f"signature '{signature.name}' expects {spec.describe()} (Expects arg "
                        f"'{alias}' to be {short(spec.dtype)} but {short(proto.dtype)} is "
                        "provided)")
-        check_declared(alias, spec, proto, limits)
-        _check_shape(alias, spec, tensors.declared_shape(proto, f"input '{alias}'"),
-                     signature.name)
-        value = tensors.to_ndarray(proto, f"input '{alias}'", limits.max_elements)
+        name = f"input '{alias}'"
+        # The declared shape is checked against the limits before any value is converted (a
+        # 70-byte request declaring [10^8] strings costs nothing); it is read once.
+        shape = tensors.declared_shape(proto, name)
+        check_shape(name, spec, shape, limits)
+        _check_shape(alias, spec, shape, signature.name)
+        value = tensors.to_ndarray(proto, name, limits.max_elements, shape)
         if spec.dtype == types_pb2.DT_STRING:
             _check_strings(alias, value, limits)
         if alias == limits.k_input and spec.dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):

@@ -1,5 +1,6 @@
 """Signature: what a SignatureDef accepts and returns, precomputed once per loaded version."""
 import dataclasses
+import functools
 from typing import Dict, Optional, Tuple
 
 import grpc
@@ -39,7 +40,7 @@ class TensorSpec:
     default: Optional[np.ndarray] = None
     fed_placeholder: bool = False
 
-    @property
+    @functools.cached_property  # read several times per request
     def batch_major(self) -> bool:
         """True when dim 0 is the (unknown) batch dimension."""
         return bool(self.shape) and self.shape[0] == -1
@@ -68,7 +69,7 @@ class Signature:
     outputs: Dict[str, TensorSpec]
     proto: object  # the SignatureDef, for GetModelMetadata
 
-    @property
+    @functools.cached_property
     def batchable(self) -> bool:
         """Whether requests can be concatenated along dim 0: every output is batch-major."""
         return bool(self.outputs) and all(o.batch_major for o in self.outputs.values())
