@@ -244,6 +244,13 @@ _MAX_RUN_THREADS_PER_CLIENT = flags.DEFINE_integer(
     "start. A session run cannot be stopped once started, so without a bound a burst that its "
     "client cancels a moment later still takes every idle thread. 0: half of "
     "--num_run_threads (rounded up); --num_run_threads: no bound.")
+_MAX_ROWS_PER_RUN = flags.DEFINE_integer(
+    "max_rows_per_run", 0, "[dpsr] An unbatched request of more rows runs as several session "
+    "runs of at most this many rows (e.g. 32), one after another; once its client cancels it "
+    "(a hedged call's loser) or its deadline passes it stops before the next, so an abandoned "
+    "large request costs one chunk of work, not its whole run. Rows must be independent, as "
+    "--enable_batching assumes. 0: one session run per request (TF Serving's behaviour).",
+    lower_bound=0)
 _MAX_UNSENT = flags.DEFINE_integer(
     "max_unsent_response_bytes", 8 << 20, "[dpsr] Bytes of answers computed but not yet read "
     "by their clients (HTTP/2 flow control), all clients together; while over it, clients "
@@ -384,6 +391,7 @@ def options_from_flags():
         max_queued_requests_per_client=_MAX_QUEUED_PER_CLIENT.value,
         max_run_threads_per_client=_MAX_RUN_THREADS_PER_CLIENT.value or (run_threads + 1) // 2,
         max_unsent_response_bytes=_MAX_UNSENT.value,
+        max_rows_per_run=_MAX_ROWS_PER_RUN.value,
         max_unsent_response_bytes_per_client=_MAX_UNSENT_PER_CLIENT.value,
         enable_signature_method_name_check=_METHOD_NAME_CHECK.value)
     options = ServerOptions(

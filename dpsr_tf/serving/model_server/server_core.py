@@ -24,6 +24,7 @@ from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.manager import ManagerOptions, VersionManager
 from dpsr_tf.serving.model_server.batching import BatchScheduler
+from dpsr_tf.serving.model_server.chunked_runs import ChunkedRuns
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
 from dpsr_tf.serving.model_server.predict import RequestLimits, build_response, prepare_predict
 from dpsr_tf.serving.model_server.run_queue import STARTED, FairRunQueue
@@ -59,6 +60,10 @@ class CoreOptions:
         answers of clients holding more than 64 KiB are refused RESOURCE_EXHAUSTED (0: no
         limit). Both count serialized bytes; a held answer costs ~6x that in memory, hence
         the small defaults.
+      max_rows_per_run: an unbatched request of more rows runs as several session runs of
+        at most this many rows, one after another, and stops before its next one once its
+        caller gave up or its deadline passed (chunked_runs.py); 0: one run per request (TF
+        Serving's behaviour).
       enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
         another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
         signatures say `predict`, classify and regress too).
@@ -77,6 +82,7 @@ class CoreOptions:
     max_run_threads_per_client: int = 0
     max_unsent_response_bytes_per_client: int = 4 << 20
     max_unsent_response_bytes: int = 8 << 20
+    max_rows_per_run: int = 0
     enable_signature_method_name_check: bool = False
 
 
@@ -97,6 +103,7 @@ class ServerCore:
         self.unsent.on_release = self._runs.wake
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._run_times = FastestRuns()  # of unbatched runs (the batcher keeps its own)
+        self._chunked = ChunkedRuns(options.max_rows_per_run)
         self._scheduler = None
         if options.batching is not None:
             self._scheduler = BatchScheduler(options.batching, on_batch=self._on_batch,
@@ -285,6 +292,7 @@ class ServerCore:
             return outer
         servable = handle.servable
         error = None
+        stop = None  # stops a request run in chunks (chunked_runs.py) when its caller gives up
         try:
             deadline = self._deadline(client_timeout)
             sig = servable.signature(request.model_spec.signature_name)
@@ -301,6 +309,11 @@ class ServerCore:
                                                prepared.batched, run, deadline,
                                                entrypoint if client is None else client)
             else:
+                chunked = self._chunked.wrap((id(servable), servable.name, servable.version,
+                                              sig.name), run, prepared.rows, prepared.batched,
+                                             sig.batchable)
+                if chunked is not None:
+                    run, stop = chunked
                 run, cannot_finish = self._timed_alone(servable, sig, prepared, run)
                 inner = self._runs.submit(entrypoint if client is None else client,
                                           _run_until, (run, prepared.feeds, deadline), deadline,
@@ -318,7 +331,7 @@ class ServerCore:
         # held the answer until a full garbage collection (200 MiB of answers after one
         # 2,000-call flood), and a batch thread still holding its last batch's `inner` held
         # the answers. `done` empties `link` once outer is settled, which unlinks both.
-        link = {"run": inner, "caller": outer}
+        link = {"run": inner, "caller": outer, "stop": stop}
 
         def done(fut):
             caller = link["caller"]
@@ -343,7 +356,9 @@ class ServerCore:
         def abandon(fut):
             run = link.get("run")
             if run is not None and fut.cancelled():  # the caller gave up: drop the run if
-                run.cancel()                         # it has not started
+                run.cancel()                         # it has not started, or stop it
+                if link.get("stop") is not None:     # before its next chunk
+                    link["stop"].set()
 
         inner.add_done_callback(done)
         outer.add_done_callback(abandon)

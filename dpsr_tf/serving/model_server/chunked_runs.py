@@ -1,0 +1,112 @@
+"""Large unbatched requests run as several session runs of a few rows each, one after another.
+
+A started session run cannot be stopped: a client that sends 256-row requests and cancels
+them (or lets their deadline pass; or a hedged call whose other copy answered first) still has
+every started one computed to the end, 123 ms of CPU each for 256 rows at k=300 over 20,000
+items. Run in chunks of `chunk_rows` rows, such a request stops after the chunk in progress
+once its caller gave up or its deadline passed, so abandoned work is bounded by one chunk per
+run thread. Rows are independent in a batchable signature (every output is batch-major, the
+condition the batcher relies on too), so the chunks' outputs stacked along dim 0 are the whole
+request's answer. Off by default (`dpsr serve --max_rows_per_run=0`, TF Serving's one run per
+request): a model whose rows are not independent (a softmax across the batch) would answer
+differently, as it would under --enable_batching. 32 rows of k=300 over 20,000 items cost 16-17
+ms of CPU against 123-129 ms for 256 rows in one run, so the eight runs cost about what the one
+does (docs/benchmarks.md, "Large requests in chunks").
+
+One condition the signature cannot state: every chunk's outputs must have the same trailing
+dimensions (a DPSR servable's [rows, k] lists do; a model whose output width follows the
+longest input of its batch might not). Where they differ, the request is run again whole and
+the signature is never chunked again (ChunkedRuns.unchunkable).
+"""
+import logging
+import threading
+import time
+from typing import Callable, Dict, Hashable, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+from dpsr_tf.serving.errors import ServingError
+
+_LOG = logging.getLogger("serving.chunked_runs")
+
+
+Run = Callable[[Dict[str, np.ndarray], Optional[float]], Dict[str, np.ndarray]]
+
+
+class ChunkedRuns:
+    """Makes the run of a large request a run in chunks (per server; remembers signatures whose
+    chunks did not stack).
+
+    Args:
+      chunk_rows: most rows per session run (0: never chunk).
+    """
+
+    def __init__(self, chunk_rows: int):
+        if chunk_rows < 0:
+            raise ValueError(f"rows per run must be >= 0 (0: one run per request), got "
+                             f"{chunk_rows}")
+        self.chunk_rows = chunk_rows
+        self._unchunkable = set()
+        self._lock = threading.Lock()
+
+    def unchunkable(self, key: Hashable) -> bool:
+        return key in self._unchunkable
+
+    def wrap(self, key: Hashable, run: Run, rows: Optional[int], batched: Sequence[str],
+             batchable: bool) -> Optional[Tuple[Run, threading.Event]]:
+        """(a run(feeds, timeout_s) that runs `run` on chunks of the request's rows, the event
+        that stops it before its next chunk: set it when the caller gives up), or None when
+        the request runs whole (small, not batch-major, or `key` unchunkable).
+
+        Args:
+          key: the signature (of one servable version) the request runs.
+          run: run(feeds, timeout_s) -> alias -> ndarray, one session run.
+          rows: the request's rows along dim 0 (None: not batch-major).
+          batched: the aliases split along dim 0 (the others are fed whole to every chunk).
+          batchable: every output of the signature is batch-major.
+        """
+        if (not self.chunk_rows or rows is None or rows <= self.chunk_rows or not batchable
+                or key in self._unchunkable):
+            return None
+        chunk_rows = self.chunk_rows
+        stop = threading.Event()
+
+        def chunked(feeds, timeout_s):
+            start = time.monotonic()
+            parts = []
+            for first in range(0, rows, chunk_rows):
+                if stop.is_set():
+                    raise ServingError(grpc.StatusCode.CANCELLED,
+                                       f"request cancelled after {first} of {rows} rows")
+                left = None if timeout_s is None else timeout_s - (time.monotonic() - start)
+                if left is not None and left <= 0:
+                    raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                       f"deadline exceeded after {first} of {rows} rows")
+                part = {alias: value[first:first + chunk_rows] if alias in batched else value
+                        for alias, value in feeds.items()}
+                parts.append(run(part, left))
+            stacked = _stack(parts)
+            if stacked is not None:
+                return stacked
+            with self._lock:
+                self._unchunkable.add(key)
+            _LOG.warning("the outputs of %s differ in width from chunk to chunk: its requests "
+                         "run whole from now on", key)
+            left = None if timeout_s is None else max(0.001, timeout_s - (time.monotonic() -
+                                                                            start))
+            return run(feeds, left)
+
+        return chunked, stop
+
+
+def _stack(parts) -> Optional[Dict[str, np.ndarray]]:
+    """The chunks' outputs concatenated along dim 0; None when an output's trailing
+    dimensions differ between chunks."""
+    out = {}
+    for alias in parts[0]:
+        values = [p[alias] for p in parts]
+        if any(v.ndim == 0 or v.shape[1:] != values[0].shape[1:] for v in values):
+            return None
+        out[alias] = np.concatenate(values, axis=0)
+    return out
