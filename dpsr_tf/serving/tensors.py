@@ -6,7 +6,7 @@ clients that call `tf.make_ndarray` both work. Requests may use either the value
 `tensor_content`.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -92,7 +92,8 @@ def check_num_elements(shape: Tuple[int, ...], limit: int, name: str = "tensor",
 
 
 def to_ndarray(proto: TensorProto, name: str = "tensor",
-               max_elements: int = MAX_ELEMENTS, shape: Tuple[int, ...] = None) -> np.ndarray:
+               max_elements: int = MAX_ELEMENTS,
+               shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
     """Converts a request TensorProto to numpy.
 
     The declared shape is checked against `max_elements` before any value is converted, so a
