@@ -207,3 +207,21 @@ def test_dpsr_serve_runs_requests_in_chunks_of_its_flag(toy_model_dir, tmp_path)
 def _session_runs(server) -> float:
     return sum(v for (name, _), v in server_metrics.metrics(server).items()
                if name == "dpsr_serving_runtime_latency_seconds_count")
+
+
+def test_a_request_cancelled_during_its_last_chunk_is_not_run_again_whole():
+    model = _Model(width=lambda rows: rows % 7)  # the chunks' widths differ (4, 4, 6)
+    stops = []
+
+    def run(feeds, timeout_s):
+        answer = model(feeds, timeout_s)
+        if len(feeds["x"]) == 6:
+            stops[0].set()  # the caller gives up during the last chunk
+        return answer
+
+    wrapped, stop = ChunkedRuns(32).wrap("sig", run, 70, ("x",), True)
+    stops.append(stop)
+    with pytest.raises(ServingError) as e:
+        wrapped(_feeds(70), None)
+    assert e.value.code == grpc.StatusCode.CANCELLED
+    assert model.rows == [32, 32, 6]  # no whole rerun of the 70 rows

@@ -93,6 +93,9 @@ class ChunkedRuns:
                 self._unchunkable.add(key)
             _LOG.warning("the outputs of %s differ in width from chunk to chunk: its requests "
                          "run whole from now on", key)
+            if stop.is_set():
+                raise ServingError(grpc.StatusCode.CANCELLED,
+                                   f"request cancelled after {rows} of {rows} rows")
             left = None if timeout_s is None else max(0.001, timeout_s - (time.monotonic() -
                                                                             start))
             return run(feeds, left)
