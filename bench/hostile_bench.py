@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Optional
 
 import grpc
 import numpy as np
@@ -97,9 +98,11 @@ def _big_request(rows=256):
     return st.predict_request("big", [f"cordless drill {i}" for i in range(rows)], k=300)
 
 
-def _thread_cpu_seconds(pid: int, tid: int) -> float:
-    """User + system CPU seconds of thread `tid` of process `pid` (Linux /proc)."""
-    with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
+def _cpu_seconds(pid: int, tid: Optional[int] = None) -> float:
+    """User + system CPU seconds of thread `tid` of process `pid`, or of the whole process
+    when `tid` is None (Linux /proc; also bench/loop_cost_bench.py's)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path, encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -272,7 +275,7 @@ def main():
     try:
         for name, send in classes:
             ours.send("start")
-            loop_cpu = _thread_cpu_seconds(server.proc.pid, server.proc.pid)
+            loop_cpu = _cpu_seconds(server.proc.pid, server.proc.pid)
             deadline = time.monotonic() + args.seconds
             statuses = {}
             while time.monotonic() < deadline:
@@ -286,7 +289,7 @@ def main():
                     time.sleep(max(0.0, round_start + args.burst_period - time.monotonic()))
             ours.send("stop")
             out = ours.recv()
-            loop_cpu = _thread_cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu
+            loop_cpu = _cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu
             grown = [(st.rss_bytes(p.proc.pid) - rss_start[p.name]) / 2**20
                      for p in (server, proxy)]
             for c in clients.values():

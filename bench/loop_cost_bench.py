@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
+from hostile_bench import _cpu_seconds  # noqa: E402  pylint: disable=import-error
 
 _TRIVIAL_SERVER = '''
 import asyncio, sys, grpc
@@ -46,16 +47,6 @@ async def main():
     await server.wait_for_termination()
 asyncio.run(main())
 '''
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(stat_path: str) -> float:
-    """user + system CPU seconds of /proc/<pid>[/task/<tid>]/stat."""
-    with open(stat_path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
 def _fire(address: str, payload: bytes, calls: int, concurrency: int) -> float:
     """Wall seconds for `calls` calls, at most `concurrency` outstanding; every one must be OK."""
     channel = grpc.insecure_channel(address)
@@ -99,11 +90,10 @@ class _Trivial:
 
 def _measure(name: str, address: str, pid: int, args, payload: bytes) -> None:
     _fire(address, payload, min(args.calls, 500), args.concurrency)  # warm
-    process_cpu, loop_cpu = _cpu_seconds(f"/proc/{pid}/stat"), _cpu_seconds(
-        f"/proc/{pid}/task/{pid}/stat")
+    process_cpu, loop_cpu = _cpu_seconds(pid), _cpu_seconds(pid, pid)
     wall = _fire(address, payload, args.calls, args.concurrency)
-    process_cpu = _cpu_seconds(f"/proc/{pid}/stat") - process_cpu
-    loop_cpu = _cpu_seconds(f"/proc/{pid}/task/{pid}/stat") - loop_cpu
+    process_cpu = _cpu_seconds(pid) - process_cpu
+    loop_cpu = _cpu_seconds(pid, pid) - loop_cpu
     print(f"| {name} | {args.calls:,} | {wall:.2f} | {1e3 * process_cpu / args.calls:.3f} | "
           f"{1e3 * loop_cpu / args.calls:.3f} |", flush=True)
 
