@@ -68,20 +68,30 @@ def test_negative_chunk_rows_are_refused():
         ChunkedRuns(-1)
 
 
-def test_a_request_stopped_after_its_first_chunk_runs_no_other():
-    stop_after_first = []
+def _cancelled_during(model: _Model, rows: int, chunk: int) -> ServingError:
+    """Runs `rows` rows in chunks of 32 through `model`, the caller giving up while chunk
+    number `chunk` (0-based) runs; the error the run raised (CANCELLED is asserted)."""
+    stops = []
 
     def run(feeds, timeout_s):
-        answer = _Model()(feeds, timeout_s)
-        stop_after_first[0].set()  # the caller gives up while the first chunk runs
+        answer = model(feeds, timeout_s)
+        if len(model.rows) == chunk + 1:
+            stops[0].set()
         return answer
 
-    wrapped, stop = ChunkedRuns(32).wrap("sig", run, 256, ("x",), True)
-    stop_after_first.append(stop)
+    wrapped, stop = ChunkedRuns(32).wrap("sig", run, rows, ("x",), True)
+    stops.append(stop)
     with pytest.raises(ServingError) as e:
-        wrapped(_feeds(256), None)
+        wrapped(_feeds(rows), None)
     assert e.value.code == grpc.StatusCode.CANCELLED
-    assert "after 32 of 256 rows" in e.value.message  # the other 224 rows never ran
+    return e.value
+
+
+def test_a_request_stopped_after_its_first_chunk_runs_no_other():
+    model = _Model()
+    error = _cancelled_during(model, 256, chunk=0)
+    assert "after 32 of 256 rows" in error.message
+    assert model.rows == [32]  # the other 224 rows never ran
 
 
 def test_a_request_whose_deadline_passes_stops_before_its_next_chunk(monkeypatch):
@@ -211,17 +221,5 @@ def _session_runs(server) -> float:
 
 def test_a_request_cancelled_during_its_last_chunk_is_not_run_again_whole():
     model = _Model(width=lambda rows: rows % 7)  # the chunks' widths differ (4, 4, 6)
-    stops = []
-
-    def run(feeds, timeout_s):
-        answer = model(feeds, timeout_s)
-        if len(feeds["x"]) == 6:
-            stops[0].set()  # the caller gives up during the last chunk
-        return answer
-
-    wrapped, stop = ChunkedRuns(32).wrap("sig", run, 70, ("x",), True)
-    stops.append(stop)
-    with pytest.raises(ServingError) as e:
-        wrapped(_feeds(70), None)
-    assert e.value.code == grpc.StatusCode.CANCELLED
+    _cancelled_during(model, 70, chunk=2)
     assert model.rows == [32, 32, 6]  # no whole rerun of the 70 rows
