@@ -49,14 +49,14 @@ _BACKEND_CONNECTIONS = flags.DEFINE_integer(
     "calls: give about 4 per process (docs/serving.md, \"Several processes on one port\").")
 
 _MAX_CALLS_PER_PEER = flags.DEFINE_integer(
-    "max_concurrent_calls_per_peer", peer_limits.DEFAULT_MAX_CALLS_PER_PEER, "Calls one client connection may have in flight "
-    "through the proxy; more are answered RESOURCE_EXHAUSTED at once, so that one client cannot "
-    "crowd out the others (0: no limit).")
+    "max_concurrent_calls_per_peer", peer_limits.DEFAULT_MAX_CALLS_PER_PEER,
+    "Calls one client connection may have in flight through the proxy; more are answered "
+    "RESOURCE_EXHAUSTED at once, so that one client cannot crowd out the others (0: no limit).")
 _MAX_BACKEND_CALLS = flags.DEFINE_integer(
-    "max_backend_calls_in_flight", peer_limits.DEFAULT_MAX_BACKEND_CALLS, "Client calls doing backend work at once; more wait "
-    "in the proxy (until their deadline), and a freed slot goes to the client connection with "
-    "the fewest calls doing backend work, so one client's flood waits behind its own calls "
-    "(0: no limit).")
+    "max_backend_calls_in_flight", peer_limits.DEFAULT_MAX_BACKEND_CALLS,
+    "Client calls doing backend work at once; more wait in the proxy (until their deadline), and "
+    "a freed slot goes to the client connection with the fewest calls doing backend work, so "
+    "one client's flood waits behind its own calls (0: no limit).")
 
 _MAX_BACKEND_CALLS_PER_PEER = flags.DEFINE_integer(
     "max_backend_calls_per_peer", 0, "Of the client calls doing backend work at once, the most "

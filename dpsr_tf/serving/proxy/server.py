@@ -43,7 +43,7 @@ from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
 from dpsr_tf.serving.startup import (bind_grpc, freeze_heap, grpc_address,
                                      return_large_buffers_to_the_system, write_port_file)
-from dpsr_tf.serving.proxy.peer_limits import (DEFAULT_MAX_BACKEND_CALLS,  # noqa: F401 (re-exported)
+from dpsr_tf.serving.proxy.peer_limits import (DEFAULT_MAX_BACKEND_CALLS,
                                               DEFAULT_MAX_CALLS_PER_PEER, BackendGate,
                                               PeerLimiter, current_peer)
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Route, Router  # noqa: F401 (BackendTls: re-exported for the CLI)
