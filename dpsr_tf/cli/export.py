@@ -80,8 +80,9 @@ _DENSE_FEEDBACK = flags.DEFINE_enum(
     "Move each query head toward its first few hits before the dense search (pseudo-relevance "
     "feedback, --dense_feedback_items and --dense_feedback_weight; docs/export.md). auto: on "
     "when it scores higher on the layout's eval split, chosen with the fusion (a build with a "
-    "lexical index and one shard; otherwise off); on / off: always / never (on needs a "
-    "one-shard index).")
+    "lexical index; otherwise off); on / off: always / never. Sharded servables move the "
+    "query toward the whole catalog's first hits when `dpsr proxy` fronts them (two rounds; "
+    "docs/export.md).")
 _ONLINE_REWRITER = flags.DEFINE_string(
     "online_rewriter", None, "A rewriter directory (dpsr train-rewriter): queries without a "
     "rewrite table entry get its greedy rewrite, decoded in the servable's graph (a fixed cost "
@@ -99,25 +100,21 @@ def _feedbacks(manifest, index_dir: str):
     """The dense feedback variants to choose among, or None when no choice is made.
 
     Raises:
-      ValueError: --dense_feedback=on with a sharded index or one without saved embeddings.
+      ValueError: --dense_feedback=on with an index build without saved embeddings.
     """
     from dpsr_tf.indexing.catalog_index import EMBEDDINGS_FILE  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     mode = _DENSE_FEEDBACK.value
     embeddings = os.path.join(index_dir, EMBEDDINGS_FILE)
-    if mode == "on" and manifest.num_shards > 1:
-        raise ValueError(f"--dense_feedback=on needs a one-shard index (each shard would move "
-                         f"the query toward its own first hits); the index has "
-                         f"{manifest.num_shards} shards")
     if mode == "on" and not os.path.isfile(embeddings):
         raise ValueError(f"--dense_feedback=on needs the index build's item embeddings: "
                          f"{embeddings} is missing; rebuild the index with `dpsr index`")
     if mode != "auto":
         return None
-    if manifest.num_shards > 1 or manifest.lexical is None or not os.path.isfile(embeddings):
-        print("dense feedback off: --dense_feedback=auto chooses on a one-shard build with a "
-              f"lexical index and saved item embeddings (this one: {manifest.num_shards} "
-              f"shard(s), {'a' if manifest.lexical else 'no'} lexical index, "
+    if manifest.lexical is None or not os.path.isfile(embeddings):
+        print("dense feedback off: --dense_feedback=auto chooses on a build with a lexical "
+              f"index and saved item embeddings (this one: "
+              f"{'a' if manifest.lexical else 'no'} lexical index, "
               f"{'with' if os.path.isfile(embeddings) else 'without'} {EMBEDDINGS_FILE})")
         return None
     return (FeedbackConfig(), feedback_flags.feedback_config())

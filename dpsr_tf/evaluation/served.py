@@ -289,7 +289,8 @@ def search_with_feedback(index: ServedIndex, query_heads: np.ndarray, item_emb: 
     """search_served after dense feedback, as a feedback servable searches: a first search of
     feedback.items, each head moved toward their mean (search/dense_feedback.py), then the
     search of k. item_emb: [N, d] the layout rows' item embeddings. Without feedback, the plain
-    search. The first hits are the whole index's (a feedback servable has one shard)."""
+    search. The first hits are the whole index's, merged over its shards, as a sharded feedback
+    servable behind the proxy finds them (dpsr_tf/serving/proxy/feedback_rounds.py)."""
     if not feedback.enabled:
         return search_served(index, query_heads, k, batch_size)
     _, first = search_served(index, query_heads, feedback.items, batch_size)

@@ -180,12 +180,6 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
         raise ValueError(f"--rewrite_combine=capped needs the best scores over the whole "
                          f"catalog; {index_dir} has {manifest.num_shards} shards: use max or "
                          f"sum, or a one-shard index")
-    if servable.dense_feedback.enabled and manifest.num_shards > 1:
-        # Each shard would move the query toward its own first hits: the shards' lists would
-        # answer different queries and the proxy's merge would mix them.
-        raise ValueError(f"dense feedback needs the whole catalog's first hits; {index_dir} has "
-                         f"{manifest.num_shards} shards: export with --dense_feedback=off, or "
-                         "build a one-shard index")
     index_file, ids_file = manifest.shard_paths(index_dir, shard)
     version = _next_version(export_base) if version is None else int(version)
     if version < 1:

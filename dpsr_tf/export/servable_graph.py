@@ -24,7 +24,11 @@ SearchGCN's query graph still look the query up as typed.
 
 With dense feedback (ServableConfig.dense_feedback, search/dense_feedback.py) the query heads
 first search their top few items, move toward those items' mean embedding (a variable of the
-shard's item embeddings by label, filled by the export) and then search for the list.
+shard's item embeddings by label, filled by the export) and then search for the list. For
+sharded servables each searching signature S also gets S.feedback_hits (the shard's first hits
+and their embeddings) and S.feedback_search (S with the heads moved along a given
+feedback_direction [B, d]): the proxy pools the shards' first hits and sends every shard the
+whole catalog's direction (dpsr_tf/serving/proxy/feedback_rounds.py).
 
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
 ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
@@ -173,7 +177,8 @@ class ServableGraph:
 
     Signatures: serving_default {query, k?}; personalized {query, k?, user_<f>.., user_history}
     (personalized models only); lexical {query, k?} (hybrid servables only); query_embedding;
-    item_embedding.
+    item_embedding; with dense feedback, S.feedback_hits and S.feedback_search of each of
+    serving_default and personalized (module docstring).
     """
 
     def __init__(self, model_config, layout_spec, assets: AssetPaths,
@@ -224,6 +229,10 @@ class ServableGraph:
         self.signatures["query_embedding"] = (
             {k: v for k, v in query_inputs.items() if k != "k"}, {"embedding": embeddings})
         self.signatures["item_embedding"] = self._item_embedding()
+        if servable.dense_feedback.enabled:
+            for name in ("serving_default", "personalized"):
+                if name in self.signatures:
+                    self._add_feedback_rounds(name, embeddings)
 
     def _tokenize(self, texts: tf.Tensor) -> tf.RaggedTensor:
         return tokenize_op.tokenize(texts, self._tok_config, vocab_file=self._vocab)
@@ -295,13 +304,18 @@ class ServableGraph:
             corrected, _ = spell_op.spell_correct(query, self._speller)
         return corrected
 
-    def _search(self, query: tf.Tensor, k: tf.Tensor,
-                embeddings: tf.Tensor) -> Dict[str, tf.Tensor]:
+    def _search(self, query: tf.Tensor, k: tf.Tensor, embeddings: tf.Tensor,
+                direction: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
+        """The list of each query: dense search (after dense feedback, along `direction` [B, d]
+        when given, else toward the shard's own first hits), fused with BM25 when hybrid."""
         s = self._servable
-        index = faiss_ops.FaissIndex(self._assets.index, mmap=s.mmap_index, shared_name=None,
-                                     name="item_index")
+        index = self._index()
         if s.dense_feedback.enabled:
-            embeddings = self._moved_heads(index, embeddings)
+            if direction is None:   # the shard's own first hits (the whole catalog's: 1 shard)
+                _, first_labels = self._first_hits(index, embeddings)
+                direction = self._hit_mean(first_labels)
+            with tf.name_scope("dense_feedback"):
+                embeddings = dense_feedback.move(embeddings, direction, s.dense_feedback)
         scores, labels = [], []
         with tf.name_scope("search"):
             for h in range(self._cfg.num_heads):
@@ -322,27 +336,91 @@ class ServableGraph:
         return (self.feedback_table is not None
                 and variable.op.name == self.feedback_table.op.name)
 
-    def _moved_heads(self, index, embeddings: tf.Tensor) -> tf.Tensor:
-        """[B, m, d] the query heads moved toward their first hits (search/dense_feedback.py):
-        a first search of `items` per head, merged over heads as the served list is."""
+    def _index(self):
+        return self._once("item_index", lambda: faiss_ops.FaissIndex(
+            self._assets.index, mmap=self._servable.mmap_index, shared_name=None,
+            name="item_index"))
+
+    def _first_hits(self, index, embeddings: tf.Tensor):
+        """([B, f] scores, [B, f] labels) of each query's first `items` hits in the shard, merged
+        over heads as the served list is (-1 labels pad); built once for every signature."""
         s = self._servable
+
+        def build():
+            with tf.name_scope("dense_feedback"):
+                first = tf.constant(s.dense_feedback.items, tf.int32)
+                scores, labels = [], []
+                for h in range(self._cfg.num_heads):
+                    sc, lb = faiss_ops.search(index, embeddings[:, h, :], first,
+                                              nprobe=s.nprobe, ef_search=s.ef_search,
+                                              name=f"first_head_{h}")
+                    scores.append(sc)
+                    labels.append(lb)
+                top_scores, top_labels, _ = merge_heads(
+                    tf.stack(scores, axis=1), tf.stack(labels, axis=1), first)
+                return top_scores, top_labels
+        return self._once("first_hits", build)
+
+    def _table(self):
+        """[labels of the shard, d] the shard's item embeddings by FAISS label (one variable
+        however many searches read it; the export fills it)."""
         labels_in_shard = len(index_layout.read_id_map(self._assets.shard_ids))
+        self.feedback_table = self._once("feedback_table", lambda: tf.compat.v1.Variable(
+            tf.zeros([labels_in_shard, self._cfg.embedding_dim], tf.float32),
+            trainable=False, name="feedback_item_embeddings"))
+        return self.feedback_table
+
+    def _hit_mean(self, first_labels: tf.Tensor) -> tf.Tensor:
+        """[B, d] the mean embedding of each query's first hits (zeros without any)."""
         with tf.name_scope("dense_feedback"):
-            # One table however many searches read it (the export fills the one it names).
-            self.feedback_table = self._once("feedback_table", lambda: tf.compat.v1.Variable(
-                tf.zeros([labels_in_shard, self._cfg.embedding_dim], tf.float32),
-                trainable=False, name="feedback_item_embeddings"))
-            first = tf.constant(s.dense_feedback.items, tf.int32)
-            scores, labels = [], []
-            for h in range(self._cfg.num_heads):
-                sc, lb = faiss_ops.search(index, embeddings[:, h, :], first, nprobe=s.nprobe,
-                                          ef_search=s.ef_search, name=f"first_head_{h}")
-                scores.append(sc)
-                labels.append(lb)
-            _, first_labels, _ = merge_heads(tf.stack(scores, axis=1), tf.stack(labels, axis=1),
-                                             first)
-            return dense_feedback.moved_heads(embeddings, first_labels, self.feedback_table,
-                                              s.dense_feedback)
+            vectors = dense_feedback.hit_embeddings(first_labels, self._table())
+            count = tf.reduce_sum(tf.cast(first_labels >= 0, tf.float32), axis=1,
+                                  keepdims=True)
+            return tf.reduce_sum(vectors, axis=1) / tf.maximum(count, 1.0)
+
+    def _add_feedback_rounds(self, name: str, embeddings: tf.Tensor) -> None:
+        """Signature `name`'s two feedback rounds for sharded servables (module docstring):
+        name.feedback_hits (its inputs without k) -> hit_scores [B, f] (-inf pads) and
+        hit_embeddings [B, f, d]; name.feedback_search (its inputs and feedback_direction) ->
+        its outputs, the heads moved along the direction."""
+        inputs, _ = self.signatures[name]
+        d = self._cfg.embedding_dim
+
+        def hits():
+            scores, labels = self._first_hits(self._index(), embeddings)
+            with tf.name_scope("feedback_hits"):
+                return {
+                    dense_feedback.HIT_SCORES: tf.identity(tf.where(
+                        labels >= 0, scores, tf.fill(tf.shape(scores), -np.inf)),
+                        name=dense_feedback.HIT_SCORES),
+                    dense_feedback.HIT_EMBEDDINGS: tf.identity(dense_feedback.hit_embeddings(
+                        labels, self._table()), name=dense_feedback.HIT_EMBEDDINGS)}
+
+        def direction():
+            given = tf.compat.v1.placeholder(tf.float32, [None, d],
+                                             name=dense_feedback.DIRECTION_INPUT)
+            rows = tf.shape(given)[0]
+            checks = [
+                _check(tf.equal(rows, tf.shape(self._query)[0]),
+                       f"{dense_feedback.DIRECTION_INPUT} must have one row per query; got "
+                       "rows, queries", rows, tf.shape(self._query)[0]),
+                _check(tf.reduce_all(tf.math.is_finite(given)),
+                       f"{dense_feedback.DIRECTION_INPUT} must be finite"),
+            ]
+            with tf.control_dependencies(checks):
+                return given, tf.identity(given)
+
+        def search():
+            given, checked = self._once("feedback_direction", direction)
+            with tf.name_scope("feedback_search"):
+                return given, self._search(self._searched, inputs["k"], embeddings, checked)
+
+        given, outputs = self._once("feedback_search", search)
+        self.signatures[name + dense_feedback.HITS_SUFFIX] = (
+            {k: v for k, v in inputs.items() if k != "k"}, self._once("feedback_hits", hits))
+        self.signatures[name + dense_feedback.SEARCH_SUFFIX] = (
+            dict(inputs, **{dense_feedback.DIRECTION_INPUT: given}), outputs)
+        self.defaults[name + dense_feedback.SEARCH_SUFFIX] = self.defaults[name]
 
     def _once(self, name: str, build):
         """The graph object `name`, built by build() on first use (one table or index resource

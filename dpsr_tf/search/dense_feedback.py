@@ -15,6 +15,14 @@ inner products with the moved heads (the `query_embedding` signature still retur
 moved_heads is the in-graph version (the servable's table of item embeddings is indexed by the
 shard's FAISS labels); moved_heads_np is its NumPy twin for evaluation and the export's choice
 (tests/search/test_dense_feedback.py checks both against a hand-worked case).
+
+Sharded servables: the first hits must be the whole catalog's, which no shard knows. So each
+searching signature S of a feedback servable has two more (docs/export.md "Dense feedback over
+shards"): S + HITS_SUFFIX returns the shard's first hits (scores and embeddings), and
+S + SEARCH_SUFFIX searches with the heads moved along a given DIRECTION_INPUT. The proxy calls the
+first on every shard, pools the hits (direction_of_hits_np: the top `items` by score, their unit
+mean) and sends that direction to the second; S itself moves toward the shard's own first hits,
+which is the whole answer for a one-shard servable.
 """
 import dataclasses
 
@@ -24,6 +32,12 @@ import tensorflow as tf
 from dpsr_tf import config_json
 
 MAX_ITEMS = 100  # first hits a query may average: the first search is a cost on every request
+
+HITS_SUFFIX = ".feedback_hits"      # signature S's first hits: HIT_SCORES [B, f], HIT_EMBEDDINGS
+SEARCH_SUFFIX = ".feedback_search"  # signature S with the heads moved along DIRECTION_INPUT
+DIRECTION_INPUT = "feedback_direction"   # [B, d] float32; normalised by the servable
+HIT_SCORES = "hit_scores"           # [B, f] float32, best first, -inf pads
+HIT_EMBEDDINGS = "hit_embeddings"   # [B, f, d] float32, zeros pad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +72,22 @@ class FeedbackConfig(config_json.OneLineConfig):
 DEFAULT = FeedbackConfig(items=10, weight=0.25)
 
 
+def unit_mean_np(vectors: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """[Q, d] the unit mean of each row's valid vectors ([Q, f, d], valid [Q, f]); zeros for a
+    row with none (or whose mean is zero)."""
+    vectors = np.asarray(vectors, np.float32)
+    mean = (vectors * valid[..., None]).sum(1) / np.maximum(valid.sum(1), 1)[:, None]
+    norm = np.linalg.norm(mean, axis=1, keepdims=True)
+    return np.where(norm > 0, mean / np.where(norm > 0, norm, 1), 0).astype(np.float32)
+
+
+def move_np(heads: np.ndarray, direction: np.ndarray, cfg: FeedbackConfig) -> np.ndarray:
+    """[Q, m, d] each head moved weight * |head| along its query's unit direction [Q, d]."""
+    heads = np.asarray(heads, np.float32)
+    head_norm = np.linalg.norm(heads, axis=2, keepdims=True)
+    return heads + np.float32(cfg.weight) * head_norm * direction[:, None, :]
+
+
 def moved_heads_np(heads: np.ndarray, first_rows: np.ndarray, item_emb: np.ndarray,
                    cfg: FeedbackConfig) -> np.ndarray:
     """[Q, m, d] the heads moved toward the mean of their first hits.
@@ -68,26 +98,41 @@ def moved_heads_np(heads: np.ndarray, first_rows: np.ndarray, item_emb: np.ndarr
         first cfg.items columns are used.
       item_emb: [N, d] item embeddings.
     """
-    heads = np.asarray(heads, np.float32)
     rows = np.asarray(first_rows)[:, :cfg.items]
     valid = rows >= 0
     vectors = np.asarray(item_emb, np.float32)[np.where(valid, rows, 0)]        # [Q, f, d]
-    mean = (vectors * valid[..., None]).sum(1) / np.maximum(valid.sum(1), 1)[:, None]
-    norm = np.linalg.norm(mean, axis=1, keepdims=True)
-    unit = np.where(norm > 0, mean / np.where(norm > 0, norm, 1), 0).astype(np.float32)
-    head_norm = np.linalg.norm(heads, axis=2, keepdims=True)
-    return heads + np.float32(cfg.weight) * head_norm * unit[:, None, :]
+    return move_np(heads, unit_mean_np(vectors, valid), cfg)
+
+
+def direction_of_hits_np(scores: np.ndarray, embeddings: np.ndarray, items: int) -> np.ndarray:
+    """[Q, d] the unit mean of the `items` best of pooled first hits (the shards' HIT_SCORES
+    [Q, n] and HIT_EMBEDDINGS [Q, n, d] side by side); -inf scores pad. Ties keep pool order
+    (a stable sort), as the proxy's merge of result lists does."""
+    scores = np.asarray(scores, np.float32)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :items]
+    top = np.take_along_axis(scores, order, axis=1)
+    vectors = np.take_along_axis(np.asarray(embeddings, np.float32), order[..., None], axis=1)
+    return unit_mean_np(vectors, np.isfinite(top))
+
+
+def hit_embeddings(first_labels: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
+    """[B, f, d] the table rows of first hits (labels [B, f] int64, -1 pads -> zeros)."""
+    valid = first_labels >= 0
+    vectors = tf.gather(table, tf.where(valid, first_labels, tf.zeros_like(first_labels)))
+    return vectors * tf.cast(valid, vectors.dtype)[..., tf.newaxis]
+
+
+def move(heads: tf.Tensor, direction: tf.Tensor, cfg: FeedbackConfig) -> tf.Tensor:
+    """move_np in-graph, the direction [B, d] normalised here (zero stays zero)."""
+    unit = tf.math.divide_no_nan(direction, tf.norm(direction, axis=1, keepdims=True))
+    head_norm = tf.norm(heads, axis=2, keepdims=True)
+    return heads + cfg.weight * head_norm * unit[:, tf.newaxis, :]
 
 
 def moved_heads(heads: tf.Tensor, first_labels: tf.Tensor, table: tf.Tensor,
                 cfg: FeedbackConfig) -> tf.Tensor:
     """moved_heads_np in-graph: heads [B, m, d], first_labels [B, f] int64 (-1 pads) indexing
     table [n, d]."""
-    valid = first_labels >= 0
-    vectors = tf.gather(table, tf.where(valid, first_labels, tf.zeros_like(first_labels)))
-    weights = tf.cast(valid, vectors.dtype)[..., tf.newaxis]
-    mean = tf.reduce_sum(vectors * weights, axis=1) / tf.maximum(
-        tf.reduce_sum(weights, axis=1), 1.0)                                     # [B, d]
-    unit = tf.math.divide_no_nan(mean, tf.norm(mean, axis=1, keepdims=True))
-    head_norm = tf.norm(heads, axis=2, keepdims=True)
-    return heads + cfg.weight * head_norm * unit[:, tf.newaxis, :]
+    count = tf.reduce_sum(tf.cast(first_labels >= 0, tf.float32), axis=1, keepdims=True)
+    mean = tf.reduce_sum(hit_embeddings(first_labels, table), axis=1) / tf.maximum(count, 1.0)
+    return move(heads, mean, cfg)

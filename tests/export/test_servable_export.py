@@ -235,17 +235,11 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
                     "--index_factory=Flat", "--num_shards=2")
     assert built["num_items"] == servable["spec"].num_items and built["num_shards"] == 2
     out, text = dpsr("export", f"--model_dir={servable['model_dir']}", f"--index_dir={index_dir}",
-                     f"--export_base={tmp_path}/models/dpsr", "--default_k=6", "--nohybrid")
+                     f"--export_base={tmp_path}/models/dpsr", "--default_k=6", "--nohybrid",
+                     "--dense_feedback=off")   # feedback over shards: test_dpsr_servable.py
     assert out["servables"] == [f"{tmp_path}/models/dpsr_shard0/1",
                                 f"{tmp_path}/models/dpsr_shard1/1"]
-    # Dense feedback needs the whole catalog's first hits: auto leaves it off, on is refused
-    # before any work.
-    assert "dense feedback off: --dense_feedback=auto chooses on a one-shard build" in text
-    refused = run("export", f"--model_dir={servable['model_dir']}", f"--index_dir={index_dir}",
-                  f"--export_base={tmp_path}/models/fb", "--dense_feedback=on")
-    assert refused.returncode != 0
-    assert "--dense_feedback=on needs a one-shard index" in refused.stderr
-    assert not os.path.exists(f"{tmp_path}/models/fb_shard0")
+    assert "dense feedback" not in text
     script = f"""
     import json
     from tests.support.tf1_servable import Tf1Servable
@@ -659,7 +653,7 @@ def test_dense_feedback_servable_searches_with_heads_moved_toward_its_first_hits
                                                                                  tmp_path):
     """With dense feedback the servable's list is numpy brute force over the index's item
     embeddings with each head moved by hand toward the unit mean of its 3 exact first hits;
-    the move changes some answers; a two-shard index is refused."""
+    the move changes some answers; two shards' feedback rounds merge to the same answer."""
     from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     cfg = FeedbackConfig(items=3, weight=0.5)
     path = export_servable(servable["model_dir"], servable["index_dir"], str(tmp_path / "fb"),
@@ -691,9 +685,40 @@ def test_dense_feedback_servable_searches_with_heads_moved_toward_its_first_hits
     assert changed, "the move should change some query's top 7"
     with open(os.path.join(path, "assets.extra", "dpsr_servable.json"), encoding="utf-8") as f:
         assert json.load(f)["servable"]["dense_feedback"] == {"items": 3, "weight": 0.5}
+    # Two shards, as the proxy calls them (serving/proxy/feedback_rounds.py): each shard's
+    # first hits pooled into one direction, each shard searched along it, the answers merged
+    # by score: the one-shard servable's answer.
     two = str(tmp_path / "two_shards")
     catalog_index.index_catalog(servable["model_dir"], two,
                                 IndexBuildConfig(factory="Flat", num_shards=2))
-    with pytest.raises(ValueError, match="dense feedback needs the whole catalog's first hits"):
-        export_servable(servable["model_dir"], two, str(tmp_path / "fb2"),
-                        servable=ServableConfig(hybrid=False, dense_feedback=cfg))
+    shards = [export_servable(servable["model_dir"], two, str(tmp_path / f"fb2_{shard}"),
+                              shard=shard, servable=ServableConfig(
+                                  default_k=5, max_k=50, hybrid=False, dense_feedback=cfg))
+              for shard in range(2)]
+    merged = run_fresh(f"""
+    import json, numpy as np
+    from dpsr_tf.serving.proxy import feedback_rounds
+    from tests.support.tf1_servable import Tf1Servable
+    shards = [Tf1Servable(p) for p in {shards!r}]
+    feeds = {{"query": {QUERIES!r}}}
+    hits = [(i, tuple(s.call("serving_default.feedback_hits", feeds,
+                             ["hit_scores", "hit_embeddings"]).values()))
+            for i, s in enumerate(shards)]
+    direction, left_out = feedback_rounds.direction(hits, "dpsr")
+    assert not left_out and [h[0].shape for _, h in hits] == [(len(feeds["query"]), 3)] * 2
+    ids, scores = [], []
+    for s in shards:
+        out = s.call("serving_default.feedback_search",
+                     dict(feeds, k=7, feedback_direction=direction), ["item_ids", "scores"])
+        ids.append(out["item_ids"].astype(str))
+        scores.append(out["scores"])
+    ids, scores = np.concatenate(ids, 1), np.concatenate(scores, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :7]
+    print(json.dumps({{"ids": np.take_along_axis(ids, order, 1).tolist(),
+                      "scores": np.take_along_axis(scores, order, 1).tolist()}}))
+    """)
+    np.testing.assert_allclose(merged["scores"], got["scores"], atol=1e-5)
+    for row in range(len(QUERIES)):
+        for j, (m, g) in enumerate(zip(merged["ids"][row], got["ids"][row])):
+            if m != g:   # two items tied within float error
+                assert abs(merged["scores"][row][j] - got["scores"][row][j]) < 1e-5

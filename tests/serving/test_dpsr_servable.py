@@ -5,7 +5,9 @@ A tiny DPSR-h model (2 heads, user profile + history) is trained, indexed in two
 "dpsr", and a `dpsr proxy` merges them. Checked with the real PredictionServiceStub:
 
 * end to end: the proxy's answer equals numpy brute force over the servable's own item
-  embeddings (its `item_embedding` signature) and query embeddings (`query_embedding`);
+  embeddings (its `item_embedding` signature) and query embeddings (`query_embedding`), with
+  each head moved toward the whole catalog's first hits (dense feedback over shards: the proxy's
+  two rounds), and without the move (a zero feedback_direction);
 * hot swap: a new version of a shard exported under load replaces the old one with no failed
   request;
 * user_history: the servable keeps the last `history_length` (4) known items of a row, as
@@ -22,10 +24,11 @@ import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
 
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing import catalog_index, index_layout
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
+from dpsr_tf.search.dense_feedback import DIRECTION_INPUT, SEARCH_SUFFIX, FeedbackConfig
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import tensors
 from tests.support import waiting
@@ -33,6 +36,8 @@ from tests.support.serving_testing import outputs, rpc_error
 
 QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
 K = 7
+FEEDBACK = FeedbackConfig(items=3, weight=0.5)
+SERVABLE = ServableConfig(default_k=5, max_k=50, hybrid=False, dense_feedback=FEEDBACK)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,7 @@ def exported(tmp_path_factory, tiny_history_model):
     for shard in range(2):
         base = str(work / "models" / f"shard{shard}")
         export_servable(model_dir, index_dir, base, shard=shard,
-                        servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
+                        servable=SERVABLE)
         bases.append(base)
     return {"spec": spec, "bases": bases, "work": work, "model_dir": model_dir,
             "index_dir": index_dir}
@@ -88,7 +93,24 @@ def _item_embeddings(stub, model, spec):
     return items.ids, out["embedding"]
 
 
-def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported, servers):
+def _top(q, item_emb, k):
+    """[Q, k] item rows, their scores and best heads: an item's score is its best head's inner
+    product with it (q [Q, m, d], item_emb [N, d])."""
+    per_head = np.einsum("qmd,nd->qmn", q, item_emb)
+    best, best_head = per_head.max(axis=1), per_head.argmax(axis=1)
+    order = np.argsort(-best, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(best, order, 1), np.take_along_axis(best_head, order, 1), best
+
+
+def _moved(q, item_emb, rows):
+    """q's heads moved toward the unit mean of item_emb[rows] ([Q, f]), by hand."""
+    mean = item_emb[rows].mean(axis=1)
+    unit = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    return q + FEEDBACK.weight * np.linalg.norm(q, axis=2, keepdims=True) * unit[:, None, :]
+
+
+@pytest.mark.parametrize("rounds", ["feedback", "zero_direction"])
+def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported, servers, rounds):
     spec = exported["spec"]
     shard_stub = process.prediction_stub(servers["shards"][0].address)
     ids, item_emb = _item_embeddings(shard_stub, "dpsr", spec)         # [N, d], every item
@@ -96,21 +118,37 @@ def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported,
     anonymous = {"user_gender": [""] * len(QUERIES), "user_history": [[""]] * len(QUERIES)}
     q = outputs(shard_stub.Predict(_request("dpsr", "query_embedding", query=QUERIES,
                                             **anonymous), timeout=60))["embedding"]  # [Q, m, d]
-    # Brute force: an item's score is its best head's inner product; top K by that score.
-    per_head = np.einsum("qmd,nd->qmn", q, item_emb)
-    best, best_head = per_head.max(axis=1), per_head.argmax(axis=1)
     proxy_stub = process.prediction_stub(servers["proxy"].address)
-    out = outputs(proxy_stub.Predict(_request("dpsr", "serving_default", query=QUERIES, k=K),
-                                     timeout=60))
+    if rounds == "feedback":
+        # The proxy's two rounds: the heads moved toward the 3 best items of the whole catalog
+        # (not of each shard: that answer differs, so the test sees which one came back).
+        first, _, _, _ = _top(q, item_emb, FEEDBACK.items)
+        want = _top(_moved(q, item_emb, first), item_emb, K)
+        # Each shard moved toward its own first hits (no round one) would answer otherwise.
+        shard = np.array([index_layout.shard_of(item, 2) for item in ids])
+        local = np.full((len(QUERIES), len(ids)), -np.inf)
+        for s in range(2):
+            own = np.flatnonzero(shard == s)
+            rows, _, _, _ = _top(q, item_emb[own], FEEDBACK.items)
+            local[:, own] = _top(_moved(q, item_emb[own], rows), item_emb[own], 1)[3]
+        assert (np.argsort(-local, axis=1, kind="stable")[:, :K] != want[0]).any()
+        request = _request("dpsr", "serving_default", query=QUERIES, k=K)
+    else:   # no move: the plain search, merged over the shards
+        want = _top(q, item_emb, K)
+        request = _request("dpsr", "serving_default" + SEARCH_SUFFIX, query=QUERIES, k=K)
+        tensors.from_ndarray(np.zeros((len(QUERIES), q.shape[2]), np.float32),
+                             request.inputs[DIRECTION_INPUT])
+    order, scores, heads, best = want
+    out = outputs(proxy_stub.Predict(request, timeout=60))
     assert out["partial"].tolist() is False  # both shards answered
     for row in range(len(QUERIES)):
-        order = np.argsort(-best[row], kind="stable")[:K]
-        np.testing.assert_allclose(out["scores"][row], best[row][order], atol=1e-5)
+        np.testing.assert_allclose(out["scores"][row], scores[row], atol=1e-5)
         for j, item in enumerate(out["item_ids"][row]):
             n = ids.index(item.decode())
-            if n != order[j]:  # equal ids, except where two items tie within float error
-                assert abs(best[row, n] - best[row, order[j]]) < 1e-5
-            assert out["heads"][row][j] == best_head[row, n]
+            if n != order[row, j]:  # equal ids, except where two items tie within float error
+                assert abs(best[row, n] - scores[row, j]) < 1e-5
+            else:
+                assert out["heads"][row][j] == heads[row, j]
 
 
 def _personalized(history, gender="f"):
@@ -210,7 +248,7 @@ def test_hot_swap_under_load(exported, servers):
         t.start()
     try:
         new_path = export_servable(exported["model_dir"], exported["index_dir"], base, shard=0,
-                                   servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
+                                   servable=SERVABLE)
         new_version = int(os.path.basename(new_path))
         waiting.wait_until(lambda: answers[new_version] or errors, "the new version serving",
                            poll_s=0.2)

@@ -1,7 +1,6 @@
 """The proxy against scripted backends (real gRPC servers in this process, each answering as a
 test says): the version-label failover rule, refusal of shard answers larger than the request
 could need, and large merges that run off the proxy's event loop while small calls go on."""
-import asyncio
 import concurrent.futures
 import threading
 import time
@@ -11,72 +10,12 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from dpsr_tf.serving.proxy import merge, server as proxy, config as proxy_config
+from dpsr_tf.serving.proxy import merge, config as proxy_config
 from dpsr_tf.serving import tensors
+from tests.support.fake_backends import FakeBackend, InProcessProxy
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
-_SERVICE = "tensorflow.serving.PredictionService"
 LABEL_ERROR = "Unrecognized servable version label: canary"
-
-
-class FakeBackend:
-    """A gRPC PredictionService whose Predict answers `self.answer(request)`: a PredictResponse,
-    or a (grpc.StatusCode, message) error. Counts the calls it got."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.calls = 0
-        self._lock = threading.Lock()
-        self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(8), options=[
-            ("grpc.max_send_message_length", -1)])
-        handler = grpc.unary_unary_rpc_method_handler(
-            self._predict, request_deserializer=predict_pb2.PredictRequest.FromString,
-            response_serializer=predict_pb2.PredictResponse.SerializeToString)
-        self._server.add_generic_rpc_handlers(
-            [grpc.method_handlers_generic_handler(_SERVICE, {"Predict": handler})])
-        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
-        self._server.start()
-
-    def _predict(self, request, context):
-        with self._lock:
-            self.calls += 1
-        result = self.answer(request)
-        if isinstance(result, tuple):
-            context.abort(*result)
-        return result
-
-    def stop(self):
-        self._server.stop(0)
-
-
-class InProcessProxy:
-    """A ProxyServer on its own event loop thread."""
-
-    def __init__(self, config_text: str, **options):
-        settings = proxy_config.parse_proxy_settings(config_text)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-        async def start():  # grpc.aio channels belong to the loop they are made on
-            server = proxy.ProxyServer(proxy.ProxyOptions(port=0, **options), settings)
-            await server.start()
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(60)
-        self.channel = self.new_channel()
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-
-    def new_channel(self) -> grpc.Channel:
-        """A channel on its own TCP connection (a distinct peer for the proxy)."""
-        return grpc.insecure_channel(f"127.0.0.1:{self.server.grpc_port}", options=[
-            ("grpc.max_receive_message_length", -1), ("grpc.use_local_subchannel_pool", 1)])
-
-    def close(self):
-        self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.server.stop(0), self._loop).result(60)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def _answer(ids, scores) -> predict_pb2.PredictResponse:

@@ -200,7 +200,7 @@ class Route:
         self.shards: List[List[Replica]] = [[replicas[a] for a in shard] for shard in spec.shards]
         self.latency = [LatencyWindow() for _ in self.shards]
         self._turn = [0] * len(self.shards)
-        self.mergeable: Dict[str, tuple] = {}  # signature -> (mergeable, time learned)
+        self.mergeable: Dict[str, tuple] = {}  # signature -> (SignaturePlan, time learned)
         self.refreshing = set()
 
     def pick(self, shard: int, tried, in_rotation_only: bool = False) -> Optional[Replica]:

@@ -8,7 +8,9 @@ while (outlier ejection, dpsr_tf/serving/proxy/routing.py). Each shard answer is
 request before it is parsed (dpsr_tf/serving/proxy/shard_answers.py); the answers are merged into one
 global top-K (dpsr_tf/serving/proxy/merge.py), in a worker thread when the merge is large, so that
 the event loop keeps serving other calls. One client connection may have at most
-max_concurrent_calls_per_peer calls in flight (dpsr_tf/serving/proxy/peer_limits.py).
+max_concurrent_calls_per_peer calls in flight (dpsr_tf/serving/proxy/peer_limits.py). A signature
+with dense feedback rounds is answered in two: the shards' first hits, then the search along the
+direction pooled from them (dpsr_tf/serving/proxy/feedback_rounds.py).
 
 Deadlines: each request gets min(client deadline, model deadline_ms); shards must answer by
 the shard deadline (shard_deadline_ms, at most 80% of the request's budget), so a shard that is
@@ -34,7 +36,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving.proxy import merge, config as proxy_config, shard_answers
+from dpsr_tf.serving.proxy import feedback_rounds, merge, config as proxy_config, shard_answers
 from dpsr_tf.serving import stream_limits, tensors
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, add_servicer, client_timeout,
@@ -99,6 +101,15 @@ class ProxyOptions:
     max_backend_calls_in_flight: int = DEFAULT_MAX_BACKEND_CALLS
     max_backend_calls_per_peer: int = 0
     max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
+
+
+@dataclasses.dataclass(frozen=True)
+class SignaturePlan:
+    """How the proxy answers a sharded signature: merged from every shard (else one shard's
+    answer, e.g. query_embedding), and whether in two dense feedback rounds."""
+
+    mergeable: bool = True
+    feedback_rounds: bool = False
 
 
 def _not_found(model_spec) -> ServingError:
@@ -214,8 +225,9 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.name = spec.name
             return response
         shard_budget = min(spec.shard_deadline_s or 0.8 * spec.deadline_s, 0.8 * budget)
-        if not await self._is_mergeable(route, request.model_spec.signature_name,
-                                        start + shard_budget):
+        signature = request.model_spec.signature_name or "serving_default"
+        plan = await self._plan(route, signature, start + shard_budget)
+        if not plan.mergeable:
             # e.g. query_embedding: every shard computes the same answer; ask one.
             response = await self._first_shard("Predict", route, backend, start + budget)
             response.model_spec.name = spec.name
@@ -225,42 +237,30 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             for alias in (spec.id_output, spec.score_output):
                 if alias not in wanted:
                     backend.output_filter.append(alias)
-        shard_deadline = start + shard_budget
         k = shard_answers.request_k(request, spec.k_input)
         rows = shard_answers.request_rows(request)
-        results = await asyncio.gather(
-            *(self._caller.call(route, s, "Predict", backend, shard_deadline, functools.partial(
-                shard_answers.parse_shard_answer, rows=rows, k=k,
-                where=f"shard {s} of {spec.name}", id_output=spec.id_output,
-                score_output=spec.score_output)) for s in range(len(route.shards))),
-            return_exceptions=True)
-        answers, failed, work = [], [], 0
-        for s, result in enumerate(results):
-            if isinstance(result, ServingError):
-                if result.code in CLIENT_ERRORS:
-                    raise result
-                failed.append((s, result))
-            elif isinstance(result, BaseException):
-                failed.append((s, ServingError(grpc.StatusCode.INTERNAL, repr(result))))
-            else:
-                try:
-                    work += shard_answers.check_answer_size(
-                        result, rows, k, f"shard {s} of {spec.name}", spec.id_output,
-                        spec.score_output)
-                except ServingError as e:
-                    failed.append((s, e))
-                    continue
-                answers.append(result)
-        if not answers:
-            codes = {e.code for _, e in failed}
-            code = codes.pop() if len(codes) == 1 else grpc.StatusCode.UNAVAILABLE
-            raise ServingError(code, f"all {len(results)} shards of {spec.name} failed: " +
-                               "; ".join(e.message for _, e in failed))
-        if failed and not spec.allow_partial:
-            raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                               f"{len(failed)} of {len(results)} shards of {spec.name} failed "
-                               "and partial_policy is FAIL: " +
-                               "; ".join(e.message for _, e in failed))
+        failed_first = []
+        if plan.feedback_rounds and feedback_rounds.DIRECTION_INPUT not in request.inputs:
+            # Round one gets half the shards' budget; the search the rest.
+            backend, failed_first = await self._feedback_round(
+                route, backend, signature, rows, start + shard_budget / 2)
+        results, failed = await self._fan_out(route, backend, start + shard_budget, lambda s: (
+            functools.partial(shard_answers.parse_shard_answer, rows=rows, k=k,
+                              where=f"shard {s} of {spec.name}", id_output=spec.id_output,
+                              score_output=spec.score_output)))
+        answers, work = [], 0
+        for s, result in results:
+            try:
+                work += shard_answers.check_answer_size(
+                    result, rows, k, f"shard {s} of {spec.name}", spec.id_output,
+                    spec.score_output)
+            except ServingError as e:
+                failed.append((s, e))
+                continue
+            answers.append(result)
+        failed = sorted(failed + [(s, e) for s, e in failed_first
+                                  if s not in {f for f, _ in failed}], key=lambda f: f[0])
+        self._require(route, answers, failed)
         merge_args = (answers, k, spec.id_output, spec.score_output, wanted)
         if work <= _INLINE_MERGE_ENTRIES:
             response = merge.merge_responses(*merge_args)
@@ -269,6 +269,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 self._merge_pool, merge.merge_responses, *merge_args)
         response.model_spec.CopyFrom(answers[0].model_spec)
         response.model_spec.name = spec.name
+        response.model_spec.signature_name = signature  # not round two's
         tensors.from_ndarray(np.array(bool(failed)), response.outputs[PARTIAL_OUTPUT])
         missing = ",".join(str(s) for s, _ in failed)
         context.set_trailing_metadata((("dpsr-partial", "true" if failed else "false"),
@@ -278,6 +279,58 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             _LOG.warning("partial answer for %s: shards %s failed: %s", spec.name, missing,
                          "; ".join(e.message for _, e in failed))
         return response
+
+    async def _fan_out(self, route: Route, request, deadline, parse):
+        """Every shard's answer to a Predict `request` (parse(s): shard s's answer from its
+        bytes): ([(shard, answer)], [(shard, ServingError)]).
+
+        Raises:
+          ServingError: a shard's client error (INVALID_ARGUMENT, ...), as it is.
+        """
+        results = await asyncio.gather(
+            *(self._caller.call(route, s, "Predict", request, deadline, parse(s))
+              for s in range(len(route.shards))), return_exceptions=True)
+        answers, failed = [], []
+        for s, result in enumerate(results):
+            if isinstance(result, ServingError):
+                if result.code in CLIENT_ERRORS:
+                    raise result
+                failed.append((s, result))
+            elif isinstance(result, BaseException):
+                failed.append((s, ServingError(grpc.StatusCode.INTERNAL, repr(result))))
+            else:
+                answers.append((s, result))
+        return answers, failed
+
+    @staticmethod
+    def _require(route: Route, answers, failed) -> None:
+        """Raises when no shard answered, or some did not under partial_policy FAIL."""
+        spec, total = route.spec, len(route.shards)
+        if not answers:
+            codes = {e.code for _, e in failed}
+            code = codes.pop() if len(codes) == 1 else grpc.StatusCode.UNAVAILABLE
+            raise ServingError(code, f"all {total} shards of {spec.name} failed: " +
+                               "; ".join(e.message for _, e in failed))
+        if failed and not spec.allow_partial:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                               f"{len(failed)} of {total} shards of {spec.name} failed "
+                               "and partial_policy is FAIL: " +
+                               "; ".join(e.message for _, e in failed))
+
+    async def _feedback_round(self, route: Route, backend, signature: str, rows, deadline):
+        """Dense feedback's first round (feedback_rounds.py): every shard's first hits, pooled
+        into each query's direction. Returns (the second round's request, [(shard, error)] of
+        shards whose hits are missing from the direction: the answer is partial)."""
+        spec = route.spec
+        hits, failed = await self._fan_out(
+            route, feedback_rounds.hits_request(backend, signature, spec.k_input), deadline,
+            lambda s: functools.partial(feedback_rounds.parse_hits, rows=rows,
+                                        where=f"shard {s} of {spec.name}"))
+        self._require(route, hits, failed)
+        direction, left_out = feedback_rounds.direction(hits, spec.name)
+        failed += left_out
+        self._require(route, hits, failed)   # under partial_policy FAIL, a left-out shard fails
+        return feedback_rounds.search_request(backend, signature, direction), failed
 
     # ------------------------------------------------------------------ other calls
 
@@ -297,21 +350,20 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 error = e
         raise error
 
-    async def _is_mergeable(self, route: Route, signature_name: str, deadline) -> bool:
-        """Whether a signature answers with the merge outputs, learned from GetModelMetadata
-        (cached; refreshed in the background after a minute). True when it cannot be learned,
-        so that errors surface from Predict itself."""
-        key = signature_name or "serving_default"
-        cached = route.mergeable.get(key)
+    async def _plan(self, route: Route, signature: str, deadline) -> "SignaturePlan":
+        """How a signature's Predict calls are answered, learned from GetModelMetadata (cached;
+        refreshed in the background after a minute). Merged from every shard when it cannot be
+        learned, so that errors surface from Predict itself."""
+        cached = route.mergeable.get(signature)
         if cached is not None:
-            if time.monotonic() - cached[1] > 60 and key not in route.refreshing:
-                route.refreshing.add(key)
-                asyncio.ensure_future(self._learn_mergeable(
-                    route, key, time.monotonic() + route.spec.deadline_s))
+            if time.monotonic() - cached[1] > 60 and signature not in route.refreshing:
+                route.refreshing.add(signature)
+                asyncio.ensure_future(self._learn_plan(
+                    route, signature, time.monotonic() + route.spec.deadline_s))
             return cached[0]
-        return await self._learn_mergeable(route, key, deadline)
+        return await self._learn_plan(route, signature, deadline)
 
-    async def _learn_mergeable(self, route: Route, key: str, deadline) -> bool:
+    async def _learn_plan(self, route: Route, signature: str, deadline) -> "SignaturePlan":
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.name = route.spec.backend_model_name
         try:
@@ -319,15 +371,17 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             sig_map = get_model_metadata_pb2.SignatureDefMap()
             response.metadata["signature_def"].Unpack(sig_map)
         except ServingError:
-            return True
+            return SignaturePlan()
         finally:
-            route.refreshing.discard(key)
-        if key not in sig_map.signature_def:
-            return True
-        outputs = sig_map.signature_def[key].outputs
-        mergeable = route.spec.id_output in outputs and route.spec.score_output in outputs
-        route.mergeable[key] = (mergeable, time.monotonic())
-        return mergeable
+            route.refreshing.discard(signature)
+        if signature not in sig_map.signature_def:
+            return SignaturePlan()
+        outputs = sig_map.signature_def[signature].outputs
+        plan = SignaturePlan(
+            mergeable=route.spec.id_output in outputs and route.spec.score_output in outputs,
+            feedback_rounds=feedback_rounds.has_rounds(sig_map, signature))
+        route.mergeable[signature] = (plan, time.monotonic())
+        return plan
 
     async def _metadata(self, request, context):
         route = self._route(request.model_spec)
