@@ -180,6 +180,12 @@ def export_servable(model_dir: str, index_dir: str, export_base: str, *, shard: 
         raise ValueError(f"--rewrite_combine=capped needs the best scores over the whole "
                          f"catalog; {index_dir} has {manifest.num_shards} shards: use max or "
                          f"sum, or a one-shard index")
+    if ranker_dir and servable.dense_feedback.enabled and manifest.num_shards > 1:
+        # retrieve_rerank is one round on each shard: its heads would move toward that shard's
+        # own first hits, and the proxy would merge answers to different queries.
+        raise ValueError(f"dense feedback with a ranker needs a one-shard index; {index_dir} has "
+                         f"{manifest.num_shards} shards: export with --dense_feedback=off, or "
+                         "without --ranker_dir")
     index_file, ids_file = manifest.shard_paths(index_dir, shard)
     version = _next_version(export_base) if version is None else int(version)
     if version < 1:

@@ -24,11 +24,11 @@ SearchGCN's query graph still look the query up as typed.
 
 With dense feedback (ServableConfig.dense_feedback, search/dense_feedback.py) the query heads
 first search their top few items, move toward those items' mean embedding (a variable of the
-shard's item embeddings by label, filled by the export) and then search for the list. For
-sharded servables each searching signature S also gets S.feedback_hits (the shard's first hits
-and their embeddings) and S.feedback_search (S with the heads moved along a given
-feedback_direction [B, d]): the proxy pools the shards' first hits and sends every shard the
-whole catalog's direction (dpsr_tf/serving/proxy/feedback_rounds.py).
+shard's item embeddings by label, filled by the export) and then search for the list. A shard
+knows only its own first hits, so each searching signature S also gets S.feedback_hits (the
+shard's first hits and their embeddings) and S.feedback_search (S with the heads moved along a
+given feedback_direction [B, d]): over shards, the proxy pools every shard's first hits and
+sends each the whole catalog's direction (dpsr_tf/serving/proxy/feedback_rounds.py).
 
 Every file the graph reads (index, id maps, vocabularies) is a constant path registered in the
 ASSET_FILEPATHS collection, so SavedModelBuilder copies it into assets/ and the loader remaps it:
@@ -364,10 +364,12 @@ class ServableGraph:
     def _table(self):
         """[labels of the shard, d] the shard's item embeddings by FAISS label (one variable
         however many searches read it; the export fills it)."""
-        labels_in_shard = len(index_layout.read_id_map(self._assets.shard_ids))
-        self.feedback_table = self._once("feedback_table", lambda: tf.compat.v1.Variable(
-            tf.zeros([labels_in_shard, self._cfg.embedding_dim], tf.float32),
-            trainable=False, name="feedback_item_embeddings"))
+        def build():
+            labels_in_shard = len(index_layout.read_id_map(self._assets.shard_ids))
+            return tf.compat.v1.Variable(
+                tf.zeros([labels_in_shard, self._cfg.embedding_dim], tf.float32),
+                trainable=False, name="feedback_item_embeddings")
+        self.feedback_table = self._once("feedback_table", build)
         return self.feedback_table
 
     def _hit_mean(self, first_labels: tf.Tensor) -> tf.Tensor:
@@ -379,7 +381,8 @@ class ServableGraph:
             return tf.reduce_sum(vectors, axis=1) / tf.maximum(count, 1.0)
 
     def _add_feedback_rounds(self, name: str, embeddings: tf.Tensor) -> None:
-        """Signature `name`'s two feedback rounds for sharded servables (module docstring):
+        """Signature `name`'s two feedback rounds, which the proxy uses over shards (module
+        docstring; a one-shard servable has them too, so any export can be sharded later):
         name.feedback_hits (its inputs without k) -> hit_scores [B, f] (-inf pads) and
         hit_embeddings [B, f, d]; name.feedback_search (its inputs and feedback_direction) ->
         its outputs, the heads moved along the direction."""

@@ -123,8 +123,11 @@ def hit_embeddings(first_labels: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
 
 
 def move(heads: tf.Tensor, direction: tf.Tensor, cfg: FeedbackConfig) -> tf.Tensor:
-    """move_np in-graph, the direction [B, d] normalised here (zero stays zero)."""
-    unit = tf.math.divide_no_nan(direction, tf.norm(direction, axis=1, keepdims=True))
+    """move_np in-graph, the direction [B, d] normalised here (zero stays zero; scaled by its
+    largest element first, so that no finite direction overflows or underflows the norm)."""
+    scale = tf.reduce_max(tf.abs(direction), axis=1, keepdims=True)
+    scaled = tf.math.divide_no_nan(direction, scale)
+    unit = tf.math.divide_no_nan(scaled, tf.norm(scaled, axis=1, keepdims=True))
     head_norm = tf.norm(heads, axis=2, keepdims=True)
     return heads + cfg.weight * head_norm * unit[:, tf.newaxis, :]
 

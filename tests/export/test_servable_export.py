@@ -722,3 +722,9 @@ def test_dense_feedback_servable_searches_with_heads_moved_toward_its_first_hits
         for j, (m, g) in enumerate(zip(merged["ids"][row], got["ids"][row])):
             if m != g:   # two items tied within float error
                 assert abs(merged["scores"][row][j] - got["scores"][row][j]) < 1e-5
+    # retrieve_rerank has no rounds: with a ranker, a sharded feedback export is refused.
+    with pytest.raises(ValueError, match="dense feedback with a ranker needs a one-shard index"):
+        export_servable(servable["model_dir"], two, str(tmp_path / "fb2_rank"),
+                        ranker_dir=str(tmp_path / "any_ranker"),
+                        servable=ServableConfig(hybrid=False, dense_feedback=cfg))
+    assert not os.path.exists(str(tmp_path / "fb2_rank"))

@@ -70,3 +70,17 @@ def test_json_round_trip_and_names():
     assert FeedbackConfig().describe() == "no feedback" and not FeedbackConfig().enabled
     with pytest.raises(ValueError, match="items must be in"):
         FeedbackConfig.from_json('{"items": 500, "weight": 0.25}')
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+def test_a_given_direction_moves_by_its_unit_vector_whatever_its_scale(scale):
+    """move normalises the direction itself, scaled first: a finite direction far from 1 in
+    magnitude neither overflows nor underflows its norm (which would leave the heads still)."""
+    cfg = FeedbackConfig(items=3, weight=0.5)
+    heads = np.array([[[3.0, 4.0]], [[1.0, 0.0]]], np.float32)
+    direction = np.array([[0.0, 2.0], [0.0, 0.0]], np.float32) * np.float32(scale)
+    # Row 0: (3, 4) + 0.5 * 5 * (0, 1); row 1 (a zero direction) stays.
+    want = np.array([[[3.0, 6.5]], [[1.0, 0.0]]], np.float32)
+    got = tf.function(lambda h, d: dense_feedback.move(h, d, cfg))(
+        tf.constant(heads), tf.constant(direction)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-6)

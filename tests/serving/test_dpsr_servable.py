@@ -25,6 +25,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import catalog_index, index_layout
+from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
@@ -149,6 +150,21 @@ def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported,
                 assert abs(best[row, n] - scores[row, j]) < 1e-5
             else:
                 assert out["heads"][row][j] == heads[row, j]
+
+
+def test_a_non_finite_feedback_direction_is_refused_and_the_shard_serves_on(exported, servers):
+    stub = process.prediction_stub(servers["shards"][0].address)
+    request = _request("dpsr", "serving_default" + SEARCH_SUFFIX, query=QUERIES, k=K)
+    dim = load_model_config(exported["model_dir"])[0].embedding_dim
+    direction = np.zeros((len(QUERIES), dim), np.float32)
+    direction[2, 3] = np.nan
+    tensors.from_ndarray(direction, request.inputs[DIRECTION_INPUT])
+    error = rpc_error(stub.Predict, request, timeout=60)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input 'feedback_direction' holds a non-finite value at [2, 3]" in error.details()
+    out = outputs(stub.Predict(_request("dpsr", "serving_default", query=QUERIES, k=K),
+                               timeout=60))
+    assert out["item_ids"].shape == (len(QUERIES), K)
 
 
 def _personalized(history, gender="f"):

@@ -147,8 +147,10 @@ def test_a_shard_missing_from_round_one_makes_the_answer_partial(cluster):
                HIT_EMBEDDINGS: np.zeros((5, 3, 2), np.float32)}),
     _response({HIT_SCORES: np.zeros((2, 3), np.float32),
                HIT_EMBEDDINGS: np.zeros((2, 3, 7), np.float32)}),
-], indirect=True, ids=["nan", "rows", "dimensions"])
-def test_bad_first_hits_fail_their_shard_not_the_request(cluster):
+    _response({HIT_SCORES: np.full((2, 3), np.inf, np.float32),
+               HIT_EMBEDDINGS: np.zeros((2, 3, 2), np.float32)}),
+], indirect=True, ids=["nan", "rows", "dimensions", "inf_scores"])
+def test_bad_first_hits_fail_their_shard_not_the_request(cluster, request):
     shards, proxy = cluster
     response, call = proxy.stub.Predict.with_call(
         predict_request("dpsr", ["a", "b"], k=4), timeout=30)
@@ -156,6 +158,10 @@ def test_bad_first_hits_fail_their_shard_not_the_request(cluster):
     want = np.array([[2 ** -0.5, 2 ** -0.5], WANT[1]], np.float32)   # shard 0's hits alone
     np.testing.assert_allclose(shards[0].calls[-1][1], want, rtol=1e-6)
     assert got["partial"] and dict(call.trailing_metadata())["dpsr-missing-shards"] == "1"
+    # A shard whose hits have other dimensions serves another model: it would refuse the
+    # direction, so round two skips it; the others are still searched.
+    searched = shards[1].calls[-1][0] == "serving_default" + SEARCH_SUFFIX
+    assert searched == ("dimensions" not in request.node.callspec.id)
 
 
 @pytest.mark.parametrize("cluster", [(grpc.StatusCode.INVALID_ARGUMENT, "query must not be "
@@ -166,6 +172,30 @@ def test_a_client_error_in_round_one_is_returned_without_round_two(cluster):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == "query must not be empty"
     assert not any(sig.endswith(SEARCH_SUFFIX) for s in shards for sig, _ in s.calls)
+
+
+def test_the_first_round_cannot_be_called_through_the_proxy(cluster):
+    shards, proxy = cluster
+    error = rpc_error(proxy.stub.Predict, predict_request(
+        "dpsr", ["a"], signature="serving_default" + HITS_SUFFIX), timeout=30)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the proxy runs itself on every shard of dpsr; call 'serving_default'" in \
+        error.details()
+    assert not any(s.calls for s in shards)
+
+
+@pytest.mark.parametrize("cluster", [(grpc.StatusCode.FAILED_PRECONDITION,
+                                      'Serving signature key "serving_default.feedback_hits" '
+                                      'not found.')], indirect=True)
+def test_a_shard_without_the_first_round_is_answered_in_one_round(cluster):
+    """A version without dense feedback rolled out after the proxy learned the signature's
+    rounds: the request is answered in one round and the plan is learned again."""
+    shards, proxy = cluster
+    got = outputs(proxy.stub.Predict(predict_request("dpsr", ["a"], k=4), timeout=30))
+    assert got["item_ids"].tolist() == [[b"s0-0-0", b"s1-0-0", b"s0-0-1", b"s1-0-1"]]
+    assert not got["partial"]
+    assert [sig for sig, _ in shards[1].calls] == ["serving_default" + HITS_SUFFIX,
+                                                  ""]   # the client's request, as it came
 
 
 def _wire(scores, embeddings, dtype=types_pb2.DT_FLOAT) -> bytes:

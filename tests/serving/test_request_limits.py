@@ -133,3 +133,29 @@ def test_declared_elements_is_exact():
     request = _request(query=_declared(types_pb2.DT_STRING, [HUGE, 3], [b"x"]),
                        k=_declared(types_pb2.DT_INT32, [], [5]))
     assert declared_elements(request) == 3 * HUGE + 1
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_feedback_direction_is_refused_before_any_batch(bad):
+    """A dense feedback direction must be finite: the graph asserts it too, but a failed
+    assert would fail every request batched with it, so the server refuses it first."""
+    sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for alias, dtype, shape in (("query", types_pb2.DT_STRING, [-1]),
+                                ("feedback_direction", types_pb2.DT_FLOAT, [-1, 2])):
+        sig.inputs[alias].name = f"{alias}:0"
+        sig.inputs[alias].dtype = dtype
+        for d in shape:
+            sig.inputs[alias].tensor_shape.dim.add(size=d)
+    sig.outputs["scores"].name = "scores:0"
+    sig.outputs["scores"].tensor_shape.dim.add(size=-1)
+    signature = Signature.from_proto("serving_default.feedback_search", sig)
+    request = _request(query=tensors.from_ndarray(np.array([b"a", b"b"], dtype=object)),
+                       feedback_direction=tensors.from_ndarray(
+                           np.array([[1, 0], [0.5, bad]], np.float32)))
+    with pytest.raises(ServingError, match=r"input 'feedback_direction' holds a non-finite "
+                                           r"value at \[1, 1\]; send finite numbers") as info:
+        prepare_predict(signature, request, LIMITS)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    request.inputs["feedback_direction"].CopyFrom(tensors.from_ndarray(
+        np.array([[1, 0], [0.5, 3e38]], np.float32)))
+    assert prepare_predict(signature, request, LIMITS).rows == 2

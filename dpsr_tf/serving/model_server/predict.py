@@ -36,6 +36,8 @@ class RequestLimits:
       max_k: largest k accepted (the servable may enforce a smaller bound itself).
       max_elements: most values any one input may declare (its shape's product), checked from
         the declared shape before anything is converted.
+      finite_inputs: float inputs whose values must all be finite (a dense feedback direction:
+        the graph asserts it too, but a failed assert fails every request of a batch).
     """
 
     max_rows: int = 0
@@ -44,6 +46,7 @@ class RequestLimits:
     k_input: str = "k"
     max_k: int = 10000
     max_elements: int = 1 << 20
+    finite_inputs: Tuple[str, ...] = ("feedback_direction",)
 
 
 @dataclasses.dataclass
@@ -207,6 +210,10 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits,
             _check_strings(alias, value, limits)
         if alias == limits.k_input and spec.dtype in (types_pb2.DT_INT32, types_pb2.DT_INT64):
             _check_k(alias, value, limits)
+        if alias in limits.finite_inputs and value.dtype.kind == "f" \
+                and not np.isfinite(value).all():
+            raise _bad(f"input '{alias}' holds a non-finite value at "
+                       f"{list(np.argwhere(~np.isfinite(value))[0])}; send finite numbers")
         feeds[alias] = value
         if spec.batch_major and value.ndim == 0:
             joinable = False  # a scalar where rows were declared: run alone, let the graph judge

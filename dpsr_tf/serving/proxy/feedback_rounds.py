@@ -109,6 +109,8 @@ def parse_hits(data: bytes, rows: Optional[int], where: str) -> Tuple[np.ndarray
                       "embeddings")
     if not np.isfinite(embeddings).all():
         raise _refuse(where, "non-finite embeddings")
+    if np.isnan(scores).any() or (scores == np.inf).any():
+        raise _refuse(where, "NaN or +inf scores (a hit's score is finite, -inf pads)")
     return scores, embeddings
 
 

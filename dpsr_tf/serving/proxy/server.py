@@ -226,6 +226,11 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return response
         shard_budget = min(spec.shard_deadline_s or 0.8 * spec.deadline_s, 0.8 * budget)
         signature = request.model_spec.signature_name or "serving_default"
+        if signature.endswith(feedback_rounds.HITS_SUFFIX):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"signature '{signature}' is dense feedback's first round, which "
+                               f"the proxy runs itself on every shard of {spec.name}; call "
+                               f"'{signature[:-len(feedback_rounds.HITS_SUFFIX)]}'")
         plan = await self._plan(route, signature, start + shard_budget)
         if not plan.mergeable:
             # e.g. query_embedding: every shard computes the same answer; ask one.
@@ -239,15 +244,24 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                     backend.output_filter.append(alias)
         k = shard_answers.request_k(request, spec.k_input)
         rows = shard_answers.request_rows(request)
-        failed_first = []
-        if plan.feedback_rounds and feedback_rounds.DIRECTION_INPUT not in request.inputs:
+        failed_first, shards = [], range(len(route.shards))
+        if plan.feedback_rounds:
             # Round one gets half the shards' budget; the search the rest.
-            backend, failed_first = await self._feedback_round(
-                route, backend, signature, rows, start + shard_budget / 2)
-        results, failed = await self._fan_out(route, backend, start + shard_budget, lambda s: (
-            functools.partial(shard_answers.parse_shard_answer, rows=rows, k=k,
-                              where=f"shard {s} of {spec.name}", id_output=spec.id_output,
-                              score_output=spec.score_output)))
+            try:
+                backend, failed_first, left_out = await self._feedback_round(
+                    route, backend, signature, rows, start + shard_budget / 2)
+                shards = [s for s in shards if s not in left_out]
+            except ServingError as e:
+                if e.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                # No S.feedback_hits (a version without feedback rolled out since the plan was
+                # learned): learn it again and answer in one round.
+                route.mergeable.pop(signature, None)
+        results, failed = await self._fan_out(
+            route, backend, start + shard_budget, lambda s: functools.partial(
+                shard_answers.parse_shard_answer, rows=rows, k=k,
+                where=f"shard {s} of {spec.name}", id_output=spec.id_output,
+                score_output=spec.score_output), shards)
         answers, work = [], 0
         for s, result in results:
             try:
@@ -280,18 +294,19 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                          "; ".join(e.message for _, e in failed))
         return response
 
-    async def _fan_out(self, route: Route, request, deadline, parse):
-        """Every shard's answer to a Predict `request` (parse(s): shard s's answer from its
-        bytes): ([(shard, answer)], [(shard, ServingError)]).
+    async def _fan_out(self, route: Route, request, deadline, parse, shards=None):
+        """Every shard's (or the listed shards') answer to a Predict `request` (parse(s):
+        shard s's answer from its bytes): ([(shard, answer)], [(shard, ServingError)]).
 
         Raises:
           ServingError: a shard's client error (INVALID_ARGUMENT, ...), as it is.
         """
+        shards = list(range(len(route.shards)) if shards is None else shards)
         results = await asyncio.gather(
             *(self._caller.call(route, s, "Predict", request, deadline, parse(s))
-              for s in range(len(route.shards))), return_exceptions=True)
+              for s in shards), return_exceptions=True)
         answers, failed = [], []
-        for s, result in enumerate(results):
+        for s, result in zip(shards, results):
             if isinstance(result, ServingError):
                 if result.code in CLIENT_ERRORS:
                     raise result
@@ -319,18 +334,29 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     async def _feedback_round(self, route: Route, backend, signature: str, rows, deadline):
         """Dense feedback's first round (feedback_rounds.py): every shard's first hits, pooled
-        into each query's direction. Returns (the second round's request, [(shard, error)] of
-        shards whose hits are missing from the direction: the answer is partial)."""
+        into each query's direction.
+
+        Returns:
+          (the second round's request, [(shard, error)] of shards whose hits are missing from
+          the direction (the answer is partial), the shards round two must skip: those whose
+          hits have other dimensions than most shards', which would refuse the direction).
+        """
         spec = route.spec
         hits, failed = await self._fan_out(
             route, feedback_rounds.hits_request(backend, signature, spec.k_input), deadline,
             lambda s: functools.partial(feedback_rounds.parse_hits, rows=rows,
                                         where=f"shard {s} of {spec.name}"))
         self._require(route, hits, failed)
-        direction, left_out = feedback_rounds.direction(hits, spec.name)
+        pooled = sum(scores.size for _, (scores, _) in hits) * hits[0][1][1].shape[2]
+        if pooled <= _INLINE_MERGE_ENTRIES:
+            direction, left_out = feedback_rounds.direction(hits, spec.name)
+        else:  # off the event loop, as a large merge
+            direction, left_out = await asyncio.get_running_loop().run_in_executor(
+                self._merge_pool, feedback_rounds.direction, hits, spec.name)
         failed += left_out
         self._require(route, hits, failed)   # under partial_policy FAIL, a left-out shard fails
-        return feedback_rounds.search_request(backend, signature, direction), failed
+        return (feedback_rounds.search_request(backend, signature, direction), failed,
+                {s for s, _ in left_out})
 
     # ------------------------------------------------------------------ other calls
 
