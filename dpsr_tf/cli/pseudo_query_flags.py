@@ -23,7 +23,7 @@ def config_from_flags() -> PseudoQueryConfig:
     except ValueError:
         raise flags.ValidationError(f"--pseudo_query_kinds={','.join(_KIND_WEIGHTS.value)}: "
                                     f"give {len(KINDS)} numbers for {', '.join(KINDS)}, "
-                                    f"e.g. 0.5,0.3,0.2") from None
+                                    f"e.g. 0.2,0.3,0.5") from None
     try:
         return PseudoQueryConfig(per_item=_PER_ITEM.value, max_words=_MAX_WORDS.value,
                                  kind_weights=weights, seed=_SEED.value)
