@@ -110,15 +110,21 @@ def _moved(q, item_emb, rows):
     return q + FEEDBACK.weight * np.linalg.norm(q, axis=2, keepdims=True) * unit[:, None, :]
 
 
-@pytest.mark.parametrize("rounds", ["feedback", "zero_direction"])
-def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported, servers, rounds):
+@pytest.mark.parametrize("rounds, signature", [("feedback", "serving_default"),
+                                               ("feedback", "personalized"),
+                                               ("zero_direction", "serving_default")])
+def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported, servers, rounds,
+                                                                       signature):
     spec = exported["spec"]
     shard_stub = process.prediction_stub(servers["shards"][0].address)
     ids, item_emb = _item_embeddings(shard_stub, "dpsr", spec)         # [N, d], every item
     # serving_default is an unknown user with no history (the user inputs at "").
-    anonymous = {"user_gender": [""] * len(QUERIES), "user_history": [[""]] * len(QUERIES)}
+    users = {"user_gender": [""] * len(QUERIES), "user_history": [[""]] * len(QUERIES)}
+    if signature == "personalized":
+        users = {"user_gender": ["f", "m", "f", ""],
+                 "user_history": [["item1", "item2"], ["item3", ""], ["", ""], ["item4", ""]]}
     q = outputs(shard_stub.Predict(_request("dpsr", "query_embedding", query=QUERIES,
-                                            **anonymous), timeout=60))["embedding"]  # [Q, m, d]
+                                            **users), timeout=60))["embedding"]  # [Q, m, d]
     proxy_stub = process.prediction_stub(servers["proxy"].address)
     if rounds == "feedback":
         # The proxy's two rounds: the heads moved toward the 3 best items of the whole catalog
@@ -133,7 +139,8 @@ def test_proxy_answer_equals_brute_force_over_the_servables_embeddings(exported,
             rows, _, _, _ = _top(q, item_emb[own], FEEDBACK.items)
             local[:, own] = _top(_moved(q, item_emb[own], rows), item_emb[own], 1)[3]
         assert (np.argsort(-local, axis=1, kind="stable")[:, :K] != want[0]).any()
-        request = _request("dpsr", "serving_default", query=QUERIES, k=K)
+        request = _request("dpsr", signature, query=QUERIES, k=K,
+                           **(users if signature == "personalized" else {}))
     else:   # no move: the plain search, merged over the shards
         want = _top(q, item_emb, K)
         request = _request("dpsr", "serving_default" + SEARCH_SUFFIX, query=QUERIES, k=K)
