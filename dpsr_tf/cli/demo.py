@@ -6,13 +6,16 @@
     4. train        a short tf.estimator run of a 2-head, personalized DPSR model
     5. evaluate     full-corpus Recall/nDCG/MRR on the eval split, beside BM25
     6. index        item tower over the catalog -> 2 FAISS index shards (IVF) and the BM25
-                    index of the titles beside them; dense, BM25 and hybrid as served
+                    index of the titles beside them; the fusion, the speller and dense
+                    feedback chosen on the eval split as `dpsr export` chooses them; dense,
+                    BM25 and hybrid as served
     7. rewrite      a short run of the cycle-consistent query rewriter (docs/rewriting.md)
                     on the layout's (query, clicked title) pairs; rewrites of the demo queries
                     decoded from the DPSR model's titles, kept when they find that title's
                     item again (the cycle filter), written as a rewrite table
     8. export       one hybrid SavedModel per shard (tokenizer + query tower + FAISS search +
-                    BM25 search over the query and its rewrites, fused by reciprocal rank)
+                    BM25 search over the query and its rewrites, fused as chosen; with dense
+                    feedback, the proxy's two rounds over the shards)
     9. serve        two model servers and the proxy as real processes; queries sent with the
                     TF Serving gRPC client; each query's top items with their source (dense,
                     lexical, both, rewrite) and the head that found them; the lexical list
@@ -156,6 +159,7 @@ def main(argv):
     from dpsr_tf.indexing.index_builder import IndexBuildConfig
     from dpsr_tf.export.saved_model_export import export_all_shards
     from dpsr_tf.export.servable_graph import ServableConfig
+    from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK, FeedbackConfig
     from dpsr_tf.demo.serving_demo import query_model, run_serving_demo
 
     begin = time.monotonic()
@@ -219,16 +223,20 @@ def main(argv):
           f"built in {manifest.build_seconds:.1f}s; BM25 over "
           f"{sum(s.num_terms for s in manifest.lexical.shards)} shard terms, built in "
           f"{manifest.lexical.build_seconds:.1f}s")
-    choice, spelling, scores = fusion_choice.choose_with_spelling(train.model_dir, index_dir,
-                                                                  log=quiet)
+    # As `dpsr export` chooses (--dense_feedback=auto): every fusion without and with the
+    # default dense feedback.
+    choice, spelling, scores = fusion_choice.choose_with_spelling(
+        train.model_dir, index_dir, log=quiet, feedbacks=(FeedbackConfig(), DEFAULT_FEEDBACK))
     hybrid = hybrid_lib.evaluate_hybrid(train.model_dir, index_dir, cfg=eval_cfg,
-                                        fusion=choice.config, log=quiet, spelling=spelling)
+                                        fusion=choice.config, log=quiet, spelling=spelling,
+                                        feedback=choice.feedback)
     print(f"   fusion chosen on the eval split among {len(choice.candidates)} candidates: "
-          f"{fusion_choice.describe(choice.config)}; catalog speller "
-          f"{'on' if spelling else 'off'} (objective {scores['with']:.4f} with it, "
+          f"{fusion_choice.describe(choice.config)}, {choice.feedback.describe()}; catalog "
+          f"speller {'on' if spelling else 'off'} (objective {scores['with']:.4f} with it, "
           f"{scores['without']:.4f} without)")
-    print("   as served (eval split): dense through the IVF shards, BM25 through the lexical "
-          "shards, and their fusion")
+    print("   as served (eval split): dense through the IVF shards"
+          + (" (after dense feedback)" if choice.feedback.enabled else "")
+          + ", BM25 through the lexical shards, and their fusion")
     print(f"   {'':8} " + " ".join(f"{m:>11}" for m in ("recall@10", "recall@100", "ndcg@10",
                                                           "mrr@10")))
     for name, got, prefix in (("dense", hybrid["dpsr"], "served_"),
@@ -250,7 +258,8 @@ def main(argv):
     servables = export_all_shards(train.model_dir, index_dir,
                                   os.path.join(work, "models", "dpsr"),
                                   servable=ServableConfig(fusion=choice.config,
-                                                          spelling=spelling),
+                                                          spelling=spelling,
+                                                          dense_feedback=choice.feedback),
                                   fusion_choice=dict(choice.to_json(), spelling={
                                       "mode": "auto", "on": spelling, "scores": scores}),
                                   rewrite_table=rewrites)
