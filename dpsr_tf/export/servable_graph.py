@@ -311,10 +311,10 @@ class ServableGraph:
         s = self._servable
         index = self._index()
         if s.dense_feedback.enabled:
-            if direction is None:   # the shard's own first hits (the whole catalog's: 1 shard)
-                _, first_labels = self._first_hits(index, embeddings)
-                direction = self._hit_mean(first_labels)
             with tf.name_scope("dense_feedback"):
+                if direction is None:   # the shard's own first hits (the catalog's: one shard)
+                    _, first_labels = self._first_hits(index, embeddings)
+                    direction = dense_feedback.hit_mean(first_labels, self._table())
                 embeddings = dense_feedback.move(embeddings, direction, s.dense_feedback)
         scores, labels = [], []
         with tf.name_scope("search"):
@@ -371,14 +371,6 @@ class ServableGraph:
                 trainable=False, name="feedback_item_embeddings")
         self.feedback_table = self._once("feedback_table", build)
         return self.feedback_table
-
-    def _hit_mean(self, first_labels: tf.Tensor) -> tf.Tensor:
-        """[B, d] the mean embedding of each query's first hits (zeros without any)."""
-        with tf.name_scope("dense_feedback"):
-            vectors = dense_feedback.hit_embeddings(first_labels, self._table())
-            count = tf.reduce_sum(tf.cast(first_labels >= 0, tf.float32), axis=1,
-                                  keepdims=True)
-            return tf.reduce_sum(vectors, axis=1) / tf.maximum(count, 1.0)
 
     def _add_feedback_rounds(self, name: str, embeddings: tf.Tensor) -> None:
         """Signature `name`'s two feedback rounds, which the proxy uses over shards (module

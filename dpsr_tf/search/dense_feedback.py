@@ -122,6 +122,12 @@ def hit_embeddings(first_labels: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
     return vectors * tf.cast(valid, vectors.dtype)[..., tf.newaxis]
 
 
+def hit_mean(first_labels: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
+    """[B, d] the mean table row of each query's first hits (zeros for a query without any)."""
+    count = tf.reduce_sum(tf.cast(first_labels >= 0, tf.float32), axis=1, keepdims=True)
+    return tf.reduce_sum(hit_embeddings(first_labels, table), axis=1) / tf.maximum(count, 1.0)
+
+
 def move(heads: tf.Tensor, direction: tf.Tensor, cfg: FeedbackConfig) -> tf.Tensor:
     """move_np in-graph, the direction [B, d] normalised here (zero stays zero; scaled by its
     largest element first, so that no finite direction overflows or underflows the norm)."""
@@ -136,6 +142,4 @@ def moved_heads(heads: tf.Tensor, first_labels: tf.Tensor, table: tf.Tensor,
                 cfg: FeedbackConfig) -> tf.Tensor:
     """moved_heads_np in-graph: heads [B, m, d], first_labels [B, f] int64 (-1 pads) indexing
     table [n, d]."""
-    count = tf.reduce_sum(tf.cast(first_labels >= 0, tf.float32), axis=1, keepdims=True)
-    mean = tf.reduce_sum(hit_embeddings(first_labels, table), axis=1) / tf.maximum(count, 1.0)
-    return move(heads, mean, cfg)
+    return move(heads, hit_mean(first_labels, table), cfg)
