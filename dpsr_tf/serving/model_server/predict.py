@@ -213,7 +213,7 @@ def prepare_predict(signature: Signature, request, limits: RequestLimits,
         if alias in limits.finite_inputs and value.dtype.kind == "f" \
                 and not np.isfinite(value).all():
             raise _bad(f"input '{alias}' holds a non-finite value at "
-                       f"{list(np.argwhere(~np.isfinite(value))[0])}; send finite numbers")
+                       f"{np.argwhere(~np.isfinite(value))[0].tolist()}; send finite numbers")
         feeds[alias] = value
         if spec.batch_major and value.ndim == 0:
             joinable = False  # a scalar where rows were declared: run alone, let the graph judge
