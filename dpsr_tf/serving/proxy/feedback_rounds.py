@@ -11,8 +11,9 @@ sends S.feedback_search that direction with the request, whose answers are merge
 `dpsr export`'s choice of feedback and `dpsr evaluate` score.
 
 A shard's first-round answer is checked on the wire before it is parsed: at most the request's
-rows, at most MAX_ITEMS hits per row and MAX_DIM dimensions, finite embeddings; anything else
-fails that shard (INTERNAL), as an oversized result list does (shard_answers.py).
+rows, at most MAX_ITEMS hits per row and MAX_DIM dimensions, finite embeddings, finite or -inf
+scores; anything else fails that shard (INTERNAL), as an oversized result list does
+(shard_answers.py).
 """
 from typing import Optional, Sequence, Tuple
 
@@ -72,7 +73,7 @@ def parse_hits(data: bytes, rows: Optional[int], where: str) -> Tuple[np.ndarray
 
     Raises:
       ServingError(INTERNAL): outputs missing, of the wrong dtype or rank, larger than the
-        request could need, or non-finite embeddings.
+        request could need, non-finite embeddings, or NaN / +inf scores.
     """
     try:
         shapes = shard_answers.declared_output_shapes(data)
