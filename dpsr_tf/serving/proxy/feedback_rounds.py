@@ -10,10 +10,10 @@ sends S.feedback_search that direction with the request, whose answers are merge
 (server.py). The answer then equals a one-shard servable's over the same items, which is what
 `dpsr export`'s choice of feedback and `dpsr evaluate` score.
 
-A shard's first-round answer is checked on the wire before it is parsed: at most the request's
-rows, at most MAX_ITEMS hits per row and MAX_DIM dimensions, finite embeddings, finite or -inf
-scores; anything else fails that shard (INTERNAL), as an oversized result list does
-(shard_answers.py).
+A shard's first-round answer is checked: its declared shapes on the wire before it is parsed
+(the request's rows, at most MAX_ITEMS hits per row and MAX_DIM dimensions), then its values
+(finite embeddings, finite or -inf scores); anything else fails that shard (INTERNAL), as an
+oversized result list does (shard_answers.py).
 """
 from typing import Optional, Sequence, Tuple
 
