@@ -21,6 +21,44 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def eval_queries(model_dir: str, count: int):
+    """The first `count` queries of the model's layout eval split."""
+    from dpsr_tf.data import layout as layout_lib
+    from dpsr_tf.model.model_dir import load_model_config
+
+    _, saved = load_model_config(model_dir)
+    return layout_lib.load_eval_set(layout_lib.load_layout_spec(saved.layout_dir),
+                                    "eval").queries[:count]
+
+
+def time_alternating(callers, queries, rounds: int):
+    """{name: [ms per call]}: callers (name -> call(query)) warmed on 20 queries, then each
+    sent every query in turn, round by round, so that the machine's load falls on all alike."""
+    for call in callers.values():   # warm: first runs allocate
+        for q in queries[:20]:
+            call(q)
+    times = {name: [] for name in callers}
+    for r in range(rounds):
+        for name, call in callers.items():
+            for q in queries:
+                start = time.perf_counter()
+                call(q)
+                times[name].append((time.perf_counter() - start) * 1e3)
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return times
+
+
+def print_latencies(times, label: str) -> None:
+    """p50 / p90 / p99 ms of each entry of {name: [ms]} and their ratios to the first's."""
+    width = max(len(label), *(len(name) for name in times))
+    base = np.percentile(next(iter(times.values())), [50, 90, 99])
+    print(f"{label:{width}s} {'n':>5s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s}  ratio")
+    for name, t in times.items():
+        p = np.percentile(t, [50, 90, 99])
+        print(f"{name:{width}s} {len(t):5d} {p[0]:7.2f} {p[1]:7.2f} {p[2]:7.2f}  "
+              + " / ".join(f"{x:.2f}" for x in p / base))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", required=True, help="the model (for its eval queries)")
@@ -30,32 +68,15 @@ def main():
     parser.add_argument("--queries", type=int, default=300, help="eval queries per round")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from dpsr_tf.data import layout as layout_lib
-    from dpsr_tf.model.model_dir import load_model_config
     from tests.support.tf1_servable import Tf1Servable
 
-    _, saved = load_model_config(args.model_dir)
-    queries = layout_lib.load_eval_set(layout_lib.load_layout_spec(saved.layout_dir),
-                                       "eval").queries[:args.queries]
-    paths = args.servables.split(",")
-    servables = [Tf1Servable(p) for p in paths]
-    for s in servables:   # warm: first runs allocate
-        for q in queries[:20]:
-            s.call("serving_default", {"query": [q], "k": args.k}, ["item_ids"])
-    times = [[] for _ in servables]
-    for r in range(args.rounds):
-        for i, s in enumerate(servables):
-            for q in queries:
-                start = time.perf_counter()
-                s.call("serving_default", {"query": [q], "k": args.k}, ["item_ids"])
-                times[i].append((time.perf_counter() - start) * 1e3)
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    base = np.percentile(times[0], [50, 90, 99])
-    print(f"{'servable':60s} {'n':>5s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s}  ratio")
-    for path, t in zip(paths, times):
-        p = np.percentile(t, [50, 90, 99])
-        print(f"{path:60s} {len(t):5d} {p[0]:7.2f} {p[1]:7.2f} {p[2]:7.2f}  "
-              + " / ".join(f"{x:.2f}" for x in p / base))
+    queries = eval_queries(args.model_dir, args.queries)
+    callers = {}
+    for path in args.servables.split(","):
+        servable = Tf1Servable(path)
+        callers[path] = lambda q, s=servable: s.call("serving_default",
+                                                     {"query": [q], "k": args.k}, ["item_ids"])
+    print_latencies(time_alternating(callers, queries, args.rounds), "servable")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,10 @@ import argparse
 import glob
 import os
 import sys
-import time
-
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from dense_feedback_cost import eval_queries, print_latencies, time_alternating  # noqa: E402  (bench/)
 
 
 def _shard_bases(base: str):
@@ -41,14 +39,10 @@ def main():
     parser.add_argument("--queries", type=int, default=300, help="eval queries per round")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from dpsr_tf.data import layout as layout_lib
     from dpsr_tf.demo import server_processes as process
-    from dpsr_tf.model.model_dir import load_model_config
     from tests.support.serving_testing import predict_request
 
-    _, saved = load_model_config(args.model_dir)
-    queries = layout_lib.load_eval_set(layout_lib.load_layout_spec(saved.layout_dir),
-                                       "eval").queries[:args.queries]
+    queries = eval_queries(args.model_dir, args.queries)
     models = {"plain": _shard_bases(args.plain), "feedback": _shard_bases(args.feedback)}
     servers = {name: [process.model_server_process(base, "dpsr", name=f"{name}{i}")
                       for i, base in enumerate(bases)] for name, bases in models.items()}
@@ -58,27 +52,13 @@ def main():
             {name: tuple((s.address,) for s in group) for name, group in servers.items()},
             backend_model_name="dpsr", deadline_ms=30000)
         stub = process.prediction_stub(proxy.address)
-        for name in models:   # warm: first runs allocate
-            for q in queries[:20]:
-                stub.Predict(predict_request(name, [q], k=args.k), timeout=30)
-        times = {name: [] for name in models}
-        for r in range(args.rounds):
-            for name in models:
-                for q in queries:
-                    request = predict_request(name, [q], k=args.k)
-                    start = time.perf_counter()
-                    stub.Predict(request, timeout=30)
-                    times[name].append((time.perf_counter() - start) * 1e3)
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        times = time_alternating(
+            {name: lambda q, n=name: stub.Predict(predict_request(n, [q], k=args.k), timeout=30)
+             for name in models}, queries, args.rounds)
     finally:
         process.stop_all()
-    base = np.percentile(times["plain"], [50, 90, 99])
     print(f"{len(models['plain'])} shards, k={args.k}")
-    print(f"{'model':10s} {'n':>5s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s}  ratio")
-    for name, t in times.items():
-        p = np.percentile(t, [50, 90, 99])
-        print(f"{name:10s} {len(t):5d} {p[0]:7.2f} {p[1]:7.2f} {p[2]:7.2f}  "
-              + " / ".join(f"{x:.2f}" for x in p / base))
+    print_latencies(times, "model")
 
 
 if __name__ == "__main__":
