@@ -13,6 +13,11 @@ with every candidate, and fold F's pair is chosen on the other folds' requests (
 objective). Printed: the pooled dense lists without and with each setting, the cross-fitted
 hybrid without feedback (today's `--dense_feedback=off`) and with the choice of feedback, and
 the paired differences (bootstrap 95% interval over requests, requests better / worse).
+
+With `--rewrites=TABLE` (a `dpsr rewrite` table) the lexical list of every variant is the one a
+servable exported with `--rewrites=TABLE` fuses: the query's BM25 list merged with its
+rewrites' lists by the default rule (rewrite_merge.RewriteConfig; the table looked up by the
+query as typed, BM25 searching the spelled query, as the servable does).
 """
 import argparse
 import glob
@@ -26,25 +31,51 @@ from dpsr_tf.search.dense_feedback import DEFAULT  # noqa: E402
 from dpsr_tf.evaluation import crossval_hybrid, fusion_choice  # noqa: E402
 from dpsr_tf.evaluation import evaluate as evaluate_lib  # noqa: E402
 from dpsr_tf.evaluation import hybrid as hybrid_lib  # noqa: E402
+from dpsr_tf.evaluation import rewrites as rewrites_lib  # noqa: E402
+from dpsr_tf.rewriting import table as table_lib  # noqa: E402
 from dpsr_tf.evaluation.crossval_hybrid import FoldLists, candidate_metrics  # noqa: E402
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout  # noqa: E402
 from dpsr_tf.search.dense_feedback import FeedbackConfig  # noqa: E402
 from dpsr_tf.search.fusion import FusionConfig  # noqa: E402
+from dpsr_tf.search.rewrite_merge import RewriteConfig  # noqa: E402
 
 REPORTED = ("recall@100", "recall@1000", "ndcg@10")
 RECALL_KS = (10, 100, 1000)
 
 
-def _lists(model_dir, index_dir, layout_dir, variants, spelling):
-    """Per variant, the split's FoldLists (its dense list with that feedback)."""
+def _typed_queries(layout):
+    """The eval split's queries as typed (a rewrite table's keys), in request order."""
+    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    return layout_lib.load_eval_set(layout_lib.load_layout_spec(layout), "eval").queries
+
+
+def _lists(model_dir, index_dir, layout_dir, variants, spelling, table=None):
+    """Per variant, the split's FoldLists (its dense list with that feedback); with a rewrite
+    table, also the same with the lexical list merged with the rewrites' lists as the servable
+    merges them (else None)."""
     cfg = evaluate_lib.EvalConfig(split="eval", num_random=0)
     layout = layout_dir or layout_of(model_dir, None)
     with spelled_layout(layout, index_dir if spelling else None, log=lambda _: None) as view:
         run = hybrid_lib.open_hybrid(model_dir, index_dir, view or layout, cfg,
                                      log=lambda _: None)
-        lex_scores, lex_rows = run.lexical_lists(FusionConfig())
-    return [FoldLists(*run.dense_lists(v), lex_scores, lex_rows, *run.relevant, k=run.k)
-            for v in variants]
+        plain = run.lexical_lists(FusionConfig())
+        merged = None
+        if table is not None:
+            typed = _typed_queries(layout)
+            if len(typed) != len(run.eval_set.queries):
+                raise ValueError(f"{layout}: {len(typed)} typed queries against "
+                                 f"{len(run.eval_set.queries)} spelled ones")
+            rewrite = RewriteConfig()
+            texts = rewrites_lib.rewrite_texts(typed, table, rewrite.max_rewrites)
+            print(f"  {sum(bool(t) for t in texts)} of {len(texts)} requests have rewrites",
+                  flush=True)
+            merged = rewrites_lib.lexical_lists_with_rewrites(
+                run.searcher, run.eval_set.queries, texts, rewrite, run.k)(FusionConfig())
+    dense = [run.dense_lists(v) for v in variants]
+
+    def with_lexical(lexical):
+        return [FoldLists(*d, *lexical, *run.relevant, k=run.k) for d in dense]
+    return with_lexical(plain), (with_lexical(merged) if merged is not None else None)
 
 
 def _pool(parts):
@@ -71,22 +102,47 @@ def main():
                         "export tries; the others are printed for comparison)")
     parser.add_argument("--spelling", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--samples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--rewrites", help="a `dpsr rewrite` table: score the lexical list "
+                        "merged with the rewrites' (as `dpsr export --rewrites` serves it)")
     args = parser.parse_args()
+    table = table_lib.read_table(args.rewrites) if args.rewrites else None
     settings = [FeedbackConfig(int(s.split(":")[0]), float(s.split(":")[1]))
                 for s in args.settings.split(",")]
     variants = [FeedbackConfig()] + settings
     if args.crossval_dir:
         folds = sorted(glob.glob(os.path.join(args.crossval_dir, "fold_*")))
-        per_fold = []   # per fold, per variant FoldLists
+        per_fold = []   # per fold, (plain, merged) per variant FoldLists
         for d in folds:
             print(f"{d}: searching {len(variants)} dense variants", flush=True)
             per_fold.append(_lists(os.path.join(d, "model"), os.path.join(d, "index"),
-                                   os.path.join(d, "layout"), variants, args.spelling))
+                                   os.path.join(d, "layout"), variants, args.spelling,
+                                   table))
+        plain = [f[0] for f in per_fold]
+        merged = [f[1] for f in per_fold] if table is not None else None
     else:
-        whole = _lists(args.model_dir, args.index_dir, None, variants, args.spelling)
         from fusion_gates import split_lists  # pylint: disable=import-outside-toplevel
-        parts = [split_lists(v, args.parts) for v in whole]          # [variant][part]
-        per_fold = [[parts[v][p] for v in range(len(variants))] for p in range(args.parts)]
+        whole = _lists(args.model_dir, args.index_dir, None, variants, args.spelling, table)
+
+        def in_parts(lists):   # [variant] -> [part][variant]
+            parts = [split_lists(v, args.parts) for v in lists]
+            return [[parts[v][p] for v in range(len(variants))] for p in range(args.parts)]
+        plain = in_parts(whole[0])
+        merged = in_parts(whole[1]) if table is not None else None
+    rng = np.random.default_rng(0)
+    off, chosen = _report(plain, variants, args.samples, rng)
+    if merged is not None:
+        print(f"\n=== with the rewrite table {args.rewrites} ===")
+        off_rw, chosen_rw = _report(merged, variants, args.samples, rng)
+        print("\nwith the table minus without it (cross-fitted hybrids):")
+        _paired("no feedback", off_rw, off, args.samples, rng)
+        for v in range(1, len(variants)):
+            _paired(f"feedback chosen ({variants[v].describe()} or none)", chosen_rw[v - 1],
+                    chosen[v - 1], args.samples, rng)
+
+
+def _report(per_fold, variants, samples, rng):
+    """Prints the pooled dense lists and the cross-fitted hybrids of per_fold[fold][variant];
+    returns the hybrid without feedback and, per feedback setting, the hybrid choosing it."""
     n_folds = len(per_fold)
     print(f"{n_folds} folds, requests {[len(f[0]) for f in per_fold]}", flush=True)
     cands = fusion_choice.CANDIDATES
@@ -94,7 +150,6 @@ def main():
     # metrics[fold][variant][candidate] = per-request metrics
     metrics = [[candidate_metrics(lists, cands, RECALL_KS) for lists in fold]
                for fold in per_fold]
-    rng = np.random.default_rng(0)
     print("\npooled served dense lists:")
     for v, variant in enumerate(variants):
         pooled = _pool([metrics[f][v][dense_only] for f in range(n_folds)])
@@ -103,7 +158,7 @@ def main():
     for v in range(1, len(variants)):
         _paired(f"dense, {variants[v].describe()} minus none",
                 _pool([metrics[f][v][dense_only] for f in range(n_folds)]),
-                _pool([metrics[f][0][dense_only] for f in range(n_folds)]), args.samples, rng)
+                _pool([metrics[f][0][dense_only] for f in range(n_folds)]), samples, rng)
 
     def cross_fitted(allowed):
         """Per fold the (variant, candidate) chosen on the others, and its metrics there."""
@@ -118,13 +173,15 @@ def main():
     print("\ncross-fitted hybrid, no feedback (--dense_feedback=off):")
     print("  folds chose: " + "; ".join(off_names))
     print("  " + " ".join(f"{m} {off[m].mean():.4f}" for m in REPORTED))
+    chosen = []
     for v in range(1, len(variants)):
         names, got = cross_fitted([0, v])
         print(f"cross-fitted hybrid, feedback chosen ({variants[v].describe()} or none):")
         print("  folds chose: " + "; ".join(names))
         print("  " + " ".join(f"{m} {got[m].mean():.4f}" for m in REPORTED))
-        _paired("minus no feedback", got, off, args.samples, rng)
-
+        _paired("minus no feedback", got, off, samples, rng)
+        chosen.append(got)
+    return off, chosen
 
 if __name__ == "__main__":
     main()
