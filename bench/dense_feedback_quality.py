@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/dense_feedback_quality.py --crossval_dir=/tmp/cv/bb_cv
     PYTHONPATH=. python bench/dense_feedback_quality.py --model_dir=M --index_dir=I --parts=5
+    PYTHONPATH=. python bench/dense_feedback_quality.py --model_dir=M --index_dir=I --rewrites=T
 
 `dpsr export --dense_feedback=auto` tries every fusion of the grid (fusion_choice.CANDIDATES)
 without feedback and with the default feedback (dense_feedback.DEFAULT) on the layout's eval
@@ -182,6 +183,7 @@ def _report(per_fold, variants, samples, rng):
         _paired("minus no feedback", got, off, samples, rng)
         chosen.append(got)
     return off, chosen
+
 
 if __name__ == "__main__":
     main()
