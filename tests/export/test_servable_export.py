@@ -548,6 +548,15 @@ def test_rewrite_table_servable_merges_rewrite_lists_then_fuses(servable, tmp_pa
     assert got["lex_source"] == [["" if r < 0 else "lexical" if q else "rewrite"
                                   for r, q in zip(rr, qq)] for rr, qq in zip(m_r, m_q)]
     assert "rewrite" in got["lex_source"][3] and "rewrite" not in got["lex_source"][1]
+    # What the export's fusion choice (and bench/dense_feedback_quality.py) scores for a table:
+    # evaluation/rewrites.py's lists, from the table file as written, equal the served ones.
+    from dpsr_tf.evaluation import rewrites as rewrites_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
+    texts = rewrites_lib.rewrite_texts(QUERIES, table.read_table(path_table), cfg.max_rewrites)
+    e_s, e_r = rewrites_lib.lexical_lists_with_rewrites(searcher, QUERIES, texts, cfg, 5)(
+        FusionConfig(lexical_k=9))
+    assert [[ids[r] if r >= 0 else "" for r in row] for row in e_r] == got["lex_item_ids"]
+    np.testing.assert_allclose(e_s, got["lex_scores"], rtol=1e-6)
 
 
 def test_online_rewriter_servable_decodes_rewrites_for_queries_without_a_table_entry(
