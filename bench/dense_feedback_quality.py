@@ -13,7 +13,8 @@ eval split, the served dense list is searched without and with each feedback set
 with every candidate, and fold F's pair is chosen on the other folds' requests (the export's
 objective). Printed: the pooled dense lists without and with each setting, the cross-fitted
 hybrid without feedback (today's `--dense_feedback=off`) and with the choice of feedback, and
-the paired differences (bootstrap 95% interval over requests, requests better / worse).
+the paired differences (evaluation/paired.py: bootstrap 95% interval over requests, sign-flip p,
+requests better / worse / tied).
 
 With `--rewrites=TABLE` (a `dpsr rewrite` table) the lexical list of every variant is the one a
 servable exported with `--rewrites=TABLE` fuses: the query's BM25 list merged with its
@@ -32,6 +33,7 @@ from dpsr_tf.search.dense_feedback import DEFAULT  # noqa: E402
 from dpsr_tf.evaluation import crossval_hybrid, fusion_choice  # noqa: E402
 from dpsr_tf.evaluation import evaluate as evaluate_lib  # noqa: E402
 from dpsr_tf.evaluation import hybrid as hybrid_lib  # noqa: E402
+from dpsr_tf.evaluation import paired  # noqa: E402
 from dpsr_tf.evaluation import rewrites as rewrites_lib  # noqa: E402
 from dpsr_tf.rewriting import table as table_lib  # noqa: E402
 from dpsr_tf.evaluation.crossval_hybrid import FoldLists, candidate_metrics  # noqa: E402
@@ -83,13 +85,11 @@ def _pool(parts):
     return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
 
 
-def _paired(name, got, ref, samples, rng):
+def _paired(name, got, ref, samples):
+    """The paired test (evaluation/paired.py) of got - ref on each reported metric."""
     for m in REPORTED:
-        d = got[m] - ref[m]
-        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(samples)]
-        print(f"  {name}, {m}: {got[m].mean():.4f} - {ref[m].mean():.4f} = {d.mean():+.5f} "
-              f"[{np.quantile(boots, 0.025):+.5f}, {np.quantile(boots, 0.975):+.5f}], "
-              f"better {int((d > 0).sum())}, worse {int((d < 0).sum())}")
+        print(f"  {name}: " + paired.paired_test(got[m], ref[m], m, "a", "b",
+                                                 num_samples=samples).line())
 
 
 def main():
@@ -129,19 +129,18 @@ def main():
             return [[parts[v][p] for v in range(len(variants))] for p in range(args.parts)]
         plain = in_parts(whole[0])
         merged = in_parts(whole[1]) if table is not None else None
-    rng = np.random.default_rng(0)
-    off, chosen = _report(plain, variants, args.samples, rng)
+    off, chosen = _report(plain, variants, args.samples)
     if merged is not None:
         print(f"\n=== with the rewrite table {args.rewrites} ===")
-        off_rw, chosen_rw = _report(merged, variants, args.samples, rng)
+        off_rw, chosen_rw = _report(merged, variants, args.samples)
         print("\nwith the table minus without it (cross-fitted hybrids):")
-        _paired("no feedback", off_rw, off, args.samples, rng)
+        _paired("no feedback", off_rw, off, args.samples)
         for v in range(1, len(variants)):
             _paired(f"feedback chosen ({variants[v].describe()} or none)", chosen_rw[v - 1],
-                    chosen[v - 1], args.samples, rng)
+                    chosen[v - 1], args.samples)
 
 
-def _report(per_fold, variants, samples, rng):
+def _report(per_fold, variants, samples):
     """Prints the pooled dense lists and the cross-fitted hybrids of per_fold[fold][variant];
     returns the hybrid without feedback and, per feedback setting, the hybrid choosing it."""
     n_folds = len(per_fold)
@@ -159,7 +158,7 @@ def _report(per_fold, variants, samples, rng):
     for v in range(1, len(variants)):
         _paired(f"dense, {variants[v].describe()} minus none",
                 _pool([metrics[f][v][dense_only] for f in range(n_folds)]),
-                _pool([metrics[f][0][dense_only] for f in range(n_folds)]), samples, rng)
+                _pool([metrics[f][0][dense_only] for f in range(n_folds)]), samples)
 
     def cross_fitted(allowed):
         """Per fold the (variant, candidate) chosen on the others, and its metrics there."""
@@ -180,7 +179,7 @@ def _report(per_fold, variants, samples, rng):
         print(f"cross-fitted hybrid, feedback chosen ({variants[v].describe()} or none):")
         print("  folds chose: " + "; ".join(names))
         print("  " + " ".join(f"{m} {got[m].mean():.4f}" for m in REPORTED))
-        _paired("minus no feedback", got, off, samples, rng)
+        _paired("minus no feedback", got, off, samples)
         chosen.append(got)
     return off, chosen
 

@@ -31,7 +31,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dpsr_tf.evaluation import fusion_choice  # noqa: E402
+from dpsr_tf.evaluation import fusion_choice, paired  # noqa: E402
 from dpsr_tf.evaluation.crossval_hybrid import LISTS_FILE, FoldLists, candidate_metrics  # noqa: E402
 from dpsr_tf.search.fusion import FusionConfig  # noqa: E402
 
@@ -177,15 +177,10 @@ def main():
             f"{pairs[best][0]} t={pairs[best][1]:.4g} {fusion_choice.describe(pairs[best][2])}")
         print(f"fold {fold}: chosen on the other folds: {name}")
         chosen.append(dense[fold] if best is None else results[best][fold])
-    rng = np.random.default_rng(0)
     got, ref = _pool(chosen), _pool(dense)
     for m in REPORTED:
-        d = got[m] - ref[m]
-        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(args.samples)]
-        print(f"cross-fitted minus dense only, {m}: {got[m].mean():.4f} - {ref[m].mean():.4f} "
-              f"= {d.mean():+.5f} [{np.quantile(boots, 0.025):+.5f}, "
-              f"{np.quantile(boots, 0.975):+.5f}], better {int((d > 0).sum())}, "
-              f"worse {int((d < 0).sum())}")
+        print("cross-fitted minus dense only: " + paired.paired_test(
+            got[m], ref[m], m, "cross-fitted", "dense only", num_samples=args.samples).line())
 
 
 if __name__ == "__main__":

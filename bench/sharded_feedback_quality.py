@@ -12,20 +12,19 @@ I is a sharded `dpsr index` build (--num_shards >= 2). Per request of the layout
           and `dpsr evaluate` score; docs/export.md "Dense feedback over shards");
   local   each shard moves the heads toward its own first hits and searches itself, and the
           shards' lists are merged (what one round to S on every shard would answer).
-Prints Recall@100 / Recall@1000 / nDCG@10 of each and the paired differences (bootstrap 95%
-interval over requests; requests better / worse).
+Prints Recall@100 / Recall@1000 / nDCG@10 of each and the paired differences
+(evaluation/paired.py: bootstrap 95% interval over requests, sign-flip p, wins / losses / ties).
 """
 import argparse
 import dataclasses
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.evaluation import evaluate as evaluate_lib  # noqa: E402
 from dpsr_tf.evaluation import hybrid as hybrid_lib  # noqa: E402
 from dpsr_tf.evaluation import metrics as metrics_lib  # noqa: E402
+from dpsr_tf.evaluation import paired  # noqa: E402
 from dpsr_tf.evaluation import served as served_lib  # noqa: E402
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout  # noqa: E402
 from dpsr_tf.search import dense_feedback  # noqa: E402
@@ -79,14 +78,10 @@ def main():
           f"{len(splits) - 1} requests, spelling {'on' if view is not None else 'off'}")
     for name, m in got.items():
         print(f"  {name:7s} " + " ".join(f"{k} {m[k].mean():.4f}" for k in REPORTED))
-    rng = np.random.default_rng(0)
     for a, b in (("global", "none"), ("local", "none"), ("global", "local")):
         for k in REPORTED:
-            d = got[a][k] - got[b][k]
-            boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(args.samples)]
-            print(f"  {a} - {b}, {k}: {d.mean():+.5f} [{np.quantile(boots, 0.025):+.5f}, "
-                  f"{np.quantile(boots, 0.975):+.5f}], better {int((d > 0).sum())}, "
-                  f"worse {int((d < 0).sum())}")
+            print("  " + paired.paired_test(got[a][k], got[b][k], k, a, b,
+                                            num_samples=args.samples).line())
 
 
 if __name__ == "__main__":
