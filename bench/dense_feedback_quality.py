@@ -85,10 +85,11 @@ def _pool(parts):
     return {m: np.concatenate([p[m] for p in parts]) for m in parts[0]}
 
 
-def _paired(name, got, ref, samples):
-    """The paired test (evaluation/paired.py) of got - ref on each reported metric."""
+def _paired(name, got, ref, samples, names):
+    """The paired test (evaluation/paired.py) of got - ref on each reported metric; names
+    label got and ref in the printed lines."""
     for m in REPORTED:
-        print(f"  {name}: " + paired.paired_test(got[m], ref[m], m, "a", "b",
+        print(f"  {name}: " + paired.paired_test(got[m], ref[m], m, *names,
                                                  num_samples=samples).line())
 
 
@@ -134,10 +135,10 @@ def main():
         print(f"\n=== with the rewrite table {args.rewrites} ===")
         off_rw, chosen_rw = _report(merged, variants, args.samples)
         print("\nwith the table minus without it (cross-fitted hybrids):")
-        _paired("no feedback", off_rw, off, args.samples)
+        _paired("no feedback", off_rw, off, args.samples, ("with", "without"))
         for v in range(1, len(variants)):
             _paired(f"feedback chosen ({variants[v].describe()} or none)", chosen_rw[v - 1],
-                    chosen[v - 1], args.samples)
+                    chosen[v - 1], args.samples, ("with", "without"))
 
 
 def _report(per_fold, variants, samples):
@@ -158,7 +159,8 @@ def _report(per_fold, variants, samples):
     for v in range(1, len(variants)):
         _paired(f"dense, {variants[v].describe()} minus none",
                 _pool([metrics[f][v][dense_only] for f in range(n_folds)]),
-                _pool([metrics[f][0][dense_only] for f in range(n_folds)]), samples)
+                _pool([metrics[f][0][dense_only] for f in range(n_folds)]), samples,
+                ("feedback", "none"))
 
     def cross_fitted(allowed):
         """Per fold the (variant, candidate) chosen on the others, and its metrics there."""
@@ -179,7 +181,7 @@ def _report(per_fold, variants, samples):
         print(f"cross-fitted hybrid, feedback chosen ({variants[v].describe()} or none):")
         print("  folds chose: " + "; ".join(names))
         print("  " + " ".join(f"{m} {got[m].mean():.4f}" for m in REPORTED))
-        _paired("minus no feedback", got, off, samples)
+        _paired("minus no feedback", got, off, samples, ("chosen", "no feedback"))
         chosen.append(got)
     return off, chosen
 
