@@ -14,8 +14,16 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: build demo test cc-test bench clean bazel
 
-build:  ## compile the pybind11 tokenizer and the TF op library in place
+# The native gRPC front end (front_end_cc/, docs/serving.md): an executable linked with the
+# Debian package libgrpc++-dev.
+FRONT_END := dpsr_tf/serving/dpsr_front_end
+
+build: $(FRONT_END)  ## compile the pybind11 tokenizer, the TF op library and the front end in place
 	$(PY) setup.py -q build_ext --inplace -j 2
+
+$(FRONT_END): front_end_cc/front_end.cc front_end_cc/fair_gate.h
+	g++ -std=c++17 -O2 -Wall -Werror -I . front_end_cc/front_end.cc \
+	    $$(pkg-config --cflags --libs grpc++) -o $@
 
 cc-test: build  ## C++ unit tests of the tokenizer, lexical index and top-k buffer cores
 	$(PY) tools/run_cc_tests.py
@@ -37,4 +45,4 @@ bench: build  ## benchmarks (results go in docs/benchmarks.md)
 	$(PY) bench/tokenizer_bench.py
 
 clean:
-	rm -rf build dpsr_tf/*.so dpsr_tf/_dpsr_ops.faiss.json
+	rm -rf build dpsr_tf/*.so dpsr_tf/_dpsr_ops.faiss.json $(FRONT_END)

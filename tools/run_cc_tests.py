@@ -1,5 +1,5 @@
 """Builds and runs the C++ unit tests listed in sources.bzl (TOKENIZER_CORE_TESTS,
-LEXICAL_CORE_TESTS and TOPK_CORE_TESTS), each with the sources of its core.
+LEXICAL_CORE_TESTS, TOPK_CORE_TESTS and FAIR_GATE_CORE_TESTS), each with the sources of its core.
 
 Each test is compiled with the core sources under AddressSanitizer and UBSan, so an
 out-of-bounds read on hostile input fails the test instead of passing by luck.
@@ -31,6 +31,7 @@ def main() -> int:
     suites = [(test, "TOKENIZER") for test in src["TOKENIZER_CORE_TESTS"]]
     suites += [(test, "LEXICAL") for test in src["LEXICAL_CORE_TESTS"]]
     suites += [(test, "TOPK") for test in src["TOPK_CORE_TESTS"]]
+    suites += [(test, "FAIR_GATE") for test in src["FAIR_GATE_CORE_TESTS"]]
     for test, core in suites:
         exe = os.path.join(OUT, os.path.splitext(os.path.basename(test))[0])
         inputs = [os.path.join(ROOT, p) for p in [test] + src[f"{core}_CORE_SRCS"]]

@@ -78,7 +78,7 @@ def test_every_cc_test_ran_and_passed(bazel_build):
     # The cores' unit tests and //tests/bazel:dpsr_ops_static_link_test.
     src = _sources_bzl()
     expected = (len(src["TOKENIZER_CORE_TESTS"]) + len(src["LEXICAL_CORE_TESTS"]) +
-                len(src["TOPK_CORE_TESTS"]) + 1)
+                len(src["TOPK_CORE_TESTS"]) + len(src["FAIR_GATE_CORE_TESTS"]) + 1)
     summary = re.search(r"out of (\d+) tests?: (\d+) tests? pass", bazel_build[1])
     assert summary, _tail(bazel_build[1])
     assert (int(summary.group(1)), int(summary.group(2))) == (expected, expected)

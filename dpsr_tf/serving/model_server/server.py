@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import threading
 from typing import Optional
 
@@ -16,6 +17,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import heap_trim, stream_limits
+from dpsr_tf.serving.front_end import FrontEndOptions, NativeFrontEnd
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
@@ -59,6 +61,9 @@ class ServerOptions:
         (--heap_trim_interval_seconds); 0: freed heap pages are never trimmed.
       max_streams_per_connection: calls one gRPC connection may have open at once
         (stream_limits.py, --max_streams_per_connection); 0: no limit.
+      native_front_end: FrontEndOptions to put the C++ front end (front_end.py) on the gRPC
+        port, the Python gRPC server behind it on a private UNIX socket; None: Python's own
+        gRPC server takes the port (--front_end).
     """
 
     host: str = "127.0.0.1"
@@ -81,6 +86,7 @@ class ServerOptions:
     enable_profiler: bool = True
     heap_trim_interval_seconds: float = heap_trim.DEFAULT_INTERVAL_SECONDS
     max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
+    native_front_end: Optional[FrontEndOptions] = None
 
 
 def server_arguments(opts: ServerOptions) -> list:
@@ -150,6 +156,7 @@ class ModelServer:
         self._poller = None
         self._heap_trimmer = None
         self._in_flight = InFlight()
+        self._front_end = None
         self.grpc_port = None
         self.rest_api_port = None
 
@@ -177,11 +184,27 @@ class ModelServer:
         if opts.enable_profiler:
             from dpsr_tf.serving.model_server import profiler_service  # pylint: disable=g-import-not-at-top
             self._grpc.add_generic_rpc_handlers((profiler_service.ProfilerService().handler(),))
-        self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
+        if opts.native_front_end is not None:  # the port is the front end's; we sit behind it
+            self._front_end = NativeFrontEnd(grpc_address(opts.host, opts.port),
+                                             opts.native_front_end,
+                                             opts.max_streams_per_connection,
+                                             opts.max_receive_message_bytes,
+                                             on_exit=_stop_this_process)
+            if not self._grpc.add_insecure_port(f"unix:{self._front_end.backend_socket}"):
+                raise OSError(f"cannot bind gRPC to unix:{self._front_end.backend_socket}")
+        else:
+            self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
         if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
             if not self._grpc.add_insecure_port(f"unix:{opts.grpc_socket_path}"):
                 raise OSError(f"cannot bind gRPC to unix:{opts.grpc_socket_path}")
         await self._grpc.start()
+        if self._front_end is not None:
+            # Started from the loop's thread, which lives as long as the server: the front end
+            # stops when the thread that started it dies (PR_SET_PDEATHSIG).
+            self.grpc_port = self._front_end.start()
+            _LOG.info("The native front end (pid %d) takes gRPC calls on port %d and passes "
+                      "them on in turns over %s", self._front_end.pid, self.grpc_port,
+                      self._front_end.backend_socket)
         if opts.rest_api_port:
             metrics_path = (opts.monitoring.prometheus_path
                             if opts.monitoring.prometheus_enabled else None)
@@ -228,6 +251,10 @@ class ModelServer:
             await self._health.enter_graceful_shutdown()
         if self._poller is not None:
             self._poller.stop()
+        if self._front_end is not None:  # first: it drains the calls it holds into us
+            summary = await asyncio.get_running_loop().run_in_executor(
+                None, self._front_end.stop, grace_seconds)
+            _LOG.info("%s", summary)
         rest_stopped = None
         if self._rest is not None:  # REST drains in a thread while gRPC drains on the loop
             rest_stopped = asyncio.get_running_loop().run_in_executor(
@@ -240,6 +267,11 @@ class ModelServer:
         if self._heap_trimmer is not None:
             self._heap_trimmer.stop()
             _LOG.info("%s", self._heap_trimmer.summary())
+
+
+def _stop_this_process() -> None:
+    """Stops the server as SIGTERM does (its front end died: no gRPC port left)."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_model_server(options: ServerOptions, server_config) -> None:

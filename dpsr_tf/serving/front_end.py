@@ -1,0 +1,167 @@
+"""The native gRPC front end (front_end_cc/front_end.cc): started by `dpsr serve
+--front_end=native` in front of the server's gRPC port.
+
+With it, the public gRPC port belongs to a C++ process that queues every call per client
+connection and hands them to the Python server, over a private UNIX socket, in turns and at
+most `max_running` at once. A burst of calls from one client then costs the Python event loop
+nothing until each call's turn, and calls that were cancelled or expired while they waited never
+reach it (docs/serving.md, "The native front end").
+"""
+import dataclasses
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from typing import Callable, Optional
+
+from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY
+
+_LOG = logging.getLogger("serving.front_end")
+BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpsr_front_end")
+_READY = re.compile(rb"dpsr_front_end listening on port (\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontEndOptions:
+    """The front end's limits (`dpsr serve --front_end_*` flags).
+
+    Attributes:
+      max_running: calls at the Python server at once, all clients together.
+      max_running_per_client: of those, from one client connection (0: half).
+      max_queued_per_client: calls one connection may have waiting (more: RESOURCE_EXHAUSTED).
+      max_queued: calls waiting in all (more: RESOURCE_EXHAUSTED).
+      max_unread_bytes_per_client: answer bytes one connection has not read yet; past it, its
+        further answers are dropped with RESOURCE_EXHAUSTED instead of held.
+      hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
+        going to the server until it reads (the server's
+        --max_unsent_response_bytes_per_client); 0: never held back.
+      hold_back_total_unread_bytes: while all connections together have more than this unread,
+        every connection with more than 64 KiB unread is held back (the server's
+        --max_unsent_response_bytes); 0: no such rule.
+    """
+
+    max_running: int = 32
+    max_running_per_client: int = 0
+    max_queued_per_client: int = 4096
+    max_queued: int = 65536
+    max_unread_bytes_per_client: int = 64 << 20
+    hold_back_unread_bytes: int = 4 << 20
+    hold_back_total_unread_bytes: int = 8 << 20
+
+
+class NativeFrontEnd:
+    """One dpsr_front_end process listening on `address` and forwarding to a UNIX socket that it
+    creates in a private directory (`backend_socket`: bind the Python server there first).
+
+    Args:
+      address: host:port to listen on (port 0: any free port; `port` tells which).
+      options: FrontEndOptions.
+      max_streams_per_connection: HTTP/2 streams one connection may open (0: no limit).
+      max_receive_message_bytes: largest request message accepted.
+      on_exit: called (from a watcher thread) if the process ends before stop(): the server
+        cannot take gRPC calls without it, so the model server stops itself.
+    """
+
+    def __init__(self, address: str, options: FrontEndOptions, max_streams_per_connection: int,
+                 max_receive_message_bytes: int, on_exit: Optional[Callable[[], None]] = None):
+        if not os.access(BINARY, os.X_OK):
+            raise OSError(f"the native front end {BINARY} is not built; run `make build` "
+                          "(it needs the Debian package libgrpc++-dev, which tools/bootstrap.sh "
+                          "installs)")
+        self._dir = tempfile.mkdtemp(prefix="dpsr-front-end-")  # mode 0700: ours alone
+        self.backend_socket = os.path.join(self._dir, "backend.sock")
+        self._log_path = os.path.join(self._dir, "front_end.log")
+        self._args = [
+            BINARY, f"--listen={address}", f"--backend=unix:{self.backend_socket}",
+            f"--max_running={options.max_running}",
+            f"--max_running_per_client={options.max_running_per_client}",
+            f"--max_queued_per_client={options.max_queued_per_client}",
+            f"--max_queued={options.max_queued}",
+            f"--max_unread_bytes_per_client={options.max_unread_bytes_per_client}",
+            f"--hold_back_unread_bytes={options.hold_back_unread_bytes or (1 << 62)}",
+            "--hold_back_total_unread_bytes="
+            f"{options.hold_back_total_unread_bytes or (1 << 62)}",
+            f"--max_streams_per_connection={max_streams_per_connection}",
+            f"--max_receive_message_bytes={max_receive_message_bytes}",
+            f"--client_metadata_key={CLIENT_METADATA_KEY}"]
+        self._proc: Optional[subprocess.Popen] = None
+        self._on_exit = on_exit
+        self._stopping = threading.Event()
+        self.port = 0
+        self.summary = ""
+
+    def start(self, timeout: float = 30.0) -> int:
+        """Starts the process and returns the port it listens on.
+
+        Raises:
+          OSError: it exited or did not report its port within `timeout` (its message included).
+        """
+        # Its log goes to a file, not a pipe: a pipe nobody drains would block it once full.
+        with open(self._log_path, "wb") as log:
+            self._proc = subprocess.Popen(self._args, stdout=subprocess.PIPE, stderr=log)
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self._proc.stdout], [], [], 0.2)
+            if ready:
+                line = self._proc.stdout.readline()
+                match = _READY.search(line)
+                if match:
+                    self.port = int(match.group(1))
+                    threading.Thread(target=self._watch, name="front_end_watch",
+                                     daemon=True).start()
+                    return self.port
+            if self._proc.poll() is not None:
+                break
+        self._proc.kill()
+        self._proc.wait(timeout=10)
+        err = self._log_tail()
+        self._cleanup()
+        raise OSError("the native front end did not start: "
+                      + (err or line.decode(errors="replace").strip() or "no message"))
+
+    def stop(self, grace_seconds: float = 10.0) -> str:
+        """Stops taking calls, lets the running ones finish (up to `grace_seconds`), and returns
+        its one-line summary of counts."""
+        self._stopping.set()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=grace_seconds + 10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self.summary = self._log_tail()
+        self._cleanup()
+        return self.summary
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self._proc is None else self._proc.pid
+
+    def _watch(self) -> None:
+        code = self._proc.wait()
+        if self._stopping.is_set():
+            return
+        _LOG.error("the native front end exited (code %s) while serving: %s; stopping the "
+                   "server, which cannot take gRPC calls without it", code,
+                   self._log_tail() or "no message")
+        if self._on_exit is not None:
+            self._on_exit()
+
+    def _log_tail(self) -> str:
+        try:
+            with open(self._log_path, "rb") as f:
+                lines = f.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1] if lines else ""
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)

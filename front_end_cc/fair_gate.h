@@ -1,0 +1,182 @@
+// Which waiting call goes to the backend next: at most `max_running` calls at the backend, at
+// most `max_running_per_client` of them from one client, and the waiting calls of different
+// clients taken in turn (round robin), each client's own in arrival order. A client that fires
+// 2,000 calls therefore delays another client's next call by at most one call per client ahead
+// of it, not by 2,000.
+//
+// A client can be held back (its answers pile up unread): its calls then wait, however many
+// slots are free, until it is let go again.
+//
+// Standard C++ only and not thread-safe: the front end holds its lock around every method and
+// starts the calls Release() hands back after dropping it.
+#ifndef DPSR_FRONT_END_CC_FAIR_GATE_H_
+#define DPSR_FRONT_END_CC_FAIR_GATE_H_
+
+#include <algorithm>
+#include <cstddef>
+#include <deque>
+#include <list>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace dpsr {
+namespace front_end {
+
+enum class Admission {
+  kRun,                  // start it now: a slot was free
+  kQueued,               // it waits its client's turn
+  kClientQueueFull,      // refused: its client already has max_queued_per_client waiting
+  kQueueFull,            // refused: max_queued calls wait in all
+};
+
+template <typename T>
+class FairGate {
+ public:
+  // max_running >= 1; max_running_per_client in [1, max_running] (0: half of max_running, at
+  // least 1); queue limits >= 1.
+  FairGate(int max_running, int max_running_per_client, size_t max_queued_per_client,
+           size_t max_queued)
+      : max_running_(std::max(1, max_running)),
+        max_per_client_(max_running_per_client > 0
+                            ? std::min(max_running_per_client, max_running_)
+                            : std::max(1, max_running_ / 2)),
+        max_queued_per_client_(std::max<size_t>(1, max_queued_per_client)),
+        max_queued_(std::max<size_t>(1, max_queued)) {}
+
+  // A new call of `client`. Counts it as running when the answer is kRun; keeps it when kQueued.
+  Admission Offer(const std::string& client, T item) {
+    Client& c = clients_[client];
+    if (c.waiting.empty() && c.running < max_per_client_ && running_ < max_running_ &&
+        held_back_.count(client) == 0) {
+      ++c.running;
+      ++running_;
+      return Admission::kRun;
+    }
+    Admission refusal = Admission::kRun;
+    if (c.waiting.size() >= max_queued_per_client_) refusal = Admission::kClientQueueFull;
+    else if (queued_ >= max_queued_) refusal = Admission::kQueueFull;
+    if (refusal != Admission::kRun) {
+      Forget(client, c);
+      return refusal;
+    }
+    c.waiting.push_back(std::move(item));
+    ++queued_;
+    if (!c.in_ring) {
+      ring_.push_back(client);
+      c.in_ring = true;
+    }
+    return Admission::kQueued;
+  }
+
+  // Takes a waiting call out (its client gave up). False when it is not waiting (already handed
+  // out by Release, or never queued).
+  bool Remove(const std::string& client, const T& item) {
+    auto it = clients_.find(client);
+    if (it == clients_.end()) return false;
+    std::deque<T>& waiting = it->second.waiting;
+    auto pos = std::find(waiting.begin(), waiting.end(), item);
+    if (pos == waiting.end()) return false;
+    waiting.erase(pos);
+    --queued_;
+    if (waiting.empty()) DropFromRing(client, it->second);
+    Forget(client, it->second);
+    return true;
+  }
+
+  // A running call of `client` ended. Returns the waiting calls that now run, as (client, item),
+  // each already counted as running.
+  std::vector<std::pair<std::string, T>> Release(const std::string& client) {
+    auto it = clients_.find(client);
+    if (it != clients_.end() && it->second.running > 0) {
+      --it->second.running;
+      --running_;
+      Forget(client, it->second);
+    }
+    return Dispatch();
+  }
+
+  // Holds `client`'s calls back (true) or lets them go again (false); returns the waiting calls
+  // that run now, as Release does.
+  std::vector<std::pair<std::string, T>> HoldBack(const std::string& client, bool hold) {
+    if (hold) {
+      held_back_.insert(client);
+      return {};
+    }
+    held_back_.erase(client);
+    return Dispatch();
+  }
+
+  bool held_back(const std::string& client) const { return held_back_.count(client) > 0; }
+
+  int running() const { return running_; }
+  size_t queued() const { return queued_; }
+  int running_of(const std::string& client) const {
+    auto it = clients_.find(client);
+    return it == clients_.end() ? 0 : it->second.running;
+  }
+  size_t clients() const { return clients_.size(); }  // with a call running or waiting
+  int max_running_per_client() const { return max_per_client_; }
+
+ private:
+  // The waiting calls that can run now, counted as running.
+  std::vector<std::pair<std::string, T>> Dispatch() {
+    std::vector<std::pair<std::string, T>> started;
+    // One pass over the ring per started call at most: a client at its share or held back is
+    // skipped and keeps its place; the one served moves to the back.
+    while (running_ < max_running_ && !ring_.empty()) {
+      bool any = false;
+      for (auto r = ring_.begin(); r != ring_.end(); ++r) {
+        Client& c = clients_[*r];
+        if (c.running >= max_per_client_ || held_back_.count(*r)) continue;
+        started.emplace_back(*r, std::move(c.waiting.front()));
+        c.waiting.pop_front();
+        --queued_;
+        ++c.running;
+        ++running_;
+        std::string name = *r;
+        ring_.erase(r);
+        if (c.waiting.empty()) c.in_ring = false;
+        else ring_.push_back(name);
+        any = true;
+        break;
+      }
+      if (!any) break;
+    }
+    return started;
+  }
+
+  struct Client {
+    std::deque<T> waiting;
+    int running = 0;
+    bool in_ring = false;
+  };
+
+  void DropFromRing(const std::string& client, Client& c) {
+    if (!c.in_ring) return;
+    ring_.remove(client);
+    c.in_ring = false;
+  }
+
+  // A client with nothing running or waiting is forgotten, so the map holds only live clients.
+  void Forget(const std::string& client, const Client& c) {
+    if (c.running == 0 && c.waiting.empty() && !c.in_ring) clients_.erase(client);
+  }
+
+  const int max_running_;
+  const int max_per_client_;
+  const size_t max_queued_per_client_;
+  const size_t max_queued_;
+  int running_ = 0;
+  size_t queued_ = 0;
+  std::unordered_map<std::string, Client> clients_;
+  std::list<std::string> ring_;  // clients with calls waiting, in the order they are served
+  std::unordered_set<std::string> held_back_;
+};
+
+}  // namespace front_end
+}  // namespace dpsr
+
+#endif  // DPSR_FRONT_END_CC_FAIR_GATE_H_

@@ -1,0 +1,134 @@
+// Unit tests of FairGate against hand-worked admission orders (exit status 0 = pass).
+#include "front_end_cc/fair_gate.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tests/cc/check.h"
+
+namespace {
+
+using dpsr::front_end::Admission;
+using dpsr::front_end::FairGate;
+
+std::vector<int> Items(const std::vector<std::pair<std::string, int>>& started) {
+  std::vector<int> out;
+  for (const auto& s : started) out.push_back(s.second);
+  return out;
+}
+
+// A flood of one client queued behind a full gate; another client's single call is the next
+// to run, not the flood's 100th.
+void TestRoundRobinAheadOfFlood() {
+  FairGate<int> gate(2, 0, 1000, 10000);
+  CHECK(gate.max_running_per_client() == 1);
+  CHECK(gate.Offer("flood", 0) == Admission::kRun);
+  for (int i = 1; i < 100; ++i) CHECK(gate.Offer("flood", i) == Admission::kQueued);
+  // The flood holds its share (1 of 2); the other slot is free for someone else.
+  CHECK(gate.Offer("normal", 1000) == Admission::kRun);
+  CHECK(gate.Offer("normal", 1001) == Admission::kQueued);
+  CHECK(gate.running() == 2);
+  CHECK(gate.queued() == 100);
+  // The normal client's call ends: its next call runs before any more of the flood's.
+  CHECK(Items(gate.Release("normal")) == std::vector<int>({1001}));
+  // The flood's call ends: its next call, in arrival order.
+  CHECK(Items(gate.Release("flood")) == std::vector<int>({1}));
+  CHECK(Items(gate.Release("normal")).empty());  // the flood is at its share of 1
+  CHECK(gate.running() == 1);
+  CHECK(Items(gate.Release("flood")) == std::vector<int>({2}));
+}
+
+// Three clients waiting are served in turn, each in its own arrival order.
+void TestTurns() {
+  FairGate<int> gate(1, 1, 1000, 10000);
+  CHECK(gate.Offer("a", 1) == Admission::kRun);
+  for (int i = 2; i <= 4; ++i) CHECK(gate.Offer("a", i) == Admission::kQueued);
+  CHECK(gate.Offer("b", 11) == Admission::kQueued);
+  CHECK(gate.Offer("b", 12) == Admission::kQueued);
+  CHECK(gate.Offer("c", 21) == Admission::kQueued);
+  std::vector<int> order;
+  std::string last = "a";
+  for (int n = 0; n < 6; ++n) {
+    auto started = gate.Release(last);
+    CHECK(started.size() == 1);
+    if (started.empty()) break;
+    last = started[0].first;
+    order.push_back(started[0].second);
+  }
+  CHECK(order == std::vector<int>({2, 11, 21, 3, 12, 4}));
+  CHECK(gate.Release(last).empty());
+  CHECK(gate.running() == 0);
+  CHECK(gate.queued() == 0);
+  CHECK(gate.clients() == 0);  // every client forgotten once it has nothing left
+}
+
+// A waiting call that gives up is removed and never handed out; a running one cannot be.
+void TestRemove() {
+  FairGate<int> gate(1, 1, 1000, 10000);
+  CHECK(gate.Offer("a", 1) == Admission::kRun);
+  CHECK(gate.Offer("a", 2) == Admission::kQueued);
+  CHECK(gate.Offer("b", 3) == Admission::kQueued);
+  CHECK(!gate.Remove("a", 1));
+  CHECK(gate.Remove("b", 3));
+  CHECK(!gate.Remove("b", 3));
+  CHECK(gate.queued() == 1);
+  CHECK(Items(gate.Release("a")) == std::vector<int>({2}));
+  CHECK(Items(gate.Release("a")).empty());
+  CHECK(gate.clients() == 0);
+}
+
+// The per-client and total queue limits refuse without counting anything.
+void TestQueueLimits() {
+  FairGate<int> gate(1, 1, 2, 3);
+  CHECK(gate.Offer("a", 1) == Admission::kRun);
+  CHECK(gate.Offer("a", 2) == Admission::kQueued);
+  CHECK(gate.Offer("a", 3) == Admission::kQueued);
+  CHECK(gate.Offer("a", 4) == Admission::kClientQueueFull);
+  CHECK(gate.Offer("b", 5) == Admission::kQueued);
+  CHECK(gate.Offer("c", 6) == Admission::kQueueFull);
+  CHECK(gate.queued() == 3);
+  CHECK(gate.running() == 1);
+  CHECK(gate.running_of("c") == 0);
+  CHECK(gate.clients() == 2);  // the refused client left nothing behind
+}
+
+// A client whose calls arrive while a slot is free but others wait still queues behind them:
+// arriving later never jumps a client's own earlier calls.
+void TestNoOvertakingOwnCalls() {
+  FairGate<int> gate(4, 2, 1000, 10000);
+  CHECK(gate.Offer("a", 1) == Admission::kRun);
+  CHECK(gate.Offer("a", 2) == Admission::kRun);
+  CHECK(gate.Offer("a", 3) == Admission::kQueued);  // at its share of 2
+  CHECK(gate.Offer("b", 4) == Admission::kRun);
+  CHECK(Items(gate.Release("a")) == std::vector<int>({3}));
+  CHECK(gate.Offer("a", 5) == Admission::kQueued);
+  CHECK(gate.running() == 3);
+}
+
+// A held-back client's calls wait however many slots are free, and run once it is let go.
+void TestHoldBack() {
+  FairGate<int> gate(4, 2, 1000, 10000);
+  CHECK(gate.HoldBack("slow", true).empty());
+  CHECK(gate.held_back("slow"));
+  CHECK(gate.Offer("slow", 1) == Admission::kQueued);
+  CHECK(gate.Offer("slow", 2) == Admission::kQueued);
+  CHECK(gate.Offer("other", 3) == Admission::kRun);
+  CHECK(Items(gate.Release("other")).empty());  // slots free, but "slow" is held back
+  CHECK(gate.running() == 0);
+  CHECK(Items(gate.HoldBack("slow", false)) == std::vector<int>({1, 2}));
+  CHECK(!gate.held_back("slow"));
+  CHECK(gate.running() == 2);
+}
+
+}  // namespace
+
+int main() {
+  TestRoundRobinAheadOfFlood();
+  TestTurns();
+  TestRemove();
+  TestQueueLimits();
+  TestNoOvertakingOwnCalls();
+  TestHoldBack();
+  return dpsr_test::Report("fair_gate_test");
+}

@@ -1,0 +1,255 @@
+"""`dpsr serve --front_end=native`: the C++ front end (front_end_cc/) on the gRPC port, the
+Python server behind it on a private UNIX socket. Real server processes and real gRPC clients;
+every assertion is on answers, statuses, orders and counts (the front end's summary line), none
+on time. To hold calls in the front end's queue deterministically, the Python server is stopped
+with SIGSTOP (the front end, its child, keeps running) and continued afterwards."""
+import contextlib
+import os
+import re
+import signal
+import threading
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc,
+                                     prediction_service_pb2_grpc)
+
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import front_end
+from tests.support import serving_testing as st
+from tests.support.raw_http2 import RawHttp2
+
+pytestmark = pytest.mark.skipif(not os.access(front_end.BINARY, os.X_OK),
+                                reason="the native front end is not built (make build)")
+
+_SUMMARY = re.compile(
+    r"calls accepted (\d+), forwarded (\d+), queued (\d+), dropped before their turn (\d+), "
+    r"refused \(queue full\) (\d+), answers refused \(unread budget\) (\d+), clients held back "
+    r"(\d+)")
+
+
+def _start(model_dir, tmp_path, *flags):
+    return process.start_model_server(model_dir, model_name="dpsr", log_dir=str(tmp_path),
+                                      flags=["--front_end=native", "--max_k=300", *flags])
+
+
+def _summary(server) -> dict:
+    """The front end's counts, from the line the server logs when it stops."""
+    assert server.stop() == 0, server.log_tail()
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        found = _SUMMARY.findall(f.read())
+    assert found, server.log_tail()
+    keys = ("accepted", "forwarded", "queued", "dropped", "refused", "unread_refused", "held_back")
+    return dict(zip(keys, map(int, found[-1])))
+
+
+def _front_end_pid(server) -> int:
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == server.proc.pid and name == "dpsr_front_end":
+            return int(pid)
+    raise AssertionError("no dpsr_front_end child of the server")
+
+
+@contextlib.contextmanager
+def _python_server_stopped(server):
+    """The Python server stopped (SIGSTOP) and continued on exit: what the front end admits
+    stays at the server, what it queues stays queued."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+def _raw_call(address):
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return channel, channel.unary_unary(st.PREDICT_METHOD, request_serializer=None,
+                                        response_deserializer=None)
+
+
+def _code(future) -> str:
+    try:
+        future.result()
+        return "OK"
+    except grpc.FutureCancelledError:
+        return "CANCELLED"
+    except grpc.RpcError as e:
+        return e.code().name
+
+
+def test_answers_errors_and_services_equal_the_python_servers(toy_model_dir, tmp_path, queries):
+    socket_path = str(tmp_path / "direct.sock")
+    server = _start(toy_model_dir, tmp_path, f"--grpc_socket_path={socket_path}")
+    try:
+        through, direct = server.address, f"unix:{socket_path}"
+        requests = [st.predict_request("dpsr", queries, k=7),
+                    st.predict_request("dpsr", queries[:1]),
+                    st.predict_request("no_such_model", queries[:1]),
+                    st.predict_request("dpsr", queries[:1], k=-3),
+                    st.predict_request("dpsr", queries[:1], version=42)]
+        answers = {}
+        for name, address in (("front end", through), ("direct", direct)):
+            stub = process.prediction_stub(address)
+            got = []
+            for request in requests:
+                try:
+                    got.append(("OK", stub.Predict(request, timeout=30).SerializeToString()))
+                except grpc.RpcError as e:
+                    got.append((e.code().name, e.details()))
+            status = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(address))
+            spec = get_model_status_pb2.GetModelStatusRequest()
+            spec.model_spec.name = "dpsr"
+            got.append(("OK", status.GetModelStatus(spec, timeout=30).SerializeToString()))
+            health = health_pb2_grpc.HealthStub(grpc.insecure_channel(address))
+            got.append(("OK", health.Check(health_pb2.HealthCheckRequest(), timeout=30).status))
+            answers[name] = got
+        assert answers["front end"] == answers["direct"]
+        codes = [code for code, _ in answers["front end"]]
+        assert codes == ["OK", "OK", "NOT_FOUND", "INVALID_ARGUMENT", "NOT_FOUND", "OK", "OK"]
+    finally:
+        counts = _summary(server)
+    # (Counts include the launcher's readiness checks.)
+    assert counts["accepted"] == counts["forwarded"] >= len(requests) + 2
+    assert counts["dropped"] == counts["refused"] == 0
+
+
+def test_a_flood_of_one_client_waits_its_turns_behind_another_clients_call(
+        toy_model_dir, tmp_path):
+    # One call at the server at a time: the gate's order is the only order. The flood's 400
+    # calls all wait in the front end; the other client's one call, sent once the flood has
+    # started, is next but one (the flood's running call ends first), not 400th.
+    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1")
+    flood_channel, flood_call = _raw_call(server.address)
+    order, lock, flood_started = [], threading.Lock(), threading.Event()
+
+    def note(who):
+        def done(_future):
+            with lock:
+                order.append(who)
+            flood_started.set()
+        return done
+
+    try:
+        big = st.predict_request("dpsr", [f"phone {i}" for i in range(64)],
+                                 k=240).SerializeToString()
+        futures = [flood_call.future(big, timeout=300) for _ in range(400)]
+        for f in futures:
+            f.add_done_callback(note("flood"))
+        other_channel = grpc.insecure_channel(server.address,
+                                              options=[("grpc.use_local_subchannel_pool", 1)])
+        grpc.channel_ready_future(other_channel).result(timeout=60)  # connected, no call yet
+        other = prediction_service_pb2_grpc.PredictionServiceStub(other_channel)
+        assert flood_started.wait(120)
+        with lock:
+            sent_after = len(order)
+        other.Predict(st.predict_request("dpsr", ["cordless drill"]), timeout=120)
+        with lock:
+            order.append("other")
+        assert [_code(f) for f in futures] == ["OK"] * 400
+    finally:
+        flood_channel.close()
+        counts = _summary(server)
+    at = order.index("other")
+    assert order.count("flood") == 400
+    assert 400 - at > 100, "the flood ended before the other call was sent: nothing tested"
+    # Flood calls that ended between the other call's sending and its answer: the one running,
+    # and those that ended while the call was on its way to the front end (a FIFO queue would
+    # put ~390 here).
+    assert at - sent_after <= 4, (sent_after, at)
+    assert counts["forwarded"] == counts["accepted"] >= 401
+    assert counts["queued"] >= 300
+
+
+def test_calls_given_up_while_waiting_never_reach_the_python_server(toy_model_dir, tmp_path):
+    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1")
+    request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
+    channel, call = _raw_call(server.address)
+    try:
+        call(request, timeout=60)  # connected and warm
+        with _python_server_stopped(server):
+            holder = call.future(request, timeout=120)  # admitted: the one slot, at the server
+            expiring = [call.future(request, timeout=0.5) for _ in range(50)]
+            cancelled = [call.future(request, timeout=120) for _ in range(50)]
+            for f in cancelled:
+                f.cancel()
+            # Every one of them ends in the front end while the Python server is stopped.
+            assert [_code(f) for f in expiring] == ["DEADLINE_EXCEEDED"] * 50
+            assert [_code(f) for f in cancelled] == ["CANCELLED"] * 50
+        assert _code(holder) == "OK"
+        assert _code(call.future(request, timeout=60)) == "OK"  # still serving
+    finally:
+        channel.close()
+        counts = _summary(server)
+    # Only the warm-up, the holder and the last call (and the launcher's readiness checks)
+    # reached the server.
+    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] == 100
+
+
+def test_a_connection_over_its_queue_limit_is_refused_at_once(toy_model_dir, tmp_path):
+    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
+                    "--front_end_max_queued_per_client=5")
+    request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
+    channel, call = _raw_call(server.address)
+    try:
+        call(request, timeout=60)
+        with _python_server_stopped(server):
+            holder = call.future(request, timeout=120)  # the slot was free: admitted at once
+            waiting = [call.future(request, timeout=120) for _ in range(5)]
+            refused = [call.future(request, timeout=120) for _ in range(7)]
+            # The refusals come back while the server is stopped: nothing waits for it.
+            errors = [st.rpc_error(f.result) for f in refused]
+        assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert "already has 5 calls waiting" in errors[0].details()
+        assert [_code(f) for f in [holder] + waiting] == ["OK"] * 6
+    finally:
+        channel.close()
+        counts = _summary(server)
+    assert counts["accepted"] - counts["forwarded"] == counts["refused"] == 7
+
+def test_a_client_that_never_reads_gets_no_more_answers_computed(toy_model_dir, tmp_path):
+    # Answers of ~290 KB against a hold-back of 64 KiB: once the first answer waits for the
+    # zero-window reader, its other 19 calls stay in the front end's queue, never computed,
+    # while another client is served.
+    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=2",
+                    "--max_unsent_response_bytes_per_client=65536")
+    reader = RawHttp2(server.grpc_port)
+    try:
+        slow = st.predict_request("dpsr", [f"phone {i}" for i in range(64)],
+                                  k=240).SerializeToString()
+        for _ in range(20):
+            reader.open_predict(slow)
+        other = process.prediction_stub(server.address)
+        for _ in range(5):
+            other.Predict(st.predict_request("dpsr", ["cordless drill"]), timeout=60)
+    finally:
+        reader.close()
+        counts = _summary(server)
+    assert counts["held_back"] >= 1
+    # The reader's calls that reached the server: the first, and one the gate started before
+    # the first answer was counted (the reader's share of 2 slots is 1, so at most 2); the
+    # others ended in the queue when it closed.
+    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] >= 18, counts
+
+
+def test_the_server_stops_when_its_front_end_dies(toy_model_dir, tmp_path):
+    server = _start(toy_model_dir, tmp_path)
+    os.kill(_front_end_pid(server), signal.SIGKILL)
+    server.proc.wait(timeout=120)
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        assert "the native front end exited (code -9) while serving" in f.read()
+
+
+def test_a_missing_binary_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(front_end, "BINARY", "/nonexistent/dpsr_front_end")
+    with pytest.raises(OSError, match="make build"):
+        front_end.NativeFrontEnd("127.0.0.1:0", front_end.FrontEndOptions(), 128, 1 << 20)
