@@ -4,6 +4,13 @@
 // 2,000 calls therefore delays another client's next call by at most one call per client ahead
 // of it, not by 2,000.
 //
+// Slow start: a client's calls started and not yet ended (answered AND read, or given up) are
+// at most its window, which begins at `initial_window` and grows by one with each call that ends
+// delivered (Ended), up to max_running_per_client. A client that never reads its answers so
+// never gets more than initial_window calls computed, while one that reads ramps up to its
+// share within a few answers. The window is forgotten with the client once it has nothing
+// started or waiting.
+//
 // A client can be held back (its answers pile up unread): its calls then wait, however many
 // slots are free, until it is let go again.
 //
@@ -36,22 +43,26 @@ template <typename T>
 class FairGate {
  public:
   // max_running >= 1; max_running_per_client in [1, max_running] (0: half of max_running, at
-  // least 1); queue limits >= 1.
+  // least 1); queue limits >= 1; initial_window in [1, max_running_per_client] (0: no slow
+  // start, the whole share at once).
   FairGate(int max_running, int max_running_per_client, size_t max_queued_per_client,
-           size_t max_queued)
+           size_t max_queued, int initial_window = 0)
       : max_running_(std::max(1, max_running)),
         max_per_client_(max_running_per_client > 0
                             ? std::min(max_running_per_client, max_running_)
                             : std::max(1, max_running_ / 2)),
         max_queued_per_client_(std::max<size_t>(1, max_queued_per_client)),
-        max_queued_(std::max<size_t>(1, max_queued)) {}
+        max_queued_(std::max<size_t>(1, max_queued)),
+        slow_start_(initial_window > 0),
+        initial_window_(slow_start_ ? std::min(initial_window, max_per_client_)
+                                    : max_per_client_) {}
 
   // A new call of `client`. Counts it as running when the answer is kRun; keeps it when kQueued.
   Admission Offer(const std::string& client, T item) {
-    Client& c = clients_[client];
-    if (c.waiting.empty() && c.running < max_per_client_ && running_ < max_running_ &&
-        held_back_.count(client) == 0) {
+    Client& c = Find(client);
+    if (c.waiting.empty() && CanStart(client, c) && running_ < max_running_) {
       ++c.running;
+      if (slow_start_) ++c.started;
       ++running_;
       return Admission::kRun;
     }
@@ -109,6 +120,24 @@ class FairGate {
     return Dispatch();
   }
 
+  // A started call of `client` ended (after its Release): `delivered` when its answers reached
+  // the client, which grows the client's window by one (up to its share). Returns the waiting
+  // calls that run now, as Release does.
+  std::vector<std::pair<std::string, T>> Ended(const std::string& client, bool delivered) {
+    auto it = clients_.find(client);
+    if (it == clients_.end() || it->second.started == 0) return {};
+    Client& c = it->second;
+    --c.started;
+    if (delivered && c.window < max_per_client_) ++c.window;
+    Forget(client, c);
+    return Dispatch();
+  }
+
+  int window_of(const std::string& client) const {
+    auto it = clients_.find(client);
+    return it == clients_.end() ? initial_window_ : it->second.window;
+  }
+
   bool held_back(const std::string& client) const { return held_back_.count(client) > 0; }
 
   int running() const { return running_; }
@@ -130,11 +159,12 @@ class FairGate {
       bool any = false;
       for (auto r = ring_.begin(); r != ring_.end(); ++r) {
         Client& c = clients_[*r];
-        if (c.running >= max_per_client_ || held_back_.count(*r)) continue;
+        if (!CanStart(*r, c)) continue;
         started.emplace_back(*r, std::move(c.waiting.front()));
         c.waiting.pop_front();
         --queued_;
         ++c.running;
+        if (slow_start_) ++c.started;
         ++running_;
         std::string name = *r;
         ring_.erase(r);
@@ -150,9 +180,24 @@ class FairGate {
 
   struct Client {
     std::deque<T> waiting;
-    int running = 0;
+    int running = 0;  // started, not yet Released (at the backend)
+    int started = 0;  // started, not yet Ended
+    int window = 0;   // the most `started` may be (slow start)
     bool in_ring = false;
   };
+
+  bool CanStart(const std::string& name, const Client& c) const {
+    return c.running < max_per_client_ && (!slow_start_ || c.started < c.window) &&
+           held_back_.count(name) == 0;
+  }
+
+  Client& Find(const std::string& client) {
+    auto it = clients_.find(client);
+    if (it != clients_.end()) return it->second;
+    Client& c = clients_[client];
+    c.window = initial_window_;
+    return c;
+  }
 
   void DropFromRing(const std::string& client, Client& c) {
     if (!c.in_ring) return;
@@ -162,13 +207,17 @@ class FairGate {
 
   // A client with nothing running or waiting is forgotten, so the map holds only live clients.
   void Forget(const std::string& client, const Client& c) {
-    if (c.running == 0 && c.waiting.empty() && !c.in_ring) clients_.erase(client);
+    if (c.running == 0 && c.started == 0 && c.waiting.empty() && !c.in_ring) {
+      clients_.erase(client);
+    }
   }
 
   const int max_running_;
   const int max_per_client_;
   const size_t max_queued_per_client_;
   const size_t max_queued_;
+  const bool slow_start_;
+  const int initial_window_;
   int running_ = 0;
   size_t queued_ = 0;
   std::unordered_map<std::string, Client> clients_;

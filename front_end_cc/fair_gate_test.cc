@@ -121,6 +121,41 @@ void TestHoldBack() {
   CHECK(gate.running() == 2);
 }
 
+// Slow start: two calls started at first; each call that ends delivered lets the window grow
+// by one, up to the share; calls that end undelivered do not.
+void TestSlowStart() {
+  FairGate<int> gate(8, 4, 1000, 10000, 2);
+  for (int i = 1; i <= 10; ++i) gate.Offer("a", i);
+  CHECK(gate.running() == 2);
+  CHECK(gate.window_of("a") == 2);
+  // Answers of 1 and 2 arrive (slots released) but are not read yet: nothing more starts.
+  CHECK(Items(gate.Release("a")).empty());
+  CHECK(Items(gate.Release("a")).empty());
+  CHECK(gate.running() == 0);
+  // Call 1 ends delivered: window 3, so two more start (started 1 + 2 = 3).
+  CHECK(Items(gate.Ended("a", true)) == std::vector<int>({3, 4}));
+  CHECK(gate.window_of("a") == 3);
+  // Call 2 ends undelivered (the client gave up): one more starts, the window stays 3.
+  CHECK(Items(gate.Ended("a", false)) == std::vector<int>({5}));
+  CHECK(gate.window_of("a") == 3);
+  // Windows never pass the share (4) however much is delivered.
+  for (int i = 0; i < 3; ++i) gate.Release("a");
+  gate.Ended("a", true);
+  gate.Ended("a", true);
+  gate.Ended("a", true);
+  CHECK(gate.window_of("a") == 4);
+  CHECK(gate.running_of("a") <= 4);
+  // A client that never gets an answer delivered keeps two started, however many wait and
+  // however many of its answers arrive.
+  for (int i = 100; i < 150; ++i) gate.Offer("silent", i);
+  CHECK(gate.running_of("silent") == 2);
+  CHECK(Items(gate.Release("silent")).empty());
+  CHECK(Items(gate.Release("silent")).empty());
+  CHECK(gate.window_of("silent") == 2);
+  // A new client starts again at two.
+  CHECK(gate.window_of("new") == 2);
+}
+
 }  // namespace
 
 int main() {
@@ -130,5 +165,6 @@ int main() {
   TestQueueLimits();
   TestNoOvertakingOwnCalls();
   TestHoldBack();
+  TestSlowStart();
   return dpsr_test::Report("fair_gate_test");
 }

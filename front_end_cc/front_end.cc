@@ -5,14 +5,15 @@
 // spends ~0.5 ms of CPU on each call it sees. A burst of 800 calls (zero-window readers, cancelled
 // bursts, a 2,000-call flood) therefore holds every other client's next call ~0.3-1 s
 // (docs/benchmarks.md). Here each call costs C++ time on gRPC's own threads, waits in a
-// per-client queue (fair_gate.h: clients in turn, at most half the backend slots to one client),
+// per-client queue (fair_gate.h: clients in turn, at most half the backend slots to one client,
+// a new client's share opened as its answers are delivered),
 // and reaches the Python server only when its turn comes; a call whose client cancelled or whose
 // deadline passed while it waited never reaches Python at all.
 //
 // Every method is forwarded as bytes (a generic service), so the front end needs no protos and
-// serves whatever the backend serves. The client's connection is passed on in the dpsr-client
-// metadata (replacing any the client sent), so the backend's per-client limits still tell
-// clients apart. Answers are read from the backend only as fast as the client reads them (one
+// serves whatever the backend serves. Clients are told apart by connection, and a proxy's
+// clients by the name it gives each in the dpsr-client metadata (ClientOf); that client name is
+// passed on in the same metadata, so the backend's per-client limits still tell them apart. Answers are read from the backend only as fast as the client reads them (one
 // message in flight per call), and the bytes of answers a client has not read yet are bounded
 // per client (--max_unread_bytes_per_client): past it, a call's answer is dropped with
 // RESOURCE_EXHAUSTED instead of held.
@@ -53,6 +54,7 @@ struct Options {
   std::string backend;
   int max_running = 32;
   int max_running_per_client = 0;  // 0: half of max_running
+  int initial_running_per_client = 2;  // slow start (fair_gate.h); 0: none
   long max_queued_per_client = 4096;
   long max_queued = 65536;
   int max_streams_per_connection = 128;
@@ -68,7 +70,8 @@ struct Options {
   std::fprintf(stderr,
                "dpsr_front_end: %s\n"
                "usage: dpsr_front_end --backend=unix:PATH|HOST:PORT [--listen=HOST:PORT]\n"
-               "  [--max_running=N] [--max_running_per_client=N] [--max_queued_per_client=N]\n"
+               "  [--max_running=N] [--max_running_per_client=N] [--initial_running_per_client=N]\n"
+               "  [--max_queued_per_client=N]\n"
                "  [--max_queued=N] [--max_streams_per_connection=N]\n"
                "  [--max_receive_message_bytes=N] [--max_unread_bytes_per_client=N]\n"
                "  [--hold_back_unread_bytes=N] [--hold_back_total_unread_bytes=N]\n"
@@ -99,6 +102,8 @@ Options ParseFlags(int argc, char** argv) {
     else if (flag == "max_running") o.max_running = static_cast<int>(ParseLong(flag, value, 1));
     else if (flag == "max_running_per_client")
       o.max_running_per_client = static_cast<int>(ParseLong(flag, value, 0));
+    else if (flag == "initial_running_per_client")
+      o.initial_running_per_client = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "max_queued_per_client") o.max_queued_per_client = ParseLong(flag, value, 1);
     else if (flag == "max_queued") o.max_queued = ParseLong(flag, value, 1);
     else if (flag == "max_streams_per_connection")
@@ -129,6 +134,7 @@ bool Forwardable(const std::string& key, const std::string& client_key) {
 }
 
 class FrontEnd;
+std::string ClientOf(grpc::GenericCallbackServerContext* ctx, const std::string& client_key);
 
 // One client call: its server side (this reactor) and, once admitted, its backend call.
 class Call : public grpc::ServerGenericBidiReactor {
@@ -172,6 +178,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   bool reads_ended_ = false;
   bool backend_done_ = false;
   bool slot_held_ = false;
+  bool started_ = false;  // it reached the backend (counts against its client's window)
   bool cancelled_ = false;
   bool initial_metadata_copied_ = false;
   size_t unread_bytes_ = 0;  // answer bytes written to the client and counted against its budget
@@ -187,7 +194,8 @@ class FrontEnd : public grpc::CallbackGenericService {
   explicit FrontEnd(const Options& o)
       : options_(o),
         gate_(o.max_running, o.max_running_per_client,
-              static_cast<size_t>(o.max_queued_per_client), static_cast<size_t>(o.max_queued)) {
+              static_cast<size_t>(o.max_queued_per_client), static_cast<size_t>(o.max_queued),
+              o.initial_running_per_client) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
@@ -202,8 +210,7 @@ class FrontEnd : public grpc::CallbackGenericService {
     return new Call(this, ctx);
   }
 
-  // The first message of `call` arrived: run it now, queue it, or refuse it (returns false and
-  // sets *refusal).
+  // The first message of `call` arrived: run it now, queue it, or refuse it.
   Admission Offer(Call* call) {
     std::lock_guard<std::mutex> lock(mu_);
     Admission a = gate_.Offer(call->client(), call);
@@ -218,6 +225,17 @@ class FrontEnd : public grpc::CallbackGenericService {
     bool removed = gate_.Remove(call->client(), call);
     if (removed) dropped_waiting_.fetch_add(1, std::memory_order_relaxed);
     return removed;
+  }
+
+  // A call that reached the backend ended, its answers read by the client or not (slow start).
+  void Ended(const std::string& client, bool delivered) {
+    std::vector<std::pair<std::string, Call*>> started;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      started = gate_.Ended(client, delivered);
+      forwarded_.fetch_add(started.size(), std::memory_order_relaxed);
+    }
+    for (auto& s : started) s.second->StartBackend();
   }
 
   // A call's backend slot is free: start the calls it lets through.
@@ -328,8 +346,23 @@ class FrontEnd : public grpc::CallbackGenericService {
       refused_{0}, unread_refused_{0}, held_back_{0};
 };
 
+// Who a call is from: its connection, and the client a proxy names in the client metadata key
+// (capped), so that a proxy's clients take turns here as direct clients do. A client gains
+// nothing by naming sub-clients that it could not gain by opening connections: the queue
+// limits bound them all.
+std::string ClientOf(grpc::GenericCallbackServerContext* ctx, const std::string& client_key) {
+  std::string client = ctx->peer();
+  for (const auto& kv : ctx->client_metadata()) {
+    if (std::string(kv.first.data(), kv.first.size()) == client_key) {
+      client += "/" + std::string(kv.second.data(), std::min<size_t>(kv.second.size(), 256));
+      break;
+    }
+  }
+  return client;
+}
+
 Call::Call(FrontEnd* fe, grpc::GenericCallbackServerContext* ctx)
-    : fe_(fe), ctx_(ctx), client_(ctx->peer()) {
+    : fe_(fe), ctx_(ctx), client_(ClientOf(ctx, fe->options().client_metadata_key)) {
   StartRead(&request_);
 }
 
@@ -375,16 +408,18 @@ void Call::StartBackend() {
     std::lock_guard<std::mutex> lock(mu_);
     state_ = State::kRunning;
     slot_held_ = true;
+    started_ = true;
     refs_.fetch_add(1);
   }
   backend_ctx_.set_deadline(ctx_->deadline());
+  const std::string& client_key = fe_->options().client_metadata_key;
   for (const auto& kv : ctx_->client_metadata()) {
     std::string key(kv.first.data(), kv.first.size());
-    if (Forwardable(key, fe_->options().client_metadata_key)) {
+    if (Forwardable(key, client_key)) {
       backend_ctx_.AddMetadata(key, std::string(kv.second.data(), kv.second.size()));
     }
   }
-  backend_ctx_.AddMetadata(fe_->options().client_metadata_key, client_);
+  backend_ctx_.AddMetadata(client_key, client_);
   fe_->stub()->PrepareBidiStreamingCall(&backend_ctx_, ctx_->method(), grpc::StubOptions(),
                                         &backend_);
   // Held until this side starts no more backend reads (EndBackendReads), so that the backend
@@ -511,7 +546,11 @@ void Call::ReleaseSlot() {
 }
 
 void Call::OnDone() {
+  // Delivered: the call ended with its answers and status sent, which HTTP/2 flow control
+  // allows only once the client has read them (a finished write alone is not proof: gRPC
+  // completes writes it has buffered).
   if (unread_bytes_ > 0) fe_->FreeUnread(client_, unread_bytes_);
+  if (started_) fe_->Ended(client_, unread_bytes_ > 0 && !ctx_->IsCancelled());
   Unref();
 }
 

@@ -12,6 +12,7 @@ import sys
 
 from absl import flags
 
+from dpsr_tf.cli import front_end_flags
 from dpsr_tf.serving import stream_limits
 from dpsr_tf.serving.proxy import peer_limits
 
@@ -132,6 +133,10 @@ def main(argv):
     if _MAX_CALLS_PER_PEER.value < 0:
         _fail(f"--max_concurrent_calls_per_peer is {_MAX_CALLS_PER_PEER.value}; it must be >= 0 "
               "(0: no limit)")
+    try:
+        native_front_end = front_end_flags.front_end_options(ssl)
+    except ValueError as e:
+        _fail(str(e))
     options = proxy.ProxyOptions(host=_HOST.value, port=_PORT.value,
                                  proxy_config_file=_CONFIG.value,
                                  config_file_poll_wait_seconds=_POLL.value,
@@ -141,7 +146,8 @@ def main(argv):
                                  max_concurrent_calls_per_peer=_MAX_CALLS_PER_PEER.value,
                                  max_backend_calls_in_flight=_MAX_BACKEND_CALLS.value,
                                  max_backend_calls_per_peer=_MAX_BACKEND_CALLS_PER_PEER.value,
-                                 max_streams_per_connection=_MAX_STREAMS.value)
+                                 max_streams_per_connection=_MAX_STREAMS.value,
+                                 native_front_end=native_front_end)
     try:
         proxy.run_proxy(options, settings)
     except OSError as e:

@@ -18,7 +18,8 @@ import sys
 
 from absl import flags
 
-from dpsr_tf.serving import front_end, heap_trim, startup, stream_limits
+from dpsr_tf.cli import front_end_flags
+from dpsr_tf.serving import heap_trim, startup, stream_limits
 
 # tensorflow_model_server flags (same names, types and defaults).
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API.")
@@ -273,49 +274,6 @@ _MAX_STREAMS = flags.DEFINE_integer(
     "clients. 0: no limit. --grpc_channel_arguments=grpc.max_concurrent_streams=N overrides "
     "(gRPC's overload protection is turned off under either, unless named there too).",
     lower_bound=0)
-_FRONT_END = flags.DEFINE_enum(
-    "front_end", "python", ["python", "native"], "[dpsr] What takes gRPC calls on --port: "
-    "`python`, the server's own grpc.aio server; `native`, the C++ front end (docs/serving.md, "
-    "\"The native front end\"), which queues calls per client connection and passes them on in "
-    "turns, so a burst of calls from one client costs the Python event loop nothing until "
-    "their turn and calls cancelled or expired while waiting never reach it. REST is unchanged.")
-_FE_MAX_RUNNING = flags.DEFINE_integer(
-    "front_end_max_running", front_end.FrontEndOptions.max_running, "[dpsr] --front_end="
-    "native: calls passed to the server at once, all clients together.", lower_bound=1)
-_FE_MAX_RUNNING_PER_CLIENT = flags.DEFINE_integer(
-    "front_end_max_running_per_client", 0, "[dpsr] --front_end=native: of those, from one "
-    "client connection (0: half).", lower_bound=0)
-_FE_MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
-    "front_end_max_queued_per_client", front_end.FrontEndOptions.max_queued_per_client,
-    "[dpsr] --front_end=native: calls one connection may have waiting; more get "
-    "RESOURCE_EXHAUSTED.", lower_bound=1)
-_FE_MAX_QUEUED = flags.DEFINE_integer(
-    "front_end_max_queued", front_end.FrontEndOptions.max_queued, "[dpsr] --front_end=native: "
-    "calls waiting in all; more get RESOURCE_EXHAUSTED.", lower_bound=1)
-_FE_MAX_UNREAD = flags.DEFINE_integer(
-    "front_end_max_unread_bytes_per_client",
-    front_end.FrontEndOptions.max_unread_bytes_per_client, "[dpsr] --front_end=native: answer "
-    "bytes one connection has not read (HTTP/2 flow control); past it, its further answers are "
-    "dropped with RESOURCE_EXHAUSTED instead of held.", lower_bound=1)
-
-
-def _native_front_end(ssl):
-    """FrontEndOptions for --front_end=native, or None for Python's own gRPC server."""
-    if _FRONT_END.value != "native":
-        return None
-    if ssl is not None:
-        _fail("--front_end=native does not serve TLS (--ssl_config_file); use "
-              "--front_end=python, or terminate TLS in front of the server")
-    return front_end.FrontEndOptions(
-        max_running=_FE_MAX_RUNNING.value,
-        max_running_per_client=_FE_MAX_RUNNING_PER_CLIENT.value,
-        max_queued_per_client=_FE_MAX_QUEUED_PER_CLIENT.value,
-        max_queued=_FE_MAX_QUEUED.value,
-        max_unread_bytes_per_client=_FE_MAX_UNREAD.value,
-        hold_back_unread_bytes=_MAX_UNSENT_PER_CLIENT.value,
-        hold_back_total_unread_bytes=_MAX_UNSENT.value)
-
-
 def _fail(message: str):
     print(f"dpsr serve: {message}", file=sys.stderr)
     sys.exit(2)
@@ -452,6 +410,15 @@ def options_from_flags():
         max_streams_per_connection=_MAX_STREAMS.value,
         native_front_end=_native_front_end(ssl))
     return options, server_config
+
+
+def _native_front_end(ssl):
+    try:
+        return front_end_flags.front_end_options(
+            ssl, hold_back_unread_bytes=_MAX_UNSENT_PER_CLIENT.value,
+            hold_back_total_unread_bytes=_MAX_UNSENT.value)
+    except ValueError as e:
+        _fail(str(e))
 
 
 def main(argv):

@@ -34,6 +34,9 @@ class FrontEndOptions:
     Attributes:
       max_running: calls at the Python server at once, all clients together.
       max_running_per_client: of those, from one client connection (0: half).
+      initial_running_per_client: slow start: a client's share begins at this many calls and
+        grows by one per answer delivered to it, so a client that never reads its answers (or
+        resets its calls) gets no more computed at once (0: the whole share at once).
       max_queued_per_client: calls one connection may have waiting (more: RESOURCE_EXHAUSTED).
       max_queued: calls waiting in all (more: RESOURCE_EXHAUSTED).
       max_unread_bytes_per_client: answer bytes one connection has not read yet; past it, its
@@ -48,11 +51,29 @@ class FrontEndOptions:
 
     max_running: int = 32
     max_running_per_client: int = 0
+    initial_running_per_client: int = 2
     max_queued_per_client: int = 4096
     max_queued: int = 65536
     max_unread_bytes_per_client: int = 64 << 20
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
+
+
+def stop_this_process() -> None:
+    """Stops this server as SIGTERM does: NativeFrontEnd's `on_exit` for a server whose front
+    end died (it has no gRPC port left)."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def client_of(context, peer: str, trusted: bool) -> str:
+    """Who a call is from for a server's per-client limits: the client connection the front
+    end names in CLIENT_METADATA_KEY when `trusted` (the server sits behind its own front end,
+    reachable only through its private socket), else `peer`."""
+    if trusted:
+        for key, value in context.invocation_metadata() or ():
+            if key == CLIENT_METADATA_KEY:
+                return value
+    return peer
 
 
 class NativeFrontEnd:
@@ -81,6 +102,7 @@ class NativeFrontEnd:
             BINARY, f"--listen={address}", f"--backend=unix:{self.backend_socket}",
             f"--max_running={options.max_running}",
             f"--max_running_per_client={options.max_running_per_client}",
+            f"--initial_running_per_client={options.initial_running_per_client}",
             f"--max_queued_per_client={options.max_queued_per_client}",
             f"--max_queued={options.max_queued}",
             f"--max_unread_bytes_per_client={options.max_unread_bytes_per_client}",

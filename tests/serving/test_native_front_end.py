@@ -253,3 +253,58 @@ def test_a_missing_binary_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(front_end, "BINARY", "/nonexistent/dpsr_front_end")
     with pytest.raises(OSError, match="make build"):
         front_end.NativeFrontEnd("127.0.0.1:0", front_end.FrontEndOptions(), 128, 1 << 20)
+
+
+def test_the_proxy_behind_its_front_end_answers_as_without_it(toy_model_dir, tmp_path, queries):
+    server = _start(toy_model_dir, tmp_path)
+    proxies = []
+    try:
+        routes = {"dpsr": ((server.address,),)}
+        proxies = process.start_all([
+            process.proxy_process(routes, log_dir=str(tmp_path), name=name, flags=flags)
+            for name, flags in (("proxy_native", ["--front_end=native"]), ("proxy_python", []))])
+        requests = [st.predict_request("dpsr", queries, k=5),
+                    st.predict_request("no_such_model", queries[:1]),
+                    st.predict_request("dpsr", queries[:1], k=-1)]
+        answers = []
+        for proxy in proxies:
+            stub = process.prediction_stub(proxy.address)
+            got = []
+            for request in requests:
+                try:
+                    got.append(("OK", stub.Predict(request, timeout=30).SerializeToString()))
+                except grpc.RpcError as e:
+                    got.append((e.code().name, e.details()))
+            answers.append(got)
+        assert answers[0] == answers[1]
+        assert [code for code, _ in answers[0]] == ["OK", "NOT_FOUND", "INVALID_ARGUMENT"]
+    finally:
+        for proxy in proxies:
+            assert proxy.stop() == 0, proxy.log_tail()
+        server.stop()
+    with open(proxies[0].log_path, encoding="utf-8", errors="replace") as f:
+        found = _SUMMARY.findall(f.read())
+    assert found and int(found[-1][0]) == int(found[-1][1]) >= len(requests)
+
+
+def test_a_new_client_gets_two_calls_computed_until_its_answers_are_read(toy_model_dir, tmp_path):
+    # Slow start at the defaults (32 calls at the server, 16 per client, starting at 2): a
+    # connection that opens 20 zero-window streams has 2 of them computed; the hold-back budget
+    # (4 MiB) is far from reached by two ~290 KB answers, so the window alone holds the rest.
+    server = _start(toy_model_dir, tmp_path)
+    reader = RawHttp2(server.grpc_port)
+    try:
+        slow = st.predict_request("dpsr", [f"phone {i}" for i in range(64)],
+                                  k=240).SerializeToString()
+        for _ in range(20):
+            reader.open_predict(slow)
+        stub = process.prediction_stub(server.address)
+        # A client that reads: 40 calls at once, all answered (its window opens as it reads).
+        futures = [stub.Predict.future(st.predict_request("dpsr", [f"drill {i}"]), timeout=120)
+                   for i in range(40)]
+        assert [_code(f) for f in futures] == ["OK"] * 40
+    finally:
+        reader.close()
+        counts = _summary(server)
+    assert counts["held_back"] == 0
+    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] == 18, counts

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import signal
 import threading
 from typing import Optional
 
@@ -17,7 +16,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import heap_trim, stream_limits
-from dpsr_tf.serving.front_end import FrontEndOptions, NativeFrontEnd
+from dpsr_tf.serving.front_end import FrontEndOptions, NativeFrontEnd, stop_this_process
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
@@ -189,7 +188,7 @@ class ModelServer:
                                              opts.native_front_end,
                                              opts.max_streams_per_connection,
                                              opts.max_receive_message_bytes,
-                                             on_exit=_stop_this_process)
+                                             on_exit=stop_this_process)
             if not self._grpc.add_insecure_port(f"unix:{self._front_end.backend_socket}"):
                 raise OSError(f"cannot bind gRPC to unix:{self._front_end.backend_socket}")
         else:
@@ -267,11 +266,6 @@ class ModelServer:
         if self._heap_trimmer is not None:
             self._heap_trimmer.stop()
             _LOG.info("%s", self._heap_trimmer.summary())
-
-
-def _stop_this_process() -> None:
-    """Stops the server as SIGTERM does (its front end died: no gRPC port left)."""
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run_model_server(options: ServerOptions, server_config) -> None:

@@ -43,6 +43,8 @@ from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, add_servicer, client
                                         serve_until_signal)
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
+from dpsr_tf.serving.front_end import (FrontEndOptions, NativeFrontEnd, client_of,
+                                       stop_this_process)
 from dpsr_tf.serving.startup import (bind_grpc, freeze_heap, grpc_address,
                                      return_large_buffers_to_the_system, write_port_file)
 from dpsr_tf.serving.proxy.peer_limits import (DEFAULT_MAX_BACKEND_CALLS,
@@ -84,6 +86,8 @@ class ProxyOptions:
         another's call finds a slot free (0: half of max_backend_calls_in_flight).
       max_streams_per_connection: calls one client connection may have open at once; its
         gRPC library holds the rest (stream_limits.py). 0: no limit.
+      native_front_end: FrontEndOptions to put the C++ front end (serving/front_end.py) on the
+        port, the proxy behind it on a private UNIX socket; None: the proxy's own gRPC server.
     """
 
     host: str = "127.0.0.1"
@@ -101,6 +105,7 @@ class ProxyOptions:
     max_backend_calls_in_flight: int = DEFAULT_MAX_BACKEND_CALLS
     max_backend_calls_per_peer: int = 0
     max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
+    native_front_end: Optional[FrontEndOptions] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +132,10 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """PredictionService that routes, fans out and merges."""
 
     def __init__(self, router: Router, metrics: ProxyMetrics, max_calls_per_peer: int = 0,
-                 max_backend_calls: int = 0, max_backend_calls_per_peer: int = 0):
+                 max_backend_calls: int = 0, max_backend_calls_per_peer: int = 0,
+                 behind_front_end: bool = False):
         self.metrics = metrics
+        self._behind_front_end = behind_front_end  # clients named by its metadata
         self.peers = PeerLimiter(max_calls_per_peer)
         self.backends = BackendGate(max_backend_calls, max_backend_calls_per_peer or None)
         self._caller = ShardCaller(router.settings, metrics)
@@ -176,7 +183,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = DRAINING.code
             self.metrics.request_count.labels(label, api, code.name).inc()
             await context.abort(code, DRAINING.message)
-        peer = context.peer()
+        peer = client_of(context, context.peer(), self._behind_front_end)
         try:
             self.peers.acquire(peer)
         except ServingError as e:
@@ -487,7 +494,9 @@ class ProxyServer:
         self.servicer = ProxyServicer(self._router(settings), self.metrics,
                                       options.max_concurrent_calls_per_peer,
                                       options.max_backend_calls_in_flight,
-                                      options.max_backend_calls_per_peer)
+                                      options.max_backend_calls_per_peer,
+                                      options.native_front_end is not None)
+        self._front_end = None
         self._server = None
         self._health = None
         self._http = None
@@ -536,8 +545,18 @@ class ProxyServer:
                      self.servicer, self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        self.grpc_port = bind_grpc(self._server, opts.host, opts.port, opts.ssl)
+        if opts.native_front_end is not None:  # the port is the front end's; we sit behind it
+            self._front_end = NativeFrontEnd(grpc_address(opts.host, opts.port),
+                                             opts.native_front_end,
+                                             opts.max_streams_per_connection, 64 << 20,
+                                             on_exit=stop_this_process)
+            if not self._server.add_insecure_port(f"unix:{self._front_end.backend_socket}"):
+                raise OSError(f"cannot bind gRPC to unix:{self._front_end.backend_socket}")
+        else:
+            self.grpc_port = bind_grpc(self._server, opts.host, opts.port, opts.ssl)
         await self._server.start()
+        if self._front_end is not None:  # from the loop's thread, which lives as long as we do
+            self.grpc_port = self._front_end.start()
         if opts.rest_api_port and opts.monitoring.prometheus_enabled:
             self._http = MetricsHttpServer(opts.host, max(0, opts.rest_api_port),
                                            opts.monitoring.prometheus_path, self.metrics.registry)
@@ -560,6 +579,9 @@ class ProxyServer:
             await self._health.enter_graceful_shutdown()
         if self._http is not None:
             self._http.stop()
+        if self._front_end is not None:  # first: it drains the calls it holds into us
+            _LOG.info("%s", await asyncio.get_running_loop().run_in_executor(
+                None, self._front_end.stop, grace_seconds))
         if self._server is not None:
             await self.servicer.in_flight.stop_server(self._server, grace_seconds)
         for replica in self._pool.values():
