@@ -16,8 +16,8 @@ MAX_RUNNING = flags.DEFINE_integer(
     "front_end_max_running", FrontEndOptions.max_running, "[dpsr] --front_end=native: calls "
     "passed to the server at once, all clients together.", lower_bound=1)
 MAX_RUNNING_PER_CLIENT = flags.DEFINE_integer(
-    "front_end_max_running_per_client", 0, "[dpsr] --front_end=native: of those, from one "
-    "client connection (0: half).", lower_bound=0)
+    "front_end_max_running_per_client", FrontEndOptions.max_running_per_client, "[dpsr] "
+    "--front_end=native: of those, from one client (0: half).", lower_bound=0)
 INITIAL_RUNNING_PER_CLIENT = flags.DEFINE_integer(
     "front_end_initial_running_per_client", FrontEndOptions.initial_running_per_client,
     "[dpsr] --front_end=native: slow start: a client's share begins at this many calls and "
