@@ -274,6 +274,8 @@ _MAX_STREAMS = flags.DEFINE_integer(
     "clients. 0: no limit. --grpc_channel_arguments=grpc.max_concurrent_streams=N overrides "
     "(gRPC's overload protection is turned off under either, unless named there too).",
     lower_bound=0)
+
+
 def _fail(message: str):
     print(f"dpsr serve: {message}", file=sys.stderr)
     sys.exit(2)
