@@ -233,9 +233,8 @@ class FrontEnd : public grpc::CallbackGenericService {
     {
       std::lock_guard<std::mutex> lock(mu_);
       started = gate_.Ended(client, delivered);
-      forwarded_.fetch_add(started.size(), std::memory_order_relaxed);
     }
-    for (auto& s : started) s.second->StartBackend();
+    Start(started);
   }
 
   // A call's backend slot is free: start the calls it lets through.
@@ -244,9 +243,8 @@ class FrontEnd : public grpc::CallbackGenericService {
     {
       std::lock_guard<std::mutex> lock(mu_);
       started = gate_.Release(client);
-      forwarded_.fetch_add(started.size(), std::memory_order_relaxed);
     }
-    for (auto& s : started) s.second->StartBackend();
+    Start(started);
   }
 
   // Answer bytes a client has not read yet (HTTP/2 flow control holds them here). False (and
@@ -287,9 +285,8 @@ class FrontEnd : public grpc::CallbackGenericService {
         Append(&started, UpdateHoldBack(client, it->second));
       }
       if (it->second == 0) unread_.erase(it);
-      forwarded_.fetch_add(started.size(), std::memory_order_relaxed);
     }
-    for (auto& s : started) s.second->StartBackend();
+    Start(started);
   }
 
   void CountQueued() { queued_.fetch_add(1, std::memory_order_relaxed); }
@@ -315,6 +312,13 @@ class FrontEnd : public grpc::CallbackGenericService {
 
  private:
   static constexpr size_t kSmallUnread = 64 << 10;
+
+  // Starts the calls the gate handed out (called without mu_: StartBackend takes the call's
+  // own lock and gRPC's).
+  void Start(const std::vector<std::pair<std::string, Call*>>& started) {
+    forwarded_.fetch_add(started.size(), std::memory_order_relaxed);
+    for (const auto& s : started) s.second->StartBackend();
+  }
 
   bool OverTotal() const {
     return total_unread_ > static_cast<size_t>(options_.hold_back_total_unread_bytes);

@@ -7,6 +7,7 @@ most `max_running` at once. A burst of calls from one client then costs the Pyth
 nothing until each call's turn, and calls that were cancelled or expired while they waited never
 reach it (docs/serving.md, "The native front end").
 """
+import asyncio
 import dataclasses
 import logging
 import os
@@ -20,7 +21,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY
+from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY, forwarded_client
 
 _LOG = logging.getLogger("serving.front_end")
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpsr_front_end")
@@ -71,11 +72,8 @@ def client_of(context, peer: str, trusted: bool) -> str:
     """Who a call is from for a server's per-client limits: the client connection the front
     end names in CLIENT_METADATA_KEY when `trusted` (the server sits behind its own front end,
     reachable only through its private socket), else `peer`."""
-    if trusted:
-        for key, value in context.invocation_metadata() or ():
-            if key == CLIENT_METADATA_KEY:
-                return value
-    return peer
+    named = forwarded_client(context) if trusted else None
+    return peer if named is None else named
 
 
 class NativeFrontEnd:
@@ -119,6 +117,21 @@ class NativeFrontEnd:
         self._stopping = threading.Event()
         self.port = 0
         self.summary = ""
+
+    def bind_behind(self, server) -> None:
+        """Binds grpc.aio `server` to the private socket this front end forwards to.
+
+        Raises:
+          OSError: the bind failed.
+        """
+        if not server.add_insecure_port(f"unix:{self.backend_socket}"):
+            raise OSError(f"cannot bind gRPC to unix:{self.backend_socket}")
+
+    async def drain(self, grace_seconds: float) -> None:
+        """stop() off the event loop (the server behind keeps serving what it drains), its
+        summary logged."""
+        _LOG.info("%s", await asyncio.get_running_loop().run_in_executor(
+            None, self.stop, grace_seconds))
 
     def start(self, timeout: float = 30.0) -> int:
         """Starts the process and returns the port it listens on.

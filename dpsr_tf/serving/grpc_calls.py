@@ -19,15 +19,24 @@ import functools
 import logging
 import signal
 import time
+from typing import Optional
 
 import grpc
 from dpsr_tf.serving import gone_clients
 from dpsr_tf.serving.errors import ServingError, truncate
 
 _LOG = logging.getLogger("serving.grpc")
-# The metadata key of the client a proxy forwards a call for: the proxy sends it, a model
-# server's per-client queues use it to tell the proxy's clients apart.
+# The metadata key of the client a proxy (or the native front end) forwards a call for: the
+# forwarder sends it, a server's per-client queues use it to tell the forwarder's clients apart.
 CLIENT_METADATA_KEY = "dpsr-client"
+
+
+def forwarded_client(context) -> Optional[str]:
+    """The client named in the call's CLIENT_METADATA_KEY metadata, or None."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA_KEY:
+            return value
+    return None
 
 
 class _Malformed:

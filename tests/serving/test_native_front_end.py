@@ -77,6 +77,18 @@ def _raw_call(address):
                                         response_deserializer=None)
 
 
+def _predict_answers(address, requests) -> list:
+    """(status name, serialized answer or error message) of each Predict request."""
+    stub = process.prediction_stub(address)
+    got = []
+    for request in requests:
+        try:
+            got.append(("OK", stub.Predict(request, timeout=30).SerializeToString()))
+        except grpc.RpcError as e:
+            got.append((e.code().name, e.details()))
+    return got
+
+
 def _code(future) -> str:
     try:
         future.result()
@@ -99,13 +111,7 @@ def test_answers_errors_and_services_equal_the_python_servers(toy_model_dir, tmp
                     st.predict_request("dpsr", queries[:1], version=42)]
         answers = {}
         for name, address in (("front end", through), ("direct", direct)):
-            stub = process.prediction_stub(address)
-            got = []
-            for request in requests:
-                try:
-                    got.append(("OK", stub.Predict(request, timeout=30).SerializeToString()))
-                except grpc.RpcError as e:
-                    got.append((e.code().name, e.details()))
+            got = _predict_answers(address, requests)
             status = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(address))
             spec = get_model_status_pb2.GetModelStatusRequest()
             spec.model_spec.name = "dpsr"
@@ -216,6 +222,7 @@ def test_a_connection_over_its_queue_limit_is_refused_at_once(toy_model_dir, tmp
         counts = _summary(server)
     assert counts["accepted"] - counts["forwarded"] == counts["refused"] == 7
 
+
 def test_a_client_that_never_reads_gets_no_more_answers_computed(toy_model_dir, tmp_path):
     # Answers of ~290 KB against a hold-back of 64 KiB, slow start off (the reader may have 2
     # calls at the server at once): once the first answer waits for the zero-window reader, its
@@ -269,14 +276,7 @@ def test_the_proxy_behind_its_front_end_answers_as_without_it(toy_model_dir, tmp
                     st.predict_request("dpsr", queries[:1], k=-1)]
         answers = []
         for proxy in proxies:
-            stub = process.prediction_stub(proxy.address)
-            got = []
-            for request in requests:
-                try:
-                    got.append(("OK", stub.Predict(request, timeout=30).SerializeToString()))
-                except grpc.RpcError as e:
-                    got.append((e.code().name, e.details()))
-            answers.append(got)
+            answers.append(_predict_answers(proxy.address, requests))
         assert answers[0] == answers[1]
         assert [code for code, _ in answers[0]] == ["OK", "NOT_FOUND", "INVALID_ARGUMENT"]
     finally:

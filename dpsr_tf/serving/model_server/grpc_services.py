@@ -16,8 +16,8 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
                                      prediction_service_pb2_grpc)
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.grpc_calls import (CLIENT_METADATA_KEY, DRAINING, InFlight, abort,
-                                        client_timeout, outcome, plain_error)
+from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, abort, client_timeout,
+                                        forwarded_client, outcome, plain_error)
 from dpsr_tf.serving.model_server.predict import declared_elements
 from dpsr_tf.serving.model_server.run_queue import FairRunQueue
 
@@ -38,10 +38,8 @@ def _client(context, peer: str):
     clients of one proxy connection take turns like direct ones. A client gains nothing by
     naming sub-clients itself that it could not gain by opening connections: the queues'
     totals bound them all."""
-    for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_METADATA_KEY:
-            return peer, value[:_MAX_CLIENT_NAME]
-    return peer
+    named = forwarded_client(context)
+    return peer if named is None else (peer, named[:_MAX_CLIENT_NAME])
 
 
 def _serialize(response) -> bytes:

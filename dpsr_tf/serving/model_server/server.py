@@ -189,8 +189,7 @@ class ModelServer:
                                              opts.max_streams_per_connection,
                                              opts.max_receive_message_bytes,
                                              on_exit=stop_this_process)
-            if not self._grpc.add_insecure_port(f"unix:{self._front_end.backend_socket}"):
-                raise OSError(f"cannot bind gRPC to unix:{self._front_end.backend_socket}")
+            self._front_end.bind_behind(self._grpc)
         else:
             self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
         if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
@@ -251,9 +250,7 @@ class ModelServer:
         if self._poller is not None:
             self._poller.stop()
         if self._front_end is not None:  # first: it drains the calls it holds into us
-            summary = await asyncio.get_running_loop().run_in_executor(
-                None, self._front_end.stop, grace_seconds)
-            _LOG.info("%s", summary)
+            await self._front_end.drain(grace_seconds)
         rest_stopped = None
         if self._rest is not None:  # REST drains in a thread while gRPC drains on the loop
             rest_stopped = asyncio.get_running_loop().run_in_executor(

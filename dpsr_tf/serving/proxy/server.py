@@ -550,8 +550,7 @@ class ProxyServer:
                                              opts.native_front_end,
                                              opts.max_streams_per_connection, 64 << 20,
                                              on_exit=stop_this_process)
-            if not self._server.add_insecure_port(f"unix:{self._front_end.backend_socket}"):
-                raise OSError(f"cannot bind gRPC to unix:{self._front_end.backend_socket}")
+            self._front_end.bind_behind(self._server)
         else:
             self.grpc_port = bind_grpc(self._server, opts.host, opts.port, opts.ssl)
         await self._server.start()
@@ -580,8 +579,7 @@ class ProxyServer:
         if self._http is not None:
             self._http.stop()
         if self._front_end is not None:  # first: it drains the calls it holds into us
-            _LOG.info("%s", await asyncio.get_running_loop().run_in_executor(
-                None, self._front_end.stop, grace_seconds))
+            await self._front_end.drain(grace_seconds)
         if self._server is not None:
             await self.servicer.in_flight.stop_server(self._server, grace_seconds)
         for replica in self._pool.values():
