@@ -27,6 +27,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <climits>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -64,6 +66,9 @@ struct Options {
   long hold_back_total_unread_bytes = 8L << 20;
   std::string client_metadata_key = "dpsr-client";
   double grace_seconds = 10.0;
+  // --channel_arg=KEY=VALUE, repeated: the user's --grpc_channel_arguments, applied to the
+  // listening port as TF Serving applies them to its own (an integer VALUE is an int).
+  std::map<std::string, std::string> channel_args;
 };
 
 [[noreturn]] void Usage(const std::string& why) {
@@ -75,7 +80,7 @@ struct Options {
                "  [--max_queued=N] [--max_streams_per_connection=N]\n"
                "  [--max_receive_message_bytes=N] [--max_unread_bytes_per_client=N]\n"
                "  [--hold_back_unread_bytes=N] [--hold_back_total_unread_bytes=N]\n"
-               "  [--client_metadata_key=KEY] [--grace_seconds=S]\n",
+               "  [--client_metadata_key=KEY] [--grace_seconds=S] [--channel_arg=KEY=VALUE ...]\n",
                why.c_str());
   std::exit(2);
 }
@@ -117,6 +122,13 @@ Options ParseFlags(int argc, char** argv) {
       o.hold_back_total_unread_bytes = ParseLong(flag, value, 0);
     else if (flag == "client_metadata_key") o.client_metadata_key = value;
     else if (flag == "grace_seconds") o.grace_seconds = std::atof(value.c_str());
+    else if (flag == "channel_arg") {
+      size_t sep = value.find('=');
+      if (sep == 0 || sep == std::string::npos) {
+        Usage("--channel_arg=" + value + " is not KEY=VALUE");
+      }
+      o.channel_args[value.substr(0, sep)] = value.substr(sep + 1);
+    }
     else Usage("unknown flag --" + flag);
   }
   if (o.backend.empty()) Usage("--backend is required");
@@ -133,6 +145,16 @@ bool Forwardable(const std::string& key, const std::string& client_key) {
          key != client_key;
 }
 
+// Calls that last as long as the client asks, not as long as the server computes: a health
+// Watch (answers until the client leaves) and the profiler's calls (Profile and Monitor run
+// for the duration asked; Terminate must reach a running Profile). They pass without a turn:
+// taking one, a Watch or a ten-minute Profile would hold its client's slot and slow-start
+// window for its whole life, and every later call of that client would wait behind it.
+bool Unmetered(const std::string& method) {
+  return method == "/grpc.health.v1.Health/Watch" ||
+         method.rfind("/tensorflow.ProfilerService/", 0) == 0;
+}
+
 class FrontEnd;
 std::string ClientOf(grpc::GenericCallbackServerContext* ctx, const std::string& client_key);
 
@@ -146,8 +168,9 @@ class Call : public grpc::ServerGenericBidiReactor {
   void OnCancel() override;
   void OnDone() override;
 
-  // The gate handed this call a slot (called without the front end's lock).
-  void StartBackend();
+  // The gate handed this call a slot, or it needs none (`metered` false: Unmetered); called
+  // without the front end's lock.
+  void StartBackend(bool metered = true);
 
   const std::string& client() const { return client_; }
 
@@ -178,7 +201,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   bool reads_ended_ = false;
   bool backend_done_ = false;
   bool slot_held_ = false;
-  bool started_ = false;  // it reached the backend (counts against its client's window)
+  bool started_ = false;  // it reached the backend with a turn (counts against the window)
   bool cancelled_ = false;
   bool initial_metadata_copied_ = false;
   size_t unread_bytes_ = 0;  // answer bytes written to the client and counted against its budget
@@ -290,6 +313,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   }
 
   void CountQueued() { queued_.fetch_add(1, std::memory_order_relaxed); }
+  void CountUnmetered() { unmetered_.fetch_add(1, std::memory_order_relaxed); }
   void CountDroppedUnread() { dropped_waiting_.fetch_add(1, std::memory_order_relaxed); }
 
   std::string Summary() {
@@ -298,11 +322,12 @@ class FrontEnd : public grpc::CallbackGenericService {
     std::snprintf(line, sizeof(line),
                   "dpsr_front_end: calls accepted %lld, forwarded %lld, queued %lld, "
                   "dropped before their turn %lld, refused (queue full) %lld, answers refused "
-                  "(unread budget) %lld, clients held back %lld; now running %d, waiting %zu",
+                  "(unread budget) %lld, clients held back %lld, passed without a turn "
+                  "%lld; now running %d, waiting %zu",
                   (long long)accepted_.load(), (long long)forwarded_.load(),
                   (long long)queued_.load(), (long long)dropped_waiting_.load(),
                   (long long)refused_.load(), (long long)unread_refused_.load(),
-                  (long long)held_back_.load(),
+                  (long long)held_back_.load(), (long long)unmetered_.load(),
                   gate_.running(), gate_.queued());
     return line;
   }
@@ -347,7 +372,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::unordered_map<std::string, size_t> unread_;  // under mu_
   size_t total_unread_ = 0;                         // under mu_
   std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
-      refused_{0}, unread_refused_{0}, held_back_{0};
+      refused_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0};
 };
 
 // Who a call is from: its connection, and the client a proxy names in the client metadata key
@@ -381,6 +406,12 @@ void Call::OnReadDone(bool ok) {
     FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it was read"));
     return;
   }
+  if (Unmetered(std::string(ctx_->method()))) {
+    lock.unlock();
+    fe_->CountUnmetered();
+    StartBackend(/*metered=*/false);
+    return;
+  }
   state_ = State::kQueued;
   lock.unlock();
   Admission a = fe_->Offer(this);
@@ -407,12 +438,12 @@ void Call::OnReadDone(bool ok) {
                 " calls are waiting, the most the server queues; try again later"));
 }
 
-void Call::StartBackend() {
+void Call::StartBackend(bool metered) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     state_ = State::kRunning;
-    slot_held_ = true;
-    started_ = true;
+    slot_held_ = metered;
+    started_ = metered;
     refs_.fetch_add(1);
   }
   backend_ctx_.set_deadline(ctx_->deadline());
@@ -564,6 +595,21 @@ void Call::Unref() {
 
 std::atomic<bool> g_stop{false};
 
+// One --channel_arg on the server: an int when VALUE is one (as the Python server's
+// --grpc_channel_arguments parsing), else a string.
+void AddChannelArgument(grpc::ServerBuilder* builder, const std::string& key,
+                        const std::string& value) {
+  char* end = nullptr;
+  errno = 0;
+  long number = std::strtol(value.c_str(), &end, 10);
+  if (!value.empty() && *end == '\0' && errno == 0 && number >= INT32_MIN &&
+      number <= INT32_MAX) {
+    builder->AddChannelArgument(key, static_cast<int>(number));
+  } else {
+    builder->AddChannelArgument(key, value);
+  }
+}
+
 int Main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);  // the Python server that started us is gone: stop too
   Options options = ParseFlags(argc, argv);
@@ -578,16 +624,22 @@ int Main(int argc, char** argv) {
   int port = 0;
   builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterCallbackGenericService(&front_end);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
+  const auto& user = options.channel_args;  // the user's value of a key replaces our default
+  if (!user.count(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH)) {  // the builder's would win over it
+    builder.SetMaxReceiveMessageSize(static_cast<int>(options.max_receive_message_bytes));
+  }
   builder.SetMaxSendMessageSize(-1);
-  if (options.max_streams_per_connection > 0) {
+  if (options.max_streams_per_connection > 0 && !user.count(GRPC_ARG_MAX_CONCURRENT_STREAMS)) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                options.max_streams_per_connection);
   }
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (!user.count(GRPC_ARG_ALLOW_REUSEPORT)) {
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  }
+  for (const auto& [key, value] : user) AddChannelArgument(&builder, key, value);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
-    std::fprintf(stderr, "dpsr_front_end: cannot listen on %s (in use, or not an address)\n",
+    std::fprintf(stderr, "dpsr_front_end: cannot bind gRPC to %s (in use, or not an address)\n",
                  options.listen.c_str());
     return 1;
   }

@@ -3,52 +3,67 @@
 from typing import Optional
 
 from absl import flags
+from absl import logging
 
+from dpsr_tf.serving import front_end
 from dpsr_tf.serving.front_end import FrontEndOptions
 
 FRONT_END = flags.DEFINE_enum(
-    "front_end", "python", ["python", "native"], "[dpsr] What takes gRPC calls on --port: "
-    "`python`, the server's own grpc.aio server; `native`, the C++ front end (docs/serving.md, "
-    "\"The native front end\"), which queues calls per client connection and passes them on in "
-    "turns, so a burst of calls from one client costs the Python event loop nothing until "
-    "their turn and calls cancelled or expired while waiting never reach it.")
+    "front_end", "auto", ["auto", "native", "python"], "[dpsr] What takes gRPC calls on "
+    "--port: `native`, the C++ front end (docs/serving.md, \"The native front end\"), which "
+    "queues calls per client connection and passes them on in turns, so a burst of calls from "
+    "one client costs the Python event loop nothing until their turn and calls cancelled or "
+    "expired while waiting never reach it; `python`, the server's own grpc.aio server; `auto`: "
+    "native unless the port serves TLS (--ssl_config_file) or the front end is not built, "
+    "then python, with a log line saying why.")
+_WITH_NATIVE = "[dpsr] With the native front end (--front_end):"
 MAX_RUNNING = flags.DEFINE_integer(
-    "front_end_max_running", FrontEndOptions.max_running, "[dpsr] --front_end=native: calls "
-    "passed to the server at once, all clients together.", lower_bound=1)
+    "front_end_max_running", FrontEndOptions.max_running,
+    f"{_WITH_NATIVE} calls passed to the server at once, all clients together.", lower_bound=1)
 MAX_RUNNING_PER_CLIENT = flags.DEFINE_integer(
-    "front_end_max_running_per_client", FrontEndOptions.max_running_per_client, "[dpsr] "
-    "--front_end=native: of those, from one client (0: half).", lower_bound=0)
+    "front_end_max_running_per_client", FrontEndOptions.max_running_per_client,
+    f"{_WITH_NATIVE} of those, from one client (0: half).", lower_bound=0)
 INITIAL_RUNNING_PER_CLIENT = flags.DEFINE_integer(
     "front_end_initial_running_per_client", FrontEndOptions.initial_running_per_client,
-    "[dpsr] --front_end=native: slow start: a client's share begins at this many calls and "
-    "grows by one per answer delivered to it (0: the whole share at once).", lower_bound=0)
+    f"{_WITH_NATIVE} slow start: a client's share begins at this many calls and grows by one "
+    "per answer delivered to it (0: the whole share at once).", lower_bound=0)
 MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
     "front_end_max_queued_per_client", FrontEndOptions.max_queued_per_client,
-    "[dpsr] --front_end=native: calls one connection may have waiting; more get "
-    "RESOURCE_EXHAUSTED.", lower_bound=1)
+    f"{_WITH_NATIVE} calls one connection may have waiting; more get RESOURCE_EXHAUSTED.",
+    lower_bound=1)
 MAX_QUEUED = flags.DEFINE_integer(
-    "front_end_max_queued", FrontEndOptions.max_queued, "[dpsr] --front_end=native: calls "
-    "waiting in all; more get RESOURCE_EXHAUSTED.", lower_bound=1)
+    "front_end_max_queued", FrontEndOptions.max_queued,
+    f"{_WITH_NATIVE} calls waiting in all; more get RESOURCE_EXHAUSTED.", lower_bound=1)
 MAX_UNREAD = flags.DEFINE_integer(
     "front_end_max_unread_bytes_per_client", FrontEndOptions.max_unread_bytes_per_client,
-    "[dpsr] --front_end=native: answer bytes one connection has not read (HTTP/2 flow "
-    "control); past it, its further answers are dropped with RESOURCE_EXHAUSTED instead of "
-    "held.", lower_bound=1)
+    f"{_WITH_NATIVE} answer bytes one connection has not read (HTTP/2 flow control); past "
+    "it, its further answers are dropped with RESOURCE_EXHAUSTED instead of held.",
+    lower_bound=1)
 
 
 def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_back_unread_bytes,
                       hold_back_total_unread_bytes: int =
                       FrontEndOptions.hold_back_total_unread_bytes) -> Optional[FrontEndOptions]:
-    """FrontEndOptions for --front_end=native, or None for Python's own gRPC server.
+    """FrontEndOptions when the native front end takes the port, or None for Python's own
+    gRPC server (--front_end=python, or auto where native cannot serve).
 
     Raises:
       ValueError: --front_end=native with TLS on the client port (`ssl` set).
     """
-    if FRONT_END.value != "native":
+    if FRONT_END.value == "python":
         return None
     if ssl is not None:
-        raise ValueError("--front_end=native does not serve TLS (--ssl_config_file); use "
-                         "--front_end=python, or terminate TLS in front of the server")
+        if FRONT_END.value == "native":
+            raise ValueError("--front_end=native does not serve TLS (--ssl_config_file); use "
+                             "--front_end=python, or terminate TLS in front of the server")
+        logging.info("--front_end=auto: the Python gRPC server takes --port: the native front "
+                     "end does not serve TLS (--ssl_config_file)")
+        return None
+    if FRONT_END.value == "auto" and not front_end.is_built():
+        logging.warning("--front_end=auto: the Python gRPC server takes --port: the native "
+                        "front end %s is not built (`make build`; it needs libgrpc++-dev)",
+                        front_end.BINARY)
+        return None
     return FrontEndOptions(
         max_running=MAX_RUNNING.value, max_running_per_client=MAX_RUNNING_PER_CLIENT.value,
         initial_running_per_client=INITIAL_RUNNING_PER_CLIENT.value,

@@ -62,6 +62,11 @@ class FrontEndOptions:
     hold_back_total_unread_bytes: int = 8 << 20
 
 
+def is_built() -> bool:
+    """Whether the front end's executable is there to start (`make build`)."""
+    return os.access(BINARY, os.X_OK)
+
+
 def stop_this_process() -> None:
     """Stops this server as SIGTERM does: NativeFrontEnd's `on_exit` for a server whose front
     end died (it has no gRPC port left)."""
@@ -85,13 +90,16 @@ class NativeFrontEnd:
       options: FrontEndOptions.
       max_streams_per_connection: HTTP/2 streams one connection may open (0: no limit).
       max_receive_message_bytes: largest request message accepted.
+      channel_arguments: (key, value) gRPC server arguments for the listening port (the
+        user's --grpc_channel_arguments); each replaces the front end's default for its key.
       on_exit: called (from a watcher thread) if the process ends before stop(): the server
         cannot take gRPC calls without it, so the model server stops itself.
     """
 
     def __init__(self, address: str, options: FrontEndOptions, max_streams_per_connection: int,
-                 max_receive_message_bytes: int, on_exit: Optional[Callable[[], None]] = None):
-        if not os.access(BINARY, os.X_OK):
+                 max_receive_message_bytes: int, channel_arguments: tuple = (),
+                 on_exit: Optional[Callable[[], None]] = None):
+        if not is_built():
             raise OSError(f"the native front end {BINARY} is not built; run `make build` "
                           "(it needs the Debian package libgrpc++-dev, which tools/bootstrap.sh "
                           "installs)")
@@ -111,7 +119,8 @@ class NativeFrontEnd:
             f"{options.hold_back_total_unread_bytes or (1 << 62)}",
             f"--max_streams_per_connection={max_streams_per_connection}",
             f"--max_receive_message_bytes={max_receive_message_bytes}",
-            f"--client_metadata_key={CLIENT_METADATA_KEY}"]
+            f"--client_metadata_key={CLIENT_METADATA_KEY}"] + [
+                f"--channel_arg={key}={value}" for key, value in channel_arguments]
         self._proc: Optional[subprocess.Popen] = None
         self._on_exit = on_exit
         self._stopping = threading.Event()

@@ -242,7 +242,7 @@ class InFlight:
 async def serve_until_signal(make_server, log: logging.Logger) -> None:
     """Makes the server on the running loop (`make_server()`: a ModelServer or ProxyServer),
     starts it, waits for SIGTERM/SIGINT, then stops it (its stop() drains:
-    InFlight.stop_server)."""
+    InFlight.stop_server). A start that fails is stopped before its error propagates."""
     loop = asyncio.get_running_loop()
     gone = gone_clients.install(loop)  # a client gone before its answer: one line, no traceback
     try:
@@ -250,7 +250,13 @@ async def serve_until_signal(make_server, log: logging.Logger) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await server.start()
+        try:
+            await server.start()
+        except BaseException:
+            # What start() began (the gRPC server and its threads, the model core) would keep
+            # the process from exiting with its message: end it first.
+            await server.stop(0)
+            raise
         await stop.wait()
         log.info("shutting down")
         await server.stop()

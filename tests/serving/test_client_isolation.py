@@ -59,6 +59,10 @@ def server(toy_model_dir, tmp_path_factory, spec):
     srv = process.start_model_server(
         model_config_file=str(work / "models.config"), rest=True, log_dir=str(work), flags=[
             f"--monitoring_config_file={work / 'monitoring.config'}", "--max_k=300",
+            # The Python server's own per-client queues and budgets (they guard it with
+            # --front_end=python, and behind the native front end, whose turns are tested in
+            # test_native_front_end.py, the few calls it passes on).
+            "--front_end=python",
             # The 30 MB request of 10,000 rows is refused by a configured row limit (TF
             # Serving, and this server by default, have none).
             "--max_request_rows=256",

@@ -27,10 +27,13 @@ def servers(toy_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("proxy_fairness")
     server = process.start_model_server(
         toy_model_dir, model_name="dpsr", log_dir=str(work),
-        flags=["--num_run_threads=1",
+        # The Python servers' own per-client queues and the proxy's backend shares, which a
+        # native front end would keep the flood from reaching (test_native_front_end.py).
+        flags=["--front_end=python", "--num_run_threads=1",
                f"--max_queued_requests_per_client={SERVER_QUEUE_PER_CLIENT}"])
     proxy = process.start_proxy({"dpsr": ((server.address,),)}, log_dir=str(work),
-                                flags=[f"--max_concurrent_calls_per_peer={PROXY_CALLS_PER_PEER}"],
+                                flags=["--front_end=python",
+                                       f"--max_concurrent_calls_per_peer={PROXY_CALLS_PER_PEER}"],
                                 deadline_ms=60_000)
     yield server, proxy
     assert proxy.stop() == 0, proxy.log_tail()

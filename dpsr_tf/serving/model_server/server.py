@@ -188,6 +188,7 @@ class ModelServer:
                                              opts.native_front_end,
                                              opts.max_streams_per_connection,
                                              opts.max_receive_message_bytes,
+                                             opts.grpc_channel_arguments,
                                              on_exit=stop_this_process)
             self._front_end.bind_behind(self._grpc)
         else:
