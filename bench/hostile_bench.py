@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
+from dpsr_tf.serving.model_server.servable import SERVABLE_INFO_FILE  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support.raw_http2 import RawHttp2  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
@@ -194,6 +195,12 @@ def _write_models(work: str, spec) -> str:
     ts.write_toy_servable(os.path.join(work, "dpsr", "1"), ids, emb, spec)
     ids, emb = ts.make_items(BIG_ITEMS, spec.dim, seed=3)
     ts.write_toy_servable(os.path.join(work, "big", "1"), ids, emb, spec)
+    for model in ("dpsr", "big"):  # marked as `dpsr export` marks its servables (their rows
+        # are independent), so --max_rows_per_run's default chunks them as it would those
+        extra = os.path.join(work, model, "1", "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, SERVABLE_INFO_FILE), "w") as f:
+            f.write("{}\n")
     path = os.path.join(work, "models.config")
     with open(path, "w") as f:
         f.write("model_config_list {\n" + "".join(

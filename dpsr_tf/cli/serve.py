@@ -246,12 +246,13 @@ _MAX_RUN_THREADS_PER_CLIENT = flags.DEFINE_integer(
     "client cancels a moment later still takes every idle thread. 0: half of "
     "--num_run_threads (rounded up); --num_run_threads: no bound.")
 _MAX_ROWS_PER_RUN = flags.DEFINE_integer(
-    "max_rows_per_run", 0, "[dpsr] An unbatched request of more rows runs as several session "
+    "max_rows_per_run", -1, "[dpsr] An unbatched request of more rows runs as several session "
     "runs of at most this many rows (e.g. 32), one after another; once its client cancels it "
     "(a hedged call's loser) or its deadline passes it stops before the next, so an abandoned "
     "large request costs one chunk of work, not its whole run. Rows must be independent, as "
-    "--enable_batching assumes. 0: one session run per request (TF Serving's behaviour).",
-    lower_bound=0)
+    "--enable_batching assumes. 0: one session run per request (TF Serving's behaviour); -1: "
+    "32 for servables written by `dpsr export` (rows independent by construction), one run "
+    "per request for any other model.", lower_bound=-1)
 _MAX_UNSENT = flags.DEFINE_integer(
     "max_unsent_response_bytes", 8 << 20, "[dpsr] Bytes of answers computed but not yet read "
     "by their clients (HTTP/2 flow control), all clients together; while over it, clients "

@@ -4,6 +4,8 @@
 The unit tests drive ChunkedRuns with a NumPy `run` (its answers are checked against the
 request run whole); the ServerCore tests run the toy servable. Counts of session runs, never
 times: a fake clock stands in for the deadline."""
+import os
+import shutil
 import threading
 
 import grpc
@@ -63,9 +65,9 @@ def test_requests_that_run_whole(rows, batched, batchable, chunk_rows):
     assert ChunkedRuns(chunk_rows).wrap("sig", _Model(), rows, batched, batchable) is None
 
 
-def test_negative_chunk_rows_are_refused():
+def test_negative_chunk_rows_other_than_auto_are_refused():
     with pytest.raises(ValueError, match="rows per run must be >= 0"):
-        ChunkedRuns(-1)
+        ChunkedRuns(-2)
 
 
 def _cancelled_during(model: _Model, rows: int, chunk: int) -> ServingError:
@@ -157,6 +159,40 @@ def test_the_server_answers_a_chunked_request_as_it_answers_it_whole(toy_model_d
     assert set(answers[0]) == set(answers[32])
     for alias, whole in answers[0].items():
         np.testing.assert_array_equal(answers[32][alias], whole)
+
+
+def test_auto_chunks_only_servables_written_by_dpsr_export(toy_model_dir, tmp_path,
+                                                         counted_runs):
+    # The marker the export writes (checked against the exporter's own name for it) makes a
+    # version's rows independent; the same model without it runs whole, as TF Serving.
+    from dpsr_tf.export import saved_model_export  # pylint: disable=g-import-not-at-top
+    from dpsr_tf.serving.model_server import servable  # pylint: disable=g-import-not-at-top
+    assert servable.SERVABLE_INFO_FILE == saved_model_export.SERVABLE_INFO
+    marked = tmp_path / "marked"
+    shutil.copytree(toy_model_dir, marked)
+    for version in os.listdir(marked):
+        os.makedirs(marked / version / "assets.extra", exist_ok=True)
+        (marked / version / "assets.extra" / servable.SERVABLE_INFO_FILE).write_text("{}")
+    request = predict_request("dpsr", [f"cordless drill {i}" for i in range(70)], k=20)
+    assert CoreOptions().max_rows_per_run == chunked_runs.AUTO
+    runs = {}
+    for name, model_dir in (("plain", toy_model_dir), ("marked", str(marked))):
+        core = _core(model_dir, chunked_runs.AUTO)
+        try:
+            del counted_runs[:]
+            core.predict(request, 60).result(60)
+            runs[name] = list(counted_runs)
+        finally:
+            core.stop()
+    assert runs == {"plain": [70], "marked": [32, 32, 6]}
+
+
+def test_rows_per_run_of_auto_and_of_a_number():
+    auto, fixed, never = ChunkedRuns(chunked_runs.AUTO), ChunkedRuns(8), ChunkedRuns(0)
+    assert [auto.rows_per_run(True), auto.rows_per_run(False)] == [
+        chunked_runs.AUTO_CHUNK_ROWS, 0]
+    assert [fixed.rows_per_run(True), fixed.rows_per_run(False)] == [8, 8]
+    assert [never.rows_per_run(True), never.rows_per_run(False)] == [0, 0]
 
 
 def test_a_cancelled_request_stops_after_the_chunk_in_progress(toy_model_dir, monkeypatch):

@@ -7,9 +7,12 @@ items. Run in chunks of `chunk_rows` rows, such a request stops after the chunk 
 once its caller gave up or its deadline passed, so abandoned work is bounded by one chunk per
 run thread. Rows are independent in a batchable signature (every output is batch-major, the
 condition the batcher relies on too), so the chunks' outputs stacked along dim 0 are the whole
-request's answer. Off by default (`dpsr serve --max_rows_per_run=0`, TF Serving's one run per
-request): a model whose rows are not independent (a softmax across the batch) would answer
-differently, as it would under --enable_batching. 32 rows of k=300 over 20,000 items cost 16-17
+request's answer. By default (`dpsr serve --max_rows_per_run=-1`, AUTO) only servables written
+by `dpsr export` run in chunks of AUTO_CHUNK_ROWS: their rows are independent by construction
+(each row's query is encoded and searched alone), which the export records in
+assets.extra/dpsr_servable.json. Any other model keeps TF Serving's one run per request unless
+--max_rows_per_run is given: a model whose rows are not independent (a softmax across the
+batch) would answer differently, as it would under --enable_batching. 32 rows of k=300 over 20,000 items cost 16-17
 ms of CPU against 123-129 ms for 256 rows in one run, so the eight runs cost about what the one
 does (docs/benchmarks.md, "Large requests in chunks").
 
@@ -33,19 +36,23 @@ _LOG = logging.getLogger("serving.chunked_runs")
 
 Run = Callable[[Dict[str, np.ndarray], Optional[float]], Dict[str, np.ndarray]]
 
+AUTO = -1  # chunk_rows: AUTO_CHUNK_ROWS for servables whose rows are known independent, else 0
+AUTO_CHUNK_ROWS = 32  # 16-17 ms of CPU per chunk at k=300 over 20,000 items
+
 
 class ChunkedRuns:
     """Makes the run of a large request a run in chunks (per server; remembers signatures whose
     chunks did not stack).
 
     Args:
-      chunk_rows: most rows per session run (0: never chunk).
+      chunk_rows: most rows per session run (0: never chunk; AUTO: AUTO_CHUNK_ROWS for
+        servables whose rows are independent, never for others).
     """
 
     def __init__(self, chunk_rows: int):
-        if chunk_rows < 0:
-            raise ValueError(f"rows per run must be >= 0 (0: one run per request), got "
-                             f"{chunk_rows}")
+        if chunk_rows < AUTO:
+            raise ValueError(f"rows per run must be >= 0 (0: one run per request) or {AUTO} "
+                             f"(auto), got {chunk_rows}")
         self.chunk_rows = chunk_rows
         self._unchunkable = set()
         self._lock = threading.Lock()
@@ -53,8 +60,15 @@ class ChunkedRuns:
     def unchunkable(self, key: Hashable) -> bool:
         return key in self._unchunkable
 
+    def rows_per_run(self, rows_independent: bool) -> int:
+        """The chunk size for a servable (0: one run per request)."""
+        if self.chunk_rows == AUTO:
+            return AUTO_CHUNK_ROWS if rows_independent else 0
+        return self.chunk_rows
+
     def wrap(self, key: Hashable, run: Run, rows: Optional[int], batched: Sequence[str],
-             batchable: bool) -> Optional[Tuple[Run, threading.Event]]:
+             batchable: bool, rows_independent: bool = False
+             ) -> Optional[Tuple[Run, threading.Event]]:
         """(a run(feeds, timeout_s) that runs `run` on chunks of the request's rows, the event
         that stops it before its next chunk: set it when the caller gives up), or None when
         the request runs whole (small, not batch-major, or `key` unchunkable).
@@ -65,11 +79,12 @@ class ChunkedRuns:
           rows: the request's rows along dim 0 (None: not batch-major).
           batched: the aliases split along dim 0 (the others are fed whole to every chunk).
           batchable: every output of the signature is batch-major.
+          rows_independent: the servable says its rows are independent (for AUTO).
         """
-        if (not self.chunk_rows or rows is None or rows <= self.chunk_rows or not batchable
+        chunk_rows = self.rows_per_run(rows_independent)
+        if (not chunk_rows or rows is None or rows <= chunk_rows or not batchable
                 or key in self._unchunkable):
             return None
-        chunk_rows = self.chunk_rows
         stop = threading.Event()
 
         def chunked(feeds, timeout_s):

@@ -21,6 +21,10 @@ from dpsr_tf.serving.model_server.signatures import Signature, find_signature, s
 
 _LOG = logging.getLogger("serving.servable")
 
+# assets.extra/<this>: what `dpsr export` wrote (saved_model_export.SERVABLE_INFO; the server
+# does not import the export code, which loads TensorFlow at import).
+SERVABLE_INFO_FILE = "dpsr_servable.json"
+
 
 @dataclasses.dataclass(frozen=True)
 class SessionOptions:
@@ -94,6 +98,10 @@ class SavedModelServable:
         self.signatures: Dict[str, Signature] = {}
         self.meta_graph_def = None
         self.load_seconds = 0.0
+        # Written by `dpsr export`: each row is encoded and searched alone, so a request's
+        # rows may run in chunks (chunked_runs.py, --max_rows_per_run's default).
+        self.rows_independent = os.path.isfile(
+            os.path.join(path, "assets.extra", SERVABLE_INFO_FILE))
 
     def load(self) -> None:
         """Imports the graph, restores variables, runs init ops.

@@ -24,6 +24,7 @@ from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.manager import ManagerOptions, VersionManager
 from dpsr_tf.serving.model_server.batching import BatchScheduler
+from dpsr_tf.serving.model_server import chunked_runs
 from dpsr_tf.serving.model_server.chunked_runs import ChunkedRuns
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
 from dpsr_tf.serving.model_server.predict import RequestLimits, build_response, prepare_predict
@@ -63,7 +64,8 @@ class CoreOptions:
       max_rows_per_run: an unbatched request of more rows runs as several session runs of
         at most this many rows, one after another, and stops before its next one once its
         caller gave up or its deadline passed (chunked_runs.py); 0: one run per request (TF
-        Serving's behaviour).
+        Serving's behaviour); chunked_runs.AUTO: chunks for servables written by `dpsr
+        export` only.
       enable_signature_method_name_check: Predict, Classify and Regress refuse signatures of
         another method (TF Serving's flag; off by default, so TF2 SavedModels, whose
         signatures say `predict`, classify and regress too).
@@ -82,7 +84,7 @@ class CoreOptions:
     max_run_threads_per_client: int = 0
     max_unsent_response_bytes_per_client: int = 4 << 20
     max_unsent_response_bytes: int = 8 << 20
-    max_rows_per_run: int = 0
+    max_rows_per_run: int = chunked_runs.AUTO
     enable_signature_method_name_check: bool = False
 
 
@@ -311,7 +313,8 @@ class ServerCore:
             else:
                 chunked = self._chunked.wrap((id(servable), servable.name, servable.version,
                                               sig.name), run, prepared.rows, prepared.batched,
-                                             sig.batchable)
+                                             sig.batchable,
+                                             getattr(servable, "rows_independent", False))
                 if chunked is not None:
                     run, stop = chunked
                 run, cannot_finish = self._timed_alone(servable, sig, prepared, run)
