@@ -255,7 +255,10 @@ async def serve_until_signal(make_server, log: logging.Logger) -> None:
         except BaseException:
             # What start() began (the gRPC server and its threads, the model core) would keep
             # the process from exiting with its message: end it first.
-            await server.stop(0)
+            try:
+                await server.stop(0)
+            except Exception:  # pylint: disable=broad-except
+                log.exception("stopping after a failed start")  # the start's error goes on
             raise
         await stop.wait()
         log.info("shutting down")

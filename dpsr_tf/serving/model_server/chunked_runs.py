@@ -12,9 +12,9 @@ by `dpsr export` run in chunks of AUTO_CHUNK_ROWS: their rows are independent by
 (each row's query is encoded and searched alone), which the export records in
 assets.extra/dpsr_servable.json. Any other model keeps TF Serving's one run per request unless
 --max_rows_per_run is given: a model whose rows are not independent (a softmax across the
-batch) would answer differently, as it would under --enable_batching. 32 rows of k=300 over 20,000 items cost 16-17
-ms of CPU against 123-129 ms for 256 rows in one run, so the eight runs cost about what the one
-does (docs/benchmarks.md, "Large requests in chunks").
+batch) would answer differently, as it would under --enable_batching. 32 rows of k=300 over
+20,000 items cost 16-17 ms of CPU against 123-129 ms for 256 rows in one run, so the eight
+runs cost about what the one does (docs/benchmarks.md, "Large requests in chunks").
 
 One condition the signature cannot state: every chunk's outputs must have the same trailing
 dimensions (a DPSR servable's [rows, k] lists do; a model whose output width follows the
