@@ -192,7 +192,8 @@ def run_load(address, rate, args, procs):
 def start_mode(mode, base, args, logs):
     flags = ["--enable_batching", f"--batching_parameters_file={args.batching_file}",
              f"--tensorflow_intra_op_parallelism={args.intra_op}",
-             f"--tensorflow_inter_op_parallelism={args.inter_op}", "--max_k=1000"]
+             f"--tensorflow_inter_op_parallelism={args.inter_op}", "--max_k=1000"
+             ] + args.server_flag
     model_dir = args.servable_dir or os.path.join(base, "full")
     proxy_flags, routes = [], None
     if mode in ("direct", "proxy1") and args.server_processes > 1:
@@ -221,7 +222,8 @@ def start_mode(mode, base, args, logs):
         routes = {"dpsr": ((servers["server"].address,),)}
     elif routes is None:
         routes = {"dpsr": tuple((p.address,) for p in servers.values())}
-    proxy = process.proxy_process(routes, log_dir=logs, flags=proxy_flags, deadline_ms=2000)
+    proxy = process.proxy_process(routes, log_dir=logs, flags=proxy_flags + args.proxy_flag,
+                                  deadline_ms=2000)
     procs = dict(servers, proxy=proxy)
     process.start_all([p for p in procs.values() if p.proc is None])
     return procs, proxy.address
@@ -252,6 +254,11 @@ def main():
                              "(grpc.so_reuseport=1); give --channels >= 4x as many")
     parser.add_argument("--channels", type=int, default=1,
                         help="the load generator's gRPC connections, used round-robin")
+    parser.add_argument("--server_flag", action="append", default=[],
+                        help="one more `dpsr serve` flag (repeat), e.g. "
+                             "--server_flag=--front_end=python")
+    parser.add_argument("--proxy_flag", action="append", default=[],
+                        help="one more `dpsr proxy` flag (repeat)")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     base, _ = build_servables(args) if not args.servable_dir else (None, None)
