@@ -190,10 +190,11 @@ def run_load(address, rate, args, procs):
 
 
 def start_mode(mode, base, args, logs):
-    flags = ["--enable_batching", f"--batching_parameters_file={args.batching_file}",
-             f"--tensorflow_intra_op_parallelism={args.intra_op}",
-             f"--tensorflow_inter_op_parallelism={args.inter_op}", "--max_k=1000"
-             ] + args.server_flag
+    batching = (["--enable_batching", f"--batching_parameters_file={args.batching_file}"]
+                if args.batching else [])
+    flags = batching + [f"--tensorflow_intra_op_parallelism={args.intra_op}",
+                        f"--tensorflow_inter_op_parallelism={args.inter_op}",
+                        "--max_k=1000"] + args.server_flag
     model_dir = args.servable_dir or os.path.join(base, "full")
     proxy_flags, routes = [], None
     if mode in ("direct", "proxy1") and args.server_processes > 1:
@@ -254,6 +255,9 @@ def main():
                              "(grpc.so_reuseport=1); give --channels >= 4x as many")
     parser.add_argument("--channels", type=int, default=1,
                         help="the load generator's gRPC connections, used round-robin")
+    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
+                        help="serve with --enable_batching (--no-batching: one run per "
+                             "request, `dpsr serve`'s default)")
     parser.add_argument("--server_flag", action="append", default=[],
                         help="one more `dpsr serve` flag (repeat), e.g. "
                              "--server_flag=--front_end=python")

@@ -244,7 +244,8 @@ _MAX_RUN_THREADS_PER_CLIENT = flags.DEFINE_integer(
     "counts as one) holds at once; its further unbatched requests wait while other clients' "
     "start. A session run cannot be stopped once started, so without a bound a burst that its "
     "client cancels a moment later still takes every idle thread. 0: half of "
-    "--num_run_threads (rounded up); --num_run_threads: no bound.")
+    "--num_run_threads (rounded up), at most the machine's usable cores (one client's runs "
+    "beyond them only take CPU from the others'); --num_run_threads: no bound.")
 _MAX_ROWS_PER_RUN = flags.DEFINE_integer(
     "max_rows_per_run", -1, "[dpsr] An unbatched request of more rows runs as several session "
     "runs of at most this many rows (e.g. 32), one after another; once its client cancels it "
@@ -310,6 +311,7 @@ def options_from_flags():
     # pylint: disable=g-import-not-at-top
     from dpsr_tf.serving import config as config_lib
     from dpsr_tf.serving.errors import ServingError
+    from dpsr_tf.serving.model_server import run_queue
     from dpsr_tf.serving.model_server.manager import ManagerOptions
     from dpsr_tf.serving.model_server.server import ServerOptions
     from dpsr_tf.serving.model_server.predict import RequestLimits
@@ -345,7 +347,7 @@ def options_from_flags():
             _fail(f"--{flag.name} is {flag.value}; it must be >= 0 (0: no limit)")
     if _MAX_RUN_THREADS_PER_CLIENT.value < 0:
         _fail(f"--max_run_threads_per_client is {_MAX_RUN_THREADS_PER_CLIENT.value}; it must be "
-              ">= 0 (0: half of --num_run_threads)")
+              ">= 0 (0: half of --num_run_threads, at most the usable cores)")
     if _MAX_ROWS.value < 0:
         _fail(f"--max_request_rows is {_MAX_ROWS.value}; it must be >= 0 (0: no limit)")
     if _REST_INFLIGHT_BODY.value < 0:
@@ -391,7 +393,8 @@ def options_from_flags():
         num_run_threads=run_threads,
         max_queued_requests=_MAX_QUEUED.value,
         max_queued_requests_per_client=_MAX_QUEUED_PER_CLIENT.value,
-        max_run_threads_per_client=_MAX_RUN_THREADS_PER_CLIENT.value or (run_threads + 1) // 2,
+        max_run_threads_per_client=(_MAX_RUN_THREADS_PER_CLIENT.value
+                                    or run_queue.default_running_per_client(run_threads)),
         max_unsent_response_bytes=_MAX_UNSENT.value,
         max_rows_per_run=_MAX_ROWS_PER_RUN.value,
         max_unsent_response_bytes_per_client=_MAX_UNSENT_PER_CLIENT.value,

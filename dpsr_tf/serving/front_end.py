@@ -35,8 +35,9 @@ class FrontEndOptions:
     Attributes:
       max_running: calls at the Python server at once, all clients together.
       max_running_per_client: of those, from one client (0: half). 4 by default, the model
-        server's run threads one client may hold (half of 8): measured in docs/benchmarks.md,
-        a quarter of 32 still let a flood through the proxy hold normal calls ~60 ms at p99.
+        server's run threads one client may hold (half of 8; fewer below 4 cores): measured
+        in docs/benchmarks.md, a quarter of 32 still let a flood through the proxy hold
+        normal calls ~60 ms at p99.
       initial_running_per_client: slow start: a client's share begins at this many calls and
         grows by one per answer delivered to it, so a client that never reads its answers (or
         resets its calls) gets no more computed at once (0: the whole share at once).

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.model_server import run_queue
 from dpsr_tf.serving.model_server.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED,
                                                     WAIT, FairRunQueue, run_cost)
 
@@ -196,3 +197,16 @@ def test_a_failed_task_leaves_no_reference_cycle():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_default_run_threads_per_client_is_half_the_threads_at_most_the_cores(monkeypatch):
+    """--max_run_threads_per_client=0: half of --num_run_threads rounded up, capped by the
+    cores this process may use (its affinity mask), never below 1."""
+    assert run_queue.default_running_per_client(8, cores=2) == 2
+    assert run_queue.default_running_per_client(8, cores=16) == 4
+    assert run_queue.default_running_per_client(7, cores=64) == 4
+    assert run_queue.default_running_per_client(1, cores=2) == 1
+    monkeypatch.setattr(run_queue.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert run_queue.usable_cores() == 3
+    assert run_queue.default_running_per_client(8) == 3
+    assert run_queue.default_running_per_client(4) == 2
