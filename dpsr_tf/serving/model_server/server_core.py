@@ -314,7 +314,7 @@ class ServerCore:
                 chunked = self._chunked.wrap((id(servable), servable.name, servable.version,
                                               sig.name), run, prepared.rows, prepared.batched,
                                              sig.batchable,
-                                             getattr(servable, "rows_independent", False))
+                                             servable.rows_independent)
                 if chunked is not None:
                     run, stop = chunked
                 run, cannot_finish = self._timed_alone(servable, sig, prepared, run)

@@ -91,6 +91,8 @@ class TfLiteServable:
         self.signatures: Dict[str, Signature] = {}
         self.meta_graph_def = None
         self.load_seconds = 0.0
+        # A .tflite file carries no `dpsr export` marker: one run per request (chunked_runs.py).
+        self.rows_independent = False
         self._max_interpreters = max(1, int(max_interpreters))
         self._num_threads = num_threads
         self._model: Optional[bytes] = None
