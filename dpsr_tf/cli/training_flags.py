@@ -88,6 +88,10 @@ _TRAIN_HELP = {
                              "maximized, loss minimized; recall@10/100/1000: full-corpus "
                              "recall of the eval split, brute force over every item).",
     "early_stopping_min_delta": "Early stopping: a gain must exceed this to count.",
+    "early_stopping_min_steps": "Early stopping: evaluations before this global step neither "
+                                "stop the run nor count as its best (0 = from the first; the "
+                                "large-catalog defaults set the end of the falling "
+                                "pseudo-query share).",
     "shuffle_buffer": "Shuffle buffer of the training input, in interactions.",
     "seed": "Graph and input seed (each replica adds its index).",
     "eval_split": "Layout split evaluated during training.",
@@ -115,6 +119,10 @@ _TRAIN_HELP = {
     "pseudo_query_plateau_ratio": "Early stopping: when validation stops improving with a "
                                   "larger pseudo-query share, go on with this share until it "
                                   "stops improving again (< 0 = off).",
+    "catalog_scaling": "On a catalog of 30,000+ items, double the tower widths left at their "
+                       "defaults and let an automatic pseudo-query share fall to 0.5 over a "
+                       "quarter of the step budget (docs/training.md 'Large catalogs'); "
+                       "--nocatalog_scaling keeps the small-catalog defaults.",
     "warm_start_from": "Initialize the towers from this checkpoint (or model directory) "
                        "before step 0, e.g. to fine-tune a trained model with --joint_pq; "
                        "variables it lacks (joint_pq/...) start fresh.",

@@ -327,11 +327,14 @@ class PseudoQueryMix:
     The share goes linearly from `ratio` at step 0 to `final_ratio` at `decay_steps` and stays
     there (decay_steps = 0: `ratio` throughout). Each example is drawn from the pseudo-query
     stream with that probability (seeded), otherwise from the logged interactions.
+    start_step: local steps trained before this input starts (a resumed run continues the
+    schedule where its checkpoint left it).
     """
 
     ratio: float = 0.0
     final_ratio: Optional[float] = None
     decay_steps: int = 0
+    start_step: int = 0
 
     def __post_init__(self):
         for name in ("ratio", "final_ratio"):
@@ -340,13 +343,16 @@ class PseudoQueryMix:
                 raise ValueError(f"pseudo-query {name} must be in [0, 1], got {value}")
         if self.decay_steps < 0:
             raise ValueError(f"pseudo-query decay_steps must be >= 0, got {self.decay_steps}")
+        if self.start_step < 0:
+            raise ValueError(f"pseudo-query start_step must be >= 0, got {self.start_step}")
 
     def at_step(self, step):
-        """The share at a (float tensor or number) local step."""
+        """The share at a (float tensor or number) local step of this input."""
         final = self.ratio if self.final_ratio is None else self.final_ratio
         if self.decay_steps == 0 or final == self.ratio:
             return self.ratio
-        frac = tf.minimum(tf.cast(step, tf.float32) / float(self.decay_steps), 1.0)
+        frac = tf.minimum((tf.cast(step, tf.float32) + float(self.start_step))
+                          / float(self.decay_steps), 1.0)
         return self.ratio + (final - self.ratio) * frac
 
     @property

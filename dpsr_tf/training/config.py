@@ -42,6 +42,9 @@ class TrainConfig:
         driver: dpsr_tf/evaluation/checkpoint_recall.py).
       early_stopping_min_delta: early stopping: an evaluation improves only when it beats the
         best so far by more than this.
+      early_stopping_min_steps: early stopping: evaluations before this global step neither
+        stop the run nor count as its best (the large-catalog defaults set it to the end of the
+        falling pseudo-query share, catalog_scale.py); 0 = from the first evaluation.
       shuffle_buffer: interactions in the shuffle buffer of the training input.
       seed: graph-level seed and input seed (each replica adds its index).
       eval_split: layout split evaluated during training.
@@ -72,6 +75,10 @@ class TrainConfig:
         last checkpoint with this share (constant) until validation stops improving again; the
         best checkpoint of both phases is kept (docs/training.md). < 0 = stop at the first
         plateau.
+      catalog_scaling: on a catalog of catalog_scale.LARGE_CATALOG_ITEMS items or more, the
+        driver doubles the tower widths left at their defaults and lets an automatic
+        pseudo-query share fall to 0.5 over a quarter of the step budget
+        (dpsr_tf/training/catalog_scale.py); False keeps the small-catalog defaults.
       warm_start_from: a checkpoint prefix or model directory whose trainable variables
         initialize the model before step 0 (tf.estimator.WarmStartSettings; the joint PQ
         variables are not taken from it); "" = none. Ignored once model_dir has a checkpoint.
@@ -99,6 +106,7 @@ class TrainConfig:
     early_stopping_patience: int = 2
     early_stopping_metric: str = "top10"
     early_stopping_min_delta: float = 0.001
+    early_stopping_min_steps: int = 0
     shuffle_buffer: int = 10000
     seed: int = 0
     eval_split: str = "eval"
@@ -125,6 +133,7 @@ class TrainConfig:
     hard_negatives_per_query: int = 16
     hard_negative_splits: str = "train,pseudo"
     hard_negative_warm_start: bool = True
+    catalog_scaling: bool = True
 
     def __post_init__(self):
         def need(ok, field, what):
@@ -139,6 +148,7 @@ class TrainConfig:
         need(self.early_stopping_metric in EARLY_STOPPING_METRICS, "early_stopping_metric",
              f"choose one of {EARLY_STOPPING_METRICS}")
         need(self.early_stopping_min_delta >= 0, "early_stopping_min_delta", "must be >= 0")
+        need(self.early_stopping_min_steps >= 0, "early_stopping_min_steps", "must be >= 0")
         for field in ("batch_size", "eval_batch_size", "save_checkpoints_steps",
                       "keep_checkpoint_max", "save_summary_steps", "log_step_count_steps",
                       "shuffle_buffer"):
@@ -238,17 +248,19 @@ class TrainConfig:
         share = 1.0 - self.max_log_epochs * num_train_records / examples
         return float(min(0.99, max(0.5, share)))
 
-    def pseudo_query_mix(self, num_train_records: int = 0, has_pseudo_queries: bool = True):
+    def pseudo_query_mix(self, num_train_records: int = 0, has_pseudo_queries: bool = True,
+                         start_step: int = 0):
         """The dpsr_tf.data.pipeline.PseudoQueryMix of these settings (the auto ratio needs the
         layout's number of train records; it is 0 for a layout without pseudo-queries, which
-        an explicit ratio > 0 makes an error in the pipeline)."""
+        an explicit ratio > 0 makes an error in the pipeline). start_step: local steps already
+        trained (a resumed run continues the schedule)."""
         from dpsr_tf.data.pipeline import PseudoQueryMix  # pylint: disable=import-outside-toplevel
         ratio = self.pseudo_query_ratio
         if ratio < 0:
             ratio = (self.auto_pseudo_query_ratio(num_train_records) if has_pseudo_queries
                      else 0.0)
         final = None if self.pseudo_query_final_ratio < 0 else self.pseudo_query_final_ratio
-        return PseudoQueryMix(ratio, final, self.pseudo_query_decay_steps)
+        return PseudoQueryMix(ratio, final, self.pseudo_query_decay_steps, start_step)
 
     def to_dict(self) -> dict:
         return config_json.to_dict(self)

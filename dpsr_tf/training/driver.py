@@ -15,7 +15,8 @@ from absl import logging
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
-from dpsr_tf.training import cluster_early_stopping, early_stopping, ready_poll, tf_config
+from dpsr_tf.training import (catalog_scale, cluster_early_stopping, early_stopping,
+                              ready_poll, tf_config)
 from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
 
@@ -42,20 +43,29 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
 
 
 def default_input_fns(model_config: ModelConfig, train: TrainConfig,
-                      cluster: tf_config.ClusterInfo, round_index: int = 0):
+                      cluster: tf_config.ClusterInfo, round_index: int = 0,
+                      start_step: int = 0):
     """(train_input_fn, eval_input_fn) from dpsr_tf.data.pipeline over train.layout_dir.
 
     round_index: evaluations already recorded by a resumed early-stopping run; its training
       input gets its own seed, so it does not replay the interrupted run's examples.
+    start_step: the global step the training input starts at (a resumed run): the
+      pseudo-query schedule goes on from this replica's share of it.
     """
     from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
     spec = load_layout_spec(train.layout_dir)
-    mix = train.pseudo_query_mix(spec.num_records.get("train", 0), "pseudo" in spec.record_files)
-    logging.info("pseudo-queries: %.3f of the training examples at step 0%s", mix.ratio,
+    replicas = max(1, cluster.num_workers) if cluster.distributed else 1
+    mix = train.pseudo_query_mix(spec.num_records.get("train", 0), "pseudo" in spec.record_files,
+                                 start_step=start_step // replicas)
+    logging.info("pseudo-queries: %.3f of the training examples at step 0%s%s%s", mix.ratio,
                  (" (auto)" if "pseudo" in spec.record_files else
                   " (auto; the layout has none: dpsr prepare --pseudo_queries_per_item=16 makes "
-                  "them)") if train.pseudo_query_ratio < 0 else "")
+                  "them)") if train.pseudo_query_ratio < 0 else "",
+                 f", {mix.final_ratio:.3f} from local step {mix.decay_steps:,} on"
+                 if mix.final_ratio is not None and mix.decay_steps else "",
+                 f"; resuming at local step {mix.start_step:,}, share "
+                 f"{float(mix.at_step(0)):.3f}" if mix.start_step else "")
     train_fn = pipeline.make_train_input_fn(
         train.layout_dir, batch_size=train.batch_size,
         num_random_negatives=max(1, model_config.random_negatives_for(train.batch_size)),
@@ -184,6 +194,16 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
             "--train_steps for a fixed length", train.eval_split, train.max_train_steps,
             f" (auto: about {AUTO_EXAMPLES_PER_ITEM} examples per item over "
             f"{layout_spec.num_items} items, batch {train.batch_size})" if auto_cap else "")
+    widened = {}
+    if train.catalog_scaling:
+        model_config, widened = catalog_scale.scaled_model_config(model_config,
+                                                                  layout_spec.num_items)
+        train = catalog_scale.scaled_train_config(
+            train.resolved(layout_spec.num_items), layout_spec.num_items,
+            num_replicas=max(1, cluster.num_workers) if cluster.distributed else 1)
+        line = catalog_scale.describe(layout_spec.num_items, widened, train)
+        if line:
+            logging.info("%s", line)
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps).with_graph(layout_spec)
@@ -201,7 +221,9 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
         logging.info("resolved config written to %s", path)
     supplied_train_fn = train_input_fn is not None
     if train_input_fn is None or eval_input_fn is None:
-        default_train, default_eval = default_input_fns(cfg, train, cluster)
+        default_train, default_eval = default_input_fns(
+            cfg, train, cluster,
+            start_step=early_stopping.step_of(tf.train.latest_checkpoint(train.model_dir)))
         train_input_fn = train_input_fn or default_train
         eval_input_fn = eval_input_fn or default_eval
     estimator = make_estimator(cfg, train, layout_spec, cluster)
@@ -212,7 +234,9 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
         given = train_input_fn if supplied_train_fn else None
         result = early_stopping.train_with_early_stopping(
             estimator,
-            lambda r: given or default_input_fns(cfg, train, cluster, round_index=r)[0],
+            lambda r: given or default_input_fns(
+                cfg, train, cluster, round_index=r,
+                start_step=early_stopping.step_of(estimator.latest_checkpoint()))[0],
             eval_input_fn, train, checkpoint_metrics=checkpoint_metrics,
             second_phase_input_fn_for_round=None if given else
             plateau_phase_input_fn(cfg, train, cluster, layout_spec))

@@ -79,14 +79,23 @@ def _last_phase(history: List[dict]) -> int:
 
 
 def phase_decision(history: List[dict], metric: str, patience: int, min_delta: float,
-                   higher_is_better: bool = True) -> Decision:
+                   higher_is_better: bool = True, min_step: int = 0) -> Decision:
     """The rule over a history whose evaluations may name a phase (1 when absent): stop when the
-    latest phase's own evaluations leave `patience` without a gain; best over all phases."""
-    phase = _last_phase(history)
-    current = decide([h[metric] for h in history if h.get("phase", 1) == phase], patience,
+    latest phase's own evaluations leave `patience` without a gain; best over all phases.
+
+    Evaluations before global step min_step (TrainConfig.early_stopping_min_steps: the
+    pseudo-query share is still falling, so the examples have not reached the mix the run is
+    for) are recorded but neither stop the run nor count as its best; until one at or after
+    min_step exists the decision is to go on, with the latest evaluation as the best so far."""
+    eligible = [i for i, h in enumerate(history) if not min_step or h["global_step"] >= min_step]
+    if history and not eligible:
+        return Decision(False, len(history) - 1, 0)
+    judged = [history[i] for i in eligible]
+    phase = _last_phase(judged)
+    current = decide([h[metric] for h in judged if h.get("phase", 1) == phase], patience,
                      min_delta, higher_is_better)
-    overall = decide([h[metric] for h in history], patience, min_delta, higher_is_better)
-    return Decision(current.stop, overall.best_index, current.evaluations_since_best)
+    overall = decide([h[metric] for h in judged], patience, min_delta, higher_is_better)
+    return Decision(current.stop, eligible[overall.best_index], current.evaluations_since_best)
 
 
 def _history_path(model_dir: str) -> str:
@@ -150,8 +159,9 @@ def _drop_kept_checkpoints(model_dir: str, history: List[dict], rule: dict,
     listed = set(state.all_model_checkpoint_paths) if state else set()
     for phase in range(1, last_phase):
         before = [h for h in history if h.get("phase", 1) <= phase]
-        kept = before[decide([h[rule["metric"]] for h in before], rule["patience"],
-                             rule["min_delta"], rule["higher_is_better"]).best_index]
+        kept = before[phase_decision(before, rule["metric"], rule["patience"],
+                                     rule["min_delta"], rule["higher_is_better"],
+                                     rule.get("min_steps", 0)).best_index]
         prefix = os.path.join(model_dir, f"model.ckpt-{kept['global_step']}")
         if kept["global_step"] != best_step and prefix not in listed:
             for path in tf.io.gfile.glob(prefix + ".*"):
@@ -224,11 +234,14 @@ class BoundaryEvaluator(tf.estimator.CheckpointSaverListener):
         self.history.append(result)
         self.redecide()
         top = self.history[self.decision.best_index]
+        min_step = self._rule.get("min_steps", 0)
         self._log(f"step {result['global_step']:,}: {metric} {result[metric]:.4f} (best "
                   f"{top[metric]:.4f} at step {top['global_step']:,}; "
-                  f"{self.decision.evaluations_since_best}/{train.early_stopping_patience} "
-                  f"without a gain) - trained {trained:.1f} s, evaluated "
-                  f"{time.monotonic() - t:.1f} s")
+                  + (f"no stop and no best before step {min_step:,}"
+                     if result["global_step"] < min_step else
+                     f"{self.decision.evaluations_since_best}/{train.early_stopping_patience} "
+                     f"without a gain")
+                  + f") - trained {trained:.1f} s, evaluated {time.monotonic() - t:.1f} s")
         _write(train.model_dir, {"rule": self._rule, "history": self.history, "stopped": None})
 
     def redecide(self) -> None:
@@ -236,7 +249,8 @@ class BoundaryEvaluator(tf.estimator.CheckpointSaverListener):
         self.decision = phase_decision(self.history, self._rule["metric"],
                                        self._train.early_stopping_patience,
                                        self._train.early_stopping_min_delta,
-                                       self._rule["higher_is_better"])
+                                       self._rule["higher_is_better"],
+                                       self._rule.get("min_steps", 0))
 
 
 def resume_where_the_run_stopped(model_dir: str, recorded: dict, log) -> None:
@@ -261,11 +275,14 @@ def resume_where_the_run_stopped(model_dir: str, recorded: dict, log) -> None:
 def rule_for(train: TrainConfig) -> dict:
     """The rule a run is judged by, as recorded in early_stopping.json."""
     metric = train.early_stopping_metric
-    return {"metric": metric, "higher_is_better": metric != "loss",
+    rule = {"metric": metric, "higher_is_better": metric != "loss",
             "patience": train.early_stopping_patience,
             "min_delta": train.early_stopping_min_delta, "eval_every_steps":
             train.eval_every_steps, "max_train_steps": train.max_train_steps,
             "eval_split": train.eval_split, "eval_steps": train.eval_steps}
+    if train.early_stopping_min_steps:  # absent when 0: records written before it still match
+        rule["min_steps"] = train.early_stopping_min_steps
+    return rule
 
 
 def stop_record(history: List[dict], decision: Decision, rule: dict, phase: int) -> dict:
@@ -352,6 +369,8 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
     log(f"early stopping: evaluate {metric} on the {train.eval_split!r} split every "
         f"{train.eval_every_steps:,} steps, stop after {patience} evaluations without a gain "
         f"> {train.early_stopping_min_delta:g} or at {train.max_train_steps:,} steps"
+        + (f", no stop and no best before step {train.early_stopping_min_steps:,}"
+           if train.early_stopping_min_steps else "")
         + (f" (resuming at step {step:,} with {len(history)} evaluations)" if step else ""))
     evaluator = BoundaryEvaluator(estimator, eval_input_fn, train, rule, history, log,
                                   checkpoint_metrics)

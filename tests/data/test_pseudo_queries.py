@@ -138,6 +138,20 @@ def test_mix_schedule_is_linear_then_constant(tiny_layout):
         assert abs(shares[lo:lo + 20].mean() - expected[lo:lo + 20].mean()) < 0.04
 
 
+def test_a_resumed_mix_goes_on_with_the_schedule(tiny_layout):
+    """start_step (a resumed run's trained steps): the input's step 0 takes the share of the
+    schedule's step 30, so the share does not jump back to its start."""
+    mix = pipeline.PseudoQueryMix(0.9, final_ratio=0.1, decay_steps=40, start_step=30)
+    assert float(mix.at_step(0)) == pytest.approx(0.9 - 0.8 * 30 / 40)
+    assert float(mix.at_step(10)) == pytest.approx(0.1)
+    shares = _pseudo_share(tiny_layout, mix, 40)
+    expected = np.array([0.9 - 0.8 * min((s + 30) / 40.0, 1.0) for s in range(40)])
+    for lo in range(0, 40, 20):
+        assert abs(shares[lo:lo + 20].mean() - expected[lo:lo + 20].mean()) < 0.04
+    with pytest.raises(ValueError, match="start_step"):
+        pipeline.PseudoQueryMix(0.9, start_step=-1)
+
+
 def test_mix_is_seeded(tiny_layout):
     mix = pipeline.PseudoQueryMix(0.5)
     np.testing.assert_array_equal(_pseudo_share(tiny_layout, mix, 5, seed=9),

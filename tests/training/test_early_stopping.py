@@ -26,6 +26,34 @@ def test_decide_hand_worked(values, patience, delta, higher, want):
     assert (d.stop, d.best_index, d.evaluations_since_best) == want
 
 
+def _history(values, steps=None, phases=None):
+    steps = steps or [1000 * (i + 1) for i in range(len(values))]
+    return [dict({"top10": v, "global_step": s}, **({"phase": phases[i]} if phases else {}))
+            for i, (v, s) in enumerate(zip(values, steps))]
+
+
+@pytest.mark.parametrize("values, min_step, want", [
+    # before min_step (3,000): no stop and no best, even after a peak and two drops
+    ([0.9, 0.5, 0.4], 3000, (False, 2, 0)),
+    # from 3,000 on the rule judges only the evaluations at or after it: the 0.9 at 1,000
+    # is not the best, 0.6 at 3,000 is, and two evaluations without a gain stop the run
+    ([0.9, 0.5, 0.6, 0.55, 0.58], 3000, (True, 2, 2)),
+    ([0.9, 0.5, 0.6, 0.65, 0.61], 3000, (False, 3, 1)),
+    # min_step 0: the plain rule (the peak at 1,000 is the best and stops the run)
+    ([0.9, 0.5, 0.6], 0, (True, 0, 2)),
+])
+def test_no_stop_and_no_best_before_min_steps(values, min_step, want):
+    d = early_stopping.phase_decision(_history(values), "top10", 2, 0.001, True, min_step)
+    assert (d.stop, d.best_index, d.evaluations_since_best) == want
+
+
+def test_min_steps_is_recorded_in_the_rule_only_when_set():
+    base = dict(layout_dir="L", model_dir="M")
+    assert "min_steps" not in early_stopping.rule_for(TrainConfig(**base))
+    assert early_stopping.rule_for(
+        TrainConfig(early_stopping_min_steps=5000, **base))["min_steps"] == 5000
+
+
 def _expected_stop(values, patience, delta):
     """Independent of early_stopping.decide: walk the history as a person would."""
     best, best_at = values[0], 0
