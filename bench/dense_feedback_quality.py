@@ -13,8 +13,9 @@ eval split, the served dense list is searched without and with each feedback set
 with every candidate, and fold F's pair is chosen on the other folds' requests (the export's
 objective). Printed: the pooled dense lists without and with each setting, the cross-fitted
 hybrid without feedback (today's `--dense_feedback=off`) and with the choice of feedback, and
-the paired differences (evaluation/paired.py: bootstrap 95% interval over requests, sign-flip p,
-requests better / worse / tied).
+the paired differences of the chosen hybrid against no feedback, its own dense list and BM25
+(evaluation/paired.py: bootstrap 95% interval over requests, sign-flip p, requests better /
+worse / tied).
 
 With `--rewrites=TABLE` (a `dpsr rewrite` table) the lexical list of every variant is the one a
 servable exported with `--rewrites=TABLE` fuses: the query's BM25 list merged with its
@@ -148,6 +149,7 @@ def _report(per_fold, variants, samples):
     print(f"{n_folds} folds, requests {[len(f[0]) for f in per_fold]}", flush=True)
     cands = fusion_choice.CANDIDATES
     dense_only = cands.index(FusionConfig(lexical_weight=0.0))
+    lexical_only = cands.index(FusionConfig(dense_weight=0.0, lexical_weight=1.0))
     # metrics[fold][variant][candidate] = per-request metrics
     metrics = [[candidate_metrics(lists, cands, RECALL_KS) for lists in fold]
                for fold in per_fold]
@@ -182,6 +184,12 @@ def _report(per_fold, variants, samples):
         print("  folds chose: " + "; ".join(names))
         print("  " + " ".join(f"{m} {got[m].mean():.4f}" for m in REPORTED))
         _paired("minus no feedback", got, off, samples, ("chosen", "no feedback"))
+        # Issue 27's comparisons: the served hybrid against the better of its two lists.
+        _paired("minus its dense list", got,
+                _pool([metrics[f][v][dense_only] for f in range(n_folds)]), samples,
+                ("hybrid", "dense + feedback"))
+        _paired("minus BM25", got, _pool([metrics[f][0][lexical_only] for f in range(n_folds)]),
+                samples, ("hybrid", "bm25"))
         chosen.append(got)
     return off, chosen
 
