@@ -33,6 +33,14 @@ def is_large(num_items: int) -> bool:
     return num_items >= LARGE_CATALOG_ITEMS
 
 
+def applies(model_config, num_items: int) -> bool:
+    """True where the large-catalog defaults change a run: a large catalog and the DPSR towers
+    (model "dpsr", tower "dpsr"). The DSSM baseline keeps its paper's settings and SearchGCN
+    its measured ones (neither widths nor schedule change)."""
+    return (is_large(num_items) and model_config.model == "dpsr"
+            and model_config.tower == "dpsr")
+
+
 def _scaled(value):
     if isinstance(value, tuple):
         return tuple(int(v) * WIDTH_FACTOR for v in value)
@@ -40,12 +48,9 @@ def _scaled(value):
 
 
 def scaled_model_config(model_config, num_items: int) -> Tuple[object, Dict[str, object]]:
-    """(model_config with the widths of a large catalog, {field: new width} changed).
-
-    Only the DPSR towers (model "dpsr", tower "dpsr") scale; the DSSM baseline keeps its
-    paper's widths and SearchGCN its measured ones."""
-    if (not is_large(num_items) or model_config.model != "dpsr"
-            or model_config.tower != "dpsr"):
+    """(model_config with the widths of a large catalog, {field: new width} changed); unchanged
+    where the defaults do not apply (`applies`)."""
+    if not applies(model_config, num_items):
         return model_config, {}
     defaults = type(model_config)()
     changes = {field: _scaled(getattr(model_config, field)) for field in WIDTH_FIELDS
@@ -57,7 +62,8 @@ def scaled_model_config(model_config, num_items: int) -> Tuple[object, Dict[str,
 
 def scaled_train_config(train, num_items: int, num_replicas: int = 1):
     """train with the falling pseudo-query share of a large catalog, where the share is
-    automatic and no schedule was set (pseudo_query_final_ratio < 0, decay_steps 0).
+    automatic and no schedule was set (pseudo_query_final_ratio < 0, decay_steps 0). The
+    caller checks `applies` for the run's model first.
 
     The schedule counts each replica's local steps: a quarter of the step budget (global steps,
     train.step_budget; resolve the early-stopping cap first) over num_replicas."""

@@ -194,16 +194,15 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
             "--train_steps for a fixed length", train.eval_split, train.max_train_steps,
             f" (auto: about {AUTO_EXAMPLES_PER_ITEM} examples per item over "
             f"{layout_spec.num_items} items, batch {train.batch_size})" if auto_cap else "")
-    widened = {}
-    if train.catalog_scaling:
+    scaled = train.catalog_scaling and catalog_scale.applies(model_config,
+                                                             layout_spec.num_items)
+    if scaled:
         model_config, widened = catalog_scale.scaled_model_config(model_config,
                                                                   layout_spec.num_items)
         train = catalog_scale.scaled_train_config(
             train.resolved(layout_spec.num_items), layout_spec.num_items,
             num_replicas=max(1, cluster.num_workers) if cluster.distributed else 1)
-        line = catalog_scale.describe(layout_spec.num_items, widened, train)
-        if line:
-            logging.info("%s", line)
+        logging.info("%s", catalog_scale.describe(layout_spec.num_items, widened, train))
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps).with_graph(layout_spec)
@@ -214,10 +213,18 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
                      f"warm-started from {train.effective_warm_start}"
                      if train.effective_warm_start else "trained from scratch")
     if cluster.task_type in ("chief",):
-        path = model_dir_lib.write_resolved_config(
-            train.model_dir, cfg, layout_spec,
-            extra={"train": train.to_dict(), "cluster": cluster.cluster,
-                   "written_by": {"host": socket.gethostname(), "time": time.time()}})
+        try:
+            path = model_dir_lib.write_resolved_config(
+                train.model_dir, cfg, layout_spec,
+                extra={"train": train.to_dict(), "cluster": cluster.cluster,
+                       "written_by": {"host": socket.gethostname(), "time": time.time()}})
+        except ValueError as e:
+            if not scaled:
+                raise
+            # A directory trained before the large-catalog defaults existed has the narrow towers.
+            raise ValueError(f"{e} This run's widths come from the large-catalog defaults "
+                             "(docs/training.md 'Large catalogs'); --nocatalog_scaling trains "
+                             "with the small-catalog defaults.") from None
         logging.info("resolved config written to %s", path)
     supplied_train_fn = train_input_fn is not None
     if train_input_fn is None or eval_input_fn is None:

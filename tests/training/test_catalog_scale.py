@@ -1,5 +1,6 @@
 """The defaults that grow with the catalog (dpsr_tf/training/catalog_scale.py): widths and the
 pseudo-query schedule on hand-worked catalogs, and what a real run writes into its config."""
+import dataclasses
 import json
 import os
 
@@ -47,7 +48,9 @@ def test_widths_set_by_hand_are_kept():
 
 
 @pytest.mark.parametrize("config", [ModelConfig(model="dssm"), ModelConfig(tower="searchgcn")])
-def test_baselines_and_searchgcn_keep_their_widths(config):
+def test_baselines_and_searchgcn_keep_their_settings(config):
+    assert not catalog_scale.applies(config, HOME_DEPOT_ITEMS)
+    assert catalog_scale.applies(ModelConfig(), HOME_DEPOT_ITEMS)
     assert catalog_scale.scaled_model_config(config, HOME_DEPOT_ITEMS) == (config, {})
 
 
@@ -144,3 +147,20 @@ def test_a_resumed_run_goes_on_with_the_schedule(tiny_layout, tmp_path, monkeypa
     run(6)
     run(10)
     assert starts == [0, 6]
+
+
+def test_a_directory_with_the_narrow_towers_names_the_switch(tiny_layout, tmp_path, monkeypatch):
+    """A model directory trained before the large-catalog defaults (narrow towers) resumed
+    with them: the config mismatch says which flag keeps the old widths."""
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    model_dir = str(tmp_path / "model")
+    narrow = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=16,
+                         train_steps=2, log_step_count_steps=1000, save_checkpoints_steps=2,
+                         intra_op_threads=1, inter_op_threads=2, shuffle_buffer=1000,
+                         eval_random_negatives=50, eval_batch_size=64, throttle_secs=1,
+                         catalog_scaling=False)
+    driver.train_and_evaluate(ModelConfig(num_negatives=8), narrow)
+    monkeypatch.setattr(catalog_scale, "LARGE_CATALOG_ITEMS", tiny_layout.num_items)
+    with pytest.raises(ValueError, match=r"embedding_dim.*--nocatalog_scaling"):
+        driver.train_and_evaluate(ModelConfig(num_negatives=8),
+                                  dataclasses.replace(narrow, catalog_scaling=True))
