@@ -91,6 +91,15 @@ def test_a_share_or_schedule_set_by_hand_is_kept(kw):
     assert catalog_scale.scaled_train_config(train, HOME_DEPOT_ITEMS) == train
 
 
+def _tiny_run(layout, model_dir, steps, **kw):
+    """A few steps on the tiny layout, cheap threads (2 cores are shared)."""
+    return TrainConfig(layout_dir=layout.layout_dir, model_dir=model_dir, batch_size=16,
+                       train_steps=steps, log_step_count_steps=1000,
+                       save_checkpoints_steps=kw.pop("save_checkpoints_steps", steps),
+                       intra_op_threads=1, inter_op_threads=2, shuffle_buffer=1000,
+                       eval_random_negatives=50, eval_batch_size=64, throttle_secs=1, **kw)
+
+
 @pytest.mark.parametrize("scaling", [True, False])
 def test_a_run_writes_the_scaled_config(tiny_layout, tmp_path, monkeypatch, scaling):
     """The driver scales by the layout's own item count (the threshold lowered to the tiny
@@ -98,11 +107,7 @@ def test_a_run_writes_the_scaled_config(tiny_layout, tmp_path, monkeypatch, scal
     monkeypatch.setattr(catalog_scale, "LARGE_CATALOG_ITEMS", tiny_layout.num_items)
     monkeypatch.delenv("TF_CONFIG", raising=False)
     model_dir = str(tmp_path / "model")
-    train = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=16,
-                        train_steps=8, log_step_count_steps=1000, save_checkpoints_steps=8,
-                        intra_op_threads=1, inter_op_threads=2, shuffle_buffer=1000,
-                        eval_random_negatives=50, eval_batch_size=64, throttle_secs=1,
-                        catalog_scaling=scaling)
+    train = _tiny_run(tiny_layout, model_dir, 8, catalog_scaling=scaling)
     driver.train_and_evaluate(ModelConfig(num_negatives=8), train)
     with open(os.path.join(model_dir, "dpsr_config.json"), encoding="utf-8") as f:
         written = json.load(f)
@@ -137,12 +142,9 @@ def test_a_resumed_run_goes_on_with_the_schedule(tiny_layout, tmp_path, monkeypa
                         query_projection_dim=16, num_negatives=8)
 
     def run(steps):
-        driver.train_and_evaluate(small, TrainConfig(
-            layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=16,
-            train_steps=steps, pseudo_query_ratio=0.9, pseudo_query_final_ratio=0.1,
-            pseudo_query_decay_steps=20, log_step_count_steps=1000, save_checkpoints_steps=6,
-            intra_op_threads=1, inter_op_threads=2, shuffle_buffer=1000,
-            eval_random_negatives=50, eval_batch_size=64, throttle_secs=1))
+        driver.train_and_evaluate(small, _tiny_run(
+            tiny_layout, model_dir, steps, pseudo_query_ratio=0.9, pseudo_query_final_ratio=0.1,
+            pseudo_query_decay_steps=20, save_checkpoints_steps=6))
 
     run(6)
     run(10)
@@ -154,11 +156,7 @@ def test_a_directory_with_the_narrow_towers_names_the_switch(tiny_layout, tmp_pa
     with them: the config mismatch says which flag keeps the old widths."""
     monkeypatch.delenv("TF_CONFIG", raising=False)
     model_dir = str(tmp_path / "model")
-    narrow = TrainConfig(layout_dir=tiny_layout.layout_dir, model_dir=model_dir, batch_size=16,
-                         train_steps=2, log_step_count_steps=1000, save_checkpoints_steps=2,
-                         intra_op_threads=1, inter_op_threads=2, shuffle_buffer=1000,
-                         eval_random_negatives=50, eval_batch_size=64, throttle_secs=1,
-                         catalog_scaling=False)
+    narrow = _tiny_run(tiny_layout, model_dir, 2, catalog_scaling=False)
     driver.train_and_evaluate(ModelConfig(num_negatives=8), narrow)
     monkeypatch.setattr(catalog_scale, "LARGE_CATALOG_ITEMS", tiny_layout.num_items)
     with pytest.raises(ValueError, match=r"embedding_dim.*--nocatalog_scaling"):
