@@ -55,9 +55,8 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
     from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
     spec = load_layout_spec(train.layout_dir)
-    replicas = max(1, cluster.num_workers) if cluster.distributed else 1
     mix = train.pseudo_query_mix(spec.num_records.get("train", 0), "pseudo" in spec.record_files,
-                                 start_step=start_step // replicas)
+                                 start_step=start_step // cluster.num_replicas)
     logging.info("pseudo-queries: %.3f of the training examples at step 0%s%s%s", mix.ratio,
                  (" (auto)" if "pseudo" in spec.record_files else
                   " (auto; the layout has none: dpsr prepare --pseudo_queries_per_item=16 makes "
@@ -73,7 +72,7 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         seed=train.seed + 1000 * cluster.replica_index + 7919 * round_index,
         num_epochs=None, split="train",
         # Each training replica reads its own shard of the records.
-        num_shards=max(1, cluster.num_workers) if cluster.distributed else 1,
+        num_shards=cluster.num_replicas,
         shard_index=cluster.replica_index if cluster.task_type in ("chief", "worker") else 0,
         pseudo_mix=mix,
         # Joined human negatives cost an item-tower pass: only when the loss uses them.
@@ -201,7 +200,7 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
                                                                   layout_spec.num_items)
         train = catalog_scale.scaled_train_config(
             train.resolved(layout_spec.num_items), layout_spec.num_items,
-            num_replicas=max(1, cluster.num_workers) if cluster.distributed else 1)
+            num_replicas=cluster.num_replicas)
         logging.info("%s", catalog_scale.describe(layout_spec.num_items, widened, train))
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)

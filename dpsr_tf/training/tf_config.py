@@ -37,6 +37,11 @@ class ClusterInfo:
         return len(self.cluster.get("chief", [])) + len(self.cluster.get("worker", []))
 
     @property
+    def num_replicas(self) -> int:
+        """Training replicas that each read their own input shard: 1 on one machine."""
+        return max(1, self.num_workers) if self.distributed else 1
+
+    @property
     def is_chief(self) -> bool:
         return self.task_type == "chief"
 

@@ -18,13 +18,14 @@ CLUSTER = {"chief": ["h0:1"], "worker": ["h1:1", "h2:1"], "ps": ["h3:1", "h4:1"]
 def test_parse_round_trip(task, index, replica):
     info = tf_config.parse(tf_config.make(CLUSTER, task, index))
     assert (info.task_type, info.task_index, info.num_ps, info.num_workers) == (task, index, 2, 3)
-    assert info.replica_index == replica
+    assert info.replica_index == replica and info.num_replicas == 3
     assert info.is_chief == (task == "chief")
 
 
 def test_no_tf_config_is_a_local_chief():
     info = tf_config.parse(None)
     assert (info.task_type, info.distributed, info.num_ps) == ("chief", False, 0)
+    assert info.num_replicas == 1
 
 
 @pytest.mark.parametrize("text, message", [
