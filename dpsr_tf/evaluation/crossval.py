@@ -34,6 +34,8 @@ from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.search.dense_feedback import FeedbackConfig
+from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.training.config import TrainConfig
 
 CONFIG_JSON = "crossval_config.json"
@@ -239,7 +241,13 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
         "paired": [c.to_json() for c in paired],
         "paired_samples": paired_samples,
     }
+    tie_paired = []
     if hybrid is not None:
+        tie_paired = pooled_comparisons(hybrid.pop("tie_aware_folds"),
+                                        seed=config.evaluation.seed,
+                                        pairs=list(hybrid_lib.TIE_AWARE_PAIRS),
+                                        num_samples=paired_samples)
+        hybrid["tie_aware_paired"] = [c.to_json() for c in tie_paired]
         summary["hybrid"] = hybrid
     summary["seconds"] = round(time.monotonic() - start, 1)
     _write_json(os.path.join(output, SUMMARY_JSON), summary)
@@ -251,6 +259,9 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
                                                        hybrid["self_chosen_names"])))
         extra += (f"\n{hybrid_lib.SELF_CHOSEN} (optimistic: each fold's fusion chosen on its own "
                   f"held-out requests):\n" + format_table(hybrid["self_chosen_systems"]))
+        extra += ("\ntie-aware (expected over the orders of tied scores, "
+                  "evaluation/tie_metrics.py):\n" + format_table(hybrid["tie_aware_systems"])
+                  + "".join(f"\n  {c.line()}" for c in tie_paired))
     log(f"crossval: {config.folds} folds in {summary['seconds']:.0f} s; mean ± std over folds "
         f"(ddof=1):\n{format_table(systems)}"
         + "".join(f"\n  {c.line()}" for c in paired) + extra
@@ -266,10 +277,17 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
     per_fold = hybrid_lib.summarize(fold_dirs, config.evaluation.recall_ks,
                                     objective=config.fusion_objective, log=log,
                                     feedback=config.dense_feedback)
+    tie_aware = []
     for fold, (metrics, result) in enumerate(zip(fold_metrics, per_fold)):
         _write_json(os.path.join(fold_dirs[fold], HYBRID_JSON), result)
         metrics[hybrid_lib.HYBRID] = result[hybrid_lib.HYBRID]
         metrics[PER_QUERY][hybrid_lib.HYBRID] = result["per_query"][hybrid_lib.HYBRID]
+        per_request = hybrid_lib.tie_aware_fold(
+            fold_dirs[fold], FusionConfig.from_json(result["fusion"]),
+            FeedbackConfig.from_json(result["dense_feedback"]), config.evaluation.recall_ks)
+        tie_aware.append({**{system: {m: float(v.mean()) for m, v in values.items()}
+                             for system, values in per_request.items()},
+                          PER_QUERY: per_request})
     return {
         "fusion_rule": "fold F's fusion is the best of fusion_choice.CANDIDATES"
                        + (" without and with dense feedback" if config.dense_feedback else "")
@@ -284,6 +302,11 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
         "self_chosen_systems": summarize_folds(
             [{hybrid_lib.SELF_CHOSEN: r["self_chosen"][hybrid_lib.SELF_CHOSEN]}
              for r in per_fold]),
+        "tie_aware_note": "dpsr_served, lexical and hybrid scored in expectation over the "
+                          "orders of tied scores (evaluation/tie_metrics.py)",
+        "tie_aware_systems": summarize_folds(
+            [{k: v for k, v in t.items() if k != PER_QUERY} for t in tie_aware]),
+        "tie_aware_folds": tie_aware,     # run() pools these for the paired tests, then drops them
     }
 
 

@@ -24,6 +24,11 @@ choose on its own requests is reported beside it as "hybrid_self_chosen", labell
 With dense feedback (`dpsr export --dense_feedback=auto`'s rule, search/dense_feedback.py) each
 fold also keeps its dense list searched with dense_feedback.DEFAULT in FEEDBACK_LISTS_FILE, and
 the choice is among every (feedback off or on, fusion) pair, off first (a tie keeps it).
+
+`tie_aware_fold` scores the same three rankings again in expectation over the orders of their
+tied scores (evaluation/tie_metrics.py): the as-served metrics credit a list whose ties the
+index left in catalog order with that order (MovieLens's lexical list: docs/results.md, "Tied
+scores").
 """
 import dataclasses
 import json
@@ -36,6 +41,7 @@ import numpy as np
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
@@ -300,6 +306,41 @@ def summarize(fold_dirs: Sequence[str], recall_ks: Sequence[int],
                           SELF_CHOSEN: {m: v.tolist() for m, v in self_hybrid.items()}},
         })
     return out
+
+
+def tie_aware_fold(fold_dir: str, fusion: FusionConfig, feedback: FeedbackConfig,
+                   recall_ks: Sequence[int]) -> Dict[str, Dict[str, np.ndarray]]:
+    """Per-request Recall@k and nDCG@10 of the fold's served dense, lexical and hybrid lists in
+    expectation over the orders of their tied scores (evaluation/tie_metrics.py): BM25 ties
+    every item that matches a one-word query alike, and the index keeps tied items in catalog
+    order, which the as-served metrics score as if the system had chosen it.
+
+    Args:
+      fold_dir: holds LISTS_FILE (and FEEDBACK_LISTS_FILE when `feedback` is on).
+      fusion, feedback: the fold's chosen fusion and dense feedback (its hybrid.json).
+
+    Returns:
+      {SERVED: {metric: [Q]}, LEXICAL: {...}, HYBRID: {...}}.
+    """
+    lists = FoldLists.load(os.path.join(fold_dir, LISTS_FILE))
+    fused_from = (FoldLists.load(os.path.join(fold_dir, FEEDBACK_LISTS_FILE))
+                  if feedback.enabled else lists)
+    parts = []
+    for lo in range(0, len(lists), 2048):
+        hi = min(len(lists), lo + 2048)
+        parts.append(FusionPlan(fused_from.dense_scores[lo:hi], fused_from.dense_rows[lo:hi],
+                                fused_from.lexical_scores[lo:hi],
+                                fused_from.lexical_rows[lo:hi]).scored_rows(lists.k, fusion))
+    ranked = {SERVED: (lists.dense_scores, lists.dense_rows),
+              LEXICAL: (lists.lexical_scores, lists.lexical_rows),
+              HYBRID: (np.concatenate([p[0] for p in parts]),
+                       np.concatenate([p[1] for p in parts]))}
+    return {system: tie_metrics.per_request_tie_metrics(
+        rows, scores, lists.relevant_splits, lists.relevant_rows, lists.relevant_gains,
+        recall_ks=tuple(recall_ks)) for system, (scores, rows) in ranked.items()}
+
+
+TIE_AWARE_PAIRS = ((HYBRID, SERVED), (HYBRID, LEXICAL), (SERVED, LEXICAL))
 
 
 def pairs(with_bm25: bool) -> List[Tuple[str, str]]:

@@ -55,6 +55,12 @@ class FusionPlan:
         return np.where(valid, out, np.float32(0)).astype(np.float32)
 
     def rows(self, k: int, cfg: FusionConfig) -> np.ndarray:
+        """[B, k] int64 fused rows (-1 pads), fuse_np's."""
+        return self.scored_rows(k, cfg)[1]
+
+    def scored_rows(self, k: int, cfg: FusionConfig):
+        """([B, k] float32 fused scores, -inf pads; [B, k] int64 fused rows, -1 pads): fuse_np's
+        first two outputs (the scores let an evaluation see the fusion's ties)."""
         contrib = np.concatenate(
             [self._contributions(self.dense_scores, self.d_ranks, self.dv, cfg.dense_weight, cfg),
              self._contributions(self.lexical_scores, self.l_ranks, self.lv,
@@ -66,15 +72,18 @@ class FusionPlan:
         fused = np.where(self.has_partner, (sc + partner).astype(np.float32), sc)
         key = np.where(self.head, -fused.astype(np.float64), np.inf)
         rank = np.lexsort((self.first, key), axis=1)[:, :k]
-        out = np.where(np.isinf(np.take_along_axis(key, rank, axis=1)), -1,
-                       np.take_along_axis(self.sid, rank, axis=1))
+        picked = np.take_along_axis(key, rank, axis=1)
+        out = np.where(np.isinf(picked), -1, np.take_along_axis(self.sid, rank, axis=1))
+        out_scores = np.where(np.isinf(picked), -np.inf, -picked).astype(np.float32)
         if out.shape[1] < k:
             out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
+            out_scores = np.pad(out_scores, ((0, 0), (0, k - out_scores.shape[1])),
+                                constant_values=-np.inf)
         if len(self.bad):
-            out[self.bad] = fuse_np(self.dense_scores[self.bad], self.dense_rows[self.bad],
-                                    self.lexical_scores[self.bad], self.lexical_rows[self.bad],
-                                    k, cfg)[1]
-        return out
+            bad = fuse_np(self.dense_scores[self.bad], self.dense_rows[self.bad],
+                          self.lexical_scores[self.bad], self.lexical_rows[self.bad], k, cfg)
+            out_scores[self.bad], out[self.bad] = bad[0], bad[1]
+        return out_scores, out
 
 
 def fused_rows(dense_scores: np.ndarray, dense_rows: np.ndarray, lexical_scores: np.ndarray,

@@ -21,10 +21,11 @@ from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation.tie_metrics import per_request_tie_metrics
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK
 from dpsr_tf.search.dense_feedback import FeedbackConfig
-from dpsr_tf.search.fusion import FusionConfig
+from dpsr_tf.search.fusion import FusionConfig, fuse_np
 from tests.support.fusion_reference import fuse_by_hand, metrics_by_hand, split_relevance
 from tests.support.tiny_model import write_tiny_dataset
 from dpsr_tf.tokenization import TokenizerConfig
@@ -279,6 +280,44 @@ def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid
     want_pair = paired_lib.paired_test(pooled["hybrid"], pooled["dpsr_served"], "recall@100",
                                        "hybrid", "dpsr_served")
     assert got[("recall@100", "hybrid", "dpsr_served")] == want_pair.to_json()
+
+
+def test_tie_aware_rows_score_the_served_lists_and_fuse_np_in_expectation(hybrid_folds):
+    config, summary, lines = hybrid_folds
+    recall_ks = tuple(config.evaluation.recall_ks)
+    tie = summary["hybrid"]["tie_aware_systems"]
+    assert list(tie) == ["dpsr_served", "lexical", "hybrid"]
+    assert "tie_aware_folds" not in summary["hybrid"]     # pooled, then dropped
+    pooled = {"hybrid": [], "lexical": []}
+    for fold in range(2):
+        fold_dir = os.path.join(config.output, f"fold_{fold}")
+        with open(os.path.join(fold_dir, crossval_lib.HYBRID_JSON), encoding="utf-8") as f:
+            result = json.load(f)
+        fusion = FusionConfig.from_json(result["fusion"])
+        plain = hybrid_lib.FoldLists.load(os.path.join(fold_dir, hybrid_lib.LISTS_FILE))
+        own = plain if not FeedbackConfig.from_json(result["dense_feedback"]).enabled else (
+            hybrid_lib.FoldLists.load(os.path.join(fold_dir, hybrid_lib.FEEDBACK_LISTS_FILE)))
+        rel = (plain.relevant_splits, plain.relevant_rows, plain.relevant_gains)
+        # fuse_np (the rule one item at a time) gives the hybrid's scores and order.
+        scores, rows, _ = fuse_np(own.dense_scores, own.dense_rows, own.lexical_scores,
+                                  own.lexical_rows, own.k, fusion)
+        want = {"hybrid": per_request_tie_metrics(rows, scores, *rel, recall_ks=recall_ks),
+                "lexical": per_request_tie_metrics(plain.lexical_rows, plain.lexical_scores,
+                                                   *rel, recall_ks=recall_ks),
+                "dpsr_served": per_request_tie_metrics(plain.dense_rows, plain.dense_scores,
+                                                       *rel, recall_ks=recall_ks)}
+        for system, values in want.items():
+            for metric, v in values.items():
+                assert tie[system][metric]["values"][fold] == pytest.approx(v.mean(),
+                                                                           rel=1e-12)
+        pooled["hybrid"].extend(want["hybrid"]["ndcg@10"].tolist())
+        pooled["lexical"].extend(want["lexical"]["ndcg@10"].tolist())
+    got = {(c["metric"], c["a"], c["b"]): c for c in summary["hybrid"]["tie_aware_paired"]}
+    assert set(got) == {(m, a, b) for m in paired_lib.DEFAULT_METRICS
+                        for a, b in hybrid_lib.TIE_AWARE_PAIRS}
+    assert got[("ndcg@10", "hybrid", "lexical")] == paired_lib.paired_test(
+        pooled["hybrid"], pooled["lexical"], "ndcg@10", "hybrid", "lexical").to_json()
+    assert any("tie-aware (expected over the orders of tied scores" in line for line in lines)
 
 
 def test_nodense_feedback_chooses_among_the_plain_lists_only(hybrid_folds):

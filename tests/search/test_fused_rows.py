@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.evaluation import fusion_choice
-from dpsr_tf.search.fused_rows import fused_rows
+from dpsr_tf.search.fused_rows import FusionPlan, fused_rows
 from dpsr_tf.search.fusion import FusionConfig, fuse_np
 
 
@@ -27,5 +27,10 @@ def test_vectorized_fusion_equals_fuse_np(candidate):
     for k, chunk in ((10, 2048), (30, 7), (kd + kl + 5, 1)):
         got = fused_rows(dense_scores, dense_rows, lexical_scores, lexical_rows, k, candidate,
                          chunk=chunk)
-        want = fuse_np(dense_scores, dense_rows, lexical_scores, lexical_rows, k, candidate)[1]
+        want_scores, want, _ = fuse_np(dense_scores, dense_rows, lexical_scores, lexical_rows,
+                                       k, candidate)
         np.testing.assert_array_equal(got, want)
+        plan = FusionPlan(dense_scores, dense_rows, lexical_scores, lexical_rows)
+        scores, rows = plan.scored_rows(k, candidate)
+        np.testing.assert_array_equal(rows, want)
+        np.testing.assert_array_equal(scores, want_scores)   # float32 bits, -inf pads

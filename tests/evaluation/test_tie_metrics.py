@@ -1,0 +1,86 @@
+"""evaluation/tie_metrics.py: expected Recall@k and nDCG@k over the orders of tied scores,
+against the mean over every permutation of the tied groups (metrics.per_request_metrics on
+each order) and a hand-worked case."""
+import itertools
+
+import numpy as np
+import pytest
+
+from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation.tie_metrics import per_request_tie_metrics
+
+
+def _all_orders(rows, scores):
+    """Every ranking of `rows` that keeps the score order (tied groups permuted)."""
+    groups = [[r for r, s in zip(rows, scores) if s == v]
+              for v in sorted(set(scores), reverse=True)]
+    for combo in itertools.product(*[itertools.permutations(g) for g in groups]):
+        yield [r for g in combo for r in g]
+
+
+def _brute_force(rows, scores, relevant, gains, recall_ks):
+    values = []
+    for order in _all_orders(rows, scores):
+        got = metrics_lib.per_request_metrics(
+            np.array([order], np.int64), np.array([0, len(relevant)]),
+            np.array(relevant, np.int64), np.array(gains, np.float32), recall_ks=recall_ks)
+        values.append(got)
+    return {m: np.mean([v[m][0] for v in values]) for m in values[0]}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_expectation_equals_the_mean_over_every_tied_order(seed):
+    rng = np.random.RandomState(seed)
+    n = 8
+    rows = rng.permutation(20)[:n].tolist()
+    scores = sorted(rng.randint(0, 3, size=n).astype(np.float32).tolist(), reverse=True)
+    relevant = sorted(set(rng.choice(rows, 3, replace=False).tolist()) | {int(rng.randint(20, 25))})
+    gains = rng.choice([1.0, 2.0, 3.0], size=len(relevant)).tolist()
+    want = _brute_force(rows, scores, relevant, gains, (2, 5))
+    got = per_request_tie_metrics(np.array([rows], np.int64), np.array([scores], np.float32),
+                                  np.array([0, len(relevant)]), np.array(relevant, np.int64),
+                                  np.array(gains, np.float32), recall_ks=(2, 5))
+    for m in ("recall@2", "recall@5", "ndcg@10"):
+        assert got[m][0] == pytest.approx(want[m], abs=1e-12), m
+
+
+def test_hand_worked_group_across_the_cut_off():
+    # Scores 3, 2, 2, 2, 1: the group of three holds positions 1-3 and one relevant item (row
+    # 30); row 10 (first, relevant) alone. Recall@2: 1 + 1/3 of 2 relevant. nDCG@2: DCG =
+    # 1 / log2(2) + (1 / 3) * 1 / log2(3) (the group's mean gain 1/3 at position 1); ideal =
+    # 1 + 1 / log2(3).
+    rows = np.array([[10, 20, 30, 40, 50]], np.int64)
+    scores = np.array([[3, 2, 2, 2, 1]], np.float32)
+    got = per_request_tie_metrics(rows, scores, np.array([0, 2]), np.array([10, 30]),
+                                  np.array([1.0, 1.0], np.float32), recall_ks=(2,), ndcg_k=2)
+    assert got["recall@2"][0] == pytest.approx((1 + 1 / 3) / 2)
+    assert got["ndcg@2"][0] == pytest.approx((1 + (1 / 3) / np.log2(3)) / (1 + 1 / np.log2(3)))
+
+
+def test_lists_without_ties_score_as_ranked_and_padding_is_skipped():
+    rng = np.random.RandomState(3)
+    rows = np.stack([rng.permutation(50)[:12] for _ in range(5)]).astype(np.int64)
+    scores = -np.sort(-rng.rand(5, 12), axis=1).astype(np.float32)
+    rows[2, 9:] = -1
+    scores[2, 9:] = -np.inf
+    splits = np.array([0, 2, 4, 5, 8, 9])
+    relevant = np.array([rows[0, 0], 49, rows[1, 11], rows[1, 3], rows[2, 10 - 2], 1, 2,
+                         rows[3, 5], rows[4, 0]], np.int64)
+    gains = np.ones(len(relevant), np.float32)
+    want = metrics_lib.per_request_metrics(rows, splits, relevant, gains, recall_ks=(3, 10))
+    got = per_request_tie_metrics(rows, scores, splits, relevant, gains, recall_ks=(3, 10))
+    for m in ("recall@3", "recall@10", "ndcg@10"):
+        np.testing.assert_allclose(got[m], want[m], rtol=0, atol=1e-12)
+
+
+def test_bad_input_is_named():
+    rows = np.array([[1, 2]], np.int64)
+    with pytest.raises(ValueError, match="increase"):
+        per_request_tie_metrics(rows, np.array([[1.0, 2.0]]), np.array([0, 1]),
+                                np.array([1]), np.array([1.0]))
+    with pytest.raises(ValueError, match="shape"):
+        per_request_tie_metrics(rows, np.array([[1.0]]), np.array([0, 1]), np.array([1]),
+                                np.array([1.0]))
+    with pytest.raises(ValueError, match="no relevant"):
+        per_request_tie_metrics(rows, np.array([[2.0, 1.0]]), np.array([0, 0]),
+                                np.zeros(0, np.int64), np.zeros(0))
