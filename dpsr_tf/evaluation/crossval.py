@@ -285,6 +285,9 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
         per_request = hybrid_lib.tie_aware_fold(
             fold_dirs[fold], FusionConfig.from_json(result["fusion"]),
             FeedbackConfig.from_json(result["dense_feedback"]), config.evaluation.recall_ks)
+        if "bm25" in metrics:   # bm25s ranks the whole catalog: its ties are scored whole
+            per_request["bm25"] = evaluate_lib.tie_aware_bm25(metrics["layout_dir"],
+                                                              config.evaluation)
         tie_aware.append({**{system: {m: float(v.mean()) for m, v in values.items()}
                              for system, values in per_request.items()},
                           PER_QUERY: per_request})
@@ -302,8 +305,8 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
         "self_chosen_systems": summarize_folds(
             [{hybrid_lib.SELF_CHOSEN: r["self_chosen"][hybrid_lib.SELF_CHOSEN]}
              for r in per_fold]),
-        "tie_aware_note": "dpsr_served, lexical and hybrid scored in expectation over the "
-                          "orders of tied scores (evaluation/tie_metrics.py)",
+        "tie_aware_note": "dpsr_served, lexical, hybrid (and bm25) scored in expectation over "
+                          "the orders of tied scores (evaluation/tie_metrics.py)",
         "tie_aware_systems": summarize_folds(
             [{k: v for k, v in t.items() if k != PER_QUERY} for t in tie_aware]),
         "tie_aware_folds": tie_aware,     # run() pools these for the paired tests, then drops them

@@ -340,7 +340,8 @@ def tie_aware_fold(fold_dir: str, fusion: FusionConfig, feedback: FeedbackConfig
         recall_ks=tuple(recall_ks)) for system, (scores, rows) in ranked.items()}
 
 
-TIE_AWARE_PAIRS = ((HYBRID, SERVED), (HYBRID, LEXICAL), (SERVED, LEXICAL))
+TIE_AWARE_PAIRS = ((HYBRID, SERVED), (HYBRID, LEXICAL), (SERVED, LEXICAL), (HYBRID, "bm25"),
+                   (SERVED, "bm25"))
 
 
 def pairs(with_bm25: bool) -> List[Tuple[str, str]]:

@@ -18,6 +18,7 @@ import numpy as np
 from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.model.scoring import soft_dot_from_dots_np, soft_dot_product_np
 
 
@@ -220,6 +221,38 @@ def evaluate_scorer(scorer, spec, eval_set, pairs, cfg: EvalConfig,
     out["clicked_pairs"] = int(len(pos))
     out["seconds"] = round(time.time() - start, 1)
     return out
+
+
+def tie_aware_metrics(scorer, eval_set, cfg: EvalConfig) -> Dict[str, np.ndarray]:
+    """Per-request Recall@k (cfg.recall_ks) and nDCG@10 of a full-corpus scorer in expectation
+    over the orders of its tied scores (evaluation/tie_metrics.py). Each request's whole
+    catalog is ranked, so a tie group reaching past the cut-off (BM25's zero scores, every
+    item the query does not match) is judged whole, not as the catalog order cut it.
+
+    Returns:
+      {"recall@k": [Q] float64, "ndcg@10": [Q] float64}.
+    """
+    out: Dict[str, List[np.ndarray]] = {}
+    for lo in range(0, len(eval_set), cfg.batch_size):
+        idx = np.arange(lo, min(len(eval_set), lo + cfg.batch_size), dtype=np.int64)
+        scores = np.asarray(scorer.score_requests(idx), np.float64)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        splits = eval_set.relevant_splits[lo:idx[-1] + 2]
+        part = tie_metrics.per_request_tie_metrics(
+            order.astype(np.int64), np.take_along_axis(scores, order, axis=1),
+            splits - splits[0], eval_set.relevant_rows[splits[0]:splits[-1]],
+            eval_set.relevant_gains[splits[0]:splits[-1]], recall_ks=cfg.recall_ks)
+        for name, values in part.items():
+            out.setdefault(name, []).append(values)
+    return {name: np.concatenate(values) for name, values in out.items()}
+
+
+def tie_aware_bm25(layout_dir: str, cfg: EvalConfig = EvalConfig(), bigrams: bool = False,
+                   fields: str = item_text.ALL) -> Dict[str, np.ndarray]:
+    """evaluate_bm25's rankings scored by tie_aware_metrics (per request)."""
+    spec = layout_lib.load_layout_spec(layout_dir)
+    eval_set, pairs = load_split(spec, cfg)
+    return tie_aware_metrics(BM25Scorer(spec, eval_set, pairs, bigrams, fields), eval_set, cfg)
 
 
 def load_model_scorer(model_dir: str, layout_dir: Optional[str] = None,

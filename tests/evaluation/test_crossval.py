@@ -286,7 +286,7 @@ def test_tie_aware_rows_score_the_served_lists_and_fuse_np_in_expectation(hybrid
     config, summary, lines = hybrid_folds
     recall_ks = tuple(config.evaluation.recall_ks)
     tie = summary["hybrid"]["tie_aware_systems"]
-    assert list(tie) == ["dpsr_served", "lexical", "hybrid"]
+    assert list(tie) == ["dpsr_served", "lexical", "hybrid", "bm25"]
     assert "tie_aware_folds" not in summary["hybrid"]     # pooled, then dropped
     pooled = {"hybrid": [], "lexical": []}
     for fold in range(2):
@@ -310,6 +310,20 @@ def test_tie_aware_rows_score_the_served_lists_and_fuse_np_in_expectation(hybrid
             for metric, v in values.items():
                 assert tie[system][metric]["values"][fold] == pytest.approx(v.mean(),
                                                                            rel=1e-12)
+        # bm25s ranks the whole catalog: a relevant item scoring s lands in the top k with
+        # probability clip((k - #items above s) / #items at s, 0, 1) over the tied orders.
+        spec = layout_lib.load_layout_spec(os.path.join(fold_dir, "layout"))
+        eval_set, pairs = evaluate_lib.load_split(spec, config.evaluation)
+        bm25 = evaluate_lib.BM25Scorer(spec, eval_set, pairs)
+        full = bm25.score_requests(np.arange(len(eval_set)))
+        expected = []
+        for i in range(len(eval_set)):
+            rows, _ = eval_set.relevant(i)
+            s = full[i][rows][:, None]
+            above, equal = (full[i] > s).sum(axis=1), (full[i] == s).sum(axis=1)
+            expected.append(np.clip((100 - above) / equal, 0, 1).mean())
+        assert tie["bm25"]["recall@100"]["values"][fold] == pytest.approx(np.mean(expected),
+                                                                         rel=1e-9)
         pooled["hybrid"].extend(want["hybrid"]["ndcg@10"].tolist())
         pooled["lexical"].extend(want["lexical"]["ndcg@10"].tolist())
     got = {(c["metric"], c["a"], c["b"]): c for c in summary["hybrid"]["tie_aware_paired"]}

@@ -84,3 +84,36 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="no relevant"):
         per_request_tie_metrics(rows, np.array([[2.0, 1.0]]), np.array([0, 0]),
                                 np.zeros(0, np.int64), np.zeros(0))
+
+
+class _ScoresOf:
+    """A scorer with fixed [Q, N] scores (evaluate.tie_aware_metrics' interface)."""
+
+    def __init__(self, scores):
+        self.scores = np.asarray(scores, np.float32)
+
+    def score_requests(self, idx):
+        return self.scores[idx]
+
+
+def test_a_full_corpus_scorer_is_judged_over_the_whole_tie_group():
+    # Request 0: one item scores 3, five score 0 (unmatched by BM25, say); its relevant item
+    # 5 scores 0, so it is in the top 2 with probability 1 / 5, whatever the catalog order.
+    # A list cut at 2 would hold item 1 (catalog order) and judge the group as that one entry.
+    # Request 1: no ties; relevant items 2 and 4 at ranks 1 and 4 (recall@2 = 1/2).
+    from dpsr_tf.data.layout import EvalSet
+    from dpsr_tf.evaluation.evaluate import EvalConfig, tie_aware_metrics
+    scores = [[0, 0, 3, 0, 0, 0], [1, 5, 6, 3, 2, 0]]
+    eval_set = EvalSet(queries=["a", "b"], query_rows=np.array([0, 1]),
+                       user_rows=np.array([-1, -1]), history_ends=np.zeros(2, np.int64),
+                       relevant_splits=np.array([0, 1, 3]),
+                       relevant_rows=np.array([5, 2, 4]),
+                       relevant_gains=np.ones(3, np.float32), min_gain=1.0)
+    got = tie_aware_metrics(_ScoresOf(scores), eval_set,
+                            EvalConfig(recall_ks=(2, 6), batch_size=1))
+    np.testing.assert_allclose(got["recall@2"], [1 / 5, 1 / 2])
+    np.testing.assert_allclose(got["recall@6"], [1.0, 1.0])
+    # nDCG@10 of request 0: gain 1 spread over positions 2-6 (0-based 1-5), ideal 1.
+    want0 = np.mean(1 / np.log2(np.arange(3, 8)))
+    want1 = (1 / np.log2(2) + 1 / np.log2(5)) / (1 + 1 / np.log2(3))
+    np.testing.assert_allclose(got["ndcg@10"], [want0, want1])
