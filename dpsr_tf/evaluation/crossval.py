@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from dpsr_tf import config_json
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.evaluation import checkpoint_recall
@@ -284,7 +285,8 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
         metrics[PER_QUERY][hybrid_lib.HYBRID] = result["per_query"][hybrid_lib.HYBRID]
         per_request = hybrid_lib.tie_aware_fold(
             fold_dirs[fold], FusionConfig.from_json(result["fusion"]),
-            FeedbackConfig.from_json(result["dense_feedback"]), config.evaluation.recall_ks)
+            FeedbackConfig.from_json(result["dense_feedback"]), config.evaluation.recall_ks,
+            layout_lib.load_layout_spec(metrics["layout_dir"]).num_items)
         if "bm25" in metrics:   # bm25s ranks the whole catalog: its ties are scored whole
             per_request["bm25"] = evaluate_lib.tie_aware_bm25(metrics["layout_dir"],
                                                               config.evaluation)

@@ -309,7 +309,7 @@ def summarize(fold_dirs: Sequence[str], recall_ks: Sequence[int],
 
 
 def tie_aware_fold(fold_dir: str, fusion: FusionConfig, feedback: FeedbackConfig,
-                   recall_ks: Sequence[int]) -> Dict[str, Dict[str, np.ndarray]]:
+                   recall_ks: Sequence[int], num_items: int) -> Dict[str, Dict[str, np.ndarray]]:
     """Per-request Recall@k and nDCG@10 of the fold's served dense, lexical and hybrid lists in
     expectation over the orders of their tied scores (evaluation/tie_metrics.py): BM25 ties
     every item that matches a one-word query alike, and the index keeps tied items in catalog
@@ -318,6 +318,8 @@ def tie_aware_fold(fold_dir: str, fusion: FusionConfig, feedback: FeedbackConfig
     Args:
       fold_dir: holds LISTS_FILE (and FEEDBACK_LISTS_FILE when `feedback` is on).
       fusion, feedback: the fold's chosen fusion and dense feedback (its hybrid.json).
+      num_items: the catalog's size: items a list lacks tie after it (the lexical list holds
+        the items a query matches; the rest score 0, as the as-served lexical row ranks them).
 
     Returns:
       {SERVED: {metric: [Q]}, LEXICAL: {...}, HYBRID: {...}}.
@@ -337,7 +339,8 @@ def tie_aware_fold(fold_dir: str, fusion: FusionConfig, feedback: FeedbackConfig
                        np.concatenate([p[1] for p in parts]))}
     return {system: tie_metrics.per_request_tie_metrics(
         rows, scores, lists.relevant_splits, lists.relevant_rows, lists.relevant_gains,
-        recall_ks=tuple(recall_ks)) for system, (scores, rows) in ranked.items()}
+        recall_ks=tuple(recall_ks), catalog_size=num_items)
+        for system, (scores, rows) in ranked.items()}
 
 
 TIE_AWARE_PAIRS = ((HYBRID, SERVED), (HYBRID, LEXICAL), (SERVED, LEXICAL), (HYBRID, "bm25"),

@@ -17,9 +17,13 @@ each of its items at each of those positions with probability 1 / g, so by linea
                          1 / log2(p + 2)
 
 A list without ties scores exactly as per_request_metrics. Ties are judged among the entries
-the list holds; a tie group cut by the list's end is taken as the entries before the cut.
+the list holds; a tie group cut by the list's end is taken as the entries before the cut. With
+`catalog_size`, a list shorter than its cut-offs (a lexical index returns the items a query
+matches, no more) is followed by the rest of the catalog as one more tie group: the items the
+query does not match all score 0, so their order is the catalog's, and each lands in any of the
+positions after the list with equal chance.
 """
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 
@@ -28,7 +32,8 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
                             relevant_splits: np.ndarray, relevant_rows: np.ndarray,
                             relevant_gains: np.ndarray,
                             recall_ks: Sequence[int] = (10, 100, 1000),
-                            ndcg_k: int = 10) -> Dict[str, np.ndarray]:
+                            ndcg_k: int = 10,
+                            catalog_size: Optional[int] = None) -> Dict[str, np.ndarray]:
     """metrics.per_request_metrics' recall@k and nDCG@k, in expectation over tied orders.
 
     Args:
@@ -36,6 +41,8 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
       scores: [Q, K] the scores the list was ranked by (non-increasing over valid entries;
         float equality defines a tie).
       relevant_splits, relevant_rows, relevant_gains: as per_request_metrics.
+      catalog_size: the catalog's items; the ones a row lacks tie after its last entry
+        (module docstring). None: the list is all there is.
 
     Returns:
       {"recall@k": [Q] float64, f"ndcg@{ndcg_k}": [Q] float64}.
@@ -51,7 +58,8 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
     q, width = retrieved.shape if retrieved.ndim == 2 else (0, 0)
     if q == 0:
         raise ValueError("no requests to evaluate (no query with a relevant item)")
-    discounts = 1.0 / np.log2(np.arange(2, width + 2))
+    depth = max(width, int(catalog_size or 0))
+    discounts = 1.0 / np.log2(np.arange(2, depth + 2))
     recalls = {k: np.zeros(q) for k in recall_ks}
     ndcg = np.zeros(q)
     for i in range(q):
@@ -68,12 +76,22 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
             raise ValueError(f"request {i}: scores increase along the list; rank it first")
         gain_of = dict(zip(rows.tolist(), gains.tolist()))
         hit = np.array([gain_of.get(r, 0.0) for r in retrieved[i, :n].tolist()])
+        tail = 0 if catalog_size is None else max(int(catalog_size) - n, 0)
+        if tail:   # the catalog's other items: one group of equal (zero) scores after the list
+            listed = set(retrieved[i, :n].tolist())
+            missing = [g for r, g in gain_of.items() if r not in listed]
+            hit = np.concatenate([hit, [sum(missing)], np.zeros(tail - 1)])
+            hits_in = np.concatenate([(hit[:n] > 0), [len(missing)], np.zeros(tail - 1)])
+            s = np.concatenate([s, np.full(tail, -np.inf)])
+            n += tail
+        else:
+            hits_in = hit > 0
         # Groups of equal scores: [starts[j], ends[j]).
         starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]])) if n else (
             np.zeros(0, np.int64))
         ends = np.append(starts[1:], n).astype(np.int64)
         size = (ends - starts).astype(np.float64)
-        rel_in = np.add.reduceat((hit > 0).astype(np.float64), starts) if n else np.zeros(0)
+        rel_in = np.add.reduceat(hits_in.astype(np.float64), starts) if n else np.zeros(0)
         gain_in = np.add.reduceat(hit, starts) if n else np.zeros(0)
         for k in recall_ks:
             inside = np.clip(np.minimum(ends, k) - starts, 0, None)

@@ -301,11 +301,14 @@ def test_tie_aware_rows_score_the_served_lists_and_fuse_np_in_expectation(hybrid
         # fuse_np (the rule one item at a time) gives the hybrid's scores and order.
         scores, rows, _ = fuse_np(own.dense_scores, own.dense_rows, own.lexical_scores,
                                   own.lexical_rows, own.k, fusion)
-        want = {"hybrid": per_request_tie_metrics(rows, scores, *rel, recall_ks=recall_ks),
+        # Items a list lacks tie after it: the catalog of the fold's layout.
+        num_items = layout_lib.load_layout_spec(os.path.join(fold_dir, "layout")).num_items
+        tied = dict(recall_ks=recall_ks, catalog_size=num_items)
+        want = {"hybrid": per_request_tie_metrics(rows, scores, *rel, **tied),
                 "lexical": per_request_tie_metrics(plain.lexical_rows, plain.lexical_scores,
-                                                   *rel, recall_ks=recall_ks),
+                                                   *rel, **tied),
                 "dpsr_served": per_request_tie_metrics(plain.dense_rows, plain.dense_scores,
-                                                       *rel, recall_ks=recall_ks)}
+                                                       *rel, **tied)}
         for system, values in want.items():
             for metric, v in values.items():
                 assert tie[system][metric]["values"][fold] == pytest.approx(v.mean(),

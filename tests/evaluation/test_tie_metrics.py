@@ -117,3 +117,23 @@ def test_a_full_corpus_scorer_is_judged_over_the_whole_tie_group():
     want0 = np.mean(1 / np.log2(np.arange(3, 8)))
     want1 = (1 / np.log2(2) + 1 / np.log2(5)) / (1 + 1 / np.log2(3))
     np.testing.assert_allclose(got["ndcg@10"], [want0, want1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_items_a_short_list_lacks_tie_after_it(seed):
+    # A lexical list of the 4 matched items of a catalog of 8: the other 4 score 0 and tie,
+    # so the whole ranking is the list followed by them in any order.
+    rng = np.random.RandomState(seed)
+    catalog = rng.permutation(8)
+    listed, rest = catalog[:4].tolist(), catalog[4:].tolist()
+    scores = sorted(rng.randint(1, 3, size=4).astype(np.float32).tolist(), reverse=True)
+    relevant = sorted(rng.choice(8, 3, replace=False).tolist())
+    gains = rng.choice([1.0, 2.0], size=3).tolist()
+    want = _brute_force(listed + rest, scores + [0.0] * 4, relevant, gains, (2, 5, 8))
+    padded = np.array([listed + [-1] * 2], np.int64)
+    got = per_request_tie_metrics(padded, np.array([scores + [-np.inf] * 2], np.float32),
+                                  np.array([0, 3]), np.array(relevant, np.int64),
+                                  np.array(gains, np.float32), recall_ks=(2, 5, 8),
+                                  catalog_size=8)
+    for m in ("recall@2", "recall@5", "recall@8", "ndcg@10"):
+        assert got[m][0] == pytest.approx(want[m], abs=1e-12), m
