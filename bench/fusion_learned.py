@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -45,7 +46,8 @@ def _list_features(scores, rows, lexical):
     ranks = fusion.tie_ranks_np(scores, valid).astype(np.float64)
     n = valid.sum(axis=1, keepdims=True)
     s = np.where(valid, scores.astype(np.float64), np.nan)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # rows with no entry: all NaN
         if lexical:
             best = np.nan_to_num(np.nanmax(s, axis=1, keepdims=True), nan=1.0)
             score = s / np.where(best > 0, best, 1.0)
