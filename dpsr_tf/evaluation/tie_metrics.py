@@ -58,6 +58,7 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
     q, width = retrieved.shape if retrieved.ndim == 2 else (0, 0)
     if q == 0:
         raise ValueError("no requests to evaluate (no query with a relevant item)")
+    deepest = max(list(recall_ks) + [ndcg_k])
     depth = max(width, int(catalog_size or 0))
     discounts = 1.0 / np.log2(np.arange(2, depth + 2))
     recalls = {k: np.zeros(q) for k in recall_ks}
@@ -77,7 +78,7 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
         gain_of = dict(zip(rows.tolist(), gains.tolist()))
         hit = np.array([gain_of.get(r, 0.0) for r in retrieved[i, :n].tolist()])
         tail = 0 if catalog_size is None else max(int(catalog_size) - n, 0)
-        if tail:   # the catalog's other items: one group of equal (zero) scores after the list
+        if tail and n < deepest:   # (a list as deep as every cut-off needs no tail)   # the catalog's other items: one group of equal (zero) scores after the list
             listed = set(retrieved[i, :n].tolist())
             missing = [g for r, g in gain_of.items() if r not in listed]
             hit = np.concatenate([hit, [sum(missing)], np.zeros(tail - 1)])
