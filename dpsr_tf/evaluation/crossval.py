@@ -283,6 +283,8 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
         _write_json(os.path.join(fold_dirs[fold], HYBRID_JSON), result)
         metrics[hybrid_lib.HYBRID] = result[hybrid_lib.HYBRID]
         metrics[PER_QUERY][hybrid_lib.HYBRID] = result["per_query"][hybrid_lib.HYBRID]
+        log(f"crossval --hybrid: scoring fold {fold}'s lists in expectation over tied orders"
+            + (" (and bm25 over the whole catalog)" if "bm25" in metrics else ""))
         per_request = hybrid_lib.tie_aware_fold(
             fold_dirs[fold], FusionConfig.from_json(result["fusion"]),
             FeedbackConfig.from_json(result["dense_feedback"]), config.evaluation.recall_ks,
