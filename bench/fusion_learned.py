@@ -34,7 +34,7 @@ from dpsr_tf.evaluation.crossval_hybrid import (FEEDBACK_LISTS_FILE, LISTS_FILE,
 from dpsr_tf.evaluation.tie_metrics import per_request_tie_metrics  # noqa: E402
 from dpsr_tf.search import fusion  # noqa: E402
 from dpsr_tf.search.dense_feedback import FeedbackConfig  # noqa: E402
-from dpsr_tf.search.fused_rows import FusionPlan  # noqa: E402
+from dpsr_tf.search.fused_rows import fused_scored_rows  # noqa: E402
 from dpsr_tf.search.fusion import FusionConfig  # noqa: E402
 
 METRICS = ("recall@100", "recall@1000", "ndcg@10")
@@ -149,9 +149,9 @@ def main():
         L = lists[f]
         systems = {"dense": (L.dense_scores, L.dense_rows),
                    "lexical": (L.lexical_scores, L.lexical_rows),
-                   "hybrid": FusionPlan(fed.dense_scores, fed.dense_rows, fed.lexical_scores,
-                                        fed.lexical_rows).scored_rows(
-                                            L.k, FusionConfig.from_json(chosen["fusion"])),
+                   "hybrid": fused_scored_rows(fed.dense_scores, fed.dense_rows,
+                                               fed.lexical_scores, fed.lexical_rows, L.k,
+                                               FusionConfig.from_json(chosen["fusion"])),
                    "learned": learned_lists(L, coef)}
         rel = (L.relevant_splits, L.relevant_rows, L.relevant_gains)
         print(f"{os.path.basename(fold_dir)}: {len(L)} requests; hybrid {chosen['fusion_name']};"

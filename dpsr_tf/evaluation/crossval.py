@@ -219,9 +219,9 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
     for fold in range(config.folds):
         fold_metrics.append(_run_fold(config, fold, log))
     names = ("dpsr", "bm25")
-    hybrid = None
+    hybrid, tie_aware = None, []
     if config.hybrid:
-        hybrid = _hybrid_summary(config, fold_metrics, log)
+        hybrid, tie_aware = _hybrid_summary(config, fold_metrics, log)
         names = ("dpsr", hybrid_lib.SERVED, hybrid_lib.LEXICAL, "bm25", hybrid_lib.HYBRID)
     systems = summarize_folds([{k: m[k] for k in names if k in m} for m in fold_metrics])
     pairs = hybrid_lib.pairs(config.bm25) if config.hybrid else None
@@ -244,7 +244,7 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
     }
     tie_paired = []
     if hybrid is not None:
-        tie_paired = pooled_comparisons(hybrid.pop("tie_aware_folds"),
+        tie_paired = pooled_comparisons(tie_aware,
                                         seed=config.evaluation.seed,
                                         pairs=list(hybrid_lib.TIE_AWARE_PAIRS),
                                         num_samples=paired_samples)
@@ -271,9 +271,14 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
 
 
 def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
-                    log: Callable[[str], None]) -> dict:
+                    log: Callable[[str], None]) -> Tuple[dict, List[dict]]:
     """Cross-fits the fusion (crossval_hybrid.summarize), writes fold_F/HYBRID_JSON, and adds
-    each fold's "hybrid" metrics and per-request values to its in-memory metrics."""
+    each fold's "hybrid" metrics and per-request values to its in-memory metrics.
+
+    Returns:
+      (the summary's "hybrid" section, per fold the tie-aware {system: {metric: mean}} with
+       PER_QUERY {system: {metric: [Q]}} for the pooled paired tests).
+    """
     fold_dirs = [config.fold_dir(f) for f in range(config.folds)]
     per_fold = hybrid_lib.summarize(fold_dirs, config.evaluation.recall_ks,
                                     objective=config.fusion_objective, log=log,
@@ -313,8 +318,7 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
                           "the orders of tied scores (evaluation/tie_metrics.py)",
         "tie_aware_systems": summarize_folds(
             [{k: v for k, v in t.items() if k != PER_QUERY} for t in tie_aware]),
-        "tie_aware_folds": tie_aware,     # run() pools these for the paired tests, then drops them
-    }
+    }, tie_aware
 
 
 def pooled_comparisons(fold_metrics: List[dict], seed: int = 0,

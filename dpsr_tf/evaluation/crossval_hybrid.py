@@ -45,7 +45,7 @@ from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
-from dpsr_tf.search.fused_rows import FusionPlan
+from dpsr_tf.search.fused_rows import FusionPlan, fused_scored_rows
 
 LISTS_FILE = "hybrid_lists.npz"
 CANDIDATES_FILE = "fusion_candidates.npz"
@@ -327,16 +327,11 @@ def tie_aware_fold(fold_dir: str, fusion: FusionConfig, feedback: FeedbackConfig
     lists = FoldLists.load(os.path.join(fold_dir, LISTS_FILE))
     fused_from = (FoldLists.load(os.path.join(fold_dir, FEEDBACK_LISTS_FILE))
                   if feedback.enabled else lists)
-    parts = []
-    for lo in range(0, len(lists), 2048):
-        hi = min(len(lists), lo + 2048)
-        parts.append(FusionPlan(fused_from.dense_scores[lo:hi], fused_from.dense_rows[lo:hi],
-                                fused_from.lexical_scores[lo:hi],
-                                fused_from.lexical_rows[lo:hi]).scored_rows(lists.k, fusion))
     ranked = {SERVED: (lists.dense_scores, lists.dense_rows),
               LEXICAL: (lists.lexical_scores, lists.lexical_rows),
-              HYBRID: (np.concatenate([p[0] for p in parts]),
-                       np.concatenate([p[1] for p in parts]))}
+              HYBRID: fused_scored_rows(fused_from.dense_scores, fused_from.dense_rows,
+                                        fused_from.lexical_scores, fused_from.lexical_rows,
+                                        lists.k, fusion)}
     return {system: tie_metrics.per_request_tie_metrics(
         rows, scores, lists.relevant_splits, lists.relevant_rows, lists.relevant_gains,
         recall_ks=tuple(recall_ks), catalog_size=num_items)

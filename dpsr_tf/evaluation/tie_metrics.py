@@ -59,8 +59,8 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
     if q == 0:
         raise ValueError("no requests to evaluate (no query with a relevant item)")
     deepest = max(list(recall_ks) + [ndcg_k])
-    depth = max(width, int(catalog_size or 0))
-    discounts = 1.0 / np.log2(np.arange(2, depth + 2))
+    discounts = 1.0 / np.log2(np.arange(2, max(width, deepest) + 2))
+    cum = np.concatenate([[0.0], np.cumsum(discounts)])    # cum[p]: discounts of positions < p
     recalls = {k: np.zeros(q) for k in recall_ks}
     ndcg = np.zeros(q)
     for i in range(q):
@@ -77,27 +77,25 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
             raise ValueError(f"request {i}: scores increase along the list; rank it first")
         gain_of = dict(zip(rows.tolist(), gains.tolist()))
         hit = np.array([gain_of.get(r, 0.0) for r in retrieved[i, :n].tolist()])
-        tail = 0 if catalog_size is None else max(int(catalog_size) - n, 0)
-        if tail and n < deepest:   # (a list as deep as every cut-off needs no tail)   # the catalog's other items: one group of equal (zero) scores after the list
-            listed = set(retrieved[i, :n].tolist())
-            missing = [g for r, g in gain_of.items() if r not in listed]
-            hit = np.concatenate([hit, [sum(missing)], np.zeros(tail - 1)])
-            hits_in = np.concatenate([(hit[:n] > 0), [len(missing)], np.zeros(tail - 1)])
-            s = np.concatenate([s, np.full(tail, -np.inf)])
-            n += tail
-        else:
-            hits_in = hit > 0
-        # Groups of equal scores: [starts[j], ends[j]).
+        # Groups of equal scores: [starts[j], ends[j]), each with its relevant items and gain.
         starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]])) if n else (
             np.zeros(0, np.int64))
         ends = np.append(starts[1:], n).astype(np.int64)
-        size = (ends - starts).astype(np.float64)
-        rel_in = np.add.reduceat(hits_in.astype(np.float64), starts) if n else np.zeros(0)
+        rel_in = np.add.reduceat((hit > 0).astype(np.float64), starts) if n else np.zeros(0)
         gain_in = np.add.reduceat(hit, starts) if n else np.zeros(0)
+        # The catalog's other items: one more group [n, catalog_size) after the list. Only a
+        # list shorter than a cut-off needs it (module docstring).
+        if catalog_size is not None and n < min(int(catalog_size), deepest):
+            listed = set(retrieved[i, :n].tolist())
+            missing = [g for r, g in gain_of.items() if r not in listed]
+            starts = np.append(starts, n)
+            ends = np.append(ends, int(catalog_size))
+            rel_in = np.append(rel_in, len(missing))
+            gain_in = np.append(gain_in, sum(missing))
+        size = (ends - starts).astype(np.float64)
         for k in recall_ks:
             inside = np.clip(np.minimum(ends, k) - starts, 0, None)
             recalls[k][i] = float((rel_in * inside / size).sum()) / len(rows)
-        cum = np.concatenate([[0.0], np.cumsum(discounts[:n])])
         top = np.minimum(ends, ndcg_k)
         disc = np.where(top > starts, cum[np.maximum(top, starts)] - cum[starts], 0.0)
         ideal = np.sort(gains)[::-1][:ndcg_k]

@@ -86,10 +86,11 @@ class FusionPlan:
         return out_scores, out
 
 
-def fused_rows(dense_scores: np.ndarray, dense_rows: np.ndarray, lexical_scores: np.ndarray,
-               lexical_rows: np.ndarray, k: int, cfg: FusionConfig,
-               chunk: int = 2048) -> np.ndarray:
-    """fuse_np's fused rows ([B, k] int64, -1 pads) computed for all requests at once.
+def fused_scored_rows(dense_scores: np.ndarray, dense_rows: np.ndarray,
+                      lexical_scores: np.ndarray, lexical_rows: np.ndarray, k: int,
+                      cfg: FusionConfig, chunk: int = 2048):
+    """fuse_np's fused scores and rows ([B, k] float32, -inf pads; [B, k] int64, -1 pads)
+    computed for all requests at once.
 
     The same contributions (fusion._contributions_np's arithmetic), the same float32 sum
     (dense + lexical) and the same order (fused score descending, then first appearance: dense
@@ -99,6 +100,17 @@ def fused_rows(dense_scores: np.ndarray, dense_rows: np.ndarray, lexical_scores:
     Requests are fused `chunk` at a time (a plan holds ~10 copies of its lists).
     """
     parts = [FusionPlan(dense_scores[lo:lo + chunk], dense_rows[lo:lo + chunk],
-                        lexical_scores[lo:lo + chunk], lexical_rows[lo:lo + chunk]).rows(k, cfg)
+                        lexical_scores[lo:lo + chunk],
+                        lexical_rows[lo:lo + chunk]).scored_rows(k, cfg)
              for lo in range(0, len(dense_rows), chunk)]
-    return np.concatenate(parts) if parts else np.full((0, k), -1, np.int64)
+    if not parts:
+        return np.full((0, k), -np.inf, np.float32), np.full((0, k), -1, np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def fused_rows(dense_scores: np.ndarray, dense_rows: np.ndarray, lexical_scores: np.ndarray,
+               lexical_rows: np.ndarray, k: int, cfg: FusionConfig,
+               chunk: int = 2048) -> np.ndarray:
+    """fuse_np's fused rows ([B, k] int64, -1 pads): fused_scored_rows' rows."""
+    return fused_scored_rows(dense_scores, dense_rows, lexical_scores, lexical_rows, k, cfg,
+                             chunk)[1]
