@@ -52,6 +52,10 @@ _DENSE_FEEDBACK = flags.DEFINE_bool(
     "dense_feedback", True, "--hybrid: each fold's choice is among the fusions without and "
     "with dense feedback, as `dpsr export --dense_feedback=auto` chooses (docs/export.md); "
     "--nodense_feedback: without only.")
+_PRUNE_CHECKPOINTS = flags.DEFINE_bool(
+    "prune_checkpoints", True, "Once a fold is evaluated, delete every checkpoint of its model "
+    "but the one evaluated (about 1 GB each at the default token table); "
+    "--noprune_checkpoints keeps all that training left.")
 _PAIRED_SAMPLES = flags.DEFINE_integer(
     "paired_samples", 10000, "Bootstrap resamples and random sign flips of each pooled paired "
     "test (the smallest reportable p is about 1 / this); fewer is faster on many requests.")
@@ -87,7 +91,8 @@ def config_from_flags():
         evaluation=evaluate_lib.EvalConfig(min_gain=_MIN_GAIN.value,
                                            num_random=_NUM_RANDOM.value, seed=_EVAL_SEED.value),
         bm25=_BM25.value, hybrid=_HYBRID.value, spelling=_SPELLING.value,
-        fusion_objective=tuple(_FUSION_OBJECTIVE.value), dense_feedback=_DENSE_FEEDBACK.value)
+        fusion_objective=tuple(_FUSION_OBJECTIVE.value), dense_feedback=_DENSE_FEEDBACK.value,
+        prune_checkpoints=_PRUNE_CHECKPOINTS.value)
 
 
 def main(argv):

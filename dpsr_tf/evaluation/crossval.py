@@ -79,6 +79,10 @@ class CrossvalConfig:
         --fusion_objective`); its Recall@N cut-offs must be among evaluation.recall_ks.
       dense_feedback: each fold's choice is among the fusions without and with dense feedback
         (as `dpsr export --dense_feedback=auto`, the default); False: without only.
+      prune_checkpoints: once a fold is evaluated (and its hybrid stage done), delete every
+        checkpoint of its model but the one evaluated (training/checkpoint_pruning.py): about
+        1 GB each at the default token table; the numbers, a rerun and `dpsr index` / `export`
+        of the fold need only that one.
     """
 
     output: str
@@ -92,6 +96,7 @@ class CrossvalConfig:
     spelling: bool = True
     fusion_objective: Tuple[str, ...] = fusion_choice.OBJECTIVE
     dense_feedback: bool = True
+    prune_checkpoints: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "fusion_objective",
@@ -143,6 +148,7 @@ class CrossvalConfig:
         data.pop("spelling")
         data.pop("fusion_objective")  # chosen again from the folds' lists on every run
         data.pop("dense_feedback")
+        data.pop("prune_checkpoints")   # disk use, not the measurement
         data["output"] = os.path.abspath(self.output)
         return data
 
@@ -372,6 +378,7 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
                 log(f"{tag}: its hybrid stage predates the dense feedback lists; redoing it")
             _hybrid_stage(config, fold, metrics, tag, log)
             _write_json(metrics_path, metrics)
+        _prune_checkpoints(config, metrics, tag, log)
         return metrics
     os.makedirs(fold_dir, exist_ok=True)
 
@@ -421,7 +428,27 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
     if config.hybrid:
         _hybrid_stage(config, fold, metrics, tag, log)
         _write_json(metrics_path, metrics)
+    _prune_checkpoints(config, metrics, tag, log)
     return metrics
+
+
+def _prune_checkpoints(config: CrossvalConfig, metrics: dict, tag: str,
+                       log: Callable[[str], None]) -> None:
+    """Keeps only the checkpoint the fold was evaluated with (CrossvalConfig.prune_checkpoints)."""
+    keep = metrics["dpsr"].get("checkpoint")
+    if not config.prune_checkpoints or not keep or not os.path.isdir(metrics["model_dir"]):
+        return
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.training import checkpoint_pruning
+    try:
+        pruned = checkpoint_pruning.prune_to(metrics["model_dir"], keep)
+    except ValueError as e:     # a moved or hand-edited fold: its numbers still stand
+        log(f"{tag}: not pruning its checkpoints: {e}")
+        return
+    if pruned.removed:
+        log(f"{tag}: kept {os.path.basename(pruned.kept)}, the checkpoint evaluated; deleted "
+            f"{len(pruned.removed)} other(s) ({pruned.freed_bytes / 2**30:.2f} GiB; "
+            f"--noprune_checkpoints keeps them)")
 
 
 def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool, feedback: bool) -> bool:

@@ -7,11 +7,13 @@ import collections
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
@@ -139,6 +141,42 @@ def test_rerun_reuses_the_folds_and_other_settings_are_refused(two_folds, tiny_p
     changed = _config(tiny_paths, config.output, max_train_queries=31)
     with pytest.raises(ValueError, match=r"other settings \(differences in \['prepare'\]"):
         crossval_lib.run(changed, log=lambda _: None)
+
+
+def _checkpoints(model_dir):
+    return sorted({n.split(".")[1] for n in os.listdir(model_dir)
+                   if n.startswith("model.ckpt-")})
+
+
+def test_each_fold_keeps_only_the_checkpoint_it_was_evaluated_with(two_folds):
+    config, _, lines = two_folds
+    for fold in range(2):
+        with open(os.path.join(config.output, f"fold_{fold}", "metrics.json"),
+                  encoding="utf-8") as f:
+            metrics = json.load(f)
+        kept = metrics["dpsr"]["checkpoint"]
+        assert _checkpoints(metrics["model_dir"]) == [os.path.basename(kept).split(".")[1]]
+        assert tf.train.latest_checkpoint(metrics["model_dir"]) == kept
+    # Training saved step 0 and step 20; the evaluated one is step 20.
+    assert sum("kept model.ckpt-20, the checkpoint evaluated; deleted 1 other(s)" in line
+               for line in lines) == 2
+
+
+def test_a_reused_fold_is_pruned_unless_told_not_to(two_folds):
+    config, _, _ = two_folds
+    model_dir = os.path.join(config.output, "fold_1", "model")
+    for name in os.listdir(model_dir):      # an extra checkpoint, as a run before pruning left
+        if name.startswith("model.ckpt-20."):
+            shutil.copy(os.path.join(model_dir, name),
+                        os.path.join(model_dir, name.replace("ckpt-20.", "ckpt-7.")))
+    lines = []
+    crossval_lib.run(dataclasses.replace(config, prune_checkpoints=False), log=lines.append)
+    assert _checkpoints(model_dir) == ["ckpt-20", "ckpt-7"]
+    assert not any("deleted" in line for line in lines)
+    crossval_lib.run(config, log=lines.append)
+    assert _checkpoints(model_dir) == ["ckpt-20"]
+    assert sum("crossval fold 2/2 (md5 % 2 == 1): kept model.ckpt-20, the checkpoint "
+               "evaluated; deleted 1 other(s)" in line for line in lines) == 1
 
 
 def test_summarize_folds_by_hand():
