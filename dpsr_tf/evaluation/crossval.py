@@ -81,7 +81,7 @@ class CrossvalConfig:
         (as `dpsr export --dense_feedback=auto`, the default); False: without only.
       prune_checkpoints: once a fold is evaluated (and its hybrid stage done), delete every
         checkpoint of its model but the one evaluated (training/checkpoint_pruning.py): about
-        1 GB each at the default token table; the numbers, a rerun and `dpsr index` / `export`
+        0.5 GB each on the synthetic catalog; the numbers, a rerun and `dpsr index` / `export`
         of the fold need only that one.
     """
 

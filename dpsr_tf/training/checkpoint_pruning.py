@@ -2,7 +2,7 @@
 
 Training with early stopping keeps every checkpoint the rule may still want (patience + 1
 evaluations of them), and each DPSR checkpoint holds the token table with its two Adam slots:
-about 1 GB per checkpoint at the default 1M buckets. A 5-fold cross-validation left 7.5-16 GB
+about 0.5 GB per checkpoint on the synthetic catalog. A 5-fold cross-validation left 7.5-16 GB
 of checkpoints nobody reads again, since every fold is evaluated, indexed and scored from one
 of them. `prune_to` deletes the others and makes the directory's checkpoint state name the kept
 one alone, so `dpsr index`, `dpsr export` and `dpsr evaluate` on that directory read what the
