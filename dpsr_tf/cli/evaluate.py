@@ -11,6 +11,10 @@ dpsr_tf/evaluation/hybrid.py).
 `--per_query=FILE` writes every request's metrics per system as JSON lines and prints a paired
 comparison (bootstrap interval, sign-flip p-value) of every two systems evaluated together;
 `dpsr compare` does the same for files of separate runs.
+`--tie_aware` also scores every ranking in expectation over the orders of its tied scores
+(dpsr_tf/evaluation/tie_metrics.py): BM25 gives every item a one-word query matches one score,
+and the catalog's order, which may follow popularity, then decides the as-ranked metrics. With
+--per_query those rankings are the systems "<system>_tie_aware", compared among themselves.
 """
 import json
 
@@ -66,6 +70,11 @@ _DENSE_FEEDBACK = flags.DEFINE_bool(
     "dense_feedback", False, "--hybrid: the served dense list with dense feedback, as a "
     "servable exported with --dense_feedback=on searches (--dense_feedback_items, "
     "--dense_feedback_weight; docs/export.md).")
+_TIE_AWARE = flags.DEFINE_bool(
+    "tie_aware", False, "Also report each ranking's Recall@k and nDCG@10 in expectation over "
+    "the orders of its tied scores (a BM25 list ties every item a one-word query matches; the "
+    "as-ranked metrics then score the catalog's order). The served, lexical-index and hybrid "
+    "lists of --served / --hybrid hold the top k: the catalog's other items tie after them.")
 _NPROBE = flags.DEFINE_integer("nprobe", None,
                                "IVF lists to probe with --served (default: the index's own).")
 
@@ -90,7 +99,8 @@ def main(argv):
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
                                   num_random=_NUM_RANDOM.value, seed=_SEED.value,
-                                  per_request=bool(_PER_QUERY.value))
+                                  per_request=bool(_PER_QUERY.value),
+                                  tie_aware=_TIE_AWARE.value)
     results = {}
     layout_dir = _LAYOUT_DIR.value
     try:
@@ -126,6 +136,10 @@ def main(argv):
                  else ")"))
         if "served_factory" in values:
             print(served_lib.summarize_served(values, cfg.recall_ks))
+        for prefix, label in (("", "tie-aware"), ("served_", "served tie-aware")):
+            if prefix + evaluate_lib.TIE_AWARE in values:
+                print(f"      {label} (expected over tied orders): "
+                      f"{summarize(values[prefix + evaluate_lib.TIE_AWARE])}")
     comparisons = []
     if _PER_QUERY.value:
         eval_set = layout_lib.load_eval_set(layout_lib.load_layout_spec(layout_dir), cfg.split,
@@ -133,11 +147,17 @@ def main(argv):
         lines = per_query_lib.write_jsonl(_PER_QUERY.value, cfg.split, eval_set, per_system)
         print(f"wrote {lines} per-query lines ({len(per_system)} systems x {len(eval_set)} "
               f"requests) to {_PER_QUERY.value}")
-        if len(per_system) > 1:
-            comparisons = paired_lib.compare_systems(per_system, seed=cfg.seed)
-            print("paired comparison (mean difference, 95% bootstrap interval, sign-flip p):")
-            for c in comparisons:
-                print("  " + c.line())
+        # As-ranked systems against each other, tie-aware ones against each other.
+        suffix = "_" + evaluate_lib.TIE_AWARE
+        for group in ({k: v for k, v in per_system.items() if not k.endswith(suffix)},
+                      {k: v for k, v in per_system.items() if k.endswith(suffix)}):
+            if len(group) > 1:
+                found = paired_lib.compare_systems(group, seed=cfg.seed)
+                print("paired comparison (mean difference, 95% bootstrap interval, "
+                      "sign-flip p):")
+                for c in found:
+                    print("  " + c.line())
+                comparisons += found
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w", encoding="utf-8") as f:
             json.dump({"split": cfg.split, "layout_dir": layout_dir, **results,

@@ -37,6 +37,11 @@ class EvalConfig:
       per_request: also return each ranking's per-request metric arrays (key
         metrics.PER_REQUEST) for paired comparisons; they are not JSON and the caller takes
         them out (per_query.take_per_request).
+      tie_aware: also score each ranking in expectation over the orders of its tied scores
+        (tie_metrics.py), under TIE_AWARE ({metric: mean}; with per_request, its arrays under
+        TIE_AWARE + "_" + metrics.PER_REQUEST, the system "<name>_tie_aware"). BM25 gives
+        every item a one-word query matches one score, and the catalog's order then decides
+        the as-ranked metrics.
     """
 
     split: str = "eval"
@@ -47,6 +52,21 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 256
     per_request: bool = False
+    tie_aware: bool = False
+
+
+# The key of a result's tie-aware metrics (EvalConfig.tie_aware).
+TIE_AWARE = "tie_aware"
+
+
+def add_tie_aware(out: dict, per_request: Dict[str, np.ndarray], cfg: EvalConfig,
+                  prefix: str = "") -> None:
+    """Puts tie-aware per-request values into a result as EvalConfig.tie_aware describes
+    (under prefix + TIE_AWARE: "served_" for the served ranking of a model's result)."""
+    out[prefix + TIE_AWARE] = {m: float(v.mean()) if len(v) else 0.0
+                               for m, v in per_request.items()}
+    if cfg.per_request:
+        out[prefix + TIE_AWARE + "_" + metrics_lib.PER_REQUEST] = per_request
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,6 +236,8 @@ def evaluate_scorer(scorer, spec, eval_set, pairs, cfg: EvalConfig,
         rand_scores[rand == pairs["item_row"][pos][:, None]] = -np.inf  # the item itself
         out.update(metrics_lib.top_k_among_random(own[pos], rand_scores, cfg.top_ks))
     out["auc"] = metrics_lib.auc(labels, own)
+    if cfg.tie_aware:
+        add_tie_aware(out, tie_aware_metrics(scorer, eval_set, cfg), cfg)
     out["labeled_pairs"] = int(len(labels))
     out["labeled_negatives"] = int((labels < 0.5).sum())
     out["clicked_pairs"] = int(len(pos))

@@ -30,6 +30,7 @@ import numpy as np
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.model.scoring import soft_dot_product_np
 from dpsr_tf.indexing import index_builder, index_layout
 from dpsr_tf.indexing.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
@@ -327,7 +328,7 @@ def served_metrics(scorer, eval_set, index: ServedIndex, cfg: evaluate_lib.EvalC
         cfg.batch_size)
     if served is None:
         served = search_served(index, heads, k, cfg.batch_size)
-    served = served[1]
+    served_scores, served = served
     log(f"  served search of {len(eval_set)} requests x {heads.shape[1]} heads through "
         f"{index.directory} ({index.manifest.factory}, {index.manifest.num_shards} shard(s), "
         f"nprobe={index.nprobe or 'n/a'}): {time.time() - start:.1f}s")
@@ -346,6 +347,10 @@ def served_metrics(scorer, eval_set, index: ServedIndex, cfg: evaluate_lib.EvalC
         out[f"recall_lost_to_max@{cut}"] = (0.0 if equal else
                                             soft_metrics[key] - out[f"max_{key}"])
         out[f"recall_lost_to_index@{cut}"] = out[f"max_{key}"] - out[f"served_{key}"]
+    if cfg.tie_aware:   # the served list's length k; the catalog's other items tie after it
+        evaluate_lib.add_tie_aware(out, tie_metrics.per_request_tie_metrics(
+            served, served_scores, *relevant, recall_ks=cfg.recall_ks, catalog_size=num_items),
+            cfg, prefix="served_")
     out.update({"served_index_dir": index.directory, "served_factory": index.manifest.factory,
                 "served_num_shards": index.manifest.num_shards, "served_nprobe": index.nprobe,
                 "served_seconds": round(time.time() - start, 1)})

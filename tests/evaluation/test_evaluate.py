@@ -94,6 +94,26 @@ def test_cli_per_query_file_and_paired_comparison(trained, tmp_path):
     assert "paired comparison" in proc.stdout and "per_request" not in out.read_text()
 
 
+def test_cli_tie_aware_rankings_are_systems_compared_among_themselves(trained, tmp_path):
+    spec, model_dir = trained
+    out, per = tmp_path / "metrics.json", tmp_path / "per_query.jsonl"
+    proc = _cli(f"--model_dir={model_dir}", "--bm25", "--num_random=0", "--tie_aware",
+                f"--output={out}", f"--per_query={per}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    rows = [json.loads(line) for line in per.read_text().splitlines()]
+    assert {r["system"] for r in rows} == {"dpsr", "bm25", "dpsr_tie_aware", "bm25_tie_aware"}
+    want = evaluate_lib.tie_aware_bm25(spec.layout_dir, evaluate_lib.EvalConfig(num_random=0))
+    mine = [r for r in rows if r["system"] == "bm25_tie_aware"]
+    for metric, values in want.items():
+        np.testing.assert_allclose([r[metric] for r in mine], values, atol=1e-12)
+        assert data["bm25"]["tie_aware"][metric] == pytest.approx(values.mean())
+    # As ranked against as ranked, tie-aware against tie-aware: 3 metrics x 2 pairs.
+    assert sorted((c["a"], c["b"]) for c in data["paired"]) == sorted(
+        [("dpsr", "bm25")] * 3 + [("dpsr_tie_aware", "bm25_tie_aware")] * 3)
+    assert proc.stdout.count("tie-aware (expected over tied orders): recall@10=") == 2
+
+
 def test_cli_without_model_or_layout_is_an_error():
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run([sys.executable, "-m", "dpsr_tf.cli", "evaluate"], env=env,
@@ -115,7 +135,7 @@ def test_cli_served_through_the_index_dpsr_index_built(trained, tmp_path):
                                 IndexBuildConfig(factory="Flat", num_shards=2, num_threads=1))
     out = tmp_path / "metrics.json"
     proc = _cli(f"--model_dir={model_dir}", "--served", f"--index_dir={index_dir}",
-                "--num_random=50", f"--output={out}")
+                "--num_random=50", f"--output={out}", "--tie_aware")
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(out.read_text())["dpsr"]
     for k in (10, 100, 1000):
@@ -125,6 +145,11 @@ def test_cli_served_through_the_index_dpsr_index_built(trained, tmp_path):
         assert got[f"recall_lost_to_max@{k}"] == pytest.approx(
             got[f"recall@{k}"] - got[f"max_recall@{k}"])
     assert got["served_ndcg@10"] == got["max_ndcg@10"]
+    # The served list holds the whole tiny catalog, its float scores untied: the expectation
+    # over tied orders is the one order.
+    for metric, value in got["served_tie_aware"].items():
+        assert value == pytest.approx(got[f"served_{metric}"], abs=1e-12), metric
+    assert "served tie-aware (expected over tied orders): recall@10=" in proc.stdout
     assert got["served_num_shards"] == 2 and got["served_factory"] == "Flat"
     assert got["max_recall@10"] > 5 * 10 / spec.num_items, got       # far above random
     assert "dpsr  recall@10=" in proc.stdout
