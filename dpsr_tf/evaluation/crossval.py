@@ -301,8 +301,8 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
             FeedbackConfig.from_json(result["dense_feedback"]), config.evaluation.recall_ks,
             layout_lib.load_layout_spec(metrics["layout_dir"]).num_items)
         if "bm25" in metrics:   # bm25s ranks the whole catalog: its ties are scored whole
-            per_request["bm25"] = evaluate_lib.tie_aware_bm25(metrics["layout_dir"],
-                                                              config.evaluation)
+            per_request["bm25"] = hybrid_lib.cached_tie_aware_bm25(
+                fold_dirs[fold], metrics["layout_dir"], config.evaluation)
         tie_aware.append({**{system: {m: float(v.mean()) for m, v in values.items()}
                              for system, values in per_request.items()},
                           PER_QUERY: per_request})

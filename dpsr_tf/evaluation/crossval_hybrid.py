@@ -31,6 +31,7 @@ index left in catalog order with that order (MovieLens's lexical list: docs/resu
 scores").
 """
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -52,6 +53,8 @@ CANDIDATES_FILE = "fusion_candidates.npz"
 # The same with the dense list searched with dense feedback (DEFAULT_FEEDBACK).
 FEEDBACK_LISTS_FILE = "hybrid_lists_feedback.npz"
 FEEDBACK_CANDIDATES_FILE = "fusion_candidates_feedback.npz"
+# bm25s's per-request tie-aware metrics: minutes to recompute on a 10k-item catalog.
+TIE_AWARE_BM25_FILE = "bm25_tie_aware.npz"
 INDEX_DIR = "index"
 # `dpsr index`'s flag defaults (dpsr_tf/cli/index.py: --index_factory=auto, --num_shards=1,
 # --train_size=0, --seed=0, --nprobe=64, --ef_search=128, --refine_k_factor); its lexical flags'
@@ -336,6 +339,27 @@ def tie_aware_fold(fold_dir: str, fusion: FusionConfig, feedback: FeedbackConfig
         rows, scores, lists.relevant_splits, lists.relevant_rows, lists.relevant_gains,
         recall_ks=tuple(recall_ks), catalog_size=num_items)
         for system, (scores, rows) in ranked.items()}
+
+
+def cached_tie_aware_bm25(fold_dir: str, layout_dir: str, cfg: evaluate_lib.EvalConfig
+                          ) -> Dict[str, np.ndarray]:
+    """evaluate.tie_aware_bm25 of the fold's layout, kept in <fold_dir>/TIE_AWARE_BM25_FILE
+    (redone when the layout's layout.json or the split, relevance threshold or cut-offs
+    differ from the ones it holds)."""
+    with open(os.path.join(layout_dir, "layout.json"), "rb") as f:
+        layout_hash = hashlib.sha256(f.read()).hexdigest()
+    key = json.dumps({"layout": layout_hash, "split": cfg.split, "min_gain": cfg.min_gain,
+                      "recall_ks": list(cfg.recall_ks)})
+    path = os.path.join(fold_dir, TIE_AWARE_BM25_FILE)
+    if os.path.isfile(path):
+        with np.load(path) as data:
+            if str(data["key"]) == key:
+                return {name: data[name] for name in data.files if name != "key"}
+    values = evaluate_lib.tie_aware_bm25(layout_dir, cfg)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, key=np.array(key), **values)
+    os.replace(tmp, path)
+    return values
 
 
 TIE_AWARE_PAIRS = ((HYBRID, SERVED), (HYBRID, LEXICAL), (SERVED, LEXICAL), (HYBRID, "bm25"),

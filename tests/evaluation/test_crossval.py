@@ -375,6 +375,26 @@ def test_tie_aware_rows_score_the_served_lists_and_fuse_np_in_expectation(hybrid
     assert any("tie-aware (expected over the orders of tied scores" in line for line in lines)
 
 
+def test_the_tie_aware_bm25_of_a_fold_is_kept_and_read_back(hybrid_folds, monkeypatch):
+    config, summary, _ = hybrid_folds
+    for fold in range(2):
+        assert os.path.isfile(os.path.join(config.output, f"fold_{fold}",
+                                           hybrid_lib.TIE_AWARE_BM25_FILE))
+
+    def recomputed(*_args, **_kwargs):
+        raise AssertionError("the kept tie-aware bm25 was recomputed")
+    monkeypatch.setattr(evaluate_lib, "tie_aware_bm25", recomputed)
+    again = crossval_lib.run(config, log=lambda _: None)
+    assert again["hybrid"]["tie_aware_systems"]["bm25"] == \
+        summary["hybrid"]["tie_aware_systems"]["bm25"]
+    # Another relevance threshold is another evaluation: computed again, not read.
+    with pytest.raises(AssertionError, match="recomputed"):
+        hybrid_lib.cached_tie_aware_bm25(
+            os.path.join(config.output, "fold_0"), os.path.join(config.output, "fold_0",
+                                                                "layout"),
+            dataclasses.replace(config.evaluation, min_gain=2.0))
+
+
 def test_nodense_feedback_chooses_among_the_plain_lists_only(hybrid_folds):
     config, _, _ = hybrid_folds
     summary = crossval_lib.run(dataclasses.replace(config, dense_feedback=False),
