@@ -156,6 +156,44 @@ void TestSlowStart() {
   CHECK(gate.window_of("new") == 2);
 }
 
+// Adaptive LIFO: in arrival order while the client's oldest waiting call is younger than
+// lifo_after (here 100), newest first past it; an expired call taken out lets order return.
+void TestNewestFirstOnceTheOldestWaitedTooLong() {
+  FairGate<int> gate(4, 1, 1000, 10000, /*initial_window=*/0, /*lifo_after=*/100);
+  CHECK(gate.Offer("a", 1, 0) == Admission::kRun);
+  CHECK(gate.Offer("a", 2, 0) == Admission::kQueued);
+  CHECK(gate.Offer("a", 3, 10) == Admission::kQueued);
+  CHECK(gate.Offer("a", 4, 20) == Admission::kQueued);
+  CHECK(Items(gate.Release("a", 50)) == std::vector<int>({2}));   // 2 waited 50: in order
+  CHECK(gate.newest_first() == 0);
+  CHECK(Items(gate.Release("a", 150)) == std::vector<int>({4}));  // 3 waited 140: newest
+  CHECK(gate.Offer("a", 5, 160) == Admission::kQueued);
+  CHECK(Items(gate.Release("a", 170)) == std::vector<int>({5}));
+  CHECK(gate.newest_first() == 2);
+  CHECK(gate.Remove("a", 3));                                   // 3's deadline passed
+  CHECK(gate.Offer("a", 6, 200) == Admission::kQueued);
+  CHECK(gate.Offer("a", 7, 210) == Admission::kQueued);
+  CHECK(Items(gate.Release("a", 250)) == std::vector<int>({6}));  // 6 waited 50: in order
+  // Another client keeps its turn whatever the order inside a's queue.
+  CHECK(gate.Offer("b", 8, 260) == Admission::kRun);
+  CHECK(gate.Offer("b", 9, 260) == Admission::kQueued);
+  CHECK(gate.Offer("a", 10, 400) == Admission::kQueued);        // 7 waited 190 by then
+  std::vector<int> next = Items(gate.Release("a", 400));
+  CHECK(next == std::vector<int>({10}));
+  CHECK(Items(gate.Release("b", 400)) == std::vector<int>({9}));
+  CHECK(gate.newest_first() == 3);
+}
+
+// lifo_after = 0: arrival order however long a call waited.
+void TestArrivalOrderWithoutLifo() {
+  FairGate<int> gate(4, 1, 1000, 10000);
+  CHECK(gate.Offer("a", 1, 0) == Admission::kRun);
+  CHECK(gate.Offer("a", 2, 0) == Admission::kQueued);
+  CHECK(gate.Offer("a", 3, 1000000) == Admission::kQueued);
+  CHECK(Items(gate.Release("a", 5000000)) == std::vector<int>({2}));
+  CHECK(gate.newest_first() == 0);
+}
+
 }  // namespace
 
 int main() {
@@ -166,5 +204,7 @@ int main() {
   TestNoOvertakingOwnCalls();
   TestHoldBack();
   TestSlowStart();
+  TestNewestFirstOnceTheOldestWaitedTooLong();
+  TestArrivalOrderWithoutLifo();
   return dpsr_test::Report("fair_gate_test");
 }

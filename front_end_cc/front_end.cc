@@ -59,6 +59,7 @@ struct Options {
   int initial_running_per_client = 2;  // slow start (fair_gate.h); 0: none
   long max_queued_per_client = 4096;
   long max_queued = 65536;
+  long lifo_after_ms = 100;  // adaptive LIFO (fair_gate.h); 0: arrival order always
   int max_streams_per_connection = 128;
   long max_receive_message_bytes = 64L << 20;
   long max_unread_bytes_per_client = 64L << 20;
@@ -77,7 +78,7 @@ struct Options {
                "usage: dpsr_front_end --backend=unix:PATH|HOST:PORT [--listen=HOST:PORT]\n"
                "  [--max_running=N] [--max_running_per_client=N] [--initial_running_per_client=N]\n"
                "  [--max_queued_per_client=N]\n"
-               "  [--max_queued=N] [--max_streams_per_connection=N]\n"
+               "  [--max_queued=N] [--lifo_after_ms=N] [--max_streams_per_connection=N]\n"
                "  [--max_receive_message_bytes=N] [--max_unread_bytes_per_client=N]\n"
                "  [--hold_back_unread_bytes=N] [--hold_back_total_unread_bytes=N]\n"
                "  [--client_metadata_key=KEY] [--grace_seconds=S] [--channel_arg=KEY=VALUE ...]\n",
@@ -111,6 +112,7 @@ Options ParseFlags(int argc, char** argv) {
       o.initial_running_per_client = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "max_queued_per_client") o.max_queued_per_client = ParseLong(flag, value, 1);
     else if (flag == "max_queued") o.max_queued = ParseLong(flag, value, 1);
+    else if (flag == "lifo_after_ms") o.lifo_after_ms = ParseLong(flag, value, 0);
     else if (flag == "max_streams_per_connection")
       o.max_streams_per_connection = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "max_receive_message_bytes")
@@ -218,7 +220,7 @@ class FrontEnd : public grpc::CallbackGenericService {
       : options_(o),
         gate_(o.max_running, o.max_running_per_client,
               static_cast<size_t>(o.max_queued_per_client), static_cast<size_t>(o.max_queued),
-              o.initial_running_per_client) {
+              o.initial_running_per_client, o.lifo_after_ms * 1000LL) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     args.SetMaxSendMessageSize(-1);
@@ -236,7 +238,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   // The first message of `call` arrived: run it now, queue it, or refuse it.
   Admission Offer(Call* call) {
     std::lock_guard<std::mutex> lock(mu_);
-    Admission a = gate_.Offer(call->client(), call);
+    Admission a = gate_.Offer(call->client(), call, NowMicros());
     if (a == Admission::kRun) forwarded_.fetch_add(1, std::memory_order_relaxed);
     else if (a != Admission::kQueued) refused_.fetch_add(1, std::memory_order_relaxed);
     return a;
@@ -255,7 +257,7 @@ class FrontEnd : public grpc::CallbackGenericService {
     std::vector<std::pair<std::string, Call*>> started;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      started = gate_.Ended(client, delivered);
+      started = gate_.Ended(client, delivered, NowMicros());
     }
     Start(started);
   }
@@ -265,7 +267,7 @@ class FrontEnd : public grpc::CallbackGenericService {
     std::vector<std::pair<std::string, Call*>> started;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      started = gate_.Release(client);
+      started = gate_.Release(client, NowMicros());
     }
     Start(started);
   }
@@ -323,12 +325,12 @@ class FrontEnd : public grpc::CallbackGenericService {
                   "dpsr_front_end: calls accepted %lld, forwarded %lld, queued %lld, "
                   "dropped before their turn %lld, refused (queue full) %lld, answers refused "
                   "(unread budget) %lld, clients held back %lld, passed without a turn "
-                  "%lld; now running %d, waiting %zu",
+                  "%lld, run newest first (overload) %lld; now running %d, waiting %zu",
                   (long long)accepted_.load(), (long long)forwarded_.load(),
                   (long long)queued_.load(), (long long)dropped_waiting_.load(),
                   (long long)refused_.load(), (long long)unread_refused_.load(),
                   (long long)held_back_.load(), (long long)unmetered_.load(),
-                  gate_.running(), gate_.queued());
+                  gate_.newest_first(), gate_.running(), gate_.queued());
     return line;
   }
 
@@ -336,6 +338,12 @@ class FrontEnd : public grpc::CallbackGenericService {
   grpc::GenericStub* stub() { return stub_.get(); }
 
  private:
+  static long long NowMicros() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
   static constexpr size_t kSmallUnread = 64 << 10;
 
   // Starts the calls the gate handed out (called without mu_: StartBackend takes the call's
@@ -357,7 +365,7 @@ class FrontEnd : public grpc::CallbackGenericService {
                 (OverTotal() && held > kSmallUnread);
     if (hold == gate_.held_back(client)) return {};
     if (hold) held_back_.fetch_add(1, std::memory_order_relaxed);
-    return gate_.HoldBack(client, hold);
+    return gate_.HoldBack(client, hold, NowMicros());
   }
 
   static void Append(std::vector<std::pair<std::string, Call*>>* to,

@@ -34,6 +34,12 @@ MAX_QUEUED_PER_CLIENT = flags.DEFINE_integer(
 MAX_QUEUED = flags.DEFINE_integer(
     "front_end_max_queued", FrontEndOptions.max_queued,
     f"{_WITH_NATIVE} calls waiting in all; more get RESOURCE_EXHAUSTED.", lower_bound=1)
+LIFO_AFTER_MS = flags.DEFINE_integer(
+    "front_end_lifo_after_ms", FrontEndOptions.lifo_after_ms,
+    f"{_WITH_NATIVE} once a connection's oldest waiting call has waited this many ms, its "
+    "newest waiting call goes next (adaptive LIFO): a client sending faster than its share "
+    "is served gets fresh calls answered, and the old ones expire where they wait, instead of "
+    "every answer coming at the end of its deadline. 0: arrival order always.", lower_bound=0)
 MAX_UNREAD = flags.DEFINE_integer(
     "front_end_max_unread_bytes_per_client", FrontEndOptions.max_unread_bytes_per_client,
     f"{_WITH_NATIVE} answer bytes one connection has not read (HTTP/2 flow control); past "
@@ -68,6 +74,7 @@ def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_ba
         max_running=MAX_RUNNING.value, max_running_per_client=MAX_RUNNING_PER_CLIENT.value,
         initial_running_per_client=INITIAL_RUNNING_PER_CLIENT.value,
         max_queued_per_client=MAX_QUEUED_PER_CLIENT.value, max_queued=MAX_QUEUED.value,
+        lifo_after_ms=LIFO_AFTER_MS.value,
         max_unread_bytes_per_client=MAX_UNREAD.value,
         hold_back_unread_bytes=hold_back_unread_bytes,
         hold_back_total_unread_bytes=hold_back_total_unread_bytes)

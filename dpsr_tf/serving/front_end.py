@@ -43,6 +43,10 @@ class FrontEndOptions:
         resets its calls) gets no more computed at once (0: the whole share at once).
       max_queued_per_client: calls one connection may have waiting (more: RESOURCE_EXHAUSTED).
       max_queued: calls waiting in all (more: RESOURCE_EXHAUSTED).
+      lifo_after_ms: adaptive LIFO: once a connection's oldest waiting call has waited this
+        long, its newest waiting call goes next (front_end_cc/fair_gate.h), so a client
+        sending faster than its share is served gets fresh calls answered instead of only
+        calls that waited nearly their deadline; 0: arrival order always.
       max_unread_bytes_per_client: answer bytes one connection has not read yet; past it, its
         further answers are dropped with RESOURCE_EXHAUSTED instead of held.
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
@@ -58,6 +62,7 @@ class FrontEndOptions:
     initial_running_per_client: int = 1
     max_queued_per_client: int = 4096
     max_queued: int = 65536
+    lifo_after_ms: int = 100
     max_unread_bytes_per_client: int = 64 << 20
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
@@ -114,6 +119,7 @@ class NativeFrontEnd:
             f"--initial_running_per_client={options.initial_running_per_client}",
             f"--max_queued_per_client={options.max_queued_per_client}",
             f"--max_queued={options.max_queued}",
+            f"--lifo_after_ms={options.lifo_after_ms}",
             f"--max_unread_bytes_per_client={options.max_unread_bytes_per_client}",
             f"--hold_back_unread_bytes={options.hold_back_unread_bytes or (1 << 62)}",
             "--hold_back_total_unread_bytes="

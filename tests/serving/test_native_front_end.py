@@ -205,6 +205,55 @@ def test_calls_given_up_while_waiting_never_reach_the_python_server(toy_model_di
     assert counts["accepted"] - counts["forwarded"] == counts["dropped"] == 100
 
 
+@pytest.mark.parametrize("lifo_after_ms", [100, 0])
+def test_past_lifo_after_a_connections_newest_waiting_call_goes_next(toy_model_dir, tmp_path,
+                                                                      lifo_after_ms):
+    # One call at the server (stopped), 30 waiting behind it; once they have waited well past
+    # --front_end_lifo_after_ms (a marker call sent after them has expired: 0.5 s), one more
+    # call comes. With adaptive LIFO it runs right after the one at the server; in arrival
+    # order (0) it runs last.
+    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
+                    f"--front_end_lifo_after_ms={lifo_after_ms}")
+    request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
+    channel, call = _raw_call(server.address)
+    order, lock = [], threading.Lock()
+
+    def note(who):
+        def done(_future):
+            with lock:
+                order.append(who)
+        return done
+
+    try:
+        call(request, timeout=60)  # connected and warm
+        with _python_server_stopped(server):
+            holder = call.future(request, timeout=120)
+            old = [call.future(request, timeout=120) for _ in range(30)]
+            marker = call.future(request, timeout=0.5)
+            assert _code(marker) == "DEADLINE_EXCEEDED"      # >= 0.5 s: the old ones waited
+            new = call.future(request, timeout=120)
+            for f in [holder] + old:
+                f.add_done_callback(note("old"))
+            new.add_done_callback(note("new"))
+        assert [_code(f) for f in [holder] + old + [new]] == ["OK"] * 32
+    finally:
+        channel.close()
+        with open(server.log_path, encoding="utf-8", errors="replace") as f:
+            before = f.read()
+        counts = _summary(server)
+        with open(server.log_path, encoding="utf-8", errors="replace") as f:
+            newest_first = re.findall(r"run newest first \(overload\) (\d+)",
+                                      f.read()[len(before):])
+    assert len(order) == 32
+    if lifo_after_ms:
+        assert order.index("new") <= 1, order        # after the holder (or with it)
+        assert int(newest_first[-1]) >= 1
+    else:
+        assert order.index("new") == 31, order
+        assert int(newest_first[-1]) == 0
+    assert counts["dropped"] == 1                    # the marker, expired in the queue
+
+
 def test_a_connection_over_its_queue_limit_is_refused_at_once(toy_model_dir, tmp_path):
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     "--front_end_max_queued_per_client=5")
