@@ -80,7 +80,7 @@ def per_request_tie_metrics(retrieved: np.ndarray, scores: np.ndarray,
         # Groups of equal scores: [starts[j], ends[j]), each with its relevant items and gain.
         starts = np.flatnonzero(np.concatenate([[True], s[1:] != s[:-1]])) if n else (
             np.zeros(0, np.int64))
-        ends = np.append(starts[1:], n).astype(np.int64)
+        ends = np.append(starts[1:], n).astype(np.int64) if n else np.zeros(0, np.int64)
         rel_in = np.add.reduceat((hit > 0).astype(np.float64), starts) if n else np.zeros(0)
         gain_in = np.add.reduceat(hit, starts) if n else np.zeros(0)
         # The catalog's other items: one more group [n, catalog_size) after the list. Only a

@@ -137,3 +137,20 @@ def test_items_a_short_list_lacks_tie_after_it(seed):
                                   catalog_size=8)
     for m in ("recall@2", "recall@5", "recall@8", "ndcg@10"):
         assert got[m][0] == pytest.approx(want[m], abs=1e-12), m
+
+
+def test_an_empty_list_is_the_whole_catalog_tied():
+    # A query BM25 matches nothing: every one of the 6 items scores 0. Each relevant item is at
+    # each position with probability 1/6: Recall@k = k / 6; its expected DCG@10 is the mean
+    # discount of the 6 positions times its gain. Beside it, a non-empty row is unaffected.
+    discounts = 1.0 / np.log2(np.arange(2, 8))
+    got = per_request_tie_metrics(
+        np.array([[-1, -1, -1], [4, 5, -1]], np.int64),
+        np.array([[-np.inf] * 3, [2.0, 1.0, -np.inf]], np.float32),
+        np.array([0, 2, 3]), np.array([1, 3, 4], np.int64), np.array([2.0, 1.0, 1.0],
+                                                                    np.float32),
+        recall_ks=(2, 5), catalog_size=6)
+    np.testing.assert_allclose(got["recall@2"], [2 / 6, 1.0])
+    np.testing.assert_allclose(got["recall@5"], [5 / 6, 1.0])
+    ideal = 2.0 + 1.0 / np.log2(3)
+    np.testing.assert_allclose(got["ndcg@10"], [3.0 * discounts.mean() / ideal, 1.0])
