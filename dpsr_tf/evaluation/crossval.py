@@ -149,6 +149,9 @@ class CrossvalConfig:
         data.pop("fusion_objective")  # chosen again from the folds' lists on every run
         data.pop("dense_feedback")
         data.pop("prune_checkpoints")   # disk use, not the measurement
+        # `dpsr evaluate --tie_aware`'s switch: crossval's tie-aware rows do not read it, and
+        # runs recorded before it existed resume.
+        data["evaluation"].pop("tie_aware")
         data["output"] = os.path.abspath(self.output)
         return data
 

@@ -179,6 +179,19 @@ def test_a_reused_fold_is_pruned_unless_told_not_to(two_folds):
                "evaluated; deleted 1 other(s)" in line for line in lines) == 1
 
 
+def test_runs_recorded_before_the_tie_aware_switch_resume(two_folds):
+    # EvalConfig.tie_aware (`dpsr evaluate --tie_aware`) is not a recorded setting: directories
+    # written before it existed, and runs with it on, reuse their folds.
+    config, _, _ = two_folds
+    with open(os.path.join(config.output, crossval_lib.CONFIG_JSON), encoding="utf-8") as f:
+        assert "tie_aware" not in json.load(f)["evaluation"]
+    lines = []
+    crossval_lib.run(dataclasses.replace(
+        config, evaluation=dataclasses.replace(config.evaluation, tie_aware=True)),
+        log=lines.append)
+    assert sum("done earlier, reusing" in line for line in lines) == 2
+
+
 def test_summarize_folds_by_hand():
     folds = [{"dpsr": {"recall@100": 0.2, "requests": 10, "checkpoint": "a", "auc": 0.5},
               "bm25": {"recall@100": 0.6}},
