@@ -72,14 +72,20 @@ def test_cli_writes_metrics_json(trained, tmp_path):
     assert "dpsr  recall@10=" in proc.stdout
 
 
+def _per_query_run(model_dir, tmp_path, *flags):
+    """`dpsr evaluate --per_query` with `flags`: (process, --output's JSON, the file's lines)."""
+    out, per = tmp_path / "metrics.json", tmp_path / "per_query.jsonl"
+    proc = _cli(f"--model_dir={model_dir}", *flags, f"--output={out}", f"--per_query={per}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "per_request" not in out.read_text()
+    return (proc, json.loads(out.read_text()),
+            [json.loads(line) for line in per.read_text().splitlines()])
+
+
 def test_cli_per_query_file_and_paired_comparison(trained, tmp_path):
     _, model_dir = trained
-    out, per = tmp_path / "metrics.json", tmp_path / "per_query.jsonl"
-    proc = _cli(f"--model_dir={model_dir}", "--bm25", "--bm25_bigrams", "--num_random=20",
-                f"--output={out}", f"--per_query={per}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
-    rows = [json.loads(line) for line in per.read_text().splitlines()]
+    proc, data, rows = _per_query_run(model_dir, tmp_path, "--bm25", "--bm25_bigrams",
+                                      "--num_random=20")
     for system in ("dpsr", "bm25", "bm25_ub"):
         mine = [r for r in rows if r["system"] == system]
         assert [r["request"] for r in mine] == list(range(data[system]["requests"]))
@@ -91,17 +97,13 @@ def test_cli_per_query_file_and_paired_comparison(trained, tmp_path):
     assert (first["metric"], first["a"], first["b"]) == ("recall@100", "dpsr", "bm25")
     assert first["diff"] == pytest.approx((by_system["dpsr"] - by_system["bm25"]).mean())
     assert len(data["paired"]) == 3 * 3        # 3 metrics x 3 pairs of systems
-    assert "paired comparison" in proc.stdout and "per_request" not in out.read_text()
+    assert "paired comparison" in proc.stdout
 
 
 def test_cli_tie_aware_rankings_are_systems_compared_among_themselves(trained, tmp_path):
     spec, model_dir = trained
-    out, per = tmp_path / "metrics.json", tmp_path / "per_query.jsonl"
-    proc = _cli(f"--model_dir={model_dir}", "--bm25", "--num_random=0", "--tie_aware",
-                f"--output={out}", f"--per_query={per}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads(out.read_text())
-    rows = [json.loads(line) for line in per.read_text().splitlines()]
+    proc, data, rows = _per_query_run(model_dir, tmp_path, "--bm25", "--num_random=0",
+                                      "--tie_aware")
     assert {r["system"] for r in rows} == {"dpsr", "bm25", "dpsr_tie_aware", "bm25_tie_aware"}
     want = evaluate_lib.tie_aware_bm25(spec.layout_dir, evaluate_lib.EvalConfig(num_random=0))
     mine = [r for r in rows if r["system"] == "bm25_tie_aware"]
