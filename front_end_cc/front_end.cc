@@ -59,7 +59,7 @@ struct Options {
   int initial_running_per_client = 2;  // slow start (fair_gate.h); 0: none
   long max_queued_per_client = 4096;
   long max_queued = 65536;
-  long lifo_after_ms = 100;  // adaptive LIFO (fair_gate.h); 0: arrival order always
+  long lifo_after_ms = 0;  // adaptive LIFO (fair_gate.h); 0: arrival order always
   int max_streams_per_connection = 128;
   long max_receive_message_bytes = 64L << 20;
   long max_unread_bytes_per_client = 64L << 20;

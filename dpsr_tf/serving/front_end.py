@@ -46,7 +46,9 @@ class FrontEndOptions:
       lifo_after_ms: adaptive LIFO: once a connection's oldest waiting call has waited this
         long, its newest waiting call goes next (front_end_cc/fair_gate.h), so a client
         sending faster than its share is served gets fresh calls answered instead of only
-        calls that waited nearly their deadline; 0: arrival order always.
+        calls that waited nearly their deadline; 0 (the default): arrival order always.
+        Off by default: with it on, a zero-window reader got 4-7 calls computed instead of at
+        most 3 in 2 of 3 full test runs (test_native_front_end.py), not yet understood.
       max_unread_bytes_per_client: answer bytes one connection has not read yet; past it, its
         further answers are dropped with RESOURCE_EXHAUSTED instead of held.
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
@@ -62,7 +64,7 @@ class FrontEndOptions:
     initial_running_per_client: int = 1
     max_queued_per_client: int = 4096
     max_queued: int = 65536
-    lifo_after_ms: int = 100
+    lifo_after_ms: int = 0
     max_unread_bytes_per_client: int = 64 << 20
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
