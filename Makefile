@@ -17,12 +17,18 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # The native gRPC front end (front_end_cc/, docs/serving.md): an executable linked with the
 # Debian package libgrpc++-dev.
 FRONT_END := dpsr_tf/serving/dpsr_front_end
+# main.cc: the process (flags, port, signals); flags.*: the command line; front_end_service.*:
+# the generic service and what calls share; call_reactor.*: one call; fair_gate.h: turn order.
+FRONT_END_SRCS := front_end_cc/main.cc front_end_cc/flags.cc front_end_cc/front_end_service.cc \
+                  front_end_cc/call_reactor.cc
+FRONT_END_HDRS := front_end_cc/flags.h front_end_cc/front_end_service.h \
+                  front_end_cc/call_reactor.h front_end_cc/fair_gate.h
 
 build: $(FRONT_END)  ## compile the pybind11 tokenizer, the TF op library and the front end in place
 	$(PY) setup.py -q build_ext --inplace -j 2
 
-$(FRONT_END): front_end_cc/front_end.cc front_end_cc/fair_gate.h
-	g++ -std=c++17 -O2 -Wall -Werror -I . front_end_cc/front_end.cc \
+$(FRONT_END): $(FRONT_END_SRCS) $(FRONT_END_HDRS)
+	g++ -std=c++17 -O2 -Wall -Werror -I . $(FRONT_END_SRCS) \
 	    $$(pkg-config --cflags --libs grpc++) -o $@
 
 cc-test: build  ## C++ unit tests of the tokenizer, lexical index and top-k buffer cores

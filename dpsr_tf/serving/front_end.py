@@ -1,4 +1,4 @@
-"""The native gRPC front end (front_end_cc/front_end.cc): started by `dpsr serve
+"""The native gRPC front end (front_end_cc/, built from its main.cc): started by `dpsr serve
 --front_end=native` in front of the server's gRPC port.
 
 With it, the public gRPC port belongs to a C++ process that queues every call per client

@@ -1,0 +1,260 @@
+// The call reactor (call_reactor.h): how one client call is read, admitted, forwarded to the
+// backend and answered.
+#include "front_end_cc/call_reactor.h"
+
+#include <algorithm>
+#include <mutex>
+#include <string>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "front_end_cc/fair_gate.h"
+#include "front_end_cc/flags.h"
+#include "front_end_cc/front_end_service.h"
+
+namespace dpsr {
+namespace front_end {
+namespace {
+
+// Metadata a client may not pass on: HTTP/2 and gRPC's own headers, and the client name that
+// only the front end sets.
+bool Forwardable(const std::string& key, const std::string& client_key) {
+  if (key.empty() || key[0] == ':') return false;
+  if (key.rfind("grpc-", 0) == 0) return false;
+  return key != "user-agent" && key != "te" && key != "content-type" && key != "host" &&
+         key != client_key;
+}
+
+// Calls that last as long as the client asks, not as long as the server computes: a health
+// Watch (answers until the client leaves) and the profiler's calls (Profile and Monitor run
+// for the duration asked; Terminate must reach a running Profile). They pass without a turn:
+// taking one, a Watch or a ten-minute Profile would hold its client's slot and slow-start
+// window for its whole life, and every later call of that client would wait behind it.
+bool Unmetered(const std::string& method) {
+  return method == "/grpc.health.v1.Health/Watch" ||
+         method.rfind("/tensorflow.ProfilerService/", 0) == 0;
+}
+
+// Who a call is from: its connection, and the client a proxy names in the client metadata key
+// (capped), so that a proxy's clients take turns here as direct clients do. A client gains
+// nothing by naming sub-clients that it could not gain by opening connections: the queue
+// limits bound them all.
+std::string ClientOf(grpc::GenericCallbackServerContext* ctx, const std::string& client_key) {
+  std::string client = ctx->peer();
+  for (const auto& kv : ctx->client_metadata()) {
+    if (std::string(kv.first.data(), kv.first.size()) == client_key) {
+      client += "/" + std::string(kv.second.data(), std::min<size_t>(kv.second.size(), 256));
+      break;
+    }
+  }
+  return client;
+}
+
+}  // namespace
+
+Call::Call(FrontEnd* fe, grpc::GenericCallbackServerContext* ctx)
+    : fe_(fe), ctx_(ctx), client_(ClientOf(ctx, fe->options().client_metadata_key)) {
+  StartRead(&request_);
+}
+
+void Call::OnReadDone(bool ok) {
+  // The one request message (every method served is unary or server-streaming), or none when
+  // the client half-closed without one. It is never read again: the backend gets it with its
+  // end-of-stream in one write.
+  std::unique_lock<std::mutex> lock(mu_);
+  have_request_ = ok;
+  if (cancelled_) {
+    fe_->CountDroppedUnread();
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it was read"));
+    return;
+  }
+  if (Unmetered(std::string(ctx_->method()))) {
+    lock.unlock();
+    fe_->CountUnmetered();
+    StartBackend(/*metered=*/false);
+    return;
+  }
+  state_ = State::kQueued;
+  lock.unlock();
+  Admission a = fe_->Offer(this);
+  if (a == Admission::kRun) {
+    StartBackend();
+    return;
+  }
+  lock.lock();
+  if (a == Admission::kQueued) {
+    fe_->CountQueued();
+    if (cancelled_ && fe_->Withdraw(this)) {  // cancelled while we offered it
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while waiting"));
+    }
+    return;
+  }
+  const Options& o = fe_->options();
+  FinishLocked(grpc::Status(
+      grpc::StatusCode::RESOURCE_EXHAUSTED,
+      a == Admission::kClientQueueFull
+          ? "dpsr front end: this connection already has " +
+                std::to_string(o.max_queued_per_client) +
+                " calls waiting, the most one connection may have; send fewer at once"
+          : "dpsr front end: " + std::to_string(o.max_queued) +
+                " calls are waiting, the most the server queues; try again later"));
+}
+
+void Call::StartBackend(bool metered) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    state_ = State::kRunning;
+    slot_held_ = metered;
+    started_ = metered;
+    refs_.fetch_add(1);
+  }
+  backend_ctx_.set_deadline(ctx_->deadline());
+  const std::string& client_key = fe_->options().client_metadata_key;
+  for (const auto& kv : ctx_->client_metadata()) {
+    std::string key(kv.first.data(), kv.first.size());
+    if (Forwardable(key, client_key)) {
+      backend_ctx_.AddMetadata(key, std::string(kv.second.data(), kv.second.size()));
+    }
+  }
+  backend_ctx_.AddMetadata(client_key, client_);
+  fe_->stub()->PrepareBidiStreamingCall(&backend_ctx_, ctx_->method(), grpc::StubOptions(),
+                                        &backend_);
+  // Held until this side starts no more backend reads (EndBackendReads), so that the backend
+  // call cannot end between a check and a StartRead made from a client-side callback.
+  backend_.AddHold();
+  backend_.StartRead(&response_);
+  if (have_request_) backend_.StartWriteLast(&request_, grpc::WriteOptions());
+  else backend_.StartWritesDone();
+  backend_.StartCall();
+  bool cancel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancel = cancelled_;
+  }
+  if (cancel) backend_ctx_.TryCancel();
+}
+
+void Call::EndBackendReads() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (reads_ended_) return;
+    reads_ended_ = true;
+  }
+  backend_.RemoveHold();
+}
+
+void Call::OnBackendRead(bool ok) {
+  if (!ok) {  // no more answers; OnBackendDone finishes
+    EndBackendReads();
+    return;
+  }
+  ReleaseSlot();  // the backend's work for this call is done once an answer came
+  std::unique_lock<std::mutex> lock(mu_);
+  if (state_ == State::kFinished) {
+    lock.unlock();
+    backend_ctx_.TryCancel();
+    EndBackendReads();
+    return;
+  }
+  size_t bytes = response_.Length();
+  if (!fe_->HoldUnread(client_, bytes)) {
+    lock.unlock();
+    backend_ctx_.TryCancel();
+    EndBackendReads();
+    lock.lock();
+    FinishLocked(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        "dpsr front end: this connection has " +
+            std::to_string(fe_->options().max_unread_bytes_per_client) +
+            " bytes of answers it has not read, the most one connection may hold; read them "
+            "before asking for more"));
+    return;
+  }
+  unread_bytes_ += bytes;
+  if (!initial_metadata_copied_) {  // sent with the first answer, so copied before it
+    for (const auto& kv : backend_ctx_.GetServerInitialMetadata()) {
+      ctx_->AddInitialMetadata(std::string(kv.first.data(), kv.first.size()),
+                               std::string(kv.second.data(), kv.second.size()));
+    }
+    initial_metadata_copied_ = true;
+  }
+  StartWrite(&response_);
+}
+
+void Call::OnWriteDone(bool ok) {
+  std::unique_lock<std::mutex> lock(mu_);
+  bool more = ok && state_ != State::kFinished;
+  lock.unlock();
+  if (more) {  // the next answer (or the end), read only now: as fast as the client reads
+    backend_.StartRead(&response_);
+    return;
+  }
+  backend_ctx_.TryCancel();  // the client is gone
+  EndBackendReads();
+}
+
+void Call::OnBackendDone(const grpc::Status& status) {
+  ReleaseSlot();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    backend_done_ = true;
+    if (state_ != State::kFinished) FinishLocked(status);
+  }
+  Unref();
+}
+
+void Call::FinishLocked(const grpc::Status& status) {
+  if (state_ == State::kFinished) return;
+  state_ = State::kFinished;
+  if (backend_done_) {
+    for (const auto& kv : backend_ctx_.GetServerTrailingMetadata()) {
+      ctx_->AddTrailingMetadata(std::string(kv.first.data(), kv.first.size()),
+                                std::string(kv.second.data(), kv.second.size()));
+    }
+  }
+  Finish(status);
+}
+
+void Call::OnCancel() {
+  std::unique_lock<std::mutex> lock(mu_);
+  cancelled_ = true;
+  if (state_ == State::kQueued) {
+    lock.unlock();
+    bool withdrawn = fe_->Withdraw(this);
+    lock.lock();
+    if (withdrawn) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while waiting"));
+    }
+    return;
+  }
+  if (state_ == State::kRunning) {
+    lock.unlock();
+    backend_ctx_.TryCancel();
+  }
+}
+
+void Call::ReleaseSlot() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!slot_held_) return;
+    slot_held_ = false;
+  }
+  fe_->Release(client_);
+}
+
+void Call::OnDone() {
+  // Delivered: the call ended with its answers and status sent, which HTTP/2 flow control
+  // allows only once the client has read them (a finished write alone is not proof: gRPC
+  // completes writes it has buffered).
+  if (unread_bytes_ > 0) fe_->FreeUnread(client_, unread_bytes_);
+  if (started_) fe_->Ended(client_, unread_bytes_ > 0 && !ctx_->IsCancelled());
+  Unref();
+}
+
+void Call::Unref() {
+  if (refs_.fetch_sub(1) == 1) delete this;
+}
+
+}  // namespace front_end
+}  // namespace dpsr

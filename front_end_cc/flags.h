@@ -1,0 +1,40 @@
+// The command line of dpsr_front_end: every setting the process takes (Options) and the parser
+// that fills them from argv, exiting with a usage message on a bad flag.
+#ifndef DPSR_FRONT_END_CC_FLAGS_H_
+#define DPSR_FRONT_END_CC_FLAGS_H_
+
+#include <map>
+#include <string>
+
+namespace dpsr {
+namespace front_end {
+
+struct Options {
+  std::string listen = "127.0.0.1:0";
+  std::string backend;
+  int max_running = 32;
+  int max_running_per_client = 0;  // 0: half of max_running
+  int initial_running_per_client = 2;  // slow start (fair_gate.h); 0: none
+  long max_queued_per_client = 4096;
+  long max_queued = 65536;
+  long lifo_after_ms = 0;  // adaptive LIFO (fair_gate.h); 0: arrival order always
+  int max_streams_per_connection = 128;
+  long max_receive_message_bytes = 64L << 20;
+  long max_unread_bytes_per_client = 64L << 20;
+  long hold_back_unread_bytes = 4L << 20;
+  long hold_back_total_unread_bytes = 8L << 20;
+  std::string client_metadata_key = "dpsr-client";
+  double grace_seconds = 10.0;
+  // --channel_arg=KEY=VALUE, repeated: the user's --grpc_channel_arguments, applied to the
+  // listening port as TF Serving applies them to its own (an integer VALUE is an int).
+  std::map<std::string, std::string> channel_args;
+};
+
+// --flag=value arguments into Options. A bad or unknown flag, or no --backend, prints the usage
+// to stderr and exits with status 2: the process has nothing to serve without them.
+Options ParseFlags(int argc, char** argv);
+
+}  // namespace front_end
+}  // namespace dpsr
+
+#endif  // DPSR_FRONT_END_CC_FLAGS_H_

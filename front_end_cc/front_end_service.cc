@@ -1,0 +1,155 @@
+// The front end's service (front_end_service.h): admission through the fair gate, the unread
+// answer budget and hold-back, and the exit summary.
+#include "front_end_cc/front_end_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "front_end_cc/call_reactor.h"
+
+namespace dpsr {
+namespace front_end {
+namespace {
+
+long long NowMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void Append(std::vector<std::pair<std::string, Call*>>* to,
+            std::vector<std::pair<std::string, Call*>> from) {
+  for (auto& f : from) to->push_back(std::move(f));
+}
+
+}  // namespace
+
+FrontEnd::FrontEnd(const Options& o)
+    : options_(o),
+      gate_(o.max_running, o.max_running_per_client,
+            static_cast<size_t>(o.max_queued_per_client), static_cast<size_t>(o.max_queued),
+            o.initial_running_per_client, o.lifo_after_ms * 1000LL) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  std::string target = o.backend;
+  stub_ = std::make_unique<grpc::GenericStub>(
+      grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+}
+
+grpc::ServerGenericBidiReactor* FrontEnd::CreateReactor(
+    grpc::GenericCallbackServerContext* ctx) {
+  accepted_.fetch_add(1, std::memory_order_relaxed);
+  return new Call(this, ctx);
+}
+
+Admission FrontEnd::Offer(Call* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Admission a = gate_.Offer(call->client(), call, NowMicros());
+  if (a == Admission::kRun) forwarded_.fetch_add(1, std::memory_order_relaxed);
+  else if (a != Admission::kQueued) refused_.fetch_add(1, std::memory_order_relaxed);
+  return a;
+}
+
+bool FrontEnd::Withdraw(Call* call) {
+  std::lock_guard<std::mutex> lock(mu_);
+  bool removed = gate_.Remove(call->client(), call);
+  if (removed) dropped_waiting_.fetch_add(1, std::memory_order_relaxed);
+  return removed;
+}
+
+void FrontEnd::Ended(const std::string& client, bool delivered) {
+  Started started;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    started = gate_.Ended(client, delivered, NowMicros());
+  }
+  Start(started);
+}
+
+void FrontEnd::Release(const std::string& client) {
+  Started started;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    started = gate_.Release(client, NowMicros());
+  }
+  Start(started);
+}
+
+bool FrontEnd::HoldUnread(const std::string& client, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t& held = unread_[client];
+  if (held > 0 && held + bytes > static_cast<size_t>(options_.max_unread_bytes_per_client)) {
+    unread_refused_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  held += bytes;
+  bool was_over = OverTotal();
+  total_unread_ += bytes;
+  if (!was_over && OverTotal()) {
+    for (const auto& kv : unread_) UpdateHoldBack(kv.first, kv.second);
+  } else {
+    UpdateHoldBack(client, held);
+  }
+  return true;
+}
+
+void FrontEnd::FreeUnread(const std::string& client, size_t bytes) {
+  Started started;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = unread_.find(client);
+    if (it == unread_.end()) return;
+    bytes = std::min(it->second, bytes);
+    it->second -= bytes;
+    bool was_over = OverTotal();
+    total_unread_ -= bytes;
+    if (was_over && !OverTotal()) {
+      for (const auto& kv : unread_) Append(&started, UpdateHoldBack(kv.first, kv.second));
+    } else {
+      Append(&started, UpdateHoldBack(client, it->second));
+    }
+    if (it->second == 0) unread_.erase(it);
+  }
+  Start(started);
+}
+
+std::string FrontEnd::Summary() {
+  std::lock_guard<std::mutex> lock(mu_);
+  char line[512];
+  std::snprintf(line, sizeof(line),
+                "dpsr_front_end: calls accepted %lld, forwarded %lld, queued %lld, "
+                "dropped before their turn %lld, refused (queue full) %lld, answers refused "
+                "(unread budget) %lld, clients held back %lld, passed without a turn "
+                "%lld, run newest first (overload) %lld; now running %d, waiting %zu",
+                (long long)accepted_.load(), (long long)forwarded_.load(),
+                (long long)queued_.load(), (long long)dropped_waiting_.load(),
+                (long long)refused_.load(), (long long)unread_refused_.load(),
+                (long long)held_back_.load(), (long long)unmetered_.load(),
+                gate_.newest_first(), gate_.running(), gate_.queued());
+  return line;
+}
+
+void FrontEnd::Start(const Started& started) {
+  forwarded_.fetch_add(started.size(), std::memory_order_relaxed);
+  for (const auto& s : started) s.second->StartBackend();
+}
+
+FrontEnd::Started FrontEnd::UpdateHoldBack(const std::string& client, size_t held) {
+  bool hold = held > static_cast<size_t>(options_.hold_back_unread_bytes) ||
+              (OverTotal() && held > kSmallUnread);
+  if (hold == gate_.held_back(client)) return {};
+  if (hold) held_back_.fetch_add(1, std::memory_order_relaxed);
+  return gate_.HoldBack(client, hold, NowMicros());
+}
+
+}  // namespace front_end
+}  // namespace dpsr

@@ -1,0 +1,102 @@
+// The front end's gRPC service: a generic service (every method forwarded as bytes, so it needs
+// no protos and serves whatever the backend serves) that makes a Call reactor per client call
+// and owns what the calls share: the fair gate that hands out backend turns (fair_gate.h), the
+// per-client budget of answer bytes not yet read, the backend channel and the counts printed
+// at exit.
+//
+// Clients are told apart by connection, and a proxy's clients by the name it gives each in the
+// dpsr-client metadata (ClientOf in call_reactor.cc); that name is passed on in the same
+// metadata, so the backend's per-client limits still tell them apart. The bytes of answers a
+// client has not read yet are bounded per client (--max_unread_bytes_per_client): past it, a
+// call's answer is dropped with RESOURCE_EXHAUSTED instead of held.
+#ifndef DPSR_FRONT_END_CC_FRONT_END_SERVICE_H_
+#define DPSR_FRONT_END_CC_FRONT_END_SERVICE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include "front_end_cc/fair_gate.h"
+#include "front_end_cc/flags.h"
+
+namespace dpsr {
+namespace front_end {
+
+class Call;
+
+class FrontEnd : public grpc::CallbackGenericService {
+ public:
+  explicit FrontEnd(const Options& o);
+
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override;
+
+  // The first message of `call` arrived: run it now, queue it, or refuse it.
+  Admission Offer(Call* call);
+
+  // A waiting call gave up; true when it was still waiting (it never reaches the backend).
+  bool Withdraw(Call* call);
+
+  // A call that reached the backend ended, its answers read by the client or not (slow start).
+  void Ended(const std::string& client, bool delivered);
+
+  // A call's backend slot is free: start the calls it lets through.
+  void Release(const std::string& client);
+
+  // Answer bytes a client has not read yet (HTTP/2 flow control holds them here). False (and
+  // nothing counted) past its budget. A client that does not read gets no more answers
+  // computed: its waiting calls stop going to the backend while it holds more than
+  // --hold_back_unread_bytes, or more than 64 KiB while all clients together hold more than
+  // --hold_back_total_unread_bytes (the Python server's rule for its own unsent answers).
+  bool HoldUnread(const std::string& client, size_t bytes);
+  void FreeUnread(const std::string& client, size_t bytes);
+
+  void CountQueued() { queued_.fetch_add(1, std::memory_order_relaxed); }
+  void CountUnmetered() { unmetered_.fetch_add(1, std::memory_order_relaxed); }
+  void CountDroppedUnread() { dropped_waiting_.fetch_add(1, std::memory_order_relaxed); }
+
+  // One line of counts, printed when the process stops.
+  std::string Summary();
+
+  const Options& options() const { return options_; }
+  grpc::GenericStub* stub() { return stub_.get(); }
+
+ private:
+  using Started = std::vector<std::pair<std::string, Call*>>;
+
+  static constexpr size_t kSmallUnread = 64 << 10;
+
+  // Starts the calls the gate handed out (called without mu_: StartBackend takes the call's
+  // own lock and gRPC's).
+  void Start(const Started& started);
+
+  bool OverTotal() const {
+    return total_unread_ > static_cast<size_t>(options_.hold_back_total_unread_bytes);
+  }
+
+  // Holds `client` back or lets it go by the rule of HoldUnread (mu_ held); returns the calls
+  // that run now.
+  Started UpdateHoldBack(const std::string& client, size_t held);
+
+  const Options options_;
+  std::unique_ptr<grpc::GenericStub> stub_;
+  std::mutex mu_;
+  FairGate<Call*> gate_;
+  std::unordered_map<std::string, size_t> unread_;  // under mu_
+  size_t total_unread_ = 0;                         // under mu_
+  std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
+      refused_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0};
+};
+
+}  // namespace front_end
+}  // namespace dpsr
+
+#endif  // DPSR_FRONT_END_CC_FRONT_END_SERVICE_H_
