@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
-from dpsr_tf.serving.model_server.servable import SERVABLE_INFO_FILE  # noqa: E402
+from dpsr_tf.serving.model_server.lifecycle.servable import SERVABLE_INFO_FILE  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support.raw_http2 import RawHttp2  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402

@@ -103,9 +103,9 @@ def _steps(model_dir: str) -> None:
     import concurrent.futures  # pylint: disable=import-outside-toplevel
     from tensorflow_serving.apis import predict_pb2  # pylint: disable=import-outside-toplevel
     from dpsr_tf.serving import config as config_lib  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.serving.model_server.predict import (  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.serving.model_server.api.predict import (  # pylint: disable=import-outside-toplevel
         declared_elements, prepare_predict)
-    from dpsr_tf.serving.model_server.server_core import (  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.serving.model_server.api.server_core import (  # pylint: disable=import-outside-toplevel
         CoreOptions, ServerCore)
     core = ServerCore(CoreOptions())
     core.start(config_lib.single_model_config("dpsr", model_dir))

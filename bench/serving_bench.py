@@ -82,7 +82,7 @@ def servable_cost(path, k, batches=(1, 8, 32)):
     """Per-query session-run time of the servable in this process (no serving around it)."""
     # pylint: disable=g-import-not-at-top
     from bench.serving_loadgen import make_queries
-    from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
+    from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable, SessionOptions
 
     servable = SavedModelServable("bench", 1, path, SessionOptions())
     servable.load()

@@ -311,12 +311,12 @@ def options_from_flags():
     # pylint: disable=g-import-not-at-top
     from dpsr_tf.serving import config as config_lib
     from dpsr_tf.serving.errors import ServingError
-    from dpsr_tf.serving.model_server import run_queue
-    from dpsr_tf.serving.model_server.manager import ManagerOptions
+    from dpsr_tf.serving.model_server.runs import run_queue
+    from dpsr_tf.serving.model_server.lifecycle.manager import ManagerOptions
     from dpsr_tf.serving.model_server.server import ServerOptions
-    from dpsr_tf.serving.model_server.predict import RequestLimits
-    from dpsr_tf.serving.model_server.servable import SessionOptions
-    from dpsr_tf.serving.model_server.server_core import CoreOptions
+    from dpsr_tf.serving.model_server.api.predict import RequestLimits
+    from dpsr_tf.serving.model_server.lifecycle.servable import SessionOptions
+    from dpsr_tf.serving.model_server.api.server_core import CoreOptions
 
     try:
         if _MODEL_CONFIG_FILE.value:

@@ -2,8 +2,9 @@
 
 A model server replays these Predict requests after loading a version and before it takes
 traffic, so the first real query does not pay for lazy initialisation (index pages, kernels).
-The format is TF Serving's: a TFRecord file of tensorflow.serving.PredictionLog protos
-(read back by dpsr_tf/serving/model_server/warmup.py, which takes the path from warmup_path here).
+The format is TF Serving's: a TFRecord file of tensorflow.serving.PredictionLog protos (read
+back by dpsr_tf/serving/model_server/lifecycle/warmup.py, which takes the path from warmup_path
+here).
 """
 import os
 from typing import Mapping, Sequence

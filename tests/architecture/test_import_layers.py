@@ -11,6 +11,8 @@ import os
 import re
 from typing import Dict, List, Set, Tuple
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACKAGE = "dpsr_tf"
 
@@ -28,7 +30,12 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("export", ("dpsr_tf.export",)),
     ("evaluation", ("dpsr_tf.evaluation",)),
     ("serving", ("dpsr_tf.serving",)),  # what the two servers share
-    # The model server and the proxy: neither imports the other.
+    # The model server's rooms, lowest first: model versions loaded and their signatures; running
+    # a signature (queues, batches, chunks, budgets); the API (each call once, gRPC and REST).
+    ("model server lifecycle", ("dpsr_tf.serving.model_server.lifecycle",)),
+    ("model server runs", ("dpsr_tf.serving.model_server.runs",)),
+    ("model server api", ("dpsr_tf.serving.model_server.api",)),
+    # The model server's process (model_server/server.py) and the proxy; APART keeps them apart.
     ("servers", ("dpsr_tf.serving.model_server", "dpsr_tf.serving.proxy")),
     ("report", ("dpsr_tf.report",)),
     # Demo and synthetic data: only the CLI (and tests, benchmarks) use them.
@@ -43,6 +50,10 @@ ALLOWED: Dict[Tuple[str, str], str] = {
         "test); a string, not an import, in scaffolding that only tests, benchmarks and the "
         "demo use",
 }
+
+# Folders that never import each other, whatever their layers: the proxy and the model server
+# (its rooms rank below the proxy, yet the proxy must not use them).
+APART: Tuple[Tuple[str, str], ...] = (("dpsr_tf.serving.model_server", "dpsr_tf.serving.proxy"),)
 
 MODULE_NAME = re.compile(r"^dpsr_tf(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
@@ -129,7 +140,8 @@ def _placement(module: str) -> Tuple[int, str, str]:
 
 def _folder(module: str, modules: Dict[str, str]) -> str:
     """The folder of `module` for the same-layer rule: the prefix of LAYERS that placed it
-    (dpsr_tf.serving.proxy and dpsr_tf.serving.model_server are two folders of one layer)."""
+    (dpsr_tf.serving.proxy and dpsr_tf.serving.model_server are two folders of one layer; the
+    model server's rooms are folders of their own layers)."""
     del modules
     return _placement(module)[2]
 
@@ -160,6 +172,39 @@ def test_imports_follow_the_layer_order():
                              f"({layer}) imports {imported} ({other_layer})")
     assert not wrong, "imports against the layer order (tests/architecture/" \
                       "test_import_layers.py LAYERS):\n" + "\n".join(sorted(wrong))
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def test_apart_folders_import_neither_other():
+    modules = _modules()
+    wrong = []
+    for module, edges in _graph().items():
+        for imported, line in edges:
+            for a, b in APART:
+                if (_under(module, a) and _under(imported, b)) or \
+                        (_under(module, b) and _under(imported, a)):
+                    wrong.append(f"{os.path.relpath(modules[module], ROOT)}:{line}: {module} "
+                                 f"imports {imported}")
+    assert not wrong, "imports between folders kept apart (APART):\n" + "\n".join(sorted(wrong))
+
+
+_MS = "dpsr_tf.serving.model_server"
+
+
+@pytest.mark.parametrize("lower, upper", [
+    ("dpsr_tf.serving.errors", f"{_MS}.lifecycle.manager"),
+    (f"{_MS}.lifecycle.servable", f"{_MS}.runs.batching"),
+    (f"{_MS}.runs.run_queue", f"{_MS}.api.server_core"),
+    (f"{_MS}.api.rest", f"{_MS}.server"),
+])
+def test_the_model_server_rooms_are_ordered(lower, upper):
+    """api -> runs -> lifecycle: a room imports only the rooms below it, the process all three;
+    an import the other way is an upward edge."""
+    assert _layer_of(lower)[0] < _layer_of(upper)[0]
+    assert _folder(lower, {}) != _folder(upper, {})
 
 
 def test_nothing_outside_the_cli_imports_it():

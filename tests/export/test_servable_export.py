@@ -202,7 +202,7 @@ def test_truncated_index_asset_is_a_clear_error(servable, tmp_path):
 
 
 def test_warmup_and_servable_info(servable):
-    from dpsr_tf.serving.model_server.warmup import read_warmup_records
+    from dpsr_tf.serving.model_server.lifecycle.warmup import read_warmup_records
     records = read_warmup_records(servable["version_dir"])
     assert records and all(r.predict_log.request.inputs["query"].string_val for r in records)
     with open(os.path.join(servable["version_dir"], "assets.extra", "dpsr_servable.json")) as f:

@@ -14,7 +14,7 @@ import weakref
 import pytest
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving.model_server.server_core import CoreOptions, ServerCore
+from dpsr_tf.serving.model_server.api.server_core import CoreOptions, ServerCore
 from tests.support import waiting
 from tests.support.serving_testing import predict_request
 

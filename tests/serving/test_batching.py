@@ -7,8 +7,8 @@ import grpc
 import numpy as np
 import pytest
 
-from dpsr_tf.serving.model_server.batching import BatchScheduler
-from dpsr_tf.serving.model_server.run_queue import WAIT
+from dpsr_tf.serving.model_server.runs.batching import BatchScheduler
+from dpsr_tf.serving.model_server.runs.run_queue import WAIT
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
 from tests.support import waiting

@@ -1,5 +1,5 @@
 """Large unbatched requests run in chunks of rows and stop between chunks once abandoned
-(dpsr_tf/serving/model_server/chunked_runs.py).
+(dpsr_tf/serving/model_server/runs/chunked_runs.py).
 
 The unit tests drive ChunkedRuns with a NumPy `run` (its answers are checked against the
 request run whole); the ServerCore tests run the toy servable. Counts of session runs, never
@@ -15,10 +15,10 @@ import pytest
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server import chunked_runs
-from dpsr_tf.serving.model_server.chunked_runs import ChunkedRuns
-from dpsr_tf.serving.model_server.servable import SavedModelServable
-from dpsr_tf.serving.model_server.server_core import CoreOptions, ServerCore
+from dpsr_tf.serving.model_server.runs import chunked_runs
+from dpsr_tf.serving.model_server.runs.chunked_runs import ChunkedRuns
+from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable
+from dpsr_tf.serving.model_server.api.server_core import CoreOptions, ServerCore
 from tests.support import server_metrics
 from tests.support.server_metrics import METRICS_PATH
 from tests.support.serving_testing import outputs, predict_request
@@ -166,7 +166,7 @@ def test_auto_chunks_only_servables_written_by_dpsr_export(toy_model_dir, tmp_pa
     # The marker the export writes (checked against the exporter's own name for it) makes a
     # version's rows independent; the same model without it runs whole, as TF Serving.
     from dpsr_tf.export import saved_model_export  # pylint: disable=g-import-not-at-top
-    from dpsr_tf.serving.model_server import servable  # pylint: disable=g-import-not-at-top
+    from dpsr_tf.serving.model_server.lifecycle import servable  # pylint: disable=g-import-not-at-top
     assert servable.SERVABLE_INFO_FILE == saved_model_export.SERVABLE_INFO
     marked = tmp_path / "marked"
     shutil.copytree(toy_model_dir, marked)

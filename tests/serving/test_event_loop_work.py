@@ -15,7 +15,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving.model_server.server import ModelServer, ServerOptions
-from dpsr_tf.serving.model_server.server_core import CoreOptions
+from dpsr_tf.serving.model_server.api.server_core import CoreOptions
 from dpsr_tf.demo import server_processes as process
 from tests.support.serving_testing import predict_request
 

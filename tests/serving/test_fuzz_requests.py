@@ -18,11 +18,11 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
-from dpsr_tf.serving.model_server import rest
+from dpsr_tf.serving.model_server.api import rest
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.predict import RequestLimits, prepare_predict
-from dpsr_tf.serving.model_server.signatures import Signature
+from dpsr_tf.serving.model_server.api.predict import RequestLimits, prepare_predict
+from dpsr_tf.serving.model_server.lifecycle.signatures import Signature
 
 FUZZ_EXAMPLES = int(os.environ.get("DPSR_FUZZ_EXAMPLES", "150"))
 # `make test`: the same cases every run; bench/fuzz_bench.py: new ones from --hypothesis-seed.

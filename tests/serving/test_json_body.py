@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from dpsr_tf.serving.model_server import json_body
+from dpsr_tf.serving.model_server.api import json_body
 from dpsr_tf.serving.errors import ServingError
 
 BODIES = [

@@ -18,7 +18,7 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import tensors
-from dpsr_tf.serving.model_server.profiler_service import _message_classes
+from dpsr_tf.serving.model_server.api.profiler_service import _message_classes
 from tests.serving import tfs_testdata
 from tests.support import waiting
 from tests.support.serving_testing import rpc_error

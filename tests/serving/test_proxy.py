@@ -16,7 +16,7 @@ from dpsr_tf.serving.proxy import config as proxy_config
 from tests.support import toy_servable as ts
 from tests.support import waiting
 from tests.support.load import PredictLoad
-from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
+from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable, SessionOptions
 from tests.support.serving_testing import metric_total, outputs, predict_request, rpc_error
 
 # Deadlines far apart, so the tests see which one applied by the answer, not by a stopwatch

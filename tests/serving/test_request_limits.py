@@ -14,8 +14,9 @@ from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.predict import RequestLimits, declared_elements, prepare_predict
-from dpsr_tf.serving.model_server.signatures import Signature
+from dpsr_tf.serving.model_server.api.predict import (RequestLimits, declared_elements,
+                                                      prepare_predict)
+from dpsr_tf.serving.model_server.lifecycle.signatures import Signature
 
 LIMITS = RequestLimits(max_rows=256, max_string_bytes=4096, max_k=1000, max_elements=1 << 20)
 

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dpsr_tf.serving.model_server import http_body, rest
+from dpsr_tf.serving.model_server.api import http_body, rest
 from dpsr_tf.demo import server_processes as process
-from dpsr_tf.serving.model_server.predict import RequestLimits
+from dpsr_tf.serving.model_server.api.predict import RequestLimits
 from tests.support import serving_testing as st
 
 MAX_ROWS = 1000

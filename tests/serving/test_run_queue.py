@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server import run_queue
-from dpsr_tf.serving.model_server.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED,
+from dpsr_tf.serving.model_server.runs import run_queue
+from dpsr_tf.serving.model_server.runs.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED,
                                                     WAIT, FairRunQueue, run_cost)
 
 

@@ -6,8 +6,8 @@ import grpc
 import pytest
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.run_queue import EXPIRED, STARTED, FairRunQueue
-from dpsr_tf.serving.model_server.run_times import FastestRuns
+from dpsr_tf.serving.model_server.runs.run_queue import EXPIRED, STARTED, FairRunQueue
+from dpsr_tf.serving.model_server.runs.run_times import FastestRuns
 from tests.support import waiting
 
 

@@ -4,7 +4,7 @@ than that: then one thread per run or batch thread, so a light request's ops nev
 behind heavy runs' blocking ops (servable.inter_op_threads; docs/benchmarks.md)."""
 import pytest
 
-from dpsr_tf.serving.model_server.servable import inter_op_threads
+from dpsr_tf.serving.model_server.lifecycle.servable import inter_op_threads
 
 
 @pytest.mark.parametrize("requested,config,runners,cpus,expected", [

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import tensors
-from dpsr_tf.serving.model_server.tflite_servable import serves_tflite
+from dpsr_tf.serving.model_server.lifecycle.tflite_servable import serves_tflite
 from tests.support.serving_testing import outputs, rpc_error
 
 RPC_TIMEOUT = 30.0

@@ -4,8 +4,8 @@ that reads its answers (a few bytes on their way) is never refused because other
 read."""
 import grpc
 
-from dpsr_tf.serving.model_server.run_queue import WAIT
-from dpsr_tf.serving.model_server.unsent_answers import READING_ALLOWANCE_BYTES, UnsentAnswers
+from dpsr_tf.serving.model_server.runs.run_queue import WAIT
+from dpsr_tf.serving.model_server.runs.unsent_answers import READING_ALLOWANCE_BYTES, UnsentAnswers
 
 MB = 1 << 20
 

@@ -11,7 +11,8 @@ import os
 import pytest
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving.model_server.manager import ManagerOptions, VersionManager, version_number
+from dpsr_tf.serving.model_server.lifecycle.manager import ManagerOptions, VersionManager
+from dpsr_tf.serving.model_server.lifecycle.version_dirs import version_number
 
 
 class _FakeServable:
@@ -99,15 +100,15 @@ def test_failing_scan_of_one_model_is_logged_once(tmp_path, caplog, monkeypatch)
     manager = VersionManager(ManagerOptions(file_system_poll_wait_seconds=0), _Loader())
     config = _config([("a", a), ("b", b)])
     manager.set_config(config)
-    from dpsr_tf.serving.model_server import manager as manager_module
-    real_scan = manager_module._scan  # pylint: disable=protected-access
+    from dpsr_tf.serving.model_server.lifecycle import version_dirs
+    real_scan = version_dirs.scan
 
     def scan(base_path, *args):
         if base_path == str(a):
             raise OSError("disk on fire")
         return real_scan(base_path, *args)
 
-    monkeypatch.setattr(manager_module, "_scan", scan)
+    monkeypatch.setattr(version_dirs, "scan", scan)
     caplog.set_level(logging.ERROR, logger="serving.manager")
     (b / "2").mkdir()
     for _ in range(3):

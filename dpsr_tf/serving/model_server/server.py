@@ -18,13 +18,13 @@ from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import heap_trim, stream_limits
 from dpsr_tf.serving.front_end import FrontEndOptions, NativeFrontEnd, stop_this_process
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
-from dpsr_tf.serving.model_server.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
+from dpsr_tf.serving.model_server.api.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
 from dpsr_tf.serving.startup import (ONEDNN_ENV, bind_grpc, freeze_heap, grpc_address,
                                      onednn_kernels_in_use,
                                      return_large_buffers_to_the_system, write_port_file)
-from dpsr_tf.serving.model_server.rest import RestGateway
-from dpsr_tf.serving.model_server.server_core import CoreOptions, ServerCore
+from dpsr_tf.serving.model_server.api.rest import RestGateway
+from dpsr_tf.serving.model_server.api.server_core import CoreOptions, ServerCore
 
 _LOG = logging.getLogger("serving.model_server")
 SERVICE_NAMES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
@@ -181,7 +181,7 @@ class ModelServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         if opts.enable_profiler:
-            from dpsr_tf.serving.model_server import profiler_service  # pylint: disable=g-import-not-at-top
+            from dpsr_tf.serving.model_server.api import profiler_service  # pylint: disable=g-import-not-at-top
             self._grpc.add_generic_rpc_handlers((profiler_service.ProfilerService().handler(),))
         if opts.native_front_end is not None:  # the port is the front end's; we sit behind it
             self._front_end = NativeFrontEnd(grpc_address(opts.host, opts.port),

@@ -1,7 +1,8 @@
 """The version manager: which versions of which models are loaded, and swapping them safely.
 
 For each configured model it watches `base_path` (numbered version directories, as TF Serving's
-FileSystemStoragePathSource), applies the version policy (latest N, all, specific), and:
+FileSystemStoragePathSource; version_dirs.py reads them), applies the version policy (latest N,
+all, specific), and:
 
   * loads and warms up a new aspired version while the old ones keep serving;
   * publishes it (requests for "latest" now resolve to it), then unloads versions that are no
@@ -15,7 +16,6 @@ FileSystemStoragePathSource), applies the version policy (latest N, all, specifi
 """
 import dataclasses
 import logging
-import os
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
@@ -26,6 +26,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.model_server.lifecycle import version_dirs
 
 _LOG = logging.getLogger("serving.manager")
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -88,20 +89,6 @@ class _Model:
         self.poll_error = ""                # last error of a scan, logged once
 
 
-def _fingerprint(path: str):
-    """Changes when a version directory's SavedModel (or model.tflite) is rewritten."""
-    parts = []
-    for name in ("", "saved_model.pb", "saved_model.pbtxt", "model.tflite"):
-        try:
-            st = os.stat(os.path.join(path, name) if name else path)
-            parts.append((st.st_mtime_ns, st.st_size, st.st_ino))
-        except OSError:
-            parts.append(None)
-    return tuple(parts)
-
-
-_INT64_MAX = (1 << 63) - 1
-
 # TF Serving's message for a label no version carries (server_core.cc); the proxy keys its
 # failover to other replicas on this prefix, so it must stay exactly this.
 UNKNOWN_LABEL_PREFIX = "Unrecognized servable version label: "
@@ -110,55 +97,6 @@ UNKNOWN_LABEL_PREFIX = "Unrecognized servable version label: "
 def unknown_label_error(label: str) -> ServingError:
     """INVALID_ARGUMENT for a version label the model does not have, as TF Serving says it."""
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, UNKNOWN_LABEL_PREFIX + label)
-
-
-def version_number(name: str) -> Optional[int]:
-    """The version a directory name stands for: ASCII digits only, fitting int64 (as TF
-    Serving's version ids); None for anything else ("²" and "１" pass str.isdigit() but are
-    not versions; 99999999999999999999 does not fit)."""
-    if not name.isascii() or not name.isdigit():
-        return None
-    value = int(name)
-    return value if value <= _INT64_MAX else None
-
-
-def _scan(base_path: str, root: str = "", ignored: Optional[set] = None) -> Dict[int, str]:
-    """version -> directory for each version directory under base_path.
-
-    Names that are not versions are ignored (so a version written under a temporary name and
-    renamed appears atomically). Names that look like versions but are not (non-ASCII digits,
-    beyond int64) and, when `root` is set, directories that resolve outside it (a symlink) are
-    ignored too and logged once each: the name is added to `ignored`.
-    """
-    try:
-        names = os.listdir(base_path)
-    except OSError:
-        return {}
-    found = {}
-    real_root = os.path.realpath(root) if root else ""
-    for name in names:
-        version = version_number(name)
-        path = os.path.join(base_path, name)
-        why = None
-        if version is None:
-            if name.isdigit():
-                why = ("is not a version number: a version directory is named with ASCII "
-                       f"digits 0-9 and is at most {_INT64_MAX}")
-        elif not os.path.isdir(path):
-            continue
-        elif real_root:
-            real = os.path.realpath(path)
-            if os.path.commonpath([real_root, real]) != real_root:
-                why = (f"resolves to {real}, outside --model_base_path_root {root}; move it "
-                       "under the root")
-        if why is not None:
-            if ignored is not None and name not in ignored:
-                ignored.add(name)
-                _LOG.warning("ignoring %r under base path %s: it %s", name, base_path, why)
-            continue
-        if version is not None:
-            found[version] = path
-    return found
 
 
 class ServableHandle:
@@ -329,7 +267,7 @@ class VersionManager:
                 if record.servable is not None:
                     self._unload(name, record)
             return
-        on_disk = _scan(base_path, self._options.base_path_root, model.ignored_names)
+        on_disk = version_dirs.scan(base_path, self._options.base_path_root, model.ignored_names)
         if not on_disk and not model.warned_missing:
             _LOG.warning("No versions of servable %s found under base path %s", name, base_path)
             model.warned_missing = True
@@ -346,7 +284,7 @@ class VersionManager:
                     model.versions[version] = record
                 if record.state in (State.AVAILABLE, State.LOADING, State.UNLOADING):
                     continue
-                fingerprint = _fingerprint(path)
+                fingerprint = version_dirs.fingerprint(path)
                 if record.error is not None and fingerprint != record.fingerprint:
                     record.attempts = 0  # the files changed: try again
                 if record.attempts > self._options.max_num_load_retries:

@@ -1,8 +1,8 @@
 """Which kind of servable a version directory becomes: a SavedModel session or a TFLite model."""
 import os
 
-from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
-from dpsr_tf.serving.model_server.tflite_servable import TfLiteServable, serves_tflite
+from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable, SessionOptions
+from dpsr_tf.serving.model_server.lifecycle.tflite_servable import TfLiteServable, serves_tflite
 
 
 def new_servable(name: str, version: int, path: str, options: SessionOptions):

@@ -21,7 +21,8 @@ import grpc
 import numpy as np
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.signatures import PREDICT_METHOD, Signature, find_signature
+from dpsr_tf.serving.model_server.lifecycle.signatures import (PREDICT_METHOD, Signature,
+                                                             find_signature)
 
 _LOG = logging.getLogger("serving.tflite")
 

@@ -21,7 +21,8 @@ from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.signatures import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, Signature
+from dpsr_tf.serving.model_server.lifecycle.signatures import (CLASSIFY_METHOD, PREDICT_METHOD,
+                                                             REGRESS_METHOD, Signature)
 
 
 @dataclasses.dataclass(frozen=True)

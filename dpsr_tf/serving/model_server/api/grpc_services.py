@@ -18,8 +18,8 @@ from tensorflow_serving.apis import (model_management_pb2, model_service_pb2_grp
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.grpc_calls import (DRAINING, InFlight, abort, client_timeout,
                                         forwarded_client, outcome, plain_error)
-from dpsr_tf.serving.model_server.predict import declared_elements
-from dpsr_tf.serving.model_server.run_queue import FairRunQueue
+from dpsr_tf.serving.model_server.api.predict import declared_elements
+from dpsr_tf.serving.model_server.runs.run_queue import FairRunQueue
 
 _LOG = logging.getLogger("serving.grpc")
 # Requests up to this size are validated and converted on the event loop (tens of

@@ -33,10 +33,10 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, predict_pb2,
                                      regression_pb2)
 
-from dpsr_tf.serving.model_server import http_body, json_body
+from dpsr_tf.serving.model_server.api import http_body, json_body
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError, http_status, truncate
-from dpsr_tf.serving.model_server.predict import RequestLimits, check_shape
+from dpsr_tf.serving.model_server.api.predict import RequestLimits, check_shape
 
 _LOG = logging.getLogger("serving.rest")
 _PATH = re.compile(

@@ -31,9 +31,9 @@ import grpc
 import numpy as np
 
 from dpsr_tf.serving.config import BatchingOptions
-from dpsr_tf.serving.model_server.batch_queue import KeyQueue
-from dpsr_tf.serving.model_server.run_queue import WAIT
-from dpsr_tf.serving.model_server.run_times import FastestRuns
+from dpsr_tf.serving.model_server.runs.batch_queue import KeyQueue
+from dpsr_tf.serving.model_server.runs.run_queue import WAIT
+from dpsr_tf.serving.model_server.runs.run_times import FastestRuns
 from dpsr_tf.serving.errors import ServingError
 
 _LOG = logging.getLogger("serving.batching")

@@ -1,9 +1,9 @@
 """ServerCore: the model server without its transports (gRPC and REST both call it).
 
-It owns the version manager (loading, swapping), the batch scheduler, the queue of unbatched
-runs (clients served in turn; expired and cancelled requests, and those that cannot finish in
-their time left, never run: run_queue.py, run_times.py), and the metrics, and implements each
-API call once:
+It owns the version manager (loading, warm-up: warmup_replay.py, swapping), the batch
+scheduler, the queue of unbatched runs (clients served in turn; expired and cancelled requests,
+and those that cannot finish in their time left, never run: run_queue.py, run_times.py), and the
+metrics, and implements each API call once:
 predict (a Future, so gRPC/asyncio and REST/threads can both wait on it), get_model_metadata,
 get_model_status, reload_config, classify, regress, multi_inference.
 """
@@ -19,20 +19,20 @@ from google.protobuf import any_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, regression_pb2)
 
-from dpsr_tf.serving.model_server import inference, warmup
 from dpsr_tf.serving.config import BatchingOptions
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.manager import ManagerOptions, VersionManager
-from dpsr_tf.serving.model_server.batching import BatchScheduler
-from dpsr_tf.serving.model_server import chunked_runs
-from dpsr_tf.serving.model_server.chunked_runs import ChunkedRuns
 from dpsr_tf.serving.metrics import UNKNOWN, ServerMetrics
-from dpsr_tf.serving.model_server.predict import RequestLimits, build_response, prepare_predict
-from dpsr_tf.serving.model_server.run_queue import STARTED, FairRunQueue
-from dpsr_tf.serving.model_server.run_times import FastestRuns
-from dpsr_tf.serving.model_server.unsent_answers import UnsentAnswers
-from dpsr_tf.serving.model_server.servable import SavedModelServable, SessionOptions
-from dpsr_tf.serving.model_server.servable_factory import new_servable
+from dpsr_tf.serving.model_server.api import inference, warmup_replay
+from dpsr_tf.serving.model_server.api.predict import RequestLimits, build_response, prepare_predict
+from dpsr_tf.serving.model_server.lifecycle.manager import ManagerOptions, VersionManager
+from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable, SessionOptions
+from dpsr_tf.serving.model_server.lifecycle.servable_factory import new_servable
+from dpsr_tf.serving.model_server.runs import chunked_runs
+from dpsr_tf.serving.model_server.runs.batching import BatchScheduler
+from dpsr_tf.serving.model_server.runs.chunked_runs import ChunkedRuns
+from dpsr_tf.serving.model_server.runs.run_queue import STARTED, FairRunQueue
+from dpsr_tf.serving.model_server.runs.run_times import FastestRuns
+from dpsr_tf.serving.model_server.runs.unsent_answers import UnsentAnswers
 
 _LOG = logging.getLogger("serving.core")
 
@@ -141,47 +141,15 @@ class ServerCore:
         try:
             servable.load()
             if self.options.enable_model_warmup:
-                self._warm_up(servable)
+                warmup_replay.warm_up(servable, self.options.limits,
+                                      self.options.num_request_iterations_for_warmup,
+                                      self.options.enable_signature_method_name_check)
         except Exception:
             servable.close()
             self.metrics.load_count.labels(name, "error").inc()
             raise
         self.metrics.load_count.labels(name, "ok").inc()
         return servable
-
-    def _warm_up(self, servable: SavedModelServable) -> None:
-        records = warmup.read_warmup_records(servable.path)
-        for i, log in enumerate(records):
-            kind = log.WhichOneof("log_type")
-            for _ in range(max(1, self.options.num_request_iterations_for_warmup)):
-                try:
-                    if kind == "predict_log":
-                        request = log.predict_log.request
-                        sig = servable.signature(request.model_spec.signature_name)
-                        prepared = prepare_predict(
-                            sig, request, self.options.limits,
-                            self.options.enable_signature_method_name_check)
-                        servable.run(sig, prepared.feeds, prepared.fetches)
-                    elif kind in ("classify_log", "regress_log"):
-                        req = getattr(log, kind).request
-                        sig = servable.signature(req.model_spec.signature_name,
-                                                 kind.split("_")[0])
-                        examples = inference.serialized_examples(req.input,
-                                                                 self.options.limits.max_rows)
-                        run = (inference.run_classify if kind == "classify_log"
-                               else inference.run_regress)
-                        run(servable, sig, examples, None,
-                            self.options.enable_signature_method_name_check)
-                    else:
-                        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                           f"unsupported warm-up log type {kind}")
-                except ServingError as e:
-                    raise ServingError(e.code, f"warm-up record {i} of "
-                                       f"{warmup.warmup_path(servable.path)} failed: "
-                                       f"{e.message}") from e
-        if records:
-            _LOG.info("Finished reading warmup data for model at %s. Number of warmup records "
-                      "read: %d.", servable.path, len(records))
 
     def _on_version_change(self, name, version, available):
         if available is None:

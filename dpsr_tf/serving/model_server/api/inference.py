@@ -13,7 +13,8 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.signatures import CLASSIFY_METHOD, REGRESS_METHOD, Signature
+from dpsr_tf.serving.model_server.lifecycle.signatures import (CLASSIFY_METHOD, REGRESS_METHOD,
+                                                             Signature)
 
 CLASSIFY_INPUTS = "inputs"
 CLASSIFY_CLASSES = "classes"

@@ -22,7 +22,7 @@ connection for holding back (naming sub-clients does not raise a connection's bu
 import grpc
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.run_queue import WAIT
+from dpsr_tf.serving.model_server.runs.run_queue import WAIT
 
 # Over the total budget, what a client may still hold and be served: answers on their way.
 READING_ALLOWANCE_BYTES = 64 << 10

@@ -17,7 +17,8 @@ import numpy as np
 
 from dpsr_tf.serving import errors
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.signatures import Signature, find_signature, signatures_of
+from dpsr_tf.serving.model_server.lifecycle.signatures import (Signature, find_signature,
+                                                             signatures_of)
 
 _LOG = logging.getLogger("serving.servable")
 

@@ -1,0 +1,12 @@
+"""The model server's API: what each call does, and the gRPC and REST transports that carry it.
+
+  server_core       each call once (Predict, metadata, status, Classify/Regress, reload)
+  predict           PredictRequest -> checked input tensors (limits, dtypes, shapes); response
+  inference         Classify / Regress / MultiInference over tf.Example inputs
+  warmup_replay     warm-up records replayed through the request path at load
+  grpc_services     PredictionService and ModelService
+  rest              the REST gateway and its JSON <-> tensor conversion
+  http_body         REST bodies read within a size limit and a server-wide byte budget
+  json_body         REST predict bodies decoded value by value, refused early when too large
+  profiler_service  TensorFlow's ProfilerService on the gRPC port
+"""
