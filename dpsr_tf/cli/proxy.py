@@ -87,14 +87,14 @@ def _read_pem(flag) -> bytes:
     return data
 
 
-def _backend_tls(proxy):
+def _backend_tls(routing):
     """BackendTls from the --backend_* flags, or None (plaintext)."""
     given = [f for f in (_BACKEND_CA, _BACKEND_CERT, _BACKEND_KEY, _BACKEND_TARGET) if f.value]
     if not given and not _BACKEND_TLS.value:
         return None
     if bool(_BACKEND_CERT.value) != bool(_BACKEND_KEY.value):
         _fail("--backend_client_cert_file and --backend_client_key_file go together")
-    return proxy.BackendTls(
+    return routing.BackendTls(
         root_certificates=_read_pem(_BACKEND_CA) if _BACKEND_CA.value else None,
         private_key=_read_pem(_BACKEND_KEY) if _BACKEND_KEY.value else None,
         certificate_chain=_read_pem(_BACKEND_CERT) if _BACKEND_CERT.value else None,
@@ -109,7 +109,7 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     # pylint: disable=g-import-not-at-top
     from dpsr_tf.serving import config as config_lib
-    from dpsr_tf.serving.proxy import server as proxy, config as proxy_config
+    from dpsr_tf.serving.proxy import server as proxy, config as proxy_config, routing
     from dpsr_tf.serving.errors import ServingError
 
     try:
@@ -120,7 +120,7 @@ def main(argv):
         ssl = config_lib.read_ssl_options(_SSL.value)
     except ServingError as e:
         _fail(e.message)
-    backend_tls = _backend_tls(proxy)
+    backend_tls = _backend_tls(routing)
     if _BACKEND_CONNECTIONS.value < 1:
         _fail(f"--backend_connections is {_BACKEND_CONNECTIONS.value}; it must be >= 1")
     if _MAX_BACKEND_CALLS.value < 0:
