@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.data import layout as L
-from dpsr_tf.data import pipeline
+from dpsr_tf.data import pipeline, table_join
 
 
 def _touch(batch):
@@ -63,11 +63,12 @@ def zipped_iter(layout_dir, batch_size, negatives):
     """The first design: tables as a cached one-element dataset zipped with the batches."""
     spec = L.load_layout_spec(layout_dir)
     files = [spec.path(p) for p in spec.record_files["train"]]
-    records = pipeline._records(files, batch_size, True, 65536, 0, None, 1, 0)  # pylint: disable=protected-access
+    records = pipeline._record_stream(files, 65536, 0, None, 1, 0).batch(  # pylint: disable=protected-access
+        batch_size, drop_remainder=True)
     tables = (tf.data.Dataset.from_tensors(np.int64(0))
-              .map(pipeline._load_tables(spec, ("items", "queries", "users")))  # pylint: disable=protected-access
+              .map(table_join.table_loader(spec, ("items", "queries", "users")))
               .cache().repeat())
-    join = pipeline._join_fn(spec, negatives, 0, batch_size)  # pylint: disable=protected-access
+    join = table_join.record_join(spec, negatives, 0, batch_size)
     ds = (tf.data.Dataset.zip((records, tables, tf.data.Dataset.counter()))
           .map(lambda raw, t, i: join(raw, i, t), num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))

@@ -23,11 +23,12 @@ sys.path.insert(0, ROOT)
 
 def eval_queries(model_dir: str, count: int):
     """The first `count` queries of the model's layout eval split."""
+    from dpsr_tf.data import eval_set as eval_set_lib
     from dpsr_tf.data import layout as layout_lib
     from dpsr_tf.model.model_dir import load_model_config
 
     _, saved = load_model_config(model_dir)
-    return layout_lib.load_eval_set(layout_lib.load_layout_spec(saved.layout_dir),
+    return eval_set_lib.load_eval_set(layout_lib.load_layout_spec(saved.layout_dir),
                                     "eval").queries[:count]
 
 

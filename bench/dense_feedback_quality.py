@@ -49,8 +49,9 @@ RECALL_KS = (10, 100, 1000)
 
 def _typed_queries(layout):
     """The eval split's queries as typed (a rewrite table's keys), in request order."""
+    from dpsr_tf.data import eval_set as eval_set_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
-    return layout_lib.load_eval_set(layout_lib.load_layout_spec(layout), "eval").queries
+    return eval_set_lib.load_eval_set(layout_lib.load_layout_spec(layout), "eval").queries
 
 
 def _lists(model_dir, index_dir, layout_dir, variants, spelling, table=None):

@@ -41,7 +41,7 @@ def _load(path):
 def main(argv):
     del argv
     import shutil  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import eval_set as eval_set_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.export.saved_model_export import export_servable  # pylint: disable=import-outside-toplevel
     from dpsr_tf.export.servable_graph import ServableConfig  # pylint: disable=import-outside-toplevel
     from dpsr_tf.model import model_dir as model_dir_lib  # pylint: disable=import-outside-toplevel
@@ -60,7 +60,7 @@ def main(argv):
         print(f"exported {name}: {time.perf_counter() - start:.1f} s")
     _, spec = model_dir_lib.load_model_config(_MODEL.value)
     listed = set(table_lib.read_table(_TABLE.value)) if _TABLE.value else set()
-    queries = [q for q in dict.fromkeys(layout_lib.load_eval_set(spec).queries)
+    queries = [q for q in dict.fromkeys(eval_set_lib.load_eval_set(spec).queries)
                if table_lib.normalize_query(q) not in listed][:_QUERIES.value]
     loaded = {name: _load(p) for name, p in paths.items()}
     for signature in ("lexical", "serving_default"):

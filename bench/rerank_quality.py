@@ -27,10 +27,11 @@ def main():
     args = ap.parse_args()
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from dpsr_tf import op_library  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import eval_set as eval_set_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.evaluation.metrics import retrieval_metrics  # pylint: disable=import-outside-toplevel
     op_library.load()
-    ev = layout_lib.load_eval_set(args.layout_dir)
+    ev = eval_set_lib.load_eval_set(args.layout_dir)
     row_of = layout_lib.load_item_id_map(args.layout_dir)
     sess = tf.compat.v1.Session(graph=tf.Graph())
     with sess.graph.as_default():

@@ -39,6 +39,7 @@ flags.mark_flags_as_required(["rewriter_dir", "layout_dir", "output"])
 def main(argv):
     del argv
     # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import eval_set as eval_set_lib
     from dpsr_tf.data import layout as layout_lib
     from dpsr_tf.evaluation import rewrites as rewrites_lib
     from dpsr_tf.rewriting import generate
@@ -46,7 +47,7 @@ def main(argv):
     if _SET.value == "holdout":
         eval_set = rewrites_lib.holdout_eval_set(spec, _HOLDOUT.value)
     else:
-        eval_set = layout_lib.load_eval_set(spec, "eval")
+        eval_set = eval_set_lib.load_eval_set(spec, "eval")
     queries = list(dict.fromkeys(eval_set.queries))
     titles = None
     if _TITLE_SOURCE.value == "dense":

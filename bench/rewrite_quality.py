@@ -42,12 +42,13 @@ class _Chooser:
 
     def __init__(self, dense):
         # pylint: disable=import-outside-toplevel
+        from dpsr_tf.data import eval_set as eval_set_lib
         from dpsr_tf.data import layout as layout_lib
         from dpsr_tf.evaluation import fusion_choice
         from dpsr_tf.indexing.lexical_index import LexicalSearcher
         spec = layout_lib.load_layout_spec(_LAYOUT.value)
         self.dense, self.k = dense, dense[1].shape[1]
-        self.eval_set = layout_lib.load_eval_set(spec, _SPLIT.value)
+        self.eval_set = eval_set_lib.load_eval_set(spec, _SPLIT.value)
         self.searcher = LexicalSearcher(_INDEX.value, layout_lib.load_item_ids(spec))
         queries = self.eval_set.queries
         self.without = fusion_choice.choose_fusion(

@@ -210,6 +210,7 @@ def drift(L, sel, eval_set):
 
 def _setup(split_kind):
     # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import eval_set as eval_set_lib
     from dpsr_tf.data import layout as layout_lib
     from dpsr_tf.evaluation import rewrites as rewrites_lib
     from dpsr_tf.indexing.lexical_index import LexicalSearcher
@@ -217,7 +218,7 @@ def _setup(split_kind):
     if split_kind == "holdout":
         eval_set = rewrites_lib.holdout_eval_set(spec, _HOLDOUT.value)
     else:
-        eval_set = layout_lib.load_eval_set(spec, "eval")
+        eval_set = eval_set_lib.load_eval_set(spec, "eval")
     searcher = LexicalSearcher(_INDEX.value, layout_lib.load_item_ids(spec))
     return spec, eval_set, searcher
 

@@ -21,6 +21,7 @@ import json
 from absl import flags
 
 from dpsr_tf.cli import feedback_flags, fusion_flags
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import paired as paired_lib
@@ -142,7 +143,7 @@ def main(argv):
                       f"{summarize(values[prefix + evaluate_lib.TIE_AWARE])}")
     comparisons = []
     if _PER_QUERY.value:
-        eval_set = layout_lib.load_eval_set(layout_lib.load_layout_spec(layout_dir), cfg.split,
+        eval_set = eval_set_lib.load_eval_set(layout_lib.load_layout_spec(layout_dir), cfg.split,
                                             cfg.min_gain)
         lines = per_query_lib.write_jsonl(_PER_QUERY.value, cfg.split, eval_set, per_system)
         print(f"wrote {lines} per-query lines ({len(per_system)} systems x {len(eval_set)} "

@@ -9,18 +9,21 @@ Modules (one job each):
   derived_tables  token ids, user histories, human negatives (both prepare paths)
   layout_writer   the layout's files, layout.json and the report (both prepare paths)
   beam/      the same prepare as an Apache Beam pipeline (`dpsr prepare --runner=...`)
-  layout     LayoutSpec + numpy readers of the layout (item table, id map, eval sets)
-  pipeline   tf.data input fns for the Estimator (in-graph joins from tables loaded once)
+  layout     LayoutSpec, layout.json + numpy readers of the layout (tables, id map, records)
+  eval_set   a split's evaluation requests (the dashboard protocol) and labelled pairs
+  table_join the layout's tables read in-graph once, joined with each batch of records
+  pipeline   tf.data input fns for the Estimator (record streams, pseudo-query mix, batches)
   hard_negative_table  the mined per-query hard negatives in a model directory (files only)
   graph/     the click graph of a layout (`dpsr prepare --graph`): nodes, top-N and two-hop lists
   converters real datasets (Home Depot, Best Buy, MovieLens 100K, JDsearch) -> three files
 
-pipeline imports TensorFlow; import it explicitly (`from dpsr_tf.data import pipeline`).
+pipeline and table_join import TensorFlow; import them explicitly
+(`from dpsr_tf.data import pipeline`).
 Write a layout with `from dpsr_tf.data import prepare; prepare.prepare(PrepareConfig(...))`.
 """
-from dpsr_tf.data.layout import (EvalSet, FeatureTable, LayoutSpec, load_eval_set,
-                                 load_item_id_map, load_item_ids, load_item_table,
-                                 load_labeled_pairs, load_layout_spec, load_queries,
+from dpsr_tf.data.eval_set import EvalSet, load_eval_set, load_labeled_pairs
+from dpsr_tf.data.layout import (FeatureTable, LayoutSpec, load_item_id_map, load_item_ids,
+                                 load_item_table, load_layout_spec, load_queries,
                                  load_user_table, read_records)
 from dpsr_tf.data.prepare import PrepareConfig, PrepareError
 from dpsr_tf.data.schema import SchemaError

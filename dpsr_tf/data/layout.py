@@ -25,8 +25,8 @@ Directory (docs/data_format.md, "Training layout"):
                               pseudo-queries, one record per pseudo-query and its item)
 
 All arrays are little-endian .npy files, read by numpy here and in-graph by
-dpsr_tf.data.pipeline (tf.io.read_file + decode_raw), so the tables are loaded once per input
-pipeline and never embedded in a GraphDef.
+dpsr_tf.data.table_join (tf.io.read_file + decode_raw), so the tables are loaded once per input
+pipeline and never embedded in a GraphDef. A split's evaluation requests: dpsr_tf.data.eval_set.
 """
 import contextlib
 import dataclasses
@@ -92,7 +92,7 @@ class LayoutSpec:
       history_length: at most this many recent items in "user_history" (0 = none).
       counts: rows read/kept/rejected per file and reason, split sizes, label counts.
       split: how train/eval were split (method, modulus or cutoff).
-      eval_min_gain: default threshold of `load_eval_set` (relevant iff positive and
+      eval_min_gain: default threshold of `eval_set.load_eval_set` (relevant iff positive and
         gain >= eval_min_gain).
       record_files: split name -> record file paths relative to layout_dir.
       num_records: split name -> number of interaction records.
@@ -169,7 +169,8 @@ def load_layout_spec(layout_dir: str) -> LayoutSpec:
     )
 
 
-def _spec(layout) -> LayoutSpec:
+def spec_of(layout) -> LayoutSpec:
+    """`layout` as a LayoutSpec: as given, or loaded from a layout directory."""
     return layout if isinstance(layout, LayoutSpec) else load_layout_spec(layout)
 
 
@@ -184,7 +185,7 @@ def feature_columns(layout, kind: str) -> List[str]:
     Raises:
       ValueError: the layout on disk has other features than the spec (another layout).
     """
-    spec = _spec(layout)
+    spec = spec_of(layout)
     names = list(getattr(spec, f"{kind}_features"))
     try:
         with open(os.path.join(spec.layout_dir, LAYOUT_JSON), encoding="utf-8") as f:
@@ -227,7 +228,7 @@ def npy_data_offset(path: str) -> Tuple[int, np.dtype, Tuple[int, ...]]:
 
 def load_item_ids(layout) -> List[str]:
     """[num_items] external item ids; index = item row."""
-    return read_lines(_spec(layout).path(ITEM_IDS))
+    return read_lines(spec_of(layout).path(ITEM_IDS))
 
 
 def load_item_id_map(layout) -> Dict[str, int]:
@@ -271,7 +272,7 @@ def _vocabularies(spec: LayoutSpec, vocab_dir: str, names) -> Dict[str, List[str
 
 def load_item_table(layout, mmap: bool = False) -> FeatureTable:
     """The item table as numpy (titles, token ids, categorical features, vocabularies)."""
-    spec = _spec(layout)
+    spec = spec_of(layout)
     mode = "r" if mmap else None
     return FeatureTable(
         ids=load_item_ids(spec),
@@ -286,7 +287,7 @@ def load_item_table(layout, mmap: bool = False) -> FeatureTable:
 
 def load_user_table(layout) -> FeatureTable:
     """The user table as numpy (ids, categorical profile features, vocabularies)."""
-    spec = _spec(layout)
+    spec = spec_of(layout)
     return FeatureTable(
         ids=read_lines(spec.path(USER_IDS)),
         features=np.load(spec.path(USER_FEATURES)),
@@ -297,18 +298,18 @@ def load_user_table(layout) -> FeatureTable:
 
 def load_user_histories(layout) -> Tuple[np.ndarray, np.ndarray]:
     """(history_items [T] int32, history_splits [num_users + 1] int64)."""
-    spec = _spec(layout)
+    spec = spec_of(layout)
     return np.load(spec.path(USER_HISTORY_ITEMS)), np.load(spec.path(USER_HISTORY_SPLITS))
 
 
 def load_queries(layout) -> List[str]:
     """[num_queries] query texts; index = query row."""
-    return read_lines(_spec(layout).path(QUERY_TEXTS))
+    return read_lines(spec_of(layout).path(QUERY_TEXTS))
 
 
 def load_query_tokens(layout) -> Tuple[np.ndarray, np.ndarray]:
     """(token_ids [T] int32, token_splits [num_queries + 1] int64)."""
-    spec = _spec(layout)
+    spec = spec_of(layout)
     return np.load(spec.path(QUERY_TOKEN_IDS)), np.load(spec.path(QUERY_TOKEN_SPLITS))
 
 
@@ -365,7 +366,7 @@ def verify_record_files(layout, splits: Optional[Sequence[str]] = None) -> None:
     Raises:
       ValueError naming the file, what was expected and what was found, and the fix.
     """
-    spec = _spec(layout)
+    spec = spec_of(layout)
     fix = "re-run `dpsr prepare` (or copy the layout again)"
     for split in splits if splits is not None else spec.record_files:
         total = 0
@@ -392,122 +393,11 @@ def verify_record_files(layout, splits: Optional[Sequence[str]] = None) -> None:
 
 def read_records(layout, split: str) -> np.ndarray:
     """[num_records] RECORD_DTYPE: every interaction record of a split, in file order."""
-    spec = _spec(layout)
+    spec = spec_of(layout)
     if split not in spec.record_files:
         raise ValueError(f"unknown split {split!r}; this layout has {list(spec.record_files)}")
     parts = [read_record_file(spec.path(p)) for p in spec.record_files[split]]
     return np.concatenate(parts) if parts else np.zeros([0], RECORD_DTYPE)
-
-
-@dataclasses.dataclass
-class EvalSet:
-    """Full-corpus retrieval requests of a split with their relevant items and graded gains.
-
-    A request is a (query, user) pair (user_row -1 for anonymous interactions); its relevant
-    items are the items of its positive interactions (click or human positive) with
-    gain >= min_gain, each with the largest such gain. Requests without a relevant item are
-    left out (the dashboard protocol).
-
-    Attributes:
-      queries: [Q] query texts.
-      query_rows: [Q] int64 query rows (index into load_queries / query tokens).
-      user_rows: [Q] int64 user rows, -1 = no user.
-      history_ends: [Q] int64 history_end of the request's first interaction (for user_history).
-      relevant_splits: [Q + 1] int64; request i's relevant items are
-        relevant_rows[relevant_splits[i]:relevant_splits[i + 1]] (sorted by item row).
-      relevant_rows: [R] int64 item rows.
-      relevant_gains: [R] float32 graded gains (nDCG).
-      min_gain: the threshold used.
-    """
-
-    queries: List[str]
-    query_rows: np.ndarray
-    user_rows: np.ndarray
-    history_ends: np.ndarray
-    relevant_splits: np.ndarray
-    relevant_rows: np.ndarray
-    relevant_gains: np.ndarray
-    min_gain: float
-
-    def __len__(self) -> int:
-        return len(self.query_rows)
-
-    def relevant(self, i: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(item rows [n] int64, gains [n] float32) of request i."""
-        lo, hi = self.relevant_splits[i], self.relevant_splits[i + 1]
-        return self.relevant_rows[lo:hi], self.relevant_gains[lo:hi]
-
-
-_GAIN_EPS = 1e-4   # gains are float32 in the records; "1.67" must pass ">= 1.67"
-
-
-def load_eval_set(layout, split: str = "eval", min_gain: Optional[float] = None) -> EvalSet:
-    """Requests of a split with relevant items and gains, for Recall/nDCG/MRR over the corpus.
-
-    Args:
-      layout: a LayoutSpec or a layout directory.
-      split: "eval" (or "train").
-      min_gain: relevant iff positive and gain >= min_gain; None = spec.eval_min_gain.
-        Home Depot dashboard protocol: relevance >= 2.67 <=> gain >= 1.67.
-
-    Returns:
-      EvalSet, requests ordered by first appearance in the split.
-    """
-    spec = _spec(layout)
-    min_gain = spec.eval_min_gain if min_gain is None else float(min_gain)
-    rec = read_records(spec, split)
-    positive = rec["label_kind"] != 2
-    keep = positive & (rec["gain"] >= np.float32(min_gain - _GAIN_EPS))
-    # Requests = distinct (query_row, user_row), in order of first appearance in the split.
-    key = rec["query_row"].astype(np.int64) * (spec.num_users + 1) + (rec["user_row"] + 1)
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")            # request ids by first appearance
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    request = rank[inverse]                             # [n] request of each record
-    # Relevant (request, item) pairs with their max gain.
-    r, items, gains = request[keep], rec["item_row"][keep].astype(np.int64), rec["gain"][keep]
-    pair = r * spec.num_items + items
-    sort = np.lexsort((-gains, pair))
-    pair, gains = pair[sort], gains[sort]
-    first_of_pair = np.ones(len(pair), bool)
-    first_of_pair[1:] = pair[1:] != pair[:-1]
-    pair, gains = pair[first_of_pair], gains[first_of_pair]
-    pair_request, pair_item = pair // spec.num_items, pair % spec.num_items
-    counts = np.bincount(pair_request, minlength=len(order))
-    has_relevant = counts > 0
-    q_first = first[order][has_relevant]
-    splits = np.zeros(int(has_relevant.sum()) + 1, np.int64)
-    np.cumsum(counts[has_relevant], out=splits[1:])
-    queries = load_queries(spec)
-    query_rows = rec["query_row"][q_first].astype(np.int64)
-    return EvalSet(
-        queries=[queries[q] for q in query_rows],
-        query_rows=query_rows,
-        user_rows=rec["user_row"][q_first].astype(np.int64),
-        history_ends=rec["history_end"][q_first].astype(np.int64),
-        relevant_splits=splits,
-        relevant_rows=pair_item.astype(np.int64),
-        relevant_gains=gains.astype(np.float32),
-        min_gain=min_gain,
-    )
-
-
-def load_labeled_pairs(layout, split: str = "eval") -> Dict[str, np.ndarray]:
-    """Every labelled (query, user, item) of a split, e.g. for AUC on labelled pairs.
-
-    Returns:
-      dict of [n] arrays: query_row int64, user_row int64, item_row int64, label float32
-      (1 = click / human positive, 0 = human negative), gain float32.
-    """
-    rec = read_records(_spec(layout), split)
-    return {
-        "query_row": rec["query_row"].astype(np.int64),
-        "user_row": rec["user_row"].astype(np.int64),
-        "item_row": rec["item_row"].astype(np.int64),
-        "label": (rec["label_kind"] != 2).astype(np.float32),
-        "gain": rec["gain"].astype(np.float32),
-    }
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ class PrepareConfig:
       vocab_min_count: keep features seen at least this often (build_vocab).
       split: the train/eval split.
       history_length: keep at most this many recent items per example in "user_history".
-      eval_min_gain: default relevance threshold of layout.load_eval_set.
+      eval_min_gain: default relevance threshold of eval_set.load_eval_set.
       max_reject_fraction: stop when a file rejects more than this fraction of its rows.
       max_examples: examples per rejection reason in the report.
       records_per_shard: interaction records per file.

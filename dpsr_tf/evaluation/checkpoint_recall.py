@@ -14,6 +14,7 @@ passes in (training does not import evaluation).
 import time
 from typing import Callable, Dict, Sequence
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation.evaluate import EmbeddingScorer
@@ -46,7 +47,7 @@ def evaluator(model_dir: str, split: str = "eval", ks: Sequence[int] = (100,),
             model_config, saved = load_model_config(model_dir)
             spec = layout_lib.load_layout_spec(saved.layout_dir)
             state.update(config=model_config, spec=spec,
-                         eval_set=layout_lib.load_eval_set(spec, split))
+                         eval_set=eval_set_lib.load_eval_set(spec, split))
         spec, eval_set = state["spec"], state["eval_set"]
         with CheckpointEmbedder(model_dir, checkpoint, state["config"], spec) as embedder:
             scorer = EmbeddingScorer(embedder, spec, eval_set)

@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from dpsr_tf.data import item_text
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import tie_metrics
@@ -207,8 +208,8 @@ class BM25Scorer:
 
 def load_split(spec, cfg: EvalConfig):
     """(EvalSet, labelled pairs with history_end) of a split."""
-    eval_set = layout_lib.load_eval_set(spec, cfg.split, cfg.min_gain)
-    pairs = layout_lib.load_labeled_pairs(spec, cfg.split)
+    eval_set = eval_set_lib.load_eval_set(spec, cfg.split, cfg.min_gain)
+    pairs = eval_set_lib.load_labeled_pairs(spec, cfg.split)
     records = layout_lib.read_records(spec, cfg.split)
     pairs["history_end"] = records["history_end"].astype(np.int64)
     return eval_set, pairs

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_objective
 from dpsr_tf.evaluation import hybrid as hybrid_lib
@@ -189,7 +189,7 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
         table = table_lib.read_table(rewrite_table)   # a bad table fails before the models load
     cfg = evaluate_lib.EvalConfig(split=split, num_random=0)
     layout = layout_of(model_dir, layout_dir)
-    typed = layout_lib.load_eval_set(layout, split).queries if table is not None else None
+    typed = eval_set_lib.load_eval_set(layout, split).queries if table is not None else None
     with spelled_layout(layout, index_dir if spelling else None, log=log) as view:
         run = hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir, cfg, checkpoint,
                                      nprobe, log)

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.search.fused_rows import fused_rows
@@ -49,10 +50,10 @@ def subset_requests(eval_set, keep: np.ndarray):
 def holdout_eval_set(layout, percent: int):
     """The train split's requests whose query is held out of rewriter training
     (dpsr_tf/rewriting/data.in_holdout(query, percent)), with the eval split's relevance
-    semantics (layout.load_eval_set: positives with gain >= the layout's eval_min_gain): a
+    semantics (eval_set.load_eval_set: positives with gain >= the layout's eval_min_gain): a
     tuning set for rewriting that is neither the eval queries nor anything the rewriter saw."""
     from dpsr_tf.rewriting.data import in_holdout  # pylint: disable=import-outside-toplevel
-    full = layout_lib.load_eval_set(layout, "train")
+    full = eval_set_lib.load_eval_set(layout, "train")
     return subset_requests(full, np.array([in_holdout(q, percent) for q in full.queries],
                                           bool))
 
@@ -109,7 +110,7 @@ def evaluate_rewrites(layout_dir: str, index_dir: str, table_path: str,
     result holds "eval_set"."""
     cfg.validate()
     spec = layout_lib.load_layout_spec(layout_dir)
-    eval_set = layout_lib.load_eval_set(spec, split)
+    eval_set = eval_set_lib.load_eval_set(spec, split)
     if max_requests and max_requests < len(eval_set.queries):
         eval_set = _first_requests(eval_set, max_requests)
         if dense is not None:

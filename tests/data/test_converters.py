@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
@@ -52,7 +53,7 @@ def test_home_depot(datasets_dir, tmp_path):
         q = r["search_term"]
         if int(hashlib.md5(q.encode("utf-8")).hexdigest(), 16) % 10 == 0 and x >= 2.67 - 1e-6:
             want[q][r["product_uid"]] = round(x - 1, 2)
-    ev = layout_lib.load_eval_set(spec)
+    ev = eval_set_lib.load_eval_set(spec)
     ids = layout_lib.load_item_ids(spec)
     got = {}
     for i, q in enumerate(ev.queries):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import pipeline
 from dpsr_tf.data.graph import GraphConfig, build_graph, load_graph
@@ -53,7 +54,7 @@ def test_query_lists_are_the_most_clicked_items(graph_layout):
 def test_queries_seen_only_in_evaluation_get_no_node_and_no_edge(graph_layout):
     spec, g = graph_layout
     train_queries = {q for q, _ in _clicks(spec)}
-    eval_only = sorted(set(layout_lib.load_eval_set(spec).query_rows.tolist()) - train_queries)
+    eval_only = sorted(set(eval_set_lib.load_eval_set(spec).query_rows.tolist()) - train_queries)
     assert eval_only, "the tiny layout must have eval-only queries"
     for side_rows in (eval_only,):
         assert (g.query_nodes[side_rows] == 0).all()

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dpsr_tf.data import hard_negative_table
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import pipeline
 from dpsr_tf.data import split as split_lib
@@ -215,7 +216,7 @@ def test_item_input_fn_yields_every_item_once_in_order(tiny_layout):
 def test_request_input_fn_follows_the_eval_set(tiny_layout):
     spec = layout_lib.load_layout_spec(tiny_layout)
     ref = _Reference(spec)
-    ev = layout_lib.load_eval_set(spec)
+    ev = eval_set_lib.load_eval_set(spec)
     assert len(ev) > 0
     batches = _batches(pipeline.make_request_input_fn(tiny_layout, ev, batch_size=16)())
     assert _concat(batches, "request_index") == list(range(len(ev)))
@@ -293,7 +294,7 @@ def test_layout_without_users(tmp_path):
                    for k in batch)
     assert batch["user_row"].numpy().tolist() == [-1] * 4
     assert batch["user_history"].to_list() == [[]] * 4
-    ev = layout_lib.load_eval_set(layout_dir)
+    ev = eval_set_lib.load_eval_set(layout_dir)
     assert len(ev) == 4                       # q10, q14, q33 and q38 hash to bucket 0
     req = next(iter(pipeline.make_request_input_fn(layout_dir, ev)()))
     assert req["user_history"].to_list() == [[]] * len(ev)

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import pseudo_queries as pseudo_lib
@@ -251,18 +252,18 @@ def test_eval_set_hand_worked(tmp_path):
                             f"{qb}\tu1\tC\tclick\t5\t\n" f"{qb}\t\tB\tnegative\t6\t\n")
     spec, _ = _prepare(tmp_path, inter=inter, split=split_lib.SplitConfig(modulus=2))
     ids = layout_lib.load_item_id_map(spec)
-    ev = layout_lib.load_eval_set(spec, "eval")
+    ev = eval_set_lib.load_eval_set(spec, "eval")
     assert ev.queries == [qa, qb]
     assert ev.user_rows.tolist() == [-1, 0]
     rows, gains = ev.relevant(0)
     assert rows.tolist() == [ids["A"], ids["B"]] and gains.tolist() == [2.5, 0.5]  # max gain
     rows, gains = ev.relevant(1)
     assert rows.tolist() == [ids["C"]] and gains.tolist() == [1.0]                # default
-    ev = layout_lib.load_eval_set(spec, "eval", min_gain=1.0)
+    ev = eval_set_lib.load_eval_set(spec, "eval", min_gain=1.0)
     assert ev.queries == [qa, qb] and ev.relevant(0)[0].tolist() == [ids["A"]]
-    ev = layout_lib.load_eval_set(spec, "eval", min_gain=2.0)
+    ev = eval_set_lib.load_eval_set(spec, "eval", min_gain=2.0)
     assert ev.queries == [qa]                 # requests without a relevant item are left out
-    pairs = layout_lib.load_labeled_pairs(spec, "eval")
+    pairs = eval_set_lib.load_labeled_pairs(spec, "eval")
     assert pairs["label"].tolist() == [1, 1, 1, 0, 1, 0]
 
 

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import served
 from dpsr_tf.model.scoring import soft_dot_product_np
@@ -39,7 +39,7 @@ def catalog():
     anchors = relevant[:, [0, 1, 0]]                                     # [Q, m]
     heads = _unit(items[anchors] + 0.5 * rng.standard_normal((NUM_REQUESTS, HEADS, DIM)))
     relevant.sort(axis=1)
-    eval_set = layout_lib.EvalSet(
+    eval_set = eval_set_lib.EvalSet(
         queries=[f"q{i}" for i in range(NUM_REQUESTS)],
         query_rows=np.arange(NUM_REQUESTS, dtype=np.int64),
         user_rows=np.full(NUM_REQUESTS, -1, np.int64),

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation.spelled_layout import spelled_layout
 from dpsr_tf.tokenization.speller import Speller, word_counts
@@ -36,8 +37,8 @@ def test_the_view_holds_corrected_queries_and_links_everything_else(tmp_path):
             assert os.path.realpath(path) == os.path.realpath(os.path.join(spec.layout_dir, rel))
         for rel in (layout_lib.QUERY_TEXTS, layout_lib.QUERY_TOKEN_IDS):
             assert not os.path.islink(os.path.join(view, rel))
-        a = layout_lib.load_eval_set(spec)
-        b = layout_lib.load_eval_set(seen)
+        a = eval_set_lib.load_eval_set(spec)
+        b = eval_set_lib.load_eval_set(seen)
         np.testing.assert_array_equal(a.query_rows, b.query_rows)
         np.testing.assert_array_equal(a.relevant_rows, b.relevant_rows)
     assert not os.path.exists(view)

@@ -101,7 +101,7 @@ def test_a_full_corpus_scorer_is_judged_over_the_whole_tie_group():
     # 5 scores 0, so it is in the top 2 with probability 1 / 5, whatever the catalog order.
     # A list cut at 2 would hold item 1 (catalog order) and judge the group as that one entry.
     # Request 1: no ties; relevant items 2 and 4 at ranks 1 and 4 (recall@2 = 1/2).
-    from dpsr_tf.data.layout import EvalSet
+    from dpsr_tf.data.eval_set import EvalSet
     from dpsr_tf.evaluation.evaluate import EvalConfig, tie_aware_metrics
     scores = [[0, 0, 3, 0, 0, 0], [1, 5, 6, 3, 2, 0]]
     eval_set = EvalSet(queries=["a", "b"], query_rows=np.array([0, 1]),

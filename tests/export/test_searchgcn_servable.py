@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.graph import GraphConfig, build_graph, load_graph
 from dpsr_tf.indexing import catalog_index
@@ -48,7 +49,7 @@ def gcn(tmp_path_factory):
 def _rows(spec):
     """(a query row with a graph node, a query row of the eval split without one)."""
     graph = load_graph(spec)
-    eval_rows = set(layout_lib.load_eval_set(spec).query_rows.tolist())
+    eval_rows = set(eval_set_lib.load_eval_set(spec).query_rows.tolist())
     in_graph = int(np.flatnonzero(graph.query_nodes > 0)[0])
     unseen = next(r for r in sorted(eval_rows) if graph.query_nodes[r] == 0)
     return in_graph, unseen

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
@@ -327,7 +328,7 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
     # (scored exactly in tests/evaluation/test_fusion_choice.py): here each eval query's
     # rewrite is the title of one of its relevant items, which moves the candidates' scores.
     from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
-    eval_set = layout_lib.load_eval_set(servable["spec"], "eval")
+    eval_set = eval_set_lib.load_eval_set(servable["spec"], "eval")
     titles = layout_lib.load_item_table(servable["spec"]).titles
     path_table = str(tmp_path / "rewrites.tsv")
     table.write_table(path_table, [

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import pipeline
 from dpsr_tf.evaluation.evaluate import request_inputs
@@ -79,7 +80,7 @@ def test_fresh_graph_restore_reproduces_estimator_embeddings(tiny_layout, tmp_pa
     # The Estimator's own embeddings, through the data pipeline's item / request input fns.
     est_items = np.stack([p["item_embedding"] for p in estimator.predict(
         pipeline.make_item_input_fn(spec.layout_dir, batch_size=64))])
-    eval_set = layout_lib.load_eval_set(spec, "eval")
+    eval_set = eval_set_lib.load_eval_set(spec, "eval")
     est_queries = np.stack([p["query_embedding"] for p in estimator.predict(
         pipeline.make_request_input_fn(spec.layout_dir, eval_set, batch_size=64))])
 

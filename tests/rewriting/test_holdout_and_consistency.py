@@ -6,7 +6,7 @@ import hashlib
 import numpy as np
 
 from tests.support.tiny_model import prepare_tiny_layout
-from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.evaluation import rewrites as rewrites_lib
 from dpsr_tf.rewriting import data as data_lib
 from dpsr_tf.rewriting import generate
@@ -37,7 +37,7 @@ def test_holdout_partitions_pairs_and_builds_the_tuning_eval_set(tmp_path):
     assert all(data_lib.in_holdout(q, 30) for q in held.queries)
     # The tuning set: the train split's EvalSet restricted to held-out queries, request by
     # request equal to the full one.
-    full = layout_lib.load_eval_set(spec, "train")
+    full = eval_set_lib.load_eval_set(spec, "train")
     sub = rewrites_lib.holdout_eval_set(spec, 30)
     want = [i for i, q in enumerate(full.queries) if data_lib.in_holdout(q, 30)]
     assert 0 < len(sub) == len(want) < len(full)

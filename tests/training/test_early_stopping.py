@@ -140,10 +140,11 @@ def _brute_force_recall(model_dir, checkpoint, spec, k):
     """Recall@k written out with numpy: every item scored by max over heads of the dot
     product, the k best by a stable descending sort, hits over each request's relevant items."""
     import numpy as np  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.data import eval_set as eval_set_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.evaluation.evaluate import request_inputs  # pylint: disable=import-outside-toplevel
     from dpsr_tf.model.embedder import CheckpointEmbedder  # pylint: disable=import-outside-toplevel
-    eval_set = layout_lib.load_eval_set(spec)
+    eval_set = eval_set_lib.load_eval_set(spec)
     items = layout_lib.load_item_table(spec)
     with CheckpointEmbedder(model_dir, checkpoint) as embedder:
         item_emb = embedder.embed_items(items.token_ids, items.token_splits,
