@@ -20,6 +20,7 @@ from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.evaluation import crossval as crossval_lib
 from dpsr_tf.evaluation import crossval_hybrid as hybrid_lib
+from dpsr_tf.evaluation import crossval_summary as summary_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
@@ -100,7 +101,7 @@ def test_summary_is_mean_and_std_of_the_fold_metrics(two_folds):
     assert set(summary["systems"]) == {"dpsr", "bm25"}
     for system in ("dpsr", "bm25"):
         got = summary["systems"][system]
-        assert set(crossval_lib.TABLE_METRICS) - {"auc"} <= set(got)
+        assert set(summary_lib.TABLE_METRICS) - {"auc"} <= set(got)
         for name, stats in got.items():
             values = np.array([f[system][name] for f in folds], np.float64)
             np.testing.assert_allclose(stats["mean"], values.mean(), rtol=1e-12)
@@ -121,7 +122,7 @@ def test_paired_comparison_pools_every_held_out_request(two_folds):
                   encoding="utf-8") as f:
             metrics = json.load(f)
         for system in pooled:
-            values = metrics[crossval_lib.PER_QUERY][system]["recall@100"]
+            values = metrics[summary_lib.PER_QUERY][system]["recall@100"]
             assert len(values) == metrics[system]["requests"]
             assert np.mean(values) == pytest.approx(metrics[system]["recall@100"])
             pooled[system].extend(values)
@@ -198,7 +199,7 @@ def test_summarize_folds_by_hand():
              {"dpsr": {"recall@100": 0.4, "requests": 12, "checkpoint": "b",
                        "auc": float("nan")},
               "bm25": {"recall@100": 0.8}}]
-    got = crossval_lib.summarize_folds(folds)
+    got = summary_lib.summarize_folds(folds)
     # mean (0.2 + 0.4) / 2 = 0.3; sample std sqrt(((0.1)^2 + (0.1)^2) / 1) = 0.141421...
     assert got["dpsr"]["recall@100"]["mean"] == pytest.approx(0.3)
     assert got["dpsr"]["recall@100"]["std"] == pytest.approx(0.1414213562)
@@ -259,7 +260,7 @@ def test_hybrid_writes_the_fold_files_and_the_systems(hybrid_folds):
             assert os.path.isfile(os.path.join(fold_dir, name)), name
         with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
             metrics = json.load(f)
-        assert {"dpsr", "bm25", "dpsr_served", "lexical"} <= set(metrics[crossval_lib.PER_QUERY])
+        assert {"dpsr", "bm25", "dpsr_served", "lexical"} <= set(metrics[summary_lib.PER_QUERY])
     assert list(summary["systems"]) == ["dpsr", "dpsr_served", "lexical", "bm25", "hybrid"]
     compared = {(c["metric"], c["a"], c["b"]) for c in summary["paired"]}
     for metric in paired_lib.DEFAULT_METRICS:
@@ -321,7 +322,7 @@ def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid
         # The served dense per-request metrics are those of the kept dense lists (no feedback).
         served = metrics_by_hand(lists[fold].dense_rows, rel, gains, recall_ks)
         for metric, values in served.items():
-            np.testing.assert_allclose(metrics[crossval_lib.PER_QUERY]["dpsr_served"][metric],
+            np.testing.assert_allclose(metrics[summary_lib.PER_QUERY]["dpsr_served"][metric],
                                        values, rtol=1e-12, atol=1e-12)
         pooled["hybrid"].extend(by_hand["recall@100"].tolist())
         pooled["dpsr_served"].extend(served["recall@100"].tolist())
