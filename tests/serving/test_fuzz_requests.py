@@ -18,7 +18,7 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
-from dpsr_tf.serving.model_server.api import rest
+from dpsr_tf.serving.model_server.api import rest_json
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.api.predict import RequestLimits, prepare_predict
@@ -162,7 +162,7 @@ def test_fuzz_rest_bodies(body):
     payload = json.loads(text)
     spec = model_pb2.ModelSpec(name="dpsr")
     try:
-        request = rest.build_predict_request(payload, SIGNATURE, spec)
+        request = rest_json.build_predict_request(payload, SIGNATURE, spec)
     except ServingError as e:
         assert e.code in CLIENT_CODES, e
         return

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dpsr_tf.serving.model_server.api import http_body, rest
+from dpsr_tf.serving.model_server.api import http_body, rest, rest_json
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.model_server.api.predict import RequestLimits
 from tests.support import serving_testing as st
@@ -243,8 +243,8 @@ def test_classify_rows_are_counted_before_any_example_is_built(gateway, monkeypa
     proto is built (before: all 2M were built, 9 s, then the core counted them)."""
     gw, core = gateway
     built = []
-    real_example = rest._example  # pylint: disable=protected-access
-    monkeypatch.setattr(rest, "_example", lambda *a: (built.append(1), real_example(*a)))
+    real_example = rest_json._example  # pylint: disable=protected-access
+    monkeypatch.setattr(rest_json, "_example", lambda *a: (built.append(1), real_example(*a)))
     body = b'{"examples": [' + b",".join([b"{}"] * 2_000_000) + b"]}"
     status, answer = st.send_http("127.0.0.1", gw.port, "POST", "/v1/models/m:classify", {},
                                   body, timeout=120)
@@ -258,7 +258,7 @@ def test_classify_rows_are_counted_before_any_example_is_built(gateway, monkeypa
 def test_predict_rows_and_values_are_checked_before_conversion(server):
     """Over --max_request_rows (set here) or --max_input_elements, a REST predict is refused
     from the JSON's shape, before its strings are converted; "instances" while it is decoded,
-    at the first row over the limit (json_body.py)."""
+    at the first row over the limit (rest_json.parse_predict_body)."""
     status, answer = st.send_http("127.0.0.1", server.rest_api_port, "POST", PREDICT, {},
                                   json.dumps({"instances": ["q"] * (MAX_ROWS + 1)}).encode())
     assert status == 400 and b"more than 1000 rows" in answer, answer

@@ -5,8 +5,8 @@
   inference         Classify / Regress / MultiInference over tf.Example inputs
   warmup_replay     warm-up records replayed through the request path at load
   grpc_services     PredictionService and ModelService
-  rest              the REST gateway and its JSON <-> tensor conversion
+  rest              the REST gateway: routes, HTTP status codes, answers written whole
   http_body         REST bodies read within a size limit and a server-wide byte budget
-  json_body         REST predict bodies decoded value by value, refused early when too large
+  rest_json         TF Serving's REST JSON: bodies parsed within limits, JSON <-> tensors
   profiler_service  TensorFlow's ProfilerService on the gRPC port
 """

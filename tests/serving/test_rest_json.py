@@ -1,13 +1,13 @@
-"""REST predict bodies decoded value by value (json_body.py): the document equals json.loads
-for every body, a malformed one gets json.loads's own error, and an oversized "instances" or
-"inputs" member is refused at the first row or value over the limit."""
+"""REST predict bodies decoded value by value (rest_json.parse_predict_body): the document
+equals json.loads for every body, a malformed one gets json.loads's own error, and an oversized
+"instances" or "inputs" member is refused at the first row or value over the limit."""
 import json
 
 import grpc
 import numpy as np
 import pytest
 
-from dpsr_tf.serving.model_server.api import json_body
+from dpsr_tf.serving.model_server.api import rest_json
 from dpsr_tf.serving.errors import ServingError
 
 BODIES = [
@@ -33,7 +33,7 @@ MALFORMED = ['{"instances": [1, 2,]}', '{"instances": [1 2]}', '{"instances": [1
 
 @pytest.mark.parametrize("text", BODIES)
 def test_the_document_equals_json_loads(text):
-    assert json_body.parse_predict_body(text, max_rows=100, max_values=100) == json.loads(text)
+    assert rest_json.parse_predict_body(text, max_rows=100, max_values=100) == json.loads(text)
 
 
 @pytest.mark.parametrize("text", MALFORMED)
@@ -41,7 +41,7 @@ def test_a_malformed_body_gets_json_loads_error(text):
     with pytest.raises(json.JSONDecodeError) as want:
         json.loads(text)
     with pytest.raises(json.JSONDecodeError) as got:
-        json_body.parse_predict_body(text, max_rows=100, max_values=100)
+        rest_json.parse_predict_body(text, max_rows=100, max_values=100)
     assert str(got.value) == str(want.value)
 
 
@@ -65,26 +65,26 @@ def test_seeded_random_documents_equal_json_loads():
     for _ in range(300):
         doc = {"instances" if rng.integers(0, 2) else "inputs": value(0), "other": value(1)}
         text = json.dumps(doc, indent=int(rng.integers(0, 3)) or None, ensure_ascii=False)
-        assert json_body.parse_predict_body(text, 0, 0) == json.loads(text) == doc
+        assert rest_json.parse_predict_body(text, 0, 0) == json.loads(text) == doc
 
 
 def _refusal(text, **limits) -> str:
     with pytest.raises(ServingError) as e:
-        json_body.parse_predict_body(text, **limits)
+        rest_json.parse_predict_body(text, **limits)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
     return e.value.message
 
 
 def test_rows_and_values_over_the_limits_are_refused():
     assert "more than 3 rows" in _refusal('{"instances": ["a","b","c","d"]}', max_rows=3)
-    json_body.parse_predict_body('{"instances": ["a","b","c"]}', max_rows=3)  # at the limit
+    rest_json.parse_predict_body('{"instances": ["a","b","c"]}', max_rows=3)  # at the limit
     # Values count leaves: 2 rows of 3 values.
     message = _refusal('{"instances": [[1,2,3],[4,5,6]]}', max_rows=10, max_values=5)
     assert "\"instances\" has more than 5 values" in message and "--max_input_elements" in message
     message = _refusal('{"inputs": {"q": ["a"], "emb": [[1,2],[3,4]]}}', max_values=3)
     assert "input 'emb' has more than 3 values" in message
     # Columnar rows are not instances: only values are limited there.
-    json_body.parse_predict_body('{"inputs": {"q": ["a","b","c","d"]}}', max_rows=3)
+    rest_json.parse_predict_body('{"inputs": {"q": ["a","b","c","d"]}}', max_rows=3)
 
 
 def test_the_refusal_comes_before_the_rest_of_the_body_is_decoded():
