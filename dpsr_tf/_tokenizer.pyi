@@ -6,20 +6,9 @@ import numpy as np
 class TokenizerError(ValueError): ...
 
 class Tokenizer:
-    def __init__(
-        self,
-        word_unigrams: bool,
-        word_bigrams: bool,
-        letter_trigrams: bool,
-        cjk_unigrams: bool,
-        cjk_bigrams: bool,
-        num_buckets: int,
-        num_oov_buckets: int,
-        max_tokens: int,
-        max_input_bytes: int,
-        max_word_chars: int,
-        vocab_file: str,
-    ) -> None: ...
+    def __init__(self, config: str, vocab_file: str) -> None:
+        """config: the core's config string (TokenizerConfig.to_config_string()); vocab_file:
+        a vocabulary path, or "" for hashing mode."""
     def tokenize(
         self, texts: Sequence[Union[str, bytes]]
     ) -> Tuple[np.ndarray, np.ndarray]:
@@ -31,5 +20,5 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int: ...
 
-def default_config() -> dict:
-    """The C++ core TokenizerConfig's defaults, by option name (no vocab_file)."""
+def canonical_config(config: str) -> str:
+    """The core's reading of a config string, written back in its canonical form."""

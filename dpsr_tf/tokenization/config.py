@@ -1,4 +1,8 @@
-"""TokenizerConfig: the settings shared by the pybind11 tokenizer and the Dpsr>Tokenize op."""
+"""TokenizerConfig: the settings shared by the pybind11 tokenizer and the Dpsr>Tokenize op.
+
+Both take the options as one string, the C++ core's serialised form (TokenizerConfig::ToString
+in tokenizer_cc/core/tokenizer.h), which TokenizerConfig.to_config_string() writes.
+"""
 import dataclasses
 from typing import Optional
 
@@ -20,7 +24,10 @@ class TokenizerConfig:
       max_tokens: at most this many features per text.
       max_input_bytes: only the first max_input_bytes bytes of a text are read.
       max_word_chars: a word keeps at most this many characters.
-      vocab_file: path of a vocabulary file (vocabulary mode), or None (hashing mode).
+      vocab_file: path of a vocabulary file (vocabulary mode), or None (hashing mode). Not an
+        option of the core's config string: the pybind11 module and the op take it apart.
+
+    An option added here is added to the C++ TokenizerConfig and its ForEachOption too.
     """
 
     word_unigrams: bool = True
@@ -35,11 +42,20 @@ class TokenizerConfig:
     max_word_chars: int = 32
     vocab_file: Optional[str] = None
 
-    def op_attrs(self) -> dict:
-        """The Dpsr>Tokenize attributes (everything but the vocabulary path)."""
-        attrs = dataclasses.asdict(self)
-        attrs.pop("vocab_file")
-        return attrs
+    def to_config_string(self) -> str:
+        """The options in the C++ core's one serialised form, what the pybind11 Tokenizer and
+        the Dpsr>Tokenize op's `config` attr take: "name=value" for every field but vocab_file,
+        sorted by name, joined by ","; bools true/false, integers decimal. The core checks the
+        values (ValueError / InvalidArgument naming the option).
+
+        Example: TokenizerConfig(max_tokens=8).to_config_string() ==
+          "cjk_bigrams=true,cjk_unigrams=true,letter_trigrams=true,max_input_bytes=16384,"
+          "max_tokens=8,max_word_chars=32,num_buckets=1048576,num_oov_buckets=16384,"
+          "word_bigrams=true,word_unigrams=true"
+        """
+        items = sorted((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                       if f.name != "vocab_file")
+        return ",".join(f"{name}={_config_value(value)}" for name, value in items)
 
     def to_json(self) -> str:
         return config_json.to_json(self)
@@ -47,3 +63,10 @@ class TokenizerConfig:
     @classmethod
     def from_json(cls, text: str, source: str = "<string>") -> "TokenizerConfig":
         return config_json.from_json(cls, text, source)
+
+
+def _config_value(value) -> str:
+    """One option's value as the core reads it; anything else is left for the core to reject."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

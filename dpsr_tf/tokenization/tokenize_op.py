@@ -24,5 +24,5 @@ def tokenize(texts: tf.Tensor, config: TokenizerConfig = TokenizerConfig(),
     if vocab_file is None:
         vocab_file = tf.constant(config.vocab_file or "", tf.string)
     ids, row_splits = op_library.load().dpsr_tokenize(
-        texts=texts, vocab_file=vocab_file, **config.op_attrs())
+        texts=texts, vocab_file=vocab_file, config=config.to_config_string())
     return tf.RaggedTensor.from_row_splits(ids, row_splits, validate=False)

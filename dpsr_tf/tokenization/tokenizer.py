@@ -1,5 +1,4 @@
 """Tokenizer: the pybind11 side of the C++ tokenizer, for data preparation and vocabularies."""
-import dataclasses
 from typing import List, Sequence, Tuple, Union
 
 import numpy as np
@@ -29,9 +28,7 @@ class Tokenizer:
 
     def __init__(self, config: TokenizerConfig = TokenizerConfig()):
         self._config = config
-        args = dataclasses.asdict(config)
-        args["vocab_file"] = args["vocab_file"] or ""
-        self._impl = _native().Tokenizer(**args)
+        self._impl = _native().Tokenizer(config.to_config_string(), config.vocab_file or "")
 
     @property
     def config(self) -> TokenizerConfig:

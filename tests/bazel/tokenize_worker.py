@@ -44,7 +44,7 @@ def _run_op(library, texts, configs, out):
     for i, config in enumerate(configs):
         ids, splits = ops.dpsr_tokenize(
             texts=batch, vocab_file=tf.constant(config.vocab_file or "", tf.string),
-            **config.op_attrs())
+            config=config.to_config_string())
         out[f"ids_{i}"], out[f"splits_{i}"] = ids.numpy(), splits.numpy()
     out["op_defs"] = _dpsr_op_defs()
 
@@ -54,7 +54,7 @@ def _run_pybind11(module_path, texts, configs, out):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     for i, config in enumerate(configs):
-        tokenizer = module.Tokenizer(**config.op_attrs(), vocab_file=config.vocab_file or "")
+        tokenizer = module.Tokenizer(config.to_config_string(), config.vocab_file or "")
         out[f"ids_{i}"], out[f"splits_{i}"] = tokenizer.tokenize(texts)
 
 

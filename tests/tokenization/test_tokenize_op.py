@@ -1,5 +1,6 @@
 """The Dpsr>Tokenize TF op: same ids as the pybind11 path, real shape function, clear errors."""
 import concurrent.futures
+import dataclasses
 import json
 import os
 import shutil
@@ -96,11 +97,81 @@ def test_missing_vocab_file_is_invalid_argument_naming_file():
         tokenize_op.tokenize(tf.constant(["a"]), TokenizerConfig(vocab_file="/no/such/vocab.txt"))
 
 
-@pytest.mark.parametrize("field,value", [("num_buckets", 0), ("max_tokens", 0)])
-def test_bad_attr_is_invalid_argument(field, value):
-    with pytest.raises(tf.errors.InvalidArgumentError, match=field if field != "max_tokens"
-                       else "limits must be in"):
-        tokenize_op.tokenize(tf.constant(["a"]), TokenizerConfig(**{field: value}))
+@pytest.mark.parametrize("config,message", [
+    (TokenizerConfig(num_buckets=0), "num_buckets must be >= 1, got 0"),
+    (TokenizerConfig(max_tokens=0), "max_tokens must be >= 1, got 0"),
+    (TokenizerConfig(max_word_chars=1 << 31), "max_word_chars must be a decimal int32"),
+])
+def test_bad_config_is_invalid_argument_naming_the_option(config, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Dpsr>Tokenize: .*" + message):
+        tokenize_op.tokenize(tf.constant(["a"]), config)
+
+
+def test_a_malformed_config_attr_is_invalid_argument():
+    raw = op_library.load().dpsr_tokenize
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="Dpsr>Tokenize: tokenizer config: unknown option 'max_token'"):
+        raw(texts=tf.constant(["a"]), vocab_file=tf.constant(""), config="max_token=3")
+
+
+# Graphs exported before the `config` attr give the options as attrs (those at their defaults
+# left out of a saved graph); they must tokenize as they did.
+LEGACY_CASES = [
+    ({}, TokenizerConfig()),
+    ({"num_buckets": 97, "letter_trigrams": False, "max_tokens": 7},
+     TokenizerConfig(num_buckets=97, letter_trigrams=False, max_tokens=7)),
+    ({"word_unigrams": False, "cjk_bigrams": False, "max_word_chars": 3, "max_input_bytes": 20},
+     TokenizerConfig(word_unigrams=False, cjk_bigrams=False, max_word_chars=3,
+                     max_input_bytes=20)),
+]
+
+
+@pytest.mark.parametrize("attrs,config", LEGACY_CASES, ids=["defaults", "small", "odd"])
+def test_the_legacy_attrs_still_tokenize_as_the_config(attrs, config):
+    texts = random_texts(500, seed=99)
+    ids, splits = Tokenizer(config).tokenize(texts)
+    got_ids, got_splits = op_library.load().dpsr_tokenize(
+        texts=tf.constant(texts), vocab_file=tf.constant(""), **attrs)
+    np.testing.assert_array_equal(got_ids.numpy(), ids)
+    np.testing.assert_array_equal(got_splits.numpy(), splits)
+
+
+@pytest.mark.parametrize("attrs,config", LEGACY_CASES, ids=["defaults", "small", "odd"])
+def test_an_imported_legacy_graph_def_tokenizes_as_the_config(attrs, config):
+    """A GraphDef written by hand as an old export holds it: no `config` attr at all."""
+    graph_def = tf.compat.v1.GraphDef()
+    texts_node = graph_def.node.add(name="texts", op="Placeholder")
+    texts_node.attr["dtype"].type = tf.string.as_datatype_enum
+    vocab = graph_def.node.add(name="vocab", op="Const")
+    vocab.attr["dtype"].type = tf.string.as_datatype_enum
+    vocab.attr["value"].tensor.CopyFrom(tf.make_tensor_proto("", tf.string))
+    node = graph_def.node.add(name="tokenize", op="Dpsr>Tokenize", input=["texts", "vocab"])
+    for name, value in attrs.items():
+        if isinstance(value, bool):
+            node.attr[name].b = value
+        else:
+            node.attr[name].i = value
+    op_library.load()
+    texts = random_texts(300, seed=5)
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as sess:
+            got_ids, got_splits = sess.run(["tokenize:0", "tokenize:1"], {"texts:0": texts})
+    ids, splits = Tokenizer(config).tokenize(texts)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got_splits, splits)
+
+
+def test_config_and_a_non_default_legacy_attr_together_are_invalid_argument():
+    raw = op_library.load().dpsr_tokenize
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Dpsr>Tokenize: options are given both in `config` .*num_buckets=97"):
+        raw(texts=tf.constant(["a"]), vocab_file=tf.constant(""), config="max_tokens=3",
+            num_buckets=97)
+    # Legacy attrs left at their defaults are no conflict.
+    ids, _ = raw(texts=tf.constant(["a b"]), vocab_file=tf.constant(""),
+                 config="max_tokens=1", num_buckets=1 << 20)
+    assert ids.numpy().size == 1
 
 
 def test_concurrent_calls_agree():
@@ -113,9 +184,11 @@ def test_concurrent_calls_agree():
         np.testing.assert_array_equal(got, want)
 
 
-def test_saved_model_with_vocab_asset_moves_and_reloads_in_fresh_process(tmp_path):
+@pytest.mark.parametrize("legacy_attrs", [False, True], ids=["config", "legacy_attrs"])
+def test_saved_model_with_vocab_asset_moves_and_reloads_in_fresh_process(tmp_path, legacy_attrs):
     corpus = ["red apple", "red apple pie", "green apple"] * 2
-    config = build_vocabulary(corpus, TokenizerConfig(), str(tmp_path / "v.txt"), min_count=2)
+    config = build_vocabulary(corpus, TokenizerConfig(letter_trigrams=False, max_tokens=5),
+                              str(tmp_path / "v.txt"), min_count=2)
 
     class Model(tf.Module):
         def __init__(self):
@@ -124,15 +197,23 @@ def test_saved_model_with_vocab_asset_moves_and_reloads_in_fresh_process(tmp_pat
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
         def __call__(self, texts):
+            if legacy_attrs:  # as servables exported before the `config` attr
+                ids, splits = op_library.load().dpsr_tokenize(
+                    texts=texts, vocab_file=self.vocab.asset_path, letter_trigrams=False,
+                    max_tokens=5)
+                return {"ids": ids, "row_splits": splits}
             r = tokenize_op.tokenize(texts, config, vocab_file=self.vocab.asset_path)
             return {"ids": r.values, "row_splits": r.row_splits}
 
     tf.saved_model.save(Model(), str(tmp_path / "a" / "model"))
+    # A saved graph leaves out attrs at their defaults: the new form holds only `config`.
+    assert _saved_tokenize_attrs(str(tmp_path / "a" / "model")) == (
+        {"letter_trigrams", "max_tokens"} if legacy_attrs else {"config"})
     os.remove(config.vocab_file)  # the SavedModel must carry its own copy
     shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
     texts = ["red apple tart", "green"]
-    want = Tokenizer(TokenizerConfig(vocab_file=str(tmp_path / "b" / "model" / "assets" /
-                                                    "v.txt"))).tokenize(texts)
+    want = Tokenizer(dataclasses.replace(
+        config, vocab_file=str(tmp_path / "b" / "model" / "assets" / "v.txt"))).tokenize(texts)
     script = textwrap.dedent(f"""
         import json, tensorflow as tf
         from dpsr_tf import op_library
@@ -146,3 +227,15 @@ def test_saved_model_with_vocab_asset_moves_and_reloads_in_fresh_process(tmp_pat
                             text=True, check=True)
     got_ids, got_splits = json.loads(result.stdout.strip().splitlines()[-1])
     assert got_ids == want[0].tolist() and got_splits == want[1].tolist()
+
+
+def _saved_tokenize_attrs(export_dir: str) -> set:
+    """The attrs (leading-underscore ones aside) of the one Dpsr>Tokenize node of a SavedModel."""
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=import-outside-toplevel
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].graph_def
+    nodes = [n for fn in graph.library.function for n in fn.node_def if n.op == "Dpsr>Tokenize"]
+    assert len(nodes) == 1, nodes
+    return {name for name in nodes[0].attr if not name.startswith("_")}

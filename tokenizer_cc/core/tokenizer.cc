@@ -1,6 +1,10 @@
 #include "tokenizer_cc/core/tokenizer.h"
 
+#include <algorithm>
+#include <charconv>
 #include <fstream>
+#include <map>
+#include <type_traits>
 #include <utility>
 
 #include "tokenizer_cc/core/hash.h"
@@ -17,7 +21,103 @@ void Require(bool ok, const std::string& field, int64_t value, const char* rule)
   }
 }
 
+// Calls visit(name, field) for every option: the one list ToString and FromString walk.
+template <typename Config, typename Visit>
+void ForEachOption(Config& c, Visit&& visit) {
+  visit("word_unigrams", c.word_unigrams);
+  visit("word_bigrams", c.word_bigrams);
+  visit("letter_trigrams", c.letter_trigrams);
+  visit("cjk_unigrams", c.cjk_unigrams);
+  visit("cjk_bigrams", c.cjk_bigrams);
+  visit("num_buckets", c.num_buckets);
+  visit("num_oov_buckets", c.num_oov_buckets);
+  visit("max_tokens", c.max_tokens);
+  visit("max_input_bytes", c.max_input_bytes);
+  visit("max_word_chars", c.max_word_chars);
+}
+
+[[noreturn]] void BadValue(const std::string& name, std::string_view value, const char* want) {
+  throw TokenizerError("tokenizer config: " + name + " must be " + want + ", got '" +
+                       std::string(value) + "'");
+}
+
+void Parse(const std::string& name, std::string_view value, bool* out) {
+  if (value == "true") {
+    *out = true;
+  } else if (value == "false") {
+    *out = false;
+  } else {
+    BadValue(name, value, "true or false");
+  }
+}
+
+template <typename Int>
+void Parse(const std::string& name, std::string_view value, Int* out) {
+  static_assert(std::is_integral_v<Int>);
+  Int v = 0;
+  const char* end = value.data() + value.size();
+  const auto [ptr, ec] = std::from_chars(value.data(), end, v);
+  if (value.empty() || ec != std::errc() || ptr != end) {
+    BadValue(name, value, sizeof(Int) == 4 ? "a decimal int32" : "a decimal int64");
+  }
+  *out = v;
+}
+
 }  // namespace
+
+std::string TokenizerConfig::ToString() const {
+  std::vector<std::pair<std::string, std::string>> items;
+  ForEachOption(*this, [&](const char* name, const auto& field) {
+    if constexpr (std::is_same_v<std::decay_t<decltype(field)>, bool>) {
+      items.emplace_back(name, field ? "true" : "false");
+    } else {
+      items.emplace_back(name, std::to_string(field));
+    }
+  });
+  std::sort(items.begin(), items.end());
+  std::string out;
+  for (const auto& [name, value] : items) {
+    if (!out.empty()) out += ',';
+    out += name + "=" + value;
+  }
+  return out;
+}
+
+TokenizerConfig TokenizerConfig::FromString(std::string_view text) {
+  std::map<std::string, std::string_view> given;
+  for (size_t start = 0; !text.empty();) {
+    const size_t comma = text.find(',', start);
+    const std::string_view item =
+        text.substr(start, comma == std::string_view::npos ? comma : comma - start);
+    const size_t eq = item.find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      throw TokenizerError("tokenizer config: expected name=value, got '" + std::string(item) +
+                           "' in '" + std::string(text) + "'");
+    }
+    const std::string name(item.substr(0, eq));
+    if (!given.emplace(name, item.substr(eq + 1)).second) {
+      throw TokenizerError("tokenizer config: " + name + " is given twice in '" +
+                           std::string(text) + "'");
+    }
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  TokenizerConfig c;
+  std::string known;
+  ForEachOption(c, [&](const char* name, auto& field) {
+    known += known.empty() ? name : std::string(", ") + name;
+    const auto it = given.find(name);
+    if (it == given.end()) return;
+    Parse(it->first, it->second, &field);
+    given.erase(it);
+  });
+  if (!given.empty()) {
+    throw TokenizerError("tokenizer config: unknown option '" + given.begin()->first +
+                         "'; the options are " + known);
+  }
+  c.Validate();
+  return c;
+}
 
 void TokenizerConfig::Validate() const {
   Require(num_buckets >= 1, "num_buckets", num_buckets, ">= 1");

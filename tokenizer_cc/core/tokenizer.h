@@ -20,6 +20,9 @@
 //      hashed bucket (see Tokenizer::IdOf).
 // Bounded cost: at most max_input_bytes of a text are read, a word keeps at most max_word_chars
 // characters, and at most max_tokens features are emitted.
+//
+// The options travel as one string, TokenizerConfig::ToString() / FromString(): the pybind11
+// module and the op's `config` attr take it, and Python's TokenizerConfig writes it.
 #ifndef DPSR_TOKENIZER_CC_CORE_TOKENIZER_H_
 #define DPSR_TOKENIZER_CC_CORE_TOKENIZER_H_
 
@@ -39,6 +42,8 @@ class TokenizerError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+// Adding an option: a field here, a line in ForEachOption (tokenizer.cc), a field of the Python
+// dataclass (dpsr_tf/tokenization/config.py). Its default must keep what older configs meant.
 struct TokenizerConfig {
   bool word_unigrams = true;
   bool word_bigrams = true;
@@ -55,6 +60,14 @@ struct TokenizerConfig {
 
   // Throws TokenizerError naming the bad field and its value.
   void Validate() const;
+
+  // The one serialised form: every option as "name=value", sorted by name, joined by ",";
+  // bools are true/false, integers decimal. E.g. "cjk_bigrams=true,...,word_unigrams=true".
+  std::string ToString() const;
+  // Reads ToString's form, in any order; an option left out keeps its default ("" is the
+  // default config). Throws TokenizerError on an unknown or repeated option, a bad value, or
+  // a config that fails Validate().
+  static TokenizerConfig FromString(std::string_view text);
 };
 
 struct Vocabulary {

@@ -106,6 +106,57 @@ void TestBadConfig() {
   CHECK(threw);
 }
 
+// The message of the TokenizerError FromString(text) throws ("" if none).
+std::string ParseError(const std::string& text) {
+  try {
+    TokenizerConfig::FromString(text);
+  } catch (const TokenizerError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+void TestConfigString() {
+  const std::string defaults =
+      "cjk_bigrams=true,cjk_unigrams=true,letter_trigrams=true,max_input_bytes=16384,"
+      "max_tokens=256,max_word_chars=32,num_buckets=1048576,num_oov_buckets=16384,"
+      "word_bigrams=true,word_unigrams=true";
+  CHECK(TokenizerConfig{}.ToString() == defaults);
+  CHECK(TokenizerConfig::FromString("").ToString() == defaults);
+  CHECK(TokenizerConfig::FromString(defaults).ToString() == defaults);
+  // Any order; an option left out keeps its default.
+  const TokenizerConfig c =
+      TokenizerConfig::FromString("num_buckets=97,letter_trigrams=false,max_tokens=7");
+  CHECK(c.num_buckets == 97 && !c.letter_trigrams && c.max_tokens == 7 && c.word_unigrams &&
+        c.num_oov_buckets == 16384);
+  CHECK(c.ToString() ==
+        "cjk_bigrams=true,cjk_unigrams=true,letter_trigrams=false,max_input_bytes=16384,"
+        "max_tokens=7,max_word_chars=32,num_buckets=97,num_oov_buckets=16384,"
+        "word_bigrams=true,word_unigrams=true");
+  CHECK(TokenizerConfig::FromString("num_buckets=8589934592").num_buckets == (int64_t{1} << 33));
+
+  CHECK(Contains(ParseError("num_bucket=5"), "unknown option 'num_bucket'"));
+  CHECK(Contains(ParseError("num_bucket=5"), "num_buckets"));  // the message lists the options
+  CHECK(Contains(ParseError("max_tokens=5,max_tokens=6"), "max_tokens is given twice"));
+  CHECK(Contains(ParseError("word_bigrams=1"), "word_bigrams must be true or false, got '1'"));
+  CHECK(Contains(ParseError("max_tokens=12x"), "max_tokens must be a decimal int32, got '12x'"));
+  CHECK(Contains(ParseError("max_tokens=2147483648"), "decimal int32"));  // 2^31
+  CHECK(Contains(ParseError("num_buckets="), "num_buckets must be a decimal int64, got ''"));
+  CHECK(Contains(ParseError("num_buckets=+5"), "decimal int64"));
+  CHECK(Contains(ParseError("max_tokens"), "expected name=value, got 'max_tokens'"));
+  CHECK(Contains(ParseError("max_tokens=5,"), "expected name=value, got ''"));
+  CHECK(Contains(ParseError("=5"), "expected name=value"));
+  // Parsed configs are validated.
+  CHECK(Contains(ParseError("num_buckets=0"), "num_buckets must be >= 1, got 0"));
+  CHECK(Contains(ParseError("word_unigrams=false,word_bigrams=false,letter_trigrams=false,"
+                            "cjk_unigrams=false,cjk_bigrams=false"),
+                 "every feature kind is disabled"));
+}
+
 }  // namespace
 
 int main() {
@@ -115,5 +166,6 @@ int main() {
   TestCaps();
   TestIds();
   TestBadConfig();
+  TestConfigString();
   return dpsr_test::Report("tokenizer_test");
 }

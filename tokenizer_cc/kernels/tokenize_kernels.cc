@@ -3,6 +3,9 @@
 #include <string>
 #include <vector>
 
+#include "tensorflow/core/framework/attr_value.pb.h"
+#include "tensorflow/core/framework/node_def_util.h"
+#include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tokenizer_cc/core/tokenizer.h"
@@ -22,28 +25,38 @@ using text::Tokenizer;
 using text::TokenizerConfig;
 using text::TokenizerError;
 
+// "name=value,..." of every option attr (all but `config`), from `node` where it has the attr
+// and the op's default where not; and the same from the defaults alone.
+::tensorflow::Status LegacyOptions(const ::tensorflow::NodeDef& node, std::string* given,
+                                   std::string* defaults) {
+  const ::tensorflow::OpDef* op = nullptr;
+  TF_RETURN_IF_ERROR(::tensorflow::OpRegistry::Global()->LookUpOpDef(node.op(), &op));
+  auto append = [](const std::string& name, const ::tensorflow::AttrValue& v, std::string* out) {
+    if (!out->empty()) *out += ',';
+    *out += name + "=" +
+            (v.value_case() == ::tensorflow::AttrValue::kB ? (v.b() ? "true" : "false")
+                                                           : std::to_string(v.i()));
+  };
+  for (const auto& attr : op->attr()) {
+    if (attr.name() == "config") continue;
+    const ::tensorflow::AttrValue* value = ::tensorflow::AttrSlice(node).Find(attr.name());
+    append(attr.name(), value ? *value : attr.default_value(), given);
+    append(attr.name(), attr.default_value(), defaults);
+  }
+  return ::tensorflow::OkStatus();
+}
+
 class TokenizeOp : public OpKernel {
  public:
   explicit TokenizeOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    int64_t max_tokens, max_input_bytes, max_word_chars;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("word_unigrams", &config_.word_unigrams));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("word_bigrams", &config_.word_bigrams));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("letter_trigrams", &config_.letter_trigrams));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("cjk_unigrams", &config_.cjk_unigrams));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("cjk_bigrams", &config_.cjk_bigrams));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_buckets", &config_.num_buckets));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("num_oov_buckets", &config_.num_oov_buckets));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_tokens", &max_tokens));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_input_bytes", &max_input_bytes));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_word_chars", &max_word_chars));
-    for (int64_t v : {max_tokens, max_input_bytes, max_word_chars}) {
-      OP_REQUIRES(ctx, v >= 1 && v <= (int64_t{1} << 30),
-                  InvalidArgument("Dpsr>Tokenize: limits must be in [1, 2^30], got ", v));
-    }
-    config_.max_tokens = static_cast<int32_t>(max_tokens);
-    config_.max_input_bytes = static_cast<int32_t>(max_input_bytes);
-    config_.max_word_chars = static_cast<int32_t>(max_word_chars);
+    std::string config, legacy, legacy_defaults;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("config", &config));
+    OP_REQUIRES_OK(ctx, LegacyOptions(def(), &legacy, &legacy_defaults));
+    OP_REQUIRES(ctx, config.empty() || legacy == legacy_defaults,
+                InvalidArgument("Dpsr>Tokenize: options are given both in `config` (", config,
+                                ") and as attrs (", legacy, "); give them in `config` only"));
     try {
+      config_ = TokenizerConfig::FromString(config.empty() ? legacy : config);
       hashing_ = std::make_shared<const Tokenizer>(config_);
     } catch (const TokenizerError& e) {
       ctx->CtxFailure(InvalidArgument("Dpsr>Tokenize: ", e.what()));

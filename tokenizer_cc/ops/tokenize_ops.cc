@@ -15,6 +15,9 @@ REGISTER_OP("Dpsr>Tokenize")
     .Input("vocab_file: string")
     .Output("ids: int64")
     .Output("row_splits: int64")
+    .Attr("config: string = ''")
+    // The options as attrs, as graphs exported before `config` carry them: kept, with their
+    // defaults, so those graphs still load. Frozen: a new option exists only in `config`.
     .Attr("word_unigrams: bool = true")
     .Attr("word_bigrams: bool = true")
     .Attr("letter_trigrams: bool = true")
@@ -43,6 +46,10 @@ texts: [batch] strings; invalid UTF-8 is replaced, never an error.
 vocab_file: scalar path of a vocabulary file, or "" for hashing mode. Loaded once per path.
 ids: [total_features] int64 feature ids, the values of the ragged result.
 row_splits: [batch + 1] int64; the ids of texts[i] are ids[row_splits[i]:row_splits[i+1]].
+config: the tokenizer options in the core's one serialised form (TokenizerConfig::ToString,
+  e.g. "max_tokens=64,num_buckets=4096"; an option left out keeps its default). When empty, the
+  other attrs give the options, as in graphs exported before this attr existed; when set,
+  they must keep their defaults.
 )doc");
 
 }  // namespace dpsr

@@ -39,22 +39,8 @@ std::vector<std::string> ToStrings(const py::sequence& texts) {
   return out;
 }
 
-std::unique_ptr<Tokenizer> Make(bool word_unigrams, bool word_bigrams, bool letter_trigrams,
-                                bool cjk_unigrams, bool cjk_bigrams, int64_t num_buckets,
-                                int64_t num_oov_buckets, int32_t max_tokens,
-                                int32_t max_input_bytes, int32_t max_word_chars,
-                                const std::string& vocab_file) {
-  TokenizerConfig c;
-  c.word_unigrams = word_unigrams;
-  c.word_bigrams = word_bigrams;
-  c.letter_trigrams = letter_trigrams;
-  c.cjk_unigrams = cjk_unigrams;
-  c.cjk_bigrams = cjk_bigrams;
-  c.num_buckets = num_buckets;
-  c.num_oov_buckets = num_oov_buckets;
-  c.max_tokens = max_tokens;
-  c.max_input_bytes = max_input_bytes;
-  c.max_word_chars = max_word_chars;
+std::unique_ptr<Tokenizer> Make(const std::string& config, const std::string& vocab_file) {
+  const TokenizerConfig c = TokenizerConfig::FromString(config);
   if (vocab_file.empty()) return std::make_unique<Tokenizer>(c);
   return std::make_unique<Tokenizer>(c, Vocabulary::Load(vocab_file));
 }
@@ -110,10 +96,7 @@ PYBIND11_MODULE(_tokenizer, m) {
   py::register_exception<dpsr::text::TokenizerError>(m, "TokenizerError", PyExc_ValueError);
 
   py::class_<Tokenizer>(m, "Tokenizer")
-      .def(py::init(&Make), py::arg("word_unigrams"), py::arg("word_bigrams"),
-           py::arg("letter_trigrams"), py::arg("cjk_unigrams"), py::arg("cjk_bigrams"),
-           py::arg("num_buckets"), py::arg("num_oov_buckets"), py::arg("max_tokens"),
-           py::arg("max_input_bytes"), py::arg("max_word_chars"), py::arg("vocab_file"))
+      .def(py::init(&Make), py::arg("config"), py::arg("vocab_file"))
       .def("tokenize", &TokenizeBatch, py::arg("texts"))
       .def("features", &FeaturesBatch, py::arg("texts"))
       .def("id_of", [](const Tokenizer& t, const std::string& key) { return t.IdOf(key); },
@@ -139,20 +122,8 @@ PYBIND11_MODULE(_tokenizer, m) {
            py::arg("word"))
       .def_property_readonly("size", &Speller::size);
   m.attr("SPELLER_HEADER") = dpsr::text::kSpellerHeader;
-  // The core's own defaults, so a test can pin them to the Python config and the op attrs.
-  m.def("default_config", [] {
-    const TokenizerConfig c;
-    py::dict d;
-    d["word_unigrams"] = c.word_unigrams;
-    d["word_bigrams"] = c.word_bigrams;
-    d["letter_trigrams"] = c.letter_trigrams;
-    d["cjk_unigrams"] = c.cjk_unigrams;
-    d["cjk_bigrams"] = c.cjk_bigrams;
-    d["num_buckets"] = c.num_buckets;
-    d["num_oov_buckets"] = c.num_oov_buckets;
-    d["max_tokens"] = c.max_tokens;
-    d["max_input_bytes"] = c.max_input_bytes;
-    d["max_word_chars"] = c.max_word_chars;
-    return d;
-  });
+  // The core's reading of a config string, written back: a test round-trips Python's form.
+  m.def("canonical_config",
+        [](const std::string& config) { return TokenizerConfig::FromString(config).ToString(); },
+        py::arg("config"));
 }
