@@ -1,6 +1,7 @@
 """RewriterConfig: the shape of the rewriter and the weights of its three losses."""
 import dataclasses
-import json
+
+from dpsr_tf import config_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +61,17 @@ class RewriterConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
+    def to_dict(self) -> dict:
+        return config_json.to_dict(self)
+
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return config_json.to_json(self)
 
     @classmethod
-    def from_json(cls, text: str) -> "RewriterConfig":
-        body = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(body) - known:
-            raise ValueError(f"unknown rewriter config fields {sorted(set(body) - known)}")
-        return cls(**body)
+    def from_dict(cls, data: dict, source: str = "<dict>",
+                  path: str = "") -> "RewriterConfig":
+        return config_json.from_dict(cls, data, source, path)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<string>") -> "RewriterConfig":
+        return config_json.from_json(cls, text, source)

@@ -28,14 +28,22 @@ def load_rewriter(model_dir: str) -> Tuple[RewriterConfig, units_lib.UnitVocab, 
 
     Raises:
       FileNotFoundError: not a `dpsr train-rewriter` directory.
+      ValueError: the config file is not JSON, has no config section, or has a field
+        RewriterConfig does not have (naming the file and field).
     """
     path = os.path.join(model_dir, CONFIG_JSON)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: train a rewriter with `dpsr train-rewriter "
                                 f"--model_dir={model_dir}` first")
     with open(path, encoding="utf-8") as f:
-        body = json.load(f)
-    cfg = RewriterConfig(**body.pop("config"))
+        try:
+            body = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(body, dict) or "config" not in body:
+        raise ValueError(f"{path}: expected an object with a 'config' section (written by "
+                         f"`dpsr train-rewriter`)")
+    cfg = RewriterConfig.from_dict(body.pop("config"), source=path, path="config")
     vocab = units_lib.UnitVocab.load(os.path.join(model_dir, UNITS_TXT))
     if len(vocab) != cfg.vocab_size:
         raise ValueError(f"{model_dir}: {UNITS_TXT} has {len(vocab)} units but the config says "
@@ -72,7 +80,7 @@ def train_rewriter(layout_dir: str, model_dir: str, cfg: RewriterConfig,
     cfg = dataclasses.replace(cfg, vocab_size=len(vocab))
     cfg.validate()
     with open(os.path.join(model_dir, CONFIG_JSON), "w", encoding="utf-8") as f:
-        json.dump({"config": dataclasses.asdict(cfg), "layout_dir": os.path.abspath(layout_dir),
+        json.dump({"config": cfg.to_dict(), "layout_dir": os.path.abspath(layout_dir),
                    "train_pairs": len(pairs), "holdout_percent": int(holdout_percent)},
                   f, indent=2, sort_keys=True)
     queries, titles = data_lib.encode_pairs(pairs, vocab, cfg.query_len, cfg.title_len)
