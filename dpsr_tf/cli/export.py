@@ -18,8 +18,10 @@ from dpsr_tf.cli import feedback_flags, fusion_flags
 from dpsr_tf.evaluation import fusion_objective
 from dpsr_tf.indexing import index_layout, joint_pq_index
 from dpsr_tf.export.saved_model_export import export_all_shards
-from dpsr_tf.search.rewrite_merge import COMBINES, RewriteConfig
+from dpsr_tf.search.rewrite_merge import RewriteConfig
 from dpsr_tf.export.servable_graph import ServableConfig
+from dpsr_tf.export.stages import pipeline as stage_pipeline
+from dpsr_tf.export.stages.rewrites import RewritesStage
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Trained model directory (dpsr train).")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None,
@@ -33,22 +35,15 @@ _VERSION = flags.DEFINE_integer("version", None,
 _LAYOUT = flags.DEFINE_string("layout_dir", None,
                               "Training layout; default the one the model was trained on.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix; default the newest.")
-_K = flags.DEFINE_integer("default_k", 100, "Results per query when a request has no k.")
-_MAX_K = flags.DEFINE_integer("max_k", 1000, "Largest k a request may ask for.")
-_MAX_QUERY = flags.DEFINE_integer("max_query_bytes", 4096, "Longer queries are rejected.")
-_NPROBE = flags.DEFINE_integer("nprobe", 0, "IVF nprobe per search; 0 = the index's.")
-_EF = flags.DEFINE_integer("ef_search", 0, "HNSW efSearch per search; 0 = the index's.")
-_MMAP = flags.DEFINE_bool("mmap_index", False,
-                          "Memory-map the FAISS index's IVF lists instead of reading them: "
-                          "processes serving this version on one machine share one copy.")
-_HYBRID = flags.DEFINE_bool("hybrid", True,
-                            "Fuse the build's lexical (BM25) index with the dense one (when it "
-                            "has one; see --fusion and the other fusion flags).")
-_RANKER = flags.DEFINE_string("ranker_dir", None,
-                              "A DPR ranker (dpsr train-ranker): adds the rerank and "
-                              "retrieve_rerank signatures (docs/ranking.md).")
-_RERANK_N = flags.DEFINE_integer("rerank_n", 100, "retrieve_rerank re-ranks this many of the "
-                                 "top retrieved items.")
+# The flags the servable's stages declare (dpsr_tf/export/stages/: request limits, search
+# settings, --hybrid, rewrites, the ranker), defined here where flags belong.
+_DEFINE = {"integer": flags.DEFINE_integer, "float": flags.DEFINE_float,
+           "bool": flags.DEFINE_bool, "string": flags.DEFINE_string, "list": flags.DEFINE_list}
+for _flag in stage_pipeline.export_flags():
+    if _flag.kind == "enum":
+        flags.DEFINE_enum(_flag.name, _flag.default, list(_flag.enum_values), _flag.help)
+    else:
+        _DEFINE[_flag.kind](_flag.name, _flag.default, _flag.help)
 _CHOOSE_FUSION = flags.DEFINE_bool(
     "choose_fusion", True, "Choose a hybrid servable's fusion on the layout's eval split (the "
     "best of a grid that includes dense only and lexical only); off when any fusion flag is "
@@ -61,13 +56,6 @@ _FUSION_OBJECTIVE = flags.DEFINE_list(
 _REWRITES = flags.DEFINE_string(
     "rewrites", None, "A rewrite table (dpsr rewrite): the servable also searches the lexical "
     "index with each query's rewrites (docs/rewriting.md). Hybrid servables only.")
-_MAX_REWRITES = flags.DEFINE_integer("max_rewrites", 3, "Rewrites of a query searched per "
-                                     "request (the table's first ones).")
-_REWRITE_WEIGHT = flags.DEFINE_float("rewrite_weight", 0.05, "Factor on a rewrite's BM25 "
-                                     "scores in the merged lexical list, in (0, 1].")
-_REWRITE_COMBINE = flags.DEFINE_enum("rewrite_combine", "sum", list(COMBINES),
-                                     "How an item's weighted BM25 scores over the query's and "
-                                     "the rewrites' lists combine (docs/rewriting.md).")
 _SPELLING = flags.DEFINE_enum(
     "spelling", "auto", ["auto", "on", "off"],
     "Correct each query's words that no catalog item uses with the index build's catalog "
@@ -92,8 +80,20 @@ FUSION_FLAGS = ("fusion", "rrf_k", "dense_weight", "lexical_weight", "lexical_k"
                 "lexical_min_score")
 
 
+def _flag_values():
+    return {flag.name: flags.FLAGS[flag.name].value for flag in stage_pipeline.export_flags()}
+
+
 def _rewrite_config() -> RewriteConfig:
-    return RewriteConfig(_MAX_REWRITES.value, _REWRITE_WEIGHT.value, _REWRITE_COMBINE.value)
+    return RewritesStage.from_flags(_flag_values()).rewrites
+
+
+def _servable_config(fusion, spelling: bool, feedback) -> ServableConfig:
+    """The ServableConfig of the stages' flags and the chosen fusion, spelling and feedback."""
+    fields = {flag.config_field: flags.FLAGS[flag.name].value
+              for flag in stage_pipeline.export_flags() if flag.config_field}
+    return ServableConfig(**fields, fusion=fusion, rewrites=_rewrite_config(),
+                          spelling=spelling, dense_feedback=feedback)
 
 
 def _feedbacks(manifest, index_dir: str):
@@ -129,7 +129,7 @@ def _fusion(index_dir: str):
     given = [name for name in FUSION_FLAGS if flags.FLAGS[name].present]
     manifest = index_layout.read_manifest(index_dir, check_files=False)
     has_lexical = manifest.lexical is not None
-    choose = not given and _CHOOSE_FUSION.value and _HYBRID.value and has_lexical
+    choose = not given and _CHOOSE_FUSION.value and flags.FLAGS.hybrid and has_lexical
     auto = _SPELLING.value == "auto" and has_lexical and bool(manifest.lexical.speller_file)
     feedbacks = _feedbacks(manifest, index_dir)
     fixed_feedback = (feedback_flags.feedback_config() if _DENSE_FEEDBACK.value == "on"
@@ -139,13 +139,13 @@ def _fusion(index_dir: str):
     from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
     candidates = (fusion_choice.CANDIDATES if choose else
-                  (fusion_flags.fusion_config() if _HYBRID.value
+                  (fusion_flags.fusion_config() if flags.FLAGS.hybrid
                    else FusionConfig(lexical_weight=0.0),))
     kwargs = dict(rewrite_table=_REWRITES.value, rewrites=_rewrite_config(),
                   candidates=candidates,
                   objective=fusion_choice.parse_objective(_FUSION_OBJECTIVE.value),
                   feedbacks=feedbacks or (fixed_feedback,))
-    args = (_MODEL_DIR.value, index_dir, _LAYOUT.value, _CHECKPOINT.value, _NPROBE.value or None)
+    args = (_MODEL_DIR.value, index_dir, _LAYOUT.value, _CHECKPOINT.value, flags.FLAGS.nprobe or None)
     if auto:
         choice, spelling, scores = fusion_choice.choose_with_spelling(*args, **kwargs)
         print(f"spelling {'on' if spelling else 'off'}: objective {scores['with']:.4f} with the "
@@ -177,17 +177,13 @@ def main(argv):
         index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(
             _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
         fusion, spelling, feedback, choice = _fusion(index_dir)
-        servable = ServableConfig(default_k=_K.value, max_k=_MAX_K.value,
-                                  max_query_bytes=_MAX_QUERY.value, nprobe=_NPROBE.value,
-                                  ef_search=_EF.value, hybrid=_HYBRID.value,
-                                  mmap_index=_MMAP.value, fusion=fusion,
-                                  rewrites=_rewrite_config(), spelling=spelling,
-                                  dense_feedback=feedback)
+        servable = _servable_config(fusion, spelling, feedback)
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,
                                   checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value,
-                                  ranker_dir=_RANKER.value, rerank_n=_RERANK_N.value,
+                                  ranker_dir=flags.FLAGS.ranker_dir,
+                                  rerank_n=flags.FLAGS.rerank_n,
                                   fusion_choice=choice, rewrite_table=_REWRITES.value,
                                   online_rewriter=_ONLINE_REWRITER.value)
     except (ValueError, FileNotFoundError, FileExistsError) as e:

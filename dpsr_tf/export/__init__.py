@@ -1,9 +1,11 @@
 """The SavedModel writer: one servable that fuses the query tower with the search ops.
 
 Modules (import them directly; this file re-exports nothing):
-  servable_graph      the serving graph: tokenize -> query tower -> search ops -> fusion
-  rerank_stage        the optional DPR re-rank stage appended to the serving graph
+  stages/             one module per query-time stage (spelling, tokenization, query tower,
+                      dense search, rewrites, lexical fusion, response, re-rank, ...);
+                      stages/pipeline.py lists them in order and composes ServableConfig
+  servable_graph      composes the stages into the serving graph
   saved_model_export  model dir + index dir -> a TF Serving version directory (`dpsr export`)
-  graph_lookup        searchgcn servables: query text -> its click-graph lists (asset hash table)
+  servable_info       assets.extra/dpsr_servable.json: what a servable holds
   warmup              the TF Serving warm-up file (assets.extra/tf_serving_warmup_requests)
 """

@@ -17,6 +17,7 @@ Checkpoint names:
   dpr/tower/layer_<i>/{kernel,bias}     i = 0..len(hidden_units) (the last is the logit)
 """
 import dataclasses
+import os
 from typing import Mapping, Sequence, Tuple
 
 import numpy as np
@@ -183,3 +184,22 @@ def model_fn(features, labels, mode, params):
     train_op = opt.minimize(loss, global_step=tf.compat.v1.train.get_or_create_global_step())
     tf.compat.v1.summary.scalar("pair_accuracy", tf.reduce_mean(correct))
     return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def load_config(model_dir: str) -> RankerConfig:
+    """The RankerConfig of a `dpsr train-ranker` model directory.
+
+    Raises:
+      FileNotFoundError: the directory has no ranker config.
+    """
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a ranker model directory; "
+                                f"train one with `dpsr train-ranker`")
+    with open(path, encoding="utf-8") as f:
+        return RankerConfig.from_json(f.read())
+
+
+def utf8(texts) -> np.ndarray:
+    """[n] object array of UTF-8 bytes (what tf.string tensors are fed with)."""
+    return np.array([t.encode("utf-8") for t in texts], dtype=object)

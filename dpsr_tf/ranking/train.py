@@ -23,6 +23,7 @@ from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.embedder import CheckpointEmbedder
 from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import model as model_lib
+from dpsr_tf.ranking.model import load_config, utf8
 from dpsr_tf.ranking import sessions as sessions_lib
 from dpsr_tf.tokenization.tokenizer import Tokenizer
 from dpsr_tf.indexing import catalog_index, index_layout
@@ -119,11 +120,6 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
                       cfg.num_heads)
 
 
-def utf8(texts) -> np.ndarray:
-    """[n] object array of UTF-8 bytes (what tf.string tensors are fed with)."""
-    return np.array([t.encode("utf-8") for t in texts], dtype=object)
-
-
 def _counted_mask(train, per_session) -> np.ndarray:
     """[C] bool: the candidates the item statistics counted (shown ones, not the added
     retrieved negatives, which carry the minimum label of the augmented table)."""
@@ -193,15 +189,6 @@ def write_config(model_dir: str, config: model_lib.RankerConfig) -> None:
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, model_lib.CONFIG_FILE), "w", encoding="utf-8") as f:
         f.write(config.to_json())
-
-
-def load_config(model_dir: str) -> model_lib.RankerConfig:
-    path = os.path.join(model_dir, model_lib.CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: {model_dir} is not a ranker model directory; "
-                                f"train one with `dpsr train-ranker`")
-    with open(path, encoding="utf-8") as f:
-        return model_lib.RankerConfig.from_json(f.read())
 
 
 def make_estimator(model_dir: str, config: model_lib.RankerConfig,

@@ -1,5 +1,6 @@
-"""README's "Where a query goes" table names files that exist: after a move, the table fails
-here instead of sending a newcomer to a file that is gone."""
+"""README's "Where a query goes" table names files that exist (after a move, the table fails
+here instead of sending a newcomer to a file that is gone), and its servable rows are the
+servable's stages in their order."""
 import os
 import re
 
@@ -7,13 +8,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PATH_LIKE = re.compile(r"^[A-Za-z0-9_./-]+$")
 
 
-def _table_cells():
+def _table_rows():
+    """[(step cell, file cell, what cell)] of the table's body (header and separator dropped)."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
     section = text.split("## Where a query goes", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
     assert len(rows) > 10, "the table is gone from README.md"
-    return [row.split("|")[2] for row in rows[2:]]  # the file column, after the header rows
+    assert set(rows[1]) <= set("|- "), f"the table's second line is not its separator: {rows[1]}"
+    return [tuple(cell.strip() for cell in row.split("|")[1:4]) for row in rows[2:]]
+
+
+def _table_cells():
+    return [files for _, files, _ in _table_rows()]
 
 
 def _resolve(name: str, folders) -> str:
@@ -46,3 +53,14 @@ def test_the_reader_catches_a_missing_file():
     assert _resolve("kernels/faiss_kernels.cc", ["search_cc/ops"]) == \
         "search_cc/kernels/faiss_kernels.cc"
     assert _resolve("kernels/no_such_kernels.cc", ["search_cc/ops"]) == ""
+
+
+def test_the_servable_rows_are_the_stages_in_order():
+    from dpsr_tf.export.stages import pipeline  # pylint: disable=import-outside-toplevel
+    in_readme = [re.fullmatch(r"3 `(\w+)`", step).group(1) for step, _, _ in _table_rows()
+                 if step.startswith("3 ")]
+    assert in_readme == [stage.NAME for stage in pipeline.STAGES]
+    for step, files, _ in _table_rows():
+        if step.startswith("3 "):
+            name = step.split("`")[1]
+            assert f"dpsr_tf/export/stages/{name}.py" in files, (step, files)

@@ -1,4 +1,4 @@
-"""The query side of a SearchGCN servable: query text -> its click-graph lists, in-graph.
+"""Stage `graph_lookup` (SearchGCN models): query text -> its click-graph lists, in-graph.
 
 The servable gets the exact query text. The training queries that have a graph node (the layout's
 queries/texts.txt rows with a node, first row of a text) are written one per line into an asset
@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.graph import tables as graph_tables
+from dpsr_tf.export.stages.base import Stage, asset
 
 ASSET_NAME = "graph_queries.txt"
 
@@ -41,15 +42,15 @@ def stage_graph_queries(spec, staging: str) -> str:
     return path
 
 
-def query_graph_features(query: tf.Tensor, spec, asset: tf.Tensor) -> Dict[str, tf.Tensor]:
+def query_graph_features(query: tf.Tensor, spec, queries_path: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The searchgcn query tower's graph features of query [B] (tf.string).
 
     Args:
-      asset: the path tensor of the staged texts file (registered as an asset by the caller).
+      queries_path: the path tensor of the staged texts file (registered as an asset by the caller).
     """
     _, rows = in_graph_queries(spec)
     graph = graph_tables.load_graph(spec)
-    init = tf.lookup.TextFileInitializer(asset, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+    init = tf.lookup.TextFileInitializer(queries_path, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
                                          tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER)
     table = tf.lookup.StaticHashTable(init, default_value=-1, name="graph_query_lines")
     index = table.lookup(query) + 1                                 # 0 = not in the graph
@@ -58,3 +59,22 @@ def query_graph_features(query: tf.Tensor, spec, asset: tf.Tensor) -> Dict[str, 
         padded = np.concatenate([np.zeros_like(values[:1]), values], axis=0)
         out[key] = tf.gather(tf.constant(padded, name=key + "_table"), index)
     return out
+
+
+class GraphLookupStage(Stage):
+    """ctx.query (as typed) -> the searchgcn tower's graph features in ctx.features."""
+
+    NAME = "graph_lookup"
+
+    def __init__(self, queries_file: str):
+        self._queries_file = queries_file
+
+    @classmethod
+    def prepare(cls, source):
+        if source.model_config.tower != "searchgcn":
+            return None
+        return cls(stage_graph_queries(source.layout_spec, source.staging))
+
+    def build(self, ctx) -> None:
+        ctx.features.update(query_graph_features(ctx.query, ctx.layout_spec,
+                                                 asset(self._queries_file)))

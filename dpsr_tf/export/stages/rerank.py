@@ -1,7 +1,7 @@
-"""The re-ranking stage of a servable: DPR (dpsr_tf/ranking) after DPSR retrieval, in the same
-graph and the same session.run.
+"""Stage `rerank` (servables exported with a ranker): DPR (dpsr_tf/ranking) after DPSR
+retrieval, in the same graph and the same session.run.
 
-Signatures it adds to a ServableGraph (dpsr_tf/export/servable_graph.py):
+Signatures it adds:
 
   rerank           {query [B] string, item_ids [B, N] string ("" pads)}
                    -> scores [B, N] (ranker logits, input order; -inf for "" and unknown ids),
@@ -25,52 +25,81 @@ import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.export.stages.base import ExportFlag, Stage, check, value_to_id_table
+from dpsr_tf.export.stages.user_inputs import stage_item_ids
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.towers import query_tower
 from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import model as ranker_model
-from dpsr_tf.ranking import train as ranker_train
-from dpsr_tf.export import servable_graph as servable_lib
 
 SCOPES = ("dpr/",)
 
 
-class RerankStage:
-    """Builds the rerank signatures into `graph` (a ServableGraph, already built in the current
-    tf graph). After restoring the DPSR variables, call `restore(session)`.
+class RerankStage(Stage):
+    """The rerank and retrieve_rerank signatures (module docstring), after the response stage.
 
     Args:
-      graph: the ServableGraph.
       ranker_dir: a `dpsr train-ranker` model directory.
-      model_config, layout_spec: the DPSR model's.
-      assets: the servable's AssetPaths (all_item_ids maps item ids to layout rows).
+      config: its RankerConfig; checkpoint: the ranker checkpoint.
+      tables: its FeatureTables; all_item_ids: the staged layout item ids (id -> layout row).
       rerank_n: retrieve_rerank re-ranks the first min(k, rerank_n) retrieved items.
-      checkpoint: the ranker checkpoint; default the newest.
     """
 
-    def __init__(self, graph: servable_lib.ServableGraph, ranker_dir: str, model_config,
-                 layout_spec, assets: servable_lib.AssetPaths, rerank_n: int = 100,
-                 checkpoint: Optional[str] = None):
-        if rerank_n < 1:
-            raise ValueError(f"rerank_n must be >= 1, got {rerank_n}")
-        self.config = ranker_train.load_config(ranker_dir)
-        self.checkpoint = checkpoint or tf.train.latest_checkpoint(ranker_dir)
-        if not self.checkpoint:
+    NAME = "rerank"
+    FLAGS = (
+        ExportFlag("ranker_dir", "string", None, "A DPR ranker (dpsr train-ranker): adds the "
+                   "rerank and retrieve_rerank signatures (docs/ranking.md).", field=None),
+        ExportFlag("rerank_n", "integer", 100, "retrieve_rerank re-ranks this many of the top "
+                   "retrieved items.", field=None),
+    )
+
+    def __init__(self, ranker_dir: str, config, checkpoint: str, tables, all_item_ids: str,
+                 rerank_n: int):
+        self.ranker_dir = ranker_dir
+        self.config = config
+        self.checkpoint = checkpoint
+        self._feature_tables = tables
+        self._all_item_ids = all_item_ids
+        self.rerank_n = int(rerank_n)
+
+    @classmethod
+    def prepare(cls, source):
+        ranker_dir, model_config, spec = source.ranker_dir, source.model_config, source.layout_spec
+        if not ranker_dir:
+            return None
+        if source.rerank_n < 1:
+            raise ValueError(f"rerank_n must be >= 1, got {source.rerank_n}")
+        if source.servable.dense_feedback.enabled and source.manifest.num_shards > 1:
+            # retrieve_rerank is one round on each shard: its heads would move toward that
+            # shard's own first hits, and the proxy would merge answers to different queries.
+            raise ValueError(f"dense feedback with a ranker needs a one-shard index; "
+                             f"{source.index_dir} has {source.manifest.num_shards} shards: export "
+                             "with --dense_feedback=off, or without --ranker_dir")
+        config = ranker_model.load_config(ranker_dir)
+        checkpoint = tf.train.latest_checkpoint(ranker_dir)
+        if not checkpoint:
             raise ValueError(f"{ranker_dir}: no ranker checkpoint; train it with "
                              f"`dpsr train-ranker --model_dir={ranker_dir}`")
         tables = features_lib.FeatureTables.load(ranker_dir)
-        if tables.num_items != layout_spec.num_items:
+        if tables.num_items != spec.num_items:
             raise ValueError(f"{ranker_dir}: the ranker's tables cover {tables.num_items} items, "
-                             f"the servable's layout {layout_spec.num_items}: train the ranker "
+                             f"the servable's layout {spec.num_items}: train the ranker "
                              f"on sessions of the same layout")
         if tables.item_embeddings.shape[1] != model_config.embedding_dim:
             raise ValueError(f"{ranker_dir}: ranker features use {tables.item_embeddings.shape[1]}"
                              f"-d DPSR embeddings, the model has {model_config.embedding_dim}")
-        self._cfg, self._spec, self.rerank_n = model_config, layout_spec, int(rerank_n)
-        titles = ranker_train.utf8(layout_lib.read_lines(
-            layout_spec.path(layout_lib.ITEM_TITLES)))
+        return cls(ranker_dir, config, checkpoint, tables, stage_item_ids(source),
+                   source.rerank_n)
+
+    def info(self) -> dict:
+        return {"ranker_dir": os.path.abspath(self.ranker_dir), "rerank_n": self.rerank_n}
+
+    def build(self, ctx) -> None:
+        self._cfg, self._spec = ctx.model_config, ctx.layout_spec
+        titles = ranker_model.utf8(layout_lib.read_lines(
+            ctx.layout_spec.path(layout_lib.ITEM_TITLES)))
         with tf.name_scope("rerank"):
-            self.tables = features_lib.TableVariables(tables)
+            self.tables = features_lib.TableVariables(self._feature_tables)
             with tf.compat.v1.variable_scope("dpr_tables"):
                 self._titles_value = tf.compat.v1.placeholder(tf.string, titles.shape,
                                                               name="item_titles_value")
@@ -78,10 +107,9 @@ class RerankStage:
                     self._titles_value, trainable=False, name="item_titles",
                     collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES])
             self._titles_np = titles
-            self._rows_table = servable_lib._value_to_id_table(  # pylint: disable=protected-access
-                assets.all_item_ids, "rerank_item_rows")
-            self._add_rerank(graph)
-            self._add_retrieve_rerank(graph)
+            self._rows_table = value_to_id_table(self._all_item_ids, "rerank_item_rows")
+            self._add_rerank(ctx)
+            self._add_retrieve_rerank(ctx)
         dpr_vars = [v for v in tf.compat.v1.global_variables() if v.op.name.startswith("dpr/")]
         self._saver = tf.compat.v1.train.Saver({v.op.name: v for v in dpr_vars})
         self._table_names = {v.op.name for v in self.tables.variables + [self._titles]}
@@ -92,14 +120,14 @@ class RerankStage:
         """True for the variables this stage restores or fills (not in the DPSR checkpoint)."""
         return variable.op.name.startswith(SCOPES) or variable.op.name in self._table_names
 
-    def restore(self, session) -> None:
+    def restore(self, session, ctx) -> None:
         model_dir_lib.restore(self._saver, session, self.checkpoint)
         feed = dict(self.tables._feed)  # pylint: disable=protected-access
         feed[self._titles_value] = self._titles_np
         session.run(self._table_init, feed)
 
-    def _heads(self, graph, query):
-        features = {"query_tokens": graph._tokenize(query)}  # pylint: disable=protected-access
+    def _heads(self, ctx, query):
+        features = {"query_tokens": ctx.tokenize(query)}
         if self._cfg.personalization in ("profile", "history"):
             for name in self._spec.user_features:
                 features[f"user_{name}"] = tf.zeros_like(tf.strings.length(query), tf.int64)
@@ -131,26 +159,26 @@ class RerankStage:
         order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
         return [tf.gather(x, order, batch_dims=1) for x in (scores,) + others]
 
-    def _add_rerank(self, graph):
+    def _add_rerank(self, ctx):
         query = tf.compat.v1.placeholder(tf.string, [None], name="rerank_query")
         item_ids = tf.compat.v1.placeholder(tf.string, [None, None], name="rerank_item_ids")
-        check = servable_lib._check(  # pylint: disable=protected-access
+        rows_check = check(
             tf.equal(tf.shape(query)[0], tf.shape(item_ids)[0]),
             "rerank: item_ids must have one row per query; got rows and queries",
             tf.shape(item_ids)[0], tf.shape(query)[0])
-        with tf.control_dependencies([check]):
+        with tf.control_dependencies([rows_check]):
             q = tf.identity(query)
-        scores, dpsr, _ = self.score(q, item_ids, self._heads(graph, q))
+        scores, dpsr, _ = self.score(q, item_ids, self._heads(ctx, q))
         ranked_scores, ranked_ids = self._sorted(scores, item_ids)
         outputs = {"scores": scores, "dpsr_scores": dpsr, "ranked_item_ids": ranked_ids,
                    "ranked_scores": ranked_scores}
-        graph.signatures["rerank"] = (
+        ctx.signatures["rerank"] = (
             {"query": query, "item_ids": item_ids},
             {k: tf.identity(v, name=f"rerank_{k}") for k, v in outputs.items()})
 
-    def _add_retrieve_rerank(self, graph):
-        inputs, outputs = graph.signatures["serving_default"]
-        heads = graph.signatures["query_embedding"][1]["embedding"]
+    def _add_retrieve_rerank(self, ctx):
+        inputs, outputs = ctx.signatures["serving_default"]
+        heads = ctx.embeddings
         n = tf.minimum(tf.shape(outputs["item_ids"])[1], self.rerank_n)
         top_ids = outputs["item_ids"][:, :n]
         top_scores = outputs["scores"][:, :n]
@@ -159,6 +187,6 @@ class RerankStage:
         s, ids, retrieval, dp, rk = self._sorted(scores, top_ids, top_scores, dpsr, ranks)
         out = {"item_ids": ids, "scores": s, "retrieval_scores": retrieval, "dpsr_scores": dp,
                "retrieval_ranks": rk}
-        graph.signatures["retrieve_rerank"] = (
+        ctx.signatures["retrieve_rerank"] = (
             dict(inputs), {k: tf.identity(v, name=f"retrieve_rerank_{k}") for k, v in out.items()})
-        graph.defaults["retrieve_rerank"] = dict(graph.defaults.get("serving_default", {}))
+        ctx.defaults["retrieve_rerank"] = dict(ctx.defaults.get("serving_default", {}))
