@@ -1,11 +1,7 @@
 """The serving graph of a DPSR servable: query text in, item ids out, in one TF1 graph.
 
-The graph is the composition of the servable's stages (dpsr_tf/export/stages/pipeline.py lists
-them in the order a query meets them):
-
-    request -> tokenization -> graph_lookup -> user_inputs -> query_tower
-      -> dense_search (+ dense feedback) -> rewrites -> lexical_fusion -> response
-      -> rerank -> item_embedding
+The graph is the composition of the servable's stages, in the order a query meets them
+(dpsr_tf/export/stages/pipeline.py: STAGES).
 
 A stage has no part in a servable it does not apply to (no speller vocabulary, not SearchGCN, not
 personalized, no lexical index or --nohybrid, no rewrites, no ranker): prepare() returns None and

@@ -33,7 +33,7 @@ def test_every_servable_setting_is_owned_by_one_stage():
     assert set(owners) == SERVABLE_FIELDS
     assert {f.name for f in dataclasses.fields(ServableConfig)} == SERVABLE_FIELDS
     assert owners["default_k"] == "request" and owners["nprobe"] == "dense_search"
-    assert owners["spelling"] == "tokenization" and owners["fusion"] == "lexical_fusion"
+    assert owners["spelling"] == "spelling" and owners["fusion"] == "lexical_fusion"
     assert owners["rewrites"] == "rewrites"
 
 
@@ -71,7 +71,7 @@ def _source(model, index_dir, staging, **kwargs):
                         shard=0, servable=servable, staging=str(staging), **kwargs)
 
 
-ALL_QUERY_STAGES = ["request", "tokenization", "user_inputs", "query_tower",
+ALL_QUERY_STAGES = ["request", "spelling", "tokenization", "user_inputs", "query_tower",
                     "dense_search", "rewrites", "lexical_fusion", "response", "item_embedding"]
 
 

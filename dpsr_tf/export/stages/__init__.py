@@ -4,7 +4,8 @@
   context         BuildContext: what the stages hand on while they build the graph
   pipeline        STAGES in order, and the ServableConfig their Config sections make
   request         query and k inputs, request limits
-  tokenization    Dpsr>SpellCorrect with the catalog speller, Dpsr>Tokenize
+  spelling        Dpsr>SpellCorrect with the catalog speller
+  tokenization    Dpsr>Tokenize
   graph_lookup    SearchGCN: the query's click-graph lists
   user_inputs     personalized models: user features and history
   query_tower     the m head embeddings; query_embedding

@@ -16,11 +16,13 @@ from dpsr_tf.export.stages.request import RequestStage
 from dpsr_tf.export.stages.rerank import RerankStage
 from dpsr_tf.export.stages.response import ResponseStage
 from dpsr_tf.export.stages.rewrites import RewritesStage
+from dpsr_tf.export.stages.spelling import SpellingStage
 from dpsr_tf.export.stages.tokenization import TokenizationStage
 from dpsr_tf.export.stages.user_inputs import UserInputsStage
 
 STAGES = (
     RequestStage,         # query, k and their limits
+    SpellingStage,        # Dpsr>SpellCorrect
     TokenizationStage,    # Dpsr>Tokenize
     GraphLookupStage,     # SearchGCN: the query's click-graph lists
     UserInputsStage,      # personalized models: user features and history
