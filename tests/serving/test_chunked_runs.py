@@ -163,16 +163,14 @@ def test_the_server_answers_a_chunked_request_as_it_answers_it_whole(toy_model_d
 
 def test_auto_chunks_only_servables_written_by_dpsr_export(toy_model_dir, tmp_path,
                                                          counted_runs):
-    # The marker the export writes (checked against the exporter's own name for it) makes a
-    # version's rows independent; the same model without it runs whole, as TF Serving.
-    from dpsr_tf.export import saved_model_export  # pylint: disable=g-import-not-at-top
-    from dpsr_tf.serving.model_server.lifecycle import servable  # pylint: disable=g-import-not-at-top
-    assert servable.SERVABLE_INFO_FILE == saved_model_export.SERVABLE_INFO
+    # The info file the export writes makes a version's rows independent; the same model
+    # without it runs whole, as TF Serving.
+    from dpsr_tf.export import servable_info  # pylint: disable=g-import-not-at-top
     marked = tmp_path / "marked"
     shutil.copytree(toy_model_dir, marked)
     for version in os.listdir(marked):
         os.makedirs(marked / version / "assets.extra", exist_ok=True)
-        (marked / version / "assets.extra" / servable.SERVABLE_INFO_FILE).write_text("{}")
+        (marked / version / "assets.extra" / servable_info.SERVABLE_INFO).write_text("{}")
     request = predict_request("dpsr", [f"cordless drill {i}" for i in range(70)], k=20)
     assert CoreOptions().max_rows_per_run == chunked_runs.AUTO
     runs = {}

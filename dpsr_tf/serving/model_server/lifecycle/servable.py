@@ -17,14 +17,12 @@ import numpy as np
 
 from dpsr_tf.serving import errors
 from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.export import servable_info
 from dpsr_tf.serving.model_server.lifecycle.signatures import (Signature, find_signature,
                                                              signatures_of)
 
 _LOG = logging.getLogger("serving.servable")
 
-# assets.extra/<this>: what `dpsr export` wrote (saved_model_export.SERVABLE_INFO; the server
-# does not import the export code, which loads TensorFlow at import).
-SERVABLE_INFO_FILE = "dpsr_servable.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +100,7 @@ class SavedModelServable:
         # Written by `dpsr export`: each row is encoded and searched alone, so a request's
         # rows may run in chunks (chunked_runs.py, --max_rows_per_run's default).
         self.rows_independent = os.path.isfile(
-            os.path.join(path, "assets.extra", SERVABLE_INFO_FILE))
+            servable_info.servable_info_path(path))
 
     def load(self) -> None:
         """Imports the graph, restores variables, runs init ops.
