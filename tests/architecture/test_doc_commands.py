@@ -1,6 +1,6 @@
 """Every `dpsr <subcommand>` (or `bin/dpsr`, `python -m dpsr_tf.cli`) command in a fenced code
 block of README.md and docs/*.md names a subcommand that exists and only flags it defines
-(`--flag`, `--flag=value`, `--noflag` for a boolean), as read by tools/gen_cli_docs.py. A renamed
+(`--flag`, `--flag=value`, `[--flag]`, `--noflag` for a boolean), as read by tools/gen_cli_docs.py. A renamed
 or removed flag fails here, with the page and line, instead of in a reader's terminal."""
 import glob
 import os
@@ -85,7 +85,7 @@ def commands(text: str) -> Iterator[Tuple[int, str, str]]:
                 elif token in REDIRECTS or re.fullmatch(r"\d?[<>&]+", token):
                     skip_next = True
                 else:
-                    match = FLAG.match(token)
+                    match = FLAG.match(token.lstrip("["))  # [--optional] too
                     if match:
                         yield number, sub, match.group(1)
                 i += 1
@@ -140,7 +140,7 @@ bin/dpsr export --model_dir=/m \\
     --nohybrid --rrf_k 60 --no_such_flag \\
     --version=$(date +%s) --export_base=/e   # --in_a_comment
 dpsr serve --port=1 | grep --count x && dpsr proxy --port 2 >/dev/null 2>&1 --nosuch
-PYTHONPATH=. python -m dpsr_tf.cli tokenize --text=a -- --after_dashes
+PYTHONPATH=. python -m dpsr_tf.cli tokenize --text=a [--noids] -- --after_dashes
 dpsr <subcommand> --helpfull
 dpsr train: step 100 --not_a_command
 dpsr no-such-thing --x
@@ -155,7 +155,7 @@ def test_the_reader_finds_each_commands_flags_and_lines():
         (6, "export", "version"), (6, "export", "export_base"),
         (7, "serve", ""), (7, "serve", "port"), (7, "proxy", ""), (7, "proxy", "port"),
         (7, "proxy", "nosuch"),
-        (8, "tokenize", ""), (8, "tokenize", "text"),
+        (8, "tokenize", ""), (8, "tokenize", "text"), (8, "tokenize", "noids"),
         (11, "no-such-thing", ""), (11, "no-such-thing", "x"),
     ]
 
