@@ -129,9 +129,10 @@ def main():
               f"{r['launcher'] / mib:,.0f} MiB | {workers} MiB | {r['tree'] / mib:,.0f} MiB | "
               f"{load:.1f} / {os.getloadavg()[0]:.1f} |", flush=True)
     if not a.skip_single and not a.skip_beam:
+        from dpsr_tf.data.layout import LAYOUT_JSON  # pylint: disable=import-outside-toplevel
         counts = []
         for d in ("single", "beam"):
-            with open(os.path.join(a.work_dir, d, "layout.json"), encoding="utf-8") as f:
+            with open(os.path.join(a.work_dir, d, LAYOUT_JSON), encoding="utf-8") as f:
                 counts.append(json.load(f)["counts"])
         print("same counts and report:", counts[0] == counts[1])
     if not a.keep:

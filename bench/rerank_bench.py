@@ -36,13 +36,14 @@ def main():
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from dpsr_tf import op_library  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.model.model_dir import CONFIG_FILE  # pylint: disable=import-outside-toplevel
     op_library.load()
     info = json.load(open(os.path.join(args.servable, "assets.extra", "dpsr_servable.json")))
     if args.queries_file:
         queries = [q for q in open(args.queries_file, encoding="utf-8").read().split("\n") if q]
     else:
         layout = info["model"].get("layout_dir") or json.load(open(os.path.join(
-            info["model_dir"], "dpsr_config.json")))["layout"]["layout_dir"]
+            info["model_dir"], CONFIG_FILE)))["layout"]["layout_dir"]
         queries = layout_lib.load_queries(layout)
     rng = np.random.default_rng(0)
     queries = [queries[i] for i in rng.choice(len(queries), args.queries, replace=False)]

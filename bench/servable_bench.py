@@ -56,13 +56,14 @@ def _zipf_titles(n, seed, vocabulary=50_000):
 
 def _train_model(work, heads, steps):
     from dpsr_tf.demo import synthetic_catalog as synthetic
+    from dpsr_tf.data.layout import LAYOUT_JSON
     from dpsr_tf.data.prepare import PrepareConfig, prepare
     from dpsr_tf.model.config import ModelConfig
     from dpsr_tf.training import driver
     from dpsr_tf.training.config import TrainConfig
 
     layout = os.path.join(work, "layout")
-    if not os.path.exists(os.path.join(layout, "layout.json")):
+    if not os.path.exists(os.path.join(layout, LAYOUT_JSON)):
         gen = synthetic.generate(synthetic.SyntheticConfig(num_items=2000, num_users=200,
                                                            num_interactions=20000),
                                  os.path.join(work, "catalog"), log=lambda _: None)

@@ -42,12 +42,12 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from dpsr_tf.data.converters.common import INTERACTIONS_TSV, ITEMS_TSV, USERS_TSV
 from dpsr_tf.demo import synthetic_taxonomy as tx
 from dpsr_tf.demo import synthetic_truth as truth_files
 from dpsr_tf.demo.synthetic_world import (
     BRAND, CATEGORY, COLOR, GENDER, TIER, TYPE, ItemIndex, World)
 
-ITEMS_TSV, USERS_TSV, INTERACTIONS_TSV = "items.tsv", "users.tsv", "interactions.tsv"
 _CHUNK = 1 << 16          # rows per generation chunk (fixed: part of the output definition)
 
 

@@ -39,6 +39,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import metrics as metrics_lib
@@ -346,7 +347,7 @@ def cached_tie_aware_bm25(fold_dir: str, layout_dir: str, cfg: evaluate_lib.Eval
     """evaluate.tie_aware_bm25 of the fold's layout, kept in <fold_dir>/TIE_AWARE_BM25_FILE
     (redone when the layout's layout.json or the split, relevance threshold or cut-offs
     differ from the ones it holds)."""
-    with open(os.path.join(layout_dir, "layout.json"), "rb") as f:
+    with open(os.path.join(layout_dir, layout_lib.LAYOUT_JSON), "rb") as f:
         layout_hash = hashlib.sha256(f.read()).hexdigest()
     key = json.dumps({"layout": layout_hash, "split": cfg.split, "min_gain": cfg.min_gain,
                       "recall_ks": list(cfg.recall_ks)})

@@ -17,6 +17,8 @@ from dpsr_tf.data.layout import LayoutSpec
 from dpsr_tf.model.config import ModelConfig
 
 CONFIG_FILE = "dpsr_config.json"
+# Written by `dpsr train` when it ends: its wall seconds and the checkpoint it left.
+TRAIN_TIME_FILE = "train_time.json"
 
 
 def layout_spec_to_dict(layout_spec) -> dict:

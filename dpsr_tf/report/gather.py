@@ -17,6 +17,7 @@ import numpy as np
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.indexing import index_layout
 from dpsr_tf.report import commands, events, heads, maps
 from dpsr_tf.report.config import ReportConfig
 
@@ -39,7 +40,7 @@ def _index_numbers(index_dir: str, scorer, spec, batch_size: int,
     from dpsr_tf.evaluation import served as served_lib  # pylint: disable=import-outside-toplevel
     d = scorer.item_emb.shape[1]
     manifest = served_lib.read_index_manifest(index_dir, d, spec.num_items)
-    with open(os.path.join(index_dir, "manifest.json"), encoding="utf-8") as f:
+    with open(os.path.join(index_dir, index_layout.MANIFEST_NAME), encoding="utf-8") as f:
         raw = json.load(f)
     index = served_lib.open_served_index(index_dir, layout_lib.load_item_ids(spec), d)
     heads_emb = scorer.request_emb[:SEARCH_TIMING_REQUESTS]

@@ -17,11 +17,11 @@ from typing import Dict, List, Optional, Sequence
 
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import per_query as per_query_lib
+from dpsr_tf.model.model_dir import TRAIN_TIME_FILE
 
 PAPER_ROWS = ("BM25", "BM25-u&b", "DSSM", "DPSR", "DPSR-p", "DPSR-h")
 DEFAULT_SYSTEM = {"BM25": "bm25", "BM25-u&b": "bm25_ub"}
 COLUMNS = (("top@1", "Top-1"), ("top@10", "Top-10"), ("auc", "AUC"))
-TRAIN_TIME_FILE = "train_time.json"  # written by dpsr_tf.training.driver
 
 
 def parse_sources(specs: Sequence[str]) -> Dict[str, tuple]:

@@ -20,8 +20,6 @@ from dpsr_tf.training import (catalog_scale, cluster_early_stopping, early_stopp
 from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
 
-TRAIN_TIME_FILE = "train_time.json"
-
 
 def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
                    cluster: Optional[tf_config.ClusterInfo] = None) -> tf.estimator.Estimator:
@@ -296,7 +294,7 @@ def _write_train_time(train: TrainConfig, estimator, seconds: float) -> None:
     Table 2 time column) and the checkpoint it left (the best one under early stopping)."""
     import json  # pylint: disable=import-outside-toplevel
     latest = estimator.latest_checkpoint()
-    with tf.io.gfile.GFile(os.path.join(train.model_dir, TRAIN_TIME_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(train.model_dir, model_dir_lib.TRAIN_TIME_FILE), "w") as f:
         f.write(json.dumps({"seconds": round(seconds, 1), "checkpoint": latest,
                             "length": "early stopping" if train.stops_early else
                             f"fixed train_steps={train.train_steps}"}, indent=2))

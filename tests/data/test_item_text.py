@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.data import item_text
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import pseudo_queries as pseudo_lib
 
@@ -48,7 +49,7 @@ def test_parse_errors(text, message):
 
 
 def test_documents_follow_the_items_file(spec):
-    rows = {i: r for r, i in enumerate(open(spec.path("items/ids.txt"), encoding="utf-8")
+    rows = {i: r for r, i in enumerate(open(spec.path(layout_lib.ITEM_IDS), encoding="utf-8")
                                      .read().split())}
     title = item_text.item_documents(spec, item_text.parse_fields("title"))
     assert title[rows["A"]] == "trail runner"
@@ -67,7 +68,7 @@ def test_lexical_index_over_fields_finds_a_brand_the_title_lacks(spec, tmp_path)
     from dpsr_tf.indexing import catalog_index, index_builder  # pylint: disable=import-outside-toplevel
     from dpsr_tf.indexing.lexical_index import LexicalSearcher  # pylint: disable=import-outside-toplevel
     from dpsr_tf.indexing.lexical_manifest import LexicalConfig  # pylint: disable=import-outside-toplevel
-    ids = open(spec.path("items/ids.txt"), encoding="utf-8").read().split()
+    ids = open(spec.path(layout_lib.ITEM_IDS), encoding="utf-8").read().split()
     out = str(tmp_path / "index")
     emb = np.random.RandomState(0).rand(len(ids), 4).astype(np.float32)
     index_builder.build_index(emb, ids, out, index_builder.IndexBuildConfig(factory="Flat"))

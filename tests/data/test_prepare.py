@@ -325,11 +325,11 @@ def test_vocabulary_mode_lives_in_the_layout(tmp_path):
     from dpsr_tf.tokenization import Tokenizer  # pylint: disable=import-outside-toplevel
     spec, text = _prepare(tmp_path, build_vocab=True, vocab_min_count=1)
     assert "built a vocabulary of" in text
-    assert spec.tokenizer_config.vocab_file == os.path.join(spec.layout_dir, "vocab.txt")
+    assert spec.tokenizer_config.vocab_file == os.path.join(spec.layout_dir, layout_lib.VOCAB_TXT)
     moved = tmp_path / "moved"
     os.rename(spec.layout_dir, moved)          # the layout is relocatable
     spec = layout_lib.load_layout_spec(str(moved))
-    assert spec.tokenizer_config.vocab_file == str(moved / "vocab.txt")
+    assert spec.tokenizer_config.vocab_file == str(moved / layout_lib.VOCAB_TXT)
     tok = Tokenizer(spec.tokenizer_config)
     table = layout_lib.load_item_table(spec)
     np.testing.assert_array_equal(table.tokens(0), tok.tokenize_one(table.titles[0]))

@@ -31,7 +31,7 @@ def test_the_view_holds_corrected_queries_and_links_everything_else(tmp_path):
         np.testing.assert_array_equal(ids, want_ids)
         np.testing.assert_array_equal(splits, want_splits)
         # Records, items and the query's other tables are the layout's own files.
-        for rel in ("layout.json", layout_lib.ITEM_TITLES, layout_lib.QUERY_HUMAN_NEGATIVE_ITEMS):
+        for rel in (layout_lib.LAYOUT_JSON, layout_lib.ITEM_TITLES, layout_lib.QUERY_HUMAN_NEGATIVE_ITEMS):
             path = os.path.join(view, rel)
             assert os.path.islink(path) or os.path.islink(os.path.dirname(path)), rel
             assert os.path.realpath(path) == os.path.realpath(os.path.join(spec.layout_dir, rel))

@@ -12,6 +12,7 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing import hard_negatives as hn
 from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.model.model_dir import CONFIG_FILE
 from dpsr_tf.model.scoring import soft_dot_product_np
 
 
@@ -107,9 +108,9 @@ def test_bad_sources_name_the_flag_and_the_fix(tiny_history_model, tmp_path):
     # A model trained on another layout (here: the same files, another catalog size).
     other = tmp_path / "other"
     shutil.copytree(tiny_history_model.model_dir, other)
-    config = json.loads((other / "dpsr_config.json").read_text())
+    config = json.loads((other / CONFIG_FILE).read_text())
     config["layout"]["num_items"] += 1
-    (other / "dpsr_config.json").write_text(json.dumps(config))
+    (other / CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"--hard_negatives_from=.*other was trained on the "
                                          r"layout .* \(num_items=201\), not on --layout_dir="
                                          r".* \(num_items=200\); mine with a model trained on "

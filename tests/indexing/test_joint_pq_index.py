@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dpsr_tf.model import joint_pq
+from dpsr_tf.model.model_dir import CONFIG_FILE
 from dpsr_tf.indexing import index_builder, index_layout, joint_pq_index
 from tests.support.fresh_python import run_fresh
 
@@ -240,7 +241,7 @@ def _plain_model_dir(joint_model, tmp_path):
     plain = str(tmp_path / "plain")
     shutil.copytree(joint_model["model_dir"], plain,
                     ignore=shutil.ignore_patterns("joint_pq_index-*"))
-    path = os.path.join(plain, "dpsr_config.json")
+    path = os.path.join(plain, CONFIG_FILE)
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     data["model"]["joint_pq"] = False

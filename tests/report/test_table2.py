@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from dpsr_tf.model.model_dir import TRAIN_TIME_FILE
 from dpsr_tf.report import ReportConfig, build_report
 from dpsr_tf.report import page as page_lib
 from dpsr_tf.report import table2
@@ -31,7 +32,7 @@ def results(tmp_path_factory):
     d = tmp_path_factory.mktemp("table2")
     model_dir = d / "dssm_model"
     model_dir.mkdir()
-    (model_dir / "train_time.json").write_text(json.dumps({"seconds": 123.4}))
+    (model_dir / TRAIN_TIME_FILE).write_text(json.dumps({"seconds": 123.4}))
     lexical = _evaluation(d / "bm25.json", bm25={"top@1": 0.1, "top@10": 0.4, "auc": 0.7,
                                                  "seconds": 2.5, "requests": 50},
                           bm25_ub={"top@1": 0.12, "top@10": 0.41, "auc": 0.71,

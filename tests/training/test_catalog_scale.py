@@ -7,6 +7,7 @@ import os
 import pytest
 
 from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.model_dir import CONFIG_FILE
 from dpsr_tf.training import catalog_scale, driver
 from dpsr_tf.training.config import TrainConfig
 
@@ -109,7 +110,7 @@ def test_a_run_writes_the_scaled_config(tiny_layout, tmp_path, monkeypatch, scal
     model_dir = str(tmp_path / "model")
     train = _tiny_run(tiny_layout, model_dir, 8, catalog_scaling=scaling)
     driver.train_and_evaluate(ModelConfig(num_negatives=8), train)
-    with open(os.path.join(model_dir, "dpsr_config.json"), encoding="utf-8") as f:
+    with open(os.path.join(model_dir, CONFIG_FILE), encoding="utf-8") as f:
         written = json.load(f)
     model = written["model"]
     widths = (model["embedding_dim"], model["token_embedding_dim"],

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 import tensorflow as tf
 
+from dpsr_tf.model.model_dir import CONFIG_FILE
 from dpsr_tf.training.launcher import LocalCluster
 from tests.support import waiting
 
@@ -124,7 +125,7 @@ def test_launch_local_trains_loss_falls_and_the_evaluator_stops_it(
     tf_configs = json.loads(_read(os.path.join(launch, "tf_config.json")))
     assert tf_configs["worker-0"]["task"] == {"type": "worker", "index": 0}
     assert set(tf_configs["ps-0"]["cluster"]) == {"chief", "worker", "ps"}
-    resolved = json.loads(_read(os.path.join(model_dir, "dpsr_config.json")))
+    resolved = json.loads(_read(os.path.join(model_dir, CONFIG_FILE)))
     assert resolved["model"]["embedding_partitions"] == 1       # one per ps
     assert resolved["cluster"]["ps"] == tf_configs["ps-0"]["cluster"]["ps"]
     # Both replicas trained against the shared parameters, and the loss fell.

@@ -6,6 +6,7 @@ import os
 import pytest
 import tensorflow as tf
 
+from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.training import driver, early_stopping
 from dpsr_tf.training.config import TrainConfig
@@ -95,7 +96,7 @@ def test_tiny_run_stops_where_the_rule_says(tiny_layout, tmp_path):
     assert best["global_step"] == steps[best_index]
     # Export / index / evaluate read the checkpoint state: it names the best evaluation's.
     assert tf.train.latest_checkpoint(model_dir).endswith(f"model.ckpt-{steps[best_index]}")
-    with open(os.path.join(model_dir, driver.TRAIN_TIME_FILE), encoding="utf-8") as f:
+    with open(os.path.join(model_dir, model_dir_lib.TRAIN_TIME_FILE), encoding="utf-8") as f:
         assert json.load(f)["checkpoint"].endswith(f"model.ckpt-{steps[best_index]}")
 
 

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from dpsr_tf.data import hard_negative_table
+from dpsr_tf.model.model_dir import CONFIG_FILE
 from tests.training.conftest import ROOT, TINY_MODEL_FLAGS
 
 
@@ -62,7 +63,7 @@ def test_tiny_run_mines_then_trains_with_the_negatives(tiny_layout, source_model
     items, splits = hard_negative_table.load_table(model_dir, tiny_layout.num_queries)
     assert prov["negatives"] == len(items) > 0
     assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-20")
-    config = json.loads(open(os.path.join(model_dir, "dpsr_config.json")).read())
+    config = json.loads(open(os.path.join(model_dir, CONFIG_FILE)).read())
     assert config["train"]["hard_negatives_from"] == source_model
     # The training batches carried the negatives: pairs counted in the loss's summaries
     # (the batches hold train-split queries, which all have mined negatives, and pseudo-queries,
