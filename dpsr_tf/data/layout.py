@@ -2,7 +2,7 @@
 
 Directory (docs/data_format.md, "Training layout"):
 
-  layout.json                 LayoutSpec (this module) + counts and the resolved prepare config
+  layout.json                 the LayoutSpec (this module; counts, the resolved prepare config)
   prepare_report.txt          the validation report (counts, rejected rows by reason, examples)
   vocab.txt                   tokenizer vocabulary (vocabulary mode only)
   items/ids.txt               row -> external item_id (one per line)
@@ -38,6 +38,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dpsr_tf import config_json
 from dpsr_tf.tokenization import TokenizerConfig
 
 FORMAT_VERSION = 1
@@ -82,9 +83,14 @@ RECORD_HEADER_BYTES = 32       # magic, uint32 record bytes, uint32 0, uint64 co
 class LayoutSpec:
     """Metadata of a training layout (layout.json), loaded by `load_layout_spec`.
 
+    Its JSON form (`layout_spec_to_dict` / `layout_spec_from_dict`) is the layout's layout.json
+    and the "layout" section of a model directory's dpsr_config.json alike.
+
     Attributes:
-      layout_dir: absolute path of the layout directory.
-      tokenizer_config: the config used to tokenize items AND queries (vocab_file absolute).
+      layout_dir: absolute path of the layout directory (in JSON: where the layout was written;
+        a layout.json read from a directory gets that directory).
+      tokenizer_config: the config used to tokenize items AND queries (vocab_file absolute; in
+        JSON relative to layout_dir when it lies inside the layout).
       token_id_space: embedding table size for token ids (Tokenizer.id_space).
       num_items, num_users, num_queries: table sizes.
       item_features: categorical item column -> vocabulary size (ids 0..size-1; 0 = unknown).
@@ -99,6 +105,10 @@ class LayoutSpec:
       format_version: FORMAT_VERSION of the writer.
       record_checks: record file path -> {"records", "bytes", "crc32"} written by prepare
         (empty for layouts written before it); `verify_record_files` checks them.
+      num_logged_queries: the distinct logged queries (the query rows before the
+        pseudo-queries); None where not recorded (model directories written before it).
+      prepare_config: the resolved PrepareConfig of `dpsr prepare` as a dict (empty where not
+        recorded).
     """
 
     layout_dir: str
@@ -117,6 +127,8 @@ class LayoutSpec:
     num_records: Dict[str, int]
     format_version: int = FORMAT_VERSION
     record_checks: Dict[str, dict] = dataclasses.field(default_factory=dict)
+    num_logged_queries: Optional[int] = None
+    prepare_config: dict = dataclasses.field(default_factory=dict)
 
     def path(self, relative: str) -> str:
         """Absolute path of a layout file."""
@@ -127,12 +139,57 @@ class LayoutSpec:
         return tuple(self.record_files)
 
 
+def layout_spec_to_dict(spec: LayoutSpec) -> dict:
+    """The JSON form of a LayoutSpec, the one layout.json and a model directory hold: every field
+    (config_json.to_dict, feature dicts in column order), the tokenizer's vocab_file relative to
+    layout_dir when the file lies inside the layout."""
+    data = config_json.to_dict(spec)
+    vocab = spec.tokenizer_config.vocab_file
+    if vocab and _inside(vocab, spec.layout_dir):
+        data["tokenizer_config"]["vocab_file"] = os.path.relpath(vocab, spec.layout_dir)
+    return data
+
+
+def layout_spec_from_dict(data: dict, source: str = "<dict>", layout_dir: Optional[str] = None,
+                          path: str = "") -> LayoutSpec:
+    """A LayoutSpec from its JSON form (strict: an unknown or missing field is a ValueError naming
+    `source` and `path`, the form's place in the file).
+
+    Args:
+      layout_dir: where the layout is now (the directory of the layout.json read); replaces the
+        recorded one, so a copied or moved layout reads as itself. None: the recorded one.
+
+    Also reads the forms written before this one: a layout.json without layout_dir (and with
+    num_logged_queries and prepare_config beside the fields) and model directories' copies with
+    an absolute vocab_file and neither of those two fields.
+    """
+    data = dict(data)
+    if layout_dir is not None:
+        data["layout_dir"] = os.path.abspath(layout_dir)
+    spec = config_json.from_dict(LayoutSpec, data, source, path)
+    tok = spec.tokenizer_config
+    if tok.vocab_file:
+        tok = dataclasses.replace(tok, vocab_file=os.path.join(spec.layout_dir, tok.vocab_file))
+    return dataclasses.replace(spec, tokenizer_config=tok,
+                               eval_min_gain=float(spec.eval_min_gain))
+
+
+def write_layout_spec(spec: LayoutSpec, directory: Optional[str] = None) -> str:
+    """Writes `spec` as <directory>/layout.json (default: spec.layout_dir; a writer that builds
+    the layout elsewhere first passes that directory) and returns its path."""
+    path = os.path.join(directory or spec.layout_dir, LAYOUT_JSON)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(layout_spec_to_dict(spec), f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    return path
+
+
 def load_layout_spec(layout_dir: str) -> LayoutSpec:
     """Reads <layout_dir>/layout.json.
 
     Raises:
       FileNotFoundError: not a layout directory (run `dpsr prepare` first).
-      ValueError: a layout written by an incompatible version.
+      ValueError: a layout written by an incompatible version, or a layout.json that is not one.
     """
     layout_dir = os.path.abspath(layout_dir)
     path = os.path.join(layout_dir, LAYOUT_JSON)
@@ -140,33 +197,30 @@ def load_layout_spec(layout_dir: str) -> LayoutSpec:
         raise FileNotFoundError(
             f"{path} not found: {layout_dir} is not a training layout; write one with "
             f"`dpsr prepare --items=... --interactions=... --output={layout_dir}`")
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    data = _read_layout_json(layout_dir)
     version = data.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(f"{path}: layout format_version {version}, this code reads "
                          f"{FORMAT_VERSION}; re-run `dpsr prepare`")
-    tok = dict(data["tokenizer_config"])
-    if tok.get("vocab_file"):
-        tok["vocab_file"] = os.path.join(layout_dir, tok["vocab_file"])
-    return LayoutSpec(
-        layout_dir=layout_dir,
-        tokenizer_config=TokenizerConfig(**tok),
-        token_id_space=int(data["token_id_space"]),
-        num_items=int(data["num_items"]),
-        num_users=int(data["num_users"]),
-        num_queries=int(data["num_queries"]),
-        item_features=dict(data["item_features"]),
-        user_features=dict(data["user_features"]),
-        history_length=int(data["history_length"]),
-        counts=data["counts"],
-        split=data["split"],
-        eval_min_gain=float(data["eval_min_gain"]),
-        record_files={k: list(v) for k, v in data["record_files"].items()},
-        num_records={k: int(v) for k, v in data["num_records"].items()},
-        format_version=version,
-        record_checks=dict(data.get("record_checks", {})),
-    )
+    return layout_spec_from_dict(data, path, layout_dir=layout_dir)
+
+
+def _read_layout_json(layout_dir: str) -> dict:
+    path = os.path.join(layout_dir, LAYOUT_JSON)
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e}); re-run `dpsr prepare`") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a layout (a JSON {type(data).__name__}); re-run "
+                         f"`dpsr prepare`")
+    return data
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.abspath(path), os.path.abspath(directory)
+    return os.path.commonpath([path, directory]) == directory
 
 
 def spec_of(layout) -> LayoutSpec:
@@ -188,8 +242,7 @@ def feature_columns(layout, kind: str) -> List[str]:
     spec = spec_of(layout)
     names = list(getattr(spec, f"{kind}_features"))
     try:
-        with open(os.path.join(spec.layout_dir, LAYOUT_JSON), encoding="utf-8") as f:
-            on_disk = list(json.load(f)[f"{kind}_features"])
+        on_disk = list(_read_layout_json(spec.layout_dir)[f"{kind}_features"])
     except (OSError, ValueError, KeyError, TypeError):
         return names
     if sorted(on_disk) != sorted(names):

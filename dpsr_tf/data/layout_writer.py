@@ -1,8 +1,8 @@
 """Writing a training layout's files, shared by both prepare paths (one process, Beam): arrays,
-interaction record shards with their checks, layout.json and the prepare report; and the two
-refusals before and after reading (an output that is not a layout, too many rejected rows)."""
+interaction record shards with their checks, layout.json (layout.write_layout_spec) and the
+prepare report; and the two refusals before and after reading (an output that is not a layout,
+too many rejected rows)."""
 import dataclasses
-import json
 import os
 import zlib
 from typing import Callable, Dict, List, Optional, Sequence
@@ -64,54 +64,55 @@ def write_metadata(config, out_dir: str, tok_config: TokenizerConfig,
                    item_features: Dict[str, int], user_features: Dict[str, int],
                    counts: dict, split_info: dict, record_files: Dict[str, List[str]],
                    num_records: Dict[str, int], record_checks: Dict[str, dict],
-                   log: Callable[[str], None]) -> dict:
+                   log: Callable[[str], None]) -> layout_lib.LayoutSpec:
     """Writes layout.json and prepare_report.txt (both prepare paths); logs the summary.
 
     Args:
+      config: the PrepareConfig; its output is where out_dir, the layout being built, goes.
       sizes: num_items, num_users, num_queries (logged + pseudo), num_logged_queries.
       counts: labels, splits, item_tokens, pseudo_queries, eval_queries_equal_to_a_pseudo_query,
         train_human_negatives, interactions_with_user, users_with_history.
 
     Returns:
-      The layout.json contents.
+      The LayoutSpec written to layout.json.
     """
     extra = dict(counts)
     item_token_count = extra.pop("item_tokens")
     counts = {rep.kind: rep.to_dict() for rep in reports}
     counts.update(extra)
     counts["items"]["tokens"] = int(item_token_count)
-    tok_json = dataclasses.asdict(tok_config)
-    if tok_json.get("vocab_file"):
-        tok_json["vocab_file"] = layout_lib.VOCAB_TXT
+    layout_dir = os.path.abspath(config.output)
     prepare_config = dataclasses.asdict(config)
-    prepare_config["tokenizer"] = tok_json
-    meta = {
-        "format_version": layout_lib.FORMAT_VERSION,
-        "tokenizer_config": tok_json,
-        "token_id_space": int(token_id_space),
-        "num_items": sizes["num_items"],
-        "num_users": sizes["num_users"],
-        "num_queries": sizes["num_queries"],
-        "num_logged_queries": sizes["num_logged_queries"],
-        "item_features": item_features,
-        "user_features": user_features,
-        "history_length": config.history_length,
-        "counts": counts,
-        "split": split_info,
-        "eval_min_gain": config.eval_min_gain,
-        "record_files": record_files,
-        "num_records": num_records,
-        "record_checks": record_checks,
-        "prepare_config": prepare_config,
-    }
-    with open(os.path.join(out_dir, layout_lib.LAYOUT_JSON), "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, ensure_ascii=False)
-        f.write("\n")
+    prepare_config["tokenizer"] = dataclasses.asdict(tok_config)
+    if tok_config.vocab_file:   # prepare copied it into the layout
+        tok_config = dataclasses.replace(
+            tok_config, vocab_file=os.path.join(layout_dir, layout_lib.VOCAB_TXT))
+        prepare_config["tokenizer"]["vocab_file"] = layout_lib.VOCAB_TXT
+    spec = layout_lib.LayoutSpec(
+        layout_dir=layout_dir,
+        tokenizer_config=tok_config,
+        token_id_space=int(token_id_space),
+        num_items=sizes["num_items"],
+        num_users=sizes["num_users"],
+        num_queries=sizes["num_queries"],
+        item_features=item_features,
+        user_features=user_features,
+        history_length=config.history_length,
+        counts=counts,
+        split=split_info,
+        eval_min_gain=config.eval_min_gain,
+        record_files=record_files,
+        num_records=num_records,
+        record_checks=record_checks,
+        num_logged_queries=sizes["num_logged_queries"],
+        prepare_config=prepare_config,
+    )
+    layout_lib.write_layout_spec(spec, out_dir)
     pseudo_count = counts["pseudo_queries"]
     summary = [
         f"items: {sizes['num_items']:,} ({item_token_count:,} title tokens); "
-        f"item features {meta['item_features']}",
-        f"users: {sizes['num_users']:,}; user features {meta['user_features']}; "
+        f"item features {item_features}",
+        f"users: {sizes['num_users']:,}; user features {user_features}; "
         f"{counts['users_with_history']:,} with a history",
         f"queries: {sizes['num_logged_queries']:,} distinct (+ {pseudo_count:,} pseudo-queries)",
         f"human negatives of train queries: {counts['train_human_negatives']['pairs']:,} pairs "
@@ -125,4 +126,4 @@ def write_metadata(config, out_dir: str, tok_config: TokenizerConfig,
         log(line)
     with open(os.path.join(out_dir, layout_lib.REPORT_TXT), "w", encoding="utf-8") as f:
         f.write("\n".join([rep.format() for rep in reports] + summary) + "\n")
-    return meta
+    return spec

@@ -3,8 +3,9 @@
 `dpsr train` writes, on the chief, {"model": ModelConfig, "layout": LayoutSpec, "train":
 TrainConfig, "cluster": ...} with every default filled in and embedding_partitions resolved, so
 that export, indexing and evaluation rebuild the exact variables of the checkpoints
-(`load_model_config`). The LayoutSpec travels inside the file, so a model directory copied to
-another machine still loads without its layout directory.
+(`load_model_config`). The LayoutSpec travels inside the file, in the form of the layout's own
+layout.json (dpsr_tf/data/layout.py), so a model directory copied to another machine still
+loads without its layout directory.
 """
 import json
 import os
@@ -12,23 +13,12 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from dpsr_tf import config_json
-from dpsr_tf.data.layout import LayoutSpec
+from dpsr_tf.data.layout import layout_spec_from_dict, layout_spec_to_dict
 from dpsr_tf.model.config import ModelConfig
 
 CONFIG_FILE = "dpsr_config.json"
 # Written by `dpsr train` when it ends: its wall seconds and the checkpoint it left.
 TRAIN_TIME_FILE = "train_time.json"
-
-
-def layout_spec_to_dict(layout_spec) -> dict:
-    return config_json.to_dict(layout_spec)
-
-
-def layout_spec_from_dict(data: dict, source: str = "<dict>"):
-    """Rebuilds a dpsr_tf.data.layout.LayoutSpec from its to_dict() form (strict: an unknown
-    field is a ValueError naming `source`)."""
-    return config_json.from_dict(LayoutSpec, data, source, path="layout")
 
 
 def write_resolved_config(model_dir: str, model_config: ModelConfig, layout_spec,
@@ -79,7 +69,7 @@ def load_model_config(model_dir: str) -> Tuple[ModelConfig, object]:
     data = read_config_file(model_dir)
     source = os.path.join(model_dir, CONFIG_FILE)
     return (ModelConfig.from_saved_dict(data["model"], source),
-            layout_spec_from_dict(data["layout"], source))
+            layout_spec_from_dict(data["layout"], source, path="layout"))
 
 
 class CorruptCheckpointError(ValueError):

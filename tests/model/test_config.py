@@ -1,11 +1,14 @@
 """ModelConfig validation and round trips; the resolved config in a model directory."""
 import dataclasses
 import json
+import os
 
 import pytest
 
+from dpsr_tf.data.layout import LAYOUT_JSON, LayoutSpec
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_dir import CONFIG_FILE, load_model_config, write_resolved_config
+from dpsr_tf.tokenization import TokenizerConfig
 
 
 def test_defaults():
@@ -87,3 +90,65 @@ def test_config_written_before_a_field_existed_keeps_its_graph(tiny_layout, tmp_
         write_resolved_config(str(tmp_path), dataclasses.replace(old, text_encoder="shared",
                                                                  max_human_negatives=8),
                               tiny_layout)
+
+
+def test_the_model_dir_holds_the_layout_json_form(tiny_layout, tmp_path):
+    write_resolved_config(str(tmp_path), ModelConfig(), tiny_layout)
+    with open(os.path.join(tiny_layout.layout_dir, LAYOUT_JSON), encoding="utf-8") as f:
+        layout_json = json.load(f)
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["layout"] == layout_json
+    _, spec = load_model_config(str(tmp_path))
+    assert spec == tiny_layout
+
+
+# A model directory's "layout" section as `dpsr train` wrote it before layout.json and it shared
+# one form: sorted keys, absolute layout_dir and vocab_file, no num_logged_queries or
+# prepare_config.
+_OLD_MODEL_DIR_LAYOUT = """{
+  "counts": {"labels": {"click": 5}},
+  "eval_min_gain": 1.0,
+  "format_version": 1,
+  "history_length": 5,
+  "item_features": {"brand": 3, "category": 4},
+  "layout_dir": "/data/layout",
+  "num_items": 3,
+  "num_queries": 4,
+  "num_records": {"eval": 1, "train": 4},
+  "num_users": 2,
+  "record_checks": {},
+  "record_files": {"eval": ["interactions/eval-00000-of-00001.rec"],
+                   "train": ["interactions/train-00000-of-00001.rec"]},
+  "split": {"method": "query_hash", "rule": "md5(query) % 2 == 0"},
+  "token_id_space": 4112,
+  "tokenizer_config": {"cjk_bigrams": true, "cjk_unigrams": true, "letter_trigrams": false,
+                       "max_input_bytes": 16384, "max_tokens": 64, "max_word_chars": 32,
+                       "num_buckets": 4096, "num_oov_buckets": 16,
+                       "vocab_file": "/data/layout/vocab.txt", "word_bigrams": true,
+                       "word_unigrams": true},
+  "user_features": {"segment": 2}
+}"""
+
+
+def test_a_model_dir_written_before_the_one_form_reads_as_before(tmp_path):
+    path = tmp_path / CONFIG_FILE
+    path.write_text(json.dumps({"model": ModelConfig().to_dict(),
+                                "layout": json.loads(_OLD_MODEL_DIR_LAYOUT)}))
+    _, spec = load_model_config(str(tmp_path))
+    assert spec == LayoutSpec(
+        layout_dir="/data/layout",
+        tokenizer_config=TokenizerConfig(letter_trigrams=False, num_buckets=4096,
+                                         num_oov_buckets=16, max_tokens=64,
+                                         vocab_file="/data/layout/vocab.txt"),
+        token_id_space=4112, num_items=3, num_users=2, num_queries=4,
+        item_features={"brand": 3, "category": 4}, user_features={"segment": 2},
+        history_length=5, counts={"labels": {"click": 5}},
+        split={"method": "query_hash", "rule": "md5(query) % 2 == 0"}, eval_min_gain=1.0,
+        record_files={"eval": ["interactions/eval-00000-of-00001.rec"],
+                      "train": ["interactions/train-00000-of-00001.rec"]},
+        num_records={"eval": 1, "train": 4}, format_version=1, record_checks={},
+        num_logged_queries=None, prepare_config={})
+    # Written again, it takes the one form: the vocabulary relative to its layout.
+    write_resolved_config(str(tmp_path / "again"), ModelConfig(), spec)
+    again = json.loads((tmp_path / "again" / CONFIG_FILE).read_text())["layout"]
+    assert again["tokenizer_config"]["vocab_file"] == "vocab.txt"
+    assert load_model_config(str(tmp_path / "again"))[1] == spec
