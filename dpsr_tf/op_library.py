@@ -1,13 +1,14 @@
 """Loads the project's TensorFlow op library (dpsr_tf/_dpsr_ops*.so) once.
 
-The library holds every custom op of the project (Dpsr>Tokenize now, the FAISS ops of
-dpsr_tf/export/ later). It is built by `make build` (python setup.py build_ext --inplace).
+The library holds every custom op of the project (Dpsr>Tokenize, Dpsr>SpellCorrect, the FAISS
+and lexical index ops). It is built by `make build` (python setup.py build_ext --inplace).
 """
 import functools
 import glob
 import json
 import os
 
+import tensorflow as tf
 from absl import logging
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,11 +75,18 @@ def check_cpu(info: dict, cpu_flags: set) -> str:
 
 @functools.lru_cache(maxsize=None)
 def load():
-    """Returns the loaded op module (tf.load_op_library result), loading it on first call."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    """Returns the loaded op module (tf.load_op_library result), loading it on first call.
 
+    Also registers tensorflow-text's ops when it is installed: servables of models with a
+    pretrained text encoder tokenize with its FastBertTokenizer (dpsr_tf/tokenization/wordpiece.py).
+    """
     path = library_path()
     line = check_cpu(faiss_build_info(), _cpu_flags())
     if line:
         logging.warning(line)
-    return tf.load_op_library(path)
+    module = tf.load_op_library(path)
+    try:
+        import tensorflow_text  # noqa: F401  optional: registers the WordPiece ops on import
+    except ImportError:
+        pass
+    return module

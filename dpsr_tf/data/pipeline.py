@@ -136,7 +136,7 @@ def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, see
               drop_remainder, num_shards=1, shard_index=0,
               pseudo_mix: Optional[PseudoQueryMix] = None,
               human_negatives: int = 0, hard_negatives: int = 0,
-              hard_negative_dir: str = "") -> tf.data.Dataset:
+              hard_negative_dir: str = "", item_texts: bool = False) -> tf.data.Dataset:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_random_negatives < 0:
@@ -157,7 +157,7 @@ def _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer, see
                                  num_epochs, num_shards, shard_index)
     records = records.batch(batch_size, drop_remainder=drop_remainder)
     parts = ("items", "queries", "users") + (("human_negatives",) if human_negatives else ()) \
-        + (("hard_negatives",) if hard_negatives else ())
+        + (("hard_negatives",) if hard_negatives else ()) + (("item_texts",) if item_texts else ())
     tables = table_join.read_tables(spec, parts, hard_negative_dir)
     ds = tf.data.Dataset.zip((records, tf.data.Dataset.counter()))
     neg_seed = (seed if seed is not None else 0) * 1000003 + shard_index
@@ -175,7 +175,7 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
                         split: str = "train", num_shards: int = 1, shard_index: int = 0,
                         pseudo_mix: Optional[PseudoQueryMix] = None,
                         human_negatives: int = 0, hard_negatives: int = 0,
-                        hard_negative_dir: str = "") -> Callable:
+                        hard_negative_dir: str = "", item_texts: bool = False) -> Callable:
     """Training input_fn for tf.estimator: shuffled, repeated, full batches.
 
     Args:
@@ -200,6 +200,8 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
         (dpsr_tf/data/hard_negative_table.py): "hard_negative_rows" ragged [B, (h)] +
         "hard_negative_item_*"; 0 = none.
       hard_negative_dir: the model directory holding the mined table.
+      item_texts: also each item's title as "<prefix>_text" string (towers with a pretrained
+        encoder read raw text).
 
     Returns:
       input_fn(params=None) -> tf.data.Dataset of feature dicts (labels None; the "label"
@@ -220,25 +222,25 @@ def make_train_input_fn(layout_dir: str, *, batch_size: int = 64,
                          num_epochs, drop_remainder=True, num_shards=num_shards,
                          shard_index=shard_index, pseudo_mix=mix,
                          human_negatives=human_negatives, hard_negatives=hard_negatives,
-                         hard_negative_dir=hard_negative_dir)
+                         hard_negative_dir=hard_negative_dir, item_texts=item_texts)
 
     return input_fn
 
 
 def make_eval_input_fn(layout_dir: str, *, batch_size: int = 256,
                        num_random_negatives: int = 64, split: str = "eval",
-                       seed: int = 0) -> Callable:
+                       seed: int = 0, item_texts: bool = False) -> Callable:
     """Evaluation input_fn: one pass over a split in file order, no shuffle.
 
     The last batch may be smaller than batch_size (batch dimension None). The random negatives
-    are seeded, so two evaluations see the same negatives.
+    are seeded, so two evaluations see the same negatives. item_texts: as make_train_input_fn.
     """
     spec = layout_lib.load_layout_spec(layout_dir)
 
     def input_fn(params=None):
         del params
         return _examples(spec, split, batch_size, num_random_negatives, shuffle_buffer=0,
-                         seed=seed, num_epochs=1, drop_remainder=False)
+                         seed=seed, num_epochs=1, drop_remainder=False, item_texts=item_texts)
 
     return input_fn
 

@@ -61,6 +61,8 @@ def table_loader(spec: layout_lib.LayoutSpec, parts,
             t["item_features"] = _read_npy(p(layout_lib.ITEM_FEATURES))
         if "item_ids" in parts:
             t["item_ids"] = _read_lines(p(layout_lib.ITEM_IDS))
+        if "item_texts" in parts:   # raw titles, for towers that tokenize themselves
+            t["item_titles"] = _read_lines(p(layout_lib.ITEM_TITLES))
         if "queries" in parts:
             t["query_texts"] = _read_lines(p(layout_lib.QUERY_TEXTS))
             t["query_token_ids"] = _read_npy(p(layout_lib.QUERY_TOKEN_IDS))
@@ -139,8 +141,11 @@ def _gather_tokens(t: Dict, prefix: str, rows: tf.Tensor) -> tf.RaggedTensor:
 
 def item_features(spec: layout_lib.LayoutSpec, t: Dict, rows: tf.Tensor, prefix: str) -> Dict:
     """"<prefix>_row", "<prefix>_tokens" ragged int64 [b, (Li)], "<prefix>_<name>" int64 [b] of
-    the item rows int64 [b] (and their click-graph lists when the layout has a graph)."""
+    the item rows int64 [b] (and their click-graph lists when the layout has a graph, their
+    titles "<prefix>_text" string [b] when the tables hold them: part "item_texts")."""
     out = {f"{prefix}_row": rows, f"{prefix}_tokens": _gather_tokens(t, "item", rows)}
+    if "item_titles" in t:
+        out[f"{prefix}_text"] = tf.gather(t["item_titles"], rows)
     cats = tf.cast(tf.gather(t["item_features"], rows), tf.int64)
     for j, name in enumerate(layout_lib.feature_columns(spec, "item")):
         out[f"{prefix}_{name}"] = cats[:, j]

@@ -20,6 +20,8 @@ from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import tie_metrics
+from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.model.scoring import soft_dot_from_dots_np, soft_dot_product_np
 
 
@@ -129,17 +131,24 @@ class EmbeddingScorer:
         self.beta = cfg.beta
         items = layout_lib.load_item_table(spec)
         feats = {name: items.feature(name) for name in spec.item_features}
-        self.item_emb = embedder.embed_items(items.token_ids, items.token_splits, feats)
+        # Raw texts, for models with a pretrained text encoder (None: the towers tokenize).
+        texts = (layout_lib.load_queries(spec) if cfg.text_encoder == "pretrained" else None)
+        self.item_emb = embedder.embed_items(
+            items.token_ids, items.token_splits, feats,
+            texts=items.titles if texts is not None else None)
         tok, spl, users, hist = request_inputs(spec, eval_set.query_rows, eval_set.user_rows,
                                                eval_set.history_ends)
-        self.request_emb = embedder.embed_queries(tok, spl, users, hist,
-                                                  query_rows=eval_set.query_rows)
+        self.request_emb = embedder.embed_queries(
+            tok, spl, users, hist, query_rows=eval_set.query_rows,
+            texts=None if texts is None else [texts[r] for r in eval_set.query_rows])
         if pairs is None:
             return
         q, u, h, self.pair_request = _unique_requests(pairs["query_row"], pairs["user_row"],
                                                       pairs["history_end"])
         tok, spl, users, hist = request_inputs(spec, q, u, h)
-        self.pair_query_emb = embedder.embed_queries(tok, spl, users, hist, query_rows=q)
+        self.pair_query_emb = embedder.embed_queries(
+            tok, spl, users, hist, query_rows=q,
+            texts=None if texts is None else [texts[r] for r in q])
 
     def score_requests(self, idx: np.ndarray) -> np.ndarray:
         return soft_dot_product_np(self.request_emb[idx], self.item_emb, self.beta)
@@ -166,7 +175,7 @@ class BM25Scorer:
 
     def __init__(self, spec, eval_set, pairs, bigrams: bool = False,
                  fields: str = item_text.ALL):
-        import bm25s  # pylint: disable=import-outside-toplevel
+        import bm25s  # optional: the BM25 baseline's package (not a runtime requirement)
         # bm25s logs its index build at DEBUG through a logger that absl leaves at NOTSET.
         logging.getLogger("bm25s").setLevel(logging.WARNING)
         self._bm25s = bm25s
@@ -286,8 +295,6 @@ def load_model_scorer(model_dir: str, layout_dir: Optional[str] = None,
     Returns:
       (EmbeddingScorer, LayoutSpec, EvalSet, labelled pairs, checkpoint path).
     """
-    from dpsr_tf.model.embedder import CheckpointEmbedder  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
     model_config, saved_spec = load_model_config(model_dir)
     spec = layout_lib.load_layout_spec(layout_dir or saved_spec.layout_dir)
     if spec.token_id_space != saved_spec.token_id_space or spec.num_items != saved_spec.num_items:

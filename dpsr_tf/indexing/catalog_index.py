@@ -42,6 +42,7 @@ def embed_catalog(model_dir: str, *, layout_dir: Optional[str] = None,
     n = len(table.ids)
     features = {name: table.feature(name) for name in spec.item_features}
     out = np.zeros([n, cfg.embedding_dim], np.float32)
+    texts = cfg.text_encoder == "pretrained"   # the encoder reads the titles themselves
     start = last = time.monotonic()
     with CheckpointEmbedder(model_dir, checkpoint, model_config=cfg, layout_spec=spec) as emb:
         chunk = max(batch_size, 65536)
@@ -51,7 +52,8 @@ def embed_catalog(model_dir: str, *, layout_dir: Optional[str] = None,
             ids = np.asarray(table.token_ids[splits[0]:splits[-1]])
             out[lo:hi] = emb.embed_items(ids, splits - splits[0],
                                          {k: v[lo:hi] for k, v in features.items()},
-                                         batch_size=batch_size, rows=np.arange(lo, hi))
+                                         batch_size=batch_size, rows=np.arange(lo, hi),
+                                         texts=table.titles[lo:hi] if texts else None)
             now = time.monotonic()
             if now - last >= progress_every_s or hi == n:
                 rate = hi / max(now - start, 1e-9)

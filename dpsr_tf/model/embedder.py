@@ -4,7 +4,7 @@ This is the pattern export and indexing use: build the towers in a new tf.compat
 variable names as the Estimator's), restore them with a tf.compat.v1.train.Saver, run them on
 numpy inputs in batches.
 """
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -12,6 +12,9 @@ import tensorflow as tf
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.towers import item_tower, query_tower
+
+# Texts per run through a pretrained encoder (its activations are [batch, tokens, hidden]).
+TEXT_BATCH = 256
 
 
 def _ragged_placeholder(name: str):
@@ -62,6 +65,11 @@ class CheckpointEmbedder:
             values, splits, tokens = _ragged_placeholder("item_tokens")
             self._item_in["tokens"] = (values, splits)
             item_features = {"item_tokens": tokens}
+            self._texts = model_config.text_encoder == "pretrained"   # raw text inputs
+            if self._texts:
+                self._item_in["text"] = tf.compat.v1.placeholder(tf.string, [None],
+                                                                 name="item_text")
+                item_features["item_text"] = self._item_in["text"]
             for name in layout_spec.item_features:
                 ph = tf.compat.v1.placeholder(tf.int64, [None], name=f"item_{name}")
                 self._item_in[name] = ph
@@ -77,6 +85,10 @@ class CheckpointEmbedder:
             values, splits, tokens = _ragged_placeholder("query_tokens")
             self._query_in["tokens"] = (values, splits)
             query_features = {"query_tokens": tokens}
+            if self._texts:
+                self._query_in["text"] = tf.compat.v1.placeholder(tf.string, [None],
+                                                                  name="query")
+                query_features["query"] = self._query_in["text"]
             if model_config.personalization in ("profile", "history"):
                 for name in layout_spec.user_features:
                     ph = tf.compat.v1.placeholder(tf.int64, [None], name=f"user_{name}")
@@ -105,7 +117,8 @@ class CheckpointEmbedder:
 
     def embed_items(self, token_ids: np.ndarray, token_splits: np.ndarray,
                     features: Dict[str, np.ndarray], batch_size: int = 4096,
-                    rows: Optional[np.ndarray] = None) -> np.ndarray:
+                    rows: Optional[np.ndarray] = None,
+                    texts: Optional[Sequence[str]] = None) -> np.ndarray:
         """Item embeddings.
 
         Args:
@@ -113,6 +126,7 @@ class CheckpointEmbedder:
           features: item feature name -> [N] int ids (every name of layout_spec.item_features).
           rows: [N] layout item rows of these items (searchgcn: their click-graph lists);
             default 0..N-1, which must then be the whole item table.
+          texts: [N] the items' titles (models with a pretrained text encoder need them).
 
         Returns:
           [N, d] float32, L2-normalized rows.
@@ -124,17 +138,33 @@ class CheckpointEmbedder:
                                  f"rows of these {n} items; the layout has "
                                  f"{self.layout_spec.num_items})")
             rows = np.arange(n)
+        texts = self._check_texts(texts, n, "embed_items", "item titles")
+        if self._texts:
+            batch_size = min(batch_size, TEXT_BATCH)
         out = np.zeros([n, self.model_config.embedding_dim], np.float32)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             values, splits = _slice_ragged(token_ids, token_splits, lo, hi)
             feed = {self._item_in["tokens"][0]: values, self._item_in["tokens"][1]: splits}
+            if self._texts:
+                feed[self._item_in["text"]] = texts[lo:hi]
             if self._graph is not None:
                 self._feed_graph(feed, self._item_in["graph"], "item", rows[lo:hi])
             for name in self.layout_spec.item_features:
                 feed[self._item_in[name]] = np.asarray(features[name][lo:hi], np.int64)
             out[lo:hi] = self.session.run(self.item_embedding, feed)
         return out
+
+    def _check_texts(self, texts, n: int, caller: str, what: str):
+        """texts as a [n] UTF-8 bytes array for a pretrained encoder (None otherwise)."""
+        if not self._texts:
+            return None
+        if texts is None or len(texts) != n:
+            raise ValueError(f"{caller}: a model with a pretrained text encoder needs the {what} "
+                             f"(texts=, {n} of them); got "
+                             f"{'none' if texts is None else len(texts)}")
+        return np.array([t.encode("utf-8") if isinstance(t, str) else t for t in texts],
+                        dtype=object)
 
     def _feed_graph(self, feed, placeholders, side, rows, count=0):
         """Feeds the click-graph lists of `rows` (None: `count` rows without neighbours)."""
@@ -150,7 +180,8 @@ class CheckpointEmbedder:
                       user_features: Optional[Dict[str, np.ndarray]] = None,
                       history: Optional[Tuple[np.ndarray, np.ndarray]] = None,
                       batch_size: int = 4096,
-                      query_rows: Optional[np.ndarray] = None) -> np.ndarray:
+                      query_rows: Optional[np.ndarray] = None,
+                      texts: Optional[Sequence[str]] = None) -> np.ndarray:
         """Query head embeddings.
 
         Args:
@@ -159,17 +190,23 @@ class CheckpointEmbedder:
           history: (item rows [H] int, splits [Q + 1] int64) for DPSR-h.
           query_rows: [Q] layout query rows (searchgcn: their click-graph lists); None = no
             graph lists (the text tower alone, as for a query never seen in training).
+          texts: [Q] the query texts (models with a pretrained text encoder need them).
 
         Returns:
           [Q, m, d] float32.
         """
         cfg = self.model_config
         q = len(token_splits) - 1
+        texts = self._check_texts(texts, q, "embed_queries", "query texts")
+        if self._texts:
+            batch_size = min(batch_size, TEXT_BATCH)
         out = np.zeros([q, cfg.num_heads, cfg.embedding_dim], np.float32)
         for lo in range(0, q, batch_size):
             hi = min(q, lo + batch_size)
             values, splits = _slice_ragged(token_ids, token_splits, lo, hi)
             feed = {self._query_in["tokens"][0]: values, self._query_in["tokens"][1]: splits}
+            if self._texts:
+                feed[self._query_in["text"]] = texts[lo:hi]
             if self._graph is not None:
                 self._feed_graph(feed, self._query_in["graph"], "query",
                                  None if query_rows is None else query_rows[lo:hi], hi - lo)

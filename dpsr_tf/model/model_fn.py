@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from dpsr_tf.model import dssm, joint_pq, losses, scoring, searchgcn
 from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.pretrained import encoder as pretrained_encoder
 from dpsr_tf.model.progress import ProgressHook
 from dpsr_tf.model.towers import item_tower, query_tower
 
@@ -29,6 +30,8 @@ TOP_K = (1, 10)
 def _item_features(features: Mapping, prefix: str, layout_spec) -> dict:
     """The item-tower features of the items under `prefix` ("item_" or "neg_item_")."""
     out = {"item_tokens": features[prefix + "tokens"]}
+    if prefix + "text" in features:   # raw titles (pretrained text encoders)
+        out["item_text"] = features[prefix + "text"]
     for name in layout_spec.item_features:
         out[f"item_{name}"] = features[f"{prefix}{name}"]
     for suffix in ("graph_hop1", "graph_hop1_weight", "graph_hop2", "graph_hop2_weight"):
@@ -81,7 +84,8 @@ def _predict_spec(features, cfg, layout_spec, mode):
     if "query_tokens" in features:
         predictions["query_embedding"] = query_tower(features, cfg, layout_spec, mode)
     if "item_tokens" in features:
-        predictions["item_embedding"] = item_tower(features, cfg, layout_spec, mode)
+        predictions["item_embedding"] = item_tower(_item_features(features, "item_", layout_spec),
+                                                   cfg, layout_spec, mode)
     for key in ("item_row", "item_id", "query"):
         if key in features:
             predictions[key] = features[key]
@@ -202,12 +206,34 @@ def dpsr_model_fn(features, labels, mode, params):
             tf.compat.v1.summary.scalar("train/balance_of_heads", balance)
             loss = loss + cfg.head_balance_weight * balance
     global_step = tf.compat.v1.train.get_or_create_global_step()
-    train_op = make_optimizer(cfg).minimize(loss, global_step=global_step,
-                                            colocate_gradients_with_ops=True)
+    train_op = _train_op(cfg, loss, global_step)
     if update_ops:
         train_op = tf.group(train_op, *update_ops)
     hooks = [pq_hook] if pq_hook is not None else []
     if params.get("log_every_steps"):
         hooks.append(ProgressHook(loss, int(params.get("batch_size", 0)),
                                   int(params["log_every_steps"]), str(params.get("task", ""))))
-    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, training_hooks=hooks)
+    # A pretrained encoder's variables start from its weights when the run starts fresh (a
+    # restored checkpoint already holds them).
+    init_fn = pretrained_encoder.init_fn_of_graph()
+    scaffold = tf.compat.v1.train.Scaffold(init_fn=init_fn) if init_fn is not None else None
+    return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, training_hooks=hooks,
+                                      scaffold=scaffold)
+
+
+def _train_op(cfg: ModelConfig, loss: tf.Tensor, global_step: tf.Tensor):
+    """The optimizer's step; a pretrained encoder's variables take their own Adam step at
+    pretrained_learning_rate (the towers' learning rate would wreck pretrained weights)."""
+    if cfg.text_encoder != "pretrained":
+        return make_optimizer(cfg).minimize(loss, global_step=global_step,
+                                            colocate_gradients_with_ops=True)
+    variables = tf.compat.v1.trainable_variables()
+    encoder = [v for v in variables if pretrained_encoder.SCOPE_PART in v.op.name]
+    towers = [v for v in variables if pretrained_encoder.SCOPE_PART not in v.op.name]
+    grads = tf.compat.v1.gradients(loss, towers + encoder, colocate_gradients_with_ops=True)
+    steps = [make_optimizer(cfg).apply_gradients(list(zip(grads[:len(towers)], towers)),
+                                                 global_step=global_step)]
+    if encoder:
+        steps.append(tf.compat.v1.train.AdamOptimizer(cfg.pretrained_learning_rate)
+                     .apply_gradients(list(zip(grads[len(towers):], encoder))))
+    return tf.group(*steps)

@@ -18,6 +18,9 @@ With text_encoder = "shared" the item MLP and the query projection/heads are rep
   dpsr/text_encoder/layer_<i>/{kernel,bias}          one MLP for query text and item title
   dpsr/item_adapter/layer_<i>/{kernel,bias}          residual adapter (item categorical features)
   dpsr/query_tower/head_<h>/layer_<i>/{kernel,bias}  residual adapter of head h (+ user features)
+With text_encoder = "pretrained" the text encoder is a pretrained BERT-family encoder
+(pretrained_encoder/..., dpsr_tf/model/pretrained/bert.py) over the raw text ("query",
+"item_text" features) instead of the token bag and MLP; the adapters are the "shared" ones.
 """
 from typing import Mapping, Sequence
 
@@ -25,6 +28,7 @@ import tensorflow as tf
 
 from dpsr_tf.model import dssm, embedding, searchgcn
 from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.pretrained import encoder as pretrained_encoder
 
 SCOPE = "dpsr"
 
@@ -52,8 +56,27 @@ def _mlp(x: tf.Tensor, hidden_units: Sequence[int], output_dim: int,
     return _dense(x, output_dim, f"layer_{len(hidden_units)}", zero_init=zero_last)
 
 
-def _text_encoder(tokens, cfg: ModelConfig, layout_spec, bag_name: str) -> tf.Tensor:
-    """The shared text encoder: token bag -> MLP (item_hidden_units -> d), [B, d]."""
+def _pretrained_text(texts: tf.Tensor, cfg: ModelConfig) -> tf.Tensor:
+    """[B, H] the pretrained encoder's sentence embeddings of texts [B] string (H must be d)."""
+    encoder = pretrained_encoder.graph_encoder(cfg.pretrained_dir,
+                                               cfg.pretrained_trainable_layers)
+    hidden = encoder.model.config.hidden_size
+    if hidden != cfg.embedding_dim:
+        raise ValueError(f"ModelConfig.embedding_dim={cfg.embedding_dim}: text_encoder=pretrained "
+                         f"needs embedding_dim = the encoder's hidden size {hidden} "
+                         f"({encoder.model.directory}); train with --embedding_dim={hidden}")
+    return encoder(texts)
+
+
+def _text_encoder(features: Mapping, side: str, cfg: ModelConfig, layout_spec) -> tf.Tensor:
+    """The shared text encoder of side "item" or "query": token bag -> MLP (item_hidden_units
+    -> d), [B, d]; with text_encoder "pretrained", the pretrained encoder over the raw text
+    (features "item_text" / "query")."""
+    tower = f"{side}_tower"
+    if cfg.text_encoder == "pretrained":
+        return _pretrained_text(_require(features, "item_text" if side == "item" else "query",
+                                         tower), cfg)
+    tokens, bag_name = _require(features, f"{side}_tokens", tower), f"{side}_tokens_bag"
     with tf.compat.v1.variable_scope("embeddings"):
         bag = embedding.embedding_bag(_token_table(cfg, layout_spec), tokens,
                                       combiner=cfg.combiner, aggregate_on_ps=cfg.aggregate_on_ps,
@@ -121,7 +144,7 @@ def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
 def _text_item_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
     if cfg.model == "dssm":
         return dssm.item_tower(features, cfg, layout_spec)
-    if cfg.text_encoder == "shared":
+    if cfg.text_encoder in ("shared", "pretrained"):
         return _shared_item_tower(features, cfg, layout_spec)
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
         with tf.compat.v1.variable_scope("embeddings"):
@@ -165,7 +188,7 @@ def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
 def _text_query_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
     if cfg.model == "dssm":
         return dssm.query_tower(features, cfg, layout_spec)
-    if cfg.text_encoder == "shared":
+    if cfg.text_encoder in ("shared", "pretrained"):
         return _shared_query_tower(features, cfg, layout_spec)
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
         with tf.compat.v1.variable_scope("embeddings"):
@@ -207,8 +230,7 @@ def _user_inputs(features: Mapping, cfg: ModelConfig, layout_spec) -> list:
 
 def _shared_item_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
-        text = _text_encoder(_require(features, "item_tokens", "item_tower"), cfg, layout_spec,
-                             "item_tokens_bag")
+        text = _text_encoder(features, "item", cfg, layout_spec)
         with tf.compat.v1.variable_scope("embeddings"):
             cats = _categorical(features, "item", dict(layout_spec.item_features), cfg,
                                 "item_tower")
@@ -221,8 +243,7 @@ def _shared_item_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.T
 
 def _shared_query_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
-        text = _text_encoder(_require(features, "query_tokens", "query_tower"), cfg,
-                             layout_spec, "query_tokens_bag")
+        text = _text_encoder(features, "query", cfg, layout_spec)
         with tf.compat.v1.variable_scope("embeddings"):
             users = _user_inputs(features, cfg, layout_spec)
         heads = []

@@ -63,6 +63,7 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
                  if mix.final_ratio is not None and mix.decay_steps else "",
                  f"; resuming at local step {mix.start_step:,}, share "
                  f"{float(mix.at_step(0)):.3f}" if mix.start_step else "")
+    texts = model_config.text_encoder == "pretrained"   # the encoder reads raw titles
     train_fn = pipeline.make_train_input_fn(
         train.layout_dir, batch_size=train.batch_size,
         num_random_negatives=max(1, model_config.random_negatives_for(train.batch_size)),
@@ -78,12 +79,12 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
         if model_config.human_negative_weight > 0 and model_config.model != "dssm" else 0,
         # The mined hard negatives (checked by check_hard_negative_table before training).
         hard_negatives=model_config.max_hard_negatives if train.hard_negatives_from else 0,
-        hard_negative_dir=train.model_dir)
+        hard_negative_dir=train.model_dir, item_texts=texts)
     eval_fn = pipeline.make_eval_input_fn(
         train.layout_dir, batch_size=train.eval_batch_size,
         num_random_negatives=max(1, train.eval_random_negatives,
                                  model_config.random_negatives_for(train.eval_batch_size)),
-        split=train.eval_split)
+        split=train.eval_split, item_texts=texts)
     return train_fn, eval_fn
 
 

