@@ -47,6 +47,21 @@ REPORTED = ("recall@100", "recall@1000", "ndcg@10")
 RECALL_KS = (10, 100, 1000)
 
 
+def split_lists(lists: FoldLists, parts: int, seed: int = 0):
+    """The requests of one FoldLists dealt into `parts` FoldLists by a seeded permutation."""
+    owner = np.random.default_rng(seed).permutation(len(lists)) % parts
+    out = []
+    for part in range(parts):
+        rows = np.flatnonzero(owner == part)
+        lo, hi = lists.relevant_splits[rows], lists.relevant_splits[rows + 1]
+        relevant = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)]).astype(np.int64)
+        out.append(FoldLists(
+            lists.dense_scores[rows], lists.dense_rows[rows], lists.lexical_scores[rows],
+            lists.lexical_rows[rows], np.concatenate([[0], np.cumsum(hi - lo)]),
+            lists.relevant_rows[relevant], lists.relevant_gains[relevant], k=lists.k))
+    return out
+
+
 def _typed_queries(layout):
     """The eval split's queries as typed (a rewrite table's keys), in request order."""
     from dpsr_tf.data import eval_set as eval_set_lib  # pylint: disable=import-outside-toplevel
@@ -124,7 +139,6 @@ def main():
         plain = [f[0] for f in per_fold]
         merged = [f[1] for f in per_fold] if table is not None else None
     else:
-        from fusion_gates import split_lists  # pylint: disable=import-outside-toplevel
         whole = _lists(args.model_dir, args.index_dir, None, variants, args.spelling, table)
 
         def in_parts(lists):   # [variant] -> [part][variant]
@@ -185,7 +199,7 @@ def _report(per_fold, variants, samples):
         print("  folds chose: " + "; ".join(names))
         print("  " + " ".join(f"{m} {got[m].mean():.4f}" for m in REPORTED))
         _paired("minus no feedback", got, off, samples, ("chosen", "no feedback"))
-        # Issue 27's comparisons: the served hybrid against the better of its two lists.
+        # The served hybrid against each of its two lists.
         _paired("minus its dense list", got,
                 _pool([metrics[f][v][dense_only] for f in range(n_folds)]), samples,
                 ("hybrid", "dense + feedback"))

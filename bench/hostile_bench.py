@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
-from dpsr_tf.serving.model_server.lifecycle.servable import SERVABLE_INFO_FILE  # noqa: E402
+from dpsr_tf.export.servable_info import SERVABLE_INFO  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support.raw_http2 import RawHttp2  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
@@ -199,7 +199,7 @@ def _write_models(work: str, spec) -> str:
         # are independent), so --max_rows_per_run's default chunks them as it would those
         extra = os.path.join(work, model, "1", "assets.extra")
         os.makedirs(extra, exist_ok=True)
-        with open(os.path.join(extra, SERVABLE_INFO_FILE), "w") as f:
+        with open(os.path.join(extra, SERVABLE_INFO), "w") as f:
             f.write("{}\n")
     path = os.path.join(work, "models.config")
     with open(path, "w") as f:
