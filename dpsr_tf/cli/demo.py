@@ -30,7 +30,31 @@ import os
 import shutil
 import time
 
+import tensorflow as tf
 from absl import flags, logging
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data.prepare import PrepareConfig, prepare
+from dpsr_tf.demo import synthetic_catalog as synthetic
+from dpsr_tf.demo.serving_demo import query_model, run_serving_demo
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import fusion_choice
+from dpsr_tf.evaluation import hybrid as hybrid_lib
+from dpsr_tf.export.saved_model_export import export_all_shards
+from dpsr_tf.export.servable_graph import ServableConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.report import ReportConfig, build_report
+from dpsr_tf.rewriting import generate, table
+from dpsr_tf.rewriting.config import RewriterConfig
+from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn, lexical_hit_fn
+from dpsr_tf.rewriting.title_candidates import CYCLE_K, NUM_TITLES, DenseTitleSource
+from dpsr_tf.rewriting.train import train_rewriter
+from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK, FeedbackConfig
+from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, tokenize_op
+from dpsr_tf.training import driver
+from dpsr_tf.training.config import TrainConfig
 
 REWRITER_STEPS_DEFAULT = 1000
 # The demo's rewriter keeps the earlier default width: stage 7 stays quick, and the demo's
@@ -62,10 +86,6 @@ def _done(start: float) -> None:
 
 
 def _tokenizer_stage() -> None:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    from dpsr_tf.tokenization import Tokenizer, TokenizerConfig, tokenize_op
-
     config = TokenizerConfig()
     tok = Tokenizer(config)
     ids, splits = tok.tokenize(TOKENIZER_QUERIES)
@@ -89,13 +109,6 @@ def _rewrite_stage(layout_dir: str, model_dir: str, index_dir: str, work: str, s
     them (docs/rewriting.md, the measured best): the forward model picks one of the DPSR
     model's top 4 titles, the backward model samples rewrites from it, and a rewrite is kept
     when its own lexical top 100 holds that title's item."""
-    # pylint: disable=g-import-not-at-top
-    from dpsr_tf.rewriting import generate, table
-    from dpsr_tf.rewriting.config import RewriterConfig
-    from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn, lexical_hit_fn
-    from dpsr_tf.rewriting.title_candidates import CYCLE_K, NUM_TITLES, DenseTitleSource
-    from dpsr_tf.rewriting.train import train_rewriter
-
     rewriter_dir = os.path.join(work, "rewriter")
     config = RewriterConfig(train_steps=steps, **DEMO_REWRITER_WIDTH)
     losses = train_rewriter(layout_dir, rewriter_dir, config,
@@ -146,22 +159,6 @@ def _print_rewrite_answers(hybrid_results, lexical_results, titles, fusion) -> N
 
 def main(argv):
     del argv
-    from dpsr_tf.data import layout as layout_lib  # pylint: disable=g-import-not-at-top
-    from dpsr_tf.demo import synthetic_catalog as synthetic
-    from dpsr_tf.data.prepare import PrepareConfig, prepare
-    from dpsr_tf.evaluation import evaluate as evaluate_lib
-    from dpsr_tf.evaluation import fusion_choice
-    from dpsr_tf.evaluation import hybrid as hybrid_lib
-    from dpsr_tf.model.config import ModelConfig
-    from dpsr_tf.training import driver
-    from dpsr_tf.training.config import TrainConfig
-    from dpsr_tf.indexing import catalog_index
-    from dpsr_tf.indexing.index_builder import IndexBuildConfig
-    from dpsr_tf.export.saved_model_export import export_all_shards
-    from dpsr_tf.export.servable_graph import ServableConfig
-    from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK, FeedbackConfig
-    from dpsr_tf.demo.serving_demo import query_model, run_serving_demo
-
     begin = time.monotonic()
     work = os.path.abspath(_WORK.value)
     shutil.rmtree(work, ignore_errors=True)
@@ -169,7 +166,6 @@ def main(argv):
     quiet = lambda _: None  # noqa: E731  (library progress lines stay out of the demo output)
     # The demo prints its own summary; TF's deprecation chatter would drown it.
     logging.set_verbosity(logging.ERROR)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.get_logger().setLevel("ERROR")
 
     t = _stage(1, "tokenizer: one C++ core, pybind11 and TF op side by side")
@@ -283,7 +279,6 @@ def main(argv):
     _done(t)
 
     t = _stage(10, "dpsr report: the page of this run")
-    from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=g-import-not-at-top
     report_dir = os.path.join(work, "report")
     report_cfg = ReportConfig(
         model_dirs=(train.model_dir,), output=report_dir, index_dir=index_dir,

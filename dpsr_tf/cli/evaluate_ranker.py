@@ -7,6 +7,7 @@ import numpy as np
 from absl import flags, logging
 
 from dpsr_tf.cli import ranker_flags as rf
+from dpsr_tf.ranking import baselines
 from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import metrics
 from dpsr_tf.ranking import train as train_lib
@@ -43,7 +44,6 @@ def main(argv):
         data.eval_features[:, bm25_col], ev.labels, ev.splits)
     rows["dpsr score (feature alone)"] = metrics.session_metrics(
         data.eval_features[:, dpsr_col], ev.labels, ev.splits)
-    from dpsr_tf.ranking import baselines  # pylint: disable=import-outside-toplevel
     for name in [b for b in _BASELINES.value if b]:
         if name not in _OBJECTIVES:
             raise SystemExit(f"dpsr evaluate-ranker: unknown baseline {name!r}; choose from "

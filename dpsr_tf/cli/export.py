@@ -15,9 +15,12 @@ import os
 from absl import flags
 
 from dpsr_tf.cli import feedback_flags, fusion_flags
-from dpsr_tf.evaluation import fusion_objective
+from dpsr_tf.evaluation import fusion_choice, fusion_objective
 from dpsr_tf.indexing import index_layout, joint_pq_index
+from dpsr_tf.indexing.catalog_index import EMBEDDINGS_FILE
 from dpsr_tf.export.saved_model_export import export_all_shards
+from dpsr_tf.search.dense_feedback import FeedbackConfig
+from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.rewrite_merge import RewriteConfig
 from dpsr_tf.export.servable_graph import ServableConfig
 from dpsr_tf.export.stages import pipeline as stage_pipeline
@@ -102,8 +105,6 @@ def _feedbacks(manifest, index_dir: str):
     Raises:
       ValueError: --dense_feedback=on with an index build without saved embeddings.
     """
-    from dpsr_tf.indexing.catalog_index import EMBEDDINGS_FILE  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     mode = _DENSE_FEEDBACK.value
     embeddings = os.path.join(index_dir, EMBEDDINGS_FILE)
     if mode == "on" and not os.path.isfile(embeddings):
@@ -125,7 +126,6 @@ def _fusion(index_dir: str):
     fusion, or one chosen on the layout's eval split when the export is hybrid and no fusion
     flag was given; with --spelling=auto, spelling on or off by the same split; with
     --dense_feedback=auto, dense feedback on or off with the fusion."""
-    from dpsr_tf.search.dense_feedback import FeedbackConfig  # pylint: disable=import-outside-toplevel
     given = [name for name in FUSION_FLAGS if flags.FLAGS[name].present]
     manifest = index_layout.read_manifest(index_dir, check_files=False)
     has_lexical = manifest.lexical is not None
@@ -136,8 +136,6 @@ def _fusion(index_dir: str):
                       else FeedbackConfig())
     if not (choose or auto or feedbacks):
         return fusion_flags.fusion_config(), _SPELLING.value == "on", fixed_feedback, None
-    from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
     candidates = (fusion_choice.CANDIDATES if choose else
                   (fusion_flags.fusion_config() if flags.FLAGS.hybrid
                    else FusionConfig(lexical_weight=0.0),))

@@ -21,6 +21,7 @@ import sys
 from absl import flags
 
 from dpsr_tf.cli import prepare_flags
+from dpsr_tf.data import graph as graph_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
@@ -116,7 +117,7 @@ def main(argv):
             prepare_lib.prepare(config)
         else:
             try:
-                from dpsr_tf.data import beam as beam_lib  # pylint: disable=import-outside-toplevel
+                from dpsr_tf.data import beam as beam_lib  # optional: Apache Beam, for --runner
             except ImportError as e:
                 raise flags.ValidationError(
                     f"--runner={_RUNNER.value} needs Apache Beam ({e}); pip install -r "
@@ -127,7 +128,6 @@ def main(argv):
             beam_lib.prepare_beam(config, _RUNNER.value, _BEAM_OPTIONS.value,
                                   settings=settings)
         if _GRAPH.value:
-            from dpsr_tf.data import graph as graph_lib  # pylint: disable=import-outside-toplevel
             graph_lib.build_graph(config.output, graph_lib.GraphConfig(
                 neighbors=_GRAPH_NEIGHBORS.value, two_hop=_GRAPH_TWO_HOP.value))
     except (schema.SchemaError, ValueError, OSError, flags.Error) as e:

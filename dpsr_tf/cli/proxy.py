@@ -13,7 +13,10 @@ import sys
 from absl import flags
 
 from dpsr_tf.cli import front_end_flags
+from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import stream_limits
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.proxy import peer_limits
 
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API (0: any free port).")
@@ -107,10 +110,8 @@ def main(argv):
     if not _CONFIG.value:
         _fail("--proxy_config_file is required (see docs/serving.md for the format)")
     logging.getLogger().setLevel(logging.INFO)
-    # pylint: disable=g-import-not-at-top
-    from dpsr_tf.serving import config as config_lib
-    from dpsr_tf.serving.proxy import server as proxy, config as proxy_config, routing
-    from dpsr_tf.serving.errors import ServingError
+    # these load TensorFlow (the TF Serving protos): only once the flags are checked
+    from dpsr_tf.serving.proxy import server as proxy, routing
 
     try:
         settings = proxy_config.read_proxy_settings(_CONFIG.value)

@@ -13,6 +13,10 @@ import sys
 
 from absl import flags
 
+from dpsr_tf.model.progress import quiet_tf_logging
+from dpsr_tf.report import ReportConfig, build_report
+from dpsr_tf.report.commands import shell_join
+
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Main model directory (dpsr train).")
 _COMPARE = flags.DEFINE_list("compare", [], "Other model directories shown beside it.")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None,
@@ -60,9 +64,6 @@ def main(argv):
     except ValueError:
         raise SystemExit(f"dpsr report: --alpha_sweep takes numbers in [0, 1], got "
                          f"{_ALPHA_SWEEP.value}") from None
-    from dpsr_tf.report import ReportConfig, build_report  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.report.commands import shell_join  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.model.progress import quiet_tf_logging  # pylint: disable=import-outside-toplevel
     quiet_tf_logging()
     cfg = ReportConfig(
         model_dirs=tuple(([_MODEL_DIR.value] if _MODEL_DIR.value else []) +

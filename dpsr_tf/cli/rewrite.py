@@ -17,8 +17,11 @@ import time
 
 from absl import flags
 
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model.progress import quiet_tf_logging
-from dpsr_tf.rewriting.title_candidates import CYCLE_K, NUM_TITLES
+from dpsr_tf.rewriting import generate, table
+from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn, lexical_hit_fn, lexical_shared_fn
+from dpsr_tf.rewriting.title_candidates import CYCLE_K, NUM_TITLES, DenseTitleSource
 
 _REWRITER = flags.DEFINE_string("rewriter_dir", None, "dpsr train-rewriter --model_dir.")
 _QUERIES = flags.DEFINE_string("queries", None, "Query file, one query per line.")
@@ -61,7 +64,6 @@ flags.mark_flags_as_required(["rewriter_dir", "output"])
 
 
 def _queries():
-    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     out = []
     if _QUERIES.value:
         with open(_QUERIES.value, encoding="utf-8") as f:
@@ -98,9 +100,6 @@ def _dense_titles(queries):
     if _NUM_TITLES.value < 1:
         raise ValueError(f"--num_titles must be >= 1, got {_NUM_TITLES.value}")
     cycle_k = CYCLE_K if _CYCLE_K.value < 0 else _CYCLE_K.value
-    # pylint: disable=import-outside-toplevel
-    from dpsr_tf.rewriting.lexical_filter import lexical_cycle_fn
-    from dpsr_tf.rewriting.title_candidates import DenseTitleSource
     source = DenseTitleSource(_MODEL.value, _INDEX.value, _LAYOUT.value)
     start = time.time()
     titles = source.top_titles(queries, _NUM_TITLES.value)
@@ -116,8 +115,6 @@ def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"dpsr rewrite: unexpected arguments {argv[1:]}")
     quiet_tf_logging()
-    # pylint: disable=import-outside-toplevel
-    from dpsr_tf.rewriting import generate, table
     try:
         decode = generate.DecodeConfig(_STRATEGY.value, _NUM.value, _TITLE_BEAM.value,
                                        _TOP_K.value, _TOP_P.value, _TEMP.value, _SEED.value,
@@ -133,7 +130,6 @@ def main(argv):
                              "lists of)")
         titles, finds_title = _dense_titles(queries)
         if _INDEX.value:
-            from dpsr_tf.rewriting.lexical_filter import lexical_hit_fn, lexical_shared_fn
             has_hits = lexical_hit_fn(_INDEX.value)
             if _MIN_SHARED.value:
                 shared = lexical_shared_fn(_INDEX.value, _SHARED_K.value)

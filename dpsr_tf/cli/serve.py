@@ -19,7 +19,10 @@ import sys
 from absl import flags
 
 from dpsr_tf.cli import front_end_flags
+from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import heap_trim, startup, stream_limits
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.model_server.runs import run_queue
 
 # tensorflow_model_server flags (same names, types and defaults).
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API.")
@@ -308,10 +311,7 @@ def _notices():
 
 def options_from_flags():
     """(ServerOptions, ModelServerConfig) from the flags; exits with a message on bad input."""
-    # pylint: disable=g-import-not-at-top
-    from dpsr_tf.serving import config as config_lib
-    from dpsr_tf.serving.errors import ServingError
-    from dpsr_tf.serving.model_server.runs import run_queue
+    # TensorFlow loads with these, after main's prefer_eigen_kernels (serve start-up)
     from dpsr_tf.serving.model_server.lifecycle.manager import ManagerOptions
     from dpsr_tf.serving.model_server.server import ServerOptions
     from dpsr_tf.serving.model_server.api.predict import RequestLimits
@@ -355,7 +355,8 @@ def options_from_flags():
               ">= 0 (0: as large as --rest_api_max_body_bytes)")
     session_config = None
     if _SESSION_CONFIG_FILE.value:
-        from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
+        # TensorFlow only after main's prefer_eigen_kernels (serve start-up)
+        from tensorflow.core.protobuf import config_pb2
         try:
             session_config = config_lib.read_text_proto(
                 _SESSION_CONFIG_FILE.value, config_pb2.ConfigProto,
@@ -433,16 +434,16 @@ def main(argv):
         _fail(f"unexpected arguments {argv[1:]}; every setting is a --flag")
     logging.getLogger().setLevel(logging.INFO)
     if _VERSION.value:
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow as tf  # after prefer_eigen_kernels, as when serving
         print(f"TensorFlow ModelServer: dpsr serve (TF Serving API 2.15)\n"
               f"TensorFlow Library: {tf.__version__}")
         return
     options, server_config = options_from_flags()
-    from dpsr_tf.serving.model_server.server import run_model_server  # pylint: disable=g-import-not-at-top
+    # TensorFlow loads here, after prefer_eigen_kernels has set its environment
+    from dpsr_tf.serving.model_server.server import run_model_server
     try:
         run_model_server(options, server_config)
     except Exception as e:  # pylint: disable=broad-except
-        from dpsr_tf.serving.errors import ServingError  # pylint: disable=g-import-not-at-top
         if isinstance(e, ServingError):
             _fail(f"cannot start: {e}")
         if isinstance(e, OSError):

@@ -5,6 +5,7 @@ import dataclasses
 from absl import flags
 
 from dpsr_tf.rewriting.config import RewriterConfig
+from dpsr_tf.rewriting.train import train_rewriter
 from dpsr_tf.model.progress import quiet_tf_logging
 
 _D = RewriterConfig()
@@ -32,7 +33,6 @@ def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"dpsr train-rewriter: unexpected arguments {argv[1:]}")
     quiet_tf_logging()
-    from dpsr_tf.rewriting.train import train_rewriter  # pylint: disable=import-outside-toplevel
     try:
         cfg = RewriterConfig(**{k: v.value for k, v in _FIELDS.items()})
         cfg = dataclasses.replace(cfg, vocab_size=_MAX_UNITS.value)

@@ -20,16 +20,12 @@ import time
 from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
 
 TABLE_DIR = "hard_negatives"
 ITEMS_FILE = "items.npy"
 SPLITS_FILE = "splits.npy"
 PROVENANCE_FILE = "provenance.json"
-
-
-def _gfile():
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return tf.io.gfile
 
 
 def absolute(path: str) -> str:
@@ -73,7 +69,7 @@ def table_paths(model_dir: str) -> Tuple[str, str]:
 
 def read_provenance(model_dir: str) -> Optional[dict]:
     """The table's provenance record, or None when model_dir holds no complete table."""
-    gfile = _gfile()
+    gfile = tf.io.gfile
     path = os.path.join(table_dir(model_dir), PROVENANCE_FILE)
     items, splits = table_paths(model_dir)
     if not (gfile.exists(path) and gfile.exists(items) and gfile.exists(splits)):
@@ -119,7 +115,7 @@ def write_table(model_dir: str, items: np.ndarray, splits: np.ndarray, provenanc
             or np.any(np.diff(splits) < 0):
         raise ValueError(f"hard-negative splits must run from 0 to {len(items)} without "
                          f"decreasing, got {splits[:5]}...{splits[-3:]}")
-    gfile = _gfile()
+    gfile = tf.io.gfile
     d = table_dir(model_dir)
     gfile.makedirs(d)
     prov_path = os.path.join(d, PROVENANCE_FILE)
@@ -155,5 +151,5 @@ def load_table(model_dir: str, num_queries: Optional[int] = None) -> Tuple[np.nd
 
 
 def _load_npy(path: str) -> np.ndarray:
-    with _gfile().GFile(path, "rb") as f:
+    with tf.io.gfile.GFile(path, "rb") as f:
         return np.load(io.BytesIO(f.read()), allow_pickle=False)

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf import parent_death
 from dpsr_tf.serving.proxy import config as proxy_config
@@ -265,7 +266,6 @@ def stop_all() -> None:
 
 def prediction_stub(address: str, credentials=None):
     """A tensorflow_serving PredictionServiceStub on a new channel (the real client)."""
-    from tensorflow_serving.apis import prediction_service_pb2_grpc  # pylint: disable=g-import-not-at-top
     channel = (grpc.secure_channel(address, credentials) if credentials
                else grpc.insecure_channel(address))
     return prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -13,6 +13,7 @@ import time
 from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import tensors
@@ -46,8 +47,6 @@ def query_model(stub, model_name: str, queries: Sequence[str], k: int,
                 timeout: float = 10.0,
                 signature: str = "serving_default") -> List[QueryResult]:
     """Sends each query as its own PredictRequest ({query: [1] string, k: int32})."""
-    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
-
     results = []
     for query in queries:
         request = predict_pb2.PredictRequest()

@@ -17,6 +17,8 @@ from typing import Callable, Dict, Sequence
 from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.evaluation.evaluate import EmbeddingScorer
 from dpsr_tf.training.config import FULL_CORPUS_METRICS
 
@@ -37,8 +39,6 @@ def evaluator(model_dir: str, split: str = "eval", ks: Sequence[int] = (100,),
     """A function checkpoint path -> {"recall@K": value} for each K of ks, on `split` of the
     layout model_dir's model was trained on (read when the function is first called: the
     model directory's config is written when training starts)."""
-    from dpsr_tf.model.embedder import CheckpointEmbedder  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
     state = {}
 
     def recall_of(checkpoint: str) -> Dict[str, float]:

@@ -37,6 +37,7 @@ from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
+from dpsr_tf.training import checkpoint_pruning, driver
 from dpsr_tf.training.config import TrainConfig
 
 CONFIG_JSON = "crossval_config.json"
@@ -318,7 +319,6 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
     train_config = config.fold_train(fold)
     if os.path.exists(train_config.model_dir):    # an interrupted run: train from scratch
         shutil.rmtree(train_config.model_dir)
-    from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
     train_config = train_config.resolved(spec.num_items)
     log(f"{tag}: training " + (f"{train_config.train_steps:,} steps" if train_config.train_steps
                                else f"until validation stops improving (at most "
@@ -360,8 +360,6 @@ def _prune_checkpoints(config: CrossvalConfig, metrics: dict, tag: str,
     keep = metrics["dpsr"].get("checkpoint")
     if not config.prune_checkpoints or not keep or not os.path.isdir(metrics["model_dir"]):
         return
-    # pylint: disable=import-outside-toplevel
-    from dpsr_tf.training import checkpoint_pruning
     try:
         pruned = checkpoint_pruning.prune_to(metrics["model_dir"], keep)
     except ValueError as e:     # a moved or hand-edited fold: its numbers still stand

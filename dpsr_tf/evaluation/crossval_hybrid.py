@@ -42,8 +42,14 @@ import numpy as np
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
+from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation import tie_metrics
+from dpsr_tf.evaluation.spelled_layout import spelled_layout
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
@@ -127,16 +133,6 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
       ({"dpsr_served": {metric: value}, "served": served_metrics' full result,
         "lexical": {metric: value}}, {"dpsr_served": {metric: [Q]}, "lexical": {...}}).
     """
-    # Imported here: FAISS and the model load only for --hybrid.
-    # pylint: disable=import-outside-toplevel
-    from dpsr_tf.data import layout as layout_lib
-    from dpsr_tf.evaluation import hybrid as hybrid_lib
-    from dpsr_tf.evaluation import served as served_lib
-    from dpsr_tf.indexing import catalog_index
-    from dpsr_tf.indexing.index_builder import IndexBuildConfig
-    from dpsr_tf.indexing.lexical_manifest import LexicalConfig
-    from dpsr_tf.evaluation.spelled_layout import spelled_layout
-
     cfg = dataclasses.replace(cfg, per_request=True)
     index_dir = os.path.join(fold_dir, INDEX_DIR)
     if os.path.exists(index_dir):         # an interrupted build: start over

@@ -31,6 +31,7 @@ from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
+from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig, fuse_np
 from dpsr_tf.indexing.lexical_index import LexicalSearcher
@@ -104,7 +105,6 @@ def open_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = None
       FileNotFoundError, ValueError: a missing or mismatched index, or an index without a
         lexical section.
     """
-    from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
     model_config, saved_spec = load_model_config(model_dir)
     spec = layout_lib.load_layout_spec(layout_dir or saved_spec.layout_dir)
     manifest = served_lib.read_index_manifest(index_dir, model_config.embedding_dim,

@@ -24,6 +24,7 @@ from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.indexing.lexical_index import LexicalSearcher
 from dpsr_tf.search.rewrite_merge import RewriteConfig, merge_np
 from dpsr_tf.rewriting import table as table_lib
+from dpsr_tf.rewriting.data import in_holdout
 
 
 def _first_requests(eval_set, n: int):
@@ -52,7 +53,6 @@ def holdout_eval_set(layout, percent: int):
     (dpsr_tf/rewriting/data.in_holdout(query, percent)), with the eval split's relevance
     semantics (eval_set.load_eval_set: positives with gain >= the layout's eval_min_gain): a
     tuning set for rewriting that is neither the eval queries nor anything the rewriter saw."""
-    from dpsr_tf.rewriting.data import in_holdout  # pylint: disable=import-outside-toplevel
     full = eval_set_lib.load_eval_set(layout, "train")
     return subset_requests(full, np.array([in_holdout(q, percent) for q in full.queries],
                                           bool))

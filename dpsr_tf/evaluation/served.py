@@ -31,6 +31,7 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import tie_metrics
+from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.model.scoring import soft_dot_product_np
 from dpsr_tf.indexing import index_builder, index_layout
 from dpsr_tf.indexing.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
@@ -44,7 +45,7 @@ EMBEDDING_TOLERANCE = 1e-3
 
 def _faiss():
     try:
-        import faiss  # pylint: disable=import-outside-toplevel
+        import faiss  # optional: the faiss-cpu wheel (the op library links its own FAISS)
     except ImportError as e:
         raise ImportError("dpsr evaluate --served needs the faiss-cpu wheel (pinned 1.7.3 in "
                           "requirements.txt): run tools/bootstrap.sh") from e
@@ -375,7 +376,6 @@ def evaluate_served_model(model_dir: str, index_dir: str, layout_dir: Optional[s
       FileNotFoundError, ValueError: a missing or mismatched index (read_index_manifest,
         open_served_index, check_index_embeddings) or model/layout (evaluate.py).
     """
-    from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
     model_config, saved_spec = load_model_config(model_dir)
     spec = layout_lib.load_layout_spec(layout_dir or saved_spec.layout_dir)
     # Fail on a wrong index before the minutes of embedding.

@@ -21,6 +21,7 @@ import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import index_layout
+from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.tokenization.speller import Speller
 from dpsr_tf.tokenization.tokenizer import Tokenizer
 
@@ -37,7 +38,6 @@ def layout_of(model_dir: str, layout_dir: Optional[str] = None) -> str:
     """The layout an evaluation reads: layout_dir, else the one the model was trained on."""
     if layout_dir:
         return layout_dir
-    from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
     return load_model_config(model_dir)[1].layout_dir
 
 

@@ -18,6 +18,7 @@ Dpsr>FaissSearch op read it unchanged.
 
     manifest = build_joint_pq_index(model_dir, "/data/index_pq", num_shards=1, nprobe=32)
 """
+import json
 import os
 import time
 from typing import Dict, Optional, Tuple
@@ -281,7 +282,6 @@ def index_for_export(model_dir: str, *, checkpoint: Optional[str] = None,
     Raises:
       ValueError: the model was not trained with --joint_pq (it needs `dpsr index`).
     """
-    import json  # pylint: disable=import-outside-toplevel
     cfg, _ = model_dir_lib.load_model_config(model_dir)
     if not cfg.joint_pq:
         raise ValueError(f"--index_dir is required: {model_dir} was not trained with --joint_pq, "

@@ -39,7 +39,7 @@ LexicalShardInfo = lexical_manifest.LexicalShardInfo
 
 def _native():
     try:
-        from dpsr_tf import _lexical  # pylint: disable=import-outside-toplevel
+        from dpsr_tf import _lexical  # built by `make build`: a missing one names the fix
     except ImportError as e:
         raise ImportError("dpsr_tf._lexical is not built: run `make build`") from e
     return _lexical

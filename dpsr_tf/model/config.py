@@ -7,6 +7,7 @@ import dataclasses
 from typing import Tuple
 
 from dpsr_tf import config_json
+from dpsr_tf.data.graph import tables
 
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "sampled_softmax")
@@ -299,7 +300,6 @@ class ModelConfig:
         with the fix when the layout has no graph); other towers: unchanged."""
         if self.tower != "searchgcn" or self.graph_num_nodes:
             return self
-        from dpsr_tf.data.graph import tables  # pylint: disable=import-outside-toplevel
         return dataclasses.replace(self,
                                    graph_num_nodes=tables.load_meta(layout_spec).num_nodes)
 

@@ -9,6 +9,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from dpsr_tf.data.graph import tables
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.towers import item_tower, query_tower
@@ -76,7 +77,6 @@ class CheckpointEmbedder:
                 item_features[f"item_{name}"] = ph
             self._graph = None
             if model_config.tower == "searchgcn":
-                from dpsr_tf.data.graph import tables  # pylint: disable=import-outside-toplevel
                 self._graph = tables.load_graph(layout_spec)
                 self._item_in["graph"] = _graph_placeholders("item", item_features)
             self.item_embedding = item_tower(item_features, model_config, layout_spec,

@@ -222,7 +222,7 @@ class JointPQWarmStartHook(tf.compat.v1.train.SessionRunHook):
 
 def _faiss():
     try:
-        import faiss  # pylint: disable=import-outside-toplevel
+        import faiss  # optional: the faiss-cpu wheel (the op library links its own FAISS)
     except ImportError as e:
         raise ImportError("joint PQ needs the faiss-cpu wheel (pinned 1.7.3 in requirements.txt):"
                           " run tools/bootstrap.sh") from e

@@ -7,6 +7,7 @@ that export, indexing and evaluation rebuild the exact variables of the checkpoi
 layout.json (dpsr_tf/data/layout.py), so a model directory copied to another machine still
 loads without its layout directory.
 """
+import glob
 import json
 import os
 from typing import Optional, Tuple
@@ -115,7 +116,6 @@ def _first_line(error: Exception) -> str:
 
 def describe_unreadable_checkpoint(checkpoint: str, error: Exception) -> str:
     """One message for a checkpoint that failed to restore: which file, what, what to do."""
-    import glob  # pylint: disable=import-outside-toplevel
     index_file = checkpoint + ".index"
     data_files = sorted(glob.glob(glob.escape(checkpoint) + ".data-*"))
     reason = _first_line(error)

@@ -3,6 +3,7 @@ import time
 
 import tensorflow as tf
 from absl import logging
+from tensorflow.python.util import deprecation
 
 
 class ProgressHook(tf.compat.v1.train.SessionRunHook):
@@ -43,7 +44,6 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
 def quiet_tf_logging() -> None:
     """INFO lines through absl only (TF's own handler would print each twice) and no deprecation
     warnings of the tf.compat.v1 / Estimator APIs that this product is built on."""
-    from tensorflow.python.util import deprecation  # pylint: disable=import-outside-toplevel
     deprecation._PRINT_DEPRECATION_WARNINGS = False  # pylint: disable=protected-access
     logging.set_verbosity(logging.INFO)
     tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.INFO)

@@ -11,7 +11,7 @@ import numpy as np
 
 def _xgboost():
     try:
-        import xgboost  # pylint: disable=import-outside-toplevel
+        import xgboost  # optional: the tree baselines' package (not a runtime requirement)
     except ImportError as e:
         raise ImportError("the XGBoost baseline needs xgboost: pip install xgboost==2.0.3 (it is "
                           "in requirements.txt)") from e

@@ -8,6 +8,9 @@ import dataclasses
 import shlex
 from typing import List, Optional, Sequence
 
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.training.config import TrainConfig
+
 
 def _flag(name: str, value) -> str:
     if isinstance(value, bool):
@@ -37,8 +40,6 @@ def train_command(saved_config: dict, overrides: Optional[dict] = None) -> str:
       saved_config: the parsed MODEL/dpsr_config.json.
       overrides: fields to set on top (e.g. {"alpha": 0.25, "train_steps": 300}).
     """
-    from dpsr_tf.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
     model = dict(saved_config.get("model", {}))
     train = dict(saved_config.get("train", {}))
     for key, value in (overrides or {}).items():

@@ -8,11 +8,12 @@ import glob
 import os
 from typing import Dict, List, Tuple
 
+import tensorflow as tf
+
 Curves = Dict[str, List[Tuple[int, float]]]
 
 
 def _read_dir(directory: str) -> Curves:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
     curves: Dict[str, Dict[int, float]] = {}
     for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
         try:

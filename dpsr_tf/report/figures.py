@@ -3,8 +3,10 @@
 Each function takes the gathered data (gather.py) and a path, draws one figure and returns
 the path, or None when there is nothing to draw.
 """
+import logging
 import os
 import re
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -30,7 +32,7 @@ def _use_cjk_fallback(matplotlib) -> Optional[str]:
     """Adds the first CJK font found as a per-glyph fallback behind DejaVu Sans (matplotlib
     >= 3.6 falls back along font.family); returns its name, None when there is none. The
     font is added by file, so a font installed after matplotlib built its cache is found."""
-    from matplotlib import font_manager  # pylint: disable=import-outside-toplevel
+    from matplotlib import font_manager  # optional: matplotlib (`dpsr report` only)
     for path in CJK_FONT_FILES:
         if os.path.exists(path):
             font_manager.fontManager.addfont(path)
@@ -41,14 +43,12 @@ def _use_cjk_fallback(matplotlib) -> Optional[str]:
 
 
 def _plt():
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib  # optional: matplotlib (`dpsr report` only)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt  # after use("Agg"): no display needed
     if not _FONTS_SET:
         _FONTS_SET.append(_use_cjk_fallback(matplotlib))
         if _FONTS_SET[0] is None:
-            import logging  # pylint: disable=import-outside-toplevel
-            import warnings  # pylint: disable=import-outside-toplevel
             logging.getLogger("dpsr_tf.report").warning(
                 "no CJK font found (%s): Chinese or Japanese labels in the figures are drawn "
                 "as boxes; apt-get install fonts-wqy-microhei", ", ".join(CJK_FONT_FILES))

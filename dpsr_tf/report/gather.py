@@ -16,9 +16,12 @@ import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.indexing import index_layout
-from dpsr_tf.report import commands, events, heads, maps
+from dpsr_tf.model.model_dir import load_model_config, read_config_file
+from dpsr_tf.report import commands, events, heads, maps, sweep
 from dpsr_tf.report.config import ReportConfig
 
 # Eval requests searched (batched) for the index's timing; the first 100 also one by one.
@@ -37,7 +40,6 @@ def _model_names(model_dirs) -> List[str]:
 def _index_numbers(index_dir: str, scorer, spec, batch_size: int,
                    log: Callable[[str], None]) -> Dict[str, object]:
     """The build manifest plus search timings of the eval requests through the shards."""
-    from dpsr_tf.evaluation import served as served_lib  # pylint: disable=import-outside-toplevel
     d = scorer.item_emb.shape[1]
     manifest = served_lib.read_index_manifest(index_dir, d, spec.num_items)
     with open(os.path.join(index_dir, index_layout.MANIFEST_NAME), encoding="utf-8") as f:
@@ -79,7 +81,6 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
       FileNotFoundError, ValueError: a missing model or index directory, a model trained on
         another catalog than the main one, a bad query text; the message names the fix.
     """
-    from dpsr_tf.model.model_dir import read_config_file  # pylint: disable=import-outside-toplevel
     cfg.validate()
     evaluations = evaluations or {}
     eval_cfg = evaluate_lib.EvalConfig(split=cfg.split, num_random=cfg.num_random, seed=cfg.seed)
@@ -139,7 +140,6 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
         data["index"]["index_dir"] = cfg.index_dir
         timings["index search timings"] = round(time.time() - start, 1)
         if data["index"]["manifest"].get("lexical"):
-            from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
             start = time.time()
             log(f"evaluating dense, BM25 and hybrid as served through {cfg.index_dir}")
             data["hybrid"] = dict(evaluations.get("hybrid") or hybrid_lib.evaluate_hybrid(
@@ -168,7 +168,6 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
 
     data["alpha_sweep"] = None
     if cfg.alpha_sweep:
-        from dpsr_tf.report import sweep  # pylint: disable=import-outside-toplevel
         start = time.time()
         sweep_dir = os.path.join(cfg.output, "alpha_sweep")
         data["alpha_sweep"] = sweep.run_alpha_sweep(
@@ -185,8 +184,6 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
 
 
 def _sweep_overrides(model_dir: str, alpha: float) -> Dict[str, object]:
-    from dpsr_tf.model.model_dir import load_model_config  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.report import sweep  # pylint: disable=import-outside-toplevel
     base, _ = load_model_config(model_dir)
     changed = sweep.sweep_model_config(base, alpha)
     return {"alpha": alpha, "softmax_random_negatives": changed.softmax_random_negatives}

@@ -26,7 +26,7 @@ def tsne_2d(vectors: np.ndarray, seed: int, max_iter: int = 500) -> np.ndarray:
       ValueError: fewer than 3 vectors.
     """
     try:
-        from sklearn.manifold import TSNE  # pylint: disable=import-outside-toplevel
+        from sklearn.manifold import TSNE  # optional: scikit-learn (`dpsr report` only)
     except ImportError as e:
         raise ImportError("the report's t-SNE map needs scikit-learn (pinned in "
                           "requirements.txt): run tools/bootstrap.sh") from e
@@ -34,7 +34,7 @@ def tsne_2d(vectors: np.ndarray, seed: int, max_iter: int = 500) -> np.ndarray:
     if n < 3:
         raise ValueError(f"a t-SNE map needs at least 3 items, got {n}")
     perplexity = float(min(30.0, (n - 1) / 3.0))
-    from threadpoolctl import threadpool_limits  # pylint: disable=import-outside-toplevel
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn (optional)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
                 metric="cosine", random_state=seed, max_iter=max_iter)
     # One OpenMP thread: on shared cores the Barnes-Hut threads' barriers cost 4x the CPU.

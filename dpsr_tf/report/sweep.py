@@ -18,6 +18,9 @@ import numpy as np
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.model.model_dir import load_model_config, read_config_file
+from dpsr_tf.training import driver
+from dpsr_tf.training.config import TrainConfig
 
 
 def item_popularity(spec) -> np.ndarray:
@@ -67,9 +70,6 @@ def run_alpha_sweep(reference_model_dir: str, alphas: Sequence[float], steps: in
     Raises:
       ValueError: an alpha outside [0, 1] or steps < 1.
     """
-    from dpsr_tf.model.model_dir import load_model_config, read_config_file  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.training import driver  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.training.config import TrainConfig  # pylint: disable=import-outside-toplevel
     bad = [a for a in alphas if not 0.0 <= a <= 1.0]
     if bad or not alphas:
         raise ValueError(f"--alpha_sweep values must be in [0, 1], got {list(alphas)}")

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.rewriting import units as units_lib
+from dpsr_tf.rewriting.table import normalize_query
 
 
 @dataclasses.dataclass
@@ -36,7 +37,6 @@ def in_holdout(query: str, percent: int) -> bool:
     tune rewriting (filters, merge) without touching the eval split's queries."""
     if percent <= 0:
         return False
-    from dpsr_tf.rewriting.table import normalize_query  # pylint: disable=import-outside-toplevel
     digest = hashlib.md5((HOLDOUT_SALT + normalize_query(query)).encode("utf-8")).hexdigest()
     return int(digest, 16) % 100 < percent
 

@@ -28,6 +28,7 @@ import dataclasses
 from typing import Tuple
 
 import numpy as np
+import tensorflow as tf
 
 from dpsr_tf import config_json
 
@@ -164,8 +165,6 @@ def fuse(dense_scores, dense_labels, lexical_scores, lexical_labels, k,
       (float32, each list's own score of the item, -inf where it lacks it), heads (int32 dense
       head, -1 for lexical-only results and padding; only with dense_heads).
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     def contributions(scores, labels, weight):
         valid = labels >= 0
         if cfg.rule == "rrf":

@@ -26,6 +26,7 @@ import dataclasses
 from typing import Tuple
 
 import numpy as np
+import tensorflow as tf
 
 
 COMBINES = ("max", "sum", "capped")
@@ -133,8 +134,6 @@ def merge(query_scores, query_labels, rewrite_scores, rewrite_labels, n, weight:
     Returns:
       (scores [B, n] float32 -inf pads, labels [B, n] int64 -1 pads, from_query [B, n] bool).
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     batch = tf.shape(query_labels)[0]
     w = tf.constant(weight, tf.float32)
     neg_inf = tf.constant(-np.inf, tf.float32)

@@ -11,6 +11,8 @@ can return them to the caller unchanged.
 """
 import dataclasses
 import os
+import ssl
+import tempfile
 from typing import Optional, Tuple
 
 import grpc
@@ -304,8 +306,6 @@ def _check_pem(path: str, key: str, cert: str, custom_ca: str) -> None:
     """Loads the key, certificate and CA with Python's ssl module so that a bad one is reported
     as such (gRPC only says the port could not be added). The PEM goes through a private
     temporary directory that is removed at once."""
-    import ssl  # pylint: disable=import-outside-toplevel
-    import tempfile  # pylint: disable=import-outside-toplevel
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with tempfile.TemporaryDirectory(prefix="dpsr-pem-") as tmp:
         os.chmod(tmp, 0o700)

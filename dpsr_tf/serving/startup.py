@@ -87,7 +87,8 @@ def prefer_eigen_kernels(environ=os.environ) -> bool:
 
 def onednn_kernels_in_use() -> bool:
     """Whether the loaded TensorFlow runs its oneDNN CPU kernels (read back from TensorFlow)."""
-    from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+    # deferred: the server imports this module before TensorFlow (see prefer_eigen_kernels)
+    from tensorflow.python.util import _pywrap_util_port
     return bool(_pywrap_util_port.IsMklEnabled())
 
 

@@ -10,7 +10,7 @@ Text = Union[str, bytes]
 
 def _native():
     try:
-        from dpsr_tf import _tokenizer  # pylint: disable=g-import-not-at-top
+        from dpsr_tf import _tokenizer  # built by `make build`: a missing one names the fix
     except ImportError as e:
         raise ImportError(
             "the DPSR tokenizer extension is not built; run `make build` in the project root"

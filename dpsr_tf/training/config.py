@@ -4,6 +4,7 @@ import os
 from typing import Optional, Tuple
 
 from dpsr_tf import config_json
+from dpsr_tf.data.pipeline import PseudoQueryMix
 
 
 # train_steps = 0 (early stopping): the cap is about this many examples per catalog item, at
@@ -254,7 +255,6 @@ class TrainConfig:
         layout's number of train records; it is 0 for a layout without pseudo-queries, which
         an explicit ratio > 0 makes an error in the pipeline). start_step: local steps already
         trained (a resumed run continues the schedule)."""
-        from dpsr_tf.data.pipeline import PseudoQueryMix  # pylint: disable=import-outside-toplevel
         ratio = self.pseudo_query_ratio
         if ratio < 0:
             ratio = (self.auto_pseudo_query_ratio(num_train_records) if has_pseudo_queries

@@ -4,6 +4,7 @@ The task's role comes from TF_CONFIG (chief / worker / ps / evaluator); without 
 trains and evaluates in this process. The chief writes the resolved config into model_dir.
 """
 import dataclasses
+import json
 import os
 import socket
 import time
@@ -12,6 +13,9 @@ from typing import Callable, Optional
 import tensorflow as tf
 from absl import logging
 
+from dpsr_tf.data import hard_negative_table, pipeline
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.data.layout import load_layout_spec
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
@@ -50,8 +54,6 @@ def default_input_fns(model_config: ModelConfig, train: TrainConfig,
     start_step: the global step the training input starts at (a resumed run): the
       pseudo-query schedule goes on from this replica's share of it.
     """
-    from dpsr_tf.data import pipeline  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.data.layout import load_layout_spec  # pylint: disable=import-outside-toplevel
     spec = load_layout_spec(train.layout_dir)
     mix = train.pseudo_query_mix(spec.num_records.get("train", 0), "pseudo" in spec.record_files,
                                  start_step=start_step // cluster.num_replicas)
@@ -128,7 +130,6 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
     Raises:
       ValueError: dssm, no table, or a table mined with other settings.
     """
-    from dpsr_tf.data import hard_negative_table  # pylint: disable=import-outside-toplevel
     if not train.hard_negatives_from:
         return
     check_hard_negative_model(model_config, train)
@@ -178,7 +179,6 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
                         cluster: tf_config.ClusterInfo, layout_spec,
                         train_input_fn: Optional[Callable], eval_input_fn: Optional[Callable],
                         checkpoint_metrics: Optional[Callable[[str], dict]] = None):
-    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     if layout_spec is None:
         layout_spec = layout_lib.load_layout_spec(train.layout_dir)
     if train.stops_early:
@@ -293,7 +293,6 @@ def _early_stopping_on_cluster(estimator, train_input_fn, eval_input_fn, train: 
 def _write_train_time(train: TrainConfig, estimator, seconds: float) -> None:
     """<model_dir>/train_time.json: wall seconds of this `dpsr train` process (the report's
     Table 2 time column) and the checkpoint it left (the best one under early stopping)."""
-    import json  # pylint: disable=import-outside-toplevel
     latest = estimator.latest_checkpoint()
     with tf.io.gfile.GFile(os.path.join(train.model_dir, model_dir_lib.TRAIN_TIME_FILE), "w") as f:
         f.write(json.dumps({"seconds": round(seconds, 1), "checkpoint": latest,

@@ -23,6 +23,7 @@ from dpsr_tf.serving.model_server.api.grpc_services import (RAW_RESPONSE_METHODS
 from dpsr_tf.serving.startup import (ONEDNN_ENV, bind_grpc, freeze_heap, grpc_address,
                                      onednn_kernels_in_use,
                                      return_large_buffers_to_the_system, write_port_file)
+from dpsr_tf.serving.model_server.api import profiler_service
 from dpsr_tf.serving.model_server.api.rest import RestGateway
 from dpsr_tf.serving.model_server.api.server_core import CoreOptions, ServerCore
 
@@ -181,7 +182,6 @@ class ModelServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         if opts.enable_profiler:
-            from dpsr_tf.serving.model_server.api import profiler_service  # pylint: disable=g-import-not-at-top
             self._grpc.add_generic_rpc_handlers((profiler_service.ProfilerService().handler(),))
         if opts.native_front_end is not None:  # the port is the front end's; we sit behind it
             self._front_end = NativeFrontEnd(grpc_address(opts.host, opts.port),

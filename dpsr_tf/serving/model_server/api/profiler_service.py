@@ -28,6 +28,8 @@ import threading
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from tensorflow.python.profiler.internal import _pywrap_profiler
+from tensorflow.tsl.profiler.protobuf import profiler_options_pb2, xplane_pb2
 
 _LOG = logging.getLogger("serving.profiler")
 SERVICE_NAME = "tensorflow.ProfilerService"
@@ -40,7 +42,6 @@ def _message_classes():
     """ProfileRequest/ProfileResponse/TerminateRequest/TerminateResponse, field for field as
     tsl/profiler/protobuf/profiler_service.proto (the wheel ships no Python module for it), in
     a private pool beside TensorFlow's ProfileOptions."""
-    from tensorflow.tsl.profiler.protobuf import profiler_options_pb2  # pylint: disable=g-import-not-at-top
     pool = descriptor_pool.DescriptorPool()
     options = descriptor_pb2.FileDescriptorProto()
     profiler_options_pb2.DESCRIPTOR.CopyToProto(options)
@@ -189,7 +190,6 @@ def _output_path(request) -> str:
 
 
 def _start_session(work_dir: str, opts):
-    from tensorflow.python.profiler.internal import _pywrap_profiler  # pylint: disable=g-import-not-at-top
     session = _pywrap_profiler.ProfilerSession()
     # TensorFlow's defaults (ProfileOptions: 0 means the default level) where not given.
     session.start(work_dir, {"host_tracer_level": opts.host_tracer_level or 2,
@@ -208,7 +208,6 @@ def _finish_session(session, work_dir: str) -> bytes:
 
 def _save(xspace: bytes, out_path: str) -> bool:
     """Writes the XSpace where the client asked; whether it holds no event."""
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
     space = xplane_pb2.XSpace.FromString(xspace)
     empty = not any(line.events for plane in space.planes for line in plane.lines)
     os.makedirs(os.path.dirname(out_path), exist_ok=True)

@@ -14,7 +14,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import grpc
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.saved_model import loader_impl
 
+from dpsr_tf import op_library
 from dpsr_tf.serving import errors
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.export import servable_info
@@ -72,7 +76,6 @@ def inter_op_threads(requested: int, session_config: int, session_runners: int,
 
 def load_op_library_once() -> None:
     """Loads the DPSR op library; a clear error when it is not built."""
-    from dpsr_tf import op_library  # pylint: disable=g-import-not-at-top
     try:
         op_library.load()
     except ImportError as e:
@@ -109,10 +112,6 @@ class SavedModelServable:
           ServingError: NOT_FOUND when no SavedModel is there, DATA_LOSS/INVALID_ARGUMENT for a
             corrupt one, or the TF error's code.
         """
-        # pylint: disable=g-import-not-at-top
-        import tensorflow as tf
-        from tensorflow.python.saved_model import loader_impl
-
         start = time.monotonic()
         if self._options.load_op_library:
             load_op_library_once()
@@ -166,7 +165,6 @@ class SavedModelServable:
         or fetch processing and no graph pruning or optimization on the first request."""
         fn = self._callables.get(signature.name)
         if fn is None:
-            from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
             with self._lock:
                 fn = self._callables.get(signature.name)
                 if fn is None:
@@ -194,8 +192,6 @@ class SavedModelServable:
         Raises:
           ServingError with the TF error's code (an assertion in the graph -> INVALID_ARGUMENT).
         """
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
         if self._session is None:
             raise ServingError(grpc.StatusCode.UNAVAILABLE,
                                f"{self.name} version {self.version} is unloaded")

@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Sequence
 
 import grpc
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
 
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.lifecycle.signatures import (PREDICT_METHOD, Signature,
@@ -52,10 +54,6 @@ def serves_tflite(path: str, prefer_tflite_model: bool) -> bool:
 def _signature_def(runner):
     """A predict SignatureDef for one signature runner: aliases are the signature's input and
     output names, tensor names the TFLite tensors', -1 for dynamic dimensions."""
-    # pylint: disable=g-import-not-at-top
-    import tensorflow as tf
-    from tensorflow.core.protobuf import meta_graph_pb2
-
     sig = meta_graph_pb2.SignatureDef(method_name=PREDICT_METHOD)
     for details, field in ((runner.get_input_details(), sig.inputs),
                            (runner.get_output_details(), sig.outputs)):
@@ -72,7 +70,6 @@ class _Interpreter:
     """A tf.lite.Interpreter with its signature runners, used by one call at a time."""
 
     def __init__(self, model: bytes, num_threads: Optional[int]):
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
         self.interpreter = tf.lite.Interpreter(model_content=model, num_threads=num_threads)
         self.runners = {key: self.interpreter.get_signature_runner(key)
                         for key in self.interpreter.get_signature_list()}

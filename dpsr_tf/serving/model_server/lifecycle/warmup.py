@@ -10,6 +10,7 @@ import os
 from typing import List
 
 import grpc
+import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from dpsr_tf.export.warmup import warmup_path
@@ -25,8 +26,6 @@ def read_warmup_records(version_dir: str) -> List["prediction_log_pb2.Prediction
       ServingError(INVALID_ARGUMENT): unreadable TFRecord, a record that is not a
         PredictionLog, or more than MAX_WARMUP_RECORDS records.
     """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
     path = warmup_path(version_dir)
     if not os.path.exists(path):
         return []
