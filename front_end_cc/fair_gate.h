@@ -18,8 +18,8 @@
 // has waited less than `lifo_after` microseconds; past that its newest waiting call runs next.
 // Why: a client sending faster than its share is served builds a queue that, in arrival order,
 // only ever hands the backend its oldest calls, which have waited nearly their whole deadline:
-// every answer comes late and the client's answered rate collapses (docs/benchmarks.md, one
-// connection through the native front end at 500-750 QPS). Newest first, the calls that run
+// every answer comes late and the client's answered rate collapses (docs/benchmarks.md,
+// "Misbehaving clients"). Newest first, the calls that run
 // still have their deadline ahead of them, and the old ones expire where they wait, never
 // reaching the backend. The times are the caller's (Offer and the methods that start calls
 // take `now`), so the order is testable; 0 = arrival order always.

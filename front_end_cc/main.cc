@@ -4,9 +4,9 @@
 // and call_reactor.h (one call), with the turn order in fair_gate.h.
 //
 // Why: `dpsr serve` and `dpsr proxy` run their gRPC servers on one Python event loop, which
-// spends ~0.5 ms of CPU on each call it sees. A burst of 800 calls (zero-window readers, cancelled
-// bursts, a 2,000-call flood) therefore holds every other client's next call ~0.3-1 s
-// (docs/benchmarks.md). Here each call costs C++ time on gRPC's own threads, waits in a
+// spends CPU on each call it sees, so a burst of calls (zero-window readers, cancelled bursts, a
+// flood) holds every other client's next call behind it (docs/benchmarks.md, "Misbehaving
+// clients"). Here each call costs C++ time on gRPC's own threads, waits in a
 // per-client queue (fair_gate.h: clients in turn, at most half the backend slots to one client,
 // a new client's share opened as its answers are delivered), and reaches the Python server only
 // when its turn comes.

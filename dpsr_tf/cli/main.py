@@ -7,15 +7,16 @@ import importlib
 import os
 import sys
 
-# FAISS and TF use OpenMP; its default spin-waiting threads made index builds over 8x slower on
-# busy cores (docs/benchmarks.md). Read when libgomp loads, so set before any subcommand import.
+# FAISS and TF use OpenMP, whose default spin-waiting threads slow index builds down badly on busy
+# cores (docs/indexing.md, "Building an index"). Read when libgomp loads, so set before any
+# subcommand import.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from absl import app
 
 from dpsr_tf import parent_death
 
-# subcommand -> (module, one-line help). Later issues add prepare/train/index/export/serve/...
+# subcommand -> (module, one-line help).
 SUBCOMMANDS = {
     "tokenize": ("dpsr_tf.cli.tokenize", "show the features and ids of texts"),
     "vocab": ("dpsr_tf.cli.vocab", "build a vocabulary file from text files"),

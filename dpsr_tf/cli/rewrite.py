@@ -10,8 +10,8 @@ dropped; rewrites with the query's own units always are. Format: dpsr_tf/rewriti
 --model_dir=M --index_dir=I (--title_source=dense, the default when --model_dir is given): the
 forward model picks the title among the DPSR model's --num_titles top catalog items instead of
 generating one (a small rewriter's generated titles are generic), and the cycle filter keeps
-only rewrites whose lexical top --cycle_k (100) holds that item. Measured on Home Depot and the
-synthetic catalog in docs/results.md ("... rewrites decoded from the DPSR model's titles ...").
+only rewrites whose lexical top --cycle_k (100) holds that item (docs/results.md, "Query
+rewriting (synonym recall)").
 """
 import time
 

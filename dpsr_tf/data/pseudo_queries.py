@@ -41,7 +41,7 @@ class PseudoQueryConfig:
     Attributes:
       per_item: pseudo-queries per item in the pool (0 = none). Training draws from the pool
         (shuffled, repeated), so each epoch over it shows each item with a different text.
-        16 measured better than 8 with a small log (docs/results.md).
+        16 beats 8 with a small log (docs/results.md, "The sweep behind the defaults").
       max_total: a catalog of N items gets min(per_item, max(1, max_total // N)) per item, so
         a large catalog does not get a pool bigger than its training can use (4M pseudo-queries
         of ~15 tokens: ~240 MB of token ids).

@@ -1,15 +1,14 @@
 """Full-corpus recall of a checkpoint on the layout's eval split, for early stopping.
 
     recall_of = checkpoint_recall.evaluator(model_dir, split="eval", ks=(100,))
-    recall_of("/m/model.ckpt-3000")   # -> {"recall@100": 0.7301}
+    recall_of("/m/model.ckpt-3000")   # -> {"recall@100": float}
 
-`dpsr train --early_stopping_metric=recall@100` watches this instead of the in-batch Top-10:
-on Home Depot the Top-10 among 1,024 random items stopped improving at step 1,000 of a
-warm-started run while full-corpus Recall@100 still rose from 0.7225 to 0.7301 at step 3,000.
-It is `dpsr evaluate`'s recall (the model's own soft dot product over heads, exact brute force
-over every item; the same relevant items), without the labelled pairs' Top-k and AUC. It lives
-here, above training, and reaches the early-stopping rule as a callable that `dpsr train`
-passes in (training does not import evaluation).
+`dpsr train --early_stopping_metric=recall@100` watches this instead of the in-batch Top-10, which
+can stop improving while full-corpus recall still rises (docs/training.md, "Training length: early
+stopping"). It is `dpsr evaluate`'s recall (the model's own soft dot product over heads, exact brute
+force over every item; the same relevant items), without the labelled pairs' Top-k and AUC. It lives
+here, above training, and reaches the early-stopping rule as a callable that `dpsr train` passes in
+(training does not import evaluation).
 """
 import time
 from typing import Callable, Dict, Sequence
@@ -17,9 +16,9 @@ from typing import Callable, Dict, Sequence
 from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation.evaluate import EmbeddingScorer
 from dpsr_tf.model.embedder import CheckpointEmbedder
 from dpsr_tf.model.model_dir import load_model_config
-from dpsr_tf.evaluation.evaluate import EmbeddingScorer
 from dpsr_tf.training.config import FULL_CORPUS_METRICS
 
 PREFIX = "recall@"

@@ -75,9 +75,8 @@ class CrossvalConfig:
       dense_feedback: each fold's choice is among the fusions without and with dense feedback
         (as `dpsr export --dense_feedback=auto`, the default); False: without only.
       prune_checkpoints: once a fold is evaluated (and its hybrid stage done), delete every
-        checkpoint of its model but the one evaluated (training/checkpoint_pruning.py): about
-        0.5 GB each on the synthetic catalog; the numbers, a rerun and `dpsr index` / `export`
-        of the fold need only that one.
+        checkpoint of its model but the one evaluated (training/checkpoint_pruning.py): the
+        numbers, a rerun and `dpsr index` / `export` of the fold need only that one.
     """
 
     output: str
@@ -158,8 +157,8 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
     Args:
       paired_samples: bootstrap resamples and random sign flips of each pooled paired test
         (paired.paired_test's num_samples; the smallest p it can report is about 1 / this).
-        Not a recorded setting (summary.json notes it): each test over 40k pooled requests
-        took ~2 min at 10,000 on a loaded 2-core host.
+        Not a recorded setting (summary.json notes it); its cost grows with it
+        (docs/evaluation.md, "Cross-validation: `dpsr crossval`").
 
     Returns:
       The summary dict written to <output>/summary.json: "folds", "rule", per-fold

@@ -45,23 +45,15 @@ AUTO_FLAT_BELOW = 100_000
 def auto_factory(num_items: int, dim: int) -> str:
     """The factory string "auto" stands for, for a shard of num_items vectors of size dim.
 
-    Below AUTO_FLAT_BELOW items an exact "Flat" index: measured on Home Depot's 54,667 item
-    embeddings (2 cores, top 1,000), Flat costs 0.82 ms per query against 0.36 ms for
-    IVF1024,PQ32 at nprobe 64, which returns only 77% of the exact top 1,000 (IVF256,Flat at
-    nprobe 64: 92%, 0.53 ms); at this size exactness is worth the half millisecond.
-    Above it IVF with 8-bit scalar codes (SQ8: d bytes per item) and nlist = the power of two
-    nearest 2 * sqrt(num_items) (1M items -> 2048, 15M -> 8192, 100k -> 512), so that the
-    stored nprobe of 64 scans a few percent of the shard. SQ8 rather than PQ (
-    docs/benchmarks.md): at 1M items, k = 1,000, one thread, IVF4096,SQ8 returned more of the
-    exact top 1,000 than IVF4096,PQ32 for less CPU at every nprobe (0.938 against 0.901 at
-    nprobe 64), for twice the code bytes (64 against 32 at d = 64); and the op scans SQ8 codes
-    with its own kernel (search_cc/core/ivf_sq8_scan.cc) at about a third of FAISS's cost. 2 sqrt(n) rather
-    than FAISS's 4 sqrt(n): with the scan that cheap, scoring the centroids is a large share of
-    a query, and at k = 1,000 larger lists lose little: at 1M, IVF2048 at nprobe 40 found 0.954
-    of the exact top 1,000 for 0.25 ms in the op against IVF4096's 0.957 at nprobe 80 for
-    0.27 ms (the same number of codes scanned; IVF16384 needed nprobe 256 for 0.951), and at
-    the stored nprobe 64 IVF2048 finds 0.980 for 0.33 ms. `dim` does not enter the rule (SQ8
-    codes fit every d).
+    Below AUTO_FLAT_BELOW items an exact "Flat" index: at that size exact search costs little
+    more than IVF, which loses part of the top 1,000 (docs/results.md, "What the index costs").
+    Above it IVF with 8-bit scalar codes (SQ8: d bytes per item, scanned by the op's own kernel,
+    search_cc/core/ivf_sq8_scan.cc) and nlist = the power of two nearest 2 * sqrt(num_items)
+    (1M items -> 2048, 15M -> 8192, 100k -> 512), so that the stored nprobe of 64 scans a few
+    percent of the shard. SQ8 finds more of the exact top 1,000 than PQ for less CPU, and with
+    the scan that cheap, scoring the centroids is a large share of a query, so fewer, larger
+    lists than FAISS's 4 sqrt(n) cost less at the same recall (docs/benchmarks.md, "FAISS
+    indexing and search"). `dim` does not enter the rule (SQ8 codes fit every d).
     """
     if num_items < AUTO_FLAT_BELOW:
         return "Flat"
@@ -95,9 +87,9 @@ class IndexBuildConfig:
       refine_k_factor: for refine factories ("...,Refine(SQ8)", "...,RFlat"): the stored
         IndexRefine k_factor, i.e. k * refine_k_factor candidates of the base index are
         re-ranked with the refine codes (FAISS's own default, 1, re-ranks only the k it
-        returns). Ignored for other indexes. Default 8: at 1M items, k = 1,000,
-        IVF4096,PQ32x4fs,Refine(SQ8) reached recall@1000 0.961 at nprobe 128 with 8 and
-        at most 0.886 with 4 (docs/benchmarks.md).
+        returns). Ignored for other indexes. Default 8: a smaller factor caps the recall of a
+        fast-scan top 1,000 well below it (docs/benchmarks.md, "FAISS built for this CPU,
+        fast-scan + refine").
     """
     factory: str = "IVF1024,PQ32x4fs"
     metric: str = "inner_product"

@@ -36,8 +36,8 @@ from dpsr_tf.indexing.lexical_manifest import LexicalConfig
 MAX_CODE_DISAGREEMENT = 1e-3
 # Two codewords tie when their squared distances to a residual differ by less than this share of
 # the distances' scale: FAISS encodes in float32 and the model in float64, so on near-equidistant
-# codewords they may each pick the other. One such code in a 200-item catalog used to refuse
-# the build (0.125% > 0.1% in CI).
+# codewords they may each pick the other, and in a small catalog one such code alone is over
+# MAX_CODE_DISAGREEMENT.
 TIE_TOLERANCE = 1e-5
 
 

@@ -26,10 +26,9 @@ reconstruction (first part), and keeps each coarse centroid at the mean of its l
 (second part: online k-means, so the centroids stay good routers for the nprobe lists a query
 visits). By default the codewords and centroids learn from these terms alone;
 --pq_codebook_retrieval_gradient also lets the ranking loss reach them through z_hat
-(g_q = R^T (z_hat + z - stop_gradient(z))). Measured on Home Depot (docs/results.md, "Joint
-PQ"), that variant raised the distortion from 0.17 to 0.31 in 2,000 steps and lost served
-recall: with the softmax temperature of 0.05 the ranking gradient outweighs the distortion's
-and moves codewords away from the items they encode.
+(g_q = R^T (z_hat + z - stop_gradient(z))). That variant is off by default: at the in-batch
+softmax's low temperature the ranking gradient outweighs the distortion's and moves codewords
+away from the items they encode, which costs served recall (docs/results.md, "Joint PQ").
 
 Orthogonality: Cayley parameterization, R = (I + A)^{-1} (I - A) with A = W - W^T skew-symmetric
 and W a free [d, d] variable initialized to 0 (so R = I at the start). R is orthogonal at every
@@ -147,8 +146,8 @@ def quantize(items: tf.Tensor, variables: Dict[str, tf.Tensor],
     distortion = tf.reduce_mean(tf.reduce_sum(tf.square(z - z_hat), axis=1))
     # The loss's term: the reconstruction error trains the codewords (and pulls z toward z_hat);
     # the coarse centroids follow k-means of the embeddings of their lists instead, so that they
-    # keep routing queries to the right lists (trained on the full residual error they drifted
-    # into worse routers: Home Depot, nprobe 16 of 256, docs/results.md "Joint PQ").
+    # keep routing queries to the right lists (trained on the full residual error they drift
+    # into worse routers: docs/results.md, "Joint PQ").
     recon = tf.reduce_mean(tf.reduce_sum(tf.square(z - tf.stop_gradient(coarse) - words), 1))
     coarse_kmeans = tf.reduce_mean(tf.reduce_sum(tf.square(tf.stop_gradient(z) - coarse), 1))
     if codebook_retrieval_gradient:

@@ -234,7 +234,7 @@ def feature_graph(tables: TableVariables, query: tf.Tensor, item_rows: tf.Tensor
         all_scores = s if all_scores is None else tf.maximum(all_scores, s)
     cand = tf.gather(all_scores, rows, batch_dims=1)                        # [B, N]
     # rank - 1 = items scored strictly higher; one query row at a time bounds the memory to
-    # [N, items] (a full sort of the catalog per query is ~30x slower on CPU).
+    # [N, items] (a full sort of the catalog per query is far slower on CPU).
     above = tf.map_fn(
         lambda x: tf.reduce_sum(tf.cast(tf.greater(x[0][None, :], x[1][:, None]), tf.int32),
                                 axis=1),

@@ -37,7 +37,8 @@ def tsne_2d(vectors: np.ndarray, seed: int, max_iter: int = 500) -> np.ndarray:
     from threadpoolctl import threadpool_limits  # installed with scikit-learn (optional)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
                 metric="cosine", random_state=seed, max_iter=max_iter)
-    # One OpenMP thread: on shared cores the Barnes-Hut threads' barriers cost 4x the CPU.
+    # One OpenMP thread: on shared cores the Barnes-Hut threads' barriers multiply the CPU cost
+    # (docs/report.md, "Cost").
     with threadpool_limits(limits=1):
         return tsne.fit_transform(np.asarray(vectors, np.float32)).astype(np.float64)
 

@@ -25,8 +25,8 @@ class RewriterConfig:
       seed: graph-level random seed.
     """
     num_layers: int = 2
-    # Home Depot test, 3 seeds: BM25 Recall@100 +0.0210 at 128 / 256, +0.0158 at 64 / 128 on
-    # the same DPSR model (docs/results.md, "... the wider rewriter, 3 seeds").
+    # d_model / ff_dim: the wider rewriter gained more recall than 64 / 128 (docs/results.md,
+    # "Query rewriting (synonym recall)").
     d_model: int = 128
     num_heads: int = 4
     ff_dim: int = 256
@@ -39,7 +39,7 @@ class RewriterConfig:
     dropout: float = 0.1
     learning_rate: float = 1e-3
     batch_size: int = 64
-    train_steps: int = 3000     # Home Depot, held out: +0.006 at 500, +0.019 at 3,000, flat to 6,000
+    train_steps: int = 3000     # held-out gain flat beyond (docs/rewriting.md, "Model and losses")
     warmup_steps: int = 200
     seed: int = 0
 

@@ -71,7 +71,7 @@ class QueryRewrites:
 def _session_config() -> tf.compat.v1.ConfigProto:
     """The decoder's session options: grappler's remapper off. With oneDNN on (TensorFlow
     2.15's default on x86) the remapper, after constant folding of the step graph, aborts the
-    process on some CPUs (this one has AVX-512 VNNI): "libprotobuf FATAL map.h CHECK failed:
+    process on some CPUs (seen with AVX-512 VNNI): "libprotobuf FATAL map.h CHECK failed:
     key not found: value", then SIGSEGV. Its fusions are only a speed-up for this small graph."""
     rewrite = rewriter_config_pb2.RewriterConfig(
         remapping=rewriter_config_pb2.RewriterConfig.OFF)

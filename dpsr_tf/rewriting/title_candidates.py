@@ -18,8 +18,8 @@ from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.embedder import CheckpointEmbedder
 from dpsr_tf.tokenization.tokenizer import Tokenizer
 
-# The measured settings of this title source (docs/rewriting.md, chosen on Home Depot's
-# held-out train queries): candidate titles per query, and the cycle filter's depth.
+# Candidate titles per query, and the cycle filter's depth: chosen on held-out train queries
+# (docs/rewriting.md, "Choosing the settings (held-out train queries)").
 NUM_TITLES = 4
 CYCLE_K = 100
 

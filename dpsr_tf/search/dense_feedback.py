@@ -6,8 +6,8 @@ A first search finds the query's top `items` items (all heads merged); each head
 
 and the dense list is the search with the moved heads. Why: the tower places many queries near,
 not on, the items their clicks went to; the first hits are mostly right, and their centroid pulls
-the query into that region, so relevant items the first search ranked 100-1000 rise (Home Depot:
-served dense Recall@100 +0.007 to +0.012 over three seeds; docs/results.md "Dense feedback").
+the query into that region, so relevant items the first search ranked 100-1000 rise
+(docs/results.md, "Dense feedback").
 The step is scaled by the head's own norm so one weight suits every model's scale. A query
 whose first search found nothing keeps its heads. The scores the second search returns are
 inner products with the moved heads (the `query_embedding` signature still returns q).
@@ -65,10 +65,8 @@ class FeedbackConfig(config_json.OneLineConfig):
                 else "no feedback")
 
 
-# `dpsr export --dense_feedback=auto`'s setting (and `dpsr crossval --hybrid`'s): measured on
-# Home Depot and Best Buy (docs/results.md "Dense feedback"), of 3 or 10 hits at 0.1 or 0.25 of
-# the head's norm, 10 at 0.25 was best or within 0.001 of the best on 6 of 7 splits (Home Depot
-# seeds 0-1, Best Buy's 5 folds).
+# `dpsr export --dense_feedback=auto`'s setting (and `dpsr crossval --hybrid`'s): the best or
+# near it across catalogs and splits (docs/results.md, "Dense feedback").
 DEFAULT = FeedbackConfig(items=10, weight=0.25)
 
 

@@ -94,8 +94,8 @@ def fused_scored_rows(dense_scores: np.ndarray, dense_rows: np.ndarray,
 
     The same contributions (fusion._contributions_np's arithmetic), the same float32 sum
     (dense + lexical) and the same order (fused score descending, then first appearance: dense
-    list, then lexical list); fuse_np's per-item Python loop took ~5-10 ms per request on a
-    loaded host, too slow for 11 candidates x 40k requests. Rows where one list holds an item
+    list, then lexical list); fuse_np's per-item Python loop is too slow for every candidate
+    fusion over every request of a split. Rows where one list holds an item
     twice (which search_served and the lexical searcher never return) go through fuse_np.
     Requests are fused `chunk` at a time (a plan holds ~10 copies of its lists).
     """

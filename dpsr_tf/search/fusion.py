@@ -5,13 +5,13 @@ Rules (docs/export.md, "Hybrid recall"):
   rrf    reciprocal rank fusion: fused(item) = sum over the lists holding it of
          weight_list / (rrf_k + rank_in_list), rank 1-based; tied scores share a rank (1 + the
          number of strictly better results in that list), so the fusion does not depend on
-         how ties happen to be ordered, and the proxy's re-fusion of shards equals it. Scores of the two systems are on
-         different scales; ranks are not. The default: rrf_k = 5, dense weight 1, lexical
-         weight 0.5, so DPSR leads and BM25 complements it (a lexical-only first hit enters
-         at about dense rank 7; an item in both lists rises). Chosen on two catalogs where
-         BM25 is strong (Home Depot) and weak (the synthetic one), not on one (docs/results.md,
-         "Hybrid recall"); the literature's rrf_k = 60 with equal weights won on Home Depot
-         but lost 28% of DPSR's Recall@10 on the synthetic catalog.
+         how ties happen to be ordered, and the proxy's re-fusion of shards equals it. Scores
+         of the two systems are on different scales; ranks are not. The default: rrf_k = 5,
+         dense weight 1, lexical weight 0.5, so DPSR leads and BM25 complements it (a
+         lexical-only first hit enters at about dense rank 7; an item in both lists rises).
+         Chosen on a catalog where BM25 is strong and one where it is weak, not on one; the
+         literature's rrf_k = 60 with equal weights suits only the first (docs/results.md,
+         "Hybrid recall").
   blend  normalized score blend: each list's scores are min-max normalized over the row's
          valid entries to [0, 1] (a list whose entries are all equal normalizes to 1), and
          fused = dense_weight * dense_norm + lexical_weight * lexical_norm (0 for a list that

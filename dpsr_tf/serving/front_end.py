@@ -35,9 +35,9 @@ class FrontEndOptions:
     Attributes:
       max_running: calls at the Python server at once, all clients together.
       max_running_per_client: of those, from one client (0: half). 4 by default, the model
-        server's run threads one client may hold (half of 8; fewer below 4 cores): measured
-        in docs/benchmarks.md, a quarter of 32 still let a flood through the proxy hold
-        normal calls ~60 ms at p99.
+        server's run threads one client may hold (half of 8; fewer below 4 cores): a larger
+        share let one client's flood through the proxy delay everyone's calls
+        (docs/benchmarks.md, "Misbehaving clients").
       initial_running_per_client: slow start: a client's share begins at this many calls and
         grows by one per answer delivered to it, so a client that never reads its answers (or
         resets its calls) gets no more computed at once (0: the whole share at once).
@@ -47,8 +47,8 @@ class FrontEndOptions:
         long, its newest waiting call goes next (front_end_cc/fair_gate.h), so a client
         sending faster than its share is served gets fresh calls answered instead of only
         calls that waited nearly their deadline; 0 (the default): arrival order always.
-        Off by default: with it on, a zero-window reader got 4-7 calls computed instead of at
-        most 3 in 2 of 3 full test runs (test_native_front_end.py), not yet understood.
+        Off by default: with it on, a zero-window reader can get more calls computed than its
+        slow start allows (tests/serving/test_native_front_end.py), not yet explained.
       max_unread_bytes_per_client: answer bytes one connection has not read yet; past it, its
         further answers are dropped with RESOURCE_EXHAUSTED instead of held.
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop

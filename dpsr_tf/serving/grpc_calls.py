@@ -2,14 +2,15 @@
 
 Safe request decoding (a request whose bytes do not parse is answered INVALID_ARGUMENT, never
 raised inside grpc), servicer registration, the client's deadline, abort with a ServingError's
-status, the metadata key of a forwarded client, in-flight call tracking for draining, and serving until SIGTERM/SIGINT.
+status, the metadata key of a forwarded client, in-flight call tracking for draining, and
+serving until SIGTERM/SIGINT.
 
 Errors are answered with `context.abort()`, which sends the status alone (setting a code and
 returning would also send an empty message, which a client that never opens its flow-control
 window never lets through, so the call, and what it holds, would never end). The exception
 abort raises stays in the call's state, and its traceback holds the handler's frames, which
-hold the call and the request: a reference cycle that keeps every refused request (a 30 MB one
-too) until a full garbage collection, rare in a server that froze its heap at start. So every
+hold the call and the request: a reference cycle that keeps every refused request, however
+large, until a full garbage collection, rare in a server that froze its heap at start. So every
 handler's exception has its traceback dropped once the call is done (`_guarded`), and errors
 that cross threads or futures are re-created without one (`plain_error`).
 """

@@ -3,10 +3,10 @@
 glibc keeps what a thread frees in its arena: the batch tensors of 1,000-row batches, answers
 held for a client that never reads and then dropped, parsed requests. Only the top of an arena
 is given back on its own; the rest stays resident until `malloc_trim` walks the arenas and
-releases their free pages. With zero-window readers and batching on, the server grew 119-134
-MiB per run without trimming and 63-89 MiB with it (docs/benchmarks.md; the bar is 150 MiB).
-Trimming locks each arena while it walks it (tens of ms on a large heap), so it runs only when
-the resident size has grown by `min_growth_bytes` since the last trim, not on a fixed clock.
+releases their free pages: with zero-window readers and batching on, trimming keeps the
+server markedly smaller (docs/benchmarks.md, "Misbehaving clients"). Trimming locks each arena
+while it walks it, which takes a while on a large heap, so it runs only when the resident size
+has grown by `min_growth_bytes` since the last trim, not on a fixed clock.
 """
 import ctypes
 import ctypes.util

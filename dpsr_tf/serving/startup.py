@@ -38,10 +38,9 @@ def bind_grpc(server, host: str, port: int, ssl) -> int:
 
 
 def freeze_heap() -> None:
-    """Moves every object alive after start-up (TensorFlow's modules, the loaded graphs: about
-    a million) out of the garbage collector's view. Without it a full collection, which the
-    garbage of many requests triggers every few seconds, walks them all and stalls every
-    request for about 0.1 s."""
+    """Moves every object alive after start-up (TensorFlow's modules, the loaded graphs) out of
+    the garbage collector's view, so that the full collections that the garbage of many
+    requests triggers do not walk them all and stall every request in flight."""
     gc.collect()
     gc.freeze()
 
@@ -55,10 +54,9 @@ def return_large_buffers_to_the_system() -> bool:
     """Fixes glibc's mmap threshold at LARGE_BUFFER_BYTES (True when set).
 
     By default glibc raises the threshold to the size of each large buffer freed (up to 32
-    MiB), so the next buffers of that size come from a heap, which keeps what is freed: 120
-    refused requests, half of them 30 MB, grew the server by 55-159 MiB (the 150 MiB bar;
-    tests/serving/test_client_isolation.py), and one 30 MB bytes object made and freed twice
-    keeps 29 MiB. With a fixed threshold large buffers (request bodies, big answers, batch
+    MiB), so the next buffers of that size come from a heap, which keeps what is freed: a
+    server that refused large requests stayed larger (docs/benchmarks.md, "Misbehaving
+    clients"). With a fixed threshold large buffers (request bodies, big answers, batch
     tensors) are unmapped when freed. Left alone where libc is not glibc, or where the
     operator set MALLOC_MMAP_THRESHOLD_ (glibc reads it at start)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
@@ -75,10 +73,10 @@ def prefer_eigen_kernels(environ=os.environ) -> bool:
     sets ONEDNN_ENV (an operator's choice wins). TensorFlow reads it once, when it loads:
     call this before anything imports it. Returns True when it set the variable.
 
-    Why off: oneDNN keeps what it allocated for each large batch shape, so the first
-    1,000-row batches grew `dpsr serve` by ~180 MiB that it never gave back, against +25-55
-    MiB with Eigen's kernels, at the same latency on the DPSR servable (docs/benchmarks.md);
-    TF Serving's standard build has no oneDNN either."""
+    Why off: oneDNN keeps what it allocated for each large batch shape, so a server that saw
+    large batches never gives that memory back; Eigen's kernels serve the DPSR servable at the
+    same latency (docs/benchmarks.md, "Misbehaving clients"; docs/serving.md, "Sizing"). TF
+    Serving's standard build has no oneDNN either."""
     if ONEDNN_ENV in environ:
         return False
     environ[ONEDNN_ENV] = "0"

@@ -3,8 +3,8 @@ server and proxy) advertise it: HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS.
 
 Without a limit, a client that opens thousands of calls on one connection has every one
 accepted, and the server's one event loop takes each arrival, refusal and answer in turn
-ahead of other clients' calls (docs/benchmarks.md: other clients' p99 1.1-2.3 s under one
-2,000-call flood). With a limit, the client's own gRPC transport holds its extra calls until
+ahead of other clients' calls, which wait seconds behind one flood (docs/benchmarks.md,
+"Misbehaving clients"). With a limit, the client's own gRPC transport holds its extra calls until
 one of its open calls ends: a flood waits at its source, and a well-behaved client with many
 calls in flight only queues, with no error. Clients are told apart by connection, so the
 limit is per client as far as the server can tell.

@@ -143,7 +143,7 @@ def to_ndarray(proto: TensorProto, name: str = "tensor",
     if proto.dtype == types_pb2.DT_HALF:
         values = np.asarray(field, dtype=np.uint16).view(np.float16)
     else:
-        # fromiter: np.asarray walks a repeated field as a generic sequence (5 us for one k)
+        # fromiter: np.asarray walks a repeated field as a generic sequence, slow even for one k
         values = np.fromiter(field, np_dtype, len(field))
     if values.size == count:
         return values.reshape(shape)

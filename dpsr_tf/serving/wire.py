@@ -1,10 +1,11 @@
 """Fast TensorProto wire encoding and decoding of numeric value fields.
 
-Filling `float_val`/`int_val` element by element through the protobuf runtime costs about
-0.25 ms per 1,000 values, which at hundreds of requests per second is a large share of two CPU
-cores. The wire format of a packed repeated field is just the raw little-endian values (fixed
-32/64-bit) or varints, so numpy can produce and read it directly; the protobuf runtime then
-parses it in C. The messages are the same as the slow path's (same fields, same values).
+Filling `float_val`/`int_val` element by element through the protobuf runtime is slow enough that,
+at hundreds of requests per second, it takes a large share of a small server's CPU
+(docs/benchmarks.md, "Serving latency and throughput"). The wire format of a packed repeated field
+is just the raw little-endian values (fixed 32/64-bit) or varints, so numpy can produce and read it
+directly; the protobuf runtime then parses it in C. The messages are the same as the slow path's
+(same fields, same values).
 
   encode_numeric(array) -> bytes of a TensorProto (dtype, tensor_shape, packed value field)
   decode_numeric(tensor_proto) -> np.ndarray, or None when the fast path does not apply

@@ -10,12 +10,10 @@ layout's item count) trains:
     budget, then stays there; early stopping neither stops nor picks its best before the
     fall ends (TrainConfig.early_stopping_min_steps).
 
-Why (docs/results.md, "Home Depot: the defaults that scale with the catalog"): on Home Depot
-(54,667 items) the narrow towers at a constant share stopped at a served hybrid Recall@100 of
-0.805; the catalog's vocabulary needs the width, and its logged queries are learned best after
-the pseudo-queries have taught the vocabulary. The small catalogs the defaults were measured on
-(the 10,000-item synthetic catalog, MovieLens 1,682, Best Buy 437) are below the threshold and
-train exactly as before; the 10,000-item catalog keeps its time budget.
+Why (docs/results.md, "Home Depot: the defaults that scale with the catalog"): a large
+catalog's vocabulary needs the width, and its logged queries are learned best after the
+pseudo-queries have taught the vocabulary. Smaller catalogs (the synthetic one, MovieLens,
+Best Buy) are below the threshold and keep the unscaled defaults and time budget.
 """
 import dataclasses
 from typing import Dict, Tuple
@@ -36,7 +34,7 @@ def is_large(num_items: int) -> bool:
 def applies(model_config, num_items: int) -> bool:
     """True where the large-catalog defaults change a run: a large catalog and the DPSR towers
     (model "dpsr", tower "dpsr"). The DSSM baseline keeps its paper's settings and SearchGCN
-    its measured ones (neither widths nor schedule change)."""
+    its own (neither widths nor schedule change)."""
     return (is_large(num_items) and model_config.model == "dpsr"
             and model_config.tower == "dpsr")
 
@@ -72,10 +70,9 @@ def scaled_train_config(train, num_items: int, num_replicas: int = 1):
         return train
     replicas = max(1, num_replicas)
     decay = max(1, int(round(train.step_budget / float(replicas) * DECAY_SHARE_OF_BUDGET)))
-    # Validation while the share still falls scores a model of a mix the run is not for: Home
-    # Depot runs that stopped mid-fall (best at 7,000 and 8,000 steps) gave a served hybrid
-    # Recall@100 of 0.817 and 0.820, one whose best came at 13,000 0.832. So no stop and no
-    # best before the fall ends.
+    # Validation while the share still falls scores a model of a mix the run is not for, and
+    # runs that stopped mid-fall served worse (docs/results.md, "Home Depot: the defaults that
+    # scale with the catalog"): no stop and no best before the fall ends.
     return dataclasses.replace(train, pseudo_query_final_ratio=LARGE_FINAL_RATIO,
                                pseudo_query_decay_steps=decay,
                                early_stopping_min_steps=train.early_stopping_min_steps or

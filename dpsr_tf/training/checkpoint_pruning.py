@@ -1,12 +1,11 @@
 """Keeping one checkpoint of a finished model directory (`dpsr crossval --prune_checkpoints`).
 
 Training with early stopping keeps every checkpoint the rule may still want (patience + 1
-evaluations of them), and each DPSR checkpoint holds the token table with its two Adam slots:
-about 0.5 GB per checkpoint on the synthetic catalog. A 5-fold cross-validation left 7.5-16 GB
-of checkpoints nobody reads again, since every fold is evaluated, indexed and scored from one
-of them. `prune_to` deletes the others and makes the directory's checkpoint state name the kept
-one alone, so `dpsr index`, `dpsr export` and `dpsr evaluate` on that directory read what the
-fold's numbers came from.
+evaluations of them), and each DPSR checkpoint holds the token table with its two Adam slots, so a
+cross-validation leaves many large checkpoints that nobody reads again: every fold is evaluated,
+indexed and scored from one of them. `prune_to` deletes the others and makes the directory's
+checkpoint state name the kept one alone, so `dpsr index`, `dpsr export` and `dpsr evaluate` on that
+directory read what the fold's numbers came from.
 """
 import os
 import re

@@ -8,7 +8,7 @@ from dpsr_tf.data.pipeline import PseudoQueryMix
 
 
 # train_steps = 0 (early stopping): the cap is about this many examples per catalog item, at
-# least AUTO_MIN_STEPS steps (the fixed length of the runs measured before early stopping).
+# least AUTO_MIN_STEPS steps (docs/results.md, "The sweep behind the defaults").
 AUTO_EXAMPLES_PER_ITEM = 300
 AUTO_MIN_STEPS = 16000
 # Full-corpus metrics: not the Estimator's own; the driver's caller supplies them
@@ -24,8 +24,8 @@ class TrainConfig:
     Attributes:
       layout_dir: output of `dpsr prepare`.
       model_dir: checkpoints, TensorBoard events, dpsr_config.json.
-      batch_size: examples per step per replica (paper: 64; 256 measured better with the
-        in-batch softmax, docs/results.md).
+      batch_size: examples per step per replica (paper: 64; 256 suits the in-batch softmax
+        better: docs/results.md, "The sweep behind the defaults").
       train_steps: train exactly this many global steps (no early stopping); 0 = the default
         length rule, early stopping (dpsr_tf/training/early_stopping.py): evaluate on
         eval_split every eval_every_steps, stop once early_stopping_metric has not improved
@@ -217,12 +217,9 @@ class TrainConfig:
     def auto_train_steps(self, num_items: int) -> int:
         """The early-stopping cap: steps that show about AUTO_EXAMPLES_PER_ITEM examples per
         catalog item (rounded to 1,000), at least AUTO_MIN_STEPS. The budget scales with the
-        catalog because most examples are pseudo-queries of its items.
-
-        Measured (docs/results.md, batch 256): Home Depot (54,667 items) kept gaining up to 64k
-        steps (nDCG@10 0.284 at 16k, 0.294 at 32k, 0.305 at 64k), the synthetic catalog (10,000
-        items) lost at 64k (Recall@10 0.264 at 16k, 0.255 at 64k). This rule gives 64k and 16k;
-        it was the fixed default length before early stopping.
+        catalog because most examples are pseudo-queries of its items: a large catalog keeps
+        gaining where a small one has stopped (docs/results.md, "Queries nobody has typed
+        yet").
         """
         steps = AUTO_EXAMPLES_PER_ITEM * num_items / float(self.batch_size)
         return max(AUTO_MIN_STEPS, int(round(steps / 1000.0)) * 1000)
@@ -237,11 +234,9 @@ class TrainConfig:
     def auto_pseudo_query_ratio(self, num_train_records: int) -> float:
         """The share of pseudo-queries that shows the R logged train interactions about
         max_log_epochs times in batch_size * train_steps examples, within [0.5, 0.99]:
-        1 - max_log_epochs * R / (batch_size * train_steps), clipped; 1 without a log.
-
-        Measured (docs/results.md): with Home Depot's 45k train interactions a share of 0.5
-        beat 0.8, with 660 of them (150 queries) 0.9 beat 0.5: a small log repeated a thousand
-        times is memorized, a large one is worth half the batch.
+        1 - max_log_epochs * R / (batch_size * train_steps), clipped; 1 without a log. Why: a
+        small log repeated a thousand times is memorized, a large one is worth half the batch
+        (docs/results.md, "The sweep behind the defaults").
         """
         if num_train_records <= 0:
             return 1.0

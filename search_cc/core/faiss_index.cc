@@ -141,7 +141,7 @@ std::unique_ptr<faiss::Index> ReadIndexFile(const std::string& path, const std::
 using CacheKey = std::tuple<uint64_t, uint64_t, int64_t, int64_t, bool, bool>;
 
 // DPSR_SQ8_SCAN=faiss makes indexes loaded from now on search IVF-SQ8 with FAISS's own code
-// instead of ivf_sq8_scan (same results, about 3x the CPU): a switch for comparing the two
+// instead of ivf_sq8_scan (same results, more CPU): a switch for comparing the two
 // and for ruling the scan out when a search looks wrong. Unset or "dpsr": the scan.
 constexpr char kSq8ScanVariable[] = "DPSR_SQ8_SCAN";
 

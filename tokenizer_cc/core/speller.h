@@ -45,9 +45,9 @@ inline constexpr char kSpellerHeader[] = "# dpsr speller vocabulary 1";
 inline constexpr int kMinSpellWord = 3;
 // Bounds on one query's work, so a hostile query (thousands of long made-up words) costs what
 // an ordinary one does: words longer than kMaxSpellWordBytes are not corrected (a word of n
-// letters generates about n^2/2 deletes; no Home Depot correction is longer than 16 letters),
-// and only the first kMaxSpellWords words of a query that would be searched (ASCII, in length,
-// unknown) are (Home Depot's longest query has 14 words; later ones are not corrected).
+// letters generates about n^2/2 deletes), and only the first kMaxSpellWords words of a query
+// that would be searched (ASCII, in length, unknown) are; both bounds are above what real
+// corrections and queries need (docs/spelling.md, "The rules").
 inline constexpr int kMaxSpellWordBytes = 24;
 inline constexpr int kMaxSpellWords = 16;
 

@@ -243,7 +243,7 @@ class RestGateway:
         request.model_spec.CopyFrom(spec)
         request.model_spec.signature_name = signature_name
         rest_json.fill_examples(payload, request.input, self._core.options.limits.max_rows)
-        del payload  # the parsed JSON is ~10x the body; keep only the request while it runs
+        del payload  # the parsed JSON is many times the body; keep only the request while it runs
         call = self._core.classify if verb == "classify" else self._core.regress
         response = call(request, self._timeout)
         if verb == "classify":
@@ -264,7 +264,7 @@ class RestGateway:
         request = rest_json.build_predict_request(payload, signature, pinned,
                                                   self._core.options.limits)
         row_format = "instances" in payload
-        del payload  # the parsed JSON is ~10x the body; keep only the request while it runs
+        del payload  # the parsed JSON is many times the body; keep only the request while it runs
         future = self._core.predict(request, self._timeout, "REST")
         try:
             response = future.result(timeout=self._timeout + 5 if self._timeout else None)

@@ -22,7 +22,7 @@ member with the json module's own C scanner and decodes the arrays of "instances
 row) or the first value over --max_input_elements in one input ends the parse, having held only
 what came before it. Its result equals `json.loads` for every document; anything unusual (not an
 object at the top, a syntax error anywhere) is handed to `json.loads` of the whole text, which
-gives the result or the error message exactly as before.
+gives the result or the error message.
 """
 import base64
 import json

@@ -59,8 +59,8 @@ class CoreOptions:
         it has not read has its queued requests wait (0: no limit; unsent_answers.py).
       max_unsent_response_bytes: while all clients hold this many, new calls and ready
         answers of clients holding more than 64 KiB are refused RESOURCE_EXHAUSTED (0: no
-        limit). Both count serialized bytes; a held answer costs ~6x that in memory, hence
-        the small defaults.
+        limit). Both count serialized bytes; a held answer costs several times that in
+        memory (docs/benchmarks.md, "Misbehaving clients"), hence the small defaults.
       max_rows_per_run: an unbatched request of more rows runs as several session runs of
         at most this many rows, one after another, and stops before its next one once its
         caller gave up or its deadline passed (chunked_runs.py); 0: one run per request (TF
@@ -299,9 +299,9 @@ class ServerCore:
 
         # The callbacks name each other's futures, and a Future keeps its callbacks after
         # calling them: outer -> abandon -> inner -> done -> outer was a reference cycle that
-        # held the answer until a full garbage collection (200 MiB of answers after one
-        # 2,000-call flood), and a batch thread still holding its last batch's `inner` held
-        # the answers. `done` empties `link` once outer is settled, which unlinks both.
+        # held the answer until a full garbage collection (all of a flood's answers), and a
+        # batch thread still holding its last batch's `inner` held the answers. `done` empties
+        # `link` once outer is settled, which unlinks both.
         link = {"run": inner, "caller": outer, "stop": stop}
 
         def done(fut):

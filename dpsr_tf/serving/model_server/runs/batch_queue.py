@@ -11,11 +11,12 @@ queue identifies clients) under the same bound, in rows:
   holds the most rows; those fail RESOURCE_EXHAUSTED (that client takes more than its share).
   A task whose client would hold more than its share is refused: RESOURCE_EXHAUSTED while
   other clients have tasks queued, UNAVAILABLE when it is the only client (TF Serving's answer
-  for a full queue). So a client alone may fill the queue as before, and a flooding client
+  for a full queue). So a client alone may fill the queue as in TF Serving, and a flooding client
   can neither refuse nor delay by its backlog another client's requests.
 - Batch formation (round robin): a batch takes one task from each client in turn (the turn
   order carries over from one batch to the next) until the next task does not fit. A client
-  that a gate holds back (one that does not read its answers) is passed over; its tasks wait. A client's request waits for about one batch, not behind another client's backlog.
+  that a gate holds back (one that does not read its answers) is passed over; its tasks wait.
+  A client's request waits for about one batch, not behind another client's backlog.
 """
 import collections
 from typing import Callable, Hashable, List, Optional

@@ -1,20 +1,19 @@
 """Large unbatched requests run as several session runs of a few rows each, one after another.
 
-A started session run cannot be stopped: a client that sends 256-row requests and cancels
-them (or lets their deadline pass; or a hedged call whose other copy answered first) still has
-every started one computed to the end, 123 ms of CPU each for 256 rows at k=300 over 20,000
-items. Run in chunks of `chunk_rows` rows, such a request stops after the chunk in progress
-once its caller gave up or its deadline passed, so abandoned work is bounded by one chunk per
-run thread. Rows are independent in a batchable signature (every output is batch-major, the
+A started session run cannot be stopped: a client that sends 256-row requests and cancels them (or
+lets their deadline pass; or a hedged call whose other copy answered first) still has every started
+one computed to the end. Run in chunks of `chunk_rows` rows, such a request stops after the chunk in
+progress once its caller gave up or its deadline passed, so abandoned work is bounded by one chunk
+per run thread. Rows are independent in a batchable signature (every output is batch-major, the
 condition the batcher relies on too), so the chunks' outputs stacked along dim 0 are the whole
-request's answer. By default (`dpsr serve --max_rows_per_run=-1`, AUTO) only servables written
-by `dpsr export` run in chunks of AUTO_CHUNK_ROWS: their rows are independent by construction
-(each row's query is encoded and searched alone), which the export records in
+request's answer. By default (`dpsr serve --max_rows_per_run=-1`, AUTO) only servables written by
+`dpsr export` run in chunks of AUTO_CHUNK_ROWS: their rows are independent by construction (each
+row's query is encoded and searched alone), which the export records in
 assets.extra/dpsr_servable.json. Any other model keeps TF Serving's one run per request unless
---max_rows_per_run is given: a model whose rows are not independent (a softmax across the
-batch) would answer differently, as it would under --enable_batching. 32 rows of k=300 over
-20,000 items cost 16-17 ms of CPU against 123-129 ms for 256 rows in one run, so the eight
-runs cost about what the one does (docs/benchmarks.md, "Large requests in chunks").
+--max_rows_per_run is given: a model whose rows are not independent (a softmax across the batch)
+would answer differently, as it would under --enable_batching. Chunks of AUTO_CHUNK_ROWS rows
+together cost about what one run of the whole request does (docs/benchmarks.md, "Large requests in
+chunks").
 
 One condition the signature cannot state: every chunk's outputs must have the same trailing
 dimensions (a DPSR servable's [rows, k] lists do; a model whose output width follows the
@@ -37,7 +36,7 @@ _LOG = logging.getLogger("serving.chunked_runs")
 Run = Callable[[Dict[str, np.ndarray], Optional[float]], Dict[str, np.ndarray]]
 
 AUTO = -1  # chunk_rows: AUTO_CHUNK_ROWS for servables whose rows are known independent, else 0
-AUTO_CHUNK_ROWS = 32  # 16-17 ms of CPU per chunk at k=300 over 20,000 items
+AUTO_CHUNK_ROWS = 32  # small enough to bound abandoned work, large enough to cost no more
 
 
 class ChunkedRuns:

@@ -65,8 +65,8 @@ def usable_cores() -> int:
 
 def default_running_per_client(num_threads: int, cores: Optional[int] = None) -> int:
     """`dpsr serve --max_run_threads_per_client=0`: half the run threads (rounded up), at most
-    `cores` (default: usable_cores()). On 2 cores a flood's 4 runs beside another client's
-    one held that client's p99 at 39-56 ms, 2 runs at 32-33 ms (docs/benchmarks.md)."""
+    `cores` (default: usable_cores()): more runs of one flood at once delay the other clients'
+    runs (docs/benchmarks.md, "A bound on one client's run threads")."""
     return max(1, min((num_threads + 1) // 2, cores or usable_cores()))
 
 

@@ -1,11 +1,10 @@
 """The fastest session runs seen, per key and size: a lower bound of how long a run takes.
 
-A session run cannot be stopped in the middle, so a request whose time left is shorter than any
-run of its size could take is answered late whatever happens; running it only takes the cores
-from requests that can still be answered (a 50 ms-deadline burst of 256-row requests ran one
-137-340 ms batch per burst, every answer late: docs/benchmarks.md, "What a 50 ms-deadline burst
-runs"). The batch scheduler and the unbatched run queue answer such a request DEADLINE_EXCEEDED
-unrun (TF Serving runs it).
+A session run cannot be stopped in the middle, so a request whose time left is shorter than any run
+of its size could take is answered late whatever happens; running it only takes the cores from
+requests that can still be answered (a burst of large requests with short deadlines ran batches
+whose every answer came late: docs/benchmarks.md, "Misbehaving clients"). The batch scheduler and
+the unbatched run queue answer such a request DEADLINE_EXCEEDED unrun (TF Serving runs it).
 
 Per key (a servable version and what its run computes), the fastest run of each power-of-two
 class of rows is kept with its rows. A run of more rows takes no less time, so the bound for a
