@@ -57,8 +57,8 @@ from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
 
 REWRITER_STEPS_DEFAULT = 1000
-# The demo's rewriter keeps the earlier default width: stage 7 stays quick, and the demo's
-# rewrites and its synthetic-catalog measurements (docs/results.md) were made with it.
+# The demo's rewriter is narrower than the default: stage 7 stays quick, and the demo's
+# rewrites and its synthetic-catalog figures (docs/results.md) use this width.
 DEMO_REWRITER_WIDTH = dict(d_model=64, ff_dim=128)
 _WORK = flags.DEFINE_string("work_dir", "build/demo", "Where the demo writes (replaced).")
 _ITEMS = flags.DEFINE_integer("num_items", 5000, "Synthetic catalog size.")
@@ -106,7 +106,7 @@ def _rewrite_stage(layout_dir: str, model_dir: str, index_dir: str, work: str, s
     """Trains the rewriter briefly and writes the demo queries' rewrite table; its path.
 
     Rewrites come as `dpsr rewrite --title_source=dense --num_titles=4 --cycle_k=100` makes
-    them (docs/rewriting.md, the measured best): the forward model picks one of the DPSR
+    them (docs/rewriting.md, "Choosing the settings"): the forward model picks one of the DPSR
     model's top 4 titles, the backward model samples rewrites from it, and a rewrite is kept
     when its own lexical top 100 holds that title's item."""
     rewriter_dir = os.path.join(work, "rewriter")

@@ -60,7 +60,7 @@ CANDIDATES_FILE = "fusion_candidates.npz"
 # The same with the dense list searched with dense feedback (DEFAULT_FEEDBACK).
 FEEDBACK_LISTS_FILE = "hybrid_lists_feedback.npz"
 FEEDBACK_CANDIDATES_FILE = "fusion_candidates_feedback.npz"
-# bm25s's per-request tie-aware metrics: minutes to recompute on a 10k-item catalog.
+# bm25s's per-request tie-aware metrics, kept: they are slow to recompute.
 TIE_AWARE_BM25_FILE = "bm25_tie_aware.npz"
 INDEX_DIR = "index"
 # `dpsr index`'s flag defaults (dpsr_tf/cli/index.py: --index_factory=auto, --num_shards=1,

@@ -85,8 +85,8 @@ class ModelConfig:
         (resolved by `dpsr train` and written resolved into the model directory).
       graph_query_dropout: while training, the share of examples whose query is given no graph
         lists, so that the query tower also learns to stand on its text alone, as it must for
-        queries never seen in training (0 = off; 0.5 beat 0 on Home Depot and Best Buy,
-        docs/results.md, "SearchGCN beside DPSR").
+        queries never seen in training (0 = off; 0.5 helps unseen queries: docs/results.md,
+        "SearchGCN beside DPSR").
 
     Score and loss
       beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
@@ -118,11 +118,10 @@ class ModelConfig:
       softmax_random_negatives: also use this many shared random negatives in the softmax.
       frequency_decay: learning rate of the streaming item-frequency estimate (logQ).
 
-    Defaults (docs/results.md, "Queries nobody has typed yet"): chosen by a sweep on Home Depot
-    and the synthetic catalog, measured on unseen queries: the shared text encoder, the in-batch
-    softmax (T = 0.05) and AdaGrad 0.1 (with batch 256 and catalog pseudo-queries in
-    TrainConfig). --text_encoder=separate --loss=hinge --learning_rate=0.01 --batch_size=64
-    --pseudo_query_ratio=0 approximates the paper's setup.
+    Defaults (docs/results.md, "Queries nobody has typed yet"): chosen on the unseen queries of two
+    catalogs: the shared text encoder, the in-batch softmax (T = 0.05) and AdaGrad 0.1 (with batch
+    256 and catalog pseudo-queries in TrainConfig). --text_encoder=separate --loss=hinge
+    --learning_rate=0.01 --batch_size=64 --pseudo_query_ratio=0 approximates the paper's setup.
 
     Optimizer and variables
       optimizer: "adagrad" (paper), "adam" or "sgd"; learning_rate; adagrad_initial_accumulator.
