@@ -230,10 +230,17 @@ def _train_op(cfg: ModelConfig, loss: tf.Tensor, global_step: tf.Tensor):
     variables = tf.compat.v1.trainable_variables()
     encoder = [v for v in variables if pretrained_encoder.SCOPE_PART in v.op.name]
     towers = [v for v in variables if pretrained_encoder.SCOPE_PART not in v.op.name]
+    if not towers and not encoder:
+        raise ValueError("nothing to train: the pretrained encoder is frozen "
+                         "(--pretrained_trainable_layers=0) and the towers have no adapters "
+                         "(one head, no item or user features); train some encoder layers")
     grads = tf.compat.v1.gradients(loss, towers + encoder, colocate_gradients_with_ops=True)
-    steps = [make_optimizer(cfg).apply_gradients(list(zip(grads[:len(towers)], towers)),
-                                                 global_step=global_step)]
+    steps = []
+    if towers:
+        steps.append(make_optimizer(cfg).apply_gradients(
+            list(zip(grads[:len(towers)], towers)), global_step=global_step))
     if encoder:
         steps.append(tf.compat.v1.train.AdamOptimizer(cfg.pretrained_learning_rate)
-                     .apply_gradients(list(zip(grads[len(towers):], encoder))))
+                     .apply_gradients(list(zip(grads[len(towers):], encoder)),
+                                      global_step=None if towers else global_step))
     return tf.group(*steps)
