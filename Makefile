@@ -47,8 +47,8 @@ test: build cc-test  ## every test (pytest fails when no test ran)
 bazel:  ## Bazel build of the C++ targets and their tests (docs/bazel.md); stops the server after
 	tools/bazel/bazel.sh test //...; status=$$?; tools/bazel/bazel.sh shutdown; exit $$status
 
-bench: build  ## benchmarks (results go in docs/benchmarks.md)
-	$(PY) bench/tokenizer_bench.py
+bench: build  ## the quick benchmark set, one table (bench/quick.py; full runs: docs/benchmarks.md)
+	$(PY) bench/quick.py
 
 clean:
 	rm -rf build dpsr_tf/*.so dpsr_tf/_dpsr_ops.faiss.json $(FRONT_END)
