@@ -1,7 +1,7 @@
 """The model server's event loop does not serialize Predict answers: the thread that computed
 an answer serializes it (grpc.aio runs a method's serializer on its one loop, where a
 megabyte answer held every other call). Requests are still parsed on the loop (moving them
-off saved the loop nothing measurable: docs/benchmarks.md, round 3).
+off saved the loop nothing measurable: docs/benchmarks.md, "Misbehaving clients").
 
 The real gRPC services of `dpsr serve` (ModelServer) run in this process, on a loop of their
 own thread, with PredictResponse.SerializeToString wrapped to record the thread it runs on;
