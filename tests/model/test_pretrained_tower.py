@@ -92,3 +92,43 @@ def test_index_and_servable_answer_with_the_encoder(still_model, golden):
         best = np.argsort(-scores, kind="stable")[:5]
         np.testing.assert_allclose(answer["scores"][row], scores[best], atol=1e-4)
         assert [i.decode() for i in answer["item_ids"][row]] == [ids[b] for b in best]
+
+
+def test_an_encoder_without_adapters_trains_only_its_top_layers(tmp_path):
+    """Titles only (no item features), one head, no users: the towers have no variables of
+    their own, so the encoder's Adam step alone trains, and counts the global step. Only the
+    top --pretrained_trainable_layers move; the rest keep the pretrained weights."""
+    from dpsr_tf.data.prepare import PrepareConfig, prepare  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.model.pretrained import files  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.tokenization import TokenizerConfig  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    paths = tiny_model.write_tiny_dataset(str(tmp_path / "tsv"))
+    with open(paths["items"], encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t")[:2] for line in f]
+    with open(paths["items"], "w", encoding="utf-8") as f:
+        f.writelines("\t".join(r) + "\n" for r in rows)
+    spec = prepare(PrepareConfig(items=paths["items"], interactions=paths["interactions"],
+                                 output=str(tmp_path / "layout"),
+                                 tokenizer=TokenizerConfig(num_buckets=4096, num_oov_buckets=1),
+                                 seed=0), log=lambda _: None)
+    assert not spec.item_features
+    config = ModelConfig(num_heads=1, embedding_dim=384, text_encoder="pretrained",
+                         pretrained_trainable_layers=1, pretrained_learning_rate=1e-3,
+                         num_negatives=8)
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(tmp_path / "model"),
+                        batch_size=8, train_steps=2, save_checkpoints_steps=2,
+                        eval_random_negatives=8, seed=0)
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(config, train)
+    reader = tf.train.load_checkpoint(train.model_dir)
+    assert reader.get_tensor("global_step") == 2
+    assert not [n for n in reader.get_variable_to_shape_map()
+                if n.startswith("dpsr/") and "pretrained_encoder" not in n
+                and "Adam" not in n and "frequency" not in n.lower()], "towers have variables"
+    pretrained = files.read_pretrained(files.default_pretrained_dir()).weights
+    prefix = "dpsr/pretrained_encoder/"
+    for name, moved in (("encoder.layer.5.output.dense.weight", True),
+                        ("encoder.layer.0.output.dense.weight", False),
+                        ("embeddings.word_embeddings.weight", False)):
+        now = reader.get_tensor(prefix + name.replace(".", "/"))
+        assert (not np.allclose(now, pretrained[name], atol=1e-7)) == moved, name
