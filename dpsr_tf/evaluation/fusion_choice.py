@@ -4,8 +4,8 @@ One fixed fusion cannot suit every catalog: where BM25 is strong (Home Depot) it
 in, where it is weak (the synthetic catalog) it drags the dense list down. `choose_fusion`
 scores every candidate of a small grid on the layout's evaluation split, with the servable's
 own lists (the served dense top K through the FAISS shards, the lexical top K through the BM25
-shards, fused by fuse_np = the graph's fuse, computed for all requests at once by
-search/fused_rows.py), and keeps the best by OBJECTIVE. The grid holds
+shards, fused by fuse_np = the graph's fuse; every candidate is scored on the same two lists
+grouped once, evaluation/fusion_scores.py), and keeps the best by OBJECTIVE. The grid holds
 "dense only" (lexical weight 0) and "lexical only" (dense weight 0), so on that split the
 chosen fusion is never below the better of the two lists by the objective.
 
@@ -22,15 +22,14 @@ import numpy as np
 from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_objective
+from dpsr_tf.evaluation import fusion_scores
 from dpsr_tf.evaluation import hybrid as hybrid_lib
-from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import rewrites as rewrites_lib
 from dpsr_tf.evaluation import spelled_layout as spelled_layout_lib
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.rewriting import table as table_lib
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
-from dpsr_tf.search.fused_rows import fused_rows
 from dpsr_tf.search.rewrite_merge import RewriteConfig
 
 # The objective's default and its parser live apart, light enough for flag definitions.
@@ -127,25 +126,34 @@ def choose_fusion(dense_scores: np.ndarray, dense_rows: np.ndarray,
     if not candidates:
         raise ValueError("choose_fusion needs at least one candidate")
     recall_ks = sorted({int(m.split("@")[1]) for m in objective if m.startswith("recall@")})
-    lexical_cache: Dict[tuple, tuple] = {}
-    rows_out, best = [], None
+    recall_ks = recall_ks or [10]
+    produced = sorted([f"recall@{c}" for c in recall_ks]
+                      + [f"ndcg@{fusion_scores.NDCG_K}", f"mrr@{fusion_scores.MRR_K}", "requests"])
+    missing = [m for m in objective if m not in produced]
+    if missing:
+        raise ValueError(f"fusion objective metrics {missing} are not among {produced}")
     for cfg in candidates:
         cfg.validate()
-        key = (cfg.lexical_k, cfg.lexical_min_score)
-        if key not in lexical_cache:
-            lexical_cache[key] = lexical_lists(cfg)
-        lex_scores, lex_rows = lexical_cache[key]
-        fused = fused_rows(dense_scores, dense_rows, lex_scores, lex_rows, k, cfg)
-        values = metrics_lib.retrieval_metrics(
-            fused, eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains,
-            recall_ks=recall_ks or (10,))
-        missing = [m for m in objective if m not in values]
-        if missing:
-            raise ValueError(f"fusion objective metrics {missing} are not among "
-                             f"{sorted(values)}")
-        score = float(np.mean([values[m] for m in objective]))
+    # The candidates that fuse the same lexical list are scored together on it
+    # (fusion_scores.py: the lists grouped once); each setting's list is fetched once, in grid
+    # order.
+    settings: Dict[tuple, List[int]] = {}
+    for i, cfg in enumerate(candidates):
+        settings.setdefault((cfg.lexical_k, cfg.lexical_min_score), []).append(i)
+    values: List[dict] = [{} for _ in candidates]
+    for members in settings.values():
+        lex_scores, lex_rows = lexical_lists(candidates[members[0]])
+        per_request = fusion_scores.candidate_values(
+            dense_scores, dense_rows, lex_scores, lex_rows, eval_set, k,
+            [candidates[i] for i in members], recall_ks)
+        for i, got in zip(members, per_request):
+            values[i] = {name: float(v.mean()) for name, v in got.items()}
+            values[i]["requests"] = len(dense_rows)
+    rows_out, best = [], None
+    for cfg, got in zip(candidates, values):
+        score = float(np.mean([got[m] for m in objective]))
         rows_out.append({"fusion": cfg.to_json(), "score": score,
-                         **{m: float(values[m]) for m in objective}})
+                         **{m: float(got[m]) for m in objective}})
         if best is None or score > best[1]:
             best = (cfg, score)
     return FusionChoice(config=best[0], objective=tuple(objective), score=best[1],

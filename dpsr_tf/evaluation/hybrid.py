@@ -27,13 +27,14 @@ import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import fusion_scores
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.search.dense_feedback import FeedbackConfig
-from dpsr_tf.search.fusion import FusionConfig, fuse_np
+from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.indexing.lexical_index import LexicalSearcher
 
 
@@ -173,8 +174,8 @@ def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, 
 
     start = time.time()
     lex_scores, lex_rows = run.lexical_lists(fusion)
-    fused_scores, fused_rows, source = fuse_np(run.dense_scores, run.dense_rows, lex_scores,
-                                               lex_rows, run.k, fusion)
+    fused_scores, fused_rows, source = fusion_scores.fused_with_source(
+        run.dense_scores, run.dense_rows, lex_scores, lex_rows, run.k, fusion)
     hybrid = metrics_lib.retrieval_metrics(fused_rows, *run.relevant, recall_ks=cfg.recall_ks,
                                            with_per_request=cfg.per_request)
     if cfg.tie_aware:    # the fused top k; the catalog's other items tie after it
