@@ -3,7 +3,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := demo
 
 # tools/bootstrap.sh installs Debian packages and the pinned venv (kept outside the clone,
-# keyed by a hash of requirements.txt) when missing, and prints the venv path.
+# keyed by a hash of requirements.txt) when missing, and prints the venv path. Here, for every
+# target, only what `make build` and `make demo` need; the packages only tests use (Bazel with
+# its JDK, Chromium) come with `test-packages`, which `make test` and `make bazel` run.
 VENV := $(shell tools/bootstrap.sh)
 ifeq ($(VENV),)
 $(error tools/bootstrap.sh failed; see the messages above)
@@ -12,7 +14,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: build demo test cc-test bench clean bazel
+.PHONY: build demo test test-packages cc-test bench clean bazel
 
 # The native gRPC front end (front_end_cc/, docs/serving.md): an executable linked with the
 # Debian package libgrpc++-dev.
@@ -41,10 +43,14 @@ demo: build  ## the embedded end-to-end demo
 # module fixtures (servers, trained models) are built once; TEST_WORKERS=0 runs them in this one.
 TEST_WORKERS ?= 2
 
-test: build cc-test  ## every test (pytest fails when no test ran)
+test: build cc-test test-packages  ## every test (pytest fails when no test ran)
 	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile
 
-bazel:  ## Bazel build of the C++ targets and their tests (docs/bazel.md); stops the server after
+test-packages:  ## the Debian packages only tests need (tools/apt-packages-test.txt)
+	tools/bootstrap.sh --test > /dev/null
+
+# Bazel (Debian's bazel-bootstrap) comes with test-packages; the Bazel server stops after.
+bazel: test-packages  ## Bazel build of the C++ targets and their tests (docs/bazel.md)
 	tools/bazel/bazel.sh test //...; status=$$?; tools/bazel/bazel.sh shutdown; exit $$status
 
 bench: build  ## the quick benchmark set, one table (bench/quick.py; full runs: docs/benchmarks.md)

@@ -2,9 +2,15 @@
 # Installs everything the project needs on a fresh Debian machine and prints the path of the
 # Python virtual environment to use. Idempotent and quiet when nothing is missing.
 #
-#   1. Debian packages from tools/apt-packages.txt (libfaiss-dev, libopenblas-dev,
-#      bazel-bootstrap, and cmake + dpkg-dev for tools/build_faiss.py, which setup.py runs to
-#      build FAISS for this CPU from Debian's source package), if absent.
+#   tools/bootstrap.sh          what `make demo` needs (`make build` and the demo)
+#   tools/bootstrap.sh --test   that and what only tests need (`make test`, `make bazel`)
+#
+#   1. Debian packages from tools/apt-packages.txt (libfaiss-dev, libopenblas-dev, the CJK
+#      font of the report's figures, libgrpc++-dev and pkg-config for the native front end,
+#      and cmake + dpkg-dev for tools/build_faiss.py, which setup.py runs to build FAISS for
+#      this CPU from Debian's source package), if absent; with --test also those of
+#      tools/apt-packages-test.txt (bazel-bootstrap, which brings a JDK, for the Bazel build
+#      and its test; chromium for the report page's browser test).
 #   2. A virtual environment keyed by a hash of requirements.txt, kept OUTSIDE the clone
 #      (default ~/.cache/dpsr-tf/venv-<hash>; override with DPSR_VENV_ROOT) so repeated clones
 #      and CI runs do not reinstall TensorFlow. A half-built venv is never reused: the marker
@@ -17,11 +23,18 @@ root="$(dirname "$here")"
 
 log() { echo "[bootstrap] $*" >&2; }
 
+lists=("$here/apt-packages.txt")
+case "${1:-}" in
+  "") ;;
+  --test) lists+=("$here/apt-packages-test.txt") ;;
+  *) log "unknown argument $1 (usage: tools/bootstrap.sh [--test])"; exit 2 ;;
+esac
+
 missing=()
 while read -r pkg; do
   [[ -z "$pkg" || "$pkg" == \#* ]] && continue
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done < "$here/apt-packages.txt"
+done < <(cat "${lists[@]}")
 if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
   sudo_cmd=()

@@ -47,8 +47,8 @@ def _tail(text, lines=60):
 def bazel_build(tmp_path_factory):
     """Builds and tests //... once; yields (bazel-bin, test output); shuts Bazel down after."""
     if subprocess.run(["bash", "-c", "command -v bazel"], stdout=subprocess.DEVNULL).returncode:
-        pytest.fail("bazel is not installed; run tools/bootstrap.sh (installs Debian's "
-                    "bazel-bootstrap from tools/apt-packages.txt)")
+        pytest.fail("bazel is not installed; run tools/bootstrap.sh --test (installs Debian's "
+                    "bazel-bootstrap from tools/apt-packages-test.txt; make test runs it)")
     log = tmp_path_factory.mktemp("bazel") / "bazel-test.log"
     try:
         code, test_out = _bazel("test", "//...", log=log)

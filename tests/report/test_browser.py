@@ -1,5 +1,6 @@
-"""The report page in headless Chromium (Debian package `chromium`, tools/apt-packages.txt):
-it loads from disk without errors and its screenshot shows the figures, not a blank page."""
+"""The report page in headless Chromium (Debian package `chromium`, in
+tools/apt-packages-test.txt, which `make test` installs): it loads from disk without errors and
+its screenshot shows the figures, not a blank page."""
 import os
 import shutil
 import subprocess
@@ -20,7 +21,8 @@ def _console_errors(stderr: str):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed: add the Debian "
-                    "package `chromium` (tools/bootstrap.sh installs tools/apt-packages.txt)")
+                    "package `chromium` (tools/bootstrap.sh --test installs "
+                    "tools/apt-packages-test.txt)")
 def test_page_renders_in_headless_chromium(tiny_report, tmp_path):
     import matplotlib.image  # pylint: disable=import-outside-toplevel
     shot = tmp_path / "shot.png"

@@ -15,7 +15,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 
 if ! command -v bazel >/dev/null; then
-  echo "bazel.sh: no bazel on PATH; run tools/bootstrap.sh (installs Debian's bazel-bootstrap)" >&2
+  echo "bazel.sh: no bazel on PATH; run tools/bootstrap.sh --test (installs Debian's bazel-bootstrap)" >&2
   exit 1
 fi
 if (($# == 0)); then
