@@ -39,7 +39,6 @@ from dpsr_tf.demo import synthetic_catalog as synthetic
 from dpsr_tf.demo.serving_demo import query_model, run_serving_demo
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
-from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.export.saved_model_export import export_all_shards
 from dpsr_tf.export.servable_graph import ServableConfig
 from dpsr_tf.indexing import catalog_index
@@ -223,12 +222,11 @@ def main(argv):
           f"{sum(s.num_terms for s in manifest.lexical.shards)} shard terms, built in "
           f"{manifest.lexical.build_seconds:.1f}s")
     # As `dpsr export` chooses (--dense_feedback=auto): every fusion without and with the
-    # default dense feedback.
-    choice, spelling, scores = fusion_choice.choose_with_spelling(
-        train.model_dir, index_dir, log=quiet, feedbacks=(FeedbackConfig(), DEFAULT_FEEDBACK))
-    hybrid = hybrid_lib.evaluate_hybrid(train.model_dir, index_dir, cfg=eval_cfg,
-                                        fusion=choice.config, log=quiet, spelling=spelling,
-                                        feedback=choice.feedback)
+    # default dense feedback; then the chosen servable evaluated as `dpsr evaluate --hybrid`
+    # does, on the lists the choice was made on.
+    choice, spelling, scores, hybrid = fusion_choice.choose_and_evaluate(
+        train.model_dir, index_dir, cfg=eval_cfg, log=quiet,
+        feedbacks=(FeedbackConfig(), DEFAULT_FEEDBACK))
     print(f"   fusion chosen on the eval split among {len(choice.candidates)} candidates: "
           f"{fusion_choice.describe(choice.config)}, {choice.feedback.describe()}; catalog "
           f"speller {'on' if spelling else 'off'} (objective {scores['with']:.4f} with it, "

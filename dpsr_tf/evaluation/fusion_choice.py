@@ -14,8 +14,9 @@ there are slightly optimistic (one of CANDIDATES picked on them); cross-validati
 (`dpsr crossval --hybrid`, which chooses each fold's fusion on the other folds) or a second
 layout of held-out queries measures it without that bias.
 """
+import contextlib
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -195,12 +196,38 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
     if rewrite_table:
         rewrites.validate()
         table = table_lib.read_table(rewrite_table)   # a bad table fails before the models load
-    cfg = evaluate_lib.EvalConfig(split=split, num_random=0)
     layout = layout_of(model_dir, layout_dir)
     typed = eval_set_lib.load_eval_set(layout, split).queries if table is not None else None
+    with _spelled_run(model_dir, index_dir, layout, layout_dir, checkpoint, nprobe, split, log,
+                      spelling) as run:
+        return _choose_on_run(run, split, log, typed, table, rewrite_table, rewrites, candidates,
+                              objective, feedbacks).choice
+
+
+@contextlib.contextmanager
+def _spelled_run(model_dir, index_dir, layout, layout_dir, checkpoint, nprobe, split, log,
+                 spelling) -> Iterator[hybrid_lib.HybridRun]:
+    """The HybridRun the choice scores on (hybrid.open_hybrid on the split, the queries as a
+    servable with or without the build's speller reads them); the spelled layout view it reads
+    lives as long as the context."""
+    cfg = evaluate_lib.EvalConfig(split=split, num_random=0)
     with spelled_layout(layout, index_dir if spelling else None, log=log) as view:
-        run = hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir, cfg, checkpoint,
+        yield hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir, cfg, checkpoint,
                                      nprobe, log)
+
+
+@dataclasses.dataclass
+class _Chosen:
+    """_choose_on_run's result: the choice, and the lists it was made on (the dense lists of
+    each feedback variant in turn, the lexical lists of each (lexical_k, lexical_min_score))."""
+    choice: FusionChoice
+    dense: List[tuple]
+    lexical: Dict[tuple, tuple]
+
+
+def _choose_on_run(run, split, log, typed, table, rewrite_table, rewrites, candidates, objective,
+                   feedbacks) -> _Chosen:
+    """choose_for_index's choice on an open run."""
     lexical_lists, with_table = run.lexical_lists, ""
     if table is not None:
         texts = rewrites_lib.rewrite_texts(typed, table, rewrites.max_rewrites)
@@ -220,10 +247,11 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
             cache[key] = lexical_lists(fusion)
         return cache[key]
 
-    best, rows = None, []
+    best, rows, lists = None, [], []
     for feedback in feedbacks:
         dense = ((run.dense_scores, run.dense_rows) if not feedback.enabled
                  else run.dense_lists(feedback))
+        lists.append(dense)
         choice = choose_fusion(*dense, cached_lexical, run.eval_set, run.k, candidates,
                                objective)
         if len(feedbacks) > 1 or feedback.enabled:
@@ -232,7 +260,7 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
             rows += choice.candidates
         if best is None or choice.score > best.score:
             best = dataclasses.replace(choice, feedback=feedback)
-    return dataclasses.replace(best, candidates=rows)
+    return _Chosen(dataclasses.replace(best, candidates=rows), lists, cache)
 
 
 def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
@@ -267,3 +295,60 @@ def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[st
     if spelled.score > without.score:
         return spelled, True, scores
     return without, False, scores
+
+
+def choose_and_evaluate(model_dir: str, index_dir: str,
+                        cfg: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig(),
+                        layout_dir: Optional[str] = None, checkpoint: Optional[str] = None,
+                        nprobe: Optional[int] = None, log: Callable[[str], None] = print,
+                        candidates: Sequence[FusionConfig] = CANDIDATES,
+                        objective: Sequence[str] = OBJECTIVE,
+                        feedbacks: Sequence[FeedbackConfig] = (FeedbackConfig(),)
+                        ) -> Tuple[FusionChoice, bool, dict, Dict[str, Dict[str, float]]]:
+    """choose_with_spelling on cfg's split, then hybrid.evaluate_hybrid of the servable it
+    chose (its speller setting, fusion and dense feedback) with cfg: the same four results, the
+    evaluation made on the embeddings and lists the choice was made on instead of a second
+    opening of the model and index (its embeddings and searches).
+
+    Returns:
+      (the chosen FusionChoice, spelling on, choose_with_spelling's scores, evaluate_hybrid's
+       result).
+    """
+    if cfg.min_gain is not None or cfg.recall_ks != evaluate_lib.EvalConfig().recall_ks:
+        # The choice's split has other relevant items or another list length: open anew.
+        choice, spelling, scores = choose_with_spelling(
+            model_dir, index_dir, layout_dir, checkpoint, nprobe, log=log,
+            candidates=candidates, objective=objective, feedbacks=feedbacks)
+        return choice, spelling, scores, hybrid_lib.evaluate_hybrid(
+            model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, fusion=choice.config,
+            log=log, spelling=spelling, feedback=choice.feedback)
+    if not feedbacks:
+        raise ValueError("choose_for_index needs at least one dense feedback variant")
+    for feedback in feedbacks:
+        feedback.validate()
+    layout = layout_of(model_dir, layout_dir)
+    has_speller = spelled_layout_lib.index_speller(index_dir) is not None
+    with contextlib.ExitStack() as views:
+        chosen = {}
+        for spelling in (False, True) if has_speller else (False,):
+            run = views.enter_context(_spelled_run(model_dir, index_dir, layout, layout_dir,
+                                                   checkpoint, nprobe, cfg.split, log, spelling))
+            chosen[spelling] = (run, _choose_on_run(run, cfg.split, log, None, None, None,
+                                                    RewriteConfig(), candidates, objective,
+                                                    feedbacks))
+        scores = {}
+        spelling = False
+        if has_speller:   # choose_with_spelling's rule: a tie keeps the queries as typed
+            scores = {"with": chosen[True][1].choice.score,
+                      "without": chosen[False][1].choice.score}
+            spelling = scores["with"] > scores["without"]
+        run, made = chosen[spelling]
+        choice = made.choice
+        dense = made.dense[list(feedbacks).index(choice.feedback)]
+        run = dataclasses.replace(run, dense_scores=dense[0], dense_rows=dense[1])
+        lexical = made.lexical[(choice.config.lexical_k, choice.config.lexical_min_score)]
+        out = hybrid_lib.evaluate_run(run, index_dir, cfg, choice.config, log, choice.feedback,
+                                      lexical_lists=lexical)
+    out["hybrid"]["spelling"] = spelling
+    out["hybrid"]["dense_feedback"] = choice.feedback.to_json()
+    return choice, spelling, scores, out

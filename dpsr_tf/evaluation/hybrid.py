@@ -158,6 +158,16 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
 def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, fusion, log,
                      feedback):
     run = open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, log, feedback)
+    return evaluate_run(run, index_dir, cfg, fusion, log, feedback)
+
+
+def evaluate_run(run: HybridRun, index_dir: str, cfg: evaluate_lib.EvalConfig,
+                 fusion: FusionConfig, log: Callable[[str], None] = print,
+                 feedback: FeedbackConfig = FeedbackConfig(),
+                 lexical_lists: Optional[tuple] = None) -> Dict[str, Dict[str, float]]:
+    """evaluate_hybrid's three results on an open run (opened with cfg's split and recall
+    cut-offs; its dense lists those of `feedback`, its layout still readable). lexical_lists:
+    the run's lexical_lists(fusion) when the caller has them."""
     spec, eval_set, pairs = run.spec, run.eval_set, run.pairs
     dense = evaluate_lib.evaluate_scorer(run.scorer, spec, eval_set, pairs, cfg, log)
     dense["checkpoint"] = run.checkpoint
@@ -173,7 +183,8 @@ def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, 
     lexical = evaluate_lib.evaluate_scorer(lexical_scorer, spec, eval_set, pairs, cfg, log)
 
     start = time.time()
-    lex_scores, lex_rows = run.lexical_lists(fusion)
+    lex_scores, lex_rows = (lexical_lists if lexical_lists is not None
+                            else run.lexical_lists(fusion))
     fused_scores, fused_rows, source = fusion_scores.fused_with_source(
         run.dense_scores, run.dense_rows, lex_scores, lex_rows, run.k, fusion)
     hybrid = metrics_lib.retrieval_metrics(fused_rows, *run.relevant, recall_ks=cfg.recall_ks,

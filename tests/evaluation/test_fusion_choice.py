@@ -8,6 +8,7 @@ import pytest
 
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.search.dense_feedback import DEFAULT as DEFAULT_FEEDBACK, FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
 
 EvalSet = collections.namedtuple("EvalSet", "relevant_splits relevant_rows relevant_gains")
@@ -198,3 +199,34 @@ def test_choice_for_a_servable_with_rewrites_fuses_the_merged_lexical_list(
         bad.write_text("query without fields\n", encoding="utf-8")
         fusion_choice.choose_for_index(model_dir, tiny_flat_index, log=quiet,
                                        rewrite_table=str(bad), rewrites=cfg)
+
+
+def _without_times(result):
+    """A result without its wall-clock fields (keys ending in "seconds")."""
+    if isinstance(result, dict):
+        return {k: _without_times(v) for k, v in result.items() if not k.endswith("seconds")}
+    return result
+
+
+@pytest.mark.parametrize("feedbacks,recall_ks", [
+    ((FeedbackConfig(),), (10, 100, 1000)), ((DEFAULT_FEEDBACK,), (10, 100, 1000)),
+    ((FeedbackConfig(), DEFAULT_FEEDBACK), (10, 100, 1000)), ((FeedbackConfig(),), (10, 50))])
+def test_choose_and_evaluate_equals_choosing_then_evaluating(tiny_history_model, tiny_flat_index,
+                                                             feedbacks, recall_ks):
+    """`dpsr demo`'s stage 6: the choice (speller, fusion, feedback) and the chosen servable's
+    evaluation made on the lists the choice was made on equal choose_with_spelling followed by
+    evaluate_hybrid, which opens the model and index again (other recall cut-offs: it does)."""
+    from dpsr_tf.evaluation import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
+    model_dir, quiet = tiny_history_model.model_dir, lambda *_: None
+    cfg = evaluate_lib.EvalConfig(num_random=64, recall_ks=recall_ks)
+    choice, spelling, scores, evaluation = fusion_choice.choose_and_evaluate(
+        model_dir, tiny_flat_index, cfg=cfg, log=quiet, feedbacks=feedbacks)
+    want = fusion_choice.choose_with_spelling(model_dir, tiny_flat_index, log=quiet,
+                                              feedbacks=feedbacks)
+    assert (choice, spelling, scores) == want
+    assert choice.feedback == (DEFAULT_FEEDBACK if feedbacks == (DEFAULT_FEEDBACK,)
+                               else choice.feedback)
+    assert _without_times(evaluation) == _without_times(hybrid_lib.evaluate_hybrid(
+        model_dir, tiny_flat_index, cfg=cfg, fusion=choice.config, log=quiet,
+        spelling=spelling, feedback=choice.feedback))
