@@ -44,7 +44,7 @@ CANDIDATES = (FusionConfig(),) + tuple(
     for rrf_k in (5.0, 20.0, 60.0) for w in (0.25, 0.5, 1.0)
     if (rrf_k, w) != (FusionConfig().rrf_k, FusionConfig().lexical_weight)) + tuple(
     # The min-max score blend: where the scores carry more than the ranks (Home Depot's
-    # chosen fusion, docs/results.md "Home Depot with today's defaults").
+    # chosen fusion, docs/results.md "Hybrid recall: DPSR and BM25 in one servable").
     FusionConfig(rule="blend", lexical_weight=w) for w in (0.5, 1.0)) + (
     FusionConfig(lexical_weight=0.0),                    # dense only
     FusionConfig(dense_weight=0.0, lexical_weight=1.0))  # lexical only
