@@ -15,7 +15,7 @@ evaluation or a fold of the same layout does not embed the catalog again.
 """
 import hashlib
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from typing import Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf

@@ -19,7 +19,6 @@ servable's own query tower: the features are computed by the same code as in tra
 Personalized DPSR models are scored as an unknown user here (the ranker has no user inputs).
 """
 import os
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
