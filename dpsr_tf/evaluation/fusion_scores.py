@@ -18,8 +18,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from dpsr_tf.evaluation import metrics as metrics_lib
-from dpsr_tf.search import fusion
-from dpsr_tf.search.fused_rows import fused_rows, fused_scored_rows
+from dpsr_tf.search.fused_rows import RankedLists, fused_rows, fused_scored_rows
 from dpsr_tf.search.fusion import FusionConfig
 
 NDCG_K = 10
@@ -65,16 +64,6 @@ class _Relevant:
         self.discounts = discounts
 
 
-def _contributions(scores, ranks, valid, weight, cfg: FusionConfig) -> np.ndarray:
-    """[B, K] float32 each entry's contribution: FusionPlan._contributions' arithmetic (rrf
-    from the competition ranks computed once, blend through fusion._contributions_np)."""
-    if cfg.rule != "rrf":
-        # pylint: disable-next=protected-access
-        return fusion._contributions_np(scores, valid, weight, cfg)
-    out = np.float32(weight) / (np.float32(cfg.rrf_k) + ranks)
-    return np.where(valid, out, np.float32(0)).astype(np.float32)
-
-
 def _keys(rows: np.ndarray, span: int) -> np.ndarray:
     """[B * K] int64 (request, item) keys of a list's entries, request-major (padding: the
     request's key span - 1, past its items)."""
@@ -90,20 +79,14 @@ def _find(keys: np.ndarray, order: np.ndarray, targets: np.ndarray):
     return ordered[pos] == targets, order[pos]
 
 
-class _ListPair:
-    """What scoring fusions of one chunk of requests needs that no fusion changes: both lists'
-    competition ranks, the lexical entry of each dense entry's item, the lexical entries whose
-    item the dense list lacks, and the requests with an item twice in one list (FusionPlan
-    leaves those to fuse_np: here the reference scores them)."""
+class _ListPair(RankedLists):
+    """What scoring fusions of one chunk of requests needs that no fusion changes: RankedLists,
+    the lexical entry of each dense entry's item, the lexical entries whose item the dense list
+    lacks, and the requests with an item twice in one list (FusionPlan leaves those to fuse_np:
+    here the reference scores them)."""
 
     def __init__(self, dense_scores, dense_rows, lexical_scores, lexical_rows, span: int):
-        self.dense_scores = np.asarray(dense_scores, np.float32)
-        self.lexical_scores = np.asarray(lexical_scores, np.float32)
-        self.dense_rows = np.asarray(dense_rows, np.int64)
-        self.lexical_rows = np.asarray(lexical_rows, np.int64)
-        self.dv, self.lv = self.dense_rows >= 0, self.lexical_rows >= 0
-        self.d_ranks = fusion.tie_ranks_np(self.dense_scores, self.dv)
-        self.l_ranks = fusion.tie_ranks_np(self.lexical_scores, self.lv)
+        super().__init__(dense_scores, dense_rows, lexical_scores, lexical_rows)
         self.rows, self.kd = self.dense_rows.shape
         self.span = span
         self.d_keys, self.l_keys = _keys(self.dense_rows, span), _keys(self.lexical_rows, span)
@@ -124,9 +107,7 @@ class _ListPair:
     def fused(self, cfg: FusionConfig) -> np.ndarray:
         """[B, Kd + Kl] float32 the fused score of each item at its first entry (the dense
         list's, else the lexical list's; self.head): FusionPlan.scored_rows' float32 sums."""
-        dc = _contributions(self.dense_scores, self.d_ranks, self.dv, cfg.dense_weight, cfg)
-        lc = _contributions(self.lexical_scores, self.l_ranks, self.lv, cfg.lexical_weight,
-                            cfg)
+        dc, lc = self.contributions(cfg)
         partner = lc.ravel()[self.partner].reshape(dc.shape)
         dense = np.where(self.has_partner, (dc + partner).astype(np.float32), dc)
         return np.concatenate([dense, lc], axis=1)

@@ -13,10 +13,10 @@ from dpsr_tf.search import fusion
 from dpsr_tf.search.fusion import FusionConfig, fuse_np
 
 
-class FusionPlan:
-    """What fusing two lists needs that does not depend on the fusion: the entries of both
-    lists grouped by item (a stable sort by item row keeps the dense entry first), each list's
-    competition ranks (fusion.tie_ranks_np) and whether a list holds an item twice."""
+class RankedLists:
+    """Both lists as every fusion of them reads them: float32 scores and int64 rows of the dense
+    and lexical lists [B, K], their valid entries (rows >= 0) and each list's competition ranks
+    (fusion.tie_ranks_np), computed once."""
 
     def __init__(self, dense_scores, dense_rows, lexical_scores, lexical_rows):
         self.dense_scores = np.asarray(dense_scores, np.float32)
@@ -26,6 +26,30 @@ class FusionPlan:
         self.dv, self.lv = self.dense_rows >= 0, self.lexical_rows >= 0
         self.d_ranks = fusion.tie_ranks_np(self.dense_scores, self.dv)
         self.l_ranks = fusion.tie_ranks_np(self.lexical_scores, self.lv)
+
+    def contributions(self, cfg: FusionConfig):
+        """([B, Kd], [B, Kl]) float32 each entry's contribution to its item's fused score:
+        fusion._contributions_np's arithmetic, rrf from the ranks computed once."""
+        return (_contributions(self.dense_scores, self.d_ranks, self.dv, cfg.dense_weight, cfg),
+                _contributions(self.lexical_scores, self.l_ranks, self.lv, cfg.lexical_weight,
+                               cfg))
+
+
+def _contributions(scores, ranks, valid, weight, cfg: FusionConfig) -> np.ndarray:
+    if cfg.rule != "rrf":
+        # pylint: disable-next=protected-access
+        return fusion._contributions_np(scores, valid, weight, cfg)
+    out = np.float32(weight) / (np.float32(cfg.rrf_k) + ranks)
+    return np.where(valid, out, np.float32(0)).astype(np.float32)
+
+
+class FusionPlan(RankedLists):
+    """What fusing two lists needs that does not depend on the fusion: RankedLists, the entries
+    of both lists grouped by item (a stable sort by item row keeps the dense entry first) and
+    whether a list holds an item twice."""
+
+    def __init__(self, dense_scores, dense_rows, lexical_scores, lexical_rows):
+        super().__init__(dense_scores, dense_rows, lexical_scores, lexical_rows)
         ids = np.concatenate([self.dense_rows, self.lexical_rows], axis=1)
         valid = np.concatenate([self.dv, self.lv], axis=1)
         self.width = ids.shape[1]
@@ -46,14 +70,6 @@ class FusionPlan:
         self.head = live & ~same_prev
         self.first = np.where(self.head, self.order, self.width)  # first appearance
 
-    def _contributions(self, scores, ranks, valid, weight, cfg):
-        if cfg.rule != "rrf":
-            # pylint: disable-next=protected-access
-            return fusion._contributions_np(scores, valid, weight, cfg)
-        # fusion._contributions_np's rrf arithmetic, with the ranks computed once.
-        out = np.float32(weight) / (np.float32(cfg.rrf_k) + ranks)
-        return np.where(valid, out, np.float32(0)).astype(np.float32)
-
     def rows(self, k: int, cfg: FusionConfig) -> np.ndarray:
         """[B, k] int64 fused rows (-1 pads), fuse_np's."""
         return self.scored_rows(k, cfg)[1]
@@ -61,10 +77,7 @@ class FusionPlan:
     def scored_rows(self, k: int, cfg: FusionConfig):
         """([B, k] float32 fused scores, -inf pads; [B, k] int64 fused rows, -1 pads): fuse_np's
         first two outputs (the scores let an evaluation see the fusion's ties)."""
-        contrib = np.concatenate(
-            [self._contributions(self.dense_scores, self.d_ranks, self.dv, cfg.dense_weight, cfg),
-             self._contributions(self.lexical_scores, self.l_ranks, self.lv,
-                                 cfg.lexical_weight, cfg)], axis=1)
+        contrib = np.concatenate(self.contributions(cfg), axis=1)
         sc = np.take_along_axis(contrib, self.order, axis=1)
         partner = np.zeros(sc.shape, np.float32)
         partner[:, :-1] = sc[:, 1:]
