@@ -46,12 +46,15 @@ class SentenceEncoder:
         return tf.math.l2_normalize(pooled, axis=-1, epsilon=1e-12)
 
     def initialize(self, session) -> None:
-        self.bert.initialize(session, self.model.weights)
+        self.bert.initialize(session, self.model.loaded_weights())
 
 
 @functools.lru_cache(maxsize=4)
 def _read(directory: str) -> PretrainedModel:
-    return files.read_pretrained(directory or files.default_pretrained_dir())
+    # Without the weights: towers whose variables a checkpoint restores need only the shapes;
+    # a fresh training run's init_fn reads them (SentenceEncoder.initialize).
+    return files.read_pretrained(directory or files.default_pretrained_dir(),
+                                 with_weights=False)
 
 
 def graph_encoder(pretrained_dir: str, trainable_layers: int) -> SentenceEncoder:

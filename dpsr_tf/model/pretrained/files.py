@@ -55,7 +55,9 @@ class PretrainedModel:
       vocab_file: the WordPiece vocabulary (one token a line; line i = id i).
       lower_case: whether text is lower-cased and accents stripped before WordPiece.
       max_seq_length: tokens per text including [CLS] and [SEP]; longer texts are truncated.
-      weights: parameter name (without "bert.") -> float32 array, as stored.
+      weights: parameter name (without "bert.") -> float32 array, as stored; None when read
+        without them (read_pretrained(with_weights=False): a graph whose variables a
+        checkpoint restores needs only the shapes).
     """
 
     directory: str
@@ -63,7 +65,12 @@ class PretrainedModel:
     vocab_file: str
     lower_case: bool
     max_seq_length: int
-    weights: Dict[str, np.ndarray]
+    weights: Optional[Dict[str, np.ndarray]]
+
+    def loaded_weights(self) -> Dict[str, np.ndarray]:
+        """The weights, read from the directory now if they were not read with the rest."""
+        return self.weights if self.weights is not None else read_weights(self.directory,
+                                                                           self.config)
 
 
 def default_pretrained_dir() -> str:
@@ -156,10 +163,8 @@ def read_weights(directory: str, config: BertConfig) -> Dict[str, np.ndarray]:
     Raises:
       FileNotFoundError: no model.safetensors; ValueError: a weight missing or mis-shaped.
     """
+    _check_weights_file(directory)
     path = os.path.join(directory, WEIGHTS_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found (pytorch_model.bin is not read: convert it "
-                                f"to safetensors); {INSTALL_HINT}")
     try:
         from safetensors.numpy import load_file  # optional: only pretrained encoders need it
     except ImportError:
@@ -179,8 +184,17 @@ def read_weights(directory: str, config: BertConfig) -> Dict[str, np.ndarray]:
             if name in _expected_shapes(config)}
 
 
-def read_pretrained(directory: str) -> PretrainedModel:
-    """Reads and checks a pretrained encoder directory (module docstring).
+def _check_weights_file(directory: str) -> None:
+    """None, after checking the weights file exists (read_pretrained(with_weights=False))."""
+    path = os.path.join(directory, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found (pytorch_model.bin is not read: convert it "
+                                f"to safetensors); {INSTALL_HINT}")
+
+
+def read_pretrained(directory: str, with_weights: bool = True) -> PretrainedModel:
+    """Reads and checks a pretrained encoder directory (module docstring); with_weights=False
+    leaves the 90 MB of weights unread (checking only that the file is there).
 
     Raises:
       FileNotFoundError: a required file is missing; ValueError: a file does not fit.
@@ -211,4 +225,5 @@ def read_pretrained(directory: str) -> PretrainedModel:
                            vocab_file=vocab_file,
                            lower_case=bool(tokenizer.get("do_lower_case", True)),
                            max_seq_length=max_seq_length,
-                           weights=read_weights(directory, config))
+                           weights=read_weights(directory, config) if with_weights else
+                           _check_weights_file(directory))
