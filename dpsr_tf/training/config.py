@@ -48,7 +48,9 @@ class TrainConfig:
         falling pseudo-query share, catalog_scale.py); 0 = from the first evaluation.
       shuffle_buffer: interactions in the shuffle buffer of the training input.
       seed: graph-level seed and input seed (each replica adds its index).
-      eval_split: layout split evaluated during training.
+      eval_split: layout split evaluated during training (early stopping's split): the
+        validation split carved from the training queries; a layout without one falls back to
+        "eval" with a warning (data/eval_set.choice_split).
       eval_batch_size: examples per evaluation batch.
       eval_random_negatives: random items per eval batch for the paper's Top-k (1,024).
       eval_steps: batches per evaluation; None = the whole eval split.
@@ -110,7 +112,7 @@ class TrainConfig:
     early_stopping_min_steps: int = 0
     shuffle_buffer: int = 10000
     seed: int = 0
-    eval_split: str = "eval"
+    eval_split: str = "validation"
     eval_batch_size: int = 256
     eval_random_negatives: int = 1024
     eval_steps: Optional[int] = None
