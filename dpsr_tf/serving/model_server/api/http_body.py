@@ -5,10 +5,17 @@ server accepts both); either way it is capped at the per-request limit, counted 
 read, and it holds bytes of a server-wide budget from the moment it is read until its answer is
 written, because a JSON body costs 10-25 times its size once parsed: the budget, not the
 number of connections, bounds the memory that bodies take.
+
+A body must also keep arriving (BodyPace): after a grace period it must have come at a minimum
+rate, or it is answered 408 and its budget freed, so a client that trickles a byte at a time
+cannot hold the budget; and the budget is reserved only once a body's first 64 KiB are in.
+One peer's bodies beyond its first hold at most a share of the budget.
 """
+import dataclasses
+import socket
 import threading
 import time
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 # Longest chunk-size line and trailer line accepted, and most trailer lines.
 _MAX_LINE = 1024
@@ -32,83 +39,172 @@ class ClientGone(ConnectionError):
     """The client closed the connection (or stalled past the timeout) in the middle of a body."""
 
 
+@dataclasses.dataclass(frozen=True)
+class BodyPace:
+    """How fast a body must arrive: by `grace_seconds` + received / `min_bytes_per_second`
+    after its first byte was awaited (time spent waiting for the budget not counted), as
+    Apache's mod_reqtimeout MinRate. A body behind this is answered 408 and its budget freed.
+    """
+    grace_seconds: float = 10.0
+    min_bytes_per_second: float = 256 << 10
+
+
 class BodyBudget:
     """Bytes of request bodies held at once across every connection.
 
     A body larger than `exempt_bytes` waits until the bytes held plus its own fit in
     `limit_bytes`, at most `wait_seconds`; a body that holds the whole budget alone always fits,
     so one request of the largest allowed size is never refused. Bodies up to `exempt_bytes`
-    never wait, so ordinary queries do not queue behind large uploads.
+    never wait, so ordinary queries do not queue behind large uploads. A peer's first body may
+    take what fits; its further bodies only while the peer holds at most `peer_share` of
+    the limit, so one client's many connections cannot take the whole budget.
 
     Attributes:
       refused: how many bodies gave up waiting (answered 503).
       peak_held: most bytes held at once.
     """
 
-    def __init__(self, limit_bytes: int, exempt_bytes: int = 64 << 10):
+    def __init__(self, limit_bytes: int, exempt_bytes: int = 64 << 10,
+                 peer_share: float = 0.5):
         self.limit_bytes = limit_bytes
         self.exempt_bytes = exempt_bytes
+        self.peer_limit = int(limit_bytes * peer_share)
         self.refused = 0
         self.peak_held = 0
         self._held = 0
+        self._by_peer: Dict[str, int] = {}
         self._cond = threading.Condition()
 
-    def acquire(self, more: int, already: int, wait_seconds: Optional[float]) -> bool:
-        """Takes `more` bytes for a body that holds `already`; False when they did not become
-        free within `wait_seconds` (None: wait as long as it takes)."""
+    @property
+    def held(self) -> int:
+        with self._cond:
+            return self._held
+
+    def _fits(self, more: int, already: int, peer: Optional[str]) -> bool:
+        if self._held + more > self.limit_bytes and self._held != already:
+            return False
+        if peer is None:
+            return True
+        peer_held = self._by_peer.get(peer, 0)
+        return peer_held == already or peer_held + more <= self.peer_limit
+
+    def acquire(self, more: int, already: int, wait_seconds: Optional[float],
+                peer: Optional[str] = None) -> bool:
+        """Takes `more` bytes for a body of `peer` (None: not counted per peer) that holds
+        `already`; False when they did not become free within `wait_seconds` (None: wait as
+        long as it takes)."""
         if already + more <= self.exempt_bytes:
             return True
         deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
         with self._cond:
-            while self._held + more > self.limit_bytes and self._held != already:
+            while not self._fits(more, already, peer):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     self.refused += 1
                     return False
                 self._cond.wait(left)
             self._held += more
+            if peer is not None:
+                self._by_peer[peer] = self._by_peer.get(peer, 0) + more
             self.peak_held = max(self.peak_held, self._held)
             return True
 
-    def release(self, held: int) -> None:
+    def release(self, held: int, peer: Optional[str] = None) -> None:
         """Returns the bytes a body held (0 or a size within `exempt_bytes`: nothing to do)."""
         if held <= self.exempt_bytes:
             return
         with self._cond:
             self._held -= held
+            if peer is not None:
+                left = self._by_peer.get(peer, 0) - held
+                if left > 0:
+                    self._by_peer[peer] = left
+                else:
+                    self._by_peer.pop(peer, None)
             self._cond.notify_all()
 
 
 class BodyReader:
-    """Reads one request's body from `rfile` under a size limit and a BodyBudget.
+    """Reads one request's body from `rfile` under a size limit, a BodyBudget and a BodyPace.
 
     Args:
-      rfile: the connection's buffered reader.
+      rfile: the connection's buffered reader (io.BufferedReader: read1 and peek).
       max_bytes: largest body (--rest_api_max_body_bytes).
       budget: the server's BodyBudget.
       wait_seconds: how long a body may wait for budget before it is refused with 503.
+      peer: the client's address, for the budget's per-peer share (None: not counted).
+      pace: how fast the body must arrive (None: no minimum).
+      sock: the connection's socket; each read's timeout is cut to the pace's deadline (its
+        own timeout, the connection timeout, is put back afterwards).
+      clock: monotonic seconds (tests pass a fake).
     """
 
     def __init__(self, rfile, max_bytes: int, budget: BodyBudget,
-                 wait_seconds: Optional[float]):
+                 wait_seconds: Optional[float], peer: Optional[str] = None,
+                 pace: Optional[BodyPace] = None, sock: Optional[socket.socket] = None,
+                 clock: Callable[[], float] = time.monotonic):
         self._rfile = rfile
         self._max = max_bytes
         self._budget = budget
         self._wait = wait_seconds
+        self._peer = peer
+        self._pace = pace
+        self._sock = sock
+        self._clock = clock
+        self._start = 0.0  # when the body was first awaited, plus time spent on the budget
+        self._received = 0
         self.held = 0  # budget bytes to release once the answer is written
 
     def release(self) -> None:
-        self._budget.release(self.held)
+        self._budget.release(self.held, self._peer)
         self.held = 0
 
     def _hold(self, total: int) -> None:
         if total <= self.held:
             return
         more = total - self.held
-        if not self._budget.acquire(more, self.held, self._wait):
+        began = self._clock()
+        if not self._budget.acquire(more, self.held, self._wait, self._peer):
             raise BodyError(503, "the server is reading too many large request bodies at "
                                  "once; retry shortly (--rest_api_max_inflight_body_bytes)")
+        self._start += self._clock() - began  # the client is not late while we make it wait
         self.held = total
+
+    # ------------------------------------------------------------------ pace
+
+    def _deadline(self) -> Optional[float]:
+        if self._pace is None:
+            return None
+        return (self._start + self._pace.grace_seconds
+                + self._received / self._pace.min_bytes_per_second)
+
+    def _too_slow(self) -> BodyError:
+        elapsed = self._clock() - self._start
+        return BodyError(408, f"the request body came too slowly: {self._received:,} bytes in "
+                              f"{elapsed:.1f} s; after {self._pace.grace_seconds:g} s a body "
+                              f"must arrive at {self._pace.min_bytes_per_second / 1024:,.0f} "
+                              "KiB/s or more; send it in one go")
+
+    def _io(self, call):
+        """`call()` (one read of the socket at most) within the pace's deadline."""
+        deadline = self._deadline()
+        if deadline is not None:
+            left = deadline - self._clock()
+            if left <= 0:
+                raise self._too_slow()
+            if self._sock is not None:
+                own = self._sock.gettimeout()
+                self._sock.settimeout(left if own is None else min(own, left))
+        try:
+            return call()
+        except OSError as e:  # reset, or timeout mid-body
+            if deadline is not None and isinstance(e, TimeoutError) and \
+                    self._clock() >= deadline - 0.01:
+                raise self._too_slow() from e
+            raise ClientGone(f"connection ended mid-body: {e}") from e
+        finally:
+            if deadline is not None and self._sock is not None:
+                self._sock.settimeout(own)
 
     def _too_large(self, size: int, exact: bool) -> BodyError:
         return BodyError(413, f"the request body is {size:,} bytes{'' if exact else ' or more'}"
@@ -143,30 +239,49 @@ class BodyReader:
         length = int(text)
         if length > self._max:
             raise self._too_large(length, exact=True)
+        self._start = self._clock()
+        # The budget is taken once the first piece is in: a body that never gets that far
+        # holds none of it.
+        body = self._read_exactly(min(length, self._budget.exempt_bytes))
         self._hold(length)
-        return self._read_exactly(length)
+        self._read_into(body, length - len(body))
+        return body
 
-    def _read_exactly(self, size: int) -> bytes:
-        try:
-            data = self._rfile.read(size) if size else b""
-        except OSError as e:  # reset or timeout mid-body
-            raise ClientGone(f"connection ended mid-body: {e}") from e
-        if len(data) != size:
-            raise ClientGone(f"connection ended after {len(data)} of {size} body bytes")
-        return data
+    def _read_exactly(self, size: int) -> bytearray:
+        body = bytearray()
+        self._read_into(body, size)
+        return body
+
+    def _read_into(self, body: bytearray, size: int) -> None:
+        """Appends `size` bytes to `body`, read as they arrive (memory follows what came, not
+        what was declared)."""
+        want = len(body) + size
+        while len(body) < want:
+            piece = self._io(lambda: self._rfile.read1(min(want - len(body), 1 << 20)))
+            if not piece:
+                raise ClientGone(f"connection ended after {len(body)} of {want} body bytes")
+            self._received += len(piece)
+            body += piece
 
     def _line(self, what: str) -> bytes:
-        try:
-            line = self._rfile.readline(_MAX_LINE + 1)
-        except OSError as e:
-            raise ClientGone(f"connection ended mid-body: {e}") from e
-        if not line:
-            raise ClientGone("connection ended inside a chunked body")
-        if len(line) > _MAX_LINE or not line.endswith(b"\n"):
-            raise BodyError(400, f"chunked body: {what} line is longer than {_MAX_LINE} bytes")
-        return line
+        line = bytearray()
+        while True:  # peek: at most one read of the socket each time, checked against the pace
+            data = self._io(lambda: self._rfile.peek(1))
+            if not data:
+                raise ClientGone("connection ended inside a chunked body")
+            room = _MAX_LINE + 1 - len(line)
+            end = data.find(b"\n", 0, room)
+            take = end + 1 if end >= 0 else min(len(data), room)
+            line += self._rfile.read(take)  # already buffered
+            self._received += take
+            if end >= 0:
+                return bytes(line)
+            if len(line) > _MAX_LINE:
+                raise BodyError(400, f"chunked body: {what} line is longer than {_MAX_LINE} "
+                                     "bytes")
 
     def _read_chunked(self) -> bytearray:
+        self._start = self._clock()
         body = bytearray()
         while True:
             line = self._line("chunk-size")
@@ -181,7 +296,7 @@ class BodyReader:
             if len(body) + size > self._max:
                 raise self._too_large(len(body) + size, exact=False)
             self._hold(len(body) + size)
-            body += self._read_exactly(size)
+            self._read_into(body, size)
             if self._read_exactly(2) != b"\r\n":
                 raise BodyError(400, "chunked body: a chunk is not followed by CRLF (its "
                                      "size line says fewer bytes than were sent)")

@@ -95,17 +95,21 @@ class RestGateway:
       connection_timeout_seconds: a read or write of a connection that stalls this long ends it.
       max_inflight_body_bytes: budget of body bytes held at once by all connections (bodies
         over 64 KiB wait for it; see http_body.BodyBudget); 0: as large as max_body_bytes.
+      body_pace: how fast a body must arrive (slower: 408, its budget freed); None: no
+        minimum, only connection_timeout_seconds per read.
     """
 
     def __init__(self, core, host: str, port: int, timeout_seconds: float,
                  metrics_path: Optional[str] = None, max_body_bytes: int = 16 << 20,
                  connection_timeout_seconds: float = 30.0,
-                 max_inflight_body_bytes: int = 0):
+                 max_inflight_body_bytes: int = 0,
+                 body_pace: Optional[http_body.BodyPace] = http_body.BodyPace()):
         gateway = self
         self._core = core
         self._timeout = timeout_seconds
         self._metrics_path = metrics_path
         self._max_body = max_body_bytes
+        self._body_pace = body_pace
         self.body_budget = http_body.BodyBudget(max_inflight_body_bytes or max_body_bytes)
         self._active = 0
         self._idle = threading.Condition()
@@ -174,7 +178,8 @@ class RestGateway:
 
     def _handle(self, handler, method):
         reader = http_body.BodyReader(handler.rfile, self._max_body, self.body_budget,
-                                      self._timeout or None)
+                                      self._timeout or None, peer=handler.client_address[0],
+                                      pace=self._body_pace, sock=handler.connection)
         try:
             try:
                 body = reader.read(handler.headers)

@@ -1,0 +1,189 @@
+"""REST bodies that arrive too slowly: a client trickling a large body must not hold the body
+budget (http_body.BodyPace, the budget's per-peer share, the budget taken only once a body's
+first 64 KiB are in). Reads are counted against a fake clock; one end-to-end case runs a
+real gateway with a trickling socket beside a normal large body."""
+import http.client
+import io
+import socket
+import threading
+import time
+import types
+
+import pytest
+
+from dpsr_tf.serving.model_server.api import http_body, rest
+from dpsr_tf.serving.model_server.api.predict import RequestLimits
+
+PACE = http_body.BodyPace(grace_seconds=10.0, min_bytes_per_second=64 << 10)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class _Trickle(io.RawIOBase):
+    """A connection that sends `first` at once, then one byte per read, `step` seconds apart
+    on `clock`."""
+
+    def __init__(self, first: bytes, clock: _Clock, step: float, byte: bytes = b" "):
+        self._first = first
+        self._clock = clock
+        self._step = step
+        self._byte = byte
+        self.reads = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        self.reads += 1
+        if self._first:
+            n = min(len(b), len(self._first))
+            b[:n] = self._first[:n]
+            self._first = self._first[n:]
+            return n
+        self._clock.now += self._step
+        b[:1] = self._byte
+        return 1
+
+
+def _headers(text: str):
+    return http.client.parse_headers(io.BytesIO(text.encode() + b"\r\n"))
+
+
+def test_a_trickled_body_is_408_within_the_grace_and_frees_the_budget():
+    """16 MiB declared, 100 KiB sent, then a byte every 5 s: cut (408) once the grace plus what
+    came at the minimum rate is spent, after a bounded number of reads, holding nothing after."""
+    clock = _Clock()
+    raw = _Trickle(b" " * (100 << 10), clock, step=5.0)
+    budget = http_body.BodyBudget(16 << 20)
+    reader = http_body.BodyReader(io.BufferedReader(raw), 16 << 20, budget, 0, peer="a",
+                                  pace=PACE, clock=clock)
+    with pytest.raises(http_body.BodyError) as e:
+        reader.read(_headers(f"Content-Length: {16 << 20}\r\n"))
+    assert e.value.status == 408 and "too slowly" in e.value.message
+    assert budget.held == 16 << 20  # held while it was read...
+    reader.release()
+    assert budget.held == 0  # ...and free once it was answered
+    # 100 KiB at 64 KiB/s earns 1.6 s beyond the 10 s grace: 11.6 s, three 5 s steps.
+    assert raw.reads <= 100 + 4, raw.reads
+
+
+def test_a_trickled_chunk_size_line_is_408_not_read_to_its_end():
+    """A chunk-size line sent a byte at a time is cut by the pace, not after 1 KiB of bytes."""
+    clock = _Clock()
+    raw = _Trickle(b"", clock, step=5.0, byte=b"0")
+    reader = http_body.BodyReader(io.BufferedReader(raw), 1 << 20, http_body.BodyBudget(1 << 20),
+                                  0, pace=PACE, clock=clock)
+    with pytest.raises(http_body.BodyError) as e:
+        reader.read(_headers("Transfer-Encoding: chunked\r\n"))
+    assert e.value.status == 408
+    assert raw.reads <= 3, raw.reads  # 10 s of grace at 5 s a byte
+
+
+def test_a_body_that_never_sends_its_first_64_kib_holds_no_budget():
+    clock = _Clock()
+    raw = _Trickle(b" " * 1000, clock, step=5.0)
+    budget = http_body.BodyBudget(16 << 20)
+    reader = http_body.BodyReader(io.BufferedReader(raw), 16 << 20, budget, 0, pace=PACE,
+                                  clock=clock)
+    with pytest.raises(http_body.BodyError) as e:
+        reader.read(_headers(f"Content-Length: {16 << 20}\r\n"))
+    assert e.value.status == 408 and budget.peak_held == 0
+
+
+def test_a_body_waiting_for_the_budget_is_not_late_for_it():
+    """Time spent waiting for the budget does not count against the client's pace."""
+    clock = _Clock()
+    body = b" " * (200 << 10)
+    budget = http_body.BodyBudget(1 << 20)
+
+    class _SlowBudget(http_body.BodyBudget):
+        def acquire(self, more, already, wait_seconds, peer=None):
+            clock.now += 60.0  # a minute in the queue, far past the grace
+            return super().acquire(more, already, wait_seconds, peer)
+
+    budget = _SlowBudget(1 << 20)
+    reader = http_body.BodyReader(io.BufferedReader(io.BytesIO(body)), 1 << 20, budget, 0,
+                                  pace=PACE, clock=clock)
+    assert reader.read(_headers(f"Content-Length: {len(body)}\r\n")) == body
+
+
+def test_one_peer_beyond_its_first_body_holds_at_most_its_share():
+    budget = http_body.BodyBudget(limit_bytes=1000, exempt_bytes=100, peer_share=0.5)
+    assert budget.acquire(400, 0, 0, peer="a")
+    assert not budget.acquire(400, 0, 0, peer="a")   # a's 800 > its share of 500
+    assert budget.acquire(400, 0, 0, peer="b")        # another peer still gets room
+    assert budget.acquire(100, 400, 0, peer="a")      # a's first body may grow
+    budget.release(500, peer="a")
+    budget.release(400, peer="b")
+    assert budget.held == 0
+    assert budget.acquire(900, 0, 0, peer="a")        # a first body may take what fits
+    assert not budget.acquire(200, 0, 0, peer="c") and budget.refused == 2
+
+
+# ----------------------------------------------------------------------------- end to end
+
+class _FakeCore:
+    def __init__(self):
+        self.metrics = types.SimpleNamespace(exposition=lambda: b"")
+        self.options = types.SimpleNamespace(limits=RequestLimits())
+
+
+def _answer_status(sock) -> int:
+    line = sock.makefile("rb").readline()
+    return int(line.split()[1]) if line else 0
+
+
+def test_a_trickling_upload_does_not_stop_a_normal_large_body():
+    """One connection declares a 1 MiB body (the whole budget), sends 100 KiB, then a byte
+    every 0.1 s. A normal 100 KiB body from another connection is read and answered (400:
+    an empty document) instead of waiting out the 5 s REST timeout for 503; the trickler gets
+    408 and the budget is free again."""
+    gw = rest.RestGateway(_FakeCore(), "127.0.0.1", 0, 5.0, max_body_bytes=1 << 20,
+                          body_pace=http_body.BodyPace(grace_seconds=0.5,
+                                                       min_bytes_per_second=256 << 10))
+    gw.start()
+    stop = threading.Event()
+    try:
+        trickler = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+        trickler.sendall(f"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+                         f"Content-Length: {1 << 20}\r\n\r\n".encode() + b" " * (100 << 10))
+        for _ in range(500):  # until its reservation is taken
+            if gw.body_budget.held:
+                break
+            time.sleep(0.01)
+        assert gw.body_budget.held == 1 << 20
+
+        def trickle():
+            while not stop.is_set():
+                try:
+                    trickler.sendall(b" ")
+                except OSError:
+                    return
+                stop.wait(0.1)
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as normal:
+            body = b" " * (100 << 10)
+            normal.sendall(f"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            assert _answer_status(normal) == 400  # parsed, not 503
+        assert _answer_status(trickler) == 408
+        assert gw.body_budget.refused == 0
+        stop.set()
+        sender.join(5)
+        trickler.close()
+        for _ in range(500):
+            if not gw.body_budget.held:
+                break
+            time.sleep(0.01)
+        assert gw.body_budget.held == 0
+    finally:
+        stop.set()
+        gw.stop(1.0)
