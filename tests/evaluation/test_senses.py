@@ -1,0 +1,64 @@
+"""The sense benchmark's metrics on tiny hand-worked inputs."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dpsr_tf.evaluation import senses
+
+# Two senses: items 0, 1, 2 (sense 0) and 3, 4 (sense 1); items 5.. belong to neither.
+QUERY = senses.PolysemousQuery("apple", ("phone|apple|*|*", "fruit|*|*|*"),
+                               (np.array([0, 1, 2]), np.array([3, 4])))
+
+
+def test_query_senses_by_hand():
+    merged = np.array([0, 5, 3, 1, -1])
+    per_head = np.array([[0, 1, 5, 3], [3, 4, 6, 7]])
+    at2 = senses.query_senses(QUERY, merged, per_head, 2)
+    # top 2 = {0, 5}: sense 0 has 1 of 3, sense 1 none.
+    assert at2.recall == pytest.approx((1 / 3, 0.0))
+    assert not at2.covered
+    # head 0's top 2 {0, 1}: both sense 0 -> purity 1; head 1's {3, 4}: sense 1 -> 1.
+    assert at2.head_purity == (1.0, 1.0) and at2.head_sense == (0, 1)
+    at4 = senses.query_senses(QUERY, merged, per_head, 4)
+    assert at4.recall == pytest.approx((2 / 3, 1 / 2)) and at4.covered
+    # head 0's top 4 {0, 1, 5, 3}: 2 of sense 0, 1 of sense 1 -> 2/3.
+    assert at4.head_purity[0] == pytest.approx(2 / 3) and at4.head_sense == (0, 1)
+    nothing = senses.query_senses(QUERY, merged, np.array([[5, 6], [7, 8]]), 2)
+    assert all(math.isnan(p) for p in nothing.head_purity) and nothing.head_sense == (-1, -1)
+
+
+def test_evaluate_senses_and_summary():
+    # 2-d items: sense 0 along x, sense 1 along y, item 5 between.
+    items = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0, 1], [0.1, 0.9], [0.5, 0.5]],
+                     np.float32)
+    split = np.array([[[1, 0], [0, 1]]], np.float32)    # one head per sense
+    same = np.array([[[1, 0], [1, 0]]], np.float32)     # both heads on sense 0
+    got = senses.summarize(senses.evaluate_senses([QUERY], split, items, ks=(2,)))
+    # Plain merge of k = 2: head 0's 0 (1.0), head 1's 3 (1.0) -> both senses, 1 of each.
+    assert got == pytest.approx({"sense_recall@2": (1 / 3 + 1 / 2) / 2, "covered@2": 1.0,
+                                 "purity@2": 1.0, "distinct_head_senses@2": 2.0})
+    got = senses.summarize(senses.evaluate_senses([QUERY], same, items, ks=(2,)))
+    assert got["covered@2"] == 0.0 and got["distinct_head_senses@2"] == 1.0
+    # A quota on heads that agree changes nothing: both heads own the same items.
+    got = senses.summarize(senses.evaluate_senses([QUERY], same, items, ks=(2,), quota=0.5))
+    assert got["covered@2"] == 0.0
+
+
+def test_load_polysemous_queries(tmp_path):
+    (tmp_path / "ground_truth.json").write_text(json.dumps({"polysemy": {"apple": [
+        {"intent": "smartphone|apple|*|*"}, {"intent": "apple_fruit|*|*|*"}]}}))
+    (tmp_path / "items.tsv").write_text(
+        "item_id\ttitle\tbrand\tcategory\tshop\tproduct_type\tcolor\tprice_tier\tgender\n"
+        "a\tt\tapple\tphones\ts\tsmartphone\t\tmid\t\n"
+        "b\tt\tsamsung\tphones\ts\tsmartphone\t\tmid\t\n"
+        "c\tt\tfarm\tfruit\ts\tapple_fruit\t\tmid\t\n"
+        "d\tt\tapple\tphones\ts\tsmartphone\t\tmid\t\n")
+    (q,) = senses.load_polysemous_queries(str(tmp_path), ["d", "c", "b", "a"])
+    assert q.text == "apple"
+    assert [r.tolist() for r in q.items] == [[0, 3], [1]]
+    with pytest.raises(ValueError, match="missing"):
+        senses.load_polysemous_queries(str(tmp_path), ["a", "zz"])
+    with pytest.raises(ValueError, match="type|brand"):
+        senses.sense_items("smartphone|apple", ["smartphone"], ["apple"])
