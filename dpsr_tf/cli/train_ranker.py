@@ -25,12 +25,29 @@ _RETRIEVED = flags.DEFINE_integer(
 _DEPTH = flags.DEFINE_integer(
     "retrieval_depth", 100, "--retrieved_negatives are drawn from this many of the query's "
     "DPSR top items: the depth the servable re-ranks (dpsr export --rerank_n).")
+_GROUPS = flags.DEFINE_list(
+    "feature_groups", ["auto"], "The tower's feature groups (docs/ranking.md): numeric, text, "
+    "user (profile ids and click-stream history); auto = numeric,text plus user where the "
+    "layout has user features or histories.")
+_HISTORY = flags.DEFINE_integer("history_length", -1, "Clicks in the history bag of the user "
+                                "group; -1 = the layout's history_length.")
+_USER_EMB = flags.DEFINE_integer("user_embedding_dim", 8, "Width of each user profile table.")
+_HIST_EMB = flags.DEFINE_integer("history_embedding_dim", 16, "Width of the history item table.")
 flags.mark_flags_as_required(["sessions_dir", "dpsr_model_dir", "dpsr_index_dir", "model_dir"])
+
+
+def _groups(spec, history_length) -> tuple:
+    wanted = [g.strip() for g in _GROUPS.value if g.strip()]
+    if wanted != ["auto"]:
+        return tuple(wanted)
+    has_users = bool(spec.user_features) or (history_length != 0 and spec.history_length > 0)
+    return ("numeric", "text") + (("user",) if has_users and spec.num_users else ())
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.INFO)
+    history = None if _HISTORY.value < 0 else _HISTORY.value
     base = model_lib.RankerConfig()
     config = model_lib.RankerConfig(
         tokenizer=dataclasses.replace(base.tokenizer, num_buckets=_BUCKETS.value),
@@ -46,7 +63,13 @@ def main(argv):
                                              rf.DPSR_INDEX.value, rf.MODEL_DIR.value,
                                              layout_dir=rf.LAYOUT.value,
                                              retrieved_negatives=_RETRIEVED.value,
-                                             retrieval_depth=_DEPTH.value)
+                                             retrieval_depth=_DEPTH.value,
+                                             history_length=history)
+        config = dataclasses.replace(
+            config, feature_groups=_groups(data.layout_spec, history),
+            user_embedding_dim=_USER_EMB.value, history_embedding_dim=_HIST_EMB.value,
+            **train_lib.user_config(data.layout_spec, history))
+        logging.info("feature groups: %s", ",".join(config.feature_groups))
         train_lib.train_ranker(data, rf.MODEL_DIR.value, config, _STEPS.value)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"dpsr train-ranker: {e}") from None

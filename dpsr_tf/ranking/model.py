@@ -1,11 +1,17 @@
 """DPR, the pairwise Siamese ranker (Li et al., SIGIR'19 SIRIP): the tower and the model_fn.
 
-One tower scores one (query, item) pair:
+One tower scores one (user, query, item) triple from the paper's three feature groups
+(`feature_groups`, each optional so that e.g. numeric-only stays available):
 
-    query text --Dpsr>Tokenize (word unigrams + bigrams)--> sum-pooled token embeddings  q [e]
-    item title --Dpsr>Tokenize (same config, same table)--> sum-pooled token embeddings  t [e]
-    numeric features [F] (dpsr_tf/ranking/features.py) --(x - mean) / std (train split)--> z
-    [q, t, q * t, z] --3 ReLU layers (hidden_units)--> linear --> logit
+  "numeric": numeric features [F] (dpsr_tf/ranking/features.py) --(x - mean) / std--> z
+  "text":    query text --Dpsr>Tokenize (word unigrams + bigrams, hashed)--> sum-pooled  q [e]
+             item title --Dpsr>Tokenize (same config, same table)--> sum-pooled      t [e]
+             -> [q, t, q * t]
+  "user":    profile ids [U] --one table per feature--> p [U * u] (concatenated);
+             click stream: item rows of the last history_length clicks [H] (-1 pads)
+             --sum-pooled item embeddings--> h [r]; the candidate's own row --> c [r]
+             -> [p, h, c, h * c]
+  concat --3 ReLU layers (hidden_units)--> linear --> logit
 
 Training feeds pairs (a, b) of the same session: both sides go through the SAME tower (the
 variables live under "dpr/" with AUTO_REUSE, so the two calls share every weight) and the loss
@@ -13,7 +19,9 @@ is the sigmoid cross-entropy of logit_a - logit_b against label = 1 iff a was pr
 serving one tower call scores each candidate alone.
 
 Checkpoint names:
-  dpr/embeddings/tokens                 [tokenizer.num_buckets, token_embedding_dim]
+  dpr/embeddings/tokens                 [tokenizer.num_buckets, token_embedding_dim]   "text"
+  dpr/embeddings/user_<name>            [vocab size, user_embedding_dim]               "user"
+  dpr/embeddings/history_items          [num_items, history_embedding_dim]           "user"
   dpr/tower/layer_<i>/{kernel,bias}     i = 0..len(hidden_units) (the last is the logit)
 """
 import dataclasses
@@ -31,6 +39,7 @@ from dpsr_tf.tokenization.config import TokenizerConfig
 
 SCOPE = "dpr"
 CONFIG_FILE = "ranker_config.json"
+FEATURE_GROUPS = ("numeric", "text", "user")
 
 
 def default_tokenizer() -> TokenizerConfig:
@@ -60,6 +69,12 @@ class RankerConfig:
       retrieval_depth: those items are drawn from the DPSR top `retrieval_depth` of the
         session's query; set it to the depth the servable re-ranks (`dpsr export --rerank_n`),
         so training sees the items serving will ask it to order.
+      feature_groups: the tower's inputs, a subset of FEATURE_GROUPS (module docstring).
+      user_features, user_vocab_sizes: the layout's user profile columns (features.npy order)
+        and their vocabulary sizes ("user" group).
+      history_length: clicks of the history bag (0 = no history); num_items: rows of the
+        history item table (the layout's items).
+      user_embedding_dim, history_embedding_dim: widths of those tables.
     """
 
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=default_tokenizer)
@@ -77,8 +92,32 @@ class RankerConfig:
     dpsr_index_dir: str = ""
     retrieved_negatives: int = 0
     retrieval_depth: int = 100
+    feature_groups: Tuple[str, ...] = ("numeric", "text")
+    user_features: Tuple[str, ...] = ()
+    user_vocab_sizes: Tuple[int, ...] = ()
+    history_length: int = 0
+    num_items: int = 0
+    user_embedding_dim: int = 8
+    history_embedding_dim: int = 16
 
     def validate(self):
+        bad = [g for g in self.feature_groups if g not in FEATURE_GROUPS]
+        if bad or not self.feature_groups or len(set(self.feature_groups)) != len(
+                self.feature_groups):
+            raise ValueError(f"feature_groups must be distinct names from {FEATURE_GROUPS}, got "
+                             f"{self.feature_groups}")
+        if len(self.user_features) != len(self.user_vocab_sizes):
+            raise ValueError(f"user_features {self.user_features} and user_vocab_sizes "
+                             f"{self.user_vocab_sizes} differ in length")
+        if "user" in self.feature_groups:
+            if not self.user_features and self.history_length <= 0:
+                raise ValueError("feature group 'user' needs user profile features or a "
+                                 "history (history_length > 0); the layout has neither: leave "
+                                 "'user' out of feature_groups")
+            if self.history_length > 0 and self.num_items < 1:
+                raise ValueError(f"history_length {self.history_length} needs num_items >= 1")
+        if self.history_length < 0:
+            raise ValueError(f"history_length must be >= 0, got {self.history_length}")
         if self.retrieval_depth < 1:
             raise ValueError(f"retrieval_depth must be >= 1, got {self.retrieval_depth}")
         if self.combiner not in ("sum", "mean", "sqrtn"):
@@ -112,32 +151,76 @@ def _dense(x, units, name, activation=None):
         return activation(y) if activation is not None else y
 
 
+def padded_bag(table: tf.Tensor, rows: tf.Tensor, combiner: str) -> tf.Tensor:
+    """[B, D] pooled rows of `table` [V, D] for ids `rows` [B, H] int64 with -1 padding
+    (combiner "sum", "mean" or "sqrtn"; a row of padding only gives zeros)."""
+    valid = tf.cast(rows >= 0, tf.float32)                                   # [B, H]
+    vectors = tf.gather(table, tf.maximum(rows, 0)) * valid[:, :, None]      # [B, H, D]
+    total = tf.reduce_sum(vectors, axis=1)
+    count = tf.reduce_sum(valid, axis=1, keepdims=True)
+    if combiner == "mean":
+        return total / tf.maximum(count, 1.0)
+    if combiner == "sqrtn":
+        return total / tf.sqrt(tf.maximum(count, 1.0))
+    return total
+
+
+def _user_inputs(cfg: RankerConfig, user, history, item_row) -> list:
+    """[p, h, c, h * c] of the "user" group (module docstring)."""
+    out = []
+    with tf.compat.v1.variable_scope("embeddings"):
+        for j, (name, size) in enumerate(zip(cfg.user_features, cfg.user_vocab_sizes)):
+            table = embedding.embedding_table(f"user_{name}", max(1, int(size)),
+                                              cfg.user_embedding_dim, stddev=0.05)
+            ids = tf.clip_by_value(tf.cast(user[:, j], tf.int64), 0, max(1, int(size)) - 1)
+            out.append(tf.gather(table, ids))
+        if cfg.history_length > 0:
+            items = embedding.embedding_table("history_items", cfg.num_items,
+                                              cfg.history_embedding_dim, stddev=0.05)
+    if cfg.history_length > 0:
+        h = padded_bag(items, tf.cast(history, tf.int64), cfg.combiner)
+        c = tf.gather(items, tf.clip_by_value(tf.cast(item_row, tf.int64), 0, cfg.num_items - 1))
+        out += [h, c, h * c]
+    return out
+
+
 def tower(query: tf.Tensor, title: tf.Tensor, numeric: tf.Tensor,
-          config: RankerConfig) -> tf.Tensor:
-    """One DPR tower.
+          config: RankerConfig, user: tf.Tensor = None, history: tf.Tensor = None,
+          item_row: tf.Tensor = None) -> tf.Tensor:
+    """One DPR tower over the config's feature groups.
 
     Args:
       query: [B] tf.string query texts.
       title: [B] tf.string item titles.
       numeric: [B, NUM_FEATURES] float32 raw numeric features (normalized here).
       config: RankerConfig.
+      user: [B, len(user_features)] int64 profile ids ("user" group).
+      history: [B, history_length] int64 item rows of the last clicks, -1 pads ("user").
+      item_row: [B] int64 the candidate's layout row ("user" with a history).
 
     Returns:
       [B] float32 logits.
     """
     cfg = config
+    groups = set(cfg.feature_groups)
+    parts = []
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
-        with tf.compat.v1.variable_scope("embeddings"):
-            table = embedding.embedding_table("tokens", cfg.tokenizer.num_buckets,
-                                              cfg.token_embedding_dim, stddev=0.05)
-        q = embedding.embedding_bag(table, tokenize_op.tokenize(query, cfg.tokenizer),
-                                    combiner=cfg.combiner, name="query_bag")
-        t = embedding.embedding_bag(table, tokenize_op.tokenize(title, cfg.tokenizer),
-                                    combiner=cfg.combiner, name="title_bag")
-        mean = tf.constant(cfg.feature_mean, tf.float32)
-        std = tf.constant(cfg.feature_std, tf.float32)
-        z = (tf.cast(numeric, tf.float32) - mean) / std
-        x = tf.concat([q, t, q * t, z], axis=1)
+        if "text" in groups:
+            with tf.compat.v1.variable_scope("embeddings"):
+                table = embedding.embedding_table("tokens", cfg.tokenizer.num_buckets,
+                                                  cfg.token_embedding_dim, stddev=0.05)
+            q = embedding.embedding_bag(table, tokenize_op.tokenize(query, cfg.tokenizer),
+                                        combiner=cfg.combiner, name="query_bag")
+            t = embedding.embedding_bag(table, tokenize_op.tokenize(title, cfg.tokenizer),
+                                        combiner=cfg.combiner, name="title_bag")
+            parts += [q, t, q * t]
+        if "numeric" in groups:
+            mean = tf.constant(cfg.feature_mean, tf.float32)
+            std = tf.constant(cfg.feature_std, tf.float32)
+            parts.append((tf.cast(numeric, tf.float32) - mean) / std)
+        if "user" in groups:
+            parts += _user_inputs(cfg, user, history, item_row)
+        x = tf.concat(parts, axis=1)
         with tf.compat.v1.variable_scope("tower"):
             for i, units in enumerate(cfg.hidden_units):
                 x = _dense(x, units, f"layer_{i}", tf.nn.relu)
@@ -147,8 +230,11 @@ def tower(query: tf.Tensor, title: tf.Tensor, numeric: tf.Tensor,
 
 def pairwise_logits(features: Mapping[str, tf.Tensor], config: RankerConfig):
     """(logit_a [B], logit_b [B]) from the same tower (shared weights)."""
-    logit_a = tower(features["query"], features["title_a"], features["numeric_a"], config)
-    logit_b = tower(features["query"], features["title_b"], features["numeric_b"], config)
+    user, history = features.get("user"), features.get("history")
+    logit_a = tower(features["query"], features["title_a"], features["numeric_a"], config,
+                    user, history, features.get("item_row_a"))
+    logit_b = tower(features["query"], features["title_b"], features["numeric_b"], config,
+                    user, history, features.get("item_row_b"))
     return logit_a, logit_b
 
 
@@ -162,13 +248,16 @@ def model_fn(features, labels, mode, params):
     """tf.estimator model_fn.
 
     features: TRAIN/EVAL: "query" [B] string, "title_a"/"title_b" [B] string, "numeric_a"/
-      "numeric_b" [B, F] float32; labels [B] float32 (1 iff a preferred). PREDICT: "query",
-      "title", "numeric" -> predictions {"score": [B]}.
+      "numeric_b" [B, F] float32, with the "user" group also "user" [B, U] int64, "history"
+      [B, H] int64, "item_row_a"/"item_row_b" [B] int64; labels [B] float32 (1 iff a
+      preferred). PREDICT: "query", "title", "numeric" (and "user", "history", "item_row")
+      -> predictions {"score": [B]}.
     params: {"config": RankerConfig}.
     """
     cfg: RankerConfig = params["config"]
     if mode == tf.estimator.ModeKeys.PREDICT:
-        score = tower(features["query"], features["title"], features["numeric"], cfg)
+        score = tower(features["query"], features["title"], features["numeric"], cfg,
+                      features.get("user"), features.get("history"), features.get("item_row"))
         return tf.estimator.EstimatorSpec(mode, predictions={"score": score})
     logit_a, logit_b = pairwise_logits(features, cfg)
     loss = pairwise_loss(logit_a, logit_b, labels)

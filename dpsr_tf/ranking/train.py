@@ -25,6 +25,7 @@ from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import model as model_lib
 from dpsr_tf.ranking.model import load_config, utf8
 from dpsr_tf.ranking import sessions as sessions_lib
+from dpsr_tf.ranking import user_features as user_lib
 from dpsr_tf.tokenization.tokenizer import Tokenizer
 from dpsr_tf.indexing import catalog_index, index_layout
 from dpsr_tf.indexing.lexical_manifest import LexicalConfig
@@ -34,7 +35,8 @@ FEATURES_DIR = "features"
 
 @dataclasses.dataclass
 class RankerData:
-    """Sessions of both splits with their numeric features ([C, F] float32) and the tables."""
+    """Sessions of both splits with their numeric features ([C, F] float32), their user
+    inputs (user_features.SessionUsers) and the tables."""
 
     layout_spec: object
     titles: list
@@ -44,6 +46,8 @@ class RankerData:
     train_features: np.ndarray
     eval_features: np.ndarray
     num_heads: int
+    train_users: user_lib.SessionUsers = None
+    eval_users: user_lib.SessionUsers = None
 
 
 def query_heads(dpsr_model_dir: str, spec, queries) -> np.ndarray:
@@ -63,14 +67,15 @@ def _lexical_config(index_dir: str) -> LexicalConfig:
 def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: str,
                         model_dir: str, layout_dir: Optional[str] = None,
                         retrieved_negatives: int = 0, retrieval_depth: int = 100,
-                        log=print) -> RankerData:
+                        history_length: Optional[int] = None, log=print) -> RankerData:
     """Feature tables (saved in model_dir) and the numeric features of both splits (cached in
     model_dir/features/).
 
     retrieved_negatives: TRAIN sessions gain this many unshown items of the DPSR top
     `retrieval_depth` of their query, labelled below every shown label
     (sessions.add_retrieved_negatives); eval sessions are left as they are. Item statistics
-    count the shown candidates only."""
+    count the shown candidates only. history_length: clicks kept in each session's history
+    (user_features.py; None = the layout's history_length)."""
     info = sessions_lib.read_sessions_info(sessions_dir)
     spec = layout_lib.load_layout_spec(layout_dir or info["layout_dir"])
     train = sessions_lib.load_sessions(sessions_dir, "train")
@@ -92,8 +97,9 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
                          retrieval_depth, log)
         with np.load(os.path.join(cache, "train.npz")) as z_train, \
                 np.load(os.path.join(cache, "eval.npz")) as z_eval:
-            return RankerData(spec, titles, tables, train, evals, z_train["features"],
-                              z_eval["features"], cfg.num_heads)
+            return _with_users(RankerData(spec, titles, tables, train, evals,
+                                          z_train["features"], z_eval["features"],
+                                          cfg.num_heads), history_length, log)
     log(f"features: {len(train):,} train and {len(evals):,} eval sessions")
     item_emb = catalog_index.catalog_embeddings_by_row(dpsr_index_dir, item_ids)
     tables = features_lib.build_feature_tables(titles, train.item_rows, train.labels, item_emb,
@@ -116,8 +122,30 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
         np.savez(os.path.join(cache, f"{name}.npz"), features=feats)
     with open(key_path, "w", encoding="utf-8") as f:
         json.dump(key, f, indent=2)
-    return RankerData(spec, titles, tables, train, evals, out["train"], out["eval"],
-                      cfg.num_heads)
+    return _with_users(RankerData(spec, titles, tables, train, evals, out["train"], out["eval"],
+                                  cfg.num_heads), history_length, log)
+
+
+def _with_users(data: RankerData, history_length: Optional[int], log) -> RankerData:
+    spec = data.layout_spec
+    length = spec.history_length if history_length is None else int(history_length)
+    users = user_lib.session_users(spec, {"train": data.train_sessions,
+                                          "eval": data.eval_sessions}, length)
+    for name, u in users.items():
+        if u.unmatched:
+            log(f"{name} sessions: {u.unmatched:,} with a user but no logged interaction of "
+                f"that user with the query get no history")
+    return dataclasses.replace(data, train_users=users["train"], eval_users=users["eval"])
+
+
+def user_config(spec, history_length: Optional[int] = None) -> dict:
+    """RankerConfig fields of the "user" group for a layout (its user columns and items)."""
+    names = tuple(layout_lib.feature_columns(spec, "user")) if spec.user_features else ()
+    return {"user_features": names,
+            "user_vocab_sizes": tuple(int(spec.user_features[n]) for n in names),
+            "history_length": spec.history_length if history_length is None
+            else int(history_length),
+            "num_items": int(spec.num_items)}
 
 
 def _counted_mask(train, per_session) -> np.ndarray:
@@ -146,15 +174,35 @@ def _augment(train, tables, dpsr_model_dir, spec, per_session, depth, log):
     return out
 
 
-def _pair_arrays(data: RankerData, table, feats, config: model_lib.RankerConfig, seed: int):
+def _user_arrays(config: model_lib.RankerConfig, users, session: np.ndarray) -> dict:
+    """"user" [n, U] and "history" [n, history_length] int64 of the sessions `session` [n]."""
+    if "user" not in config.feature_groups:
+        return {}
+    if users.history.shape[1] != config.history_length:
+        raise ValueError(f"the sessions' histories hold {users.history.shape[1]} items, the "
+                         f"ranker was configured with history_length {config.history_length}")
+    return {"user": users.profile[session], "history": users.history[session]}
+
+
+def _pair_arrays(data: RankerData, table, feats, users, config: model_lib.RankerConfig,
+                 seed: int):
     pairs = sessions_lib.build_pairs(table, config.max_pairs_per_session, seed)
     rows = table.item_rows
     titles = utf8(data.titles)
-    return ({"query": utf8(table.queries)[pairs.session],
-             "title_a": titles[rows[pairs.a]],
-             "title_b": titles[rows[pairs.b]],
-             "numeric_a": feats[pairs.a], "numeric_b": feats[pairs.b]},
-            pairs.label)
+    arrays = {"query": utf8(table.queries)[pairs.session],
+              "title_a": titles[rows[pairs.a]],
+              "title_b": titles[rows[pairs.b]],
+              "numeric_a": feats[pairs.a], "numeric_b": feats[pairs.b]}
+    arrays.update(_user_arrays(config, users, pairs.session))
+    if "user" in config.feature_groups:
+        arrays["item_row_a"], arrays["item_row_b"] = rows[pairs.a], rows[pairs.b]
+    return arrays, pairs.label
+
+
+def _spec_of(array: np.ndarray) -> tf.TensorSpec:
+    dtype = (tf.string if array.dtype == object
+             else tf.int64 if np.issubdtype(array.dtype, np.integer) else tf.float32)
+    return tf.TensorSpec([None] + list(array.shape[1:]), dtype)
 
 
 def _input_fn(arrays, labels, batch_size, seed, training):
@@ -163,9 +211,7 @@ def _input_fn(arrays, labels, batch_size, seed, training):
     the Estimator writes out as text and into each checkpoint's meta graph)."""
     n = len(labels)
     keys = sorted(arrays)
-    signature = ({k: tf.TensorSpec([None] + list(arrays[k].shape[1:]),
-                                   tf.string if arrays[k].dtype == object else tf.float32)
-                  for k in keys}, tf.TensorSpec([None], tf.float32))
+    signature = ({k: _spec_of(arrays[k]) for k in keys}, tf.TensorSpec([None], tf.float32))
 
     def batches():
         rng = np.random.default_rng(seed)
@@ -210,9 +256,10 @@ def train_ranker(data: RankerData, model_dir: str, config: model_lib.RankerConfi
         feature_std=tuple(float(x) if x > 1e-6 else 1.0 for x in std))
     config.validate()
     write_config(model_dir, config)
-    arrays, labels = _pair_arrays(data, data.train_sessions, feats, config, config.seed)
+    arrays, labels = _pair_arrays(data, data.train_sessions, feats, data.train_users, config,
+                                  config.seed)
     eval_arrays, eval_labels = _pair_arrays(data, data.eval_sessions, data.eval_features,
-                                            config, config.seed)
+                                            data.eval_users, config, config.seed)
     log(f"train-ranker: {len(labels):,} train pairs, {len(eval_labels):,} eval pairs, "
         f"{train_steps} steps of {config.batch_size}")
     estimator = make_estimator(model_dir, config)
@@ -226,16 +273,23 @@ def train_ranker(data: RankerData, model_dir: str, config: model_lib.RankerConfi
 
 
 def predict_scores(model_dir: str, data: RankerData, table, feats,
-                   checkpoint: Optional[str] = None) -> np.ndarray:
-    """[C] float32 tower scores of every candidate (Estimator.predict)."""
+                   checkpoint: Optional[str] = None, users=None) -> np.ndarray:
+    """[C] float32 tower scores of every candidate (Estimator.predict).
+
+    users: the table's SessionUsers (default: data's of the eval split, for the eval table)."""
     config = load_config(model_dir)
-    queries = utf8(table.queries)[table.session_of_candidate()]
+    session = table.session_of_candidate()
+    queries = utf8(table.queries)[session]
     arrays = {"query": queries, "title": utf8(data.titles)[table.item_rows],
               "numeric": feats.astype(np.float32)}
+    if "user" in config.feature_groups:
+        if users is None:
+            users = data.eval_users if table is data.eval_sessions else data.train_users
+        arrays.update(_user_arrays(config, users, session))
+        arrays["item_row"] = table.item_rows
     est = make_estimator(model_dir, config)
     keys = sorted(arrays)
-    sig = {k: tf.TensorSpec([None] + list(arrays[k].shape[1:]),
-                            tf.string if arrays[k].dtype == object else tf.float32) for k in keys}
+    sig = {k: _spec_of(arrays[k]) for k in keys}
 
     def batches():
         for lo in range(0, len(queries), 1024):

@@ -3,11 +3,14 @@ retrieval, in the same graph and the same session.run.
 
 Signatures it adds:
 
-  rerank           {query [B] string, item_ids [B, N] string ("" pads)}
+  rerank           {query [B] string, item_ids [B, N] string ("" pads)
+                    [, user_<name> [B] string, user_history [B, W] string item ids, oldest
+                    first, "" pads: rankers with the "user" feature group]}
                    -> scores [B, N] (ranker logits, input order; -inf for "" and unknown ids),
                       dpsr_scores [B, N], ranked_item_ids [B, N], ranked_scores [B, N]
                       (sorted by the ranker, best first)
-  retrieve_rerank  {query [B] string, k? scalar int32}  (the serving_default inputs)
+  retrieve_rerank  {query [B] string, k? scalar int32}  (the serving_default inputs, and the
+                   ranker's user inputs as in `rerank`)
                    -> retrieval as serving_default, then its top N = min(k, rerank_n) items
                       re-ranked: item_ids [B, N], scores [B, N] (ranker), retrieval_scores
                       [B, N] (serving_default's score of each item), dpsr_scores [B, N],
@@ -15,8 +18,11 @@ Signatures it adds:
 
 The ranker's numeric features come from dpsr_tf.ranking.features.feature_graph over tables
 stored as variables (dpr_tables/*, with the item titles), the DPSR query heads from the
-servable's own query tower: the features are computed by the same code as in training.
-Personalized DPSR models are scored as an unknown user here (the ranker has no user inputs).
+servable's own query tower: the features are computed by the same code as in training. The
+"user" group's inputs are the ranker's own: profile values map to ids through the layout's user
+vocabularies (unknown or absent = 0) and the history keeps the last history_length known item
+ids, as in training (ranking/user_features.py). Retrieval itself stays anonymous in
+retrieve_rerank, as the ranker's DPSR score features were computed in training.
 """
 import os
 
@@ -25,7 +31,7 @@ import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.export.stages.base import ExportFlag, Stage, check, value_to_id_table
-from dpsr_tf.export.stages.user_inputs import stage_item_ids
+from dpsr_tf.export.stages.user_inputs import categorical_input, stage_item_ids
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.towers import query_tower
 from dpsr_tf.ranking import features as features_lib
@@ -53,8 +59,9 @@ class RerankStage(Stage):
     )
 
     def __init__(self, ranker_dir: str, config, checkpoint: str, tables, all_item_ids: str,
-                 rerank_n: int):
+                 rerank_n: int, user_vocabs=None):
         self.ranker_dir = ranker_dir
+        self._user_vocabs = dict(user_vocabs or {})
         self.config = config
         self.checkpoint = checkpoint
         self._feature_tables = tables
@@ -88,7 +95,23 @@ class RerankStage(Stage):
             raise ValueError(f"{ranker_dir}: ranker features use {tables.item_embeddings.shape[1]}"
                              f"-d DPSR embeddings, the model has {model_config.embedding_dim}")
         return cls(ranker_dir, config, checkpoint, tables, stage_item_ids(source),
-                   source.rerank_n)
+                   source.rerank_n, cls._user_assets(source, config, spec))
+
+    @staticmethod
+    def _user_assets(source, config, spec) -> dict:
+        """Staged user vocabularies of the "user" group, after checking the layout matches."""
+        if "user" not in config.feature_groups:
+            return {}
+        want = dict(zip(config.user_features, config.user_vocab_sizes))
+        if want != {n: int(spec.user_features.get(n, -1)) for n in want}:
+            raise ValueError(f"{source.ranker_dir}: the ranker's user features {want} are not "
+                             f"the layout's {dict(spec.user_features)}: train the ranker on "
+                             f"sessions of the servable's layout")
+        if config.history_length > 0 and config.num_items != spec.num_items:
+            raise ValueError(f"{source.ranker_dir}: the ranker's history table has "
+                             f"{config.num_items} items, the layout {spec.num_items}")
+        return {n: source.stage_file(spec.path(f"{layout_lib.USER_VOCAB_DIR}/{n}.txt"),
+                                     f"user_vocab_{n}.txt") for n in config.user_features}
 
     def info(self) -> dict:
         return {"ranker_dir": os.path.abspath(self.ranker_dir), "rerank_n": self.rerank_n}
@@ -136,16 +159,45 @@ class RerankStage(Stage):
         with tf.name_scope("query_tower"):
             return query_tower(features, self._cfg, self._spec, tf.estimator.ModeKeys.PREDICT)
 
-    def score(self, query, item_ids, heads):
+    def _user_inputs(self, prefix: str, query):
+        """({alias: placeholder}, profile ids [B, U] int64, history rows [B, H] int64, -1 pads)
+        of the "user" group; ({}, None, None) without it."""
+        if "user" not in self.config.feature_groups:
+            return {}, None, None
+        inputs, ids = {}, []
+        for name in self.config.user_features:
+            inputs[f"user_{name}"], value = categorical_input(
+                f"{prefix}_user_{name}", query, self._user_vocabs[name])
+            ids.append(value)
+        profile = (tf.stack(ids, axis=1) if ids
+                   else tf.zeros(tf.stack([tf.shape(query)[0], 0]), tf.int64))
+        length = self.config.history_length
+        history = tf.compat.v1.placeholder_with_default(
+            tf.fill(tf.stack([tf.shape(query)[0], 0]), ""), [None, None],
+            name=f"{prefix}_user_history")
+        rows_check = check(tf.equal(tf.shape(history)[0], tf.shape(query)[0]),
+                           "user_history must have one row per query; got rows and queries",
+                           tf.shape(history)[0], tf.shape(query)[0])
+        with tf.control_dependencies([rows_check]):
+            rows = self._rows_table.lookup(tf.identity(history))            # -1: "" / unknown
+        known = tf.ragged.boolean_mask(rows, rows >= 0)
+        known = known[:, -length:] if length > 0 else known[:, :0]
+        inputs["user_history"] = history
+        return inputs, profile, known.to_tensor(default_value=-1)
+
+    def score(self, query, item_ids, heads, profile=None, history=None):
         """(ranker scores [B, N] with -inf at unknown/padding, dpsr scores [B, N], rows)."""
         rows = self._rows_table.lookup(item_ids)                             # [B, N], -1
         numeric = features_lib.feature_graph(self.tables, query, rows, heads)
         b, n = tf.shape(rows)[0], tf.shape(rows)[1]
         flat_query = tf.repeat(query, n)
-        flat_titles = tf.gather(self._titles, tf.maximum(tf.reshape(rows, [-1]), 0))
+        flat_rows = tf.reshape(rows, [-1])
+        flat_titles = tf.gather(self._titles, tf.maximum(flat_rows, 0))
+        if profile is not None:
+            profile, history = tf.repeat(profile, n, axis=0), tf.repeat(history, n, axis=0)
         logits = ranker_model.tower(flat_query, flat_titles,
                                     tf.reshape(numeric, [-1, features_lib.NUM_FEATURES]),
-                                    self.config)
+                                    self.config, profile, history, flat_rows)
         logits = tf.reshape(logits, tf.stack([b, n]))
         valid = rows >= 0
         scores = tf.where(valid, logits, tf.fill(tf.shape(logits), -np.inf))
@@ -167,12 +219,13 @@ class RerankStage(Stage):
             tf.shape(item_ids)[0], tf.shape(query)[0])
         with tf.control_dependencies([rows_check]):
             q = tf.identity(query)
-        scores, dpsr, _ = self.score(q, item_ids, self._heads(ctx, q))
+        user_inputs, profile, history = self._user_inputs("rerank", q)
+        scores, dpsr, _ = self.score(q, item_ids, self._heads(ctx, q), profile, history)
         ranked_scores, ranked_ids = self._sorted(scores, item_ids)
         outputs = {"scores": scores, "dpsr_scores": dpsr, "ranked_item_ids": ranked_ids,
                    "ranked_scores": ranked_scores}
         ctx.signatures["rerank"] = (
-            {"query": query, "item_ids": item_ids},
+            {"query": query, "item_ids": item_ids, **user_inputs},
             {k: tf.identity(v, name=f"rerank_{k}") for k, v in outputs.items()})
 
     def _add_retrieve_rerank(self, ctx):
@@ -181,11 +234,13 @@ class RerankStage(Stage):
         n = tf.minimum(tf.shape(outputs["item_ids"])[1], self.rerank_n)
         top_ids = outputs["item_ids"][:, :n]
         top_scores = outputs["scores"][:, :n]
-        scores, dpsr, _ = self.score(inputs["query"], top_ids, heads)
+        user_inputs, profile, history = self._user_inputs("retrieve_rerank", inputs["query"])
+        scores, dpsr, _ = self.score(inputs["query"], top_ids, heads, profile, history)
         ranks = tf.tile(tf.range(1, n + 1)[None, :], [tf.shape(top_ids)[0], 1])
         s, ids, retrieval, dp, rk = self._sorted(scores, top_ids, top_scores, dpsr, ranks)
         out = {"item_ids": ids, "scores": s, "retrieval_scores": retrieval, "dpsr_scores": dp,
                "retrieval_ranks": rk}
         ctx.signatures["retrieve_rerank"] = (
-            dict(inputs), {k: tf.identity(v, name=f"retrieve_rerank_{k}") for k, v in out.items()})
+            {**inputs, **user_inputs},
+            {k: tf.identity(v, name=f"retrieve_rerank_{k}") for k, v in out.items()})
         ctx.defaults["retrieve_rerank"] = dict(ctx.defaults.get("serving_default", {}))
