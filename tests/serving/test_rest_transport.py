@@ -13,7 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tensorflow.core.framework import types_pb2
+
 from dpsr_tf.serving.model_server.api import http_body, rest, rest_json
+from dpsr_tf.serving.model_server.lifecycle import signatures
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.model_server.api.predict import RequestLimits
 from tests.support import serving_testing as st
@@ -78,12 +81,40 @@ def _item_ids(answer: bytes):
 
 # ----------------------------------------------------------------------------- one write
 
-class _FakeCore:
-    """Just enough of a ServerCore for the gateway's transport: metrics and limits."""
+def _spec(alias, dtype, shape=(-1,)):
+    return signatures.TensorSpec(alias, f"{alias}:0", dtype, shape)
 
-    def __init__(self, max_rows=0):
+
+# A signature Classify can run (one string input of tf.Examples, "scores"), and one it cannot
+# (a DPSR retrieval signature: a raw query and k).
+CLASSIFY_SIG = signatures.Signature(
+    "classify_x", signatures.CLASSIFY_METHOD, {"inputs": _spec("inputs", types_pb2.DT_STRING)},
+    {"scores": _spec("scores", types_pb2.DT_FLOAT, (-1, 1))}, None)
+RETRIEVAL_SIG = signatures.Signature(
+    "retrieve", signatures.PREDICT_METHOD,
+    {"query": _spec("query", types_pb2.DT_STRING), "k": _spec("k", types_pb2.DT_INT32, ())},
+    {"item_ids": _spec("item_ids", types_pb2.DT_INT64, (-1, -1))}, None)
+
+
+class _FakeServable:
+    def __init__(self, sigs):
+        self.name, self.version, self.signatures = "m", 1, sigs
+
+    def signature(self, name, api="predict"):
+        return signatures.find_signature(self.signatures, name, self.name, self.version, api)
+
+
+class _FakeCore:
+    """Just enough of a ServerCore for the gateway's transport: metrics, limits, and one
+    servable's signatures (by default, serving_default is a classify signature)."""
+
+    def __init__(self, max_rows=0, sigs=None):
         self.metrics = types.SimpleNamespace(exposition=lambda: b"# metrics\n" * 50)
-        self.options = types.SimpleNamespace(limits=RequestLimits(max_rows=max_rows))
+        self.options = types.SimpleNamespace(limits=RequestLimits(max_rows=max_rows),
+                                             enable_signature_method_name_check=False)
+        servable = _FakeServable(sigs or {"serving_default": CLASSIFY_SIG})
+        handle = types.SimpleNamespace(servable=servable, release=lambda: None)
+        self.manager = types.SimpleNamespace(acquire=lambda spec: handle)
         self.classified = 0
 
     def classify(self, request, timeout):
@@ -253,6 +284,47 @@ def test_classify_rows_are_counted_before_any_example_is_built(gateway, monkeypa
         f"Input has 2000000 examples; the limit is {MAX_ROWS} (--max_request_rows); split it "
         "into smaller requests")
     assert not built and core.classified == 0
+
+
+@pytest.mark.parametrize("sigs, named, fragment", [
+    # A retrieval servable, no signature named: serving_default is checked before decoding.
+    ({"serving_default": RETRIEVAL_SIG}, None,
+     "Expected one input Tensor. Classify needs a signature with a single serialized "
+     "tf.Example input; 'retrieve' has ['k', 'query']"),
+    # A signature is named: only decoding can tell which, but none of the servable's could run.
+    ({"serving_default": RETRIEVAL_SIG, "other": RETRIEVAL_SIG}, "other",
+     "m version 1 has no signature that Classify can run"),
+    # One signature could run, but not serving_default, the one asked for.
+    ({"serving_default": RETRIEVAL_SIG, "classify_x": CLASSIFY_SIG}, None,
+     "'retrieve' has ['k', 'query']"),
+], ids=["default", "named, none can", "default cannot"])
+def test_classify_signature_is_checked_before_the_body_is_decoded(monkeypatch, sigs, named,
+                                                                  fragment):
+    """2M examples (6 MB) for a servable that cannot classify them: 400 at once, the body never
+    decoded (before: all of it was parsed, 11-22 s and +201 MiB for 16 MB, then refused)."""
+    core = _FakeCore(sigs=sigs)
+    decoded = []
+    real_parse = rest_json.parse_body
+    monkeypatch.setattr(rest_json, "parse_body",
+                        lambda *a, **k: (decoded.append(1), real_parse(*a, **k))[1])
+    gw = rest.RestGateway(core, "127.0.0.1", 0, 5.0)
+    gw.start()
+    try:
+        head = b'{"signature_name": "%s", ' % named.encode() if named else b"{"
+        body = head + b'"examples": [' + b",".join([b"{}"] * 2_000_000) + b"]}"
+        status, answer = st.send_http("127.0.0.1", gw.port, "POST", "/v1/models/m:classify",
+                                      {}, body, timeout=120)
+    finally:
+        gw.stop(1.0)
+    assert status == 400 and fragment in json.loads(answer)["error"], answer[:300]
+    assert not decoded and core.classified == 0
+
+
+def test_a_body_that_may_name_a_signature_is_decoded_to_find_it():
+    assert rest_json.signature_name_unparsed(b'{"examples": [{"x": 1}]}') == ""
+    assert rest_json.signature_name_unparsed(b'{"signature_name": "a", "examples": []}') is None
+    # "signature\u005fname" is "signature_name" once decoded.
+    assert rest_json.signature_name_unparsed(b'{"signature\\u005fname": "a"}') is None
 
 
 def test_predict_rows_and_values_are_checked_before_conversion(server):

@@ -6,6 +6,8 @@ checked only with --enable_signature_method_name_check, off by default as in TF 
 retrieval servable's signatures take a raw query (and k): for them these calls return
 INVALID_ARGUMENT and say to use Predict.
 """
+from typing import Optional
+
 import grpc
 import numpy as np
 from tensorflow.core.example import example_pb2
@@ -89,18 +91,65 @@ def _require_method(signature: Signature, method: str, api: str,
     return alias
 
 
-def run_classify(servable, signature: Signature, examples: np.ndarray, timeout_s,
-                 method_name_check: bool = False):
-    """ClassificationResult for serialized examples on a classify signature."""
+def _classify_signature(signature: Signature, method_name_check: bool):
+    """(input alias, outputs to fetch) of a signature Classify can run; else INVALID_ARGUMENT."""
     alias = _require_method(signature, CLASSIFY_METHOD, "Classify", method_name_check)
     fetches = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
     if not fetches:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"classify signature '{signature.name}' has neither 'classes' nor "
                            "'scores' outputs")
-    if not fetches:
+    return alias, fetches
+
+
+def _regress_signature(signature: Signature, method_name_check: bool) -> str:
+    """The input alias of a signature Regress can run; else INVALID_ARGUMENT."""
+    alias = _require_method(signature, REGRESS_METHOD, "Regress", method_name_check)
+    if REGRESS_OUTPUTS not in signature.outputs:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           "Expected classification signature outputs 'classes' or 'scores'")
+                           f"regress signature '{signature.name}' has no 'outputs' output")
+    return alias
+
+
+def check_before_decoding(servable, api: str, signature_name: Optional[str],
+                          method_name_check: bool = False) -> None:
+    """Refuses a Classify or Regress request that no signature could run, before its examples
+    are decoded (a 16 MB body of 2M examples costs seconds and ~200 MiB to decode).
+
+    Args:
+      servable: the version that will answer.
+      api: "classify" or "regress".
+      signature_name: the request's signature ("" for serving_default), or None when it is
+        not known yet (the body names one): then only a servable without any signature this
+        API can run is refused; the named one is checked after decoding, as always.
+
+    Raises:
+      ServingError(INVALID_ARGUMENT): the same message as after decoding when the signature is
+        known; otherwise one naming the servable's signatures and Predict.
+    """
+    check = _classify_signature if api == "classify" else _regress_signature
+    if signature_name is not None:
+        check(servable.signature(signature_name, api), method_name_check)
+        return
+    for signature in servable.signatures.values():
+        try:
+            check(signature, method_name_check)
+            return
+        except ServingError:
+            continue
+    noun = "Classify" if api == "classify" else "Regress"
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{servable.name} version {servable.version} has no signature that "
+                       f"{noun} can run (one serialized tf.Example string input and "
+                       f"{'classes or scores' if api == 'classify' else 'outputs'}); its "
+                       f"signatures: {', '.join(sorted(servable.signatures)) or 'none'}. "
+                       "Use Predict.")
+
+
+def run_classify(servable, signature: Signature, examples: np.ndarray, timeout_s,
+                 method_name_check: bool = False):
+    """ClassificationResult for serialized examples on a classify signature."""
+    alias, fetches = _classify_signature(signature, method_name_check)
     out = servable.run(signature, {alias: examples}, fetches, timeout_s)
     classes = out.get(CLASSIFY_CLASSES)
     scores = out.get(CLASSIFY_SCORES)
@@ -126,10 +175,7 @@ def run_classify(servable, signature: Signature, examples: np.ndarray, timeout_s
 def run_regress(servable, signature: Signature, examples: np.ndarray, timeout_s,
                 method_name_check: bool = False):
     """RegressionResult for serialized examples on a regress signature."""
-    alias = _require_method(signature, REGRESS_METHOD, "Regress", method_name_check)
-    if REGRESS_OUTPUTS not in signature.outputs:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"regress signature '{signature.name}' has no 'outputs' output")
+    alias = _regress_signature(signature, method_name_check)
     values = servable.run(signature, {alias: examples}, [REGRESS_OUTPUTS],
                           timeout_s)[REGRESS_OUTPUTS]
     n = examples.shape[0]

@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, regression_pb2)
 
 from dpsr_tf.serving.errors import ServingError, http_status, truncate
-from dpsr_tf.serving.model_server.api import http_body, rest_json
+from dpsr_tf.serving.model_server.api import http_body, inference, rest_json
 
 _LOG = logging.getLogger("serving.rest")
 _PATH = re.compile(
@@ -239,6 +239,13 @@ class RestGateway:
         raise _bad(f"Malformed request: {method} {match.group(0)[:200]}")
 
     def _classify_regress(self, verb, spec, body):
+        handle = self._core.manager.acquire(spec)
+        try:  # refuse what no signature can run before the examples are decoded
+            inference.check_before_decoding(
+                handle.servable, verb, rest_json.signature_name_unparsed(body),
+                self._core.options.enable_signature_method_name_check)
+        finally:
+            handle.release()
         payload = rest_json.parse_body(body)
         if not isinstance(payload, dict):
             raise _bad("the request body must be a JSON object with \"examples\"")

@@ -122,6 +122,15 @@ def signature_name(payload) -> str:
     return name
 
 
+def signature_name_unparsed(body: bytes) -> Optional[str]:
+    """The signature a body asks for, found without decoding it: "" (serving_default) when it
+    cannot name one (no "signature_name" key, no \\u escape that could spell one); None when
+    it may, and only decoding can tell."""
+    if b'"signature_name"' in body or b"\\u" in body:
+        return None
+    return ""
+
+
 _WS = re.compile(r"[ \t\n\r]*")
 _SCAN = json.JSONDecoder().scan_once  # the C scanner: (value, end) at an index, or StopIteration
 
