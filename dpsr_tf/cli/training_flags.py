@@ -9,8 +9,8 @@ import typing
 
 from absl import flags
 
-from dpsr_tf.model.config import (COMBINERS, LOSSES, MODELS, PARTITIONERS, PERSONALIZATION,
-                                  TEXT_ENCODERS, TOWERS, ModelConfig)
+from dpsr_tf.model.config import (COMBINERS, HEAD_ASSIGNMENTS, LOSSES, MODELS, PARTITIONERS,
+                                  PERSONALIZATION, TEXT_ENCODERS, TOWERS, ModelConfig)
 from dpsr_tf.training.config import EARLY_STOPPING_METRICS, TrainConfig
 
 _MODEL_HELP = {
@@ -47,6 +47,13 @@ _MODEL_HELP = {
     "beta": "Temperature of the attention over heads (0 = max over heads).",
     "head_balance_weight": "Weight of the head-balance term that keeps every query head in "
                            "use (num_heads > 1; 0 = off).",
+    "head_assignment": "num_heads > 1: soft (attention at --beta + the head-balance term) or "
+                       "annealed (heads start apart, beta falls to --final_beta, a "
+                       "head-assignment term instead of the balance term; docs/training.md).",
+    "head_assignment_weight": "--head_assignment=annealed: weight of the head-assignment term.",
+    "final_beta": "--head_assignment=annealed: the temperature beta falls to.",
+    "beta_anneal_steps": "--head_assignment=annealed: steps of the fall from --beta to "
+                         "--final_beta.",
     "loss": f"{', '.join(LOSSES)}.",
     "margin": "delta, hinge margin (paper: 0.1).",
     "num_negatives": "Hinge loss: random negatives drawn per batch, shared by its examples.",
@@ -155,7 +162,7 @@ _TRAIN_HELP = {
 _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,
             "loss": LOSSES, "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS,
             "tower": TOWERS, "early_stopping_metric": EARLY_STOPPING_METRICS,
-            "optimizer": ("adagrad", "adam", "sgd")}
+            "optimizer": ("adagrad", "adam", "sgd"), "head_assignment": HEAD_ASSIGNMENTS}
 
 
 def _define(cls, helps, skip_default=()):

@@ -16,6 +16,7 @@ COMBINERS = ("mean", "sum", "sqrtn", "weighted")
 PARTITIONERS = ("fixed", "min_max")
 MODELS = ("dpsr", "dssm")
 TOWERS = ("dpsr", "searchgcn")
+HEAD_ASSIGNMENTS = ("soft", "annealed")
 
 
 # The value a field had in effect before it existed (configs written by older versions lack it).
@@ -95,6 +96,16 @@ class ModelConfig:
         and P_h its mean attention weight (differentiable), as in Switch Transformer's load
         balancing. Without it one head wins every positive and the others go dead (seen on
         the demo catalog with and without personalization; docs/results.md).
+      head_assignment: how positives are assigned to heads while training (m > 1): "soft"
+        (the attention at beta, the head-balance term) or "annealed": the heads start apart
+        (their last layers randomly initialized, not at zero), the training beta falls
+        geometrically from beta to final_beta over beta_anneal_steps (toward the max over
+        heads that serving ranks by), and instead of the head-balance term a head-assignment
+        term (weight head_assignment_weight) asks each positive to pick one head confidently
+        and the batch to use every head: mean_i H(w_i) - H(mean_i w_i) over the positives'
+        attention weights w_i (a mixture-of-experts load balance that does not pull heads
+        alike). docs/results.md, "Heads and senses".
+      head_assignment_weight, final_beta, beta_anneal_steps: see head_assignment "annealed".
       loss: "hinge" (the paper's attention hinge loss, §4.4) or "sampled_softmax" (in-batch
         softmax with logQ correction, TFRS / YouTube style).
       margin: delta, the hinge margin.
@@ -168,6 +179,10 @@ class ModelConfig:
     pretrained_learning_rate: float = 3e-5
     beta: float = 0.1
     head_balance_weight: float = 0.3
+    head_assignment: str = "soft"
+    head_assignment_weight: float = 0.1
+    final_beta: float = 0.01
+    beta_anneal_steps: int = 2000
     loss: str = "sampled_softmax"
     margin: float = 0.1
     num_negatives: int = 64
@@ -242,6 +257,13 @@ class ModelConfig:
         need(self.hard_negative_weight >= 0, "hard_negative_weight", "must be >= 0")
         need(self.beta >= 0, "beta", "must be >= 0 (0 = max over heads)")
         need(self.head_balance_weight >= 0, "head_balance_weight", "must be >= 0 (0 = off)")
+        need(self.head_assignment in HEAD_ASSIGNMENTS, "head_assignment",
+             f"choose one of {HEAD_ASSIGNMENTS}")
+        need(self.head_assignment_weight >= 0, "head_assignment_weight", "must be >= 0")
+        need(self.final_beta > 0, "final_beta", "must be > 0")
+        need(self.beta_anneal_steps >= 1, "beta_anneal_steps", "must be >= 1")
+        need(self.head_assignment == "soft" or self.beta > 0, "beta",
+             "must be > 0 with --head_assignment=annealed (it is the starting temperature)")
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
         need(self.margin >= 0, "margin", "must be >= 0")
         need(self.num_negatives >= 1, "num_negatives", "must be >= 1")

@@ -211,6 +211,46 @@ def head_balance_loss(query_heads: tf.Tensor, items: tf.Tensor, labels: tf.Tenso
     return tf.cast(tf.shape(query_heads)[1], tf.float32) * tf.reduce_sum(shares * usage)
 
 
+def annealed_beta(beta: float, final_beta: float, anneal_steps: int,
+                  step: tf.Tensor) -> tf.Tensor:
+    """Scalar float32: beta * (final_beta / beta) ** min(1, step / anneal_steps), a geometric
+    fall from beta at step 0 to final_beta at anneal_steps and after."""
+    progress = tf.minimum(tf.cast(step, tf.float32) / float(anneal_steps), 1.0)
+    return float(beta) * tf.pow(float(final_beta) / float(beta), progress)
+
+
+def head_assignment_loss(query_heads: tf.Tensor, items: tf.Tensor, labels: tf.Tensor,
+                         beta) -> tf.Tensor:
+    """mean_i H(w_i) - H(mean_i w_i) over the batch's positives (entropies in nats).
+
+    w_i is positive i's attention over the m heads (softmax of e_i^h . g_i / beta). The first
+    term is low when every positive picks one head, the second high when the batch uses every
+    head equally: minimizing both spreads the positives over the heads without asking the
+    heads to be alike (the head-balance term is satisfied by heads that are copies). In
+    [-log m, log m]; -log m when each positive has one head and the heads share the batch
+    evenly.
+
+    Args:
+      query_heads: [B, m, d] float32.
+      items: [B, d] float32 the examples' own items.
+      labels: [B] float32, 1 = positive.
+      beta: the attention temperature > 0 (float or scalar tensor).
+
+    Returns:
+      scalar float32 (0 when the batch has no positive).
+    """
+    dots = tf.einsum("bmd,bd->bm", query_heads, items)
+    log_w = tf.nn.log_softmax(dots / beta, axis=1)
+    w = tf.exp(log_w)
+    is_pos = tf.cast(labels > 0.5, tf.float32)
+    count = tf.maximum(tf.reduce_sum(is_pos), 1.0)
+    per_example = -tf.reduce_sum(w * log_w, axis=1)
+    usage = tf.reduce_sum(w * is_pos[:, None], axis=0) / count
+    usage_entropy = -tf.reduce_sum(usage * tf.math.log(tf.maximum(usage, 1e-12)))
+    has_pos = tf.cast(tf.reduce_sum(is_pos) > 0, tf.float32)
+    return has_pos * (tf.reduce_sum(per_example * is_pos) / count - usage_entropy)
+
+
 def _cross_entropy_first(logits: tf.Tensor) -> tf.Tensor:
     """[B]: softmax cross-entropy of each row with target column 0."""
     return tf.reduce_logsumexp(logits, axis=1) - logits[:, 0]

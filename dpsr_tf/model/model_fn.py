@@ -44,8 +44,21 @@ def _concat_items(a: dict, b: dict) -> dict:
     return {key: tf.concat([a[key], b[key]], axis=0) for key in a}
 
 
+def _annealed(cfg: ModelConfig) -> bool:
+    return cfg.num_heads > 1 and cfg.head_assignment == "annealed"
+
+
+def loss_beta(cfg: ModelConfig):
+    """The attention temperature of the loss: cfg.beta, or with head_assignment "annealed" its
+    schedule toward final_beta (a scalar tensor of the global step)."""
+    if not _annealed(cfg):
+        return cfg.beta
+    return losses.annealed_beta(cfg.beta, cfg.final_beta, cfg.beta_anneal_steps,
+                                tf.compat.v1.train.get_or_create_global_step())
+
+
 def _joined_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig, layout_spec,
-                            mode, kind: str = "human"):
+                            mode, kind: str = "human", beta=None):
     """Scores of each example's query against its joined per-query negatives: kind "human"
     (the layout's human negatives, §4.5) or "hard" (the mined hard negatives); the item tower
     embeds them.
@@ -61,7 +74,8 @@ def _joined_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfi
             cfg.embedding_dim, cfg.pq_nlist, cfg.pq_m),
             cfg.pq_codebook_retrieval_gradient)["quantized"]
     heads = tf.gather(query, rows.value_rowids())                           # [N, m, d]
-    flat = scoring.paired_soft_dot_product(heads, items, cfg.beta)          # [N]
+    flat = scoring.paired_soft_dot_product(heads, items,
+                                           cfg.beta if beta is None else beta)  # [N]
     scores = rows.with_flat_values(flat).to_tensor(default_value=0.0)
     # A negative that is the example's own positive item (conflicting labels) does not count.
     own = tf.gather(tf.cast(features["item_row"], tf.int64), rows.value_rowids())
@@ -118,15 +132,16 @@ def dpsr_model_fn(features, labels, mode, params):
             is_chief=bool(params.get("is_chief", True)))
     b = tf.shape(query)[0]
     batch_items, random_items = all_items[:b], all_items[b:]               # [B, d], [R, d]
-    batch_scores = scoring.soft_dot_product(query, batch_items, cfg.beta)  # [B, B]
-    random_scores = scoring.soft_dot_product(query, random_items, cfg.beta)  # [B, R]
+    beta = loss_beta(cfg)
+    batch_scores = scoring.soft_dot_product(query, batch_items, beta)      # [B, B]
+    random_scores = scoring.soft_dot_product(query, random_items, beta)    # [B, R]
     human_scores = human_mask = hard_scores = hard_mask = None
     if "human_negative_rows" in features and cfg.model != "dssm":
         human_scores, human_mask = _joined_negative_scores(features, query, cfg, layout_spec,
-                                                           mode)
+                                                           mode, beta=beta)
     if "hard_negative_rows" in features and cfg.model != "dssm":
         hard_scores, hard_mask = _joined_negative_scores(features, query, cfg, layout_spec, mode,
-                                                         kind="hard")
+                                                         kind="hard", beta=beta)
     item_rows = tf.cast(features["item_row"], tf.int64)
     random_rows = tf.cast(features["neg_item_row"], tf.int64)
     label = tf.cast(features["label"], tf.float32)
@@ -201,7 +216,12 @@ def dpsr_model_fn(features, labels, mode, params):
         shares = losses.head_win_shares(query, batch_items, label)
         for h in range(cfg.num_heads):
             tf.compat.v1.summary.scalar(f"train/head_{h}_share_of_positives", shares[h])
-        if cfg.head_balance_weight > 0:
+        if _annealed(cfg):
+            tf.compat.v1.summary.scalar("train/beta", beta)
+            assignment = losses.head_assignment_loss(query, batch_items, label, beta)
+            tf.compat.v1.summary.scalar("train/head_assignment", assignment)
+            loss = loss + cfg.head_assignment_weight * assignment
+        elif cfg.head_balance_weight > 0:
             balance = losses.head_balance_loss(query, batch_items, label, cfg.beta)
             tf.compat.v1.summary.scalar("train/balance_of_heads", balance)
             loss = loss + cfg.head_balance_weight * balance

@@ -9,6 +9,11 @@ import numpy as np
 import tensorflow as tf
 
 
+def _is_max(beta) -> bool:
+    """beta = 0 as a Python number (a tensor beta, an annealed schedule, is never 0)."""
+    return isinstance(beta, (int, float)) and beta == 0
+
+
 def attention_weights(dots: tf.Tensor, beta: float) -> tf.Tensor:
     """Softmax over the last axis (heads) of dots / beta; beta = 0 gives the one-hot argmax.
 
@@ -19,13 +24,13 @@ def attention_weights(dots: tf.Tensor, beta: float) -> tf.Tensor:
     Returns:
       [..., m] float32 weights summing to 1.
     """
-    if beta == 0:
+    if _is_max(beta):
         return tf.one_hot(tf.argmax(dots, axis=-1), tf.shape(dots)[-1], dtype=dots.dtype)
     return tf.nn.softmax(dots / beta, axis=-1)
 
 
-def _soft_dot(dots: tf.Tensor, beta: float) -> tf.Tensor:
-    if beta == 0:
+def _soft_dot(dots: tf.Tensor, beta) -> tf.Tensor:
+    if _is_max(beta):
         return tf.reduce_max(dots, axis=-1)
     return tf.reduce_sum(tf.nn.softmax(dots / beta, axis=-1) * dots, axis=-1)
 
@@ -36,7 +41,7 @@ def soft_dot_product(query_heads: tf.Tensor, items: tf.Tensor, beta: float) -> t
     Args:
       query_heads: [B, m, d] float32 query head embeddings.
       items: [N, d] float32 item embeddings.
-      beta: attention temperature >= 0.
+      beta: attention temperature >= 0 (a float, or a scalar tensor > 0 while training).
 
     Returns:
       [B, N] float32 scores.

@@ -85,10 +85,12 @@ def _text_encoder(features: Mapping, side: str, cfg: ModelConfig, layout_spec) -
         return _mlp(bag, cfg.item_hidden_units, cfg.embedding_dim)
 
 
-def _residual(text: tf.Tensor, extra: Sequence[tf.Tensor], cfg: ModelConfig) -> tf.Tensor:
-    """text + adapter([text, extra...]) with the adapter's last layer starting at zero."""
+def _residual(text: tf.Tensor, extra: Sequence[tf.Tensor], cfg: ModelConfig,
+              zero_last: bool = True) -> tf.Tensor:
+    """text + adapter([text, extra...]), the adapter's last layer starting at zero unless
+    zero_last is False (then the adapters of the query heads start apart)."""
     x = tf.concat([text] + list(extra), axis=1)
-    return text + _mlp(x, cfg.adapter_hidden_units, cfg.embedding_dim, zero_last=True)
+    return text + _mlp(x, cfg.adapter_hidden_units, cfg.embedding_dim, zero_last=zero_last)
 
 
 def _token_table(cfg: ModelConfig, layout_spec):
@@ -251,7 +253,10 @@ def _shared_query_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.
             for h in range(cfg.num_heads):
                 with tf.compat.v1.variable_scope(f"head_{h}"):
                     # One head without user features is the shared encoder itself.
-                    heads.append(_residual(text, users, cfg)
+                    # Zero-initialized heads are copies that get the same gradient: with
+                    # head_assignment "annealed" they start apart.
+                    heads.append(_residual(text, users, cfg, zero_last=not (
+                        cfg.num_heads > 1 and cfg.head_assignment == "annealed"))
                                  if users or cfg.num_heads > 1 else text)
         out = tf.stack(heads, axis=1)
         return tf.math.l2_normalize(out, axis=-1, name="query_embedding")

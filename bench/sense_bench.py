@@ -1,0 +1,120 @@
+"""Sense benchmark: do the query heads split the senses of the synthetic catalog's polysemous
+queries ("apple", "mouse", ...)? One table row per model (and per head quota), paired tests of
+the overall metrics against the first model.
+
+  python bench/sense_bench.py --catalog_dir=C --layout_dir=L \
+      --model=one_head:/tmp/m1 --model=two_heads:/tmp/m2 [--head_min_share=0.5] [--json=F]
+
+Rows: the sense metrics of dpsr_tf/evaluation/senses.py at K = 10 and 100 on the served
+ranking (each head's exact top K, merged by best score; with --head_min_share also the per-head
+quota merge), then the split's Recall@10/100 and nDCG@10 of every eval request ranked as served
+(max over heads), and the paired test (dpsr_tf/evaluation/paired.py) of each model against the
+first. Personalized models embed the polysemous queries without a user (an anonymous request).
+"""
+import json
+import sys
+
+import numpy as np
+from absl import app, flags
+
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.evaluation import evaluate as evaluate_lib
+from dpsr_tf.evaluation import metrics as metrics_lib
+from dpsr_tf.evaluation import paired, senses
+from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.model.model_dir import load_model_config
+
+_CATALOG = flags.DEFINE_string("catalog_dir", None, "The synthetic catalog (ground truth).")
+_LAYOUT = flags.DEFINE_string("layout_dir", None, "The layout prepared from it.")
+_MODELS = flags.DEFINE_multi_string("model", [], "NAME:MODEL_DIR, the first is the baseline.")
+_SHARES = flags.DEFINE_multi_float("head_min_share", [],
+                                   "Also score the per-head quota merge with this share.")
+_KS = flags.DEFINE_list("ks", ["10", "100"], "Cut-offs.")
+_JSON = flags.DEFINE_string("json", None, "Write every row (and per-query detail) here.")
+flags.mark_flags_as_required(["catalog_dir", "layout_dir"])
+
+OVERALL = ("recall@10", "recall@100", "ndcg@10")
+
+
+def _query_rows(spec, texts):
+    index = {t: i for i, t in enumerate(layout_lib.load_queries(spec))}
+    missing = [t for t in texts if t not in index]
+    if missing:
+        raise ValueError(f"{spec.layout_dir}: polysemous queries {missing} are not in the "
+                         "layout's query table")
+    return np.array([index[t] for t in texts], np.int64)
+
+
+def _one_model(name, model_dir, spec, queries, ks):
+    model_config, _ = load_model_config(model_dir)
+    cfg = evaluate_lib.EvalConfig(recall_ks=(10, 100), num_random=0, per_request=True)
+    eval_set, _ = evaluate_lib.load_split(spec, cfg)
+    with CheckpointEmbedder(model_dir, None, model_config, spec) as embedder:
+        scorer = evaluate_lib.EmbeddingScorer(embedder, spec, eval_set)
+        rows = _query_rows(spec, [q.text for q in queries])
+        tok, spl, users, hist = evaluate_lib.request_inputs(
+            spec, rows, np.full(len(rows), -1, np.int64), np.zeros(len(rows), np.int64))
+        heads = embedder.embed_queries(tok, spl, users, hist, query_rows=rows)
+    scorer.beta = 0.0   # served: each head searched, merged by best score
+    retrieved = metrics_lib.retrieve(scorer.score_requests, len(eval_set), 100, 256)
+    overall = metrics_lib.retrieval_metrics(
+        retrieved, eval_set.relevant_splits, eval_set.relevant_rows, eval_set.relevant_gains,
+        recall_ks=(10, 100), with_per_request=True)
+    out = []
+    for share in [None] + list(_SHARES.value):
+        if share is not None and model_config.num_heads == 1:
+            continue
+        detail = senses.evaluate_senses(queries, heads, scorer.item_emb, ks, quota=share)
+        label = name if share is None else f"{name}, quota {share:g}"
+        out.append({"name": label, "heads": model_config.num_heads,
+                    "senses": senses.summarize(detail),
+                    "overall": {m: float(overall[m]) for m in OVERALL},
+                    "per_request": overall[metrics_lib.PER_REQUEST],
+                    "detail": [dict(q=d.text, k=d.k, recall=d.recall, covered=d.covered,
+                                    purity=d.head_purity, sense=d.head_sense) for d in detail]})
+    return out
+
+
+def main(argv):
+    del argv
+    spec = layout_lib.load_layout_spec(_LAYOUT.value)
+    queries = senses.load_polysemous_queries(_CATALOG.value, layout_lib.load_item_ids(spec))
+    ks = tuple(int(k) for k in _KS.value)
+    print("polysemous queries: " + "; ".join(
+        f"{q.text}: " + ", ".join(f"{i} ({len(r)} items)" for i, r in zip(q.intents, q.items))
+        for q in queries))
+    rows = []
+    for entry in _MODELS.value:
+        name, _, model_dir = entry.partition(":")
+        rows += _one_model(name, model_dir, spec, queries, ks)
+    cols = [f"{m}@{k}" for k in ks for m in ("sense_recall", "covered", "purity",
+                                             "distinct_head_senses")]
+    print("| model | " + " | ".join(cols + list(OVERALL)) + " | paired vs first (R@100, nDCG@10) |")
+    print("|---" * (len(cols) + len(OVERALL) + 2) + "|")
+    base = rows[0]["per_request"] if rows else None
+    for row in rows:
+        tests = []
+        if row is not rows[0]:
+            for m in ("recall@100", "ndcg@10"):
+                r = paired.paired_test(row["per_request"][m], base[m], m)
+                tests.append(f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] p={r.p_value:.3f}")
+        print(f"| {row['name']} | " + " | ".join(f"{row['senses'][c]:.3f}" for c in cols) + " | "
+              + " | ".join(f"{row['overall'][m]:.4f}" for m in OVERALL) + " | "
+              + ("; ".join(tests) or "-") + " |")
+    for row in rows:
+        for d in row["detail"]:
+            if d["k"] == max(ks):
+                print(f"  {row['name']} {d['q']} @{d['k']}: recall "
+                      + "/".join(f"{x:.2f}" for x in d["recall"])
+                      + f" covered={d['covered']} purity "
+                      + "/".join(f"{x:.2f}" for x in d["purity"])
+                      + " senses " + "/".join(str(s) for s in d["sense"]))
+    if _JSON.value:
+        with open(_JSON.value, "w", encoding="utf-8") as f:
+            json.dump([{k: v for k, v in r.items() if k != "per_request"} for r in rows], f,
+                      indent=1, ensure_ascii=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
