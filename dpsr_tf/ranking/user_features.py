@@ -6,8 +6,8 @@ user_<name> input).
 
 History: the user's positives (users/history_items.npy, in time order), the same sequence the
 DPSR-h query tower reads. A session's history is the prefix its user had before the session:
-the `history_end` of the user's earliest logged interaction with the session's query (train or
-eval records), so it holds only items clicked strictly before that interaction and never the
+the `history_end` of the user's earliest logged interaction with the session's query (records
+of every split but the catalog's pseudo-queries), so it holds only items clicked strictly before that interaction and never the
 session's own clicks. A session whose (user, query) is not in the log gets no history (counted
 in `SessionUsers.unmatched`). Only the last `history_length` items are kept, as the servable
 keeps the last `history_length` known ids of a request's user_history.
@@ -56,8 +56,8 @@ def last_n(items: np.ndarray, splits: np.ndarray, ends: np.ndarray, rows: np.nda
 def _first_history_end(spec) -> Dict[Tuple[int, int], int]:
     """(user_row, query_row) -> the smallest history_end of that user's records of the query."""
     out: Dict[Tuple[int, int], int] = {}
-    for split in ("train", "eval"):
-        if split not in spec.record_files:
+    for split in sorted(spec.record_files):
+        if split == "pseudo":
             continue
         rec = layout_lib.read_records(spec, split)
         rec = rec[rec["user_row"] >= 0]
