@@ -25,7 +25,8 @@ TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 # The fields of assets.extra/dpsr_servable.json's "servable" section as servers and ops read it;
 # the stages' Config sections must keep making exactly these.
 SERVABLE_FIELDS = {"default_k", "max_k", "max_query_bytes", "nprobe", "ef_search", "hybrid",
-                   "fusion", "mmap_index", "rewrites", "spelling", "dense_feedback"}
+                   "fusion", "mmap_index", "rewrites", "spelling", "dense_feedback",
+                   "head_min_share"}
 
 
 def test_every_servable_setting_is_owned_by_one_stage():

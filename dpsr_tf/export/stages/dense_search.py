@@ -21,7 +21,7 @@ from dpsr_tf.indexing import index_layout
 from dpsr_tf.indexing.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
 from dpsr_tf.search import dense_feedback, faiss_ops
 from dpsr_tf.search.dense_feedback import FeedbackConfig
-from dpsr_tf.search.head_merge import merge_heads
+from dpsr_tf.search.head_merge import check_min_share, merge_heads, merge_heads_quota
 
 # The signatures that search, and so get feedback rounds when feedback is on.
 SEARCHING_SIGNATURES = ("serving_default", "personalized")
@@ -38,12 +38,17 @@ class DenseSearchConfig:
         of the asset in the asset cache directory, never the file under the model path. Other
         index types are read either way (FaissIndex's mmap).
       dense_feedback: move each query head toward its first hits before the dense search.
+      head_min_share: each query head keeps its own best floor(head_min_share * k) items in the
+        merged list (search/head_merge.py, merge_heads_quota), so a head whose scores run lower
+        still shows its items; 0 = the best-score merge. At most 1 / num_heads. Over several
+        shards each shard's list keeps the quota and the proxy merges them by score.
     """
 
     nprobe: int = 0
     ef_search: int = 0
     mmap_index: bool = False
     dense_feedback: FeedbackConfig = FeedbackConfig()
+    head_min_share: float = 0.0
 
 
 def feedback_table(index_dir: str, ids_file: str) -> np.ndarray:
@@ -80,6 +85,9 @@ class DenseSearchStage(Stage):
         ExportFlag("mmap_index", "bool", False,
                    "Memory-map the FAISS index's IVF lists instead of reading them: processes "
                    "serving this version on one machine share one copy."),
+        ExportFlag("head_min_share", "float", 0.0,
+                   "Per-head quota of the merged dense list: each query head keeps its best "
+                   "floor(share * k) items (at most 1/num_heads; 0 = merge by best score)."),
     )
 
     def __init__(self, index_file: str, index_dir: str, ids_file: str):
@@ -94,6 +102,7 @@ class DenseSearchStage(Stage):
             raise ValueError(f"nprobe and ef_search must be >= 0, got {section.nprobe}, "
                              f"{section.ef_search}")
         section.dense_feedback.validate()
+        check_min_share(section.head_min_share, 1)
 
     @classmethod
     def prepare(cls, source):
@@ -104,8 +113,9 @@ class DenseSearchStage(Stage):
         return ctx.once("item_index", lambda: faiss_ops.FaissIndex(
             self._index_file, mmap=ctx.servable.mmap_index, shared_name=None, name="item_index"))
 
-    def _search_heads(self, ctx, embeddings, k, prefix=""):
-        """(scores [B, k], labels [B, k], heads [B, k]) of every head's search, merged."""
+    def _search_heads(self, ctx, embeddings, k, prefix="", quota=False):
+        """(scores [B, k], labels [B, k], heads [B, k]) of every head's search, merged (with
+        quota, under the servable's per-head quota)."""
         s = ctx.servable
         scores, labels = [], []
         for h in range(ctx.model_config.num_heads):
@@ -113,7 +123,11 @@ class DenseSearchStage(Stage):
                                       ef_search=s.ef_search, name=f"{prefix}head_{h}")
             scores.append(sc)
             labels.append(lb)
-        return merge_heads(tf.stack(scores, axis=1), tf.stack(labels, axis=1), k)
+        scores, labels = tf.stack(scores, axis=1), tf.stack(labels, axis=1)
+        if quota and s.head_min_share > 0:
+            check_min_share(s.head_min_share, ctx.model_config.num_heads)
+            return merge_heads_quota(scores, labels, k, s.head_min_share)
+        return merge_heads(scores, labels, k)
 
     def rank(self, ctx, ranked, direction):
         """The dense list (after dense feedback, along `direction` [B, d] when given, else
@@ -128,7 +142,7 @@ class DenseSearchStage(Stage):
                     direction = dense_feedback.hit_mean(first_labels, self._feedback_table(ctx))
                 embeddings = dense_feedback.move(embeddings, direction, feedback)
         with tf.name_scope("search"):
-            scores, labels, heads = self._search_heads(ctx, embeddings, ctx.k)
+            scores, labels, heads = self._search_heads(ctx, embeddings, ctx.k, quota=True)
         return {"scores": scores, "labels": labels, "heads": heads}
 
     def _first_hits(self, ctx):

@@ -1,0 +1,108 @@
+"""DPR's feature groups against XGBoost on the same sessions: session AUC and NDCG@5 of DPR
+numeric-only, numeric + text and numeric + text + user (profile and click stream), XGBoost
+rank:pairwise on the numeric features and on numeric + hashed sparse features
+(dpsr_tf/ranking/sparse_features.py), over several training seeds, with paired tests over the
+eval sessions (dpsr_tf/evaluation/paired.py) and the training time of each.
+
+    python bench/rerank_groups.py --sessions_dir=S --dpsr_model_dir=M --dpsr_index_dir=I \\
+        --work=/tmp/rerank_groups --seeds=0,1,2 --train_steps=2000
+
+Prints one JSON object: per system the mean and standard deviation over seeds of each metric
+and of the training seconds, and the paired tests of the full DPR against each other system,
+per seed and on the per-session metrics averaged over the seeds ("pooled").
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+GROUPS = {"dpr_numeric": ("numeric",), "dpr_numeric_text": ("numeric", "text"),
+          "dpr_full": ("numeric", "text", "user")}
+METRICS = ("session_auc", "ndcg@5")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions_dir", required=True)
+    ap.add_argument("--dpsr_model_dir", required=True)
+    ap.add_argument("--dpsr_index_dir", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--train_steps", type=int, default=2000)
+    ap.add_argument("--xgboost_rounds", type=int, default=300)
+    ap.add_argument("--sparse_buckets", type=int, default=4096)
+    args = ap.parse_args()
+    # pylint: disable=import-outside-toplevel
+    import tensorflow as tf
+    from dpsr_tf.evaluation import paired
+    from dpsr_tf.ranking import baselines, metrics, sparse_features
+    from dpsr_tf.ranking import model as model_lib
+    from dpsr_tf.ranking import train as train_lib
+    tf.get_logger().setLevel("ERROR")
+    quiet = lambda *_: None
+    data = train_lib.prepare_ranker_data(args.sessions_dir, args.dpsr_model_dir,
+                                         args.dpsr_index_dir, os.path.join(args.work, "base"),
+                                         log=quiet)
+    spec, ev, tr = data.layout_spec, data.eval_sessions, data.train_sessions
+    user_cfg = train_lib.user_config(spec)
+    sparse = [sparse_features.sparse_features(f, t, data.titles, model_lib.default_tokenizer(),
+                                              u, user_cfg["user_vocab_sizes"],
+                                              args.sparse_buckets)
+              for f, t, u in ((data.train_features, tr, data.train_users),
+                              (data.eval_features, ev, data.eval_users))]
+    per = {}        # system -> seed -> {metric: [S'] values}
+    seconds = {}    # system -> [seconds per seed]
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for name, groups in GROUPS.items():
+            model_dir = os.path.join(args.work, f"{name}_s{seed}")
+            config = model_lib.RankerConfig(seed=seed, feature_groups=groups,
+                                            dpsr_model_dir=args.dpsr_model_dir,
+                                            dpsr_index_dir=args.dpsr_index_dir, **user_cfg)
+            start = time.monotonic()
+            train_lib.train_ranker(data, model_dir, config, args.train_steps, log=quiet)
+            seconds.setdefault(name, []).append(time.monotonic() - start)
+            scores = train_lib.predict_scores(model_dir, data, ev, data.eval_features)
+            per.setdefault(name, {})[seed] = metrics.per_session(scores, ev.labels, ev.splits)
+        for name, (x_train, x_eval) in (("xgboost_numeric", (data.train_features,
+                                                              data.eval_features)),
+                                        ("xgboost_sparse", sparse)):
+            start = time.monotonic()
+            booster = baselines.train_xgboost(x_train, tr.labels, tr.splits, "rank:pairwise",
+                                              rounds=args.xgboost_rounds, seed=seed)
+            seconds.setdefault(name, []).append(time.monotonic() - start)
+            pred = baselines.predict(booster, x_eval)
+            per.setdefault(name, {})[seed] = metrics.per_session(pred, ev.labels, ev.splits)
+        print(f"seed {seed} done", file=sys.stderr, flush=True)
+    out = {"eval_sessions": int(len(per["dpr_full"][next(iter(per["dpr_full"]))]
+                                    ["session_auc"])),
+           "systems": {}, "paired": []}
+    for name, by_seed in per.items():
+        means = {m: [float(v[m].mean()) for v in by_seed.values()] for m in METRICS}
+        out["systems"][name] = {
+            **{m: [round(float(np.mean(x)), 4), round(float(np.std(x, ddof=1))
+                                                      if len(x) > 1 else 0.0, 4)]
+               for m, x in means.items()},
+            "per_seed": {m: [round(x, 4) for x in xs] for m, xs in means.items()},
+            "train_seconds": [round(float(np.mean(seconds[name])), 1),
+                              round(float(np.std(seconds[name])), 1)]}
+    full = per["dpr_full"]
+    for other in [n for n in per if n != "dpr_full"]:
+        for m in METRICS:
+            for seed in full:
+                out["paired"].append({"seed": seed, **dataclasses.asdict(paired.paired_test(
+                    full[seed][m], per[other][seed][m], m, "dpr_full", other))})
+            pooled_a = np.mean([full[s][m] for s in full], axis=0)
+            pooled_b = np.mean([per[other][s][m] for s in full], axis=0)
+            out["paired"].append({"seed": "pooled", **dataclasses.asdict(paired.paired_test(
+                pooled_a, pooled_b, m, "dpr_full", other))})
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
