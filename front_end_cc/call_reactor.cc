@@ -3,6 +3,7 @@
 #include "front_end_cc/call_reactor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <mutex>
 #include <string>
 
@@ -51,6 +52,33 @@ std::string ClientOf(grpc::GenericCallbackServerContext* ctx, const std::string&
   return client;
 }
 
+// The status of a call the gate refused (a refusal answer of FairGate::Offer).
+grpc::Status Refusal(Admission a, FrontEnd* fe) {
+  const Options& o = fe->options();
+  switch (a) {
+    case Admission::kClientQueueFull:
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "dpsr front end: this connection already has " +
+                              std::to_string(o.max_queued_per_client) +
+                              " calls waiting, the most one connection may have; send fewer at "
+                              "once");
+    case Admission::kOverloaded:
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "dpsr front end: overloaded: this connection's calls have waited more "
+                          "than " + std::to_string(fe->DelayTargetMicros() / 1000.0) +
+                              " ms for their turn for " + std::to_string(o.queue_interval_ms) +
+                              " ms; send fewer at once, or retry on another replica");
+    case Admission::kCannotFinish:
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "dpsr front end: the call's deadline ends before its turn would come "
+                          "(its connection's calls waiting ahead of it); not run");
+    default:
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "dpsr front end: " + std::to_string(o.max_queued) +
+                              " calls are waiting, the most the server queues; try again later");
+  }
+}
+
 }  // namespace
 
 Call::Call(FrontEnd* fe, grpc::GenericCallbackServerContext* ctx)
@@ -90,15 +118,16 @@ void Call::OnReadDone(bool ok) {
     }
     return;
   }
-  const Options& o = fe_->options();
-  FinishLocked(grpc::Status(
-      grpc::StatusCode::RESOURCE_EXHAUSTED,
-      a == Admission::kClientQueueFull
-          ? "dpsr front end: this connection already has " +
-                std::to_string(o.max_queued_per_client) +
-                " calls waiting, the most one connection may have; send fewer at once"
-          : "dpsr front end: " + std::to_string(o.max_queued) +
-                " calls are waiting, the most the server queues; try again later"));
+  FinishLocked(Refusal(a, fe_));
+}
+
+long long Call::DeadlineLeftMicros() const {
+  auto deadline = ctx_->deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return -1;
+  auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+                  deadline - std::chrono::system_clock::now())
+                  .count();
+  return std::max(0LL, static_cast<long long>(left));
 }
 
 void Call::StartBackend(bool metered) {
@@ -107,6 +136,7 @@ void Call::StartBackend(bool metered) {
     state_ = State::kRunning;
     slot_held_ = metered;
     started_ = metered;
+    if (metered) slot_since_ = std::chrono::steady_clock::now();
     refs_.fetch_add(1);
   }
   backend_ctx_.set_deadline(ctx_->deadline());
@@ -235,12 +265,16 @@ void Call::OnCancel() {
 }
 
 void Call::ReleaseSlot() {
+  long long held;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!slot_held_) return;
     slot_held_ = false;
+    held = std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now() - slot_since_)
+               .count();
   }
-  fe_->Release(client_);
+  fe_->Release(client_, held);
 }
 
 void Call::OnDone() {

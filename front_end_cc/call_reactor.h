@@ -10,6 +10,7 @@
 #define DPSR_FRONT_END_CC_CALL_REACTOR_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <mutex>
 #include <string>
@@ -38,6 +39,9 @@ class Call : public grpc::ServerGenericBidiReactor {
   void StartBackend(bool metered = true);
 
   const std::string& client() const { return client_; }
+
+  // Microseconds until the call's deadline (0 once past), or -1 when it has none.
+  long long DeadlineLeftMicros() const;
 
  private:
   class Backend : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
@@ -69,6 +73,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   bool started_ = false;  // it reached the backend with a turn (counts against the window)
   bool cancelled_ = false;
   bool initial_metadata_copied_ = false;
+  std::chrono::steady_clock::time_point slot_since_;  // when it took its backend slot
   size_t unread_bytes_ = 0;  // answer bytes written to the client and counted against its budget
   grpc::ByteBuffer request_;
   grpc::ByteBuffer response_;

@@ -24,6 +24,20 @@
 // reaching the backend. The times are the caller's (Offer and the methods that start calls
 // take `now`), so the order is testable; 0 = arrival order always.
 //
+// Overload (queue delay, CoDel at arrival): past capacity a client's queue only grows, and in
+// arrival order every call waits nearly its whole deadline. With `queue.target` set, a client
+// whose oldest waiting call has waited at least the target for a whole `queue.interval`
+// (a standing queue, not a burst) has its new calls refused at once (kOverloaded) until its
+// oldest waiting call is younger than the target again. The refused calls cost the backend
+// nothing and their clients learn in microseconds; the queue stays about one target deep, so
+// the calls admitted are answered fast. The target is the larger of `queue.target` and the
+// measured service time (ObserveService: how long a call holds its backend slot, averaged),
+// so a servable whose calls take 50 ms is not refused for queueing one call's worth.
+//
+// A call that brings its deadline (`deadline_left` >= 0) and could not start before it ends
+// (its client's waiting calls ahead of it, in turns of the client's share, each one service
+// time) is refused at once too (kCannotFinish) instead of expiring in the queue.
+//
 // Standard C++ only and not thread-safe: the front end holds its lock around every method and
 // starts the calls Release() hands back after dropping it.
 #ifndef DPSR_FRONT_END_CC_FAIR_GATE_H_
@@ -47,6 +61,14 @@ enum class Admission {
   kQueued,               // it waits its client's turn
   kClientQueueFull,      // refused: its client already has max_queued_per_client waiting
   kQueueFull,            // refused: max_queued calls wait in all
+  kOverloaded,           // refused: its client's queue has stood above the delay target
+  kCannotFinish,         // refused: its deadline ends before its expected turn
+};
+
+// The queue delay control (see above); times in the caller's unit (the front end: us).
+struct QueueDelay {
+  long long target = 0;       // 0: off
+  long long interval = 100000;
 };
 
 template <typename T>
@@ -56,7 +78,8 @@ class FairGate {
   // least 1); queue limits >= 1; initial_window in [1, max_running_per_client] (0: no slow
   // start, the whole share at once).
   FairGate(int max_running, int max_running_per_client, size_t max_queued_per_client,
-           size_t max_queued, int initial_window = 0, long long lifo_after = 0)
+           size_t max_queued, int initial_window = 0, long long lifo_after = 0,
+           QueueDelay queue = QueueDelay())
       : max_running_(std::max(1, max_running)),
         max_per_client_(max_running_per_client > 0
                             ? std::min(max_running_per_client, max_running_)
@@ -66,11 +89,13 @@ class FairGate {
         slow_start_(initial_window > 0),
         initial_window_(slow_start_ ? std::min(initial_window, max_per_client_)
                                     : max_per_client_),
-        lifo_after_(std::max(0LL, lifo_after)) {}
+        lifo_after_(std::max(0LL, lifo_after)),
+        queue_(queue) {}
 
-  // A new call of `client`, arrived at `now`. Counts it as running when the answer is kRun;
-  // keeps it when kQueued.
-  Admission Offer(const std::string& client, T item, long long now = 0) {
+  // A new call of `client`, arrived at `now`, with `deadline_left` until its deadline (< 0:
+  // none). Counts it as running when the answer is kRun; keeps it when kQueued.
+  Admission Offer(const std::string& client, T item, long long now = 0,
+                  long long deadline_left = -1) {
     Client& c = Find(client);
     if (c.waiting.empty() && CanStart(client, c) && running_ < max_running_) {
       ++c.running;
@@ -81,6 +106,10 @@ class FairGate {
     Admission refusal = Admission::kRun;
     if (c.waiting.size() >= max_queued_per_client_) refusal = Admission::kClientQueueFull;
     else if (queued_ >= max_queued_) refusal = Admission::kQueueFull;
+    else if (Standing(c, now)) refusal = Admission::kOverloaded;
+    else if (deadline_left >= 0 && ExpectedWait(c) > deadline_left) {
+      refusal = Admission::kCannotFinish;
+    }
     if (refusal != Admission::kRun) {
       Forget(client, c);
       return refusal;
@@ -148,6 +177,15 @@ class FairGate {
     return Dispatch(now);
   }
 
+  // A call held its backend slot for `held` (the service time that targets and expected waits
+  // are measured in): an average that follows the latest calls, as TCP's smoothed RTT.
+  void ObserveService(long long held) {
+    held = std::max(0LL, held);
+    service_ = service_ == 0 ? std::max(1LL, held) : std::max(1LL, service_ + (held - service_) / 8);
+  }
+  long long service_time() const { return service_; }  // 0: none measured yet
+  long long delay_target() const { return std::max(queue_.target, service_); }
+
   int window_of(const std::string& client) const {
     auto it = clients_.find(client);
     return it == clients_.end() ? initial_window_ : it->second.window;
@@ -212,7 +250,31 @@ class FairGate {
     int started = 0;  // started, not yet Ended
     int window = 0;   // the most `started` may be (slow start)
     bool in_ring = false;
+    long long above_until = 0;  // its queue stands above target from then on; 0: below
   };
+
+  // Whether `c`'s oldest waiting call has waited past the target for a whole interval (CoDel's
+  // standing queue), evaluated at `now`; a queue below the target starts the interval again.
+  bool Standing(Client& c, long long now) {
+    if (queue_.target <= 0 || c.waiting.empty() ||
+        now - c.waiting.front().since < delay_target()) {
+      c.above_until = 0;
+      return false;
+    }
+    if (c.above_until == 0) {
+      c.above_until = now + queue_.interval;
+      return false;
+    }
+    return now >= c.above_until;
+  }
+
+  // When a new call of `c` would start: one service time per turn of its share, behind its
+  // waiting calls. 0 while no service time is measured.
+  long long ExpectedWait(const Client& c) const {
+    int share = slow_start_ ? std::min(c.window, max_per_client_) : max_per_client_;
+    long long turns = static_cast<long long>(c.waiting.size()) / std::max(1, share) + 1;
+    return turns * service_;
+  }
 
   bool CanStart(const std::string& name, const Client& c) const {
     return c.running < max_per_client_ && (!slow_start_ || c.started < c.window) &&
@@ -247,6 +309,8 @@ class FairGate {
   const bool slow_start_;
   const int initial_window_;
   const long long lifo_after_;
+  const QueueDelay queue_;
+  long long service_ = 0;
   long long newest_first_ = 0;
   int running_ = 0;
   size_t queued_ = 0;

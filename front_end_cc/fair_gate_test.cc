@@ -11,6 +11,7 @@ namespace {
 
 using dpsr::front_end::Admission;
 using dpsr::front_end::FairGate;
+using dpsr::front_end::QueueDelay;
 
 std::vector<int> Items(const std::vector<std::pair<std::string, int>>& started) {
   std::vector<int> out;
@@ -194,6 +195,82 @@ void TestArrivalOrderWithoutLifo() {
   CHECK(gate.newest_first() == 0);
 }
 
+// Queue delay control (target 10, interval 100): a burst that waits past the target is kept;
+// a queue whose oldest call has waited past the target for the whole interval has new calls
+// refused at once, until its oldest call is younger than the target again. Another client is
+// not refused for the flood's queue and keeps its turn.
+void TestStandingQueueIsRefusedAtOnce() {
+  FairGate<int> gate(2, 1, 1000, 10000, 0, 0, QueueDelay{10, 100});
+  CHECK(gate.delay_target() == 10);
+  CHECK(gate.Offer("a", 1, 0) == Admission::kRun);
+  CHECK(gate.Offer("a", 2, 0) == Admission::kQueued);
+  CHECK(gate.Offer("a", 3, 5) == Admission::kQueued);    // oldest waited 5 < 10
+  CHECK(gate.Offer("a", 4, 20) == Admission::kQueued);   // 20 >= 10: the interval starts
+  CHECK(gate.Offer("a", 5, 119) == Admission::kQueued);  // above for 99 < 100
+  CHECK(gate.Offer("a", 6, 120) == Admission::kOverloaded);
+  CHECK(gate.Offer("b", 7, 120) == Admission::kRun);     // another client: its own queue
+  CHECK(gate.Offer("b", 8, 121) == Admission::kQueued);
+  CHECK(Items(gate.Release("a", 130)) == std::vector<int>({2}));
+  CHECK(gate.Offer("a", 9, 130) == Admission::kOverloaded);   // 3 has waited 125
+  CHECK(Items(gate.Release("b", 130)) == std::vector<int>({8}));  // b's turn is kept
+  CHECK(Items(gate.Release("a", 131)) == std::vector<int>({3}));
+  CHECK(Items(gate.Release("a", 132)) == std::vector<int>({4}));
+  CHECK(gate.Offer("a", 10, 133) == Admission::kOverloaded);  // 5 has waited 14
+  CHECK(Items(gate.Release("a", 134)) == std::vector<int>({5}));
+  CHECK(gate.Offer("a", 11, 135) == Admission::kQueued);  // nothing waits: below again
+  CHECK(gate.Offer("a", 12, 140) == Admission::kQueued);  // 11 waited 5 < 10
+  CHECK(gate.Offer("a", 13, 146) == Admission::kQueued);  // 11 waited 11: interval restarts
+  CHECK(gate.Offer("a", 14, 245) == Admission::kQueued);
+  CHECK(gate.Offer("a", 15, 246) == Admission::kOverloaded);
+  CHECK(gate.queued() == 4);
+  CHECK(gate.running() == 2);
+}
+
+// Target 0: the queue grows however long its calls wait.
+void TestNoDelayControlWithoutTarget() {
+  FairGate<int> gate(1, 1, 1000, 10000);
+  CHECK(gate.Offer("a", 1, 0) == Admission::kRun);
+  for (int i = 2; i < 50; ++i) CHECK(gate.Offer("a", i, i * 1000000LL) == Admission::kQueued);
+  CHECK(gate.queued() == 48);
+}
+
+// The measured service time: the first call's, then an average moving 1/8 of the way to each
+// new one; it raises the delay target above the configured one when calls take longer.
+void TestServiceTimeRaisesTheTarget() {
+  FairGate<int> gate(1, 1, 1000, 10000, 0, 0, QueueDelay{10, 100});
+  CHECK(gate.service_time() == 0);
+  gate.ObserveService(50);
+  CHECK(gate.service_time() == 50);
+  CHECK(gate.delay_target() == 50);
+  gate.ObserveService(130);  // 50 + (130 - 50) / 8
+  CHECK(gate.service_time() == 60);
+  gate.ObserveService(4);    // 60 + (4 - 60) / 8 = 53
+  CHECK(gate.service_time() == 53);
+  // 40 waited > 10 but < 53: not standing, however long.
+  CHECK(gate.Offer("a", 1, 0) == Admission::kRun);
+  CHECK(gate.Offer("a", 2, 0) == Admission::kQueued);
+  CHECK(gate.Offer("a", 3, 40) == Admission::kQueued);
+  CHECK(gate.Offer("a", 4, 52) == Admission::kQueued);
+}
+
+// A call whose deadline ends before its expected turn (one service time per turn of its
+// client's share, behind the client's waiting calls) is refused at once; one with time enough,
+// or with no deadline, waits; nothing is refused before a service time is measured.
+void TestCannotFinishBeforeItsDeadline() {
+  FairGate<int> gate(4, 2, 1000, 10000);
+  CHECK(gate.Offer("a", 1, 0, 0) == Admission::kRun);  // a free slot: runs whatever its deadline
+  CHECK(gate.Offer("a", 2, 0, 0) == Admission::kRun);
+  CHECK(gate.Offer("a", 3, 0, 0) == Admission::kQueued);  // no service time measured yet
+  gate.ObserveService(100);
+  CHECK(gate.Offer("a", 4, 0, 150) == Admission::kQueued);       // 1 ahead, share 2: 100
+  CHECK(gate.Offer("a", 5, 0, 150) == Admission::kCannotFinish);  // 2 ahead: 200 > 150
+  CHECK(gate.Offer("a", 6, 0, 200) == Admission::kQueued);        // 200 <= 200
+  CHECK(gate.Offer("a", 7, 0, -1) == Admission::kQueued);         // no deadline
+  CHECK(gate.Offer("a", 8, 0, 250) == Admission::kCannotFinish);  // 4 ahead: 300
+  CHECK(gate.Offer("b", 9, 0, 50) == Admission::kRun);            // another client: free slot
+  CHECK(gate.queued() == 4);
+}
+
 }  // namespace
 
 int main() {
@@ -206,5 +283,9 @@ int main() {
   TestSlowStart();
   TestNewestFirstOnceTheOldestWaitedTooLong();
   TestArrivalOrderWithoutLifo();
+  TestStandingQueueIsRefusedAtOnce();
+  TestNoDelayControlWithoutTarget();
+  TestServiceTimeRaisesTheTarget();
+  TestCannotFinishBeforeItsDeadline();
   return dpsr_test::Report("fair_gate_test");
 }

@@ -1,12 +1,16 @@
 // Parsing of dpsr_front_end's command line (flags.h).
 #include "front_end_cc/flags.h"
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 
 namespace dpsr {
 namespace front_end {
@@ -18,7 +22,8 @@ namespace {
                "usage: dpsr_front_end --backend=unix:PATH|HOST:PORT [--listen=HOST:PORT]\n"
                "  [--max_running=N] [--max_running_per_client=N] [--initial_running_per_client=N]\n"
                "  [--max_queued_per_client=N]\n"
-               "  [--max_queued=N] [--lifo_after_ms=N] [--max_streams_per_connection=N]\n"
+               "  [--max_queued=N] [--lifo_after_ms=N] [--queue_target_ms=N] [--queue_interval_ms=N]\n"
+               "  [--max_streams_per_connection=N]\n"
                "  [--max_receive_message_bytes=N] [--max_unread_bytes_per_client=N]\n"
                "  [--hold_back_unread_bytes=N] [--hold_back_total_unread_bytes=N]\n"
                "  [--client_metadata_key=KEY] [--grace_seconds=S] [--channel_arg=KEY=VALUE ...]\n",
@@ -38,6 +43,20 @@ long ParseLong(const std::string& flag, const std::string& value, long lo) {
 
 }  // namespace
 
+int UsableCores() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Options ResolveLimits(Options o, int cores) {
+  cores = std::max(1, cores);
+  if (o.max_running <= 0) o.max_running = 16 * cores;
+  if (o.max_running_per_client <= 0) o.max_running_per_client = 2 * cores;
+  o.max_running_per_client = std::min(o.max_running_per_client, o.max_running);
+  return o;
+}
+
 Options ParseFlags(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
@@ -47,7 +66,7 @@ Options ParseFlags(int argc, char** argv) {
     std::string flag = arg.substr(2, eq - 2), value = arg.substr(eq + 1);
     if (flag == "listen") o.listen = value;
     else if (flag == "backend") o.backend = value;
-    else if (flag == "max_running") o.max_running = static_cast<int>(ParseLong(flag, value, 1));
+    else if (flag == "max_running") o.max_running = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "max_running_per_client")
       o.max_running_per_client = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "initial_running_per_client")
@@ -55,6 +74,8 @@ Options ParseFlags(int argc, char** argv) {
     else if (flag == "max_queued_per_client") o.max_queued_per_client = ParseLong(flag, value, 1);
     else if (flag == "max_queued") o.max_queued = ParseLong(flag, value, 1);
     else if (flag == "lifo_after_ms") o.lifo_after_ms = ParseLong(flag, value, 0);
+    else if (flag == "queue_target_ms") o.queue_target_ms = ParseLong(flag, value, 0);
+    else if (flag == "queue_interval_ms") o.queue_interval_ms = ParseLong(flag, value, 1);
     else if (flag == "max_streams_per_connection")
       o.max_streams_per_connection = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "max_receive_message_bytes")
@@ -77,7 +98,7 @@ Options ParseFlags(int argc, char** argv) {
   }
   if (o.backend.empty()) Usage("--backend is required");
   if (o.max_receive_message_bytes > INT32_MAX) o.max_receive_message_bytes = INT32_MAX;
-  return o;
+  return ResolveLimits(o, UsableCores());
 }
 
 }  // namespace front_end

@@ -12,12 +12,15 @@ namespace front_end {
 struct Options {
   std::string listen = "127.0.0.1:0";
   std::string backend;
-  int max_running = 32;
-  int max_running_per_client = 0;  // 0: half of max_running
+  // 0: derived from the usable cores (ResolveLimits): 16 per core in all, 2 per core per client.
+  int max_running = 0;
+  int max_running_per_client = 0;
   int initial_running_per_client = 2;  // slow start (fair_gate.h); 0: none
   long max_queued_per_client = 4096;
   long max_queued = 65536;
   long lifo_after_ms = 0;  // adaptive LIFO (fair_gate.h); 0: arrival order always
+  long queue_target_ms = 5;     // queue delay control (fair_gate.h); 0: off
+  long queue_interval_ms = 100;
   int max_streams_per_connection = 128;
   long max_receive_message_bytes = 64L << 20;
   long max_unread_bytes_per_client = 64L << 20;
@@ -29,6 +32,15 @@ struct Options {
   // listening port as TF Serving applies them to its own (an integer VALUE is an int).
   std::map<std::string, std::string> channel_args;
 };
+
+// The CPUs this process may run on (its affinity mask, e.g. a container's cpuset), at least 1.
+int UsableCores();
+
+// Options with max_running and max_running_per_client of 0 given their values for `cores`:
+// 16 calls at the backend per core (a backend's run threads and batches need calls waiting at
+// it to keep every core busy), 2 per core from one client (one computing and one in transfer
+// per core: one client alone can still fill the machine), at most max_running.
+Options ResolveLimits(Options o, int cores);
 
 // --flag=value arguments into Options. A bad or unknown flag, or no --backend, prints the usage
 // to stderr and exits with status 2: the process has nothing to serve without them.

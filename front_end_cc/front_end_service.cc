@@ -36,7 +36,8 @@ FrontEnd::FrontEnd(const Options& o)
     : options_(o),
       gate_(o.max_running, o.max_running_per_client,
             static_cast<size_t>(o.max_queued_per_client), static_cast<size_t>(o.max_queued),
-            o.initial_running_per_client, o.lifo_after_ms * 1000LL) {
+            o.initial_running_per_client, o.lifo_after_ms * 1000LL,
+            QueueDelay{o.queue_target_ms * 1000LL, o.queue_interval_ms * 1000LL}) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
@@ -53,9 +54,14 @@ grpc::ServerGenericBidiReactor* FrontEnd::CreateReactor(
 
 Admission FrontEnd::Offer(Call* call) {
   std::lock_guard<std::mutex> lock(mu_);
-  Admission a = gate_.Offer(call->client(), call, NowMicros());
-  if (a == Admission::kRun) forwarded_.fetch_add(1, std::memory_order_relaxed);
-  else if (a != Admission::kQueued) refused_.fetch_add(1, std::memory_order_relaxed);
+  Admission a = gate_.Offer(call->client(), call, NowMicros(), call->DeadlineLeftMicros());
+  switch (a) {
+    case Admission::kRun: forwarded_.fetch_add(1, std::memory_order_relaxed); break;
+    case Admission::kQueued: break;
+    case Admission::kOverloaded: overloaded_.fetch_add(1, std::memory_order_relaxed); break;
+    case Admission::kCannotFinish: cannot_finish_.fetch_add(1, std::memory_order_relaxed); break;
+    default: refused_.fetch_add(1, std::memory_order_relaxed);
+  }
   return a;
 }
 
@@ -75,13 +81,19 @@ void FrontEnd::Ended(const std::string& client, bool delivered) {
   Start(started);
 }
 
-void FrontEnd::Release(const std::string& client) {
+void FrontEnd::Release(const std::string& client, long long held_micros) {
   Started started;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    gate_.ObserveService(held_micros);
     started = gate_.Release(client, NowMicros());
   }
   Start(started);
+}
+
+long long FrontEnd::DelayTargetMicros() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return gate_.delay_target();
 }
 
 bool FrontEnd::HoldUnread(const std::string& client, size_t bytes) {
@@ -124,17 +136,21 @@ void FrontEnd::FreeUnread(const std::string& client, size_t bytes) {
 
 std::string FrontEnd::Summary() {
   std::lock_guard<std::mutex> lock(mu_);
-  char line[512];
+  char line[768];
   std::snprintf(line, sizeof(line),
                 "dpsr_front_end: calls accepted %lld, forwarded %lld, queued %lld, "
                 "dropped before their turn %lld, refused (queue full) %lld, answers refused "
                 "(unread budget) %lld, clients held back %lld, passed without a turn "
-                "%lld, run newest first (overload) %lld; now running %d, waiting %zu",
+                "%lld, run newest first (overload) %lld, refused (overloaded) %lld, refused (deadline "
+                "before its turn) %lld; service time %lld us; limits: %d running, %d per "
+                "client; now running %d, waiting %zu",
                 (long long)accepted_.load(), (long long)forwarded_.load(),
                 (long long)queued_.load(), (long long)dropped_waiting_.load(),
                 (long long)refused_.load(), (long long)unread_refused_.load(),
                 (long long)held_back_.load(), (long long)unmetered_.load(),
-                gate_.newest_first(), gate_.running(), gate_.queued());
+                gate_.newest_first(), (long long)overloaded_.load(),
+                (long long)cannot_finish_.load(), gate_.service_time(), options_.max_running,
+                gate_.max_running_per_client(), gate_.running(), gate_.queued());
   return line;
 }
 

@@ -48,8 +48,11 @@ class FrontEnd : public grpc::CallbackGenericService {
   // A call that reached the backend ended, its answers read by the client or not (slow start).
   void Ended(const std::string& client, bool delivered);
 
-  // A call's backend slot is free: start the calls it lets through.
-  void Release(const std::string& client);
+  // A call's backend slot is free after `held_micros`: start the calls it lets through.
+  void Release(const std::string& client, long long held_micros);
+
+  // The queue delay past which a connection's calls are refused (fair_gate.h).
+  long long DelayTargetMicros();
 
   // Answer bytes a client has not read yet (HTTP/2 flow control holds them here). False (and
   // nothing counted) past its budget. A client that does not read gets no more answers
@@ -93,7 +96,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::unordered_map<std::string, size_t> unread_;  // under mu_
   size_t total_unread_ = 0;                         // under mu_
   std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
-      refused_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0};
+      refused_{0}, overloaded_{0}, cannot_finish_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0};
 };
 
 }  // namespace front_end

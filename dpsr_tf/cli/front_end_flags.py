@@ -19,10 +19,11 @@ FRONT_END = flags.DEFINE_enum(
 _WITH_NATIVE = "[dpsr] With the native front end (--front_end):"
 MAX_RUNNING = flags.DEFINE_integer(
     "front_end_max_running", FrontEndOptions.max_running,
-    f"{_WITH_NATIVE} calls passed to the server at once, all clients together.", lower_bound=1)
+    f"{_WITH_NATIVE} calls passed to the server at once, all clients together (0: 16 per "
+    "usable core).", lower_bound=0)
 MAX_RUNNING_PER_CLIENT = flags.DEFINE_integer(
     "front_end_max_running_per_client", FrontEndOptions.max_running_per_client,
-    f"{_WITH_NATIVE} of those, from one client (0: half).", lower_bound=0)
+    f"{_WITH_NATIVE} of those, from one client (0: 2 per usable core).", lower_bound=0)
 INITIAL_RUNNING_PER_CLIENT = flags.DEFINE_integer(
     "front_end_initial_running_per_client", FrontEndOptions.initial_running_per_client,
     f"{_WITH_NATIVE} slow start: a client's share begins at this many calls and grows by one "
@@ -37,10 +38,21 @@ MAX_QUEUED = flags.DEFINE_integer(
 LIFO_AFTER_MS = flags.DEFINE_integer(
     "front_end_lifo_after_ms", FrontEndOptions.lifo_after_ms,
     f"{_WITH_NATIVE} once a connection's oldest waiting call has waited this many ms, its "
-    "newest waiting call goes next (adaptive LIFO): a client sending faster than its share "
-    "is served gets fresh calls answered, and the old ones expire where they wait, instead of "
-    "every answer coming at the end of its deadline (100 was measured, docs/benchmarks.md). 0, "
-    "the default: arrival order always.", lower_bound=0)
+    "newest waiting call goes next (adaptive LIFO). 0, the default: arrival order always "
+    "(the queue delay control keeps queues short; docs/serving.md, \"Overload\").",
+    lower_bound=0)
+QUEUE_TARGET_MS = flags.DEFINE_integer(
+    "front_end_queue_target_ms", FrontEndOptions.queue_target_ms,
+    f"{_WITH_NATIVE} queue delay target: once a connection's oldest waiting call has waited "
+    "more than this (or the measured service time, if longer) for a whole "
+    "--front_end_queue_interval_ms, its new calls are refused at once with "
+    "RESOURCE_EXHAUSTED until its queue is below the target again, so past capacity the "
+    "excess is refused in microseconds and the calls served are served fast. 0: off (calls "
+    "wait until their deadline).", lower_bound=0)
+QUEUE_INTERVAL_MS = flags.DEFINE_integer(
+    "front_end_queue_interval_ms", FrontEndOptions.queue_interval_ms,
+    f"{_WITH_NATIVE} how long a queue must stay above --front_end_queue_target_ms before "
+    "calls are refused (a burst shorter than this only queues).", lower_bound=1)
 MAX_UNREAD = flags.DEFINE_integer(
     "front_end_max_unread_bytes_per_client", FrontEndOptions.max_unread_bytes_per_client,
     f"{_WITH_NATIVE} answer bytes one connection has not read (HTTP/2 flow control); past "
@@ -75,7 +87,8 @@ def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_ba
         max_running=MAX_RUNNING.value, max_running_per_client=MAX_RUNNING_PER_CLIENT.value,
         initial_running_per_client=INITIAL_RUNNING_PER_CLIENT.value,
         max_queued_per_client=MAX_QUEUED_PER_CLIENT.value, max_queued=MAX_QUEUED.value,
-        lifo_after_ms=LIFO_AFTER_MS.value,
+        lifo_after_ms=LIFO_AFTER_MS.value, queue_target_ms=QUEUE_TARGET_MS.value,
+        queue_interval_ms=QUEUE_INTERVAL_MS.value,
         max_unread_bytes_per_client=MAX_UNREAD.value,
         hold_back_unread_bytes=hold_back_unread_bytes,
         hold_back_total_unread_bytes=hold_back_total_unread_bytes)

@@ -33,22 +33,24 @@ class FrontEndOptions:
     """The front end's limits (`dpsr serve --front_end_*` flags).
 
     Attributes:
-      max_running: calls at the Python server at once, all clients together.
-      max_running_per_client: of those, from one client (0: half). 4 by default, the model
-        server's run threads one client may hold (half of 8; fewer below 4 cores): a larger
-        share let one client's flood through the proxy delay everyone's calls
-        (docs/benchmarks.md, "Misbehaving clients").
+      max_running: calls at the Python server at once, all clients together (0: 16 per
+        usable core, docs/serving.md "Admission limits").
+      max_running_per_client: of those, from one client (0: 2 per usable core, at most
+        max_running): enough for one client alone to keep every core busy, and no more, so a
+        flood through the proxy does not delay everyone's calls (docs/benchmarks.md,
+        "Misbehaving clients").
       initial_running_per_client: slow start: a client's share begins at this many calls and
         grows by one per answer delivered to it, so a client that never reads its answers (or
         resets its calls) gets no more computed at once (0: the whole share at once).
       max_queued_per_client: calls one connection may have waiting (more: RESOURCE_EXHAUSTED).
       max_queued: calls waiting in all (more: RESOURCE_EXHAUSTED).
       lifo_after_ms: adaptive LIFO: once a connection's oldest waiting call has waited this
-        long, its newest waiting call goes next (front_end_cc/fair_gate.h), so a client
-        sending faster than its share is served gets fresh calls answered instead of only
-        calls that waited nearly their deadline; 0 (the default): arrival order always.
-        Off by default: with it on, a zero-window reader can get more calls computed than its
-        slow start allows (tests/serving/test_native_front_end.py), not yet explained.
+        long, its newest waiting call goes next (front_end_cc/fair_gate.h); 0 (the default):
+        arrival order always (docs/serving.md, "Overload").
+      queue_target_ms, queue_interval_ms: queue delay control: a connection whose oldest
+        waiting call has waited more than the target (or the measured service time, if
+        longer) for a whole interval has its new calls refused at once with
+        RESOURCE_EXHAUSTED until its queue is below the target again; target 0: off.
       max_unread_bytes_per_client: answer bytes one connection has not read yet; past it, its
         further answers are dropped with RESOURCE_EXHAUSTED instead of held.
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
@@ -59,12 +61,14 @@ class FrontEndOptions:
         --max_unsent_response_bytes); 0: no such rule.
     """
 
-    max_running: int = 32
-    max_running_per_client: int = 4
+    max_running: int = 0
+    max_running_per_client: int = 0
     initial_running_per_client: int = 1
     max_queued_per_client: int = 4096
     max_queued: int = 65536
     lifo_after_ms: int = 0
+    queue_target_ms: int = 5
+    queue_interval_ms: int = 100
     max_unread_bytes_per_client: int = 64 << 20
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
@@ -122,6 +126,8 @@ class NativeFrontEnd:
             f"--max_queued_per_client={options.max_queued_per_client}",
             f"--max_queued={options.max_queued}",
             f"--lifo_after_ms={options.lifo_after_ms}",
+            f"--queue_target_ms={options.queue_target_ms}",
+            f"--queue_interval_ms={options.queue_interval_ms}",
             f"--max_unread_bytes_per_client={options.max_unread_bytes_per_client}",
             f"--hold_back_unread_bytes={options.hold_back_unread_bytes or (1 << 62)}",
             "--hold_back_total_unread_bytes="
