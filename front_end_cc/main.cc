@@ -14,9 +14,12 @@
 // Usage (dpsr_tf/serving/front_end.py starts it for `dpsr serve --front_end=native`):
 //   dpsr_front_end --listen=127.0.0.1:0 --backend=unix:/path/to/socket [--max_running=32] ...
 // It prints "dpsr_front_end listening on port N" once serving, and on SIGTERM/SIGINT drains
-// for --grace_seconds and prints one line of counts.
+// for --grace_seconds and prints one line of counts. If gRPC's listener stops accepting
+// connections (below), it drains the same way and exits with kExitAcceptFailed, for the
+// Python server to start a fresh one on the same port.
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,9 +28,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
 
+#include <grpc/compression.h>
+#include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 
 #include "front_end_cc/flags.h"
@@ -36,6 +42,32 @@
 namespace dpsr {
 namespace front_end {
 namespace {
+
+// The exit status after gRPC's listener stopped accepting (EX_TEMPFAIL): not a crash, a
+// fresh process would serve.
+constexpr int kExitAcceptFailed = 75;
+
+// Connections hold one descriptor each: a low soft limit (often 1,024) lets a few idle clients
+// use them all, when the hard limit would allow far more.
+void RaiseFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
+}
+
+// gRPC 1.51's listener gives up for good on any accept() error but EAGAIN/ECONNABORTED
+// (EMFILE when descriptors run out): it logs "Failed accept4" and never polls the port
+// again, which still listens, so clients connect and hang. Its log line is the only sign;
+// the hook wakes the main thread (SIGUSR1, which it sigwaits for) to drain and exit. The hook
+// runs under gRPC's locks: it only formats a line and sends a signal.
+void LogAndWatchAccept(gpr_log_func_args* args) {
+  static const char kSeverity[] = {'D', 'I', 'E'};
+  std::fprintf(stderr, "%c %s:%d] %s\n", kSeverity[args->severity], args->file, args->line,
+               args->message);
+  if (std::strstr(args->message, "Failed accept4") != nullptr) kill(getpid(), SIGUSR1);
+}
 
 // One --channel_arg on the server: an int when VALUE is one (as the Python server's
 // --grpc_channel_arguments parsing), else a string.
@@ -55,11 +87,14 @@ void AddChannelArgument(grpc::ServerBuilder* builder, const std::string& key,
 int Main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);  // the Python server that started us is gone: stop too
   Options options = ParseFlags(argc, argv);
+  RaiseFileLimit();
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // every gRPC thread inherits the mask
+  gpr_set_log_function(LogAndWatchAccept);
 
   FrontEnd front_end(options);
   grpc::ServerBuilder builder;
@@ -78,6 +113,13 @@ int Main(int argc, char** argv) {
   if (!user.count(GRPC_ARG_ALLOW_REUSEPORT)) {
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   }
+  // gRPC inflates a compressed message in full before it compares the size with the limit
+  // (a 1 MB gzip request can become 1 GiB): only uncompressed requests are accepted; a
+  // compressed one is refused UNIMPLEMENTED before its message is read (docs/serving.md).
+  if (!user.count(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET)) {
+    builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET,
+                               1 << GRPC_COMPRESS_NONE);
+  }
   for (const auto& [key, value] : user) AddChannelArgument(&builder, key, value);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
@@ -91,11 +133,16 @@ int Main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
+  if (sig == SIGUSR1) {
+    std::fprintf(stderr, "dpsr_front_end: accepting connections failed (see the line above; "
+                 "EMFILE: descriptors ran out); draining the calls it holds and exiting with "
+                 "%d for a fresh process to take the port\n", kExitAcceptFailed);
+  }
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<long>(options.grace_seconds * 1000)));
   server->Wait();
   std::fprintf(stderr, "%s\n", front_end.Summary().c_str());
-  return 0;
+  return sig == SIGUSR1 ? kExitAcceptFailed : 0;
 }
 
 }  // namespace

@@ -26,6 +26,13 @@ from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY, forwarded_client
 _LOG = logging.getLogger("serving.front_end")
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpsr_front_end")
 _READY = re.compile(rb"dpsr_front_end listening on port (\d+)")
+# main.cc's exit status once gRPC's listener stopped accepting (descriptors ran out).
+ACCEPT_FAILED_EXIT = 75
+# A front end that dies is started again on its port, after RESTART_BACKOFF_S doubled for each
+# restart in the last RESTART_WINDOW_S; more than MAX_RESTARTS there and the server gives up.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+RESTART_BACKOFF_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +86,23 @@ def is_built() -> bool:
     return os.access(BINARY, os.X_OK)
 
 
+_GAVE_UP = threading.Event()
+
+
 def stop_this_process() -> None:
-    """Stops this server as SIGTERM does: NativeFrontEnd's `on_exit` for a server whose front
-    end died (it has no gRPC port left)."""
+    """Stops this server as SIGTERM does, and makes `exit_if_front_end_failed` fail it:
+    NativeFrontEnd's `on_exit` for a server whose front end died and could not be started
+    again (it has no gRPC port left)."""
+    _GAVE_UP.set()
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_if_front_end_failed() -> None:
+    """After the server stopped: a non-zero exit (SystemExit) when it stopped because its
+    front end was lost, so that a supervisor that restarts failed services restarts it."""
+    if _GAVE_UP.is_set():
+        raise SystemExit("the server stopped because its native front end died and could "
+                         "not be restarted (see the log above); exiting with status 1")
 
 
 def client_of(context, peer: str, trusted: bool) -> str:
@@ -104,8 +124,12 @@ class NativeFrontEnd:
       max_receive_message_bytes: largest request message accepted.
       channel_arguments: (key, value) gRPC server arguments for the listening port (the
         user's --grpc_channel_arguments); each replaces the front end's default for its key.
-      on_exit: called (from a watcher thread) if the process ends before stop(): the server
-        cannot take gRPC calls without it, so the model server stops itself.
+      on_exit: called (from a watcher thread) if the process ends before stop() and cannot be
+        started again (more than MAX_RESTARTS exits in RESTART_WINDOW_S, or a start that
+        fails): the server cannot take gRPC calls without it, so it stops itself. Each other
+        exit (killed, crashed, or its listener stopped accepting: ACCEPT_FAILED_EXIT) starts a
+        fresh process on the same port after a backoff; calls it held fail UNAVAILABLE and
+        clients reconnect.
     """
 
     def __init__(self, address: str, options: FrontEndOptions, max_streams_per_connection: int,
@@ -139,7 +163,10 @@ class NativeFrontEnd:
         self._proc: Optional[subprocess.Popen] = None
         self._on_exit = on_exit
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # the process being replaced while stop() looks at it
+        self._host = address.rsplit(":", 1)[0]
         self.port = 0
+        self.restarts = 0
         self.summary = ""
 
     def bind_behind(self, server) -> None:
@@ -158,63 +185,120 @@ class NativeFrontEnd:
             None, self.stop, grace_seconds))
 
     def start(self, timeout: float = 30.0) -> int:
-        """Starts the process and returns the port it listens on.
+        """Starts the process and returns the port it listens on; a watcher thread starts it
+        again if it dies while serving (see `on_exit`).
 
         Raises:
           OSError: it exited or did not report its port within `timeout` (its message included).
         """
+        try:
+            self.port = self._spawn(self._args, timeout)
+        except OSError:
+            self._cleanup()
+            raise
+        threading.Thread(target=self._watch, name="front_end_watch", daemon=True).start()
+        return self.port
+
+    def _spawn(self, args, timeout: float) -> int:
+        """Starts one process with `args`; returns its port (OSError if it did not start)."""
         # Its log goes to a file, not a pipe: a pipe nobody drains would block it once full.
-        with open(self._log_path, "wb") as log:
-            self._proc = subprocess.Popen(self._args, stdout=subprocess.PIPE, stderr=log)
+        with open(self._log_path, "ab") as log:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
+        with self._lock:
+            self._proc = proc
         deadline = time.monotonic() + timeout
         line = b""
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self._proc.stdout], [], [], 0.2)
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
             if ready:
-                line = self._proc.stdout.readline()
+                line = proc.stdout.readline()
                 match = _READY.search(line)
                 if match:
-                    self.port = int(match.group(1))
-                    threading.Thread(target=self._watch, name="front_end_watch",
-                                     daemon=True).start()
-                    return self.port
-            if self._proc.poll() is not None:
+                    return int(match.group(1))
+            if proc.poll() is not None:
                 break
-        self._proc.kill()
-        self._proc.wait(timeout=10)
-        err = self._log_tail()
-        self._cleanup()
+        proc.kill()
+        proc.wait(timeout=10)
         raise OSError("the native front end did not start: "
-                      + (err or line.decode(errors="replace").strip() or "no message"))
+                      + (self._log_tail() or line.decode(errors="replace").strip()
+                         or "no message"))
 
     def stop(self, grace_seconds: float = 10.0) -> str:
         """Stops taking calls, lets the running ones finish (up to `grace_seconds`), and returns
         its one-line summary of counts."""
         self._stopping.set()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=grace_seconds + 10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self.summary = self._log_tail()
+        self._terminate(grace_seconds)
         self._cleanup()
         return self.summary
+
+    def _terminate(self, grace_seconds: float) -> None:
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_seconds + 10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            self.summary = self._log_tail()
 
     @property
     def pid(self) -> Optional[int]:
         return None if self._proc is None else self._proc.pid
 
     def _watch(self) -> None:
-        code = self._proc.wait()
-        if self._stopping.is_set():
-            return
-        _LOG.error("the native front end exited (code %s) while serving: %s; stopping the "
-                   "server, which cannot take gRPC calls without it", code,
-                   self._log_tail() or "no message")
+        """Waits on the process; one that exits while serving is started again on the same
+        port, from this thread, which then waits on it in turn (PR_SET_PDEATHSIG ends a
+        child when the thread that started it ends)."""
+        recent = []  # monotonic times of the restarts in the last RESTART_WINDOW_S
+        while True:
+            code = self._proc.wait()
+            if self._stopping.is_set():
+                return
+            if code == ACCEPT_FAILED_EXIT:
+                _LOG.error("the native front end stopped accepting connections (%s); starting "
+                           "a fresh one on port %d", self._log_line("Failed accept4")
+                           or "accepting connections failed", self.port)
+            else:
+                _LOG.error("the native front end exited (code %s) while serving: %s", code,
+                           self._log_tail() or "no message")
+            now = time.monotonic()
+            recent = [t for t in recent if now - t < RESTART_WINDOW_S]
+            if len(recent) >= MAX_RESTARTS:
+                self._give_up(f"it exited {len(recent) + 1} times in {RESTART_WINDOW_S:.0f} s")
+                return
+            if self._stopping.wait(RESTART_BACKOFF_S * 2 ** len(recent)):
+                return
+            recent.append(now)
+            args = [f"--listen={self._host}:{self.port}" if a.startswith("--listen=") else a
+                    for a in self._args]
+            try:
+                self._spawn(args, 30.0)
+            except OSError as e:
+                self._give_up(str(e))
+                return
+            self.restarts += 1
+            _LOG.warning("the native front end restarted (pid %d, restart %d) on port %d",
+                         self._proc.pid, self.restarts, self.port)
+            if self._stopping.is_set():  # stop() ran while it started: it may have missed it
+                self._terminate(10.0)
+                return
+
+    def _give_up(self, why: str) -> None:
+        _LOG.error("restarting it gave up (%s); stopping the server, which cannot take gRPC "
+                   "calls without it", why)
         if self._on_exit is not None:
             self._on_exit()
+
+    def _log_line(self, text: str) -> str:
+        """The last line of its log that holds `text` ("" if none)."""
+        try:
+            with open(self._log_path, "rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return next((line.strip() for line in reversed(lines) if text in line), "")
 
     def _log_tail(self) -> str:
         try:

@@ -1,10 +1,11 @@
 """Start-up plumbing shared by the model server and the proxy: binding the gRPC port, the
-port file a supervisor reads, freezing the start-up heap out of the garbage collector,
-returning large freed buffers to the system, and the model server's choice of TensorFlow's
-CPU kernels."""
+port file a supervisor reads, the file-descriptor limit, refusing compressed requests,
+freezing the start-up heap out of the garbage collector, returning large freed buffers to the
+system, and the model server's choice of TensorFlow's CPU kernels."""
 import gc
 import json
 import os
+import resource
 
 import grpc
 
@@ -35,6 +36,30 @@ def bind_grpc(server, host: str, port: int, ssl) -> int:
     if not bound:
         raise OSError(f"cannot bind gRPC to {address}")
     return bound
+
+
+def raise_fd_limit() -> tuple:
+    """Raises this process's soft RLIMIT_NOFILE to its hard limit (children inherit it) and
+    returns (soft, hard) as they are now.
+
+    Every connection holds a descriptor: under a soft limit of 1,024 (a common default) about
+    a thousand idle clients would use them all, while the hard limit allows far more."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # e.g. an unlimited hard limit the kernel refuses
+            pass
+    return soft, hard
+
+
+# gRPC (the C core and grpcio alike) inflates a compressed message in full before it compares
+# its size with the receive limit, so a 1 MB gzip request can take 1 GiB: the servers enable
+# no compression algorithm, and gRPC refuses a compressed request (UNIMPLEMENTED, "Compression
+# algorithm 'gzip' is disabled") before reading its message (docs/serving.md, "Operations").
+COMPRESSION_ARGUMENT = "grpc.compression_enabled_algorithms_bitset"
+ONLY_UNCOMPRESSED = 1  # bit 0: GRPC_COMPRESS_NONE
 
 
 def freeze_heap() -> None:

@@ -16,12 +16,14 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import heap_trim, stream_limits
-from dpsr_tf.serving.front_end import FrontEndOptions, NativeFrontEnd, stop_this_process
+from dpsr_tf.serving.front_end import (FrontEndOptions, NativeFrontEnd,
+                                       exit_if_front_end_failed, stop_this_process)
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.api.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
-from dpsr_tf.serving.startup import (ONEDNN_ENV, bind_grpc, freeze_heap, grpc_address,
-                                     onednn_kernels_in_use,
+from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONEDNN_ENV, ONLY_UNCOMPRESSED,
+                                     bind_grpc, freeze_heap, grpc_address,
+                                     onednn_kernels_in_use, raise_fd_limit,
                                      return_large_buffers_to_the_system, write_port_file)
 from dpsr_tf.serving.model_server.api import profiler_service
 from dpsr_tf.serving.model_server.api.rest import RestGateway
@@ -96,9 +98,11 @@ def server_arguments(opts: ServerOptions) -> list:
     bind instead of silently sharing it; `grpc.so_reuseport=1` lets several processes share
     one port on purpose (docs/serving.md, "Several processes on one port"). Each connection
     has at most max_streams_per_connection calls open (stream_limits.py), or the limit the
-    user's arguments set, without gRPC's overload protection refusing calls under it."""
+    user's arguments set, without gRPC's overload protection refusing calls under it.
+    Compressed requests are refused unread (startup.COMPRESSION_ARGUMENT)."""
     args = {"grpc.max_receive_message_length": opts.max_receive_message_bytes,
-            "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0}
+            "grpc.max_send_message_length": -1, "grpc.so_reuseport": 0,
+            COMPRESSION_ARGUMENT: ONLY_UNCOMPRESSED}
     args.update(stream_limits.server_arguments(opts.max_streams_per_connection))
     args.update(opts.grpc_channel_arguments)
     return list(stream_limits.without_refusals(args).items())
@@ -267,5 +271,12 @@ class ModelServer:
 
 
 def run_model_server(options: ServerOptions, server_config) -> None:
-    """Serves until SIGTERM/SIGINT. `server_config` is the initial ModelServerConfig."""
+    """Serves until SIGTERM/SIGINT. `server_config` is the initial ModelServerConfig.
+
+    Raises:
+      SystemExit: (status 1) the native front end died and could not be started again.
+    """
+    soft, hard = raise_fd_limit()
+    _LOG.info("File descriptors: %d allowed (RLIMIT_NOFILE soft %d, hard %d)", soft, soft, hard)
     asyncio.run(serve_until_signal(lambda: ModelServer(options, server_config), _LOG))
+    exit_if_front_end_failed()

@@ -16,7 +16,8 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import stream_limits
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.front_end import FrontEndOptions, NativeFrontEnd, stop_this_process
+from dpsr_tf.serving.front_end import (FrontEndOptions, NativeFrontEnd,
+                                       exit_if_front_end_failed, stop_this_process)
 from dpsr_tf.serving.grpc_calls import add_servicer, serve_until_signal
 from dpsr_tf.serving.metrics import ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
@@ -24,7 +25,8 @@ from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.proxy.peer_limits import DEFAULT_MAX_BACKEND_CALLS, DEFAULT_MAX_CALLS_PER_PEER
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Router
 from dpsr_tf.serving.proxy.servicer import ProxyServicer
-from dpsr_tf.serving.startup import (bind_grpc, freeze_heap, grpc_address,
+from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED, bind_grpc,
+                                     freeze_heap, grpc_address, raise_fd_limit,
                                      return_large_buffers_to_the_system, write_port_file)
 
 _LOG = logging.getLogger("serving.proxy")
@@ -133,6 +135,7 @@ class ProxyServer:
         opts = self.options
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", -1),
+            (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED),  # refused unread, not inflated
             *stream_limits.server_arguments(opts.max_streams_per_connection)])
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
                      self.servicer, self._server)
@@ -181,5 +184,7 @@ class ProxyServer:
 
 
 def run_proxy(options: ProxyOptions, settings: proxy_config.ProxySettings) -> None:
-    """Serves until SIGTERM/SIGINT."""
+    """Serves until SIGTERM/SIGINT (SystemExit, status 1: its native front end was lost)."""
+    raise_fd_limit()
     asyncio.run(serve_until_signal(lambda: ProxyServer(options, settings), _LOG))
+    exit_if_front_end_failed()

@@ -1,0 +1,234 @@
+"""The server as a process under hostile conditions: its file-descriptor limit exhausted,
+compressed requests that inflate far past the message limit, its native front end killed.
+Real `dpsr serve` processes and real clients (grpcio, or h2 for what grpcio never sends); every
+assertion is on statuses, counts and bytes, none on time (retries are bounded by count)."""
+import os
+import resource
+import signal
+import socket
+import zlib
+
+import grpc
+import pytest
+
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import front_end
+from tests.support import serving_testing as st
+
+native_only = pytest.mark.skipif(not os.access(front_end.BINARY, os.X_OK),
+                                 reason="the native front end is not built (make build)")
+FRONT_ENDS = [pytest.param("native", marks=native_only), "python"]
+
+
+def _start(model_dir, tmp_path, front, *flags):
+    return process.start_model_server(model_dir, model_name="dpsr", log_dir=str(tmp_path),
+                                      flags=[f"--front_end={front}", *flags])
+
+
+def _front_end_pid(server) -> int:
+    """The pid of the server's dpsr_front_end child (its newest, after a restart)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == server.proc.pid and name == "dpsr_front_end" and fields[0] != "Z":
+            found.append(int(pid))
+    assert found, "no dpsr_front_end child of the server:\n" + server.log_tail()
+    return max(found)
+
+
+def _predict_ok(address: str, attempts: int) -> int:
+    """Sends a normal Predict on a fresh connection up to `attempts` times; returns the
+    1-based attempt that was answered OK (0: none was)."""
+    request = st.predict_request("dpsr", ["cordless drill"], k=5)
+    for attempt in range(1, attempts + 1):
+        channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            channel.unary_unary(st.PREDICT_METHOD,
+                                request_serializer=lambda m: m.SerializeToString(),
+                                response_deserializer=None)(request, timeout=2,
+                                                            wait_for_ready=True)
+            return attempt
+        except grpc.RpcError:
+            continue
+        finally:
+            channel.close()
+    return 0
+
+
+def _soft_and_hard(pid: int) -> tuple:
+    return resource.prlimit(pid, resource.RLIMIT_NOFILE)
+
+
+def test_the_server_and_its_front_end_raise_the_soft_fd_limit_to_the_hard_one(
+        toy_model_dir, tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, hard)
+    if low == hard:
+        pytest.skip(f"the hard RLIMIT_NOFILE ({hard}) leaves no room to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # what the children inherit
+    try:
+        server = process.model_server_process(toy_model_dir, model_name="dpsr",
+                                              log_dir=str(tmp_path),
+                                              flags=["--front_end=native"]).launch()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    server.wait_ready()
+    try:
+        assert _soft_and_hard(server.proc.pid) == (hard, hard)
+        if os.access(front_end.BINARY, os.X_OK):
+            assert _soft_and_hard(_front_end_pid(server)) == (hard, hard)
+    finally:
+        server.stop()
+
+
+@native_only
+def test_the_native_front_end_accepts_again_after_its_fds_ran_out(toy_model_dir, tmp_path):
+    # Before: once accept() failed with EMFILE, gRPC's listener stopped for good (its accept
+    # loop gives up on any error but EAGAIN/ECONNABORTED): the port still listened, no call
+    # was ever accepted again.
+    server = _start(toy_model_dir, tmp_path, "native")
+    try:
+        pid = _front_end_pid(server)
+        in_use = len(os.listdir(f"/proc/{pid}/fd"))
+        limit = in_use + 16  # soft and hard: the process cannot raise it back
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+        idle = [socket.create_connection(("127.0.0.1", server.grpc_port)) for _ in range(64)]
+        # The front end has accepted all it could (the rest wait in the kernel's backlog) once
+        # a normal call cannot get through; bounded by count, not time.
+        assert _predict_ok(server.address, attempts=1) == 0
+        for s in idle:
+            s.close()
+        assert _predict_ok(server.address, attempts=30) > 0, server.log_tail()
+        assert server.alive()
+        log = server.log_tail(200)
+        assert "the native front end stopped accepting connections" in log
+        assert "restarted" in log
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
+@native_only
+def test_a_killed_front_end_is_restarted_on_the_same_port(toy_model_dir, tmp_path):
+    # Before: the server shut itself down with exit status 0, so a supervisor that restarts
+    # on failure left it down.
+    server = _start(toy_model_dir, tmp_path, "native")
+    try:
+        first = _front_end_pid(server)
+        os.kill(first, signal.SIGKILL)
+        assert _predict_ok(server.address, attempts=30) > 0, server.log_tail()
+        assert server.alive()
+        assert _front_end_pid(server) != first
+        log = server.log_tail(200)
+        assert "the native front end exited (code -9) while serving" in log
+        assert "restarted" in log
+    finally:
+        assert server.stop() == 0, server.log_tail()
+
+
+@native_only
+def test_a_front_end_that_keeps_dying_stops_the_server_with_a_failure_status(
+        toy_model_dir, tmp_path):
+    server = _start(toy_model_dir, tmp_path, "native")
+    try:
+        for _ in range(front_end.MAX_RESTARTS):
+            os.kill(_front_end_pid(server), signal.SIGKILL)
+            assert _predict_ok(server.address, attempts=30) > 0, server.log_tail()
+        os.kill(_front_end_pid(server), signal.SIGKILL)  # one more than it restarts
+        assert server.proc.wait(timeout=120) != 0
+        assert "restarting it gave up" in server.log_tail(200)
+    finally:
+        server.stop()
+
+
+INFLATED_BYTES = 256 << 20
+LIMIT_BYTES = 4 << 20
+
+
+def _gzip_zeros(n: int) -> bytes:
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: the gzip format
+    chunk = bytes(1 << 20)
+    return b"".join([deflate.compress(chunk) for _ in range(n >> 20)] + [deflate.flush()])
+
+
+def _ended(events, sid: int) -> bool:
+    import h2.events  # pylint: disable=g-import-not-at-top
+    return any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))
+               and e.stream_id == sid for e in events)
+
+
+def _send_gzip_predict(port: int, body: bytes) -> dict:
+    """One Predict whose message is `body`, flagged compressed with grpc-encoding gzip, sent
+    with h2 (grpcio would compress it itself); returns the response's headers and trailers."""
+    import h2.events  # pylint: disable=g-import-not-at-top
+    import h2.exceptions  # pylint: disable=g-import-not-at-top
+    from tests.support.raw_http2 import RawHttp2  # pylint: disable=g-import-not-at-top
+    client = RawHttp2(port, window=1 << 20)
+    try:
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, [
+            (":method", "POST"), (":scheme", "http"), (":path", st.PREDICT_METHOD),
+            (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+            ("te", "trailers"), ("grpc-encoding", "gzip"), ("grpc-accept-encoding", "gzip")])
+        data = b"\x01" + len(body).to_bytes(4, "big") + body
+        sent = 0
+        try:
+            while sent < len(data):
+                room = min(client.conn.local_flow_control_window(sid),
+                           client.conn.max_outbound_frame_size, len(data) - sent)
+                if room <= 0:
+                    if _ended(client.events, sid):  # answered before it had the whole message
+                        break
+                    client.pump()
+                    continue
+                client.conn.send_data(sid, data[sent:sent + room])
+                sent += room
+                client.sock.sendall(client.conn.data_to_send())
+            else:
+                client.conn.end_stream(sid)
+                client.sock.sendall(client.conn.data_to_send())
+        except h2.exceptions.StreamClosedError:
+            pass  # the server answered before it had the whole message: its answer is in events
+        headers = {}
+        for _ in range(10_000):
+            for event in client.events:
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    headers.update((k.decode() if isinstance(k, bytes) else k,
+                                    v.decode() if isinstance(v, bytes) else v)
+                                   for k, v in event.headers)
+                if (isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset))
+                        and event.stream_id == sid):
+                    return headers
+            client.events.clear()
+            client.pump()
+        raise AssertionError("no end of the stream")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("front", FRONT_ENDS)
+def test_a_compressed_request_that_inflates_past_the_limit_is_refused_unread(
+        toy_model_dir, tmp_path, front):
+    # Before: gRPC inflated the whole message (here 256 MiB) before it compared its size
+    # with the limit (4 MiB), in whichever process held the port.
+    server = _start(toy_model_dir, tmp_path, front,
+                    f"--grpc_channel_arguments=grpc.max_receive_message_length={LIMIT_BYTES}")
+    try:
+        body = _gzip_zeros(INFLATED_BYTES)
+        holder = _front_end_pid(server) if front == "native" else server.proc.pid
+        grown, headers = st.peak_rss_growth(
+            holder, lambda: _send_gzip_predict(server.grpc_port, body))
+        # UNIMPLEMENTED "Compression algorithm 'gzip' is disabled", before the message is read
+        assert headers.get("grpc-status") == str(grpc.StatusCode.UNIMPLEMENTED.value[0]), headers
+        assert "gzip" in headers.get("grpc-message", ""), headers
+        assert grown < 64 << 20, f"{front} front end grew by {grown >> 20} MiB"
+        assert _predict_ok(server.address, attempts=3) == 1  # and it keeps serving
+    finally:
+        assert server.stop() == 0, server.log_tail()
