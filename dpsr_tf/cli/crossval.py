@@ -33,7 +33,8 @@ _MAX_TRAIN_QUERIES = flags.DEFINE_integer(
     "max_train_queries", 0, "Keep only this many distinct train queries per fold (seeded by "
     "--prepare_seed), to measure small-log behaviour. 0 = keep all.")
 _PREPARE_SEED = flags.DEFINE_integer("prepare_seed", 0, "Seed of prepare: the train records' "
-                                     "order and the --max_train_queries choice.")
+                                     "order, the --max_train_queries choice and the "
+                                     "validation queries of each fold.")
 _BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on every fold.")
 _HYBRID = flags.DEFINE_bool(
     "hybrid", False, "Also build every fold's index as `dpsr index` does (FAISS + lexical) and "

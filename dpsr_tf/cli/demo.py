@@ -7,7 +7,7 @@
     5. evaluate     full-corpus Recall/nDCG/MRR on the eval split, beside BM25
     6. index        item tower over the catalog -> 2 FAISS index shards (IVF) and the BM25
                     index of the titles beside them; the fusion, the speller and dense
-                    feedback chosen on the eval split as `dpsr export` chooses them; dense,
+                    feedback chosen on the validation split as `dpsr export` chooses them; dense,
                     BM25 and hybrid as served
     7. rewrite      a short run of the cycle-consistent query rewriter (docs/rewriting.md)
                     on the layout's (query, clicked title) pairs; rewrites of the demo queries
@@ -153,8 +153,8 @@ def _print_rewrite_answers(hybrid_results, lexical_results, titles, fusion) -> N
         for rank, item in hits[:2]:
             print(f"      #{rank}: {item}  {titles.get(item, '')}")
     in_hybrid = sum(s == "rewrite" for r in hybrid_results for s in r.sources)
-    why = (" (the fusion chosen on this catalog's eval split weighs the lexical list 0: dense "
-           "alone scored best, so no lexical-only item, rewrite or not, enters the hybrid)"
+    why = (" (the fusion chosen on this catalog's validation split weighs the lexical list 0: "
+           "dense alone scored best, so no lexical-only item, rewrite or not, enters the hybrid)"
            if fusion.lexical_weight == 0 else "")
     print(f"   in the hybrid top 10s above: {in_hybrid} items only through a rewrite{why}")
 
@@ -222,12 +222,13 @@ def main(argv):
           f"{sum(s.num_terms for s in manifest.lexical.shards)} shard terms, built in "
           f"{manifest.lexical.build_seconds:.1f}s")
     # As `dpsr export` chooses (--dense_feedback=auto): every fusion without and with the
-    # default dense feedback; then the chosen servable evaluated as `dpsr evaluate --hybrid`
-    # does, on the lists the choice was made on.
+    # default dense feedback, on the validation split; then the chosen servable evaluated on
+    # the eval split as `dpsr evaluate --hybrid` does.
     choice, spelling, scores, hybrid = fusion_choice.choose_and_evaluate(
         train.model_dir, index_dir, cfg=eval_cfg, log=quiet,
         feedbacks=(FeedbackConfig(), DEFAULT_FEEDBACK))
-    print(f"   fusion chosen on the eval split among {len(choice.candidates)} candidates: "
+    print(f"   fusion chosen on the {choice.split} split among {len(choice.candidates)} "
+          f"candidates: "
           f"{fusion_choice.describe(choice.config)}, {choice.feedback.describe()}; catalog "
           f"speller {'on' if spelling else 'off'} (objective {scores['with']:.4f} with it, "
           f"{scores['without']:.4f} without)")

@@ -80,8 +80,8 @@ _PER_QUERY = flags.DEFINE_string(
 _SPELLING = flags.DEFINE_bool(
     "spelling", True, "--hybrid: when the index build has a catalog speller, every system "
     "sees the queries it corrects, as a servable exported with --spelling=on does (export's "
-    "default, auto, turns it on when the eval split scores higher with it); --nospelling: the "
-    "queries as typed, as --spelling=off serves them (docs/spelling.md).")
+    "default, auto, turns it on when the validation split scores higher with it); --nospelling: "
+    "the queries as typed, as --spelling=off serves them (docs/spelling.md).")
 _DENSE_FEEDBACK = flags.DEFINE_bool(
     "dense_feedback", False, "--hybrid: the served dense list with dense feedback, as a "
     "servable exported with --dense_feedback=on searches (--dense_feedback_items, "

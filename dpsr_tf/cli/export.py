@@ -48,12 +48,12 @@ for _flag in stage_pipeline.export_flags():
     else:
         _DEFINE[_flag.kind](_flag.name, _flag.default, _flag.help)
 _CHOOSE_FUSION = flags.DEFINE_bool(
-    "choose_fusion", True, "Choose a hybrid servable's fusion on the layout's eval split (the "
-    "best of a grid that includes dense only and lexical only); off when any fusion flag is "
-    "given.")
+    "choose_fusion", True, "Choose a hybrid servable's fusion on the layout's validation split "
+    "(carved from the training queries; the best of a grid that includes dense only and "
+    "lexical only); off when any fusion flag is given.")
 _FUSION_OBJECTIVE = flags.DEFINE_list(
     "fusion_objective", list(fusion_objective.OBJECTIVE), "The metrics whose mean "
-    "chooses the fusion (and --spelling=auto) on the eval split: recall@N, ndcg@10, mrr@10. "
+    "chooses the fusion (and --spelling=auto) on the validation split: recall@N, ndcg@10, mrr@10. "
     "A servable that feeds a re-ranker may be chosen for its recall alone, e.g. "
     "recall@100,recall@1000 (docs/export.md).")
 _REWRITES = flags.DEFINE_string(
@@ -63,15 +63,15 @@ _SPELLING = flags.DEFINE_enum(
     "spelling", "auto", ["auto", "on", "off"],
     "Correct each query's words that no catalog item uses with the index build's catalog "
     "speller before the query tower and BM25 see it (docs/spelling.md). auto: on when it "
-    "scores higher on the layout's eval split (with the fusion chosen or given; recorded in "
+    "scores higher on the layout's validation split (with the fusion chosen or given; recorded in "
     "assets.extra/dpsr_servable.json); on / off: always / never. A build without a speller "
     "vocabulary (made before it existed) exports without.")
 _DENSE_FEEDBACK = flags.DEFINE_enum(
     "dense_feedback", "auto", ["auto", "on", "off"],
     "Move each query head toward its first few hits before the dense search (pseudo-relevance "
     "feedback, --dense_feedback_items and --dense_feedback_weight; docs/export.md). auto: on "
-    "when it scores higher on the layout's eval split, chosen with the fusion (a build with a "
-    "lexical index; otherwise off); on / off: always / never. Sharded servables move the "
+    "when it scores higher on the layout's validation split, chosen with the fusion (a build "
+    "with a lexical index; otherwise off); on / off: always / never. Sharded servables move the "
     "query toward the whole catalog's first hits when `dpsr proxy` fronts them (two rounds; "
     "docs/export.md).")
 _ONLINE_REWRITER = flags.DEFINE_string(
@@ -123,9 +123,9 @@ def _feedbacks(manifest, index_dir: str):
 
 def _fusion(index_dir: str):
     """(FusionConfig, spelling on, FeedbackConfig, the choice's JSON or None): the flags'
-    fusion, or one chosen on the layout's eval split when the export is hybrid and no fusion
-    flag was given; with --spelling=auto, spelling on or off by the same split; with
-    --dense_feedback=auto, dense feedback on or off with the fusion."""
+    fusion, or one chosen on the layout's validation split (eval_set.choice_split) when the
+    export is hybrid and no fusion flag was given; with --spelling=auto, spelling on or off by
+    the same split; with --dense_feedback=auto, dense feedback on or off with the fusion."""
     given = [name for name in FUSION_FLAGS if flags.FLAGS[name].present]
     manifest = index_layout.read_manifest(index_dir, check_files=False)
     has_lexical = manifest.lexical is not None
@@ -157,11 +157,11 @@ def _fusion(index_dir: str):
                                               "scores": scores},
                   dense_feedback_mode=_DENSE_FEEDBACK.value)
     if feedbacks:
-        print(f"dense feedback {'on' if choice.feedback.enabled else 'off'}: chosen on the eval "
-              "split with the fusion (--dense_feedback=on/off to set it)")
+        print(f"dense feedback {'on' if choice.feedback.enabled else 'off'}: chosen on the "
+              f"{choice.split} split with the fusion (--dense_feedback=on/off to set it)")
     if not choose:
         return fusion_flags.fusion_config(), spelling, choice.feedback, record
-    print(f"fusion chosen on the eval split: {fusion_choice.describe(choice.config)} "
+    print(f"fusion chosen on the {choice.split} split: {fusion_choice.describe(choice.config)} "
           "(give a fusion flag or --nochoose_fusion to set it yourself)")
     return choice.config, spelling, choice.feedback, record
 

@@ -12,6 +12,8 @@ same layout with the Apache Beam pipeline of dpsr_tf/data/beam; Beam's own optio
 --split_fold=F holds out the queries whose md5 % N == F (cross-validation fold F of N without
 rewriting data; `dpsr crossval` runs every fold). --max_train_queries=N keeps N seeded training
 queries with all their interactions (a small log cut from a large one); eval is untouched.
+--validation_fraction=0.1 (the default) moves a seeded tenth of the training queries into the
+validation split that early stopping and the automatic choices read (docs/evaluation.md).
 
 Prints counts and rejected rows by reason with file:line examples; exits 1 with a clear message
 on a missing file, a malformed header, a missing required column or too many rejected rows.
@@ -40,8 +42,8 @@ _SPLIT_TIME = flags.DEFINE_string("split_time", None,
                                   "default: the latest --eval_fraction of interactions.")
 _EVAL_FRACTION = flags.DEFINE_float("eval_fraction", 0.1, "time: fraction for eval.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 5, "Examples per rejection reason.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train records' order on disk and of "
-                             "the --max_train_queries choice.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the train records' order on disk, of the "
+                             "--max_train_queries choice and of the validation queries.")
 _MAX_TRAIN_QUERIES = flags.DEFINE_integer(
     "max_train_queries", 0, "Keep only this many distinct train queries (seeded by --seed) with "
     "all their interactions; the others' are dropped; eval is untouched. 0 = keep all.")

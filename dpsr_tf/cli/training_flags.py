@@ -103,7 +103,7 @@ _TRAIN_HELP = {
     "early_stopping_patience": "Early stopping: evaluations without a gain before stopping.",
     "early_stopping_metric": "Early stopping: eval metric watched (top10/top1/auc_labeled "
                              "maximized, loss minimized; recall@10/100/1000: full-corpus "
-                             "recall of the eval split, brute force over every item).",
+                             "recall of --eval_split, brute force over every item).",
     "early_stopping_min_delta": "Early stopping: a gain must exceed this to count.",
     "early_stopping_min_steps": "Early stopping: evaluations before this global step neither "
                                 "stop the run nor count as its best (0 = from the first; the "
@@ -111,10 +111,12 @@ _TRAIN_HELP = {
                                 "pseudo-query share).",
     "shuffle_buffer": "Shuffle buffer of the training input, in interactions.",
     "seed": "Graph and input seed (each replica adds its index).",
-    "eval_split": "Layout split evaluated during training.",
+    "eval_split": "Layout split evaluated during training: validation, the split dpsr "
+                  "prepare carves from the training queries (a layout without one: eval, "
+                  "with a warning); never the reported eval split unless asked.",
     "eval_batch_size": "Examples per evaluation batch.",
     "eval_random_negatives": "Random items per eval batch for Top-k (paper: 1024).",
-    "eval_steps": "Batches per evaluation (0 = the whole eval split).",
+    "eval_steps": "Batches per evaluation (0 = the whole --eval_split).",
     "throttle_secs": "At least this many seconds between evaluations (fixed --train_steps, "
                      "clusters).",
     "save_checkpoints_steps": "Checkpoint every this many global steps.",

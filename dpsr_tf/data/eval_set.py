@@ -4,8 +4,10 @@ A request is a distinct (query, user) of the split's interaction records; its re
 are the items of its positive interactions with gain >= a threshold (the layout's
 eval_min_gain by default). `load_eval_set` gives the requests for full-corpus Recall/nDCG/MRR,
 `load_labeled_pairs` every labelled (query, user, item) for AUC (docs/data_format.md).
+`choice_split` names the split that early stopping and the automatic choices read.
 """
 import dataclasses
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -50,6 +52,51 @@ class EvalSet:
         """(item rows [n] int64, gains [n] float32) of request i."""
         lo, hi = self.relevant_splits[i], self.relevant_splits[i + 1]
         return self.relevant_rows[lo:hi], self.relevant_gains[lo:hi]
+
+
+def choice_split(layout, log=logging.warning) -> str:
+    """The split that early stopping and every automatic choice (fusion, dense feedback,
+    speller) are made on: the layout's validation split, carved from the training queries.
+
+    A layout without one (prepared before it existed, or with --validation_fraction=0, or too
+    few training queries) falls back to the eval split, with a warning through `log`: choices
+    made on the queries that are then reported make those numbers optimistic.
+
+    Args:
+      layout: a LayoutSpec or a layout directory.
+    """
+    spec = layout_lib.spec_of(layout)
+    if layout_lib.VALIDATION_SPLIT in spec.record_files:
+        return layout_lib.VALIDATION_SPLIT
+    log(f"{spec.layout_dir} has no {layout_lib.VALIDATION_SPLIT!r} split (prepared before it "
+        f"existed, or with --validation_fraction=0): early stopping and the automatic choices "
+        f"use the {layout_lib.EVAL_SPLIT!r} split, so its reported numbers are optimistic; "
+        f"re-run `dpsr prepare` to carve one from the training queries")
+    return layout_lib.EVAL_SPLIT
+
+
+def watched_split(requested: str, layout, log=logging.warning) -> str:
+    """The split a training run evaluates for early stopping, from TrainConfig.eval_split.
+
+    "validation" (the default) is choice_split's answer (the eval split on a layout without a
+    validation split, with its warning); "eval" on a layout that has a validation split is
+    kept, with a warning that the numbers reported on it are then optimistic.
+
+    Raises:
+      ValueError: a split the layout does not have.
+    """
+    spec = layout_lib.spec_of(layout)
+    if requested == layout_lib.VALIDATION_SPLIT:
+        return choice_split(spec, log)
+    if requested not in spec.record_files:
+        raise ValueError(f"eval_split={requested!r}: {spec.layout_dir} has the splits "
+                         f"{list(spec.record_files)}; early stopping reads "
+                         f"{layout_lib.VALIDATION_SPLIT!r} (the default)")
+    if requested == layout_lib.EVAL_SPLIT and layout_lib.VALIDATION_SPLIT in spec.record_files:
+        log(f"eval_split={requested!r}: early stopping watches the split that is reported, so "
+            f"its numbers are optimistic; the default, {layout_lib.VALIDATION_SPLIT!r}, is "
+            f"carved from the training queries")
+    return requested
 
 
 _GAIN_EPS = 1e-4   # gains are float32 in the records; "1.67" must pass ">= 1.67"

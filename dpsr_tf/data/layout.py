@@ -22,7 +22,11 @@ Directory (docs/data_format.md, "Training layout"):
   interactions/<split>-SSSSS-of-NNNNN.rec   fixed-length interaction records (RECORD_DTYPE);
                               splits "train" (positives only: the train human negatives are in
                               the per-query table), "eval" (everything), "pseudo" (catalog
-                              pseudo-queries, one record per pseudo-query and its item)
+                              pseudo-queries, one record per pseudo-query and its item),
+                              "validation" (VALIDATION_SPLIT: every interaction of a seeded
+                              share of the training queries, which train never sees; early
+                              stopping and the automatic choices read it; absent from layouts
+                              prepared before it or with --validation_fraction=0)
 
 All arrays are little-endian .npy files, read by numpy here and in-graph by
 dpsr_tf.data.table_join (tf.io.read_file + decode_raw), so the tables are loaded once per input
@@ -63,6 +67,10 @@ QUERY_TOKEN_SPLITS = "queries/token_splits.npy"
 QUERY_HUMAN_NEGATIVE_ITEMS = "queries/human_negative_items.npy"
 QUERY_HUMAN_NEGATIVE_SPLITS = "queries/human_negative_splits.npy"
 INTERACTIONS_DIR = "interactions"
+# Record splits: the reported one, and the one carved from the training queries that early
+# stopping and every automatic choice read (data/validation_split.py).
+EVAL_SPLIT = "eval"
+VALIDATION_SPLIT = "validation"
 
 # One interaction = 24 bytes. history_end: the user's history is
 # history_items[history_splits[user_row] : history_splits[user_row] + history_end], the user's

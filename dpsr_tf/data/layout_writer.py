@@ -11,6 +11,7 @@ import numpy as np
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import schema
+from dpsr_tf.data import validation_split
 from dpsr_tf.data.schema import PrepareError
 from dpsr_tf.tokenization import TokenizerConfig
 
@@ -65,7 +66,8 @@ def write_metadata(config, out_dir: str, tok_config: TokenizerConfig,
                    counts: dict, split_info: dict, record_files: Dict[str, List[str]],
                    num_records: Dict[str, int], record_checks: Dict[str, dict],
                    log: Callable[[str], None]) -> layout_lib.LayoutSpec:
-    """Writes layout.json and prepare_report.txt (both prepare paths); logs the summary.
+    """Carves the validation split out of the train split (validation_split.carve), then writes
+    layout.json and prepare_report.txt (both prepare paths); logs the summary.
 
     Args:
       config: the PrepareConfig; its output is where out_dir, the layout being built, goes.
@@ -76,6 +78,8 @@ def write_metadata(config, out_dir: str, tok_config: TokenizerConfig,
     Returns:
       The LayoutSpec written to layout.json.
     """
+    validation_split.carve(config, out_dir, record_files, num_records, record_checks, counts,
+                           split_info, log, write_records)
     extra = dict(counts)
     item_token_count = extra.pop("item_tokens")
     counts = {rep.kind: rep.to_dict() for rep in reports}
@@ -120,7 +124,11 @@ def write_metadata(config, out_dir: str, tok_config: TokenizerConfig,
         f"labels: {counts['labels']}",
         f"split ({split_info['rule']}): train {num_records['train']:,} interactions / "
         f"{counts['splits']['train']['queries']:,} queries; eval {num_records['eval']:,} / "
-        f"{counts['splits']['eval']['queries']:,}",
+        f"{counts['splits']['eval']['queries']:,}"
+        + (f"; validation (carved from the training queries, early stopping and automatic "
+           f"choices) {num_records[layout_lib.VALIDATION_SPLIT]:,} / "
+           f"{counts['splits'][layout_lib.VALIDATION_SPLIT]['queries']:,}"
+           if layout_lib.VALIDATION_SPLIT in num_records else "; no validation split"),
     ]
     for line in summary:
         log(line)

@@ -56,6 +56,12 @@ class PrepareConfig:
       progress_every_s: progress lines on stderr at most this often.
       pseudo_queries: how many pseudo-queries to make per item from its title and attributes
         (dpsr_tf/data/pseudo_queries.py); they form the "pseudo" record split, training only.
+      validation_fraction: the share of the training queries (seeded by `seed`) whose
+        interactions form the "validation" split instead of training (data/validation_split.py):
+        early stopping and the automatic choices read it, never the eval split. 0 = none (they
+        then fall back to the eval split, with a warning).
+      min_validation_queries: a smaller validation split takes this many queries while it stays
+        within a quarter of the training queries (split.validation_size).
     """
 
     items: str
@@ -78,6 +84,8 @@ class PrepareConfig:
     # with all their interactions; the others' interactions are dropped; eval is untouched.
     # 0 = keep all. Measures small-log behaviour.
     max_train_queries: int = 0
+    validation_fraction: float = 0.1
+    min_validation_queries: int = split_lib.MIN_VALIDATION_QUERIES
 
     def __post_init__(self):
         if self.history_length < 0:
@@ -90,6 +98,7 @@ class PrepareConfig:
         if self.max_train_queries < 0:
             raise ValueError(f"max_train_queries must be >= 0 (0 = keep every training "
                              f"query), got {self.max_train_queries}")
+        split_lib.validation_size(0, self.validation_fraction, self.min_validation_queries)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ dashboard: a query q is EVAL (test) iff int(md5(q.encode('utf-8')).hexdigest(), 
 All interactions of a query land in the same split, so eval queries are unseen in training.
 Cross-validation uses the other residues: fold F of N holds out the queries whose hash % N == F,
 so the N folds partition the queries without rewriting any data (fold 0 = the dashboard rule).
+
+The validation split is carved from the training queries (`validation_queries`): a seeded share
+of them, by query, leaves training; early stopping and every automatic choice (fusion, dense
+feedback, speller) read it, so the eval split (or a fold's held-out queries) is only reported.
 """
 import dataclasses
 import hashlib
@@ -101,6 +105,64 @@ def sample_train_queries(query_texts: Sequence[str], train_query_rows: np.ndarra
     rows = np.array(sorted(rows.tolist(), key=lambda r: query_texts[r]), np.int64)
     order = np.random.default_rng(seed).permutation(len(rows))
     return np.sort(rows[order[:max_queries]])
+
+
+# A validation split below this many queries makes early stopping and the choices noisy; the
+# carve takes at least this many while it leaves training at least (1 - MAX_VALIDATION_SHARE).
+MIN_VALIDATION_QUERIES = 20
+MAX_VALIDATION_SHARE = 0.25
+MIN_TRAIN_QUERIES_TO_CARVE = 4
+
+
+def validation_size(num_train_queries: int, fraction: float,
+                    min_queries: int = MIN_VALIDATION_QUERIES) -> int:
+    """How many of `num_train_queries` (n) training queries the validation split takes.
+
+    ceil(fraction * n), raised towards min_queries but not beyond MAX_VALIDATION_SHARE of n (a
+    small log keeps most of its queries for training), at most n - 1; 0 (no validation split)
+    with fraction 0 or below MIN_TRAIN_QUERIES_TO_CARVE training queries. Hand-worked
+    (fraction 0.1, min 20): n=1141 -> 115, n=100 -> 20, n=40 -> 10, n=8 -> 2, n=3 -> 0;
+    (fraction 0.5): n=10 -> 5.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1) (0 = no validation split), "
+                         f"got {fraction}")
+    if min_queries < 0:
+        raise ValueError(f"min_validation_queries must be >= 0, got {min_queries}")
+    n = int(num_train_queries)
+    if fraction == 0.0 or n < MIN_TRAIN_QUERIES_TO_CARVE:
+        return 0
+    k = max(int(np.ceil(fraction * n - 1e-9)), min(min_queries, int(MAX_VALIDATION_SHARE * n)))
+    return int(min(k, n - 1))
+
+
+def validation_queries(query_texts: Sequence[str], train_query_rows: np.ndarray,
+                       fraction: float, seed: int,
+                       min_queries: int = MIN_VALIDATION_QUERIES) -> np.ndarray:
+    """The seeded choice of the training queries that form the validation split.
+
+    Like sample_train_queries, the candidates are ordered by their text and permuted by a seed
+    derived from `seed`, so the choice depends only on the set of training queries and the
+    seed; its size is validation_size. All interactions of a chosen query leave training.
+
+    Args:
+      query_texts: the distinct query strings (indexed by query row).
+      train_query_rows: [n] int, the query rows of the train split (repeats allowed).
+      fraction: the share of training queries to carve (0 = none).
+      seed: seed of the choice.
+      min_queries: the size below which the carve takes more (validation_size).
+
+    Returns:
+      [k] int64 sorted query rows, k = validation_size(distinct train queries, ...).
+    """
+    rows = np.unique(np.asarray(train_query_rows, np.int64))
+    k = validation_size(len(rows), fraction, min_queries)
+    if k == 0:
+        return np.zeros([0], np.int64)
+    rows = np.array(sorted(rows.tolist(), key=lambda r: query_texts[r]), np.int64)
+    # Its own stream: the same seed also orders the train records and cuts --max_train_queries.
+    order = np.random.default_rng([seed, 0x7a11d]).permutation(len(rows))
+    return np.sort(rows[order[:k]])
 
 
 def time_cutoff(timestamps: np.ndarray, eval_fraction: float) -> float:

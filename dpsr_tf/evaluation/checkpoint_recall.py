@@ -1,6 +1,6 @@
-"""Full-corpus recall of a checkpoint on the layout's eval split, for early stopping.
+"""Full-corpus recall of a checkpoint on the layout's validation split, for early stopping.
 
-    recall_of = checkpoint_recall.evaluator(model_dir, split="eval", ks=(100,))
+    recall_of = checkpoint_recall.evaluator(model_dir, split="validation", ks=(100,))
     recall_of("/m/model.ckpt-3000")   # -> {"recall@100": float}
 
 `dpsr train --early_stopping_metric=recall@100` watches this instead of the in-batch Top-10, which
@@ -33,11 +33,13 @@ def for_training(train, log: Callable[[str], None] = lambda _: None):
     return evaluator(train.model_dir, train.eval_split, (int(metric[len(PREFIX):]),), log)
 
 
-def evaluator(model_dir: str, split: str = "eval", ks: Sequence[int] = (100,),
+def evaluator(model_dir: str, split: str = "validation", ks: Sequence[int] = (100,),
               log: Callable[[str], None] = lambda _: None) -> Callable[[str], Dict[str, float]]:
     """A function checkpoint path -> {"recall@K": value} for each K of ks, on `split` of the
     layout model_dir's model was trained on (read when the function is first called: the
-    model directory's config is written when training starts)."""
+    model directory's config is written when training starts). The split is resolved as the
+    training driver resolves TrainConfig.eval_split (eval_set.watched_split: "validation"
+    reads "eval" on a layout without a validation split)."""
     state = {}
 
     def recall_of(checkpoint: str) -> Dict[str, float]:
@@ -45,8 +47,9 @@ def evaluator(model_dir: str, split: str = "eval", ks: Sequence[int] = (100,),
         if not state:
             model_config, saved = load_model_config(model_dir)
             spec = layout_lib.load_layout_spec(saved.layout_dir)
-            state.update(config=model_config, spec=spec,
-                         eval_set=eval_set_lib.load_eval_set(spec, split))
+            watched = eval_set_lib.watched_split(split, spec, log=lambda _: None)
+            state.update(config=model_config, spec=spec, split=watched,
+                         eval_set=eval_set_lib.load_eval_set(spec, watched))
         spec, eval_set = state["spec"], state["eval_set"]
         with CheckpointEmbedder(model_dir, checkpoint, state["config"], spec) as embedder:
             scorer = EmbeddingScorer(embedder, spec, eval_set)
@@ -55,8 +58,8 @@ def evaluator(model_dir: str, split: str = "eval", ks: Sequence[int] = (100,),
                                               eval_set.relevant_rows, eval_set.relevant_gains,
                                               recall_ks=tuple(ks))
         out = {f"{PREFIX}{k}": float(found[f"{PREFIX}{k}"]) for k in ks}
-        log(f"full-corpus {', '.join(f'{k} {v:.4f}' for k, v in out.items())} on {split!r} "
-            f"({len(eval_set)} requests x {spec.num_items} items, "
+        log(f"full-corpus {', '.join(f'{k} {v:.4f}' for k, v in out.items())} on "
+            f"{state['split']!r} ({len(eval_set)} requests x {spec.num_items} items, "
             f"{time.monotonic() - start:.1f} s)")
         return out
 

@@ -2,17 +2,17 @@
 
 One fixed fusion cannot suit every catalog: where BM25 is strong (Home Depot) it should weigh
 in, where it is weak (the synthetic catalog) it drags the dense list down. `choose_fusion`
-scores every candidate of a small grid on the layout's evaluation split, with the servable's
+scores every candidate of a small grid on the layout's validation split, with the servable's
 own lists (the served dense top K through the FAISS shards, the lexical top K through the BM25
 shards, fused by fuse_np = the graph's fuse; every candidate is scored on the same two lists
 grouped once, evaluation/fusion_scores.py), and keeps the best by OBJECTIVE. The grid holds
 "dense only" (lexical weight 0) and "lexical only" (dense weight 0), so on that split the
 chosen fusion is never below the better of the two lists by the objective.
 
-The choice is made on the same split that `dpsr evaluate` reports, so the hybrid's numbers
-there are slightly optimistic (one of CANDIDATES picked on them); cross-validation
-(`dpsr crossval --hybrid`, which chooses each fold's fusion on the other folds) or a second
-layout of held-out queries measures it without that bias.
+The choice (with the dense feedback variant and the speller on or off) is made on the split
+data/eval_set.choice_split names: the validation split carved from the training queries, never
+the eval split that `dpsr evaluate` reports. Only a layout without a validation split (prepared
+before it existed) falls back to the eval split, with a warning.
 """
 import contextlib
 import dataclasses
@@ -59,6 +59,7 @@ class FusionChoice:
       objective: the metrics averaged into a candidate's score.
       score: the chosen candidate's score.
       requests: requests of the split it was chosen on.
+      split: the layout split it was chosen on ("" where choose_fusion was given the lists).
       candidates: per candidate {"fusion": JSON, "score": float, metric: value, ...}, in grid
         order; with dense feedback variants, each row also has "dense_feedback": JSON, the
         variants in turn.
@@ -72,10 +73,11 @@ class FusionChoice:
     requests: int
     candidates: List[dict]
     feedback: FeedbackConfig = FeedbackConfig()
+    split: str = ""
 
     def to_json(self) -> dict:
         return {"fusion": self.config.to_json(), "objective": list(self.objective),
-                "score": self.score, "requests": self.requests,
+                "score": self.score, "requests": self.requests, "split": self.split,
                 "dense_feedback": self.feedback.to_json(), "candidates": self.candidates}
 
     def _is_chosen(self, row: dict) -> bool:
@@ -163,7 +165,7 @@ def choose_fusion(dense_scores: np.ndarray, dense_rows: np.ndarray,
 
 def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
                      checkpoint: Optional[str] = None, nprobe: Optional[int] = None,
-                     split: str = "eval", log: Callable[[str], None] = print,
+                     split: Optional[str] = None, log: Callable[[str], None] = print,
                      rewrite_table: Optional[str] = None,
                      rewrites: RewriteConfig = RewriteConfig(),
                      spelling: bool = True,
@@ -174,6 +176,7 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
     """choose_fusion with the lists of a model's index build on a layout split (as
     `dpsr evaluate --hybrid` makes them).
 
+    split: the layout split to choose on; None = eval_set.choice_split (the validation split).
     rewrite_table: a `dpsr rewrite` table the servable will carry (with `rewrites`, its merge
       settings): the candidates then fuse the lexical list that servable serves, the query's
       BM25 list merged with its rewrites' (evaluation/rewrites.py), so the choice is made for
@@ -197,6 +200,7 @@ def choose_for_index(model_dir: str, index_dir: str, layout_dir: Optional[str] =
         rewrites.validate()
         table = table_lib.read_table(rewrite_table)   # a bad table fails before the models load
     layout = layout_of(model_dir, layout_dir)
+    split = split or eval_set_lib.choice_split(layout, log)
     typed = eval_set_lib.load_eval_set(layout, split).queries if table is not None else None
     with _spelled_run(model_dir, index_dir, layout, layout_dir, checkpoint, nprobe, split, log,
                       spelling) as run:
@@ -260,7 +264,7 @@ def _choose_on_run(run, split, log, typed, table, rewrite_table, rewrites, candi
             rows += choice.candidates
         if best is None or choice.score > best.score:
             best = dataclasses.replace(choice, feedback=feedback)
-    return _Chosen(dataclasses.replace(best, candidates=rows), lists, cache)
+    return _Chosen(dataclasses.replace(best, candidates=rows, split=split), lists, cache)
 
 
 def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[str] = None,
@@ -270,27 +274,30 @@ def choose_with_spelling(model_dir: str, index_dir: str, layout_dir: Optional[st
                          rewrites: RewriteConfig = RewriteConfig(),
                          candidates: Sequence[FusionConfig] = CANDIDATES,
                          objective: Sequence[str] = OBJECTIVE,
-                         feedbacks: Sequence[FeedbackConfig] = (FeedbackConfig(),)
+                         feedbacks: Sequence[FeedbackConfig] = (FeedbackConfig(),),
+                         split: Optional[str] = None
                          ) -> Tuple[FusionChoice, bool, dict]:
     """choose_for_index with and without the build's speller; the better (by the chosen
     fusion's score; a tie keeps the queries as typed) decides whether the servable corrects
     queries. A speller helps where users misspell catalog words (Home Depot) and can hurt
-    where the catalog's words are few and the users' many (docs/spelling.md).
+    where the catalog's words are few and the users' many (docs/spelling.md). split: as
+    choose_for_index (None = the validation split).
 
     Returns:
       (the chosen FusionChoice, spelling on, {"with": score, "without": score} or {} for a
        build without a speller).
     """
+    split = split or eval_set_lib.choice_split(layout_of(model_dir, layout_dir), log)
     without = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
                                log=log, rewrite_table=rewrite_table, rewrites=rewrites,
                                spelling=False, candidates=candidates, objective=objective,
-                               feedbacks=feedbacks)
+                               feedbacks=feedbacks, split=split)
     if spelled_layout_lib.index_speller(index_dir) is None:
         return without, False, {}
     spelled = choose_for_index(model_dir, index_dir, layout_dir, checkpoint, nprobe,
                                log=log, rewrite_table=rewrite_table, rewrites=rewrites,
                                spelling=True, candidates=candidates, objective=objective,
-                               feedbacks=feedbacks)
+                               feedbacks=feedbacks, split=split)
     scores = {"with": spelled.score, "without": without.score}
     if spelled.score > without.score:
         return spelled, True, scores
@@ -305,20 +312,25 @@ def choose_and_evaluate(model_dir: str, index_dir: str,
                         objective: Sequence[str] = OBJECTIVE,
                         feedbacks: Sequence[FeedbackConfig] = (FeedbackConfig(),)
                         ) -> Tuple[FusionChoice, bool, dict, Dict[str, Dict[str, float]]]:
-    """choose_with_spelling on cfg's split, then hybrid.evaluate_hybrid of the servable it
-    chose (its speller setting, fusion and dense feedback) with cfg: the same four results, the
-    evaluation made on the embeddings and lists the choice was made on instead of a second
-    opening of the model and index (its embeddings and searches).
+    """choose_with_spelling on the validation split (eval_set.choice_split), then
+    hybrid.evaluate_hybrid of the servable it chose (its speller setting, fusion and dense
+    feedback) on cfg's split. Only where the two are the same split (a layout without a
+    validation split) is the evaluation made on the embeddings and lists of the choice instead
+    of a second opening of the model and index.
 
     Returns:
       (the chosen FusionChoice, spelling on, choose_with_spelling's scores, evaluate_hybrid's
        result).
     """
-    if cfg.min_gain is not None or cfg.recall_ks != evaluate_lib.EvalConfig().recall_ks:
-        # The choice's split has other relevant items or another list length: open anew.
+    layout = layout_of(model_dir, layout_dir)
+    split = eval_set_lib.choice_split(layout, log)
+    if (split != cfg.split or cfg.min_gain is not None
+            or cfg.recall_ks != evaluate_lib.EvalConfig().recall_ks):
+        # The choice is made on other requests (or other relevant items, another list
+        # length) than the evaluation: open each anew.
         choice, spelling, scores = choose_with_spelling(
             model_dir, index_dir, layout_dir, checkpoint, nprobe, log=log,
-            candidates=candidates, objective=objective, feedbacks=feedbacks)
+            candidates=candidates, objective=objective, feedbacks=feedbacks, split=split)
         return choice, spelling, scores, hybrid_lib.evaluate_hybrid(
             model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, fusion=choice.config,
             log=log, spelling=spelling, feedback=choice.feedback)
@@ -326,7 +338,6 @@ def choose_and_evaluate(model_dir: str, index_dir: str,
         raise ValueError("choose_for_index needs at least one dense feedback variant")
     for feedback in feedbacks:
         feedback.validate()
-    layout = layout_of(model_dir, layout_dir)
     has_speller = spelled_layout_lib.index_speller(index_dir) is not None
     with contextlib.ExitStack() as views:
         chosen = {}

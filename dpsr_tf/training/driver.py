@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 from absl import logging
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import hard_negative_table, pipeline
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.layout import load_layout_spec
@@ -181,6 +182,10 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
                         checkpoint_metrics: Optional[Callable[[str], dict]] = None):
     if layout_spec is None:
         layout_spec = layout_lib.load_layout_spec(train.layout_dir)
+    # Early stopping reads the validation split carved from the training queries (the eval
+    # split only on a layout without one); the resolved name is what dpsr_config.json records.
+    train = dataclasses.replace(train, eval_split=eval_set_lib.watched_split(
+        train.eval_split, layout_spec, log=logging.warning))
     if train.stops_early:
         auto_cap = not train.max_train_steps
         train = train.resolved(layout_spec.num_items)

@@ -1,14 +1,16 @@
 """The default training length: stop when validation stops improving.
 
 The rule (TrainConfig.train_steps = 0): train in one session and, each time a checkpoint is
-saved at a multiple of eval_every_steps (or at max_train_steps), evaluate it on the layout's
-eval split (eval_steps batches, or all of it) and record every metric. An evaluation improves when its
-early_stopping_metric beats the best so far by more than early_stopping_min_delta (higher is
-better; lower for "loss"). Training stops after the first evaluation that leaves
-early_stopping_patience evaluations in a row without improvement, or when the global step
-reaches max_train_steps, whichever comes first. Then the model directory's checkpoint state
-names the best evaluation's checkpoint (when it was kept), so export, indexing and
-evaluation read the best model, not the last one.
+saved at a multiple of eval_every_steps (or at max_train_steps), evaluate it on
+TrainConfig.eval_split, the layout's validation split carved from the training queries (the
+driver resolves it: data/eval_set.watched_split; never the eval split a report reads, unless the
+layout has no validation split), eval_steps batches or all of it, and record every metric. An
+evaluation improves when its early_stopping_metric beats the best so far by more than
+early_stopping_min_delta (higher is better; lower for "loss"). Training stops after the first
+evaluation that leaves early_stopping_patience evaluations in a row without improvement, or when
+the global step reaches max_train_steps, whichever comes first. Then the model directory's
+checkpoint state names the best evaluation's checkpoint (when it was kept), so export, indexing
+and evaluation read the best model, not the last one.
 
 A second phase (TrainConfig.pseudo_query_plateau_ratio, when the driver passes its input): at
 the first stop, training goes on from the last checkpoint with the second phase's input (a
@@ -22,7 +24,7 @@ goes on from there; the same settings train nothing more).
 
 A "recall@K" metric is not one of the Estimator's eval metrics (those score each example against
 its batch and random items): the caller passes `checkpoint_metrics`, a function checkpoint ->
-{name: value} (dpsr_tf/evaluation/checkpoint_recall.py: full-corpus recall on the eval split),
+{name: value} (dpsr_tf/evaluation/checkpoint_recall.py: full-corpus recall on that split),
 whose values join each evaluation's record.
 
 Training is one Estimator.train call with one input pipeline: the evaluations run from a
@@ -334,7 +336,7 @@ def train_with_early_stopping(estimator: tf.estimator.Estimator,
       estimator: the DPSR Estimator (its model_dir may hold a checkpoint to resume from).
       train_input_fn_for_round: the number of evaluations already recorded -> the training
         input_fn (a resumed run gets its own input seed, so it does not replay the first run).
-      eval_input_fn: the eval split's input_fn.
+      eval_input_fn: the input_fn of the watched split (train.eval_split).
       train: TrainConfig with train_steps = 0 and max_train_steps resolved; its
         save_checkpoints_steps must divide eval_every_steps (each boundary is a checkpoint).
       log: progress lines.

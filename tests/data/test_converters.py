@@ -76,7 +76,8 @@ def test_bestbuy(datasets_dir, tmp_path):
     assert result.counts["interactions"] == len(kept)
     assert spec.num_items == len(named) and spec.num_users == len({c["user"] for c in clicks})
     assert spec.num_users == 38_024
-    assert spec.num_records["train"] + spec.num_records["eval"] == len(kept)
+    assert (spec.num_records["train"] + spec.num_records["eval"]
+            + spec.num_records.get("validation", 0)) == len(kept)
     assert spec.num_records["pseudo"] == 16 * spec.num_items == spec.counts["pseudo_queries"]
     # Time split: every eval click is later than every train click.
     assert spec.num_records["eval"] >= 0.1 * len(kept)
@@ -112,10 +113,12 @@ def test_jdsearch(datasets_dir, tmp_path):
                         if float(l) > 0 and c in wids)
         del q
     assert (len(wids), len(lines), expected) == (409, 3, 100)
-    assert result.counts["interactions"] == expected == (spec.num_records["train"]
-                                                        + spec.num_records["eval"])
+    assert result.counts["interactions"] == expected == (
+        spec.num_records["train"] + spec.num_records["eval"]
+        + spec.num_records.get("validation", 0))
     assert spec.num_users == 3 and spec.num_items == 409
     assert set(spec.item_features) == {"brand", "category", "category_1", "category_2",
                                        "category_3", "shop"}
-    rec = np.concatenate([layout_lib.read_records(spec, s) for s in ("train", "eval")])
+    rec = np.concatenate([layout_lib.read_records(spec, s) for s in spec.num_records
+                          if s != "pseudo"])
     assert (rec["user_row"] >= 0).all() and set(np.unique(rec["gain"])) <= {1.0, 2.0, 3.0}

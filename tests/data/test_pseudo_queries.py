@@ -82,7 +82,7 @@ def test_prepare_writes_the_pseudo_split(tiny_layout):
     items = layout_lib.load_item_table(spec)
     queries = layout_lib.load_queries(spec)
     pseudo = layout_lib.read_records(spec, "pseudo")
-    logged = spec.counts["splits"]["train"]["queries"] + spec.counts["splits"]["eval"]["queries"]
+    logged = sum(spec.counts["splits"][s]["queries"] for s in ("train", "eval", "validation"))
     assert spec.counts["pseudo_queries"] == len(pseudo) == len(queries) - logged
     assert len(pseudo) == 16 * spec.num_items      # every synthetic title has words
     # Same texts as the generator, tokenized like every other query, never in eval.

@@ -58,7 +58,10 @@ def files(tmp_path_factory):
 
 
 def _prepare(files, out, **kwargs):
+    """prepare of the files; without a validation split unless asked (these tests count every
+    non-eval query as train; tests/data/test_validation_split.py covers the carve)."""
     items, users, inter, _ = files
+    kwargs.setdefault("validation_fraction", 0.0)
     lines = []
     spec = prepare_lib.prepare(prepare_lib.PrepareConfig(
         items=items, users=users, interactions=inter, output=str(out), **kwargs),

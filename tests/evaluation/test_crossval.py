@@ -84,6 +84,15 @@ def test_each_fold_holds_out_its_md5_residue(two_folds):
         assert all(split_lib.query_hash(q) % 2 == fold for q in eval_q)
         assert all(split_lib.query_hash(q) % 2 != fold for q in train_q)
         assert len(train_q) <= 30 and spec.split["max_train_queries"]["train_queries_kept"] == 30
+        # The validation split (early stopping, choices) is carved from the fold's training
+        # queries: none is held out by the fold, none trains.
+        val_q = {queries[r] for r in layout_lib.read_records(spec, "validation")["query_row"]}
+        assert val_q and all(split_lib.query_hash(q) % 2 != fold for q in val_q)
+        assert not val_q & eval_q and not val_q & train_q
+        assert len(val_q) == split_lib.validation_size(30, 0.1) == 7 == 30 - len(train_q)
+        with open(os.path.join(config.output, f"fold_{fold}", "model", "dpsr_config.json"),
+                  encoding="utf-8") as f:
+            assert json.load(f)["train"]["eval_split"] == "validation"
         held_out.append(eval_q)
     assert not held_out[0] & held_out[1]
 

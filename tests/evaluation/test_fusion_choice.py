@@ -153,7 +153,7 @@ def test_choice_for_a_servable_with_rewrites_fuses_the_merged_lexical_list(
     model_dir, spec = tiny_history_model.model_dir, tiny_history_model.spec
     quiet = lambda *_: None
     run = hybrid_lib.open_hybrid(model_dir, tiny_flat_index, cfg=evaluate_lib.EvalConfig(
-        split="eval", num_random=0), log=quiet)
+        split="validation", num_random=0), log=quiet)
     eval_set, titles = run.eval_set, layout_lib.load_item_table(spec).titles
     # Every other request's query gets one rewrite: the title of one of its relevant items
     # (its first, so the rewrite finds it); the others have no entry.
@@ -208,18 +208,21 @@ def _without_times(result):
     return result
 
 
-@pytest.mark.parametrize("feedbacks,recall_ks", [
-    ((FeedbackConfig(),), (10, 100, 1000)), ((DEFAULT_FEEDBACK,), (10, 100, 1000)),
-    ((FeedbackConfig(), DEFAULT_FEEDBACK), (10, 100, 1000)), ((FeedbackConfig(),), (10, 50))])
+@pytest.mark.parametrize("feedbacks,recall_ks,split", [
+    ((FeedbackConfig(),), (10, 100, 1000), "eval"), ((DEFAULT_FEEDBACK,), (10, 100, 1000), "eval"),
+    ((FeedbackConfig(), DEFAULT_FEEDBACK), (10, 100, 1000), "eval"),
+    ((FeedbackConfig(),), (10, 50), "eval"),
+    # Evaluated on the split the choice is made on: the lists of the choice are reused.
+    ((FeedbackConfig(), DEFAULT_FEEDBACK), (10, 100, 1000), "validation")])
 def test_choose_and_evaluate_equals_choosing_then_evaluating(tiny_history_model, tiny_flat_index,
-                                                             feedbacks, recall_ks):
-    """`dpsr demo`'s stage 6: the choice (speller, fusion, feedback) and the chosen servable's
-    evaluation made on the lists the choice was made on equal choose_with_spelling followed by
-    evaluate_hybrid, which opens the model and index again (other recall cut-offs: it does)."""
+                                                             feedbacks, recall_ks, split):
+    """`dpsr demo`'s stage 6: the choice (speller, fusion, feedback) on the validation split and
+    the chosen servable's evaluation on cfg's split equal choose_with_spelling followed by
+    evaluate_hybrid, which opens the model and index again."""
     from dpsr_tf.evaluation import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
     model_dir, quiet = tiny_history_model.model_dir, lambda *_: None
-    cfg = evaluate_lib.EvalConfig(num_random=64, recall_ks=recall_ks)
+    cfg = evaluate_lib.EvalConfig(num_random=64, recall_ks=recall_ks, split=split)
     choice, spelling, scores, evaluation = fusion_choice.choose_and_evaluate(
         model_dir, tiny_flat_index, cfg=cfg, log=quiet, feedbacks=feedbacks)
     want = fusion_choice.choose_with_spelling(model_dir, tiny_flat_index, log=quiet,
@@ -230,3 +233,33 @@ def test_choose_and_evaluate_equals_choosing_then_evaluating(tiny_history_model,
     assert _without_times(evaluation) == _without_times(hybrid_lib.evaluate_hybrid(
         model_dir, tiny_flat_index, cfg=cfg, fusion=choice.config, log=quiet,
         spelling=spelling, feedback=choice.feedback))
+
+
+def test_choices_read_the_validation_split_never_the_eval_split(tiny_history_model,
+                                                                tiny_flat_index, monkeypatch):
+    """Every opening the choice makes scores the validation split's requests (by query: none
+    is an eval query); `choose_and_evaluate` reports the eval split's requests."""
+    from dpsr_tf.data import eval_set as eval_set_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation import evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation import hybrid as hybrid_lib  # pylint: disable=import-outside-toplevel
+    spec, model_dir = tiny_history_model.spec, tiny_history_model.model_dir
+    validation = eval_set_lib.load_eval_set(spec, "validation")
+    evals = eval_set_lib.load_eval_set(spec, "eval")
+    assert not set(validation.query_rows.tolist()) & set(evals.query_rows.tolist())
+    opened, real = [], hybrid_lib.open_hybrid
+
+    def spy(*args, **kwargs):
+        run = real(*args, **kwargs)
+        opened.append(run.eval_set.query_rows.tolist())
+        return run
+    monkeypatch.setattr(hybrid_lib, "open_hybrid", spy)
+    quiet = lambda *_: None
+    choice, _, _ = fusion_choice.choose_with_spelling(model_dir, tiny_flat_index, log=quiet)
+    assert choice.split == "validation" and choice.requests == len(validation)
+    assert opened and all(rows == validation.query_rows.tolist() for rows in opened)
+    opened.clear()
+    choice, _, _, result = fusion_choice.choose_and_evaluate(
+        model_dir, tiny_flat_index, cfg=evaluate_lib.EvalConfig(num_random=0), log=quiet)
+    assert choice.split == "validation" and choice.requests == len(validation)
+    assert opened[-1] == evals.query_rows.tolist()         # the evaluation, after the choice
+    assert all(rows == validation.query_rows.tolist() for rows in opened[:-1])

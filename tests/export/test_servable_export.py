@@ -260,7 +260,8 @@ def test_cli_two_shards_merge_to_the_unsharded_answer(servable, tmp_path):
         np.testing.assert_allclose([s for s, _ in merged], s_all[row], atol=1e-5)
 
 
-def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, tmp_path):
+def test_cli_chooses_the_fusion_on_the_validation_split_unless_one_is_given(servable,
+                                                                          tmp_path):
     from dpsr_tf.evaluation import fusion_choice  # pylint: disable=import-outside-toplevel
     from dpsr_tf.search.fusion import FusionConfig  # pylint: disable=import-outside-toplevel
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
@@ -293,9 +294,10 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
     chosen = FusionConfig.from_json(choice["fusion"])
     assert info["servable"]["fusion"] == json.loads(chosen.to_json())
     assert info["servable"]["dense_feedback"] == json.loads(best["dense_feedback"])
-    assert "fusion chosen on the eval split: " + fusion_choice.describe(chosen) in text
+    assert choice["split"] == "validation"
+    assert "fusion chosen on the validation split: " + fusion_choice.describe(chosen) in text
     assert (f"dense feedback {'on' if best['dense_feedback'] == on else 'off'}: chosen on the "
-            "eval split") in text
+            "validation split") in text
     # --spelling=auto: the tiny catalog's words mix letters and digits, so the speller changes
     # no query, both scores tie and the queries stay as typed.
     assert choice["spelling"] == {"mode": "auto", "on": False,
@@ -325,10 +327,10 @@ def test_cli_chooses_the_fusion_on_the_eval_split_unless_one_is_given(servable, 
                       "--spelling=on", "--dense_feedback=off")
     assert fixed["fusion_choice"] is None and fixed["servable"]["spelling"] is True
     # With --rewrites the candidates fuse the lexical lists merged with the table's rewrites
-    # (scored exactly in tests/evaluation/test_fusion_choice.py): here each eval query's
+    # (scored exactly in tests/evaluation/test_fusion_choice.py): here each validation query's
     # rewrite is the title of one of its relevant items, which moves the candidates' scores.
     from dpsr_tf.rewriting import table  # pylint: disable=import-outside-toplevel
-    eval_set = eval_set_lib.load_eval_set(servable["spec"], "eval")
+    eval_set = eval_set_lib.load_eval_set(servable["spec"], "validation")
     titles = layout_lib.load_item_table(servable["spec"]).titles
     path_table = str(tmp_path / "rewrites.tsv")
     table.write_table(path_table, [

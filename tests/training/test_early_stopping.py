@@ -137,15 +137,16 @@ def test_one_input_pipeline_and_session_for_the_whole_run(tiny_layout, tmp_path,
     assert len(made) == 1
 
 
-def _brute_force_recall(model_dir, checkpoint, spec, k):
-    """Recall@k written out with numpy: every item scored by max over heads of the dot
-    product, the k best by a stable descending sort, hits over each request's relevant items."""
+def _brute_force_recall(model_dir, checkpoint, spec, k, split="validation"):
+    """Recall@k on `split` written out with numpy: every item scored by max over heads of the
+    dot product, the k best by a stable descending sort, hits over each request's relevant
+    items."""
     import numpy as np  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data import eval_set as eval_set_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     from dpsr_tf.evaluation.evaluate import request_inputs  # pylint: disable=import-outside-toplevel
     from dpsr_tf.model.embedder import CheckpointEmbedder  # pylint: disable=import-outside-toplevel
-    eval_set = eval_set_lib.load_eval_set(spec)
+    eval_set = eval_set_lib.load_eval_set(spec, split)
     items = layout_lib.load_item_table(spec)
     with CheckpointEmbedder(model_dir, checkpoint) as embedder:
         item_emb = embedder.embed_items(items.token_ids, items.token_splits,
@@ -165,8 +166,9 @@ def _brute_force_recall(model_dir, checkpoint, spec, k):
 
 def test_full_corpus_recall_as_the_watched_metric(tiny_layout, tmp_path):
     """--early_stopping_metric=recall@10: every evaluation records the full-corpus Recall@10 of
-    its checkpoint (equal to a numpy brute force), the rule runs on those values, and the
-    checkpoint state names the best of them."""
+    its checkpoint on the validation split (equal to a numpy brute force over that split's
+    requests, not the eval split's), the rule runs on those values, and the checkpoint state
+    names the best of them."""
     from dpsr_tf.evaluation import checkpoint_recall  # pylint: disable=import-outside-toplevel
     model_dir = str(tmp_path / "model")
     cfg = ModelConfig(embedding_dim=16, token_embedding_dim=16, feature_embedding_dim=4,
@@ -199,6 +201,11 @@ def test_full_corpus_recall_as_the_watched_metric(tiny_layout, tmp_path):
                                                            f"model.ckpt-{h['global_step']}"),
                                    tiny_layout, 10)
         assert h["recall@10"] == pytest.approx(want, abs=1e-9)
+    # The eval split would have recorded other values: the watched one is validation.
+    on_eval = [_brute_force_recall(model_dir, os.path.join(model_dir, f"model.ckpt-{s}"),
+                                   tiny_layout, 10, split="eval") for s in steps]
+    assert on_eval != pytest.approx(values, abs=1e-9)
+    assert early_stopping.load_history(model_dir)["rule"]["eval_split"] == "validation"
     stop_index, best_index = _expected_stop(values, 1, 0.02)
     if stop_index is None:
         assert steps[-1] == 160
