@@ -21,7 +21,8 @@ def test_user_arguments_replace_the_defaults():
                                    ("grpc.so_reuseport", 1),
                                    ("grpc.max_connection_age_ms", 5),
                                    ("grpc.max_concurrent_streams", 9),
-                                   ("grpc.http.overload_protection", 0)])
+                                   ("grpc.http.overload_protection", 0),
+                                   ("grpc.compression_enabled_algorithms_bitset", 1)])
     defaults = dict(server_arguments(ServerOptions()))
     assert defaults["grpc.so_reuseport"] == 0
     assert defaults["grpc.max_concurrent_streams"] == 128
