@@ -135,3 +135,19 @@ def test_served_rerank_with_user_inputs_equals_the_evaluation(full_ranker):
             [cands[s][j] for j in order]
     # The user inputs change the scores: without them the user group sees an unknown user.
     assert np.abs(anonymous["scores"] - got["scores"])[np.isfinite(got["scores"])].max() > 1e-4
+
+
+@pytest.mark.parametrize("history,match", [
+    ([[""] * 1025], "user_history must have at most 1024 items per row"),
+    ([[""], [""]], "user_history must have one row per query"),
+])
+def test_bad_user_history_is_invalid_argument(full_ranker, history, match):
+    import tensorflow as tf
+    from tests.support.tf1_servable import Tf1Servable
+    servable = Tf1Servable(full_ranker["path"])
+    try:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            servable.call("rerank", {"query": ["w1 w2"], "item_ids": [["item0"]],
+                                     "user_history": history})
+    finally:
+        servable.close()

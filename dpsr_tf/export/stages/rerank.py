@@ -178,7 +178,13 @@ class RerankStage(Stage):
         rows_check = check(tf.equal(tf.shape(history)[0], tf.shape(query)[0]),
                            "user_history must have one row per query; got rows and queries",
                            tf.shape(history)[0], tf.shape(query)[0])
-        with tf.control_dependencies([rows_check]):
+        # The same width bound as the retrieval's user_history: a request cannot make the
+        # lookup arbitrarily large.
+        max_width = max(1024, length)
+        width_check = check(tf.shape(history)[1] <= max_width,
+                            f"user_history must have at most {max_width} items per row (the "
+                            f"ranker uses the last {length}); got width", tf.shape(history)[1])
+        with tf.control_dependencies([rows_check, width_check]):
             rows = self._rows_table.lookup(tf.identity(history))            # -1: "" / unknown
         known = tf.ragged.boolean_mask(rows, rows >= 0)
         known = known[:, -length:] if length > 0 else known[:, :0]
