@@ -53,19 +53,49 @@ def test_consecutive_failures_eject_and_the_ejection_doubles_up_to_the_cap(monke
                                                         ("127.0.0.1:9000", True)]
 
 
-def test_pick_avoids_ejected_replicas_unless_all_are(monkeypatch):
+def test_pick_never_waits_on_a_hung_replica(monkeypatch):
+    now = [50.0]
+    monkeypatch.setattr(routing.time, "monotonic", lambda: now[0])
+    (a, b), _ = _replicas()
+    spec = proxy_config.parse_proxy_settings(proxy_config.proxy_config_text(
+        {"m": ((a.address, b.address),)})).routes["m"]
+    route = routing.Route(spec, {a.address: a, b.address: b})
+    for _ in range(3):  # timeouts: ejected as hung
+        a.record_failure(POLICY)
+    assert a.ejected and a.hung
+    assert {route.pick(0, set()) for _ in range(6)} == {b}
+    assert route.pick(0, {b}, in_rotation_only=True) is None  # never hedge to an ejected one
+    assert route.pick(0, {b}) is None  # nor fail over to a hung one
+    assert route.hung_left(0, {b}) == [a]
+    for _ in range(3):
+        b.record_failure(POLICY)
+    b.ejected_until = a.ejected_until + 1
+    assert route.pick(0, set()) is None  # all hung: the shard fails at once
+    assert route.hung_left(0, set()) == [a, b]  # the trial due first first
+    now[0] = a.ejected_until
+    assert route.pick(0, set()) is a  # a's trial is due
+    a.begin_call()
+    assert route.pick(0, set()) is None  # one trial at a time
+    a.record_success()
+    assert not a.hung and route.pick(0, set()) is a
+
+
+def test_a_replica_that_refused_is_still_the_last_resort(monkeypatch):
+    """UNAVAILABLE ejects, but costs no wait: when nothing else is left it is tried (the one
+    whose ejection ends first), so a restarted single replica serves at its first call."""
     monkeypatch.setattr(routing.time, "monotonic", lambda: 50.0)
     (a, b), _ = _replicas()
     spec = proxy_config.parse_proxy_settings(proxy_config.proxy_config_text(
         {"m": ((a.address, b.address),)})).routes["m"]
     route = routing.Route(spec, {a.address: a, b.address: b})
     a.record_failure(POLICY, immediate=True)
+    assert a.ejected and not a.hung
     assert {route.pick(0, set()) for _ in range(6)} == {b}
-    assert route.pick(0, {b}, in_rotation_only=True) is None  # never hedge to an ejected one
-    assert route.pick(0, {b}) is a  # but fail over to it when nothing else is left
+    assert route.pick(0, {b}, in_rotation_only=True) is None
+    assert route.pick(0, {b}) is a  # fail over to it when nothing else is left
     b.record_failure(POLICY, immediate=True)
     b.ejected_until = a.ejected_until + 1
-    assert route.pick(0, set()) is a  # all ejected: the one whose ejection ends first
+    assert route.pick(0, set()) is a and route.hung_left(0, set()) == []
 
 
 @pytest.mark.parametrize("remaining, p95, want", [

@@ -11,8 +11,15 @@ Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy/conf
   `replica_retry_backoff_ms` * 2^(k-1)).
 * When it ends, the replica gets one *trial* call (other calls keep avoiding it meanwhile):
   a good answer returns it to rotation and resets k; a failure ejects it again, for longer.
-* An ejected replica is still used when every replica of its shard is ejected (the one whose
-  ejection ends first), so a single-replica shard is never switched off by the proxy.
+* No call waits on a *hung* replica, one ejected for timeouts or lost hedges: when every
+  replica of a shard left to try is ejected, none is due for its trial, and those are hung, the
+  shard fails at once with UNAVAILABLE, and the request gets the shard's partial_policy (a
+  partial answer, or UNAVAILABLE under FAIL) instead of waiting out the shard deadline on a
+  replica known to hang. A shard of one hung replica is thus switched off for the ejection,
+  then probed back by its trial call.
+* A replica ejected for UNAVAILABLE (it answers, but refuses: down, restarting) is still tried
+  when it is the last one left, the one whose ejection ends first: it costs no wait, and a
+  restarted server is back at its first call.
 """
 import collections
 import dataclasses
@@ -92,6 +99,7 @@ class Replica:
         self.consecutive_failures = 0
         self.ejections = 0  # ejections since the last good answer
         self.ejected = False
+        self.hung = False  # ejected for timeouts, not for refusing calls
         self.ejected_until = 0.0
         self.trial_in_flight = False
         # backend model name -> until when this replica is known to have no servable version
@@ -126,6 +134,7 @@ class Replica:
         self.trial_in_flight = False
         if self.ejected:
             self.ejected = False
+            self.hung = False
             self.ejected_until = 0.0
             if self._listener is not None:
                 self._listener(self, False)
@@ -137,14 +146,15 @@ class Replica:
         self.trial_in_flight = False
         self.consecutive_failures += 1
         if immediate or was_trial or self.consecutive_failures >= policy.consecutive_failures:
-            self._eject(policy)
+            self._eject(policy, hung=not immediate)
 
     def release_trial(self) -> None:
         """A trial call ended without a verdict (cancelled by its client): allow another."""
         self.trial_in_flight = False
 
-    def _eject(self, policy: proxy_config.OutlierPolicy) -> None:
+    def _eject(self, policy: proxy_config.OutlierPolicy, hung: bool) -> None:
         self.ejections += 1
+        self.hung = hung
         period = min(policy.max_ejection_s,
                      policy.base_ejection_s * 2 ** min(self.ejections - 1, 20))
         self.ejected_until = time.monotonic() + period
@@ -205,7 +215,8 @@ class Route:
 
     def pick(self, shard: int, tried, in_rotation_only: bool = False) -> Optional[Replica]:
         """Least outstanding replica in rotation not tried yet; when none is in rotation, the
-        one ready first (unless `in_rotation_only`, as for a hedge); None when all were tried."""
+        one ready first that is not hung (unless `in_rotation_only`, as for a hedge). None when
+        all were tried or the rest are hung (see `hung_left`)."""
         now = time.monotonic()
         model = self.spec.backend_model_name
         candidates = [r for r in self.shards[shard] if r not in tried]
@@ -213,13 +224,21 @@ class Route:
             return None
         live = [r for r in candidates if r.in_rotation(model, now)]
         if not live:
-            if in_rotation_only:
+            usable = [r for r in candidates if not (r.ejected and r.hung)]
+            if in_rotation_only or not usable:
                 return None
-            return min(candidates, key=lambda r: r.ready_at(model))
+            return min(usable, key=lambda r: r.ready_at(model))
         self._turn[shard] += 1
         n = len(live)
         rotated = [live[(self._turn[shard] + i) % n] for i in range(n)]
         return min(rotated, key=lambda r: r.outstanding)
+
+
+    def hung_left(self, shard: int, tried) -> List[Replica]:
+        """The replicas of `shard` not tried yet that are ejected as hung, the trial due first
+        first."""
+        return sorted((r for r in self.shards[shard] if r not in tried and r.ejected and r.hung),
+                      key=lambda r: r.ejected_until)
 
 
 class Router:

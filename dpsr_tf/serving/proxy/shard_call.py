@@ -17,6 +17,8 @@ The rule (knobs in the ProxyConfig; dpsr_tf/serving/proxy/config.py HedgePolicy)
 * Other client errors (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) are returned at once.
 * Nothing runs past the shard deadline: attempts still running then are cancelled and count as
   timeouts of their replicas.
+* A shard whose replicas are all ejected for timing out fails at once with UNAVAILABLE (counted
+  as status EJECTED per replica) rather than waiting on one (routing.py).
 """
 import asyncio
 import dataclasses
@@ -127,8 +129,7 @@ class ShardCaller:
                             f"shard {shard} of {name} did not answer within the deadline")
                     replica = route.pick(shard, tried)
                     if replica is None:
-                        raise last_error or ServingError(
-                            grpc.StatusCode.UNAVAILABLE, f"shard {shard} of {name} has no replica")
+                        raise last_error or self._all_hung(route, shard, tried)
                     launch(replica)
                     continue
                 newest = list(running.values())[-1]
@@ -181,6 +182,24 @@ class ShardCaller:
                     count(attempt.replica, "HEDGE_LOST")
                 else:
                     attempt.replica.release_trial()
+
+    def _all_hung(self, route: Route, shard: int, tried) -> ServingError:
+        """The error of a shard whose replicas left to try are all ejected as hung: no call is
+        sent."""
+        name = route.spec.name
+        ejected = route.hung_left(shard, tried)
+        if not ejected:
+            return ServingError(grpc.StatusCode.UNAVAILABLE, f"shard {shard} of {name} has no "
+                                                             "replica")
+        for replica in ejected:
+            self.metrics.backend_count.labels(name, str(shard), replica.address,
+                                              "EJECTED").inc()
+        left = max(0.0, ejected[0].ejected_until - time.monotonic())
+        return ServingError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"shard {shard} of {name}: every replica is ejected after timing out "
+            f"({', '.join(r.address for r in ejected)}); the next trial call is due in "
+            f"{left:.1f} s")
 
     def _failed(self, route: Route, shard: int, replica: Replica, error: BaseException,
                 request) -> ServingError:
