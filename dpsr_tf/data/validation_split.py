@@ -43,8 +43,8 @@ def carve(config, out_dir: str, record_files: Dict[str, List[str]],
     """
     fraction, minimum = config.validation_fraction, config.min_validation_queries
     if fraction == 0.0:
-        log("no validation split (--validation_fraction=0): early stopping and the automatic "
-            "choices fall back to the eval split, whose numbers are then optimistic")
+        log("warning: no validation split (--validation_fraction=0): early stopping and the "
+            "automatic choices fall back to the eval split, whose numbers are then optimistic")
         return
     train = np.concatenate([layout_lib.read_record_file(os.path.join(out_dir, rel))
                             for rel in record_files.get("train", [])]

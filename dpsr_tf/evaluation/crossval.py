@@ -306,13 +306,23 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
 
     t = time.monotonic()
     prepare_config = config.fold_prepare(fold)
+    warnings = []
+
+    def prepare_line(line: str) -> None:
+        prepare_log.write(line + "\n")
+        if line.startswith("warning:"):     # a small validation split, or none
+            warnings.append(line)
     with open(os.path.join(fold_dir, "prepare.log"), "w", encoding="utf-8") as prepare_log:
-        spec = prepare_lib.prepare(prepare_config,
-                                   log=lambda line: prepare_log.write(line + "\n"))
+        spec = prepare_lib.prepare(prepare_config, log=prepare_line)
+    for line in warnings:
+        log(f"{tag}: prepare {line}")
     splits = spec.counts["splits"]
+    validation = splits.get(layout_lib.VALIDATION_SPLIT)
     log(f"{tag}: prepared {prepare_config.output} in {time.monotonic() - t:.1f} s: train "
         f"{splits['train']['interactions']:,} interactions / {splits['train']['queries']:,} "
-        f"queries, eval {splits['eval']['interactions']:,} / {splits['eval']['queries']:,}")
+        f"queries, eval {splits['eval']['interactions']:,} / {splits['eval']['queries']:,}"
+        + (f", validation (early stopping) {validation['interactions']:,} / "
+           f"{validation['queries']:,}" if validation else ", no validation split"))
 
     t = time.monotonic()
     train_config = config.fold_train(fold)
