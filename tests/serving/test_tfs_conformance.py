@@ -92,6 +92,16 @@ def model_stub(server):
     return model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(server.address))
 
 
+def tf_make_tensor_proto(array: np.ndarray):
+    """A TensorProto of a float32 array, its values packed in tensor_content."""
+    proto = predict_pb2.PredictRequest().inputs["x"]
+    proto.dtype = types_pb2.DT_FLOAT
+    for d in array.shape:
+        proto.tensor_shape.dim.add().size = d
+    proto.tensor_content = array.astype(np.float32).tobytes()
+    return proto
+
+
 def _predict_request(model="default", x=(2.0,), specify_output=True, signature="",
                      shape=None):
     request = predict_pb2.PredictRequest()
@@ -666,6 +676,24 @@ def test_predict_shape_is_not_checked(stub):
     result = stub.Predict(_predict_request(x=(1.0, 2.0, 3.0, 4.0), shape=[2, 2]), RPC_TIMEOUT)
     assert list(result.outputs["y"].float_val) == [2.5, 3.0, 3.5, 4.0]
     assert [d.size for d in result.outputs["y"].tensor_shape.dim] == [2, 2]
+
+
+def test_predict_of_one_and_a_half_million_values(server):
+    """A Predict of 1.5M float values (6 MB, over gRPC's 4 MB default), which TF Serving
+    accepts: under the default --max_input_elements it is answered in full, y = 0.5x + 2. One
+    row, as batching (max_batch_size 128 here) refuses larger tasks, as TF Serving's does."""
+    channel = grpc.insecure_channel(server.address, options=[
+        ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+    x = np.arange(1_500_000, dtype=np.float32) % 1000
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["x"].CopyFrom(tf_make_tensor_proto(x.reshape(1, -1)))
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+        request, RPC_TIMEOUT)
+    channel.close()
+    y = np.frombuffer(response.outputs["y"].tensor_content, np.float32) if response.outputs[
+        "y"].tensor_content else np.asarray(response.outputs["y"].float_val, np.float32)
+    np.testing.assert_array_equal(y, 0.5 * x + 2)
 
 
 @pytest.mark.parametrize("sig, field", [("regress_x2_to_y3", "outputs"),
