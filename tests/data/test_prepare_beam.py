@@ -109,7 +109,7 @@ def _examples(spec, split):
     return out
 
 
-@pytest.mark.parametrize("split", ["train", "eval", "pseudo"])
+@pytest.mark.parametrize("split", ["train", "eval", "pseudo", "validation"])
 def test_same_examples_through_the_input_pipeline(layouts, split):
     single, beam = layouts
     a, b = _examples(single, split), _examples(beam, split)
@@ -153,7 +153,11 @@ def test_same_report_and_every_row_accounted_for(inputs, layouts):
         assert counts["rows_kept"] + counts["rows_rejected"] == counts["rows_read"]
     inter = beam.counts["interactions"]
     assert sum(beam.counts["labels"].values()) == inter["rows_kept"]
+    # The validation split's human negatives stay in the per-query table too: count its
+    # positives.
+    validation = layout_lib.read_records(beam, "validation")
     assert (beam.num_records["train"] + beam.num_records["eval"]
+            + int((validation["label_kind"] != 2).sum())
             + beam.counts["train_human_negatives"]["pairs"]) == inter["rows_kept"]
     # The cascade names the rejected item row, and the shard file of each example.
     examples = inter["examples"][Reason.UNKNOWN_ITEM.value]
