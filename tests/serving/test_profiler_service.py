@@ -109,6 +109,21 @@ def test_trace_with_tensorflows_profiler_client(servers, tmp_path):
     assert any("SessionRun" in n for n in names), sorted(names)[:50]
 
 
+def test_an_idle_profile_is_not_empty(servers, tmp_path):
+    """With no request running, the trace still holds the server's own work, as TF Serving's
+    idle traces do: the capture itself, a span as long as the profile (empty_trace false)."""
+    response = MESSAGES["ProfileResponse"].FromString(
+        _call(servers["on"].address, "Profile", _profile_request(tmp_path, session="idle",
+                                                                 duration_ms=300)))
+    assert not response.empty_trace
+    with open(tmp_path / "idle" / "127.0.0.1_1.xplane.pb", "rb") as f:
+        space = xplane_pb2.XSpace.FromString(f.read())
+    spans = [event.duration_ps for plane in space.planes for line in plane.lines
+             for event in line.events
+             if plane.event_metadata[event.metadata_id].name == "ProfilerService::Profile"]
+    assert len(spans) == 1 and spans[0] >= 300 * 10 ** 9  # ps: at least the 300 ms asked
+
+
 def test_terminate_ends_a_profile_early(servers, tmp_path):
     address = servers["on"].address
     result = {}

@@ -9,7 +9,8 @@ tracing, and behaves as TensorFlow's ProfilerServiceImpl (tsl/profiler/rpc/):
   Profile:   traces this process for `opts.duration_ms` (or until Terminate names the session,
              or the client cancels), then writes the XSpace to
              <repository_root>/<session_id>/<host_name>.xplane.pb (':' -> '_') and answers
-             `empty_trace` = whether any event was recorded. `tf.profiler.experimental.client
+             `empty_trace` = whether any event was recorded (never, as the capture is traced
+             itself: a "ProfilerService::Profile" span). `tf.profiler.experimental.client
              .trace("grpc://host:port", logdir, duration_ms)` and TensorBoard's capture button
              use it; the file lands where the client asked, on the server's file system.
   Terminate: ends the named session's Profile early.
@@ -28,6 +29,7 @@ import threading
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from tensorflow.python.profiler import trace
 from tensorflow.python.profiler.internal import _pywrap_profiler
 from tensorflow.tsl.profiler.protobuf import profiler_options_pb2, xplane_pb2
 
@@ -146,11 +148,14 @@ class ProfilerService:
             work_dir = tempfile.mkdtemp(prefix="dpsr-profile-")
             session = await loop.run_in_executor(None, _start_session, work_dir, request.opts)
             try:
-                waited = 0
-                while waited < duration_ms and not self._terminate_active:
-                    step = min(50, duration_ms - waited)
-                    await asyncio.sleep(step / 1000)
-                    waited += step
+                # The capture is work of this process too: one span as long as it, so a
+                # profile of an idle server is not empty (TF Serving's idle traces hold events).
+                with trace.Trace("ProfilerService::Profile", session_id=request.session_id):
+                    waited = 0
+                    while waited < duration_ms and not self._terminate_active:
+                        step = min(50, duration_ms - waited)
+                        await asyncio.sleep(step / 1000)
+                        waited += step
             finally:
                 # Cancelled clients too: the session is always ended (one per process).
                 xspace = await loop.run_in_executor(None, _finish_session, session, work_dir)
