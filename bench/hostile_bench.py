@@ -14,10 +14,15 @@ test_client_isolation.py's cases, sent by the real gRPC client or a raw HTTP/2 o
 200 large requests ("big": 256 rows, k=300 over a 20,000-item model) whose 50 ms deadline
 passes in the queue, the same cancelled by the client at once, 2,000 concurrent calls on one
 connection, connections that open 100 streams each with a zero flow-control window and never
-read, and streams reset right after they open ("rapid reset"). Prints p50/p99/max of the
+read, streams reset right after they open ("rapid reset"), and the process-level classes:
+300 connections that each open one such stream, a 1 MB gzip request that inflates to 1 GiB,
+the native front end's descriptors exhausted by idle connections (its RLIMIT_NOFILE lowered
+to what it uses plus 32, then 100 idle connections opened and closed), and the native front
+end killed (SIGKILL; it is restarted). Prints p50/p99/max of the
 normal requests per class (and p99 of those sent direct and through the proxy apart), their
 errors, the statuses the hostile requests got, and both
-processes' RSS growth since the start after each class, and the CPU seconds the server's
+processes' RSS growth since the start after each class (the server's with its native front
+end's), and the CPU seconds the server's
 event-loop thread (its main thread) used during the class: a count of the loop's work that a
 loaded machine distorts far less than latencies. The targets: p99 < 50 ms and RSS
 growth < 150 MiB under every class. Compare rows of one run (the machine may be shared).
@@ -26,6 +31,9 @@ import argparse
 import collections
 import multiprocessing
 import os
+import resource
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -39,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
 from dpsr_tf.export.servable_info import SERVABLE_INFO  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
-from tests.support.raw_http2 import RawHttp2  # noqa: E402
+from tests.support.raw_http2 import RawHttp2, gzip_zeros  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
 
 
@@ -93,6 +101,8 @@ BIG_ITEMS = 20_000
 BURST = 200
 SLOW_READERS = 8
 STREAMS_PER_READER = 100
+IDLE_READERS = 300  # connections of one zero-window stream each
+INFLATED_BYTES = 1 << 30  # what the gzip request inflates to (about 1 MB sent)
 
 
 def _big_request(rows=256):
@@ -106,6 +116,41 @@ def _cpu_seconds(pid: int, tid: Optional[int] = None) -> float:
     with open(path, encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list:
+    """(pid, name) of the live child processes of `pid` (Linux /proc)."""
+    found = []
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
+        try:
+            with open(f"/proc/{child}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
+        fields = fields.split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(child), name))
+    return found
+
+
+def _front_end_pid(server_pid: int) -> Optional[int]:
+    """The server's native front end (its dpsr_front_end child), None with the Python one."""
+    pids = [p for p, name in _children(server_pid) if name == "dpsr_front_end"]
+    return max(pids) if pids else None
+
+
+def _tree_rss(pid: int) -> int:
+    """RSS of process `pid` and its children (the native front end's memory counts too)."""
+    total = st.rss_bytes(pid)
+    for child, _ in _children(pid):
+        try:
+            total += st.rss_bytes(child)
+        except (OSError, RuntimeError):
+            pass
+    return total
 
 
 def _statuses(futures) -> str:
@@ -126,9 +171,11 @@ class _Misbehaving:
     """The misbehaving-client classes against one address; send() is one round of a class,
     close() ends what a class left open (the slow readers' connections)."""
 
-    def __init__(self, address: str, grpc_port: int):
-        self.address, self.grpc_port = address, grpc_port
+    def __init__(self, address: str, grpc_port: int, server_pid: int = 0):
+        self.address, self.grpc_port, self.server_pid = address, grpc_port, server_pid
         self.readers = []
+        self._once = False  # the once-per-class attacks (fd exhaustion, kill) done
+        self._gzip = None
         self._big = _big_request().SerializeToString()
         self._flood = _big_request(64).SerializeToString()
         self._slow = st.predict_request("dpsr", [f"phone {i}" for i in range(64)],
@@ -183,10 +230,55 @@ class _Misbehaving:
             client.close()
         return "reset"
 
+    def idle_readers(self) -> str:
+        if self.readers:  # all open: they stay until the class ends
+            time.sleep(0.05)
+            return "held"
+        for _ in range(IDLE_READERS):
+            reader = RawHttp2(self.grpc_port)
+            self.readers.append(reader)
+            reader.open_predict(self._slow)
+        return "opened"
+
+    def compressed(self) -> str:
+        if self._gzip is None:
+            self._gzip = gzip_zeros(INFLATED_BYTES)
+        client = RawHttp2(self.grpc_port, window=1 << 20)
+        try:
+            headers = client.compressed_predict(self._gzip)
+        finally:
+            client.close()
+        return grpc.StatusCode(next(c for c in grpc.StatusCode
+                                    if str(c.value[0]) == headers.get("grpc-status"))).name
+
+    def fd_exhaustion(self) -> str:
+        pid = _front_end_pid(self.server_pid)
+        if self._once or pid is None:
+            time.sleep(0.05)
+            return "done" if self._once else "no native front end"
+        self._once = True
+        limit = len(os.listdir(f"/proc/{pid}/fd")) + 32
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+        idle = [socket.create_connection(("127.0.0.1", self.grpc_port)) for _ in range(100)]
+        time.sleep(0.5)  # accepted up to the limit
+        for s in idle:
+            s.close()
+        return "exhausted"
+
+    def kill_front_end(self) -> str:
+        pid = _front_end_pid(self.server_pid)
+        if self._once or pid is None:
+            time.sleep(0.05)
+            return "done" if self._once else "no native front end"
+        self._once = True
+        os.kill(pid, signal.SIGKILL)
+        return "killed"
+
     def close(self) -> None:
         for reader in self.readers:
             reader.close()
         self.readers = []
+        self._once = False
 
 
 def _write_models(work: str, spec) -> str:
@@ -254,7 +346,7 @@ def main():
     for case in st.hostile_rest_cases():
         classes.append((f"rest {case[0]}", lambda c=case: str(st.send_http(
             "127.0.0.1", server.rest_api_port, *c[1:5])[0])))
-    clients = {"serve": _Misbehaving(server.address, server.grpc_port),
+    clients = {"serve": _Misbehaving(server.address, server.grpc_port, server.proc.pid),
                "proxy": _Misbehaving(proxy.address, 0)}
     # Bursts (paced by --burst_period): the abandoned ones, the flood, rapid resets.
     bursts = []
@@ -270,12 +362,18 @@ def main():
     classes.append((f"{SLOW_READERS}x{STREAMS_PER_READER} streams, zero window, never read",
                     clients["serve"].slow_reader))
     classes.append(bursts[-1])
+    serve = clients["serve"]
+    classes += [(f"{IDLE_READERS} connections x 1 stream, zero window, never read",
+                 serve.idle_readers),
+                ("gzip request of 1 MB inflating to 1 GiB, repeated", serve.compressed),
+                ("fds exhausted by idle connections, then freed", serve.fd_exhaustion),
+                ("native front end killed (SIGKILL)", serve.kill_front_end)]
     wanted = args.classes.split("|")
     classes = [c for c in classes if any(w in c[0] for w in wanted) or c[1] is None]
     stub = process.prediction_stub(server.address)
     for _ in range(5):  # the big model warm: later growth of memory is the classes'
         stub.Predict(_big_request(), timeout=60)
-    rss_start = {p.name: st.rss_bytes(p.proc.pid) for p in (server, proxy)}
+    rss_start = {p.name: _tree_rss(p.proc.pid) for p in (server, proxy)}
     print(f"{'class':58s} {'n':>5s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} "
           f"{'p99 direct':>10s} {'p99 proxy':>9s} errors "
           f"{'+RSS serve':>10s} {'+RSS proxy':>10s} {'loop CPU s':>10s}  hostile statuses")
@@ -297,7 +395,7 @@ def main():
             ours.send("stop")
             out = ours.recv()
             loop_cpu = _cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu
-            grown = [(st.rss_bytes(p.proc.pid) - rss_start[p.name]) / 2**20
+            grown = [(_tree_rss(p.proc.pid) - rss_start[p.name]) / 2**20
                      for p in (server, proxy)]
             for c in clients.values():
                 c.close()
@@ -312,8 +410,8 @@ def main():
                   f"{sum(errors.values()):6d} "
                   f"{grown[0]:10.0f} {grown[1]:10.0f} {loop_cpu:10.2f}  {statuses}"
                   + (f" normal errors: {dict(errors)}" if errors else ""), flush=True)
-        print(f"RSS at the end: server {st.rss_bytes(server.proc.pid) / 2**20:.0f} MiB, "
-              f"proxy {st.rss_bytes(proxy.proc.pid) / 2**20:.0f} MiB")
+        print(f"RSS at the end: server {_tree_rss(server.proc.pid) / 2**20:.0f} MiB, "
+              f"proxy {_tree_rss(proxy.proc.pid) / 2**20:.0f} MiB")
     finally:
         ours.send("exit")
         loader.join(timeout=10)

@@ -6,7 +6,6 @@ import os
 import resource
 import signal
 import socket
-import zlib
 
 import grpc
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import front_end
 from tests.support import serving_testing as st
+from tests.support.raw_http2 import RawHttp2, gzip_zeros
 
 native_only = pytest.mark.skipif(not os.access(front_end.BINARY, os.X_OK),
                                  reason="the native front end is not built (make build)")
@@ -152,67 +152,6 @@ INFLATED_BYTES = 256 << 20
 LIMIT_BYTES = 4 << 20
 
 
-def _gzip_zeros(n: int) -> bytes:
-    deflate = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: the gzip format
-    chunk = bytes(1 << 20)
-    return b"".join([deflate.compress(chunk) for _ in range(n >> 20)] + [deflate.flush()])
-
-
-def _ended(events, sid: int) -> bool:
-    import h2.events  # pylint: disable=g-import-not-at-top
-    return any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))
-               and e.stream_id == sid for e in events)
-
-
-def _send_gzip_predict(port: int, body: bytes) -> dict:
-    """One Predict whose message is `body`, flagged compressed with grpc-encoding gzip, sent
-    with h2 (grpcio would compress it itself); returns the response's headers and trailers."""
-    import h2.events  # pylint: disable=g-import-not-at-top
-    import h2.exceptions  # pylint: disable=g-import-not-at-top
-    from tests.support.raw_http2 import RawHttp2  # pylint: disable=g-import-not-at-top
-    client = RawHttp2(port, window=1 << 20)
-    try:
-        sid = client.conn.get_next_available_stream_id()
-        client.conn.send_headers(sid, [
-            (":method", "POST"), (":scheme", "http"), (":path", st.PREDICT_METHOD),
-            (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
-            ("te", "trailers"), ("grpc-encoding", "gzip"), ("grpc-accept-encoding", "gzip")])
-        data = b"\x01" + len(body).to_bytes(4, "big") + body
-        sent = 0
-        try:
-            while sent < len(data):
-                room = min(client.conn.local_flow_control_window(sid),
-                           client.conn.max_outbound_frame_size, len(data) - sent)
-                if room <= 0:
-                    if _ended(client.events, sid):  # answered before it had the whole message
-                        break
-                    client.pump()
-                    continue
-                client.conn.send_data(sid, data[sent:sent + room])
-                sent += room
-                client.sock.sendall(client.conn.data_to_send())
-            else:
-                client.conn.end_stream(sid)
-                client.sock.sendall(client.conn.data_to_send())
-        except h2.exceptions.StreamClosedError:
-            pass  # the server answered before it had the whole message: its answer is in events
-        headers = {}
-        for _ in range(10_000):
-            for event in client.events:
-                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
-                    headers.update((k.decode() if isinstance(k, bytes) else k,
-                                    v.decode() if isinstance(v, bytes) else v)
-                                   for k, v in event.headers)
-                if (isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset))
-                        and event.stream_id == sid):
-                    return headers
-            client.events.clear()
-            client.pump()
-        raise AssertionError("no end of the stream")
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("front", FRONT_ENDS)
 def test_a_compressed_request_that_inflates_past_the_limit_is_refused_unread(
         toy_model_dir, tmp_path, front):
@@ -221,10 +160,13 @@ def test_a_compressed_request_that_inflates_past_the_limit_is_refused_unread(
     server = _start(toy_model_dir, tmp_path, front,
                     f"--grpc_channel_arguments=grpc.max_receive_message_length={LIMIT_BYTES}")
     try:
-        body = _gzip_zeros(INFLATED_BYTES)
+        body = gzip_zeros(INFLATED_BYTES)
         holder = _front_end_pid(server) if front == "native" else server.proc.pid
-        grown, headers = st.peak_rss_growth(
-            holder, lambda: _send_gzip_predict(server.grpc_port, body))
+        client = RawHttp2(server.grpc_port, window=1 << 20)
+        try:
+            grown, headers = st.peak_rss_growth(holder, lambda: client.compressed_predict(body))
+        finally:
+            client.close()
         # UNIMPLEMENTED "Compression algorithm 'gzip' is disabled", before the message is read
         assert headers.get("grpc-status") == str(grpc.StatusCode.UNIMPLEMENTED.value[0]), headers
         assert "gzip" in headers.get("grpc-message", ""), headers

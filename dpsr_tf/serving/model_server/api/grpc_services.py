@@ -110,7 +110,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response, error = await outcome(future)
         canceller.future = future = None  # a call held until its client reads keeps only this
         if error is None:
-            error = self._unsent.refusal(client)  # over the total budget: drop, not hold
+            # over the total budget: drop, not hold
+            error = self._unsent.refusal(client, len(response))
         if error is not None:
             response = None
             return await abort(context, error)
