@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2,
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import tensors
-from dpsr_tf.serving.model_server.lifecycle.tflite_servable import serves_tflite
+from dpsr_tf.serving.model_server.lifecycle.tflite_servable import TfLiteServable, serves_tflite
 from tests.support.serving_testing import outputs, rpc_error
 
 RPC_TIMEOUT = 30.0
@@ -236,3 +236,36 @@ def test_concurrent_calls_get_their_own_answers(servers):
         answers = list(pool.map(call, inputs))
     for x, y in zip(inputs, answers):
         np.testing.assert_allclose(y, 2 * x + 1, rtol=1e-6)
+
+
+def _signatureless_tflite(path) -> None:
+    """A model.tflite without signatures (TF1 from_session): x float [?, 3] -> y = 2x + 1."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with tf.Graph().as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        y = tf.identity(2.0 * x + 1.0, name="y")
+        with tf.compat.v1.Session() as sess:
+            model = tf.compat.v1.lite.TFLiteConverter.from_session(sess, [x], [y]).convert()
+    assert not tf.lite.Interpreter(model_content=model).get_signature_list()
+    (path / "model.tflite").write_bytes(model)
+
+
+def test_a_model_without_signatures_gets_tf_servings_default_signature(tmp_path):
+    """As TF Serving (tflite_session.cc): serving_default, method predict, every input and
+    output keyed by its tensor name; it runs for any number of rows (the interpreter's
+    tensors are resized)."""
+    _signatureless_tflite(tmp_path)
+    servable = TfLiteServable("m", 1, str(tmp_path), max_interpreters=2)
+    servable.load()
+    try:
+        assert set(servable.signatures) == {"serving_default"}
+        sig = servable.signature("")
+        assert sig.method_name == "tensorflow/serving/predict"
+        assert set(sig.inputs) == {"x"} and set(sig.outputs) == {"y"}
+        assert sig.inputs["x"].dtype == types_pb2.DT_FLOAT and sig.inputs["x"].shape == (-1, 3)
+        for rows, seed in ((1, 0), (5, 1), (2, 2), (5, 3)):
+            x = _x(rows, seed)
+            got = servable.run(sig, {"x": x}, ["y"])["y"]
+            np.testing.assert_allclose(got, 2 * x + 1, rtol=1e-6)
+    finally:
+        servable.close()

@@ -4,7 +4,8 @@ TF Serving loads a version directory's `model.tflite` instead of its SavedModel 
 `--prefer_tflite_model` is set and the file exists (saved_model_bundle_factory.cc). Here the
 model runs on TensorFlow's in-process `tf.lite.Interpreter`; its signature runners become
 SignatureDefs (method `tensorflow/serving/predict`), so Predict, GetModelMetadata and the REST
-API treat it like a SavedModel version.
+API treat it like a SavedModel version. A model converted without signatures gets TF Serving's
+generated serving_default: every input and output, keyed by tensor name.
 
 Concurrency: an interpreter holds its tensors' buffers, so one interpreter runs one call at a
 time. Each call borrows an interpreter from a per-version pool that grows on demand up to
@@ -23,8 +24,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.lifecycle.signatures import (PREDICT_METHOD, Signature,
-                                                             find_signature)
+from dpsr_tf.serving.model_server.lifecycle.signatures import (DEFAULT_SIGNATURE, PREDICT_METHOD,
+                                                             Signature, find_signature)
 
 _LOG = logging.getLogger("serving.tflite")
 
@@ -66,6 +67,55 @@ def _signature_def(runner):
     return sig
 
 
+def _tensor_alias(name: str) -> str:
+    """TF Serving's alias of a tensor in a generated signature: its name without ':<index>'."""
+    return name.split(":", 1)[0]
+
+
+class _DefaultRunner:
+    """The generated serving_default of a model without signatures (TF Serving's
+    tflite_session.cc does the same): every model input and output, keyed by tensor name
+    (tensor_alias), run on the interpreter's own input and output tensors."""
+
+    def __init__(self, interpreter: tf.lite.Interpreter):
+        self._interpreter = interpreter
+        self._inputs = self._by_alias(interpreter.get_input_details(), "input")
+        self._outputs = self._by_alias(interpreter.get_output_details(), "output")
+        self._shapes: Dict[str, tuple] = {}  # input shapes allocated for (none yet)
+
+    @staticmethod
+    def _by_alias(details, what):
+        out = {}
+        for d in details:
+            alias = _tensor_alias(d["name"])
+            if not alias or alias in out:
+                raise ValueError(f"{what} tensor name {d['name']!r} is empty or not unique; "
+                                 "convert the model with a named signature")
+            out[alias] = d
+        return out
+
+    def get_input_details(self):
+        return self._inputs
+
+    def get_output_details(self):
+        return self._outputs
+
+    def __call__(self, **args) -> Dict[str, np.ndarray]:
+        resize = {alias: value.shape for alias, value in args.items()
+                  if self._shapes.get(alias) != value.shape}
+        for alias, shape in resize.items():
+            self._interpreter.resize_tensor_input(self._inputs[alias]["index"], shape)
+        if resize or not self._shapes:
+            self._interpreter.allocate_tensors()
+            self._shapes.update(resize)
+        for alias, value in args.items():
+            self._interpreter.set_tensor(self._inputs[alias]["index"], value)
+        self._interpreter.invoke()
+        # get_tensor copies: the outputs outlive the interpreter's next call.
+        return {alias: self._interpreter.get_tensor(d["index"])
+                for alias, d in self._outputs.items()}
+
+
 class _Interpreter:
     """A tf.lite.Interpreter with its signature runners, used by one call at a time."""
 
@@ -73,6 +123,8 @@ class _Interpreter:
         self.interpreter = tf.lite.Interpreter(model_content=model, num_threads=num_threads)
         self.runners = {key: self.interpreter.get_signature_runner(key)
                         for key in self.interpreter.get_signature_list()}
+        if not self.runners:
+            self.runners = {DEFAULT_SIGNATURE: _DefaultRunner(self.interpreter)}
 
 
 class TfLiteServable:
@@ -102,9 +154,12 @@ class TfLiteServable:
     def load(self) -> None:
         """Reads model.tflite and builds the signatures from one interpreter.
 
+        A model without signatures gets serving_default over all its inputs and outputs, keyed
+        by tensor name, as in TF Serving.
+
         Raises:
           ServingError: NOT_FOUND when there is no model.tflite, INVALID_ARGUMENT when it is not
-            a TFLite model or has no signatures.
+            a TFLite model (or, without signatures, its tensor names are not unique).
         """
         start = time.monotonic()
         file_path = os.path.join(self.path, TFLITE_MODEL_FILENAME)
@@ -120,11 +175,6 @@ class TfLiteServable:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"failed to load TFLite model {file_path}: "
                                f"{type(e).__name__}: {e}") from e
-        if not first.runners:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"TFLite model {file_path} has no signatures; convert it with a named signature "
-                "(tf.lite.TFLiteConverter.from_saved_model or from_concrete_functions)")
         self.signatures = {key: Signature.from_proto(key, _signature_def(runner))
                            for key, runner in first.runners.items()}
         self._free.append(first)
