@@ -8,9 +8,11 @@ One tower scores one (user, query, item) triple from the paper's three feature g
              item title --Dpsr>Tokenize (same config, same table)--> sum-pooled      t [e]
              -> [q, t, q * t]
   "user":    profile ids [U] --one table per feature--> p [U * u] (concatenated);
+             the candidate's categorical ids [I] (the layout's item columns: price tier,
+             gender...) --one table per column--> i [I * u], what p is crossed with;
              click stream: item rows of the last history_length clicks [H] (-1 pads)
              --sum-pooled item embeddings--> h [r]; the candidate's own row --> c [r]
-             -> [p, h, c, h * c]
+             -> [p, i, h, c, h * c]
   concat --3 ReLU layers (hidden_units)--> linear --> logit
 
 Training feeds pairs (a, b) of the same session: both sides go through the SAME tower (the
@@ -21,6 +23,7 @@ serving one tower call scores each candidate alone.
 Checkpoint names:
   dpr/embeddings/tokens                 [tokenizer.num_buckets, token_embedding_dim]   "text"
   dpr/embeddings/user_<name>            [vocab size, user_embedding_dim]               "user"
+  dpr/embeddings/item_<name>            [vocab size, user_embedding_dim]               "user"
   dpr/embeddings/history_items          [num_items, history_embedding_dim]           "user"
   dpr/tower/layer_<i>/{kernel,bias}     i = 0..len(hidden_units) (the last is the logit)
 """
@@ -72,6 +75,8 @@ class RankerConfig:
       feature_groups: the tower's inputs, a subset of FEATURE_GROUPS (module docstring).
       user_features, user_vocab_sizes: the layout's user profile columns (features.npy order)
         and their vocabulary sizes ("user" group).
+      item_features, item_vocab_sizes: the layout's item categorical columns (features.npy
+        order) and their vocabulary sizes ("user" group: what the profile is crossed with).
       history_length: clicks of the history bag (0 = no history); num_items: rows of the
         history item table (the layout's items).
       user_embedding_dim, history_embedding_dim: widths of those tables.
@@ -95,6 +100,8 @@ class RankerConfig:
     feature_groups: Tuple[str, ...] = ("numeric", "text")
     user_features: Tuple[str, ...] = ()
     user_vocab_sizes: Tuple[int, ...] = ()
+    item_features: Tuple[str, ...] = ()
+    item_vocab_sizes: Tuple[int, ...] = ()
     history_length: int = 0
     num_items: int = 0
     user_embedding_dim: int = 8
@@ -109,6 +116,9 @@ class RankerConfig:
         if len(self.user_features) != len(self.user_vocab_sizes):
             raise ValueError(f"user_features {self.user_features} and user_vocab_sizes "
                              f"{self.user_vocab_sizes} differ in length")
+        if len(self.item_features) != len(self.item_vocab_sizes):
+            raise ValueError(f"item_features {self.item_features} and item_vocab_sizes "
+                             f"{self.item_vocab_sizes} differ in length")
         if "user" in self.feature_groups:
             if not self.user_features and self.history_length <= 0:
                 raise ValueError("feature group 'user' needs user profile features or a "
@@ -165,15 +175,25 @@ def padded_bag(table: tf.Tensor, rows: tf.Tensor, combiner: str) -> tf.Tensor:
     return total
 
 
-def _user_inputs(cfg: RankerConfig, user, history, item_row) -> list:
-    """[p, h, c, h * c] of the "user" group (module docstring)."""
+def _categorical(prefix: str, names, sizes, ids, dim: int) -> list:
+    """One [B, dim] embedding per column j of ids [B, len(names)] int64 (0 = unknown)."""
+    out = []
+    for j, (name, size) in enumerate(zip(names, sizes)):
+        table = embedding.embedding_table(f"{prefix}_{name}", max(1, int(size)), dim,
+                                          stddev=0.05)
+        column = tf.clip_by_value(tf.cast(ids[:, j], tf.int64), 0, max(1, int(size)) - 1)
+        out.append(tf.gather(table, column))
+    return out
+
+
+def _user_inputs(cfg: RankerConfig, user, item_cats, history, item_row) -> list:
+    """[p, i, h, c, h * c] of the "user" group (module docstring)."""
     out = []
     with tf.compat.v1.variable_scope("embeddings"):
-        for j, (name, size) in enumerate(zip(cfg.user_features, cfg.user_vocab_sizes)):
-            table = embedding.embedding_table(f"user_{name}", max(1, int(size)),
-                                              cfg.user_embedding_dim, stddev=0.05)
-            ids = tf.clip_by_value(tf.cast(user[:, j], tf.int64), 0, max(1, int(size)) - 1)
-            out.append(tf.gather(table, ids))
+        out += _categorical("user", cfg.user_features, cfg.user_vocab_sizes, user,
+                            cfg.user_embedding_dim)
+        out += _categorical("item", cfg.item_features, cfg.item_vocab_sizes, item_cats,
+                            cfg.user_embedding_dim)
         if cfg.history_length > 0:
             items = embedding.embedding_table("history_items", cfg.num_items,
                                               cfg.history_embedding_dim, stddev=0.05)
@@ -186,7 +206,7 @@ def _user_inputs(cfg: RankerConfig, user, history, item_row) -> list:
 
 def tower(query: tf.Tensor, title: tf.Tensor, numeric: tf.Tensor,
           config: RankerConfig, user: tf.Tensor = None, history: tf.Tensor = None,
-          item_row: tf.Tensor = None) -> tf.Tensor:
+          item_row: tf.Tensor = None, item_cats: tf.Tensor = None) -> tf.Tensor:
     """One DPR tower over the config's feature groups.
 
     Args:
@@ -197,6 +217,7 @@ def tower(query: tf.Tensor, title: tf.Tensor, numeric: tf.Tensor,
       user: [B, len(user_features)] int64 profile ids ("user" group).
       history: [B, history_length] int64 item rows of the last clicks, -1 pads ("user").
       item_row: [B] int64 the candidate's layout row ("user" with a history).
+      item_cats: [B, len(item_features)] int64 the candidate's categorical ids ("user").
 
     Returns:
       [B] float32 logits.
@@ -219,7 +240,7 @@ def tower(query: tf.Tensor, title: tf.Tensor, numeric: tf.Tensor,
             std = tf.constant(cfg.feature_std, tf.float32)
             parts.append((tf.cast(numeric, tf.float32) - mean) / std)
         if "user" in groups:
-            parts += _user_inputs(cfg, user, history, item_row)
+            parts += _user_inputs(cfg, user, item_cats, history, item_row)
         x = tf.concat(parts, axis=1)
         with tf.compat.v1.variable_scope("tower"):
             for i, units in enumerate(cfg.hidden_units):
@@ -232,9 +253,9 @@ def pairwise_logits(features: Mapping[str, tf.Tensor], config: RankerConfig):
     """(logit_a [B], logit_b [B]) from the same tower (shared weights)."""
     user, history = features.get("user"), features.get("history")
     logit_a = tower(features["query"], features["title_a"], features["numeric_a"], config,
-                    user, history, features.get("item_row_a"))
+                    user, history, features.get("item_row_a"), features.get("item_cats_a"))
     logit_b = tower(features["query"], features["title_b"], features["numeric_b"], config,
-                    user, history, features.get("item_row_b"))
+                    user, history, features.get("item_row_b"), features.get("item_cats_b"))
     return logit_a, logit_b
 
 
@@ -249,15 +270,18 @@ def model_fn(features, labels, mode, params):
 
     features: TRAIN/EVAL: "query" [B] string, "title_a"/"title_b" [B] string, "numeric_a"/
       "numeric_b" [B, F] float32, with the "user" group also "user" [B, U] int64, "history"
-      [B, H] int64, "item_row_a"/"item_row_b" [B] int64; labels [B] float32 (1 iff a
-      preferred). PREDICT: "query", "title", "numeric" (and "user", "history", "item_row")
+      [B, H] int64, "item_row_a"/"item_row_b" [B] int64, "item_cats_a"/"item_cats_b" [B, I]
+      int64; labels [B] float32 (1 iff a
+      preferred). PREDICT: "query", "title", "numeric" (and "user", "history", "item_row",
+      "item_cats")
       -> predictions {"score": [B]}.
     params: {"config": RankerConfig}.
     """
     cfg: RankerConfig = params["config"]
     if mode == tf.estimator.ModeKeys.PREDICT:
         score = tower(features["query"], features["title"], features["numeric"], cfg,
-                      features.get("user"), features.get("history"), features.get("item_row"))
+                      features.get("user"), features.get("history"), features.get("item_row"),
+                      features.get("item_cats"))
         return tf.estimator.EstimatorSpec(mode, predictions={"score": score})
     logit_a, logit_b = pairwise_logits(features, cfg)
     loss = pairwise_loss(logit_a, logit_b, labels)

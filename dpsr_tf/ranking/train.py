@@ -141,8 +141,11 @@ def _with_users(data: RankerData, history_length: Optional[int], log) -> RankerD
 def user_config(spec, history_length: Optional[int] = None) -> dict:
     """RankerConfig fields of the "user" group for a layout (its user columns and items)."""
     names = tuple(layout_lib.feature_columns(spec, "user")) if spec.user_features else ()
+    items = tuple(layout_lib.feature_columns(spec, "item")) if spec.item_features else ()
     return {"user_features": names,
             "user_vocab_sizes": tuple(int(spec.user_features[n]) for n in names),
+            "item_features": items,
+            "item_vocab_sizes": tuple(int(spec.item_features[n]) for n in items),
             "history_length": spec.history_length if history_length is None
             else int(history_length),
             "num_items": int(spec.num_items)}
@@ -196,7 +199,10 @@ def _pair_arrays(data: RankerData, table, feats, users, config: model_lib.Ranker
     arrays.update(_user_arrays(config, users, pairs.session))
     if "user" in config.feature_groups:
         arrays["item_row_a"], arrays["item_row_b"] = rows[pairs.a], rows[pairs.b]
+        cats = user_lib.item_categories(data.layout_spec, config.item_features)
+        arrays["item_cats_a"], arrays["item_cats_b"] = cats[rows[pairs.a]], cats[rows[pairs.b]]
     return arrays, pairs.label
+
 
 
 def _spec_of(array: np.ndarray) -> tf.TensorSpec:
@@ -287,6 +293,7 @@ def predict_scores(model_dir: str, data: RankerData, table, feats,
             users = data.eval_users if table is data.eval_sessions else data.train_users
         arrays.update(_user_arrays(config, users, session))
         arrays["item_row"] = table.item_rows
+        arrays["item_cats"] = user_lib.item_categories(data.layout_spec, config.item_features)[table.item_rows]
     est = make_estimator(model_dir, config)
     keys = sorted(arrays)
     sig = {k: _spec_of(arrays[k]) for k in keys}

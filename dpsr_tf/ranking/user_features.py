@@ -1,4 +1,5 @@
-"""The user side of DPR's features: each session's user profile ids and click-stream history.
+"""The user side of DPR's features: each session's user profile ids and click-stream history,
+and the candidates' categorical ids the profile is crossed with.
 
 Profile: the user's categorical features as the layout stores them (users/features.npy, ids
 0 = unknown; a session without a known user gets zeros, as the servable does for an absent
@@ -51,6 +52,16 @@ def last_n(items: np.ndarray, splits: np.ndarray, ends: np.ndarray, rows: np.nda
         picked = items[base + max(0, int(end) - history_length):base + int(end)]
         out[s, :len(picked)] = picked
     return out
+
+
+def item_categories(spec, names) -> np.ndarray:
+    """[num_items, len(names)] int64 categorical ids (0 = unknown) of every layout item, for
+    the item columns `names` (what the "user" group crosses the profile with)."""
+    if not names:
+        return np.zeros([spec.num_items, 0], np.int64)
+    table = np.load(spec.path(layout_lib.ITEM_FEATURES)).astype(np.int64)
+    columns = layout_lib.feature_columns(spec, "item")
+    return table[:, [columns.index(n) for n in names]]
 
 
 def _first_history_end(spec) -> Dict[Tuple[int, int], int]:

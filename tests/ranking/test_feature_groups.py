@@ -61,16 +61,18 @@ def test_padded_bag_sum_mean_against_numpy():
 
 USER_CONFIG = dataclasses.replace(
     M.RankerConfig(), feature_groups=("user",), hidden_units=(1,), user_features=("gender",),
-    user_vocab_sizes=(3,), history_length=3, num_items=5, user_embedding_dim=2,
+    user_vocab_sizes=(3,), item_features=("tier",), item_vocab_sizes=(4,), history_length=3, num_items=5, user_embedding_dim=2,
     history_embedding_dim=2)
 
 
 def test_user_group_tower_against_numpy():
     """With layer 0 summing its inputs (kernel of ones, bias 100 keeps the ReLU linear) and
-    the logit layer the identity, logit = 100 + sum([p, h, c, h * c]) computed by numpy."""
+    the logit layer the identity, logit = 100 + sum([p, i, h, c, h * c]) computed by numpy."""
     rng = np.random.default_rng(1)
     user_table = rng.normal(size=[3, 2]).astype(np.float32)
     item_table = rng.normal(size=[5, 2]).astype(np.float32)
+    tier_table = rng.normal(size=[4, 2]).astype(np.float32)
+    tiers = np.array([[3], [1]], np.int64)
     profile = np.array([[2], [0]], np.int64)
     history = np.array([[3, 1, 1], [-1, -1, -1]], np.int64)
     item_row = np.array([1, 4], np.int64)
@@ -78,23 +80,26 @@ def test_user_group_tower_against_numpy():
     with graph.as_default():
         logit = M.tower(tf.constant(["q", "q"]), tf.constant(["t", "t"]),
                         tf.zeros([2, NUM_FEATURES]), USER_CONFIG, tf.constant(profile),
-                        tf.constant(history), tf.constant(item_row))
+                        tf.constant(history), tf.constant(item_row), tf.constant(tiers))
         v = {x.op.name: x for x in tf.compat.v1.global_variables()}
-    assert sorted(v) == ["dpr/embeddings/history_items", "dpr/embeddings/user_gender",
+    assert sorted(v) == ["dpr/embeddings/history_items", "dpr/embeddings/item_tier",
+                         "dpr/embeddings/user_gender",
                          "dpr/tower/layer_0/bias", "dpr/tower/layer_0/kernel",
                          "dpr/tower/layer_1/bias", "dpr/tower/layer_1/kernel"]
-    assert v["dpr/tower/layer_0/kernel"].shape == (2 + 3 * 2, 1)
+    assert v["dpr/tower/layer_0/kernel"].shape == (2 + 2 + 3 * 2, 1)
     with tf.compat.v1.Session(graph=graph) as sess:
         sess.run([v["dpr/embeddings/user_gender"].assign(user_table),
                   v["dpr/embeddings/history_items"].assign(item_table),
-                  v["dpr/tower/layer_0/kernel"].assign(np.ones([8, 1], np.float32)),
+                  v["dpr/embeddings/item_tier"].assign(tier_table),
+                  v["dpr/tower/layer_0/kernel"].assign(np.ones([10, 1], np.float32)),
                   v["dpr/tower/layer_0/bias"].assign([100.0]),
                   v["dpr/tower/layer_1/kernel"].assign([[1.0]]),
                   v["dpr/tower/layer_1/bias"].assign([0.0])])
         got = sess.run(logit)
     h = np.stack([item_table[3] + 2 * item_table[1], np.zeros(2)])         # sum-pooled
     c = item_table[item_row]
-    want = 100.0 + np.concatenate([user_table[profile[:, 0]], h, c, h * c], axis=1).sum(axis=1)
+    want = 100.0 + np.concatenate([user_table[profile[:, 0]], tier_table[tiers[:, 0]], h, c,
+                                   h * c], axis=1).sum(axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

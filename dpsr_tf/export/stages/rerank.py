@@ -36,6 +36,7 @@ from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.towers import query_tower
 from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import model as ranker_model
+from dpsr_tf.ranking import user_features as user_lib
 
 SCOPES = ("dpr/",)
 
@@ -102,11 +103,14 @@ class RerankStage(Stage):
         """Staged user vocabularies of the "user" group, after checking the layout matches."""
         if "user" not in config.feature_groups:
             return {}
-        want = dict(zip(config.user_features, config.user_vocab_sizes))
-        if want != {n: int(spec.user_features.get(n, -1)) for n in want}:
-            raise ValueError(f"{source.ranker_dir}: the ranker's user features {want} are not "
-                             f"the layout's {dict(spec.user_features)}: train the ranker on "
-                             f"sessions of the servable's layout")
+        for kind, names, sizes in (("user", config.user_features, config.user_vocab_sizes),
+                                   ("item", config.item_features, config.item_vocab_sizes)):
+            want = dict(zip(names, sizes))
+            have = getattr(spec, f"{kind}_features")
+            if want != {n: int(have.get(n, -1)) for n in want}:
+                raise ValueError(f"{source.ranker_dir}: the ranker's {kind} features {want} are "
+                                 f"not the layout's {dict(have)}: train the ranker on sessions "
+                                 f"of the servable's layout")
         if config.history_length > 0 and config.num_items != spec.num_items:
             raise ValueError(f"{source.ranker_dir}: the ranker's history table has "
                              f"{config.num_items} items, the layout {spec.num_items}")
@@ -128,15 +132,23 @@ class RerankStage(Stage):
                 self._titles = tf.compat.v1.Variable(
                     self._titles_value, trainable=False, name="item_titles",
                     collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES])
-            self._titles_np = titles
+                cats = (user_lib.item_categories(ctx.layout_spec, self.config.item_features)
+                        if "user" in self.config.feature_groups
+                        else np.zeros([len(titles), 0], np.int64))
+                self._cats_value = tf.compat.v1.placeholder(tf.int64, cats.shape,
+                                                            name="item_categories_value")
+                self._cats = tf.compat.v1.Variable(
+                    self._cats_value, trainable=False, name="item_categories",
+                    collections=[tf.compat.v1.GraphKeys.GLOBAL_VARIABLES])
+            self._titles_np, self._cats_np = titles, cats
             self._rows_table = value_to_id_table(self._all_item_ids, "rerank_item_rows")
             self._add_rerank(ctx)
             self._add_retrieve_rerank(ctx)
         dpr_vars = [v for v in tf.compat.v1.global_variables() if v.op.name.startswith("dpr/")]
         self._saver = tf.compat.v1.train.Saver({v.op.name: v for v in dpr_vars})
-        self._table_names = {v.op.name for v in self.tables.variables + [self._titles]}
-        self._table_init = tf.compat.v1.variables_initializer(
-            self.tables.variables + [self._titles])
+        filled = self.tables.variables + [self._titles, self._cats]
+        self._table_names = {v.op.name for v in filled}
+        self._table_init = tf.compat.v1.variables_initializer(filled)
 
     def owns(self, variable) -> bool:
         """True for the variables this stage restores or fills (not in the DPSR checkpoint)."""
@@ -146,6 +158,7 @@ class RerankStage(Stage):
         model_dir_lib.restore(self._saver, session, self.checkpoint)
         feed = dict(self.tables._feed)  # pylint: disable=protected-access
         feed[self._titles_value] = self._titles_np
+        feed[self._cats_value] = self._cats_np
         session.run(self._table_init, feed)
 
     def _heads(self, ctx, query):
@@ -203,7 +216,8 @@ class RerankStage(Stage):
             profile, history = tf.repeat(profile, n, axis=0), tf.repeat(history, n, axis=0)
         logits = ranker_model.tower(flat_query, flat_titles,
                                     tf.reshape(numeric, [-1, features_lib.NUM_FEATURES]),
-                                    self.config, profile, history, flat_rows)
+                                    self.config, profile, history, flat_rows,
+                                    tf.gather(self._cats, tf.maximum(flat_rows, 0)))
         logits = tf.reshape(logits, tf.stack([b, n]))
         valid = rows >= 0
         scores = tf.where(valid, logits, tf.fill(tf.shape(logits), -np.inf))
