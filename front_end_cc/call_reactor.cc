@@ -195,10 +195,12 @@ void Call::OnBackendRead(bool ok) {
     lock.lock();
     FinishLocked(grpc::Status(
         grpc::StatusCode::RESOURCE_EXHAUSTED,
-        "dpsr front end: this connection has " +
+        "dpsr front end: this connection holds answers it has not read (at most " +
             std::to_string(fe_->options().max_unread_bytes_per_client) +
-            " bytes of answers it has not read, the most one connection may hold; read them "
-            "before asking for more"));
+            " bytes per connection; while all connections hold more than " +
+            std::to_string(fe_->options().hold_back_total_unread_bytes) +
+            ", at most 16384 for one that has read none yet); read them before asking for "
+            "more"));
     return;
   }
   unread_bytes_ += bytes;
@@ -281,7 +283,7 @@ void Call::OnDone() {
   // Delivered: the call ended with its answers and status sent, which HTTP/2 flow control
   // allows only once the client has read them (a finished write alone is not proof: gRPC
   // completes writes it has buffered).
-  if (unread_bytes_ > 0) fe_->FreeUnread(client_, unread_bytes_);
+  if (unread_bytes_ > 0) fe_->FreeUnread(client_, unread_bytes_, !ctx_->IsCancelled());
   if (started_) fe_->Ended(client_, unread_bytes_ > 0 && !ctx_->IsCancelled());
   Unref();
 }

@@ -103,6 +103,14 @@ bool FrontEnd::HoldUnread(const std::string& client, size_t bytes) {
     unread_refused_.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
+  const bool reader = readers_.count(client) > 0;
+  if (!reader && held == 0 && bytes > kFirstAnswerAllowance && OverTotal() &&
+      first_unread_ > static_cast<size_t>(options_.hold_back_total_unread_bytes)) {
+    unread_refused_.fetch_add(1, std::memory_order_relaxed);
+    unread_.erase(client);
+    return false;
+  }
+  if (!reader) first_unread_ += bytes;
   held += bytes;
   bool was_over = OverTotal();
   total_unread_ += bytes;
@@ -114,7 +122,7 @@ bool FrontEnd::HoldUnread(const std::string& client, size_t bytes) {
   return true;
 }
 
-void FrontEnd::FreeUnread(const std::string& client, size_t bytes) {
+void FrontEnd::FreeUnread(const std::string& client, size_t bytes, bool delivered) {
   Started started;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -122,6 +130,21 @@ void FrontEnd::FreeUnread(const std::string& client, size_t bytes) {
     if (it == unread_.end()) return;
     bytes = std::min(it->second, bytes);
     it->second -= bytes;
+    if (!readers_.count(client)) {
+      first_unread_ -= bytes;
+      if (delivered) {  // known to read from now on: what it still holds is not first answers
+        first_unread_ -= it->second;
+        readers_.insert(client);
+        readers_order_.push_back(client);
+        if (readers_order_.size() > kReadersRemembered) {
+          const std::string& oldest = readers_order_.front();
+          auto held = unread_.find(oldest);
+          if (held != unread_.end()) first_unread_ += held->second;
+          readers_.erase(oldest);
+          readers_order_.pop_front();
+        }
+      }
+    }
     bool was_over = OverTotal();
     total_unread_ -= bytes;
     if (was_over && !OverTotal()) {

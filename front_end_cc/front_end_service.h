@@ -14,10 +14,12 @@
 
 #include <atomic>
 #include <cstddef>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -59,8 +61,14 @@ class FrontEnd : public grpc::CallbackGenericService {
   // computed: its waiting calls stop going to the backend while it holds more than
   // --hold_back_unread_bytes, or more than 64 KiB while all clients together hold more than
   // --hold_back_total_unread_bytes (the Python server's rule for its own unsent answers).
+  // A new connection holds nothing, so its first answer would always be held: unread answers
+  // of connections none of whose answers has been read yet count apart too, and while both
+  // they and all unread answers are over that total, such a connection's answer over
+  // kFirstAnswerAllowance is refused (a thousand connections that each ask one large answer
+  // and never read would hold them all; the Python server's unsent_answers.py rule).
   bool HoldUnread(const std::string& client, size_t bytes);
-  void FreeUnread(const std::string& client, size_t bytes);
+  // `delivered`: the call ended with its answers read, so `client` is known to read.
+  void FreeUnread(const std::string& client, size_t bytes, bool delivered);
 
   void CountQueued() { queued_.fetch_add(1, std::memory_order_relaxed); }
   void CountUnmetered() { unmetered_.fetch_add(1, std::memory_order_relaxed); }
@@ -76,6 +84,8 @@ class FrontEnd : public grpc::CallbackGenericService {
   using Started = std::vector<std::pair<std::string, Call*>>;
 
   static constexpr size_t kSmallUnread = 64 << 10;
+  static constexpr size_t kFirstAnswerAllowance = 16 << 10;  // a 10-item answer: about 1 KB
+  static constexpr size_t kReadersRemembered = 65536;
 
   // Starts the calls the gate handed out (called without mu_: StartBackend takes the call's
   // own lock and gRPC's).
@@ -95,6 +105,9 @@ class FrontEnd : public grpc::CallbackGenericService {
   FairGate<Call*> gate_;
   std::unordered_map<std::string, size_t> unread_;  // under mu_
   size_t total_unread_ = 0;                         // under mu_
+  size_t first_unread_ = 0;  // of it, held by clients not in readers_ (under mu_)
+  std::unordered_set<std::string> readers_;  // clients with an answer read (under mu_)
+  std::deque<std::string> readers_order_;    // readers_ oldest first, to forget the oldest
   std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
       refused_{0}, overloaded_{0}, cannot_finish_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0};
 };

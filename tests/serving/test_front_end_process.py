@@ -3,6 +3,7 @@ compressed requests that inflate far past the message limit, its native front en
 Real `dpsr serve` processes and real clients (grpcio, or h2 for what grpcio never sends); every
 assertion is on statuses, counts and bytes, none on time (retries are bounded by count)."""
 import os
+import re
 import resource
 import signal
 import socket
@@ -13,7 +14,9 @@ import pytest
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import front_end
 from tests.support import serving_testing as st
+from tests.support import waiting
 from tests.support.raw_http2 import RawHttp2, gzip_zeros
+from tests.support.server_metrics import METRICS_PATH, runs
 
 native_only = pytest.mark.skipif(not os.access(front_end.BINARY, os.X_OK),
                                  reason="the native front end is not built (make build)")
@@ -174,3 +177,45 @@ def test_a_compressed_request_that_inflates_past_the_limit_is_refused_unread(
         assert _predict_ok(server.address, attempts=3) == 1  # and it keeps serving
     finally:
         assert server.stop() == 0, server.log_tail()
+
+
+@native_only
+def test_connections_that_never_read_hold_a_bounded_total_in_the_native_front_end(
+        toy_model_dir, tmp_path):
+    # Before: slow start computes one call per new connection, and a connection holding
+    # nothing always had its answer held: every such connection added one answer (300
+    # connections of a 290 KB answer: +117 MiB in the front end). Now, once the first answers
+    # of connections that never read pass the total (8 MiB), each further one is refused.
+    (tmp_path / "monitoring.config").write_text(
+        f'prometheus_config {{ enable: true, path: "{METRICS_PATH}" }}')
+    server = process.start_model_server(
+        toy_model_dir, model_name="dpsr", rest=True, log_dir=str(tmp_path), flags=[
+            "--front_end=native", "--max_k=300",
+            f"--monitoring_config_file={tmp_path / 'monitoring.config'}"])
+    readers = []
+    try:
+        request = st.predict_request("dpsr", [f"phone {i}" for i in range(64)], k=300)
+        stub = process.prediction_stub(server.address)
+        size = stub.Predict(request, timeout=60).ByteSize()  # this connection has read
+        held = (8 << 20) // size + 1  # the first answer past 8 MiB is the last one held
+        connections = held + 20
+        before = runs(server, "dpsr")
+        message = request.SerializeToString()
+        for _ in range(connections):
+            readers.append(RawHttp2(server.grpc_port))
+            readers[-1].open_predict(message)
+
+        def all_answered():
+            handled = runs(server, "dpsr")["handled"] - before["handled"]
+            return handled if handled >= connections else None
+        waiting.wait_until(all_answered, f"{connections} calls answered by the server",
+                           progress=lambda: runs(server, "dpsr")["handled"], poll_s=0.3)
+        assert stub.Predict(request, timeout=60).ByteSize() == size  # a reader: served
+        assert _predict_ok(server.address, attempts=1) == 1  # a new client, a small answer
+    finally:
+        for reader in readers:
+            reader.close()
+        assert server.stop() == 0, server.log_tail()
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        refused = re.findall(r"answers refused \(unread budget\) (\d+)", f.read())
+    assert refused and int(refused[-1]) == connections - held, (refused, held, size)
