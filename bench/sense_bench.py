@@ -23,6 +23,7 @@ from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import paired, senses
 from dpsr_tf.model.embedder import CheckpointEmbedder
 from dpsr_tf.model.model_dir import load_model_config
+from dpsr_tf.search import head_merge
 
 _CATALOG = flags.DEFINE_string("catalog_dir", None, "The synthetic catalog (ground truth).")
 _LAYOUT = flags.DEFINE_string("layout_dir", None, "The layout prepared from it.")
@@ -45,6 +46,21 @@ def _query_rows(spec, texts):
     return np.array([index[t] for t in texts], np.int64)
 
 
+def _quota_metrics(scorer, eval_set, share):
+    """Recall@10 and nDCG@10 of the quota merge asked for k = 10, Recall@100 of k = 100."""
+    out = {metrics_lib.PER_REQUEST: {}}
+    for k, names in ((10, ("recall@10", "ndcg@10")), (100, ("recall@100",))):
+        scores, lists = senses.head_lists(scorer.request_emb, scorer.item_emb, k)
+        retrieved = head_merge.merge_heads_quota_np(scores, lists, k, share)[1]
+        got = metrics_lib.retrieval_metrics(
+            retrieved, eval_set.relevant_splits, eval_set.relevant_rows,
+            eval_set.relevant_gains, recall_ks=(k,), with_per_request=True)
+        for name in names:
+            out[name] = got[name]
+            out[metrics_lib.PER_REQUEST][name] = got[metrics_lib.PER_REQUEST][name]
+    return out
+
+
 def _one_model(name, model_dir, spec, queries, ks):
     model_config, _ = load_model_config(model_dir)
     cfg = evaluate_lib.EvalConfig(recall_ks=(10, 100), num_random=0, per_request=True)
@@ -64,6 +80,8 @@ def _one_model(name, model_dir, spec, queries, ks):
     for share in [None] + list(_SHARES.value):
         if share is not None and model_config.num_heads == 1:
             continue
+        if share is not None:   # every eval request through the quota merge of k = 10, 100
+            overall = _quota_metrics(scorer, eval_set, share)
         detail = senses.evaluate_senses(queries, heads, scorer.item_emb, ks, quota=share)
         label = name if share is None else f"{name}, quota {share:g}"
         out.append({"name": label, "heads": model_config.num_heads,
@@ -103,12 +121,11 @@ def main(argv):
               + ("; ".join(tests) or "-") + " |")
     for row in rows:
         for d in row["detail"]:
-            if d["k"] == max(ks):
-                print(f"  {row['name']} {d['q']} @{d['k']}: recall "
-                      + "/".join(f"{x:.2f}" for x in d["recall"])
-                      + f" covered={d['covered']} purity "
-                      + "/".join(f"{x:.2f}" for x in d["purity"])
-                      + " senses " + "/".join(str(s) for s in d["sense"]))
+            print(f"  {row['name']} {d['q']} @{d['k']}: recall "
+                  + "/".join(f"{x:.2f}" for x in d["recall"])
+                  + f" covered={d['covered']} purity "
+                  + "/".join(f"{x:.2f}" for x in d["purity"])
+                  + " senses " + "/".join(str(s) for s in d["sense"]))
     if _JSON.value:
         with open(_JSON.value, "w", encoding="utf-8") as f:
             json.dump([{k: v for k, v in r.items() if k != "per_request"} for r in rows], f,

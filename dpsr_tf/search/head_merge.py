@@ -193,10 +193,11 @@ def merge_heads_quota_np(scores: np.ndarray, labels: np.ndarray, k: int, min_sha
             if per_head[full_h[b, i]] < quota:
                 per_head[full_h[b, i]] += 1
                 taken.append(i)
+        chosen = set(taken)
         for i in entries:
             if len(taken) >= k:
                 break
-            if i not in taken:
+            if i not in chosen:
                 taken.append(i)
         taken = sorted(taken)[:k]
         out_s[b, :len(taken)] = full_s[b, taken]
