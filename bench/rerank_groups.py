@@ -5,7 +5,8 @@ rank:pairwise on the numeric features and on numeric + hashed sparse features
 eval sessions (dpsr_tf/evaluation/paired.py) and the training time of each.
 
     python bench/rerank_groups.py --sessions_dir=S --dpsr_model_dir=M --dpsr_index_dir=I \\
-        --work=/tmp/rerank_groups --seeds=0,1,2 --train_steps=2000
+        --work=/tmp/rerank_groups --seeds=0,1,2 --train_steps=1000 --token_embedding_dim=8 \
+        --combiner=mean --user_embedding_dim=4 --history_embedding_dim=4
 
 Prints one JSON object: per system the mean and standard deviation over seeds of each metric
 and of the training seconds, and the paired tests of the full DPR against each other system,
@@ -34,7 +35,11 @@ def main():
     ap.add_argument("--dpsr_index_dir", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--train_steps", type=int, default=2000)
+    ap.add_argument("--train_steps", type=int, default=1000)
+    ap.add_argument("--token_embedding_dim", type=int, default=8)
+    ap.add_argument("--combiner", default="mean")
+    ap.add_argument("--user_embedding_dim", type=int, default=4)
+    ap.add_argument("--history_embedding_dim", type=int, default=4)
     ap.add_argument("--xgboost_rounds", type=int, default=300)
     ap.add_argument("--sparse_buckets", type=int, default=4096)
     args = ap.parse_args()
@@ -62,6 +67,10 @@ def main():
         for name, groups in GROUPS.items():
             model_dir = os.path.join(args.work, f"{name}_s{seed}")
             config = model_lib.RankerConfig(seed=seed, feature_groups=groups,
+                                            token_embedding_dim=args.token_embedding_dim,
+                                            combiner=args.combiner,
+                                            user_embedding_dim=args.user_embedding_dim,
+                                            history_embedding_dim=args.history_embedding_dim,
                                             dpsr_model_dir=args.dpsr_model_dir,
                                             dpsr_index_dir=args.dpsr_index_dir, **user_cfg)
             start = time.monotonic()

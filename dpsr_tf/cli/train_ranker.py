@@ -31,8 +31,9 @@ _GROUPS = flags.DEFINE_list(
     "layout has user features or histories.")
 _HISTORY = flags.DEFINE_integer("history_length", -1, "Clicks in the history bag of the user "
                                 "group; -1 = the layout's history_length.")
-_USER_EMB = flags.DEFINE_integer("user_embedding_dim", 8, "Width of each user profile table.")
-_HIST_EMB = flags.DEFINE_integer("history_embedding_dim", 16, "Width of the history item table.")
+_USER_EMB = flags.DEFINE_integer("user_embedding_dim", 4, "Width of each user profile and item "
+                                 "category table (user group).")
+_HIST_EMB = flags.DEFINE_integer("history_embedding_dim", 4, "Width of the history item table.")
 flags.mark_flags_as_required(["sessions_dir", "dpsr_model_dir", "dpsr_index_dir", "model_dir"])
 
 

@@ -104,8 +104,8 @@ class RankerConfig:
     item_vocab_sizes: Tuple[int, ...] = ()
     history_length: int = 0
     num_items: int = 0
-    user_embedding_dim: int = 8
-    history_embedding_dim: int = 16
+    user_embedding_dim: int = 4
+    history_embedding_dim: int = 4
 
     def validate(self):
         bad = [g for g in self.feature_groups if g not in FEATURE_GROUPS]
