@@ -95,7 +95,7 @@ class ModelConfig:
         f_h * P_h over the batch's positives, f_h the share of positives head h wins (constant)
         and P_h its mean attention weight (differentiable), as in Switch Transformer's load
         balancing. Without it one head wins every positive and the others go dead (seen on
-        the demo catalog with and without personalization; docs/results.md).
+        the demo catalog with and without personalization; docs/training.md, "Heads").
       head_assignment: how positives are assigned to heads while training (m > 1): "soft"
         (the attention at beta, the head-balance term) or "annealed": the heads start apart
         (their last layers randomly initialized, not at zero), the training beta falls
