@@ -65,7 +65,9 @@ class FrontEndOptions:
         --max_unsent_response_bytes_per_client); 0: never held back.
       hold_back_total_unread_bytes: while all connections together have more than this unread,
         every connection with more than 64 KiB unread is held back (the server's
-        --max_unsent_response_bytes); 0: no such rule.
+        --max_unsent_response_bytes); while the answers of connections that have read none
+        yet are over it too, such a connection's answer over 16 KiB is dropped with
+        RESOURCE_EXHAUSTED rather than held; 0: no such rule.
     """
 
     max_running: int = 0
