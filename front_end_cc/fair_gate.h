@@ -34,9 +34,10 @@
 // measured service time (ObserveService: how long a call holds its backend slot, averaged),
 // so a servable whose calls take 50 ms is not refused for queueing one call's worth.
 //
-// A call that brings its deadline (`deadline_left` >= 0) and could not start before it ends
-// (its client's waiting calls ahead of it, in turns of the client's share, each one service
-// time) is refused at once too (kCannotFinish) instead of expiring in the queue.
+// With the control on, a call that brings its deadline (`deadline_left` >= 0) and could not
+// start before it ends (its client's waiting calls ahead of it, in turns of the client's share,
+// each one service time) is refused at once too (kCannotFinish) instead of expiring in the
+// queue.
 //
 // Standard C++ only and not thread-safe: the front end holds its lock around every method and
 // starts the calls Release() hands back after dropping it.
@@ -107,7 +108,7 @@ class FairGate {
     if (c.waiting.size() >= max_queued_per_client_) refusal = Admission::kClientQueueFull;
     else if (queued_ >= max_queued_) refusal = Admission::kQueueFull;
     else if (Standing(c, now)) refusal = Admission::kOverloaded;
-    else if (deadline_left >= 0 && ExpectedWait(c) > deadline_left) {
+    else if (queue_.target > 0 && deadline_left >= 0 && ExpectedWait(c) > deadline_left) {
       refusal = Admission::kCannotFinish;
     }
     if (refusal != Admission::kRun) {

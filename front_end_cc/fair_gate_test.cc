@@ -253,11 +253,12 @@ void TestServiceTimeRaisesTheTarget() {
   CHECK(gate.Offer("a", 4, 52) == Admission::kQueued);
 }
 
-// A call whose deadline ends before its expected turn (one service time per turn of its
-// client's share, behind the client's waiting calls) is refused at once; one with time enough,
-// or with no deadline, waits; nothing is refused before a service time is measured.
+// With the control on, a call whose deadline ends before its expected turn (one service time
+// per turn of its client's share, behind the client's waiting calls) is refused at once; one
+// with time enough, or with no deadline, waits; nothing is refused before a service time is
+// measured.
 void TestCannotFinishBeforeItsDeadline() {
-  FairGate<int> gate(4, 2, 1000, 10000);
+  FairGate<int> gate(4, 2, 1000, 10000, 0, 0, QueueDelay{10, 100});
   CHECK(gate.Offer("a", 1, 0, 0) == Admission::kRun);  // a free slot: runs whatever its deadline
   CHECK(gate.Offer("a", 2, 0, 0) == Admission::kRun);
   CHECK(gate.Offer("a", 3, 0, 0) == Admission::kQueued);  // no service time measured yet
@@ -269,6 +270,11 @@ void TestCannotFinishBeforeItsDeadline() {
   CHECK(gate.Offer("a", 8, 0, 250) == Admission::kCannotFinish);  // 4 ahead: 300
   CHECK(gate.Offer("b", 9, 0, 50) == Admission::kRun);            // another client: free slot
   CHECK(gate.queued() == 4);
+  // With the control off (target 0) deadlines are left to expire where they wait.
+  FairGate<int> off(1, 1, 1000, 10000);
+  off.ObserveService(100);
+  CHECK(off.Offer("a", 1, 0, 0) == Admission::kRun);
+  CHECK(off.Offer("a", 2, 0, 0) == Admission::kQueued);
 }
 
 }  // namespace

@@ -43,7 +43,8 @@ LIFO_AFTER_MS = flags.DEFINE_integer(
     lower_bound=0)
 QUEUE_TARGET_MS = flags.DEFINE_integer(
     "front_end_queue_target_ms", FrontEndOptions.queue_target_ms,
-    f"{_WITH_NATIVE} queue delay target: once a connection's oldest waiting call has waited "
+    "[dpsr] Queue delay target, of the native front end's per-connection queues (and of the "
+    "run queue with --front_end=python): once a connection's oldest waiting call has waited "
     "more than this (or the measured service time, if longer) for a whole "
     "--front_end_queue_interval_ms, its new calls are refused at once with "
     "RESOURCE_EXHAUSTED until its queue is below the target again, so past capacity the "
@@ -51,7 +52,7 @@ QUEUE_TARGET_MS = flags.DEFINE_integer(
     "wait until their deadline).", lower_bound=0)
 QUEUE_INTERVAL_MS = flags.DEFINE_integer(
     "front_end_queue_interval_ms", FrontEndOptions.queue_interval_ms,
-    f"{_WITH_NATIVE} how long a queue must stay above --front_end_queue_target_ms before "
+    "[dpsr] How long a queue must stay above --front_end_queue_target_ms before "
     "calls are refused (a burst shorter than this only queues).", lower_bound=1)
 MAX_UNREAD = flags.DEFINE_integer(
     "front_end_max_unread_bytes_per_client", FrontEndOptions.max_unread_bytes_per_client,

@@ -371,6 +371,7 @@ def options_from_flags():
         run_threads = min(run_threads, _GRPC_MAX_THREADS.value)
     channel_args = parse_channel_arguments(_GRPC_CHANNEL_ARGS.value)
     _notices()
+    native_front_end = _native_front_end(ssl)
     core = CoreOptions(
         session=SessionOptions(
             saved_model_tags=tuple(t.strip() for t in _TAGS.value.split(",") if t.strip()),
@@ -396,6 +397,10 @@ def options_from_flags():
         max_queued_requests_per_client=_MAX_QUEUED_PER_CLIENT.value,
         max_run_threads_per_client=(_MAX_RUN_THREADS_PER_CLIENT.value
                                     or run_queue.default_running_per_client(run_threads)),
+        # The native front end refuses a standing queue before its calls reach the run queue.
+        queue_target_seconds=(0.0 if native_front_end else
+                              front_end_flags.QUEUE_TARGET_MS.value / 1000.0),
+        queue_interval_seconds=front_end_flags.QUEUE_INTERVAL_MS.value / 1000.0,
         max_unsent_response_bytes=_MAX_UNSENT.value,
         max_rows_per_run=_MAX_ROWS_PER_RUN.value,
         max_unsent_response_bytes_per_client=_MAX_UNSENT_PER_CLIENT.value,
@@ -415,7 +420,7 @@ def options_from_flags():
         enable_profiler=_ENABLE_PROFILER.value,
         heap_trim_interval_seconds=_HEAP_TRIM.value,
         max_streams_per_connection=_MAX_STREAMS.value,
-        native_front_end=_native_front_end(ssl))
+        native_front_end=native_front_end)
     return options, server_config
 
 

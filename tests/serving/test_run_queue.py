@@ -210,3 +210,66 @@ def test_default_run_threads_per_client_is_half_the_threads_at_most_the_cores(mo
     assert run_queue.usable_cores() == 3
     assert run_queue.default_running_per_client(8) == 3
     assert run_queue.default_running_per_client(4) == 2
+
+
+def test_a_standing_queue_is_refused_at_once_and_another_client_still_runs():
+    """The queue delay control on a fake clock (target 10 ms, interval 100 ms): the flood's
+    queue (threads blocked) stands above the target for the interval, so its next task is
+    refused at once, counted, while another client's task is queued and runs."""
+    now = [0.0]
+    recorder = _Recorder()
+    queue = FairRunQueue(1, 100, 100, on_event=recorder, queue_target=0.010,
+                         queue_interval=0.100, clock=lambda: now[0])
+    release = threading.Event()
+    blocker = queue.submit("flood", release.wait, (), None, "flood")
+    while not recorder.events:
+        time.sleep(0.001)
+    order = []
+    admitted = []
+    for t in (0.0, 0.005, 0.020, 0.119):   # the interval starts at 20 ms
+        now[0] = t
+        admitted.append(queue.submit("flood", order.append, (f"flood@{t}",), None, "flood"))
+    now[0] = 0.121
+    with pytest.raises(ServingError) as refused:
+        queue.submit("flood", order.append, ("refused",), None, "flood")
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "overloaded" in refused.value.message
+    other = queue.submit("other", order.append, ("other",), None, "other")
+    release.set()
+    for f in [blocker, other] + admitted:
+        f.result(timeout=30)
+    queue.close()
+    assert "refused" not in order and len(order) == 5
+    assert [e for e, label, _ in recorder.events if e == run_queue.OVERLOADED] == [
+        run_queue.OVERLOADED]
+
+
+def test_a_deadline_before_the_expected_turn_is_refused_at_once():
+    """Run time measured 100 ms (a task that advances the run clock), one thread, a target
+    (10 s) that never refuses here: a task with 2 waiting ahead expects 300 ms; a deadline
+    250 ms away is refused at once, one 60 s away waits."""
+    now = [0.0]
+    run_clock = [0.0]
+
+    def timed():
+        run_clock[0] += 0.1
+
+    recorder = _Recorder()
+    queue = FairRunQueue(1, 100, 100, on_event=recorder, queue_target=10.0,
+                         run_clock=lambda: run_clock[0], clock=lambda: now[0])
+    queue.submit("a", timed, (), None, "a").result(timeout=30)   # measures 100 ms
+    release = threading.Event()
+    started = threading.Event()
+    blocker = queue.submit("a", lambda: (started.set(), release.wait()), (), None, "a")
+    assert started.wait(30)
+    waiting = [queue.submit("a", lambda: None, (), None, "a") for _ in range(2)]
+    with pytest.raises(ServingError) as late:
+        queue.submit("a", lambda: None, (), 0.250, "a")
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    waiting.append(queue.submit("a", lambda: None, (), time.monotonic() + 60, "a"))
+    now[0] = time.monotonic()   # deadlines are on time.monotonic: 60 s is ample
+    release.set()
+    for f in [blocker] + waiting:
+        f.result(timeout=30)
+    queue.close()
+    assert [e for e, _, _ in recorder.events if e == run_queue.TOO_LATE] == [run_queue.TOO_LATE]

@@ -52,20 +52,24 @@ def servers(toy_model_dir, tmp_path_factory):
     (work / "monitoring.config").write_text(
         f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
     # One run thread: the flood's calls pile up in the server's queue as fast as they arrive.
+    # The queue delay control off: it refuses part of a 1,000-call flood on one connection as
+    # overload (test_native_front_end.py); here the stream limit alone holds the flood.
     monitoring = f"--monitoring_config_file={work / 'monitoring.config'}"
+    no_delay_control = "--front_end_queue_target_ms=0"
     server = process.model_server_process(toy_model_dir, model_name="dpsr", rest=True,
                                           log_dir=str(work),
-                                          flags=["--num_run_threads=1", monitoring])
+                                          flags=["--num_run_threads=1", monitoring,
+                                                 no_delay_control])
     unlimited = process.model_server_process(toy_model_dir, model_name="dpsr",
                                              log_dir=str(work), name="unlimited",
                                              flags=["--max_streams_per_connection=0"])
     by_argument = process.model_server_process(
         toy_model_dir, model_name="dpsr", log_dir=str(work), name="by_argument",
-        flags=["--max_streams_per_connection=0",
+        flags=["--max_streams_per_connection=0", no_delay_control,
                f"--grpc_channel_arguments=grpc.max_concurrent_streams={BY_ARGUMENT}"])
     process.start_all([server, unlimited, by_argument])
     proxy = process.start_proxy({"dpsr": ((server.address,),)}, log_dir=str(work),
-                                deadline_ms=120_000)
+                                deadline_ms=120_000, flags=[no_delay_control])
     yield server, unlimited, proxy, by_argument
     for p in (proxy, server, unlimited, by_argument):
         assert p.stop() == 0, p.log_tail()

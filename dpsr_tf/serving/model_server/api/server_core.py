@@ -55,6 +55,11 @@ class CoreOptions:
       max_queued_requests_per_client: the same for one client (beyond it:
         RESOURCE_EXHAUSTED).
       max_run_threads_per_client: most run threads one client holds at once (0: all).
+      queue_target_seconds, queue_interval_seconds: the run queue's queue delay control
+        (queue_delay.py): a client whose oldest waiting request has waited past the target
+        for a whole interval has new requests refused at once; target 0: off (the default,
+        and behind the native front end, which applies the same rule before its calls get
+        here).
       max_unsent_response_bytes_per_client: a gRPC client holding this many bytes of answers
         it has not read has its queued requests wait (0: no limit; unsent_answers.py).
       max_unsent_response_bytes: while all clients hold this many, new calls and ready
@@ -82,6 +87,8 @@ class CoreOptions:
     max_queued_requests: int = 1024
     max_queued_requests_per_client: int = 256
     max_run_threads_per_client: int = 0
+    queue_target_seconds: float = 0.0
+    queue_interval_seconds: float = 0.1
     max_unsent_response_bytes_per_client: int = 4 << 20
     max_unsent_response_bytes: int = 8 << 20
     max_rows_per_run: int = chunked_runs.AUTO
@@ -101,7 +108,9 @@ class ServerCore:
                                   options.max_queued_requests_per_client,
                                   on_event=self._on_run_event,
                                   gate=self.unsent.gate,
-                                  max_running_per_client=options.max_run_threads_per_client)
+                                  max_running_per_client=options.max_run_threads_per_client,
+                                  queue_target=options.queue_target_seconds,
+                                  queue_interval=options.queue_interval_seconds)
         self.unsent.on_release = self._runs.wake
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._run_times = FastestRuns()  # of unbatched runs (the batcher keeps its own)

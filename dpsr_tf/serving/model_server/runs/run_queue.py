@@ -25,7 +25,11 @@ as one ends) and only take CPU from the other clients' runs.
 
 The queue is bounded per client (beyond it: RESOURCE_EXHAUSTED, the client's own quota) and
 across all clients (beyond it: UNAVAILABLE, retriable on another replica, as the batch
-scheduler answers when its queue is full).
+scheduler answers when its queue is full). Past capacity a client's queue is also bounded in
+time (queue_delay.py, the native front end's rule): once its oldest task has waited past the
+delay target for a whole interval, its new tasks are refused at once (RESOURCE_EXHAUSTED), and
+a task whose deadline ends before its expected turn is refused at once (DEADLINE_EXCEEDED),
+instead of both waiting in the queue until their deadline.
 """
 import collections
 import concurrent.futures
@@ -38,6 +42,7 @@ from typing import Callable, Hashable, Optional
 import grpc
 
 from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.queue_delay import QueueDelay
 
 _LOG = logging.getLogger("serving.run_queue")
 
@@ -48,8 +53,12 @@ CANCELLED = "cancelled"
 REFUSED = "queue_full"
 CLIENT_REFUSED = "client_queue_full"
 GATE_REFUSED = "unsent_answers"
+OVERLOADED = "overloaded"
+TOO_LATE = "deadline_before_turn"
 # What a gate returns to make a client's task wait.
 WAIT = "wait"
+# The queue delay control's default interval (queue_delay.py).
+QUEUE_INTERVAL_SECONDS = 0.1
 # The unit of run time that clients are charged in (runs shorter than this cost one unit, so
 # clients of cheap runs take strict turns).
 COST_QUANTUM_SECONDS = 0.005
@@ -77,9 +86,9 @@ def run_cost(seconds: float) -> int:
 
 class _Task:
     __slots__ = ("client", "fn", "args", "deadline", "label", "future", "started_before",
-                 "charged", "cannot_finish")
+                 "charged", "cannot_finish", "since")
 
-    def __init__(self, client, fn, args, deadline, label, started_before, cannot_finish):
+    def __init__(self, client, fn, args, deadline, label, started_before, cannot_finish, since):
         self.client = client
         self.fn = fn
         self.args = args
@@ -89,6 +98,7 @@ class _Task:
         self.future = concurrent.futures.Future()
         self.started_before = started_before
         self.charged = 0  # cost units charged to the client when the task started
+        self.since = since  # when it was queued (the queue delay clock)
 
 
 class FairRunQueue:
@@ -104,13 +114,19 @@ class FairRunQueue:
         started, even when the burst is cancelled a moment later).
       on_event: optional callback(event, label, runs_ahead) for metrics: event is STARTED
         (runs_ahead: how many tasks of any client started while this one waited), EXPIRED,
-        CANCELLED, REFUSED, CLIENT_REFUSED or GATE_REFUSED (runs_ahead None).
+        CANCELLED, REFUSED, CLIENT_REFUSED, GATE_REFUSED, OVERLOADED or TOO_LATE
+        (runs_ahead None).
       thread_name: prefix of the threads' names.
       run_clock: the clock that times runs for the clients' charges (tests pass their own).
       gate: optional callable(client) -> None (run), WAIT (the client's tasks wait; they
         are still dropped when cancelled or expired) or a ServingError (the task fails with
         it, unstarted); called from the run threads. Call `wake()` when a WAIT may have
         ended.
+      queue_target, queue_interval: the queue delay control (queue_delay.py), in seconds:
+        a client whose oldest waiting task has waited past the target (or the measured run
+        time, if longer) for a whole interval has new tasks refused at once; target 0: off
+        (`dpsr serve --front_end=python` sets --front_end_queue_target_ms).
+      clock: the clock of queue delays and expected waits (time.monotonic, as deadlines).
     """
 
     # While every queued client is blocked, threads look again this often (`wake` is sooner).
@@ -120,13 +136,18 @@ class FairRunQueue:
                  on_event: Optional[Callable] = None, thread_name: str = "run",
                  gate: Optional[Callable] = None,
                  run_clock: Callable[[], float] = time.monotonic,
-                 max_running_per_client: int = 0):
+                 max_running_per_client: int = 0,
+                 queue_target: float = 0.0,
+                 queue_interval: float = QUEUE_INTERVAL_SECONDS,
+                 clock: Callable[[], float] = time.monotonic):
         self._max_queued = max_queued
         self._max_per_client = max_queued_per_client
         self._max_running = max_running_per_client
         self._on_event = on_event or (lambda *_: None)
         self._gate = gate or (lambda _client: None)
         self._run_clock = run_clock
+        self._clock = clock
+        self._delay = QueueDelay(queue_target, queue_interval)
         self._queues = collections.OrderedDict()  # client -> deque of _Task
         # Clients with tasks queued or running: cost units used, the cost of their last run,
         # tasks running. The virtual time: what the client served last had used then.
@@ -170,7 +191,9 @@ class FairRunQueue:
           future fails with ServingError(DEADLINE_EXCEEDED) or is cancelled.
 
         Raises:
-          ServingError(RESOURCE_EXHAUSTED): the client has max_queued_per_client waiting.
+          ServingError(RESOURCE_EXHAUSTED): the client has max_queued_per_client waiting, or
+            its queue has stood above the delay target for an interval (overloaded).
+          ServingError(DEADLINE_EXCEEDED): the deadline ends before the task's expected turn.
           ServingError(UNAVAILABLE): the queue is full or the server is stopping.
         """
         with self._cond:
@@ -188,7 +211,9 @@ class FairRunQueue:
                                    f"this client has {len(queue)} requests waiting for a run "
                                    "thread (--max_queued_requests_per_client); wait for their "
                                    "answers before sending more")
-            task = _Task(client, fn, args, deadline, label, self._started, cannot_finish)
+            now = self._clock()
+            self._refuse_if_late(client, queue, deadline, label, now)
+            task = _Task(client, fn, args, deadline, label, self._started, cannot_finish, now)
             self._used.setdefault(client, self._virtual_time)
             if queue is None:
                 queue = self._queues[client] = collections.deque()
@@ -196,6 +221,29 @@ class FairRunQueue:
             self._queued += 1
             self._cond.notify()
         return task.future
+
+    def _refuse_if_late(self, client, queue, deadline, label, now) -> None:
+        """Raises when `client`'s queue stands above the delay target, or when a task of it
+        with `deadline` could not start before it (self._cond held)."""
+        if self._delay.standing(client, queue[0].since if queue else None, now):
+            self._on_event(OVERLOADED, label, None)
+            raise ServingError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"overloaded: this client's requests have waited more than "
+                f"{self._delay.target * 1000:.1f} ms for a run thread for "
+                f"{self._delay.interval * 1000:.0f} ms; send fewer at once, or retry on another "
+                "replica")
+        if deadline is None or not queue or not self._delay.on:
+            return
+        share = self._max_running or len(self._threads)
+        wait = self._delay.expected_wait(len(queue), share)
+        if wait > deadline - now:
+            self._on_event(TOO_LATE, label, None)
+            raise ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the request's deadline ends in {max(0.0, deadline - now) * 1000:.0f} ms, "
+                f"before its turn for a run thread (about {wait * 1000:.0f} ms: {len(queue)} "
+                "requests of this client wait ahead of it); not run")
 
     def wake(self) -> None:
         """Tells the threads that a blocked client may be unblocked (any thread)."""
@@ -240,6 +288,7 @@ class FairRunQueue:
                 self._queues.move_to_end(client)
             else:
                 del self._queues[client]
+                self._delay.forget(client)
             self._queued -= 1
             self._virtual_time = self._used[client]
             task.charged = self._last_cost.get(client, 1)  # corrected when the run ends
@@ -253,15 +302,21 @@ class FairRunQueue:
             if task is None:
                 return
             start = self._run_clock()
+            ran = False
             try:
-                self._run(task)
+                ran = self._run(task)
             finally:
-                self._settle(task.client, task.charged, run_cost(self._run_clock() - start))
+                seconds = self._run_clock() - start
+                self._settle(task.client, task.charged, run_cost(seconds),
+                             seconds if ran else None)
             task = None  # the finished task's arguments are not kept while the thread waits
 
-    def _settle(self, client, charged: int, cost: int) -> None:
-        """Charges a finished run its measured cost; forgets a client with nothing left."""
+    def _settle(self, client, charged: int, cost: int, seconds: Optional[float]) -> None:
+        """Charges a finished run its measured cost (and times the run, `seconds`, when it
+        ran); forgets a client with nothing left."""
         with self._cond:
+            if seconds is not None:
+                self._delay.observe_service(seconds)
             self._used[client] += cost - charged
             self._last_cost[client] = cost
             self._running[client] -= 1
@@ -273,29 +328,30 @@ class FairRunQueue:
                     del self._used[client]
                     del self._last_cost[client]
 
-    def _run(self, task: _Task) -> None:
+    def _run(self, task: _Task) -> bool:
+        """Runs or drops `task`; True when its work ran."""
         future = task.future
         if not future.set_running_or_notify_cancel():
             self._on_event(CANCELLED, task.label, None)
-            return
+            return False
         if task.deadline is not None and time.monotonic() >= task.deadline:
             self._on_event(EXPIRED, task.label, None)
             future.set_exception(ServingError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 "the request's deadline passed while it waited for a run thread; it was not "
                 "run (the server is busy: send fewer concurrent requests or add replicas)"))
-            return
+            return False
         if task.deadline is not None and task.cannot_finish is not None:
             late = task.cannot_finish(task.deadline - time.monotonic())
             if late is not None:
                 self._on_event(EXPIRED, task.label, None)
                 future.set_exception(ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, late))
-                return
+                return False
         refusal = None if self._closed else self._gate(task.client)
         if isinstance(refusal, ServingError):
             self._on_event(GATE_REFUSED, task.label, None)
             future.set_exception(refusal)
-            return
+            return False
         with self._cond:
             ahead = self._started - task.started_before
             self._started += 1
@@ -306,8 +362,10 @@ class FairRunQueue:
             # A fresh error: the caught one's traceback holds this frame and the task's
             # arguments, and the future would keep them alive in a reference cycle.
             future.set_exception(_plain(e))
+            return True
         else:
             future.set_result(result)
+        return True
 
 
 def _plain(error: BaseException) -> Exception:
