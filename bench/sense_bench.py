@@ -9,7 +9,8 @@ Rows: the sense metrics of dpsr_tf/evaluation/senses.py at K = 10 and 100 on the
 ranking (each head's exact top K, merged by best score; with --head_min_share also the per-head
 quota merge), then the split's Recall@10/100 and nDCG@10 of every eval request ranked as served
 (max over heads), and the paired test (dpsr_tf/evaluation/paired.py) of each model against the
-first. Personalized models embed the polysemous queries without a user (an anonymous request).
+first. Personalized models embed the polysemous queries without a user (an anonymous request)
+and, with --users=N, also once per user for the first N users.
 """
 import json
 import sys
@@ -32,6 +33,8 @@ _SHARES = flags.DEFINE_multi_float("head_min_share", [],
                                    "Also score the per-head quota merge with this share.")
 _KS = flags.DEFINE_list("ks", ["10", "100"], "Cut-offs.")
 _JSON = flags.DEFINE_string("json", None, "Write every row (and per-query detail) here.")
+_USERS = flags.DEFINE_integer("users", 0, "Personalized models: also embed every polysemous "
+                              "query for each of the first N users (a row over all pairs).")
 flags.mark_flags_as_required(["catalog_dir", "layout_dir"])
 
 OVERALL = ("recall@10", "recall@100", "ndcg@10")
@@ -71,6 +74,14 @@ def _one_model(name, model_dir, spec, queries, ks):
         tok, spl, users, hist = evaluate_lib.request_inputs(
             spec, rows, np.full(len(rows), -1, np.int64), np.zeros(len(rows), np.int64))
         heads = embedder.embed_queries(tok, spl, users, hist, query_rows=rows)
+        user_heads = None
+        if _USERS.value and model_config.personalization != "none":
+            n = min(_USERS.value, spec.num_users)
+            pair_rows = np.tile(rows, n)
+            tok, spl, users, hist = evaluate_lib.request_inputs(
+                spec, pair_rows, np.repeat(np.arange(n, dtype=np.int64), len(rows)),
+                np.zeros(len(pair_rows), np.int64))
+            user_heads = embedder.embed_queries(tok, spl, users, hist, query_rows=pair_rows)
     scorer.beta = 0.0   # served: each head searched, merged by best score
     retrieved = metrics_lib.retrieve(scorer.score_requests, len(eval_set), 100, 256)
     overall = metrics_lib.retrieval_metrics(
@@ -90,6 +101,13 @@ def _one_model(name, model_dir, spec, queries, ks):
                     "per_request": overall[metrics_lib.PER_REQUEST],
                     "detail": [dict(q=d.text, k=d.k, recall=d.recall, covered=d.covered,
                                     purity=d.head_purity, sense=d.head_sense) for d in detail]})
+    if user_heads is not None:
+        pairs = list(queries) * (len(user_heads) // len(queries))
+        detail = senses.evaluate_senses(pairs, user_heads, scorer.item_emb, ks)
+        out.append({"name": f"{name}, {len(pairs) // len(queries)} users", "heads":
+                    model_config.num_heads, "senses": senses.summarize(detail),
+                    "overall": out[0]["overall"], "per_request": out[0]["per_request"],
+                    "detail": []})
     return out
 
 
