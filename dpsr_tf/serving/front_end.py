@@ -31,7 +31,7 @@ ACCEPT_FAILED_EXIT = 75
 # A front end that dies is started again on its port, after RESTART_BACKOFF_S doubled for each
 # restart in the last RESTART_WINDOW_S; more than MAX_RESTARTS there and the server gives up.
 MAX_RESTARTS = 5
-RESTART_WINDOW_S = 60.0
+RESTART_WINDOW_S = 600.0
 RESTART_BACKOFF_S = 0.1
 
 
