@@ -106,8 +106,7 @@ def _one_model(name, model_dir, spec, queries, ks):
         detail = senses.evaluate_senses(pairs, user_heads, scorer.item_emb, ks)
         out.append({"name": f"{name}, {len(pairs) // len(queries)} users", "heads":
                     model_config.num_heads, "senses": senses.summarize(detail),
-                    "overall": out[0]["overall"], "per_request": out[0]["per_request"],
-                    "detail": []})
+                    "overall": out[0]["overall"], "per_request": None, "detail": []})
     return out
 
 
@@ -130,7 +129,7 @@ def main(argv):
     base = rows[0]["per_request"] if rows else None
     for row in rows:
         tests = []
-        if row is not rows[0]:
+        if row is not rows[0] and row["per_request"] is not None:
             for m in ("recall@100", "ndcg@10"):
                 r = paired.paired_test(row["per_request"][m], base[m], m)
                 tests.append(f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] p={r.p_value:.3f}")
