@@ -229,7 +229,7 @@ _REST_CONN_TIMEOUT = flags.DEFINE_integer(
     "rest_api_connection_timeout_in_ms", 30000, "[dpsr] A REST connection whose reads or writes "
     "stall this long (a half-sent request, an idle keep-alive connection) is closed; 0: never.")
 _MAX_ELEMENTS = flags.DEFINE_integer(
-    "max_input_elements", 1 << 22, "[dpsr] Most values one input tensor may declare (the "
+    "max_input_elements", 1 << 20, "[dpsr] Most values one input tensor may declare (the "
     "product of its shape), checked before anything is converted.")
 _RUN_THREADS = flags.DEFINE_integer("num_run_threads", 8,
                                     "[dpsr] Threads for requests that are not batched.")

@@ -89,7 +89,8 @@ def _spec(alias, dtype, shape=(-1,)):
 # (a DPSR retrieval signature: a raw query and k).
 CLASSIFY_SIG = signatures.Signature(
     "classify_x", signatures.CLASSIFY_METHOD, {"inputs": _spec("inputs", types_pb2.DT_STRING)},
-    {"scores": _spec("scores", types_pb2.DT_FLOAT, (-1, 1))}, None)
+    {"scores": _spec("scores", types_pb2.DT_FLOAT, (-1, 1)),
+     "outputs": _spec("outputs", types_pb2.DT_FLOAT, (-1, 1))}, None)  # Regress can run it too
 RETRIEVAL_SIG = signatures.Signature(
     "retrieve", signatures.PREDICT_METHOD,
     {"query": _spec("query", types_pb2.DT_STRING), "k": _spec("k", types_pb2.DT_INT32, ())},
@@ -241,12 +242,10 @@ def test_malformed_framing_is_refused_and_closed(server, head, body, status, fra
     (PREDICT, b'{"instances": ["\\ud800"]}', "lone UTF-16 surrogate"),
     (PREDICT, b'{"instances": [{"query": "ok \\udfff"}]}', "lone UTF-16 surrogate"),
     (PREDICT, b'{"signature_name": "\\ud800", "instances": ["drill"]}', "lone UTF-16 surrogate"),
-    ("/v1/models/dpsr:classify", b'{"examples": [{"\\udbff": 1}]}', "lone UTF-16 surrogate"),
-    ("/v1/models/dpsr:regress", b'{"examples": [{"x": ' + b"1" * 4400 + b"}]}", "digits"),
     (PREDICT, b'{"instances": ["\xed\xa0\x80"]}', "Invalid value"),
     (PREDICT, '{"instances": ["drill"]}'.encode("utf-16"), "Invalid value"),
 ], ids=["5000-digit int", "lone high surrogate", "lone low surrogate", "in signature_name",
-        "in a feature name", "4400-digit feature", "UTF-8-encoded surrogate", "UTF-16 body"])
+        "UTF-8-encoded surrogate", "UTF-16 body"])
 def test_unusable_json_values_are_400_not_500(server, path, body, fragment):
     """Python's json parses these, but a 5,000-digit integer exceeds int()'s digit limit
     (ValueError) and a lone surrogate cannot be encoded as UTF-8 later: both gave HTTP 500."""
@@ -254,6 +253,21 @@ def test_unusable_json_values_are_400_not_500(server, path, body, fragment):
     assert status == 400, answer
     error = json.loads(answer)["error"]
     assert error.startswith("JSON Parse error: ") and fragment in error, error
+
+
+@pytest.mark.parametrize("path, body, fragment", [
+    ("/v1/models/m:classify", b'{"examples": [{"\\udbff": 1}]}', "lone UTF-16 surrogate"),
+    ("/v1/models/m:regress", b'{"examples": [{"x": ' + b"1" * 4400 + b"}]}", "digits"),
+], ids=["in a feature name", "4400-digit feature"])
+def test_unusable_json_in_examples_is_400_not_500(gateway, path, body, fragment):
+    """The same for :classify and :regress bodies, on a servable whose signature takes
+    tf.Examples (a retrieval servable refuses them before their JSON is decoded)."""
+    gw, core = gateway
+    status, answer = st.send_http("127.0.0.1", gw.port, "POST", path, {}, body)
+    assert status == 400, answer
+    error = json.loads(answer)["error"]
+    assert error.startswith("JSON Parse error: ") and fragment in error, error
+    assert core.classified == 0
 
 
 @pytest.mark.parametrize("query", ["\\ud83d\\ude80 rocket", "back\\\\ud800slash"],
@@ -336,8 +350,9 @@ def test_predict_rows_and_values_are_checked_before_conversion(server):
     assert status == 400 and b"more than 1000 rows" in answer, answer
     assert b"the limit is 1000 (--max_request_rows)" in answer, answer
     status, answer = st.send_http("127.0.0.1", server.rest_api_port, "POST", PREDICT, {},
-                                  json.dumps({"inputs": {"query": [["q"] * 2000] * 600}}
-                                             ).encode())
+                                  json.dumps({"inputs": {"query": [[0] * 7000] * 600}},
+                                             separators=(",", ":")).encode())
+    # 4.2M values, over the default of 1,048,576 (8.4 MB: under the 16 MiB body limit)
     assert status == 400 and b"--max_input_elements" in answer, answer
 
 

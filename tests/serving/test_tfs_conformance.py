@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving.tensors import to_ndarray as tensors_to_ndarray
 from tests.support.serving_testing import rpc_error
 from tests.serving import tfs_testdata
 
@@ -678,22 +679,31 @@ def test_predict_shape_is_not_checked(stub):
     assert [d.size for d in result.outputs["y"].tensor_shape.dim] == [2, 2]
 
 
-def test_predict_of_one_and_a_half_million_values(server):
-    """A Predict of 1.5M float values (6 MB, over gRPC's 4 MB default), which TF Serving
-    accepts: under the default --max_input_elements it is answered in full, y = 0.5x + 2. One
-    row, as batching (max_batch_size 128 here) refuses larger tasks, as TF Serving's does."""
+def test_predict_of_one_and_a_half_million_values_is_a_documented_difference(server):
+    """A Predict of 1.5M float values (6 MB, over gRPC's 4 MB default), which TF Serving runs,
+    is refused by the default --max_input_elements (docs/serving.md, "Differences from TF
+    Serving": on a DPSR servable the limit also bounds the query rows), with a message naming
+    the flag; one value less than the limit is answered in full, y = 0.5x + 2."""
     channel = grpc.insecure_channel(server.address, options=[
         ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
-    x = np.arange(1_500_000, dtype=np.float32) % 1000
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "default"
-    request.inputs["x"].CopyFrom(tf_make_tensor_proto(x.reshape(1, -1)))
-    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
-        request, RPC_TIMEOUT)
-    channel.close()
-    y = np.frombuffer(response.outputs["y"].tensor_content, np.float32) if response.outputs[
-        "y"].tensor_content else np.asarray(response.outputs["y"].float_val, np.float32)
-    np.testing.assert_array_equal(y, 0.5 * x + 2)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    try:
+        for values, refused in ((1_500_000, True), (1 << 20, False)):
+            x = np.arange(values, dtype=np.float32) % 1000
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = "default"
+            # One row: batching (max_batch_size 128 here) refuses larger tasks, as TF Serving's.
+            request.inputs["x"].CopyFrom(tf_make_tensor_proto(x.reshape(1, -1)))
+            if refused:
+                error = rpc_error(stub.Predict, request, timeout=RPC_TIMEOUT)
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "1,500,000 values; the limit is 1,048,576 (--max_input_elements)" in \
+                    error.details()
+                continue
+            y = tensors_to_ndarray(stub.Predict(request, RPC_TIMEOUT).outputs["y"])
+            np.testing.assert_array_equal(y.reshape(-1), 0.5 * x + 2)
+    finally:
+        channel.close()
 
 
 @pytest.mark.parametrize("sig, field", [("regress_x2_to_y3", "outputs"),

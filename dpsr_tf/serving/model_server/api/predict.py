@@ -46,7 +46,7 @@ class RequestLimits:
     query_input: str = "query"
     k_input: str = "k"
     max_k: int = 10000
-    max_elements: int = 1 << 22  # why this default: docs/serving.md, --max_input_elements
+    max_elements: int = 1 << 20  # why not higher: docs/serving.md, --max_input_elements
     finite_inputs: Tuple[str, ...] = ("feedback_direction",)
 
 
