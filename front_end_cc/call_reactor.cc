@@ -130,6 +130,13 @@ long long Call::DeadlineLeftMicros() const {
   return std::max(0LL, static_cast<long long>(left));
 }
 
+bool Call::LeftBeforeItsTurn() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!cancelled_ && !ctx_->IsCancelled()) return false;
+  FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while waiting"));
+  return true;
+}
+
 void Call::StartBackend(bool metered) {
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -34,6 +34,11 @@ class Call : public grpc::ServerGenericBidiReactor {
   void OnCancel() override;
   void OnDone() override;
 
+  // The gate handed this call a slot, but its client has gone (the call is cancelled, though
+  // its OnCancel may not have run yet: a closed connection cancels its calls one by one):
+  // finishes it CANCELLED and returns true; it must not reach the backend. Else false.
+  bool LeftBeforeItsTurn();
+
   // The gate handed this call a slot, or it needs none (`metered` false: Unmetered); called
   // without the front end's lock.
   void StartBackend(bool metered = true);

@@ -177,9 +177,24 @@ std::string FrontEnd::Summary() {
   return line;
 }
 
-void FrontEnd::Start(const Started& started) {
-  forwarded_.fetch_add(started.size(), std::memory_order_relaxed);
-  for (const auto& s : started) s.second->StartBackend();
+void FrontEnd::Start(Started started) {
+  // A call whose client left while it waited gives its slot straight back, which may hand
+  // out more calls: a loop, not recursion, however many of them a closed connection left.
+  while (!started.empty()) {
+    Started more;
+    for (const auto& s : started) {
+      if (!s.second->LeftBeforeItsTurn()) {
+        forwarded_.fetch_add(1, std::memory_order_relaxed);
+        s.second->StartBackend();
+        continue;
+      }
+      dropped_waiting_.fetch_add(1, std::memory_order_relaxed);
+      std::lock_guard<std::mutex> lock(mu_);
+      Append(&more, gate_.Release(s.first, NowMicros()));
+      Append(&more, gate_.Ended(s.first, /*delivered=*/false, NowMicros()));
+    }
+    started = std::move(more);
+  }
 }
 
 FrontEnd::Started FrontEnd::UpdateHoldBack(const std::string& client, size_t held) {

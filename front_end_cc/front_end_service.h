@@ -89,7 +89,7 @@ class FrontEnd : public grpc::CallbackGenericService {
 
   // Starts the calls the gate handed out (called without mu_: StartBackend takes the call's
   // own lock and gRPC's).
-  void Start(const Started& started);
+  void Start(Started started);
 
   bool OverTotal() const {
     return total_unread_ > static_cast<size_t>(options_.hold_back_total_unread_bytes);
