@@ -230,6 +230,14 @@ def start_mode(mode, base, args, logs):
     return procs, proxy.address
 
 
+def _errors(errors: dict) -> str:
+    """`n` or `n (RESOURCE_EXHAUSTED a, DEADLINE_EXCEEDED b)`: what the errors were."""
+    total = sum(errors.values())
+    if not total:
+        return "0"
+    return f"{total} (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_items", type=int, default=1_000_000)
@@ -283,8 +291,8 @@ def main():
     os.makedirs(logs, exist_ok=True)
     rates = [float(r) for r in args.rates.split(",")]
     print("| mode | offered QPS | achieved QPS | p50 ms | p90 ms | p99 ms | errors | "
-          "CPU cores used (per process) | cores free before |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
+          "refused p99 ms | CPU cores used (per process) | cores free before |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for mode in args.modes.split(","):
         if mode == "proxy2" and args.servable_dir:
             continue
@@ -299,7 +307,8 @@ def main():
                 cores = ", ".join(f"{n} {c:.2f}" for n, c in r["cores"].items())
                 print(f"| {mode} | {rate:.0f} | {r['achieved_qps']:.0f} | {r['p50_ms']:.1f} | "
                       f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
-                      f"{sum(r['errors'].values())} | {cores} | {available:.1f} |", flush=True)
+                      f"{_errors(r['errors'])} | {r['refused_p99_ms']:.1f} | {cores} | "
+                      f"{available:.1f} |", flush=True)
                 for n, groups in r["thread_cores"].items():
                     print(f"    {n} threads (cores): " + ", ".join(
                         f"{g} {c:.2f}" for g, c in groups.items()), flush=True)

@@ -6,8 +6,10 @@ and each latency is measured from the request's scheduled send time, so a server
 that falls behind shows it in the tail instead of hiding it (no coordinated omission). The
 client is the real one: tensorflow_serving PredictionServiceStub over grpc.aio.
 
-Prints one JSON line: offered and achieved QPS, latency percentiles (ms), errors by code, and
-the client's own CPU seconds.
+Prints one JSON line: offered and achieved QPS (answers within the --timeout deadline per
+second: the goodput), latency percentiles (ms) of the answers and of the calls refused with
+RESOURCE_EXHAUSTED (how fast the excess learns it was refused), errors by code, and the
+client's own CPU seconds.
 """
 import argparse
 import asyncio
@@ -45,7 +47,7 @@ async def _run(args):
     requests = [predict_request(args.model, [q], k=args.k) for q in make_queries(2000, args.seed)]
     rng = np.random.default_rng(args.seed)
     loop = asyncio.get_running_loop()
-    latencies, errors = [], collections.Counter()
+    latencies, refused, errors = [], [], collections.Counter()
     tasks = set()
 
     async def one(request, scheduled, record, stub):
@@ -56,6 +58,8 @@ async def _run(args):
         except grpc.aio.AioRpcError as e:
             if record:
                 errors[e.code().name] += 1
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    refused.append(loop.time() - scheduled)
 
     for n, request in enumerate(requests[:max(20, 2 * len(stubs))]):  # connect and warm up
         await one(request, loop.time(), False, stubs[n % len(stubs)])
@@ -93,6 +97,8 @@ async def _run(args):
         "achieved_qps": ok / args.duration,
         "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
         "max_ms": float(lat.max()) if ok else float("nan"),
+        "refused_p50_ms": float(np.percentile(refused, 50) * 1000) if refused else float("nan"),
+        "refused_p99_ms": float(np.percentile(refused, 99) * 1000) if refused else float("nan"),
         "client_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
     }
 
