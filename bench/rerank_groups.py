@@ -8,6 +8,10 @@ eval sessions (dpsr_tf/evaluation/paired.py) and the training time of each.
         --work=/tmp/rerank_groups --seeds=0,1,2 --train_steps=1000 --token_embedding_dim=8 \
         --combiner=mean --user_embedding_dim=4 --history_embedding_dim=4
 
+--xgboost_rounds=auto picks each XGBoost's rounds (of 10, 20, 50, 100, 200, 300) by session AUC
+on a query-hash seventh of the TRAIN sessions, trained on the rest (never on the eval sessions);
+--reuse scores the DPR models already in --work instead of training them again.
+
 Prints one JSON object: per system the mean and standard deviation over seeds of each metric
 and of the training seconds, and the paired tests of the full DPR against each other system,
 per seed and on the per-session metrics averaged over the seeds ("pooled").
@@ -40,7 +44,8 @@ def main():
     ap.add_argument("--combiner", default="mean")
     ap.add_argument("--user_embedding_dim", type=int, default=4)
     ap.add_argument("--history_embedding_dim", type=int, default=4)
-    ap.add_argument("--xgboost_rounds", type=int, default=300)
+    ap.add_argument("--xgboost_rounds", default="300", help="rounds, or auto")
+    ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--sparse_buckets", type=int, default=4096)
     args = ap.parse_args()
     # pylint: disable=import-outside-toplevel
@@ -61,6 +66,9 @@ def main():
                                               args.sparse_buckets)
               for f, t, u in ((data.train_features, tr, data.train_users),
                               (data.eval_features, ev, data.eval_users))]
+    rounds = {"xgboost_numeric": args.xgboost_rounds, "xgboost_sparse": args.xgboost_rounds}
+    if args.xgboost_rounds == "auto":
+        rounds = _choose_rounds(data, sparse)
     per = {}        # system -> seed -> {metric: [S'] values}
     seconds = {}    # system -> [seconds per seed]
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -74,8 +82,9 @@ def main():
                                             dpsr_model_dir=args.dpsr_model_dir,
                                             dpsr_index_dir=args.dpsr_index_dir, **user_cfg)
             start = time.monotonic()
-            train_lib.train_ranker(data, model_dir, config, args.train_steps, log=quiet)
-            seconds.setdefault(name, []).append(time.monotonic() - start)
+            if not (args.reuse and os.path.isdir(model_dir)):
+                train_lib.train_ranker(data, model_dir, config, args.train_steps, log=quiet)
+                seconds.setdefault(name, []).append(time.monotonic() - start)
             scores = train_lib.predict_scores(model_dir, data, ev, data.eval_features)
             per.setdefault(name, {})[seed] = metrics.per_session(scores, ev.labels, ev.splits)
         for name, (x_train, x_eval) in (("xgboost_numeric", (data.train_features,
@@ -83,14 +92,14 @@ def main():
                                         ("xgboost_sparse", sparse)):
             start = time.monotonic()
             booster = baselines.train_xgboost(x_train, tr.labels, tr.splits, "rank:pairwise",
-                                              rounds=args.xgboost_rounds, seed=seed)
+                                              rounds=int(rounds[name]), seed=seed)
             seconds.setdefault(name, []).append(time.monotonic() - start)
             pred = baselines.predict(booster, x_eval)
             per.setdefault(name, {})[seed] = metrics.per_session(pred, ev.labels, ev.splits)
         print(f"seed {seed} done", file=sys.stderr, flush=True)
     out = {"eval_sessions": int(len(per["dpr_full"][next(iter(per["dpr_full"]))]
                                     ["session_auc"])),
-           "systems": {}, "paired": []}
+           "xgboost_rounds": rounds, "systems": {}, "paired": []}
     for name, by_seed in per.items():
         means = {m: [float(v[m].mean()) for v in by_seed.values()] for m in METRICS}
         out["systems"][name] = {
@@ -98,8 +107,9 @@ def main():
                                                       if len(x) > 1 else 0.0, 4)]
                for m, x in means.items()},
             "per_seed": {m: [round(x, 4) for x in xs] for m, xs in means.items()},
-            "train_seconds": [round(float(np.mean(seconds[name])), 1),
-                              round(float(np.std(seconds[name])), 1)]}
+            "train_seconds": ([round(float(np.mean(seconds[name])), 1),
+                               round(float(np.std(seconds[name])), 1)]
+                              if seconds.get(name) else None)}
     full = per["dpr_full"]
     for other in [n for n in per if n != "dpr_full"]:
         for m in METRICS:
@@ -111,6 +121,30 @@ def main():
             out["paired"].append({"seed": "pooled", **dataclasses.asdict(paired.paired_test(
                 pooled_a, pooled_b, m, "dpr_full", other))})
     print(json.dumps(out, indent=1))
+
+
+def _choose_rounds(data, sparse) -> dict:
+    """{baseline: rounds} with the best session AUC on a query-hash seventh of TRAIN."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.ranking import baselines, metrics  # pylint: disable=import-outside-toplevel
+    tr = data.train_sessions
+    held = np.array([int(hashlib.md5(q.encode()).hexdigest(), 16) % 7 == 0
+                     for q in tr.queries])
+    cand = np.repeat(held, np.diff(tr.splits))
+    fit_splits = np.concatenate([[0], np.cumsum(np.diff(tr.splits)[~held])])
+    held_splits = np.concatenate([[0], np.cumsum(np.diff(tr.splits)[held])])
+    out = {}
+    for name, x in (("xgboost_numeric", data.train_features), ("xgboost_sparse", sparse[0])):
+        booster = baselines.train_xgboost(x[np.flatnonzero(~cand)], tr.labels[~cand],
+                                          fit_splits, "rank:pairwise", rounds=300, seed=0)
+        import xgboost  # pylint: disable=import-outside-toplevel
+        dm = xgboost.DMatrix(x[np.flatnonzero(cand)])
+        auc = {r: metrics.session_metrics(booster.predict(dm, iteration_range=(0, r)),
+                                          tr.labels[cand], held_splits)["session_auc"]
+               for r in (10, 20, 50, 100, 200, 300)}
+        out[name] = max(auc, key=auc.get)
+        print(f"{name}: held-out session AUC by rounds {auc}", file=sys.stderr, flush=True)
+    return out
 
 
 if __name__ == "__main__":
