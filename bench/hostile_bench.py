@@ -18,7 +18,15 @@ read, streams reset right after they open ("rapid reset"), and the process-level
 300 connections that each open one such stream, a 1 MB gzip request that inflates to 1 GiB,
 the native front end's descriptors exhausted by idle connections (its RLIMIT_NOFILE lowered
 to what it uses plus 32, then 100 idle connections opened and closed), and the native front
-end killed (SIGKILL; it is restarted). Prints p50/p99/max of the
+end killed (SIGKILL; it is restarted). Three more, each with a normal client of its own whose
+outcome is printed under the class's row: a REST body declared as 16 MiB, of which 100 KiB come
+at once and then a byte every 2 s (the pace rule of http_body.py answers it 408 about 10.4 s
+after its first bytes; give --seconds=12 to see it), while normal 80 KiB Predict bodies go every
+0.1 s; a 16 MB REST :classify body of 2M examples to the DPSR servable once per --burst_period
+(refused 400 before it is decoded; the server's peak RSS is sampled); and a second `dpsr proxy`
+(--proxy_flag applies) over two shards, the second one replica (a `dpsr serve` of its own)
+SIGSTOPped for the class (SIGCONT after), with normal calls through it at 20/s: partial answers
+once the replica is ejected. Prints p50/p99/max of the
 normal requests per class (and p99 of those sent direct and through the proxy apart), their
 errors, the statuses the hostile requests got, and both
 processes' RSS growth since the start after each class (the server's with its native front
@@ -281,6 +289,189 @@ class _Misbehaving:
         self._once = False
 
 
+TRICKLE_DECLARED = 16 << 20  # the trickler's Content-Length (the default body limit)
+TRICKLE_FIRST = 100 << 10  # sent at once; then a byte every TRICKLE_EVERY_S
+TRICKLE_EVERY_S = 2.0
+NORMAL_REST_BYTES = 80 << 10  # normal REST bodies: over the budget's 64 KiB exemption
+CLASSIFY_EXAMPLES = 2_000_000  # 8 bytes each: a 16 MB :classify body, under the 16 MiB limit
+STOPPED_REPLICA_RATE = 20.0  # normal calls per second through the proxy of the stopped replica
+
+
+def _ms(values) -> str:
+    """"p50/p99/max ms" of latencies in seconds ("none" when there are none)."""
+    if not values:
+        return "none"
+    a = np.array(values) * 1e3
+    return f"{np.percentile(a, 50):.0f}/{np.percentile(a, 99):.0f}/{a.max():.0f} ms"
+
+
+class _RestAbuse:
+    """REST classes: a body trickled a byte at a time under a 16 MiB Content-Length (normal
+    80 KiB Predict bodies sent one after another meanwhile), and a 2M-example :classify body.
+    report() sums up a class after it ends."""
+
+    def __init__(self, rest_port: int, server_pid: int):
+        self.port, self.server_pid = rest_port, server_pid
+        self._stop = threading.Event()
+        self._trickler = None
+        self._trickled = ""
+        self._normal = []  # (seconds, status) of the normal REST bodies
+        self._senders = []
+        self._classified = []  # (seconds, status, peak RSS growth MiB) of the :classify calls
+        self._classify_body = None
+        head = b'{"instances": ["cordless drill"]}'
+        # Valid JSON padded with whitespace: the size, not the rows, is what the budget counts.
+        self._normal_body = head + b" " * (NORMAL_REST_BYTES - len(head))
+
+    def _rest(self, path: str, body: bytes, timeout: float = 60.0):
+        start = time.perf_counter()
+        try:
+            status = st.send_http("127.0.0.1", self.port, "POST", path, {}, body,
+                                  timeout=timeout)[0]
+        except OSError as e:
+            status = type(e).__name__
+        return time.perf_counter() - start, status
+
+    def _normal_one(self) -> None:
+        self._normal.append(self._rest("/v1/models/dpsr:predict", self._normal_body))
+
+    def _trickle(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port))
+        try:
+            sock.sendall(b"POST /v1/models/dpsr:predict HTTP/1.1\r\nHost: bench\r\n"
+                         b"Content-Type: application/json\r\n"
+                         + f"Content-Length: {TRICKLE_DECLARED}\r\n\r\n".encode()
+                         + b" " * TRICKLE_FIRST)
+            first = time.monotonic()
+            sock.settimeout(TRICKLE_EVERY_S)
+            sent = TRICKLE_FIRST
+            while not self._stop.is_set():
+                try:
+                    answer = sock.recv(4096)
+                except socket.timeout:
+                    sock.sendall(b" ")
+                    sent += 1
+                    continue
+                except OSError as e:
+                    answer = f"{type(e).__name__} ".encode()
+                status = answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/") \
+                    else (answer.decode().strip() or "closed")
+                self._trickled = (f"trickler: {status} {time.monotonic() - first:.1f} s after "
+                                  f"its first bytes, {sent:,} bytes sent")
+                return
+            self._trickled = (f"trickler: unanswered when the class ended "
+                              f"{time.monotonic() - first:.1f} s after its first bytes")
+        finally:
+            sock.close()
+
+    def trickle(self) -> str:
+        """Starts the trickler once, then one normal body every 0.1 s (open loop: a body
+        that waits does not hold back the next)."""
+        if self._trickler is None:
+            self._trickler = threading.Thread(target=self._trickle, daemon=True)
+            self._trickler.start()
+            time.sleep(0.2)  # its first 100 KiB in (and the budget taken) before the first body
+        self._senders.append(threading.Thread(target=self._normal_one, daemon=True))
+        self._senders[-1].start()
+        time.sleep(0.1)
+        return "normal body sent"
+
+    def classify(self) -> str:
+        if self._classify_body is None:
+            self._classify_body = (b'{"examples": [' + b'{"a":1},' * (CLASSIFY_EXAMPLES - 1)
+                                   + b'{"a":1}]}')
+        grown, (seconds, status) = st.peak_rss_growth(
+            self.server_pid, lambda: self._rest("/v1/models/dpsr:classify", self._classify_body))
+        self._classified.append((seconds, status, grown / 2**20))
+        return str(status)
+
+    def report(self) -> str:
+        parts = []
+        if self._trickler is not None:
+            self._stop.set()
+            self._trickler.join()
+            for sender in self._senders:
+                sender.join()
+            codes = collections.Counter(s for _, s in self._normal)
+            parts.append(f"{self._trickled}; normal {NORMAL_REST_BYTES >> 10} KiB bodies "
+                         f"{dict(codes)} in {_ms([t for t, _ in self._normal])}, "
+                         f"{sum(t > 1 for t, _ in self._normal)} over 1 s")
+        if self._classified:
+            parts.append(f"{len(self._classify_body) / 1e6:.0f} MB :classify body "
+                         f"{dict(collections.Counter(s for _, s, _ in self._classified))} in "
+                         f"{_ms([t for t, _, _ in self._classified])}, server peak RSS "
+                         f"+{max(g for _, _, g in self._classified):.0f} MiB")
+        self._stop.clear()
+        self._trickler, self._trickled, self._normal, self._classified = None, "", [], []
+        self._senders = []
+        return "; ".join(parts)
+
+
+class _StoppedReplica:
+    """A proxy route of two shards, the second one replica that is SIGSTOPped for the class
+    (SIGCONT after); normal calls through that proxy at `rate` per second meanwhile."""
+
+    def __init__(self, proxy_address: str, replica_pids, rate: float):
+        self.address, self.pids, self.rate = proxy_address, replica_pids, rate
+        self._stop = threading.Event()
+        self._load = None
+        self._out = []  # (seconds since the stop, latency seconds, partial or error name)
+
+    def _one(self, stub, request, stopped_at):
+        sent = time.perf_counter()
+        try:
+            response = stub.Predict(request, timeout=10)
+            how = "partial" if response.outputs["partial"].bool_val[0] else "whole"
+        except grpc.RpcError as e:
+            how = e.code().name
+        self._out.append((sent - stopped_at, time.perf_counter() - sent, how))
+
+    def _send(self, stopped_at):
+        stub = process.prediction_stub(self.address)
+        request = st.predict_request("dpsr", ["cordless drill"], k=10)
+        calls, next_at = [], time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            calls.append(threading.Thread(target=self._one, args=(stub, request, stopped_at),
+                                          daemon=True))
+            calls[-1].start()
+            next_at += 1.0 / self.rate
+        for call in calls:
+            call.join()
+
+    def send(self) -> str:
+        if self._load is None:
+            for pid in self.pids:
+                os.kill(pid, signal.SIGSTOP)
+            self._load = threading.Thread(target=self._send, args=(time.perf_counter(),),
+                                          daemon=True)
+            self._load.start()
+        time.sleep(0.05)
+        return "stopped"
+
+    def report(self) -> str:
+        if self._load is None:
+            return ""
+        self._stop.set()
+        self._load.join()
+        for pid in self.pids:
+            os.kill(pid, signal.SIGCONT)
+        self._load = None
+        self._stop.clear()
+        out, self._out = sorted(self._out), []
+        # Ejected: from the first call sent that got a partial answer in under 100 ms.
+        fast = [s for s, t, how in out if how == "partial" and t < 0.1]
+        ejected_at = fast[0] if fast else float("inf")
+        before = [(t, how) for s, t, how in out if s < ejected_at]
+        after = [(t, how) for s, t, how in out if s >= ejected_at]
+        return (f"through the proxy: {len(before)} calls sent before the ejection "
+                f"({ejected_at:.1f} s after the stop) "
+                f"{dict(collections.Counter(h for _, h in before))} in "
+                f"{_ms([t for t, _ in before])}; {len(after)} after "
+                f"{dict(collections.Counter(h for _, h in after))} in "
+                f"{_ms([t for t, _ in after])}, {sum(t > 0.1 for t, _ in after)} over 100 ms")
+
+
 def _write_models(work: str, spec) -> str:
     """dpsr (240 items) and big (BIG_ITEMS) toy servables and a model config file for both."""
     ids, emb = ts.make_items(240, spec.dim, seed=1)
@@ -368,8 +559,35 @@ def main():
                 ("gzip request of 1 MB inflating to 1 GiB, repeated", serve.compressed),
                 ("fds exhausted by idle connections, then freed", serve.fd_exhaustion),
                 ("native front end killed (SIGKILL)", serve.kill_front_end)]
+    rest_abuse = _RestAbuse(server.rest_api_port, server.proc.pid)
+    stopped = []  # the _StoppedReplica, made only when its class runs
+    stopped_name = "proxy shard of one replica, SIGSTOPped, SIGCONT after"
+    classes += [(f"REST body trickled (16 MiB declared, 1 B / {TRICKLE_EVERY_S:g} s)",
+                 rest_abuse.trickle),
+                (f"REST :classify of {CLASSIFY_EXAMPLES:,} examples (16 MB)",
+                 rest_abuse.classify),
+                (stopped_name, lambda: stopped[0].send())]
+    reports = {name: rest_abuse.report for name, send in classes[-3:-1]}
+    paced.add(classes[-2][0])  # one 16 MB body a period (--burst_period=0: back to back)
+    reports[stopped_name] = lambda: stopped[0].report()
     wanted = args.classes.split("|")
     classes = [c for c in classes if any(w in c[0] for w in wanted) or c[1] is None]
+    extra = []  # the stopped replica and the proxy in front of it, stopped at the end
+    if any(name == stopped_name for name, _ in classes):
+        replica = process.model_server_process(
+            model_base_path=os.path.join(work, "dpsr"), model_name="dpsr", log_dir=work,
+            name="replica")
+        process.start_all([replica])
+        proxy2 = process.proxy_process({"dpsr": ((server.address,), (replica.address,))},
+                                       log_dir=work, name="proxy2", flags=args.proxy_flag)
+        process.start_all([proxy2])
+        extra = [proxy2, replica]
+        warm = process.prediction_stub(proxy2.address)
+        for _ in range(5):  # both shards connected and answering before the stop
+            warm.Predict(st.predict_request("dpsr", ["cordless drill"], k=10), timeout=30)
+        stopped.append(_StoppedReplica(
+            proxy2.address, [replica.proc.pid] + [p for p, _ in _children(replica.proc.pid)],
+            STOPPED_REPLICA_RATE))
     stub = process.prediction_stub(server.address)
     for _ in range(5):  # the big model warm: later growth of memory is the classes'
         stub.Predict(_big_request(), timeout=60)
@@ -410,12 +628,16 @@ def main():
                   f"{sum(errors.values()):6d} "
                   f"{grown[0]:10.0f} {grown[1]:10.0f} {loop_cpu:10.2f}  {statuses}"
                   + (f" normal errors: {dict(errors)}" if errors else ""), flush=True)
+            if name in reports:
+                print(f"    {reports[name]()}", flush=True)
         print(f"RSS at the end: server {_tree_rss(server.proc.pid) / 2**20:.0f} MiB, "
               f"proxy {_tree_rss(proxy.proc.pid) / 2**20:.0f} MiB")
     finally:
         ours.send("exit")
         loader.join(timeout=10)
-        for p in (proxy, server):
+        if stopped:
+            stopped[0].report()  # SIGCONT: a stopped process does not act on SIGTERM
+        for p in extra + [proxy, server]:
             p.stop()
 
 
