@@ -107,3 +107,26 @@ def test_a_replica_that_refused_is_still_the_last_resort(monkeypatch):
 def test_hedge_delay(remaining, p95, want):
     policy = proxy_config.HedgePolicy(enabled=True, budget_fraction=0.25, min_delay_s=0.01)
     assert policy.delay(remaining, p95) == pytest.approx(want)
+
+
+def test_calls_in_flight_at_the_ejection_do_not_lengthen_it(monkeypatch):
+    """The calls sent before a replica hung time out after it is ejected: each is no new
+    verdict, so the ejection stays the first one (1 s), and the trial's failure is the second
+    (2 s), as in the doubling rule above."""
+    now = [10.0]
+    monkeypatch.setattr(routing.time, "monotonic", lambda: now[0])
+    (replica, _), events = _replicas()
+    in_flight_sent_at = [9.0 + 0.01 * i for i in range(19)]
+    for started in in_flight_sent_at[:3]:
+        replica.record_failure(POLICY, started=started)  # the third in a row ejects
+    assert replica.ejected and replica.ejections == 1 and replica.ejected_until == 11.0
+    now[0] = 10.5
+    for started in in_flight_sent_at[3:]:  # the rest time out while it is ejected
+        replica.record_failure(POLICY, started=started)
+    assert replica.ejections == 1 and replica.ejected_until == 11.0
+    assert not replica.in_rotation("m", now[0])
+    now[0] = 11.0
+    replica.begin_call()  # the trial, sent after the ejection began
+    replica.record_failure(POLICY, started=11.0)
+    assert replica.ejections == 2 and replica.ejected_until == 13.0
+    assert events == [("127.0.0.1:9000", True)] * 2

@@ -11,6 +11,8 @@ Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy/conf
   `replica_retry_backoff_ms` * 2^(k-1)).
 * When it ends, the replica gets one *trial* call (other calls keep avoiding it meanwhile):
   a good answer returns it to rotation and resets k; a failure ejects it again, for longer.
+  Failures of calls sent before the ejection began (the calls in flight when it hung) change
+  nothing: the length of an ejection follows failed trials, not the traffic that was in flight.
 * No call waits on a *hung* replica, one ejected for timeouts or lost hedges: when every
   replica of a shard left to try is ejected, none is due for its trial, and those are hung, the
   shard fails at once with UNAVAILABLE, and the request gets the shard's partial_policy (a
@@ -101,6 +103,7 @@ class Replica:
         self.ejected = False
         self.hung = False  # ejected for timeouts, not for refusing calls
         self.ejected_until = 0.0
+        self.ejected_at = 0.0  # when the current ejection began
         self.trial_in_flight = False
         # backend model name -> until when this replica is known to have no servable version
         # of it (it answered NOT_FOUND for the latest version): others are preferred meanwhile.
@@ -140,8 +143,17 @@ class Replica:
                 self._listener(self, False)
         self.ejections = 0
 
-    def record_failure(self, policy: proxy_config.OutlierPolicy, immediate: bool = False) -> None:
-        """A timeout, a lost hedge or (immediate) UNAVAILABLE; ejects by the module's rule."""
+    def record_failure(self, policy: proxy_config.OutlierPolicy, immediate: bool = False,
+                       started: Optional[float] = None) -> None:
+        """A timeout, a lost hedge or (immediate) UNAVAILABLE of a call sent at `started`
+        (time.monotonic()); ejects by the module's rule.
+
+        A call sent before the current ejection began says nothing new: the calls in flight
+        when a replica hangs all time out after it is ejected, and counting each as another
+        ejection in a row would make the ejection's length follow the traffic in flight
+        instead of the failed trials."""
+        if self.ejected and started is not None and started < self.ejected_at:
+            return
         was_trial = self.trial_in_flight
         self.trial_in_flight = False
         self.consecutive_failures += 1
@@ -157,7 +169,8 @@ class Replica:
         self.hung = hung
         period = min(policy.max_ejection_s,
                      policy.base_ejection_s * 2 ** min(self.ejections - 1, 20))
-        self.ejected_until = time.monotonic() + period
+        self.ejected_at = time.monotonic()
+        self.ejected_until = self.ejected_at + period
         self.consecutive_failures = 0
         self.ejected = True
         if self._listener is not None:

@@ -142,7 +142,7 @@ class ShardCaller:
                         silent = ", ".join(a.replica.address for a in running.values())
                         for task, attempt in running.items():
                             task.cancel()
-                            attempt.replica.record_failure(outlier)
+                            attempt.replica.record_failure(outlier, started=attempt.started)
                             count(attempt.replica, "DEADLINE_EXCEEDED")
                         running.clear()
                         raise last_error or ServingError(
@@ -167,7 +167,8 @@ class ShardCaller:
                         route.latency[shard].add(time.monotonic() - attempt.started)
                         count(replica, "OK")
                         return task.result()
-                    last_error = self._failed(route, shard, replica, error, request)
+                    last_error = self._failed(route, shard, replica, error, request,
+                                              attempt.started)
                     if last_error.code in CLIENT_ERRORS and not lacks_version(
                             last_error.code, last_error.message, request):
                         raise last_error
@@ -178,7 +179,7 @@ class ShardCaller:
             for task, attempt in running.items():
                 task.cancel()
                 if attempt.hedged_past:
-                    attempt.replica.record_failure(outlier)
+                    attempt.replica.record_failure(outlier, started=attempt.started)
                     count(attempt.replica, "HEDGE_LOST")
                 else:
                     attempt.replica.release_trial()
@@ -202,8 +203,9 @@ class ShardCaller:
             f"{left:.1f} s")
 
     def _failed(self, route: Route, shard: int, replica: Replica, error: BaseException,
-                request) -> ServingError:
-        """Records a failed attempt on its replica; the error to report for it."""
+                request, started: float) -> ServingError:
+        """Records a failed attempt (sent at `started`) on its replica; the error to report
+        for it."""
         name = route.spec.name
         if isinstance(error, ServingError):  # the answer came and was refused
             replica.release_trial()
@@ -227,9 +229,9 @@ class ShardCaller:
             replica.record_success()
             return ServingError(code, details)
         if code == grpc.StatusCode.UNAVAILABLE:
-            replica.record_failure(self.settings.outlier, immediate=True)
+            replica.record_failure(self.settings.outlier, immediate=True, started=started)
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            replica.record_failure(self.settings.outlier)
+            replica.record_failure(self.settings.outlier, started=started)
         else:
             replica.release_trial()
         return ServingError(code, f"shard {shard} of {name} ({replica.address}): {details}")
