@@ -19,6 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.demo import synthetic_truth
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import paired, senses
@@ -113,7 +114,9 @@ def _one_model(name, model_dir, spec, queries, ks):
 def main(argv):
     del argv
     spec = layout_lib.load_layout_spec(_LAYOUT.value)
-    queries = senses.load_polysemous_queries(_CATALOG.value, layout_lib.load_item_ids(spec))
+    polysemy = synthetic_truth.load_ground_truth(_CATALOG.value)["polysemy"]
+    queries = senses.load_polysemous_queries(_CATALOG.value, layout_lib.load_item_ids(spec),
+                                             polysemy)
     ks = tuple(int(k) for k in _KS.value)
     print("polysemous queries: " + "; ".join(
         f"{q.text}: " + ", ".join(f"{i} ({len(r)} items)" for i, r in zip(q.intents, q.items))

@@ -21,7 +21,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dpsr_tf.demo import synthetic_truth
 from dpsr_tf.search import head_merge
 
 
@@ -51,17 +50,20 @@ def sense_items(intent: str, product_types: Sequence[str], brands: Sequence[str]
     return np.flatnonzero(match).astype(np.int64)
 
 
-def load_polysemous_queries(catalog_dir: str, item_ids: Sequence[str]) -> List[PolysemousQuery]:
+def load_polysemous_queries(catalog_dir: str, item_ids: Sequence[str],
+                            polysemy: Dict[str, list]) -> List[PolysemousQuery]:
     """The generator's polysemous terms with their senses' item rows.
 
     Args:
-      catalog_dir: a synthetic catalog (ground_truth.json, items.tsv).
+      catalog_dir: a synthetic catalog (its items.tsv).
       item_ids: the layout's item ids in row order (rows index this list).
+      polysemy: term -> its senses ({"intent": ...} each), the "polysemy" of the catalog's
+        ground truth (dpsr_tf.demo.synthetic_truth.load_ground_truth); given by the caller so
+        the evaluation layer does not depend on the generator.
 
     Raises:
       ValueError: an item of the layout missing from items.tsv, or a sense without items.
     """
-    truth = synthetic_truth.load_ground_truth(catalog_dir)
     columns = {}
     path = os.path.join(catalog_dir, "items.tsv")
     with open(path, encoding="utf-8", newline="") as f:
@@ -74,7 +76,7 @@ def load_polysemous_queries(catalog_dir: str, item_ids: Sequence[str]) -> List[P
     types = [columns[i][0] for i in item_ids]
     brands = [columns[i][1] for i in item_ids]
     out = []
-    for term, senses in truth["polysemy"].items():
+    for term, senses in polysemy.items():
         intents = tuple(s["intent"] for s in senses)
         items = tuple(sense_items(i, types, brands) for i in intents)
         empty = [i for i, rows in zip(intents, items) if not len(rows)]

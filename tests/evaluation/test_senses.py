@@ -1,5 +1,4 @@
 """The sense benchmark's metrics on tiny hand-worked inputs."""
-import json
 import math
 
 import numpy as np
@@ -47,18 +46,17 @@ def test_evaluate_senses_and_summary():
 
 
 def test_load_polysemous_queries(tmp_path):
-    (tmp_path / "ground_truth.json").write_text(json.dumps({"polysemy": {"apple": [
-        {"intent": "smartphone|apple|*|*"}, {"intent": "apple_fruit|*|*|*"}]}}))
+    polysemy = {"apple": [{"intent": "smartphone|apple|*|*"}, {"intent": "apple_fruit|*|*|*"}]}
     (tmp_path / "items.tsv").write_text(
         "item_id\ttitle\tbrand\tcategory\tshop\tproduct_type\tcolor\tprice_tier\tgender\n"
         "a\tt\tapple\tphones\ts\tsmartphone\t\tmid\t\n"
         "b\tt\tsamsung\tphones\ts\tsmartphone\t\tmid\t\n"
         "c\tt\tfarm\tfruit\ts\tapple_fruit\t\tmid\t\n"
         "d\tt\tapple\tphones\ts\tsmartphone\t\tmid\t\n")
-    (q,) = senses.load_polysemous_queries(str(tmp_path), ["d", "c", "b", "a"])
+    (q,) = senses.load_polysemous_queries(str(tmp_path), ["d", "c", "b", "a"], polysemy)
     assert q.text == "apple"
     assert [r.tolist() for r in q.items] == [[0, 3], [1]]
     with pytest.raises(ValueError, match="missing"):
-        senses.load_polysemous_queries(str(tmp_path), ["a", "zz"])
+        senses.load_polysemous_queries(str(tmp_path), ["a", "zz"], polysemy)
     with pytest.raises(ValueError, match="type|brand"):
         senses.sense_items("smartphone|apple", ["smartphone"], ["apple"])
