@@ -64,6 +64,20 @@ def merge_heads(scores: tf.Tensor, labels: tf.Tensor, k: tf.Tensor):
     return top_scores, top_labels, top_heads
 
 
+def _head_lists_np(scores, labels):
+    """scores float32 and labels int64, both [batch, heads, n].
+
+    Raises:
+      ValueError: shapes that differ or are not rank 3.
+    """
+    scores = np.asarray(scores, np.float32)
+    labels = np.asarray(labels, np.int64)
+    if scores.ndim != 3 or scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must both be [batch, heads, n], got shapes "
+                         f"{scores.shape} and {labels.shape}")
+    return scores, labels
+
+
 def merge_heads_np(scores: np.ndarray, labels: np.ndarray, k: int):
     """NumPy twin of merge_heads: the same outputs, ties broken the same way (lower position in
     the head-major [m * n] row first, as TF's stable argsort and top_k do).
@@ -79,11 +93,7 @@ def merge_heads_np(scores: np.ndarray, labels: np.ndarray, k: int):
     Raises:
       ValueError: shapes that differ or are not rank 3, or k out of range.
     """
-    scores = np.asarray(scores, np.float32)
-    labels = np.asarray(labels, np.int64)
-    if scores.ndim != 3 or scores.shape != labels.shape:
-        raise ValueError(f"scores and labels must both be [batch, heads, n], got shapes "
-                         f"{scores.shape} and {labels.shape}")
+    scores, labels = _head_lists_np(scores, labels)
     batch, m, n = scores.shape
     if not 1 <= k <= m * n:
         raise ValueError(f"k must be in [1, heads * n] = [1, {m * n}], got {k}")
@@ -172,11 +182,7 @@ def merge_heads_quota_np(scores: np.ndarray, labels: np.ndarray, k: int, min_sha
     Returns:
       scores [B, k] float32, labels [B, k] int64, heads [B, k] int32, padded as merge_heads_np.
     """
-    scores = np.asarray(scores, np.float32)
-    labels = np.asarray(labels, np.int64)
-    if scores.ndim != 3 or scores.shape != labels.shape:
-        raise ValueError(f"scores and labels must both be [batch, heads, n], got shapes "
-                         f"{scores.shape} and {labels.shape}")
+    scores, labels = _head_lists_np(scores, labels)
     batch, m, n = scores.shape
     check_min_share(min_share, m)
     if not 1 <= k <= m * n:

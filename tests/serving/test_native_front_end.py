@@ -48,22 +48,6 @@ def _summary(server) -> dict:
     return dict(zip(keys, map(int, found[-1])))
 
 
-def _front_end_pid(server) -> int:
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as f:
-                name = f.read().strip()
-        except OSError:
-            continue
-        if int(fields[1]) == server.proc.pid and name == "dpsr_front_end":
-            return int(pid)
-    raise AssertionError("no dpsr_front_end child of the server")
-
-
 @contextlib.contextmanager
 def _python_server_stopped(server):
     """The Python server stopped (SIGSTOP) and continued on exit: what the front end admits
