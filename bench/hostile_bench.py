@@ -126,34 +126,10 @@ def _cpu_seconds(pid: int, tid: Optional[int] = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _children(pid: int) -> list:
-    """(pid, name) of the live child processes of `pid` (Linux /proc)."""
-    found = []
-    for child in os.listdir("/proc"):
-        if not child.isdigit():
-            continue
-        try:
-            with open(f"/proc/{child}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
-        fields = fields.split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append((int(child), name))
-    return found
-
-
-def _front_end_pid(server_pid: int) -> Optional[int]:
-    """The server's native front end (its dpsr_front_end child), None with the Python one."""
-    pids = [p for p, name in _children(server_pid) if name == "dpsr_front_end"]
-    return max(pids) if pids else None
-
-
 def _tree_rss(pid: int) -> int:
     """RSS of process `pid` and its children (the native front end's memory counts too)."""
     total = st.rss_bytes(pid)
-    for child, _ in _children(pid):
+    for child, _ in st.children(pid):
         try:
             total += st.rss_bytes(child)
         except (OSError, RuntimeError):
@@ -260,7 +236,7 @@ class _Misbehaving:
                                     if str(c.value[0]) == headers.get("grpc-status"))).name
 
     def fd_exhaustion(self) -> str:
-        pid = _front_end_pid(self.server_pid)
+        pid = st.front_end_pid(self.server_pid)
         if self._once or pid is None:
             time.sleep(0.05)
             return "done" if self._once else "no native front end"
@@ -274,7 +250,7 @@ class _Misbehaving:
         return "exhausted"
 
     def kill_front_end(self) -> str:
-        pid = _front_end_pid(self.server_pid)
+        pid = st.front_end_pid(self.server_pid)
         if self._once or pid is None:
             time.sleep(0.05)
             return "done" if self._once else "no native front end"
@@ -586,7 +562,7 @@ def main():
         for _ in range(5):  # both shards connected and answering before the stop
             warm.Predict(st.predict_request("dpsr", ["cordless drill"], k=10), timeout=30)
         stopped.append(_StoppedReplica(
-            proxy2.address, [replica.proc.pid] + [p for p, _ in _children(replica.proc.pid)],
+            proxy2.address, [replica.proc.pid] + [p for p, _ in st.children(replica.proc.pid)],
             STOPPED_REPLICA_RATE))
     stub = process.prediction_stub(server.address)
     for _ in range(5):  # the big model warm: later growth of memory is the classes'

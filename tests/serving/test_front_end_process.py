@@ -30,21 +30,9 @@ def _start(model_dir, tmp_path, front, *flags):
 
 def _front_end_pid(server) -> int:
     """The pid of the server's dpsr_front_end child (its newest, after a restart)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as f:
-                name = f.read().strip()
-        except OSError:
-            continue
-        if int(fields[1]) == server.proc.pid and name == "dpsr_front_end" and fields[0] != "Z":
-            found.append(int(pid))
-    assert found, "no dpsr_front_end child of the server:\n" + server.log_tail()
-    return max(found)
+    pid = st.front_end_pid(server.proc.pid)
+    assert pid is not None, "no dpsr_front_end child of the server:\n" + server.log_tail()
+    return pid
 
 
 def _predict_ok(address: str, attempts: int) -> int:

@@ -1,8 +1,9 @@
 """Helpers for tests and benchmarks of the serving stack: request builders with the real
 tensorflow_serving protos, output decoding, error capture, and a process's memory."""
+import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -212,6 +213,31 @@ def send_http(host: str, port: int, method: str, path: str, headers: dict, body:
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def children(pid: int) -> List[Tuple[int, str]]:
+    """(pid, name) of the live child processes of `pid` (Linux /proc)."""
+    found = []
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
+        try:
+            with open(f"/proc/{child}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
+        fields = fields.split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append((int(child), name))
+    return found
+
+
+def front_end_pid(server_pid: int) -> Optional[int]:
+    """The server's native front end (its dpsr_front_end child; the newest, after a restart),
+    None with the Python one."""
+    pids = [p for p, name in children(server_pid) if name == "dpsr_front_end"]
+    return max(pids) if pids else None
 
 
 def rss_bytes(pid: int) -> int:
