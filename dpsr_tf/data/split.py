@@ -102,9 +102,16 @@ def sample_train_queries(query_texts: Sequence[str], train_query_rows: np.ndarra
     rows = np.unique(np.asarray(train_query_rows, np.int64))
     if max_queries == 0 or max_queries >= len(rows):
         return rows
+    return _seeded_choice(query_texts, rows, max_queries, seed)
+
+
+def _seeded_choice(query_texts: Sequence[str], rows: np.ndarray, k: int, rng_seed) -> np.ndarray:
+    """k of the distinct query `rows`, sorted: ordered by their text, then permuted by
+    np.random.default_rng(rng_seed), so the choice depends only on the set of queries and the
+    seed, not on the file order."""
     rows = np.array(sorted(rows.tolist(), key=lambda r: query_texts[r]), np.int64)
-    order = np.random.default_rng(seed).permutation(len(rows))
-    return np.sort(rows[order[:max_queries]])
+    order = np.random.default_rng(rng_seed).permutation(len(rows))
+    return np.sort(rows[order[:k]])
 
 
 # A validation split below this many queries makes early stopping and the choices noisy; the
@@ -159,10 +166,8 @@ def validation_queries(query_texts: Sequence[str], train_query_rows: np.ndarray,
     k = validation_size(len(rows), fraction, min_queries)
     if k == 0:
         return np.zeros([0], np.int64)
-    rows = np.array(sorted(rows.tolist(), key=lambda r: query_texts[r]), np.int64)
     # Its own stream: the same seed also orders the train records and cuts --max_train_queries.
-    order = np.random.default_rng([seed, 0x7a11d]).permutation(len(rows))
-    return np.sort(rows[order[:k]])
+    return _seeded_choice(query_texts, rows, k, [seed, 0x7a11d])
 
 
 def time_cutoff(timestamps: np.ndarray, eval_fraction: float) -> float:
