@@ -1,7 +1,7 @@
 """dpsr generate-synthetic: write the seeded synthetic catalog (three files + ground truth).
 
   dpsr generate-synthetic --output=DIR [--preset=demo] [--num_items=...] [--seed=0] \
-      [--layout=LAYOUT_DIR]
+      [--polysemous_brands=N] [--layout=LAYOUT_DIR]
 """
 import dataclasses
 import sys
@@ -28,6 +28,10 @@ _CLICKS = flags.DEFINE_integer("num_interactions", None, "Override the preset's 
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (same seed -> same bytes).")
 _TRUTH = flags.DEFINE_bool("interaction_truth", None,
                            "Write ground_truth_interactions.tsv (default: the preset's).")
+_POLYSEMY = flags.DEFINE_integer("polysemous_brands", None,
+                               "Add N made-up brands that sell in two categories with different "
+                               "audiences; their bare names are ambiguous queries held out by the "
+                               "default split (the sense benchmark's world; default 0).")
 _LAYOUT = flags.DEFINE_string("layout", None, "If set, also run dpsr prepare into this dir.")
 
 flags.mark_flags_as_required(["output"])
@@ -38,7 +42,8 @@ def main(argv):
         sys.exit(f"dpsr generate-synthetic: unexpected arguments {argv[1:]}")
     overrides = {"seed": _SEED.value}
     for flag, field in ((_ITEMS, "num_items"), (_USERS, "num_users"),
-                        (_CLICKS, "num_interactions"), (_TRUTH, "write_interaction_truth")):
+                        (_CLICKS, "num_interactions"), (_TRUTH, "write_interaction_truth"),
+                        (_POLYSEMY, "polysemous_brands")):
         if flag.value is not None:
             overrides[field] = flag.value
     try:

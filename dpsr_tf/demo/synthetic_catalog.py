@@ -73,6 +73,9 @@ class SyntheticConfig:
         tier / gender when the query does not pin them.
       start_time, duration_s: timestamps are spread evenly over this window.
       write_interaction_truth: write ground_truth_interactions.tsv (one line per row).
+      polysemous_brands: add this many made-up brands that sell in two categories with
+        different audiences (synthetic_polysemy); their bare names are ambiguous queries that
+        the default split holds out. 0 = the taxonomy as written.
     """
 
     num_items: int = 10_000
@@ -97,6 +100,7 @@ class SyntheticConfig:
     start_time: int = 1_700_000_000
     duration_s: int = 30 * 86_400
     write_interaction_truth: bool = True
+    polysemous_brands: int = 0
 
     def __post_init__(self):
         for name in ("num_items", "num_users", "num_interactions"):
@@ -207,6 +211,7 @@ def _write_items(cfg: SyntheticConfig, world: World, out_dir: str, log):
             c = np.minimum(np.searchsorted(cat_cum, r[:, 0], "right"), world.num_cats - 1)
             t = world.cat_type0[c] + np.floor(r[:, 1] * world.cat_ntypes[c]).astype(np.int64)
             b = world.cat_brand_table[c, np.floor(r[:, 2] * world.cat_nbrands[c]).astype(np.int64)]
+            t = np.where(world.brand_cat_type[b, c] >= 0, world.brand_cat_type[b, c], t)
             tr = (r[:, 3][:, None] > tier_cum[world.brand_tier[b]]).sum(1)
             col = np.where(world.cat_colored[c],
                            np.floor(r[:, 4] * world.num_colors).astype(np.int64), -1)
@@ -220,7 +225,7 @@ def _write_items(cfg: SyntheticConfig, world: World, out_dir: str, log):
             lines = []
             for i in range(k):
                 ti, bi, ci, ki, gi = int(t[i]), int(b[i]), int(c[i]), int(col[i]), int(g[i])
-                ptype, category, brand_obj = world.types[ti], world.categories[ci], tx.BRANDS[
+                ptype, category, brand_obj = world.types[ti], world.categories[ci], world.brands[
                     world.brand_keys[bi]]
                 attrs = category.attributes
                 attr = attrs[int(r[i, 8] * len(attrs))]
@@ -303,7 +308,7 @@ class _QueryText:
         text = self._cache.get(key)
         if text is None:
             ptype = self._world.types[t]
-            brand = tx.BRANDS[self._world.brand_keys[b]] if b >= 0 else None
+            brand = self._world.brands[self._world.brand_keys[b]] if b >= 0 else None
             if zh:
                 names = (ptype.zh,) + ptype.zh_synonyms
                 noun = names[syn % len(names)] if syn else ptype.zh
@@ -327,7 +332,7 @@ def generate(config: SyntheticConfig, output_dir: str, log=print) -> SyntheticRe
     start_time = time.monotonic()
     cfg = config
     os.makedirs(output_dir, exist_ok=True)
-    world = World()
+    world = World(cfg.polysemous_brands)
     log(f"generating a synthetic catalog in {output_dir} (seed {cfg.seed})")
     item_fields = _write_items(cfg, world, output_dir, log)
     index = ItemIndex(world, item_fields)
@@ -392,6 +397,9 @@ def _interaction_chunk(cfg, world, index, users, texts, start, k, query_intents,
     brand_pos = (world.brand_cum[power, cat] < r[:, 7][:, None]).sum(1)
     brand = world.cat_brand_table[cat, np.minimum(brand_pos, world.cat_nbrands[cat] - 1)]
     brand_req = r[:, 8] < cfg.brand_mention
+    # A polysemous brand sells one type per category: a query naming it asks for that type.
+    own_type = world.brand_cat_type[brand, cat]
+    typ = np.where(brand_req & (own_type >= 0), own_type, typ)
     col_req = (r[:, 9] < cfg.color_mention) & world.cat_colored[cat]
     color = np.floor(r[:, 10] * world.num_colors).astype(np.int64)
     gendered = world.cat_gendered[cat]
@@ -444,6 +452,9 @@ def _interaction_chunk(cfg, world, index, users, texts, start, k, query_intents,
     syn = np.where(rng.random(k) < cfg.synonym_fraction, 1 + rng.integers(0, 3, k), 0)
     brand_only = (rng.random(k) < cfg.brand_only_fraction) & brand_req & ~col_req & ~g_req
     compact = rng.random(k) < 0.5
+    # A held-out term (a polysemous brand's bare name) gets no typo: its variants would train.
+    typo &= ~((poly & world.poly_added[term])
+              | (~poly & brand_only & world.added_brand[brand]))
     ts = cfg.start_time + np.floor((start + np.arange(k) + rng.random(k)) * cfg.duration_s
                                    / cfg.num_interactions).astype(np.int64)
     np.add.at(poly_counts, (term[poly], sense[poly],

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Dict
 
+from dpsr_tf.data import split as split_lib
 from dpsr_tf.demo import synthetic_taxonomy as tx
 
 GROUND_TRUTH_JSON = "ground_truth.json"
@@ -34,7 +35,7 @@ def write_ground_truth(cfg, world, out_dir, poly_counts, counts, num_clean) -> N
     polysemy = {}
     for i, term in enumerate(world.poly_terms):
         senses = []
-        for j, sense in enumerate(tx.POLYSEMY[term]):
+        for j, sense in enumerate(world.polysemy[term]):
             by_segment = {}
             for g, gname in enumerate(("m", "f", "unknown")):
                 for p, pname in enumerate(tx.PURCHASE_POWER):
@@ -55,8 +56,11 @@ def write_ground_truth(cfg, world, out_dir, poly_counts, counts, num_clean) -> N
                   "types": {t.key: {"en": [t.en, *t.en_synonyms], "zh": [t.zh, *t.zh_synonyms]}
                             for t in cat.types}}
         for cat in world.categories}
+    config = dataclasses.asdict(cfg)
+    if not cfg.polysemous_brands:   # the default catalog's ground truth as before the option
+        del config["polysemous_brands"]
     truth = {
-        "config": dataclasses.asdict(cfg),
+        "config": config,
         "counts": dict(counts, clean_queries=num_clean),
         "intent_format": "product_type|brand|color|gender ('*' = not named by the query)",
         "polysemy": polysemy,
@@ -68,11 +72,16 @@ def write_ground_truth(cfg, world, out_dir, poly_counts, counts, num_clean) -> N
             "brand_choice": "brands of the user's tier weigh 3x when the query names a brand"},
         "taxonomy": taxonomy,
         "brands": {k: {"en": b.en, "zh": b.zh, "tier": tx.TIERS[b.tier_bias]}
-                   for k, b in tx.BRANDS.items()},
+                   for k, b in world.brands.items()},
         "files": {"queries": QUERIES_TRUTH_TSV, "users": USERS_TRUTH_TSV,
                   "interactions": INTERACTIONS_TRUTH_TSV if cfg.write_interaction_truth
                   else None},
     }
+    if world.added_brands:
+        truth["polysemous_brands"] = {
+            word: {"categories": list(world.added_categories[word]),
+                   "eval_split": split_lib.is_eval_query(word)}
+            for word in world.added_brands}
     with open(os.path.join(out_dir, GROUND_TRUTH_JSON), "w", encoding="utf-8") as f:
         json.dump(truth, f, indent=1, ensure_ascii=False, sort_keys=False)
         f.write("\n")

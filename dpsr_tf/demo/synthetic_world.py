@@ -7,15 +7,22 @@ from typing import Dict, List
 
 import numpy as np
 
+from dpsr_tf.demo import synthetic_polysemy
 from dpsr_tf.demo import synthetic_taxonomy as tx
 
 
 class World:
-    """Flattened taxonomy: categories, types, brands and colours as integer indices."""
+    """Flattened taxonomy: categories, types, brands and colours as integer indices.
 
-    def __init__(self):
-        self.categories = tx.CATEGORIES
-        self.brand_keys = list(tx.BRANDS)
+    polysemous_brands > 0 adds that many two-category brands (synthetic_polysemy).
+    """
+
+    def __init__(self, polysemous_brands: int = 0):
+        taxonomy = synthetic_polysemy.taxonomy(polysemous_brands)
+        self.brands, self.polysemy = taxonomy.brands, taxonomy.polysemy
+        self.added_brands, self.added_categories = taxonomy.added, taxonomy.added_categories
+        self.categories = taxonomy.categories
+        self.brand_keys = list(self.brands)
         self.brand_index = {k: i for i, k in enumerate(self.brand_keys)}
         self.types: List[tx.ProductType] = []
         self.type_cat: List[int] = []
@@ -43,7 +50,7 @@ class World:
         self.cat_colored = np.array([c.colored for c in self.categories])
         self.cat_gendered = np.array([c.gendered for c in self.categories])
         self.type_women_only = np.array([t.gender == "women" for t in self.types])
-        self.brand_tier = np.array([tx.BRANDS[b].tier_bias for b in self.brand_keys])
+        self.brand_tier = np.array([self.brands[b].tier_bias for b in self.brand_keys])
         # Brand choice weights by the user's purchase power: 3x for brands of the user's tier.
         self.brand_cum = np.zeros([len(tx.PURCHASE_POWER), self.num_cats, width])
         for p in range(len(tx.PURCHASE_POWER)):
@@ -51,19 +58,29 @@ class World:
                 w = np.array([3.0 if self.brand_tier[b] == p else 1.0 for b in brands])
                 self.brand_cum[p, c, :len(brands)] = np.cumsum(w / w.sum())
                 self.brand_cum[p, c, len(brands):] = 1.0
+        # A polysemous brand sells one type per category: [brand, category] -> type (-1: any).
+        self.brand_cat_type = np.full([self.num_brands, self.num_cats], -1, np.int64)
+        self.added_brand = np.zeros(self.num_brands, bool)
+        for word in self.added_brands:
+            b = self.brand_index[word]
+            self.added_brand[b] = True
+            for sense in self.polysemy[word]:
+                t = self.type_index[sense.type_key]
+                self.brand_cat_type[b, self.type_cat[t]] = t
         # Polysemous terms.
-        self.poly_terms = list(tx.POLYSEMY)
+        self.poly_terms = list(self.polysemy)
         self.poly_en = [i for i, t in enumerate(self.poly_terms) if t.isascii()]
         self.poly_zh = [i for i, t in enumerate(self.poly_terms) if not t.isascii()]
-        max_senses = max(len(s) for s in tx.POLYSEMY.values())
+        max_senses = max(len(s) for s in self.polysemy.values())
         self.sense_type = np.full([len(self.poly_terms), max_senses], -1, np.int64)
         self.sense_brand = np.full([len(self.poly_terms), max_senses], -1, np.int64)
         for i, term in enumerate(self.poly_terms):
-            for j, sense in enumerate(tx.POLYSEMY[term]):
+            for j, sense in enumerate(self.polysemy[term]):
                 self.sense_type[i, j] = self.type_index[sense.type_key]
                 if sense.brand:
                     self.sense_brand[i, j] = self.brand_index[sense.brand]
         self.sense_cat = np.where(self.sense_type >= 0, self.type_cat_arr[self.sense_type], -1)
+        self.poly_added = np.array([t in taxonomy.added_categories for t in self.poly_terms])
 
     def intent(self, t: int, b: int, col: int, g: int) -> str:
         return "|".join((self.types[t].key, self.brand_keys[b] if b >= 0 else "*",
