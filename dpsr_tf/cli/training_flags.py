@@ -9,8 +9,9 @@ import typing
 
 from absl import flags
 
-from dpsr_tf.model.config import (COMBINERS, HEAD_ASSIGNMENTS, LOSSES, MODELS, PARTITIONERS,
-                                  PERSONALIZATION, TEXT_ENCODERS, TOWERS, ModelConfig)
+from dpsr_tf.model.config import (COMBINERS, GRAPH_NEIGHBOURHOODS, HEAD_ASSIGNMENTS, LOSSES,
+                                  MODELS, PARTITIONERS, PERSONALIZATION, TEXT_ENCODERS, TOWERS,
+                                  ModelConfig)
 from dpsr_tf.training.config import EARLY_STOPPING_METRICS, TrainConfig
 
 _MODEL_HELP = {
@@ -89,6 +90,14 @@ _MODEL_HELP = {
     "graph_num_nodes": "--tower=searchgcn: node embedding rows (0 = the layout's graph).",
     "graph_query_dropout": "--tower=searchgcn: share of training examples whose query gets no "
                            "graph lists (trains the text-only path unseen queries take).",
+    "graph_neighbourhood": "--tower=searchgcn: fixed (the stored top-N lists and the two-step "
+                           "random-walk list) or sampled (--graph_layers convolutions over "
+                           "neighbours drawn per step by click weight; serving takes the top "
+                           "--graph_fanout by weight; docs/training.md, 'SearchGCN').",
+    "graph_layers": "--graph_neighbourhood=sampled: convolution layers, 1 or 2 (2: the "
+                    "neighbours' own sampled neighbours are aggregated into them first).",
+    "graph_fanout": "--graph_neighbourhood=sampled: neighbours drawn per node and layer (the "
+                    "per-node cap).",
 }
 
 _TRAIN_HELP = {
@@ -164,7 +173,8 @@ _TRAIN_HELP = {
 _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,
             "loss": LOSSES, "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS,
             "tower": TOWERS, "early_stopping_metric": EARLY_STOPPING_METRICS,
-            "optimizer": ("adagrad", "adam", "sgd"), "head_assignment": HEAD_ASSIGNMENTS}
+            "optimizer": ("adagrad", "adam", "sgd"), "head_assignment": HEAD_ASSIGNMENTS,
+            "graph_neighbourhood": GRAPH_NEIGHBOURHOODS}
 
 
 def _define(cls, helps, skip_default=()):

@@ -16,6 +16,7 @@ COMBINERS = ("mean", "sum", "sqrtn", "weighted")
 PARTITIONERS = ("fixed", "min_max")
 MODELS = ("dpsr", "dssm")
 TOWERS = ("dpsr", "searchgcn")
+GRAPH_NEIGHBOURHOODS = ("fixed", "sampled")
 HEAD_ASSIGNMENTS = ("soft", "annealed")
 
 
@@ -88,6 +89,13 @@ class ModelConfig:
         lists, so that the query tower also learns to stand on its text alone, as it must for
         queries never seen in training (0 = off; 0.5 helps unseen queries: docs/results.md,
         "SearchGCN beside DPSR").
+      graph_neighbourhood: "fixed" (the stored top-N lists, hop 2 = the two-step random-walk
+        list) or "sampled" (graph_layers convolutions over neighbours drawn per step by weight,
+        at most graph_fanout per node; evaluation and serving take the top graph_fanout by
+        weight; dpsr_tf/model/graph_sampling.py).
+      graph_layers: "sampled": 1, or 2 (the neighbours' own sampled neighbours are aggregated
+        into them first).
+      graph_fanout: "sampled": neighbours kept per node and layer.
 
     Score and loss
       beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
@@ -211,6 +219,9 @@ class ModelConfig:
     tower: str = "dpsr"
     graph_num_nodes: int = 0
     graph_query_dropout: float = 0.5
+    graph_neighbourhood: str = "fixed"
+    graph_layers: int = 2
+    graph_fanout: int = 5
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
@@ -283,6 +294,10 @@ class ModelConfig:
         need(self.tower in TOWERS, "tower", f"choose one of {TOWERS}")
         need(self.graph_num_nodes >= 0, "graph_num_nodes", "must be >= 0 (0 = the layout's)")
         need(0.0 <= self.graph_query_dropout <= 1.0, "graph_query_dropout", "must be in [0, 1]")
+        need(self.graph_neighbourhood in GRAPH_NEIGHBOURHOODS, "graph_neighbourhood",
+             f"choose one of {GRAPH_NEIGHBOURHOODS}")
+        need(self.graph_layers in (1, 2), "graph_layers", "must be 1 or 2")
+        need(self.graph_fanout >= 1, "graph_fanout", "must be >= 1")
         need(self.pq_nlist >= 1, "pq_nlist", "must be >= 1")
         need(self.pq_m >= 1, "pq_m", "must be >= 1")
         # Only a joint PQ model splits its embeddings into pq_m sub-spaces.
