@@ -168,6 +168,15 @@ _TRAIN_HELP = {
                             "(train, pseudo, or train,pseudo).",
     "hard_negative_warm_start": "--hard_negatives_from without --warm_start_from: start the "
                                 "towers from that model's checkpoint (false: from scratch).",
+    "teacher_dir": "Distillation: a model directory trained on this layout (e.g. with "
+                   "--text_encoder=pretrained) or a pretrained encoder directory whose scores "
+                   "the towers also learn to match; its embeddings are computed once and cached "
+                   "in <layout_dir>/teacher_embeddings/ (docs/training.md, 'Distillation'). "
+                   "Off when empty.",
+    "distill_weight": "--teacher_dir: weight of the distillation term (KL between the "
+                      "teacher's and the model's softened scores over each example's "
+                      "candidates).",
+    "distill_temperature": "--teacher_dir: temperature of both softened score distributions.",
 }
 
 _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,

@@ -8,7 +8,8 @@ batch ("neg_item_row", "neg_item_tokens", "neg_item_<name>").
 params (dict passed to tf.estimator.Estimator):
   "model_config": ModelConfig, "layout_spec": LayoutSpec; optional "batch_size" (logQ prior,
   progress), "log_every_steps" and "task" (a progress line in the log every so many local
-  steps). Optional training features "human_negative_rows" (ragged [B, (h)]) and
+  steps), "distill" (a distill.DistillSettings: the teacher's score-distillation term).
+  Optional training features "human_negative_rows" (ragged [B, (h)]) and
   "human_negative_item_*" (the item features of its flat rows) add each query's human
   negatives to the loss (§4.5); "hard_negative_rows" and "hard_negative_item_*" its mined hard
   negatives (`dpsr train --hard_negatives_from`), the same way.
@@ -18,7 +19,7 @@ from typing import Mapping
 
 import tensorflow as tf
 
-from dpsr_tf.model import dssm, joint_pq, losses, scoring, searchgcn
+from dpsr_tf.model import distill, dssm, joint_pq, losses, scoring, searchgcn
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.pretrained import encoder as pretrained_encoder
 from dpsr_tf.model.progress import ProgressHook
@@ -205,6 +206,12 @@ def dpsr_model_fn(features, labels, mode, params):
         return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metrics)
 
     # TRAIN
+    if params.get("distill") is not None:
+        # Teacher embeddings are cached training inputs, not part of the model (distill.py).
+        term, distill_stats = distill.distillation_term(params["distill"], features,
+                                                        batch_scores, random_scores)
+        stats = {**stats, **distill_stats}
+        loss = loss + term
     denominator = tf.maximum(tf.reduce_sum(is_pos), 1.0)
     for k in TOP_K:
         tf.compat.v1.summary.scalar(f"train/top{k}_among_random",

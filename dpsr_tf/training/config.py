@@ -98,6 +98,13 @@ class TrainConfig:
         "pseudo" or both; never "eval").
       hard_negative_warm_start: with hard_negatives_from and no warm_start_from, initialize the
         towers from hard_negatives_from's checkpoint (False = train from scratch).
+      teacher_dir: distillation (dpsr_tf/model/distill.py): a trained model directory on this
+        layout or a pretrained encoder directory whose scores the towers also learn to match;
+        its embeddings of the catalog and the training queries are computed once and cached
+        beside the layout (dpsr_tf/model/distill_cache.py). "" = off.
+      distill_weight: weight of the distillation term (KL of the softened score
+        distributions over each example's candidates).
+      distill_temperature: tau of both softened distributions.
     """
 
     layout_dir: str
@@ -137,6 +144,9 @@ class TrainConfig:
     hard_negative_splits: str = "train,pseudo"
     hard_negative_warm_start: bool = True
     catalog_scaling: bool = True
+    teacher_dir: str = ""
+    distill_weight: float = 1.0
+    distill_temperature: float = 0.05
 
     def __post_init__(self):
         def need(ok, field, what):
@@ -181,6 +191,12 @@ class TrainConfig:
         need(bool(splits) and "eval" not in splits, "hard_negative_splits",
              "--hard_negative_splits: comma-separated train and/or pseudo (never eval: its "
              "queries would be trained on)")
+        need(self.distill_weight >= 0, "distill_weight", "must be >= 0")
+        need(self.distill_temperature > 0, "distill_temperature", "must be > 0")
+        need(not self.teacher_dir or
+             os.path.abspath(self.teacher_dir) != os.path.abspath(self.model_dir),
+             "teacher_dir", "must be another directory than --model_dir (the teacher is a "
+             "finished model; the student writes its own checkpoints)")
         need(not self.hard_negatives_from or
              os.path.abspath(self.hard_negatives_from) != os.path.abspath(self.model_dir),
              "hard_negatives_from", "must be another model directory than --model_dir (the "

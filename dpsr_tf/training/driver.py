@@ -17,6 +17,7 @@ from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import hard_negative_table, pipeline
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.layout import load_layout_spec
+from dpsr_tf.model import distill, distill_cache
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
@@ -35,6 +36,9 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
               "log_every_steps": train.log_step_count_steps,
               "task": f"{cluster.task_type}:{cluster.task_index}" if cluster.distributed else "",
               "is_chief": cluster.is_chief}
+    if train.teacher_dir:
+        params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
+                                                 train.distill_weight, train.distill_temperature)
     warm_start = None
     if train.effective_warm_start:
         # Trainable variables only, and not the joint PQ quantizer (a model trained without
@@ -152,6 +156,22 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
                          f"delete it (or use a new --model_dir) to mine again")
 
 
+# A non-chief task of a cluster waits this long for the chief's teacher embeddings.
+_TEACHER_WAIT_SECS = 4 * 3600
+
+
+def _teacher_cache(train: TrainConfig, cluster: tf_config.ClusterInfo) -> None:
+    """--teacher_dir: the chief (or the one local process) computes the teacher's embeddings
+    or reuses them; the other tasks of a cluster wait for them."""
+    log = lambda m: logging.info("%s", m)  # noqa: E731
+    if not cluster.distributed or cluster.is_chief:
+        distill_cache.ensure_teacher_cache(train.teacher_dir, train.layout_dir, log=log)
+    else:
+        distill_cache.wait_for_cache(train.teacher_dir, train.layout_dir, _TEACHER_WAIT_SECS)
+    logging.info("distillation from %s: weight %g, temperature %g", train.teacher_dir,
+                 train.distill_weight, train.distill_temperature)
+
+
 def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_spec=None,
                        train_input_fn: Optional[Callable] = None,
                        eval_input_fn: Optional[Callable] = None,
@@ -210,6 +230,8 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
     layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps).with_graph(layout_spec)
     check_hard_negative_table(cfg, train, layout_spec)
+    if train.teacher_dir:
+        _teacher_cache(train, cluster)
     if train.hard_negatives_from:
         logging.info("hard negatives: up to %d per example from %s (weight %g); towers %s",
                      cfg.max_hard_negatives, train.hard_negatives_from, cfg.hard_negative_weight,

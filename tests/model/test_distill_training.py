@@ -1,0 +1,112 @@
+"""`dpsr train --teacher_dir`: a tiny student trained with a teacher model's scores, end to end
+with the real driver; its checkpoint and its exported servable are exactly those of a student
+trained without the teacher (nothing of the teacher in them)."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from dpsr_tf.export.saved_model_export import export_servable
+from dpsr_tf.export.servable_graph import ServableConfig
+from dpsr_tf.indexing import catalog_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.model import distill_cache
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.training import driver
+from dpsr_tf.training.config import TrainConfig
+from tests.support.tiny_model import prepare_tiny_layout
+
+STEPS = 30
+
+
+def _config(**kw):
+    return ModelConfig(embedding_dim=16, token_embedding_dim=16, feature_embedding_dim=4,
+                       item_hidden_units=(32,), query_hidden_units=(32,),
+                       query_projection_dim=16, **kw)
+
+
+def _train(spec, model_dir, cfg, **kw):
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(cfg, TrainConfig(
+        layout_dir=spec.layout_dir, model_dir=model_dir, batch_size=16, train_steps=STEPS,
+        save_checkpoints_steps=STEPS, save_summary_steps=5, eval_random_negatives=20,
+        eval_steps=1, seed=0, **kw))
+
+
+def _export(model_dir, work):
+    index_dir = os.path.join(work, "index")
+    catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(factory="Flat"))
+    path = export_servable(model_dir, index_dir, os.path.join(work, "export"),
+                           servable=ServableConfig(default_k=10, max_k=20, hybrid=False))
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = proto.meta_graphs[0].graph_def
+    nodes = [n for n in graph.node] + [n for fn in graph.library.function for n in fn.node_def]
+    strings = [s for n in nodes if n.op == "Const" and "value" in n.attr
+               for s in n.attr["value"].tensor.string_val]
+    return {n.name for n in graph.node}, sorted(n.op for n in nodes), strings
+
+
+def _scalars(model_dir, tag):
+    values = []
+    for path in glob.glob(os.path.join(model_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            values += [v.simple_value for v in event.summary.value if v.tag == tag]
+    return values
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("distill_run"))
+    spec = prepare_tiny_layout(work, num_items=60, num_queries=120)
+    teacher = os.path.join(work, "teacher")
+    # The teacher: a wider model of another text encoder, so its embeddings are not the
+    # student's shape (the cache is the teacher's, not a copy of the student).
+    _train(spec, teacher, ModelConfig(embedding_dim=24, token_embedding_dim=16,
+                                      feature_embedding_dim=4, item_hidden_units=(32,),
+                                      text_encoder="separate", num_heads=2))
+    plain, student = os.path.join(work, "plain"), os.path.join(work, "student")
+    _train(spec, plain, _config())
+    _train(spec, student, _config(), teacher_dir=teacher, distill_weight=2.0)
+    return {"work": work, "spec": spec, "teacher": teacher, "plain": plain,
+            "student": student}
+
+
+def test_the_student_trained_on_the_teachers_scores(runs):
+    kl = _scalars(runs["student"], "train/distill_kl")
+    queries = _scalars(runs["student"], "train/distill_queries")
+    assert kl and all(np.isfinite(kl)) and max(kl) > 0
+    # Every example of a batch is a train or pseudo query, which the teacher embedded.
+    assert queries and min(queries) == 16
+    assert not _scalars(runs["plain"], "train/distill_kl")
+    cache = distill_cache.read_cache(distill_cache.cache_dir(distill_cache.cache_key(
+        runs["teacher"], runs["spec"])))
+    assert (cache.heads, cache.dim) == (2, 24)
+    assert tf.train.latest_checkpoint(runs["student"]).endswith(f"model.ckpt-{STEPS}")
+
+
+def test_a_second_student_reuses_the_teachers_embeddings(runs, monkeypatch):
+    calls = []
+    monkeypatch.setattr(distill_cache, "_embed_with_model",
+                        lambda *a, **k: calls.append(1) or (_ for _ in ()).throw(
+                            AssertionError("recomputed")))
+    _train(runs["spec"], os.path.join(runs["work"], "student2"), _config(),
+           teacher_dir=runs["teacher"], distill_weight=0.5)
+    assert not calls
+
+
+def test_the_student_checkpoint_and_servable_hold_nothing_of_the_teacher(runs):
+    def variables(model_dir):
+        return sorted(tf.train.list_variables(tf.train.latest_checkpoint(model_dir)))
+    assert variables(runs["student"]) == variables(runs["plain"])
+    assert not any("distill" in name or "teacher" in name
+                   for name, _ in variables(runs["student"]))
+    plain_nodes, plain_ops, _ = _export(runs["plain"], os.path.join(runs["work"], "ep"))
+    nodes, ops, strings = _export(runs["student"], os.path.join(runs["work"], "es"))
+    assert nodes == plain_nodes and ops == plain_ops
+    assert not any("distill" in n or "teacher" in n for n in nodes)
+    assert not any(distill_cache.CACHE_DIR.encode() in s for s in strings)
