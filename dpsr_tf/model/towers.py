@@ -130,17 +130,18 @@ def item_tower(features: Mapping, model_config: ModelConfig, layout_spec,
         "item_<name>" int64 [B] per name in layout_spec.item_features (0 = unknown).
       model_config: ModelConfig.
       layout_spec: LayoutSpec (token_id_space, item_features).
-      mode: a tf.estimator.ModeKeys value (unused: the towers have no dropout / batch norm).
+      mode: a tf.estimator.ModeKeys value (TRAIN: a sampled searchgcn neighbourhood is drawn;
+        the towers have no dropout / batch norm).
 
     Returns:
       [B, d] float32, rows L2-normalized (d = model_config.embedding_dim).
     """
-    del mode
     text = _text_item_tower(features, model_config, layout_spec)
     if model_config.tower != "searchgcn":
         return text
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
-        return searchgcn.item_embedding(features, text, model_config)
+        return searchgcn.item_embedding(features, text, model_config, layout_spec,
+                                        training=mode == tf.estimator.ModeKeys.TRAIN)
 
 
 def _text_item_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:
@@ -174,17 +175,17 @@ def query_tower(features: Mapping, model_config: ModelConfig, layout_spec,
         item rows (rows may be empty).
       model_config: ModelConfig.
       layout_spec: LayoutSpec (token_id_space, user_features, num_items).
-      mode: a tf.estimator.ModeKeys value (unused).
+      mode: a tf.estimator.ModeKeys value (TRAIN: a sampled searchgcn neighbourhood is drawn).
 
     Returns:
       [B, m, d] float32: m = model_config.num_heads embeddings per query, each L2-normalized.
     """
-    del mode
     text = _text_query_tower(features, model_config, layout_spec)
     if model_config.tower != "searchgcn":
         return text
     with tf.compat.v1.variable_scope(SCOPE, reuse=tf.compat.v1.AUTO_REUSE):
-        return searchgcn.query_embedding(features, text, model_config)
+        return searchgcn.query_embedding(features, text, model_config, layout_spec,
+                                         training=mode == tf.estimator.ModeKeys.TRAIN)
 
 
 def _text_query_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.Tensor:

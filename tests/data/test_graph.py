@@ -85,6 +85,38 @@ def test_item_lists_hold_every_attribute_then_the_most_clicking_queries(graph_la
         assert got[len(attrs):] == expected[len(attrs):]
 
 
+def test_node_adjacency_holds_every_nodes_own_list(graph_layout):
+    spec, g = graph_layout
+    ids = np.load(spec.path("graph/node_hop1.npy"))
+    weights = np.load(spec.path("graph/node_hop1_weights.npy"))
+    assert ids.shape == (g.meta.num_nodes, g.hop["item"]["hop1"].shape[1])
+    assert ids.dtype == np.int32 and weights.dtype == np.float32
+    assert (ids[0] == 0).all() and (weights[0] == 0).all()
+    rows = np.flatnonzero(g.query_nodes)
+    np.testing.assert_array_equal(ids[g.query_nodes[rows]], g.hop["query"]["hop1"][rows])
+    np.testing.assert_array_equal(weights[g.query_nodes[rows]], g.weight["query"]["hop1"][rows])
+    items = g.meta.item_base + np.arange(spec.num_items)
+    np.testing.assert_array_equal(ids[items], g.hop["item"]["hop1"])
+    np.testing.assert_array_equal(weights[items], g.weight["item"]["hop1"])
+    # An attribute value's list: its items by train clicks + 1, ties to the smaller item row.
+    clicks = np.zeros(spec.num_items)
+    for (_, i), c in _clicks(spec).items():
+        clicks[i] += c
+    table = layout_lib.load_item_table(spec)
+    names = layout_lib.feature_columns(spec, "item")
+    checked = 0
+    for j, name in enumerate(names):
+        for value in range(1, spec.item_features[name]):
+            having = np.flatnonzero(table.features[:, j] == value)
+            order = sorted(having, key=lambda r: (-clicks[r], r))[:K]
+            node = g.meta.attribute_bases[name] + value - 1
+            got = [(int(n) - g.meta.item_base, float(w))
+                   for n, w in zip(ids[node], weights[node]) if n > 0]
+            assert got == [(int(r), clicks[r] + 1.0) for r in order], (name, value)
+            checked += len(order) > 1
+    assert checked, "the tiny layout must have attribute values shared by several items"
+
+
 def test_two_hop_lists_are_the_top_two_step_walks(graph_layout):
     spec, g = graph_layout
     # Rebuild the full node adjacency from the ego tables where possible: brute force the

@@ -110,3 +110,19 @@ def test_query_graph_dropout_empties_whole_rows_at_the_given_rate():
     assert (w_after[emptied] == 0).all()                # the same rows on every query list
     assert abs(emptied.mean() - 0.3) < 0.03             # 4000 rows: about 4 standard deviations
     np.testing.assert_array_equal(item_before, item_after)  # the item side is untouched
+
+
+def test_no_neighbours_is_the_dpsr_tower_after_training_moved_the_biases_too():
+    rng = np.random.RandomState(4)
+    with tf.Graph().as_default():
+        empty = _features(rng, 3, graph=False)
+        gcn = [item_tower(empty, CFG, _Spec()), query_tower(empty, CFG, _Spec())]
+        text_cfg = dataclasses.replace(CFG, tower="dpsr")
+        text = [item_tower(empty, text_cfg, _Spec()), query_tower(empty, text_cfg, _Spec())]
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for v in tf.compat.v1.global_variables():   # as a trained model's would be
+                if "/searchgcn/" in v.op.name and "/out/bias" in v.op.name:
+                    sess.run(v.assign(np.full(v.shape.as_list(), 0.3, np.float32)))
+            for got, want in zip(*sess.run([gcn, text])):
+                np.testing.assert_allclose(got, want, atol=1e-6)

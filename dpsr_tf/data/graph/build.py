@@ -8,7 +8,8 @@ paper aggregates the most-clicked neighbours, not a uniform sample); an item kee
 attribute nodes and its `neighbors` most-clicking queries (hop1 tables are neighbors + number of
 item features wide); an attribute node keeps its most-clicked items. The
 two-hop list of a query or item holds the `two_hop` nodes with the largest two-step random-walk
-probability over those top lists (itself excluded).
+probability over those top lists (itself excluded). The per-node lists themselves are kept too
+(graph/node_hop1*.npy), for the sampled model's second convolution.
 
 Memory is bounded by the node count: the records are memory-mapped and read in chunks, and the
 click counts are kept in TopNeighbours summaries of `capacity` neighbours per node.
@@ -239,5 +240,6 @@ def graph_tables(chunks: Iterable[Tuple[np.ndarray, np.ndarray]], nq: int, ni: i
               "query_hop2.npy": query_hop2, "query_hop2_weights.npy": query_hop2_w,
               "item_hop1.npy": adj_ids[item_nodes].astype(np.int32),
               "item_hop1_weights.npy": adj_w[item_nodes],
-              "item_hop2.npy": item_hop2, "item_hop2_weights.npy": item_hop2_w}
+              "item_hop2.npy": item_hop2, "item_hop2_weights.npy": item_hop2_w,
+              "node_hop1.npy": adj_ids.astype(np.int32), "node_hop1_weights.npy": adj_w}
     return meta, arrays

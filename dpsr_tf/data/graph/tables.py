@@ -13,6 +13,9 @@ Per ego row (query rows and item rows of the layout), padded with node 0:
   graph/{query,item}_hop1_weights.npy  float32              their click counts (attributes: 1)
   graph/{query,item}_hop2.npy    int32 [rows, two_hop]      top two-hop nodes by the two-step
   graph/{query,item}_hop2_weights.npy  float32              random-walk probability
+Per node (the second convolution of graph_layers=2 reads the neighbours' own lists here):
+  graph/node_hop1.npy            int32 [num_nodes, W]       every node's hop1 list (row 0 and
+  graph/node_hop1_weights.npy    float32                    unused ids: empty); W = the items' width
   graph/meta.json                GraphMeta
 """
 import dataclasses
@@ -25,6 +28,8 @@ import numpy as np
 GRAPH_DIR = "graph"
 META_JSON = "graph/meta.json"
 QUERY_NODES = "graph/query_nodes.npy"
+NODE_HOP1 = "graph/node_hop1.npy"
+NODE_HOP1_WEIGHTS = "graph/node_hop1_weights.npy"
 SIDES = ("query", "item")
 HOPS = ("hop1", "hop2")
 
