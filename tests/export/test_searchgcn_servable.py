@@ -2,7 +2,8 @@
 (its neighbour lists looked up by text inside the servable) and for one seen only in evaluation
 (the text tower alone), the served top k equals the ranking of `dpsr evaluate --served` (each
 head against every item, best head score) over the checkpoint's embeddings, with the query lists
-evaluation joins by query row."""
+evaluation joins by query row. Both neighbourhoods: the fixed lists, and the sampled two-layer
+model (served with its top-N by weight, its node adjacency restored from the checkpoint)."""
 import os
 
 import numpy as np
@@ -26,15 +27,16 @@ from dpsr_tf.training.config import TrainConfig
 K = 10
 
 
-@pytest.fixture(scope="module")
-def gcn(tmp_path_factory):
+@pytest.fixture(scope="module", params=["fixed", "sampled"])
+def gcn(tmp_path_factory, request):
     work = tmp_path_factory.mktemp("searchgcn")
     spec = prepare_tiny_layout(str(work))
     build_graph(spec.layout_dir, GraphConfig(neighbors=4, two_hop=4), log=lambda _: None)
     model_dir = str(work / "model")
     cfg = ModelConfig(num_heads=2, embedding_dim=16, token_embedding_dim=16,
                       feature_embedding_dim=4, item_hidden_units=(32,),
-                      query_hidden_units=(32,), query_projection_dim=16, tower="searchgcn")
+                      query_hidden_units=(32,), query_projection_dim=16, tower="searchgcn",
+                      graph_neighbourhood=request.param, graph_layers=2, graph_fanout=3)
     os.environ.pop("TF_CONFIG", None)
     driver.train_and_evaluate(cfg, TrainConfig(
         layout_dir=spec.layout_dir, model_dir=model_dir, batch_size=32, train_steps=60,
