@@ -43,6 +43,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from dpsr_tf.data.converters.common import INTERACTIONS_TSV, ITEMS_TSV, USERS_TSV
+from dpsr_tf.demo import synthetic_polysemy
 from dpsr_tf.demo import synthetic_taxonomy as tx
 from dpsr_tf.demo import synthetic_truth as truth_files
 from dpsr_tf.demo.synthetic_world import (
@@ -211,6 +212,11 @@ def _write_items(cfg: SyntheticConfig, world: World, out_dir: str, log):
             c = np.minimum(np.searchsorted(cat_cum, r[:, 0], "right"), world.num_cats - 1)
             t = world.cat_type0[c] + np.floor(r[:, 1] * world.cat_ntypes[c]).astype(np.int64)
             b = world.cat_brand_table[c, np.floor(r[:, 2] * world.cat_nbrands[c]).astype(np.int64)]
+            if world.added_brands:   # the polysemous brands' share (its own stream)
+                extra = _rng(cfg.seed, 4, start // _CHUNK).random((k, 2))
+                take = (world.cat_nadded[c] > 0) & (extra[:, 0] < synthetic_polysemy.BRAND_SHARE)
+                pick = np.floor(extra[:, 1] * np.maximum(world.cat_nadded[c], 1)).astype(np.int64)
+                b = np.where(take, world.cat_added_table[c, pick], b)
             t = np.where(world.brand_cat_type[b, c] >= 0, world.brand_cat_type[b, c], t)
             tr = (r[:, 3][:, None] > tier_cum[world.brand_tier[b]]).sum(1)
             col = np.where(world.cat_colored[c],
@@ -413,7 +419,8 @@ def _interaction_chunk(cfg, world, index, users, texts, start, k, query_intents,
                                             .astype(np.int64)])
     sense_cat = world.sense_cat[term]
     weights = np.where(sense_cat >= 0,
-                       np.take_along_axis(users["affinity"][u], np.maximum(sense_cat, 0), 1), 0.0)
+                       np.take_along_axis(users["affinity"][u], np.maximum(sense_cat, 0), 1),
+                       0.0) * world.sense_weight[term]
     cum = np.cumsum(weights, 1) / weights.sum(1, keepdims=True)
     sense = (cum < r[:, 13][:, None]).sum(1).clip(0, world.sense_type.shape[1] - 1)
     sense = np.minimum(sense, (sense_cat >= 0).sum(1) - 1)
@@ -452,7 +459,7 @@ def _interaction_chunk(cfg, world, index, users, texts, start, k, query_intents,
     syn = np.where(rng.random(k) < cfg.synonym_fraction, 1 + rng.integers(0, 3, k), 0)
     brand_only = (rng.random(k) < cfg.brand_only_fraction) & brand_req & ~col_req & ~g_req
     compact = rng.random(k) < 0.5
-    # A held-out term (a polysemous brand's bare name) gets no typo: its variants would train.
+    # A polysemous brand's bare name gets no typo (a held-out one's variants would train).
     typo &= ~((poly & world.poly_added[term])
               | (~poly & brand_only & world.added_brand[brand]))
     ts = cfg.start_time + np.floor((start + np.arange(k) + rng.random(k)) * cfg.duration_s

@@ -3,11 +3,14 @@
 `SyntheticConfig(polysemous_brands=N)` adds N brands to the synthetic world. Brand j is a
 pseudo-word ("velor") that sells one product type in each of two categories whose audiences
 differ (phones for high purchase power vs fruit for low; tools for men vs beauty for women), so
-the bare word is an ambiguous query with two senses, each sense ~1/(brands + 1) of its category's
-items, clicked by different user segments. The word names its brand in titles and in training
-queries ("velor smartphone", "velor手机"...); the bare query is held out: every word is chosen so
-that the default split (`dpsr_tf.data.split.is_eval_query`, md5 % 10 == 0) puts it in eval, so the
-benchmark measures queries never seen in training.
+the bare word is an ambiguous query with two senses, clicked by different user segments. The
+added brands hold BRAND_SHARE of their categories' items, so a sense is a large item set (over
+100 items in the 10k-item demo catalog), and the first sense is the popular one (the second's
+click weight is SECOND_SENSE_WEIGHT). The word names its brand in titles and in queries
+("velor smartphone", "velor手机"...). Words alternate between the two sides of the default split
+(`dpsr_tf.data.split.is_eval_query`, md5 % 10 == 0): the even-numbered bare names are eval
+queries (never trained on: the benchmark's unseen queries), the odd-numbered ones are trained on,
+so a model sees ambiguous queries of the same kind in training.
 
 With N = 0 the world is the taxonomy as written (the default catalog, byte for byte).
 """
@@ -25,6 +28,8 @@ CATEGORY_PAIRS = (("phones", "fruit"), ("tools", "beauty"), ("computers", "grain
                   ("computers", "pets"), ("phones", "grains"), ("shoes", "beauty"),
                   ("bags", "tools"), ("kitchen", "computers"), ("beverages", "toys"))
 MAX_BRANDS = 96
+BRAND_SHARE = 0.5
+SECOND_SENSE_WEIGHT = 0.3
 
 _ONSETS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -32,14 +37,14 @@ _CODAS = ("n", "r", "x", "l", "s")
 
 
 def pseudo_words(n: int, taken) -> List[str]:
-    """The first n pseudo-words (CVCVC, ordered by their md5 so neighbours share no prefix)
-    that the default split holds out (eval) and that no taxonomy word already uses."""
+    """n pseudo-words (CVCVC, ordered by their sha1 so neighbours share no prefix) that no
+    taxonomy word uses; word j is an eval query of the default split iff j is even."""
     out = []
     words = sorted(("".join(p) for p in itertools.product(_ONSETS, _VOWELS, _ONSETS, _VOWELS,
                                                           _CODAS)),
                    key=lambda w: hashlib.sha1(w.encode()).hexdigest())
     for word in words:
-        if word in taken or not split_lib.is_eval_query(word):
+        if word in taken or split_lib.is_eval_query(word) != (len(out) % 2 == 0):
             continue
         out.append(word)
         if len(out) == n:

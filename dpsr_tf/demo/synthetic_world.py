@@ -81,6 +81,16 @@ class World:
                     self.sense_brand[i, j] = self.brand_index[sense.brand]
         self.sense_cat = np.where(self.sense_type >= 0, self.type_cat_arr[self.sense_type], -1)
         self.poly_added = np.array([t in taxonomy.added_categories for t in self.poly_terms])
+        # Click weight of each sense (the added brands' second sense is the rarer one).
+        self.sense_weight = np.ones(self.sense_type.shape)
+        self.sense_weight[self.poly_added, 1] = synthetic_polysemy.SECOND_SENSE_WEIGHT
+        # The added brands of each category, drawn for BRAND_SHARE of its items.
+        added = [[self.brand_index[b] for b in cat.brands if b in taxonomy.added_categories]
+                 for cat in self.categories]
+        self.cat_nadded = np.array([len(a) for a in added])
+        self.cat_added_table = np.zeros([self.num_cats, max(1, self.cat_nadded.max())], np.int64)
+        for c, brands in enumerate(added):
+            self.cat_added_table[c, :len(brands)] = brands
 
     def intent(self, t: int, b: int, col: int, g: int) -> str:
         return "|".join((self.types[t].key, self.brand_keys[b] if b >= 0 else "*",

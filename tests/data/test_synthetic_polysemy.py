@@ -1,6 +1,7 @@
 """The synthetic catalog with polysemous brands (`polysemous_brands=N`): the default catalog is
-unchanged, each brand's two senses are item sets of one type in each of two categories, the bare
-names are held out by the default split, and different user segments click different senses."""
+unchanged, each brand's two senses are item sets of one type in each of two categories, half the
+bare names are held out by the default split, and different user segments click different
+senses."""
 import collections
 import csv
 import hashlib
@@ -56,11 +57,11 @@ def test_default_catalog_unchanged(tmp_path):
     assert "polysemous_brands" not in synthetic_truth.load_ground_truth(str(tmp_path))
 
 
-def test_pseudo_words_are_held_out_and_new():
+def test_pseudo_words_alternate_held_out_and_are_new():
     taxonomy = synthetic_polysemy.taxonomy(40)
     words = taxonomy.added
     assert len(words) == len(set(words)) == 40
-    assert all(split_lib.is_eval_query(w) for w in words)
+    assert [split_lib.is_eval_query(w) for w in words] == [j % 2 == 0 for j in range(40)]
     assert not set(words) & set(synthetic_taxonomy.BRANDS)
     assert synthetic_polysemy.taxonomy(0).polysemy is synthetic_taxonomy.POLYSEMY
     with pytest.raises(ValueError, match="polysemous_brands must be in"):
@@ -77,21 +78,32 @@ def test_ground_truth_senses_are_items_of_one_type_per_category(poly_catalog):
     for r in items:
         if r["brand"] in added:
             by_brand[r["brand"]][(r["product_type"], r["category"])] += 1
+    assert [info["eval_split"] for info in added.values()] == [j % 2 == 0 for j in range(24)]
     for word, info in added.items():
-        assert info["eval_split"] is True
         senses = truth["polysemy"][word]
         cats = [s["category"] for s in senses]
         assert cats == info["categories"] and cats[0] != cats[1]
         wanted = {(s["intent"].split("|")[0], s["category"]) for s in senses}
         assert all(s["intent"].split("|")[1] == word for s in senses)
-        # Every item of the brand is one of its two senses, each sense a set of >= 8 items.
+        # Every item of the brand is one of its two senses, each sense a set of >= 15 items
+        # (3000 items; the brands hold half of their categories' items).
         assert set(by_brand[word]) == wanted, word
-        assert min(by_brand[word].values()) >= 8, (word, by_brand[word])
+        assert min(by_brand[word].values()) >= 15, (word, by_brand[word])
 
 
-def test_bare_names_only_in_eval_and_learnable_from_train(poly_catalog):
+def test_first_sense_is_the_popular_one(poly_catalog):
+    _, truth = poly_catalog
+    clicks = [[s["clicks"] for s in truth["polysemy"][w]] for w in truth["polysemous_brands"]]
+    first, second = (sum(c[j] for c in clicks) for j in (0, 1))
+    # Weight 0.3 against the second sense; segment tilts move single brands either way.
+    assert first > 1.5 * second, (first, second)
+    assert sum(c[0] > c[1] for c in clicks) >= 18
+
+
+def test_held_out_bare_names_only_in_eval_and_learnable_from_train(poly_catalog):
     out, truth = poly_catalog
-    added = set(truth["polysemous_brands"])
+    added = {w for w, info in truth["polysemous_brands"].items() if info["eval_split"]}
+    assert len(added) == 12
     inter = _rows(out.interactions_path)
     meta = _rows(os.path.join(out.output_dir, synthetic_truth.INTERACTIONS_TRUTH_TSV))
     bare = collections.Counter(r["query"] for r in inter if r["query"] in added)
