@@ -6,8 +6,10 @@ back by `load_model_config`, so that export, indexing and evaluation rebuild the
 import dataclasses
 from typing import Tuple
 
+from absl import logging
+
 from dpsr_tf import config_json
-from dpsr_tf.data.graph import tables
+from dpsr_tf.data.graph import advice, tables
 
 PERSONALIZATION = ("none", "profile", "history")
 LOSSES = ("hinge", "sampled_softmax")
@@ -333,11 +335,17 @@ class ModelConfig:
 
     def with_graph(self, layout_spec) -> "ModelConfig":
         """searchgcn: graph_num_nodes from the layout's graph when it is 0 (FileNotFoundError
-        with the fix when the layout has no graph); other towers: unchanged."""
-        if self.tower != "searchgcn" or self.graph_num_nodes:
+        with the fix when the layout has no graph), and a logged warning on a graph SearchGCN
+        is not suited to (graph/advice.py); other towers: unchanged."""
+        if self.tower != "searchgcn":
             return self
-        return dataclasses.replace(self,
-                                   graph_num_nodes=tables.load_meta(layout_spec).num_nodes)
+        meta = tables.load_meta(layout_spec)
+        warning = advice.searchgcn_warning(meta)
+        if warning:
+            logging.warning("%s", warning)
+        if self.graph_num_nodes:
+            return self
+        return dataclasses.replace(self, graph_num_nodes=meta.num_nodes)
 
     def to_dict(self) -> dict:
         return config_json.to_dict(self)
