@@ -173,6 +173,9 @@ _TRAIN_HELP = {
                    "the towers also learn to match; its embeddings are computed once and cached "
                    "in <layout_dir>/teacher_embeddings/ (docs/training.md, 'Distillation'). "
                    "Off when empty.",
+    "teacher_max_queries": "--teacher_dir: training queries the teacher embeds at most: every "
+                           "logged one first, then a seeded draw of pseudo-queries (0 = all); "
+                           "the others get no distillation term.",
     "distill_weight": "--teacher_dir: weight of the distillation term (KL between the "
                       "teacher's and the model's softened scores over each example's "
                       "candidates).",

@@ -122,11 +122,11 @@ def distillation_term(settings: DistillSettings, features, batch_scores: tf.Tens
     return settings.weight * kl, {"distill_kl": kl, "distill_queries": tf.reduce_sum(valid)}
 
 
-def settings_for(teacher_dir: str, layout_dir: str, weight: float,
-                 temperature: float) -> DistillSettings:
+def settings_for(teacher_dir: str, layout_dir: str, weight: float, temperature: float,
+                 max_queries: int = 0) -> DistillSettings:
     """The DistillSettings of a run whose cache is already computed (ValueError if not)."""
     directory = distill_cache.cache_dir(distill_cache.cache_key(
-        teacher_dir, layout_lib.load_layout_spec(layout_dir)))
+        teacher_dir, layout_lib.load_layout_spec(layout_dir), max_queries))
     cache = distill_cache.read_cache(directory)
     if cache is None:
         raise ValueError(f"{distill_cache.FLAG}={teacher_dir}: no teacher embeddings in "

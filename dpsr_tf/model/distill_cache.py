@@ -13,7 +13,9 @@ with that teacher reuses one computation:
 
   items.f16         [num_items, dim] float16  the item tower over every item (layout row order)
   queries.f16       [num_query_rows, heads, dim] float16 the query tower over the query rows of
-                    the train and pseudo record splits (text alone: no user features), L2 rows
+                    the train and pseudo record splits (text alone: no user features), L2 rows;
+                    at most max_queries of them (train rows first, then a seeded draw of
+                    pseudo rows)
   query_index.i32   [num_queries] int32  layout query row -> row of queries.f16 (-1 = none:
                     validation and eval queries are never embedded, nothing fits on them)
   meta.json         the key, the shapes, seconds spent
@@ -108,7 +110,7 @@ def _check_model_teacher(teacher_dir: str, spec) -> str:
     return checkpoint
 
 
-def cache_key(teacher_dir: str, spec) -> dict:
+def cache_key(teacher_dir: str, spec, max_queries: int = 0) -> dict:
     """What identifies a teacher cache: the teacher's checkpoint (or weights file) and the
     layout (its path and layout.json, which holds its sizes and record counts).
 
@@ -131,7 +133,8 @@ def cache_key(teacher_dir: str, spec) -> dict:
     return {"teacher_dir": os.path.abspath(teacher_dir), "kind": kind,
             "checkpoint": checkpoint, "weights": weights,
             "layout_dir": os.path.abspath(spec.layout_dir), "layout_json_sha1": layout_hash,
-            "query_splits": [s for s in QUERY_SPLITS if s in spec.record_files]}
+            "query_splits": [s for s in QUERY_SPLITS if s in spec.record_files],
+            "max_queries": int(max_queries)}
 
 
 def cache_dir(key: dict) -> str:
@@ -151,17 +154,33 @@ def read_cache(directory: str, computed: bool = False) -> Optional[TeacherCache]
                         computed)
 
 
-def training_query_rows(spec) -> np.ndarray:
-    """[Q] int64 sorted distinct query rows of the train and pseudo records, without any row
-    that also has a validation or eval record."""
-    rows = [layout_lib.read_records(spec, s)["query_row"] for s in QUERY_SPLITS
-            if s in spec.record_files]
-    out = np.unique(np.concatenate(rows).astype(np.int64)) if rows else np.zeros([0], np.int64)
-    held = [layout_lib.read_records(spec, s)["query_row"] for s in
-            (layout_lib.VALIDATION_SPLIT, layout_lib.EVAL_SPLIT) if s in spec.record_files]
-    if held:
-        out = out[~np.isin(out, np.concatenate(held).astype(np.int64))]
-    return out
+def _split_rows(spec, split: str) -> np.ndarray:
+    if split not in spec.record_files:
+        return np.zeros([0], np.int64)
+    return np.unique(layout_lib.read_records(spec, split)["query_row"].astype(np.int64))
+
+
+def training_query_rows(spec, max_queries: int = 0) -> np.ndarray:
+    """[Q] int64 sorted distinct query rows the teacher embeds: those of the train records,
+    then those of the pseudo records, without any row that also has a validation or eval
+    record.
+
+    max_queries > 0 caps Q: every train row first (the first max_queries of them, seeded,
+    if they alone exceed it), then a seeded draw of pseudo rows. A row left out gives its
+    examples no distillation term.
+    """
+    held = np.concatenate([_split_rows(spec, s) for s in
+                           (layout_lib.VALIDATION_SPLIT, layout_lib.EVAL_SPLIT)])
+    logged = np.setdiff1d(_split_rows(spec, "train"), held)
+    pseudo = np.setdiff1d(np.setdiff1d(_split_rows(spec, "pseudo"), held), logged)
+    if max_queries > 0:
+        rng = np.random.default_rng(0)
+        if len(logged) > max_queries:
+            logged = rng.choice(logged, max_queries, replace=False)
+        room = max_queries - len(logged)
+        if len(pseudo) > room:
+            pseudo = rng.choice(pseudo, room, replace=False)
+    return np.sort(np.concatenate([logged, pseudo])).astype(np.int64)
 
 
 def _query_tokens(spec, rows: np.ndarray):
@@ -195,13 +214,17 @@ def _embed_with_model(teacher_dir: str, checkpoint: str, spec, rows: np.ndarray,
             log(f"teacher embeddings: {hi:,}/{spec.num_items:,} items "
                 f"({hi / max(time.monotonic() - start, 1e-9):.0f}/s)")
         out = np.zeros([len(rows), cfg.num_heads, cfg.embedding_dim], np.float32)
+        # Shortest texts first: a pretrained encoder pads each batch to its longest text.
+        order = np.argsort([len(queries[r]) for r in rows], kind="stable") if texts else \
+            np.arange(len(rows))
         start = time.monotonic()
         for lo in range(0, len(rows), chunk):
             hi = min(len(rows), lo + chunk)
-            ids, splits = _query_tokens(spec, rows[lo:hi])
-            out[lo:hi] = embedder.embed_queries(
-                ids, splits, query_rows=rows[lo:hi],
-                texts=[queries[r] for r in rows[lo:hi]] if texts else None)
+            part = rows[order[lo:hi]]
+            ids, splits = _query_tokens(spec, part)
+            out[order[lo:hi]] = embedder.embed_queries(
+                ids, splits, query_rows=part,
+                texts=[queries[r] for r in part] if texts else None)
             log(f"teacher embeddings: {hi:,}/{len(rows):,} training queries "
                 f"({hi / max(time.monotonic() - start, 1e-9):.0f}/s)")
     return items, out
@@ -221,16 +244,17 @@ def _embed_with_encoder(teacher_dir: str, spec, rows: np.ndarray, log):
     return items, out[:, None, :]
 
 
-def ensure_teacher_cache(teacher_dir: str, layout_dir: str,
+def ensure_teacher_cache(teacher_dir: str, layout_dir: str, max_queries: int = 0,
                          log: Callable[[str], None] = _log_default) -> TeacherCache:
     """The teacher's cache for this layout: reused when one with the same key exists, else
-    computed (with progress lines through `log`) and written atomically.
+    computed (with progress lines through `log`) and written atomically. max_queries: see
+    training_query_rows (0 = every training query).
 
     Raises:
       ValueError: a bad teacher directory, or a layout directory that cannot be written.
     """
     spec = layout_lib.load_layout_spec(layout_dir)
-    key = cache_key(teacher_dir, spec)
+    key = cache_key(teacher_dir, spec, max_queries)
     directory = cache_dir(key)
     cached = read_cache(directory)
     if cached is not None:
@@ -238,7 +262,7 @@ def ensure_teacher_cache(teacher_dir: str, layout_dir: str,
             f"{cached.num_query_rows:,} training queries)")
         return cached
     start = time.monotonic()
-    rows = training_query_rows(spec)
+    rows = training_query_rows(spec, max_queries)
     log(f"teacher embeddings: computing with {teacher_dir} for {spec.num_items:,} items and "
         f"{len(rows):,} training queries (once per teacher and layout) into {directory}")
     if key["kind"] == "model":
@@ -300,11 +324,11 @@ def load_arrays(cache: TeacherCache) -> dict:
             "query_index": np.fromfile(cache.path(QUERY_INDEX_FILE), "<i4")}
 
 
-def wait_for_cache(teacher_dir: str, layout_dir: str, timeout_s: float,
+def wait_for_cache(teacher_dir: str, layout_dir: str, max_queries: int, timeout_s: float,
                    poll_s: float = 5.0) -> TeacherCache:
     """A cluster's non-chief task: the cache the chief computes (ValueError after timeout_s)."""
     spec = layout_lib.load_layout_spec(layout_dir)
-    directory = cache_dir(cache_key(teacher_dir, spec))
+    directory = cache_dir(cache_key(teacher_dir, spec, max_queries))
     deadline = time.monotonic() + timeout_s
     while True:
         cached = read_cache(directory)

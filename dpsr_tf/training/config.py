@@ -102,6 +102,9 @@ class TrainConfig:
         layout or a pretrained encoder directory whose scores the towers also learn to match;
         its embeddings of the catalog and the training queries are computed once and cached
         beside the layout (dpsr_tf/model/distill_cache.py). "" = off.
+      teacher_max_queries: training query rows the teacher embeds at most (every logged one
+        first, then a seeded draw of pseudo-queries; 0 = all): a pretrained teacher embeds
+        about 100 short queries per second on 2 cores.
       distill_weight: weight of the distillation term (KL of the softened score
         distributions over each example's candidates).
       distill_temperature: tau of both softened distributions.
@@ -145,6 +148,7 @@ class TrainConfig:
     hard_negative_warm_start: bool = True
     catalog_scaling: bool = True
     teacher_dir: str = ""
+    teacher_max_queries: int = 20000
     distill_weight: float = 1.0
     distill_temperature: float = 0.05
 
@@ -191,6 +195,7 @@ class TrainConfig:
         need(bool(splits) and "eval" not in splits, "hard_negative_splits",
              "--hard_negative_splits: comma-separated train and/or pseudo (never eval: its "
              "queries would be trained on)")
+        need(self.teacher_max_queries >= 0, "teacher_max_queries", "must be >= 0 (0 = all)")
         need(self.distill_weight >= 0, "distill_weight", "must be >= 0")
         need(self.distill_temperature > 0, "distill_temperature", "must be > 0")
         need(not self.teacher_dir or

@@ -38,7 +38,8 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
               "is_chief": cluster.is_chief}
     if train.teacher_dir:
         params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
-                                                 train.distill_weight, train.distill_temperature)
+                                                 train.distill_weight, train.distill_temperature,
+                                                 train.teacher_max_queries)
     warm_start = None
     if train.effective_warm_start:
         # Trainable variables only, and not the joint PQ quantizer (a model trained without
@@ -165,9 +166,11 @@ def _teacher_cache(train: TrainConfig, cluster: tf_config.ClusterInfo) -> None:
     or reuses them; the other tasks of a cluster wait for them."""
     log = lambda m: logging.info("%s", m)  # noqa: E731
     if not cluster.distributed or cluster.is_chief:
-        distill_cache.ensure_teacher_cache(train.teacher_dir, train.layout_dir, log=log)
+        distill_cache.ensure_teacher_cache(train.teacher_dir, train.layout_dir,
+                                           train.teacher_max_queries, log=log)
     else:
-        distill_cache.wait_for_cache(train.teacher_dir, train.layout_dir, _TEACHER_WAIT_SECS)
+        distill_cache.wait_for_cache(train.teacher_dir, train.layout_dir,
+                                     train.teacher_max_queries, _TEACHER_WAIT_SECS)
     logging.info("distillation from %s: weight %g, temperature %g", train.teacher_dir,
                  train.distill_weight, train.distill_temperature)
 

@@ -133,6 +133,20 @@ def test_training_query_rows_leave_out_validation_and_eval(small_layout):
     assert list(rows) == sorted(rows)
 
 
+def test_a_query_cap_keeps_the_logged_queries_first_then_draws_pseudo_ones(small_layout):
+    from dpsr_tf.data import layout as layout_lib
+    every = distill_cache.training_query_rows(small_layout)
+    logged = set(layout_lib.read_records(small_layout, "train")["query_row"].tolist())
+    logged &= set(every.tolist())
+    capped = distill_cache.training_query_rows(small_layout, len(logged) + 5)
+    assert len(capped) == len(logged) + 5 and logged <= set(capped.tolist())
+    assert set(capped.tolist()) <= set(every.tolist())
+    np.testing.assert_array_equal(
+        capped, distill_cache.training_query_rows(small_layout, len(logged) + 5))  # seeded
+    few = distill_cache.training_query_rows(small_layout, 7)
+    assert len(few) == 7 and set(few.tolist()) <= logged
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: str(d / "missing"), "no such directory"),
     (lambda d: str(d), "neither dpsr_config.json"),
@@ -183,9 +197,9 @@ def test_the_pretrained_teacher_cache_is_computed_once_and_maps_rows_to_texts(
 
     monkeypatch.setattr(distill_cache, "_embed_with_encoder", counted)
     lines = []
-    first = distill_cache.ensure_teacher_cache(teacher, small_layout.layout_dir,
+    first = distill_cache.ensure_teacher_cache(teacher, small_layout.layout_dir, 120,
                                                log=lines.append)
-    second = distill_cache.ensure_teacher_cache(teacher, small_layout.layout_dir,
+    second = distill_cache.ensure_teacher_cache(teacher, small_layout.layout_dir, 120,
                                                 log=lines.append)
     assert len(calls) == 1 and first.computed and not second.computed
     assert first.directory == second.directory
@@ -193,7 +207,8 @@ def test_the_pretrained_teacher_cache_is_computed_once_and_maps_rows_to_texts(
                                                    distill_cache.CACHE_DIR))
     assert any("computing" in m for m in lines) and any("reusing" in m for m in lines)
     assert any("embedded" in m for m in lines)   # progress while computing
-    rows = distill_cache.training_query_rows(small_layout)
+    rows = distill_cache.training_query_rows(small_layout, 120)
+    assert len(rows) == 120
     assert (first.num_items, first.num_query_rows, first.heads, first.dim) == (
         small_layout.num_items, len(rows), 1, 384)
     arrays = distill_cache.load_arrays(first)

@@ -84,7 +84,7 @@ def test_the_student_trained_on_the_teachers_scores(runs):
     assert queries and min(queries) == 16
     assert not _scalars(runs["plain"], "train/distill_kl")
     cache = distill_cache.read_cache(distill_cache.cache_dir(distill_cache.cache_key(
-        runs["teacher"], runs["spec"])))
+        runs["teacher"], runs["spec"], TrainConfig.teacher_max_queries)))
     assert (cache.heads, cache.dim) == (2, 24)
     assert tf.train.latest_checkpoint(runs["student"]).endswith(f"model.ckpt-{STEPS}")
 
