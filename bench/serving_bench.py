@@ -20,7 +20,8 @@ bench/serving_loadgen.py runs in its own process, open loop, Poisson arrivals):
   (SO_REUSEPORT); the kernel balances connections, so the load generator opens --channels and
   the proxy 4 per process (--backend_connections).
 
-Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process used and, per
+Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process used (a native
+front end counted as a process of its own), the servers' CPU per answer and, per
 server process, the cores of its main thread (the asyncio loop: gRPC and request handling in
 Python) and of its other threads, and writes them as JSON next to the servables. On a shared
 machine compare rows of one run.
@@ -130,8 +131,26 @@ def cores_available(seconds: float = 1.0) -> float:
     return (time.process_time() - cpu) / (time.perf_counter() - wall)
 
 
+def _front_ends(procs):
+    """{"<name> front end": pid} of the servers' native front ends (their own processes)."""
+    out = {}
+    for name, p in procs.items():
+        for child in psutil.Process(p.proc.pid).children():
+            if child.name() == "dpsr_front_end":
+                out[f"{name} front end"] = child.pid
+    return out
+
+
 def _cpu(procs):
-    return {name: sum(psutil.Process(p.proc.pid).cpu_times()[:2]) for name, p in procs.items()}
+    pids = {name: p.proc.pid for name, p in procs.items()}
+    pids.update(_front_ends(procs))
+    out = {}
+    for name, pid in pids.items():
+        try:
+            out[name] = sum(psutil.Process(pid).cpu_times()[:2])
+        except psutil.NoSuchProcess:  # a front end restarted mid-run
+            out[name] = float("nan")
+    return out
 
 
 def _thread_cpu(pid):
@@ -179,7 +198,10 @@ def run_load(address, rate, args, procs):
     if done.returncode or not lines:
         raise RuntimeError(f"load generator failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     result = json.loads(lines[-1])
-    result["cores"] = {n: (after[n] - before[n]) / elapsed for n in procs}
+    result["cores"] = {n: (after[n] - before[n]) / elapsed for n in after if n in before}
+    served = sum(c for c in result["cores"].values() if c == c)  # NaN: a restarted front end
+    result["server_cpu_ms_per_answer"] = (1e3 * served / result["achieved_qps"]
+                                          if result["achieved_qps"] else float("nan"))
     result["cores"]["loadgen"] = result["client_cpu_s"] / (args.duration + args.warmup)
     result["thread_cores"] = {
         n: {g: round((c - threads_before[n].get(g, 0.0)) / elapsed, 3)
@@ -291,8 +313,9 @@ def main():
     os.makedirs(logs, exist_ok=True)
     rates = [float(r) for r in args.rates.split(",")]
     print("| mode | offered QPS | achieved QPS | p50 ms | p90 ms | p99 ms | errors | "
-          "refused p99 ms | CPU cores used (per process) | cores free before |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+          "refused p99 ms | server CPU ms/answer | CPU cores used (per process) | "
+          "cores free before |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for mode in args.modes.split(","):
         if mode == "proxy2" and args.servable_dir:
             continue
@@ -307,7 +330,8 @@ def main():
                 cores = ", ".join(f"{n} {c:.2f}" for n, c in r["cores"].items())
                 print(f"| {mode} | {rate:.0f} | {r['achieved_qps']:.0f} | {r['p50_ms']:.1f} | "
                       f"{r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
-                      f"{_errors(r['errors'])} | {r['refused_p99_ms']:.1f} | {cores} | "
+                      f"{_errors(r['errors'])} | {r['refused_p99_ms']:.1f} | "
+                      f"{r['server_cpu_ms_per_answer']:.2f} | {cores} | "
                       f"{available:.1f} |", flush=True)
                 for n, groups in r["thread_cores"].items():
                     print(f"    {n} threads (cores): " + ", ".join(

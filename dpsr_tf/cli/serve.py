@@ -77,6 +77,17 @@ _INTRA_OP = flags.DEFINE_integer("tensorflow_intra_op_parallelism", 0,
 _INTER_OP = flags.DEFINE_integer("tensorflow_inter_op_parallelism", 0,
                                  "Controls the number of operators that can be executed "
                                  "simultaneously. 0: auto-configured.")
+_RUN_IN_CALLER = flags.DEFINE_boolean(
+    "run_in_caller_thread", True,
+    "[dpsr] Execute a session run's ops on the thread that runs the request (TF's "
+    "RunOptions.inter_op_thread_pool = -1) rather than handing each op to the inter-op pool: "
+    "no thread switch per op (docs/benchmarks.md, 'Where a call's CPU goes'). Ops of one run "
+    "no longer run in parallel; runs of different requests still do.")
+_THREAD_SPINNING = flags.DEFINE_boolean(
+    "tensorflow_thread_spinning", False,
+    "[dpsr] Let TensorFlow's idle pool threads spin before they sleep (TF's own default). "
+    "Off (the default here), they sleep at once: spinning threads take CPU from the requests "
+    "when a server has more threads than cores.")
 _LOAD_RETRIES = flags.DEFINE_integer("max_num_load_retries", 5,
                                      "maximum number of times it retries loading a model after "
                                      "the first failure, before giving up.")
@@ -379,7 +390,9 @@ def options_from_flags():
             session_config=session_config,
             prefer_tflite_model=_PREFER_TFLITE.value,
             num_tflite_interpreters=max(1, _TFLITE_POOLS.value),
-            session_runners=run_threads + (batching.num_batch_threads if batching else 0)),
+            session_runners=run_threads + (batching.num_batch_threads if batching else 0),
+            run_in_caller_thread=_RUN_IN_CALLER.value,
+            thread_spinning=_THREAD_SPINNING.value),
         manager=ManagerOptions(
             file_system_poll_wait_seconds=_FS_POLL.value,
             max_num_load_retries=_LOAD_RETRIES.value,

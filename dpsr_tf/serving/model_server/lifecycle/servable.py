@@ -46,6 +46,13 @@ class SessionOptions:
         (--num_tflite_pools; 0: one per CPU).
       session_runners: threads that may run sessions at once (run and batch threads); when
         inter-op parallelism is TF's choice, the pool gets at least this many (inter_op_threads).
+      run_in_caller_thread: a run's ops execute on the thread that called it (the run or
+        batch thread; RunOptions.inter_op_thread_pool = -1) instead of being handed to the
+        inter-op pool op by op: no thread hop per op, and a run holds exactly one thread.
+        TF falls back to the pool for a graph placed on several devices.
+      thread_spinning: TF's pool threads spin before they sleep when idle (TF's default);
+        off, they sleep at once (ConfigProto.experimental.disable_thread_spinning), which
+        leaves the CPU to the requests on a server with more threads than cores.
     """
 
     saved_model_tags: Tuple[str, ...] = ("serve",)
@@ -56,6 +63,8 @@ class SessionOptions:
     prefer_tflite_model: bool = False
     num_tflite_interpreters: int = 0
     session_runners: int = 0
+    run_in_caller_thread: bool = True
+    thread_spinning: bool = False
 
 
 def inter_op_threads(requested: int, session_config: int, session_runners: int,
@@ -127,6 +136,8 @@ class SavedModelServable:
         config.inter_op_parallelism_threads = inter_op_threads(
             self._options.inter_op_parallelism, config.inter_op_parallelism_threads,
             self._options.session_runners, os.cpu_count() or 1)
+        if not self._options.thread_spinning:
+            config.experimental.disable_thread_spinning = True
         graph = tf.Graph()
         session = tf.compat.v1.Session(graph=graph, config=config)
         try:
@@ -171,6 +182,8 @@ class SavedModelServable:
                     options = config_pb2.CallableOptions()
                     options.feed.extend(i.tensor_name for i in signature.inputs.values())
                     options.fetch.extend(o.tensor_name for o in signature.outputs.values())
+                    if self._options.run_in_caller_thread:
+                        options.run_options.inter_op_thread_pool = -1
                     fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
                     self._callables[signature.name] = fn
         return fn
