@@ -9,7 +9,8 @@ Rows: the sense metrics of dpsr_tf/evaluation/senses.py at K = 10 and 100 on the
 ranking (each head's exact top K, merged by best score; with --head_min_share also the per-head
 quota merge), then the split's Recall@10/100 and nDCG@10 of every eval request ranked as served
 (max over heads), and the paired test (dpsr_tf/evaluation/paired.py) of each model against the
-first. Personalized models embed the polysemous queries without a user (an anonymous request)
+first (covered@100 per query too). By default only the polysemous queries of the eval split,
+which no model trained on. Personalized models embed the polysemous queries without a user (an anonymous request)
 and, with --users=N, also once per user for the first N users.
 """
 import json
@@ -34,6 +35,10 @@ _SHARES = flags.DEFINE_multi_float("head_min_share", [],
                                    "Also score the per-head quota merge with this share.")
 _KS = flags.DEFINE_list("ks", ["10", "100"], "Cut-offs.")
 _JSON = flags.DEFINE_string("json", None, "Write every row (and per-query detail) here.")
+_QUERIES = flags.DEFINE_enum("queries", "unseen", ["unseen", "seen", "all"],
+                             "Which polysemous queries: those of the eval split (never trained "
+                             "on; generate with --polysemous_brands to have many), the others, "
+                             "or all.")
 _USERS = flags.DEFINE_integer("users", 0, "Personalized models: also embed every polysemous "
                               "query for each of the first N users (a row over all pairs).")
 flags.mark_flags_as_required(["catalog_dir", "layout_dir"])
@@ -65,10 +70,8 @@ def _quota_metrics(scorer, eval_set, share):
     return out
 
 
-def _one_model(name, model_dir, spec, queries, ks):
+def _one_model(name, model_dir, spec, eval_set, queries, ks):
     model_config, _ = load_model_config(model_dir)
-    cfg = evaluate_lib.EvalConfig(recall_ks=(10, 100), num_random=0, per_request=True)
-    eval_set, _ = evaluate_lib.load_split(spec, cfg)
     with CheckpointEmbedder(model_dir, None, model_config, spec) as embedder:
         scorer = evaluate_lib.EmbeddingScorer(embedder, spec, eval_set)
         rows = _query_rows(spec, [q.text for q in queries])
@@ -96,7 +99,10 @@ def _one_model(name, model_dir, spec, queries, ks):
             overall = _quota_metrics(scorer, eval_set, share)
         detail = senses.evaluate_senses(queries, heads, scorer.item_emb, ks, quota=share)
         label = name if share is None else f"{name}, quota {share:g}"
-        out.append({"name": label, "heads": model_config.num_heads,
+        covered = {f"covered@{d.k}": [] for d in detail}
+        for d in detail:
+            covered[f"covered@{d.k}"].append(float(d.covered))
+        out.append({"name": label, "heads": model_config.num_heads, "covered": covered,
                     "senses": senses.summarize(detail),
                     "overall": {m: float(overall[m]) for m in OVERALL},
                     "per_request": overall[metrics_lib.PER_REQUEST],
@@ -107,7 +113,8 @@ def _one_model(name, model_dir, spec, queries, ks):
         detail = senses.evaluate_senses(pairs, user_heads, scorer.item_emb, ks)
         out.append({"name": f"{name}, {len(pairs) // len(queries)} users", "heads":
                     model_config.num_heads, "senses": senses.summarize(detail),
-                    "overall": out[0]["overall"], "per_request": None, "detail": []})
+                    "overall": out[0]["overall"], "per_request": None, "covered": None,
+                    "detail": []})
     return out
 
 
@@ -118,21 +125,36 @@ def main(argv):
     queries = senses.load_polysemous_queries(_CATALOG.value, layout_lib.load_item_ids(spec),
                                              polysemy)
     ks = tuple(int(k) for k in _KS.value)
+    eval_set, _ = evaluate_lib.load_split(spec, evaluate_lib.EvalConfig(
+        recall_ks=(10, 100), num_random=0, per_request=True))
+    unseen, seen = senses.split_by_training(queries, eval_set.queries)
+    queries = {"unseen": unseen, "seen": seen, "all": queries}[_QUERIES.value]
+    if not queries:
+        raise app.UsageError(f"no {_QUERIES.value} polysemous query in {_LAYOUT.value} (unseen: "
+                             f"{len(unseen)}, seen: {len(seen)}); generate the catalog with "
+                             "--polysemous_brands=N for held-out ones, or pass --queries=all")
+    print(f"{len(queries)} {_QUERIES.value} polysemous queries (of {len(unseen)} unseen, "
+          f"{len(seen)} seen)")
     print("polysemous queries: " + "; ".join(
         f"{q.text}: " + ", ".join(f"{i} ({len(r)} items)" for i, r in zip(q.intents, q.items))
         for q in queries))
     rows = []
     for entry in _MODELS.value:
         name, _, model_dir = entry.partition(":")
-        rows += _one_model(name, model_dir, spec, queries, ks)
+        rows += _one_model(name, model_dir, spec, eval_set, queries, ks)
     cols = [f"{m}@{k}" for k in ks for m in ("sense_recall", "covered", "purity",
                                              "distinct_head_senses")]
-    print("| model | " + " | ".join(cols + list(OVERALL)) + " | paired vs first (R@100, nDCG@10) |")
+    print("| model | " + " | ".join(cols + list(OVERALL))
+          + " | paired vs first (covered@100, R@100, nDCG@10) |")
     print("|---" * (len(cols) + len(OVERALL) + 2) + "|")
     base = rows[0]["per_request"] if rows else None
     for row in rows:
         tests = []
         if row is not rows[0] and row["per_request"] is not None:
+            if "covered@100" in row["covered"]:
+                r = paired.paired_test(row["covered"]["covered@100"],
+                                       rows[0]["covered"]["covered@100"], "covered@100")
+                tests.append(f"{r.diff:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] p={r.p_value:.3f}")
             for m in ("recall@100", "ndcg@10"):
                 r = paired.paired_test(row["per_request"][m], base[m], m)
                 tests.append(f"{r.diff:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] p={r.p_value:.3f}")

@@ -87,6 +87,15 @@ def load_polysemous_queries(catalog_dir: str, item_ids: Sequence[str],
     return out
 
 
+def split_by_training(queries: Sequence[PolysemousQuery], eval_queries: Sequence[str]
+                      ) -> Tuple[List[PolysemousQuery], List[PolysemousQuery]]:
+    """(unseen, seen): the queries of the eval split (never trained on: a query's interactions
+    all land in one split) and the others, each in the given order."""
+    held_out = set(eval_queries)
+    return ([q for q in queries if q.text in held_out],
+            [q for q in queries if q.text not in held_out])
+
+
 def head_lists(query_heads: np.ndarray, item_emb: np.ndarray, k: int
                ) -> Tuple[np.ndarray, np.ndarray]:
     """Each head's exact top k by inner product (as a flat index serves it).

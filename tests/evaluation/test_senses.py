@@ -60,3 +60,11 @@ def test_load_polysemous_queries(tmp_path):
         senses.load_polysemous_queries(str(tmp_path), ["a", "zz"], polysemy)
     with pytest.raises(ValueError, match="type|brand"):
         senses.sense_items("smartphone|apple", ["smartphone"], ["apple"])
+
+
+def test_split_by_training_keeps_order():
+    queries = [senses.PolysemousQuery(t, ("a|*|*|*",), (np.array([0]),))
+               for t in ("apple", "velor", "mouse", "zonix")]
+    unseen, seen = senses.split_by_training(queries, ["zonix", "other", "velor", "velor"])
+    assert [q.text for q in unseen] == ["velor", "zonix"]
+    assert [q.text for q in seen] == ["apple", "mouse"]
