@@ -6,12 +6,15 @@ read, and it holds bytes of a server-wide budget from the moment it is read unti
 written, because a JSON body costs 10-25 times its size once parsed: the budget, not the
 number of connections, bounds the memory that bodies take.
 
-A body must also keep arriving (BodyPace): after a grace period it must have come at a minimum
-rate, or it is answered 408 and its budget freed, so a client that trickles a byte at a time
-cannot hold the budget; and the budget is reserved only once a body's first 64 KiB are in.
-One peer's bodies beyond its first hold at most a share of the budget.
+A body holds budget as its bytes arrive, not as its Content-Length declares: at most about
+twice what has come (none for its first 64 KiB), so a client that declares a large body and
+trickles it holds only what it has sent, and other large bodies are read beside it. A body
+must also keep arriving (BodyPace): after a grace period it must have come at a minimum rate,
+or it is answered 408 and its budget freed. One peer's bodies beyond its first hold at most a
+share of the budget.
 """
 import dataclasses
+import itertools
 import socket
 import threading
 import time
@@ -53,8 +56,11 @@ class BodyBudget:
     """Bytes of request bodies held at once across every connection.
 
     A body larger than `exempt_bytes` waits until the bytes held plus its own fit in
-    `limit_bytes`, at most `wait_seconds`; a body that holds the whole budget alone always fits,
-    so one request of the largest allowed size is never refused. Bodies up to `exempt_bytes`
+    `limit_bytes`, at most `wait_seconds`. Bodies grow their hold as they arrive, so two
+    bodies could each hold part and wait for the other; the oldest body holding budget (the
+    first to take some, `ticket`) therefore always fits: it never waits, so no body waits
+    forever, and one request of the largest allowed size is never refused. Bytes held stay
+    under `limit_bytes` plus what that one body takes beyond it. Bodies up to `exempt_bytes`
     never wait, so ordinary queries do not queue behind large uploads. A peer's first body may
     take what fits; its further bodies only while the peer holds at most `peer_share` of
     the limit, so one client's many connections cannot take the whole budget.
@@ -73,6 +79,8 @@ class BodyBudget:
         self.peak_held = 0
         self._held = 0
         self._by_peer: Dict[str, int] = {}
+        self._holders: Dict[object, int] = {}  # ticket -> order in which it first held bytes
+        self._order = itertools.count()
         self._cond = threading.Condition()
 
     @property
@@ -80,7 +88,13 @@ class BodyBudget:
         with self._cond:
             return self._held
 
-    def _fits(self, more: int, already: int, peer: Optional[str]) -> bool:
+    def _oldest(self, ticket) -> bool:
+        return (ticket is not None and ticket in self._holders
+                and self._holders[ticket] == min(self._holders.values()))
+
+    def _fits(self, more: int, already: int, peer: Optional[str], ticket) -> bool:
+        if self._oldest(ticket):
+            return True
         if self._held + more > self.limit_bytes and self._held != already:
             return False
         if peer is None:
@@ -89,32 +103,36 @@ class BodyBudget:
         return peer_held == already or peer_held + more <= self.peer_limit
 
     def acquire(self, more: int, already: int, wait_seconds: Optional[float],
-                peer: Optional[str] = None) -> bool:
+                peer: Optional[str] = None, ticket=None) -> bool:
         """Takes `more` bytes for a body of `peer` (None: not counted per peer) that holds
         `already`; False when they did not become free within `wait_seconds` (None: wait as
-        long as it takes)."""
+        long as it takes). `ticket`: the body's own hashable token, the same for each of its
+        calls and its release (None: the body is never the oldest)."""
         if already + more <= self.exempt_bytes:
             return True
         deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
         with self._cond:
-            while not self._fits(more, already, peer):
+            while not self._fits(more, already, peer, ticket):
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     self.refused += 1
                     return False
                 self._cond.wait(left)
             self._held += more
+            if ticket is not None and ticket not in self._holders:
+                self._holders[ticket] = next(self._order)
             if peer is not None:
                 self._by_peer[peer] = self._by_peer.get(peer, 0) + more
             self.peak_held = max(self.peak_held, self._held)
             return True
 
-    def release(self, held: int, peer: Optional[str] = None) -> None:
+    def release(self, held: int, peer: Optional[str] = None, ticket=None) -> None:
         """Returns the bytes a body held (0 or a size within `exempt_bytes`: nothing to do)."""
         if held <= self.exempt_bytes:
             return
         with self._cond:
             self._held -= held
+            self._holders.pop(ticket, None)
             if peer is not None:
                 left = self._by_peer.get(peer, 0) - held
                 if left > 0:
@@ -156,15 +174,15 @@ class BodyReader:
         self.held = 0  # budget bytes to release once the answer is written
 
     def release(self) -> None:
-        self._budget.release(self.held, self._peer)
+        self._budget.release(self.held, self._peer, self)
         self.held = 0
 
     def _hold(self, total: int) -> None:
-        if total <= self.held:
-            return
+        if total <= self.held or total <= self._budget.exempt_bytes:
+            return  # a body's first exempt bytes hold nothing; past them, it holds them too
         more = total - self.held
         began = self._clock()
-        if not self._budget.acquire(more, self.held, self._wait, self._peer):
+        if not self._budget.acquire(more, self.held, self._wait, self._peer, self):
             raise BodyError(503, "the server is reading too many large request bodies at "
                                  "once; retry shortly (--rest_api_max_inflight_body_bytes)")
         self._start += self._clock() - began  # the client is not late while we make it wait
@@ -240,11 +258,8 @@ class BodyReader:
         if length > self._max:
             raise self._too_large(length, exact=True)
         self._start = self._clock()
-        # The budget is taken once the first piece is in: a body that never gets that far
-        # holds none of it.
-        body = self._read_exactly(min(length, self._budget.exempt_bytes))
-        self._hold(length)
-        self._read_into(body, length - len(body))
+        body = bytearray()
+        self._read_into(body, length, hold=True)
         return body
 
     def _read_exactly(self, size: int) -> bytearray:
@@ -252,12 +267,18 @@ class BodyReader:
         self._read_into(body, size)
         return body
 
-    def _read_into(self, body: bytearray, size: int) -> None:
+    def _read_into(self, body: bytearray, size: int, hold: bool = False) -> None:
         """Appends `size` bytes to `body`, read as they arrive (memory follows what came, not
-        what was declared)."""
+        what was declared). hold: first take budget for what may come next, at most as much
+        again as the body has, none for its first `exempt_bytes`: a body sent in one go takes
+        its budget in a few steps, a trickled one holds about what it has sent."""
         want = len(body) + size
         while len(body) < want:
-            piece = self._io(lambda: self._rfile.read1(min(want - len(body), 1 << 20)))
+            end = want
+            if hold:
+                end = min(want, max(2 * len(body), self._budget.exempt_bytes))
+                self._hold(end)
+            piece = self._io(lambda: self._rfile.read1(min(end - len(body), 1 << 20)))
             if not piece:
                 raise ClientGone(f"connection ended after {len(body)} of {want} body bytes")
             self._received += len(piece)
@@ -295,8 +316,7 @@ class BodyReader:
                 break
             if len(body) + size > self._max:
                 raise self._too_large(len(body) + size, exact=False)
-            self._hold(len(body) + size)
-            self._read_into(body, size)
+            self._read_into(body, size, hold=True)
             if self._read_exactly(2) != b"\r\n":
                 raise BodyError(400, "chunked body: a chunk is not followed by CRLF (its "
                                      "size line says fewer bytes than were sent)")
