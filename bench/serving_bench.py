@@ -199,9 +199,11 @@ def run_load(address, rate, args, procs):
         raise RuntimeError(f"load generator failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     result = json.loads(lines[-1])
     result["cores"] = {n: (after[n] - before[n]) / elapsed for n in after if n in before}
-    served = sum(c for c in result["cores"].values() if c == c)  # NaN: a restarted front end
-    result["server_cpu_ms_per_answer"] = (1e3 * served / result["achieved_qps"]
-                                          if result["achieved_qps"] else float("nan"))
+    # The servers' CPU over every answer of the run, warm-up included (refused calls' cost
+    # is part of what the answers cost); NaN: a restarted front end.
+    served = sum(after[n] - before[n] for n in result["cores"] if after[n] == after[n])
+    result["server_cpu_ms_per_answer"] = (1e3 * served / result["answered_all"]
+                                          if result["answered_all"] else float("nan"))
     result["cores"]["loadgen"] = result["client_cpu_s"] / (args.duration + args.warmup)
     result["thread_cores"] = {
         n: {g: round((c - threads_before[n].get(g, 0.0)) / elapsed, 3)
