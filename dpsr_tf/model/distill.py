@@ -17,6 +17,7 @@ of dpsr_tf/model/distill_cache.py, read into local (unsaved) variables when the 
 session starts, so checkpoints, `dpsr index` and `dpsr export` see only the student.
 """
 import dataclasses
+import weakref
 
 import tensorflow as tf
 
@@ -24,6 +25,9 @@ from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import distill_cache
 
 SCOPE = "distill"
+# The teacher's tables of each graph (a graph collection cannot hold a dict: the meta graph
+# export warns on it).
+_TABLES = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +71,8 @@ def teacher_tables(cache: distill_cache.TeacherCache) -> dict:
     """{"items": [N, d] float16, "queries": [Q, m, d] float16, "query_index": [num_queries]
     int32} local variables of the current graph (built once per graph)."""
     graph = tf.compat.v1.get_default_graph()
-    found = graph.get_collection(SCOPE)
-    if found:
-        return found[0]
+    if graph in _TABLES:
+        return _TABLES[graph]
     with tf.compat.v1.name_scope(SCOPE):
         tables = {
             "items": _raw_table(cache.path(distill_cache.ITEMS_FILE), tf.float16,
@@ -79,7 +82,7 @@ def teacher_tables(cache: distill_cache.TeacherCache) -> dict:
                                   "teacher_queries"),
             "query_index": _raw_table(cache.path(distill_cache.QUERY_INDEX_FILE), tf.int32,
                                       [cache.num_queries], "teacher_query_index")}
-    graph.add_to_collection(SCOPE, tables)
+    _TABLES[graph] = tables
     return tables
 
 
