@@ -32,6 +32,9 @@ _PURITY_K = flags.DEFINE_integer("purity_k", 10, "Nearest items per item of the 
                                  "purity (cosine over the item embeddings).")
 _QUERIES = flags.DEFINE_list("queries", [], "Eval query texts to mark on the map (default: "
                              "those whose heads disagree most).")
+_SENSE_CATALOG = flags.DEFINE_string(
+    "sense_catalog", None, "A synthetic catalog (`dpsr generate-synthetic` output): mark its "
+    "polysemous queries on the map, each head's items coloured by sense (the paper's Figure 5).")
 _ALPHA_SWEEP = flags.DEFINE_list("alpha_sweep", [], "alpha values of the Figure 7 sweep, e.g. "
                                  "0,0.25,0.5,0.75,1 (trains one small model each).")
 _SWEEP_STEPS = flags.DEFINE_integer("sweep_steps", 300, "Training steps per sweep model.")
@@ -70,7 +73,7 @@ def main(argv):
                          list(_COMPARE.value)), output=_OUTPUT.value,
         index_dir=_INDEX_DIR.value, split=_SPLIT.value, num_random=_NUM_RANDOM.value,
         seed=_SEED.value, map_items=_MAP_ITEMS.value, map_queries=_MAP_QUERIES.value,
-        purity_k=_PURITY_K.value,
+        purity_k=_PURITY_K.value, sense_catalog=_SENSE_CATALOG.value,
         wanted_queries=tuple(_QUERIES.value), alpha_sweep=alphas,
         sweep_steps=_SWEEP_STEPS.value, keep_sweep_checkpoints=_KEEP.value,
         command=shell_join(["dpsr", "report"] + _flags_given()),

@@ -20,6 +20,9 @@ class ReportConfig:
       map_queries: queries marked on the map (auto: those whose heads disagree most).
       wanted_queries: query texts to mark instead of the automatic choice.
       map_top_k: items of each head marked per query.
+      sense_catalog: a synthetic catalog directory (its ground_truth.json "polysemy"): the
+        map marks its polysemous queries of the split (wanted_queries first) and labels each
+        head's items by sense (the paper's Figure 5).
       purity_k: neighbours per item of the category purity (maps.py, purity.py), measured on
         map_items uniformly sampled items of every model.
       alpha_sweep: alpha values of the Figure 7 sweep (empty = no sweep).
@@ -45,6 +48,7 @@ class ReportConfig:
     map_queries: int = 3
     wanted_queries: Tuple[str, ...] = ()
     map_top_k: int = 10
+    sense_catalog: Optional[str] = None
     purity_k: int = 10
     alpha_sweep: Tuple[float, ...] = ()
     sweep_steps: int = 300

@@ -151,6 +151,29 @@ def _legend_below(fig, handles, title: Optional[str]) -> None:
     fig.tight_layout(rect=(0, 0.1, 1, 1))
 
 
+SENSE_COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd")
+NO_SENSE_COLOR = "#7f7f7f"
+
+
+def _sense_marks(ax, xy: np.ndarray, index_of: Dict, query: Dict, top_k: int) -> None:
+    """A polysemous query's panel: each head's items with the head's marker, coloured by the
+    item's sense (grey: no sense of the query)."""
+    names = [i.split("|")[0] + ("" if i.split("|")[1] == "*" else f" ({i.split('|')[1]})")
+             for i in query["intents"]]
+    for h, (rows, item_senses) in enumerate(zip(query["heads"], query["senses"])):
+        pts = xy[[index_of[r] for r in rows]]
+        colors = [SENSE_COLORS[s % len(SENSE_COLORS)] if s >= 0 else NO_SENSE_COLOR
+                  for s in item_senses]
+        ax.scatter(pts[:, 0], pts[:, 1], s=70, marker=HEAD_MARKERS[h % 10], c=colors,
+                   edgecolors="black", linewidths=0.6)
+    for h in range(len(query["heads"])):   # legend entries: head markers, sense colours
+        ax.scatter([], [], s=70, marker=HEAD_MARKERS[h % 10], c="white", edgecolors="black",
+                   label=f"head {h} top-{top_k}")
+    for s, name in enumerate(names):
+        ax.scatter([], [], s=40, marker="s", c=SENSE_COLORS[s % len(SENSE_COLORS)],
+                   label=f"sense: {name}")
+
+
 def embedding_map(map_data: Dict, path: str) -> Optional[str]:
     """t-SNE map colored by category; one panel per marked query with each head's items."""
     if not map_data or not map_data["rows"]:
@@ -163,7 +186,11 @@ def embedding_map(map_data: Dict, path: str) -> Optional[str]:
     index_of = {row: i for i, row in enumerate(map_data["rows"])}
     for p, (ax, query) in enumerate(zip(axes[0], panels)):
         ax.scatter(xy[:, 0], xy[:, 1], s=6, c=point_colors, alpha=0.55, linewidths=0)
-        if query is not None:
+        if query is not None and "senses" in query:
+            _sense_marks(ax, xy, index_of, query, map_data["top_k"])
+            ax.set_title(f"q{p + 1}: {query['query']!r}", fontsize=10)
+            ax.legend(fontsize=7, loc="lower right")
+        elif query is not None:
             for h, rows in enumerate(query["heads"]):
                 pts = xy[[index_of[r] for r in rows]]
                 ax.scatter(pts[:, 0], pts[:, 1], s=70, marker=HEAD_MARKERS[h % 10],

@@ -156,7 +156,7 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
     table = layout_lib.load_item_table(spec)
     log(f"t-SNE map of {min(cfg.map_items, spec.num_items)} item embeddings"
         + (f", one per model ({len(item_embs)})" if len(item_embs) > 1 else ""))
-    data["map"] = maps.main_map(cfg, main_scorer, main_eval_set, table)
+    data["map"] = maps.main_map(cfg, main_scorer, main_eval_set, table, spec)
     data["map"]["models"] = maps.model_maps(item_embs, data["map"]["rows"], cfg.seed,
                                             main_xy=data["map"]["xy"])
     timings["t-SNE map"] = round(time.time() - start, 1)

@@ -113,3 +113,25 @@ def pick_polysemous(request_heads: np.ndarray, item_emb: np.ndarray, queries: Se
         if len(chosen) == count:
             break
     return chosen
+
+
+def sense_panel(request_heads: np.ndarray, item_emb: np.ndarray, request: int, k: int,
+                sense_rows: Sequence[np.ndarray]) -> Dict[str, List[List[int]]]:
+    """Each head's top k items of one request, each item labelled with its sense.
+
+    Args:
+      request_heads: [Q, m, d] float32; item_emb: [N, d] float32.
+      request: the request (a polysemous query).
+      k: items per head.
+      sense_rows: per sense, the int64 item rows of that sense (disjoint).
+
+    Returns:
+      {"heads": [m][k] item rows (per_head_top_items), "senses": [m][k] the sense index of
+       each item, -1 for an item of no sense}.
+    """
+    lists = per_head_top_items(request_heads, item_emb, request, k)
+    sense_of = {}
+    for s, rows in enumerate(sense_rows):
+        for row in np.asarray(rows).tolist():
+            sense_of.setdefault(int(row), s)
+    return {"heads": lists, "senses": [[sense_of.get(r, -1) for r in rows] for rows in lists]}

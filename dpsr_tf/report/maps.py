@@ -6,28 +6,65 @@ the embeddings. Category purity is computed on a seeded uniform sample of the ca
 depends on no model (purity.py), so each model's number is over the same items whichever
 model is the main one.
 """
+import json
+import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.evaluation import senses
 from dpsr_tf.report import heads, projection, purity
 from dpsr_tf.report.config import ReportConfig
 
 
-def main_map(cfg: ReportConfig, scorer, eval_set, table) -> Dict[str, object]:
+def _sense_queries(cfg: ReportConfig, spec, eval_set) -> Dict[str, senses.PolysemousQuery]:
+    """text -> PolysemousQuery of the sense catalog's polysemous queries that are requests of
+    the split, wanted_queries first, then in the ground truth's order, up to map_queries."""
+    path = os.path.join(cfg.sense_catalog, "ground_truth.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            polysemy = json.load(f)["polysemy"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ValueError(f"--sense_catalog: {path} has no synthetic ground truth with "
+                         f"'polysemy' ({e}); pass the `dpsr generate-synthetic` output the "
+                         "layout was prepared from") from None
+    queries = senses.load_polysemous_queries(cfg.sense_catalog, layout_lib.load_item_ids(spec),
+                                             polysemy)
+    present = set(eval_set.queries)
+    by_text = {q.text: q for q in queries if q.text in present}
+    order = [t for t in cfg.wanted_queries if t in by_text] + [
+        t for t in by_text if t not in cfg.wanted_queries]
+    return {t: by_text[t] for t in order[:max(cfg.map_queries, len(cfg.wanted_queries))]}
+
+
+def main_map(cfg: ReportConfig, scorer, eval_set, table, spec=None) -> Dict[str, object]:
     """The main model's map: sampled rows, t-SNE coordinates, category labels, marked queries.
+
+    With cfg.sense_catalog (spec then required) the marked queries are the catalog's
+    polysemous queries and each carries "senses" ([m][top_k] sense index, -1 = none) and
+    "intents" (the senses' names).
 
     Returns:
       {"rows": [n] sorted item rows, "xy": [n, 2], "feature", "labels": [n] str, "marked":
-      [{"request", "query", "heads": [m][top_k] rows}], "top_k", "titles": {row: title}}.
+      [{"request", "query", "heads": [m][top_k] rows[, "senses", "intents"]}], "top_k",
+      "titles": {row: title}}.
     """
+    polysemous = _sense_queries(cfg, spec, eval_set) if cfg.sense_catalog else {}
     chosen = heads.pick_polysemous(scorer.request_emb, scorer.item_emb, eval_set.queries,
-                                   cfg.map_queries, cfg.map_top_k, cfg.wanted_queries)
+                                   cfg.map_queries, cfg.map_top_k,
+                                   tuple(polysemous) or cfg.wanted_queries)
     marked = []
     for i in chosen:
-        marked.append({"request": int(i), "query": eval_set.queries[i],
-                       "heads": heads.per_head_top_items(scorer.request_emb, scorer.item_emb,
-                                                         i, cfg.map_top_k)})
+        query = polysemous.get(eval_set.queries[i])
+        if query is None:
+            entry = {"heads": heads.per_head_top_items(scorer.request_emb, scorer.item_emb,
+                                                       i, cfg.map_top_k)}
+        else:
+            entry = dict(heads.sense_panel(scorer.request_emb, scorer.item_emb, i,
+                                           cfg.map_top_k, query.items),
+                         intents=list(query.intents))
+        marked.append({"request": int(i), "query": eval_set.queries[i], **entry})
     must = [row for q in marked for rows in q["heads"] for row in rows]
     rows = projection.sample_items(len(scorer.item_emb), cfg.map_items, must, cfg.seed)
     xy = projection.tsne_2d(scorer.item_emb[rows], cfg.seed)

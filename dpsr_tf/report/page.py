@@ -163,6 +163,11 @@ def _map(data: Dict, cells: _Cells, figure: Optional[str],
         out.append(f"<p><b>q{p + 1}: {_esc(q['query'])}</b></p><ul>")
         for h, rows in enumerate(q["heads"]):
             shown = "; ".join(_esc(titles.get(str(r), r)) for r in rows[:5])
+            if "senses" in q:   # how many of the head's items are of each sense
+                counts = [sum(1 for x in q["senses"][h] if x == s)
+                          for s in range(len(q["intents"]))]
+                shown = (", ".join(f"{c} {_esc(i)}" for c, i in zip(counts, q["intents"]))
+                         + f", {len(rows) - sum(counts)} other: " + shown)
             out.append(f"<li>head {h}: {shown}{' ...' if len(rows) > 5 else ''}</li>")
         out.append("</ul>")
     if models_figure:
