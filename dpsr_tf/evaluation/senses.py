@@ -96,6 +96,9 @@ def split_by_training(queries: Sequence[PolysemousQuery], eval_queries: Sequence
             [q for q in queries if q.text not in held_out])
 
 
+_BATCH = 128
+
+
 def head_lists(query_heads: np.ndarray, item_emb: np.ndarray, k: int
                ) -> Tuple[np.ndarray, np.ndarray]:
     """Each head's exact top k by inner product (as a flat index serves it).
@@ -106,9 +109,25 @@ def head_lists(query_heads: np.ndarray, item_emb: np.ndarray, k: int
     Returns:
       (scores [Q, m, k] float32, rows [Q, m, k] int64), best first, ties by lower row.
     """
-    dots = np.einsum("qmd,nd->qmn", query_heads.astype(np.float32), item_emb.astype(np.float32))
-    order = np.argsort(-dots, axis=2, kind="stable")[:, :, :k]
-    return np.take_along_axis(dots, order, axis=2), order.astype(np.int64)
+    heads = query_heads.astype(np.float32)
+    items = item_emb.astype(np.float32)
+    q, m, n = len(heads), heads.shape[1], len(items)
+    scores = np.zeros([q, m, k], np.float32)
+    rows = np.zeros([q, m, k], np.int64)
+    for lo in range(0, q, _BATCH):   # bounded memory: [batch, m, N] scores at a time
+        dots = np.einsum("qmd,nd->qmn", heads[lo:lo + _BATCH], items).reshape(-1, n)
+        if k < n:   # every item scoring >= the k-th best (ties included), then an exact sort
+            kth = -np.partition(-dots, k - 1, axis=1)[:, k - 1:k]
+            for j, row in enumerate(dots):
+                cand = np.flatnonzero(row >= kth[j])
+                top = cand[np.lexsort((cand, -row[cand]))[:k]]
+                scores[lo + j // m, j % m], rows[lo + j // m, j % m] = row[top], top
+        else:
+            order = np.argsort(-dots, axis=1, kind="stable")[:, :k]
+            part = slice(lo, lo + len(dots) // m)
+            scores[part] = np.take_along_axis(dots, order, 1).reshape(-1, m, k)
+            rows[part] = order.reshape(-1, m, k)
+    return scores, rows
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,3 +68,16 @@ def test_split_by_training_keeps_order():
     unseen, seen = senses.split_by_training(queries, ["zonix", "other", "velor", "velor"])
     assert [q.text for q in unseen] == ["velor", "zonix"]
     assert [q.text for q in seen] == ["apple", "mouse"]
+
+
+@pytest.mark.parametrize("q,m,n,k", [(300, 2, 400, 10), (5, 3, 20, 20), (7, 1, 50, 49)])
+def test_head_lists_match_a_full_sort_with_ties(q, m, n, k):
+    rng = np.random.default_rng(q + m + n + k)
+    heads = rng.normal(size=(q, m, 4)).astype(np.float32)
+    items = rng.normal(size=(n, 4)).astype(np.float32)
+    items[5] = items[9] = items[7]          # exact ties: the lower row first
+    dots = np.einsum("qmd,nd->qmn", heads, items)
+    order = np.argsort(-dots, axis=2, kind="stable")[:, :, :k]
+    scores, rows = senses.head_lists(heads, items, k)
+    np.testing.assert_array_equal(rows, order)
+    np.testing.assert_array_equal(scores, np.take_along_axis(dots, order, axis=2))
