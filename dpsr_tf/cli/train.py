@@ -14,6 +14,7 @@ from dpsr_tf.data import hard_negative_table
 from dpsr_tf.data.layout import load_layout_spec
 from dpsr_tf.evaluation import checkpoint_recall
 from dpsr_tf.indexing import hard_negatives
+from dpsr_tf.model import distill_cache
 from dpsr_tf.training import driver, early_stopping, tf_config
 from dpsr_tf.model.progress import quiet_tf_logging
 
@@ -54,6 +55,10 @@ def main(argv):
         train_config = training_flags.train_config_from_flags()
         if train_config.stops_early:
             early_stopping.check_recorded_metric(train_config)
+        if train_config.teacher_dir:   # a bad teacher fails here, before anything is built
+            distill_cache.cache_key(train_config.teacher_dir,
+                                    load_layout_spec(train_config.layout_dir),
+                                    train_config.teacher_max_queries)
         if train_config.hard_negatives_from:
             driver.check_hard_negative_model(model_config, train_config)
             _mine(train_config)

@@ -3,6 +3,8 @@ with the real driver; its checkpoint and its exported servable are exactly those
 trained without the teacher (nothing of the teacher in them)."""
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from dpsr_tf.training.config import TrainConfig
 from tests.support.tiny_model import prepare_tiny_layout
 
 STEPS = 30
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _config(**kw):
@@ -110,3 +113,17 @@ def test_the_student_checkpoint_and_servable_hold_nothing_of_the_teacher(runs):
     assert nodes == plain_nodes and ops == plain_ops
     assert not any("distill" in n or "teacher" in n for n in nodes)
     assert not any(distill_cache.CACHE_DIR.encode() in s for s in strings)
+
+
+def test_dpsr_train_with_a_bad_teacher_dir_exits_with_the_fix(tmp_path):
+    spec = prepare_tiny_layout(str(tmp_path), num_items=20, num_queries=30)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dpsr_tf.cli", "train", f"--layout_dir={spec.layout_dir}",
+         f"--model_dir={tmp_path / 'm'}", f"--teacher_dir={tmp_path / 'nowhere'}",
+         "--train_steps=1"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert f"dpsr train: --teacher_dir='{tmp_path / 'nowhere'}': no such directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "m")   # nothing was built
