@@ -125,3 +125,28 @@ def test_a_hung_only_replica_is_ejected_then_probed_back(cluster):
         ids, partial = _ask(server)
         assert not partial and ids == full
     assert backend.calls == 10
+
+
+def test_a_metadata_answer_does_not_readmit_a_hung_replica(cluster):
+    """A replica whose Predict hangs still answers GetModelMetadata (the proxy's own signature
+    lookups ask it). When such an answer is its trial, the replica stays ejected, and the next
+    Predict is the one trial that waits on it (before: the metadata answer readmitted it, so
+    two Predicts in a row waited the shard deadline before it was ejected again)."""
+    server, hang, backend, replica = cluster
+    _ask(server)
+    hang.hung.set()
+    for _ in range(2):
+        _ask(server)
+    assert replica.ejected and replica.ejections == 1 and backend.calls == 3
+
+    _end_ejection(replica)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "dpsr"
+    server.stub.GetModelMetadata(request, timeout=60)  # answered by the hung replica
+    assert replica.ejected and replica.ejections == 1 and not replica.trial_in_flight
+
+    for _ in range(4):
+        _, partial = _ask(server)
+        assert partial
+    assert backend.calls == 4  # one Predict trial, not two Predicts in rotation
+    assert replica.ejected and replica.ejections == 2

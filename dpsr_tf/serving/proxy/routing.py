@@ -19,6 +19,9 @@ Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy/conf
   partial answer, or UNAVAILABLE under FAIL) instead of waiting out the shard deadline on a
   replica known to hang. A shard of one hung replica is thus switched off for the ejection,
   then probed back by its trial call.
+* Only answers of calls that run the model count as good answers: GetModelMetadata and
+  GetModelStatus are answered by a replica whose runs hang, so they neither reset the count
+  nor readmit a replica (the proxy's signature lookups would otherwise readmit a hung one).
 * A replica ejected for UNAVAILABLE (it answers, but refuses: down, restarting) is still tried
   when it is the last one left, the one whose ejection ends first: it costs no wait, and a
   restarted server is back at its first call.
@@ -132,7 +135,14 @@ class Replica:
 
     # ------------------------------------------------------------------ health
 
-    def record_success(self) -> None:
+    def record_success(self, runs_model: bool = True) -> None:
+        """A good answer. Only one of a call that runs the model (Predict, Classify, ...)
+        says the replica serves: a metadata or status answer comes from another path (a
+        replica whose runs hang still answers metadata), so it changes no failure count and
+        readmits nothing; as a trial it only frees the trial for the next call."""
+        if not runs_model:
+            self.trial_in_flight = False
+            return
         self.consecutive_failures = 0
         self.trial_in_flight = False
         if self.ejected:

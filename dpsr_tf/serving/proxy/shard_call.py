@@ -33,6 +33,9 @@ from dpsr_tf.serving.metrics import ProxyMetrics
 from dpsr_tf.serving.proxy.peer_limits import backend_metadata
 from dpsr_tf.serving.proxy.routing import Replica, Route
 
+# The methods whose answers show that a replica runs the model (the others are answered
+# beside the runs: a replica whose runs hang still answers them; routing.py).
+MODEL_METHODS = frozenset({"Predict", "Classify", "Regress", "MultiInference"})
 CLIENT_ERRORS = frozenset({
     grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.OUT_OF_RANGE,
@@ -163,12 +166,12 @@ class ShardCaller:
                     replica = attempt.replica
                     error = task.exception()
                     if error is None:
-                        replica.record_success()
+                        replica.record_success(method in MODEL_METHODS)
                         route.latency[shard].add(time.monotonic() - attempt.started)
                         count(replica, "OK")
                         return task.result()
                     last_error = self._failed(route, shard, replica, error, request,
-                                              attempt.started)
+                                              attempt.started, method in MODEL_METHODS)
                     if last_error.code in CLIENT_ERRORS and not lacks_version(
                             last_error.code, last_error.message, request):
                         raise last_error
@@ -203,9 +206,9 @@ class ShardCaller:
             f"{left:.1f} s")
 
     def _failed(self, route: Route, shard: int, replica: Replica, error: BaseException,
-                request, started: float) -> ServingError:
-        """Records a failed attempt (sent at `started`) on its replica; the error to report
-        for it."""
+                request, started: float, runs_model: bool = True) -> ServingError:
+        """Records a failed attempt (sent at `started`; `runs_model`: of a MODEL_METHODS
+        call) on its replica; the error to report for it."""
         name = route.spec.name
         if isinstance(error, ServingError):  # the answer came and was refused
             replica.release_trial()
@@ -221,12 +224,12 @@ class ShardCaller:
         if lacks_version(code, details, request):
             # Up, but without that version (a missing base path, only a broken version, a
             # label not rolled out there yet): the other replicas may have it.
-            replica.record_success()
+            replica.record_success(runs_model)
             if code == grpc.StatusCode.NOT_FOUND and asks_latest(request):
                 replica.mark_missing(route.spec.backend_model_name, self.settings.backoff_s)
             return ServingError(code, details)
         if code in CLIENT_ERRORS:
-            replica.record_success()
+            replica.record_success(runs_model)
             return ServingError(code, details)
         if code == grpc.StatusCode.UNAVAILABLE:
             replica.record_failure(self.settings.outlier, immediate=True, started=started)
