@@ -12,6 +12,8 @@ Modules (one job each):
   embedder    towers restored from a checkpoint in a fresh graph, over NumPy inputs
   progress    the training progress log line (a hook of model_fn) and quiet TF logging
   joint_pq    the IVF-PQ index as a layer (--joint_pq): rotation, centroids, codebooks, NumPy twin
+  distill     --teacher_dir: the score-distillation term and the teacher's tables in the graph
+  distill_cache  the teacher's embeddings of the catalog and training queries, cached by layout
 """
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_dir import load_model_config
