@@ -79,10 +79,10 @@ _INTER_OP = flags.DEFINE_integer("tensorflow_inter_op_parallelism", 0,
                                  "simultaneously. 0: auto-configured.")
 _RUN_IN_CALLER = flags.DEFINE_boolean(
     "run_in_caller_thread", True,
-    "[dpsr] Execute a session run's ops on the thread that runs the request (TF's "
+    "[dpsr] Execute an unbatched run's ops on the run thread of the request (TF's "
     "RunOptions.inter_op_thread_pool = -1) rather than handing each op to the inter-op pool: "
     "no thread switch per op (docs/benchmarks.md, 'Where a call's CPU goes'). Ops of one run "
-    "no longer run in parallel; runs of different requests still do.")
+    "no longer run in parallel; runs of different requests still do. Batches keep the pool.")
 _THREAD_SPINNING = flags.DEFINE_boolean(
     "tensorflow_thread_spinning", False,
     "[dpsr] Let TensorFlow's idle pool threads spin before they sleep (TF's own default). "

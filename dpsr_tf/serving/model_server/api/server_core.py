@@ -200,10 +200,12 @@ class ServerCore:
         self.metrics.request_latency.labels(model, v, api, entrypoint).observe(
             time.monotonic() - start)
 
-    def _timed_run(self, servable, signature, fetches):
+    def _timed_run(self, servable, signature, fetches, batched: bool = False):
         def run(feeds, timeout_s):
             start = time.monotonic()
             try:
+                if batched:
+                    return servable.run(signature, feeds, fetches, timeout_s, batched=True)
                 return servable.run(signature, feeds, fetches, timeout_s)
             finally:
                 self.metrics.runtime_latency.labels(servable.name, str(servable.version)).observe(
@@ -277,8 +279,9 @@ class ServerCore:
             sig = servable.signature(request.model_spec.signature_name)
             prepared = prepare_predict(sig, request, self.options.limits,
                                        self.options.enable_signature_method_name_check)
-            run = self._timed_run(servable, sig, prepared.fetches)
-            if self._scheduler is not None and prepared.rows is not None:
+            batched = self._scheduler is not None and prepared.rows is not None
+            run = self._timed_run(servable, sig, prepared.fetches, batched)
+            if batched:
                 key = (id(servable), servable.name, servable.version) + prepared.batch_key
                 # Inputs of other trailing shapes join only when the scheduler pads them.
                 key += tuple(

@@ -46,10 +46,11 @@ class SessionOptions:
         (--num_tflite_pools; 0: one per CPU).
       session_runners: threads that may run sessions at once (run and batch threads); when
         inter-op parallelism is TF's choice, the pool gets at least this many (inter_op_threads).
-      run_in_caller_thread: a run's ops execute on the thread that called it (the run or
-        batch thread; RunOptions.inter_op_thread_pool = -1) instead of being handed to the
-        inter-op pool op by op: no thread hop per op, and a run holds exactly one thread.
-        TF falls back to the pool for a graph placed on several devices.
+      run_in_caller_thread: an unbatched run's ops execute on the run thread that called it
+        (RunOptions.inter_op_thread_pool = -1) instead of being handed to the inter-op pool op
+        by op: no thread hop per op, and a run holds exactly one thread. Batches keep the
+        pool: the batch threads are few, and a large batch's ops gain from running side by
+        side. TF falls back to the pool for a graph placed on several devices.
       thread_spinning: TF's pool threads spin before they sleep when idle (TF's default);
         off, they sleep at once (ConfigProto.experimental.disable_thread_spinning), which
         leaves the CPU to the requests on a server with more threads than cores.
@@ -158,6 +159,8 @@ class SavedModelServable:
         try:
             for signature in self.signatures.values():
                 self._callable(signature)
+                if self._options.run_in_caller_thread:
+                    self._callable(signature, in_caller=True)
         except Exception as e:  # a signature whose tensors do not exist in the graph
             self.close()
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -170,26 +173,29 @@ class SavedModelServable:
         for `api` (signatures.find_signature)."""
         return find_signature(self.signatures, name, self.name, self.version, api)
 
-    def _callable(self, signature: Signature):
+    def _callable(self, signature: Signature, in_caller: bool = False):
         """One compiled session callable per signature (every input fed, every output
-        fetched), built at load: a call is TF_SessionRunCallable, with no per-call feed-dict
-        or fetch processing and no graph pruning or optimization on the first request."""
-        fn = self._callables.get(signature.name)
+        fetched) and way of running it, built at load: a call is TF_SessionRunCallable, with
+        no per-call feed-dict or fetch processing and no graph pruning or optimization on the
+        first request. in_caller: the ops run on the calling thread."""
+        key = (signature.name, in_caller)
+        fn = self._callables.get(key)
         if fn is None:
             with self._lock:
-                fn = self._callables.get(signature.name)
+                fn = self._callables.get(key)
                 if fn is None:
                     options = config_pb2.CallableOptions()
                     options.feed.extend(i.tensor_name for i in signature.inputs.values())
                     options.fetch.extend(o.tensor_name for o in signature.outputs.values())
-                    if self._options.run_in_caller_thread:
+                    if in_caller:
                         options.run_options.inter_op_thread_pool = -1
                     fn = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
-                    self._callables[signature.name] = fn
+                    self._callables[key] = fn
         return fn
 
     def run(self, signature: Signature, feeds: Dict[str, np.ndarray],
-            fetches: Sequence[str], timeout_s: Optional[float] = None) -> Dict[str, np.ndarray]:
+            fetches: Sequence[str], timeout_s: Optional[float] = None,
+            batched: bool = False) -> Dict[str, np.ndarray]:
         """Runs the signature once.
 
         Args:
@@ -198,6 +204,7 @@ class SavedModelServable:
           fetches: output aliases to return.
           timeout_s: seconds left of the request's deadline (None: none); the run does not
             start when none is left (a started run of one batch is not interrupted).
+          batched: a batch of requests (its ops use the inter-op pool; SessionOptions).
 
         Returns:
           alias -> np.ndarray.
@@ -208,7 +215,7 @@ class SavedModelServable:
         if self._session is None:
             raise ServingError(grpc.StatusCode.UNAVAILABLE,
                                f"{self.name} version {self.version} is unloaded")
-        fn = self._callable(signature)
+        fn = self._callable(signature, self._options.run_in_caller_thread and not batched)
         try:
             args = [feeds[alias] for alias in signature.inputs]
         except KeyError as e:

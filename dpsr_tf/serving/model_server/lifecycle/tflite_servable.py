@@ -221,7 +221,8 @@ class TfLiteServable:
             self._available.notify()
 
     def run(self, signature: Signature, feeds: Dict[str, np.ndarray],
-            fetches: Sequence[str], timeout_s: Optional[float] = None) -> Dict[str, np.ndarray]:
+            fetches: Sequence[str], timeout_s: Optional[float] = None,
+            batched: bool = False) -> Dict[str, np.ndarray]:  # pylint: disable=unused-argument
         """Runs the signature once on a borrowed interpreter.
 
         Args:
