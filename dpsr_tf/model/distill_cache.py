@@ -36,7 +36,9 @@ from absl import logging
 
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import model_dir as model_dir_lib
+from dpsr_tf.model.embedder import CheckpointEmbedder
 from dpsr_tf.model.pretrained import files as pretrained_files
+from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
 FLAG = "--teacher_dir"
 CACHE_DIR = "teacher_embeddings"
@@ -194,7 +196,6 @@ def _query_tokens(spec, rows: np.ndarray):
 
 def _embed_with_model(teacher_dir: str, checkpoint: str, spec, rows: np.ndarray, log):
     """(items [N, d], queries [Q, m, d]) from a teacher model directory's towers."""
-    from dpsr_tf.model.embedder import CheckpointEmbedder  # pylint: disable=import-outside-toplevel
     cfg, saved = model_dir_lib.load_model_config(teacher_dir)
     teacher_spec = dataclasses.replace(saved, layout_dir=spec.layout_dir)
     table = layout_lib.load_item_table(spec, mmap=True)
@@ -233,7 +234,6 @@ def _embed_with_model(teacher_dir: str, checkpoint: str, spec, rows: np.ndarray,
 def _embed_with_encoder(teacher_dir: str, spec, rows: np.ndarray, log):
     """(items [N, H], queries [Q, 1, H]) from a pretrained encoder as it ships: titles and
     query texts through the sentence encoder (mean pooling, L2)."""
-    from dpsr_tf.model.pretrained.text_embedder import TextEmbedder  # pylint: disable=import-outside-toplevel
     table = layout_lib.load_item_table(spec, mmap=True)
     queries = layout_lib.load_queries(spec)
     with TextEmbedder(teacher_dir) as embedder:
