@@ -153,7 +153,7 @@ def _cpu(procs):
     return out
 
 
-def _thread_cpu(pid):
+def thread_cpu(pid):
     """{thread group: CPU seconds} of one process from /proc: "main" is the thread that runs
     the asyncio loop (gRPC handling, request decoding, response encoding: Python, under the
     GIL); "other" the threads that kept the process's own name (Python's threads and
@@ -182,7 +182,7 @@ def _thread_cpu(pid):
 
 
 def _threads(procs):
-    return {name: _thread_cpu(p.proc.pid) for name, p in procs.items()}
+    return {name: thread_cpu(p.proc.pid) for name, p in procs.items()}
 
 
 def run_load(address, rate, args, procs):

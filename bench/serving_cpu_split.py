@@ -16,7 +16,6 @@ alternately on one machine.
 """
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -26,29 +25,10 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.serving_bench import thread_cpu  # noqa: E402
 from bench.serving_loadgen import make_queries  # noqa: E402
 from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
-
-
-def _thread_cpu(pid: int) -> dict:
-    """{thread group: CPU seconds} of process `pid` (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
-        own = f.read().strip()
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="utf-8") as f:
-                stat = f.read()
-        except OSError:
-            continue  # the thread ended
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        group = ("main" if int(tid) == pid else "other" if name == own
-                 else re.sub(r"[-_:]?\d+$", "", name) or name)
-        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 def _fire(address: str, payloads, calls: int, concurrency: int):
@@ -99,7 +79,7 @@ def main() -> None:
             front_end = st.front_end_pid(server.proc.pid)
             pids = {"server": server.proc.pid, "front end": front_end}
             pids = {k: v for k, v in pids.items() if v}
-            before = {k: _thread_cpu(v) for k, v in pids.items()}
+            before = {k: thread_cpu(v) for k, v in pids.items()}
             perf = None
             if args.perf_out:
                 perf = subprocess.Popen(
@@ -113,7 +93,7 @@ def main() -> None:
                 perf.wait()
             per_call = {}
             for name, pid in pids.items():
-                after = _thread_cpu(pid)
+                after = thread_cpu(pid)
                 for group, cpu in after.items():
                     per_call[f"{name}: {group}"] = 1e3 * (cpu - before[name].get(group, 0.0)) / ok
             print(f"flags {' '.join(args.server_flag) or '(defaults)'}: {ok} answered in "
