@@ -373,7 +373,14 @@ def _write_layout(config, tmp, items, users, inter, is_eval, split_info,
     # Tokenizer (vocabulary mode: the vocabulary file lives in the layout).
     tok_config = config.tokenizer
     if config.build_vocab:
-        train_queries = sorted(set(inter.query_rows[~is_eval].tolist()))
+        # Not the validation queries the layout writer carves next (the same seeded choice over
+        # the same train records): what early stopping and the choices are made on must not have
+        # shaped the features the model sees.
+        train_records = ~is_eval & (inter.label_kinds != schema.LabelKind.NEGATIVE)
+        held_out = split_lib.validation_queries(
+            inter.queries, inter.query_rows[train_records], config.validation_fraction,
+            config.seed, config.min_validation_queries)
+        train_queries = sorted(set(inter.query_rows[~is_eval].tolist()) - set(held_out.tolist()))
         texts = items.titles + [inter.queries[q] for q in train_queries]
         tok_config = build_vocabulary(texts, dataclasses.replace(tok_config, vocab_file=None),
                                       os.path.join(tmp, layout_lib.VOCAB_TXT),

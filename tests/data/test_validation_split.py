@@ -179,3 +179,26 @@ def test_cli_flags(tiny_catalog, layouts, tmp_path):
     assert proc.returncode == 1
     assert "--validation_fraction" in proc.stderr and "must be in [0, 1)" in proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_built_vocabulary_never_counts_validation_queries(tiny_catalog, layouts, tmp_path):
+    """--build_vocab counts the titles and the training queries the carve leaves: every count
+    of the layout's vocabulary equals count_features over those texts, and features only the
+    validation queries have are absent."""
+    from dpsr_tf.tokenization import vocab as vocab_lib  # pylint: disable=import-outside-toplevel
+    spec, _ = _prepare(tiny_catalog, tmp_path / "vocab", build_vocab=True, vocab_min_count=1)
+    default, _ = layouts
+    validation = _queries(default, "validation")
+    assert validation == _queries(spec, "validation")   # the same carve with a vocabulary
+    logged = layout_lib.load_queries(spec)[:spec.num_logged_queries]
+    kept = sorted(q for q in logged if not split_lib.is_eval_query(q) and q not in validation)
+    titles = layout_lib.load_item_table(spec).titles
+    want = vocab_lib.count_features(list(titles) + kept, spec.tokenizer_config)
+    with open(spec.tokenizer_config.vocab_file, encoding="utf-8") as f:
+        got = {k: int(c) for k, c in (line.rstrip("\n").split("\t")
+                                       for line in f if not line.startswith("#"))}
+    assert got == dict(want)
+    only_validation = set(vocab_lib.count_features(sorted(validation), spec.tokenizer_config)) - \
+        set(want)
+    assert only_validation   # the catalog has such features: the check can fail
+    assert not only_validation & set(got)
