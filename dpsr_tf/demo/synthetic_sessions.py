@@ -7,7 +7,8 @@ The story, for each sampled click (query q, user u, item i, time t) of interacti
   shown list   i, `same_type` items of i's product type and `same_category` items of its
                category (other types), shuffled into positions 0..n-1;
   attraction   a(j) = 1.0 for i (it is what q asked for); for a same-type item
-               0.35 + 0.35 [price tier fits u's purchase power] + 0.15 [gender fits u];
+               0.35 + 0.35 [price tier fits u's purchase power] + 0.15 [gender fits u:
+               an item for everyone ("" or unisex) or for u's gender, men m, women f];
                0.05 for an item of another type;
   examination  e(p) = 1 / (1 + p)^position_power (users look less far down the list);
   label        click ~ Bernoulli(e(p) a(j)); a clicked item is ordered (label 2) with
@@ -22,6 +23,13 @@ from typing import Dict
 import numpy as np
 
 _TIER_OF_POWER = {"low": "budget", "mid": "mid", "high": "premium"}
+_ITEM_GENDER_OF_USER = {"m": "men", "f": "women"}
+
+
+def gender_fits(item_gender: str, user_gender: str) -> bool:
+    """The item is for everyone or for the user's gender (items say men/women/unisex, users
+    m/f; an unknown user gender fits only items for everyone)."""
+    return item_gender in ("", "unisex") or item_gender == _ITEM_GENDER_OF_USER.get(user_gender)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +90,8 @@ def simulate_impressions(synthetic_dir: str, out_path: str,
                 if j == i:
                     a = 1.0
                 elif ptype[j] == ptype[i]:
-                    a = 0.35 + 0.35 * (tier[j] == want_tier) + 0.15 * (
-                        gender[j] == "" or gender[j] == u_gender.get(u, ""))
+                    a = (0.35 + 0.35 * (tier[j] == want_tier)
+                         + 0.15 * gender_fits(gender[j], u_gender.get(u, "")))
                 else:
                     a = 0.05
                 click = rng.random() < a / (1.0 + pos) ** config.position_power
