@@ -15,9 +15,9 @@ Features (FEATURE_NAMES, docs/ranking.md):
                         rule the servable ranks by)
   dpsr_log_rank         log(rank) of the item among the whole catalog by DPSR score (1 = first)
 
-No leakage: item statistics count TRAIN sessions only, and for a TRAIN candidate its own
-session's impression is taken out (leave-one-session-out), so a training row never sees its own
-label; eval rows and the servable use the full TRAIN statistics.
+No leakage: item statistics count TRAIN sessions only, and a TRAIN candidate's count only the
+sessions before its own (ordered statistics, target_stats.py), so a training row's features
+say nothing of its own label; eval rows and the servable use the full TRAIN statistics.
 
 Tables (FeatureTables) are numpy arrays built once from the catalog, the train sessions and the
 DPSR item embeddings; in a graph they become non-trainable variables under "dpr_tables/"
@@ -272,7 +272,7 @@ class FeatureExtractor:
         self.session.close()
 
     def run(self, table, query_heads: np.ndarray, leave_own_out: bool,
-            batch_sessions: int = 64, log=print) -> np.ndarray:
+            batch_sessions: int = 64, log=print, own_stats=None) -> np.ndarray:
         """[C, NUM_FEATURES] float32 features of every candidate of a SessionTable.
 
         Args:
@@ -281,8 +281,14 @@ class FeatureExtractor:
           leave_own_out: TRAIN sessions: take each candidate's own impression out of the item
             statistics; a [C] bool array does it for the candidates marked True only (those
             the statistics counted).
+          own_stats: (impressions [C], label sums [C]) to take out of each candidate's item
+            statistics instead (target_stats.later_contributions: TRAIN rows see only earlier
+            sessions); leave_own_out is then not used.
         """
         own_mask = np.broadcast_to(np.asarray(leave_own_out, bool), [table.num_candidates])
+        if own_stats is None:
+            own_stats = (own_mask.astype(np.float32),
+                         np.where(own_mask, table.labels, 0.0).astype(np.float32))
         out = np.zeros([table.num_candidates, NUM_FEATURES], np.float32)
         lengths = np.diff(table.splits)
         for lo in range(0, len(table), batch_sessions):
@@ -292,11 +298,10 @@ class FeatureExtractor:
             own_n = np.zeros([hi - lo, width], np.float32)
             own_l = np.zeros([hi - lo, width], np.float32)
             for i, s in enumerate(range(lo, hi)):
-                items, labels = table.candidates(s)
-                rows[i, :len(items)] = items
-                mask = own_mask[table.splits[s]:table.splits[s + 1]]
-                own_n[i, :len(items)] = mask
-                own_l[i, :len(items)] = np.where(mask, labels, 0.0)
+                a, z = table.splits[s], table.splits[s + 1]
+                rows[i, :z - a] = table.item_rows[a:z]
+                own_n[i, :z - a] = own_stats[0][a:z]
+                own_l[i, :z - a] = own_stats[1][a:z]
             feats = self.session.run(self.features, {
                 self.query: [q.encode("utf-8") for q in table.queries[lo:hi]],
                 self.rows: rows, self.heads: query_heads[lo:hi], self.own_n: own_n,

@@ -25,6 +25,7 @@ from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import model as model_lib
 from dpsr_tf.ranking.model import load_config, utf8
 from dpsr_tf.ranking import sessions as sessions_lib
+from dpsr_tf.ranking import target_stats
 from dpsr_tf.ranking import user_features as user_lib
 from dpsr_tf.tokenization.tokenizer import Tokenizer
 from dpsr_tf.indexing import catalog_index, index_layout
@@ -87,7 +88,8 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
            "dpsr_checkpoint": model_dir_lib.latest_checkpoint(dpsr_model_dir),
            "dpsr_index_dir": os.path.abspath(dpsr_index_dir),
            "layout_dir": spec.layout_dir, "features": list(features_lib.FEATURE_NAMES),
-           "retrieved_negatives": retrieved_negatives, "retrieval_depth": retrieval_depth}
+           "retrieved_negatives": retrieved_negatives, "retrieval_depth": retrieval_depth,
+           "item_statistics": "ordered"}
     cache = os.path.join(model_dir, FEATURES_DIR)
     key_path = os.path.join(cache, "key.json")
     if os.path.isfile(key_path) and json.load(open(key_path, encoding="utf-8")) == key:
@@ -110,11 +112,11 @@ def prepare_ranker_data(sessions_dir: str, dpsr_model_dir: str, dpsr_index_dir: 
     out = {}
     extractor = features_lib.FeatureExtractor(tables, cfg.num_heads)
     try:
-        counted = _counted_mask(train, retrieved_negatives)
-        for name, table, own in (("train", train, counted), ("eval", evals, False)):
+        earlier = train_own_stats(train, retrieved_negatives)
+        for name, table, own in (("train", train, earlier), ("eval", evals, None)):
             heads = query_heads(dpsr_model_dir, spec, table.queries)
             log(f"features of {name}: {table.num_candidates:,} candidates")
-            out[name] = extractor.run(table, heads, leave_own_out=own, log=log)
+            out[name] = extractor.run(table, heads, leave_own_out=False, log=log, own_stats=own)
     finally:
         extractor.close()
     os.makedirs(cache, exist_ok=True)
@@ -149,6 +151,14 @@ def user_config(spec, history_length: Optional[int] = None) -> dict:
             "history_length": spec.history_length if history_length is None
             else int(history_length),
             "num_items": int(spec.num_items)}
+
+
+def train_own_stats(train, retrieved_negatives: int = 0):
+    """What FeatureExtractor.run takes out of the TRAIN rows' item statistics: each row sees
+    only the sessions before its own (target_stats.py); a leave-one-out mean would hand a
+    ranker that tells items apart the row's own label."""
+    return target_stats.later_contributions(train, _counted_mask(train, retrieved_negatives),
+                                            seed=0)
 
 
 def _counted_mask(train, per_session) -> np.ndarray:
