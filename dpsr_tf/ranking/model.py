@@ -12,7 +12,10 @@ One tower scores one (user, query, item) triple from the paper's three feature g
              gender...) --one table per column--> i [I * u], what p is crossed with;
              click stream: item rows of the last history_length clicks [H] (-1 pads)
              --sum-pooled item embeddings--> h [r]; the candidate's own row --> c [r]
-             -> [p, i, h, c, h * c]
+             -> [p, i, h, c, h * c], with profile_cross also x [U * I], the inner product of
+             every profile embedding with every candidate column's: a preference that is a
+             cross (purchase power x price tier) is one weight on x, where through the
+             concatenated [p, i] the ReLU layers must first carve it out of small embeddings
   concat --3 ReLU layers (hidden_units)--> linear --> logit
 
 Training feeds pairs (a, b) of the same session: both sides go through the SAME tower (the
@@ -80,6 +83,9 @@ class RankerConfig:
       history_length: clicks of the history bag (0 = no history); num_items: rows of the
         history item table (the layout's items).
       user_embedding_dim, history_embedding_dim: widths of those tables.
+      profile_cross: the "user" group also gives the inner products of each profile
+        embedding with each candidate column embedding (module docstring); False in a config
+        written before it existed, so such a model restores as it was trained.
     """
 
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=default_tokenizer)
@@ -106,6 +112,7 @@ class RankerConfig:
     num_items: int = 0
     user_embedding_dim: int = 4
     history_embedding_dim: int = 4
+    profile_cross: bool = False
 
     def validate(self):
         bad = [g for g in self.feature_groups if g not in FEATURE_GROUPS]
@@ -187,16 +194,19 @@ def _categorical(prefix: str, names, sizes, ids, dim: int) -> list:
 
 
 def _user_inputs(cfg: RankerConfig, user, item_cats, history, item_row) -> list:
-    """[p, i, h, c, h * c] of the "user" group (module docstring)."""
-    out = []
+    """[p, i, (x,) h, c, h * c] of the "user" group (module docstring)."""
     with tf.compat.v1.variable_scope("embeddings"):
-        out += _categorical("user", cfg.user_features, cfg.user_vocab_sizes, user,
-                            cfg.user_embedding_dim)
-        out += _categorical("item", cfg.item_features, cfg.item_vocab_sizes, item_cats,
+        profile = _categorical("user", cfg.user_features, cfg.user_vocab_sizes, user,
+                               cfg.user_embedding_dim)
+        cats = _categorical("item", cfg.item_features, cfg.item_vocab_sizes, item_cats,
                             cfg.user_embedding_dim)
         if cfg.history_length > 0:
             items = embedding.embedding_table("history_items", cfg.num_items,
                                               cfg.history_embedding_dim, stddev=0.05)
+    out = profile + cats
+    if cfg.profile_cross and profile and cats:
+        x = tf.einsum("bud,bid->bui", tf.stack(profile, 1), tf.stack(cats, 1))
+        out.append(tf.reshape(x, [-1, len(profile) * len(cats)]))
     if cfg.history_length > 0:
         h = padded_bag(items, tf.cast(history, tf.int64), cfg.combiner)
         c = tf.gather(items, tf.clip_by_value(tf.cast(item_row, tf.int64), 0, cfg.num_items - 1))

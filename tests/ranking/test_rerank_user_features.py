@@ -1,7 +1,8 @@
 """DPR with all three feature groups on the tiny catalog: each session's click-stream history
 equals the user's clicks before the session read from the raw interactions file (last N
-kept), and the servable's `rerank` signature, given the user's profile value and the whole raw
-history (with padding and an unknown id), scores every candidate as the evaluation does."""
+kept), and the servable's `rerank` and `retrieve_rerank` signatures, given the user's profile
+value and the whole raw history (with padding and an unknown id), score and order every
+candidate as the evaluation does."""
 import collections
 import csv
 import os
@@ -72,7 +73,7 @@ def full_ranker(tmp_path_factory, tiny_history_model, tiny_flat_index):
     config = ranker_model.RankerConfig(
         token_embedding_dim=8, hidden_units=(16, 8), batch_size=32, learning_rate=0.1,
         feature_groups=("numeric", "text", "user"), user_embedding_dim=4,
-        history_embedding_dim=4, **ranker_train.user_config(spec, HISTORY))
+        history_embedding_dim=4, profile_cross=True, **ranker_train.user_config(spec, HISTORY))
     ranker_train.train_ranker(data, ranker_dir, config, train_steps=30, log=lambda *_: None)
     scores = ranker_train.predict_scores(ranker_dir, data, data.eval_sessions,
                                          data.eval_features)
@@ -80,7 +81,8 @@ def full_ranker(tmp_path_factory, tiny_history_model, tiny_flat_index):
                            str(work / "servable"),
                            servable=ServableConfig(default_k=10, max_k=50, hybrid=False),
                            ranker_dir=ranker_dir, rerank_n=6)
-    return {"data": data, "scores": scores, "made": made, "files": files, "path": path}
+    return {"data": data, "scores": scores, "made": made, "files": files, "path": path,
+            "ranker_dir": ranker_dir, "dpsr_dir": tiny_history_model.model_dir}
 
 
 def test_session_history_is_the_last_n_clicks_before_the_session(full_ranker):
@@ -135,6 +137,64 @@ def test_served_rerank_with_user_inputs_equals_the_evaluation(full_ranker):
             [cands[s][j] for j in order]
     # The user inputs change the scores: without them the user group sees an unknown user.
     assert np.abs(anonymous["scores"] - got["scores"])[np.isfinite(got["scores"])].max() > 1e-4
+
+
+def _served_inputs(full_ranker):
+    """Per eval session: query, the user's gender and whole raw history (an unknown id first,
+    "" padding), as a client sends them."""
+    data, files = full_ranker["data"], full_ranker["files"]
+    gender = {r["user_id"]: r["gender"] for r in _rows(files["users"])}
+    queries, users, histories = [], [], []
+    for sid in data.eval_sessions.session_ids:
+        query, user, _ = full_ranker["made"][sid]
+        queries.append(query)
+        users.append(gender[user])
+        histories.append(["no-such-item"] + _raw_history(files, user, query))
+    width = max(len(h) for h in histories) + 1
+    return queries, users, [h + [""] * (width - len(h)) for h in histories]
+
+
+def test_served_retrieve_rerank_with_user_inputs_equals_the_evaluation(full_ranker):
+    # The servable retrieves, then re-ranks its top rerank_n with all three groups computed
+    # in-graph; the evaluation path (FeatureExtractor + Estimator.predict with the sessions'
+    # profile and history) scores those same retrieved items: same scores, same order.
+    from tests.support.tf1_servable import Tf1Servable
+    from dpsr_tf.ranking import features as features_lib
+    data = full_ranker["data"]
+    table = data.eval_sessions
+    queries, users, histories = _served_inputs(full_ranker)
+    servable = Tf1Servable(full_ranker["path"])
+    try:
+        got = servable.call("retrieve_rerank", {"query": queries, "k": np.int32(10),
+                                                "user_gender": users,
+                                                "user_history": histories})
+    finally:
+        servable.close()
+    row_of = {x: i for i, x in enumerate(_rows_ids(full_ranker["files"]))}
+    assert got["item_ids"].shape == (len(table), 6)                 # rerank_n of k = 10
+    served = [[row_of[x.decode()] for x in r] for r in got["item_ids"]]
+    retrieved = sessions_lib.SessionTable.from_lists([
+        {"query": table.queries[s], "user_row": int(table.user_rows[s]),
+         "items": sorted(served[s]), "labels": [0.0] * len(served[s])}
+        for s in range(len(table))])
+    heads = ranker_train.query_heads(full_ranker["dpsr_dir"], data.layout_spec,
+                                     retrieved.queries)
+    extractor = features_lib.FeatureExtractor(data.tables, data.num_heads)
+    try:
+        feats = extractor.run(retrieved, heads, leave_own_out=False, log=None)
+    finally:
+        extractor.close()
+    want = ranker_train.predict_scores(full_ranker["ranker_dir"], data, retrieved, feats,
+                                       users=data.eval_users)
+    for s in range(len(table)):
+        lo, hi = retrieved.splits[s], retrieved.splits[s + 1]
+        order = np.argsort(-want[lo:hi], kind="stable")
+        assert served[s] == [int(retrieved.item_rows[lo + j]) for j in order], s
+        np.testing.assert_allclose(got["scores"][s], want[lo:hi][order], rtol=1e-5, atol=1e-5)
+
+
+def _rows_ids(files):
+    return [r["item_id"] for r in _rows(files["items"])]
 
 
 @pytest.mark.parametrize("history,match", [
