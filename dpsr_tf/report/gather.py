@@ -21,7 +21,7 @@ from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.indexing import index_layout
 from dpsr_tf.model.model_dir import load_model_config, read_config_file
-from dpsr_tf.report import commands, events, heads, maps, sweep
+from dpsr_tf.report import commands, events, heads, maps, searchgcn, sweep
 from dpsr_tf.report.config import ReportConfig
 
 # Eval requests searched (batched) for the index's timing; the first 100 also one by one.
@@ -117,6 +117,7 @@ def gather(cfg: ReportConfig, log: Callable[[str], None] = print,
             "name": name, "model_dir": model_dir, "metrics": metrics,
             "config": saved[n]["model"], "train": saved[n].get("train", {}),
             "curves": events.read_curves(model_dir), "head_usage": usage,
+            "searchgcn": searchgcn.gather(saved[n]["model"], spec),
             "train_command": commands.train_command(saved[n]),
             "evaluate_command": commands.evaluate_command(
                 model_dir, layout_dir, cfg.split, cfg.num_random, cfg.seed,

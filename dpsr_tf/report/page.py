@@ -8,7 +8,7 @@ import json
 import math
 from typing import Dict, Optional, Sequence
 
-from dpsr_tf.report import table2
+from dpsr_tf.report import searchgcn, table2
 
 METRIC_COLUMNS = [("recall@10", "Recall@10"), ("recall@100", "Recall@100"),
                   ("recall@1000", "Recall@1000"), ("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"),
@@ -309,7 +309,8 @@ def render(data: Dict, figures: Dict[str, Optional[str]]) -> str:
             "<a href='#alpha'>&alpha; sweep</a> &middot; <a href='#index'>index</a> &middot; "
             "<a href='#commands'>commands</a>; all numbers: <a href='evaluation.json'>"
             "evaluation.json</a></p>",
-            _quality(data, cells), table2.render(data, cells, _esc),
+            _quality(data, cells), searchgcn.render(data["models"], _esc),
+            table2.render(data, cells, _esc),
             _curves(data, cells, figures.get("curves")),
             _heads(data, cells, figures.get("heads")),
             _map(data, cells, figures.get("map"), figures.get("model_maps")),

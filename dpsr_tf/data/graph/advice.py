@@ -32,3 +32,38 @@ def searchgcn_warning(meta: GraphMeta) -> Optional[str]:
             f"Recall@100 to the DPSR towers with fixed and sampled neighbourhoods "
             f"(docs/training.md, 'SearchGCN'); prefer --tower=dpsr, or compare both with "
             f"bench/searchgcn_subsets.py")
+
+
+# Recall@100 of SearchGCN minus the DPSR towers, by catalog (docs/results.md, "SearchGCN beside
+# DPSR"): (catalog, clicks per training query, fixed lists, sampled 2 layers or None).
+MEASURED = (("MovieLens 100K", 1548.0, -0.1237, -0.1065),
+            ("Home Depot", 4.5, -0.0413, -0.0398),
+            ("Best Buy (an older run)", 6.3, +0.0022, None))
+
+
+def recommendation(meta: GraphMeta) -> dict:
+    """The per-catalog advice `dpsr report` shows for a SearchGCN model.
+
+    Returns:
+      {"clicks", "queries", "clicks_per_query", "threshold", "advice": "off" | "compare",
+       "text": the advice in a sentence, "measured": MEASURED as dicts}.
+    """
+    per_query = clicks_per_query(meta)
+    if per_query > MAX_CLICKS_PER_QUERY:
+        advice, text = "off", (
+            f"Off: {per_query:,.1f} clicks per training query is a recommendation-style log "
+            f"(above {MAX_CLICKS_PER_QUERY:g}); on MovieLens (1,548) SearchGCN lost "
+            f"{-MEASURED[0][3]:.2f}-{-MEASURED[0][2]:.2f} Recall@100 to the DPSR towers. "
+            f"Train --tower=dpsr.")
+    else:
+        advice, text = "compare", (
+            f"No measured gain: {per_query:,.1f} clicks per training query is a search log "
+            f"(at most {MAX_CLICKS_PER_QUERY:g}), where SearchGCN was "
+            f"{-MEASURED[1][3]:.2f}-{-MEASURED[1][2]:.2f} Recall@100 below DPSR on Home Depot "
+            f"and level on Best Buy. Keep --tower=dpsr unless bench/searchgcn_subsets.py shows "
+            f"a gain on this catalog.")
+    return {"clicks": int(meta.counts.get("clicks", 0)), "queries": int(meta.num_query_nodes),
+            "clicks_per_query": per_query, "threshold": MAX_CLICKS_PER_QUERY, "advice": advice,
+            "text": text,
+            "measured": [{"catalog": c, "clicks_per_query": q, "fixed_minus_dpsr": f,
+                          "sampled_minus_dpsr": s} for c, q, f, s in MEASURED]}
