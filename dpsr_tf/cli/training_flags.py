@@ -48,13 +48,17 @@ _MODEL_HELP = {
     "beta": "Temperature of the attention over heads (0 = max over heads).",
     "head_balance_weight": "Weight of the head-balance term that keeps every query head in "
                            "use (num_heads > 1; 0 = off).",
-    "head_assignment": "num_heads > 1: soft (attention at --beta + the head-balance term) or "
+    "head_assignment": "num_heads > 1: soft (attention at --beta + the head-balance term), "
                        "annealed (heads start apart, beta falls to --final_beta, a "
-                       "head-assignment term instead of the balance term; docs/training.md).",
+                       "head-assignment term instead of the balance term) or balanced (hard "
+                       "assignment of each positive to one head, each head taking at most "
+                       "its share of the batch; docs/training.md).",
     "head_assignment_weight": "--head_assignment=annealed: weight of the head-assignment term.",
     "final_beta": "--head_assignment=annealed: the temperature beta falls to.",
     "beta_anneal_steps": "--head_assignment=annealed: steps of the fall from --beta to "
                          "--final_beta.",
+    "head_capacity_slack": "--head_assignment=balanced: a head takes at most "
+                           "ceil(P * (1 + slack) / num_heads) of a batch's P positives.",
     "loss": f"{', '.join(LOSSES)}.",
     "margin": "delta, hinge margin (paper: 0.1).",
     "num_negatives": "Hinge loss: random negatives drawn per batch, shared by its examples.",

@@ -19,7 +19,7 @@ PARTITIONERS = ("fixed", "min_max")
 MODELS = ("dpsr", "dssm")
 TOWERS = ("dpsr", "searchgcn")
 GRAPH_NEIGHBOURHOODS = ("fixed", "sampled")
-HEAD_ASSIGNMENTS = ("soft", "annealed")
+HEAD_ASSIGNMENTS = ("soft", "annealed", "balanced")
 
 
 # The value a field had in effect before it existed (configs written by older versions lack it).
@@ -115,7 +115,15 @@ class ModelConfig:
         and the batch to use every head: mean_i H(w_i) - H(mean_i w_i) over the positives'
         attention weights w_i (a mixture-of-experts load balance that does not pull heads
         alike). docs/results.md, "Heads and senses".
+        "balanced": hard EM with a capacity (mixture-of-experts routing): the heads start
+        apart, each positive of a batch is assigned to one head, greedily by confidence to its
+        best head with room, a head taking at most ceil(P * (1 + head_capacity_slack) / m) of
+        the batch's P positives, and the positive's score in the loss is its assigned head's
+        dot product (its gradient reaches that head only); negatives keep the soft dot
+        product at beta, no head-balance term.
       head_assignment_weight, final_beta, beta_anneal_steps: see head_assignment "annealed".
+      head_capacity_slack: see head_assignment "balanced" (0 = the heads share every batch
+        exactly evenly).
       loss: "hinge" (the paper's attention hinge loss, §4.4) or "sampled_softmax" (in-batch
         softmax with logQ correction, TFRS / YouTube style).
       margin: delta, the hinge margin.
@@ -193,6 +201,7 @@ class ModelConfig:
     head_assignment_weight: float = 0.1
     final_beta: float = 0.01
     beta_anneal_steps: int = 2000
+    head_capacity_slack: float = 0.0
     loss: str = "sampled_softmax"
     margin: float = 0.1
     num_negatives: int = 64
@@ -275,7 +284,8 @@ class ModelConfig:
         need(self.head_assignment_weight >= 0, "head_assignment_weight", "must be >= 0")
         need(self.final_beta > 0, "final_beta", "must be > 0")
         need(self.beta_anneal_steps >= 1, "beta_anneal_steps", "must be >= 1")
-        need(self.head_assignment == "soft" or self.beta > 0, "beta",
+        need(self.head_capacity_slack >= 0, "head_capacity_slack", "must be >= 0")
+        need(self.head_assignment != "annealed" or self.beta > 0, "beta",
              "must be > 0 with --head_assignment=annealed (it is the starting temperature)")
         need(self.loss in LOSSES, "loss", f"choose one of {LOSSES}")
         need(self.margin >= 0, "margin", "must be >= 0")

@@ -23,8 +23,10 @@ max(0, delta - S[i, i] + s):
 In the sampled softmax, human and hard negatives join the example's candidates with logit
 s / T + log(w_h) and s / T + log(w_x) (no logQ correction: they are not drawn by frequency).
 """
+import math
 from typing import Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 NEG_INF = -1e9
@@ -249,6 +251,62 @@ def head_assignment_loss(query_heads: tf.Tensor, items: tf.Tensor, labels: tf.Te
     usage_entropy = -tf.reduce_sum(usage * tf.math.log(tf.maximum(usage, 1e-12)))
     has_pos = tf.cast(tf.reduce_sum(is_pos) > 0, tf.float32)
     return has_pos * (tf.reduce_sum(per_example * is_pos) / count - usage_entropy)
+
+
+def head_capacity(num_positives: int, num_heads: int, slack: float) -> int:
+    """Most positives one head may take in a batch: ceil(P * (1 + slack) / m), at least 1."""
+    return max(1, int(math.ceil(num_positives * (1.0 + slack) / num_heads - 1e-9)))
+
+
+def balanced_assignment_np(dots: np.ndarray, positive: np.ndarray, slack: float) -> np.ndarray:
+    """Greedy capacity-constrained hard assignment of positives to heads (mixture-of-experts
+    routing with a capacity): the positives in order of confidence (best head score minus the
+    second best, ties by row), each to its best head that still has room, a head taking at
+    most `head_capacity(P, m, slack)` of the batch's P positives.
+
+    Args:
+      dots: [B, m] float e_i^h . g_i.
+      positive: [B] bool, the rows to assign (others get no head).
+
+    Returns:
+      [B, m] float32 one-hot rows (all zero for a non-positive row).
+    """
+    b, m = dots.shape
+    out = np.zeros((b, m), np.float32)
+    rows = np.flatnonzero(positive)
+    if not len(rows):
+        return out
+    cap = head_capacity(len(rows), m, slack)
+    ordered = -np.sort(-dots[rows], axis=1)
+    margin = ordered[:, 0] - (ordered[:, 1] if m > 1 else 0.0)
+    load = np.zeros(m, np.int64)
+    for i in rows[np.argsort(-margin, kind="stable")]:
+        for h in np.argsort(-dots[i], kind="stable"):
+            if load[h] < cap:
+                out[i, h] = 1.0
+                load[h] += 1
+                break
+    return out
+
+
+def balanced_positive_scores(query_heads: tf.Tensor, items: tf.Tensor, labels: tf.Tensor,
+                             slack: float) -> tf.Tensor:
+    """[B] float32: each positive's score on the head it is assigned to (hard EM with a
+    capacity, `balanced_assignment_np`), the other rows' max over heads.
+
+    The assignment is held constant, so a positive's gradient reaches only its own head: the
+    heads cannot all move toward every click (they would stay copies), and no head can take
+    the whole batch (it would leave the others dead), so each head follows the clicks it is
+    nearest to, as k-means does.
+    """
+    dots = tf.einsum("bmd,bd->bm", query_heads, items)                      # [B, m]
+    positive = labels > 0.5
+    assign = tf.numpy_function(
+        lambda d, p: balanced_assignment_np(d, p, float(slack)),
+        [tf.stop_gradient(dots), positive], tf.float32, stateful=False)
+    assign = tf.reshape(assign, tf.shape(dots))
+    assigned = tf.reduce_sum(assign * dots, axis=1)
+    return tf.where(positive, assigned, tf.reduce_max(dots, axis=1))
 
 
 def _cross_entropy_first(logits: tf.Tensor) -> tf.Tensor:

@@ -49,6 +49,10 @@ def _annealed(cfg: ModelConfig) -> bool:
     return cfg.num_heads > 1 and cfg.head_assignment == "annealed"
 
 
+def _balanced(cfg: ModelConfig) -> bool:
+    return cfg.num_heads > 1 and cfg.head_assignment == "balanced"
+
+
 def loss_beta(cfg: ModelConfig):
     """The attention temperature of the loss: cfg.beta, or with head_assignment "annealed" its
     schedule toward final_beta (a scalar tensor of the global step)."""
@@ -135,6 +139,10 @@ def dpsr_model_fn(features, labels, mode, params):
     batch_items, random_items = all_items[:b], all_items[b:]               # [B, d], [R, d]
     beta = loss_beta(cfg)
     batch_scores = scoring.soft_dot_product(query, batch_items, beta)      # [B, B]
+    if _balanced(cfg) and mode == tf.estimator.ModeKeys.TRAIN:
+        # Hard EM with a capacity: a positive is scored (and pulled) by its assigned head only.
+        batch_scores = tf.linalg.set_diag(batch_scores, losses.balanced_positive_scores(
+            query, batch_items, tf.cast(features["label"], tf.float32), cfg.head_capacity_slack))
     random_scores = scoring.soft_dot_product(query, random_items, beta)    # [B, R]
     human_scores = human_mask = hard_scores = hard_mask = None
     if "human_negative_rows" in features and cfg.model != "dssm":
@@ -228,7 +236,7 @@ def dpsr_model_fn(features, labels, mode, params):
             assignment = losses.head_assignment_loss(query, batch_items, label, beta)
             tf.compat.v1.summary.scalar("train/head_assignment", assignment)
             loss = loss + cfg.head_assignment_weight * assignment
-        elif cfg.head_balance_weight > 0:
+        elif cfg.head_balance_weight > 0 and not _balanced(cfg):
             balance = losses.head_balance_loss(query, batch_items, label, cfg.beta)
             tf.compat.v1.summary.scalar("train/balance_of_heads", balance)
             loss = loss + cfg.head_balance_weight * balance

@@ -255,9 +255,9 @@ def _shared_query_tower(features: Mapping, cfg: ModelConfig, layout_spec) -> tf.
                 with tf.compat.v1.variable_scope(f"head_{h}"):
                     # One head without user features is the shared encoder itself.
                     # Zero-initialized heads are copies that get the same gradient: with
-                    # head_assignment "annealed" they start apart.
+                    # head_assignment "annealed" or "balanced" they start apart.
                     heads.append(_residual(text, users, cfg, zero_last=not (
-                        cfg.num_heads > 1 and cfg.head_assignment == "annealed"))
+                        cfg.num_heads > 1 and cfg.head_assignment != "soft"))
                                  if users or cfg.num_heads > 1 else text)
         out = tf.stack(heads, axis=1)
         return tf.math.l2_normalize(out, axis=-1, name="query_embedding")

@@ -56,7 +56,8 @@ SMALL = dict(embedding_dim=8, token_embedding_dim=8, feature_embedding_dim=4,
              item_hidden_units=(16,), adapter_hidden_units=(8,), num_heads=2)
 
 
-@pytest.mark.parametrize("assignment,apart", [("soft", False), ("annealed", True)])
+@pytest.mark.parametrize("assignment,apart", [("soft", False), ("annealed", True),
+                                               ("balanced", True)])
 def test_shared_encoder_heads_start_apart_only_when_annealed(assignment, apart):
     layout = FakeLayoutSpec()
     cfg = ModelConfig(head_assignment=assignment, **SMALL)
