@@ -34,6 +34,8 @@ _HISTORY = flags.DEFINE_integer("history_length", -1, "Clicks in the history bag
 _USER_EMB = flags.DEFINE_integer("user_embedding_dim", 4, "Width of each user profile and item "
                                  "category table (user group).")
 _HIST_EMB = flags.DEFINE_integer("history_embedding_dim", 4, "Width of the history item table.")
+_CROSS = flags.DEFINE_bool("profile_cross", True, "User group: also the inner product of each "
+                           "profile embedding with each item category embedding (docs/ranking.md).")
 flags.mark_flags_as_required(["sessions_dir", "dpsr_model_dir", "dpsr_index_dir", "model_dir"])
 
 
@@ -69,7 +71,7 @@ def main(argv):
         config = dataclasses.replace(
             config, feature_groups=_groups(data.layout_spec, history),
             user_embedding_dim=_USER_EMB.value, history_embedding_dim=_HIST_EMB.value,
-            **train_lib.user_config(data.layout_spec, history))
+            profile_cross=_CROSS.value, **train_lib.user_config(data.layout_spec, history))
         logging.info("feature groups: %s", ",".join(config.feature_groups))
         train_lib.train_ranker(data, rf.MODEL_DIR.value, config, _STEPS.value)
     except (ValueError, FileNotFoundError) as e:
