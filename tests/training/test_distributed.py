@@ -1,9 +1,8 @@
 """Real multi-process parameter-server training on loopback (TF_CONFIG chief/worker/ps/...).
 
 1 chief + 1 worker + 1 ps + evaluator trains, its loss falls and the evaluator's early stopping
-ends it; killing a worker, and
-separately the chief, with SIGKILL mid-run and restarting it resumes from the last checkpoint:
-the global step continues and the job reaches its last step.
+ends it; killing the worker, and later the chief, with SIGKILL mid-run and restarting each
+resumes from the last checkpoint: the global step continues and the job reaches its last step.
 """
 import json
 import os
@@ -11,7 +10,6 @@ import re
 import signal
 import subprocess
 
-import pytest
 import tensorflow as tf
 
 from dpsr_tf.model.model_dir import CONFIG_FILE
@@ -155,9 +153,16 @@ def test_launch_local_trains_loss_falls_and_the_evaluator_stops_it(
     assert tf.train.latest_checkpoint(model_dir).endswith(f"model.ckpt-{evaluated[0]}")
 
 
-@pytest.mark.parametrize("victim", [("worker", 0), ("chief", 0)])
+def _steps_since_restart(cluster, task):
+    log = _read(cluster.log_path(task))
+    return [s for s, _ in _losses(log.split(f"=== start {task[0]}-{task[1]}")[-1])]
+
+
 def test_kill_and_restart_resumes_from_last_checkpoint(tiny_layout, tmp_path, task_env,
-                                                       tiny_model_flags, dpsr_command, victim):
+                                                       tiny_model_flags, dpsr_command):
+    """One job, two failures: the worker is SIGKILLed and restarted, then (once the restarted
+    worker trains) the chief; each restarted task continues from the shared global step, the
+    chief by restoring the last checkpoint, and the job reaches its last step."""
     model_dir = str(tmp_path / "model")
     os.makedirs(model_dir)
     flagfile = _flagfile(str(tmp_path / "train.flags"), tiny_model_flags,
@@ -166,22 +171,34 @@ def test_kill_and_restart_resumes_from_last_checkpoint(tiny_layout, tmp_path, ta
     cluster = LocalCluster(dpsr_command("train", f"--flagfile={flagfile}"), num_workers=1,
                            num_ps=1, evaluator=False, log_dir=str(tmp_path / "logs"),
                            env=task_env)
+    worker, chief = ("worker", 0), ("chief", 0)
+    logs = [cluster.log_path(t) for t in (worker, chief)]
+    killed_at = {}
     with cluster:
         cluster.start()
         _wait_for_checkpoint(model_dir, 400, cluster)
-        assert cluster.kill_task(victim, signal.SIGKILL) == -signal.SIGKILL
-        killed_at = _ckpt_step(model_dir)        # the last checkpoint before the kill
-        assert killed_at < 2400, "training finished before the kill; raise train_steps"
-        cluster.start_task(victim)
+        assert cluster.kill_task(worker, signal.SIGKILL) == -signal.SIGKILL
+        killed_at[worker] = _ckpt_step(model_dir)   # the last checkpoint before the kill
+        cluster.start_task(worker)
+        # The chief goes down only once the restarted worker trains and a later checkpoint
+        # exists, so each kill is checked on its own.
+        waiting.wait_until(lambda: _steps_since_restart(cluster, worker) or None,
+                           "a training step of the restarted worker",
+                           progress=lambda: _progress(model_dir, logs),
+                           check=_no_task_failed(cluster.procs), poll_s=0.2)
+        _wait_for_checkpoint(model_dir, killed_at[worker] + 200, cluster)
+        assert cluster.kill_task(chief, signal.SIGKILL) == -signal.SIGKILL
+        killed_at[chief] = _ckpt_step(model_dir)
+        assert killed_at[chief] < 2400, "training finished before the kill; raise train_steps"
+        cluster.start_task(chief)
         codes = _wait_for_exit(model_dir, cluster)
     assert codes["chief-0"] == 0 and codes["worker-0"] == 0, codes
     assert _ckpt_step(model_dir) >= 2400                    # the job reached its last step
-    log = _read(cluster.log_path(victim))
-    restarted = log.split(f"=== start {victim[0]}-0")[-1]
-    steps_after = [s for s, _ in _losses(restarted)]
-    assert steps_after, restarted[-3000:]
-    # The restarted task continued from the shared global step, not from 0.
-    assert min(steps_after) > killed_at
-    if victim[0] == "chief":
-        restored = re.findall(r"Restoring parameters from .*model\.ckpt-(\d+)", restarted)
-        assert restored and int(restored[0]) >= killed_at, restarted[-3000:]
+    for victim in (worker, chief):
+        steps_after = _steps_since_restart(cluster, victim)
+        assert steps_after, _read(cluster.log_path(victim))[-3000:]
+        # The restarted task continued from the shared global step, not from 0.
+        assert min(steps_after) > killed_at[victim], (victim, steps_after[:5], killed_at)
+    restarted = _read(cluster.log_path(chief)).split("=== start chief-0")[-1]
+    restored = re.findall(r"Restoring parameters from .*model\.ckpt-(\d+)", restarted)
+    assert restored and int(restored[0]) >= killed_at[chief], restarted[-3000:]
