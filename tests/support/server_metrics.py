@@ -3,6 +3,9 @@ per model, calls refused for unsent answers; and waits until they settle (on pro
 on a wall-clock window: tests/support/waiting.py)."""
 import time
 
+import grpc
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
 from dpsr_tf.demo import server_processes as process
 from tests.support import serving_testing as st
 from tests.support import waiting
@@ -76,13 +79,27 @@ def all_placed(srv, model: str, before: dict, refused_before: float, sent: int) 
 
 
 def warm_run_threads(srv, request, run_threads: int = RUN_THREADS) -> None:
-    """Sends `request` from 2 x `run_threads` concurrent calls (and reads the answers), so that
+    """Sends `request` as 2 x `run_threads` concurrent calls (and reads the answers), so that
     every run thread has computed such an answer once: its first-use memory (allocator arenas,
-    TensorFlow scratch) is then part of the baseline, not of a test's growth."""
-    stub = process.prediction_stub(srv.address)
-    futures = [stub.Predict.future(request, timeout=120) for _ in range(2 * run_threads)]
-    for f in futures:
-        f.result()
+    TensorFlow scratch) is then part of the baseline, not of a test's growth.
+
+    Two calls on each of `run_threads` connections: a connection's runs are bounded per
+    client, and the queue delay control refuses a connection's call only after an earlier
+    call of it found its queue standing above the target, which needs a third call. Sixteen
+    calls on one connection were refused RESOURCE_EXHAUSTED (overloaded) on a machine loaded
+    enough that their arrivals spread over more than the interval."""
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(srv.address, options=own_connection)
+                for _ in range(run_threads)]
+    try:
+        futures = [prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                   .Predict.future(request, timeout=120)
+                   for channel in channels for _ in range(2)]
+        for f in futures:
+            f.result()
+    finally:
+        for channel in channels:
+            channel.close()
 
 
 def delta(after: dict, before: dict) -> dict:
