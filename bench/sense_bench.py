@@ -11,7 +11,12 @@ quota merge), then the split's Recall@10/100 and nDCG@10 of every eval request r
 (max over heads), and the paired test (dpsr_tf/evaluation/paired.py) of each model against the
 first (covered@100 per query too). By default only the polysemous queries of the eval split,
 which no model trained on. Personalized models embed the polysemous queries without a user (an anonymous request)
-and, with --users=N, also once per user for the first N users.
+and, with --users=N, also once per user for the first N users. On a real catalog without a
+ground truth (Home Depot), --multi_type takes as "polysemous" the eval queries whose relevant
+items fall in two or more product types read off the titles (senses.title_type), one sense per
+type:
+
+  python bench/sense_bench.py --multi_type --layout_dir=HD --model=one_head:M1 --model=two:M2
 """
 import json
 import sys
@@ -41,7 +46,11 @@ _QUERIES = flags.DEFINE_enum("queries", "unseen", ["unseen", "seen", "all"],
                              "or all.")
 _USERS = flags.DEFINE_integer("users", 0, "Personalized models: also embed every polysemous "
                               "query for each of the first N users (a row over all pairs).")
-flags.mark_flags_as_required(["catalog_dir", "layout_dir"])
+_MULTI_TYPE = flags.DEFINE_bool(
+    "multi_type", False, "Real-data analogue without a ground truth (no --catalog_dir): the "
+    "eval queries whose relevant items fall in 2+ product types read off the titles "
+    "(senses.title_type), one sense per type.")
+flags.mark_flags_as_required(["layout_dir"])
 
 OVERALL = ("recall@10", "recall@100", "ndcg@10")
 
@@ -53,6 +62,13 @@ def _query_rows(spec, texts):
         raise ValueError(f"{spec.layout_dir}: polysemous queries {missing} are not in the "
                          "layout's query table")
     return np.array([index[t] for t in texts], np.int64)
+
+
+def _multi_type_queries(spec, eval_set):
+    titles = layout_lib.read_lines(spec.path(layout_lib.ITEM_TITLES))
+    return senses.multi_type_queries(eval_set.queries, eval_set.relevant_splits,
+                                     eval_set.relevant_rows,
+                                     [senses.title_type(t) for t in titles])
 
 
 def _quota_metrics(scorer, eval_set, share):
@@ -121,23 +137,30 @@ def _one_model(name, model_dir, spec, eval_set, queries, ks):
 def main(argv):
     del argv
     spec = layout_lib.load_layout_spec(_LAYOUT.value)
-    polysemy = synthetic_truth.load_ground_truth(_CATALOG.value)["polysemy"]
-    queries = senses.load_polysemous_queries(_CATALOG.value, layout_lib.load_item_ids(spec),
-                                             polysemy)
     ks = tuple(int(k) for k in _KS.value)
     eval_set, _ = evaluate_lib.load_split(spec, evaluate_lib.EvalConfig(
         recall_ks=(10, 100), num_random=0, per_request=True))
-    unseen, seen = senses.split_by_training(queries, eval_set.queries)
-    queries = {"unseen": unseen, "seen": seen, "all": queries}[_QUERIES.value]
+    if _MULTI_TYPE.value:
+        queries = _multi_type_queries(spec, eval_set)   # eval queries: all unseen
+        unseen, seen = queries, []
+    else:
+        if not _CATALOG.value:
+            raise app.UsageError("--catalog_dir is required (or --multi_type)")
+        polysemy = synthetic_truth.load_ground_truth(_CATALOG.value)["polysemy"]
+        queries = senses.load_polysemous_queries(_CATALOG.value, layout_lib.load_item_ids(spec),
+                                                 polysemy)
+        unseen, seen = senses.split_by_training(queries, eval_set.queries)
+    which = "all" if _MULTI_TYPE.value else _QUERIES.value
+    queries = {"unseen": unseen, "seen": seen, "all": queries}[which]
     if not queries:
-        raise app.UsageError(f"no {_QUERIES.value} polysemous query in {_LAYOUT.value} (unseen: "
+        raise app.UsageError(f"no {which} polysemous query in {_LAYOUT.value} (unseen: "
                              f"{len(unseen)}, seen: {len(seen)}); generate the catalog with "
                              "--polysemous_brands=N for held-out ones, or pass --queries=all")
-    print(f"{len(queries)} {_QUERIES.value} polysemous queries (of {len(unseen)} unseen, "
+    print(f"{len(queries)} {which} polysemous queries (of {len(unseen)} unseen, "
           f"{len(seen)} seen)")
     print("polysemous queries: " + "; ".join(
         f"{q.text}: " + ", ".join(f"{i} ({len(r)} items)" for i, r in zip(q.intents, q.items))
-        for q in queries))
+        for q in queries[:40]))
     rows = []
     for entry in _MODELS.value:
         name, _, model_dir = entry.partition(":")

@@ -87,6 +87,61 @@ def load_polysemous_queries(catalog_dir: str, item_ids: Sequence[str],
     return out
 
 
+# Words after which a Home Depot style title stops naming the product ("... Faucet in Chrome",
+# "... Microwave with Sensor Cooking", "... Bracket for Shelves").
+_TYPE_STOP = (" with ", " in ", " for ", " - ", ",", "(")
+
+
+def title_type(title: str) -> str:
+    """A product type read off a title without a category field: the last word (3+ letters,
+    lower case, a plural's "s" dropped) of the title's head, the part before the first " with ",
+    " in ", " for ", " - ", "," or "(" ("Toro 22 in. Gas Lawn Mower with Engine" -> "mower").
+    "" when the head has no such word. A heuristic for catalogs without product types."""
+    head = title
+    for stop in _TYPE_STOP:
+        cut = head.find(stop)
+        if cut > 0:
+            head = head[:cut]
+    words = [w.lower() for w in head.replace("/", " ").split()
+             if len(w) >= 3 and w.isalpha()]
+    if not words:
+        return ""
+    word = words[-1]
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+def multi_type_queries(texts: Sequence[str], relevant_splits: np.ndarray,
+                       relevant_rows: np.ndarray, item_types: Sequence[str],
+                       min_types: int = 2) -> List[PolysemousQuery]:
+    """Queries whose relevant items fall in at least min_types product types, as
+    PolysemousQuery (one "sense" per type, its relevant items of that type): the real-data
+    analogue of the polysemous queries. Items of an empty type are left out; a text asked by
+    several requests counts once (its first request).
+
+    Args:
+      texts: [Q] the requests' query texts.
+      relevant_splits, relevant_rows: request q's relevant item rows are
+        relevant_rows[relevant_splits[q]:relevant_splits[q + 1]].
+      item_types: [N] each item row's type.
+    """
+    types = np.asarray(item_types)
+    out, seen = [], set()
+    for q, text in enumerate(texts):
+        if text in seen:
+            continue
+        seen.add(text)
+        rows = np.asarray(relevant_rows[relevant_splits[q]:relevant_splits[q + 1]], np.int64)
+        groups = {}
+        for row in rows:
+            if types[row]:
+                groups.setdefault(str(types[row]), []).append(int(row))
+        if len(groups) >= min_types:
+            names = tuple(sorted(groups))
+            out.append(PolysemousQuery(text, names, tuple(
+                np.array(sorted(groups[n]), np.int64) for n in names)))
+    return out
+
+
 def split_by_training(queries: Sequence[PolysemousQuery], eval_queries: Sequence[str]
                       ) -> Tuple[List[PolysemousQuery], List[PolysemousQuery]]:
     """(unseen, seen): the queries of the eval split (never trained on: a query's interactions

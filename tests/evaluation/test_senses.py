@@ -81,3 +81,37 @@ def test_head_lists_match_a_full_sort_with_ties(q, m, n, k):
     scores, rows = senses.head_lists(heads, items, k)
     np.testing.assert_array_equal(rows, order)
     np.testing.assert_array_equal(scores, np.take_along_axis(dots, order, axis=2))
+
+
+@pytest.mark.parametrize("title,want", [
+    ("Simpson Strong-Tie 12-Gauge Angle", "angle"),
+    ("Toro Personal Pace Recycler 22 in. Variable Speed Self-Propelled Gas Lawn Mower with "
+     "Briggs &amp; Stratton Engine", "mower"),
+    ("Delta Vero 1-Handle Shower Faucet Trim Kit in Chrome (Valve Not Included)", "kit"),
+    ("Valley View Industries Metal Stakes (4-Pack)", "stake"),
+    ("Hampton Bay Caramel Simple Weave Bamboo Rollup Shade - 96 in. W x 72 in. L", "shade"),
+    ("Marshalltown Masonry Brush", "brush"),
+    ("Pro Glass", "glass"),
+    ("12 in. x 24 in.", ""),
+])
+def test_title_type(title, want):
+    assert senses.title_type(title) == want
+
+
+def test_multi_type_queries_by_hand():
+    types = ["mower", "mower", "blade", "", "saw", "blade"]
+    texts = ["mower", "saw blade", "mower", "saw", "blade"]
+    splits = np.array([0, 3, 6, 9, 9, 10])
+    rows = np.array([0, 1, 2,     # mower: types mower, mower, blade -> two types
+                     4, 5, 3,     # saw blade: saw, blade (row 3 has no type)
+                     0, 2, 3,     # "mower" again: a repeated text counts once
+                     # "saw": no relevant item
+                     2])          # blade: one type
+    got = senses.multi_type_queries(texts, splits, rows, types)
+    assert [q.text for q in got] == ["mower", "saw blade"]
+    assert got[0].intents == ("blade", "mower")
+    assert [r.tolist() for r in got[0].items] == [[2], [0, 1]]
+    assert got[1].intents == ("blade", "saw")
+    assert [r.tolist() for r in got[1].items] == [[5], [4]]
+    assert [q.text for q in senses.multi_type_queries(texts, splits, rows, types,
+                                                      min_types=3)] == []
