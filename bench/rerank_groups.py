@@ -8,6 +8,10 @@ eval sessions (dpsr_tf/evaluation/paired.py) and the training time of each.
         --work=/tmp/rerank_groups --seeds=0,1,2 --train_steps=1000 --token_embedding_dim=8 \
         --combiner=mean --user_embedding_dim=4 --history_embedding_dim=4
 
+--optimizer/--learning_rate/--profile_cross set the DPR training (--numeric_* give numeric-only
+DPR its own); --with_previous adds all groups with the previous setting (Adagrad 0.05, no
+cross). --validation scores on a query-hash seventh of the TRAIN sessions, trained on the rest
+(ranking/validation.py): where the settings are chosen, never on the eval sessions.
 --xgboost_rounds=auto picks each XGBoost's rounds (of 10, 20, 50, 100, 200, 300) by session AUC
 on a query-hash seventh of the TRAIN sessions, trained on the rest (never on the eval sessions);
 --reuse scores the DPR models already in --work instead of training them again.
@@ -44,14 +48,25 @@ def main():
     ap.add_argument("--combiner", default="mean")
     ap.add_argument("--user_embedding_dim", type=int, default=4)
     ap.add_argument("--history_embedding_dim", type=int, default=4)
+    ap.add_argument("--optimizer", default="adagrad")
+    ap.add_argument("--learning_rate", type=float, default=0.05)
+    ap.add_argument("--profile_cross", action="store_true")
+    ap.add_argument("--numeric_optimizer", default=None,
+                    help="optimizer of dpr_numeric (default: --optimizer), with "
+                         "--numeric_learning_rate: numeric-only DPR at its own best setting")
+    ap.add_argument("--numeric_learning_rate", type=float, default=None)
+    ap.add_argument("--with_previous", action="store_true",
+                    help="also train dpr_full_previous: all groups with Adagrad 0.05 and no "
+                         "profile cross (the training time and quality beside the new setting)")
     ap.add_argument("--xgboost_rounds", default="300", help="rounds, or auto")
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--validation", action="store_true")
     ap.add_argument("--sparse_buckets", type=int, default=4096)
     args = ap.parse_args()
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
     from dpsr_tf.evaluation import paired
-    from dpsr_tf.ranking import baselines, metrics, sparse_features
+    from dpsr_tf.ranking import baselines, metrics, sparse_features, validation
     from dpsr_tf.ranking import model as model_lib
     from dpsr_tf.ranking import train as train_lib
     tf.get_logger().setLevel("ERROR")
@@ -59,6 +74,8 @@ def main():
     data = train_lib.prepare_ranker_data(args.sessions_dir, args.dpsr_model_dir,
                                          args.dpsr_index_dir, os.path.join(args.work, "base"),
                                          log=quiet)
+    if args.validation:
+        data = validation.carve(data)
     spec, ev, tr = data.layout_spec, data.eval_sessions, data.train_sessions
     user_cfg = train_lib.user_config(spec)
     sparse = [sparse_features.sparse_features(f, t, data.titles, model_lib.default_tokenizer(),
@@ -71,8 +88,18 @@ def main():
         rounds = _choose_rounds(data, sparse)
     per = {}        # system -> seed -> {metric: [S'] values}
     seconds = {}    # system -> [seconds per seed]
+    systems = {name: (groups, {"optimizer": args.optimizer,
+                               "learning_rate": args.learning_rate,
+                               "profile_cross": args.profile_cross})
+               for name, groups in GROUPS.items()}
+    if args.numeric_optimizer:
+        systems["dpr_numeric"][1].update(optimizer=args.numeric_optimizer,
+                                         learning_rate=args.numeric_learning_rate)
+    if args.with_previous:
+        systems["dpr_full_previous"] = (GROUPS["dpr_full"], {
+            "optimizer": "adagrad", "learning_rate": 0.05, "profile_cross": False})
     for seed in (int(s) for s in args.seeds.split(",")):
-        for name, groups in GROUPS.items():
+        for name, (groups, training) in systems.items():
             model_dir = os.path.join(args.work, f"{name}_s{seed}")
             config = model_lib.RankerConfig(seed=seed, feature_groups=groups,
                                             token_embedding_dim=args.token_embedding_dim,
@@ -80,7 +107,8 @@ def main():
                                             user_embedding_dim=args.user_embedding_dim,
                                             history_embedding_dim=args.history_embedding_dim,
                                             dpsr_model_dir=args.dpsr_model_dir,
-                                            dpsr_index_dir=args.dpsr_index_dir, **user_cfg)
+                                            dpsr_index_dir=args.dpsr_index_dir, **training,
+                                            **user_cfg)
             start = time.monotonic()
             if not (args.reuse and os.path.isdir(model_dir)):
                 train_lib.train_ranker(data, model_dir, config, args.train_steps, log=quiet)
@@ -99,7 +127,8 @@ def main():
         print(f"seed {seed} done", file=sys.stderr, flush=True)
     out = {"eval_sessions": int(len(per["dpr_full"][next(iter(per["dpr_full"]))]
                                     ["session_auc"])),
-           "xgboost_rounds": rounds, "systems": {}, "paired": []}
+           "xgboost_rounds": rounds, "training": {n: t for n, (_, t) in systems.items()},
+           "systems": {}, "paired": []}
     for name, by_seed in per.items():
         means = {m: [float(v[m].mean()) for v in by_seed.values()] for m in METRICS}
         out["systems"][name] = {
