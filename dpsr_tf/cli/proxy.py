@@ -57,10 +57,11 @@ _MAX_CALLS_PER_PEER = flags.DEFINE_integer(
     "Calls one client connection may have in flight through the proxy; more are answered "
     "RESOURCE_EXHAUSTED at once, so that one client cannot crowd out the others (0: no limit).")
 _MAX_BACKEND_CALLS = flags.DEFINE_integer(
-    "max_backend_calls_in_flight", peer_limits.DEFAULT_MAX_BACKEND_CALLS,
+    "max_backend_calls_in_flight", stream_limits.DERIVED,
     "Client calls doing backend work at once; more wait in the proxy (until their deadline), and "
     "a freed slot goes to the client connection with the fewest calls doing backend work, so "
-    "one client's flood waits behind its own calls (0: no limit).")
+    "one client's flood waits behind its own calls (-1: 64 per usable core, 128 on 2 cores, as "
+    "many as a model server lets one connection open; 0: no limit).", lower_bound=-1)
 
 _MAX_BACKEND_CALLS_PER_PEER = flags.DEFINE_integer(
     "max_backend_calls_per_peer", 0, "Of the client calls doing backend work at once, the most "
@@ -68,10 +69,11 @@ _MAX_BACKEND_CALLS_PER_PEER = flags.DEFINE_integer(
     "instead of waiting for a flood's next answer (0: half of --max_backend_calls_in_flight).",
     lower_bound=0)
 _MAX_STREAMS = flags.DEFINE_integer(
-    "max_streams_per_connection", stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    "max_streams_per_connection", stream_limits.DERIVED,
     "Calls one client connection may have open at once (HTTP/2 "
     "SETTINGS_MAX_CONCURRENT_STREAMS); the client's gRPC library holds its further calls until "
-    "one ends, so a flood waits at its source (0: no limit).", lower_bound=0)
+    "one ends, so a flood waits at its source (-1: 64 per usable core, 128 on 2 cores; 0: no "
+    "limit).", lower_bound=-1)
 
 
 def _fail(message: str):
@@ -124,13 +126,12 @@ def main(argv):
     backend_tls = _backend_tls(routing)
     if _BACKEND_CONNECTIONS.value < 1:
         _fail(f"--backend_connections is {_BACKEND_CONNECTIONS.value}; it must be >= 1")
-    if _MAX_BACKEND_CALLS.value < 0:
-        _fail(f"--max_backend_calls_in_flight is {_MAX_BACKEND_CALLS.value}; it must be >= 0 "
-              "(0: no limit)")
-    if (_MAX_BACKEND_CALLS_PER_PEER.value and _MAX_BACKEND_CALLS.value
-            and _MAX_BACKEND_CALLS_PER_PEER.value > _MAX_BACKEND_CALLS.value):
+    backend_calls = stream_limits.resolve(_MAX_BACKEND_CALLS.value)
+    streams = stream_limits.resolve(_MAX_STREAMS.value)
+    if (_MAX_BACKEND_CALLS_PER_PEER.value and backend_calls
+            and _MAX_BACKEND_CALLS_PER_PEER.value > backend_calls):
         _fail(f"--max_backend_calls_per_peer is {_MAX_BACKEND_CALLS_PER_PEER.value}; it must be "
-              f"at most --max_backend_calls_in_flight ({_MAX_BACKEND_CALLS.value})")
+              f"at most --max_backend_calls_in_flight ({backend_calls})")
     if _MAX_CALLS_PER_PEER.value < 0:
         _fail(f"--max_concurrent_calls_per_peer is {_MAX_CALLS_PER_PEER.value}; it must be >= 0 "
               "(0: no limit)")
@@ -145,9 +146,9 @@ def main(argv):
                                  ssl=ssl, port_file=_PORT_FILE.value, backend_tls=backend_tls,
                                  backend_connections=_BACKEND_CONNECTIONS.value,
                                  max_concurrent_calls_per_peer=_MAX_CALLS_PER_PEER.value,
-                                 max_backend_calls_in_flight=_MAX_BACKEND_CALLS.value,
+                                 max_backend_calls_in_flight=backend_calls,
                                  max_backend_calls_per_peer=_MAX_BACKEND_CALLS_PER_PEER.value,
-                                 max_streams_per_connection=_MAX_STREAMS.value,
+                                 max_streams_per_connection=streams,
                                  native_front_end=native_front_end)
     try:
         proxy.run_proxy(options, settings)

@@ -20,7 +20,7 @@ from absl import flags
 
 from dpsr_tf.cli import front_end_flags
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import heap_trim, startup, stream_limits
+from dpsr_tf.serving import capacity, heap_trim, startup, stream_limits
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.runs import run_queue
 
@@ -242,8 +242,9 @@ _REST_CONN_TIMEOUT = flags.DEFINE_integer(
 _MAX_ELEMENTS = flags.DEFINE_integer(
     "max_input_elements", 1 << 20, "[dpsr] Most values one input tensor may declare (the "
     "product of its shape), checked before anything is converted.")
-_RUN_THREADS = flags.DEFINE_integer("num_run_threads", 8,
-                                    "[dpsr] Threads for requests that are not batched.")
+_RUN_THREADS = flags.DEFINE_integer(
+    "num_run_threads", 0, "[dpsr] Threads for requests that are not batched. 0: 4 per usable "
+    "core (8 on 2 cores; docs/serving.md, \"Admission limits\").", lower_bound=0)
 _MAX_QUEUED = flags.DEFINE_integer(
     "max_queued_requests", 1024, "[dpsr] Most unbatched requests waiting for a run thread, all "
     "clients together; beyond it requests get UNAVAILABLE. Clients (gRPC connections) are "
@@ -283,13 +284,14 @@ _HEAP_TRIM = flags.DEFINE_float(
     f"{heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB since the last trim, returns freed heap "
     "pages to the system (glibc malloc_trim). 0: never.", lower_bound=0.0)
 _MAX_STREAMS = flags.DEFINE_integer(
-    "max_streams_per_connection", stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    "max_streams_per_connection", stream_limits.DERIVED,
     "[dpsr] Calls one gRPC connection may have open at once (HTTP/2 "
     "SETTINGS_MAX_CONCURRENT_STREAMS); a client's gRPC library holds its further calls until "
     "one ends, so one client's flood waits at its source instead of in front of other "
-    "clients. 0: no limit. --grpc_channel_arguments=grpc.max_concurrent_streams=N overrides "
+    "clients. -1: 64 per usable core (128 on 2 cores); 0: no limit. "
+    "--grpc_channel_arguments=grpc.max_concurrent_streams=N overrides "
     "(gRPC's overload protection is turned off under either, unless named there too).",
-    lower_bound=0)
+    lower_bound=-1)
 
 
 def _fail(message: str):
@@ -377,7 +379,7 @@ def options_from_flags():
     intra, inter = _INTRA_OP.value, _INTER_OP.value
     if _SESSION_PARALLELISM.value > 0:  # TF Serving's deprecated flag sets both
         intra, inter = intra or _SESSION_PARALLELISM.value, inter or _SESSION_PARALLELISM.value
-    run_threads = _RUN_THREADS.value
+    run_threads = _RUN_THREADS.value or capacity.run_threads()
     if _GRPC_MAX_THREADS.value > 0:
         run_threads = min(run_threads, _GRPC_MAX_THREADS.value)
     channel_args = parse_channel_arguments(_GRPC_CHANNEL_ARGS.value)
@@ -432,7 +434,7 @@ def options_from_flags():
         grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args,
         enable_profiler=_ENABLE_PROFILER.value,
         heap_trim_interval_seconds=_HEAP_TRIM.value,
-        max_streams_per_connection=_MAX_STREAMS.value,
+        max_streams_per_connection=stream_limits.resolve(_MAX_STREAMS.value),
         native_front_end=native_front_end)
     return options, server_config
 

@@ -18,13 +18,23 @@ the client does, and every call is served (tests/serving/test_stream_limits.py).
 however the limit is given (`--grpc_channel_arguments=grpc.max_concurrent_streams=N` too),
 unless the operator names the protection argument themselves.
 """
+from dpsr_tf.serving import capacity
 
-# Nginx's HTTP/2 default; also the proxy's default --max_backend_calls_in_flight, so the
-# proxy's fair gate, not the transport's FIFO, decides which of its clients' calls go next.
-DEFAULT_MAX_STREAMS_PER_CONNECTION = 128
+# -1 for the limit: derived from the usable cores (capacity.streams_per_connection, 64 per
+# core: 128, nginx's HTTP/2 default, on 2). Also the proxy's default
+# --max_backend_calls_in_flight, so the proxy's fair gate, not the transport's FIFO, decides
+# which of its clients' calls go next.
+DERIVED = -1
+DEFAULT_MAX_STREAMS_PER_CONNECTION = capacity.streams_per_connection()
 
 MAX_STREAMS_ARGUMENT = "grpc.max_concurrent_streams"
 OVERLOAD_PROTECTION_ARGUMENT = "grpc.http.overload_protection"
+
+
+def resolve(limit: int) -> int:
+    """A --max_streams_per_connection (or the proxy's --max_backend_calls_in_flight) value:
+    DERIVED (-1) -> 64 per usable core; any other value as given (0: no limit)."""
+    return capacity.streams_per_connection() if limit == DERIVED else limit
 
 
 def server_arguments(max_streams_per_connection: int) -> list:

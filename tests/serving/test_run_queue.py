@@ -8,6 +8,7 @@ import time
 import grpc
 import pytest
 
+from dpsr_tf.serving import capacity
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.runs import run_queue
 from dpsr_tf.serving.model_server.runs.run_queue import (CANCELLED, EXPIRED, GATE_REFUSED, STARTED,
@@ -206,7 +207,7 @@ def test_default_run_threads_per_client_is_half_the_threads_at_most_the_cores(mo
     assert run_queue.default_running_per_client(8, cores=16) == 4
     assert run_queue.default_running_per_client(7, cores=64) == 4
     assert run_queue.default_running_per_client(1, cores=2) == 1
-    monkeypatch.setattr(run_queue.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    monkeypatch.setattr(capacity.os, "sched_getaffinity", lambda pid: {0, 3, 5})
     assert run_queue.usable_cores() == 3
     assert run_queue.default_running_per_client(8) == 3
     assert run_queue.default_running_per_client(4) == 2

@@ -34,7 +34,8 @@ from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY
 DEFAULT_MAX_CALLS_PER_PEER = 256
 # Below a model server's per-client queue bound (--max_queued_requests_per_client, 256), and
 # no more than the calls it lets one connection open, so that the proxy's fair gate, not one
-# backend connection's FIFO, picks which client's call goes next.
+# backend connection's FIFO, picks which client's call goes next: derived from the cores
+# (`dpsr proxy --max_backend_calls_in_flight=-1`, 64 per core).
 DEFAULT_MAX_BACKEND_CALLS = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
 # The peer whose call the current asyncio task serves (the proxy sets it per call; the
 # backend calls it starts copy it with their context).

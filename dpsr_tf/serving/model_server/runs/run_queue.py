@@ -19,7 +19,7 @@ it takes them; while all clients together are over budget, tasks are refused uns
 A client holds at most `max_running_per_client` threads at once: a burst that finds every
 thread idle would otherwise start on all of them before its client cancels it (a started run
 cannot be stopped), and the next client's request would wait for one of those runs. By default
-(default_running_per_client) that is half the threads but no more than the machine's cores:
+(capacity.running_per_client) that is half the threads but no more than the machine's cores:
 one client's runs beyond the cores add nothing to its own rate (its queued runs start as soon
 as one ends) and only take CPU from the other clients' runs.
 
@@ -34,13 +34,13 @@ instead of both waiting in the queue until their deadline.
 import collections
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 from typing import Callable, Hashable, Optional
 
 import grpc
 
+from dpsr_tf.serving import capacity
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.queue_delay import QueueDelay
 
@@ -64,19 +64,9 @@ QUEUE_INTERVAL_SECONDS = 0.1
 COST_QUANTUM_SECONDS = 0.005
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no affinity on this platform
-        return os.cpu_count() or 1
-
-
-def default_running_per_client(num_threads: int, cores: Optional[int] = None) -> int:
-    """`dpsr serve --max_run_threads_per_client=0`: half the run threads (rounded up), at most
-    `cores` (default: usable_cores()): more runs of one flood at once delay the other clients'
-    runs (docs/benchmarks.md, "A bound on one client's run threads")."""
-    return max(1, min((num_threads + 1) // 2, cores or usable_cores()))
+# The cores and the default share (capacity.py, where every derived default lives).
+usable_cores = capacity.usable_cores
+default_running_per_client = capacity.running_per_client
 
 
 def run_cost(seconds: float) -> int:

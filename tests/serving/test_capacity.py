@@ -1,0 +1,67 @@
+"""The limits `dpsr serve` and `dpsr proxy` derive from the machine's cores (capacity.py):
+hand-worked values for 1, 2, 3 and 32 cores, and the flags' defaults resolved on a machine
+whose affinity mask is faked."""
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from dpsr_tf.cli.serve import options_from_flags  # defines `dpsr serve`'s flags
+from dpsr_tf.serving import capacity, stream_limits
+
+
+@pytest.mark.parametrize("cores, threads, per_client, running, running_per_client, streams", [
+    # threads 4/core; per client half of them, at most the cores; front end 16/core and
+    # 2/core; streams 4 per front-end call = 64/core.
+    (1, 4, 1, 16, 2, 64),
+    (2, 8, 2, 32, 4, 128),  # the values tuned on the 2-core host
+    (3, 12, 3, 48, 6, 192),
+    (32, 128, 32, 512, 64, 2048),
+])
+def test_limits_scale_with_the_cores(cores, threads, per_client, running, running_per_client,
+                                     streams):
+    assert capacity.run_threads(cores) == threads
+    assert capacity.running_per_client(threads, cores) == per_client
+    assert capacity.front_end_running(cores) == running
+    assert capacity.front_end_running_per_client(running, cores) == running_per_client
+    assert capacity.streams_per_connection(cores) == streams
+
+
+def test_shares_never_exceed_their_total_nor_fall_below_one():
+    assert capacity.front_end_running_per_client(3, cores=4) == 3  # 8 capped by 3 in all
+    assert capacity.running_per_client(1, cores=8) == 1
+    assert capacity.running_per_client(7, cores=64) == 4  # (7 + 1) // 2
+
+
+def test_a_core_count_below_one_is_refused():
+    with pytest.raises(ValueError, match="cores is 0"):
+        capacity.run_threads(0)
+
+
+def test_stream_limit_minus_one_is_derived_others_are_kept(monkeypatch):
+    monkeypatch.setattr(capacity.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert capacity.usable_cores() == 3
+    assert stream_limits.resolve(stream_limits.DERIVED) == 192
+    assert stream_limits.resolve(0) == 0  # no limit
+    assert stream_limits.resolve(50) == 50
+
+
+def _serve_options(tmp_path, *args):
+    flags.FLAGS(["dpsr", f"--model_base_path={tmp_path}", "--model_name=m", *args])
+    options, _ = options_from_flags()
+    return options
+
+
+def test_serve_defaults_follow_the_cores_and_flags_override(monkeypatch, tmp_path):
+    monkeypatch.setattr(capacity.os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    with flagsaver.flagsaver():
+        options = _serve_options(tmp_path, "--front_end=python")
+        assert options.core.num_run_threads == 12
+        assert options.core.max_run_threads_per_client == 3
+        assert options.max_streams_per_connection == 192
+    with flagsaver.flagsaver():
+        options = _serve_options(tmp_path, "--front_end=python", "--num_run_threads=5",
+                                 "--max_streams_per_connection=0",
+                                 "--max_run_threads_per_client=4")
+        assert options.core.num_run_threads == 5
+        assert options.core.max_run_threads_per_client == 4
+        assert options.max_streams_per_connection == 0
