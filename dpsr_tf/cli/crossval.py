@@ -8,8 +8,9 @@ Fold F holds out the queries whose md5 % N == F (`dpsr prepare --split_fold=F
 --split_modulus=N`); every fold trains the same model from the same flags. Writes
 DIR/fold_F/{layout,model,metrics.json}, DIR/summary.json (mean and std per metric per system)
 and prints a table. Rerunning the same command resumes: finished folds are reused. --hybrid adds
-DIR/fold_F/{index,hybrid_lists.npz,fusion_candidates.npz,hybrid.json} and the systems
-dpsr_served, lexical and hybrid (evaluation/crossval_hybrid.py).
+DIR/fold_F/{index,hybrid_lists*.npz,fusion_candidates*.npz,hybrid.json} and the systems
+dpsr_served, lexical and hybrid, its fusion chosen on the fold's validation split
+(evaluation/crossval_hybrid.py).
 """
 import os
 import sys
@@ -39,7 +40,8 @@ _BM25 = flags.DEFINE_bool("bm25", False, "Also evaluate BM25 (bm25s) on every fo
 _HYBRID = flags.DEFINE_bool(
     "hybrid", False, "Also build every fold's index as `dpsr index` does (FAISS + lexical) and "
     "evaluate the served dense ranking (dpsr_served), the lexical index (lexical) and the "
-    "served hybrid, whose fusion for fold F is chosen on the other folds' held-out requests. "
+    "served hybrid, whose fusion and dense feedback for fold F are chosen on its validation "
+    "split (carved from its training queries), as `dpsr export` chooses them. "
     "May be added to a finished run: its models are reused.")
 _SPELLING = flags.DEFINE_bool(
     "spelling", True, "--hybrid: correct the held-out queries with each fold's catalog speller "

@@ -64,8 +64,9 @@ class CrossvalConfig:
       evaluation: how each fold is evaluated (split "eval": the fold's held-out queries).
       bm25: also evaluate BM25 on each fold.
       hybrid: also build each fold's index as `dpsr index` does and evaluate the served dense
-        ranking, the build's lexical (BM25) index and their fusion, with the fusion of fold F
-        chosen on the other folds' held-out requests (evaluation/crossval_hybrid.py). Not part
+        ranking, the build's lexical (BM25) index and their fusion, with the fusion (and dense
+        feedback) of fold F chosen on its validation split, carved from its training queries,
+        as `dpsr export` chooses them (evaluation/crossval_hybrid.py). Not part
         of the recorded settings (to_dict): adding it to a finished run adds the hybrid stage to
         its folds and reuses their models.
       spelling: the hybrid stage corrects the held-out queries with each fold's catalog
@@ -215,10 +216,11 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
     _write_json(os.path.join(output, SUMMARY_JSON), summary)
     extra = ""
     if hybrid is not None:
-        extra = "".join(f"\n  fold {f}: fusion {c} (chosen on the other folds); on its own "
+        extra = "".join(f"\n  fold {f}: fusion {c} (chosen on {on}); on its own held-out "
                         f"requests it would choose {s}"
-                        for f, (c, s) in enumerate(zip(hybrid["fusion_names"],
-                                                       hybrid["self_chosen_names"])))
+                        for f, (c, on, s) in enumerate(zip(hybrid["fusion_names"],
+                                                           hybrid["chosen_on"],
+                                                           hybrid["self_chosen_names"])))
         extra += (f"\n{hybrid_lib.SELF_CHOSEN} (optimistic: each fold's fusion chosen on its own "
                   f"held-out requests):\n" + format_table(hybrid["self_chosen_systems"]))
         extra += ("\ntie-aware (expected over the orders of tied scores, "
@@ -233,7 +235,8 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
 
 def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
                     log: Callable[[str], None]) -> Tuple[dict, List[dict]]:
-    """Cross-fits the fusion (crossval_hybrid.summarize), writes fold_F/HYBRID_JSON, and adds
+    """Chooses each fold's fusion on its validation split (crossval_hybrid.summarize), writes
+    fold_F/HYBRID_JSON, and adds
     each fold's "hybrid" metrics and per-request values to its in-memory metrics.
 
     Returns:
@@ -264,12 +267,14 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
     return {
         "fusion_rule": "fold F's fusion is the best of fusion_choice.CANDIDATES"
                        + (" without and with dense feedback" if config.dense_feedback else "")
-                       + f" by the mean of {list(per_fold[0]['objective'])} over the pooled "
-                       "held-out requests of the other folds",
+                       + f" by the mean of {list(per_fold[0]['objective'])} over the "
+                       "requests of fold F's validation split (carved from its training "
+                       "queries), as dpsr export chooses",
         "fold_files": [os.path.join(f"fold_{f}", HYBRID_JSON) for f in range(config.folds)],
         "fusions": [r["fusion"] for r in per_fold],
         "dense_feedback": [r["dense_feedback"] for r in per_fold],
         "fusion_names": [r["fusion_name"] for r in per_fold],
+        "chosen_on": [r["chosen_on"] for r in per_fold],
         "self_chosen_note": "optimistic: each fold's fusion chosen on its own held-out requests",
         "self_chosen_names": [r["self_chosen"]["fusion_name"] for r in per_fold],
         "self_chosen_systems": summarize_folds(
@@ -297,7 +302,8 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
                     f"{'spelled' if metrics[HYBRID_SPELLING] else 'as typed'}; redoing it "
                     f"{'spelled' if config.spelling else 'as typed'}")
             elif HYBRID_SPELLING in metrics:
-                log(f"{tag}: its hybrid stage predates the dense feedback lists; redoing it")
+                log(f"{tag}: its hybrid stage predates the dense feedback or validation lists; "
+                    f"redoing it")
             _hybrid_stage(config, fold, metrics, tag, log)
             _write_json(metrics_path, metrics)
         _prune_checkpoints(config, metrics, tag, log)
@@ -384,6 +390,10 @@ def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool, feedback: bo
     """Whether the fold's hybrid stage is done with this spelling setting (a stage from before
     the setting was recorded is redone), with the dense feedback lists when they are wanted."""
     lists = (hybrid_lib.LISTS_FILE,) + ((hybrid_lib.FEEDBACK_LISTS_FILE,) if feedback else ())
+    spec = layout_lib.load_layout_spec(metrics["layout_dir"])
+    if layout_lib.VALIDATION_SPLIT in spec.record_files:    # what the fusion is chosen on
+        lists += (hybrid_lib.VALIDATION_LISTS_FILE,) + (
+            (hybrid_lib.VALIDATION_FEEDBACK_LISTS_FILE,) if feedback else ())
     return (hybrid_lib.SERVED in metrics and hybrid_lib.LEXICAL in metrics
             and metrics.get(HYBRID_SPELLING) == spelling
             and all(os.path.isfile(os.path.join(fold_dir, name)) for name in lists))
@@ -398,7 +408,9 @@ def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
         f"and evaluating the served dense and lexical lists")
     # Made from the lists this stage replaces (the feedback lists are rewritten only when wanted).
     for name in (hybrid_lib.CANDIDATES_FILE, hybrid_lib.FEEDBACK_CANDIDATES_FILE,
-                 hybrid_lib.FEEDBACK_LISTS_FILE):
+                 hybrid_lib.FEEDBACK_LISTS_FILE, hybrid_lib.VALIDATION_LISTS_FILE,
+                 hybrid_lib.VALIDATION_CANDIDATES_FILE, hybrid_lib.VALIDATION_FEEDBACK_LISTS_FILE,
+                 hybrid_lib.VALIDATION_FEEDBACK_CANDIDATES_FILE):
         stale = os.path.join(fold_dir, name)
         if os.path.exists(stale):
             os.remove(stale)

@@ -1,4 +1,5 @@
-"""The served hybrid in cross-validation (`dpsr crossval --hybrid`), with a cross-fitted fusion.
+"""The served hybrid in cross-validation (`dpsr crossval --hybrid`), its fusion chosen on each
+fold's validation split.
 
 Per fold, after its model is trained (evaluation/crossval.py), `evaluate_fold`:
 
@@ -10,20 +11,26 @@ Per fold, after its model is trained (evaluation/crossval.py), `evaluate_fold`:
             ("lexical", hybrid.LexicalScorer) per request;
   lists     keeps each request's served dense and lexical top K (K = the largest recall cut-off,
             capped at the catalog: 1,000) with their scores and the split's relevance in
-            <fold>/LISTS_FILE, enough to fuse them again with any candidate.
+            <fold>/LISTS_FILE, enough to fuse them again with any candidate; and the same lists
+            of the fold's validation split (carved from its training queries) in
+            <fold>/VALIDATION_LISTS_FILE.
 
-The fusion is not chosen on the fold it is scored on (what `dpsr export` does on one layout,
-and optimistic). After every fold has its lists, `candidate_metrics` fuses each fold's lists with
-every fusion_choice.CANDIDATES (fuse_np, the servable's rule) and keeps the per-request metrics
-(cached in <fold>/CANDIDATES_FILE); `cross_fit` then chooses fold F's fusion on the pooled
-held-out requests of the *other* folds by fusion_choice.OBJECTIVE (the mean over requests of
-each objective metric, averaged; the earlier candidate on a tie: fusion_choice.choose_fusion's
-rule on those requests' lists) and scores fold F with it ("hybrid"). The fusion each fold would
-choose on its own requests is reported beside it as "hybrid_self_chosen", labelled optimistic.
+The fusion is chosen as `dpsr export` chooses it on one layout: on the validation split, never
+on the queries the fold reports. `summarize` fuses each fold's lists with every
+fusion_choice.CANDIDATES (fuse_np, the servable's rule) and keeps the per-request metrics
+(cached in <fold>/CANDIDATES_FILE and VALIDATION_CANDIDATES_FILE), chooses fold F's fusion on
+its validation requests by fusion_choice.OBJECTIVE (the mean over requests of each objective
+metric, averaged; the earlier candidate on a tie: fusion_choice.choose_fusion's rule on those
+lists) and scores fold F's held-out requests with it ("hybrid"). A fold without a validation
+split (--validation_fraction=0, or too few training queries) chooses on its held-out requests,
+with a warning: its hybrid row is then optimistic. The fusion each fold would choose on its own
+held-out requests is reported beside it as "hybrid_self_chosen", labelled optimistic.
 
 With dense feedback (`dpsr export --dense_feedback=auto`'s rule, search/dense_feedback.py) each
-fold also keeps its dense list searched with dense_feedback.DEFAULT in FEEDBACK_LISTS_FILE, and
-the choice is among every (feedback off or on, fusion) pair, off first (a tie keeps it).
+fold also keeps its dense lists searched with dense_feedback.DEFAULT (FEEDBACK_LISTS_FILE,
+VALIDATION_FEEDBACK_LISTS_FILE), and the choice is among every (feedback off or on, fusion)
+pair, off first (a tie keeps it). `cross_fit` (a fold's choice made on the other folds'
+held-out requests) is kept for bench/dense_feedback_quality.py.
 
 `tie_aware_fold` scores the same three rankings again in expectation over the orders of their
 tied scores (evaluation/tie_metrics.py): the as-served metrics credit a list whose ties the
@@ -35,10 +42,11 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
@@ -60,6 +68,11 @@ CANDIDATES_FILE = "fusion_candidates.npz"
 # The same with the dense list searched with dense feedback (DEFAULT_FEEDBACK).
 FEEDBACK_LISTS_FILE = "hybrid_lists_feedback.npz"
 FEEDBACK_CANDIDATES_FILE = "fusion_candidates_feedback.npz"
+# The same four of the fold's validation split: what its fusion and feedback are chosen on.
+VALIDATION_LISTS_FILE = "hybrid_lists_validation.npz"
+VALIDATION_CANDIDATES_FILE = "fusion_candidates_validation.npz"
+VALIDATION_FEEDBACK_LISTS_FILE = "hybrid_lists_validation_feedback.npz"
+VALIDATION_FEEDBACK_CANDIDATES_FILE = "fusion_candidates_validation_feedback.npz"
 # bm25s's per-request tie-aware metrics, kept: they are slow to recompute.
 TIE_AWARE_BM25_FILE = "bm25_tie_aware.npz"
 INDEX_DIR = "index"
@@ -119,13 +132,15 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
                   cfg: evaluate_lib.EvalConfig, soft_metrics: dict,
                   log: Callable[[str], None] = print,
                   spelling: bool = True, feedback: bool = True) -> Tuple[dict, dict]:
-    """Builds <fold_dir>/index, evaluates the served dense and lexical rankings, keeps the lists.
-    With `spelling` (and the build's speller) both see the queries as the servable corrects
-    them (spelled_layout.py); the exact `dpsr` row of the fold stays on the typed queries.
+    """Builds <fold_dir>/index, evaluates the served dense and lexical rankings, keeps the lists
+    of the evaluated split and of the validation split the fusion is chosen on. With `spelling`
+    (and the build's speller) both see the queries as the servable corrects them
+    (spelled_layout.py); the exact `dpsr` row of the fold stays on the typed queries.
 
     Args:
       model_dir, layout_dir: the fold's trained model and layout.
-      fold_dir: where index/, LISTS_FILE and (with `feedback`) FEEDBACK_LISTS_FILE go.
+      fold_dir: where index/, LISTS_FILE, VALIDATION_LISTS_FILE (a layout without a validation
+        split has none) and, with `feedback`, their FEEDBACK variants go.
       cfg: the fold's EvalConfig (per_request is forced on).
       soft_metrics: the fold's "dpsr" (exact soft dot) results, for served_metrics' losses.
 
@@ -158,13 +173,27 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
                                                run.pairs, cfg, log)
         per_request[LEXICAL] = lexical.pop(metrics_lib.PER_REQUEST)
 
-        lex_scores, lex_rows = run.lexical_lists(FusionConfig())
-        FoldLists(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
-                  *run.relevant, k=run.k).save(os.path.join(fold_dir, LISTS_FILE))
-        if feedback:   # a second dense search, only when the choice may take it
-            FoldLists(*run.dense_lists(DEFAULT_FEEDBACK), lex_scores, lex_rows,
-                      *run.relevant, k=run.k).save(os.path.join(fold_dir, FEEDBACK_LISTS_FILE))
+        _save_lists(run, fold_dir, LISTS_FILE, FEEDBACK_LISTS_FILE if feedback else None)
+        choice_split = eval_set_lib.choice_split(layout_dir, log)
+        if choice_split != cfg.split:
+            choice_cfg = dataclasses.replace(cfg, split=choice_split, num_random=0)
+            _save_lists(hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir,
+                                               choice_cfg, log=log),
+                        fold_dir, VALIDATION_LISTS_FILE,
+                        VALIDATION_FEEDBACK_LISTS_FILE if feedback else None)
     return {SERVED: dense, "served": served, LEXICAL: lexical}, per_request
+
+
+def _save_lists(run: hybrid_lib.HybridRun, fold_dir: str, lists_file: str,
+                feedback_file: Optional[str]) -> None:
+    """The run's served dense and lexical lists (and, given feedback_file, the dense lists
+    searched with DEFAULT_FEEDBACK: a second search, only when the choice may take it)."""
+    lex_scores, lex_rows = run.lexical_lists(FusionConfig())
+    FoldLists(run.dense_scores, run.dense_rows, lex_scores, lex_rows,
+              *run.relevant, k=run.k).save(os.path.join(fold_dir, lists_file))
+    if feedback_file:
+        FoldLists(*run.dense_lists(DEFAULT_FEEDBACK), lex_scores, lex_rows,
+                  *run.relevant, k=run.k).save(os.path.join(fold_dir, feedback_file))
 
 
 def candidate_metrics(lists: FoldLists, candidates: Sequence[FusionConfig],
@@ -254,46 +283,61 @@ def summarize(fold_dirs: Sequence[str], recall_ks: Sequence[int],
               candidates: Sequence[FusionConfig] = fusion_choice.CANDIDATES,
               objective: Sequence[str] = fusion_choice.OBJECTIVE,
               log: Callable[[str], None] = print, feedback: bool = False) -> List[dict]:
-    """Cross-fits the fusion over the folds' lists and scores each fold with its choice.
+    """Chooses each fold's fusion on its validation lists and scores its held-out requests with
+    it. A fold with no VALIDATION_LISTS_FILE (no validation split) chooses on its held-out
+    requests, with a warning through `log`.
 
     feedback: also try every candidate on the folds' dense lists searched with dense feedback
-      (FEEDBACK_LISTS_FILE), after the candidates without it.
+      (the FEEDBACK lists), after the candidates without it.
 
     Returns:
-      per fold {"fusion", "dense_feedback" (JSON), "fusion_name", "chosen_on": "other folds",
-      "candidate_scores" (objective on the other folds' requests), "hybrid": {metric: mean},
-      "per_query": {"hybrid": {metric: [Q]}, "hybrid_self_chosen": {...}}, "self_chosen":
-      {"fusion", "dense_feedback", "fusion_name", "hybrid_self_chosen": {metric: mean}}}.
+      per fold {"fusion", "dense_feedback" (JSON), "fusion_name", "chosen_on" (the split),
+      "choice_requests", "candidate_scores" (objective on those requests), "hybrid": {metric:
+      mean}, "per_query": {"hybrid": {metric: [Q]}, "hybrid_self_chosen": {...}},
+      "self_chosen": {"fusion", "dense_feedback", "fusion_name", "hybrid_self_chosen":
+      {metric: mean}}}.
     """
-    variants = [(FeedbackConfig(), LISTS_FILE, CANDIDATES_FILE)]
+    variants = [(FeedbackConfig(), (LISTS_FILE, CANDIDATES_FILE),
+                 (VALIDATION_LISTS_FILE, VALIDATION_CANDIDATES_FILE))]
     if feedback:
-        variants.append((DEFAULT_FEEDBACK, FEEDBACK_LISTS_FILE, FEEDBACK_CANDIDATES_FILE))
+        variants.append((DEFAULT_FEEDBACK, (FEEDBACK_LISTS_FILE, FEEDBACK_CANDIDATES_FILE),
+                         (VALIDATION_FEEDBACK_LISTS_FILE, VALIDATION_FEEDBACK_CANDIDATES_FILE)))
     pairs_tried = [(v, c) for v, _, _ in variants for c in candidates]
-    per_fold = []
-    for fold, fold_dir in enumerate(fold_dirs):
-        log(f"crossval --hybrid: fusing fold {fold}'s lists with {len(pairs_tried)} candidate "
-            f"fusions")
-        per_fold.append([values for _, lists, cache in variants
-                         for values in cached_candidate_metrics(fold_dir, candidates, recall_ks,
-                                                                lists, cache)])
 
     def described(i: int) -> dict:
         v, c = pairs_tried[i]
         name = fusion_choice.describe(c) + (f", {v.describe()}" if v.enabled else "")
         return {"fusion": c.to_json(), "dense_feedback": v.to_json(), "fusion_name": name}
 
-    crossed = cross_fit(per_fold, objective)
+    def fused(fold_dir: str, which: int) -> List[Dict[str, np.ndarray]]:
+        return [values for variant in variants
+                for values in cached_candidate_metrics(fold_dir, candidates, recall_ks,
+                                                       *variant[which])]
+
     out = []
-    for fold, (chosen, scores) in enumerate(crossed):
-        self_chosen, self_scores = choose(per_fold[fold], objective)
-        hybrid = per_fold[fold][chosen]
-        self_hybrid = per_fold[fold][self_chosen]
+    for fold, fold_dir in enumerate(fold_dirs):
+        log(f"crossval --hybrid: fusing fold {fold}'s lists with {len(pairs_tried)} candidate "
+            f"fusions")
+        held_out = fused(fold_dir, 1)
+        on_validation = os.path.isfile(os.path.join(fold_dir, VALIDATION_LISTS_FILE))
+        if on_validation:
+            validation = fused(fold_dir, 2)
+        else:
+            log(f"warning: fold {fold} has no {layout_lib.VALIDATION_SPLIT!r} split: its fusion "
+                f"is chosen on its held-out requests, so its hybrid row is optimistic (prepare "
+                f"with --validation_fraction > 0 and enough training queries)")
+            validation = held_out
+        chosen, scores = choose(validation, objective)
+        self_chosen, self_scores = choose(held_out, objective)
+        hybrid = held_out[chosen]
+        self_hybrid = held_out[self_chosen]
         means = {m: float(v.mean()) for m, v in hybrid.items()}
         means["requests"] = int(len(next(iter(hybrid.values()))))
         out.append({
             **described(chosen),
-            "chosen_on": f"the held-out requests of folds "
-                         f"{[f for f in range(len(fold_dirs)) if f != fold]}",
+            "chosen_on": (layout_lib.VALIDATION_SPLIT if on_validation
+                          else f"{layout_lib.EVAL_SPLIT} (no validation split: optimistic)"),
+            "choice_requests": int(len(next(iter(validation[0].values())))),
             "objective": list(objective),
             "candidate_scores": [{"fusion": c.to_json(), "dense_feedback": v.to_json(),
                                   "score": s} for (v, c), s in zip(pairs_tried, scores)],

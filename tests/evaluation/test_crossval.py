@@ -1,8 +1,8 @@
 """`dpsr crossval` on a tiny seeded catalog: 2 query-hash folds prepared, trained (20 steps) and
 evaluated (DPSR and BM25); the summary's mean/std equal numpy over the per-fold metrics; a rerun
 resumes; other settings into the same directory are refused. With --hybrid added to the same
-folds: each fold's index, served dense / lexical lists and the hybrid fused with the fusion the
-other fold chooses, checked against fusion_choice.choose_fusion and a NumPy RRF."""
+folds: each fold's index, served dense / lexical lists and the hybrid fused with the fusion chosen
+on the fold's validation split, checked against fusion_choice.choose_fusion and a NumPy RRF."""
 import collections
 import dataclasses
 import json
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dpsr_tf.data import eval_set as eval_set_lib
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import split as split_lib
@@ -250,7 +251,8 @@ def test_cli_rejects_one_fold(tiny_paths, tmp_path):
 @pytest.fixture(scope="module")
 def hybrid_folds(two_folds):
     """The same 2 trained folds with --hybrid added: the models are reused, each fold gets its
-    index, served dense / lexical evaluation and lists, and the fusion is cross-fitted."""
+    index, served dense / lexical evaluation and lists, and the fusion is chosen on each fold's
+    validation split."""
     config, _, _ = two_folds
     config = dataclasses.replace(config, hybrid=True)
     lines = []
@@ -265,7 +267,9 @@ def test_hybrid_writes_the_fold_files_and_the_systems(hybrid_folds):
         fold_dir = os.path.join(config.output, f"fold_{fold}")
         for name in ("index/manifest.json", hybrid_lib.LISTS_FILE, hybrid_lib.CANDIDATES_FILE,
                      hybrid_lib.FEEDBACK_LISTS_FILE, hybrid_lib.FEEDBACK_CANDIDATES_FILE,
-                     crossval_lib.HYBRID_JSON):
+                     hybrid_lib.VALIDATION_LISTS_FILE, hybrid_lib.VALIDATION_CANDIDATES_FILE,
+                     hybrid_lib.VALIDATION_FEEDBACK_LISTS_FILE,
+                     hybrid_lib.VALIDATION_FEEDBACK_CANDIDATES_FILE, crossval_lib.HYBRID_JSON):
             assert os.path.isfile(os.path.join(fold_dir, name)), name
         with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
             metrics = json.load(f)
@@ -279,10 +283,11 @@ def test_hybrid_writes_the_fold_files_and_the_systems(hybrid_folds):
     assert len(summary["hybrid"]["fusions"]) == 2
     assert "hybrid_self_chosen" in summary["hybrid"]["self_chosen_systems"]
     text = "\n".join(lines)
-    assert "(chosen on the other folds)" in text and "optimistic" in text
+    assert summary["hybrid"]["chosen_on"] == ["validation", "validation"]
+    assert "(chosen on validation)" in text and "optimistic" in text
 
 
-def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid_folds):
+def test_hybrid_fold_uses_the_fusion_its_validation_split_chooses_and_numpy_rrf(hybrid_folds):
     config, summary, _ = hybrid_folds
     recall_ks = config.evaluation.recall_ks
 
@@ -290,13 +295,25 @@ def test_hybrid_fold_uses_the_fusion_the_other_fold_chooses_and_numpy_rrf(hybrid
         return [hybrid_lib.FoldLists.load(os.path.join(config.output, f"fold_{f}", name))
                 for f in range(2)]
     lists, fed = load(hybrid_lib.LISTS_FILE), load(hybrid_lib.FEEDBACK_LISTS_FILE)
+    val, val_fed = (load(hybrid_lib.VALIDATION_LISTS_FILE),
+                    load(hybrid_lib.VALIDATION_FEEDBACK_LISTS_FILE))
     pooled = {"hybrid": [], "dpsr_served": []}
     for fold in range(2):
-        # Reference choice: the export-time chooser on the other fold's lists alone, without
-        # and with dense feedback (a tie keeps none), as `dpsr export --dense_feedback=auto`.
+        # The validation lists hold the judgments of the fold's validation split, carved from
+        # its training queries, none of them held out.
+        layout = os.path.join(config.output, f"fold_{fold}", "layout")
+        want_val = eval_set_lib.load_eval_set(layout, layout_lib.VALIDATION_SPLIT)
+        held_out = eval_set_lib.load_eval_set(layout, layout_lib.EVAL_SPLIT)
+        assert not set(want_val.queries) & set(held_out.queries)
+        for got in (val[fold], val_fed[fold]):
+            assert np.array_equal(got.relevant_splits, want_val.relevant_splits)
+            assert np.array_equal(got.relevant_rows, want_val.relevant_rows)
+        # Reference choice: the export-time chooser on the fold's validation lists alone,
+        # without and with dense feedback (a tie keeps none), as `dpsr export
+        # --dense_feedback=auto`.
         choices = []
-        for variant in (lists, fed):
-            other = variant[1 - fold]
+        for variant in (val, val_fed):
+            other = variant[fold]
             choices.append(fusion_choice.choose_fusion(
                 other.dense_scores, other.dense_rows, lambda cfg, o=other: (o.lexical_scores,
                                                                             o.lexical_rows),
@@ -440,10 +457,23 @@ def test_a_fold_without_the_feedback_lists_redoes_its_hybrid_stage(hybrid_folds)
     assert not any("redoing" in line for line in lines)
     lines = []
     crossval_lib.run(config, log=lines.append)
-    assert [line for line in lines if "redoing" in line] == [
-        "crossval fold 2/2 (md5 % 2 == 1): its hybrid stage predates the dense feedback lists; "
-        "redoing it"]
+    redone = ("crossval fold 2/2 (md5 % 2 == 1): its hybrid stage predates the dense feedback "
+              "or validation lists; redoing it")
+    assert [line for line in lines if "redoing" in line] == [redone]
     assert os.path.isfile(os.path.join(config.output, "fold_1", hybrid_lib.FEEDBACK_LISTS_FILE))
+
+
+def test_a_fold_without_the_validation_lists_redoes_its_hybrid_stage(hybrid_folds):
+    # A fold whose hybrid stage predates the choice on the validation split has no lists of it.
+    config, _, _ = hybrid_folds
+    path = os.path.join(config.output, "fold_0", hybrid_lib.VALIDATION_LISTS_FILE)
+    os.remove(path)
+    lines = []
+    summary = crossval_lib.run(config, log=lines.append)
+    assert [line for line in lines if "redoing" in line] == [
+        "crossval fold 1/2 (md5 % 2 == 0): its hybrid stage predates the dense feedback or "
+        "validation lists; redoing it"]
+    assert os.path.isfile(path) and summary["hybrid"]["chosen_on"] == ["validation"] * 2
 
 
 def test_a_run_without_hybrid_after_it_compares_dpsr_and_bm25_only(hybrid_folds):

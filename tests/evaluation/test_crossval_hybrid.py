@@ -1,7 +1,8 @@
-"""Cross-fitted fusion of `dpsr crossval --hybrid` (evaluation/crossval_hybrid.py), checked
-against independent references: fold F's fusion is the one fusion_choice.choose_fusion picks on
-the other folds' lists (never on fold F's), and the hybrid's per-request metrics equal a
-reciprocal rank fusion and recall / nDCG written out here in NumPy."""
+"""The fusion of `dpsr crossval --hybrid` (evaluation/crossval_hybrid.py), checked against
+independent references: fold F's fusion is the one fusion_choice.choose_fusion picks on fold F's
+validation lists (never on its held-out requests); cross_fit (bench/dense_feedback_quality.py)
+chooses on the other folds' lists; the hybrid's per-request metrics equal a reciprocal rank
+fusion and recall / nDCG written out here in NumPy."""
 import collections
 import json
 import os
@@ -125,6 +126,82 @@ def test_cross_fitted_choice_never_looks_at_the_held_out_fold():
     # Fold 0's own values do not move fold 0's choice (only the others' choices).
     scrambled = [per_fold[0][::-1]] + per_fold[1:]
     assert hybrid_lib.cross_fit(scrambled, OBJECTIVE)[0] == crossed[0]
+
+
+def _write_fold(fold_dir, held_out, validation):
+    os.makedirs(fold_dir, exist_ok=True)
+    held_out.save(os.path.join(fold_dir, hybrid_lib.LISTS_FILE))
+    if validation is not None:
+        validation.save(os.path.join(fold_dir, hybrid_lib.VALIDATION_LISTS_FILE))
+
+
+def _rejudged(lists, rng):
+    """The same lists with other relevant items (new judgments, same rankings)."""
+    relevant = [rng.choice(NUM_ITEMS, size=2, replace=False).tolist() for _ in range(len(lists))]
+    return hybrid_lib.FoldLists(
+        lists.dense_scores, lists.dense_rows, lists.lexical_scores, lists.lexical_rows,
+        np.arange(0, 2 * len(lists) + 1, 2, dtype=np.int64),
+        np.array([x for r in relevant for x in r], np.int64),
+        np.ones(2 * len(lists), np.float32), k=lists.k)
+
+
+def _chosen(fold_dirs):
+    for fold_dir in fold_dirs:   # the candidate caches are keyed by candidates, not by lists
+        for name in (hybrid_lib.CANDIDATES_FILE, hybrid_lib.VALIDATION_CANDIDATES_FILE):
+            if os.path.exists(os.path.join(fold_dir, name)):
+                os.remove(os.path.join(fold_dir, name))
+    return [FusionConfig.from_json(r["fusion"]) for r in
+            hybrid_lib.summarize(fold_dirs, RECALL_KS, objective=OBJECTIVE, log=lambda _: None)]
+
+
+def test_each_fold_chooses_on_its_validation_lists_only(tmp_path):
+    rng = np.random.RandomState(17)
+    # Every fold's held-out requests: dense good, lexical poor. Fold 0's validation requests:
+    # lexical good, dense poor; fold 1's: dense good.
+    held_out = [_fold(rng, 50, 0.95, 0.1)[0] for _ in range(3)]
+    validation = [_fold(rng, 40, 0.1, 0.95)[0], _fold(rng, 40, 0.95, 0.1)[0], None]
+    dirs = [str(tmp_path / f"fold_{f}") for f in range(3)]
+    for d, h, v in zip(dirs, held_out, validation):
+        _write_fold(d, h, v)
+    candidates = fusion_choice.CANDIDATES
+    chosen = _chosen(dirs)
+    # The reference: the export-time chooser on fold 0's validation lists alone.
+    v = validation[0]
+    want = fusion_choice.choose_fusion(v.dense_scores, v.dense_rows,
+                                       lambda cfg: (v.lexical_scores, v.lexical_rows),
+                                       EvalSet(v.relevant_splits, v.relevant_rows,
+                                               v.relevant_gains), K, candidates, OBJECTIVE)
+    assert chosen[0] == want.config
+    assert chosen[0].lexical_weight > chosen[0].dense_weight / 2     # lexical-led
+    assert chosen[1].lexical_weight < chosen[1].dense_weight         # dense-led
+
+    # New judgments of every fold's held-out requests cannot move fold 0's or fold 1's choice.
+    for d, h in zip(dirs, held_out):
+        _rejudged(h, rng).save(os.path.join(d, hybrid_lib.LISTS_FILE))
+    assert _chosen(dirs)[:2] == chosen[:2]
+    # New judgments of fold 0's validation requests (the dense list's hits relevant) do.
+    v0 = validation[0]
+    dense_judged = hybrid_lib.FoldLists(
+        v0.dense_scores, v0.dense_rows, v0.lexical_scores, v0.lexical_rows,
+        np.arange(0, 2 * len(v0) + 1, 2, dtype=np.int64),
+        v0.dense_rows[:, :2].reshape(-1).astype(np.int64), np.ones(2 * len(v0), np.float32),
+        k=v0.k)
+    dense_judged.save(os.path.join(dirs[0], hybrid_lib.VALIDATION_LISTS_FILE))
+    moved = _chosen(dirs)
+    assert moved[0] != chosen[0] and moved[0].lexical_weight < moved[0].dense_weight
+    assert moved[1] == chosen[1]
+
+
+def test_a_fold_without_validation_lists_chooses_on_its_own_and_says_so(tmp_path):
+    rng = np.random.RandomState(19)
+    held_out = _fold(rng, 30, 0.1, 0.95)[0]
+    _write_fold(str(tmp_path / "fold_0"), held_out, None)
+    lines = []
+    result = hybrid_lib.summarize([str(tmp_path / "fold_0")], RECALL_KS, objective=OBJECTIVE,
+                                  log=lines.append)[0]
+    assert result["chosen_on"].startswith("eval") and "optimistic" in result["chosen_on"]
+    assert result["fusion"] == result["self_chosen"]["fusion"]
+    assert any("warning: fold 0 has no 'validation' split" in line for line in lines)
 
 
 def test_ties_keep_the_earlier_candidate():
