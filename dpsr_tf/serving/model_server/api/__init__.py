@@ -6,6 +6,7 @@
   warmup_replay     warm-up records replayed through the request path at load
   grpc_services     PredictionService and ModelService
   rest              the REST gateway: routes, HTTP status codes, answers written whole
+  http_head         REST request heads read within a time and a size limit
   http_body         REST bodies read within a size limit and a server-wide byte budget
   rest_json         TF Serving's REST JSON: bodies parsed within limits, JSON <-> tensors
   profiler_service  TensorFlow's ProfilerService on the gRPC port

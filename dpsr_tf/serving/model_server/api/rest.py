@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, regression_pb2)
 
 from dpsr_tf.serving.errors import ServingError, http_status, truncate
-from dpsr_tf.serving.model_server.api import http_body, inference, rest_json
+from dpsr_tf.serving.model_server.api import http_body, http_head, inference, rest_json
 
 _LOG = logging.getLogger("serving.rest")
 _PATH = re.compile(
@@ -97,13 +97,18 @@ class RestGateway:
         over 64 KiB wait for it; see http_body.BodyBudget); 0: as large as max_body_bytes.
       body_pace: how fast a body must arrive (slower: 408, its budget freed); None: no
         minimum, only connection_timeout_seconds per read.
+      head_seconds, max_head_bytes: a request's line and headers must arrive within this
+        long of their first byte (slower: 408, the connection closed), and its header lines
+        total at most this many bytes (more: 431); http_head.py.
     """
 
     def __init__(self, core, host: str, port: int, timeout_seconds: float,
                  metrics_path: Optional[str] = None, max_body_bytes: int = 16 << 20,
                  connection_timeout_seconds: float = 30.0,
                  max_inflight_body_bytes: int = 0,
-                 body_pace: Optional[http_body.BodyPace] = http_body.BodyPace()):
+                 body_pace: Optional[http_body.BodyPace] = http_body.BodyPace(),
+                 head_seconds: float = http_head.HEAD_SECONDS,
+                 max_head_bytes: int = http_head.MAX_HEAD_BYTES):
         gateway = self
         self._core = core
         self._timeout = timeout_seconds
@@ -124,6 +129,26 @@ class RestGateway:
                 super().setup()
                 # Answers are written whole; do not hold their last segment for an ACK.
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.rfile = http_head.HeadReader(self.rfile, self.connection, head_seconds,
+                                                  max_head_bytes)
+
+            def handle_one_request(self):
+                self.rfile.begin()
+                try:
+                    super().handle_one_request()
+                except http_head.HeadTooSlow as e:
+                    self.close_connection = True
+                    if not hasattr(self, "requestline"):  # the request line itself was late
+                        self.requestline = ""
+                    gateway._send(self, 408, json.dumps({"error": str(e)}).encode())
+                finally:
+                    self.rfile.end()
+
+            def parse_request(self):
+                try:
+                    return super().parse_request()
+                finally:
+                    self.rfile.end()  # the body is http_body's to pace
 
             def log_message(self, fmt, *args):  # quiet access log
                 _LOG.debug("%s %s", self.address_string(), fmt % args)
