@@ -22,8 +22,9 @@ end killed (SIGKILL; it is restarted). Three more, each with a normal client of 
 outcome is printed under the class's row: a REST body declared as 16 MiB, of which 100 KiB come
 at once and then a byte every 2 s (the pace rule of http_body.py answers it 408 about 10.4 s
 after its first bytes; give --seconds=12 to see it), while normal 80 KiB Predict bodies go every
-0.1 s; a 16 MB REST :classify body of 2M examples to the DPSR servable once per --burst_period
-(refused 400 before it is decoded; the server's peak RSS is sampled); and a second `dpsr proxy`
+0.1 s; the same with the headers trickled instead (no body; http_head.py answers 408 10 s
+after the first bytes); a 16 MB REST :classify body of 2M examples to the DPSR servable once
+per --burst_period (refused 400 before it is decoded; the server's peak RSS is sampled); and a second `dpsr proxy`
 (--proxy_flag applies) over two shards, the second one replica (a `dpsr serve` of its own)
 SIGSTOPped for the class (SIGCONT after), with normal calls through it at 20/s: partial answers
 once the replica is ejected. Prints p50/p99/max of the
@@ -290,6 +291,7 @@ class _RestAbuse:
         self.port, self.server_pid = rest_port, server_pid
         self._stop = threading.Event()
         self._trickler = None
+        self._head_only = False  # trickle the headers (no body) instead
         self._trickled = ""
         self._normal = []  # (seconds, status) of the normal REST bodies
         self._senders = []
@@ -313,19 +315,23 @@ class _RestAbuse:
 
     def _trickle(self) -> None:
         sock = socket.create_connection(("127.0.0.1", self.port))
+        opening = (b"POST /v1/models/dpsr:predict HTTP/1.1\r\nHost: bench\r\n"
+                   b"Content-Type: application/json\r\n")
+        if self._head_only:  # a header that never ends
+            opening += b"X-Slow: "
+        else:
+            opening += (f"Content-Length: {TRICKLE_DECLARED}\r\n\r\n".encode()
+                        + b" " * TRICKLE_FIRST)
         try:
-            sock.sendall(b"POST /v1/models/dpsr:predict HTTP/1.1\r\nHost: bench\r\n"
-                         b"Content-Type: application/json\r\n"
-                         + f"Content-Length: {TRICKLE_DECLARED}\r\n\r\n".encode()
-                         + b" " * TRICKLE_FIRST)
+            sock.sendall(opening)
             first = time.monotonic()
             sock.settimeout(TRICKLE_EVERY_S)
-            sent = TRICKLE_FIRST
+            sent = len(opening)
             while not self._stop.is_set():
                 try:
                     answer = sock.recv(4096)
                 except socket.timeout:
-                    sock.sendall(b" ")
+                    sock.sendall(b"a" if self._head_only else b" ")
                     sent += 1
                     continue
                 except OSError as e:
@@ -351,6 +357,12 @@ class _RestAbuse:
         self._senders[-1].start()
         time.sleep(0.1)
         return "normal body sent"
+
+    def trickle_head(self) -> str:
+        """trickle() with the headers trickled instead of a body (http_head.py answers it 408
+        10 s after its first bytes)."""
+        self._head_only = True
+        return self.trickle()
 
     def classify(self) -> str:
         if self._classify_body is None:
@@ -379,6 +391,7 @@ class _RestAbuse:
                          f"+{max(g for _, _, g in self._classified):.0f} MiB")
         self._stop.clear()
         self._trickler, self._trickled, self._normal, self._classified = None, "", [], []
+        self._head_only = False
         self._senders = []
         return "; ".join(parts)
 
@@ -540,10 +553,11 @@ def main():
     stopped_name = "proxy shard of one replica, SIGSTOPped, SIGCONT after"
     classes += [(f"REST body trickled (16 MiB declared, 1 B / {TRICKLE_EVERY_S:g} s)",
                  rest_abuse.trickle),
+                (f"REST headers trickled (1 B / {TRICKLE_EVERY_S:g} s)", rest_abuse.trickle_head),
                 (f"REST :classify of {CLASSIFY_EXAMPLES:,} examples (16 MB)",
                  rest_abuse.classify),
                 (stopped_name, lambda: stopped[0].send())]
-    reports = {name: rest_abuse.report for name, send in classes[-3:-1]}
+    reports = {name: rest_abuse.report for name, send in classes[-4:-1]}
     paced.add(classes[-2][0])  # one 16 MB body a period (--burst_period=0: back to back)
     reports[stopped_name] = lambda: stopped[0].report()
     wanted = args.classes.split("|")
