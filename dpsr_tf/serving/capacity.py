@@ -23,7 +23,7 @@ FRONT_END_RUNNING_PER_CLIENT_PER_CORE = 2
 # HTTP/2 streams one connection may open, per call the front end lets run at once: one
 # connection (a proxy's, carrying all of its clients) can keep every running slot busy and have
 # three times as many waiting, which the queue delay control keeps within its target. 128 on
-# 2 cores (nginx's HTTP/2 default, the fixed value before).
+# 2 cores (nginx's HTTP/2 default).
 STREAMS_PER_RUNNING_CALL = 4
 
 
