@@ -10,11 +10,10 @@
 
 Both are scorers of evaluate.evaluate_scorer, so they are scored by the same metrics, on the
 same requests, as DPSR and BM25. The catalog's embeddings are cached beside the layout
-(<layout>/pretrained_embeddings/<key>.npy, key = the encoder and the documents), so a second
-evaluation or a fold of the same layout does not embed the catalog again.
+(model/pretrained/document_cache.py: key = the encoder and the documents), so a second
+evaluation, or a teacher cache of the same encoder (`dpsr train --teacher_dir`), does not
+embed the titles again.
 """
-import hashlib
-import os
 from typing import Callable, Dict, List
 
 import numpy as np
@@ -22,42 +21,11 @@ import numpy as np
 from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.evaluation import evaluate as evaluate_lib
-from dpsr_tf.model.pretrained import files
+from dpsr_tf.model.pretrained import document_cache
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
 RRF_K = 60.0
-CACHE_DIR = "pretrained_embeddings"
-
-
-def _cache_key(model: files.PretrainedModel, documents: List[str]) -> str:
-    digest = hashlib.sha256()
-    with open(os.path.join(model.directory, files.CONFIG_FILE), "rb") as f:
-        digest.update(f.read())
-    weights = os.stat(os.path.join(model.directory, files.WEIGHTS_FILE))
-    digest.update(f"{model.directory}|{weights.st_size}|{weights.st_mtime_ns}".encode())
-    for doc in documents:
-        digest.update(doc.encode("utf-8") + b"\n")
-    return digest.hexdigest()[:16]
-
-
-def catalog_embeddings(spec, embedder: TextEmbedder, documents: List[str],
-                       log: Callable[[str], None] = print) -> np.ndarray:
-    """[N, H] the encoder's embeddings of the item documents, from the layout's cache when an
-    earlier run made them (written there when the layout directory is writable)."""
-    path = spec.path(os.path.join(CACHE_DIR, _cache_key(embedder.model, documents) + ".npy"))
-    if os.path.isfile(path):
-        cached = np.load(path)
-        if cached.shape == (len(documents), embedder.dimension):
-            return cached
-    vectors = embedder.embed(documents, log=log)
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}.npy"
-        np.save(tmp, vectors)
-        os.replace(tmp, path)
-    except OSError as e:
-        log(f"  (not caching the catalog's embeddings: {e})")
-    return vectors
+CACHE_DIR = document_cache.CACHE_DIR
 
 
 class EncoderScorer:
@@ -144,7 +112,7 @@ def zero_shot_scorers(spec, eval_set, pairs, bm25_scorer, pretrained_dir: str = 
     queries = layout_lib.load_queries(spec)
     with TextEmbedder(pretrained_dir) as embedder:
         log(f"zero-shot encoder {embedder.model.directory} over the items' {fields}")
-        items = catalog_embeddings(spec, embedder, documents, log)
+        items = document_cache.document_embeddings(spec, embedder, documents, log)
         requests = embedder.embed(list(eval_set.queries))
         pair_texts = sorted({queries[q] for q in pairs["query_row"]})
         embedded = dict(zip(pair_texts, embedder.embed(pair_texts))) if pair_texts else {}

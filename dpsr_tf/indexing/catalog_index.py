@@ -10,7 +10,6 @@ item_ids.txt) for evaluation and for rebuilding with another factory string with
 """
 import dataclasses
 import os
-import time
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -39,26 +38,16 @@ def embed_catalog(model_dir: str, *, layout_dir: Optional[str] = None,
     if layout_dir:
         spec = dataclasses.replace(spec, layout_dir=os.path.abspath(layout_dir))
     table = layout_lib.load_item_table(spec, mmap=True)
-    n = len(table.ids)
-    features = {name: table.feature(name) for name in spec.item_features}
-    out = np.zeros([n, cfg.embedding_dim], np.float32)
-    texts = cfg.text_encoder == "pretrained"   # the encoder reads the titles themselves
-    start = last = time.monotonic()
+    last = [0.0]   # seconds at the last progress line
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        if seconds - last[0] >= progress_every_s or done == total:
+            logging.info("embedded %d/%d items (%.0f items/s)", done, total,
+                         done / max(seconds, 1e-9))
+            last[0] = seconds
     with CheckpointEmbedder(model_dir, checkpoint, model_config=cfg, layout_spec=spec) as emb:
-        chunk = max(batch_size, 65536)
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            splits = table.token_splits[lo:hi + 1]
-            ids = np.asarray(table.token_ids[splits[0]:splits[-1]])
-            out[lo:hi] = emb.embed_items(ids, splits - splits[0],
-                                         {k: v[lo:hi] for k, v in features.items()},
-                                         batch_size=batch_size, rows=np.arange(lo, hi),
-                                         texts=table.titles[lo:hi] if texts else None)
-            now = time.monotonic()
-            if now - last >= progress_every_s or hi == n:
-                rate = hi / max(now - start, 1e-9)
-                logging.info("embedded %d/%d items (%.0f items/s)", hi, n, rate)
-                last = now
+        out = emb.embed_catalog(table, batch_size=batch_size, chunk=max(batch_size, 65536),
+                                progress=progress)
     return out, list(table.ids)
 
 

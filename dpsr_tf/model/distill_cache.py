@@ -37,6 +37,7 @@ from absl import logging
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.model.pretrained import document_cache
 from dpsr_tf.model.pretrained import files as pretrained_files
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
@@ -202,18 +203,11 @@ def _embed_with_model(teacher_dir: str, checkpoint: str, spec, rows: np.ndarray,
     texts = cfg.text_encoder == "pretrained"
     queries = layout_lib.load_queries(spec) if texts else None
     chunk = 2048
+
+    def progress(done: int, total: int, seconds: float) -> None:
+        log(f"teacher embeddings: {done:,}/{total:,} items ({done / max(seconds, 1e-9):.0f}/s)")
     with CheckpointEmbedder(teacher_dir, checkpoint, cfg, teacher_spec) as embedder:
-        items = np.zeros([spec.num_items, cfg.embedding_dim], np.float32)
-        start = time.monotonic()
-        for lo in range(0, spec.num_items, chunk):
-            hi = min(spec.num_items, lo + chunk)
-            splits = table.token_splits[lo:hi + 1]
-            items[lo:hi] = embedder.embed_items(
-                np.asarray(table.token_ids[splits[0]:splits[-1]]), splits - splits[0],
-                {n: table.feature(n)[lo:hi] for n in spec.item_features},
-                rows=np.arange(lo, hi), texts=table.titles[lo:hi] if texts else None)
-            log(f"teacher embeddings: {hi:,}/{spec.num_items:,} items "
-                f"({hi / max(time.monotonic() - start, 1e-9):.0f}/s)")
+        items = embedder.embed_catalog(table, chunk=chunk, progress=progress)
         out = np.zeros([len(rows), cfg.num_heads, cfg.embedding_dim], np.float32)
         # Shortest texts first: a pretrained encoder pads each batch to its longest text.
         order = np.argsort([len(queries[r]) for r in rows], kind="stable") if texts else \
@@ -238,7 +232,8 @@ def _embed_with_encoder(teacher_dir: str, spec, rows: np.ndarray, log):
     queries = layout_lib.load_queries(spec)
     with TextEmbedder(teacher_dir) as embedder:
         log(f"teacher embeddings: {spec.num_items:,} item titles")
-        items = embedder.embed(list(table.titles), log=log)
+        # The zero-shot baseline's cache of the same titles (`dpsr evaluate --zero_shot`).
+        items = document_cache.document_embeddings(spec, embedder, list(table.titles), log)
         log(f"teacher embeddings: {len(rows):,} training queries")
         out = embedder.embed([queries[r] for r in rows], log=log)
     return items, out[:, None, :]

@@ -4,11 +4,13 @@ This is the pattern export and indexing use: build the towers in a new tf.compat
 variable names as the Estimator's), restore them with a tf.compat.v1.train.Saver, run them on
 numpy inputs in batches.
 """
-from typing import Dict, Optional, Sequence, Tuple
+import time
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.data.graph import tables
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.config import ModelConfig
@@ -153,6 +155,40 @@ class CheckpointEmbedder:
             for name in self.layout_spec.item_features:
                 feed[self._item_in[name]] = np.asarray(features[name][lo:hi], np.int64)
             out[lo:hi] = self.session.run(self.item_embedding, feed)
+        return out
+
+    def embed_catalog(self, table=None, batch_size: int = 4096, chunk: int = 65536,
+                      progress: Optional[Callable[[int, int, float], None]] = None
+                      ) -> np.ndarray:
+        """Item embeddings of every item of the layout, in row order (`dpsr index` and a
+        teacher cache both embed the catalog through here).
+
+        Args:
+          table: the layout's ItemTable (default: layout_spec's, memory-mapped), read `chunk`
+            rows at a time so a large catalog's tokens are never copied whole.
+          batch_size: items per session run (embed_items).
+          progress: called after each chunk with (items done, items in all, seconds so far).
+
+        Returns:
+          [num_items, d] float32, L2-normalized rows.
+        """
+        if table is None:
+            table = layout_lib.load_item_table(self.layout_spec, mmap=True)
+        n = len(table.ids)
+        features = {name: table.feature(name) for name in self.layout_spec.item_features}
+        out = np.zeros([n, self.model_config.embedding_dim], np.float32)
+        start = time.monotonic()
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            splits = table.token_splits[lo:hi + 1]
+            out[lo:hi] = self.embed_items(
+                np.asarray(table.token_ids[splits[0]:splits[-1]]), splits - splits[0],
+                {k: v[lo:hi] for k, v in features.items()}, batch_size=batch_size,
+                rows=np.arange(lo, hi),
+                # The pretrained encoder reads the titles themselves.
+                texts=table.titles[lo:hi] if self._texts else None)
+            if progress is not None:
+                progress(hi, n, time.monotonic() - start)
         return out
 
     def _check_texts(self, texts, n: int, caller: str, what: str):

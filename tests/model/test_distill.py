@@ -225,3 +225,47 @@ def test_the_pretrained_teacher_cache_is_computed_once_and_maps_rows_to_texts(
                                atol=2e-3)
     held = np.setdiff1d(np.arange(small_layout.num_queries), rows)
     assert (arrays["query_index"][held] == -1).all()
+
+
+@pytest.mark.parametrize("first", ["zero_shot", "teacher"])
+def test_the_zero_shot_baseline_and_a_pretrained_teacher_embed_the_titles_once(
+        tmp_path, monkeypatch, first):
+    from dpsr_tf.data import eval_set as eval_set_lib
+    from dpsr_tf.data import layout as layout_lib
+    from dpsr_tf.evaluation import zero_shot
+    from dpsr_tf.model.pretrained import files
+    from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
+    from tests.support.tiny_model import prepare_tiny_layout
+    spec = prepare_tiny_layout(str(tmp_path), num_items=40, num_queries=60)
+    titles = list(layout_lib.load_item_table(spec).titles)
+    calls = []
+    real_embed = TextEmbedder.embed
+
+    def counting(self, texts, **kwargs):
+        calls.append(list(texts))
+        return real_embed(self, texts, **kwargs)
+
+    monkeypatch.setattr(TextEmbedder, "embed", counting)
+    eval_set = eval_set_lib.load_eval_set(spec, "eval")
+    pairs = eval_set_lib.load_labeled_pairs(spec, "eval")
+
+    class NoBM25:
+        def score_requests(self, idx):
+            return np.zeros([len(idx), spec.num_items], np.float32)
+
+    def zero_shot_items():
+        return zero_shot.zero_shot_scorers(spec, eval_set, pairs, NoBM25(),
+                                           log=lambda _: None)["zero_shot"].item_emb
+
+    def teacher_items():
+        cache = distill_cache.ensure_teacher_cache(files.default_pretrained_dir(),
+                                                   spec.layout_dir, 30, log=lambda _: None)
+        return distill_cache.load_arrays(cache)["items"].astype(np.float32)
+
+    order = [zero_shot_items, teacher_items]
+    if first == "teacher":
+        order.reverse()
+    got = [run() for run in order]
+    assert [c for c in calls if c == titles] == [titles]       # the titles embedded once
+    assert len(calls) == 4     # the titles, eval requests, eval pairs' queries, teacher queries
+    np.testing.assert_allclose(got[0], got[1], atol=1e-3)     # float16 in the teacher cache
