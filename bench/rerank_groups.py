@@ -10,8 +10,10 @@ eval sessions (dpsr_tf/evaluation/paired.py) and the training time of each.
 
 --optimizer/--learning_rate/--profile_cross set the DPR training (--numeric_* give numeric-only
 DPR its own); --with_previous adds all groups with the previous setting (Adagrad 0.05, no
-cross). --validation scores on a query-hash seventh of the TRAIN sessions, trained on the rest
-(ranking/validation.py): where the settings are chosen, never on the eval sessions.
+cross). --validation=query_hash scores on a query-hash seventh of the TRAIN sessions, trained on the rest
+(ranking/validation.py): where the settings are chosen, never on the eval sessions;
+--validation=layout holds out the sessions of the layout's validation queries instead, with
+features made as the eval split's (statistics of the kept sessions, out-of-sample DPSR scores).
 --xgboost_rounds=auto picks each XGBoost's rounds (of 10, 20, 50, 100, 200, 300) by session AUC
 on a query-hash seventh of the TRAIN sessions, trained on the rest (never on the eval sessions);
 --reuse scores the DPR models already in --work instead of training them again.
@@ -60,7 +62,7 @@ def main():
                          "profile cross (the training time and quality beside the new setting)")
     ap.add_argument("--xgboost_rounds", default="300", help="rounds, or auto")
     ap.add_argument("--reuse", action="store_true")
-    ap.add_argument("--validation", action="store_true")
+    ap.add_argument("--validation", choices=["", "query_hash", "layout"], default="")
     ap.add_argument("--sparse_buckets", type=int, default=4096)
     args = ap.parse_args()
     # pylint: disable=import-outside-toplevel
@@ -74,8 +76,10 @@ def main():
     data = train_lib.prepare_ranker_data(args.sessions_dir, args.dpsr_model_dir,
                                          args.dpsr_index_dir, os.path.join(args.work, "base"),
                                          log=quiet)
-    if args.validation:
+    if args.validation == "query_hash":
         data = validation.carve(data)
+    elif args.validation == "layout":
+        data = validation.carve_like_eval(data, args.dpsr_model_dir, log=quiet)
     spec, ev, tr = data.layout_spec, data.eval_sessions, data.train_sessions
     user_cfg = train_lib.user_config(spec)
     sparse = [sparse_features.sparse_features(f, t, data.titles, model_lib.default_tokenizer(),

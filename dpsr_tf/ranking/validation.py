@@ -49,3 +49,56 @@ def carve(data, modulus: int = 7):
         out[f"{name}_features"] = data.train_features[cand]
         out[f"{name}_users"] = _users(data.train_users, mask)
     return dataclasses.replace(data, **out)
+
+
+def layout_validation_mask(spec, queries) -> np.ndarray:
+    """[S] bool: the sessions whose query is one of the layout's validation queries (those the
+    retrieval model held out for its own early stopping, so its score features are out of
+    sample there, as on the eval sessions)."""
+    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
+    if "validation" not in spec.record_files:
+        raise ValueError(f"{spec.layout_dir} has no validation split; re-run `dpsr prepare` "
+                         f"(it carves one from the training queries)")
+    texts = layout_lib.load_queries(spec)
+    rows = np.unique(layout_lib.read_records(spec, "validation")["query_row"])
+    held = {texts[r] for r in rows}
+    return np.array([q in held for q in queries], bool)
+
+
+def carve_like_eval(data, dpsr_model_dir: str, log=print):
+    """A RankerData whose eval side is the TRAIN sessions of the layout's validation queries,
+    with features made as the eval split's are: item statistics of the kept TRAIN sessions
+    only, full for the held rows and ordered for the kept ones (target_stats.py), and DPSR
+    scores of queries the retrieval model did not train on.
+
+    Raises:
+      ValueError: the layout has no validation split, or the carve leaves a side empty.
+    """
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.ranking import features as features_lib
+    from dpsr_tf.ranking import train as train_lib
+    table = data.train_sessions
+    held = layout_validation_mask(data.layout_spec, table.queries)
+    if held.all() or not held.any():
+        raise ValueError(f"the layout's validation queries hold {int(held.sum())} of "
+                         f"{len(table)} TRAIN sessions: both sides need sessions")
+    fit = sessions_lib._subset(table, ~held)  # pylint: disable=protected-access
+    out_table = sessions_lib._subset(table, held)  # pylint: disable=protected-access
+    t = data.tables
+    tables = features_lib.build_feature_tables(data.titles, fit.item_rows, fit.labels,
+                                               t.item_embeddings, t.lexical_config,
+                                               t.prior_weight)
+    extractor = features_lib.FeatureExtractor(tables, data.num_heads)
+    try:
+        feats = {}
+        for name, part, own in (("train", fit, train_lib.train_own_stats(fit)),
+                                ("eval", out_table, None)):
+            heads = train_lib.query_heads(dpsr_model_dir, data.layout_spec, part.queries)
+            feats[name] = extractor.run(part, heads, leave_own_out=False, log=log,
+                                        own_stats=own)
+    finally:
+        extractor.close()
+    return dataclasses.replace(data, tables=tables, train_sessions=fit, eval_sessions=out_table,
+                               train_features=feats["train"], eval_features=feats["eval"],
+                               train_users=_users(data.train_users, ~held),
+                               eval_users=_users(data.train_users, held))

@@ -42,3 +42,23 @@ def test_carve_moves_whole_queries_and_keeps_rows_aligned():
 def test_carve_needs_both_sides():
     with pytest.raises(ValueError, match="both sides need sessions"):
         validation.carve(_data(3), modulus=1000)
+
+
+def test_layout_validation_mask_marks_the_sessions_of_validation_queries(tmp_path):
+    from dpsr_tf.data import layout as layout_lib
+    from dpsr_tf.data import prepare as prepare_lib
+    from dpsr_tf.demo import synthetic_catalog as synthetic
+    out = synthetic.generate(synthetic.SyntheticConfig(num_items=300, num_users=50,
+                                                       num_interactions=3000, seed=4),
+                             str(tmp_path / "syn"), log=lambda *_: None)
+    prepare_lib.prepare(prepare_lib.PrepareConfig(
+        items=out.items_path, users=out.users_path, interactions=out.interactions_path,
+        output=str(tmp_path / "layout")), log=lambda *_: None)
+    spec = layout_lib.load_layout_spec(str(tmp_path / "layout"))
+    texts = layout_lib.load_queries(spec)
+    by_split = {split: {texts[r] for r in layout_lib.read_records(spec, split)["query_row"]}
+                for split in ("train", "validation")}
+    assert by_split["validation"] and not by_split["validation"] & by_split["train"]
+    queries = sorted(by_split["train"])[:30] + sorted(by_split["validation"])[:10] + ["unseen"]
+    mask = validation.layout_validation_mask(spec, queries)
+    np.testing.assert_array_equal(mask, [False] * 30 + [True] * 10 + [False])
