@@ -2,7 +2,7 @@
 
   dpsr crossval --items=items.tsv [--users=users.tsv] --interactions=interactions.tsv \
       --output=DIR --folds=5 [--max_train_queries=150] [--bm25] [--hybrid] [tokenizer flags] \
-      [--flagfile=train.flags] [any dpsr train flag, e.g. --train_steps=3000 --loss=softmax]
+      [--zero_shot] [--flagfile=train.flags] [any dpsr train flag, e.g. --train_steps=3000]
 
 Fold F holds out the queries whose md5 % N == F (`dpsr prepare --split_fold=F
 --split_modulus=N`); every fold trains the same model from the same flags. Writes
@@ -43,6 +43,12 @@ _HYBRID = flags.DEFINE_bool(
     "served hybrid, whose fusion and dense feedback for fold F are chosen on its validation "
     "split (carved from its training queries), as `dpsr export` chooses them. "
     "May be added to a finished run: its models are reused.")
+_ZERO_SHOT = flags.DEFINE_bool(
+    "zero_shot", False, "Also evaluate on every fold the baselines a user would try first: "
+    "the pretrained encoder of --pretrained_dir (empty: all-MiniLM-L6-v2) used as it ships over "
+    "the titles (zero_shot) and BM25 over every field fused with it by reciprocal rank, k = 60 "
+    "(zero_shot_hybrid), with paired tests. May be added to a finished run: its models are "
+    "reused.")
 _SPELLING = flags.DEFINE_bool(
     "spelling", True, "--hybrid: correct the held-out queries with each fold's catalog speller "
     "before the served dense and lexical searches, as a servable exported with --spelling does "
@@ -93,7 +99,8 @@ def config_from_flags():
         train=training_flags.train_config_from_flags(),
         evaluation=evaluate_lib.EvalConfig(min_gain=_MIN_GAIN.value,
                                            num_random=_NUM_RANDOM.value, seed=_EVAL_SEED.value),
-        bm25=_BM25.value, hybrid=_HYBRID.value, spelling=_SPELLING.value,
+        bm25=_BM25.value, hybrid=_HYBRID.value, zero_shot=_ZERO_SHOT.value,
+        spelling=_SPELLING.value,
         fusion_objective=tuple(_FUSION_OBJECTIVE.value), dense_feedback=_DENSE_FEEDBACK.value,
         prune_checkpoints=_PRUNE_CHECKPOINTS.value)
 

@@ -6,7 +6,8 @@ training. For every fold the driver runs, in this process:
 
   prepare   -> <output>/fold_F/layout     (the template PrepareConfig with fold F of N)
   train     -> <output>/fold_F/model      (driver.train_and_evaluate, the same configs each fold)
-  evaluate  -> <output>/fold_F/metrics.json (evaluate_model, and evaluate_bm25 with bm25=True)
+  evaluate  -> <output>/fold_F/metrics.json (evaluate_model, and evaluate_bm25 with bm25=True;
+               with zero_shot=True the untrained encoder and its hybrid, evaluation/zero_shot.py)
 
 then writes <output>/summary.json: per system and metric the fold values, their mean and their
 sample standard deviation (ddof=1), and (with BM25) a paired comparison of the systems over
@@ -19,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from dpsr_tf.evaluation.crossval_summary import (PER_QUERY, TABLE_METRICS, forma
 from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import per_query as per_query_lib
+from dpsr_tf.evaluation import zero_shot as zero_shot_lib
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
@@ -47,6 +49,8 @@ HYBRID_JSON = "hybrid.json"
 # In a fold's metrics.json: whether its hybrid stage scored the queries spelled (rerunning with
 # the other --spelling redoes the stage rather than reusing lists of the other setting).
 HYBRID_SPELLING = "hybrid_spelling"
+# The baselines a user would try first (zero_shot.py), scored per fold with --zero_shot.
+ZERO_SHOT_SYSTEMS = ("zero_shot", "zero_shot_hybrid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +73,10 @@ class CrossvalConfig:
         as `dpsr export` chooses them (evaluation/crossval_hybrid.py). Not part
         of the recorded settings (to_dict): adding it to a finished run adds the hybrid stage to
         its folds and reuses their models.
+      zero_shot: also evaluate, on each fold's held-out requests, the pretrained encoder used
+        as it ships (model.pretrained_dir; "" = all-MiniLM-L6-v2) over the titles and its
+        reciprocal-rank fusion with BM25 over every field (evaluation/zero_shot.py), with
+        paired tests against the other systems. Like `hybrid`, not a recorded setting.
       spelling: the hybrid stage corrects the held-out queries with each fold's catalog
         speller, as a spelling servable does (dpsr_tf/tokenization/speller.py).
       fusion_objective: the metrics whose mean chooses each fold's fusion (as `dpsr export
@@ -88,6 +96,7 @@ class CrossvalConfig:
     evaluation: evaluate_lib.EvalConfig = evaluate_lib.EvalConfig()
     bm25: bool = False
     hybrid: bool = False
+    zero_shot: bool = False
     spelling: bool = True
     fusion_objective: Tuple[str, ...] = fusion_choice.OBJECTIVE
     dense_feedback: bool = True
@@ -141,6 +150,7 @@ class CrossvalConfig:
         data["train"].pop("model_dir")
         data.pop("hybrid")      # an evaluation stage on top of the same folds
         data.pop("spelling")
+        data.pop("zero_shot")   # baselines scored on the same folds
         data.pop("fusion_objective")  # chosen again from the folds' lists on every run
         data.pop("dense_feedback")
         data.pop("prune_checkpoints")   # disk use, not the measurement
@@ -185,9 +195,11 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
     if config.hybrid:
         hybrid, tie_aware = _hybrid_summary(config, fold_metrics, log)
         names = ("dpsr", hybrid_lib.SERVED, hybrid_lib.LEXICAL, "bm25", hybrid_lib.HYBRID)
+    if config.zero_shot:
+        names += ZERO_SHOT_SYSTEMS
     systems = summarize_folds([{k: m[k] for k in names if k in m} for m in fold_metrics])
-    pairs = hybrid_lib.pairs(config.bm25) if config.hybrid else None
-    # Without --hybrid only dpsr and bm25 are compared, even in folds a --hybrid run extended.
+    pairs = _pairs(config)
+    # Only the systems of this run are compared, even in folds a run with more extended.
     paired = pooled_comparisons([dict(m, **{PER_QUERY: {k: v for k, v in m[PER_QUERY].items()
                                                         if k in names}})
                                  if PER_QUERY in m else m for m in fold_metrics],
@@ -231,6 +243,19 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
         + "".join(f"\n  {c.line()}" for c in paired) + extra
         + f"\nwrote {os.path.join(output, SUMMARY_JSON)}")
     return summary
+
+
+def _pairs(config: CrossvalConfig) -> Optional[List[Tuple[str, str]]]:
+    """The pooled paired comparisons (a, b), a - b reported; None: every pair of systems."""
+    if not config.hybrid:
+        return None
+    pairs = hybrid_lib.pairs(config.bm25)
+    if config.zero_shot:
+        zero_shot, zero_shot_hybrid = ZERO_SHOT_SYSTEMS
+        pairs += [(hybrid_lib.HYBRID, zero_shot_hybrid), (hybrid_lib.HYBRID, zero_shot),
+                  (hybrid_lib.SERVED, zero_shot), ("dpsr", zero_shot),
+                  (zero_shot_hybrid, zero_shot)]
+    return pairs
 
 
 def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
@@ -295,6 +320,9 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
         with open(metrics_path, encoding="utf-8") as f:
             metrics = json.load(f)
         log(f"{tag}: done earlier, reusing {metrics_path}")
+        if config.zero_shot and not all(s in metrics for s in ZERO_SHOT_SYSTEMS):
+            _zero_shot_stage(config, metrics, tag, log)
+            _write_json(metrics_path, metrics)
         if config.hybrid and not _has_hybrid_stage(fold_dir, metrics, config.spelling,
                                                    config.dense_feedback):
             if HYBRID_SPELLING in metrics and metrics[HYBRID_SPELLING] != config.spelling:
@@ -361,12 +389,37 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
         if system in metrics:
             log(f"{tag}: {system:5s} " + "  ".join(
                 f"{k}={metrics[system][k]:.4f}" for k in TABLE_METRICS if k in metrics[system]))
+    if config.zero_shot:
+        _zero_shot_stage(config, metrics, tag, log)
     _write_json(metrics_path, metrics)
     if config.hybrid:
         _hybrid_stage(config, fold, metrics, tag, log)
         _write_json(metrics_path, metrics)
     _prune_checkpoints(config, metrics, tag, log)
     return metrics
+
+
+def _zero_shot_stage(config: CrossvalConfig, metrics: dict, tag: str,
+                     log: Callable[[str], None]) -> None:
+    """The untrained encoder and its hybrid with BM25 on the fold's held-out requests (into
+    `metrics`, with their per-request values)."""
+    t = time.monotonic()
+    evaluation = dataclasses.replace(config.evaluation, per_request=True)
+    results = zero_shot_lib.evaluate_zero_shot(metrics["layout_dir"], evaluation,
+                                               pretrained_dir=config.model.pretrained_dir,
+                                               log=lambda _: None)
+    per_request = per_query_lib.take_per_request(results)
+    want = metrics["dpsr"]["requests"]
+    for system in ZERO_SHOT_SYSTEMS:
+        got = len(next(iter(per_request[system].values())))
+        if got != want:
+            raise ValueError(f"{tag}: {system} was evaluated on {got} requests, dpsr on {want}")
+        metrics[system] = results[system]
+        metrics[PER_QUERY][system] = {name: np.asarray(v).tolist()
+                                      for name, v in per_request[system].items()}
+        log(f"{tag}: {system} " + "  ".join(
+            f"{k}={metrics[system][k]:.4f}" for k in TABLE_METRICS if k in metrics[system]))
+    log(f"{tag}: zero-shot baselines in {time.monotonic() - t:.1f} s")
 
 
 def _prune_checkpoints(config: CrossvalConfig, metrics: dict, tag: str,

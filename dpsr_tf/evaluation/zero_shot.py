@@ -113,7 +113,11 @@ def zero_shot_scorers(spec, eval_set, pairs, bm25_scorer, pretrained_dir: str = 
     with TextEmbedder(pretrained_dir) as embedder:
         log(f"zero-shot encoder {embedder.model.directory} over the items' {fields}")
         items = document_cache.document_embeddings(spec, embedder, documents, log)
-        requests = embedder.embed(list(eval_set.queries))
+        # Each distinct query once: many requests (users) share a query.
+        request_texts = sorted(set(eval_set.queries))
+        by_text = dict(zip(request_texts, embedder.embed(request_texts)))
+        requests = (np.stack([by_text[t] for t in eval_set.queries]) if len(eval_set.queries)
+                    else np.zeros([0, items.shape[1]], np.float32))
         pair_texts = sorted({queries[q] for q in pairs["query_row"]})
         embedded = dict(zip(pair_texts, embedder.embed(pair_texts))) if pair_texts else {}
     pair_emb = np.stack([embedded[queries[q]] for q in pairs["query_row"]]) if len(

@@ -508,3 +508,47 @@ def test_rerun_with_the_other_spelling_redoes_the_hybrid_stage(hybrid_folds):
     crossval_lib.run(typed, log=lines.append)        # the same setting again: nothing redone
     assert not any("redoing" in line for line in lines)
     crossval_lib.run(config, log=lambda _: None)     # back to spelled for any later test
+
+
+def test_zero_shot_adds_the_untrained_encoder_and_its_hybrid_per_fold(hybrid_folds):
+    from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
+    config, _, _ = hybrid_folds
+    config = dataclasses.replace(config, zero_shot=True)
+    lines = []
+    summary = crossval_lib.run(config, log=lines.append)
+    assert sum("done earlier, reusing" in line for line in lines) == 2     # no retraining
+    assert list(summary["systems"])[-2:] == list(crossval_lib.ZERO_SHOT_SYSTEMS)
+    compared = {(c["metric"], c["a"], c["b"]) for c in summary["paired"]}
+    for pair in (("hybrid", "zero_shot_hybrid"), ("dpsr", "zero_shot"),
+                 ("zero_shot_hybrid", "zero_shot")):
+        assert ("recall@100", *pair) in compared
+    pooled = {"dpsr": [], "zero_shot": []}
+    with TextEmbedder() as embedder:
+        for fold in range(2):
+            with open(os.path.join(config.output, f"fold_{fold}", "metrics.json"),
+                      encoding="utf-8") as f:
+                metrics = json.load(f)
+            # Reference: cosines of the encoder's embeddings, ranked by numpy, scored by hand.
+            layout = metrics["layout_dir"]
+            held_out = eval_set_lib.load_eval_set(layout, layout_lib.EVAL_SPLIT)
+            titles = list(layout_lib.load_item_table(layout_lib.load_layout_spec(layout)).titles)
+            scores = embedder.embed(list(held_out.queries)) @ embedder.embed(titles).T
+            rows = np.argsort(-scores, axis=1, kind="stable")
+            rel, gains = split_relevance(held_out.relevant_splits, held_out.relevant_rows,
+                                         held_out.relevant_gains)
+            want = metrics_by_hand(rows, rel, gains, config.evaluation.recall_ks)
+            got = metrics[summary_lib.PER_QUERY]["zero_shot"]
+            for metric, values in want.items():
+                np.testing.assert_allclose(got[metric], values, atol=1e-9)
+                assert summary["systems"]["zero_shot"][metric]["values"][fold] == \
+                    pytest.approx(values.mean(), abs=1e-9)
+            assert len(metrics[summary_lib.PER_QUERY]["zero_shot_hybrid"]["recall@100"]) == \
+                len(rel)
+            pooled["dpsr"] += metrics[summary_lib.PER_QUERY]["dpsr"]["recall@100"]
+            pooled["zero_shot"] += want["recall@100"].tolist()
+    got = {(c["metric"], c["a"], c["b"]): c for c in summary["paired"]}
+    assert got[("recall@100", "dpsr", "zero_shot")] == paired_lib.paired_test(
+        pooled["dpsr"], pooled["zero_shot"], "recall@100", "dpsr", "zero_shot").to_json()
+    lines = []
+    crossval_lib.run(config, log=lines.append)       # done: nothing evaluated again
+    assert not any("zero-shot baselines in" in line for line in lines)
