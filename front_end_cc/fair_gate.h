@@ -14,6 +14,17 @@
 // A client can be held back (its answers pile up unread): its calls then wait, however many
 // slots are free, until it is let go again.
 //
+// Strangers: a call offered as a stranger's (a client none of whose answers has been read yet)
+// counts apart. While strangers are limited (LimitStrangers: the front end's first answers are
+// over their budget, i.e. many connections ask and never read), all strangers together run one
+// call at a time, a new client's first window. Why: each connection takes its turn, so 300
+// connections that each open one call and never read took 300 of every 301 turns, and a reading
+// client waited behind all of them (docs/benchmarks.md, "The native front end"); limited, they
+// share one slot, and the clients that read keep the rest. One slot rather than a client's
+// share: four such calls at once still took the CPU from the readers' (hostile_bench.py, 300
+// connections: normal p99 649 ms with four, 134 ms with one, loaded machine). A stranger that
+// reads its answer becomes a reader at once.
+//
 // Overload (adaptive LIFO): a client's calls run in arrival order while its oldest waiting call
 // has waited less than `lifo_after` microseconds; past that its newest waiting call runs next.
 // Why: a client sending faster than its share is served builds a queue that, in arrival order,
@@ -95,13 +106,13 @@ class FairGate {
 
   // A new call of `client`, arrived at `now`, with `deadline_left` until its deadline (< 0:
   // none). Counts it as running when the answer is kRun; keeps it when kQueued.
+  // `stranger`: none of the client's answers has been read yet (see above).
   Admission Offer(const std::string& client, T item, long long now = 0,
-                  long long deadline_left = -1) {
+                  long long deadline_left = -1, bool stranger = false) {
     Client& c = Find(client);
+    c.stranger = stranger;
     if (c.waiting.empty() && CanStart(client, c) && running_ < max_running_) {
-      ++c.running;
-      if (slow_start_) ++c.started;
-      ++running_;
+      CountStart(c);
       return Admission::kRun;
     }
     Admission refusal = Admission::kRun;
@@ -147,10 +158,24 @@ class FairGate {
     if (it != clients_.end() && it->second.running > 0) {
       --it->second.running;
       --running_;
+      if (it->second.stranger_running > 0) {
+        --it->second.stranger_running;
+        --strangers_running_;
+      }
       Forget(client, it->second);
     }
     return Dispatch(now);
   }
+
+  // Limits strangers' calls to one at a time in all (true) or not (false); returns the
+  // waiting calls that run now, as Release does.
+  std::vector<std::pair<std::string, T>> LimitStrangers(bool limit, long long now = 0) {
+    if (limit == strangers_limited_) return {};
+    strangers_limited_ = limit;
+    return limit ? std::vector<std::pair<std::string, T>>() : Dispatch(now);
+  }
+  bool strangers_limited() const { return strangers_limited_; }
+  int strangers_running() const { return strangers_running_; }
 
   // Holds `client`'s calls back (true) or lets them go again (false); returns the waiting calls
   // that run now, as Release does.
@@ -225,9 +250,7 @@ class FairGate {
           c.waiting.pop_front();
         }
         --queued_;
-        ++c.running;
-        if (slow_start_) ++c.started;
-        ++running_;
+        CountStart(c);
         std::string name = *r;
         ring_.erase(r);
         if (c.waiting.empty()) c.in_ring = false;
@@ -251,6 +274,8 @@ class FairGate {
     int started = 0;  // started, not yet Ended
     int window = 0;   // the most `started` may be (slow start)
     bool in_ring = false;
+    bool stranger = false;     // as its latest call was offered
+    int stranger_running = 0;  // of `running`, started while it was a stranger
     long long above_until = 0;  // its queue stands above target from then on; 0: below
   };
 
@@ -279,7 +304,18 @@ class FairGate {
 
   bool CanStart(const std::string& name, const Client& c) const {
     return c.running < max_per_client_ && (!slow_start_ || c.started < c.window) &&
-           held_back_.count(name) == 0;
+           held_back_.count(name) == 0 &&
+           !(strangers_limited_ && c.stranger && strangers_running_ >= kStrangerSlots);
+  }
+
+  void CountStart(Client& c) {
+    ++c.running;
+    if (slow_start_) ++c.started;
+    ++running_;
+    if (c.stranger) {
+      ++c.stranger_running;
+      ++strangers_running_;
+    }
   }
 
   Client& Find(const std::string& client) {
@@ -303,6 +339,7 @@ class FairGate {
     }
   }
 
+  static constexpr int kStrangerSlots = 1;  // strangers' calls at once, while limited
   const int max_running_;
   const int max_per_client_;
   const size_t max_queued_per_client_;
@@ -314,6 +351,8 @@ class FairGate {
   long long service_ = 0;
   long long newest_first_ = 0;
   int running_ = 0;
+  int strangers_running_ = 0;
+  bool strangers_limited_ = false;
   size_t queued_ = 0;
   std::unordered_map<std::string, Client> clients_;
   std::list<std::string> ring_;  // clients with calls waiting, in the order they are served

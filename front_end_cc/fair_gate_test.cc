@@ -279,6 +279,37 @@ void TestCannotFinishBeforeItsDeadline() {
 
 }  // namespace
 
+// 300 strangers (no answer of theirs read) each offer one call to a gate of 32 slots, 4 per
+// client. Unlimited, they take all 32 slots and a reading client's call waits behind the turns
+// of all 300; limited, they run one at a time in all, and the readers' calls run at once.
+void TestStrangersShareOneSlot() {
+  FairGate<int> open_gate(32, 4, 1000, 10000);
+  for (int i = 0; i < 300; ++i) {
+    open_gate.Offer("stranger" + std::to_string(i), i, 0, -1, /*stranger=*/true);
+  }
+  CHECK(open_gate.running() == 32);
+  CHECK(open_gate.Offer("reader", 1000) == Admission::kQueued);
+
+  FairGate<int> gate(32, 4, 1000, 10000);
+  CHECK(gate.LimitStrangers(true).empty());
+  int ran = 0;
+  for (int i = 0; i < 300; ++i) {
+    if (gate.Offer("stranger" + std::to_string(i), i, 0, -1, true) == Admission::kRun) ++ran;
+  }
+  CHECK(ran == 1);
+  CHECK(gate.strangers_running() == 1);
+  for (int i = 0; i < 4; ++i) CHECK(gate.Offer("reader", 1000 + i) == Admission::kRun);
+  CHECK(gate.Offer("other reader", 2000) == Admission::kRun);
+  // A stranger's call ends: the next stranger runs (one in all still); a reader's slot goes to
+  // no stranger.
+  CHECK(Items(gate.Release("stranger0")) == std::vector<int>({1}));
+  CHECK(Items(gate.Release("reader")).empty());
+  CHECK(gate.strangers_running() == 1);
+  // Lifted: strangers fill the free slots (32 - 1 stranger - 4 readers = 27 more).
+  CHECK(gate.LimitStrangers(false).size() == 27);
+  CHECK(gate.running() == 32);
+}
+
 int main() {
   TestRoundRobinAheadOfFlood();
   TestTurns();
@@ -293,5 +324,6 @@ int main() {
   TestNoDelayControlWithoutTarget();
   TestServiceTimeRaisesTheTarget();
   TestCannotFinishBeforeItsDeadline();
+  TestStrangersShareOneSlot();
   return dpsr_test::Report("fair_gate_test");
 }

@@ -54,7 +54,8 @@ grpc::ServerGenericBidiReactor* FrontEnd::CreateReactor(
 
 Admission FrontEnd::Offer(Call* call) {
   std::lock_guard<std::mutex> lock(mu_);
-  Admission a = gate_.Offer(call->client(), call, NowMicros(), call->DeadlineLeftMicros());
+  Admission a = gate_.Offer(call->client(), call, NowMicros(), call->DeadlineLeftMicros(),
+                            /*stranger=*/readers_.count(call->client()) == 0);
   switch (a) {
     case Admission::kRun: forwarded_.fetch_add(1, std::memory_order_relaxed); break;
     case Admission::kQueued: break;
@@ -119,6 +120,7 @@ bool FrontEnd::HoldUnread(const std::string& client, size_t bytes) {
   } else {
     UpdateHoldBack(client, held);
   }
+  UpdateStrangerLimit();  // first answers only grew: it can only start limiting here
   return true;
 }
 
@@ -153,6 +155,7 @@ void FrontEnd::FreeUnread(const std::string& client, size_t bytes, bool delivere
       Append(&started, UpdateHoldBack(client, it->second));
     }
     if (it->second == 0) unread_.erase(it);
+    Append(&started, UpdateStrangerLimit());
   }
   Start(started);
 }
@@ -195,6 +198,12 @@ void FrontEnd::Start(Started started) {
     }
     started = std::move(more);
   }
+}
+
+FrontEnd::Started FrontEnd::UpdateStrangerLimit() {
+  return gate_.LimitStrangers(
+      OverTotal() && first_unread_ > static_cast<size_t>(options_.hold_back_total_unread_bytes),
+      NowMicros());
 }
 
 FrontEnd::Started FrontEnd::UpdateHoldBack(const std::string& client, size_t held) {

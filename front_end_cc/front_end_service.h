@@ -98,6 +98,9 @@ class FrontEnd : public grpc::CallbackGenericService {
   // Holds `client` back or lets it go by the rule of HoldUnread (mu_ held); returns the calls
   // that run now.
   Started UpdateHoldBack(const std::string& client, size_t held);
+  // Strangers (clients none of whose answers has been read) share one client's share of the
+  // backend while the first answers they hold are over the total budget (fair_gate.h).
+  Started UpdateStrangerLimit();
 
   const Options options_;
   std::unique_ptr<grpc::GenericStub> stub_;
