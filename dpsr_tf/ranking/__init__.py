@@ -1,5 +1,6 @@
 """DPR: the pairwise Siamese re-ranker of the DSR/DPR paper (sessions, features, model,
-training, metrics, baselines). docs/ranking.md."""
+training, metrics, baselines, target_stats: ordered item statistics, validation: where
+choices are made). docs/ranking.md."""
 from dpsr_tf.ranking.metrics import session_metrics
 from dpsr_tf.ranking.sessions import Pairs, SessionTable, build_pairs
 

@@ -12,7 +12,10 @@ import hashlib
 
 import numpy as np
 
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.ranking import features as features_lib
 from dpsr_tf.ranking import sessions as sessions_lib
+from dpsr_tf.ranking import train as train_lib
 from dpsr_tf.ranking import user_features as user_lib
 
 
@@ -55,7 +58,6 @@ def layout_validation_mask(spec, queries) -> np.ndarray:
     """[S] bool: the sessions whose query is one of the layout's validation queries (those the
     retrieval model held out for its own early stopping, so its score features are out of
     sample there, as on the eval sessions)."""
-    from dpsr_tf.data import layout as layout_lib  # pylint: disable=import-outside-toplevel
     if "validation" not in spec.record_files:
         raise ValueError(f"{spec.layout_dir} has no validation split; re-run `dpsr prepare` "
                          f"(it carves one from the training queries)")
@@ -74,9 +76,6 @@ def carve_like_eval(data, dpsr_model_dir: str, log=print):
     Raises:
       ValueError: the layout has no validation split, or the carve leaves a side empty.
     """
-    # pylint: disable=import-outside-toplevel
-    from dpsr_tf.ranking import features as features_lib
-    from dpsr_tf.ranking import train as train_lib
     table = data.train_sessions
     held = layout_validation_mask(data.layout_spec, table.queries)
     if held.all() or not held.any():
