@@ -6,7 +6,8 @@ eval sessions (dpsr_tf/evaluation/paired.py) and the training time of each.
 
     python bench/rerank_groups.py --sessions_dir=S --dpsr_model_dir=M --dpsr_index_dir=I \\
         --work=/tmp/rerank_groups --seeds=0,1,2 --train_steps=1000 --token_embedding_dim=8 \
-        --combiner=mean --user_embedding_dim=4 --history_embedding_dim=4
+        --combiner=mean --user_embedding_dim=4 --history_embedding_dim=4 --profile_cross \
+        --xgboost_rounds=auto [--validation=layout]
 
 --optimizer/--learning_rate/--profile_cross set the DPR training (--numeric_* give numeric-only
 DPR its own); --with_previous adds all groups with the previous setting (Adagrad 0.05, no
