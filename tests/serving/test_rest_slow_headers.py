@@ -12,44 +12,7 @@ import pytest
 
 from dpsr_tf.serving.model_server.api import http_head, rest
 from dpsr_tf.serving.model_server.api.predict import RequestLimits
-
-
-class _Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-class _Trickle(io.RawIOBase):
-    """A connection that sends `first` at once (after `idle` seconds on `clock`), then
-    `byte` once per read, `step` seconds apart."""
-
-    def __init__(self, first: bytes, clock: _Clock, step: float, byte: bytes = b"a",
-                 idle: float = 0.0):
-        self._first = first
-        self._clock = clock
-        self._step = step
-        self._byte = byte
-        self._idle = idle
-        self.reads = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        self.reads += 1
-        if self._first:
-            self._clock.now += self._idle
-            self._idle = 0.0
-            n = min(len(b), len(self._first))
-            b[:n] = self._first[:n]
-            self._first = self._first[n:]
-            return n
-        self._clock.now += self._step
-        b[:1] = self._byte
-        return 1
+from tests.support.trickle import FakeClock, Trickle
 
 
 def _read_head(reader: http_head.HeadReader):
@@ -64,8 +27,9 @@ def _read_head(reader: http_head.HeadReader):
 def test_a_trickled_header_is_refused_at_the_heads_deadline():
     """A header sent a byte every 0.1 s: refused once 10 s have passed since the head's first
     byte, after about 100 reads (before: read for as long as it trickled)."""
-    clock = _Clock()
-    raw = _Trickle(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\nX-Slow: ", clock, step=0.1)
+    clock = FakeClock()
+    raw = Trickle(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\nX-Slow: ", clock, step=0.1,
+                  byte=b"a")
     reader = http_head.HeadReader(io.BufferedReader(raw), None, seconds=10.0, clock=clock)
     with pytest.raises(http_head.HeadTooSlow, match="within 10 s"):
         _read_head(reader)
@@ -75,9 +39,9 @@ def test_a_trickled_header_is_refused_at_the_heads_deadline():
 def test_the_wait_for_a_heads_first_byte_is_not_counted():
     """An idle keep-alive connection waits under the socket's timeout, not the head's: a head
     whose first byte comes after 60 s and the rest at once is read whole."""
-    clock = _Clock()
-    raw = _Trickle(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n", clock,
-                   step=0.1, idle=60.0)
+    clock = FakeClock()
+    raw = Trickle(b"GET /v1/models/m HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n", clock,
+                  step=0.1, byte=b"a", idle=60.0)
     reader = http_head.HeadReader(io.BufferedReader(raw), None, seconds=10.0, clock=clock)
     line, headers = _read_head(reader)
     assert line == b"GET /v1/models/m HTTP/1.1\r\n"
@@ -99,8 +63,8 @@ def test_header_lines_over_the_byte_limit_are_refused():
 
 def test_after_the_head_reads_are_the_buffered_readers():
     """The body is not the head's to time: after end(), reads go straight through."""
-    clock = _Clock()
-    raw = _Trickle(b"GET / HTTP/1.1\r\n\r\nbody", clock, step=100.0)
+    clock = FakeClock()
+    raw = Trickle(b"GET / HTTP/1.1\r\n\r\nbody", clock, step=100.0, byte=b"a")
     reader = http_head.HeadReader(io.BufferedReader(raw), None, seconds=1.0, clock=clock)
     _read_head(reader)
     assert reader.read(4) == b"body"

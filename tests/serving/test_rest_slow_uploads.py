@@ -13,42 +13,9 @@ import pytest
 
 from dpsr_tf.serving.model_server.api import http_body, rest
 from dpsr_tf.serving.model_server.api.predict import RequestLimits
+from tests.support.trickle import FakeClock, Trickle
 
 PACE = http_body.BodyPace(grace_seconds=10.0, min_bytes_per_second=64 << 10)
-
-
-class _Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-class _Trickle(io.RawIOBase):
-    """A connection that sends `first` at once, then one byte per read, `step` seconds apart
-    on `clock`."""
-
-    def __init__(self, first: bytes, clock: _Clock, step: float, byte: bytes = b" "):
-        self._first = first
-        self._clock = clock
-        self._step = step
-        self._byte = byte
-        self.reads = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        self.reads += 1
-        if self._first:
-            n = min(len(b), len(self._first))
-            b[:n] = self._first[:n]
-            self._first = self._first[n:]
-            return n
-        self._clock.now += self._step
-        b[:1] = self._byte
-        return 1
 
 
 def _headers(text: str):
@@ -59,8 +26,8 @@ def test_a_trickled_body_is_408_within_the_grace_and_frees_the_budget():
     """16 MiB declared, 100 KiB sent, then a byte every 5 s: cut (408) once the grace plus what
     came at the minimum rate is spent, after a bounded number of reads; meanwhile it holds
     about what it sent (not the 16 MiB it declared), and nothing after."""
-    clock = _Clock()
-    raw = _Trickle(b" " * (100 << 10), clock, step=5.0)
+    clock = FakeClock()
+    raw = Trickle(b" " * (100 << 10), clock, step=5.0)
     budget = http_body.BodyBudget(16 << 20)
     reader = http_body.BodyReader(io.BufferedReader(raw), 16 << 20, budget, 0, peer="a",
                                   pace=PACE, clock=clock)
@@ -76,8 +43,8 @@ def test_a_trickled_body_is_408_within_the_grace_and_frees_the_budget():
 
 def test_a_trickled_chunk_size_line_is_408_not_read_to_its_end():
     """A chunk-size line sent a byte at a time is cut by the pace, not after 1 KiB of bytes."""
-    clock = _Clock()
-    raw = _Trickle(b"", clock, step=5.0, byte=b"0")
+    clock = FakeClock()
+    raw = Trickle(b"", clock, step=5.0, byte=b"0")
     reader = http_body.BodyReader(io.BufferedReader(raw), 1 << 20, http_body.BodyBudget(1 << 20),
                                   0, pace=PACE, clock=clock)
     with pytest.raises(http_body.BodyError) as e:
@@ -87,8 +54,8 @@ def test_a_trickled_chunk_size_line_is_408_not_read_to_its_end():
 
 
 def test_a_body_that_never_sends_its_first_64_kib_holds_no_budget():
-    clock = _Clock()
-    raw = _Trickle(b" " * 1000, clock, step=5.0)
+    clock = FakeClock()
+    raw = Trickle(b" " * 1000, clock, step=5.0)
     budget = http_body.BodyBudget(16 << 20)
     reader = http_body.BodyReader(io.BufferedReader(raw), 16 << 20, budget, 0, pace=PACE,
                                   clock=clock)
@@ -99,7 +66,7 @@ def test_a_body_that_never_sends_its_first_64_kib_holds_no_budget():
 
 def test_a_body_waiting_for_the_budget_is_not_late_for_it():
     """Time spent waiting for the budget does not count against the client's pace."""
-    clock = _Clock()
+    clock = FakeClock()
     body = b" " * (200 << 10)
     budget = http_body.BodyBudget(1 << 20)
 
