@@ -4,8 +4,9 @@ groups) are made on, so the eval sessions only ever report.
     fit, held = carve(data)          # RankerData over TRAIN only: train = fit, eval = held
 
 A session is held out iff int(md5(query), 16) % modulus == 0 (whole queries move, as the
-layout's own split does). The held sessions keep their TRAIN numeric features: those are
-leave-one-session-out, so no held row sees its own label.
+layout's own split does). The held sessions keep their TRAIN numeric features: ordered item
+statistics (target_stats.py), so no held row sees its own label, but they count earlier held
+sessions and come with in-sample DPSR scores; carve_like_eval rebuilds them as eval's are made.
 """
 import dataclasses
 import hashlib

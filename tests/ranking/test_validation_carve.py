@@ -1,5 +1,6 @@
 """The validation carve of TRAIN sessions (dpsr_tf/ranking/validation.py): whole queries move by
-the md5 rule, and each side keeps its own candidates' features and user rows in order."""
+the md5 rule, and each side keeps its own candidates' features and user rows in order; the
+carve like eval rebuilds the item statistics from the kept sessions only (worked by hand)."""
 import hashlib
 
 import numpy as np
@@ -62,3 +63,60 @@ def test_layout_validation_mask_marks_the_sessions_of_validation_queries(tmp_pat
     queries = sorted(by_split["train"])[:30] + sorted(by_split["validation"])[:10] + ["unseen"]
     mask = validation.layout_validation_mask(spec, queries)
     np.testing.assert_array_equal(mask, [False] * 30 + [True] * 10 + [False])
+
+
+def _rebuild(monkeypatch, rng):
+    """carve_like_eval on five hand-made TRAIN sessions; the "saw" sessions are the layout's
+    validation queries. Query heads are fixed vectors per query (no DPSR model)."""
+    from dpsr_tf.ranking import features
+    lists = [  # query, items, labels, timestamp; order by time = s0, s1, s2, s3, s4
+        {"query": "drill", "items": [0, 1], "labels": [1.0, 0.0], "timestamp": 1.0},
+        {"query": "saw", "items": [1, 2], "labels": [1.0, 0.0], "timestamp": 2.0},
+        {"query": "drill", "items": [0, 2], "labels": [0.0, 1.0], "timestamp": 3.0},
+        {"query": "saw", "items": [0, 1], "labels": [0.0, 1.0], "timestamp": 4.0},
+        {"query": "hammer", "items": [2, 0], "labels": [1.0, 0.0], "timestamp": 5.0}]
+    table = sessions.SessionTable.from_lists(lists)
+    titles = ["red drill", "blue saw", "claw hammer"]
+    emb = rng.normal(size=(3, 4)).astype(np.float32)
+    full = features.build_feature_tables(titles, table.item_rows, table.labels, emb)
+    heads = {q: rng.normal(size=(2, 4)).astype(np.float32) for q in ("drill", "saw", "hammer")}
+    monkeypatch.setattr(validation, "layout_validation_mask",
+                        lambda spec, queries: np.array([q == "saw" for q in queries]))
+    monkeypatch.setattr(train, "query_heads",
+                        lambda model_dir, spec, queries: np.stack([heads[q] for q in queries]))
+    data = train.RankerData(None, titles, full, table, None, None, None, 2)
+    return validation.carve_like_eval(data, "unused", log=None), emb, heads
+
+
+def test_carve_like_eval_rebuilds_item_statistics_from_the_kept_sessions(monkeypatch):
+    from dpsr_tf.ranking import features
+    out, emb, heads = _rebuild(monkeypatch, np.random.default_rng(0))
+    assert out.eval_sessions.queries == ["saw", "saw"]
+    assert out.train_sessions.queries == ["drill", "drill", "hammer"]
+    n = features.FEATURE_NAMES.index("item_log_impressions")
+    m = features.FEATURE_NAMES.index("item_mean_label")
+    # Kept sessions s0, s2, s4 (labels 1 0 | 0 1 | 1 0, global mean g = 0.5, prior weight 5):
+    # item 0 shown 3 times, label sum 1; item 1 once, 0; item 2 twice, 2. All five TRAIN
+    # sessions would give item 1 three impressions and item 0 four.
+    assert out.tables.global_mean_label == 0.5
+    np.testing.assert_array_equal(out.tables.item_impressions, [3, 1, 2])
+    np.testing.assert_array_equal(out.tables.item_label_sum, [1, 0, 2])
+    # Held rows (s1: items 1 2; s3: items 0 1) see the kept sessions' full statistics:
+    # mean = (label sum + 5 * 0.5) / (impressions + 5).
+    full = {0: (3, 3.5 / 8), 1: (1, 2.5 / 6), 2: (2, 4.5 / 7)}
+    want = np.array([full[i] for i in (1, 2, 0, 1)])
+    np.testing.assert_allclose(out.eval_features[:, n], np.log1p(want[:, 0]), rtol=1e-6)
+    np.testing.assert_allclose(out.eval_features[:, m], want[:, 1], rtol=1e-6)
+    # Kept rows see only the kept sessions before their own (ordered by time):
+    # s0: items 0, 1 unseen (mean = the prior 0.5); s2: item 0 after s0 (1 impression, label 1),
+    # item 2 unseen; s4: item 2 after s2 (1, label 1), item 0 after s0 and s2 (2, label 1).
+    ordered = np.array([(0, 0.5), (0, 0.5), (1, 3.5 / 6), (0, 0.5), (1, 3.5 / 6), (2, 3.5 / 7)])
+    np.testing.assert_allclose(out.train_features[:, n], np.log1p(ordered[:, 0]), rtol=1e-6)
+    np.testing.assert_allclose(out.train_features[:, m], ordered[:, 1], rtol=1e-6)
+    # Each side's DPSR score is its own query's: max over heads of head . item embedding.
+    s = features.FEATURE_NAMES.index("dpsr_score")
+    for part, feats in ((out.train_sessions, out.train_features),
+                        (out.eval_sessions, out.eval_features)):
+        q = np.stack([heads[part.queries[k]] for k in part.session_of_candidate()])
+        want_s = np.einsum("chd,cd->ch", q, emb[part.item_rows]).max(axis=1)
+        np.testing.assert_allclose(feats[:, s], want_s, rtol=1e-5, atol=1e-6)
