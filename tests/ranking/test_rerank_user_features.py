@@ -191,6 +191,14 @@ def test_served_retrieve_rerank_with_user_inputs_equals_the_evaluation(full_rank
         order = np.argsort(-want[lo:hi], kind="stable")
         assert served[s] == [int(retrieved.item_rows[lo + j]) for j in order], s
         np.testing.assert_allclose(got["scores"][s], want[lo:hi][order], rtol=1e-5, atol=1e-5)
+    # What was re-ranked is retrieval's top rerank_n: the exact DPSR ranking (max over heads of
+    # the inner product, numpy over the whole catalog), each item with its retrieval rank.
+    dpsr = np.einsum("smd,nd->snm", heads, data.tables.item_embeddings).max(axis=2)
+    for s in range(len(table)):
+        top = np.argsort(-dpsr[s], kind="stable")[:6]
+        assert sorted(served[s]) == sorted(top.tolist()), s
+        rank = {int(r): k + 1 for k, r in enumerate(top)}
+        assert got["retrieval_ranks"][s].tolist() == [rank[r] for r in served[s]], s
 
 
 def _rows_ids(files):
