@@ -72,7 +72,8 @@ def carve_like_eval(data, dpsr_model_dir: str, log=print):
     """A RankerData whose eval side is the TRAIN sessions of the layout's validation queries,
     with features made as the eval split's are: item statistics of the kept TRAIN sessions
     only, full for the held rows and ordered for the kept ones (target_stats.py), and DPSR
-    scores of queries the retrieval model did not train on.
+    scores of queries the retrieval model did not train on. `data` must come without
+    retrieved negatives (prepare_ranker_data's default): every TRAIN candidate counts as shown.
 
     Raises:
       ValueError: the layout has no validation split, or the carve leaves a side empty.
