@@ -2,11 +2,9 @@
 hand-worked values for 1, 2, 3 and 32 cores, and the flags' defaults resolved on a machine
 whose affinity mask is faked."""
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from dpsr_tf.cli.serve import options_from_flags  # defines `dpsr serve`'s flags
 from dpsr_tf.serving import capacity, stream_limits
+from tests.support.fresh_python import run_fresh
 
 
 @pytest.mark.parametrize("cores, threads, per_client, running, running_per_client, streams", [
@@ -45,23 +43,27 @@ def test_stream_limit_minus_one_is_derived_others_are_kept(monkeypatch):
     assert stream_limits.resolve(50) == 50
 
 
-def _serve_options(tmp_path, *args):
-    flags.FLAGS(["dpsr", f"--model_base_path={tmp_path}", "--model_name=m", *args])
-    options, _ = options_from_flags()
-    return options
+def test_serve_defaults_follow_the_cores_and_flags_override(tmp_path):
+    """In a fresh process: `dpsr serve`'s flags are absl flags of the whole process, and
+    another command's module (dpsr export) defines flags of the same names."""
+    options = run_fresh(f"""
+        import json
+        from absl import flags
+        from absl.testing import flagsaver
+        from dpsr_tf.cli.serve import options_from_flags
+        from dpsr_tf.serving import capacity
+        capacity.os.sched_getaffinity = lambda pid: {{0, 3, 5}}  # 3 usable cores
 
+        def options(*args):
+            with flagsaver.flagsaver():
+                flags.FLAGS(["dpsr", "--model_base_path={tmp_path}", "--model_name=m",
+                             "--front_end=python", *args])
+                o, _ = options_from_flags()
+                return [o.core.num_run_threads, o.core.max_run_threads_per_client,
+                        o.max_streams_per_connection]
 
-def test_serve_defaults_follow_the_cores_and_flags_override(monkeypatch, tmp_path):
-    monkeypatch.setattr(capacity.os, "sched_getaffinity", lambda pid: {0, 3, 5})
-    with flagsaver.flagsaver():
-        options = _serve_options(tmp_path, "--front_end=python")
-        assert options.core.num_run_threads == 12
-        assert options.core.max_run_threads_per_client == 3
-        assert options.max_streams_per_connection == 192
-    with flagsaver.flagsaver():
-        options = _serve_options(tmp_path, "--front_end=python", "--num_run_threads=5",
-                                 "--max_streams_per_connection=0",
-                                 "--max_run_threads_per_client=4")
-        assert options.core.num_run_threads == 5
-        assert options.core.max_run_threads_per_client == 4
-        assert options.max_streams_per_connection == 0
+        print(json.dumps([options(), options("--num_run_threads=5",
+                                             "--max_streams_per_connection=0",
+                                             "--max_run_threads_per_client=4")]))
+        """)
+    assert options == [[12, 3, 192], [5, 4, 0]]

@@ -63,6 +63,11 @@ def server(toy_model_dir, tmp_path_factory, spec):
             # --front_end=python, and behind the native front end, whose turns are tested in
             # test_native_front_end.py, the few calls it passes on).
             "--front_end=python",
+            # The queue delay control off: what these tests count (queues, budgets, turns) is
+            # the same on any machine only without it; on a loaded one it refuses a flood's
+            # later calls before 60 of them queue. It has its own tests (test_run_queue.py,
+            # test_native_front_end.py).
+            "--front_end_queue_target_ms=0",
             # The 30 MB request of 10,000 rows is refused by a configured row limit (TF
             # Serving, and this server by default, have none).
             "--max_request_rows=256",
