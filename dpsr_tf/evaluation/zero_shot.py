@@ -113,14 +113,15 @@ def zero_shot_scorers(spec, eval_set, pairs, bm25_scorer, pretrained_dir: str = 
     with TextEmbedder(pretrained_dir) as embedder:
         log(f"zero-shot encoder {embedder.model.directory} over the items' {fields}")
         items = document_cache.document_embeddings(spec, embedder, documents, log)
-        # Each distinct query once: many requests (users) share a query.
-        request_texts = sorted(set(eval_set.queries))
-        by_text = dict(zip(request_texts, embedder.embed(request_texts)))
-        requests = (np.stack([by_text[t] for t in eval_set.queries]) if len(eval_set.queries)
-                    else np.zeros([0, items.shape[1]], np.float32))
-        pair_texts = sorted({queries[q] for q in pairs["query_row"]})
-        embedded = dict(zip(pair_texts, embedder.embed(pair_texts))) if pair_texts else {}
-    pair_emb = np.stack([embedded[queries[q]] for q in pairs["query_row"]]) if len(
-        pairs["query_row"]) else np.zeros([0, items.shape[1]], np.float32)
+        # Each distinct query once: many requests (users) share a query, and the pairs' queries
+        # are the requests' own.
+        pair_queries = [queries[q] for q in pairs["query_row"]]
+        texts = sorted(set(eval_set.queries) | set(pair_queries))
+        by_text = dict(zip(texts, embedder.embed(texts))) if texts else {}
+
+    def rows(of_texts) -> np.ndarray:
+        return (np.stack([by_text[t] for t in of_texts]) if len(of_texts)
+                else np.zeros([0, items.shape[1]], np.float32))
+    requests, pair_emb = rows(list(eval_set.queries)), rows(pair_queries)
     encoder = EncoderScorer(items, requests, pair_emb)
     return {"zero_shot": encoder, "zero_shot_hybrid": RRFScorer(bm25_scorer, encoder)}

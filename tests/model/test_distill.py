@@ -267,5 +267,6 @@ def test_the_zero_shot_baseline_and_a_pretrained_teacher_embed_the_titles_once(
         order.reverse()
     got = [run() for run in order]
     assert [c for c in calls if c == titles] == [titles]       # the titles embedded once
-    assert len(calls) == 4     # the titles, eval requests, eval pairs' queries, teacher queries
+    # The titles, the eval queries (the requests' and the pairs' in one call), the teacher's.
+    assert len(calls) == 3
     np.testing.assert_allclose(got[0], got[1], atol=1e-3)     # float16 in the teacher cache
