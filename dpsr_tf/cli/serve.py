@@ -22,7 +22,6 @@ from dpsr_tf.cli import front_end_flags
 from dpsr_tf.serving import config as config_lib
 from dpsr_tf.serving import capacity, heap_trim, startup, stream_limits
 from dpsr_tf.serving.errors import ServingError
-from dpsr_tf.serving.model_server.runs import run_queue
 
 # tensorflow_model_server flags (same names, types and defaults).
 _PORT = flags.DEFINE_integer("port", 8500, "Port to listen on for gRPC API.")
@@ -411,7 +410,7 @@ def options_from_flags():
         max_queued_requests=_MAX_QUEUED.value,
         max_queued_requests_per_client=_MAX_QUEUED_PER_CLIENT.value,
         max_run_threads_per_client=(_MAX_RUN_THREADS_PER_CLIENT.value
-                                    or run_queue.default_running_per_client(run_threads)),
+                                    or capacity.running_per_client(run_threads)),
         # The native front end refuses a standing queue before its calls reach the run queue.
         queue_target_seconds=(0.0 if native_front_end else
                               front_end_flags.QUEUE_TARGET_MS.value / 1000.0),

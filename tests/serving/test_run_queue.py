@@ -203,14 +203,14 @@ def test_a_failed_task_leaves_no_reference_cycle():
 def test_default_run_threads_per_client_is_half_the_threads_at_most_the_cores(monkeypatch):
     """--max_run_threads_per_client=0: half of --num_run_threads rounded up, capped by the
     cores this process may use (its affinity mask), never below 1."""
-    assert run_queue.default_running_per_client(8, cores=2) == 2
-    assert run_queue.default_running_per_client(8, cores=16) == 4
-    assert run_queue.default_running_per_client(7, cores=64) == 4
-    assert run_queue.default_running_per_client(1, cores=2) == 1
+    assert capacity.running_per_client(8, cores=2) == 2
+    assert capacity.running_per_client(8, cores=16) == 4
+    assert capacity.running_per_client(7, cores=64) == 4
+    assert capacity.running_per_client(1, cores=2) == 1
     monkeypatch.setattr(capacity.os, "sched_getaffinity", lambda pid: {0, 3, 5})
-    assert run_queue.usable_cores() == 3
-    assert run_queue.default_running_per_client(8) == 3
-    assert run_queue.default_running_per_client(4) == 2
+    assert capacity.usable_cores() == 3
+    assert capacity.running_per_client(8) == 3
+    assert capacity.running_per_client(4) == 2
 
 
 def test_a_standing_queue_is_refused_at_once_and_another_client_still_runs():

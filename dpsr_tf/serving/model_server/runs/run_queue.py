@@ -40,7 +40,6 @@ from typing import Callable, Hashable, Optional
 
 import grpc
 
-from dpsr_tf.serving import capacity
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.queue_delay import QueueDelay
 
@@ -62,11 +61,6 @@ QUEUE_INTERVAL_SECONDS = 0.1
 # The unit of run time that clients are charged in (runs shorter than this cost one unit, so
 # clients of cheap runs take strict turns).
 COST_QUANTUM_SECONDS = 0.005
-
-
-# The cores and the default share (capacity.py, where every derived default lives).
-usable_cores = capacity.usable_cores
-default_running_per_client = capacity.running_per_client
 
 
 def run_cost(seconds: float) -> int:
