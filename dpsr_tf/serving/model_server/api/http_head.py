@@ -97,8 +97,7 @@ class HeadReader:
             return data
         left = self._deadline - self._clock()
         if left <= 0:
-            raise HeadTooSlow(f"the request line and headers did not arrive within "
-                              f"{self._seconds:g} s of their first byte")
+            raise self._too_slow()
         if self._sock is None:
             return self._rfile.peek(1)
         own = self._sock.gettimeout()
@@ -107,11 +106,14 @@ class HeadReader:
             return self._rfile.peek(1)
         except TimeoutError:
             if self._clock() >= self._deadline:  # the deadline's, not the socket timeout's
-                raise HeadTooSlow(f"the request line and headers did not arrive within "
-                                  f"{self._seconds:g} s of their first byte") from None
+                raise self._too_slow() from None
             raise
         finally:
             self._sock.settimeout(own)
+
+    def _too_slow(self) -> HeadTooSlow:
+        return HeadTooSlow(f"the request line and headers did not arrive within "
+                           f"{self._seconds:g} s of their first byte")
 
     def __getattr__(self, name):
         return getattr(self._rfile, name)
