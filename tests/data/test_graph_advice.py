@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from dpsr_tf.data.graph.advice import MAX_CLICKS_PER_QUERY, clicks_per_query, searchgcn_warning
+from dpsr_tf.data.graph.advice import (MAX_CLICKS_PER_QUERY, clicks_per_query, recommendation,
+                                        searchgcn_warning)
 from dpsr_tf.data.graph.tables import GraphMeta
 from dpsr_tf.model.config import ModelConfig
 
@@ -53,3 +54,19 @@ def test_training_config_resolution_logs_the_warning(tmp_path, caplog, clicks, w
     logged = [r.getMessage() for r in caplog.records
               if "clicks per training query" in r.getMessage()]
     assert len(logged) == (1 if warns else 0)
+
+
+@pytest.mark.parametrize("clicks,queries,advice,span", [
+    # Home Depot: -0.0413 and -0.0398 both round to 0.04, printed once
+    (40537, 8926, "compare", "SearchGCN was 0.04 Recall@100 below DPSR on Home Depot"),
+    # MovieLens: -0.1065 and -0.1237 round apart, printed as a range
+    (21678, 14, "off", "SearchGCN lost 0.11-0.12 Recall@100"),
+])
+def test_recommendation_text(clicks, queries, advice, span):
+    out = recommendation(_meta(clicks, queries))
+    assert out["advice"] == advice
+    assert span in out["text"]
+    assert "0.04-0.04" not in out["text"]
+    catalogs = [m["catalog"] for m in out["measured"]]
+    assert "Best Buy (the 2026-11-23 run)" in catalogs
+    assert not any("older" in c for c in catalogs)

@@ -38,7 +38,13 @@ def searchgcn_warning(meta: GraphMeta) -> Optional[str]:
 # DPSR"): (catalog, clicks per training query, fixed lists, sampled 2 layers or None).
 MEASURED = (("MovieLens 100K", 1548.0, -0.1237, -0.1065),
             ("Home Depot", 4.5, -0.0413, -0.0398),
-            ("Best Buy (an older run)", 6.3, +0.0022, None))
+            ("Best Buy (the 2026-11-23 run)", 6.3, +0.0022, None))
+
+
+def _loss_range(a: float, b: float) -> str:
+    """Two losses as "lo-hi" at two decimals, or one value when both round alike."""
+    lo, hi = sorted((f"{-a:.2f}", f"{-b:.2f}"), key=float)
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def recommendation(meta: GraphMeta) -> dict:
@@ -53,13 +59,13 @@ def recommendation(meta: GraphMeta) -> dict:
         advice, text = "off", (
             f"Off: {per_query:,.1f} clicks per training query is a recommendation-style log "
             f"(above {MAX_CLICKS_PER_QUERY:g}); on MovieLens (1,548) SearchGCN lost "
-            f"{-MEASURED[0][3]:.2f}-{-MEASURED[0][2]:.2f} Recall@100 to the DPSR towers. "
+            f"{_loss_range(MEASURED[0][2], MEASURED[0][3])} Recall@100 to the DPSR towers. "
             f"Train --tower=dpsr.")
     else:
         advice, text = "compare", (
             f"No measured gain: {per_query:,.1f} clicks per training query is a search log "
             f"(at most {MAX_CLICKS_PER_QUERY:g}), where SearchGCN was "
-            f"{-MEASURED[1][3]:.2f}-{-MEASURED[1][2]:.2f} Recall@100 below DPSR on Home Depot "
+            f"{_loss_range(MEASURED[1][2], MEASURED[1][3])} Recall@100 below DPSR on Home Depot "
             f"and level on Best Buy. Keep --tower=dpsr unless bench/searchgcn_subsets.py shows "
             f"a gain on this catalog.")
     return {"clicks": int(meta.counts.get("clicks", 0)), "queries": int(meta.num_query_nodes),
