@@ -281,7 +281,8 @@ def read_impressions(path: str, item_rows: Dict[str, int],
     return SessionTable.from_lists(kept), counts
 
 
-def _subset(table: SessionTable, mask: np.ndarray) -> SessionTable:
+def subset(table: SessionTable, mask: np.ndarray) -> SessionTable:
+    """The sessions of `table` where mask [S] bool is True, in order, with their candidates."""
     keep = np.flatnonzero(mask)
     return SessionTable.from_lists([{
         "session_id": table.session_ids[s], "query": table.queries[s],
@@ -319,7 +320,7 @@ def prepare_sessions(layout_dir: str, impressions: str, output: str, log=print) 
             "impressions": os.path.abspath(impressions), "split": spec.split,
             "counts": counts, "splits": {}}
     for name, mask in (("train", ~is_eval), ("eval", is_eval)):
-        part = _subset(table, mask)
+        part = subset(table, mask)
         part.save(os.path.join(output, f"{name}.npz"))
         distinct = sum(len(np.unique(part.candidates(s)[1])) > 1 for s in range(len(part)))
         info["splits"][name] = {"sessions": len(part), "candidates": part.num_candidates,

@@ -34,6 +34,13 @@ def _users(users, mask):
     return user_lib.SessionUsers(users.profile[mask], users.history[mask])
 
 
+def _check_sides(held: np.ndarray, rule: str, hint: str = "") -> None:
+    """Raises ValueError unless the carve by `rule` holds out some but not all sessions."""
+    if held.all() or not held.any():
+        raise ValueError(f"{rule} holds out {int(held.sum())} of {len(held)} TRAIN sessions: "
+                         f"both sides need sessions{hint}")
+
+
 def carve(data, modulus: int = 7):
     """A train_lib.RankerData whose train/eval sessions are the kept/held TRAIN sessions.
 
@@ -42,14 +49,12 @@ def carve(data, modulus: int = 7):
     """
     table = data.train_sessions
     held = held_mask(table.queries, modulus)
-    if held.all() or not held.any():
-        raise ValueError(f"the validation carve (md5(query) % {modulus} == 0) holds "
-                         f"{int(held.sum())} of {len(table)} TRAIN sessions: both sides need "
-                         f"sessions; use more sessions or another modulus")
+    _check_sides(held, f"the validation carve (md5(query) % {modulus} == 0)",
+                 "; use more sessions or another modulus")
     per_candidate = np.repeat(held, np.diff(table.splits))
     out = {}
     for name, mask, cand in (("train", ~held, ~per_candidate), ("eval", held, per_candidate)):
-        out[f"{name}_sessions"] = sessions_lib._subset(table, mask)  # pylint: disable=protected-access
+        out[f"{name}_sessions"] = sessions_lib.subset(table, mask)
         out[f"{name}_features"] = data.train_features[cand]
         out[f"{name}_users"] = _users(data.train_users, mask)
     return dataclasses.replace(data, **out)
@@ -59,11 +64,11 @@ def layout_validation_mask(spec, queries) -> np.ndarray:
     """[S] bool: the sessions whose query is one of the layout's validation queries (those the
     retrieval model held out for its own early stopping, so its score features are out of
     sample there, as on the eval sessions)."""
-    if "validation" not in spec.record_files:
+    if layout_lib.VALIDATION_SPLIT not in spec.record_files:
         raise ValueError(f"{spec.layout_dir} has no validation split; re-run `dpsr prepare` "
                          f"(it carves one from the training queries)")
     texts = layout_lib.load_queries(spec)
-    rows = np.unique(layout_lib.read_records(spec, "validation")["query_row"])
+    rows = np.unique(layout_lib.read_records(spec, layout_lib.VALIDATION_SPLIT)["query_row"])
     held = {texts[r] for r in rows}
     return np.array([q in held for q in queries], bool)
 
@@ -80,11 +85,9 @@ def carve_like_eval(data, dpsr_model_dir: str, log=print):
     """
     table = data.train_sessions
     held = layout_validation_mask(data.layout_spec, table.queries)
-    if held.all() or not held.any():
-        raise ValueError(f"the layout's validation queries hold {int(held.sum())} of "
-                         f"{len(table)} TRAIN sessions: both sides need sessions")
-    fit = sessions_lib._subset(table, ~held)  # pylint: disable=protected-access
-    out_table = sessions_lib._subset(table, held)  # pylint: disable=protected-access
+    _check_sides(held, "the layout's validation split")
+    fit = sessions_lib.subset(table, ~held)
+    out_table = sessions_lib.subset(table, held)
     t = data.tables
     tables = features_lib.build_feature_tables(data.titles, fit.item_rows, fit.labels,
                                                t.item_embeddings, t.lexical_config,

@@ -20,6 +20,15 @@ def _hand_session_table():
     ])
 
 
+def test_subset_keeps_the_masked_sessions_with_their_candidates():
+    part = sessions.subset(_hand_session_table(), np.array([True, False, True]))
+    assert part.queries == ["red shoe", "drill"]
+    np.testing.assert_array_equal(part.splits, [0, 4, 6])
+    np.testing.assert_array_equal(part.item_rows, [10, 11, 12, 13, 30, 31])
+    np.testing.assert_array_equal(part.labels, [2, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(part.positions, [0, 1, 2, 3, 0, 1])
+
+
 def test_pairs_of_a_hand_made_session_table():
     table = _hand_session_table()
     pairs = sessions.build_pairs(table, max_pairs_per_session=0, seed=3)
