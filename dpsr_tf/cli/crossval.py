@@ -49,10 +49,12 @@ _ZERO_SHOT = flags.DEFINE_bool(
     "the titles (zero_shot) and BM25 over every field fused with it by reciprocal rank, k = 60 "
     "(zero_shot_hybrid), with paired tests. May be added to a finished run: its models are "
     "reused.")
-_SPELLING = flags.DEFINE_bool(
-    "spelling", True, "--hybrid: correct the held-out queries with each fold's catalog speller "
-    "before the served dense and lexical searches, as a servable exported with --spelling does "
-    "(docs/spelling.md).")
+_SPELLING = flags.DEFINE_enum(
+    "spelling", "auto", ["auto", "on", "off"], "--hybrid: whether the served dense and lexical "
+    "searches see the queries as each fold's catalog speller corrects them (docs/spelling.md). "
+    "auto: chosen per fold on its validation split as `dpsr export --spelling=auto` chooses "
+    "(on only where the best fusion scores strictly higher with the speller); on / off: for "
+    "every fold.")
 _FUSION_OBJECTIVE = flags.DEFINE_list(
     "fusion_objective", list(fusion_objective.OBJECTIVE), "--hybrid: the metrics whose "
     "mean chooses each fold's fusion, as `dpsr export --fusion_objective` (recall@N with N "

@@ -46,9 +46,11 @@ CONFIG_JSON = "crossval_config.json"
 SUMMARY_JSON = "summary.json"
 METRICS_JSON = "metrics.json"
 HYBRID_JSON = "hybrid.json"
-# In a fold's metrics.json: whether its hybrid stage scored the queries spelled (rerunning with
-# the other --spelling redoes the stage rather than reusing lists of the other setting).
+# In a fold's metrics.json: whether its hybrid stage scored the queries spelled, and the
+# choice's record (crossval_hybrid.evaluate_fold: the --spelling mode, its scores). Rerunning
+# with another --spelling redoes the stage rather than reusing lists of the other setting.
 HYBRID_SPELLING = "hybrid_spelling"
+HYBRID_SPELLING_CHOICE = "hybrid_spelling_choice"
 # The baselines a user would try first (zero_shot.py), scored per fold with --zero_shot.
 ZERO_SHOT_SYSTEMS = ("zero_shot", "zero_shot_hybrid")
 
@@ -77,8 +79,10 @@ class CrossvalConfig:
         as it ships (model.pretrained_dir; "" = all-MiniLM-L6-v2) over the titles and its
         reciprocal-rank fusion with BM25 over every field (evaluation/zero_shot.py), with
         paired tests against the other systems. Like `hybrid`, not a recorded setting.
-      spelling: the hybrid stage corrects the held-out queries with each fold's catalog
-        speller, as a spelling servable does (dpsr_tf/tokenization/speller.py).
+      spelling: whether the hybrid stage corrects the queries with each fold's catalog
+        speller (dpsr_tf/tokenization/speller.py), as a spelling servable does: "auto" chooses
+        it per fold on its validation split as `dpsr export --spelling=auto` does
+        (crossval_hybrid.choose_spelling); "on" / "off" set it for every fold.
       fusion_objective: the metrics whose mean chooses each fold's fusion (as `dpsr export
         --fusion_objective`); its Recall@N cut-offs must be among evaluation.recall_ks.
       dense_feedback: each fold's choice is among the fusions without and with dense feedback
@@ -97,7 +101,7 @@ class CrossvalConfig:
     bm25: bool = False
     hybrid: bool = False
     zero_shot: bool = False
-    spelling: bool = True
+    spelling: str = "auto"
     fusion_objective: Tuple[str, ...] = fusion_choice.OBJECTIVE
     dense_feedback: bool = True
     prune_checkpoints: bool = True
@@ -110,6 +114,9 @@ class CrossvalConfig:
         if missing:
             raise ValueError(f"fusion objective {missing}: the evaluation measures recall at "
                              f"{list(self.evaluation.recall_ks)} only")
+        if self.spelling not in hybrid_lib.SPELLING_MODES:
+            raise ValueError(f"spelling={self.spelling!r}: must be one of "
+                             f"{list(hybrid_lib.SPELLING_MODES)}")
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2 (fold F of N holds out md5(query) % N == F), "
                              f"got {self.folds}")
@@ -228,11 +235,13 @@ def run(config: CrossvalConfig, log: Callable[[str], None] = print,
     _write_json(os.path.join(output, SUMMARY_JSON), summary)
     extra = ""
     if hybrid is not None:
-        extra = "".join(f"\n  fold {f}: fusion {c} (chosen on {on}); on its own held-out "
-                        f"requests it would choose {s}"
-                        for f, (c, on, s) in enumerate(zip(hybrid["fusion_names"],
-                                                           hybrid["chosen_on"],
-                                                           hybrid["self_chosen_names"])))
+        extra = "".join(f"\n  fold {f}: fusion {c} (chosen on {on}), queries "
+                        f"{'spelled' if sp else 'as typed'} (--spelling={hybrid['spelling_mode']})"
+                        f"; on its own held-out requests it would choose {s}"
+                        for f, (c, on, sp, s) in enumerate(zip(hybrid["fusion_names"],
+                                                               hybrid["chosen_on"],
+                                                               hybrid["spelling"],
+                                                               hybrid["self_chosen_names"])))
         extra += (f"\n{hybrid_lib.SELF_CHOSEN} (optimistic: each fold's fusion chosen on its own "
                   f"held-out requests):\n" + format_table(hybrid["self_chosen_systems"]))
         extra += ("\ntie-aware (expected over the orders of tied scores, "
@@ -300,6 +309,8 @@ def _hybrid_summary(config: CrossvalConfig, fold_metrics: List[dict],
         "dense_feedback": [r["dense_feedback"] for r in per_fold],
         "fusion_names": [r["fusion_name"] for r in per_fold],
         "chosen_on": [r["chosen_on"] for r in per_fold],
+        "spelling_mode": config.spelling,
+        "spelling": [bool(m.get(HYBRID_SPELLING)) for m in fold_metrics],
         "self_chosen_note": "optimistic: each fold's fusion chosen on its own held-out requests",
         "self_chosen_names": [r["self_chosen"]["fusion_name"] for r in per_fold],
         "self_chosen_systems": summarize_folds(
@@ -325,11 +336,11 @@ def _run_fold(config: CrossvalConfig, fold: int, log: Callable[[str], None]) -> 
             _write_json(metrics_path, metrics)
         if config.hybrid and not _has_hybrid_stage(fold_dir, metrics, config.spelling,
                                                    config.dense_feedback):
-            if HYBRID_SPELLING in metrics and metrics[HYBRID_SPELLING] != config.spelling:
-                log(f"{tag}: its hybrid stage scored the queries "
-                    f"{'spelled' if metrics[HYBRID_SPELLING] else 'as typed'}; redoing it "
-                    f"{'spelled' if config.spelling else 'as typed'}")
-            elif HYBRID_SPELLING in metrics:
+            made_with = _spelling_mode(metrics)
+            if made_with is not None and made_with != config.spelling:
+                log(f"{tag}: its hybrid stage was made with --spelling={made_with}; redoing it "
+                    f"with --spelling={config.spelling}")
+            elif made_with is not None:
                 log(f"{tag}: its hybrid stage predates the dense feedback or validation lists; "
                     f"redoing it")
             _hybrid_stage(config, fold, metrics, tag, log)
@@ -439,8 +450,18 @@ def _prune_checkpoints(config: CrossvalConfig, metrics: dict, tag: str,
             f"--noprune_checkpoints keeps them)")
 
 
-def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool, feedback: bool) -> bool:
-    """Whether the fold's hybrid stage is done with this spelling setting (a stage from before
+def _spelling_mode(metrics: dict) -> Optional[str]:
+    """The --spelling mode a fold's hybrid stage was made with (a stage recorded before the
+    modes, with only HYBRID_SPELLING: "on" or "off"), or None when it has none."""
+    if HYBRID_SPELLING_CHOICE in metrics:
+        return metrics[HYBRID_SPELLING_CHOICE]["mode"]
+    if HYBRID_SPELLING in metrics:
+        return "on" if metrics[HYBRID_SPELLING] else "off"
+    return None
+
+
+def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: str, feedback: bool) -> bool:
+    """Whether the fold's hybrid stage is done with this spelling mode (a stage from before
     the setting was recorded is redone), with the dense feedback lists when they are wanted."""
     lists = (hybrid_lib.LISTS_FILE,) + ((hybrid_lib.FEEDBACK_LISTS_FILE,) if feedback else ())
     spec = layout_lib.load_layout_spec(metrics["layout_dir"])
@@ -448,7 +469,7 @@ def _has_hybrid_stage(fold_dir: str, metrics: dict, spelling: bool, feedback: bo
         lists += (hybrid_lib.VALIDATION_LISTS_FILE,) + (
             (hybrid_lib.VALIDATION_FEEDBACK_LISTS_FILE,) if feedback else ())
     return (hybrid_lib.SERVED in metrics and hybrid_lib.LEXICAL in metrics
-            and metrics.get(HYBRID_SPELLING) == spelling
+            and _spelling_mode(metrics) == spelling
             and all(os.path.isfile(os.path.join(fold_dir, name)) for name in lists))
 
 
@@ -464,14 +485,16 @@ def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
                  hybrid_lib.FEEDBACK_LISTS_FILE, hybrid_lib.VALIDATION_LISTS_FILE,
                  hybrid_lib.VALIDATION_CANDIDATES_FILE, hybrid_lib.VALIDATION_FEEDBACK_LISTS_FILE,
                  hybrid_lib.VALIDATION_FEEDBACK_CANDIDATES_FILE):
-        stale = os.path.join(fold_dir, name)
-        if os.path.exists(stale):
-            os.remove(stale)
-    results, per_request = hybrid_lib.evaluate_fold(
+        for suffix in ("", hybrid_lib.TYPED_SUFFIX, hybrid_lib.SPELLED_SUFFIX):
+            stale = os.path.join(fold_dir, hybrid_lib.suffixed(name, suffix))
+            if os.path.exists(stale):
+                os.remove(stale)
+    results, per_request, choice = hybrid_lib.evaluate_fold(
         metrics["model_dir"], metrics["layout_dir"], fold_dir, config.evaluation,
         metrics["dpsr"], log=lambda _: None, spelling=config.spelling,
-        feedback=config.dense_feedback)
-    metrics[HYBRID_SPELLING] = config.spelling
+        feedback=config.dense_feedback, objective=config.fusion_objective)
+    metrics[HYBRID_SPELLING] = choice["on"]
+    metrics[HYBRID_SPELLING_CHOICE] = choice
     for system, values in per_request.items():
         want = metrics["dpsr"]["requests"]
         if len(next(iter(values.values()))) != want:
@@ -483,6 +506,10 @@ def _hybrid_stage(config: CrossvalConfig, fold: int, metrics: dict, tag: str,
     for system in (hybrid_lib.SERVED, hybrid_lib.LEXICAL):
         log(f"{tag}: {system} " + "  ".join(
             f"{k}={metrics[system][k]:.4f}" for k in TABLE_METRICS if k in metrics[system]))
+    log(f"{tag}: queries {'spelled' if choice['on'] else 'as typed'} ("
+        + (f"validation objective {choice['scores']['with']:.4f} with the speller, "
+           f"{choice['scores']['without']:.4f} without" if choice["scores"]
+           else choice.get("note", f"--spelling={config.spelling}")) + ")")
     log(f"{tag}: hybrid stage in {time.monotonic() - t:.1f} s")
 
 

@@ -26,6 +26,13 @@ split (--validation_fraction=0, or too few training queries) chooses on its held
 with a warning: its hybrid row is then optimistic. The fusion each fold would choose on its own
 held-out requests is reported beside it as "hybrid_self_chosen", labelled optimistic.
 
+The catalog speller is chosen as `dpsr export --spelling=auto` chooses it (`spelling="auto"`,
+the default): evaluate_fold keeps fold F's validation lists as typed and as its speller corrects
+them, fuses each with every candidate (and feedback setting), and corrects the queries only where
+the best candidate scores strictly higher with the speller (`choose_spelling`); the held-out lists
+are then made with that setting only. A fold without a validation split keeps its queries as
+typed (the choice would be made on the queries it reports). "on" / "off" set it for every fold.
+
 With dense feedback (`dpsr export --dense_feedback=auto`'s rule, search/dense_feedback.py) each
 fold also keeps its dense lists searched with dense_feedback.DEFAULT (FEEDBACK_LISTS_FILE,
 VALIDATION_FEEDBACK_LISTS_FILE), and the choice is among every (feedback off or on, fusion)
@@ -53,8 +60,8 @@ from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import hybrid as hybrid_lib
 from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
+from dpsr_tf.evaluation import spelled_layout as spelled_layout_lib
 from dpsr_tf.evaluation import tie_metrics
-from dpsr_tf.evaluation.spelled_layout import spelled_layout
 from dpsr_tf.indexing import catalog_index
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.indexing.lexical_manifest import LexicalConfig
@@ -73,6 +80,10 @@ VALIDATION_LISTS_FILE = "hybrid_lists_validation.npz"
 VALIDATION_CANDIDATES_FILE = "fusion_candidates_validation.npz"
 VALIDATION_FEEDBACK_LISTS_FILE = "hybrid_lists_validation_feedback.npz"
 VALIDATION_FEEDBACK_CANDIDATES_FILE = "fusion_candidates_validation_feedback.npz"
+# With spelling="auto", the validation lists of the setting not chosen keep this suffix (the
+# chosen setting's take the names above), so the choice can be checked afterwards.
+TYPED_SUFFIX, SPELLED_SUFFIX = "_typed", "_spelled"
+SPELLING_MODES = ("auto", "on", "off")
 # bm25s's per-request tie-aware metrics, kept: they are slow to recompute.
 TIE_AWARE_BM25_FILE = "bm25_tie_aware.npz"
 INDEX_DIR = "index"
@@ -131,11 +142,14 @@ def _check_candidates(candidates: Sequence[FusionConfig]) -> None:
 def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
                   cfg: evaluate_lib.EvalConfig, soft_metrics: dict,
                   log: Callable[[str], None] = print,
-                  spelling: bool = True, feedback: bool = True) -> Tuple[dict, dict]:
-    """Builds <fold_dir>/index, evaluates the served dense and lexical rankings, keeps the lists
-    of the evaluated split and of the validation split the fusion is chosen on. With `spelling`
-    (and the build's speller) both see the queries as the servable corrects them
-    (spelled_layout.py); the exact `dpsr` row of the fold stays on the typed queries.
+                  spelling: str = "auto", feedback: bool = True,
+                  objective: Sequence[str] = fusion_choice.OBJECTIVE
+                  ) -> Tuple[dict, dict, dict]:
+    """Builds <fold_dir>/index, chooses whether the queries are spelled (module docstring),
+    evaluates the served dense and lexical rankings, keeps the lists of the evaluated split and
+    of the validation split the fusion is chosen on. Spelled, both see the queries as the
+    servable corrects them (spelled_layout.py); the exact `dpsr` row of the fold stays on the
+    typed queries.
 
     Args:
       model_dir, layout_dir: the fold's trained model and layout.
@@ -143,18 +157,42 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
         split has none) and, with `feedback`, their FEEDBACK variants go.
       cfg: the fold's EvalConfig (per_request is forced on).
       soft_metrics: the fold's "dpsr" (exact soft dot) results, for served_metrics' losses.
+      spelling: "auto" (chosen on the validation split), "on" or "off" (SPELLING_MODES).
+      objective: the fusion objective the spelling choice compares (as summarize's).
 
     Returns:
       ({"dpsr_served": {metric: value}, "served": served_metrics' full result,
-        "lexical": {metric: value}}, {"dpsr_served": {metric: [Q]}, "lexical": {...}}).
+        "lexical": {metric: value}}, {"dpsr_served": {metric: [Q]}, "lexical": {...}},
+       {"mode": spelling, "on": the queries were spelled, "scores": choose_spelling's scores
+        ({} unless chosen), "note": why, when not chosen}).
     """
+    if spelling not in SPELLING_MODES:
+        raise ValueError(f"spelling={spelling!r}: must be one of {list(SPELLING_MODES)}")
     cfg = dataclasses.replace(cfg, per_request=True)
     index_dir = os.path.join(fold_dir, INDEX_DIR)
     if os.path.exists(index_dir):         # an interrupted build: start over
         shutil.rmtree(index_dir)
     catalog_index.index_catalog(model_dir, index_dir, IndexBuildConfig(**INDEX_BUILD),
                                 layout_dir=layout_dir, lexical=LexicalConfig())
-    with spelled_layout(layout_dir, index_dir if spelling else None, log=log) as view:
+    choice_split = eval_set_lib.choice_split(layout_dir, log)
+    has_validation = choice_split != cfg.split
+    validation_files = (VALIDATION_LISTS_FILE,
+                        VALIDATION_FEEDBACK_LISTS_FILE if feedback else None)
+    speller = spelled_layout_lib.index_speller(index_dir)
+    choice = {"mode": spelling, "on": spelling == "on" and speller is not None, "scores": {}}
+    if spelling == "off" or speller is None:
+        choice["note"] = "--spelling=off" if spelling == "off" else "the build has no speller"
+    elif spelling == "auto" and not has_validation:
+        choice["note"] = ("no validation split: the queries are kept as typed rather than "
+                          "chosen on the requests the fold reports")
+    elif spelling == "auto":
+        choice["on"], choice["scores"] = _spelling_on_validation(
+            model_dir, index_dir, layout_dir, fold_dir,
+            dataclasses.replace(cfg, split=choice_split, num_random=0), speller,
+            validation_files, objective, log)
+
+    with spelled_layout_lib.spelled_layout(
+            layout_dir, speller=speller if choice["on"] else None, log=log) as view:
         run = hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir, cfg, log=log)
         served = served_lib.served_metrics(run.scorer, run.eval_set, run.index, cfg,
                                            soft_metrics, log,
@@ -174,14 +212,68 @@ def evaluate_fold(model_dir: str, layout_dir: str, fold_dir: str,
         per_request[LEXICAL] = lexical.pop(metrics_lib.PER_REQUEST)
 
         _save_lists(run, fold_dir, LISTS_FILE, FEEDBACK_LISTS_FILE if feedback else None)
-        choice_split = eval_set_lib.choice_split(layout_dir, log)
-        if choice_split != cfg.split:
+        if has_validation and not choice["scores"]:     # not made by the choice above
             choice_cfg = dataclasses.replace(cfg, split=choice_split, num_random=0)
             _save_lists(hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir,
                                                choice_cfg, log=log),
-                        fold_dir, VALIDATION_LISTS_FILE,
-                        VALIDATION_FEEDBACK_LISTS_FILE if feedback else None)
-    return {SERVED: dense, "served": served, LEXICAL: lexical}, per_request
+                        fold_dir, *validation_files)
+    return {SERVED: dense, "served": served, LEXICAL: lexical}, per_request, choice
+
+
+def _spelling_on_validation(model_dir: str, index_dir: str, layout_dir: str, fold_dir: str,
+                            choice_cfg: evaluate_lib.EvalConfig, speller,
+                            validation_files: Tuple[str, Optional[str]],
+                            objective: Sequence[str], log: Callable[[str], None]
+                            ) -> Tuple[bool, Dict[str, float]]:
+    """Keeps the validation lists typed and spelled (the files with TYPED_SUFFIX /
+    SPELLED_SUFFIX), chooses by choose_spelling over every candidate (and feedback setting, as
+    summarize tries them) and moves the chosen setting's lists to the plain names."""
+    per_setting = {}
+    for spelled, suffix in ((False, TYPED_SUFFIX), (True, SPELLED_SUFFIX)):
+        files = [suffixed(name, suffix) for name in validation_files]
+        with spelled_layout_lib.spelled_layout(
+                layout_dir, speller=speller if spelled else None, log=log) as view:
+            _save_lists(hybrid_lib.open_hybrid(model_dir, index_dir, view or layout_dir,
+                                               choice_cfg, log=log), fold_dir, *files)
+        per_setting[spelled] = [
+            values for name in files if name
+            for values in candidate_metrics(FoldLists.load(os.path.join(fold_dir, name)),
+                                            fusion_choice.CANDIDATES, choice_cfg.recall_ks)]
+    spelled, scores = choose_spelling(per_setting[False], per_setting[True], objective)
+    chosen = SPELLED_SUFFIX if spelled else TYPED_SUFFIX
+    for name in validation_files:
+        if name:
+            os.replace(os.path.join(fold_dir, suffixed(name, chosen)),
+                       os.path.join(fold_dir, name))
+    return spelled, scores
+
+
+def choose_spelling(typed: Sequence[Dict[str, np.ndarray]],
+                    spelled: Sequence[Dict[str, np.ndarray]],
+                    objective: Sequence[str] = fusion_choice.OBJECTIVE
+                    ) -> Tuple[bool, Dict[str, float]]:
+    """`dpsr export --spelling=auto`'s rule (fusion_choice.choose_with_spelling) on kept lists:
+    spelled iff the best candidate over the spelled lists scores strictly higher than the best
+    over the typed ones (a tie keeps the queries as typed).
+
+    Args:
+      typed, spelled: per candidate (the same candidates, in order), {metric: [n] values} over
+        the same n validation requests, as typed and as the speller corrects them.
+
+    Returns:
+      (spelled, {"with": best spelled score, "without": best typed score}).
+    """
+    best_typed = max(choose(typed, objective)[1])
+    best_spelled = max(choose(spelled, objective)[1])
+    return best_spelled > best_typed, {"with": best_spelled, "without": best_typed}
+
+
+def suffixed(name: Optional[str], suffix: str) -> Optional[str]:
+    """hybrid_lists_validation.npz + _typed -> hybrid_lists_validation_typed.npz (None stays)."""
+    if name is None:
+        return None
+    stem, ext = os.path.splitext(name)
+    return stem + suffix + ext
 
 
 def _save_lists(run: hybrid_lib.HybridRun, fold_dir: str, lists_file: str,

@@ -483,31 +483,86 @@ def test_a_run_without_hybrid_after_it_compares_dpsr_and_bm25_only(hybrid_folds)
     assert {(c["a"], c["b"]) for c in summary["paired"]} == {("dpsr", "bm25")}
 
 
-def test_rerun_with_the_other_spelling_redoes_the_hybrid_stage(hybrid_folds):
-    # Reusing lists scored with the other setting would label spelled numbers as typed ones.
+def test_auto_spelling_is_chosen_on_each_folds_validation_lists(hybrid_folds):
+    # The default, as `dpsr export --spelling=auto`: per fold, the best fusion (feedback off
+    # and on) over its validation lists with the speller against without; a tie keeps the
+    # queries as typed. Reference: the kept lists of both settings fused and scored again.
+    config, summary, lines = hybrid_folds
+    assert config.spelling == "auto"
+    spelled = []
+    for fold in range(2):
+        fold_dir = os.path.join(config.output, f"fold_{fold}")
+        with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+        choice = metrics[crossval_lib.HYBRID_SPELLING_CHOICE]
+        assert choice["mode"] == "auto" and choice["on"] is metrics[crossval_lib.HYBRID_SPELLING]
+        other = hybrid_lib.TYPED_SUFFIX if choice["on"] else hybrid_lib.SPELLED_SUFFIX
+        best = {}
+        for on, suffix in ((choice["on"], ""), (not choice["on"], other)):
+            per_candidate = [
+                values for name in (hybrid_lib.VALIDATION_LISTS_FILE,
+                                    hybrid_lib.VALIDATION_FEEDBACK_LISTS_FILE)
+                for values in hybrid_lib.candidate_metrics(
+                    hybrid_lib.FoldLists.load(os.path.join(fold_dir,
+                                                           hybrid_lib.suffixed(name, suffix))),
+                    fusion_choice.CANDIDATES, config.evaluation.recall_ks)]
+            best[on] = max(np.mean([values[m].mean() for m in config.fusion_objective])
+                           for values in per_candidate)
+        assert choice["scores"]["with"] == pytest.approx(best[True], abs=1e-12)
+        assert choice["scores"]["without"] == pytest.approx(best[False], abs=1e-12)
+        assert choice["on"] is bool(best[True] > best[False])
+        spelled.append(choice["on"])
+    assert summary["hybrid"]["spelling"] == spelled
+    assert summary["hybrid"]["spelling_mode"] == "auto"
+    assert sum("(--spelling=auto)" in line for line in lines[-1:]) == 1
+
+
+def test_rerun_with_another_spelling_redoes_the_hybrid_stage(hybrid_folds):
+    # Reusing lists scored with another setting would label spelled numbers as typed ones.
     config, _, _ = hybrid_folds
-    typed = dataclasses.replace(config, spelling=False)
+    typed = dataclasses.replace(config, spelling="off")
     stale = {}
     for fold in range(2):
         fold_dir = os.path.join(config.output, f"fold_{fold}")
-        with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
-            assert json.load(f)[crossval_lib.HYBRID_SPELLING] is True
         stale[fold] = os.stat(os.path.join(fold_dir, hybrid_lib.CANDIDATES_FILE)).st_mtime_ns
     lines = []
     crossval_lib.run(typed, log=lines.append)
-    assert sum("its hybrid stage scored the queries spelled; redoing it as typed" in line
-               for line in lines) == 2
+    assert sum("its hybrid stage was made with --spelling=auto; redoing it with "
+               "--spelling=off" in line for line in lines) == 2
     for fold in range(2):
         fold_dir = os.path.join(config.output, f"fold_{fold}")
         with open(os.path.join(fold_dir, "metrics.json"), encoding="utf-8") as f:
-            assert json.load(f)[crossval_lib.HYBRID_SPELLING] is False
-        # The fusion candidates were fused again from the new lists, not read from the cache.
+            metrics = json.load(f)
+        assert metrics[crossval_lib.HYBRID_SPELLING] is False
+        assert metrics[crossval_lib.HYBRID_SPELLING_CHOICE] == {
+            "mode": "off", "on": False, "scores": {}, "note": "--spelling=off"}
+        # The fusion candidates were fused again from the new lists, not read from the cache,
+        # and the other setting's validation lists of the auto choice are gone.
         assert os.stat(os.path.join(fold_dir, hybrid_lib.CANDIDATES_FILE)).st_mtime_ns != \
             stale[fold]
+        assert not any(name.endswith((hybrid_lib.TYPED_SUFFIX + ".npz",
+                                      hybrid_lib.SPELLED_SUFFIX + ".npz"))
+                       for name in os.listdir(fold_dir))
     lines = []
     crossval_lib.run(typed, log=lines.append)        # the same setting again: nothing redone
     assert not any("redoing" in line for line in lines)
-    crossval_lib.run(config, log=lambda _: None)     # back to spelled for any later test
+    # A stage recorded before the modes (a bool only) counts as "on" / "off".
+    for fold in range(2):
+        path = os.path.join(config.output, f"fold_{fold}", "metrics.json")
+        with open(path, encoding="utf-8") as f:
+            metrics = json.load(f)
+        del metrics[crossval_lib.HYBRID_SPELLING_CHOICE]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(metrics, f)
+    lines = []
+    crossval_lib.run(typed, log=lines.append)
+    assert not any("redoing" in line for line in lines)
+    crossval_lib.run(config, log=lambda _: None)     # back to auto for any later test
+
+
+def test_bad_spelling_mode_is_an_error(tiny_paths, tmp_path):
+    with pytest.raises(ValueError, match=r"spelling=True: must be one of \['auto', 'on', 'off'\]"):
+        _config(tiny_paths, str(tmp_path / "run"), spelling=True)
 
 
 def test_zero_shot_adds_the_untrained_encoder_and_its_hybrid_per_fold(hybrid_folds):

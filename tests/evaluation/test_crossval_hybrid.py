@@ -204,6 +204,27 @@ def test_a_fold_without_validation_lists_chooses_on_its_own_and_says_so(tmp_path
     assert any("warning: fold 0 has no 'validation' split" in line for line in lines)
 
 
+def test_spelling_is_on_only_where_the_best_spelled_candidate_scores_higher():
+    # export's --spelling=auto rule on kept lists: compare each setting's best candidate.
+    rng = np.random.RandomState(7)
+    candidates = [FusionConfig(), FusionConfig(rrf_k=60.0, lexical_weight=0.5)]
+    poor, _, _ = _fold(rng, 40, dense_quality=0.2, lexical_quality=0.2)
+    good, _, _ = _fold(rng, 40, dense_quality=0.9, lexical_quality=0.8)
+    poor_metrics = hybrid_lib.candidate_metrics(poor, candidates, RECALL_KS)
+    good_metrics = hybrid_lib.candidate_metrics(good, candidates, RECALL_KS)
+
+    def best(per_candidate):
+        return max(np.mean([v[m].mean() for m in OBJECTIVE]) for v in per_candidate)
+    on, scores = hybrid_lib.choose_spelling(poor_metrics, good_metrics, OBJECTIVE)
+    assert on is True
+    assert scores == {"with": pytest.approx(best(good_metrics)),
+                      "without": pytest.approx(best(poor_metrics))}
+    assert best(good_metrics) > best(poor_metrics)
+    assert hybrid_lib.choose_spelling(good_metrics, poor_metrics, OBJECTIVE)[0] is False
+    # The same lists both ways: a tie keeps the queries as typed.
+    assert hybrid_lib.choose_spelling(good_metrics, good_metrics, OBJECTIVE)[0] is False
+
+
 def test_ties_keep_the_earlier_candidate():
     same = {"recall@10": np.array([0.5, 1.0]), "recall@30": np.ones(2), "ndcg@10": np.ones(2)}
     assert hybrid_lib.choose([same, dict(same), dict(same)], OBJECTIVE)[0] == 0
