@@ -65,7 +65,17 @@ def main():
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--validation", choices=["", "query_hash", "layout"], default="")
     ap.add_argument("--sparse_buckets", type=int, default=4096)
+    ap.add_argument("--cross_embedding_dim", type=int, default=0)
+    ap.add_argument("--hidden_units", default="128,64,32")
+    ap.add_argument("--max_pairs_per_session", type=int, default=32)
+    ap.add_argument("--train_auc", action="store_true",
+                    help="also score each DPR on its own training sessions (fit against "
+                         "held-out: under- or over-fitting)")
+    ap.add_argument("--systems", default="",
+                    help="comma-separated subset of the systems to run (default all); "
+                         "dpr_full is always run, the others are what it is paired against")
     args = ap.parse_args()
+    wanted = set(filter(None, args.systems.split(","))) | {"dpr_full"}
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
     from dpsr_tf.evaluation import paired
@@ -89,20 +99,27 @@ def main():
               for f, t, u in ((data.train_features, tr, data.train_users),
                               (data.eval_features, ev, data.eval_users))]
     rounds = {"xgboost_numeric": args.xgboost_rounds, "xgboost_sparse": args.xgboost_rounds}
-    if args.xgboost_rounds == "auto":
+    if args.xgboost_rounds == "auto" and (not args.systems or wanted & set(rounds)):
         rounds = _choose_rounds(data, sparse)
     per = {}        # system -> seed -> {metric: [S'] values}
     seconds = {}    # system -> [seconds per seed]
+    train_auc = {}  # system -> [session AUC on its training sessions per seed] (--train_auc)
     systems = {name: (groups, {"optimizer": args.optimizer,
                                "learning_rate": args.learning_rate,
-                               "profile_cross": args.profile_cross})
+                               "profile_cross": args.profile_cross,
+                               "cross_embedding_dim": args.cross_embedding_dim})
                for name, groups in GROUPS.items()}
     if args.numeric_optimizer:
         systems["dpr_numeric"][1].update(optimizer=args.numeric_optimizer,
                                          learning_rate=args.numeric_learning_rate)
     if args.with_previous:
         systems["dpr_full_previous"] = (GROUPS["dpr_full"], {
-            "optimizer": "adagrad", "learning_rate": 0.05, "profile_cross": False})
+            "optimizer": "adagrad", "learning_rate": 0.05, "profile_cross": False,
+            "cross_embedding_dim": 0})
+    if args.systems:
+        systems = {n: v for n, v in systems.items() if n in wanted}
+    baselines_run = [n for n in ("xgboost_numeric", "xgboost_sparse")
+                     if not args.systems or n in wanted]
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, (groups, training) in systems.items():
             model_dir = os.path.join(args.work, f"{name}_s{seed}")
@@ -111,6 +128,9 @@ def main():
                                             combiner=args.combiner,
                                             user_embedding_dim=args.user_embedding_dim,
                                             history_embedding_dim=args.history_embedding_dim,
+                                            hidden_units=tuple(
+                                                int(x) for x in args.hidden_units.split(",")),
+                                            max_pairs_per_session=args.max_pairs_per_session,
                                             dpsr_model_dir=args.dpsr_model_dir,
                                             dpsr_index_dir=args.dpsr_index_dir, **training,
                                             **user_cfg)
@@ -120,9 +140,16 @@ def main():
                 seconds.setdefault(name, []).append(time.monotonic() - start)
             scores = train_lib.predict_scores(model_dir, data, ev, data.eval_features)
             per.setdefault(name, {})[seed] = metrics.per_session(scores, ev.labels, ev.splits)
+            if args.train_auc:
+                fit = train_lib.predict_scores(model_dir, data, tr, data.train_features,
+                                               users=data.train_users)
+                train_auc.setdefault(name, []).append(round(metrics.session_metrics(
+                    fit, tr.labels, tr.splits)["session_auc"], 4))
         for name, (x_train, x_eval) in (("xgboost_numeric", (data.train_features,
                                                               data.eval_features)),
                                         ("xgboost_sparse", sparse)):
+            if name not in baselines_run:
+                continue
             start = time.monotonic()
             booster = baselines.train_xgboost(x_train, tr.labels, tr.splits, "rank:pairwise",
                                               rounds=int(rounds[name]), seed=seed)
@@ -133,7 +160,7 @@ def main():
     out = {"eval_sessions": int(len(per["dpr_full"][next(iter(per["dpr_full"]))]
                                     ["session_auc"])),
            "xgboost_rounds": rounds, "training": {n: t for n, (_, t) in systems.items()},
-           "systems": {}, "paired": []}
+           "systems": {}, "paired": [], "train_session_auc": train_auc}
     for name, by_seed in per.items():
         means = {m: [float(v[m].mean()) for v in by_seed.values()] for m in METRICS}
         out["systems"][name] = {

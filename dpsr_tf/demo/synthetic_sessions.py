@@ -32,6 +32,15 @@ def gender_fits(item_gender: str, user_gender: str) -> bool:
     return item_gender in ("", "unisex") or item_gender == _ITEM_GENDER_OF_USER.get(user_gender)
 
 
+def attraction(logged: bool, same_type: bool, tier_fits: bool, gender_fit: bool) -> float:
+    """a(j) of the module docstring: what the click model multiplies examination by."""
+    if logged:
+        return 1.0
+    if same_type:
+        return 0.35 + 0.35 * tier_fits + 0.15 * gender_fit
+    return 0.05
+
+
 @dataclasses.dataclass(frozen=True)
 class SessionSimConfig:
     num_sessions: int = 20000
@@ -87,13 +96,8 @@ def simulate_impressions(synthetic_dir: str, out_path: str,
             want_tier = _TIER_OF_POWER.get(u_power.get(u, ""), "")
             labels = []
             for pos, j in enumerate(shown):
-                if j == i:
-                    a = 1.0
-                elif ptype[j] == ptype[i]:
-                    a = (0.35 + 0.35 * (tier[j] == want_tier)
-                         + 0.15 * gender_fits(gender[j], u_gender.get(u, "")))
-                else:
-                    a = 0.05
+                a = attraction(j == i, ptype[j] == ptype[i], tier[j] == want_tier,
+                               gender_fits(gender[j], u_gender.get(u, "")))
                 click = rng.random() < a / (1.0 + pos) ** config.position_power
                 labels.append(0 if not click else 2 if rng.random() < config.order_rate * a
                               else 1)

@@ -15,7 +15,11 @@ One tower scores one (user, query, item) triple from the paper's three feature g
              -> [p, i, h, c, h * c], with profile_cross also x [U * I], the inner product of
              every profile embedding with every candidate column's: a preference that is a
              cross (purchase power x price tier) is one weight on x, where through the
-             concatenated [p, i] the ReLU layers must first carve it out of small embeddings
+             concatenated [p, i] the ReLU layers must first carve it out of small embeddings;
+             with cross_embedding_dim also k [U * I * cross_embedding_dim], one embedding per
+             (profile value, candidate column value) pair (a crossed id, as Wide & Deep's
+             crossed columns): the cross as its own weights, where x is a product of two
+             small embeddings whose gradient starts near zero
   concat --3 ReLU layers (hidden_units)--> linear --> logit
 
 Training feeds pairs (a, b) of the same session: both sides go through the SAME tower (the
@@ -28,6 +32,7 @@ Checkpoint names:
   dpr/embeddings/user_<name>            [vocab size, user_embedding_dim]               "user"
   dpr/embeddings/item_<name>            [vocab size, user_embedding_dim]               "user"
   dpr/embeddings/history_items          [num_items, history_embedding_dim]           "user"
+  dpr/embeddings/cross_<user>_<item>    [user vocab * item vocab, cross_embedding_dim] "user"
   dpr/tower/layer_<i>/{kernel,bias}     i = 0..len(hidden_units) (the last is the logit)
 """
 import dataclasses
@@ -86,6 +91,8 @@ class RankerConfig:
       profile_cross: the "user" group also gives the inner products of each profile
         embedding with each candidate column embedding (module docstring); False in a config
         written before it existed, so such a model restores as it was trained.
+      cross_embedding_dim: width of the crossed-id embeddings of the "user" group (module
+        docstring; 0 = none, also in a config written before it existed).
     """
 
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=default_tokenizer)
@@ -113,6 +120,7 @@ class RankerConfig:
     user_embedding_dim: int = 4
     history_embedding_dim: int = 4
     profile_cross: bool = False
+    cross_embedding_dim: int = 0
 
     def validate(self):
         bad = [g for g in self.feature_groups if g not in FEATURE_GROUPS]
@@ -133,6 +141,8 @@ class RankerConfig:
                                  "'user' out of feature_groups")
             if self.history_length > 0 and self.num_items < 1:
                 raise ValueError(f"history_length {self.history_length} needs num_items >= 1")
+        if self.cross_embedding_dim < 0:
+            raise ValueError(f"cross_embedding_dim must be >= 0, got {self.cross_embedding_dim}")
         if self.history_length < 0:
             raise ValueError(f"history_length must be >= 0, got {self.history_length}")
         if self.retrieval_depth < 1:
@@ -193,8 +203,20 @@ def _categorical(prefix: str, names, sizes, ids, dim: int) -> list:
     return out
 
 
+def crossed_ids(user: tf.Tensor, item_cats: tf.Tensor, user_sizes, item_sizes) -> list:
+    """[B] int64 ids of each (profile column j, item column k) pair, j major: user id u and
+    item id v (each clipped to its vocabulary) give u * item_sizes[k] + v."""
+    out = []
+    for j, u_size in enumerate(user_sizes):
+        u = tf.clip_by_value(tf.cast(user[:, j], tf.int64), 0, max(1, int(u_size)) - 1)
+        for k, i_size in enumerate(item_sizes):
+            v = tf.clip_by_value(tf.cast(item_cats[:, k], tf.int64), 0, max(1, int(i_size)) - 1)
+            out.append(u * max(1, int(i_size)) + v)
+    return out
+
+
 def _user_inputs(cfg: RankerConfig, user, item_cats, history, item_row) -> list:
-    """[p, i, (x,) h, c, h * c] of the "user" group (module docstring)."""
+    """[p, i, (x,) (k,) h, c, h * c] of the "user" group (module docstring)."""
     with tf.compat.v1.variable_scope("embeddings"):
         profile = _categorical("user", cfg.user_features, cfg.user_vocab_sizes, user,
                                cfg.user_embedding_dim)
@@ -207,6 +229,16 @@ def _user_inputs(cfg: RankerConfig, user, item_cats, history, item_row) -> list:
     if cfg.profile_cross and profile and cats:
         x = tf.einsum("bud,bid->bui", tf.stack(profile, 1), tf.stack(cats, 1))
         out.append(tf.reshape(x, [-1, len(profile) * len(cats)]))
+    if cfg.cross_embedding_dim > 0 and profile and cats:
+        ids = crossed_ids(user, item_cats, cfg.user_vocab_sizes, cfg.item_vocab_sizes)
+        pairs = [(u, i, max(1, int(us)) * max(1, int(vs)))
+                 for u, us in zip(cfg.user_features, cfg.user_vocab_sizes)
+                 for i, vs in zip(cfg.item_features, cfg.item_vocab_sizes)]
+        with tf.compat.v1.variable_scope("embeddings"):
+            for (u, i, size), column in zip(pairs, ids):
+                table = embedding.embedding_table(f"cross_{u}_{i}", size,
+                                                  cfg.cross_embedding_dim, stddev=0.05)
+                out.append(tf.gather(table, column))
     if cfg.history_length > 0:
         h = padded_bag(items, tf.cast(history, tf.int64), cfg.combiner)
         c = tf.gather(items, tf.clip_by_value(tf.cast(item_row, tf.int64), 0, cfg.num_items - 1))

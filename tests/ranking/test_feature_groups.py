@@ -103,6 +103,40 @@ def test_user_group_tower_against_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_crossed_id_embeddings_against_numpy():
+    """cross_embedding_dim: one table per (profile column, item column) pair, row u * V + v
+    for profile id u and item id v (ids clipped to each vocabulary); with layer 0 summing and
+    no history, logit = 100 + sum([p, i, k])."""
+    cfg = dataclasses.replace(USER_CONFIG, history_length=0, cross_embedding_dim=2)
+    rng = np.random.default_rng(2)
+    user_table = rng.normal(size=[3, 2]).astype(np.float32)
+    tier_table = rng.normal(size=[4, 2]).astype(np.float32)
+    cross_table = rng.normal(size=[3 * 4, 2]).astype(np.float32)
+    profile = np.array([[2], [0], [9]], np.int64)        # 9 is clipped to 2
+    tiers = np.array([[3], [1], [0]], np.int64)
+    graph = tf.Graph()
+    with graph.as_default():
+        logit = M.tower(tf.constant(["q"] * 3), tf.constant(["t"] * 3),
+                        tf.zeros([3, NUM_FEATURES]), cfg, tf.constant(profile), None, None,
+                        tf.constant(tiers))
+        v = {x.op.name: x for x in tf.compat.v1.global_variables()}
+    assert v["dpr/embeddings/cross_gender_tier"].shape == (12, 2)
+    assert v["dpr/tower/layer_0/kernel"].shape == (2 + 2 + 2, 1)
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run([v["dpr/embeddings/user_gender"].assign(user_table),
+                  v["dpr/embeddings/item_tier"].assign(tier_table),
+                  v["dpr/embeddings/cross_gender_tier"].assign(cross_table),
+                  v["dpr/tower/layer_0/kernel"].assign(np.ones([6, 1], np.float32)),
+                  v["dpr/tower/layer_0/bias"].assign([100.0]),
+                  v["dpr/tower/layer_1/kernel"].assign([[1.0]]),
+                  v["dpr/tower/layer_1/bias"].assign([0.0])])
+        got = sess.run(logit)
+    u = np.minimum(profile[:, 0], 2)
+    want = 100.0 + np.concatenate([user_table[u], tier_table[tiers[:, 0]],
+                                   cross_table[u * 4 + tiers[:, 0]]], axis=1).sum(axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_history_keeps_the_last_n_before_the_session():
     items = np.array([10, 11, 12, 13, 20, 21], np.int32)     # user 0: 10..13, user 1: 20, 21
     splits = np.array([0, 4, 6], np.int64)

@@ -66,3 +66,14 @@ def test_same_type_items_of_the_users_gender_are_clicked_more(tmp_path):
     fits, other, n_fits, n_other = _same_type_click_rates(out.output_dir, path)
     assert min(n_fits, n_other) > 500, (n_fits, n_other)
     assert fits > other + 0.03, (fits, other, n_fits, n_other)
+
+
+def test_attraction_hand_values():
+    # The module docstring's a(j): the logged item 1.0; a same-type item 0.35, +0.35 when its
+    # price tier fits, +0.15 when its gender fits; an item of another type 0.05.
+    from dpsr_tf.demo.synthetic_sessions import attraction
+    assert attraction(True, True, False, False) == 1.0
+    assert attraction(False, True, False, False) == 0.35
+    assert attraction(False, True, True, True) == 0.35 + 0.35 + 0.15
+    assert attraction(False, True, False, True) == 0.35 + 0.15
+    assert attraction(False, False, True, True) == 0.05
