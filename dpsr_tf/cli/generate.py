@@ -1,7 +1,8 @@
 """dpsr generate-synthetic: write the seeded synthetic catalog (three files + ground truth).
 
   dpsr generate-synthetic --output=DIR [--preset=demo] [--num_items=...] [--seed=0] \
-      [--polysemous_brands=N] [--layout=LAYOUT_DIR]
+      [--polysemous_brands=N [--minor_sense_weight=W] [--polysemous_brand_share=S]] \
+      [--layout=LAYOUT_DIR]
 """
 import dataclasses
 import sys
@@ -32,6 +33,13 @@ _POLYSEMY = flags.DEFINE_integer("polysemous_brands", None,
                                "Add N made-up brands that sell in two categories with different "
                                "audiences; their bare names are ambiguous queries held out by the "
                                "default split (the sense benchmark's world; default 0).")
+_MINOR = flags.DEFINE_float("minor_sense_weight", None,
+                            "With --polysemous_brands: click weight of each brand's second sense "
+                            "against its first, on its bare name and on queries naming the "
+                            "brand in its second category (default: 0.3 on the bare name only).")
+_SHARE = flags.DEFINE_float("polysemous_brand_share", None,
+                            "With --polysemous_brands: share of their categories' items the "
+                            "brands hold, so that one sense can fill a top 100 (default 0.5).")
 _LAYOUT = flags.DEFINE_string("layout", None, "If set, also run dpsr prepare into this dir.")
 
 flags.mark_flags_as_required(["output"])
@@ -43,7 +51,8 @@ def main(argv):
     overrides = {"seed": _SEED.value}
     for flag, field in ((_ITEMS, "num_items"), (_USERS, "num_users"),
                         (_CLICKS, "num_interactions"), (_TRUTH, "write_interaction_truth"),
-                        (_POLYSEMY, "polysemous_brands")):
+                        (_POLYSEMY, "polysemous_brands"), (_MINOR, "minor_sense_weight"),
+                        (_SHARE, "polysemous_brand_share")):
         if flag.value is not None:
             overrides[field] = flag.value
     try:

@@ -38,7 +38,7 @@ import collections
 import dataclasses
 import os
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -77,6 +77,11 @@ class SyntheticConfig:
       polysemous_brands: add this many made-up brands that sell in two categories with
         different audiences (synthetic_polysemy); their bare names are ambiguous queries that
         the default split holds out. 0 = the taxonomy as written.
+      minor_sense_weight: click weight of a polysemous brand's second sense against its first
+        (1.0), on its bare name and on queries naming the brand in its second category; None:
+        0.3 on the bare name only (synthetic_polysemy.SECOND_SENSE_WEIGHT).
+      polysemous_brand_share: share of their categories' items the polysemous brands hold
+        (split among a category's added brands); None: synthetic_polysemy.BRAND_SHARE (0.5).
     """
 
     num_items: int = 10_000
@@ -102,6 +107,8 @@ class SyntheticConfig:
     duration_s: int = 30 * 86_400
     write_interaction_truth: bool = True
     polysemous_brands: int = 0
+    minor_sense_weight: Optional[float] = None
+    polysemous_brand_share: Optional[float] = None
 
     def __post_init__(self):
         for name in ("num_items", "num_users", "num_interactions"):
@@ -112,6 +119,11 @@ class SyntheticConfig:
                 value = getattr(self, f.name)
                 if not 0.0 <= value <= 1.0:
                     raise ValueError(f"{f.name} must be in [0, 1], got {value}")
+        synthetic_polysemy.check_skew(self.minor_sense_weight, self.polysemous_brand_share)
+        if not self.polysemous_brands and (self.minor_sense_weight is not None
+                                           or self.polysemous_brand_share is not None):
+            raise ValueError("minor_sense_weight and polysemous_brand_share shape the "
+                             "polysemous brands: set polysemous_brands > 0 too")
 
     @classmethod
     def demo(cls, seed: int = 0) -> "SyntheticConfig":
@@ -214,7 +226,7 @@ def _write_items(cfg: SyntheticConfig, world: World, out_dir: str, log):
             b = world.cat_brand_table[c, np.floor(r[:, 2] * world.cat_nbrands[c]).astype(np.int64)]
             if world.added_brands:   # the polysemous brands' share (its own stream)
                 extra = _rng(cfg.seed, 4, start // _CHUNK).random((k, 2))
-                take = (world.cat_nadded[c] > 0) & (extra[:, 0] < synthetic_polysemy.BRAND_SHARE)
+                take = (world.cat_nadded[c] > 0) & (extra[:, 0] < world.brand_share)
                 pick = np.floor(extra[:, 1] * np.maximum(world.cat_nadded[c], 1)).astype(np.int64)
                 b = np.where(take, world.cat_added_table[c, pick], b)
             t = np.where(world.brand_cat_type[b, c] >= 0, world.brand_cat_type[b, c], t)
@@ -338,7 +350,7 @@ def generate(config: SyntheticConfig, output_dir: str, log=print) -> SyntheticRe
     start_time = time.monotonic()
     cfg = config
     os.makedirs(output_dir, exist_ok=True)
-    world = World(cfg.polysemous_brands)
+    world = World(cfg.polysemous_brands, cfg.minor_sense_weight, cfg.polysemous_brand_share)
     log(f"generating a synthetic catalog in {output_dir} (seed {cfg.seed})")
     item_fields = _write_items(cfg, world, output_dir, log)
     index = ItemIndex(world, item_fields)

@@ -13,11 +13,19 @@ queries (never trained on: the benchmark's unseen queries), the odd-numbered one
 so a model sees ambiguous queries of the same kind in training.
 
 With N = 0 the world is the taxonomy as written (the default catalog, byte for byte).
+
+Two options reshape the brands into the case the DPSR paper draws ("apple": clicks skew to
+phones, and each sense has far more items than one page of results): minor_sense_weight makes
+every click on the second sense rarer (the bare name's and the brand-naming queries' in the
+second category), and brand_share gives the brands more of their categories' items, so that one
+sense alone can fill a top 100. A single query vector pulled by the clicks then ranks the
+popular sense's items first; a head per sense is what keeps the minor sense in the list. Both
+None: the catalog as before the options, byte for byte.
 """
 import dataclasses
 import hashlib
 import itertools
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.demo import synthetic_taxonomy as tx
@@ -30,6 +38,16 @@ CATEGORY_PAIRS = (("phones", "fruit"), ("tools", "beauty"), ("computers", "grain
 MAX_BRANDS = 96
 BRAND_SHARE = 0.5
 SECOND_SENSE_WEIGHT = 0.3
+
+
+
+def check_skew(minor_sense_weight: Optional[float], brand_share: Optional[float]) -> None:
+    """Raises ValueError unless each option is None or in (0, 1]."""
+    for name, value in (("minor_sense_weight", minor_sense_weight),
+                        ("polysemous_brand_share", brand_share)):
+        if value is not None and not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {value}")
+
 
 _ONSETS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"

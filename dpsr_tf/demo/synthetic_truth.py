@@ -59,6 +59,9 @@ def write_ground_truth(cfg, world, out_dir, poly_counts, counts, num_clean) -> N
     config = dataclasses.asdict(cfg)
     if not cfg.polysemous_brands:   # the default catalog's ground truth as before the option
         del config["polysemous_brands"]
+    for name in ("minor_sense_weight", "polysemous_brand_share"):
+        if config[name] is None:   # catalogs made without the options: as before them
+            del config[name]
     truth = {
         "config": config,
         "counts": dict(counts, clean_queries=num_clean),

@@ -3,7 +3,7 @@
 synthetic_catalog.py draws every item, user and click from these arrays (vectorised, chunk by
 chunk), so the generator never walks the taxonomy's Python objects per row.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -14,10 +14,14 @@ from dpsr_tf.demo import synthetic_taxonomy as tx
 class World:
     """Flattened taxonomy: categories, types, brands and colours as integer indices.
 
-    polysemous_brands > 0 adds that many two-category brands (synthetic_polysemy).
+    polysemous_brands > 0 adds that many two-category brands (synthetic_polysemy);
+    minor_sense_weight and brand_share reshape them (synthetic_polysemy.check_skew; None: the
+    module's defaults, the catalog as before the options).
     """
 
-    def __init__(self, polysemous_brands: int = 0):
+    def __init__(self, polysemous_brands: int = 0, minor_sense_weight: Optional[float] = None,
+                 brand_share: Optional[float] = None):
+        synthetic_polysemy.check_skew(minor_sense_weight, brand_share)
         taxonomy = synthetic_polysemy.taxonomy(polysemous_brands)
         self.brands, self.polysemy = taxonomy.brands, taxonomy.polysemy
         self.added_brands, self.added_categories = taxonomy.added, taxonomy.added_categories
@@ -51,11 +55,21 @@ class World:
         self.cat_gendered = np.array([c.gendered for c in self.categories])
         self.type_women_only = np.array([t.gender == "women" for t in self.types])
         self.brand_tier = np.array([self.brands[b].tier_bias for b in self.brand_keys])
-        # Brand choice weights by the user's purchase power: 3x for brands of the user's tier.
+        # Brand choice weights by the user's purchase power: 3x for brands of the user's tier;
+        # with minor_sense_weight, a polysemous brand in its second category weighs that much
+        # less (every click on its minor sense is rarer, not only the bare name's).
+        minor = np.ones([self.num_brands, self.num_cats])
+        if minor_sense_weight is not None:
+            cat_index = {c.key: i for i, c in enumerate(self.categories)}
+            for word in self.added_brands:
+                second = cat_index[self.added_categories[word][1]]
+                minor[self.brand_index[word], second] = minor_sense_weight
         self.brand_cum = np.zeros([len(tx.PURCHASE_POWER), self.num_cats, width])
         for p in range(len(tx.PURCHASE_POWER)):
             for c, brands in enumerate(self.cat_brands):
                 w = np.array([3.0 if self.brand_tier[b] == p else 1.0 for b in brands])
+                if minor_sense_weight is not None:
+                    w = w * minor[brands, c]
                 self.brand_cum[p, c, :len(brands)] = np.cumsum(w / w.sum())
                 self.brand_cum[p, c, len(brands):] = 1.0
         # A polysemous brand sells one type per category: [brand, category] -> type (-1: any).
@@ -83,8 +97,11 @@ class World:
         self.poly_added = np.array([t in taxonomy.added_categories for t in self.poly_terms])
         # Click weight of each sense (the added brands' second sense is the rarer one).
         self.sense_weight = np.ones(self.sense_type.shape)
-        self.sense_weight[self.poly_added, 1] = synthetic_polysemy.SECOND_SENSE_WEIGHT
-        # The added brands of each category, drawn for BRAND_SHARE of its items.
+        self.sense_weight[self.poly_added, 1] = (synthetic_polysemy.SECOND_SENSE_WEIGHT
+                                                 if minor_sense_weight is None
+                                                 else minor_sense_weight)
+        # The added brands of each category, drawn for brand_share of its items.
+        self.brand_share = synthetic_polysemy.BRAND_SHARE if brand_share is None else brand_share
         added = [[self.brand_index[b] for b in cat.brands if b in taxonomy.added_categories]
                  for cat in self.categories]
         self.cat_nadded = np.array([len(a) for a in added])

@@ -4,16 +4,19 @@ bare names are held out by the default split, and different user segments click 
 senses."""
 import collections
 import csv
+import dataclasses
 import hashlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from dpsr_tf.data import split as split_lib
 from dpsr_tf.demo import synthetic_catalog as synthetic
 from dpsr_tf.demo import synthetic_polysemy, synthetic_taxonomy
 from dpsr_tf.demo import synthetic_truth
+from dpsr_tf.demo.synthetic_world import World
 
 POLY = synthetic.SyntheticConfig(num_items=3000, num_users=600, num_interactions=40_000, seed=3,
                                  polysemous_brands=24)
@@ -152,3 +155,100 @@ def test_same_seed_same_bytes(tmp_path):
     assert digests[0] == digests[1]
     with open(tmp_path / "a" / synthetic_truth.GROUND_TRUTH_JSON, encoding="utf-8") as f:
         assert len(json.load(f)["polysemous_brands"]) == 12
+
+
+# The skewed world (minor_sense_weight, polysemous_brand_share): the paper's "apple" case.
+SKEWED = dataclasses.replace(POLY, minor_sense_weight=0.1, polysemous_brand_share=0.9)
+# md5 of a polysemous catalog generated before the two options existed: leaving them unset
+# must keep it byte for byte.
+POLY12_MD5 = {
+    "ground_truth.json": "099d1ad92a579c585626bfcad4687d74",
+    "ground_truth_interactions.tsv": "81236fba942d2e428a925ffeca1e52cb",
+    "ground_truth_queries.tsv": "fe8d2d7cf2ef12b8a02097ce8d39f696",
+    "ground_truth_users.tsv": "f4257ec3f9d68a48e04410f493cb17f4",
+    "interactions.tsv": "2cbf7d8803226701c9194eefe48201ae",
+    "items.tsv": "f8c9fe897e43d67c8f59d5f14fbdd526",
+    "users.tsv": "1a7f229932af4c383a4e87b34bb25aef",
+}
+
+
+@pytest.fixture(scope="module")
+def skewed_catalog(tmp_path_factory):
+    out = synthetic.generate(SKEWED, str(tmp_path_factory.mktemp("skewed")), log=_quiet)
+    return out, synthetic_truth.load_ground_truth(out.output_dir)
+
+
+def test_polysemous_catalog_unchanged_without_the_skew_options(tmp_path):
+    cfg = synthetic.SyntheticConfig(num_items=400, num_users=80, num_interactions=5000, seed=2,
+                                    polysemous_brands=12)
+    synthetic.generate(cfg, str(tmp_path), log=_quiet)
+    got = {f: hashlib.md5((tmp_path / f).read_bytes()).hexdigest() for f in POLY12_MD5}
+    assert got == POLY12_MD5
+    config = synthetic_truth.load_ground_truth(str(tmp_path))["config"]
+    assert "minor_sense_weight" not in config and "polysemous_brand_share" not in config
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(polysemous_brands=4, minor_sense_weight=0.0), "minor_sense_weight must be in"),
+    (dict(polysemous_brands=4, polysemous_brand_share=1.5), "polysemous_brand_share must be in"),
+    (dict(minor_sense_weight=0.1), "set polysemous_brands > 0"),
+])
+def test_skew_options_reject_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic.SyntheticConfig(**kwargs)
+
+
+def test_minor_sense_weight_in_brand_choice_hand_worked():
+    plain, skewed = World(24), World(24, minor_sense_weight=0.1)
+    fruit = [c.key for c in plain.categories].index("fruit")
+    word = plain.added_brands[0]   # brand 0: phones, then fruit (its minor sense)
+    assert plain.added_categories[word] == ("phones", "fruit")
+    pos = plain.cat_brands[fruit].index(plain.brand_index[word])
+
+    def share(world, power):
+        cum = world.brand_cum[power, fruit]
+        return cum[pos] - (cum[pos - 1] if pos else 0.0)
+
+    # Low purchase power: fruit's 8 brands weigh 1 each, its one low-tier brand 3: total 10,
+    # the brand 1/10. With the option, fruit is the second category of 4 of the 24 brands
+    # (pairs 0 and 4, cycled every 12), each weighing 0.1: total 10 - 4 + 0.4 = 6.4.
+    assert share(plain, 0) == pytest.approx(1 / 10)
+    assert share(skewed, 0) == pytest.approx(0.1 / 6.4)
+    phones = [c.key for c in plain.categories].index("phones")
+    np.testing.assert_allclose(skewed.brand_cum[:, phones], plain.brand_cum[:, phones])
+    assert skewed.sense_weight[plain.poly_terms.index(word), :2].tolist() == [1.0, 0.1]
+    assert plain.sense_weight[plain.poly_terms.index(word), :2].tolist() == [1.0, 0.3]
+
+
+def test_skewed_world_senses_are_large_and_clicks_favour_the_first(poly_catalog,
+                                                                   skewed_catalog):
+    def brand_share(out, truth, share):
+        """(observed, expected) share of the brands' categories' items the brands hold: the
+        option's share s, plus the rest drawn among all the category's brands, a of n of them
+        added: s + (1 - s) * a / n per category, weighted by its items."""
+        added = truth["polysemous_brands"]
+        rows = [r for r in _rows(out.items_path)
+                if any(r["category"] in info["categories"] for info in added.values())]
+        got = sum(r["brand"] in added for r in rows) / len(rows)
+        per_cat = collections.Counter(r["category"] for r in rows)
+        want = 0.0
+        for cat, n_items in per_cat.items():
+            brands = truth["taxonomy"][cat]["brands"]
+            a = sum(b in added for b in brands)
+            want += n_items * (share + (1 - share) * a / len(brands))
+        return got, want / len(rows)
+
+    def second_share(truth):
+        clicks = [[s["clicks"] for s in truth["polysemy"][w]] for w in truth["polysemous_brands"]]
+        return sum(c[1] for c in clicks) / sum(c[0] + c[1] for c in clicks)
+
+    # Items: binomial over ~2,000 items, +- 0.03 (the expectations: about 0.94 and 0.67).
+    for (out, truth), share in ((skewed_catalog, 0.9), (poly_catalog, 0.5)):
+        got, want = brand_share(out, truth, share)
+        assert got == pytest.approx(want, abs=0.03), (share, got, want)
+    assert brand_share(*skewed_catalog, 0.9)[1] > 0.9
+    # Bare-name clicks: the second sense weighs 0.1 against 0.3, so each user's odds of it fall
+    # threefold; summed over users whose category affinities differ, the share falls by less
+    # (users who favour the second category keep much of it): 0.35 -> 0.22 here.
+    skewed, plain = second_share(skewed_catalog[1]), second_share(poly_catalog[1])
+    assert skewed < 0.7 * plain, (skewed, plain)
