@@ -17,6 +17,12 @@ items fall in two or more product types read off the titles (senses.title_type),
 type:
 
   python bench/sense_bench.py --multi_type --layout_dir=HD --model=one_head:M1 --model=two:M2
+
+--pool=F1,F2,... (no model) reads the --json files of several seeds and prints, per row name and
+for the unseen and the seen queries apart, the sense metrics over all of them and the paired
+test of covered@10 / covered@100 against the first row over queries x seeds:
+
+  python bench/sense_bench.py --layout_dir=L --pool=s0.json,s1.json,s2.json
 """
 import json
 import sys
@@ -50,6 +56,8 @@ _MULTI_TYPE = flags.DEFINE_bool(
     "multi_type", False, "Real-data analogue without a ground truth (no --catalog_dir): the "
     "eval queries whose relevant items fall in 2+ product types read off the titles "
     "(senses.title_type), one sense per type.")
+_POOL = flags.DEFINE_list("pool", [], "Pool these --json outputs (one per seed) instead of "
+                          "scoring models.")
 flags.mark_flags_as_required(["layout_dir"])
 
 OVERALL = ("recall@10", "recall@100", "ndcg@10")
@@ -134,9 +142,49 @@ def _one_model(name, model_dir, spec, eval_set, queries, ks):
     return out
 
 
+def _pool(paths, eval_queries):
+    runs = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            runs.append([r for r in json.load(f) if r["detail"]])
+    names = [r["name"] for r in runs[0]]
+    held_out = set(eval_queries)
+    for group in ("unseen", "seen"):
+        keep = (lambda t: t in held_out) if group == "unseen" else (lambda t: t not in held_out)
+        pooled = {n: [senses.QuerySenses(d["q"], d["k"], tuple(d["recall"]), d["covered"],
+                                         tuple(d["purity"]), tuple(d["sense"]))
+                      for run in runs for r in run if r["name"] == n for d in r["detail"]
+                      if keep(d["q"])] for n in names}
+        if not pooled[names[0]]:
+            continue
+        print(f"\n{group} queries, {len(runs)} runs pooled")
+        print("| row | covered@10 | covered@100 | purity@10 | distinct@10 | R@100 | nDCG@10 "
+              "| covered@10 vs first | covered@100 vs first |")
+        print("|---" * 9 + "|")
+        for n in names:
+            summary = senses.summarize(pooled[n])
+            tests = []
+            for k in (10, 100):
+                got = [float(d.covered) for d in pooled[n] if d.k == k]
+                base = [float(d.covered) for d in pooled[names[0]] if d.k == k]
+                r = paired.paired_test(got, base, f"covered@{k}")
+                tests.append(f"{r.diff:+.3f} (p {r.p_value:.3f})")
+            overall = {m: np.mean([r["overall"][m] for run in runs for r in run
+                                   if r["name"] == n]) for m in ("recall@100", "ndcg@10")}
+            print(f"| {n} | {summary['covered@10']:.3f} | {summary['covered@100']:.3f} | "
+                  f"{summary['purity@10']:.3f} | {summary['distinct_head_senses@10']:.2f} | "
+                  f"{overall['recall@100']:.4f} | {overall['ndcg@10']:.4f} | "
+                  + " | ".join(tests) + " |")
+
+
 def main(argv):
     del argv
     spec = layout_lib.load_layout_spec(_LAYOUT.value)
+    if _POOL.value:
+        eval_set, _ = evaluate_lib.load_split(spec, evaluate_lib.EvalConfig(
+            recall_ks=(10, 100), num_random=0, per_request=True))
+        _pool(_POOL.value, eval_set.queries)
+        return 0
     ks = tuple(int(k) for k in _KS.value)
     eval_set, _ = evaluate_lib.load_split(spec, evaluate_lib.EvalConfig(
         recall_ks=(10, 100), num_random=0, per_request=True))
