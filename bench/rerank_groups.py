@@ -71,14 +71,22 @@ def main():
     ap.add_argument("--train_auc", action="store_true",
                     help="also score each DPR on its own training sessions (fit against "
                          "held-out: under- or over-fitting)")
+    ap.add_argument("--state", default="",
+                    help="also write the per-session metrics, seconds and settings of this run "
+                         "to this JSON file (seeds run as separate processes)")
+    ap.add_argument("--merge", default="",
+                    help="comma-separated --state files: report them together (the seeds of "
+                         "all), training nothing")
     ap.add_argument("--systems", default="",
                     help="comma-separated subset of the systems to run (default all); "
                          "dpr_full is always run, the others are what it is paired against")
     args = ap.parse_args()
+    if args.merge:
+        _report(*_merge(args.merge.split(",")))
+        return
     wanted = set(filter(None, args.systems.split(","))) | {"dpr_full"}
     # pylint: disable=import-outside-toplevel
     import tensorflow as tf
-    from dpsr_tf.evaluation import paired
     from dpsr_tf.ranking import baselines, metrics, sparse_features, validation
     from dpsr_tf.ranking import model as model_lib
     from dpsr_tf.ranking import train as train_lib
@@ -157,9 +165,39 @@ def main():
             pred = baselines.predict(booster, x_eval)
             per.setdefault(name, {})[seed] = metrics.per_session(pred, ev.labels, ev.splits)
         print(f"seed {seed} done", file=sys.stderr, flush=True)
+    training = {n: t for n, (_, t) in systems.items()}
+    if args.state:
+        with open(args.state, "w", encoding="utf-8") as f:
+            json.dump({"per": {n: {str(k): {m: v.tolist() for m, v in x.items()}
+                                   for k, x in by_seed.items()} for n, by_seed in per.items()},
+                       "seconds": seconds, "train_auc": train_auc, "rounds": rounds,
+                       "training": training}, f)
+    _report(per, seconds, train_auc, rounds, training)
+
+
+def _merge(paths):
+    """(per, seconds, train_auc, rounds, training) of several --state files, seeds joined."""
+    per, seconds, train_auc = {}, {}, {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        for name, by_seed in state["per"].items():
+            for seed, m in by_seed.items():
+                per.setdefault(name, {})[int(seed)] = {k: np.asarray(v) for k, v in m.items()}
+        for name, x in state["seconds"].items():
+            seconds.setdefault(name, []).extend(x)
+        for name, x in state["train_auc"].items():
+            train_auc.setdefault(name, []).extend(x)
+    return per, seconds, train_auc, state["rounds"], state["training"]
+
+
+def _report(per, seconds, train_auc, rounds, training):
+    """Prints the JSON report of the module docstring."""
+    # pylint: disable=import-outside-toplevel
+    from dpsr_tf.evaluation import paired
     out = {"eval_sessions": int(len(per["dpr_full"][next(iter(per["dpr_full"]))]
                                     ["session_auc"])),
-           "xgboost_rounds": rounds, "training": {n: t for n, (_, t) in systems.items()},
+           "xgboost_rounds": rounds, "training": training,
            "systems": {}, "paired": [], "train_session_auc": train_auc}
     for name, by_seed in per.items():
         means = {m: [float(v[m].mean()) for v in by_seed.values()] for m in METRICS}
