@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.support.tiny_rewriter import lexical_index_build, train_tiny_rewriter
+from tests.support.tiny_rewriter import lexical_index_build
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.rewriting import generate, table, title_candidates
 from dpsr_tf.rewriting.title_candidates import DenseTitleSource, top_rows
@@ -65,8 +65,9 @@ def test_dense_titles_are_the_served_flat_index_top_items(tiny_history_model, ti
 
 
 @pytest.fixture(scope="module")
-def rewriter_dir(tmp_path_factory):
-    return train_tiny_rewriter(str(tmp_path_factory.mktemp("dense_rewriter")))
+def rewriter_dir(tiny_rewriter):
+    """The shared tiny rewriter's model dir (tests/rewriting/conftest.py)."""
+    return tiny_rewriter["model_dir"]
 
 
 def _teacher_forced_score(rewriter, query, title):

@@ -6,7 +6,6 @@ import pytest
 import tensorflow as tf
 
 from dpsr_tf.rewriting import generate, online, units as units_lib
-from tests.support.tiny_rewriter import train_tiny_rewriter
 
 KEYS = list(units_lib.RESERVED) + ["w:drill", "c:手", "c:机", "w:apple", "w:18v", "c:米"]
 
@@ -55,8 +54,9 @@ def test_units_to_text_in_graph_equals_python(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rewriter_dir(tmp_path_factory):
-    return train_tiny_rewriter(str(tmp_path_factory.mktemp("online")))
+def rewriter_dir(tiny_rewriter):
+    """The shared tiny rewriter's model dir (tests/rewriting/conftest.py)."""
+    return tiny_rewriter["model_dir"]
 
 
 def test_online_rewrites_equal_the_greedy_rewrite_table(rewriter_dir):

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.support.tiny_model import prepare_tiny_layout
-from tests.support.tiny_rewriter import TINY
 from dpsr_tf.rewriting import decoding, generate, model, table
-from dpsr_tf.rewriting.train import load_rewriter, train_rewriter
+from dpsr_tf.rewriting.train import load_rewriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,13 +27,9 @@ def test_masked_cross_entropy_and_shift_against_numpy():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    work = tmp_path_factory.mktemp("rewriter")
-    spec = prepare_tiny_layout(str(work))
-    model_dir = str(work / "rewriter")
-    losses = train_rewriter(spec.layout_dir, model_dir, TINY, max_units=200, log_every=10,
-                            save_every=30, log=lambda _: None)
-    return {"spec": spec, "model_dir": model_dir, "losses": losses, "work": work}
+def trained(tiny_rewriter):
+    """The shared tiny rewriter (tests/rewriting/conftest.py) and its final eval losses."""
+    return tiny_rewriter
 
 
 def test_training_writes_config_vocab_and_eval_losses(trained):

@@ -11,15 +11,16 @@ TINY = RewriterConfig(num_layers=1, d_model=16, num_heads=2, ff_dim=16, query_le
                       title_len=8, batch_size=16, train_steps=30, warmup_steps=5, dropout=0.0)
 
 
-def train_tiny_rewriter(work_dir: str) -> str:
-    """TINY trained 30 steps on prepare_tiny_layout's pairs in work_dir; its model dir."""
+def train_tiny_rewriter(work_dir: str) -> dict:
+    """TINY trained 30 steps on prepare_tiny_layout's pairs in work_dir:
+    {"spec", "model_dir", "losses" (train_rewriter's final eval losses), "work"}."""
     from dpsr_tf.rewriting.train import train_rewriter  # pylint: disable=import-outside-toplevel
     from tests.support.tiny_model import prepare_tiny_layout  # pylint: disable=import-outside-toplevel
     spec = prepare_tiny_layout(work_dir)
     model_dir = os.path.join(work_dir, "rewriter")
-    train_rewriter(spec.layout_dir, model_dir, TINY, max_units=200, log_every=10,
-                   save_every=30, log=lambda _: None)
-    return model_dir
+    losses = train_rewriter(spec.layout_dir, model_dir, TINY, max_units=200, log_every=10,
+                            save_every=30, log=lambda _: None)
+    return {"spec": spec, "model_dir": model_dir, "losses": losses, "work": work_dir}
 
 
 def lexical_index_build(directory: str, ids, titles) -> str:
