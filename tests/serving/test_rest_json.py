@@ -1,6 +1,7 @@
 """REST predict bodies decoded value by value (rest_json.parse_predict_body): the document
 equals json.loads for every body, a malformed one gets json.loads's own error, and an oversized
-"instances" or "inputs" member is refused at the first row or value over the limit."""
+"instances" or "inputs" member is refused at the first row or value over the limit. Predict
+answers are written from the output arrays (rest_json.predict_response_json)."""
 import json
 
 import grpc
@@ -92,3 +93,27 @@ def test_the_refusal_comes_before_the_rest_of_the_body_is_decoded():
     have failed on it): the body was not decoded past that row."""
     text = '{"instances": ["a", "b", "c", ' + "!" * 1000
     assert "more than 2 rows" in _refusal(text, max_rows=2)
+
+
+def _dpsr_outputs():
+    return {"item_ids": np.array([[b"a", b"\xff\xfe"], [b"c", "d".encode()]], dtype=object),
+            "scores": np.array([[0.5, 0.25], [1.0, -2.0]], np.float32),
+            "heads": np.array([[0, 1], [1, 0]], np.int32)}
+
+
+def test_predict_answers_are_written_from_the_output_arrays():
+    """Columns and rows of a 2-row answer, as TF Serving writes them (hand-written); bytes
+    that are not UTF-8 go as {"b64": ...} (ff fe: "//4=")."""
+    ids = [["a", {"b64": "//4="}], ["c", "d"]]
+    assert rest_json.predict_response_json(_dpsr_outputs(), row_format=False) == {
+        "outputs": {"item_ids": ids, "scores": [[0.5, 0.25], [1.0, -2.0]],
+                    "heads": [[0, 1], [1, 0]]}}
+    assert rest_json.predict_response_json(_dpsr_outputs(), row_format=True) == {
+        "predictions": [{"item_ids": ids[0], "scores": [0.5, 0.25], "heads": [0, 1]},
+                        {"item_ids": ids[1], "scores": [1.0, -2.0], "heads": [1, 0]}]}
+
+
+@pytest.mark.parametrize("row_format, key", [(False, "outputs"), (True, "predictions")])
+def test_a_single_string_output_is_written_bare(row_format, key):
+    one = {"item_ids": np.array([b"x", b"\xc3\xa9", b""], dtype=object)}
+    assert rest_json.predict_response_json(one, row_format) == {key: ["x", "\u00e9", ""]}

@@ -30,7 +30,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, regression_pb2)
 
 from dpsr_tf.serving.errors import ServingError, http_status, truncate
-from dpsr_tf.serving.model_server.api import http_body, http_head, inference, rest_json
+from dpsr_tf.serving.model_server.api import (http_body, http_head, inference, rest_json,
+                                             server_core)
 
 _LOG = logging.getLogger("serving.rest")
 _PATH = re.compile(
@@ -302,10 +303,10 @@ class RestGateway:
                                                   self._core.options.limits)
         row_format = "instances" in payload
         del payload  # the parsed JSON is many times the body; keep only the request while it runs
-        future = self._core.predict(request, self._timeout, "REST")
+        future = self._core.predict(request, self._timeout, "REST", finish=server_core.OUTPUTS)
         try:
-            response = future.result(timeout=self._timeout + 5 if self._timeout else None)
+            outputs = future.result(timeout=self._timeout + 5 if self._timeout else None)
         except TimeoutError as e:
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                "request timed out (--rest_api_timeout_in_ms)") from e
-        return rest_json.predict_response_json(response, row_format=row_format)
+        return rest_json.predict_response_json(outputs, row_format=row_format)

@@ -28,7 +28,7 @@ import base64
 import json
 import re
 import sys
-from typing import Optional
+from typing import Dict, Optional
 
 import grpc
 import numpy as np
@@ -441,22 +441,32 @@ def fill_examples(payload: dict, input_proto, max_rows: int = 0) -> None:
 
 # ----------------------------------------------------------------------------- answers -> JSON
 
+def _text(v: bytes):
+    try:
+        return v.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"b64": base64.b64encode(v).decode("ascii")}
+
+
 def _jsonable(array: np.ndarray):
-    if array.dtype == object:
-        def conv(v):
-            try:
-                return v.decode("utf-8")
-            except UnicodeDecodeError:
-                return {"b64": base64.b64encode(v).decode("ascii")}
-        return np.vectorize(conv, otypes=[object])(array).tolist() if array.size else \
-            array.tolist()
-    return array.tolist()
+    if array.dtype != object or not array.size:
+        return array.tolist()
+    flat = array.ravel().tolist()
+    try:  # one decode per element, in a loop of C calls; element by element only when needed
+        texts = [v.decode("utf-8") for v in flat]
+    except UnicodeDecodeError:
+        texts = [_text(v) for v in flat]
+    if array.ndim == 1:
+        return texts
+    out = np.empty(len(texts), dtype=object)
+    out[:] = texts
+    return out.reshape(array.shape).tolist()
 
 
-def predict_response_json(response, row_format: bool) -> dict:
-    """A PredictResponse as TF Serving's REST answer: "predictions" by row (row_format, the
-    answer to "instances") or "outputs" by column."""
-    outputs = {alias: tensors.to_ndarray(t, alias) for alias, t in response.outputs.items()}
+def predict_response_json(outputs: Dict[str, np.ndarray], row_format: bool) -> dict:
+    """A Predict answer's outputs ({alias: array}, in answer order) as TF Serving's REST
+    answer: "predictions" by row (row_format, the answer to "instances") or "outputs" by
+    column."""
     if not row_format:
         if len(outputs) == 1:
             return {"outputs": _jsonable(next(iter(outputs.values())))}
