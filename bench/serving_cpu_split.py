@@ -6,7 +6,9 @@ native front end's (a process of its own), read from /proc before and after, is 
 calls answered. Thread groups: "main" is the asyncio loop (gRPC handling and request decoding in
 Python), "other" the threads that kept the process's name (run threads, TensorFlow's pools),
 named threads by their name. With --perf_out, `perf record` samples both processes meanwhile
-(`perf report -i FILE --sort dso,sym` splits the time by library and function).
+(`perf report -i FILE --sort dso,sym` splits the time by library and function). "Threads
+blocked per answer" counts each process's voluntary context switches: hand-offs of a call
+between threads and waits for the GIL.
 
     PYTHONPATH=. python bench/serving_cpu_split.py --servable_dir=S [--rounds=2]
         [--server_flag=--norun_in_caller_thread ...] [--perf_out=/tmp/serve.perf]
@@ -29,6 +31,20 @@ from bench.serving_bench import thread_cpu  # noqa: E402
 from bench.serving_loadgen import make_queries  # noqa: E402
 from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
+
+
+def voluntary_switches(pid: int) -> int:
+    """Times the threads of `pid` blocked (/proc voluntary_ctxt_switches, all threads): each
+    hand-off of a call between threads, or of the GIL, is one on the thread that waits."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as f:
+                total += next(int(line.split()[1]) for line in f
+                              if line.startswith("voluntary_ctxt_switches"))
+        except (OSError, StopIteration):
+            continue  # the thread ended
+    return total
 
 
 def _fire(address: str, payloads, calls: int, concurrency: int):
@@ -80,6 +96,7 @@ def main() -> None:
             pids = {"server": server.proc.pid, "front end": front_end}
             pids = {k: v for k, v in pids.items() if v}
             before = {k: thread_cpu(v) for k, v in pids.items()}
+            switches = {k: voluntary_switches(v) for k, v in pids.items()}
             perf = None
             if args.perf_out:
                 perf = subprocess.Popen(
@@ -92,6 +109,7 @@ def main() -> None:
                 perf.send_signal(signal.SIGINT)
                 perf.wait()
             per_call = {}
+            switches = {k: (voluntary_switches(v) - switches[k]) / ok for k, v in pids.items()}
             for name, pid in pids.items():
                 after = thread_cpu(pid)
                 for group, cpu in after.items():
@@ -100,7 +118,8 @@ def main() -> None:
                   f"{wall:.2f} s, others {failed or 0}; CPU ms per answer "
                   f"{sum(per_call.values()):.3f}: " + ", ".join(
                       f"{g} {v:.3f}" for g, v in sorted(per_call.items(), key=lambda kv: -kv[1])
-                      if v >= 0.005), flush=True)
+                      if v >= 0.005) + "; threads blocked per answer: " + ", ".join(
+                          f"{k} {v:.1f}" for k, v in switches.items()), flush=True)
     finally:
         server.stop()
 
