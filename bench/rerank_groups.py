@@ -101,13 +101,15 @@ def main():
         data = validation.carve_like_eval(data, args.dpsr_model_dir, log=quiet)
     spec, ev, tr = data.layout_spec, data.eval_sessions, data.train_sessions
     user_cfg = train_lib.user_config(spec)
+    xgboost_wanted = not args.systems or bool(wanted & {"xgboost_numeric", "xgboost_sparse"})
     sparse = [sparse_features.sparse_features(f, t, data.titles, model_lib.default_tokenizer(),
                                               u, user_cfg["user_vocab_sizes"],
                                               args.sparse_buckets)
               for f, t, u in ((data.train_features, tr, data.train_users),
-                              (data.eval_features, ev, data.eval_users))]
+                              (data.eval_features, ev, data.eval_users))
+              if xgboost_wanted]
     rounds = {"xgboost_numeric": args.xgboost_rounds, "xgboost_sparse": args.xgboost_rounds}
-    if args.xgboost_rounds == "auto" and (not args.systems or wanted & set(rounds)):
+    if args.xgboost_rounds == "auto" and xgboost_wanted:
         rounds = _choose_rounds(data, sparse)
     per = {}        # system -> seed -> {metric: [S'] values}
     seconds = {}    # system -> [seconds per seed]
@@ -153,11 +155,9 @@ def main():
                                                users=data.train_users)
                 train_auc.setdefault(name, []).append(round(metrics.session_metrics(
                     fit, tr.labels, tr.splits)["session_auc"], 4))
-        for name, (x_train, x_eval) in (("xgboost_numeric", (data.train_features,
-                                                              data.eval_features)),
-                                        ("xgboost_sparse", sparse)):
-            if name not in baselines_run:
-                continue
+        for name in baselines_run:
+            x_train, x_eval = ((data.train_features, data.eval_features)
+                               if name == "xgboost_numeric" else sparse)
             start = time.monotonic()
             booster = baselines.train_xgboost(x_train, tr.labels, tr.splits, "rank:pairwise",
                                               rounds=int(rounds[name]), seed=seed)
