@@ -20,7 +20,7 @@ every click on the second sense rarer (the bare name's and the brand-naming quer
 second category), and brand_share gives the brands more of their categories' items, so that one
 sense alone can fill a top 100. A single query vector pulled by the clicks then ranks the
 popular sense's items first; a head per sense is what keeps the minor sense in the list. Both
-None: the catalog as before the options, byte for byte.
+None: the catalog without them, byte for byte.
 """
 import dataclasses
 import hashlib

@@ -16,7 +16,7 @@ class World:
 
     polysemous_brands > 0 adds that many two-category brands (synthetic_polysemy);
     minor_sense_weight and brand_share reshape them (synthetic_polysemy.check_skew; None: the
-    module's defaults, the catalog as before the options).
+    module's defaults, the catalog without them).
     """
 
     def __init__(self, polysemous_brands: int = 0, minor_sense_weight: Optional[float] = None,
