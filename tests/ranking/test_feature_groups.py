@@ -1,6 +1,7 @@
 """DPR's feature groups: the text ids against the documented hash worked in pure Python, the
 user group's sum pooling against numpy, history truncation to the last N, the choice of
-groups, and the hashed sparse features of the tree baseline against hand-set columns."""
+groups, and the hashed sparse features of the tree baseline against hand-set columns and against
+a per-candidate Python reference."""
 import dataclasses
 
 import numpy as np
@@ -13,6 +14,7 @@ from dpsr_tf.ranking import sparse_features as sparse_lib
 from dpsr_tf.ranking import user_features as user_lib
 from dpsr_tf.ranking.features import NUM_FEATURES
 from dpsr_tf.tokenization import tokenize_op
+from dpsr_tf.tokenization.tokenizer import Tokenizer
 from tests.tokenization.test_ids import reference_hash
 
 BUCKETS = M.default_tokenizer().num_buckets            # 2^18
@@ -193,3 +195,64 @@ def test_sparse_features_columns_by_hand():
         assert np.flatnonzero(x[row, f + 3 * b + 7:f + 4 * b + 7]).tolist() == [1 % b]
     # "in history": item 1 was clicked before, item 0 was not.
     assert x[:, -1].tolist() == [0.0, 1.0]
+
+
+def _sparse_reference(numeric, table, titles, users, vocab_sizes, buckets):
+    """The sparse features one candidate at a time with Python sets (the module docstring
+    read literally): (indptr, indices, data)."""
+    tok = Tokenizer(M.default_tokenizer())
+    f = numeric.shape[1]
+    offsets = np.concatenate([[0], np.cumsum(vocab_sizes)]).astype(int)
+    base_p = f + 3 * buckets
+    base_h = base_p + int(offsets[-1])
+    indptr, indices, data = [0], [], []
+    for i, s in enumerate(table.session_of_candidate()):
+        row = int(table.item_rows[i])
+        q = set(tok.tokenize_one(table.queries[s]).tolist())
+        t = set(tok.tokenize_one(titles[row]).tolist())
+        cols = {j: float(numeric[i, j]) for j in range(f)}
+        for base, ids in ((f, q), (f + buckets, t), (f + 2 * buckets, q & t)):
+            cols.update({base + x % buckets: 1.0 for x in ids})
+        if users is not None:
+            for j, v in enumerate(users.profile[s][:len(vocab_sizes)]):
+                if 0 <= v < vocab_sizes[j]:
+                    cols[base_p + offsets[j] + int(v)] = 1.0
+            history = [int(h) for h in users.history[s] if h >= 0]
+            cols.update({base_h + h % buckets: 1.0 for h in history})
+            if row in history:
+                cols[base_h + buckets] = 1.0
+        for j in sorted(cols):
+            indices.append(j)
+            data.append(cols[j])
+        indptr.append(len(indices))
+    return indptr, indices, data
+
+
+@pytest.mark.parametrize("with_users", [True, False])
+@pytest.mark.parametrize("buckets", [3, 16, 1 << 12])
+def test_sparse_features_equal_a_per_candidate_reference(with_users, buckets):
+    # Sessions sharing queries and items, a repeated title token, zeros among the numeric
+    # values (kept as entries), profile ids out of range (-1, = vocab size), histories with
+    # pads, repeats and the candidate itself; 3 buckets fold ids onto each other.
+    table = sessions_lib.SessionTable.from_lists([
+        {"query": "red shoe", "items": [0, 1, 3], "labels": [1, 0, 0]},
+        {"query": "blue hat red", "items": [1, 2], "labels": [0, 1]},
+        {"query": "", "items": [4], "labels": [1]},
+        {"query": "red shoe", "items": [3, 0, 2, 4], "labels": [0, 0, 1, 0]}])
+    titles = ["red shoe red", "blue hat", "hat of red shoe", "green shoe box", "box"]
+    rng = np.random.default_rng(0)
+    numeric = rng.normal(size=[10, NUM_FEATURES]).astype(np.float32)
+    numeric[rng.random(numeric.shape) < 0.3] = 0.0
+    users = user_lib.SessionUsers(
+        profile=np.array([[2, 1], [-1, 4], [0, 0], [1, 3]]),
+        history=np.array([[1, 3, -1], [-1, -1, -1], [4, 4, 9], [2, 0, 7]])) if with_users \
+        else None
+    vocab = (3, 4)
+    got = sparse_lib.sparse_features(numeric, table, titles, M.default_tokenizer(), users,
+                                     vocab_sizes=vocab, buckets=buckets)
+    indptr, indices, data = _sparse_reference(numeric, table, titles, users, vocab, buckets)
+    assert got.shape == (10, sparse_lib.num_columns(NUM_FEATURES, buckets, vocab))
+    assert got.indptr.tolist() == indptr
+    assert got.indices.tolist() == indices
+    np.testing.assert_array_equal(got.data, np.asarray(data, np.float32))
+    assert got.has_sorted_indices
