@@ -203,7 +203,12 @@ class FairRunQueue:
                 queue = self._queues[client] = collections.deque()
             queue.append(task)
             self._queued += 1
-            self._cond.notify()
+            if not self._max_running or self._running[client] < self._max_running:
+                # A client at its bound of running tasks gets no thread woken for this one:
+                # it can start only when one of its runs ends, and the thread that ran that
+                # takes the next task itself (_loop). A woken thread would find nothing to
+                # start and wait again: two thread switches per call for nothing.
+                self._cond.notify()
         return task.future
 
     def _refuse_if_late(self, client, queue, deadline, label, now) -> None:
@@ -287,24 +292,29 @@ class FairRunQueue:
                 return
             start = self._run_clock()
             ran = False
+            leaving = True  # the thread ends here unless _run returns
             try:
                 ran = self._run(task)
+                leaving = False
             finally:
                 seconds = self._run_clock() - start
                 self._settle(task.client, task.charged, run_cost(seconds),
-                             seconds if ran else None)
+                             seconds if ran else None, leaving)
             task = None  # the finished task's arguments are not kept while the thread waits
 
-    def _settle(self, client, charged: int, cost: int, seconds: Optional[float]) -> None:
+    def _settle(self, client, charged: int, cost: int, seconds: Optional[float],
+                leaving: bool = False) -> None:
         """Charges a finished run its measured cost (and times the run, `seconds`, when it
-        ran); forgets a client with nothing left."""
+        ran); forgets a client with nothing left. The thread that ran it looks for its next
+        task at once (_take), so no other thread is woken for the client's next one unless
+        this thread is `leaving` (its run raised past _run)."""
         with self._cond:
             if seconds is not None:
                 self._delay.observe_service(seconds)
             self._used[client] += cost - charged
             self._last_cost[client] = cost
             self._running[client] -= 1
-            if self._max_running and client in self._queues:
+            if leaving and self._max_running and client in self._queues:
                 self._cond.notify()  # its next task may start now
             if not self._running[client]:
                 del self._running[client]
