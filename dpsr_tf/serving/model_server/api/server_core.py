@@ -117,6 +117,11 @@ class ServerCore:
         self.unsent.on_release = self._runs.wake
         self.metrics.queued_requests.set_function(lambda: self._runs.queued)
         self._run_times = FastestRuns()  # of unbatched runs (the batcher keeps its own)
+        # Metric children by their label values: prometheus_client's labels() takes a lock and
+        # checks every value on each call (7 us each, five per request). The values are few
+        # (models, versions, APIs, status codes) and prometheus_client keeps every child it
+        # made anyway; a race only makes the same child twice.
+        self._children = {}
         self._chunked = ChunkedRuns(options.max_rows_per_run)
         self._scheduler = None
         if options.batching is not None:
@@ -168,11 +173,19 @@ class ServerCore:
             return
         self.metrics.available.labels(name, str(version)).set(1 if available else 0)
 
+    def _child(self, metric, *values):
+        """metric.labels(*values), made once."""
+        key = (id(metric),) + values
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def _on_run_event(self, event, model, runs_ahead):
         model = self._label(model)
         if event == STARTED:
-            self.metrics.runs_started.labels(model).inc()
-            self.metrics.runs_ahead.labels(model).observe(runs_ahead)
+            self._child(self.metrics.runs_started, model).inc()
+            self._child(self.metrics.runs_ahead, model).observe(runs_ahead)
         else:
             self.metrics.requests_dropped.labels(model, event).inc()
 
@@ -199,11 +212,13 @@ class ServerCore:
     def _record(self, api, entrypoint, name, version, code, start):
         model = self._label(name)
         v = str(version) if version is not None else ""
-        self.metrics.request_count.labels(model, v, api, entrypoint, code.name).inc()
-        self.metrics.request_latency.labels(model, v, api, entrypoint).observe(
+        self._child(self.metrics.request_count, model, v, api, entrypoint, code.name).inc()
+        self._child(self.metrics.request_latency, model, v, api, entrypoint).observe(
             time.monotonic() - start)
 
     def _timed_run(self, servable, signature, fetches, batched: bool = False):
+        latency = self._child(self.metrics.runtime_latency, servable.name, str(servable.version))
+
         def run(feeds, timeout_s):
             start = time.monotonic()
             try:
@@ -211,8 +226,7 @@ class ServerCore:
                     return servable.run(signature, feeds, fetches, timeout_s, batched=True)
                 return servable.run(signature, feeds, fetches, timeout_s)
             finally:
-                self.metrics.runtime_latency.labels(servable.name, str(servable.version)).observe(
-                    time.monotonic() - start)
+                latency.observe(time.monotonic() - start)
         return run
 
     def _timed_alone(self, servable, sig, prepared, run):
