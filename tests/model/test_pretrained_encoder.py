@@ -92,6 +92,50 @@ def test_frozen_and_top_layer_trainable_variables(model):
         BertEncoder(model.config, trainable_layers=7)
 
 
+def _top2_graph(model):
+    """(texts placeholder, targets placeholder [n, H], loss, trained variables, their gradients)
+    of an encoder whose top two layers train; loss = sum of embeddings * targets."""
+    texts = tf.compat.v1.placeholder(tf.string, [None])
+    targets = tf.compat.v1.placeholder(tf.float32, [None, model.config.hidden_size])
+    encoder = SentenceEncoder(model, trainable_layers=2)
+    loss = tf.reduce_sum(encoder(texts) * targets)
+    trained = tf.compat.v1.trainable_variables()
+    return encoder, texts, targets, loss, trained, tf.compat.v1.gradients(loss, trained)
+
+
+def test_no_weight_gradient_is_copied_per_text(model):
+    # The cost cut: a dense layer that broadcast its weight over the texts of a batch had a
+    # [texts, out, in] weight gradient (7 MB per text and trained layer) summed afterwards.
+    with tf.Graph().as_default() as graph:
+        _, _, _, _, trained, grads = _top2_graph(model)
+        assert len(trained) == 2 * 16 and all(g is not None for g in grads)
+        weight_shapes = {tuple(v.shape) for v in trained if len(v.shape) == 2}
+        assert weight_shapes == {(384, 384), (1536, 384), (384, 1536)}
+        per_text = [(op.name, out.shape) for op in graph.get_operations() for out in op.outputs
+                    if out.shape.rank == 3 and tuple(out.shape[1:]) in weight_shapes]
+        assert per_text == []
+
+
+def test_a_batch_gradient_is_the_sum_of_each_texts_own(model):
+    batch = [b"cordless drill", b"a much longer title: 18-volt lithium-ion brushless hammer "
+             b"drill kit with two batteries", "\u96fb\u52d5\u30c9\u30ea\u30eb".encode("utf-8")]
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((len(batch), model.config.hidden_size)).astype(np.float32)
+    with tf.Graph().as_default():
+        encoder, texts, targets, _, _, grads = _top2_graph(model)
+        with tf.compat.v1.Session() as session:
+            encoder.initialize(session)
+            together = session.run(grads, {texts: batch, targets: vectors})
+            alone = [session.run(grads, {texts: batch[i:i + 1], targets: vectors[i:i + 1]})
+                     for i in range(len(batch))]
+    references = [sum(a[n] for a in alone) for n in range(len(together))]
+    # Relative to the largest gradient: a key bias's gradient is 0 up to float32 rounding.
+    scale = max(np.abs(r).max() for r in references)
+    assert scale > 0.1
+    for grad, reference in zip(together, references):
+        np.testing.assert_allclose(grad / scale, reference / scale, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda d: os.remove(os.path.join(d, "model.safetensors")), "model.safetensors not found"),
     (lambda d: os.remove(os.path.join(d, "config.json")), "config.json not found"),
