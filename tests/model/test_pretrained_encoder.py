@@ -116,6 +116,25 @@ def test_no_weight_gradient_is_copied_per_text(model):
         assert per_text == []
 
 
+def test_the_dense_layers_see_the_real_tokens_only(model, golden):
+    # The cost cut: a batch padded to its longest text (one of 256 tokens here) ran every dense
+    # layer on B x T token rows; they are the N = mask.sum() real tokens now.
+    with tf.Graph().as_default() as graph:
+        texts = tf.compat.v1.placeholder(tf.string, [None])
+        encoder = SentenceEncoder(model)
+        embeddings = encoder(texts)
+        _, mask = encoder.tokenizer(texts)
+        dense = [op for op in graph.get_operations() if op.type == "MatMul"]
+        assert len(dense) == 6 * model.config.num_hidden_layers
+        with tf.compat.v1.Session() as session:
+            encoder.initialize(session)
+            rows, mask_value, _ = session.run(
+                [[tf.shape(op.inputs[0])[0] for op in dense], mask, embeddings],
+                {texts: [t.encode("utf-8") for t in golden["texts"]]})
+    assert mask_value.sum() == golden["lengths"].sum() < 0.2 * mask_value.size
+    assert set(rows) == {golden["lengths"].sum()}
+
+
 def test_a_batch_gradient_is_the_sum_of_each_texts_own(model):
     batch = [b"cordless drill", b"a much longer title: 18-volt lithium-ion brushless hammer "
              b"drill kit with two batteries", "\u96fb\u52d5\u30c9\u30ea\u30eb".encode("utf-8")]

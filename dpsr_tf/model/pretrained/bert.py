@@ -83,7 +83,7 @@ class BertEncoder:
         session.run(self._assign, {self._feeds[name]: weights[name] for name in self._vars})
 
     def _dense(self, x, prefix: str):
-        """x [B, T, in] -> [B, T, out] as one [B*T, in] x [in, out] MatMul. A [B, T, in] x
+        """x [..., in] -> [..., out] as one [rows, in] x [in, out] MatMul. A [B, T, in] x
         [out, in]^T matmul broadcasts the weight (BatchMatMulV2): B small products forward, and
         its weight gradient is a [B, out, in] tensor summed over B, a weight-sized copy per
         text (7 MB per text and trained layer for MiniLM-L6), which made the step time grow
@@ -100,7 +100,12 @@ class BertEncoder:
 
     def __call__(self, token_ids: tf.Tensor, mask: tf.Tensor,
                  token_types: Optional[tf.Tensor] = None) -> tf.Tensor:
-        """[B, T, H] float32 hidden states of the last layer.
+        """[B, T, H] float32 hidden states of the last layer (0 at padding positions).
+
+        Every layer but the attention product runs on the real tokens alone, packed [N, H]
+        (N = the mask's sum): a batch padded to its longest text costs the dense layers its
+        real tokens, not B x T. Attention scatters them back to [B, T] per layer, padding
+        masked out of the softmax as before, so the real tokens' states are unchanged.
 
         Args:
           token_ids: [B, T] int32 WordPiece ids ([CLS] ... [SEP], padded).
@@ -110,18 +115,23 @@ class BertEncoder:
         cfg = self.config
         heads, width = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
         with tf.name_scope(self.scope):
-            length = tf.shape(token_ids)[1]
             if token_types is None:
                 token_types = tf.zeros_like(token_ids)
-            x = (tf.gather(self._vars["embeddings.word_embeddings.weight"], token_ids)
-                 + self._vars["embeddings.position_embeddings.weight"][tf.newaxis, :length]
-                 + tf.gather(self._vars["embeddings.token_type_embeddings.weight"], token_types))
+            real = tf.where(tf.not_equal(mask, 0))                # [N, 2] (text, position)
+            padded_shape = tf.concat([tf.shape(token_ids, out_type=tf.int64),
+                                      [cfg.hidden_size]], axis=0)  # [B, T, H]
+            x = (tf.gather(self._vars["embeddings.word_embeddings.weight"],
+                           tf.gather_nd(token_ids, real))
+                 + tf.gather(self._vars["embeddings.position_embeddings.weight"], real[:, 1])
+                 + tf.gather(self._vars["embeddings.token_type_embeddings.weight"],
+                             tf.gather_nd(token_types, real)))    # [N, H]
             x = self._layer_norm(x, "embeddings.LayerNorm")
             mask = tf.cast(mask, tf.float32)
             bias = (1.0 - mask)[:, tf.newaxis, tf.newaxis, :] * _MASKED_LOGIT   # [B, 1, 1, T]
             act = _activation(cfg.hidden_act)
 
-            def split(t):   # [B, T, H] -> [B, heads, T, width]
+            def split(t):   # [N, H] -> [B, heads, T, width]
+                t = tf.scatter_nd(real, t, padded_shape)
                 return tf.transpose(tf.reshape(t, [tf.shape(t)[0], -1, heads, width]),
                                     [0, 2, 1, 3])
 
@@ -132,14 +142,15 @@ class BertEncoder:
                 v = split(self._dense(x, p + "attention.self.value"))
                 logits = tf.matmul(q, k, transpose_b=True) / np.sqrt(width).astype(np.float32)
                 weights = tf.nn.softmax(logits + bias, axis=-1)
-                context = tf.reshape(tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3]),
-                                     [tf.shape(x)[0], -1, cfg.hidden_size])
+                context = tf.gather_nd(tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3]),
+                                       real)                      # [N, heads, width]
+                context = tf.reshape(context, [-1, cfg.hidden_size])
                 x = self._layer_norm(x + self._dense(context, p + "attention.output.dense"),
                                      p + "attention.output.LayerNorm")
                 inner = act(self._dense(x, p + "intermediate.dense"))
                 x = self._layer_norm(x + self._dense(inner, p + "output.dense"),
                                      p + "output.LayerNorm")
-            return x
+            return tf.scatter_nd(real, x, padded_shape)
 
 
 def mean_pool(sequence: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
