@@ -135,9 +135,26 @@ def test_the_dense_layers_see_the_real_tokens_only(model, golden):
     assert set(rows) == {golden["lengths"].sum()}
 
 
+def test_a_repeated_text_is_encoded_once(model, golden):
+    batch = [t.encode("utf-8") for t in golden["texts"]]
+    order = np.random.default_rng(0).permutation(np.tile(np.arange(len(batch)), 3))
+    with tf.Graph().as_default() as graph:
+        texts = tf.compat.v1.placeholder(tf.string, [None])
+        encoder = SentenceEncoder(model)
+        embeddings = encoder(texts)
+        dense = [op for op in graph.get_operations() if op.type == "MatMul"]
+        with tf.compat.v1.Session() as session:
+            encoder.initialize(session)
+            rows, vectors = session.run([[tf.shape(op.inputs[0])[0] for op in dense], embeddings],
+                                        {texts: [batch[i] for i in order]})
+    assert set(rows) == {golden["lengths"].sum()}   # each of the 24 texts' tokens once, not 3x
+    np.testing.assert_allclose(vectors, golden["embeddings"][order], rtol=0, atol=1e-4)
+
+
 def test_a_batch_gradient_is_the_sum_of_each_texts_own(model):
     batch = [b"cordless drill", b"a much longer title: 18-volt lithium-ion brushless hammer "
-             b"drill kit with two batteries", "\u96fb\u52d5\u30c9\u30ea\u30eb".encode("utf-8")]
+             b"drill kit with two batteries", "\u96fb\u52d5\u30c9\u30ea\u30eb".encode("utf-8"),
+             b"cordless drill"]   # a repeat: encoded once, its two targets' gradients summed
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((len(batch), model.config.hidden_size)).astype(np.float32)
     with tf.Graph().as_default():

@@ -41,9 +41,13 @@ class SentenceEncoder:
         self.bert = BertEncoder(model.config, trainable_layers)
 
     def __call__(self, texts: tf.Tensor) -> tf.Tensor:
-        ids, mask = self.tokenizer(texts)
+        # Each distinct text is encoded once (a batch repeats its queries, and an evaluation
+        # batch's items and random negatives overlap on a small catalog); gather's gradient
+        # sums the repeats' gradients, as encoding each copy would.
+        distinct, index = tf.unique(texts)
+        ids, mask = self.tokenizer(distinct)
         pooled = mean_pool(self.bert(ids, mask), mask)
-        return tf.math.l2_normalize(pooled, axis=-1, epsilon=1e-12)
+        return tf.gather(tf.math.l2_normalize(pooled, axis=-1, epsilon=1e-12), index)
 
     def initialize(self, session) -> None:
         self.bert.initialize(session, self.model.loaded_weights())
