@@ -83,15 +83,11 @@ class BertEncoder:
         session.run(self._assign, {self._feeds[name]: weights[name] for name in self._vars})
 
     def _dense(self, x, prefix: str):
-        """x [..., in] -> [..., out] as one [rows, in] x [in, out] MatMul. A [B, T, in] x
-        [out, in]^T matmul broadcasts the weight (BatchMatMulV2): B small products forward, and
-        its weight gradient is a [B, out, in] tensor summed over B, a weight-sized copy per
-        text (7 MB per text and trained layer for MiniLM-L6), which made the step time grow
-        with the texts per batch rather than with their tokens."""
-        weight = self._vars[prefix + ".weight"]
-        flat = tf.reshape(x, [-1, int(x.shape[-1])])
-        y = tf.matmul(flat, weight, transpose_b=True) + self._vars[prefix + ".bias"]
-        return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [int(weight.shape[0])]], axis=0))
+        """x [N, in] (packed real tokens, see __call__) -> [N, out]: one 2-D MatMul, so the
+        weight gradient is one product. A [B, T, in] input would broadcast the weight
+        (BatchMatMulV2) and make a weight-sized gradient copy per text."""
+        return tf.matmul(x, self._vars[prefix + ".weight"], transpose_b=True) + \
+            self._vars[prefix + ".bias"]
 
     def _layer_norm(self, x, prefix: str):
         mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
