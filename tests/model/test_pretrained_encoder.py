@@ -151,6 +151,21 @@ def test_a_repeated_text_is_encoded_once(model, golden):
     np.testing.assert_allclose(vectors, golden["embeddings"][order], rtol=0, atol=1e-4)
 
 
+def test_a_batch_of_no_texts_is_empty_and_has_a_gradient(model):
+    # A training batch can hand a tower no texts (e.g. no human negatives in it); the attention
+    # reshape must not guess the padded length of a [0, T, H] tensor.
+    with tf.Graph().as_default():
+        encoder, texts, targets, loss, trained, grads = _top2_graph(model)
+        with tf.compat.v1.Session() as session:
+            encoder.initialize(session)
+            vectors, loss_value, grad_values = session.run(
+                [encoder(texts), loss, grads],
+                {texts: np.zeros([0], object), targets: np.zeros([0, 384], np.float32)})
+    assert vectors.shape == (0, model.config.hidden_size)
+    assert loss_value == 0.0
+    assert all(not np.any(g) for g in grad_values) and len(grad_values) == len(trained)
+
+
 def test_a_batch_gradient_is_the_sum_of_each_texts_own(model):
     batch = [b"cordless drill", b"a much longer title: 18-volt lithium-ion brushless hammer "
              b"drill kit with two batteries", "\u96fb\u52d5\u30c9\u30ea\u30eb".encode("utf-8"),

@@ -128,7 +128,9 @@ class BertEncoder:
 
             def split(t):   # [N, H] -> [B, heads, T, width]
                 t = tf.scatter_nd(real, t, padded_shape)
-                return tf.transpose(tf.reshape(t, [tf.shape(t)[0], -1, heads, width]),
+                # T spelled out, not -1: a batch of no texts ([0, T, H]) leaves -1 ambiguous.
+                return tf.transpose(tf.reshape(t, [padded_shape[0], padded_shape[1], heads,
+                                                   width]),
                                     [0, 2, 1, 3])
 
             for n in range(cfg.num_hidden_layers):
