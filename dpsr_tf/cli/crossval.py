@@ -10,7 +10,8 @@ DIR/fold_F/{layout,model,metrics.json}, DIR/summary.json (mean and std per metri
 and prints a table. Rerunning the same command resumes: finished folds are reused. --hybrid adds
 DIR/fold_F/{index,hybrid_lists*.npz,fusion_candidates*.npz,hybrid.json} and the systems
 dpsr_served, lexical and hybrid, its fusion chosen on the fold's validation split
-(evaluation/crossval_hybrid.py).
+(evaluation/crossval_hybrid.py). Distilled folds: --teacher_dir=T/fold_{fold}/model, T the
+teacher's crossval output with the same prepare flags; fold F distills from T/fold_F/model.
 """
 import os
 import sys

@@ -36,6 +36,7 @@ from dpsr_tf.evaluation import evaluate as evaluate_lib
 from dpsr_tf.evaluation import fusion_choice
 from dpsr_tf.evaluation import per_query as per_query_lib
 from dpsr_tf.evaluation import zero_shot as zero_shot_lib
+from dpsr_tf.model import distill_cache
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.fusion import FusionConfig
@@ -133,6 +134,9 @@ class CrossvalConfig:
                              f"fold has its own; dpsr crossval does not mine them (train each "
                              f"fold with `dpsr train --hard_negatives_from` instead)")
 
+        if self.train.teacher_dir:
+            _check_teacher_template(self.train.teacher_dir, self.folds)
+
     def fold_dir(self, fold: int) -> str:
         return os.path.join(self.output, f"fold_{fold}")
 
@@ -143,10 +147,12 @@ class CrossvalConfig:
                                    output=os.path.join(self.fold_dir(fold), "layout"))
 
     def fold_train(self, fold: int) -> TrainConfig:
-        """The TrainConfig of fold `fold` (its layout, <output>/fold_F/model)."""
+        """The TrainConfig of fold `fold` (its layout, <output>/fold_F/model; a teacher_dir's
+        "{fold}" becomes F: each fold distills from the teacher trained on its own folds)."""
         return dataclasses.replace(self.train,
                                    layout_dir=os.path.join(self.fold_dir(fold), "layout"),
-                                   model_dir=os.path.join(self.fold_dir(fold), "model"))
+                                   model_dir=os.path.join(self.fold_dir(fold), "model"),
+                                   teacher_dir=fold_teacher_dir(self.train.teacher_dir, fold))
 
     def to_dict(self) -> dict:
         """JSON-ready dict (the per-fold paths are left out: they follow from `output`)."""
@@ -166,6 +172,34 @@ class CrossvalConfig:
         data["evaluation"].pop("tie_aware")
         data["output"] = os.path.abspath(self.output)
         return data
+
+
+FOLD_FIELD = "{fold}"
+
+
+def fold_teacher_dir(teacher_dir: str, fold: int) -> str:
+    """teacher_dir with "{fold}" replaced by the fold's number ("" stays "")."""
+    return teacher_dir.replace(FOLD_FIELD, str(fold))
+
+
+def _check_teacher_template(teacher_dir: str, folds: int) -> None:
+    """A trained teacher model fits one layout, so every fold needs its own: the path must name
+    the fold. A pretrained encoder directory (used as it ships) serves every fold."""
+    if FOLD_FIELD in teacher_dir:
+        missing = [f for f in range(folds) if not os.path.isdir(fold_teacher_dir(teacher_dir, f))]
+        if missing:
+            raise ValueError(f"--teacher_dir={teacher_dir}: no teacher for folds {missing} "
+                             f"(e.g. {fold_teacher_dir(teacher_dir, missing[0])}); run the "
+                             f"teacher's crossval first (`dpsr crossval --output=T "
+                             f"--text_encoder=pretrained ...`, then --teacher_dir=T/fold_"
+                             f"{FOLD_FIELD}/model)")
+        return
+    if distill_cache.teacher_kind(teacher_dir) == "model":
+        raise ValueError(f"--teacher_dir={teacher_dir} is a trained model, which fits the "
+                         f"layout it was trained on; every fold has its own, so name the fold "
+                         f"in the path: --teacher_dir=T/fold_{FOLD_FIELD}/model with T the "
+                         f"teacher's crossval output (a pretrained encoder directory needs no "
+                         f"{FOLD_FIELD})")
 
 
 def run(config: CrossvalConfig, log: Callable[[str], None] = print,

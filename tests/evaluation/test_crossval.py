@@ -203,6 +203,39 @@ def test_runs_recorded_before_the_tie_aware_switch_resume(two_folds):
     assert sum("done earlier, reusing" in line for line in lines) == 2
 
 
+def test_each_fold_distills_from_the_teacher_trained_on_its_own_folds(two_folds, tiny_paths,
+                                                                     tmp_path):
+    teacher, teacher_summary, _ = two_folds
+    config = _config(tiny_paths, str(tmp_path / "student"), max_train_queries=30, bm25=False)
+    config = dataclasses.replace(config, train=dataclasses.replace(
+        config.train, teacher_dir=os.path.join(teacher.output, "fold_{fold}", "model")))
+    summary = crossval_lib.run(config, log=lambda _: None)
+    for fold in range(2):
+        assert config.fold_train(fold).teacher_dir == teacher.fold_train(fold).model_dir
+        caches = os.path.join(config.fold_dir(fold), "layout", "teacher_embeddings")
+        (cache,) = os.listdir(caches)
+        with open(os.path.join(caches, cache, "meta.json"), encoding="utf-8") as f:
+            key = json.load(f)["key"]
+        assert key["kind"] == "model"
+        assert key["teacher_dir"] == os.path.abspath(teacher.fold_train(fold).model_dir)
+        assert key["layout_dir"] == os.path.abspath(config.fold_train(fold).layout_dir)
+    # The same prepare settings give the student the teacher's folds and held-out requests.
+    assert summary["systems"]["dpsr"]["requests"]["values"] == \
+        teacher_summary["systems"]["dpsr"]["requests"]["values"]
+
+
+def test_a_trained_teacher_must_name_the_fold(two_folds, tiny_paths, tmp_path):
+    teacher, _, _ = two_folds
+    one_model = teacher.fold_train(0).model_dir
+    with pytest.raises(ValueError, match=r"fits the layout it was trained on.*fold_\{fold\}"):
+        _config(tiny_paths, str(tmp_path / "a"), train=dataclasses.replace(
+            teacher.train, teacher_dir=one_model))
+    (tmp_path / "t" / "fold_0").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"no teacher for folds \[1\]"):
+        _config(tiny_paths, str(tmp_path / "b"), train=dataclasses.replace(
+            teacher.train, teacher_dir=os.path.join(tmp_path, "t", "fold_{fold}")))
+
+
 def test_summarize_folds_by_hand():
     folds = [{"dpsr": {"recall@100": 0.2, "requests": 10, "checkpoint": "a", "auc": 0.5},
               "bm25": {"recall@100": 0.6}},
