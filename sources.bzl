@@ -32,9 +32,11 @@ LEXICAL_CORE_HDRS = [
     "search_cc/core/lexical_index.h",
 ]
 
-# The best-k buffer of the IVF-SQ8 scan: header-only standard C++.
+# The best-k buffer of the IVF-SQ8 scan and the merge of the heads' lists: header-only
+# standard C++.
 TOPK_CORE_SRCS = []
 TOPK_CORE_HDRS = [
+    "search_cc/core/head_merge.h",
     "search_cc/core/top_k_buffer.h",
 ]
 
@@ -59,12 +61,16 @@ OP_LIBRARY_SRCS = [
     "search_cc/core/lexical_index.cc",
     "search_cc/ops/lexical_ops.cc",
     "search_cc/kernels/lexical_kernels.cc",
+    # The merge of the query heads' lists (header-only core).
+    "search_cc/ops/head_merge_ops.cc",
+    "search_cc/kernels/head_merge_kernels.cc",
 ]
 OP_LIBRARY_HDRS = [
     "search_cc/core/asset_snapshot.h",
     "search_cc/core/core_error.h",
     "search_cc/kernels/core_status.h",
     "search_cc/core/faiss_index.h",
+    "search_cc/core/head_merge.h",
     "search_cc/core/ivf_sq8_scan.h",
     "search_cc/core/top_k_buffer.h",
     "search_cc/kernels/index_resource.h",
@@ -95,5 +101,6 @@ FAIR_GATE_CORE_TESTS = [
     "front_end_cc/fair_gate_test.cc",
 ]
 TOPK_CORE_TESTS = [
+    "search_cc/core/head_merge_test.cc",
     "search_cc/core/top_k_buffer_test.cc",
 ]

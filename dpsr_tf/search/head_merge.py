@@ -4,64 +4,35 @@ Each of the m query heads retrieves its own top k from the index; the servable r
 list: all m*k candidates sorted by their inner product, an item found by several heads kept
 once with its best score and the head that gave it.
 
-merge_heads is the in-graph version; merge_heads_np is its NumPy twin for offline evaluation
-(`dpsr evaluate --served`), equal to it on ids, scores, heads and tie order
-(tests/search/test_head_merge.py).
+merge_heads is the in-graph version (one Dpsr>MergeHeads op, search_cc/core/head_merge.h);
+merge_heads_np is its NumPy twin for offline evaluation (`dpsr evaluate --served`), equal to it
+on ids, scores, heads and tie order (tests/search/test_head_merge.py).
 """
 import numpy as np
 import tensorflow as tf
 
+from dpsr_tf import op_library
 
-def merge_heads(scores: tf.Tensor, labels: tf.Tensor, k: tf.Tensor):
-    """Merges, deduplicates and truncates the results of m heads.
+
+def merge_heads(scores: tf.Tensor, labels: tf.Tensor, k):
+    """Merges, deduplicates and truncates the results of m heads: one Dpsr>MergeHeads op
+    (search_cc/core/head_merge.h; about a hundred TF ops did this before, half a millisecond
+    of CPU per query).
 
     Args:
       scores: [B, m, n] float32 inner products of each head's hits (padding: any value).
       labels: [B, m, n] int64 index labels; -1 marks padding (fewer than n hits).
-      k: int32 scalar, how many results to return per query (k <= m * n).
+      k: int32 scalar (int or tensor), how many results to return per query (k <= m * n).
 
     Returns:
       scores [B, k] float32 sorted descending, labels [B, k] int64 and heads [B, k] int32 (the
       head whose search found the item with that score). Rows with fewer than k distinct items
-      are padded with label -1, score -inf and head -1.
+      are padded with label -1, score -inf and head -1. Equal scores keep their head-major
+      position order; a NaN score ranks as -inf.
     """
-    batch = tf.shape(scores)[0]
-    m = tf.shape(scores)[1]
-    n = tf.shape(scores)[2]
-    heads = tf.broadcast_to(tf.range(m, dtype=tf.int32)[None, :, None], [batch, m, n])
-    flat_scores = tf.reshape(scores, [batch, m * n])
-    flat_labels = tf.reshape(labels, [batch, m * n])
-    flat_heads = tf.reshape(heads, [batch, m * n])
-    neg_inf = tf.fill(tf.shape(flat_scores), tf.constant(-float("inf"), flat_scores.dtype))
-    valid = flat_labels >= 0
-    flat_scores = tf.where(valid, flat_scores, neg_inf)
-
-    # Best-first order inside each row, so the first occurrence of a label is its best hit.
-    order = tf.argsort(flat_scores, axis=1, direction="DESCENDING", stable=True)
-    s = tf.gather(flat_scores, order, batch_dims=1)
-    l = tf.gather(flat_labels, order, batch_dims=1)
-    h = tf.gather(flat_heads, order, batch_dims=1)
-
-    # Deduplicate (row, label) pairs across the whole batch with one tf.unique: an element is
-    # kept iff it is the first occurrence of its pair in best-first order.
-    # Pair key row * (max_label + 2) + label + 1 is unique per (row, label), padding included.
-    rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(l))
-    stride = tf.maximum(tf.reduce_max(l), 0) + 2
-    flat_pair = tf.reshape(rows * stride + l + 1, [-1])
-    uniq, idx = tf.unique(flat_pair)
-    positions = tf.range(tf.size(flat_pair))
-    first = tf.math.unsorted_segment_min(positions, idx, tf.size(uniq))
-    keep = tf.reshape(tf.equal(positions, tf.gather(first, idx)), tf.shape(l))
-    keep = tf.logical_and(keep, l >= 0)
-
-    s = tf.where(keep, s, tf.fill(tf.shape(s), tf.constant(-float("inf"), s.dtype)))
-    top_scores, top_idx = tf.math.top_k(s, k=k, sorted=True)
-    top_labels = tf.gather(l, top_idx, batch_dims=1)
-    top_heads = tf.gather(h, top_idx, batch_dims=1)
-    top_keep = tf.gather(keep, top_idx, batch_dims=1)
-    top_labels = tf.where(top_keep, top_labels, tf.constant(-1, tf.int64))
-    top_heads = tf.where(top_keep, top_heads, tf.constant(-1, tf.int32))
-    return top_scores, top_labels, top_heads
+    return op_library.load().dpsr_merge_heads(
+        tf.convert_to_tensor(scores, tf.float32), tf.convert_to_tensor(labels, tf.int64),
+        tf.cast(k, tf.int32), name="merge_heads")
 
 
 def _head_lists_np(scores, labels):
@@ -88,7 +59,8 @@ def merge_heads_np(scores: np.ndarray, labels: np.ndarray, k: int):
       k: results per query, 1 <= k <= m * n.
 
     Returns:
-      scores [B, k] float32, labels [B, k] int64, heads [B, k] int32, padded as merge_heads.
+      scores [B, k] float32, labels [B, k] int64, heads [B, k] int32, padded as merge_heads
+      (a NaN score ranks as -inf).
 
     Raises:
       ValueError: shapes that differ or are not rank 3, or k out of range.
@@ -97,7 +69,7 @@ def merge_heads_np(scores: np.ndarray, labels: np.ndarray, k: int):
     batch, m, n = scores.shape
     if not 1 <= k <= m * n:
         raise ValueError(f"k must be in [1, heads * n] = [1, {m * n}], got {k}")
-    flat_s = np.where(labels >= 0, scores, -np.inf).reshape(batch, m * n)
+    flat_s = np.where((labels >= 0) & ~np.isnan(scores), scores, -np.inf).reshape(batch, m * n)
     flat_l = labels.reshape(batch, m * n)
     flat_h = np.broadcast_to(np.arange(m, dtype=np.int32)[None, :, None],
                              (batch, m, n)).reshape(batch, m * n)

@@ -76,3 +76,45 @@ def test_numpy_twin_equals_merge_heads(batch, m, n, k, num_items, ties):
 def test_numpy_twin_bad_input_is_value_error(shape_s, shape_l, k, match):
     with pytest.raises(ValueError, match=match):
         merge_heads_np(np.zeros(shape_s, np.float32), np.zeros(shape_l, np.int64), k)
+
+
+def test_nan_and_infinite_scores_rank_as_the_numpy_twin_ranks_them():
+    rng = np.random.default_rng(5)
+    scores = (rng.integers(0, 3, size=(4, 3, 50)) / 3.0).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.1] = np.nan
+    scores[rng.random(scores.shape) < 0.1] = -np.inf
+    scores[rng.random(scores.shape) < 0.05] = np.inf
+    labels = rng.integers(0, 40, size=scores.shape).astype(np.int64)
+    labels[rng.random(labels.shape) < 0.1] = -1
+    for k in (1, 40, 150):
+        got = [t.numpy() for t in merge_heads(tf.constant(scores), tf.constant(labels), k)]
+        for g, w in zip(got, merge_heads_np(scores, labels, k)):
+            np.testing.assert_array_equal(g, w)
+        assert not np.isnan(got[0]).any()
+
+
+def test_the_merge_is_one_op_of_static_shape_in_a_graph():
+    with tf.Graph().as_default() as graph:
+        scores = tf.compat.v1.placeholder(tf.float32, [None, 2, 1000])
+        labels = tf.compat.v1.placeholder(tf.int64, [None, 2, 1000])
+        merged = merge_heads(scores, labels, 100)
+        assert [op.type for op in graph.get_operations()
+                if op.type.startswith("Dpsr")] == ["Dpsr>MergeHeads"]
+        assert [t.shape.as_list() for t in merged] == [[None, 100]] * 3
+
+
+@pytest.mark.parametrize("shape_s,shape_l,k,match", [
+    ((2, 3, 4), (2, 3, 5), 4, "must both be \\[batch, heads, n\\]"),
+    ((2, 3, 4), (2, 3, 4), 13, r"k must be in \[1, heads \* n\] = \[1, 12\], got 13"),
+    ((2, 3, 4), (2, 3, 4), 0, "got 0")])
+def test_the_op_refuses_bad_input_with_invalid_argument(shape_s, shape_l, k, match):
+    # Fed at run time, so the kernel's checks answer (not graph-time shape inference).
+    with tf.Graph().as_default():
+        scores = tf.compat.v1.placeholder(tf.float32, [None, None, None])
+        labels = tf.compat.v1.placeholder(tf.int64, [None, None, None])
+        k_in = tf.compat.v1.placeholder(tf.int32, [])
+        merged = merge_heads(scores, labels, k_in)
+        with tf.compat.v1.Session() as session:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+                session.run(merged, {scores: np.zeros(shape_s, np.float32),
+                                     labels: np.zeros(shape_l, np.int64), k_in: k})
