@@ -3,8 +3,8 @@ fine-tuned encoder's served hybrid (one run) against the default towers' (anothe
 over every fold's held-out requests.
 
     PYTHONPATH=. python bench/crossval_paired.py --run ft=/tmp/ft_cv --run default=/tmp/def_cv \
-        [--run student=/tmp/stu_cv] [--systems hybrid,dpsr_served,zero_shot,zero_shot_hybrid] \
-        [--baseline default:hybrid] [--metrics recall@100,ndcg@10]
+        [--run student=/tmp/stu_cv] --baseline default:hybrid \
+        [--systems hybrid,dpsr_served,zero_shot,zero_shot_hybrid] [--metrics recall@100,ndcg@10]
 
 Runs pair only when each fold's held-out requests are the same: the runs must use the same
 prepare flags (the fold's layout's eval records are compared byte for byte). A system is read

@@ -1,7 +1,8 @@
 """Loads the project's TensorFlow op library (dpsr_tf/_dpsr_ops*.so) once.
 
 The library holds every custom op of the project (Dpsr>Tokenize, Dpsr>SpellCorrect, the FAISS
-and lexical index ops, Dpsr>MergeHeads). It is built by `make build` (python setup.py build_ext --inplace).
+and lexical index ops, Dpsr>MergeHeads). It is built by `make build` (python setup.py build_ext
+--inplace).
 """
 import functools
 import glob
