@@ -18,7 +18,7 @@ tested against it:
 Query tower: mean of hashed token embeddings (+ a user embedding), then one projection per head,
 L2-normalised. Search: exact (brute force) or, with `nlist` > 0, an IVF-flat search written in
 TF ops (centroids, `nprobe` lists per head). Per-head top-K lists are merged into one top-K with
-duplicates removed (an item keeps its best head). Every shard built with the same spec has the
+duplicates removed (an item keeps its best head) by the product's Dpsr>MergeHeads op. Every shard built with the same spec has the
 same query tower, so shards over disjoint item subsets merge to the unsharded answer.
 
 `reference_search` is an independent numpy implementation (pybind11 tokenizer + brute force).
@@ -137,6 +137,7 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
                   faiss_cache: Optional[str] = None):
     # pylint: disable=g-import-not-at-top
     import tensorflow as tf
+    from dpsr_tf.search import head_merge
     from dpsr_tf.tokenization import tokenize_op
 
     tokens, users, heads = tower_weights(spec)
@@ -154,36 +155,6 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
         item_emb, item_ids = item_emb[order], item_ids[order]
     n_items = item_emb.shape[0]
     config = spec.tokenizer_config
-
-    def merge_heads(idx, scores, head, k):
-        """Top-k of [B, M] candidates after removing duplicate ids (best score wins).
-
-        Two sorts (by score, then by id to find each id's first, i.e. best, entry) and linear
-        work: the kept entries are already in score order, so the first k of each row are
-        the answer.
-        """
-        order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
-        idx = tf.gather(idx, order, batch_dims=1)
-        scores = tf.gather(scores, order, batch_dims=1)
-        head = tf.gather(head, order, batch_dims=1)
-        by_id = tf.argsort(idx, axis=1, stable=True)
-        sorted_ids = tf.gather(idx, by_id, batch_dims=1)
-        first = tf.concat([tf.ones_like(sorted_ids[:, :1], tf.bool),
-                           sorted_ids[:, 1:] != sorted_ids[:, :-1]], axis=1)
-        shape = tf.shape(idx, out_type=tf.int64)
-        flat = tf.cast(by_id, tf.int64) + tf.range(shape[0])[:, None] * shape[1]
-        keep = tf.reshape(tf.scatter_nd(tf.reshape(flat, [-1, 1]), tf.reshape(first, [-1]),
-                                        [shape[0] * shape[1]]), tf.shape(idx))
-        keep = keep & (idx >= 0)
-        width = tf.cast(tf.minimum(k, tf.shape(idx)[1]), tf.int64)
-        out_shape = tf.stack([shape[0], width])
-
-        def first_k(values, pad):
-            kept = tf.ragged.boolean_mask(values, keep)[:, :width]
-            return kept.to_tensor(default_value=pad, shape=out_shape)
-
-        return (first_k(idx, tf.constant(-1, idx.dtype)), first_k(scores, -np.inf),
-                first_k(head, tf.constant(-1, head.dtype)))
 
     class ToyDpsr(tf.Module):
         """Query tower + search; see the module docstring."""
@@ -262,21 +233,19 @@ def _build_module(item_ids, item_emb, spec: ToyServableSpec, scratch_dir: str = 
             tf.debugging.assert_less_equal(
                 k, spec.max_k, message=f"k must be in [1, {spec.max_k}]")
             qh = self._query(query, user_id)
-            batch = tf.shape(query)[0]
             kk = tf.minimum(k, n_items)
             if spec.nlist or spec.faiss_factory:
                 search = self._search_faiss if spec.faiss_factory else self._search_ivf
                 idx_h, top_h = search(qh, kk)
-                idx = tf.concat(idx_h, axis=1)
-                top = tf.concat(top_h, axis=1)
-                head = tf.concat([tf.fill(tf.shape(t), h) for h, t in enumerate(idx_h)], axis=1)
+                # Each head's list padded to kk (an IVF probe may hold fewer items).
+                idx3 = tf.stack([tf.pad(tf.cast(i, tf.int64), [[0, 0], [0, kk - tf.shape(i)[1]]],
+                                        constant_values=-1) for i in idx_h], axis=1)
+                top3 = tf.stack([tf.pad(t, [[0, 0], [0, kk - tf.shape(t)[1]]],
+                                        constant_values=-np.inf) for t in top_h], axis=1)
             else:
                 idx3, top3 = self._search_exact(qh, kk)
-                idx = tf.reshape(idx3, [batch, -1])
-                top = tf.reshape(top3, [batch, -1])
-                head = tf.reshape(tf.broadcast_to(
-                    tf.range(spec.num_heads)[None, :, None], tf.shape(idx3)), [batch, -1])
-            idx, top, head = merge_heads(tf.cast(idx, tf.int64), top, head, kk)
+            # The product's merge (one Dpsr>MergeHeads op), as a `dpsr export` servable has it.
+            top, idx, head = head_merge.merge_heads(top3, tf.cast(idx3, tf.int64), kk)
             valid = idx >= 0
             item_ids = tf.where(valid, tf.gather(self.ids, tf.maximum(idx, 0)), "")
             return {"item_ids": item_ids, "scores": top,
