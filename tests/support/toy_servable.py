@@ -18,8 +18,9 @@ tested against it:
 Query tower: mean of hashed token embeddings (+ a user embedding), then one projection per head,
 L2-normalised. Search: exact (brute force) or, with `nlist` > 0, an IVF-flat search written in
 TF ops (centroids, `nprobe` lists per head). Per-head top-K lists are merged into one top-K with
-duplicates removed (an item keeps its best head) by the product's Dpsr>MergeHeads op. Every shard built with the same spec has the
-same query tower, so shards over disjoint item subsets merge to the unsharded answer.
+duplicates removed (an item keeps its best head) by the product's Dpsr>MergeHeads op. Every
+shard built with the same spec has the same query tower, so shards over disjoint item subsets
+merge to the unsharded answer.
 
 `reference_search` is an independent numpy implementation (pybind11 tokenizer + brute force).
 """
