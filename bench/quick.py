@@ -99,6 +99,10 @@ def _serving(_, work):
     rows = [("servable session.run CPU ms per query, batch 1 / 8",
              f"{r['servable_cost']['1']['cpu_ms_per_query']:.2f} / "
              f"{r['servable_cost']['8']['cpu_ms_per_query']:.2f}")]
+    threads = r["servable_cost"].get("threads")
+    if threads:
+        rows.append((f"servable alone from {threads['threads']} threads: runs/s, cores",
+                     f"{threads['runs_per_s']:.0f}, {threads['cores']:.2f}"))
     for run in r["runs"]:
         errors = sum(run["errors"].values())
         rows.append((f"{run['mode']} at {run['rate']:.0f} QPS: p50 / p99 ms, errors",

@@ -23,8 +23,12 @@ bench/serving_loadgen.py runs in its own process, open loop, Poisson arrivals):
 Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process used (a native
 front end counted as a process of its own), the servers' CPU per answer and, per
 server process, the cores of its main thread (the asyncio loop: gRPC and request handling in
-Python) and of its other threads, and writes them as JSON next to the servables. On a shared
-machine compare rows of one run.
+Python) and of its other threads, what each model server saw of the calls (mean time from its
+handler's start to the answer built, of the session run, and the runs ahead of it, from the servers'
+Prometheus metrics: the rest of a client's latency is the transport's and the client's), and
+the servable alone (one thread per batch size, then from as many threads as a server runs it
+with: the ceiling of serving it on these cores); writes them as JSON next to the servables. On
+a shared machine compare rows of one run.
 """
 import argparse
 import json
@@ -79,13 +83,18 @@ def build_servables(args):
     return base, spec
 
 
-def servable_cost(path, k, batches=(1, 8, 32)):
-    """Per-query session-run time of the servable in this process (no serving around it)."""
+def servable_cost(path, k, args, batches=(1, 8, 32)):
+    """Per-query session-run time of the servable in this process (no serving around it), one
+    thread at a time per batch size, then one-row runs from as many threads as `dpsr serve`
+    runs them with (4 per core), with the servers' session settings."""
     # pylint: disable=g-import-not-at-top
     from bench.serving_loadgen import make_queries
     from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable, SessionOptions
 
-    servable = SavedModelServable("bench", 1, path, SessionOptions())
+    threads = 4 * (os.cpu_count() or 1)  # dpsr_tf/serving/capacity.py's run threads
+    servable = SavedModelServable("bench", 1, path, SessionOptions(
+        intra_op_parallelism=args.intra_op, inter_op_parallelism=args.inter_op,
+        session_runners=threads))
     servable.load()
     sig = servable.signature("")
     out = {}
@@ -104,8 +113,34 @@ def servable_cost(path, k, batches=(1, 8, 32)):
             servable.run(sig, feeds, ("item_ids", "scores", "heads"))
         out[b] = {"wall_ms_per_query": (time.perf_counter() - wall) / n / b * 1000,
                   "cpu_ms_per_query": (time.process_time() - cpu) / n / b * 1000}
+    out["threads"] = _servable_threads(servable, sig, queries, k, threads)
     servable.close()
     return out
+
+
+def _servable_threads(servable, sig, queries, k, threads, runs_per_thread=300):
+    """One-row runs from `threads` threads at once, as the server's run threads call them:
+    the rate the servable alone reaches on this machine's cores, the ceiling of serving it."""
+    import threading  # pylint: disable=g-import-not-at-top
+
+    def work(i):
+        feeds = {a: s.default for a, s in sig.inputs.items()}
+        feeds["k"] = np.array(k, np.int32)
+        for j in range(runs_per_thread):
+            feeds["query"] = np.array([queries[(i * 37 + j) % len(queries)].encode()],
+                                      dtype=object)
+            servable.run(sig, feeds, ("item_ids", "scores", "heads"))
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    runs = threads * runs_per_thread
+    return {"threads": threads, "runs_per_s": runs / wall, "cores": cpu / wall,
+            "cpu_ms_per_run": 1000 * cpu / runs}
 
 
 def cores_available(seconds: float = 1.0) -> float:
@@ -185,7 +220,52 @@ def _threads(procs):
     return {name: thread_cpu(p.proc.pid) for name, p in procs.items()}
 
 
+# Sums and counts the model servers export (docs/serving.md, "Monitoring"): where a call's time
+# goes inside a server, apart from the client's and the transport's share of its latency.
+_INSIDE = {"request": "dpsr_serving_request_latency_seconds",
+           "session_run": "dpsr_serving_runtime_latency_seconds",
+           "runs_ahead": "dpsr_serving_unbatched_runs_ahead"}
+MONITORING = 'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n'
+
+
+def _inside(procs):
+    """{server: {metric_sum|metric_count: value}} scraped from each model server's REST port."""
+    import urllib.request  # pylint: disable=g-import-not-at-top
+    out = {}
+    for name, p in procs.items():
+        if name.startswith("proxy") or not p.rest_api_port:
+            continue
+        with urllib.request.urlopen(p.rest_url + "/monitoring/prometheus/metrics",
+                                    timeout=10) as r:
+            text = r.read().decode()
+        sums = {}
+        for line in text.splitlines():
+            m = re.match(r"(\w+)_(sum|count)(?:\{[^}]*\})? ([0-9.e+-]+)$", line)
+            if m and m.group(1) in _INSIDE.values():
+                key = f"{m.group(1)}_{m.group(2)}"
+                sums[key] = sums.get(key, 0.0) + float(m.group(3))
+        out[name] = sums
+    return out
+
+
+def _inside_means(before, after):
+    """{server: {request_ms, session_run_ms, runs_ahead}}: means over the calls of one rate."""
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {})
+        means = {}
+        for short, metric in _INSIDE.items():
+            n = a.get(f"{metric}_count", 0.0) - b.get(f"{metric}_count", 0.0)
+            total = a.get(f"{metric}_sum", 0.0) - b.get(f"{metric}_sum", 0.0)
+            scale = 1.0 if short == "runs_ahead" else 1000.0
+            means[short if short == "runs_ahead" else f"{short}_ms"] = (
+                scale * total / n if n else float("nan"))
+        out[name] = means
+    return out
+
+
 def run_load(address, rate, args, procs):
+    inside_before = _inside(procs)
     before, threads_before, wall = _cpu(procs), _threads(procs), time.time()
     cmd = [sys.executable, os.path.join(ROOT, "bench", "serving_loadgen.py"),
            f"--address={address}", f"--rate={rate}", f"--duration={args.duration}",
@@ -194,6 +274,7 @@ def run_load(address, rate, args, procs):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     elapsed = time.time() - wall
     after, threads_after = _cpu(procs), _threads(procs)
+    inside = _inside_means(inside_before, _inside(procs))
     lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
     if done.returncode or not lines:
         raise RuntimeError(f"load generator failed:\n{done.stdout}\n{done.stderr[-3000:]}")
@@ -205,6 +286,7 @@ def run_load(address, rate, args, procs):
     result["server_cpu_ms_per_answer"] = (1e3 * served / result["answered_all"]
                                           if result["answered_all"] else float("nan"))
     result["cores"]["loadgen"] = result["client_cpu_s"] / (args.duration + args.warmup)
+    result["inside_servers"] = inside
     result["thread_cores"] = {
         n: {g: round((c - threads_before[n].get(g, 0.0)) / elapsed, 3)
             for g, c in sorted(threads_after[n].items(), key=lambda kv: -kv[1])
@@ -218,7 +300,8 @@ def start_mode(mode, base, args, logs):
                 if args.batching else [])
     flags = batching + [f"--tensorflow_intra_op_parallelism={args.intra_op}",
                         f"--tensorflow_inter_op_parallelism={args.inter_op}",
-                        "--max_k=1000"] + args.server_flag
+                        "--max_k=1000", f"--monitoring_config_file={args.monitoring_file}"
+                        ] + args.server_flag
     model_dir = args.servable_dir or os.path.join(base, "full")
     proxy_flags, routes = [], None
     if mode in ("direct", "proxy1") and args.server_processes > 1:
@@ -226,7 +309,8 @@ def start_mode(mode, base, args, logs):
         port = process.free_port()
         servers = {f"server{i}": process.model_server_process(
             model_dir, "dpsr", flags=flags + ["--grpc_channel_arguments=grpc.so_reuseport=1"],
-            name=f"server{i}", log_dir=logs, port=port) for i in range(args.server_processes)}
+            name=f"server{i}", log_dir=logs, port=port, rest=True)
+            for i in range(args.server_processes)}
         process.start_all(list(servers.values()))
         if mode == "direct":
             return servers, servers["server0"].address
@@ -234,11 +318,12 @@ def start_mode(mode, base, args, logs):
         proxy_flags = [f"--backend_connections={4 * args.server_processes}"]
     elif mode in ("direct", "proxy1"):
         servers = {"server": process.model_server_process(model_dir, "dpsr", flags=flags,
-                                                          name="server", log_dir=logs)}
+                                                          name="server", log_dir=logs,
+                                                          rest=True)}
     else:
         servers = {f"shard{s}": process.model_server_process(
             os.path.join(base, f"shard{s}"), "dpsr", flags=flags, name=f"shard{s}",
-            log_dir=logs, port=process.free_port()) for s in range(2)}
+            log_dir=logs, port=process.free_port(), rest=True) for s in range(2)}
     if mode == "direct":
         process.start_all(list(servers.values()))
         return servers, servers["server"].address
@@ -304,12 +389,15 @@ def main():
     with open(args.batching_file, "w") as f:
         f.write(BATCHING.format(max_batch=args.max_batch, timeout_us=args.batch_timeout_us,
                                 threads=args.batch_threads))
+    args.monitoring_file = os.path.join(args.work_dir, "monitoring.config")
+    with open(args.monitoring_file, "w") as f:
+        f.write(MONITORING)
     model_path = os.path.join(args.servable_dir or os.path.join(base, "full"), "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(),
               "cores": os.cpu_count(), "cores_available_before": cores_available(),
               "load_avg_before": os.getloadavg(), "args": vars(args),
-              "servable_cost": servable_cost(model_path, args.k), "runs": []}
+              "servable_cost": servable_cost(model_path, args.k, args), "runs": []}
     print("servable alone (session run):", json.dumps(report["servable_cost"]), flush=True)
     logs = os.path.join(args.work_dir, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -338,6 +426,10 @@ def main():
                 for n, groups in r["thread_cores"].items():
                     print(f"    {n} threads (cores): " + ", ".join(
                         f"{g} {c:.2f}" for g, c in groups.items()), flush=True)
+                for n, m in r["inside_servers"].items():
+                    print(f"    {n} inside, mean per call: request {m['request_ms']:.1f} ms, "
+                          f"session run {m['session_run_ms']:.1f} ms, runs ahead of it "
+                          f"{m['runs_ahead']:.1f}", flush=True)
         finally:
             for p in procs.values():
                 p.stop()
