@@ -41,8 +41,12 @@
 // (a standing queue, not a burst) has its new calls refused at once (kOverloaded) until its
 // oldest waiting call is younger than the target again. The refused calls cost the backend
 // nothing and their clients learn in microseconds; the queue stays about one target deep, so
-// the calls admitted are answered fast. The target is the larger of `queue.target` and the
-// measured service time (ObserveService: how long a call holds its backend slot, averaged),
+// the calls admitted are answered fast. A client refused within the last `kRefusalMemory`
+// intervals is refused again as soon as its oldest call waits past the target, without a new
+// interval of grace (CoDel's memory of its last dropping state): otherwise, past capacity, each
+// grace admitted a whole interval of arrivals (at 3x capacity, 100 ms of calls that took 300 ms
+// to serve: answered calls waited 170 ms at the median). A burst after a quiet spell still has
+// its whole interval. The target is the larger of `queue.target` and the measured service time (ObserveService: how long a call holds its backend slot, averaged),
 // so a servable whose calls take 50 ms is not refused for queueing one call's worth.
 //
 // With the control on, a call that brings its deadline (`deadline_left` >= 0) and could not
@@ -277,10 +281,16 @@ class FairGate {
     bool stranger = false;     // as its latest call was offered
     int stranger_running = 0;  // of `running`, started while it was a stranger
     long long above_until = 0;  // its queue stands above target from then on; 0: below
+    long long refused_at = -1;  // when a standing queue last refused one of its calls; -1: never
   };
 
+  // How long (in intervals) a client's last refusal is remembered (CoDel re-enters its dropping
+  // state at once within 16 intervals of leaving it).
+  static constexpr long long kRefusalMemory = 16;
+
   // Whether `c`'s oldest waiting call has waited past the target for a whole interval (CoDel's
-  // standing queue), evaluated at `now`; a queue below the target starts the interval again.
+  // standing queue), evaluated at `now`; a queue below the target starts the interval again,
+  // unless the client was refused within the last kRefusalMemory intervals: then at once.
   bool Standing(Client& c, long long now) {
     if (queue_.target <= 0 || c.waiting.empty() ||
         now - c.waiting.front().since < delay_target()) {
@@ -288,10 +298,12 @@ class FairGate {
       return false;
     }
     if (c.above_until == 0) {
-      c.above_until = now + queue_.interval;
-      return false;
+      bool recent = c.refused_at >= 0 && now - c.refused_at < kRefusalMemory * queue_.interval;
+      c.above_until = recent ? now : now + queue_.interval;
     }
-    return now >= c.above_until;
+    if (now < c.above_until) return false;
+    c.refused_at = now;
+    return true;
   }
 
   // When a new call of `c` would start: one service time per turn of its share, behind its

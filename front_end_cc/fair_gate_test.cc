@@ -219,10 +219,17 @@ void TestStandingQueueIsRefusedAtOnce() {
   CHECK(Items(gate.Release("a", 134)) == std::vector<int>({5}));
   CHECK(gate.Offer("a", 11, 135) == Admission::kQueued);  // nothing waits: below again
   CHECK(gate.Offer("a", 12, 140) == Admission::kQueued);  // 11 waited 5 < 10
-  CHECK(gate.Offer("a", 13, 146) == Admission::kQueued);  // 11 waited 11: interval restarts
-  CHECK(gate.Offer("a", 14, 245) == Admission::kQueued);
-  CHECK(gate.Offer("a", 15, 246) == Admission::kOverloaded);
-  CHECK(gate.queued() == 4);
+  // 11 waited 11, and a was refused 13 ago (within 16 intervals): refused at once, no new
+  // interval of grace for a client that stays past capacity.
+  CHECK(gate.Offer("a", 13, 146) == Admission::kOverloaded);
+  CHECK(Items(gate.Release("a", 2000)) == std::vector<int>({11}));
+  CHECK(Items(gate.Release("a", 2001)) == std::vector<int>({12}));
+  // Refused last at 146, more than 16 intervals ago: a new burst has its whole interval.
+  CHECK(gate.Offer("a", 14, 2002) == Admission::kQueued);
+  CHECK(gate.Offer("a", 15, 2013) == Admission::kQueued);  // 14 waited 11: the interval starts
+  CHECK(gate.Offer("a", 16, 2112) == Admission::kQueued);
+  CHECK(gate.Offer("a", 17, 2113) == Admission::kOverloaded);
+  CHECK(gate.queued() == 3);
   CHECK(gate.running() == 2);
 }
 

@@ -9,6 +9,10 @@ than the target again: the excess learns at once (RESOURCE_EXHAUSTED) and costs 
 queue stays about one target deep, so the calls admitted are answered fast. The target is the
 larger of the configured one and the measured service time (a smoothed average of how long a
 run takes), so a servable whose runs take 50 ms is not refused for queueing one run's worth.
+A client refused within the last REFUSAL_MEMORY intervals is refused again as soon as its
+oldest call waits past the target, without a new interval of grace (CoDel's memory of its last
+dropping state): otherwise, past capacity, each grace admits a whole interval of arrivals that
+then wait several intervals to run. A burst after a quiet spell still has its whole interval.
 
 With the control on, a call with a deadline that ends before its expected turn (its client's waiting calls ahead of
 it, in turns of the client's share of run threads, one service time each) is refused at once
@@ -16,6 +20,12 @@ too. Times are the caller's (seconds here), so the rules are testable with a fak
 Not thread-safe: the run queue holds its lock around every call.
 """
 from typing import Hashable, Optional
+
+# How long (in intervals) a client's last refusal is remembered: CoDel re-enters its dropping
+# state at once within 16 intervals of leaving it (front_end_cc/fair_gate.h, the same rule).
+REFUSAL_MEMORY = 16
+# Clients whose last refusal is remembered, past which the forgotten ones are pruned.
+_REMEMBERED_CLIENTS = 4096
 
 
 class QueueDelay:
@@ -34,6 +44,7 @@ class QueueDelay:
         self._interval = interval
         self._service = 0.0
         self._above_until = {}  # client -> when its queue stands; absent: below the target
+        self._refused_at = {}   # client -> when its standing queue last refused a call
 
     @property
     def on(self) -> bool:
@@ -63,15 +74,23 @@ class QueueDelay:
 
     def standing(self, client: Hashable, oldest_since: Optional[float], now: float) -> bool:
         """Whether `client`'s queue, whose oldest waiting call arrived at `oldest_since` (None:
-        nothing waits), has stood above the target for a whole interval at `now`."""
+        nothing waits), has stood above the target for a whole interval at `now` (at once when
+        the client was refused within the last REFUSAL_MEMORY intervals)."""
         if self._target <= 0 or oldest_since is None or now - oldest_since < self.target:
             self._above_until.pop(client, None)
             return False
         until = self._above_until.get(client)
         if until is None:
-            self._above_until[client] = now + self._interval
+            refused = self._refused_at.get(client)
+            recent = refused is not None and now - refused < REFUSAL_MEMORY * self._interval
+            until = self._above_until[client] = now if recent else now + self._interval
+        if now < until:
             return False
-        return now >= until
+        self._refused_at[client] = now
+        if len(self._refused_at) > _REMEMBERED_CLIENTS:  # keep only the refusals still recalled
+            horizon = now - REFUSAL_MEMORY * self._interval
+            self._refused_at = {c: t for c, t in self._refused_at.items() if t >= horizon}
+        return True
 
     def expected_wait(self, waiting: int, share: int) -> float:
         """When a new call starts behind `waiting` calls of its client, whose calls run `share`
@@ -79,5 +98,5 @@ class QueueDelay:
         return (waiting // max(1, share) + 1) * self._service
 
     def forget(self, client: Hashable) -> None:
-        """`client` has nothing waiting any more."""
+        """`client` has nothing waiting any more (its last refusal stays remembered)."""
         self._above_until.pop(client, None)

@@ -18,13 +18,31 @@ def test_a_queue_above_the_target_for_a_whole_interval_stands_until_it_is_below_
              (0.119, 0.133, True),    # 14 ms
              (None, 0.135, False),    # nothing waits: below again
              (0.135, 0.140, False),
-             (0.135, 0.146, False),   # 11 ms: a new interval, ends at 246
-             (0.135, 0.245, False),
-             (0.135, 0.247, True)]
+             # 11 ms, and refused 13 ms ago (within 16 intervals): at once, no new interval
+             (0.135, 0.146, True),
+             (None, 2.000, False),
+             (2.000, 2.005, False),
+             # refused last at 146 ms, over 16 intervals ago: a new interval, ends at 2.111
+             (2.000, 2.011, False),
+             (2.000, 2.110, False),
+             (2.000, 2.112, True)]
     assert [delay.standing("a", since, now) for since, now, _ in steps] == [
         s for _, _, s in steps]
     # Clients are apart: another client's queue is judged on its own.
-    assert not delay.standing("b", 0.0, 0.247)
+    assert not delay.standing("b", 0.0, 2.112)
+
+
+def test_the_last_refusal_is_remembered_when_the_queue_empties():
+    """The run queue forgets a client whose queue emptied; past capacity its queue empties
+    between refusals, and a new interval of grace each time would admit a whole interval of
+    calls that then wait several intervals to run."""
+    delay = QueueDelay(target=0.010, interval=0.100)
+    assert not delay.standing("a", 0.0, 0.020)
+    assert delay.standing("a", 0.0, 0.121)
+    delay.forget("a")
+    assert delay.standing("a", 0.200, 0.211)  # 11 ms, refused 90 ms ago
+    delay.forget("a")
+    assert not delay.standing("a", 2.000, 2.011)  # refused last 1.8 s (18 intervals) ago
 
 
 def test_without_a_target_nothing_stands():
