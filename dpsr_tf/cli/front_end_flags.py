@@ -19,9 +19,8 @@ FRONT_END = flags.DEFINE_enum(
 _WITH_NATIVE = "[dpsr] With the native front end (--front_end):"
 MAX_RUNNING = flags.DEFINE_integer(
     "front_end_max_running", FrontEndOptions.max_running,
-    f"{_WITH_NATIVE} calls passed to the server at once, all clients together (0: as many "
-    "as --num_run_threads without batching, 16 per usable core with --enable_batching and "
-    "for dpsr proxy).", lower_bound=0)
+    f"{_WITH_NATIVE} calls passed to the server at once, all clients together (0: 16 per "
+    "usable core).", lower_bound=0)
 MAX_RUNNING_PER_CLIENT = flags.DEFINE_integer(
     "front_end_max_running_per_client", FrontEndOptions.max_running_per_client,
     f"{_WITH_NATIVE} of those, from one client (0: 2 per usable core).", lower_bound=0)
@@ -66,11 +65,9 @@ MAX_UNREAD = flags.DEFINE_integer(
 
 def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_back_unread_bytes,
                       hold_back_total_unread_bytes: int =
-                      FrontEndOptions.hold_back_total_unread_bytes,
-                      run_threads: Optional[int] = None) -> Optional[FrontEndOptions]:
+                      FrontEndOptions.hold_back_total_unread_bytes) -> Optional[FrontEndOptions]:
     """FrontEndOptions when the native front end takes the port, or None for Python's own
-    gRPC server (--front_end=python, or auto where native cannot serve). `run_threads`: an
-    unbatched server's run threads, the default of --front_end_max_running (capacity.py).
+    gRPC server (--front_end=python, or auto where native cannot serve).
 
     Raises:
       ValueError: --front_end=native with TLS on the client port (`ssl` set).
@@ -90,8 +87,7 @@ def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_ba
                         front_end.BINARY)
         return None
     return FrontEndOptions(
-        max_running=MAX_RUNNING.value or run_threads or 0,
-        max_running_per_client=MAX_RUNNING_PER_CLIENT.value,
+        max_running=MAX_RUNNING.value, max_running_per_client=MAX_RUNNING_PER_CLIENT.value,
         initial_running_per_client=INITIAL_RUNNING_PER_CLIENT.value,
         max_queued_per_client=MAX_QUEUED_PER_CLIENT.value, max_queued=MAX_QUEUED.value,
         lifo_after_ms=LIFO_AFTER_MS.value, queue_target_ms=QUEUE_TARGET_MS.value,

@@ -439,13 +439,10 @@ def options_from_flags():
 
 
 def _native_front_end(ssl):
-    # Unbatched, no more calls at the server than run threads to run them (capacity.py).
-    run_threads = None if _ENABLE_BATCHING.value else (
-        _RUN_THREADS.value or capacity.run_threads())
     try:
         return front_end_flags.front_end_options(
             ssl, hold_back_unread_bytes=_MAX_UNSENT_PER_CLIENT.value,
-            hold_back_total_unread_bytes=_MAX_UNSENT.value, run_threads=run_threads)
+            hold_back_total_unread_bytes=_MAX_UNSENT.value)
     except ValueError as e:
         _fail(str(e))
 

@@ -14,22 +14,16 @@ from typing import Optional
 # time; it also waits off the CPU for part of each call (for the GIL, to hand the answer to the
 # event loop). Four per core keep every core computing: 8 on 2 cores.
 RUN_THREADS_PER_CORE = 4
-# The native front end's calls at the server at once with batching (and at the proxy): enough
-# waiting at the batcher to fill its batches and keep every core busy (front_end_cc/flags.cc
-# applies the same rule when it is given none). Unbatched, `dpsr serve` passes the run threads
-# instead (front_end_running): a call there beyond the threads that can run it waits in the
-# server's event loop and run queue, where no queue delay control sees it, and its wait raises
-# the front end's measured service time, hence its delay target. On the 2-core host, 8 connections
-# offering 2x capacity to the 1M servable: 32 at the server, answered p50 243-265 ms; 8, 65-74 ms,
-# as many answered (docs/benchmarks.md, "One connection past its share").
+# The native front end's calls at the server at once: enough waiting at the run threads and the
+# batcher to keep every core busy (front_end_cc/flags.cc applies the same rule).
 FRONT_END_RUNNING_PER_CORE = 16
 # One client's share of those: one call computing and one in transfer per core, so one client
 # alone can fill the machine and no more.
 FRONT_END_RUNNING_PER_CLIENT_PER_CORE = 2
-# HTTP/2 streams one connection may open: four per call the front end lets run at once with
-# batching, so one connection (a proxy's, carrying all of its clients) can keep every running
-# slot busy and have three times as many waiting, which the queue delay control keeps within its
-# target. 128 on 2 cores (nginx's HTTP/2 default).
+# HTTP/2 streams one connection may open, per call the front end lets run at once: one
+# connection (a proxy's, carrying all of its clients) can keep every running slot busy and have
+# three times as many waiting, which the queue delay control keeps within its target. 128 on
+# 2 cores (nginx's HTTP/2 default).
 STREAMS_PER_RUNNING_CALL = 4
 
 
@@ -60,8 +54,7 @@ def running_per_client(num_threads: int, cores: Optional[int] = None) -> int:
 
 
 def front_end_running(cores: Optional[int] = None) -> int:
-    """`--front_end_max_running=0` with batching and for `dpsr proxy`: 16 calls per core at the
-    server at once (unbatched, `dpsr serve` passes its run threads instead)."""
+    """`--front_end_max_running=0`: 16 calls per core at the server at once."""
     return FRONT_END_RUNNING_PER_CORE * _cores(cores)
 
 
@@ -72,6 +65,5 @@ def front_end_running_per_client(max_running: int, cores: Optional[int] = None) 
 
 def streams_per_connection(cores: Optional[int] = None) -> int:
     """`--max_streams_per_connection=-1` (serve and proxy) and the proxy's
-    `--max_backend_calls_in_flight=-1`: 4 per call the front end runs at once with batching,
-    64 per core."""
+    `--max_backend_calls_in_flight=-1`: 4 per call the front end runs at once, 64 per core."""
     return STREAMS_PER_RUNNING_CALL * front_end_running(cores)

@@ -41,8 +41,7 @@ class FrontEndOptions:
 
     Attributes:
       max_running: calls at the Python server at once, all clients together (0: 16 per
-        usable core; an unbatched `dpsr serve` passes its run threads, docs/serving.md
-        "Admission limits").
+        usable core, docs/serving.md "Admission limits").
       max_running_per_client: of those, from one client (0: 2 per usable core, at most
         max_running): enough for one client alone to keep every core busy, and no more, so a
         flood through the proxy does not delay everyone's calls (docs/benchmarks.md,

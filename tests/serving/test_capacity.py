@@ -67,30 +67,3 @@ def test_serve_defaults_follow_the_cores_and_flags_override(tmp_path):
                                              "--max_run_threads_per_client=4")]))
         """)
     assert options == [[12, 3, 192], [5, 4, 0]]
-
-
-def test_the_front_ends_calls_at_the_server_are_the_run_threads_unless_batching(tmp_path):
-    """Unbatched, the native front end passes no more calls to the server at once than it has
-    run threads (a call beyond them waits where no queue delay control sees it); batching and
-    an explicit --front_end_max_running keep their own (0: the front end's 16 per core)."""
-    running = run_fresh(f"""
-        import json
-        from absl import flags
-        from absl.testing import flagsaver
-        from dpsr_tf.cli.serve import options_from_flags
-        from dpsr_tf.serving import capacity
-        capacity.os.sched_getaffinity = lambda pid: {{0, 3, 5}}  # 3 usable cores
-
-        def running(*args):
-            with flagsaver.flagsaver():
-                flags.FLAGS(["dpsr", "--model_base_path={tmp_path}", "--model_name=m",
-                             "--front_end=native", *args])
-                o, _ = options_from_flags()
-                return o.native_front_end.max_running
-
-        print(json.dumps([running(), running("--num_run_threads=5"),
-                          running("--enable_batching"),
-                          running("--front_end_max_running=7"),
-                          running("--enable_batching", "--front_end_max_running=7")]))
-        """)
-    assert running == [12, 5, 0, 7, 7]
