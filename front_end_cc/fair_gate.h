@@ -46,8 +46,9 @@
 // interval of grace (CoDel's memory of its last dropping state): otherwise, past capacity, each
 // grace admitted a whole interval of arrivals (at 3x capacity, 100 ms of calls that took 300 ms
 // to serve: answered calls waited 170 ms at the median). A burst after a quiet spell still has
-// its whole interval. The target is the larger of `queue.target` and the measured service time (ObserveService: how long a call holds its backend slot, averaged),
-// so a servable whose calls take 50 ms is not refused for queueing one call's worth.
+// its whole interval. The target is the larger of `queue.target` and the measured service time
+// (ObserveService: how long a call holds its backend slot, averaged), so a servable whose calls
+// take 50 ms is not refused for queueing one call's worth.
 //
 // With the control on, a call that brings its deadline (`deadline_left` >= 0) and could not
 // start before it ends (its client's waiting calls ahead of it, in turns of the client's share,

@@ -24,7 +24,8 @@ from typing import Hashable, Optional
 # How long (in intervals) a client's last refusal is remembered: CoDel re-enters its dropping
 # state at once within 16 intervals of leaving it (front_end_cc/fair_gate.h, the same rule).
 REFUSAL_MEMORY = 16
-# Clients whose last refusal is remembered, past which the forgotten ones are pruned.
+# Clients whose last refusal is remembered before the ones past the memory are pruned (then
+# again each time the count doubles, so pruning stays a constant cost per refusal).
 _REMEMBERED_CLIENTS = 4096
 
 
@@ -45,6 +46,7 @@ class QueueDelay:
         self._service = 0.0
         self._above_until = {}  # client -> when its queue stands; absent: below the target
         self._refused_at = {}   # client -> when its standing queue last refused a call
+        self._prune_at = _REMEMBERED_CLIENTS
 
     @property
     def on(self) -> bool:
@@ -87,10 +89,16 @@ class QueueDelay:
         if now < until:
             return False
         self._refused_at[client] = now
-        if len(self._refused_at) > _REMEMBERED_CLIENTS:  # keep only the refusals still recalled
+        if len(self._refused_at) > self._prune_at:  # keep only the refusals still recalled
             horizon = now - REFUSAL_MEMORY * self._interval
             self._refused_at = {c: t for c, t in self._refused_at.items() if t >= horizon}
+            self._prune_at = max(_REMEMBERED_CLIENTS, 2 * len(self._refused_at))
         return True
+
+    @property
+    def remembered(self) -> int:
+        """How many clients' last refusals are kept (bounded: see _REMEMBERED_CLIENTS)."""
+        return len(self._refused_at)
 
     def expected_wait(self, waiting: int, share: int) -> float:
         """When a new call starts behind `waiting` calls of its client, whose calls run `share`

@@ -45,6 +45,21 @@ def test_the_last_refusal_is_remembered_when_the_queue_empties():
     assert not delay.standing("a", 2.000, 2.011)  # refused last 1.8 s (18 intervals) ago
 
 
+def test_remembered_refusals_are_pruned_once_past_the_memory():
+    """Many clients refused once (a flood of connections) are not kept for ever: once more
+    than 4,096 are remembered, those refused over 16 intervals ago are dropped."""
+    delay = QueueDelay(target=0.010, interval=0.100)
+    for i in range(4096):  # each client: standing from 0.02, refused at 0.121
+        assert not delay.standing(i, 0.0, 0.020)
+        assert delay.standing(i, 0.0, 0.121)
+    assert delay.remembered == 4096
+    assert not delay.standing("late", 10.0, 10.020)
+    assert delay.standing("late", 10.0, 10.121)  # the 4,097th: the old ones are pruned
+    assert delay.remembered == 1
+    delay.forget(0)
+    assert not delay.standing(0, 10.2, 10.211)  # client 0's refusal was forgotten
+
+
 def test_without_a_target_nothing_stands():
     delay = QueueDelay(target=0.0, interval=0.1)
     assert not any(delay.standing("a", 0.0, t) for t in (1.0, 2.0, 100.0))
