@@ -24,11 +24,11 @@ Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process us
 front end counted as a process of its own), the servers' CPU per answer and, per
 server process, the cores of its main thread (the asyncio loop: gRPC and request handling in
 Python) and of its other threads, what each model server saw of the calls (mean time from its
-handler's start to the answer built, of the session run, and the runs ahead of it, from the servers'
-Prometheus metrics: the rest of a client's latency is the transport's and the client's), and
-the servable alone (one thread per batch size, then from as many threads as a server runs it
-with: the ceiling of serving it on these cores); writes them as JSON next to the servables. On
-a shared machine compare rows of one run.
+handler's start to the answer built, of the session run, and the runs ahead of it, from the
+servers' Prometheus metrics: the rest of a client's latency is the transport's and the
+client's), and the servable alone (one thread per batch size, then from as many threads as a
+server runs it with: the ceiling of serving it on these cores); writes them as JSON next to the
+servables. On a shared machine compare rows of one run.
 """
 import argparse
 import json
@@ -46,7 +46,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from dpsr_tf.demo import server_processes as process  # noqa: E402
+from dpsr_tf.serving import capacity  # noqa: E402
+from tests.support import serving_testing as st  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
+from tests.support.server_metrics import METRICS_PATH  # noqa: E402
 
 GRAPH_VERSION = "g2"  # bump when tests/support/toy_servable.py's graph changes
 
@@ -91,7 +94,7 @@ def servable_cost(path, k, args, batches=(1, 8, 32)):
     from bench.serving_loadgen import make_queries
     from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable, SessionOptions
 
-    threads = 4 * (os.cpu_count() or 1)  # dpsr_tf/serving/capacity.py's run threads
+    threads = capacity.run_threads()  # `dpsr serve`'s default --num_run_threads
     servable = SavedModelServable("bench", 1, path, SessionOptions(
         intra_op_parallelism=args.intra_op, inter_op_parallelism=args.inter_op,
         session_runners=threads))
@@ -220,30 +223,25 @@ def _threads(procs):
     return {name: thread_cpu(p.proc.pid) for name, p in procs.items()}
 
 
-# Sums and counts the model servers export (docs/serving.md, "Monitoring"): where a call's time
-# goes inside a server, apart from the client's and the transport's share of its latency.
-_INSIDE = {"request": "dpsr_serving_request_latency_seconds",
-           "session_run": "dpsr_serving_runtime_latency_seconds",
-           "runs_ahead": "dpsr_serving_unbatched_runs_ahead"}
-MONITORING = 'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n'
+# Histograms the model servers export (docs/serving.md, "Monitoring"), as (report key, metric,
+# scale): where a call's time goes inside a server, apart from the client's and the transport's
+# share of its latency.
+_INSIDE = (("request_ms", "dpsr_serving_request_latency_seconds", 1000.0),
+           ("session_run_ms", "dpsr_serving_runtime_latency_seconds", 1000.0),
+           ("runs_ahead", "dpsr_serving_unbatched_runs_ahead", 1.0))
+MONITORING = f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n'
 
 
 def _inside(procs):
-    """{server: {metric_sum|metric_count: value}} scraped from each model server's REST port."""
-    import urllib.request  # pylint: disable=g-import-not-at-top
+    """{server: {metric_sum|metric_count: value}} read from each model server's REST port."""
     out = {}
     for name, p in procs.items():
         if name.startswith("proxy") or not p.rest_api_port:
             continue
-        with urllib.request.urlopen(p.rest_url + "/monitoring/prometheus/metrics",
-                                    timeout=10) as r:
-            text = r.read().decode()
-        sums = {}
-        for line in text.splitlines():
-            m = re.match(r"(\w+)_(sum|count)(?:\{[^}]*\})? ([0-9.e+-]+)$", line)
-            if m and m.group(1) in _INSIDE.values():
-                key = f"{m.group(1)}_{m.group(2)}"
-                sums[key] = sums.get(key, 0.0) + float(m.group(3))
+        sums = {f"{metric}_{part}": 0.0 for _, metric, _ in _INSIDE for part in ("sum", "count")}
+        for sample, _, value in st.prometheus_samples(p.rest_url + METRICS_PATH):
+            if sample in sums:
+                sums[sample] += value
         out[name] = sums
     return out
 
@@ -254,12 +252,10 @@ def _inside_means(before, after):
     for name, a in after.items():
         b = before.get(name, {})
         means = {}
-        for short, metric in _INSIDE.items():
-            n = a.get(f"{metric}_count", 0.0) - b.get(f"{metric}_count", 0.0)
-            total = a.get(f"{metric}_sum", 0.0) - b.get(f"{metric}_sum", 0.0)
-            scale = 1.0 if short == "runs_ahead" else 1000.0
-            means[short if short == "runs_ahead" else f"{short}_ms"] = (
-                scale * total / n if n else float("nan"))
+        for key, metric, scale in _INSIDE:
+            n = a[f"{metric}_count"] - b.get(f"{metric}_count", 0.0)
+            total = a[f"{metric}_sum"] - b.get(f"{metric}_sum", 0.0)
+            means[key] = scale * total / n if n else float("nan")
         out[name] = means
     return out
 
