@@ -33,6 +33,13 @@ $(FRONT_END): $(FRONT_END_SRCS) $(FRONT_END_HDRS)
 	g++ -std=c++17 -O2 -Wall -Werror -I . $(FRONT_END_SRCS) \
 	    $$(pkg-config --cflags --libs grpc++) -o $@
 
+# bench/serving_bench.py's load generator (bench/loadgen_cc/, docs/benchmarks.md), linked as the
+# front end is; built by `make bench` or by the bench when missing.
+LOADGEN := bench/dpsr_loadgen
+
+$(LOADGEN): bench/loadgen_cc/loadgen.cc
+	g++ -std=c++17 -O2 -Wall -Werror $< $$(pkg-config --cflags --libs grpc++) -o $@
+
 cc-test: build  ## C++ unit tests of the tokenizer, lexical index and top-k buffer cores
 	$(PY) tools/run_cc_tests.py
 
@@ -43,7 +50,7 @@ demo: build  ## the embedded end-to-end demo
 # module fixtures (servers, trained models) are built once; TEST_WORKERS=0 runs them in this one.
 TEST_WORKERS ?= 2
 
-test: build cc-test test-packages  ## every test (pytest fails when no test ran)
+test: build $(LOADGEN) cc-test test-packages  ## every test (pytest fails when no test ran)
 	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile
 
 test-packages:  ## the Debian packages only tests need (tools/apt-packages-test.txt)
@@ -53,8 +60,8 @@ test-packages:  ## the Debian packages only tests need (tools/apt-packages-test.
 bazel: test-packages  ## Bazel build of the C++ targets and their tests (docs/bazel.md)
 	tools/bazel/bazel.sh test //...; status=$$?; tools/bazel/bazel.sh shutdown; exit $$status
 
-bench: build  ## the quick benchmark set, one table (bench/quick.py; full runs: docs/benchmarks.md)
+bench: build $(LOADGEN)  ## the quick benchmark set, one table (bench/quick.py; full runs: docs/benchmarks.md)
 	$(PY) bench/quick.py
 
 clean:
-	rm -rf build dpsr_tf/*.so dpsr_tf/_dpsr_ops.faiss.json $(FRONT_END)
+	rm -rf build dpsr_tf/*.so dpsr_tf/_dpsr_ops.faiss.json $(FRONT_END) $(LOADGEN)

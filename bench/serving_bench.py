@@ -20,8 +20,9 @@ bench/serving_loadgen.py runs in its own process, open loop, Poisson arrivals):
   (SO_REUSEPORT); the kernel balances connections, so the load generator opens --channels and
   the proxy 4 per process (--backend_connections).
 
-Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process used (a native
-front end counted as a process of its own), the servers' CPU per answer and, per
+Reports p50/p90/p99 latency, achieved QPS, errors, the CPU cores each process used over the load
+(a native front end counted as a process of its own; "machine": every process and the kernel),
+the servers' CPU per answer and, per
 server process, the cores of its main thread (the asyncio loop: gRPC and request handling in
 Python) and of its other threads, what each model server saw of the calls (mean time from its
 handler's start to the answer built, of the session run, and the runs ahead of it, from the
@@ -37,6 +38,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -49,6 +51,7 @@ from dpsr_tf.demo import server_processes as process  # noqa: E402
 from dpsr_tf.serving import capacity  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
+from bench.serving_loadgen import LOAD_END, LOAD_START  # noqa: E402
 from tests.support.server_metrics import METRICS_PATH  # noqa: E402
 
 GRAPH_VERSION = "g2"  # bump when tests/support/toy_servable.py's graph changes
@@ -191,6 +194,14 @@ def _cpu(procs):
     return out
 
 
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process, the kernel)."""
+    with open("/proc/stat", encoding="utf-8") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu(pid):
     """{thread group: CPU seconds} of one process from /proc: "main" is the thread that runs
     the asyncio loop (gRPC handling, request decoding, response encoding: Python, under the
@@ -260,28 +271,66 @@ def _inside_means(before, after):
     return out
 
 
+LOADGEN = os.path.join(ROOT, "bench", "dpsr_loadgen")
+
+
+def native_client(args) -> str:
+    """The native load generator's request file (the Python one's 2,000 queries, serialized),
+    built with the generator itself (`make bench/dpsr_loadgen`) when missing."""
+    if not os.path.exists(LOADGEN):
+        subprocess.run(["make", "-s", "-C", ROOT, os.path.relpath(LOADGEN, ROOT)], check=True)
+    from bench.serving_loadgen import make_queries
+    path = os.path.join(args.work_dir, f"requests_k{args.k}.bin")
+    with open(path, "wb") as f:
+        for query in make_queries(2000):
+            message = st.predict_request("dpsr", [query], k=args.k).SerializeToString()
+            f.write(len(message).to_bytes(4, "little") + message)
+    return path
+
+
 def run_load(address, rate, args, procs):
-    inside_before = _inside(procs)
-    before, threads_before, wall = _cpu(procs), _threads(procs), time.time()
-    cmd = [sys.executable, os.path.join(ROOT, "bench", "serving_loadgen.py"),
-           f"--address={address}", f"--rate={rate}", f"--duration={args.duration}",
-           f"--warmup={args.warmup}", f"--k={args.k}", f"--channels={args.channels}"]
+    if args.client == "native":
+        cmd = [LOADGEN, f"--requests={args.requests_file}"]
+    else:
+        cmd = [sys.executable, os.path.join(ROOT, "bench", "serving_loadgen.py"), f"--k={args.k}"]
+    cmd += [f"--address={address}", f"--rate={rate}", f"--duration={args.duration}",
+            f"--warmup={args.warmup}", f"--channels={args.channels}"]
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    elapsed = time.time() - wall
-    after, threads_after = _cpu(procs), _threads(procs)
-    inside = _inside_means(inside_before, _inside(procs))
+    # The servers' CPU is read between the load generator's LOAD_START and LOAD_END lines: over
+    # the load alone, not over the seconds the generator takes to start (its imports), which
+    # would dilute the cores it reports.
+    errors = tempfile.TemporaryFile(mode="w+")  # a pipe left unread could block the generator
+    gen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+    stdout, before, after = [], None, None
+    for line in gen.stdout:
+        stdout.append(line)
+        if line.strip() == LOAD_START:
+            inside_before = _inside(procs)
+            before, threads_before, wall = _cpu(procs), _threads(procs), time.time()
+            busy_before = _machine_busy_s()
+        elif line.strip() == LOAD_END and before is not None:
+            elapsed = time.time() - wall
+            after, threads_after = _cpu(procs), _threads(procs)
+            busy = _machine_busy_s() - busy_before
+            inside = _inside_means(inside_before, _inside(procs))
+    gen.wait()
+    errors.seek(0)
+    stderr = errors.read()
+    errors.close()
+    done = subprocess.CompletedProcess(cmd, gen.returncode, "".join(stdout), stderr)
     lines = [l for l in done.stdout.splitlines() if l.startswith("{")]
-    if done.returncode or not lines:
+    if done.returncode or not lines or after is None:
         raise RuntimeError(f"load generator failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     result = json.loads(lines[-1])
     result["cores"] = {n: (after[n] - before[n]) / elapsed for n in after if n in before}
-    # The servers' CPU over every answer of the run, warm-up included (refused calls' cost
+    # The servers' CPU over every answer of the load, warm-up included (refused calls' cost
     # is part of what the answers cost); NaN: a restarted front end.
     served = sum(after[n] - before[n] for n in result["cores"] if after[n] == after[n])
     result["server_cpu_ms_per_answer"] = (1e3 * served / result["answered_all"]
                                           if result["answered_all"] else float("nan"))
-    result["cores"]["loadgen"] = result["client_cpu_s"] / (args.duration + args.warmup)
+    result["cores"]["loadgen"] = result["client_cpu_s"] / elapsed
+    # Every process and the kernel: what is left of the machine for the servers.
+    result["cores"]["machine"] = busy / elapsed
     result["inside_servers"] = inside
     result["thread_cores"] = {
         n: {g: round((c - threads_before[n].get(g, 0.0)) / elapsed, 3)
@@ -368,6 +417,11 @@ def main():
                              "(grpc.so_reuseport=1); give --channels >= 4x as many")
     parser.add_argument("--channels", type=int, default=1,
                         help="the load generator's gRPC connections, used round-robin")
+    parser.add_argument("--client", choices=("native", "python"), default="native",
+                        help="the load generator: bench/loadgen_cc (C++, a small share of the "
+                             "cores the server is measured on) or bench/serving_loadgen.py "
+                             "(grpc.aio: the client a Python user has, about 1 ms of CPU per "
+                             "call)")
     parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=True,
                         help="serve with --enable_batching (--no-batching: one run per "
                              "request, `dpsr serve`'s default)")
@@ -388,6 +442,8 @@ def main():
     args.monitoring_file = os.path.join(args.work_dir, "monitoring.config")
     with open(args.monitoring_file, "w") as f:
         f.write(MONITORING)
+    if args.client == "native":
+        args.requests_file = native_client(args)
     model_path = os.path.join(args.servable_dir or os.path.join(base, "full"), "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(),

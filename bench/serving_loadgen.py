@@ -9,7 +9,8 @@ client is the real one: tensorflow_serving PredictionServiceStub over grpc.aio.
 Prints one JSON line: offered and achieved QPS (answers within the --timeout deadline per
 second: the goodput), latency percentiles (ms) of the answers and of the calls refused with
 RESOURCE_EXHAUSTED (how fast the excess learns it was refused), errors by code, and the
-client's own CPU seconds.
+client's own CPU seconds. Prints LOAD_START and LOAD_END lines (flushed) around the load, so
+that a caller can read the servers' CPU over the load alone and not over this process's start.
 """
 import argparse
 import asyncio
@@ -31,6 +32,9 @@ WORDS = ("apple iphone samsung galaxy huawei xiaomi phone case charger cable usb
          "跑步鞋 男款 女款 红色 黑色").split()
 
 
+LOAD_START, LOAD_END = "LOAD_START", "LOAD_END"
+
+
 def make_queries(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, int(rng.integers(1, 5)))) for _ in range(n)]
@@ -48,7 +52,7 @@ async def _run(args):
     rng = np.random.default_rng(args.seed)
     loop = asyncio.get_running_loop()
     latencies, refused, errors = [], [], collections.Counter()
-    answered = [0]  # every OK answer, warm-up included (the servers' CPU covers them too)
+    answered = [0]  # every OK answer from LOAD_START, warm-up included (as the servers' CPU)
     tasks = set()
 
     async def one(request, scheduled, record, stub):
@@ -65,6 +69,8 @@ async def _run(args):
 
     for n, request in enumerate(requests[:max(20, 2 * len(stubs))]):  # connect and warm up
         await one(request, loop.time(), False, stubs[n % len(stubs)])
+    answered[0] = 0
+    print(LOAD_START, flush=True)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     start = loop.time()
     warm_end = start + args.warmup
@@ -89,6 +95,7 @@ async def _run(args):
     if tasks:
         await asyncio.wait(tasks, timeout=args.timeout + 5)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(LOAD_END, flush=True)
     for channel in channels:
         await channel.close()
     lat = np.array(latencies) * 1000
