@@ -129,7 +129,8 @@ _TRAIN_HELP = {
                   "with a warning); never the reported eval split unless asked.",
     "eval_batch_size": "Examples per evaluation batch.",
     "eval_random_negatives": "Random items per eval batch for Top-k (paper: 1024).",
-    "eval_steps": "Batches per evaluation (0 = the whole --eval_split).",
+    "eval_steps": "Batches per evaluation (0 = the whole --eval_split; 8 for a pretrained "
+                  "encoder stopping on a recall@K, where that evaluation only logs).",
     "throttle_secs": "At least this many seconds between evaluations (fixed --train_steps, "
                      "clusters).",
     "save_checkpoints_steps": "Checkpoint every this many global steps.",

@@ -232,6 +232,7 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
     # A record file cut at a record boundary would otherwise train silently on what is left.
     layout_lib.verify_record_files(train.layout_dir)
     cfg = model_config.resolved(cluster.num_ps).with_graph(layout_spec)
+    train = early_stopping.bounded_logged_evaluation(train, cfg.text_encoder, logging.info)
     check_hard_negative_table(cfg, train, layout_spec)
     if train.teacher_dir:
         _teacher_cache(train, cluster)

@@ -132,3 +132,26 @@ def test_an_encoder_without_adapters_trains_only_its_top_layers(tmp_path):
                         ("embeddings.word_embeddings.weight", False)):
         now = reader.get_tensor(prefix + name.replace(".", "/"))
         assert (not np.allclose(now, pretrained[name], atol=1e-7)) == moved, name
+
+
+def test_early_stopping_on_recall_bounds_the_logged_in_batch_evaluation(tmp_path):
+    """Stopping on a full-corpus recall, the Estimator's in-batch evaluation through the
+    encoder only logs: without --eval_steps it runs 8 batches (recorded in dpsr_config.json),
+    and the stopping metric is still the recall over the whole validation split."""
+    from dpsr_tf.evaluation import checkpoint_recall  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.training import early_stopping  # pylint: disable=import-outside-toplevel
+    spec = tiny_model.prepare_tiny_layout(str(tmp_path))
+    config = ModelConfig(num_heads=1, embedding_dim=384, text_encoder="pretrained",
+                         pretrained_trainable_layers=1, num_negatives=8)
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(tmp_path / "model"),
+                        batch_size=8, max_train_steps=1, eval_every_steps=1,
+                        save_checkpoints_steps=1, early_stopping_metric="recall@10",
+                        eval_random_negatives=8, eval_batch_size=8, seed=0)
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(config, train,
+                              checkpoint_metrics=checkpoint_recall.for_training(train))
+    recorded = model_dir_lib.read_config_file(train.model_dir)
+    assert recorded["train"]["eval_steps"] == early_stopping.PRETRAINED_LOGGED_EVAL_STEPS == 8
+    history = early_stopping.load_history(train.model_dir)["history"]
+    assert [h["global_step"] for h in history] == [1]
+    assert 0.0 <= history[0]["recall@10"] <= 1.0

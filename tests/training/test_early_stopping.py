@@ -1,5 +1,6 @@
 """Early stopping, the default training length: the rule on hand-worked sequences, and a real
 tiny training run whose stop step is recomputed from its recorded validation history."""
+import dataclasses
 import json
 import os
 
@@ -53,6 +54,27 @@ def test_min_steps_is_recorded_in_the_rule_only_when_set():
     assert "min_steps" not in early_stopping.rule_for(TrainConfig(**base))
     assert early_stopping.rule_for(
         TrainConfig(early_stopping_min_steps=5000, **base))["min_steps"] == 5000
+
+
+@pytest.mark.parametrize("encoder, train_steps, metric, eval_steps, want", [
+    ("pretrained", 0, "recall@10", None, 8),     # logged only, through the transformer: bounded
+    ("pretrained", 0, "recall@100", None, 8),
+    ("pretrained", 0, "recall@10", 50, 50),      # the user's --eval_steps wins
+    ("pretrained", 0, "top10", None, None),      # the in-batch evaluation decides: whole split
+    ("pretrained", 3000, "recall@10", None, None),  # a fixed length: nothing stops on it
+    ("separate", 0, "recall@10", None, None),    # the light towers: cheap, whole split
+])
+def test_a_pretrained_encoders_logged_evaluation_is_bounded(encoder, train_steps, metric,
+                                                            eval_steps, want):
+    lines = []
+    train = TrainConfig(layout_dir="L", model_dir="M", train_steps=train_steps,
+                        early_stopping_metric=metric, eval_steps=eval_steps)
+    out = early_stopping.bounded_logged_evaluation(train, encoder, lines.append)
+    assert out.eval_steps == want
+    assert out == dataclasses.replace(train, eval_steps=want)  # nothing else changes
+    assert len(lines) == (1 if want != eval_steps else 0)
+    if lines:
+        assert "8 batches" in lines[0] and "--eval_steps" in lines[0]
 
 
 def _expected_stop(values, patience, delta):
