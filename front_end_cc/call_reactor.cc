@@ -52,6 +52,20 @@ std::string ClientOf(grpc::GenericCallbackServerContext* ctx, const std::string&
   return client;
 }
 
+const char kPredictMethod[] = "/tensorflow.serving.PredictionService/Predict";
+
+// An answer dropped because its client holds too many unread.
+grpc::Status UnreadRefusal(FrontEnd* fe) {
+  return grpc::Status(
+      grpc::StatusCode::RESOURCE_EXHAUSTED,
+      "dpsr front end: this connection holds answers it has not read (at most " +
+          std::to_string(fe->options().max_unread_bytes_per_client) +
+          " bytes per connection; while all connections hold more than " +
+          std::to_string(fe->options().hold_back_total_unread_bytes) +
+          ", at most 16384 for one that has read none yet); read them before asking for "
+          "more");
+}
+
 // The status of a call the gate refused (a refusal answer of FairGate::Offer).
 grpc::Status Refusal(Admission a, FrontEnd* fe) {
   const Options& o = fe->options();
@@ -146,6 +160,7 @@ void Call::StartBackend(bool metered) {
     if (metered) slot_since_ = std::chrono::steady_clock::now();
     refs_.fetch_add(1);
   }
+  if (StartFramed()) return;
   backend_ctx_.set_deadline(ctx_->deadline());
   const std::string& client_key = fe_->options().client_metadata_key;
   for (const auto& kv : ctx_->client_metadata()) {
@@ -170,6 +185,54 @@ void Call::StartBackend(bool metered) {
     cancel = cancelled_;
   }
   if (cancel) backend_ctx_.TryCancel();
+}
+
+bool Call::StartFramed() {
+  FramedBackend* framed = fe_->framed();
+  if (framed == nullptr || !have_request_ || ctx_->method() != kPredictMethod) return false;
+  const uint64_t id = fe_->NextFramedId();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    framed_ = true;
+    framed_id_ = id;
+  }
+  if (!framed->Send(id, DeadlineLeftMicros(), client_, request_,
+                    [this](const grpc::Status& status, std::string bytes) {
+                      OnFramedAnswer(status, std::move(bytes));
+                    })) {
+    std::lock_guard<std::mutex> lock(mu_);  // no connection: the gRPC hop takes it
+    framed_ = false;
+    return false;
+  }
+  fe_->CountFramed();
+  bool cancel;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancel = cancelled_;
+  }
+  if (cancel) framed->Cancel(id);
+  return true;
+}
+
+void Call::OnFramedAnswer(const grpc::Status& status, std::string bytes) {
+  ReleaseSlot();  // the server's work for this call is done
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (state_ != State::kFinished) {
+      if (!status.ok()) {
+        FinishLocked(status);
+      } else if (!fe_->HoldUnread(client_, bytes.size())) {
+        FinishLocked(UnreadRefusal(fe_));
+      } else {
+        unread_bytes_ += bytes.size();
+        grpc::Slice slice(bytes);
+        response_ = grpc::ByteBuffer(&slice, 1);
+        lock.unlock();
+        StartWrite(&response_);  // OnWriteDone finishes the call
+      }
+    }
+  }
+  Unref();  // the framed hop's reference; the server side's holds the call until OnDone
 }
 
 void Call::EndBackendReads() {
@@ -200,14 +263,7 @@ void Call::OnBackendRead(bool ok) {
     backend_ctx_.TryCancel();
     EndBackendReads();
     lock.lock();
-    FinishLocked(grpc::Status(
-        grpc::StatusCode::RESOURCE_EXHAUSTED,
-        "dpsr front end: this connection holds answers it has not read (at most " +
-            std::to_string(fe_->options().max_unread_bytes_per_client) +
-            " bytes per connection; while all connections hold more than " +
-            std::to_string(fe_->options().hold_back_total_unread_bytes) +
-            ", at most 16384 for one that has read none yet); read them before asking for "
-            "more"));
+    FinishLocked(UnreadRefusal(fe_));
     return;
   }
   unread_bytes_ += bytes;
@@ -223,6 +279,11 @@ void Call::OnBackendRead(bool ok) {
 
 void Call::OnWriteDone(bool ok) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (framed_) {  // its one answer is written (or the client left)
+    FinishLocked(ok ? grpc::Status::OK
+                    : grpc::Status(grpc::StatusCode::CANCELLED, "the client left"));
+    return;
+  }
   bool more = ok && state_ != State::kFinished;
   lock.unlock();
   if (more) {  // the next answer (or the end), read only now: as fast as the client reads
@@ -268,8 +329,10 @@ void Call::OnCancel() {
     return;
   }
   if (state_ == State::kRunning) {
+    const bool framed = framed_;
     lock.unlock();
-    backend_ctx_.TryCancel();
+    if (framed) fe_->framed()->Cancel(framed_id_);
+    else backend_ctx_.TryCancel();
   }
 }
 

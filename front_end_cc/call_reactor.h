@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
 #include <string>
 
@@ -59,6 +60,9 @@ class Call : public grpc::ServerGenericBidiReactor {
     Call* call_;
   };
 
+  // The framed hop (framed_backend.h) for a Predict call: true when the call went that way.
+  bool StartFramed();
+  void OnFramedAnswer(const grpc::Status& status, std::string bytes);
   void OnBackendRead(bool ok);
   void EndBackendReads();  // this side starts no more backend reads: let the call end
   void OnBackendDone(const grpc::Status& status);
@@ -78,6 +82,8 @@ class Call : public grpc::ServerGenericBidiReactor {
   bool started_ = false;  // it reached the backend with a turn (counts against the window)
   bool cancelled_ = false;
   bool initial_metadata_copied_ = false;
+  bool framed_ = false;  // sent on the framed hop; its one answer finishes the call
+  uint64_t framed_id_ = 0;
   std::chrono::steady_clock::time_point slot_since_;  // when it took its backend slot
   size_t unread_bytes_ = 0;  // answer bytes written to the client and counted against its budget
   grpc::ByteBuffer request_;

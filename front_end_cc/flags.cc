@@ -66,6 +66,7 @@ Options ParseFlags(int argc, char** argv) {
     std::string flag = arg.substr(2, eq - 2), value = arg.substr(eq + 1);
     if (flag == "listen") o.listen = value;
     else if (flag == "backend") o.backend = value;
+    else if (flag == "framed_backend") o.framed_backend = value;
     else if (flag == "max_running") o.max_running = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "max_running_per_client")
       o.max_running_per_client = static_cast<int>(ParseLong(flag, value, 0));

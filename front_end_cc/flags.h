@@ -12,6 +12,9 @@ namespace front_end {
 struct Options {
   std::string listen = "127.0.0.1:0";
   std::string backend;
+  // A UNIX socket path: Predict calls go to the server as frames there (framed_backend.h)
+  // instead of as gRPC calls on --backend; empty: every call on --backend.
+  std::string framed_backend;
   // 0: derived from the usable cores (ResolveLimits): 16 per core in all, 2 per core per client.
   int max_running = 0;
   int max_running_per_client = 0;

@@ -44,6 +44,7 @@ FrontEnd::FrontEnd(const Options& o)
   std::string target = o.backend;
   stub_ = std::make_unique<grpc::GenericStub>(
       grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args));
+  if (!o.framed_backend.empty()) framed_ = std::make_unique<FramedBackend>(o.framed_backend);
 }
 
 grpc::ServerGenericBidiReactor* FrontEnd::CreateReactor(
@@ -169,14 +170,15 @@ std::string FrontEnd::Summary() {
                 "(unread budget) %lld, clients held back %lld, passed without a turn "
                 "%lld, run newest first (overload) %lld, refused (overloaded) %lld, refused (deadline "
                 "before its turn) %lld; service time %lld us; limits: %d running, %d per "
-                "client; now running %d, waiting %zu",
+                "client; now running %d, waiting %zu; framed %lld",
                 (long long)accepted_.load(), (long long)forwarded_.load(),
                 (long long)queued_.load(), (long long)dropped_waiting_.load(),
                 (long long)refused_.load(), (long long)unread_refused_.load(),
                 (long long)held_back_.load(), (long long)unmetered_.load(),
                 gate_.newest_first(), (long long)overloaded_.load(),
                 (long long)cannot_finish_.load(), gate_.service_time(), options_.max_running,
-                gate_.max_running_per_client(), gate_.running(), gate_.queued());
+                gate_.max_running_per_client(), gate_.running(), gate_.queued(),
+                (long long)framed_calls_.load());
   return line;
 }
 

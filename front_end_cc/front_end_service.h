@@ -29,6 +29,7 @@
 
 #include "front_end_cc/fair_gate.h"
 #include "front_end_cc/flags.h"
+#include "front_end_cc/framed_backend.h"
 
 namespace dpsr {
 namespace front_end {
@@ -79,6 +80,10 @@ class FrontEnd : public grpc::CallbackGenericService {
 
   const Options& options() const { return options_; }
   grpc::GenericStub* stub() { return stub_.get(); }
+  // The framed Predict hop (--framed_backend), or null.
+  FramedBackend* framed() { return framed_.get(); }
+  uint64_t NextFramedId() { return framed_ids_.fetch_add(1, std::memory_order_relaxed) + 1; }
+  void CountFramed() { framed_calls_.fetch_add(1, std::memory_order_relaxed); }
 
  private:
   using Started = std::vector<std::pair<std::string, Call*>>;
@@ -104,6 +109,7 @@ class FrontEnd : public grpc::CallbackGenericService {
 
   const Options options_;
   std::unique_ptr<grpc::GenericStub> stub_;
+  std::unique_ptr<FramedBackend> framed_;
   std::mutex mu_;
   FairGate<Call*> gate_;
   std::unordered_map<std::string, size_t> unread_;  // under mu_
@@ -112,7 +118,9 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::unordered_set<std::string> readers_;  // clients with an answer read (under mu_)
   std::deque<std::string> readers_order_;    // readers_ oldest first, to forget the oldest
   std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
-      refused_{0}, overloaded_{0}, cannot_finish_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0};
+      refused_{0}, overloaded_{0}, cannot_finish_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0},
+      framed_calls_{0};
+  std::atomic<uint64_t> framed_ids_{0};
 };
 
 }  // namespace front_end

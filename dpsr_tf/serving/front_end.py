@@ -63,6 +63,9 @@ class FrontEndOptions:
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
         going to the server until it reads (the server's
         --max_unsent_response_bytes_per_client); 0: never held back.
+      framed_predict: Predict calls go to the server as frames on a second private socket
+        (`framed_socket`: serve it with model_server/api/framed_predict.py before start()),
+        not as gRPC calls on `backend_socket`.
       hold_back_total_unread_bytes: while all connections together have more than this unread,
         every connection with more than 64 KiB unread is held back (the server's
         --max_unsent_response_bytes); while the answers of connections that have read none
@@ -81,6 +84,7 @@ class FrontEndOptions:
     max_unread_bytes_per_client: int = 64 << 20
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
+    framed_predict: bool = False
 
 
 def is_built() -> bool:
@@ -143,6 +147,8 @@ class NativeFrontEnd:
                           "installs)")
         self._dir = tempfile.mkdtemp(prefix="dpsr-front-end-")  # mode 0700: ours alone
         self.backend_socket = os.path.join(self._dir, "backend.sock")
+        self.framed_socket = (os.path.join(self._dir, "framed.sock") if options.framed_predict
+                              else None)
         self._log_path = os.path.join(self._dir, "front_end.log")
         self._args = [
             BINARY, f"--listen={address}", f"--backend=unix:{self.backend_socket}",
@@ -161,7 +167,8 @@ class NativeFrontEnd:
             f"--max_streams_per_connection={max_streams_per_connection}",
             f"--max_receive_message_bytes={max_receive_message_bytes}",
             f"--client_metadata_key={CLIENT_METADATA_KEY}"] + [
-                f"--channel_arg={key}={value}" for key, value in channel_arguments]
+                f"--channel_arg={key}={value}" for key, value in channel_arguments] + (
+                    [f"--framed_backend={self.framed_socket}"] if self.framed_socket else [])
         self._proc: Optional[subprocess.Popen] = None
         self._on_exit = on_exit
         self._stopping = threading.Event()

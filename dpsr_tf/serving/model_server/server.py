@@ -19,6 +19,7 @@ from dpsr_tf.serving import heap_trim, stream_limits
 from dpsr_tf.serving.front_end import (FrontEndOptions, NativeFrontEnd,
                                        exit_if_front_end_failed, stop_this_process)
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
+from dpsr_tf.serving.model_server.api.framed_predict import FramedPredictServer
 from dpsr_tf.serving.model_server.api.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
                                                         PredictionServicer)
 from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONEDNN_ENV, ONLY_UNCOMPRESSED,
@@ -161,6 +162,7 @@ class ModelServer:
         self._heap_trimmer = None
         self._in_flight = InFlight()
         self._front_end = None
+        self._framed = None
         self.grpc_port = None
         self.rest_api_port = None
 
@@ -177,9 +179,9 @@ class ModelServer:
                                              opts.model_config_file_poll_wait_seconds,
                                              self.core, text)
             on_reload = self._poller.note_applied
+        predict = PredictionServicer(self.core, self._in_flight)
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-                     PredictionServicer(self.core, self._in_flight), self._grpc,
-                     RAW_RESPONSE_METHODS)
+                     predict, self._grpc, RAW_RESPONSE_METHODS)
         add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
                      ModelServicer(self.core, opts.allow_reload_config_request, on_reload),
                      self._grpc)
@@ -195,6 +197,10 @@ class ModelServer:
                                              opts.grpc_channel_arguments,
                                              on_exit=stop_this_process)
             self._front_end.bind_behind(self._grpc)
+            if self._front_end.framed_socket:
+                self._framed = FramedPredictServer(predict, self._front_end.framed_socket,
+                                                   opts.max_receive_message_bytes)
+                self._framed.start()
         else:
             self.grpc_port = bind_grpc(self._grpc, opts.host, opts.port, opts.ssl)
         if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
@@ -256,6 +262,9 @@ class ModelServer:
             self._poller.stop()
         if self._front_end is not None:  # first: it drains the calls it holds into us
             await self._front_end.drain(grace_seconds)
+        if self._framed is not None:  # the front end is gone: nothing more comes this way
+            _LOG.info("framed Predict calls read: %d", self._framed.calls)
+            self._framed.stop()
         rest_stopped = None
         if self._rest is not None:  # REST drains in a thread while gRPC drains on the loop
             rest_stopped = asyncio.get_running_loop().run_in_executor(

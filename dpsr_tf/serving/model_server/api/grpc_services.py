@@ -24,8 +24,8 @@ from dpsr_tf.serving.model_server.runs.run_queue import FairRunQueue
 _LOG = logging.getLogger("serving.grpc")
 # Requests up to this size are validated and converted on the event loop (tens of
 # microseconds); larger ones in a thread, so that no request can stall the loop.
-_INLINE_MAX_ELEMENTS = 4096
-_INLINE_MAX_BYTES = 64 << 10
+INLINE_MAX_ELEMENTS = 4096
+INLINE_MAX_BYTES = 64 << 10
 # The methods whose handlers return serialized answers (server.py registers them so).
 RAW_RESPONSE_METHODS = ("Predict",)
 # The longest forwarded client name kept (a peer address is under 64 characters).
@@ -73,14 +73,22 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._in_flight = in_flight
         self._unsent = core.unsent
         # Large requests are validated and converted here, clients in turn; one whose client
-        # gave up before its turn is dropped unread.
-        self._decode = FairRunQueue(2, core.options.max_queued_requests,
-                                    core.options.max_queued_requests_per_client,
-                                    thread_name="decode")
+        # gave up before its turn is dropped unread (the framed hop uses them too).
+        self.decode = FairRunQueue(2, core.options.max_queued_requests,
+                                   core.options.max_queued_requests_per_client,
+                                   thread_name="decode")
+
+    def predict_now(self, request, timeout, client):
+        """The run of a request (ServerCore.predict), its future holding the answer's bytes."""
+        return self._core.predict(request, timeout, "GRPC", client, finish=_serialize)
 
     def _predict_now(self, request, context, client):
-        return self._core.predict(request, client_timeout(context), "GRPC", client,
-                                  finish=_serialize)
+        return self.predict_now(request, client_timeout(context), client)
+
+    @property
+    def draining(self) -> bool:
+        """The server is shutting down: new calls are refused DRAINING."""
+        return self._in_flight.draining
 
     async def Predict(self, request, context):
         if not self._in_flight.track(context):
@@ -89,13 +97,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         refusal = self._unsent.refusal(client)
         if refusal is not None:
             return await abort(context, refusal)
-        if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
-                and request.ByteSize() <= _INLINE_MAX_BYTES):
+        if (declared_elements(request) <= INLINE_MAX_ELEMENTS
+                and request.ByteSize() <= INLINE_MAX_BYTES):
             future = self._predict_now(request, context, client)
         else:  # validation and conversion of a large request: off the loop
             timeout = client_timeout(context)
             try:
-                decoding = self._decode.submit(
+                decoding = self.decode.submit(
                     client, self._predict_now, (request, context, client),
                     None if timeout is None else time.monotonic() + timeout)
             except ServingError as e:

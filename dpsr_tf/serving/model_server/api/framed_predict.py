@@ -1,0 +1,261 @@
+"""Predict calls from the native front end as frames on a private UNIX socket (the protocol:
+front_end_cc/framed_backend.h), served without grpc.aio.
+
+Through the gRPC hop, grpc.aio's machinery on the event loop was most of the Python time, and of
+the GIL, that a Predict call cost the server (docs/benchmarks.md, "Where the two cores go"). Here
+one thread per front-end connection reads frames with blocking reads (which release the GIL),
+validates each request as the gRPC handler does (PredictionServicer: small requests on this
+thread, large ones in its decode threads, clients in turn), and the run thread that completes a
+request writes its answer frame. Everything else (other methods, streams) still comes over gRPC.
+
+The socket sits in the front end's private directory (mode 0700): only this server's own front
+end reaches it, so a frame that breaks the protocol is a bug, and it ends the connection (the
+front end fails that connection's calls UNAVAILABLE and connects again).
+"""
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Dict, Optional
+
+import grpc
+from tensorflow_serving.apis import predict_pb2
+
+from dpsr_tf.serving.errors import ServingError, truncate
+from dpsr_tf.serving.grpc_calls import DRAINING, plain_error
+from dpsr_tf.serving.model_server.api.grpc_services import (PredictionServicer, INLINE_MAX_BYTES,
+                                                          INLINE_MAX_ELEMENTS)
+from dpsr_tf.serving.model_server.api.predict import declared_elements
+
+_LOG = logging.getLogger("serving.framed")
+# u32 length of the rest, u8 kind, 3 zero bytes, u64 call id.
+HEAD = struct.Struct("<IB3xQ")
+REQUEST, CANCEL, ANSWER = 1, 2, 3
+_REQUEST_FIELDS = struct.Struct("<qI")  # deadline in microseconds (-1: none), client length
+_ANSWER_FIELDS = struct.Struct("<iI")   # status code, message length
+# Bytes a request frame's fields and client name may add to the largest request.
+_FRAME_OVERHEAD = 64 << 10
+
+
+def _read_exactly(conn: socket.socket, n: int) -> Optional[bytes]:
+    """n bytes, or None at the end of the stream."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        r = conn.recv_into(view[got:], n - got)
+        if r == 0:
+            return None
+        got += r
+    return bytes(buf)
+
+
+def answer_frame(call_id: int, code: grpc.StatusCode, message: str, payload: bytes) -> bytes:
+    """The bytes of one answer frame."""
+    text = message.encode("utf-8", "replace")
+    body = _ANSWER_FIELDS.pack(code.value[0], len(text)) + text
+    return HEAD.pack(HEAD.size - 4 + len(body) + len(payload), ANSWER, call_id) + body + payload
+
+
+class _Connection:
+    """One front-end connection: its pending calls and the lock its answer frames are written
+    under (by the run threads that complete them)."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.write_lock = threading.Lock()
+        self.pending: Dict[int, object] = {}  # call id -> the run's (or decoding's) future
+        self.closed = False
+
+    def send(self, call_id: int, code: grpc.StatusCode, message: str = "",
+             payload: bytes = b"") -> None:
+        self.pending.pop(call_id, None)
+        frame = answer_frame(call_id, code, truncate(message) if message else "", payload)
+        with self.write_lock:
+            if self.closed:
+                return
+            try:
+                self.conn.sendall(frame)
+            except OSError:  # the front end went away: its reader thread ends this connection
+                self.closed = True
+
+
+class FramedPredictServer:
+    """Serves framed Predict calls on `path` (a UNIX socket it creates) for `servicer`.
+
+    Args:
+      servicer: the server's PredictionServicer (its core, draining state and decode threads).
+      path: where to create the socket (in the front end's private directory).
+      max_request_bytes: the largest request message (the front end refuses larger ones).
+    """
+
+    def __init__(self, servicer: PredictionServicer, path: str, max_request_bytes: int):
+        self._servicer = servicer
+        self._path = path
+        self._max_frame = max_request_bytes + _FRAME_OVERHEAD
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(16)
+        self._connections = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.calls = 0  # requests read, for tests and the log
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept, name="framed_accept", daemon=True).start()
+
+    def stop(self) -> None:
+        """Stops accepting and closes every connection (after the front end drained)."""
+        with self._lock:
+            self._stopping = True
+            connections = list(self._connections)
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for c in connections:
+            _close(c)
+        try:
+            os.unlink(self._path)
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed by stop()
+            c = _Connection(conn)
+            with self._lock:
+                if self._stopping:
+                    _close(c)
+                    return
+                self._connections.add(c)
+            threading.Thread(target=self._serve, args=(c,), name="framed_read",
+                             daemon=True).start()
+
+    def _serve(self, c: _Connection) -> None:
+        why = "the front end closed its connection"
+        try:
+            while True:
+                head = _read_exactly(c.conn, HEAD.size)
+                if head is None:
+                    break
+                length, kind, call_id = HEAD.unpack(head)
+                size = length - (HEAD.size - 4)
+                if size < 0 or size > self._max_frame or kind not in (REQUEST, CANCEL):
+                    why = f"a frame of kind {kind} and {length} bytes breaks the protocol"
+                    break
+                body = _read_exactly(c.conn, size) if size else b""
+                if body is None:
+                    break
+                if kind == CANCEL:
+                    future = c.pending.get(call_id)
+                    if future is not None:
+                        future.cancel()
+                    continue
+                if size < _REQUEST_FIELDS.size:
+                    why = f"a request frame of {size} bytes breaks the protocol"
+                    break
+                deadline_us, client_length = _REQUEST_FIELDS.unpack_from(body)
+                start = _REQUEST_FIELDS.size
+                if client_length > size - start:
+                    why = "a request frame's client name runs past its end"
+                    break
+                client = body[start:start + client_length].decode("utf-8", "replace")
+                self.calls += 1
+                self._request(c, call_id, deadline_us, client,
+                              memoryview(body)[start + client_length:])
+        except OSError as e:
+            why = f"reading failed: {e}"
+        finally:
+            with self._lock:
+                self._connections.discard(c)
+            if not self._stopping and why != "the front end closed its connection":
+                _LOG.error("framed Predict connection ended: %s", why)
+            _close(c)
+
+    def _request(self, c: _Connection, call_id: int, deadline_us: int, client: str,
+                 payload) -> None:
+        servicer = self._servicer
+        if servicer.draining:
+            c.send(call_id, DRAINING.code, DRAINING.message)
+            return
+        request = predict_pb2.PredictRequest()
+        try:
+            request.ParseFromString(payload)
+        except Exception as e:  # pylint: disable=broad-except  (DecodeError, RuntimeWarning)
+            c.send(call_id, grpc.StatusCode.INVALID_ARGUMENT,
+                   f"the Predict request is not a valid protobuf message "
+                   f"({type(e).__name__}: {e}); send a serialized request of the "
+                   "tensorflow_serving API")
+            return
+        deadline = None if deadline_us < 0 else time.monotonic() + deadline_us / 1e6
+        key = ("framed", client)  # each front-end client is a client of the server's queues
+        done = _Answer(c, call_id)
+        if (declared_elements(request) <= INLINE_MAX_ELEMENTS
+                and request.ByteSize() <= INLINE_MAX_BYTES):
+            future = _run(servicer, request, deadline, key)
+            c.pending[call_id] = future
+            future.add_done_callback(done)
+            return
+        try:  # validation and conversion of a large request: in the decode threads
+            decoding = servicer.decode.submit(key, _run, (servicer, request, deadline, key),
+                                              deadline)
+        except ServingError as e:
+            c.send(call_id, e.code, e.message)
+            return
+        c.pending[call_id] = decoding
+        decoding.add_done_callback(done.after_decoding)
+
+
+def _run(servicer: PredictionServicer, request, deadline: Optional[float], client):
+    """The request's run, with what is left of its deadline now."""
+    timeout = None if deadline is None else deadline - time.monotonic()
+    return servicer.predict_now(request, timeout, client)
+
+
+class _Answer:
+    """Done-callback of a call's future: writes its answer frame."""
+
+    __slots__ = ("c", "call_id")
+
+    def __init__(self, c: _Connection, call_id: int):
+        self.c, self.call_id = c, call_id
+
+    def after_decoding(self, decoding) -> None:
+        if decoding.cancelled() or decoding.exception() is not None:
+            self(decoding)
+            return
+        future = decoding.result()
+        self.c.pending[self.call_id] = future
+        future.add_done_callback(self)
+
+    def __call__(self, future) -> None:
+        if future.cancelled():
+            self.c.send(self.call_id, grpc.StatusCode.CANCELLED,
+                        "cancelled by the client before its run started")
+            return
+        error = future.exception()
+        if error is not None:
+            error = plain_error(error)
+            self.c.send(self.call_id, error.code, error.message)
+            return
+        self.c.send(self.call_id, grpc.StatusCode.OK, payload=future.result())
+
+
+def _close(c: _Connection) -> None:
+    with c.write_lock:
+        c.closed = True
+    for future in list(c.pending.values()):
+        future.cancel()
+    c.pending.clear()
+    try:
+        c.conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    c.conn.close()

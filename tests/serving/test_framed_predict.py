@@ -1,0 +1,307 @@
+"""`dpsr serve --front_end_framed_predict`: Predict calls from the native front end reach the
+server as frames on a private UNIX socket (front_end_cc/framed_backend.h) instead of as gRPC
+calls. Three levels: a real server, whose answers and errors must equal those of its own gRPC
+server; the front end binary against a frame server played by the test (what it sends, how it
+relays answers, errors, a lost connection and a cancellation); and the Python frame server
+against a fake core (the protocol's edges). Assertions are on bytes, statuses and counts."""
+import concurrent.futures
+import os
+import re
+import socket
+import struct
+import threading
+
+import grpc
+import pytest
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import front_end
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.model_server.api import framed_predict as fp
+from tests.support import serving_testing as st
+
+pytestmark = pytest.mark.skipif(not os.access(front_end.BINARY, os.X_OK),
+                                reason="the native front end is not built (make build)")
+_FRAMED = re.compile(r"dpsr_front_end: calls accepted (\d+), forwarded (\d+).*; framed (\d+)")
+
+
+def _raw_predict(address):
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return channel, channel.unary_unary(st.PREDICT_METHOD, request_serializer=None,
+                                        response_deserializer=None)
+
+
+def _outcome(call, payload, timeout=30):
+    try:
+        return "OK", call(payload, timeout=timeout)
+    except grpc.RpcError as e:
+        return e.code().name, e.details()
+
+
+# --- a real server -------------------------------------------------------------------------
+
+def test_answers_and_errors_equal_the_servers_own_grpc(toy_model_dir, tmp_path, queries):
+    socket_path = str(tmp_path / "direct.sock")
+    server = process.start_model_server(
+        toy_model_dir, model_name="dpsr", log_dir=str(tmp_path),
+        flags=["--front_end=native", "--front_end_framed_predict", "--max_k=300",
+               f"--grpc_socket_path={socket_path}",
+               "--front_end_queue_target_ms=0"])  # no refusal on a loaded host
+    requests = [st.predict_request("dpsr", queries, k=7).SerializeToString(),
+                st.predict_request("dpsr", queries[:1]).SerializeToString(),
+                st.predict_request("no_such_model", queries[:1]).SerializeToString(),
+                st.predict_request("dpsr", queries[:1], k=-3).SerializeToString(),
+                st.predict_request("dpsr", queries[:1], version=42).SerializeToString(),
+                b"\xff\xff\xff not a protobuf"]
+    try:
+        answers = {}
+        for name, address in (("framed", server.address), ("direct", f"unix:{socket_path}")):
+            channel, call = _raw_predict(address)
+            answers[name] = [_outcome(call, r) for r in requests]
+            # Other methods still come over gRPC, through the front end too.
+            metadata = get_model_metadata_pb2.GetModelMetadataRequest()
+            metadata.model_spec.name = "dpsr"
+            metadata.metadata_field.append("signature_def")
+            answers[name].append(("OK", process.prediction_stub(address).GetModelMetadata(
+                metadata, timeout=30).SerializeToString()))
+            channel.close()
+        assert answers["framed"] == answers["direct"]
+        assert [code for code, _ in answers["framed"]] == [
+            "OK", "OK", "NOT_FOUND", "INVALID_ARGUMENT", "NOT_FOUND", "INVALID_ARGUMENT", "OK"]
+    finally:
+        assert server.stop() == 0, server.log_tail()
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        log = f.read()
+    accepted, forwarded, framed = map(int, _FRAMED.findall(log)[-1])
+    assert framed == len(requests)  # every Predict went framed, the metadata call did not
+    assert accepted == forwarded >= len(requests) + 1
+    assert f"framed Predict calls read: {len(requests)}" in log
+
+
+def test_without_the_native_front_end_the_flag_is_refused(toy_model_dir, tmp_path):
+    with pytest.raises(RuntimeError, match="--front_end_framed_predict needs the native"):
+        process.start_model_server(toy_model_dir, model_name="dpsr", log_dir=str(tmp_path),
+                                   flags=["--front_end=python", "--front_end_framed_predict"])
+
+
+# --- the front end binary against a frame server played here ---------------------------------
+
+class _FrameServer:
+    """Accepts the front end's framed connection; the test reads its frames and answers."""
+
+    def __init__(self, path):
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(4)
+        self.listener.settimeout(60)
+        self.conn = None
+
+    def accept(self):
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(60)
+
+    def read_frame(self):
+        head = fp._read_exactly(self.conn, fp.HEAD.size)  # pylint: disable=protected-access
+        length, kind, call_id = fp.HEAD.unpack(head)
+        body = fp._read_exactly(self.conn, length - 12) if length > 12 else b""  # pylint: disable=protected-access
+        return kind, call_id, body
+
+    def answer(self, call_id, code, message="", payload=b""):
+        self.conn.sendall(fp.answer_frame(call_id, code, message, payload))
+
+
+@pytest.fixture()
+def front(tmp_path):
+    """A dpsr_front_end with its framed hop on a _FrameServer and no gRPC backend at all."""
+    fe = front_end.NativeFrontEnd("127.0.0.1:0", front_end.FrontEndOptions(
+        framed_predict=True, queue_target_ms=0), 0, 64 << 20)
+    frames = _FrameServer(fe.framed_socket)
+    fe.start()
+    yield fe, frames
+    fe.stop(grace_seconds=1)
+    frames.listener.close()
+
+
+def _call_async(call, payload, timeout=30):
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(out=_outcome(call, payload, timeout)))
+    thread.start()
+    return thread, box
+
+
+def test_the_front_end_sends_frames_and_relays_answers(front):
+    fe, frames = front
+    channel, call = _raw_predict(f"127.0.0.1:{fe.port}")
+    try:
+        thread, box = _call_async(call, b"request one", timeout=20)
+        frames.accept()
+        kind, first_id, body = frames.read_frame()
+        assert kind == fp.REQUEST
+        deadline_us, client_length = struct.unpack_from("<qI", body)
+        assert 0 < deadline_us <= 20_000_000
+        client = body[12:12 + client_length].decode()
+        assert client.startswith("ipv4:127.0.0.1:")  # the client's connection
+        assert body[12 + client_length:] == b"request one"
+        frames.answer(first_id, grpc.StatusCode.OK, payload=b"\x00answer\xff" * 5000)
+        thread.join(30)
+        assert box["out"] == ("OK", b"\x00answer\xff" * 5000)
+
+        # An error answer is the call's status and message; ids differ per call.
+        thread, box = _call_async(call, b"request two")
+        kind, second_id, body = frames.read_frame()
+        assert kind == fp.REQUEST and second_id != first_id
+        assert body.endswith(b"request two")
+        frames.answer(second_id, grpc.StatusCode.NOT_FOUND, "no such model here")
+        thread.join(30)
+        assert box["out"] == ("NOT_FOUND", "no such model here")
+
+        # The connection lost with a call waiting: UNAVAILABLE; the next call connects again.
+        thread, box = _call_async(call, b"request three")
+        frames.read_frame()
+        frames.conn.close()
+        thread.join(30)
+        assert box["out"][0] == "UNAVAILABLE"
+        thread, box = _call_async(call, b"request four")
+        frames.accept()
+        _, fourth_id, body = frames.read_frame()
+        assert body.endswith(b"request four")
+        frames.answer(fourth_id, grpc.StatusCode.OK, payload=b"four")
+        thread.join(30)
+        assert box["out"] == ("OK", b"four")
+
+        # A client that gives up (its deadline) gets its call cancelled on the server; the
+        # answer that comes anyway is dropped and the front end goes on serving.
+        thread, box = _call_async(call, b"request five", timeout=0.5)
+        _, fifth_id, _ = frames.read_frame()
+        thread.join(30)
+        assert box["out"][0] == "DEADLINE_EXCEEDED"
+        kind, cancelled_id, body = frames.read_frame()
+        assert (kind, cancelled_id, body) == (fp.CANCEL, fifth_id, b"")
+        frames.answer(fifth_id, grpc.StatusCode.CANCELLED, "dropped")
+        thread, box = _call_async(call, b"request six")
+        _, sixth_id, _ = frames.read_frame()
+        frames.answer(sixth_id, grpc.StatusCode.OK, payload=b"six")
+        thread.join(30)
+        assert box["out"] == ("OK", b"six")
+
+        # A frame that breaks the protocol ends the connection: its calls fail UNAVAILABLE.
+        thread, box = _call_async(call, b"request seven")
+        frames.read_frame()
+        frames.conn.sendall(fp.HEAD.pack(12, 9, 1))  # kind 9 is no frame
+        thread.join(30)
+        assert box["out"][0] == "UNAVAILABLE"
+    finally:
+        channel.close()
+    summary = fe.stop(grace_seconds=1)
+    assert summary.endswith("framed 7")
+
+
+# --- the Python frame server against a fake core --------------------------------------------
+
+class _FakeServicer:
+    """predict_now hands out futures the test completes; decode runs at once."""
+
+    def __init__(self):
+        self.runs = []  # (request, timeout, client, future)
+        self.draining = False
+
+        class _Decode:
+            @staticmethod
+            def submit(client, fn, args, deadline):  # pylint: disable=unused-argument
+                outer = concurrent.futures.Future()
+                outer.set_result(fn(*args))
+                return outer
+        self.decode = _Decode()
+
+    def predict_now(self, request, timeout, client):
+        future = concurrent.futures.Future()
+        self.runs.append((request, timeout, client, future))
+        return future
+
+
+def _request_frame(call_id, payload, client=b"peer-1", deadline_us=-1):
+    body = struct.pack("<qI", deadline_us, len(client)) + client + payload
+    return fp.HEAD.pack(12 + len(body), fp.REQUEST, call_id) + body
+
+
+def _read_answer(conn):
+    length, kind, call_id = fp.HEAD.unpack(fp._read_exactly(conn, 16))  # pylint: disable=protected-access
+    body = fp._read_exactly(conn, length - 12)  # pylint: disable=protected-access
+    code, n = struct.unpack_from("<iI", body)
+    return kind, call_id, code, body[8:8 + n].decode(), body[8 + n:]
+
+
+@pytest.fixture()
+def frame_server(tmp_path):
+    servicer = _FakeServicer()
+    server = fp.FramedPredictServer(servicer, str(tmp_path / "f.sock"), 1 << 20)
+    server.start()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(30)
+    conn.connect(str(tmp_path / "f.sock"))
+    yield servicer, server, conn
+    conn.close()
+    server.stop()
+
+
+def test_a_request_frame_runs_and_its_answer_comes_back(frame_server, queries):
+    servicer, server, conn = frame_server
+    request = st.predict_request("dpsr", queries[:2], k=5)
+    conn.sendall(_request_frame(7, request.SerializeToString(), deadline_us=2_500_000))
+    _wait(lambda: servicer.runs)
+    got, timeout, client, future = servicer.runs[0]
+    assert got == request
+    assert 0 < timeout <= 2.5
+    assert client == ("framed", "peer-1")
+    future.set_result(b"the answer's bytes")
+    assert _read_answer(conn) == (fp.ANSWER, 7, 0, "", b"the answer's bytes")
+    # An error of the run: its code and message.
+    conn.sendall(_request_frame(8, request.SerializeToString()))
+    _wait(lambda: len(servicer.runs) == 2)
+    assert servicer.runs[1][1] is None  # no deadline
+    servicer.runs[1][3].set_exception(ServingError(grpc.StatusCode.INVALID_ARGUMENT, "bad k"))
+    assert _read_answer(conn) == (fp.ANSWER, 8, 3, "bad k", b"")
+    # A cancel frame cancels a run that has not started; its answer says so.
+    conn.sendall(_request_frame(9, request.SerializeToString()))
+    _wait(lambda: len(servicer.runs) == 3)
+    conn.sendall(fp.HEAD.pack(12, fp.CANCEL, 9))
+    kind, call_id, code, message, payload = _read_answer(conn)
+    assert (kind, call_id, code, payload) == (fp.ANSWER, 9, 1, b"")
+    assert servicer.runs[2][3].cancelled()
+    # Bytes that are not a PredictRequest: INVALID_ARGUMENT, and no run.
+    conn.sendall(_request_frame(10, b"\xff\xff\xff"))
+    kind, call_id, code, message, _ = _read_answer(conn)
+    assert (call_id, code) == (10, 3) and "not a valid protobuf message" in message
+    assert len(servicer.runs) == 3
+    # Draining: refused UNAVAILABLE without a run.
+    servicer.draining = True
+    conn.sendall(_request_frame(11, request.SerializeToString()))
+    kind, call_id, code, message, _ = _read_answer(conn)
+    assert (call_id, code) == (11, 14) and "shutting down" in message
+    assert server.calls == 5
+
+
+@pytest.mark.parametrize("bad", [
+    fp.HEAD.pack(12, 9, 1),                                   # no such kind
+    fp.HEAD.pack(12 + (2 << 20), fp.REQUEST, 1),              # over the largest frame
+    fp.HEAD.pack(12 + 4, fp.REQUEST, 1) + b"\x00" * 4,        # shorter than its fields
+    fp.HEAD.pack(12 + 12, fp.REQUEST, 1) + struct.pack("<qI", -1, 99),  # name past the end
+    fp.HEAD.pack(8, fp.REQUEST, 1),                           # shorter than its own head
+], ids=["unknown kind", "over the largest", "short fields", "name past the end", "short head"])
+def test_a_frame_that_breaks_the_protocol_ends_the_connection(frame_server, queries, bad):
+    servicer, _, conn = frame_server
+    conn.sendall(_request_frame(1, st.predict_request("dpsr", queries[:1]).SerializeToString()))
+    _wait(lambda: servicer.runs)
+    conn.sendall(bad)
+    assert conn.recv(1) == b""  # closed by the server
+    assert servicer.runs[0][3].cancelled()  # and the run it had pending dropped
+
+
+def _wait(condition, tries=3000):
+    """Polls `condition` (bounded by count, not by time)."""
+    for _ in range(tries):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("condition never held")
