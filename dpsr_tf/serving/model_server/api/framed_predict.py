@@ -14,6 +14,7 @@ front end fails that connection's calls UNAVAILABLE and connects again).
 """
 import logging
 import os
+import queue
 import socket
 import struct
 import threading
@@ -61,18 +62,37 @@ def answer_frame(call_id: int, code: grpc.StatusCode, message: str, payload: byt
 
 class _Connection:
     """One front-end connection: its pending calls and the lock its answer frames are written
-    under (by the run threads that complete them)."""
+    under, by the run threads that complete them.
+
+    The reader thread never writes: an answer decided while it reads (a refusal, a request
+    that fails validation) goes to a writer thread instead. Were the reader to block on a full
+    socket while the front end's reader blocked writing a large request to it, neither would
+    read again."""
 
     def __init__(self, conn: socket.socket):
         self.conn = conn
         self.write_lock = threading.Lock()
         self.pending: Dict[int, object] = {}  # call id -> the run's (or decoding's) future
         self.closed = False
+        self.reader = None  # the reading thread's ident
+        self._deferred = None  # frames the reader decided, for the writer thread
 
     def send(self, call_id: int, code: grpc.StatusCode, message: str = "",
              payload: bytes = b"") -> None:
         self.pending.pop(call_id, None)
+        if self.closed:
+            return
         frame = answer_frame(call_id, code, truncate(message) if message else "", payload)
+        if threading.get_ident() == self.reader:
+            if self._deferred is None:
+                self._deferred = queue.SimpleQueue()
+                threading.Thread(target=self._write_deferred, name="framed_write",
+                                 daemon=True).start()
+            self._deferred.put(frame)
+            return
+        self.write(frame)
+
+    def write(self, frame: bytes) -> None:
         with self.write_lock:
             if self.closed:
                 return
@@ -80,6 +100,17 @@ class _Connection:
                 self.conn.sendall(frame)
             except OSError:  # the front end went away: its reader thread ends this connection
                 self.closed = True
+
+    def _write_deferred(self) -> None:
+        while True:
+            frame = self._deferred.get()
+            if frame is None:
+                return
+            self.write(frame)
+
+    def end_writer(self) -> None:
+        if self._deferred is not None:
+            self._deferred.put(None)
 
 
 class FramedPredictServer:
@@ -140,6 +171,7 @@ class FramedPredictServer:
 
     def _serve(self, c: _Connection) -> None:
         why = "the front end closed its connection"
+        c.reader = threading.get_ident()
         try:
             while True:
                 head = _read_exactly(c.conn, HEAD.size)
@@ -251,6 +283,7 @@ class _Answer:
 def _close(c: _Connection) -> None:
     with c.write_lock:
         c.closed = True
+    c.end_writer()
     for future in list(c.pending.values()):
         future.cancel()
     c.pending.clear()
