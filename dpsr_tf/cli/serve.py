@@ -284,10 +284,11 @@ _HEAP_TRIM = flags.DEFINE_float(
     f"{heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB since the last trim, returns freed heap "
     "pages to the system (glibc malloc_trim). 0: never.", lower_bound=0.0)
 _FRAMED_PREDICT = flags.DEFINE_bool(
-    "front_end_framed_predict", False, "[dpsr] With the native front end (--front_end): "
+    "front_end_framed_predict", True, "[dpsr] With the native front end (--front_end): "
     "Predict calls reach the server as frames on a private UNIX socket, read by a thread of "
     "their own, instead of as gRPC calls on its event loop (docs/serving.md, \"The framed "
-    "Predict hop\"); other methods still come over gRPC.")
+    "Predict hop\"); other methods still come over gRPC. --nofront_end_framed_predict: "
+    "Predict over gRPC too.")
 _MAX_STREAMS = flags.DEFINE_integer(
     "max_streams_per_connection", stream_limits.DERIVED,
     "[dpsr] Calls one gRPC connection may have open at once (HTTP/2 "
@@ -452,7 +453,7 @@ def _native_front_end(ssl):
     except ValueError as e:
         _fail(str(e))
     if options is None:
-        if _FRAMED_PREDICT.value:
+        if _FRAMED_PREDICT.value and flags.FLAGS["front_end_framed_predict"].present:
             _fail("--front_end_framed_predict needs the native front end (--front_end=native "
                   "or auto, without TLS on the port)")
         return None

@@ -1,5 +1,5 @@
-"""`dpsr serve --front_end_framed_predict`: Predict calls from the native front end reach the
-server as frames on a private UNIX socket (front_end_cc/framed_backend.h) instead of as gRPC
+"""`dpsr serve --front_end_framed_predict` (the default): Predict calls from the native front end
+reach the server as frames on a private UNIX socket (front_end_cc/framed_backend.h) instead of as gRPC
 calls. Three levels: a real server, whose answers and errors must equal those of its own gRPC
 server; the front end binary against a frame server played by the test (what it sends, how it
 relays answers, errors, a lost connection and a cancellation); and the Python frame server
@@ -41,13 +41,16 @@ def _outcome(call, payload, timeout=30):
 
 # --- a real server -------------------------------------------------------------------------
 
-def test_answers_and_errors_equal_the_servers_own_grpc(toy_model_dir, tmp_path, queries):
+@pytest.mark.parametrize("hop", ["framed", "grpc"])
+def test_answers_and_errors_equal_the_servers_own_grpc(toy_model_dir, tmp_path, queries, hop):
+    """Framed (the default) or over gRPC (--nofront_end_framed_predict), the front end's
+    answers are the server's own, byte for byte."""
     socket_path = str(tmp_path / "direct.sock")
     server = process.start_model_server(
         toy_model_dir, model_name="dpsr", log_dir=str(tmp_path),
-        flags=["--front_end=native", "--front_end_framed_predict", "--max_k=300",
-               f"--grpc_socket_path={socket_path}",
-               "--front_end_queue_target_ms=0"])  # no refusal on a loaded host
+        flags=["--front_end=native", "--max_k=300", f"--grpc_socket_path={socket_path}",
+               "--front_end_queue_target_ms=0"]  # no refusal on a loaded host
+        + (["--nofront_end_framed_predict"] if hop == "grpc" else []))
     requests = [st.predict_request("dpsr", queries, k=7).SerializeToString(),
                 st.predict_request("dpsr", queries[:1]).SerializeToString(),
                 st.predict_request("no_such_model", queries[:1]).SerializeToString(),
@@ -74,9 +77,12 @@ def test_answers_and_errors_equal_the_servers_own_grpc(toy_model_dir, tmp_path, 
     with open(server.log_path, encoding="utf-8", errors="replace") as f:
         log = f.read()
     accepted, forwarded, framed = map(int, _FRAMED.findall(log)[-1])
-    assert framed == len(requests)  # every Predict went framed, the metadata call did not
     assert accepted == forwarded >= len(requests) + 1
-    assert f"framed Predict calls read: {len(requests)}" in log
+    if hop == "framed":  # every Predict went framed, the metadata call did not
+        assert framed == len(requests)
+        assert f"framed Predict calls read: {len(requests)}" in log
+    else:
+        assert framed == 0 and "framed Predict calls read" not in log
 
 
 def test_without_the_native_front_end_the_flag_is_refused(toy_model_dir, tmp_path):
