@@ -67,9 +67,10 @@ def test_the_run_executes_on_the_calling_thread_by_default(toy):
     # In the caller, the ops' CPU (a 150,000 x 64 scan per head, top-k) is the calling
     # thread's; handed to the pool, the caller only feeds, waits and converts (about 0.7 ms
     # per run). CPU time per thread, not wall time: other load on the machine does not move
-    # it. (With 60,000 items and the heads merged by one op the ratio fell to 2.9.)
-    assert caller_cpu[(True, False)] > 3 * caller_cpu[(False, False)], caller_cpu
-    assert caller_cpu[(True, False)] > 3 * caller_cpu[(True, True)], caller_cpu  # batches: pool
+    # it much, but caches do: the ratio was 5-8 on a quiet host and 2.7 in one fresh-clone run
+    # (2.9 with 60,000 items). Ops that did not run on the caller would give about 1.
+    assert caller_cpu[(True, False)] > 2 * caller_cpu[(False, False)], caller_cpu
+    assert caller_cpu[(True, False)] > 2 * caller_cpu[(True, True)], caller_cpu  # batches: pool
     for a, b in zip(answers[True], answers[False]):  # the same graph: the same answers
         np.testing.assert_array_equal(a["item_ids"], b["item_ids"])
         np.testing.assert_array_equal(a["scores"], b["scores"])
