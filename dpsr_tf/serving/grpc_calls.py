@@ -49,6 +49,12 @@ class _Malformed:
         self.error = error
 
 
+def malformed_message(method: str, error: str) -> str:
+    """The INVALID_ARGUMENT message of a `method` request whose bytes did not parse."""
+    return (f"the {method} request is not a valid protobuf message ({error}); send a "
+            "serialized request of the tensorflow_serving API")
+
+
 def _safe_deserializer(deserialize):
     def parse(data):
         try:
@@ -67,9 +73,8 @@ def _guarded(behavior, method: str):
     async def handle(request, context):
         try:
             if isinstance(request, _Malformed):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, truncate(
-                    f"the {method} request is not a valid protobuf message ({request.error}); "
-                    "send a serialized request of the tensorflow_serving API"))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    truncate(malformed_message(method, request.error)))
             return await behavior(request, context)
         except BaseException as e:  # AbortError, CancelledError: kept by the call's state
             context.add_done_callback(functools.partial(_drop_traceback, e))

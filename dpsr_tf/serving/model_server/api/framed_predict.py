@@ -25,7 +25,7 @@ import grpc
 from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving.errors import ServingError, truncate
-from dpsr_tf.serving.grpc_calls import DRAINING, plain_error
+from dpsr_tf.serving.grpc_calls import DRAINING, malformed_message, plain_error
 from dpsr_tf.serving.model_server.api.grpc_services import (PredictionServicer, INLINE_MAX_BYTES,
                                                           INLINE_MAX_ELEMENTS)
 from dpsr_tf.serving.model_server.api.predict import declared_elements
@@ -222,9 +222,7 @@ class FramedPredictServer:
             request.ParseFromString(payload)
         except Exception as e:  # pylint: disable=broad-except  (DecodeError, RuntimeWarning)
             c.send(call_id, grpc.StatusCode.INVALID_ARGUMENT,
-                   f"the Predict request is not a valid protobuf message "
-                   f"({type(e).__name__}: {e}); send a serialized request of the "
-                   "tensorflow_serving API")
+                   malformed_message("Predict", f"{type(e).__name__}: {e}"))
             return
         deadline = None if deadline_us < 0 else time.monotonic() + deadline_us / 1e6
         key = ("framed", client)  # each front-end client is a client of the server's queues
