@@ -14,9 +14,10 @@
 // Usage (dpsr_tf/serving/front_end.py starts it for `dpsr serve --front_end=native`):
 //   dpsr_front_end --listen=127.0.0.1:0 --backend=unix:/path/to/socket [--max_running=32] ...
 // It prints "dpsr_front_end listening on port N" once serving, and on SIGTERM/SIGINT drains
-// for --grace_seconds and prints one line of counts. If gRPC's listener stops accepting
-// connections (below), it drains the same way and exits with kExitAcceptFailed, for the
-// Python server to start a fresh one on the same port.
+// for --grace_seconds and prints one line of counts. While descriptors are out it closes new
+// connections at accept (accept_shedding.h); if gRPC's listener stops accepting for another
+// reason (below), it drains the same way and exits with kExitAcceptFailed, for the Python
+// server to start a fresh one on the same port.
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -36,6 +37,7 @@
 #include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 
+#include "front_end_cc/accept_shedding.h"
 #include "front_end_cc/flags.h"
 #include "front_end_cc/front_end_service.h"
 
@@ -57,10 +59,11 @@ void RaiseFileLimit() {
   }
 }
 
-// gRPC 1.51's listener gives up for good on any accept() error but EAGAIN/ECONNABORTED
-// (EMFILE when descriptors run out): it logs "Failed accept4" and never polls the port
-// again, which still listens, so clients connect and hang. Its log line is the only sign;
-// the hook wakes the main thread (SIGUSR1, which it sigwaits for) to drain and exit. The hook
+// gRPC 1.51's listener gives up for good on any accept() error but EAGAIN/ECONNABORTED: it
+// logs "Failed accept4" and never polls the port again, which still listens, so clients
+// connect and hang. Running out of descriptors never gets here (accept_shedding.h sheds
+// connections instead); for any other accept error the log line is the only sign, and the
+// hook wakes the main thread (SIGUSR1, which it sigwaits for) to drain and exit. The hook
 // runs under gRPC's locks: it only formats a line and sends a signal.
 void LogAndWatchAccept(gpr_log_func_args* args) {
   static const char kSeverity[] = {'D', 'I', 'E'};
@@ -88,6 +91,10 @@ int Main(int argc, char** argv) {
   prctl(PR_SET_PDEATHSIG, SIGTERM);  // the Python server that started us is gone: stop too
   Options options = ParseFlags(argc, argv);
   RaiseFileLimit();
+  if (!ReserveDescriptorForShedding()) {
+    std::fprintf(stderr, "dpsr_front_end: no descriptor to hold in reserve; if descriptors run "
+                 "out, the front end exits for a fresh one instead of shedding connections\n");
+  }
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
@@ -134,14 +141,16 @@ int Main(int argc, char** argv) {
   int sig = 0;
   sigwait(&signals, &sig);
   if (sig == SIGUSR1) {
-    std::fprintf(stderr, "dpsr_front_end: accepting connections failed (see the line above; "
-                 "EMFILE: descriptors ran out); draining the calls it holds and exiting with "
-                 "%d for a fresh process to take the port\n", kExitAcceptFailed);
+    std::fprintf(stderr, "dpsr_front_end: accepting connections failed (see the line above); "
+                 "draining the calls it holds and exiting with %d for a fresh process to take "
+                 "the port\n", kExitAcceptFailed);
   }
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<long>(options.grace_seconds * 1000)));
   server->Wait();
-  std::fprintf(stderr, "%s\n", front_end.Summary().c_str());
+  std::fprintf(stderr, "%s; connections shed (descriptors out) %llu\n",
+               front_end.Summary().c_str(),
+               static_cast<unsigned long long>(ShedConnections()));
   return sig == SIGUSR1 ? kExitAcceptFailed : 0;
 }
 

@@ -2,6 +2,7 @@
 compressed requests that inflate far past the message limit, its native front end killed.
 Real `dpsr serve` processes and real clients (grpcio, or h2 for what grpcio never sends); every
 assertion is on statuses, counts and bytes, none on time (retries are bounded by count)."""
+import collections
 import os
 import re
 import resource
@@ -80,33 +81,67 @@ def test_the_server_and_its_front_end_raise_the_soft_fd_limit_to_the_hard_one(
         server.stop()
 
 
-@native_only
-def test_the_native_front_end_accepts_again_after_its_fds_ran_out(toy_model_dir, tmp_path):
-    # Before: once accept() failed with EMFILE, gRPC's listener stopped for good (its accept
-    # loop gives up on any error but EAGAIN/ECONNABORTED): the port still listened, no call
-    # was ever accepted again.
-    server = _start(toy_model_dir, tmp_path, "native")
+def _accepted_or_shed(connection: socket.socket) -> str:
+    """"accepted" once the server's HTTP/2 preface (its SETTINGS) arrives on a connection that
+    sent nothing, "shed" when it is closed first, "hung" when neither comes within 60 s."""
+    connection.settimeout(60)
     try:
+        return "accepted" if connection.recv(1) else "shed"
+    except ConnectionResetError:
+        return "shed"
+    except socket.timeout:
+        return "hung"
+
+
+def _front_end_log(pid: int) -> str:
+    with open(os.readlink(f"/proc/{pid}/fd/2"), encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+@native_only
+def test_the_native_front_end_sheds_connections_while_its_fds_are_out_and_keeps_serving(
+        toy_model_dir, tmp_path):
+    # Before: once accept() failed with EMFILE, gRPC's listener stopped for good (its accept
+    # loop gives up on any error but EAGAIN/ECONNABORTED): connections over the limit hung,
+    # and the front end had to exit for a fresh process, dropping every established
+    # connection. Now those connections are closed at accept, the listener keeps going, and
+    # the process and its established connections carry on.
+    server = _start(toy_model_dir, tmp_path, "native")
+    channel = grpc.insecure_channel(server.address)
+    predict = channel.unary_unary(st.PREDICT_METHOD,
+                                  request_serializer=lambda m: m.SerializeToString(),
+                                  response_deserializer=None)
+    request = st.predict_request("dpsr", ["cordless drill"], k=5)
+    idle = []
+    try:
+        predict(request, timeout=30, wait_for_ready=True)  # connected before the fds run out
         pid = _front_end_pid(server)
         in_use = len(os.listdir(f"/proc/{pid}/fd"))
         limit = in_use + 16  # soft and hard: the process cannot raise it back
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
-        # More connections than it has descriptors left: its accept() fails with EMFILE.
-        idle = []
-        for _ in range(64):
-            try:
-                idle.append(socket.create_connection(("127.0.0.1", server.grpc_port)))
-            except OSError:  # reset: that front end already gave up its port to a fresh one
-                break
+        idle = [socket.create_connection(("127.0.0.1", server.grpc_port)) for _ in range(64)]
+        outcomes = collections.Counter(_accepted_or_shed(s) for s in idle)
+        assert outcomes["hung"] == 0, outcomes
+        assert 1 <= outcomes["accepted"] <= 16, outcomes
+        assert outcomes["shed"] >= 64 - 16, outcomes
+        predict(request, timeout=30)  # the established connection, with the fds still out
         for s in idle:
             s.close()
+        idle = []
         assert _predict_ok(server.address, attempts=30) > 0, server.log_tail()
-        assert server.alive()
-        log = server.log_tail(200)
-        assert "the native front end stopped accepting connections" in log
-        assert "restarted" in log
+        assert _front_end_pid(server) == pid  # the same process: nothing restarted
+        log = _front_end_log(pid)
+        assert "descriptors ran out (EMFILE); closing new connections at accept" in log, log
+        assert "accepting connections again" in log, log
     finally:
+        for s in idle:
+            s.close()
+        channel.close()
         assert server.stop() == 0, server.log_tail()
+    log = server.log_tail(200)
+    assert "restarted" not in log and "stopped accepting" not in log, log
+    shed = re.findall(r"connections shed \(descriptors out\) (\d+)", log)
+    assert shed and int(shed[-1]) == outcomes["shed"], log
 
 
 @native_only
