@@ -10,6 +10,7 @@ import re
 import socket
 import struct
 import threading
+import time
 
 import grpc
 import pytest
@@ -206,24 +207,23 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
 # --- the Python frame server against a fake core --------------------------------------------
 
 class _FakeServicer:
-    """predict_now hands out futures the test completes; decode runs at once."""
+    """start_predict hands out run futures the test completes; with `decoding` set, behind a
+    decoding future already done (as a large request's validation in the decode threads)."""
 
     def __init__(self):
         self.runs = []  # (request, timeout, client, future)
         self.draining = False
+        self.decoding = False
 
-        class _Decode:
-            @staticmethod
-            def submit(client, fn, args, deadline):  # pylint: disable=unused-argument
-                outer = concurrent.futures.Future()
-                outer.set_result(fn(*args))
-                return outer
-        self.decode = _Decode()
-
-    def predict_now(self, request, timeout, client):
+    def start_predict(self, request, deadline, client):
         future = concurrent.futures.Future()
+        timeout = None if deadline is None else deadline - time.monotonic()
         self.runs.append((request, timeout, client, future))
-        return future
+        if not self.decoding:
+            return future, False
+        decoding = concurrent.futures.Future()
+        decoding.set_result(future)
+        return decoding, True
 
 
 def _request_frame(call_id, payload, client=b"peer-1", deadline_us=-1):
@@ -251,8 +251,10 @@ def frame_server(tmp_path):
     server.stop()
 
 
-def test_a_request_frame_runs_and_its_answer_comes_back(frame_server, queries):
+@pytest.mark.parametrize("decoding", [False, True], ids=["validated at once", "decoded"])
+def test_a_request_frame_runs_and_its_answer_comes_back(frame_server, queries, decoding):
     servicer, server, conn = frame_server
+    servicer.decoding = decoding
     request = st.predict_request("dpsr", queries[:2], k=5)
     conn.sendall(_request_frame(7, request.SerializeToString(), deadline_us=2_500_000))
     _wait(lambda: servicer.runs)

@@ -26,9 +26,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.grpc_calls import DRAINING, malformed_message, plain_error
-from dpsr_tf.serving.model_server.api.grpc_services import (PredictionServicer, INLINE_MAX_BYTES,
-                                                          INLINE_MAX_ELEMENTS)
-from dpsr_tf.serving.model_server.api.predict import declared_elements
+from dpsr_tf.serving.model_server.api.grpc_services import PredictionServicer
 
 _LOG = logging.getLogger("serving.framed")
 # u32 length of the rest, u8 kind, 3 zero bytes, u64 call id.
@@ -227,26 +225,13 @@ class FramedPredictServer:
         deadline = None if deadline_us < 0 else time.monotonic() + deadline_us / 1e6
         key = ("framed", client)  # each front-end client is a client of the server's queues
         done = _Answer(c, call_id)
-        if (declared_elements(request) <= INLINE_MAX_ELEMENTS
-                and request.ByteSize() <= INLINE_MAX_BYTES):
-            future = _run(servicer, request, deadline, key)
-            c.pending[call_id] = future
-            future.add_done_callback(done)
-            return
-        try:  # validation and conversion of a large request: in the decode threads
-            decoding = servicer.decode.submit(key, _run, (servicer, request, deadline, key),
-                                              deadline)
+        try:
+            future, decoding = servicer.start_predict(request, deadline, key)
         except ServingError as e:
             c.send(call_id, e.code, e.message)
             return
-        c.pending[call_id] = decoding
-        decoding.add_done_callback(done.after_decoding)
-
-
-def _run(servicer: PredictionServicer, request, deadline: Optional[float], client):
-    """The request's run, with what is left of its deadline now."""
-    timeout = None if deadline is None else deadline - time.monotonic()
-    return servicer.predict_now(request, timeout, client)
+        c.pending[call_id] = future
+        future.add_done_callback(done.after_decoding if decoding else done)
 
 
 class _Answer:

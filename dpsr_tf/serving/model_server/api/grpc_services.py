@@ -22,10 +22,11 @@ from dpsr_tf.serving.model_server.api.predict import declared_elements
 from dpsr_tf.serving.model_server.runs.run_queue import FairRunQueue
 
 _LOG = logging.getLogger("serving.grpc")
-# Requests up to this size are validated and converted on the event loop (tens of
-# microseconds); larger ones in a thread, so that no request can stall the loop.
-INLINE_MAX_ELEMENTS = 4096
-INLINE_MAX_BYTES = 64 << 10
+# Requests up to this size are validated and converted on the calling thread (the event loop,
+# or the framed hop's reader: tens of microseconds); larger ones in a decode thread, so that no
+# request can stall the caller.
+_INLINE_MAX_ELEMENTS = 4096
+_INLINE_MAX_BYTES = 64 << 10
 # The methods whose handlers return serialized answers (server.py registers them so).
 RAW_RESPONSE_METHODS = ("Predict",)
 # The longest forwarded client name kept (a peer address is under 64 characters).
@@ -78,12 +79,33 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                                    core.options.max_queued_requests_per_client,
                                    thread_name="decode")
 
-    def predict_now(self, request, timeout, client):
-        """The run of a request (ServerCore.predict), its future holding the answer's bytes."""
-        return self._core.predict(request, timeout, "GRPC", client, finish=_serialize)
+    def start_predict(self, request, deadline, client):
+        """Starts a Predict, for the gRPC handler and the framed hop alike.
 
-    def _predict_now(self, request, context, client):
-        return self.predict_now(request, client_timeout(context), client)
+        Args:
+          request: the parsed PredictRequest.
+          deadline: time.monotonic() seconds by which the client wants it (None: no deadline).
+          client: the client's key in the server's queues.
+
+        Returns:
+          (future, decoding): a request small enough to validate on the calling thread (tens
+          of microseconds) is run at once, and `future` is its run's, holding the answer's
+          bytes (decoding False); a larger one is validated and converted in the decode
+          threads, so that no request can stall the caller, and `future` is that work's,
+          whose result is the run's future (decoding True).
+
+        Raises:
+          ServingError: the decode threads' queue refused a large request.
+        """
+        if (declared_elements(request) <= _INLINE_MAX_ELEMENTS
+                and request.ByteSize() <= _INLINE_MAX_BYTES):
+            return self._run(request, deadline, client), False
+        return self.decode.submit(client, self._run, (request, deadline, client), deadline), True
+
+    def _run(self, request, deadline, client):
+        """The request's run (ServerCore.predict) with what is left of its deadline now."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._core.predict(request, timeout, "GRPC", client, finish=_serialize)
 
     @property
     def draining(self) -> bool:
@@ -97,19 +119,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         refusal = self._unsent.refusal(client)
         if refusal is not None:
             return await abort(context, refusal)
-        if (declared_elements(request) <= INLINE_MAX_ELEMENTS
-                and request.ByteSize() <= INLINE_MAX_BYTES):
-            future = self._predict_now(request, context, client)
-        else:  # validation and conversion of a large request: off the loop
-            timeout = client_timeout(context)
-            try:
-                decoding = self.decode.submit(
-                    client, self._predict_now, (request, context, client),
-                    None if timeout is None else time.monotonic() + timeout)
-            except ServingError as e:
-                return await abort(context, plain_error(e))
-            future, error = await outcome(decoding)
-            decoding = None
+        timeout = client_timeout(context)
+        try:
+            future, decoding = self.start_predict(
+                request, None if timeout is None else time.monotonic() + timeout, client)
+        except ServingError as e:
+            return await abort(context, plain_error(e))
+        if decoding:
+            future, error = await outcome(future)
             if error is not None:
                 return await abort(context, error)
         # A client that cancels (or whose deadline passes) drops the run if it has not started.
