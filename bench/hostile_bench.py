@@ -41,6 +41,7 @@ import collections
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
@@ -498,6 +499,8 @@ def main():
     parser.add_argument("--proxy_flag", action="append", default=[],
                         help="an extra `dpsr proxy` flag (repeatable), e.g. "
                              "--max_backend_calls_per_peer=32")
+    parser.add_argument("--keep_work", action="store_true",
+                        help="keep the work folder (servables and the servers' logs) at the end")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hostile-bench-")
     spec = ts.ToyServableSpec(dim=16, num_heads=2, default_k=10, max_k=300, seed=0)
@@ -629,6 +632,10 @@ def main():
             stopped[0].report()  # SIGCONT: a stopped process does not act on SIGTERM
         for p in extra + [proxy, server]:
             p.stop()
+        if args.keep_work:
+            print(f"servables and the servers' logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
