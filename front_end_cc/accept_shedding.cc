@@ -1,9 +1,9 @@
 // See accept_shedding.h for why the executable defines accept4().
 #include "front_end_cc/accept_shedding.h"
 
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -15,11 +15,10 @@ namespace dpsr {
 namespace front_end {
 namespace {
 
-using Accept4 = int (*)(int, sockaddr*, socklen_t*, int);
-
-Accept4 LibcAccept4() {
-  static const Accept4 libc = reinterpret_cast<Accept4>(dlsym(RTLD_NEXT, "accept4"));
-  return libc;
+// The system call itself: what libc's accept4 wraps (this file's accept4 replaces libc's in the
+// process, so it cannot call that one by name).
+int SystemAccept4(int listener, sockaddr* address, socklen_t* length, int flags) {
+  return static_cast<int>(syscall(SYS_accept4, listener, address, length, flags));
 }
 
 std::mutex reserve_mu;
@@ -38,7 +37,7 @@ bool ShedOne(int listener, int flags, int cause) {
   if (reserve_fd < 0) return false;
   close(reserve_fd);
   reserve_fd = -1;
-  int connection = LibcAccept4()(listener, nullptr, nullptr, flags | SOCK_CLOEXEC);
+  int connection = SystemAccept4(listener, nullptr, nullptr, flags | SOCK_CLOEXEC);
   int accept_errno = errno;
   if (connection >= 0) close(connection);
   reserve_fd = OpenReserve();  // the descriptor just freed, unless another thread took it
@@ -61,7 +60,7 @@ bool ShedOne(int listener, int flags, int cause) {
 bool ReserveDescriptorForShedding() {
   std::lock_guard<std::mutex> lock(reserve_mu);
   if (reserve_fd < 0) reserve_fd = OpenReserve();
-  return reserve_fd >= 0 && LibcAccept4() != nullptr;
+  return reserve_fd >= 0;
 }
 
 uint64_t ShedConnections() { return shed_total.load(); }
@@ -73,7 +72,7 @@ uint64_t ShedConnections() { return shed_total.load(); }
 extern "C" int accept4(int listener, sockaddr* address, socklen_t* length, int flags) {
   using namespace dpsr::front_end;  // NOLINT: the C entry point of this file's namespace
   for (;;) {
-    int connection = LibcAccept4()(listener, address, length, flags);
+    int connection = SystemAccept4(listener, address, length, flags);
     if (connection >= 0) {
       if (shedding.exchange(false)) {
         std::fprintf(stderr, "dpsr_front_end: accepting connections again (%llu shed in all)\n",

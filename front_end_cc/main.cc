@@ -92,8 +92,8 @@ int Main(int argc, char** argv) {
   Options options = ParseFlags(argc, argv);
   RaiseFileLimit();
   if (!ReserveDescriptorForShedding()) {
-    std::fprintf(stderr, "dpsr_front_end: no descriptor to hold in reserve; if descriptors run "
-                 "out, the front end exits for a fresh one instead of shedding connections\n");
+    std::fprintf(stderr, "dpsr_front_end: no descriptor to hold in reserve yet; while "
+                 "descriptors are out, new connections may wait in the backlog\n");
   }
   sigset_t signals;
   sigemptyset(&signals);
