@@ -38,6 +38,7 @@ growth < 150 MiB under every class. Compare rows of one run (the machine may be 
 """
 import argparse
 import collections
+import gc
 import multiprocessing
 import os
 import resource
@@ -95,6 +96,11 @@ def _load_process(conn, addresses, rate):
     request = st.predict_request("dpsr", ["cordless drill"], k=10)
     for stub in stubs:  # channels connected before the first measured request
         stub.Predict(request, timeout=30)
+    # This process imported TensorFlow (with the bench module): a full collection over its
+    # objects held the GIL for 250-435 ms, stalling every normal call in flight and the sender,
+    # which then sent the missed calls in a burst. Frozen, the collector walks only new objects.
+    gc.collect()
+    gc.freeze()
     conn.send("ready")
     while conn.recv() == "start":
         out, stop = [], threading.Event()
