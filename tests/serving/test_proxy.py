@@ -226,6 +226,8 @@ def test_proxy_config_is_reloaded(cluster):
 
     _wait(alias_serves)
     assert alias_serves().model_spec.name == "alias"
+    # A call to "dpsr" of its own, so the backend counter below does not rest on earlier tests.
+    cluster["stub"].Predict(predict_request("dpsr", ["apple"], k=3), timeout=10)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # metrics endpoint answers
         import requests  # pylint: disable=g-import-not-at-top
         text = pool.submit(requests.get, f"http://127.0.0.1:{cluster['proxy'].rest_api_port}"
