@@ -96,9 +96,10 @@ def _load_process(conn, addresses, rate):
     request = st.predict_request("dpsr", ["cordless drill"], k=10)
     for stub in stubs:  # channels connected before the first measured request
         stub.Predict(request, timeout=30)
-    # This process imported TensorFlow (with the bench module): a full collection over its
-    # objects held the GIL for 250-435 ms, stalling every normal call in flight and the sender,
-    # which then sent the missed calls in a burst. Frozen, the collector walks only new objects.
+    # This process imported TensorFlow (with the bench module): a full collection walks all of
+    # its objects with the GIL held, a pause every normal call in flight would show, and the
+    # sender would then send the calls it missed in a burst (docs/benchmarks.md). Frozen, the
+    # collector walks only the objects made while measuring.
     gc.collect()
     gc.freeze()
     conn.send("ready")

@@ -72,7 +72,7 @@ async def _run(args):
         await one(request, loop.time(), False, stubs[n % len(stubs)])
     answered[0] = 0
     # TensorFlow comes in with the request helpers: without the freeze, a full collection
-    # over its objects (about 190 ms with the GIL held) would stall this client mid-load.
+    # over its objects would stall this client, GIL held, in the middle of the load.
     gc.collect()
     gc.freeze()
     print(LOAD_START, flush=True)
