@@ -19,7 +19,8 @@ namespace {
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(stderr,
                "dpsr_front_end: %s\n"
-               "usage: dpsr_front_end --backend=unix:PATH|HOST:PORT [--listen=HOST:PORT]\n"
+               "usage: dpsr_front_end --backend=unix:PATH|HOST:PORT\n"
+               "  [--listen=HOST:PORT | --listen_fd=N]\n"
                "  [--max_running=N] [--max_running_per_client=N] [--initial_running_per_client=N]\n"
                "  [--max_queued_per_client=N]\n"
                "  [--max_queued=N] [--lifo_after_ms=N] [--queue_target_ms=N] [--queue_interval_ms=N]\n"
@@ -65,6 +66,7 @@ Options ParseFlags(int argc, char** argv) {
     if (arg.rfind("--", 0) != 0 || eq == std::string::npos) Usage("bad argument: " + arg);
     std::string flag = arg.substr(2, eq - 2), value = arg.substr(eq + 1);
     if (flag == "listen") o.listen = value;
+    else if (flag == "listen_fd") o.listen_fd = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "backend") o.backend = value;
     else if (flag == "framed_backend") o.framed_backend = value;
     else if (flag == "max_running") o.max_running = static_cast<int>(ParseLong(flag, value, 0));

@@ -11,6 +11,9 @@ namespace front_end {
 
 struct Options {
   std::string listen = "127.0.0.1:0";
+  // An inherited listening socket to accept from instead of binding --listen (listener.h):
+  // its owner keeps the port open while this process is replaced; -1: bind --listen.
+  int listen_fd = -1;
   std::string backend;
   // A UNIX socket path: Predict calls go to the server as frames there (framed_backend.h)
   // instead of as gRPC calls on --backend; empty: every call on --backend.

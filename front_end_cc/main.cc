@@ -1,7 +1,8 @@
 // dpsr_front_end: a gRPC front end in C++ that takes every client call off the Python servers'
-// event loop until its turn comes. This file is the process: flags, the listening port, signals
-// and the drain at exit; the work is in front_end_service.h (the service and what calls share)
-// and call_reactor.h (one call), with the turn order in fair_gate.h.
+// event loop until its turn comes. This file is the process: flags, the listening socket,
+// signals and the drain at exit; the work is in front_end_service.h (the service and what calls
+// share) and call_reactor.h (one call), with the turn order in fair_gate.h and the accepting
+// of connections in listener.h.
 //
 // Why: `dpsr serve` and `dpsr proxy` run their gRPC servers on one Python event loop, which
 // spends CPU on each call it sees, so a burst of calls (zero-window readers, cancelled bursts, a
@@ -11,13 +12,11 @@
 // a new client's share opened as its answers are delivered), and reaches the Python server only
 // when its turn comes.
 //
-// Usage (dpsr_tf/serving/front_end.py starts it for `dpsr serve --front_end=native`):
-//   dpsr_front_end --listen=127.0.0.1:0 --backend=unix:/path/to/socket [--max_running=32] ...
-// It prints "dpsr_front_end listening on port N" once serving, and on SIGTERM/SIGINT drains
-// for --grace_seconds and prints one line of counts. While descriptors are out it closes new
-// connections at accept (accept_shedding.h); if gRPC's listener stops accepting for another
-// reason (below), it drains the same way and exits with kExitAcceptFailed, for the Python
-// server to start a fresh one on the same port.
+// Usage (dpsr_tf/serving/front_end.py starts it for `dpsr serve --front_end=native`, on a
+// listening socket it keeps open across restarts of this process):
+//   dpsr_front_end --listen=127.0.0.1:0|--listen_fd=N --backend=unix:/path/to/socket ...
+// It prints "dpsr_front_end listening on port N" once serving, and on SIGTERM/SIGINT stops
+// accepting, drains for --grace_seconds and prints one line of counts.
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -34,20 +33,16 @@
 #include <string>
 
 #include <grpc/compression.h>
-#include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 
 #include "front_end_cc/accept_shedding.h"
 #include "front_end_cc/flags.h"
 #include "front_end_cc/front_end_service.h"
+#include "front_end_cc/listener.h"
 
 namespace dpsr {
 namespace front_end {
 namespace {
-
-// The exit status after gRPC's listener stopped accepting (EX_TEMPFAIL): not a crash, a
-// fresh process would serve.
-constexpr int kExitAcceptFailed = 75;
 
 // Connections hold one descriptor each: a low soft limit (often 1,024) lets a few idle clients
 // use them all, when the hard limit would allow far more.
@@ -57,19 +52,6 @@ void RaiseFileLimit() {
     limit.rlim_cur = limit.rlim_max;
     setrlimit(RLIMIT_NOFILE, &limit);
   }
-}
-
-// gRPC 1.51's listener gives up for good on any accept() error but EAGAIN/ECONNABORTED: it
-// logs "Failed accept4" and never polls the port again, which still listens, so clients
-// connect and hang. Running out of descriptors never gets here (accept_shedding.h sheds
-// connections instead); for any other accept error the log line is the only sign, and the
-// hook wakes the main thread (SIGUSR1, which it sigwaits for) to drain and exit. The hook
-// runs under gRPC's locks: it only formats a line and sends a signal.
-void LogAndWatchAccept(gpr_log_func_args* args) {
-  static const char kSeverity[] = {'D', 'I', 'E'};
-  std::fprintf(stderr, "%c %s:%d] %s\n", kSeverity[args->severity], args->file, args->line,
-               args->message);
-  if (std::strstr(args->message, "Failed accept4") != nullptr) kill(getpid(), SIGUSR1);
 }
 
 // One --channel_arg on the server: an int when VALUE is one (as the Python server's
@@ -99,14 +81,27 @@ int Main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // every gRPC thread inherits the mask
-  gpr_set_log_function(LogAndWatchAccept);
+  std::string error;
+  int listen_fd = options.listen_fd;
+  if (listen_fd < 0 && (listen_fd = OpenListeningSocket(options.listen, &error)) < 0) {
+    std::fprintf(stderr, "dpsr_front_end: cannot listen on %s (%s)\n", options.listen.c_str(),
+                 error.c_str());
+    return 1;
+  }
+  int port = BoundPort(listen_fd);
+  if (port == 0) {
+    std::fprintf(stderr, "dpsr_front_end: --listen_fd=%d is not a listening TCP socket\n",
+                 listen_fd);
+    return 1;
+  }
 
   FrontEnd front_end(options);
   grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &port);
+  std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor =
+      builder.experimental().AddExternalConnectionAcceptor(
+          grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD,
+          grpc::InsecureServerCredentials());
   builder.RegisterCallbackGenericService(&front_end);
   const auto& user = options.channel_args;  // the user's value of a key replaces our default
   if (!user.count(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH)) {  // the builder's would win over it
@@ -117,9 +112,6 @@ int Main(int argc, char** argv) {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                options.max_streams_per_connection);
   }
-  if (!user.count(GRPC_ARG_ALLOW_REUSEPORT)) {
-    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  }
   // gRPC inflates a compressed message in full before it compares the size with the limit
   // (a 1 MB gzip request can become 1 GiB): only uncompressed requests are accepted; a
   // compressed one is refused UNIMPLEMENTED before its message is read (docs/serving.md).
@@ -129,9 +121,13 @@ int Main(int argc, char** argv) {
   }
   for (const auto& [key, value] : user) AddChannelArgument(&builder, key, value);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    std::fprintf(stderr, "dpsr_front_end: cannot bind gRPC to %s (in use, or not an address)\n",
-                 options.listen.c_str());
+  if (!server) {
+    std::fprintf(stderr, "dpsr_front_end: the gRPC server did not start (see above)\n");
+    return 1;
+  }
+  Listener listener(listen_fd, acceptor.get());
+  if (!listener.Start(&error)) {
+    std::fprintf(stderr, "dpsr_front_end: %s\n", error.c_str());
     return 1;
   }
   std::printf("dpsr_front_end listening on port %d\n", port);
@@ -140,18 +136,17 @@ int Main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&signals, &sig);
-  if (sig == SIGUSR1) {
-    std::fprintf(stderr, "dpsr_front_end: accepting connections failed (see the line above); "
-                 "draining the calls it holds and exiting with %d for a fresh process to take "
-                 "the port\n", kExitAcceptFailed);
-  }
+  // Stop taking connections before the drain. Closing our descriptor closes the port unless
+  // the server that started us still holds it (it closes its own before asking us to stop).
+  listener.Stop();
+  close(listen_fd);
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::milliseconds(static_cast<long>(options.grace_seconds * 1000)));
   server->Wait();
   std::fprintf(stderr, "%s; connections shed (descriptors out) %llu\n",
                front_end.Summary().c_str(),
                static_cast<unsigned long long>(ShedConnections()));
-  return sig == SIGUSR1 ? kExitAcceptFailed : 0;
+  return 0;
 }
 
 }  // namespace

@@ -1,11 +1,13 @@
 """The native gRPC front end (front_end_cc/, built from its main.cc): started by `dpsr serve
 --front_end=native` in front of the server's gRPC port.
 
-With it, the public gRPC port belongs to a C++ process that queues every call per client
+With it, the public gRPC port is served by a C++ process that queues every call per client
 connection and hands them to the Python server, over a private UNIX socket, in turns and at
 most `max_running` at once. A burst of calls from one client then costs the Python event loop
 nothing until each call's turn, and calls that were cancelled or expired while they waited never
-reach it (docs/serving.md, "The native front end").
+reach it (docs/serving.md, "The native front end"). The listening socket is the Python server's:
+the process accepts from it, so when the process dies and is started again the port stays open
+and clients that connect meanwhile wait in the backlog instead of being refused.
 """
 import asyncio
 import dataclasses
@@ -15,6 +17,7 @@ import re
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -26,8 +29,6 @@ from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY, forwarded_client
 _LOG = logging.getLogger("serving.front_end")
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpsr_front_end")
 _READY = re.compile(rb"dpsr_front_end listening on port (\d+)")
-# main.cc's exit status once gRPC's listener stopped accepting (descriptors ran out).
-ACCEPT_FAILED_EXIT = 75
 # A front end that dies is started again on its port, after RESTART_BACKOFF_S doubled for each
 # restart in the last RESTART_WINDOW_S; more than MAX_RESTARTS there and the server gives up.
 MAX_RESTARTS = 5
@@ -133,9 +134,9 @@ class NativeFrontEnd:
       on_exit: called (from a watcher thread) if the process ends before stop() and cannot be
         started again (more than MAX_RESTARTS exits in RESTART_WINDOW_S, or a start that
         fails): the server cannot take gRPC calls without it, so it stops itself. Each other
-        exit (killed, crashed, or its listener stopped accepting: ACCEPT_FAILED_EXIT) starts a
-        fresh process on the same port after a backoff; calls it held fail UNAVAILABLE and
-        clients reconnect.
+        exit (killed, crashed) starts a fresh process on the same listening socket after a
+        backoff; calls it held fail UNAVAILABLE, and connections made meanwhile wait in the
+        socket's backlog for the fresh process.
     """
 
     def __init__(self, address: str, options: FrontEndOptions, max_streams_per_connection: int,
@@ -151,7 +152,7 @@ class NativeFrontEnd:
                               else None)
         self._log_path = os.path.join(self._dir, "front_end.log")
         self._args = [
-            BINARY, f"--listen={address}", f"--backend=unix:{self.backend_socket}",
+            BINARY, f"--backend=unix:{self.backend_socket}",
             f"--max_running={options.max_running}",
             f"--max_running_per_client={options.max_running_per_client}",
             f"--initial_running_per_client={options.initial_running_per_client}",
@@ -172,8 +173,10 @@ class NativeFrontEnd:
         self._proc: Optional[subprocess.Popen] = None
         self._on_exit = on_exit
         self._stopping = threading.Event()
-        self._lock = threading.Lock()  # the process being replaced while stop() looks at it
-        self._host = address.rsplit(":", 1)[0]
+        self._lock = threading.Lock()  # the process and its socket, replaced while stop() runs
+        self._address = address
+        self._reuse_port = str(dict(channel_arguments).get("grpc.so_reuseport", 0)) == "1"
+        self._listening: Optional[socket.socket] = None
         self.port = 0
         self.restarts = 0
         self.summary = ""
@@ -201,6 +204,8 @@ class NativeFrontEnd:
           OSError: it exited or did not report its port within `timeout` (its message included).
         """
         try:
+            self._listening = listening_socket(self._address, self._reuse_port)
+            self._args.append(f"--listen_fd={self._listening.fileno()}")
             self.port = self._spawn(self._args, timeout)
         except OSError:
             self._cleanup()
@@ -210,10 +215,13 @@ class NativeFrontEnd:
 
     def _spawn(self, args, timeout: float) -> int:
         """Starts one process with `args`; returns its port (OSError if it did not start)."""
-        # Its log goes to a file, not a pipe: a pipe nobody drains would block it once full.
-        with open(self._log_path, "ab") as log:
-            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
-        with self._lock:
+        with self._lock:  # stop() may be closing the listening socket
+            if self._listening is None:
+                raise OSError("the native front end was stopped")
+            # Its log goes to a file, not a pipe: a pipe nobody drains would block it once full.
+            with open(self._log_path, "ab") as log:
+                proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log,
+                                        pass_fds=(self._listening.fileno(),))
             self._proc = proc
         deadline = time.monotonic() + timeout
         line = b""
@@ -236,6 +244,7 @@ class NativeFrontEnd:
         """Stops taking calls, lets the running ones finish (up to `grace_seconds`), and returns
         its one-line summary of counts."""
         self._stopping.set()
+        self._close_listening()  # the process's copy is then the last: the port closes with it
         self._terminate(grace_seconds)
         self._cleanup()
         return self.summary
@@ -265,13 +274,8 @@ class NativeFrontEnd:
             code = self._proc.wait()
             if self._stopping.is_set():
                 return
-            if code == ACCEPT_FAILED_EXIT:
-                _LOG.error("the native front end stopped accepting connections (%s); starting "
-                           "a fresh one on port %d", self._log_line("Failed accept4")
-                           or "accepting connections failed", self.port)
-            else:
-                _LOG.error("the native front end exited (code %s) while serving: %s", code,
-                           self._log_tail() or "no message")
+            _LOG.error("the native front end exited (code %s) while serving: %s; its port stays "
+                       "open for the fresh one", code, self._log_tail() or "no message")
             now = time.monotonic()
             recent = [t for t in recent if now - t < RESTART_WINDOW_S]
             if len(recent) >= MAX_RESTARTS:
@@ -280,12 +284,11 @@ class NativeFrontEnd:
             if self._stopping.wait(RESTART_BACKOFF_S * 2 ** len(recent)):
                 return
             recent.append(now)
-            args = [f"--listen={self._host}:{self.port}" if a.startswith("--listen=") else a
-                    for a in self._args]
             try:
-                self._spawn(args, 30.0)
+                self._spawn(self._args, 30.0)
             except OSError as e:
-                self._give_up(str(e))
+                if not self._stopping.is_set():
+                    self._give_up(str(e))
                 return
             self.restarts += 1
             _LOG.warning("the native front end restarted (pid %d, restart %d) on port %d",
@@ -300,15 +303,6 @@ class NativeFrontEnd:
         if self._on_exit is not None:
             self._on_exit()
 
-    def _log_line(self, text: str) -> str:
-        """The last line of its log that holds `text` ("" if none)."""
-        try:
-            with open(self._log_path, "rb") as f:
-                lines = f.read().decode(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return next((line.strip() for line in reversed(lines) if text in line), "")
-
     def _log_tail(self) -> str:
         try:
             with open(self._log_path, "rb") as f:
@@ -317,5 +311,44 @@ class NativeFrontEnd:
             return ""
         return lines[-1] if lines else ""
 
+    def _close_listening(self) -> None:
+        with self._lock:
+            if self._listening is not None:
+                self._listening.close()
+                self._listening = None
+
     def _cleanup(self) -> None:
+        self._close_listening()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def listening_socket(address: str, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket listening on `address` (host:port or [ipv6]:port; port 0: any free port), for
+    the front end to accept from: bound to the first address the host resolves to, an IPv6
+    wildcard taking IPv4 too; SO_REUSEPORT when `reuse_port` (the user's
+    `grpc.so_reuseport=1`: several servers on one port).
+
+    Raises:
+      OSError: the address does not resolve or cannot be bound (in use), naming it.
+    """
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family, kind, proto, _, bound = socket.getaddrinfo(
+            host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, ValueError) as e:
+        raise OSError(f"cannot bind gRPC to {address}: {e}") from e
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(bound)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)  # the front end polls it and accepts until EAGAIN
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot bind gRPC to {address}: {e.strerror or e}") from e
+    return sock

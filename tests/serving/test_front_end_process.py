@@ -162,6 +162,49 @@ def test_a_killed_front_end_is_restarted_on_the_same_port(toy_model_dir, tmp_pat
         assert server.stop() == 0, server.log_tail()
 
 
+def _dead(pid: int) -> bool:
+    """Whether `pid` has exited (gone, or a zombie its parent has not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):  # reaped while we looked
+        return True
+
+
+@native_only
+def test_a_connection_made_while_the_front_end_is_down_waits_for_the_fresh_one(
+        toy_model_dir, tmp_path):
+    # Before: the port closed with the process, so a client that connected before the restart
+    # (0.1 s backoff, then the process's start) was refused, and gRPC clients then waited out
+    # their reconnect backoff (1 s, growing) before trying again. Now the server holds the
+    # listening socket: the connection waits in its backlog and the fresh process takes it.
+    server = _start(toy_model_dir, tmp_path, "native")
+    raw = None
+    try:
+        first = _front_end_pid(server)
+        os.kill(first, signal.SIGKILL)
+        waiting.wait_until(lambda: _dead(first), "the killed front end to exit")
+        raw = socket.create_connection(("127.0.0.1", server.grpc_port))  # not refused
+        channel = grpc.insecure_channel(server.address,
+                                        options=[("grpc.use_local_subchannel_pool", 1)])
+        try:
+            channel.unary_unary(st.PREDICT_METHOD,
+                                request_serializer=lambda m: m.SerializeToString(),
+                                response_deserializer=None)(
+                st.predict_request("dpsr", ["cordless drill"], k=5), timeout=60)
+        finally:
+            channel.close()
+        assert _accepted_or_shed(raw) == "accepted"  # the fresh process's HTTP/2 preface
+        assert _front_end_pid(server) != first
+        log = server.log_tail(200)
+        assert "the native front end exited (code -9) while serving" in log, log
+        assert "its port stays open for the fresh one" in log, log
+    finally:
+        if raw is not None:
+            raw.close()
+        assert server.stop() == 0, server.log_tail()
+
+
 @native_only
 def test_a_front_end_that_keeps_dying_stops_the_server_with_a_failure_status(
         toy_model_dir, tmp_path):
