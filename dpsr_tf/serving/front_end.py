@@ -29,8 +29,10 @@ from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY, forwarded_client
 _LOG = logging.getLogger("serving.front_end")
 BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpsr_front_end")
 _READY = re.compile(rb"dpsr_front_end listening on port (\d+)")
-# A front end that dies is started again on its port, after RESTART_BACKOFF_S doubled for each
-# restart in the last RESTART_WINDOW_S; more than MAX_RESTARTS there and the server gives up.
+# A front end that dies is started again on its port: at once the first time in
+# RESTART_WINDOW_S (clients wait in the listening socket's backlog meanwhile), then after
+# RESTART_BACKOFF_S doubled for each further restart there; more than MAX_RESTARTS there and the
+# server gives up.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 RESTART_BACKOFF_S = 0.1
@@ -281,7 +283,8 @@ class NativeFrontEnd:
             if len(recent) >= MAX_RESTARTS:
                 self._give_up(f"it exited {len(recent) + 1} times in {RESTART_WINDOW_S:.0f} s")
                 return
-            if self._stopping.wait(RESTART_BACKOFF_S * 2 ** len(recent)):
+            backoff = RESTART_BACKOFF_S * 2 ** (len(recent) - 1) if recent else 0.0
+            if self._stopping.wait(backoff):
                 return
             recent.append(now)
             try:
