@@ -130,3 +130,32 @@ def test_calls_in_flight_at_the_ejection_do_not_lengthen_it(monkeypatch):
     replica.record_failure(POLICY, started=11.0)
     assert replica.ejections == 2 and replica.ejected_until == 13.0
     assert events == [("127.0.0.1:9000", True)] * 2
+
+
+def test_a_timeout_of_a_call_sent_before_a_good_answer_is_no_failure(monkeypatch):
+    """One client's heavy calls with short deadlines time out while the replica answers
+    others: none of them counts, so they cannot eject it for everyone; a replica that answers
+    nothing after the calls were sent (hung) is ejected as before, and UNAVAILABLE still
+    ejects at once."""
+    now = [20.0]
+    monkeypatch.setattr(routing.time, "monotonic", lambda: now[0])
+    (replica, _), events = _replicas()
+    heavy_sent_at = [19.9 + 0.001 * i for i in range(50)]
+    replica.record_success()  # a normal call answered at 20.0, after all of them were sent
+    now[0] = 20.05
+    for started in heavy_sent_at:
+        replica.record_failure(POLICY, started=started)
+    assert not replica.ejected and replica.consecutive_failures == 0
+    replica.record_success(runs_model=False)  # a metadata answer is no sign the runs work
+    for started in (20.01, 20.02):  # sent after the last good answer: they count
+        replica.record_failure(POLICY, started=started)
+    assert not replica.ejected and replica.consecutive_failures == 2
+    replica.record_failure(POLICY, started=20.03)  # the third in a row
+    assert replica.ejected and replica.ejected_until == 21.05
+    now[0] = 21.05
+    replica.begin_call()
+    replica.record_success()  # the trial answers
+    replica.record_failure(POLICY, immediate=True, started=20.0)  # UNAVAILABLE: at once
+    assert replica.ejected
+    assert events == [("127.0.0.1:9000", True), ("127.0.0.1:9000", False),
+                      ("127.0.0.1:9000", True)]

@@ -7,6 +7,10 @@ Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy/conf
   unanswered when a hedge to another replica answered first (it was slower than the hedge
   delay), or a DEADLINE_EXCEEDED answer. UNAVAILABLE (down, restarting, refusing connections)
   ejects at once. Any good answer resets the count.
+* A timeout, lost hedge or DEADLINE_EXCEEDED of a call sent before the replica's last good
+  answer of a model call is no failure: the replica served meanwhile, so the call was slow for
+  its own sake (too heavy for the deadline its client gave it). Otherwise one client sending
+  heavy calls with short deadlines ejected a shard's only replica for every client.
 * The k-th ejection in a row lasts min(`outlier_max_ejection_ms`,
   `replica_retry_backoff_ms` * 2^(k-1)).
 * When it ends, the replica gets one *trial* call (other calls keep avoiding it meanwhile):
@@ -102,6 +106,7 @@ class Replica:
         self._listener = listener
         self.outstanding = 0
         self.consecutive_failures = 0
+        self.answered_at = 0.0  # monotonic time of the last good answer of a model call
         self.ejections = 0  # ejections since the last good answer
         self.ejected = False
         self.hung = False  # ejected for timeouts, not for refusing calls
@@ -143,6 +148,7 @@ class Replica:
         if not runs_model:
             self.trial_in_flight = False
             return
+        self.answered_at = time.monotonic()
         self.consecutive_failures = 0
         self.trial_in_flight = False
         if self.ejected:
@@ -161,8 +167,11 @@ class Replica:
         A call sent before the current ejection began says nothing new: the calls in flight
         when a replica hangs all time out after it is ejected, and counting each as another
         ejection in a row would make the ejection's length follow the traffic in flight
-        instead of the failed trials."""
+        instead of the failed trials. Nor does a timeout of a call sent before the replica's
+        last good answer (the module's rule): it served meanwhile."""
         if self.ejected and started is not None and started < self.ejected_at:
+            return
+        if not immediate and started is not None and started < self.answered_at:
             return
         was_trial = self.trial_in_flight
         self.trial_in_flight = False
