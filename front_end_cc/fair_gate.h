@@ -15,15 +15,17 @@
 // slots are free, until it is let go again.
 //
 // Strangers: a call offered as a stranger's (a client none of whose answers has been read yet)
-// counts apart. While strangers are limited (LimitStrangers: the front end's first answers are
-// over their budget, i.e. many connections ask and never read), all strangers together run one
-// call at a time, a new client's first window. Why: each connection takes its turn, so 300
-// connections that each open one call and never read took 300 of every 301 turns, and a reading
-// client waited behind all of them (docs/benchmarks.md, "The native front end"); limited, they
-// share one slot, and the clients that read keep the rest. One slot rather than a client's
-// share: four such calls at once still took the CPU from the readers' (hostile_bench.py, 300
-// connections: normal p99 649 ms with four, 134 ms with one, loaded machine). A stranger that
-// reads its answer becomes a reader at once.
+// counts apart. All strangers together run at most one client's share of calls at once, and
+// while they are limited (LimitStrangers: the front end's first answers are over their budget,
+// i.e. many connections ask and never read) one call at a time. Why: each connection takes its
+// turn, so 300 connections that each open one call and never read took 300 of every 301 turns,
+// and a reading client waited behind all of them (docs/benchmarks.md, "The native front end");
+// limited, they share one slot, and the clients that read keep the rest. One slot rather than
+// a client's share: four such calls at once still took the CPU from the readers' (hostile_bench.py,
+// 300 connections: normal p99 649 ms with four, 134 ms with one, loaded machine). A client's
+// share before the limit: otherwise the first 32 strangers all ran before the budget filled,
+// and their burst alone set the readers' p99. A stranger that reads its answer becomes a
+// reader at once, so a new honest client waits for a stranger slot once at most.
 //
 // Overload (adaptive LIFO): a client's calls run in arrival order while its oldest waiting call
 // has waited less than `lifo_after` microseconds; past that its newest waiting call runs next.
@@ -172,8 +174,8 @@ class FairGate {
     return Dispatch(now);
   }
 
-  // Limits strangers' calls to one at a time in all (true) or not (false); returns the
-  // waiting calls that run now, as Release does.
+  // Limits strangers' calls to one at a time in all (true) or to one client's share (false);
+  // returns the waiting calls that run now, as Release does.
   std::vector<std::pair<std::string, T>> LimitStrangers(bool limit, long long now = 0) {
     if (limit == strangers_limited_) return {};
     strangers_limited_ = limit;
@@ -318,7 +320,8 @@ class FairGate {
   bool CanStart(const std::string& name, const Client& c) const {
     return c.running < max_per_client_ && (!slow_start_ || c.started < c.window) &&
            held_back_.count(name) == 0 &&
-           !(strangers_limited_ && c.stranger && strangers_running_ >= kStrangerSlots);
+           !(c.stranger &&
+             strangers_running_ >= (strangers_limited_ ? kStrangerSlots : max_per_client_));
   }
 
   void CountStart(Client& c) {

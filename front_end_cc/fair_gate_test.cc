@@ -287,15 +287,19 @@ void TestCannotFinishBeforeItsDeadline() {
 }  // namespace
 
 // 300 strangers (no answer of theirs read) each offer one call to a gate of 32 slots, 4 per
-// client. Unlimited, they take all 32 slots and a reading client's call waits behind the turns
-// of all 300; limited, they run one at a time in all, and the readers' calls run at once.
+// client. Not limited, they run one client's share (4) in all and a reading client's calls run
+// at once; limited, they run one at a time in all.
 void TestStrangersShareOneSlot() {
   FairGate<int> open_gate(32, 4, 1000, 10000);
   for (int i = 0; i < 300; ++i) {
     open_gate.Offer("stranger" + std::to_string(i), i, 0, -1, /*stranger=*/true);
   }
-  CHECK(open_gate.running() == 32);
-  CHECK(open_gate.Offer("reader", 1000) == Admission::kQueued);
+  CHECK(open_gate.running() == 4);
+  CHECK(open_gate.strangers_running() == 4);
+  CHECK(open_gate.Offer("reader", 1000) == Admission::kRun);
+  // A stranger's call ends: the next stranger in turn takes its slot, no more.
+  CHECK(Items(open_gate.Release("stranger0")) == std::vector<int>({4}));
+  CHECK(open_gate.strangers_running() == 4);
 
   FairGate<int> gate(32, 4, 1000, 10000);
   CHECK(gate.LimitStrangers(true).empty());
@@ -312,9 +316,9 @@ void TestStrangersShareOneSlot() {
   CHECK(Items(gate.Release("stranger0")) == std::vector<int>({1}));
   CHECK(Items(gate.Release("reader")).empty());
   CHECK(gate.strangers_running() == 1);
-  // Lifted: strangers fill the free slots (32 - 1 stranger - 4 readers = 27 more).
-  CHECK(gate.LimitStrangers(false).size() == 27);
-  CHECK(gate.running() == 32);
+  // Lifted: strangers run one client's share again (3 more), the other slots stay free.
+  CHECK(gate.LimitStrangers(false).size() == 3);
+  CHECK(gate.running() == 4 + 3 + 1);  // strangers, "reader", "other reader"
 }
 
 int main() {
