@@ -159,3 +159,32 @@ def test_a_timeout_of_a_call_sent_before_a_good_answer_is_no_failure(monkeypatch
     assert replica.ejected
     assert events == [("127.0.0.1:9000", True), ("127.0.0.1:9000", False),
                       ("127.0.0.1:9000", True)]
+
+
+def test_a_timeout_cut_short_by_its_client_is_judged_at_the_proxys_own_deadline(monkeypatch):
+    """Heavy calls with 50 ms client deadlines saturate the replica, so no other answer comes
+    within their 50 ms: they are judged when the proxy's own deadline (here 1 s) has passed
+    since they were sent. A good answer before then clears them; without one they count, in
+    order, and eject as any timeouts would."""
+    now = [30.0]
+    monkeypatch.setattr(routing.time, "monotonic", lambda: now[0])
+    (replica, _), events = _replicas()
+    for i in range(5):  # sent at 30.00-30.04, each timed out 50 ms later
+        now[0] = 30.05 + 0.01 * i
+        replica.record_failure(POLICY, started=30.0 + 0.01 * i, verdict_at=31.0 + 0.01 * i)
+    assert replica.consecutive_failures == 0 and replica.in_rotation("m", now[0])
+    now[0] = 30.2
+    replica.record_success()  # a normal call answered late, still before the verdicts
+    now[0] = 31.1
+    assert replica.in_rotation("m", now[0]) and replica.consecutive_failures == 0
+    for i in range(3):  # the same with no good answer by the verdict: they count
+        now[0] = 32.05 + 0.01 * i
+        replica.record_failure(POLICY, started=32.0 + 0.01 * i, verdict_at=33.0 + 0.01 * i)
+    now[0] = 33.005
+    assert replica.in_rotation("m", now[0]) and replica.consecutive_failures == 1
+    now[0] = 33.02
+    assert not replica.in_rotation("m", now[0])  # the third in a row ejects
+    assert replica.ejected and replica.hung and replica.ejected_until == 34.02
+    replica.record_failure(POLICY, started=33.0)  # a call of the proxy's own time: at once
+    assert replica.ejections == 1  # sent before the ejection: nothing new
+    assert events == [("127.0.0.1:9000", True)]

@@ -9,8 +9,13 @@ Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy/conf
   ejects at once. Any good answer resets the count.
 * A timeout, lost hedge or DEADLINE_EXCEEDED of a call sent before the replica's last good
   answer of a model call is no failure: the replica served meanwhile, so the call was slow for
-  its own sake (too heavy for the deadline its client gave it). Otherwise one client sending
-  heavy calls with short deadlines ejected a shard's only replica for every client.
+  its own sake (too heavy for the deadline its client gave it). A timeout of a call whose
+  client gave it less time than the proxy's own deadline is judged only once that deadline has
+  passed since it was sent (`verdict_at`): a failure if the replica answered nothing good
+  meanwhile. A client's short deadline thus never makes the proxy judge a replica sooner than
+  its own deadline would. Otherwise one client's heavy calls with short deadlines ejected a
+  shard's only replica for every client, whenever they saturated it so that no other answer
+  came within their deadline.
 * The k-th ejection in a row lasts min(`outlier_max_ejection_ms`,
   `replica_retry_backoff_ms` * 2^(k-1)).
 * When it ends, the replica gets one *trial* call (other calls keep avoiding it meanwhile):
@@ -32,6 +37,7 @@ Outlier ejection (the rule; knobs in the ProxyConfig, dpsr_tf/serving/proxy/conf
 """
 import collections
 import dataclasses
+import heapq
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -107,6 +113,10 @@ class Replica:
         self.outstanding = 0
         self.consecutive_failures = 0
         self.answered_at = 0.0  # monotonic time of the last good answer of a model call
+        # Timeouts awaiting their verdict, a heap of (judged at, sent at): calls whose
+        # client's deadline was shorter than the proxy's (the module's rule).
+        self._pending: List[tuple] = []
+        self._policy: Optional[proxy_config.OutlierPolicy] = None
         self.ejections = 0  # ejections since the last good answer
         self.ejected = False
         self.hung = False  # ejected for timeouts, not for refusing calls
@@ -160,21 +170,46 @@ class Replica:
         self.ejections = 0
 
     def record_failure(self, policy: proxy_config.OutlierPolicy, immediate: bool = False,
-                       started: Optional[float] = None) -> None:
+                       started: Optional[float] = None,
+                       verdict_at: Optional[float] = None) -> None:
         """A timeout, a lost hedge or (immediate) UNAVAILABLE of a call sent at `started`
-        (time.monotonic()); ejects by the module's rule.
+        (time.monotonic()); ejects by the module's rule. `verdict_at`: for a timeout of a
+        call its client gave less time than the proxy's deadline, when that deadline passes
+        (it is judged then).
 
         A call sent before the current ejection began says nothing new: the calls in flight
         when a replica hangs all time out after it is ejected, and counting each as another
         ejection in a row would make the ejection's length follow the traffic in flight
         instead of the failed trials. Nor does a timeout of a call sent before the replica's
         last good answer (the module's rule): it served meanwhile."""
+        self._policy = policy
+        now = time.monotonic()
+        self.judge_pending(now)
+        if not immediate and started is not None and verdict_at is not None and now < verdict_at:
+            heapq.heappush(self._pending, (verdict_at, started))
+            if self.ejected and started >= self.ejected_at:
+                self.trial_in_flight = False  # the trial, without a verdict yet: allow another
+            return
+        self._count_failure(policy, immediate, started)
+
+    def judge_pending(self, now: float) -> None:
+        """Counts the timeouts whose verdict is due (`record_failure`'s `verdict_at`) and that
+        no good answer followed."""
+        while self._pending and self._pending[0][0] <= now and self._policy is not None:
+            _, started = heapq.heappop(self._pending)
+            self._count_failure(self._policy, False, started, deferred=True)
+
+    def _count_failure(self, policy: proxy_config.OutlierPolicy, immediate: bool,
+                       started: Optional[float], deferred: bool = False) -> None:
         if self.ejected and started is not None and started < self.ejected_at:
             return
         if not immediate and started is not None and started < self.answered_at:
             return
-        was_trial = self.trial_in_flight
-        self.trial_in_flight = False
+        if deferred:  # a trial sent during this ejection (the check above), judged late
+            was_trial = self.ejected
+        else:
+            was_trial = self.trial_in_flight
+            self.trial_in_flight = False
         self.consecutive_failures += 1
         if immediate or was_trial or self.consecutive_failures >= policy.consecutive_failures:
             self._eject(policy, hung=not immediate)
@@ -205,7 +240,8 @@ class Replica:
 
     def in_rotation(self, model: str, now: float) -> bool:
         """Whether a call may go here now: not ejected (or its trial is due and not taken),
-        and not known to lack the model."""
+        and not known to lack the model. Due verdicts are judged first."""
+        self.judge_pending(now)
         if self.ejected and (self.trial_in_flight or now < self.ejected_until):
             return False
         return self.missing_until.get(model, 0.0) <= now

@@ -73,6 +73,14 @@ class _Attempt:
     hedged_past: bool = False
 
 
+def _verdict_at(spec, started: float, deadline: float) -> Optional[float]:
+    """When a timeout of an attempt sent at `started` with `deadline` is judged (routing.py's
+    rule): None (at once) when it had the proxy's own time for a shard, else when that time
+    has passed since it was sent (its client's deadline was shorter)."""
+    own = (spec.shard_deadline_s or 0.8 * spec.deadline_s) if spec.sharded else spec.deadline_s
+    return started + own if deadline - started < 0.9 * own else None
+
+
 async def _send(replica: Replica, method: str, request, timeout: float, parse):
     metadata = backend_metadata()  # the client the call is for, as the backend's client
     try:
@@ -145,7 +153,9 @@ class ShardCaller:
                         silent = ", ".join(a.replica.address for a in running.values())
                         for task, attempt in running.items():
                             task.cancel()
-                            attempt.replica.record_failure(outlier, started=attempt.started)
+                            attempt.replica.record_failure(
+                                outlier, started=attempt.started,
+                                verdict_at=_verdict_at(route.spec, attempt.started, deadline))
                             count(attempt.replica, "DEADLINE_EXCEEDED")
                         running.clear()
                         raise last_error or ServingError(
@@ -171,7 +181,8 @@ class ShardCaller:
                         count(replica, "OK")
                         return task.result()
                     last_error = self._failed(route, shard, replica, error, request,
-                                              attempt.started, method in MODEL_METHODS)
+                                              attempt.started, method in MODEL_METHODS,
+                                              _verdict_at(route.spec, attempt.started, deadline))
                     if last_error.code in CLIENT_ERRORS and not lacks_version(
                             last_error.code, last_error.message, request):
                         raise last_error
@@ -206,9 +217,10 @@ class ShardCaller:
             f"{left:.1f} s")
 
     def _failed(self, route: Route, shard: int, replica: Replica, error: BaseException,
-                request, started: float, runs_model: bool = True) -> ServingError:
+                request, started: float, runs_model: bool = True,
+                verdict_at: Optional[float] = None) -> ServingError:
         """Records a failed attempt (sent at `started`; `runs_model`: of a MODEL_METHODS
-        call) on its replica; the error to report for it."""
+        call; `verdict_at`: see _verdict_at) on its replica; the error to report for it."""
         name = route.spec.name
         if isinstance(error, ServingError):  # the answer came and was refused
             replica.release_trial()
@@ -234,7 +246,7 @@ class ShardCaller:
         if code == grpc.StatusCode.UNAVAILABLE:
             replica.record_failure(self.settings.outlier, immediate=True, started=started)
         elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            replica.record_failure(self.settings.outlier, started=started)
+            replica.record_failure(self.settings.outlier, started=started, verdict_at=verdict_at)
         else:
             replica.release_trial()
         return ServingError(code, f"shard {shard} of {name} ({replica.address}): {details}")
