@@ -1,6 +1,7 @@
 """The proxy against scripted backends (real gRPC servers in this process, each answering as a
 test says): the version-label failover rule, refusal of shard answers larger than the request
-could need, and large merges that run off the proxy's event loop while small calls go on."""
+could need, one retry of a shard's last replica after UNAVAILABLE, and large merges that run
+off the proxy's event loop while small calls go on."""
 import concurrent.futures
 import threading
 import time
@@ -90,6 +91,31 @@ def test_label_unknown_on_every_replica_reaches_the_client_once_each_was_asked()
         server.close()
         for b in backends:
             b.stop()
+
+
+# ----------------------------------------------------------------------------- one retry
+
+def test_the_last_replica_is_asked_once_more_after_unavailable():
+    """A shard's only replica fails a call UNAVAILABLE (as when its front end dies with the call
+    in flight): the proxy asks it once more and answers; a replica that keeps failing is asked
+    twice per request, never more."""
+    good_ids, good_scores = _shard_answer(0, 1, 5, seed=4)
+    first = [(grpc.StatusCode.UNAVAILABLE, "Socket closed")]
+    backend = FakeBackend(lambda request: first.pop() if first else _answer(good_ids, good_scores))
+    server = InProcessProxy(proxy_config.proxy_config_text({"dpsr": ((backend.address,),)},
+                                                           deadline_ms=20000))
+    try:
+        got = outputs(server.stub.Predict(predict_request("dpsr", ["x"], k=5), timeout=30))
+        np.testing.assert_array_equal(got["item_ids"], good_ids)
+        assert backend.calls == 2
+        backend.answer = lambda request: (grpc.StatusCode.UNAVAILABLE, "down")
+        backend.calls = 0
+        error = rpc_error(server.stub.Predict, predict_request("dpsr", ["x"], k=5), timeout=30)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and "down" in error.details()
+        assert backend.calls == 2
+    finally:
+        server.close()
+        backend.stop()
 
 
 # ----------------------------------------------------------------------------- oversized answers
