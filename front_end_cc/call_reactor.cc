@@ -111,7 +111,16 @@ void Call::OnReadDone(bool ok) {
     FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it was read"));
     return;
   }
-  if (Unmetered(std::string(ctx_->method()))) {
+  const bool unmetered = Unmetered(std::string(ctx_->method()));
+  if (!fe_->drain().Admit(/*counted=*/!unmetered)) {
+    fe_->CountStopping();
+    FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "dpsr front end: the server is shutting down; send the call to "
+                              "another replica"));
+    return;
+  }
+  drain_counted_ = !unmetered;
+  if (unmetered) {
     lock.unlock();
     fe_->CountUnmetered();
     StartBackend(/*metered=*/false);
@@ -355,6 +364,7 @@ void Call::OnDone() {
   // completes writes it has buffered).
   if (unread_bytes_ > 0) fe_->FreeUnread(client_, unread_bytes_, !ctx_->IsCancelled());
   if (started_) fe_->Ended(client_, unread_bytes_ > 0 && !ctx_->IsCancelled());
+  if (drain_counted_) fe_->drain().Done();
   Unref();
 }
 

@@ -82,6 +82,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   bool started_ = false;  // it reached the backend with a turn (counts against the window)
   bool cancelled_ = false;
   bool initial_metadata_copied_ = false;
+  bool drain_counted_ = false;  // admitted before the drain, which waits for its end
   bool framed_ = false;  // sent on the framed hop; its one answer finishes the call
   uint64_t framed_id_ = 0;
   std::chrono::steady_clock::time_point slot_since_;  // when it took its backend slot

@@ -50,6 +50,7 @@ FrontEnd::FrontEnd(const Options& o)
 grpc::ServerGenericBidiReactor* FrontEnd::CreateReactor(
     grpc::GenericCallbackServerContext* ctx) {
   accepted_.fetch_add(1, std::memory_order_relaxed);
+  drain_.Arrived(NowMicros());
   return new Call(this, ctx);
 }
 
@@ -170,7 +171,7 @@ std::string FrontEnd::Summary() {
                 "(unread budget) %lld, clients held back %lld, passed without a turn "
                 "%lld, run newest first (overload) %lld, refused (overloaded) %lld, refused (deadline "
                 "before its turn) %lld; service time %lld us; limits: %d running, %d per "
-                "client; now running %d, waiting %zu; framed %lld",
+                "client; now running %d, waiting %zu; framed %lld; refused (stopping) %lld",
                 (long long)accepted_.load(), (long long)forwarded_.load(),
                 (long long)queued_.load(), (long long)dropped_waiting_.load(),
                 (long long)refused_.load(), (long long)unread_refused_.load(),
@@ -178,7 +179,7 @@ std::string FrontEnd::Summary() {
                 gate_.newest_first(), (long long)overloaded_.load(),
                 (long long)cannot_finish_.load(), gate_.service_time(), options_.max_running,
                 gate_.max_running_per_client(), gate_.running(), gate_.queued(),
-                (long long)framed_calls_.load());
+                (long long)framed_calls_.load(), (long long)stopping_refused_.load());
   return line;
 }
 

@@ -27,6 +27,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include "front_end_cc/drain.h"
 #include "front_end_cc/fair_gate.h"
 #include "front_end_cc/flags.h"
 #include "front_end_cc/framed_backend.h"
@@ -71,7 +72,11 @@ class FrontEnd : public grpc::CallbackGenericService {
   // `delivered`: the call ended with its answers read, so `client` is known to read.
   void FreeUnread(const std::string& client, size_t bytes, bool delivered);
 
+  // The drain at SIGTERM (drain.h): calls admitted before it are waited for, later ones refused.
+  Drain& drain() { return drain_; }
+
   void CountQueued() { queued_.fetch_add(1, std::memory_order_relaxed); }
+  void CountStopping() { stopping_refused_.fetch_add(1, std::memory_order_relaxed); }
   void CountUnmetered() { unmetered_.fetch_add(1, std::memory_order_relaxed); }
   void CountDroppedUnread() { dropped_waiting_.fetch_add(1, std::memory_order_relaxed); }
 
@@ -112,6 +117,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::unique_ptr<FramedBackend> framed_;
   std::mutex mu_;
   FairGate<Call*> gate_;
+  Drain drain_;
   std::unordered_map<std::string, size_t> unread_;  // under mu_
   size_t total_unread_ = 0;                         // under mu_
   size_t first_unread_ = 0;  // of it, held by clients not in readers_ (under mu_)
@@ -119,7 +125,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::deque<std::string> readers_order_;    // readers_ oldest first, to forget the oldest
   std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
       refused_{0}, overloaded_{0}, cannot_finish_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0},
-      framed_calls_{0};
+      framed_calls_{0}, stopping_refused_{0};
   std::atomic<uint64_t> framed_ids_{0};
 };
 

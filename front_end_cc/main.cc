@@ -16,12 +16,14 @@
 // listening socket it keeps open across restarts of this process):
 //   dpsr_front_end --listen=127.0.0.1:0|--listen_fd=N --backend=unix:/path/to/socket ...
 // It prints "dpsr_front_end listening on port N" once serving, and on SIGTERM/SIGINT stops
-// accepting, drains for --grace_seconds and prints one line of counts.
+// accepting, drains (drain.h: later calls refused UNAVAILABLE, at most --grace_seconds) and
+// prints one line of counts.
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -30,6 +32,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <grpc/compression.h>
 #include <grpcpp/grpcpp.h>
@@ -139,8 +142,20 @@ int Main(int argc, char** argv) {
   // the server that started us still holds it (it closes its own before asking us to stop).
   listener.Stop();
   close(listen_fd);
+  // Drain by refusal (drain.h): Shutdown only once the calls admitted before have finished, so
+  // that gRPC has no received-but-unhandled call left to cancel.
+  auto now_micros = [] {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  const long long deadline = now_micros() + static_cast<long long>(options.grace_seconds * 1e6);
+  front_end.drain().Begin();
+  while (!front_end.drain().CanStop(now_micros(), deadline)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<long>(options.grace_seconds * 1000)));
+                   std::chrono::microseconds(std::max(0LL, deadline - now_micros())));
   server->Wait();
   std::fprintf(stderr, "%s; connections shed (descriptors out) %llu\n",
                front_end.Summary().c_str(),
