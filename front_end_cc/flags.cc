@@ -19,8 +19,7 @@ namespace {
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(stderr,
                "dpsr_front_end: %s\n"
-               "usage: dpsr_front_end --backend=unix:PATH|HOST:PORT\n"
-               "  [--listen=HOST:PORT | --listen_fd=N]\n"
+               "usage: dpsr_front_end --listen_fd=N --backend=unix:PATH|HOST:PORT\n"
                "  [--max_running=N] [--max_running_per_client=N] [--initial_running_per_client=N]\n"
                "  [--max_queued_per_client=N]\n"
                "  [--max_queued=N] [--lifo_after_ms=N] [--queue_target_ms=N] [--queue_interval_ms=N]\n"
@@ -65,8 +64,7 @@ Options ParseFlags(int argc, char** argv) {
     size_t eq = arg.find('=');
     if (arg.rfind("--", 0) != 0 || eq == std::string::npos) Usage("bad argument: " + arg);
     std::string flag = arg.substr(2, eq - 2), value = arg.substr(eq + 1);
-    if (flag == "listen") o.listen = value;
-    else if (flag == "listen_fd") o.listen_fd = static_cast<int>(ParseLong(flag, value, 0));
+    if (flag == "listen_fd") o.listen_fd = static_cast<int>(ParseLong(flag, value, 0));
     else if (flag == "backend") o.backend = value;
     else if (flag == "framed_backend") o.framed_backend = value;
     else if (flag == "max_running") o.max_running = static_cast<int>(ParseLong(flag, value, 0));
@@ -100,6 +98,7 @@ Options ParseFlags(int argc, char** argv) {
     else Usage("unknown flag --" + flag);
   }
   if (o.backend.empty()) Usage("--backend is required");
+  if (o.listen_fd < 0) Usage("--listen_fd is required (a listening socket the caller keeps)");
   if (o.max_receive_message_bytes > INT32_MAX) o.max_receive_message_bytes = INT32_MAX;
   return ResolveLimits(o, UsableCores());
 }

@@ -10,9 +10,9 @@ namespace dpsr {
 namespace front_end {
 
 struct Options {
-  std::string listen = "127.0.0.1:0";
-  // An inherited listening socket to accept from instead of binding --listen (listener.h):
-  // its owner keeps the port open while this process is replaced; -1: bind --listen.
+  // The listening socket to accept from, opened and kept by the Python server that starts this
+  // process (dpsr_tf/serving/front_end.py), so the port stays open while it is replaced
+  // (listener.h). Required.
   int listen_fd = -1;
   std::string backend;
   // A UNIX socket path: Predict calls go to the server as frames there (framed_backend.h)

@@ -18,10 +18,6 @@
 namespace dpsr {
 namespace front_end {
 
-// A TCP socket bound to `address` (HOST:PORT, [IPV6]:PORT; port 0: any free port) and
-// listening; -1 with `error` set when it cannot be.
-int OpenListeningSocket(const std::string& address, std::string* error);
-
 // The port `fd` is bound to (0 if it is not a bound TCP socket).
 int BoundPort(int fd);
 

@@ -14,7 +14,7 @@
 //
 // Usage (dpsr_tf/serving/front_end.py starts it for `dpsr serve --front_end=native`, on a
 // listening socket it keeps open across restarts of this process):
-//   dpsr_front_end --listen=127.0.0.1:0|--listen_fd=N --backend=unix:/path/to/socket ...
+//   dpsr_front_end --listen_fd=N --backend=unix:/path/to/socket ...
 // It prints "dpsr_front_end listening on port N" once serving, and on SIGTERM/SIGINT stops
 // accepting, drains (drain.h: later calls refused UNAVAILABLE, at most --grace_seconds) and
 // prints one line of counts.
@@ -85,12 +85,7 @@ int Main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);  // every gRPC thread inherits the mask
   std::string error;
-  int listen_fd = options.listen_fd;
-  if (listen_fd < 0 && (listen_fd = OpenListeningSocket(options.listen, &error)) < 0) {
-    std::fprintf(stderr, "dpsr_front_end: cannot listen on %s (%s)\n", options.listen.c_str(),
-                 error.c_str());
-    return 1;
-  }
+  const int listen_fd = options.listen_fd;
   int port = BoundPort(listen_fd);
   if (port == 0) {
     std::fprintf(stderr, "dpsr_front_end: --listen_fd=%d is not a listening TCP socket\n",

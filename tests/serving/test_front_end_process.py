@@ -166,15 +166,6 @@ def test_a_killed_front_end_is_restarted_on_the_same_port(toy_model_dir, tmp_pat
         assert server.stop() == 0, server.log_tail()
 
 
-def _dead(pid: int) -> bool:
-    """Whether `pid` has exited (gone, or a zombie its parent has not reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):  # reaped while we looked
-        return True
-
-
 @native_only
 def test_a_connection_made_while_the_front_end_is_down_waits_for_the_fresh_one(
         toy_model_dir, tmp_path):
@@ -187,7 +178,8 @@ def test_a_connection_made_while_the_front_end_is_down_waits_for_the_fresh_one(
     try:
         first = _front_end_pid(server)
         os.kill(first, signal.SIGKILL)
-        waiting.wait_until(lambda: _dead(first), "the killed front end to exit")
+        waiting.wait_until(lambda: first not in dict(st.children(server.proc.pid)),
+                           "the killed front end to exit")
         raw = socket.create_connection(("127.0.0.1", server.grpc_port))  # not refused
         channel = grpc.insecure_channel(server.address,
                                         options=[("grpc.use_local_subchannel_pool", 1)])

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import threading
+import time
 
 import grpc
 import pytest
@@ -52,7 +53,7 @@ def _summary(server) -> dict:
 def _python_server_stopped(server):
     """The Python server stopped (SIGSTOP) and continued on exit: what the front end admits
     stays at the server, what it queues stays queued."""
-    os.kill(server.proc.pid, signal.SIGSTOP)
+    st.stop_process(server.proc.pid)
     try:
         yield
     finally:
@@ -247,15 +248,15 @@ def test_sigterm_refuses_later_calls_and_finishes_the_admitted_ones(toy_model_di
 @pytest.mark.parametrize("lifo_after_ms", [100, 0])
 def test_past_lifo_after_a_connections_newest_waiting_call_goes_next(toy_model_dir, tmp_path,
                                                                       lifo_after_ms):
-    # One call at the server (stopped), 30 waiting behind it; once they have waited well past
-    # --front_end_lifo_after_ms (a marker call sent after them has expired: 0.5 s), one more
-    # call comes. With adaptive LIFO it runs right after the one at the server; in arrival
-    # order (0) it runs last. The queue delay control is off: its queue stands past the target
-    # for more than an interval, so with it on the new call would be refused, or not, by how
-    # fast the 30 calls arrived (the control is tested on its own below).
+    # One call at the server (stopped), 30 waiting behind it, then one more. Once they have
+    # waited past --front_end_lifo_after_ms, the server runs again: with adaptive LIFO the last
+    # one runs right after the one at the server; in arrival order (0) it runs last. The queue
+    # delay control is off: its queue stands past the target for more than an interval, so
+    # with it on the last call would be refused, or not, by how fast the 30 calls arrived (the
+    # control is tested on its own below).
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     f"--front_end_lifo_after_ms={lifo_after_ms}",
-                    "--front_end_queue_target_ms=0")
+                    "--front_end_queue_target_ms=0", "--front_end_max_queued_per_client=31")
     request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
     channel, call = _raw_call(server.address)
     order, lock = [], threading.Lock()
@@ -271,9 +272,19 @@ def test_past_lifo_after_a_connections_newest_waiting_call_goes_next(toy_model_d
         with _python_server_stopped(server):
             holder = call.future(request, timeout=120)
             old = [call.future(request, timeout=120) for _ in range(30)]
-            marker = call.future(request, timeout=0.5)
-            assert _code(marker) == "DEADLINE_EXCEEDED"      # >= 0.5 s: the old ones waited
-            new = call.future(request, timeout=120)
+            # Before: the last call was sent and the server continued at once, so on a loaded
+            # host the front end could take it after the holder's turn had passed to an old
+            # call (order 'old', 'old', 'new', ...). Now two more are sent: the queue holds 31,
+            # so one waits and the other is refused, which proves the waiting one is in.
+            time.sleep(0.3)  # the old calls' streams taken in before the last ones are sent
+            last = [call.future(request, timeout=120) for _ in range(2)]
+            waiting.wait_until(lambda: any(f.done() for f in [holder] + old + last),
+                               "a call refused by the full queue")
+            refused = [f for f in [holder] + old + last if f.done()]
+            assert refused in ([last[0]], [last[1]]), [_code(f) for f in refused]
+            assert _code(refused[0]) == "RESOURCE_EXHAUSTED"
+            new = last[1] if refused[0] is last[0] else last[0]
+            time.sleep(0.3)  # every waiting call past --front_end_lifo_after_ms (100)
             for f in [holder] + old:
                 f.add_done_callback(note("old"))
             new.add_done_callback(note("new"))
@@ -293,7 +304,7 @@ def test_past_lifo_after_a_connections_newest_waiting_call_goes_next(toy_model_d
     else:
         assert order.index("new") == 31, order
         assert int(newest_first[-1]) == 0
-    assert counts["dropped"] == 1                    # the marker, expired in the queue
+    assert (counts["dropped"], counts["refused"]) == (0, 1)  # one of the last two, refused
 
 
 def _overload_counts(server_log_tail: str) -> tuple:

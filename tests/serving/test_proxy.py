@@ -17,7 +17,8 @@ from tests.support import toy_servable as ts
 from tests.support import waiting
 from tests.support.load import PredictLoad
 from dpsr_tf.serving.model_server.lifecycle.servable import SavedModelServable, SessionOptions
-from tests.support.serving_testing import metric_total, outputs, predict_request, rpc_error
+from tests.support.serving_testing import (metric_total, outputs, predict_request, rpc_error,
+                                           stop_process)
 
 # Deadlines far apart, so the tests see which one applied by the answer, not by a stopwatch
 # (the test machine is shared): a shard that never answers costs SHARD_DEADLINE_MS, far below
@@ -162,7 +163,7 @@ def test_replica_killed_mid_run_fails_over_without_errors(cluster):
 
 def test_slow_shard_gives_partial_answers_in_time_never_a_hang(cluster):
     s1 = cluster["s1"]
-    os.kill(s1.proc.pid, signal.SIGSTOP)  # alive but silent: the slowest possible shard
+    stop_process(s1.proc.pid)  # alive but silent: the slowest possible shard
     try:
         # The stopped shard never answers: an answer at all shows the proxy stopped waiting
         # for it at the shard deadline.

@@ -12,7 +12,7 @@ import pytest
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving.proxy import config as proxy_config
 from tests.support import toy_servable as ts
-from tests.support.serving_testing import metric_total, outputs, predict_request
+from tests.support.serving_testing import metric_total, outputs, predict_request, stop_process
 
 N_REQUESTS = 24
 K = 10
@@ -68,7 +68,7 @@ def test_hung_replica_is_hedged_around_ejected_and_returns(cluster, catalog, spe
     s0a_ok = _metric(proxy, "dpsr_proxy_backend_request_count_total", replica=cluster[
         "address"]["s0a"], status="OK")
     assert s0a_ok >= 1  # it was in rotation
-    os.kill(s0a.proc.pid, signal.SIGSTOP)
+    stop_process(s0a.proc.pid)
     try:
         for i in range(N_REQUESTS):  # partial_policy FAIL: a missing shard 0 would fail these
             ask(i)

@@ -1,6 +1,7 @@
 """Helpers for tests and benchmarks of the serving stack: request builders with the real
 tensorflow_serving protos, output decoding, error capture, and a process's memory."""
 import os
+import signal
 import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple
@@ -12,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving import tensors
+from tests.support import waiting
 
 
 def fill_model_spec(spec, model: str, version=None, label=None, signature: str = "") -> None:
@@ -231,6 +233,27 @@ def children(pid: int) -> List[Tuple[int, str]]:
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append((int(child), name))
     return found
+
+
+def stop_process(pid: int) -> None:
+    """SIGSTOPs `pid` and returns once every thread of it has stopped. The signal is not
+    synchronous: the thread it is delivered to starts the group stop when it next runs, and
+    until then another thread already on a CPU goes on (on a loaded host, long enough to answer
+    a call sent after the kill)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat", encoding="ascii",
+                          errors="replace") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:  # a thread that ended meanwhile
+                continue
+            if state not in ("T", "t"):
+                return False
+        return True
+    waiting.wait_until(stopped, f"every thread of process {pid} to stop", poll_s=0.005)
 
 
 def front_end_pid(server_pid: int) -> Optional[int]:

@@ -11,8 +11,9 @@ The rule (knobs in the ProxyConfig; dpsr_tf/serving/proxy/config.py HedgePolicy)
   once by the next replica, in rotation or not, while the deadline allows.
 * One retry: when every replica was tried and one failed with UNAVAILABLE from the backend (its
   connection reset or refused, or the server's own UNAVAILABLE; not an answer the proxy
-  refused), that replica is asked once more while the deadline allows. A server whose front end restarts keeps its port (docs/serving.md), so the
-  call in flight when it died is answered by the fresh one instead of failing.
+  refused), that replica is asked once more while the deadline allows. A server whose front
+  end restarts keeps its port (docs/serving.md), so the call in flight when it died is answered
+  by the fresh one instead of failing.
 * A replica without the requested version fails over too: NOT_FOUND, and INVALID_ARGUMENT
   whose message starts with "Unrecognized servable version label: " on a request that names a
   version_label (TF Serving's answer for an unknown label; during a rollout one replica may have
@@ -120,7 +121,7 @@ class ShardCaller:
         running: Dict[asyncio.Task, _Attempt] = {}
         last_error: Optional[ServingError] = None
         retry: Optional[Replica] = None  # the replica to ask once more (the module's rule)
-        retries_left = 1
+        retried = False
         hedge = self.settings.hedge
         outlier = self.settings.outlier
 
@@ -145,8 +146,8 @@ class ShardCaller:
                             grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"shard {shard} of {name} did not answer within the deadline")
                     replica = route.pick(shard, tried)
-                    if replica is None and retry is not None and retries_left:
-                        replica, retry, retries_left = retry, None, retries_left - 1
+                    if replica is None and retry is not None and not retried:
+                        replica, retried = retry, True
                     if replica is None:
                         raise last_error or self._all_hung(route, shard, tried)
                     launch(replica)
