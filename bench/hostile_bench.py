@@ -439,7 +439,7 @@ class _StoppedReplica:
     def send(self) -> str:
         if self._load is None:
             for pid in self.pids:
-                os.kill(pid, signal.SIGSTOP)
+                st.stop_process(pid)
             self._load = threading.Thread(target=self._send, args=(time.perf_counter(),),
                                           daemon=True)
             self._load.start()

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -160,6 +161,15 @@ void FrontEnd::FreeUnread(const std::string& client, size_t bytes, bool delivere
     Append(&started, UpdateStrangerLimit());
   }
   Start(started);
+}
+
+long long FrontEnd::DrainFor(long long grace_micros) {
+  const long long deadline = NowMicros() + grace_micros;
+  drain_.Begin();
+  while (!drain_.CanStop(NowMicros(), deadline)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return std::max(0LL, deadline - NowMicros());
 }
 
 std::string FrontEnd::Summary() {

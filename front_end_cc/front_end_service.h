@@ -74,6 +74,9 @@ class FrontEnd : public grpc::CallbackGenericService {
 
   // The drain at SIGTERM (drain.h): calls admitted before it are waited for, later ones refused.
   Drain& drain() { return drain_; }
+  // Begins the drain and waits (polling every 5 ms) until the server may be shut down, at most
+  // `grace_micros`; returns the part of it left for Shutdown.
+  long long DrainFor(long long grace_micros);
 
   void CountQueued() { queued_.fetch_add(1, std::memory_order_relaxed); }
   void CountStopping() { stopping_refused_.fetch_add(1, std::memory_order_relaxed); }

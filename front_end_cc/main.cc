@@ -23,7 +23,6 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -32,7 +31,6 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
-#include <thread>
 
 #include <grpc/compression.h>
 #include <grpcpp/grpcpp.h>
@@ -139,18 +137,9 @@ int Main(int argc, char** argv) {
   close(listen_fd);
   // Drain by refusal (drain.h): Shutdown only once the calls admitted before have finished, so
   // that gRPC has no received-but-unhandled call left to cancel.
-  auto now_micros = [] {
-    return std::chrono::duration_cast<std::chrono::microseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  };
-  const long long deadline = now_micros() + static_cast<long long>(options.grace_seconds * 1e6);
-  front_end.drain().Begin();
-  while (!front_end.drain().CanStop(now_micros(), deadline)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::microseconds(std::max(0LL, deadline - now_micros())));
+  const long long left =
+      front_end.DrainFor(static_cast<long long>(options.grace_seconds * 1e6));
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::microseconds(left));
   server->Wait();
   std::fprintf(stderr, "%s; connections shed (descriptors out) %llu\n",
                front_end.Summary().c_str(),

@@ -217,19 +217,28 @@ def send_http(host: str, port: int, method: str, path: str, headers: dict, body:
         conn.close()
 
 
+def _stat(path: str) -> Optional[Tuple[str, List[str]]]:
+    """(name, the fields after it) of a /proc stat file, None once the process or thread is
+    gone. The name is in parentheses and may itself hold spaces and parentheses."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    name, fields = stat.split("(", 1)[1].rsplit(")", 1)
+    return name, fields.split()
+
+
 def children(pid: int) -> List[Tuple[int, str]]:
     """(pid, name) of the live child processes of `pid` (Linux /proc)."""
     found = []
     for child in os.listdir("/proc"):
         if not child.isdigit():
             continue
-        try:
-            with open(f"/proc/{child}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
+        stat = _stat(f"/proc/{child}/stat")
+        if stat is None:
             continue
-        name, fields = stat.split("(", 1)[1].rsplit(")", 1)
-        fields = fields.split()
+        name, fields = stat
         if int(fields[1]) == pid and fields[0] != "Z":
             found.append((int(child), name))
     return found
@@ -244,13 +253,8 @@ def stop_process(pid: int) -> None:
 
     def stopped() -> bool:
         for task in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{task}/stat", encoding="ascii",
-                          errors="replace") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:  # a thread that ended meanwhile
-                continue
-            if state not in ("T", "t"):
+            stat = _stat(f"/proc/{pid}/task/{task}/stat")
+            if stat is not None and stat[1][0] not in ("T", "t"):  # None: a thread that ended
                 return False
         return True
     waiting.wait_until(stopped, f"every thread of process {pid} to stop", poll_s=0.005)
