@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <cstdint>
 #include <limits>
 #include <numeric>
@@ -119,6 +120,61 @@ void TestRandom() {
   }
 }
 
+// Each head's list best first, as searches return it (the merge path): ties within and across
+// heads, repeated labels, padding (-1, -inf or NaN scores) at each list's end; m = 9 is past
+// kMergeMaxHeads and is sorted instead. HeadsSorted says which path a query takes.
+void TestHeadsBestFirst() {
+  std::mt19937 rng(5);
+  HeadMergeScratch scratch;
+  for (int64_t m : {1, 2, 3, 8, 9}) {
+    for (int64_t n : {1, 3, 64, 1000}) {
+      for (int distinct_scores : {3, 0}) {
+        for (int64_t label_space : {40, 1000000}) {
+          const int64_t width = m * n;
+          std::vector<float> s(width);
+          std::vector<int64_t> l(width);
+          std::uniform_real_distribution<float> u(-1.f, 1.f);
+          std::uniform_int_distribution<int> v(0, std::max(distinct_scores, 1) - 1);
+          std::uniform_int_distribution<int64_t> lab(0, label_space - 1);
+          std::uniform_int_distribution<int64_t> pad(0, n / 4);
+          for (int64_t h = 0; h < m; ++h) {
+            for (int64_t i = h * n; i < (h + 1) * n; ++i) {
+              s[i] = distinct_scores ? static_cast<float>(v(rng)) : u(rng);
+              l[i] = lab(rng);
+            }
+            std::sort(s.begin() + h * n, s.begin() + (h + 1) * n, std::greater<float>());
+            const int64_t padded = pad(rng);  // the list's last entries are padding
+            for (int64_t j = 0; j < padded; ++j) {
+              const int64_t i = (h + 1) * n - 1 - j;
+              const int how = static_cast<int>(j % 3);
+              if (how == 0) l[i] = -1;
+              if (how == 1) s[i] = kNegInf;
+              if (how == 2) s[i] = std::nanf("");
+            }
+          }
+          std::vector<HeadMergeScratch::Entry> sanitized(width);
+          for (int64_t i = 0; i < width; ++i) {
+            const bool pad_entry = l[i] < 0 || std::isnan(s[i]);
+            sanitized[i] = {pad_entry ? kNegInf : s[i], static_cast<int32_t>(i)};
+          }
+          CHECK(dpsr::search::HeadsSorted(sanitized, m, n));
+          for (int64_t k : {int64_t{1}, std::max<int64_t>(1, n), width}) {
+            Check(s, l, m, n, k, &scratch);
+          }
+        }
+      }
+    }
+  }
+  // One entry out of order sends the query to the sort.
+  std::vector<HeadMergeScratch::Entry> order = {{0.9f, 0}, {0.5f, 1}, {0.8f, 2}, {0.7f, 3}};
+  CHECK(dpsr::search::HeadsSorted(order, 2, 2));
+  CHECK(!dpsr::search::HeadsSorted(order, 1, 4));
+  order[3].score = 0.8f;  // ties within a head are in order
+  CHECK(dpsr::search::HeadsSorted(order, 2, 2));
+  order[3].score = 0.81f;
+  CHECK(!dpsr::search::HeadsSorted(order, 2, 2));
+}
+
 // Every hit padding: the whole list is padding.
 void TestAllPadding() {
   HeadMergeScratch scratch;
@@ -140,6 +196,7 @@ void TestManyQueriesReuseTheSet() {
 int main() {
   TestByHand();
   TestRandom();
+  TestHeadsBestFirst();
   TestAllPadding();
   TestManyQueriesReuseTheSet();
   return dpsr_test::Report("head_merge_test");
