@@ -5,9 +5,9 @@
 // The servable ran this as about a hundred TF ops (argsort, unique, gathers, top_k): half a
 // millisecond of CPU per query, as much as the FAISS search. Here it is one ordering pass and
 // one pass with a reused hash set. The ordering is a merge when each head's list comes best
-// first, as searches return them (the comparison sort it replaces was a tenth of a served
-// query's CPU at k = 1,000), and a sort otherwise. The output is exactly that graph's and its NumPy twin's
-// (dpsr_tf/search/head_merge.py, merge_heads_np), ties included.
+// first, as searches return them, and a sort otherwise (a comparison sort of the m * n hits
+// was a tenth of the default servable's CPU at k = 1,000). The output is exactly that graph's
+// and its NumPy twin's (dpsr_tf/search/head_merge.py, merge_heads_np), ties included.
 #ifndef DPSR_SEARCH_CC_CORE_HEAD_MERGE_H_
 #define DPSR_SEARCH_CC_CORE_HEAD_MERGE_H_
 
@@ -81,9 +81,9 @@ inline bool HeadsSorted(const std::vector<HeadMergeScratch::Entry>& order, int64
   return true;
 }
 
-// Orders `order` (m best-first head blocks of n) by score descending, position ascending
-// among equal scores: at each step the best head front, the lowest head on a tie (its
-// positions are the lower ones), so the result is exactly the stable sort's.
+// Orders `order` (m <= kMergeMaxHeads best-first head blocks of n) by score descending,
+// position ascending among equal scores: at each step the best head front, the lowest head on
+// a tie (its positions are the lower ones), so the result is exactly the stable sort's.
 inline void MergeSortedHeads(int64_t m, int64_t n, HeadMergeScratch* scratch) {
   auto& order = scratch->order;
   auto& merged = scratch->merged;
