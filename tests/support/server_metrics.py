@@ -7,12 +7,13 @@ import grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import capacity
 from tests.support import serving_testing as st
 from tests.support import waiting
 from tests.support.raw_http2 import RawHttp2
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
-RUN_THREADS = 8  # the default --num_run_threads
+RUN_THREADS = capacity.run_threads()  # the default --num_run_threads on this machine
 
 
 def metrics(srv) -> dict:
