@@ -73,6 +73,21 @@ void Check(const std::vector<float>& scores, const std::vector<int64_t>& labels,
   }
 }
 
+// `width` hits: scores among `distinct_scores` integers (0: uniform in [-1, 1], hardly any
+// ties), labels uniform below `label_space` (small: many repeats within and across heads).
+void DrawHits(std::mt19937* rng, int64_t width, int distinct_scores, int64_t label_space,
+              std::vector<float>* scores, std::vector<int64_t>* labels) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::uniform_int_distribution<int> v(0, std::max(distinct_scores, 1) - 1);
+  std::uniform_int_distribution<int64_t> lab(0, label_space - 1);
+  scores->resize(width);
+  labels->resize(width);
+  for (int64_t i = 0; i < width; ++i) {
+    (*scores)[i] = distinct_scores ? static_cast<float>(v(*rng)) : u(*rng);
+    (*labels)[i] = lab(*rng);
+  }
+}
+
 // By hand: head 0 finds 7 (0.9) and 3 (0.5); head 1 finds 3 (0.8), 7 (0.2) and pads.
 void TestByHand() {
   HeadMergeScratch scratch;
@@ -97,15 +112,11 @@ void TestRandom() {
       for (int distinct_scores : {2, 7, 0}) {
         for (int64_t label_space : {3, 50, 1000000}) {
           const int64_t width = m * n;
-          std::vector<float> s(width);
-          std::vector<int64_t> l(width);
-          std::uniform_real_distribution<float> u(-1.f, 1.f);
-          std::uniform_int_distribution<int> v(0, std::max(distinct_scores, 1) - 1);
-          std::uniform_int_distribution<int64_t> lab(0, label_space - 1);
+          std::vector<float> s;
+          std::vector<int64_t> l;
+          DrawHits(&rng, width, distinct_scores, label_space, &s, &l);
           std::uniform_int_distribution<int> odd(0, 19);
           for (int64_t i = 0; i < width; ++i) {
-            s[i] = distinct_scores ? static_cast<float>(v(rng)) : u(rng);
-            l[i] = lab(rng);
             const int roll = odd(rng);
             if (roll == 0) l[i] = -1;
             if (roll == 1) s[i] = kNegInf;
@@ -131,17 +142,11 @@ void TestHeadsBestFirst() {
       for (int distinct_scores : {3, 0}) {
         for (int64_t label_space : {40, 1000000}) {
           const int64_t width = m * n;
-          std::vector<float> s(width);
-          std::vector<int64_t> l(width);
-          std::uniform_real_distribution<float> u(-1.f, 1.f);
-          std::uniform_int_distribution<int> v(0, std::max(distinct_scores, 1) - 1);
-          std::uniform_int_distribution<int64_t> lab(0, label_space - 1);
+          std::vector<float> s;
+          std::vector<int64_t> l;
+          DrawHits(&rng, width, distinct_scores, label_space, &s, &l);
           std::uniform_int_distribution<int64_t> pad(0, n / 4);
           for (int64_t h = 0; h < m; ++h) {
-            for (int64_t i = h * n; i < (h + 1) * n; ++i) {
-              s[i] = distinct_scores ? static_cast<float>(v(rng)) : u(rng);
-              l[i] = lab(rng);
-            }
             std::sort(s.begin() + h * n, s.begin() + (h + 1) * n, std::greater<float>());
             const int64_t padded = pad(rng);  // the list's last entries are padding
             for (int64_t j = 0; j < padded; ++j) {
