@@ -243,9 +243,8 @@ _MAX_ELEMENTS = flags.DEFINE_integer(
     "max_input_elements", 1 << 20, "[dpsr] Most values one input tensor may declare (the "
     "product of its shape), checked before anything is converted.")
 _RUN_THREADS = flags.DEFINE_integer(
-    "num_run_threads", 0, "[dpsr] Threads for requests that are not batched. 0: 2 per usable "
-    "core less one, at least 2 (3 on 2 cores; docs/serving.md, \"Admission limits\").",
-    lower_bound=0)
+    "num_run_threads", 0, "[dpsr] Threads for requests that are not batched. 0: 4 per usable "
+    "core (8 on 2 cores; docs/serving.md, \"Admission limits\").", lower_bound=0)
 _MAX_QUEUED = flags.DEFINE_integer(
     "max_queued_requests", 1024, "[dpsr] Most unbatched requests waiting for a run thread, all "
     "clients together; beyond it requests get UNAVAILABLE. Clients (gRPC connections) are "

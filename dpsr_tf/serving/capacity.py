@@ -11,11 +11,11 @@ import os
 from typing import Optional
 
 # An unbatched run executes its ops on its run thread, so one thread computes on one core at a
-# time. Threads beyond the cores only take turns at the GIL: on 2 cores 8 threads answered 800
-# QPS at p99 12-63 ms, 3 at 11-15, and left a proxy beside them the CPU for p99 22-37 ms
-# against 56-185 at 700 QPS (docs/benchmarks.md, "Fewer run threads"). So 2 x cores - 1 (3 on
-# 2 cores, at least 2): one client, whose share is half the threads (running_per_client), can
-# keep every core computing, and cores - 1 threads are left for the others' turns.
+# time; it also waits off the CPU for part of each call (for the GIL, to hand the answer to the
+# event loop). Four per core keep every core computing: 8 on 2 cores. Three on 2 cores served
+# alike calls at 800 QPS with a lower p99, but ran fewer calls side by side, so a burst of heavy
+# calls from many connections delayed short ones (docs/benchmarks.md, "Fewer run threads").
+RUN_THREADS_PER_CORE = 4
 # The native front end's calls at the server at once: enough waiting at the run threads and the
 # batcher to keep every core busy (front_end_cc/flags.cc applies the same rule).
 FRONT_END_RUNNING_PER_CORE = 16
@@ -44,8 +44,8 @@ def _cores(cores: Optional[int]) -> int:
 
 
 def run_threads(cores: Optional[int] = None) -> int:
-    """`dpsr serve --num_run_threads=0`: threads for unbatched runs, 2 x cores - 1, at least 2."""
-    return max(2, 2 * _cores(cores) - 1)
+    """`dpsr serve --num_run_threads=0`: threads for unbatched runs, 4 per core."""
+    return RUN_THREADS_PER_CORE * _cores(cores)
 
 
 def running_per_client(num_threads: int, cores: Optional[int] = None) -> int:

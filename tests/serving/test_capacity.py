@@ -8,13 +8,12 @@ from tests.support.fresh_python import run_fresh
 
 
 @pytest.mark.parametrize("cores, threads, per_client, running, running_per_client, streams", [
-    # threads 2 x cores - 1, at least 2; per client half of them, at most the cores (so one
-    # client alone has every core); front end 16/core and 2/core; streams 4 per front-end call
-    # = 64/core.
-    (1, 2, 1, 16, 2, 64),
-    (2, 3, 2, 32, 4, 128),  # the values measured on the 2-core host
-    (3, 5, 3, 48, 6, 192),
-    (32, 63, 32, 512, 64, 2048),
+    # threads 4/core; per client half of them, at most the cores; front end 16/core and
+    # 2/core; streams 4 per front-end call = 64/core.
+    (1, 4, 1, 16, 2, 64),
+    (2, 8, 2, 32, 4, 128),  # the values tuned on the 2-core host
+    (3, 12, 3, 48, 6, 192),
+    (32, 128, 32, 512, 64, 2048),
 ])
 def test_limits_scale_with_the_cores(cores, threads, per_client, running, running_per_client,
                                      streams):
@@ -63,8 +62,8 @@ def test_serve_defaults_follow_the_cores_and_flags_override(tmp_path):
                 return [o.core.num_run_threads, o.core.max_run_threads_per_client,
                         o.max_streams_per_connection]
 
-        print(json.dumps([options(), options("--num_run_threads=7",
+        print(json.dumps([options(), options("--num_run_threads=5",
                                              "--max_streams_per_connection=0",
                                              "--max_run_threads_per_client=4")]))
         """)
-    assert options == [[5, 3, 192], [7, 4, 0]]
+    assert options == [[12, 3, 192], [5, 4, 0]]
