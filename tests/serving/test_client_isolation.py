@@ -11,19 +11,17 @@ import grpc
 import pytest
 
 from dpsr_tf.demo import server_processes as process
-from dpsr_tf.serving import capacity
 from dpsr_tf.serving.metrics import RUNS_AHEAD_BUCKETS
 from tests.support.raw_http2 import RawHttp2
 from tests.support import serving_testing as st
 from tests.support import toy_servable as ts
 from tests.support import waiting
-from tests.support.server_metrics import (METRICS_PATH, all_placed as _all_placed,
+from tests.support.server_metrics import (METRICS_PATH, RUN_THREADS, all_placed as _all_placed,
                                           delta as _delta, metrics as _metrics,
                                           open_zero_window_streams, runs as _runs,
                                           settled as _settled, value as _value)
 from tests.support.serving_testing import predict_request
 
-RUN_THREADS = capacity.run_threads()  # the default --num_run_threads on this machine
 # 256 rows, k=300 on a 20,000-item exact search: tens of milliseconds of work per request on
 # any machine, so a 50 ms deadline expires for most of a burst of 200 while they wait.
 BIG_ITEMS = 20_000
