@@ -261,6 +261,12 @@ _MAX_RUN_THREADS_PER_CLIENT = flags.DEFINE_integer(
     "client cancels a moment later still takes every idle thread. 0: half of "
     "--num_run_threads (rounded up), at most the machine's usable cores (one client's runs "
     "beyond them only take CPU from the others'); --num_run_threads: no bound.")
+_MAX_SHORT_RUNS = flags.DEFINE_integer(
+    "max_short_runs", 0, "[dpsr] Most run threads that short unbatched runs (those whose size "
+    "has held a thread 5 ms or less, answer included) hold at once, all clients together; the "
+    "other threads are left to longer runs, so alike short calls share the cores a few at a "
+    "time while a burst of long ones cannot keep a short call waiting for a thread. 0: the "
+    "usable cores + 1 (3 on 2 cores); --num_run_threads: no bound.", lower_bound=0)
 _MAX_ROWS_PER_RUN = flags.DEFINE_integer(
     "max_rows_per_run", -1, "[dpsr] An unbatched request of more rows runs as several session "
     "runs of at most this many rows (e.g. 32), one after another; once its client cancels it "
@@ -418,6 +424,7 @@ def options_from_flags():
         max_queued_requests_per_client=_MAX_QUEUED_PER_CLIENT.value,
         max_run_threads_per_client=(_MAX_RUN_THREADS_PER_CLIENT.value
                                     or capacity.running_per_client(run_threads)),
+        max_short_runs=_MAX_SHORT_RUNS.value or capacity.short_runs(),
         # The native front end refuses a standing queue before its calls reach the run queue.
         queue_target_seconds=(0.0 if native_front_end else
                               front_end_flags.QUEUE_TARGET_MS.value / 1000.0),

@@ -16,6 +16,11 @@ from typing import Optional
 # alike calls at 800 QPS with a lower p99, but ran fewer calls side by side, so a burst of heavy
 # calls from many connections delayed short ones (docs/benchmarks.md, "Fewer run threads").
 RUN_THREADS_PER_CORE = 4
+# So short runs (whose size has held a thread 5 ms or less) hold at most the cores + 1 threads,
+# and longer runs may take the rest: alike short calls run three at a time on 2 cores, and a
+# burst of long ones still leaves short calls threads of their own (docs/benchmarks.md, "Short
+# runs bounded").
+SHORT_RUNS_OVER_CORES = 1
 # The native front end's calls at the server at once: enough waiting at the run threads and the
 # batcher to keep every core busy (front_end_cc/flags.cc applies the same rule).
 FRONT_END_RUNNING_PER_CORE = 16
@@ -46,6 +51,11 @@ def _cores(cores: Optional[int]) -> int:
 def run_threads(cores: Optional[int] = None) -> int:
     """`dpsr serve --num_run_threads=0`: threads for unbatched runs, 4 per core."""
     return RUN_THREADS_PER_CORE * _cores(cores)
+
+
+def short_runs(cores: Optional[int] = None) -> int:
+    """`dpsr serve --max_short_runs=0`: the usable cores plus one (3 on 2 cores)."""
+    return _cores(cores) + SHORT_RUNS_OVER_CORES
 
 
 def running_per_client(num_threads: int, cores: Optional[int] = None) -> int:

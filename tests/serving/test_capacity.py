@@ -7,17 +7,19 @@ from dpsr_tf.serving import capacity, stream_limits
 from tests.support.fresh_python import run_fresh
 
 
-@pytest.mark.parametrize("cores, threads, per_client, running, running_per_client, streams", [
-    # threads 4/core; per client half of them, at most the cores; front end 16/core and
-    # 2/core; streams 4 per front-end call = 64/core.
-    (1, 4, 1, 16, 2, 64),
-    (2, 8, 2, 32, 4, 128),  # the values tuned on the 2-core host
-    (3, 12, 3, 48, 6, 192),
-    (32, 128, 32, 512, 64, 2048),
-])
-def test_limits_scale_with_the_cores(cores, threads, per_client, running, running_per_client,
-                                     streams):
+@pytest.mark.parametrize(
+    "cores, threads, per_client, short, running, running_per_client, streams", [
+        # threads 4/core; per client half of them, at most the cores; short runs the cores
+        # + 1; front end 16/core and 2/core; streams 4 per front-end call = 64/core.
+        (1, 4, 1, 2, 16, 2, 64),
+        (2, 8, 2, 3, 32, 4, 128),  # the values tuned on the 2-core host
+        (3, 12, 3, 4, 48, 6, 192),
+        (32, 128, 32, 33, 512, 64, 2048),
+    ])
+def test_limits_scale_with_the_cores(cores, threads, per_client, short, running,
+                                     running_per_client, streams):
     assert capacity.run_threads(cores) == threads
+    assert capacity.short_runs(cores) == short
     assert capacity.running_per_client(threads, cores) == per_client
     assert capacity.front_end_running(cores) == running
     assert capacity.front_end_running_per_client(running, cores) == running_per_client
@@ -60,10 +62,11 @@ def test_serve_defaults_follow_the_cores_and_flags_override(tmp_path):
                              "--front_end=python", *args])
                 o, _ = options_from_flags()
                 return [o.core.num_run_threads, o.core.max_run_threads_per_client,
-                        o.max_streams_per_connection]
+                        o.max_streams_per_connection, o.core.max_short_runs]
 
         print(json.dumps([options(), options("--num_run_threads=5",
                                              "--max_streams_per_connection=0",
-                                             "--max_run_threads_per_client=4")]))
+                                             "--max_run_threads_per_client=4",
+                                             "--max_short_runs=2")]))
         """)
-    assert options == [[12, 3, 192], [5, 4, 0]]
+    assert options == [[12, 3, 192, 4], [5, 4, 0, 2]]

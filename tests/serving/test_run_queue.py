@@ -103,6 +103,71 @@ def test_a_client_that_arrives_later_gets_turns_not_credit():
     assert order[5:15] == ["b0", "a5", "b1", "a6", "b2", "a7", "b3", "a8", "b4", "a9"], order
 
 
+def _started_count(recorder, label):
+    with recorder.lock:
+        return sum(e == STARTED and l == label for e, l, _ in recorder.events)
+
+
+def test_short_runs_hold_at_most_their_bound_and_longer_runs_take_the_rest():
+    """Four threads, at most two short runs at once. One task of size "s" took 1 ms and one of
+    size "l" 20 ms (a clock the tasks advance): of three short clients' tasks of size "s" two
+    start and the third waits although threads are idle; a task of size "l" then starts on an
+    idle thread at once, and so does one of a size never run (were either held, its result
+    would wait for the release and time out)."""
+    clock = [0.0]
+    recorder = _Recorder()
+    queue = FairRunQueue(4, 100, 100, on_event=recorder, max_running_short=2,
+                         run_clock=lambda: clock[0])
+
+    def advance(seconds):
+        clock[0] += seconds
+
+    for size, seconds in ((("s", 1), 0.001), (("l", 1), 0.02)):
+        queue.submit("teach", advance, (seconds,), None, "teach", size=size).result(timeout=30)
+    release = threading.Event()
+    shorts = [queue.submit(f"short{i}", release.wait, (), None, "short", size=("s", 1))
+              for i in range(3)]
+    while _started_count(recorder, "short") < 2:
+        time.sleep(0.001)
+    assert queue.queued == 1
+    long_run = queue.submit("long", lambda: "L", (), None, "long", size=("l", 1))
+    assert long_run.result(timeout=30) == "L"
+    unknown = queue.submit("new", lambda: "N", (), None, "new", size=("never run", 1))
+    assert unknown.result(timeout=30) == "N"
+    assert _started_count(recorder, "short") == 2 and queue.queued == 1
+    release.set()
+    for f in shorts:
+        f.result(timeout=30)
+    queue.close()
+    assert _started_count(recorder, "short") == 3
+
+
+def test_without_a_size_a_task_is_short_by_its_clients_last_run():
+    """No sizes, runs timed by a clock that stands still (one quantum each), one short run at
+    once, one run per client: each of two clients runs a first task (nothing known of it: not
+    bound), then a second that holds the thread; the second tasks are short by their
+    clients' first runs, so one starts and the other waits while threads are idle; a new
+    client's task (nothing known) still starts beside them."""
+    recorder = _Recorder()
+    queue = FairRunQueue(3, 100, 100, on_event=recorder, max_running_short=1,
+                         max_running_per_client=1, run_clock=lambda: 0.0)
+    release = threading.Event()
+    futures = []
+    for client in ("a", "b"):
+        futures.append(queue.submit(client, lambda: None, (), None, "first"))
+        futures.append(queue.submit(client, release.wait, (), None, "held"))
+    while _started_count(recorder, "held") < 1 or _started_count(recorder, "first") < 2:
+        time.sleep(0.001)
+    other = queue.submit("other", lambda: "O", (), None, "other")  # nothing known: not bound
+    assert other.result(timeout=30) == "O"
+    assert _started_count(recorder, "held") == 1 and queue.queued == 1
+    release.set()
+    for f in futures:
+        f.result(timeout=30)
+    queue.close()
+    assert _started_count(recorder, "held") == 2
+
+
 def test_expired_and_cancelled_tasks_never_run():
     queue, recorder, release, _ = _blocked_queue()
     ran = []

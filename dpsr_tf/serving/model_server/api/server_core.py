@@ -58,6 +58,8 @@ class CoreOptions:
       max_queued_requests_per_client: the same for one client (beyond it:
         RESOURCE_EXHAUSTED).
       max_run_threads_per_client: most run threads one client holds at once (0: all).
+      max_short_runs: most run threads short runs (expected at most 5 ms) hold at once, all
+        clients together (0: all; run_queue.py).
       queue_target_seconds, queue_interval_seconds: the run queue's queue delay control
         (queue_delay.py): a client whose oldest waiting request has waited past the target
         for a whole interval has new requests refused at once; target 0: off (the default,
@@ -90,6 +92,7 @@ class CoreOptions:
     max_queued_requests: int = 1024
     max_queued_requests_per_client: int = 256
     max_run_threads_per_client: int = 0
+    max_short_runs: int = 0
     queue_target_seconds: float = 0.0
     queue_interval_seconds: float = 0.1
     max_unsent_response_bytes_per_client: int = 4 << 20
@@ -112,6 +115,7 @@ class ServerCore:
                                   on_event=self._on_run_event,
                                   gate=self.unsent.gate,
                                   max_running_per_client=options.max_run_threads_per_client,
+                                  max_running_short=options.max_short_runs,
                                   queue_target=options.queue_target_seconds,
                                   queue_interval=options.queue_interval_seconds)
         self.unsent.on_release = self._runs.wake
@@ -230,11 +234,12 @@ class ServerCore:
         return run
 
     def _timed_alone(self, servable, sig, prepared, run):
-        """(run that records its time, cannot_finish for the run queue) of an unbatched
-        request: one that cannot finish in its time left is not run (run_times.py). Requests
-        whose rows are unknown (not batch-major) are run as they are."""
+        """(run that records its time, cannot_finish, size) for the run queue of an unbatched
+        request: one that cannot finish in its time left is not run, and one whose size has
+        run fast counts as short (run_times.py, run_queue.py). Requests whose rows are unknown
+        (not batch-major) are run as they are."""
         if prepared.rows is None:
-            return run, None
+            return run, None, None
         rows = prepared.rows
         key = ((id(servable), servable.name, servable.version, sig.name) + prepared.batch_key
                + tuple(prepared.feeds[a].shape[1:] for a in prepared.batched))
@@ -246,7 +251,7 @@ class ServerCore:
             run_times.record(key, rows, time.monotonic() - start)
             return out
 
-        return timed, functools.partial(run_times.cannot_finish, key, rows)
+        return timed, functools.partial(run_times.cannot_finish, key, rows), (key, rows)
 
     # ------------------------------------------------------------------ Predict
 
@@ -315,10 +320,10 @@ class ServerCore:
                                              servable.rows_independent)
                 if chunked is not None:
                     run, stop = chunked
-                run, cannot_finish = self._timed_alone(servable, sig, prepared, run)
+                run, cannot_finish, size = self._timed_alone(servable, sig, prepared, run)
                 inner = self._runs.submit(entrypoint if client is None else client,
                                           _run_until, (run, prepared.feeds, deadline), deadline,
-                                          servable.name, cannot_finish)
+                                          servable.name, cannot_finish, size)
         except Exception as e:  # pylint: disable=broad-except
             error = _as_serving_error(e)
         if error is not None:

@@ -16,6 +16,14 @@ its task: while a client holds more unsent answers than its budget (unsent_answe
 tasks wait and other clients' run, so it cannot make the server compute answers faster than
 it takes them; while all clients together are over budget, tasks are refused unstarted.
 
+Short runs (expected to hold their thread at most one quantum, serializing the answer
+included: the fastest task of their size seen, else their client's last) hold at most
+`max_running_short` threads at once, by default the cores + 1 (capacity.short_runs); runs not
+known to be short may take every thread. Alike short calls at the knee then share the GIL and
+the cores a few at a time instead of eight at once (docs/benchmarks.md, "Short runs bounded"),
+while long runs from many connections still leave short calls threads of their own: with 3
+threads in all, a short call waited for one of theirs to end.
+
 A client holds at most `max_running_per_client` threads at once: a burst that finds every
 thread idle would otherwise start on all of them before its client cancels it (a started run
 cannot be stopped), and the next client's request would wait for one of those runs. By default
@@ -36,11 +44,12 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Callable, Hashable, Optional
+from typing import Callable, Hashable, Optional, Tuple
 
 import grpc
 
 from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.model_server.runs.run_times import FastestRuns
 from dpsr_tf.serving.queue_delay import QueueDelay
 
 _LOG = logging.getLogger("serving.run_queue")
@@ -70,10 +79,13 @@ def run_cost(seconds: float) -> int:
 
 class _Task:
     __slots__ = ("client", "fn", "args", "deadline", "label", "future", "started_before",
-                 "charged", "cannot_finish", "since")
+                 "charged", "cannot_finish", "since", "size", "short")
 
-    def __init__(self, client, fn, args, deadline, label, started_before, cannot_finish, since):
+    def __init__(self, client, fn, args, deadline, label, started_before, cannot_finish, since,
+                 size):
         self.client = client
+        self.size = size  # (key, rows) of the work, or None
+        self.short = None  # known to take at most one quantum (None: not known yet)
         self.fn = fn
         self.args = args
         self.deadline = deadline
@@ -96,6 +108,8 @@ class FairRunQueue:
         client's further tasks wait while it holds that many threads, so a burst that arrives
         on idle threads leaves threads for the next client (its runs cannot be stopped once
         started, even when the burst is cancelled a moment later).
+      max_running_short: most short tasks (expected to take at most one quantum) running at
+        once, all clients together (0: no bound); tasks not known to be short are not bound.
       on_event: optional callback(event, label, runs_ahead) for metrics: event is STARTED
         (runs_ahead: how many tasks of any client started while this one waited), EXPIRED,
         CANCELLED, REFUSED, CLIENT_REFUSED, GATE_REFUSED, OVERLOADED or TOO_LATE
@@ -121,12 +135,16 @@ class FairRunQueue:
                  gate: Optional[Callable] = None,
                  run_clock: Callable[[], float] = time.monotonic,
                  max_running_per_client: int = 0,
+                 max_running_short: int = 0,
                  queue_target: float = 0.0,
                  queue_interval: float = QUEUE_INTERVAL_SECONDS,
                  clock: Callable[[], float] = time.monotonic):
         self._max_queued = max_queued
         self._max_per_client = max_queued_per_client
         self._max_running = max_running_per_client
+        self._max_short = max_running_short
+        self._short_running = 0
+        self._task_times = FastestRuns()  # how long tasks held their thread, by size
         self._on_event = on_event or (lambda *_: None)
         self._gate = gate or (lambda _client: None)
         self._run_clock = run_clock
@@ -156,8 +174,8 @@ class FairRunQueue:
 
     def submit(self, client: Hashable, fn: Callable, args: tuple, deadline: Optional[float],
                label: str = "",
-               cannot_finish: Optional[Callable[[float], Optional[str]]] = None
-               ) -> concurrent.futures.Future:
+               cannot_finish: Optional[Callable[[float], Optional[str]]] = None,
+               size: Optional[Tuple[Hashable, int]] = None) -> concurrent.futures.Future:
         """Queues `fn(*args)` for `client`.
 
         Args:
@@ -169,6 +187,10 @@ class FairRunQueue:
             cannot finish in that time (run_times.py), else None; asked when the task would
             start, and a task it answers is dropped unstarted (DEADLINE_EXCEEDED, counted as
             EXPIRED).
+          size: optional (key, rows) of the work: the task is expected to take as long as the
+            fastest task of that key and as many rows or fewer (run_times.py's rule); without
+            it, as long as its client's last. Expected at most one quantum: short
+            (max_running_short).
 
         Returns:
           A Future; cancel() it to drop the task if it has not started. A dropped task's
@@ -197,17 +219,21 @@ class FairRunQueue:
                                    "answers before sending more")
             now = self._clock()
             self._refuse_if_late(client, queue, deadline, label, now)
-            task = _Task(client, fn, args, deadline, label, self._started, cannot_finish, now)
+            task = _Task(client, fn, args, deadline, label, self._started, cannot_finish, now,
+                         size)
             self._used.setdefault(client, self._virtual_time)
             if queue is None:
                 queue = self._queues[client] = collections.deque()
             queue.append(task)
             self._queued += 1
-            if not self._max_running or self._running[client] < self._max_running:
-                # A client at its bound of running tasks gets no thread woken for this one:
-                # it can start only when one of its runs ends, and the thread that ran that
-                # takes the next task itself (_loop). A woken thread would find nothing to
-                # start and wait again: two thread switches per call for nothing.
+            if ((not self._max_running or self._running[client] < self._max_running)
+                    and not (self._max_short and self._short_running >= self._max_short
+                             and self._short(task))):
+                # A client at its bound of running tasks, or a short task while the short
+                # runs are at theirs, gets no thread woken: it can start only when one of
+                # those runs ends, and the thread that ran that takes the next task itself
+                # (_loop). A woken thread would find nothing to start and wait again: two
+                # thread switches per call for nothing.
                 self._cond.notify()
         return task.future
 
@@ -253,7 +279,22 @@ class FairRunQueue:
             return True  # dropped (or run at close) without waiting
         if self._max_running and self._running[client] >= self._max_running:
             return False
+        if self._max_short and self._short_running >= self._max_short and self._short(task):
+            return False
         return self._gate(client) is not WAIT
+
+    def _short(self, task: _Task) -> bool:
+        """Whether `task` is known to take at most one quantum (self._cond held)."""
+        if task.short is None:
+            if task.size is not None:
+                seconds = self._task_times.least_seconds(*task.size)
+                if seconds is not None:
+                    task.short = run_cost(seconds) <= 1
+            else:
+                last = self._last_cost.get(task.client)
+                if last is not None:
+                    task.short = last <= 1
+        return bool(task.short)
 
     def _take(self) -> Optional[_Task]:
         with self._cond:
@@ -283,6 +324,8 @@ class FairRunQueue:
             task.charged = self._last_cost.get(client, 1)  # corrected when the run ends
             self._used[client] += task.charged
             self._running[client] += 1
+            task.short = self._short(task)  # as counted until it ends
+            self._short_running += task.short
             return task
 
     def _loop(self) -> None:
@@ -298,12 +341,14 @@ class FairRunQueue:
                 leaving = False
             finally:
                 seconds = self._run_clock() - start
+                if ran and task.size is not None:
+                    self._task_times.record(*task.size, seconds)
                 self._settle(task.client, task.charged, run_cost(seconds),
-                             seconds if ran else None, leaving)
+                             seconds if ran else None, leaving, task.short)
             task = None  # the finished task's arguments are not kept while the thread waits
 
     def _settle(self, client, charged: int, cost: int, seconds: Optional[float],
-                leaving: bool = False) -> None:
+                leaving: bool = False, short: bool = False) -> None:
         """Charges a finished run its measured cost (and times the run, `seconds`, when it
         ran); forgets a client with nothing left. The thread that ran it looks for its next
         task at once (_take), so no other thread is woken for the client's next one unless
@@ -314,8 +359,9 @@ class FairRunQueue:
             self._used[client] += cost - charged
             self._last_cost[client] = cost
             self._running[client] -= 1
-            if leaving and self._max_running and client in self._queues:
-                self._cond.notify()  # its next task may start now
+            self._short_running -= short
+            if leaving:
+                self._cond.notify()  # a task this run held back may start now
             if not self._running[client]:
                 del self._running[client]
                 if client not in self._queues:
