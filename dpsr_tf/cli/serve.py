@@ -263,7 +263,7 @@ _MAX_RUN_THREADS_PER_CLIENT = flags.DEFINE_integer(
     "beyond them only take CPU from the others'); --num_run_threads: no bound.")
 _MAX_SHORT_RUNS = flags.DEFINE_integer(
     "max_short_runs", 0, "[dpsr] Most run threads that short unbatched runs (those whose size "
-    "has held a thread 5 ms or less, answer included) hold at once, all clients together; the "
+    "has held a thread 2 ms or less, answer included) hold at once, all clients together; the "
     "other threads are left to longer runs, so alike short calls share the cores a few at a "
     "time while a burst of long ones cannot keep a short call waiting for a thread. 0: the "
     "usable cores + 1 (3 on 2 cores); --num_run_threads: no bound.", lower_bound=0)

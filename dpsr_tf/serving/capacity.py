@@ -16,7 +16,7 @@ from typing import Optional
 # alike calls at 800 QPS with a lower p99, but ran fewer calls side by side, so a burst of heavy
 # calls from many connections delayed short ones (docs/benchmarks.md, "Fewer run threads").
 RUN_THREADS_PER_CORE = 4
-# So short runs (whose size has held a thread 5 ms or less) hold at most the cores + 1 threads,
+# So short runs (whose size has held a thread 2 ms or less) hold at most the cores + 1 threads,
 # and longer runs may take the rest: alike short calls run three at a time on 2 cores, and a
 # burst of long ones still leaves short calls threads of their own (docs/benchmarks.md, "Short
 # runs bounded").

@@ -142,30 +142,34 @@ def test_short_runs_hold_at_most_their_bound_and_longer_runs_take_the_rest():
     assert _started_count(recorder, "short") == 3
 
 
-def test_without_a_size_a_task_is_short_by_its_clients_last_run():
-    """No sizes, runs timed by a clock that stands still (one quantum each), one short run at
-    once, one run per client: each of two clients runs a first task (nothing known of it: not
-    bound), then a second that holds the thread; the second tasks are short by their
-    clients' first runs, so one starts and the other waits while threads are idle; a new
-    client's task (nothing known) still starts beside them."""
+def test_a_task_is_short_when_its_size_ran_within_the_short_run_time():
+    """One short run at once, three threads. Size "a" once took 1.9 ms, size "b" 2.1 ms (a
+    clock the tasks advance; the bound is SHORT_RUN_SECONDS = 2 ms): while an "a" task holds
+    the short slot a second "a" task waits with threads idle, and a "b" task and a task with
+    no size start beside it (were either held, its result would time out)."""
+    assert run_queue.SHORT_RUN_SECONDS == 0.002
+    clock = [0.0]
     recorder = _Recorder()
     queue = FairRunQueue(3, 100, 100, on_event=recorder, max_running_short=1,
-                         max_running_per_client=1, run_clock=lambda: 0.0)
+                         run_clock=lambda: clock[0])
+
+    def advance(seconds):
+        clock[0] += seconds
+
+    for size, seconds in ((("a", 1), 0.0019), (("b", 1), 0.0021)):
+        queue.submit("teach", advance, (seconds,), None, "teach", size=size).result(timeout=30)
     release = threading.Event()
-    futures = []
-    for client in ("a", "b"):
-        futures.append(queue.submit(client, lambda: None, (), None, "first"))
-        futures.append(queue.submit(client, release.wait, (), None, "held"))
-    while _started_count(recorder, "held") < 1 or _started_count(recorder, "first") < 2:
+    held = [queue.submit(f"a{i}", release.wait, (), None, "a", size=("a", 1)) for i in range(2)]
+    while _started_count(recorder, "a") < 1:
         time.sleep(0.001)
-    other = queue.submit("other", lambda: "O", (), None, "other")  # nothing known: not bound
-    assert other.result(timeout=30) == "O"
-    assert _started_count(recorder, "held") == 1 and queue.queued == 1
+    assert queue.submit("b", lambda: "B", (), None, "b", size=("b", 1)).result(timeout=30) == "B"
+    assert queue.submit("none", lambda: "N", (), None, "none").result(timeout=30) == "N"
+    assert _started_count(recorder, "a") == 1 and queue.queued == 1
     release.set()
-    for f in futures:
+    for f in held:
         f.result(timeout=30)
     queue.close()
-    assert _started_count(recorder, "held") == 2
+    assert _started_count(recorder, "a") == 2
 
 
 def test_expired_and_cancelled_tasks_never_run():

@@ -58,7 +58,7 @@ class CoreOptions:
       max_queued_requests_per_client: the same for one client (beyond it:
         RESOURCE_EXHAUSTED).
       max_run_threads_per_client: most run threads one client holds at once (0: all).
-      max_short_runs: most run threads short runs (expected at most 5 ms) hold at once, all
+      max_short_runs: most run threads short runs (expected at most 2 ms) hold at once, all
         clients together (0: all; run_queue.py).
       queue_target_seconds, queue_interval_seconds: the run queue's queue delay control
         (queue_delay.py): a client whose oldest waiting request has waited past the target

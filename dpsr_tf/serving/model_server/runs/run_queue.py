@@ -16,10 +16,10 @@ its task: while a client holds more unsent answers than its budget (unsent_answe
 tasks wait and other clients' run, so it cannot make the server compute answers faster than
 it takes them; while all clients together are over budget, tasks are refused unstarted.
 
-Short runs (expected to hold their thread at most one quantum, serializing the answer
-included: the fastest task of their size seen, else their client's last) hold at most
-`max_running_short` threads at once, by default the cores + 1 (capacity.short_runs); runs not
-known to be short may take every thread. Alike short calls at the knee then share the GIL and
+Short runs (expected to hold their thread SHORT_RUN_SECONDS or less, building the answer
+included: the fastest task of their size seen) hold at most `max_running_short` threads at
+once, by default the cores + 1 (capacity.short_runs); runs not known to be short may take
+every thread. Alike short calls at the knee then share the GIL and
 the cores a few at a time instead of eight at once (docs/benchmarks.md, "Short runs bounded"),
 while long runs from many connections still leave short calls threads of their own: with 3
 threads in all, a short call waited for one of theirs to end.
@@ -70,6 +70,13 @@ QUEUE_INTERVAL_SECONDS = 0.1
 # The unit of run time that clients are charged in (runs shorter than this cost one unit, so
 # clients of cheap runs take strict turns).
 COST_QUANTUM_SECONDS = 0.005
+# Runs this short are mostly a call's fixed work (decoding, answer building, hand-offs), which
+# the GIL serializes anyway: more of them side by side than the cores + 1 add hand-offs, not
+# throughput (a single query of the 1M default servable for 1,000 results: 0.7-1.2 ms alone,
+# its answer built). A 64-query request for 300 results each took 3.3-4.4 ms of a 240-item
+# servable: bounded with the short ones (at 5 ms), 300 connections of one such request each
+# kept normal calls waiting for the few short slots (docs/benchmarks.md, "Short runs bounded").
+SHORT_RUN_SECONDS = 0.002
 
 
 def run_cost(seconds: float) -> int:
@@ -85,7 +92,7 @@ class _Task:
                  size):
         self.client = client
         self.size = size  # (key, rows) of the work, or None
-        self.short = None  # known to take at most one quantum (None: not known yet)
+        self.short = None  # known to be short (None: not known yet)
         self.fn = fn
         self.args = args
         self.deadline = deadline
@@ -108,8 +115,9 @@ class FairRunQueue:
         client's further tasks wait while it holds that many threads, so a burst that arrives
         on idle threads leaves threads for the next client (its runs cannot be stopped once
         started, even when the burst is cancelled a moment later).
-      max_running_short: most short tasks (expected to take at most one quantum) running at
-        once, all clients together (0: no bound); tasks not known to be short are not bound.
+      max_running_short: most short tasks (whose size has run in SHORT_RUN_SECONDS or less)
+        running at once, all clients together (0: no bound); tasks not known to be short are
+        not bound.
       on_event: optional callback(event, label, runs_ahead) for metrics: event is STARTED
         (runs_ahead: how many tasks of any client started while this one waited), EXPIRED,
         CANCELLED, REFUSED, CLIENT_REFUSED, GATE_REFUSED, OVERLOADED or TOO_LATE
@@ -188,9 +196,9 @@ class FairRunQueue:
             start, and a task it answers is dropped unstarted (DEADLINE_EXCEEDED, counted as
             EXPIRED).
           size: optional (key, rows) of the work: the task is expected to take as long as the
-            fastest task of that key and as many rows or fewer (run_times.py's rule); without
-            it, as long as its client's last. Expected at most one quantum: short
-            (max_running_short).
+            fastest task of that key and as many rows or fewer (run_times.py's rule), and is
+            short when that is SHORT_RUN_SECONDS or less (max_running_short); without it, the
+            task is never short.
 
         Returns:
           A Future; cancel() it to drop the task if it has not started. A dropped task's
@@ -284,16 +292,11 @@ class FairRunQueue:
         return self._gate(client) is not WAIT
 
     def _short(self, task: _Task) -> bool:
-        """Whether `task` is known to take at most one quantum (self._cond held)."""
-        if task.short is None:
-            if task.size is not None:
-                seconds = self._task_times.least_seconds(*task.size)
-                if seconds is not None:
-                    task.short = run_cost(seconds) <= 1
-            else:
-                last = self._last_cost.get(task.client)
-                if last is not None:
-                    task.short = last <= 1
+        """Whether `task` is known to be short (self._cond held)."""
+        if task.short is None and task.size is not None:
+            seconds = self._task_times.least_seconds(*task.size)
+            if seconds is not None:
+                task.short = seconds <= SHORT_RUN_SECONDS
         return bool(task.short)
 
     def _take(self) -> Optional[_Task]:
