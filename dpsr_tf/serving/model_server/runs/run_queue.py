@@ -19,10 +19,10 @@ it takes them; while all clients together are over budget, tasks are refused uns
 Short runs (expected to hold their thread SHORT_RUN_SECONDS or less, building the answer
 included: the fastest task of their size seen) hold at most `max_running_short` threads at
 once, by default the cores + 1 (capacity.short_runs); runs not known to be short may take
-every thread. Alike short calls at the knee then share the GIL and
-the cores a few at a time instead of eight at once (docs/benchmarks.md, "Short runs bounded"),
-while long runs from many connections still leave short calls threads of their own: with 3
-threads in all, a short call waited for one of theirs to end.
+every thread. Alike short calls at the knee then share the GIL and the cores a few at a time
+instead of eight at once (docs/benchmarks.md, "Short runs bounded"), while long runs from many
+connections still leave short calls threads of their own: with 3 threads in all, a short call
+waited for one of theirs to end.
 
 A client holds at most `max_running_per_client` threads at once: a burst that finds every
 thread idle would otherwise start on all of them before its client cancels it (a started run
