@@ -108,22 +108,40 @@ def _started_count(recorder, label):
         return sum(e == STARTED and l == label for e, l, _ in recorder.events)
 
 
+def _taught_queue(threads, max_short, sizes):
+    """A queue of `threads` threads and at most `max_short` short runs whose tasks of each
+    size in `sizes` ({size: seconds}) have run once, timed by a clock the tasks advance."""
+    clock = [0.0]
+    recorder = _Recorder()
+    queue = FairRunQueue(threads, 100, 100, on_event=recorder, max_running_short=max_short,
+                         run_clock=lambda: clock[0])
+
+    def advance(seconds):
+        clock[0] += seconds
+
+    for size, seconds in sizes.items():
+        queue.submit("teach", advance, (seconds,), None, "teach", size=size).result(timeout=30)
+    return queue, recorder
+
+
+def _held_then_released(queue, recorder, label, release, futures):
+    """Asserts that all of `futures` (tasks of `label`) but one started and one waits; then
+    releases them and asserts that the waiting one ran too."""
+    assert _started_count(recorder, label) == len(futures) - 1 and queue.queued == 1
+    release.set()
+    for f in futures:
+        f.result(timeout=30)
+    queue.close()
+    assert _started_count(recorder, label) == len(futures)
+
+
 def test_short_runs_hold_at_most_their_bound_and_longer_runs_take_the_rest():
     """Four threads, at most two short runs at once. One task of size "s" took 1 ms and one of
     size "l" 20 ms (a clock the tasks advance): of three short clients' tasks of size "s" two
     start and the third waits although threads are idle; a task of size "l" then starts on an
     idle thread at once, and so does one of a size never run (were either held, its result
     would wait for the release and time out)."""
-    clock = [0.0]
-    recorder = _Recorder()
-    queue = FairRunQueue(4, 100, 100, on_event=recorder, max_running_short=2,
-                         run_clock=lambda: clock[0])
-
-    def advance(seconds):
-        clock[0] += seconds
-
-    for size, seconds in ((("s", 1), 0.001), (("l", 1), 0.02)):
-        queue.submit("teach", advance, (seconds,), None, "teach", size=size).result(timeout=30)
+    queue, recorder = _taught_queue(4, 2, {("s", 1): 0.001, ("l", 1): 0.02})
     release = threading.Event()
     shorts = [queue.submit(f"short{i}", release.wait, (), None, "short", size=("s", 1))
               for i in range(3)]
@@ -134,12 +152,7 @@ def test_short_runs_hold_at_most_their_bound_and_longer_runs_take_the_rest():
     assert long_run.result(timeout=30) == "L"
     unknown = queue.submit("new", lambda: "N", (), None, "new", size=("never run", 1))
     assert unknown.result(timeout=30) == "N"
-    assert _started_count(recorder, "short") == 2 and queue.queued == 1
-    release.set()
-    for f in shorts:
-        f.result(timeout=30)
-    queue.close()
-    assert _started_count(recorder, "short") == 3
+    _held_then_released(queue, recorder, "short", release, shorts)
 
 
 def test_a_task_is_short_when_its_size_ran_within_the_short_run_time():
@@ -148,28 +161,14 @@ def test_a_task_is_short_when_its_size_ran_within_the_short_run_time():
     the short slot a second "a" task waits with threads idle, and a "b" task and a task with
     no size start beside it (were either held, its result would time out)."""
     assert run_queue.SHORT_RUN_SECONDS == 0.002
-    clock = [0.0]
-    recorder = _Recorder()
-    queue = FairRunQueue(3, 100, 100, on_event=recorder, max_running_short=1,
-                         run_clock=lambda: clock[0])
-
-    def advance(seconds):
-        clock[0] += seconds
-
-    for size, seconds in ((("a", 1), 0.0019), (("b", 1), 0.0021)):
-        queue.submit("teach", advance, (seconds,), None, "teach", size=size).result(timeout=30)
+    queue, recorder = _taught_queue(3, 1, {("a", 1): 0.0019, ("b", 1): 0.0021})
     release = threading.Event()
     held = [queue.submit(f"a{i}", release.wait, (), None, "a", size=("a", 1)) for i in range(2)]
     while _started_count(recorder, "a") < 1:
         time.sleep(0.001)
     assert queue.submit("b", lambda: "B", (), None, "b", size=("b", 1)).result(timeout=30) == "B"
     assert queue.submit("none", lambda: "N", (), None, "none").result(timeout=30) == "N"
-    assert _started_count(recorder, "a") == 1 and queue.queued == 1
-    release.set()
-    for f in held:
-        f.result(timeout=30)
-    queue.close()
-    assert _started_count(recorder, "a") == 2
+    _held_then_released(queue, recorder, "a", release, held)
 
 
 def test_expired_and_cancelled_tasks_never_run():
