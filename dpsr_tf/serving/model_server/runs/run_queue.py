@@ -235,8 +235,7 @@ class FairRunQueue:
             queue.append(task)
             self._queued += 1
             if ((not self._max_running or self._running[client] < self._max_running)
-                    and not (self._max_short and self._short_running >= self._max_short
-                             and self._short(task))):
+                    and not self._short_held(task)):
                 # A client at its bound of running tasks, or a short task while the short
                 # runs are at theirs, gets no thread woken: it can start only when one of
                 # those runs ends, and the thread that ran that takes the next task itself
@@ -287,9 +286,15 @@ class FairRunQueue:
             return True  # dropped (or run at close) without waiting
         if self._max_running and self._running[client] >= self._max_running:
             return False
-        if self._max_short and self._short_running >= self._max_short and self._short(task):
+        if self._short_held(task):
             return False
         return self._gate(client) is not WAIT
+
+    def _short_held(self, task: _Task) -> bool:
+        """Whether `task` is short while the short runs are at their bound (self._cond
+        held)."""
+        return bool(self._max_short and self._short_running >= self._max_short
+                    and self._short(task))
 
     def _short(self, task: _Task) -> bool:
         """Whether `task` is known to be short (self._cond held)."""
