@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: build demo test test-packages cc-test bench clean bazel
+.PHONY: build demo test test-packages cc-test front-end-asan bench clean bazel
 
 # The native gRPC front end (front_end_cc/, docs/serving.md): an executable linked with the
 # Debian package libgrpc++-dev.
@@ -49,6 +49,10 @@ $(LOADGEN): bench/loadgen_cc/loadgen.cc
 
 cc-test: build  ## C++ unit tests of the tokenizer, lexical index and top-k buffer cores
 	$(PY) tools/run_cc_tests.py
+
+# Minutes, not part of `make test`: run it after changing front_end_cc/.
+front-end-asan: build  ## the native front end's tests against its ASan/UBSan build, under CPU load
+	$(PY) tools/front_end_sanitized.py
 
 demo: build  ## the embedded end-to-end demo
 	$(PY) -m dpsr_tf.cli demo

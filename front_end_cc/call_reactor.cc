@@ -154,9 +154,15 @@ long long Call::DeadlineLeftMicros() const {
 }
 
 bool Call::LeftBeforeItsTurn() {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (!cancelled_ && !ctx_->IsCancelled()) return false;
-  FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while waiting"));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!cancelled_ && !ctx_->IsCancelled()) return false;
+    // This thread's own reference while the lock is dropped: called from another call's
+    // thread, so no reaction of this call holds its OnDone (and its delete) back.
+    refs_.fetch_add(1);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while waiting"));
+  }
+  Unref();
   return true;
 }
 
@@ -167,9 +173,18 @@ void Call::StartBackend(bool metered) {
     slot_held_ = metered;
     started_ = metered;
     if (metered) slot_since_ = std::chrono::steady_clock::now();
-    refs_.fetch_add(1);
+    // The backend call's reference, and this thread's until it returns. Without the second,
+    // an answer fast enough (the framed hop's reader thread, gRPC's for a backend call) could
+    // finish the call, and its OnDone delete it, before this thread is done with it: when a
+    // call is started from another call's thread (FrontEnd::Start), no reaction of its own
+    // holds its OnDone back.
+    refs_.fetch_add(2);
   }
-  if (StartFramed()) return;
+  if (!StartFramed()) StartGrpc();
+  Unref();
+}
+
+void Call::StartGrpc() {
   backend_ctx_.set_deadline(ctx_->deadline());
   const std::string& client_key = fe_->options().client_metadata_key;
   for (const auto& kv : ctx_->client_metadata()) {

@@ -62,6 +62,7 @@ class Call : public grpc::ServerGenericBidiReactor {
 
   // The framed hop (framed_backend.h) for a Predict call: true when the call went that way.
   bool StartFramed();
+  void StartGrpc();  // the backend call over gRPC, for every call the framed hop does not take
   void OnFramedAnswer(const grpc::Status& status, std::string bytes);
   void OnBackendRead(bool ok);
   void EndBackendReads();  // this side starts no more backend reads: let the call end
@@ -91,7 +92,9 @@ class Call : public grpc::ServerGenericBidiReactor {
   grpc::ByteBuffer response_;
   grpc::ClientContext backend_ctx_;
   Backend backend_{this};
-  std::atomic<int> refs_{1};  // the server side; +1 while a backend call exists
+  // The server side's (until OnDone), +1 while a backend call exists, +1 while a thread that is
+  // not one of this call's reactions works on it (StartBackend, LeftBeforeItsTurn).
+  std::atomic<int> refs_{1};
 };
 
 }  // namespace front_end

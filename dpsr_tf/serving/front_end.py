@@ -27,7 +27,9 @@ from typing import Callable, Optional
 from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY, forwarded_client
 
 _LOG = logging.getLogger("serving.front_end")
-BINARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpsr_front_end")
+# DPSR_FRONT_END_BINARY names another build of it (tools/front_end_sanitized.py: under ASan).
+BINARY = (os.environ.get("DPSR_FRONT_END_BINARY") or
+          os.path.join(os.path.dirname(os.path.abspath(__file__)), "dpsr_front_end"))
 _READY = re.compile(rb"dpsr_front_end listening on port (\d+)")
 # A front end that dies is started again on its port: at once the first time in
 # RESTART_WINDOW_S (clients wait in the listening socket's backlog meanwhile), then after
