@@ -4,8 +4,8 @@ with CPU-bound processes beside them, and fails on any sanitizer report.
 Why: the front end's calls are started, answered and freed on different threads (gRPC's, the
 framed hop's reader, another call's end), so a use after free needs a thread to be preempted
 at the wrong instruction. Busy processes beside the tests make that common; ASan makes it a
-report instead of a crash now and then (a front end that read a freed call aborted a few times
-a day under load before its calls held a reference for each thread working on them).
+report instead of a crash now and then (a call read after another thread freed it, in
+call_reactor.cc, is the race this catches).
 
     python tools/front_end_sanitized.py              # what `make front-end-asan` runs
     python tools/front_end_sanitized.py --busy=4 -k profiler   # more load, some tests only
