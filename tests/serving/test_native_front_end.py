@@ -171,7 +171,11 @@ def test_a_flood_of_one_client_waits_its_turns_behind_another_clients_call(
 
 
 def test_calls_given_up_while_waiting_never_reach_the_python_server(toy_model_dir, tmp_path):
-    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1")
+    # The queue delay control off: its refusals are tested below. With it on, on a loaded host
+    # the expired calls' cancellations may not all have reached the front end when the last
+    # call comes, and the queue they stood in for 0.5 s then refuses it, rightly, as standing.
+    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
+                    "--front_end_queue_target_ms=0")
     request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
     channel, call = _raw_call(server.address)
     try:
@@ -190,14 +194,9 @@ def test_calls_given_up_while_waiting_never_reach_the_python_server(toy_model_di
     finally:
         channel.close()
         counts = _summary(server)
-        with open(server.log_path, encoding="utf-8", errors="replace") as f:
-            overloaded, cannot_finish = _overload_counts(f.read())
     # Only the warm-up, the holder and the last call (and the launcher's readiness checks)
-    # reached the server. An expiring call is dropped where it waited, or refused on arrival
-    # when its 0.5 s were shorter than its expected wait (how many depends on the measured
-    # service time): either way DEADLINE_EXCEEDED and never at the server.
-    assert overloaded == 0
-    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] + cannot_finish == 100
+    # reached the server: every expiring or cancelled call was dropped where it waited.
+    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] == 100
 
 
 def test_sigterm_refuses_later_calls_and_finishes_the_admitted_ones(toy_model_dir, tmp_path):
