@@ -5,6 +5,7 @@ on time. To hold calls in the front end's queue deterministically, the Python se
 with SIGSTOP (the front end, its child, keeps running) and continued afterwards."""
 import contextlib
 import os
+import random
 import re
 import signal
 import threading
@@ -538,3 +539,66 @@ def test_channel_arguments_apply_to_the_front_ends_port(toy_model_dir, tmp_path)
     finally:
         reader.close()
         server.stop()
+
+
+def test_calls_ending_at_every_point_of_their_life_leave_the_front_end_serving(toy_model_dir,
+                                                                               tmp_path):
+    # A call is started, answered and freed on different threads (gRPC's, the framed hop's
+    # reader, the end of another call that hands it its turn). Calls that expire within
+    # milliseconds, are cancelled at random instants or die with their connection end at every
+    # point of that life; a call read after it was freed crashed the front end here (the
+    # server restarted it and the calls it held failed UNAVAILABLE), and answers handed to the
+    # wrong call would differ from their query's. 8 clients, seeded, 40 rounds of 1-30 calls.
+    # The queue delay control off, so that a loaded host refuses few calls (any refusal is
+    # RESOURCE_EXHAUSTED, never UNAVAILABLE).
+    server = _start(toy_model_dir, tmp_path, "--front_end_queue_target_ms=0")
+    texts = ["cordless drill", "garden hose", "led bulb", "paint roller"]
+    requests = [st.predict_request("dpsr", [t]).SerializeToString() for t in texts]
+    channel, call = _raw_call(server.address)
+    try:
+        expected = [call(r, timeout=60) for r in requests]
+    finally:
+        channel.close()
+    assert len(set(expected)) == len(texts)  # each query's answer tells it apart
+    first = st.front_end_pid(server.proc.pid)
+    codes, wrong, lock = {}, [], threading.Lock()
+
+    def client(seed):
+        rng = random.Random(seed)
+        for _ in range(40):
+            channel, call = _raw_call(server.address)
+            sent = []
+            for _ in range(rng.randint(1, 30)):
+                which, fate = rng.randrange(len(texts)), rng.random()
+                timeout = rng.uniform(0.0005, 0.005) if fate < 0.3 else 60
+                future = call.future(requests[which], timeout=timeout)
+                if 0.3 <= fate < 0.6:  # cancelled within 2 ms
+                    time.sleep(rng.uniform(0, 0.002))
+                    future.cancel()
+                sent.append((which, future))
+            if rng.random() < 0.3:
+                channel.close()  # its calls in flight end with their connection
+            for which, future in sent:
+                code = _code(future)
+                with lock:
+                    codes[code] = codes.get(code, 0) + 1
+                    if code == "OK" and future.result() != expected[which]:
+                        wrong.append(which)
+            channel.close()
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    channel, call = _raw_call(server.address)
+    try:
+        assert call(requests[0], timeout=60) == expected[0]  # still serving
+    finally:
+        channel.close()
+    assert set(codes) <= {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}, codes
+    assert codes.get("OK", 0) > 0 and not wrong
+    assert st.front_end_pid(server.proc.pid) == first
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        assert "native front end exited" not in f.read()
+    assert server.stop() == 0
