@@ -224,7 +224,7 @@ bool Call::StartFramed() {
                     [this](const grpc::Status& status, std::string bytes) {
                       OnFramedAnswer(status, std::move(bytes));
                     })) {
-    std::lock_guard<std::mutex> lock(mu_);  // no connection: the gRPC hop takes it
+    std::lock_guard<std::mutex> lock(mu_);  // not sent whole: the gRPC hop takes it
     framed_ = false;
     return false;
   }

@@ -107,18 +107,14 @@ bool FramedBackend::Send(uint64_t id, long long deadline_micros, const std::stri
     calls_[id] = Waiting{fd, std::move(done)};
   }
   if (WriteAllLocked(frame)) return true;
-  // The connection broke under this frame: its reader fails what was sent on it; this call
-  // is failed here if the reader has not already.
+  // The connection broke under this frame: its reader fails the calls sent whole on it. This
+  // one is taken back before write_mu_ is dropped, so the reader (which takes write_mu_ before
+  // failing a connection's calls) never has it: the server got part of its frame at most and
+  // will not run it, so the caller forwards it another way instead of failing it.
   shutdown(fd, SHUT_RDWR);
   fd_ = -1;
-  lock.unlock();
-  AnswerCallback mine = Take(id, fd);
-  if (mine) {
-    mine(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                      "dpsr front end: the server's framed socket closed while sending"),
-         std::string());
-  }
-  return true;
+  Take(id, fd);
+  return false;
 }
 
 void FramedBackend::Cancel(uint64_t id) {

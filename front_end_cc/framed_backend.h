@@ -38,9 +38,10 @@ class FramedBackend {
  public:
   explicit FramedBackend(std::string socket_path) : path_(std::move(socket_path)) {}
 
-  // Sends one Predict call; `done` runs once, on this object's reader thread (or on the
-  // caller's, when the connection is lost while sending). False (and `done` never runs) when
-  // no connection could be made: the caller forwards the call another way.
+  // Sends one Predict call; `done` runs once, on this object's reader thread, never on the
+  // caller's. False (and `done` never runs) when the call did not reach the server whole: no
+  // connection could be made, or the connection broke under its frame. The caller then
+  // forwards the call another way.
   bool Send(uint64_t id, long long deadline_micros, const std::string& client,
             const grpc::ByteBuffer& request, AnswerCallback done);
 

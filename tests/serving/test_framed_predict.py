@@ -204,6 +204,42 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
     assert re.search(r"; framed 7;", summary), summary
 
 
+def test_a_call_whose_frame_the_socket_broke_under_goes_over_grpc(front):
+    # The server never runs a partial frame, so a call whose frame was cut is not lost: the
+    # front end sends it over gRPC (before, it failed UNAVAILABLE). A gRPC backend here answers
+    # with the length of what it got; the frame server accepts the connection and closes it
+    # while the front end is still writing the 8 MB frame (far over the socket's buffer).
+    fe, frames = front
+    backend = grpc.server(concurrent.futures.ThreadPoolExecutor(2), options=[
+        ("grpc.max_receive_message_length", 64 << 20)])
+    backend.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "tensorflow.serving.PredictionService",
+        {"Predict": grpc.unary_unary_rpc_method_handler(
+            lambda request, context: b"over grpc: %d bytes" % len(request))}),))
+    backend.add_insecure_port(f"unix:{fe.backend_socket}")
+    backend.start()
+    channel, call = _raw_predict(f"127.0.0.1:{fe.port}")
+    try:
+        thread, box = _call_async(call, b"x" * (8 << 20))
+        frames.accept()
+        frames.conn.close()
+        thread.join(30)
+        assert box["out"] == ("OK", b"over grpc: 8388608 bytes")
+        # The next call connects again and goes framed.
+        thread, box = _call_async(call, b"small")
+        frames.accept()
+        _, call_id, body = frames.read_frame()
+        assert body.endswith(b"small")
+        frames.answer(call_id, grpc.StatusCode.OK, payload=b"framed")
+        thread.join(30)
+        assert box["out"] == ("OK", b"framed")
+    finally:
+        channel.close()
+        backend.stop(0)
+    summary = fe.stop(grace_seconds=1)
+    assert re.search(r"; framed 1;", summary), summary
+
+
 # --- the Python frame server against a fake core --------------------------------------------
 
 class _FakeServicer:
