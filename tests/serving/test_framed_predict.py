@@ -137,6 +137,17 @@ def _call_async(call, payload, timeout=30):
     return thread, box
 
 
+def _a_new_connection_answers(call, frames, payload):
+    """The next call connects to the frame server again, goes framed and gets its answer."""
+    thread, box = _call_async(call, payload)
+    frames.accept()
+    _, call_id, body = frames.read_frame()
+    assert body.endswith(payload)
+    frames.answer(call_id, grpc.StatusCode.OK, payload=b"answer to " + payload)
+    thread.join(30)
+    assert box["out"] == ("OK", b"answer to " + payload)
+
+
 def test_the_front_end_sends_frames_and_relays_answers(front):
     fe, frames = front
     channel, call = _raw_predict(f"127.0.0.1:{fe.port}")
@@ -169,13 +180,7 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
         frames.conn.close()
         thread.join(30)
         assert box["out"][0] == "UNAVAILABLE"
-        thread, box = _call_async(call, b"request four")
-        frames.accept()
-        _, fourth_id, body = frames.read_frame()
-        assert body.endswith(b"request four")
-        frames.answer(fourth_id, grpc.StatusCode.OK, payload=b"four")
-        thread.join(30)
-        assert box["out"] == ("OK", b"four")
+        _a_new_connection_answers(call, frames, b"request four")
 
         # A client that gives up (its deadline) gets its call cancelled on the server; the
         # answer that comes anyway is dropped and the front end goes on serving.
@@ -225,14 +230,7 @@ def test_a_call_whose_frame_the_socket_broke_under_goes_over_grpc(front):
         frames.conn.close()
         thread.join(30)
         assert box["out"] == ("OK", b"over grpc: 8388608 bytes")
-        # The next call connects again and goes framed.
-        thread, box = _call_async(call, b"small")
-        frames.accept()
-        _, call_id, body = frames.read_frame()
-        assert body.endswith(b"small")
-        frames.answer(call_id, grpc.StatusCode.OK, payload=b"framed")
-        thread.join(30)
-        assert box["out"] == ("OK", b"framed")
+        _a_new_connection_answers(call, frames, b"small")  # framed again
     finally:
         channel.close()
         backend.stop(0)
