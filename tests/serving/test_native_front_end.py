@@ -195,9 +195,15 @@ def test_calls_given_up_while_waiting_never_reach_the_python_server(toy_model_di
     finally:
         channel.close()
         counts = _summary(server)
-    # Only the warm-up, the holder and the last call (and the launcher's readiness checks)
-    # reached the server: every expiring or cancelled call was dropped where it waited.
-    assert counts["accepted"] - counts["forwarded"] == counts["dropped"] == 100
+    # Only the warm-up, the holder and the last call reached the server (as Predict calls: the
+    # launcher's readiness checks are other methods): every expiring or cancelled call the
+    # front end got was dropped where it waited. A call cancelled at once may never have left
+    # the client (on a loaded host 40 of 50 did not), so the front end got 50 to 100 of them.
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        framed = re.findall(r"framed Predict calls read: (\d+)", f.read())
+    assert framed and int(framed[-1]) == 3, server.log_tail()
+    assert counts["accepted"] - counts["forwarded"] == counts["dropped"]
+    assert 50 <= counts["dropped"] <= 100, counts
 
 
 def test_sigterm_refuses_later_calls_and_finishes_the_admitted_ones(toy_model_dir, tmp_path):
