@@ -221,8 +221,8 @@ bool Call::StartFramed() {
     framed_id_ = id;
   }
   if (!framed->Send(id, DeadlineLeftMicros(), client_, request_,
-                    [this](const grpc::Status& status, std::string bytes) {
-                      OnFramedAnswer(status, std::move(bytes));
+                    [this](const grpc::Status& status, std::string bytes, Trailers trailers) {
+                      OnFramedAnswer(status, std::move(bytes), trailers);
                     })) {
     std::lock_guard<std::mutex> lock(mu_);  // not sent whole: the gRPC hop takes it
     framed_ = false;
@@ -238,11 +238,13 @@ bool Call::StartFramed() {
   return true;
 }
 
-void Call::OnFramedAnswer(const grpc::Status& status, std::string bytes) {
+void Call::OnFramedAnswer(const grpc::Status& status, std::string bytes,
+                          const Trailers& trailers) {
   ReleaseSlot();  // the server's work for this call is done
   {
     std::unique_lock<std::mutex> lock(mu_);
     if (state_ != State::kFinished) {
+      for (const auto& kv : trailers) ctx_->AddTrailingMetadata(kv.first, kv.second);
       if (!status.ok()) {
         FinishLocked(status);
       } else if (!fe_->HoldUnread(client_, bytes.size())) {

@@ -20,6 +20,8 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/client_callback.h>
 
+#include "front_end_cc/framed_backend.h"
+
 namespace dpsr {
 namespace front_end {
 
@@ -63,7 +65,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   // The framed hop (framed_backend.h) for a Predict call: true when the call went that way.
   bool StartFramed();
   void StartGrpc();  // the backend call over gRPC, for every call the framed hop does not take
-  void OnFramedAnswer(const grpc::Status& status, std::string bytes);
+  void OnFramedAnswer(const grpc::Status& status, std::string bytes, const Trailers& trailers);
   void OnBackendRead(bool ok);
   void EndBackendReads();  // this side starts no more backend reads: let the call end
   void OnBackendDone(const grpc::Status& status);

@@ -31,6 +31,46 @@ uint64_t GetLE(const unsigned char* p, int n) {
   return v;
 }
 
+// A trailing metadata key the front end passes on to its client: a plain (not binary) gRPC key
+// that is not gRPC's own. The server is trusted; this keeps a bug there from reaching gRPC.
+bool PlainKey(const std::string& key) {
+  if (key.empty() || key.rfind("grpc-", 0) == 0) return false;
+  if (key.size() > 4 && key.compare(key.size() - 4, 4, "-bin") == 0) return false;
+  for (unsigned char c : key) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+          c == '.')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool PlainValue(const std::string& value) {
+  for (unsigned char c : value) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
+}
+
+// The trailing metadata of an answer frame, `n` bytes at `p`; false when they are malformed.
+bool ParseTrailers(const unsigned char* p, size_t n, Trailers* out) {
+  size_t at = 0;
+  while (at < n) {
+    std::string kv[2];
+    for (auto& s : kv) {
+      if (n - at < 4) return false;
+      const size_t len = static_cast<size_t>(GetLE(p + at, 4));
+      at += 4;
+      if (len > n - at) return false;
+      s.assign(reinterpret_cast<const char*>(p + at), len);
+      at += len;
+    }
+    if (!PlainKey(kv[0]) || !PlainValue(kv[1])) return false;
+    out->emplace_back(std::move(kv[0]), std::move(kv[1]));
+  }
+  return true;
+}
+
 std::string Head(FrameKind kind, uint64_t id, size_t body) {
   std::string s;
   s.reserve(kHead + body);
@@ -148,7 +188,7 @@ void FramedBackend::ReadLoop(int fd) {
     const uint32_t length = static_cast<uint32_t>(GetLE(head, 4));
     const auto kind = static_cast<FrameKind>(head[4]);
     const uint64_t id = GetLE(head + 8, 8);
-    if (kind != FrameKind::kAnswer || length < kHead - 4 + 8 || length > kMaxFrame) {
+    if (kind != FrameKind::kAnswer || length < kHead - 4 + 12 || length > kMaxFrame) {
       why = "the server's framed socket sent a frame that is not an answer";
       break;
     }
@@ -156,15 +196,25 @@ void FramedBackend::ReadLoop(int fd) {
     if (!ReadFull(fd, &body[0], body.size())) break;
     const auto* p = reinterpret_cast<const unsigned char*>(body.data());
     const int code = static_cast<int32_t>(GetLE(p, 4));
-    const uint32_t message_length = static_cast<uint32_t>(GetLE(p + 4, 4));
-    if (message_length > body.size() - 8 || code < 0 || code > 16) {
+    const size_t message_length = static_cast<size_t>(GetLE(p + 4, 4));
+    // code, message length, message, trailers' length: the fixed fields need 12 bytes.
+    size_t trailers_length = 0;
+    Trailers trailers;
+    bool ok = code >= 0 && code <= 16 && message_length <= body.size() - 12;
+    if (ok) {
+      trailers_length = static_cast<size_t>(GetLE(p + 8 + message_length, 4));
+      ok = trailers_length <= body.size() - 12 - message_length &&
+           ParseTrailers(p + 12 + message_length, trailers_length, &trailers);
+    }
+    if (!ok) {
       why = "the server's framed socket sent a malformed answer";
       break;
     }
     AnswerCallback done = Take(id, fd);
     if (!done) continue;  // not a call of this connection's: nothing waits for it
     grpc::Status status(static_cast<grpc::StatusCode>(code), body.substr(8, message_length));
-    done(status, status.ok() ? body.substr(8 + message_length) : std::string());
+    done(status, status.ok() ? body.substr(12 + message_length + trailers_length) : std::string(),
+         std::move(trailers));
   }
   {
     std::lock_guard<std::mutex> lock(write_mu_);
@@ -188,7 +238,8 @@ void FramedBackend::FailAll(int fd, const std::string& why) {
     }
   }
   for (auto& done : failed) {
-    done(grpc::Status(grpc::StatusCode::UNAVAILABLE, "dpsr front end: " + why), std::string());
+    done(grpc::Status(grpc::StatusCode::UNAVAILABLE, "dpsr front end: " + why), std::string(),
+         Trailers());
   }
 }
 

@@ -10,8 +10,10 @@
 //     u32 client name length, the client name, then the serialized PredictRequest
 //   kCancel (front end -> server): no body; the server answers the call CANCELLED if its run
 //     has not started, else it answers as usual
-//   kAnswer (server -> front end): i32 gRPC status code, u32 message length, the message, then
-//     the serialized PredictResponse (empty unless the status is OK)
+//   kAnswer (server -> front end): i32 gRPC status code, u32 message length, the message, u32
+//     trailing metadata length, the trailing metadata (pairs of u32 key length, key, u32 value
+//     length, value; the proxy's dpsr-partial, for one), then the serialized PredictResponse
+//     (empty unless the status is OK)
 // Integers are little-endian. Every request gets exactly one answer, unless the connection
 // ends first: then every call waiting on it ends UNAVAILABLE.
 #ifndef DPSR_FRONT_END_CC_FRAMED_BACKEND_H_
@@ -23,6 +25,8 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -31,8 +35,12 @@ namespace front_end {
 
 enum class FrameKind : uint8_t { kRequest = 1, kCancel = 2, kAnswer = 3 };
 
-// What a call is told when its answer comes: the status and, when OK, the answer's bytes.
-using AnswerCallback = std::function<void(const grpc::Status&, std::string)>;
+// Trailing metadata an answer frame carries, for the client's call: (key, value) pairs.
+using Trailers = std::vector<std::pair<std::string, std::string>>;
+
+// What a call is told when its answer comes: the status, when OK the answer's bytes, and the
+// trailing metadata.
+using AnswerCallback = std::function<void(const grpc::Status&, std::string, Trailers)>;
 
 class FramedBackend {
  public:

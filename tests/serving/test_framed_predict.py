@@ -17,6 +17,7 @@ import pytest
 from tensorflow_serving.apis import get_model_metadata_pb2
 
 from dpsr_tf.demo import server_processes as process
+from dpsr_tf.serving import frames as protocol
 from dpsr_tf.serving import front_end
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.model_server.api import framed_predict as fp
@@ -109,13 +110,13 @@ class _FrameServer:
         self.conn.settimeout(60)
 
     def read_frame(self):
-        head = fp._read_exactly(self.conn, fp.HEAD.size)  # pylint: disable=protected-access
-        length, kind, call_id = fp.HEAD.unpack(head)
+        head = fp._read_exactly(self.conn, protocol.HEAD.size)  # pylint: disable=protected-access
+        length, kind, call_id = protocol.HEAD.unpack(head)
         body = fp._read_exactly(self.conn, length - 12) if length > 12 else b""  # pylint: disable=protected-access
         return kind, call_id, body
 
-    def answer(self, call_id, code, message="", payload=b""):
-        self.conn.sendall(fp.answer_frame(call_id, code, message, payload))
+    def answer(self, call_id, code, message="", payload=b"", trailers=None):
+        self.conn.sendall(protocol.answer_frame(call_id, code, message, payload, trailers))
 
 
 @pytest.fixture()
@@ -155,7 +156,7 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
         thread, box = _call_async(call, b"request one", timeout=20)
         frames.accept()
         kind, first_id, body = frames.read_frame()
-        assert kind == fp.REQUEST
+        assert kind == protocol.REQUEST
         deadline_us, client_length = struct.unpack_from("<qI", body)
         assert 0 < deadline_us <= 20_000_000
         client = body[12:12 + client_length].decode()
@@ -168,7 +169,7 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
         # An error answer is the call's status and message; ids differ per call.
         thread, box = _call_async(call, b"request two")
         kind, second_id, body = frames.read_frame()
-        assert kind == fp.REQUEST and second_id != first_id
+        assert kind == protocol.REQUEST and second_id != first_id
         assert body.endswith(b"request two")
         frames.answer(second_id, grpc.StatusCode.NOT_FOUND, "no such model here")
         thread.join(30)
@@ -189,7 +190,7 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
         thread.join(30)
         assert box["out"][0] == "DEADLINE_EXCEEDED"
         kind, cancelled_id, body = frames.read_frame()
-        assert (kind, cancelled_id, body) == (fp.CANCEL, fifth_id, b"")
+        assert (kind, cancelled_id, body) == (protocol.CANCEL, fifth_id, b"")
         frames.answer(fifth_id, grpc.StatusCode.CANCELLED, "dropped")
         thread, box = _call_async(call, b"request six")
         _, sixth_id, _ = frames.read_frame()
@@ -200,13 +201,65 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
         # A frame that breaks the protocol ends the connection: its calls fail UNAVAILABLE.
         thread, box = _call_async(call, b"request seven")
         frames.read_frame()
-        frames.conn.sendall(fp.HEAD.pack(12, 9, 1))  # kind 9 is no frame
+        frames.conn.sendall(protocol.HEAD.pack(12, 9, 1))  # kind 9 is no frame
         thread.join(30)
         assert box["out"][0] == "UNAVAILABLE"
     finally:
         channel.close()
     summary = fe.stop(grace_seconds=1)
     assert re.search(r"; framed 7;", summary), summary
+
+
+def _trailed_outcome(call, payload):
+    try:
+        response, rpc = call.with_call(payload, timeout=30)
+        return "OK", response, dict(rpc.trailing_metadata())
+    except grpc.RpcError as e:
+        return e.code().name, e.details(), dict(e.trailing_metadata() or ())
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE],
+                         ids=["answered", "failed"])
+def test_an_answers_trailing_metadata_reaches_the_client(front, code):
+    # The proxy answers a partial merge with dpsr-partial / dpsr-missing-shards trailers; the
+    # front end passes them on, with the answer or the error.
+    fe, frames = front
+    channel, call = _raw_predict(f"127.0.0.1:{fe.port}")
+    trailers = [("dpsr-partial", "true"), ("dpsr-missing-shards", "1,3")]
+    try:
+        box = {}
+        thread = threading.Thread(target=lambda: box.update(out=_trailed_outcome(call, b"q")))
+        thread.start()
+        frames.accept()
+        _, call_id, _ = frames.read_frame()
+        frames.answer(call_id, code, "" if code == grpc.StatusCode.OK else "2 shards failed",
+                      b"merged" if code == grpc.StatusCode.OK else b"", trailers)
+        thread.join(30)
+        got_code, got, metadata = box["out"]
+        assert (got_code, got) == ((code.name, b"merged") if code == grpc.StatusCode.OK
+                                   else (code.name, "2 shards failed"))
+        assert metadata["dpsr-partial"] == "true" and metadata["dpsr-missing-shards"] == "1,3"
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("trailers", [[("grpc-status", "0")], [("Upper", "v")],
+                                      [("key-bin", "v")], [("k", "line\nbreak")], [("", "v")]],
+                         ids=["grpc's own", "upper case", "binary", "control byte", "empty key"])
+def test_an_answer_with_trailers_a_client_cannot_get_ends_the_connection(front, trailers):
+    fe, frames = front
+    channel, call = _raw_predict(f"127.0.0.1:{fe.port}")
+    try:
+        thread, box = _call_async(call, b"q")
+        frames.accept()
+        _, call_id, _ = frames.read_frame()
+        frames.answer(call_id, grpc.StatusCode.OK, payload=b"a", trailers=trailers)
+        thread.join(30)
+        assert box["out"] == ("UNAVAILABLE", "dpsr front end: the server's framed socket sent "
+                                             "a malformed answer")
+        _a_new_connection_answers(call, frames, b"after")
+    finally:
+        channel.close()
 
 
 def test_a_call_whose_frame_the_socket_broke_under_goes_over_grpc(front):
@@ -262,14 +315,15 @@ class _FakeServicer:
 
 def _request_frame(call_id, payload, client=b"peer-1", deadline_us=-1):
     body = struct.pack("<qI", deadline_us, len(client)) + client + payload
-    return fp.HEAD.pack(12 + len(body), fp.REQUEST, call_id) + body
+    return protocol.HEAD.pack(12 + len(body), protocol.REQUEST, call_id) + body
 
 
 def _read_answer(conn):
-    length, kind, call_id = fp.HEAD.unpack(fp._read_exactly(conn, 16))  # pylint: disable=protected-access
+    length, kind, call_id = protocol.HEAD.unpack(fp._read_exactly(conn, 16))  # pylint: disable=protected-access
     body = fp._read_exactly(conn, length - 12)  # pylint: disable=protected-access
-    code, n = struct.unpack_from("<iI", body)
-    return kind, call_id, code, body[8:8 + n].decode(), body[8 + n:]
+    code, message, trailers, payload = protocol.parse_answer(body)
+    assert trailers == []  # the model server sends none
+    return kind, call_id, code, message, payload
 
 
 @pytest.fixture()
@@ -297,19 +351,19 @@ def test_a_request_frame_runs_and_its_answer_comes_back(frame_server, queries, d
     assert 0 < timeout <= 2.5
     assert client == ("framed", "peer-1")
     future.set_result(b"the answer's bytes")
-    assert _read_answer(conn) == (fp.ANSWER, 7, 0, "", b"the answer's bytes")
+    assert _read_answer(conn) == (protocol.ANSWER, 7, 0, "", b"the answer's bytes")
     # An error of the run: its code and message.
     conn.sendall(_request_frame(8, request.SerializeToString()))
     _wait(lambda: len(servicer.runs) == 2)
     assert servicer.runs[1][1] is None  # no deadline
     servicer.runs[1][3].set_exception(ServingError(grpc.StatusCode.INVALID_ARGUMENT, "bad k"))
-    assert _read_answer(conn) == (fp.ANSWER, 8, 3, "bad k", b"")
+    assert _read_answer(conn) == (protocol.ANSWER, 8, 3, "bad k", b"")
     # A cancel frame cancels a run that has not started; its answer says so.
     conn.sendall(_request_frame(9, request.SerializeToString()))
     _wait(lambda: len(servicer.runs) == 3)
-    conn.sendall(fp.HEAD.pack(12, fp.CANCEL, 9))
+    conn.sendall(protocol.HEAD.pack(12, protocol.CANCEL, 9))
     kind, call_id, code, message, payload = _read_answer(conn)
-    assert (kind, call_id, code, payload) == (fp.ANSWER, 9, 1, b"")
+    assert (kind, call_id, code, payload) == (protocol.ANSWER, 9, 1, b"")
     assert servicer.runs[2][3].cancelled()
     # Bytes that are not a PredictRequest: INVALID_ARGUMENT, and no run.
     conn.sendall(_request_frame(10, b"\xff\xff\xff"))
@@ -325,11 +379,11 @@ def test_a_request_frame_runs_and_its_answer_comes_back(frame_server, queries, d
 
 
 @pytest.mark.parametrize("bad", [
-    fp.HEAD.pack(12, 9, 1),                                   # no such kind
-    fp.HEAD.pack(12 + (2 << 20), fp.REQUEST, 1),              # over the largest frame
-    fp.HEAD.pack(12 + 4, fp.REQUEST, 1) + b"\x00" * 4,        # shorter than its fields
-    fp.HEAD.pack(12 + 12, fp.REQUEST, 1) + struct.pack("<qI", -1, 99),  # name past the end
-    fp.HEAD.pack(8, fp.REQUEST, 1),                           # shorter than its own head
+    protocol.HEAD.pack(12, 9, 1),                                        # no such kind
+    protocol.HEAD.pack(12 + (2 << 20), protocol.REQUEST, 1),             # over the largest frame
+    protocol.HEAD.pack(12 + 4, protocol.REQUEST, 1) + b"\x00" * 4,       # shorter than its fields
+    protocol.HEAD.pack(24, protocol.REQUEST, 1) + struct.pack("<qI", -1, 99),  # name past the end
+    protocol.HEAD.pack(8, protocol.REQUEST, 1),                          # shorter than its head
 ], ids=["unknown kind", "over the largest", "short fields", "name past the end", "short head"])
 def test_a_frame_that_breaks_the_protocol_ends_the_connection(frame_server, queries, bad):
     servicer, _, conn = frame_server

@@ -9,14 +9,14 @@ thread, large ones in its decode threads, clients in turn), and the run thread t
 request writes its answer frame. Everything else (other methods, streams) still comes over gRPC.
 
 The socket sits in the front end's private directory (mode 0700): only this server's own front
-end reaches it, so a frame that breaks the protocol is a bug, and it ends the connection (the
-front end fails that connection's calls UNAVAILABLE and connects again).
+end reaches it, so a frame that breaks the protocol (dpsr_tf/serving/frames.py) is a bug, and it
+ends the connection (the front end fails that connection's calls UNAVAILABLE and connects
+again).
 """
 import logging
 import os
 import queue
 import socket
-import struct
 import threading
 import time
 from typing import Dict, Optional
@@ -24,18 +24,12 @@ from typing import Dict, Optional
 import grpc
 from tensorflow_serving.apis import predict_pb2
 
+from dpsr_tf.serving import frames
 from dpsr_tf.serving.errors import ServingError, truncate
 from dpsr_tf.serving.grpc_calls import DRAINING, malformed_message, plain_error
 from dpsr_tf.serving.model_server.api.grpc_services import PredictionServicer
 
 _LOG = logging.getLogger("serving.framed")
-# u32 length of the rest, u8 kind, 3 zero bytes, u64 call id.
-HEAD = struct.Struct("<IB3xQ")
-REQUEST, CANCEL, ANSWER = 1, 2, 3
-_REQUEST_FIELDS = struct.Struct("<qI")  # deadline in microseconds (-1: none), client length
-_ANSWER_FIELDS = struct.Struct("<iI")   # status code, message length
-# Bytes a request frame's fields and client name may add to the largest request.
-_FRAME_OVERHEAD = 64 << 10
 
 
 def _read_exactly(conn: socket.socket, n: int) -> Optional[bytes]:
@@ -49,13 +43,6 @@ def _read_exactly(conn: socket.socket, n: int) -> Optional[bytes]:
             return None
         got += r
     return bytes(buf)
-
-
-def answer_frame(call_id: int, code: grpc.StatusCode, message: str, payload: bytes) -> bytes:
-    """The bytes of one answer frame."""
-    text = message.encode("utf-8", "replace")
-    body = _ANSWER_FIELDS.pack(code.value[0], len(text)) + text
-    return HEAD.pack(HEAD.size - 4 + len(body) + len(payload), ANSWER, call_id) + body + payload
 
 
 class _Connection:
@@ -80,7 +67,7 @@ class _Connection:
         self.pending.pop(call_id, None)
         if self.closed:
             return
-        frame = answer_frame(call_id, code, truncate(message) if message else "", payload)
+        frame = frames.answer_frame(call_id, code, truncate(message) if message else "", payload)
         if threading.get_ident() == self.reader:
             if self._deferred is None:
                 self._deferred = queue.SimpleQueue()
@@ -123,7 +110,7 @@ class FramedPredictServer:
     def __init__(self, servicer: PredictionServicer, path: str, max_request_bytes: int):
         self._servicer = servicer
         self._path = path
-        self._max_frame = max_request_bytes + _FRAME_OVERHEAD
+        self._max_frame = max_request_bytes + frames.FRAME_OVERHEAD
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(path)
         self._listener.listen(16)
@@ -172,34 +159,23 @@ class FramedPredictServer:
         c.reader = threading.get_ident()
         try:
             while True:
-                head = _read_exactly(c.conn, HEAD.size)
+                head = _read_exactly(c.conn, frames.HEAD.size)
                 if head is None:
                     break
-                length, kind, call_id = HEAD.unpack(head)
-                size = length - (HEAD.size - 4)
-                if size < 0 or size > self._max_frame or kind not in (REQUEST, CANCEL):
-                    why = f"a frame of kind {kind} and {length} bytes breaks the protocol"
-                    break
+                kind, call_id, size = frames.body_size(head, self._max_frame)
                 body = _read_exactly(c.conn, size) if size else b""
                 if body is None:
                     break
-                if kind == CANCEL:
+                if kind == frames.CANCEL:
                     future = c.pending.get(call_id)
                     if future is not None:
                         future.cancel()
                     continue
-                if size < _REQUEST_FIELDS.size:
-                    why = f"a request frame of {size} bytes breaks the protocol"
-                    break
-                deadline_us, client_length = _REQUEST_FIELDS.unpack_from(body)
-                start = _REQUEST_FIELDS.size
-                if client_length > size - start:
-                    why = "a request frame's client name runs past its end"
-                    break
-                client = body[start:start + client_length].decode("utf-8", "replace")
+                deadline_us, client, payload = frames.parse_request(body)
                 self.calls += 1
-                self._request(c, call_id, deadline_us, client,
-                              memoryview(body)[start + client_length:])
+                self._request(c, call_id, deadline_us, client, payload)
+        except frames.FrameError as e:
+            why = str(e)
         except OSError as e:
             why = f"reading failed: {e}"
         finally:
