@@ -61,6 +61,11 @@ MAX_UNREAD = flags.DEFINE_integer(
     f"{_WITH_NATIVE} answer bytes one connection has not read (HTTP/2 flow control); past "
     "it, its further answers are dropped with RESOURCE_EXHAUSTED instead of held.",
     lower_bound=1)
+FRAMED_PREDICT = flags.DEFINE_bool(
+    "front_end_framed_predict", True, f"{_WITH_NATIVE} Predict calls reach the server (or the "
+    "proxy) as frames on a private UNIX socket instead of as gRPC calls on its event loop "
+    "(docs/serving.md, \"The framed Predict hop\"); other methods still come over gRPC. "
+    "--nofront_end_framed_predict: Predict over gRPC too.")
 
 
 def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_back_unread_bytes,
@@ -70,8 +75,19 @@ def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_ba
     gRPC server (--front_end=python, or auto where native cannot serve).
 
     Raises:
-      ValueError: --front_end=native with TLS on the client port (`ssl` set).
+      ValueError: --front_end=native with TLS on the client port (`ssl` set), or
+        --front_end_framed_predict given where the Python gRPC server takes the port.
     """
+    options = _native_options(ssl, hold_back_unread_bytes, hold_back_total_unread_bytes)
+    asked_framed = FRAMED_PREDICT.value and flags.FLAGS[FRAMED_PREDICT.name].present
+    if options is None and asked_framed:
+        raise ValueError("--front_end_framed_predict needs the native front end (--front_end="
+                         "native or auto, without TLS on the port)")
+    return options
+
+
+def _native_options(ssl, hold_back_unread_bytes: int,
+                    hold_back_total_unread_bytes: int) -> Optional[FrontEndOptions]:
     if FRONT_END.value == "python":
         return None
     if ssl is not None:
@@ -94,4 +110,5 @@ def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_ba
         queue_interval_ms=QUEUE_INTERVAL_MS.value,
         max_unread_bytes_per_client=MAX_UNREAD.value,
         hold_back_unread_bytes=hold_back_unread_bytes,
-        hold_back_total_unread_bytes=hold_back_total_unread_bytes)
+        hold_back_total_unread_bytes=hold_back_total_unread_bytes,
+        framed_predict=FRAMED_PREDICT.value)

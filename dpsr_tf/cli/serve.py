@@ -12,7 +12,6 @@ DPSR additions are marked [dpsr]: --host (binds to loopback unless told otherwis
 --allow_reload_config_request, --model_base_path_root, --request_timeout_ms and the request
 limits.
 """
-import dataclasses
 import logging
 import os
 import sys
@@ -289,12 +288,6 @@ _HEAP_TRIM = flags.DEFINE_float(
     "server checks its resident size and, when it grew "
     f"{heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB since the last trim, returns freed heap "
     "pages to the system (glibc malloc_trim). 0: never.", lower_bound=0.0)
-_FRAMED_PREDICT = flags.DEFINE_bool(
-    "front_end_framed_predict", True, "[dpsr] With the native front end (--front_end): "
-    "Predict calls reach the server as frames on a private UNIX socket, read by a thread of "
-    "their own, instead of as gRPC calls on its event loop (docs/serving.md, \"The framed "
-    "Predict hop\"); other methods still come over gRPC. --nofront_end_framed_predict: "
-    "Predict over gRPC too.")
 _MAX_STREAMS = flags.DEFINE_integer(
     "max_streams_per_connection", stream_limits.DERIVED,
     "[dpsr] Calls one gRPC connection may have open at once (HTTP/2 "
@@ -454,17 +447,11 @@ def options_from_flags():
 
 def _native_front_end(ssl):
     try:
-        options = front_end_flags.front_end_options(
+        return front_end_flags.front_end_options(
             ssl, hold_back_unread_bytes=_MAX_UNSENT_PER_CLIENT.value,
             hold_back_total_unread_bytes=_MAX_UNSENT.value)
     except ValueError as e:
         _fail(str(e))
-    if options is None:
-        if _FRAMED_PREDICT.value and flags.FLAGS["front_end_framed_predict"].present:
-            _fail("--front_end_framed_predict needs the native front end (--front_end=native "
-                  "or auto, without TLS on the port)")
-        return None
-    return dataclasses.replace(options, framed_predict=_FRAMED_PREDICT.value)
 
 
 def main(argv):

@@ -69,7 +69,8 @@ class FrontEndOptions:
         going to the server until it reads (the server's
         --max_unsent_response_bytes_per_client); 0: never held back.
       framed_predict: Predict calls go to the server as frames on a second private socket
-        (`framed_socket`: serve it with model_server/api/framed_predict.py before start()),
+        (`framed_socket`: serve it with model_server/api/framed_predict.py, or the proxy's
+        proxy/framed_calls.py, before start()),
         not as gRPC calls on `backend_socket`.
       hold_back_total_unread_bytes: while all connections together have more than this unread,
         every connection with more than 64 KiB unread is held back (the server's

@@ -418,30 +418,59 @@ def test_a_missing_binary_is_a_clear_error(monkeypatch):
         front_end.NativeFrontEnd("127.0.0.1:0", front_end.FrontEndOptions(), 128, 1 << 20)
 
 
-def test_the_proxy_behind_its_front_end_answers_as_without_it(toy_model_dir, tmp_path, queries):
+def _predict_with_trailers(address, request):
+    """(status name, serialized answer or error message, the dpsr-* trailing metadata)."""
+    stub = process.prediction_stub(address)
+    try:
+        response, call = stub.Predict.with_call(request, timeout=30)
+        return "OK", response.SerializeToString(), _dpsr_trailers(call.trailing_metadata())
+    except grpc.RpcError as e:
+        return e.code().name, e.details(), _dpsr_trailers(e.trailing_metadata())
+
+
+def _dpsr_trailers(metadata):
+    return sorted((k, v) for k, v in metadata or () if k.startswith("dpsr-"))
+
+
+@pytest.mark.parametrize("hop", ["framed", "grpc"])
+def test_the_proxy_behind_its_front_end_answers_as_without_it(toy_model_dir, tmp_path, queries,
+                                                               hop):
+    # Behind its native front end the proxy takes Predict as frames (the default) or over
+    # gRPC (--nofront_end_framed_predict); either way every answer, error and trailer is the
+    # one its own gRPC server gives. The partial model's second shard is a port nobody serves.
     server = _start(toy_model_dir, tmp_path)
     proxies = []
     try:
-        routes = {"dpsr": ((server.address,),)}
+        dead = f"127.0.0.1:{process.free_port()}"
+        routes = {"dpsr": ((server.address,),), "halves": ((server.address,), (dead,))}
+        native = ["--front_end=native"] + (["--nofront_end_framed_predict"] if hop == "grpc"
+                                           else [])
         proxies = process.start_all([
-            process.proxy_process(routes, log_dir=str(tmp_path), name=name, flags=flags)
-            for name, flags in (("proxy_native", ["--front_end=native"]),
+            process.proxy_process(routes, log_dir=str(tmp_path), name=name, flags=flags,
+                                  backend_model_name="dpsr")
+            for name, flags in (("proxy_native", native),
                                 ("proxy_python", ["--front_end=python"]))])
         requests = [st.predict_request("dpsr", queries, k=5),
                     st.predict_request("no_such_model", queries[:1]),
-                    st.predict_request("dpsr", queries[:1], k=-1)]
-        answers = []
-        for proxy in proxies:
-            answers.append(_predict_answers(proxy.address, requests))
+                    st.predict_request("dpsr", queries[:1], k=-1),
+                    st.predict_request("halves", queries[:2], k=5)]
+        answers = [[_predict_with_trailers(proxy.address, r) for r in requests]
+                   for proxy in proxies]
         assert answers[0] == answers[1]
-        assert [code for code, _ in answers[0]] == ["OK", "NOT_FOUND", "INVALID_ARGUMENT"]
+        assert [code for code, _, _ in answers[0]] == ["OK", "NOT_FOUND", "INVALID_ARGUMENT",
+                                                        "OK"]
+        assert answers[0][0][2] == []  # one shard: forwarded as it is, nothing merged
+        assert answers[0][3][2] == [("dpsr-missing-shards", "1"), ("dpsr-partial", "true")]
     finally:
         for proxy in proxies:
             assert proxy.stop() == 0, proxy.log_tail()
         server.stop()
     with open(proxies[0].log_path, encoding="utf-8", errors="replace") as f:
-        found = _SUMMARY.findall(f.read())
+        log = f.read()
+    found = _SUMMARY.findall(log)
     assert found and int(found[-1][0]) == int(found[-1][1]) >= len(requests)
+    framed = re.findall(r"; framed (\d+);", log)
+    assert framed and int(framed[-1]) == (len(requests) if hop == "framed" else 0)
 
 
 def test_a_new_client_gets_one_call_computed_until_its_answers_are_read(toy_model_dir, tmp_path):

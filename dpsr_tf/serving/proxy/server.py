@@ -22,6 +22,7 @@ from dpsr_tf.serving.grpc_calls import add_servicer, serve_until_signal
 from dpsr_tf.serving.metrics import ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
 from dpsr_tf.serving.proxy import config as proxy_config
+from dpsr_tf.serving.proxy.framed_calls import FramedProxyCalls
 from dpsr_tf.serving.proxy.peer_limits import DEFAULT_MAX_BACKEND_CALLS, DEFAULT_MAX_CALLS_PER_PEER
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Router
 from dpsr_tf.serving.proxy.servicer import ProxyServicer
@@ -30,6 +31,7 @@ from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED, bi
                                      return_large_buffers_to_the_system, write_port_file)
 
 _LOG = logging.getLogger("serving.proxy")
+_MAX_REQUEST_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,7 @@ class ProxyServer:
                                       options.max_backend_calls_per_peer,
                                       options.native_front_end is not None)
         self._front_end = None
+        self._framed = None
         self._server = None
         self._health = None
         self._http = None
@@ -134,7 +137,8 @@ class ProxyServer:
     async def start(self):
         opts = self.options
         self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", -1),
+            ("grpc.max_receive_message_length", _MAX_REQUEST_BYTES),
+            ("grpc.max_send_message_length", -1),
             (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED),  # refused unread, not inflated
             *stream_limits.server_arguments(opts.max_streams_per_connection)])
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
@@ -144,9 +148,14 @@ class ProxyServer:
         if opts.native_front_end is not None:  # the port is the front end's; we sit behind it
             self._front_end = NativeFrontEnd(grpc_address(opts.host, opts.port),
                                              opts.native_front_end,
-                                             opts.max_streams_per_connection, 64 << 20,
+                                             opts.max_streams_per_connection,
+                                             _MAX_REQUEST_BYTES,
                                              on_exit=stop_this_process)
             self._front_end.bind_behind(self._server)
+            if self._front_end.framed_socket:  # Predict comes as frames, other calls over gRPC
+                self._framed = FramedProxyCalls(self.servicer, self._front_end.framed_socket,
+                                                _MAX_REQUEST_BYTES)
+                await self._framed.start()
         else:
             self.grpc_port = bind_grpc(self._server, opts.host, opts.port, opts.ssl)
         await self._server.start()
@@ -178,6 +187,9 @@ class ProxyServer:
             await self._front_end.drain(grace_seconds)
         if self._server is not None:
             await self.servicer.in_flight.stop_server(self._server, grace_seconds)
+        if self._framed is not None:  # the front end is gone: nothing more comes this way
+            _LOG.info("framed Predict calls read: %d", self._framed.calls)
+            await self._framed.stop()
         for replica in self._pool.values():
             await replica.close()
         self.servicer.close()
