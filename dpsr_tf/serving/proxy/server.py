@@ -60,7 +60,8 @@ class ProxyOptions:
       max_streams_per_connection: calls one client connection may have open at once; its
         gRPC library holds the rest (stream_limits.py). 0: no limit.
       native_front_end: FrontEndOptions to put the C++ front end (serving/front_end.py) on the
-        port, the proxy behind it on a private UNIX socket; None: the proxy's own gRPC server.
+        port, the proxy behind it on a private UNIX socket (with `framed_predict`, Predict on a
+        second one as frames: proxy/framed_calls.py); None: the proxy's own gRPC server.
     """
 
     host: str = "127.0.0.1"
