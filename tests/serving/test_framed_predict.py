@@ -131,9 +131,10 @@ def front(tmp_path):
     frames.listener.close()
 
 
-def _call_async(call, payload, timeout=30):
+def _call_async(call, payload, timeout=30, outcome=None):
     box = {}
-    thread = threading.Thread(target=lambda: box.update(out=_outcome(call, payload, timeout)))
+    outcome = outcome or _outcome
+    thread = threading.Thread(target=lambda: box.update(out=outcome(call, payload, timeout)))
     thread.start()
     return thread, box
 
@@ -210,9 +211,9 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
     assert re.search(r"; framed 7;", summary), summary
 
 
-def _trailed_outcome(call, payload):
+def _trailed_outcome(call, payload, timeout):
     try:
-        response, rpc = call.with_call(payload, timeout=30)
+        response, rpc = call.with_call(payload, timeout=timeout)
         return "OK", response, dict(rpc.trailing_metadata())
     except grpc.RpcError as e:
         return e.code().name, e.details(), dict(e.trailing_metadata() or ())
@@ -227,9 +228,7 @@ def test_an_answers_trailing_metadata_reaches_the_client(front, code):
     channel, call = _raw_predict(f"127.0.0.1:{fe.port}")
     trailers = [("dpsr-partial", "true"), ("dpsr-missing-shards", "1,3")]
     try:
-        box = {}
-        thread = threading.Thread(target=lambda: box.update(out=_trailed_outcome(call, b"q")))
-        thread.start()
+        thread, box = _call_async(call, b"q", outcome=_trailed_outcome)
         frames.accept()
         _, call_id, _ = frames.read_frame()
         frames.answer(call_id, code, "" if code == grpc.StatusCode.OK else "2 shards failed",
