@@ -101,6 +101,12 @@ _LABELS_UNAVAILABLE = flags.DEFINE_bool(
 _GRPC_SOCKET_PATH = flags.DEFINE_string(
     "grpc_socket_path", "", "If non-empty, listen to a UNIX socket for gRPC API on the given "
     "path. Can be either relative or absolute path.")
+_FRAMED_PREDICT_SOCKET = flags.DEFINE_string(
+    "framed_predict_socket", "", "[dpsr] If non-empty, also take Predict calls as frames on a "
+    "UNIX socket at this path (mode 0600), for a `dpsr proxy` on the same host that lists this "
+    "server as a local_replica: cheaper than gRPC for both (docs/serving.md, \"A proxy beside "
+    "its shards\"). A stale socket file is replaced; a path another server listens on is "
+    "refused.")
 _REST_API_NUM_THREADS = flags.DEFINE_integer(
     "rest_api_num_threads", 0, "Number of threads for HTTP/REST API processing. If not set, "
     "will be auto set based on number of CPUs. [dpsr] The REST server uses one thread per "
@@ -438,6 +444,7 @@ def options_from_flags():
         allow_reload_config_request=_ALLOW_RELOAD.value,
         port_file=_PORT_FILE.value, core=core,
         grpc_socket_path=_GRPC_SOCKET_PATH.value, grpc_channel_arguments=channel_args,
+        framed_predict_socket=_FRAMED_PREDICT_SOCKET.value,
         enable_profiler=_ENABLE_PROFILER.value,
         heap_trim_interval_seconds=_HEAP_TRIM.value,
         max_streams_per_connection=stream_limits.resolve(_MAX_STREAMS.value),

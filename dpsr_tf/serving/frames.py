@@ -66,21 +66,54 @@ def answer_frame(call_id: int, code: grpc.StatusCode, message: str, payload: byt
     return HEAD.pack(HEAD.size - 4 + len(body) + len(payload), ANSWER, call_id) + body + payload
 
 
+def request_frame(call_id: int, deadline_us: int, client: str, payload: bytes) -> bytes:
+    """The bytes of one request frame (`deadline_us` -1: none), as the front end writes it; the
+    proxy writes them too, to a model server's --framed_predict_socket."""
+    name = client.encode("utf-8", "replace")
+    body = _REQUEST_FIELDS.pack(deadline_us, len(name)) + name
+    return HEAD.pack(HEAD.size - 4 + len(body) + len(payload), REQUEST, call_id) + body + payload
+
+
+def cancel_frame(call_id: int) -> bytes:
+    return HEAD.pack(HEAD.size - 4, CANCEL, call_id)
+
+
+def answer_body_size(head: bytes, max_frame: int) -> Tuple[int, int]:
+    """(call id, body size) of an answer frame's head, read by the side that sends requests.
+
+    Raises:
+      FrameError: not an answer frame, or a body over `max_frame` bytes.
+    """
+    length, kind, call_id = HEAD.unpack(head)
+    size = length - (HEAD.size - 4)
+    if size < _ANSWER_FIELDS.size + 4 or size > max_frame or kind != ANSWER:
+        raise FrameError(f"a frame of kind {kind} and {length} bytes is not an answer")
+    return call_id, size
+
+
 def parse_answer(body: bytes) -> Tuple[int, str, list, bytes]:
     """(status code, message, [(key, value)] trailers, response bytes) of an answer frame's
-    body (for tests and tools that play the front end)."""
-    code, n = _ANSWER_FIELDS.unpack_from(body)
-    at = _ANSWER_FIELDS.size
-    message = body[at:at + n].decode("utf-8", "replace")
-    at += n
-    (meta_length,) = _U32.unpack_from(body, at)
-    at += 4
-    end, trailers = at + meta_length, []
-    while at < end:
-        pair = []
-        for _ in range(2):
-            (length,) = _U32.unpack_from(body, at)
-            pair.append(body[at + 4:at + 4 + length].decode("ascii"))
-            at += 4 + length
-        trailers.append(tuple(pair))
-    return code, message, trailers, body[end:]
+    body (the proxy's framed shard calls; tests and tools that play the front end).
+
+    Raises:
+      FrameError: a field runs past the body's end.
+    """
+    try:
+        code, n = _ANSWER_FIELDS.unpack_from(body)
+        at = _ANSWER_FIELDS.size + n
+        message = bytes(body[_ANSWER_FIELDS.size:at]).decode("utf-8", "replace")
+        (meta_length,) = _U32.unpack_from(body, at)
+        at += 4
+        end, trailers = at + meta_length, []
+        while at < end:
+            pair = []
+            for _ in range(2):
+                (length,) = _U32.unpack_from(body, at)
+                pair.append(bytes(body[at + 4:at + 4 + length]).decode("ascii"))
+                at += 4 + length
+            trailers.append(tuple(pair))
+    except (struct.error, UnicodeDecodeError) as e:
+        raise FrameError(f"an answer frame of {len(body)} bytes breaks the protocol: {e}") from e
+    if at != end or end > len(body):
+        raise FrameError(f"an answer frame's trailers run past their length ({len(body)} bytes)")
+    return code, message, trailers, bytes(body[end:])

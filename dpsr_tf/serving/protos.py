@@ -44,9 +44,14 @@ _TF_SERVING_MESSAGES = [
 
 _PROXY_ENUMS = [("PartialPolicy", ["ALLOW_PARTIAL", "FAIL"])]
 _PROXY_MESSAGES = [
+    ("LocalReplica", [  # a model server on the proxy's host: Predict as frames
+        ("address", 1, "string", False),  # host:port of its gRPC (every other method)
+        ("framed_socket", 2, "string", False),  # its --framed_predict_socket
+    ]),
     ("Shard", [
         ("replica", 1, "string", True),  # host:port of each model server holding this shard
         ("name", 2, "string", False),
+        ("local_replica", 3, ".dpsr.serving.LocalReplica", True),
     ]),
     ("ProxyModel", [
         ("name", 1, "string", False),  # model name clients ask for
@@ -116,6 +121,7 @@ BatchingParameters = _message_class("tensorflow.serving.BatchingParameters")
 PrometheusConfig = _message_class("tensorflow.serving.PrometheusConfig")
 MonitoringConfig = _message_class("tensorflow.serving.MonitoringConfig")
 SSLConfig = _message_class("tensorflow.serving.SSLConfig")
+LocalReplica = _message_class("dpsr.serving.LocalReplica")
 Shard = _message_class("dpsr.serving.Shard")
 ProxyModel = _message_class("dpsr.serving.ProxyModel")
 ProxyConfig = _message_class("dpsr.serving.ProxyConfig")

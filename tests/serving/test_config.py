@@ -147,6 +147,17 @@ def test_proxy_config_round_trip():
         "disable_hedging: true")
     assert tuned.outlier == proxy_config.OutlierPolicy(5, 0.2, 4.0)
     assert tuned.hedge == proxy_config.HedgePolicy(False, 0.5, 0.003)
+    assert settings.framed_sockets == {}
+
+
+def test_local_replicas_name_their_framed_sockets():
+    text = proxy_config.proxy_config_text(
+        {"dpsr": (("h1:1", ("127.0.0.1:2", "/run/s0.sock")), (("127.0.0.1:3", "/run/s1.sock"),)),
+         "again": ((("127.0.0.1:3", "/run/s1.sock"),),)})
+    settings = proxy_config.parse_proxy_settings(text)
+    assert settings.routes["dpsr"].shards == (("h1:1", "127.0.0.1:2"), ("127.0.0.1:3",))
+    assert settings.framed_sockets == {"127.0.0.1:2": "/run/s0.sock",
+                                       "127.0.0.1:3": "/run/s1.sock"}
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -165,6 +176,18 @@ def test_proxy_config_round_trip():
      "outlier_consecutive_failures is -2"),
     ('model { name: "a" shard { replica: "h:1" } } outlier_max_ejection_ms: -1',
      "outlier_max_ejection_ms must be >= 0"),
+    ('model { name: "a" shard { local_replica { address: "h:1" framed_socket: "s.sock" } } }',
+     "framed_socket 's.sock' must be an absolute path"),
+    ('model { name: "a" shard { local_replica { address: "h:1" } } }',
+     "framed_socket '' must be an absolute path"),
+    ('model { name: "a" shard { local_replica { address: "h" framed_socket: "/s" } } }',
+     "not host:port"),
+    ('model { name: "a" shard { local_replica { address: "h:1" framed_socket: "/s" } } } '
+     'model { name: "b" shard { local_replica { address: "h:1" framed_socket: "/t" } } }',
+     "framed_socket '/t' differs from '/s'"),
+    ('model { name: "a" shard { local_replica { address: "h:1" framed_socket: "/s" } } } '
+     'model { name: "b" shard { replica: "h:1" } }', "listed both as a replica and as a "
+     "local_replica"),
 ])
 def test_bad_proxy_configs(text, fragment):
     with pytest.raises(ServingError) as e:

@@ -4,6 +4,7 @@ a shard that is stopped (SIGSTOP: slow) or killed mid-run gives partial answers 
 UNAVAILABLE under partial_policy FAIL; the proxy's config is reloaded while it runs."""
 import concurrent.futures
 import os
+import re
 import signal
 
 import grpc
@@ -44,21 +45,26 @@ def unsharded(toy_model_dir):
 def cluster(shard_dirs, tmp_path_factory):
     """Shard 0 on two replicas (s0a, s0b), shard 1 on s1, and the proxy, started at once."""
     logs = str(tmp_path_factory.mktemp("proxy"))
+    # s0b and s1 are on the proxy's host as local replicas: Predict reaches them as frames
+    # (proxy/framed_shard.py), every other method over gRPC; s0a over gRPC only.
+    framed = {name: os.path.join(logs, f"{name}.sock") for name in ("s0b", "s1")}
     servers = {name: process.model_server_process(
         shard_dirs[shard], "dpsr", name=name, log_dir=logs, port=process.free_port(),
         # The queue delay control is off: these tests count every drill call as answered, and
         # on a loaded host the control may refuse one (its job, tested in
         # test_native_front_end.py).
-        flags=["--enable_batching", "--front_end_queue_target_ms=0"])
+        flags=["--enable_batching", "--front_end_queue_target_ms=0"] + (
+            [f"--framed_predict_socket={framed[name]}"] if name in framed else []))
         for name, shard in (("s0a", 0), ("s0b", 0), ("s1", 1))}
     address = {name: p.address for name, p in servers.items()}  # fixed ports: known now
-    routes = {"dpsr": ((address["s0a"], address["s0b"]), (address["s1"],))}
+    replica = {name: (a, framed[name]) if name in framed else a for name, a in address.items()}
+    routes = {"dpsr": ((replica["s0a"], replica["s0b"]), (replica["s1"],))}
     text = proxy_config.proxy_config_text(routes, deadline_ms=PROXY_DEADLINE_MS,
                                           shard_deadline_ms=SHARD_DEADLINE_MS)
     text += proxy_config.proxy_config_text(
         {"strict": routes["dpsr"]}, backend_model_name="dpsr", deadline_ms=PROXY_DEADLINE_MS,
         shard_deadline_ms=SHARD_DEADLINE_MS, partial_policy="FAIL")
-    text += proxy_config.proxy_config_text({"shard1": ((address["s1"],),)},
+    text += proxy_config.proxy_config_text({"shard1": ((replica["s1"],),)},
                                            backend_model_name="dpsr")
     config_file = os.path.join(logs, "proxy.config")
     with open(config_file, "w") as f:
@@ -68,7 +74,7 @@ def cluster(shard_dirs, tmp_path_factory):
                                          "--rest_api_port=-1"])
     process.start_all(list(servers.values()) + [proxy])
     yield dict(servers, proxy=proxy, stub=process.prediction_stub(proxy.address),
-               config_file=config_file)
+               config_file=config_file, replica=replica, framed=framed, logs=logs)
     for p in list(servers.values()) + [proxy]:
         p.stop()
 
@@ -216,7 +222,7 @@ def test_shard_killed_mid_run_keeps_answering_with_partial_flag(cluster, catalog
 
 def test_proxy_config_is_reloaded(cluster):
     with open(cluster["config_file"], "a") as f:
-        f.write(proxy_config.proxy_config_text({"alias": ((cluster["s0b"].address,),)},
+        f.write(proxy_config.proxy_config_text({"alias": ((cluster["replica"]["s0b"],),)},
                                                backend_model_name="dpsr"))
 
     def alias_serves():
@@ -235,3 +241,14 @@ def test_proxy_config_is_reloaded(cluster):
                            "/monitoring/prometheus/metrics", timeout=10).result().text
     assert "dpsr_proxy_partial_response_count_total" in text
     assert 'dpsr_proxy_backend_request_count_total{model_name="dpsr",replica=' in text
+
+
+def test_local_replicas_took_predict_as_frames(cluster):
+    """Last (it stops s0b): s0b, a local replica, read the proxy's Predict calls as frames;
+    the failover drill alone sent it 40 after s0a died."""
+    cluster["s0b"].stop()
+    with open(cluster["s0b"].log_path, encoding="utf-8") as f:
+        log = f.read()
+    read = re.search(r"framed Predict calls read at " + re.escape(cluster["framed"]["s0b"])
+                     + r": (\d+)", log)
+    assert read is not None and int(read.group(1)) >= 40

@@ -64,6 +64,8 @@ class ServerOptions:
         (--heap_trim_interval_seconds); 0: freed heap pages are never trimmed.
       max_streams_per_connection: calls one gRPC connection may have open at once
         (stream_limits.py, --max_streams_per_connection); 0: no limit.
+      framed_predict_socket: also take Predict as frames on a UNIX socket at this path, for a
+        proxy on this host (framed_predict.py, --framed_predict_socket); "": none.
       native_front_end: FrontEndOptions to put the C++ front end (front_end.py) on the gRPC
         port, the Python gRPC server behind it on a private UNIX socket; None: Python's own
         gRPC server takes the port (--front_end).
@@ -89,6 +91,7 @@ class ServerOptions:
     enable_profiler: bool = True
     heap_trim_interval_seconds: float = heap_trim.DEFAULT_INTERVAL_SECONDS
     max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
+    framed_predict_socket: str = ""
     native_front_end: Optional[FrontEndOptions] = None
 
 
@@ -163,6 +166,7 @@ class ModelServer:
         self._in_flight = InFlight()
         self._front_end = None
         self._framed = None
+        self._framed_shared = None  # --framed_predict_socket, for a proxy on this host
         self.grpc_port = None
         self.rest_api_port = None
 
@@ -206,6 +210,11 @@ class ModelServer:
         if opts.grpc_socket_path:  # as TF Serving: the same services, no TLS, on a UNIX socket
             if not self._grpc.add_insecure_port(f"unix:{opts.grpc_socket_path}"):
                 raise OSError(f"cannot bind gRPC to unix:{opts.grpc_socket_path}")
+        if opts.framed_predict_socket:
+            self._framed_shared = FramedPredictServer(predict, opts.framed_predict_socket,
+                                                      opts.max_receive_message_bytes,
+                                                      shared=True)
+            self._framed_shared.start()
         await self._grpc.start()
         if self._front_end is not None:
             # Started from the loop's thread, which lives as long as the server: the front end
@@ -248,6 +257,9 @@ class ModelServer:
         _LOG.info("Running gRPC ModelServer at %s ...", grpc_address(opts.host, self.grpc_port))
         if opts.grpc_socket_path:
             _LOG.info("Running gRPC ModelServer at UNIX socket %s ...", opts.grpc_socket_path)
+        if opts.framed_predict_socket:
+            _LOG.info("Taking framed Predict calls at UNIX socket %s ...",
+                      opts.framed_predict_socket)
         if self._rest is not None:
             _LOG.info("Exporting HTTP/REST API at:%s ...",
                       grpc_address(opts.host, self.rest_api_port))
@@ -271,6 +283,14 @@ class ModelServer:
                 None, self._rest.stop, grace_seconds)
         if self._grpc is not None:
             await self._in_flight.stop_server(self._grpc, grace_seconds)
+        if self._framed_shared is not None:  # refused since stop_server began draining
+            running = await asyncio.get_running_loop().run_in_executor(
+                None, self._framed_shared.drain, grace_seconds)
+            if running:
+                _LOG.warning("stopping with %d framed Predict calls still running", running)
+            _LOG.info("framed Predict calls read at %s: %d", self.options.framed_predict_socket,
+                      self._framed_shared.calls)
+            self._framed_shared.stop()
         if rest_stopped is not None:
             await rest_stopped
         await asyncio.get_running_loop().run_in_executor(None, self.core.stop)

@@ -6,6 +6,9 @@
       name: "dpsr"                       # the name clients ask for
       shard { replica: "10.0.0.1:8500" replica: "10.0.0.2:8500" }   # shard 0, two replicas
       shard { replica: "10.0.0.3:8500" }                            # shard 1
+      # a server on the proxy's own host, started with --framed_predict_socket: Predict goes
+      # to it as frames on that socket (cheaper than gRPC), every other method to the address
+      shard { local_replica { address: "127.0.0.1:8501" framed_socket: "/run/dpsr/s2.sock" } }
       backend_model_name: "dpsr"         # name on the model servers (default: name)
       deadline_ms: 200                   # per request (default: default_deadline_ms)
       shard_deadline_ms: 150             # a shard slower than this is left out (default 80%)
@@ -24,6 +27,7 @@ A model with one shard is routed (load balancing and failover over its replicas)
 several shards is fanned out and merged into one global top-K (dpsr_tf/serving/proxy/merge.py).
 """
 import dataclasses
+import os
 from typing import Dict, Tuple
 
 import grpc
@@ -114,10 +118,14 @@ class HedgePolicy:
 
 @dataclasses.dataclass(frozen=True)
 class ProxySettings:
+    """A checked ProxyConfig: the routes, the replica policies, and for each local replica's
+    address its framed Predict socket (proxy/framed_shard.py)."""
+
     routes: Dict[str, RouteSpec]
     backoff_s: float
     outlier: OutlierPolicy = OutlierPolicy()
     hedge: HedgePolicy = HedgePolicy()
+    framed_sockets: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _check_address(address: str, where: str) -> None:
@@ -133,7 +141,7 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
     default_deadline = cfg.default_deadline_ms or DEFAULT_DEADLINE_MS
     if default_deadline < 0:
         raise bad(f"default_deadline_ms is {cfg.default_deadline_ms}; it must be > 0")
-    routes = {}
+    routes, framed_sockets = {}, {}
     for i, model in enumerate(cfg.model):
         if not model.name:
             raise bad(f"model[{i}] has no name")
@@ -143,11 +151,21 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
             raise bad(f"model '{model.name}' lists no shard {{ replica: \"host:port\" }}")
         shards = []
         for s, shard in enumerate(model.shard):
-            if not shard.replica:
+            if not shard.replica and not shard.local_replica:
                 raise bad(f"model '{model.name}' shard {s} has no replica")
             for address in shard.replica:
                 _check_address(address, f"{where}: model '{model.name}' shard {s}")
-            shards.append(tuple(shard.replica))
+            for local in shard.local_replica:
+                at = f"model '{model.name}' shard {s} local_replica '{local.address}'"
+                _check_address(local.address, f"{where}: {at}")
+                if not os.path.isabs(local.framed_socket):
+                    raise bad(f"{at}: framed_socket '{local.framed_socket}' must be an "
+                              "absolute path (the server's --framed_predict_socket)")
+                if framed_sockets.get(local.address, local.framed_socket) != local.framed_socket:
+                    raise bad(f"{at}: framed_socket '{local.framed_socket}' differs from "
+                              f"'{framed_sockets[local.address]}' given for it before")
+                framed_sockets[local.address] = local.framed_socket
+            shards.append(tuple(shard.replica) + tuple(r.address for r in shard.local_replica))
         if model.deadline_ms < 0 or model.shard_deadline_ms < 0:
             raise bad(f"model '{model.name}': deadlines must be >= 0")
         deadline = (model.deadline_ms or default_deadline) / 1000.0
@@ -186,7 +204,13 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
         enabled=not cfg.disable_hedging,
         budget_fraction=cfg.hedge_budget_fraction or DEFAULT_HEDGE_FRACTION,
         min_delay_s=(cfg.hedge_min_delay_ms or DEFAULT_HEDGE_MIN_DELAY_MS) / 1000.0)
-    return ProxySettings(routes=routes, backoff_s=backoff, outlier=outlier, hedge=hedge)
+    both = {a for m in cfg.model for shard in m.shard for a in shard.replica} & set(
+        framed_sockets)
+    if both:
+        raise bad(f"replica '{sorted(both)[0]}' is listed both as a replica and as a "
+                  "local_replica; list it one way")
+    return ProxySettings(routes=routes, backoff_s=backoff, outlier=outlier, hedge=hedge,
+                         framed_sockets=framed_sockets)
 
 
 def read_proxy_settings(path: str) -> ProxySettings:
@@ -200,7 +224,8 @@ def parse_proxy_settings(text: str, where: str = "proxy config") -> ProxySetting
 
 
 def proxy_config_text(routes: Dict[str, Tuple[Tuple[str, ...], ...]], **model_fields) -> str:
-    """Text of a ProxyConfig: model name -> shards (each a tuple of replica addresses).
+    """Text of a ProxyConfig: model name -> shards (each a tuple of replicas: an address, or
+    (address, framed socket) for a local_replica).
 
     Extra keyword arguments are set on every model (e.g. deadline_ms=500,
     partial_policy="FAIL").
@@ -210,7 +235,9 @@ def proxy_config_text(routes: Dict[str, Tuple[Tuple[str, ...], ...]], **model_fi
         lines.append("model {")
         lines.append(f'  name: "{name}"')
         for shard in shards:
-            replicas = " ".join(f'replica: "{r}"' for r in shard)
+            replicas = " ".join(
+                f'replica: "{r}"' if isinstance(r, str) else
+                f'local_replica {{ address: "{r[0]}" framed_socket: "{r[1]}" }}' for r in shard)
             lines.append(f"  shard {{ {replicas} }}")
         for key, value in model_fields.items():
             if isinstance(value, str) and key != "partial_policy":

@@ -45,6 +45,7 @@ import grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf.serving.proxy import config as proxy_config
+from dpsr_tf.serving.proxy.framed_shard import FramedShardClient
 
 _MIN_LATENCY_SAMPLES = 20  # below this the hedge delay is the budget fraction alone
 _LATENCY_WINDOW = 128
@@ -87,8 +88,12 @@ class Replica:
     health, shared by every route that uses it."""
 
     def __init__(self, address: str, tls: Optional[BackendTls] = None, connections: int = 1,
-                 listener: Optional[EjectionListener] = None):
+                 listener: Optional[EjectionListener] = None, framed_socket: str = ""):
         self.address = address
+        self._connections = max(1, connections)
+        # Predict as frames to a server on this host (framed_shard.py); None: over gRPC.
+        self.framed: Optional[FramedShardClient] = None
+        self.use_framed_socket(framed_socket)
         options = [
             ("grpc.max_receive_message_length", -1),
             ("grpc.max_send_message_length", -1),
@@ -144,7 +149,18 @@ class Replica:
         self._calls += 1
         return self._raw[method][self._calls % len(self.channels)]
 
+    def use_framed_socket(self, path: str) -> None:
+        """Sends Predict as frames to `path` ("": over gRPC), from the next call on (a reload
+        that changes it ends the old connections: their calls fail over)."""
+        if (self.framed.path if self.framed is not None else "") == (path or ""):
+            return
+        if self.framed is not None:
+            self.framed.close()
+        self.framed = FramedShardClient(path, self._connections) if path else None
+
     async def close(self) -> None:
+        if self.framed is not None:
+            self.framed.close()
         for channel in self.channels:
             await channel.close()
 
@@ -319,9 +335,12 @@ class Router:
         for spec in settings.routes.values():
             for shard in spec.shards:
                 for address in shard:
+                    framed_socket = settings.framed_sockets.get(address, "")
                     if address not in pool:
                         pool[address] = Replica(address, backend_tls, backend_connections,
-                                                listener)
+                                                listener, framed_socket)
+                    else:
+                        pool[address].use_framed_socket(framed_socket)
         self.routes = {name: Route(spec, pool) for name, spec in settings.routes.items()}
 
     def addresses(self):

@@ -31,6 +31,7 @@ import time
 from typing import Callable, Dict, Optional
 
 import grpc
+from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.errors import ServingError
@@ -88,14 +89,18 @@ def _verdict_at(spec, started: float, deadline: float) -> Optional[float]:
 
 async def _send(replica: Replica, method: str, request, timeout: float, parse):
     metadata = backend_metadata()  # the client the call is for, as the backend's client
+    framed = replica.framed if method == "Predict" else None  # a server on this host
     try:
-        if parse is None:
+        if framed is not None:
+            data = await framed.predict(request, timeout, metadata)
+        elif parse is None:
             return await getattr(replica.stub, method)(request, timeout=timeout,
                                                        metadata=metadata)
-        data = await replica.raw(method)(request, timeout=timeout, metadata=metadata)
+        else:
+            data = await replica.raw(method)(request, timeout=timeout, metadata=metadata)
     finally:
         replica.outstanding -= 1
-    return parse(data)
+    return predict_pb2.PredictResponse.FromString(data) if parse is None else parse(data)
 
 
 class ShardCaller:

@@ -8,15 +8,17 @@ validates each request as the gRPC handler does (PredictionServicer: small reque
 thread, large ones in its decode threads, clients in turn), and the run thread that completes a
 request writes its answer frame. Everything else (other methods, streams) still comes over gRPC.
 
-The socket sits in the front end's private directory (mode 0700): only this server's own front
+The front end's socket sits in its private directory (mode 0700): only this server's own front
 end reaches it, so a frame that breaks the protocol (dpsr_tf/serving/frames.py) is a bug, and it
 ends the connection (the front end fails that connection's calls UNAVAILABLE and connects
-again).
+again). `dpsr serve --framed_predict_socket=PATH` opens a second one at PATH (mode 0600: this
+user's processes) for a proxy on the same host (proxy/framed_shard.py), served the same way.
 """
 import logging
 import os
 import queue
 import socket
+import stat
 import threading
 import time
 from typing import Dict, Optional
@@ -103,17 +105,34 @@ class FramedPredictServer:
 
     Args:
       servicer: the server's PredictionServicer (its core, draining state and decode threads).
-      path: where to create the socket (in the front end's private directory).
+      path: where to create the socket: in the front end's private directory, or the user's
+        --framed_predict_socket (`shared`).
       max_request_bytes: the largest request message (the front end refuses larger ones).
+      shared: the socket is for other processes of this user (a proxy): a stale socket file
+        left by a server that died is replaced, a live one refused, and the socket is made
+        mode 0600 before it listens.
+
+    Raises:
+      OSError: `path` is taken (another server listens there, or it is not a socket) or
+        cannot be created.
     """
 
-    def __init__(self, servicer: PredictionServicer, path: str, max_request_bytes: int):
+    def __init__(self, servicer: PredictionServicer, path: str, max_request_bytes: int,
+                 shared: bool = False):
         self._servicer = servicer
         self._path = path
         self._max_frame = max_request_bytes + frames.FRAME_OVERHEAD
+        if shared:
+            _remove_stale_socket(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(path)
-        self._listener.listen(16)
+        try:
+            self._listener.bind(path)
+            if shared:
+                os.chmod(path, 0o600)  # before listen(): nobody else connects in between
+            self._listener.listen(64)
+        except OSError:
+            self._listener.close()
+            raise
         self._connections = set()
         self._lock = threading.Lock()
         self._stopping = False
@@ -121,6 +140,17 @@ class FramedPredictServer:
 
     def start(self) -> None:
         threading.Thread(target=self._accept, name="framed_accept", daemon=True).start()
+
+    def drain(self, timeout: float) -> int:
+        """Waits up to `timeout` seconds for the calls in flight to be answered (new ones are
+        refused once the servicer drains); the number still running."""
+        end = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                running = sum(len(c.pending) for c in self._connections)
+            if not running or time.monotonic() >= end:
+                return running
+            time.sleep(0.01)
 
     def stop(self) -> None:
         """Stops accepting and closes every connection (after the front end drained)."""
@@ -237,6 +267,31 @@ class _Answer:
             self.c.send(self.call_id, error.code, error.message)
             return
         self.c.send(self.call_id, grpc.StatusCode.OK, payload=future.result())
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Removes a socket file at `path` that nobody listens on (a server that died left it).
+
+    Raises:
+      OSError: something else is at `path`, or a live server listens there.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"--framed_predict_socket {path} exists and is not a socket; remove it "
+                      "or choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"--framed_predict_socket {path}: another server listens there; stop it or "
+                  "choose another path")
 
 
 def _close(c: _Connection) -> None:
