@@ -340,6 +340,22 @@ def run_load(address, rate, args, procs):
     return result
 
 
+def _local_socket(args, mode, logs, name):
+    """--local_shards: where server `name` takes framed Predict calls (the proxy lists it as a
+    local_replica); None: the proxy reaches it over gRPC."""
+    return os.path.join(logs, f"{name}.sock") if args.local_shards and mode != "direct" else None
+
+
+def _framed_flag(args, mode, logs, name):
+    path = _local_socket(args, mode, logs, name)
+    return [f"--framed_predict_socket={path}"] if path else []
+
+
+def _replica(args, mode, logs, name, server):
+    path = _local_socket(args, mode, logs, name)
+    return (server.address, path) if path else server.address
+
+
 def start_mode(mode, base, args, logs):
     batching = (["--enable_batching", f"--batching_parameters_file={args.batching_file}"]
                 if args.batching else [])
@@ -362,21 +378,22 @@ def start_mode(mode, base, args, logs):
         routes = {"dpsr": ((servers["server0"].address,),)}
         proxy_flags = [f"--backend_connections={4 * args.server_processes}"]
     elif mode in ("direct", "proxy1"):
-        servers = {"server": process.model_server_process(model_dir, "dpsr", flags=flags,
-                                                          name="server", log_dir=logs,
-                                                          rest=True)}
+        servers = {"server": process.model_server_process(
+            model_dir, "dpsr", flags=flags + _framed_flag(args, mode, logs, "server"),
+            name="server", log_dir=logs, rest=True)}
     else:
         servers = {f"shard{s}": process.model_server_process(
-            os.path.join(base, f"shard{s}"), "dpsr", flags=flags, name=f"shard{s}",
+            os.path.join(base, f"shard{s}"), "dpsr",
+            flags=flags + _framed_flag(args, mode, logs, f"shard{s}"), name=f"shard{s}",
             log_dir=logs, port=process.free_port(), rest=True) for s in range(2)}
     if mode == "direct":
         process.start_all(list(servers.values()))
         return servers, servers["server"].address
     if routes is None and mode == "proxy1":
         process.start_all(list(servers.values()))
-        routes = {"dpsr": ((servers["server"].address,),)}
+        routes = {"dpsr": ((_replica(args, mode, logs, "server", servers["server"]),),)}
     elif routes is None:
-        routes = {"dpsr": tuple((p.address,) for p in servers.values())}
+        routes = {"dpsr": tuple((_replica(args, mode, logs, n, p),) for n, p in servers.items())}
     proxy = process.proxy_process(routes, log_dir=logs, flags=proxy_flags + args.proxy_flag,
                                   deadline_ms=2000)
     procs = dict(servers, proxy=proxy)
@@ -430,6 +447,10 @@ def main():
                              "--server_flag=--front_end=python")
     parser.add_argument("--proxy_flag", action="append", default=[],
                         help="one more `dpsr proxy` flag (repeat)")
+    parser.add_argument("--local_shards", action="store_true",
+                        help="proxy1 and proxy2 (one server per shard): the proxy sends Predict "
+                             "to the servers as frames on their --framed_predict_socket "
+                             "(local_replica) instead of over gRPC")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     base, _ = build_servables(args) if not args.servable_dir else (None, None)
