@@ -9,12 +9,13 @@ import os
 import re
 import socket
 import struct
+import stat
 import threading
 import time
 
 import grpc
 import pytest
-from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import frames as protocol
@@ -400,3 +401,36 @@ def _wait(condition, tries=3000):
             return
         threading.Event().wait(0.01)
     raise AssertionError("condition never held")
+
+
+def test_a_shared_socket_is_private_to_its_user_and_replaces_only_a_dead_one(tmp_path):
+    """--framed_predict_socket: mode 0600; a socket file nobody listens on is replaced, a live
+    one or a file that is not a socket is refused; drain() waits for calls in flight."""
+    path = str(tmp_path / "shared.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)  # a server that died left its socket file
+    dead.close()
+    servicer = _FakeServicer()
+    server = fp.FramedPredictServer(servicer, path, 1 << 20, shared=True)
+    server.start()
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        with pytest.raises(OSError, match="another server listens there"):
+            fp.FramedPredictServer(_FakeServicer(), path, 1 << 20, shared=True)
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(30)
+        conn.connect(path)
+        conn.sendall(_request_frame(1, predict_pb2.PredictRequest().SerializeToString()))
+        _wait(lambda: servicer.runs)
+        assert server.drain(0.05) == 1  # its run has not ended
+        servicer.runs[0][3].set_result(b"answer")
+        assert _read_answer(conn)[2:] == (0, "", b"answer")
+        assert server.drain(30) == 0
+        conn.close()
+    finally:
+        server.stop()
+    not_a_socket = tmp_path / "plain"
+    not_a_socket.write_text("x")
+    with pytest.raises(OSError, match="is not a socket"):
+        fp.FramedPredictServer(_FakeServicer(), str(not_a_socket), 1 << 20, shared=True)
+    assert not_a_socket.read_text() == "x"

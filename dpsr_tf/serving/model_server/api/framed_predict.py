@@ -130,9 +130,12 @@ class FramedPredictServer:
             if shared:
                 os.chmod(path, 0o600)  # before listen(): nobody else connects in between
             self._listener.listen(64)
-        except OSError:
+        except OSError as e:
             self._listener.close()
-            raise
+            if not shared:
+                raise
+            raise OSError(f"--framed_predict_socket {path}: cannot create the socket: "
+                          f"{e.strerror or e}") from e
         self._connections = set()
         self._lock = threading.Lock()
         self._stopping = False
