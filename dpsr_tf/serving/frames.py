@@ -18,6 +18,7 @@ _ANSWER_FIELDS = struct.Struct("<iI")   # status code, message length
 _U32 = struct.Struct("<I")
 # Bytes a request frame's fields and client name may add to the largest request.
 FRAME_OVERHEAD = 64 << 10
+MAX_FRAME = (1 << 32) - 1  # the most a frame's u32 length can say
 
 
 class FrameError(Exception):

@@ -434,3 +434,34 @@ def test_a_shared_socket_is_private_to_its_user_and_replaces_only_a_dead_one(tmp
     with pytest.raises(OSError, match="is not a socket"):
         fp.FramedPredictServer(_FakeServicer(), str(not_a_socket), 1 << 20, shared=True)
     assert not_a_socket.read_text() == "x"
+
+
+def test_a_request_over_the_limit_on_a_shared_socket_is_refused_and_the_connection_serves_on(
+        tmp_path):
+    """A proxy may take larger requests than its local replica: the server answers such a
+    request RESOURCE_EXHAUSTED (read and dropped unparsed) and keeps the connection, whose
+    next call runs; on the front end's private socket the same frame ends the connection
+    (test_a_frame_that_breaks_the_protocol_ends_the_connection)."""
+    path = str(tmp_path / "shared.sock")
+    servicer = _FakeServicer()
+    server = fp.FramedPredictServer(servicer, path, 1 << 10, shared=True)
+    server.start()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(30)
+    try:
+        conn.connect(path)
+        big = b"\x00" * (3 << 20)  # past the 1 KiB limit and its frame allowance, 3 chunks
+        conn.sendall(_request_frame(1, big) + _request_frame(
+            2, predict_pb2.PredictRequest().SerializeToString()))
+        kind, call_id, code, message, payload = _read_answer(conn)
+        assert (kind, call_id, code, payload) == (
+            protocol.ANSWER, 1, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], b"")
+        assert message == (f"Received message larger than max ({12 + 6 + len(big)} bytes in "
+                           f"its frame vs. 1024)")
+        _wait(lambda: servicer.runs)
+        assert len(servicer.runs) == 1  # only the second call reached the servicer
+        servicer.runs[0][3].set_result(b"second")
+        assert _read_answer(conn)[1:] == (2, 0, "", b"second")
+    finally:
+        conn.close()
+        server.stop()

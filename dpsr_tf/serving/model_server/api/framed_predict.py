@@ -47,6 +47,17 @@ def _read_exactly(conn: socket.socket, n: int) -> Optional[bytes]:
     return bytes(buf)
 
 
+def _discard(conn: socket.socket, n: int) -> bool:
+    """Reads and drops n bytes (1 MiB at a time); False at the end of the stream."""
+    buf = bytearray(min(n, 1 << 20))
+    while n:
+        r = conn.recv_into(buf, min(n, len(buf)))
+        if r == 0:
+            return False
+        n -= r
+    return True
+
+
 class _Connection:
     """One front-end connection: its pending calls and the lock its answer frames are written
     under, by the run threads that complete them.
@@ -110,7 +121,9 @@ class FramedPredictServer:
       max_request_bytes: the largest request message (the front end refuses larger ones).
       shared: the socket is for other processes of this user (a proxy): a stale socket file
         left by a server that died is replaced, a live one refused, and the socket is made
-        mode 0600 before it listens.
+        mode 0600 before it listens. A request over `max_request_bytes` is answered
+        RESOURCE_EXHAUSTED, as gRPC answers one, and the connection serves on (a proxy's limit
+        may be higher than this server's); from the front end it is a bug, and ends it.
 
     Raises:
       OSError: `path` is taken (another server listens there, or it is not a socket) or
@@ -121,7 +134,9 @@ class FramedPredictServer:
                  shared: bool = False):
         self._servicer = servicer
         self._path = path
+        self._max_request_bytes = max_request_bytes
         self._max_frame = max_request_bytes + frames.FRAME_OVERHEAD
+        self._shared = shared
         if shared:
             _remove_stale_socket(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -195,7 +210,15 @@ class FramedPredictServer:
                 head = _read_exactly(c.conn, frames.HEAD.size)
                 if head is None:
                     break
-                kind, call_id, size = frames.body_size(head, self._max_frame)
+                kind, call_id, size = frames.body_size(
+                    head, frames.MAX_FRAME if self._shared else self._max_frame)
+                if size > self._max_frame:  # a proxy's request over this server's limit
+                    if not _discard(c.conn, size):
+                        break
+                    c.send(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"Received message larger than max ({size} bytes in its frame vs. "
+                           f"{self._max_request_bytes})")
+                    continue
                 body = _read_exactly(c.conn, size) if size else b""
                 if body is None:
                     break
