@@ -116,8 +116,10 @@ class ProxyServer:
             replica = self._pool.pop(address)
             asyncio.get_running_loop().call_later(
                 30, lambda r=replica: asyncio.ensure_future(r.close()))
-        _LOG.info("proxy config applied: %s", ", ".join(
-            f"{n} ({len(s.shards)} shard(s))" for n, s in settings.routes.items()))
+        _LOG.info("proxy config applied: %s%s", ", ".join(
+            f"{n} ({len(s.shards)} shard(s))" for n, s in settings.routes.items()),
+            "".join(f"; local replica {a}: Predict as frames at {path}"
+                    for a, path in sorted(settings.framed_sockets.items())))
 
     async def _poll_config(self):
         path = self.options.proxy_config_file
