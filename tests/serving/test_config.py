@@ -188,6 +188,11 @@ def test_local_replicas_name_their_framed_sockets():
     ('model { name: "a" shard { local_replica { address: "h:1" framed_socket: "/s" } } } '
      'model { name: "b" shard { replica: "h:1" } }', "listed both as a replica and as a "
      "local_replica"),
+    ('model { name: "a" shard { local_replica { address: "h:1" framed_socket: "/s" } } '
+     'shard { local_replica { address: "h:2" framed_socket: "/s" } } }',
+     "framed_socket '/s' is also local_replica 'h:1's"),
+    ('model { name: "a" shard { local_replica { address: "h:1" framed_socket: "/' + "x" * 107
+     + '" } } }', "longer than a UNIX socket's path may be (107 bytes)"),
 ])
 def test_bad_proxy_configs(text, fragment):
     with pytest.raises(ServingError) as e:

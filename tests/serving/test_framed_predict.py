@@ -160,7 +160,9 @@ def test_the_front_end_sends_frames_and_relays_answers(front):
         kind, first_id, body = frames.read_frame()
         assert kind == protocol.REQUEST
         deadline_us, client_length = struct.unpack_from("<qI", body)
-        assert 0 < deadline_us <= 20_000_000
+        # At most the client's 20 s, plus gRPC's rounding of the grpc-timeout header: it sends
+        # the time left rounded up to a coarser unit (seen: 20.0997 s for a 20 s deadline).
+        assert 0 < deadline_us <= 21_000_000
         client = body[12:12 + client_length].decode()
         assert client.startswith("ipv4:127.0.0.1:")  # the client's connection
         assert body[12 + client_length:] == b"request one"
@@ -462,6 +464,25 @@ def test_a_request_over_the_limit_on_a_shared_socket_is_refused_and_the_connecti
         assert len(servicer.runs) == 1  # only the second call reached the servicer
         servicer.runs[0][3].set_result(b"second")
         assert _read_answer(conn)[1:] == (2, 0, "", b"second")
+    finally:
+        conn.close()
+        server.stop()
+
+
+def test_a_request_within_the_frame_allowance_but_over_the_limit_is_refused_on_a_shared_socket(
+        tmp_path):
+    servicer = _FakeServicer()
+    server = fp.FramedPredictServer(servicer, str(tmp_path / "s.sock"), 1 << 10, shared=True)
+    server.start()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(30)
+    try:
+        conn.connect(str(tmp_path / "s.sock"))
+        conn.sendall(_request_frame(1, b"\x00" * (50 << 10)))  # under 1 KiB + 64 KiB
+        assert _read_answer(conn)[1:] == (
+            1, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            f"Received message larger than max ({50 << 10} vs. 1024)", b"")
+        assert servicer.runs == []
     finally:
         conn.close()
         server.stop()

@@ -13,9 +13,13 @@ import pytest
 from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving import frames
+from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY
+from dpsr_tf.serving.model_server.api.framed_predict import FramedPredictServer
 from dpsr_tf.serving.proxy.framed_calls import FramedProxyCalls
 from dpsr_tf.serving.proxy.framed_shard import FramedShardClient
+from dpsr_tf.serving.proxy.routing import Replica
+from tests.serving.test_framed_predict import _FakeServicer as _ModelServicer
 from tests.serving.test_proxy_framed_calls import _Servicer
 
 
@@ -179,3 +183,124 @@ def test_an_answer_that_breaks_the_protocol_fails_unavailable_and_reconnects(tmp
     finally:
         listener.close()
     assert len(served) == 2
+
+
+def test_against_the_model_servers_shared_socket(tmp_path):
+    """The client and `dpsr serve`'s own frame server (framed_predict.py, shared=True) with a
+    scripted servicer: an answer, an error, a request over the server's limit, and a deadline
+    whose cancel frame drops the run."""
+    servicer = _ModelServicer()
+    path = str(tmp_path / "serve.sock")
+    server = FramedPredictServer(servicer, path, 1 << 10, shared=True)
+    server.start()
+
+    async def main():
+        client = FramedShardClient(path)
+        try:
+            call = asyncio.ensure_future(client.predict(
+                _request("a"), timeout=10, metadata=((CLIENT_METADATA_KEY, "peer-7"),)))
+            while not servicer.runs:
+                await asyncio.sleep(0.01)
+            request, timeout, key, future = servicer.runs[0]
+            assert request.model_spec.name == "a" and key == ("framed", "peer-7")
+            assert 0 < timeout <= 10
+            future.set_result(b"answer a")
+            assert await call == b"answer a"
+            call = asyncio.ensure_future(client.predict(_request("b"), timeout=10))
+            while len(servicer.runs) < 2:
+                await asyncio.sleep(0.01)
+            servicer.runs[1][3].set_exception(
+                ServingError(grpc.StatusCode.FAILED_PRECONDITION, "no such signature"))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call
+            assert (e.value.code(), e.value.details()) == (
+                grpc.StatusCode.FAILED_PRECONDITION, "no such signature")
+            big = _request("c" * 2000)
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await client.predict(big, timeout=10)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert e.value.details() == (
+                f"Received message larger than max ({big.ByteSize()} vs. 1024)")
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await client.predict(_request("d"), timeout=0.2)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            while not servicer.runs[-1][3].cancelled():  # the cancel frame reached the run
+                await asyncio.sleep(0.01)
+            assert len(servicer.runs) == 3  # a, b, d: c never reached the servicer
+        finally:
+            client.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        server.stop()
+
+
+def test_calls_on_a_connection_the_server_ends_at_once_fail_unavailable_not_late(tmp_path):
+    """Calls that waited for the same connect, and find it ended when their turn comes, fail
+    at once as UNAVAILABLE (not at their deadline)."""
+    path = str(tmp_path / "closing.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+
+    def accept_and_close():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=accept_and_close, daemon=True).start()
+
+    async def main():
+        client = FramedShardClient(path, connections=2)
+        try:
+            results = await asyncio.gather(
+                *(client.predict(_request(f"m{i}"), timeout=60) for i in range(50)),
+                return_exceptions=True)
+        finally:
+            client.close()
+        return [r.code() for r in results]
+
+    try:
+        codes = asyncio.run(asyncio.wait_for(main(), 30))  # far below the calls' 60 s
+    finally:
+        listener.close()
+    assert codes == [grpc.StatusCode.UNAVAILABLE] * 50
+
+
+def test_a_closed_client_answers_its_calls_in_flight_and_takes_no_more(tmp_path):
+    """close() (a reload that moves the replica): the call in flight still gets its answer,
+    a new call fails UNAVAILABLE at once, and the connection closes once it is idle."""
+    async def scenario(servicer, server, client):
+        call = asyncio.ensure_future(client.predict(_request("wait"), timeout=10))
+        await servicer.started.wait()
+        client.close()
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await client.predict(_request("new"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        servicer.release.set()
+        answer = await call
+        assert predict_pb2.PredictResponse.FromString(answer).model_spec.name == "wait"
+        while server.connections:  # the proxy-side connection closed, so the server's did
+            await asyncio.sleep(0.01)
+        assert servicer.cancelled == 0
+    _run(tmp_path, scenario)
+
+
+def test_a_replica_whose_socket_a_reload_changes_retires_the_old_client(tmp_path):
+    async def main():
+        replica = Replica("127.0.0.1:1", framed_socket=str(tmp_path / "a.sock"))
+        old = replica.framed
+        replica.use_framed_socket(str(tmp_path / "a.sock"))  # unchanged: the same client
+        assert replica.framed is old
+        replica.use_framed_socket(str(tmp_path / "b.sock"))
+        assert replica.framed.path == str(tmp_path / "b.sock") and replica.framed is not old
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await old.predict(_request("x"), timeout=10)
+        assert "no longer this replica's" in e.value.details()
+        replica.use_framed_socket("")
+        assert replica.framed is None
+        await replica.close()
+    asyncio.run(main())

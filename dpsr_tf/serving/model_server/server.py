@@ -281,11 +281,14 @@ class ModelServer:
         if self._rest is not None:  # REST drains in a thread while gRPC drains on the loop
             rest_stopped = asyncio.get_running_loop().run_in_executor(
                 None, self._rest.stop, grace_seconds)
+        loop = asyncio.get_running_loop()
+        grace_ends = loop.time() + grace_seconds
         if self._grpc is not None:
             await self._in_flight.stop_server(self._grpc, grace_seconds)
-        if self._framed_shared is not None:  # refused since stop_server began draining
-            running = await asyncio.get_running_loop().run_in_executor(
-                None, self._framed_shared.drain, grace_seconds)
+        if self._framed_shared is not None:  # refused since stop_server began draining, and
+            # their runs went on meanwhile: they share its grace
+            running = await loop.run_in_executor(
+                None, self._framed_shared.drain, max(0.0, grace_ends - loop.time()))
             if running:
                 _LOG.warning("stopping with %d framed Predict calls still running", running)
             _LOG.info("framed Predict calls read at %s: %d", self.options.framed_predict_socket,

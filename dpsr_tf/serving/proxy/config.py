@@ -44,6 +44,7 @@ DEFAULT_HEDGE_FRACTION = 0.25
 DEFAULT_HEDGE_MIN_DELAY_MS = 10
 HEDGE_LATENCY_QUANTILE = 0.95
 HEDGE_LATENCY_MULTIPLIER = 2.0
+MAX_SOCKET_PATH_BYTES = 107  # sockaddr_un's sun_path, less its terminating NUL (Linux)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +162,17 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
                 if not os.path.isabs(local.framed_socket):
                     raise bad(f"{at}: framed_socket '{local.framed_socket}' must be an "
                               "absolute path (the server's --framed_predict_socket)")
+                if len(os.fsencode(local.framed_socket)) > MAX_SOCKET_PATH_BYTES:
+                    raise bad(f"{at}: framed_socket '{local.framed_socket}' is longer than a "
+                              f"UNIX socket's path may be ({MAX_SOCKET_PATH_BYTES} bytes)")
                 if framed_sockets.get(local.address, local.framed_socket) != local.framed_socket:
                     raise bad(f"{at}: framed_socket '{local.framed_socket}' differs from "
                               f"'{framed_sockets[local.address]}' given for it before")
+                other = next((a for a, path in framed_sockets.items()
+                              if path == local.framed_socket and a != local.address), None)
+                if other is not None:  # Predict would reach one server, the rest the other
+                    raise bad(f"{at}: framed_socket '{local.framed_socket}' is also "
+                              f"local_replica '{other}'s; one server has one socket")
                 framed_sockets[local.address] = local.framed_socket
             shards.append(tuple(shard.replica) + tuple(r.address for r in shard.local_replica))
         if model.deadline_ms < 0 or model.shard_deadline_ms < 0:

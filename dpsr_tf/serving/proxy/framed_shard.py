@@ -46,10 +46,24 @@ class _Connection(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.waiting: Dict[int, asyncio.Future] = {}
         self.closed = False
+        self.retiring = False  # closes once its calls are answered (FramedShardClient.close)
         self._buffer = bytearray()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+
+    def send(self, call_id: int, frame: bytes, future: asyncio.Future) -> None:
+        """Writes a request frame; `future` gets its answer.
+
+        Raises:
+          grpc.aio.AioRpcError: UNAVAILABLE, the connection has ended (it may end between the
+            connect a call waited for and its turn to write).
+        """
+        if self.closed or self.retiring:
+            raise _error(grpc.StatusCode.UNAVAILABLE,
+                         f"framed Predict socket {self.path}: the connection ended")
+        self.waiting[call_id] = future
+        self.transport.write(frame)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buffer
@@ -73,6 +87,7 @@ class _Connection(asyncio.Protocol):
             self._fail_all(f"the answer broke the frame protocol: {e}")
             return
         del buf[:at]
+        self._settle()
 
     def connection_lost(self, exc) -> None:
         why = f": {exc}" if exc else ""
@@ -88,6 +103,17 @@ class _Connection(asyncio.Protocol):
             future.set_exception(error)
         if not self.closed:
             self.transport.write(frames.cancel_frame(call_id))
+        self._settle()
+
+    def retire(self) -> None:
+        """Takes no more calls, and closes once the calls it has are answered (or end)."""
+        self.retiring = True
+        self._settle()
+
+    def _settle(self) -> None:
+        if self.retiring and not self.waiting and not self.closed:
+            self.closed = True
+            self.transport.close()
 
     def _fail_all(self, why: str) -> None:
         self.closed = True
@@ -108,6 +134,7 @@ class FramedShardClient:
         self._connecting: list = [None] * len(self._connections)
         self._turn = 0
         self._next_id = 0
+        self._closed = False
         self.calls = 0  # calls sent, for tests
 
     async def _connection(self) -> _Connection:
@@ -130,30 +157,38 @@ class FramedShardClient:
         finally:
             self._connecting[i] = None
         self._connections[i] = c
+        if self._closed:  # closed while connecting: nothing may use it
+            c.retire()
         return c
 
     async def predict(self, request, timeout: Optional[float], metadata=None) -> bytes:
         """The serialized PredictResponse of `request` (a PredictRequest), sent for the client
-        named in `metadata` (CLIENT_METADATA_KEY), within `timeout` seconds.
+        named in `metadata` (CLIENT_METADATA_KEY), within `timeout` seconds (the connect
+        included).
 
         Raises:
           grpc.aio.AioRpcError: the server's error, or UNAVAILABLE / DEADLINE_EXCEEDED as the
             module says.
         """
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
         client = dict(metadata or ()).get(CLIENT_METADATA_KEY, "")
         payload = request.SerializeToString()
-        loop = asyncio.get_running_loop()
-        if timeout is not None and timeout <= 0:
-            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        if self._closed:
+            raise _error(grpc.StatusCode.UNAVAILABLE,
+                         f"framed Predict socket {self.path}: no longer this replica's")
         c = await self._connection()
+        left = None if end is None else end - loop.time()
+        if left is not None and left <= 0:
+            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         self._next_id += 1
         call_id = self._next_id
+        frame = frames.request_frame(call_id, -1 if left is None else max(1, int(left * 1e6)),
+                                     client, payload)
         future = loop.create_future()
-        c.waiting[call_id] = future
-        deadline_us = -1 if timeout is None else max(1, int(timeout * 1e6))
-        c.transport.write(frames.request_frame(call_id, deadline_us, client, payload))
+        c.send(call_id, frame, future)
         self.calls += 1
-        timer = None if timeout is None else loop.call_later(timeout, _expire, c, call_id)
+        timer = None if end is None else loop.call_at(end, _expire, c, call_id)
         try:
             code, message, trailers, data = await future
         except asyncio.CancelledError:
@@ -167,9 +202,12 @@ class FramedShardClient:
         return data
 
     def close(self) -> None:
+        """Takes no more calls; each connection closes once the calls on it are answered (a
+        reload that moves the replica, or removes it, loses no answer already on its way)."""
+        self._closed = True
         for c in self._connections:
-            if c is not None and c.transport is not None:
-                c.transport.close()
+            if c is not None:
+                c.retire()
 
 
 def _expire(c: _Connection, call_id: int) -> None:

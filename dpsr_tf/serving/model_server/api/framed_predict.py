@@ -74,11 +74,15 @@ class _Connection:
         self.closed = False
         self.reader = None  # the reading thread's ident
         self._deferred = None  # frames the reader decided, for the writer thread
+        # Those frames put and written, each counted by one thread (a call leaves `pending`
+        # once its answer is written, or handed to the writer and counted here).
+        self.deferred_put = 0
+        self.deferred_written = 0
 
     def send(self, call_id: int, code: grpc.StatusCode, message: str = "",
              payload: bytes = b"") -> None:
-        self.pending.pop(call_id, None)
         if self.closed:
+            self.pending.pop(call_id, None)
             return
         frame = frames.answer_frame(call_id, code, truncate(message) if message else "", payload)
         if threading.get_ident() == self.reader:
@@ -86,9 +90,12 @@ class _Connection:
                 self._deferred = queue.SimpleQueue()
                 threading.Thread(target=self._write_deferred, name="framed_write",
                                  daemon=True).start()
+            self.deferred_put += 1
+            self.pending.pop(call_id, None)
             self._deferred.put(frame)
             return
         self.write(frame)
+        self.pending.pop(call_id, None)  # after the write: drain() waits for it
 
     def write(self, frame: bytes) -> None:
         with self.write_lock:
@@ -105,6 +112,7 @@ class _Connection:
             if frame is None:
                 return
             self.write(frame)
+            self.deferred_written += 1
 
     def end_writer(self) -> None:
         if self._deferred is not None:
@@ -123,7 +131,8 @@ class FramedPredictServer:
         left by a server that died is replaced, a live one refused, and the socket is made
         mode 0600 before it listens. A request over `max_request_bytes` is answered
         RESOURCE_EXHAUSTED, as gRPC answers one, and the connection serves on (a proxy's limit
-        may be higher than this server's); from the front end it is a bug, and ends it.
+        may be higher than this server's; a frame over the front end's allowance is read and
+        dropped unparsed); from the front end such a frame is a bug, and ends the connection.
 
     Raises:
       OSError: `path` is taken (another server listens there, or it is not a socket) or
@@ -165,7 +174,8 @@ class FramedPredictServer:
         end = time.monotonic() + timeout
         while True:
             with self._lock:
-                running = sum(len(c.pending) for c in self._connections)
+                running = sum(len(c.pending) + c.deferred_put - c.deferred_written
+                              for c in self._connections)
             if not running or time.monotonic() >= end:
                 return running
             time.sleep(0.01)
@@ -229,6 +239,11 @@ class FramedPredictServer:
                     continue
                 deadline_us, client, payload = frames.parse_request(body)
                 self.calls += 1
+                if len(payload) > self._max_request_bytes:  # only a shared socket's get here
+                    c.send(call_id, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"Received message larger than max ({len(payload)} vs. "
+                           f"{self._max_request_bytes})")
+                    continue
                 self._request(c, call_id, deadline_us, client, payload)
         except frames.FrameError as e:
             why = str(e)
