@@ -44,6 +44,13 @@ def _run(tmp_path, scenario, connections=1):
     return asyncio.run(main())
 
 
+async def _held_call(servicer, client):
+    """A call the scripted servicer holds until its `release` (started, not answered)."""
+    call = asyncio.ensure_future(client.predict(_request("wait"), timeout=10))
+    await servicer.started.wait()
+    return call
+
+
 def test_answers_are_the_servers_bytes_matched_to_their_calls(tmp_path):
     async def scenario(servicer, server, client):
         names = [f"m{i}" for i in range(40)]
@@ -95,8 +102,7 @@ def test_the_deadline_ends_the_call_and_cancels_it_on_the_server(tmp_path):
 
 def test_a_cancelled_caller_cancels_the_call_on_the_server(tmp_path):
     async def scenario(servicer, server, client):
-        call = asyncio.ensure_future(client.predict(_request("wait"), timeout=10))
-        await servicer.started.wait()
+        call = await _held_call(servicer, client)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -108,8 +114,7 @@ def test_a_cancelled_caller_cancels_the_call_on_the_server(tmp_path):
 
 def test_a_server_that_goes_away_fails_its_calls_unavailable(tmp_path):
     async def scenario(servicer, server, client):
-        call = asyncio.ensure_future(client.predict(_request("wait"), timeout=10))
-        await servicer.started.wait()
+        call = await _held_call(servicer, client)
         await server.stop()
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await call
@@ -122,11 +127,12 @@ def test_a_server_that_goes_away_fails_its_calls_unavailable(tmp_path):
     _run(tmp_path, scenario)
 
 
-def _raw_server(path, answer_for):
-    """A server that answers each request frame with answer_for(call id) (raw bytes)."""
+def _unix_server(path, handle):
+    """A listening UNIX socket at `path` whose accepted connections go to handle(conn), one
+    at a time on a thread of its own; close the returned listener to stop it."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
-    listener.listen(4)
+    listener.listen(64)
 
     def serve():
         while True:
@@ -135,16 +141,23 @@ def _raw_server(path, answer_for):
             except OSError:
                 return
             with conn:
-                while True:
-                    head = conn.recv(frames.HEAD.size, socket.MSG_WAITALL)
-                    if len(head) < frames.HEAD.size:
-                        break
-                    _, call_id, size = frames.body_size(head, 1 << 20)
-                    if size:
-                        conn.recv(size, socket.MSG_WAITALL)
-                    conn.sendall(answer_for(call_id))
+                handle(conn)
     threading.Thread(target=serve, daemon=True).start()
     return listener
+
+
+def _raw_server(path, answer_for):
+    """A server that answers each request frame with answer_for(call id) (raw bytes)."""
+    def answer_frames(conn):
+        while True:
+            head = conn.recv(frames.HEAD.size, socket.MSG_WAITALL)
+            if len(head) < frames.HEAD.size:
+                return
+            _, call_id, size = frames.body_size(head, 1 << 20)
+            if size:
+                conn.recv(size, socket.MSG_WAITALL)
+            conn.sendall(answer_for(call_id))
+    return _unix_server(path, answer_frames)
 
 
 @pytest.mark.parametrize("bad", ["not_an_answer", "trailers_past_the_end", "huge"])
@@ -240,18 +253,7 @@ def test_calls_on_a_connection_the_server_ends_at_once_fail_unavailable_not_late
     """Calls that waited for the same connect, and find it ended when their turn comes, fail
     at once as UNAVAILABLE (not at their deadline)."""
     path = str(tmp_path / "closing.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
-
-    def accept_and_close():
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conn.close()
-    threading.Thread(target=accept_and_close, daemon=True).start()
+    listener = _unix_server(path, lambda conn: None)  # closed as soon as it is accepted
 
     async def main():
         client = FramedShardClient(path, connections=2)
@@ -274,8 +276,7 @@ def test_a_closed_client_answers_its_calls_in_flight_and_takes_no_more(tmp_path)
     """close() (a reload that moves the replica): the call in flight still gets its answer,
     a new call fails UNAVAILABLE at once, and the connection closes once it is idle."""
     async def scenario(servicer, server, client):
-        call = asyncio.ensure_future(client.predict(_request("wait"), timeout=10))
-        await servicer.started.wait()
+        call = await _held_call(servicer, client)
         client.close()
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await client.predict(_request("new"), timeout=10)
