@@ -151,7 +151,7 @@ class Replica:
 
     def use_framed_socket(self, path: str) -> None:
         """Sends Predict as frames to `path` ("": over gRPC), from the next call on (a reload
-        that changes it ends the old connections: their calls fail over)."""
+        that changes it retires the old connections: they answer their calls, then close)."""
         if (self.framed.path if self.framed is not None else "") == (path or ""):
             return
         if self.framed is not None:
