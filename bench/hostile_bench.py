@@ -514,25 +514,12 @@ def main():
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="hostile-bench-")
     spec = ts.ToyServableSpec(dim=16, num_heads=2, default_k=10, max_k=300, seed=0)
-    framed = ({name: os.path.join(work, f"{name}.sock") for name in ("serve", "replica")}
-              if args.local_shards else {})
-
-    def framed_flag(name):
-        return [f"--framed_predict_socket={framed[name]}"] if name in framed else []
-
     server = process.model_server_process(
         model_config_file=_write_models(work, spec), rest=True, log_dir=work,
         port=process.free_port(),
         flags=["--enable_batching"] * args.batching + ["--max_k=300", "--max_request_rows=256"]
-        + framed_flag("serve") + args.server_flag)
-
-    def as_replica(name, model_server):
-        """A replica of a proxy route: an address, or (address, socket) for a local_replica."""
-        return ((model_server.address, framed[name]) if name in framed
-                else model_server.address)
-
-    proxy = process.proxy_process({"dpsr": ((as_replica("serve", server),),),
-                                   "big": ((as_replica("serve", server),),)},
+        + args.server_flag, local=args.local_shards)
+    proxy = process.proxy_process({"dpsr": ((server.replica,),), "big": ((server.replica,),)},
                                   log_dir=work, deadline_ms=5000, flags=args.proxy_flag)
     process.start_all([server, proxy])
     channels = {"serve": grpc.insecure_channel(server.address),
@@ -592,10 +579,9 @@ def main():
     if any(name == stopped_name for name, _ in classes):
         replica = process.model_server_process(
             model_base_path=os.path.join(work, "dpsr"), model_name="dpsr", log_dir=work,
-            name="replica", flags=framed_flag("replica"))
+            name="replica", local=args.local_shards)
         process.start_all([replica])
-        proxy2 = process.proxy_process({"dpsr": ((as_replica("serve", server),),
-                                                 (as_replica("replica", replica),))},
+        proxy2 = process.proxy_process({"dpsr": ((server.replica,), (replica.replica,))},
                                        log_dir=work, name="proxy2", flags=args.proxy_flag)
         process.start_all([proxy2])
         extra = [proxy2, replica]

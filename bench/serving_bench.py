@@ -340,22 +340,6 @@ def run_load(address, rate, args, procs):
     return result
 
 
-def _local_socket(args, mode, logs, name):
-    """--local_shards: where server `name` takes framed Predict calls (the proxy lists it as a
-    local_replica); None: the proxy reaches it over gRPC."""
-    return os.path.join(logs, f"{name}.sock") if args.local_shards and mode != "direct" else None
-
-
-def _framed_flag(args, mode, logs, name):
-    path = _local_socket(args, mode, logs, name)
-    return [f"--framed_predict_socket={path}"] if path else []
-
-
-def _replica(args, mode, logs, name, server):
-    path = _local_socket(args, mode, logs, name)
-    return (server.address, path) if path else server.address
-
-
 def start_mode(mode, base, args, logs):
     batching = (["--enable_batching", f"--batching_parameters_file={args.batching_file}"]
                 if args.batching else [])
@@ -365,6 +349,7 @@ def start_mode(mode, base, args, logs):
                         ] + args.server_flag
     model_dir = args.servable_dir or os.path.join(base, "full")
     proxy_flags, routes = [], None
+    local = args.local_shards and mode != "direct"  # Predict from the proxy as frames
     if mode in ("direct", "proxy1") and args.server_processes > 1:
         # Several processes on one port (SO_REUSEPORT): the kernel spreads connections.
         port = process.free_port()
@@ -379,21 +364,20 @@ def start_mode(mode, base, args, logs):
         proxy_flags = [f"--backend_connections={4 * args.server_processes}"]
     elif mode in ("direct", "proxy1"):
         servers = {"server": process.model_server_process(
-            model_dir, "dpsr", flags=flags + _framed_flag(args, mode, logs, "server"),
-            name="server", log_dir=logs, rest=True)}
+            model_dir, "dpsr", flags=flags, name="server", log_dir=logs, rest=True,
+            local=local)}
     else:
         servers = {f"shard{s}": process.model_server_process(
-            os.path.join(base, f"shard{s}"), "dpsr",
-            flags=flags + _framed_flag(args, mode, logs, f"shard{s}"), name=f"shard{s}",
-            log_dir=logs, port=process.free_port(), rest=True) for s in range(2)}
+            os.path.join(base, f"shard{s}"), "dpsr", flags=flags, name=f"shard{s}",
+            log_dir=logs, port=process.free_port(), rest=True, local=local) for s in range(2)}
     if mode == "direct":
         process.start_all(list(servers.values()))
         return servers, servers["server"].address
     if routes is None and mode == "proxy1":
         process.start_all(list(servers.values()))
-        routes = {"dpsr": ((_replica(args, mode, logs, "server", servers["server"]),),)}
+        routes = {"dpsr": ((servers["server"].replica,),)}
     elif routes is None:
-        routes = {"dpsr": tuple((_replica(args, mode, logs, n, p),) for n, p in servers.items())}
+        routes = {"dpsr": tuple((p.replica,) for p in servers.values())}
     proxy = process.proxy_process(routes, log_dir=logs, flags=proxy_flags + args.proxy_flag,
                                   deadline_ms=2000)
     procs = dict(servers, proxy=proxy)

@@ -98,6 +98,14 @@ class ServerProcess:
         self.rest_api_port = None
         self.proc = None
         self.config_file = None
+        self.framed_socket = None  # `dpsr serve --framed_predict_socket`, when it has one
+        self.socket_dir = None  # its own folder, when the work folder's path is too long
+
+    @property
+    def replica(self):
+        """How a proxy config lists this server: its address, or (address, framed socket) for
+        a local_replica (proxy_config.proxy_config_text's form)."""
+        return (self.address, self.framed_socket) if self.framed_socket else self.address
 
     @property
     def address(self) -> str:
@@ -181,6 +189,8 @@ class ServerProcess:
             _STARTED.remove(self)
         if self.proc.returncode == 0 and self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
         return self.proc.returncode
 
     def __enter__(self):
@@ -194,7 +204,7 @@ def model_server_process(model_base_path: Optional[str] = None, model_name: str 
                          model_config_file: Optional[str] = None, flags: Sequence[str] = (),
                          rest: bool = False, name: str = "model_server",
                          log_dir: Optional[str] = None, port: int = 0,
-                         credentials=None) -> ServerProcess:
+                         credentials=None, local: bool = False) -> ServerProcess:
     """A `dpsr serve` process on free ports, not started yet (`.start()` or `start_all`).
 
     Args:
@@ -204,6 +214,9 @@ def model_server_process(model_base_path: Optional[str] = None, model_name: str 
       rest: also open the REST port.
       port: gRPC port (0: any free port, reported through --port_file).
       credentials: grpc.ChannelCredentials to reach a TLS port (--ssl_config_file).
+      local: also take Predict as frames on a socket in its work folder
+        (--framed_predict_socket), for a proxy on this host: `.replica` lists it as a
+        local_replica.
     """
     args = [f"--port={port}"]
     if model_config_file:
@@ -213,6 +226,13 @@ def model_server_process(model_base_path: Optional[str] = None, model_name: str 
     if rest:
         args.append("--rest_api_port=-1")
     server = ServerProcess("serve", args + list(flags), name, log_dir, credentials=credentials)
+    if local:
+        path = os.path.join(server.workdir, "predict.sock")
+        if len(os.fsencode(path)) > proxy_config.MAX_SOCKET_PATH_BYTES:  # a deep work folder
+            server.socket_dir = tempfile.mkdtemp(prefix="dpsr-sock-")
+            path = os.path.join(server.socket_dir, "predict.sock")
+        server.framed_socket = path
+        server.args.append(f"--framed_predict_socket={path}")
     server.grpc_port = port or None  # a fixed port is known (and `.address` usable) at once
     return server
 

@@ -4,7 +4,9 @@
     run_serving_demo(["/tmp/demo/export/dpsr"], ["apple phone", "cordless drill"])
 
 One model server per model directory (one directory: an unsharded model; several: index
-shards holding disjoint items), a proxy in front, the queries sent with the real
+shards holding disjoint items), a proxy in front that lists them as local replicas (Predict as
+frames on each server's --framed_predict_socket; docs/serving.md, "A proxy beside its
+shards"), the queries sent with the real
 tensorflow_serving PredictionServiceStub, each query's top items printed with their head, and
 every process stopped at the end, also on error.
 """
@@ -97,8 +99,10 @@ def run_serving_demo(model_dirs: Union[str, Sequence[str]], queries: Sequence[st
       QueryResult per query.
     """
     dirs = [model_dirs] if isinstance(model_dirs, str) else list(model_dirs)
+    # On one host the proxy sends Predict to its servers as frames (local replicas).
     servers = [process.model_server_process(d, model_name, flags=server_flags,
-                                            name=f"model_server_{i}", log_dir=log_dir)
+                                            name=f"model_server_{i}", log_dir=log_dir,
+                                            local=True)
                for i, d in enumerate(dirs)]
     proxy = None
     try:
@@ -107,10 +111,10 @@ def run_serving_demo(model_dirs: Union[str, Sequence[str]], queries: Sequence[st
         kind = f"{len(dirs)} index shards" if len(dirs) > 1 else "1 model server"
         out(f"model servers up ({kind}: {', '.join(s.address for s in servers)}) in "
             f"{time.monotonic() - start:.1f} s")
-        proxy = process.start_proxy({model_name: tuple((s.address,) for s in servers)},
+        proxy = process.start_proxy({model_name: tuple((s.replica,) for s in servers)},
                                     log_dir=log_dir)
-        out(f"proxy up at {proxy.address}; querying with tensorflow_serving "
-            "PredictionServiceStub")
+        out(f"proxy up at {proxy.address} (Predict to the servers as frames on their "
+            "--framed_predict_socket); querying with tensorflow_serving PredictionServiceStub")
         stub = process.prediction_stub(proxy.address)
         results = query_model(stub, model_name, queries, k)
         for r in results:

@@ -1,5 +1,10 @@
 """The serving demo driver (called by `dpsr demo`): servers and proxy up, queries through the
 real client, top items printed with their head, every process gone afterwards."""
+import os
+import re
+import shutil
+import tempfile
+
 import numpy as np
 
 from dpsr_tf.demo import serving_demo as demo, server_processes as process
@@ -24,6 +29,13 @@ def test_demo_driver_prints_top_items_and_cleans_up(shard_dirs, catalog, spec, t
         np.testing.assert_array_equal(result.heads, row_heads)
     text = "\n".join(lines)
     assert "2 index shards" in text and text.endswith("servers stopped")
+    assert "Predict to the servers as frames" in text  # local replicas
+    for i in range(2):  # each server took the demo's Predict calls as frames
+        (log,) = [os.path.join(d, "log.txt") for d in os.listdir(tmp_path)
+                  if d.startswith(f"dpsr-model_server_{i}-")]
+        with open(os.path.join(tmp_path, log), encoding="utf-8") as f:
+            read = re.search(r"framed Predict calls read at \S+: (\d+)", f.read())
+        assert read is not None and int(read.group(1)) >= len(queries)
     first = results[0]
     assert (f"   1. {first.item_ids[0]:<16} score {first.scores[0]:7.4f}  head "
             f"{first.heads[0]}  title of {first.item_ids[0]}") in text
@@ -55,3 +67,22 @@ def test_demo_lists_the_items_only_a_rewrite_found(capsys):
     out = capsys.readouterr().out
     assert "no item of a lexical top 10 came only through a rewrite" in out
     assert "0 items only through a rewrite (the fusion chosen" in out
+
+
+def test_a_local_servers_socket_fits_a_unix_socket_path_however_deep_its_work_folder(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    short = tempfile.mkdtemp(prefix="d-")  # tmp_path itself may be too deep (pytest-xdist)
+    try:
+        shallow = process.model_server_process("/models/m", "m", log_dir=short, local=True)
+        assert shallow.framed_socket == os.path.join(shallow.workdir, "predict.sock")
+    finally:
+        shutil.rmtree(short)
+    server = process.model_server_process("/models/m", "m", log_dir=str(deep), local=True)
+    assert len(os.fsencode(os.path.join(server.workdir, "predict.sock"))) > 107
+    assert len(os.fsencode(server.framed_socket)) <= 107
+    assert f"--framed_predict_socket={server.framed_socket}" in server.args
+    assert server.replica == (server.address, server.framed_socket)
+    assert process.model_server_process("/models/m", "m", log_dir=str(tmp_path),
+                                        port=8600).replica == "127.0.0.1:8600"
+    os.rmdir(server.socket_dir)

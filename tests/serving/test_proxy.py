@@ -47,17 +47,14 @@ def cluster(shard_dirs, tmp_path_factory):
     logs = str(tmp_path_factory.mktemp("proxy"))
     # s0b and s1 are on the proxy's host as local replicas: Predict reaches them as frames
     # (proxy/framed_shard.py), every other method over gRPC; s0a over gRPC only.
-    framed = {name: os.path.join(logs, f"{name}.sock") for name in ("s0b", "s1")}
     servers = {name: process.model_server_process(
         shard_dirs[shard], "dpsr", name=name, log_dir=logs, port=process.free_port(),
         # The queue delay control is off: these tests count every drill call as answered, and
         # on a loaded host the control may refuse one (its job, tested in
         # test_native_front_end.py).
-        flags=["--enable_batching", "--front_end_queue_target_ms=0"] + (
-            [f"--framed_predict_socket={framed[name]}"] if name in framed else []))
+        flags=["--enable_batching", "--front_end_queue_target_ms=0"], local=name != "s0a")
         for name, shard in (("s0a", 0), ("s0b", 0), ("s1", 1))}
-    address = {name: p.address for name, p in servers.items()}  # fixed ports: known now
-    replica = {name: (a, framed[name]) if name in framed else a for name, a in address.items()}
+    replica = {name: p.replica for name, p in servers.items()}  # fixed ports: known now
     routes = {"dpsr": ((replica["s0a"], replica["s0b"]), (replica["s1"],))}
     text = proxy_config.proxy_config_text(routes, deadline_ms=PROXY_DEADLINE_MS,
                                           shard_deadline_ms=SHARD_DEADLINE_MS)
@@ -74,7 +71,7 @@ def cluster(shard_dirs, tmp_path_factory):
                                          "--rest_api_port=-1"])
     process.start_all(list(servers.values()) + [proxy])
     yield dict(servers, proxy=proxy, stub=process.prediction_stub(proxy.address),
-               config_file=config_file, replica=replica, framed=framed, logs=logs)
+               config_file=config_file, replica=replica)
     for p in list(servers.values()) + [proxy]:
         p.stop()
 
@@ -249,6 +246,6 @@ def test_local_replicas_took_predict_as_frames(cluster):
     cluster["s0b"].stop()
     with open(cluster["s0b"].log_path, encoding="utf-8") as f:
         log = f.read()
-    read = re.search(r"framed Predict calls read at " + re.escape(cluster["framed"]["s0b"])
+    read = re.search(r"framed Predict calls read at " + re.escape(cluster["s0b"].framed_socket)
                      + r": (\d+)", log)
     assert read is not None and int(read.group(1)) >= 40
