@@ -26,6 +26,7 @@ from typing import Dict, Optional
 import grpc
 
 from dpsr_tf.serving import frames
+from dpsr_tf.serving.errors import code_from_int
 from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY
 
 _LOG = logging.getLogger("serving.proxy.framed_shard")
@@ -198,7 +199,7 @@ class FramedShardClient:
             if timer is not None:
                 timer.cancel()
         if code != grpc.StatusCode.OK.value[0]:
-            raise _error(_status(code), message, trailers)
+            raise _error(code_from_int(code), message, trailers)
         return data
 
     def close(self) -> None:
@@ -212,10 +213,3 @@ class FramedShardClient:
 
 def _expire(c: _Connection, call_id: int) -> None:
     c.cancel(call_id, _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-def _status(code: int) -> grpc.StatusCode:
-    return _CODES.get(code, grpc.StatusCode.UNKNOWN)
