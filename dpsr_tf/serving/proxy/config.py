@@ -142,7 +142,7 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
     default_deadline = cfg.default_deadline_ms or DEFAULT_DEADLINE_MS
     if default_deadline < 0:
         raise bad(f"default_deadline_ms is {cfg.default_deadline_ms}; it must be > 0")
-    routes, framed_sockets = {}, {}
+    routes, framed_sockets, plain = {}, {}, set()  # plain: addresses listed as `replica`
     for i, model in enumerate(cfg.model):
         if not model.name:
             raise bad(f"model[{i}] has no name")
@@ -156,6 +156,7 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
                 raise bad(f"model '{model.name}' shard {s} has no replica")
             for address in shard.replica:
                 _check_address(address, f"{where}: model '{model.name}' shard {s}")
+            plain.update(shard.replica)
             for local in shard.local_replica:
                 at = f"model '{model.name}' shard {s} local_replica '{local.address}'"
                 _check_address(local.address, f"{where}: {at}")
@@ -213,8 +214,7 @@ def settings_from_proto(cfg, where: str = "proxy config") -> ProxySettings:
         enabled=not cfg.disable_hedging,
         budget_fraction=cfg.hedge_budget_fraction or DEFAULT_HEDGE_FRACTION,
         min_delay_s=(cfg.hedge_min_delay_ms or DEFAULT_HEDGE_MIN_DELAY_MS) / 1000.0)
-    both = {a for m in cfg.model for shard in m.shard for a in shard.replica} & set(
-        framed_sockets)
+    both = plain & set(framed_sockets)
     if both:
         raise bad(f"replica '{sorted(both)[0]}' is listed both as a replica and as a "
                   "local_replica; list it one way")
