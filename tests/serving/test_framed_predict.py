@@ -5,6 +5,7 @@ server; the front end binary against a frame server played by the test (what it 
 relays answers, errors, a lost connection and a cancellation); and the Python frame server
 against a fake core (the protocol's edges). Assertions are on bytes, statuses and counts."""
 import concurrent.futures
+import contextlib
 import os
 import re
 import socket
@@ -328,17 +329,33 @@ def _read_answer(conn):
     return kind, call_id, code, message, payload
 
 
-@pytest.fixture()
-def frame_server(tmp_path):
+@contextlib.contextmanager
+def _serving_frames(path, max_request_bytes, shared=False):
+    """(servicer, server, a connection to it) of a FramedPredictServer at `path`."""
     servicer = _FakeServicer()
-    server = fp.FramedPredictServer(servicer, str(tmp_path / "f.sock"), 1 << 20)
+    server = fp.FramedPredictServer(servicer, path, max_request_bytes, shared=shared)
     server.start()
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(30)
-    conn.connect(str(tmp_path / "f.sock"))
-    yield servicer, server, conn
-    conn.close()
-    server.stop()
+    try:
+        conn.connect(path)
+        yield servicer, server, conn
+    finally:
+        conn.close()
+        server.stop()
+
+
+@pytest.fixture()
+def frame_server(tmp_path):
+    with _serving_frames(str(tmp_path / "f.sock"), 1 << 20) as served:
+        yield served
+
+
+@pytest.fixture()
+def shared_frame_server(tmp_path):
+    """A --framed_predict_socket of a server that takes requests of at most 1 KiB."""
+    with _serving_frames(str(tmp_path / "shared.sock"), 1 << 10, shared=True) as served:
+        yield served
 
 
 @pytest.mark.parametrize("decoding", [False, True], ids=["validated at once", "decoded"])
@@ -439,50 +456,31 @@ def test_a_shared_socket_is_private_to_its_user_and_replaces_only_a_dead_one(tmp
 
 
 def test_a_request_over_the_limit_on_a_shared_socket_is_refused_and_the_connection_serves_on(
-        tmp_path):
+        shared_frame_server):
     """A proxy may take larger requests than its local replica: the server answers such a
     request RESOURCE_EXHAUSTED (read and dropped unparsed) and keeps the connection, whose
     next call runs; on the front end's private socket the same frame ends the connection
     (test_a_frame_that_breaks_the_protocol_ends_the_connection)."""
-    path = str(tmp_path / "shared.sock")
-    servicer = _FakeServicer()
-    server = fp.FramedPredictServer(servicer, path, 1 << 10, shared=True)
-    server.start()
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(30)
-    try:
-        conn.connect(path)
-        big = b"\x00" * (3 << 20)  # past the 1 KiB limit and its frame allowance, 3 chunks
-        conn.sendall(_request_frame(1, big) + _request_frame(
-            2, predict_pb2.PredictRequest().SerializeToString()))
-        kind, call_id, code, message, payload = _read_answer(conn)
-        assert (kind, call_id, code, payload) == (
-            protocol.ANSWER, 1, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], b"")
-        assert message == (f"Received message larger than max ({12 + 6 + len(big)} bytes in "
-                           f"its frame vs. 1024)")
-        _wait(lambda: servicer.runs)
-        assert len(servicer.runs) == 1  # only the second call reached the servicer
-        servicer.runs[0][3].set_result(b"second")
-        assert _read_answer(conn)[1:] == (2, 0, "", b"second")
-    finally:
-        conn.close()
-        server.stop()
+    servicer, _, conn = shared_frame_server
+    big = b"\x00" * (3 << 20)  # past the 1 KiB limit and its frame allowance, 3 chunks
+    conn.sendall(_request_frame(1, big) + _request_frame(
+        2, predict_pb2.PredictRequest().SerializeToString()))
+    kind, call_id, code, message, payload = _read_answer(conn)
+    assert (kind, call_id, code, payload) == (
+        protocol.ANSWER, 1, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], b"")
+    assert message == (f"Received message larger than max ({12 + 6 + len(big)} bytes in "
+                       f"its frame vs. 1024)")
+    _wait(lambda: servicer.runs)
+    assert len(servicer.runs) == 1  # only the second call reached the servicer
+    servicer.runs[0][3].set_result(b"second")
+    assert _read_answer(conn)[1:] == (2, 0, "", b"second")
 
 
 def test_a_request_within_the_frame_allowance_but_over_the_limit_is_refused_on_a_shared_socket(
-        tmp_path):
-    servicer = _FakeServicer()
-    server = fp.FramedPredictServer(servicer, str(tmp_path / "s.sock"), 1 << 10, shared=True)
-    server.start()
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.settimeout(30)
-    try:
-        conn.connect(str(tmp_path / "s.sock"))
-        conn.sendall(_request_frame(1, b"\x00" * (50 << 10)))  # under 1 KiB + 64 KiB
-        assert _read_answer(conn)[1:] == (
-            1, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
-            f"Received message larger than max ({50 << 10} vs. 1024)", b"")
-        assert servicer.runs == []
-    finally:
-        conn.close()
-        server.stop()
+        shared_frame_server):
+    servicer, _, conn = shared_frame_server
+    conn.sendall(_request_frame(1, b"\x00" * (50 << 10)))  # under 1 KiB + 64 KiB
+    assert _read_answer(conn)[1:] == (
+        1, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        f"Received message larger than max ({50 << 10} vs. 1024)", b"")
+    assert servicer.runs == []

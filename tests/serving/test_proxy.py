@@ -71,7 +71,7 @@ def cluster(shard_dirs, tmp_path_factory):
                                          "--rest_api_port=-1"])
     process.start_all(list(servers.values()) + [proxy])
     yield dict(servers, proxy=proxy, stub=process.prediction_stub(proxy.address),
-               config_file=config_file, replica=replica)
+               config_file=config_file)
     for p in list(servers.values()) + [proxy]:
         p.stop()
 
@@ -219,7 +219,7 @@ def test_shard_killed_mid_run_keeps_answering_with_partial_flag(cluster, catalog
 
 def test_proxy_config_is_reloaded(cluster):
     with open(cluster["config_file"], "a") as f:
-        f.write(proxy_config.proxy_config_text({"alias": ((cluster["replica"]["s0b"],),)},
+        f.write(proxy_config.proxy_config_text({"alias": ((cluster["s0b"].replica,),)},
                                                backend_model_name="dpsr"))
 
     def alias_serves():
