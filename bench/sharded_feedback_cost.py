@@ -19,7 +19,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dense_feedback_cost import eval_queries, print_latencies, time_alternating  # noqa: E402  (bench/)
+from servable_cost import eval_queries, print_latencies, time_alternating  # noqa: E402  (bench/)
 
 
 def _shard_bases(base: str):

@@ -33,6 +33,7 @@ from dpsr_tf.evaluation.metrics import summarize
 from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.model.progress import quiet_tf_logging
 from dpsr_tf.search.dense_feedback import FeedbackConfig
+from dpsr_tf.search.encoder_fusion import EncoderFusionConfig
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Model directory written by dpsr train.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint prefix (default: newest).")
@@ -91,6 +92,12 @@ _TIE_AWARE = flags.DEFINE_bool(
     "the orders of its tied scores (a BM25 list ties every item a one-word query matches; the "
     "as-ranked metrics then score the catalog's order). The served, lexical-index and hybrid "
     "lists of --served / --hybrid hold the top k: the catalog's other items tie after them.")
+_ENCODER_WEIGHT = flags.DEFINE_float(
+    "encoder_weight", 0.0, "--hybrid with a build that has an encoder list (`dpsr index "
+    "--encoder_list`): also report the encoder list alone (encoder) and the hybrid list fused "
+    "with it at this weight (hybrid_encoder), as a servable exported with it serves; 0 = not.")
+_ENCODER_RRF_K = flags.DEFINE_float("encoder_rrf_k", EncoderFusionConfig.rrf_k,
+                                    "The encoder list's reciprocal-rank constant.")
 _NPROBE = flags.DEFINE_integer("nprobe", None,
                                "IVF lists to probe with --served (default: the index's own).")
 
@@ -111,6 +118,13 @@ def main(argv):
                          "or --hybrid; add one")
     if _DENSE_FEEDBACK.value and not _HYBRID.value:
         raise SystemExit("dpsr evaluate: --dense_feedback is read only with --hybrid; add it")
+    encoder = EncoderFusionConfig(weight=_ENCODER_WEIGHT.value, rrf_k=_ENCODER_RRF_K.value)
+    try:
+        encoder.validate()
+    except ValueError as e:
+        raise SystemExit(f"dpsr evaluate: {e}") from None
+    if encoder.enabled and not _HYBRID.value:
+        raise SystemExit("dpsr evaluate: --encoder_weight is read only with --hybrid; add it")
     quiet_tf_logging()
     cfg = evaluate_lib.EvalConfig(split=_SPLIT.value, min_gain=_MIN_GAIN.value,
                                   num_random=_NUM_RANDOM.value, seed=_SEED.value,
@@ -124,7 +138,7 @@ def main(argv):
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,
                 _NPROBE.value, fusion_flags.fusion_config(), spelling=_SPELLING.value,
                 feedback=(feedback_flags.feedback_config() if _DENSE_FEEDBACK.value
-                          else FeedbackConfig())))
+                          else FeedbackConfig()), encoder=encoder))
         elif _SERVED.value:
             results["dpsr"] = served_lib.evaluate_served_model(
                 _MODEL_DIR.value, _INDEX_DIR.value, layout_dir, cfg, _CHECKPOINT.value,

@@ -6,8 +6,11 @@ has a lexical index, each servable is hybrid: dense and BM25 results fused (--no
 dense only). The fusion is chosen on the layout's evaluation split among a small grid that
 includes dense only and lexical only (dpsr_tf/evaluation/fusion_choice.py), unless a fusion flag
 (--fusion, --rrf_k, ...) is given or --nochoose_fusion; with --rewrites the candidates fuse the
-lexical list merged with the table's rewrites, as the servable will. The choice and every
-candidate's score are written to the servable's assets.extra/dpsr_servable.json.
+lexical list merged with the table's rewrites, as the servable will. When the build has an
+encoder list (`dpsr index --encoder_list`), its weight is chosen the same way, on the list the
+servable will serve (dpsr_tf/evaluation/encoder_choice.py), unless --encoder_weight is given. The
+choices and every candidate's score are written to the servable's
+assets.extra/dpsr_servable.json.
 """
 import json
 import os
@@ -15,11 +18,12 @@ import os
 from absl import flags
 
 from dpsr_tf.cli import feedback_flags, fusion_flags
-from dpsr_tf.evaluation import fusion_choice, fusion_objective
+from dpsr_tf.evaluation import encoder_choice, fusion_choice, fusion_objective
 from dpsr_tf.indexing import index_layout, joint_pq_index
 from dpsr_tf.indexing.catalog_index import EMBEDDINGS_FILE
 from dpsr_tf.export.saved_model_export import export_all_shards
 from dpsr_tf.search.dense_feedback import FeedbackConfig
+from dpsr_tf.search.encoder_fusion import EncoderFusionConfig
 from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.search.rewrite_merge import RewriteConfig
 from dpsr_tf.export.servable_graph import ServableConfig
@@ -91,12 +95,44 @@ def _rewrite_config() -> RewriteConfig:
     return RewritesStage.from_flags(_flag_values()).rewrites
 
 
-def _servable_config(fusion, spelling: bool, feedback) -> ServableConfig:
-    """The ServableConfig of the stages' flags and the chosen fusion, spelling and feedback."""
+def _servable_config(fusion, spelling: bool, feedback, encoder) -> ServableConfig:
+    """The ServableConfig of the stages' flags and the chosen fusion, spelling, feedback and
+    encoder list."""
     fields = {flag.config_field: flags.FLAGS[flag.name].value
               for flag in stage_pipeline.export_flags() if flag.config_field}
     return ServableConfig(**fields, fusion=fusion, rewrites=_rewrite_config(),
-                          spelling=spelling, dense_feedback=feedback)
+                          spelling=spelling, dense_feedback=feedback, encoder_fusion=encoder)
+
+
+def _encoder_fusion(index_dir: str, fusion, spelling: bool, feedback):
+    """(EncoderFusionConfig, the choice's JSON or None): --encoder_weight when given (>= 0),
+    else chosen on the validation split for the servable the other choices make, on a build
+    with an encoder list (and a lexical index to read the split's lists through); otherwise no
+    encoder list."""
+    weight, rrf_k = flags.FLAGS.encoder_weight, flags.FLAGS.encoder_rrf_k
+    manifest = index_layout.read_manifest(index_dir, check_files=False)
+    if weight >= 0:
+        config = EncoderFusionConfig(weight=weight, rrf_k=rrf_k)
+        config.validate()
+        if config.enabled and manifest.encoder is None:
+            raise ValueError(f"--encoder_weight={weight:g} needs an encoder list in {index_dir}: "
+                             f"add one with `dpsr index --encoder_only --output_dir={index_dir} "
+                             "--layout_dir=LAYOUT`")
+        return config, None
+    if manifest.encoder is None:
+        return EncoderFusionConfig(), None
+    if manifest.lexical is None or manifest.num_shards > 1:
+        print("encoder list off: --encoder_weight=-1 chooses on a one-shard build with a "
+              "lexical index (give --encoder_weight to set it)")
+        return EncoderFusionConfig(), None
+    choice = encoder_choice.choose_for_index(
+        _MODEL_DIR.value, index_dir, fusion, feedback, spelling,
+        fusion_choice.parse_objective(_FUSION_OBJECTIVE.value), _LAYOUT.value,
+        _CHECKPOINT.value, flags.FLAGS.nprobe or None, hybrid=flags.FLAGS.hybrid)
+    print(choice.table())
+    print(f"encoder list chosen on the {choice.split} split: {choice.config.describe()} "
+          "(give --encoder_weight to set it)")
+    return choice.config, choice.to_json()
 
 
 def _feedbacks(manifest, index_dir: str):
@@ -175,7 +211,10 @@ def main(argv):
         index_dir = _INDEX_DIR.value or joint_pq_index.index_for_export(
             _MODEL_DIR.value, checkpoint=_CHECKPOINT.value, layout_dir=_LAYOUT.value)
         fusion, spelling, feedback, choice = _fusion(index_dir)
-        servable = _servable_config(fusion, spelling, feedback)
+        encoder, encoder_record = _encoder_fusion(index_dir, fusion, spelling, feedback)
+        if encoder_record is not None:
+            choice = dict(choice or {}, encoder_list=encoder_record)
+        servable = _servable_config(fusion, spelling, feedback, encoder)
         servable.validate()
         paths = export_all_shards(_MODEL_DIR.value, index_dir, _BASE.value,
                                   version=_VERSION.value, servable=servable,

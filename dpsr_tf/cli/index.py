@@ -3,13 +3,17 @@ the lexical (BM25) index of the titles beside them (dpsr_tf/indexing/lexical_ind
 
     dpsr index --model_dir=M --output_dir=I                    # FAISS + lexical shards
     dpsr index --lexical_only --output_dir=I --layout_dir=L    # (re)build only the lexical side
+    dpsr index --model_dir=M --output_dir=I --encoder_list     # + a pretrained encoder's list
+    dpsr index --encoder_only --output_dir=I --layout_dir=L    # (re)build only the encoder list
     dpsr index --from_model_pq --model_dir=M --output_dir=I    # a --joint_pq model's learned index
 """
 import json
 
 from absl import flags, logging
 
-from dpsr_tf.indexing import catalog_index, joint_pq_index
+from dpsr_tf.data import item_text
+from dpsr_tf.indexing import catalog_index, encoder_index, index_layout, joint_pq_index
+from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.indexing.lexical_manifest import DEFAULT_FEATURES, FEATURE_KINDS, LexicalConfig
 
@@ -53,7 +57,45 @@ _FROM_PQ = flags.DEFINE_bool("from_model_pq", False,
                              "Write the index a --joint_pq model learned (rotation, coarse "
                              "centroids, PQ codebooks, the model's codes; no FAISS training; "
                              "--index_factory and --train_size are not used).")
+_ENCODER_LIST = flags.DEFINE_bool(
+    "encoder_list", False, "Also embed every item with a pretrained sentence encoder "
+    "(--encoder_dir) into an exact index beside the FAISS shards: `dpsr export` then fuses the "
+    "encoder's list with the served one (--encoder_weight, chosen on validation by default; "
+    "docs/indexing.md, \"The encoder list\").")
+_ENCODER_ONLY = flags.DEFINE_bool(
+    "encoder_only", False, "Only (re)build the encoder list of an existing build directory "
+    "(needs --layout_dir, not --model_dir).")
+_ENCODER_DIR = flags.DEFINE_string(
+    "encoder_dir", "", "The encoder list's pretrained encoder: a Hugging Face directory "
+    "(config.json, vocab.txt, model.safetensors); empty = the installed all-MiniLM-L6-v2.")
+_ENCODER_FIELDS = flags.DEFINE_string(
+    "encoder_fields", item_text.TITLE, "What each item's document holds for the encoder list: "
+    "title, all, or a list of fields (as --lexical_fields).")
 flags.mark_flags_as_required(["output_dir"])
+
+
+def _encoder_list(layout_dir: str) -> None:
+    """Adds the encoder list to the build in --output_dir (SystemExit with the reason)."""
+    try:
+        encoder_index.add_encoder_index(_OUTPUT.value, layout_dir, _ENCODER_DIR.value,
+                                        _ENCODER_FIELDS.value,
+                                        log=lambda m: logging.info("%s", m))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"dpsr index: {e}") from None
+
+
+def _encoder_list_of_model() -> None:
+    """--encoder_list after a model's build: the layout is --layout_dir or the model's."""
+    if _ENCODER_LIST.value:
+        _encoder_list(_LAYOUT.value or load_model_config(_MODEL_DIR.value)[1].layout_dir)
+
+
+def _encoder_only() -> None:
+    if _MODEL_DIR.value or not _LAYOUT.value:
+        raise SystemExit("dpsr index: --encoder_only needs --layout_dir and no --model_dir")
+    _encoder_list(_LAYOUT.value)
+    manifest = index_layout.read_manifest(_OUTPUT.value)
+    print(json.dumps({"output_dir": _OUTPUT.value, "encoder": manifest.encoder.to_dict()}))
 
 
 def _lexical_only(lexical: LexicalConfig):
@@ -74,8 +116,14 @@ def main(argv):
         lexical.validate()
     except ValueError as e:
         raise SystemExit(f"dpsr index: {e}") from None
+    try:
+        item_text.parse_fields(_ENCODER_FIELDS.value)
+    except ValueError as e:
+        raise SystemExit(f"dpsr index: --encoder_fields: {e}") from None
     if _LEXICAL_ONLY.value:
         return _lexical_only(lexical)
+    if _ENCODER_ONLY.value:
+        return _encoder_only()
     if not _MODEL_DIR.value:
         raise SystemExit("dpsr index: --model_dir is required (or --lexical_only)")
     if _FROM_PQ.value:
@@ -87,9 +135,11 @@ def main(argv):
                 lexical=lexical if _LEXICAL.value else None)
         except (ValueError, FileNotFoundError, FileExistsError) as e:
             raise SystemExit(f"dpsr index: {e}") from None
+        _encoder_list_of_model()
         print(json.dumps({"output_dir": _OUTPUT.value, "num_items": manifest.num_items,
                           "num_shards": manifest.num_shards, "factory": manifest.factory,
-                          "nprobe": manifest.nprobe, "lexical": manifest.lexical is not None}))
+                          "nprobe": manifest.nprobe, "lexical": manifest.lexical is not None,
+                          "encoder": _ENCODER_LIST.value}))
         return None
     config = IndexBuildConfig(factory=_FACTORY.value, num_shards=_SHARDS.value,
                               train_size=_TRAIN_SIZE.value, seed=_SEED.value,
@@ -103,10 +153,12 @@ def main(argv):
             lexical=lexical if _LEXICAL.value else None)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"dpsr index: {e}") from None
+    _encoder_list_of_model()
     logging.info("index in %s: %d items, %d shard(s), %s, built in %.1fs", _OUTPUT.value,
                  manifest.num_items, manifest.num_shards, manifest.factory,
                  manifest.build_seconds)
     print(json.dumps({"output_dir": _OUTPUT.value, "num_items": manifest.num_items,
                       "num_shards": manifest.num_shards, "factory": manifest.factory,
                       "build_seconds": round(manifest.build_seconds, 2),
-                      "lexical": manifest.lexical is not None}))
+                      "lexical": manifest.lexical is not None,
+                      "encoder": _ENCODER_LIST.value}))

@@ -11,6 +11,12 @@ Four rankings of the same requests, scored by the same metrics:
             servable's rule (dpsr_tf/search/fusion.py, fuse_np = the graph's fuse), K = the largest
             recall cut-off.
 
+With an encoder fusion (a build with an encoder list, dpsr_tf/indexing/encoder_index.py), two more:
+
+  encoder         the build's pretrained encoder list alone (exact, over the whole catalog);
+  hybrid_encoder  the hybrid list fused with it as the servable's encoder_list stage does
+                  (dpsr_tf/search/encoder_fusion.py).
+
     out = evaluate_hybrid("/models/m", "/indexes/m")
     out["hybrid"]["recall@1000"], out["lexical"]["ndcg@10"], out["dpsr"]["served_recall@100"]
 
@@ -32,8 +38,11 @@ from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
+from dpsr_tf.indexing import encoder_index
 from dpsr_tf.model.model_dir import load_model_config
+from dpsr_tf.search import encoder_fusion
 from dpsr_tf.search.dense_feedback import FeedbackConfig
+from dpsr_tf.search.encoder_fusion import EncoderFusionConfig
 from dpsr_tf.search.fusion import FusionConfig
 from dpsr_tf.indexing.lexical_index import LexicalSearcher
 
@@ -133,9 +142,12 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
                     fusion: FusionConfig = FusionConfig(),
                     log: Callable[[str], None] = print,
                     spelling: bool = True,
-                    feedback: FeedbackConfig = FeedbackConfig()) -> Dict[str, Dict[str, float]]:
+                    feedback: FeedbackConfig = FeedbackConfig(),
+                    encoder: EncoderFusionConfig = EncoderFusionConfig()
+                    ) -> Dict[str, Dict[str, float]]:
     """{"dpsr": exact + served dense metrics, "lexical": BM25 metrics, "hybrid": fused
-    retrieval metrics} on one split (module docstring).
+    retrieval metrics} on one split (module docstring); with an enabled `encoder` fusion also
+    "encoder" and "hybrid_encoder".
 
     spelling: when the index build has a speller, every system sees the queries it corrects,
       as a spelling servable's towers do (spelled_layout.py); False: the queries as typed.
@@ -149,23 +161,25 @@ def evaluate_hybrid(model_dir: str, index_dir: str, layout_dir: Optional[str] = 
     layout = layout_of(model_dir, layout_dir)
     with spelled_layout(layout, index_dir if spelling else None, log=log) as view:
         out = _evaluate_hybrid(model_dir, index_dir, view or layout_dir, cfg, checkpoint,
-                               nprobe, fusion, log, feedback)
+                               nprobe, fusion, log, feedback, encoder)
     out["hybrid"]["spelling"] = view is not None
     out["hybrid"]["dense_feedback"] = feedback.to_json()
     return out
 
 
 def _evaluate_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, fusion, log,
-                     feedback):
+                     feedback, encoder):
     run = open_hybrid(model_dir, index_dir, layout_dir, cfg, checkpoint, nprobe, log, feedback)
-    return evaluate_run(run, index_dir, cfg, fusion, log, feedback)
+    return evaluate_run(run, index_dir, cfg, fusion, log, feedback, encoder=encoder)
 
 
 def evaluate_run(run: HybridRun, index_dir: str, cfg: evaluate_lib.EvalConfig,
                  fusion: FusionConfig, log: Callable[[str], None] = print,
                  feedback: FeedbackConfig = FeedbackConfig(),
-                 lexical_lists: Optional[tuple] = None) -> Dict[str, Dict[str, float]]:
-    """evaluate_hybrid's three results on an open run (opened with cfg's split and recall
+                 lexical_lists: Optional[tuple] = None,
+                 encoder: EncoderFusionConfig = EncoderFusionConfig()
+                 ) -> Dict[str, Dict[str, float]]:
+    """evaluate_hybrid's results on an open run (opened with cfg's split and recall
     cut-offs; its dense lists those of `feedback`, its layout still readable). lexical_lists:
     the run's lexical_lists(fusion) when the caller has them."""
     spec, eval_set, pairs = run.spec, run.eval_set, run.pairs
@@ -199,4 +213,31 @@ def evaluate_run(run: HybridRun, index_dir: str, cfg: evaluate_lib.EvalConfig,
             hybrid[f"share_{name}@{cut}"] = float((head == code).mean())
     hybrid.update({"fusion": fusion.to_json(), "seconds": round(time.time() - start, 1)})
     log(f"  hybrid fusion ({fusion.rule}) of {len(eval_set)} requests: {hybrid['seconds']}s")
-    return {"dpsr": dense, "lexical": lexical, "hybrid": hybrid}
+    out = {"dpsr": dense, "lexical": lexical, "hybrid": hybrid}
+    if encoder.enabled:
+        out.update(_with_encoder_list(run, index_dir, cfg, fused_rows, encoder, log))
+    return out
+
+
+def encoder_lists(run: HybridRun, index_dir: str) -> tuple:
+    """[Q, k] (scores, rows) of the build's encoder list for every request of the run (the
+    queries as the run reads them: spelled when its layout view is)."""
+    return encoder_index.search_encoder_index(index_dir, layout_lib.load_item_ids(run.spec),
+                                              run.eval_set.queries, run.k)
+
+
+def _with_encoder_list(run, index_dir, cfg, served_rows, encoder, log):
+    """{"encoder": the encoder list's metrics, "hybrid_encoder": the served list fused with
+    it}."""
+    start = time.time()
+    _, enc_rows = encoder_lists(run, index_dir)
+    _, fused, _ = encoder_fusion.fuse_np(served_rows, enc_rows, run.k, encoder)
+    out = {}
+    for name, rows in (("encoder", enc_rows), ("hybrid_encoder", fused)):
+        out[name] = metrics_lib.retrieval_metrics(rows, *run.relevant, recall_ks=cfg.recall_ks,
+                                                  with_per_request=cfg.per_request)
+    out["hybrid_encoder"].update({"encoder_fusion": encoder.to_json(),
+                                  "seconds": round(time.time() - start, 1)})
+    log(f"  encoder list ({encoder.describe()}) of {len(run.eval_set)} requests: "
+        f"{out['hybrid_encoder']['seconds']}s")
+    return out

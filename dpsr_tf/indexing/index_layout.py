@@ -26,6 +26,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dpsr_tf import config_json
+from dpsr_tf.indexing.encoder_manifest import EncoderManifest, check_encoder_files
 from dpsr_tf.indexing.lexical_manifest import LexicalManifest, check_lexical_files
 from dpsr_tf.indexing.manifest_files import check_listed_file
 
@@ -169,6 +170,8 @@ class IndexManifest:
       faiss_version: FAISS version of the builder.
       description: FAISS structure of shard 0, e.g. "IndexIVFPQFastScan".
       lexical: the BM25 index beside the FAISS shards (dpsr_tf/indexing/lexical_manifest.py), or None.
+      encoder: a pretrained encoder's exact index of the items beside them
+        (dpsr_tf/indexing/encoder_manifest.py), or None.
     """
     factory: str
     metric: str
@@ -187,10 +190,12 @@ class IndexManifest:
     faiss_version: str = ""
     description: str = ""
     lexical: Optional[LexicalManifest] = None
+    encoder: Optional[EncoderManifest] = None
 
     def to_json(self) -> str:
         body = dataclasses.asdict(self)
         body["lexical"] = self.lexical.to_dict() if self.lexical is not None else None
+        body["encoder"] = self.encoder.to_dict() if self.encoder is not None else None
         body = {"format": FORMAT, "format_version": FORMAT_VERSION, **body}
         return json.dumps(body, indent=2, sort_keys=False) + "\n"
 
@@ -210,6 +215,8 @@ class IndexManifest:
         manifest = config_json.from_dict(cls, body, source)
         if manifest.lexical is not None:
             manifest.lexical.check(source)
+        if manifest.encoder is not None:
+            manifest.encoder.check(source, manifest.num_shards, manifest.num_items)
         manifest._validate(source)
         return manifest
 
@@ -267,6 +274,8 @@ def read_manifest(directory: str, check_files: bool = True) -> IndexManifest:
             check_listed_file(ids_file, None, path, f"shard {info.shard} ids")
         if manifest.lexical is not None:
             check_lexical_files(directory, manifest.lexical, path)
+        if manifest.encoder is not None:
+            check_encoder_files(directory, manifest.encoder, path)
     return manifest
 
 

@@ -18,6 +18,7 @@ from dpsr_tf.export.stages.base import ExportSource, Stage
 from dpsr_tf.indexing import index_layout
 from dpsr_tf.rewriting import table
 from dpsr_tf.search.dense_feedback import FeedbackConfig
+from dpsr_tf.search.encoder_fusion import EncoderFusionConfig
 from tests.support import servable_answers
 
 TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
@@ -26,7 +27,7 @@ TESTDATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata")
 # the stages' Config sections must keep making exactly these.
 SERVABLE_FIELDS = {"default_k", "max_k", "max_query_bytes", "nprobe", "ef_search", "hybrid",
                    "fusion", "mmap_index", "rewrites", "spelling", "dense_feedback",
-                   "head_min_share"}
+                   "head_min_share", "encoder_fusion"}
 
 
 def test_every_servable_setting_is_owned_by_one_stage():
@@ -35,7 +36,7 @@ def test_every_servable_setting_is_owned_by_one_stage():
     assert {f.name for f in dataclasses.fields(ServableConfig)} == SERVABLE_FIELDS
     assert owners["default_k"] == "request" and owners["nprobe"] == "dense_search"
     assert owners["spelling"] == "spelling" and owners["fusion"] == "lexical_fusion"
-    assert owners["rewrites"] == "rewrites"
+    assert owners["rewrites"] == "rewrites" and owners["encoder_fusion"] == "encoder_list"
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -44,6 +45,7 @@ def test_every_servable_setting_is_owned_by_one_stage():
     (dict(max_query_bytes=0), "max_query_bytes must be >= 1"),
     (dict(nprobe=-1), "nprobe and ef_search must be >= 0"),
     (dict(dense_feedback=FeedbackConfig(items=3, weight=0.0)), "weight"),
+    (dict(encoder_fusion=EncoderFusionConfig(weight=1.0, rrf_k=-1.0)), "rrf_k must be > 0"),
 ])
 def test_each_stage_validates_its_own_section(bad, message):
     with pytest.raises(ValueError, match=message):

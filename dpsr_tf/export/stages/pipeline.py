@@ -8,6 +8,7 @@ import dataclasses
 from typing import Dict, List, Tuple
 
 from dpsr_tf.export.stages.dense_search import DenseSearchStage
+from dpsr_tf.export.stages.encoder_list import EncoderListStage
 from dpsr_tf.export.stages.graph_lookup import GraphLookupStage
 from dpsr_tf.export.stages.item_embedding import ItemEmbeddingStage
 from dpsr_tf.export.stages.lexical_fusion import LexicalFusionStage
@@ -30,6 +31,7 @@ STAGES = (
     DenseSearchStage,     # Dpsr>FaissSearch per head (+ dense feedback), heads merged
     RewritesStage,        # the query's rewrites, for the lexical list
     LexicalFusionStage,   # Dpsr>LexicalSearch (BM25) fused with the dense list
+    EncoderListStage,     # a pretrained encoder's list fused with the served one
     ResponseStage,        # labels -> item ids; serving_default, personalized
     RerankStage,          # DPR re-rank: rerank, retrieve_rerank
     ItemEmbeddingStage,   # the item tower, for new items

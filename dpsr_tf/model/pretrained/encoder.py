@@ -13,7 +13,7 @@ from typing import Optional
 import tensorflow as tf
 
 from dpsr_tf.model.pretrained import files
-from dpsr_tf.model.pretrained.bert import BertEncoder, mean_pool
+from dpsr_tf.model.pretrained.bert import SCOPE as BERT_SCOPE, BertEncoder, mean_pool
 from dpsr_tf.model.pretrained.files import PretrainedModel
 from dpsr_tf.tokenization.wordpiece import WordPieceTokenizer
 
@@ -31,14 +31,16 @@ class SentenceEncoder:
       trainable_layers: top encoder layers trained (-1 all, 0 frozen; BertEncoder).
       vocab_path: the vocabulary path to build the tokenizer from (default the model's own;
         a servable passes its asset copy).
+      scope: the variables' scope (a servable's encoder list has its own beside a pretrained
+        tower's).
     """
 
     def __init__(self, model: PretrainedModel, trainable_layers: int = -1,
-                 vocab_path: str = None):
+                 vocab_path: str = None, scope: str = BERT_SCOPE):
         self.model = model
         self.tokenizer = WordPieceTokenizer(vocab_path or model.vocab_file, model.lower_case,
                                             model.max_seq_length)
-        self.bert = BertEncoder(model.config, trainable_layers)
+        self.bert = BertEncoder(model.config, trainable_layers, scope)
 
     def __call__(self, texts: tf.Tensor) -> tf.Tensor:
         # Each distinct text is encoded once (a batch repeats its queries, and an evaluation

@@ -1,0 +1,126 @@
+"""Stage `encoder_list` (an index build with an encoder list and an encoder weight > 0): the
+query, as the towers see it (after spelling), embedded by the build's pretrained sentence encoder
+(WordPiece and BERT in the graph, its weights in the servable's variables), searched in the
+shard's exact encoder index, and that list fused with the served one by weighted reciprocal rank
+(dpsr_tf/search/encoder_fusion.py).
+
+The served list gains encoder_scores [B, K] (the encoder's cosine, -inf where its list lacks the
+item) and source "encoder" for an item only the encoder found. The fusion reads each list's
+ranks within the servable, so a servable with an encoder list holds the whole catalog: the
+proxy re-fuses sharded answers from the dense and lexical scores alone, which would drop the
+encoder's part (export refuses a sharded build with an encoder weight).
+"""
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from dpsr_tf.export.stages.base import ExportFlag, Stage
+from dpsr_tf.model.pretrained import files
+from dpsr_tf.model.pretrained.encoder import SentenceEncoder
+from dpsr_tf.search import encoder_fusion, faiss_ops
+from dpsr_tf.search.encoder_fusion import EncoderFusionConfig
+
+SCOPE = "encoder_list"
+# The [B, K] outputs of earlier stages that follow each result into the fused list, and the value
+# an encoder-only result gets.
+_CARRIED = {"heads": -1, "dense_scores": -np.inf, "lexical_scores": -np.inf}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderListConfig:
+    """Attributes:
+      encoder_fusion: the encoder list's weight and RRF constant (weight 0: no encoder list).
+    """
+
+    encoder_fusion: EncoderFusionConfig = EncoderFusionConfig()
+
+
+class EncoderListStage(Stage):
+    """The served list -> the served list fused with the encoder's (module docstring)."""
+
+    NAME = "encoder_list"
+    Config = EncoderListConfig
+    FLAGS = (
+        ExportFlag("encoder_weight", "float", -1.0,
+                   "The encoder list's weight against the served list's 1 (an index build with "
+                   "`dpsr index --encoder_list`): 0 = leave it out; -1 = chosen on the layout's "
+                   "validation split with the fusion.", field=None),
+        ExportFlag("encoder_rrf_k", "float", EncoderFusionConfig.rrf_k,
+                   "The encoder list's reciprocal-rank constant (with --encoder_weight > 0).",
+                   field=None),
+    )
+
+    def __init__(self, index_file: str, pretrained_dir: str):
+        self._index_file = index_file
+        self._pretrained_dir = pretrained_dir
+        self._encoder = None
+
+    @classmethod
+    def validate(cls, section: EncoderListConfig) -> None:
+        section.encoder_fusion.validate()
+
+    @classmethod
+    def prepare(cls, source):
+        encoder = source.manifest.encoder
+        if encoder is None or not source.servable.encoder_fusion.enabled:
+            return None
+        if source.manifest.num_shards > 1:
+            raise ValueError(f"{source.index_dir}: an encoder list is fused inside one servable "
+                             f"that holds the whole catalog, and this build has "
+                             f"{source.manifest.num_shards} shards; export with "
+                             "--encoder_weight=0, or index the catalog as one shard")
+        if source.layout_spec.num_items != encoder.num_docs:
+            raise ValueError(f"{source.index_dir}: the encoder list holds {encoder.num_docs} "
+                             f"items, the layout {source.layout_spec.num_items}; rebuild it with "
+                             "`dpsr index --encoder_only`")
+        return cls(source.stage_file(os.path.join(source.index_dir,
+                                                  encoder.shards[source.shard].file),
+                                     "encoder.faiss"), encoder.pretrained_dir)
+
+    def _hits(self, ctx):
+        """(scores, labels) [B, k] of the encoder's search (one however many signatures)."""
+        def build():
+            with tf.compat.v1.variable_scope(SCOPE), tf.name_scope(SCOPE):
+                model = files.read_pretrained(self._pretrained_dir, with_weights=False)
+                self._encoder = SentenceEncoder(model, trainable_layers=0, scope=SCOPE)
+                queries = self._encoder(ctx.searched)
+                index = faiss_ops.FaissIndex(self._index_file, shared_name=None,
+                                             name="encoder_index")
+                return faiss_ops.search(index, queries, ctx.k, name="encoder_search")
+        return ctx.once("encoder_list_hits", build)
+
+    def rank(self, ctx, ranked, direction):
+        """The served list fused with the encoder's."""
+        del direction
+        enc_scores, enc_labels = self._hits(ctx)
+        cfg = ctx.servable.encoder_fusion
+        with tf.name_scope("encoder_fusion"):
+            scores, labels, served_at, encoder_at = encoder_fusion.fuse(
+                ranked["labels"], enc_labels, ctx.k, cfg, with_encoder_at=True)
+            from_served = served_at >= 0
+            at = tf.maximum(served_at, 0)
+            out = dict(ranked, scores=scores, labels=labels)
+            for alias, pad in _CARRIED.items():
+                if alias in ranked:
+                    value = tf.gather(ranked[alias], at, batch_dims=1)
+                    out[alias] = tf.where(from_served, value, tf.cast(pad, value.dtype))
+            served_source = (tf.gather(ranked["source"], at, batch_dims=1) if "source" in ranked
+                             else tf.fill(tf.shape(labels), "dense"))
+            out["source"] = tf.where(from_served, served_source,
+                                     tf.where(labels >= 0, "encoder", ""))
+            out["encoder_scores"] = tf.where(
+                encoder_at >= 0, tf.gather(enc_scores, tf.maximum(encoder_at, 0), batch_dims=1),
+                -np.inf)
+        return out
+
+    def owns(self, variable) -> bool:
+        return variable.op.name.startswith(SCOPE + "/")
+
+    def restore(self, session, ctx) -> None:
+        if self._encoder is not None:   # the weights are read from the directory now
+            self._encoder.initialize(session)
+
+    def info(self) -> dict:
+        return {"encoder_list": {"pretrained_dir": self._pretrained_dir}}

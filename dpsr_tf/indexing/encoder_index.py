@@ -1,0 +1,129 @@
+"""The encoder list's side of an index build: a pretrained sentence encoder's embeddings of every
+item, one exact inner-product FAISS index per shard (labels = the shard's dense labels), and the
+encoder's top k of given queries through those files (evaluation and the export's choice).
+
+    manifest = add_encoder_index("/data/index", layout_dir)             # all-MiniLM-L6-v2, titles
+    scores, rows = search_encoder_index("/data/index", item_ids, ["cordless drill"], k=100)
+
+The items' embeddings are cached beside the layout (model/pretrained/document_cache.py), so a
+rebuild, the zero-shot baseline and a teacher cache of the same encoder embed the titles once.
+Exact search: the encoder's list is a second opinion over the whole catalog, and a flat index of
+a catalog of 100k items answers in milliseconds (docs/benchmarks.md).
+"""
+import dataclasses
+import os
+import time
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dpsr_tf.data import item_text
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.indexing import index_builder, index_layout
+from dpsr_tf.indexing.encoder_manifest import ENCODER_FILE, EncoderManifest, EncoderShardInfo
+from dpsr_tf.model.pretrained import document_cache
+from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
+
+
+def _shard_rows(directory: str, manifest, shard: int, row_of: dict) -> np.ndarray:
+    """[n] layout rows of a shard's FAISS labels 0..n-1."""
+    _, ids_file = manifest.shard_paths(directory, shard)
+    shard_ids = index_layout.read_id_map(ids_file, expected_count=manifest.shards[shard].num_items)
+    missing = [i for i in shard_ids if i not in row_of]
+    if missing:
+        raise ValueError(f"{ids_file}: item {missing[0]!r} ({len(missing)} in all) is not in the "
+                         "layout's items; give the --layout_dir the index was built from")
+    return np.array([row_of[i] for i in shard_ids], np.int64)
+
+
+def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = "",
+                      fields: str = item_text.TITLE,
+                      log: Callable[[str], None] = print) -> index_layout.IndexManifest:
+    """Builds (or rebuilds) the encoder's exact index of a layout's items in an existing index
+    build directory, one file per shard, and records it in the manifest's `encoder` section.
+
+    Args:
+      pretrained_dir: a BERT-family encoder's Hugging Face directory ("" = the installed
+        all-MiniLM-L6-v2).
+      fields: what each item's document holds (item_text.parse_fields: "title", "all", ...).
+
+    Raises:
+      FileNotFoundError, ValueError: no build or layout there, items that do not match, no
+        encoder weights.
+    """
+    faiss = index_builder._require_faiss()  # pylint: disable=protected-access
+    start = time.monotonic()
+    manifest = index_layout.read_manifest(output_dir)
+    spec = layout_lib.load_layout_spec(layout_dir)
+    ids = layout_lib.read_lines(spec.path(layout_lib.ITEM_IDS))
+    if len(ids) != manifest.num_items:
+        raise ValueError(f"{layout_dir} has {len(ids)} items but the index build {output_dir} "
+                         f"has {manifest.num_items}; give the --layout_dir it was built from")
+    documents = item_text.item_documents(spec, item_text.parse_fields(fields))
+    with TextEmbedder(pretrained_dir) as embedder:
+        log(f"encoder list: {embedder.model.directory} over the items' {fields}")
+        vectors = document_cache.document_embeddings(spec, embedder, documents, log)
+        directory = os.path.abspath(embedder.model.directory)
+    row_of = {item_id: row for row, item_id in enumerate(ids)}
+    shards = []
+    for info in manifest.shards:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(np.ascontiguousarray(vectors[_shard_rows(output_dir, manifest, info.shard,
+                                                           row_of)]))
+        path = os.path.join(output_dir, index_layout.shard_dir_name(info.shard), ENCODER_FILE)
+        tmp = path + ".tmp"
+        faiss.write_index(index, tmp)
+        os.replace(tmp, path)
+        shards.append(EncoderShardInfo(shard=info.shard,
+                                       file=os.path.relpath(path, output_dir),
+                                       file_bytes=os.path.getsize(path)))
+    section = EncoderManifest(pretrained_dir=directory, fields=fields,
+                              dimension=int(vectors.shape[1]), num_docs=len(ids),
+                              shards=tuple(shards),
+                              build_seconds=round(time.monotonic() - start, 2))
+    manifest = dataclasses.replace(manifest, encoder=section)
+    index_layout.write_manifest(output_dir, manifest)
+    log(f"encoder list: {len(ids):,} items in {len(shards)} shard(s), "
+        f"{section.build_seconds:.1f}s")
+    return manifest
+
+
+def search_encoder_index(index_dir: str, item_ids: Sequence[str], queries: Sequence[str],
+                         k: int, embedder: Optional[TextEmbedder] = None
+                         ) -> Tuple[np.ndarray, np.ndarray]:
+    """The encoder's top k of each query over every shard of a build, as a one-shard servable's
+    encoder list: (scores [Q, k] float32, -inf pads; rows [Q, k] int64 layout rows, -1 pads).
+
+    Args:
+      item_ids: the layout's item ids (row order); embedder: an open TextEmbedder of the
+        build's encoder (default: open the one the manifest names).
+
+    Raises:
+      ValueError: the build has no encoder section.
+    """
+    faiss = index_builder._require_faiss()  # pylint: disable=protected-access
+    manifest = index_layout.read_manifest(index_dir)
+    if manifest.encoder is None:
+        raise ValueError(f"{index_dir} has no encoder list; add one with `dpsr index "
+                         f"--encoder_only --output_dir={index_dir} --layout_dir=LAYOUT`")
+    if embedder is None:
+        with TextEmbedder(manifest.encoder.pretrained_dir) as own:
+            return search_encoder_index(index_dir, item_ids, queries, k, own)
+    q = embedder.embed(list(queries)) if len(queries) else np.zeros(
+        [0, manifest.encoder.dimension], np.float32)
+    row_of = {item_id: row for row, item_id in enumerate(item_ids)}
+    scores, rows = [], []
+    for info in manifest.encoder.shards:
+        index = faiss.read_index(os.path.join(index_dir, info.file))
+        shard_rows = _shard_rows(index_dir, manifest, info.shard, row_of)
+        s, labels = index.search(q, min(k, index.ntotal))
+        scores.append(np.where(labels >= 0, s, -np.inf).astype(np.float32))
+        rows.append(np.where(labels >= 0, shard_rows[np.maximum(labels, 0)], -1))
+    scores, rows = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out_scores = np.full([len(q), k], -np.inf, np.float32)
+    out_rows = np.full([len(q), k], -1, np.int64)
+    width = order.shape[1]
+    out_scores[:, :width] = np.take_along_axis(scores, order, 1)
+    out_rows[:, :width] = np.take_along_axis(rows, order, 1)
+    return out_scores, out_rows

@@ -1,0 +1,62 @@
+"""The `encoder` section of an index build's manifest.json: a pretrained sentence encoder's
+embeddings of the items, one exact (flat inner-product) FAISS index per shard, labelled as the
+shard's dense index is, so a servable fuses the two lists by label (docs/indexing.md,
+"The encoder list").
+
+No FAISS, TensorFlow or native module: the proxy, the CLI and index_layout.py read it.
+dpsr_tf/indexing/encoder_index.py builds the files it describes.
+"""
+import dataclasses
+import os
+from typing import Tuple
+
+from dpsr_tf import config_json
+from dpsr_tf.indexing.manifest_files import check_listed_file
+
+ENCODER_FILE = "encoder.faiss"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderShardInfo:
+    shard: int
+    file: str          # relative to the build directory
+    file_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderManifest:
+    """Attributes:
+      pretrained_dir: the encoder's Hugging Face directory (absolute); a servable embeds its
+        queries with the same weights.
+      fields: what each item's document holds (item_text fields, e.g. "title").
+      dimension: the encoder's embedding size.
+      num_docs: items embedded (all shards).
+      shards: one file per shard, in shard order.
+      build_seconds: wall time of the build (embedding the items included).
+    """
+    pretrained_dir: str
+    fields: str
+    dimension: int
+    num_docs: int
+    shards: Tuple[EncoderShardInfo, ...]
+    build_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return config_json.to_dict(self)
+
+    def check(self, source: str, num_shards: int, num_items: int) -> None:
+        """Raises ValueError (naming `source`) when the section does not match the build."""
+        if [s.shard for s in self.shards] != list(range(num_shards)) \
+                or self.num_docs != num_items:
+            raise ValueError(f"{source}: the encoder section must list shards "
+                             f"0..{num_shards - 1} over num_items {num_items} items")
+        if self.dimension < 1:
+            raise ValueError(f"{source}: the encoder section's dimension must be >= 1, got "
+                             f"{self.dimension}")
+
+
+def check_encoder_files(directory: str, encoder: EncoderManifest, source: str) -> None:
+    """Every shard file exists with its recorded size (cheap; no file is read)."""
+    for info in encoder.shards:
+        check_listed_file(os.path.join(directory, info.file), info.file_bytes, source,
+                          f"encoder shard {info.shard}")
