@@ -67,7 +67,9 @@ _ENCODER_ONLY = flags.DEFINE_bool(
     "(needs --layout_dir, not --model_dir).")
 _ENCODER_DIR = flags.DEFINE_string(
     "encoder_dir", "", "The encoder list's pretrained encoder: a Hugging Face directory "
-    "(config.json, vocab.txt, model.safetensors); empty = the installed all-MiniLM-L6-v2.")
+    "(config.json, vocab.txt, model.safetensors), or a `dpsr train --text_encoder=pretrained "
+    "--num_heads=1` model on titles only, whose fine-tuned encoder is written into the build; "
+    "empty = the installed all-MiniLM-L6-v2.")
 _ENCODER_FIELDS = flags.DEFINE_string(
     "encoder_fields", item_text.TITLE, "What each item's document holds for the encoder list: "
     "title, all, or a list of fields (as --lexical_fields).")

@@ -21,7 +21,10 @@ from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import index_builder, index_layout
 from dpsr_tf.indexing.encoder_manifest import ENCODER_FILE, EncoderManifest, EncoderShardInfo
-from dpsr_tf.model.pretrained import document_cache
+
+# Where a fine-tuned encoder given as a model directory is written inside the build.
+FINE_TUNED_DIR = "encoder_model"
+from dpsr_tf.model.pretrained import document_cache, fine_tuned
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
 
@@ -44,7 +47,8 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
 
     Args:
       pretrained_dir: a BERT-family encoder's Hugging Face directory ("" = the installed
-        all-MiniLM-L6-v2).
+        all-MiniLM-L6-v2), or a `dpsr train --text_encoder=pretrained` model directory: its
+        fine-tuned encoder is written to <output_dir>/encoder_model (fine_tuned.py) and used.
       fields: what each item's document holds (item_text.parse_fields: "title", "all", ...).
 
     Raises:
@@ -60,6 +64,10 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
         raise ValueError(f"{layout_dir} has {len(ids)} items but the index build {output_dir} "
                          f"has {manifest.num_items}; give the --layout_dir it was built from")
     documents = item_text.item_documents(spec, item_text.parse_fields(fields))
+    if pretrained_dir and fine_tuned.is_model_dir(pretrained_dir):
+        log(f"encoder list: writing the fine-tuned encoder of {pretrained_dir}")
+        pretrained_dir = fine_tuned.write_encoder_dir(
+            pretrained_dir, os.path.join(output_dir, FINE_TUNED_DIR))
     with TextEmbedder(pretrained_dir) as embedder:
         log(f"encoder list: {embedder.model.directory} over the items' {fields}")
         vectors = document_cache.document_embeddings(spec, embedder, documents, log)

@@ -94,33 +94,44 @@ def test_index_and_servable_answer_with_the_encoder(still_model, golden):
         assert [i.decode() for i in answer["item_ids"][row]] == [ids[b] for b in best]
 
 
-def test_an_encoder_without_adapters_trains_only_its_top_layers(tmp_path):
-    """Titles only (no item features), one head, no users: the towers have no variables of
-    their own, so the encoder's Adam step alone trains, and counts the global step. Only the
-    top --pretrained_trainable_layers move; the rest keep the pretrained weights."""
+def _titles_only_model(work) -> str:
+    """Titles only (no item features), one head, no users, the top encoder layer trained two
+    steps at a learning rate that moves it; returns the model directory."""
     from dpsr_tf.data.prepare import PrepareConfig, prepare  # pylint: disable=import-outside-toplevel
-    from dpsr_tf.model.pretrained import files  # pylint: disable=import-outside-toplevel
     from dpsr_tf.tokenization import TokenizerConfig  # pylint: disable=import-outside-toplevel
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    paths = tiny_model.write_tiny_dataset(str(tmp_path / "tsv"))
+    paths = tiny_model.write_tiny_dataset(str(work / "tsv"))
     with open(paths["items"], encoding="utf-8") as f:
         rows = [line.rstrip("\n").split("\t")[:2] for line in f]
     with open(paths["items"], "w", encoding="utf-8") as f:
         f.writelines("\t".join(r) + "\n" for r in rows)
     spec = prepare(PrepareConfig(items=paths["items"], interactions=paths["interactions"],
-                                 output=str(tmp_path / "layout"),
+                                 output=str(work / "layout"),
                                  tokenizer=TokenizerConfig(num_buckets=4096, num_oov_buckets=1),
                                  seed=0), log=lambda _: None)
     assert not spec.item_features
     config = ModelConfig(num_heads=1, embedding_dim=384, text_encoder="pretrained",
                          pretrained_trainable_layers=1, pretrained_learning_rate=1e-3,
                          num_negatives=8)
-    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(tmp_path / "model"),
+    train = TrainConfig(layout_dir=spec.layout_dir, model_dir=str(work / "model"),
                         batch_size=8, train_steps=2, save_checkpoints_steps=2,
                         eval_random_negatives=8, seed=0)
     os.environ.pop("TF_CONFIG", None)
     driver.train_and_evaluate(config, train)
-    reader = tf.train.load_checkpoint(train.model_dir)
+    return train.model_dir
+
+
+@pytest.fixture(scope="module")
+def titles_only_model(tmp_path_factory):
+    return _titles_only_model(tmp_path_factory.mktemp("titles_only"))
+
+
+def test_an_encoder_without_adapters_trains_only_its_top_layers(titles_only_model):
+    """Titles only (no item features), one head, no users: the towers have no variables of
+    their own, so the encoder's Adam step alone trains, and counts the global step. Only the
+    top --pretrained_trainable_layers move; the rest keep the pretrained weights."""
+    from dpsr_tf.model.pretrained import files  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    reader = tf.train.load_checkpoint(titles_only_model)
     assert reader.get_tensor("global_step") == 2
     assert not [n for n in reader.get_variable_to_shape_map()
                 if n.startswith("dpsr/") and "pretrained_encoder" not in n
@@ -155,3 +166,29 @@ def test_early_stopping_on_recall_bounds_the_logged_in_batch_evaluation(tmp_path
     history = early_stopping.load_history(train.model_dir)["history"]
     assert [h["global_step"] for h in history] == [1]
     assert 0.0 <= history[0]["recall@10"] <= 1.0
+
+
+def test_the_fine_tuned_encoder_written_out_embeds_as_the_model_does(titles_only_model,
+                                                                     tmp_path, golden):
+    """write_encoder_dir: the Hugging Face directory of the fine-tuned weights, read by the
+    same loader as any encoder, embeds texts as the model's own query tower does (and no
+    longer as the encoder it started from)."""
+    from dpsr_tf.model.pretrained import fine_tuned  # pylint: disable=import-outside-toplevel
+    from dpsr_tf.model.pretrained.text_embedder import TextEmbedder  # pylint: disable=import-outside-toplevel
+    texts, zero_shot = golden
+    out = fine_tuned.write_encoder_dir(titles_only_model, str(tmp_path / "ft"))
+    assert fine_tuned.is_model_dir(titles_only_model) and not fine_tuned.is_model_dir(out)
+    with CheckpointEmbedder(titles_only_model) as embedder:
+        heads = embedder.embed_queries(np.zeros([0], np.int64),
+                                       np.zeros(len(texts) + 1, np.int64), texts=texts)
+    with TextEmbedder(out) as embedder:
+        written = embedder.embed(texts)
+    np.testing.assert_allclose(written, heads[:, 0, :], rtol=0, atol=1e-5)
+    assert np.abs(written - zero_shot).max() > 1e-3, "the top layer should have moved"
+
+
+def test_a_model_whose_towers_add_to_the_encoder_is_not_written(still_model, tmp_path):
+    from dpsr_tf.model.pretrained import fine_tuned  # pylint: disable=import-outside-toplevel
+    with pytest.raises(ValueError, match="variables of their own"):
+        fine_tuned.write_encoder_dir(still_model["model_dir"], str(tmp_path / "ft"))
+    assert not os.path.exists(tmp_path / "ft")
