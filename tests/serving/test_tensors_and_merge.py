@@ -98,3 +98,22 @@ def test_merge_rejects_misaligned_shards():
     assert e.value.code == grpc.StatusCode.INTERNAL
     with pytest.raises(ServingError, match="lack the merge output 'scores'"):
         merge.merge_topk([{"item_ids": a["item_ids"]}], 1)
+
+
+def test_an_encoder_list_answer_keeps_its_own_ranking_and_is_never_one_shard_of_several():
+    """Re-fusing by dense and lexical scores would drop the encoder's part (x found by the
+    encoder alone has -inf in both): the one answer keeps its order; two are refused."""
+    answer = {"item_ids": np.array([[b"x", b"y", b"z"]], dtype=object),
+              "scores": np.array([[0.5, 0.4, 0.3]], np.float32),
+              "dense_scores": np.array([[-np.inf, 0.9, 0.1]], np.float32),
+              "lexical_scores": np.array([[-np.inf, -np.inf, 7.0]], np.float32),
+              "encoder_scores": np.array([[0.8, -np.inf, 0.7]], np.float32),
+              "fusion_rule": np.array([b'{"rule": "rrf"}'], dtype=object)}
+    merged = merge.merge_topk([answer], k=3)
+    assert merged["item_ids"].tolist() == [[b"x", b"y", b"z"]]
+    np.testing.assert_allclose(merged["scores"], answer["scores"])
+    plain = {k: v for k, v in answer.items() if k != "encoder_scores"}
+    assert merge.merge_topk([plain], k=3)["item_ids"].tolist()[0][-1] == b"x"   # re-fused
+    with pytest.raises(ServingError, match="cannot be one shard of several") as e:
+        merge.merge_topk([answer, answer], k=3)
+    assert e.value.code == grpc.StatusCode.INTERNAL

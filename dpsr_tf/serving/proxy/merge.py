@@ -8,7 +8,10 @@ than K entries are padded: "" ids, -inf scores, -1 for integer outputs.
 
 Hybrid servables (dpsr_tf/export/servable_graph.py) also answer dense_scores, lexical_scores and a
 fusion_rule: their entries are re-fused over the pool (dpsr_tf/search/fusion.py refuse_np), so the
-merged list ranks by the global dense and lexical lists, not by each shard's own ranks.
+merged list ranks by the global dense and lexical lists, not by each shard's own ranks. A servable
+with an encoder list (its answers carry encoder_scores) holds the whole catalog and has fused a
+third list the proxy cannot rebuild: its one answer keeps its own scores, and several shards of
+such servables are refused.
 
 Shard answers reach the merge only after dpsr_tf/serving/proxy/shard_answers.py found them no larger
 than the request could need.
@@ -24,6 +27,9 @@ import numpy as np
 from dpsr_tf.search.fusion import FusionConfig, refuse_np
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
+
+# The output a servable with an encoder list adds (dpsr_tf/export/stages/encoder_list.py).
+ENCODER_OUTPUT = "encoder_scores"
 
 
 def _pad_value(dtype):
@@ -85,7 +91,7 @@ def merge_topk(shard_outputs: Sequence[Dict[str, np.ndarray]], k: Optional[int],
                                    f"shard answer {i}: output '{alias}' is missing or not "
                                    f"aligned with '{id_output}'")
     pooled = {a: np.concatenate([o[a] for o in shard_outputs], axis=1) for a in aligned}
-    _refuse_hybrid(first, pooled, score_output)
+    _refuse_hybrid(first, pooled, score_output, len(shard_outputs))
     width = k if k is not None else max(o[id_output].shape[1] for o in shard_outputs)
     rows_idx = []
     orders = np.argsort(-pooled[score_output].astype(np.float64), axis=1, kind="stable")
@@ -120,8 +126,16 @@ def merge_topk(shard_outputs: Sequence[Dict[str, np.ndarray]], k: Optional[int],
 
 
 def _refuse_hybrid(first: Dict[str, np.ndarray], pooled: Dict[str, np.ndarray],
-                   score_output: str) -> None:
-    """Replaces the pooled fused scores of hybrid answers by the fusion of the pooled lists."""
+                   score_output: str, num_answers: int) -> None:
+    """Replaces the pooled fused scores of hybrid answers by the fusion of the pooled lists
+    (not those of a servable with an encoder list: module docstring)."""
+    if ENCODER_OUTPUT in first:
+        if num_answers > 1:
+            raise ServingError(grpc.StatusCode.INTERNAL,
+                               f"{num_answers} shard answers carry {ENCODER_OUTPUT}: a servable "
+                               "with an encoder list fuses it over the whole catalog and cannot "
+                               "be one shard of several; serve it as the only shard")
+        return
     if not {"fusion_rule", "dense_scores", "lexical_scores"} <= set(first) or not {
             "dense_scores", "lexical_scores"} <= set(pooled) or first["fusion_rule"].size == 0:
         return
