@@ -7,8 +7,9 @@ shard's exact encoder index, and that list fused with the served one by weighted
 The served list gains encoder_scores [B, K] (the encoder's cosine, -inf where its list lacks the
 item) and source "encoder" for an item only the encoder found. The fusion reads each list's
 ranks within the servable, so a servable with an encoder list holds the whole catalog: the
-proxy re-fuses sharded answers from the dense and lexical scores alone, which would drop the
-encoder's part (export refuses a sharded build with an encoder weight).
+proxy's re-fusion of shards reads dense and lexical scores alone and would drop the encoder's
+part, so export refuses a sharded build with an encoder weight, and the proxy keeps such a
+servable's own ranking (dpsr_tf/serving/proxy/merge.py).
 """
 import dataclasses
 import os
