@@ -14,6 +14,8 @@ import os
 import shutil
 from typing import Optional
 
+import tensorflow as tf
+
 from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.pretrained import files
 from dpsr_tf.model.pretrained.encoder import SCOPE_PART
@@ -44,8 +46,7 @@ def write_encoder_dir(model_dir: str, output_dir: str,
         encoder's (several heads, adapters or feature variables).
       FileNotFoundError: no checkpoint, or the encoder it started from is gone.
     """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+    from safetensors.numpy import save_file  # optional: only pretrained encoders need it
     cfg, _ = model_dir_lib.load_model_config(model_dir)
     if cfg.text_encoder != "pretrained":
         raise ValueError(f"{model_dir} was trained with --text_encoder={cfg.text_encoder}; only a "
