@@ -123,10 +123,14 @@ def search_encoder_index(index_dir: str, item_ids: Sequence[str], queries: Seque
     scores, rows = [], []
     for info in manifest.encoder.shards:
         index = faiss.read_index(os.path.join(index_dir, info.file))
+        if index.ntotal == 0:    # an empty shard (more shards than items) adds nothing
+            continue
         shard_rows = _shard_rows(index_dir, manifest, info.shard, row_of)
         s, labels = index.search(q, min(k, index.ntotal))
         scores.append(np.where(labels >= 0, s, -np.inf).astype(np.float32))
         rows.append(np.where(labels >= 0, shard_rows[np.maximum(labels, 0)], -1))
+    if not scores:
+        scores, rows = [np.zeros([len(q), 0], np.float32)], [np.zeros([len(q), 0], np.int64)]
     scores, rows = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     out_scores = np.full([len(q), k], -np.inf, np.float32)

@@ -107,15 +107,18 @@ def test_servable_fuses_the_hybrid_list_with_the_encoder_list(build):
 
 
 def test_sharded_build_lists_the_same_items_and_is_not_exported_with_a_weight(build):
-    index_dir = str(build.work / "two_shards")
+    """64 shards of 40 items: the shards' lists merge to the one-shard list, empty shards
+    included."""
+    index_dir = str(build.work / "many_shards")
     catalog_index.index_catalog(build.model_dir, index_dir, IndexBuildConfig(
-        factory="Flat", num_shards=2), layout_dir=build.layout, lexical=None)
-    encoder_index.add_encoder_index(index_dir, build.layout, log=QUIET)
+        factory="Flat", num_shards=64), layout_dir=build.layout, lexical=None)
+    manifest = encoder_index.add_encoder_index(index_dir, build.layout, log=QUIET)
+    assert any(info.num_items == 0 for info in manifest.shards)
     ids = layout_lib.load_item_ids(build.spec)
     one = encoder_index.search_encoder_index(build.index_dir, ids, QUERIES, 6)
     two = encoder_index.search_encoder_index(index_dir, ids, QUERIES, 6)
     np.testing.assert_allclose(two[0], one[0], atol=1e-6)
-    with pytest.raises(ValueError, match="holds the whole catalog, and this build has 2 shards"):
+    with pytest.raises(ValueError, match="holds the whole catalog, and this build has 64 shards"):
         export_servable(build.model_dir, index_dir, str(build.work / "sharded"),
                         layout_dir=build.layout, servable=ServableConfig(
                             hybrid=False, encoder_fusion=EncoderFusionConfig(weight=1.0)))
