@@ -24,6 +24,10 @@ from dpsr_tf.indexing.encoder_manifest import ENCODER_FILE, EncoderManifest, Enc
 
 # Where a fine-tuned encoder given as a model directory is written inside the build.
 FINE_TUNED_DIR = "encoder_model"
+# WordPiece tokens of a query the encoder list reads, [CLS] and [SEP] included (the items keep
+# the encoder's own limit): shoppers' queries fit with room to spare, and a 4 KB query costs
+# the encoder a quarter of what its 256 tokens would.
+QUERY_MAX_TOKENS = 64
 from dpsr_tf.model.pretrained import document_cache, fine_tuned
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
@@ -104,7 +108,8 @@ def search_encoder_index(index_dir: str, item_ids: Sequence[str], queries: Seque
 
     Args:
       item_ids: the layout's item ids (row order); embedder: an open TextEmbedder of the
-        build's encoder (default: open the one the manifest names).
+        build's encoder (default: open the one the manifest names, queries cut to
+        QUERY_MAX_TOKENS as the servable cuts them).
 
     Raises:
       ValueError: the build has no encoder section.
@@ -115,7 +120,7 @@ def search_encoder_index(index_dir: str, item_ids: Sequence[str], queries: Seque
         raise ValueError(f"{index_dir} has no encoder list; add one with `dpsr index "
                          f"--encoder_only --output_dir={index_dir} --layout_dir=LAYOUT`")
     if embedder is None:
-        with TextEmbedder(manifest.encoder.pretrained_dir) as own:
+        with TextEmbedder(manifest.encoder.pretrained_dir, QUERY_MAX_TOKENS) as own:
             return search_encoder_index(index_dir, item_ids, queries, k, own)
     q = embedder.embed(list(queries)) if len(queries) else np.zeros(
         [0, manifest.encoder.dimension], np.float32)

@@ -24,7 +24,10 @@ from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 from dpsr_tf.search.encoder_fusion import EncoderFusionConfig, fuse_np
 from tests.support.fresh_python import ROOT, run_fresh
 
-QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
+# The last is longer than the encoder list reads (QUERY_MAX_TOKENS): servable and evaluation
+# must cut it alike.
+QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known",
+           " ".join(f"brand{i} w{i * 7}" for i in range(60))]
 QUIET = lambda _: None   # noqa: E731
 
 
@@ -49,7 +52,11 @@ def test_encoder_index_is_brute_force_cosine(build):
     assert index_layout.read_manifest(build.index_dir).encoder == build.manifest.encoder
     documents = item_text.item_documents(build.spec, item_text.parse_fields("title"))
     with TextEmbedder() as embedder:
-        items, queries = embedder.embed(documents), embedder.embed(QUERIES)
+        items, whole = embedder.embed(documents), embedder.embed(QUERIES)
+    with TextEmbedder(max_seq_length=encoder_index.QUERY_MAX_TOKENS) as embedder:
+        queries = embedder.embed(QUERIES)
+    np.testing.assert_allclose(queries[:-1], whole[:-1], atol=1e-5)   # short: not cut
+    assert np.abs(queries[-1] - whole[-1]).max() > 1e-3                # the long one is
     cosine = queries @ items.T
     k = 9
     scores, rows = encoder_index.search_encoder_index(

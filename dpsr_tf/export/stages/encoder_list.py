@@ -1,8 +1,8 @@
 """Stage `encoder_list` (an index build with an encoder list and an encoder weight > 0): the
-query, as the towers see it (after spelling), embedded by the build's pretrained sentence encoder
-(WordPiece and BERT in the graph, its weights in the servable's variables), searched in the
-shard's exact encoder index, and that list fused with the served one by weighted reciprocal rank
-(dpsr_tf/search/encoder_fusion.py).
+query, as the towers see it (after spelling; at most QUERY_MAX_TOKENS WordPiece tokens),
+embedded by the build's pretrained sentence encoder (WordPiece and BERT in the graph, its
+weights in the servable's variables), searched in the shard's exact encoder index, and that list
+fused with the served one by weighted reciprocal rank (dpsr_tf/search/encoder_fusion.py).
 
 The served list gains encoder_scores [B, K] (the encoder's cosine, -inf where its list lacks the
 item) and source "encoder" for an item only the encoder found. The fusion reads each list's
@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from dpsr_tf.export.stages.base import ExportFlag, Stage
+from dpsr_tf.indexing.encoder_index import QUERY_MAX_TOKENS
 from dpsr_tf.model.pretrained import files
 from dpsr_tf.model.pretrained.encoder import SentenceEncoder
 from dpsr_tf.search import encoder_fusion, faiss_ops
@@ -85,7 +86,8 @@ class EncoderListStage(Stage):
         def build():
             with tf.compat.v1.variable_scope(SCOPE), tf.name_scope(SCOPE):
                 model = files.read_pretrained(self._pretrained_dir, with_weights=False)
-                self._encoder = SentenceEncoder(model, trainable_layers=0, scope=SCOPE)
+                self._encoder = SentenceEncoder(model, trainable_layers=0, scope=SCOPE,
+                                                max_seq_length=QUERY_MAX_TOKENS)
                 queries = self._encoder(ctx.searched)
                 index = faiss_ops.FaissIndex(self._index_file, shared_name=None,
                                              name="encoder_index")

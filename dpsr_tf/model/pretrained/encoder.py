@@ -33,13 +33,16 @@ class SentenceEncoder:
         a servable passes its asset copy).
       scope: the variables' scope (a servable's encoder list has its own beside a pretrained
         tower's).
+      max_seq_length: tokens per text at most, below the model's own (None: the model's).
     """
 
     def __init__(self, model: PretrainedModel, trainable_layers: int = -1,
-                 vocab_path: str = None, scope: str = BERT_SCOPE):
+                 vocab_path: str = None, scope: str = BERT_SCOPE,
+                 max_seq_length: Optional[int] = None):
         self.model = model
-        self.tokenizer = WordPieceTokenizer(vocab_path or model.vocab_file, model.lower_case,
-                                            model.max_seq_length)
+        self.tokenizer = WordPieceTokenizer(
+            vocab_path or model.vocab_file, model.lower_case,
+            min(model.max_seq_length, max_seq_length or model.max_seq_length))
         self.bert = BertEncoder(model.config, trainable_layers, scope)
 
     def __call__(self, texts: tf.Tensor) -> tf.Tensor:

@@ -16,14 +16,16 @@ from dpsr_tf.model.pretrained.encoder import SentenceEncoder
 
 class TextEmbedder:
     """The encoder of `pretrained_dir` ("" = files.default_pretrained_dir()), its weights
-    loaded, ready to embed texts."""
+    loaded, ready to embed texts (cut to max_seq_length tokens when given, below the model's
+    own)."""
 
-    def __init__(self, pretrained_dir: str = ""):
+    def __init__(self, pretrained_dir: str = "", max_seq_length: Optional[int] = None):
         self.model = files.read_pretrained(pretrained_dir or files.default_pretrained_dir())
         self.graph = tf.Graph()
         with self.graph.as_default():
             self._texts = tf.compat.v1.placeholder(tf.string, [None], name="texts")
-            encoder = SentenceEncoder(self.model, trainable_layers=0)
+            encoder = SentenceEncoder(self.model, trainable_layers=0,
+                                      max_seq_length=max_seq_length)
             self._embeddings = encoder(self._texts)
             self.session = tf.compat.v1.Session(graph=self.graph)
             encoder.initialize(self.session)
