@@ -27,7 +27,7 @@ shard's own top k.
 """
 import dataclasses
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.indexing import encoder_index
 from dpsr_tf.model.model_dir import load_model_config
+from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 from dpsr_tf.search import encoder_fusion
 from dpsr_tf.search.dense_feedback import FeedbackConfig
 from dpsr_tf.search.encoder_fusion import EncoderFusionConfig
@@ -219,11 +220,27 @@ def evaluate_run(run: HybridRun, index_dir: str, cfg: evaluate_lib.EvalConfig,
     return out
 
 
+def search_encoder_lists(index_dir: str, item_ids: Sequence[str], queries: Sequence[str],
+                         k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The build's encoder list of each query as a one-shard servable's encoder_list stage
+    serves it: (scores [Q, k] float32, -inf pads; rows [Q, k] int64 layout rows, -1 pads). The
+    queries are cut to QUERY_MAX_TOKENS tokens as the servable cuts them.
+
+    Raises:
+      ValueError: the build has no encoder list.
+    """
+    index = served_lib.open_encoder_index(index_dir, item_ids)
+    with TextEmbedder(index.manifest.encoder.pretrained_dir,
+                      encoder_index.QUERY_MAX_TOKENS) as embedder:
+        vectors = embedder.embed(list(queries))
+    return served_lib.search_served(index, vectors[:, None, :], k)
+
+
 def encoder_lists(run: HybridRun, index_dir: str) -> tuple:
     """[Q, k] (scores, rows) of the build's encoder list for every request of the run (the
     queries as the run reads them: spelled when its layout view is)."""
-    return encoder_index.search_encoder_index(index_dir, layout_lib.load_item_ids(run.spec),
-                                              run.eval_set.queries, run.k)
+    return search_encoder_lists(index_dir, layout_lib.load_item_ids(run.spec),
+                                run.eval_set.queries, run.k)
 
 
 def _with_encoder_list(run, index_dir, cfg, served_rows, encoder, log):

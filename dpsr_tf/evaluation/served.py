@@ -33,7 +33,7 @@ from dpsr_tf.evaluation import metrics as metrics_lib
 from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.model.scoring import soft_dot_product_np
-from dpsr_tf.indexing import index_builder, index_layout
+from dpsr_tf.indexing import encoder_index, index_builder, index_layout
 from dpsr_tf.indexing.catalog_index import EMBEDDING_IDS_FILE, EMBEDDINGS_FILE
 from dpsr_tf.search import dense_feedback
 from dpsr_tf.search.dense_feedback import FeedbackConfig
@@ -106,12 +106,15 @@ class ServedIndex:
       indexes: one faiss.Index per shard.
       rows: per shard, [n_s] int64 layout item row of each FAISS label.
       nprobe: IVF lists probed per search (clamped to nlist), 0 for other index types.
+      dimension: the vectors' dimension (the dense shards': the manifest's; the encoder list's:
+        its encoder's).
     """
     directory: str
     manifest: index_layout.IndexManifest
     indexes: list
     rows: List[np.ndarray]
     nprobe: int
+    dimension: int
 
 
 def open_served_index(index_dir: str, item_ids: Sequence[str], dimension: int,
@@ -169,7 +172,27 @@ def open_served_index(index_dir: str, item_ids: Sequence[str], dimension: int,
             ivf.nprobe = min(nprobe, ivf.nlist)
     if ivfs and all(ivf is not None for ivf in ivfs):
         effective = int(ivfs[0].nprobe)
-    return ServedIndex(index_dir, manifest, indexes, rows, effective)
+    return ServedIndex(index_dir, manifest, indexes, rows, effective, manifest.dimension)
+
+
+def open_encoder_index(index_dir: str, item_ids: Sequence[str]) -> ServedIndex:
+    """The build's encoder list (dpsr_tf/indexing/encoder_index.py) as a ServedIndex: its exact
+    shards, labelled as the dense shards are, so search_served searches it as it searches them.
+
+    Raises:
+      ValueError: the build has no encoder list, or an id of a shard the layout lacks.
+    """
+    faiss = _faiss()
+    manifest = index_layout.read_manifest(index_dir)
+    if manifest.encoder is None:
+        raise ValueError(f"{index_dir} has no encoder list; add one with `dpsr index "
+                         f"--encoder_only --output_dir={index_dir} --layout_dir=LAYOUT`")
+    row_of = {item_id: row for row, item_id in enumerate(item_ids)}
+    indexes, rows = [], []
+    for info in manifest.encoder.shards:
+        indexes.append(faiss.read_index(os.path.join(index_dir, info.file)))
+        rows.append(encoder_index.shard_rows(index_dir, manifest, info.shard, row_of))
+    return ServedIndex(index_dir, manifest, indexes, rows, 0, manifest.encoder.dimension)
 
 
 def check_index_embeddings(index_dir: str, item_emb: np.ndarray, item_ids: Sequence[str],
@@ -260,8 +283,8 @@ def search_served(index: ServedIndex, query_heads: np.ndarray, k: int,
       scores [Q, k] float32 descending (-inf padding) and item rows [Q, k] int64 (-1 padding).
     """
     query_heads = np.asarray(query_heads, np.float32)
-    if query_heads.ndim != 3 or query_heads.shape[2] != index.manifest.dimension:
-        raise ValueError(f"query_heads must be [num_queries, heads, {index.manifest.dimension}], "
+    if query_heads.ndim != 3 or query_heads.shape[2] != index.dimension:
+        raise ValueError(f"query_heads must be [num_queries, heads, {index.dimension}], "
                          f"got shape {query_heads.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

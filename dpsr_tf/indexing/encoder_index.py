@@ -1,19 +1,20 @@
 """The encoder list's side of an index build: a pretrained sentence encoder's embeddings of every
-item, one exact inner-product FAISS index per shard (labels = the shard's dense labels), and the
-encoder's top k of given queries through those files (evaluation and the export's choice).
+item, one exact inner-product FAISS index per shard (labels = the shard's dense labels).
 
     manifest = add_encoder_index("/data/index", layout_dir)             # all-MiniLM-L6-v2, titles
-    scores, rows = search_encoder_index("/data/index", item_ids, ["cordless drill"], k=100)
 
-The items' embeddings are cached beside the layout (model/pretrained/document_cache.py), so a
-rebuild, the zero-shot baseline and a teacher cache of the same encoder embed the titles once.
-Exact search: the encoder's list is a second opinion over the whole catalog, and a flat index of
-a catalog of 100k items answers in milliseconds (docs/benchmarks.md).
+Evaluation searches these files as it searches the dense shards
+(dpsr_tf/evaluation/served.py open_encoder_index, hybrid.py search_encoder_lists); the servable's
+encoder_list stage searches its shard's file in the graph. The items' embeddings are cached
+beside the layout (model/pretrained/document_cache.py), so a rebuild, the zero-shot baseline and
+a teacher cache of the same encoder embed the titles once. Exact search: the encoder's list is a
+second opinion over the whole catalog, and a flat index of a catalog of 100k items answers in
+milliseconds (docs/benchmarks.md).
 """
 import dataclasses
 import os
 import time
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable
 
 import numpy as np
 
@@ -21,6 +22,8 @@ from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import index_builder, index_layout
 from dpsr_tf.indexing.encoder_manifest import ENCODER_FILE, EncoderManifest, EncoderShardInfo
+from dpsr_tf.model.pretrained import document_cache, fine_tuned
+from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
 # Where a fine-tuned encoder given as a model directory is written inside the build.
 FINE_TUNED_DIR = "encoder_model"
@@ -28,11 +31,9 @@ FINE_TUNED_DIR = "encoder_model"
 # the encoder's own limit): shoppers' queries fit with room to spare, and a 4 KB query costs
 # the encoder a quarter of what its 256 tokens would.
 QUERY_MAX_TOKENS = 64
-from dpsr_tf.model.pretrained import document_cache, fine_tuned
-from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
 
-def _shard_rows(directory: str, manifest, shard: int, row_of: dict) -> np.ndarray:
+def shard_rows(directory: str, manifest, shard: int, row_of: dict) -> np.ndarray:
     """[n] layout rows of a shard's FAISS labels 0..n-1."""
     _, ids_file = manifest.shard_paths(directory, shard)
     shard_ids = index_layout.read_id_map(ids_file, expected_count=manifest.shards[shard].num_items)
@@ -80,8 +81,8 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
     shards = []
     for info in manifest.shards:
         index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(np.ascontiguousarray(vectors[_shard_rows(output_dir, manifest, info.shard,
-                                                           row_of)]))
+        index.add(np.ascontiguousarray(vectors[shard_rows(output_dir, manifest, info.shard,
+                                                          row_of)]))
         path = os.path.join(output_dir, index_layout.shard_dir_name(info.shard), ENCODER_FILE)
         tmp = path + ".tmp"
         faiss.write_index(index, tmp)
@@ -99,48 +100,3 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
         f"{section.build_seconds:.1f}s")
     return manifest
 
-
-def search_encoder_index(index_dir: str, item_ids: Sequence[str], queries: Sequence[str],
-                         k: int, embedder: Optional[TextEmbedder] = None
-                         ) -> Tuple[np.ndarray, np.ndarray]:
-    """The encoder's top k of each query over every shard of a build, as a one-shard servable's
-    encoder list: (scores [Q, k] float32, -inf pads; rows [Q, k] int64 layout rows, -1 pads).
-
-    Args:
-      item_ids: the layout's item ids (row order); embedder: an open TextEmbedder of the
-        build's encoder (default: open the one the manifest names, queries cut to
-        QUERY_MAX_TOKENS as the servable cuts them).
-
-    Raises:
-      ValueError: the build has no encoder section.
-    """
-    faiss = index_builder._require_faiss()  # pylint: disable=protected-access
-    manifest = index_layout.read_manifest(index_dir)
-    if manifest.encoder is None:
-        raise ValueError(f"{index_dir} has no encoder list; add one with `dpsr index "
-                         f"--encoder_only --output_dir={index_dir} --layout_dir=LAYOUT`")
-    if embedder is None:
-        with TextEmbedder(manifest.encoder.pretrained_dir, QUERY_MAX_TOKENS) as own:
-            return search_encoder_index(index_dir, item_ids, queries, k, own)
-    q = embedder.embed(list(queries)) if len(queries) else np.zeros(
-        [0, manifest.encoder.dimension], np.float32)
-    row_of = {item_id: row for row, item_id in enumerate(item_ids)}
-    scores, rows = [], []
-    for info in manifest.encoder.shards:
-        index = faiss.read_index(os.path.join(index_dir, info.file))
-        if index.ntotal == 0:    # an empty shard (more shards than items) adds nothing
-            continue
-        shard_rows = _shard_rows(index_dir, manifest, info.shard, row_of)
-        s, labels = index.search(q, min(k, index.ntotal))
-        scores.append(np.where(labels >= 0, s, -np.inf).astype(np.float32))
-        rows.append(np.where(labels >= 0, shard_rows[np.maximum(labels, 0)], -1))
-    if not scores:
-        scores, rows = [np.zeros([len(q), 0], np.float32)], [np.zeros([len(q), 0], np.int64)]
-    scores, rows = np.concatenate(scores, axis=1), np.concatenate(rows, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    out_scores = np.full([len(q), k], -np.inf, np.float32)
-    out_rows = np.full([len(q), k], -1, np.int64)
-    width = order.shape[1]
-    out_scores[:, :width] = np.take_along_axis(scores, order, 1)
-    out_rows[:, :width] = np.take_along_axis(rows, order, 1)
-    return out_scores, out_rows

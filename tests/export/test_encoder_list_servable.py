@@ -15,7 +15,7 @@ import pytest
 
 from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.evaluation import encoder_choice
+from dpsr_tf.evaluation import encoder_choice, hybrid
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 from dpsr_tf.indexing import catalog_index, encoder_index, index_layout
@@ -59,7 +59,7 @@ def test_encoder_index_is_brute_force_cosine(build):
     assert np.abs(queries[-1] - whole[-1]).max() > 1e-3                # the long one is
     cosine = queries @ items.T
     k = 9
-    scores, rows = encoder_index.search_encoder_index(
+    scores, rows = hybrid.search_encoder_lists(
         build.index_dir, layout_lib.load_item_ids(build.spec), QUERIES, k)
     np.testing.assert_allclose(scores, -np.sort(-cosine, axis=1)[:, :k], atol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(cosine, rows, 1), scores, atol=1e-5)
@@ -96,7 +96,7 @@ def test_servable_fuses_the_hybrid_list_with_the_encoder_list(build):
     ids = layout_lib.load_item_ids(build.spec)
     row_of = {item_id: r for r, item_id in enumerate(ids)}
     served_rows = np.array([[row_of.get(i, -1) for i in row] for row in served["item_ids"]])
-    enc_scores, enc_rows = encoder_index.search_encoder_index(build.index_dir, ids, QUERIES, k)
+    enc_scores, enc_rows = hybrid.search_encoder_lists(build.index_dir, ids, QUERIES, k)
     want_scores, want_rows, served_at = fuse_np(served_rows, enc_rows, k, cfg)
     assert got["item_ids"] == [[ids[r] if r >= 0 else "" for r in row] for row in want_rows]
     np.testing.assert_allclose(got["scores"], want_scores, rtol=1e-6)
@@ -122,8 +122,8 @@ def test_sharded_build_lists_the_same_items_and_is_not_exported_with_a_weight(bu
     manifest = encoder_index.add_encoder_index(index_dir, build.layout, log=QUIET)
     assert any(info.num_items == 0 for info in manifest.shards)
     ids = layout_lib.load_item_ids(build.spec)
-    one = encoder_index.search_encoder_index(build.index_dir, ids, QUERIES, 6)
-    two = encoder_index.search_encoder_index(index_dir, ids, QUERIES, 6)
+    one = hybrid.search_encoder_lists(build.index_dir, ids, QUERIES, 6)
+    two = hybrid.search_encoder_lists(index_dir, ids, QUERIES, 6)
     np.testing.assert_allclose(two[0], one[0], atol=1e-6)
     with pytest.raises(ValueError, match="holds the whole catalog, and this build has 64 shards"):
         export_servable(build.model_dir, index_dir, str(build.work / "sharded"),
