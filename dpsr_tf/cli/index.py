@@ -73,6 +73,11 @@ _ENCODER_DIR = flags.DEFINE_string(
 _ENCODER_FIELDS = flags.DEFINE_string(
     "encoder_fields", item_text.TITLE, "What each item's document holds for the encoder list: "
     "title, all, or a list of fields (as --lexical_fields).")
+_ENCODER_QUERY_DIR = flags.DEFINE_string(
+    "encoder_query_dir", "", "The encoder list's queries embedded by a fast query encoder "
+    "instead of the encoder: a `dpsr train --teacher_dir=ENCODER --item_side=teacher` model "
+    "trained against --encoder_dir's items (docs/training.md, \"A fast query encoder\"); "
+    "empty = the encoder embeds them.")
 flags.mark_flags_as_required(["output_dir"])
 
 
@@ -81,7 +86,8 @@ def _encoder_list(layout_dir: str) -> None:
     try:
         encoder_index.add_encoder_index(_OUTPUT.value, layout_dir, _ENCODER_DIR.value,
                                         _ENCODER_FIELDS.value,
-                                        log=lambda m: logging.info("%s", m))
+                                        log=lambda m: logging.info("%s", m),
+                                        query_model_dir=_ENCODER_QUERY_DIR.value)
     except (ValueError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"dpsr index: {e}") from None
 

@@ -10,8 +10,8 @@ import typing
 from absl import flags
 
 from dpsr_tf.model.config import (COMBINERS, GRAPH_NEIGHBOURHOODS, HEAD_ASSIGNMENTS, LOSSES,
-                                  MODELS, PARTITIONERS, PERSONALIZATION, TEXT_ENCODERS, TOWERS,
-                                  ModelConfig)
+                                  ITEM_SIDES, MODELS, PARTITIONERS, PERSONALIZATION, TEXT_ENCODERS,
+                                  TOWERS, ModelConfig)
 from dpsr_tf.training.config import EARLY_STOPPING_METRICS, TrainConfig
 
 _MODEL_HELP = {
@@ -102,6 +102,10 @@ _MODEL_HELP = {
                     "neighbours' own sampled neighbours are aggregated into them first).",
     "graph_fanout": "--graph_neighbourhood=sampled: neighbours drawn per node and layer (the "
                     "per-node cap).",
+    "item_side": "tower, or teacher (with --teacher_dir): the items are the teacher's cached "
+                 "item embeddings, frozen, and only a one-head query tower of the teacher's "
+                 "width trains: a fast query encoder for the teacher's encoder list (`dpsr "
+                 "index --encoder_query_dir`; docs/training.md, 'A fast query encoder').",
 }
 
 _TRAIN_HELP = {
@@ -191,7 +195,7 @@ _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALI
             "loss": LOSSES, "partitioner": PARTITIONERS, "text_encoder": TEXT_ENCODERS,
             "tower": TOWERS, "early_stopping_metric": EARLY_STOPPING_METRICS,
             "optimizer": ("adagrad", "adam", "sgd"), "head_assignment": HEAD_ASSIGNMENTS,
-            "graph_neighbourhood": GRAPH_NEIGHBOURHOODS}
+            "graph_neighbourhood": GRAPH_NEIGHBOURHOODS, "item_side": ITEM_SIDES}
 
 
 def _define(cls, helps, skip_default=()):

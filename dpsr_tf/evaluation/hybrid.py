@@ -39,6 +39,7 @@ from dpsr_tf.evaluation import served as served_lib
 from dpsr_tf.evaluation import tie_metrics
 from dpsr_tf.evaluation.spelled_layout import layout_of, spelled_layout
 from dpsr_tf.indexing import encoder_index
+from dpsr_tf.model import query_student
 from dpsr_tf.model.model_dir import load_model_config
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 from dpsr_tf.search import encoder_fusion
@@ -230,9 +231,13 @@ def search_encoder_lists(index_dir: str, item_ids: Sequence[str], queries: Seque
       ValueError: the build has no encoder list.
     """
     index = served_lib.open_encoder_index(index_dir, item_ids)
-    with TextEmbedder(index.manifest.encoder.pretrained_dir,
-                      encoder_index.QUERY_MAX_TOKENS) as embedder:
-        vectors = embedder.embed(list(queries))
+    encoder = index.manifest.encoder
+    if encoder.query_model_dir:   # the build's fast query encoder, as the servable reads it
+        vectors = query_student.embed_texts(
+            query_student.read(encoder.query_model_dir, encoder.query_checkpoint), queries)
+    else:
+        with TextEmbedder(encoder.pretrained_dir, encoder_index.QUERY_MAX_TOKENS) as embedder:
+            vectors = embedder.embed(list(queries))
     return served_lib.search_served(index, vectors[:, None, :], k)
 
 

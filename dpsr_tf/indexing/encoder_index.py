@@ -22,7 +22,8 @@ from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import index_builder, index_layout
 from dpsr_tf.indexing.encoder_manifest import ENCODER_FILE, EncoderManifest, EncoderShardInfo
-from dpsr_tf.model.pretrained import document_cache, fine_tuned
+from dpsr_tf.model import query_student
+from dpsr_tf.model.pretrained import document_cache, files, fine_tuned
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 
 # Where a fine-tuned encoder given as a model directory is written inside the build.
@@ -46,7 +47,8 @@ def shard_rows(directory: str, manifest, shard: int, row_of: dict) -> np.ndarray
 
 def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = "",
                       fields: str = item_text.TITLE,
-                      log: Callable[[str], None] = print) -> index_layout.IndexManifest:
+                      log: Callable[[str], None] = print,
+                      query_model_dir: str = "") -> index_layout.IndexManifest:
     """Builds (or rebuilds) the encoder's exact index of a layout's items in an existing index
     build directory, one file per shard, and records it in the manifest's `encoder` section.
 
@@ -55,6 +57,9 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
         all-MiniLM-L6-v2), or a `dpsr train --text_encoder=pretrained` model directory: its
         fine-tuned encoder is written to <output_dir>/encoder_model (fine_tuned.py) and used.
       fields: what each item's document holds (item_text.parse_fields: "title", "all", ...).
+      query_model_dir: "" (the encoder embeds queries), or a `dpsr train --item_side=teacher`
+        model trained against this encoder's items: its fast query tower embeds the queries
+        (model/query_student.py checks it fits).
 
     Raises:
       FileNotFoundError, ValueError: no build or layout there, items that do not match, no
@@ -69,6 +74,7 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
         raise ValueError(f"{layout_dir} has {len(ids)} items but the index build {output_dir} "
                          f"has {manifest.num_items}; give the --layout_dir it was built from")
     documents = item_text.item_documents(spec, item_text.parse_fields(fields))
+    teacher_dir = pretrained_dir or files.default_pretrained_dir()
     if pretrained_dir and fine_tuned.is_model_dir(pretrained_dir):
         log(f"encoder list: writing the fine-tuned encoder of {pretrained_dir}")
         pretrained_dir = fine_tuned.write_encoder_dir(
@@ -77,6 +83,10 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
         log(f"encoder list: {embedder.model.directory} over the items' {fields}")
         vectors = document_cache.document_embeddings(spec, embedder, documents, log)
         directory = os.path.abspath(embedder.model.directory)
+    student = None
+    if query_model_dir:
+        student = query_student.load(query_model_dir, teacher_dir, spec, vectors.shape[1])
+        log(f"encoder list: queries embedded by {student.checkpoint}")
     row_of = {item_id: row for row, item_id in enumerate(ids)}
     shards = []
     for info in manifest.shards:
@@ -93,7 +103,9 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
     section = EncoderManifest(pretrained_dir=directory, fields=fields,
                               dimension=int(vectors.shape[1]), num_docs=len(ids),
                               shards=tuple(shards),
-                              build_seconds=round(time.monotonic() - start, 2))
+                              build_seconds=round(time.monotonic() - start, 2),
+                              query_model_dir=student.model_dir if student else "",
+                              query_checkpoint=student.checkpoint if student else "")
     manifest = dataclasses.replace(manifest, encoder=section)
     index_layout.write_manifest(output_dir, manifest)
     log(f"encoder list: {len(ids):,} items in {len(shards)} shard(s), "

@@ -33,6 +33,10 @@ class EncoderManifest:
       num_docs: items embedded (all shards).
       shards: one file per shard, in shard order.
       build_seconds: wall time of the build (embedding the items included).
+      query_model_dir: "" (the encoder embeds the queries too) or a `dpsr train
+        --item_side=teacher` model directory (absolute) whose fast query tower embeds them
+        into the encoder's space (dpsr_tf/model/query_student.py).
+      query_checkpoint: that model's checkpoint prefix the servable reads.
     """
     pretrained_dir: str
     fields: str
@@ -40,6 +44,8 @@ class EncoderManifest:
     num_docs: int
     shards: Tuple[EncoderShardInfo, ...]
     build_seconds: float = 0.0
+    query_model_dir: str = ""
+    query_checkpoint: str = ""
 
     def to_dict(self) -> dict:
         return config_json.to_dict(self)

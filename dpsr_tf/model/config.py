@@ -20,12 +20,14 @@ MODELS = ("dpsr", "dssm")
 TOWERS = ("dpsr", "searchgcn")
 GRAPH_NEIGHBOURHOODS = ("fixed", "sampled")
 HEAD_ASSIGNMENTS = ("soft", "annealed", "balanced")
+ITEM_SIDES = ("tower", "teacher")
 
 
 # The value a field had in effect before it existed (configs written by older versions lack it).
 SAVED_BEFORE_FIELD = {"model": "dpsr", "text_encoder": "separate", "adapter_hidden_units": (128,),
                       "max_human_negatives": 0, "head_balance_weight": 0.0,
-                      "tower": "dpsr", "graph_num_nodes": 0, "graph_query_dropout": 0.0}
+                      "tower": "dpsr", "graph_num_nodes": 0, "graph_query_dropout": 0.0,
+                      "item_side": "tower"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +100,13 @@ class ModelConfig:
       graph_layers: "sampled": 1, or 2 (the neighbours' own sampled neighbours are aggregated
         into them first).
       graph_fanout: "sampled": neighbours kept per node and layer.
+
+    Query encoder of a teacher's list (dpsr_tf/model/distill.py)
+      item_side: "tower" (the item tower) or "teacher": the items are the teacher's cached item
+        embeddings, frozen, and only the query tower trains (`dpsr train --teacher_dir
+        --item_side=teacher`). The result is a fast query encoder for the teacher's encoder
+        list (`dpsr index --encoder_query_dir`), not a model to index or serve on its own:
+        one head, embedding_dim = the teacher's, text towers only.
 
     Score and loss
       beta: temperature of the soft dot product's attention over heads (§4.3); 0 = max over heads.
@@ -233,6 +242,7 @@ class ModelConfig:
     graph_neighbourhood: str = "fixed"
     graph_layers: int = 2
     graph_fanout: int = 5
+    item_side: str = "tower"
 
     def __post_init__(self):
         object.__setattr__(self, "item_hidden_units", tuple(int(u) for u in self.item_hidden_units))
@@ -310,6 +320,16 @@ class ModelConfig:
              f"choose one of {GRAPH_NEIGHBOURHOODS}")
         need(self.graph_layers in (1, 2), "graph_layers", "must be 1 or 2")
         need(self.graph_fanout >= 1, "graph_fanout", "must be >= 1")
+        need(self.item_side in ITEM_SIDES, "item_side", f"choose one of {ITEM_SIDES}")
+        if self.item_side == "teacher":
+            # The student is one query vector against the teacher's item vectors.
+            for field, plain in (("model", "dpsr"), ("tower", "dpsr"), ("num_heads", 1),
+                                 ("personalization", "none"), ("joint_pq", False)):
+                need(getattr(self, field) == plain, field,
+                     f"--item_side=teacher trains a query encoder for a teacher's list: "
+                     f"needs {field}={plain!r}")
+            need(self.text_encoder in ("shared", "separate"), "text_encoder",
+                 "--item_side=teacher needs the token-bag towers (shared or separate)")
         need(self.pq_nlist >= 1, "pq_nlist", "must be >= 1")
         need(self.pq_m >= 1, "pq_m", "must be >= 1")
         # Only a joint PQ model splits its embeddings into pq_m sub-spaces.

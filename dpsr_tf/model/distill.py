@@ -106,6 +106,13 @@ def teacher_scores(tables: dict, query_rows: tf.Tensor, item_rows: tf.Tensor):
     return scores, valid
 
 
+def teacher_item_embeddings(settings: DistillSettings, rows: tf.Tensor) -> tf.Tensor:
+    """[N, d] float32 the teacher's cached embeddings of item rows [N] (`--item_side=teacher`:
+    the student's item side; constant, no gradient reaches the table)."""
+    items = teacher_tables(settings.cache)["items"]
+    return tf.cast(tf.gather(items, tf.cast(rows, tf.int64)), tf.float32)
+
+
 def distillation_term(settings: DistillSettings, features, batch_scores: tf.Tensor,
                       random_scores: tf.Tensor):
     """(weighted term, {"distill_kl": KL, "distill_queries": valid rows}) of one batch.

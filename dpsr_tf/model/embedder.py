@@ -81,8 +81,10 @@ class CheckpointEmbedder:
             if model_config.tower == "searchgcn":
                 self._graph = tables.load_graph(layout_spec)
                 self._item_in["graph"] = _graph_placeholders("item", item_features)
-            self.item_embedding = item_tower(item_features, model_config, layout_spec,
-                                             tf.estimator.ModeKeys.PREDICT)
+            # A query encoder of a teacher's list has no item tower (its items are the
+            # teacher's embeddings, dpsr_tf/model/query_student.py).
+            self.item_embedding = None if model_config.item_side == "teacher" else item_tower(
+                item_features, model_config, layout_spec, tf.estimator.ModeKeys.PREDICT)
             self._query_in = {}
             values, splits, tokens = _ragged_placeholder("query_tokens")
             self._query_in["tokens"] = (values, splits)
@@ -133,6 +135,9 @@ class CheckpointEmbedder:
         Returns:
           [N, d] float32, L2-normalized rows.
         """
+        if self.item_embedding is None:
+            raise ValueError(f"{self.checkpoint}: a --item_side=teacher model embeds queries "
+                             "only; its items are its teacher's embeddings")
         n = len(token_splits) - 1
         if self._graph is not None and rows is None:
             if n != self.layout_spec.num_items:

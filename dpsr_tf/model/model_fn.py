@@ -62,8 +62,17 @@ def loss_beta(cfg: ModelConfig):
                                 tf.compat.v1.train.get_or_create_global_step())
 
 
+def _items(item_features: dict, rows: tf.Tensor, cfg: ModelConfig, layout_spec, mode,
+           params) -> tf.Tensor:
+    """[N, d] embeddings of the items of item_features (layout rows `rows` [N]): the item
+    tower's, or with item_side "teacher" the teacher's cached ones (frozen)."""
+    if cfg.item_side == "teacher":
+        return distill.teacher_item_embeddings(params["distill"], rows)
+    return item_tower(item_features, cfg, layout_spec, mode)
+
+
 def _joined_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfig, layout_spec,
-                            mode, kind: str = "human", beta=None):
+                            mode, params, kind: str = "human", beta=None):
     """Scores of each example's query against its joined per-query negatives: kind "human"
     (the layout's human negatives, §4.5) or "hard" (the mined hard negatives); the item tower
     embeds them.
@@ -72,8 +81,8 @@ def _joined_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfi
       (scores [B, H] float32, mask [B, H] float32) with H the most negatives of any example.
     """
     rows = features[f"{kind}_negative_rows"]                                # ragged [B, (h)]
-    items = item_tower(_item_features(features, f"{kind}_negative_item_", layout_spec), cfg,
-                       layout_spec, mode)                                   # [N, d]
+    items = _items(_item_features(features, f"{kind}_negative_item_", layout_spec),
+                   rows.flat_values, cfg, layout_spec, mode, params)       # [N, d]
     if cfg.joint_pq:
         items = joint_pq.quantize(items, joint_pq.pq_variables(
             cfg.embedding_dim, cfg.pq_nlist, cfg.pq_m),
@@ -103,6 +112,11 @@ def _predict_spec(features, cfg, layout_spec, mode):
     if "query_tokens" in features:
         predictions["query_embedding"] = query_tower(features, cfg, layout_spec, mode)
     if "item_tokens" in features:
+        if cfg.item_side == "teacher":
+            raise ValueError("item_side=teacher: this model has no item tower (its items are "
+                             "its teacher's embeddings); embed the catalog with the teacher "
+                             "(`dpsr index --encoder_list --encoder_dir=TEACHER "
+                             "--encoder_query_dir=THIS_MODEL`)")
         predictions["item_embedding"] = item_tower(_item_features(features, "item_", layout_spec),
                                                    cfg, layout_spec, mode)
     for key in ("item_row", "item_id", "query"):
@@ -128,7 +142,10 @@ def dpsr_model_fn(features, labels, mode, params):
     query = query_tower(features, cfg, layout_spec, mode)                 # [B, m, d]
     pos_items = _item_features(features, "item_", layout_spec)
     neg_items = _item_features(features, "neg_item_", layout_spec)
-    all_items = item_tower(_concat_items(pos_items, neg_items), cfg, layout_spec, mode)
+    all_items = _items(_concat_items(pos_items, neg_items),
+                       tf.concat([tf.cast(features["item_row"], tf.int64),
+                                  tf.cast(features["neg_item_row"], tf.int64)], axis=0),
+                       cfg, layout_spec, mode, params)
     pq_loss = pq_hook = None
     if cfg.joint_pq:
         # The loss scores the items as the exported IVF-PQ index will (straight-through).
@@ -147,10 +164,10 @@ def dpsr_model_fn(features, labels, mode, params):
     human_scores = human_mask = hard_scores = hard_mask = None
     if "human_negative_rows" in features and cfg.model != "dssm":
         human_scores, human_mask = _joined_negative_scores(features, query, cfg, layout_spec,
-                                                           mode, beta=beta)
+                                                           mode, params, beta=beta)
     if "hard_negative_rows" in features and cfg.model != "dssm":
         hard_scores, hard_mask = _joined_negative_scores(features, query, cfg, layout_spec, mode,
-                                                         kind="hard", beta=beta)
+                                                         params, kind="hard", beta=beta)
     item_rows = tf.cast(features["item_row"], tf.int64)
     random_rows = tf.cast(features["neg_item_row"], tf.int64)
     label = tf.cast(features["label"], tf.float32)

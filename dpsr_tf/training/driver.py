@@ -36,10 +36,18 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
               "log_every_steps": train.log_step_count_steps,
               "task": f"{cluster.task_type}:{cluster.task_index}" if cluster.distributed else "",
               "is_chief": cluster.is_chief}
+    if model_config.item_side == "teacher" and not train.teacher_dir:
+        raise ValueError("--item_side=teacher: the items are a teacher's embeddings; name the "
+                         "teacher with --teacher_dir (a model directory or a pretrained encoder)")
     if train.teacher_dir:
         params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
                                                  train.distill_weight, train.distill_temperature,
                                                  train.teacher_max_queries)
+        dim = params["distill"].cache.dim
+        if model_config.item_side == "teacher" and model_config.embedding_dim != dim:
+            raise ValueError(f"--item_side=teacher: --embedding_dim={model_config.embedding_dim} "
+                             f"must equal the teacher's width {dim} ({train.teacher_dir}); "
+                             f"train with --embedding_dim={dim}")
     warm_start = None
     if train.effective_warm_start:
         # Trainable variables only, and not the joint PQ quantizer (a model trained without

@@ -1,8 +1,10 @@
 """Stage `encoder_list` (an index build with an encoder list and an encoder weight > 0): the
 query, as the towers see it (after spelling; at most QUERY_MAX_TOKENS WordPiece tokens),
 embedded by the build's pretrained sentence encoder (WordPiece and BERT in the graph, its
-weights in the servable's variables), searched in the shard's exact encoder index, and that list
-fused with the served one by weighted reciprocal rank (dpsr_tf/search/encoder_fusion.py).
+weights in the servable's variables) or, when the build names one, by its fast query encoder (a
+`--item_side=teacher` model's token-bag query tower over the query's tokens, its variables
+under this stage's scope), searched in the shard's exact encoder index, and that list fused with
+the served one by weighted reciprocal rank (dpsr_tf/search/encoder_fusion.py).
 
 The served list gains encoder_scores [B, K] (the encoder's cosine, -inf where its list lacks the
 item) and source "encoder" for an item only the encoder found. The fusion reads each list's
@@ -19,8 +21,10 @@ import tensorflow as tf
 
 from dpsr_tf.export.stages.base import ExportFlag, Stage
 from dpsr_tf.indexing.encoder_index import QUERY_MAX_TOKENS
+from dpsr_tf.model import model_dir as model_dir_lib
 from dpsr_tf.model.pretrained import files
 from dpsr_tf.model.pretrained.encoder import SentenceEncoder
+from dpsr_tf.model.towers import query_tower
 from dpsr_tf.search import encoder_fusion, faiss_ops
 from dpsr_tf.search.encoder_fusion import EncoderFusionConfig
 
@@ -54,10 +58,14 @@ class EncoderListStage(Stage):
                    field=None),
     )
 
-    def __init__(self, index_file: str, pretrained_dir: str):
+    def __init__(self, index_file: str, pretrained_dir: str, query_model_dir: str = "",
+                 query_checkpoint: str = ""):
         self._index_file = index_file
         self._pretrained_dir = pretrained_dir
+        self._query_model_dir = query_model_dir
+        self._query_checkpoint = query_checkpoint
         self._encoder = None
+        self._student_variables = None
 
     @classmethod
     def validate(cls, section: EncoderListConfig) -> None:
@@ -79,20 +87,48 @@ class EncoderListStage(Stage):
                              "`dpsr index --encoder_only`")
         return cls(source.stage_file(os.path.join(source.index_dir,
                                                   encoder.shards[source.shard].file),
-                                     "encoder.faiss"), encoder.pretrained_dir)
+                                     "encoder.faiss"), encoder.pretrained_dir,
+                   encoder.query_model_dir, encoder.query_checkpoint)
 
     def _hits(self, ctx):
         """(scores, labels) [B, k] of the encoder's search (one however many signatures)."""
         def build():
             with tf.compat.v1.variable_scope(SCOPE), tf.name_scope(SCOPE):
-                model = files.read_pretrained(self._pretrained_dir, with_weights=False)
-                self._encoder = SentenceEncoder(model, trainable_layers=0, scope=SCOPE,
-                                                max_seq_length=QUERY_MAX_TOKENS)
-                queries = self._encoder(ctx.searched)
+                queries = (self._student_queries(ctx) if self._query_model_dir
+                           else self._encoder_queries(ctx))
                 index = faiss_ops.FaissIndex(self._index_file, shared_name=None,
                                              name="encoder_index")
                 return faiss_ops.search(index, queries, ctx.k, name="encoder_search")
         return ctx.once("encoder_list_hits", build)
+
+    def _encoder_queries(self, ctx) -> tf.Tensor:
+        model = files.read_pretrained(self._pretrained_dir, with_weights=False)
+        self._encoder = SentenceEncoder(model, trainable_layers=0, scope=SCOPE,
+                                        max_seq_length=QUERY_MAX_TOKENS)
+        return self._encoder(ctx.searched)
+
+    def _student_queries(self, ctx) -> tf.Tensor:
+        """The fast query encoder's [B, d] vectors of the query's tokens (the build's layout
+        tokenizer is the student's: `dpsr index` checked it)."""
+        config, spec = model_dir_lib.load_model_config(self._query_model_dir)
+        before = set(tf.compat.v1.global_variables())
+        heads = query_tower({"query_tokens": ctx.features["query_tokens"]}, config, spec,
+                            tf.estimator.ModeKeys.PREDICT)
+        self._student_variables = [v for v in tf.compat.v1.global_variables()
+                                   if v not in before]
+        return heads[:, 0, :]
+
+    def _student_saver(self):
+        """A Saver reading the student's checkpoint names (without this stage's scope) into
+        its variables; a partitioned table's slices go under their full name together."""
+        names = {}
+        for variable in self._student_variables:
+            info = variable._save_slice_info  # pylint: disable=protected-access
+            full = info.full_name if info is not None else variable.op.name
+            names.setdefault(full[len(SCOPE) + 1:], []).append(variable)
+        return tf.compat.v1.train.Saver(
+            {name: parts if parts[0]._save_slice_info is not None  # pylint: disable=protected-access
+             else parts[0] for name, parts in names.items()})
 
     def rank(self, ctx, ranked, direction):
         """The served list fused with the encoder's."""
@@ -124,6 +160,10 @@ class EncoderListStage(Stage):
     def restore(self, session, ctx) -> None:
         if self._encoder is not None:   # the weights are read from the directory now
             self._encoder.initialize(session)
+        if self._student_variables is not None:
+            model_dir_lib.restore(self._student_saver(), session, self._query_checkpoint)
 
     def info(self) -> dict:
-        return {"encoder_list": {"pretrained_dir": self._pretrained_dir}}
+        return {"encoder_list": {"pretrained_dir": self._pretrained_dir,
+                                 "query_model_dir": self._query_model_dir,
+                                 "query_checkpoint": self._query_checkpoint}}

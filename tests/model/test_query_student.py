@@ -1,0 +1,195 @@
+"""`dpsr train --item_side=teacher`: a fast query encoder for the encoder list, end to end on the
+tiny catalog with all-MiniLM-L6-v2 as the teacher. Its queries search the teacher's item
+embeddings (numpy brute force over TextEmbedder's titles), the servable's encoder list reads them
+exactly as evaluation does, it ranks the items more like the teacher than the same tower
+trained on its own items does, and every mismatch is refused with the fix."""
+import json
+import os
+import re
+import shutil
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dpsr_tf.data import item_text
+from dpsr_tf.data import layout as layout_lib
+from dpsr_tf.evaluation import hybrid
+from dpsr_tf.export.saved_model_export import export_servable
+from dpsr_tf.export.servable_graph import ServableConfig
+from dpsr_tf.indexing import catalog_index, encoder_index
+from dpsr_tf.indexing.index_builder import IndexBuildConfig
+from dpsr_tf.model import distill_cache, query_student
+from dpsr_tf.model.config import ModelConfig
+from dpsr_tf.model.embedder import CheckpointEmbedder
+from dpsr_tf.model.pretrained import files
+from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
+from dpsr_tf.search.encoder_fusion import EncoderFusionConfig, fuse_np
+from dpsr_tf.training import driver
+from dpsr_tf.training.config import TrainConfig
+from tests.support.fresh_python import run_fresh
+from tests.support.tiny_model import prepare_tiny_layout
+
+STEPS = 60
+QUERIES = ["cat3 brand5", "w17 w203", "brand1 w99 cat0", "ЖЖ 中文 nothing known"]
+QUIET = lambda _: None   # noqa: E731
+
+
+def _config(**kw):
+    return ModelConfig(**{**dict(embedding_dim=384, token_embedding_dim=16,
+                                 item_hidden_units=(32,), query_hidden_units=(32,),
+                                 query_projection_dim=16), **kw})
+
+
+def _train(spec, model_dir, cfg, **kw):
+    os.environ.pop("TF_CONFIG", None)
+    driver.train_and_evaluate(cfg, TrainConfig(
+        layout_dir=spec.layout_dir, model_dir=model_dir, batch_size=16, train_steps=STEPS,
+        save_checkpoints_steps=STEPS, save_summary_steps=5, eval_random_negatives=20,
+        eval_steps=1, seed=0, **kw))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("query_student"))
+    spec = prepare_tiny_layout(work, num_items=60, num_queries=120)
+    teacher = files.default_pretrained_dir()
+    student, plain = os.path.join(work, "student"), os.path.join(work, "plain")
+    _train(spec, student, _config(item_side="teacher"), teacher_dir=teacher, distill_weight=2.0)
+    _train(spec, plain, _config(embedding_dim=16))   # its own items, for the dense build
+    index_dir = os.path.join(work, "index")
+    catalog_index.index_catalog(plain, index_dir, IndexBuildConfig(factory="Flat"))
+    manifest = encoder_index.add_encoder_index(index_dir, spec.layout_dir, log=QUIET,
+                                               query_model_dir=student)
+    return types.SimpleNamespace(work=work, spec=spec, teacher=teacher, student=student,
+                                 plain=plain, index_dir=index_dir, manifest=manifest)
+
+
+def _teacher_items(spec):
+    documents = item_text.item_documents(spec, item_text.parse_fields("title"))
+    with TextEmbedder() as embedder:
+        return embedder.embed(documents)
+
+
+def test_the_students_queries_search_the_teachers_items(run):
+    encoder = run.manifest.encoder
+    assert encoder.query_model_dir == os.path.abspath(run.student)
+    assert encoder.query_checkpoint == tf.train.latest_checkpoint(run.student)
+    queries = query_student.embed_texts(query_student.read(run.student), QUERIES)
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    with TextEmbedder() as embedder:   # not the encoder's own query vectors
+        assert np.abs(queries - embedder.embed(QUERIES)).max() > 0.1
+    cosine = queries @ _teacher_items(run.spec).T
+    k = 9
+    scores, rows = hybrid.search_encoder_lists(
+        run.index_dir, layout_lib.load_item_ids(run.spec), QUERIES, k)
+    np.testing.assert_allclose(scores, -np.sort(-cosine, axis=1)[:, :k], atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(cosine, rows, 1), scores, atol=1e-5)
+
+
+def _kl_to_teacher(spec, student_queries, student_items, cache, rows, tau=0.05):
+    """Mean over query rows of KL(teacher || student) of the softened scores over every
+    item."""
+    arrays = distill_cache.load_arrays(cache)
+    teacher = arrays["queries"][arrays["query_index"][rows]].astype(np.float32)[:, 0, :] @ \
+        arrays["items"].astype(np.float32).T
+    student = student_queries @ student_items.T
+
+    def log_softmax(x):
+        z = x / tau - (x / tau).max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_p, log_s = log_softmax(teacher), log_softmax(student)
+    return float((np.exp(log_p) * (log_p - log_s)).sum(axis=1).mean())
+
+
+def test_the_student_ranks_the_items_like_the_teacher(run):
+    cache = distill_cache.read_cache(distill_cache.cache_dir(distill_cache.cache_key(
+        run.teacher, run.spec, TrainConfig.teacher_max_queries)))
+    assert (cache.heads, cache.dim) == (1, 384)
+    rows = distill_cache.training_query_rows(run.spec, TrainConfig.teacher_max_queries)
+    ids, splits = distill_cache._query_tokens(run.spec, rows)   # pylint: disable=protected-access
+    with CheckpointEmbedder(run.student) as embedder:
+        student = embedder.embed_queries(ids, splits)[:, 0, :]
+        with pytest.raises(ValueError, match="embeds queries only"):
+            embedder.embed_items(ids, splits, {})
+    with CheckpointEmbedder(run.plain) as embedder:
+        table = layout_lib.load_item_table(run.spec)
+        plain_items = embedder.embed_items(np.asarray(table.token_ids), table.token_splits,
+                                           {n: table.feature(n) for n in run.spec.item_features})
+        plain = embedder.embed_queries(ids, splits)[:, 0, :]
+    teacher_items = distill_cache.load_arrays(cache)["items"].astype(np.float32)
+    np.testing.assert_allclose(teacher_items, _teacher_items(run.spec), atol=2e-3)
+    # Same data, steps and seed: the one trained against the teacher's items and scores ranks
+    # them far more like it than the towers trained on their own items.
+    ours = _kl_to_teacher(run.spec, student, teacher_items, cache, rows)
+    theirs = _kl_to_teacher(run.spec, plain, plain_items, cache, rows)
+    assert ours < 0.5 * theirs, (ours, theirs)
+    names = [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(run.student))]
+    assert not any("item_tower" in n or "teacher" in n or "distill" in n for n in names), names
+
+
+def _answers(path, k, outputs):
+    return run_fresh(f"""
+    import json
+    from tests.support.tf1_servable import Tf1Servable
+    out = Tf1Servable({path!r}).call("serving_default", {{"query": {QUERIES!r}, "k": {k}}},
+                                     {outputs!r})
+    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
+                      for k, v in out.items()}}))
+    """)
+
+
+def test_servable_reads_the_list_with_the_students_query_tower(run):
+    cfg = EncoderFusionConfig(weight=2.0, rrf_k=1.0)
+    common = dict(default_k=5, max_k=50, spelling=False, hybrid=False)
+    with_list = export_servable(run.plain, run.index_dir, os.path.join(run.work, "enc"),
+                                servable=ServableConfig(**common, encoder_fusion=cfg))
+    without = export_servable(run.plain, run.index_dir, os.path.join(run.work, "dense"),
+                              servable=ServableConfig(**common))
+    with open(os.path.join(with_list, "assets.extra", "dpsr_servable.json")) as f:
+        info = json.load(f)
+    assert info["encoder_list"]["query_model_dir"] == os.path.abspath(run.student)
+    k = 7
+    got = _answers(with_list, k, ["item_ids", "scores", "encoder_scores"])
+    served = _answers(without, k, ["item_ids"])
+    ids = layout_lib.load_item_ids(run.spec)
+    row_of = {item_id: r for r, item_id in enumerate(ids)}
+    served_rows = np.array([[row_of.get(i, -1) for i in row] for row in served["item_ids"]])
+    enc_scores, enc_rows = hybrid.search_encoder_lists(run.index_dir, ids, QUERIES, k)
+    want_scores, want_rows, _ = fuse_np(served_rows, enc_rows, k, cfg)
+    assert got["item_ids"] == [[ids[r] if r >= 0 else "" for r in row] for row in want_rows]
+    np.testing.assert_allclose(got["scores"], want_scores, rtol=1e-6)
+    for q in range(len(QUERIES)):
+        enc_of = dict(zip(enc_rows[q].tolist(), enc_scores[q].tolist()))
+        np.testing.assert_allclose(got["encoder_scores"][q],
+                                   [enc_of.get(r, -np.inf) for r in want_rows[q]], atol=1e-5)
+
+
+def test_mismatches_are_refused_with_the_fix(run, tmp_path):
+    with pytest.raises(ValueError, match="item_side.*needs num_heads=1"):
+        _config(item_side="teacher", num_heads=2)
+    with pytest.raises(ValueError, match="item_side.*needs personalization='none'"):
+        _config(item_side="teacher", personalization="profile")
+    with pytest.raises(ValueError, match="name the teacher with --teacher_dir"):
+        _train(run.spec, str(tmp_path / "a"), _config(item_side="teacher"))
+    with pytest.raises(ValueError, match=r"--embedding_dim=32 must equal the teacher's width "
+                                         r"384 .*train with --embedding_dim=384"):
+        _train(run.spec, str(tmp_path / "b"), _config(item_side="teacher", embedding_dim=32),
+               teacher_dir=run.teacher)
+    index_dir = str(tmp_path / "index")
+    shutil.copytree(run.index_dir, index_dir)
+    with pytest.raises(ValueError, match="not a query encoder for a list"):
+        encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, log=QUIET,
+                                        query_model_dir=run.plain)
+    other = str(tmp_path / "other_encoder")
+    shutil.copytree(run.teacher, other)
+    with pytest.raises(ValueError, match=re.escape(f"trained against the items of {run.teacher}"
+                                                   f", but the list's items are embedded by "
+                                                   f"{other}")):
+        encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, other, log=QUIET,
+                                        query_model_dir=run.student)
+    other_layout = prepare_tiny_layout(str(tmp_path / "l2"), num_items=60, num_queries=120,
+                                       num_buckets=2048)
+    with pytest.raises(ValueError, match="tokenizes queries otherwise"):
+        query_student.load(run.student, run.teacher, other_layout, 384)
