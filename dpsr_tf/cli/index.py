@@ -78,6 +78,13 @@ _ENCODER_QUERY_DIR = flags.DEFINE_string(
     "instead of the encoder: a `dpsr train --teacher_dir=ENCODER --item_side=teacher` model "
     "trained against --encoder_dir's items (docs/training.md, \"A fast query encoder\"); "
     "empty = the encoder embeds them.")
+_ENCODER_FACTORY = flags.DEFINE_string(
+    "encoder_index_factory", "Flat", "The encoder list's FAISS index (inner product): Flat "
+    "searches exactly; an IVF (e.g. IVF256,Flat) searches a few of its lists, for a large "
+    "catalog or a cheaper request (docs/indexing.md, \"The encoder list\").")
+_ENCODER_NPROBE = flags.DEFINE_integer(
+    "encoder_nprobe", 64, "Lists an IVF --encoder_index_factory searches per query (stored in "
+    "the index; clamped to its lists).", lower_bound=1)
 flags.mark_flags_as_required(["output_dir"])
 
 
@@ -87,7 +94,9 @@ def _encoder_list(layout_dir: str) -> None:
         encoder_index.add_encoder_index(_OUTPUT.value, layout_dir, _ENCODER_DIR.value,
                                         _ENCODER_FIELDS.value,
                                         log=lambda m: logging.info("%s", m),
-                                        query_model_dir=_ENCODER_QUERY_DIR.value)
+                                        query_model_dir=_ENCODER_QUERY_DIR.value,
+                                        index_factory=_ENCODER_FACTORY.value,
+                                        nprobe=_ENCODER_NPROBE.value)
     except (ValueError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"dpsr index: {e}") from None
 

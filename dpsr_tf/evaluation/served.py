@@ -176,8 +176,9 @@ def open_served_index(index_dir: str, item_ids: Sequence[str], dimension: int,
 
 
 def open_encoder_index(index_dir: str, item_ids: Sequence[str]) -> ServedIndex:
-    """The build's encoder list (dpsr_tf/indexing/encoder_index.py) as a ServedIndex: its exact
-    shards, labelled as the dense shards are, so search_served searches it as it searches them.
+    """The build's encoder list (dpsr_tf/indexing/encoder_index.py) as a ServedIndex: its shards
+    (exact or IVF, nprobe stored), labelled as the dense shards are, so search_served searches it
+    as it searches them.
 
     Raises:
       ValueError: the build has no encoder list, or an id of a shard the layout lacks.

@@ -1,15 +1,19 @@
 """The encoder list's side of an index build: a pretrained sentence encoder's embeddings of every
-item, one exact inner-product FAISS index per shard (labels = the shard's dense labels).
+item, one inner-product FAISS index per shard (labels = the shard's dense labels), and
+optionally the fast query encoder that embeds the queries instead of the encoder.
 
     manifest = add_encoder_index("/data/index", layout_dir)             # all-MiniLM-L6-v2, titles
+    add_encoder_index(index_dir, layout_dir, "/m/ft", query_model_dir="/m/student",
+                      index_factory="IVF256,Flat", nprobe=32)
 
 Evaluation searches these files as it searches the dense shards
 (dpsr_tf/evaluation/served.py open_encoder_index, hybrid.py search_encoder_lists); the servable's
 encoder_list stage searches its shard's file in the graph. The items' embeddings are cached
 beside the layout (model/pretrained/document_cache.py), so a rebuild, the zero-shot baseline and
-a teacher cache of the same encoder embed the titles once. Exact search: the encoder's list is a
-second opinion over the whole catalog, and a flat index of a catalog of 100k items answers in
-milliseconds (docs/benchmarks.md).
+a teacher cache of the same encoder embed the titles once. Exact search by default: the
+encoder's list is a second opinion over the whole catalog, and a flat index of a catalog of 100k
+items answers in milliseconds; an IVF factory searches a few lists instead, for a catalog of
+millions or a request as cheap as the towers' (docs/benchmarks.md, "The encoder list").
 """
 import dataclasses
 import os
@@ -45,10 +49,46 @@ def shard_rows(directory: str, manifest, shard: int, row_of: dict) -> np.ndarray
     return np.array([row_of[i] for i in shard_ids], np.int64)
 
 
+def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: int,
+                   log: Callable[[str], None]) -> list:
+    """One FAISS index per shard over vectors[rows]: `factory` trained once on every vector
+    (seeded sample, as the dense shards), nprobe stored in an IVF's; an empty shard gets an
+    empty exact index (nothing to train or find)."""
+    faiss = index_builder._require_faiss()  # pylint: disable=protected-access
+    d = vectors.shape[1]
+    if factory.strip().lower() == "flat":
+        trained = None
+    else:
+        template = index_builder.new_index(factory, d)
+        ivf = index_builder.extract_ivf(template)
+        if not template.is_trained:
+            need = ivf.nlist if ivf is not None else 1
+            if len(vectors) < need:
+                raise ValueError(f"--encoder_index_factory={factory}: {need} lists need at "
+                                 f"least {need} items, the catalog has {len(vectors)}; use "
+                                 "fewer lists or Flat")
+            size = min(len(vectors), max(65536, 64 * need))
+            sample = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
+            log(f"encoder list: training {factory} on {size:,} of {len(vectors):,} vectors")
+            template.train(np.ascontiguousarray(vectors[sample]))
+        ivf = index_builder.extract_ivf(template)
+        if ivf is not None:
+            ivf.nprobe = min(max(1, nprobe), ivf.nlist)
+        trained = faiss.serialize_index(template)
+    out = []
+    for rows in shard_rows_list:
+        index = (faiss.IndexFlatIP(d) if trained is None or len(rows) == 0
+                 else faiss.deserialize_index(trained))
+        index.add(np.ascontiguousarray(vectors[rows]))
+        out.append(index)
+    return out
+
+
 def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = "",
                       fields: str = item_text.TITLE,
                       log: Callable[[str], None] = print,
-                      query_model_dir: str = "") -> index_layout.IndexManifest:
+                      query_model_dir: str = "", index_factory: str = "Flat",
+                      nprobe: int = 64) -> index_layout.IndexManifest:
     """Builds (or rebuilds) the encoder's exact index of a layout's items in an existing index
     build directory, one file per shard, and records it in the manifest's `encoder` section.
 
@@ -60,6 +100,9 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
       query_model_dir: "" (the encoder embeds queries), or a `dpsr train --item_side=teacher`
         model trained against this encoder's items: its fast query tower embeds the queries
         (model/query_student.py checks it fits).
+      index_factory: the FAISS factory of each shard's index, inner product ("Flat": exact;
+        e.g. "IVF256,Flat" for a large catalog or a cheaper search); nprobe: stored in an IVF
+        index (clamped to its lists).
 
     Raises:
       FileNotFoundError, ValueError: no build or layout there, items that do not match, no
@@ -89,10 +132,9 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
         log(f"encoder list: queries embedded by {student.checkpoint}")
     row_of = {item_id: row for row, item_id in enumerate(ids)}
     shards = []
-    for info in manifest.shards:
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(np.ascontiguousarray(vectors[shard_rows(output_dir, manifest, info.shard,
-                                                          row_of)]))
+    indexes = _shard_indexes(vectors, [shard_rows(output_dir, manifest, info.shard, row_of)
+                                       for info in manifest.shards], index_factory, nprobe, log)
+    for info, index in zip(manifest.shards, indexes):
         path = os.path.join(output_dir, index_layout.shard_dir_name(info.shard), ENCODER_FILE)
         tmp = path + ".tmp"
         faiss.write_index(index, tmp)
@@ -105,7 +147,8 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
                               shards=tuple(shards),
                               build_seconds=round(time.monotonic() - start, 2),
                               query_model_dir=student.model_dir if student else "",
-                              query_checkpoint=student.checkpoint if student else "")
+                              query_checkpoint=student.checkpoint if student else "",
+                              index_factory=index_factory)
     manifest = dataclasses.replace(manifest, encoder=section)
     index_layout.write_manifest(output_dir, manifest)
     log(f"encoder list: {len(ids):,} items in {len(shards)} shard(s), "

@@ -37,6 +37,7 @@ class EncoderManifest:
         --item_side=teacher` model directory (absolute) whose fast query tower embeds them
         into the encoder's space (dpsr_tf/model/query_student.py).
       query_checkpoint: that model's checkpoint prefix the servable reads.
+      index_factory: each shard's FAISS factory ("Flat": exact search).
     """
     pretrained_dir: str
     fields: str
@@ -46,6 +47,7 @@ class EncoderManifest:
     build_seconds: float = 0.0
     query_model_dir: str = ""
     query_checkpoint: str = ""
+    index_factory: str = "Flat"
 
     def to_dict(self) -> dict:
         return config_json.to_dict(self)

@@ -190,6 +190,22 @@ def _describe(index) -> str:
     return "(".join(names) + ")" * (len(names) - 1)
 
 
+def new_index(factory: str, d: int, metric: str = "inner_product"):
+    """An empty (untrained) FAISS index of a factory string (ValueError with examples when
+    FAISS cannot parse it, or when it maps its own ids: the labels are the shard's rows)."""
+    faiss = _require_faiss()
+    try:
+        index = faiss.index_factory(d, factory, _metric(metric))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[-1] if str(e).strip() else str(e)
+        raise ValueError(f"invalid FAISS factory string {factory!r} for dimension {d}: "
+                         f"{first}. Examples: 'Flat', 'IVF1024,PQ32x4fs', 'HNSW32'") from None
+    if isinstance(faiss.downcast_index(index), faiss.IndexIDMap):
+        raise ValueError(f"factory {factory!r}: IDMap is not supported, FAISS labels are "
+                         "the row numbers of each shard's id map (drop 'IDMap,')")
+    return index
+
+
 def _check_inputs(embeddings, item_ids) -> Tuple[np.ndarray, list]:
     if not hasattr(embeddings, "shape") or len(embeddings.shape) != 2:
         raise ValueError(f"embeddings must be a [num_items, dim] array, got shape "
@@ -283,15 +299,7 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
             config, factory=auto_factory(-(-n // max(1, config.num_shards)), d))
         logging.info("index factory auto -> %s (%d items, %d shard(s), d = %d)", config.factory,
                      n, config.num_shards, d)
-    try:
-        template = faiss.index_factory(d, config.factory, _metric(config.metric))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else str(e)
-        raise ValueError(f"invalid FAISS factory string {config.factory!r} for dimension {d}: "
-                         f"{first}. Examples: 'Flat', 'IVF1024,PQ32x4fs', 'HNSW32'") from None
-    if isinstance(faiss.downcast_index(template), faiss.IndexIDMap):
-        raise ValueError(f"factory {config.factory!r}: IDMap is not supported, FAISS labels are "
-                         "the row numbers of each shard's id map (drop 'IDMap,')")
+    template = new_index(config.factory, d, config.metric)
     _prepare_dir(output_dir, overwrite)
 
     previous_threads = faiss.omp_get_max_threads()

@@ -193,3 +193,29 @@ def test_mismatches_are_refused_with_the_fix(run, tmp_path):
                                        num_buckets=2048)
     with pytest.raises(ValueError, match="tokenizes queries otherwise"):
         query_student.load(run.student, run.teacher, other_layout, 384)
+
+
+def test_an_ivf_encoder_list_searches_its_probed_lists(run, tmp_path):
+    ids = layout_lib.load_item_ids(run.spec)
+    k = 30
+    exact = hybrid.search_encoder_lists(run.index_dir, ids, QUERIES, k)
+    queries = query_student.embed_texts(query_student.read(run.student), QUERIES)
+    cosine = queries @ _teacher_items(run.spec).T
+    for nprobe in (4, 1):
+        index_dir = str(tmp_path / f"ivf{nprobe}")
+        shutil.copytree(run.index_dir, index_dir)
+        manifest = encoder_index.add_encoder_index(
+            index_dir, run.spec.layout_dir, log=QUIET, query_model_dir=run.student,
+            index_factory="IVF4,Flat", nprobe=nprobe)
+        assert manifest.encoder.index_factory == "IVF4,Flat"
+        scores, rows = hybrid.search_encoder_lists(index_dir, ids, QUERIES, k)
+        if nprobe == 4:    # every list probed: the exact list
+            np.testing.assert_allclose(scores, exact[0], atol=1e-5)
+            continue
+        found = rows >= 0
+        assert found.sum() < exact[1].size   # one list of 4 holds fewer than 30 of 60 items
+        np.testing.assert_allclose(np.take_along_axis(cosine, np.maximum(rows, 0), 1)[found],
+                                   scores[found], atol=1e-5)
+    with pytest.raises(ValueError, match="128 lists need at least 128 items, the catalog has 60"):
+        encoder_index.add_encoder_index(str(tmp_path / "ivf4"), run.spec.layout_dir, log=QUIET,
+                                        index_factory="IVF128,Flat")

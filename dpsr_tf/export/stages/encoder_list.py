@@ -3,7 +3,7 @@ query, as the towers see it (after spelling; at most QUERY_MAX_TOKENS WordPiece 
 embedded by the build's pretrained sentence encoder (WordPiece and BERT in the graph, its
 weights in the servable's variables) or, when the build names one, by its fast query encoder (a
 `--item_side=teacher` model's token-bag query tower over the query's tokens, its variables
-under this stage's scope), searched in the shard's exact encoder index, and that list fused with
+under this stage's scope), searched in the shard's encoder index, and that list fused with
 the served one by weighted reciprocal rank (dpsr_tf/search/encoder_fusion.py).
 
 The served list gains encoder_scores [B, K] (the encoder's cosine, -inf where its list lacks the
