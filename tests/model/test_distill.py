@@ -270,3 +270,26 @@ def test_the_zero_shot_baseline_and_a_pretrained_teacher_embed_the_titles_once(
     # The titles, the eval queries (the requests' and the pairs' in one call), the teacher's.
     assert len(calls) == 3
     np.testing.assert_allclose(got[0], got[1], atol=1e-3)     # float16 in the teacher cache
+
+
+def test_the_title_cache_follows_the_encoders_content_not_its_path(tmp_path):
+    """A fine-tuned encoder written again into another build directory reuses the embeddings;
+    changed weights do not."""
+    import shutil
+
+    from dpsr_tf.model.pretrained import document_cache, files
+    source = files.read_pretrained(files.default_pretrained_dir(), with_weights=False)
+    copy = str(tmp_path / "copy")
+    shutil.copytree(source.directory, copy)
+    docs = ["cordless drill", "garden hose"]
+    key = document_cache.cache_key(source, docs)
+    assert document_cache.cache_key(files.read_pretrained(copy, with_weights=False),
+                                    docs) == key
+    assert document_cache.cache_key(source, docs[:1]) != key
+    with open(os.path.join(copy, files.WEIGHTS_FILE), "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    assert document_cache.cache_key(files.read_pretrained(copy, with_weights=False),
+                                    docs) != key
