@@ -17,13 +17,12 @@ of dpsr_tf/model/distill_cache.py, read into local (unsaved) variables when the 
 session starts, so checkpoints, `dpsr index` and `dpsr export` see only the student.
 """
 import dataclasses
-import os
 import weakref
 
 import tensorflow as tf
 
 from dpsr_tf.data import layout as layout_lib
-from dpsr_tf.model import distill_cache, scoring
+from dpsr_tf.model import distill_cache
 
 SCOPE = "distill"
 # The teacher's tables of each graph (a graph collection cannot hold a dict: the meta graph
@@ -38,9 +37,6 @@ class DistillSettings:
     cache: distill_cache.TeacherCache
     weight: float
     temperature: float
-    # --item_side=teacher: each example's query also scores the teacher's TOP_ITEMS items for
-    # it (the student's items are the teacher's, so they cost a gather, no item tower).
-    top_items: bool = False
 
 
 def kl_distillation_loss(student_scores: tf.Tensor, teacher_scores: tf.Tensor,
@@ -86,11 +82,6 @@ def teacher_tables(cache: distill_cache.TeacherCache) -> dict:
                                   "teacher_queries"),
             "query_index": _raw_table(cache.path(distill_cache.QUERY_INDEX_FILE), tf.int32,
                                       [cache.num_queries], "teacher_query_index")}
-        if os.path.isfile(cache.path(distill_cache.TOP_ITEMS_FILE)):
-            tables["top_items"] = _raw_table(
-                cache.path(distill_cache.TOP_ITEMS_FILE), tf.int32,
-                [cache.num_query_rows, min(distill_cache.TOP_ITEMS, cache.num_items)],
-                "teacher_top_items")
     _TABLES[graph] = tables
     return tables
 
@@ -122,50 +113,27 @@ def teacher_item_embeddings(settings: DistillSettings, rows: tf.Tensor) -> tf.Te
     return tf.cast(tf.gather(items, tf.cast(rows, tf.int64)), tf.float32)
 
 
-def _top_item_scores(tables: dict, query_rows: tf.Tensor, query: tf.Tensor, beta):
-    """(teacher [B, M], student [B, M]) scores of each query's teacher top items (rows of a
-    query the teacher did not embed point at row 0's; its KL row is masked out anyway)."""
-    index = tf.maximum(tf.gather(tables["query_index"], query_rows), 0)
-    rows = tf.gather(tables["top_items"], index)                              # [B, M]
-    items = tf.cast(tf.gather(tables["items"], rows), tf.float32)             # [B, M, d]
-    teacher_q = tf.cast(tf.gather(tables["queries"], index), tf.float32)      # [B, h, d]
-    teacher = tf.reduce_max(tf.einsum("bhd,bmd->bmh", teacher_q, items), axis=2)
-    m = tf.shape(rows)[1]
-    flat_items = tf.reshape(items, [-1, tf.shape(items)[2]])                  # [B*M, d]
-    student = scoring.paired_soft_dot_product(tf.repeat(query, m, axis=0), flat_items, beta)
-    return teacher, tf.reshape(student, tf.shape(rows))
-
-
 def distillation_term(settings: DistillSettings, features, batch_scores: tf.Tensor,
-                      random_scores: tf.Tensor, query: tf.Tensor = None, beta=0.0):
+                      random_scores: tf.Tensor):
     """(weighted term, {"distill_kl": KL, "distill_queries": valid rows}) of one batch.
 
     Args:
       settings: DistillSettings.
       features: the training batch ("query_row", "item_row", "neg_item_row").
       batch_scores: [B, B] the student's scores of the batch's items; random_scores: [B, R].
-      query: [B, m, d] the student's query heads (settings.top_items: the teacher's top items
-        join the candidates); beta: the score's attention temperature over heads.
     """
     tables = teacher_tables(settings.cache)
-    query_rows = tf.cast(features["query_row"], tf.int64)
     candidates = tf.concat([tf.cast(features["item_row"], tf.int64),
                             tf.cast(features["neg_item_row"], tf.int64)], axis=0)
-    teacher, valid = teacher_scores(tables, query_rows, candidates)
+    teacher, valid = teacher_scores(tables, tf.cast(features["query_row"], tf.int64),
+                                    candidates)
     student = tf.concat([batch_scores, random_scores], axis=1)
-    if settings.top_items:
-        if "top_items" not in tables or query is None:
-            raise ValueError(f"{settings.cache.directory}: no {distill_cache.TOP_ITEMS_FILE} "
-                             "(or no query heads given); `dpsr train` writes it with the cache")
-        top_teacher, top_student = _top_item_scores(tables, query_rows, query, beta)
-        teacher = tf.concat([teacher, top_teacher], axis=1)
-        student = tf.concat([student, top_student], axis=1)
     kl = kl_distillation_loss(student, teacher, valid, settings.temperature)
     return settings.weight * kl, {"distill_kl": kl, "distill_queries": tf.reduce_sum(valid)}
 
 
 def settings_for(teacher_dir: str, layout_dir: str, weight: float, temperature: float,
-                 max_queries: int = 0, top_items: bool = False) -> DistillSettings:
+                 max_queries: int = 0) -> DistillSettings:
     """The DistillSettings of a run whose cache is already computed (ValueError if not)."""
     directory = distill_cache.cache_dir(distill_cache.cache_key(
         teacher_dir, layout_lib.load_layout_spec(layout_dir), max_queries))
@@ -174,4 +142,4 @@ def settings_for(teacher_dir: str, layout_dir: str, weight: float, temperature: 
         raise ValueError(f"{distill_cache.FLAG}={teacher_dir}: no teacher embeddings in "
                          f"{directory}; `dpsr train` computes them before training (from code: "
                          "dpsr_tf.model.distill_cache.ensure_teacher_cache)")
-    return DistillSettings(cache, float(weight), float(temperature), bool(top_items))
+    return DistillSettings(cache, float(weight), float(temperature))

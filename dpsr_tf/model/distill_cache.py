@@ -18,9 +18,6 @@ with that teacher reuses one computation:
                     pseudo rows)
   query_index.i32   [num_queries] int32  layout query row -> row of queries.f16 (-1 = none:
                     validation and eval queries are never embedded, nothing fits on them)
-  top_items.i32     [num_query_rows, TOP_ITEMS] int32  each embedded query's items the teacher
-                    ranks highest (max over its heads), best first: the extra candidates of a
-                    query encoder trained against the teacher's items (--item_side=teacher)
   meta.json         the key, the shapes, seconds spent
 
 float16 halves the files and the training process's memory; cosines keep about 3 decimals,
@@ -50,9 +47,6 @@ ITEMS_FILE = "items.f16"
 QUERIES_FILE = "queries.f16"
 QUERY_INDEX_FILE = "query_index.i32"
 META_FILE = "meta.json"
-TOP_ITEMS_FILE = "top_items.i32"
-# Items per embedded query the teacher ranks highest, kept as distillation candidates.
-TOP_ITEMS = 32
 # The record splits whose queries the student is trained on (never validation or eval).
 QUERY_SPLITS = ("train", "pseudo")
 
@@ -261,8 +255,6 @@ def ensure_teacher_cache(teacher_dir: str, layout_dir: str, max_queries: int = 0
     if cached is not None:
         log(f"teacher embeddings: reusing {directory} ({cached.num_items:,} items, "
             f"{cached.num_query_rows:,} training queries)")
-        if not os.path.isfile(cached.path(TOP_ITEMS_FILE)):   # a cache written before them
-            _write_top_items(cached.directory, **_arrays_f32(cached), log=log)
         return cached
     start = time.monotonic()
     rows = training_query_rows(spec, max_queries)
@@ -307,9 +299,6 @@ def write_cache(directory: str, items: np.ndarray, queries: np.ndarray, rows: np
                          f"{os.path.dirname(directory)} writable") from None
     items.astype("<f2").tofile(os.path.join(tmp, ITEMS_FILE))
     queries.astype("<f2").tofile(os.path.join(tmp, QUERIES_FILE))
-    # Ranked with the float16 vectors the students read.
-    _write_top_items(tmp, items.astype("<f2").astype(np.float32),
-                     queries.astype("<f2").astype(np.float32))
     index.astype("<i4").tofile(os.path.join(tmp, QUERY_INDEX_FILE))
     meta = dict(extra, num_items=int(len(items)), num_queries=int(num_queries),
                 num_query_rows=int(len(rows)), heads=int(queries.shape[1]),
@@ -319,49 +308,6 @@ def write_cache(directory: str, items: np.ndarray, queries: np.ndarray, rows: np
     if os.path.isdir(directory):   # a half-written directory of an interrupted run
         shutil.rmtree(directory)
     os.replace(tmp, directory)
-
-
-def top_items(items: np.ndarray, queries: np.ndarray, k: int = TOP_ITEMS) -> np.ndarray:
-    """[Q, min(k, N)] int32 item rows of each query's k highest teacher scores (max over
-    heads), best first (ties: lower row first).
-
-    Args:
-      items: [N, d] float32; queries: [Q, m, d] float32.
-    """
-    n = len(items)
-    k = min(k, n)
-    out = np.zeros([len(queries), k], np.int32)
-    chunk = max(1, (64 << 20) // max(1, n))     # at most 64M scores (256 MB) at a time
-    for lo in range(0, len(queries), chunk):
-        part = queries[lo:lo + chunk]
-        scores = part[:, 0, :] @ items.T
-        for h in range(1, part.shape[1]):
-            np.maximum(scores, part[:, h, :] @ items.T, out=scores)
-        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]
-        for i in range(len(part)):
-            # Every item at or above the k-th score (all of a tie at the cut), in row order;
-            # then score down, row up.
-            candidates = np.flatnonzero(scores[i] >= kth[i])
-            order = np.lexsort((candidates, -scores[i][candidates]))
-            out[lo + i] = candidates[order][:k]
-    return out
-
-
-def _write_top_items(directory: str, items: np.ndarray, queries: np.ndarray,
-                     log: Callable[[str], None] = lambda _: None) -> None:
-    start = time.monotonic()
-    path = os.path.join(directory, TOP_ITEMS_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    top_items(items, queries).astype("<i4").tofile(tmp)
-    os.replace(tmp, path)
-    log(f"teacher embeddings: each query's top {TOP_ITEMS} items in "
-        f"{time.monotonic() - start:.1f} s")
-
-
-def _arrays_f32(cache: TeacherCache) -> dict:
-    arrays = load_arrays(cache)
-    return {"items": arrays["items"].astype(np.float32),
-            "queries": arrays["queries"].astype(np.float32)}
 
 
 def load_arrays(cache: TeacherCache) -> dict:
@@ -381,7 +327,7 @@ def wait_for_cache(teacher_dir: str, layout_dir: str, max_queries: int, timeout_
     deadline = time.monotonic() + timeout_s
     while True:
         cached = read_cache(directory)
-        if cached is not None and os.path.isfile(cached.path(TOP_ITEMS_FILE)):
+        if cached is not None:
             return cached
         if time.monotonic() > deadline:
             raise ValueError(f"{FLAG}: no teacher cache in {directory} from the chief after "

@@ -234,8 +234,7 @@ def dpsr_model_fn(features, labels, mode, params):
     if params.get("distill") is not None:
         # Teacher embeddings are cached training inputs, not part of the model (distill.py).
         term, distill_stats = distill.distillation_term(params["distill"], features,
-                                                        batch_scores, random_scores,
-                                                        query=query, beta=beta)
+                                                        batch_scores, random_scores)
         stats = {**stats, **distill_stats}
         loss = loss + term
     denominator = tf.maximum(tf.reduce_sum(is_pos), 1.0)

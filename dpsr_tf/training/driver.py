@@ -42,8 +42,7 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
     if train.teacher_dir:
         params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
                                                  train.distill_weight, train.distill_temperature,
-                                                 train.teacher_max_queries,
-                                                 top_items=model_config.item_side == "teacher")
+                                                 train.teacher_max_queries)
         dim = params["distill"].cache.dim
         if model_config.item_side == "teacher" and model_config.embedding_dim != dim:
             raise ValueError(f"--item_side=teacher: --embedding_dim={model_config.embedding_dim} "

@@ -90,7 +90,7 @@ def test_teacher_scores_in_graph_equal_numpy_over_the_cache(tmp_path):
                                                tf.constant(item_rows))
         # Local variables only: a Saver of the global variables (checkpoints) never sees them.
         assert not tf.compat.v1.global_variables()
-        assert len(tf.compat.v1.local_variables()) == 4    # + each query's top items
+        assert len(tf.compat.v1.local_variables()) == 3
         with tf.compat.v1.Session() as s:
             s.run(tf.compat.v1.local_variables_initializer())
             got_scores, got_valid = s.run([scores, valid])
@@ -105,56 +105,6 @@ def test_teacher_scores_in_graph_equal_numpy_over_the_cache(tmp_path):
     # And to the float32 embeddings, within float16's rounding.
     want32 = np.einsum("md,cd->cm", queries[at[4]], items[item_rows]).max(axis=1)
     np.testing.assert_allclose(got_scores[0], want32, atol=3e-3)
-
-
-def test_top_items_are_each_querys_best_by_the_max_over_heads_ties_by_row():
-    items = np.array([[1, 0], [0, 1], [1, 0], [0.6, 0.8], [-1, 0]], np.float32)
-    queries = np.array([[[1, 0], [0, -1]],          # head 0: items 0 and 2 tie at 1
-                        [[0, 1], [0.6, 0.8]]], np.float32)
-    np.testing.assert_array_equal(distill_cache.top_items(items, queries, k=3),
-                                  [[0, 2, 3], [1, 3, 0]])
-    rng = np.random.default_rng(5)
-    items = rng.normal(size=[300, 8]).astype(np.float32)
-    queries = rng.normal(size=[40, 3, 8]).astype(np.float32)
-    scores = np.einsum("qmd,nd->qnm", queries, items).max(axis=2)
-    want = np.argsort(-scores, axis=1, kind="stable")[:, :distill_cache.TOP_ITEMS]
-    np.testing.assert_array_equal(distill_cache.top_items(items, queries), want)
-    assert distill_cache.top_items(items[:5], queries).shape == (40, 5)   # k above N
-
-
-def test_the_top_items_join_the_candidates_of_the_kl(tmp_path):
-    """--item_side=teacher: each example's KL also covers its query's teacher top items, the
-    student scoring them with its own query and the teacher's item vectors."""
-    rng = np.random.default_rng(4)
-    cache, items, queries, rows = _hand_cache(str(tmp_path / "c"), rng)
-    query_rows = np.array([4, 0, 8], np.int64)           # 0 was not embedded
-    item_rows, neg_rows = np.array([6, 0, 3], np.int64), np.array([2, 5], np.int64)
-    student_q = rng.normal(size=[3, 1, 4]).astype(np.float32)
-    student_q /= np.linalg.norm(student_q, axis=2, keepdims=True)
-    batch = rng.normal(size=[3, 3]).astype(np.float32)
-    random = rng.normal(size=[3, 2]).astype(np.float32)
-    with tf.Graph().as_default():
-        settings = distill.DistillSettings(cache, weight=2.0, temperature=0.5, top_items=True)
-        term, stats = distill.distillation_term(
-            settings, {"query_row": tf.constant(query_rows), "item_row": tf.constant(item_rows),
-                       "neg_item_row": tf.constant(neg_rows)},
-            tf.constant(batch), tf.constant(random), query=tf.constant(student_q), beta=0.0)
-        with tf.compat.v1.Session() as s:
-            s.run(tf.compat.v1.local_variables_initializer())
-            got_term, got_kl = s.run([term, stats["distill_kl"]])
-    q16 = queries.astype(np.float16).astype(np.float32)
-    i16 = items.astype(np.float16).astype(np.float32)
-    top = distill_cache.top_items(i16, q16)               # every item: 7 < TOP_ITEMS
-    at = {int(r): i for i, r in enumerate(rows)}
-    teacher, student = [], []
-    for b, r in enumerate(query_rows):
-        i = at.get(int(r), 0)
-        cands = np.concatenate([item_rows, neg_rows, top[i]])
-        teacher.append(np.einsum("md,cd->cm", q16[i], i16[cands]).max(axis=1))
-        student.append(np.concatenate([batch[b], random[b], i16[top[i]] @ student_q[b, 0]]))
-    want = _np_kl(np.array(student), np.array(teacher), np.array([1.0, 0.0, 1.0]), 0.5)
-    np.testing.assert_allclose(got_kl, want, rtol=1e-4)
-    np.testing.assert_allclose(got_term, 2.0 * want, rtol=1e-4)
 
 
 def test_write_cache_refuses_mismatched_shapes(tmp_path):
