@@ -23,7 +23,7 @@ from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.model.model_fn import dpsr_model_fn
 from dpsr_tf.training import (catalog_scale, cluster_early_stopping, early_stopping,
                               ready_poll, tf_config)
-from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, TrainConfig
+from dpsr_tf.training.config import AUTO_EXAMPLES_PER_ITEM, FULL_CORPUS_METRICS, TrainConfig
 from dpsr_tf.training.run_config import make_run_config
 
 
@@ -39,6 +39,11 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
     if model_config.item_side == "teacher" and not train.teacher_dir:
         raise ValueError("--item_side=teacher: the items are a teacher's embeddings; name the "
                          "teacher with --teacher_dir (a model directory or a pretrained encoder)")
+    if model_config.item_side == "teacher" and not train.train_steps and \
+            train.early_stopping_metric in FULL_CORPUS_METRICS:
+        raise ValueError(f"--item_side=teacher: --early_stopping_metric="
+                         f"{train.early_stopping_metric} embeds the catalog with the model's item "
+                         "tower, and this model has none; keep top10 (the default) or loss")
     if train.teacher_dir:
         params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
                                                  train.distill_weight, train.distill_temperature,

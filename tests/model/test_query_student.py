@@ -44,10 +44,10 @@ def _config(**kw):
 
 def _train(spec, model_dir, cfg, **kw):
     os.environ.pop("TF_CONFIG", None)
-    driver.train_and_evaluate(cfg, TrainConfig(
+    driver.train_and_evaluate(cfg, TrainConfig(**{**dict(
         layout_dir=spec.layout_dir, model_dir=model_dir, batch_size=16, train_steps=STEPS,
         save_checkpoints_steps=STEPS, save_summary_steps=5, eval_random_negatives=20,
-        eval_steps=1, seed=0, **kw))
+        eval_steps=1, seed=0), **kw}))
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,9 @@ def test_mismatches_are_refused_with_the_fix(run, tmp_path):
         _config(item_side="teacher", personalization="profile")
     with pytest.raises(ValueError, match="name the teacher with --teacher_dir"):
         _train(run.spec, str(tmp_path / "a"), _config(item_side="teacher"))
+    with pytest.raises(ValueError, match="early_stopping_metric=recall@10 embeds the catalog"):
+        _train(run.spec, str(tmp_path / "r"), _config(item_side="teacher"),
+               teacher_dir=run.teacher, early_stopping_metric="recall@10", train_steps=0)
     with pytest.raises(ValueError, match=r"--embedding_dim=32 must equal the teacher's width "
                                          r"384 .*train with --embedding_dim=384"):
         _train(run.spec, str(tmp_path / "b"), _config(item_side="teacher", embedding_dim=32),
