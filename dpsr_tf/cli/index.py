@@ -59,7 +59,8 @@ _FROM_PQ = flags.DEFINE_bool("from_model_pq", False,
                              "--index_factory and --train_size are not used).")
 _ENCODER_LIST = flags.DEFINE_bool(
     "encoder_list", False, "Also embed every item with a pretrained sentence encoder "
-    "(--encoder_dir) into an exact index beside the FAISS shards: `dpsr export` then fuses the "
+    "(--encoder_dir) into an index beside the FAISS shards (--encoder_index_factory): `dpsr "
+    "export` then fuses the "
     "encoder's list with the served one (--encoder_weight, chosen on validation by default; "
     "docs/indexing.md, \"The encoder list\").")
 _ENCODER_ONLY = flags.DEFINE_bool(
@@ -137,6 +138,13 @@ def main(argv):
         item_text.parse_fields(_ENCODER_FIELDS.value)
     except ValueError as e:
         raise SystemExit(f"dpsr index: --encoder_fields: {e}") from None
+    list_flags = [f"--{name}" for name, value, default in (
+        ("encoder_query_dir", _ENCODER_QUERY_DIR.value, ""),
+        ("encoder_index_factory", _ENCODER_FACTORY.value, "Flat"),
+        ("encoder_nprobe", _ENCODER_NPROBE.value, 64)) if value != default]
+    if list_flags and not (_ENCODER_LIST.value or _ENCODER_ONLY.value):
+        raise SystemExit(f"dpsr index: {', '.join(list_flags)} shape the encoder list; add "
+                         "--encoder_list (or --encoder_only on an existing build)")
     if _LEXICAL_ONLY.value:
         return _lexical_only(lexical)
     if _ENCODER_ONLY.value:

@@ -6,6 +6,9 @@ docs/training.md), or start a loopback cluster with `dpsr launch-local`. The res
 written to <model_dir>/dpsr_config.json by the chief.
 """
 
+import dataclasses
+import os
+
 import tensorflow as tf
 from absl import logging
 
@@ -59,6 +62,10 @@ def main(argv):
             distill_cache.cache_key(train_config.teacher_dir,
                                     load_layout_spec(train_config.layout_dir),
                                     train_config.teacher_max_queries)
+            # Recorded absolute: `dpsr index --encoder_query_dir` compares it from elsewhere.
+            train_config = dataclasses.replace(
+                train_config, teacher_dir=os.path.abspath(train_config.teacher_dir))
+        driver.check_item_side(model_config, train_config)
         if train_config.hard_negatives_from:
             driver.check_hard_negative_model(model_config, train_config)
             _mine(train_config)

@@ -13,7 +13,7 @@ Four rankings of the same requests, scored by the same metrics:
 
 With an encoder fusion (a build with an encoder list, dpsr_tf/indexing/encoder_index.py), two more:
 
-  encoder         the build's pretrained encoder list alone (exact, over the whole catalog);
+  encoder         the build's pretrained encoder list alone (over the whole catalog);
   hybrid_encoder  the hybrid list fused with it as the servable's encoder_list stage does
                   (dpsr_tf/search/encoder_fusion.py).
 
@@ -225,7 +225,9 @@ def search_encoder_lists(index_dir: str, item_ids: Sequence[str], queries: Seque
                          k: int) -> Tuple[np.ndarray, np.ndarray]:
     """The build's encoder list of each query as a one-shard servable's encoder_list stage
     serves it: (scores [Q, k] float32, -inf pads; rows [Q, k] int64 layout rows, -1 pads). The
-    queries are cut to QUERY_MAX_TOKENS tokens as the servable cuts them.
+    queries are embedded as the servable embeds them: by the build's fast query encoder
+    (`--encoder_query_dir`) when it names one, else by the encoder, cut to QUERY_MAX_TOKENS
+    WordPiece tokens.
 
     Raises:
       ValueError: the build has no encoder list.

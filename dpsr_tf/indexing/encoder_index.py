@@ -70,7 +70,11 @@ def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: i
             size = min(len(vectors), max(65536, 64 * need))
             sample = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
             log(f"encoder list: training {factory} on {size:,} of {len(vectors):,} vectors")
-            template.train(np.ascontiguousarray(vectors[sample]))
+            try:
+                template.train(np.ascontiguousarray(vectors[sample]))
+            except RuntimeError as e:   # FAISS's own check, e.g. too few points for its PQ
+                raise ValueError(f"--encoder_index_factory={factory}: FAISS cannot train it on "
+                                 f"{size:,} vectors: {str(e).strip().splitlines()[-1]}") from None
         ivf = index_builder.extract_ivf(template)
         if ivf is not None:
             ivf.nprobe = min(max(1, nprobe), ivf.nlist)
@@ -89,7 +93,7 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
                       log: Callable[[str], None] = print,
                       query_model_dir: str = "", index_factory: str = "Flat",
                       nprobe: int = 64) -> index_layout.IndexManifest:
-    """Builds (or rebuilds) the encoder's exact index of a layout's items in an existing index
+    """Builds (or rebuilds) the encoder's index of a layout's items in an existing index
     build directory, one file per shard, and records it in the manifest's `encoder` section.
 
     Args:
@@ -118,18 +122,27 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
                          f"has {manifest.num_items}; give the --layout_dir it was built from")
     documents = item_text.item_documents(spec, item_text.parse_fields(fields))
     teacher_dir = pretrained_dir or files.default_pretrained_dir()
+    if query_model_dir and item_text.parse_fields(fields) != item_text.parse_fields(
+            item_text.TITLE):
+        raise ValueError(f"--encoder_query_dir={query_model_dir}: a fast query encoder is "
+                         "trained against the teacher's title embeddings; build its list with "
+                         f"--encoder_fields={item_text.TITLE}, not {fields}")
     if pretrained_dir and fine_tuned.is_model_dir(pretrained_dir):
         log(f"encoder list: writing the fine-tuned encoder of {pretrained_dir}")
         pretrained_dir = fine_tuned.write_encoder_dir(
             pretrained_dir, os.path.join(output_dir, FINE_TUNED_DIR))
     with TextEmbedder(pretrained_dir) as embedder:
+        # Whatever would be refused is refused before the catalog is embedded (minutes).
+        student = None
+        if query_model_dir:
+            student = query_student.load(query_model_dir, teacher_dir, spec,
+                                         embedder.dimension)
+            log(f"encoder list: queries embedded by {student.checkpoint}")
+        if index_factory.strip().lower() != "flat":
+            index_builder.new_index(index_factory, embedder.dimension)
         log(f"encoder list: {embedder.model.directory} over the items' {fields}")
         vectors = document_cache.document_embeddings(spec, embedder, documents, log)
         directory = os.path.abspath(embedder.model.directory)
-    student = None
-    if query_model_dir:
-        student = query_student.load(query_model_dir, teacher_dir, spec, vectors.shape[1])
-        log(f"encoder list: queries embedded by {student.checkpoint}")
     row_of = {item_id: row for row, item_id in enumerate(ids)}
     shards = []
     indexes = _shard_indexes(vectors, [shard_rows(output_dir, manifest, info.shard, row_of)

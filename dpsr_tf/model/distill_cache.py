@@ -91,6 +91,15 @@ def teacher_kind(teacher_dir: str) -> str:
                      "(a pretrained encoder directory) is in it; pass one of those")
 
 
+def teacher_width(teacher_dir: str) -> int:
+    """The width of the teacher's embeddings: a model directory's embedding_dim, an encoder's
+    hidden size (ValueError as teacher_kind for a bad directory)."""
+    if teacher_kind(teacher_dir) == "model":
+        return int(model_dir_lib.load_model_config(teacher_dir)[0].embedding_dim)
+    return int(pretrained_files.read_pretrained(teacher_dir, with_weights=False)
+               .config.hidden_size)
+
+
 def _file_identity(path: str) -> list:
     st = os.stat(path)
     return [os.path.abspath(path), st.st_size, int(st.st_mtime)]

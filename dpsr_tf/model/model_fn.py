@@ -75,7 +75,7 @@ def _joined_negative_scores(features: Mapping, query: tf.Tensor, cfg: ModelConfi
                             mode, params, kind: str = "human", beta=None):
     """Scores of each example's query against its joined per-query negatives: kind "human"
     (the layout's human negatives, §4.5) or "hard" (the mined hard negatives); the item tower
-    embeds them.
+    embeds them (item_side "teacher": the teacher's cached vectors).
 
     Returns:
       (scores [B, H] float32, mask [B, H] float32) with H the most negatives of any example.

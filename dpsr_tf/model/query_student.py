@@ -39,6 +39,30 @@ def _same_path(a: str, b: str) -> bool:
     return os.path.realpath(a.rstrip("/")) == os.path.realpath(b.rstrip("/"))
 
 
+def _file_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two TokenizerConfigs tokenize alike (a vocabulary compared by its contents)."""
+    if dataclasses.replace(a, vocab_file=None) != dataclasses.replace(b, vocab_file=None):
+        return False
+    if bool(a.vocab_file) != bool(b.vocab_file):
+        return False
+    return not a.vocab_file or _file_bytes(a.vocab_file) == _file_bytes(b.vocab_file)
+
+
+def check_tokenizer(student_dir: str, layout_spec) -> None:
+    """ValueError unless the student's layout tokenizes queries as layout_spec's does (its
+    query tower reads the ids the servable's tokenizer makes)."""
+    _, spec = model_dir_lib.load_model_config(student_dir)
+    if not same_tokenizer(spec.tokenizer_config, layout_spec.tokenizer_config):
+        raise ValueError(f"--encoder_query_dir={student_dir}: its layout {spec.layout_dir} "
+                         f"tokenizes queries otherwise than {layout_spec.layout_dir}; train it "
+                         "on a layout with the same tokenizer settings")
+
+
 def load(model_dir: str, teacher_dir: str, layout_spec, dimension: int) -> QueryStudent:
     """The query student of model_dir, checked against the list it will search.
 
@@ -65,10 +89,7 @@ def load(model_dir: str, teacher_dir: str, layout_spec, dimension: int) -> Query
                          f"{trained_against or 'no teacher'}, but the list's items are embedded "
                          f"by {teacher_dir}; give --encoder_dir={trained_against} or train a "
                          "student of this encoder")
-    if spec.tokenizer_config != layout_spec.tokenizer_config:
-        raise ValueError(f"{where}: its layout {spec.layout_dir} tokenizes queries otherwise "
-                         f"than the build's {layout_spec.layout_dir}; train it on a layout "
-                         "with the build's tokenizer settings")
+    check_tokenizer(model_dir, layout_spec)
     if config.embedding_dim != dimension:
         raise ValueError(f"{where}: its queries have {config.embedding_dim} dimensions, the "
                          f"list {dimension}")
@@ -78,10 +99,11 @@ def load(model_dir: str, teacher_dir: str, layout_spec, dimension: int) -> Query
 def read(model_dir: str, checkpoint: str = "") -> QueryStudent:
     """The student of model_dir as a build recorded it (checked when the build was made),
     at `checkpoint` ("" = the newest)."""
+    model_dir = os.path.abspath(model_dir)
     config, spec = model_dir_lib.load_model_config(model_dir)
-    return QueryStudent(os.path.abspath(model_dir),
-                        model_dir_lib.latest_checkpoint(model_dir, checkpoint or None),
-                        config, spec)
+    # Absolute, as the manifest records it: export and evaluation run from anywhere.
+    return QueryStudent(model_dir, os.path.abspath(
+        model_dir_lib.latest_checkpoint(model_dir, checkpoint or None)), config, spec)
 
 
 def embed_texts(student: QueryStudent, texts: Sequence[str]) -> np.ndarray:

@@ -51,7 +51,10 @@ def scaled_model_config(model_config, num_items: int) -> Tuple[object, Dict[str,
     if not applies(model_config, num_items):
         return model_config, {}
     defaults = type(model_config)()
-    changes = {field: _scaled(getattr(model_config, field)) for field in WIDTH_FIELDS
+    # A query encoder of a teacher's list has the teacher's width, whatever the catalog.
+    fields = [f for f in WIDTH_FIELDS
+              if not (f == "embedding_dim" and getattr(model_config, "item_side", "") == "teacher")]
+    changes = {field: _scaled(getattr(model_config, field)) for field in fields
                if getattr(model_config, field) == getattr(defaults, field)}
     if not changes:
         return model_config, {}

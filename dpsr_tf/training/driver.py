@@ -36,23 +36,11 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
               "log_every_steps": train.log_step_count_steps,
               "task": f"{cluster.task_type}:{cluster.task_index}" if cluster.distributed else "",
               "is_chief": cluster.is_chief}
-    if model_config.item_side == "teacher" and not train.teacher_dir:
-        raise ValueError("--item_side=teacher: the items are a teacher's embeddings; name the "
-                         "teacher with --teacher_dir (a model directory or a pretrained encoder)")
-    if model_config.item_side == "teacher" and not train.train_steps and \
-            train.early_stopping_metric in FULL_CORPUS_METRICS:
-        raise ValueError(f"--item_side=teacher: --early_stopping_metric="
-                         f"{train.early_stopping_metric} embeds the catalog with the model's item "
-                         "tower, and this model has none; keep top10 (the default) or loss")
+    check_item_side(model_config, train)
     if train.teacher_dir:
         params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
                                                  train.distill_weight, train.distill_temperature,
                                                  train.teacher_max_queries)
-        dim = params["distill"].cache.dim
-        if model_config.item_side == "teacher" and model_config.embedding_dim != dim:
-            raise ValueError(f"--item_side=teacher: --embedding_dim={model_config.embedding_dim} "
-                             f"must equal the teacher's width {dim} ({train.teacher_dir}); "
-                             f"train with --embedding_dim={dim}")
     warm_start = None
     if train.effective_warm_start:
         # Trainable variables only, and not the joint PQ quantizer (a model trained without
@@ -61,6 +49,26 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
                                                     vars_to_warm_start="^(?!joint_pq/).*")
     return tf.estimator.Estimator(dpsr_model_fn, config=make_run_config(train, cluster),
                                   params=params, warm_start_from=warm_start)
+
+
+def check_item_side(model_config: ModelConfig, train: TrainConfig) -> None:
+    """ValueError with the fix when an --item_side=teacher run cannot train: no teacher, a
+    stopping metric that needs an item tower, or another width than the teacher's. Cheap: `dpsr
+    train` calls it before anything is computed or written."""
+    if model_config.item_side != "teacher":
+        return
+    if not train.teacher_dir:
+        raise ValueError("--item_side=teacher: the items are a teacher's embeddings; name the "
+                         "teacher with --teacher_dir (a model directory or a pretrained encoder)")
+    if not train.train_steps and train.early_stopping_metric in FULL_CORPUS_METRICS:
+        raise ValueError(f"--item_side=teacher: --early_stopping_metric="
+                         f"{train.early_stopping_metric} embeds the catalog with the model's item "
+                         "tower, and this model has none; keep top10 (the default) or loss")
+    width = distill_cache.teacher_width(train.teacher_dir)
+    if model_config.embedding_dim != width:
+        raise ValueError(f"--item_side=teacher: --embedding_dim={model_config.embedding_dim} "
+                         f"must equal the teacher's width {width} ({train.teacher_dir}); "
+                         f"train with --embedding_dim={width}")
 
 
 def default_input_fns(model_config: ModelConfig, train: TrainConfig,
@@ -247,6 +255,7 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
     cfg = model_config.resolved(cluster.num_ps).with_graph(layout_spec)
     train = early_stopping.bounded_logged_evaluation(train, cfg.text_encoder, logging.info)
     check_hard_negative_table(cfg, train, layout_spec)
+    check_item_side(cfg, train)    # before the cache is computed or the config written
     if train.teacher_dir:
         _teacher_cache(train, cluster)
     if train.hard_negatives_from:

@@ -56,7 +56,9 @@ def run(tmp_path_factory):
     spec = prepare_tiny_layout(work, num_items=60, num_queries=120)
     teacher = files.default_pretrained_dir()
     student, plain = os.path.join(work, "student"), os.path.join(work, "plain")
-    _train(spec, student, _config(item_side="teacher"), teacher_dir=teacher, distill_weight=2.0)
+    # Two partitions of the token table: the servable restores the slices under its scope.
+    _train(spec, student, _config(item_side="teacher", embedding_partitions=2),
+           teacher_dir=teacher, distill_weight=2.0)
     _train(spec, plain, _config(embedding_dim=16))   # its own items, for the dense build
     index_dir = os.path.join(work, "index")
     catalog_index.index_catalog(plain, index_dir, IndexBuildConfig(factory="Flat"))
@@ -180,6 +182,7 @@ def test_mismatches_are_refused_with_the_fix(run, tmp_path):
                                          r"384 .*train with --embedding_dim=384"):
         _train(run.spec, str(tmp_path / "b"), _config(item_side="teacher", embedding_dim=32),
                teacher_dir=run.teacher)
+    assert not os.path.exists(tmp_path / "b" / "dpsr_config.json")   # refused before writing
     index_dir = str(tmp_path / "index")
     shutil.copytree(run.index_dir, index_dir)
     with pytest.raises(ValueError, match="not a query encoder for a list"):
@@ -196,6 +199,28 @@ def test_mismatches_are_refused_with_the_fix(run, tmp_path):
                                        num_buckets=2048)
     with pytest.raises(ValueError, match="tokenizes queries otherwise"):
         query_student.load(run.student, run.teacher, other_layout, 384)
+    with pytest.raises(ValueError, match="tokenizes queries otherwise"):   # export's check
+        query_student.check_tokenizer(run.student, other_layout)
+    with pytest.raises(ValueError, match="build its list with --encoder_fields=title, not all"):
+        encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, fields="all",
+                                        log=QUIET, query_model_dir=run.student)
+
+
+def test_a_relative_student_dir_is_recorded_absolute(run, tmp_path, monkeypatch):
+    """A model trained with a relative --model_dir records relative checkpoint paths; the
+    manifest must not (export and evaluation run from anywhere)."""
+    index_dir = str(tmp_path / "index")
+    shutil.copytree(run.index_dir, index_dir)
+    student = tmp_path / "s"
+    shutil.copytree(run.student, student)
+    name = os.path.basename(tf.train.latest_checkpoint(run.student))
+    (student / "checkpoint").write_text(f'model_checkpoint_path: "{name}"\n'
+                                        f'all_model_checkpoint_paths: "{name}"\n')
+    monkeypatch.chdir(tmp_path)
+    manifest = encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, log=QUIET,
+                                               query_model_dir="s")
+    assert manifest.encoder.query_model_dir == str(student)
+    assert manifest.encoder.query_checkpoint == str(student / name)
 
 
 def test_an_ivf_encoder_list_searches_its_probed_lists(run, tmp_path):

@@ -22,6 +22,7 @@ import tensorflow as tf
 from dpsr_tf.export.stages.base import ExportFlag, Stage
 from dpsr_tf.indexing.encoder_index import QUERY_MAX_TOKENS
 from dpsr_tf.model import model_dir as model_dir_lib
+from dpsr_tf.model import query_student
 from dpsr_tf.model.pretrained import files
 from dpsr_tf.model.pretrained.encoder import SentenceEncoder
 from dpsr_tf.model.towers import query_tower
@@ -85,6 +86,10 @@ class EncoderListStage(Stage):
             raise ValueError(f"{source.index_dir}: the encoder list holds {encoder.num_docs} "
                              f"items, the layout {source.layout_spec.num_items}; rebuild it with "
                              "`dpsr index --encoder_only`")
+        if encoder.query_model_dir:
+            # The student reads the ids of this servable's tokenizer (the served model's layout,
+            # which may not be the layout the build was checked against).
+            query_student.check_tokenizer(encoder.query_model_dir, source.layout_spec)
         return cls(source.stage_file(os.path.join(source.index_dir,
                                                   encoder.shards[source.shard].file),
                                      "encoder.faiss"), encoder.pretrained_dir,
