@@ -22,7 +22,7 @@ from dpsr_tf.indexing import catalog_index, encoder_index, index_layout
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 from dpsr_tf.search.encoder_fusion import EncoderFusionConfig, fuse_np
-from tests.support.fresh_python import ROOT, run_fresh
+from tests.support.fresh_python import ROOT, serving_default_answers
 
 # The last is longer than the encoder list reads (QUERY_MAX_TOKENS): servable and evaluation
 # must cut it alike.
@@ -67,14 +67,7 @@ def test_encoder_index_is_brute_force_cosine(build):
 
 
 def _answers(path, k, outputs):
-    return run_fresh(f"""
-    import json
-    from tests.support.tf1_servable import Tf1Servable
-    out = Tf1Servable({path!r}).call("serving_default", {{"query": {QUERIES!r}, "k": {k}}},
-                                     {outputs!r})
-    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
-                      for k, v in out.items()}}))
-    """)
+    return serving_default_answers(path, QUERIES, k, outputs)
 
 
 def test_servable_fuses_the_hybrid_list_with_the_encoder_list(build):

@@ -28,7 +28,7 @@ from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
 from dpsr_tf.search.encoder_fusion import EncoderFusionConfig, fuse_np
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
-from tests.support.fresh_python import run_fresh
+from tests.support.fresh_python import serving_default_answers
 from tests.support.tiny_model import prepare_tiny_layout
 
 STEPS = 60
@@ -132,14 +132,7 @@ def test_the_student_ranks_the_items_like_the_teacher(run):
 
 
 def _answers(path, k, outputs):
-    return run_fresh(f"""
-    import json
-    from tests.support.tf1_servable import Tf1Servable
-    out = Tf1Servable({path!r}).call("serving_default", {{"query": {QUERIES!r}, "k": {k}}},
-                                     {outputs!r})
-    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
-                      for k, v in out.items()}}))
-    """)
+    return serving_default_answers(path, QUERIES, k, outputs)
 
 
 def test_servable_reads_the_list_with_the_students_query_tower(run):

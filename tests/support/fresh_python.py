@@ -20,3 +20,17 @@ def run_fresh(script: str, **env_vars: str) -> object:
                           capture_output=True, text=True, timeout=waiting.SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def serving_default_answers(path: str, queries, k: int, outputs) -> dict:
+    """The servable at `path` (a version directory), loaded in a fresh process as TF Serving
+    loads it, asked serving_default once for `queries` at `k`: {output alias: nested list,
+    strings decoded}."""
+    return run_fresh(f"""
+    import json
+    from tests.support.tf1_servable import Tf1Servable
+    out = Tf1Servable({path!r}).call("serving_default", {{"query": {list(queries)!r}, "k": {k}}},
+                                     {list(outputs)!r})
+    print(json.dumps({{k: (v.astype(str).tolist() if v.dtype == object else v.tolist())
+                      for k, v in out.items()}}))
+    """)
