@@ -137,7 +137,8 @@ class CheckpointEmbedder:
         """
         if self.item_embedding is None:
             raise ValueError(f"{self.checkpoint}: a --item_side=teacher model embeds queries "
-                             "only; its items are its teacher's embeddings")
+                             "only; its items are its teacher's embeddings: give it to `dpsr "
+                             "index --encoder_list --encoder_dir=TEACHER --encoder_query_dir`")
         n = len(token_splits) - 1
         if self._graph is not None and rows is None:
             if n != self.layout_spec.num_items:
