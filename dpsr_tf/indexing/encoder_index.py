@@ -49,6 +49,10 @@ def shard_rows(directory: str, manifest, shard: int, row_of: dict) -> np.ndarray
     return np.array([row_of[i] for i in shard_ids], np.int64)
 
 
+def _exact(factory: str) -> bool:
+    return factory.strip().lower() == "flat"
+
+
 def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: int,
                    log: Callable[[str], None]) -> list:
     """One FAISS index per shard over vectors[rows]: `factory` trained once on every vector
@@ -56,7 +60,7 @@ def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: i
     empty exact index (nothing to train or find)."""
     faiss = index_builder._require_faiss()  # pylint: disable=protected-access
     d = vectors.shape[1]
-    if factory.strip().lower() == "flat":
+    if _exact(factory):
         trained = None
     else:
         template = index_builder.new_index(factory, d)
@@ -67,8 +71,8 @@ def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: i
                 raise ValueError(f"--encoder_index_factory={factory}: {need} lists need at "
                                  f"least {need} items, the catalog has {len(vectors)}; use "
                                  "fewer lists or Flat")
-            size = min(len(vectors), max(65536, 64 * need))
-            sample = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
+            sample = index_builder.training_sample(template, len(vectors))
+            size = len(sample)
             log(f"encoder list: training {factory} on {size:,} of {len(vectors):,} vectors")
             try:
                 template.train(np.ascontiguousarray(vectors[sample]))
@@ -138,7 +142,7 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
             student = query_student.load(query_model_dir, teacher_dir, spec,
                                          embedder.dimension)
             log(f"encoder list: queries embedded by {student.checkpoint}")
-        if index_factory.strip().lower() != "flat":
+        if not _exact(index_factory):
             index_builder.new_index(index_factory, embedder.dimension)
         log(f"encoder list: {embedder.model.directory} over the items' {fields}")
         vectors = document_cache.document_embeddings(spec, embedder, documents, log)

@@ -206,6 +206,14 @@ def new_index(factory: str, d: int, metric: str = "inner_product"):
     return index
 
 
+def training_sample(template, n: int, train_size: int = 0, seed: int = 0) -> np.ndarray:
+    """[t] sorted rows of n vectors to train an untrained index on: a seeded draw of
+    train_size of them (0: max(65536, 64 x the IVF's lists)), at most n."""
+    ivf = extract_ivf(template)
+    size = min(train_size or max(65536, 64 * (ivf.nlist if ivf else 0)), n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
 def _check_inputs(embeddings, item_ids) -> Tuple[np.ndarray, list]:
     if not hasattr(embeddings, "shape") or len(embeddings.shape) != 2:
         raise ValueError(f"embeddings must be a [num_items, dim] array, got shape "
@@ -313,10 +321,8 @@ def build_index(embeddings: np.ndarray, item_ids: Sequence[str], output_dir: str
                 node.hnsw.efConstruction = config.ef_construction
         train_size = 0
         if not template.is_trained:
-            train_size = config.train_size or max(65536, 64 * (ivf.nlist if ivf else 0))
-            train_size = min(train_size, n)
-            rng = np.random.default_rng(config.seed)
-            sample = np.sort(rng.choice(n, size=train_size, replace=False))
+            sample = training_sample(template, n, config.train_size, config.seed)
+            train_size = len(sample)
             logging.info("training %s on %d of %d vectors (seed %d)", config.factory,
                          train_size, n, config.seed)
             t0 = time.monotonic()
