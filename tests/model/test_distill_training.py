@@ -19,6 +19,7 @@ from dpsr_tf.model import distill_cache
 from dpsr_tf.model.config import ModelConfig
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
+from tests.support.teacher_kl import mean_kl_to_teacher
 from tests.support.tiny_model import prepare_tiny_layout
 
 STEPS = 30
@@ -97,23 +98,13 @@ def _kl_to_teacher(model_dir, spec, cache, rows, tau=0.05):
     from dpsr_tf.data import layout as layout_lib
     from dpsr_tf.model.embedder import CheckpointEmbedder
     from dpsr_tf.model.scoring import soft_dot_product_np
-    arrays = distill_cache.load_arrays(cache)
-    teacher_q = arrays["queries"][arrays["query_index"][rows]].astype(np.float32)
-    teacher = np.einsum("qmd,nd->qnm", teacher_q,
-                        arrays["items"].astype(np.float32)).max(axis=2)
     table = layout_lib.load_item_table(spec)
     ids, splits = distill_cache._query_tokens(spec, rows)
     with CheckpointEmbedder(model_dir) as embedder:
         items = embedder.embed_items(np.asarray(table.token_ids), table.token_splits,
                                      {n: table.feature(n) for n in spec.item_features})
         queries = embedder.embed_queries(ids, splits)
-    student = soft_dot_product_np(queries, items, 0.0)
-
-    def log_softmax(x):
-        z = x / tau - (x / tau).max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    log_p, log_s = log_softmax(teacher), log_softmax(student)
-    return float((np.exp(log_p) * (log_p - log_s)).sum(axis=1).mean())
+    return mean_kl_to_teacher(cache, rows, soft_dot_product_np(queries, items, 0.0), tau)
 
 
 def test_the_distilled_student_ranks_more_like_the_teacher(runs):

@@ -29,6 +29,7 @@ from dpsr_tf.search.encoder_fusion import EncoderFusionConfig, fuse_np
 from dpsr_tf.training import driver
 from dpsr_tf.training.config import TrainConfig
 from tests.support.fresh_python import serving_default_answers
+from tests.support.teacher_kl import mean_kl_to_teacher
 from tests.support.tiny_model import prepare_tiny_layout
 
 STEPS = 60
@@ -90,21 +91,6 @@ def test_the_students_queries_search_the_teachers_items(run):
     np.testing.assert_allclose(np.take_along_axis(cosine, rows, 1), scores, atol=1e-5)
 
 
-def _kl_to_teacher(spec, student_queries, student_items, cache, rows, tau=0.05):
-    """Mean over query rows of KL(teacher || student) of the softened scores over every
-    item."""
-    arrays = distill_cache.load_arrays(cache)
-    teacher = arrays["queries"][arrays["query_index"][rows]].astype(np.float32)[:, 0, :] @ \
-        arrays["items"].astype(np.float32).T
-    student = student_queries @ student_items.T
-
-    def log_softmax(x):
-        z = x / tau - (x / tau).max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    log_p, log_s = log_softmax(teacher), log_softmax(student)
-    return float((np.exp(log_p) * (log_p - log_s)).sum(axis=1).mean())
-
-
 def test_the_student_ranks_the_items_like_the_teacher(run):
     cache = distill_cache.read_cache(distill_cache.cache_dir(distill_cache.cache_key(
         run.teacher, run.spec, TrainConfig.teacher_max_queries)))
@@ -124,8 +110,8 @@ def test_the_student_ranks_the_items_like_the_teacher(run):
     np.testing.assert_allclose(teacher_items, _teacher_items(run.spec), atol=2e-3)
     # Same data, steps and seed: the one trained against the teacher's items and scores ranks
     # them far more like it than the towers trained on their own items.
-    ours = _kl_to_teacher(run.spec, student, teacher_items, cache, rows)
-    theirs = _kl_to_teacher(run.spec, plain, plain_items, cache, rows)
+    ours = mean_kl_to_teacher(cache, rows, student @ teacher_items.T)
+    theirs = mean_kl_to_teacher(cache, rows, plain @ plain_items.T)
     assert ours < 0.5 * theirs, (ours, theirs)
     names = [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(run.student))]
     assert not any("item_tower" in n or "teacher" in n or "distill" in n for n in names), names
