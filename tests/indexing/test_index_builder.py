@@ -253,19 +253,46 @@ def test_manifest_and_id_map_validation(tmp_path, ref):
 
 
 @pytest.mark.parametrize("num_items, dim, want", [
-    (1200, 32, "Flat"), (54667, 64, "Flat"), (99999, 64, "Flat"), (100_000, 64, "IVF512,SQ8"),
+    (1200, 32, "Flat"), (19999, 64, "Flat"), (20_000, 64, "SQfp16"), (54667, 128, "SQfp16"),
+    (99999, 64, "SQfp16"), (100_000, 64, "IVF512,SQ8"),
     (1_000_000, 64, "IVF2048,SQ8"), (15_000_000, 64, "IVF8192,SQ8"),
     (100_000, 128, "IVF512,SQ8"), (500_000, 7, "IVF1024,SQ8"), (10 ** 12, 64, "IVF65536,SQ8")])
 def test_auto_factory(num_items, dim, want):
-    # nlist: the power of two nearest 2 sqrt(n) (2 sqrt(100k) = 632 -> 512; 2 sqrt(1M) = 2000
-    # -> 2048; 2 sqrt(15M) = 7746 -> 8192), clamped to [64, 65536]; 8-bit scalar codes.
+    # Exhaustive below 100k (exact below 20k, 16-bit floats from there); above, nlist is the
+    # power of two nearest 2 sqrt(n) (2 sqrt(100k) = 632 -> 512; 2 sqrt(1M) = 2000 -> 2048;
+    # 2 sqrt(15M) = 7746 -> 8192), clamped to [64, 65536], with 8-bit scalar codes.
     assert index_builder.auto_factory(num_items, dim) == want
 
 
-def test_auto_above_the_flat_threshold_is_ivf_sq8(tmp_path, ref):
-    """Above the Flat threshold "auto" gives an IVF-SQ8 index whose search with every list
+def test_auto_between_the_thresholds_is_exhaustive_fp16(tmp_path, ref):
+    """From AUTO_FP16_FROM items "auto" stores the vectors as 16-bit floats and scans them all:
+    every item of the exact top 10 is returned unless a returned one scores within fp16's
+    rounding of it (2^-11 of |q| |x| per score, doubled for the pair)."""
+    n = index_builder.AUTO_FP16_FROM
+    items = ref.clustered_unit_vectors(n, 16, seed=17)
+    manifest = index_builder.build_index(
+        items, _ids(n), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
+    assert manifest.factory == "SQfp16"
+    index, _ = index_builder.load_shard(str(tmp_path), 0)
+    queries = ref.clustered_unit_vectors(50, 16, seed=18)
+    got_scores, got = index.search(queries, 10)
+    exact_scores = queries @ items.T
+    exact = np.argsort(-exact_scores, axis=1, kind="stable")[:, :10]
+    tolerance = 2 * 2.0 ** -11   # unit vectors: |q| |x| = 1
+    swapped = 0
+    for q in range(len(queries)):
+        true_of_got = exact_scores[q, got[q]]
+        np.testing.assert_allclose(got_scores[q], true_of_got, atol=tolerance)
+        # The r-th returned item scores (exactly) within the rounding of the r-th best.
+        assert np.all(true_of_got >= exact_scores[q, exact[q]] - tolerance), q
+        swapped += len(set(exact[q]) - set(got[q]))
+    assert swapped <= 5, swapped   # near-ties only: 500 results, clustered vectors
+
+
+def test_auto_from_the_ivf_threshold_is_ivf_sq8(tmp_path, ref):
+    """From AUTO_IVF_FROM items "auto" gives an IVF-SQ8 index whose search with every list
     probed equals exact search up to 8-bit rounding (top 10 of clustered vectors)."""
-    n = index_builder.AUTO_FLAT_BELOW
+    n = index_builder.AUTO_IVF_FROM
     items = ref.clustered_unit_vectors(n, 16, seed=7)
     manifest = index_builder.build_index(
         items, _ids(n), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
