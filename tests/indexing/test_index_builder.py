@@ -264,16 +264,20 @@ def test_auto_factory(num_items, dim, want):
     assert index_builder.auto_factory(num_items, dim) == want
 
 
+def _auto_shard(tmp_path, ref, n: int, dim: int, seed: int):
+    """(items, manifest, shard 0's index) of n clustered unit vectors built with "auto"."""
+    items = ref.clustered_unit_vectors(n, dim, seed=seed)
+    manifest = index_builder.build_index(
+        items, _ids(n), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
+    return items, manifest, index_builder.load_shard(str(tmp_path), 0)[0]
+
+
 def test_auto_between_the_thresholds_is_exhaustive_fp16(tmp_path, ref):
     """From AUTO_FP16_FROM items "auto" stores the vectors as 16-bit floats and scans them all:
     every item of the exact top 10 is returned unless a returned one scores within fp16's
     rounding of it (2^-11 of |q| |x| per score, doubled for the pair)."""
-    n = index_builder.AUTO_FP16_FROM
-    items = ref.clustered_unit_vectors(n, 16, seed=17)
-    manifest = index_builder.build_index(
-        items, _ids(n), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
+    items, manifest, index = _auto_shard(tmp_path, ref, index_builder.AUTO_FP16_FROM, 16, 17)
     assert manifest.factory == "SQfp16"
-    index, _ = index_builder.load_shard(str(tmp_path), 0)
     queries = ref.clustered_unit_vectors(50, 16, seed=18)
     got_scores, got = index.search(queries, 10)
     exact_scores = queries @ items.T
@@ -292,12 +296,8 @@ def test_auto_between_the_thresholds_is_exhaustive_fp16(tmp_path, ref):
 def test_auto_from_the_ivf_threshold_is_ivf_sq8(tmp_path, ref):
     """From AUTO_IVF_FROM items "auto" gives an IVF-SQ8 index whose search with every list
     probed equals exact search up to 8-bit rounding (top 10 of clustered vectors)."""
-    n = index_builder.AUTO_IVF_FROM
-    items = ref.clustered_unit_vectors(n, 16, seed=7)
-    manifest = index_builder.build_index(
-        items, _ids(n), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
+    items, manifest, index = _auto_shard(tmp_path, ref, index_builder.AUTO_IVF_FROM, 16, 7)
     assert manifest.factory == "IVF512,SQ8"
-    index, _ = index_builder.load_shard(str(tmp_path), 0)
     faiss.extract_index_ivf(index).nprobe = 512
     queries = ref.clustered_unit_vectors(20, 16, seed=8)
     _, got = index.search(queries, 10)
@@ -307,11 +307,8 @@ def test_auto_from_the_ivf_threshold_is_ivf_sq8(tmp_path, ref):
 
 
 def test_auto_factory_is_resolved_per_shard_and_recorded(tmp_path, ref):
-    items = ref.clustered_unit_vectors(1200, 32, seed=33)
-    manifest = index_builder.build_index(
-        items, _ids(1200), str(tmp_path), index_builder.IndexBuildConfig(factory="auto"))
+    items, manifest, index = _auto_shard(tmp_path, ref, 1200, 32, 33)
     assert manifest.factory == "Flat"
-    index, _ = index_builder.load_shard(str(tmp_path), 0)
     queries = ref.clustered_unit_vectors(5, 32, seed=1)
     np.testing.assert_array_equal(index.search(queries, 10)[1],
                                   np.argsort(-(queries @ items.T), axis=1, kind="stable")[:, :10])
