@@ -65,6 +65,8 @@ APPROX = [
     ("HNSW16", {"ef_search": 64}, 0.85),
     ("RR48,IVF16,Flat", {"nprobe": 16}, 0.99),  # a rotation, every list probed: exact
     ("IVF32_HNSW8,Flat", {"nprobe": 8, "ef_search": 32}, 0.85),
+    ("SQfp16", {}, 0.99),   # every item, 16-bit floats: exact but for near-ties (auto's band)
+    ("IVF32,SQfp16", {"nprobe": 32}, 0.99),
 ]
 
 
@@ -319,7 +321,8 @@ def test_info_describes_the_index(make_index, ref):
     assert info.description.numpy().startswith(b"IndexIVFPQFastScan(nlist=8, nprobe=3")
 
 
-@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8", "IVF16,PQ8x4fs", "HNSW8", "Flat"])
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "IVF16,PQ8", "IVF16,PQ8x4fs", "HNSW8", "Flat",
+                                     "SQfp16"])
 def test_mmap_load_gives_the_same_results(make_index, ref, factory):
     items = ref.clustered_unit_vectors(1000, 16, seed=9)
     queries = ref.clustered_unit_vectors(10, 16, seed=10)
