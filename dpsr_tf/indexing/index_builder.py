@@ -51,9 +51,10 @@ def auto_factory(num_items: int, dim: int) -> str:
     costs"). Below AUTO_FP16_FROM items it is "Flat" (exact; the vectors fit in the CPU's
     caches, so half-size codes save nothing); from there it is "SQfp16", the vectors as 16-bit
     floats: the scan reads half the memory, which at that size is what it waits on (Home Depot,
-    54,667 x 128: the default servable's CPU per request 0.68x of Flat's, the served lists
-    equal to Flat's to four places; docs/benchmarks.md, "The index's storage"). Rounding to
-    16 bits moves a score by at most about 2^-11 |q| |x|, so only near-ties reorder.
+    54,667 x 128: the default servable's CPU per request 0.63x of Flat's, the served hybrid's
+    recalls equal to Flat's to five places; docs/benchmarks.md, "An exhaustive index's
+    storage"). Rounding to 16 bits moves a score by at most about 2^-11 |q| |x|, so only
+    near-ties reorder.
     Above it IVF with 8-bit scalar codes (SQ8: d bytes per item, scanned by the op's own kernel,
     search_cc/core/ivf_sq8_scan.cc) and nlist = the power of two nearest 2 * sqrt(num_items)
     (1M items -> 2048, 15M -> 8192, 100k -> 512), so that the stored nprobe of 64 scans a few
