@@ -82,9 +82,11 @@ _ENCODER_QUERY_DIR = flags.DEFINE_string(
     "trained against --encoder_dir's items (docs/training.md, \"A fast query encoder\"); "
     "empty = the encoder embeds them.")
 _ENCODER_FACTORY = flags.DEFINE_string(
-    "encoder_index_factory", "Flat", "The encoder list's FAISS index (inner product): Flat "
-    "searches exactly; an IVF (e.g. IVF256,Flat) searches a few of its lists, for a large "
-    "catalog or a cheaper request (docs/indexing.md, \"The encoder list\").")
+    "encoder_index_factory", "auto", "The encoder list's FAISS index (inner product): auto "
+    "searches every item (Flat below 20k items per shard, else SQfp16: 16-bit floats, half the "
+    "bytes read); Flat searches exactly; an IVF (e.g. IVF256,SQfp16) searches a few of its "
+    "lists, for a large catalog or a cheaper request (docs/indexing.md, \"The encoder "
+    "list\").")
 _ENCODER_NPROBE = flags.DEFINE_integer(
     "encoder_nprobe", 64, "Lists an IVF --encoder_index_factory searches per query (stored in "
     "the index; clamped to its lists).", lower_bound=1)
@@ -142,7 +144,7 @@ def main(argv):
         raise SystemExit(f"dpsr index: --encoder_fields: {e}") from None
     list_flags = [f"--{name}" for name, value, default in (
         ("encoder_query_dir", _ENCODER_QUERY_DIR.value, ""),
-        ("encoder_index_factory", _ENCODER_FACTORY.value, "Flat"),
+        ("encoder_index_factory", _ENCODER_FACTORY.value, "auto"),
         ("encoder_nprobe", _ENCODER_NPROBE.value, 64)) if value != default]
     if list_flags and not (_ENCODER_LIST.value or _ENCODER_ONLY.value):
         raise SystemExit(f"dpsr index: {', '.join(list_flags)} shape the encoder list; add "

@@ -53,6 +53,19 @@ def _exact(factory: str) -> bool:
     return factory.strip().lower() == "flat"
 
 
+def resolve_factory(factory: str, largest_shard: int) -> str:
+    """--encoder_index_factory as built. "auto" scans every item, as exact search does: "Flat"
+    while the largest shard holds under index_builder.AUTO_FP16_FROM items, else "SQfp16" (the
+    vectors as 16-bit floats: half the bytes read per query, scores within 2^-11 |q| |x|; on
+    Home Depot's 54,667 x 384 list the servable's CPU per request 0.72x with the fast query
+    encoder, the served lists equal; docs/benchmarks.md, "The encoder list"). It never picks
+    an IVF: what an IVF loses of a list depends on the encoder, so that is the user's call.
+    Any other string is built as given."""
+    if factory.strip().lower() != index_builder.AUTO:
+        return factory
+    return "Flat" if largest_shard < index_builder.AUTO_FP16_FROM else "SQfp16"
+
+
 def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: int,
                    log: Callable[[str], None]) -> list:
     """One FAISS index per shard over vectors[rows]: `factory` trained once on every vector
@@ -95,7 +108,7 @@ def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: i
 def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = "",
                       fields: str = item_text.TITLE,
                       log: Callable[[str], None] = print,
-                      query_model_dir: str = "", index_factory: str = "Flat",
+                      query_model_dir: str = "", index_factory: str = index_builder.AUTO,
                       nprobe: int = 64) -> index_layout.IndexManifest:
     """Builds (or rebuilds) the encoder's index of a layout's items in an existing index
     build directory, one file per shard, and records it in the manifest's `encoder` section.
@@ -108,9 +121,9 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
       query_model_dir: "" (the encoder embeds queries), or a `dpsr train --item_side=teacher`
         model trained against this encoder's items: its fast query tower embeds the queries
         (model/query_student.py checks it fits).
-      index_factory: the FAISS factory of each shard's index, inner product ("Flat": exact;
-        e.g. "IVF256,Flat" for a large catalog or a cheaper search); nprobe: stored in an IVF
-        index (clamped to its lists).
+      index_factory: the FAISS factory of each shard's index, inner product ("auto": exhaustive,
+        `resolve_factory`; "Flat": exact; e.g. "IVF256,SQfp16" for a large catalog or a cheaper
+        search); nprobe: stored in an IVF index (clamped to its lists).
 
     Raises:
       FileNotFoundError, ValueError: no build or layout there, items that do not match, no
@@ -124,6 +137,8 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
     if len(ids) != manifest.num_items:
         raise ValueError(f"{layout_dir} has {len(ids)} items but the index build {output_dir} "
                          f"has {manifest.num_items}; give the --layout_dir it was built from")
+    index_factory = resolve_factory(index_factory,
+                                    max(info.num_items for info in manifest.shards))
     documents = item_text.item_documents(spec, item_text.parse_fields(fields))
     teacher_dir = pretrained_dir or files.default_pretrained_dir()
     if query_model_dir and item_text.parse_fields(fields) != item_text.parse_fields(

@@ -202,6 +202,35 @@ def test_a_relative_student_dir_is_recorded_absolute(run, tmp_path, monkeypatch)
     assert manifest.encoder.query_checkpoint == str(student / name)
 
 
+@pytest.mark.parametrize("factory, largest_shard, want", [
+    ("auto", 60, "Flat"), ("auto", 19_999, "Flat"), ("auto", 20_000, "SQfp16"),
+    ("auto", 10 ** 7, "SQfp16"), ("AUTO", 20_000, "SQfp16"), ("Flat", 10 ** 7, "Flat"),
+    ("IVF256,SQfp16", 60, "IVF256,SQfp16")])
+def test_the_lists_auto_factory_is_exhaustive(factory, largest_shard, want):
+    assert encoder_index.resolve_factory(factory, largest_shard) == want
+
+
+def test_a_16_bit_encoder_list_finds_the_exact_lists_items(run, tmp_path):
+    """SQfp16 (auto's choice from 20k items) scores every item: the exact list's items and
+    scores up to 16-bit rounding (2^-11 of |q| |x| = 1 per score, doubled for a pair)."""
+    ids = layout_lib.load_item_ids(run.spec)
+    k = 30
+    exact_scores, exact_rows = hybrid.search_encoder_lists(run.index_dir, ids, QUERIES, k)
+    index_dir = str(tmp_path / "fp16")
+    shutil.copytree(run.index_dir, index_dir)
+    manifest = encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, log=QUIET,
+                                               query_model_dir=run.student,
+                                               index_factory="SQfp16")
+    assert manifest.encoder.index_factory == "SQfp16"
+    scores, rows = hybrid.search_encoder_lists(index_dir, ids, QUERIES, k)
+    tolerance = 2 * 2.0 ** -11
+    np.testing.assert_allclose(scores, exact_scores, atol=tolerance)
+    queries = query_student.embed_texts(query_student.read(run.student), QUERIES)
+    cosine = queries @ _teacher_items(run.spec).T
+    np.testing.assert_allclose(np.take_along_axis(cosine, rows, 1), exact_scores,
+                               atol=tolerance)
+
+
 def test_an_ivf_encoder_list_searches_its_probed_lists(run, tmp_path):
     ids = layout_lib.load_item_ids(run.spec)
     k = 30
