@@ -183,7 +183,7 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
                               index_factory=index_factory)
     manifest = dataclasses.replace(manifest, encoder=section)
     index_layout.write_manifest(output_dir, manifest)
-    log(f"encoder list: {len(ids):,} items in {len(shards)} shard(s), "
+    log(f"encoder list: {len(ids):,} items in {len(shards)} shard(s) as {index_factory}, "
         f"{section.build_seconds:.1f}s")
     return manifest
 
