@@ -54,16 +54,17 @@ def _exact(factory: str) -> bool:
 
 
 def resolve_factory(factory: str, largest_shard: int) -> str:
-    """--encoder_index_factory as built. "auto" scans every item, as exact search does: "Flat"
-    while the largest shard holds under index_builder.AUTO_FP16_FROM items, else "SQfp16" (the
-    vectors as 16-bit floats: half the bytes read per query, scores within 2^-11 |q| |x|; on
-    Home Depot's 54,667 x 384 list the servable's CPU per request 0.72x with the fast query
-    encoder, the served lists equal; docs/benchmarks.md, "The encoder list"). It never picks
-    an IVF: what an IVF loses of a list depends on the encoder, so that is the user's call.
-    Any other string is built as given."""
+    """--encoder_index_factory as built. "auto" scans every item, as exact search does, stored
+    as the dense shards below their IVF band are (index_builder.exhaustive_factory of the
+    largest shard: "Flat" below 20k items, else "SQfp16", the vectors as 16-bit floats: half
+    the bytes read per query, scores within 2^-11 |q| |x|; on Home Depot's 54,667 x 384 list
+    the servable's CPU per request 0.72x with the fast query encoder, the served lists equal;
+    docs/benchmarks.md, "The encoder list"). It never picks an IVF: what an IVF loses of a
+    list depends on the encoder, so that is the user's call. Any other string is built as
+    given."""
     if factory.strip().lower() != index_builder.AUTO:
         return factory
-    return "Flat" if largest_shard < index_builder.AUTO_FP16_FROM else "SQfp16"
+    return index_builder.exhaustive_factory(largest_shard)
 
 
 def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: int,

@@ -63,13 +63,17 @@ def auto_factory(num_items: int, dim: int) -> str:
     lists than FAISS's 4 sqrt(n) cost less at the same recall (docs/benchmarks.md, "FAISS
     indexing and search"). `dim` does not enter the rule (SQ8 codes fit every d).
     """
-    if num_items < AUTO_FP16_FROM:
-        return "Flat"
     if num_items < AUTO_IVF_FROM:
-        return "SQfp16"
+        return exhaustive_factory(num_items)
     nlist = 2 ** int(round(math.log2(2.0 * math.sqrt(num_items))))
     nlist = min(max(nlist, 64), 65536)
     return f"IVF{nlist},SQ8"
+
+
+def exhaustive_factory(num_items: int) -> str:
+    """The index that scans all of a shard's num_items vectors: "Flat" below AUTO_FP16_FROM,
+    else "SQfp16" (`auto_factory`'s docstring says why)."""
+    return "Flat" if num_items < AUTO_FP16_FROM else "SQfp16"
 
 
 @dataclasses.dataclass(frozen=True)
