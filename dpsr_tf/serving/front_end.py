@@ -99,6 +99,48 @@ def is_built() -> bool:
 
 
 _GAVE_UP = threading.Event()
+# The private directory of each front end (its sockets and log), under the temporary directory.
+DIRECTORY_PREFIX = "dpsr-front-end-"
+
+
+def remove_stale_directories(parent: Optional[str] = None) -> int:
+    """Removes the private directories that servers killed without a stop() left behind (a
+    SIGKILL, an OOM kill), and returns how many: each one of this user's whose backend socket
+    refuses a connection, so no server listens there any more. A live server's socket accepts,
+    and one still binding has no socket yet, so neither is touched; the test needs no process
+    ids, which a container's /tmp shared with other PID namespaces would make unreliable."""
+    parent = parent or tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        path = os.path.join(parent, name)
+        if not name.startswith(DIRECTORY_PREFIX) or not _is_dead_socket(
+                os.path.join(path, "backend.sock")):
+            continue
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += not os.path.exists(path)
+    return removed
+
+
+def _is_dead_socket(path: str) -> bool:
+    """Whether `path` is a UNIX socket file nothing listens on any more."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:  # absent, not a socket, no permission, a full backlog: leave it
+        return False
+    return False
 
 
 def stop_this_process() -> None:
@@ -151,7 +193,8 @@ class NativeFrontEnd:
             raise OSError(f"the native front end {BINARY} is not built; run `make build` "
                           "(it needs the Debian package libgrpc++-dev, which tools/bootstrap.sh "
                           "installs)")
-        self._dir = tempfile.mkdtemp(prefix="dpsr-front-end-")  # mode 0700: ours alone
+        remove_stale_directories()
+        self._dir = tempfile.mkdtemp(prefix=DIRECTORY_PREFIX)  # mode 0700: ours alone
         self.backend_socket = os.path.join(self._dir, "backend.sock")
         self.framed_socket = (os.path.join(self._dir, "framed.sock") if options.framed_predict
                               else None)

@@ -6,8 +6,10 @@ import collections
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 
 import grpc
@@ -172,6 +174,70 @@ def test_a_killed_front_end_is_restarted_on_the_same_port(toy_model_dir, tmp_pat
         assert "restarted" in log
     finally:
         assert server.stop() == 0, server.log_tail()
+
+
+def _front_end_dir(parent: str, name: str, listening: bool = False, socket_file: bool = True):
+    """A front end directory under `parent` whose backend.sock has a listener or not; returns
+    (its path, the listening socket or None)."""
+    path = os.path.join(parent, name)
+    os.mkdir(path, 0o700)
+    if not socket_file:
+        return path, None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(os.path.join(path, "backend.sock"))
+    if listening:
+        sock.listen(1)
+        return path, sock
+    sock.close()  # the file stays, nothing listens: what a killed server leaves
+    return path, None
+
+
+def test_only_directories_whose_server_is_gone_are_swept():
+    parent = tempfile.mkdtemp(prefix="fe")  # short: a UNIX socket path has 107 bytes at most
+    live = None
+    try:
+        dead, _ = _front_end_dir(parent, front_end.DIRECTORY_PREFIX + "dead")
+        live_dir, live = _front_end_dir(parent, front_end.DIRECTORY_PREFIX + "live",
+                                        listening=True)
+        binding, _ = _front_end_dir(parent, front_end.DIRECTORY_PREFIX + "binding",
+                                    socket_file=False)
+        other, _ = _front_end_dir(parent, "another-program-dead")
+        assert front_end.remove_stale_directories(parent) == 1
+        assert not os.path.exists(dead)
+        assert all(os.path.isdir(p) for p in (live_dir, binding, other))
+        assert front_end.remove_stale_directories(parent) == 0
+    finally:
+        if live is not None:
+            live.close()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@native_only
+def test_a_server_killed_without_stopping_leaves_a_directory_the_next_front_end_removes(
+        toy_model_dir, tmp_path, monkeypatch):
+    # Before: every SIGKILLed server left its front end's directory (two sockets and a log) in
+    # the temporary directory for good.
+    parent = tempfile.mkdtemp(prefix="fe")
+    try:
+        monkeypatch.setenv("TMPDIR", parent)  # the server's temporary directory
+        server = _start(toy_model_dir, tmp_path, "native")
+        try:
+            assert _predict_ok(server.address, attempts=30) == 1, server.log_tail()
+            server.kill()
+            left = [n for n in os.listdir(parent) if n.startswith(front_end.DIRECTORY_PREFIX)]
+            assert len(left) == 1, left
+        finally:
+            server.stop()
+        monkeypatch.setattr(tempfile, "tempdir", parent)  # this process's gettempdir()
+        fresh = front_end.NativeFrontEnd("127.0.0.1:0", front_end.FrontEndOptions(), 0, 1 << 20)
+        try:
+            assert os.listdir(parent) == [  # the dead one's removed, its own made
+                os.path.basename(os.path.dirname(fresh.backend_socket))]
+        finally:
+            fresh.stop()
+        assert os.listdir(parent) == []
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @native_only
