@@ -2,7 +2,7 @@
 
 Docs, code, tests, benchmarks and tools describe the product as it is; which numbered session,
 issue or stop changed what belongs in git history. A reference such as "session 44", "issue 24",
-"issue #27", "(#27)", "stop 6" or "work period" means nothing to a reader of the tree. A search
+"issue #27", "(#27)", "stop 6", "work period" or an issue's "done-when" means nothing to a reader of the tree. A search
 session of the re-ranker's data ("session 0: items 10, 11") is a domain term, not a history
 reference: the rule takes session numbers of two digits and more.
 """
@@ -22,7 +22,8 @@ HISTORY_REFERENCE = re.compile(
     r"|\bissues?[ _-]?#?\d+"                # issue 27, issue #27, issue-27, issues 24
     r"|\(#\d+\)"                            # (#27)
     r"|\bstops?[ _-]#?\d+\b"                # stop 6, stop-56
-    r"|\bwork[ _-]periods?\b",              # work period
+    r"|\bwork[ _-]periods?\b"               # work period
+    r"|\bdone[ -]when\b",                   # an issue's done-when
     re.IGNORECASE)
 
 
@@ -76,6 +77,7 @@ def test_no_numbered_work_periods_or_issues():
     "since stop 6 the op scans SQ8 codes",
     "the `auto` of stop 5",
     "what this work period changed",
+    "so the done-when is not reached",
 ])
 def test_the_pattern_finds_history_references(text):
     assert HISTORY_REFERENCE.search(text), text
@@ -94,6 +96,7 @@ def test_the_pattern_finds_history_references(text):
     "stop_gradient(z) and stopwords",
     "a period of 30 s",
     "items[splits[q]:splits[q + 1]]",
+    "(redone when the layout's layout.json changes)",
 ])
 def test_the_pattern_leaves_ordinary_text_alone(text):
     assert not HISTORY_REFERENCE.search(text), text
