@@ -14,6 +14,7 @@ from a copy of that trained index, so all shards share one coarse quantizer and 
 import dataclasses
 import math
 import os
+import re
 import resource
 import shutil
 import time
@@ -204,10 +205,22 @@ def _describe(index) -> str:
     return "(".join(names) + ")" * (len(names) - 1)
 
 
+# A size of 0 in a factory string ("IVF0", "PQ0", "PQ8x0", "HNSW0", "OPQ0", "RR0"): FAISS
+# parses each of these and then crashes the process (a segfault or a division by zero) when the
+# index is trained, filled or searched, so it never gets the chance to raise.
+_ZERO_SIZE = re.compile(r"[A-Za-z_x(]0+(?![0-9])")
+
+
 def new_index(factory: str, d: int, metric: str = "inner_product"):
     """An empty (untrained) FAISS index of a factory string (ValueError with examples when
-    FAISS cannot parse it, or when it maps its own ids: the labels are the shard's rows)."""
+    FAISS cannot parse it, when a size in it is 0, or when it maps its own ids: the labels are
+    the shard's rows)."""
     faiss = _require_faiss()
+    zero = _ZERO_SIZE.search(factory)
+    if zero:
+        raise ValueError(f"invalid FAISS factory string {factory!r}: every size in it must be "
+                         f"at least 1, got {factory[:zero.end()].split(',')[-1]!r} (FAISS "
+                         "would crash on it). Examples: 'Flat', 'IVF1024,PQ32x4fs', 'HNSW32'")
     try:
         index = faiss.index_factory(d, factory, _metric(metric))
     except RuntimeError as e:

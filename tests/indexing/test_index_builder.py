@@ -196,6 +196,14 @@ def test_bad_inputs(tmp_path, ref, mutate, message):
 @pytest.mark.parametrize("config,message", [
     (dict(factory="IVF4,Nope"), "invalid FAISS factory string 'IVF4,Nope'"),
     (dict(factory="IDMap,Flat"), "IDMap is not supported"),
+    # FAISS parses these and then crashes the process (segfault, SIGFPE) in train/add/search.
+    (dict(factory="IVF0,Flat"), "every size in it must be at least 1, got 'IVF0'"),
+    (dict(factory="PQ0"), "every size in it must be at least 1, got 'PQ0'"),
+    (dict(factory="IVF2,PQ4x0"), "every size in it must be at least 1, got 'PQ4x0'"),
+    (dict(factory="HNSW0"), "every size in it must be at least 1, got 'HNSW0'"),
+    (dict(factory="IVF2_HNSW0,Flat"), "every size in it must be at least 1, got 'IVF2_HNSW0'"),
+    (dict(factory="OPQ0,IVF2,PQ4"), "every size in it must be at least 1, got 'OPQ0'"),
+    (dict(factory="RR0,Flat"), "every size in it must be at least 1, got 'RR0'"),
     (dict(factory=""), "factory must be a FAISS index_factory string"),
     (dict(metric="cosine"), "metric must be one of"),
     (dict(num_shards=0), "num_shards must be >= 1, got 0"),
