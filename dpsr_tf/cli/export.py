@@ -110,7 +110,7 @@ def _encoder_fusion(index_dir: str, fusion, spelling: bool, feedback):
     with an encoder list (and a lexical index to read the split's lists through); otherwise no
     encoder list."""
     weight, rrf_k = flags.FLAGS.encoder_weight, flags.FLAGS.encoder_rrf_k
-    if weight < 0 and weight != -1:
+    if not (weight >= 0 or weight == -1):  # NaN too: it would otherwise mean "choose"
         raise ValueError(f"--encoder_weight must be -1 (chosen on validation) or >= 0, got "
                          f"{weight:g}")
     manifest = index_layout.read_manifest(index_dir, check_files=False)

@@ -175,7 +175,10 @@ def test_cli_export_chooses_the_weight_on_validation_and_refuses_a_build_without
     assert refused.returncode != 0
     assert "--encoder_weight=0.5 needs an encoder list in" in refused.stderr
     assert not os.path.exists(base + "_none")
-    refused = _cli("export", f"--model_dir={build.model_dir}", f"--index_dir={build.index_dir}",
-                   f"--export_base={base}_bad", "--encoder_weight=-0.5")
-    assert refused.returncode != 0
-    assert "--encoder_weight must be -1 (chosen on validation) or >= 0" in refused.stderr
+    for weight in ("-0.5", "nan"):  # NaN once passed both tests and meant "choose on validation"
+        refused = _cli("export", f"--model_dir={build.model_dir}",
+                       f"--index_dir={build.index_dir}", f"--export_base={base}_bad",
+                       f"--encoder_weight={weight}")
+        assert refused.returncode != 0
+        assert "--encoder_weight must be -1 (chosen on validation) or >= 0" in refused.stderr
+        assert not os.path.exists(base + "_bad")
