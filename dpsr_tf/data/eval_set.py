@@ -116,6 +116,8 @@ def load_eval_set(layout, split: str = "eval", min_gain: Optional[float] = None)
     """
     spec = layout_lib.spec_of(layout)
     min_gain = spec.eval_min_gain if min_gain is None else float(min_gain)
+    if not np.isfinite(min_gain):  # NaN: nothing would be relevant, every metric 0
+        raise ValueError(f"min_gain must be a finite number, got {min_gain}")
     rec = layout_lib.read_records(spec, split)
     positive = rec["label_kind"] != 2
     keep = positive & (rec["gain"] >= np.float32(min_gain - _GAIN_EPS))

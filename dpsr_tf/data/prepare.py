@@ -90,6 +90,8 @@ class PrepareConfig:
     def __post_init__(self):
         if self.history_length < 0:
             raise ValueError(f"history_length must be >= 0, got {self.history_length}")
+        if not np.isfinite(self.eval_min_gain):
+            raise ValueError(f"eval_min_gain must be a finite number, got {self.eval_min_gain}")
         if not 0.0 <= self.max_reject_fraction <= 1.0:
             raise ValueError(f"max_reject_fraction must be in [0, 1], got "
                              f"{self.max_reject_fraction}")

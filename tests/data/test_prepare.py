@@ -17,6 +17,7 @@ from dpsr_tf.data import prepare as prepare_lib
 from dpsr_tf.data import pseudo_queries as pseudo_lib
 from dpsr_tf.data import schema
 from dpsr_tf.data import split as split_lib
+from dpsr_tf.data.beam.prepare_pipeline import BeamSettings
 from dpsr_tf.data.schema import Reason
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -265,6 +266,23 @@ def test_eval_set_hand_worked(tmp_path):
     assert ev.queries == [qa]                 # requests without a relevant item are left out
     pairs = eval_set_lib.load_labeled_pairs(spec, "eval")
     assert pairs["label"].tolist() == [1, 1, 1, 0, 1, 0]
+    # NaN passed `gain >= min_gain` as "nothing relevant": every request gone, every metric 0.
+    with pytest.raises(ValueError, match="min_gain must be a finite number, got nan"):
+        eval_set_lib.load_eval_set(spec, "eval", min_gain=float("nan"))
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda: prepare_lib.PrepareConfig(items="i", interactions="x", output="o",
+                                       eval_min_gain=float("nan")),
+     "eval_min_gain must be a finite number, got nan"),
+    (lambda: prepare_lib.PrepareConfig(items="i", interactions="x", output="o",
+                                       eval_min_gain=float("inf")),
+     "eval_min_gain must be a finite number, got inf"),
+    (lambda: BeamSettings(partition_mb=float("nan")), "beam partition_mb must be > 0, got nan"),
+])
+def test_settings_that_compare_false_to_every_bound_are_refused(make, needle):
+    with pytest.raises(ValueError, match=needle):
+        make()
 
 
 @pytest.mark.parametrize("query,bucket", [

@@ -67,7 +67,7 @@ class BeamSettings:
     temp_dir: Optional[str] = None
 
     def __post_init__(self):
-        if self.partition_mb <= 0:
+        if not self.partition_mb > 0:  # NaN too
             raise ValueError(f"beam partition_mb must be > 0, got {self.partition_mb}")
         if self.partitions < 0:
             raise ValueError(f"beam partitions must be >= 0 (0 = from partition_mb), got "
