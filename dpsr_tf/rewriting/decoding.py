@@ -111,7 +111,7 @@ def sample(step: StepFn, num_sources: int, max_len: int, num_samples: int, seed:
     with numpy's Generator(PCG64(seed)). A Hypothesis's log_prob is the model's own
     (untempered, uncut) log-probability of the drawn units.
     """
-    if top_k < 0 or not 0 < top_p <= 1 or temperature <= 0:
+    if top_k < 0 or not 0 < top_p <= 1 or not temperature > 0:  # NaN fails both tests
         raise ValueError(f"need top_k >= 0, 0 < top_p <= 1, temperature > 0; got {top_k}, "
                          f"{top_p}, {temperature}")
     rng = np.random.Generator(np.random.PCG64(seed))

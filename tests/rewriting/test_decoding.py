@@ -98,7 +98,8 @@ def test_sampling_is_seeded_and_cut_by_top_k_and_top_p():
     assert first == {A}
 
 
-@pytest.mark.parametrize("kwargs", [dict(top_k=-1), dict(top_p=0.0), dict(temperature=0.0)])
+@pytest.mark.parametrize("kwargs", [dict(top_k=-1), dict(top_p=0.0), dict(temperature=0.0),
+                                    dict(top_p=float("nan")), dict(temperature=float("nan"))])
 def test_bad_sampling_settings_are_errors(kwargs):
     with pytest.raises(ValueError):
         decoding.sample(step, 1, 3, 1, seed=0, **kwargs)
