@@ -208,7 +208,7 @@ def _describe(index) -> str:
 # A size of 0 in a factory string ("IVF0", "PQ0", "PQ8x0", "HNSW0", "OPQ0", "RR0"): FAISS
 # parses each of these and then crashes the process (a segfault or a division by zero) when the
 # index is trained, filled or searched, so it never gets the chance to raise.
-_ZERO_SIZE = re.compile(r"[A-Za-z_x(]0+(?![0-9])")
+_ZERO_SIZE = re.compile(r"[A-Za-z_(]0+(?![0-9])")
 
 
 def new_index(factory: str, d: int, metric: str = "inner_product"):

@@ -107,7 +107,7 @@ def remove_stale_directories(parent: Optional[str] = None) -> int:
     """Removes the private directories that servers killed without a stop() left behind (a
     SIGKILL, an OOM kill), and returns how many: each one of this user's whose backend socket
     refuses a connection, so no server listens there any more. A live server's socket accepts,
-    and one still binding has no socket yet, so neither is touched; the test needs no process
+    and one still binding has no socket yet, so neither is touched; the check needs no process
     ids, which a container's /tmp shared with other PID namespaces would make unreliable."""
     parent = parent or tempfile.gettempdir()
     try:

@@ -2,9 +2,9 @@
 
 Docs, code, tests, benchmarks and tools describe the product as it is; which numbered session,
 issue or stop changed what belongs in git history. A reference such as "session 44", "issue 24",
-"issue #27", "(#27)", "stop 6", "work period" or an issue's "done-when" means nothing to a reader of the tree. A search
-session of the re-ranker's data ("session 0: items 10, 11") is a domain term, not a history
-reference: the rule takes session numbers of two digits and more.
+"issue #27", "(#27)", "stop 6", "work period" or an issue's "done-when" means nothing to a
+reader of the tree. A search session of the re-ranker's data ("session 0: items 10, 11") is a
+domain term, not a history reference: the rule takes session numbers of two digits and more.
 """
 import os
 import re
