@@ -498,8 +498,8 @@ def main():
                         help="serve with --enable_batching (--no-batching: the default "
                              "unbatched path)")
     parser.add_argument("--burst_period", type=float, default=1.0,
-                        help="seconds from one burst of a misbehaving class to the next (the "
-                             "issue's attacks: one burst); 0: bursts back to back at the "
+                        help="seconds from one burst of a misbehaving class to the next (an "
+                             "attack as first probed: one burst); 0: bursts back to back at the "
                              "attacker's full speed")
     parser.add_argument("--server_flag", action="append", default=[],
                         help="an extra `dpsr serve` flag (repeatable), e.g. --num_run_threads=2")
