@@ -99,8 +99,10 @@ def is_built() -> bool:
 
 
 _GAVE_UP = threading.Event()
-# The private directory of each front end (its sockets and log), under the temporary directory.
+# The private directory of each front end (its sockets and log), under the temporary directory,
+# and the socket in it the Python server listens on.
 DIRECTORY_PREFIX = "dpsr-front-end-"
+BACKEND_SOCKET = "backend.sock"
 
 
 def remove_stale_directories(parent: Optional[str] = None) -> int:
@@ -117,13 +119,14 @@ def remove_stale_directories(parent: Optional[str] = None) -> int:
     removed = 0
     for name in names:
         path = os.path.join(parent, name)
-        if not name.startswith(DIRECTORY_PREFIX) or not _is_dead_socket(
-                os.path.join(path, "backend.sock")):
+        if not name.startswith(DIRECTORY_PREFIX):
             continue
         try:
-            if os.lstat(path).st_uid != os.getuid():
+            if os.lstat(path).st_uid != os.getuid():  # another user's: never probed
                 continue
         except OSError:
+            continue
+        if not _is_dead_socket(os.path.join(path, BACKEND_SOCKET)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed += not os.path.exists(path)
@@ -195,7 +198,7 @@ class NativeFrontEnd:
                           "installs)")
         remove_stale_directories()
         self._dir = tempfile.mkdtemp(prefix=DIRECTORY_PREFIX)  # mode 0700: ours alone
-        self.backend_socket = os.path.join(self._dir, "backend.sock")
+        self.backend_socket = os.path.join(self._dir, BACKEND_SOCKET)
         self.framed_socket = (os.path.join(self._dir, "framed.sock") if options.framed_predict
                               else None)
         self._log_path = os.path.join(self._dir, "front_end.log")

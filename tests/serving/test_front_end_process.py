@@ -177,14 +177,14 @@ def test_a_killed_front_end_is_restarted_on_the_same_port(toy_model_dir, tmp_pat
 
 
 def _front_end_dir(parent: str, name: str, listening: bool = False, socket_file: bool = True):
-    """A front end directory under `parent` whose backend.sock has a listener or not; returns
+    """A front end directory under `parent` whose backend socket has a listener or not; returns
     (its path, the listening socket or None)."""
     path = os.path.join(parent, name)
     os.mkdir(path, 0o700)
     if not socket_file:
         return path, None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(os.path.join(path, "backend.sock"))
+    sock.bind(os.path.join(path, front_end.BACKEND_SOCKET))
     if listening:
         sock.listen(1)
         return path, sock
