@@ -72,8 +72,9 @@ _MAX_STREAMS = flags.DEFINE_integer(
     "max_streams_per_connection", stream_limits.DERIVED,
     "Calls one client connection may have open at once (HTTP/2 "
     "SETTINGS_MAX_CONCURRENT_STREAMS); the client's gRPC library holds its further calls until "
-    "one ends, so a flood waits at its source (-1: 64 per usable core, 128 on 2 cores; 0: no "
-    "limit).", lower_bound=-1)
+    "one ends, so a flood waits at its source (-1: 64 per usable core, 128 on 2 cores; 256 per "
+    "core with the native front end, whose gate refuses a connection's excess at once, 512 on "
+    "2 cores; 0: no limit).", lower_bound=-1)
 
 
 def _fail(message: str):
@@ -127,7 +128,6 @@ def main(argv):
     if _BACKEND_CONNECTIONS.value < 1:
         _fail(f"--backend_connections is {_BACKEND_CONNECTIONS.value}; it must be >= 1")
     backend_calls = stream_limits.resolve(_MAX_BACKEND_CALLS.value)
-    streams = stream_limits.resolve(_MAX_STREAMS.value)
     if (_MAX_BACKEND_CALLS_PER_PEER.value and backend_calls
             and _MAX_BACKEND_CALLS_PER_PEER.value > backend_calls):
         _fail(f"--max_backend_calls_per_peer is {_MAX_BACKEND_CALLS_PER_PEER.value}; it must be "
@@ -139,6 +139,8 @@ def main(argv):
         native_front_end = front_end_flags.front_end_options(ssl)
     except ValueError as e:
         _fail(str(e))
+    streams = stream_limits.resolve(_MAX_STREAMS.value,
+                                    native_front_end=native_front_end is not None)
     options = proxy.ProxyOptions(host=_HOST.value, port=_PORT.value,
                                  proxy_config_file=_CONFIG.value,
                                  config_file_poll_wait_seconds=_POLL.value,

@@ -299,7 +299,8 @@ _MAX_STREAMS = flags.DEFINE_integer(
     "[dpsr] Calls one gRPC connection may have open at once (HTTP/2 "
     "SETTINGS_MAX_CONCURRENT_STREAMS); a client's gRPC library holds its further calls until "
     "one ends, so one client's flood waits at its source instead of in front of other "
-    "clients. -1: 64 per usable core (128 on 2 cores); 0: no limit. "
+    "clients. -1: 64 per usable core (128 on 2 cores), 256 per core with the native front "
+    "end, whose gate refuses a connection's excess at once (512 on 2 cores); 0: no limit. "
     "--grpc_channel_arguments=grpc.max_concurrent_streams=N overrides "
     "(gRPC's overload protection is turned off under either, unless named there too).",
     lower_bound=-1)
@@ -447,7 +448,8 @@ def options_from_flags():
         framed_predict_socket=_FRAMED_PREDICT_SOCKET.value,
         enable_profiler=_ENABLE_PROFILER.value,
         heap_trim_interval_seconds=_HEAP_TRIM.value,
-        max_streams_per_connection=stream_limits.resolve(_MAX_STREAMS.value),
+        max_streams_per_connection=stream_limits.resolve(
+            _MAX_STREAMS.value, native_front_end=native_front_end is not None),
         native_front_end=native_front_end)
     return options, server_config
 

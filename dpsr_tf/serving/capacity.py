@@ -32,6 +32,13 @@ FRONT_END_RUNNING_PER_CLIENT_PER_CORE = 2
 # three times as many waiting, which the queue delay control keeps within its target. 128 on
 # 2 cores (nginx's HTTP/2 default).
 STREAMS_PER_RUNNING_CALL = 4
+# Behind the native front end, four times as many (512 on 2 cores). Its gate refuses a call that
+# cannot be served in time at once, so a connection's extra calls are better at the gate, which
+# answers RESOURCE_EXHAUSTED in about a millisecond, than held by the client's transport, which
+# tells nobody: at 3x capacity on one connection the answered calls' latency spikes filled 128
+# streams, and calls waited in the client for a stream before they were refused, 31-58 ms after
+# they were due (p99), against 4-7 ms with 512 (docs/benchmarks.md, "Past capacity").
+NATIVE_FRONT_END_STREAMS_PER_RUNNING_CALL = 16
 
 
 def usable_cores() -> int:
@@ -79,3 +86,9 @@ def streams_per_connection(cores: Optional[int] = None) -> int:
     """`--max_streams_per_connection=-1` (serve and proxy) and the proxy's
     `--max_backend_calls_in_flight=-1`: 4 per call the front end runs at once, 64 per core."""
     return STREAMS_PER_RUNNING_CALL * front_end_running(cores)
+
+
+def native_front_end_streams_per_connection(cores: Optional[int] = None) -> int:
+    """`--max_streams_per_connection=-1` where the native front end takes the port: 16 per call
+    it runs at once, 256 per core."""
+    return NATIVE_FRONT_END_STREAMS_PER_RUNNING_CALL * front_end_running(cores)

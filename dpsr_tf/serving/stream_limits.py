@@ -7,7 +7,9 @@ ahead of other clients' calls, which wait seconds behind one flood (docs/benchma
 "Misbehaving clients"). With a limit, the client's own gRPC transport holds its extra calls until
 one of its open calls ends: a flood waits at its source, and a well-behaved client with many
 calls in flight only queues, with no error. Clients are told apart by connection, so the
-limit is per client as far as the server can tell.
+limit is per client as far as the server can tell. The native front end's port allows four
+times as many: its gate, not the client's transport, holds or refuses a connection's extra
+calls, and a refusal there takes about a millisecond.
 
 gRPC's "overload protection" (`grpc.http.overload_protection`, on by default in grpcio
 1.60) counts a stream against the limit until the server has freed its call, later than the
@@ -21,7 +23,8 @@ unless the operator names the protection argument themselves.
 from dpsr_tf.serving import capacity
 
 # -1 for the limit: derived from the usable cores (capacity.streams_per_connection, 64 per
-# core: 128, nginx's HTTP/2 default, on 2). Also the proxy's default
+# core: 128, nginx's HTTP/2 default, on 2; 256 per core on the native front end's port, whose
+# gate refuses the excess at once instead). Also the proxy's default
 # --max_backend_calls_in_flight, so the proxy's fair gate, not the transport's FIFO, decides
 # which of its clients' calls go next.
 DERIVED = -1
@@ -31,10 +34,15 @@ MAX_STREAMS_ARGUMENT = "grpc.max_concurrent_streams"
 OVERLOAD_PROTECTION_ARGUMENT = "grpc.http.overload_protection"
 
 
-def resolve(limit: int) -> int:
+def resolve(limit: int, native_front_end: bool = False) -> int:
     """A --max_streams_per_connection (or the proxy's --max_backend_calls_in_flight) value:
-    DERIVED (-1) -> 64 per usable core; any other value as given (0: no limit)."""
-    return capacity.streams_per_connection() if limit == DERIVED else limit
+    DERIVED (-1) -> 64 per usable core, or 256 for the native front end's port (capacity.py);
+    any other value as given (0: no limit)."""
+    if limit != DERIVED:
+        return limit
+    if native_front_end:
+        return capacity.native_front_end_streams_per_connection()
+    return capacity.streams_per_connection()
 
 
 def server_arguments(max_streams_per_connection: int) -> list:
