@@ -32,12 +32,12 @@ FRONT_END_RUNNING_PER_CLIENT_PER_CORE = 2
 # three times as many waiting, which the queue delay control keeps within its target. 128 on
 # 2 cores (nginx's HTTP/2 default).
 STREAMS_PER_RUNNING_CALL = 4
-# Behind the native front end, four times as many (512 on 2 cores). Its gate refuses a call that
+# On the native front end's port, four times as many (512 on 2 cores). Its gate refuses a call that
 # cannot be served in time at once, so a connection's extra calls are better at the gate, which
 # answers RESOURCE_EXHAUSTED in about a millisecond, than held by the client's transport, which
 # tells nobody: at 3x capacity on one connection the answered calls' latency spikes filled 128
-# streams, and calls waited in the client for a stream before they were refused, 31-58 ms after
-# they were due (p99), against 4-7 ms with 512 (docs/benchmarks.md, "Past capacity").
+# streams, and calls waited in the client for a stream before they were refused, 36-46 ms after
+# they were due (p99), against 3-8 ms with 512 (docs/benchmarks.md, "Capacity and past it").
 NATIVE_FRONT_END_STREAMS_PER_RUNNING_CALL = 16
 
 
