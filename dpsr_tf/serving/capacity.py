@@ -82,13 +82,10 @@ def front_end_running_per_client(max_running: int, cores: Optional[int] = None) 
     return max(1, min(max_running, FRONT_END_RUNNING_PER_CLIENT_PER_CORE * _cores(cores)))
 
 
-def streams_per_connection(cores: Optional[int] = None) -> int:
+def streams_per_connection(cores: Optional[int] = None, native_front_end: bool = False) -> int:
     """`--max_streams_per_connection=-1` (serve and proxy) and the proxy's
-    `--max_backend_calls_in_flight=-1`: 4 per call the front end runs at once, 64 per core."""
-    return STREAMS_PER_RUNNING_CALL * front_end_running(cores)
-
-
-def native_front_end_streams_per_connection(cores: Optional[int] = None) -> int:
-    """`--max_streams_per_connection=-1` where the native front end takes the port: 16 per call
-    it runs at once, 256 per core."""
-    return NATIVE_FRONT_END_STREAMS_PER_RUNNING_CALL * front_end_running(cores)
+    `--max_backend_calls_in_flight=-1`: 4 per call the front end runs at once, 64 per core; on
+    the native front end's port (`native_front_end`) 16 per call, 256 per core."""
+    per_call = (NATIVE_FRONT_END_STREAMS_PER_RUNNING_CALL if native_front_end
+                else STREAMS_PER_RUNNING_CALL)
+    return per_call * front_end_running(cores)

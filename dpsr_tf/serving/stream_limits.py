@@ -40,9 +40,7 @@ def resolve(limit: int, native_front_end: bool = False) -> int:
     any other value as given (0: no limit)."""
     if limit != DERIVED:
         return limit
-    if native_front_end:
-        return capacity.native_front_end_streams_per_connection()
-    return capacity.streams_per_connection()
+    return capacity.streams_per_connection(native_front_end=native_front_end)
 
 
 def server_arguments(max_streams_per_connection: int) -> list:

@@ -25,7 +25,7 @@ def test_limits_scale_with_the_cores(cores, threads, per_client, short, running,
     assert capacity.front_end_running(cores) == running
     assert capacity.front_end_running_per_client(running, cores) == running_per_client
     assert capacity.streams_per_connection(cores) == streams
-    assert capacity.native_front_end_streams_per_connection(cores) == native_streams
+    assert capacity.streams_per_connection(cores, native_front_end=True) == native_streams
 
 
 def test_shares_never_exceed_their_total_nor_fall_below_one():

@@ -19,7 +19,7 @@ from tests.support.server_metrics import METRICS_PATH, runs as _runs
 from tests.support.serving_testing import PREDICT_METHOD, predict_request
 
 # The servers here take their port with the native front end (the default): 256 per core.
-LIMIT = capacity.native_front_end_streams_per_connection()
+LIMIT = capacity.streams_per_connection(native_front_end=True)
 # Over the limit, and over the per-client bounds (256) that refused before.
 FLOOD = max(1000, 2 * LIMIT)
 BY_ARGUMENT = 64  # the limit of a server that is given it as --grpc_channel_arguments
