@@ -21,7 +21,8 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 FRONT_END := dpsr_tf/serving/dpsr_front_end
 # main.cc: the process (flags, port, signals); flags.*: the command line; front_end_service.*:
 # the generic service and what calls share; call_reactor.*: one call; fair_gate.h: turn order;
-# drain.h: the stop at SIGTERM without cancelled calls;
+# drain.h: the stop at SIGTERM without cancelled calls; request_budget.h: request bytes held;
+# heap_trim.h: freed pages given back;
 # framed_backend.*: the framed Predict hop to the Python server; listener.*: the listening
 # socket and the thread that accepts for gRPC; accept_shedding.*: new connections closed at
 # accept while descriptors are out.
@@ -31,7 +32,8 @@ FRONT_END_SRCS := front_end_cc/main.cc front_end_cc/flags.cc front_end_cc/front_
 FRONT_END_HDRS := front_end_cc/flags.h front_end_cc/front_end_service.h \
                   front_end_cc/call_reactor.h front_end_cc/fair_gate.h \
                   front_end_cc/framed_backend.h front_end_cc/accept_shedding.h \
-                  front_end_cc/listener.h front_end_cc/drain.h
+                  front_end_cc/listener.h front_end_cc/drain.h front_end_cc/request_budget.h \
+                  front_end_cc/heap_trim.h
 
 build: $(FRONT_END)  ## compile the pybind11 tokenizer, the TF op library and the front end in place
 	$(PY) setup.py -q build_ext --inplace -j 2

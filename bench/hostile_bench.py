@@ -13,7 +13,7 @@ traffic is the baseline. The classes of misbehaving clients follow (tests/servin
 test_client_isolation.py's cases, sent by the real gRPC client or a raw HTTP/2 one): bursts of
 200 large requests ("big": 256 rows, k=300 over a 20,000-item model) whose 50 ms deadline
 passes in the queue, the same cancelled by the client at once, 2,000 concurrent calls on one
-connection, connections that open 100 streams each with a zero flow-control window and never
+connection, 8 connections that each send 16 calls of 4 MiB at once (512 MiB a burst), connections that open 100 streams each with a zero flow-control window and never
 read, streams reset right after they open ("rapid reset"), and the process-level classes:
 300 connections that each open one such stream, a 1 MB gzip request that inflates to 1 GiB,
 the native front end's descriptors exhausted by idle connections (its RLIMIT_NOFILE lowered
@@ -74,8 +74,9 @@ def _normal_load(stubs, rate, stop, out):
             stub.Predict(request, timeout=5)
             error = None
         except grpc.RpcError as e:  # which path failed, how (e.g. the transport's refusal)
+            details = e.details() or ""
             error = (f"{e.code().name} via {'serve' if stub is stubs[0] else 'proxy'}"
-                     + (" (RST_STREAM)" if "RST_STREAM" in (e.details() or "") else ""))
+                     + (" (RST_STREAM)" if "RST_STREAM" in details else f" ({details[:60]})"))
         with lock:
             out.append((time.perf_counter() - sent_at, error, stub is stubs[0]))
 
@@ -120,6 +121,7 @@ SLOW_READERS = 8
 STREAMS_PER_READER = 100
 IDLE_READERS = 300  # connections of one zero-window stream each
 INFLATED_BYTES = 1 << 30  # what the gzip request inflates to (about 1 MB sent)
+LARGE_CONNECTIONS, LARGE_CALLS, LARGE_BYTES = 8, 16, 4 << 20  # large requests at once
 
 
 def _big_request(rows=256):
@@ -169,6 +171,7 @@ class _Misbehaving:
         self.readers = []
         self._once = False  # the once-per-class attacks (fd exhaustion, kill) done
         self._gzip = None
+        self._large = None
         self._big = _big_request().SerializeToString()
         self._flood = _big_request(64).SerializeToString()
         self._slow = st.predict_request("dpsr", [f"phone {i}" for i in range(64)],
@@ -202,6 +205,24 @@ class _Misbehaving:
         futures = [call.future(self._flood, timeout=600) for _ in range(2000)]
         out = _statuses(futures)
         channel.close()
+        return out
+
+    def large(self) -> str:
+        # Valid framing, a 4 MiB query string the server refuses (INVALID_ARGUMENT) once it
+        # reads it: what the front end holds meanwhile is the class's point.
+        if self._large is None:
+            self._large = st.predict_request("dpsr", [b"x" * LARGE_BYTES]).SerializeToString()
+        channels = [grpc.insecure_channel(self.address, options=[
+            ("grpc.use_local_subchannel_pool", 1), ("grpc.max_send_message_length", -1)])
+            for _ in range(LARGE_CONNECTIONS)]
+        futures = []
+        for channel in channels:
+            call = channel.unary_unary(st.PREDICT_METHOD, request_serializer=None,
+                                       response_deserializer=None)
+            futures += [call.future(self._large, timeout=30) for _ in range(LARGE_CALLS)]
+        out = _statuses(futures)
+        for channel in channels:
+            channel.close()
         return out
 
     def slow_reader(self) -> str:
@@ -547,7 +568,9 @@ def main():
         c = clients[target]
         bursts += [(f"{BURST} big requests, 50 ms deadline, via {target}", c.expired),
                    (f"{BURST} big requests cancelled at once, via {target}", c.cancelled),
-                   (f"2,000 concurrent calls on one connection, via {target}", c.flood)]
+                   (f"2,000 concurrent calls on one connection, via {target}", c.flood),
+                   (f"{LARGE_CONNECTIONS} connections x {LARGE_CALLS} calls of "
+                    f"{LARGE_BYTES >> 20} MiB at once, via {target}", c.large)]
     bursts.append((f"{STREAMS_PER_READER} streams reset at once (rapid reset), repeated",
                    clients["serve"].rapid_reset))
     paced = {name for name, _ in bursts}

@@ -97,18 +97,37 @@ grpc::Status Refusal(Admission a, FrontEnd* fe) {
 
 Call::Call(FrontEnd* fe, grpc::GenericCallbackServerContext* ctx)
     : fe_(fe), ctx_(ctx), client_(ClientOf(ctx, fe->options().client_metadata_key)) {
+  // A client whose calls already hold its request bytes gets this one refused unread: gRPC
+  // discards its message instead of the front end holding it to learn its size.
+  grpc::Status refused = fe_->BeforeRequestRead(client_);
+  if (!refused.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(refused);
+    return;
+  }
   StartRead(&request_);
 }
 
 void Call::OnReadDone(bool ok) {
   // The one request message (every method served is unary or server-streaming), or none when
   // the client half-closed without one. It is never read again: the backend gets it with its
-  // end-of-stream in one write.
+  // end-of-stream in one write. Its bytes count against the request budgets until the call
+  // ends (OnDone), or it is refused and dropped now.
+  grpc::Status over_budget;
+  if (ok) {
+    over_budget = fe_->HoldRequest(client_, request_.Length());
+    if (over_budget.ok()) request_bytes_ = request_.Length();
+    else request_.Clear();
+  }
   std::unique_lock<std::mutex> lock(mu_);
-  have_request_ = ok;
+  have_request_ = ok && over_budget.ok();
   if (cancelled_) {
     fe_->CountDroppedUnread();
     FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it was read"));
+    return;
+  }
+  if (!over_budget.ok()) {
+    FinishLocked(over_budget);
     return;
   }
   const bool unmetered = Unmetered(std::string(ctx_->method()));
@@ -379,6 +398,7 @@ void Call::OnDone() {
   // Delivered: the call ended with its answers and status sent, which HTTP/2 flow control
   // allows only once the client has read them (a finished write alone is not proof: gRPC
   // completes writes it has buffered).
+  if (request_bytes_ > 0) fe_->FreeRequest(client_, request_bytes_);
   if (unread_bytes_ > 0) fe_->FreeUnread(client_, unread_bytes_, !ctx_->IsCancelled());
   if (started_) fe_->Ended(client_, unread_bytes_ > 0 && !ctx_->IsCancelled());
   if (drain_counted_) fe_->drain().Done();

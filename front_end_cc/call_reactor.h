@@ -90,6 +90,7 @@ class Call : public grpc::ServerGenericBidiReactor {
   uint64_t framed_id_ = 0;
   std::chrono::steady_clock::time_point slot_since_;  // when it took its backend slot
   size_t unread_bytes_ = 0;  // answer bytes written to the client and counted against its budget
+  size_t request_bytes_ = 0;  // the request's bytes, counted against the request budgets
   grpc::ByteBuffer request_;
   grpc::ByteBuffer response_;
   grpc::ClientContext backend_ctx_;

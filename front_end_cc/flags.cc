@@ -25,6 +25,7 @@ namespace {
                "  [--max_queued=N] [--lifo_after_ms=N] [--queue_target_ms=N] [--queue_interval_ms=N]\n"
                "  [--max_streams_per_connection=N]\n"
                "  [--max_receive_message_bytes=N] [--max_unread_bytes_per_client=N]\n"
+               "  [--max_request_bytes_per_client=N] [--max_request_bytes=N]\n"
                "  [--hold_back_unread_bytes=N] [--hold_back_total_unread_bytes=N]\n"
                "  [--client_metadata_key=KEY] [--grace_seconds=S] [--channel_arg=KEY=VALUE ...]\n",
                why.c_str());
@@ -54,6 +55,10 @@ Options ResolveLimits(Options o, int cores) {
   if (o.max_running <= 0) o.max_running = 16 * cores;
   if (o.max_running_per_client <= 0) o.max_running_per_client = 2 * cores;
   o.max_running_per_client = std::min(o.max_running_per_client, o.max_running);
+  if (o.max_request_bytes_per_client <= 0) {
+    o.max_request_bytes_per_client = o.max_receive_message_bytes;
+  }
+  if (o.max_request_bytes <= 0) o.max_request_bytes = 2 * o.max_receive_message_bytes;
   return o;
 }
 
@@ -83,6 +88,9 @@ Options ParseFlags(int argc, char** argv) {
       o.max_receive_message_bytes = ParseLong(flag, value, 1);
     else if (flag == "max_unread_bytes_per_client")
       o.max_unread_bytes_per_client = ParseLong(flag, value, 1);
+    else if (flag == "max_request_bytes_per_client")
+      o.max_request_bytes_per_client = ParseLong(flag, value, 0);
+    else if (flag == "max_request_bytes") o.max_request_bytes = ParseLong(flag, value, 0);
     else if (flag == "hold_back_unread_bytes") o.hold_back_unread_bytes = ParseLong(flag, value, 0);
     else if (flag == "hold_back_total_unread_bytes")
       o.hold_back_total_unread_bytes = ParseLong(flag, value, 0);

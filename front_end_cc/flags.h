@@ -30,6 +30,10 @@ struct Options {
   int max_streams_per_connection = 128;
   long max_receive_message_bytes = 64L << 20;
   long max_unread_bytes_per_client = 64L << 20;
+  // Bytes of requests read and not yet answered (request_budget.h): per client, and all
+  // together. 0: derived in ResolveLimits from max_receive_message_bytes.
+  long max_request_bytes_per_client = 0;
+  long max_request_bytes = 0;
   long hold_back_unread_bytes = 4L << 20;
   long hold_back_total_unread_bytes = 8L << 20;
   std::string client_metadata_key = "dpsr-client";
@@ -45,7 +49,8 @@ int UsableCores();
 // Options with max_running and max_running_per_client of 0 given their values for `cores`:
 // 16 calls at the backend per core (a backend's run threads and batches need calls waiting at
 // it to keep every core busy), 2 per core from one client (one computing and one in transfer
-// per core: one client alone can still fill the machine), at most max_running.
+// per core: one client alone can still fill the machine), at most max_running. Request byte
+// budgets of 0: one largest message per client, two in all (past that, small calls still pass).
 Options ResolveLimits(Options o, int cores);
 
 // --flag=value arguments into Options. A bad or unknown flag, or no --backend, prints the usage

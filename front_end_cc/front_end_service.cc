@@ -38,7 +38,9 @@ FrontEnd::FrontEnd(const Options& o)
       gate_(o.max_running, o.max_running_per_client,
             static_cast<size_t>(o.max_queued_per_client), static_cast<size_t>(o.max_queued),
             o.initial_running_per_client, o.lifo_after_ms * 1000LL,
-            QueueDelay{o.queue_target_ms * 1000LL, o.queue_interval_ms * 1000LL}) {
+            QueueDelay{o.queue_target_ms * 1000LL, o.queue_interval_ms * 1000LL}),
+      requests_(static_cast<size_t>(o.max_request_bytes_per_client),
+                static_cast<size_t>(o.max_request_bytes)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
@@ -93,6 +95,43 @@ void FrontEnd::Release(const std::string& client, long long held_micros) {
     started = gate_.Release(client, NowMicros());
   }
   Start(started);
+}
+
+grpc::Status FrontEnd::RequestRefusal(RequestBudget::Verdict verdict, bool before_read) {
+  request_refused_.fetch_add(1, std::memory_order_relaxed);
+  const std::string when = before_read ? " (refused before it was read)" : "";
+  if (verdict == RequestBudget::Verdict::kClientFull) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        "dpsr front end: this connection's calls waiting or running hold " +
+                            std::to_string(requests_.per_client()) +
+                            " request bytes or more with this one, the most one connection may "
+                            "(--front_end_max_request_bytes_per_client)" + when +
+                            "; wait for their answers before sending more");
+  }
+  return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                      "dpsr front end: the calls waiting or running hold " +
+                          std::to_string(requests_.total()) +
+                          " request bytes, the most the server holds "
+                          "(--front_end_max_request_bytes); only calls under " +
+                          std::to_string(RequestBudget::kSmallBytes) +
+                          " bytes pass until they are answered" + when + "; try again later");
+}
+
+grpc::Status FrontEnd::BeforeRequestRead(const std::string& client) {
+  std::lock_guard<std::mutex> lock(mu_);
+  RequestBudget::Verdict v = requests_.BeforeRead(client);
+  return v == RequestBudget::Verdict::kHeld ? grpc::Status::OK : RequestRefusal(v, true);
+}
+
+grpc::Status FrontEnd::HoldRequest(const std::string& client, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  RequestBudget::Verdict v = requests_.Hold(client, bytes);
+  return v == RequestBudget::Verdict::kHeld ? grpc::Status::OK : RequestRefusal(v, false);
+}
+
+void FrontEnd::FreeRequest(const std::string& client, size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  requests_.Free(client, bytes);
 }
 
 long long FrontEnd::DelayTargetMicros() {
@@ -174,14 +213,15 @@ long long FrontEnd::DrainFor(long long grace_micros) {
 
 std::string FrontEnd::Summary() {
   std::lock_guard<std::mutex> lock(mu_);
-  char line[768];
+  char line[1024];
   std::snprintf(line, sizeof(line),
                 "dpsr_front_end: calls accepted %lld, forwarded %lld, queued %lld, "
                 "dropped before their turn %lld, refused (queue full) %lld, answers refused "
                 "(unread budget) %lld, clients held back %lld, passed without a turn "
                 "%lld, run newest first (overload) %lld, refused (overloaded) %lld, refused (deadline "
                 "before its turn) %lld; service time %lld us; limits: %d running, %d per "
-                "client; now running %d, waiting %zu; framed %lld; refused (stopping) %lld",
+                "client; now running %d, waiting %zu; framed %lld; refused (stopping) %lld; "
+                "refused (request bytes) %lld",
                 (long long)accepted_.load(), (long long)forwarded_.load(),
                 (long long)queued_.load(), (long long)dropped_waiting_.load(),
                 (long long)refused_.load(), (long long)unread_refused_.load(),
@@ -189,7 +229,8 @@ std::string FrontEnd::Summary() {
                 gate_.newest_first(), (long long)overloaded_.load(),
                 (long long)cannot_finish_.load(), gate_.service_time(), options_.max_running,
                 gate_.max_running_per_client(), gate_.running(), gate_.queued(),
-                (long long)framed_calls_.load(), (long long)stopping_refused_.load());
+                (long long)framed_calls_.load(), (long long)stopping_refused_.load(),
+                (long long)request_refused_.load());
   return line;
 }
 

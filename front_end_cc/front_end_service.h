@@ -8,7 +8,8 @@
 // dpsr-client metadata (ClientOf in call_reactor.cc); that name is passed on in the same
 // metadata, so the backend's per-client limits still tell them apart. The bytes of answers a
 // client has not read yet are bounded per client (--max_unread_bytes_per_client): past it, a
-// call's answer is dropped with RESOURCE_EXHAUSTED instead of held.
+// call's answer is dropped with RESOURCE_EXHAUSTED instead of held; so are the bytes of requests
+// read and not yet answered (request_budget.h): past them, a call is refused at once.
 #ifndef DPSR_FRONT_END_CC_FRONT_END_SERVICE_H_
 #define DPSR_FRONT_END_CC_FRONT_END_SERVICE_H_
 
@@ -31,6 +32,7 @@
 #include "front_end_cc/fair_gate.h"
 #include "front_end_cc/flags.h"
 #include "front_end_cc/framed_backend.h"
+#include "front_end_cc/request_budget.h"
 
 namespace dpsr {
 namespace front_end {
@@ -42,6 +44,13 @@ class FrontEnd : public grpc::CallbackGenericService {
   explicit FrontEnd(const Options& o);
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override;
+
+  // Request bytes held (request_budget.h): before a call's message is read, OK or the refusal
+  // that its client's spent budget earns it; once read, OK (its `bytes` counted until
+  // FreeRequest) or the refusal.
+  grpc::Status BeforeRequestRead(const std::string& client);
+  grpc::Status HoldRequest(const std::string& client, size_t bytes);
+  void FreeRequest(const std::string& client, size_t bytes);
 
   // The first message of `call` arrived: run it now, queue it, or refuse it.
   Admission Offer(Call* call);
@@ -104,6 +113,8 @@ class FrontEnd : public grpc::CallbackGenericService {
   // own lock and gRPC's).
   void Start(Started started);
 
+  grpc::Status RequestRefusal(RequestBudget::Verdict verdict, bool before_read);
+
   bool OverTotal() const {
     return total_unread_ > static_cast<size_t>(options_.hold_back_total_unread_bytes);
   }
@@ -120,6 +131,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::unique_ptr<FramedBackend> framed_;
   std::mutex mu_;
   FairGate<Call*> gate_;
+  RequestBudget requests_;  // under mu_
   Drain drain_;
   std::unordered_map<std::string, size_t> unread_;  // under mu_
   size_t total_unread_ = 0;                         // under mu_
@@ -128,7 +140,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::deque<std::string> readers_order_;    // readers_ oldest first, to forget the oldest
   std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
       refused_{0}, overloaded_{0}, cannot_finish_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0},
-      framed_calls_{0}, stopping_refused_{0};
+      framed_calls_{0}, stopping_refused_{0}, request_refused_{0};
   std::atomic<uint64_t> framed_ids_{0};
 };
 

@@ -28,7 +28,6 @@
 #include <climits>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -38,6 +37,7 @@
 #include "front_end_cc/accept_shedding.h"
 #include "front_end_cc/flags.h"
 #include "front_end_cc/front_end_service.h"
+#include "front_end_cc/heap_trim.h"
 #include "front_end_cc/listener.h"
 
 namespace dpsr {
@@ -125,6 +125,8 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "dpsr_front_end: %s\n", error.c_str());
     return 1;
   }
+  HeapTrimmer trimmer;
+  trimmer.Start();
   std::printf("dpsr_front_end listening on port %d\n", port);
   std::fflush(stdout);
   if (getppid() == 1) return 0;  // the parent died before prctl took hold
@@ -141,9 +143,11 @@ int Main(int argc, char** argv) {
       front_end.DrainFor(static_cast<long long>(options.grace_seconds * 1e6));
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::microseconds(left));
   server->Wait();
-  std::fprintf(stderr, "%s; connections shed (descriptors out) %llu\n",
-               front_end.Summary().c_str(),
-               static_cast<unsigned long long>(ShedConnections()));
+  trimmer.Stop();
+  std::fprintf(stderr, "%s; connections shed (descriptors out) %llu; heap trims %zu, %zu MiB "
+               "released\n", front_end.Summary().c_str(),
+               static_cast<unsigned long long>(ShedConnections()), trimmer.trims(),
+               trimmer.released_mib());
   return 0;
 }
 

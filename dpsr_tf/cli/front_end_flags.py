@@ -61,6 +61,18 @@ MAX_UNREAD = flags.DEFINE_integer(
     f"{_WITH_NATIVE} answer bytes one connection has not read (HTTP/2 flow control); past "
     "it, its further answers are dropped with RESOURCE_EXHAUSTED instead of held.",
     lower_bound=1)
+MAX_REQUEST_BYTES_PER_CLIENT = flags.DEFINE_integer(
+    "front_end_max_request_bytes_per_client", FrontEndOptions.max_request_bytes_per_client,
+    f"{_WITH_NATIVE} bytes of requests one connection may have read and not yet answered "
+    "(waiting, running, or their answer being written); a call that would pass it is refused "
+    "at once with RESOURCE_EXHAUSTED (a connection holding none may always send one call), and "
+    "once a connection holds it all, its new calls are refused before they are read. 0: "
+    "--max_receive_message_bytes (one largest message).", lower_bound=0)
+MAX_REQUEST_BYTES = flags.DEFINE_integer(
+    "front_end_max_request_bytes", FrontEndOptions.max_request_bytes,
+    f"{_WITH_NATIVE} the same, all connections together; past it only calls under 64 KiB pass "
+    "(up to 64 KiB per connection), so small calls still run while large ones are refused. "
+    "0: twice --max_receive_message_bytes.", lower_bound=0)
 FRAMED_PREDICT = flags.DEFINE_bool(
     "front_end_framed_predict", True, f"{_WITH_NATIVE} Predict calls reach the server (or the "
     "proxy) as frames on a private UNIX socket instead of as gRPC calls on its event loop "
@@ -109,6 +121,8 @@ def _native_options(ssl, hold_back_unread_bytes: int,
         lifo_after_ms=LIFO_AFTER_MS.value, queue_target_ms=QUEUE_TARGET_MS.value,
         queue_interval_ms=QUEUE_INTERVAL_MS.value,
         max_unread_bytes_per_client=MAX_UNREAD.value,
+        max_request_bytes_per_client=MAX_REQUEST_BYTES_PER_CLIENT.value,
+        max_request_bytes=MAX_REQUEST_BYTES.value,
         hold_back_unread_bytes=hold_back_unread_bytes,
         hold_back_total_unread_bytes=hold_back_total_unread_bytes,
         framed_predict=FRAMED_PREDICT.value)

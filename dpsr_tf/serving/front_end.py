@@ -65,6 +65,12 @@ class FrontEndOptions:
         RESOURCE_EXHAUSTED until its queue is below the target again; target 0: off.
       max_unread_bytes_per_client: answer bytes one connection has not read yet; past it, its
         further answers are dropped with RESOURCE_EXHAUSTED instead of held.
+      max_request_bytes_per_client, max_request_bytes: bytes of requests read and not yet
+        answered (waiting for a turn, at the server, or having their answer written), of one
+        connection and of all together; a call that would pass either is refused at once with
+        RESOURCE_EXHAUSTED (a connection that holds none may always send one call; past the
+        total, a connection may still hold 64 KiB of small calls); 0: one largest message
+        (--max_receive_message_bytes) per connection, two in all.
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
         going to the server until it reads (the server's
         --max_unsent_response_bytes_per_client); 0: never held back.
@@ -88,6 +94,8 @@ class FrontEndOptions:
     queue_target_ms: int = 5
     queue_interval_ms: int = 100
     max_unread_bytes_per_client: int = 64 << 20
+    max_request_bytes_per_client: int = 0
+    max_request_bytes: int = 0
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
     framed_predict: bool = False
@@ -213,6 +221,8 @@ class NativeFrontEnd:
             f"--queue_target_ms={options.queue_target_ms}",
             f"--queue_interval_ms={options.queue_interval_ms}",
             f"--max_unread_bytes_per_client={options.max_unread_bytes_per_client}",
+            f"--max_request_bytes_per_client={options.max_request_bytes_per_client}",
+            f"--max_request_bytes={options.max_request_bytes}",
             f"--hold_back_unread_bytes={options.hold_back_unread_bytes or (1 << 62)}",
             "--hold_back_total_unread_bytes="
             f"{options.hold_back_total_unread_bytes or (1 << 62)}",

@@ -386,6 +386,52 @@ def test_a_connection_over_its_queue_limit_is_refused_at_once(toy_model_dir, tmp
     assert counts["accepted"] - counts["forwarded"] == counts["refused"] == 7
 
 
+_REQUEST_BYTES_REFUSED = re.compile(r"refused \(request bytes\) (\d+)")
+
+
+def test_calls_past_the_request_byte_budgets_are_refused_at_once(toy_model_dir, tmp_path):
+    # Requests of about 300 KB, a connection's budget of exactly three of them and a total of
+    # three and a half: while the server is stopped the first runs and two wait, holding the
+    # budget; the connection's later calls are refused at once (once its budget is held, before
+    # they are read), and so is another connection's large call (the total), while its small
+    # call still passes. Answered, the bytes are free again.
+    big = st.predict_request("dpsr", [f"phone {i} " + "x" * 2990 for i in range(100)])
+    big, small = big.SerializeToString(), st.predict_request(
+        "dpsr", ["cordless drill"]).SerializeToString()
+    server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
+                    f"--front_end_max_request_bytes_per_client={3 * len(big)}",
+                    f"--front_end_max_request_bytes={3 * len(big) + len(big) // 2}")
+    channel, call = _raw_call(server.address)
+    other_channel, other = _raw_call(server.address)
+    try:
+        call(small, timeout=60)
+        with _python_server_stopped(server):
+            first = [call.future(big, timeout=120) for _ in range(5)]
+            waiting.wait_until(lambda: sum(f.done() for f in first) >= 2, "2 refusals")
+            refused = [f for f in first if f.done()]
+            unread = st.rpc_error(call, big, timeout=60)  # the budget is held: not read
+            total = st.rpc_error(other, big, timeout=60)
+            passing = other.future(small, timeout=120)
+            assert not passing.done()
+        assert len(refused) == 2
+        for error in [st.rpc_error(f.result) for f in refused] + [unread, total]:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert "refused before it was read" in unread.details()
+        assert f"hold {3 * len(big)} request bytes or more" in unread.details()
+        assert f"hold {3 * len(big) + len(big) // 2} request bytes" in total.details()
+        assert [_code(f) for f in first if f not in refused] == ["OK"] * 3
+        assert _code(passing) == "OK"
+        assert len(call(big, timeout=60)) > 0  # answered: the budget is free
+        assert len(other(big, timeout=60)) > 0
+    finally:
+        channel.close()
+        other_channel.close()
+        counts = _summary(server)
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        assert _REQUEST_BYTES_REFUSED.findall(f.read())[-1] == "4"
+    assert counts["accepted"] - counts["forwarded"] == 4
+
+
 def test_a_client_that_never_reads_gets_no_more_answers_computed(toy_model_dir, tmp_path):
     # Answers of ~290 KB against a hold-back of 64 KiB, slow start off (the reader may have 2
     # calls at the server at once): once the first answer waits for the zero-window reader, its
