@@ -34,6 +34,8 @@ struct Options {
   // together. 0: derived in ResolveLimits from max_receive_message_bytes.
   long max_request_bytes_per_client = 0;
   long max_request_bytes = 0;
+  // A Predict request of this many bytes or more goes over gRPC, not the framed hop; 0: none.
+  long framed_max_request_bytes = 1L << 20;
   long hold_back_unread_bytes = 4L << 20;
   long hold_back_total_unread_bytes = 8L << 20;
   std::string client_metadata_key = "dpsr-client";

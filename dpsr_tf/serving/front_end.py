@@ -71,6 +71,9 @@ class FrontEndOptions:
         RESOURCE_EXHAUSTED (a connection that holds none may always send one call; past the
         total, a connection may still hold 64 KiB of small calls); 0: one largest message
         (--max_receive_message_bytes) per connection, two in all.
+      framed_max_request_bytes: with `framed_predict`, a Predict request of this many bytes
+        or more goes over gRPC instead: the server reads the framed hop one request at a time,
+        so a large one would hold every later call behind it; 0: every one framed.
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
         going to the server until it reads (the server's
         --max_unsent_response_bytes_per_client); 0: never held back.
@@ -96,6 +99,7 @@ class FrontEndOptions:
     max_unread_bytes_per_client: int = 64 << 20
     max_request_bytes_per_client: int = 0
     max_request_bytes: int = 0
+    framed_max_request_bytes: int = 1 << 20
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
     framed_predict: bool = False
@@ -223,6 +227,7 @@ class NativeFrontEnd:
             f"--max_unread_bytes_per_client={options.max_unread_bytes_per_client}",
             f"--max_request_bytes_per_client={options.max_request_bytes_per_client}",
             f"--max_request_bytes={options.max_request_bytes}",
+            f"--framed_max_request_bytes={options.framed_max_request_bytes}",
             f"--hold_back_unread_bytes={options.hold_back_unread_bytes or (1 << 62)}",
             "--hold_back_total_unread_bytes="
             f"{options.hold_back_total_unread_bytes or (1 << 62)}",

@@ -432,6 +432,27 @@ def test_calls_past_the_request_byte_budgets_are_refused_at_once(toy_model_dir, 
     assert counts["accepted"] - counts["forwarded"] == 4
 
 
+def test_large_predict_requests_go_over_grpc_not_the_framed_hop(toy_model_dir, tmp_path):
+    # Requests of about 30 KB against --front_end_framed_max_request_bytes=20000: they reach
+    # the server over gRPC, the small ones as frames; the answers are the same either way.
+    big = st.predict_request("dpsr", [f"phone {i} " + "x" * 2990 for i in range(10)])
+    small = st.predict_request("dpsr", ["cordless drill"])
+    assert len(big.SerializeToString()) > 20000 > len(small.SerializeToString())
+    answers = {}
+    for framed_max in (20000, 0):
+        server = _start(toy_model_dir, tmp_path,
+                        f"--front_end_framed_max_request_bytes={framed_max}")
+        try:
+            answers[framed_max] = _predict_answers(server.address, [small, big, small, big, big])
+        finally:
+            server.stop()
+        with open(server.log_path, encoding="utf-8", errors="replace") as f:
+            framed = re.findall(r"framed Predict calls read: (\d+)", f.read())
+        assert framed and int(framed[-1]) == (2 if framed_max else 5), server.log_tail()
+    assert [code for code, _ in answers[20000]] == ["OK"] * 5
+    assert answers[20000] == answers[0]
+
+
 def test_a_client_that_never_reads_gets_no_more_answers_computed(toy_model_dir, tmp_path):
     # Answers of ~290 KB against a hold-back of 64 KiB, slow start off (the reader may have 2
     # calls at the server at once): once the first answer waits for the zero-window reader, its
