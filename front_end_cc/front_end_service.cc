@@ -99,22 +99,25 @@ void FrontEnd::Release(const std::string& client, long long held_micros) {
 
 grpc::Status FrontEnd::RequestRefusal(RequestBudget::Verdict verdict, bool before_read) {
   request_refused_.fetch_add(1, std::memory_order_relaxed);
-  const std::string when = before_read ? " (refused before it was read)" : "";
+  // Before the read the call's size is unknown: the budget is already spent.
+  const std::string hold = before_read ? " already hold " : " would hold more than ";
+  const std::string with = before_read ? " (refused before its message was read)" :
+                                         " with this one";
   if (verdict == RequestBudget::Verdict::kClientFull) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        "dpsr front end: this connection's calls waiting or running hold " +
-                            std::to_string(requests_.per_client()) +
-                            " request bytes or more with this one, the most one connection may "
-                            "(--front_end_max_request_bytes_per_client)" + when +
-                            "; wait for their answers before sending more");
+                        "dpsr front end: this connection's calls waiting or running" + hold +
+                            std::to_string(requests_.per_client()) + " request bytes" + with +
+                            ", the most one connection may hold "
+                            "(--front_end_max_request_bytes_per_client); wait for their answers "
+                            "before sending more");
   }
   return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                      "dpsr front end: the calls waiting or running hold " +
-                          std::to_string(requests_.total()) +
-                          " request bytes, the most the server holds "
-                          "(--front_end_max_request_bytes); only calls under " +
+                      "dpsr front end: the calls waiting or running" + hold +
+                          std::to_string(requests_.total()) + " request bytes" + with +
+                          ", the most the server holds (--front_end_max_request_bytes); until "
+                          "some are answered only calls under " +
                           std::to_string(RequestBudget::kSmallBytes) +
-                          " bytes pass until they are answered" + when + "; try again later");
+                          " bytes pass; try again later");
 }
 
 grpc::Status FrontEnd::BeforeRequestRead(const std::string& client) {
