@@ -239,7 +239,7 @@ bool Call::StartFramed() {
   FramedBackend* framed = fe_->framed();
   // A large request goes over gRPC: the framed hop is one stream, which the server reads one
   // request at a time, so a large one's read and parse held every later call behind it (8
-  // connections sending 4 MiB calls at once: other clients' p99 476 ms framed, 88 over gRPC;
+  // connections sending 4 MiB calls at once: other clients' p99 343-494 ms framed, 73-88 over gRPC;
   // hostile_bench.py).
   if (framed == nullptr || !have_request_ || ctx_->method() != kPredictMethod || large_) {
     return false;

@@ -83,7 +83,7 @@ FRAMED_MAX_REQUEST_BYTES = flags.DEFINE_integer(
     f"{_WITH_NATIVE} a Predict request of this many bytes or more goes to the server over "
     "gRPC, not the framed hop, which the server reads one request at a time: a large one "
     "there held every later call behind its read and parse (8 connections sending 4 MiB "
-    "calls at once: other clients' p99 476 ms framed, 88 ms with them over gRPC). 0: every "
+    "calls at once: other clients' p99 343-494 ms framed, 73-88 ms over gRPC). 0: every "
     "Predict framed.", lower_bound=0)
 
 
