@@ -123,9 +123,10 @@ class _FrameServer:
 
 @pytest.fixture()
 def front(tmp_path):
-    """A dpsr_front_end with its framed hop on a _FrameServer and no gRPC backend at all."""
+    """A dpsr_front_end with its framed hop on a _FrameServer and no gRPC backend at all; every
+    Predict framed, however large (framed_max_request_bytes 0)."""
     fe = front_end.NativeFrontEnd("127.0.0.1:0", front_end.FrontEndOptions(
-        framed_predict=True, queue_target_ms=0), 0, 64 << 20)
+        framed_predict=True, queue_target_ms=0, framed_max_request_bytes=0), 0, 64 << 20)
     frames = _FrameServer(fe.framed_socket)
     fe.start()
     yield fe, frames
