@@ -13,8 +13,9 @@ traffic is the baseline. The classes of misbehaving clients follow (tests/servin
 test_client_isolation.py's cases, sent by the real gRPC client or a raw HTTP/2 one): bursts of
 200 large requests ("big": 256 rows, k=300 over a 20,000-item model) whose 50 ms deadline
 passes in the queue, the same cancelled by the client at once, 2,000 concurrent calls on one
-connection, 8 connections that each send 16 calls of 4 MiB at once (512 MiB a burst), connections that open 100 streams each with a zero flow-control window and never
-read, streams reset right after they open ("rapid reset"), and the process-level classes:
+connection, 8 connections that each send 16 calls of 4 MiB at once (512 MiB a burst),
+connections that open 100 streams each with a zero flow-control window and never read,
+streams reset right after they open ("rapid reset"), and the process-level classes:
 300 connections that each open one such stream, a 1 MB gzip request that inflates to 1 GiB,
 the native front end's descriptors exhausted by idle connections (its RLIMIT_NOFILE lowered
 to what it uses plus 32, then 100 idle connections opened and closed), and the native front

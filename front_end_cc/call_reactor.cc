@@ -115,14 +115,10 @@ void Call::OnReadDone(bool ok) {
   // ends (OnDone), or it is refused and dropped now.
   grpc::Status over_budget;
   if (ok) {
-    over_budget = fe_->HoldRequest(client_, request_.Length());
-    if (over_budget.ok()) {
-      request_bytes_ = request_.Length();
-      const long framed_max = fe_->options().framed_max_request_bytes;
-      large_ = framed_max > 0 && request_bytes_ >= static_cast<size_t>(framed_max);
-    } else {
-      request_.Clear();
-    }
+    const size_t bytes = request_.Length();
+    over_budget = fe_->HoldRequest(client_, bytes);
+    if (over_budget.ok()) request_bytes_ = bytes;
+    else request_.Clear();
   }
   std::unique_lock<std::mutex> lock(mu_);
   have_request_ = ok && over_budget.ok();
@@ -241,7 +237,9 @@ bool Call::StartFramed() {
   // request at a time, so a large one's read and parse held every later call behind it (8
   // connections sending 4 MiB calls at once: other clients' p99 343-494 ms framed, 73-88 over gRPC;
   // hostile_bench.py).
-  if (framed == nullptr || !have_request_ || ctx_->method() != kPredictMethod || large_) {
+  const long framed_max = fe_->options().framed_max_request_bytes;
+  const bool large = framed_max > 0 && request_bytes_ >= static_cast<size_t>(framed_max);
+  if (framed == nullptr || !have_request_ || ctx_->method() != kPredictMethod || large) {
     return false;
   }
   const uint64_t id = fe_->NextFramedId();

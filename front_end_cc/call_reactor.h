@@ -92,7 +92,6 @@ class Call : public grpc::ServerGenericBidiReactor {
   std::chrono::steady_clock::time_point slot_since_;  // when it took its backend slot
   size_t unread_bytes_ = 0;  // answer bytes written to the client and counted against its budget
   size_t request_bytes_ = 0;  // the request's bytes, counted against the request budgets
-  bool large_ = false;  // --framed_max_request_bytes or more: forwarded over gRPC
   grpc::ByteBuffer request_;
   grpc::ByteBuffer response_;
   grpc::ClientContext backend_ctx_;
