@@ -14,7 +14,7 @@ from absl import flags
 
 from dpsr_tf.cli import front_end_flags
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import stream_limits
+from dpsr_tf.serving import heap_trim, stream_limits
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.proxy import peer_limits
@@ -68,6 +68,11 @@ _MAX_BACKEND_CALLS_PER_PEER = flags.DEFINE_integer(
     "one client connection holds, so that another client's call finds a slot free at once "
     "instead of waiting for a flood's next answer (0: half of --max_backend_calls_in_flight).",
     lower_bound=0)
+_HEAP_TRIM = flags.DEFINE_float(
+    "heap_trim_interval_seconds", heap_trim.DEFAULT_INTERVAL_SECONDS, "How often the proxy "
+    f"checks its resident size and, when it grew {heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB "
+    "since the last trim, returns freed heap pages to the system (glibc malloc_trim). 0: never.",
+    lower_bound=0.0)
 _MAX_STREAMS = flags.DEFINE_integer(
     "max_streams_per_connection", stream_limits.DERIVED,
     "Calls one client connection may have open at once (HTTP/2 "
@@ -151,6 +156,7 @@ def main(argv):
                                  max_backend_calls_in_flight=backend_calls,
                                  max_backend_calls_per_peer=_MAX_BACKEND_CALLS_PER_PEER.value,
                                  max_streams_per_connection=streams,
+                                 heap_trim_interval_seconds=_HEAP_TRIM.value,
                                  native_front_end=native_front_end)
     try:
         proxy.run_proxy(options, settings)

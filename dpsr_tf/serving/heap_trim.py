@@ -4,9 +4,12 @@ glibc keeps what a thread frees in its arena: the batch tensors of 1,000-row bat
 held for a client that never reads and then dropped, parsed requests. Only the top of an arena
 is given back on its own; the rest stays resident until `malloc_trim` walks the arenas and
 releases their free pages: with zero-window readers and batching on, trimming keeps the
-server markedly smaller (docs/benchmarks.md, "Misbehaving clients"). Trimming locks each arena
-while it walks it, which takes a while on a large heap, so it runs only when the resident size
-has grown by `min_growth_bytes` since the last trim, not on a fixed clock.
+server markedly smaller (docs/benchmarks.md, "Misbehaving clients"), and the servers let large
+buffers come from the heap, for the next request to reuse, on the trimmer's promise to give
+them back (startup.set_large_buffer_policy). Trimming locks each arena while it walks it, which
+takes a while on a large heap, so it runs only when the resident size, or the heap's free
+bytes, have grown by `min_growth_bytes` since the last trim, not on a fixed clock. The second
+catches a burst's buffers freed after it, when the resident size no longer grows.
 """
 import ctypes
 import ctypes.util
@@ -40,6 +43,28 @@ def libc_function(name: str):
         return None
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def glibc_free_heap_bytes() -> Optional[Callable[[], int]]:
+    """The free bytes glibc's arenas hold (mallinfo2's fordblks + fsmblks: resident until a
+    trim, unless a trim already released them) as a callable, or None where libc has no
+    mallinfo2 (glibc before 2.33, musl, macOS)."""
+    info = libc_function("mallinfo2")
+    if info is None:
+        return None
+    info.argtypes = []
+    info.restype = _MallInfo2
+
+    def free_bytes() -> int:
+        now = info()
+        return now.fordblks + now.fsmblks
+    return free_bytes
+
+
 def glibc_malloc_trim() -> Optional[Callable[[], int]]:
     """glibc's malloc_trim(0) as a callable, or None where libc has none (musl, macOS)."""
     trim = libc_function("malloc_trim")
@@ -51,15 +76,16 @@ def glibc_malloc_trim() -> Optional[Callable[[], int]]:
 
 
 class HeapTrimmer:
-    """Calls `trim` whenever the resident size is `min_growth_bytes` above what it was after
-    the last trim (or at start). A fall in the resident size lowers that mark, so growth is
-    counted from the lowest size seen since. `check` is one step; `start` runs it every
-    `interval_seconds` on a daemon thread until `stop`."""
+    """Calls `trim` whenever the resident size, or the heap's free bytes (`free_heap`), are
+    `min_growth_bytes` above what they were after the last trim (or at start). A fall lowers
+    that mark, so growth is counted from the lowest value seen since. `check` is one step;
+    `start` runs it every `interval_seconds` on a daemon thread until `stop`."""
 
     def __init__(self, interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
                  min_growth_bytes: int = DEFAULT_MIN_GROWTH_BYTES,
                  trim: Optional[Callable[[], int]] = None,
-                 rss: Callable[[], int] = resident_bytes):
+                 rss: Callable[[], int] = resident_bytes,
+                 free_heap: Optional[Callable[[], int]] = None):
         if interval_seconds <= 0:
             raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
         if min_growth_bytes < 0:
@@ -69,6 +95,9 @@ class HeapTrimmer:
         self._trim = trim if trim is not None else glibc_malloc_trim()
         self._rss = rss
         self._mark = rss()
+        self._free_heap = free_heap if free_heap is not None else (
+            glibc_free_heap_bytes() or (lambda: 0))
+        self._free_mark = self._free_heap()
         self.trims = 0
         self.released_bytes = 0
         self.trim_seconds = 0.0
@@ -78,14 +107,18 @@ class HeapTrimmer:
 
     def check(self) -> bool:
         """Trims when the resident size grew enough; True when it trimmed."""
-        now = self._rss()
-        if self._trim is None or now < self._mark + self.min_growth_bytes:
+        now, free = self._rss(), self._free_heap()
+        if self._trim is None or (now < self._mark + self.min_growth_bytes and
+                                  free < self._free_mark + self.min_growth_bytes):
             self._mark = min(self._mark, now)
+            self._free_mark = min(self._free_mark, free)
             return False
         start = time.perf_counter()
         self._trim()
         took = time.perf_counter() - start
         after = self._rss()
+        # Released pages still count as free: growth is counted from here.
+        self._free_mark = self._free_heap()
         self.trims += 1
         self.trim_seconds += took
         self.longest_trim_seconds = max(self.longest_trim_seconds, took)

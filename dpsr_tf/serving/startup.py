@@ -1,7 +1,7 @@
 """Start-up plumbing shared by the model server and the proxy: binding the gRPC port, the
 port file a supervisor reads, the file-descriptor limit, refusing compressed requests,
-freezing the start-up heap out of the garbage collector, returning large freed buffers to the
-system, and the model server's choice of TensorFlow's CPU kernels."""
+freezing the start-up heap out of the garbage collector, where glibc puts large buffers, and
+the model server's choice of TensorFlow's CPU kernels."""
 import gc
 import json
 import os
@@ -70,24 +70,39 @@ def freeze_heap() -> None:
     gc.freeze()
 
 
-# Allocations of at least this many bytes get pages of their own, unmapped when freed.
+# Where no heap trimmer runs, allocations of at least this many bytes get pages of their own,
+# unmapped when freed.
 LARGE_BUFFER_BYTES = 4 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+# Where the heap trimmer runs (heap_trim.py), allocations below this come from the heap (glibc's
+# own ceiling for its moving threshold), and a free keeps up to HEAP_TOP_KEEP_BYTES on the
+# heap's top for the next buffer instead of giving it back at once.
+HEAP_BUFFER_BYTES = 32 << 20
+HEAP_TOP_KEEP_BYTES = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 
 
-def return_large_buffers_to_the_system() -> bool:
-    """Fixes glibc's mmap threshold at LARGE_BUFFER_BYTES (True when set).
+def set_large_buffer_policy(trimmed: bool) -> bool:
+    """Decides where glibc puts large buffers (request bodies, big answers, batch tensors);
+    True when set.
 
-    By default glibc raises the threshold to the size of each large buffer freed (up to 32
-    MiB), so the next buffers of that size come from a heap, which keeps what is freed: a
-    server that refused large requests stayed larger (docs/benchmarks.md, "Misbehaving
-    clients"). With a fixed threshold large buffers (request bodies, big answers, batch
-    tensors) are unmapped when freed. Left alone where libc is not glibc, or where the
-    operator set MALLOC_MMAP_THRESHOLD_ (glibc reads it at start)."""
+    By default glibc moves its mmap threshold to the size of each large buffer freed, so what
+    it keeps depends on the traffic's history: a server that refused large requests stayed
+    larger (docs/benchmarks.md, "Misbehaving clients"). With `trimmed` (the process runs a
+    heap_trim.HeapTrimmer) buffers under HEAP_BUFFER_BYTES come from the heap and a freed one
+    is reused by the next, so a burst of 4 MiB requests faults their pages in once, not once
+    per request (6.4 against 0.4 ms of CPU for each; bench/large_buffer_bench.py), and the
+    trimmer gives the pages back after the burst. Without it, buffers of LARGE_BUFFER_BYTES
+    or more are unmapped when freed. Left alone where libc is not glibc, or where the operator
+    set MALLOC_MMAP_THRESHOLD_ (glibc reads it at start)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     mallopt = libc_function("mallopt")
-    return mallopt is not None and mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES) == 1
+    if mallopt is None:
+        return False
+    if not trimmed:
+        return mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES) == 1
+    return (mallopt(_M_MMAP_THRESHOLD, HEAP_BUFFER_BYTES) == 1 and
+            mallopt(_M_TRIM_THRESHOLD, HEAP_TOP_KEEP_BYTES) == 1)
 
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"

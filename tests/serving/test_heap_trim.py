@@ -93,3 +93,42 @@ def test_a_trim_returns_freed_heap_pages():
     trimmed, after_free, after = _run("trim")
     assert trimmed and after_free > 150, (after_free, after)
     assert after < 20, f"{after} MiB still resident after the trim (freed: {after_free} MiB)"
+
+
+def test_trims_when_the_heaps_free_bytes_grow_though_the_resident_size_does_not():
+    # A burst's buffers freed after it: the resident size stays flat, the heap's free bytes
+    # rise. Marks: rss 100, free 10. Free 20 (< +16) no; free 26 (+16) trims, and the free mark
+    # becomes what is free after the trim (26: released pages still count as free); 30 no;
+    # free falls to 5 (reused), then 21 (+16 over 5) trims.
+    free = iter([10 * MIB, 20 * MIB, 26 * MIB, 26 * MIB, 30 * MIB, 5 * MIB, 21 * MIB,
+                 21 * MIB])
+    trims = []
+    trimmer = HeapTrimmer(min_growth_bytes=16 * MIB, trim=lambda: trims.append(1),
+                          rss=lambda: 100 * MIB, free_heap=lambda: next(free))
+    assert [trimmer.check() for _ in range(5)] == [False, True, False, False, True]
+    assert trimmer.trims == 2 and len(trims) == 2
+
+
+_BURST = textwrap.dedent("""
+    from dpsr_tf.serving import startup
+    from dpsr_tf.serving.heap_trim import HeapTrimmer, resident_bytes
+    startup.set_large_buffer_policy(trimmed=True)
+    trimmer = HeapTrimmer(min_growth_bytes=16 << 20)
+    base = resident_bytes()
+    held = [b"x" * (8 << 20) for _ in range(10)]   # a burst of 8 MB requests, held at once
+    during = trimmer.check()                       # grew: trims, but everything is in use
+    del held                                       # the burst ends: the heap keeps its pages
+    freed = resident_bytes()
+    after = trimmer.check()
+    print(int(during), int(after), (freed - base) >> 20, (resident_bytes() - base) >> 20)
+""")
+
+
+def test_a_bursts_buffers_freed_after_it_are_trimmed():
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallinfo2 and malloc_trim are glibc's")
+    out = subprocess.run([sys.executable, "-c", _BURST], capture_output=True, text=True,
+                         check=True).stdout.split()
+    during, after, freed, left = (int(v) for v in out)
+    assert during and freed >= 60, out   # the freed 80 MB stayed resident, the rss flat ...
+    assert after and left <= 10, out     # ... and the free bytes' growth trimmed them

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import stream_limits
+from dpsr_tf.serving import heap_trim, stream_limits
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.front_end import (FrontEndOptions, NativeFrontEnd,
                                        exit_if_front_end_failed, stop_this_process)
@@ -28,7 +28,7 @@ from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Router
 from dpsr_tf.serving.proxy.servicer import ProxyServicer
 from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED, bind_grpc,
                                      freeze_heap, grpc_address, raise_fd_limit,
-                                     return_large_buffers_to_the_system, write_port_file)
+                                     set_large_buffer_policy, write_port_file)
 
 _LOG = logging.getLogger("serving.proxy")
 _MAX_REQUEST_BYTES = 64 << 20
@@ -79,6 +79,7 @@ class ProxyOptions:
     max_backend_calls_in_flight: int = DEFAULT_MAX_BACKEND_CALLS
     max_backend_calls_per_peer: int = 0
     max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
+    heap_trim_interval_seconds: float = heap_trim.DEFAULT_INTERVAL_SECONDS
     native_front_end: Optional[FrontEndOptions] = None
 
 
@@ -100,6 +101,7 @@ class ProxyServer:
         self._health = None
         self._http = None
         self._poll_task = None
+        self._heap_trimmer = None
         self.grpc_port = None
         self.rest_api_port = None
 
@@ -171,7 +173,10 @@ class ProxyServer:
         if opts.proxy_config_file and opts.config_file_poll_wait_seconds > 0:
             self._poll_task = asyncio.ensure_future(self._poll_config())
         freeze_heap()
-        return_large_buffers_to_the_system()
+        set_large_buffer_policy(trimmed=opts.heap_trim_interval_seconds > 0)
+        if opts.heap_trim_interval_seconds > 0:
+            self._heap_trimmer = heap_trim.HeapTrimmer(opts.heap_trim_interval_seconds)
+            self._heap_trimmer.start()
         for service in ("", "tensorflow.serving.PredictionService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         _LOG.info("Running DPSR proxy at %s", grpc_address(opts.host, self.grpc_port))
@@ -196,6 +201,9 @@ class ProxyServer:
         for replica in self._pool.values():
             await replica.close()
         self.servicer.close()
+        if self._heap_trimmer is not None:
+            self._heap_trimmer.stop()
+            _LOG.info("%s", self._heap_trimmer.summary())
 
 
 def run_proxy(options: ProxyOptions, settings: proxy_config.ProxySettings) -> None:
