@@ -1,10 +1,13 @@
 """The proxy against scripted backends (real gRPC servers in this process, each answering as a
 test says): the version-label failover rule, refusal of shard answers larger than the request
-could need, one retry of a shard's last replica after UNAVAILABLE, and large merges that run
-off the proxy's event loop while small calls go on."""
+could need, one retry of a shard's last replica after UNAVAILABLE, large merges that run off
+the proxy's event loop while small calls go on, and refused calls that leave no reference
+cycle holding their request."""
 import concurrent.futures
+import gc
 import threading
 import time
+import types
 
 import grpc
 import numpy as np
@@ -254,3 +257,57 @@ def test_one_client_beyond_its_cap_is_refused_while_another_is_served():
         release.set()
         server.close()
         backend.stop()
+
+
+# ----------------------------------------------------------------------------- refused calls
+
+def _refused(request):
+    return grpc.StatusCode.INVALID_ARGUMENT, "query is longer than 4096 bytes"
+
+
+def _down(request):
+    return grpc.StatusCode.UNAVAILABLE, "replica is down"
+
+
+@pytest.mark.parametrize("answers", [(_refused,), (_refused, _refused), (_refused, _down),
+                                     ("ok", _down)], ids=["one shard refuses", "two refuse",
+                                                          "refused and down", "partial"])
+def test_calls_leave_no_cycle_holding_their_request(answers):
+    """Before: a shard's error, raised through the proxy's frames (or kept in a partial
+    answer's list of failed shards), kept them, and the request with its copy for the shards,
+    in a reference cycle until the next collection: a burst of refused 4 MiB requests left the
+    proxy +75-300 MiB resident after it ended."""
+    good_ids, good_scores = _shard_answer(0, 1, 5, seed=3)
+    backends = [FakeBackend((lambda request: _answer(good_ids, good_scores)) if a == "ok"
+                            else a) for a in answers]
+    server = InProcessProxy(proxy_config.proxy_config_text(
+        {"dpsr": tuple((b.address,) for b in backends)}, deadline_ms=20000))
+    request = predict_request("dpsr", ["x" * 5000], k=5)
+
+    def call():
+        try:
+            got = server.stub.Predict(request, timeout=30)
+            return outputs(got)["partial"].item()
+        except grpc.RpcError as e:
+            return e.code()
+
+    expected = True if answers[0] == "ok" else grpc.StatusCode.INVALID_ARGUMENT
+    try:
+        assert call() == expected
+        gc.collect()
+        gc.disable()  # what the calls leave unreachable stays for the collection below
+        try:
+            assert [call() for _ in range(5)] == [expected] * 5
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            held = sorted({o.f_code.co_name for o in gc.garbage
+                           if isinstance(o, types.FrameType) and "proxy" in o.f_code.co_filename})
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert held == []
+    finally:
+        server.close()
+        for backend in backends:
+            backend.stop()

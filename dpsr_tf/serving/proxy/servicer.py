@@ -144,6 +144,7 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             return await coro
         except ServingError as e:
             code = e.code
+            e.__traceback__ = None  # its frames hold the request: free it with the call
             await context.abort(e.code, truncate(e.message))
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED

@@ -207,6 +207,10 @@ class ShardCaller:
                             lacks_version(last_error.code, last_error.message, request)):
                         raise last_error
         finally:
+            # The error raised (or kept in a partial answer's list) holds this frame in its
+            # traceback: without these references the frame, and the request it holds, are
+            # freed with the call instead of waiting in a cycle for the next collection.
+            last_error = error = None
             for task, attempt in running.items():
                 task.cancel()
                 if attempt.hedged_past:
