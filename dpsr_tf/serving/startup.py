@@ -77,7 +77,7 @@ LARGE_BUFFER_BYTES = 4 << 20
 # own ceiling for its moving threshold), and a free keeps up to HEAP_TOP_KEEP_BYTES on the
 # heap's top for the next buffer instead of giving it back at once.
 HEAP_BUFFER_BYTES = 32 << 20
-HEAP_TOP_KEEP_BYTES = 32 << 20
+HEAP_TOP_KEEP_BYTES = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
 
 
