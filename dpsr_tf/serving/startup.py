@@ -90,8 +90,8 @@ def set_large_buffer_policy(trimmed: bool) -> bool:
     larger (docs/benchmarks.md, "Misbehaving clients"). With `trimmed` (the process runs a
     heap_trim.HeapTrimmer) buffers under HEAP_BUFFER_BYTES come from the heap and a freed one
     is reused by the next, so a burst of 4 MiB requests faults their pages in once, not once
-    per request (6.4 against 0.4 ms of CPU for each; bench/large_buffer_bench.py), and the
-    trimmer gives the pages back after the burst. Without it, buffers of LARGE_BUFFER_BYTES
+    per request (the proxy's Python steps for each: 13.5 against 1.5 ms;
+    bench/large_buffer_bench.py), and the trimmer gives the pages back after the burst. Without it, buffers of LARGE_BUFFER_BYTES
     or more are unmapped when freed. Left alone where libc is not glibc, or where the operator
     set MALLOC_MMAP_THRESHOLD_ (glibc reads it at start)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:

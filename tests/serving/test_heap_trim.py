@@ -116,6 +116,7 @@ _BURST = textwrap.dedent("""
     trimmer = HeapTrimmer(min_growth_bytes=16 << 20)
     base = resident_bytes()
     held = [b"x" * (8 << 20) for _ in range(10)]   # a burst of 8 MB requests, held at once
+    pin = bytearray(1000)                          # a later small buffer above them
     during = trimmer.check()                       # grew: trims, but everything is in use
     del held                                       # the burst ends: the heap keeps its pages
     freed = resident_bytes()
