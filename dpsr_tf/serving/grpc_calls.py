@@ -88,9 +88,10 @@ class _SafeDecoding(grpc.GenericRpcHandler):
     The methods named in `raw_responses` return their answer's bytes (no serializer: grpc.aio
     would run it on the event loop)."""
 
-    def __init__(self, inner, raw_responses=frozenset()):
+    def __init__(self, inner, raw_responses=frozenset(), request_parsers=None):
         self._inner = inner
         self._raw_responses = raw_responses
+        self._request_parsers = request_parsers or {}
         self._cache = {}
 
     def service(self, handler_call_details):
@@ -99,8 +100,9 @@ class _SafeDecoding(grpc.GenericRpcHandler):
             handler = self._inner.service(handler_call_details)
             if handler is not None and handler.unary_unary is not None:
                 name = method.rsplit("/", 1)[-1]
+                parse = self._request_parsers.get(name, handler.request_deserializer)
                 handler = handler._replace(
-                    request_deserializer=_safe_deserializer(handler.request_deserializer),
+                    request_deserializer=_safe_deserializer(parse),
                     unary_unary=_guarded(handler.unary_unary, name))
                 if name in self._raw_responses:
                     handler = handler._replace(response_serializer=None)
@@ -116,18 +118,22 @@ class _Capture:
         self.handlers.extend(handlers)
 
 
-def add_servicer(add_to_server, servicer, server, raw_responses=()) -> None:
+def add_servicer(add_to_server, servicer, server, raw_responses=(),
+                 request_parsers=None) -> None:
     """`add_XServicer_to_server(servicer, server)` of a generated module, with requests that do
     not parse answered INVALID_ARGUMENT.
 
     Args:
       raw_responses: names of methods (e.g. "Predict") whose handler returns the answer
         already serialized (bytes), made off the event loop.
+      request_parsers: method name -> what makes its handler's request from the bytes, in
+        place of the generated parser (e.g. the proxy's Predict, which keeps the bytes).
     """
     capture = _Capture()
     add_to_server(servicer, capture)
     raw = frozenset(raw_responses)
-    server.add_generic_rpc_handlers(tuple(_SafeDecoding(h, raw) for h in capture.handlers))
+    server.add_generic_rpc_handlers(tuple(_SafeDecoding(h, raw, request_parsers or {})
+                                          for h in capture.handlers))
 
 
 def client_timeout(context):

@@ -73,12 +73,10 @@ def freeze_heap() -> None:
 # Where no heap trimmer runs, allocations of at least this many bytes get pages of their own,
 # unmapped when freed.
 LARGE_BUFFER_BYTES = 4 << 20
-# Where the heap trimmer runs (heap_trim.py), allocations below this come from the heap (glibc's
-# own ceiling for its moving threshold), and a free keeps up to HEAP_TOP_KEEP_BYTES on the
-# heap's top for the next buffer instead of giving it back at once.
+# Where the heap trimmer runs (heap_trim.py), allocations below this (glibc's own ceiling for
+# its moving threshold) come from the heap.
 HEAP_BUFFER_BYTES = 32 << 20
-HEAP_TOP_KEEP_BYTES = 64 << 20
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 def set_large_buffer_policy(trimmed: bool) -> bool:
@@ -88,21 +86,20 @@ def set_large_buffer_policy(trimmed: bool) -> bool:
     By default glibc moves its mmap threshold to the size of each large buffer freed, so what
     it keeps depends on the traffic's history: a server that refused large requests stayed
     larger (docs/benchmarks.md, "Misbehaving clients"). With `trimmed` (the process runs a
-    heap_trim.HeapTrimmer) buffers under HEAP_BUFFER_BYTES come from the heap and a freed one
-    is reused by the next, so a burst of 4 MiB requests faults their pages in once, not once
-    per request (the proxy's Python steps for each: 13.5 against 1.5 ms;
-    bench/large_buffer_bench.py), and the trimmer gives the pages back after the burst. Without it, buffers of LARGE_BUFFER_BYTES
-    or more are unmapped when freed. Left alone where libc is not glibc, or where the operator
-    set MALLOC_MMAP_THRESHOLD_ (glibc reads it at start)."""
+    heap_trim.HeapTrimmer) buffers under HEAP_BUFFER_BYTES come from the heap, where a freed
+    one below the heap's top is reused by the next instead of faulting fresh pages in (a 4
+    MiB request's copy out of gRPC and its parse: 4.9 against 0.5 ms;
+    bench/large_buffer_bench.py), and the trimmer gives such pages back. Without it, buffers
+    of LARGE_BUFFER_BYTES or more are unmapped when freed. Either way the heaps' tops are
+    given back as glibc does by default (128 KiB of free space on top): the threads' arenas,
+    whose tops malloc_trim does not touch, keep nothing for long. Left alone where libc is
+    not glibc, or where the operator set MALLOC_MMAP_THRESHOLD_ (glibc reads it at start)."""
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     mallopt = libc_function("mallopt")
     if mallopt is None:
         return False
-    if not trimmed:
-        return mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES) == 1
-    return (mallopt(_M_MMAP_THRESHOLD, HEAP_BUFFER_BYTES) == 1 and
-            mallopt(_M_TRIM_THRESHOLD, HEAP_TOP_KEEP_BYTES) == 1)
+    return mallopt(_M_MMAP_THRESHOLD, HEAP_BUFFER_BYTES if trimmed else LARGE_BUFFER_BYTES) == 1
 
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"

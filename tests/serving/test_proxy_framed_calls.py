@@ -27,7 +27,8 @@ class _Servicer:
         self.done_callbacks = 0
 
     async def Predict(self, request, context):  # pylint: disable=invalid-name
-        name = request.model_spec.name
+        assert bytes(request.data) == request.message.SerializeToString()  # bytes kept
+        name = request.message.model_spec.name
         self.seen.append((name, context.peer(), tuple(context.invocation_metadata()),
                           context.time_remaining()))
         self.contexts.append(context)

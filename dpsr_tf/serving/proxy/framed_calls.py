@@ -23,11 +23,11 @@ import time
 from typing import Dict, Optional, Set
 
 import grpc
-from tensorflow_serving.apis import predict_pb2
 
 from dpsr_tf.serving import frames
 from dpsr_tf.serving.errors import truncate
 from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY, malformed_message
+from dpsr_tf.serving.proxy.forwarding import ReceivedPredict
 
 _LOG = logging.getLogger("serving.proxy.framed")
 
@@ -126,7 +126,7 @@ class _Connection(asyncio.Protocol):
         deadline_us, client, payload = frames.parse_request(body)
         self._server.calls += 1
         try:
-            request = predict_pb2.PredictRequest.FromString(payload)
+            request = ReceivedPredict.parse(payload)  # the shards get these bytes
         except Exception as e:  # pylint: disable=broad-except  (DecodeError, RuntimeWarning)
             self._send(call_id, grpc.StatusCode.INVALID_ARGUMENT,
                        truncate(malformed_message("Predict", f"{type(e).__name__}: {e}")))

@@ -163,7 +163,8 @@ class FramedShardClient:
         return c
 
     async def predict(self, request, timeout: Optional[float], metadata=None) -> bytes:
-        """The serialized PredictResponse of `request` (a PredictRequest), sent for the client
+        """The serialized PredictResponse of `request` (a PredictRequest, or its bytes), sent
+        for the client
         named in `metadata` (CLIENT_METADATA_KEY), within `timeout` seconds (the connect
         included).
 
@@ -174,7 +175,7 @@ class FramedShardClient:
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         client = dict(metadata or ()).get(CLIENT_METADATA_KEY, "")
-        payload = request.SerializeToString()
+        payload = request if isinstance(request, bytes) else request.SerializeToString()
         if self._closed:
             raise _error(grpc.StatusCode.UNAVAILABLE,
                          f"framed Predict socket {self.path}: no longer this replica's")

@@ -83,6 +83,11 @@ class BackendTls:
 EjectionListener = Callable[["Replica", bool], None]
 
 
+def _serialized(request) -> bytes:
+    """A request message's bytes, or the bytes given (forwarding.py's payloads)."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
 class Replica:
     """A model server address, its channels (one TCP connection each, used in turn) and its
     health, shared by every route that uses it."""
@@ -144,7 +149,7 @@ class Replica:
         if method not in self._raw:
             self._raw[method] = [channel.unary_unary(
                 f"/tensorflow.serving.PredictionService/{method}",
-                request_serializer=lambda m: m.SerializeToString(), response_deserializer=None)
+                request_serializer=_serialized, response_deserializer=None)
                 for channel in self.channels]
         self._calls += 1
         return self._raw[method][self._calls % len(self.channels)]

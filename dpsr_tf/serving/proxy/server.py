@@ -22,6 +22,7 @@ from dpsr_tf.serving.grpc_calls import add_servicer, serve_until_signal
 from dpsr_tf.serving.metrics import ProxyMetrics
 from dpsr_tf.serving.metrics_http import MetricsHttpServer
 from dpsr_tf.serving.proxy import config as proxy_config
+from dpsr_tf.serving.proxy.forwarding import ReceivedPredict
 from dpsr_tf.serving.proxy.framed_calls import FramedProxyCalls
 from dpsr_tf.serving.proxy.peer_limits import DEFAULT_MAX_BACKEND_CALLS, DEFAULT_MAX_CALLS_PER_PEER
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Router
@@ -147,7 +148,8 @@ class ProxyServer:
             (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED),  # refused unread, not inflated
             *stream_limits.server_arguments(opts.max_streams_per_connection)])
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-                     self.servicer, self._server)
+                     self.servicer, self._server,
+                     request_parsers={"Predict": ReceivedPredict.parse})
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if opts.native_front_end is not None:  # the port is the front end's; we sit behind it

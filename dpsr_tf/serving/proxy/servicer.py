@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 import time
+from typing import Optional
 
 import grpc
 import numpy as np
@@ -40,6 +41,7 @@ from dpsr_tf.serving.front_end import client_of
 from dpsr_tf.serving.grpc_calls import DRAINING, InFlight, client_timeout
 from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.proxy import feedback_rounds, merge, shard_answers
+from dpsr_tf.serving.proxy.forwarding import ReceivedPredict, backend_payload
 from dpsr_tf.serving.proxy.peer_limits import BackendGate, PeerLimiter, current_peer
 from dpsr_tf.serving.proxy.routing import Route, Router
 from dpsr_tf.serving.proxy.shard_call import CLIENT_ERRORS, ShardCaller
@@ -104,8 +106,9 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     # ------------------------------------------------------------------ backend calls
 
     async def _call_shard(self, route: Route, shard: int, method: str, request,
-                          deadline: float):
-        return await self._caller.call(route, shard, method, request, deadline)
+                          deadline: float, payload: Optional[bytes] = None):
+        return await self._caller.call(route, shard, method, request, deadline,
+                                       payload=payload)
 
     def _route(self, model_spec) -> Route:
         route = self.router.routes.get(model_spec.name)
@@ -161,19 +164,23 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     # ------------------------------------------------------------------ Predict
 
     async def Predict(self, request, context):
-        return await self._run("predict", request.model_spec.name, context,
+        """`request`: a PredictRequest, or a ReceivedPredict with the bytes it came as (the
+        server's and the framed calls' deserializer), which the shards then get as they are."""
+        if not isinstance(request, ReceivedPredict):
+            request = ReceivedPredict(request)
+        return await self._run("predict", request.message.model_spec.name, context,
                                self._predict(request, context))
 
-    async def _predict(self, request, context):
+    async def _predict(self, received: ReceivedPredict, context):
+        request = received.message  # what the shards get, but for the model's name
         route = self._route(request.model_spec)
         spec = route.spec
         start = time.monotonic()
         budget = self._budget(route, context)
-        backend = predict_pb2.PredictRequest()
-        backend.CopyFrom(request)
-        backend.model_spec.name = spec.backend_model_name
         if not spec.sharded:
-            response = await self._call_shard(route, 0, "Predict", backend, start + budget)
+            response = await self._call_shard(
+                route, 0, "Predict", request, start + budget,
+                payload=backend_payload(received, spec.backend_model_name))
             response.model_spec.name = spec.name
             return response
         shard_budget = min(spec.shard_deadline_s or 0.8 * spec.deadline_s, 0.8 * budget)
@@ -186,22 +193,24 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         plan = await self._plan(route, signature, start + shard_budget)
         if not plan.mergeable:
             # e.g. query_embedding: every shard computes the same answer; ask one.
-            response = await self._first_shard("Predict", route, backend, start + budget)
+            response = await self._first_shard(
+                "Predict", route, request, start + budget,
+                backend_payload(received, spec.backend_model_name))
             response.model_spec.name = spec.name
             return response
         wanted = list(request.output_filter)
-        if wanted:
-            for alias in (spec.id_output, spec.score_output):
-                if alias not in wanted:
-                    backend.output_filter.append(alias)
+        added = [a for a in (spec.id_output, spec.score_output) if wanted and a not in wanted]
+        payload = backend_payload(received, spec.backend_model_name, added)
         k = shard_answers.request_k(request, spec.k_input)
         rows = shard_answers.request_rows(request)
         failed_first, shards = [], range(len(route.shards))
         if plan.feedback_rounds:
             # Round one gets half the shards' budget; the search the rest.
+            backend = predict_pb2.PredictRequest.FromString(payload)
             try:
-                backend, failed_first, left_out = await self._feedback_round(
+                search, failed_first, left_out = await self._feedback_round(
                     route, backend, signature, rows, start + shard_budget / 2)
+                request, payload = search, search.SerializeToString()
                 shards = [s for s in shards if s not in left_out]
             except ServingError as e:
                 if e.code != grpc.StatusCode.FAILED_PRECONDITION:
@@ -210,10 +219,10 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 # learned): learn it again and answer in one round.
                 route.mergeable.pop(signature, None)
         results, failed = await self._fan_out(
-            route, backend, start + shard_budget, lambda s: functools.partial(
+            route, request, start + shard_budget, lambda s: functools.partial(
                 shard_answers.parse_shard_answer, rows=rows, k=k,
                 where=f"shard {s} of {spec.name}", id_output=spec.id_output,
-                score_output=spec.score_output), shards)
+                score_output=spec.score_output), shards, payload)
         answers, work = [], 0
         for s, result in results:
             try:
@@ -246,16 +255,18 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                          "; ".join(e.message for _, e in failed))
         return response
 
-    async def _fan_out(self, route: Route, request, deadline, parse, shards=None):
-        """Every shard's (or the listed shards') answer to a Predict `request` (parse(s):
-        shard s's answer from its bytes): ([(shard, answer)], [(shard, ServingError)]).
+    async def _fan_out(self, route: Route, request, deadline, parse, shards=None,
+                       payload: Optional[bytes] = None):
+        """Every shard's (or the listed shards') answer to a Predict `request` (sent as
+        `payload` when given; parse(s): shard s's answer from its bytes):
+        ([(shard, answer)], [(shard, ServingError)]).
 
         Raises:
           ServingError: a shard's client error (INVALID_ARGUMENT, ...), as it is.
         """
         shards = list(range(len(route.shards)) if shards is None else shards)
         results = await asyncio.gather(
-            *(self._caller.call(route, s, "Predict", request, deadline, parse(s))
+            *(self._caller.call(route, s, "Predict", request, deadline, parse(s), payload)
               for s in shards), return_exceptions=True)
         answers, failed = [], []
         for s, result in zip(shards, results):
@@ -316,12 +327,13 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return await self._run("metadata", request.model_spec.name, context,
                                self._metadata(request, context))
 
-    async def _first_shard(self, method, route: Route, request, deadline):
+    async def _first_shard(self, method, route: Route, request, deadline,
+                           payload: Optional[bytes] = None):
         """The answer of the first shard that gives one (for calls every shard answers alike)."""
         error = None
         for s in range(len(route.shards)):
             try:
-                return await self._call_shard(route, s, method, request, deadline)
+                return await self._call_shard(route, s, method, request, deadline, payload)
             except ServingError as e:
                 if e.code in CLIENT_ERRORS:
                     raise

@@ -87,12 +87,16 @@ def _verdict_at(spec, started: float, deadline: float) -> Optional[float]:
     return started + own if deadline - started < 0.9 * own else None
 
 
-async def _send(replica: Replica, method: str, request, timeout: float, parse):
+async def _send(replica: Replica, method: str, request, timeout: float, parse,
+                payload: Optional[bytes] = None):
     metadata = backend_metadata()  # the client the call is for, as the backend's client
     framed = replica.framed if method == "Predict" else None  # a server on this host
     try:
         if framed is not None:
-            data = await framed.predict(request, timeout, metadata)
+            data = await framed.predict(request if payload is None else payload, timeout,
+                                        metadata)
+        elif payload is not None:
+            data = await replica.raw(method)(payload, timeout=timeout, metadata=metadata)
         elif parse is None:
             return await getattr(replica.stub, method)(request, timeout=timeout,
                                                        metadata=metadata)
@@ -111,11 +115,14 @@ class ShardCaller:
         self.metrics = metrics
 
     async def call(self, route: Route, shard: int, method: str, request, deadline: float,
-                   parse: Optional[Callable[[bytes], object]] = None):
+                   parse: Optional[Callable[[bytes], object]] = None,
+                   payload: Optional[bytes] = None):
         """The first good answer of a replica of `shard` before `deadline` (time.monotonic()).
 
         `parse`, when given, makes the answer from the serialized message (and may refuse it
-        with a ServingError, which fails that attempt); else the stub parses it.
+        with a ServingError, which fails that attempt); else the stub parses it. `payload`,
+        when given, is what is sent: `request` serialized, but for what the proxy changes
+        (forwarding.py); `request` is then read for its version and label only.
 
         Raises:
           ServingError: the client error of a replica, or the last failure when no replica
@@ -134,7 +141,8 @@ class ShardCaller:
             now = time.monotonic()
             tried.add(replica)
             replica.begin_call()
-            task = asyncio.ensure_future(_send(replica, method, request, deadline - now, parse))
+            task = asyncio.ensure_future(_send(replica, method, request, deadline - now, parse,
+                                               payload))
             delay = (hedge.delay(deadline - now, route.latency[shard].quantile(
                 proxy_config.HEDGE_LATENCY_QUANTILE)) if hedge.enabled else deadline - now)
             running[task] = _Attempt(replica, now, now + delay)
