@@ -14,7 +14,7 @@ from absl import flags
 
 from dpsr_tf.cli import front_end_flags
 from dpsr_tf.serving import config as config_lib
-from dpsr_tf.serving import heap_trim, stream_limits
+from dpsr_tf.serving import heap_trim, startup, stream_limits
 from dpsr_tf.serving.errors import ServingError
 from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.proxy import peer_limits
@@ -70,9 +70,12 @@ _MAX_BACKEND_CALLS_PER_PEER = flags.DEFINE_integer(
     lower_bound=0)
 _HEAP_TRIM = flags.DEFINE_float(
     "heap_trim_interval_seconds", heap_trim.DEFAULT_INTERVAL_SECONDS, "How often the proxy "
-    f"checks its resident size and, when it grew {heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB "
-    "since the last trim, returns freed heap pages to the system (glibc malloc_trim). 0: never.",
-    lower_bound=0.0)
+    "checks its resident size and its heap's free bytes and, when either grew "
+    f"{heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB since the last trim, returns freed heap "
+    "pages to the system (glibc malloc_trim). While it runs, buffers under "
+    f"{startup.HEAP_BUFFER_BYTES >> 20} MiB come from the heap, for the next to reuse. 0: "
+    f"never, and buffers of {startup.LARGE_BUFFER_BYTES >> 20} MiB or more get pages of their "
+    "own.", lower_bound=0.0)
 _MAX_STREAMS = flags.DEFINE_integer(
     "max_streams_per_connection", stream_limits.DERIVED,
     "Calls one client connection may have open at once (HTTP/2 "

@@ -291,9 +291,12 @@ _MAX_UNSENT_PER_CLIENT = flags.DEFINE_integer(
     "clients' run, so a client that does not read gets no more answers computed. 0: no limit.")
 _HEAP_TRIM = flags.DEFINE_float(
     "heap_trim_interval_seconds", heap_trim.DEFAULT_INTERVAL_SECONDS, "[dpsr] How often the "
-    "server checks its resident size and, when it grew "
+    "server checks its resident size and its heap's free bytes and, when either grew "
     f"{heap_trim.DEFAULT_MIN_GROWTH_BYTES >> 20} MiB since the last trim, returns freed heap "
-    "pages to the system (glibc malloc_trim). 0: never.", lower_bound=0.0)
+    "pages to the system (glibc malloc_trim). While it runs, buffers under "
+    f"{startup.HEAP_BUFFER_BYTES >> 20} MiB come from the heap, for the next to reuse. 0: "
+    f"never, and buffers of {startup.LARGE_BUFFER_BYTES >> 20} MiB or more get pages of their "
+    "own.", lower_bound=0.0)
 _MAX_STREAMS = flags.DEFINE_integer(
     "max_streams_per_connection", stream_limits.DERIVED,
     "[dpsr] Calls one gRPC connection may have open at once (HTTP/2 "

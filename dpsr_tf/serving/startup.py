@@ -88,7 +88,7 @@ def set_large_buffer_policy(trimmed: bool) -> bool:
     larger (docs/benchmarks.md, "Misbehaving clients"). With `trimmed` (the process runs a
     heap_trim.HeapTrimmer) buffers under HEAP_BUFFER_BYTES come from the heap, where a freed
     one below the heap's top is reused by the next instead of faulting fresh pages in (a 4
-    MiB request's copy out of gRPC and its parse: 4.9 against 0.5 ms;
+    MiB request's copy out of gRPC and its parse: 5.0 against 0.5 ms;
     bench/large_buffer_bench.py), and the trimmer gives such pages back. Without it, buffers
     of LARGE_BUFFER_BYTES or more are unmapped when freed. Either way the heaps' tops are
     given back as glibc does by default (128 KiB of free space on top): the threads' arenas,
