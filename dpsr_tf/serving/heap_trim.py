@@ -106,7 +106,8 @@ class HeapTrimmer:
         self._thread: Optional[threading.Thread] = None
 
     def check(self) -> bool:
-        """Trims when the resident size grew enough; True when it trimmed."""
+        """Trims when the resident size or the heap's free bytes grew enough; True when it
+        trimmed."""
         now, free = self._rss(), self._free_heap()
         if self._trim is None or (now < self._mark + self.min_growth_bytes and
                                   free < self._free_mark + self.min_growth_bytes):

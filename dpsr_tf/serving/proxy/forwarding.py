@@ -3,10 +3,11 @@
 A copy of the parsed request with the backend's model name, serialized again, costs a large
 request a copy, an encoding and fresh buffers for both: 8-9 ms of the event loop for 4 MiB,
 most of it page faults; the client's bytes with the changed fields appended cost one copy,
-1.7-2.0 ms (bench/large_buffer_bench.py). Protocol buffers merge a singular message field that appears
-twice and let the last value of a scalar win, so an appended ModelSpec holding only the name
-replaces the client's name and keeps its version, label and signature; appended output_filter
-entries join the client's.
+1.7-2.0 ms (bench/large_buffer_bench.py). Protocol buffers merge a singular message field that
+appears twice and let the last value of a scalar win, so an appended ModelSpec holding only the
+name replaces the client's name and keeps its version, label and signature; appended
+output_filter entries join the client's. The shards parse the same bytes as the proxy did, so
+both read the same request.
 """
 import dataclasses
 from typing import Iterable, Optional, Union

@@ -164,9 +164,8 @@ class FramedShardClient:
 
     async def predict(self, request, timeout: Optional[float], metadata=None) -> bytes:
         """The serialized PredictResponse of `request` (a PredictRequest, or its bytes), sent
-        for the client
-        named in `metadata` (CLIENT_METADATA_KEY), within `timeout` seconds (the connect
-        included).
+        for the client named in `metadata` (CLIENT_METADATA_KEY), within `timeout` seconds
+        (the connect included).
 
         Raises:
           grpc.aio.AioRpcError: the server's error, or UNAVAILABLE / DEADLINE_EXCEEDED as the
