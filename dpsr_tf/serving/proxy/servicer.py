@@ -164,8 +164,8 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     # ------------------------------------------------------------------ Predict
 
     async def Predict(self, request, context):
-        """`request`: a PredictRequest, or a ReceivedPredict with the bytes it came as (the
-        server's and the framed calls' deserializer), which the shards then get as they are."""
+        """`request`: a PredictRequest, or a ReceivedPredict with the bytes it came as (what
+        the proxy's gRPC and framed calls parse), which the shards then get as they are."""
         if not isinstance(request, ReceivedPredict):
             request = ReceivedPredict(request)
         return await self._run("predict", request.message.model_spec.name, context,
