@@ -306,7 +306,7 @@ class _FakeServicer:
         self.draining = False
         self.decoding = False
 
-    def start_predict(self, request, deadline, client):
+    def start_predict(self, request, deadline, client, size=None):
         future = concurrent.futures.Future()
         timeout = None if deadline is None else deadline - time.monotonic()
         self.runs.append((request, timeout, client, future))

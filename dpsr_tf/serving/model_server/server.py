@@ -21,7 +21,7 @@ from dpsr_tf.serving.front_end import (FrontEndOptions, NativeFrontEnd,
 from dpsr_tf.serving.grpc_calls import InFlight, add_servicer, serve_until_signal
 from dpsr_tf.serving.model_server.api.framed_predict import FramedPredictServer
 from dpsr_tf.serving.model_server.api.grpc_services import (RAW_RESPONSE_METHODS, ModelServicer,
-                                                        PredictionServicer)
+                                                        PredictionServicer, SizedPredict)
 from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONEDNN_ENV, ONLY_UNCOMPRESSED,
                                      bind_grpc, freeze_heap, grpc_address,
                                      onednn_kernels_in_use, raise_fd_limit,
@@ -185,7 +185,8 @@ class ModelServer:
             on_reload = self._poller.note_applied
         predict = PredictionServicer(self.core, self._in_flight)
         add_servicer(prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
-                     predict, self._grpc, RAW_RESPONSE_METHODS)
+                     predict, self._grpc, RAW_RESPONSE_METHODS,
+                     request_parsers={"Predict": SizedPredict.parse})
         add_servicer(model_service_pb2_grpc.add_ModelServiceServicer_to_server,
                      ModelServicer(self.core, opts.allow_reload_config_request, on_reload),
                      self._grpc)

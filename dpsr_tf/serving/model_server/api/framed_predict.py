@@ -273,7 +273,7 @@ class FramedPredictServer:
         key = ("framed", client)  # each front-end client is a client of the server's queues
         done = _Answer(c, call_id)
         try:
-            future, decoding = servicer.start_predict(request, deadline, key)
+            future, decoding = servicer.start_predict(request, deadline, key, len(payload))
         except ServingError as e:
             c.send(call_id, e.code, e.message)
             return
