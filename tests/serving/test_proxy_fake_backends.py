@@ -5,6 +5,7 @@ the proxy's event loop while small calls go on, and refused calls that leave no 
 cycle holding their request."""
 import concurrent.futures
 import gc
+import os
 import threading
 import time
 import types
@@ -301,7 +302,8 @@ def test_calls_leave_no_cycle_holding_their_request(answers):
             gc.set_debug(gc.DEBUG_SAVEALL)
             gc.collect()
             held = sorted({o.f_code.co_name for o in gc.garbage
-                           if isinstance(o, types.FrameType) and "proxy" in o.f_code.co_filename})
+                           if isinstance(o, types.FrameType)
+                           and os.path.join("dpsr_tf", "serving", "proxy") in o.f_code.co_filename})
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
