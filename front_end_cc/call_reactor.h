@@ -48,7 +48,6 @@ class Call : public grpc::ServerGenericBidiReactor {
 
   const std::string& client() const { return client_; }
 
-
   // Microseconds until the call's deadline (0 once past), or -1 when it has none.
   long long DeadlineLeftMicros() const;
 

@@ -1,15 +1,17 @@
 """Start-up plumbing shared by the model server and the proxy: binding the gRPC port, the
 port file a supervisor reads, the file-descriptor limit, refusing compressed requests,
-freezing the start-up heap out of the garbage collector, where glibc puts large buffers, and
-the model server's choice of TensorFlow's CPU kernels."""
+freezing the start-up heap out of the garbage collector, where glibc puts large buffers (with
+the heap trimmer that goes with it), and the model server's choice of TensorFlow's CPU
+kernels."""
 import gc
 import json
 import os
 import resource
+from typing import Optional
 
 import grpc
 
-from dpsr_tf.serving.heap_trim import libc_function
+from dpsr_tf.serving.heap_trim import HeapTrimmer, libc_function
 
 
 def grpc_address(host: str, port: int) -> str:
@@ -100,6 +102,17 @@ def set_large_buffer_policy(trimmed: bool) -> bool:
     if mallopt is None:
         return False
     return mallopt(_M_MMAP_THRESHOLD, HEAP_BUFFER_BYTES if trimmed else LARGE_BUFFER_BYTES) == 1
+
+
+def start_heap_trimmer(interval_seconds: float) -> Optional[HeapTrimmer]:
+    """Starts a heap_trim.HeapTrimmer checking every `interval_seconds` (none at 0, or where
+    libc has no malloc_trim) and sets the large-buffer policy to match: buffers come from the
+    heap only where a trimmer gives them back. Returns the running trimmer, or None."""
+    trimmer = HeapTrimmer(interval_seconds) if interval_seconds > 0 else None
+    if trimmer is not None and not trimmer.start():
+        trimmer = None
+    set_large_buffer_policy(trimmed=trimmer is not None)
+    return trimmer
 
 
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"

@@ -63,3 +63,20 @@ def test_an_operators_own_threshold_is_left_alone(no_operator_threshold):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(16 << 20))
     assert _run("trimmed", env)[0] is False   # glibc applies the operator's value
     assert _run("untrimmed", env)[0] is False
+
+
+@pytest.mark.parametrize("interval, has_trim, trimmed", [
+    (0.5, True, True), (0, True, False), (0.5, False, False)])
+def test_buffers_come_from_the_heap_only_where_a_trimmer_runs(monkeypatch, interval, has_trim,
+                                                              trimmed):
+    from dpsr_tf.serving import heap_trim, startup  # pylint: disable=import-outside-toplevel
+    chosen = []
+    monkeypatch.setattr(startup, "set_large_buffer_policy", lambda trimmed: chosen.append(trimmed))
+    if not has_trim:  # a libc without malloc_trim: no trimmer can start
+        monkeypatch.setattr(heap_trim, "glibc_malloc_trim", lambda: None)
+    trimmer = startup.start_heap_trimmer(interval)
+    try:
+        assert chosen == [trimmed] and (trimmer is not None) == trimmed
+    finally:
+        if trimmer is not None:
+            trimmer.stop()

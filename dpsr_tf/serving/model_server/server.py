@@ -25,7 +25,7 @@ from dpsr_tf.serving.model_server.api.grpc_services import (RAW_RESPONSE_METHODS
 from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONEDNN_ENV, ONLY_UNCOMPRESSED,
                                      bind_grpc, freeze_heap, grpc_address,
                                      onednn_kernels_in_use, raise_fd_limit,
-                                     set_large_buffer_policy, write_port_file)
+                                     start_heap_trimmer, write_port_file)
 from dpsr_tf.serving.model_server.api import profiler_service
 from dpsr_tf.serving.model_server.api.rest import RestGateway
 from dpsr_tf.serving.model_server.api.server_core import CoreOptions, ServerCore
@@ -240,10 +240,7 @@ class ModelServer:
         if self._poller is not None:
             self._poller.start()
         freeze_heap()
-        set_large_buffer_policy(trimmed=opts.heap_trim_interval_seconds > 0)
-        if opts.heap_trim_interval_seconds > 0:
-            self._heap_trimmer = heap_trim.HeapTrimmer(opts.heap_trim_interval_seconds)
-            self._heap_trimmer.start()
+        self._heap_trimmer = start_heap_trimmer(opts.heap_trim_interval_seconds)
         for service in ("",) + SERVICE_NAMES:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if opts.allow_reload_config_request and opts.host not in ("127.0.0.1", "::1",

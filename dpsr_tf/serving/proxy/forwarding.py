@@ -29,6 +29,11 @@ class ReceivedPredict:
         return cls(predict_pb2.PredictRequest.FromString(data), data)
 
 
+def request_bytes(request) -> bytes:
+    """A request message's bytes, or the bytes given (a payload of backend_payload)."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
+
+
 def backend_payload(received: ReceivedPredict, backend_model_name: str,
                     output_filter: Iterable[str] = ()) -> bytes:
     """The serialized request for the shards: the client's with model_spec.name set to

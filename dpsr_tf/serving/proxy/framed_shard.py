@@ -28,6 +28,7 @@ import grpc
 from dpsr_tf.serving import frames
 from dpsr_tf.serving.errors import code_from_int
 from dpsr_tf.serving.grpc_calls import CLIENT_METADATA_KEY
+from dpsr_tf.serving.proxy.forwarding import request_bytes
 
 _LOG = logging.getLogger("serving.proxy.framed_shard")
 # The largest answer frame accepted (the gRPC channels to the shards take any size).
@@ -174,7 +175,7 @@ class FramedShardClient:
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         client = dict(metadata or ()).get(CLIENT_METADATA_KEY, "")
-        payload = request if isinstance(request, bytes) else request.SerializeToString()
+        payload = request_bytes(request)
         if self._closed:
             raise _error(grpc.StatusCode.UNAVAILABLE,
                          f"framed Predict socket {self.path}: no longer this replica's")

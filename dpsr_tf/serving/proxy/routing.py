@@ -45,6 +45,7 @@ import grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf.serving.proxy import config as proxy_config
+from dpsr_tf.serving.proxy.forwarding import request_bytes
 from dpsr_tf.serving.proxy.framed_shard import FramedShardClient
 
 _MIN_LATENCY_SAMPLES = 20  # below this the hedge delay is the budget fraction alone
@@ -81,11 +82,6 @@ class BackendTls:
 
 # Called with (replica, True) at each ejection and (replica, False) when it rejoins.
 EjectionListener = Callable[["Replica", bool], None]
-
-
-def _serialized(request) -> bytes:
-    """A request message's bytes, or the bytes given (forwarding.py's payloads)."""
-    return request if isinstance(request, bytes) else request.SerializeToString()
 
 
 class Replica:
@@ -149,7 +145,7 @@ class Replica:
         if method not in self._raw:
             self._raw[method] = [channel.unary_unary(
                 f"/tensorflow.serving.PredictionService/{method}",
-                request_serializer=_serialized, response_deserializer=None)
+                request_serializer=request_bytes, response_deserializer=None)
                 for channel in self.channels]
         self._calls += 1
         return self._raw[method][self._calls % len(self.channels)]

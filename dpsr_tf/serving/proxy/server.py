@@ -29,7 +29,7 @@ from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Router
 from dpsr_tf.serving.proxy.servicer import ProxyServicer
 from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED, bind_grpc,
                                      freeze_heap, grpc_address, raise_fd_limit,
-                                     set_large_buffer_policy, write_port_file)
+                                     start_heap_trimmer, write_port_file)
 
 _LOG = logging.getLogger("serving.proxy")
 _MAX_REQUEST_BYTES = 64 << 20
@@ -175,10 +175,7 @@ class ProxyServer:
         if opts.proxy_config_file and opts.config_file_poll_wait_seconds > 0:
             self._poll_task = asyncio.ensure_future(self._poll_config())
         freeze_heap()
-        set_large_buffer_policy(trimmed=opts.heap_trim_interval_seconds > 0)
-        if opts.heap_trim_interval_seconds > 0:
-            self._heap_trimmer = heap_trim.HeapTrimmer(opts.heap_trim_interval_seconds)
-            self._heap_trimmer.start()
+        self._heap_trimmer = start_heap_trimmer(opts.heap_trim_interval_seconds)
         for service in ("", "tensorflow.serving.PredictionService"):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         _LOG.info("Running DPSR proxy at %s", grpc_address(opts.host, self.grpc_port))
