@@ -32,8 +32,8 @@ once the replica is ejected. Prints p50/p99/max of the
 normal requests per class (and p99 of those sent direct and through the proxy apart), their
 errors, the statuses the hostile requests got, and both
 processes' RSS growth since the start after each class (the server's with its native front
-end's), and the CPU seconds the server's
-event-loop thread (its main thread) used during the class: a count of the loop's work that a
+end's), and the CPU seconds the server's and the proxy's
+event-loop threads (their main threads) used during the class: a count of the loop's work that a
 loaded machine distorts far less than latencies. The targets: p99 < 50 ms and RSS
 growth < 150 MiB under every class. Compare rows of one run (the machine may be shared).
 """
@@ -621,11 +621,12 @@ def main():
     rss_start = {p.name: _tree_rss(p.proc.pid) for p in (server, proxy)}
     print(f"{'class':58s} {'n':>5s} {'p50 ms':>7s} {'p99 ms':>7s} {'max ms':>7s} "
           f"{'p99 direct':>10s} {'p99 proxy':>9s} errors "
-          f"{'+RSS serve':>10s} {'+RSS proxy':>10s} {'loop CPU s':>10s}  hostile statuses")
+          f"{'+RSS serve':>10s} {'+RSS proxy':>10s} {'loop CPU s':>10s}  hostile statuses\n"
+          f"{'':>113s}{'serve/proxy':>11s}")
     try:
         for name, send in classes:
             ours.send("start")
-            loop_cpu = _cpu_seconds(server.proc.pid, server.proc.pid)
+            loop_cpu = [_cpu_seconds(p.proc.pid, p.proc.pid) for p in (server, proxy)]
             deadline = time.monotonic() + args.seconds
             statuses = {}
             while time.monotonic() < deadline:
@@ -639,7 +640,8 @@ def main():
                     time.sleep(max(0.0, round_start + args.burst_period - time.monotonic()))
             ours.send("stop")
             out = ours.recv()
-            loop_cpu = _cpu_seconds(server.proc.pid, server.proc.pid) - loop_cpu
+            loop_cpu = [_cpu_seconds(p.proc.pid, p.proc.pid) - before
+                        for p, before in zip((server, proxy), loop_cpu)]
             grown = [(_tree_rss(p.proc.pid) - rss_start[p.name]) / 2**20
                      for p in (server, proxy)]
             for c in clients.values():
@@ -653,7 +655,7 @@ def main():
                   f"{np.percentile(lat, 99):7.1f} {lat.max():7.1f} "
                   f"{np.percentile(by_path[0], 99):10.1f} {np.percentile(by_path[1], 99):9.1f} "
                   f"{sum(errors.values()):6d} "
-                  f"{grown[0]:10.0f} {grown[1]:10.0f} {loop_cpu:10.2f}  {statuses}"
+                  f"{grown[0]:10.0f} {grown[1]:10.0f} {loop_cpu[0]:5.2f}/{loop_cpu[1]:4.2f}  {statuses}"
                   + (f" normal errors: {dict(errors)}" if errors else ""), flush=True)
             if name in reports:
                 print(f"    {reports[name]()}", flush=True)

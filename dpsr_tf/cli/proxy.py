@@ -83,6 +83,16 @@ _MAX_STREAMS = flags.DEFINE_integer(
     "one ends, so a flood waits at its source (-1: 64 per usable core, 128 on 2 cores; 256 per "
     "core with the native front end, whose gate refuses a connection's excess at once, 512 on "
     "2 cores; 0: no limit).", lower_bound=-1)
+_MAX_STRING = flags.DEFINE_integer(
+    "max_string_input_bytes", 4096,
+    "Longest string element of a Predict request the proxy sends on; a longer one is refused "
+    "INVALID_ARGUMENT here, as the model servers would refuse it, instead of copied to every "
+    "shard. Give the servers' --max_string_input_bytes (0: not checked here).", lower_bound=0)
+_MAX_ELEMENTS = flags.DEFINE_integer(
+    "max_input_elements", 1 << 20,
+    "Most values one input of a Predict request may declare (the product of its shape); more "
+    "are refused INVALID_ARGUMENT here, as the model servers would refuse them. Give the "
+    "servers' --max_input_elements (0: not checked here).", lower_bound=0)
 
 
 def _fail(message: str):
@@ -122,7 +132,7 @@ def main(argv):
         _fail("--proxy_config_file is required (see docs/serving.md for the format)")
     logging.getLogger().setLevel(logging.INFO)
     # these load TensorFlow (the TF Serving protos): only once the flags are checked
-    from dpsr_tf.serving.proxy import server as proxy, routing
+    from dpsr_tf.serving.proxy import server as proxy, request_checks, routing
 
     try:
         settings = proxy_config.read_proxy_settings(_CONFIG.value)
@@ -160,6 +170,9 @@ def main(argv):
                                  max_backend_calls_per_peer=_MAX_BACKEND_CALLS_PER_PEER.value,
                                  max_streams_per_connection=streams,
                                  heap_trim_interval_seconds=_HEAP_TRIM.value,
+                                 input_limits=request_checks.ProxyRequestLimits(
+                                     max_string_bytes=_MAX_STRING.value,
+                                     max_elements=_MAX_ELEMENTS.value),
                                  native_front_end=native_front_end)
     try:
         proxy.run_proxy(options, settings)

@@ -25,6 +25,7 @@ from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.proxy.forwarding import ReceivedPredict
 from dpsr_tf.serving.proxy.framed_calls import FramedProxyCalls
 from dpsr_tf.serving.proxy.peer_limits import DEFAULT_MAX_BACKEND_CALLS, DEFAULT_MAX_CALLS_PER_PEER
+from dpsr_tf.serving.proxy.request_checks import ProxyRequestLimits
 from dpsr_tf.serving.proxy.routing import BackendTls, Replica, Router
 from dpsr_tf.serving.proxy.servicer import ProxyServicer
 from dpsr_tf.serving.startup import (COMPRESSION_ARGUMENT, ONLY_UNCOMPRESSED, bind_grpc,
@@ -60,6 +61,8 @@ class ProxyOptions:
         another's call finds a slot free (0: half of max_backend_calls_in_flight).
       max_streams_per_connection: calls one client connection may have open at once; its
         gRPC library holds the rest (stream_limits.py). 0: no limit.
+      input_limits: the model servers' input limits, which the proxy checks before it sends a
+        Predict request to the shards (proxy/request_checks.py).
       native_front_end: FrontEndOptions to put the C++ front end (serving/front_end.py) on the
         port, the proxy behind it on a private UNIX socket (with `framed_predict`, Predict on a
         second one as frames: proxy/framed_calls.py); None: the proxy's own gRPC server.
@@ -81,6 +84,7 @@ class ProxyOptions:
     max_backend_calls_per_peer: int = 0
     max_streams_per_connection: int = stream_limits.DEFAULT_MAX_STREAMS_PER_CONNECTION
     heap_trim_interval_seconds: float = heap_trim.DEFAULT_INTERVAL_SECONDS
+    input_limits: ProxyRequestLimits = ProxyRequestLimits()
     native_front_end: Optional[FrontEndOptions] = None
 
 
@@ -95,7 +99,8 @@ class ProxyServer:
                                       options.max_concurrent_calls_per_peer,
                                       options.max_backend_calls_in_flight,
                                       options.max_backend_calls_per_peer,
-                                      options.native_front_end is not None)
+                                      options.native_front_end is not None,
+                                      options.input_limits)
         self._front_end = None
         self._framed = None
         self._server = None

@@ -43,6 +43,7 @@ from dpsr_tf.serving.metrics import UNKNOWN, ProxyMetrics
 from dpsr_tf.serving.proxy import feedback_rounds, merge, shard_answers
 from dpsr_tf.serving.proxy.forwarding import ReceivedPredict, backend_payload
 from dpsr_tf.serving.proxy.peer_limits import BackendGate, PeerLimiter, current_peer
+from dpsr_tf.serving.proxy.request_checks import ProxyRequestLimits, check_predict_inputs
 from dpsr_tf.serving.proxy.routing import Route, Router
 from dpsr_tf.serving.proxy.shard_call import CLIENT_ERRORS, ShardCaller
 
@@ -79,8 +80,10 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def __init__(self, router: Router, metrics: ProxyMetrics, max_calls_per_peer: int = 0,
                  max_backend_calls: int = 0, max_backend_calls_per_peer: int = 0,
-                 behind_front_end: bool = False):
+                 behind_front_end: bool = False,
+                 input_limits: ProxyRequestLimits = ProxyRequestLimits()):
         self.metrics = metrics
+        self.input_limits = input_limits
         self._behind_front_end = behind_front_end  # clients named by its metadata
         self.peers = PeerLimiter(max_calls_per_peer)
         self.backends = BackendGate(max_backend_calls, max_backend_calls_per_peer or None)
@@ -174,6 +177,8 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def _predict(self, received: ReceivedPredict, context):
         request = received.message  # what the shards get, but for the model's name
         route = self._route(request.model_spec)
+        # refused here, as every shard would refuse it, instead of copied to each of them
+        check_predict_inputs(request, self.input_limits, received.data)
         spec = route.spec
         start = time.monotonic()
         budget = self._budget(route, context)
