@@ -6,11 +6,13 @@ The reference for each message is the server's own validation
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import grpc
 import numpy as np
 import pytest
-from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from dpsr_tf.serving import tensors
 from dpsr_tf.serving.errors import ServingError
@@ -221,5 +223,56 @@ def test_with_the_checks_off_the_shards_decide():
                                                    "shard says no")
         assert backend.calls == 1
     finally:
+        server.close()
+        backend.stop()
+
+
+def test_an_unknown_model_is_not_found_before_its_inputs_are_checked():
+    backend = FakeBackend(_answerer([b"a", b"b"], [0.9, 0.5]))
+    server = InProcessProxy(proxy_config.proxy_config_text(
+        {"dpsr": ((backend.address,),)}, deadline_ms=20000))
+    try:
+        error = rpc_error(server.stub.Predict, predict_request("other", [b"y" * 5000], k=2),
+                          timeout=30)
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    finally:
+        server.close()
+        backend.stop()
+
+
+def test_a_refused_request_does_not_wait_for_a_backend_slot():
+    # One backend slot, held by a call the backend keeps: the oversized request from another
+    # client is refused while it is held, not after.
+    release = threading.Event()
+
+    def held(request):
+        release.wait(60)
+        return _answerer([b"a", b"b"], [0.9, 0.5])(request)
+
+    backend = FakeBackend(held)
+    server = InProcessProxy(proxy_config.proxy_config_text(
+        {"dpsr": ((backend.address,),)}, deadline_ms=60000), max_backend_calls_in_flight=1)
+    first = prediction_service_pb2_grpc.PredictionServiceStub(server.new_channel())
+    second = prediction_service_pb2_grpc.PredictionServiceStub(server.new_channel())
+    try:
+        holding = first.Predict.future(predict_request("dpsr", ["drill"], k=2), timeout=60)
+        for _ in range(600):
+            if backend.calls == 1:
+                break
+            time.sleep(0.1)
+        assert backend.calls == 1
+        refused = second.Predict.future(predict_request("dpsr", [b"y" * 5000], k=2),
+                                        timeout=60)
+        for _ in range(600):
+            if refused.done():
+                break
+            time.sleep(0.1)
+        assert refused.done() and not holding.done()
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        release.set()
+        np.testing.assert_array_equal(outputs(holding.result())["item_ids"], [[b"a", b"b"]])
+        assert backend.calls == 1
+    finally:
+        release.set()
         server.close()
         backend.stop()

@@ -19,7 +19,8 @@ down or slow is left out in time to answer with the rest. Such answers carry a c
 output "partial" (DT_BOOL scalar; false when every shard answered) and trailing metadata
 `dpsr-partial: true` and `dpsr-missing-shards: 1,3`. With partial_policy FAIL a missing shard
 fails the request with UNAVAILABLE instead. Client errors from the shards (INVALID_ARGUMENT,
-NOT_FOUND, ...) are returned as they are.
+NOT_FOUND, ...) are returned as they are; a request over the servers' input limits is refused
+by the proxy itself before it waits for a backend slot (dpsr_tf/serving/proxy/request_checks.py).
 """
 import asyncio
 import concurrent.futures
@@ -124,7 +125,9 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         client = client_timeout(context)
         return budget if client is None else min(budget, client)
 
-    async def _run(self, api: str, model_name: str, context, coro):
+    async def _run(self, api: str, model_name: str, context, coro, check=None):
+        """Runs `coro` (the call's work) once the client and the backends have room for it;
+        `check()`, when given, refuses the request (ServingError) before it waits for that."""
         start = time.monotonic()
         label = model_name if model_name in self.router.routes else UNKNOWN
         code = grpc.StatusCode.OK
@@ -142,6 +145,8 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             await context.abort(e.code, e.message)
         gated = False
         try:
+            if check is not None:
+                check()
             route = self.router.routes.get(model_name)
             await self.backends.acquire(peer, client_timeout(context) if route is None
                                         else self._budget(route, context))
@@ -172,13 +177,19 @@ class ProxyServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         if not isinstance(request, ReceivedPredict):
             request = ReceivedPredict(request)
         return await self._run("predict", request.message.model_spec.name, context,
-                               self._predict(request, context))
+                               self._predict(request, context),
+                               functools.partial(self._refuse_early, request))
+
+    def _refuse_early(self, received: ReceivedPredict) -> None:
+        """Refuses a request for an unknown model (NOT_FOUND, first, as the servers answer), or
+        one over the servers' input limits: as every shard would refuse it, instead of copying
+        it to each of them."""
+        self._route(received.message.model_spec)
+        check_predict_inputs(received.message, self.input_limits, received.data)
 
     async def _predict(self, received: ReceivedPredict, context):
         request = received.message  # what the shards get, but for the model's name
         route = self._route(request.model_spec)
-        # refused here, as every shard would refuse it, instead of copied to each of them
-        check_predict_inputs(request, self.input_limits, received.data)
         spec = route.spec
         start = time.monotonic()
         budget = self._budget(route, context)
