@@ -6,6 +6,8 @@
 #include <chrono>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
@@ -13,6 +15,7 @@
 #include "front_end_cc/fair_gate.h"
 #include "front_end_cc/flags.h"
 #include "front_end_cc/front_end_service.h"
+#include "front_end_cc/string_limit.h"
 
 namespace dpsr {
 namespace front_end {
@@ -117,8 +120,13 @@ void Call::OnReadDone(bool ok) {
   if (ok) {
     const size_t bytes = request_.Length();
     over_budget = fe_->HoldRequest(client_, bytes);
-    if (over_budget.ok()) request_bytes_ = bytes;
-    else request_.Clear();
+    if (over_budget.ok()) {
+      request_bytes_ = bytes;
+      over_budget = OverlongStringRefusal();
+      if (!over_budget.ok()) request_.Clear();
+    } else {
+      request_.Clear();
+    }
   }
   std::unique_lock<std::mutex> lock(mu_);
   have_request_ = ok && over_budget.ok();
@@ -162,6 +170,28 @@ void Call::OnReadDone(bool ok) {
     return;
   }
   FinishLocked(Refusal(a, fe_));
+}
+
+grpc::Status Call::OverlongStringRefusal() {
+  const size_t limit = static_cast<size_t>(fe_->options().max_string_input_bytes);
+  if (limit == 0 || request_bytes_ <= limit || ctx_->method() != kPredictMethod) {
+    return grpc::Status::OK;  // no string of a request this small can be over the limit
+  }
+  std::vector<grpc::Slice> slices;
+  if (!request_.Dump(&slices).ok()) return grpc::Status::OK;
+  std::string joined;  // a request gRPC read in pieces is walked whole
+  std::string_view bytes;
+  if (slices.size() == 1) {
+    bytes = std::string_view(reinterpret_cast<const char*>(slices[0].begin()), slices[0].size());
+  } else {
+    joined.reserve(request_bytes_);
+    for (const auto& s : slices) joined.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    bytes = joined;
+  }
+  std::string message = OverlongString(bytes, limit);
+  if (message.empty()) return grpc::Status::OK;
+  fe_->CountOverlongString();
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message);
 }
 
 long long Call::DeadlineLeftMicros() const {

@@ -62,6 +62,9 @@ class Call : public grpc::ServerGenericBidiReactor {
     Call* call_;
   };
 
+  // INVALID_ARGUMENT, with the server's message, for a Predict request with a string over
+  // --max_string_input_bytes (string_limit.h); else OK.
+  grpc::Status OverlongStringRefusal();
   // The framed hop (framed_backend.h) for a Predict call: true when the call went that way.
   bool StartFramed();
   void StartGrpc();  // the backend call over gRPC, for every call the framed hop does not take

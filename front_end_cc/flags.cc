@@ -26,7 +26,7 @@ namespace {
                "  [--max_streams_per_connection=N]\n"
                "  [--max_receive_message_bytes=N] [--max_unread_bytes_per_client=N]\n"
                "  [--max_request_bytes_per_client=N] [--max_request_bytes=N]\n"
-               "  [--framed_max_request_bytes=N]\n"
+               "  [--framed_max_request_bytes=N] [--max_string_input_bytes=N]\n"
                "  [--hold_back_unread_bytes=N] [--hold_back_total_unread_bytes=N]\n"
                "  [--client_metadata_key=KEY] [--grace_seconds=S] [--channel_arg=KEY=VALUE ...]\n",
                why.c_str());
@@ -94,6 +94,9 @@ Options ParseFlags(int argc, char** argv) {
     else if (flag == "max_request_bytes") o.max_request_bytes = ParseLong(flag, value, 0);
     else if (flag == "framed_max_request_bytes") {
       o.framed_max_request_bytes = ParseLong(flag, value, 0);
+    }
+    else if (flag == "max_string_input_bytes") {
+      o.max_string_input_bytes = ParseLong(flag, value, 0);
     }
     else if (flag == "hold_back_unread_bytes") o.hold_back_unread_bytes = ParseLong(flag, value, 0);
     else if (flag == "hold_back_total_unread_bytes")

@@ -36,6 +36,9 @@ struct Options {
   long max_request_bytes = 0;
   // A Predict request of this many bytes or more goes over gRPC, not the framed hop; 0: none.
   long framed_max_request_bytes = 1L << 20;
+  // A Predict request with a string input element longer than this is refused here, as the
+  // server behind would refuse it (string_limit.h); 0: none refused here.
+  long max_string_input_bytes = 0;
   long hold_back_unread_bytes = 4L << 20;
   long hold_back_total_unread_bytes = 8L << 20;
   std::string client_metadata_key = "dpsr-client";

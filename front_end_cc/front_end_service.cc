@@ -224,7 +224,7 @@ std::string FrontEnd::Summary() {
                 "%lld, run newest first (overload) %lld, refused (overloaded) %lld, refused (deadline "
                 "before its turn) %lld; service time %lld us; limits: %d running, %d per "
                 "client; now running %d, waiting %zu; framed %lld; refused (stopping) %lld; "
-                "refused (request bytes) %lld",
+                "refused (request bytes) %lld; refused (string over the limit) %lld",
                 (long long)accepted_.load(), (long long)forwarded_.load(),
                 (long long)queued_.load(), (long long)dropped_waiting_.load(),
                 (long long)refused_.load(), (long long)unread_refused_.load(),
@@ -233,7 +233,7 @@ std::string FrontEnd::Summary() {
                 (long long)cannot_finish_.load(), gate_.service_time(), options_.max_running,
                 gate_.max_running_per_client(), gate_.running(), gate_.queued(),
                 (long long)framed_calls_.load(), (long long)stopping_refused_.load(),
-                (long long)request_refused_.load());
+                (long long)request_refused_.load(), (long long)overlong_string_.load());
   return line;
 }
 

@@ -91,6 +91,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   void CountStopping() { stopping_refused_.fetch_add(1, std::memory_order_relaxed); }
   void CountUnmetered() { unmetered_.fetch_add(1, std::memory_order_relaxed); }
   void CountDroppedUnread() { dropped_waiting_.fetch_add(1, std::memory_order_relaxed); }
+  void CountOverlongString() { overlong_string_.fetch_add(1, std::memory_order_relaxed); }
 
   // One line of counts, printed when the process stops.
   std::string Summary();
@@ -140,7 +141,7 @@ class FrontEnd : public grpc::CallbackGenericService {
   std::deque<std::string> readers_order_;    // readers_ oldest first, to forget the oldest
   std::atomic<long long> accepted_{0}, forwarded_{0}, queued_{0}, dropped_waiting_{0},
       refused_{0}, overloaded_{0}, cannot_finish_{0}, unread_refused_{0}, held_back_{0}, unmetered_{0},
-      framed_calls_{0}, stopping_refused_{0}, request_refused_{0};
+      framed_calls_{0}, stopping_refused_{0}, request_refused_{0}, overlong_string_{0};
   std::atomic<uint64_t> framed_ids_{0};
 };
 

@@ -1,5 +1,6 @@
 """Flags of the native gRPC front end (serving/front_end.py), shared by `dpsr serve` and
 `dpsr proxy`."""
+import dataclasses
 from typing import Optional
 
 from absl import flags
@@ -89,15 +90,19 @@ FRAMED_MAX_REQUEST_BYTES = flags.DEFINE_integer(
 
 def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_back_unread_bytes,
                       hold_back_total_unread_bytes: int =
-                      FrontEndOptions.hold_back_total_unread_bytes) -> Optional[FrontEndOptions]:
+                      FrontEndOptions.hold_back_total_unread_bytes,
+                      max_string_input_bytes: int = 0) -> Optional[FrontEndOptions]:
     """FrontEndOptions when the native front end takes the port, or None for Python's own
-    gRPC server (--front_end=python, or auto where native cannot serve).
+    gRPC server (--front_end=python, or auto where native cannot serve). The hold-back budgets
+    and the string limit are the Python side's own flags (FrontEndOptions).
 
     Raises:
       ValueError: --front_end=native with TLS on the client port (`ssl` set), or
         --front_end_framed_predict given where the Python gRPC server takes the port.
     """
     options = _native_options(ssl, hold_back_unread_bytes, hold_back_total_unread_bytes)
+    if options is not None:
+        options = dataclasses.replace(options, max_string_input_bytes=max_string_input_bytes)
     asked_framed = FRAMED_PREDICT.value and flags.FLAGS[FRAMED_PREDICT.name].present
     if options is None and asked_framed:
         raise ValueError("--front_end_framed_predict needs the native front end (--front_end="

@@ -154,7 +154,8 @@ def main(argv):
         _fail(f"--max_concurrent_calls_per_peer is {_MAX_CALLS_PER_PEER.value}; it must be >= 0 "
               "(0: no limit)")
     try:
-        native_front_end = front_end_flags.front_end_options(ssl)
+        native_front_end = front_end_flags.front_end_options(
+            ssl, max_string_input_bytes=_MAX_STRING.value)
     except ValueError as e:
         _fail(str(e))
     streams = stream_limits.resolve(_MAX_STREAMS.value,

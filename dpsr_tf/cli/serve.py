@@ -230,8 +230,9 @@ _REQUEST_TIMEOUT = flags.DEFINE_integer("request_timeout_ms", 30000,
                                         "client's deadline applies when shorter); 0: none.")
 _MAX_ROWS = flags.DEFINE_integer("max_request_rows", 0, "[dpsr] Most queries (rows, examples) "
                                  "per request; 0: no limit, as in TF Serving.")
-_MAX_STRING = flags.DEFINE_integer("max_string_input_bytes", 4096,
-                                   "[dpsr] Longest string element of a request, in bytes.")
+_MAX_STRING = flags.DEFINE_integer(
+    "max_string_input_bytes", 4096, "[dpsr] Longest string element of a request, in bytes (the "
+    "native front end refuses a gRPC Predict with a longer one before the server reads it).")
 _MAX_K = flags.DEFINE_integer("max_k", 10000, "[dpsr] Largest k a request may ask for.")
 _REST_MAX_BODY = flags.DEFINE_integer(
     "rest_api_max_body_bytes", 16 << 20, "[dpsr] Largest REST request body (Content-Length or "
@@ -461,7 +462,8 @@ def _native_front_end(ssl):
     try:
         return front_end_flags.front_end_options(
             ssl, hold_back_unread_bytes=_MAX_UNSENT_PER_CLIENT.value,
-            hold_back_total_unread_bytes=_MAX_UNSENT.value)
+            hold_back_total_unread_bytes=_MAX_UNSENT.value,
+            max_string_input_bytes=_MAX_STRING.value)
     except ValueError as e:
         _fail(str(e))
 

@@ -74,6 +74,10 @@ class FrontEndOptions:
       framed_max_request_bytes: with `framed_predict`, a Predict request of this many bytes
         or more goes over gRPC instead: the server reads the framed hop one request at a time,
         so a large one would hold every later call behind it; 0: every one framed.
+      max_string_input_bytes: a Predict request with a string element longer than this is
+        refused INVALID_ARGUMENT by the front end, with the server's message
+        (front_end_cc/string_limit.h), instead of passed on for the server to parse and refuse;
+        give the server's (or the proxy's) --max_string_input_bytes. 0: none refused there.
       hold_back_unread_bytes: past this many unread bytes a connection's waiting calls stop
         going to the server until it reads (the server's
         --max_unsent_response_bytes_per_client); 0: never held back.
@@ -100,6 +104,7 @@ class FrontEndOptions:
     max_request_bytes_per_client: int = 0
     max_request_bytes: int = 0
     framed_max_request_bytes: int = 1 << 20
+    max_string_input_bytes: int = 0
     hold_back_unread_bytes: int = 4 << 20
     hold_back_total_unread_bytes: int = 8 << 20
     framed_predict: bool = False
@@ -228,6 +233,7 @@ class NativeFrontEnd:
             f"--max_request_bytes_per_client={options.max_request_bytes_per_client}",
             f"--max_request_bytes={options.max_request_bytes}",
             f"--framed_max_request_bytes={options.framed_max_request_bytes}",
+            f"--max_string_input_bytes={options.max_string_input_bytes}",
             f"--hold_back_unread_bytes={options.hold_back_unread_bytes or (1 << 62)}",
             "--hold_back_total_unread_bytes="
             f"{options.hold_back_total_unread_bytes or (1 << 62)}",

@@ -12,6 +12,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 from absl import flags
 from absl.testing import flagsaver
@@ -21,6 +22,8 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grp
 
 from dpsr_tf.demo import server_processes as process
 from dpsr_tf.serving import front_end
+from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving.model_server.api import predict as server_predict
 from tests.support import serving_testing as st
 from tests.support import waiting
 from tests.support.raw_http2 import RawHttp2
@@ -368,18 +371,18 @@ def test_a_connection_over_its_queue_limit_is_refused_at_once(toy_model_dir, tmp
     try:
         call(request, timeout=60)
         with _python_server_stopped(server):
-            holder = call.future(request, timeout=120)  # the slot was free: admitted at once
-            later = [call.future(request, timeout=120) for _ in range(12)]
-            # 5 wait, 7 are refused; which ones is the order the front end's threads take the
-            # streams in, not always the order sent. The refusals come back while the server
-            # is stopped: nothing waits for it.
-            waiting.wait_until(lambda: sum(f.done() for f in later) >= 7, "7 refusals")
-            refused = [f for f in later if f.done()]
+            calls = [call.future(request, timeout=120) for _ in range(13)]
+            # One runs (the slot is free), 5 wait, 7 are refused; which ones is the order the
+            # front end's threads take the streams in, not always the order sent (on a loaded
+            # host the first sent may be refused). The refusals come back while the server is
+            # stopped: nothing waits for it.
+            waiting.wait_until(lambda: sum(f.done() for f in calls) >= 7, "7 refusals")
+            refused = [f for f in calls if f.done()]
             errors = [st.rpc_error(f.result) for f in refused]
         assert len(refused) == 7
         assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert "already has 5 calls waiting" in errors[0].details()
-        assert [_code(f) for f in [holder] + later if f not in refused] == ["OK"] * 6
+        assert [_code(f) for f in calls if f not in refused] == ["OK"] * 6
     finally:
         channel.close()
         counts = _summary(server)
@@ -455,6 +458,40 @@ def test_large_predict_requests_go_over_grpc_not_the_framed_hop(toy_model_dir, t
         assert framed and int(framed[-1]) == (2 if framed_max else 5), server.log_tail()
     assert [code for code, _ in answers[20000]] == ["OK"] * 5
     assert answers[20000] == answers[0]
+
+
+def test_a_string_over_the_limit_is_refused_by_the_front_end_as_the_server_words_it(
+        toy_model_dir, tmp_path):
+    # The front end refuses it (front_end_cc/string_limit.h) before the server reads it: a
+    # 5,000-byte query (framed size) and a 2 MiB one (over gRPC's size), with the message the
+    # server's own check gives (model_server/api/predict.py), while calls beside them run.
+    expected = {}
+    for n in (5000, 2 << 20):
+        with pytest.raises(ServingError) as e:
+            server_predict._check_strings("query", np.array([b"y" * n], dtype=object),
+                                          server_predict.RequestLimits())
+        expected[n] = e.value.message
+    server = _start(toy_model_dir, tmp_path)
+    channel, call = _raw_call(server.address)
+    ok = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
+    try:
+        assert _code(call.future(ok, timeout=60)) == "OK"
+        for n in (5000, 2 << 20):
+            request = st.predict_request("dpsr", [b"y" * n]).SerializeToString()
+            with pytest.raises(grpc.RpcError) as e:
+                call(request, timeout=60)
+            assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                           expected[n])
+        assert _code(call.future(ok, timeout=60)) == "OK"
+    finally:
+        channel.close()
+        assert server.stop() == 0, server.log_tail()
+    with open(server.log_path, encoding="utf-8", errors="replace") as f:
+        log = f.read()
+    assert re.findall(r"refused \(string over the limit\) (\d+)", log)[-1:] == ["2"], \
+        server.log_tail()
+    framed = re.findall(r"framed Predict calls read: (\d+)", log)
+    assert framed and int(framed[-1]) == 2, server.log_tail()  # the two that were OK
 
 
 def test_a_client_that_never_reads_gets_no_more_answers_computed(toy_model_dir, tmp_path):

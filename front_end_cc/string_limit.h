@@ -1,0 +1,178 @@
+// A Predict request whose string input holds an element longer than the server's
+// --max_string_input_bytes is refused by the front end, with the server's own message
+// (dpsr_tf/serving/model_server/api/predict.py), instead of handed to the Python server (or
+// the proxy) to be parsed and refused there: a burst of 4 MiB queries cost the Python side's
+// event loop about 2-4 ms each (docs/benchmarks.md, "Misbehaving clients").
+//
+// The lengths are read from the request's protocol buffer wire bytes without copying a string,
+// as protocol buffers parse them: PredictRequest.inputs is a map, so a later entry with the same
+// key replaces an earlier one, and a TensorProto given twice in one entry is merged (its strings
+// follow the first's, its dtype is the last one given). Only inputs whose dtype is DT_STRING are
+// checked, as the server checks string inputs. The walk is bounded: a request of more than
+// kMaxFields top-level fields, or an input of more than kMaxFields strings or other fields, is
+// left to the server (so is anything that does not parse here); nothing is ever refused that
+// the server would run.
+//
+// Standard C++ only, header-only as the gate's other rules, unit-tested (string_limit_test.cc).
+#ifndef DPSR_FRONT_END_CC_STRING_LIMIT_H_
+#define DPSR_FRONT_END_CC_STRING_LIMIT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace dpsr {
+namespace front_end {
+
+// Fields read at most: top-level fields of a request, strings of an input, other fields of it.
+constexpr size_t kMaxFields = 4096;
+
+namespace string_limit_internal {
+
+// PredictRequest.inputs; its map entries' key and value; TensorProto.dtype and string_val.
+constexpr uint64_t kInputs = 2, kKey = 1, kValue = 2, kDtype = 1, kStringVal = 8;
+constexpr uint64_t kDtString = 7;
+constexpr int kVarint = 0, kFixed64 = 1, kLengthDelimited = 2, kFixed32 = 5;
+
+// One field: its number, wire type, the varint's value or the payload's bytes.
+struct Field {
+  uint64_t number = 0;
+  int wire_type = 0;
+  uint64_t value = 0;
+  std::string_view payload;
+};
+
+// Reads the fields of one message in turn; false at its end or at bytes that do not parse
+// here (then `failed` is set).
+class Fields {
+ public:
+  explicit Fields(std::string_view bytes) : at_(bytes) {}
+
+  bool Next(Field* f) {
+    if (at_.empty() || failed) return false;
+    uint64_t key = 0;
+    if (!Varint(&key)) return Fail();
+    f->number = key >> 3;
+    f->wire_type = static_cast<int>(key & 7);
+    switch (f->wire_type) {
+      case kVarint:
+        return Varint(&f->value) || Fail();
+      case kFixed64:
+      case kFixed32: {
+        const size_t n = f->wire_type == kFixed64 ? 8 : 4;
+        if (at_.size() < n) return Fail();
+        at_.remove_prefix(n);
+        return true;
+      }
+      case kLengthDelimited: {
+        uint64_t n = 0;
+        if (!Varint(&n) || n > at_.size()) return Fail();
+        f->payload = at_.substr(0, static_cast<size_t>(n));
+        at_.remove_prefix(static_cast<size_t>(n));
+        return true;
+      }
+      default:  // groups, or not protocol buffers: the server decides
+        return Fail();
+    }
+  }
+
+  bool failed = false;
+
+ private:
+  bool Varint(uint64_t* v) {
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (at_.empty()) return false;
+      const auto byte = static_cast<unsigned char>(at_.front());
+      at_.remove_prefix(1);
+      *v |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if (byte < 0x80) return true;
+    }
+    return false;
+  }
+  bool Fail() {
+    failed = true;
+    return false;
+  }
+
+  std::string_view at_;
+};
+
+// What one input's entries tell: its dtype and its strings' lengths, or nothing (not read).
+struct Input {
+  uint64_t dtype = 0;
+  std::optional<std::vector<size_t>> lengths = std::vector<size_t>();
+};
+
+// Adds one TensorProto's dtype and string lengths to `input`; false when it is not to be read.
+inline bool ReadTensor(std::string_view tensor, Input* input, size_t* others) {
+  Fields fields(tensor);
+  Field f;
+  while (fields.Next(&f)) {
+    if (f.number == kDtype && f.wire_type == kVarint) {
+      input->dtype = f.value;
+    } else if (f.number == kStringVal && f.wire_type == kLengthDelimited) {
+      input->lengths->push_back(f.payload.size());
+    }
+    if (f.number != kStringVal) ++*others;
+    if (input->lengths->size() > kMaxFields || *others > kMaxFields) return false;
+  }
+  return !fields.failed;
+}
+
+}  // namespace string_limit_internal
+
+// The server's refusal of `request` (a serialized PredictRequest) for its first string longer
+// than `max_bytes`, e.g. "input 'query'[0] is 5000 bytes; the limit is 4096
+// (--max_string_input_bytes); send shorter text"; "" when there is none, or when the request
+// is left to the server (see above).
+inline std::string OverlongString(std::string_view request, size_t max_bytes) {
+  if (max_bytes == 0 || request.size() <= max_bytes) return "";
+  namespace sl = string_limit_internal;
+  std::map<std::string, sl::Input> inputs;
+  sl::Fields fields(request);
+  sl::Field f;
+  size_t read = 0;
+  while (fields.Next(&f)) {
+    if (++read > kMaxFields) return "";
+    if (f.number != sl::kInputs || f.wire_type != sl::kLengthDelimited) continue;
+    std::string key;
+    sl::Input input;
+    size_t others = 0;
+    sl::Fields entry(f.payload);
+    sl::Field e;
+    while (entry.Next(&e)) {
+      if (e.number == sl::kKey && e.wire_type == sl::kLengthDelimited) {
+        key.assign(e.payload);
+      } else if (e.number == sl::kValue && e.wire_type == sl::kLengthDelimited &&
+                 input.lengths && !sl::ReadTensor(e.payload, &input, &others)) {
+        input.lengths.reset();
+      }
+    }
+    if (entry.failed) return "";
+    inputs[key] = std::move(input);  // a later entry with this key replaces it
+  }
+  if (fields.failed) return "";
+  for (const auto& [alias, input] : inputs) {
+    if (input.dtype != sl::kDtString || !input.lengths) continue;
+    for (size_t i = 0; i < input.lengths->size(); ++i) {
+      const size_t n = (*input.lengths)[i];
+      if (n > max_bytes) {
+        return "input '" + alias + "'[" + std::to_string(i) + "] is " + std::to_string(n) +
+               " bytes; the limit is " + std::to_string(max_bytes) +
+               " (--max_string_input_bytes); send shorter text";
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace front_end
+}  // namespace dpsr
+
+#endif  // DPSR_FRONT_END_CC_STRING_LIMIT_H_
