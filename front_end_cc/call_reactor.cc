@@ -116,27 +116,27 @@ void Call::OnReadDone(bool ok) {
   // the client half-closed without one. It is never read again: the backend gets it with its
   // end-of-stream in one write. Its bytes count against the request budgets until the call
   // ends (OnDone), or it is refused and dropped now.
-  grpc::Status over_budget;
+  grpc::Status refused;  // over a request budget, or a string over the limit
   if (ok) {
     const size_t bytes = request_.Length();
-    over_budget = fe_->HoldRequest(client_, bytes);
-    if (over_budget.ok()) {
+    refused = fe_->HoldRequest(client_, bytes);
+    if (refused.ok()) {
       request_bytes_ = bytes;
-      over_budget = OverlongStringRefusal();
-      if (!over_budget.ok()) request_.Clear();
+      refused = OverlongStringRefusal();
+      if (!refused.ok()) request_.Clear();
     } else {
       request_.Clear();
     }
   }
   std::unique_lock<std::mutex> lock(mu_);
-  have_request_ = ok && over_budget.ok();
+  have_request_ = ok && refused.ok();
   if (cancelled_) {
     fe_->CountDroppedUnread();
     FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it was read"));
     return;
   }
-  if (!over_budget.ok()) {
-    FinishLocked(over_budget);
+  if (!refused.ok()) {
+    FinishLocked(refused);
     return;
   }
   const bool unmetered = Unmetered(std::string(ctx_->method()));
