@@ -4,7 +4,10 @@ server would refuse at its input limits (dpsr_tf/serving/model_server/api/predic
 A request with one 4 MiB query string is refused by each shard's server, but only after the
 proxy has sent it to every shard, and each has read and parsed it. Checked here, at the same
 limits as the servers' (`dpsr proxy` flags defaulting to `dpsr serve`'s), the request is refused
-with the message the server would give, and no shard sees it.
+with the message the server would give, and no shard sees it. Behind the native front end a
+gRPC request with such a string does not even reach this check: the front end refuses it by the
+same rules before the proxy reads it (front_end_cc/string_limit.h). This check is what refuses
+it behind the Python front end, and what applies the element limit.
 
 The checks read only what is cheap to read: each input's declared shape, and the length of
 each string. A string read out of the parsed message is a copy, and a copy of megabytes faults
