@@ -1,6 +1,5 @@
 """Flags of the native gRPC front end (serving/front_end.py), shared by `dpsr serve` and
 `dpsr proxy`."""
-import dataclasses
 from typing import Optional
 
 from absl import flags
@@ -100,9 +99,8 @@ def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_ba
       ValueError: --front_end=native with TLS on the client port (`ssl` set), or
         --front_end_framed_predict given where the Python gRPC server takes the port.
     """
-    options = _native_options(ssl, hold_back_unread_bytes, hold_back_total_unread_bytes)
-    if options is not None:
-        options = dataclasses.replace(options, max_string_input_bytes=max_string_input_bytes)
+    options = _native_options(ssl, hold_back_unread_bytes, hold_back_total_unread_bytes,
+                              max_string_input_bytes)
     asked_framed = FRAMED_PREDICT.value and flags.FLAGS[FRAMED_PREDICT.name].present
     if options is None and asked_framed:
         raise ValueError("--front_end_framed_predict needs the native front end (--front_end="
@@ -110,8 +108,8 @@ def front_end_options(ssl, hold_back_unread_bytes: int = FrontEndOptions.hold_ba
     return options
 
 
-def _native_options(ssl, hold_back_unread_bytes: int,
-                    hold_back_total_unread_bytes: int) -> Optional[FrontEndOptions]:
+def _native_options(ssl, hold_back_unread_bytes: int, hold_back_total_unread_bytes: int,
+                    max_string_input_bytes: int) -> Optional[FrontEndOptions]:
     if FRONT_END.value == "python":
         return None
     if ssl is not None:
@@ -136,6 +134,7 @@ def _native_options(ssl, hold_back_unread_bytes: int,
         max_request_bytes_per_client=MAX_REQUEST_BYTES_PER_CLIENT.value,
         max_request_bytes=MAX_REQUEST_BYTES.value,
         framed_max_request_bytes=FRAMED_MAX_REQUEST_BYTES.value,
+        max_string_input_bytes=max_string_input_bytes,
         hold_back_unread_bytes=hold_back_unread_bytes,
         hold_back_total_unread_bytes=hold_back_total_unread_bytes,
         framed_predict=FRAMED_PREDICT.value)

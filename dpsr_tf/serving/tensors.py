@@ -77,6 +77,19 @@ def declared_shape(proto: TensorProto, name: str = "tensor") -> Tuple[int, ...]:
     return shape
 
 
+# What the servers (and the proxy, which refuses what they would) tell a client whose input is
+# over --max_input_elements, after the count and the limit.
+MAX_ELEMENTS_HINT = " (--max_input_elements); send fewer values or split the request"
+
+
+def string_too_long(name: str, index: int, length: int, limit: int) -> ServingError:
+    """The INVALID_ARGUMENT for string `index` of `name` (e.g. "input 'query'"), `length` bytes
+    long, over --max_string_input_bytes `limit` (the native front end words it the same:
+    front_end_cc/string_limit.h)."""
+    return _bad(f"{name}[{index}] is {length} bytes; the limit is {limit} "
+                "(--max_string_input_bytes); send shorter text")
+
+
 def check_num_elements(shape: Tuple[int, ...], limit: int, name: str = "tensor",
                        hint: str = "") -> int:
     """The exact number of values `shape` declares; INVALID_ARGUMENT above `limit`.

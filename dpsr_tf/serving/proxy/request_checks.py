@@ -18,13 +18,9 @@ per input (and as many other fields); an input with more is left to the servers,
 of a million short strings costs the proxy's event loop no per-string work.
 """
 import dataclasses
-import math
 from typing import Dict, List, Optional
 
-import grpc
-
-from dpsr_tf.serving import wire
-from dpsr_tf.serving.errors import ServingError
+from dpsr_tf.serving import tensors, wire
 
 # `dpsr serve`'s defaults (--max_string_input_bytes, --max_input_elements).
 DEFAULT_MAX_STRING_INPUT_BYTES = 4096
@@ -56,10 +52,6 @@ class ProxyRequestLimits:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: not checked), got "
                                  f"{getattr(self, name)}")
-
-
-def _bad(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _lengths_from_message(proto) -> Optional[List[int]]:
@@ -106,14 +98,11 @@ def check_predict_inputs(request, limits: ProxyRequestLimits, data=None) -> None
         of its strings is longer than max_string_bytes; the message names the input, the
         element, the limit and its flag, as the server's does.
     """
-    for alias, proto in request.inputs.items():
-        dims = [d.size for d in proto.tensor_shape.dim]
-        if limits.max_elements and dims:
-            count = math.prod(dims)
-            if count > limits.max_elements or any(d > limits.max_elements for d in dims):
-                raise _bad(f"input '{alias}': shape {dims} declares {count:,} values; the limit "
-                           f"is {limits.max_elements:,} (--max_input_elements); send fewer "
-                           "values or split the request")
+    if limits.max_elements:
+        for alias, proto in request.inputs.items():
+            tensors.check_num_elements(tuple(d.size for d in proto.tensor_shape.dim),
+                                       limits.max_elements, f"input '{alias}'",
+                                       tensors.MAX_ELEMENTS_HINT)
     if not limits.max_string_bytes or (data is not None
                                        and len(data) <= limits.max_string_bytes):
         return  # no string of a request this small can be over the limit
@@ -129,6 +118,5 @@ def check_predict_inputs(request, limits: ProxyRequestLimits, data=None) -> None
         lengths = _lengths_from_message(proto) if from_wire is None else from_wire.get(alias)
         for i, length in enumerate(lengths or ()):
             if length > limits.max_string_bytes:
-                raise _bad(f"input '{alias}'[{i}] is {length} bytes; the limit is "
-                           f"{limits.max_string_bytes} (--max_string_input_bytes); send "
-                           "shorter text")
+                raise tensors.string_too_long(f"input '{alias}'", i, length,
+                                              limits.max_string_bytes)

@@ -90,9 +90,8 @@ def check_shape(name: str, spec, shape, limits: RequestLimits) -> int:
     """
     if limits.max_rows and spec.batch_major and shape and shape[0] > limits.max_rows:
         raise _rows_error(shape[0], limits)
-    return tensors.check_num_elements(
-        shape, limits.max_elements, name,
-        " (--max_input_elements); send fewer values or split the request")
+    return tensors.check_num_elements(shape, limits.max_elements, name,
+                                      tensors.MAX_ELEMENTS_HINT)
 
 
 def declared_elements(request) -> int:
@@ -108,8 +107,8 @@ def _check_strings(alias: str, value: np.ndarray, limits: RequestLimits) -> None
     flat = value.ravel()
     for i, element in enumerate(flat):
         if len(element) > limits.max_string_bytes:
-            raise _bad(f"input '{alias}'[{i}] is {len(element)} bytes; the limit is "
-                       f"{limits.max_string_bytes} (--max_string_input_bytes); send shorter text")
+            raise tensors.string_too_long(f"input '{alias}'", i, len(element),
+                                          limits.max_string_bytes)
         if alias == limits.query_input and not element.strip():
             raise _bad(f"input '{alias}'[{i}] is empty; send a non-blank query")
 
