@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -20,6 +19,7 @@ from dpsr_tf.serving.model_server.api import predict as server_predict
 from dpsr_tf.serving.proxy import config as proxy_config
 from dpsr_tf.serving.proxy.request_checks import (SCAN_MAX_FIELDS, ProxyRequestLimits,
                                                   check_predict_inputs)
+from tests.support import waiting
 from tests.support.fake_backends import FakeBackend, InProcessProxy
 from tests.support.serving_testing import outputs, predict_request, rpc_error
 
@@ -256,17 +256,10 @@ def test_a_refused_request_does_not_wait_for_a_backend_slot():
     second = prediction_service_pb2_grpc.PredictionServiceStub(server.new_channel())
     try:
         holding = first.Predict.future(predict_request("dpsr", ["drill"], k=2), timeout=60)
-        for _ in range(600):
-            if backend.calls == 1:
-                break
-            time.sleep(0.1)
-        assert backend.calls == 1
+        waiting.wait_until(lambda: backend.calls == 1, "the backend holding the first call")
         refused = second.Predict.future(predict_request("dpsr", [b"y" * 5000], k=2),
                                         timeout=60)
-        for _ in range(600):
-            if refused.done():
-                break
-            time.sleep(0.1)
+        waiting.wait_until(refused.done, "the oversized request's answer")
         assert refused.done() and not holding.done()
         assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
         release.set()
