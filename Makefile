@@ -33,7 +33,8 @@ FRONT_END_HDRS := front_end_cc/flags.h front_end_cc/front_end_service.h \
                   front_end_cc/call_reactor.h front_end_cc/fair_gate.h \
                   front_end_cc/framed_backend.h front_end_cc/accept_shedding.h \
                   front_end_cc/listener.h front_end_cc/drain.h front_end_cc/request_budget.h \
-                  front_end_cc/heap_trim.h front_end_cc/string_limit.h
+                  front_end_cc/heap_trim.h front_end_cc/string_limit.h \
+                  front_end_cc/write_parts.h
 
 build: $(FRONT_END)  ## compile the pybind11 tokenizer, the TF op library and the front end in place
 	$(PY) setup.py -q build_ext --inplace -j 2

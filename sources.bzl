@@ -91,9 +91,9 @@ TOKENIZER_CORE_TESTS = [
 LEXICAL_CORE_TESTS = [
     "search_cc/core/lexical_index_test.cc",
 ]
-# The native gRPC front end's fair gate, drain, request budget, heap trim rule and string limit:
-# header-only C++ with no gRPC (the front end itself links gRPC and is built by the Makefile,
-# not here).
+# The native gRPC front end's fair gate, drain, request budget, heap trim rule, string limit and
+# scattered writes: header-only C++ with no gRPC (the front end itself links gRPC and is built
+# by the Makefile, not here).
 FAIR_GATE_CORE_SRCS = []
 FAIR_GATE_CORE_HDRS = [
     "front_end_cc/drain.h",
@@ -101,6 +101,7 @@ FAIR_GATE_CORE_HDRS = [
     "front_end_cc/heap_trim.h",
     "front_end_cc/request_budget.h",
     "front_end_cc/string_limit.h",
+    "front_end_cc/write_parts.h",
 ]
 FAIR_GATE_CORE_TESTS = [
     "front_end_cc/drain_test.cc",
@@ -108,6 +109,7 @@ FAIR_GATE_CORE_TESTS = [
     "front_end_cc/heap_trim_test.cc",
     "front_end_cc/request_budget_test.cc",
     "front_end_cc/string_limit_test.cc",
+    "front_end_cc/write_parts_test.cc",
 ]
 TOPK_CORE_TESTS = [
     "search_cc/core/head_merge_test.cc",

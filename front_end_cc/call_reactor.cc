@@ -177,18 +177,14 @@ grpc::Status Call::OverlongStringRefusal() {
   if (limit == 0 || request_bytes_ <= limit || ctx_->method() != kPredictMethod) {
     return grpc::Status::OK;  // no string of a request this small can be over the limit
   }
-  std::vector<grpc::Slice> slices;
+  std::vector<grpc::Slice> slices;  // references to gRPC's read buffers, not copies
   if (!request_.Dump(&slices).ok()) return grpc::Status::OK;
-  std::string joined;  // a request gRPC read in pieces is walked whole
-  std::string_view bytes;
-  if (slices.size() == 1) {
-    bytes = std::string_view(reinterpret_cast<const char*>(slices[0].begin()), slices[0].size());
-  } else {
-    joined.reserve(request_bytes_);
-    for (const auto& s : slices) joined.append(reinterpret_cast<const char*>(s.begin()), s.size());
-    bytes = joined;
+  std::vector<std::string_view> pieces;
+  pieces.reserve(slices.size());
+  for (const auto& s : slices) {
+    pieces.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
   }
-  std::string message = OverlongString(bytes, limit);
+  std::string message = OverlongString(Pieces(std::move(pieces)), limit);
   if (message.empty()) return grpc::Status::OK;
   fe_->CountOverlongString();
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, message);

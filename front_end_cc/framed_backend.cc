@@ -8,8 +8,11 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
+
+#include "front_end_cc/write_parts.h"
 
 namespace dpsr {
 namespace front_end {
@@ -71,9 +74,10 @@ bool ParseTrailers(const unsigned char* p, size_t n, Trailers* out) {
   return true;
 }
 
+// A frame's head: its length (of a body of `body` bytes), kind and call id.
 std::string Head(FrameKind kind, uint64_t id, size_t body) {
   std::string s;
-  s.reserve(kHead + body);
+  s.reserve(kHead + 64);  // and the request frame's deadline, client name
   PutU32(&s, static_cast<uint32_t>(kHead - 4 + body));
   s.push_back(static_cast<char>(kind));
   s.append(3, '\0');
@@ -116,29 +120,24 @@ bool FramedBackend::ConnectLocked() {
   return true;
 }
 
-bool FramedBackend::WriteAllLocked(const std::string& bytes) {
-  const char* p = bytes.data();
-  size_t n = bytes.size();
-  while (n > 0) {
-    ssize_t w = send(fd_, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
+bool FramedBackend::WriteAllLocked(std::vector<std::string_view> parts) {
+  return WriteParts(fd_, std::move(parts));
 }
 
 bool FramedBackend::Send(uint64_t id, long long deadline_micros, const std::string& client,
                          const grpc::ByteBuffer& request, AnswerCallback done) {
+  // The request is written from gRPC's read buffers, behind the frame's head (write_parts.h).
   std::vector<grpc::Slice> slices;
   if (!request.Dump(&slices).ok()) return false;
   const size_t body = 8 + 4 + client.size() + request.Length();
-  std::string frame = Head(FrameKind::kRequest, id, body);
-  PutU64(&frame, static_cast<uint64_t>(deadline_micros));
-  PutU32(&frame, static_cast<uint32_t>(client.size()));
-  frame += client;
-  for (const auto& s : slices) frame.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  std::string head = Head(FrameKind::kRequest, id, body);
+  PutU64(&head, static_cast<uint64_t>(deadline_micros));
+  PutU32(&head, static_cast<uint32_t>(client.size()));
+  head += client;
+  std::vector<std::string_view> frame;
+  frame.reserve(1 + slices.size());
+  frame.emplace_back(head);
+  for (const auto& s : slices) frame.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
   std::unique_lock<std::mutex> lock(write_mu_);
   if (!ConnectLocked()) return false;
   const int fd = fd_;
@@ -146,7 +145,7 @@ bool FramedBackend::Send(uint64_t id, long long deadline_micros, const std::stri
     std::lock_guard<std::mutex> calls(calls_mu_);
     calls_[id] = Waiting{fd, std::move(done)};
   }
-  if (WriteAllLocked(frame)) return true;
+  if (WriteAllLocked(std::move(frame))) return true;
   // The connection broke under this frame: its reader fails the calls sent whole on it. This
   // one is taken back before write_mu_ is dropped, so the reader (which takes write_mu_ before
   // failing a connection's calls) never has it: the server got part of its frame at most and
@@ -165,7 +164,8 @@ void FramedBackend::Cancel(uint64_t id) {
     auto it = calls_.find(id);
     if (it == calls_.end() || it->second.fd != fd_) return;  // answered, or sent elsewhere
   }
-  if (!WriteAllLocked(Head(FrameKind::kCancel, id, 0))) {
+  const std::string frame = Head(FrameKind::kCancel, id, 0);
+  if (!WriteAllLocked({frame})) {
     shutdown(fd_, SHUT_RDWR);  // its reader sees the end and fails its calls
     fd_ = -1;
   }

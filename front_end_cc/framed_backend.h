@@ -23,6 +23,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <utility>
@@ -58,7 +59,7 @@ class FramedBackend {
 
  private:
   bool ConnectLocked();            // write_mu_ held
-  bool WriteAllLocked(const std::string& bytes);  // write_mu_ held
+  bool WriteAllLocked(std::vector<std::string_view> parts);  // write_mu_ held
   void ReadLoop(int fd);          // one detached thread per connection
   void FailAll(int fd, const std::string& why);
   AnswerCallback Take(uint64_t id, int fd);

@@ -4,6 +4,8 @@
 #include "front_end_cc/string_limit.h"
 
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "tests/cc/check.h"
 
@@ -11,6 +13,7 @@ namespace {
 
 using dpsr::front_end::kMaxFields;
 using dpsr::front_end::OverlongString;
+using dpsr::front_end::Pieces;
 
 // model dpsr; query ["abc", "0123456789"] (DT_STRING, shape [2]); k 5 (DT_INT32)
 const std::string kTwoQueries("\x0a\x06\x0a\x04\x64\x70\x73\x72\x12\x0a\x0a\x01\x6b\x12\x05\x08\x03\x3a\x01\x05\x12\x22\x0a\x05\x71\x75\x65\x72\x79\x12\x19\x08\x07\x12\x04\x12\x02\x08\x02\x42\x03\x61\x62\x63\x42\x0a\x30\x31\x32\x33\x34\x35\x36\x37\x38\x39", 56);
@@ -99,6 +102,49 @@ void TestLongListsAreLeftToTheServer() {
   CHECK(OverlongString(filters + StringInput("q", 0, last), 8).empty());
 }
 
+// `request` as gRPC may hold it: in pieces of `size` bytes, an empty piece after every
+// `empty_every`-th one (0: none).
+Pieces InPieces(const std::string& request, size_t size, size_t empty_every) {
+  std::vector<std::string_view> pieces;
+  const std::string_view all(request);
+  for (size_t at = 0, n = 0; at < all.size(); at += size) {
+    pieces.push_back(all.substr(at, size));
+    if (empty_every != 0 && ++n % empty_every == 0) pieces.push_back(std::string_view());
+  }
+  return Pieces(pieces);
+}
+
+void TestARequestInPiecesReadsAsInOne() {
+  const std::string last(10, 'z');
+  const struct {
+    std::string request;
+    size_t limit;
+    std::string refusal;
+  } cases[] = {
+      {kTwoQueries, 8, Refusal("query", 1, 10, 8)},
+      {kTwoQueries, 2, Refusal("query", 0, 3, 2)},
+      {kTwoQueries, 10, ""},
+      {kAtTheLimit, 7, Refusal("query", 0, 8, 7)},
+      {kIntWithStrings, 8, ""},
+      {kLongFirst + kShortFirst, 8, ""},
+      {kShortFirst + kLongFirst, 8, Refusal("query", 0, 10, 8)},
+      {kValueTwice, 8, Refusal("query", 1, 10, 8)},
+      {kLongFirst.substr(0, kLongFirst.size() - 1), 8, ""},
+      {StringInput("a long alias", 300, last), 8, Refusal("a long alias", 300, 10, 8)},
+  };
+  for (const auto& c : cases) {
+    CHECK(OverlongString(c.request, c.limit) == c.refusal);
+    for (size_t size : {1, 2, 3, 5, 7, 16, 1000}) {
+      for (size_t empty_every : {0, 1, 3}) {
+        CHECK(OverlongString(InPieces(c.request, size, empty_every), c.limit) == c.refusal);
+      }
+    }
+  }
+  CHECK(OverlongString(Pieces({}), 8).empty());
+  CHECK(OverlongString(Pieces({std::string_view(), std::string_view(kLongFirst),
+                               std::string_view()}), 8) == Refusal("query", 0, 10, 8));
+}
+
 }  // namespace
 
 int main() {
@@ -109,5 +155,6 @@ int main() {
   TestAValueGivenTwiceIsMerged();
   TestWhatDoesNotParseIsLeftToTheServer();
   TestLongListsAreLeftToTheServer();
+  TestARequestInPiecesReadsAsInOne();
   return dpsr_test::Report("string_limit_test");
 }

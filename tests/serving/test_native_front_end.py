@@ -442,21 +442,26 @@ def test_calls_past_the_request_byte_budgets_are_refused_at_once(toy_model_dir, 
 def test_large_predict_requests_go_over_grpc_not_the_framed_hop(toy_model_dir, tmp_path):
     # Requests of about 30 KB against --front_end_framed_max_request_bytes=20000: they reach
     # the server over gRPC, the small ones as frames; the answers are the same either way.
+    # Without the limit (0) every request is framed, one of 4 MB too: gRPC holds it in dozens
+    # of read buffers, written to the hop from where they lie (front_end_cc/write_parts.h).
     big = st.predict_request("dpsr", [f"phone {i} " + "x" * 2990 for i in range(10)])
     small = st.predict_request("dpsr", ["cordless drill"])
+    huge = st.predict_request("dpsr", [f"drill {i} " + "y" * 3900 for i in range(1000)], k=1)
     assert len(big.SerializeToString()) > 20000 > len(small.SerializeToString())
+    assert len(huge.SerializeToString()) > 3 << 20
+    requests = [small, big, small, big, big, huge]
     answers = {}
     for framed_max in (20000, 0):
         server = _start(toy_model_dir, tmp_path,
                         f"--front_end_framed_max_request_bytes={framed_max}")
         try:
-            answers[framed_max] = _predict_answers(server.address, [small, big, small, big, big])
+            answers[framed_max] = _predict_answers(server.address, requests)
         finally:
             server.stop()
         with open(server.log_path, encoding="utf-8", errors="replace") as f:
             framed = re.findall(r"framed Predict calls read: (\d+)", f.read())
-        assert framed and int(framed[-1]) == (2 if framed_max else 5), server.log_tail()
-    assert [code for code, _ in answers[20000]] == ["OK"] * 5
+        assert framed and int(framed[-1]) == (2 if framed_max else 6), server.log_tail()
+    assert [code for code, _ in answers[20000]] == ["OK"] * 6
     assert answers[20000] == answers[0]
 
 
