@@ -18,10 +18,10 @@ and 1 s after the batch, above what it was before. Compare rows of one run: the 
 shared.
 """
 import argparse
+import functools
 import os
 import sys
 import tempfile
-import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,25 +94,15 @@ def _measure(binary: str, model_base: str, work: str, requests: dict, args) -> d
             time.sleep(1.0)
             rss0 = st.rss_bytes(fe)
             cpu0, faults0 = _cpu_faults(fe)
-            peak = [rss0]
-            done = threading.Event()
-
-            def sample():
-                while not done.is_set():
-                    peak[0] = max(peak[0], st.rss_bytes(fe))
-                    time.sleep(0.005)
-            sampler = threading.Thread(target=sample)
-            sampler.start()
-            codes = _send(server.address, request, args.requests, args.connections, args.wave)
-            done.set()
-            sampler.join()
+            peak, codes = st.peak_rss_growth(fe, functools.partial(
+                _send, server.address, request, args.requests, args.connections, args.wave))
             cpu1, faults1 = _cpu_faults(fe)
             time.sleep(1.0)
             out[kind] = {
                 "codes": codes,
                 "cpu_ms": (cpu1 - cpu0) * 1e3 / args.requests,
                 "faults": (faults1 - faults0) / args.requests,
-                "peak_mib": (peak[0] - rss0) / 2**20,
+                "peak_mib": peak / 2**20,
                 "after_mib": (st.rss_bytes(fe) - rss0) / 2**20,
             }
     finally:
