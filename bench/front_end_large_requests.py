@@ -33,15 +33,6 @@ from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_faults(pid: int) -> tuple:
-    """(user + system CPU seconds, minor page faults) of process `pid` so far."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS, int(fields[7])
-
 
 def _requests() -> dict:
     refused = st.predict_request("dpsr", [b"x" * (4 << 20)], k=1).SerializeToString()
@@ -93,10 +84,10 @@ def _measure(binary: str, model_base: str, work: str, requests: dict, args) -> d
             _send(server.address, request, 4, 1, 4)  # warm: connections, first buffers
             time.sleep(1.0)
             rss0 = st.rss_bytes(fe)
-            cpu0, faults0 = _cpu_faults(fe)
+            cpu0, faults0 = st.cpu_seconds(fe), st.minor_faults(fe)
             peak, codes = st.peak_rss_growth(fe, functools.partial(
                 _send, server.address, request, args.requests, args.connections, args.wave))
-            cpu1, faults1 = _cpu_faults(fe)
+            cpu1, faults1 = st.cpu_seconds(fe), st.minor_faults(fe)
             time.sleep(1.0)
             out[kind] = {
                 "codes": codes,

@@ -50,7 +50,6 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Optional
 
 import grpc
 import numpy as np
@@ -127,15 +126,6 @@ LARGE_CONNECTIONS, LARGE_CALLS, LARGE_BYTES = 8, 16, 4 << 20  # large requests a
 
 def _big_request(rows=256):
     return st.predict_request("big", [f"cordless drill {i}" for i in range(rows)], k=300)
-
-
-def _cpu_seconds(pid: int, tid: Optional[int] = None) -> float:
-    """User + system CPU seconds of thread `tid` of process `pid`, or of the whole process
-    when `tid` is None (Linux /proc; also bench/loop_cost_bench.py's)."""
-    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
-    with open(path, encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tree_rss(pid: int) -> int:
@@ -626,7 +616,7 @@ def main():
     try:
         for name, send in classes:
             ours.send("start")
-            loop_cpu = [_cpu_seconds(p.proc.pid, p.proc.pid) for p in (server, proxy)]
+            loop_cpu = [st.cpu_seconds(p.proc.pid, p.proc.pid) for p in (server, proxy)]
             deadline = time.monotonic() + args.seconds
             statuses = {}
             while time.monotonic() < deadline:
@@ -640,7 +630,7 @@ def main():
                     time.sleep(max(0.0, round_start + args.burst_period - time.monotonic()))
             ours.send("stop")
             out = ours.recv()
-            loop_cpu = [_cpu_seconds(p.proc.pid, p.proc.pid) - before
+            loop_cpu = [st.cpu_seconds(p.proc.pid, p.proc.pid) - before
                         for p, before in zip((server, proxy), loop_cpu)]
             grown = [(_tree_rss(p.proc.pid) - rss_start[p.name]) / 2**20
                      for p in (server, proxy)]

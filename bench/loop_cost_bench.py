@@ -30,7 +30,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dpsr_tf.demo import server_processes as process  # noqa: E402
 from tests.support import serving_testing as st  # noqa: E402
 from tests.support import toy_servable as ts  # noqa: E402
-from hostile_bench import _cpu_seconds  # noqa: E402  pylint: disable=import-error
 
 _TRIVIAL_SERVER = '''
 import asyncio, sys, grpc
@@ -90,10 +89,10 @@ class _Trivial:
 
 def _measure(name: str, address: str, pid: int, args, payload: bytes) -> None:
     _fire(address, payload, min(args.calls, 500), args.concurrency)  # warm
-    process_cpu, loop_cpu = _cpu_seconds(pid), _cpu_seconds(pid, pid)
+    process_cpu, loop_cpu = st.cpu_seconds(pid), st.cpu_seconds(pid, pid)
     wall = _fire(address, payload, args.calls, args.concurrency)
-    process_cpu = _cpu_seconds(pid) - process_cpu
-    loop_cpu = _cpu_seconds(pid, pid) - loop_cpu
+    process_cpu = st.cpu_seconds(pid) - process_cpu
+    loop_cpu = st.cpu_seconds(pid, pid) - loop_cpu
     print(f"| {name} | {args.calls:,} | {wall:.2f} | {1e3 * process_cpu / args.calls:.3f} | "
           f"{1e3 * loop_cpu / args.calls:.3f} |", flush=True)
 

@@ -208,25 +208,17 @@ def thread_cpu(pid):
     GIL); "other" the threads that kept the process's own name (Python's threads and
     TensorFlow's Eigen pools, which run the servable outside the GIL); threads that name
     themselves (gRPC's event engine, ...) are grouped by their name."""
-    tick = os.sysconf("SC_CLK_TCK")
     with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
         own_name = f.read().strip()
     out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="utf-8") as f:
-                stat = f.read()
-        except OSError:
-            continue  # the thread ended
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(tid) == pid:
+    for tid, name, seconds in st.thread_stats(pid):
+        if tid == pid:
             group = "main"
         elif name == own_name:
             group = "other"
         else:
             group = re.sub(r"[-_:]?\d+$", "", name) or name
-        out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        out[group] = out.get(group, 0.0) + seconds
     return out
 
 

@@ -229,6 +229,41 @@ def _stat(path: str) -> Optional[Tuple[str, List[str]]]:
     return name, fields.split()
 
 
+def _stat_of(pid: int, tid: Optional[int] = None) -> List[str]:
+    """The fields after the name of process `pid`'s stat file, or of its thread `tid`'s;
+    OSError once it is gone."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    stat = _stat(path)
+    if stat is None:
+        raise ProcessLookupError(f"{path}: no such process or thread")
+    return stat[1]
+
+
+def _cpu(fields: List[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+def cpu_seconds(pid: int, tid: Optional[int] = None) -> float:
+    """User + system CPU seconds of thread `tid` of process `pid` so far, or of the whole
+    process when `tid` is None (Linux /proc)."""
+    return _cpu(_stat_of(pid, tid))
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of process `pid` so far (pages it touched for the first time)."""
+    return int(_stat_of(pid)[7])
+
+
+def thread_stats(pid: int) -> List[Tuple[int, str, float]]:
+    """(tid, name, CPU seconds) of every live thread of process `pid`."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        stat = _stat(f"/proc/{pid}/task/{task}/stat")
+        if stat is not None:   # None: a thread that ended
+            out.append((int(task), stat[0], _cpu(stat[1])))
+    return out
+
+
 def children(pid: int) -> List[Tuple[int, str]]:
     """(pid, name) of the live child processes of `pid` (Linux /proc)."""
     found = []
