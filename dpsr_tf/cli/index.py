@@ -90,6 +90,12 @@ _ENCODER_FACTORY = flags.DEFINE_string(
 _ENCODER_NPROBE = flags.DEFINE_integer(
     "encoder_nprobe", 64, "Lists an IVF --encoder_index_factory searches per query (stored in "
     "the index; clamped to its lists).", lower_bound=1)
+_ENCODER_PROJECTED = flags.DEFINE_integer(
+    "encoder_projected_dimension", 0, "0 = the encoder's own; else the encoder list stores "
+    "each item, and searches each query, as its projection onto this many of the items' "
+    "principal directions (uncentered, so inner products keep their order up to the dropped "
+    "part), --encoder_index_factory applying to the projected vectors: fewer bytes read per "
+    "item (docs/indexing.md, \"The encoder list\").", lower_bound=0)
 flags.mark_flags_as_required(["output_dir"])
 
 
@@ -101,7 +107,8 @@ def _encoder_list(layout_dir: str) -> None:
                                         log=lambda m: logging.info("%s", m),
                                         query_model_dir=_ENCODER_QUERY_DIR.value,
                                         index_factory=_ENCODER_FACTORY.value,
-                                        nprobe=_ENCODER_NPROBE.value)
+                                        nprobe=_ENCODER_NPROBE.value,
+                                        projected_dimension=_ENCODER_PROJECTED.value)
     except (ValueError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"dpsr index: {e}") from None
 
@@ -145,7 +152,8 @@ def main(argv):
     list_flags = [f"--{name}" for name, value, default in (
         ("encoder_query_dir", _ENCODER_QUERY_DIR.value, ""),
         ("encoder_index_factory", _ENCODER_FACTORY.value, "auto"),
-        ("encoder_nprobe", _ENCODER_NPROBE.value, 64)) if value != default]
+        ("encoder_nprobe", _ENCODER_NPROBE.value, 64),
+        ("encoder_projected_dimension", _ENCODER_PROJECTED.value, 0)) if value != default]
     if list_flags and not (_ENCODER_LIST.value or _ENCODER_ONLY.value):
         raise SystemExit(f"dpsr index: {', '.join(list_flags)} shape the encoder list; add "
                          "--encoder_list (or --encoder_only on an existing build)")

@@ -5,6 +5,8 @@ optionally the fast query encoder that embeds the queries instead of the encoder
     manifest = add_encoder_index("/data/index", layout_dir)             # all-MiniLM-L6-v2, titles
     add_encoder_index(index_dir, layout_dir, "/m/ft", query_model_dir="/m/student",
                       index_factory="IVF256,Flat", nprobe=32)
+    add_encoder_index(index_dir, layout_dir, "/m/ft", query_model_dir="/m/student",
+                      index_factory="IVF256,SQfp16", projected_dimension=64)
 
 Evaluation searches these files as it searches the dense shards
 (dpsr_tf/evaluation/served.py open_encoder_index, hybrid.py search_encoder_lists); the servable's
@@ -13,12 +15,13 @@ beside the layout (model/pretrained/document_cache.py), so a rebuild, the zero-s
 a teacher cache of the same encoder embed the titles once. Exact search by default: the
 encoder's list is a second opinion over the whole catalog, and a flat index of a catalog of 100k
 items answers in milliseconds; an IVF factory searches a few lists instead, for a catalog of
-millions or a request as cheap as the towers' (docs/benchmarks.md, "The encoder list").
+millions or a request as cheap as the towers' (docs/benchmarks.md, "The encoder list"); a
+projected dimension searches the items' main directions only, for fewer bytes per item scanned.
 """
 import dataclasses
 import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -67,12 +70,54 @@ def resolve_factory(factory: str, largest_shard: int) -> str:
     return index_builder.exhaustive_factory(largest_shard)
 
 
+# Items whose second moment `principal_projection` reads at most: a seeded draw beyond it.
+PROJECTION_SAMPLE = 200_000
+
+
+def principal_projection(vectors: np.ndarray, dimension: int, seed: int = 0) -> np.ndarray:
+    """[dimension, d] float32 orthonormal rows: the top eigenvectors of the items' uncentered
+    second moment (sum of x x^T over at most PROJECTION_SAMPLE items, a seeded draw).
+
+    Uncentered, so that a query's inner product with an item reads (P q).(P x): the part of
+    q.x in the items' main directions. A centered PCA (FAISS's PCAMatrix) subtracts the items'
+    mean m from both sides, which adds m.m - q.m - m.P^T P x: a per-item term that reorders a
+    query's list."""
+    n, d = vectors.shape
+    if not 1 <= dimension < d:
+        raise ValueError(f"a projected dimension must be in [1, {d - 1}] for {d}-dimensional "
+                         f"vectors, got {dimension}")
+    rows = (np.arange(n) if n <= PROJECTION_SAMPLE else
+            np.sort(np.random.default_rng(seed).choice(n, PROJECTION_SAMPLE, replace=False)))
+    moment = np.zeros((d, d), np.float64)
+    for start in range(0, len(rows), 65536):
+        chunk = np.asarray(vectors[rows[start:start + 65536]], np.float64)
+        moment += chunk.T @ chunk
+    _, eigenvectors = np.linalg.eigh(moment)   # ascending eigenvalues
+    return np.ascontiguousarray(eigenvectors[:, ::-1][:, :dimension].T, np.float32)
+
+
+def _projected(index, projection: np.ndarray):
+    """`index` (over projected vectors) behind the projection: it takes d-dimensional vectors,
+    as the servable's query tower makes them, and FAISS (and the servable's search op) project
+    each before searching."""
+    faiss = index_builder._require_faiss()  # pylint: disable=protected-access
+    dimension, d = projection.shape
+    transform = faiss.LinearTransform(d, dimension, False)
+    faiss.copy_array_to_vector(projection.ravel(), transform.A)
+    transform.is_trained = True
+    return faiss.IndexPreTransform(transform, index)
+
+
 def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: int,
-                   log: Callable[[str], None]) -> list:
+                   log: Callable[[str], None], projection: Optional[np.ndarray] = None) -> list:
     """One FAISS index per shard over vectors[rows]: `factory` trained once on every vector
     (seeded sample, as the dense shards), nprobe stored in an IVF's; an empty shard gets an
-    empty exact index (nothing to train or find)."""
+    empty exact index (nothing to train or find). projection: [r, d] rows the vectors are
+    projected onto first (`principal_projection`), each index then taking d-dimensional
+    queries through it."""
     faiss = index_builder._require_faiss()  # pylint: disable=protected-access
+    if projection is not None:
+        vectors = np.ascontiguousarray(np.asarray(vectors, np.float32) @ projection.T)
     d = vectors.shape[1]
     if _exact(factory):
         trained = None
@@ -102,7 +147,7 @@ def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: i
         index = (faiss.IndexFlatIP(d) if trained is None or len(rows) == 0
                  else faiss.deserialize_index(trained))
         index.add(np.ascontiguousarray(vectors[rows]))
-        out.append(index)
+        out.append(index if projection is None else _projected(index, projection))
     return out
 
 
@@ -110,7 +155,8 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
                       fields: str = item_text.TITLE,
                       log: Callable[[str], None] = print,
                       query_model_dir: str = "", index_factory: str = index_builder.AUTO,
-                      nprobe: int = 64) -> index_layout.IndexManifest:
+                      nprobe: int = 64,
+                      projected_dimension: int = 0) -> index_layout.IndexManifest:
     """Builds (or rebuilds) the encoder's index of a layout's items in an existing index
     build directory, one file per shard, and records it in the manifest's `encoder` section.
 
@@ -125,6 +171,10 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
       index_factory: the FAISS factory of each shard's index, inner product ("auto": exhaustive,
         `resolve_factory`; "Flat": exact; e.g. "IVF256,SQfp16" for a large catalog or a cheaper
         search); nprobe: stored in an IVF index (clamped to its lists).
+      projected_dimension: 0 (the encoder's own), or fewer: each item stored, and each query
+        searched, as its projection onto the items' top principal directions
+        (`principal_projection`), so a search reads fewer bytes per item; the factory then
+        applies to the projected vectors.
 
     Raises:
       FileNotFoundError, ValueError: no build or layout there, items that do not match, no
@@ -158,15 +208,28 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
             student = query_student.load(query_model_dir, teacher_dir, spec,
                                          embedder.dimension)
             log(f"encoder list: queries embedded by {student.checkpoint}")
+        if projected_dimension and not 1 <= projected_dimension < embedder.dimension:
+            raise ValueError(f"--encoder_projected_dimension={projected_dimension}: must be 0 "
+                             f"(the encoder's own) or in [1, {embedder.dimension - 1}] for "
+                             f"{embedder.model.directory}'s {embedder.dimension} dimensions")
         if not _exact(index_factory):
-            index_builder.new_index(index_factory, embedder.dimension)
+            index_builder.new_index(index_factory,
+                                    projected_dimension or embedder.dimension)
         log(f"encoder list: {embedder.model.directory} over the items' {fields}")
         vectors = document_cache.document_embeddings(spec, embedder, documents, log)
         directory = os.path.abspath(embedder.model.directory)
     row_of = {item_id: row for row, item_id in enumerate(ids)}
     shards = []
+    projection = None
+    if projected_dimension:
+        projection = principal_projection(vectors, projected_dimension)
+        kept = float(np.sum((np.asarray(vectors[:65536], np.float32) @ projection.T) ** 2)
+                     / np.sum(np.asarray(vectors[:65536], np.float32) ** 2))
+        log(f"encoder list: items projected onto {projected_dimension} of {vectors.shape[1]} "
+            f"directions ({kept:.1%} of their squared length kept)")
     indexes = _shard_indexes(vectors, [shard_rows(output_dir, manifest, info.shard, row_of)
-                                       for info in manifest.shards], index_factory, nprobe, log)
+                                       for info in manifest.shards], index_factory, nprobe, log,
+                             projection)
     for info, index in zip(manifest.shards, indexes):
         path = os.path.join(output_dir, index_layout.shard_dir_name(info.shard), ENCODER_FILE)
         tmp = path + ".tmp"
@@ -181,10 +244,12 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
                               build_seconds=round(time.monotonic() - start, 2),
                               query_model_dir=student.model_dir if student else "",
                               query_checkpoint=student.checkpoint if student else "",
-                              index_factory=index_factory)
+                              index_factory=index_factory,
+                              projected_dimension=projected_dimension)
     manifest = dataclasses.replace(manifest, encoder=section)
     index_layout.write_manifest(output_dir, manifest)
-    log(f"encoder list: {len(ids):,} items in {len(shards)} shard(s) as {index_factory}, "
+    shape = f" of {projected_dimension} dimensions" if projected_dimension else ""
+    log(f"encoder list: {len(ids):,} items in {len(shards)} shard(s) as {index_factory}{shape}, "
         f"{section.build_seconds:.1f}s")
     return manifest
 

@@ -37,7 +37,11 @@ class EncoderManifest:
         --item_side=teacher` model directory (absolute) whose fast query tower embeds them
         into the encoder's space (dpsr_tf/model/query_student.py).
       query_checkpoint: that model's checkpoint prefix the servable reads.
-      index_factory: each shard's FAISS factory ("Flat": exact search).
+      index_factory: each shard's FAISS factory ("Flat": exact search), over vectors of
+        projected_dimension when that is set.
+      projected_dimension: 0 (the encoder's own dimension), or the number of the items'
+        principal directions each shard's index projects items and queries onto (a FAISS
+        IndexPreTransform: it still takes `dimension`-wide queries).
     """
     pretrained_dir: str
     fields: str
@@ -48,6 +52,7 @@ class EncoderManifest:
     query_model_dir: str = ""
     query_checkpoint: str = ""
     index_factory: str = "Flat"
+    projected_dimension: int = 0
 
     def to_dict(self) -> dict:
         return config_json.to_dict(self)
@@ -61,6 +66,10 @@ class EncoderManifest:
         if self.dimension < 1:
             raise ValueError(f"{source}: the encoder section's dimension must be >= 1, got "
                              f"{self.dimension}")
+        if not 0 <= self.projected_dimension < self.dimension:
+            raise ValueError(f"{source}: the encoder section's projected_dimension must be 0 or "
+                             f"under its dimension {self.dimension}, got "
+                             f"{self.projected_dimension}")
 
 
 def check_encoder_files(directory: str, encoder: EncoderManifest, source: str) -> None:

@@ -255,3 +255,73 @@ def test_an_ivf_encoder_list_searches_its_probed_lists(run, tmp_path):
     with pytest.raises(ValueError, match="128 lists need at least 128 items, the catalog has 60"):
         encoder_index.add_encoder_index(str(tmp_path / "ivf4"), run.spec.layout_dir, log=QUIET,
                                         index_factory="IVF128,Flat")
+
+
+def test_principal_projection_is_the_items_top_singular_directions():
+    """Rows = the top right singular vectors of the (uncentered) items, orthonormal; items in a
+    3-dimensional subspace are kept whole by 3 of them. A centered PCA would keep another
+    subspace here: the items' mean is their largest direction."""
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(8, 3)))[0].T          # [3, 8] orthonormal
+    items = (rng.normal(size=(500, 3)) * [0.2, 1.0, 3.0] + [5.0, 0.0, 0.0]) @ basis
+    projection = encoder_index.principal_projection(items.astype(np.float32), 3)
+    assert projection.shape == (3, 8) and projection.dtype == np.float32
+    np.testing.assert_allclose(projection @ projection.T, np.eye(3), atol=1e-5)
+    _, _, vt = np.linalg.svd(items, full_matrices=False)
+    np.testing.assert_allclose(np.abs(projection @ vt[:3].T), np.eye(3), atol=1e-4)
+    np.testing.assert_allclose(items @ projection.T @ projection, items, atol=1e-4)
+    top = encoder_index.principal_projection(items.astype(np.float32), 1)
+    np.testing.assert_allclose(np.abs(top @ basis[0]), [1.0], atol=1e-3)   # the mean's axis
+    for bad in (0, 8, 9):
+        with pytest.raises(ValueError, match=r"must be in \[1, 7\] for 8-dimensional"):
+            encoder_index.principal_projection(items.astype(np.float32), bad)
+
+
+def test_a_projected_encoder_list_searches_the_projected_vectors(run, tmp_path):
+    """--encoder_projected_dimension: evaluation and the servable rank by (P q).(P x), P the
+    items' top principal directions, with the student's 384-wide queries going in."""
+    ids = layout_lib.load_item_ids(run.spec)
+    k, dimension = 10, 8
+    items = _teacher_items(run.spec)
+    projection = encoder_index.principal_projection(items, dimension)
+    queries = query_student.embed_texts(query_student.read(run.student), QUERIES)
+    want = (queries @ projection.T) @ (items @ projection.T).T
+    want_rows = np.argsort(-want, axis=1, kind="stable")[:, :k]
+    for factory, tolerance in (("Flat", 1e-5), ("IVF4,SQfp16", 2 * 2.0 ** -11)):
+        index_dir = str(tmp_path / factory.replace(",", "_"))
+        shutil.copytree(run.index_dir, index_dir)
+        manifest = encoder_index.add_encoder_index(
+            index_dir, run.spec.layout_dir, log=QUIET, query_model_dir=run.student,
+            index_factory=factory, nprobe=4, projected_dimension=dimension)
+        assert manifest.encoder.projected_dimension == dimension
+        assert manifest.encoder.dimension == 384
+        scores, rows = hybrid.search_encoder_lists(index_dir, ids, QUERIES, k)
+        np.testing.assert_allclose(scores, np.take_along_axis(want, want_rows, 1),
+                                   atol=tolerance)
+        np.testing.assert_allclose(np.take_along_axis(want, rows, 1), scores, atol=tolerance)
+    cfg = EncoderFusionConfig(weight=2.0, rrf_k=1.0)
+    servable = export_servable(run.plain, str(tmp_path / "Flat"), str(tmp_path / "servable"),
+                               servable=ServableConfig(default_k=5, max_k=50, spelling=False,
+                                                       hybrid=False, encoder_fusion=cfg))
+    got = _answers(servable, k, ["item_ids", "encoder_scores"])
+    scores, rows = hybrid.search_encoder_lists(str(tmp_path / "Flat"), ids, QUERIES, k)
+    row_of = {item_id: r for r, item_id in enumerate(ids)}
+    for q in range(len(QUERIES)):
+        enc_of = dict(zip(rows[q].tolist(), scores[q].tolist()))
+        served = [row_of[i] for i in got["item_ids"][q] if i]
+        assert set(served) & set(enc_of)     # the fused list holds the encoder list's items
+        np.testing.assert_allclose(got["encoder_scores"][q][:len(served)],
+                                   [enc_of.get(r, -np.inf) for r in served], atol=1e-5)
+    with pytest.raises(ValueError, match=r"--encoder_projected_dimension=384: must be 0"):
+        encoder_index.add_encoder_index(str(tmp_path / "Flat"), run.spec.layout_dir,
+                                        log=QUIET, projected_dimension=384)
+
+
+def test_a_projected_section_is_checked_against_its_dimension():
+    from dpsr_tf.indexing.encoder_manifest import EncoderManifest, EncoderShardInfo
+    section = EncoderManifest(pretrained_dir="/e", fields="title", dimension=384, num_docs=3,
+                              shards=(EncoderShardInfo(0, "shard_0/encoder.faiss", 1),),
+                              projected_dimension=384)
+    with pytest.raises(ValueError, match="projected_dimension must be 0 or under its "
+                                         "dimension 384, got 384"):
+        section.check("manifest.json", num_shards=1, num_items=3)
