@@ -118,13 +118,11 @@ _PER_MODEL_BATCHING = flags.DEFINE_bool(
     "like batch sizes, timeouts, batching feature flags to be read from "
     "`batching_params.pbtxt` file present in SavedModel dir of the model.")
 _NUM_LOAD_THREADS = flags.DEFINE_integer(
-    "num_load_threads", 0, "The number of threads in the thread-pool used to load servables. "
-    "If set as 0, we don't use a thread-pool, and servable loads are performed serially in the "
-    "manager's main work loop. [dpsr] Loads are serial here.")
+    "num_load_threads", 0, "TF Serving's threads that load servables (0: none, servables load "
+    "one after another in the manager's loop). [dpsr] Loads are serial here.")
 _NUM_UNLOAD_THREADS = flags.DEFINE_integer(
-    "num_unload_threads", 0, "The number of threads in the thread-pool used to unload "
-    "servables. If set as 0, we don't use a thread-pool, and servable unloads are performed "
-    "serially in the manager's main work loop. [dpsr] Unloads are serial here.")
+    "num_unload_threads", 0, "TF Serving's threads that unload servables (0: none, servables "
+    "unload one after another in the manager's loop). [dpsr] Unloads are serial here.")
 _FLUSH_FS_CACHES = flags.DEFINE_bool(
     "flush_filesystem_caches", True, "If true (the default), filesystem caches will be flushed "
     "after the initial load of all servables, and after each subsequent individual servable "
