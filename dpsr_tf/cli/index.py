@@ -26,7 +26,8 @@ _FACTORY = flags.DEFINE_string("index_factory", "auto",
                                "FAISS index_factory string: Flat, SQfp16, IVF2048,SQ8, "
                                "IVF4096,PQ32, HNSW32, ..., or auto: per shard, Flat below 20k "
                                "items, SQfp16 (every item as 16-bit floats: half the memory "
-                               "read, 0.63x the CPU per request at 55k items) below 100k, else "
+                               "read, 0.56-0.69x the CPU per request at 55k items) below 100k, "
+                               "else "
                                "IVF<nlist ~ 2 sqrt(n)>,SQ8 (1M items: IVF2048,SQ8; it returned "
                                "more of the exact top 1,000 per ms of CPU than 8-bit PQ and "
                                "fast-scan at 1M items: docs/benchmarks.md)")
