@@ -27,10 +27,9 @@ _FACTORY = flags.DEFINE_string("index_factory", "auto",
                                "IVF4096,PQ32, HNSW32, ..., or auto: per shard, Flat below 20k "
                                "items, SQfp16 (every item as 16-bit floats: half the memory "
                                "read, 0.56-0.69x the CPU per request at 55k items) below 100k, "
-                               "else "
-                               "IVF<nlist ~ 2 sqrt(n)>,SQ8 (1M items: IVF2048,SQ8; it returned "
-                               "more of the exact top 1,000 per ms of CPU than 8-bit PQ and "
-                               "fast-scan at 1M items: docs/benchmarks.md)")
+                               "else IVF<nlist ~ 2 sqrt(n)>,SQ8 (1M items: IVF2048,SQ8; it "
+                               "returned more of the exact top 1,000 per ms of CPU than 8-bit "
+                               "PQ and fast-scan at 1M items: docs/benchmarks.md)")
 _SHARDS = flags.DEFINE_integer("num_shards", 1, "Split the catalog into this many shards.")
 _TRAIN_SIZE = flags.DEFINE_integer("train_size", 0,
                                    "Vectors to train the index on; 0 = automatic.")
