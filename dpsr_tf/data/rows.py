@@ -146,7 +146,7 @@ def interaction_notes(reader, auto_users: bool) -> list:
         notes.append(f"columns {ignored} are not part of the format and were ignored")
     if reader.column(schema.SESSION) >= 0:
         notes.append("the session column was validated as text and is not used by the "
-                     "layout today (history is per user)")
+                     "layout (history is per user)")
     if auto_users:
         notes.append("no users file: the user_id values of this file define the users "
                      "(no profile features)")
