@@ -5,7 +5,8 @@
 
 One real `dpsr serve` (the toy DPSR servable, batching, REST) and a `dpsr proxy` in front of it.
 A normal request ("cordless drill", k=10) is sent at --rate per second (open loop, alternating
-direct and through the proxy) by a load process of its own (so that the attacker's client-side
+direct and through the proxy, each channel with the retry policy on UNAVAILABLE that
+docs/search_api.md asks clients to set: dpsr_tf/serving/client_retry.py) by a load process of its own (so that the attacker's client-side
 work, e.g. serializing a 64 MiB message under the GIL, does not delay the measuring client:
 a real attacker does not share the victim client's interpreter) while a thread of this process
 sends the hostile requests of one class back to back (tests/support/serving_testing.py: hostile_grpc_cases, hostile_rest_cases); the same with no hostile
@@ -93,7 +94,7 @@ def _normal_load(stubs, rate, stop, out):
 def _load_process(conn, addresses, rate):
     """Runs in its own process: on each "start" sends normal requests until "stop", then
     sends back the (latency seconds, error, sent direct to the server) of each."""
-    stubs = [process.prediction_stub(a) for a in addresses]
+    stubs = [process.prediction_stub(a, retry_unavailable=True) for a in addresses]
     request = st.predict_request("dpsr", ["cordless drill"], k=10)
     for stub in stubs:  # channels connected before the first measured request
         stub.Predict(request, timeout=30)

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from dpsr_tf import parent_death
+from dpsr_tf.serving import client_retry
 from dpsr_tf.serving.proxy import config as proxy_config
 
 # The folder that holds the dpsr_tf package (the checkout, or site-packages): children import
@@ -284,8 +285,10 @@ def stop_all() -> None:
         process.stop()
 
 
-def prediction_stub(address: str, credentials=None):
-    """A tensorflow_serving PredictionServiceStub on a new channel (the real client)."""
-    channel = (grpc.secure_channel(address, credentials) if credentials
-               else grpc.insecure_channel(address))
+def prediction_stub(address: str, credentials=None, retry_unavailable: bool = False):
+    """A tensorflow_serving PredictionServiceStub on a new channel (the real client);
+    `retry_unavailable`: with the retry policy of dpsr_tf/serving/client_retry.py."""
+    options = client_retry.retry_channel_options() if retry_unavailable else None
+    channel = (grpc.secure_channel(address, credentials, options=options) if credentials
+               else grpc.insecure_channel(address, options=options))
     return prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from dpsr_tf.demo import server_processes as process
-from dpsr_tf.serving import front_end
+from dpsr_tf.serving import client_retry, front_end
 from tests.support import serving_testing as st
 from tests.support import waiting
 from tests.support.raw_http2 import RawHttp2, gzip_zeros
@@ -173,6 +173,44 @@ def test_a_killed_front_end_is_restarted_on_the_same_port(toy_model_dir, tmp_pat
         assert "the native front end exited (code -9) while serving" in log
         assert "restarted" in log
     finally:
+        assert server.stop() == 0, server.log_tail()
+
+
+@native_only
+def test_calls_held_by_a_killed_front_end_are_answered_through_a_retry_policy(toy_model_dir,
+                                                                              tmp_path):
+    # The calls a killed front end held fail UNAVAILABLE: their connection ended with it. A
+    # client with the documented retry policy (client_retry) has them answered by the fresh
+    # front end; a client without one gets the UNAVAILABLE. One call at the Python server
+    # (stopped, so every call stays where it is), one queued per connection: a third call
+    # refused RESOURCE_EXHAUSTED proves the first two were admitted.
+    server = _start(toy_model_dir, tmp_path, "native", "--front_end_max_running=1",
+                    "--front_end_max_queued_per_client=1", "--front_end_queue_target_ms=0")
+    request = st.predict_request("dpsr", ["cordless drill"], k=5).SerializeToString()
+    retrying, retry_call = st.raw_predict_call(server.address,
+                                               *client_retry.retry_channel_options())
+    plain, plain_call = st.raw_predict_call(server.address)
+    try:
+        expected = retry_call(request, timeout=60)  # both connected and warm
+        assert plain_call(request, timeout=60) == expected
+        first = _front_end_pid(server)
+        with st.python_server_stopped(server):
+            held = [retry_call.future(request, timeout=120) for _ in range(2)]
+            waiting.wait_until(lambda: st.future_code(retry_call.future(request, timeout=60))
+                               == "RESOURCE_EXHAUSTED", "the retrying client's queue full")
+            lost = plain_call.future(request, timeout=120)  # queued on the other connection
+            waiting.wait_until(lambda: st.future_code(plain_call.future(request, timeout=60))
+                               == "RESOURCE_EXHAUSTED", "the plain client's queue full")
+            assert not any(f.done() for f in held + [lost])
+            os.kill(first, signal.SIGKILL)
+            assert st.future_code(lost) == "UNAVAILABLE"  # its connection died with the process
+        assert [st.future_code(f) for f in held] == ["OK", "OK"]
+        assert [f.result() for f in held] == [expected, expected]
+        assert _front_end_pid(server) != first
+        assert "the native front end exited (code -9) while serving" in server.log_tail(200)
+    finally:
+        retrying.close()
+        plain.close()
         assert server.stop() == 0, server.log_tail()
 
 

@@ -3,7 +3,6 @@ Python server behind it on a private UNIX socket. Real server processes and real
 every assertion is on answers, statuses, orders and counts (the front end's summary line), none
 on time. To hold calls in the front end's queue deterministically, the Python server is stopped
 with SIGSTOP (the front end, its child, keeps running) and continued afterwards."""
-import contextlib
 import os
 import random
 import re
@@ -53,23 +52,6 @@ def _summary(server) -> dict:
     return dict(zip(keys, map(int, found[-1])))
 
 
-@contextlib.contextmanager
-def _python_server_stopped(server):
-    """The Python server stopped (SIGSTOP) and continued on exit: what the front end admits
-    stays at the server, what it queues stays queued."""
-    st.stop_process(server.proc.pid)
-    try:
-        yield
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
-def _raw_call(address):
-    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-    return channel, channel.unary_unary(st.PREDICT_METHOD, request_serializer=None,
-                                        response_deserializer=None)
-
-
 def _predict_answers(address, requests) -> list:
     """(status name, serialized answer or error message) of each Predict request."""
     stub = process.prediction_stub(address)
@@ -80,16 +62,6 @@ def _predict_answers(address, requests) -> list:
         except grpc.RpcError as e:
             got.append((e.code().name, e.details()))
     return got
-
-
-def _code(future) -> str:
-    try:
-        future.result()
-        return "OK"
-    except grpc.FutureCancelledError:
-        return "CANCELLED"
-    except grpc.RpcError as e:
-        return e.code().name
 
 
 def test_answers_errors_and_services_equal_the_python_servers(toy_model_dir, tmp_path, queries):
@@ -133,7 +105,7 @@ def test_a_flood_of_one_client_waits_its_turns_behind_another_clients_call(
     # running call ends first), not 400th.
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     "--front_end_queue_target_ms=0")
-    flood_channel, flood_call = _raw_call(server.address)
+    flood_channel, flood_call = st.raw_predict_call(server.address)
     order, lock, flood_started = [], threading.Lock(), threading.Event()
 
     def note(who):
@@ -159,7 +131,7 @@ def test_a_flood_of_one_client_waits_its_turns_behind_another_clients_call(
         other.Predict(st.predict_request("dpsr", ["cordless drill"]), timeout=120)
         with lock:
             order.append("other")
-        assert [_code(f) for f in futures] == ["OK"] * 400
+        assert [st.future_code(f) for f in futures] == ["OK"] * 400
     finally:
         flood_channel.close()
         counts = _summary(server)
@@ -181,20 +153,20 @@ def test_calls_given_up_while_waiting_never_reach_the_python_server(toy_model_di
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     "--front_end_queue_target_ms=0")
     request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
-    channel, call = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
     try:
         call(request, timeout=60)  # connected and warm
-        with _python_server_stopped(server):
+        with st.python_server_stopped(server):
             holder = call.future(request, timeout=120)  # admitted: the one slot, at the server
             expiring = [call.future(request, timeout=0.5) for _ in range(50)]
             cancelled = [call.future(request, timeout=120) for _ in range(50)]
             for f in cancelled:
                 f.cancel()
             # Every one of them ends in the front end while the Python server is stopped.
-            assert [_code(f) for f in expiring] == ["DEADLINE_EXCEEDED"] * 50
-            assert [_code(f) for f in cancelled] == ["CANCELLED"] * 50
-        assert _code(holder) == "OK"
-        assert _code(call.future(request, timeout=60)) == "OK"  # still serving
+            assert [st.future_code(f) for f in expiring] == ["DEADLINE_EXCEEDED"] * 50
+            assert [st.future_code(f) for f in cancelled] == ["CANCELLED"] * 50
+        assert st.future_code(holder) == "OK"
+        assert st.future_code(call.future(request, timeout=60)) == "OK"  # still serving
     finally:
         channel.close()
         counts = _summary(server)
@@ -217,30 +189,31 @@ def test_sigterm_refuses_later_calls_and_finishes_the_admitted_ones(toy_model_di
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     "--front_end_max_queued=1", "--front_end_queue_target_ms=0")
     request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
-    channel, call = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
     try:
         call(request, timeout=60)  # connected and warm
         first = st.front_end_pid(server.proc.pid)
-        with _python_server_stopped(server):
+        with st.python_server_stopped(server):
             # One runs (at the stopped server), one waits, the third is refused: the queue
             # holds one. That refusal proves the other two were admitted.
             calls = [call.future(request, timeout=120) for _ in range(3)]
             waiting.wait_until(lambda: any(f.done() for f in calls), "the third call's refusal")
             refused = [f for f in calls if f.done()]
-            assert [_code(f) for f in refused] == ["RESOURCE_EXHAUSTED"]
+            assert [st.future_code(f) for f in refused] == ["RESOURCE_EXHAUSTED"]
             os.kill(first, signal.SIGTERM)
             # Until the drain begins a new call finds the queue full; from then on it is refused
             # UNAVAILABLE, at once, though the Python server is stopped.
-            waiting.wait_until(lambda: _code(call.future(request, timeout=60)) == "UNAVAILABLE",
-                               "a call refused by the draining front end")
-            assert [_code(call.future(request, timeout=60)) for _ in range(2)] == [
+            waiting.wait_until(
+                lambda: st.future_code(call.future(request, timeout=60)) == "UNAVAILABLE",
+                "a call refused by the draining front end")
+            assert [st.future_code(call.future(request, timeout=60)) for _ in range(2)] == [
                 "UNAVAILABLE"] * 2
-        assert [_code(f) for f in calls if f not in refused] == ["OK", "OK"]
+        assert [st.future_code(f) for f in calls if f not in refused] == ["OK", "OK"]
         waiting.wait_until(lambda: st.front_end_pid(server.proc.pid) not in (None, first),
                            "the front end to be restarted")
-        fresh_channel, fresh = _raw_call(server.address)
+        fresh_channel, fresh = st.raw_predict_call(server.address)
         try:
-            assert _code(fresh.future(request, timeout=60)) == "OK"
+            assert st.future_code(fresh.future(request, timeout=60)) == "OK"
         finally:
             fresh_channel.close()
     finally:
@@ -267,7 +240,7 @@ def test_past_lifo_after_a_connections_newest_waiting_call_goes_next(toy_model_d
                     f"--front_end_lifo_after_ms={lifo_after_ms}",
                     "--front_end_queue_target_ms=0", "--front_end_max_queued_per_client=31")
     request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
-    channel, call = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
     order, lock = [], threading.Lock()
 
     def note(who):
@@ -278,7 +251,7 @@ def test_past_lifo_after_a_connections_newest_waiting_call_goes_next(toy_model_d
 
     try:
         call(request, timeout=60)  # connected and warm
-        with _python_server_stopped(server):
+        with st.python_server_stopped(server):
             holder = call.future(request, timeout=120)
             old = [call.future(request, timeout=120) for _ in range(30)]
             # Before: the last call was sent and the server continued at once, so on a loaded
@@ -290,14 +263,14 @@ def test_past_lifo_after_a_connections_newest_waiting_call_goes_next(toy_model_d
             waiting.wait_until(lambda: any(f.done() for f in [holder] + old + last),
                                "a call refused by the full queue")
             refused = [f for f in [holder] + old + last if f.done()]
-            assert refused in ([last[0]], [last[1]]), [_code(f) for f in refused]
-            assert _code(refused[0]) == "RESOURCE_EXHAUSTED"
+            assert refused in ([last[0]], [last[1]]), [st.future_code(f) for f in refused]
+            assert st.future_code(refused[0]) == "RESOURCE_EXHAUSTED"
             new = last[1] if refused[0] is last[0] else last[0]
             time.sleep(0.3)  # every waiting call past --front_end_lifo_after_ms (100)
             for f in [holder] + old:
                 f.add_done_callback(note("old"))
             new.add_done_callback(note("new"))
-        assert [_code(f) for f in [holder] + old + [new]] == ["OK"] * 32
+        assert [st.future_code(f) for f in [holder] + old + [new]] == ["OK"] * 32
     finally:
         channel.close()
         with open(server.log_path, encoding="utf-8", errors="replace") as f:
@@ -335,24 +308,24 @@ def test_a_connection_whose_queue_stands_past_the_target_is_refused_at_once(toy_
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     "--front_end_queue_target_ms=100", "--front_end_queue_interval_ms=100")
     request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
-    flood_channel, flood = _raw_call(server.address)
-    clock_channel, clock = _raw_call(server.address)
-    other_channel, other = _raw_call(server.address)
+    flood_channel, flood = st.raw_predict_call(server.address)
+    clock_channel, clock = st.raw_predict_call(server.address)
+    other_channel, other = st.raw_predict_call(server.address)
     try:
         for call in (flood, clock, other):
             call(request, timeout=60)  # connected and warm
-        with _python_server_stopped(server):
+        with st.python_server_stopped(server):
             holder = flood.future(request, timeout=120)
             waiting_calls = [flood.future(request, timeout=120) for _ in range(5)]
-            assert _code(clock.future(request, timeout=0.3)) == "DEADLINE_EXCEEDED"
+            assert st.future_code(clock.future(request, timeout=0.3)) == "DEADLINE_EXCEEDED"
             waiting_calls.append(flood.future(request, timeout=120))  # the interval starts
-            assert _code(clock.future(request, timeout=0.3)) == "DEADLINE_EXCEEDED"
+            assert st.future_code(clock.future(request, timeout=0.3)) == "DEADLINE_EXCEEDED"
             refused = [flood.future(request, timeout=120) for _ in range(10)]
             errors = [st.rpc_error(f.result) for f in refused]  # answered while stopped
             served_other = other.future(request, timeout=120)
         assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert "overloaded" in errors[0].details()
-        assert [_code(f) for f in [holder] + waiting_calls + [served_other]] == ["OK"] * 8
+        assert [st.future_code(f) for f in [holder] + waiting_calls + [served_other]] == ["OK"] * 8
     finally:
         for channel in (flood_channel, clock_channel, other_channel):
             channel.close()
@@ -367,10 +340,10 @@ def test_a_connection_over_its_queue_limit_is_refused_at_once(toy_model_dir, tmp
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     "--front_end_max_queued_per_client=5")
     request = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
-    channel, call = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
     try:
         call(request, timeout=60)
-        with _python_server_stopped(server):
+        with st.python_server_stopped(server):
             calls = [call.future(request, timeout=120) for _ in range(13)]
             # One runs (the slot is free), 5 wait, 7 are refused; which ones is the order the
             # front end's threads take the streams in, not always the order sent (on a loaded
@@ -382,7 +355,7 @@ def test_a_connection_over_its_queue_limit_is_refused_at_once(toy_model_dir, tmp
         assert len(refused) == 7
         assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert "already has 5 calls waiting" in errors[0].details()
-        assert [_code(f) for f in calls if f not in refused] == ["OK"] * 6
+        assert [st.future_code(f) for f in calls if f not in refused] == ["OK"] * 6
     finally:
         channel.close()
         counts = _summary(server)
@@ -404,11 +377,11 @@ def test_calls_past_the_request_byte_budgets_are_refused_at_once(toy_model_dir, 
     server = _start(toy_model_dir, tmp_path, "--front_end_max_running=1",
                     f"--front_end_max_request_bytes_per_client={3 * len(big)}",
                     f"--front_end_max_request_bytes={3 * len(big) + len(big) // 2}")
-    channel, call = _raw_call(server.address)
-    other_channel, other = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
+    other_channel, other = st.raw_predict_call(server.address)
     try:
         call(small, timeout=60)
-        with _python_server_stopped(server):
+        with st.python_server_stopped(server):
             first = [call.future(big, timeout=120) for _ in range(5)]
             waiting.wait_until(lambda: sum(f.done() for f in first) >= 2, "2 refusals")
             refused = [f for f in first if f.done()]
@@ -426,8 +399,8 @@ def test_calls_past_the_request_byte_budgets_are_refused_at_once(toy_model_dir, 
                 f"hold more than {3 * len(big)} request bytes with this one" in error.details())
         assert (f"the calls waiting or running would hold more than "
                 f"{3 * len(big) + len(big) // 2} request bytes with this one") in total.details()
-        assert [_code(f) for f in first if f not in refused] == ["OK"] * 3
-        assert _code(passing) == "OK"
+        assert [st.future_code(f) for f in first if f not in refused] == ["OK"] * 3
+        assert st.future_code(passing) == "OK"
         assert len(call(big, timeout=60)) > 0  # answered: the budget is free
         assert len(other(big, timeout=60)) > 0
     finally:
@@ -477,17 +450,17 @@ def test_a_string_over_the_limit_is_refused_by_the_front_end_as_the_server_words
                                           server_predict.RequestLimits())
         expected[n] = e.value.message
     server = _start(toy_model_dir, tmp_path)
-    channel, call = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
     ok = st.predict_request("dpsr", ["cordless drill"]).SerializeToString()
     try:
-        assert _code(call.future(ok, timeout=60)) == "OK"
+        assert st.future_code(call.future(ok, timeout=60)) == "OK"
         for n in (5000, 2 << 20):
             request = st.predict_request("dpsr", [b"y" * n]).SerializeToString()
             with pytest.raises(grpc.RpcError) as e:
                 call(request, timeout=60)
             assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                            expected[n])
-        assert _code(call.future(ok, timeout=60)) == "OK"
+        assert st.future_code(call.future(ok, timeout=60)) == "OK"
     finally:
         channel.close()
         assert server.stop() == 0, server.log_tail()
@@ -601,7 +574,7 @@ def test_a_new_client_gets_one_call_computed_until_its_answers_are_read(toy_mode
         # A client that reads: 40 calls at once, all answered (its window opens as it reads).
         futures = [stub.Predict.future(st.predict_request("dpsr", [f"drill {i}"]), timeout=120)
                    for i in range(40)]
-        assert [_code(f) for f in futures] == ["OK"] * 40
+        assert [st.future_code(f) for f in futures] == ["OK"] * 40
     finally:
         reader.close()
         counts = _summary(server)
@@ -702,7 +675,7 @@ def test_calls_ending_at_every_point_of_their_life_leave_the_front_end_serving(t
     server = _start(toy_model_dir, tmp_path, "--front_end_queue_target_ms=0")
     texts = ["cordless drill", "garden hose", "led bulb", "paint roller"]
     requests = [st.predict_request("dpsr", [t]).SerializeToString() for t in texts]
-    channel, call = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
     try:
         expected = [call(r, timeout=60) for r in requests]
     finally:
@@ -714,7 +687,7 @@ def test_calls_ending_at_every_point_of_their_life_leave_the_front_end_serving(t
     def client(seed):
         rng = random.Random(seed)
         for _ in range(40):
-            channel, call = _raw_call(server.address)
+            channel, call = st.raw_predict_call(server.address)
             sent = []
             for _ in range(rng.randint(1, 30)):
                 which, fate = rng.randrange(len(texts)), rng.random()
@@ -727,7 +700,7 @@ def test_calls_ending_at_every_point_of_their_life_leave_the_front_end_serving(t
             if rng.random() < 0.3:
                 channel.close()  # its calls in flight end with their connection
             for which, future in sent:
-                code = _code(future)
+                code = st.future_code(future)
                 with lock:
                     codes[code] = codes.get(code, 0) + 1
                     if code == "OK" and future.result() != expected[which]:
@@ -739,7 +712,7 @@ def test_calls_ending_at_every_point_of_their_life_leave_the_front_end_serving(t
         t.start()
     for t in threads:
         t.join()
-    channel, call = _raw_call(server.address)
+    channel, call = st.raw_predict_call(server.address)
     try:
         assert call(requests[0], timeout=60) == expected[0]  # still serving
     finally:

@@ -1,5 +1,6 @@
 """Helpers for tests and benchmarks of the serving stack: request builders with the real
 tensorflow_serving protos, output decoding, error capture, and a process's memory."""
+import contextlib
 import os
 import signal
 import threading
@@ -293,6 +294,37 @@ def stop_process(pid: int) -> None:
                 return False
         return True
     waiting.wait_until(stopped, f"every thread of process {pid} to stop", poll_s=0.005)
+
+
+def raw_predict_call(address: str, *options):
+    """(channel, its Predict method on serialized requests), on a connection of its own (a
+    client of its own to the native front end); `options`: more channel options."""
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
+                                                      *options])
+    return channel, channel.unary_unary(PREDICT_METHOD, request_serializer=None,
+                                        response_deserializer=None)
+
+
+def future_code(future) -> str:
+    """The status name a call's future ended with ("OK", "CANCELLED", ...)."""
+    try:
+        future.result()
+        return "OK"
+    except grpc.FutureCancelledError:
+        return "CANCELLED"
+    except grpc.RpcError as e:
+        return e.code().name
+
+
+@contextlib.contextmanager
+def python_server_stopped(server):
+    """The Python server stopped (SIGSTOP, every thread) and continued on exit: what its
+    native front end admits stays at the server, what it queues stays queued."""
+    stop_process(server.proc.pid)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
 
 
 def front_end_pid(server_pid: int) -> Optional[int]:
