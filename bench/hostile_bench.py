@@ -6,9 +6,10 @@
 One real `dpsr serve` (the toy DPSR servable, batching, REST) and a `dpsr proxy` in front of it.
 A normal request ("cordless drill", k=10) is sent at --rate per second (open loop, alternating
 direct and through the proxy, each channel with the retry policy on UNAVAILABLE that
-docs/search_api.md asks clients to set: dpsr_tf/serving/client_retry.py) by a load process of its own (so that the attacker's client-side
-work, e.g. serializing a 64 MiB message under the GIL, does not delay the measuring client:
-a real attacker does not share the victim client's interpreter) while a thread of this process
+docs/search_api.md asks clients to set: dpsr_tf/serving/client_retry.py) by a load process
+of its own (so that the attacker's client-side work, e.g. serializing a 64 MiB message under
+the GIL, does not delay the measuring client: a real attacker does not share the victim
+client's interpreter) while a thread of this process
 sends the hostile requests of one class back to back (tests/support/serving_testing.py: hostile_grpc_cases, hostile_rest_cases); the same with no hostile
 traffic is the baseline. The classes of misbehaving clients follow (tests/serving/
 test_client_isolation.py's cases, sent by the real gRPC client or a raw HTTP/2 one): bursts of

@@ -4,10 +4,9 @@ A call the server could not answer because its connection ended under it (the na
 end was killed or crashed and the server restarted it; docs/serving.md, "Lifetime"), or
 because the server was stopping, fails UNAVAILABLE. The PredictionService methods (Predict,
 Classify, Regress, MultiInference, GetModelMetadata) and GetModelStatus change nothing on the
-server, so sending them again is safe; gRPC does it itself
-when the channel's service config holds a retry policy (gRFC A6). The retry waits for a fresh
-connection: the server keeps its port open while the front end restarts, so the retried call
-is answered by the new process.
+server, so sending them again is safe; gRPC does it itself when the channel's service config
+holds a retry policy (gRFC A6). The retry waits for a fresh connection: the server keeps its
+port open while the front end restarts, so the retried call is answered by the new process.
 
 Only UNAVAILABLE is retried: RESOURCE_EXHAUSTED (this client over its share) and
 DEADLINE_EXCEEDED would only add load where it is already too much.
