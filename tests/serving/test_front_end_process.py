@@ -176,16 +176,6 @@ def test_a_killed_front_end_is_restarted_on_the_same_port(toy_model_dir, tmp_pat
         assert server.stop() == 0, server.log_tail()
 
 
-def _admitted_all_but_one(call, request, n: int, whose: str) -> list:
-    """Sends `n` calls at once; once one is refused RESOURCE_EXHAUSTED (its queue full),
-    returns the others, which the front end admitted."""
-    futures = [call.future(request, timeout=120) for _ in range(n)]
-    waiting.wait_until(lambda: any(f.done() for f in futures), f"{whose} queue full")
-    refused = [f for f in futures if f.done()]
-    assert [st.future_code(f) for f in refused] == ["RESOURCE_EXHAUSTED"]
-    return [f for f in futures if f not in refused]
-
-
 @native_only
 def test_calls_held_by_a_killed_front_end_are_answered_through_a_retry_policy(toy_model_dir,
                                                                               tmp_path):
@@ -193,9 +183,7 @@ def test_calls_held_by_a_killed_front_end_are_answered_through_a_retry_policy(to
     # client with the documented retry policy (client_retry) has them answered by the fresh
     # front end; a client without one gets the UNAVAILABLE. One call at the Python server
     # (stopped, so every call stays where it is), one queued per connection: the call refused
-    # RESOURCE_EXHAUSTED (never retried) proves the others were admitted. Which of a
-    # connection's calls is refused is not fixed: the front end's threads may take its streams
-    # in another order than they were sent.
+    # RESOURCE_EXHAUSTED (never retried) proves the others were admitted.
     server = _start(toy_model_dir, tmp_path, "native", "--front_end_max_running=1",
                     "--front_end_max_queued_per_client=1", "--front_end_queue_target_ms=0")
     request = st.predict_request("dpsr", ["cordless drill"], k=5).SerializeToString()
@@ -207,8 +195,8 @@ def test_calls_held_by_a_killed_front_end_are_answered_through_a_retry_policy(to
         assert plain_call(request, timeout=60) == expected
         first = _front_end_pid(server)
         with st.python_server_stopped(server):
-            held = _admitted_all_but_one(retry_call, request, 3, "the retrying client's")
-            lost = _admitted_all_but_one(plain_call, request, 2, "the plain client's")
+            held = st.admitted_all_but_one(retry_call, request, 3, "the retrying client's")
+            lost = st.admitted_all_but_one(plain_call, request, 2, "the plain client's")
             assert not any(f.done() for f in held + lost)
             os.kill(first, signal.SIGKILL)
             # Their connection died with the process; no policy sends them again.

@@ -316,6 +316,18 @@ def future_code(future) -> str:
         return e.code().name
 
 
+def admitted_all_but_one(call, request: bytes, n: int, whose: str) -> list:
+    """Sends `n` calls at once on `call` (a raw_predict_call method) to a native front end
+    that admits all but one of them; once that one is refused RESOURCE_EXHAUSTED (its queue
+    full), returns the others. Which one is refused is not fixed: the front end's threads may
+    take a connection's streams in another order than they were sent."""
+    futures = [call.future(request, timeout=120) for _ in range(n)]
+    waiting.wait_until(lambda: any(f.done() for f in futures), f"{whose} queue full")
+    refused = [f for f in futures if f.done()]
+    assert [future_code(f) for f in refused] == ["RESOURCE_EXHAUSTED"]
+    return [f for f in futures if f not in refused]
+
+
 @contextlib.contextmanager
 def python_server_stopped(server):
     """The Python server stopped (SIGSTOP, every thread) and continued on exit: what its
