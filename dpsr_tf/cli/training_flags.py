@@ -189,6 +189,8 @@ _TRAIN_HELP = {
                       "teacher's and the model's softened scores over each example's "
                       "candidates).",
     "distill_temperature": "--teacher_dir: temperature of both softened score distributions.",
+    "distill_query_weight": "--item_side=teacher: weight of 1 - cos(the model's query vector, "
+                            "the teacher's) on the queries the teacher embedded (0 = off).",
 }
 
 _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,

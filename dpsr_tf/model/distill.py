@@ -12,6 +12,14 @@ product the model is trained and served with):
 and the loss is L + distill_weight * L_distill. One tau for both sides: the student's scores
 are cosines like the teacher's, and the default (0.05) is the sampled softmax's temperature.
 
+A query encoder in the teacher's own space (`--item_side=teacher`) can also match the teacher's
+query vector t_i itself, not only its scores over the batch's candidates, which says nothing
+about how the teacher orders the items near the top:
+
+    L_query = mean over the same rows of (1 - cos(q_i, t_i))
+
+added as distill_query_weight * L_query.
+
 The teacher never enters the student's graph as a network: its embeddings come from the cache
 of dpsr_tf/model/distill_cache.py, read into local (unsaved) variables when the training
 session starts, so checkpoints, `dpsr index` and `dpsr export` see only the student.
@@ -37,6 +45,7 @@ class DistillSettings:
     cache: distill_cache.TeacherCache
     weight: float
     temperature: float
+    query_weight: float = 0.0
 
 
 def kl_distillation_loss(student_scores: tf.Tensor, teacher_scores: tf.Tensor,
@@ -113,6 +122,34 @@ def teacher_item_embeddings(settings: DistillSettings, rows: tf.Tensor) -> tf.Te
     return tf.cast(tf.gather(items, tf.cast(rows, tf.int64)), tf.float32)
 
 
+def query_vector_loss(student_queries: tf.Tensor, teacher_queries: tf.Tensor,
+                      valid: tf.Tensor) -> tf.Tensor:
+    """Mean over valid rows of 1 - cos(student, teacher).
+
+    Args:
+      student_queries: [B, d] float32; teacher_queries: [B, d] float32 (any norms).
+      valid: [B] float32, 1 where the row has a teacher target.
+
+    Returns:
+      scalar float32 in [0, 2] (0 when no row is valid).
+    """
+    cosine = tf.reduce_sum(tf.math.l2_normalize(student_queries, axis=1) *
+                           tf.math.l2_normalize(teacher_queries, axis=1), axis=1)
+    valid = tf.cast(valid, tf.float32)
+    return tf.reduce_sum((1.0 - cosine) * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+
+
+def query_vector_term(settings: DistillSettings, features, query: tf.Tensor):
+    """(weighted term, {"distill_query_cosine_gap": L_query}) of one batch: the student's
+    one-head query vectors [B, 1, d] against the teacher's cached ones of the same queries."""
+    tables = teacher_tables(settings.cache)
+    index = tf.gather(tables["query_index"], tf.cast(features["query_row"], tf.int64))
+    valid = tf.cast(index >= 0, tf.float32)
+    teacher = tf.cast(tf.gather(tables["queries"], tf.maximum(index, 0))[:, 0, :], tf.float32)
+    gap = query_vector_loss(query[:, 0, :], teacher, valid)
+    return settings.query_weight * gap, {"distill_query_cosine_gap": gap}
+
+
 def distillation_term(settings: DistillSettings, features, batch_scores: tf.Tensor,
                       random_scores: tf.Tensor):
     """(weighted term, {"distill_kl": KL, "distill_queries": valid rows}) of one batch.
@@ -133,8 +170,9 @@ def distillation_term(settings: DistillSettings, features, batch_scores: tf.Tens
 
 
 def settings_for(teacher_dir: str, layout_dir: str, weight: float, temperature: float,
-                 max_queries: int = 0) -> DistillSettings:
-    """The DistillSettings of a run whose cache is already computed (ValueError if not)."""
+                 max_queries: int = 0, query_weight: float = 0.0) -> DistillSettings:
+    """The DistillSettings of a run whose cache is already computed (ValueError if not, or if
+    query_weight is asked of a teacher with several query heads)."""
     directory = distill_cache.cache_dir(distill_cache.cache_key(
         teacher_dir, layout_lib.load_layout_spec(layout_dir), max_queries))
     cache = distill_cache.read_cache(directory)
@@ -142,4 +180,8 @@ def settings_for(teacher_dir: str, layout_dir: str, weight: float, temperature: 
         raise ValueError(f"{distill_cache.FLAG}={teacher_dir}: no teacher embeddings in "
                          f"{directory}; `dpsr train` computes them before training (from code: "
                          "dpsr_tf.model.distill_cache.ensure_teacher_cache)")
-    return DistillSettings(cache, float(weight), float(temperature))
+    if query_weight and cache.heads != 1:
+        raise ValueError(f"--distill_query_weight={query_weight:g}: {teacher_dir} has "
+                         f"{cache.heads} query heads and the term matches one query vector; "
+                         "distill from a one-head teacher or leave the weight at 0")
+    return DistillSettings(cache, float(weight), float(temperature), float(query_weight))

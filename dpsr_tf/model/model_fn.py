@@ -237,6 +237,10 @@ def dpsr_model_fn(features, labels, mode, params):
                                                         batch_scores, random_scores)
         stats = {**stats, **distill_stats}
         loss = loss + term
+        if params["distill"].query_weight > 0:   # item_side "teacher": one space, one head
+            term, distill_stats = distill.query_vector_term(params["distill"], features, query)
+            stats = {**stats, **distill_stats}
+            loss = loss + term
     denominator = tf.maximum(tf.reduce_sum(is_pos), 1.0)
     for k in TOP_K:
         tf.compat.v1.summary.scalar(f"train/top{k}_among_random",

@@ -109,6 +109,8 @@ class TrainConfig:
         distributions over each example's candidates); 0.3 was the best of 0.3, 1 and 3 on the
         synthetic catalog's validation split (docs/results.md, "Distillation").
       distill_temperature: tau of both softened distributions.
+      distill_query_weight: `item_side="teacher"` only: weight of 1 - cos(the model's query
+        vector, the teacher's) on the queries the teacher embedded (0 = off).
     """
 
     layout_dir: str
@@ -152,6 +154,7 @@ class TrainConfig:
     teacher_max_queries: int = 20000
     distill_weight: float = 0.3
     distill_temperature: float = 0.05
+    distill_query_weight: float = 0.0
 
     def __post_init__(self):
         def need(ok, field, what):
@@ -199,6 +202,7 @@ class TrainConfig:
         need(self.teacher_max_queries >= 0, "teacher_max_queries", "must be >= 0 (0 = all)")
         need(self.distill_weight >= 0, "distill_weight", "must be >= 0")
         need(self.distill_temperature > 0, "distill_temperature", "must be > 0")
+        need(self.distill_query_weight >= 0, "distill_query_weight", "must be >= 0")
         need(not self.teacher_dir or
              os.path.abspath(self.teacher_dir) != os.path.abspath(self.model_dir),
              "teacher_dir", "must be another directory than --model_dir (the teacher is a "

@@ -40,7 +40,8 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
     if train.teacher_dir:
         params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
                                                  train.distill_weight, train.distill_temperature,
-                                                 train.teacher_max_queries)
+                                                 train.teacher_max_queries,
+                                                 train.distill_query_weight)
     warm_start = None
     if train.effective_warm_start:
         # Trainable variables only, and not the joint PQ quantizer (a model trained without
@@ -56,6 +57,10 @@ def check_item_side(model_config: ModelConfig, train: TrainConfig) -> None:
     stopping metric that needs an item tower, or another width than the teacher's. Cheap: `dpsr
     train` calls it before anything is computed or written."""
     if model_config.item_side != "teacher":
+        if train.distill_query_weight:
+            raise ValueError(f"--distill_query_weight={train.distill_query_weight:g} matches the "
+                             "teacher's query vectors, which only a query encoder in the "
+                             "teacher's space can: add --item_side=teacher, or leave it at 0")
         return
     if not train.teacher_dir:
         raise ValueError("--item_side=teacher: the items are a teacher's embeddings; name the "
@@ -192,8 +197,9 @@ def _teacher_cache(train: TrainConfig, cluster: tf_config.ClusterInfo) -> None:
     else:
         distill_cache.wait_for_cache(train.teacher_dir, train.layout_dir,
                                      train.teacher_max_queries, _TEACHER_WAIT_SECS)
-    logging.info("distillation from %s: weight %g, temperature %g", train.teacher_dir,
-                 train.distill_weight, train.distill_temperature)
+    logging.info("distillation from %s: weight %g, temperature %g, query vectors %g",
+                 train.teacher_dir, train.distill_weight, train.distill_temperature,
+                 train.distill_query_weight)
 
 
 def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_spec=None,

@@ -68,6 +68,48 @@ def test_kl_is_zero_when_the_student_matches_and_its_gradient_moves_toward_the_t
     assert grad[0, 0] < 0 < grad[0, 2]
 
 
+def test_query_vector_loss_by_hand_and_against_numpy():
+    # Row 0: (3, 4) against (4, 3): cos 24/25, gap 0.04; row 1 the same vector at another norm,
+    # gap 0; row 2 has no target. Mean over the two valid rows: 0.02.
+    with tf.Graph().as_default():
+        value = _run(distill.query_vector_loss(
+            tf.constant([[3.0, 4.0], [1.0, 2.0], [1.0, 0.0]]),
+            tf.constant([[4.0, 3.0], [2.0, 4.0], [-1.0, 0.0]]), tf.constant([1.0, 1.0, 0.0])))
+    assert value == pytest.approx(0.02, abs=1e-6)
+    rng = np.random.default_rng(11)
+    student, teacher = rng.normal(size=[2, 8, 5]).astype(np.float32)
+    valid = (rng.uniform(size=8) < 0.5).astype(np.float32)
+    cos = ((student / np.linalg.norm(student, axis=1, keepdims=True)) *
+           (teacher / np.linalg.norm(teacher, axis=1, keepdims=True))).sum(axis=1)
+    with tf.Graph().as_default():
+        got = _run(distill.query_vector_loss(tf.constant(student), tf.constant(teacher),
+                                             tf.constant(valid)))
+        none = _run(distill.query_vector_loss(tf.constant(student), tf.constant(teacher),
+                                              tf.zeros([8])))
+    assert got == pytest.approx(((1 - cos) * valid).sum() / valid.sum(), rel=1e-5)
+    assert none == 0.0
+
+
+def test_the_query_vector_term_reads_the_cached_teacher_queries(tmp_path):
+    rng = np.random.default_rng(5)
+    cache, _, queries, rows = _hand_cache(str(tmp_path / "c"), rng, heads=1)
+    student = rng.normal(size=[4, 1, 4]).astype(np.float32)
+    query_rows = np.array([5, 2, 1, 5], np.int64)       # 2 was not embedded
+    settings = distill.DistillSettings(cache, 0.3, 0.05, query_weight=2.0)
+    with tf.Graph().as_default():
+        term, stats = distill.query_vector_term(settings, {"query_row": tf.constant(query_rows)},
+                                                tf.constant(student))
+        with tf.compat.v1.Session() as s:
+            s.run(tf.compat.v1.local_variables_initializer())
+            got_term, got_gap = s.run([term, stats["distill_query_cosine_gap"]])
+    at = {int(r): i for i, r in enumerate(rows)}
+    t16 = queries.astype(np.float16).astype(np.float32)[:, 0, :]
+    gaps = [1 - student[b, 0] @ t16[at[r]] / np.linalg.norm(student[b, 0]) /
+            np.linalg.norm(t16[at[r]]) for b, r in enumerate(query_rows) if r in at]
+    assert got_gap == pytest.approx(np.mean(gaps), rel=1e-5)
+    assert got_term == pytest.approx(2.0 * np.mean(gaps), rel=1e-5)
+
+
 def _hand_cache(directory, rng, num_items=7, num_queries=10, heads=2, dim=4):
     items = rng.normal(size=[num_items, dim]).astype(np.float32)
     items /= np.linalg.norm(items, axis=1, keepdims=True)
@@ -180,6 +222,17 @@ def test_settings_without_a_computed_cache_say_who_computes_it(small_layout):
     from dpsr_tf.model.pretrained import files
     with pytest.raises(ValueError, match="computes them before training"):
         distill.settings_for(files.default_pretrained_dir(), small_layout.layout_dir, 1.0, 0.05)
+
+
+def test_the_query_vector_term_is_refused_for_a_teacher_of_several_heads(small_layout,
+                                                                          tmp_path, monkeypatch):
+    directory = str(tmp_path / "c")
+    _hand_cache(directory, np.random.default_rng(2), heads=2)
+    monkeypatch.setattr(distill_cache, "cache_key", lambda *a: "k")
+    monkeypatch.setattr(distill_cache, "cache_dir", lambda key: directory)
+    assert distill.settings_for("T", small_layout.layout_dir, 1.0, 0.05).query_weight == 0.0
+    with pytest.raises(ValueError, match="--distill_query_weight=0.5: T has 2 query heads"):
+        distill.settings_for("T", small_layout.layout_dir, 1.0, 0.05, query_weight=0.5)
 
 
 def test_the_pretrained_teacher_cache_is_computed_once_and_maps_rows_to_texts(

@@ -117,6 +117,29 @@ def test_the_student_ranks_the_items_like_the_teacher(run):
     assert not any("item_tower" in n or "teacher" in n or "distill" in n for n in names), names
 
 
+def test_the_query_vector_term_brings_the_queries_to_the_teachers(run, tmp_path):
+    """Same data, steps and seed as run.student, plus 1 - cos(query, teacher's query): its
+    query vectors are nearer the teacher's own on the queries the teacher embedded."""
+    matched = str(tmp_path / "matched")
+    _train(run.spec, matched, _config(item_side="teacher", embedding_partitions=2),
+           teacher_dir=run.teacher, distill_weight=2.0, distill_query_weight=4.0)
+    cache = distill_cache.read_cache(distill_cache.cache_dir(distill_cache.cache_key(
+        run.teacher, run.spec, TrainConfig.teacher_max_queries)))
+    arrays = distill_cache.load_arrays(cache)
+    rows = distill_cache.training_query_rows(run.spec, TrainConfig.teacher_max_queries)
+    teacher = arrays["queries"][arrays["query_index"][rows], 0, :].astype(np.float32)
+    teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
+    ids, splits = distill_cache._query_tokens(run.spec, rows)   # pylint: disable=protected-access
+
+    def mean_cosine(model_dir):
+        with CheckpointEmbedder(model_dir) as embedder:
+            queries = embedder.embed_queries(ids, splits)[:, 0, :]
+        return float(np.mean(np.sum(queries * teacher, axis=1) /
+                             np.linalg.norm(queries, axis=1)))
+    before, after = mean_cosine(run.student), mean_cosine(matched)
+    assert after > before + 0.05, (before, after)
+
+
 def _answers(path, k, outputs):
     return serving_default_answers(path, QUERIES, k, outputs)
 
@@ -154,6 +177,12 @@ def test_mismatches_are_refused_with_the_fix(run, tmp_path):
         _config(item_side="teacher", personalization="profile")
     with pytest.raises(ValueError, match="name the teacher with --teacher_dir"):
         _train(run.spec, str(tmp_path / "a"), _config(item_side="teacher"))
+    with pytest.raises(ValueError, match="--distill_query_weight=1 matches the teacher's query "
+                                         "vectors.*add --item_side=teacher"):
+        _train(run.spec, str(tmp_path / "q"), _config(embedding_dim=384), teacher_dir=run.teacher,
+               distill_query_weight=1.0)
+    with pytest.raises(ValueError, match="distill_query_weight=-1.0: must be >= 0"):
+        TrainConfig(layout_dir="l", model_dir="m", distill_query_weight=-1.0)
     with pytest.raises(ValueError, match="early_stopping_metric=recall@10 embeds the catalog"):
         _train(run.spec, str(tmp_path / "r"), _config(item_side="teacher"),
                teacher_dir=run.teacher, early_stopping_metric="recall@10", train_steps=0)
