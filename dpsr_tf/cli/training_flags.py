@@ -190,8 +190,7 @@ _TRAIN_HELP = {
                       "candidates).",
     "distill_temperature": "--teacher_dir: temperature of both softened score distributions.",
     "distill_query_weight": "--item_side=teacher: weight of 1 - cos(the model's query vector, "
-                            "the teacher's) on the queries the teacher embedded (0 = off; -1 = 1 "
-                            "with --item_side=teacher, else 0).",
+                            "the teacher's) on the queries the teacher embedded (0 = off).",
 }
 
 _CHOICES = {"model": MODELS, "combiner": COMBINERS, "personalization": PERSONALIZATION,

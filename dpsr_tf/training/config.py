@@ -15,9 +15,6 @@ AUTO_MIN_STEPS = 16000
 # (dpsr_tf/evaluation/checkpoint_recall.py).
 FULL_CORPUS_METRICS = ("recall@10", "recall@100", "recall@1000")
 EARLY_STOPPING_METRICS = ("top10", "top1", "auc_labeled", "loss") + FULL_CORPUS_METRICS
-# distill_query_weight = -1 with item_side "teacher": the query vector term at this weight
-# (Home Depot, docs/results.md "Home Depot: the encoder list").
-AUTO_DISTILL_QUERY_WEIGHT = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +110,7 @@ class TrainConfig:
         synthetic catalog's validation split (docs/results.md, "Distillation").
       distill_temperature: tau of both softened distributions.
       distill_query_weight: `item_side="teacher"` only: weight of 1 - cos(the model's query
-        vector, the teacher's) on the queries the teacher embedded (0 = off); -1 (the default)
-        = AUTO_DISTILL_QUERY_WEIGHT with item_side "teacher", else 0.
+        vector, the teacher's) on the queries the teacher embedded (0 = off).
     """
 
     layout_dir: str
@@ -158,7 +154,7 @@ class TrainConfig:
     teacher_max_queries: int = 20000
     distill_weight: float = 0.3
     distill_temperature: float = 0.05
-    distill_query_weight: float = -1.0
+    distill_query_weight: float = 0.0
 
     def __post_init__(self):
         def need(ok, field, what):
@@ -206,8 +202,7 @@ class TrainConfig:
         need(self.teacher_max_queries >= 0, "teacher_max_queries", "must be >= 0 (0 = all)")
         need(self.distill_weight >= 0, "distill_weight", "must be >= 0")
         need(self.distill_temperature > 0, "distill_temperature", "must be > 0")
-        need(self.distill_query_weight >= 0 or self.distill_query_weight == -1,
-             "distill_query_weight", "must be >= 0, or -1 (1 with --item_side=teacher, else 0)")
+        need(self.distill_query_weight >= 0, "distill_query_weight", "must be >= 0")
         need(not self.teacher_dir or
              os.path.abspath(self.teacher_dir) != os.path.abspath(self.model_dir),
              "teacher_dir", "must be another directory than --model_dir (the teacher is a "
@@ -231,12 +226,6 @@ class TrainConfig:
         if self.hard_negatives_from and self.hard_negative_warm_start:
             return self.hard_negatives_from
         return ""
-
-    def query_vector_weight(self, item_side: str) -> float:
-        """distill_query_weight as trained for a model of item_side (-1 resolved)."""
-        if self.distill_query_weight >= 0:
-            return self.distill_query_weight
-        return AUTO_DISTILL_QUERY_WEIGHT if item_side == "teacher" else 0.0
 
     @property
     def stops_early(self) -> bool:

@@ -41,8 +41,7 @@ def make_estimator(model_config: ModelConfig, train: TrainConfig, layout_spec,
         params["distill"] = distill.settings_for(train.teacher_dir, train.layout_dir,
                                                  train.distill_weight, train.distill_temperature,
                                                  train.teacher_max_queries,
-                                                 train.query_vector_weight(
-                                                     model_config.item_side))
+                                                 train.distill_query_weight)
     warm_start = None
     if train.effective_warm_start:
         # Trainable variables only, and not the joint PQ quantizer (a model trained without
@@ -58,7 +57,7 @@ def check_item_side(model_config: ModelConfig, train: TrainConfig) -> None:
     stopping metric that needs an item tower, or another width than the teacher's. Cheap: `dpsr
     train` calls it before anything is computed or written."""
     if model_config.item_side != "teacher":
-        if train.query_vector_weight(model_config.item_side):
+        if train.distill_query_weight:
             raise ValueError(f"--distill_query_weight={train.distill_query_weight:g} matches the "
                              "teacher's query vectors, which only a query encoder in the "
                              "teacher's space can: add --item_side=teacher, or leave it at 0")
@@ -188,7 +187,7 @@ def check_hard_negative_table(model_config: ModelConfig, train: TrainConfig,
 _TEACHER_WAIT_SECS = 4 * 3600
 
 
-def _teacher_cache(train: TrainConfig, cluster: tf_config.ClusterInfo, item_side: str) -> None:
+def _teacher_cache(train: TrainConfig, cluster: tf_config.ClusterInfo) -> None:
     """--teacher_dir: the chief (or the one local process) computes the teacher's embeddings
     or reuses them; the other tasks of a cluster wait for them."""
     log = lambda m: logging.info("%s", m)  # noqa: E731
@@ -200,7 +199,7 @@ def _teacher_cache(train: TrainConfig, cluster: tf_config.ClusterInfo, item_side
                                      train.teacher_max_queries, _TEACHER_WAIT_SECS)
     logging.info("distillation from %s: weight %g, temperature %g, query vectors %g",
                  train.teacher_dir, train.distill_weight, train.distill_temperature,
-                 train.query_vector_weight(item_side))
+                 train.distill_query_weight)
 
 
 def train_and_evaluate(model_config: ModelConfig, train: TrainConfig, *, layout_spec=None,
@@ -264,7 +263,7 @@ def _train_and_evaluate(model_config: ModelConfig, train: TrainConfig,
     check_hard_negative_table(cfg, train, layout_spec)
     check_item_side(cfg, train)    # before the cache is computed or the config written
     if train.teacher_dir:
-        _teacher_cache(train, cluster, model_config.item_side)
+        _teacher_cache(train, cluster)
     if train.hard_negatives_from:
         logging.info("hard negatives: up to %d per example from %s (weight %g); towers %s",
                      cfg.max_hard_negatives, train.hard_negatives_from, cfg.hard_negative_weight,
