@@ -95,6 +95,15 @@ def teacher_tables(cache: distill_cache.TeacherCache) -> dict:
     return tables
 
 
+def teacher_queries(tables: dict, query_rows: tf.Tensor):
+    """(queries [B, m, d] float32: the teacher's cached vectors of layout query rows [B] int64,
+    its first cached query's where it has none; valid [B] float32: 1 where the teacher embedded
+    the query, the rows a loss may count)."""
+    index = tf.gather(tables["query_index"], query_rows)                     # [B]
+    valid = tf.cast(index >= 0, tf.float32)
+    return tf.cast(tf.gather(tables["queries"], tf.maximum(index, 0)), tf.float32), valid
+
+
 def teacher_scores(tables: dict, query_rows: tf.Tensor, item_rows: tf.Tensor):
     """The teacher's scores of the batch's queries against candidate items.
 
@@ -107,9 +116,7 @@ def teacher_scores(tables: dict, query_rows: tf.Tensor, item_rows: tf.Tensor):
       (scores [B, C] float32: max over teacher heads of the cosines, valid [B] float32: 1 where
        the teacher embedded the query).
     """
-    index = tf.gather(tables["query_index"], query_rows)                     # [B]
-    valid = tf.cast(index >= 0, tf.float32)
-    queries = tf.cast(tf.gather(tables["queries"], tf.maximum(index, 0)), tf.float32)
+    queries, valid = teacher_queries(tables, query_rows)
     items = tf.cast(tf.gather(tables["items"], item_rows), tf.float32)       # [C, d]
     scores = tf.reduce_max(tf.einsum("bmd,cd->bcm", queries, items), axis=2)
     return scores, valid
@@ -142,11 +149,9 @@ def query_vector_loss(student_queries: tf.Tensor, teacher_queries: tf.Tensor,
 def query_vector_term(settings: DistillSettings, features, query: tf.Tensor):
     """(weighted term, {"distill_query_cosine_gap": L_query}) of one batch: the student's
     one-head query vectors [B, 1, d] against the teacher's cached ones of the same queries."""
-    tables = teacher_tables(settings.cache)
-    index = tf.gather(tables["query_index"], tf.cast(features["query_row"], tf.int64))
-    valid = tf.cast(index >= 0, tf.float32)
-    teacher = tf.cast(tf.gather(tables["queries"], tf.maximum(index, 0))[:, 0, :], tf.float32)
-    gap = query_vector_loss(query[:, 0, :], teacher, valid)
+    teacher, valid = teacher_queries(teacher_tables(settings.cache),
+                                     tf.cast(features["query_row"], tf.int64))
+    gap = query_vector_loss(query[:, 0, :], teacher[:, 0, :], valid)
     return settings.query_weight * gap, {"distill_query_cosine_gap": gap}
 
 

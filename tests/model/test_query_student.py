@@ -91,12 +91,19 @@ def test_the_students_queries_search_the_teachers_items(run):
     np.testing.assert_allclose(np.take_along_axis(cosine, rows, 1), scores, atol=1e-5)
 
 
-def test_the_student_ranks_the_items_like_the_teacher(run):
+def _teacher_queries(run):
+    """(the teacher's cache of run's layout, the training query rows it embedded, their token
+    ids and splits as the layout tokenizes them)."""
     cache = distill_cache.read_cache(distill_cache.cache_dir(distill_cache.cache_key(
         run.teacher, run.spec, TrainConfig.teacher_max_queries)))
-    assert (cache.heads, cache.dim) == (1, 384)
     rows = distill_cache.training_query_rows(run.spec, TrainConfig.teacher_max_queries)
     ids, splits = distill_cache._query_tokens(run.spec, rows)   # pylint: disable=protected-access
+    return cache, rows, ids, splits
+
+
+def test_the_student_ranks_the_items_like_the_teacher(run):
+    cache, rows, ids, splits = _teacher_queries(run)
+    assert (cache.heads, cache.dim) == (1, 384)
     with CheckpointEmbedder(run.student) as embedder:
         student = embedder.embed_queries(ids, splits)[:, 0, :]
         with pytest.raises(ValueError, match="embeds queries only"):
@@ -123,13 +130,10 @@ def test_the_query_vector_term_brings_the_queries_to_the_teachers(run, tmp_path)
     matched = str(tmp_path / "matched")
     _train(run.spec, matched, _config(item_side="teacher", embedding_partitions=2),
            teacher_dir=run.teacher, distill_weight=2.0, distill_query_weight=1.0)
-    cache = distill_cache.read_cache(distill_cache.cache_dir(distill_cache.cache_key(
-        run.teacher, run.spec, TrainConfig.teacher_max_queries)))
+    cache, rows, ids, splits = _teacher_queries(run)
     arrays = distill_cache.load_arrays(cache)
-    rows = distill_cache.training_query_rows(run.spec, TrainConfig.teacher_max_queries)
     teacher = arrays["queries"][arrays["query_index"][rows], 0, :].astype(np.float32)
     teacher /= np.linalg.norm(teacher, axis=1, keepdims=True)
-    ids, splits = distill_cache._query_tokens(run.spec, rows)   # pylint: disable=protected-access
 
     def mean_cosine(model_dir):
         with CheckpointEmbedder(model_dir) as embedder:
