@@ -79,8 +79,9 @@ _ENCODER_FIELDS = flags.DEFINE_string(
 _ENCODER_QUERY_DIR = flags.DEFINE_string(
     "encoder_query_dir", "", "The encoder list's queries embedded by a fast query encoder "
     "instead of the encoder: a `dpsr train --teacher_dir=ENCODER --item_side=teacher` model "
-    "trained against --encoder_dir's items (docs/training.md, \"A fast query encoder\"); "
-    "empty = the encoder embeds them.")
+    "trained against --encoder_dir's items (docs/training.md, \"A fast query encoder\"), or "
+    "several comma-separated (students of different --seed): each query is the mean of their "
+    "vectors; empty = the encoder embeds them.")
 _ENCODER_FACTORY = flags.DEFINE_string(
     "encoder_index_factory", "auto", "The encoder list's FAISS index (inner product): auto "
     "searches every item (Flat below 20k items per shard, else SQfp16: 16-bit floats, half the "
@@ -101,11 +102,16 @@ flags.mark_flags_as_required(["output_dir"])
 
 def _encoder_list(layout_dir: str) -> None:
     """Adds the encoder list to the build in --output_dir (SystemExit with the reason)."""
+    students = [d.strip() for d in _ENCODER_QUERY_DIR.value.split(",")]
+    if _ENCODER_QUERY_DIR.value and not all(students):
+        raise SystemExit(f"dpsr index: --encoder_query_dir={_ENCODER_QUERY_DIR.value}: an empty "
+                         "name in the list; give model directories separated by single commas")
     try:
         encoder_index.add_encoder_index(_OUTPUT.value, layout_dir, _ENCODER_DIR.value,
                                         _ENCODER_FIELDS.value,
                                         log=lambda m: logging.info("%s", m),
-                                        query_model_dir=_ENCODER_QUERY_DIR.value,
+                                        query_model_dir=students[0],
+                                        query_ensemble=students[1:],
                                         index_factory=_ENCODER_FACTORY.value,
                                         nprobe=_ENCODER_NPROBE.value,
                                         projected_dimension=_ENCODER_PROJECTED.value)

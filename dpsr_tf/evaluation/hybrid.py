@@ -226,17 +226,18 @@ def search_encoder_lists(index_dir: str, item_ids: Sequence[str], queries: Seque
     """The build's encoder list of each query as a one-shard servable's encoder_list stage
     serves it: (scores [Q, k] float32, -inf pads; rows [Q, k] int64 layout rows, -1 pads). The
     queries are embedded as the servable embeds them: by the build's fast query encoder
-    (`--encoder_query_dir`) when it names one, else by the encoder, cut to QUERY_MAX_TOKENS
-    WordPiece tokens.
+    (`--encoder_query_dir`; several: their mean) when it names one, else by the encoder, cut
+    to QUERY_MAX_TOKENS WordPiece tokens.
 
     Raises:
       ValueError: the build has no encoder list.
     """
     index = served_lib.open_encoder_index(index_dir, item_ids)
     encoder = index.manifest.encoder
-    if encoder.query_model_dir:   # the build's fast query encoder, as the servable reads it
-        vectors = query_student.embed_texts(
-            query_student.read(encoder.query_model_dir, encoder.query_checkpoint), queries)
+    if encoder.query_models:   # the build's fast query encoders, as the servable reads them
+        vectors = query_student.embed_ensemble(
+            [query_student.read(m.model_dir, m.checkpoint) for m in encoder.query_models],
+            queries)
     else:
         with TextEmbedder(encoder.pretrained_dir, encoder_index.QUERY_MAX_TOKENS) as embedder:
             vectors = embedder.embed(list(queries))

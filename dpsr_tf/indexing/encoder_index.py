@@ -21,14 +21,15 @@ projected dimension searches the items' main directions only, for fewer bytes pe
 import dataclasses
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from dpsr_tf.data import item_text
 from dpsr_tf.data import layout as layout_lib
 from dpsr_tf.indexing import index_builder, index_layout
-from dpsr_tf.indexing.encoder_manifest import ENCODER_FILE, EncoderManifest, EncoderShardInfo
+from dpsr_tf.indexing.encoder_manifest import (ENCODER_FILE, EncoderManifest, EncoderShardInfo,
+                                               QueryModelInfo)
 from dpsr_tf.model import query_student
 from dpsr_tf.model.pretrained import document_cache, files, fine_tuned
 from dpsr_tf.model.pretrained.text_embedder import TextEmbedder
@@ -151,12 +152,31 @@ def _shard_indexes(vectors: np.ndarray, shard_rows_list, factory: str, nprobe: i
     return out
 
 
+def _query_students(query_model_dir: str, query_ensemble: Sequence[str], teacher_dir: str,
+                    spec, dimension: int) -> list:
+    """The build's fast query encoders, each checked against the list (query_student.load)."""
+    dirs = ([query_model_dir] if query_model_dir else []) + list(query_ensemble)
+    if query_ensemble and not query_model_dir:
+        raise ValueError("an ensemble of fast query encoders needs its first one: give "
+                         "query_model_dir (--encoder_query_dir=FIRST,SECOND,...)")
+    students = [query_student.load(d, teacher_dir, spec, dimension) for d in dirs]
+    seen = {}
+    for given, student in zip(dirs, students):
+        if student.model_dir in seen:
+            raise ValueError(f"--encoder_query_dir names {student.model_dir} twice "
+                             f"({seen[student.model_dir]} and {given}); an ensemble averages "
+                             "students of different seeds")
+        seen[student.model_dir] = given
+    return students
+
+
 def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = "",
                       fields: str = item_text.TITLE,
                       log: Callable[[str], None] = print,
                       query_model_dir: str = "", index_factory: str = index_builder.AUTO,
                       nprobe: int = 64,
-                      projected_dimension: int = 0) -> index_layout.IndexManifest:
+                      projected_dimension: int = 0,
+                      query_ensemble: Sequence[str] = ()) -> index_layout.IndexManifest:
     """Builds (or rebuilds) the encoder's index of a layout's items in an existing index
     build directory, one file per shard, and records it in the manifest's `encoder` section.
 
@@ -168,6 +188,8 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
       query_model_dir: "" (the encoder embeds queries), or a `dpsr train --item_side=teacher`
         model trained against this encoder's items: its fast query tower embeds the queries
         (model/query_student.py checks it fits).
+      query_ensemble: further such models (students of other seeds, each checked alike): a
+        query's vector is the mean of every student's unit vector, normalized.
       index_factory: the FAISS factory of each shard's index, inner product ("auto": exhaustive,
         `resolve_factory`; "Flat": exact; e.g. "IVF256,SQfp16" for a large catalog or a cheaper
         search); nprobe: stored in an IVF index (clamped to its lists).
@@ -203,11 +225,11 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
             pretrained_dir, os.path.join(output_dir, FINE_TUNED_DIR))
     with TextEmbedder(pretrained_dir) as embedder:
         # Whatever would be refused is refused before the catalog is embedded (minutes).
-        student = None
-        if query_model_dir:
-            student = query_student.load(query_model_dir, teacher_dir, spec,
-                                         embedder.dimension)
-            log(f"encoder list: queries embedded by {student.checkpoint}")
+        students = _query_students(query_model_dir, query_ensemble, teacher_dir, spec,
+                                   embedder.dimension)
+        for student in students:
+            log(f"encoder list: queries embedded by {student.checkpoint}"
+                + (f" ({len(students)} averaged)" if len(students) > 1 else ""))
         if projected_dimension and not 1 <= projected_dimension < embedder.dimension:
             raise ValueError(f"--encoder_projected_dimension={projected_dimension}: must be 0 "
                              f"(the encoder's own) or in [1, {embedder.dimension - 1}] for "
@@ -242,8 +264,10 @@ def add_encoder_index(output_dir: str, layout_dir: str, pretrained_dir: str = ""
                               dimension=int(vectors.shape[1]), num_docs=len(ids),
                               shards=tuple(shards),
                               build_seconds=round(time.monotonic() - start, 2),
-                              query_model_dir=student.model_dir if student else "",
-                              query_checkpoint=student.checkpoint if student else "",
+                              query_model_dir=students[0].model_dir if students else "",
+                              query_checkpoint=students[0].checkpoint if students else "",
+                              query_ensemble=tuple(QueryModelInfo(s.model_dir, s.checkpoint)
+                                                   for s in students[1:]),
                               index_factory=index_factory,
                               projected_dimension=projected_dimension)
     manifest = dataclasses.replace(manifest, encoder=section)

@@ -24,6 +24,14 @@ class EncoderShardInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class QueryModelInfo:
+    """A fast query encoder (`dpsr train --item_side=teacher`) of the list: its model directory
+    and the checkpoint prefix the servable reads, both absolute."""
+    model_dir: str
+    checkpoint: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EncoderManifest:
     """Attributes:
       pretrained_dir: the encoder's Hugging Face directory (absolute); a servable embeds its
@@ -37,6 +45,10 @@ class EncoderManifest:
         --item_side=teacher` model directory (absolute) whose fast query tower embeds them
         into the encoder's space (dpsr_tf/model/query_student.py).
       query_checkpoint: that model's checkpoint prefix the servable reads.
+      query_ensemble: further fast query encoders of the same list (students of other seeds):
+        a query's vector is the mean of every student's unit vector, normalized. Students of
+        one teacher miss different items; their mean ranks the list better than any one
+        (docs/training.md, "A fast query encoder").
       index_factory: each shard's FAISS factory ("Flat": exact search), over vectors of
         projected_dimension when that is set.
       projected_dimension: 0 (the encoder's own dimension), or the number of the items'
@@ -53,6 +65,15 @@ class EncoderManifest:
     query_checkpoint: str = ""
     index_factory: str = "Flat"
     projected_dimension: int = 0
+    query_ensemble: Tuple[QueryModelInfo, ...] = ()
+
+    @property
+    def query_models(self) -> Tuple[QueryModelInfo, ...]:
+        """Every fast query encoder, query_model_dir's first; () when the encoder embeds the
+        queries."""
+        if not self.query_model_dir:
+            return ()
+        return (QueryModelInfo(self.query_model_dir, self.query_checkpoint),) + self.query_ensemble
 
     def to_dict(self) -> dict:
         return config_json.to_dict(self)
@@ -66,6 +87,9 @@ class EncoderManifest:
         if self.dimension < 1:
             raise ValueError(f"{source}: the encoder section's dimension must be >= 1, got "
                              f"{self.dimension}")
+        if self.query_ensemble and not self.query_model_dir:
+            raise ValueError(f"{source}: the encoder section's query_ensemble needs a "
+                             "query_model_dir (the first student)")
         if not 0 <= self.projected_dimension < self.dimension:
             raise ValueError(f"{source}: the encoder section's projected_dimension must be 0 or "
                              f"under its dimension {self.dimension}, got "

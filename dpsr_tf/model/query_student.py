@@ -8,6 +8,7 @@ forward pass (docs/training.md, "A fast query encoder").
 
     student = query_student.load("/m/student", teacher_dir="/m/fine_tuned", spec, 384)
     vectors = query_student.embed_texts(student, ["cordless drill"])      # [1, 384] unit rows
+    vectors = query_student.embed_ensemble([student, other], ["cordless drill"])   # their mean
 """
 import dataclasses
 import os
@@ -114,3 +115,18 @@ def embed_texts(student: QueryStudent, texts: Sequence[str]) -> np.ndarray:
                             student.model_config, student.layout_spec) as embedder:
         return embedder.embed_queries(np.asarray(ids, np.int64),
                                       np.asarray(splits, np.int64))[:, 0, :]
+
+
+def embed_ensemble(students: Sequence[QueryStudent], texts: Sequence[str]) -> np.ndarray:
+    """[n, d] float32 unit rows: the mean of each student's unit query vectors, normalized (the
+    servable's encoder_list stage computes the same in the graph). One student: its own."""
+    if not students:
+        raise ValueError("embed_ensemble needs at least one query student")
+    total = None
+    for student in students:
+        vectors = embed_texts(student, texts)
+        total = vectors if total is None else total + vectors
+    if len(students) == 1:
+        return total
+    norms = np.linalg.norm(total, axis=1, keepdims=True)
+    return (total / np.maximum(norms, 1e-12)).astype(np.float32)

@@ -3,6 +3,7 @@ tiny catalog with all-MiniLM-L6-v2 as the teacher. Its queries search the teache
 embeddings (numpy brute force over TextEmbedder's titles), the servable's encoder list reads them
 exactly as evaluation does, it ranks the items more like the teacher than the same tower
 trained on its own items does, and every mismatch is refused with the fix."""
+import dataclasses
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from dpsr_tf.evaluation import hybrid
 from dpsr_tf.export.saved_model_export import export_servable
 from dpsr_tf.export.servable_graph import ServableConfig
 from dpsr_tf.indexing import catalog_index, encoder_index
+from dpsr_tf.indexing.encoder_manifest import QueryModelInfo
 from dpsr_tf.indexing.index_builder import IndexBuildConfig
 from dpsr_tf.model import distill_cache, query_student
 from dpsr_tf.model.config import ModelConfig
@@ -148,23 +150,25 @@ def _answers(path, k, outputs):
     return serving_default_answers(path, QUERIES, k, outputs)
 
 
-def test_servable_reads_the_list_with_the_students_query_tower(run):
+def _check_servable_fuses_the_list(run, index_dir, name):
+    """Exports run.plain over index_dir with its encoder list and without it: the servable's
+    answers are the list as evaluation reads it, fused with the dense answers by fuse_np.
+    Returns the servable's dpsr_servable.json."""
     cfg = EncoderFusionConfig(weight=2.0, rrf_k=1.0)
     common = dict(default_k=5, max_k=50, spelling=False, hybrid=False)
-    with_list = export_servable(run.plain, run.index_dir, os.path.join(run.work, "enc"),
+    with_list = export_servable(run.plain, index_dir, os.path.join(run.work, name),
                                 servable=ServableConfig(**common, encoder_fusion=cfg))
-    without = export_servable(run.plain, run.index_dir, os.path.join(run.work, "dense"),
+    without = export_servable(run.plain, index_dir, os.path.join(run.work, name + "_dense"),
                               servable=ServableConfig(**common))
     with open(os.path.join(with_list, "assets.extra", "dpsr_servable.json")) as f:
         info = json.load(f)
-    assert info["encoder_list"]["query_model_dir"] == os.path.abspath(run.student)
     k = 7
     got = _answers(with_list, k, ["item_ids", "scores", "encoder_scores"])
     served = _answers(without, k, ["item_ids"])
     ids = layout_lib.load_item_ids(run.spec)
     row_of = {item_id: r for r, item_id in enumerate(ids)}
     served_rows = np.array([[row_of.get(i, -1) for i in row] for row in served["item_ids"]])
-    enc_scores, enc_rows = hybrid.search_encoder_lists(run.index_dir, ids, QUERIES, k)
+    enc_scores, enc_rows = hybrid.search_encoder_lists(index_dir, ids, QUERIES, k)
     want_scores, want_rows, _ = fuse_np(served_rows, enc_rows, k, cfg)
     assert got["item_ids"] == [[ids[r] if r >= 0 else "" for r in row] for row in want_rows]
     np.testing.assert_allclose(got["scores"], want_scores, rtol=1e-6)
@@ -172,6 +176,55 @@ def test_servable_reads_the_list_with_the_students_query_tower(run):
         enc_of = dict(zip(enc_rows[q].tolist(), enc_scores[q].tolist()))
         np.testing.assert_allclose(got["encoder_scores"][q],
                                    [enc_of.get(r, -np.inf) for r in want_rows[q]], atol=1e-5)
+    return info
+
+
+def test_servable_reads_the_list_with_the_students_query_tower(run):
+    info = _check_servable_fuses_the_list(run, run.index_dir, "enc")
+    assert info["encoder_list"]["query_model_dir"] == os.path.abspath(run.student)
+    assert info["encoder_list"]["query_ensemble"] == []
+
+
+def test_an_ensemble_of_students_searches_with_their_mean(run, tmp_path):
+    """--encoder_query_dir=A,B: evaluation and the servable search the list with
+    normalize(unit(A's vector) + unit(B's)), numpy brute force over the teacher's items."""
+    second = str(tmp_path / "second")
+    _train(run.spec, second, _config(item_side="teacher"), teacher_dir=run.teacher,
+           distill_weight=2.0, seed=1)
+    index_dir = os.path.join(run.work, "ensemble_index")
+    shutil.copytree(run.index_dir, index_dir)
+    manifest = encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, log=QUIET,
+                                               query_model_dir=run.student,
+                                               query_ensemble=[second])
+    encoder = manifest.encoder
+    assert encoder.query_model_dir == os.path.abspath(run.student)
+    assert encoder.query_ensemble == (QueryModelInfo(second, tf.train.latest_checkpoint(second)),)
+    assert [m.model_dir for m in encoder.query_models] == [os.path.abspath(run.student), second]
+    a = query_student.embed_texts(query_student.read(run.student), QUERIES)
+    b = query_student.embed_texts(query_student.read(second), QUERIES)
+    assert np.abs(a - b).max() > 0.1   # another seed: other vectors
+    mean = (a + b) / np.linalg.norm(a + b, axis=1, keepdims=True)
+    cosine = mean @ _teacher_items(run.spec).T
+    k = 9
+    scores, rows = hybrid.search_encoder_lists(index_dir, layout_lib.load_item_ids(run.spec),
+                                               QUERIES, k)
+    np.testing.assert_allclose(scores, -np.sort(-cosine, axis=1)[:, :k], atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(cosine, rows, 1), scores, atol=1e-5)
+    info = _check_servable_fuses_the_list(run, index_dir, "ensemble")
+    assert info["encoder_list"]["query_ensemble"] == [
+        {"model_dir": second, "checkpoint": tf.train.latest_checkpoint(second)}]
+    with pytest.raises(ValueError, match="names .*student twice"):
+        encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, log=QUIET,
+                                        query_model_dir=run.student,
+                                        query_ensemble=[run.student + "/"])
+    with pytest.raises(ValueError, match="not a query encoder for a list"):
+        encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, log=QUIET,
+                                        query_model_dir=run.student, query_ensemble=[run.plain])
+    with pytest.raises(ValueError, match="needs its first one"):
+        encoder_index.add_encoder_index(index_dir, run.spec.layout_dir, log=QUIET,
+                                        query_ensemble=[second])
+    with pytest.raises(ValueError, match="query_ensemble needs a query_model_dir"):
+        dataclasses.replace(encoder, query_model_dir="").check("m.json", 1, encoder.num_docs)
 
 
 def test_mismatches_are_refused_with_the_fix(run, tmp_path):

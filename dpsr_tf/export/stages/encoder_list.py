@@ -3,7 +3,8 @@ query, as the towers see it (after spelling; at most QUERY_MAX_TOKENS WordPiece 
 embedded by the build's pretrained sentence encoder (WordPiece and BERT in the graph, its
 weights in the servable's variables) or, when the build names one, by its fast query encoder (a
 `--item_side=teacher` model's token-bag query tower over the query's tokens, its variables
-under this stage's scope), searched in the shard's encoder index, and that list fused with
+under this stage's scope; several such students: the mean of their unit vectors, normalized),
+searched in the shard's encoder index, and that list fused with
 the served one by weighted reciprocal rank (dpsr_tf/search/encoder_fusion.py).
 
 The served list gains encoder_scores [B, K] (the encoder's cosine, -inf where its list lacks the
@@ -13,6 +14,7 @@ proxy's re-fusion of shards reads dense and lexical scores alone and would drop 
 part, so export refuses a sharded build with an encoder weight, and the proxy keeps such a
 servable's own ranking (dpsr_tf/serving/proxy/merge.py).
 """
+import contextlib
 import dataclasses
 import os
 
@@ -59,14 +61,13 @@ class EncoderListStage(Stage):
                    field=None),
     )
 
-    def __init__(self, index_file: str, pretrained_dir: str, query_model_dir: str = "",
-                 query_checkpoint: str = ""):
+    def __init__(self, index_file: str, pretrained_dir: str, query_models=()):
+        """query_models: the build's fast query encoders (QueryModelInfo), () = the encoder."""
         self._index_file = index_file
         self._pretrained_dir = pretrained_dir
-        self._query_model_dir = query_model_dir
-        self._query_checkpoint = query_checkpoint
+        self._query_models = tuple(query_models)
         self._encoder = None
-        self._student_variables = None
+        self._student_variables = None   # one list per student, in query_models order
 
     @classmethod
     def validate(cls, section: EncoderListConfig) -> None:
@@ -86,20 +87,20 @@ class EncoderListStage(Stage):
             raise ValueError(f"{source.index_dir}: the encoder list holds {encoder.num_docs} "
                              f"items, the layout {source.layout_spec.num_items}; rebuild it with "
                              "`dpsr index --encoder_only`")
-        if encoder.query_model_dir:
+        for student in encoder.query_models:
             # The student reads the ids of this servable's tokenizer (the served model's layout,
             # which may not be the layout the build was checked against).
-            query_student.check_tokenizer(encoder.query_model_dir, source.layout_spec)
+            query_student.check_tokenizer(student.model_dir, source.layout_spec)
         return cls(source.stage_file(os.path.join(source.index_dir,
                                                   encoder.shards[source.shard].file),
                                      "encoder.faiss"), encoder.pretrained_dir,
-                   encoder.query_model_dir, encoder.query_checkpoint)
+                   encoder.query_models)
 
     def _hits(self, ctx):
         """(scores, labels) [B, k] of the encoder's search (one however many signatures)."""
         def build():
             with tf.compat.v1.variable_scope(SCOPE), tf.name_scope(SCOPE):
-                queries = (self._student_queries(ctx) if self._query_model_dir
+                queries = (self._student_queries(ctx) if self._query_models
                            else self._encoder_queries(ctx))
                 index = faiss_ops.FaissIndex(self._index_file, shared_name=None,
                                              name="encoder_index")
@@ -113,24 +114,35 @@ class EncoderListStage(Stage):
         return self._encoder(ctx.searched)
 
     def _student_queries(self, ctx) -> tf.Tensor:
-        """The fast query encoder's [B, d] vectors of the query's tokens (the build's layout
-        tokenizer is the student's: `dpsr index` checked it)."""
-        config, spec = model_dir_lib.load_model_config(self._query_model_dir)
-        before = set(tf.compat.v1.global_variables())
-        heads = query_tower({"query_tokens": ctx.features["query_tokens"]}, config, spec,
-                            tf.estimator.ModeKeys.PREDICT)
-        self._student_variables = [v for v in tf.compat.v1.global_variables()
-                                   if v not in before]
-        return heads[:, 0, :]
+        """The fast query encoders' [B, d] vectors of the query's tokens (the build's layout
+        tokenizer is each student's: `dpsr index` checked it). The first student's variables sit
+        under this stage's scope, student i's under <scope>/student_<i>; several students: the
+        mean of their unit vectors, normalized (query_student.embed_ensemble)."""
+        self._student_variables = []
+        vectors = []
+        for i, student in enumerate(self._query_models):
+            config, spec = model_dir_lib.load_model_config(student.model_dir)
+            before = set(tf.compat.v1.global_variables())
+            with _scoped(_student_scope(i)):
+                heads = query_tower({"query_tokens": ctx.features["query_tokens"]}, config,
+                                    spec, tf.estimator.ModeKeys.PREDICT)
+            self._student_variables.append([v for v in tf.compat.v1.global_variables()
+                                            if v not in before])
+            vectors.append(heads[:, 0, :])
+        if len(vectors) == 1:
+            return vectors[0]
+        return tf.math.l2_normalize(tf.add_n(vectors), axis=-1, epsilon=1e-24,
+                                    name="student_mean")
 
-    def _student_saver(self):
-        """A Saver reading the student's checkpoint names (without this stage's scope) into
-        its variables; a partitioned table's slices go under their full name together."""
+    def _student_saver(self, i: int):
+        """A Saver reading student i's checkpoint names (without this stage's scope) into its
+        variables; a partitioned table's slices go under their full name together."""
+        prefix = "/".join(p for p in (SCOPE, _student_scope(i)) if p) + "/"
         names = {}
-        for variable in self._student_variables:
+        for variable in self._student_variables[i]:
             info = variable._save_slice_info  # pylint: disable=protected-access
             full = info.full_name if info is not None else variable.op.name
-            names.setdefault(full[len(SCOPE) + 1:], []).append(variable)
+            names.setdefault(full[len(prefix):], []).append(variable)
         return tf.compat.v1.train.Saver(
             {name: parts if parts[0]._save_slice_info is not None  # pylint: disable=protected-access
              else parts[0] for name, parts in names.items()})
@@ -166,9 +178,30 @@ class EncoderListStage(Stage):
         if self._encoder is not None:   # the weights are read from the directory now
             self._encoder.initialize(session)
         if self._student_variables is not None:
-            model_dir_lib.restore(self._student_saver(), session, self._query_checkpoint)
+            for i, student in enumerate(self._query_models):
+                model_dir_lib.restore(self._student_saver(i), session, student.checkpoint)
 
     def info(self) -> dict:
-        return {"encoder_list": {"pretrained_dir": self._pretrained_dir,
-                                 "query_model_dir": self._query_model_dir,
-                                 "query_checkpoint": self._query_checkpoint}}
+        first = self._query_models[0] if self._query_models else None
+        return {"encoder_list": {
+            "pretrained_dir": self._pretrained_dir,
+            "query_model_dir": first.model_dir if first else "",
+            "query_checkpoint": first.checkpoint if first else "",
+            "query_ensemble": [{"model_dir": m.model_dir, "checkpoint": m.checkpoint}
+                               for m in self._query_models[1:]]}}
+
+
+@contextlib.contextmanager
+def _scoped(name: str):
+    """Variable and name scope `name` ("" = the current ones)."""
+    if not name:
+        yield
+        return
+    with tf.compat.v1.variable_scope(name), tf.name_scope(name):
+        yield
+
+
+def _student_scope(i: int) -> str:
+    """The variable scope of student i under the stage's (the first: the stage's own, so a
+    one-student servable names its variables as before)."""
+    return f"student_{i}" if i else ""
